@@ -1,0 +1,246 @@
+//! Trust between coordinator and workers (SPEC §4.1).
+//!
+//! The coordinator owns a self-signed certificate and a random secret in its state
+//! directory. A worker's join token pins the certificate's SHA-256 and carries the secret;
+//! the worker checks the pin during the TLS handshake and proves the secret in `Hello`.
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gitmirror_wire::JoinToken;
+use gitmirror_wire::token::cert_fingerprint;
+use rand::RngCore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const KEY_FILE: &str = "tls-key.pem";
+pub const CERT_FILE: &str = "tls-cert.pem";
+pub const SECRET_FILE: &str = "join-secret";
+
+/// The coordinator's TLS identity and join secret.
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub secret: String,
+}
+
+impl Identity {
+    /// The join token workers need.
+    pub fn join_token(&self) -> JoinToken {
+        JoinToken::new(&self.cert, &self.secret)
+    }
+
+    /// Load the identity from `state_dir`, creating whatever is missing on first start.
+    /// Refuses to use a key or secret file that group or others can read.
+    pub fn load_or_create(state_dir: &Path) -> Result<Self> {
+        let key_path = state_dir.join(KEY_FILE);
+        let cert_path = state_dir.join(CERT_FILE);
+        let secret_path = state_dir.join(SECRET_FILE);
+        if !key_path.exists() || !cert_path.exists() {
+            let ck = rcgen::generate_simple_self_signed(vec!["gitmirrord".to_owned()])
+                .context("generating the coordinator's TLS key")?;
+            crate::statefile::write_atomic(
+                &key_path,
+                ck.signing_key.serialize_pem().as_bytes(),
+                0o600,
+            )?;
+            crate::statefile::write_atomic(&cert_path, ck.cert.pem().as_bytes(), 0o644)?;
+            tracing::info!(cert = %cert_path.display(), "created the coordinator's TLS key and certificate");
+        }
+        if !secret_path.exists() {
+            write_new_secret(&secret_path)?;
+        }
+        check_private(&key_path)?;
+        check_private(&secret_path)?;
+        let cert = CertificateDer::from_pem_file(&cert_path).with_context(|| {
+            format!("reading certificate {}: remove it and the key to create new ones (workers then need a new join token)", cert_path.display())
+        })?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| {
+            format!("reading key {}: remove it and the certificate to create new ones (workers then need a new join token)", key_path.display())
+        })?;
+        let secret = read_secret(&secret_path)?;
+        Ok(Self { cert, key, secret })
+    }
+}
+
+/// Write a fresh random secret (0600). Used on first start and to rotate the secret.
+pub fn write_new_secret(path: &Path) -> Result<()> {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    crate::statefile::write_atomic(path, format!("{}\n", URL_SAFE_NO_PAD.encode(raw)).as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading join secret {}", path.display()))?;
+    let s = text.trim().to_owned();
+    if s.is_empty() {
+        bail!("join secret {} is empty: remove it to create a new one (workers then need a new join token)", path.display());
+    }
+    Ok(s)
+}
+
+/// Refuse a secret-bearing file that group or others can read (SPEC §4.1).
+pub fn check_private(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by group or others (mode {:o}); it holds a secret: run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Read a join token from a file, refusing a file that group or others can read.
+pub fn read_token_file(path: &Path) -> Result<JoinToken> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading join token file {}", path.display()))?;
+    JoinToken::parse(&text).with_context(|| format!("join token in {}", path.display()))
+}
+
+/// QUIC transport settings shared by both sides (SPEC §6).
+pub fn transport(keepalive: Duration, idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keepalive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle_timeout).context("idle timeout is too long")?,
+    ));
+    // One control stream per connection; a few spare for future use. Bounded on purpose.
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Ok(Arc::new(t))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The coordinator's QUIC server configuration.
+pub fn server_config(id: &Identity, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .context("loading the coordinator's TLS key")?;
+    tls.alpn_protocols = gitmirror_wire::alpn_protocols();
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}
+
+/// A worker's QUIC client configuration: trusts exactly the pinned certificate.
+pub fn client_config(token: &JoinToken, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig> {
+    let verifier = PinnedCert { sha256: token.cert_sha256, algs: provider().signature_verification_algorithms };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = gitmirror_wire::alpn_protocols();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}
+
+/// The server name workers use for the coordinator (the certificate is pinned, not named).
+pub const SERVER_NAME: &str = "gitmirrord";
+
+/// Text of the error a worker gets for a certificate that does not match its token.
+pub const PIN_MISMATCH: &str = "coordinator certificate does not match the join token";
+
+#[derive(Debug)]
+struct PinnedCert {
+    sha256: [u8; 32],
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = cert_fingerprint(end_entity);
+        if got == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "{PIN_MISMATCH} (token pins {}, coordinator presented {}): get the current token with `gitmirrord join-token`",
+                URL_SAFE_NO_PAD.encode(self.sha256),
+                URL_SAFE_NO_PAD.encode(got)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Paths of the coordinator's trust files, for messages and tests.
+pub fn trust_files(state_dir: &Path) -> [PathBuf; 3] {
+    [state_dir.join(KEY_FILE), state_dir.join(CERT_FILE), state_dir.join(SECRET_FILE)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_files_are_private() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(d.path()).unwrap();
+        let b = Identity::load_or_create(d.path()).unwrap();
+        assert_eq!(a.join_token(), b.join_token());
+        for p in [d.path().join(KEY_FILE), d.path().join(SECRET_FILE)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn readable_secret_is_refused_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        Identity::load_or_create(d.path()).unwrap();
+        let p = d.path().join(SECRET_FILE);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load_or_create(d.path()).err().unwrap().to_string();
+        assert!(e.contains("join-secret") && e.contains("chmod 600"), "{e}");
+    }
+}

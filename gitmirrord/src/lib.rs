@@ -1,0 +1,4 @@
+//! gitmirrord, the coordinator.
+
+pub mod index;
+pub mod ring;

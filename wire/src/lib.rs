@@ -1,0 +1,52 @@
+//! The gitmirror protocol between `gitmirrord` and `gitmirror-worker`.
+//!
+//! Everything here is pure: message types, length-prefixed postcard framing with a size cap
+//! checked before allocation, the join token format, and the handshake state machines.
+//! The daemons own the sockets; this crate only turns bytes into decisions.
+//!
+//! postcard is positional and encodes enum variants by index: never reorder, remove or
+//! change a field of a message in place. Evolve by appending variants, and bump
+//! [`PROTOCOL_VERSION`] for anything else. `tests/golden.rs` pins the bytes of every message.
+
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod token;
+
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
+pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict};
+pub use message::*;
+pub use token::{JoinToken, TokenError};
+
+/// Version of the message set in this crate. Sent in ALPN and in the first message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN of this protocol version.
+pub const ALPN: &[u8] = b"gitmirror/1";
+
+/// ALPN both sides also offer so that peers of different versions still get as far as the
+/// first message, where the mismatch is reported naming both versions.
+pub const ALPN_ANY_VERSION: &[u8] = b"gitmirror";
+
+/// The ALPN list a peer of this version offers, preferred first.
+pub fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![ALPN.to_vec(), ALPN_ANY_VERSION.to_vec()]
+}
+
+/// QUIC application close codes the coordinator uses when it ends a connection on purpose.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const NORMAL: u32 = 0;
+    /// The peer speaks another protocol version.
+    pub const VERSION_MISMATCH: u32 = 1;
+    /// The join secret did not match.
+    pub const BAD_SECRET: u32 = 2;
+    /// A frame could not be decoded, was too large, or was not expected now.
+    pub const PROTOCOL_ERROR: u32 = 3;
+    /// No free worker id (all of `0..max_workers` are taken).
+    pub const NO_FREE_ID: u32 = 4;
+    /// The same worker uuid connected again; this older connection is replaced.
+    pub const REPLACED: u32 = 5;
+    /// The coordinator is shutting down.
+    pub const SHUTDOWN: u32 = 6;
+}

@@ -1,0 +1,181 @@
+//! Message types. Append-only: see the crate documentation.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerMsg {
+    /// First message on a connection. Its first field is the protocol version, so that a
+    /// peer of any version can read that much (see [`crate::handshake::peek_protocol`]).
+    Hello(Hello),
+    /// Sent right after `Welcome`, and whenever asked: every repo the worker holds a mirror
+    /// of (or is cloning), so the coordinator can send the difference.
+    Holdings(Holdings),
+    /// Fetch outcomes since the last batch; resent until acknowledged.
+    Outcomes(OutcomeBatch),
+    /// Periodic summary of the worker's health.
+    Status(WorkerStatus),
+    /// The worker has applied every assignment delta up to and including `seq`.
+    AssignAck { seq: u64 },
+}
+
+/// Coordinator → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordMsg {
+    /// Answer to `Hello`: the worker is accepted under this id.
+    Welcome(Welcome),
+    /// Answer to `Hello`: the worker is refused; the connection closes after this.
+    Refused(Refusal),
+    /// A change to the worker's assignment.
+    Assign(AssignDelta),
+    /// Every outcome with `report_id <= upto` is durably recorded; the worker may forget them.
+    OutcomeAck { upto: u64 },
+    /// Fetch this repo now (an operator asked for it).
+    FetchNow { repo: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The join secret (the part of the token after the certificate hash).
+    pub secret: String,
+    /// Persisted identity of the worker.
+    pub uuid: Uuid,
+    /// The id this worker had last time, if any.
+    pub previous_id: Option<u32>,
+    pub name: String,
+    pub weight: f64,
+    /// Software version string, for the status API.
+    pub software: String,
+    /// Base URL under which this worker serves its mirrors (`serve_url_base`), if any.
+    pub serve_url_base: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub worker_id: u32,
+    pub software: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseCode {
+    VersionMismatch,
+    BadSecret,
+    NoFreeId,
+    ProtocolError,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefuseCode,
+    /// One line for the worker's log, e.g. naming both protocol versions.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holdings {
+    pub repos: Vec<HeldRepo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldRepo {
+    pub id: String,
+    pub url: String,
+    /// A complete mirror exists at the final path.
+    pub mirrored: bool,
+}
+
+/// An assignment change. `seq` increases by one per delta sent to this worker uuid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignDelta {
+    pub seq: u64,
+    /// Repos to hold (new ones, or a new URL for one already held).
+    pub upsert: Vec<RepoSpec>,
+    /// Repos to stop holding, and what to do with the mirror.
+    pub drop: Vec<DropOrder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSpec {
+    pub id: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropOrder {
+    pub id: String,
+    pub reason: DropReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Another worker has the repo now and holds a complete mirror: delete ours.
+    Moved,
+    /// The repo left the index: move the mirror to `.trash/`.
+    RemovedFromIndex,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeBatch {
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The result of one clone or fetch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Worker-local, strictly increasing, persisted across restarts: the dedupe key.
+    pub report_id: u64,
+    pub repo: String,
+    pub url: String,
+    /// Unix time in milliseconds when the attempt finished.
+    pub finished_ms: i64,
+    pub duration_ms: u64,
+    pub result: FetchResult,
+    /// Ref changes against the refs last acknowledged for this repo.
+    pub changes: Vec<RefChange>,
+    /// Refs in the mirror after the attempt.
+    pub ref_count: u32,
+    /// When the worker plans the next attempt (Unix ms).
+    pub next_due_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FetchResult {
+    /// First complete mirror.
+    Cloned,
+    /// Fetched; refs may or may not have changed (see `changes`).
+    Fetched,
+    Failed { class: FailureClass, message: String },
+    /// Not attempted, for the given reason (e.g. no disk space for a clone).
+    Waiting { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureClass {
+    Transient,
+    RateLimited,
+    Gone,
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefChange {
+    pub name: String,
+    /// Hex object id before, `None` when the ref was created.
+    pub old: Option<String>,
+    /// Hex object id after, `None` when the ref was deleted.
+    pub new: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    /// Below `disk.min_free`: no new clone starts.
+    pub disk_low: bool,
+    pub active_fetches: u32,
+    /// One-line summary for the status API.
+    pub summary: String,
+}
