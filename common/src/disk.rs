@@ -6,5 +6,8 @@ use std::path::Path;
 pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
     let st = rustix::fs::statvfs(path)?;
     let frsize = st.f_frsize.max(1);
-    Ok((st.f_bavail.saturating_mul(frsize), st.f_blocks.saturating_mul(frsize)))
+    Ok((
+        st.f_bavail.saturating_mul(frsize),
+        st.f_blocks.saturating_mul(frsize),
+    ))
 }

@@ -25,5 +25,7 @@ pub fn stopping() {
 
 /// How often to feed the watchdog: half of `WATCHDOG_USEC`, or `None` without a watchdog.
 pub fn watchdog_period() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2).filter(|d| !d.is_zero())
+    sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .filter(|d| !d.is_zero())
 }

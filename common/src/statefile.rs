@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot {action} state file {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "state file {path} is unreadable ({detail}); the daemon will not guess its contents. \
          Restore it from a backup, or move it aside to start that part of the state afresh \
@@ -26,7 +30,12 @@ pub enum StateError {
         "state file {path} has format {found}, this version reads {kind} v{version}; \
          use a gitmirror release that knows that format"
     )]
-    Version { path: PathBuf, kind: String, version: u32, found: String },
+    Version {
+        path: PathBuf,
+        kind: String,
+        version: u32,
+        found: String,
+    },
 }
 
 fn header(kind: &str, version: u32) -> String {
@@ -60,14 +69,24 @@ pub fn read_json<T: DeserializeOwned>(
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Io { action: "read", path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(StateError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
-    let corrupt = |detail: String| StateError::Corrupt { path: path.to_owned(), detail };
+    let corrupt = |detail: String| StateError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     let nl = bytes
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| corrupt("no header line".into()))?;
-    let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
+    let head =
+        std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
     let Some(found) = head.strip_prefix("gitmirror-state ") else {
         return Err(corrupt("missing `gitmirror-state` header".into()));
     };
@@ -83,14 +102,26 @@ pub fn read_json<T: DeserializeOwned>(
             found: found.to_owned(),
         });
     }
-    serde_json::from_slice(&bytes[nl + 1..]).map(Some).map_err(|e| corrupt(e.to_string()))
+    serde_json::from_slice(&bytes[nl + 1..])
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// Replace `path` with `bytes`: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let io = |action, source| StateError::Io { action, path: path.to_owned(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |action, source| StateError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -103,7 +134,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         f.write_all(bytes).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("fsync", e))?;
         fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync the directory of", e))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("fsync the directory of", e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -137,7 +170,10 @@ mod tests {
         assert_eq!(read_json::<S>(&p, "test", 1).unwrap(), None);
         write_json(&p, "test", 1, &S { a: 7 }, 0o600).unwrap();
         assert_eq!(read_json::<S>(&p, "test", 1).unwrap(), Some(S { a: 7 }));
-        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
     }
 
@@ -147,11 +183,17 @@ mod tests {
         let p = d.path().join("s.json");
         fs::write(&p, b"\x00\x01garbage").unwrap();
         let e = read_json::<S>(&p, "test", 1).unwrap_err().to_string();
-        assert!(e.contains(&p.display().to_string()) && e.contains("move it aside"), "{e}");
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("move it aside"),
+            "{e}"
+        );
         write_json(&p, "test", 1, &S { a: 7 }, 0o600).unwrap();
         let full = fs::read(&p).unwrap();
         fs::write(&p, &full[..full.len() - 4]).unwrap();
-        assert!(matches!(read_json::<S>(&p, "test", 1), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            read_json::<S>(&p, "test", 1),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -74,7 +74,11 @@ impl Identity {
 pub fn write_new_secret(path: &Path) -> Result<()> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
-    crate::statefile::write_atomic(path, format!("{}\n", URL_SAFE_NO_PAD.encode(raw)).as_bytes(), 0o600)?;
+    crate::statefile::write_atomic(
+        path,
+        format!("{}\n", URL_SAFE_NO_PAD.encode(raw)).as_bytes(),
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -83,7 +87,10 @@ fn read_secret(path: &Path) -> Result<String> {
         .with_context(|| format!("reading join secret {}", path.display()))?;
     let s = text.trim().to_owned();
     if s.is_empty() {
-        bail!("join secret {} is empty: remove it to create a new one (workers then need a new join token)", path.display());
+        bail!(
+            "join secret {} is empty: remove it to create a new one (workers then need a new join token)",
+            path.display()
+        );
     }
     Ok(s)
 }
@@ -112,7 +119,10 @@ pub fn read_token_file(path: &Path) -> Result<JoinToken> {
 }
 
 /// QUIC transport settings shared by both sides (SPEC §6).
-pub fn transport(keepalive: Duration, idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
+pub fn transport(
+    keepalive: Duration,
+    idle_timeout: Duration,
+) -> Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keepalive));
     t.max_idle_timeout(Some(
@@ -129,7 +139,10 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The coordinator's QUIC server configuration.
-pub fn server_config(id: &Identity, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig> {
+pub fn server_config(
+    id: &Identity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -143,8 +156,14 @@ pub fn server_config(id: &Identity, transport: Arc<quinn::TransportConfig>) -> R
 }
 
 /// A worker's QUIC client configuration: trusts exactly the pinned certificate.
-pub fn client_config(token: &JoinToken, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig> {
-    let verifier = PinnedCert { sha256: token.cert_sha256, algs: provider().signature_verification_algorithms };
+pub fn client_config(
+    token: &JoinToken,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig> {
+    let verifier = PinnedCert {
+        sha256: token.cert_sha256,
+        algs: provider().signature_verification_algorithms,
+    };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -215,7 +234,11 @@ impl ServerCertVerifier for PinnedCert {
 
 /// Paths of the coordinator's trust files, for messages and tests.
 pub fn trust_files(state_dir: &Path) -> [PathBuf; 3] {
-    [state_dir.join(KEY_FILE), state_dir.join(CERT_FILE), state_dir.join(SECRET_FILE)]
+    [
+        state_dir.join(KEY_FILE),
+        state_dir.join(CERT_FILE),
+        state_dir.join(SECRET_FILE),
+    ]
 }
 
 #[cfg(test)]
@@ -240,7 +263,10 @@ mod tests {
         Identity::load_or_create(d.path()).unwrap();
         let p = d.path().join(SECRET_FILE);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Identity::load_or_create(d.path()).err().unwrap().to_string();
+        let e = Identity::load_or_create(d.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("join-secret") && e.contains("chmod 600"), "{e}");
     }
 }

@@ -24,7 +24,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
-        _ => Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+        _ => Err(format!(
+            "{text:?} has an unknown unit (use ms, s, m, h or d)"
+        )),
     }
 }
 
@@ -58,7 +60,10 @@ impl FreeSpace {
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         if let Some(p) = t.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| format!("{text:?} is not a percentage"))?;
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not a percentage"))?;
             if !(0.0..=100.0).contains(&v) {
                 return Err(format!("{text:?} must be between 0% and 100%"));
             }
@@ -66,16 +71,24 @@ impl FreeSpace {
         }
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a size or percentage"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size or percentage"))?;
         let mult: u64 = match unit.trim().trim_end_matches(['B', 'b', 'i']) {
             "" => 1,
             "K" | "k" => 1 << 10,
             "M" | "m" => 1 << 20,
             "G" | "g" => 1 << 30,
             "T" | "t" => 1 << 40,
-            _ => return Err(format!("{text:?} has an unknown unit (use K, M, G, T or %)")),
+            _ => {
+                return Err(format!(
+                    "{text:?} has an unknown unit (use K, M, G, T or %)"
+                ));
+            }
         };
-        n.checked_mul(mult).map(Self::Bytes).ok_or_else(|| format!("{text:?} is too large"))
+        n.checked_mul(mult)
+            .map(Self::Bytes)
+            .ok_or_else(|| format!("{text:?} is too large"))
     }
 
     /// Whether `free` bytes out of `total` is below this threshold.

@@ -23,7 +23,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = out.len() - 4;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     let mut out = out;
     out[..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -44,7 +47,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(header) as usize;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     Ok(len)
 }
@@ -98,7 +104,10 @@ mod tests {
         d.push(&((MAX_FRAME as u32) + 1).to_le_bytes());
         assert_eq!(
             d.next_frame(),
-            Err(FrameError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME })
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME + 1,
+                max: MAX_FRAME
+            })
         );
     }
 

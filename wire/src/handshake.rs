@@ -183,8 +183,10 @@ mod tests {
     #[test]
     fn wrong_secret_is_refused_saying_so() {
         let c = ClientHandshake::new(hello(PROTOCOL_VERSION, "nope"));
-        let ServerVerdict::Refuse { refusal, close_code } =
-            ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
+        let ServerVerdict::Refuse {
+            refusal,
+            close_code,
+        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
         else {
             panic!("accepted a wrong secret")
         };
@@ -199,24 +201,43 @@ mod tests {
     #[test]
     fn version_mismatch_names_both_versions() {
         let c = ClientHandshake::new(hello(PROTOCOL_VERSION + 1, "s3cret"));
-        let ServerVerdict::Refuse { refusal, close_code } =
-            ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
+        let ServerVerdict::Refuse {
+            refusal,
+            close_code,
+        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
         else {
             panic!("accepted another version")
         };
         assert_eq!(close_code, close_code::VERSION_MISMATCH);
-        assert!(refusal.message.contains(&format!("speaks gitmirror protocol {PROTOCOL_VERSION}")));
-        assert!(refusal.message.contains(&format!("speaks {}", PROTOCOL_VERSION + 1)));
+        assert!(
+            refusal
+                .message
+                .contains(&format!("speaks gitmirror protocol {PROTOCOL_VERSION}"))
+        );
+        assert!(
+            refusal
+                .message
+                .contains(&format!("speaks {}", PROTOCOL_VERSION + 1))
+        );
     }
 
     #[test]
     fn a_newer_coordinator_welcome_is_a_mismatch() {
         let c = ClientHandshake::new(hello(PROTOCOL_VERSION, "s"));
-        let w = Welcome { protocol: PROTOCOL_VERSION + 1, worker_id: 0, software: "x".into() };
-        let err = c.on_reply(&body(encode_frame(&CoordMsg::Welcome(w)).unwrap())).unwrap_err();
+        let w = Welcome {
+            protocol: PROTOCOL_VERSION + 1,
+            worker_id: 0,
+            software: "x".into(),
+        };
+        let err = c
+            .on_reply(&body(encode_frame(&CoordMsg::Welcome(w)).unwrap()))
+            .unwrap_err();
         assert_eq!(
             err,
-            HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 }
+            HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: PROTOCOL_VERSION + 1
+            }
         );
     }
 
@@ -225,11 +246,17 @@ mod tests {
         let b = body(encode_frame(&WorkerMsg::AssignAck { seq: 1 }).unwrap());
         assert!(matches!(
             ServerHandshake::new("s").on_first_frame(&b),
-            ServerVerdict::Refuse { close_code: close_code::PROTOCOL_ERROR, .. }
+            ServerVerdict::Refuse {
+                close_code: close_code::PROTOCOL_ERROR,
+                ..
+            }
         ));
         assert!(matches!(
             ServerHandshake::new("s").on_first_frame(&[]),
-            ServerVerdict::Refuse { close_code: close_code::PROTOCOL_ERROR, .. }
+            ServerVerdict::Refuse {
+                close_code: close_code::PROTOCOL_ERROR,
+                ..
+            }
         ));
     }
 }

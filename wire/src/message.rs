@@ -147,7 +147,10 @@ pub enum FetchResult {
     Cloned,
     /// Fetched; refs may or may not have changed (see `changes`).
     Fetched,
-    Failed { class: FailureClass, message: String },
+    Failed {
+        class: FailureClass,
+        message: String,
+    },
     /// Not attempted, for the given reason (e.g. no disk space for a clone).
     Waiting { reason: String },
 }

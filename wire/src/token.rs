@@ -28,7 +28,10 @@ pub enum TokenError {
 
 impl JoinToken {
     pub fn new(cert_der: &[u8], secret: &str) -> Self {
-        Self { cert_sha256: cert_fingerprint(cert_der), secret: secret.to_owned() }
+        Self {
+            cert_sha256: cert_fingerprint(cert_der),
+            secret: secret.to_owned(),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Self, TokenError> {
@@ -44,15 +47,24 @@ impl JoinToken {
         let hash = URL_SAFE_NO_PAD.decode(hash).map_err(|_| TokenError::Hash)?;
         let cert_sha256: [u8; 32] = hash.try_into().map_err(|_| TokenError::Hash)?;
         if secret.is_empty()
-            || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(TokenError::Secret);
         }
-        Ok(Self { cert_sha256, secret: secret.to_owned() })
+        Ok(Self {
+            cert_sha256,
+            secret: secret.to_owned(),
+        })
     }
 
     pub fn format(&self) -> String {
-        format!("{PREFIX}.{}.{}", URL_SAFE_NO_PAD.encode(self.cert_sha256), self.secret)
+        format!(
+            "{PREFIX}.{}.{}",
+            URL_SAFE_NO_PAD.encode(self.cert_sha256),
+            self.secret
+        )
     }
 }
 
@@ -87,11 +99,20 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused_with_reasons() {
         assert_eq!(JoinToken::parse("abc"), Err(TokenError::Shape));
-        assert_eq!(JoinToken::parse("gmj2.a.b"), Err(TokenError::Prefix("gmj2".into())));
+        assert_eq!(
+            JoinToken::parse("gmj2.a.b"),
+            Err(TokenError::Prefix("gmj2".into()))
+        );
         assert_eq!(JoinToken::parse("gmj1.AAAA.secret"), Err(TokenError::Hash));
         let hash = URL_SAFE_NO_PAD.encode([0u8; 32]);
-        assert_eq!(JoinToken::parse(&format!("gmj1.{hash}.")), Err(TokenError::Secret));
-        assert_eq!(JoinToken::parse(&format!("gmj1.{hash}.a b")), Err(TokenError::Secret));
+        assert_eq!(
+            JoinToken::parse(&format!("gmj1.{hash}.")),
+            Err(TokenError::Secret)
+        );
+        assert_eq!(
+            JoinToken::parse(&format!("gmj1.{hash}.a b")),
+            Err(TokenError::Secret)
+        );
     }
 
     #[test]

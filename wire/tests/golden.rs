@@ -1,0 +1,265 @@
+//! Golden bytes of every message (SPEC §4.2): a change to any encoding fails here.
+//! postcard is positional, so these bytes are the protocol. To change a message, add a
+//! variant (and a golden case) instead, or bump `PROTOCOL_VERSION`.
+
+use gitmirror_wire::*;
+use uuid::Uuid;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn uuid() -> Uuid {
+    Uuid::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff)
+}
+
+fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
+    vec![
+        (
+            WorkerMsg::Hello(Hello {
+                protocol: 1,
+                secret: "s".into(),
+                uuid: uuid(),
+                previous_id: Some(2),
+                name: "w".into(),
+                weight: 1.5,
+                software: "0.1".into(),
+                serve_url_base: Some("git://m/".into()),
+            }),
+            "HELLO",
+        ),
+        (
+            WorkerMsg::Holdings(Holdings {
+                repos: vec![HeldRepo {
+                    id: "a/b/c".into(),
+                    url: "git://h/c".into(),
+                    mirrored: true,
+                }],
+            }),
+            "HOLDINGS",
+        ),
+        (
+            WorkerMsg::Outcomes(OutcomeBatch {
+                outcomes: vec![
+                    Outcome {
+                        report_id: 300,
+                        repo: "a/b/c".into(),
+                        url: "git://h/c".into(),
+                        finished_ms: 1_700_000_000_000,
+                        duration_ms: 12,
+                        result: FetchResult::Fetched,
+                        changes: vec![RefChange {
+                            name: "refs/heads/m".into(),
+                            old: Some("aa".into()),
+                            new: None,
+                        }],
+                        ref_count: 3,
+                        next_due_ms: 1_700_000_060_000,
+                    },
+                    Outcome {
+                        report_id: 301,
+                        repo: "x/y/z".into(),
+                        url: "u".into(),
+                        finished_ms: 0,
+                        duration_ms: 0,
+                        result: FetchResult::Failed {
+                            class: FailureClass::Gone,
+                            message: "404".into(),
+                        },
+                        changes: vec![],
+                        ref_count: 0,
+                        next_due_ms: 0,
+                    },
+                    Outcome {
+                        report_id: 302,
+                        repo: "x/y/z".into(),
+                        url: "u".into(),
+                        finished_ms: 0,
+                        duration_ms: 0,
+                        result: FetchResult::Waiting {
+                            reason: "disk".into(),
+                        },
+                        changes: vec![],
+                        ref_count: 0,
+                        next_due_ms: 0,
+                    },
+                    Outcome {
+                        report_id: 303,
+                        repo: "x/y/z".into(),
+                        url: "u".into(),
+                        finished_ms: 0,
+                        duration_ms: 0,
+                        result: FetchResult::Cloned,
+                        changes: vec![],
+                        ref_count: 0,
+                        next_due_ms: 0,
+                    },
+                ],
+            }),
+            "OUTCOMES",
+        ),
+        (
+            WorkerMsg::Status(WorkerStatus {
+                disk_free_bytes: 1 << 30,
+                disk_total_bytes: 1 << 40,
+                disk_low: false,
+                active_fetches: 2,
+                summary: "ok".into(),
+            }),
+            "STATUS",
+        ),
+        (WorkerMsg::AssignAck { seq: 7 }, "ASSIGN_ACK"),
+    ]
+}
+
+fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
+    vec![
+        (
+            CoordMsg::Welcome(Welcome {
+                protocol: 1,
+                worker_id: 5,
+                software: "0.1".into(),
+            }),
+            "WELCOME",
+        ),
+        (
+            CoordMsg::Refused(Refusal {
+                code: RefuseCode::BadSecret,
+                message: "no".into(),
+            }),
+            "REFUSED",
+        ),
+        (
+            CoordMsg::Assign(AssignDelta {
+                seq: 9,
+                upsert: vec![RepoSpec {
+                    id: "a/b/c".into(),
+                    url: "git://h/c".into(),
+                }],
+                drop: vec![
+                    DropOrder {
+                        id: "d/e/f".into(),
+                        reason: DropReason::Moved,
+                    },
+                    DropOrder {
+                        id: "g/h/i".into(),
+                        reason: DropReason::RemovedFromIndex,
+                    },
+                ],
+            }),
+            "ASSIGN",
+        ),
+        (CoordMsg::OutcomeAck { upto: 303 }, "OUTCOME_ACK"),
+        (
+            CoordMsg::FetchNow {
+                repo: "a/b/c".into(),
+            },
+            "FETCH_NOW",
+        ),
+    ]
+}
+
+/// The pinned encodings, frame length prefix included.
+const GOLDEN: &[(&str, &str)] = &[
+    (
+        "HELLO",
+        "2f000000 00 01 0173 10 00112233445566778899aabbccddeeff 0102 0177 000000000000f83f \
+         03302e31 01 086769743a2f2f6d2f",
+    ),
+    (
+        "HOLDINGS",
+        "13000000 01 01 05612f622f63 096769743a2f2f682f63 01",
+    ),
+    (
+        "OUTCOMES",
+        "70000000 02 04 ac02 05612f622f63 096769743a2f2f682f63 80a0abfef962 0c 01 \
+         01 0c726566732f68656164732f6d 01026161 00 03 c0c9b2fef962 \
+         ad02 05782f792f7a 0175 00 00 02 02 03343034 00 00 00 \
+         ae02 05782f792f7a 0175 00 00 03 04646973 6b 00 00 00 \
+         af02 05782f792f7a 0175 00 00 00 00 00 00",
+    ),
+    (
+        "STATUS",
+        "11000000 03 8080808004 8080808080 20 00 02 026f6b",
+    ),
+    ("ASSIGN_ACK", "02000000 04 07"),
+    ("WELCOME", "07000000 00 01 05 03302e31"),
+    ("REFUSED", "05000000 01 01 026e6f"),
+    (
+        "ASSIGN",
+        "22000000 02 09 01 05612f622f63 096769743a2f2f682f63 02 05642f652f66 00 05672f682f69 01",
+    ),
+    ("OUTCOME_ACK", "03000000 03 af02"),
+    ("FETCH_NOW", "07000000 04 05612f622f63"),
+];
+
+fn golden(name: &str) -> String {
+    GOLDEN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| h.split_whitespace().collect())
+        .unwrap_or_else(|| panic!("no golden bytes for {name}"))
+}
+
+#[test]
+fn worker_messages_match_golden_bytes() {
+    for (msg, name) in worker_msgs() {
+        let frame = encode_frame(&msg).unwrap();
+        assert_eq!(hex(&frame), golden(name), "{name}");
+        assert_eq!(
+            decode::<WorkerMsg>(&frame[4..]).unwrap(),
+            msg,
+            "{name} round trip"
+        );
+    }
+}
+
+#[test]
+fn coordinator_messages_match_golden_bytes() {
+    for (msg, name) in coord_msgs() {
+        let frame = encode_frame(&msg).unwrap();
+        assert_eq!(hex(&frame), golden(name), "{name}");
+        assert_eq!(
+            decode::<CoordMsg>(&frame[4..]).unwrap(),
+            msg,
+            "{name} round trip"
+        );
+    }
+}
+
+#[test]
+fn every_variant_has_a_golden_case() {
+    // Exhaustive matches: adding a variant without a golden case fails to compile here.
+    for (m, _) in worker_msgs() {
+        match m {
+            WorkerMsg::Hello(_)
+            | WorkerMsg::Holdings(_)
+            | WorkerMsg::Outcomes(_)
+            | WorkerMsg::Status(_)
+            | WorkerMsg::AssignAck { .. } => {}
+        }
+    }
+    for (m, _) in coord_msgs() {
+        match m {
+            CoordMsg::Welcome(_)
+            | CoordMsg::Refused(_)
+            | CoordMsg::Assign(_)
+            | CoordMsg::OutcomeAck { .. }
+            | CoordMsg::FetchNow { .. } => {}
+        }
+    }
+    assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());
+}
+
+/// `cargo test -p gitmirror-wire --test golden -- --ignored --nocapture` prints the
+/// encodings, for adding a case.
+#[test]
+#[ignore]
+fn print_golden() {
+    for (m, n) in worker_msgs() {
+        println!("(\"{n}\", \"{}\"),", hex(&encode_frame(&m).unwrap()));
+    }
+    for (m, n) in coord_msgs() {
+        println!("(\"{n}\", \"{}\"),", hex(&encode_frame(&m).unwrap()));
+    }
+}
