@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the whole gitmirror test suite on a bare Debian 12 machine: installs what the
+# tests need (apt packages, cargo tools), checks formatting and lints, runs every Rust
+# test (unit, in-process, end-to-end against real git servers), then the packaging and
+# systemd system test.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --no-system   skip the packaging/systemd-nspawn system test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+system=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-system) system=0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+scripts/deps.sh test
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building binaries"
+cargo build --workspace --bins --locked
+
+step "running tests"
+cargo nextest run --workspace --locked --no-fail-fast
+
+if [ "$system" = 1 ]; then
+  step "packaging and systemd system test"
+  tests/packaging/run.sh
+fi
+
+step "all tests passed"
