@@ -1,0 +1,741 @@
+//! The coordinator's configuration file (SPEC §2.1).
+//!
+//! Two layers (STYLE habit 5): [`RawConfig`] is exactly the YAML, with unknown keys refused
+//! by serde; [`Config`] is the validated result whose every error names the file and the
+//! key. Seed aliases from the Python prototype are mapped to their new keys with a warning.
+
+use crate::index::IndexSource;
+use gitmirror_common::units::parse_duration;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitmirror/gitmirrord.yaml";
+pub const DEFAULT_LISTEN_PORT: u16 = 5555;
+pub const DEFAULT_INDEX_NAME: &str = "upstream-repos";
+pub const DEFAULT_INDEX_URL: &str = "https://gitee.com/compass-ci/upstream-repos.git";
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Ids are `u32` on the wire; far beyond any real fleet, and keeps the id bitmap small.
+const MAX_MAX_WORKERS: u32 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The file as written. Every key optional; defaults are applied in [`Config::from_raw`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub indexes: Option<Vec<RawIndex>>,
+    pub max_workers: Option<u32>,
+    pub liveness: Option<RawLiveness>,
+    pub allow_file_urls: Option<bool>,
+    pub purge_protect_percent: Option<f64>,
+    pub api_token_file: Option<PathBuf>,
+    pub webhooks: Option<Vec<RawWebhook>>,
+    /// Opaque here: the embedded worker parses it (SPEC §2.1 `local_worker`).
+    pub local_worker: Option<serde_yaml::Value>,
+    pub log_level: Option<String>,
+    // Seed aliases (the prototype's keys).
+    pub coor_ip_addr: Option<String>,
+    pub upstream_repos_name: Option<String>,
+    pub upstream_repos_url: Option<String>,
+    pub bitmap_max_num: Option<u32>,
+    pub fetch_interval: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndex {
+    pub name: String,
+    pub url: String,
+    pub branch: Option<String>,
+    pub poll_interval: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLiveness {
+    pub keepalive_interval: Option<RawDuration>,
+    pub suspect_after: Option<RawDuration>,
+    pub dead_after: Option<RawDuration>,
+}
+
+/// A duration as written (`90s`, `5m`, or bare seconds). Parsed during validation rather
+/// than by serde so that the error can name the full key (`liveness.dead_after`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn parse(&self) -> Result<Duration, String> {
+        match self {
+            Self::Seconds(n) => Ok(Duration::from_secs(*n)),
+            Self::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Liveness timing (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub keepalive_interval: Duration,
+    pub suspect_after: Duration,
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(5),
+            suspect_after: Duration::from_secs(20),
+            dead_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub url: String,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The API token (`api_token_file`); `Debug` does not print it.
+#[derive(Clone, PartialEq)]
+pub struct ApiToken(pub String);
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub indexes: Vec<IndexSource>,
+    pub max_workers: u32,
+    pub liveness: Liveness,
+    pub allow_file_urls: bool,
+    pub purge_protect_percent: f64,
+    pub api_token_file: Option<PathBuf>,
+    /// Contents of `api_token_file`, read when the config is loaded.
+    pub api_token: Option<ApiToken>,
+    pub webhooks: Vec<Webhook>,
+    /// The `local_worker:` section, kept as written. The embedded worker is started from
+    /// [`crate::run`] once the worker crate is wired in (see the hook there).
+    pub local_worker: Option<serde_yaml::Value>,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let parse_err = |e: serde_yaml::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        // An empty file (or one with only comments) means "all defaults".
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
+        let raw: RawConfig = if value.is_null() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(parse_err)?
+        };
+        Self::from_raw(path, raw)
+    }
+
+    pub fn from_raw(path: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let alias = |old: &str, new: &str| {
+            tracing::warn!(
+                "{}: `{old}` is the prototype's name for `{new}`; please rename it",
+                path.display()
+            );
+        };
+        let both = |old: &str, new: &str| {
+            invalid(old, format!("is an alias of `{new}`; set only one of them"))
+        };
+
+        let listen = match (raw.listen, raw.coor_ip_addr) {
+            (Some(_), Some(_)) => return Err(both("coor_ip_addr", "listen")),
+            (Some(l), None) => {
+                parse_addr(&l, DEFAULT_LISTEN_PORT).map_err(|m| invalid("listen", m))?
+            }
+            (None, Some(l)) => {
+                alias("coor_ip_addr", "listen");
+                parse_addr(&l, DEFAULT_LISTEN_PORT).map_err(|m| invalid("coor_ip_addr", m))?
+            }
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
+        };
+        let http_listen = match raw.http_listen {
+            Some(l) => parse_addr(&l, 8089).map_err(|m| invalid("http_listen", m))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8089)),
+        };
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/gitmirrord"));
+        if state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "must not be empty".into()));
+        }
+
+        let indexes = Self::indexes(
+            path,
+            raw.indexes,
+            raw.upstream_repos_name,
+            raw.upstream_repos_url,
+            raw.fetch_interval,
+        )?;
+
+        let max_workers = match (raw.max_workers, raw.bitmap_max_num) {
+            (Some(_), Some(_)) => return Err(both("bitmap_max_num", "max_workers")),
+            (Some(n), None) => check_max_workers(n).map_err(|m| invalid("max_workers", m))?,
+            (None, Some(n)) => {
+                alias("bitmap_max_num", "max_workers");
+                check_max_workers(n).map_err(|m| invalid("bitmap_max_num", m))?
+            }
+            (None, None) => 100,
+        };
+
+        let raw_l = raw.liveness.unwrap_or_default();
+        let d = Liveness::default();
+        let dur = |v: &Option<RawDuration>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|m| invalid(key, m)),
+        };
+        let liveness = Liveness {
+            keepalive_interval: dur(
+                &raw_l.keepalive_interval,
+                "liveness.keepalive_interval",
+                d.keepalive_interval,
+            )?,
+            suspect_after: dur(
+                &raw_l.suspect_after,
+                "liveness.suspect_after",
+                d.suspect_after,
+            )?,
+            dead_after: dur(&raw_l.dead_after, "liveness.dead_after", d.dead_after)?,
+        };
+        if liveness.keepalive_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "liveness.keepalive_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if liveness.suspect_after <= liveness.keepalive_interval {
+            return Err(invalid(
+                "liveness.suspect_after",
+                format!(
+                    "must be longer than liveness.keepalive_interval ({}), or every quiet moment looks like a lost worker",
+                    humantime::format_duration(liveness.keepalive_interval)
+                ),
+            ));
+        }
+        // QUIC's idle timeout is a varint of milliseconds; keep far below that.
+        if liveness.suspect_after > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "liveness.suspect_after",
+                "must be at most 1d".into(),
+            ));
+        }
+        if liveness.dead_after.is_zero() {
+            return Err(invalid(
+                "liveness.dead_after",
+                "must be longer than 0s".into(),
+            ));
+        }
+
+        let purge_protect_percent = raw.purge_protect_percent.unwrap_or(5.0);
+        if !(0.0..=100.0).contains(&purge_protect_percent) {
+            return Err(invalid(
+                "purge_protect_percent",
+                format!("{purge_protect_percent} is not between 0 and 100"),
+            ));
+        }
+
+        let api_token = match &raw.api_token_file {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    invalid(
+                        "api_token_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                let t = text.trim();
+                if t.is_empty() {
+                    return Err(invalid(
+                        "api_token_file",
+                        format!("{} is empty", p.display()),
+                    ));
+                }
+                Some(ApiToken(t.to_owned()))
+            }
+        };
+
+        let mut webhooks = Vec::new();
+        for (i, w) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("webhooks[{i}].url"),
+                    format!("{:?} is not an http:// or https:// URL", w.url),
+                ));
+            }
+            webhooks.push(Webhook {
+                url: w.url,
+                secret_file: w.secret_file,
+            });
+        }
+
+        if let Some(lw) = &raw.local_worker
+            && !lw.is_mapping()
+        {
+            return Err(invalid(
+                "local_worker",
+                "must be a mapping such as {mirror_dir: …}".into(),
+            ));
+        }
+
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(
+                "log_level",
+                format!("{log_level:?} is not a log level (error, warn, info, debug, trace)"),
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            listen,
+            http_listen,
+            state_dir,
+            indexes,
+            max_workers,
+            liveness,
+            allow_file_urls: raw.allow_file_urls.unwrap_or(false),
+            purge_protect_percent,
+            api_token_file: raw.api_token_file,
+            api_token,
+            webhooks,
+            local_worker: raw.local_worker,
+            log_level,
+        })
+    }
+
+    fn indexes(
+        path: &Path,
+        indexes: Option<Vec<RawIndex>>,
+        seed_name: Option<String>,
+        seed_url: Option<String>,
+        fetch_interval: Option<RawDuration>,
+    ) -> Result<Vec<IndexSource>, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let fetch_interval = match fetch_interval {
+            None => None,
+            Some(f) => Some(f.parse().map_err(|m| invalid("fetch_interval".into(), m))?),
+        };
+        let seeded = seed_name.is_some() || seed_url.is_some();
+        let raw = match (indexes, seeded) {
+            (Some(_), true) => {
+                let old = if seed_name.is_some() {
+                    "upstream_repos_name"
+                } else {
+                    "upstream_repos_url"
+                };
+                return Err(invalid(
+                    old.into(),
+                    "is an alias of an `indexes` entry; set either `indexes` or the upstream_repos_* keys"
+                        .into(),
+                ));
+            }
+            (Some(list), false) => list,
+            (None, true) => {
+                tracing::warn!(
+                    "{}: `upstream_repos_name`/`upstream_repos_url` are the prototype's names for one `indexes` entry; please rename them",
+                    path.display()
+                );
+                vec![RawIndex {
+                    name: seed_name.unwrap_or_else(|| DEFAULT_INDEX_NAME.into()),
+                    url: seed_url.unwrap_or_else(|| DEFAULT_INDEX_URL.into()),
+                    branch: None,
+                    poll_interval: None,
+                }]
+            }
+            (None, false) => vec![RawIndex {
+                name: DEFAULT_INDEX_NAME.into(),
+                url: DEFAULT_INDEX_URL.into(),
+                branch: None,
+                poll_interval: None,
+            }],
+        };
+        if raw.is_empty() {
+            return Err(invalid(
+                "indexes".into(),
+                "lists no index; at least one is needed".into(),
+            ));
+        }
+        if fetch_interval.is_some() {
+            tracing::warn!(
+                "{}: `fetch_interval` is the prototype's name for `indexes[].poll_interval`; please rename it",
+                path.display()
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("indexes[{i}].{k}");
+            if let Err(m) = check_index_name(&r.name) {
+                return Err(invalid(key("name"), m));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is used by two indexes", r.name),
+                ));
+            }
+            if r.url.trim().is_empty() {
+                return Err(invalid(key("url"), "must not be empty".into()));
+            }
+            if r.branch
+                .as_deref()
+                .is_some_and(|b| b.trim().is_empty() || b.starts_with('-'))
+            {
+                return Err(invalid(key("branch"), "is not a branch name".into()));
+            }
+            let poll_interval = match (r.poll_interval, fetch_interval) {
+                (Some(p), _) => p.parse().map_err(|m| invalid(key("poll_interval"), m))?,
+                (None, Some(p)) => p,
+                (None, None) => DEFAULT_POLL_INTERVAL,
+            };
+            if poll_interval.is_zero() {
+                return Err(invalid(
+                    key("poll_interval"),
+                    "must be longer than 0s".into(),
+                ));
+            }
+            out.push(IndexSource {
+                name: r.name,
+                url: r.url,
+                branch: r.branch,
+                poll_interval,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn check_max_workers(n: u32) -> Result<u32, String> {
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    if n > MAX_MAX_WORKERS {
+        return Err(format!("{n} is more than the supported {MAX_MAX_WORKERS}"));
+    }
+    Ok(n)
+}
+
+/// Index names become directory names under `<state_dir>/index`.
+fn check_index_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("must be 1 to 100 characters".into());
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(format!("{name:?} must not start with '.' or '-'"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!("{name:?} may hold only A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+/// `host:port`, `ip:port`, or a bare IP (then `default_port`).
+fn parse_addr(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    match t.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "{text:?} is not an address such as 0.0.0.0:{default_port} ({e})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/x.yaml"), text)
+    }
+
+    // SPEC §2.1: defaults.
+    #[test]
+    fn empty_file_gives_defaults() {
+        for text in ["", "# only a comment\n", "{}"] {
+            let c = parse(text).unwrap();
+            assert_eq!(c.listen, "0.0.0.0:5555".parse().unwrap());
+            assert_eq!(c.http_listen, "127.0.0.1:8089".parse().unwrap());
+            assert_eq!(c.state_dir, PathBuf::from("/var/lib/gitmirrord"));
+            assert_eq!(c.indexes.len(), 1);
+            assert_eq!(c.indexes[0].name, "upstream-repos");
+            assert_eq!(c.indexes[0].url, DEFAULT_INDEX_URL);
+            assert_eq!(c.indexes[0].branch, None);
+            assert_eq!(c.indexes[0].poll_interval, Duration::from_secs(60));
+            assert_eq!(c.max_workers, 100);
+            assert_eq!(c.liveness, Liveness::default());
+            assert_eq!(c.liveness.keepalive_interval, Duration::from_secs(5));
+            assert_eq!(c.liveness.suspect_after, Duration::from_secs(20));
+            assert_eq!(c.liveness.dead_after, Duration::from_secs(60));
+            assert!(!c.allow_file_urls);
+            assert_eq!(c.purge_protect_percent, 5.0);
+            assert_eq!(c.api_token_file, None);
+            assert!(c.webhooks.is_empty());
+            assert!(c.local_worker.is_none());
+            assert_eq!(c.log_level, "info");
+        }
+    }
+
+    // SPEC §2.1: every key.
+    #[test]
+    fn every_key_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "s3cret\n").unwrap();
+        let text = format!(
+            r#"
+listen: 127.0.0.1:7000
+http_listen: 127.0.0.1:7001
+state_dir: /tmp/gm
+indexes:
+  - name: one
+    url: https://example.org/one.git
+    branch: main
+    poll_interval: 5m
+  - name: two
+    url: /srv/index
+max_workers: 7
+liveness:
+  keepalive_interval: 1s
+  suspect_after: 3s
+  dead_after: 4s
+allow_file_urls: true
+purge_protect_percent: 12.5
+api_token_file: {}
+webhooks:
+  - url: https://hooks.example.org/x
+    secret_file: /etc/gitmirror/hook-secret
+local_worker:
+  mirror_dir: /srv/mirrors
+  fetch:
+    concurrency: 2
+log_level: debug
+"#,
+            tok.display()
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.http_listen, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/gm"));
+        assert_eq!(
+            c.indexes,
+            vec![
+                IndexSource {
+                    name: "one".into(),
+                    url: "https://example.org/one.git".into(),
+                    branch: Some("main".into()),
+                    poll_interval: Duration::from_secs(300),
+                },
+                IndexSource {
+                    name: "two".into(),
+                    url: "/srv/index".into(),
+                    branch: None,
+                    poll_interval: Duration::from_secs(60),
+                },
+            ]
+        );
+        assert_eq!(c.max_workers, 7);
+        assert_eq!(
+            c.liveness,
+            Liveness {
+                keepalive_interval: Duration::from_secs(1),
+                suspect_after: Duration::from_secs(3),
+                dead_after: Duration::from_secs(4),
+            }
+        );
+        assert!(c.allow_file_urls);
+        assert_eq!(c.purge_protect_percent, 12.5);
+        assert_eq!(c.api_token, Some(ApiToken("s3cret".into())));
+        assert_eq!(
+            c.webhooks,
+            vec![Webhook {
+                url: "https://hooks.example.org/x".into(),
+                secret_file: Some("/etc/gitmirror/hook-secret".into()),
+            }]
+        );
+        let lw = c.local_worker.unwrap();
+        assert_eq!(lw["mirror_dir"].as_str(), Some("/srv/mirrors"));
+        assert_eq!(c.log_level, "debug");
+        assert!(!format!("{:?}", c.api_token).contains("s3cret"));
+    }
+
+    // SPEC §2.1 / §2.2: a file with only the prototype's keys works.
+    #[test]
+    fn seed_aliases_map_to_new_keys() {
+        let c = parse(
+            "coor_ip_addr: 10.0.0.5\nupstream_repos_name: repos\nupstream_repos_url: https://example.org/u.git\nbitmap_max_num: 12\nfetch_interval: 30\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "10.0.0.5:5555".parse().unwrap());
+        assert_eq!(c.max_workers, 12);
+        assert_eq!(c.indexes.len(), 1);
+        assert_eq!(c.indexes[0].name, "repos");
+        assert_eq!(c.indexes[0].url, "https://example.org/u.git");
+        assert_eq!(c.indexes[0].poll_interval, Duration::from_secs(30));
+        let c = parse("coor_ip_addr: 10.0.0.5:6000\n").unwrap();
+        assert_eq!(c.listen, "10.0.0.5:6000".parse().unwrap());
+    }
+
+    #[test]
+    fn alias_and_new_key_together_are_refused() {
+        let e = parse("listen: 0.0.0.0:1\ncoor_ip_addr: 10.0.0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("coor_ip_addr") && e.contains("listen"), "{e}");
+        let e = parse("max_workers: 3\nbitmap_max_num: 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bitmap_max_num"), "{e}");
+    }
+
+    // SPEC §2: unknown keys are an error naming the key (also nested).
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("listen: 0.0.0.0:1\nlisten_port: 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/x.yaml: ") && e.contains("listen_port"),
+            "{e}"
+        );
+        let e = parse("liveness:\n  dead_aftr: 4s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dead_aftr"), "{e}");
+        let e = parse("indexes:\n  - name: a\n    url: /x\n    polling: 1s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("polling"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let e = parse("liveness:\n  dead_after: 5 parsecs\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/x.yaml: liveness.dead_after: \"5 parsecs\""),
+            "{e}"
+        );
+        let e = parse("indexes: [{name: a, url: /x, poll_interval: soon}]\n").unwrap_err();
+        assert!(
+            e.to_string().contains("indexes[0].poll_interval: \"soon\""),
+            "{e}"
+        );
+        let cases = [
+            ("max_workers: 0\n", "max_workers"),
+            (
+                "liveness:\n  keepalive_interval: 5s\n  suspect_after: 5s\n",
+                "liveness.suspect_after",
+            ),
+            ("liveness:\n  dead_after: 0s\n", "liveness.dead_after"),
+            (
+                "indexes:\n  - {name: a, url: /x}\n  - {name: a, url: /y}\n",
+                "indexes[1].name",
+            ),
+            ("indexes:\n  - {name: ../a, url: /x}\n", "indexes[0].name"),
+            ("indexes:\n  - {name: a, url: ''}\n", "indexes[0].url"),
+            ("indexes: []\n", "indexes"),
+            ("purge_protect_percent: 150\n", "purge_protect_percent"),
+            ("listen: nowhere\n", "listen"),
+            ("webhooks:\n  - url: ftp://x\n", "webhooks[0].url"),
+            ("api_token_file: /nonexistent/token\n", "api_token_file"),
+            ("log_level: \"loud[\"\n", "log_level"),
+            ("local_worker: 3\n", "local_worker"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("/etc/x.yaml: ") && e.contains(key),
+                "{text:?} gave {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_test_durations_are_allowed() {
+        let c = parse("liveness: {keepalive_interval: 1s, suspect_after: 3s, dead_after: 4s}\nindexes: [{name: i, url: /x, poll_interval: 1s}]\n").unwrap();
+        assert_eq!(c.liveness.dead_after, Duration::from_secs(4));
+        assert_eq!(c.indexes[0].poll_interval, Duration::from_secs(1));
+    }
+}
