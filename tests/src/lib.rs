@@ -1,1 +1,146 @@
+//! Harness for the end-to-end tests: real `gitmirrord` and `gitmirror-worker` binaries,
+//! real `git daemon` upstreams, temp dirs, loopback ports and polling with deadlines.
+//!
+//! Everything here panics with a message that says what it was doing: these are tests.
+//! Waits never sleep for a condition; they poll it ([`wait_for`]) until a deadline and
+//! report the last state they saw.
 
+pub mod daemons;
+pub mod git;
+pub mod http;
+
+pub use daemons::{Coordinator, Fleet, Proc, Worker};
+pub use git::{GitDaemon, Index, git, ls_remote, mirror_refs};
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often [`wait_for`] re-checks its condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Directory holding the binaries under test: `$GITMIRROR_BIN_DIR`, else `target/debug/`
+/// found from this test executable (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GITMIRROR_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a parent dir");
+    let dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().expect("deps has a parent dir")
+    } else {
+        deps
+    };
+    dir.to_path_buf()
+}
+
+/// Path of binary `name`, which must exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} does not exist: run `cargo build --bins` first (or set GITMIRROR_BIN_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// A temp dir for one test: removed when dropped normally, kept (and its path printed)
+/// when dropped during a panic, so a failing test leaves its logs and mirrors behind.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(label: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gitmirror-e2e-{label}-"))
+            .tempdir()
+            .expect("create temp dir");
+        let path = dir.path().to_path_buf();
+        Self {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A subdirectory, created.
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("test failed: keeping {}", kept.display());
+        }
+    }
+}
+
+/// A free UDP port on 127.0.0.1 (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+    s.local_addr().expect("udp local addr").port()
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_tcp_port() -> u16 {
+    let s = TcpListener::bind("127.0.0.1:0").expect("bind tcp 127.0.0.1:0");
+    s.local_addr().expect("tcp local addr").port()
+}
+
+/// Poll `check` until it returns `Ok`, at most `timeout`. `Err` carries a description of
+/// the state seen, which the panic message shows when the deadline passes.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) => last = state,
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// [`wait_for`] for conditions without a state description.
+pub fn poll_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    wait_for(timeout, what, || {
+        check().ok_or_else(|| "not yet".to_owned())
+    })
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Quote a string as a YAML (JSON-compatible) double-quoted scalar.
+pub fn yaml_str(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).expect("string to json")
+}
+
+/// Quote a path as a YAML scalar.
+pub fn yaml_path(p: &Path) -> String {
+    yaml_str(p.to_str().expect("utf-8 temp path"))
+}
