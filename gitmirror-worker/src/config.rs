@@ -1,0 +1,597 @@
+//! Worker configuration (SPEC §2.2): a raw serde layer that refuses unknown keys, then a
+//! validated [`WorkerConfig`] whose errors name the file and the key.
+
+use gitmirror_common::units::{FreeSpace, de_duration};
+use gitmirror_wire::JoinToken;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitmirror/gitmirror-worker.yaml";
+pub const DEFAULT_TOKEN_FILE: &str = "/etc/gitmirror/join-token";
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:5555";
+pub const DEFAULT_MIRROR_DIR: &str = "/var/lib/gitmirror-worker/repos";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gitmirror-worker";
+
+/// `fetch:` keys. Public because the coordinator's `local_worker:` embeds them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchSection {
+    /// Fetches and clones at once.
+    pub concurrency: usize,
+    /// Fetches and clones at once against one upstream host.
+    pub per_host_concurrency: usize,
+    /// A fetch or clone running longer is interrupted and counted as a transient failure.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub min_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_interval: Duration,
+}
+
+impl Default for FetchSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            per_host_concurrency: 4,
+            timeout: Duration::from_secs(30 * 60),
+            min_interval: Duration::from_secs(60),
+            max_interval: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl FetchSection {
+    /// Check the values; the error's key is relative, e.g. `fetch.concurrency`.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        if self.concurrency == 0 {
+            return Err(KeyError::new("fetch.concurrency", "must be at least 1"));
+        }
+        if self.per_host_concurrency == 0 {
+            return Err(KeyError::new(
+                "fetch.per_host_concurrency",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("fetch.timeout", self.timeout),
+            ("fetch.min_interval", self.min_interval),
+            ("fetch.max_interval", self.max_interval),
+        ] {
+            if d.is_zero() {
+                return Err(KeyError::new(key, "must be longer than zero"));
+            }
+        }
+        if self.max_interval < self.min_interval {
+            return Err(KeyError::new(
+                "fetch.max_interval",
+                format!(
+                    "{} is shorter than fetch.min_interval ({})",
+                    humantime::format_duration(self.max_interval),
+                    humantime::format_duration(self.min_interval)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `disk:` keys. Public because the coordinator's `local_worker:` embeds them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskSection {
+    /// Below this free space on `mirror_dir` no new clone starts (SPEC §7.5).
+    pub min_free: FreeSpace,
+}
+
+impl Default for DiskSection {
+    fn default() -> Self {
+        Self {
+            min_free: FreeSpace::Percent(5.0),
+        }
+    }
+}
+
+/// A bad value, named by its key (relative to the section that holds it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key `{key}`: {detail}")]
+pub struct KeyError {
+    pub key: String,
+    pub detail: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key or a value of the wrong shape; serde's message names the key.
+    #[error("config file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("config file {path}: {error}")]
+    Invalid { path: PathBuf, error: KeyError },
+}
+
+/// The file as written; every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    coordinator: Option<String>,
+    /// Seed alias of `coordinator`.
+    where_coor_ip_addr: Option<String>,
+    join_token: Option<String>,
+    join_token_file: Option<PathBuf>,
+    mirror_dir: Option<PathBuf>,
+    /// Seed alias of `mirror_dir`.
+    clone_disk_path: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    name: Option<String>,
+    weight: Option<f64>,
+    #[serde(default)]
+    fetch: FetchSection,
+    #[serde(default)]
+    disk: DiskSection,
+    serve_url_base: Option<String>,
+    log_level: Option<String>,
+}
+
+/// A validated worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `host:port` of the coordinator; host names are resolved at each connection attempt.
+    pub coordinator: String,
+    pub token: JoinToken,
+    pub mirror_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub name: String,
+    pub weight: f64,
+    pub fetch: FetchSection,
+    pub disk: DiskSection,
+    pub serve_url_base: Option<String>,
+    pub log_level: String,
+    /// Things the operator should change but that do not stop the daemon (seed aliases).
+    /// `main` logs them once logging is set up.
+    pub warnings: Vec<String>,
+}
+
+impl WorkerConfig {
+    /// Read and validate the config file at `path`, including the join token it points to.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, &|p| {
+            gitmirror_common::trust::read_token_file(p)
+        })
+    }
+
+    /// Validate `text` (the content of `path`); `read_token` reads a join token file.
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        read_token: &dyn Fn(&Path) -> anyhow::Result<JoinToken>,
+    ) -> Result<Self, ConfigError> {
+        // An empty file (or one with only comments) means "all defaults".
+        let raw: RawConfig = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?
+        };
+        raw.validate(read_token)
+            .map_err(|error| ConfigError::Invalid {
+                path: path.to_owned(),
+                error,
+            })
+    }
+
+    /// The configuration of a worker embedded in the coordinator (`local_worker:`), which
+    /// connects to that coordinator over loopback. Key names in errors are relative to the
+    /// `local_worker` section.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedded(
+        coordinator: SocketAddr,
+        token: JoinToken,
+        mirror_dir: PathBuf,
+        state_dir: PathBuf,
+        name: String,
+        weight: f64,
+        fetch: FetchSection,
+        disk: DiskSection,
+        serve_url_base: Option<String>,
+    ) -> Result<Self, KeyError> {
+        let cfg = Self {
+            coordinator: coordinator.to_string(),
+            token,
+            mirror_dir,
+            state_dir,
+            name,
+            weight,
+            fetch,
+            disk,
+            serve_url_base,
+            log_level: "info".into(),
+            warnings: Vec::new(),
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks shared by files and embedded configs.
+    fn check(&self) -> Result<(), KeyError> {
+        check_host_port(&self.coordinator).map_err(|d| KeyError::new("coordinator", d))?;
+        if !self.weight.is_finite() || self.weight <= 0.0 {
+            return Err(KeyError::new(
+                "weight",
+                format!("must be a number above 0, got {}", self.weight),
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err(KeyError::new("name", "must not be empty"));
+        }
+        for (key, p) in [
+            ("mirror_dir", &self.mirror_dir),
+            ("state_dir", &self.state_dir),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(KeyError::new(key, "must not be empty"));
+            }
+        }
+        self.fetch.validate()?;
+        if let Some(base) = &self.serve_url_base
+            && !base.contains("://")
+        {
+            return Err(KeyError::new(
+                "serve_url_base",
+                format!("{base:?} is not a URL (e.g. git://mirror3.example.org/)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RawConfig {
+    fn validate(
+        self,
+        read_token: &dyn Fn(&Path) -> anyhow::Result<JoinToken>,
+    ) -> Result<WorkerConfig, KeyError> {
+        let mut warnings = Vec::new();
+        let coordinator = pick_alias(
+            self.coordinator,
+            self.where_coor_ip_addr,
+            "coordinator",
+            "where_coor_ip_addr",
+            &mut warnings,
+        )?
+        .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned());
+        let mirror_dir = pick_alias(
+            self.mirror_dir,
+            self.clone_disk_path,
+            "mirror_dir",
+            "clone_disk_path",
+            &mut warnings,
+        )?
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MIRROR_DIR));
+        // The inline token wins over the file (SPEC §2.2).
+        let token = match (self.join_token, self.join_token_file) {
+            (Some(text), _) => {
+                JoinToken::parse(&text).map_err(|e| KeyError::new("join_token", e.to_string()))?
+            }
+            (None, file) => {
+                let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
+                read_token(&file).map_err(|e| KeyError::new("join_token_file", format!("{e:#}")))?
+            }
+        };
+        let name = match self.name {
+            Some(n) => n,
+            None => host_name(),
+        };
+        let log_level = self.log_level.unwrap_or_else(|| "info".into());
+        check_log_level(&log_level).map_err(|d| KeyError::new("log_level", d))?;
+        let cfg = WorkerConfig {
+            coordinator,
+            token,
+            mirror_dir,
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            name,
+            weight: self.weight.unwrap_or(1.0),
+            fetch: self.fetch,
+            disk: self.disk,
+            serve_url_base: self.serve_url_base,
+            log_level,
+            warnings,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+/// The new key wins when both are set; the seed alias alone is accepted with a warning.
+fn pick_alias<T>(
+    new: Option<T>,
+    alias: Option<T>,
+    new_key: &str,
+    alias_key: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<T>, KeyError> {
+    match (new, alias) {
+        (Some(_), Some(_)) => Err(KeyError::new(
+            alias_key,
+            format!("is the old name of `{new_key}`; set only `{new_key}`"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(v)) => {
+            warnings.push(format!(
+                "config key `{alias_key}` is the prototype's name for `{new_key}`; please rename it"
+            ));
+            Ok(Some(v))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `host:port` or `[v6]:port`; the host is resolved later.
+fn check_host_port(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad =
+        || format!("{text:?} is not host:port (e.g. 127.0.0.1:5555 or coord.example.org:5555)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if host_ok { Ok(()) } else { Err(bad()) }
+}
+
+fn check_log_level(level: &str) -> Result<(), String> {
+    let plain = ["off", "error", "warn", "info", "debug", "trace"];
+    if plain.contains(&level.to_ascii_lowercase().as_str()) || level.contains('=') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{level:?} is not a log level (off, error, warn, info, debug, trace)"
+        ))
+    }
+}
+
+/// The machine's host name, for the default worker name.
+fn host_name() -> String {
+    let uts = rustix::system::uname();
+    let name = uts.nodename().to_string_lossy().trim().to_owned();
+    if name.is_empty() {
+        "gitmirror-worker".into()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "gmj1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.c2VjcmV0";
+
+    fn token_from_file(p: &Path) -> anyhow::Result<JoinToken> {
+        anyhow::ensure!(
+            p == Path::new(DEFAULT_TOKEN_FILE) || p == Path::new("/tok"),
+            "no such file {}",
+            p.display()
+        );
+        Ok(JoinToken::parse(TOKEN)?)
+    }
+
+    fn parse(text: &str) -> Result<WorkerConfig, ConfigError> {
+        WorkerConfig::from_yaml(text, Path::new("/etc/w.yaml"), &token_from_file)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn spec_2_2_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.coordinator, "127.0.0.1:5555");
+        assert_eq!(c.token, JoinToken::parse(TOKEN).unwrap());
+        assert_eq!(
+            c.mirror_dir,
+            PathBuf::from("/var/lib/gitmirror-worker/repos")
+        );
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/gitmirror-worker"));
+        assert!(!c.name.is_empty());
+        assert_eq!(c.weight, 1.0);
+        assert_eq!(c.fetch, FetchSection::default());
+        assert_eq!(c.fetch.concurrency, 8);
+        assert_eq!(c.fetch.per_host_concurrency, 4);
+        assert_eq!(c.fetch.timeout, Duration::from_secs(1800));
+        assert_eq!(c.fetch.min_interval, Duration::from_secs(60));
+        assert_eq!(c.fetch.max_interval, Duration::from_secs(86_400));
+        assert_eq!(c.disk.min_free, FreeSpace::Percent(5.0));
+        assert_eq!(c.serve_url_base, None);
+        assert_eq!(c.log_level, "info");
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn spec_2_2_every_key() {
+        let c = parse(
+            "coordinator: coord.example.org:6000\n\
+             join_token_file: /tok\n\
+             mirror_dir: /m\n\
+             state_dir: /s\n\
+             name: w7\n\
+             weight: 2.5\n\
+             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n\
+             disk:\n  min_free: 10G\n\
+             serve_url_base: git://mirror3.example.org/\n\
+             log_level: debug\n",
+        )
+        .unwrap();
+        assert_eq!(c.coordinator, "coord.example.org:6000");
+        assert_eq!(c.mirror_dir, PathBuf::from("/m"));
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        assert_eq!(c.name, "w7");
+        assert_eq!(c.weight, 2.5);
+        assert_eq!(
+            c.fetch,
+            FetchSection {
+                concurrency: 3,
+                per_host_concurrency: 2,
+                timeout: Duration::from_secs(300),
+                min_interval: Duration::from_secs(2),
+                max_interval: Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(c.disk.min_free, FreeSpace::Bytes(10 << 30));
+        assert_eq!(
+            c.serve_url_base.as_deref(),
+            Some("git://mirror3.example.org/")
+        );
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn spec_2_2_inline_token_wins_over_file() {
+        let other = "gmj1.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB.b3RoZXI";
+        let c = parse(&format!("join_token: {other}\njoin_token_file: /missing\n")).unwrap();
+        assert_eq!(c.token, JoinToken::parse(other).unwrap());
+        let e = err("join_token_file: /missing\n");
+        assert!(
+            e.contains("join_token_file") && e.contains("/missing"),
+            "{e}"
+        );
+        let e = err("join_token: nonsense\n");
+        assert!(e.contains("/etc/w.yaml") && e.contains("join_token"), "{e}");
+    }
+
+    #[test]
+    fn spec_2_2_seed_aliases_only() {
+        let c =
+            parse("where_coor_ip_addr: 10.0.0.1:5555\nclone_disk_path: /worker/clone/repo/path\n")
+                .unwrap();
+        assert_eq!(c.coordinator, "10.0.0.1:5555");
+        assert_eq!(c.mirror_dir, PathBuf::from("/worker/clone/repo/path"));
+        assert_eq!(c.warnings.len(), 2);
+        assert!(
+            c.warnings[0].contains("where_coor_ip_addr") && c.warnings[0].contains("`coordinator`")
+        );
+        assert!(
+            c.warnings[1].contains("clone_disk_path") && c.warnings[1].contains("`mirror_dir`")
+        );
+        let e = err("coordinator: 1.2.3.4:5\nwhere_coor_ip_addr: 1.2.3.4:5\n");
+        assert!(e.contains("where_coor_ip_addr"), "{e}");
+    }
+
+    #[test]
+    fn spec_2_unknown_keys_are_named() {
+        let e = err("coordinatr: 1.2.3.4:5\n");
+        assert!(e.contains("/etc/w.yaml") && e.contains("coordinatr"), "{e}");
+        let e = err("fetch:\n  concurency: 3\n");
+        assert!(e.contains("concurency"), "{e}");
+        let e = err("disk:\n  free: 3\n");
+        assert!(e.contains("`free`"), "{e}");
+    }
+
+    #[test]
+    fn spec_2_bad_values_name_file_and_key() {
+        let e = err("fetch:\n  timeout: 5 parsecs\n");
+        assert!(
+            e.contains("/etc/w.yaml") && e.contains("fetch.timeout") && e.contains("parsecs"),
+            "{e}"
+        );
+        let e = err("fetch:\n  min_interval: 1h\n  max_interval: 1m\n");
+        assert!(e.contains("fetch.max_interval"), "{e}");
+        let e = err("fetch:\n  concurrency: 0\n");
+        assert!(e.contains("fetch.concurrency"), "{e}");
+        let e = err("weight: 0\n");
+        assert!(e.contains("weight"), "{e}");
+        let e = err("weight: -1\n");
+        assert!(e.contains("weight"), "{e}");
+        let e = err("coordinator: nope\n");
+        assert!(e.contains("coordinator"), "{e}");
+        let e = err("disk:\n  min_free: 150%\n");
+        assert!(e.contains("disk.min_free"), "{e}");
+        let e = err("serve_url_base: mirror3\n");
+        assert!(e.contains("serve_url_base"), "{e}");
+        let e = err("log_level: loud\n");
+        assert!(e.contains("log_level"), "{e}");
+        // A bare integer is seconds (SPEC §2).
+        assert_eq!(
+            parse("fetch:\n  timeout: 90\n").unwrap().fetch.timeout,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn coordinator_forms() {
+        for ok in [
+            "127.0.0.1:5555",
+            "[::1]:5555",
+            "coord:1",
+            "a.example.org:5555",
+        ] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "host", ":5555", "host:", "host:99999", "a b:5"] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn embedded_constructor_validates() {
+        let tok = JoinToken::parse(TOKEN).unwrap();
+        let addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let mk = |weight: f64, fetch: FetchSection| {
+            WorkerConfig::embedded(
+                addr,
+                tok.clone(),
+                "/m".into(),
+                "/s".into(),
+                "local".into(),
+                weight,
+                fetch,
+                DiskSection::default(),
+                None,
+            )
+        };
+        let c = mk(1.0, FetchSection::default()).unwrap();
+        assert_eq!(c.coordinator, "127.0.0.1:5555");
+        assert_eq!(mk(0.0, FetchSection::default()).unwrap_err().key, "weight");
+        let bad = FetchSection {
+            per_host_concurrency: 0,
+            ..FetchSection::default()
+        };
+        assert_eq!(mk(1.0, bad).unwrap_err().key, "fetch.per_host_concurrency");
+        // The sections parse on their own, as inside the coordinator's `local_worker:`.
+        let f: FetchSection = serde_yaml::from_str("min_interval: 2s").unwrap();
+        assert_eq!(f.min_interval, Duration::from_secs(2));
+        assert_eq!(f.concurrency, 8);
+        assert!(serde_yaml::from_str::<DiskSection>("bogus: 1").is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! Real git for tests: upstream repos made with the `git` binary, served by `git daemon`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run git in `dir`, panicking with its stderr on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.org",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Poll `cond` until it holds or `within` passes.
+pub fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An upstream repository in `<base>/<name>`.
+pub struct Upstream {
+    pub dir: PathBuf,
+    counter: u32,
+}
+
+impl Upstream {
+    /// A repo with a few branches and both kinds of tags.
+    pub fn create(base: &Path, name: &str) -> Self {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        let mut u = Self { dir, counter: 0 };
+        u.commit("first");
+        git(&u.dir, &["tag", "v1"]);
+        git(&u.dir, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
+        git(&u.dir, &["branch", "dev"]);
+        git(&u.dir, &["checkout", "-q", "-b", "feature/x"]);
+        u.commit("on feature");
+        git(&u.dir, &["checkout", "-q", "main"]);
+        u.commit("second");
+        u
+    }
+
+    pub fn commit(&mut self, msg: &str) -> String {
+        self.counter += 1;
+        std::fs::write(self.dir.join("file"), format!("{msg} {}\n", self.counter)).unwrap();
+        git(&self.dir, &["add", "file"]);
+        git(&self.dir, &["commit", "-q", "-m", msg]);
+        git(&self.dir, &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+}
+
+/// `refs/...` → oid as listed by `git ls-remote` (peeled `^{}` lines left out).
+pub fn ls_remote(url: &str) -> BTreeMap<String, String> {
+    let tmp = std::env::temp_dir();
+    parse_ref_lines(&git(&tmp, &["ls-remote", url]))
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("refs/") && !n.ends_with("^{}"))
+        .collect()
+}
+
+/// All refs of a local repository.
+pub fn local_refs(repo: &Path) -> BTreeMap<String, String> {
+    parse_ref_lines(&git(
+        repo,
+        &["for-each-ref", "--format=%(objectname)\t%(refname)"],
+    ))
+}
+
+fn parse_ref_lines(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(oid, name)| (name.to_owned(), oid.to_owned()))
+        .collect()
+}
+
+/// A `git daemon` serving `base` on a free localhost port, killed on drop.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("git")
+            .arg("daemon")
+            .arg("--export-all")
+            .arg(format!("--base-path={}", base.display()))
+            .arg("--reuseaddr")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        wait_for("git daemon to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
