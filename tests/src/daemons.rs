@@ -350,6 +350,15 @@ impl Coordinator {
         }
     }
 
+    /// `GET /api/events?since=<since>&limit=10000`: the events array.
+    pub fn events(&self, since: u64) -> Result<Vec<Value>, String> {
+        let v = self.json(&format!("/api/events?since={since}&limit=10000"))?;
+        v["events"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| format!("/api/events without events: {v}"))
+    }
+
     /// Repo id → owner worker id (`None` when unassigned), from `/api/repos`.
     pub fn owners(&self) -> Result<BTreeMap<String, Option<u64>>, String> {
         Ok(self
@@ -519,6 +528,13 @@ impl Fleet {
 
     /// Create and start worker `w<N>`; returns its index in `workers`.
     pub fn add_worker(&mut self, weight: f64) -> usize {
+        let i = self.create_worker(weight);
+        self.workers[i].start();
+        i
+    }
+
+    /// Create worker `w<N>` without starting it; returns its index in `workers`.
+    pub fn create_worker(&mut self, weight: f64) -> usize {
         let i = self.workers.len();
         let name = format!("w{i}");
         let w = Worker::new(
@@ -528,7 +544,6 @@ impl Fleet {
             &self.token,
             weight,
         );
-        w.start();
         self.workers.push(w);
         i
     }

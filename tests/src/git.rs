@@ -1,6 +1,6 @@
 //! Real git: upstream repos served by `git daemon`, the index repo, and reading mirrors.
 
-use crate::{TestDir, free_tcp_port, wait_for};
+use crate::{TestDir, free_tcp_port};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -314,6 +314,38 @@ impl GitDaemon {
         commit_to(&self.repo_path(name), branch)
     }
 
+    /// Create `n` repos named `<prefix>-rNN`; returns repo id → URL (ids per [`repo_id`]).
+    pub fn repo_set(&self, prefix: &str, n: usize) -> BTreeMap<String, String> {
+        self.create_repos(prefix, n)
+            .into_iter()
+            .map(|name| (repo_id(&name), self.url(&name)))
+            .collect()
+    }
+
+    /// Point `refname` of repo `name` at `oid` (creating it).
+    pub fn set_ref(&self, name: &str, refname: &str, oid: &str) {
+        let gd = self.repo_path(name);
+        git([
+            OsStr::new("--git-dir"),
+            gd.as_os_str(),
+            "update-ref".as_ref(),
+            refname.as_ref(),
+            oid.as_ref(),
+        ]);
+    }
+
+    /// Delete `refname` of repo `name`.
+    pub fn delete_ref(&self, name: &str, refname: &str) {
+        let gd = self.repo_path(name);
+        git([
+            OsStr::new("--git-dir"),
+            gd.as_os_str(),
+            "update-ref".as_ref(),
+            "-d".as_ref(),
+            refname.as_ref(),
+        ]);
+    }
+
     pub fn delete_repo(&self, name: &str) {
         let p = self.repo_path(name);
         std::fs::remove_dir_all(&p).unwrap_or_else(|e| panic!("rm -r {}: {e}", p.display()));
@@ -415,10 +447,7 @@ pub fn repo_id(name: &str) -> String {
     format!("{first}/{project}/{name}")
 }
 
-/// Wait until upstream repo `name`'s refs are served (always immediately with git daemon,
-/// but it proves the daemon serves it).
-pub fn wait_served(daemon: &GitDaemon, name: &str) {
-    wait_for(Duration::from_secs(10), "upstream repo served", || {
-        try_ls_remote(&daemon.url(name))
-    });
+/// The upstream repo name of a repo id made by [`repo_id`] (its last component).
+pub fn repo_name(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
 }

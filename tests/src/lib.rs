@@ -129,6 +129,48 @@ pub fn poll_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     })
 }
 
+/// How long a fetch of a repo may take to pick up an upstream change made now, when the
+/// upstream last changed at `changed_at` (SPEC §7.2): the next fetch is due within about
+/// half the time since the last change (at least `min_interval`), +10 % jitter, plus 10 s
+/// of slack for the fetch itself and reporting.
+pub fn fetch_deadline(changed_at: Instant) -> Duration {
+    let half = changed_at.elapsed().mul_f64(0.5 * 1.1);
+    half.max(daemons::MIN_INTERVAL) + Duration::from_secs(10)
+}
+
+/// Name of the marker file tests drop inside a mirror to prove it was not re-cloned.
+pub const MARKER: &str = "gitmirror-e2e-marker";
+
+/// Drop [`MARKER`] inside the mirror at `git_dir`; returns the mirror dir's inode.
+pub fn mark_mirror(git_dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let m = git_dir.join(MARKER);
+    std::fs::write(&m, b"left by the e2e test\n")
+        .unwrap_or_else(|e| panic!("write {}: {e}", m.display()));
+    std::fs::metadata(git_dir)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", git_dir.display()))
+        .ino()
+}
+
+/// `Ok` when the mirror at `git_dir` is the same directory [`mark_mirror`] marked: same
+/// inode and the marker still inside (so it was fetched into, not re-cloned).
+pub fn same_mirror(git_dir: &Path, inode: u64) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(git_dir)
+        .map_err(|e| format!("stat {}: {e}", git_dir.display()))?
+        .ino();
+    if ino != inode {
+        return Err(format!(
+            "{}: inode {ino}, was {inode}: the mirror was replaced",
+            git_dir.display()
+        ));
+    }
+    if !git_dir.join(MARKER).is_file() {
+        return Err(format!("{}: marker file gone", git_dir.display()));
+    }
+    Ok(())
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -1,0 +1,98 @@
+//! `kill -9` of the coordinator while the workers run.
+
+use gitmirror_tests::daemons::{SETTLE, str_field};
+use gitmirror_tests::git::{repo_name, try_mirror_refs};
+use gitmirror_tests::{Fleet, GitDaemon, fetch_deadline, wait_for};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// name → (id, uuid) of every worker the API lists.
+fn identities(workers: &[Value]) -> BTreeMap<String, (Value, Value)> {
+    workers
+        .iter()
+        .map(|w| (str_field(w, "name"), (w["id"].clone(), w["uuid"].clone())))
+        .collect()
+}
+
+// SPEC §6 (a worker that loses its coordinator keeps fetching, reconnects with backoff at
+// most 30 s apart, never exits), §10 (a restarted coordinator comes back consistent: same
+// workers, ids, uuids), §5 (owners are a pure function of the live set), §8 (outcomes not
+// acknowledged before the crash are resent: the change made while it was down becomes an
+// event).
+#[test]
+fn workers_outlive_a_coordinator_crash_and_reconnect() {
+    let daemon = GitDaemon::shared();
+    let created = Instant::now();
+    let repos = daemon.repo_set("coord", 50);
+    let fleet = Fleet::start("coord", &repos, 3);
+    fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
+    let owners = fleet.wait_settled(SETTLE);
+    let before = identities(&fleet.coord.workers().unwrap());
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    fleet.coord.kill();
+
+    // While it is down, an upstream change still reaches the mirror.
+    let id = repos.keys().nth(7).unwrap().clone();
+    let new = daemon.commit(repo_name(&id), "master");
+    let path = fleet.workers[owners[&id]].mirror_path(&id);
+    wait_for(
+        fetch_deadline(created),
+        "the change fetched while the coordinator is down",
+        || {
+            let refs = try_mirror_refs(&path)?;
+            if refs.get("refs/heads/master") == Some(&new) {
+                Ok(())
+            } else {
+                Err(format!("{refs:?}"))
+            }
+        },
+    );
+    for w in &fleet.workers {
+        assert!(
+            w.proc.is_running(),
+            "{} exited without its coordinator: {:?}",
+            w.name,
+            w.proc.exited()
+        );
+    }
+
+    // Same config: same ports, same state dir.
+    fleet.coord.start_ready();
+    // Reconnect backoff is capped at 30 s (SPEC §6).
+    fleet.wait_alive(&[0, 1, 2], Duration::from_secs(45));
+    let after = identities(&fleet.coord.workers().unwrap());
+    assert_eq!(
+        after, before,
+        "worker identities changed across the restart"
+    );
+    let owners_after = fleet.wait_settled(SETTLE);
+    assert_eq!(owners_after, owners, "owners changed across the restart");
+    fleet.check_mirrors(&owners_after).unwrap();
+
+    // The outcome fetched while it was down arrives as an event.
+    wait_for(
+        Duration::from_secs(20),
+        "event for the change made while down",
+        || {
+            let events = fleet.coord.events(0)?;
+            let hit = events.iter().any(|e| {
+                str_field(e, "repo") == id
+                    && e["refs"].as_array().is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r["name"] == "refs/heads/master" && r["new"] == new.as_str())
+                    })
+            });
+            if hit {
+                Ok(())
+            } else {
+                let mine: Vec<&Value> = events
+                    .iter()
+                    .filter(|e| str_field(e, "repo") == id)
+                    .collect();
+                Err(format!("events for {id}: {mine:?}"))
+            }
+        },
+    );
+}
