@@ -350,9 +350,15 @@ impl Coordinator {
         }
     }
 
-    /// `GET /api/events?since=<since>&limit=10000`: the events array.
+    /// `GET /api/events?since=<since>&limit=1000` (no `since` for 0, so an event log that
+    /// starts at seq 0 is read whole): the events array.
     pub fn events(&self, since: u64) -> Result<Vec<Value>, String> {
-        let v = self.json(&format!("/api/events?since={since}&limit=10000"))?;
+        let path = if since == 0 {
+            "/api/events?limit=1000".to_owned()
+        } else {
+            format!("/api/events?since={since}&limit=1000")
+        };
+        let v = self.json(&path)?;
         v["events"]
             .as_array()
             .cloned()
