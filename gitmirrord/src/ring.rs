@@ -1,8 +1,23 @@
 //! Weighted rendezvous hashing (SPEC §5).
 //!
-//! INTERFACE STUB: body to be written.
+//! Every member scores every repo and the lowest score owns it:
+//!
+//! ```text
+//! seed(member) = xxh3_64(member.uuid.as_bytes())            // the 16 raw uuid bytes
+//! h            = xxh3_64_with_seed(repo_id.as_bytes(), seed(member))
+//! u            = ((h >> 11) as f64 + 0.5) / 2^53             // strictly inside (0, 1)
+//! score        = -ln(u) / member.weight
+//! ```
+//!
+//! `-ln(u)` is exponentially distributed, so dividing by the weight makes a member win
+//! with probability `weight / total weight`, and removing or adding a member only moves
+//! the repos it wins or loses. Equal scores go to the smaller uuid (byte order). A member
+//! whose weight is not a positive finite number scores `+inf`: it owns a repo only when no
+//! member has a usable weight. These formulas are a stable contract: owners must not change
+//! between releases, and the tests below pin them.
 
 use uuid::Uuid;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// A live worker as the ring sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -13,6 +28,261 @@ pub struct Member {
 
 /// Index into `members` of the owner of `repo_id`, or `None` when `members` is empty.
 /// A pure function of its inputs, stable across processes and releases.
-pub fn owner(_repo_id: &str, members: &[Member]) -> Option<usize> {
-    if members.is_empty() { None } else { Some(0) }
+pub fn owner(repo_id: &str, members: &[Member]) -> Option<usize> {
+    Ring::new(members).owner(repo_id)
+}
+
+/// The owner of every id: `(id, index into members)`, in input order. Empty when
+/// `members` is empty. Use this (or [`Ring`]) rather than [`owner`] in a loop: the
+/// per-member hashing is done once.
+pub fn assign_all<'a>(
+    ids: impl Iterator<Item = &'a str>,
+    members: &[Member],
+) -> Vec<(&'a str, usize)> {
+    let ring = Ring::new(members);
+    ids.filter_map(|id| ring.owner(id).map(|m| (id, m)))
+        .collect()
+}
+
+/// A member set prepared for many look-ups (member seeds and weights precomputed).
+#[derive(Debug, Clone)]
+pub struct Ring {
+    members: Vec<Prepared>,
+}
+
+#[derive(Debug, Clone)]
+struct Prepared {
+    seed: u64,
+    /// `1 / weight`, or `+inf` for an unusable weight.
+    inv_weight: f64,
+    uuid: Uuid,
+}
+
+impl Ring {
+    pub fn new(members: &[Member]) -> Self {
+        let members = members
+            .iter()
+            .map(|m| Prepared {
+                seed: xxh3_64(m.uuid.as_bytes()),
+                inv_weight: if m.weight.is_finite() && m.weight > 0.0 {
+                    1.0 / m.weight
+                } else {
+                    f64::INFINITY
+                },
+                uuid: m.uuid,
+            })
+            .collect();
+        Self { members }
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Index of the owner of `repo_id`, `None` when there are no members.
+    pub fn owner(&self, repo_id: &str) -> Option<usize> {
+        let id = repo_id.as_bytes();
+        let mut best: Option<(usize, f64)> = None;
+        for (i, m) in self.members.iter().enumerate() {
+            let score = score(id, m);
+            let better = match best {
+                None => true,
+                Some((b, best_score)) => {
+                    // Scores are never NaN; two `+inf` (unusable weights) compare equal.
+                    score < best_score || (score == best_score && m.uuid < self.members[b].uuid)
+                }
+            };
+            if better {
+                best = Some((i, score));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+/// The member's score for a repo; lower wins.
+fn score(repo_id: &[u8], m: &Prepared) -> f64 {
+    let h = xxh3_64_with_seed(repo_id, m.seed);
+    // The top 53 bits fill an f64 mantissa exactly; +0.5 keeps u away from 0 and 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let e = -u.ln();
+    if m.inv_weight.is_infinite() {
+        f64::INFINITY
+    } else {
+        e * m.inv_weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uuid(n: u128) -> Uuid {
+        Uuid::from_u128(0x1234_5678_9abc_4def_8000_0000_0000_0000 + n)
+    }
+
+    fn members(weights: &[f64]) -> Vec<Member> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Member {
+                uuid: uuid(i as u128),
+                weight: w,
+            })
+            .collect()
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("r/p{}/repo{i}", i % 97)).collect()
+    }
+
+    #[test]
+    fn empty_set_has_no_owner() {
+        assert_eq!(owner("a/abc/abc", &[]), None);
+        assert!(assign_all(["a/abc/abc"].into_iter(), &[]).is_empty());
+    }
+
+    // SPEC §5: "the same inputs give the same owners on any coordinator, before and after a
+    // restart". Expected values are hard-coded (and were cross-checked with an independent
+    // implementation of the formula in the module doc): a change of hash or formula fails.
+    #[test]
+    fn owners_are_pinned() {
+        assert_eq!(xxh3_64(uuid(0).as_bytes()), 7_546_752_599_897_882_461);
+        assert_eq!(
+            xxh3_64_with_seed(b"a/abc/abc", 7_546_752_599_897_882_461),
+            5_640_263_820_020_008_674
+        );
+        let m = members(&[1.0, 1.0, 2.0, 0.5, 1.5]);
+        let ids = [
+            "a/abc/abc",
+            "l/linux/linux-next",
+            "g/git/git",
+            "r/rust/rust",
+            "x/y/z",
+            "q/qemu/qemu",
+            "c/curl/curl",
+            "n/nginx/nginx",
+            "v/vim/vim",
+            "p/python/cpython",
+            "o/openssl/openssl",
+            "z/zlib/zlib",
+        ];
+        let got: Vec<_> = ids.iter().map(|id| owner(id, &m)).collect();
+        let want = [2, 2, 2, 0, 0, 2, 4, 4, 3, 2, 2, 0].map(Some);
+        assert_eq!(got, want, "owners changed: the ring is no longer stable");
+    }
+
+    #[test]
+    fn order_of_members_does_not_matter() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5]);
+        let mut rev = m.clone();
+        rev.reverse();
+        for id in ids(2000) {
+            let a = m[owner(&id, &m).unwrap()].uuid;
+            let b = rev[owner(&id, &rev).unwrap()].uuid;
+            assert_eq!(a, b, "{id}");
+        }
+    }
+
+    // SPEC §5: "When a worker dies, only its repos move."
+    #[test]
+    fn only_a_dead_members_repos_move() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5]);
+        let dead = m[2].uuid;
+        let rest: Vec<_> = m.iter().copied().filter(|x| x.uuid != dead).collect();
+        let mut moved = 0;
+        for id in ids(20_000) {
+            let before = m[owner(&id, &m).unwrap()].uuid;
+            let after = rest[owner(&id, &rest).unwrap()].uuid;
+            if before != dead {
+                assert_eq!(before, after, "{id} moved although its owner lives");
+            } else {
+                moved += 1;
+            }
+        }
+        // weight 3 of 11: about 5,455 of 20,000.
+        assert!((5000..6000).contains(&moved), "{moved}");
+    }
+
+    // SPEC §5: "When a worker joins, only repos that move to it move."
+    #[test]
+    fn only_repos_moving_to_a_joining_member_move() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5]);
+        let mut joined = m.clone();
+        let newcomer = Member {
+            uuid: uuid(99),
+            weight: 2.5,
+        };
+        joined.push(newcomer);
+        let mut moved = 0;
+        for id in ids(20_000) {
+            let before = m[owner(&id, &m).unwrap()].uuid;
+            let after = joined[owner(&id, &joined).unwrap()].uuid;
+            if before != after {
+                assert_eq!(after, newcomer.uuid, "{id} moved between old members");
+                moved += 1;
+            }
+        }
+        // weight 2.5 of 10: about 5,000 of 20,000.
+        assert!((4500..5500).contains(&moved), "{moved}");
+    }
+
+    // SPEC §5: balance with weights; with 20,000 repos per unit of weight the spread is ~1 %.
+    #[test]
+    fn shares_follow_weights() {
+        let weights = [1.0, 2.0, 3.0, 0.5, 1.5];
+        let m = members(&weights);
+        let total: f64 = weights.iter().sum();
+        let n = 160_000;
+        let all = ids(n);
+        let mut load = vec![0usize; m.len()];
+        for (_, o) in assign_all(all.iter().map(String::as_str), &m) {
+            load[o] += 1;
+        }
+        for (i, w) in weights.iter().enumerate() {
+            let fair = n as f64 * w / total;
+            let ratio = load[i] as f64 / fair;
+            assert!(
+                (0.95..1.05).contains(&ratio),
+                "member {i}: {} vs fair {fair:.0}",
+                load[i]
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_weights_own_only_as_a_last_resort() {
+        let mut m = members(&[1.0, 0.0, f64::NAN, -1.0, f64::INFINITY]);
+        for id in ids(500) {
+            assert_eq!(owner(&id, &m), Some(0), "{id}");
+        }
+        m.remove(0);
+        // Nobody usable: still a deterministic owner, the smallest uuid.
+        for id in ids(50) {
+            assert_eq!(owner(&id, &m), Some(0), "{id}");
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_smaller_uuid() {
+        // The same uuid twice with the same weight scores identically.
+        let a = Member {
+            uuid: uuid(5),
+            weight: 1.0,
+        };
+        let b = Member {
+            uuid: uuid(3),
+            weight: 1.0,
+        };
+        let m = [a, b, b];
+        for id in ids(200) {
+            let o = owner(&id, &m).unwrap();
+            assert!(o == 0 || o == 1, "first of equal members wins: {o}");
+        }
+    }
 }

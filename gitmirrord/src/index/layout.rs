@@ -1,0 +1,418 @@
+//! The index layout (SPEC §3.1): which files are entries, `DEFAULTS` inheritance, and
+//! turning file contents into validated entries (SPEC §3.2).
+
+use super::validate;
+use super::{Entry, Rejected};
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+
+/// Largest entry or `DEFAULTS` file read (SPEC §3.2).
+pub const MAX_FILE_SIZE: u64 = 64 * 1024;
+
+/// What a file means in the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `<first>/<project>/<name>`.
+    Entry,
+    /// `DEFAULTS` at the root, at `<first>/` or at `<first>/<project>/`.
+    Defaults,
+}
+
+/// A file of the index that has a [`Role`], as a source found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct File {
+    /// Path relative to the index root, `/`-separated, as raw bytes (may not be UTF-8).
+    pub path: Vec<u8>,
+    pub role: Role,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Regular(Vec<u8>),
+    Symlink,
+    /// Larger than [`MAX_FILE_SIZE`]; never read.
+    TooLarge(u64),
+    /// Anything else (a submodule, a FIFO, an unreadable file), with a reason.
+    Unusable(String),
+}
+
+/// The role of the file at `path`, or `None` when the layout ignores it.
+pub fn role(path: &[u8]) -> Option<Role> {
+    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let (name, dirs) = parts.split_last()?;
+    // Anything under a dot-directory is ignored; a dot-file entry is rejected later.
+    if dirs.iter().any(|d| d.starts_with(b".")) || name.starts_with(b"README") {
+        return None;
+    }
+    if *name == b"DEFAULTS" {
+        return (parts.len() <= 3).then_some(Role::Defaults);
+    }
+    (parts.len() == 3).then_some(Role::Entry)
+}
+
+/// Entries and rejections of one index snapshot.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub entries: BTreeMap<String, Entry>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Build the entries of index `index` from its files.
+pub fn parse(index: &str, files: &[File], allow_file_urls: bool) -> Parsed {
+    let mut parsed = Parsed::default();
+    // Directory ("" for the root) -> keys of its DEFAULTS.
+    let mut defaults: BTreeMap<Vec<u8>, Map<String, Json>> = BTreeMap::new();
+    for f in files.iter().filter(|f| f.role == Role::Defaults) {
+        match mapping(&f.kind) {
+            Ok(keys) => {
+                let dir = f
+                    .path
+                    .get(..f.path.len().saturating_sub(b"/DEFAULTS".len()))
+                    .unwrap_or_default();
+                defaults.insert(dir.to_vec(), keys);
+            }
+            // Entries below still load, without these keys.
+            Err(reason) => parsed.rejected.push(Rejected {
+                path: display(&f.path),
+                reason,
+            }),
+        }
+    }
+    for f in files.iter().filter(|f| f.role == Role::Entry) {
+        match entry(index, f, &defaults, allow_file_urls) {
+            Ok(e) => {
+                if parsed.entries.contains_key(&e.id) {
+                    parsed.rejected.push(Rejected {
+                        path: e.id,
+                        reason: "duplicate id".into(),
+                    });
+                } else {
+                    parsed.entries.insert(e.id.clone(), e);
+                }
+            }
+            Err(reason) => parsed.rejected.push(Rejected {
+                path: display(&f.path),
+                reason,
+            }),
+        }
+    }
+    parsed.rejected.sort_by(|a, b| a.path.cmp(&b.path));
+    parsed
+}
+
+fn display(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+fn entry(
+    index: &str,
+    f: &File,
+    defaults: &BTreeMap<Vec<u8>, Map<String, Json>>,
+    allow_file_urls: bool,
+) -> Result<Entry, String> {
+    let id = std::str::from_utf8(&f.path).map_err(|_| "path is not UTF-8".to_owned())?;
+    validate::repo_id(id)?;
+    let own = mapping(&f.kind)?;
+
+    // Farthest DEFAULTS first, so nearer ones and then the entry overwrite key by key.
+    let mut keys = Map::new();
+    let (first, project) = {
+        let mut it = id.split('/');
+        (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+    };
+    for dir in [
+        String::new(),
+        first.to_owned(),
+        format!("{first}/{project}"),
+    ] {
+        if let Some(d) = defaults.get(dir.as_bytes()) {
+            keys.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    keys.extend(own);
+
+    let url = match keys.remove("url") {
+        None | Some(Json::Null) => return Err("missing url".into()),
+        Some(Json::String(s)) => s,
+        Some(Json::Array(list)) => match list.into_iter().next() {
+            None => return Err("url list is empty".into()),
+            Some(Json::String(s)) => s,
+            Some(_) => return Err("first url of the list is not a string".into()),
+        },
+        Some(_) => return Err("url is not a string or a list".into()),
+    };
+    if url.is_empty() {
+        return Err("missing url (empty)".into());
+    }
+    validate::repo_url(&url, allow_file_urls)?;
+    Ok(Entry {
+        id: id.to_owned(),
+        url,
+        index: index.to_owned(),
+        metadata: keys,
+    })
+}
+
+/// The YAML mapping a file holds (an empty file is an empty mapping).
+fn mapping(kind: &Kind) -> Result<Map<String, Json>, String> {
+    let bytes = match kind {
+        Kind::Regular(b) => b,
+        Kind::Symlink => return Err("symbolic link (not followed)".into()),
+        Kind::TooLarge(size) => {
+            return Err(format!(
+                "file is {size} bytes, over the {MAX_FILE_SIZE}-byte limit"
+            ));
+        }
+        Kind::Unusable(why) => return Err(why.clone()),
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| "content is not UTF-8".to_owned())?;
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("YAML does not parse: {e}"))?;
+    match to_json(yaml)? {
+        Json::Null => Ok(Map::new()),
+        Json::Object(map) => Ok(map),
+        _ => Err("content is not a YAML mapping of keys".into()),
+    }
+}
+
+/// YAML to JSON, for opaque metadata. Tags are dropped, keys become strings.
+fn to_json(v: serde_yaml::Value) -> Result<Json, String> {
+    use serde_yaml::Value as Y;
+    Ok(match v {
+        Y::Null => Json::Null,
+        Y::Bool(b) => Json::Bool(b),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                // NaN and infinities have no JSON number: keep YAML's spelling.
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or_else(|| Json::String(n.to_string()), Json::Number)
+            }
+        }
+        Y::String(s) => Json::String(s),
+        Y::Sequence(items) => {
+            Json::Array(items.into_iter().map(to_json).collect::<Result<_, _>>()?)
+        }
+        Y::Mapping(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let key = match k {
+                    Y::String(s) => s,
+                    Y::Number(n) => n.to_string(),
+                    Y::Bool(b) => b.to_string(),
+                    Y::Null => "null".to_owned(),
+                    _ => return Err("a key is not a string".into()),
+                };
+                out.insert(key, to_json(v)?);
+            }
+            Json::Object(out)
+        }
+        Y::Tagged(t) => to_json(t.value)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> File {
+        let role = role(path.as_bytes()).unwrap();
+        File {
+            path: path.as_bytes().to_vec(),
+            role,
+            kind: Kind::Regular(content.as_bytes().to_vec()),
+        }
+    }
+
+    fn reason(p: &Parsed, path: &str) -> String {
+        p.rejected
+            .iter()
+            .find(|r| r.path == path)
+            .map(|r| r.reason.clone())
+            .unwrap_or_default()
+    }
+
+    // SPEC §3.1: which paths are entries.
+    #[test]
+    fn roles() {
+        assert_eq!(role(b"a/abc/abc"), Some(Role::Entry));
+        assert_eq!(role(b"a/abc/.hidden"), Some(Role::Entry));
+        assert_eq!(role(b"DEFAULTS"), Some(Role::Defaults));
+        assert_eq!(role(b"a/DEFAULTS"), Some(Role::Defaults));
+        assert_eq!(role(b"a/abc/DEFAULTS"), Some(Role::Defaults));
+        for ignored in [
+            "a/abc/d/DEFAULTS",
+            "README.md",
+            "a/abc/README",
+            "a/abc",
+            "abc",
+            "a/abc/x/y",
+            ".github/workflows/ci",
+            "a/.git/config",
+            ".x/DEFAULTS",
+        ] {
+            assert_eq!(role(ignored.as_bytes()), None, "{ignored}");
+        }
+    }
+
+    // SPEC §3.1: DEFAULTS at every level, nearest wins key by key, the entry over all.
+    #[test]
+    fn defaults_inherit_key_by_key() {
+        let files = [
+            file("DEFAULTS", "submit: root\nowner: root\nlevel: 0\n"),
+            file("a/DEFAULTS", "owner: a\nlevel: 1\n"),
+            file("a/abc/DEFAULTS", "level: 2\n"),
+            file("a/abc/abc", "url: https://x/abc\nextra: [1, 2]\n"),
+            file("a/abd/abd", "url: https://x/abd\nowner: me\n"),
+            file("b/bcd/bcd", "url: https://x/bcd\n"),
+        ];
+        let p = parse("ix", &files, false);
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected);
+        let md = |id: &str| Json::Object(p.entries[id].metadata.clone());
+        assert_eq!(
+            md("a/abc/abc"),
+            serde_json::json!({"submit": "root", "owner": "a", "level": 2, "extra": [1, 2]})
+        );
+        assert_eq!(
+            md("a/abd/abd"),
+            serde_json::json!({"submit": "root", "owner": "me", "level": 1})
+        );
+        assert_eq!(
+            md("b/bcd/bcd"),
+            serde_json::json!({"submit": "root", "owner": "root", "level": 0})
+        );
+        assert_eq!(p.entries["a/abc/abc"].url, "https://x/abc");
+        assert_eq!(p.entries["a/abc/abc"].index, "ix");
+    }
+
+    // SPEC §3.1: `url` as a list; the first element is the fetch URL.
+    #[test]
+    fn url_list() {
+        let files = [
+            file(
+                "a/b/ok",
+                "url:\n  - https://x/first\n  - https://x/second\n",
+            ),
+            file("a/b/empty", "url: []\n"),
+            file("a/b/num", "url: [1, \"https://x\"]\n"),
+            file("a/b/map", "url: {a: 1}\n"),
+            file("a/b/none", "other: 1\n"),
+            file("a/b/blank", "url: ''\n"),
+            file("a/b/nothing", ""),
+            file("a/b/scalar", "just text\n"),
+        ];
+        let p = parse("ix", &files, false);
+        assert_eq!(p.entries.keys().collect::<Vec<_>>(), ["a/b/ok"]);
+        assert_eq!(p.entries["a/b/ok"].url, "https://x/first");
+        assert_eq!(reason(&p, "a/b/empty"), "url list is empty");
+        assert_eq!(
+            reason(&p, "a/b/num"),
+            "first url of the list is not a string"
+        );
+        assert_eq!(reason(&p, "a/b/map"), "url is not a string or a list");
+        assert_eq!(reason(&p, "a/b/none"), "missing url");
+        assert_eq!(reason(&p, "a/b/nothing"), "missing url");
+        assert_eq!(reason(&p, "a/b/blank"), "missing url (empty)");
+        assert_eq!(
+            reason(&p, "a/b/scalar"),
+            "content is not a YAML mapping of keys"
+        );
+    }
+
+    // SPEC §3.2: each bad entry is rejected on its own.
+    #[test]
+    fn rejections() {
+        let mut files = vec![
+            file("a/good/good", "url: https://x/good\n"),
+            file("a/bad/yaml", "url: [unclosed\n"),
+            file("a/bad/dup", "url: a\nurl: b\n"),
+            file("a/bad/ext", "url: 'ext::sh -c touch% /tmp/pwned'\n"),
+            file("a/bad/opt", "url: -uhttps://x\n"),
+        ];
+        files.push(File {
+            path: b"a/bad/link".to_vec(),
+            role: Role::Entry,
+            kind: Kind::Symlink,
+        });
+        files.push(File {
+            path: b"a/bad/big".to_vec(),
+            role: Role::Entry,
+            kind: Kind::TooLarge(70_000),
+        });
+        files.push(File {
+            path: b"a/bad/bin".to_vec(),
+            role: Role::Entry,
+            kind: Kind::Regular(vec![0xff, 0xfe, 0, 1]),
+        });
+        files.push(File {
+            path: b"a/bad/\xff".to_vec(),
+            role: Role::Entry,
+            kind: Kind::Regular(vec![]),
+        });
+        let p = parse("ix", &files, false);
+        assert_eq!(p.entries.keys().collect::<Vec<_>>(), ["a/good/good"]);
+        assert!(
+            reason(&p, "a/bad/yaml").starts_with("YAML does not parse"),
+            "{:?}",
+            p.rejected
+        );
+        assert!(
+            reason(&p, "a/bad/dup").starts_with("YAML does not parse"),
+            "{:?}",
+            p.rejected
+        );
+        assert!(reason(&p, "a/bad/ext").contains("whitespace"));
+        assert!(reason(&p, "a/bad/opt").contains("starts with '-'"));
+        assert_eq!(reason(&p, "a/bad/link"), "symbolic link (not followed)");
+        assert!(reason(&p, "a/bad/big").contains("70000 bytes"));
+        assert_eq!(reason(&p, "a/bad/bin"), "content is not UTF-8");
+        assert_eq!(reason(&p, "a/bad/\u{fffd}"), "path is not UTF-8");
+        assert_eq!(p.rejected.len(), 8);
+    }
+
+    // SPEC §3.2: a bad DEFAULTS is reported; entries below load without its keys.
+    #[test]
+    fn bad_defaults_do_not_stop_entries() {
+        let files = [
+            file("a/DEFAULTS", "x: [\n"),
+            file("a/abc/abc", "url: https://x/abc\n"),
+        ];
+        let p = parse("ix", &files, false);
+        assert!(p.entries.contains_key("a/abc/abc"));
+        assert!(reason(&p, "a/DEFAULTS").starts_with("YAML does not parse"));
+    }
+
+    // Hostile YAML must be refused, not crash or blow up memory.
+    #[test]
+    fn hostile_yaml() {
+        let deep = format!("url: {}{}", "[".repeat(20_000), "]".repeat(20_000));
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n\
+                    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n\
+                    url: https://x\n";
+        let files = [
+            file("a/b/deep", &deep),
+            file("a/b/bomb", bomb),
+            file("a/b/tag", "url: !x https://x\n? [a]\n: 1\n"),
+        ];
+        let p = parse("ix", &files, false);
+        assert!(p.entries.is_empty(), "{:?}", p.entries.keys());
+        assert!(
+            reason(&p, "a/b/deep").starts_with("YAML does not parse"),
+            "{:?}",
+            p.rejected
+        );
+        assert!(
+            reason(&p, "a/b/bomb").starts_with("YAML does not parse"),
+            "{:?}",
+            p.rejected
+        );
+        assert_eq!(reason(&p, "a/b/tag"), "a key is not a string");
+    }
+}
