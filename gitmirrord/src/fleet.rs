@@ -1,0 +1,842 @@
+//! The assignment state machine (SPEC §5, §6; design.md "Assignment and hand-off").
+//!
+//! Pure: inputs are index deltas, workers connecting (and reporting their holdings),
+//! disconnecting, outcome batches and the time; outputs are the [`AssignDelta`]s to send.
+//! No sockets, no clock of its own, so it is tested on a virtual clock.
+//!
+//! Per repo the fleet keeps the owner (the ring's choice among live workers) and the
+//! *holders*: workers that hold or have been told to hold the repo, each with whether it
+//! has a complete mirror. A worker's target set is the repos it owns plus those it holds
+//! whose owner has no complete mirror yet (make before break). Holders are only recorded
+//! for workers in sync (connected and past their `Holdings`); a worker that reconnects
+//! reports what it holds and gets the difference.
+
+use crate::events::{EventDraft, EventKind, RefUpdate};
+use crate::index::{Delta, Entry};
+use crate::registry::{
+    Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
+};
+use crate::ring::{self, Member};
+use gitmirror_wire::{
+    AssignDelta, DropOrder, DropReason, FailureClass, FetchResult, Holdings, Outcome, RepoSpec,
+    WorkerStatus,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// State file kind and version of `repos.json`.
+pub const REPOS_KIND: &str = "repos";
+pub const REPOS_VERSION: u32 = 1;
+
+/// Limits of one delta, far below the 16 MiB frame limit.
+const DELTA_MAX_ITEMS: usize = 10_000;
+const DELTA_MAX_BYTES: usize = 4 << 20;
+/// Longest error message kept per repo.
+const MAX_ERROR_LEN: usize = 2000;
+
+/// A delta to send to one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub worker: Uuid,
+    pub delta: AssignDelta,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    Transient,
+    RateLimited,
+    Gone,
+    Local,
+}
+
+impl From<FailureClass> for ErrorClass {
+    fn from(c: FailureClass) -> Self {
+        match c {
+            FailureClass::Transient => Self::Transient,
+            FailureClass::RateLimited => Self::RateLimited,
+            FailureClass::Gone => Self::Gone,
+            FailureClass::Local => Self::Local,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastError {
+    pub class: ErrorClass,
+    pub message: String,
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LastResult {
+    Ok,
+    Failed(ErrorClass),
+    Waiting(String),
+}
+
+/// What the owner last reported about a repo.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepoStatus {
+    /// The worker the counters below belong to (the owner at the time).
+    pub by: Option<Uuid>,
+    pub last_fetch_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub last_change_ms: Option<i64>,
+    pub next_due_ms: Option<i64>,
+    /// Attempts by `by`.
+    pub fetches: u64,
+    /// Failed attempts by `by`.
+    pub failures: u64,
+    pub last_error: Option<LastError>,
+    pub refs: Option<u32>,
+    pub last_result: Option<LastResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoState {
+    Unassigned,
+    Pending,
+    Mirrored,
+    Failing,
+    Gone,
+    Waiting,
+}
+
+impl RepoState {
+    pub const ALL: [RepoState; 6] = [
+        Self::Unassigned,
+        Self::Pending,
+        Self::Mirrored,
+        Self::Failing,
+        Self::Gone,
+        Self::Waiting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unassigned => "unassigned",
+            Self::Pending => "pending",
+            Self::Mirrored => "mirrored",
+            Self::Failing => "failing",
+            Self::Gone => "gone",
+            Self::Waiting => "waiting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repo {
+    pub url: String,
+    pub index: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub owner: Option<Uuid>,
+    /// Workers holding (or told to hold) the repo → whether they have a complete mirror.
+    pub holders: BTreeMap<Uuid, bool>,
+    pub status: RepoStatus,
+}
+
+impl Repo {
+    pub fn state(&self) -> RepoState {
+        let Some(owner) = self.owner else {
+            return RepoState::Unassigned;
+        };
+        if self.status.by == Some(owner) {
+            match &self.status.last_result {
+                Some(LastResult::Ok) => return RepoState::Mirrored,
+                Some(LastResult::Failed(ErrorClass::Gone)) => return RepoState::Gone,
+                Some(LastResult::Failed(_)) => return RepoState::Failing,
+                Some(LastResult::Waiting(_)) => return RepoState::Waiting,
+                None => {}
+            }
+        }
+        if self.holders.get(&owner) == Some(&true) {
+            RepoState::Mirrored
+        } else {
+            RepoState::Pending
+        }
+    }
+}
+
+/// Saved form of one repo in `repos.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedRepo {
+    pub owner: Option<Uuid>,
+    pub holders: Vec<SavedHolder>,
+    pub status: RepoStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedHolder {
+    pub uuid: Uuid,
+    pub mirrored: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReposFile {
+    pub repos: BTreeMap<String, SavedRepo>,
+}
+
+/// What a connecting worker got.
+#[derive(Debug)]
+pub struct Joined {
+    pub id: u32,
+    /// A new uuid → id binding: persist the registry before answering.
+    pub new_id: bool,
+    pub sends: Vec<Outgoing>,
+}
+
+/// Result of an outcome batch.
+#[derive(Debug, Default)]
+pub struct OutcomeReport {
+    /// Events to append durably before acknowledging.
+    pub events: Vec<EventDraft>,
+    /// Acknowledge up to here once the events are durable.
+    pub upto: u64,
+    pub sends: Vec<Outgoing>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Upsert(String),
+    Drop(DropReason),
+}
+
+/// Pending per-worker changes of the input being processed.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Workers connected and past `Holdings`: the only ones that get deltas.
+    synced: BTreeSet<Uuid>,
+    ops: BTreeMap<Uuid, BTreeMap<String, Op>>,
+}
+
+impl Outbox {
+    fn push(&mut self, worker: Uuid, repo: &str, op: Op) {
+        if self.synced.contains(&worker) {
+            self.ops
+                .entry(worker)
+                .or_default()
+                .insert(repo.to_owned(), op);
+        }
+    }
+}
+
+/// Bring a repo's holders in line with its owner (see the module docs).
+fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
+    let Some(owner) = repo.owner else {
+        return;
+    };
+    if !repo.holders.contains_key(&owner) && out.synced.contains(&owner) {
+        repo.holders.insert(owner, false);
+        out.push(owner, id, Op::Upsert(repo.url.clone()));
+    }
+    if repo.holders.get(&owner) == Some(&true) {
+        let others: Vec<Uuid> = repo
+            .holders
+            .keys()
+            .copied()
+            .filter(|h| *h != owner)
+            .collect();
+        for h in others {
+            repo.holders.remove(&h);
+            out.push(h, id, Op::Drop(DropReason::Moved));
+        }
+    }
+}
+
+pub struct Fleet {
+    dead_after_ms: i64,
+    registry: Registry,
+    repos: BTreeMap<String, Repo>,
+    /// Live workers in uuid order, as the ring sees them.
+    members: Vec<Member>,
+    out: Outbox,
+    /// Whether the index has been loaded: until then, unknown held repos are left alone
+    /// rather than trashed.
+    index_ready: bool,
+    registry_dirty: bool,
+    repos_dirty: bool,
+}
+
+impl Fleet {
+    /// Build the fleet from the saved registry and repo statuses and the applied index
+    /// entries. Owners are recomputed (the ring is a pure function, so they match).
+    pub fn new(
+        dead_after: Duration,
+        registry: Registry,
+        saved: ReposFile,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Self {
+        let mut saved = saved.repos;
+        let mut repos = BTreeMap::new();
+        for e in entries {
+            let (holders, status) = match saved.remove(&e.id) {
+                Some(s) => (
+                    s.holders
+                        .into_iter()
+                        .filter(|h| registry.get(&h.uuid).is_some_and(|w| w.state.is_live()))
+                        .map(|h| (h.uuid, h.mirrored))
+                        .collect(),
+                    s.status,
+                ),
+                None => (BTreeMap::new(), RepoStatus::default()),
+            };
+            repos.insert(
+                e.id,
+                Repo {
+                    url: e.url,
+                    index: e.index,
+                    metadata: e.metadata,
+                    owner: None,
+                    holders,
+                    status,
+                },
+            );
+        }
+        let index_ready = !repos.is_empty();
+        let mut fleet = Fleet {
+            dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
+            registry,
+            repos,
+            members: Vec::new(),
+            out: Outbox::default(),
+            index_ready,
+            registry_dirty: false,
+            repos_dirty: false,
+        };
+        fleet.recompute_owners();
+        fleet
+    }
+
+    // ----- inputs -----
+
+    /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
+    /// holders, removed repos are dropped from every holder.
+    pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
+        self.index_ready = true;
+        let updated: BTreeSet<&str> = delta
+            .added
+            .iter()
+            .chain(&delta.changed)
+            .map(|e| e.id.as_str())
+            .collect();
+        for id in &delta.removed {
+            if updated.contains(id.as_str()) {
+                continue;
+            }
+            if let Some(repo) = self.repos.remove(id) {
+                for h in repo.holders.keys() {
+                    self.out
+                        .push(*h, id, Op::Drop(DropReason::RemovedFromIndex));
+                }
+            }
+        }
+        for e in delta.added.iter().chain(&delta.changed) {
+            let repo = match self.repos.get_mut(&e.id) {
+                Some(repo) => {
+                    if repo.url != e.url {
+                        repo.url = e.url.clone();
+                        for h in repo.holders.keys() {
+                            self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
+                        }
+                    }
+                    repo.index = e.index.clone();
+                    repo.metadata = e.metadata.clone();
+                    repo
+                }
+                None => {
+                    let owner = ring::owner(&e.id, &self.members).map(|i| self.members[i].uuid);
+                    self.repos.entry(e.id.clone()).or_insert(Repo {
+                        url: e.url.clone(),
+                        index: e.index.clone(),
+                        metadata: e.metadata.clone(),
+                        owner,
+                        holders: BTreeMap::new(),
+                        status: RepoStatus::default(),
+                    })
+                }
+            };
+            reconcile(&e.id, repo, &mut self.out);
+        }
+        self.repos_dirty = true;
+        self.flush()
+    }
+
+    /// A worker passed the handshake. Until its `Holdings` arrive it gets no deltas.
+    /// A suspect worker coming back moves nothing; a new or dead one joins (repos that hash
+    /// to it move there, make before break); a new weight is a planned move too.
+    pub fn connect(&mut self, intro: &Introduction<'_>, now_ms: i64) -> Result<Joined, NoFreeId> {
+        let a = self.registry.admit(intro, now_ms)?;
+        self.out.synced.remove(&intro.uuid);
+        self.registry_dirty = true;
+        if let Some(old) = a.evicted {
+            tracing::info!(
+                "worker id {} of long-dead worker {old} now belongs to {} ({})",
+                a.id,
+                intro.uuid,
+                intro.name
+            );
+        }
+        let recompute = match a.previous {
+            Some(WorkerState::Alive) => {
+                tracing::info!(
+                    "worker {} ({}) reconnected; the older connection is replaced",
+                    a.id,
+                    intro.name
+                );
+                a.weight_changed
+            }
+            Some(WorkerState::Suspect) => {
+                tracing::info!(
+                    "worker {} ({}): suspect → alive; nothing moves",
+                    a.id,
+                    intro.name
+                );
+                a.weight_changed
+            }
+            Some(WorkerState::Dead) => {
+                tracing::info!(
+                    "worker {} ({}): dead → alive; it joins again",
+                    a.id,
+                    intro.name
+                );
+                true
+            }
+            None => {
+                tracing::info!("worker {} ({}) joined as {}", a.id, intro.name, intro.uuid);
+                true
+            }
+        };
+        if a.weight_changed {
+            tracing::info!(
+                "worker {} ({}) has a new weight {}",
+                a.id,
+                intro.name,
+                intro.weight
+            );
+        }
+        if recompute {
+            self.recompute_owners();
+        }
+        Ok(Joined {
+            id: a.id,
+            new_id: a.new_id,
+            sends: self.flush(),
+        })
+    }
+
+    /// The worker's `Holdings`: record what it has, then send it the delta to its target
+    /// set (always one delta, possibly empty, so it knows it is in sync).
+    pub fn holdings(&mut self, uuid: Uuid, holdings: &Holdings, now_ms: i64) -> Vec<Outgoing> {
+        match self.registry.get_mut(&uuid) {
+            Some(w) if w.state == WorkerState::Alive => w.last_seen_ms = now_ms,
+            _ => return Vec::new(),
+        }
+        self.out.synced.insert(uuid);
+        let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
+            holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
+        for (id, repo) in self.repos.iter_mut() {
+            if !held.contains_key(id.as_str()) {
+                repo.holders.remove(&uuid);
+            }
+        }
+        for h in &holdings.repos {
+            match self.repos.get_mut(&h.id) {
+                Some(repo) => {
+                    repo.holders.insert(uuid, h.mirrored);
+                    if h.url != repo.url {
+                        self.out.push(uuid, &h.id, Op::Upsert(repo.url.clone()));
+                    }
+                }
+                None if self.index_ready => {
+                    self.out
+                        .push(uuid, &h.id, Op::Drop(DropReason::RemovedFromIndex));
+                }
+                None => {}
+            }
+        }
+        for (id, repo) in self.repos.iter_mut() {
+            reconcile(id, repo, &mut self.out);
+        }
+        self.out.ops.entry(uuid).or_default();
+        self.repos_dirty = true;
+        self.flush()
+    }
+
+    /// The worker's connection is gone: alive → suspect. Nothing moves yet.
+    pub fn disconnect(&mut self, uuid: Uuid, now_ms: i64) {
+        self.out.synced.remove(&uuid);
+        if self.registry.lost(&uuid, now_ms) {
+            self.registry_dirty = true;
+            if let Some(w) = self.registry.get(&uuid) {
+                tracing::warn!(
+                    "worker {} ({}): alive → suspect (connection lost); dead in {} unless it reconnects",
+                    w.id,
+                    w.name,
+                    humantime::format_duration(Duration::from_millis(self.dead_after_ms as u64))
+                );
+            }
+        }
+    }
+
+    /// Advance the clock: suspects past `dead_after` are dead and their repos move at once.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Outgoing> {
+        let overdue = self.registry.overdue(now_ms, self.dead_after_ms);
+        if overdue.is_empty() {
+            return Vec::new();
+        }
+        for uuid in &overdue {
+            self.registry.mark_dead(uuid, now_ms);
+            self.out.synced.remove(uuid);
+            if let Some(w) = self.registry.get(uuid) {
+                let n = self
+                    .repos
+                    .values()
+                    .filter(|r| r.owner == Some(*uuid))
+                    .count();
+                tracing::warn!(
+                    "worker {} ({}): suspect → dead; its {n} repos are reassigned",
+                    w.id,
+                    w.name
+                );
+            }
+            for repo in self.repos.values_mut() {
+                repo.holders.remove(uuid);
+            }
+        }
+        self.registry_dirty = true;
+        self.repos_dirty = true;
+        self.recompute_owners();
+        self.flush()
+    }
+
+    /// A batch of outcomes. Duplicates (`report_id` at or below the last recorded one)
+    /// are skipped but still acknowledged. Call [`Fleet::recorded`] once the returned
+    /// events are durable.
+    pub fn outcomes(&mut self, uuid: Uuid, outcomes: &[Outcome], now_ms: i64) -> OutcomeReport {
+        let Some(w) = self.registry.get_mut(&uuid) else {
+            return OutcomeReport::default();
+        };
+        w.last_seen_ms = now_ms;
+        let worker_id = w.id;
+        let mut seen = w.last_report_id;
+        let mut report = OutcomeReport {
+            upto: seen,
+            ..Default::default()
+        };
+        for o in outcomes {
+            report.upto = report.upto.max(o.report_id);
+            if o.report_id <= seen {
+                continue;
+            }
+            seen = o.report_id;
+            if let Some(e) = self.apply_outcome(uuid, worker_id, o) {
+                report.events.push(e);
+            }
+        }
+        self.repos_dirty = true;
+        report.sends = self.flush();
+        report
+    }
+
+    fn apply_outcome(&mut self, uuid: Uuid, worker_id: u32, o: &Outcome) -> Option<EventDraft> {
+        let success = matches!(o.result, FetchResult::Cloned | FetchResult::Fetched);
+        let changed = success && !o.changes.is_empty();
+        if let Some(repo) = self.repos.get_mut(&o.repo) {
+            if success && let Some(m) = repo.holders.get_mut(&uuid) {
+                *m = true;
+            }
+            let st = &mut repo.status;
+            if repo.owner == Some(uuid) {
+                if st.by != Some(uuid) {
+                    *st = RepoStatus {
+                        by: Some(uuid),
+                        last_success_ms: st.last_success_ms,
+                        last_change_ms: st.last_change_ms,
+                        ..RepoStatus::default()
+                    };
+                }
+                st.next_due_ms = Some(o.next_due_ms);
+                match &o.result {
+                    FetchResult::Waiting { reason } => {
+                        st.last_result = Some(LastResult::Waiting(bounded(reason, MAX_ERROR_LEN)));
+                    }
+                    result => {
+                        st.fetches += 1;
+                        st.last_fetch_ms = Some(o.finished_ms);
+                        st.refs = Some(o.ref_count);
+                        if let FetchResult::Failed { class, message } = result {
+                            st.failures += 1;
+                            let class = ErrorClass::from(*class);
+                            st.last_error = Some(LastError {
+                                class,
+                                message: bounded(message, MAX_ERROR_LEN),
+                                time_ms: o.finished_ms,
+                            });
+                            st.last_result = Some(LastResult::Failed(class));
+                        } else {
+                            st.last_success_ms = Some(o.finished_ms);
+                            st.last_result = Some(LastResult::Ok);
+                        }
+                    }
+                }
+            }
+            if changed {
+                st.last_change_ms = Some(st.last_change_ms.unwrap_or(0).max(o.finished_ms));
+            }
+            if success {
+                reconcile(&o.repo, repo, &mut self.out);
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let kind = if matches!(o.result, FetchResult::Cloned) {
+            EventKind::Cloned
+        } else if o.ref_count == 0 && o.changes.iter().all(|c| c.new.is_none()) {
+            EventKind::Removed
+        } else {
+            EventKind::Updated
+        };
+        Some(EventDraft {
+            time_ms: o.finished_ms,
+            repo: o.repo.clone(),
+            url: o.url.clone(),
+            worker: worker_id,
+            kind,
+            refs: o
+                .changes
+                .iter()
+                .map(|c| RefUpdate {
+                    name: c.name.clone(),
+                    old: c.old.clone(),
+                    new: c.new.clone(),
+                })
+                .collect(),
+            source: uuid,
+            report_id: o.report_id,
+        })
+    }
+
+    /// Events up to `upto` from this worker are durable: later copies are duplicates.
+    pub fn recorded(&mut self, uuid: Uuid, upto: u64) {
+        if let Some(w) = self.registry.get_mut(&uuid)
+            && upto > w.last_report_id
+        {
+            w.last_report_id = upto;
+            self.registry_dirty = true;
+        }
+    }
+
+    /// Raise the recorded report ids to what the event log holds (after a crash the log may
+    /// be ahead of `registry.json`).
+    pub fn merge_report_ids(&mut self, ids: &HashMap<Uuid, u64>) {
+        for (uuid, id) in ids {
+            self.recorded(*uuid, *id);
+        }
+    }
+
+    pub fn worker_status(&mut self, uuid: Uuid, s: &WorkerStatus, now_ms: i64) {
+        if let Some(w) = self.registry.get_mut(&uuid) {
+            w.disk_free_bytes = Some(s.disk_free_bytes);
+            w.disk_total_bytes = Some(s.disk_total_bytes);
+            w.disk_low = s.disk_low;
+            w.status = bounded(&s.summary, 500);
+            w.last_seen_ms = now_ms;
+            self.registry_dirty = true;
+        }
+    }
+
+    /// The worker applied deltas up to `seq`. Returns false for a `seq` never sent.
+    pub fn assign_ack(&mut self, uuid: Uuid, seq: u64) -> bool {
+        match self.registry.get_mut(&uuid) {
+            Some(w) if seq < w.next_seq => {
+                w.acked_seq = w.acked_seq.max(seq);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ----- internals -----
+
+    fn recompute_owners(&mut self) {
+        self.members = self
+            .registry
+            .live()
+            .map(|w| Member {
+                uuid: w.uuid,
+                weight: w.weight,
+            })
+            .collect();
+        let members = &self.members;
+        for (id, repo) in self.repos.iter_mut() {
+            let owner = ring::owner(id, members)
+                .and_then(|i| members.get(i))
+                .map(|m| m.uuid);
+            if owner != repo.owner {
+                repo.owner = owner;
+                reconcile(id, repo, &mut self.out);
+            }
+        }
+        self.repos_dirty = true;
+    }
+
+    /// Turn the pending operations into numbered deltas for workers in sync.
+    fn flush(&mut self) -> Vec<Outgoing> {
+        let ops = std::mem::take(&mut self.out.ops);
+        let mut sends = Vec::new();
+        for (worker, ops) in ops {
+            if !self.out.synced.contains(&worker) {
+                continue;
+            }
+            let mut delta = AssignDelta {
+                seq: 0,
+                upsert: Vec::new(),
+                drop: Vec::new(),
+            };
+            let mut bytes = 0usize;
+            let mut chunks = Vec::new();
+            for (id, op) in ops {
+                let size = id.len() + 16 + if let Op::Upsert(u) = &op { u.len() } else { 0 };
+                if delta.upsert.len() + delta.drop.len() >= DELTA_MAX_ITEMS
+                    || (bytes + size > DELTA_MAX_BYTES && bytes > 0)
+                {
+                    chunks.push(std::mem::replace(
+                        &mut delta,
+                        AssignDelta {
+                            seq: 0,
+                            upsert: Vec::new(),
+                            drop: Vec::new(),
+                        },
+                    ));
+                    bytes = 0;
+                }
+                bytes += size;
+                match op {
+                    Op::Upsert(url) => delta.upsert.push(RepoSpec { id, url }),
+                    Op::Drop(reason) => delta.drop.push(DropOrder { id, reason }),
+                }
+            }
+            chunks.push(delta);
+            for mut d in chunks {
+                d.seq = self.registry.take_seq(&worker);
+                sends.push(Outgoing { worker, delta: d });
+            }
+            self.registry_dirty = true;
+        }
+        sends
+    }
+
+    // ----- queries -----
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn worker(&self, uuid: &Uuid) -> Option<&WorkerRecord> {
+        self.registry.get(uuid)
+    }
+
+    pub fn repos(&self) -> &BTreeMap<String, Repo> {
+        &self.repos
+    }
+
+    pub fn repo(&self, id: &str) -> Option<&Repo> {
+        self.repos.get(id)
+    }
+
+    /// Whether the worker is connected and in sync.
+    pub fn is_synced(&self, uuid: &Uuid) -> bool {
+        self.out.synced.contains(uuid)
+    }
+
+    /// Repos owned per worker.
+    pub fn owned_counts(&self) -> HashMap<Uuid, usize> {
+        let mut m = HashMap::new();
+        for r in self.repos.values() {
+            if let Some(o) = r.owner {
+                *m.entry(o).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// Count of repos per state.
+    pub fn state_counts(&self) -> BTreeMap<RepoState, usize> {
+        let mut m: BTreeMap<RepoState, usize> = RepoState::ALL.iter().map(|s| (*s, 0)).collect();
+        for r in self.repos.values() {
+            *m.entry(r.state()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// One line for `systemctl status`.
+    pub fn summary(&self) -> String {
+        let alive = self
+            .registry
+            .iter()
+            .filter(|w| w.state == WorkerState::Alive)
+            .count();
+        let failing = self
+            .repos
+            .values()
+            .filter(|r| r.state() == RepoState::Failing)
+            .count();
+        format!(
+            "{alive} workers alive, {} repos, {failing} failing",
+            self.repos.len()
+        )
+    }
+
+    // ----- persistence -----
+
+    /// Whether registry / repos changed since the last call.
+    pub fn take_dirty(&mut self) -> (bool, bool) {
+        (
+            std::mem::take(&mut self.registry_dirty),
+            std::mem::take(&mut self.repos_dirty),
+        )
+    }
+
+    pub fn registry_file(&self) -> RegistryFile {
+        self.registry.to_file()
+    }
+
+    pub fn repos_file(&self) -> ReposFile {
+        ReposFile {
+            repos: self
+                .repos
+                .iter()
+                .map(|(id, r)| {
+                    (
+                        id.clone(),
+                        SavedRepo {
+                            owner: r.owner,
+                            holders: r
+                                .holders
+                                .iter()
+                                .map(|(u, m)| SavedHolder {
+                                    uuid: *u,
+                                    mirrored: *m,
+                                })
+                                .collect(),
+                            status: r.status.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,384 @@
+//! The worker registry: who the workers are, their ids and liveness (SPEC §5, §6).
+//!
+//! A worker is known by the uuid it persists. The registry gives it an id in
+//! `0..max_workers` that survives restarts of both sides, and tracks its state
+//! `alive → suspect → dead`. Everything here is plain data driven by the caller's clock;
+//! [`crate::fleet`] decides what a state change means for assignments.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// State file kind and version of `registry.json`.
+pub const KIND: &str = "registry";
+pub const VERSION: u32 = 1;
+
+/// After a restart, assignment sequence numbers resume this far above the saved value, so
+/// that a crash between sending deltas and saving the registry never repeats a `seq`.
+pub const SEQ_RESTART_GAP: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// Alive and suspect workers take a share of repos.
+    pub fn is_live(self) -> bool {
+        !matches!(self, Self::Dead)
+    }
+}
+
+/// One worker as the coordinator remembers it (persisted in `registry.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub uuid: Uuid,
+    pub id: u32,
+    pub name: String,
+    pub weight: f64,
+    pub state: WorkerState,
+    /// When `state` last changed (Unix ms).
+    pub state_since_ms: i64,
+    /// Peer address of the current or last connection.
+    pub addr: Option<String>,
+    /// Last time the worker was heard from (Unix ms).
+    pub last_seen_ms: i64,
+    pub software: String,
+    pub serve_url_base: Option<String>,
+    pub disk_free_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+    pub disk_low: bool,
+    /// The worker's own one-line summary.
+    pub status: String,
+    /// `seq` of the next assignment delta to this worker.
+    pub next_seq: u64,
+    /// Highest `seq` the worker acknowledged.
+    pub acked_seq: u64,
+    /// Highest outcome `report_id` durably recorded; lower or equal ones are duplicates.
+    pub last_report_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "all {max} worker ids are held by live workers; raise max_workers or remove a worker (a dead worker's id is reused)"
+)]
+pub struct NoFreeId {
+    pub max: u32,
+}
+
+/// What [`Registry::admit`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub id: u32,
+    /// The state before this connection; `None` for a worker never seen (or forgotten).
+    pub previous: Option<WorkerState>,
+    /// A new uuid → id binding was made (persist it at once).
+    pub new_id: bool,
+    /// The weight differs from the one the worker had before.
+    pub weight_changed: bool,
+    /// The uuid of a long-dead worker whose id was taken over.
+    pub evicted: Option<Uuid>,
+}
+
+/// The saved form.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryFile {
+    pub workers: Vec<WorkerRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    max_workers: u32,
+    workers: BTreeMap<Uuid, WorkerRecord>,
+}
+
+/// What a worker says about itself when it connects.
+#[derive(Debug, Clone)]
+pub struct Introduction<'a> {
+    pub uuid: Uuid,
+    pub previous_id: Option<u32>,
+    pub name: &'a str,
+    pub weight: f64,
+    pub software: &'a str,
+    pub serve_url_base: Option<&'a str>,
+    pub addr: Option<String>,
+}
+
+impl Registry {
+    pub fn new(max_workers: u32) -> Self {
+        Self {
+            max_workers,
+            workers: BTreeMap::new(),
+        }
+    }
+
+    /// Restore a saved registry after a coordinator restart: workers that were alive are
+    /// now suspect (their connection is gone) and get `dead_after` to come back before
+    /// anything moves; `state_since` restarts now for them.
+    pub fn restore(max_workers: u32, file: RegistryFile, now_ms: i64) -> Self {
+        let mut workers = BTreeMap::new();
+        for mut w in file.workers {
+            if w.state == WorkerState::Alive {
+                w.state = WorkerState::Suspect;
+                w.state_since_ms = now_ms;
+            }
+            if w.state == WorkerState::Suspect {
+                w.state_since_ms = w.state_since_ms.max(now_ms);
+            }
+            w.next_seq = w.next_seq.saturating_add(SEQ_RESTART_GAP);
+            workers.insert(w.uuid, w);
+        }
+        Self {
+            max_workers,
+            workers,
+        }
+    }
+
+    pub fn to_file(&self) -> RegistryFile {
+        RegistryFile {
+            workers: self.workers.values().cloned().collect(),
+        }
+    }
+
+    pub fn get(&self, uuid: &Uuid) -> Option<&WorkerRecord> {
+        self.workers.get(uuid)
+    }
+
+    pub fn get_mut(&mut self, uuid: &Uuid) -> Option<&mut WorkerRecord> {
+        self.workers.get_mut(uuid)
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&WorkerRecord> {
+        self.workers.values().find(|w| w.id == id)
+    }
+
+    /// All workers, in uuid order.
+    pub fn iter(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.workers.values()
+    }
+
+    /// Alive and suspect workers, in uuid order.
+    pub fn live(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.workers.values().filter(|w| w.state.is_live())
+    }
+
+    /// A worker connected and passed the handshake: give it its id and mark it alive.
+    pub fn admit(&mut self, intro: &Introduction<'_>, now_ms: i64) -> Result<Admitted, NoFreeId> {
+        if let Some(w) = self.workers.get_mut(&intro.uuid)
+            && w.id < self.max_workers
+        {
+            let previous = Some(w.state);
+            let weight_changed = w.weight != intro.weight;
+            Self::refresh(w, intro, now_ms);
+            return Ok(Admitted {
+                id: w.id,
+                previous,
+                new_id: false,
+                weight_changed,
+                evicted: None,
+            });
+        }
+        // A known uuid whose id no longer fits (max_workers was lowered) is re-admitted.
+        self.workers.remove(&intro.uuid);
+        let taken: std::collections::BTreeSet<u32> = self.workers.values().map(|w| w.id).collect();
+        let free = |id: u32| id < self.max_workers && !taken.contains(&id);
+        let mut evicted = None;
+        let id = if let Some(p) = intro.previous_id.filter(|&p| free(p)) {
+            p
+        } else if let Some(id) = (0..self.max_workers).find(|&i| free(i)) {
+            id
+        } else {
+            // Reuse the id of the worker that has been dead the longest.
+            let oldest = self
+                .workers
+                .values()
+                .filter(|w| w.state == WorkerState::Dead && w.id < self.max_workers)
+                .min_by_key(|w| (w.state_since_ms, w.id))
+                .map(|w| (w.uuid, w.id));
+            let Some((old, id)) = oldest else {
+                return Err(NoFreeId {
+                    max: self.max_workers,
+                });
+            };
+            self.workers.remove(&old);
+            evicted = Some(old);
+            id
+        };
+        let mut w = WorkerRecord {
+            uuid: intro.uuid,
+            id,
+            name: String::new(),
+            weight: intro.weight,
+            state: WorkerState::Alive,
+            state_since_ms: now_ms,
+            addr: None,
+            last_seen_ms: now_ms,
+            software: String::new(),
+            serve_url_base: None,
+            disk_free_bytes: None,
+            disk_total_bytes: None,
+            disk_low: false,
+            status: String::new(),
+            next_seq: 1,
+            acked_seq: 0,
+            last_report_id: 0,
+        };
+        Self::refresh(&mut w, intro, now_ms);
+        self.workers.insert(intro.uuid, w);
+        Ok(Admitted {
+            id,
+            previous: None,
+            new_id: true,
+            weight_changed: false,
+            evicted,
+        })
+    }
+
+    fn refresh(w: &mut WorkerRecord, intro: &Introduction<'_>, now_ms: i64) {
+        if w.state != WorkerState::Alive {
+            w.state = WorkerState::Alive;
+            w.state_since_ms = now_ms;
+        }
+        w.name = bounded(intro.name, 200);
+        w.weight = intro.weight;
+        w.software = bounded(intro.software, 200);
+        w.serve_url_base = intro.serve_url_base.map(|s| bounded(s, 1000));
+        w.addr = intro.addr.clone();
+        w.last_seen_ms = now_ms;
+    }
+
+    /// The connection is gone: alive → suspect.
+    pub fn lost(&mut self, uuid: &Uuid, now_ms: i64) -> bool {
+        match self.workers.get_mut(uuid) {
+            Some(w) if w.state == WorkerState::Alive => {
+                w.state = WorkerState::Suspect;
+                w.state_since_ms = now_ms;
+                w.last_seen_ms = now_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Suspects whose `dead_after` has run out by `now_ms`.
+    pub fn overdue(&self, now_ms: i64, dead_after_ms: i64) -> Vec<Uuid> {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.state == WorkerState::Suspect
+                    && now_ms.saturating_sub(w.state_since_ms) >= dead_after_ms
+            })
+            .map(|w| w.uuid)
+            .collect()
+    }
+
+    pub fn mark_dead(&mut self, uuid: &Uuid, now_ms: i64) {
+        if let Some(w) = self.workers.get_mut(uuid) {
+            w.state = WorkerState::Dead;
+            w.state_since_ms = now_ms;
+        }
+    }
+
+    /// Take the next assignment `seq` for this worker.
+    pub fn take_seq(&mut self, uuid: &Uuid) -> u64 {
+        match self.workers.get_mut(uuid) {
+            Some(w) => {
+                let s = w.next_seq;
+                w.next_seq = w.next_seq.saturating_add(1);
+                s
+            }
+            None => 0,
+        }
+    }
+}
+
+/// Cut a peer-supplied string to at most `max` bytes on a character boundary.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intro(n: u128, previous_id: Option<u32>) -> Introduction<'static> {
+        Introduction {
+            uuid: Uuid::from_u128(n),
+            previous_id,
+            name: "w",
+            weight: 1.0,
+            software: "t",
+            serve_url_base: None,
+            addr: None,
+        }
+    }
+
+    // SPEC §6: ids survive, lowest free id, longest-dead reuse, NoFreeId.
+    #[test]
+    fn ids_lowest_free_then_longest_dead_then_refused() {
+        let mut r = Registry::new(3);
+        assert_eq!(r.admit(&intro(1, None), 0).unwrap().id, 0);
+        assert_eq!(r.admit(&intro(2, None), 0).unwrap().id, 1);
+        assert_eq!(r.admit(&intro(3, None), 0).unwrap().id, 2);
+        let e = r.admit(&intro(4, None), 0).unwrap_err();
+        assert!(e.to_string().contains("all 3 worker ids"), "{e}");
+        // Known uuid keeps its id.
+        let a = r.admit(&intro(2, None), 5).unwrap();
+        assert_eq!(
+            (a.id, a.new_id, a.previous),
+            (1, false, Some(WorkerState::Alive))
+        );
+        // Two die; the one dead longest gives up its id.
+        r.lost(&Uuid::from_u128(3), 10);
+        r.mark_dead(&Uuid::from_u128(3), 20);
+        r.lost(&Uuid::from_u128(1), 30);
+        r.mark_dead(&Uuid::from_u128(1), 40);
+        let a = r.admit(&intro(4, None), 50).unwrap();
+        assert_eq!((a.id, a.evicted), (2, Some(Uuid::from_u128(3))));
+        assert!(r.get(&Uuid::from_u128(3)).is_none());
+    }
+
+    #[test]
+    fn previous_id_is_reclaimed_when_free() {
+        let mut r = Registry::new(10);
+        assert_eq!(r.admit(&intro(1, Some(7)), 0).unwrap().id, 7);
+        assert_eq!(r.admit(&intro(2, Some(7)), 0).unwrap().id, 0);
+        assert_eq!(r.admit(&intro(3, Some(70)), 0).unwrap().id, 1);
+    }
+
+    #[test]
+    fn restore_makes_alive_workers_suspect_and_skips_seq() {
+        let mut r = Registry::new(3);
+        r.admit(&intro(1, None), 0).unwrap();
+        r.take_seq(&Uuid::from_u128(1));
+        let r2 = Registry::restore(3, r.to_file(), 100);
+        let w = r2.get(&Uuid::from_u128(1)).unwrap();
+        assert_eq!(w.state, WorkerState::Suspect);
+        assert_eq!(w.state_since_ms, 100);
+        assert_eq!(w.next_seq, 2 + SEQ_RESTART_GAP);
+    }
+
+    #[test]
+    fn bounded_cuts_on_char_boundary() {
+        assert_eq!(bounded("héllo", 2), "h");
+        assert_eq!(bounded("abc", 5), "abc");
+    }
+}
