@@ -1,6 +1,16 @@
 //! gitmirror worker: keeps bare mirrors of the repos its coordinator assigns, fetches them
-//! on a schedule, and reports every outcome and ref change.
+//! on a schedule, and reports every outcome and ref change (SPEC §7).
+//!
+//! `main.rs` parses arguments and calls [`run`]; the coordinator's embedded worker
+//! (`local_worker:`) calls the same [`run`] with [`WorkerConfig::embedded`].
 
 pub mod config;
+mod link;
 pub mod mirror;
+mod run;
+pub mod schedule;
 pub mod state;
+
+pub use config::{DiskSection, FetchSection, KeyError, WorkerConfig};
+pub use link::{BACKOFF_MAX, BACKOFF_START, IDLE_TIMEOUT, KEEPALIVE};
+pub use run::run;

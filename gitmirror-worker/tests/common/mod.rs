@@ -1,5 +1,5 @@
 //! Real git for tests: upstream repos made with the `git` binary, served by `git daemon`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};

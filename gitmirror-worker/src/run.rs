@@ -1,0 +1,912 @@
+//! The worker's main loop: loads state, keeps the mirrors, talks to the coordinator.
+//!
+//! One task owns all state. It starts clones, fetches and drops on blocking threads within
+//! the schedule's limits, applies what the link delivers, and sends outcome batches and
+//! status. Outcomes are persisted (in the outbox) before they are sent, and an assignment
+//! is persisted before it is acknowledged.
+
+use crate::config::WorkerConfig;
+use crate::link::{self, LinkEvent, LinkSettings};
+use crate::mirror::{self, Failure, Fetched, Mirrors};
+use crate::schedule::{Schedule, host_of_url};
+use crate::state::{Disposal, Identity, Repo, Repos, ref_changes};
+use anyhow::Context;
+use gitmirror_common::{disk, notify, now_ms, statefile};
+use gitmirror_wire::{
+    AssignDelta, CoordMsg, DropReason, FailureClass, FetchResult, Holdings, Outcome, OutcomeBatch,
+    WorkerMsg, WorkerStatus,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Outcomes go out at most this often (design.md: at most every 500 ms)...
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// ...and at most this many per batch.
+const MAX_BATCH: usize = 1000;
+/// `Status` to the coordinator, and the systemd status line.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Free space is measured at most this often.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Trashed mirrors are looked at this often (they are deleted after 72 h).
+const TRASH_PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// After its timeout a fetch gets this long to notice the interrupt before it is abandoned.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(60);
+/// On shutdown, running fetches get this long to stop (SPEC §11: stop within 10 s).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Run the worker until `shutdown` becomes true. Errors only for what stops the daemon at
+/// start (unreadable state, unusable directories).
+pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    statefile::ensure_dir(&cfg.state_dir)?;
+    let identity = Identity::load_or_create(&cfg.state_dir)?;
+    let mut state = Repos::load(&cfg.state_dir)?;
+    let mirrors = Arc::new(Mirrors::new(cfg.mirror_dir.clone()));
+    let cleanup = {
+        let m = mirrors.clone();
+        tokio::task::spawn_blocking(move || m.prepare())
+            .await
+            .context("preparing the mirror directory")?
+            .map_err(|f| anyhow::anyhow!("{}", f.message))?
+    };
+    if cleanup.tmp_removed > 0 {
+        tracing::info!(
+            count = cleanup.tmp_removed,
+            "removed leftovers of interrupted clones"
+        );
+    }
+    if cleanup.trash_removed > 0 {
+        tracing::info!(
+            count = cleanup.trash_removed,
+            "deleted trashed mirrors older than 72 h"
+        );
+    }
+    reconcile(&mut state, &mirrors);
+    state.save(&cfg.state_dir)?;
+    tracing::info!(
+        uuid = %identity.uuid,
+        repos = state.repos.len(),
+        mirror_dir = %cfg.mirror_dir.display(),
+        coordinator = %cfg.coordinator,
+        "worker started"
+    );
+
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let settings = LinkSettings {
+        coordinator: cfg.coordinator.clone(),
+        token: cfg.token.clone(),
+        name: cfg.name.clone(),
+        weight: cfg.weight,
+        serve_url_base: cfg.serve_url_base.clone(),
+        state_dir: cfg.state_dir.clone(),
+    };
+    let link_task = tokio::spawn(link::run(settings, identity, events_tx, shutdown.clone()));
+
+    let mut worker = Worker::new(cfg, state, mirrors);
+    worker.refresh_disk(true);
+    notify::ready(&worker.summary());
+    worker.main_loop(events_rx, shutdown).await;
+    worker.stop().await;
+    if tokio::time::timeout(Duration::from_secs(3), link_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the coordinator link did not close in time");
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Make the state agree with the disk after a crash or an operator's hands.
+fn reconcile(state: &mut Repos, mirrors: &Mirrors) {
+    for (id, repo) in &mut state.repos {
+        let exists = mirrors.exists(id);
+        if exists && !repo.mirrored {
+            // Cloned and renamed into place, but stopped before the state was saved.
+            repo.mirrored = true;
+        } else if !exists && repo.mirrored {
+            tracing::warn!(repo = %id, path = %mirrors.path(id).display(), "mirror has vanished from disk; cloning it again");
+            repo.mirrored = false;
+        }
+    }
+}
+
+/// A running operation on one repo.
+struct Running {
+    kind: OpKind,
+    interrupt: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Clone,
+    Fetch,
+    Dispose(Disposal),
+}
+
+/// What a finished operation reports back to the loop.
+struct OpDone {
+    id: String,
+    result: OpResult,
+}
+
+enum OpResult {
+    Fetch {
+        url: String,
+        clone: bool,
+        started: Instant,
+        result: Result<Fetched, Failure>,
+        /// The blocking thread ignored the interrupt; it is still running.
+        abandoned: Option<tokio::task::JoinHandle<Result<Fetched, Failure>>>,
+    },
+    Disposed(Disposal, Result<(), String>),
+    /// An abandoned fetch's thread has finally returned.
+    Unstuck,
+}
+
+/// The connection as the loop sees it.
+struct Conn {
+    worker_id: u32,
+    tx: mpsc::Sender<WorkerMsg>,
+    /// Highest report id sent on this connection.
+    sent_upto: u64,
+}
+
+struct DiskState {
+    free: u64,
+    total: u64,
+    low: bool,
+    checked: Option<Instant>,
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    state: Repos,
+    /// State changed since the last save.
+    dirty: bool,
+    /// The last save failed (logged once until it works again).
+    save_failing: bool,
+    mirrors: Arc<Mirrors>,
+    schedule: Schedule,
+    ops: JoinSet<OpDone>,
+    running: HashMap<String, Running>,
+    /// Repos whose abandoned fetch thread is still running: nothing else starts on them.
+    stuck: HashSet<String>,
+    /// Disposals that failed in this run (retried at the next start, not in a loop).
+    disposal_failed: HashSet<String>,
+    conn: Option<Conn>,
+    disk: DiskState,
+    stopping: bool,
+    last_status_line: String,
+}
+
+impl Worker {
+    fn new(cfg: WorkerConfig, state: Repos, mirrors: Arc<Mirrors>) -> Self {
+        let mut schedule = Schedule::new(&cfg.fetch);
+        let now = now_ms();
+        for (id, repo) in &state.repos {
+            if repo.mirrored {
+                schedule.plan(id, repo.next_due_ms);
+            } else {
+                schedule.plan_urgent(id, now);
+            }
+        }
+        Self {
+            cfg,
+            state,
+            dirty: false,
+            save_failing: false,
+            mirrors,
+            schedule,
+            ops: JoinSet::new(),
+            running: HashMap::new(),
+            stuck: HashSet::new(),
+            disposal_failed: HashSet::new(),
+            conn: None,
+            disk: DiskState {
+                free: 0,
+                total: 0,
+                low: false,
+                checked: None,
+            },
+            stopping: false,
+            last_status_line: String::new(),
+        }
+    }
+
+    async fn main_loop(
+        &mut self,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut purge = tokio::time::interval(TRASH_PURGE_EVERY);
+        purge.reset(); // the start already purged
+        let watchdog_period = notify::watchdog_period();
+        let mut last_watchdog = Instant::now();
+        let mut pass = true;
+        let mut link_ended = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // The loop's progress point: reaching it proves the loop is not wedged.
+            if let Some(p) = watchdog_period
+                && last_watchdog.elapsed() >= p
+            {
+                notify::watchdog();
+                last_watchdog = Instant::now();
+            }
+            if pass {
+                self.start_due_work();
+                pass = false;
+            }
+            let now = now_ms();
+            let wake = self
+                .schedule
+                .next_wake(now)
+                .map(|due| {
+                    Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
+                })
+                .unwrap_or_else(|| Instant::now() + STATUS_EVERY);
+            let wake = match watchdog_period {
+                Some(p) => wake.min(last_watchdog + p),
+                None => wake,
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                ev = events.recv(), if !link_ended => match ev {
+                    Some(ev) => { self.on_link_event(ev); pass = true; }
+                    None => {
+                        // The link only ends on shutdown (or when it cannot set up TLS,
+                        // which it logged); fetching goes on either way.
+                        link_ended = true;
+                        self.conn = None;
+                    }
+                },
+                Some(done) = self.ops.join_next(), if !self.ops.is_empty() => {
+                    match done {
+                        Ok(done) => self.on_done(done),
+                        Err(e) => tracing::error!("a mirror task failed: {e}"),
+                    }
+                    pass = true;
+                }
+                _ = flush.tick() => self.flush(),
+                _ = status.tick() => {
+                    self.refresh_disk(true);
+                    self.send_status();
+                    self.update_status_line();
+                    pass = true;
+                }
+                _ = purge.tick() => {
+                    let m = self.mirrors.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let n = m.purge_trash(mirror::unix_secs());
+                        if n > 0 {
+                            tracing::info!(count = n, "deleted trashed mirrors older than 72 h");
+                        }
+                    });
+                }
+                _ = tokio::time::sleep_until(wake.into()) => { pass = true; }
+            }
+        }
+    }
+
+    /// Graceful stop: no new work, interrupt what runs, save state.
+    async fn stop(&mut self) {
+        notify::stopping();
+        self.stopping = true;
+        tracing::info!(
+            running = self.running.len(),
+            "stopping: interrupting running fetches and saving state"
+        );
+        for r in self.running.values() {
+            if !matches!(r.kind, OpKind::Dispose(_)) {
+                r.interrupt.store(true, Ordering::Relaxed);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.ops.is_empty() {
+            match tokio::time::timeout_at(deadline, self.ops.join_next()).await {
+                Ok(Some(Ok(done))) => self.on_done(done),
+                Ok(Some(Err(e))) => tracing::error!("a mirror task failed: {e}"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        running = self.ops.len(),
+                        "some operations did not stop in time; they are redone at the next start"
+                    );
+                    break;
+                }
+            }
+        }
+        self.ops.abort_all();
+        self.dirty = true;
+        self.save();
+    }
+
+    // ---- starting work ----
+
+    fn busy(&self, id: &str) -> bool {
+        self.running.contains_key(id) || self.stuck.contains(id)
+    }
+
+    fn start_due_work(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let now = now_ms();
+        let disk_low = self.refresh_disk(false);
+        let mut waiting = Vec::new();
+        let started = {
+            let (repos, running, stuck) = (&self.state.repos, &self.running, &self.stuck);
+            self.schedule.start_ready(
+                now,
+                |id| {
+                    repos
+                        .get(id)
+                        .map(|r| host_of_url(&r.url))
+                        .unwrap_or_default()
+                },
+                |id| {
+                    if running.contains_key(id) || stuck.contains(id) {
+                        return false;
+                    }
+                    let Some(r) = repos.get(id) else { return false };
+                    if !r.mirrored && disk_low {
+                        if !r.waiting_reported {
+                            waiting.push(id.to_owned());
+                        }
+                        return false;
+                    }
+                    true
+                },
+            )
+        };
+        for id in started {
+            self.start_fetch(id);
+        }
+        for id in waiting {
+            self.report_waiting(&id, now);
+        }
+        let pending: Vec<(String, Disposal)> = self
+            .state
+            .disposals
+            .iter()
+            .filter(|(id, _)| !self.busy(id) && !self.disposal_failed.contains(*id))
+            .map(|(id, d)| (id.clone(), *d))
+            .collect();
+        for (id, d) in pending {
+            self.start_disposal(id, d);
+        }
+    }
+
+    fn start_fetch(&mut self, id: String) {
+        let Some(repo) = self.state.repos.get_mut(&id) else {
+            self.schedule.finish(&id, None, now_ms());
+            return;
+        };
+        // A mirror that is not complete at the final path is cloned; one that is, fetched.
+        let clone = !repo.mirrored;
+        repo.waiting_reported = false;
+        let url = repo.url.clone();
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let kind = if clone { OpKind::Clone } else { OpKind::Fetch };
+        self.running.insert(
+            id.clone(),
+            Running {
+                kind,
+                interrupt: interrupt.clone(),
+            },
+        );
+        tracing::debug!(repo = %id, %url, "{}", if clone { "cloning" } else { "fetching" });
+        let mirrors = self.mirrors.clone();
+        let timeout = self.cfg.fetch.timeout;
+        self.ops.spawn(async move {
+            let started = Instant::now();
+            let (bid, burl, flag) = (id.clone(), url.clone(), interrupt.clone());
+            let mut handle = tokio::task::spawn_blocking(move || {
+                if clone {
+                    mirrors.clone_new(&bid, &burl, &flag)
+                } else {
+                    mirrors.fetch(&bid, &burl, &flag)
+                }
+            });
+            let timed_out = || Failure {
+                class: FailureClass::Transient,
+                message: format!("timed out after {}", humantime::format_duration(timeout)),
+            };
+            let joined = |r: Result<Result<Fetched, Failure>, tokio::task::JoinError>| {
+                r.unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))))
+            };
+            let (result, abandoned) = tokio::select! {
+                r = &mut handle => (joined(r), None),
+                _ = tokio::time::sleep(timeout) => {
+                    interrupt.store(true, Ordering::Relaxed);
+                    match tokio::time::timeout(INTERRUPT_GRACE, &mut handle).await {
+                        // Finished in the same instant: a success stands.
+                        Ok(r) => match joined(r) {
+                            Ok(f) => (Ok(f), None),
+                            Err(_) => (Err(timed_out()), None),
+                        },
+                        Err(_) => (Err(timed_out()), Some(handle)),
+                    }
+                }
+            };
+            OpDone {
+                id,
+                result: OpResult::Fetch {
+                    url,
+                    clone,
+                    started,
+                    result,
+                    abandoned,
+                },
+            }
+        });
+    }
+
+    fn start_disposal(&mut self, id: String, disposal: Disposal) {
+        let mirrors = self.mirrors.clone();
+        self.running.insert(
+            id.clone(),
+            Running {
+                kind: OpKind::Dispose(disposal),
+                interrupt: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        self.ops.spawn(async move {
+            let bid = id.clone();
+            let r = tokio::task::spawn_blocking(move || match disposal {
+                Disposal::Delete => mirrors.delete(&bid).map(|()| None),
+                Disposal::Trash => mirrors.trash(&bid, mirror::unix_secs()),
+            })
+            .await;
+            let result = match r {
+                Ok(Ok(trashed)) => {
+                    match (disposal, trashed) {
+                        (Disposal::Delete, _) => tracing::info!(repo = %id, "deleted the mirror (the repo moved to another worker)"),
+                        (Disposal::Trash, Some(p)) => tracing::info!(repo = %id, trash = %p.display(), "moved the mirror to the trash (the repo left the index); deleted after 72 h"),
+                        (Disposal::Trash, None) => {}
+                    }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("task failed: {e}")),
+            };
+            OpDone { id, result: OpResult::Disposed(disposal, result) }
+        });
+    }
+
+    fn report_waiting(&mut self, id: &str, now: i64) {
+        let Some(repo) = self.state.repos.get_mut(id) else {
+            return;
+        };
+        repo.waiting_reported = true;
+        tracing::warn!(repo = %id, "not cloning: free space on the mirror disk is below disk.min_free");
+        let outcome = Outcome {
+            report_id: 0,
+            repo: id.to_owned(),
+            url: repo.url.clone(),
+            finished_ms: now,
+            duration_ms: 0,
+            result: FetchResult::Waiting {
+                reason: "disk".into(),
+            },
+            changes: Vec::new(),
+            ref_count: 0,
+            next_due_ms: now,
+        };
+        self.state.push_outcome(outcome);
+        self.dirty = true;
+    }
+
+    // ---- finished work ----
+
+    fn on_done(&mut self, done: OpDone) {
+        let OpDone { id, result } = done;
+        match result {
+            OpResult::Unstuck => {
+                self.stuck.remove(&id);
+                tracing::info!(repo = %id, "an abandoned fetch has finally returned");
+            }
+            OpResult::Disposed(disposal, result) => {
+                self.running.remove(&id);
+                match result {
+                    Ok(()) => {
+                        if self.state.disposals.get(&id) == Some(&disposal) {
+                            self.state.disposals.remove(&id);
+                            self.dirty = true;
+                        }
+                    }
+                    Err(e) => {
+                        // Left in `disposals`, so it is retried at the next start.
+                        self.disposal_failed.insert(id.clone());
+                        tracing::error!(repo = %id, "cannot remove the dropped mirror: {e}");
+                    }
+                }
+                // Re-assigned while it was being removed: it is gone now, so clone it.
+                if let Some(repo) = self.state.repos.get_mut(&id) {
+                    repo.mirrored = self.mirrors.exists(&id);
+                    self.schedule.plan_urgent(&id, now_ms());
+                }
+            }
+            OpResult::Fetch {
+                url,
+                clone,
+                started,
+                result,
+                abandoned,
+            } => {
+                self.running.remove(&id);
+                if let Some(handle) = abandoned {
+                    tracing::error!(repo = %id, "fetch did not stop {}s after its timeout; abandoning it", INTERRUPT_GRACE.as_secs());
+                    self.stuck.insert(id.clone());
+                    let sid = id.clone();
+                    self.ops.spawn(async move {
+                        let _ = handle.await;
+                        OpDone {
+                            id: sid,
+                            result: OpResult::Unstuck,
+                        }
+                    });
+                }
+                self.on_fetch_done(id, url, clone, started.elapsed(), result);
+            }
+        }
+    }
+
+    fn on_fetch_done(
+        &mut self,
+        id: String,
+        url: String,
+        clone: bool,
+        took: Duration,
+        result: Result<Fetched, Failure>,
+    ) {
+        let now = now_ms();
+        let Some(repo) = self.state.repos.get_mut(&id) else {
+            // Dropped while running; its disposal starts on the next pass.
+            self.schedule.finish(&id, None, now);
+            return;
+        };
+        if self.stopping && result.is_err() {
+            // Interrupted by the shutdown: not the upstream's fault, nothing to report.
+            self.schedule.finish(&id, Some(now), now);
+            return;
+        }
+        repo.last_fetch_ms = Some(now);
+        let (fetch_result, changes, next) = match result {
+            Ok(fetched) => {
+                repo.mirrored = true;
+                let changes = ref_changes(&repo.refs, &fetched.refs);
+                let fetch_result = if repo.announced {
+                    FetchResult::Fetched
+                } else {
+                    FetchResult::Cloned
+                };
+                if clone {
+                    tracing::info!(repo = %id, %url, refs = fetched.refs.len(), secs = took.as_secs_f32(), "cloned");
+                } else if !changes.is_empty() {
+                    tracing::info!(repo = %id, changed = changes.len(), "refs changed upstream");
+                }
+                if fetched.url_changed {
+                    tracing::info!(repo = %id, %url, "mirror now fetches from the new upstream URL");
+                }
+                if let Some(class) = repo.failing.take() {
+                    tracing::info!(repo = %id, "fetching works again after {} failure(s) ({class:?})", repo.failures);
+                }
+                repo.refs = fetched.refs;
+                repo.announced = true;
+                repo.last_success_ms = Some(now);
+                repo.failures = 0;
+                (fetch_result, changes, self.schedule.after_success(now))
+            }
+            Err(failure) => {
+                repo.failures = repo.failures.saturating_add(1);
+                if repo.failing != Some(failure.class) {
+                    tracing::warn!(repo = %id, %url, class = ?failure.class, "{} failed: {}", if clone { "clone" } else { "fetch" }, failure.message);
+                } else {
+                    tracing::debug!(repo = %id, failures = repo.failures, "still failing: {}", failure.message);
+                }
+                repo.failing = Some(failure.class);
+                let next = self
+                    .schedule
+                    .after_failure(now, repo.failures, failure.class);
+                (
+                    FetchResult::Failed {
+                        class: failure.class,
+                        message: failure.message,
+                    },
+                    Vec::new(),
+                    next,
+                )
+            }
+        };
+        repo.next_due_ms = next;
+        let outcome = Outcome {
+            report_id: 0,
+            repo: id.clone(),
+            url,
+            finished_ms: now,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            result: fetch_result,
+            changes,
+            ref_count: u32::try_from(repo.refs.len()).unwrap_or(u32::MAX),
+            next_due_ms: next,
+        };
+        self.schedule.finish(&id, Some(next), now);
+        self.state.push_outcome(outcome);
+        self.dirty = true;
+    }
+
+    // ---- the coordinator ----
+
+    fn on_link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up { worker_id, tx } => {
+                self.conn = Some(Conn {
+                    worker_id,
+                    tx,
+                    sent_upto: 0,
+                });
+                let holdings = Holdings {
+                    repos: self.state.holdings(),
+                };
+                self.send(WorkerMsg::Holdings(holdings));
+                self.flush();
+                self.send_status();
+                self.update_status_line();
+            }
+            LinkEvent::Down => {
+                self.conn = None;
+                self.update_status_line();
+            }
+            LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
+            LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
+                if self.state.acknowledge(upto) > 0 {
+                    self.dirty = true;
+                }
+            }
+            LinkEvent::Msg(CoordMsg::FetchNow { repo }) => {
+                if self.state.repos.contains_key(&repo) {
+                    tracing::info!(repo = %repo, "fetch requested by the coordinator");
+                    self.schedule.plan_urgent(&repo, now_ms());
+                } else {
+                    tracing::debug!(repo = %repo, "fetch requested for a repo this worker does not hold");
+                }
+            }
+            // The link filters these out.
+            LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_)) => {}
+        }
+    }
+
+    fn on_assign(&mut self, delta: AssignDelta) {
+        let now = now_ms();
+        let (mut added, mut dropped) = (0usize, 0usize);
+        for spec in delta.upsert {
+            match self.state.repos.get_mut(&spec.id) {
+                Some(repo) if repo.url == spec.url => {}
+                Some(repo) => {
+                    tracing::info!(repo = %spec.id, old = %repo.url, new = %spec.url, "upstream URL changed; fetching from the new one");
+                    repo.url = spec.url;
+                    self.schedule.plan_urgent(&spec.id, now);
+                }
+                None => {
+                    self.state.disposals.remove(&spec.id);
+                    let disposing = matches!(
+                        self.running.get(&spec.id),
+                        Some(Running {
+                            kind: OpKind::Dispose(_),
+                            ..
+                        })
+                    );
+                    let mirrored = !disposing && self.mirrors.exists(&spec.id);
+                    let mut repo = Repo::new(spec.url, mirrored);
+                    repo.next_due_ms = now;
+                    self.state.repos.insert(spec.id.clone(), repo);
+                    self.schedule.plan_urgent(&spec.id, now);
+                    added += 1;
+                }
+            }
+        }
+        for order in delta.drop {
+            let disposal = match order.reason {
+                DropReason::Moved => Disposal::Delete,
+                DropReason::RemovedFromIndex => Disposal::Trash,
+            };
+            self.state.repos.remove(&order.id);
+            self.schedule.forget(&order.id);
+            self.state.disposals.insert(order.id.clone(), disposal);
+            dropped += 1;
+            tracing::debug!(repo = %order.id, reason = ?order.reason, "dropped by the coordinator");
+        }
+        if added + dropped > 0 {
+            tracing::info!(
+                seq = delta.seq,
+                added,
+                dropped,
+                held = self.state.repos.len(),
+                "assignment changed"
+            );
+        }
+        self.dirty = true;
+        if self.save() {
+            self.send(WorkerMsg::AssignAck { seq: delta.seq });
+        } else {
+            // Not acknowledged: reconnect, and the coordinator sends the difference again.
+            self.conn = None;
+        }
+    }
+
+    /// Queue `msg` for the coordinator. A full queue means the connection cannot keep up:
+    /// drop it, the link reconnects and everything unacknowledged is sent again.
+    fn send(&mut self, msg: WorkerMsg) -> bool {
+        let Some(conn) = &self.conn else { return false };
+        match conn.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("the coordinator connection is not keeping up; reconnecting");
+                self.conn = None;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    /// Persist what changed, then send outcomes not yet sent on this connection.
+    fn flush(&mut self) {
+        if self.dirty && !self.save() {
+            return; // never send what is not durably in the outbox
+        }
+        let Some(conn) = &self.conn else { return };
+        let sent_upto = conn.sent_upto;
+        let unsent: Vec<Outcome> = self
+            .state
+            .outbox
+            .iter()
+            .filter(|o| o.report_id > sent_upto)
+            .cloned()
+            .collect();
+        for chunk in unsent.chunks(MAX_BATCH) {
+            let upto = chunk.last().map(|o| o.report_id).unwrap_or(sent_upto);
+            if !self.send(WorkerMsg::Outcomes(OutcomeBatch {
+                outcomes: chunk.to_vec(),
+            })) {
+                return;
+            }
+            if let Some(conn) = &mut self.conn {
+                conn.sent_upto = upto;
+            }
+        }
+    }
+
+    /// Save `repos.json`; true when the state on disk is current.
+    fn save(&mut self) -> bool {
+        if !self.dirty {
+            return true;
+        }
+        match self.state.save(&self.cfg.state_dir) {
+            Ok(()) => {
+                self.dirty = false;
+                if self.save_failing {
+                    tracing::info!("worker state is being saved again");
+                    self.save_failing = false;
+                }
+                true
+            }
+            Err(e) => {
+                if !self.save_failing {
+                    tracing::error!(
+                        "cannot save worker state (outcomes are held back until it works): {e}"
+                    );
+                    self.save_failing = true;
+                }
+                false
+            }
+        }
+    }
+
+    // ---- disk and status ----
+
+    /// Measure free space if due (or `force`); returns whether it is below `disk.min_free`.
+    fn refresh_disk(&mut self, force: bool) -> bool {
+        let fresh = self
+            .disk
+            .checked
+            .is_some_and(|t| t.elapsed() < DISK_CHECK_EVERY);
+        if fresh && !force {
+            return self.disk.low;
+        }
+        self.disk.checked = Some(Instant::now());
+        match disk::space(&self.cfg.mirror_dir) {
+            Ok((free, total)) => {
+                self.disk.free = free;
+                self.disk.total = total;
+                let low = self.cfg.disk.min_free.is_below(free, total);
+                if low != self.disk.low {
+                    self.disk.low = low;
+                    if low {
+                        tracing::warn!(
+                            free_bytes = free,
+                            total_bytes = total,
+                            "free space on the mirror disk is below disk.min_free: no new clones start, fetches go on"
+                        );
+                    } else {
+                        tracing::info!(
+                            free_bytes = free,
+                            "free space on the mirror disk is back above disk.min_free: cloning resumes"
+                        );
+                    }
+                    self.send_status();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.cfg.mirror_dir.display(), "cannot measure free space: {e}")
+            }
+        }
+        self.disk.low
+    }
+
+    fn send_status(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let status = WorkerStatus {
+            disk_free_bytes: self.disk.free,
+            disk_total_bytes: self.disk.total,
+            disk_low: self.disk.low,
+            active_fetches: u32::try_from(self.active_fetches()).unwrap_or(u32::MAX),
+            summary: self.summary(),
+        };
+        self.send(WorkerMsg::Status(status));
+    }
+
+    fn active_fetches(&self) -> usize {
+        self.running
+            .values()
+            .filter(|r| !matches!(r.kind, OpKind::Dispose(_)))
+            .count()
+    }
+
+    /// One line: repos held, mirrored, fetching, failing, disk.
+    fn summary(&self) -> String {
+        let held = self.state.repos.len();
+        let mirrored = self.state.repos.values().filter(|r| r.mirrored).count();
+        let failing = self
+            .state
+            .repos
+            .values()
+            .filter(|r| r.failing.is_some())
+            .count();
+        let mut s = format!(
+            "{held} repos, {mirrored} mirrored, {} fetching, {failing} failing",
+            self.active_fetches()
+        );
+        if self.disk.low {
+            s.push_str(", disk low: clones paused");
+        }
+        s
+    }
+
+    fn update_status_line(&mut self) {
+        let link = match &self.conn {
+            Some(c) => format!("connected as worker {}", c.worker_id),
+            None => "coordinator unreachable".to_owned(),
+        };
+        let line = format!("{link}; {}", self.summary());
+        if line != self.last_status_line {
+            notify::status(&line);
+            self.last_status_line = line;
+        }
+    }
+}
