@@ -108,7 +108,9 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
             Ok(Duration::from_secs(v))
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom(format!("{v} is negative")))
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{v} is negative")))
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
             parse_duration(v).map_err(E::custom)
@@ -520,7 +522,11 @@ mod tests {
     #[test]
     fn spec_2_2_inline_token_wins_over_file() {
         let other = JoinToken::new(b"another certificate", "b3RoZXI");
-        let c = parse(&format!("join_token: {}\njoin_token_file: /missing\n", other.format())).unwrap();
+        let c = parse(&format!(
+            "join_token: {}\njoin_token_file: /missing\n",
+            other.format()
+        ))
+        .unwrap();
         assert_eq!(c.token, other);
         let e = err("join_token_file: /missing\n");
         assert!(

@@ -9,8 +9,8 @@
 use crate::state::Identity;
 use gitmirror_common::trust;
 use gitmirror_wire::{
-    ClientHandshake, CoordMsg, Hello, JoinToken, PROTOCOL_VERSION, WorkerMsg, close_code, decode,
-    encode_frame, frame::body_len,
+    ClientHandshake, CoordMsg, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION, WorkerMsg,
+    close_code, decode, encode_frame, frame::body_len,
 };
 use quinn::{ConnectionError, VarInt};
 use std::net::SocketAddr;
@@ -230,6 +230,7 @@ async fn session(
         return End::Shutdown;
     }
     let mut reader = tokio::spawn(read_loop(conn.clone(), recv, events.clone()));
+    let mut reader_done = false;
     let end = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -252,6 +253,7 @@ async fn session(
                 }
             },
             r = &mut reader => {
+                reader_done = true;
                 let reason = match r {
                     Ok(reason) => reason,
                     Err(e) => format!("reader task failed: {e}"),
@@ -265,8 +267,10 @@ async fn session(
             }
         }
     };
-    reader.abort();
-    let _ = reader.await;
+    if !reader_done {
+        reader.abort();
+        let _ = reader.await;
+    }
     let _ = events.send(LinkEvent::Down).await;
     end
 }
@@ -304,7 +308,14 @@ async fn handshake(
         }
         Err(e) => return Err(lost(&e)),
     };
-    let welcome = hs.on_reply(&body).map_err(|e| e.to_string())?;
+    // A refusal reads the same whether its frame or the connection close arrived first,
+    // so that a repeated refusal is logged once.
+    let welcome = hs.on_reply(&body).map_err(|e| match e {
+        HandshakeError::Refused { message, .. } => {
+            format!("the coordinator closed the connection: {message}")
+        }
+        other => other.to_string(),
+    })?;
     Ok((send, recv, welcome.worker_id))
 }
 

@@ -33,8 +33,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Trashed mirrors are looked at this often (they are deleted after 72 h).
 const TRASH_PURGE_EVERY: Duration = Duration::from_secs(3600);
-/// After its timeout a fetch gets this long to notice the interrupt before it is abandoned.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(60);
+/// After its timeout a fetch gets a quarter of it (1 s to 60 s) to notice the interrupt
+/// before it is abandoned: gix checks the flag between reads, so a server that accepts and
+/// then says nothing keeps the blocking thread until the connection dies.
+fn interrupt_grace(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
 /// On shutdown, running fetches get this long to stop (SPEC §11: stop within 10 s).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -429,7 +433,7 @@ impl Worker {
                 r = &mut handle => (joined(r), None),
                 _ = tokio::time::sleep(timeout) => {
                     interrupt.store(true, Ordering::Relaxed);
-                    match tokio::time::timeout(INTERRUPT_GRACE, &mut handle).await {
+                    match tokio::time::timeout(interrupt_grace(timeout), &mut handle).await {
                         // Finished in the same instant: a success stands.
                         Ok(r) => match joined(r) {
                             Ok(f) => (Ok(f), None),
@@ -546,7 +550,7 @@ impl Worker {
             } => {
                 self.running.remove(&id);
                 if let Some(handle) = abandoned {
-                    tracing::error!(repo = %id, "fetch did not stop {}s after its timeout; abandoning it", INTERRUPT_GRACE.as_secs());
+                    tracing::error!(repo = %id, "fetch did not stop after its timeout; abandoning it (nothing else starts on this repo until it returns)");
                     self.stuck.insert(id.clone());
                     let sid = id.clone();
                     self.ops.spawn(async move {

@@ -142,3 +142,4 @@ impl Drop for GitDaemon {
         let _ = self.child.wait();
     }
 }
+pub mod coord;

@@ -1,0 +1,506 @@
+//! The whole worker (`run`) against a test coordinator over loopback QUIC and real git
+//! served by `git daemon` (SPEC §4, §6, §7, §8, §10).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::coord::{FakeCoordinator, STEP};
+use common::{GitDaemon, Upstream, git, ls_remote};
+use gitmirror_common::units::FreeSpace;
+use gitmirror_wire::{
+    AssignDelta, CoordMsg, DropOrder, DropReason, FailureClass, FetchResult, JoinToken, Outcome,
+    RepoSpec, WorkerMsg,
+};
+use gitmirror_worker::mirror::Mirrors;
+use gitmirror_worker::state::{Identity, Repo, Repos};
+use gitmirror_worker::{DiskSection, FetchSection, WorkerConfig};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const REPO: &str = "a/abc/abc";
+
+fn fetch(min_interval: Duration, timeout: Duration) -> FetchSection {
+    FetchSection {
+        concurrency: 4,
+        per_host_concurrency: 2,
+        timeout,
+        min_interval,
+        max_interval: Duration::from_secs(3600),
+    }
+}
+
+fn config(
+    coordinator: SocketAddr,
+    token: JoinToken,
+    root: &Path,
+    fetch: FetchSection,
+    min_free: FreeSpace,
+) -> WorkerConfig {
+    WorkerConfig::embedded(
+        coordinator,
+        token,
+        root.join("repos"),
+        root.join("state"),
+        "test-worker".into(),
+        1.0,
+        fetch,
+        DiskSection { min_free },
+        Some("git://mirror.example.org/".into()),
+    )
+    .unwrap()
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(cfg: WorkerConfig) -> Worker {
+    gitmirror_common::install_crypto_provider();
+    let (stop, rx) = watch::channel(false);
+    Worker {
+        stop,
+        task: tokio::spawn(gitmirror_worker::run(cfg, rx)),
+    }
+}
+
+impl Worker {
+    /// SPEC §11: a graceful stop within 10 s.
+    async fn stop(self) {
+        let t = Instant::now();
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("stopped within 10 s")
+            .unwrap()
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
+
+/// Poll the state file until `f` finds what it wants.
+async fn state_until<T>(state_dir: &Path, what: &str, mut f: impl FnMut(&Repos) -> Option<T>) -> T {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Ok(s) = Repos::load(state_dir)
+            && let Some(t) = f(&s)
+        {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn outcome_for(msg: WorkerMsg, repo: &str, pred: impl Fn(&Outcome) -> bool) -> Option<Outcome> {
+    match msg {
+        WorkerMsg::Outcomes(b) => b.outcomes.into_iter().find(|o| o.repo == repo && pred(o)),
+        _ => None,
+    }
+}
+
+/// SPEC §4, §6, §8, design.md "Conversation": Hello → Welcome → Holdings; an assignment is
+/// persisted before it is acknowledged; the clone is reported as `Cloned` with every ref;
+/// `FetchNow` fetches at once and reports the change; after a reconnect the worker keeps
+/// its uuid and id, reports its holdings and resends what was not acknowledged; a drop
+/// moves the mirror to the trash; the worker stops within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_6_conversation_with_the_coordinator() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = root.path().join("state");
+    // A long interval: only FetchNow makes the second fetch happen.
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch(Duration::from_secs(3600), Duration::from_secs(60)),
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+
+    let mut s = coord.accept(7).await;
+    assert_eq!(s.hello.previous_id, None);
+    assert_eq!(s.hello.name, "test-worker");
+    assert_eq!(s.hello.weight, 1.0);
+    assert_eq!(s.hello.software, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        s.hello.serve_url_base.as_deref(),
+        Some("git://mirror.example.org/")
+    );
+    let uuid = s.hello.uuid;
+    match s.recv().await {
+        WorkerMsg::Holdings(h) => assert!(h.repos.is_empty(), "{h:?}"),
+        other => panic!("expected Holdings first, got {other:?}"),
+    }
+
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![RepoSpec {
+            id: REPO.into(),
+            url: url.clone(),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    let seq = s
+        .recv_until(|m| {
+            if let WorkerMsg::AssignAck { seq } = m {
+                Some(seq)
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(seq, 1);
+    assert!(
+        Repos::load(&state_dir).unwrap().repos.contains_key(REPO),
+        "persisted before the ack"
+    );
+
+    let cloned = s.recv_until(|m| outcome_for(m, REPO, |_| true)).await;
+    assert_eq!(cloned.result, FetchResult::Cloned);
+    assert_eq!(cloned.url, url);
+    let expected = ls_remote(&url);
+    assert_eq!(cloned.ref_count as usize, expected.len());
+    assert_eq!(cloned.changes.len(), expected.len());
+    for c in &cloned.changes {
+        assert_eq!(c.old, None);
+        assert_eq!(c.new.as_ref(), expected.get(&c.name));
+    }
+    // The outcome was in the persisted outbox before it was sent.
+    let saved = Repos::load(&state_dir).unwrap();
+    assert!(saved.outbox.iter().any(|o| o.report_id == cloned.report_id));
+    let mirror = root.path().join("repos/a/abc/abc.git");
+    assert!(git(&mirror, &["remote", "-v"]).contains(&url));
+    s.send(CoordMsg::OutcomeAck {
+        upto: cloned.report_id,
+    })
+    .await;
+
+    let old_main = expected["refs/heads/main"].clone();
+    let new_main = upstream.commit("new upstream work");
+    let asked = Instant::now();
+    s.send(CoordMsg::FetchNow { repo: REPO.into() }).await;
+    let fetched = s
+        .recv_until(|m| outcome_for(m, REPO, |o| o.result == FetchResult::Fetched))
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "FetchNow is served at once"
+    );
+    assert_eq!(fetched.changes.len(), 1, "{:?}", fetched.changes);
+    assert_eq!(fetched.changes[0].name, "refs/heads/main");
+    assert_eq!(fetched.changes[0].old.as_deref(), Some(old_main.as_str()));
+    assert_eq!(fetched.changes[0].new.as_deref(), Some(new_main.as_str()));
+    assert!(fetched.report_id > cloned.report_id);
+
+    // The coordinator restarts before acknowledging that outcome.
+    s.close();
+    let mut s = coord.accept(7).await;
+    assert_eq!(s.hello.uuid, uuid, "the identity survives reconnects");
+    assert_eq!(s.hello.previous_id, Some(7));
+    match s.recv().await {
+        WorkerMsg::Holdings(h) => {
+            assert_eq!(h.repos.len(), 1);
+            assert_eq!(
+                (
+                    h.repos[0].id.as_str(),
+                    h.repos[0].url.as_str(),
+                    h.repos[0].mirrored
+                ),
+                (REPO, url.as_str(), true)
+            );
+        }
+        other => panic!("expected Holdings first, got {other:?}"),
+    }
+    let resent = s
+        .recv_until(|m| outcome_for(m, REPO, |o| o.report_id == fetched.report_id))
+        .await;
+    assert_eq!(resent, fetched);
+    s.send(CoordMsg::OutcomeAck {
+        upto: fetched.report_id,
+    })
+    .await;
+    state_until(&state_dir, "the acknowledged outbox to be empty", |st| {
+        st.outbox.is_empty().then_some(())
+    })
+    .await;
+
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 2,
+        upsert: vec![],
+        drop: vec![DropOrder {
+            id: REPO.into(),
+            reason: DropReason::RemovedFromIndex,
+        }],
+    }))
+    .await;
+    let seq = s
+        .recv_until(|m| {
+            if let WorkerMsg::AssignAck { seq } = m {
+                Some(seq)
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(seq, 2);
+    common::wait_for("the mirror to move to the trash", STEP, || !mirror.exists());
+    let trash: Vec<_> = std::fs::read_dir(root.path().join("repos/.trash"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(trash.len(), 1);
+    assert!(
+        trash[0].to_string_lossy().starts_with("a_abc_abc-"),
+        "{trash:?}"
+    );
+
+    let id: Identity = gitmirror_common::statefile::read_json(
+        &state_dir.join("identity.json"),
+        "worker-identity",
+        1,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((id.uuid, id.worker_id), (uuid, Some(7)));
+    worker.stop().await;
+}
+
+/// SPEC §6, §7.1, §8, §10: with no coordinator at all the worker still starts, removes
+/// `.tmp` leftovers, treats a complete mirror the state missed as mirrored (a fetch, not a
+/// clone), re-clones a mirror that vanished, and reports changes against the refs last
+/// reported even when the mirror moved on before a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = root.path().join("state");
+    let mirrors = Mirrors::new(root.path().join("repos"));
+    mirrors.prepare().unwrap();
+    let no = AtomicBool::new(false);
+
+    // "a": cloned and reported; then fetched again, but the worker crashed before reporting.
+    let reported = mirrors.clone_new("a/crash/crash", &url, &no).unwrap().refs;
+    let old_main = reported["refs/heads/main"].clone();
+    let new_main = upstream.commit("fetched, never reported");
+    mirrors.fetch("a/crash/crash", &url, &no).unwrap();
+    // "c": renamed into place, but the crash came before the state said so.
+    mirrors.clone_new("c/done/done", &url, &no).unwrap();
+    let c_inode = std::fs::metadata(mirrors.path("c/done/done"))
+        .unwrap()
+        .ino();
+    // "v": the state says mirrored, but the directory is gone.
+    let mut state = Repos::default();
+    let mut a = Repo::new(url.clone(), true);
+    a.refs = reported.clone();
+    a.announced = true;
+    state.repos.insert("a/crash/crash".into(), a);
+    state
+        .repos
+        .insert("c/done/done".into(), Repo::new(url.clone(), false));
+    let mut v = Repo::new(url.clone(), true);
+    v.refs = reported.clone();
+    v.announced = true;
+    state.repos.insert("v/gone/gone".into(), v);
+    std::fs::create_dir_all(&state_dir).unwrap();
+    state.save(&state_dir).unwrap();
+    // A half clone left by the crash.
+    let leftover = root.path().join("repos/.tmp/c_half-1-0.git");
+    std::fs::create_dir_all(leftover.join("objects")).unwrap();
+
+    // Nothing listens on this port.
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let token = JoinToken::new(b"no such coordinator", "c2VjcmV0");
+    let cfg = config(
+        nowhere,
+        token,
+        root.path(),
+        fetch(Duration::from_secs(3600), Duration::from_secs(60)),
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+
+    let outbox = state_until(&state_dir, "an outcome for each repo", |st| {
+        let ids: Vec<&str> = st.outbox.iter().map(|o| o.repo.as_str()).collect();
+        ["a/crash/crash", "c/done/done", "v/gone/gone"]
+            .iter()
+            .all(|r| ids.contains(r))
+            .then(|| st.outbox.clone())
+    })
+    .await;
+    assert!(!leftover.exists(), ".tmp leftovers removed at start");
+    let get = |r: &str| outbox.iter().find(|o| o.repo == r).unwrap().clone();
+
+    let a = get("a/crash/crash");
+    assert_eq!(a.result, FetchResult::Fetched);
+    assert_eq!(a.changes.len(), 1, "{:?}", a.changes);
+    assert_eq!(a.changes[0].old.as_deref(), Some(old_main.as_str()));
+    assert_eq!(a.changes[0].new.as_deref(), Some(new_main.as_str()));
+
+    let c = get("c/done/done");
+    assert_eq!(c.result, FetchResult::Cloned, "first report of this repo");
+    assert_eq!(
+        std::fs::metadata(mirrors.path("c/done/done"))
+            .unwrap()
+            .ino(),
+        c_inode,
+        "fetched, not cloned again"
+    );
+
+    let v = get("v/gone/gone");
+    assert_eq!(v.result, FetchResult::Fetched);
+    assert!(
+        mirrors.path("v/gone/gone").join("objects").is_dir(),
+        "vanished mirror cloned again"
+    );
+    assert_eq!(v.changes.len(), 1, "{:?}", v.changes);
+    let st = Repos::load(&state_dir).unwrap();
+    assert!(st.repos.values().all(|r| r.mirrored));
+    worker.stop().await;
+}
+
+/// SPEC §7.5: below `disk.min_free` no clone starts (reported once as `Waiting{disk}`, and
+/// the status says so) while fetches of existing mirrors go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_7_5_low_disk_holds_clones_not_fetches() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = root.path().join("state");
+    let mirrors = Mirrors::new(root.path().join("repos"));
+    mirrors.prepare().unwrap();
+    let refs = mirrors
+        .clone_new(REPO, &url, &AtomicBool::new(false))
+        .unwrap()
+        .refs;
+    let mut state = Repos::default();
+    let mut held = Repo::new(url.clone(), true);
+    held.refs = refs;
+    held.announced = true;
+    state.repos.insert(REPO.into(), held);
+    std::fs::create_dir_all(&state_dir).unwrap();
+    state.save(&state_dir).unwrap();
+
+    // 100 % free required: never met on a real filesystem.
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch(Duration::from_secs(1), Duration::from_secs(60)),
+        FreeSpace::Percent(100.0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(0).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![RepoSpec {
+            id: "n/new/new".into(),
+            url: url.clone(),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    let mut waiting = 0;
+    let mut fetched = 0;
+    let mut disk_low_status = false;
+    // Fetches of the held repo go on (every second); watch a few of them.
+    while fetched < 3 || !disk_low_status {
+        match s.recv().await {
+            WorkerMsg::Outcomes(b) => {
+                for o in b.outcomes {
+                    match (o.repo.as_str(), &o.result) {
+                        ("n/new/new", FetchResult::Waiting { reason }) => {
+                            assert_eq!(reason, "disk");
+                            waiting += 1;
+                        }
+                        (REPO, FetchResult::Fetched) => fetched += 1,
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+            }
+            WorkerMsg::Status(st) => {
+                assert!(st.disk_low, "{st:?}");
+                assert!(st.summary.contains("disk low"), "{}", st.summary);
+                disk_low_status = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(waiting, 1, "Waiting is reported once");
+    assert!(!mirrors.exists("n/new/new"));
+    worker.stop().await;
+}
+
+/// SPEC §7.3, §2.2 `fetch.timeout`: a fetch that runs too long is stopped and reported as a
+/// transient failure; the mirror stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_7_3_fetch_timeout_is_a_transient_failure() {
+    // An upstream that accepts and then says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            h.lock().unwrap().push(conn);
+        }
+    });
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch(Duration::from_secs(3600), Duration::from_secs(1)),
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(0).await;
+    let started = Instant::now();
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![RepoSpec {
+            id: "s/silent/silent".into(),
+            url: format!("git://127.0.0.1:{port}/silent"),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    let o = s
+        .recv_until(|m| outcome_for(m, "s/silent/silent", |_| true))
+        .await;
+    match &o.result {
+        FetchResult::Failed {
+            class: FailureClass::Transient,
+            message,
+        } => assert!(message.contains("timed out"), "{message}"),
+        other => panic!("expected a transient timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        !root.path().join("repos/s/silent/silent.git").exists(),
+        "no half clone at the final path"
+    );
+    // Let the abandoned clone's connection die so its thread ends.
+    held.lock().unwrap().clear();
+    worker.stop().await;
+}
