@@ -82,6 +82,7 @@ pub(crate) async fn run(
             return;
         }
     };
+    tracing::info!(coordinator = %settings.coordinator, "connecting to the coordinator");
     let mut endpoints = Endpoints::default();
     let mut delay = BACKOFF_START;
     let mut last_problem: Option<String> = None;

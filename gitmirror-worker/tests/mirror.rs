@@ -267,3 +267,40 @@ fn spec_7_1_drop_deletes_or_trashes() {
     assert!(t.join("objects").is_dir());
     assert!(!root.path().join("a").exists());
 }
+
+/// SPEC §7.1: mirrors stay compact — every fetch that brings data adds a pack, and the
+/// worker repacks before there are more than 50.
+#[test]
+fn spec_7_1_pack_count_stays_bounded() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
+    let packs = |p: &std::path::Path| {
+        std::fs::read_dir(p.join("objects/pack"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".pack")
+            })
+            .count()
+    };
+    let path = m.path("a/abc/abc");
+    let mut most = 0;
+    for i in 0..55 {
+        upstream.commit(&format!("commit {i}"));
+        m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+        most = most.max(packs(&path));
+    }
+    assert!(most <= 50, "at most 50 packs after a fetch (saw {most})");
+    assert!(packs(&path) < 50);
+    assert_eq!(local_refs(&path), ls_remote(&url));
+    git(&path, &["fsck", "--no-progress"]);
+}
