@@ -47,14 +47,20 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     statefile::ensure_dir(&cfg.state_dir)?;
     let identity = Identity::load_or_create(&cfg.state_dir)?;
-    let mut state = Repos::load(&cfg.state_dir)?;
+    let state = Repos::load(&cfg.state_dir)?;
     let mirrors = Arc::new(Mirrors::new(cfg.mirror_dir.clone()));
-    let cleanup = {
+    // One look at every held mirror: blocking work, off the runtime.
+    let (state, cleanup) = {
         let m = mirrors.clone();
-        tokio::task::spawn_blocking(move || m.prepare())
-            .await
-            .context("preparing the mirror directory")?
-            .map_err(|f| anyhow::anyhow!("{}", f.message))?
+        tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let cleanup = m.prepare()?;
+            reconcile(&mut state, &m);
+            Ok::<_, Failure>((state, cleanup))
+        })
+        .await
+        .context("preparing the mirror directory")?
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?
     };
     if cleanup.tmp_removed > 0 {
         tracing::info!(
@@ -68,7 +74,6 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::
             "deleted trashed mirrors older than 72 h"
         );
     }
-    reconcile(&mut state, &mirrors);
     state.save(&cfg.state_dir)?;
     tracing::info!(
         uuid = %identity.uuid,
@@ -264,7 +269,12 @@ impl Worker {
                 None => wake,
             };
             tokio::select! {
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // Nobody can ask for a stop any more: treat it as one.
+                        break;
+                    }
+                }
                 ev = events.recv(), if !link_ended => match ev {
                     Some(ev) => { self.on_link_event(ev); pass = true; }
                     None => {
@@ -493,7 +503,8 @@ impl Worker {
             return;
         };
         repo.waiting_reported = true;
-        tracing::warn!(repo = %id, "not cloning: free space on the mirror disk is below disk.min_free");
+        // The disk state change itself is logged once; per repo it is detail.
+        tracing::debug!(repo = %id, "clone waits for free space on the mirror disk");
         let outcome = Outcome {
             report_id: 0,
             repo: id.to_owned(),
