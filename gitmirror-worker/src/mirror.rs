@@ -317,6 +317,29 @@ impl Mirrors {
     }
 }
 
+/// Whether `id` is safe to turn into a path under the mirror directory (SPEC §3.2 rules):
+/// components of `A-Za-z0-9._+-`, none empty, `.`/`..`, or starting with `-` or `.`. The
+/// coordinator checks this too; the worker does not let a bad id touch its disk.
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= 255
+        && id.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with(['.', '-'])
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        })
+}
+
+/// Whether `url` is one the worker is willing to hand to git (SPEC §3.2): no `ext::` or
+/// `fd::` transports, no leading `-`, no whitespace or control characters.
+pub fn valid_url(url: &str) -> bool {
+    !url.is_empty()
+        && !url.starts_with('-')
+        && !url.starts_with("ext::")
+        && !url.starts_with("fd::")
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Fetch options for clone and fetch: the prefix filter off works around the gix 0.90 bug
 /// that makes `+refs/*:refs/*` list only HEAD (FACTS.md).
 fn fetch_options() -> gix::remote::ref_map::Options {
@@ -596,6 +619,31 @@ mod tests {
             m.path("l/linux/linux-next"),
             PathBuf::from("/srv/repos/l/linux/linux-next.git")
         );
+    }
+
+    #[test]
+    fn spec_3_2_ids_and_urls_the_worker_refuses() {
+        for ok in ["a/abc/abc", "l/linux/linux-next", "g/gcc/gcc+x_1.2"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "", "a//b", "../x/y", "a/../b", "a/.git/b", "a/-x/b", "/a/b/c", "a/b/c/", "a b/c/d",
+            "a/b/c\n",
+        ] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+        assert!(!valid_id(&"a".repeat(256)));
+        assert!(valid_url("https://github.com/a/b.git") && valid_url("git@gitee.com:a/b.git"));
+        for bad in [
+            "",
+            "-uhttps://x",
+            "ext::sh -c x",
+            "fd::3",
+            "https://x/a b",
+            "https://x/\n",
+        ] {
+            assert!(!valid_url(bad), "{bad:?}");
+        }
     }
 
     #[test]

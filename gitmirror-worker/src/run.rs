@@ -45,6 +45,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Run the worker until `shutdown` becomes true. Errors only for what stops the daemon at
 /// start (unreadable state, unusable directories).
 pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // https fetches build TLS configs on blocking threads; without a provider they panic.
+    gitmirror_common::install_crypto_provider();
     statefile::ensure_dir(&cfg.state_dir)?;
     let identity = Identity::load_or_create(&cfg.state_dir)?;
     let state = Repos::load(&cfg.state_dir)?;
@@ -706,6 +708,10 @@ impl Worker {
         let now = now_ms();
         let (mut added, mut dropped) = (0usize, 0usize);
         for spec in delta.upsert {
+            if !mirror::valid_id(&spec.id) || !mirror::valid_url(&spec.url) {
+                tracing::error!(repo = ?spec.id, url = ?spec.url, "the coordinator assigned a repo id or URL this worker refuses to use; ignoring it");
+                continue;
+            }
             match self.state.repos.get_mut(&spec.id) {
                 Some(repo) if repo.url == spec.url => {}
                 Some(repo) => {
@@ -732,6 +738,10 @@ impl Worker {
             }
         }
         for order in delta.drop {
+            if !mirror::valid_id(&order.id) {
+                tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
+                continue;
+            }
             let disposal = match order.reason {
                 DropReason::Moved => Disposal::Delete,
                 DropReason::RemovedFromIndex => Disposal::Trash,
