@@ -259,13 +259,11 @@ impl Worker {
                 pass = false;
             }
             let now = now_ms();
-            let wake = self
-                .schedule
-                .next_wake(now)
-                .map(|due| {
-                    Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
-                })
-                .unwrap_or_else(|| Instant::now() + STATUS_EVERY);
+            // Never sleep past the status tick: a due time far ahead is simply looked at again.
+            let until_due = self.schedule.next_wake(now).map(|due| {
+                Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0))
+            });
+            let wake = Instant::now() + until_due.unwrap_or(STATUS_EVERY).min(STATUS_EVERY);
             let wake = match watchdog_period {
                 Some(p) => wake.min(last_watchdog + p),
                 None => wake,

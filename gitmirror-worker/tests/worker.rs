@@ -504,3 +504,71 @@ async fn spec_7_3_fetch_timeout_is_a_transient_failure() {
     held.lock().unwrap().clear();
     worker.stop().await;
 }
+
+/// SPEC §7.1: an upsert with a new URL is followed by fetching the kept mirror from it (no
+/// re-clone); a drop after a move to another worker deletes the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_7_1_url_change_and_moved_drop_through_the_worker() {
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch(Duration::from_secs(3600), Duration::from_secs(60)),
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    let assign = |seq, url: &str| {
+        CoordMsg::Assign(AssignDelta {
+            seq,
+            upsert: vec![RepoSpec {
+                id: REPO.into(),
+                url: url.into(),
+            }],
+            drop: vec![],
+        })
+    };
+    s.send(assign(1, &daemon.url("abc"))).await;
+    s.recv_until(|m| outcome_for(m, REPO, |o| o.result == FetchResult::Cloned))
+        .await;
+    let mirror = root.path().join("repos/a/abc/abc.git");
+    let inode = std::fs::metadata(&mirror).unwrap().ino();
+
+    std::fs::rename(&upstream.dir, up.path().join("moved")).unwrap();
+    let new_url = daemon.url("moved");
+    s.send(assign(2, &new_url)).await;
+    let o = s
+        .recv_until(|m| outcome_for(m, REPO, |o| o.url == new_url))
+        .await;
+    assert_eq!(o.result, FetchResult::Fetched);
+    assert!(o.changes.is_empty(), "{:?}", o.changes);
+    assert_eq!(
+        std::fs::metadata(&mirror).unwrap().ino(),
+        inode,
+        "kept, not cloned again"
+    );
+    assert!(git(&mirror, &["remote", "-v"]).contains(&new_url));
+
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 3,
+        upsert: vec![],
+        drop: vec![DropOrder {
+            id: REPO.into(),
+            reason: DropReason::Moved,
+        }],
+    }))
+    .await;
+    common::wait_for("the moved repo's mirror to be deleted", STEP, || {
+        !mirror.exists()
+    });
+    assert!(
+        !root.path().join("repos/a").exists(),
+        "empty parent directories removed"
+    );
+    worker.stop().await;
+}
