@@ -198,4 +198,31 @@ fn main() {
         verdict(balance <= 1.10),
         verdict(ratio <= 1.05)
     );
+
+    // Rendezvous hashing balances by chance: how the figures vary over other fleets.
+    let mut balances = Vec::new();
+    let mut die_ratios = Vec::new();
+    for _ in 0..10 {
+        let fleet: Vec<Member> = (0..WORKERS)
+            .map(|_| Member {
+                uuid: rng.uuid(),
+                weight: 1.0 + 2.0 * rng.unit(),
+            })
+            .collect();
+        let total: f64 = fleet.iter().map(|m| m.weight).sum();
+        let load = loads(&owners(&Ring::new(&fleet), &ids), WORKERS);
+        balances.push(worst_balance(&load, &fleet, REPOS));
+        // With only its repos moving, a death moves exactly the dead worker's load.
+        let dead = (rng.next() % WORKERS as u64) as usize;
+        die_ratios.push(load[dead] as f64 / (REPOS as f64 * fleet[dead].weight / total));
+    }
+    balances.sort_by(f64::total_cmp);
+    die_ratios.sort_by(f64::total_cmp);
+    println!(
+        "  10 other fleets: most loaded / fair share median {:.3}, worst {:.3}; one dies: moved/ideal median {:.3}, worst {:.3}",
+        balances[balances.len() / 2],
+        balances[balances.len() - 1],
+        die_ratios[die_ratios.len() / 2],
+        die_ratios[die_ratios.len() - 1],
+    );
 }

@@ -602,8 +602,16 @@ fn file_urls_when_allowed() {
         .write("a/p/p", "url: /srv/git/p.git\n");
     repo.commit();
     let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &format!("file://{}", repo.url()))];
+    let mut ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
+    assert_eq!(ix.poll(true).unwrap(), Delta::default());
+    assert_eq!(ix.status()[0].rejected.len(), 2);
+    drop(ix);
+
+    // Restarted with the setting on: the same commit is read again under the new rule.
     let mut s = settings(state.path(), 5.0);
     s.allow_file_urls = true;
-    let mut ix = Indexes::open(vec![source("up", &format!("file://{}", repo.url()))], s).unwrap();
+    let mut ix = Indexes::open(src, s).unwrap();
     assert_eq!(ids(&ix.poll(true).unwrap().added), ["a/f/f", "a/p/p"]);
+    assert!(ix.status()[0].rejected.is_empty());
 }

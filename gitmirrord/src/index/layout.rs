@@ -6,6 +6,9 @@ use super::{Entry, Rejected};
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 
+/// Raise when a change of these rules changes the entries read from the same files.
+pub const VERSION: u32 = 1;
+
 /// Largest entry or `DEFAULTS` file read (SPEC §3.2).
 pub const MAX_FILE_SIZE: u64 = 64 * 1024;
 

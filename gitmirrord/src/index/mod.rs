@@ -126,6 +126,9 @@ struct IndexState {
     /// The newest commit read; its entries are applied except held removals.
     /// `None` once the index left the configuration.
     commit: Option<String>,
+    /// How the entries were read ([`Indexes::reader`]); a commit read differently is
+    /// read again.
+    reader: String,
     entries: BTreeMap<String, Entry>,
     rejected: Vec<Rejected>,
     held: Option<Held>,
@@ -181,6 +184,8 @@ pub struct Indexes {
     conflicts: BTreeMap<String, Vec<Rejected>>,
     /// Entries each index contributes to `merged`.
     provided: HashMap<String, usize>,
+    /// `set_sources` was called: the next poll re-merges even if no index changed.
+    sources_changed: bool,
 }
 
 impl Indexes {
@@ -199,6 +204,7 @@ impl Indexes {
             merged: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             provided: HashMap::new(),
+            sources_changed: false,
         };
         // Conflicts were logged when they arose, before the restart.
         me.remerge(false);
@@ -217,7 +223,8 @@ impl Indexes {
     /// is returned only when the new applied state cannot be saved, and then nothing is
     /// applied (the next poll tries again).
     pub fn poll(&mut self, force: bool) -> Result<Delta, IndexError> {
-        let mut next = self.applied.clone();
+        // Cloned only when something changes: a no-op poll of a large index stays cheap.
+        let mut next: Option<Applied> = None;
         let now = Instant::now();
         for source in self.sources.clone() {
             let rt = self.runtime.entry(source.name.clone()).or_default();
@@ -226,24 +233,35 @@ impl Indexes {
             }
             rt.next_due = Some(now + source.poll_interval);
             rt.last_poll_ms = Some(gitmirror_common::now_ms());
-            let result = self.pull(&source, &mut next);
-            self.record(&source.name, result.err());
+            match self.pull(&source) {
+                Ok(None) => self.record(&source.name, None),
+                Ok(Some((commit, parsed))) => {
+                    self.record(&source.name, None);
+                    let next = next.get_or_insert_with(|| self.applied.clone());
+                    let (entries, rejected) = (parsed.entries, parsed.rejected);
+                    self.update(
+                        next,
+                        &source.name,
+                        &source.url,
+                        Some(commit),
+                        entries,
+                        rejected,
+                    );
+                }
+                Err(e) => self.record(&source.name, Some(e)),
+            }
         }
         // Indexes dropped from the configuration: all their entries go (purge protected).
-        let configured: BTreeSet<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
-        let dropped: Vec<String> = next
+        let dropped: Vec<(String, String)> = self
+            .applied
             .indexes
-            .keys()
-            .filter(|n| !configured.contains(n.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(name, _)| !self.sources.iter().any(|s| &s.name == *name))
+            .map(|(name, st)| (name.clone(), st.url.clone()))
             .collect();
-        for name in dropped {
-            let url = next
-                .indexes
-                .get(&name)
-                .map(|s| s.url.clone())
-                .unwrap_or_default();
-            self.update(&mut next, &name, &url, None, BTreeMap::new(), Vec::new());
+        for (name, url) in dropped {
+            let next = next.get_or_insert_with(|| self.applied.clone());
+            self.update(next, &name, &url, None, BTreeMap::new(), Vec::new());
         }
         self.commit_state(next)
     }
@@ -299,7 +317,7 @@ impl Indexes {
                 next.indexes.remove(name);
             }
         }
-        self.commit_state(next)
+        self.commit_state(Some(next))
     }
 
     pub fn status(&self) -> Vec<IndexStatus> {
@@ -353,16 +371,29 @@ impl Indexes {
             .retain(|name, _| kept.iter().any(|s| &s.name == name));
         // The effective set follows at the next poll, which reports the change.
         self.sources = kept;
+        self.sources_changed = true;
     }
 
-    /// Fetch one index and, when its commit changed, stage its new entries in `next`.
-    fn pull(&self, source: &IndexSource, next: &mut Applied) -> Result<(), String> {
+    /// What, besides the commit, decides the entries read from it: a restart with another
+    /// `allow_file_urls` or a release with other rules re-reads the same commit.
+    fn reader(&self) -> String {
+        format!(
+            "layout v{}, allow_file_urls={}",
+            layout::VERSION,
+            self.settings.allow_file_urls
+        )
+    }
+
+    /// Fetch one index; when its commit changed, read and parse it.
+    fn pull(&self, source: &IndexSource) -> Result<Option<(String, layout::Parsed)>, String> {
         let fetched = source::fetch(source, &self.settings.dir)?;
-        let state = next.indexes.get(&source.name);
-        if state
-            .is_some_and(|s| s.commit.as_deref() == Some(fetched.commit()) && s.url == source.url)
-        {
-            return Ok(());
+        let unchanged = self.applied.indexes.get(&source.name).is_some_and(|s| {
+            s.commit.as_deref() == Some(fetched.commit())
+                && s.url == source.url
+                && s.reader == self.reader()
+        });
+        if unchanged {
+            return Ok(None);
         }
         let commit = fetched.commit().to_owned();
         let files = fetched.into_files()?;
@@ -391,15 +422,7 @@ impl Indexes {
             rejected = parsed.rejected.len(),
             "index read"
         );
-        self.update(
-            next,
-            &source.name,
-            &source.url,
-            Some(commit),
-            parsed.entries,
-            parsed.rejected,
-        );
-        Ok(())
+        Ok(Some((commit, parsed)))
     }
 
     /// Stage the new content of index `name` in `next`, holding back a large removal.
@@ -418,6 +441,7 @@ impl Indexes {
                 let state = IndexState {
                     url: url.to_owned(),
                     commit,
+                    reader: self.reader(),
                     entries,
                     rejected,
                     held: None,
@@ -475,6 +499,7 @@ impl Indexes {
         let state = IndexState {
             url: url.to_owned(),
             commit,
+            reader: self.reader(),
             entries,
             rejected,
             held,
@@ -506,12 +531,17 @@ impl Indexes {
 
     /// Save `next` if it differs, make it the applied state and return the change of the
     /// effective set (which a new order of sources alone can change too).
-    fn commit_state(&mut self, next: Applied) -> Result<Delta, IndexError> {
-        if next != self.applied {
-            let path = self.settings.dir.join(STATE_FILE);
-            statefile::write_json(&path, STATE_KIND, STATE_VERSION, &next, 0o600)?;
-            self.applied = next;
+    fn commit_state(&mut self, next: Option<Applied>) -> Result<Delta, IndexError> {
+        match next {
+            Some(next) if next != self.applied => {
+                let path = self.settings.dir.join(STATE_FILE);
+                statefile::write_json(&path, STATE_KIND, STATE_VERSION, &next, 0o600)?;
+                self.applied = next;
+            }
+            _ if !self.sources_changed => return Ok(Delta::default()),
+            _ => {}
         }
+        self.sources_changed = false;
         let before = std::mem::take(&mut self.merged);
         self.remerge(true);
         Ok(diff(&before, &self.merged))

@@ -145,10 +145,17 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
         LOCAL_TIMEOUT,
     )?;
     let commit = String::from_utf8_lossy(&out).trim().to_owned();
-    // Keeps the clone small over many fetches; a failure here is harmless.
+    // Keeps the clone small over many fetches; a failure here is harmless. In the
+    // foreground, so no git process outlives the poll.
     let _ = git(
         Some(repo),
-        &[os("gc"), os("--auto"), os("--quiet")],
+        &[
+            os("-c"),
+            os("gc.autoDetach=false"),
+            os("gc"),
+            os("--auto"),
+            os("--quiet"),
+        ],
         None,
         LOCAL_TIMEOUT,
     );
