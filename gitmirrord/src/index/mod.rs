@@ -252,11 +252,13 @@ impl Indexes {
             }
         }
         // Indexes dropped from the configuration: all their entries go (purge protected).
+        // One whose removal is already held waits for `accept`.
         let dropped: Vec<(String, String)> = self
             .applied
             .indexes
             .iter()
             .filter(|(name, _)| !self.sources.iter().any(|s| &s.name == *name))
+            .filter(|(_, st)| !(st.commit.is_none() && st.held.is_some()))
             .map(|(name, st)| (name.clone(), st.url.clone()))
             .collect();
         for (name, url) in dropped {
@@ -300,11 +302,7 @@ impl Indexes {
         let Some(held) = &state.held else {
             return Err(IndexError::NothingHeld(name.to_owned()));
         };
-        info!(
-            index = name,
-            removals = held.removals.len(),
-            "held index removals accepted"
-        );
+        let removals = held.removals.len();
         let mut next = self.applied.clone();
         let configured = self.sources.iter().any(|s| s.name == name);
         if let Some(st) = next.indexes.get_mut(name) {
@@ -317,7 +315,9 @@ impl Indexes {
                 next.indexes.remove(name);
             }
         }
-        self.commit_state(Some(next))
+        let delta = self.commit_state(Some(next))?;
+        info!(index = name, removals, "held index removals accepted");
+        Ok(delta)
     }
 
     pub fn status(&self) -> Vec<IndexStatus> {
