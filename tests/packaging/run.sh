@@ -318,6 +318,8 @@ prepare_root() {
       tar --numeric-owner -C "$cache/build-root" -cf "$tarball.tmp" .
       mv "$tarball.tmp" "$tarball"
       rm -rf "$cache/build-root"
+      # Roots for other package lists are stale now.
+      find "$cache" -maxdepth 1 -name "$suite-*.tar" ! -name "$(basename "$tarball")" -delete
     fi
   ) 9>"$cache/.lock"
   mkdir -p "$root"
@@ -602,6 +604,26 @@ purge() {
   log "dpkg --purge: configs, join token, /etc/gitmirror and state gone; user gitmirror kept"
 }
 
+# The rpm scriptlets, taken from the built rpms, run with /bin/sh on this
+# systemd system: %pre must create the user (removed first), the others must
+# succeed whether or not the units exist.
+rpm_scriptlets() {
+  ct userdel gitmirror
+  ct id gitmirror >/dev/null 2>&1 && fail "could not remove the gitmirror user"
+  mkdir -p "$root/root/rpm-scripts"
+  local p tag arg
+  for p in gitmirrord gitmirror-worker; do
+    for tag in PREIN:1 POSTIN:1 PREUN:0 POSTUN:0; do
+      arg=${tag#*:}
+      tag=${tag%:*}
+      rpm -qp --qf "%{$tag}" "$(ls "$pkgs/$p-"[0-9]*.rpm)" 2>/dev/null >"$root/root/rpm-scripts/$p.$tag"
+      ct sh -e "/root/rpm-scripts/$p.$tag" "$arg" || fail "$p %$tag exits $?"
+    done
+  done
+  ct id gitmirror
+  log "the rpm scriptlets of both packages run under /bin/sh; %pre created the gitmirror user"
+}
+
 # ---------------------------------------------------------------- run
 
 step "host tools" host_tools critical
@@ -627,6 +649,7 @@ step "stop within 10 s with state saved, start resumes" stop_start gated
 step "gitmirror-git-daemon.service" git_daemon_unit gated
 step "dpkg -r keeps config and state" remove
 step "dpkg --purge" purge
+step "rpm scriptlets run in the container" rpm_scriptlets
 
 echo
 echo "=== summary ($((SECONDS - start_time))s)"
