@@ -1,5 +1,6 @@
 //! Logging to stderr (journald picks it up). `RUST_LOG` overrides the configured level.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. Safe to call more than once (later calls do nothing).
@@ -10,6 +11,7 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

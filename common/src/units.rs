@@ -30,18 +30,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Serde helper for a duration field that accepts a string or a bare integer.
+/// Serde helper for a duration field that accepts a string or a bare integer. A visitor
+/// rather than an untagged enum, so that a YAML error keeps its key path (`fetch.timeout`).
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Text(String),
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 90s, 5m, 2h, 7d, or a number of seconds")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(Duration::from_secs(n)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(V)
 }
 
 /// `Option<Duration>` variant of [`de_duration`].
@@ -101,17 +111,22 @@ impl FreeSpace {
 }
 
 impl<'de> Deserialize<'de> for FreeSpace {
+    /// A visitor, like [`de_duration`], so errors keep their key path.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = FreeSpace;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a percentage such as 5% or a size such as 10G")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FreeSpace, E> {
+                Ok(FreeSpace::Bytes(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FreeSpace, E> {
+                FreeSpace::parse(v).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Self::Bytes(n)),
-            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -143,5 +158,33 @@ mod tests {
         assert!(FreeSpace::Percent(5.0).is_below(4, 100));
         assert!(!FreeSpace::Percent(5.0).is_below(5, 100));
         assert!(FreeSpace::Bytes(10).is_below(9, 0));
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(deserialize_with = "de_duration")]
+        timeout: Duration,
+        min_free: FreeSpace,
+    }
+
+    #[derive(Deserialize, Debug)]
+    struct Outer {
+        #[allow(dead_code)]
+        fetch: Inner,
+    }
+
+    #[test]
+    fn yaml_errors_keep_the_key_path() {
+        let ok: Outer = serde_yaml::from_str("fetch: {timeout: 90, min_free: 5%}").unwrap();
+        assert_eq!(ok.fetch.timeout, Duration::from_secs(90));
+        let e = serde_yaml::from_str::<Outer>("fetch: {timeout: 5 parsecs, min_free: 5%}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fetch.timeout"), "{e}");
+        let e = serde_yaml::from_str::<Outer>("fetch: {timeout: 5s, min_free: lots}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fetch.min_free"), "{e}");
     }
 }

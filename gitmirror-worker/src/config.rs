@@ -1,7 +1,7 @@
 //! Worker configuration (SPEC §2.2): a raw serde layer that refuses unknown keys, then a
 //! validated [`WorkerConfig`] whose errors name the file and the key.
 
-use gitmirror_common::units::{FreeSpace, parse_duration};
+use gitmirror_common::units::{FreeSpace, de_duration};
 use gitmirror_wire::JoinToken;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -83,7 +83,6 @@ impl FetchSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DiskSection {
     /// Below this free space on `mirror_dir` no new clone starts (SPEC §7.5).
-    #[serde(deserialize_with = "de_free_space")]
     pub min_free: FreeSpace,
 }
 
@@ -93,48 +92,6 @@ impl Default for DiskSection {
             min_free: FreeSpace::Percent(5.0),
         }
     }
-}
-
-/// Durations (`90s`, `5m`, or bare seconds) via `common::units`. A visitor rather than an
-/// untagged enum, so that a YAML error carries the full key path (`fetch.timeout`).
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 90s, 5m, 2h, 7d, or a number of seconds")
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format!("{v} is negative")))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(V)
-}
-
-/// Free-space thresholds (`5%`, `10G`, or bytes), like [`de_duration`] keeping the key path.
-fn de_free_space<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FreeSpace, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = FreeSpace;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a percentage such as 5% or a size such as 10G")
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FreeSpace, E> {
-            Ok(FreeSpace::Bytes(v))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FreeSpace, E> {
-            FreeSpace::parse(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(V)
 }
 
 /// A bad value, named by its key (relative to the section that holds it).
