@@ -170,7 +170,6 @@ mod tests {
 
     #[derive(Deserialize, Debug)]
     struct Outer {
-        #[allow(dead_code)]
         fetch: Inner,
     }
 
@@ -178,6 +177,7 @@ mod tests {
     fn yaml_errors_keep_the_key_path() {
         let ok: Outer = serde_yaml::from_str("fetch: {timeout: 90, min_free: 5%}").unwrap();
         assert_eq!(ok.fetch.timeout, Duration::from_secs(90));
+        assert_eq!(ok.fetch.min_free, FreeSpace::Percent(5.0));
         let e = serde_yaml::from_str::<Outer>("fetch: {timeout: 5 parsecs, min_free: 5%}")
             .unwrap_err()
             .to_string();
