@@ -160,6 +160,9 @@ pub struct Config {
     /// [`crate::run`] once the worker crate is wired in (see the hook there).
     pub local_worker: Option<serde_yaml::Value>,
     pub log_level: String,
+    /// One line per seed alias used (naming the new key), for the caller to log once
+    /// logging is set up.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -194,11 +197,12 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        let mut warnings = Vec::new();
         let alias = |old: &str, new: &str| {
-            tracing::warn!(
+            format!(
                 "{}: `{old}` is the prototype's name for `{new}`; please rename it",
                 path.display()
-            );
+            )
         };
         let both = |old: &str, new: &str| {
             invalid(old, format!("is an alias of `{new}`; set only one of them"))
@@ -210,7 +214,7 @@ impl Config {
                 parse_addr(&l, DEFAULT_LISTEN_PORT).map_err(|m| invalid("listen", m))?
             }
             (None, Some(l)) => {
-                alias("coor_ip_addr", "listen");
+                warnings.push(alias("coor_ip_addr", "listen"));
                 parse_addr(&l, DEFAULT_LISTEN_PORT).map_err(|m| invalid("coor_ip_addr", m))?
             }
             (None, None) => SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
@@ -232,13 +236,14 @@ impl Config {
             raw.upstream_repos_name,
             raw.upstream_repos_url,
             raw.fetch_interval,
+            &mut warnings,
         )?;
 
         let max_workers = match (raw.max_workers, raw.bitmap_max_num) {
             (Some(_), Some(_)) => return Err(both("bitmap_max_num", "max_workers")),
             (Some(n), None) => check_max_workers(n).map_err(|m| invalid("max_workers", m))?,
             (None, Some(n)) => {
-                alias("bitmap_max_num", "max_workers");
+                warnings.push(alias("bitmap_max_num", "max_workers"));
                 check_max_workers(n).map_err(|m| invalid("bitmap_max_num", m))?
             }
             (None, None) => 100,
@@ -366,6 +371,7 @@ impl Config {
             webhooks,
             local_worker: raw.local_worker,
             log_level,
+            warnings,
         })
     }
 
@@ -375,6 +381,7 @@ impl Config {
         seed_name: Option<String>,
         seed_url: Option<String>,
         fetch_interval: Option<RawDuration>,
+        warnings: &mut Vec<String>,
     ) -> Result<Vec<IndexSource>, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -401,10 +408,10 @@ impl Config {
             }
             (Some(list), false) => list,
             (None, true) => {
-                tracing::warn!(
+                warnings.push(format!(
                     "{}: `upstream_repos_name`/`upstream_repos_url` are the prototype's names for one `indexes` entry; please rename them",
                     path.display()
-                );
+                ));
                 vec![RawIndex {
                     name: seed_name.unwrap_or_else(|| DEFAULT_INDEX_NAME.into()),
                     url: seed_url.unwrap_or_else(|| DEFAULT_INDEX_URL.into()),
@@ -426,10 +433,10 @@ impl Config {
             ));
         }
         if fetch_interval.is_some() {
-            tracing::warn!(
+            warnings.push(format!(
                 "{}: `fetch_interval` is the prototype's name for `indexes[].poll_interval`; please rename it",
                 path.display()
-            );
+            ));
         }
         let mut names = BTreeSet::new();
         let mut out = Vec::new();
@@ -652,6 +659,14 @@ log_level: debug
         assert_eq!(c.indexes[0].name, "repos");
         assert_eq!(c.indexes[0].url, "https://example.org/u.git");
         assert_eq!(c.indexes[0].poll_interval, Duration::from_secs(30));
+        assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+        for new in ["`listen`", "`max_workers`", "`indexes`", "poll_interval"] {
+            assert!(
+                c.warnings.iter().any(|w| w.contains(new)),
+                "{new}: {:?}",
+                c.warnings
+            );
+        }
         let c = parse("coor_ip_addr: 10.0.0.5:6000\n").unwrap();
         assert_eq!(c.listen, "10.0.0.5:6000".parse().unwrap());
     }

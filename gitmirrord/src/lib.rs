@@ -1,10 +1,21 @@
-//! gitmirrord, the coordinator.
+//! gitmirrord, the coordinator: reads the indexes, assigns every repo to one live worker,
+//! watches liveness, records ref-change events and serves the HTTP API (SPEC §1).
+//!
+//! `main.rs` parses arguments, loads [`Config`], binds the sockets ([`run::Listeners`]) and
+//! calls [`run::run`]; tests call the same `run` on `127.0.0.1:0`.
 
+pub mod api;
 pub mod config;
 pub mod events;
 pub mod fleet;
+pub mod http;
 pub mod index;
+pub mod poller;
 pub mod registry;
 pub mod ring;
+pub mod run;
+pub mod server;
+pub mod state;
 
 pub use config::Config;
+pub use run::{Control, ControlHandle, Listeners, control, run};

@@ -1,1 +1,160 @@
-fn main() {}
+//! gitmirrord: the coordinator daemon and its commands (SPEC §11).
+
+use clap::{Parser, Subcommand};
+use gitmirror_common::{EX_CONFIG, notify};
+use gitmirrord::config::{Config, DEFAULT_CONFIG_PATH};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a stop may take before the process exits anyway (SPEC §11: within 10 s).
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "gitmirrord",
+    version,
+    about = "gitmirror coordinator: assigns upstream repos to mirror workers and serves status",
+    long_about = "gitmirror coordinator: reads the indexes of upstream repos, assigns each repo to \
+                  one live worker, watches worker liveness over QUIC, records ref-change events and \
+                  serves the HTTP status API. Without a command it runs the daemon."
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the configuration file: exit 0 when valid, 78 with the reason otherwise.
+    CheckConfig,
+    /// Print the join token workers need (creates the identity in state_dir if missing).
+    JoinToken,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    gitmirror_common::install_crypto_provider();
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cli.config),
+        Some(Command::JoinToken) => join_token(&cli.config),
+        None => daemon(&cli.config),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("gitmirrord: {e}");
+        ExitCode::from(EX_CONFIG as u8)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("gitmirrord: warning: {w}");
+            }
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn join_token(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let identity = gitmirror_common::statefile::ensure_dir(&cfg.state_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir));
+    match identity {
+        Ok(id) => {
+            println!("{}", id.join_token().format());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gitmirrord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn daemon(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    gitmirror_common::logging::init(&cfg.log_level);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let listeners = match gitmirrord::Listeners::bind(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let (handle, ctl) = gitmirrord::control();
+        signals(handle.clone())?;
+        let mut stop = handle.stop_requested();
+        let run = gitmirrord::run(cfg, listeners, ctl);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            _ = async {
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(STOP_DEADLINE).await;
+            } => Err(anyhow::anyhow!("did not stop within {STOP_DEADLINE:?}; exiting anyway")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM/SIGINT stop gracefully; SIGHUP polls the indexes now.
+fn signals(handle: gitmirrord::ControlHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    handle.poll_now();
+                    continue;
+                }
+            };
+            tracing::info!("{name}: stopping gracefully");
+            notify::stopping();
+            handle.shutdown();
+        }
+    });
+    Ok(())
+}

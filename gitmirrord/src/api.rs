@@ -1,0 +1,602 @@
+//! The JSON shapes of the HTTP API (SPEC §9), rendered from the fleet's state.
+//!
+//! Pure functions of [`Fleet`] and the time, so the shapes are tested without sockets.
+//! [`crate::http`] carries requests here (through the coordinator's main loop, which owns
+//! the fleet) and writes the answers.
+
+use crate::fleet::{Fleet, Repo, RepoState};
+use crate::index::IndexStatus;
+use crate::registry::WorkerRecord;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+
+/// A rendered answer: status code, content type, body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self {
+                status,
+                content_type: "application/json",
+                body,
+            },
+            Err(e) => Self::error(500, &format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message })
+            .to_string()
+            .into_bytes();
+        Self {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    pub fn text(status: u16, text: &str) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Filters of `GET /api/repos`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepoFilter {
+    pub state: Option<RepoState>,
+    pub worker: Option<u32>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// A request for fleet state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    Status,
+    Workers,
+    Worker(u32),
+    Repos(RepoFilter),
+    Repo(String),
+    /// `POST /api/repos/{id}/fetch`: answered by the main loop, which owns the connections.
+    Fetch(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerView {
+    pub id: u32,
+    pub uuid: Uuid,
+    pub name: String,
+    pub addr: Option<String>,
+    pub state: &'static str,
+    pub last_seen_secs: i64,
+    pub repos: usize,
+    pub weight: f64,
+    pub disk_free_bytes: Option<u64>,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerDetail {
+    #[serde(flatten)]
+    pub worker: WorkerView,
+    pub repo_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoCounts {
+    pub total: usize,
+    pub mirrored: usize,
+    pub pending: usize,
+    pub failing: usize,
+    pub gone: usize,
+    pub unassigned: usize,
+    pub waiting: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub server_status: &'static str,
+    pub worker_count: usize,
+    #[serde(rename = "worker:url")]
+    pub worker_url: BTreeMap<String, Vec<String>>,
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub workers: Vec<WorkerView>,
+    pub repos: RepoCounts,
+    pub index: Vec<IndexStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoSummary {
+    pub id: String,
+    pub url: String,
+    pub index: String,
+    pub worker: Option<u32>,
+    pub state: &'static str,
+    pub last_success: Option<String>,
+    pub refs: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoPage {
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub repos: Vec<RepoSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub class: crate::fleet::ErrorClass,
+    pub message: String,
+    pub time: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoDetail {
+    pub id: String,
+    pub url: String,
+    pub index: String,
+    pub worker: Option<u32>,
+    pub state: &'static str,
+    pub clone_url: Option<String>,
+    pub last_fetch: Option<String>,
+    pub last_success: Option<String>,
+    pub last_change: Option<String>,
+    pub next_due: Option<String>,
+    pub fetches: u64,
+    pub failures: u64,
+    pub last_error: Option<ErrorView>,
+    pub refs: Option<u32>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Workers holding a mirror (the owner, and the old owner during a hand-off).
+    pub holders: Vec<u32>,
+}
+
+fn time(ms: Option<i64>) -> Option<String> {
+    ms.map(gitmirror_common::rfc3339_ms)
+}
+
+/// Everything a rendering needs besides the fleet.
+pub struct View<'a> {
+    pub fleet: &'a Fleet,
+    pub now_ms: i64,
+    pub uptime_secs: u64,
+}
+
+impl View<'_> {
+    fn id_of(&self, uuid: &Uuid) -> Option<u32> {
+        self.fleet.worker(uuid).map(|w| w.id)
+    }
+
+    pub fn answer(&self, q: &Query, index: Vec<IndexStatus>) -> Answer {
+        match q {
+            Query::Status => Answer::json(200, &self.status(index)),
+            Query::Workers => Answer::json(200, &self.workers()),
+            Query::Worker(id) => match self.worker(*id) {
+                Some(w) => Answer::json(200, &w),
+                None => Answer::error(404, &format!("no worker with id {id}")),
+            },
+            Query::Repos(f) => Answer::json(200, &self.repos(f)),
+            Query::Repo(id) => match self.repo(id) {
+                Some(r) => Answer::json(200, &r),
+                None => Answer::error(404, &format!("no repo {id:?} in any index")),
+            },
+            Query::Fetch(_) => Answer::error(500, "fetch requests are answered by the main loop"),
+        }
+    }
+
+    fn worker_view(&self, w: &WorkerRecord, owned: &HashMap<Uuid, usize>) -> WorkerView {
+        let last_seen_secs = if w.state == crate::registry::WorkerState::Alive {
+            0
+        } else {
+            (self.now_ms - w.last_seen_ms).max(0) / 1000
+        };
+        WorkerView {
+            id: w.id,
+            uuid: w.uuid,
+            name: w.name.clone(),
+            addr: w.addr.clone(),
+            state: w.state.as_str(),
+            last_seen_secs,
+            repos: owned.get(&w.uuid).copied().unwrap_or(0),
+            weight: w.weight,
+            disk_free_bytes: w.disk_free_bytes,
+            status: w.status.clone(),
+        }
+    }
+
+    /// `GET /api/workers`: sorted by id.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let owned = self.fleet.owned_counts();
+        let mut v: Vec<WorkerView> = self
+            .fleet
+            .registry()
+            .iter()
+            .map(|w| self.worker_view(w, &owned))
+            .collect();
+        v.sort_by_key(|w| w.id);
+        v
+    }
+
+    pub fn worker(&self, id: u32) -> Option<WorkerDetail> {
+        let w = self.fleet.registry().by_id(id)?;
+        let owned = self.fleet.owned_counts();
+        let repo_ids = self
+            .fleet
+            .repos()
+            .iter()
+            .filter(|(_, r)| r.owner == Some(w.uuid))
+            .map(|(id, _)| id.clone())
+            .collect();
+        Some(WorkerDetail {
+            worker: self.worker_view(w, &owned),
+            repo_ids,
+        })
+    }
+
+    pub fn counts(&self) -> RepoCounts {
+        let c = self.fleet.state_counts();
+        let n = |s| c.get(&s).copied().unwrap_or(0);
+        RepoCounts {
+            total: self.fleet.repos().len(),
+            mirrored: n(RepoState::Mirrored),
+            pending: n(RepoState::Pending),
+            failing: n(RepoState::Failing),
+            gone: n(RepoState::Gone),
+            unassigned: n(RepoState::Unassigned),
+            waiting: n(RepoState::Waiting),
+        }
+    }
+
+    /// `GET /api/status`.
+    pub fn status(&self, index: Vec<IndexStatus>) -> StatusView {
+        let mut worker_url: BTreeMap<u32, Vec<String>> = self
+            .fleet
+            .registry()
+            .live()
+            .map(|w| (w.id, Vec::new()))
+            .collect();
+        for r in self.fleet.repos().values() {
+            if let Some(id) = r.owner.and_then(|o| self.id_of(&o)) {
+                worker_url.entry(id).or_default().push(r.url.clone());
+            }
+        }
+        let alive = self
+            .fleet
+            .registry()
+            .iter()
+            .filter(|w| w.state == crate::registry::WorkerState::Alive)
+            .count();
+        StatusView {
+            server_status: "running",
+            worker_count: alive,
+            worker_url: worker_url
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.uptime_secs,
+            workers: self.workers(),
+            repos: self.counts(),
+            index,
+        }
+    }
+
+    fn summary(&self, id: &str, r: &Repo) -> RepoSummary {
+        RepoSummary {
+            id: id.to_owned(),
+            url: r.url.clone(),
+            index: r.index.clone(),
+            worker: r.owner.and_then(|o| self.id_of(&o)),
+            state: r.state().as_str(),
+            last_success: time(r.status.last_success_ms),
+            refs: r.status.refs,
+        }
+    }
+
+    /// `GET /api/repos`: filtered, sorted by id, paged.
+    pub fn repos(&self, f: &RepoFilter) -> RepoPage {
+        let worker_uuid = f
+            .worker
+            .map(|id| self.fleet.registry().by_id(id).map(|w| w.uuid));
+        let matches = |r: &Repo| {
+            f.state.is_none_or(|s| r.state() == s)
+                && match worker_uuid {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(u)) => r.owner == Some(u),
+                }
+        };
+        let mut total = 0;
+        let mut repos = Vec::new();
+        for (id, r) in self.fleet.repos() {
+            if !matches(r) {
+                continue;
+            }
+            if total >= f.offset && repos.len() < f.limit {
+                repos.push(self.summary(id, r));
+            }
+            total += 1;
+        }
+        RepoPage {
+            total,
+            offset: f.offset,
+            limit: f.limit,
+            repos,
+        }
+    }
+
+    /// `GET /api/repos/{id}`.
+    pub fn repo(&self, id: &str) -> Option<RepoDetail> {
+        let r = self.fleet.repo(id)?;
+        let owner = r.owner.and_then(|o| self.fleet.worker(&o));
+        let by_owner = r.owner.is_some() && r.status.by == r.owner;
+        let clone_url = owner.and_then(|w| w.serve_url_base.as_deref()).map(|base| {
+            if base.ends_with('/') {
+                format!("{base}{id}.git")
+            } else {
+                format!("{base}/{id}.git")
+            }
+        });
+        let mut holders: Vec<u32> = r.holders.keys().filter_map(|u| self.id_of(u)).collect();
+        holders.sort_unstable();
+        let st = &r.status;
+        Some(RepoDetail {
+            id: id.to_owned(),
+            url: r.url.clone(),
+            index: r.index.clone(),
+            worker: owner.map(|w| w.id),
+            state: r.state().as_str(),
+            clone_url,
+            last_fetch: time(st.last_fetch_ms),
+            last_success: time(st.last_success_ms),
+            last_change: time(st.last_change_ms),
+            next_due: if by_owner { time(st.next_due_ms) } else { None },
+            fetches: if by_owner { st.fetches } else { 0 },
+            failures: if by_owner { st.failures } else { 0 },
+            last_error: st.last_error.as_ref().map(|e| ErrorView {
+                class: e.class,
+                message: e.message.clone(),
+                time: gitmirror_common::rfc3339_ms(e.time_ms),
+            }),
+            refs: st.refs,
+            metadata: r.metadata.clone(),
+            holders,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::ReposFile;
+    use crate::index::Entry;
+    use crate::registry::{Introduction, Registry};
+    use gitmirror_wire::{FailureClass, FetchResult, Holdings, Outcome};
+    use std::time::Duration;
+
+    fn fleet() -> Fleet {
+        let entries = (0..10).map(|i| Entry {
+            id: format!("a/p{i}/r{i}"),
+            url: format!("https://example.org/{i}"),
+            index: "main".into(),
+            metadata: serde_json::json!({"submit": ["x"]})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        });
+        let mut f = Fleet::new(
+            Duration::from_secs(60),
+            Registry::new(4),
+            ReposFile::default(),
+            entries,
+        );
+        let intro = Introduction {
+            uuid: Uuid::from_u128(1),
+            previous_id: None,
+            name: "one",
+            weight: 1.0,
+            software: "t",
+            serve_url_base: Some("git://m1.example.org"),
+            addr: Some("127.0.0.1:9".into()),
+        };
+        f.connect(&intro, 1000).unwrap();
+        f.holdings(Uuid::from_u128(1), &Holdings { repos: vec![] }, 1000);
+        let outcome = |report_id, repo: &str, result| Outcome {
+            report_id,
+            repo: repo.into(),
+            url: "u".into(),
+            finished_ms: 2000,
+            duration_ms: 1,
+            result,
+            changes: vec![],
+            ref_count: 3,
+            next_due_ms: 62_000,
+        };
+        let o = vec![
+            outcome(1, "a/p0/r0", FetchResult::Cloned),
+            outcome(
+                2,
+                "a/p1/r1",
+                FetchResult::Failed {
+                    class: FailureClass::Gone,
+                    message: "not found".into(),
+                },
+            ),
+            outcome(
+                3,
+                "a/p2/r2",
+                FetchResult::Failed {
+                    class: FailureClass::Transient,
+                    message: "reset".into(),
+                },
+            ),
+            outcome(
+                4,
+                "a/p3/r3",
+                FetchResult::Waiting {
+                    reason: "disk".into(),
+                },
+            ),
+        ];
+        f.outcomes(Uuid::from_u128(1), &o, 2000);
+        f
+    }
+
+    fn json<T: Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    // SPEC §9 GET /api/status: the prototype's first three keys, then the rest.
+    #[test]
+    fn status_shape() {
+        let f = fleet();
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+        };
+        let s = serde_json::to_string(&v.status(vec![])).unwrap();
+        assert!(
+            s.starts_with(r#"{"server_status":"running","worker_count":1,"worker:url":{"0":["#),
+            "{s}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(j["worker:url"]["0"].as_array().unwrap().len(), 10);
+        assert_eq!(j["uptime_secs"], 7);
+        assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            j["repos"],
+            serde_json::json!({"total":10,"mirrored":1,"pending":6,"failing":1,"gone":1,"unassigned":0,"waiting":1})
+        );
+        assert_eq!(j["workers"].as_array().unwrap().len(), 1);
+        assert_eq!(j["index"], serde_json::json!([]));
+    }
+
+    // SPEC §9 GET /api/workers and /api/workers/{id}.
+    #[test]
+    fn worker_shapes() {
+        let f = fleet();
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+        };
+        let w = json(&v.workers());
+        assert_eq!(
+            w,
+            serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
+                "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
+                "disk_free_bytes":null,"status":""}])
+        );
+        let d = json(&v.worker(0).unwrap());
+        assert_eq!(d["repo_ids"].as_array().unwrap().len(), 10);
+        assert_eq!(d["name"], "one");
+        assert!(v.worker(1).is_none());
+    }
+
+    // SPEC §9 GET /api/repos: filters and paging.
+    #[test]
+    fn repo_page() {
+        let f = fleet();
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+        };
+        let all = v.repos(&RepoFilter {
+            limit: 3,
+            offset: 2,
+            ..Default::default()
+        });
+        assert_eq!((all.total, all.repos.len()), (10, 3));
+        assert_eq!(all.repos[0].id, "a/p2/r2");
+        let j = json(&all.repos[0]);
+        assert_eq!(
+            j,
+            serde_json::json!({"id":"a/p2/r2","url":"https://example.org/2","index":"main",
+                "worker":0,"state":"failing","last_success":null,"refs":3})
+        );
+        let gone = v.repos(&RepoFilter {
+            state: Some(RepoState::Gone),
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(gone.total, 1);
+        let none = v.repos(&RepoFilter {
+            worker: Some(3),
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(none.total, 0);
+        let w0 = v.repos(&RepoFilter {
+            worker: Some(0),
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(w0.total, 10);
+    }
+
+    // SPEC §9 GET /api/repos/{id}.
+    #[test]
+    fn repo_detail() {
+        let f = fleet();
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+        };
+        let j = json(&v.repo("a/p0/r0").unwrap());
+        assert_eq!(j["state"], "mirrored");
+        assert_eq!(j["worker"], 0);
+        assert_eq!(j["clone_url"], "git://m1.example.org/a/p0/r0.git");
+        assert_eq!(j["last_success"], "1970-01-01T00:00:02Z");
+        assert_eq!(j["next_due"], "1970-01-01T00:01:02Z");
+        assert_eq!(j["fetches"], 1);
+        assert_eq!(j["refs"], 3);
+        assert_eq!(j["holders"], serde_json::json!([0]));
+        assert_eq!(j["metadata"], serde_json::json!({"submit":["x"]}));
+        let j = json(&v.repo("a/p1/r1").unwrap());
+        assert_eq!(j["state"], "gone");
+        assert_eq!(
+            j["last_error"],
+            serde_json::json!({"class":"gone","message":"not found","time":"1970-01-01T00:00:02Z"})
+        );
+        for key in [
+            "id",
+            "url",
+            "index",
+            "worker",
+            "state",
+            "clone_url",
+            "last_fetch",
+            "last_success",
+            "last_change",
+            "next_due",
+            "fetches",
+            "failures",
+            "last_error",
+            "refs",
+            "metadata",
+            "holders",
+        ] {
+            assert!(j.get(key).is_some(), "{key}");
+        }
+        assert!(v.repo("x/y/z").is_none());
+    }
+}

@@ -1,0 +1,529 @@
+//! The HTTP API server (SPEC §9): a small, bounded HTTP/1.1 responder on the async runtime.
+//!
+//! Why not tiny_http: version 0.12 has no bound on the request head, and a request whose
+//! `Content-Length` is huge but whose body ends early makes it allocate that length when
+//! the request is dropped, aborting the whole process (reproduced with
+//! `Content-Length: 99999999999999`). Here every limit is ours:
+//! at most [`MAX_CONNECTIONS`] connections at once (more are answered 503 and closed), a
+//! head of at most [`MAX_HEAD`] bytes, a body of at most [`MAX_BODY`] bytes announced by
+//! `Content-Length` (chunked bodies are refused), and [`DEADLINE`] to send the request.
+//! Each connection is its own task, so a slow client only holds its own slot. One request
+//! per connection (`Connection: close`).
+//!
+//! Fleet state is owned by the main loop: queries travel there as [`HttpCall`]s and come
+//! back as rendered [`Answer`]s. Events are read from the shared log, index state from the
+//! poller's handle.
+
+use crate::api::{Answer, DEFAULT_LIMIT, MAX_LIMIT, Query, RepoFilter};
+use crate::config::ApiToken;
+use crate::events::EventLog;
+use crate::fleet::RepoState;
+use crate::index::IndexError;
+use crate::poller::{AcceptError, IndexHandle};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_BODY: usize = 1 << 20;
+pub const DEADLINE: Duration = Duration::from_secs(10);
+const MAX_HEADERS: usize = 100;
+
+/// A question for the main loop.
+pub struct HttpCall {
+    pub query: Query,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Clone)]
+pub struct HttpCtx {
+    pub calls: mpsc::Sender<HttpCall>,
+    pub events: Arc<Mutex<EventLog>>,
+    pub index: IndexHandle,
+    pub api_token: Option<ApiToken>,
+}
+
+pub struct HttpServer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start serving on `listener` (already bound by the caller).
+pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<HttpServer> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let ctx = Arc::new(ctx);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // E.g. out of file descriptors: wait instead of spinning.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            while conns.try_join_next().is_some() {}
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let ctx = ctx.clone();
+                    conns.spawn(async move {
+                        serve(stream, peer, &ctx).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let a = Answer::error(503, "too many connections; try again");
+                    let _ = stream.try_write(&response_bytes(&a, None));
+                }
+            }
+        }
+    });
+    Ok(HttpServer { task })
+}
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// Percent-decoded path.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: &HttpCtx) {
+    let req = match tokio::time::timeout(DEADLINE, read_request(&mut stream, peer)).await {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(a)) => {
+            let _ =
+                tokio::time::timeout(DEADLINE, stream.write_all(&response_bytes(&a, None))).await;
+            return;
+        }
+        Err(_) => {
+            let a = Answer::error(408, "request not received in time");
+            let _ =
+                tokio::time::timeout(DEADLINE, stream.write_all(&response_bytes(&a, None))).await;
+            return;
+        }
+    };
+    let (answer, allow) = route(&req, ctx).await;
+    let bytes = response_bytes(&answer, allow);
+    if tokio::time::timeout(DEADLINE, stream.write_all(&bytes))
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+fn response_bytes(a: &Answer, allow: Option<&str>) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
+        a.status,
+        reason(a.status),
+        a.content_type,
+        a.body.len()
+    );
+    if let Some(allow) = allow {
+        head.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&a.body);
+    out
+}
+
+/// Read one request within the limits. `Ok(None)`: the client went away silently.
+async fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Option<Request>, Answer> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Answer::error(
+                431,
+                &format!("request head exceeds {MAX_HEAD} bytes"),
+            ));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| Answer::error(400, "read error"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if head_end > MAX_HEAD {
+        return Err(Answer::error(
+            431,
+            &format!("request head exceeds {MAX_HEAD} bytes"),
+        ));
+    }
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| Answer::error(400, "request head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Answer::error(400, "malformed request line"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(Answer::error(505, "only HTTP/1.x is served"));
+    }
+    let mut headers = Vec::new();
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            return Err(Answer::error(400, "malformed header line"));
+        };
+        if headers.len() >= MAX_HEADERS {
+            return Err(Answer::error(431, "too many header lines"));
+        }
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    let path = percent_decode(raw_path).ok_or_else(|| Answer::error(400, "malformed path"))?;
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| percent_decode(&s.replace('+', " "));
+        match (dec(k), dec(v)) {
+            (Some(k), Some(v)) => query.push((k, v)),
+            _ => return Err(Answer::error(400, "malformed query string")),
+        }
+    }
+    let mut req = Request {
+        method: method.to_owned(),
+        path,
+        query,
+        headers,
+        body: Vec::new(),
+        peer,
+    };
+    if req.header("transfer-encoding").is_some() {
+        return Err(Answer::error(
+            411,
+            "chunked bodies are not accepted; send Content-Length",
+        ));
+    }
+    let len = match req.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Answer::error(400, "bad Content-Length"))?,
+    };
+    if len > MAX_BODY as u64 {
+        return Err(Answer::error(
+            413,
+            &format!("request body exceeds {MAX_BODY} bytes"),
+        ));
+    }
+    let len = len as usize;
+    let mut body = buf.split_off(head_end + 4);
+    if body.len() > len {
+        body.truncate(len);
+    }
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        let n = stream
+            .read(&mut chunk[..want])
+            .await
+            .map_err(|_| Answer::error(400, "read error"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    req.body = body;
+    Ok(Some(req))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn method_not_allowed(allow: &'static str) -> (Answer, Option<&'static str>) {
+    (
+        Answer::error(405, &format!("method not allowed; use {allow}")),
+        Some(allow),
+    )
+}
+
+/// Route one request. Returns the answer and, for a 405, the allowed method.
+pub async fn route(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>) {
+    let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let get = req.method == "GET";
+    let post = req.method == "POST";
+    match segs.as_slice() {
+        ["healthz"] if get => (Answer::text(200, "ok\n"), None),
+        ["healthz"] => method_not_allowed("GET"),
+        ["api", "status"] if get => (ask(ctx, Query::Status).await, None),
+        ["api", "workers"] if get => (ask(ctx, Query::Workers).await, None),
+        ["api", "workers", id] if get => match id.parse::<u32>() {
+            Ok(id) => (ask(ctx, Query::Worker(id)).await, None),
+            Err(_) => (
+                Answer::error(404, &format!("no worker with id {id:?}")),
+                None,
+            ),
+        },
+        ["api", "status"] | ["api", "workers"] | ["api", "workers", _] => method_not_allowed("GET"),
+        ["api", "repos"] if get => match repo_filter(req) {
+            Ok(f) => (ask(ctx, Query::Repos(f)).await, None),
+            Err(a) => (a, None),
+        },
+        ["api", "repos"] => method_not_allowed("GET"),
+        ["api", "repos", a, b, c, "fetch"] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            if let Err(a) = authorize(req, ctx) {
+                return (a, None);
+            }
+            (ask(ctx, Query::Fetch(format!("{a}/{b}/{c}"))).await, None)
+        }
+        ["api", "repos", a, b, c] if get => {
+            (ask(ctx, Query::Repo(format!("{a}/{b}/{c}"))).await, None)
+        }
+        ["api", "repos", _, _, _] => method_not_allowed("GET"),
+        ["api", "index"] if get => (Answer::json(200, &ctx.index.status()), None),
+        ["api", "index"] => method_not_allowed("GET"),
+        ["api", "index", name, "accept"] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            if let Err(a) = authorize(req, ctx) {
+                return (a, None);
+            }
+            (accept(ctx, name).await, None)
+        }
+        ["api", "events"] => {
+            if !get {
+                return method_not_allowed("GET");
+            }
+            (events(req, ctx).await, None)
+        }
+        _ => (
+            Answer::error(404, &format!("no such path {:?}", req.path)),
+            None,
+        ),
+    }
+}
+
+/// Mutating calls: loopback clients always; others only with the API token (SPEC §9).
+fn authorize(req: &Request, ctx: &HttpCtx) -> Result<(), Answer> {
+    let ip = req.peer.ip().to_canonical();
+    if ip.is_loopback() {
+        return Ok(());
+    }
+    let Some(token) = &ctx.api_token else {
+        return Err(Answer::error(
+            403,
+            &format!(
+                "changes from {ip} are refused: only loopback clients may make changes unless api_token_file is set"
+            ),
+        ));
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if gitmirror_wire::token::secrets_equal(given.trim(), &token.0) {
+        Ok(())
+    } else {
+        Err(Answer::error(
+            401,
+            "missing or wrong `Authorization: Bearer <api token>`",
+        ))
+    }
+}
+
+fn number(req: &Request, name: &str, default: usize) -> Result<usize, Answer> {
+    match req.param(name) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            Answer::error(400, &format!("{name}={v:?} is not a non-negative integer"))
+        }),
+    }
+}
+
+fn repo_filter(req: &Request) -> Result<RepoFilter, Answer> {
+    let state = match req.param("state") {
+        None | Some("") => None,
+        Some(s) => Some(RepoState::parse(s).ok_or_else(|| {
+            Answer::error(
+                400,
+                &format!(
+                    "state={s:?} is not one of {}",
+                    RepoState::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let worker = match req.param("worker") {
+        None | Some("") => None,
+        Some(w) => Some(
+            w.parse::<u32>()
+                .map_err(|_| Answer::error(400, &format!("worker={w:?} is not a worker id")))?,
+        ),
+    };
+    Ok(RepoFilter {
+        state,
+        worker,
+        limit: number(req, "limit", DEFAULT_LIMIT)?.min(MAX_LIMIT),
+        offset: number(req, "offset", 0)?,
+    })
+}
+
+async fn ask(ctx: &HttpCtx, query: Query) -> Answer {
+    let (reply, rx) = oneshot::channel();
+    match tokio::time::timeout(DEADLINE, ctx.calls.send(HttpCall { query, reply })).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Answer::error(503, "the coordinator is shutting down"),
+        Err(_) => return Answer::error(503, "the coordinator is busy; try again"),
+    }
+    match tokio::time::timeout(DEADLINE, rx).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(_)) => Answer::error(503, "the coordinator is shutting down"),
+        Err(_) => Answer::error(503, "the coordinator is busy; try again"),
+    }
+}
+
+async fn accept(ctx: &HttpCtx, name: &str) -> Answer {
+    match ctx.index.accept(name).await {
+        Ok(()) => Answer::json(200, &serde_json::json!({ "accepted": name })),
+        Err(AcceptError::Index(IndexError::Unknown(n))) => {
+            Answer::error(404, &format!("no index named {n:?}"))
+        }
+        Err(AcceptError::Index(IndexError::NothingHeld(n))) => {
+            Answer::error(409, &format!("index {n:?} has no held update"))
+        }
+        Err(e) => Answer::error(503, &e.to_string()),
+    }
+}
+
+async fn events(req: &Request, ctx: &HttpCtx) -> Answer {
+    let since = match req.param("since") {
+        None | Some("") => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => return Answer::error(400, &format!("since={v:?} is not an event number")),
+        },
+    };
+    let limit = match number(req, "limit", DEFAULT_LIMIT) {
+        Ok(l) => l.clamp(1, MAX_LIMIT),
+        Err(a) => return a,
+    };
+    let log = ctx.events.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.since(since, limit)
+    })
+    .await;
+    match read {
+        Ok(Ok(events)) => Answer::json(200, &serde_json::json!({ "events": events })),
+        Ok(Err(e)) => Answer::error(500, &e.to_string()),
+        Err(e) => Answer::error(500, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a%2Fb%20c").as_deref(), Some("/a/b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn response_has_length_and_close() {
+        let b = response_bytes(&Answer::text(200, "ok\n"), None);
+        let s = String::from_utf8(b).unwrap();
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(s.contains("Content-Length: 3\r\n") && s.contains("Connection: close\r\n"));
+        assert!(s.ends_with("\r\n\r\nok\n"));
+    }
+}

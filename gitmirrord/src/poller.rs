@@ -1,0 +1,144 @@
+//! Index polling (SPEC §3.3, §3.4) on a thread of its own: `Indexes::poll` runs git and
+//! blocks, so it never runs on the async runtime. Each non-empty delta goes to the main
+//! loop in order; the latest `GET /api/index` view is kept for the HTTP side.
+
+use crate::index::{Delta, IndexError, IndexStatus, Indexes};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub enum IndexCmd {
+    /// Poll every index now (SIGHUP).
+    PollNow,
+    /// Apply the held update of one index (`POST /api/index/{name}/accept`).
+    Accept {
+        name: String,
+        reply: oneshot::Sender<Result<(), IndexError>>,
+    },
+}
+
+/// The handle the rest of the coordinator uses.
+#[derive(Clone)]
+pub struct IndexHandle {
+    status: Arc<Mutex<Vec<IndexStatus>>>,
+    cmds: Sender<IndexCmd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("the index poller has stopped")]
+    Stopped,
+    #[error("the index poller is busy (a poll is running); try again shortly")]
+    Busy,
+}
+
+impl IndexHandle {
+    pub fn status(&self) -> Vec<IndexStatus> {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn poll_now(&self) {
+        let _ = self.cmds.send(IndexCmd::PollNow);
+    }
+
+    pub async fn accept(&self, name: &str) -> Result<(), AcceptError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(IndexCmd::Accept {
+                name: name.to_owned(),
+                reply,
+            })
+            .map_err(|_| AcceptError::Stopped)?;
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(r)) => r.map_err(AcceptError::Index),
+            Ok(Err(_)) => Err(AcceptError::Stopped),
+            Err(_) => Err(AcceptError::Busy),
+        }
+    }
+}
+
+/// Start the poller thread. It stops when every [`IndexHandle`] is dropped or the main
+/// loop stops taking deltas.
+pub fn start(indexes: Indexes, deltas: mpsc::Sender<Delta>) -> std::io::Result<IndexHandle> {
+    let status = Arc::new(Mutex::new(indexes.status()));
+    let (cmds, rx) = channel();
+    let shared = status.clone();
+    std::thread::Builder::new()
+        .name("index-poller".into())
+        .spawn(move || poll_loop(indexes, rx, deltas, shared))?;
+    Ok(IndexHandle { status, cmds })
+}
+
+fn publish(indexes: &Indexes, status: &Mutex<Vec<IndexStatus>>) {
+    let s = indexes.status();
+    match status.lock() {
+        Ok(mut g) => *g = s,
+        Err(e) => *e.into_inner() = s,
+    }
+}
+
+/// Send a delta on; false when the main loop is gone.
+fn forward(delta: Delta, deltas: &mpsc::Sender<Delta>) -> bool {
+    if delta.is_empty() {
+        return true;
+    }
+    tracing::info!(
+        "index update: {} added, {} changed, {} removed",
+        delta.added.len(),
+        delta.changed.len(),
+        delta.removed.len()
+    );
+    deltas.blocking_send(delta).is_ok()
+}
+
+fn poll_loop(
+    mut indexes: Indexes,
+    cmds: Receiver<IndexCmd>,
+    deltas: mpsc::Sender<Delta>,
+    status: Arc<Mutex<Vec<IndexStatus>>>,
+) {
+    loop {
+        let wait = indexes.next_poll_in();
+        let force = match cmds.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => return,
+            Ok(IndexCmd::PollNow) => true,
+            Ok(IndexCmd::Accept { name, reply }) => {
+                let r = indexes.accept(&name);
+                publish(&indexes, &status);
+                let r = match r {
+                    Ok(delta) => {
+                        tracing::info!("held update of index {name} accepted");
+                        if !forward(delta, &deltas) {
+                            return;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+                continue;
+            }
+        };
+        match indexes.poll(force) {
+            Ok(delta) => {
+                publish(&indexes, &status);
+                if !forward(delta, &deltas) {
+                    return;
+                }
+            }
+            Err(e) => {
+                publish(&indexes, &status);
+                tracing::error!("index poll failed: {e}");
+                // Do not spin on a persistent error.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}

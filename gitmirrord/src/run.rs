@@ -1,0 +1,566 @@
+//! The coordinator's main loop (STYLE habit 2: `run(config, sockets, shutdown)`).
+//!
+//! `run` loads the state, starts the QUIC server, the HTTP API and the index poller, and
+//! then owns the [`Fleet`] in one loop that handles, in order: connection events, HTTP
+//! questions, index deltas and a once-a-second tick (liveness, debounced saving, the
+//! systemd status line and the watchdog, which is fed only from here).
+
+use crate::api::{Answer, Query, View};
+use crate::config::Config;
+use crate::events::EventLog;
+use crate::fleet::Fleet;
+use crate::http::{self, HttpCall, HttpCtx};
+use crate::index::{Delta, IndexSettings, Indexes};
+use crate::poller::{self, IndexHandle};
+use crate::registry::{Introduction, Registry};
+use crate::server::{self, ConnEvent, OUTBOUND_QUEUE};
+use crate::state;
+use anyhow::Context;
+use gitmirror_common::statefile::StateError;
+use gitmirror_common::{notify, now_ms};
+use gitmirror_wire::{CoordMsg, OutcomeBatch, Refusal, RefuseCode, WorkerMsg, close_code};
+use std::collections::HashMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+const TICK: Duration = Duration::from_secs(1);
+/// Debounce of `registry.json` and `repos.json` writes.
+const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
+const SAVE_REPOS_EVERY: Duration = Duration::from_secs(5);
+
+/// The sockets `run` serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// QUIC (UDP) for workers: `listen`.
+    pub quic: UdpSocket,
+    /// The HTTP API: `http_listen`.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let quic = UdpSocket::bind(cfg.listen)
+            .with_context(|| format!("cannot bind UDP {} for workers (listen)", cfg.listen))?;
+        let http = TcpListener::bind(cfg.http_listen).with_context(|| {
+            format!(
+                "cannot bind TCP {} for the API (http_listen)",
+                cfg.http_listen
+            )
+        })?;
+        Ok(Self { quic, http })
+    }
+}
+
+/// What `run` listens to besides its sockets: stop, and poll the indexes now (SIGHUP).
+pub struct Control {
+    shutdown: watch::Receiver<bool>,
+    poll_now: mpsc::Receiver<()>,
+}
+
+/// The other end of [`Control`].
+#[derive(Clone)]
+pub struct ControlHandle {
+    shutdown: Arc<watch::Sender<bool>>,
+    poll_now: mpsc::Sender<()>,
+}
+
+pub fn control() -> (ControlHandle, Control) {
+    let (stx, srx) = watch::channel(false);
+    let (ptx, prx) = mpsc::channel(4);
+    (
+        ControlHandle {
+            shutdown: Arc::new(stx),
+            poll_now: ptx,
+        },
+        Control {
+            shutdown: srx,
+            poll_now: prx,
+        },
+    )
+}
+
+impl ControlHandle {
+    /// Ask `run` to stop gracefully.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Ask `run` to poll every index now (what SIGHUP does).
+    pub fn poll_now(&self) {
+        let _ = self.poll_now.try_send(());
+    }
+
+    /// Resolves once a stop was asked for.
+    pub fn stop_requested(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// Run the coordinator until `ctl` says stop; state is saved on the way out.
+pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = cfg.state_dir.clone();
+    let loaded = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            gitmirror_common::statefile::ensure_dir(&cfg.state_dir)?;
+            let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
+            let (registry, repos) = state::load(&cfg.state_dir)?;
+            let indexes = Indexes::open(
+                cfg.indexes.clone(),
+                IndexSettings {
+                    dir: cfg.state_dir.join("index"),
+                    allow_file_urls: cfg.allow_file_urls,
+                    purge_protect_percent: cfg.purge_protect_percent,
+                },
+            )?;
+            let log = EventLog::open(&cfg.state_dir)?;
+            Ok((identity, registry, repos, indexes, log))
+        })
+        .await
+        .context("loading the coordinator's state")?
+    };
+    let (identity, registry, repos, indexes, log) = loaded?;
+
+    let registry = Registry::restore(cfg.max_workers, registry, now_ms());
+    let mut fleet = Fleet::new(
+        cfg.liveness.dead_after,
+        registry,
+        repos,
+        indexes.entries().values().cloned(),
+    );
+    fleet.merge_report_ids(log.report_ids());
+    let log = Arc::new(Mutex::new(log));
+
+    let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
+    let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
+    let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(1024);
+    let quic_addr = listeners.quic.local_addr().ok();
+    let server = server::start(listeners.quic, &identity, &cfg.liveness, conn_tx)?;
+    let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
+    let http_addr = listeners.http.local_addr().ok();
+    let http = http::start(
+        listeners.http,
+        HttpCtx {
+            calls: call_tx,
+            events: log.clone(),
+            index: index.clone(),
+            api_token: cfg.api_token.clone(),
+        },
+    )
+    .context("starting the HTTP API")?;
+
+    // HOOK (local_worker): the embedded worker of SPEC §2.1 starts here, once the worker
+    // crate is wired in. It connects to `quic_addr` over loopback with the join token of
+    // `identity`, like any other worker.
+    if cfg.local_worker.is_some() {
+        tracing::warn!(
+            "{}: local_worker is set, but this build does not embed a worker yet; run gitmirror-worker separately",
+            cfg.path.display()
+        );
+    }
+
+    let mut main = MainLoop {
+        dir,
+        fleet,
+        conns: HashMap::new(),
+        log,
+        index,
+        started,
+        saving: None,
+        dirty: (false, false),
+        last_registry_save: Instant::now(),
+        last_repos_save: Instant::now(),
+        last_status: String::new(),
+    };
+    let summary = main.fleet.summary();
+    tracing::info!(
+        "gitmirrord {} ready: workers connect to {} (QUIC), API on http://{}; {summary}",
+        env!("CARGO_PKG_VERSION"),
+        quic_addr.map_or("?".into(), |a| a.to_string()),
+        http_addr.map_or("?".into(), |a| a.to_string()),
+    );
+    notify::ready(&summary);
+    main.last_status = summary;
+
+    main.serve(conn_rx, call_rx, delta_rx, ctl).await;
+
+    tracing::info!("stopping");
+    notify::stopping();
+    http.stop();
+    server.shutdown().await;
+    main.save_all()
+        .await
+        .context("saving state on the way out")?;
+    tracing::info!("stopped; state saved");
+    Ok(())
+}
+
+struct Conn {
+    id: u64,
+    outbox: mpsc::Sender<CoordMsg>,
+    handle: quinn::Connection,
+}
+
+struct MainLoop {
+    dir: PathBuf,
+    fleet: Fleet,
+    conns: HashMap<Uuid, Conn>,
+    log: Arc<Mutex<EventLog>>,
+    index: IndexHandle,
+    started: Instant,
+    saving: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
+    /// Registry / repos changed and not yet handed to a save.
+    dirty: (bool, bool),
+    last_registry_save: Instant,
+    last_repos_save: Instant,
+    last_status: String,
+}
+
+impl MainLoop {
+    async fn serve(
+        &mut self,
+        mut conns: mpsc::Receiver<ConnEvent>,
+        mut calls: mpsc::Receiver<HttpCall>,
+        mut deltas: mpsc::Receiver<Delta>,
+        mut ctl: Control,
+    ) {
+        let watchdog = notify::watchdog_period();
+        let mut tick = tokio::time::interval(watchdog.map_or(TICK, |p| p.min(TICK)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if *ctl.shutdown.borrow() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = ctl.shutdown.changed() => {
+                    if changed.is_err() || *ctl.shutdown.borrow() {
+                        return;
+                    }
+                }
+                Some(()) = ctl.poll_now.recv() => {
+                    tracing::info!(
+                        "SIGHUP: polling every index now; other settings are not reloaded (restart gitmirrord to apply them)"
+                    );
+                    self.index.poll_now();
+                }
+                Some(ev) = conns.recv() => self.on_conn(ev).await,
+                Some(call) = calls.recv() => self.on_http(call),
+                Some(delta) = deltas.recv() => {
+                    let sends = self.fleet.apply_index(&delta);
+                    self.dispatch(sends);
+                }
+                _ = tick.tick() => {
+                    let sends = self.fleet.tick(now_ms());
+                    self.dispatch(sends);
+                    self.save_if_due().await;
+                    let status = self.fleet.summary();
+                    if status != self.last_status {
+                        notify::status(&status);
+                        self.last_status = status;
+                    }
+                    // The progress point: this loop just did a full round.
+                    if watchdog.is_some() {
+                        notify::watchdog();
+                    }
+                }
+            }
+        }
+    }
+
+    fn worker_label(&self, uuid: &Uuid) -> String {
+        match self.fleet.worker(uuid) {
+            Some(w) => format!("worker {} ({})", w.id, w.name),
+            None => format!("worker {uuid}"),
+        }
+    }
+
+    async fn on_conn(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Connected {
+                conn,
+                hello,
+                addr,
+                outbox,
+                handle,
+                reply,
+            } => {
+                let intro = Introduction {
+                    uuid: hello.uuid,
+                    previous_id: hello.previous_id,
+                    name: &hello.name,
+                    weight: hello.weight,
+                    software: &hello.software,
+                    serve_url_base: hello.serve_url_base.as_deref(),
+                    addr: Some(addr.to_string()),
+                };
+                match self.fleet.connect(&intro, now_ms()) {
+                    Err(e) => {
+                        let refusal = Refusal {
+                            code: RefuseCode::NoFreeId,
+                            message: e.to_string(),
+                        };
+                        let _ = reply.send(Err((refusal, close_code::NO_FREE_ID)));
+                    }
+                    Ok(joined) => {
+                        if joined.new_id {
+                            self.save_registry_now().await;
+                        }
+                        let uuid = hello.uuid;
+                        if let Some(old) = self.conns.insert(
+                            uuid,
+                            Conn {
+                                id: conn,
+                                outbox,
+                                handle,
+                            },
+                        ) {
+                            old.handle.close(
+                                quinn::VarInt::from_u32(close_code::REPLACED),
+                                b"replaced by a newer connection of the same worker",
+                            );
+                        }
+                        if reply.send(Ok(joined.id)).is_err() {
+                            self.lost(uuid);
+                        }
+                        self.dispatch(joined.sends);
+                    }
+                }
+            }
+            ConnEvent::Message { conn, uuid, msg } => {
+                if self.conns.get(&uuid).map(|c| c.id) != Some(conn) {
+                    return; // a replaced connection's last words
+                }
+                let now = now_ms();
+                match msg {
+                    WorkerMsg::Holdings(h) => {
+                        let sends = self.fleet.holdings(uuid, &h, now);
+                        self.dispatch(sends);
+                    }
+                    WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
+                    WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
+                    WorkerMsg::AssignAck { seq } => {
+                        if !self.fleet.assign_ack(uuid, seq) {
+                            tracing::warn!(
+                                "{} acknowledged assignment {seq}, which was never sent",
+                                self.worker_label(&uuid)
+                            );
+                        }
+                    }
+                    // The connection task refuses a second Hello before it gets here.
+                    WorkerMsg::Hello(_) => {}
+                }
+            }
+            ConnEvent::Closed { conn, uuid } => {
+                if self.conns.get(&uuid).map(|c| c.id) == Some(conn) {
+                    self.lost(uuid);
+                }
+            }
+        }
+    }
+
+    /// The worker's current connection is gone (or was closed by us).
+    fn lost(&mut self, uuid: Uuid) {
+        self.conns.remove(&uuid);
+        self.fleet.disconnect(uuid, now_ms());
+    }
+
+    async fn on_outcomes(&mut self, uuid: Uuid, batch: OutcomeBatch, now: i64) {
+        let report = self.fleet.outcomes(uuid, &batch.outcomes, now);
+        self.dispatch(report.sends);
+        if !report.events.is_empty() {
+            let log = self.log.clone();
+            let events = report.events;
+            let appended = tokio::task::spawn_blocking(move || {
+                log.lock().unwrap_or_else(|e| e.into_inner()).append(events)
+            })
+            .await;
+            let err = match appended {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = err {
+                tracing::error!(
+                    "{e}; outcomes of {} are not acknowledged and will be resent",
+                    self.worker_label(&uuid)
+                );
+                return;
+            }
+        }
+        self.fleet.recorded(uuid, report.upto);
+        self.send(uuid, CoordMsg::OutcomeAck { upto: report.upto });
+    }
+
+    fn dispatch(&mut self, sends: Vec<crate::fleet::Outgoing>) {
+        for s in sends {
+            self.send(s.worker, CoordMsg::Assign(s.delta));
+        }
+    }
+
+    fn send(&mut self, uuid: Uuid, msg: CoordMsg) {
+        let Some(c) = self.conns.get(&uuid) else {
+            return;
+        };
+        match c.outbox.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(
+                    "{} is not reading: {OUTBOUND_QUEUE} messages are queued for it; closing its connection (it resyncs when it reconnects)",
+                    self.worker_label(&uuid)
+                );
+                c.handle.close(
+                    quinn::VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                    b"outbound queue full: the worker is not reading",
+                );
+                self.lost(uuid);
+            }
+            Err(TrySendError::Closed(_)) => self.lost(uuid),
+        }
+    }
+
+    fn on_http(&mut self, call: HttpCall) {
+        let answer = match &call.query {
+            Query::Fetch(id) => self.fetch_now(id),
+            q => {
+                let view = View {
+                    fleet: &self.fleet,
+                    now_ms: now_ms(),
+                    uptime_secs: self.started.elapsed().as_secs(),
+                };
+                let index = if *q == Query::Status {
+                    self.index.status()
+                } else {
+                    Vec::new()
+                };
+                view.answer(q, index)
+            }
+        };
+        let _ = call.reply.send(answer);
+    }
+
+    /// `POST /api/repos/{id}/fetch`.
+    fn fetch_now(&mut self, id: &str) -> Answer {
+        let Some(repo) = self.fleet.repo(id) else {
+            return Answer::error(404, &format!("no repo {id:?} in any index"));
+        };
+        let Some(owner) = repo.owner else {
+            return Answer::error(409, &format!("repo {id} is unassigned: no live worker"));
+        };
+        let worker = self.fleet.worker(&owner).map(|w| w.id);
+        if !self.conns.contains_key(&owner) {
+            return Answer::error(
+                503,
+                &format!(
+                    "worker {} owning {id} is not connected",
+                    worker.unwrap_or_default()
+                ),
+            );
+        }
+        self.send(
+            owner,
+            CoordMsg::FetchNow {
+                repo: id.to_owned(),
+            },
+        );
+        Answer::json(202, &serde_json::json!({ "repo": id, "worker": worker }))
+    }
+
+    // ----- saving -----
+
+    fn collect_dirty(&mut self) {
+        let (r, p) = self.fleet.take_dirty();
+        self.dirty.0 |= r;
+        self.dirty.1 |= p;
+    }
+
+    /// Wait for the save in flight, if any; a failed save leaves the state dirty.
+    async fn finish_save(&mut self) -> Result<(), StateError> {
+        let Some(h) = self.saving.take() else {
+            return Ok(());
+        };
+        match h.await {
+            Ok(r) => r,
+            Err(e) => Err(StateError::Io {
+                action: "save",
+                path: self.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    async fn save_if_due(&mut self) {
+        self.collect_dirty();
+        if self.saving.as_ref().is_some_and(|h| h.is_finished())
+            && let Err(e) = self.finish_save().await
+        {
+            tracing::error!("{e}");
+            self.dirty = (true, true);
+        }
+        if self.saving.is_some() {
+            return;
+        }
+        let reg = self.dirty.0 && self.last_registry_save.elapsed() >= SAVE_REGISTRY_EVERY;
+        let repos = self.dirty.1 && self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY;
+        if !reg && !repos {
+            return;
+        }
+        let reg = reg.then(|| {
+            self.dirty.0 = false;
+            self.last_registry_save = Instant::now();
+            self.fleet.registry_file()
+        });
+        let repos = repos.then(|| {
+            self.dirty.1 = false;
+            self.last_repos_save = Instant::now();
+            self.fleet.repos_file()
+        });
+        let dir = self.dir.clone();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            state::save(&dir, reg.as_ref(), repos.as_ref())
+        }));
+    }
+
+    /// A new worker id is written before the worker hears of it.
+    async fn save_registry_now(&mut self) {
+        if let Err(e) = self.finish_save().await {
+            tracing::error!("{e}");
+            self.dirty = (true, true);
+        }
+        let reg = self.fleet.registry_file();
+        let dir = self.dir.clone();
+        let r = tokio::task::spawn_blocking(move || state::save(&dir, Some(&reg), None)).await;
+        match r {
+            Ok(Ok(())) => self.last_registry_save = Instant::now(),
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                self.dirty.0 = true;
+            }
+            Err(e) => {
+                tracing::error!("saving the registry: {e}");
+                self.dirty.0 = true;
+            }
+        }
+    }
+
+    async fn save_all(&mut self) -> Result<(), StateError> {
+        if let Err(e) = self.finish_save().await {
+            tracing::error!("{e}");
+        }
+        self.collect_dirty();
+        let reg = self.fleet.registry_file();
+        let repos = self.fleet.repos_file();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || state::save(&dir, Some(&reg), Some(&repos)))
+            .await
+            .map_err(|e| StateError::Io {
+                action: "save",
+                path: self.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+}

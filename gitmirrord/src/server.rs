@@ -1,0 +1,365 @@
+//! The QUIC side (SPEC §4, design.md "Conversation"): accepts worker connections, runs the
+//! handshake, and shuttles frames between each connection's one bi-directional stream and
+//! the coordinator's main loop ([`crate::run`]).
+//!
+//! Bounded: at most [`MAX_HANDSHAKES`] connections between QUIC accept and `Welcome`, each
+//! with a deadline; frames above 16 MiB are refused from their header; each connection's
+//! outbound queue holds at most [`OUTBOUND_QUEUE`] messages (the main loop closes a
+//! connection whose queue is full; the worker resyncs when it reconnects).
+
+use anyhow::Context;
+use gitmirror_common::trust::Identity;
+use gitmirror_wire::{
+    CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Refusal, ServerHandshake, ServerVerdict,
+    Welcome, WorkerMsg, close_code, decode, encode_frame,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::config::Liveness;
+
+pub const MAX_HANDSHAKES: usize = 64;
+pub const OUTBOUND_QUEUE: usize = 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn software() -> String {
+    format!("gitmirrord {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What connections tell the main loop.
+pub enum ConnEvent {
+    /// Passed the handshake; the main loop answers with an id or a refusal (and its close
+    /// code), and from then on sends this connection's messages through `outbox`.
+    Connected {
+        conn: u64,
+        hello: Hello,
+        addr: SocketAddr,
+        outbox: mpsc::Sender<CoordMsg>,
+        handle: quinn::Connection,
+        reply: oneshot::Sender<Result<u32, (Refusal, u32)>>,
+    },
+    /// A message after `Welcome`.
+    Message {
+        conn: u64,
+        uuid: Uuid,
+        msg: WorkerMsg,
+    },
+    /// The connection ended.
+    Closed { conn: u64, uuid: Uuid },
+}
+
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Start serving workers on `socket`.
+pub fn start(
+    socket: std::net::UdpSocket,
+    identity: &Identity,
+    liveness: &Liveness,
+    events: mpsc::Sender<ConnEvent>,
+) -> anyhow::Result<Server> {
+    let transport =
+        gitmirror_common::trust::transport(liveness.keepalive_interval, liveness.suspect_after)?;
+    let cfg = gitmirror_common::trust::server_config(identity, transport)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting the QUIC endpoint")?;
+    let ctx = Arc::new(Ctx {
+        secret: identity.secret.clone(),
+        events,
+        handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        next_conn: AtomicU64::new(1),
+    });
+    let task = tokio::spawn(accept_loop(endpoint.clone(), ctx));
+    Ok(Server { endpoint, task })
+}
+
+impl Server {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Close every connection with `SHUTDOWN` and stop accepting.
+    pub async fn shutdown(self) {
+        self.endpoint.close(
+            VarInt::from_u32(close_code::SHUTDOWN),
+            b"coordinator shutting down",
+        );
+        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+struct Ctx {
+    secret: String,
+    events: mpsc::Sender<ConnEvent>,
+    handshakes: Arc<Semaphore>,
+    next_conn: AtomicU64,
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
+    while let Some(incoming) = endpoint.accept().await {
+        match ctx.handshakes.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    connection(incoming, &ctx, permit).await;
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "refused a connection from {}: {MAX_HANDSHAKES} handshakes already in progress",
+                    incoming.remote_address()
+                );
+                incoming.refuse();
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ReadError {
+    /// The connection or stream ended; not the peer's fault.
+    Closed(String),
+    /// A frame broke the rules.
+    Frame(FrameError),
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadError> {
+    let closed = |e: quinn::ReadExactError| ReadError::Closed(e.to_string());
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(closed)?;
+    let len = gitmirror_wire::frame::body_len(header).map_err(ReadError::Frame)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(closed)?;
+    Ok(body)
+}
+
+async fn write_msg(send: &mut SendStream, msg: &CoordMsg) -> Result<(), String> {
+    let frame = encode_frame(msg).map_err(|e| e.to_string())?;
+    send.write_all(&frame).await.map_err(|e| e.to_string())
+}
+
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut SendStream,
+    addr: SocketAddr,
+    refusal: Refusal,
+    code: u32,
+) {
+    tracing::warn!("refused worker at {addr}: {}", refusal.message);
+    let message = refusal.message.clone();
+    let _ = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        write_msg(send, &CoordMsg::Refused(refusal)),
+    )
+    .await;
+    let _ = send.finish();
+    // Let the refusal reach the worker before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    conn.close(VarInt::from_u32(code), message.as_bytes());
+}
+
+fn protocol_error(conn: &quinn::Connection, who: &str, reason: &str) {
+    tracing::warn!("closing the connection of {who}: {reason}");
+    conn.close(
+        VarInt::from_u32(close_code::PROTOCOL_ERROR),
+        reason.as_bytes(),
+    );
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    ctx: &Ctx,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let addr = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::info!("QUIC handshake with {addr} failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("QUIC handshake with {addr} timed out");
+            return;
+        }
+    };
+    let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!("connection from {addr} ended before it opened a stream: {e}");
+            return;
+        }
+        Err(_) => {
+            protocol_error(
+                &conn,
+                &format!("peer at {addr}"),
+                "no stream opened within 10s",
+            );
+            return;
+        }
+    };
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(ReadError::Closed(e))) => {
+            tracing::info!("connection from {addr} ended before Hello: {e}");
+            return;
+        }
+        Ok(Err(ReadError::Frame(e))) => {
+            protocol_error(&conn, &format!("peer at {addr}"), &e.to_string());
+            return;
+        }
+        Err(_) => {
+            protocol_error(&conn, &format!("peer at {addr}"), "no Hello within 10s");
+            return;
+        }
+    };
+    let hello = match ServerHandshake::new(&ctx.secret).on_first_frame(&first) {
+        ServerVerdict::Accept(h) => h,
+        ServerVerdict::Refuse {
+            refusal,
+            close_code,
+        } => {
+            refuse(&conn, &mut send, addr, refusal, close_code).await;
+            return;
+        }
+    };
+    drop(first);
+    let uuid = hello.uuid;
+    let name = hello.name.clone();
+    let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (reply, answer) = oneshot::channel();
+    let connected = ConnEvent::Connected {
+        conn: conn_id,
+        hello,
+        addr,
+        outbox,
+        handle: conn.clone(),
+        reply,
+    };
+    if ctx.events.send(connected).await.is_err() {
+        conn.close(
+            VarInt::from_u32(close_code::SHUTDOWN),
+            b"coordinator shutting down",
+        );
+        return;
+    }
+    let id = match answer.await {
+        Ok(Ok(id)) => id,
+        Ok(Err((refusal, code))) => {
+            refuse(&conn, &mut send, addr, refusal, code).await;
+            return;
+        }
+        Err(_) => {
+            conn.close(
+                VarInt::from_u32(close_code::SHUTDOWN),
+                b"coordinator shutting down",
+            );
+            return;
+        }
+    };
+    let who = format!("worker {id} ({name}) at {addr}");
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        worker_id: id,
+        software: software(),
+    };
+    let welcomed = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        write_msg(&mut send, &CoordMsg::Welcome(welcome)),
+    )
+    .await;
+    drop(permit);
+    if !matches!(welcomed, Ok(Ok(()))) {
+        tracing::info!("{who}: connection lost while sending Welcome");
+    } else {
+        tracing::info!("{who} connected");
+        let writer = tokio::spawn(write_loop(send, rx, conn.clone(), who.clone()));
+        let reason = read_loop(&mut recv, ctx, conn_id, uuid, &conn, &who).await;
+        tracing::info!("{who} disconnected: {reason}");
+        writer.abort();
+    }
+    let _ = ctx
+        .events
+        .send(ConnEvent::Closed {
+            conn: conn_id,
+            uuid,
+        })
+        .await;
+}
+
+async fn write_loop(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<CoordMsg>,
+    conn: quinn::Connection,
+    who: String,
+) {
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = write_msg(&mut send, &msg).await {
+            tracing::debug!("{who}: write failed: {e}");
+            conn.close(VarInt::from_u32(close_code::NORMAL), b"write failed");
+            return;
+        }
+    }
+}
+
+/// Read frames until the connection ends; returns why it ended.
+async fn read_loop(
+    recv: &mut RecvStream,
+    ctx: &Ctx,
+    conn_id: u64,
+    uuid: Uuid,
+    conn: &quinn::Connection,
+    who: &str,
+) -> String {
+    loop {
+        let body = match read_frame(recv).await {
+            Ok(b) => b,
+            Err(ReadError::Closed(e)) => return conn.close_reason().map_or(e, |r| r.to_string()),
+            Err(ReadError::Frame(e)) => {
+                let reason = e.to_string();
+                protocol_error(conn, who, &reason);
+                return reason;
+            }
+        };
+        let msg = match decode::<WorkerMsg>(&body) {
+            Ok(WorkerMsg::Hello(_)) => {
+                let reason = "a second Hello on the same connection".to_owned();
+                protocol_error(conn, who, &reason);
+                return reason;
+            }
+            Ok(m) => m,
+            Err(e) => {
+                let reason = e.to_string();
+                protocol_error(conn, who, &reason);
+                return reason;
+            }
+        };
+        if ctx
+            .events
+            .send(ConnEvent::Message {
+                conn: conn_id,
+                uuid,
+                msg,
+            })
+            .await
+            .is_err()
+        {
+            return "coordinator shutting down".into();
+        }
+    }
+}
