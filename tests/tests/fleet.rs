@@ -284,3 +284,46 @@ fn bad_index_entries_are_listed_and_good_ones_mirror() {
     }
     assert!(!pwned.exists(), "the ext:: URL was executed");
 }
+
+// The checks above can fail: faults injected by hand into a settled fleet are caught by
+// `Fleet::settled`, `Fleet::check_mirrors` and `same_mirror`. (A smaller fleet: this tests
+// the harness, not the daemons.)
+#[test]
+fn fleet_checks_detect_injected_faults() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("fault", 6);
+    let fleet = Fleet::start("fault", &repos, 2);
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+
+    let (id, &owner) = owners.iter().next().unwrap();
+    let other = 1 - owner;
+    let mirror = fleet.workers[owner].mirror_path(id);
+
+    // A second final-path mirror on a non-owner.
+    let copy = fleet.workers[other].mirror_path(id);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    gitmirror_tests::git([
+        "clone",
+        "-q",
+        "--bare",
+        mirror.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
+    let err = fleet.settled().unwrap_err();
+    assert!(err.contains("non-owner"), "{err}");
+    std::fs::remove_dir_all(&copy).unwrap();
+
+    // A mirror whose refs differ from upstream (checked at once, before a fetch repairs it).
+    let gd = mirror.to_str().unwrap();
+    let dev = gitmirror_tests::git(["--git-dir", gd, "rev-parse", "refs/heads/dev"]);
+    gitmirror_tests::git(["--git-dir", gd, "update-ref", "refs/heads/injected", &dev]);
+    let err = fleet.check_mirrors(&owners).unwrap_err();
+    assert!(err.contains("differ from upstream"), "{err}");
+
+    // A re-cloned mirror: marker gone.
+    let ino = mark_mirror(&mirror);
+    same_mirror(&mirror, ino).unwrap();
+    std::fs::remove_file(mirror.join(gitmirror_tests::MARKER)).unwrap();
+    assert!(same_mirror(&mirror, ino).is_err());
+}

@@ -93,6 +93,22 @@ fn joining_worker_takes_a_quarter_with_make_before_break() {
     );
 
     // Make before break, at every observation.
+    let overlap = observations
+        .iter()
+        .filter(|obs| {
+            moved.iter().any(|(id, &(old, new))| {
+                let k = ids.iter().position(|i| i == *id).unwrap_or(0);
+                obs[k] & (1 << old) != 0 && obs[k] & (1 << new) != 0
+            })
+        })
+        .count();
+    eprintln!(
+        "{} of {} repos moved to the newcomer; {} observations, {overlap} with a moved repo \
+         on both its old and new owner",
+        moved.len(),
+        repos.len(),
+        observations.len()
+    );
     assert!(
         observations.len() >= 10,
         "only {} observations",
