@@ -510,6 +510,62 @@ async fn events(req: &Request, ctx: &HttpCtx) -> Answer {
 mod tests {
     use super::*;
 
+    fn request(peer: &str, auth: Option<&str>) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/api/repos/a/b/c/fetch".into(),
+            query: vec![],
+            headers: auth
+                .map(|a| vec![("Authorization".into(), a.into())])
+                .unwrap_or_default(),
+            body: vec![],
+            peer: peer.parse().unwrap(),
+        }
+    }
+
+    fn ctx(token: Option<&str>) -> HttpCtx {
+        let (calls, _) = mpsc::channel(1);
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let (index, _) = crate::poller::IndexHandle::detached();
+        HttpCtx {
+            calls,
+            events: Arc::new(Mutex::new(log)),
+            index,
+            api_token: token.map(|t| ApiToken(t.into())),
+        }
+    }
+
+    // SPEC §9: mutating calls from non-loopback clients need the bearer token when
+    // api_token_file is set, and are refused otherwise.
+    #[test]
+    fn mutating_calls_need_loopback_or_the_token() {
+        let open = ctx(None);
+        assert!(authorize(&request("127.0.0.1:5", None), &open).is_ok());
+        assert!(authorize(&request("[::1]:5", None), &open).is_ok());
+        assert!(authorize(&request("[::ffff:127.0.0.1]:5", None), &open).is_ok());
+        assert_eq!(
+            authorize(&request("10.0.0.1:5", None), &open)
+                .unwrap_err()
+                .status,
+            403
+        );
+        let locked = ctx(Some("s3cret"));
+        assert!(authorize(&request("10.0.0.1:5", Some("Bearer s3cret")), &locked).is_ok());
+        assert_eq!(
+            authorize(&request("10.0.0.1:5", Some("Bearer nope")), &locked)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            authorize(&request("10.0.0.1:5", None), &locked)
+                .unwrap_err()
+                .status,
+            401
+        );
+    }
+
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("/a%2Fb%20c").as_deref(), Some("/a/b c"));

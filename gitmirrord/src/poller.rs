@@ -43,6 +43,18 @@ impl IndexHandle {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// A handle with no poller behind it (for tests of the HTTP layer).
+    pub fn detached() -> (Self, Receiver<IndexCmd>) {
+        let (cmds, rx) = channel();
+        (
+            Self {
+                status: Arc::new(Mutex::new(Vec::new())),
+                cmds,
+            },
+            rx,
+        )
+    }
+
     pub fn poll_now(&self) {
         let _ = self.cmds.send(IndexCmd::PollNow);
     }

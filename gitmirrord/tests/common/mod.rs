@@ -1,0 +1,297 @@
+//! Shared pieces of the coordinator's in-process tests: a coordinator started with
+//! `run` on `127.0.0.1:0`, a hand-written worker speaking `wire` over QUIC, and a raw
+//! HTTP client. Conditions are polled with a deadline, never slept for.
+#![allow(dead_code)]
+
+use gitmirror_common::trust::{Identity, SERVER_NAME, client_config, transport};
+use gitmirror_wire::{
+    CoordMsg, HeldRepo, Hello, Holdings, JoinToken, PROTOCOL_VERSION, WorkerMsg, decode,
+    encode_frame,
+};
+use gitmirrord::{Config, ControlHandle, Listeners};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+pub const REPOS: [&str; 3] = ["a/abc/abc", "l/linux/linux-next", "z/zlib/zlib"];
+
+/// Poll `check` until it returns `Some`, or fail after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Write a plain-directory index holding [`REPOS`].
+pub fn write_index(dir: &Path) {
+    for id in REPOS {
+        let p = dir.join(id);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let name = id.rsplit('/').next().unwrap();
+        std::fs::write(&p, format!("url: https://example.org/{name}.git\n")).unwrap();
+    }
+}
+
+pub struct Coordinator {
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub token: JoinToken,
+    pub handle: ControlHandle,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Coordinator {
+    /// Start a coordinator in a fresh temp dir; `extra` is appended to its YAML config.
+    pub async fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        gitmirror_common::install_crypto_provider();
+        let index = dir.path().join("index-src");
+        write_index(&index);
+        let state_dir = dir.path().join("state");
+        let text = format!(
+            "state_dir: {}\nindexes: [{{name: test, url: {}, poll_interval: 1s}}]\nliveness: {{keepalive_interval: 1s, suspect_after: 3s, dead_after: 4s}}\n{extra}",
+            state_dir.display(),
+            index.display()
+        );
+        let cfg = Config::parse(&dir.path().join("gitmirrord.yaml"), &text).unwrap();
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let token = Identity::load_or_create(&state_dir).unwrap().join_token();
+        let quic_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let http_sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let quic = quic_sock.local_addr().unwrap();
+        let http = http_sock.local_addr().unwrap();
+        let (handle, ctl) = gitmirrord::control();
+        let task = tokio::spawn(gitmirrord::run(
+            cfg,
+            Listeners {
+                quic: quic_sock,
+                http: http_sock,
+            },
+            ctl,
+        ));
+        let c = Coordinator {
+            dir,
+            state_dir,
+            http,
+            quic,
+            token,
+            handle,
+            task,
+        };
+        eventually(10, "/healthz", || async {
+            (c.get("/healthz").await.0 == 200).then_some(())
+        })
+        .await;
+        c
+    }
+
+    /// Wait until the index's repos are loaded.
+    pub async fn wait_for_repos(&self) {
+        eventually(10, "the index to load", || async {
+            let (_, v) = self.get_json("/api/repos").await;
+            (v["total"] == REPOS.len()).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn stop(self) -> (tempfile::TempDir, anyhow::Result<()>) {
+        self.handle.shutdown();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("run stops within 10 s")
+            .unwrap();
+        (self.dir, r)
+    }
+
+    pub async fn request(&self, raw: &[u8]) -> (u16, String) {
+        http_raw(self.http, raw).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        self.request(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, body) = self.get(path).await;
+        (
+            s,
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+        )
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, body) = self
+            .request(
+                format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            )
+            .await;
+        (
+            s,
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+        )
+    }
+
+    pub async fn worker_state(&self, id: u32) -> String {
+        let (_, v) = self.get_json(&format!("/api/workers/{id}")).await;
+        v["state"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Send raw bytes, read the whole answer (the server closes after one response).
+pub async fn http_raw(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    if s.write_all(raw).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The response head of a raw request.
+pub async fn http_head(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or(text)
+}
+
+pub fn hello(uuid: Uuid, secret: &str) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        secret: secret.into(),
+        uuid,
+        previous_id: None,
+        name: format!("w-{}", uuid.as_u128()),
+        weight: 1.0,
+        software: "test-worker".into(),
+        serve_url_base: Some("git://mirror.example.org/".into()),
+    }
+}
+
+/// A hand-written worker: one QUIC connection, one bi stream, `wire` frames.
+pub struct TestWorker {
+    pub endpoint: Endpoint,
+    pub conn: Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+pub async fn quic_connect(
+    addr: SocketAddr,
+    token: &JoinToken,
+) -> Result<(Endpoint, Connection), String> {
+    let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    let cfg = client_config(
+        token,
+        transport(Duration::from_secs(1), Duration::from_secs(3)).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect_with(cfg, addr, SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
+}
+
+impl TestWorker {
+    /// Connect and open the stream (no Hello yet).
+    pub async fn open(addr: SocketAddr, token: &JoinToken) -> Self {
+        let (endpoint, conn) = quic_connect(addr, token).await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        TestWorker {
+            endpoint,
+            conn,
+            send,
+            recv,
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.send.write_all(bytes).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn send(&mut self, msg: &WorkerMsg) -> Result<(), String> {
+        let frame = encode_frame(msg).unwrap();
+        self.send_raw(&frame).await
+    }
+
+    /// The next message, or why the stream ended.
+    pub async fn recv(&mut self) -> Result<CoordMsg, String> {
+        let mut header = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(15), self.recv.read_exact(&mut header));
+        read.await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let len = gitmirror_wire::frame::body_len(header).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; len];
+        self.recv
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        decode(&body).map_err(|e| e.to_string())
+    }
+
+    /// Hello → Welcome; returns the id.
+    pub async fn join(addr: SocketAddr, token: &JoinToken, uuid: Uuid) -> (Self, u32) {
+        let mut w = Self::open(addr, token).await;
+        w.send(&WorkerMsg::Hello(hello(uuid, &token.secret)))
+            .await
+            .unwrap();
+        match w.recv().await.unwrap() {
+            CoordMsg::Welcome(welcome) => {
+                assert_eq!(welcome.protocol, PROTOCOL_VERSION);
+                let id = welcome.worker_id;
+                (w, id)
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn holdings(&mut self, repos: Vec<HeldRepo>) {
+        self.send(&WorkerMsg::Holdings(Holdings { repos }))
+            .await
+            .unwrap();
+    }
+
+    /// Wait for the connection to be closed; returns its close error text.
+    pub async fn closed(&self) -> String {
+        tokio::time::timeout(Duration::from_secs(15), self.conn.closed())
+            .await
+            .map(|e| e.to_string())
+            .unwrap_or_else(|_| "not closed".into())
+    }
+}
