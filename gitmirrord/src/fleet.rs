@@ -260,8 +260,10 @@ pub struct Fleet {
     members: Vec<Member>,
     out: Outbox,
     /// Whether the index has been loaded: until then, unknown held repos are left alone
-    /// rather than trashed.
+    /// rather than trashed, and remembered here (worker → repo → (url, mirrored)) to be
+    /// matched against the first index delta.
     index_ready: bool,
+    unknown_held: HashMap<Uuid, HashMap<String, (String, bool)>>,
     registry_dirty: bool,
     repos_dirty: bool,
 }
@@ -309,6 +311,7 @@ impl Fleet {
             members: Vec::new(),
             out: Outbox::default(),
             index_ready,
+            unknown_held: HashMap::new(),
             registry_dirty: false,
             repos_dirty: false,
         };
@@ -321,7 +324,7 @@ impl Fleet {
     /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
     /// holders, removed repos are dropped from every holder.
     pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
-        self.index_ready = true;
+        let was_ready = std::mem::replace(&mut self.index_ready, true);
         let updated: BTreeSet<&str> = delta
             .added
             .iter()
@@ -354,17 +357,34 @@ impl Fleet {
                 }
                 None => {
                     let owner = ring::owner(&e.id, &self.members).map(|i| self.members[i].uuid);
+                    let mut holders = BTreeMap::new();
+                    for (w, held) in self.unknown_held.iter_mut() {
+                        if let Some((url, mirrored)) = held.remove(&e.id) {
+                            holders.insert(*w, mirrored);
+                            if url != e.url {
+                                self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
+                            }
+                        }
+                    }
                     self.repos.entry(e.id.clone()).or_insert(Repo {
                         url: e.url.clone(),
                         index: e.index.clone(),
                         metadata: e.metadata.clone(),
                         owner,
-                        holders: BTreeMap::new(),
+                        holders,
                         status: RepoStatus::default(),
                     })
                 }
             };
             reconcile(&e.id, repo, &mut self.out);
+        }
+        if !was_ready {
+            // The first index content: what workers hold beyond it has left the index.
+            for (w, held) in std::mem::take(&mut self.unknown_held) {
+                for id in held.keys() {
+                    self.out.push(w, id, Op::Drop(DropReason::RemovedFromIndex));
+                }
+            }
         }
         self.repos_dirty = true;
         self.flush()
@@ -441,6 +461,7 @@ impl Fleet {
             _ => return Vec::new(),
         }
         self.out.synced.insert(uuid);
+        self.unknown_held.remove(&uuid);
         let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
         for (id, repo) in self.repos.iter_mut() {
@@ -460,7 +481,12 @@ impl Fleet {
                     self.out
                         .push(uuid, &h.id, Op::Drop(DropReason::RemovedFromIndex));
                 }
-                None => {}
+                None => {
+                    self.unknown_held
+                        .entry(uuid)
+                        .or_default()
+                        .insert(h.id.clone(), (h.url.clone(), h.mirrored));
+                }
             }
         }
         for (id, repo) in self.repos.iter_mut() {
@@ -474,6 +500,7 @@ impl Fleet {
     /// The worker's connection is gone: alive → suspect. Nothing moves yet.
     pub fn disconnect(&mut self, uuid: Uuid, now_ms: i64) {
         self.out.synced.remove(&uuid);
+        self.unknown_held.remove(&uuid);
         if self.registry.lost(&uuid, now_ms) {
             self.registry_dirty = true;
             if let Some(w) = self.registry.get(&uuid) {

@@ -679,6 +679,43 @@ fn unknown_holdings() {
     assert_eq!(s[0].delta.upsert.len(), 3);
 }
 
+/// Workers that sync before the index has loaded are matched against its first content:
+/// mirrors they have are reused, and the rest leaves with RemovedFromIndex.
+#[test]
+fn holdings_before_the_index_loads() {
+    let mut sim = Sim::new(0);
+    let w = sim.workers.entry(1).or_default();
+    let e0 = entry(0);
+    w.held.insert(e0.id.clone(), (e0.url.clone(), true));
+    w.held.insert("x/y/z".into(), ("https://e/x".into(), true));
+    sim.join(1);
+    assert_eq!(
+        sim.workers[&1].held.len(),
+        2,
+        "nothing dropped before the index is known"
+    );
+    let delta = Delta {
+        added: (0..5).map(entry).collect(),
+        ..Delta::default()
+    };
+    let sends = sim.fleet.apply_index(&delta);
+    let d = &sends[0].delta;
+    assert_eq!(
+        d.drop,
+        vec![DropOrder {
+            id: "x/y/z".into(),
+            reason: DropReason::RemovedFromIndex
+        }]
+    );
+    assert_eq!(
+        d.upsert.len(),
+        4,
+        "the held mirror is reused, not upserted: {d:?}"
+    );
+    sim.deliver(sends);
+    assert_eq!(sim.fleet.repo(&e0.id).unwrap().state(), RepoState::Mirrored);
+}
+
 #[test]
 fn no_free_id_is_refused() {
     let mut f = Fleet::new(
