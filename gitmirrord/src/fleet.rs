@@ -172,6 +172,9 @@ pub struct SavedRepo {
     pub owner: Option<Uuid>,
     pub holders: Vec<SavedHolder>,
     pub status: RepoStatus,
+    /// The state when saved, for people reading the file; recomputed on load.
+    #[serde(default)]
+    pub state: Option<RepoState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +255,21 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// Holders (live workers only) and status of a saved repo.
+fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, bool>, RepoStatus) {
+    match saved {
+        Some(s) => (
+            s.holders
+                .into_iter()
+                .filter(|h| registry.get(&h.uuid).is_some_and(|w| w.state.is_live()))
+                .map(|h| (h.uuid, h.mirrored))
+                .collect(),
+            s.status,
+        ),
+        None => (BTreeMap::new(), RepoStatus::default()),
+    }
+}
+
 pub struct Fleet {
     dead_after_ms: i64,
     registry: Registry,
@@ -264,6 +282,9 @@ pub struct Fleet {
     /// matched against the first index delta.
     index_ready: bool,
     unknown_held: HashMap<Uuid, HashMap<String, (String, bool)>>,
+    /// Saved repo statuses waiting for the first index content (when the index had no
+    /// applied entries at start, e.g. its state was reset).
+    saved: HashMap<String, SavedRepo>,
     registry_dirty: bool,
     repos_dirty: bool,
 }
@@ -277,20 +298,10 @@ impl Fleet {
         saved: ReposFile,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Self {
-        let mut saved = saved.repos;
+        let mut saved: HashMap<String, SavedRepo> = saved.repos.into_iter().collect();
         let mut repos = BTreeMap::new();
         for e in entries {
-            let (holders, status) = match saved.remove(&e.id) {
-                Some(s) => (
-                    s.holders
-                        .into_iter()
-                        .filter(|h| registry.get(&h.uuid).is_some_and(|w| w.state.is_live()))
-                        .map(|h| (h.uuid, h.mirrored))
-                        .collect(),
-                    s.status,
-                ),
-                None => (BTreeMap::new(), RepoStatus::default()),
-            };
+            let (holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
                 e.id,
                 Repo {
@@ -304,6 +315,10 @@ impl Fleet {
             );
         }
         let index_ready = !repos.is_empty();
+        if index_ready {
+            // Saved repos the index no longer has were removed while we were down.
+            saved.clear();
+        }
         let mut fleet = Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
@@ -312,6 +327,7 @@ impl Fleet {
             out: Outbox::default(),
             index_ready,
             unknown_held: HashMap::new(),
+            saved,
             registry_dirty: false,
             repos_dirty: false,
         };
@@ -357,7 +373,7 @@ impl Fleet {
                 }
                 None => {
                     let owner = ring::owner(&e.id, &self.members).map(|i| self.members[i].uuid);
-                    let mut holders = BTreeMap::new();
+                    let (mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
                     for (w, held) in self.unknown_held.iter_mut() {
                         if let Some((url, mirrored)) = held.remove(&e.id) {
                             holders.insert(*w, mirrored);
@@ -372,13 +388,14 @@ impl Fleet {
                         metadata: e.metadata.clone(),
                         owner,
                         holders,
-                        status: RepoStatus::default(),
+                        status,
                     })
                 }
             };
             reconcile(&e.id, repo, &mut self.out);
         }
         if !was_ready {
+            self.saved.clear();
             // The first index content: what workers hold beyond it has left the index.
             for (w, held) in std::mem::take(&mut self.unknown_held) {
                 for id in held.keys() {
@@ -857,6 +874,7 @@ impl Fleet {
                                 })
                                 .collect(),
                             status: r.status.clone(),
+                            state: Some(r.state()),
                         },
                     )
                 })
