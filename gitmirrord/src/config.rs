@@ -5,7 +5,7 @@
 //! key. Seed aliases from the Python prototype are mapped to their new keys with a warning.
 
 use crate::index::IndexSource;
-use gitmirror_common::units::parse_duration;
+use gitmirror_common::units::de_opt_duration;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -60,7 +60,8 @@ pub struct RawConfig {
     pub upstream_repos_name: Option<String>,
     pub upstream_repos_url: Option<String>,
     pub bitmap_max_num: Option<u32>,
-    pub fetch_interval: Option<RawDuration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub fetch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,33 +70,19 @@ pub struct RawIndex {
     pub name: String,
     pub url: String,
     pub branch: Option<String>,
-    pub poll_interval: Option<RawDuration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLiveness {
-    pub keepalive_interval: Option<RawDuration>,
-    pub suspect_after: Option<RawDuration>,
-    pub dead_after: Option<RawDuration>,
-}
-
-/// A duration as written (`90s`, `5m`, or bare seconds). Parsed during validation rather
-/// than by serde so that the error can name the full key (`liveness.dead_after`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RawDuration {
-    Seconds(u64),
-    Text(String),
-}
-
-impl RawDuration {
-    fn parse(&self) -> Result<Duration, String> {
-        match self {
-            Self::Seconds(n) => Ok(Duration::from_secs(*n)),
-            Self::Text(t) => parse_duration(t),
-        }
-    }
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub keepalive_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub suspect_after: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub dead_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,22 +238,10 @@ impl Config {
 
         let raw_l = raw.liveness.unwrap_or_default();
         let d = Liveness::default();
-        let dur = |v: &Option<RawDuration>, key: &str, default: Duration| match v {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|m| invalid(key, m)),
-        };
         let liveness = Liveness {
-            keepalive_interval: dur(
-                &raw_l.keepalive_interval,
-                "liveness.keepalive_interval",
-                d.keepalive_interval,
-            )?,
-            suspect_after: dur(
-                &raw_l.suspect_after,
-                "liveness.suspect_after",
-                d.suspect_after,
-            )?,
-            dead_after: dur(&raw_l.dead_after, "liveness.dead_after", d.dead_after)?,
+            keepalive_interval: raw_l.keepalive_interval.unwrap_or(d.keepalive_interval),
+            suspect_after: raw_l.suspect_after.unwrap_or(d.suspect_after),
+            dead_after: raw_l.dead_after.unwrap_or(d.dead_after),
         };
         if liveness.keepalive_interval < Duration::from_millis(100) {
             return Err(invalid(
@@ -380,17 +355,13 @@ impl Config {
         indexes: Option<Vec<RawIndex>>,
         seed_name: Option<String>,
         seed_url: Option<String>,
-        fetch_interval: Option<RawDuration>,
+        fetch_interval: Option<Duration>,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<IndexSource>, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key,
             message,
-        };
-        let fetch_interval = match fetch_interval {
-            None => None,
-            Some(f) => Some(f.parse().map_err(|m| invalid("fetch_interval".into(), m))?),
         };
         let seeded = seed_name.is_some() || seed_url.is_some();
         let raw = match (indexes, seeded) {
@@ -461,7 +432,7 @@ impl Config {
                 return Err(invalid(key("branch"), "is not a branch name".into()));
             }
             let poll_interval = match (r.poll_interval, fetch_interval) {
-                (Some(p), _) => p.parse().map_err(|m| invalid(key("poll_interval"), m))?,
+                (Some(p), _) => p,
                 (None, Some(p)) => p,
                 (None, None) => DEFAULT_POLL_INTERVAL,
             };
