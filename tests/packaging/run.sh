@@ -105,6 +105,18 @@ restarted() {
 
 main_pid() { ct systemctl show -p MainPID --value "$1"; }
 
+# Commit an entry for upstream repo $1 to the index, as the index's owner.
+add_to_index() {
+  local owner
+  owner=$(ct stat -c %U /srv/index)
+  ct runuser -u "$owner" -- env HOME=/nonexistent sh -ec '
+    cd /srv/index
+    mkdir -p "$(echo "$1" | cut -c1)/$1"
+    echo "url: git://127.0.0.1:9419/$1.git" > "$(echo "$1" | cut -c1)/$1/$1"
+    git add .
+    git -c user.name=test -c user.email=test@example.invalid commit -q -m "add $1"' sh "$1"
+}
+
 # As the service user: git refuses repositories that another user owns.
 as_gm() { ct runuser -u gitmirror -- env HOME=/nonexistent "$@"; }
 
@@ -404,14 +416,14 @@ man_pages() {
 }
 
 # Upstream repos served by a git daemon inside the container, and an index
-# (a local git repository, root-owned and world-readable) that lists them.
+# (a local git repository owned by the gitmirror user) that lists three of them.
 upstream() {
   ct_sh '
     git config --global user.name test
     git config --global user.email test@example.invalid
     git config --global init.defaultBranch main
     mkdir -p /srv/upstream /srv/work
-    for n in alpha beta gamma delta; do
+    for n in alpha beta gamma delta epsilon; do
       git init -q --bare /srv/upstream/$n.git
       git init -q /srv/work/$n
       cd /srv/work/$n
@@ -431,11 +443,12 @@ upstream() {
     done
     git add .
     git commit -q -m "three repos"
-    chmod -R a+rX /srv'
+    chmod -R a+rX /srv
+    chown -R gitmirror:gitmirror /srv/index'
   ct systemd-run --unit=upstream-git --quiet \
     git daemon --reuseaddr --export-all --listen=127.0.0.1 --port=9419 --base-path=/srv/upstream /srv/upstream
   wait_until 20 "the upstream git daemon" ct git ls-remote git://127.0.0.1:9419/alpha.git
-  log "4 upstream repos on git://127.0.0.1:9419/, index /srv/index lists 3"
+  log "5 upstream repos on git://127.0.0.1:9419/, index /srv/index (owned by gitmirror) lists 3"
 }
 
 configure() {
@@ -511,13 +524,7 @@ status_and_user() {
 reload_polls_index() {
   local pid
   pid=$(main_pid gitmirrord)
-  ct_sh '
-    cd /srv/index
-    mkdir -p d/delta
-    echo "url: git://127.0.0.1:9419/delta.git" > d/delta/delta
-    git add .
-    git commit -q -m "add delta"
-    chmod -R a+rX /srv/index'
+  add_to_index delta
   # poll_interval is 1h: only the SIGHUP can make the coordinator see it.
   ct systemctl reload gitmirrord
   wait_until 60 "4 repos mirrored after reload" all_mirrored 4
@@ -565,8 +572,9 @@ stop_start() {
   ct_sh 'ls -l /var/lib/gitmirrord /var/lib/gitmirror-worker' | sed 's/^/    /'
   ct systemctl start gitmirrord gitmirror-worker
   wait_until 60 "4 repos mirrored after start" all_mirrored 4
+  log "started again: $(cat "$work/wait.out")"
   wait_until 30 "the same worker ids and uuids" same_workers
-  log "started again: $(cat "$work/wait.out"), same worker ids"
+  log "same worker ids and uuids as before the stop"
 }
 
 git_daemon_unit() {
@@ -631,6 +639,19 @@ rpm_scriptlets() {
   log "the rpm scriptlets of both packages run under /bin/sh; %pre created the gitmirror user"
 }
 
+# An operator's index is often a checkout that root (or a cron job's user)
+# owns. The coordinator must still read it.
+root_owned_index() {
+  ct chown -R root:root /srv/index
+  add_to_index epsilon
+  ct systemctl reload gitmirrord
+  if ! wait_until 30 "5 repos mirrored from a root-owned index" all_mirrored 5; then
+    ct journalctl -u gitmirrord --no-pager -o cat | grep -i 'index poll failed' | tail -n 1 | sed 's/^/    /' || true
+    fail "the coordinator cannot poll an index that root owns"
+  fi
+  log "the coordinator reads an index owned by root"
+}
+
 # ---------------------------------------------------------------- run
 
 step "host tools" host_tools critical
@@ -655,6 +676,7 @@ step "reload polls the index" reload_polls_index gated
 step "watchdog restarts a frozen coordinator" watchdog gated
 step "stop within 10 s with state saved, start resumes" stop_start gated
 step "gitmirror-git-daemon.service" git_daemon_unit gated
+step "index owned by root" root_owned_index gated
 step "dpkg -r keeps config and state" remove
 step "dpkg --purge" purge
 step "rpm scriptlets run in the container" rpm_scriptlets
