@@ -75,6 +75,24 @@ impl Proc {
         *slot = Some(child);
     }
 
+    /// Send SIGTERM and wait up to `timeout` for the exit; `None` if it did not exit.
+    pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
+        let pid = self
+            .pid()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok()?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9` and reap.
     pub fn kill(&self) {
         if let Some(mut c) = self.slot().take() {
@@ -541,15 +559,23 @@ impl Fleet {
 
     /// Create worker `w<N>` without starting it; returns its index in `workers`.
     pub fn create_worker(&mut self, weight: f64) -> usize {
+        self.create_worker_with(weight, |yaml| yaml)
+    }
+
+    /// Create worker `w<N>` (not started) whose standard config `edit` may change.
+    pub fn create_worker_with(
+        &mut self,
+        weight: f64,
+        edit: impl FnOnce(String) -> String,
+    ) -> usize {
         let i = self.workers.len();
         let name = format!("w{i}");
-        let w = Worker::new(
-            &self.root.path().join(&name),
-            &name,
-            self.coord.udp_port,
-            &self.token,
-            weight,
-        );
+        let (udp, token) = (self.coord.udp_port, self.token.clone());
+        let w = Worker::with_yaml(&self.root.path().join(&name), &name, |mirror, state| {
+            edit(Worker::standard_yaml(
+                &name, udp, &token, weight, mirror, state,
+            ))
+        });
         self.workers.push(w);
         i
     }
