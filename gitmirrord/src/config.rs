@@ -52,8 +52,7 @@ pub struct RawConfig {
     pub purge_protect_percent: Option<f64>,
     pub api_token_file: Option<PathBuf>,
     pub webhooks: Option<Vec<RawWebhook>>,
-    /// Opaque here: the embedded worker parses it (SPEC §2.1 `local_worker`).
-    pub local_worker: Option<serde_yaml::Value>,
+    pub local_worker: Option<LocalWorker>,
     pub log_level: Option<String>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
@@ -143,13 +142,35 @@ pub struct Config {
     /// Contents of `api_token_file`, read when the config is loaded.
     pub api_token: Option<ApiToken>,
     pub webhooks: Vec<Webhook>,
-    /// The `local_worker:` section, kept as written. The embedded worker is started from
-    /// [`crate::run`] once the worker crate is wired in (see the hook there).
-    pub local_worker: Option<serde_yaml::Value>,
+    /// The embedded worker (`local_worker:`), started by [`crate::run`].
+    pub local_worker: Option<LocalWorker>,
     pub log_level: String,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
+}
+
+/// `local_worker:` (SPEC §2.1): a worker embedded in the coordinator's process for
+/// single-machine deployments. It takes the worker's keys that make sense inside the
+/// coordinator; it connects to this coordinator over loopback with its join token.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalWorker {
+    pub mirror_dir: PathBuf,
+    /// Default: `<state_dir>/local-worker`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Default: the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub fetch: gitmirror_worker::FetchSection,
+    #[serde(default)]
+    pub disk: gitmirror_worker::DiskSection,
+    #[serde(default)]
+    pub serve_url_base: Option<String>,
 }
 
 impl Config {
@@ -314,13 +335,21 @@ impl Config {
             });
         }
 
-        if let Some(lw) = &raw.local_worker
-            && !lw.is_mapping()
-        {
-            return Err(invalid(
-                "local_worker",
-                "must be a mapping such as {mirror_dir: …}".into(),
-            ));
+        if let Some(lw) = &raw.local_worker {
+            lw.fetch
+                .validate()
+                .map_err(|e| invalid(&format!("local_worker.{}", e.key), e.detail))?;
+            if let Some(w) = lw.weight
+                && (!w.is_finite() || w <= 0.0)
+            {
+                return Err(invalid(
+                    "local_worker.weight",
+                    format!("must be a number above 0, got {w}"),
+                ));
+            }
+            if lw.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                return Err(invalid("local_worker.name", "must not be empty".into()));
+            }
         }
 
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
@@ -612,7 +641,8 @@ log_level: debug
             }]
         );
         let lw = c.local_worker.unwrap();
-        assert_eq!(lw["mirror_dir"].as_str(), Some("/srv/mirrors"));
+        assert_eq!(lw.mirror_dir, PathBuf::from("/srv/mirrors"));
+        assert_eq!(lw.fetch.concurrency, 2);
         assert_eq!(c.log_level, "debug");
         assert!(!format!("{:?}", c.api_token).contains("s3cret"));
     }
@@ -708,6 +738,15 @@ log_level: debug
             ("api_token_file: /nonexistent/token\n", "api_token_file"),
             ("log_level: \"loud[\"\n", "log_level"),
             ("local_worker: 3\n", "local_worker"),
+            (
+                "local_worker: {mirror_dir: /m, fetch: {timeout: 5 parsecs}}\n",
+                "local_worker.fetch.timeout",
+            ),
+            (
+                "local_worker: {mirror_dir: /m, fetch: {concurrency: 0}}\n",
+                "local_worker.fetch.concurrency",
+            ),
+            ("local_worker: {mirror_dir: /m, colour: red}\n", "colour"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -154,15 +154,10 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     )
     .context("starting the HTTP API")?;
 
-    // HOOK (local_worker): the embedded worker of SPEC §2.1 starts here, once the worker
-    // crate is wired in. It connects to `quic_addr` over loopback with the join token of
-    // `identity`, like any other worker.
-    if cfg.local_worker.is_some() {
-        tracing::warn!(
-            "{}: local_worker is set, but this build does not embed a worker yet; run gitmirror-worker separately",
-            cfg.path.display()
-        );
-    }
+    let local_worker = match (&cfg.local_worker, quic_addr) {
+        (Some(lw), Some(addr)) => Some(start_local_worker(&cfg, lw, addr, &identity, &ctl)?),
+        _ => None,
+    };
 
     let mut main = MainLoop {
         dir,
@@ -191,6 +186,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
 
     tracing::info!("stopping");
     notify::stopping();
+    if let Some(worker) = local_worker {
+        // `ctl` said stop, so the embedded worker is stopping too: let it save its state.
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("local worker: {e:#}"),
+            Err(e) => tracing::error!("local worker task: {e}"),
+        }
+    }
     http.stop();
     server.shutdown().await;
     main.save_all()
@@ -198,6 +201,64 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         .context("saving state on the way out")?;
     tracing::info!("stopped; state saved");
     Ok(())
+}
+
+/// Start the embedded worker (SPEC §2.1 `local_worker`): an ordinary worker in this
+/// process that connects to this coordinator over loopback with its join token.
+fn start_local_worker(
+    cfg: &Config,
+    lw: &crate::config::LocalWorker,
+    quic_addr: std::net::SocketAddr,
+    identity: &gitmirror_common::trust::Identity,
+    ctl: &Control,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let mut coordinator = quic_addr;
+    if coordinator.ip().is_unspecified() {
+        coordinator.set_ip(match coordinator {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let wcfg = gitmirror_worker::WorkerConfig::embedded(
+        coordinator,
+        identity.join_token(),
+        lw.mirror_dir.clone(),
+        lw.state_dir
+            .clone()
+            .unwrap_or_else(|| cfg.state_dir.join("local-worker")),
+        lw.name.clone().unwrap_or_else(host_name),
+        lw.weight.unwrap_or(1.0),
+        lw.fetch.clone(),
+        lw.disk.clone(),
+        lw.serve_url_base.clone(),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: local_worker.{}: {}",
+            cfg.path.display(),
+            e.key,
+            e.detail
+        )
+    })?;
+    tracing::info!(
+        "starting the local worker {:?}: mirrors in {}",
+        wcfg.name,
+        wcfg.mirror_dir.display()
+    );
+    let span = tracing::info_span!("local_worker");
+    Ok(tokio::spawn(tracing::Instrument::instrument(
+        gitmirror_worker::run(wcfg, ctl.shutdown.clone()),
+        span,
+    )))
+}
+
+/// The machine's host name, the default name of the local worker.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 struct Conn {
