@@ -96,11 +96,11 @@ container_up() {
   [ "$state" = running ] || [ "$state" = degraded ]
 }
 
-# Succeeds once gitmirrord runs again under a pid other than $frozen_pid.
+# Succeeds once unit $1 runs again under a pid other than $frozen_pid.
 restarted() {
   local now
-  now=$(main_pid gitmirrord)
-  [ "$now" != 0 ] && [ "$now" != "$frozen_pid" ] && [ "$(ct systemctl is-active gitmirrord)" = active ]
+  now=$(main_pid "$1")
+  [ "$now" != 0 ] && [ "$now" != "$frozen_pid" ] && [ "$(ct systemctl is-active "$1")" = active ]
 }
 
 main_pid() { ct systemctl show -p MainPID --value "$1"; }
@@ -543,7 +543,7 @@ watchdog() {
   ct kill -STOP "$frozen_pid"
   t0=$SECONDS
   log "froze gitmirrord (pid $frozen_pid) with SIGSTOP"
-  wait_until 60 "systemd to restart the frozen coordinator" restarted
+  wait_until 60 "systemd to restart the frozen coordinator" restarted gitmirrord
   log "restarted as pid $(main_pid gitmirrord) after $((SECONDS - t0))s"
   ct journalctl -u gitmirrord --no-pager | grep -c 'Watchdog timeout' >/dev/null || fail "journal has no 'Watchdog timeout'"
   log "journal: $(ct journalctl -u gitmirrord --no-pager | grep -m1 'Watchdog timeout' | sed 's/^.*gitmirrord.service: //')"
@@ -652,6 +652,26 @@ root_owned_index() {
   log "the coordinator reads an index owned by root"
 }
 
+watchdog_worker() {
+  ct mkdir -p /run/systemd/system/gitmirror-worker.service.d
+  ct_sh 'printf "[Service]\nWatchdogSec=4s\n" > /run/systemd/system/gitmirror-worker.service.d/50-test-watchdog.conf'
+  ct systemctl daemon-reload
+  ct systemctl restart gitmirror-worker
+  local t0
+  frozen_pid=$(main_pid gitmirror-worker)
+  ct kill -STOP "$frozen_pid"
+  t0=$SECONDS
+  log "froze gitmirror-worker (pid $frozen_pid) with SIGSTOP"
+  wait_until 60 "systemd to restart the frozen worker" restarted gitmirror-worker
+  log "restarted as pid $(main_pid gitmirror-worker) after $((SECONDS - t0))s"
+  ct journalctl -u gitmirror-worker --no-pager | grep -c 'Watchdog timeout' >/dev/null || fail "journal has no 'Watchdog timeout'"
+  wait_until 60 "4 repos mirrored after the worker's watchdog restart" all_mirrored 4
+  wait_until 30 "the same worker ids and uuids" same_workers
+  log "the worker came back with its id and uuid: $(tr '\n' ' ' <"$work/workers.before")"
+  ct rm -rf /run/systemd/system/gitmirror-worker.service.d
+  ct systemctl daemon-reload
+}
+
 # ---------------------------------------------------------------- run
 
 step "host tools" host_tools critical
@@ -674,6 +694,7 @@ step "all repos mirrored" mirrored gated
 step "systemctl status and service user" status_and_user gated
 step "reload polls the index" reload_polls_index gated
 step "watchdog restarts a frozen coordinator" watchdog gated
+step "watchdog restarts a frozen worker" watchdog_worker gated
 step "stop within 10 s with state saved, start resumes" stop_start gated
 step "gitmirror-git-daemon.service" git_daemon_unit gated
 step "index owned by root" root_owned_index gated
