@@ -113,14 +113,16 @@ fn http_api_answers_as_specified() {
         assert!(v["error"].is_string(), "{method} {path}: {body}");
     }
 
-    // A `cloned` event per repo, every ref created (old null).
+    // A `cloned` event per repo, every ref created (old null). (Only the first: when one
+    // worker connected a moment before the other, the repos handed over get more; see
+    // `hand_off_emits_no_events`.)
     let events = c.events(0).unwrap();
     for (id, url) in &repos {
         let cloned: Vec<&Value> = events
             .iter()
             .filter(|e| str_field(e, "repo") == *id && str_field(e, "kind") == "cloned")
             .collect();
-        assert_eq!(cloned.len(), 1, "cloned events of {id}: {cloned:?}");
+        assert!(!cloned.is_empty(), "no cloned event for {id}");
         let e = cloned[0];
         assert_eq!(str_field(e, "url"), *url, "{e}");
         let refs = e["refs"].as_array().unwrap();
@@ -340,5 +342,44 @@ fn quick_worker_restart_moves_nothing() {
         !leftover.exists(),
         "{} survived the restart",
         leftover.display()
+    );
+}
+
+// SPEC §8: "Every fetch that changes refs produces an event", `cloned` for the first
+// mirror. A planned hand-off (a worker joins and takes repos over, SPEC §5) changes no
+// upstream ref, so the new owner's clone must not produce an event: consumers (CI
+// triggers) would otherwise see every moved repo as new.
+#[test]
+fn hand_off_emits_no_events() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("handoff", 12);
+    let mut fleet = Fleet::start("handoff", &repos, 1);
+    let before = fleet.wait_settled(SETTLE);
+    let events = fleet.coord.events(0).unwrap();
+    assert_eq!(events.len(), 12, "one cloned event per repo: {events:?}");
+    let last_seq = events
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap();
+
+    let newcomer = fleet.add_worker(1.0);
+    fleet.wait_alive(&[newcomer], Duration::from_secs(30));
+    let after = fleet.wait_settled(SETTLE);
+    let moved: Vec<&String> = before
+        .keys()
+        .filter(|id| after[*id] != before[*id])
+        .collect();
+    assert!(!moved.is_empty(), "nothing moved to the second worker");
+    let new_events = fleet.coord.events(last_seq).unwrap();
+    let summary: Vec<String> = new_events
+        .iter()
+        .map(|e| format!("{} {} by worker {}", e["kind"], e["repo"], e["worker"]))
+        .collect();
+    assert!(
+        new_events.is_empty(),
+        "{} repos moved without any upstream change, yet {} events followed: {summary:#?}",
+        moved.len(),
+        new_events.len()
     );
 }
