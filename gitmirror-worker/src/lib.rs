@@ -10,6 +10,7 @@ pub mod mirror;
 mod run;
 pub mod schedule;
 pub mod state;
+mod upstream_http;
 
 pub use config::{DiskSection, FetchSection, KeyError, WorkerConfig};
 pub use link::{BACKOFF_MAX, BACKOFF_START, IDLE_TIMEOUT, KEEPALIVE};

@@ -1,21 +1,42 @@
-//! Bare mirrors on disk (SPEC §7.1), cloned and fetched with gix.
+//! Bare mirrors on disk (SPEC §7.1), cloned and fetched with gix, kept healthy (§7.3) and
+//! compact (§7.1) with the git binary.
 //!
 //! Everything here is blocking: call it from `spawn_blocking`, never on the async runtime.
 //!
 //! gix 0.90 needs help to behave like `git clone --mirror` / `git fetch --prune`
 //! (FACTS.md): the ls-refs prefix filter must be off or a `+refs/*:refs/*` refspec lists
 //! only HEAD; `remote.origin.mirror` is not written; there is no prune; a fetch that
-//! updates no ref leaves a `.keep` file; packs are written mode 0600.
+//! updates no ref leaves a `.keep` file; packs are written mode 0600; there is no repack.
+//!
+//! **No-op fetches.** A fetch lists the upstream refs (one round trip after the handshake)
+//! and compares them with the mirror's; when they are equal it stops there: no pack
+//! negotiation, no ref transaction, nothing written (gix itself would not negotiate
+//! either, but it would first load every advertised tip commit).
+//!
+//! **Self-heal** (SPEC §7.3 "local"). We never run two operations on one repo, so a lock
+//! file found when an operation starts cannot belong to one of ours; the only other writer
+//! could be an operator's git command. A `*.lock` (or an interrupted pack's temp file)
+//! older than [`STALE_AFTER`] is therefore removed: those at the top of the mirror
+//! (`config.lock`, `packed-refs.lock`, `HEAD.lock`, …) before every fetch, those deeper
+//! down (`refs/heads/main.lock`, …) when a fetch fails locally and in maintenance. (SPEC
+//! says "older than the fetch timeout"; that would keep a mirror stuck for 30 minutes
+//! after a crash for no benefit, since nothing of ours can hold the lock.) A mirror whose
+//! refs cannot be read or whose ref tips are missing is corrupt: it is cloned again into
+//! `.tmp/` and swapped in atomically (`renameat2(RENAME_EXCHANGE)`) only when complete, so
+//! the old mirror stays at its path until that instant.
 
 use crate::state::Refs;
+use crate::upstream_http::{self, Refusal, RefusalSink};
 use gitmirror_wire::FailureClass;
-use std::collections::HashSet;
+use gix::protocol::transport::client::blocking_io::Transport;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 /// Where half-done clones live until they are complete.
 pub const TMP_DIR: &str = ".tmp";
@@ -23,8 +44,17 @@ pub const TMP_DIR: &str = ".tmp";
 pub const TRASH_DIR: &str = ".trash";
 /// How long a trashed mirror is kept.
 pub const TRASH_KEEP_SECS: u64 = 72 * 3600;
-/// Above this many packs a mirror is repacked after a fetch (SPEC §7.1: at most 50).
-const MAX_PACKS: usize = 50;
+/// SPEC §7.1: never more packs than this in a mirror, even between maintenance passes.
+pub const MAX_PACKS: usize = 50;
+/// A mirror with this many packs (or more) is due for maintenance, which repacks it.
+pub const REPACK_AT: usize = 16;
+/// A lock or temp file older than this, found when one of our operations starts on the
+/// mirror, is stale (see the module documentation).
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// How long an HTTP request may wait for an answer, or a read for more of it, by default.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(300);
+/// The newest commit among at most this many branch tips dates a new clone.
+const MAX_DATED_TIPS: usize = 1000;
 const MIRROR_REFSPEC: &str = "+refs/*:refs/*";
 /// Longest failure message kept (they go into state, the wire and the API).
 const MAX_MESSAGE: usize = 600;
@@ -34,18 +64,38 @@ const MAX_MESSAGE: usize = 600;
 pub struct Failure {
     pub class: FailureClass,
     pub message: String,
+    /// For [`FailureClass::RateLimited`]: how long the upstream asked us to wait.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
-    pub fn local(message: impl Into<String>) -> Self {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
         Self {
-            class: FailureClass::Local,
+            class,
             message: truncate(message.into()),
+            retry_after: None,
         }
+    }
+
+    pub fn local(message: impl Into<String>) -> Self {
+        Self::new(FailureClass::Local, message)
     }
 
     fn io(action: &str, path: &Path, e: &io::Error) -> Self {
         Self::local(format!("cannot {action} {}: {e}", path.display()))
+    }
+
+    /// The disk is full: nothing to heal, retry when there is space again.
+    pub fn is_disk_full(&self) -> bool {
+        let m = self.message.to_ascii_lowercase();
+        [
+            "no space left",
+            "os error 28)",
+            "disk quota",
+            "os error 122)",
+        ]
+        .iter()
+        .any(|n| m.contains(n))
     }
 }
 
@@ -62,6 +112,24 @@ pub struct Fetched {
     pub refs: Refs,
     /// The mirror's `remote.origin.url` was changed to the held URL before fetching.
     pub url_changed: bool,
+    /// Packs in the mirror afterwards; counted only when a pack may have arrived.
+    pub packs: Option<usize>,
+    /// For a clone: the newest committer time among the branch tips (Unix seconds), when
+    /// cheap to find.
+    pub newest_commit_secs: Option<i64>,
+    /// Self-heal done on the way (stale locks removed, a corrupt mirror re-cloned).
+    pub repairs: Vec<String>,
+}
+
+/// What [`Mirrors::maintain`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    pub packs_before: usize,
+    pub packs_after: usize,
+    /// Stale lock and temp files removed, loose refs packed, corruption repaired.
+    pub repairs: Vec<String>,
+    /// The mirror was found corrupt and cloned again; these are its refs now.
+    pub recloned: Option<Refs>,
 }
 
 /// What [`Mirrors::prepare`] cleaned up.
@@ -75,11 +143,24 @@ pub struct Cleanup {
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     root: PathBuf,
+    io_timeout: Duration,
+    /// Built on first use, on a blocking thread.
+    http: Arc<OnceLock<Result<upstream_http::Client, String>>>,
 }
 
 impl Mirrors {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            http: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Bound how long an HTTP request waits for an answer or for more of it.
+    pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout.max(Duration::from_secs(1));
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -102,6 +183,13 @@ impl Mirrors {
 
     fn trash_dir(&self) -> PathBuf {
         self.root.join(TRASH_DIR)
+    }
+
+    fn http_client(&self) -> Result<upstream_http::Client, Failure> {
+        self.http
+            .get_or_init(|| upstream_http::Client::new(self.io_timeout))
+            .clone()
+            .map_err(Failure::local)
     }
 
     /// At start: create the directories, remove leftovers of interrupted clones, and delete
@@ -165,7 +253,7 @@ impl Mirrors {
     ) -> Result<Fetched, Failure> {
         let final_path = self.path(id);
         let tmp = self.tmp_dir().join(unique_name(id));
-        let result = self.clone_into(&tmp, url, interrupt).and_then(|refs| {
+        let result = self.clone_into(&tmp, url, interrupt).and_then(|fetched| {
             if let Some(parent) = final_path.parent() {
                 fs::create_dir_all(parent)
                     .map_err(|e| Failure::io("create directory", parent, &e))?;
@@ -178,10 +266,7 @@ impl Mirrors {
             }
             fs::rename(&tmp, &final_path)
                 .map_err(|e| Failure::io("move the finished clone to", &final_path, &e))?;
-            Ok(Fetched {
-                refs,
-                url_changed: false,
-            })
+            Ok(fetched)
         });
         if result.is_err() && tmp.exists() {
             let _ = remove_any(&tmp);
@@ -189,29 +274,111 @@ impl Mirrors {
         result
     }
 
-    fn clone_into(&self, tmp: &Path, url: &str, interrupt: &AtomicBool) -> Result<Refs, Failure> {
-        let mut prepare = gix::prepare_clone_bare(url, tmp)
-            .map_err(|e| classify(&e, Stage::Setup))?
+    fn clone_into(
+        &self,
+        tmp: &Path,
+        url: &str,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
+            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
+        let http = if is_http(&parsed) {
+            Some(self.http_client()?)
+        } else {
+            None
+        };
+        let refusals: Arc<Mutex<Option<RefusalSink>>> = Arc::new(Mutex::new(None));
+        let sink = refusals.clone();
+        let prepare = gix::clone::PrepareFetch::new(
+            parsed,
+            tmp,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            gix::open::Options::isolated(),
+        )
+        .map_err(|e| classify(&e, Stage::Setup, None))?;
+        let mut prepare = prepare
             .with_fetch_options(fetch_options())
             .configure_remote(|remote| {
                 remote.with_refspecs(Some(MIRROR_REFSPEC), gix::remote::Direction::Fetch)
+            })
+            .configure_connection(move |conn| {
+                conn.set_credentials(no_credentials);
+                if let Some(client) = &http
+                    && let Some(url) = conn.remote().url(gix::remote::Direction::Fetch).cloned()
+                {
+                    let session = client.session();
+                    *lock(&sink) = Some(session.refusals());
+                    *conn.transport_mut() = Box::new(http_transport(session, url));
+                }
+                Ok(())
             });
-        let (repo, _outcome) = prepare
-            .fetch_only(gix::progress::Discard, interrupt)
-            .map_err(|e| classify(&e, Stage::Network))?;
+        let fetched = prepare.fetch_only(gix::progress::Discard, interrupt);
+        let refusal = lock(&refusals).as_ref().and_then(RefusalSink::get);
+        let (repo, _outcome) = fetched.map_err(|e| classify(&e, Stage::Clone, refusal))?;
         set_config(
             repo.git_dir(),
             &[("remote", Some("origin"), "mirror", "true")],
         )?;
         tidy_packs(repo.git_dir())?;
-        read_refs(&repo)
+        let refs = read_refs(&repo)?;
+        Ok(Fetched {
+            newest_commit_secs: newest_commit(&repo, &refs),
+            refs,
+            url_changed: false,
+            packs: None,
+            repairs: Vec::new(),
+        })
     }
 
     /// Fetch an existing mirror from `url` with prune, rewriting `remote.origin.url` first
     /// if the upstream URL changed (the mirror is kept, never re-cloned). Returns its refs.
+    ///
+    /// Heals what it can on the way (see the module documentation): stale locks are
+    /// removed and the fetch tried again; a corrupt mirror is cloned again and swapped in.
     pub fn fetch(&self, id: &str, url: &str, interrupt: &AtomicBool) -> Result<Fetched, Failure> {
         let path = self.path(id);
-        let mut repo = open(&path)?;
+        let mut repairs = remove_stale(&path, Sweep::TopLevel);
+        let failure = match self.fetch_once(&path, url, interrupt) {
+            Ok(mut f) => {
+                f.repairs.splice(0..0, repairs);
+                return Ok(f);
+            }
+            Err(f) => f,
+        };
+        if !healable(&failure, interrupt) {
+            return Err(failure);
+        }
+        let removed = remove_stale(&path, Sweep::All);
+        let failure = if removed.is_empty() {
+            failure
+        } else {
+            repairs.extend(removed);
+            match self.fetch_once(&path, url, interrupt) {
+                Ok(mut f) => {
+                    f.repairs.splice(0..0, repairs);
+                    return Ok(f);
+                }
+                Err(f) if !healable(&f, interrupt) => return Err(f),
+                Err(f) => f,
+            }
+        };
+        let Err(reason) = check_mirror(&path) else {
+            return Err(failure);
+        };
+        let mut fetched = self.reclone(id, url, interrupt, &reason)?;
+        repairs.append(&mut fetched.repairs);
+        fetched.repairs = repairs;
+        Ok(fetched)
+    }
+
+    fn fetch_once(
+        &self,
+        path: &Path,
+        url: &str,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        let mut repo = open(path)?;
         let current = repo.find_remote("origin").ok().and_then(|r| {
             r.url(gix::remote::Direction::Fetch)
                 .map(|u| u.to_bstring().to_string())
@@ -229,33 +396,177 @@ impl Mirrors {
                     ],
                 )?;
             }
-            repo = open(&path)?;
+            repo = open(path)?;
         }
+        let local = read_refs(&repo)?;
+        check_tips(&repo, &local)?;
         let remote = repo
             .find_remote("origin")
-            .map_err(|e| classify(&e, Stage::Local))?;
-        let outcome = remote
-            .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| classify(&e, Stage::Network))?
+            .map_err(|e| classify(&e, Stage::Local, None))?;
+        let (connection, refusals) = self.connect(&remote)?;
+        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
+        let prepare = connection
             .prepare_fetch(gix::progress::Discard, fetch_options())
-            .map_err(|e| classify(&e, Stage::Network))?
+            .map_err(|e| classify(&e, Stage::Upstream, refusal()))?;
+        if same_refs(prepare.ref_map(), &local) {
+            // Dropping `prepare` ends the conversation with a flush, like `git ls-remote`.
+            return Ok(Fetched {
+                refs: local,
+                url_changed,
+                packs: None,
+                newest_commit_secs: None,
+                repairs: Vec::new(),
+            });
+        }
+        let outcome = prepare
             .receive(gix::progress::Discard, interrupt)
-            .map_err(|e| classify(&e, Stage::Network))?;
-        let advertised: HashSet<&[u8]> = outcome
+            .map_err(|e| classify(&e, Stage::Transfer, refusal()))?;
+        let advertised: std::collections::HashSet<&[u8]> = outcome
             .ref_map
             .mappings
             .iter()
             .filter_map(|m| m.local.as_ref().map(|l| l.as_slice()))
             .collect();
         prune(&repo, &advertised)?;
-        let packs = tidy_packs(repo.git_dir())?;
+        let mut packs = tidy_packs(repo.git_dir())?;
         if packs > MAX_PACKS {
-            repack(repo.git_dir());
+            // Maintenance should have kept up; never let the bound slip meanwhile.
+            repack(repo.git_dir(), &mut Vec::new());
+            packs = tidy_packs(repo.git_dir())?;
         }
         Ok(Fetched {
             refs: read_refs(&repo)?,
             url_changed,
+            packs: Some(packs),
+            newest_commit_secs: None,
+            repairs: Vec::new(),
         })
+    }
+
+    /// A connection to the mirror's origin; for http(s), on our own backend so a refusal's
+    /// status and `Retry-After` can be read afterwards.
+    fn connect<'r, 'repo>(
+        &self,
+        remote: &'r gix::Remote<'repo>,
+    ) -> Result<(Connection<'r, 'repo>, Option<RefusalSink>), Failure> {
+        let url = remote
+            .url(gix::remote::Direction::Fetch)
+            .cloned()
+            .ok_or_else(|| Failure::local("the mirror's origin has no URL"))?;
+        let (mut connection, refusals) = if is_http(&url) {
+            let session = self.http_client()?.session();
+            let refusals = session.refusals();
+            let transport: Box<dyn Transport + Send> = Box::new(http_transport(session, url));
+            (
+                remote.to_connection_with_transport(transport),
+                Some(refusals),
+            )
+        } else {
+            let c = remote
+                .connect(gix::remote::Direction::Fetch)
+                .map_err(|e| classify(&e, Stage::Upstream, None))?;
+            (c, None)
+        };
+        connection.set_credentials(no_credentials);
+        Ok((connection, refusals))
+    }
+
+    /// Clone `url` again into `.tmp/` and swap it with the (corrupt) mirror at the final
+    /// path in one step; then delete the old one.
+    fn reclone(
+        &self,
+        id: &str,
+        url: &str,
+        interrupt: &AtomicBool,
+        reason: &str,
+    ) -> Result<Fetched, Failure> {
+        let final_path = self.path(id);
+        tracing::warn!(repo = %id, path = %final_path.display(), "mirror is corrupt ({reason}); cloning it again");
+        let tmp = self.tmp_dir().join(unique_name(id));
+        let mut fetched = match self.clone_into(&tmp, url, interrupt) {
+            Ok(f) => f,
+            Err(mut f) => {
+                let _ = remove_any(&tmp);
+                f.message = truncate(format!(
+                    "mirror is corrupt ({reason}) and cloning it again failed: {}",
+                    f.message
+                ));
+                return Err(f);
+            }
+        };
+        if let Err(e) = swap_into_place(&tmp, &final_path) {
+            let _ = remove_any(&tmp);
+            return Err(e);
+        }
+        // `tmp` now holds the corrupt mirror.
+        if let Err(e) = remove_any(&tmp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %tmp.display(), "cannot delete the replaced corrupt mirror (removed at the next start): {e}");
+        }
+        fetched.repairs.push(format!(
+            "the mirror was corrupt ({reason}); cloned it again and swapped it in"
+        ));
+        Ok(fetched)
+    }
+
+    /// Keep a mirror healthy and compact (SPEC §7.1): remove stale lock and temp files and
+    /// `.keep` files, repack when there are [`REPACK_AT`] packs or more (geometric, so the
+    /// cost stays proportional to what arrived), pack loose refs, and with `verify` check
+    /// connectivity (`git fsck --connectivity-only`), re-cloning from `url` if it fails.
+    ///
+    /// Must not run while the same repo is fetched (the caller's per-repo exclusivity).
+    pub fn maintain(
+        &self,
+        id: &str,
+        url: &str,
+        verify: bool,
+        interrupt: &AtomicBool,
+    ) -> Result<Maintenance, Failure> {
+        let path = self.path(id);
+        if !path.join("objects").is_dir() {
+            return Err(Failure::local(format!(
+                "no mirror at {} to maintain",
+                path.display()
+            )));
+        }
+        let mut m = Maintenance {
+            repairs: remove_stale(&path, Sweep::All),
+            ..Maintenance::default()
+        };
+        m.packs_before = tidy_packs(&path)?;
+        m.packs_after = m.packs_before;
+        if m.packs_before >= REPACK_AT {
+            repack(&path, &mut m.repairs);
+            m.packs_after = tidy_packs(&path)?;
+        }
+        if has_loose_refs(&path) {
+            match git(&path, &["pack-refs", "--all"]) {
+                Ok(()) => {}
+                Err(e) => m.repairs.push(format!("git pack-refs failed: {e}")),
+            }
+        }
+        if verify {
+            let problem = check_mirror(&path).err().or_else(|| {
+                git(
+                    &path,
+                    &[
+                        "fsck",
+                        "--connectivity-only",
+                        "--no-dangling",
+                        "--no-progress",
+                    ],
+                )
+                .err()
+            });
+            if let Some(reason) = problem {
+                let fetched = self.reclone(id, url, interrupt, &first_line(&reason))?;
+                m.repairs.extend(fetched.repairs);
+                m.packs_after = tidy_packs(&path)?;
+                m.recloned = Some(fetched.refs);
+            }
+        }
+        Ok(m)
     }
 
     /// Delete a mirror (the repo moved to another worker that has a complete mirror).
@@ -349,8 +660,40 @@ fn fetch_options() -> gix::remote::ref_map::Options {
     }
 }
 
+type Connection<'r, 'repo> = gix::remote::Connection<'r, 'static, 'repo, Box<dyn Transport + Send>>;
+
+fn is_http(url: &gix::Url) -> bool {
+    matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https)
+}
+
+fn http_transport(
+    session: upstream_http::Session,
+    url: gix::Url,
+) -> gix::protocol::transport::client::blocking_io::http::Transport<upstream_http::Session> {
+    gix::protocol::transport::client::blocking_io::http::connect_http(
+        session,
+        url,
+        gix::protocol::transport::Protocol::V2,
+        false,
+    )
+}
+
+/// A mirror never asks anyone for credentials (no terminal, no helpers): an upstream that
+/// wants them is reported as gone (SPEC §7.3 "auth required"). Credentials in the URL
+/// itself are still used.
+fn no_credentials(
+    _action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    Ok(None)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn open(path: &Path) -> Result<gix::Repository, Failure> {
-    gix::open(path).map_err(|e| {
+    // Isolated: the mirror's own config only, not the worker user's or the system's.
+    gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| {
         Failure::local(format!(
             "cannot open mirror {}: {}",
             path.display(),
@@ -387,8 +730,77 @@ pub fn read_refs(repo: &gix::Repository) -> Result<Refs, Failure> {
     Ok(refs)
 }
 
+/// Every ref tip must be in the object database; a missing one means a lost pack or
+/// object file (a corrupt mirror).
+fn check_tips(repo: &gix::Repository, refs: &Refs) -> Result<(), Failure> {
+    for (name, hex) in refs {
+        let Ok(id) = gix::ObjectId::from_hex(hex.as_bytes()) else {
+            return Err(Failure::local(format!(
+                "ref {name} of {} holds {hex:?}, not an object id",
+                repo.git_dir().display()
+            )));
+        };
+        if !repo.has_object(id) {
+            return Err(Failure::local(format!(
+                "object {hex} (ref {name}) is missing from {}",
+                repo.git_dir().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `Err(reason)` when the mirror is corrupt: it cannot be opened, its refs cannot be read,
+/// or a ref tip is missing.
+fn check_mirror(path: &Path) -> Result<(), String> {
+    let repo = open(path).map_err(|f| f.message)?;
+    let refs = read_refs(&repo).map_err(|f| f.message)?;
+    check_tips(&repo, &refs).map_err(|f| f.message)
+}
+
+/// The upstream advertises exactly the refs the mirror has: nothing to fetch or prune.
+fn same_refs(map: &gix::remote::fetch::RefMap, local: &Refs) -> bool {
+    let mut seen = 0usize;
+    for m in &map.mappings {
+        let Some(name) = m.local.as_ref() else {
+            continue;
+        };
+        let Some(id) = m.remote.as_id() else {
+            return false; // an unborn ref: let gix handle it
+        };
+        let Ok(name) = std::str::from_utf8(name.as_slice()) else {
+            return false;
+        };
+        match local.get(name) {
+            Some(hex) if hex.as_bytes() == id.to_hex().to_string().as_bytes() => seen += 1,
+            _ => return false,
+        }
+    }
+    seen == local.len()
+}
+
+/// Newest committer time among the branch tips, if there are not too many to look at.
+fn newest_commit(repo: &gix::Repository, refs: &Refs) -> Option<i64> {
+    let tips: Vec<&String> = refs
+        .iter()
+        .filter(|(n, _)| n.starts_with("refs/heads/"))
+        .map(|(_, id)| id)
+        .collect();
+    if tips.len() > MAX_DATED_TIPS {
+        return None;
+    }
+    tips.into_iter()
+        .filter_map(|hex| gix::ObjectId::from_hex(hex.as_bytes()).ok())
+        .filter_map(|id| repo.find_commit(id).ok()?.time().ok())
+        .map(|t| t.seconds)
+        .max()
+}
+
 /// Delete local refs the remote no longer advertises (gix has no prune).
-fn prune(repo: &gix::Repository, advertised: &HashSet<&[u8]>) -> Result<(), Failure> {
+fn prune(
+    repo: &gix::Repository,
+    advertised: &std::collections::HashSet<&[u8]>,
+) -> Result<(), Failure> {
     use gix::refs::transaction::{Change, PreviousValue, RefEdit, RefLog};
     let err = |e: &dyn std::fmt::Display| {
         Failure::local(format!(
@@ -434,15 +846,21 @@ fn tidy_packs(git_dir: &Path) -> Result<usize, Failure> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.ends_with(".keep") {
-            fs::remove_file(&path).map_err(|e| Failure::io("remove", &path, &e))?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Failure::io("remove", &path, &e)),
+            }
             continue;
         }
         if name.ends_with(".pack") {
             packs += 1;
         }
-        let meta = entry
-            .metadata()
-            .map_err(|e| Failure::io("stat", &path, &e))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Failure::io("stat", &path, &e)),
+        };
         let mode = meta.permissions().mode();
         if meta.is_file() && mode & 0o044 != 0o044 {
             fs::set_permissions(&path, fs::Permissions::from_mode((mode | 0o444) & 0o7777))
@@ -452,24 +870,170 @@ fn tidy_packs(git_dir: &Path) -> Result<usize, Failure> {
     Ok(packs)
 }
 
-/// Merge packs with the git binary (gix has no repack). A failure is logged, not fatal.
-fn repack(git_dir: &Path) {
-    let out = std::process::Command::new("git")
+/// Merge packs with the git binary (gix has no repack): geometric, so a big old pack is
+/// not rewritten for every few small new ones; all into one if that still leaves too many.
+/// A failure is noted in `notes`, not fatal (the mirror is still valid).
+fn repack(git_dir: &Path, notes: &mut Vec<String>) {
+    match git(git_dir, &["repack", "-d", "-q", "--geometric=2"]) {
+        Ok(()) => {
+            if matches!(tidy_packs(git_dir), Ok(n) if n > MAX_PACKS)
+                && let Err(e) = git(git_dir, &["repack", "-a", "-d", "-q"])
+            {
+                notes.push(format!("git repack -a failed: {e}"));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(mirror = %git_dir.display(), "git repack failed: {e}");
+            notes.push(format!("git repack failed: {e}"));
+        }
+    }
+}
+
+/// Run `git --git-dir <dir> <args>`; `Err` carries the first lines of its stderr.
+fn git(git_dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
-        .args(["repack", "-a", "-d", "-q"])
-        .stdin(std::process::Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let _ = tidy_packs(git_dir);
+        .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run git {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first: Vec<&str> = stderr.lines().take(3).collect();
+        Err(format!(
+            "git {} ({}): {}",
+            args.join(" "),
+            out.status,
+            first.join("; ")
+        ))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Which stale files to look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// `*.lock` directly in the mirror directory: a few entries, cheap enough for every
+    /// fetch.
+    TopLevel,
+    /// Also under `refs/`, `logs/`, `objects/info/` and interrupted packs' temp files in
+    /// `objects/pack/`.
+    All,
+}
+
+/// Remove stale lock and temp files (older than [`STALE_AFTER`]); one note per file.
+fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
+    let now = SystemTime::now();
+    let mut notes = Vec::new();
+    let mut remove = |path: &Path, meta: &fs::Metadata| {
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or(Duration::ZERO);
+        if age < STALE_AFTER {
+            return;
         }
-        Ok(o) => tracing::warn!(
-            mirror = %git_dir.display(),
-            "git repack failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => tracing::warn!(mirror = %git_dir.display(), "cannot run git repack: {e}"),
+        match fs::remove_file(path) {
+            Ok(()) => notes.push(format!(
+                "removed stale {} ({} s old)",
+                path.display(),
+                age.as_secs()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => notes.push(format!("cannot remove stale {}: {e}", path.display())),
+        }
+    };
+    let is_lock = |name: &str| name.ends_with(".lock");
+    scan(git_dir, false, &is_lock, &mut remove);
+    if sweep == Sweep::All {
+        for sub in ["refs", "logs"] {
+            scan(&git_dir.join(sub), true, &is_lock, &mut remove);
+        }
+        scan(
+            &git_dir.join("objects").join("info"),
+            false,
+            &is_lock,
+            &mut remove,
+        );
+        // gix writes packs through `.tmp*` temp files, git through `tmp_*`/`.tmp-*`.
+        let is_temp = |name: &str| {
+            name.ends_with(".lock") || name.starts_with(".tmp") || name.starts_with("tmp_")
+        };
+        scan(
+            &git_dir.join("objects").join("pack"),
+            false,
+            &is_temp,
+            &mut remove,
+        );
+    }
+    notes
+}
+
+/// Visit regular files in `dir` (and below, with `deep`) whose name `wanted` picks.
+fn scan(
+    dir: &Path,
+    deep: bool,
+    wanted: &dyn Fn(&str) -> bool,
+    found: &mut dyn FnMut(&Path, &fs::Metadata),
+) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if deep {
+                scan(&entry.path(), true, wanted, found);
+            }
+        } else if meta.is_file() && wanted(&entry.file_name().to_string_lossy()) {
+            found(&entry.path(), &meta);
+        }
+    }
+}
+
+/// Any loose ref files under `refs/` (gix writes updated refs loose)?
+fn has_loose_refs(git_dir: &Path) -> bool {
+    let mut any = false;
+    scan(
+        &git_dir.join("refs"),
+        true,
+        &|n| !n.ends_with(".lock"),
+        &mut |_, _| any = true,
+    );
+    any
+}
+
+/// Put the complete clone at `tmp` where `final_path` is, in one step when the filesystem
+/// can (`renameat2(RENAME_EXCHANGE)`); afterwards `tmp` holds what was at `final_path`.
+fn swap_into_place(tmp: &Path, final_path: &Path) -> Result<(), Failure> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, tmp, CWD, final_path, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT) if !final_path.exists() => fs::rename(tmp, final_path)
+            .map_err(|e| Failure::io("move the new clone to", final_path, &e)),
+        Err(e) => {
+            // No atomic exchange here (old kernel or filesystem): two renames, with a
+            // moment in between where nothing is at the final path.
+            tracing::debug!(path = %final_path.display(), "atomic exchange unavailable ({e}); swapping with two renames");
+            let aside = tmp.with_extension("old");
+            fs::rename(final_path, &aside)
+                .map_err(|e| Failure::io("move the corrupt mirror away from", final_path, &e))?;
+            if let Err(e) = fs::rename(tmp, final_path) {
+                let _ = fs::rename(&aside, final_path);
+                return Err(Failure::io("move the new clone to", final_path, &e));
+            }
+            fs::rename(&aside, tmp).map_err(|e| Failure::io("move", &aside, &e))
+        }
     }
 }
 
@@ -491,14 +1055,26 @@ fn set_config(git_dir: &Path, values: &[(&str, Option<&str>, &str, &str)]) -> Re
     gitmirror_common::statefile::write_atomic(&path, &bytes, 0o644).map_err(|e| fail(&e))
 }
 
+/// Where in an operation an error happened: it decides what the error can mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Preparing a clone: bad URL or target directory.
     Setup,
-    /// Talking to the upstream (and writing what it sent).
-    Network,
+    /// A whole clone: talking to the upstream and writing a new repository.
+    Clone,
+    /// Connecting, handshake and ref listing: only the upstream is involved.
+    Upstream,
+    /// Negotiation, pack transfer and ref updates of a fetch: the upstream and the
+    /// existing mirror. An upstream that answered the listing is not "gone" here.
+    Transfer,
     /// Reading or writing the local mirror.
     Local,
+}
+
+/// A fetch failure may be the mirror's fault: try healing it (not when the disk is full,
+/// which healing cannot fix, nor when the operation was interrupted).
+fn healable(f: &Failure, interrupt: &AtomicBool) -> bool {
+    f.class == FailureClass::Local && !f.is_disk_full() && !interrupt.load(Ordering::Relaxed)
 }
 
 /// The error and its causes, one line.
@@ -525,18 +1101,24 @@ fn truncate(mut s: String) -> String {
     s
 }
 
-/// Classify a gix error (SPEC §7.3). gix's own classes help, the text decides the rest.
-fn classify(e: &gix::Error, stage: Stage) -> Failure {
+/// Classify a gix error (SPEC §7.3): what an HTTP server said decides first, then the
+/// stage, gix's own classes and the text.
+fn classify(e: &gix::Error, stage: Stage, refusal: Option<Refusal>) -> Failure {
     let message = truncate(chain(e));
-    let class = classify_text(&message, stage, e.dominant_class());
-    Failure { class, message }
+    let (class, retry_after) = classify_parts(&message, stage, e.dominant_class(), refusal);
+    Failure {
+        class,
+        message,
+        retry_after,
+    }
 }
 
-fn classify_text(
+fn classify_parts(
     message: &str,
     stage: Stage,
     gix_class: Option<gix::error::Class>,
-) -> FailureClass {
+    refusal: Option<Refusal>,
+) -> (FailureClass, Option<Duration>) {
     use gix::error::Class;
     let m = message.to_ascii_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
@@ -544,42 +1126,76 @@ fn classify_text(
         "no space left",
         "disk quota",
         "read-only file system",
+        "os error 28)",
+    ]) || stage == Stage::Local
+    {
+        return (FailureClass::Local, None);
+    }
+    if let Some(r) = refusal {
+        return match r.status {
+            429 => (FailureClass::RateLimited, r.retry_after),
+            503 if r.retry_after.is_some() => (FailureClass::RateLimited, r.retry_after),
+            401 | 403 | 404 | 410 if stage != Stage::Transfer => (FailureClass::Gone, None),
+            _ => (FailureClass::Transient, None),
+        };
+    }
+    if has(&["http status 429", "too many requests"]) {
+        return (FailureClass::RateLimited, None);
+    }
+    if has(&[
         "corrupt",
         ".lock",
         "lock file",
+        "lock for resource",
+        "checksum",
     ]) {
-        return FailureClass::Local;
+        return (FailureClass::Local, None);
     }
-    if stage == Stage::Local {
-        return FailureClass::Local;
-    }
-    if has(&["429", "too many requests", "rate limit"]) {
-        return FailureClass::RateLimited;
+    if stage == Stage::Transfer {
+        // The upstream answered the listing a moment ago, so it exists. Missing objects
+        // and unreadable refs are the mirror's problem; anything else, the network's.
+        let local = has(&[
+            "could not be found",
+            "not found",
+            "could not peel",
+            "could not be parsed",
+            "could not be decoded",
+            "permission denied",
+            "no such file or directory",
+        ]) && !has(&["server reply", "remote error"]);
+        let class = if local {
+            FailureClass::Local
+        } else {
+            FailureClass::Transient
+        };
+        return (class, None);
     }
     if has(&[
         "not found",
-        "404",
-        "410",
-        "401",
-        "403",
+        "http status 404",
+        "http status 410",
+        "http status 401",
+        "http status 403",
         "does not exist",
         "not exported",
         "access denied",
         "does not appear to be a git repository",
         "no such repository",
         "authentication",
+        "no credentials",
         "could not read username",
         "permission denied (publickey",
     ]) {
-        return FailureClass::Gone;
+        return (FailureClass::Gone, None);
     }
-    match gix_class {
+    let class = match gix_class {
         Some(Class::Unauthenticated | Class::PermissionDenied) => FailureClass::Gone,
-        Some(Class::NotFound) if stage == Stage::Network => FailureClass::Gone,
+        Some(Class::NotFound) => FailureClass::Gone,
         Some(Class::ResourceExhaustion(_)) => FailureClass::Local,
         _ if stage == Stage::Setup && has(&["url"]) => FailureClass::Gone,
         _ => FailureClass::Transient,
-    }
+    };
+    (class, None)
 }
 
 /// A name under `.tmp/` that no other clone uses.
@@ -647,33 +1263,55 @@ mod tests {
     }
 
     #[test]
-    fn spec_7_3_classification_by_text() {
-        let t = |m: &str, s: Stage| classify_text(m, s, None);
+    fn spec_7_3_classification() {
+        use FailureClass::*;
+        let t = |m: &str, s: Stage| classify_parts(m, s, None, None).0;
+        let refused = |status, retry_after, s: Stage| {
+            classify_parts(
+                "Received HTTP status",
+                s,
+                None,
+                Some(Refusal {
+                    status,
+                    retry_after,
+                }),
+            )
+        };
         assert_eq!(
             t(
                 "access denied or repository not exported: /x",
-                Stage::Network
+                Stage::Upstream
             ),
-            FailureClass::Gone
+            Gone
         );
-        assert_eq!(t("HTTP status 404", Stage::Network), FailureClass::Gone);
+        assert_eq!(t("Received HTTP status 404", Stage::Upstream), Gone);
+        assert_eq!(t("Received HTTP status 429", Stage::Clone), RateLimited);
+        assert_eq!(t("connection reset by peer", Stage::Upstream), Transient);
+        assert_eq!(t("No space left on device", Stage::Transfer), Local);
+        assert_eq!(t("cannot open", Stage::Local), Local);
+        assert_eq!(t("refs/heads/x.lock exists", Stage::Transfer), Local);
+        // A missing local object during negotiation is the mirror's fault, never "gone".
         assert_eq!(
-            t("received HTTP status 429", Stage::Network),
-            FailureClass::RateLimited
+            t(
+                "Failed to prepare fetch negotiation: Could not peel reference: object could not be found",
+                Stage::Transfer
+            ),
+            Local
         );
+        assert_eq!(t("early EOF", Stage::Transfer), Transient);
         assert_eq!(
-            t("connection reset by peer", Stage::Network),
-            FailureClass::Transient
+            t("Could not decode server reply: not found", Stage::Transfer),
+            Transient
         );
-        assert_eq!(
-            t("No space left on device", Stage::Network),
-            FailureClass::Local
-        );
-        assert_eq!(t("cannot open", Stage::Local), FailureClass::Local);
-        assert_eq!(
-            t("refs/heads/x.lock exists", Stage::Network),
-            FailureClass::Local
-        );
+        let s = Some(Duration::from_secs(7));
+        assert_eq!(refused(429, s, Stage::Upstream), (RateLimited, s));
+        assert_eq!(refused(429, None, Stage::Transfer), (RateLimited, None));
+        assert_eq!(refused(503, s, Stage::Upstream), (RateLimited, s));
+        assert_eq!(refused(503, None, Stage::Upstream), (Transient, None));
+        assert_eq!(refused(410, None, Stage::Clone), (Gone, None));
+        assert_eq!(refused(401, None, Stage::Upstream), (Gone, None));
+        assert_eq!(refused(404, None, Stage::Transfer), (Transient, None));
+        assert_eq!(refused(500, None, Stage::Upstream), (Transient, None));
     }
 
     #[test]
@@ -702,5 +1340,39 @@ mod tests {
         let c = m.prepare().unwrap();
         assert_eq!(c.tmp_removed, 2);
         assert_eq!(fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spec_7_3_only_old_locks_are_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path();
+        fs::create_dir_all(g.join("refs/heads/feature")).unwrap();
+        fs::create_dir_all(g.join("objects/pack")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        let make = |rel: &str, t: SystemTime| {
+            let p = g.join(rel);
+            fs::write(&p, b"x").unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            p
+        };
+        let top = make("packed-refs.lock", old);
+        let deep = make("refs/heads/feature/x.lock", old);
+        let tmp_pack = make("objects/pack/.tmpAbc123", old);
+        let fresh = make("config.lock", SystemTime::now());
+        let not_a_lock = make("refs/heads/main", old);
+        assert_eq!(remove_stale(g, Sweep::TopLevel).len(), 1);
+        assert!(!top.exists() && deep.exists() && fresh.exists());
+        assert_eq!(remove_stale(g, Sweep::All).len(), 2);
+        assert!(!deep.exists() && !tmp_pack.exists());
+        assert!(
+            fresh.exists(),
+            "a lock younger than STALE_AFTER is left alone"
+        );
+        assert!(not_a_lock.exists());
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::config::WorkerConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
-use crate::mirror::{self, Failure, Fetched, Mirrors};
-use crate::schedule::{Schedule, host_of_url};
+use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
+use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
 use crate::state::{Disposal, Identity, Repo, Repos, ref_changes};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
@@ -41,6 +41,17 @@ fn interrupt_grace(timeout: Duration) -> Duration {
 }
 /// On shutdown, running fetches get this long to stop (SPEC §11: stop within 10 s).
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Every mirror gets a maintenance pass at least this often (stale files, repack when
+/// needed), and a connectivity check (`git fsck --connectivity-only`) every
+/// [`VERIFY_EVERY`]. A fetch that leaves [`mirror::REPACK_AT`] packs makes it due at once.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
+const VERIFY_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Maintenance passes at once (they are background work; fetches come first).
+const MAX_MAINTENANCE: usize = 1;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// Run the worker until `shutdown` becomes true. Errors only for what stops the daemon at
 /// start (unreadable state, unusable directories).
@@ -50,7 +61,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     statefile::ensure_dir(&cfg.state_dir)?;
     let identity = Identity::load_or_create(&cfg.state_dir)?;
     let state = Repos::load(&cfg.state_dir)?;
-    let mirrors = Arc::new(Mirrors::new(cfg.mirror_dir.clone()));
+    let mirrors = Arc::new(
+        Mirrors::new(cfg.mirror_dir.clone())
+            .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT)),
+    );
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup) = {
         let m = mirrors.clone();
@@ -135,6 +149,7 @@ struct Running {
 enum OpKind {
     Clone,
     Fetch,
+    Maintain,
     Dispose(Disposal),
 }
 
@@ -154,6 +169,10 @@ enum OpResult {
         abandoned: Option<tokio::task::JoinHandle<Result<Fetched, Failure>>>,
     },
     Disposed(Disposal, Result<(), String>),
+    Maintained {
+        verify: bool,
+        result: Result<Maintenance, Failure>,
+    },
     /// An abandoned fetch's thread has finally returned.
     Unstuck,
 }
@@ -188,6 +207,8 @@ struct Worker {
     stuck: HashSet<String>,
     /// Disposals that failed in this run (retried at the next start, not in a loop).
     disposal_failed: HashSet<String>,
+    /// Mirrors due for a maintenance pass, oldest request first.
+    maintenance_due: std::collections::VecDeque<String>,
     conn: Option<Conn>,
     disk: DiskState,
     stopping: bool,
@@ -216,6 +237,7 @@ impl Worker {
             running: HashMap::new(),
             stuck: HashSet::new(),
             disposal_failed: HashSet::new(),
+            maintenance_due: std::collections::VecDeque::new(),
             conn: None,
             disk: DiskState {
                 free: 0,
@@ -293,6 +315,7 @@ impl Worker {
                 }
                 _ = flush.tick() => self.flush(),
                 _ = status.tick() => {
+                    self.queue_periodic_maintenance();
                     self.refresh_disk(true);
                     self.send_status();
                     self.update_status_line();
@@ -321,7 +344,7 @@ impl Worker {
             "stopping: interrupting running fetches and saving state"
         );
         for r in self.running.values() {
-            if !matches!(r.kind, OpKind::Dispose(_)) {
+            if matches!(r.kind, OpKind::Clone | OpKind::Fetch | OpKind::Maintain) {
                 r.interrupt.store(true, Ordering::Relaxed);
             }
         }
@@ -399,6 +422,95 @@ impl Worker {
         for (id, d) in pending {
             self.start_disposal(id, d);
         }
+        self.start_maintenance();
+    }
+
+    /// Queue every mirror whose periodic maintenance is due.
+    fn queue_periodic_maintenance(&mut self) {
+        let now = now_ms();
+        let every = ms(MAINTENANCE_EVERY);
+        let due: Vec<String> = self
+            .state
+            .repos
+            .iter()
+            .filter(|(_, r)| r.mirrored)
+            .filter(|(_, r)| {
+                r.last_maintenance_ms
+                    .is_some_and(|t| now.saturating_sub(t) >= every)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.queue_maintenance(id);
+        }
+    }
+
+    fn queue_maintenance(&mut self, id: String) {
+        if !self.maintenance_due.contains(&id) {
+            self.maintenance_due.push_back(id);
+        }
+    }
+
+    /// Start due maintenance on mirrors nothing else is working on, a few at a time.
+    fn start_maintenance(&mut self) {
+        let mut running = self
+            .running
+            .values()
+            .filter(|r| r.kind == OpKind::Maintain)
+            .count();
+        let mut deferred = Vec::new();
+        while running < MAX_MAINTENANCE
+            && let Some(id) = self.maintenance_due.pop_front()
+        {
+            let Some(repo) = self.state.repos.get(&id) else {
+                continue; // dropped meanwhile
+            };
+            if !repo.mirrored {
+                continue;
+            }
+            // Never while the repo is fetched (SPEC §7.1); nor while a fetch is queued
+            // urgently for it: that one goes first.
+            if self.busy(&id) {
+                deferred.push(id);
+                continue;
+            }
+            let now = now_ms();
+            let verify = repo
+                .last_verify_ms
+                .is_none_or(|t| now.saturating_sub(t) >= ms(VERIFY_EVERY));
+            let url = repo.url.clone();
+            self.start_maintain(id, url, verify);
+            running += 1;
+        }
+        for id in deferred.into_iter().rev() {
+            self.maintenance_due.push_front(id);
+        }
+    }
+
+    fn start_maintain(&mut self, id: String, url: String, verify: bool) {
+        let interrupt = Arc::new(AtomicBool::new(false));
+        self.running.insert(
+            id.clone(),
+            Running {
+                kind: OpKind::Maintain,
+                interrupt: interrupt.clone(),
+            },
+        );
+        tracing::debug!(repo = %id, verify, "maintaining");
+        let mirrors = self.mirrors.clone();
+        self.ops.spawn(async move {
+            let bid = id.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                mirrors.maintain(&bid, &url, verify, &interrupt)
+            })
+            .await;
+            let result =
+                r.unwrap_or_else(|e| Err(Failure::local(format!("maintenance task failed: {e}"))));
+            OpDone {
+                id,
+                result: OpResult::Maintained { verify, result },
+            }
+        });
     }
 
     fn start_fetch(&mut self, id: String) {
@@ -432,9 +544,11 @@ impl Worker {
                     mirrors.fetch(&bid, &burl, &flag)
                 }
             });
-            let timed_out = || Failure {
-                class: FailureClass::Transient,
-                message: format!("timed out after {}", humantime::format_duration(timeout)),
+            let timed_out = || {
+                Failure::new(
+                    FailureClass::Transient,
+                    format!("timed out after {}", humantime::format_duration(timeout)),
+                )
             };
             let joined = |r: Result<Result<Fetched, Failure>, tokio::task::JoinError>| {
                 r.unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))))
@@ -531,6 +645,10 @@ impl Worker {
                 self.stuck.remove(&id);
                 tracing::info!(repo = %id, "an abandoned fetch has finally returned");
             }
+            OpResult::Maintained { verify, result } => {
+                self.running.remove(&id);
+                self.on_maintained(&id, verify, result);
+            }
             OpResult::Disposed(disposal, result) => {
                 self.running.remove(&id);
                 match result {
@@ -597,6 +715,7 @@ impl Worker {
             return;
         }
         repo.last_fetch_ms = Some(now);
+        let mut maintain = false;
         let (fetch_result, changes, next) = match result {
             Ok(fetched) => {
                 repo.mirrored = true;
@@ -614,14 +733,38 @@ impl Worker {
                 if fetched.url_changed {
                     tracing::info!(repo = %id, %url, "mirror now fetches from the new upstream URL");
                 }
+                for repair in &fetched.repairs {
+                    tracing::info!(repo = %id, "self-heal: {repair}");
+                }
                 if let Some(class) = repo.failing.take() {
                     tracing::info!(repo = %id, "fetching works again after {} failure(s) ({class:?})", repo.failures);
                 }
+                // When upstream last changed (SPEC §7.2): for a clone, its newest branch
+                // commit (not in the future); afterwards, the fetch that saw new refs.
+                if clone {
+                    let dated = fetched
+                        .newest_commit_secs
+                        .map(|s| s.saturating_mul(1000).min(now));
+                    repo.last_change_ms = Some(dated.unwrap_or(now));
+                } else if !changes.is_empty() || repo.last_change_ms.is_none() {
+                    repo.last_change_ms = Some(now);
+                }
+                if repo.last_maintenance_ms.is_none() {
+                    // The periodic pass counts from the first mirror.
+                    repo.last_maintenance_ms = Some(now);
+                    repo.last_verify_ms = Some(now);
+                }
+                maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
                 repo.refs = fetched.refs;
                 repo.announced = true;
                 repo.last_success_ms = Some(now);
                 repo.failures = 0;
-                (fetch_result, changes, self.schedule.after_success(now))
+                let last_change = repo.last_change_ms.unwrap_or(now);
+                (
+                    fetch_result,
+                    changes,
+                    self.schedule.after_success(now, last_change),
+                )
             }
             Err(failure) => {
                 repo.failures = repo.failures.saturating_add(1);
@@ -631,9 +774,27 @@ impl Worker {
                     tracing::debug!(repo = %id, failures = repo.failures, "still failing: {}", failure.message);
                 }
                 repo.failing = Some(failure.class);
-                let next = self
-                    .schedule
-                    .after_failure(now, repo.failures, failure.class);
+                let next = if failure.class == FailureClass::RateLimited {
+                    // The whole host waits as told (SPEC §7.3), this repo with it.
+                    let host = host_of_url(&url);
+                    let wait = rate_limit_wait(failure.retry_after);
+                    let already = self.schedule.paused_until(&host, now);
+                    let until = self
+                        .schedule
+                        .pause_host(&host, now.saturating_add(ms(wait)));
+                    if already.is_none() {
+                        tracing::warn!(
+                            %host,
+                            secs = wait.as_secs_f32(),
+                            asked = failure.retry_after.is_some(),
+                            "upstream host is rate limiting us; nothing on it is fetched until it said to come back"
+                        );
+                    }
+                    until
+                } else {
+                    self.schedule
+                        .after_failure(now, repo.failures, failure.class)
+                };
                 (
                     FetchResult::Failed {
                         class: failure.class,
@@ -659,6 +820,37 @@ impl Worker {
         self.schedule.finish(&id, Some(next), now);
         self.state.push_outcome(outcome);
         self.dirty = true;
+        if maintain {
+            self.queue_maintenance(id);
+        }
+    }
+
+    fn on_maintained(&mut self, id: &str, verify: bool, result: Result<Maintenance, Failure>) {
+        let now = now_ms();
+        let Some(repo) = self.state.repos.get_mut(id) else {
+            return;
+        };
+        // Done or failed, the next periodic pass is a day away (no retry loop).
+        repo.last_maintenance_ms = Some(now);
+        if verify {
+            repo.last_verify_ms = Some(now);
+        }
+        self.dirty = true;
+        match result {
+            Ok(m) => {
+                if m.packs_after != m.packs_before {
+                    tracing::debug!(repo = %id, before = m.packs_before, after = m.packs_after, "repacked");
+                }
+                for repair in &m.repairs {
+                    tracing::info!(repo = %id, "maintenance: {repair}");
+                }
+                if m.recloned.is_some() {
+                    // Report the re-cloned mirror's refs through an ordinary fetch.
+                    self.schedule.plan_urgent(id, now);
+                }
+            }
+            Err(f) => tracing::warn!(repo = %id, "maintenance failed: {}", f.message),
+        }
     }
 
     // ---- the coordinator ----
@@ -897,7 +1089,7 @@ impl Worker {
     fn active_fetches(&self) -> usize {
         self.running
             .values()
-            .filter(|r| !matches!(r.kind, OpKind::Dispose(_)))
+            .filter(|r| matches!(r.kind, OpKind::Clone | OpKind::Fetch))
             .count()
     }
 

@@ -1,13 +1,22 @@
 //! When each held repo is fetched next, and how many fetches run at once (SPEC §7.2–§7.4).
 //!
-//! For now the interval is fixed at `fetch.min_interval` after a success, with a capped
-//! exponential backoff after failures; the adaptive interval of §7.2 replaces
-//! [`Schedule::after_success`] later without touching the rest.
+//! - After a success the next fetch is due after about half the time since upstream last
+//!   changed, clamped to `[fetch.min_interval, fetch.max_interval]`, ±10 % jitter: a repo
+//!   committed to every few seconds is fetched every `min_interval`, a dormant one every
+//!   `max_interval`.
+//! - After failures: exponential backoff from `min_interval`, capped at 6 h; a gone
+//!   upstream is probed once a day; a rate-limited upstream *host* is paused as long as it
+//!   asked, and nothing on that host starts meanwhile (per-host limits apply as usual
+//!   once it resumes).
+//! - New repos and operator requests start before everything that is merely due.
 //!
-//! No clock and no I/O: times are Unix milliseconds passed in by the caller.
+//! No clock and no I/O: times are Unix milliseconds passed in by the caller. The jitter's
+//! random numbers come from a seedable generator so tests are repeatable.
 
 use crate::config::FetchSection;
 use gitmirror_wire::FailureClass;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
@@ -15,6 +24,12 @@ use std::time::Duration;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// A gone upstream is probed once a day (SPEC §7.3).
 pub const GONE_PROBE: Duration = Duration::from_secs(24 * 3600);
+/// How long a host that answered 429 without `Retry-After` is left alone.
+pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// The longest wait a `Retry-After` is obeyed for; a longer one is cut to this.
+pub const MAX_RATE_LIMIT_WAIT: Duration = MAX_BACKOFF;
+/// ±10 % (SPEC §7.2).
+const JITTER: f64 = 0.10;
 
 /// New repos and operator requests come before everything that is merely due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,6 +43,7 @@ pub struct Schedule {
     concurrency: usize,
     per_host: usize,
     min_interval: Duration,
+    max_interval: Duration,
     /// Waiting repos in the order they should start.
     queue: BTreeSet<(Rank, i64, String)>,
     queued: HashMap<String, (Rank, i64)>,
@@ -36,19 +52,30 @@ pub struct Schedule {
     per_host_running: HashMap<String, usize>,
     /// Asked for while running: queue urgently again when it finishes.
     rerun: HashSet<String>,
+    /// Upstream hosts that asked us to wait (rate limited): host → Unix ms it may resume.
+    paused: HashMap<String, i64>,
+    rng: StdRng,
 }
 
 impl Schedule {
     pub fn new(fetch: &FetchSection) -> Self {
+        Self::with_seed(fetch, rand::random())
+    }
+
+    /// A schedule whose jitter is repeatable.
+    pub fn with_seed(fetch: &FetchSection, seed: u64) -> Self {
         Self {
             concurrency: fetch.concurrency.max(1),
             per_host: fetch.per_host_concurrency.max(1),
             min_interval: fetch.min_interval,
+            max_interval: fetch.max_interval.max(fetch.min_interval),
             queue: BTreeSet::new(),
             queued: HashMap::new(),
             running: HashMap::new(),
             per_host_running: HashMap::new(),
             rerun: HashSet::new(),
+            paused: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
@@ -98,13 +125,34 @@ impl Schedule {
         self.running.contains_key(id)
     }
 
-    /// When the next repo that is not yet due becomes due, if any. Repos already due but
-    /// held back by a limit start when something finishes.
+    /// When the next repo that is not yet due becomes due, or a paused host resumes, if
+    /// ever. Repos already due but held back by a concurrency limit start when something
+    /// finishes.
     pub fn next_wake(&self, now_ms: i64) -> Option<i64> {
-        self.queue
+        let due = self
+            .queue
             .range((Rank::Due, now_ms.saturating_add(1), String::new())..)
             .next()
-            .map(|(_, d, _)| *d)
+            .map(|(_, d, _)| *d);
+        let resume = self.paused.values().copied().filter(|&t| t > now_ms).min();
+        match (due, resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `host` asked us to wait (rate limited) until `until_ms`: nothing on it starts before
+    /// then. A later pause extends an earlier one, never shortens it. Returns the
+    /// resulting resume time.
+    pub fn pause_host(&mut self, host: &str, until_ms: i64) -> i64 {
+        let t = self.paused.entry(host.to_owned()).or_insert(until_ms);
+        *t = (*t).max(until_ms);
+        *t
+    }
+
+    /// When `host` may be contacted again, if it is paused now.
+    pub fn paused_until(&self, host: &str, now_ms: i64) -> Option<i64> {
+        self.paused.get(host).copied().filter(|&t| t > now_ms)
     }
 
     /// Start what is due, within the limits: at most `concurrency` at once, at most
@@ -120,7 +168,9 @@ impl Schedule {
         if self.running.len() >= self.concurrency {
             return Vec::new();
         }
-        let mut full_hosts: HashSet<String> = HashSet::new();
+        self.paused.retain(|_, until| *until > now_ms);
+        // Paused hosts are treated like hosts at their limit: their repos wait, queued.
+        let mut full_hosts: HashSet<String> = self.paused.keys().cloned().collect();
         for (rank, due, id) in &self.queue {
             if *rank == Rank::Due && *due > now_ms {
                 break;
@@ -170,26 +220,54 @@ impl Schedule {
         }
     }
 
-    /// Next attempt after a success.
-    pub fn after_success(&self, now_ms: i64) -> i64 {
-        now_ms.saturating_add(ms(self.min_interval))
+    /// Next attempt after a success: about half the time since upstream last changed
+    /// (`last_change_ms`), clamped to `[min_interval, max_interval]`, ±10 % (SPEC §7.2).
+    pub fn after_success(&mut self, now_ms: i64, last_change_ms: i64) -> i64 {
+        let age = u64::try_from(now_ms.saturating_sub(last_change_ms)).unwrap_or(0);
+        let half = Duration::from_millis(age / 2);
+        let base = half.clamp(self.min_interval, self.max_interval);
+        let wait = self.jitter(base, self.min_interval, self.max_interval);
+        now_ms.saturating_add(ms(wait))
     }
 
     /// Next attempt after the `failures`-th failure in a row: exponential from
-    /// `min_interval`, capped at 6 h; a gone upstream once a day.
-    pub fn after_failure(&self, now_ms: i64, failures: u32, class: FailureClass) -> i64 {
-        if class == FailureClass::Gone {
-            return now_ms.saturating_add(ms(GONE_PROBE));
-        }
-        let factor = 1u32
-            .checked_shl(failures.saturating_sub(1).min(30))
-            .unwrap_or(u32::MAX);
-        let backoff = self
-            .min_interval
-            .saturating_mul(factor)
-            .min(MAX_BACKOFF.max(self.min_interval));
-        now_ms.saturating_add(ms(backoff))
+    /// `min_interval`, capped at 6 h; a gone upstream once a day; both ±10 %. (A
+    /// rate-limited repo waits for its host: see [`Schedule::pause_host`].)
+    pub fn after_failure(&mut self, now_ms: i64, failures: u32, class: FailureClass) -> i64 {
+        let wait = if class == FailureClass::Gone {
+            self.jitter(GONE_PROBE, Duration::ZERO, Duration::MAX)
+        } else {
+            let factor = 1u32
+                .checked_shl(failures.saturating_sub(1).min(30))
+                .unwrap_or(u32::MAX);
+            let cap = MAX_BACKOFF.max(self.min_interval);
+            let base = self.min_interval.saturating_mul(factor).min(cap);
+            self.jitter(base, self.min_interval, cap)
+        };
+        now_ms.saturating_add(ms(wait))
     }
+
+    /// Uniform in `[0.9 × base, 1.1 × base]`, kept within `[lo, hi]`: a repo at the floor
+    /// waits a little longer, one at the ceiling a little less, so neither bunches up.
+    fn jitter(&mut self, base: Duration, lo: Duration, hi: Duration) -> Duration {
+        let scale = |f: f64| Duration::try_from_secs_f64(base.as_secs_f64() * f).unwrap_or(base);
+        let low = scale(1.0 - JITTER).max(lo);
+        let high = scale(1.0 + JITTER).min(hi);
+        if high <= low {
+            return low;
+        }
+        let (l, h) = (low.as_millis(), high.as_millis());
+        let picked = self.rng.random_range(l..=h);
+        Duration::from_millis(u64::try_from(picked).unwrap_or(u64::MAX))
+    }
+}
+
+/// How long a rate-limited host is left alone: what it asked for, or a default, at most
+/// [`MAX_RATE_LIMIT_WAIT`].
+pub fn rate_limit_wait(retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+        .min(MAX_RATE_LIMIT_WAIT)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -303,18 +381,136 @@ mod tests {
         assert!(s.start_ready(0, host, |_| true).is_empty());
     }
 
+    const MIN: i64 = 60_000;
+    const H: i64 = 3_600_000;
+
+    /// Every value of `f` over many draws lies in `[lo, hi]`, and the spread is used.
+    fn within(mut f: impl FnMut() -> i64, lo: i64, hi: i64) {
+        let draws: Vec<i64> = (0..200).map(|_| f()).collect();
+        let (min, max) = (*draws.iter().min().unwrap(), *draws.iter().max().unwrap());
+        assert!(min >= lo && max <= hi, "{min}..{max} not within {lo}..{hi}");
+        assert!(max - min > (hi - lo) / 2, "jitter spreads: {min}..{max}");
+    }
+
+    #[test]
+    fn spec_7_2_interval_is_half_the_time_since_the_last_change() {
+        let mut s = Schedule::with_seed(
+            &FetchSection {
+                min_interval: Duration::from_secs(60),
+                max_interval: Duration::from_secs(24 * 3600),
+                ..FetchSection::default()
+            },
+            7,
+        );
+        let now = 1_000 * H;
+        // Changed 10 h ago: about 5 h, ±10 %.
+        within(
+            || s.after_success(now, now - 10 * H) - now,
+            4 * H + 30 * MIN,
+            5 * H + 30 * MIN,
+        );
+        // Changed just now (or the clock says the future): the floor, jittered upwards.
+        within(|| s.after_success(now, now) - now, MIN, MIN + MIN / 10);
+        within(|| s.after_success(now, now + H) - now, MIN, MIN + MIN / 10);
+        // Dormant for a year: the ceiling, jittered downwards.
+        within(
+            || s.after_success(now, now - 365 * 24 * H) - now,
+            24 * H - 24 * H / 10,
+            24 * H,
+        );
+    }
+
+    #[test]
+    fn spec_7_2_busy_repos_are_fetched_more_often_than_dormant_ones() {
+        // Simulated: one repo changes every 2 s, one never; min 1 s, max 60 s.
+        let mut s = Schedule::with_seed(
+            &FetchSection {
+                min_interval: Duration::from_secs(1),
+                max_interval: Duration::from_secs(60),
+                ..FetchSection::default()
+            },
+            1,
+        );
+        let (mut busy, mut dormant) = (0, 0);
+        let (mut busy_due, mut dormant_due) = (0i64, 0i64);
+        for t in (0..600_000i64).step_by(100) {
+            if t >= busy_due {
+                busy += 1;
+                let last_change = t - t % 2000;
+                busy_due = s.after_success(t, last_change);
+            }
+            if t >= dormant_due {
+                dormant += 1;
+                dormant_due = s.after_success(t, -3_600_000);
+            }
+        }
+        assert!(busy > 10 * dormant, "busy {busy}, dormant {dormant}");
+    }
+
     #[test]
     fn spec_7_3_backoff() {
-        let s = sched(1, 1);
-        assert_eq!(s.after_success(0), 60_000);
-        assert_eq!(s.after_failure(0, 1, FailureClass::Transient), 60_000);
-        assert_eq!(s.after_failure(0, 2, FailureClass::Transient), 120_000);
-        assert_eq!(s.after_failure(0, 3, FailureClass::Local), 240_000);
-        assert_eq!(
-            s.after_failure(0, 40, FailureClass::Transient),
-            6 * 3_600_000
+        let mut s = Schedule::with_seed(
+            &FetchSection {
+                min_interval: Duration::from_secs(60),
+                ..FetchSection::default()
+            },
+            3,
         );
-        assert_eq!(s.after_failure(0, 1, FailureClass::Gone), 24 * 3_600_000);
+        let t = FailureClass::Transient;
+        within(|| s.after_failure(0, 1, t), MIN, MIN + MIN / 10);
+        within(
+            || s.after_failure(0, 2, t),
+            2 * MIN * 9 / 10,
+            2 * MIN * 11 / 10,
+        );
+        within(
+            || s.after_failure(0, 3, FailureClass::Local),
+            4 * MIN * 9 / 10,
+            4 * MIN * 11 / 10,
+        );
+        within(|| s.after_failure(0, 40, t), 6 * H * 9 / 10, 6 * H);
+        within(
+            || s.after_failure(0, 1, FailureClass::Gone),
+            24 * H * 9 / 10,
+            24 * H * 11 / 10,
+        );
+    }
+
+    #[test]
+    fn spec_7_3_rate_limited_host_is_paused_and_composes_with_per_host_limits() {
+        let mut s = sched(4, 2);
+        for id in ["a/1", "a/2", "a/3", "b/1"] {
+            s.plan(id, 0);
+        }
+        assert_eq!(s.pause_host("a", 5_000), 5_000);
+        assert_eq!(s.pause_host("a", 3_000), 5_000, "never shortened");
+        assert_eq!(s.paused_until("a", 100), Some(5_000));
+        assert_eq!(s.start_ready(100, host, |_| true), vec!["b/1"]);
+        assert_eq!(s.next_wake(100), Some(5_000), "wake when the host resumes");
+        assert!(s.start_ready(4_999, host, |_| true).is_empty());
+        // Resumed: the per-host limit (2) applies as usual.
+        assert_eq!(s.start_ready(5_000, host, |_| true), vec!["a/1", "a/2"]);
+        assert_eq!(s.paused_until("a", 5_000), None);
+        // A 429 seen by a running fetch pauses the host while others of it still run.
+        s.pause_host("a", 9_000);
+        s.finish("a/1", Some(20_000), 6_000);
+        assert!(s.start_ready(6_000, host, |_| true).is_empty(), "a/3 waits");
+        assert_eq!(s.start_ready(9_000, host, |_| true), vec!["a/3"]);
+        // Urgent requests wait for the host too.
+        s.pause_host("b", 12_000);
+        s.finish("b/1", Some(100_000), 9_500);
+        s.plan_urgent("b/1", 9_500);
+        assert!(s.start_ready(9_500, host, |_| true).is_empty());
+        assert_eq!(s.start_ready(12_000, host, |_| true), vec!["b/1"]);
+        assert_eq!(rate_limit_wait(None), DEFAULT_RATE_LIMIT_WAIT);
+        assert_eq!(
+            rate_limit_wait(Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            rate_limit_wait(Some(Duration::from_secs(10 * 24 * 3600))),
+            MAX_RATE_LIMIT_WAIT
+        );
     }
 
     #[test]

@@ -78,6 +78,16 @@ pub struct Repo {
     pub next_due_ms: i64,
     /// `Waiting{disk}` has been reported since the last attempt.
     pub waiting_reported: bool,
+    /// When upstream last changed, as far as this worker knows (Unix ms): the last fetch
+    /// that found new refs, or for a new clone its newest branch commit. Drives the
+    /// adaptive interval (SPEC §7.2). Absent in files written before it existed.
+    #[serde(default)]
+    pub last_change_ms: Option<i64>,
+    /// Last maintenance pass (repack, stale locks) and last connectivity check (Unix ms).
+    #[serde(default)]
+    pub last_maintenance_ms: Option<i64>,
+    #[serde(default)]
+    pub last_verify_ms: Option<i64>,
 }
 
 impl Repo {
@@ -93,6 +103,9 @@ impl Repo {
             failing: None,
             next_due_ms: 0,
             waiting_reported: false,
+            last_change_ms: None,
+            last_maintenance_ms: None,
+            last_verify_ms: None,
         }
     }
 }
@@ -330,6 +343,21 @@ mod tests {
         s.push_outcome(outcome("a/abc/abc", FetchResult::Cloned, vec![]));
         s.save(d.path()).unwrap();
         assert_eq!(Repos::load(d.path()).unwrap(), s);
+        std::fs::write(Repos::path(d.path()), "gitmirror-state worker-repos v1\n{").unwrap();
+        let e = Repos::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("repos.json"), "{e}");
+        // A file written before the schedule fields existed still loads.
+        std::fs::write(
+            Repos::path(d.path()),
+            r#"gitmirror-state worker-repos v1
+{"repos":{"a/abc/abc":{"url":"git://h/abc","mirrored":true,"refs":{},"announced":true,
+"last_fetch_ms":1,"last_success_ms":1,"failures":0,"failing":null,"next_due_ms":5,
+"waiting_reported":false}},"outbox":[],"next_report_id":3,"disposals":{}}"#,
+        )
+        .unwrap();
+        let old = Repos::load(d.path()).unwrap();
+        assert_eq!(old.repos["a/abc/abc"].last_change_ms, None);
+        assert_eq!(old.next_report_id, 3);
         std::fs::write(Repos::path(d.path()), "gitmirror-state worker-repos v1\n{").unwrap();
         let e = Repos::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("repos.json"), "{e}");

@@ -1,0 +1,578 @@
+//! gix's smart-HTTP transport on our own reqwest client (SPEC §7.3).
+//!
+//! gix's built-in reqwest backend turns every refused request into an error string and
+//! drops the response, so the `Retry-After` header of a 429 (or 503) never reaches the
+//! caller. This backend implements gix's `Http` trait itself and records what the server
+//! said when it refused a request ([`Refusal`]), so a rate-limited host can be paused for
+//! exactly as long as it asked. It also shares one connection pool between all fetches
+//! (one runtime thread per worker instead of one per fetch) and bounds how long a read
+//! may wait for data.
+//!
+//! Request bodies are buffered (the fetch protocol's are small) and sent when the response
+//! is first read, as gix writes the whole body before reading the answer. git's `http.*`
+//! configuration is not read (gix's reqwest backend ignores most of it too); the usual
+//! proxy environment variables work. Redirects are followed (at most 10, never from https
+//! to http) and the redirected base URL is reported back to gix, as git does.
+
+use gix::bstr::BString;
+use gix::protocol::transport::client::AuthenticationRequired;
+use gix::protocol::transport::client::blocking_io::http::{
+    GetResponse, Http, PostBodyDataKind, PostResponse,
+};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::io::{self, BufRead, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// gix's own connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const MAX_REDIRECTS: usize = 10;
+const BODY_BUFFER: usize = 64 * 1024;
+
+/// What a server said when it refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// `Retry-After`, as a duration from when the answer arrived.
+    pub retry_after: Option<Duration>,
+}
+
+/// The shared HTTP client: one per [`crate::mirror::Mirrors`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// `io_timeout` bounds the wait for an answer and for each read of its body.
+    ///
+    /// Blocking: build it on a blocking thread, not on the async runtime.
+    pub fn new(io_timeout: Duration) -> Result<Self, String> {
+        gitmirror_common::install_crypto_provider();
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if downgrade {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
+        let inner = reqwest::blocking::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(io_timeout)
+            .redirect(policy)
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {}", error_chain(&e)))?;
+        Ok(Self { inner })
+    }
+
+    /// A backend for one gix connection.
+    pub fn session(&self) -> Session {
+        Session {
+            client: self.inner.clone(),
+            refusal: Arc::new(Mutex::new(None)),
+            redirected_base: None,
+            redirect_sink: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+/// The last refusal seen by a [`Session`]; read it after gix reports an error.
+#[derive(Debug, Clone)]
+pub struct RefusalSink(Arc<Mutex<Option<Refusal>>>);
+
+impl RefusalSink {
+    pub fn get(&self) -> Option<Refusal> {
+        *lock(&self.0)
+    }
+}
+
+/// gix's `Http` for one connection.
+pub struct Session {
+    client: reqwest::blocking::Client,
+    refusal: Arc<Mutex<Option<Refusal>>>,
+    /// The base URL after a followed redirect, as last reported to gix.
+    redirected_base: Option<String>,
+    redirect_sink: Arc<Mutex<Option<String>>>,
+}
+
+impl Session {
+    pub fn refusals(&self) -> RefusalSink {
+        RefusalSink(self.refusal.clone())
+    }
+
+    fn exchange(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+        body: Option<Vec<u8>>,
+    ) -> Arc<Mutex<Phase>> {
+        let mut map = HeaderMap::new();
+        for line in headers {
+            if let Some((name, value)) = line.as_ref().split_once(':')
+                && let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                )
+            {
+                map.append(name, value);
+            }
+        }
+        Arc::new(Mutex::new(Phase::Pending(Pending {
+            client: self.client.clone(),
+            method,
+            url: url.to_owned(),
+            base_url: base_url.to_owned(),
+            headers: map,
+            body,
+            refusal: self.refusal.clone(),
+            redirect: self.redirect_sink.clone(),
+        })))
+    }
+}
+
+impl Http for Session {
+    type Headers = HeadersReader;
+    type ResponseBody = BodyReader;
+    type PostBody = PostBody;
+
+    fn get(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> gix::Result<GetResponse<HeadersReader, BodyReader>> {
+        let shared = self.exchange(reqwest::Method::GET, url, base_url, headers, None);
+        // Sent now, so a redirect is known before gix asks for it.
+        send_if_pending(&mut lock(&shared));
+        self.redirected_base = lock(&self.redirect_sink).clone();
+        Ok(GetResponse {
+            headers: HeadersReader::new(shared.clone()),
+            body: BodyReader::new(shared),
+        })
+    }
+
+    fn post(
+        &mut self,
+        url: &str,
+        base_url: &str,
+        headers: impl IntoIterator<Item = impl AsRef<str>>,
+        _body: PostBodyDataKind,
+    ) -> gix::Result<PostResponse<HeadersReader, BodyReader, PostBody>> {
+        let shared = self.exchange(
+            reqwest::Method::POST,
+            url,
+            base_url,
+            headers,
+            Some(Vec::new()),
+        );
+        Ok(PostResponse {
+            post_body: PostBody(shared.clone()),
+            headers: HeadersReader::new(shared.clone()),
+            body: BodyReader::new(shared),
+        })
+    }
+
+    fn configure(&mut self, _config: &dyn std::any::Any) -> gix::Result {
+        // git's http.* settings are not applied (see the module documentation).
+        Ok(())
+    }
+
+    fn redirected_base_url(&self) -> Option<String> {
+        self.redirected_base.clone()
+    }
+}
+
+/// One request and its answer, shared by the body writer and the two readers.
+enum Phase {
+    Pending(Pending),
+    Answered {
+        headers: Vec<u8>,
+        body: Option<reqwest::blocking::Response>,
+    },
+    Failed(Failed),
+}
+
+struct Pending {
+    client: reqwest::blocking::Client,
+    method: reqwest::Method,
+    url: String,
+    base_url: String,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    refusal: Arc<Mutex<Option<Refusal>>>,
+    redirect: Arc<Mutex<Option<String>>>,
+}
+
+/// A failed exchange, kept so every read reports it (an `io::Error` cannot be cloned).
+struct Failed {
+    kind: io::ErrorKind,
+    message: String,
+    /// `Some` for a 401: gix looks for [`AuthenticationRequired`] to ask for credentials.
+    www_authenticate: Option<Vec<BString>>,
+}
+
+impl Failed {
+    fn to_io(&self) -> io::Error {
+        match &self.www_authenticate {
+            Some(values) => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                AuthenticationRequired {
+                    www_authenticate: values.clone(),
+                },
+            ),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn send_if_pending(phase: &mut Phase) {
+    let Phase::Pending(_) = phase else { return };
+    let placeholder = Phase::Failed(Failed {
+        kind: io::ErrorKind::Other,
+        message: "request abandoned".into(),
+        www_authenticate: None,
+    });
+    let Phase::Pending(p) = std::mem::replace(phase, placeholder) else {
+        return;
+    };
+    *phase = send(p);
+}
+
+fn send(p: Pending) -> Phase {
+    let mut req = p
+        .client
+        .request(p.method.clone(), &p.url)
+        .headers(p.headers);
+    if let Some(body) = p.body {
+        req = req.body(body);
+    }
+    let res = match req.send() {
+        Ok(res) => res,
+        Err(e) => {
+            let kind = if e.is_timeout() {
+                io::ErrorKind::TimedOut
+            } else if e.is_connect() {
+                io::ErrorKind::ConnectionRefused
+            } else {
+                io::ErrorKind::Other
+            };
+            return Phase::Failed(Failed {
+                kind,
+                message: error_chain(&e),
+                www_authenticate: None,
+            });
+        }
+    };
+    if res.url().as_str() != p.url
+        && let Some(tail) = p.url.strip_prefix(&p.base_url)
+        && let Some(base) = res.url().as_str().strip_suffix(tail)
+    {
+        *lock(&p.redirect) = Some(base.to_owned());
+    }
+    let status = res.status();
+    if status.is_success() {
+        let mut headers = Vec::new();
+        for (name, value) in res.headers() {
+            headers.extend_from_slice(name.as_str().as_bytes());
+            headers.extend_from_slice(b": ");
+            headers.extend_from_slice(value.as_bytes());
+            headers.push(b'\n');
+        }
+        return Phase::Answered {
+            headers,
+            body: Some(res),
+        };
+    }
+    let retry_after = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    *lock(&p.refusal) = Some(Refusal {
+        status: status.as_u16(),
+        retry_after,
+    });
+    // gix's wording, so messages read the same whichever backend produced them.
+    let message = format!("Received HTTP status {}", status.as_str());
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        let values = res
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| BString::from(v.as_bytes()))
+            .collect();
+        return Phase::Failed(Failed {
+            kind: io::ErrorKind::PermissionDenied,
+            message,
+            www_authenticate: Some(values),
+        });
+    }
+    let kind = if status.is_server_error() {
+        io::ErrorKind::ConnectionAborted
+    } else {
+        io::ErrorKind::Other
+    };
+    Phase::Failed(Failed {
+        kind,
+        message,
+        www_authenticate: None,
+    })
+}
+
+/// Where gix writes the request body; it is sent when the answer is first read.
+pub struct PostBody(Arc<Mutex<Phase>>);
+
+impl Write for PostBody {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut *lock(&self.0) {
+            Phase::Pending(Pending {
+                body: Some(body), ..
+            }) => {
+                body.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            _ => Err(io::Error::other(
+                "the request was already sent; its body cannot grow",
+            )),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The answer's headers, one `name: value` line each.
+pub struct HeadersReader {
+    shared: Arc<Mutex<Phase>>,
+    lines: Option<io::Cursor<Vec<u8>>>,
+}
+
+impl HeadersReader {
+    fn new(shared: Arc<Mutex<Phase>>) -> Self {
+        Self {
+            shared,
+            lines: None,
+        }
+    }
+
+    fn lines(&mut self) -> io::Result<&mut io::Cursor<Vec<u8>>> {
+        if self.lines.is_none() {
+            let mut phase = lock(&self.shared);
+            send_if_pending(&mut phase);
+            let bytes = match &mut *phase {
+                Phase::Answered { headers, .. } => std::mem::take(headers),
+                Phase::Failed(f) => return Err(f.to_io()),
+                Phase::Pending(_) => Vec::new(),
+            };
+            drop(phase);
+            self.lines = Some(io::Cursor::new(bytes));
+        }
+        match self.lines.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(io::Error::other("headers unavailable")),
+        }
+    }
+}
+
+impl Read for HeadersReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.lines()?.read(buf)
+    }
+}
+
+impl BufRead for HeadersReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.lines()?.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if let Some(c) = self.lines.as_mut() {
+            c.consume(amt);
+        }
+    }
+}
+
+/// The answer's body, streamed.
+pub struct BodyReader {
+    shared: Arc<Mutex<Phase>>,
+    body: Option<io::BufReader<reqwest::blocking::Response>>,
+    /// Taken (or there was none): reads return end of file.
+    taken: bool,
+}
+
+impl BodyReader {
+    fn new(shared: Arc<Mutex<Phase>>) -> Self {
+        Self {
+            shared,
+            body: None,
+            taken: false,
+        }
+    }
+
+    fn body(&mut self) -> io::Result<Option<&mut io::BufReader<reqwest::blocking::Response>>> {
+        if !self.taken {
+            let mut phase = lock(&self.shared);
+            send_if_pending(&mut phase);
+            match &mut *phase {
+                Phase::Answered { body, .. } => {
+                    self.body = body
+                        .take()
+                        .map(|r| io::BufReader::with_capacity(BODY_BUFFER, r));
+                }
+                Phase::Failed(f) => return Err(f.to_io()),
+                Phase::Pending(_) => {}
+            }
+            self.taken = true;
+        }
+        Ok(self.body.as_mut())
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.body()? {
+            Some(b) => b.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+impl BufRead for BodyReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self.body()? {
+            Some(b) => b.fill_buf(),
+            None => Ok(&[]),
+        }
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if let Some(b) = self.body.as_mut() {
+            b.consume(amt);
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let part = err.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        source = err.source();
+    }
+    s
+}
+
+/// `Retry-After: <seconds>` or `Retry-After: <IMF-fixdate>` (RFC 9110 §10.2.3), as a wait
+/// from `now`. A date in the past means no wait; anything else unreadable is `None`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let at = parse_imf_fixdate(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
+    let (_, rest) = s.split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':');
+    let (h, m, sec): (u64, u64, u64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    if parts.next()? != "GMT" || parts.next().is_some() || !(1..=31).contains(&day) {
+        return None;
+    }
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, i64::try_from(day).ok()?);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_7_3_retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_700);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(77))
+        );
+        assert_eq!(
+            parse_retry_after(
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                now + Duration::from_secs(100)
+            ),
+            Some(Duration::ZERO),
+            "a date in the past means no wait"
+        );
+        for bad in [
+            "",
+            "-1",
+            "soon",
+            "1.5",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
+}
