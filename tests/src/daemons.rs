@@ -75,12 +75,22 @@ impl Proc {
         *slot = Some(child);
     }
 
-    /// Send SIGTERM and wait up to `timeout` for the exit; `None` if it did not exit.
-    pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
+    /// Send `signal` to the running process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = self
             .pid()
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok()?;
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            .unwrap_or_else(|| panic!("{} is not running", self.label));
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("kill {signal:?} {}: {e}", self.label));
+    }
+
+    /// Send SIGTERM and wait up to `timeout` for the exit; `None` if it did not exit.
+    pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
+        if !self.is_running() {
+            return self.exited();
+        }
+        self.signal(rustix::process::Signal::TERM);
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.exited() {
@@ -527,13 +537,29 @@ pub struct Fleet {
 impl Fleet {
     /// Write `repos` (id → URL) into a new index, start the coordinator and `n` workers.
     pub fn start(label: &str, repos: &BTreeMap<String, String>, n: usize) -> Self {
+        Self::start_with(label, repos, n, |yaml, _| yaml)
+    }
+
+    /// [`Fleet::start`] with the coordinator's standard config changed by
+    /// `edit(yaml, root dir)`.
+    pub fn start_with(
+        label: &str,
+        repos: &BTreeMap<String, String>,
+        n: usize,
+        edit: impl FnOnce(String, &Path) -> String,
+    ) -> Self {
         let root = TestDir::new(label);
         let index = Index::create(&root.path().join("index"));
         for (id, url) in repos {
             index.put_url(id, url);
         }
         index.commit("add repos");
-        let coord = Coordinator::new(&root.path().join("coordinator"), index.path());
+        let coord = Coordinator::with_yaml(&root.path().join("coordinator"), |udp, http, state| {
+            edit(
+                Coordinator::standard_yaml(udp, http, state, index.path()),
+                root.path(),
+            )
+        });
         let token = coord.join_token();
         coord.start_ready();
         let mut fleet = Self {

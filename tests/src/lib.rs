@@ -11,6 +11,7 @@ pub mod http;
 
 pub use daemons::{Coordinator, Fleet, Proc, Worker};
 pub use git::{GitDaemon, Index, git, ls_remote, mirror_refs};
+pub use rustix::process::Signal;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

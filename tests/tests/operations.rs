@@ -383,3 +383,66 @@ fn hand_off_emits_no_events() {
         new_events.len()
     );
 }
+
+// SPEC §9: `GET /` is an HTML status page for a person, `GET /metrics` Prometheus text.
+#[test]
+fn status_page_and_metrics_are_served() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("page", 3);
+    let fleet = Fleet::start("page", &repos, 1);
+    fleet.wait_settled(SETTLE);
+    let (status, body) = fleet.coord.get("/").unwrap();
+    assert_eq!(status, 200, "GET /: {body}");
+    assert!(body.to_ascii_lowercase().contains("<html"), "GET /: {body}");
+    let (status, body) = fleet.coord.get("/metrics").unwrap();
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    assert!(
+        body.lines().any(|l| l.starts_with("# TYPE ")),
+        "GET /metrics: {body}"
+    );
+}
+
+// SPEC §9: `GET /api/events?since=SEQ&wait=SECS` long-polls until an event arrives.
+#[test]
+fn events_long_poll_waits_for_the_next_event() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("longpoll", 3);
+    let fleet = Fleet::start("longpoll", &repos, 1);
+    fleet.wait_settled(SETTLE);
+    let last = fleet
+        .coord
+        .events(0)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let port = fleet.coord.http_port;
+    let long_poll = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = gitmirror_tests::http::get_json(port, &format!("/api/events?since={last}&wait=25"));
+        (r, start.elapsed())
+    });
+
+    let id = repos.keys().next().unwrap();
+    daemon.commit(repo_name(id), "master");
+    let (status, body) = fleet
+        .coord
+        .post(&format!("/api/repos/{id}/fetch"), "")
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+
+    let (answer, took) = long_poll.join().unwrap();
+    let answer = answer.unwrap();
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|e| str_field(e, "repo") == *id && str_field(e, "kind") == "updated"),
+        "long poll answered after {took:?} without the update: {answer}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "long poll answered after {took:?}"
+    );
+}
