@@ -4,7 +4,9 @@
 
 use gitmirror_tests::daemons::{SETTLE, str_field};
 use gitmirror_tests::git::{repo_name, try_mirror_refs};
-use gitmirror_tests::{Fleet, GitDaemon, POLL_INTERVAL, mark_mirror, same_mirror, wait_for};
+use gitmirror_tests::{
+    Fleet, GitDaemon, POLL_INTERVAL, fetch_deadline, mark_mirror, same_mirror, wait_for,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -445,4 +447,64 @@ fn events_long_poll_waits_for_the_next_event() {
         took < Duration::from_secs(20),
         "long poll answered after {took:?}"
     );
+}
+
+// SPEC §7.5: below `disk.min_free` no new clone starts but fetches go on; the repo shows
+// `waiting` and the worker's status says disk; cloning resumes when space returns (here:
+// when the threshold is lowered again and the worker restarted).
+#[test]
+fn low_disk_holds_clones_but_not_fetches() {
+    let daemon = GitDaemon::shared();
+    let created = Instant::now();
+    let mut repos = daemon.repo_set("disk", 4);
+    let mut fleet = Fleet::start("disk", &repos, 1);
+    fleet.wait_settled(SETTLE);
+
+    // No disk has 100000 TiB free.
+    let w = &fleet.workers[0];
+    let normal = std::fs::read_to_string(&w.config).unwrap();
+    w.kill();
+    std::fs::write(&w.config, format!("{normal}disk:\n  min_free: 100000T\n")).unwrap();
+    w.start();
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+
+    let extra = daemon.repo_set("disknew", 1);
+    let (new_id, new_url) = extra.iter().next().unwrap();
+    fleet.index.put_url(new_id, new_url);
+    fleet.index.commit("one more");
+    let old_id = repos.keys().next().unwrap().clone();
+    let commit = daemon.commit(repo_name(&old_id), "master");
+
+    let path = fleet.workers[0].mirror_path(&old_id);
+    wait_for(fetch_deadline(created), "fetch despite low disk", || {
+        let refs = try_mirror_refs(&path)?;
+        (refs.get("refs/heads/master") == Some(&commit))
+            .then_some(())
+            .ok_or_else(|| format!("{refs:?}"))
+    });
+    wait_for(Duration::from_secs(20), "new repo waiting on disk", || {
+        let r = fleet.coord.repo(new_id)?;
+        let w = fleet.api_worker(0)?;
+        if str_field(&r, "state") == "waiting"
+            && w["status"].to_string().to_lowercase().contains("disk")
+        {
+            Ok(())
+        } else {
+            Err(format!("repo {r}; worker {w}"))
+        }
+    });
+    assert!(
+        !fleet.workers[0].has_mirror(new_id),
+        "cloned despite low disk"
+    );
+    let status = fleet.coord.status().unwrap();
+    assert_eq!(status["repos"]["waiting"], 1, "{status}");
+
+    let w = &fleet.workers[0];
+    w.kill();
+    std::fs::write(&w.config, normal).unwrap();
+    w.start();
+    repos.extend(extra.clone());
+    fleet.repos = repos;
+    fleet.wait_settled(SETTLE);
 }
