@@ -615,3 +615,27 @@ fn file_urls_when_allowed() {
     assert_eq!(ids(&ix.poll(true).unwrap().added), ["a/f/f", "a/p/p"]);
     assert!(ix.status()[0].rejected.is_empty());
 }
+
+// SPEC §3.3: an index repository owned by another user (e.g. root, while the coordinator
+// runs as `gitmirror`) is still read; git would refuse it as "dubious ownership" unless told.
+#[test]
+fn index_owned_by_another_user_is_read() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to hand the index to another user");
+        return;
+    }
+    let repo = numbered_index(3);
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(repo.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let state = tempfile::tempdir().unwrap();
+    let mut ix =
+        Indexes::open(vec![source("up", &repo.url())], settings(state.path(), 5.0)).unwrap();
+    let delta = ix.poll(true).unwrap();
+    let st = &ix.status()[0];
+    assert_eq!(st.last_error, None);
+    assert_eq!(delta.added.len(), 3, "{st:?}");
+}

@@ -193,6 +193,7 @@ impl Indexes {
     pub fn open(sources: Vec<IndexSource>, settings: IndexSettings) -> Result<Self, IndexError> {
         check_names(&sources)?;
         statefile::ensure_dir(&settings.dir)?;
+        source::write_git_config(&settings.dir)?;
         let applied: Applied =
             statefile::read_json(&settings.dir.join(STATE_FILE), STATE_KIND, STATE_VERSION)?
                 .unwrap_or_default();

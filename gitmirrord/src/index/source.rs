@@ -266,6 +266,26 @@ fn cat_blobs(repo: &Path, oids: &[&str]) -> Result<HashMap<String, Vec<u8>>, Str
     Ok(blobs)
 }
 
+/// Name of the git config file in the index state directory that every git command on an
+/// index clone `<dir>/<name>.git` runs with (`GIT_CONFIG_GLOBAL`).
+const GIT_CONFIG: &str = "gitconfig";
+
+/// Write `<dir>/gitconfig`, used for every git command on the index clones. It trusts index
+/// repositories owned by another user (an index directory maintained by root or a CI
+/// user): git refuses to read those ("dubious ownership") unless `safe.directory` says so,
+/// and git honours that key only in global or system config. The operator's own global
+/// config is included first, so proxies and credential helpers still apply.
+pub fn write_git_config(dir: &Path) -> Result<(), gitmirror_common::statefile::StateError> {
+    let path = dir.join(GIT_CONFIG);
+    let mut text = String::from("# Written by gitmirrord for its index git commands.\n");
+    if let Some(home) = std::env::var_os("HOME") {
+        let user = Path::new(&home).join(".gitconfig");
+        text.push_str(&format!("[include]\n\tpath = {}\n", user.display()));
+    }
+    text.push_str("[safe]\n\tdirectory = *\n");
+    gitmirror_common::statefile::write_atomic(&path, text.as_bytes(), 0o644)
+}
+
 fn os(s: &str) -> OsString {
     OsString::from(s)
 }
@@ -302,6 +322,11 @@ fn git(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(config) = repo.and_then(Path::parent).map(|d| d.join(GIT_CONFIG))
+        && config.is_file()
+    {
+        cmd.env("GIT_CONFIG_GLOBAL", config);
+    }
     let what = {
         let words: Vec<_> = args.iter().take(2).map(|a| a.to_string_lossy()).collect();
         format!("git {}", words.join(" "))
