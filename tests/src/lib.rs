@@ -49,6 +49,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A temp dir for one test: removed when dropped normally, kept (and its path printed)
 /// when dropped during a panic, so a failing test leaves its logs and mirrors behind.
+/// `GITMIRROR_E2E_KEEP=1` keeps every one.
 pub struct TestDir {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
@@ -81,11 +82,12 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking()
+        let keep_always = std::env::var_os("GITMIRROR_E2E_KEEP").is_some();
+        if (std::thread::panicking() || keep_always)
             && let Some(dir) = self.dir.take()
         {
             let kept = dir.keep();
-            eprintln!("test failed: keeping {}", kept.display());
+            eprintln!("keeping {}", kept.display());
         }
     }
 }
