@@ -31,6 +31,8 @@ fn workers_outlive_a_coordinator_crash_and_reconnect() {
     let before = identities(&fleet.coord.workers().unwrap());
     assert_eq!(before.len(), 3, "{before:?}");
 
+    let events_before = fleet.coord.events(0).unwrap();
+    assert!(!events_before.is_empty());
     fleet.coord.kill();
 
     // While it is down, an upstream change still reaches the mirror.
@@ -70,6 +72,16 @@ fn workers_outlive_a_coordinator_crash_and_reconnect() {
     let owners_after = fleet.wait_settled(SETTLE);
     assert_eq!(owners_after, owners, "owners changed across the restart");
     fleet.check_mirrors(&owners_after).unwrap();
+
+    // SPEC §10: no acknowledged event is lost; they keep their numbers.
+    let events_after = fleet.coord.events(0).unwrap();
+    assert!(
+        events_after.len() >= events_before.len()
+            && events_after[..events_before.len()] == events_before[..],
+        "events before the crash are not a prefix of those after: {} before, {} after",
+        events_before.len(),
+        events_after.len()
+    );
 
     // The outcome fetched while it was down arrives as an event.
     wait_for(

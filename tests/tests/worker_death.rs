@@ -29,6 +29,15 @@ fn dead_worker_repos_move_and_come_back_to_its_mirrors() {
         })
         .collect();
 
+    let last_seq = fleet
+        .coord
+        .events(0)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+
     fleet.workers[victim].kill();
 
     // Declared dead after suspect_after + dead_after (3 s + 4 s), with slack.
@@ -80,4 +89,16 @@ fn dead_worker_repos_move_and_come_back_to_its_mirrors() {
         same_mirror(&fleet.workers[victim].mirror_path(id), *ino)
             .unwrap_or_else(|e| panic!("{id} was re-cloned on return: {e}"));
     }
+
+    // SPEC §8: no upstream ref changed during all this, so no event (a re-homed repo's
+    // clone and the return are not ref changes).
+    let events = fleet.coord.events(last_seq).unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {} by worker {}", e["kind"], e["repo"], e["worker"]))
+        .collect();
+    assert!(
+        events.is_empty(),
+        "events without any upstream change: {summary:#?}"
+    );
 }
