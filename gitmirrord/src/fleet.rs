@@ -13,6 +13,7 @@
 
 use crate::events::{EventDraft, EventKind, RefUpdate};
 use crate::index::{Delta, Entry};
+use crate::metrics::FetchStats;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
@@ -94,6 +95,39 @@ pub struct RepoStatus {
     pub last_error: Option<LastError>,
     pub refs: Option<u32>,
     pub last_result: Option<LastResult>,
+    /// Digest of the refs published in events for this repo (see [`refs_digest`]), kept
+    /// across owners: a new owner's clone with the same digest is a hand-off, not news.
+    /// `None` until the first clone is published.
+    #[serde(default)]
+    pub published: Option<u64>,
+}
+
+/// An order-independent digest of a ref set: the wrapping sum of a hash per `(name, id)`,
+/// so it is updated from deltas without keeping the refs (8 bytes per repo).
+fn ref_hash(name: &str, id: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(id.as_bytes());
+    h.digest()
+}
+
+/// Digest of the refs a clone reports (every ref created).
+pub fn refs_digest(changes: &[gitmirror_wire::RefChange]) -> u64 {
+    apply_digest(0, changes)
+}
+
+/// The digest after applying ref changes to the set it describes.
+fn apply_digest(mut d: u64, changes: &[gitmirror_wire::RefChange]) -> u64 {
+    for c in changes {
+        if let Some(old) = &c.old {
+            d = d.wrapping_sub(ref_hash(&c.name, old));
+        }
+        if let Some(new) = &c.new {
+            d = d.wrapping_add(ref_hash(&c.name, new));
+        }
+    }
+    d
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -287,6 +321,8 @@ pub struct Fleet {
     saved: HashMap<String, SavedRepo>,
     registry_dirty: bool,
     repos_dirty: bool,
+    /// Outcome counters and durations since start, for `GET /metrics`.
+    stats: FetchStats,
 }
 
 impl Fleet {
@@ -330,6 +366,7 @@ impl Fleet {
             saved,
             registry_dirty: false,
             repos_dirty: false,
+            stats: FetchStats::default(),
         };
         fleet.recompute_owners();
         fleet
@@ -591,59 +628,95 @@ impl Fleet {
         report
     }
 
+    /// Apply one outcome to the repo's status; returns the event it makes, if any.
+    ///
+    /// Events (design.md "Events"): only the repo's current owner makes them. During a
+    /// hand-off the old holder keeps fetching; its outcomes update the holders and the
+    /// change time, but the same upstream change also reaches the new owner's mirror,
+    /// whose clone or fetch reports it, so one upstream change gives one event. A clone
+    /// whose refs equal the refs already published for the repo (a planned hand-off or a
+    /// failover with no upstream change) makes no event: see [`RepoStatus::published`].
     fn apply_outcome(&mut self, uuid: Uuid, worker_id: u32, o: &Outcome) -> Option<EventDraft> {
         let success = matches!(o.result, FetchResult::Cloned | FetchResult::Fetched);
+        let cloned = matches!(o.result, FetchResult::Cloned);
         let changed = success && !o.changes.is_empty();
-        if let Some(repo) = self.repos.get_mut(&o.repo) {
-            if success && let Some(m) = repo.holders.get_mut(&uuid) {
-                *m = true;
+        self.stats.record(o);
+        let Some(repo) = self.repos.get_mut(&o.repo) else {
+            // Removed from the index meanwhile: no owner, so no event.
+            return None;
+        };
+        let by_owner = repo.owner == Some(uuid);
+        if success && let Some(m) = repo.holders.get_mut(&uuid) {
+            *m = true;
+        }
+        let st = &mut repo.status;
+        let mut publish = false;
+        if by_owner {
+            if st.by != Some(uuid) {
+                *st = RepoStatus {
+                    by: Some(uuid),
+                    last_success_ms: st.last_success_ms,
+                    last_change_ms: st.last_change_ms,
+                    published: st.published,
+                    ..RepoStatus::default()
+                };
             }
-            let st = &mut repo.status;
-            if repo.owner == Some(uuid) {
-                if st.by != Some(uuid) {
-                    *st = RepoStatus {
-                        by: Some(uuid),
-                        last_success_ms: st.last_success_ms,
-                        last_change_ms: st.last_change_ms,
-                        ..RepoStatus::default()
-                    };
+            st.next_due_ms = Some(o.next_due_ms);
+            match &o.result {
+                FetchResult::Waiting { reason } => {
+                    st.last_result = Some(LastResult::Waiting(bounded(reason, MAX_ERROR_LEN)));
                 }
-                st.next_due_ms = Some(o.next_due_ms);
-                match &o.result {
-                    FetchResult::Waiting { reason } => {
-                        st.last_result = Some(LastResult::Waiting(bounded(reason, MAX_ERROR_LEN)));
-                    }
-                    result => {
-                        st.fetches += 1;
-                        st.last_fetch_ms = Some(o.finished_ms);
-                        st.refs = Some(o.ref_count);
-                        if let FetchResult::Failed { class, message } = result {
-                            st.failures += 1;
-                            let class = ErrorClass::from(*class);
-                            st.last_error = Some(LastError {
-                                class,
-                                message: bounded(message, MAX_ERROR_LEN),
-                                time_ms: o.finished_ms,
-                            });
-                            st.last_result = Some(LastResult::Failed(class));
-                        } else {
-                            st.last_success_ms = Some(o.finished_ms);
-                            st.last_result = Some(LastResult::Ok);
-                        }
+                result => {
+                    st.fetches += 1;
+                    st.last_fetch_ms = Some(o.finished_ms);
+                    st.refs = Some(o.ref_count);
+                    if let FetchResult::Failed { class, message } = result {
+                        st.failures += 1;
+                        let class = ErrorClass::from(*class);
+                        st.last_error = Some(LastError {
+                            class,
+                            message: bounded(message, MAX_ERROR_LEN),
+                            time_ms: o.finished_ms,
+                        });
+                        st.last_result = Some(LastResult::Failed(class));
+                    } else {
+                        st.last_success_ms = Some(o.finished_ms);
+                        st.last_result = Some(LastResult::Ok);
                     }
                 }
             }
             if changed {
-                st.last_change_ms = Some(st.last_change_ms.unwrap_or(0).max(o.finished_ms));
-            }
-            if success {
-                reconcile(&o.repo, repo, &mut self.out);
+                if cloned {
+                    // A clone lists every ref: compare the whole set with what was published.
+                    let digest = refs_digest(&o.changes);
+                    publish = st.published != Some(digest);
+                    st.published = Some(digest);
+                    if !publish {
+                        tracing::debug!(
+                            repo = %o.repo,
+                            "worker {worker_id} cloned the refs already published: no event"
+                        );
+                    }
+                } else {
+                    if let Some(d) = &mut st.published {
+                        *d = apply_digest(*d, &o.changes);
+                    }
+                    publish = true;
+                }
             }
         }
-        if !changed {
+        // A fetch that changed refs saw upstream change, whoever holds the mirror; a clone
+        // only counts when it is news.
+        if (changed && !cloned) || publish {
+            st.last_change_ms = Some(st.last_change_ms.unwrap_or(0).max(o.finished_ms));
+        }
+        if success {
+            reconcile(&o.repo, repo, &mut self.out);
+        }
+        if !publish {
             return None;
         }
-        let kind = if matches!(o.result, FetchResult::Cloned) {
+        let kind = if cloned {
             EventKind::Cloned
         } else if o.ref_count == 0 && o.changes.iter().all(|c| c.new.is_none()) {
             EventKind::Removed
@@ -796,6 +869,11 @@ impl Fleet {
 
     pub fn repo(&self, id: &str) -> Option<&Repo> {
         self.repos.get(id)
+    }
+
+    /// Outcomes counted since start (duplicates excluded).
+    pub fn fetch_stats(&self) -> &FetchStats {
+        &self.stats
     }
 
     /// Whether the worker is connected and in sync.

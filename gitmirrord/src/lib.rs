@@ -10,6 +10,7 @@ pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod poller;
 pub mod registry;
 pub mod ring;

@@ -531,6 +531,12 @@ fn duplicate_outcome_makes_no_second_event() {
     // Within one batch too.
     let mut o2 = o.clone();
     o2.report_id += 1;
+    o2.result = FetchResult::Fetched;
+    o2.changes = vec![RefChange {
+        name: "refs/heads/main".into(),
+        old: Some("aa".into()),
+        new: Some("bb".into()),
+    }];
     let r3 = sim
         .fleet
         .outcomes(uuid(1), &[o2.clone(), o2.clone()], sim.now);
@@ -768,4 +774,158 @@ fn hundred_thousand_repos_recompute_quickly() {
     let join = t.elapsed();
     eprintln!("100k repos: build + 5 joins {built:?}, one more join {join:?}");
     assert!(join < Duration::from_secs(10), "{join:?}");
+}
+
+fn change(name: &str, old: Option<&str>, new: Option<&str>) -> RefChange {
+    RefChange {
+        name: name.into(),
+        old: old.map(Into::into),
+        new: new.map(Into::into),
+    }
+}
+
+/// SPEC §8, design.md "Events": only the current owner makes events. During a planned
+/// hand-off the old holder's outcomes update the status but make no event, and the new
+/// owner's clone of unchanged refs makes none either; an upstream change during the
+/// hand-off gives exactly one event (from the new owner).
+#[test]
+fn hand_off_events_come_from_the_owner_only() {
+    let mut sim = Sim::new(200);
+    sim.join(10);
+    sim.clone_all();
+    assert_eq!(sim.events.len(), 200, "one cloned event per repo");
+    assert!(sim.events.iter().all(|e| e.kind == EventKind::Cloned));
+    sim.events.clear();
+
+    sim.join(20);
+    let moved: Vec<String> = sim
+        .fleet
+        .repos()
+        .iter()
+        .filter(|(_, r)| r.owner == Some(uuid(20)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(moved.len() > 10, "{} moved", moved.len());
+    let (quiet, busy) = moved.split_at(moved.len() / 2);
+
+    // The old holder sees an upstream change of the busy repos: status, but no event.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&10).unwrap();
+    let batch: Vec<Outcome> = busy
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Fetched, now);
+            o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+            o
+        })
+        .collect();
+    let rep = sim.fleet.outcomes(uuid(10), &batch, now);
+    assert!(
+        rep.events.is_empty(),
+        "old holder made events: {:?}",
+        rep.events
+    );
+    sim.fleet.recorded(uuid(10), rep.upto);
+    assert_eq!(
+        sim.fleet.repo(&busy[0]).unwrap().status.last_change_ms,
+        Some(now),
+        "the change is still seen"
+    );
+
+    // The new owner clones: the quiet repos are unchanged (no event), the busy ones
+    // carry the change (one event each).
+    sim.report(20, quiet, FetchResult::Cloned);
+    assert!(
+        sim.events.is_empty(),
+        "hand-off clone made events: {:?}",
+        sim.events
+    );
+    let now = sim.now;
+    let w = sim.workers.get_mut(&20).unwrap();
+    let batch: Vec<Outcome> = busy
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Cloned, now);
+            o.changes = vec![change("refs/heads/main", None, Some("bb"))];
+            o
+        })
+        .collect();
+    let mut rep = sim.fleet.outcomes(uuid(20), &batch, now);
+    sim.fleet.recorded(uuid(20), rep.upto);
+    sim.deliver(std::mem::take(&mut rep.sends));
+    assert_eq!(rep.events.len(), busy.len());
+    assert!(
+        rep.events
+            .iter()
+            .all(|e| e.worker == 1 && e.source == uuid(20))
+    );
+    sim.assert_settled();
+
+    // From now on the new owner's fetches are events as usual.
+    let w = sim.workers.get_mut(&20).unwrap();
+    let mut o = w.outcome(&busy[0], FetchResult::Fetched, now);
+    o.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
+    let rep = sim.fleet.outcomes(uuid(20), &[o], now);
+    assert_eq!(rep.events.len(), 1);
+    assert_eq!(rep.events[0].kind, EventKind::Updated);
+}
+
+/// SPEC §8: after a failover the new owner's clone of unchanged refs is no news either,
+/// while a clone with other refs is; the digest survives a save and load.
+#[test]
+fn failover_clone_is_an_event_only_when_refs_differ() {
+    let mut sim = Sim::new(50);
+    sim.join(1);
+    sim.clone_all();
+    let first = sim.events.len();
+    assert_eq!(first, 50);
+    let saved = sim.fleet.repos_file();
+    let json = serde_json::to_string(&saved).unwrap();
+    let back: ReposFile = serde_json::from_str(&json).unwrap();
+    let digests: Vec<Option<u64>> = back.repos.values().map(|r| r.status.published).collect();
+    assert!(digests.iter().all(|d| d.is_some()));
+    sim.join(2);
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    let ids: Vec<String> = sim.workers[&2].held.keys().cloned().collect();
+    assert_eq!(ids.len(), 50, "the survivor holds everything");
+    let (same, other) = ids.split_at(25);
+    sim.report(2, same, FetchResult::Cloned);
+    assert_eq!(sim.events.len(), first, "unchanged refs: no event");
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let batch: Vec<Outcome> = other
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Cloned, now);
+            o.changes.push(change("refs/tags/v2", None, Some("dd")));
+            o
+        })
+        .collect();
+    let rep = sim.fleet.outcomes(uuid(2), &batch, now);
+    assert_eq!(rep.events.len(), 25);
+    assert!(rep.events.iter().all(|e| e.kind == EventKind::Cloned));
+}
+
+#[test]
+fn digest_follows_deltas() {
+    let full = [
+        change("refs/heads/a", None, Some("1")),
+        change("refs/heads/b", None, Some("2")),
+    ];
+    let d = refs_digest(&full);
+    let after = apply_digest(
+        d,
+        &[
+            change("refs/heads/a", Some("1"), Some("3")),
+            change("refs/heads/b", Some("2"), None),
+            change("refs/tags/t", None, Some("4")),
+        ],
+    );
+    let direct = refs_digest(&[
+        change("refs/tags/t", None, Some("4")),
+        change("refs/heads/a", None, Some("3")),
+    ]);
+    assert_eq!(after, direct, "order-independent and delta-consistent");
+    assert_ne!(d, direct);
 }
