@@ -1,6 +1,6 @@
 //! `kill -9` of the coordinator while the workers run.
 
-use gitmirror_tests::daemons::{SETTLE, str_field};
+use gitmirror_tests::daemons::{DEAD_AFTER_TOTAL, SETTLE, str_field};
 use gitmirror_tests::git::{repo_name, try_mirror_refs};
 use gitmirror_tests::{Fleet, GitDaemon, fetch_deadline, wait_for};
 use serde_json::Value;
@@ -107,4 +107,39 @@ fn workers_outlive_a_coordinator_crash_and_reconnect() {
             }
         },
     );
+}
+
+// SPEC §6 and §10: a coordinator restarted from its state must not trust the persisted
+// "alive": a worker that does not come back is declared dead after `dead_after` and its
+// repos move to the workers that did.
+#[test]
+fn worker_missing_after_coordinator_restart_is_declared_dead() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("absent", 30);
+    let fleet = Fleet::start("absent", &repos, 3);
+    fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
+    let before = fleet.wait_settled(SETTLE);
+
+    fleet.coord.kill();
+    fleet.workers[2].kill();
+    fleet.coord.start_ready();
+    fleet.wait_alive(&[0, 1], Duration::from_secs(45));
+    wait_for(
+        DEAD_AFTER_TOTAL + Duration::from_secs(20),
+        "the absent worker declared dead",
+        || {
+            let w = fleet.api_worker(2)?;
+            (str_field(&w, "state") == "dead")
+                .then_some(())
+                .ok_or_else(|| w.to_string())
+        },
+    );
+    let after = fleet.wait_settled(SETTLE);
+    for (id, &owner) in &before {
+        if owner == 2 {
+            assert_ne!(after[id], 2, "{id}");
+        } else {
+            assert_eq!(after[id], owner, "{id} moved although its owner lives");
+        }
+    }
 }
