@@ -53,6 +53,8 @@ pub const REPACK_AT: usize = 16;
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// How long an HTTP request may wait for an answer, or a read for more of it, by default.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(300);
+/// gix's own connect timeout for `git://`.
+const GIT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The newest commit among at most this many branch tips dates a new clone.
 const MAX_DATED_TIPS: usize = 1000;
 const MIRROR_REFSPEC: &str = "+refs/*:refs/*";
@@ -289,6 +291,7 @@ impl Mirrors {
         };
         let refusals: Arc<Mutex<Option<RefusalSink>>> = Arc::new(Mutex::new(None));
         let sink = refusals.clone();
+        let io_timeout = self.io_timeout;
         let prepare = gix::clone::PrepareFetch::new(
             parsed,
             tmp,
@@ -304,12 +307,17 @@ impl Mirrors {
             })
             .configure_connection(move |conn| {
                 conn.set_credentials(no_credentials);
-                if let Some(client) = &http
-                    && let Some(url) = conn.remote().url(gix::remote::Direction::Fetch).cloned()
-                {
+                let Some(url) = conn.remote().url(gix::remote::Direction::Fetch).cloned() else {
+                    return Ok(());
+                };
+                if let Some(client) = &http {
                     let session = client.session();
                     *lock(&sink) = Some(session.refusals());
                     *conn.transport_mut() = Box::new(http_transport(session, url));
+                } else if url.scheme == gix::url::Scheme::Git {
+                    // gix has already connected without timeouts; use ours instead.
+                    *conn.transport_mut() = git_transport(&url, io_timeout)
+                        .map_err(|e| gix::Error::from_error(io::Error::other(e)))?;
                 }
                 Ok(())
             });
@@ -461,6 +469,10 @@ impl Mirrors {
                 remote.to_connection_with_transport(transport),
                 Some(refusals),
             )
+        } else if url.scheme == gix::url::Scheme::Git {
+            let transport = git_transport(&url, self.io_timeout)
+                .map_err(|e| Failure::new(FailureClass::Transient, e))?;
+            (remote.to_connection_with_transport(transport), None)
         } else {
             let c = remote
                 .connect(gix::remote::Direction::Fetch)
@@ -676,6 +688,53 @@ fn http_transport(
         gix::protocol::transport::Protocol::V2,
         false,
     )
+}
+
+/// A `git://` connection like gix's own, plus what it lacks: every address of the host is
+/// tried, small writes are not delayed (`TCP_NODELAY`: without it each request waits for a
+/// delayed ACK, ~40 ms per round trip), and a read or write waiting longer than
+/// `io_timeout` fails, so a server that accepts and then says nothing cannot hold a
+/// thread beyond that.
+fn git_transport(
+    url: &gix::Url,
+    io_timeout: Duration,
+) -> Result<Box<dyn Transport + Send>, String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let host = url
+        .host()
+        .ok_or_else(|| format!("{} has no host", url.to_bstring()))?;
+    let port = url.port.unwrap_or(9418);
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut last = format!("{host} has no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, GIT_CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                stream
+                    .set_read_timeout(Some(io_timeout))
+                    .and_then(|()| stream.set_write_timeout(Some(io_timeout)))
+                    .map_err(|e| format!("cannot set timeouts on a connection to {addr}: {e}"))?;
+                let write = stream
+                    .try_clone()
+                    .map_err(|e| format!("cannot clone the connection to {addr}: {e}"))?;
+                return Ok(Box::new(
+                    gix::protocol::transport::client::git::blocking_io::Connection::new(
+                        stream,
+                        write,
+                        gix::protocol::transport::Protocol::V2,
+                        url.path.clone(),
+                        Some((host.to_owned(), url.port)),
+                        gix::protocol::transport::client::git::ConnectMode::Daemon,
+                        false,
+                    ),
+                ));
+            }
+            Err(e) => last = format!("could not connect to git server {addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// A mirror never asks anyone for credentials (no terminal, no helpers): an upstream that

@@ -1,12 +1,19 @@
-//! SPEC §7.1: bare mirrors cloned and fetched with gix from a real `git daemon`.
+//! SPEC §7.1–§7.3: bare mirrors cloned, fetched, healed and maintained, against a real
+//! `git daemon`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::proxy::Proxy;
 use common::{GitDaemon, Upstream, git, local_refs, ls_remote};
-use gitmirror_worker::mirror::Mirrors;
+use gitmirror_wire::FailureClass;
+use gitmirror_worker::mirror::{self, Mirrors};
 use gitmirror_worker::state::{Refs, ref_changes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
 
 fn no_interrupt() -> AtomicBool {
     AtomicBool::new(false)
@@ -268,10 +275,136 @@ fn spec_7_1_drop_deletes_or_trashes() {
     assert!(!root.path().join("a").exists());
 }
 
-/// SPEC §7.1: mirrors stay compact — every fetch that brings data adds a pack, and the
-/// worker repacks before there are more than 50.
+fn packs(mirror: &Path) -> Vec<String> {
+    std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn pack_count(mirror: &Path) -> usize {
+    packs(mirror)
+        .iter()
+        .filter(|n| n.ends_with(".pack"))
+        .count()
+}
+
+/// SPEC §7.1: mirrors stay compact. 200 upstream commits, each followed by a fetch (each
+/// brings a pack), with maintenance whenever the worker would run it: never more than 50
+/// packs, no stray `.keep`, `git fsck` clean, refs equal to the upstream's.
 #[test]
-fn spec_7_1_pack_count_stays_bounded() {
+fn spec_7_1_two_hundred_fetches_stay_compact_and_fsck_clean() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "busy");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("busy");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    m.clone_new("b/busy/busy", &url, &no_interrupt()).unwrap();
+    let path = m.path("b/busy/busy");
+    let (mut most, mut maintained) = (0, 0);
+    let started = Instant::now();
+    for i in 0..200 {
+        upstream.commit(&format!("commit {i}"));
+        let f = m.fetch("b/busy/busy", &url, &no_interrupt()).unwrap();
+        let n = f.packs.expect("a fetch that brought data counts packs");
+        assert_eq!(n, pack_count(&path));
+        most = most.max(n);
+        // The worker's policy (run.rs): maintenance once a fetch leaves REPACK_AT packs.
+        if n >= mirror::REPACK_AT {
+            let r = m
+                .maintain("b/busy/busy", &url, i % 50 == 0, &no_interrupt())
+                .unwrap();
+            assert!(r.packs_after < r.packs_before, "{r:?}");
+            assert!(r.recloned.is_none(), "{r:?}");
+            maintained += 1;
+        }
+    }
+    eprintln!(
+        "200 fetches in {:.1} s, {maintained} maintenance passes, at most {most} packs, {} now",
+        started.elapsed().as_secs_f32(),
+        pack_count(&path)
+    );
+    assert!(most <= 50, "at most 50 packs (saw {most})");
+    assert!(maintained >= 10);
+    assert!(!packs(&path).iter().any(|n| n.ends_with(".keep")));
+    assert_eq!(local_refs(&path), ls_remote(&url));
+    git(&path, &["fsck", "--no-progress", "--strict"]);
+    // Even without maintenance the bound holds: the fetch repacks past 50 packs itself.
+    let unmaintained = m.path("u/u/u");
+    m.clone_new("u/u/u", &url, &no_interrupt()).unwrap();
+    for i in 0..55 {
+        upstream.commit(&format!("more {i}"));
+        let f = m.fetch("u/u/u", &url, &no_interrupt()).unwrap();
+        assert!(f.packs.unwrap() <= 50);
+    }
+    assert!(pack_count(&unmaintained) <= 50);
+    git(&unmaintained, &["fsck", "--no-progress"]);
+}
+
+/// SPEC §7.2: a fetch with nothing new upstream is one ref listing: no `fetch` command
+/// reaches the server and nothing in the mirror is written. With a change, it fetches.
+#[test]
+fn spec_7_2_unchanged_upstream_costs_one_ref_listing() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let proxy = Proxy::start(daemon.port);
+    let url = format!("git://127.0.0.1:{}/abc", proxy.port);
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
+    let path = m.path("a/abc/abc");
+    let snapshot = |p: &Path| {
+        let mut files = Vec::new();
+        for dir in ["", "objects/pack", "refs", "refs/heads", "refs/tags"] {
+            if let Ok(rd) = std::fs::read_dir(p.join(dir)) {
+                for e in rd.flatten() {
+                    let meta = e.metadata().unwrap();
+                    files.push((e.path(), meta.len(), meta.modified().unwrap()));
+                }
+            }
+        }
+        files.sort();
+        files
+    };
+    let before = snapshot(&path);
+    proxy.clear();
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert_eq!(f.packs, None, "no pack negotiated");
+    let sent = proxy.client_bytes();
+    assert!(sent.contains("command=ls-refs"), "{sent:?}");
+    assert!(
+        !sent.contains("command=fetch"),
+        "no pack negotiation: {sent:?}"
+    );
+    assert_eq!(snapshot(&path), before, "nothing written");
+
+    upstream.commit("new");
+    proxy.clear();
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert!(f.packs.is_some());
+    assert!(proxy.client_bytes().contains("command=fetch"));
+    assert_eq!(f.refs, ls_remote(&url));
+}
+
+/// Backdate a file, as if left by a crash a while ago.
+fn age(path: &Path, by: Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - by)
+        .unwrap();
+}
+
+/// SPEC §7.3 "local": stale lock files left in a mirror (by a crash: `refs/heads/main.lock`,
+/// `packed-refs.lock`, `config.lock`) are removed and the fetch succeeds; a lock younger
+/// than a few seconds is left alone (someone may hold it) and the fetch fails `Local`.
+#[test]
+fn spec_7_3_stale_locks_are_removed() {
     let up = tempfile::tempdir().unwrap();
     let mut upstream = Upstream::create(up.path(), "abc");
     let daemon = GitDaemon::start(up.path());
@@ -280,27 +413,115 @@ fn spec_7_1_pack_count_stays_bounded() {
     let m = Mirrors::new(root.path().to_owned());
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
-    let packs = |p: &std::path::Path| {
-        std::fs::read_dir(p.join("objects/pack"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".pack")
-            })
-            .count()
-    };
     let path = m.path("a/abc/abc");
-    let mut most = 0;
-    for i in 0..55 {
-        upstream.commit(&format!("commit {i}"));
-        m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
-        most = most.max(packs(&path));
+    // A fresh lock on the branch that is about to change: not ours, maybe someone's.
+    std::fs::create_dir_all(path.join("refs/heads")).unwrap();
+    let main_lock = path.join("refs/heads/main.lock");
+    std::fs::write(&main_lock, b"").unwrap();
+    upstream.commit("needs the main ref");
+    git(&upstream.dir, &["branch", "-D", "dev"]); // prune needs packed-refs
+    let err = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap_err();
+    assert_eq!(err.class, FailureClass::Local, "{err}");
+    assert!(err.message.contains("main.lock"), "{err}");
+    assert!(main_lock.exists(), "a fresh lock is left alone");
+
+    // The same locks, left by a crash a minute ago.
+    let locks = [
+        main_lock,
+        path.join("packed-refs.lock"),
+        path.join("config.lock"),
+    ];
+    for l in &locks {
+        std::fs::write(l, b"").unwrap();
+        age(l, Duration::from_secs(60));
     }
-    assert!(most <= 50, "at most 50 packs after a fetch (saw {most})");
-    assert!(packs(&path) < 50);
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    for l in &locks {
+        assert!(!l.exists(), "{} removed", l.display());
+    }
+    assert!(f.repairs.len() >= 3, "{:?}", f.repairs);
+    assert_eq!(f.refs, ls_remote(&url));
     assert_eq!(local_refs(&path), ls_remote(&url));
     git(&path, &["fsck", "--no-progress"]);
+}
+
+/// SPEC §7.3 "local", §7.1: a corrupt mirror — a pack deleted, or a ref file holding
+/// garbage — is detected by the next fetch (even with nothing new upstream), cloned again
+/// into `.tmp/` and swapped in; a watcher sees a complete mirror at the final path at every
+/// look, the old one until the swap and the new one after.
+#[test]
+fn spec_7_3_corrupt_mirror_is_recloned_and_swapped_in() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
+    let path = m.path("a/abc/abc");
+
+    for corruption in ["delete the pack", "garbage in a ref"] {
+        match corruption {
+            "delete the pack" => {
+                for p in packs(&path) {
+                    if p.ends_with(".pack") {
+                        std::fs::remove_file(path.join("objects/pack").join(p)).unwrap();
+                    }
+                }
+            }
+            _ => {
+                std::fs::create_dir_all(path.join("refs/heads")).unwrap();
+                std::fs::write(path.join("refs/heads/main"), b"garbage\n").unwrap();
+                upstream.commit("and something new");
+            }
+        }
+        let before = std::fs::metadata(&path).unwrap().ino();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0u64;
+                let mut inodes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let meta = std::fs::metadata(&path).expect("a mirror at the final path");
+                    assert!(path.join("HEAD").is_file() && path.join("objects").is_dir());
+                    if inodes.last() != Some(&meta.ino()) {
+                        inodes.push(meta.ino());
+                    }
+                    looks += 1;
+                }
+                (looks, inodes)
+            })
+        };
+        let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (looks, inodes) = watcher.join().expect("the watcher never saw a gap");
+        let after = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(before, after, "{corruption}: swapped");
+        assert!(looks > 10, "{corruption}: watched {looks} times");
+        assert_eq!(
+            inodes.first(),
+            Some(&before),
+            "{corruption}: old mirror first"
+        );
+        assert!(inodes.len() <= 2, "{corruption}: one swap: {inodes:?}");
+        assert!(
+            f.repairs.iter().any(|r| r.contains("corrupt")),
+            "{corruption}: {:?}",
+            f.repairs
+        );
+        assert_eq!(f.refs, ls_remote(&url), "{corruption}");
+        assert_eq!(local_refs(&path), ls_remote(&url));
+        git(&path, &["fsck", "--no-progress"]);
+        assert_eq!(
+            git(&path, &["config", "remote.origin.mirror"]).trim(),
+            "true"
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
+            0,
+            "{corruption}: the old mirror is gone from .tmp"
+        );
+    }
 }

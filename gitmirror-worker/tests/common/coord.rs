@@ -139,7 +139,7 @@ impl Session {
     }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Vec<u8>> {
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Vec<u8>> {
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.ok()?;
     let mut body = vec![0u8; body_len(header).ok()?];

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 /// Run git in `dir`, panicking with its stderr on failure; returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
+    git_env(dir, args, &[])
+}
+
+/// [`git`] with extra environment variables.
+pub fn git_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -23,6 +28,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", dir)
+        .envs(env.iter().copied())
         .output()
         .expect("run git");
     assert!(
@@ -47,15 +53,27 @@ pub fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 pub struct Upstream {
     pub dir: PathBuf,
     counter: u32,
+    /// Author and committer date of new commits (git's format), `None` for now.
+    date: Option<String>,
 }
 
 impl Upstream {
     /// A repo with a few branches and both kinds of tags.
     pub fn create(base: &Path, name: &str) -> Self {
+        Self::create_dated(base, name, None)
+    }
+
+    /// Like [`Upstream::create`], every commit dated `date` (e.g. `2020-01-01T00:00:00Z`):
+    /// a repo nobody has touched for years.
+    pub fn create_dated(base: &Path, name: &str, date: Option<&str>) -> Self {
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "main"]);
-        let mut u = Self { dir, counter: 0 };
+        let mut u = Self {
+            dir,
+            counter: 0,
+            date: date.map(str::to_owned),
+        };
         u.commit("first");
         git(&u.dir, &["tag", "v1"]);
         git(&u.dir, &["tag", "-a", "v1-annotated", "-m", "annotated"]);
@@ -71,7 +89,14 @@ impl Upstream {
         self.counter += 1;
         std::fs::write(self.dir.join("file"), format!("{msg} {}\n", self.counter)).unwrap();
         git(&self.dir, &["add", "file"]);
-        git(&self.dir, &["commit", "-q", "-m", msg]);
+        match &self.date {
+            Some(d) => git_env(
+                &self.dir,
+                &["commit", "-q", "-m", msg],
+                &[("GIT_AUTHOR_DATE", d), ("GIT_COMMITTER_DATE", d)],
+            ),
+            None => git(&self.dir, &["commit", "-q", "-m", msg]),
+        };
         git(&self.dir, &["rev-parse", "HEAD"]).trim().to_owned()
     }
 }
@@ -100,6 +125,15 @@ fn parse_ref_lines(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `<git --exec-path>/git-daemon`.
+pub fn git_daemon_binary() -> PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("git-daemon")
+}
+
 /// A `git daemon` serving `base` on a free localhost port, killed on drop.
 pub struct GitDaemon {
     child: Child,
@@ -113,8 +147,14 @@ impl GitDaemon {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("git")
-            .arg("daemon")
+        Self::start_on(base, port)
+    }
+
+    /// Serve `base` on `port` (e.g. again after [`GitDaemon::stop`]).
+    pub fn start_on(base: &Path, port: u16) -> Self {
+        // The daemon binary itself: `git daemon` runs it as a child, which killing `git`
+        // would leave behind, still listening.
+        let child = Command::new(git_daemon_binary())
             .arg("--export-all")
             .arg(format!("--base-path={}", base.display()))
             .arg("--reuseaddr")
@@ -134,6 +174,19 @@ impl GitDaemon {
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}", self.port)
     }
+
+    /// Kill the daemon and wait until its port refuses connections.
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        wait_for(
+            "git daemon to stop listening",
+            Duration::from_secs(10),
+            || TcpStream::connect(("127.0.0.1", port)).is_err(),
+        );
+        port
+    }
 }
 
 impl Drop for GitDaemon {
@@ -143,3 +196,7 @@ impl Drop for GitDaemon {
     }
 }
 pub mod coord;
+pub mod harness;
+pub mod http;
+pub mod logs;
+pub mod proxy;
