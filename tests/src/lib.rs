@@ -4,6 +4,15 @@
 //! Everything here panics with a message that says what it was doing: these are tests.
 //! Waits never sleep for a condition; they poll it ([`wait_for`]) until a deadline and
 //! report the last state they saw.
+//!
+//! Run: `cargo build --bins && cargo test -p gitmirror-tests`. `GITMIRROR_BIN_DIR` points
+//! at other binaries; `GITMIRROR_E2E_KEEP=1` keeps every temp dir (a failing test always
+//! keeps its own and prints the path and the tail of each daemon's log).
+//!
+//! Layout of a test's temp dir (see [`Fleet`]): `index/` (the index repo),
+//! `coordinator/{gitmirrord.yaml,gitmirrord.log,state/}`, and per worker
+//! `w<N>/{gitmirror-worker.yaml,worker.log,mirrors/,state/}`. Upstream repos live in the
+//! shared [`GitDaemon`]'s own temp dir.
 
 pub mod daemons;
 pub mod git;
