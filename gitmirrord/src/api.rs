@@ -20,6 +20,8 @@ pub struct Answer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Headers besides the standard ones (e.g. `Retry-After`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Answer {
@@ -29,6 +31,7 @@ impl Answer {
                 status,
                 content_type: "application/json",
                 body,
+                headers: Vec::new(),
             },
             Err(e) => Self::error(500, &format!("cannot encode the answer: {e}")),
         }
@@ -42,6 +45,7 @@ impl Answer {
             status,
             content_type: "application/json",
             body,
+            headers: Vec::new(),
         }
     }
 
@@ -50,7 +54,32 @@ impl Answer {
             status,
             content_type: "text/plain; charset=utf-8",
             body: text.as_bytes().to_vec(),
+            headers: Vec::new(),
         }
+    }
+
+    pub fn html(status: u16, html: String) -> Self {
+        Self {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body: html.into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn metrics(text: String) -> Self {
+        Self {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: text.into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
     }
 }
 
@@ -73,6 +102,10 @@ pub enum Query {
     Repo(String),
     /// `POST /api/repos/{id}/fetch`: answered by the main loop, which owns the connections.
     Fetch(String),
+    /// `GET /metrics`: rendered by the main loop, which has the counters.
+    Metrics,
+    /// `GET /`: the HTML status page, rendered by the main loop.
+    Page,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,7 +229,9 @@ impl View<'_> {
                 Some(r) => Answer::json(200, &r),
                 None => Answer::error(404, &format!("no repo {id:?} in any index")),
             },
-            Query::Fetch(_) => Answer::error(500, "fetch requests are answered by the main loop"),
+            Query::Fetch(_) | Query::Metrics | Query::Page => {
+                Answer::error(500, "answered by the main loop")
+            }
         }
     }
 

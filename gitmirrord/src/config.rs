@@ -113,6 +113,18 @@ impl Default for Liveness {
 pub struct Webhook {
     pub url: String,
     pub secret_file: Option<PathBuf>,
+    /// Contents of `secret_file` (trimmed), read when the config is loaded.
+    pub secret: Option<WebhookSecret>,
+}
+
+/// A webhook's HMAC key; `Debug` does not print it.
+#[derive(Clone, PartialEq)]
+pub struct WebhookSecret(pub String);
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
 }
 
 /// The API token (`api_token_file`); `Debug` does not print it.
@@ -303,35 +315,41 @@ impl Config {
 
         let api_token = match &raw.api_token_file {
             None => None,
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    invalid(
-                        "api_token_file",
-                        format!("cannot read {}: {e}", p.display()),
-                    )
-                })?;
-                let t = text.trim();
-                if t.is_empty() {
-                    return Err(invalid(
-                        "api_token_file",
-                        format!("{} is empty", p.display()),
-                    ));
-                }
-                Some(ApiToken(t.to_owned()))
-            }
+            Some(p) => Some(ApiToken(
+                read_secret(p).map_err(|m| invalid("api_token_file", m))?,
+            )),
         };
 
-        let mut webhooks = Vec::new();
+        let mut webhooks: Vec<Webhook> = Vec::new();
         for (i, w) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            let url_ok = ["http://", "https://"]
+                .iter()
+                .any(|s| w.url.starts_with(s) && w.url.len() > s.len())
+                && !w.url.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !url_ok {
                 return Err(invalid(
                     &format!("webhooks[{i}].url"),
                     format!("{:?} is not an http:// or https:// URL", w.url),
                 ));
             }
+            if webhooks.iter().any(|h| h.url == w.url) {
+                return Err(invalid(
+                    &format!("webhooks[{i}].url"),
+                    format!("{:?} is listed twice", w.url),
+                ));
+            }
+            let secret = match &w.secret_file {
+                None => None,
+                Some(p) => {
+                    Some(WebhookSecret(read_secret(p).map_err(|m| {
+                        invalid(&format!("webhooks[{i}].secret_file"), m)
+                    })?))
+                }
+            };
             webhooks.push(Webhook {
                 url: w.url,
                 secret_file: w.secret_file,
+                secret,
             });
         }
 
@@ -482,6 +500,19 @@ impl Config {
     }
 }
 
+/// Read a secret file (trimmed): it must not be readable by group or others (SPEC §4.1)
+/// and must not be empty.
+fn read_secret(p: &Path) -> Result<String, String> {
+    gitmirror_common::trust::check_private(p).map_err(|e| format!("{e:#}"))?;
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("{} is empty", p.display()));
+    }
+    Ok(t.to_owned())
+}
+
 fn check_max_workers(n: u32) -> Result<u32, String> {
     if n == 0 {
         return Err("must be at least 1".into());
@@ -566,9 +597,14 @@ mod tests {
     // SPEC §2.1: every key.
     #[test]
     fn every_key_is_read() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tok = dir.path().join("token");
         std::fs::write(&tok, "s3cret\n").unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let hook_secret = dir.path().join("hook-secret");
+        std::fs::write(&hook_secret, "hmac-key\n").unwrap();
+        std::fs::set_permissions(&hook_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = format!(
             r#"
 listen: 127.0.0.1:7000
@@ -591,14 +627,15 @@ purge_protect_percent: 12.5
 api_token_file: {}
 webhooks:
   - url: https://hooks.example.org/x
-    secret_file: /etc/gitmirror/hook-secret
+    secret_file: {}
 local_worker:
   mirror_dir: /srv/mirrors
   fetch:
     concurrency: 2
 log_level: debug
 "#,
-            tok.display()
+            tok.display(),
+            hook_secret.display()
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
@@ -637,7 +674,8 @@ log_level: debug
             c.webhooks,
             vec![Webhook {
                 url: "https://hooks.example.org/x".into(),
-                secret_file: Some("/etc/gitmirror/hook-secret".into()),
+                secret_file: Some(hook_secret.clone()),
+                secret: Some(WebhookSecret("hmac-key".into())),
             }]
         );
         let lw = c.local_worker.unwrap();
@@ -645,6 +683,48 @@ log_level: debug
         assert_eq!(lw.fetch.concurrency, 2);
         assert_eq!(c.log_level, "debug");
         assert!(!format!("{:?}", c.api_token).contains("s3cret"));
+        assert!(!format!("{:?}", c.webhooks).contains("hmac-key"));
+    }
+
+    // SPEC §4.1, §8: secret files readable by group or others are refused, naming the file.
+    #[test]
+    fn secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, "k\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        for (text, key) in [
+            (
+                format!(
+                    "webhooks: [{{url: http://127.0.0.1:9/h, secret_file: {}}}]\n",
+                    p.display()
+                ),
+                "webhooks[0].secret_file",
+            ),
+            (
+                format!("api_token_file: {}\n", p.display()),
+                "api_token_file",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains(&p.display().to_string()) && e.contains("chmod 600"),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "webhooks: [{{url: http://127.0.0.1:9/h, secret_file: {}}}, {{url: http://127.0.0.1:9/h}}]\n",
+            p.display()
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("webhooks[1].url") && e.contains("twice"), "{e}");
+        std::fs::write(&p, "\n").unwrap();
+        let e = parse(&format!("api_token_file: {}\n", p.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty"), "{e}");
     }
 
     // SPEC §2.1 / §2.2: a file with only the prototype's keys works.

@@ -10,6 +10,12 @@
 //! Each connection is its own task, so a slow client only holds its own slot. One request
 //! per connection (`Connection: close`).
 //!
+//! Long-polls (`GET /api/events?wait=SECS`) give their connection slot back and take one
+//! of [`MAX_LONG_POLLS`] long-poll slots instead (503 with `Retry-After` when none is
+//! free), so waiting clients never crowd out the others. They wait on the last event
+//! number published by the main loop through a `watch`, never on the loop itself; the
+//! read deadline covers only reading the request.
+//!
 //! Fleet state is owned by the main loop: queries travel there as [`HttpCall`]s and come
 //! back as rendered [`Answer`]s. Events are read from the shared log, index state from the
 //! poller's handle.
@@ -21,13 +27,17 @@ use crate::fleet::RepoState;
 use crate::index::IndexError;
 use crate::poller::{AcceptError, IndexHandle};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 pub const MAX_CONNECTIONS: usize = 64;
+/// Long-polls waiting at once (besides the [`MAX_CONNECTIONS`] ordinary slots).
+pub const MAX_LONG_POLLS: usize = 64;
+/// The longest `wait=` honoured; larger values are cut to this.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 1 << 20;
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -43,8 +53,20 @@ pub struct HttpCall {
 pub struct HttpCtx {
     pub calls: mpsc::Sender<HttpCall>,
     pub events: Arc<Mutex<EventLog>>,
+    /// The sequence number of the newest durable event, published by the main loop.
+    pub last_seq: watch::Receiver<u64>,
     pub index: IndexHandle,
-    pub api_token: Option<ApiToken>,
+    /// Replaced on SIGHUP (`api_token_file`).
+    pub api_token: Arc<RwLock<Option<ApiToken>>>,
+}
+
+impl HttpCtx {
+    fn token(&self) -> Option<ApiToken> {
+        match self.api_token.read() {
+            Ok(t) => t.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
 }
 
 pub struct HttpServer {
@@ -68,6 +90,7 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let long_polls = Arc::new(Semaphore::new(MAX_LONG_POLLS));
     let ctx = Arc::new(ctx);
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
@@ -85,9 +108,9 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let ctx = ctx.clone();
+                    let long_polls = long_polls.clone();
                     conns.spawn(async move {
-                        serve(stream, peer, &ctx).await;
-                        drop(permit);
+                        serve(stream, peer, &ctx, permit, &long_polls).await;
                     });
                 }
                 Err(_) => {
@@ -128,7 +151,13 @@ impl Request {
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: &HttpCtx) {
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &HttpCtx,
+    permit: OwnedSemaphorePermit,
+    long_polls: &Arc<Semaphore>,
+) {
     let req = match tokio::time::timeout(DEADLINE, read_request(&mut stream, peer)).await {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return,
@@ -144,7 +173,31 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: &HttpCtx) {
             return;
         }
     };
-    let (answer, allow) = route(&req, ctx).await;
+    let (answer, allow) = match long_poll_wait(&req) {
+        Some(Ok(wait)) => match long_polls.clone().try_acquire_owned() {
+            Ok(lp) => {
+                // Trade the connection slot for a long-poll slot for the wait.
+                drop(permit);
+                let a = long_poll(&req, ctx, wait, &mut stream).await;
+                drop(lp);
+                (a, None)
+            }
+            Err(_) => (
+                Answer::error(
+                    503,
+                    &format!("{MAX_LONG_POLLS} long-polls are waiting already; try again"),
+                )
+                .with_header("Retry-After", "1"),
+                None,
+            ),
+        },
+        Some(Err(a)) => (a, None),
+        None => {
+            let r = route(&req, ctx).await;
+            drop(permit);
+            r
+        }
+    };
     let bytes = response_bytes(&answer, allow);
     if tokio::time::timeout(DEADLINE, stream.write_all(&bytes))
         .await
@@ -169,6 +222,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -185,6 +239,9 @@ fn response_bytes(a: &Answer, allow: Option<&str>) -> Vec<u8> {
     );
     if let Some(allow) = allow {
         head.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    for (k, v) in &a.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
@@ -337,6 +394,10 @@ pub async fn route(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str
     match segs.as_slice() {
         ["healthz"] if get => (Answer::text(200, "ok\n"), None),
         ["healthz"] => method_not_allowed("GET"),
+        [""] if get => (ask(ctx, Query::Page).await, None),
+        [""] => method_not_allowed("GET"),
+        ["metrics"] if get => (ask(ctx, Query::Metrics).await, None),
+        ["metrics"] => method_not_allowed("GET"),
         ["api", "status"] if get => (ask(ctx, Query::Status).await, None),
         ["api", "workers"] if get => (ask(ctx, Query::Workers).await, None),
         ["api", "workers", id] if get => match id.parse::<u32>() {
@@ -395,7 +456,7 @@ fn authorize(req: &Request, ctx: &HttpCtx) -> Result<(), Answer> {
     if ip.is_loopback() {
         return Ok(());
     }
-    let Some(token) = &ctx.api_token else {
+    let Some(token) = ctx.token() else {
         return Err(Answer::error(
             403,
             &format!(
@@ -481,16 +542,69 @@ async fn accept(ctx: &HttpCtx, name: &str) -> Answer {
     }
 }
 
-async fn events(req: &Request, ctx: &HttpCtx) -> Answer {
+/// `since` and `limit` of `GET /api/events`.
+fn events_range(req: &Request) -> Result<(u64, usize), Answer> {
     let since = match req.param("since") {
         None | Some("") => 0,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) => n,
-            Err(_) => return Answer::error(400, &format!("since={v:?} is not an event number")),
-        },
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Answer::error(400, &format!("since={v:?} is not an event number")))?,
     };
-    let limit = match number(req, "limit", DEFAULT_LIMIT) {
-        Ok(l) => l.clamp(1, MAX_LIMIT),
+    let limit = number(req, "limit", DEFAULT_LIMIT)?.clamp(1, MAX_LIMIT);
+    Ok((since, limit))
+}
+
+/// `Some` when `req` is a long-poll: `GET /api/events` with `wait` above 0 (capped at
+/// [`MAX_WAIT`]), or the answer to a malformed `wait`.
+fn long_poll_wait(req: &Request) -> Option<Result<Duration, Answer>> {
+    if req.method != "GET" || req.path.trim_end_matches('/') != "/api/events" {
+        return None;
+    }
+    match req.param("wait") {
+        None | Some("") => None,
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => {
+                let wait = Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64()));
+                (!wait.is_zero()).then_some(Ok(wait))
+            }
+            _ => Some(Err(Answer::error(
+                400,
+                &format!("wait={v:?} is not a number of seconds"),
+            ))),
+        },
+    }
+}
+
+/// Wait until an event after `since` is durable (or `wait` passes, or the client goes
+/// away), then answer like a plain `GET /api/events`.
+async fn long_poll(req: &Request, ctx: &HttpCtx, wait: Duration, stream: &mut TcpStream) -> Answer {
+    let since = match events_range(req) {
+        Ok((since, _)) => since,
+        Err(a) => return a,
+    };
+    let mut seq = ctx.last_seq.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    // The client sends nothing more on this connection: a read that ends means it left.
+    let mut watch_client = true;
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            // Err: the main loop is gone (stopping); answer with what there is.
+            _ = seq.wait_for(|s| *s > since) => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            r = stream.read(&mut probe), if watch_client => match r {
+                Ok(0) | Err(_) => return Answer::text(499, ""),
+                // A pipelined request is not served; keep waiting without reading.
+                Ok(_) => watch_client = false,
+            },
+        }
+    }
+    events(req, ctx).await
+}
+
+async fn events(req: &Request, ctx: &HttpCtx) -> Answer {
+    let (since, limit) = match events_range(req) {
+        Ok(r) => r,
         Err(a) => return a,
     };
     let log = ctx.events.clone();
@@ -528,11 +642,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path()).unwrap();
         let (index, _) = crate::poller::IndexHandle::detached();
+        let (_, last_seq) = watch::channel(0);
         HttpCtx {
             calls,
             events: Arc::new(Mutex::new(log)),
+            last_seq,
             index,
-            api_token: token.map(|t| ApiToken(t.into())),
+            api_token: Arc::new(RwLock::new(token.map(|t| ApiToken(t.into())))),
         }
     }
 

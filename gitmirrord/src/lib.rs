@@ -11,12 +11,15 @@ pub mod fleet;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod page;
 pub mod poller;
 pub mod registry;
+pub mod reload;
 pub mod ring;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod webhook;
 
 pub use config::Config;
 pub use run::{Control, ControlHandle, Listeners, control, run};

@@ -135,7 +135,7 @@ fn daemon(path: &Path) -> ExitCode {
     }
 }
 
-/// SIGTERM/SIGINT stop gracefully; SIGHUP polls the indexes now.
+/// SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration and polls the indexes.
 fn signals(handle: gitmirrord::ControlHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -147,7 +147,7 @@ fn signals(handle: gitmirrord::ControlHandle) -> anyhow::Result<()> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
-                    handle.poll_now();
+                    handle.reload();
                     continue;
                 }
             };

@@ -1,8 +1,10 @@
 //! Index polling (SPEC §3.3, §3.4) on a thread of its own: `Indexes::poll` runs git and
 //! blocks, so it never runs on the async runtime. Each non-empty delta goes to the main
-//! loop in order; the latest `GET /api/index` view is kept for the HTTP side.
+//! loop in order; the latest `GET /api/index` view is kept for the HTTP side, with the
+//! number of polls per index and result for `GET /metrics`.
 
-use crate::index::{Delta, IndexError, IndexStatus, Indexes};
+use crate::index::{Delta, IndexError, IndexSource, IndexStatus, Indexes};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,12 +18,18 @@ pub enum IndexCmd {
         name: String,
         reply: oneshot::Sender<Result<(), IndexError>>,
     },
+    /// Replace the configured indexes (SIGHUP); the next poll applies them.
+    SetSources(Vec<IndexSource>),
 }
+
+/// `(index, result)` → polls since start; result is `changed`, `unchanged` or `error`.
+pub type PollCounts = BTreeMap<(String, String), u64>;
 
 /// The handle the rest of the coordinator uses.
 #[derive(Clone)]
 pub struct IndexHandle {
     status: Arc<Mutex<Vec<IndexStatus>>>,
+    polls: Arc<Mutex<PollCounts>>,
     cmds: Sender<IndexCmd>,
 }
 
@@ -43,12 +51,21 @@ impl IndexHandle {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// Polls since start per index and result.
+    pub fn polls(&self) -> PollCounts {
+        self.polls
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
     /// A handle with no poller behind it (for tests of the HTTP layer).
     pub fn detached() -> (Self, Receiver<IndexCmd>) {
         let (cmds, rx) = channel();
         (
             Self {
                 status: Arc::new(Mutex::new(Vec::new())),
+                polls: Arc::new(Mutex::new(BTreeMap::new())),
                 cmds,
             },
             rx,
@@ -57,6 +74,12 @@ impl IndexHandle {
 
     pub fn poll_now(&self) {
         let _ = self.cmds.send(IndexCmd::PollNow);
+    }
+
+    /// Replace the configured indexes; they apply at the next poll (ask for one with
+    /// [`IndexHandle::poll_now`]).
+    pub fn set_sources(&self, sources: Vec<IndexSource>) {
+        let _ = self.cmds.send(IndexCmd::SetSources(sources));
     }
 
     pub async fn accept(&self, name: &str) -> Result<(), AcceptError> {
@@ -79,12 +102,48 @@ impl IndexHandle {
 /// loop stops taking deltas.
 pub fn start(indexes: Indexes, deltas: mpsc::Sender<Delta>) -> std::io::Result<IndexHandle> {
     let status = Arc::new(Mutex::new(indexes.status()));
+    let polls = Arc::new(Mutex::new(BTreeMap::new()));
     let (cmds, rx) = channel();
-    let shared = status.clone();
+    let handle = IndexHandle {
+        status: status.clone(),
+        polls: polls.clone(),
+        cmds,
+    };
     std::thread::Builder::new()
         .name("index-poller".into())
-        .spawn(move || poll_loop(indexes, rx, deltas, shared))?;
-    Ok(IndexHandle { status, cmds })
+        .spawn(move || poll_loop(indexes, rx, deltas, status, polls))?;
+    Ok(handle)
+}
+
+/// Count the polls that happened between two status views: an index whose `last_poll`
+/// moved (or every index, for a forced poll) was polled; its result is `error` when it
+/// has an error now, `changed` when its commit moved, else `unchanged`.
+fn count_polls(
+    before: &[IndexStatus],
+    after: &[IndexStatus],
+    forced: bool,
+    failed: bool,
+    polls: &Mutex<PollCounts>,
+) {
+    let mut counts = polls.lock().unwrap_or_else(|e| e.into_inner());
+    for a in after {
+        let b = before.iter().find(|b| b.name == a.name);
+        let polled =
+            forced || a.last_poll.is_some() && b.map(|b| &b.last_poll) != Some(&a.last_poll);
+        if !polled {
+            continue;
+        }
+        let result = if failed || a.last_error.is_some() {
+            "error"
+        } else if b.map(|b| &b.commit) != Some(&a.commit) {
+            "changed"
+        } else {
+            "unchanged"
+        };
+        *counts
+            .entry((a.name.clone(), result.to_owned()))
+            .or_insert(0) += 1;
+    }
 }
 
 fn publish(indexes: &Indexes, status: &Mutex<Vec<IndexStatus>>) {
@@ -114,6 +173,7 @@ fn poll_loop(
     cmds: Receiver<IndexCmd>,
     deltas: mpsc::Sender<Delta>,
     status: Arc<Mutex<Vec<IndexStatus>>>,
+    polls: Arc<Mutex<PollCounts>>,
 ) {
     loop {
         let wait = indexes.next_poll_in();
@@ -121,6 +181,11 @@ fn poll_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => return,
             Ok(IndexCmd::PollNow) => true,
+            Ok(IndexCmd::SetSources(sources)) => {
+                indexes.set_sources(sources);
+                publish(&indexes, &status);
+                continue;
+            }
             Ok(IndexCmd::Accept { name, reply }) => {
                 let r = indexes.accept(&name);
                 publish(&indexes, &status);
@@ -138,9 +203,15 @@ fn poll_loop(
                 continue;
             }
         };
-        match indexes.poll(force) {
+        let before = indexes.status();
+        let polled = indexes.poll(force);
+        count_polls(&before, &indexes.status(), force, polled.is_err(), &polls);
+        match polled {
             Ok(delta) => {
                 publish(&indexes, &status);
+                if delta.is_empty() {
+                    tracing::debug!("indexes polled: no change");
+                }
                 if !forward(delta, &deltas) {
                     return;
                 }

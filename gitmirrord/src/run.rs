@@ -1,13 +1,15 @@
 //! The coordinator's main loop (STYLE habit 2: `run(config, sockets, shutdown)`).
 //!
-//! `run` loads the state, starts the QUIC server, the HTTP API and the index poller, and
-//! then owns the [`Fleet`] in one loop that handles, in order: connection events, HTTP
-//! questions, index deltas and a once-a-second tick (liveness, debounced saving, the
-//! systemd status line and the watchdog, which is fed only from here).
+//! `run` loads the state, starts the QUIC server, the HTTP API, the index poller and the
+//! webhook deliverers, and then owns the [`Fleet`] in one loop that handles, in order:
+//! stop and reload requests, connection events, HTTP questions, index deltas and a
+//! once-a-second tick (liveness, debounced saving, the systemd status line and the
+//! watchdog, which is fed only from here). After each durable append it publishes the
+//! newest event number on a `watch`, which long-polls and webhooks wait on.
 
 use crate::api::{Answer, Query, View};
-use crate::config::Config;
-use crate::events::EventLog;
+use crate::config::{ApiToken, Config};
+use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
 use crate::http::{self, HttpCall, HttpCtx};
 use crate::index::{Delta, IndexSettings, Indexes};
@@ -15,14 +17,15 @@ use crate::poller::{self, IndexHandle};
 use crate::registry::{Introduction, Registry};
 use crate::server::{self, ConnEvent, OUTBOUND_QUEUE};
 use crate::state;
+use crate::webhook::{self, Webhooks};
 use anyhow::Context;
 use gitmirror_common::statefile::StateError;
 use gitmirror_common::{notify, now_ms};
 use gitmirror_wire::{CoordMsg, OutcomeBatch, Refusal, RefuseCode, WorkerMsg, close_code};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
@@ -55,10 +58,12 @@ impl Listeners {
     }
 }
 
-/// What `run` listens to besides its sockets: stop, and poll the indexes now (SIGHUP).
+/// What `run` listens to besides its sockets: stop, poll the indexes now, and reload the
+/// configuration file (SIGHUP).
 pub struct Control {
     shutdown: watch::Receiver<bool>,
     poll_now: mpsc::Receiver<()>,
+    reload: mpsc::Receiver<()>,
 }
 
 /// The other end of [`Control`].
@@ -66,19 +71,23 @@ pub struct Control {
 pub struct ControlHandle {
     shutdown: Arc<watch::Sender<bool>>,
     poll_now: mpsc::Sender<()>,
+    reload: mpsc::Sender<()>,
 }
 
 pub fn control() -> (ControlHandle, Control) {
     let (stx, srx) = watch::channel(false);
     let (ptx, prx) = mpsc::channel(4);
+    let (rtx, rrx) = mpsc::channel(1);
     (
         ControlHandle {
             shutdown: Arc::new(stx),
             poll_now: ptx,
+            reload: rtx,
         },
         Control {
             shutdown: srx,
             poll_now: prx,
+            reload: rrx,
         },
     )
 }
@@ -89,9 +98,15 @@ impl ControlHandle {
         let _ = self.shutdown.send(true);
     }
 
-    /// Ask `run` to poll every index now (what SIGHUP does).
+    /// Ask `run` to poll every index now.
     pub fn poll_now(&self) {
         let _ = self.poll_now.try_send(());
+    }
+
+    /// Ask `run` to reload its configuration file and poll every index (SIGHUP). Reloads
+    /// asked for while one is pending are merged into it.
+    pub fn reload(&self) {
+        let _ = self.reload.try_send(());
     }
 
     /// Resolves once a stop was asked for.
@@ -119,12 +134,13 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 },
             )?;
             let log = EventLog::open(&cfg.state_dir)?;
-            Ok((identity, registry, repos, indexes, log))
+            let cursors = webhook::load(&cfg.state_dir)?;
+            Ok((identity, registry, repos, indexes, log, cursors))
         })
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, registry, repos, indexes, log) = loaded?;
+    let (identity, registry, repos, indexes, log, cursors) = loaded?;
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
     let mut fleet = Fleet::new(
@@ -134,7 +150,24 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         indexes.entries().values().cloned(),
     );
     fleet.merge_report_ids(log.report_ids());
+    let last_seq = log.last_seq();
+    let recent: VecDeque<Event> = log
+        .since(
+            last_seq.saturating_sub(crate::page::RECENT_EVENTS as u64),
+            crate::page::RECENT_EVENTS,
+        )
+        .unwrap_or_default()
+        .into();
+    let (seq_tx, seq_rx) = watch::channel(last_seq);
     let log = Arc::new(Mutex::new(log));
+    let webhooks = Webhooks::start(
+        &cfg.state_dir,
+        cursors,
+        &cfg.webhooks,
+        log.clone(),
+        seq_rx.clone(),
+    );
+    let api_token = Arc::new(RwLock::new(cfg.api_token.clone()));
 
     let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
@@ -148,8 +181,9 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         HttpCtx {
             calls: call_tx,
             events: log.clone(),
+            last_seq: seq_rx,
             index: index.clone(),
-            api_token: cfg.api_token.clone(),
+            api_token: api_token.clone(),
         },
     )
     .context("starting the HTTP API")?;
@@ -160,6 +194,12 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     };
 
     let mut main = MainLoop {
+        cfg,
+        seq: seq_tx,
+        recent,
+        events_by_kind: BTreeMap::new(),
+        webhooks: Some(webhooks),
+        api_token,
         dir,
         fleet,
         conns: HashMap::new(),
@@ -196,6 +236,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     }
     http.stop();
     server.shutdown().await;
+    main.webhooks_shutdown().await;
     main.save_all()
         .await
         .context("saving state on the way out")?;
@@ -268,6 +309,16 @@ struct Conn {
 }
 
 struct MainLoop {
+    /// The configuration in force (reloaded on SIGHUP).
+    cfg: Config,
+    /// The newest durable event's seq, for long-polls and webhooks.
+    seq: watch::Sender<u64>,
+    /// The last events, newest last, for the status page.
+    recent: VecDeque<Event>,
+    /// Events appended since start, by kind (`gitmirror_events_total`).
+    events_by_kind: BTreeMap<&'static str, u64>,
+    webhooks: Option<Webhooks>,
+    api_token: Arc<RwLock<Option<ApiToken>>>,
     dir: PathBuf,
     fleet: Fleet,
     conns: HashMap<Uuid, Conn>,
@@ -303,12 +354,8 @@ impl MainLoop {
                         return;
                     }
                 }
-                Some(()) = ctl.poll_now.recv() => {
-                    tracing::info!(
-                        "SIGHUP: polling every index now; other settings are not reloaded (restart gitmirrord to apply them)"
-                    );
-                    self.index.poll_now();
-                }
+                Some(()) = ctl.poll_now.recv() => self.index.poll_now(),
+                Some(()) = ctl.reload.recv() => self.reload().await,
                 Some(ev) = conns.recv() => self.on_conn(ev).await,
                 Some(call) = calls.recv() => self.on_http(call),
                 Some(delta) = deltas.recv() => {
@@ -441,7 +488,10 @@ impl MainLoop {
             })
             .await;
             let err = match appended {
-                Ok(Ok(_)) => None,
+                Ok(Ok(events)) => {
+                    self.published(events);
+                    None
+                }
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(e.to_string()),
             };
@@ -455,6 +505,26 @@ impl MainLoop {
         }
         self.fleet.recorded(uuid, report.upto);
         self.send(uuid, CoordMsg::OutcomeAck { upto: report.upto });
+    }
+
+    /// Events are durable: count them, keep the last few, and wake long-polls and webhooks.
+    fn published(&mut self, events: Vec<Event>) {
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return;
+        };
+        for e in events {
+            let kind = match e.kind {
+                EventKind::Cloned => "cloned",
+                EventKind::Updated => "updated",
+                EventKind::Removed => "removed",
+            };
+            *self.events_by_kind.entry(kind).or_insert(0) += 1;
+            self.recent.push_back(e);
+            if self.recent.len() > crate::page::RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+        }
+        self.seq.send_replace(last);
     }
 
     fn dispatch(&mut self, sends: Vec<crate::fleet::Outgoing>) {
@@ -487,6 +557,8 @@ impl MainLoop {
     fn on_http(&mut self, call: HttpCall) {
         let answer = match &call.query {
             Query::Fetch(id) => self.fetch_now(id),
+            Query::Metrics => self.metrics(),
+            Query::Page => self.page(),
             q => {
                 let view = View {
                     fleet: &self.fleet,
@@ -502,6 +574,125 @@ impl MainLoop {
             }
         };
         let _ = call.reply.send(answer);
+    }
+
+    fn webhook_metrics(&self) -> Vec<crate::metrics::WebhookMetric> {
+        self.webhooks
+            .as_ref()
+            .map(Webhooks::metrics)
+            .unwrap_or_default()
+    }
+
+    /// `GET /metrics`.
+    fn metrics(&self) -> Answer {
+        let index = self.index.status();
+        let polls = self.index.polls();
+        let webhooks = self.webhook_metrics();
+        let text = crate::metrics::render(
+            &self.fleet,
+            &crate::metrics::Inputs {
+                now_ms: now_ms(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                index: &index,
+                index_polls: &polls,
+                event_seq: *self.seq.borrow(),
+                events: &self.events_by_kind,
+                webhooks: &webhooks,
+            },
+        );
+        Answer::metrics(text)
+    }
+
+    /// `GET /`.
+    fn page(&self) -> Answer {
+        let index = self.index.status();
+        let webhooks = self.webhook_metrics();
+        let recent: Vec<Event> = self.recent.iter().cloned().collect();
+        let html = crate::page::render(
+            &self.fleet,
+            &crate::page::PageInputs {
+                now_ms: now_ms(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                recent: &recent,
+                last_seq: *self.seq.borrow(),
+                index: &index,
+                webhooks: &webhooks,
+            },
+        );
+        Answer::html(200, html)
+    }
+
+    async fn webhooks_shutdown(&mut self) {
+        if let Some(w) = self.webhooks.take() {
+            w.shutdown().await;
+        }
+    }
+
+    /// SIGHUP (SPEC §11): re-read the configuration file and apply what can change while
+    /// running; name every changed setting that needs a restart; poll the indexes now. A
+    /// file that does not load leaves everything as it was.
+    async fn reload(&mut self) {
+        let path = self.cfg.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+        let new = match loaded {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::error!(
+                    "SIGHUP: the configuration was not reloaded, the running one stays in force: {e}"
+                );
+                self.index.poll_now();
+                return;
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: reading the configuration failed: {e}");
+                return;
+            }
+        };
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        let plan = crate::reload::plan(&self.cfg, &new);
+        if plan.log_level {
+            match gitmirror_common::logging::set_level(&new.log_level) {
+                Ok(gitmirror_common::logging::LevelChange::OverriddenByEnv) => tracing::warn!(
+                    "SIGHUP: log_level is now {:?}, but RUST_LOG is set and keeps overriding it",
+                    new.log_level
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("SIGHUP: cannot apply log_level: {e}"),
+            }
+        }
+        if plan.indexes {
+            self.index.set_sources(new.indexes.clone());
+        }
+        if plan.webhooks
+            && let Some(w) = &mut self.webhooks
+        {
+            w.set(&new.webhooks);
+        }
+        if plan.api_token {
+            match self.api_token.write() {
+                Ok(mut t) => *t = new.api_token.clone(),
+                Err(e) => *e.into_inner() = new.api_token.clone(),
+            }
+        }
+        self.index.poll_now();
+        tracing::info!(
+            "SIGHUP: reloaded {}: {}; polling every index now",
+            new.path.display(),
+            if plan.applied.is_empty() {
+                "no reloadable setting changed".to_owned()
+            } else {
+                plan.applied.join(", ")
+            }
+        );
+        for (key, what) in &plan.needs_restart {
+            tracing::warn!(
+                "SIGHUP: {key} changed ({what}) but needs a restart of gitmirrord to apply; still running with the old value"
+            );
+        }
+        // Keep the restart-only settings as they run, so the next reload names them again.
+        self.cfg = crate::reload::merge(&self.cfg, new);
     }
 
     /// `POST /api/repos/{id}/fetch`.

@@ -1,0 +1,463 @@
+//! `GET /` (SPEC §9): one HTML page a person reads at a glance — workers, repo counts,
+//! failing repos with their last error, recent events, indexes and webhooks.
+//!
+//! Server-rendered, inline CSS, no scripts or external assets; it refreshes itself every
+//! 10 s. Every string that comes from outside (index entries, worker names and status
+//! lines, upstream error messages, URLs) goes through [`esc`]. Lists are bounded.
+
+use crate::events::Event;
+use crate::fleet::{Fleet, RepoState};
+use crate::index::IndexStatus;
+use crate::metrics::WebhookMetric;
+use crate::registry::WorkerState;
+use std::fmt::Write;
+
+/// Failing repos listed; the rest are counted.
+pub const MAX_FAILING: usize = 50;
+/// Recent events listed.
+pub const RECENT_EVENTS: usize = 20;
+/// Refs shown per event.
+const REFS_PER_EVENT: usize = 3;
+/// Longest error message shown (characters).
+const MAX_MESSAGE: usize = 300;
+
+/// Everything the page shows besides the fleet.
+pub struct PageInputs<'a> {
+    pub now_ms: i64,
+    pub uptime_secs: u64,
+    /// Newest last.
+    pub recent: &'a [Event],
+    pub last_seq: u64,
+    pub index: &'a [IndexStatus],
+    pub webhooks: &'a [WebhookMetric],
+}
+
+/// Escape text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The first `n` characters, with an ellipsis when cut.
+fn cut(s: &str, n: usize) -> String {
+    let mut out: String = s.chars().take(n).collect();
+    if s.chars().nth(n).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `3 s`, `5 min`, `2 h`, `4 d`.
+fn ago(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min", s / 60)
+    } else if s < 86_400 {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{} d {} h", s / 86_400, s % 86_400 / 3600)
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+const CSS: &str = r#"
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2933;background:#f3f5f8}
+header{background:#1f2d3d;color:#fff;padding:14px 28px;display:flex;align-items:baseline;gap:18px;flex-wrap:wrap}
+header h1{margin:0;font-size:20px;letter-spacing:.3px}
+header .sub{color:#b8c4d2;font-size:13px}
+main{padding:18px 28px 28px;max-width:1400px}
+.tiles{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:18px}
+.tile{background:#fff;border-radius:8px;padding:10px 16px;min-width:118px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #8896a6}
+.tile .n{font-size:24px;font-weight:600}
+.tile .l{color:#5b6b7c;font-size:12px;text-transform:uppercase;letter-spacing:.5px}
+.tile.ok{border-top-color:#2f9e44}.tile.warn{border-top-color:#e8a317}.tile.bad{border-top-color:#d64545}.tile.info{border-top-color:#3b7dd8}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 2px rgba(0,0,0,.08);padding:12px 18px 16px;margin-bottom:18px;overflow-x:auto}
+h2{font-size:16px;margin:2px 0 10px}
+h2 .count{color:#5b6b7c;font-weight:400}
+table{border-collapse:collapse;width:100%}
+th{text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.4px;color:#5b6b7c;border-bottom:2px solid #e3e8ee;padding:6px 10px}
+td{border-bottom:1px solid #edf0f4;padding:6px 10px;vertical-align:top}
+tr:last-child td{border-bottom:none}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12.5px}
+.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600}
+.alive,.mirrored,.cloned{background:#e3f6e8;color:#1f7a35}
+.suspect,.pending,.waiting,.updated{background:#fff3d6;color:#8a5a00}
+.dead,.failing,.removed{background:#fde4e4;color:#b42323}
+.gone,.unassigned{background:#eceff3;color:#4a5968}
+.msg{color:#7a2e2e;max-width:640px;word-break:break-word}
+.muted{color:#7b8794}
+.empty{color:#7b8794;font-style:italic;padding:4px 0}
+footer{color:#7b8794;font-size:12px;padding:0 28px 24px}
+footer a{color:#3b6fb6}
+"#;
+
+/// Render the page.
+pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let registry = fleet.registry();
+    let count = |s: WorkerState| registry.iter().filter(|w| w.state == s).count();
+    let (alive, suspect, dead) = (
+        count(WorkerState::Alive),
+        count(WorkerState::Suspect),
+        count(WorkerState::Dead),
+    );
+    let states = fleet.state_counts();
+    let n = |s: RepoState| states.get(&s).copied().unwrap_or(0);
+    let total = fleet.repos().len();
+
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"10\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>gitmirror: {alive} workers, {total} repos, {} failing</title><style>{CSS}</style></head><body>\
+         <header><h1>gitmirror</h1><span class=\"sub\">coordinator {} · up {} · as of {} · refreshes every 10 s</span></header><main>",
+        n(RepoState::Failing),
+        esc(env!("CARGO_PKG_VERSION")),
+        ago(p.uptime_secs as i64),
+        esc(&gitmirror_common::rfc3339_ms(p.now_ms)),
+    );
+
+    // Tiles.
+    h.push_str("<div class=\"tiles\">");
+    let tile = |h: &mut String, class: &str, num: String, label: &str| {
+        let _ = write!(
+            h,
+            "<div class=\"tile {class}\"><div class=\"n\">{num}</div><div class=\"l\">{label}</div></div>"
+        );
+    };
+    tile(&mut h, "ok", alive.to_string(), "workers alive");
+    tile(
+        &mut h,
+        if suspect > 0 { "warn" } else { "" },
+        suspect.to_string(),
+        "suspect",
+    );
+    tile(
+        &mut h,
+        if dead > 0 { "bad" } else { "" },
+        dead.to_string(),
+        "dead",
+    );
+    tile(&mut h, "info", total.to_string(), "repos");
+    tile(&mut h, "ok", n(RepoState::Mirrored).to_string(), "mirrored");
+    tile(&mut h, "", n(RepoState::Pending).to_string(), "pending");
+    let failing = n(RepoState::Failing);
+    tile(
+        &mut h,
+        if failing > 0 { "bad" } else { "" },
+        failing.to_string(),
+        "failing",
+    );
+    tile(&mut h, "", n(RepoState::Gone).to_string(), "gone");
+    tile(&mut h, "", n(RepoState::Waiting).to_string(), "waiting");
+    let unassigned = n(RepoState::Unassigned);
+    tile(
+        &mut h,
+        if unassigned > 0 { "warn" } else { "" },
+        unassigned.to_string(),
+        "unassigned",
+    );
+    tile(&mut h, "info", format!("#{}", p.last_seq), "last event");
+    h.push_str("</div>");
+
+    workers(&mut h, fleet, p.now_ms);
+    failing_repos(&mut h, fleet, p.now_ms);
+    events(&mut h, p);
+    indexes(&mut h, p.index);
+    webhooks(&mut h, p.webhooks);
+
+    h.push_str(
+        "</main><footer>JSON: <a href=\"/api/status\">/api/status</a> · \
+         <a href=\"/api/workers\">/api/workers</a> · <a href=\"/api/repos\">/api/repos</a> · \
+         <a href=\"/api/events\">/api/events</a> · <a href=\"/api/index\">/api/index</a> · \
+         <a href=\"/metrics\">/metrics</a></footer></body></html>\n",
+    );
+    h
+}
+
+fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
+    let owned = fleet.owned_counts();
+    let mut list: Vec<_> = fleet.registry().iter().collect();
+    list.sort_by_key(|w| w.id);
+    let _ = write!(
+        h,
+        "<section id=\"workers\"><h2>Workers <span class=\"count\">({})</span></h2>",
+        list.len()
+    );
+    if list.is_empty() {
+        h.push_str("<div class=\"empty\">No worker has connected yet.</div></section>");
+        return;
+    }
+    h.push_str(
+        "<table><tr><th class=\"num\">id</th><th>name</th><th>state</th><th>address</th>\
+         <th class=\"num\">repos</th><th class=\"num\">weight</th><th class=\"num\">disk free</th>\
+         <th>last seen</th><th>status</th></tr>",
+    );
+    for w in list {
+        let seen = if w.state == WorkerState::Alive {
+            "now".to_owned()
+        } else {
+            format!("{} ago", ago((now_ms - w.last_seen_ms) / 1000))
+        };
+        let disk = match (w.disk_free_bytes, w.disk_low) {
+            (Some(b), true) => format!("<span class=\"badge failing\">{} low</span>", bytes(b)),
+            (Some(b), false) => bytes(b),
+            (None, _) => "<span class=\"muted\">—</span>".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=\"num\">{}</td><td>{}</td><td><span class=\"badge {s}\">{s}</span></td>\
+             <td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{disk}</td><td>{seen}</td><td>{}</td></tr>",
+            w.id,
+            esc(&w.name),
+            esc(w.addr.as_deref().unwrap_or("—")),
+            owned.get(&w.uuid).copied().unwrap_or(0),
+            w.weight,
+            esc(&cut(&w.status, 200)),
+            s = w.state.as_str(),
+        );
+    }
+    h.push_str("</table></section>");
+}
+
+fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
+    let mut failing: Vec<(&String, &crate::fleet::Repo)> = fleet
+        .repos()
+        .iter()
+        .filter(|(_, r)| matches!(r.state(), RepoState::Failing | RepoState::Gone))
+        .collect();
+    // Newest failure first.
+    failing.sort_by_key(|(_, r)| {
+        std::cmp::Reverse(r.status.last_error.as_ref().map_or(0, |e| e.time_ms))
+    });
+    let _ = write!(
+        h,
+        "<section id=\"failing\"><h2>Failing repos <span class=\"count\">({})</span></h2>",
+        failing.len()
+    );
+    if failing.is_empty() {
+        h.push_str("<div class=\"empty\">No repo is failing.</div></section>");
+        return;
+    }
+    h.push_str(
+        "<table><tr><th>repo</th><th>state</th><th class=\"num\">worker</th><th>class</th>\
+         <th>last error</th><th>when</th><th class=\"num\">failures</th></tr>",
+    );
+    for (id, r) in failing.iter().take(MAX_FAILING) {
+        let worker = r
+            .owner
+            .and_then(|o| fleet.worker(&o))
+            .map_or("—".to_owned(), |w| w.id.to_string());
+        let (class, msg, when) = match &r.status.last_error {
+            Some(e) => (
+                serde_json::to_value(e.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                cut(&e.message, MAX_MESSAGE),
+                format!("{} ago", ago((now_ms - e.time_ms) / 1000)),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let state = r.state().as_str();
+        let _ = write!(
+            h,
+            "<tr><td class=\"mono\">{}</td><td><span class=\"badge {state}\">{state}</span></td>\
+             <td class=\"num\">{worker}</td><td>{}</td><td class=\"msg\">{}</td><td>{when}</td>\
+             <td class=\"num\">{}</td></tr>",
+            esc(id),
+            esc(&class),
+            esc(&msg),
+            r.status.failures,
+        );
+    }
+    h.push_str("</table>");
+    if failing.len() > MAX_FAILING {
+        let _ = write!(
+            h,
+            "<div class=\"muted\">…and {} more: <a href=\"/api/repos?state=failing\">/api/repos?state=failing</a>, \
+             <a href=\"/api/repos?state=gone\">?state=gone</a></div>",
+            failing.len() - MAX_FAILING
+        );
+    }
+    h.push_str("</section>");
+}
+
+fn events(h: &mut String, p: &PageInputs<'_>) {
+    let _ = write!(
+        h,
+        "<section id=\"events\"><h2>Recent events <span class=\"count\">(last {} of {})</span></h2>",
+        p.recent.len().min(RECENT_EVENTS),
+        p.last_seq
+    );
+    if p.recent.is_empty() {
+        h.push_str("<div class=\"empty\">No event yet.</div></section>");
+        return;
+    }
+    h.push_str(
+        "<table><tr><th class=\"num\">seq</th><th>time</th><th>repo</th><th>kind</th>\
+         <th class=\"num\">worker</th><th>refs</th></tr>",
+    );
+    for e in p.recent.iter().rev().take(RECENT_EVENTS) {
+        let kind = match e.kind {
+            crate::events::EventKind::Cloned => "cloned",
+            crate::events::EventKind::Updated => "updated",
+            crate::events::EventKind::Removed => "removed",
+        };
+        let mut refs = String::new();
+        for r in e.refs.iter().take(REFS_PER_EVENT) {
+            let short = |v: &Option<String>| {
+                v.as_deref()
+                    .map_or("∅".to_owned(), |s| s.chars().take(9).collect())
+            };
+            let _ = write!(
+                refs,
+                "<div class=\"mono\">{} <span class=\"muted\">{} → {}</span></div>",
+                esc(&cut(&r.name, 80)),
+                esc(&short(&r.old)),
+                esc(&short(&r.new)),
+            );
+        }
+        if e.refs.len() > REFS_PER_EVENT {
+            let _ = write!(
+                refs,
+                "<div class=\"muted\">+{} more</div>",
+                e.refs.len() - REFS_PER_EVENT
+            );
+        }
+        let _ = write!(
+            h,
+            "<tr><td class=\"num\">{}</td><td>{}</td><td class=\"mono\">{}</td>\
+             <td><span class=\"badge {kind}\">{kind}</span></td><td class=\"num\">{}</td><td>{refs}</td></tr>",
+            e.seq,
+            esc(&e.time),
+            esc(&e.repo),
+            e.worker,
+        );
+    }
+    h.push_str("</table></section>");
+}
+
+fn indexes(h: &mut String, index: &[IndexStatus]) {
+    let _ = write!(
+        h,
+        "<section id=\"indexes\"><h2>Indexes <span class=\"count\">({})</span></h2>",
+        index.len()
+    );
+    if index.is_empty() {
+        h.push_str("<div class=\"empty\">No index configured.</div></section>");
+        return;
+    }
+    h.push_str(
+        "<table><tr><th>name</th><th>url</th><th>commit</th><th>last poll</th>\
+         <th class=\"num\">entries</th><th class=\"num\">rejected</th><th>held update</th><th>last error</th></tr>",
+    );
+    for s in index {
+        let commit = s
+            .commit
+            .as_deref()
+            .map_or("—".to_owned(), |c| c.chars().take(12).collect());
+        let held = match &s.held {
+            Some(hu) => format!(
+                "<span class=\"badge failing\">{} removals held ({:.1} %)</span>",
+                hu.removals, hu.percent
+            ),
+            None => "<span class=\"muted\">—</span>".into(),
+        };
+        let rejected = if s.rejected.is_empty() {
+            "0".to_owned()
+        } else {
+            format!(
+                "<a href=\"/api/index\" class=\"badge waiting\">{}</a>",
+                s.rejected.len()
+            )
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{rejected}</td><td>{held}</td><td class=\"msg\">{}</td></tr>",
+            esc(&s.name),
+            esc(&cut(&s.url, 100)),
+            esc(&commit),
+            esc(s.last_poll.as_deref().unwrap_or("never")),
+            s.entries,
+            esc(&cut(s.last_error.as_deref().unwrap_or(""), MAX_MESSAGE)),
+        );
+    }
+    h.push_str("</table></section>");
+}
+
+fn webhooks(h: &mut String, hooks: &[WebhookMetric]) {
+    if hooks.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<section id=\"webhooks\"><h2>Webhooks <span class=\"count\">({})</span></h2>\
+         <table><tr><th>url</th><th class=\"num\">pending events</th><th class=\"num\">failed attempts</th></tr>",
+        hooks.len()
+    );
+    for w in hooks {
+        let pending = if w.pending > 0 {
+            format!("<span class=\"badge waiting\">{}</span>", w.pending)
+        } else {
+            "0".into()
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=\"mono\">{}</td><td class=\"num\">{pending}</td><td class=\"num\">{}</td></tr>",
+            esc(&cut(&w.url, 150)),
+            w.failures
+        );
+    }
+    h.push_str("</table></section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            esc("<script>alert('x')</script>&\"\u{7}"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\u{fffd}"
+        );
+        assert_eq!(cut("abcdef", 3), "abc…");
+        assert_eq!(cut("äöü", 3), "äöü");
+        assert_eq!(ago(59), "59 s");
+        assert_eq!(ago(3 * 3600 + 120), "3 h 2 min");
+        assert_eq!(bytes(1536), "1.5 KiB");
+    }
+}

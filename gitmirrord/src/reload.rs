@@ -1,0 +1,265 @@
+//! What a SIGHUP can change in a running coordinator (SPEC §11).
+//!
+//! Reloaded: `log_level`, `indexes` (with their `poll_interval`s), `webhooks` (URLs and
+//! secrets), `api_token_file` (path and contents). Everything else is fixed for the life
+//! of the process — sockets, state directory, worker ids, liveness timing, index reading
+//! rules and the embedded worker (which has no reload) — and a change to it is named in
+//! the log as needing a restart. Pure functions, so the rules are tested without a
+//! daemon.
+
+use crate::config::Config;
+use std::fmt::Debug;
+
+/// The result of comparing the running configuration with the file.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub log_level: bool,
+    pub indexes: bool,
+    pub webhooks: bool,
+    pub api_token: bool,
+    /// One phrase per reloaded setting that changed, e.g. `log_level info → debug`.
+    pub applied: Vec<String>,
+    /// `(key, "old → new")` for each changed setting that needs a restart.
+    pub needs_restart: Vec<(String, String)>,
+}
+
+fn show<T: Debug>(v: &T) -> String {
+    let s = format!("{v:?}");
+    if s.chars().count() > 120 {
+        let mut t: String = s.chars().take(120).collect();
+        t.push('…');
+        t
+    } else {
+        s
+    }
+}
+
+/// Compare `old` (running) with `new` (just loaded).
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = Plan::default();
+    if old.log_level != new.log_level {
+        p.log_level = true;
+        p.applied
+            .push(format!("log_level {} → {}", old.log_level, new.log_level));
+    }
+    if old.indexes != new.indexes {
+        p.indexes = true;
+        let names = |c: &Config| {
+            c.indexes
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        p.applied
+            .push(format!("indexes [{}] → [{}]", names(old), names(new)));
+    }
+    if old.webhooks != new.webhooks {
+        p.webhooks = true;
+        p.applied.push(format!(
+            "webhooks ({} → {})",
+            old.webhooks.len(),
+            new.webhooks.len()
+        ));
+    }
+    if old.api_token_file != new.api_token_file || old.api_token != new.api_token {
+        p.api_token = true;
+        p.applied.push(match &new.api_token_file {
+            Some(f) => format!("api_token_file {}", f.display()),
+            None => "api_token_file (removed)".into(),
+        });
+    }
+    let mut restart = |key: &str, changed: bool, o: String, n: String| {
+        if changed {
+            p.needs_restart.push((key.to_owned(), format!("{o} → {n}")));
+        }
+    };
+    restart(
+        "listen",
+        old.listen != new.listen,
+        old.listen.to_string(),
+        new.listen.to_string(),
+    );
+    restart(
+        "http_listen",
+        old.http_listen != new.http_listen,
+        old.http_listen.to_string(),
+        new.http_listen.to_string(),
+    );
+    restart(
+        "state_dir",
+        old.state_dir != new.state_dir,
+        old.state_dir.display().to_string(),
+        new.state_dir.display().to_string(),
+    );
+    restart(
+        "max_workers",
+        old.max_workers != new.max_workers,
+        old.max_workers.to_string(),
+        new.max_workers.to_string(),
+    );
+    let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let (ol, nl) = (&old.liveness, &new.liveness);
+    restart(
+        "liveness.keepalive_interval",
+        ol.keepalive_interval != nl.keepalive_interval,
+        dur(ol.keepalive_interval),
+        dur(nl.keepalive_interval),
+    );
+    restart(
+        "liveness.suspect_after",
+        ol.suspect_after != nl.suspect_after,
+        dur(ol.suspect_after),
+        dur(nl.suspect_after),
+    );
+    restart(
+        "liveness.dead_after",
+        ol.dead_after != nl.dead_after,
+        dur(ol.dead_after),
+        dur(nl.dead_after),
+    );
+    restart(
+        "allow_file_urls",
+        old.allow_file_urls != new.allow_file_urls,
+        old.allow_file_urls.to_string(),
+        new.allow_file_urls.to_string(),
+    );
+    restart(
+        "purge_protect_percent",
+        old.purge_protect_percent != new.purge_protect_percent,
+        old.purge_protect_percent.to_string(),
+        new.purge_protect_percent.to_string(),
+    );
+    match (&old.local_worker, &new.local_worker) {
+        (Some(o), Some(n)) => {
+            restart(
+                "local_worker.mirror_dir",
+                o.mirror_dir != n.mirror_dir,
+                o.mirror_dir.display().to_string(),
+                n.mirror_dir.display().to_string(),
+            );
+            restart(
+                "local_worker.state_dir",
+                o.state_dir != n.state_dir,
+                show(&o.state_dir),
+                show(&n.state_dir),
+            );
+            restart(
+                "local_worker.name",
+                o.name != n.name,
+                show(&o.name),
+                show(&n.name),
+            );
+            restart(
+                "local_worker.weight",
+                o.weight != n.weight,
+                show(&o.weight),
+                show(&n.weight),
+            );
+            // The embedded worker has no reload: its fetch limits are fixed at start.
+            restart(
+                "local_worker.fetch",
+                o.fetch != n.fetch,
+                show(&o.fetch),
+                show(&n.fetch),
+            );
+            restart(
+                "local_worker.disk",
+                o.disk != n.disk,
+                show(&o.disk),
+                show(&n.disk),
+            );
+            restart(
+                "local_worker.serve_url_base",
+                o.serve_url_base != n.serve_url_base,
+                show(&o.serve_url_base),
+                show(&n.serve_url_base),
+            );
+        }
+        (None, None) => {}
+        (o, n) => restart(
+            "local_worker",
+            true,
+            if o.is_some() { "set" } else { "not set" }.into(),
+            if n.is_some() { "set" } else { "not set" }.into(),
+        ),
+    }
+    p
+}
+
+/// The configuration in force after a reload: the reloadable settings of `new`, the
+/// restart-only settings of `old`.
+pub fn merge(old: &Config, new: Config) -> Config {
+    Config {
+        path: new.path,
+        log_level: new.log_level,
+        indexes: new.indexes,
+        webhooks: new.webhooks,
+        api_token_file: new.api_token_file,
+        api_token: new.api_token,
+        warnings: new.warnings,
+        ..old.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(Path::new("/etc/g.yaml"), text).unwrap()
+    }
+
+    // SPEC §11: what a reload applies and what it names as needing a restart.
+    #[test]
+    fn plan_names_every_change() {
+        let old = cfg("listen: 0.0.0.0:5555\nindexes: [{name: a, url: /a}]\n");
+        let same = plan(&old, &old);
+        assert_eq!(same, Plan::default());
+
+        let new = cfg("listen: 127.0.0.1:6000\nlog_level: debug\nmax_workers: 3\n\
+             liveness: {dead_after: 30s}\nindexes: [{name: a, url: /a, poll_interval: 5s}, {name: b, url: /b}]\n\
+             webhooks: [{url: 'http://127.0.0.1:1/h'}]\n\
+             local_worker: {mirror_dir: /m}\n");
+        let p = plan(&old, &new);
+        assert!(p.log_level && p.indexes && p.webhooks && !p.api_token);
+        assert_eq!(p.applied.len(), 3, "{:?}", p.applied);
+        assert!(p.applied[0].contains("info → debug"), "{:?}", p.applied);
+        let keys: Vec<&str> = p.needs_restart.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "max_workers",
+                "liveness.dead_after",
+                "local_worker"
+            ]
+        );
+        assert!(
+            p.needs_restart[0]
+                .1
+                .contains("0.0.0.0:5555 → 127.0.0.1:6000")
+        );
+
+        let merged = merge(&old, new.clone());
+        assert_eq!(merged.listen, old.listen);
+        assert_eq!(merged.max_workers, old.max_workers);
+        assert_eq!(merged.log_level, "debug");
+        assert_eq!(merged.indexes, new.indexes);
+        assert_eq!(merged.webhooks, new.webhooks);
+        assert!(merged.local_worker.is_none());
+        // The restart-only changes are named again by the next reload.
+        assert_eq!(plan(&merged, &new).needs_restart.len(), 4);
+    }
+
+    #[test]
+    fn local_worker_fetch_limits_need_a_restart() {
+        let old = cfg("local_worker: {mirror_dir: /m, fetch: {concurrency: 2}}\n");
+        let new = cfg("local_worker: {mirror_dir: /m, fetch: {concurrency: 4}}\n");
+        let p = plan(&old, &new);
+        assert_eq!(p.needs_restart.len(), 1);
+        assert_eq!(p.needs_restart[0].0, "local_worker.fetch");
+        assert!(p.applied.is_empty());
+    }
+}

@@ -1,0 +1,455 @@
+//! Webhook delivery (SPEC §8; design.md "Events").
+//!
+//! One task per configured webhook POSTs each event, in sequence order and one at a time,
+//! with the same JSON `GET /api/events` shows. Anything but a 2xx is retried with capped
+//! exponential backoff, forever. Each webhook's cursor (the seq of the last event it
+//! acknowledged) is kept in `<state_dir>/webhooks.json` and saved at most once a second
+//! (and at shutdown), so after a restart delivery resumes from the cursor: at least once,
+//! possibly repeating the last second's events after a crash. A webhook new to the file
+//! starts at the newest event; one removed from the configuration forgets its cursor.
+
+use crate::config::Webhook;
+use crate::events::{Event, EventLog};
+use crate::metrics::WebhookMetric;
+use gitmirror_common::statefile::{self, StateError};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+pub const FILE: &str = "webhooks.json";
+const KIND: &str = "webhooks";
+const VERSION: u32 = 1;
+const MODE: u32 = 0o640;
+
+/// Retry backoff: from this, doubling, capped at [`BACKOFF_MAX`].
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Per attempt: the whole request and response head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events read from the log per round.
+const BATCH: usize = 100;
+/// The cursor file is written at most this often.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// While failing, one log line per this many attempts (and the first).
+const LOG_EVERY_ATTEMPTS: u64 = 20;
+
+/// `webhooks.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CursorFile {
+    /// Webhook URL → seq of the last event it acknowledged.
+    pub cursors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HookState {
+    cursor: u64,
+    failures: u64,
+}
+
+struct Shared {
+    path: PathBuf,
+    hooks: Mutex<BTreeMap<String, HookState>>,
+    /// Serialises writes of the file (the temp file name is per process).
+    write_lock: Mutex<()>,
+    dirty: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HookState>> {
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cursor(&self, url: &str) -> u64 {
+        self.lock().get(url).map_or(0, |h| h.cursor)
+    }
+
+    fn delivered(&self, url: &str, seq: u64) {
+        if let Some(h) = self.lock().get_mut(url) {
+            h.cursor = h.cursor.max(seq);
+        }
+        self.dirty.notify_one();
+    }
+
+    fn failed(&self, url: &str) {
+        if let Some(h) = self.lock().get_mut(url) {
+            h.failures += 1;
+        }
+    }
+
+    fn snapshot(&self) -> CursorFile {
+        CursorFile {
+            cursors: self
+                .lock()
+                .iter()
+                .map(|(u, h)| (u.clone(), h.cursor))
+                .collect(),
+        }
+    }
+
+    /// Write the cursors (blocking).
+    fn save(&self) -> Result<(), StateError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        statefile::write_json(&self.path, KIND, VERSION, &self.snapshot(), MODE)
+    }
+}
+
+/// The webhook deliverers, owned by the main loop.
+pub struct Webhooks {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    saver: tokio::task::JoinHandle<()>,
+    log: Arc<Mutex<EventLog>>,
+    last_seq: watch::Receiver<u64>,
+    client: Option<reqwest::Client>,
+}
+
+/// Read `webhooks.json` (missing: empty; corrupt: an error naming it).
+pub fn load(dir: &Path) -> Result<CursorFile, StateError> {
+    Ok(statefile::read_json(&dir.join(FILE), KIND, VERSION)?.unwrap_or_default())
+}
+
+impl Webhooks {
+    /// Start delivering to `hooks` with the cursors of `saved`. Call within the runtime.
+    pub fn start(
+        dir: &Path,
+        saved: CursorFile,
+        hooks: &[Webhook],
+        log: Arc<Mutex<EventLog>>,
+        last_seq: watch::Receiver<u64>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            path: dir.join(FILE),
+            hooks: Mutex::new(
+                saved
+                    .cursors
+                    .into_iter()
+                    .map(|(u, cursor)| {
+                        (
+                            u,
+                            HookState {
+                                cursor,
+                                failures: 0,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            write_lock: Mutex::new(()),
+            dirty: Notify::new(),
+        });
+        let saver = tokio::spawn(save_loop(shared.clone()));
+        let mut me = Self {
+            shared,
+            tasks: Vec::new(),
+            saver,
+            log,
+            last_seq,
+            client: None,
+        };
+        me.set(hooks);
+        me
+    }
+
+    /// Replace the configured webhooks (start, SIGHUP). Known URLs keep their cursor; new
+    /// ones start at the newest event; removed ones are forgotten. Returns whether the
+    /// set of URLs changed.
+    pub fn set(&mut self, hooks: &[Webhook]) -> bool {
+        for t in self.tasks.drain(..) {
+            // Aborting mid-delivery is safe: the cursor moves only after a 2xx.
+            t.abort();
+        }
+        let newest = *self.last_seq.borrow();
+        let changed = {
+            let mut map = self.shared.lock();
+            let before: Vec<String> = map.keys().cloned().collect();
+            map.retain(|u, _| hooks.iter().any(|h| &h.url == u));
+            for h in hooks {
+                map.entry(h.url.clone()).or_insert(HookState {
+                    cursor: newest,
+                    failures: 0,
+                });
+            }
+            before != map.keys().cloned().collect::<Vec<_>>()
+        };
+        if changed {
+            self.shared.dirty.notify_one();
+        }
+        if hooks.is_empty() {
+            return changed;
+        }
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => match client() {
+                Ok(c) => {
+                    self.client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot set up the webhook HTTP client: {e}; no webhook is called"
+                    );
+                    return changed;
+                }
+            },
+        };
+        for h in hooks {
+            self.tasks.push(tokio::spawn(deliver(
+                Hook {
+                    url: h.url.clone(),
+                    label: redact(&h.url),
+                    secret: h.secret.as_ref().map(|s| Arc::<[u8]>::from(s.0.as_bytes())),
+                },
+                client.clone(),
+                self.shared.clone(),
+                self.log.clone(),
+                self.last_seq.clone(),
+            )));
+        }
+        changed
+    }
+
+    /// Per webhook (in URL order): pending events and failed attempts.
+    pub fn metrics(&self) -> Vec<WebhookMetric> {
+        let newest = *self.last_seq.borrow();
+        self.shared
+            .lock()
+            .iter()
+            .map(|(u, h)| WebhookMetric {
+                url: redact(u),
+                pending: newest.saturating_sub(h.cursor),
+                failures: h.failures,
+            })
+            .collect()
+    }
+
+    /// Stop delivering and save the cursors.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.saver.abort();
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || shared.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("{e}"),
+            Err(e) => tracing::error!("saving webhook cursors: {e}"),
+        }
+    }
+}
+
+impl Drop for Webhooks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.saver.abort();
+    }
+}
+
+/// The URL as shown in logs, metrics and the status page: no user info, no query.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, query) = match rest.split_once(['?', '#']) {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}{}", if query { "?…" } else { "" })
+}
+
+fn client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A redirect of a POST is not an acknowledgement.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("gitmirrord/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut out = String::from("sha256=");
+    // HMAC takes keys of any length; this cannot fail.
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) {
+        mac.update(body);
+        for b in mac.finalize().into_bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+async fn save_loop(shared: Arc<Shared>) {
+    loop {
+        shared.dirty.notified().await;
+        tokio::time::sleep(SAVE_EVERY).await;
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("{e}; webhook cursors are kept in memory and saved again later");
+                shared.dirty.notify_one();
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+struct Hook {
+    url: String,
+    label: String,
+    secret: Option<Arc<[u8]>>,
+}
+
+async fn read_events(log: &Arc<Mutex<EventLog>>, since: u64) -> Result<Vec<Event>, String> {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || {
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .since(since, BATCH)
+    })
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One attempt: `Ok` on a 2xx, otherwise why not.
+async fn post(client: &reqwest::Client, hook: &Hook, seq: u64, body: &[u8]) -> Result<(), String> {
+    let mut req = client
+        .post(&hook.url)
+        .header("Content-Type", "application/json")
+        .header("X-Gitmirror-Event-Seq", seq.to_string())
+        .body(body.to_vec());
+    if let Some(secret) = &hook.secret {
+        req = req.header("X-Gitmirror-Signature", signature(secret, body));
+    }
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(format!("answered {}", resp.status())),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+async fn deliver(
+    hook: Hook,
+    client: reqwest::Client,
+    shared: Arc<Shared>,
+    log: Arc<Mutex<EventLog>>,
+    mut last_seq: watch::Receiver<u64>,
+) {
+    loop {
+        let cursor = shared.cursor(&hook.url);
+        let events = match read_events(&log, cursor).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("webhook {}: cannot read the event log: {e}", hook.label);
+                tokio::time::sleep(BACKOFF_MAX).await;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            if last_seq.wait_for(|s| *s > cursor).await.is_err() {
+                return; // the coordinator is stopping
+            }
+            continue;
+        }
+        for ev in events {
+            let body = match serde_json::to_vec(&ev) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(
+                        "webhook {}: cannot encode event {}: {e}",
+                        hook.label,
+                        ev.seq
+                    );
+                    return;
+                }
+            };
+            let mut backoff = BACKOFF_START;
+            let mut attempts = 0u64;
+            loop {
+                match post(&client, &hook, ev.seq, &body).await {
+                    Ok(()) => {
+                        if attempts > 0 {
+                            tracing::info!(
+                                "webhook {}: event {} delivered after {attempts} failed attempts",
+                                hook.label,
+                                ev.seq
+                            );
+                        }
+                        shared.delivered(&hook.url, ev.seq);
+                        break;
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        shared.failed(&hook.url);
+                        if attempts == 1 || attempts.is_multiple_of(LOG_EVERY_ATTEMPTS) {
+                            tracing::warn!(
+                                "webhook {}: delivering event {} failed ({attempts} attempts): {e}; retrying with backoff (at most {}s apart)",
+                                hook.label,
+                                ev.seq,
+                                BACKOFF_MAX.as_secs()
+                            );
+                        }
+                        tokio::time::sleep(jittered(backoff)).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SPEC §8: the signature is the hex HMAC-SHA256 of the body (RFC 4231 test case 2).
+    #[test]
+    fn hmac_signature() {
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("https://user:pw@hooks.example.org:8443/a/b?token=x"),
+            "https://hooks.example.org:8443/a/b?…"
+        );
+        assert_eq!(redact("http://127.0.0.1:9/hook"), "http://127.0.0.1:9/hook");
+        assert_eq!(redact("http://h"), "http://h");
+    }
+}
