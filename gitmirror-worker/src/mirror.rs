@@ -1036,7 +1036,8 @@ fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
     notes
 }
 
-/// Visit regular files in `dir` (and below, with `deep`) whose name `wanted` picks.
+/// Visit regular files in `dir` (and below, with `deep`) whose name `wanted` picks. Only
+/// those are stat'ed: this runs before every fetch.
 fn scan(
     dir: &Path,
     deep: bool,
@@ -1047,14 +1048,17 @@ fn scan(
         return;
     };
     for entry in entries.flatten() {
-        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+        let Ok(kind) = entry.file_type() else {
             continue;
         };
-        if meta.is_dir() {
+        if kind.is_dir() {
             if deep {
                 scan(&entry.path(), true, wanted, found);
             }
-        } else if meta.is_file() && wanted(&entry.file_name().to_string_lossy()) {
+        } else if kind.is_file()
+            && wanted(&entry.file_name().to_string_lossy())
+            && let Ok(meta) = fs::symlink_metadata(entry.path())
+        {
             found(&entry.path(), &meta);
         }
     }

@@ -207,8 +207,9 @@ struct Worker {
     stuck: HashSet<String>,
     /// Disposals that failed in this run (retried at the next start, not in a loop).
     disposal_failed: HashSet<String>,
-    /// Mirrors due for a maintenance pass, oldest request first.
+    /// Mirrors due for a maintenance pass, oldest request first (and the same as a set).
     maintenance_due: std::collections::VecDeque<String>,
+    maintenance_queued: HashSet<String>,
     conn: Option<Conn>,
     disk: DiskState,
     stopping: bool,
@@ -238,6 +239,7 @@ impl Worker {
             stuck: HashSet::new(),
             disposal_failed: HashSet::new(),
             maintenance_due: std::collections::VecDeque::new(),
+            maintenance_queued: HashSet::new(),
             conn: None,
             disk: DiskState {
                 free: 0,
@@ -446,7 +448,7 @@ impl Worker {
     }
 
     fn queue_maintenance(&mut self, id: String) {
-        if !self.maintenance_due.contains(&id) {
+        if self.maintenance_queued.insert(id.clone()) {
             self.maintenance_due.push_back(id);
         }
     }
@@ -463,9 +465,11 @@ impl Worker {
             && let Some(id) = self.maintenance_due.pop_front()
         {
             let Some(repo) = self.state.repos.get(&id) else {
+                self.maintenance_queued.remove(&id);
                 continue; // dropped meanwhile
             };
             if !repo.mirrored {
+                self.maintenance_queued.remove(&id);
                 continue;
             }
             // Never while the repo is fetched (SPEC §7.1); nor while a fetch is queued
@@ -479,6 +483,7 @@ impl Worker {
                 .last_verify_ms
                 .is_none_or(|t| now.saturating_sub(t) >= ms(VERIFY_EVERY));
             let url = repo.url.clone();
+            self.maintenance_queued.remove(&id);
             self.start_maintain(id, url, verify);
             running += 1;
         }
@@ -750,9 +755,13 @@ impl Worker {
                     repo.last_change_ms = Some(now);
                 }
                 if repo.last_maintenance_ms.is_none() {
-                    // The periodic pass counts from the first mirror.
-                    repo.last_maintenance_ms = Some(now);
-                    repo.last_verify_ms = Some(now);
+                    // The periodic passes count from the first mirror, spread over their
+                    // period so mirrors cloned together are not all maintained together.
+                    let spread = |every: Duration| {
+                        now.saturating_sub(rand::random_range(0..ms(every).max(1)))
+                    };
+                    repo.last_maintenance_ms = Some(spread(MAINTENANCE_EVERY));
+                    repo.last_verify_ms = Some(spread(VERIFY_EVERY));
                 }
                 maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
                 repo.refs = fetched.refs;

@@ -130,7 +130,7 @@ async fn spec_7_3_gone_upstream_is_probed_daily_with_one_log_line() {
         "not retried: {later:?}"
     );
     assert!(
-        later.iter().filter(|(_, o)| o.repo == s).count() >= 2,
+        later.iter().any(|(_, o)| o.repo == s),
         "the other repo on the host is still fetched: {later:?}"
     );
     assert_eq!(

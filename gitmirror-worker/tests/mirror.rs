@@ -525,3 +525,51 @@ fn spec_7_3_corrupt_mirror_is_recloned_and_swapped_in() {
         );
     }
 }
+
+/// SPEC §7.1, §7.3 over smart HTTP (the worker's own HTTP backend for gix): clone, fetch
+/// with changes and prune, a no-op fetch; a 429 with `Retry-After` on a fetch is
+/// `RateLimited` carrying the wait; a missing repo is `Gone`.
+#[test]
+fn spec_7_3_http_fetches_and_refusals() {
+    let up = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(up.path(), "abc");
+    let http = common::http::HttpGit::start(up.path());
+    let url = http.url("abc");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    let cloned = m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert_eq!(cloned.refs, ls_remote(&url));
+    upstream.commit("over http");
+    git(&upstream.dir, &["branch", "-D", "dev"]);
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert!(f.packs.is_some());
+    assert_eq!(f.refs, ls_remote(&url));
+    assert!(!f.refs.contains_key("refs/heads/dev"));
+    let requests = http.seen().len();
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert_eq!(f.packs, None);
+    assert_eq!(
+        http.seen().len() - requests,
+        2,
+        "a no-op is the advertisement and one ls-refs: {:?}",
+        &http.seen()[requests..]
+    );
+    git(&m.path("a/abc/abc"), &["fsck", "--no-progress"]);
+
+    http.rate_limit(Duration::from_secs(30));
+    let err = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap_err();
+    assert_eq!(err.class, FailureClass::RateLimited, "{err}");
+    assert_eq!(err.retry_after, Some(Duration::from_secs(30)), "{err}");
+    assert!(err.message.contains("429"), "{err}");
+    http.rate_limit(Duration::ZERO);
+
+    let err = m
+        .clone_new("n/nope/nope", &http.url("nope"), &no_interrupt())
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Gone, "{err}");
+    assert_eq!(
+        std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
+        0
+    );
+}
