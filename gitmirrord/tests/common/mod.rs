@@ -295,3 +295,209 @@ impl TestWorker {
             .unwrap_or_else(|_| "not closed".into())
     }
 }
+
+/// One request a [`HookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The status it answered.
+    pub status: u16,
+}
+
+impl Delivery {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.json()["seq"].as_u64().unwrap()
+    }
+}
+
+/// A webhook receiver on 127.0.0.1 (SPEC §8 tests): records every POST and answers 500 to
+/// the first `fail_first` of them, 200 afterwards. Runs on a thread of its own, so it
+/// serves sync and async tests alike, and stops when dropped.
+pub struct HookReceiver {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HookReceiver {
+    pub fn start(fail_first: usize) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Delivery>::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut s) = conn else { continue };
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i);
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or_default()
+                    .to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = buf[head_end + 4..].to_vec();
+                while body.len() < len {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut seen = seen2.lock().unwrap();
+                let status = if seen.len() < fail_first { 500 } else { 200 };
+                seen.push(Delivery {
+                    path,
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    status,
+                });
+                drop(seen);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        HookReceiver { port, seen, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn seen(&self) -> Vec<Delivery> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The acknowledged (200) deliveries.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.seen()
+            .into_iter()
+            .filter(|d| d.status == 200)
+            .collect()
+    }
+}
+
+impl Drop for HookReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A hex HMAC-SHA256, computed independently of the coordinator's code.
+pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An outcome: cloned or fetched, with the given ref changes.
+pub fn outcome(
+    report_id: u64,
+    repo: &str,
+    result: gitmirror_wire::FetchResult,
+    changes: &[(&str, Option<&str>, Option<&str>)],
+) -> gitmirror_wire::Outcome {
+    gitmirror_wire::Outcome {
+        report_id,
+        repo: repo.into(),
+        url: format!(
+            "https://example.org/{}.git",
+            repo.rsplit('/').next().unwrap()
+        ),
+        finished_ms: gitmirror_common::now_ms(),
+        duration_ms: 1500,
+        result,
+        changes: changes
+            .iter()
+            .map(|(n, o, w)| gitmirror_wire::RefChange {
+                name: (*n).into(),
+                old: o.map(Into::into),
+                new: w.map(Into::into),
+            })
+            .collect(),
+        ref_count: changes.len() as u32,
+        next_due_ms: gitmirror_common::now_ms() + 60_000,
+    }
+}
+
+impl TestWorker {
+    /// Send outcomes and wait for their acknowledgement (skipping other messages).
+    pub async fn report(&mut self, outcomes: Vec<gitmirror_wire::Outcome>) -> u64 {
+        let upto = outcomes.iter().map(|o| o.report_id).max().unwrap_or(0);
+        self.send(&WorkerMsg::Outcomes(gitmirror_wire::OutcomeBatch {
+            outcomes,
+        }))
+        .await
+        .unwrap();
+        loop {
+            match self.recv().await.unwrap() {
+                CoordMsg::OutcomeAck { upto: got } if got >= upto => return got,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next assignment delta (skipping acknowledgements), acknowledged.
+    pub async fn next_assign(&mut self) -> gitmirror_wire::AssignDelta {
+        loop {
+            match self.recv().await.unwrap() {
+                CoordMsg::Assign(d) => {
+                    self.send(&WorkerMsg::AssignAck { seq: d.seq })
+                        .await
+                        .unwrap();
+                    return d;
+                }
+                CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. } => continue,
+                other => panic!("expected Assign, got {other:?}"),
+            }
+        }
+    }
+}
