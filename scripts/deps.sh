@@ -5,7 +5,7 @@ set -euo pipefail
 
 want=(git curl ca-certificates)
 if [ "${1:-run}" = test ]; then
-  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils)
+  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils chromium)
 fi
 
 missing=()

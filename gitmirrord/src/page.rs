@@ -94,17 +94,17 @@ header{background:#1f2d3d;color:#fff;padding:14px 28px;display:flex;align-items:
 header h1{margin:0;font-size:20px;letter-spacing:.3px}
 header .sub{color:#b8c4d2;font-size:13px}
 main{padding:18px 28px 28px;max-width:1400px}
-.tiles{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:18px}
-.tile{background:#fff;border-radius:8px;padding:10px 16px;min-width:118px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #8896a6}
+.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(96px,1fr));gap:10px;margin-bottom:18px}
+.tile{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #8896a6}
 .tile .n{font-size:24px;font-weight:600}
-.tile .l{color:#5b6b7c;font-size:12px;text-transform:uppercase;letter-spacing:.5px}
+.tile .l{color:#5b6b7c;font-size:11px;text-transform:uppercase;letter-spacing:.4px;white-space:nowrap}
 .tile.ok{border-top-color:#2f9e44}.tile.warn{border-top-color:#e8a317}.tile.bad{border-top-color:#d64545}.tile.info{border-top-color:#3b7dd8}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 2px rgba(0,0,0,.08);padding:12px 18px 16px;margin-bottom:18px;overflow-x:auto}
 h2{font-size:16px;margin:2px 0 10px}
 h2 .count{color:#5b6b7c;font-weight:400}
 table{border-collapse:collapse;width:100%}
 th{text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.4px;color:#5b6b7c;border-bottom:2px solid #e3e8ee;padding:6px 10px}
-td{border-bottom:1px solid #edf0f4;padding:6px 10px;vertical-align:top}
+td{border-bottom:1px solid #edf0f4;padding:6px 10px;vertical-align:baseline}
 tr:last-child td{border-bottom:none}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12.5px}
@@ -155,7 +155,7 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
             "<div class=\"tile {class}\"><div class=\"n\">{num}</div><div class=\"l\">{label}</div></div>"
         );
     };
-    tile(&mut h, "ok", alive.to_string(), "workers alive");
+    tile(&mut h, "ok", alive.to_string(), "workers up");
     tile(
         &mut h,
         if suspect > 0 { "warn" } else { "" },
