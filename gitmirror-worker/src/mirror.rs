@@ -506,6 +506,12 @@ impl Mirrors {
                 return Err(f);
             }
         };
+        if let Some(parent) = final_path.parent()
+            && let Err(e) = fs::create_dir_all(parent)
+        {
+            let _ = remove_any(&tmp);
+            return Err(Failure::io("create directory", parent, &e));
+        }
         if let Err(e) = swap_into_place(&tmp, &final_path) {
             let _ = remove_any(&tmp);
             return Err(e);
@@ -559,18 +565,23 @@ impl Mirrors {
             }
         }
         if verify {
-            let problem = check_mirror(&path).err().or_else(|| {
-                git(
-                    &path,
-                    &[
-                        "fsck",
-                        "--connectivity-only",
-                        "--no-dangling",
-                        "--no-progress",
-                    ],
-                )
-                .err()
-            });
+            let args = [
+                "fsck",
+                "--connectivity-only",
+                "--no-dangling",
+                "--no-progress",
+            ];
+            let problem = match check_mirror(&path) {
+                Err(reason) => Some(reason),
+                Ok(()) => match git(&path, &args) {
+                    Ok(()) => None,
+                    Err(GitError::Failed(reason)) => Some(reason),
+                    Err(e @ GitError::NotRun(_)) => {
+                        m.repairs.push(format!("could not check connectivity: {e}"));
+                        None
+                    }
+                },
+            };
             if let Some(reason) = problem {
                 let fetched = self.reclone(id, url, interrupt, &first_line(&reason))?;
                 m.repairs.extend(fetched.repairs);
@@ -948,8 +959,25 @@ fn repack(git_dir: &Path, notes: &mut Vec<String>) {
     }
 }
 
-/// Run `git --git-dir <dir> <args>`; `Err` carries the first lines of its stderr.
-fn git(git_dir: &Path, args: &[&str]) -> Result<(), String> {
+/// A git command that did not succeed.
+#[derive(Debug)]
+enum GitError {
+    /// It could not be started, or was killed: says nothing about the mirror.
+    NotRun(String),
+    /// It ran and said no (exit code), with the first lines of its stderr.
+    Failed(String),
+}
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitError::NotRun(m) | GitError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Run `git --git-dir <dir> <args>`.
+fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
@@ -957,19 +985,24 @@ fn git(git_dir: &Path, args: &[&str]) -> Result<(), String> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run git {}: {e}", args.join(" ")))?;
+        .map_err(|e| GitError::NotRun(format!("cannot run git {}: {e}", args.join(" "))))?;
     if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let first: Vec<&str> = stderr.lines().take(3).collect();
-        Err(format!(
-            "git {} ({}): {}",
-            args.join(" "),
-            out.status,
-            first.join("; ")
-        ))
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first: Vec<&str> = stderr.lines().take(3).collect();
+    let message = format!(
+        "git {} in {} ({}): {}",
+        args.join(" "),
+        git_dir.display(),
+        out.status,
+        first.join("; ")
+    );
+    Err(if out.status.code().is_some() {
+        GitError::Failed(message)
+    } else {
+        GitError::NotRun(message)
+    })
 }
 
 fn first_line(s: &str) -> String {

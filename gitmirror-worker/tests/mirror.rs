@@ -573,3 +573,61 @@ fn spec_7_3_http_fetches_and_refusals() {
         0
     );
 }
+
+/// SPEC §7.1, §7.3: damage deeper than the ref tips (a lost blob) is not seen by a fetch
+/// but by maintenance's connectivity check, which clones the mirror again and swaps it in.
+#[test]
+fn spec_7_3_maintenance_finds_deep_corruption_and_reclones() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("abc");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().to_owned());
+    m.prepare().unwrap();
+    m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
+    let path = m.path("a/abc/abc");
+    // Turn the pack into loose objects, then lose one blob.
+    let aside = tempfile::tempdir().unwrap();
+    for p in packs(&path) {
+        std::fs::rename(path.join("objects/pack").join(&p), aside.path().join(&p)).unwrap();
+    }
+    let pack = std::fs::read_dir(aside.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let st = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&path)
+        .args(["unpack-objects", "-q"])
+        .stdin(std::fs::File::open(pack).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blob = git(&path, &["rev-parse", "refs/heads/main~1:file"]);
+    let blob = blob.trim();
+    std::fs::remove_file(path.join("objects").join(&blob[..2]).join(&blob[2..])).unwrap();
+
+    let f = m.fetch("a/abc/abc", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.repairs.is_empty(),
+        "the tips are all there: {:?}",
+        f.repairs
+    );
+    let r = m
+        .maintain("a/abc/abc", &url, true, &no_interrupt())
+        .unwrap();
+    assert!(r.recloned.is_some(), "{r:?}");
+    assert!(r.repairs.iter().any(|x| x.contains("corrupt")), "{r:?}");
+    git(&path, &["fsck", "--no-progress"]);
+    assert_eq!(local_refs(&path), ls_remote(&url));
+    // A healthy mirror is left as it is.
+    let again = m
+        .maintain("a/abc/abc", &url, true, &no_interrupt())
+        .unwrap();
+    assert!(
+        again.recloned.is_none() && again.repairs.is_empty(),
+        "{again:?}"
+    );
+}
