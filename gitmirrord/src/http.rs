@@ -682,6 +682,44 @@ mod tests {
         );
     }
 
+    // SPEC §9 POST …/fetch through the router: refused from a non-loopback client without
+    // the token (403 when no token is configured, 401 with a wrong one), passed on to the
+    // main loop (202) with the right one or from loopback.
+    #[tokio::test]
+    async fn fetch_route_checks_the_caller() {
+        let answering = |token: Option<&str>| {
+            let (calls, mut rx) = mpsc::channel::<HttpCall>(4);
+            let mut c = ctx(token);
+            c.calls = calls;
+            tokio::spawn(async move {
+                while let Some(call) = rx.recv().await {
+                    assert_eq!(call.query, Query::Fetch("a/b/c".into()));
+                    let _ = call.reply.send(Answer::json(202, &serde_json::json!({})));
+                }
+            });
+            c
+        };
+        let open = answering(None);
+        assert_eq!(
+            route(&request("10.0.0.1:5", None), &open).await.0.status,
+            403
+        );
+        assert_eq!(
+            route(&request("127.0.0.1:5", None), &open).await.0.status,
+            202
+        );
+        let locked = answering(Some("s3cret"));
+        for (auth, want) in [
+            (None, 401),
+            (Some("Bearer wrong"), 401),
+            (Some("s3cret"), 401),
+            (Some("Bearer s3cret"), 202),
+        ] {
+            let got = route(&request("10.0.0.1:5", auth), &locked).await.0.status;
+            assert_eq!(got, want, "{auth:?}");
+        }
+    }
+
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("/a%2Fb%20c").as_deref(), Some("/a/b c"));
