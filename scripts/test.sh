@@ -28,9 +28,7 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "building binaries"
-cargo build --workspace --bins --locked
-
+# nextest builds every target first, the binaries the end-to-end tests run included.
 step "running tests"
 cargo nextest run --workspace --locked --no-fail-fast
 
