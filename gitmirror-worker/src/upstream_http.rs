@@ -518,6 +518,9 @@ fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
     if parts.next()? != "GMT" || parts.next().is_some() || !(1..=31).contains(&day) {
         return None;
     }
+    if !(1970..=9999).contains(&year) {
+        return None;
+    }
     if h > 23 || m > 59 || sec > 60 {
         return None;
     }
@@ -540,6 +543,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::any;
 
     #[test]
     fn spec_7_3_retry_after_forms() {
@@ -574,5 +578,26 @@ mod tests {
         }
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 99999999999 08:49:37 GMT", now),
+            None
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends as `Retry-After`, reading it never panics.
+        #[test]
+        fn retry_after_never_panics(v in ".{0,40}", secs in 0u64..u64::MAX / 2) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs % 10_000_000_000);
+            let _ = parse_retry_after(&v, now);
+            let _ = parse_retry_after(&format!("Sun, {v} GMT"), now);
+        }
+
+        #[test]
+        fn imf_dates_with_any_numbers_never_panic(
+            d in any::<i64>(), y in any::<i64>(), h in any::<u64>(), m in any::<u64>(), s in any::<u64>()
+        ) {
+            let _ = parse_retry_after(&format!("Mon, {d} Jan {y} {h}:{m}:{s} GMT"), SystemTime::now());
+        }
     }
 }
