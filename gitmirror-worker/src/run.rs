@@ -472,8 +472,8 @@ impl Worker {
                 self.maintenance_queued.remove(&id);
                 continue;
             }
-            // Never while the repo is fetched (SPEC §7.1); nor while a fetch is queued
-            // urgently for it: that one goes first.
+            // Never while anything else runs on the repo (SPEC §7.1); a fetch that falls
+            // due meanwhile waits for the pass to finish.
             if self.busy(&id) {
                 deferred.push(id);
                 continue;
