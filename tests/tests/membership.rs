@@ -64,7 +64,10 @@ fn workers_beyond_max_workers_are_refused_until_an_id_frees() {
         std::thread::sleep(POLL_INTERVAL);
     }
 
-    // Once w1 is dead its id is free for the newcomer (restarted to skip its backoff).
+    // Once w1 is dead its id is free for the newcomer. Stop the newcomer first: retrying,
+    // it would take the id the moment w1 is declared dead, before the test can see that.
+    // Restarted afterwards, which also skips its backoff.
+    fleet.workers[extra].kill();
     fleet.workers[1].kill();
     wait_for(
         DEAD_AFTER_TOTAL + Duration::from_secs(15),
@@ -76,7 +79,6 @@ fn workers_beyond_max_workers_are_refused_until_an_id_frees() {
                 .ok_or_else(|| w.to_string())
         },
     );
-    fleet.workers[extra].kill();
     fleet.workers[extra].start();
     fleet.wait_alive(&[extra], Duration::from_secs(30));
     let api = fleet.api_worker(extra).unwrap();
