@@ -173,14 +173,16 @@ async fn serve(
             return;
         }
     };
+    // Held until the answer is written, except by a long-poll, which trades it for a
+    // long-poll slot.
+    let mut slot = Some(permit);
+    let mut long_slot = None;
     let (answer, allow) = match long_poll_wait(&req) {
         Some(Ok(wait)) => match long_polls.clone().try_acquire_owned() {
             Ok(lp) => {
-                // Trade the connection slot for a long-poll slot for the wait.
-                drop(permit);
-                let a = long_poll(&req, ctx, wait, &mut stream).await;
-                drop(lp);
-                (a, None)
+                long_slot = Some(lp);
+                slot = None;
+                (long_poll(&req, ctx, wait, &mut stream).await, None)
             }
             Err(_) => (
                 Answer::error(
@@ -192,11 +194,7 @@ async fn serve(
             ),
         },
         Some(Err(a)) => (a, None),
-        None => {
-            let r = route(&req, ctx).await;
-            drop(permit);
-            r
-        }
+        None => route(&req, ctx).await,
     };
     let bytes = response_bytes(&answer, allow);
     if tokio::time::timeout(DEADLINE, stream.write_all(&bytes))
@@ -205,6 +203,7 @@ async fn serve(
     {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     }
+    drop((slot, long_slot));
 }
 
 fn reason(status: u16) -> &'static str {

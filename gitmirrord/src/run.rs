@@ -166,7 +166,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         &cfg.webhooks,
         log.clone(),
         seq_rx.clone(),
-    );
+    )
+    .await;
     let api_token = Arc::new(RwLock::new(cfg.api_token.clone()));
 
     let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
@@ -668,7 +669,7 @@ impl MainLoop {
         if plan.webhooks
             && let Some(w) = &mut self.webhooks
         {
-            w.set(&new.webhooks);
+            w.set(&new.webhooks).await;
         }
         if plan.api_token {
             match self.api_token.write() {

@@ -115,8 +115,8 @@ pub fn load(dir: &Path) -> Result<CursorFile, StateError> {
 }
 
 impl Webhooks {
-    /// Start delivering to `hooks` with the cursors of `saved`. Call within the runtime.
-    pub fn start(
+    /// Start delivering to `hooks` with the cursors of `saved`.
+    pub async fn start(
         dir: &Path,
         saved: CursorFile,
         hooks: &[Webhook],
@@ -152,14 +152,15 @@ impl Webhooks {
             last_seq,
             client: None,
         };
-        me.set(hooks);
+        me.set(hooks).await;
         me
     }
 
     /// Replace the configured webhooks (start, SIGHUP). Known URLs keep their cursor; new
-    /// ones start at the newest event; removed ones are forgotten. Returns whether the
-    /// set of URLs changed.
-    pub fn set(&mut self, hooks: &[Webhook]) -> bool {
+    /// ones start at the newest event; removed ones are forgotten. A changed set of URLs
+    /// is saved before delivery starts, so a new webhook's starting point survives a
+    /// crash. Returns whether the set of URLs changed.
+    pub async fn set(&mut self, hooks: &[Webhook]) -> bool {
         for t in self.tasks.drain(..) {
             // Aborting mid-delivery is safe: the cursor moves only after a 2xx.
             t.abort();
@@ -178,7 +179,15 @@ impl Webhooks {
             before != map.keys().cloned().collect::<Vec<_>>()
         };
         if changed {
-            self.shared.dirty.notify_one();
+            let shared = self.shared.clone();
+            match tokio::task::spawn_blocking(move || shared.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("{e}; webhook cursors are saved again later");
+                    self.shared.dirty.notify_one();
+                }
+                Err(e) => tracing::error!("saving webhook cursors: {e}"),
+            }
         }
         if hooks.is_empty() {
             return changed;
