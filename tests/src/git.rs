@@ -13,7 +13,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A `git` command isolated from the machine's git config, with a fixed identity.
 pub fn git_command() -> Command {
-    let mut c = Command::new("git");
+    git_program(Command::new("git"))
+}
+
+/// `<git --exec-path>/git-daemon`, run directly: `git daemon` would fork it as a child
+/// that outlives a kill of the `git` wrapper.
+fn git_daemon_command() -> Command {
+    let exec_path = git_command()
+        .arg("--exec-path")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    git_program(Command::new(Path::new(&exec_path).join("git-daemon")))
+}
+
+fn git_program(mut c: Command) -> Command {
     c.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_AUTHOR_NAME", "gitmirror test")
@@ -229,8 +243,7 @@ impl GitDaemon {
         // A port picked free can be taken before git daemon binds it; try a few.
         for _ in 0..5 {
             let port = free_tcp_port();
-            let mut child = git_command()
-                .arg("daemon")
+            let mut child = git_daemon_command()
                 .arg("--export-all")
                 .arg("--reuseaddr")
                 .arg(format!("--base-path={}", base.display()))
