@@ -236,6 +236,34 @@ impl WorkerConfig {
         Ok(cfg)
     }
 
+    /// Keys that differ from `new` and take effect only after a restart (SIGHUP reloads
+    /// `fetch.*`, `disk.*` and `log_level`).
+    pub fn restart_needed(&self, new: &WorkerConfig) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.coordinator != new.coordinator {
+            keys.push("coordinator");
+        }
+        if self.token != new.token {
+            keys.push("join_token");
+        }
+        if self.mirror_dir != new.mirror_dir {
+            keys.push("mirror_dir");
+        }
+        if self.state_dir != new.state_dir {
+            keys.push("state_dir");
+        }
+        if self.name != new.name {
+            keys.push("name");
+        }
+        if self.weight != new.weight {
+            keys.push("weight");
+        }
+        if self.serve_url_base != new.serve_url_base {
+            keys.push("serve_url_base");
+        }
+        keys
+    }
+
     /// Checks shared by files and embedded configs.
     fn check(&self) -> Result<(), KeyError> {
         check_host_port(&self.coordinator).map_err(|d| KeyError::new("coordinator", d))?;

@@ -14,4 +14,4 @@ mod upstream_http;
 
 pub use config::{DiskSection, FetchSection, KeyError, WorkerConfig};
 pub use link::{BACKOFF_MAX, BACKOFF_START, IDLE_TIMEOUT, KEEPALIVE};
-pub use run::run;
+pub use run::{run, run_reloadable};

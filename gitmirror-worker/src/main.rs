@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use gitmirror_common::{EX_CONFIG, install_crypto_provider, logging};
 use gitmirror_worker::config::DEFAULT_CONFIG_PATH;
-use gitmirror_worker::{WorkerConfig, run};
+use gitmirror_worker::{WorkerConfig, run_reloadable};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,8 +58,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(signals(stop_tx));
-        run(cfg, stop_rx).await
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(signals(stop_tx, reload_tx, cli.config.clone(), cfg.clone()));
+        run_reloadable(cfg, stop_rx, reload_rx).await
     });
     // Blocking git work that ignored its interrupt must not hold the exit (SPEC §11: 10 s).
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -77,8 +78,15 @@ fn exit_config() -> ExitCode {
     ExitCode::from(u8::try_from(EX_CONFIG).unwrap_or(1))
 }
 
-/// SIGTERM/SIGINT stop the worker gracefully; SIGHUP is logged (nothing reloads yet).
-async fn signals(stop: tokio::sync::watch::Sender<bool>) {
+/// SIGTERM/SIGINT stop the worker gracefully. SIGHUP re-reads the configuration file:
+/// `log_level`, `fetch.*` and `disk.*` take effect at once; other changed keys are named
+/// in the log as needing a restart; a bad file keeps the running configuration.
+async fn signals(
+    stop: tokio::sync::watch::Sender<bool>,
+    reload: tokio::sync::mpsc::Sender<WorkerConfig>,
+    path: PathBuf,
+    mut running: WorkerConfig,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -92,7 +100,36 @@ async fn signals(stop: tokio::sync::watch::Sender<bool>) {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::info!("SIGHUP received: reloading the configuration is not supported yet; restart the worker to apply changes"),
+            _ = hup.recv() => {
+                let loaded = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || WorkerConfig::load(&path)).await
+                };
+                let new = match loaded {
+                    Ok(Ok(new)) => new,
+                    Ok(Err(e)) => {
+                        tracing::error!("SIGHUP: keeping the running configuration: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!("SIGHUP: keeping the running configuration: {e}");
+                        continue;
+                    }
+                };
+                match logging::set_level(&new.log_level) {
+                    Ok(logging::LevelChange::OverriddenByEnv) => {
+                        tracing::info!("SIGHUP: RUST_LOG is set and overrides log_level")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("SIGHUP: log_level: {e}"),
+                }
+                for key in running.restart_needed(&new) {
+                    tracing::warn!("SIGHUP: {key} changed; restart the worker to apply it");
+                }
+                tracing::info!("SIGHUP: reloaded log_level, fetch.* and disk.* from {}", path.display());
+                running = new.clone();
+                let _ = reload.send(new).await;
+            }
         }
     }
     tracing::info!("stop signal received");

@@ -56,6 +56,18 @@ fn ms(d: Duration) -> i64 {
 /// Run the worker until `shutdown` becomes true. Errors only for what stops the daemon at
 /// start (unreadable state, unusable directories).
 pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let (_keep, reload) = mpsc::channel(1);
+    run_reloadable(cfg, shutdown, reload).await
+}
+
+/// [`run`], also taking reloaded configurations (SIGHUP): their `fetch` and `disk`
+/// sections take effect at once. The caller checks and reports the keys that need a
+/// restart ([`WorkerConfig::restart_needed`]).
+pub async fn run_reloadable(
+    cfg: WorkerConfig,
+    shutdown: watch::Receiver<bool>,
+    reload: mpsc::Receiver<WorkerConfig>,
+) -> anyhow::Result<()> {
     // https fetches build TLS configs on blocking threads; without a provider they panic.
     gitmirror_common::install_crypto_provider();
     statefile::ensure_dir(&cfg.state_dir)?;
@@ -113,7 +125,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::
     let mut worker = Worker::new(cfg, state, mirrors);
     worker.refresh_disk(true);
     notify::ready(&worker.summary());
-    worker.main_loop(events_rx, shutdown).await;
+    worker.main_loop(events_rx, shutdown, reload).await;
     worker.stop().await;
     if tokio::time::timeout(Duration::from_secs(3), link_task)
         .await
@@ -256,6 +268,7 @@ impl Worker {
         &mut self,
         mut events: mpsc::Receiver<LinkEvent>,
         mut shutdown: watch::Receiver<bool>,
+        mut reload: mpsc::Receiver<WorkerConfig>,
     ) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,6 +326,14 @@ impl Worker {
                         Ok(done) => self.on_done(done),
                         Err(e) => tracing::error!("a mirror task failed: {e}"),
                     }
+                    pass = true;
+                }
+                Some(new) = reload.recv() => {
+                    self.schedule.set_limits(&new.fetch);
+                    self.cfg.fetch = new.fetch;
+                    self.cfg.disk = new.disk;
+                    self.refresh_disk(true);
+                    tracing::info!("reloaded the fetch and disk settings");
                     pass = true;
                 }
                 _ = flush.tick() => self.flush(),

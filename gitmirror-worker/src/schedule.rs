@@ -62,6 +62,15 @@ impl Schedule {
         Self::with_seed(fetch, rand::random())
     }
 
+    /// Apply new fetch limits and interval bounds (SIGHUP). Running work is not touched;
+    /// the new limits govern what starts next, the new bounds the next plans.
+    pub fn set_limits(&mut self, fetch: &FetchSection) {
+        self.concurrency = fetch.concurrency.max(1);
+        self.per_host = fetch.per_host_concurrency.max(1);
+        self.min_interval = fetch.min_interval;
+        self.max_interval = fetch.max_interval.max(fetch.min_interval);
+    }
+
     /// A schedule whose jitter is repeatable.
     pub fn with_seed(fetch: &FetchSection, seed: u64) -> Self {
         Self {
@@ -298,6 +307,22 @@ mod tests {
     /// Repo ids are "<host>/<n>" in these tests.
     fn host(id: &str) -> String {
         id.split('/').next().unwrap_or_default().to_owned()
+    }
+
+    /// SIGHUP (SPEC §11): new limits govern what starts next.
+    #[test]
+    fn reloaded_limits_apply_to_what_starts_next() {
+        let mut s = sched(1, 1);
+        for id in ["a/1", "b/1", "c/1"] {
+            s.plan(id, 0);
+        }
+        assert_eq!(s.start_ready(10, host, |_| true), vec!["a/1"]);
+        s.set_limits(&FetchSection {
+            concurrency: 3,
+            per_host_concurrency: 1,
+            ..FetchSection::default()
+        });
+        assert_eq!(s.start_ready(10, host, |_| true), vec!["b/1", "c/1"]);
     }
 
     #[test]

@@ -389,3 +389,47 @@ fn spec_11_systemd_notify_and_signals() {
     assert!(st.success(), "{st:?}; log:\n{}", daemon.log());
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// SPEC §11 (SIGHUP reloads what can be reloaded): `log_level`, `fetch.*` and `disk.*`
+/// apply at once, a changed key that needs a restart is named, and a bad file keeps the
+/// running configuration without stopping the worker.
+#[test]
+fn spec_11_sighup_reloads_and_names_what_needs_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_config(d.path(), &full_config(d.path(), "127.0.0.1:9", &token()));
+    let daemon = Daemon::spawn(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&p)
+            .env_remove("RUST_LOG"),
+    );
+    daemon.wait_log("worker started");
+
+    let changed = full_config(d.path(), "127.0.0.1:9", &token())
+        .replace("name: cli-test", "name: renamed")
+        .replace("min_interval: 2s", "min_interval: 5s\n  concurrency: 2")
+        + "log_level: debug\n";
+    write_config(d.path(), &changed);
+    daemon.signal("HUP");
+    daemon.wait_log("reloaded the fetch and disk settings");
+    let log = daemon.log();
+    assert!(
+        log.contains("SIGHUP: name changed; restart the worker to apply it"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("SIGHUP: fetch"),
+        "fetch.* reloads without a restart: {log}"
+    );
+
+    write_config(d.path(), "fetch: {timeout: 5 parsecs}\n");
+    daemon.signal("HUP");
+    daemon.wait_log("keeping the running configuration");
+    let log = daemon.log();
+    assert!(log.contains("fetch.timeout"), "the bad key is named: {log}");
+    let mut daemon = daemon;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "a bad reload does not stop the worker"
+    );
+}
