@@ -1,9 +1,10 @@
 //! What a SIGHUP can change in a running coordinator (SPEC §11).
 //!
 //! Reloaded: `log_level`, `indexes` (with their `poll_interval`s), `webhooks` (URLs and
-//! secrets), `api_token_file` (path and contents). Everything else is fixed for the life
-//! of the process — sockets, state directory, worker ids, liveness timing, index reading
-//! rules and the embedded worker (which has no reload) — and a change to it is named in
+//! secrets), `api_token_file` (path and contents), and the embedded worker's
+//! `local_worker.fetch` and `local_worker.disk`. Everything else is fixed for the life of
+//! the process — sockets, state directory, worker ids, liveness timing, index reading
+//! rules, the embedded worker's identity and directories — and a change to it is named in
 //! the log as needing a restart. Pure functions, so the rules are tested without a
 //! daemon.
 
@@ -17,6 +18,8 @@ pub struct Plan {
     pub indexes: bool,
     pub webhooks: bool,
     pub api_token: bool,
+    /// `local_worker.fetch` or `local_worker.disk` changed: send them to the embedded worker.
+    pub local_worker: bool,
     /// One phrase per reloaded setting that changed, e.g. `log_level info → debug`.
     pub applied: Vec<String>,
     /// `(key, "old → new")` for each changed setting that needs a restart.
@@ -69,9 +72,10 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             None => "api_token_file (removed)".into(),
         });
     }
+    let mut needs_restart = Vec::new();
     let mut restart = |key: &str, changed: bool, o: String, n: String| {
         if changed {
-            p.needs_restart.push((key.to_owned(), format!("{o} → {n}")));
+            needs_restart.push((key.to_owned(), format!("{o} → {n}")));
         }
     };
     restart(
@@ -156,19 +160,11 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 show(&o.weight),
                 show(&n.weight),
             );
-            // The embedded worker has no reload: its fetch limits are fixed at start.
-            restart(
-                "local_worker.fetch",
-                o.fetch != n.fetch,
-                show(&o.fetch),
-                show(&n.fetch),
-            );
-            restart(
-                "local_worker.disk",
-                o.disk != n.disk,
-                show(&o.disk),
-                show(&n.disk),
-            );
+            // The embedded worker takes new fetch and disk settings while running.
+            if o.fetch != n.fetch || o.disk != n.disk {
+                p.local_worker = true;
+                p.applied.push("local_worker.fetch/disk".into());
+            }
             restart(
                 "local_worker.serve_url_base",
                 o.serve_url_base != n.serve_url_base,
@@ -184,6 +180,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             if n.is_some() { "set" } else { "not set" }.into(),
         ),
     }
+    p.needs_restart = needs_restart;
     p
 }
 
@@ -254,12 +251,15 @@ mod tests {
     }
 
     #[test]
-    fn local_worker_fetch_limits_need_a_restart() {
+    fn local_worker_fetch_limits_reload_its_name_does_not() {
         let old = cfg("local_worker: {mirror_dir: /m, fetch: {concurrency: 2}}\n");
         let new = cfg("local_worker: {mirror_dir: /m, fetch: {concurrency: 4}}\n");
         let p = plan(&old, &new);
-        assert_eq!(p.needs_restart.len(), 1);
-        assert_eq!(p.needs_restart[0].0, "local_worker.fetch");
-        assert!(p.applied.is_empty());
+        assert!(p.local_worker && p.needs_restart.is_empty());
+        assert_eq!(p.applied, ["local_worker.fetch/disk"]);
+        let new = cfg("local_worker: {mirror_dir: /m, name: other, fetch: {concurrency: 2}}\n");
+        let p = plan(&old, &new);
+        assert!(!p.local_worker);
+        assert_eq!(p.needs_restart[0].0, "local_worker.name");
     }
 }

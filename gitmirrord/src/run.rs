@@ -189,13 +189,17 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     )
     .context("starting the HTTP API")?;
 
-    let local_worker = match (&cfg.local_worker, quic_addr) {
-        (Some(lw), Some(addr)) => Some(start_local_worker(&cfg, lw, addr, &identity, &ctl)?),
-        _ => None,
+    let (local_worker, local) = match (&cfg.local_worker, quic_addr) {
+        (Some(lw), Some(addr)) => {
+            let (task, local) = start_local_worker(&cfg, lw, addr, &identity, &ctl)?;
+            (Some(task), Some(local))
+        }
+        _ => (None, None),
     };
 
     let mut main = MainLoop {
         cfg,
+        local,
         seq: seq_tx,
         recent,
         events_by_kind: BTreeMap::new(),
@@ -245,6 +249,12 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     Ok(())
 }
 
+/// The embedded worker's configuration in force, and where reloaded ones go.
+struct LocalWorker {
+    cfg: gitmirror_worker::WorkerConfig,
+    reload: mpsc::Sender<gitmirror_worker::WorkerConfig>,
+}
+
 /// Start the embedded worker (SPEC §2.1 `local_worker`): an ordinary worker in this
 /// process that connects to this coordinator over loopback with its join token.
 fn start_local_worker(
@@ -253,7 +263,7 @@ fn start_local_worker(
     quic_addr: std::net::SocketAddr,
     identity: &gitmirror_common::trust::Identity,
     ctl: &Control,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, LocalWorker)> {
     let mut coordinator = quic_addr;
     if coordinator.ip().is_unspecified() {
         coordinator.set_ip(match coordinator {
@@ -288,10 +298,16 @@ fn start_local_worker(
         wcfg.mirror_dir.display()
     );
     let span = tracing::info_span!("local_worker");
-    Ok(tokio::spawn(tracing::Instrument::instrument(
-        gitmirror_worker::run(wcfg, ctl.shutdown.clone()),
+    let (reload, reloads) = mpsc::channel(1);
+    let local = LocalWorker {
+        cfg: wcfg.clone(),
+        reload,
+    };
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        gitmirror_worker::run_reloadable(wcfg, ctl.shutdown.clone(), reloads),
         span,
-    )))
+    ));
+    Ok((task, local))
 }
 
 /// The machine's host name, the default name of the local worker.
@@ -312,6 +328,8 @@ struct Conn {
 struct MainLoop {
     /// The configuration in force (reloaded on SIGHUP).
     cfg: Config,
+    /// The embedded worker, when `local_worker` is set.
+    local: Option<LocalWorker>,
     /// The newest durable event's seq, for long-polls and webhooks.
     seq: watch::Sender<u64>,
     /// The last events, newest last, for the status page.
@@ -670,6 +688,17 @@ impl MainLoop {
             && let Some(w) = &mut self.webhooks
         {
             w.set(&new.webhooks).await;
+        }
+        if plan.local_worker
+            && let (Some(local), Some(lw)) = (&mut self.local, &new.local_worker)
+        {
+            local.cfg.fetch = lw.fetch.clone();
+            local.cfg.disk = lw.disk.clone();
+            if local.reload.try_send(local.cfg.clone()).is_err() {
+                tracing::warn!(
+                    "SIGHUP: the local worker is busy with an earlier reload; send SIGHUP again"
+                );
+            }
         }
         if plan.api_token {
             match self.api_token.write() {

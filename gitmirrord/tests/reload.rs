@@ -254,3 +254,56 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
         .await;
     assert_eq!(receiver.seen().len(), 2, "a removed webhook got an event");
 }
+
+/// SPEC §11 SIGHUP with `local_worker`: the embedded worker takes new fetch limits at
+/// once; a new name is named as needing a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_local_workers_fetch_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_index(&dir.path().join("index"));
+    let path = dir.path().join("gitmirrord.yaml");
+    let lw = |name: &str, concurrency: u32| {
+        format!(
+            "local_worker:\n  mirror_dir: {}\n  name: {name}\n  fetch: {{concurrency: {concurrency}}}\n",
+            dir.path().join("mirrors").display()
+        )
+    };
+    std::fs::write(&path, config(dir.path(), &lw("here", 2))).unwrap();
+    let d = Daemon::start(&path);
+    d.wait_line(0, &["ready: workers connect to"], "the ready line")
+        .await;
+    std::fs::write(&path, config(dir.path(), &lw("here", 5))).unwrap();
+    let before = d.lines().len();
+    d.signal(rustix::process::Signal::HUP);
+    d.wait_line(
+        before,
+        &["SIGHUP: reloaded", "local_worker.fetch/disk"],
+        "the reload line",
+    )
+    .await;
+    d.wait_line(
+        before,
+        &["local_worker", "reloaded the fetch and disk settings"],
+        "the embedded worker's reload",
+    )
+    .await;
+    assert!(
+        !d.lines()[before..]
+            .iter()
+            .any(|l| l.contains("needs a restart")),
+        "{:?}",
+        &d.lines()[before..]
+    );
+    std::fs::write(&path, config(dir.path(), &lw("there", 5))).unwrap();
+    let before = d.lines().len();
+    d.signal(rustix::process::Signal::HUP);
+    d.wait_line(
+        before,
+        &["SIGHUP: local_worker.name changed", "needs a restart"],
+        "the name named as needing a restart",
+    )
+    .await;
+    d.signal(rustix::process::Signal::TERM);
+    d.wait_line(0, &["stopped; state saved"], "the daemon to stop")
+        .await;
+}
