@@ -30,7 +30,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # nextest builds every target first, the binaries the end-to-end tests run included.
 step "running tests"
-cargo nextest run --workspace --locked --no-fail-fast
+GITMIRROR_REQUIRE_CHROMIUM=1 cargo nextest run --workspace --locked --no-fail-fast
 
 if [ "$system" = 1 ]; then
   step "packaging and systemd system test"

@@ -226,6 +226,10 @@ struct Worker {
     disk: DiskState,
     stopping: bool,
     last_status_line: String,
+    /// When outcomes were last sent: a finished fetch is sent at once unless that was
+    /// under `FLUSH_EVERY` ago (then the flush tick batches it), so a single fetch-now is
+    /// reported without waiting for the tick.
+    last_flush: Instant,
 }
 
 impl Worker {
@@ -261,6 +265,7 @@ impl Worker {
             },
             stopping: false,
             last_status_line: String::new(),
+            last_flush: Instant::now(),
         }
     }
 
@@ -325,6 +330,9 @@ impl Worker {
                     match done {
                         Ok(done) => self.on_done(done),
                         Err(e) => tracing::error!("a mirror task failed: {e}"),
+                    }
+                    if self.last_flush.elapsed() >= FLUSH_EVERY {
+                        self.flush();
                     }
                     pass = true;
                 }
@@ -1010,6 +1018,7 @@ impl Worker {
 
     /// Persist what changed, then send outcomes not yet sent on this connection.
     fn flush(&mut self) {
+        self.last_flush = Instant::now();
         if self.dirty && !self.save() {
             return; // never send what is not durably in the outbox
         }
