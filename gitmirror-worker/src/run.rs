@@ -1018,7 +1018,6 @@ impl Worker {
 
     /// Persist what changed, then send outcomes not yet sent on this connection.
     fn flush(&mut self) {
-        self.last_flush = Instant::now();
         if self.dirty && !self.save() {
             return; // never send what is not durably in the outbox
         }
@@ -1031,6 +1030,9 @@ impl Worker {
             .filter(|o| o.report_id > sent_upto)
             .cloned()
             .collect();
+        if !unsent.is_empty() {
+            self.last_flush = Instant::now();
+        }
         for chunk in unsent.chunks(MAX_BATCH) {
             let upto = chunk.last().map(|o| o.report_id).unwrap_or(sent_upto);
             if !self.send(WorkerMsg::Outcomes(OutcomeBatch {
