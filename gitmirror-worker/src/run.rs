@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Outcomes go out at most this often (design.md: at most every 500 ms)...
+/// Outcomes left over are sent on this tick...
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// ...and a finished fetch's outcome at once, unless a batch went out less than this ago:
+/// a single fetch-now is reported without delay, a burst of fetches in batches.
+const MIN_SEND_GAP: Duration = Duration::from_millis(50);
 /// ...and at most this many per batch.
 const MAX_BATCH: usize = 1000;
 /// `Status` to the coordinator, and the systemd status line.
@@ -226,9 +229,7 @@ struct Worker {
     disk: DiskState,
     stopping: bool,
     last_status_line: String,
-    /// When outcomes were last sent: a finished fetch is sent at once unless that was
-    /// under `FLUSH_EVERY` ago (then the flush tick batches it), so a single fetch-now is
-    /// reported without waiting for the tick.
+    /// When outcomes were last sent (see `MIN_SEND_GAP`).
     last_flush: Instant,
 }
 
@@ -331,7 +332,7 @@ impl Worker {
                         Ok(done) => self.on_done(done),
                         Err(e) => tracing::error!("a mirror task failed: {e}"),
                     }
-                    if self.last_flush.elapsed() >= FLUSH_EVERY {
+                    if self.last_flush.elapsed() >= MIN_SEND_GAP {
                         self.flush();
                     }
                     pass = true;
