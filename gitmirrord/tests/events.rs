@@ -214,20 +214,38 @@ async fn long_polls_are_bounded_and_outlive_the_read_deadline() {
         (r, t.elapsed())
     });
     // Fill every long-poll slot (one is the 11 s poll above).
-    let mut held = Vec::new();
-    for _ in 0..gitmirrord::http::MAX_LONG_POLLS - 1 {
-        let mut s = tokio::net::TcpStream::connect(c.http).await.unwrap();
+    let hold = || async {
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
         s.write_all(b"GET /api/events?since=0&wait=30 HTTP/1.1\r\n\r\n")
             .await
             .unwrap();
-        held.push(s);
+        s
+    };
+    let mut held = Vec::new();
+    for _ in 0..gitmirrord::http::MAX_LONG_POLLS - 1 {
+        held.push(hold().await);
     }
-    // The next long-poll is refused at once with Retry-After...
-    let head = eventually(10, "a long-poll refused for want of slots", || async {
-        let head = common::http_head(c.http, b"GET /api/events?wait=30 HTTP/1.1\r\n\r\n").await;
-        head.starts_with("HTTP/1.1 503").then_some(head)
-    })
-    .await;
+    // The next long-poll is refused at once with Retry-After. A probe that arrives before
+    // the server has taken in every held poll gets a slot itself (it waits only 1 s), and a
+    // held poll arriving meanwhile is the one refused: such a held poll is opened again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let head = loop {
+        for s in held.iter_mut() {
+            let mut b = [0u8; 1];
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), s.peek(&mut b)).await
+            {
+                *s = hold().await; // answered (refused) or closed: not holding a slot
+            }
+        }
+        let head = common::http_head(http, b"GET /api/events?wait=1 HTTP/1.1\r\n\r\n").await;
+        if head.starts_with("HTTP/1.1 503") {
+            break head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no long-poll refused for want of slots: {head}"
+        );
+    };
     assert!(head.contains("Retry-After: 1"), "{head}");
     // ...while ordinary requests are served as usual.
     let t = Instant::now();
