@@ -233,10 +233,9 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     notify::stopping();
     if let Some(worker) = local_worker {
         // `ctl` said stop, so the embedded worker is stopping too: let it save its state.
-        match worker.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("local worker: {e:#}"),
-            Err(e) => tracing::error!("local worker task: {e}"),
+        // Its own error was logged when it happened.
+        if let Err(e) = worker.await {
+            tracing::error!("local worker task: {e}");
         }
     }
     http.stop();
@@ -303,8 +302,17 @@ fn start_local_worker(
         cfg: wcfg.clone(),
         reload,
     };
+    let run = gitmirror_worker::run_reloadable(wcfg, ctl.shutdown.clone(), reloads);
+    // Said when it happens: a worker that cannot start (unreadable state, unusable
+    // mirror_dir) leaves the coordinator serving without it.
     let task = tokio::spawn(tracing::Instrument::instrument(
-        gitmirror_worker::run_reloadable(wcfg, ctl.shutdown.clone(), reloads),
+        async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                tracing::error!("the local worker stopped: {e:#}");
+            }
+            result
+        },
         span,
     ));
     Ok((task, local))
