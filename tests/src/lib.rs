@@ -198,3 +198,34 @@ pub fn yaml_str(s: impl AsRef<str>) -> String {
 pub fn yaml_path(p: &Path) -> String {
     yaml_str(p.to_str().expect("utf-8 temp path"))
 }
+
+/// The fault suite's size: `GITMIRROR_FAULTS=long` selects the long form (see
+/// `docs/reliability.md` and `scripts/reliability.sh`); anything else, the bounded form CI
+/// runs on every submission.
+pub fn long_form() -> bool {
+    std::env::var("GITMIRROR_FAULTS").is_ok_and(|v| v == "long")
+}
+
+/// `bounded` in the bounded form, `long` in the long form.
+pub fn rounds(bounded: usize, long: usize) -> usize {
+    if long_form() { long } else { bounded }
+}
+
+/// Record one figure of a fault or hostile-input test (faults injected, inputs tried,
+/// mirrors lost, …): printed as `figure: <suite> <key> = <value>`, and appended to the file
+/// `$GITMIRROR_FIGURES` names, from which `scripts/reliability.sh` builds its table.
+pub fn figure(suite: &str, key: &str, value: impl std::fmt::Display) {
+    let line = format!("figure: {suite} {key} = {value}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("GITMIRROR_FIGURES") {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            panic!("append to {}: {e}", PathBuf::from(path).display());
+        }
+    }
+}
