@@ -9,7 +9,7 @@ use crate::config::WorkerConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
 use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
 use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
-use crate::state::{Disposal, Identity, Repo, Repos, ref_changes};
+use crate::state::{Disposal, Identity, Repo, Repos, ref_changes, refs_digest};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
@@ -665,6 +665,7 @@ impl Worker {
             },
             changes: Vec::new(),
             ref_count: 0,
+            refs_digest: 0,
             next_due_ms: now,
         };
         self.state.push_outcome(outcome);
@@ -854,6 +855,7 @@ impl Worker {
             result: fetch_result,
             changes,
             ref_count: u32::try_from(repo.refs.len()).unwrap_or(u32::MAX),
+            refs_digest: refs_digest(&repo.refs),
             next_due_ms: next,
         };
         self.schedule.finish(&id, Some(next), now);

@@ -195,6 +195,11 @@ fn is_replaceable(o: &Outcome) -> bool {
     o.changes.is_empty() && !matches!(o.result, FetchResult::Cloned)
 }
 
+/// The digest of a ref set that outcomes carry (`gitmirror_wire::refs`).
+pub fn refs_digest(refs: &Refs) -> u64 {
+    gitmirror_wire::refs::digest(refs.iter().map(|(n, o)| (n.as_str(), o.as_str())))
+}
+
 /// Changes from `old` (refs last reported) to `new` (refs now), sorted by ref name.
 pub fn ref_changes(old: &Refs, new: &Refs) -> Vec<RefChange> {
     let mut out = Vec::new();
@@ -242,6 +247,7 @@ mod tests {
             result,
             changes,
             ref_count: 0,
+            refs_digest: 0,
             next_due_ms: 0,
         }
     }

@@ -461,6 +461,7 @@ mod tests {
             result,
             changes: vec![],
             ref_count: 3,
+            refs_digest: 0,
             next_due_ms: 62_000,
         };
         let o = vec![

@@ -95,39 +95,11 @@ pub struct RepoStatus {
     pub last_error: Option<LastError>,
     pub refs: Option<u32>,
     pub last_result: Option<LastResult>,
-    /// Digest of the refs published in events for this repo (see [`refs_digest`]), kept
+    /// Digest of the refs published in events for this repo (`gitmirror_wire::refs`), kept
     /// across owners: a new owner's clone with the same digest is a hand-off, not news.
     /// `None` until the first clone is published.
     #[serde(default)]
     pub published: Option<u64>,
-}
-
-/// An order-independent digest of a ref set: the wrapping sum of a hash per `(name, id)`,
-/// so it is updated from deltas without keeping the refs (8 bytes per repo).
-fn ref_hash(name: &str, id: &str) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(name.as_bytes());
-    h.update(&[0]);
-    h.update(id.as_bytes());
-    h.digest()
-}
-
-/// Digest of the refs a clone reports (every ref created).
-pub fn refs_digest(changes: &[gitmirror_wire::RefChange]) -> u64 {
-    apply_digest(0, changes)
-}
-
-/// The digest after applying ref changes to the set it describes.
-fn apply_digest(mut d: u64, changes: &[gitmirror_wire::RefChange]) -> u64 {
-    for c in changes {
-        if let Some(old) = &c.old {
-            d = d.wrapping_sub(ref_hash(&c.name, old));
-        }
-        if let Some(new) = &c.new {
-            d = d.wrapping_add(ref_hash(&c.name, new));
-        }
-    }
-    d
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -686,22 +658,17 @@ impl Fleet {
                 }
             }
             if changed {
-                if cloned {
-                    // A clone lists every ref: compare the whole set with what was published.
-                    let digest = refs_digest(&o.changes);
-                    publish = st.published != Some(digest);
-                    st.published = Some(digest);
-                    if !publish {
-                        tracing::debug!(
-                            repo = %o.repo,
-                            "worker {worker_id} cloned the refs already published: no event"
-                        );
-                    }
-                } else {
-                    if let Some(d) = &mut st.published {
-                        *d = apply_digest(*d, &o.changes);
-                    }
-                    publish = true;
+                // Compare the whole ref set the mirror now holds with what was published:
+                // refs already announced are not news, whether a new owner cloned them (a
+                // hand-off or failover with no upstream change) or a returning owner
+                // re-sends a report whose change another worker's clone has published.
+                publish = st.published != Some(o.refs_digest);
+                st.published = Some(o.refs_digest);
+                if !publish {
+                    tracing::debug!(
+                        repo = %o.repo,
+                        "worker {worker_id} reported refs already published: no event"
+                    );
                 }
             }
         }

@@ -31,6 +31,7 @@ fn outcome(report_id: u64) -> Outcome {
             new: Some("9fceb02".into()),
         }],
         ref_count: 12,
+        refs_digest: 0x5eed,
         next_due_ms: 1_800_000_160_000,
     }
 }

@@ -25,6 +25,7 @@ fn cloned(report_id: u64, repo: &str) -> Outcome {
             new: Some("e5a2f01".into()),
         }],
         ref_count: 1,
+        refs_digest: gitmirror_wire::refs::digest([("refs/heads/master", "e5a2f01")]),
         next_due_ms: 1_800_000_060_000,
     }
 }

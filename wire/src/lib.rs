@@ -11,6 +11,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod refs;
 pub mod token;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
@@ -19,10 +20,11 @@ pub use message::*;
 pub use token::{JoinToken, TokenError};
 
 /// Version of the message set in this crate. Sent in ALPN and in the first message.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 1: the first; 2: `Outcome::refs_digest` (the whole ref set after each attempt).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/1";
+pub const ALPN: &[u8] = b"gitmirror/2";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.

@@ -137,6 +137,11 @@ pub struct Outcome {
     pub changes: Vec<RefChange>,
     /// Refs in the mirror after the attempt.
     pub ref_count: u32,
+    /// [`crate::refs::digest`] of every ref in the mirror after the attempt (protocol 2):
+    /// lets the coordinator recognise refs it has already published. (Defaults to 0 when
+    /// missing from a self-describing format, e.g. a worker's saved outbox.)
+    #[serde(default)]
+    pub refs_digest: u64,
     /// When the worker plans the next attempt (Unix ms).
     pub next_due_ms: i64,
 }

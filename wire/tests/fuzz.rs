@@ -35,7 +35,7 @@ proptest! {
             report_id: 1, repo: "a/b/c".into(), url: "git://h/c".into(), finished_ms: 5,
             duration_ms: 6, result: FetchResult::Failed { class: FailureClass::Local, message: "m".into() },
             changes: vec![RefChange { name: "refs/heads/x".into(), old: None, new: Some("ab".into()) }],
-            ref_count: 1, next_due_ms: 7 }] });
+            ref_count: 1, refs_digest: 9, next_due_ms: 7 }] });
         let mut body = encode_frame(&msg).unwrap()[4..].to_vec();
         let i = pos.index(body.len());
         body[i] = byte;

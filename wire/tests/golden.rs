@@ -54,6 +54,7 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
                             new: None,
                         }],
                         ref_count: 3,
+                        refs_digest: 0x0123_4567_89ab_cdef,
                         next_due_ms: 1_700_000_060_000,
                     },
                     Outcome {
@@ -68,6 +69,7 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
                         },
                         changes: vec![],
                         ref_count: 0,
+                        refs_digest: 0,
                         next_due_ms: 0,
                     },
                     Outcome {
@@ -81,6 +83,7 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
                         },
                         changes: vec![],
                         ref_count: 0,
+                        refs_digest: 0,
                         next_due_ms: 0,
                     },
                     Outcome {
@@ -92,6 +95,7 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
                         result: FetchResult::Cloned,
                         changes: vec![],
                         ref_count: 0,
+                        refs_digest: 0,
                         next_due_ms: 0,
                     },
                 ],
@@ -172,11 +176,11 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     (
         "OUTCOMES",
-        "70000000 02 04 ac02 05612f622f63 096769743a2f2f682f63 80a0abfef962 0c 01 \
-         01 0c726566732f68656164732f6d 01026161 00 03 c0c9b2fef962 \
-         ad02 05782f792f7a 0175 00 00 02 02 03343034 00 00 00 \
-         ae02 05782f792f7a 0175 00 00 03 04646973 6b 00 00 00 \
-         af02 05782f792f7a 0175 00 00 00 00 00 00",
+        "7c000000 02 04 ac02 05612f622f63 096769743a2f2f682f63 80a0abfef962 0c 01 \
+         01 0c726566732f68656164732f6d 01026161 00 03 ef9bafcdf8acd19101 c0c9b2fef962 \
+         ad02 05782f792f7a 0175 00 00 02 02 03343034 00 00 00 00 \
+         ae02 05782f792f7a 0175 00 00 03 04646973 6b 00 00 00 00 \
+         af02 05782f792f7a 0175 00 00 00 00 00 00 00",
     ),
     (
         "STATUS",

@@ -106,8 +106,27 @@ impl SimWorker {
                 Vec::new()
             },
             ref_count: 1,
+            refs_digest: 0,
             next_due_ms: now + 60_000,
         }
+        .digested()
+    }
+}
+
+/// Test outcomes name every ref of their (one- or two-ref) repos in `changes`, so the
+/// refs after the attempt are the changes' new sides.
+trait Digested {
+    fn digested(self) -> Self;
+}
+
+impl Digested for Outcome {
+    fn digested(mut self) -> Self {
+        self.refs_digest = gitmirror_wire::refs::digest(
+            self.changes
+                .iter()
+                .filter_map(|c| Some((c.name.as_str(), c.new.as_deref()?))),
+        );
+        self
     }
 }
 
@@ -537,6 +556,7 @@ fn duplicate_outcome_makes_no_second_event() {
         old: Some("aa".into()),
         new: Some("bb".into()),
     }];
+    o2 = o2.digested();
     let r3 = sim
         .fleet
         .outcomes(uuid(1), &[o2.clone(), o2.clone()], sim.now);
@@ -557,12 +577,14 @@ fn event_kinds() {
         old: Some("1".into()),
         new: Some("2".into()),
     }];
+    upd = upd.digested();
     let mut rem = w.outcome(&id, FetchResult::Fetched, 6);
     rem.changes = vec![RefChange {
         name: "refs/heads/a".into(),
         old: Some("2".into()),
         new: None,
     }];
+    rem = rem.digested();
     rem.ref_count = 0;
     let none = w.outcome(&id, FetchResult::Fetched, 7);
     let r = sim.fleet.outcomes(uuid(1), &[upd, rem, none], 7);
@@ -816,7 +838,7 @@ fn hand_off_events_come_from_the_owner_only() {
         .map(|id| {
             let mut o = w.outcome(id, FetchResult::Fetched, now);
             o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
-            o
+            o.digested()
         })
         .collect();
     let rep = sim.fleet.outcomes(uuid(10), &batch, now);
@@ -847,7 +869,7 @@ fn hand_off_events_come_from_the_owner_only() {
         .map(|id| {
             let mut o = w.outcome(id, FetchResult::Cloned, now);
             o.changes = vec![change("refs/heads/main", None, Some("bb"))];
-            o
+            o.digested()
         })
         .collect();
     let mut rep = sim.fleet.outcomes(uuid(20), &batch, now);
@@ -865,6 +887,7 @@ fn hand_off_events_come_from_the_owner_only() {
     let w = sim.workers.get_mut(&20).unwrap();
     let mut o = w.outcome(&busy[0], FetchResult::Fetched, now);
     o.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
+    let o = o.digested();
     let rep = sim.fleet.outcomes(uuid(20), &[o], now);
     assert_eq!(rep.events.len(), 1);
     assert_eq!(rep.events[0].kind, EventKind::Updated);
@@ -899,7 +922,7 @@ fn failover_clone_is_an_event_only_when_refs_differ() {
         .map(|id| {
             let mut o = w.outcome(id, FetchResult::Cloned, now);
             o.changes.push(change("refs/tags/v2", None, Some("dd")));
-            o
+            o.digested()
         })
         .collect();
     let rep = sim.fleet.outcomes(uuid(2), &batch, now);
@@ -907,25 +930,68 @@ fn failover_clone_is_an_event_only_when_refs_differ() {
     assert!(rep.events.iter().all(|e| e.kind == EventKind::Cloned));
 }
 
+/// SPEC §8, §6: a worker fetches an upstream change, but the report is lost with the
+/// coordinator; while the worker is away its repos fail over and the survivor's clone
+/// publishes the new refs. When the worker comes back, gets its repos back and re-sends
+/// the old report, that is no second event; its later fetches are events again.
 #[test]
-fn digest_follows_deltas() {
-    let full = [
-        change("refs/heads/a", None, Some("1")),
-        change("refs/heads/b", None, Some("2")),
-    ];
-    let d = refs_digest(&full);
-    let after = apply_digest(
-        d,
-        &[
-            change("refs/heads/a", Some("1"), Some("3")),
-            change("refs/heads/b", Some("2"), None),
-            change("refs/tags/t", None, Some("4")),
-        ],
+fn a_returning_owners_old_report_of_published_refs_is_no_event() {
+    let mut sim = Sim::new(40);
+    sim.join(1);
+    sim.join(2);
+    sim.clone_all();
+    sim.events.clear();
+    let theirs: Vec<String> = sim
+        .fleet
+        .repos()
+        .iter()
+        .filter(|(_, r)| r.owner == Some(uuid(1)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!theirs.is_empty());
+    // Worker 1 fetched aa → bb; the report never reached a coordinator.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let unsent: Vec<Outcome> = theirs
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Fetched, now);
+            o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+            o.digested()
+        })
+        .collect();
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    // The survivor clones them with the new refs: one event each.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let clones: Vec<Outcome> = theirs
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Cloned, now);
+            o.changes = vec![change("refs/heads/main", None, Some("bb"))];
+            o.digested()
+        })
+        .collect();
+    let mut rep = sim.fleet.outcomes(uuid(2), &clones, now);
+    sim.fleet.recorded(uuid(2), rep.upto);
+    sim.deliver(std::mem::take(&mut rep.sends));
+    assert_eq!(rep.events.len(), theirs.len());
+    // Worker 1 returns, owns its repos again and re-sends the old report.
+    sim.join(1);
+    assert!(
+        theirs
+            .iter()
+            .all(|id| sim.fleet.repo(id).unwrap().owner == Some(uuid(1)))
     );
-    let direct = refs_digest(&[
-        change("refs/tags/t", None, Some("4")),
-        change("refs/heads/a", None, Some("3")),
-    ]);
-    assert_eq!(after, direct, "order-independent and delta-consistent");
-    assert_ne!(d, direct);
+    let rep = sim.fleet.outcomes(uuid(1), &unsent, sim.now);
+    assert!(rep.events.is_empty(), "duplicates: {:?}", rep.events);
+    sim.fleet.recorded(uuid(1), rep.upto);
+    // Its next fetch of a new upstream change is news.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut o = w.outcome(&theirs[0], FetchResult::Fetched, now);
+    o.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
+    let rep = sim.fleet.outcomes(uuid(1), &[o.digested()], now);
+    assert_eq!(rep.events.len(), 1);
 }

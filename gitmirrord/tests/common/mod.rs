@@ -464,6 +464,10 @@ pub fn outcome(
             })
             .collect(),
         ref_count: changes.len() as u32,
+        // The changes name every ref of these test repos: the refs after are their new sides.
+        refs_digest: gitmirror_wire::refs::digest(
+            changes.iter().filter_map(|(n, _, w)| Some((*n, (*w)?))),
+        ),
         next_due_ms: gitmirror_common::now_ms() + 60_000,
     }
 }
