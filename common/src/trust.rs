@@ -15,9 +15,9 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const KEY_FILE: &str = "tls-key.pem";
@@ -70,19 +70,52 @@ impl Identity {
     }
 }
 
-/// Write a fresh random secret (0600). Used on first start and to rotate the secret.
-pub fn write_new_secret(path: &Path) -> Result<()> {
+/// Write a fresh random secret (0600) and return it. Used on first start and to rotate
+/// the secret.
+pub fn write_new_secret(path: &Path) -> Result<String> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
-    crate::statefile::write_atomic(
-        path,
-        format!("{}\n", URL_SAFE_NO_PAD.encode(raw)).as_bytes(),
-        0o600,
-    )?;
-    Ok(())
+    let secret = URL_SAFE_NO_PAD.encode(raw);
+    crate::statefile::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)?;
+    Ok(secret)
 }
 
-fn read_secret(path: &Path) -> Result<String> {
+/// Replace the join secret in `state_dir` with a fresh one (SPEC §4.1; `gitmirrord
+/// join-token --rotate`) and return the new token. The certificate, and so the pin, stays.
+/// The write is crash-safe (temp file, fsync, rename): a reader sees the old secret or the
+/// new one, never a mix. A running coordinator notices the new file at its next handshake
+/// ([`SecretFile`]); connected workers stay connected.
+pub fn rotate_secret(state_dir: &Path) -> Result<JoinToken> {
+    let id = Identity::load_or_create(state_dir)?;
+    let path = state_dir.join(SECRET_FILE);
+    let owner = std::fs::metadata(&path)
+        .map(|m| (m.uid(), m.gid()))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let written = write_new_secret(&path)?;
+    // Run as root, the new file would be root's and the daemon's user could not read it:
+    // give it the old file's owner.
+    let now = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    if (now.uid(), now.gid()) != owner {
+        std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).with_context(|| {
+            format!(
+                "giving {} back to its owner {}:{}",
+                path.display(),
+                owner.0,
+                owner.1
+            )
+        })?;
+    }
+    if read_secret(&path)? != written {
+        bail!(
+            "another rotation of {} ran at the same time: print the secret in force with `gitmirrord join-token`",
+            path.display()
+        );
+    }
+    Ok(JoinToken::new(&id.cert, &written))
+}
+
+/// Read and trim a join secret file; an empty one is an error naming the file.
+pub fn read_secret(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading join secret {}", path.display()))?;
     let s = text.trim().to_owned();
@@ -93,6 +126,80 @@ fn read_secret(path: &Path) -> Result<String> {
         );
     }
     Ok(s)
+}
+
+/// What identifies one version of a file without reading it: a rename gives a new inode,
+/// a write a new size or mtime, a chmod or chown a new ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The join secret as the running coordinator uses it: the file is looked at (one `stat`)
+/// at every handshake and read again only when it changed, so `gitmirrord join-token
+/// --rotate` takes effect without a restart. A file that cannot be used (gone, empty,
+/// readable by others) is an error each time, never a silent fall back to the old secret:
+/// a rotated-away secret must not come back.
+#[derive(Debug)]
+pub struct SecretFile {
+    path: PathBuf,
+    cached: Mutex<Option<(FileStamp, String)>>,
+}
+
+impl SecretFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current secret. Blocking (a `stat`, and a read when the file changed): async
+    /// callers run it on a blocking thread.
+    pub fn current(&self) -> Result<String> {
+        let stamp = FileStamp::of(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, secret)) = cached.as_ref()
+            && *seen == stamp
+        {
+            return Ok(secret.clone());
+        }
+        check_private(&self.path)?;
+        let secret = read_secret(&self.path)?;
+        // The stamp taken before the read: a change between the two is seen next time.
+        if let Some((_, old)) = cached.as_ref()
+            && *old != secret
+        {
+            tracing::info!(
+                file = %self.path.display(),
+                "the join secret changed: workers must present the new token from now on; connected workers stay connected"
+            );
+        }
+        *cached = Some((stamp, secret.clone()));
+        Ok(secret)
+    }
 }
 
 /// Refuse a secret-bearing file that group or others can read (SPEC §4.1).
@@ -255,6 +362,52 @@ mod tests {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());
         }
+    }
+
+    // SPEC §4.1 rotation: a new secret, the same pin, a private file; the running side
+    // (SecretFile) follows the file without being told.
+    #[test]
+    fn rotation_changes_the_secret_keeps_the_pin_and_is_seen_by_the_reader() {
+        let d = tempfile::tempdir().unwrap();
+        let before = Identity::load_or_create(d.path()).unwrap().join_token();
+        let reader = SecretFile::new(d.path().join(SECRET_FILE));
+        assert_eq!(reader.current().unwrap(), before.secret);
+        let after = rotate_secret(d.path()).unwrap();
+        assert_ne!(after.secret, before.secret);
+        assert_eq!(after.cert_sha256, before.cert_sha256);
+        assert_eq!(
+            Identity::load_or_create(d.path()).unwrap().join_token(),
+            after
+        );
+        let p = d.path().join(SECRET_FILE);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(reader.current().unwrap(), after.secret);
+        // Unchanged file: the cached secret.
+        assert_eq!(reader.current().unwrap(), after.secret);
+    }
+
+    // A secret file that turns unusable is an error, not the old secret.
+    #[test]
+    fn unusable_secret_file_is_an_error_not_the_old_secret() {
+        let d = tempfile::tempdir().unwrap();
+        Identity::load_or_create(d.path()).unwrap();
+        let p = d.path().join(SECRET_FILE);
+        let reader = SecretFile::new(p.clone());
+        reader.current().unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", reader.current().unwrap_err());
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        reader.current().unwrap();
+        std::fs::write(&p, "\n").unwrap();
+        let e = format!("{:#}", reader.current().unwrap_err());
+        assert!(e.contains("empty"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        let e = format!("{:#}", reader.current().unwrap_err());
+        assert!(e.contains("join-secret"), "{e}");
     }
 
     #[test]

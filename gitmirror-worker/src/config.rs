@@ -148,12 +148,29 @@ struct RawConfig {
     log_level: Option<String>,
 }
 
+/// Where the join token comes from, and so whether the link can pick up a new one by
+/// itself (SPEC §4.1: `gitmirrord join-token --rotate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `join_token` in the config file: fixed until the worker restarts.
+    Inline,
+    /// `join_token_file`: read again before every connection attempt, so writing the new
+    /// token into it is enough.
+    File(PathBuf),
+    /// The embedded worker (`local_worker:`): the coordinator's own join secret file, read
+    /// again before every connection attempt; the certificate pin stays.
+    CoordinatorSecret(PathBuf),
+}
+
 /// A validated worker configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// `host:port` of the coordinator; host names are resolved at each connection attempt.
     pub coordinator: String,
+    /// The join token as read at start.
     pub token: JoinToken,
+    /// Where [`Self::token`] came from.
+    pub token_source: TokenSource,
     pub mirror_dir: PathBuf,
     pub state_dir: PathBuf,
     pub name: String,
@@ -222,6 +239,7 @@ impl WorkerConfig {
         let cfg = Self {
             coordinator: coordinator.to_string(),
             token,
+            token_source: TokenSource::Inline,
             mirror_dir,
             state_dir,
             name,
@@ -236,15 +254,27 @@ impl WorkerConfig {
         Ok(cfg)
     }
 
+    /// Take the join token from `source` from now on (the embedded worker follows its
+    /// coordinator's secret file).
+    pub fn with_token_source(mut self, source: TokenSource) -> Self {
+        self.token_source = source;
+        self
+    }
+
     /// Keys that differ from `new` and take effect only after a restart (SIGHUP reloads
-    /// `fetch.*`, `disk.*` and `log_level`).
+    /// `fetch.*`, `disk.*` and `log_level`; a new token in the same `join_token_file` is
+    /// picked up by the link at its next connection attempt).
     pub fn restart_needed(&self, new: &WorkerConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.coordinator != new.coordinator {
             keys.push("coordinator");
         }
-        if self.token != new.token {
-            keys.push("join_token");
+        match (&self.token_source, &new.token_source) {
+            (TokenSource::File(a), TokenSource::File(b)) if a == b => {}
+            (TokenSource::File(_), TokenSource::File(_)) => keys.push("join_token_file"),
+            (a, b) if a != b => keys.push("join_token"),
+            _ if self.token != new.token => keys.push("join_token"),
+            _ => {}
         }
         if self.mirror_dir != new.mirror_dir {
             keys.push("mirror_dir");
@@ -320,13 +350,16 @@ impl RawConfig {
         )?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MIRROR_DIR));
         // The inline token wins over the file (SPEC §2.2).
-        let token = match (self.join_token, self.join_token_file) {
-            (Some(text), _) => {
-                JoinToken::parse(&text).map_err(|e| KeyError::new("join_token", e.to_string()))?
-            }
+        let (token, token_source) = match (self.join_token, self.join_token_file) {
+            (Some(text), _) => (
+                JoinToken::parse(&text).map_err(|e| KeyError::new("join_token", e.to_string()))?,
+                TokenSource::Inline,
+            ),
             (None, file) => {
                 let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
-                read_token(&file).map_err(|e| KeyError::new("join_token_file", format!("{e:#}")))?
+                let token = read_token(&file)
+                    .map_err(|e| KeyError::new("join_token_file", format!("{e:#}")))?;
+                (token, TokenSource::File(file))
             }
         };
         let name = match self.name {
@@ -338,6 +371,7 @@ impl RawConfig {
         let cfg = WorkerConfig {
             coordinator,
             token,
+            token_source,
             mirror_dir,
             state_dir: self
                 .state_dir
@@ -513,6 +547,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.token, other);
+        assert_eq!(c.token_source, TokenSource::Inline);
+        assert_eq!(
+            parse("join_token_file: /tok\n").unwrap().token_source,
+            TokenSource::File("/tok".into())
+        );
         let e = err("join_token_file: /missing\n");
         assert!(
             e.contains("join_token_file") && e.contains("/missing"),
@@ -520,6 +559,24 @@ mod tests {
         );
         let e = err("join_token: nonsense\n");
         assert!(e.contains("/etc/w.yaml") && e.contains("join_token"), "{e}");
+    }
+
+    // SPEC §4.1 rotation: the link re-reads `join_token_file`, so a new token in the same
+    // file needs no restart; an inline token, or another file, does.
+    #[test]
+    fn a_new_token_in_the_same_file_needs_no_restart() {
+        let running = parse("join_token_file: /tok\n").unwrap();
+        let mut rotated = running.clone();
+        rotated.token = JoinToken::new(b"certificate", "bmV3");
+        assert!(running.restart_needed(&rotated).is_empty());
+        let mut moved = running.clone();
+        moved.token_source = TokenSource::File("/elsewhere".into());
+        assert_eq!(running.restart_needed(&moved), ["join_token_file"]);
+        let inline = parse(&format!("join_token: {TOKEN}\n")).unwrap();
+        let mut changed = inline.clone();
+        changed.token = JoinToken::new(b"certificate", "bmV3");
+        assert_eq!(inline.restart_needed(&changed), ["join_token"]);
+        assert_eq!(inline.restart_needed(&running), ["join_token"]);
     }
 
     #[test]

@@ -12,6 +12,6 @@ pub mod schedule;
 pub mod state;
 mod upstream_http;
 
-pub use config::{DiskSection, FetchSection, KeyError, WorkerConfig};
+pub use config::{DiskSection, FetchSection, KeyError, TokenSource, WorkerConfig};
 pub use link::{BACKOFF_MAX, BACKOFF_START, IDLE_TIMEOUT, KEEPALIVE};
 pub use run::{run, run_reloadable};

@@ -32,7 +32,13 @@ enum Command {
     /// Check the configuration file: exit 0 when valid, 78 with the reason otherwise.
     CheckConfig,
     /// Print the join token workers need (creates the identity in state_dir if missing).
-    JoinToken,
+    JoinToken {
+        /// Replace the join secret first, so the tokens printed before stop working: new
+        /// connections must present the new token (a running coordinator picks it up at
+        /// once); connected workers stay connected. The certificate pin stays the same.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,7 +46,7 @@ fn main() -> ExitCode {
     gitmirror_common::install_crypto_provider();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli.config),
-        Some(Command::JoinToken) => join_token(&cli.config),
+        Some(Command::JoinToken { rotate }) => join_token(&cli.config, rotate),
         None => daemon(&cli.config),
     }
 }
@@ -65,17 +71,31 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn join_token(path: &Path) -> ExitCode {
+fn join_token(path: &Path, rotate: bool) -> ExitCode {
+    use gitmirror_common::trust;
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let identity = gitmirror_common::statefile::ensure_dir(&cfg.state_dir)
+    let token = gitmirror_common::statefile::ensure_dir(&cfg.state_dir)
         .map_err(anyhow::Error::from)
-        .and_then(|()| gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir));
-    match identity {
-        Ok(id) => {
-            println!("{}", id.join_token().format());
+        .and_then(|()| {
+            if rotate {
+                trust::rotate_secret(&cfg.state_dir)
+            } else {
+                trust::Identity::load_or_create(&cfg.state_dir).map(|id| id.join_token())
+            }
+        });
+    match token {
+        Ok(token) => {
+            if rotate {
+                eprintln!(
+                    "gitmirrord: replaced the join secret in {}: the old token no longer admits workers; \
+                     connected workers stay connected, a reconnecting one needs this token",
+                    cfg.state_dir.join(trust::SECRET_FILE).display()
+                );
+            }
+            println!("{}", token.format());
             ExitCode::SUCCESS
         }
         Err(e) => {

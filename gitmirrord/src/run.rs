@@ -174,7 +174,16 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
     let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(1024);
     let quic_addr = listeners.quic.local_addr().ok();
-    let server = server::start(listeners.quic, &identity, &cfg.liveness, conn_tx)?;
+    let secret_file = Arc::new(gitmirror_common::trust::SecretFile::new(
+        cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
+    ));
+    let server = server::start(
+        listeners.quic,
+        &identity,
+        secret_file,
+        &cfg.liveness,
+        conn_tx,
+    )?;
     let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
     let http_addr = listeners.http.local_addr().ok();
     let http = http::start(
@@ -291,6 +300,10 @@ fn start_local_worker(
             e.detail
         )
     })?;
+    // It follows the coordinator's secret file, so a rotation does not lock it out.
+    let wcfg = wcfg.with_token_source(gitmirror_worker::config::TokenSource::CoordinatorSecret(
+        cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
+    ));
     tracing::info!(
         "starting the local worker {:?}: mirrors in {}",
         wcfg.name,

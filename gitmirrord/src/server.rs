@@ -6,12 +6,17 @@
 //! with a deadline; frames above 16 MiB are refused from their header; each connection's
 //! outbound queue holds at most [`OUTBOUND_QUEUE`] messages (the main loop closes a
 //! connection whose queue is full; the worker resyncs when it reconnects).
+//!
+//! The join secret is read from its file at every handshake ([`SecretFile`]: one `stat`,
+//! a read only when the file changed, on a blocking thread), so `gitmirrord join-token
+//! --rotate` takes effect for the next handshake without a restart. Handshakes are rare
+//! and bounded, so the `stat` costs nothing that matters, and there is no watcher to keep.
 
 use anyhow::Context;
-use gitmirror_common::trust::Identity;
+use gitmirror_common::trust::{Identity, SecretFile};
 use gitmirror_wire::{
-    CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Refusal, ServerHandshake, ServerVerdict,
-    Welcome, WorkerMsg, close_code, decode, encode_frame,
+    CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Refusal, RefuseCode, ServerHandshake,
+    ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use std::net::SocketAddr;
@@ -58,10 +63,12 @@ pub struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Start serving workers on `socket`.
+/// Start serving workers on `socket`; the join secret is read from `secret` at every
+/// handshake.
 pub fn start(
     socket: std::net::UdpSocket,
     identity: &Identity,
+    secret: Arc<SecretFile>,
     liveness: &Liveness,
     events: mpsc::Sender<ConnEvent>,
 ) -> anyhow::Result<Server> {
@@ -76,7 +83,7 @@ pub fn start(
     )
     .context("starting the QUIC endpoint")?;
     let ctx = Arc::new(Ctx {
-        secret: identity.secret.clone(),
+        secret,
         events,
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         next_conn: AtomicU64::new(1),
@@ -102,7 +109,7 @@ impl Server {
 }
 
 struct Ctx {
-    secret: String,
+    secret: Arc<SecretFile>,
     events: mpsc::Sender<ConnEvent>,
     handshakes: Arc<Semaphore>,
     next_conn: AtomicU64,
@@ -154,11 +161,11 @@ async fn write_msg(send: &mut SendStream, msg: &CoordMsg) -> Result<(), String> 
 async fn refuse(
     conn: &quinn::Connection,
     send: &mut SendStream,
-    addr: SocketAddr,
+    who: &str,
     refusal: Refusal,
     code: u32,
 ) {
-    tracing::warn!("refused worker at {addr}: {}", refusal.message);
+    tracing::warn!("refused {who}: {}", refusal.message);
     let message = refusal.message.clone();
     let _ = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -227,13 +234,43 @@ async fn connection(
             return;
         }
     };
-    let hello = match ServerHandshake::new(&ctx.secret).on_first_frame(&first) {
+    let file = ctx.secret.clone();
+    let secret = tokio::task::spawn_blocking(move || file.current())
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => {
+            // Never the old secret: one rotated away must not admit anyone again.
+            tracing::error!(
+                "cannot check the join secret of the peer at {addr}: {e:#}; refusing workers until {} is usable again",
+                ctx.secret.path().display()
+            );
+            let refusal = Refusal {
+                code: RefuseCode::ProtocolError,
+                message: "the coordinator cannot read its join secret (its log says why)".into(),
+            };
+            let who = format!("worker at {addr}");
+            refuse(&conn, &mut send, &who, refusal, close_code::PROTOCOL_ERROR).await;
+            return;
+        }
+    };
+    let hello = match ServerHandshake::new(&secret).on_first_frame(&first) {
         ServerVerdict::Accept(h) => h,
         ServerVerdict::Refuse {
             refusal,
             close_code,
         } => {
-            refuse(&conn, &mut send, addr, refusal, close_code).await;
+            // A wrong secret (stolen, or rotated away) is logged with the name and uuid the
+            // peer claims, as well as its address.
+            let who = match decode::<WorkerMsg>(&first) {
+                Ok(WorkerMsg::Hello(h)) if refusal.code == RefuseCode::BadSecret => {
+                    format!("worker {:?} (uuid {}) at {addr}", h.name, h.uuid)
+                }
+                _ => format!("worker at {addr}"),
+            };
+            refuse(&conn, &mut send, &who, refusal, close_code).await;
             return;
         }
     };
@@ -261,7 +298,14 @@ async fn connection(
     let id = match answer.await {
         Ok(Ok(id)) => id,
         Ok(Err((refusal, code))) => {
-            refuse(&conn, &mut send, addr, refusal, code).await;
+            refuse(
+                &conn,
+                &mut send,
+                &format!("worker at {addr}"),
+                refusal,
+                code,
+            )
+            .await;
             return;
         }
         Err(_) => {

@@ -147,6 +147,47 @@ fn join_token_prints_a_token_and_creates_private_files() {
     );
 }
 
+/// SPEC §4.1 rotation: `join-token --rotate` prints a new token with the same certificate
+/// pin, keeps the secret file private, and plain `join-token` prints the new one from then
+/// on.
+#[test]
+fn join_token_rotate_replaces_the_secret_and_keeps_the_pin() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let p = write(
+        d.path(),
+        "c.yaml",
+        &format!("state_dir: {}\n", state.display()),
+    );
+    let token = |out: Output| {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        JoinToken::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    };
+    let first = token(run(&["join-token", "--config", &p]));
+    let out = run(&["join-token", "--rotate", "--config", &p]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("replaced the join secret"), "{err}");
+    let rotated = token(out);
+    assert_ne!(rotated.secret, first.secret);
+    assert_eq!(rotated.cert_sha256, first.cert_sha256);
+    let mode = std::fs::metadata(state.join("join-secret"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(token(run(&["join-token", "--config", &p])), rotated);
+    let again = token(run(&["join-token", "--rotate", "--config", &p]));
+    assert!(again.secret != rotated.secret && again.secret != first.secret);
+    // On a state dir that does not exist yet, rotating creates the identity.
+    let fresh = write(
+        d.path(),
+        "fresh.yaml",
+        &format!("state_dir: {}\n", d.path().join("fresh").display()),
+    );
+    token(run(&["join-token", "--rotate", "--config", &fresh]));
+}
+
 #[test]
 fn help_and_version() {
     let out = run(&["--help"]);
@@ -155,6 +196,9 @@ fn help_and_version() {
     for word in ["check-config", "join-token", "--config"] {
         assert!(help.contains(word), "{word}: {help}");
     }
+    let out = run(&["join-token", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--rotate"));
     let out = run(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
