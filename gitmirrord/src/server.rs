@@ -3,9 +3,13 @@
 //! the coordinator's main loop ([`crate::run`]).
 //!
 //! Bounded: at most [`MAX_HANDSHAKES`] connections between QUIC accept and `Welcome`, each
-//! with a deadline; frames above 16 MiB are refused from their header; each connection's
-//! outbound queue holds at most [`OUTBOUND_QUEUE`] messages (the main loop closes a
-//! connection whose queue is full; the worker resyncs when it reconnects).
+//! with a deadline; when all are taken, a new connection displaces the one that has waited
+//! longest without passing the secret check, so peers that connect and stall cannot lock
+//! workers out. Before that check the first frame may hold at most [`MAX_HELLO`] bytes;
+//! after it, frames above 16 MiB are refused from their header. A peer may open one
+//! stream and no datagrams. Each connection's outbound queue holds at most
+//! [`OUTBOUND_QUEUE`] messages (the main loop closes a connection whose queue is full; the
+//! worker resyncs when it reconnects).
 //!
 //! The join secret is read from its file at every handshake ([`SecretFile`]: one `stat`,
 //! a read only when the file changed, on a blocking thread), so `gitmirrord join-token
@@ -19,16 +23,19 @@ use gitmirror_wire::{
     ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::config::Liveness;
 
 pub const MAX_HANDSHAKES: usize = 64;
+/// Largest first frame (`Hello`) read from a peer that has not proved the join secret.
+pub const MAX_HELLO: usize = 64 * 1024;
 pub const OUTBOUND_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,8 +79,15 @@ pub fn start(
     liveness: &Liveness,
     events: mpsc::Sender<ConnEvent>,
 ) -> anyhow::Result<Server> {
-    let transport =
+    let mut transport =
         gitmirror_common::trust::transport(liveness.keepalive_interval, liveness.suspect_after)?;
+    // A worker opens one stream. Further streams and datagrams would only be buffered
+    // (nothing reads them), so a peer may open neither.
+    Arc::get_mut(&mut transport)
+        .context("the QUIC transport settings are shared")?
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None);
     let cfg = gitmirror_common::trust::server_config(identity, transport)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -86,6 +100,7 @@ pub fn start(
         secret,
         events,
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        waiting: Mutex::new(VecDeque::new()),
         next_conn: AtomicU64::new(1),
     });
     let task = tokio::spawn(accept_loop(endpoint.clone(), ctx));
@@ -112,27 +127,63 @@ struct Ctx {
     secret: Arc<SecretFile>,
     events: mpsc::Sender<ConnEvent>,
     handshakes: Arc<Semaphore>,
+    /// Connections that have not passed the secret check yet, oldest first: sending on
+    /// one drops that connection. Entries whose connection got further are closed.
+    waiting: Mutex<VecDeque<oneshot::Sender<()>>>,
     next_conn: AtomicU64,
+}
+
+impl Ctx {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     while let Some(incoming) = endpoint.accept().await {
-        match ctx.handshakes.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    connection(incoming, &ctx, permit).await;
-                });
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "refused a connection from {}: {MAX_HANDSHAKES} handshakes already in progress",
-                    incoming.remote_address()
-                );
-                incoming.refuse();
-            }
+        let permit = match ctx.handshakes.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => make_room(&ctx).await,
+        };
+        let Some(permit) = permit else {
+            tracing::warn!(
+                "refused a connection from {}: {MAX_HANDSHAKES} handshakes already in progress",
+                incoming.remote_address()
+            );
+            incoming.refuse();
+            continue;
+        };
+        let (cancel, cancelled) = oneshot::channel();
+        {
+            let mut waiting = ctx.waiting();
+            waiting.retain(|c| !c.is_closed());
+            waiting.push_back(cancel);
         }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            connection(incoming, &ctx, permit, cancelled).await;
+        });
     }
+}
+
+/// Every handshake slot is taken: drop the connection that has waited longest without
+/// passing the secret check, and take its slot. A worker gets past the check within a
+/// round trip or two of connecting, so only peers that stall are displaced. `None` when
+/// no connection is waiting (all are being welcomed).
+async fn make_room(ctx: &Ctx) -> Option<OwnedSemaphorePermit> {
+    let oldest = {
+        let mut waiting = ctx.waiting();
+        std::iter::from_fn(|| waiting.pop_front()).find(|c| !c.is_closed())
+    };
+    // It may have got past the check just now; then this send fails and so may the wait.
+    let _ = oldest?.send(());
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        ctx.handshakes.clone().acquire_owned(),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 #[derive(Debug)]
@@ -143,11 +194,15 @@ enum ReadError {
     Frame(FrameError),
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadError> {
+/// Read one frame whose body may hold at most `max` bytes (at most 16 MiB in any case).
+async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, ReadError> {
     let closed = |e: quinn::ReadExactError| ReadError::Closed(e.to_string());
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(closed)?;
     let len = gitmirror_wire::frame::body_len(header).map_err(ReadError::Frame)?;
+    if len > max {
+        return Err(ReadError::Frame(FrameError::TooLarge { len, max }));
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(closed)?;
     Ok(body)
@@ -189,18 +244,41 @@ fn protocol_error(conn: &quinn::Connection, who: &str, reason: &str) {
 async fn connection(
     incoming: quinn::Incoming,
     ctx: &Ctx,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    cancelled: oneshot::Receiver<()>,
 ) {
     let addr = incoming.remote_address();
+    let admitted = tokio::select! {
+        a = pre_auth(incoming, ctx, addr) => a,
+        _ = cancelled => {
+            tracing::info!(
+                "dropped the connection from {addr} before its Hello: all {MAX_HANDSHAKES} handshake slots were taken and it had waited longest"
+            );
+            None
+        }
+    };
+    let Some((conn, send, recv, hello)) = admitted else {
+        return;
+    };
+    welcome_and_serve(conn, send, recv, hello, addr, ctx, permit).await;
+}
+
+/// From QUIC accept to a `Hello` with the right version and secret: the connection, its
+/// stream and the `Hello`, or `None` when the peer failed (refused, closed, timed out).
+async fn pre_auth(
+    incoming: quinn::Incoming,
+    ctx: &Ctx,
+    addr: SocketAddr,
+) -> Option<(quinn::Connection, SendStream, RecvStream, Hello)> {
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::info!("QUIC handshake with {addr} failed: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!("QUIC handshake with {addr} timed out");
-            return;
+            return None;
         }
     };
     let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
@@ -208,7 +286,7 @@ async fn connection(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!("connection from {addr} ended before it opened a stream: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             protocol_error(
@@ -216,24 +294,25 @@ async fn connection(
                 &format!("peer at {addr}"),
                 "no stream opened within 10s",
             );
-            return;
+            return None;
         }
     };
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(ReadError::Closed(e))) => {
-            tracing::info!("connection from {addr} ended before Hello: {e}");
-            return;
-        }
-        Ok(Err(ReadError::Frame(e))) => {
-            protocol_error(&conn, &format!("peer at {addr}"), &e.to_string());
-            return;
-        }
-        Err(_) => {
-            protocol_error(&conn, &format!("peer at {addr}"), "no Hello within 10s");
-            return;
-        }
-    };
+    let first =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(ReadError::Closed(e))) => {
+                tracing::info!("connection from {addr} ended before Hello: {e}");
+                return None;
+            }
+            Ok(Err(ReadError::Frame(e))) => {
+                protocol_error(&conn, &format!("peer at {addr}"), &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                protocol_error(&conn, &format!("peer at {addr}"), "no Hello within 10s");
+                return None;
+            }
+        };
     let file = ctx.secret.clone();
     let secret = tokio::task::spawn_blocking(move || file.current())
         .await
@@ -253,7 +332,7 @@ async fn connection(
             };
             let who = format!("worker at {addr}");
             refuse(&conn, &mut send, &who, refusal, close_code::PROTOCOL_ERROR).await;
-            return;
+            return None;
         }
     };
     let hello = match ServerHandshake::new(&secret).on_first_frame(&first) {
@@ -271,10 +350,23 @@ async fn connection(
                 _ => format!("worker at {addr}"),
             };
             refuse(&conn, &mut send, &who, refusal, close_code).await;
-            return;
+            return None;
         }
     };
-    drop(first);
+    Some((conn, send, recv, hello))
+}
+
+/// Give a worker that passed the secret check its id, send `Welcome`, then carry its
+/// messages until the connection ends.
+async fn welcome_and_serve(
+    conn: quinn::Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    hello: Hello,
+    addr: SocketAddr,
+    ctx: &Ctx,
+    permit: OwnedSemaphorePermit,
+) {
     let uuid = hello.uuid;
     let name = hello.name.clone();
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -371,7 +463,7 @@ async fn read_loop(
     who: &str,
 ) -> String {
     loop {
-        let body = match read_frame(recv).await {
+        let body = match read_frame(recv, gitmirror_wire::MAX_FRAME).await {
             Ok(b) => b,
             Err(ReadError::Closed(e)) => return conn.close_reason().map_or(e, |r| r.to_string()),
             Err(ReadError::Frame(e)) => {
