@@ -1,0 +1,1138 @@
+//! Fault suite, worker side: the real binaries under `kill -9` at random moments during
+//! clones and fetches, local damage to mirrors and state files, and a full disk.
+//!
+//! Bounded form by default (CI); `GITMIRROR_FAULTS=long` runs the long form. Kill moments
+//! come from a seeded RNG: the seed is printed, and `GITMIRROR_FAULTS_SEED=<n>` replays it.
+//! Figures go through [`figure`] (suite `faults_worker`).
+
+use gitmirror_tests::daemons::{SETTLE, str_field};
+use gitmirror_tests::git::{
+    git_command, is_bare_repo, repo_id, repo_name, try_git, try_mirror_refs,
+};
+use gitmirror_tests::{
+    Fleet, GitDaemon, Proc, Worker, figure, long_form, ls_remote, rounds, tail, wait_for,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+const SUITE: &str = "faults_worker";
+
+// ---- seeded randomness ----
+
+/// xorshift64*: enough to pick kill moments reproducibly.
+struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `GITMIRROR_FAULTS_SEED`, else from the clock; the seed is printed so a
+    /// failing run can be replayed.
+    fn seeded(test: &str) -> Self {
+        let seed = std::env::var("GITMIRROR_FAULTS_SEED")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: seed {seed} (replay with GITMIRROR_FAULTS_SEED={seed})");
+        Self(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..hi` (roughly; fine for picking moments).
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+// ---- upstream repos with some weight ----
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Feed a `git fast-import` stream to the bare repo at `git_dir`.
+fn fast_import(git_dir: &Path, stream: &[u8]) {
+    let mut child = git_command()
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn git fast-import");
+    child
+        .stdin
+        .take()
+        .expect("fast-import stdin")
+        .write_all(stream)
+        .expect("write fast-import stream");
+    let out = child.wait_with_output().expect("wait for fast-import");
+    assert!(
+        out.status.success(),
+        "git fast-import into {} failed: {}",
+        git_dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Append to `s` one commit on `branch` adding a file of `blob` random bytes.
+fn push_commit(
+    s: &mut Vec<u8>,
+    rng: &mut Rng,
+    branch: &str,
+    from: Option<&str>,
+    n: usize,
+    blob: usize,
+) {
+    let data = rng.bytes(blob);
+    let msg = format!("commit {n} on {branch}");
+    s.extend_from_slice(
+        format!(
+            "commit refs/heads/{branch}\ncommitter t <t@gitmirror.invalid> {} +0000\ndata {}\n{msg}\n",
+            unix_now(),
+            msg.len()
+        )
+        .as_bytes(),
+    );
+    if let Some(from) = from {
+        s.extend_from_slice(format!("from {from}\n").as_bytes());
+    }
+    s.extend_from_slice(format!("M 100644 inline f{}\ndata {}\n", n % 7, data.len()).as_bytes());
+    s.extend_from_slice(&data);
+    s.extend_from_slice(b"\n\n");
+}
+
+/// Create upstream repo `name` with `commits` commits, each adding `blob` random
+/// (incompressible) bytes, plus a tag: big enough that a debug-build clone takes a while.
+fn create_big_repo(
+    daemon: &GitDaemon,
+    name: &str,
+    commits: usize,
+    blob: usize,
+    rng: &mut Rng,
+) -> String {
+    let path = daemon.repo_path(name);
+    let p = path.to_str().expect("utf-8 path");
+    try_git(["init", "-q", "--bare", "-b", "master", p]).unwrap_or_else(|e| panic!("{e}"));
+    let mut s = Vec::with_capacity(commits * (2 * blob + 200));
+    for n in 0..commits {
+        push_commit(&mut s, rng, "master", None, n, blob);
+    }
+    s.extend_from_slice(b"reset refs/tags/v1\nfrom refs/heads/master\n\n");
+    fast_import(&path, &s);
+    daemon.url(name)
+}
+
+/// One more commit on `branch` of upstream `name` carrying `blob` random bytes.
+fn grow(daemon: &GitDaemon, name: &str, branch: &str, blob: usize, rng: &mut Rng) {
+    let path = daemon.repo_path(name);
+    let mut s = Vec::new();
+    let n = rng.range(0, 1 << 40) as usize;
+    let exists = try_git([
+        "--git-dir",
+        path.to_str().expect("utf-8 path"),
+        "rev-parse",
+        "--verify",
+        "-q",
+        &format!("refs/heads/{branch}"),
+    ])
+    .is_ok();
+    let from = if exists {
+        format!("refs/heads/{branch}^0")
+    } else {
+        "refs/heads/master^0".to_owned()
+    };
+    push_commit(&mut s, rng, branch, Some(&from), n, blob);
+    fast_import(&path, &s);
+}
+
+// ---- looking at mirrors ----
+
+/// `git fsck` of a mirror (`--connectivity-only` when not `full`).
+fn fsck(git_dir: &Path, full: bool) -> Result<(), String> {
+    let gd = git_dir.to_str().expect("utf-8 path");
+    let mut args = vec!["--git-dir", gd, "fsck", "--no-progress", "--no-dangling"];
+    if !full {
+        args.push("--connectivity-only");
+    }
+    try_git(args).map(|_| ())
+}
+
+/// A mirror at a final path must be whole: fsck passes and it has refs.
+fn whole(git_dir: &Path, full: bool) -> Result<(), String> {
+    fsck(git_dir, full)?;
+    let refs = try_mirror_refs(git_dir)?;
+    if refs.is_empty() {
+        return Err(format!("{} has no refs", git_dir.display()));
+    }
+    Ok(())
+}
+
+fn inode(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.ino())
+}
+
+/// Names in `<mirror_dir>/.tmp/`.
+fn tmp_entries(w: &Worker) -> BTreeSet<String> {
+    std::fs::read_dir(w.mirror_dir.join(".tmp"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Refs per repo as the coordinator's events tell them: every event's ref changes applied
+/// in sequence order. Also checks that sequence numbers are gap-free and increasing.
+fn refs_from_events(
+    events: &[Value],
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let mut refs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut last_seq = None;
+    for e in events {
+        let seq = e["seq"]
+            .as_u64()
+            .ok_or_else(|| format!("event without seq: {e}"))?;
+        if let Some(last) = last_seq
+            && seq != last + 1
+        {
+            return Err(format!("event {seq} follows {last}"));
+        }
+        last_seq = Some(seq);
+        let repo = refs.entry(str_field(e, "repo")).or_default();
+        for r in e["refs"].as_array().into_iter().flatten() {
+            let name = str_field(r, "name");
+            match r["new"].as_str() {
+                Some(new) => repo.insert(name, new.to_owned()),
+                None => repo.remove(&name),
+            };
+        }
+    }
+    Ok(refs)
+}
+
+/// Every event so far, following pages.
+fn all_events(fleet: &Fleet) -> Result<Vec<Value>, String> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        let page = fleet.coord.events(since)?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
+/// Copy upstream repo `from` to a new upstream `name` with one commit of its own (cheaper
+/// than building another big repo).
+fn copy_repo(daemon: &GitDaemon, from: &str, name: &str, rng: &mut Rng) -> String {
+    let (src, dst) = (daemon.repo_path(from), daemon.repo_path(name));
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
+    grow(daemon, name, "master", 1000, rng);
+    daemon.url(name)
+}
+
+/// What an fsck of a mirror depends on: the directory, its refs and its object files. A
+/// mirror whose fingerprint did not change since it last passed need not be checked again.
+fn fingerprint(git_dir: &Path) -> Result<String, String> {
+    let mut fp = format!("{:?}", inode(git_dir));
+    fp += &format!("{:?}", try_mirror_refs(git_dir)?);
+    let objects = git_dir.join("objects");
+    let mut names: Vec<String> = Vec::new();
+    for dir in [objects.join("pack"), objects.clone()] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            let kids = std::fs::read_dir(e.path())
+                .map(|rd| rd.count())
+                .unwrap_or(0);
+            names.push(format!("{}:{len}:{kids}", e.path().display()));
+        }
+    }
+    names.sort();
+    fp += &names.join(",");
+    Ok(fp)
+}
+
+/// Poll (5 ms) until `check` holds or `limit` passes; true if it held. For steering fault
+/// injection, where not getting there is no failure.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---- 1. kill -9 during clones and fetches ----
+
+// SPEC §7.1 (clones happen in `.tmp/` and are renamed into place only when complete; a
+// half-done clone is never visible at the final path; leftovers in `.tmp/` are removed at
+// start), §10 (after `kill -9` at any moment a daemon restarts into a consistent state and
+// loses no acknowledged event), §8 (a change is never lost when a worker crashes between
+// fetching and reporting), §7.3 (a mirror is never deleted because of a failure).
+//
+// One worker holds every repo. It is killed (seeded random moments) and restarted at once,
+// so the coordinator never declares it dead and nothing moves. Rounds alternate at random
+// between clone rounds (a clone is made due: a new big repo in the index, or a mirror
+// removed while the worker is down; the kill falls at a random moment after the clone
+// shows up in `.tmp/`) and fetch rounds (upstream commits with data and new branches; the
+// kill falls at a random moment after the start).
+//
+// Checked after every kill, while the disk is still (the worker is dead): every mirror at
+// a final path passes `git fsck --connectivity-only` and has refs (re-checked only when it
+// changed), no mirror seen before has vanished, and `.tmp/` leftovers of the previous kill
+// are gone once the restarted worker logged its start. At the end (the worker left alone):
+// every repo mirrored, equal to `git ls-remote`, full `git fsck` clean, `.tmp/` empty, and
+// replaying the coordinator's events gives every repo's upstream refs.
+#[test]
+fn kill_9_during_clones_and_fetches_loses_nothing() {
+    let mut rng = Rng::seeded("kill_9_during_clones_and_fetches_loses_nothing");
+    let started = Instant::now();
+    let daemon = GitDaemon::shared();
+    // About 60,000 objects: a clone takes a noticeable moment even on loopback.
+    let base = "crashbase-r00";
+    create_big_repo(&daemon, base, 20_000, 300, &mut rng);
+    let mut repos = BTreeMap::new();
+    for i in 0..3 {
+        let name = format!("crashbig-r{i:02}");
+        let url = copy_repo(&daemon, base, &name, &mut rng);
+        repos.insert(repo_id(&name), url);
+    }
+    repos.extend(daemon.repo_set("crashsmall", 4));
+    eprintln!("upstreams made in {:.1?}", started.elapsed());
+
+    let mut fleet = Fleet::start("crash", &repos, 1);
+    let total_rounds = rounds(20, 200);
+    let max_added = if long_form() { 15 } else { 6 };
+    // How long after a clone appears in `.tmp/` the kill may fall.
+    let clone_span = 1500;
+
+    let mut problems: Vec<String> = Vec::new();
+    let (mut kills, mut clone_rounds, mut interrupted) = (0u64, 0u64, 0u64);
+    let (mut lost, mut damaged, mut recloned, mut removed_by_us) = (0u64, 0u64, 0u64, 0u64);
+    let mut fsck_runs = 0u64;
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut checked: BTreeMap<String, String> = BTreeMap::new();
+    let mut leftovers: BTreeSet<String> = BTreeSet::new();
+    let mut added = 0usize;
+    let mut mark = 0;
+
+    for round in 0..total_rounds {
+        let clone_round = round == 0 || rng.range(0, 2) == 0;
+        if round > 0 {
+            let w = &fleet.workers[0];
+            if clone_round {
+                clone_rounds += 1;
+                let pending = fleet.repos.keys().any(|id| !w.has_mirror(id));
+                if !pending && added < max_added {
+                    let name = format!("crashnew-r{added:02}");
+                    added += 1;
+                    let url = copy_repo(&daemon, base, &name, &mut rng);
+                    let id = repo_id(&name);
+                    fleet.index.put_url(&id, &url);
+                    fleet.index.commit(&format!("add {id}"));
+                    fleet.repos.insert(id, url);
+                } else if !pending {
+                    // The worker is down: take a mirror away, it must clone it again.
+                    let ids: Vec<String> = fleet.repos.keys().cloned().collect();
+                    let id = &ids[rng.range(0, ids.len() as u64) as usize];
+                    std::fs::remove_dir_all(w.mirror_path(id)).expect("remove a mirror");
+                    seen.remove(id);
+                    checked.remove(id);
+                    removed_by_us += 1;
+                }
+            } else {
+                // Upstream moves: commits with data, sometimes on a new branch.
+                for _ in 0..rng.range(1, 5) {
+                    let ids: Vec<&String> = fleet.repos.keys().collect();
+                    let name = repo_name(ids[rng.range(0, ids.len() as u64) as usize]).to_owned();
+                    let branch = if rng.range(0, 5) == 0 {
+                        format!("b{round}")
+                    } else {
+                        "master".to_owned()
+                    };
+                    let size = rng.range(1000, 300_000) as usize;
+                    grow(&daemon, &name, &branch, size, &mut rng);
+                }
+            }
+            mark = w.proc.log_mark();
+            w.start();
+        }
+        let w = &fleet.workers[0];
+        let pid = w.proc.pid().expect("worker pid");
+        let mine = format!("-{pid}-");
+        let since_start = Instant::now();
+        if clone_round {
+            within(Duration::from_secs(15), || {
+                tmp_entries(w).iter().any(|t| t.contains(&mine))
+            });
+            std::thread::sleep(Duration::from_millis(rng.range(0, clone_span)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.range(50, 2500)));
+        }
+        let alive_for = since_start.elapsed();
+        let worker_started = w.proc.log_since(mark).contains("worker started");
+        if let Some(status) = w.proc.exited() {
+            problems.push(format!(
+                "round {round}: the worker exited by itself ({status}):\n{}",
+                tail(&w.proc.log(), 30)
+            ));
+            break;
+        }
+        w.kill();
+        kills += 1;
+
+        // The disk is still now: look at everything.
+        let tmp = tmp_entries(w);
+        if tmp.iter().any(|t| t.contains(&mine)) {
+            interrupted += 1;
+        }
+        if worker_started {
+            let stale: Vec<&String> = leftovers.intersection(&tmp).collect();
+            if !stale.is_empty() {
+                problems.push(format!(
+                    "round {round}: .tmp leftovers of an earlier run survived a start: {stale:?}"
+                ));
+            }
+            leftovers.clear();
+        }
+        leftovers.extend(tmp);
+        for id in fleet.repos.keys() {
+            let path = w.mirror_path(id);
+            let Some(ino) = inode(&path) else {
+                if seen.contains_key(id) {
+                    lost += 1;
+                    problems.push(format!("round {round}: the mirror of {id} vanished"));
+                }
+                continue;
+            };
+            if let Some(old) = seen.insert(id.clone(), ino)
+                && old != ino
+            {
+                recloned += 1;
+            }
+            let fp = fingerprint(&path).unwrap_or_default();
+            if checked.get(id) == Some(&fp) {
+                continue;
+            }
+            fsck_runs += 1;
+            match whole(&path, false) {
+                Ok(()) => {
+                    checked.insert(id.clone(), fp);
+                }
+                Err(e) => {
+                    damaged += 1;
+                    problems.push(format!(
+                        "round {round} (killed {alive_for:?} after the start): half-done mirror at the final path: {e}"
+                    ));
+                }
+            }
+        }
+        eprintln!(
+            "round {round}: {} round, killed {alive_for:.1?} after the start, {} mirrors, .tmp {leftovers:?}",
+            if clone_round { "clone" } else { "fetch" },
+            seen.len(),
+        );
+        if !problems.is_empty() {
+            break;
+        }
+    }
+
+    figure(SUITE, "crash.kills", kills);
+    figure(SUITE, "crash.clone_rounds", clone_rounds + 1);
+    figure(SUITE, "crash.clones_interrupted", interrupted);
+    figure(SUITE, "crash.mirrors_removed_by_the_test", removed_by_us);
+    figure(SUITE, "crash.mirrors_recloned_by_the_worker", recloned);
+    figure(SUITE, "crash.fsck_runs", fsck_runs);
+    figure(SUITE, "crash.mirrors_lost", lost);
+    figure(SUITE, "crash.fsck_failures", damaged);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Settle: upstream stands still, the worker runs undisturbed.
+    fleet.workers[0].start();
+    let owners = fleet.wait_settled(SETTLE);
+    wait_for(Duration::from_secs(60), "mirrors equal to upstream", || {
+        fleet.check_mirrors(&owners)
+    });
+    let w = &fleet.workers[0];
+    wait_for(Duration::from_secs(30), "an empty .tmp", || {
+        let t = tmp_entries(w);
+        if t.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    for id in fleet.repos.keys() {
+        whole(&w.mirror_path(id), true).unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+    // SPEC §8/§10: replaying the events gives every repo's upstream refs.
+    wait_for(
+        Duration::from_secs(30),
+        "events that add up to upstream",
+        || {
+            let from_events = refs_from_events(&all_events(&fleet)?)?;
+            for (id, url) in &fleet.repos {
+                let upstream = ls_remote(url);
+                let told = from_events.get(id).cloned().unwrap_or_default();
+                if told != upstream {
+                    return Err(format!(
+                        "{id}: events say {told:#?}, upstream has {upstream:#?}"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+    figure(SUITE, "crash.repos", fleet.repos.len());
+    figure(SUITE, "crash.secs", started.elapsed().as_secs());
+}
+
+// ---- 2. local damage ----
+
+/// Turn the packs of the mirror at `git_dir` into loose objects (so single objects can be
+/// lost); the packs go to `aside`.
+fn explode(git_dir: &Path, aside: &Path) {
+    std::fs::create_dir_all(aside).expect("mkdir aside");
+    let pack_dir = git_dir.join("objects").join("pack");
+    let mut packs = Vec::new();
+    for e in std::fs::read_dir(&pack_dir).expect("list packs").flatten() {
+        let to = aside.join(e.file_name());
+        std::fs::rename(e.path(), &to).expect("move a pack aside");
+        if to.extension().is_some_and(|x| x == "pack") {
+            packs.push(to);
+        }
+    }
+    for pack in packs {
+        let out = git_command()
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["unpack-objects", "-q"])
+            .stdin(std::fs::File::open(&pack).expect("open pack"))
+            .output()
+            .expect("run git unpack-objects");
+        assert!(
+            out.status.success(),
+            "unpack-objects {}: {}",
+            pack.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Delete the loose object `oid` of the mirror at `git_dir`.
+fn lose_object(git_dir: &Path, oid: &str) {
+    let p = git_dir.join("objects").join(&oid[..2]).join(&oid[2..]);
+    std::fs::remove_file(&p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display()));
+}
+
+fn git_in(git_dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--git-dir", git_dir.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    try_git(all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Create `rel` in a mirror (parents too), its mtime `age` ago.
+fn leave_lock(git_dir: &Path, rel: &str, age: Duration) -> PathBuf {
+    let p = git_dir.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir for a lock");
+    }
+    std::fs::write(&p, b"").unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .and_then(|f| f.set_modified(SystemTime::now() - age))
+        .unwrap_or_else(|e| panic!("age {}: {e}", p.display()));
+    p
+}
+
+/// Watches a mirror's final path from another thread, as closely as it can: every time
+/// it looks there must be a complete bare repo; it notes each different inode it sees.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    gaps: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<u64>)>>,
+}
+
+impl Watcher {
+    fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let gaps = Arc::new(AtomicU64::new(0));
+        let (s, g) = (stop.clone(), gaps.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut looks, mut inodes) = (0u64, Vec::new());
+            while !s.load(Ordering::Relaxed) {
+                looks += 1;
+                let ino = inode(&path);
+                if !is_bare_repo(&path) || ino.is_none() {
+                    g.fetch_add(1, Ordering::Relaxed);
+                } else if inodes.last() != ino.as_ref() {
+                    inodes.extend(ino);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (looks, inodes)
+        });
+        Self {
+            stop,
+            gaps,
+            thread: Some(thread),
+        }
+    }
+
+    /// Looks taken, gaps seen, and the inodes in the order seen.
+    fn finish(mut self) -> (u64, u64, Vec<u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (looks, inodes) = self
+            .thread
+            .take()
+            .expect("watcher thread")
+            .join()
+            .expect("watcher thread panicked");
+        (looks, self.gaps.load(Ordering::Relaxed), inodes)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// SPEC §7.3 "local" (self-heal: remove stale locks, re-clone a corrupt mirror into `.tmp`
+// before replacing it), §7.1 (a mirror stays at its final path; `.tmp/` is for clones),
+// §7.4 (maintenance never while the repo is fetched: the worker's own exclusivity).
+//
+// With the worker stopped, four mirrors are damaged on disk, then it is started again:
+// - `dmgtip`: the object a branch points at is deleted: the next fetch (asked for through
+//   `POST /api/repos/{id}/fetch`) finds it missing, re-clones and swaps the clone in;
+// - `dmgdeep`: a blob deep in history is deleted, which no fetch notices: the weekly
+//   connectivity check finds it (made due by backdating the repo's last check in the
+//   worker's `repos.json`, as if a week had passed) and re-clones;
+// - `dmglock`: `packed-refs.lock` and `refs/heads/master.lock` a minute old (a crash long
+//   ago) while upstream's master moved: removed, the mirror fetched in place;
+// - `dmgfresh`: `refs/heads/master.lock` just made (a crash right before the restart, as
+//   systemd's quick restart gives): refused while young, removed once stale, then fetched.
+// Watcher threads look at each final path every millisecond throughout: there is always a
+// complete mirror there (the old one until the swap, the new one after).
+#[test]
+fn damaged_mirrors_heal_in_place() {
+    let mut rng = Rng::seeded("damaged_mirrors_heal_in_place");
+    let daemon = GitDaemon::shared();
+    let names = ["dmgtip-r00", "dmgdeep-r00", "dmglock-r00", "dmgfresh-r00"];
+    let mut repos = BTreeMap::new();
+    for name in names {
+        let url = create_big_repo(&daemon, name, 400, 2000, &mut rng);
+        repos.insert(repo_id(name), url);
+    }
+    let fleet = Fleet::start("damage", &repos, 1);
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+    let w = &fleet.workers[0];
+    let status = w.proc.terminate(Duration::from_secs(10));
+    assert!(status.is_some(), "worker still running 10 s after SIGTERM");
+    let [tip, deep, lock, fresh] = names.map(|n| (repo_id(n), w.mirror_path(&repo_id(n))));
+    let aside = fleet.root.sub("packs-aside");
+
+    // dmgtip: lose master's commit.
+    explode(&tip.1, &aside.join("tip"));
+    let tip_commit = git_in(&tip.1, &["rev-parse", "refs/heads/master"]);
+    lose_object(&tip.1, &tip_commit);
+    assert!(fsck(&tip.1, false).is_err(), "dmgtip is not damaged");
+
+    // dmgdeep: lose a blob that only old commits use.
+    explode(&deep.1, &aside.join("deep"));
+    let line = git_in(
+        &deep.1,
+        &["diff-tree", "-r", "--no-commit-id", "refs/heads/master~20"],
+    );
+    let blob = line
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no blob in {line:?}"))
+        .to_owned();
+    assert!(
+        !git_in(&deep.1, &["ls-tree", "-r", "refs/heads/master"]).contains(&blob),
+        "{blob} is still in master's tree"
+    );
+    lose_object(&deep.1, &blob);
+    assert!(fsck(&deep.1, false).is_err(), "dmgdeep is not damaged");
+    let state_file = w.state_dir.join("repos.json");
+    let text = std::fs::read_to_string(&state_file).expect("read worker repos.json");
+    let (head, body) = text.split_once('\n').expect("state header line");
+    let mut state: Value = serde_json::from_str(body).expect("worker repos.json is JSON");
+    let entry = &mut state["repos"][&deep.0];
+    assert!(entry.is_object(), "{} not in {state}", deep.0);
+    entry["last_maintenance_ms"] = Value::from(1);
+    entry["last_verify_ms"] = Value::from(1);
+    std::fs::write(&state_file, format!("{head}\n{state}\n")).expect("write worker repos.json");
+
+    // dmglock and dmgfresh: locks in the way of master, which moves upstream.
+    let old_locks = [
+        leave_lock(&lock.1, "packed-refs.lock", Duration::from_secs(60)),
+        leave_lock(&lock.1, "refs/heads/master.lock", Duration::from_secs(60)),
+    ];
+    grow(&daemon, repo_name(&lock.0), "master", 1000, &mut rng);
+    grow(&daemon, repo_name(&fresh.0), "master", 1000, &mut rng);
+
+    let inodes: BTreeMap<String, u64> = [&tip, &deep, &lock, &fresh]
+        .iter()
+        .map(|(id, p)| (id.clone(), inode(p).expect("mirror inode")))
+        .collect();
+    let watchers: Vec<(String, Watcher)> = [&tip, &deep, &lock, &fresh]
+        .iter()
+        .map(|(id, p)| (id.clone(), Watcher::start(p.clone())))
+        .collect();
+    let fresh_lock = leave_lock(&fresh.1, "refs/heads/master.lock", Duration::ZERO);
+    let mark = w.proc.log_mark();
+    w.start();
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+    for id in [&tip.0, &lock.0, &fresh.0] {
+        let (code, body) = fleet
+            .coord
+            .post(&format!("/api/repos/{id}/fetch"), "")
+            .unwrap();
+        assert_eq!(code, 202, "POST fetch {id}: {body}");
+    }
+
+    let equal_upstream = |id: &str, p: &Path| -> Result<(), String> {
+        let mine = try_mirror_refs(p)?;
+        let theirs = ls_remote(&fleet.repos[id]);
+        if mine == theirs {
+            Ok(())
+        } else {
+            Err(format!("{id}: mirror {mine:?}, upstream {theirs:?}"))
+        }
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "every damaged mirror healed",
+        || {
+            for (id, p) in [&tip, &deep] {
+                if inode(p) == Some(inodes[id]) {
+                    return Err(format!("{id} not re-cloned yet"));
+                }
+                equal_upstream(id, p)?;
+            }
+            for (id, p) in [&lock, &fresh] {
+                equal_upstream(id, p)?;
+            }
+            if let Some(l) = old_locks.iter().chain([&fresh_lock]).find(|l| l.exists()) {
+                return Err(format!("{} still there", l.display()));
+            }
+            Ok(())
+        },
+    );
+    let mut gaps_total = 0;
+    for (id, watcher) in watchers {
+        let (looks, gaps, seen) = watcher.finish();
+        eprintln!("{id}: {looks} looks, {gaps} gaps, inodes {seen:?}");
+        gaps_total += gaps;
+        assert_eq!(
+            gaps, 0,
+            "{id}: no complete mirror at the final path {gaps} times"
+        );
+        assert!(looks > 100, "{id}: only {looks} looks");
+        assert_eq!(
+            seen.first(),
+            Some(&inodes[&id]),
+            "{id}: the old mirror first"
+        );
+        let expected = if id == tip.0 || id == deep.0 { 2 } else { 1 };
+        assert_eq!(
+            seen.len(),
+            expected,
+            "{id}: mirrors seen at the final path: {seen:?}"
+        );
+    }
+    for (id, p) in [&tip, &deep, &lock, &fresh] {
+        whole(p, true).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(
+            git_in(p, &["config", "remote.origin.mirror"]),
+            "true",
+            "{id}"
+        );
+    }
+    let log = w.proc.log_since(mark);
+    for id in [&tip.0, &deep.0] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("mirror is corrupt") && l.contains(id.as_str())),
+            "no log line about the corrupt {id}:\n{}",
+            tail(&log, 30)
+        );
+    }
+    wait_for(Duration::from_secs(20), "an empty .tmp", || {
+        let t = tmp_entries(w);
+        if t.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+    figure(SUITE, "damage.mirrors_recloned", 2);
+    figure(SUITE, "damage.stale_locks_removed", old_locks.len() + 1);
+    figure(SUITE, "damage.gaps_at_final_path", gaps_total);
+}
+
+// ---- 2b. broken state files ----
+
+/// All files under `dir` (recursively) with their bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => {
+                    let bytes =
+                        std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                    files.insert(p, bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+/// Put back the files of `snap` (contents and the set of files) under `dir`.
+fn restore(dir: &Path, snap: &BTreeMap<PathBuf, Vec<u8>>) {
+    for p in snapshot(dir).keys() {
+        if !snap.contains_key(p) {
+            std::fs::remove_file(p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display()));
+        }
+    }
+    for (p, bytes) in snap {
+        std::fs::write(p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+}
+
+/// What a daemon does with a damaged state file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Exits non-zero, naming the file and what to do; the file is left as it is.
+    Refused,
+    /// Starts, saying this in its log (the event log's torn last line, which is exactly
+    /// what a crash during an append leaves and was never acknowledged).
+    Starts(&'static str),
+}
+
+// SPEC §10 (every state file begins with a format version; a file that fails to decode
+// stops the daemon with a message naming the file and what to do; it is never silently
+// replaced with defaults).
+//
+// `startup.rs` covers `repos.json` of each daemon holding a header and bad JSON. Here every
+// state file of both daemons (worker: `identity.json`, `repos.json`; coordinator:
+// `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, `events.log`,
+// `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its first line, and
+// replaced with binary garbage. Each time the daemon must exit non-zero, its log must name
+// the file and a recovery step, and the file must be left untouched. The exception is the
+// event log cut in half: that is a torn append, which the coordinator cuts off and starts.
+// At the end the saved state is put back and the fleet settles again.
+#[test]
+fn broken_state_files_stop_the_daemons_with_a_way_out() {
+    let mut rng = Rng::seeded("broken_state_files_stop_the_daemons_with_a_way_out");
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("broken", 3);
+    let hook_port = gitmirror_tests::free_tcp_port();
+    let fleet = Fleet::start_with("broken", &repos, 1, |yaml, _| {
+        // Nobody listens there: the cursor file is written all the same.
+        format!("{yaml}webhooks:\n  - url: http://127.0.0.1:{hook_port}/hook\n")
+    });
+    fleet.wait_settled(SETTLE);
+    let w = &fleet.workers[0];
+    for proc in [&w.proc, &fleet.coord.proc] {
+        let status = proc
+            .terminate(Duration::from_secs(10))
+            .expect("stops on SIGTERM");
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
+    let (cstate, wstate) = (fleet.coord.state_dir.clone(), w.state_dir.clone());
+    let (csnap, wsnap) = (snapshot(&cstate), snapshot(&wstate));
+
+    let files: Vec<(&Proc, &Path, &str)> = vec![
+        (&w.proc, &wstate, "identity.json"),
+        (&w.proc, &wstate, "repos.json"),
+        (&fleet.coord.proc, &cstate, "registry.json"),
+        (&fleet.coord.proc, &cstate, "repos.json"),
+        (&fleet.coord.proc, &cstate, "webhooks.json"),
+        (&fleet.coord.proc, &cstate, "index/applied.json"),
+        (&fleet.coord.proc, &cstate, "events.log"),
+        (&fleet.coord.proc, &cstate, "tls-key.pem"),
+        (&fleet.coord.proc, &cstate, "tls-cert.pem"),
+    ];
+    let recovery = ["move it aside", "restore it from a backup", "remove it"];
+    let mut cases = 0;
+    for (proc, dir, rel) in files {
+        let path = dir.join(rel);
+        let good = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            good.len() > 40,
+            "{} is too small to cut: {good:?}",
+            path.display()
+        );
+        let mut half = good.len() / 2;
+        while good[half - 1] == b'\n' {
+            half -= 1;
+        }
+        for (how, bytes) in [
+            ("cut in half", good[..half].to_vec()),
+            ("cut inside its first line", good[..10].to_vec()),
+            ("replaced with garbage", rng.bytes(300)),
+        ] {
+            let expect = if rel == "events.log" && how == "cut in half" {
+                Expect::Starts("cutting off an incomplete last line")
+            } else {
+                Expect::Refused
+            };
+            cases += 1;
+            std::fs::write(&path, &bytes).unwrap();
+            let mark = proc.log_mark();
+            proc.start();
+            let what = format!("{rel} {how}");
+            match expect {
+                Expect::Refused => {
+                    let status = wait_for(
+                        Duration::from_secs(15),
+                        &format!("exit with {what}"),
+                        || {
+                            proc.exited().ok_or_else(|| {
+                                format!("still running:\n{}", tail(&proc.log_since(mark), 10))
+                            })
+                        },
+                    );
+                    let log = proc.log_since(mark);
+                    assert!(!status.success(), "{what}: exited with success:\n{log}");
+                    let lower = log.to_lowercase();
+                    assert!(
+                        log.contains(&path.display().to_string()),
+                        "{what}: the log does not name {}:\n{log}",
+                        path.display()
+                    );
+                    assert!(
+                        recovery.iter().any(|r| lower.contains(r)),
+                        "{what}: the log does not say what to do:\n{log}"
+                    );
+                    assert_eq!(
+                        std::fs::read(&path).unwrap(),
+                        bytes,
+                        "{what}: the file was rewritten"
+                    );
+                }
+                Expect::Starts(needle) => {
+                    proc.wait_log(mark, needle, Duration::from_secs(15));
+                    let status = proc
+                        .terminate(Duration::from_secs(10))
+                        .expect("stops on SIGTERM");
+                    assert!(status.success(), "{what}: exit after SIGTERM: {status}");
+                }
+            }
+            restore(&cstate, &csnap);
+            restore(&wstate, &wsnap);
+        }
+    }
+    figure(SUITE, "state_files.damaged_files_tried", cases);
+
+    // With the saved state back, all is as before.
+    fleet.coord.start_ready();
+    w.start();
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+}
+
+// ---- 3. disk full mid-clone ----
+
+/// Run a command, panicking with its stderr on failure.
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A tmpfs mounted at a path for one test; unmounted when dropped, even on a panic.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Self {
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid());
+        assert_eq!(
+            uid.as_ref().ok(),
+            Some(&0),
+            "this test mounts a tmpfs and must run as root (as it does in CI); uid: {uid:?}"
+        );
+        std::fs::create_dir_all(path).expect("mkdir mount point");
+        let p = path.to_str().expect("utf-8 path");
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", p],
+        )
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs at {p}: {e}"));
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let p = self.path.to_str().expect("utf-8 path");
+        run("mount", &["-o", &format!("remount,size={size}"), p])
+            .unwrap_or_else(|e| panic!("cannot resize the tmpfs at {p}: {e}"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let p = self.path.to_str().unwrap_or_default();
+        if let Err(e) = run("umount", &[p]) {
+            eprintln!("{e}; unmounting lazily");
+            if let Err(e) = run("umount", &["-l", p]) {
+                eprintln!("{e}");
+            }
+        }
+    }
+}
+
+// SPEC §7.5 (disk), §7.3 ("local: disk full", retried; the mirror on disk is never
+// deleted), §7.1 (a half-done clone is never visible at the final path), §9 (`last_error`).
+//
+// The worker's mirror directory is a 3 MiB tmpfs. A small repo fits; then a repo of about
+// 8 MB of incompressible data joins the index: its clone runs out of space midway. The
+// failure must be reported (`/api/repos/{id}` `last_error`, class `local`, naming the lack
+// of space) and retried, the worker must stay up, nothing may appear at the final path and
+// the small mirror must stay whole. Then the tmpfs grows to 64 MiB: the clone succeeds by
+// itself (no fetch request), the mirror is fsck-clean and equal to upstream.
+#[test]
+fn disk_full_mid_clone_leaves_nothing_half_done() {
+    let mut rng = Rng::seeded("disk_full_mid_clone_leaves_nothing_half_done");
+    let daemon = GitDaemon::shared();
+    let small = daemon.repo_set("fullsmall", 1);
+    let big_name = "fullbig-r00";
+    let big_url = create_big_repo(&daemon, big_name, 400, 20_000, &mut rng);
+    let big_id = repo_id(big_name);
+
+    let mut fleet = Fleet::start("diskfull", &small, 0);
+    let i = fleet.create_worker(1.0);
+    // Declared after the fleet, so dropped (unmounted) before the fleet's temp dir goes.
+    let disk = Tmpfs::mount(&fleet.workers[i].mirror_dir, "3m");
+    let w = &fleet.workers[i];
+    w.start();
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+    let (small_id, _) = small.iter().next().expect("one small repo");
+
+    fleet.index.put_url(&big_id, &big_url);
+    fleet.index.commit("a repo bigger than the disk");
+    let big_path = w.mirror_path(&big_id);
+    let mut looks = 0u64;
+    let failure = wait_for(
+        Duration::from_secs(60),
+        "two reported clone failures for lack of space",
+        || {
+            looks += 1;
+            if big_path.exists() {
+                panic!("{} appeared on a full disk", big_path.display());
+            }
+            if !w.proc.is_running() {
+                panic!("the worker exited:\n{}", tail(&w.proc.log(), 30));
+            }
+            let r = fleet.coord.repo(&big_id)?;
+            let e = &r["last_error"];
+            let message = str_field(e, "message").to_lowercase();
+            if str_field(e, "class") == "local"
+                && message.contains("space")
+                && r["failures"].as_u64().unwrap_or(0) >= 2
+            {
+                Ok(r)
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    eprintln!("reported: {}", failure["last_error"]);
+    assert_eq!(str_field(&failure, "state"), "failing", "{failure}");
+    assert!(!big_path.exists(), "{} on a full disk", big_path.display());
+    whole(&w.mirror_path(small_id), true).unwrap();
+    let failures = failure["failures"].as_u64().unwrap_or(0);
+
+    // Space returns: the clone goes through on its own.
+    disk.resize("64m");
+    fleet.repos.insert(big_id.clone(), big_url);
+    let owners = fleet.wait_settled(Duration::from_secs(60));
+    fleet.check_mirrors(&owners).unwrap();
+    whole(&big_path, true).unwrap();
+    wait_for(Duration::from_secs(20), "an empty .tmp", || {
+        let t = tmp_entries(w);
+        if t.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    assert!(w.proc.is_running(), "the worker exited");
+    figure(SUITE, "disk_full.clone_failures_reported", failures);
+    figure(SUITE, "disk_full.half_mirrors_seen", 0);
+    figure(SUITE, "disk_full.final_path_looks", looks);
+    w.kill();
+    drop(disk);
+}
