@@ -4,8 +4,11 @@
 //! `Content-Length` is huge but whose body ends early makes it allocate that length when
 //! the request is dropped, aborting the whole process (reproduced with
 //! `Content-Length: 99999999999999`). Here every limit is ours:
-//! at most [`MAX_CONNECTIONS`] connections at once (more are answered 503 and closed), a
-//! head of at most [`MAX_HEAD`] bytes, a body of at most [`MAX_BODY`] bytes announced by
+//! at most [`MAX_CONNECTIONS`] connections at once (when all are taken, a new one
+//! displaces the connection that has waited longest without sending its whole request, so
+//! idle clients cannot lock others out; only when every connection is past its request is a
+//! new one answered 503 and closed), a head of at most [`MAX_HEAD`] bytes with no control
+//! characters and no obs-fold, a body of at most [`MAX_BODY`] bytes announced by
 //! `Content-Length` (chunked bodies are refused), and [`DEADLINE`] to send the request.
 //! Each connection is its own task, so a slow client only holds its own slot. One request
 //! per connection (`Connection: close`).
@@ -26,6 +29,7 @@ use crate::events::EventLog;
 use crate::fleet::RepoState;
 use crate::index::IndexError;
 use crate::poller::{AcceptError, IndexHandle};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -94,6 +98,8 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
     let ctx = Arc::new(ctx);
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
+        // Connections still reading their request, oldest first: sending on one drops it.
+        let mut reading: VecDeque<oneshot::Sender<()>> = VecDeque::new();
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -105,15 +111,22 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
                 }
             };
             while conns.try_join_next().is_some() {}
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => {
+            reading.retain(|c| !c.is_closed());
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => make_room(&mut reading, &slots).await,
+            };
+            match permit {
+                Some(permit) => {
                     let ctx = ctx.clone();
                     let long_polls = long_polls.clone();
+                    let (cancel, cancelled) = oneshot::channel();
+                    reading.push_back(cancel);
                     conns.spawn(async move {
-                        serve(stream, peer, &ctx, permit, &long_polls).await;
+                        serve(stream, peer, &ctx, permit, &long_polls, cancelled).await;
                     });
                 }
-                Err(_) => {
+                None => {
                     let a = Answer::error(503, "too many connections; try again");
                     let _ = stream.try_write(&response_bytes(&a, None));
                 }
@@ -121,6 +134,23 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
         }
     });
     Ok(HttpServer { task })
+}
+
+/// Every connection slot is taken: drop the connection that has waited longest without
+/// sending its whole request and take its slot. A client sends its request as soon as it
+/// connects, so only idle or stalled ones are displaced. `None` when every connection is
+/// past its request.
+async fn make_room(
+    reading: &mut VecDeque<oneshot::Sender<()>>,
+    slots: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    let oldest = std::iter::from_fn(|| reading.pop_front()).find(|c| !c.is_closed())?;
+    // It may have finished its request just now; then the wait may fail too.
+    let _ = oldest.send(());
+    tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// A parsed request.
@@ -157,8 +187,19 @@ async fn serve(
     ctx: &HttpCtx,
     permit: OwnedSemaphorePermit,
     long_polls: &Arc<Semaphore>,
+    cancelled: oneshot::Receiver<()>,
 ) {
-    let req = match tokio::time::timeout(DEADLINE, read_request(&mut stream, peer)).await {
+    let read = tokio::select! {
+        r = tokio::time::timeout(DEADLINE, read_request(&mut stream, peer)) => Some(r),
+        _ = cancelled => None,
+    };
+    let Some(read) = read else {
+        // Displaced by a newer connection while this one had not sent its request.
+        let a = Answer::error(503, "too many connections; this one was idle the longest");
+        let _ = stream.try_write(&response_bytes(&a, None));
+        return;
+    };
+    let req = match read {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return,
         Ok(Err(a)) => {
@@ -279,6 +320,11 @@ async fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Option
     }
     let head = std::str::from_utf8(&buf[..head_end])
         .map_err(|_| Answer::error(400, "request head is not UTF-8"))?;
+    // CR and LF only as line ends; no NUL, escape or other control byte anywhere.
+    let control = |c: char| (c.is_ascii_control() && c != '\t') || c == '\u{7f}';
+    if head.split("\r\n").any(|line| line.contains(control)) {
+        return Err(Answer::error(400, "request head holds a control character"));
+    }
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
@@ -292,13 +338,30 @@ async fn read_request(stream: &mut TcpStream, peer: SocketAddr) -> Result<Option
     }
     let mut headers = Vec::new();
     for line in lines {
+        if line.starts_with([' ', '\t']) {
+            return Err(Answer::error(
+                400,
+                "folded header lines (obs-fold) are not accepted",
+            ));
+        }
         let Some((k, v)) = line.split_once(':') else {
             return Err(Answer::error(400, "malformed header line"));
         };
+        if k.is_empty() || k.contains([' ', '\t']) {
+            return Err(Answer::error(400, "malformed header name"));
+        }
         if headers.len() >= MAX_HEADERS {
             return Err(Answer::error(431, "too many header lines"));
         }
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        headers.push((k.to_owned(), v.trim().to_owned()));
+    }
+    if headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .count()
+        > 1
+    {
+        return Err(Answer::error(400, "more than one Content-Length"));
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     let path = percent_decode(raw_path).ok_or_else(|| Answer::error(400, "malformed path"))?;
