@@ -1,0 +1,318 @@
+//! Fault suite: the coordinator `kill -9`ed and restarted again and again while upstream
+//! repos change. `GITMIRROR_FAULTS=long` runs 100 crashes instead of 10;
+//! `GITMIRROR_SEED=<n>` replays the moments of a run (the seed is printed).
+
+use gitmirror_tests::daemons::SETTLE;
+use gitmirror_tests::git::repo_name;
+use gitmirror_tests::{Fleet, GitDaemon, figure, ls_remote, rounds, wait_for};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const SUITE: &str = "coordinator-crash-loop";
+
+/// A small seeded generator (splitmix64): the test's moments are reproducible from the
+/// printed seed without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration uniform in `lo..hi` milliseconds.
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo))
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("GITMIRROR_SEED") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("GITMIRROR_SEED={s:?} is not a number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    }
+}
+
+/// One upstream ref value the test made: `(repo id, ref name, new oid)`.
+type Change = (String, String, String);
+
+/// Every event, following pages (`/api/events` answers at most 1,000 at a time).
+fn all_events(fleet: &Fleet) -> Result<Vec<Value>, String> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        let page = fleet.coord.events(since)?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
+/// The `(repo, ref, new)` triples an event carries (created or updated refs).
+fn triples(e: &Value) -> Vec<Change> {
+    let repo = e["repo"].as_str().unwrap_or_default();
+    e["refs"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| {
+                    Some((
+                        repo.to_owned(),
+                        r["name"].as_str()?.to_owned(),
+                        r["new"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How the events account for the changes made (SPEC §8).
+#[derive(Debug, Default)]
+struct Tally {
+    /// Changes made that no event carries.
+    lost: Vec<Change>,
+    /// Changes carried as news by more than one event, with their seqs.
+    duplicated: Vec<(Change, Vec<u64>)>,
+    /// Triples in events that the test never made.
+    unexpected: Vec<(Change, u64)>,
+    /// Events that carry nothing new (every triple already published).
+    empty: Vec<u64>,
+}
+
+/// Count, in seq order, which event first carries each change. A `cloned` event lists
+/// every ref of the repo (SPEC §8); when it carries at least one new value, its other refs
+/// are a re-listing of values already published, not news (design.md "Events": a clone
+/// with other refs than those published is published with its full ref list). Any other
+/// repeat of a value is a duplicate.
+fn tally(events: &[Value], made: &[Change]) -> Tally {
+    let made_set: BTreeSet<&Change> = made.iter().collect();
+    let mut carried: BTreeMap<Change, Vec<u64>> = BTreeMap::new();
+    let mut t = Tally::default();
+    for e in events {
+        let seq = e["seq"].as_u64().unwrap_or(0);
+        let ts = triples(e);
+        let fresh = ts.iter().filter(|c| !carried.contains_key(*c)).count();
+        if fresh == 0 {
+            t.empty.push(seq);
+        }
+        let relisting = e["kind"] == "cloned" && fresh > 0;
+        for c in ts {
+            if !made_set.contains(&c) {
+                t.unexpected.push((c.clone(), seq));
+            }
+            let seqs = carried.entry(c).or_default();
+            if seqs.is_empty() || !relisting {
+                seqs.push(seq);
+            }
+        }
+    }
+    for c in made {
+        match carried.get(c) {
+            None => t.lost.push(c.clone()),
+            Some(seqs) if seqs.len() > 1 => t.duplicated.push((c.clone(), seqs.clone())),
+            Some(_) => {}
+        }
+    }
+    t
+}
+
+/// Panics when a worker process has exited (SPEC §6: a worker never exits because its
+/// coordinator is away).
+fn assert_workers_running(fleet: &Fleet, when: &str) {
+    for w in &fleet.workers {
+        assert!(
+            w.proc.exited().is_none(),
+            "{} exited {when}: {:?}",
+            w.name,
+            w.proc.exited()
+        );
+    }
+}
+
+// SPEC §10 (after `kill -9` at any moment the coordinator restarts into a consistent
+// state and loses no acknowledged event), §6 (workers never exit when the coordinator is
+// away and reconnect; a worker that misses `dead_after` fails over and comes back as a
+// join), §8 (every fetch that changes refs is one event: unacknowledged outcomes are
+// resent, duplicates dropped; sequence numbers gap-free), §5 (at the end every repo has
+// exactly one owner, mirrored by it alone, refs equal to upstream).
+//
+// The coordinator is killed `rounds(10, 100)` times at seeded random moments: while
+// workers reconnect, report, fetch and clone; upstream commits land before, during and
+// between crashes, some with `POST /api/repos/{id}/fetch`. A repo gets a new commit only
+// after its previous one is seen as an event, so every change is one a fetch can see.
+#[test]
+fn coordinator_crash_loop_loses_and_repeats_no_event() {
+    let seed = seed();
+    eprintln!("coordinator crash loop: seed {seed} (GITMIRROR_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("crashloop", 24);
+    let fleet = Fleet::start("crashloop", &repos, 3);
+    fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+
+    // The refs each repo was created with are changes too: each is in one `cloned` event.
+    let mut made: Vec<Change> = Vec::new();
+    for (id, url) in &repos {
+        for (name, oid) in ls_remote(url) {
+            made.push((id.clone(), name, oid));
+        }
+    }
+    let ids: Vec<String> = repos.keys().cloned().collect();
+    // Repo → the change made to it that is not yet seen as an event.
+    let mut pending: BTreeMap<String, Change> = BTreeMap::new();
+
+    // Drop the pending changes that are events now (when the coordinator answers).
+    let confirm = |fleet: &Fleet, pending: &mut BTreeMap<String, Change>| {
+        if let Ok(events) = all_events(fleet) {
+            let seen: BTreeSet<Change> = events.iter().flat_map(triples).collect();
+            pending.retain(|_, c| !seen.contains(c));
+        }
+    };
+    // Commit to 1–3 repos without a pending change; ask for some to be fetched now.
+    let commit_some = |fleet: &Fleet,
+                       rng: &mut Rng,
+                       pending: &mut BTreeMap<String, Change>,
+                       made: &mut Vec<Change>,
+                       up: bool| {
+        for _ in 0..=rng.below(3) {
+            let free: Vec<&String> = ids.iter().filter(|id| !pending.contains_key(*id)).collect();
+            if free.is_empty() {
+                return;
+            }
+            let id = free[rng.below(free.len() as u64) as usize].clone();
+            let branch = if rng.below(3) == 0 { "dev" } else { "master" };
+            let oid = daemon.commit(repo_name(&id), branch);
+            let change = (id.clone(), format!("refs/heads/{branch}"), oid);
+            made.push(change.clone());
+            pending.insert(id.clone(), change);
+            if up && rng.below(2) == 0 {
+                // 202, or 503 while the owner is reconnecting: either is fine here.
+                let _ = fleet.coord.post(&format!("/api/repos/{id}/fetch"), "");
+            }
+        }
+    };
+
+    let initial = made.len();
+    let kills = rounds(10, 100);
+    for round in 0..kills {
+        // Up for 0.2–4 s, with commits at its start and in its middle.
+        let up = rng.millis(200, 4000);
+        confirm(&fleet, &mut pending);
+        commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
+        std::thread::sleep(up / 2);
+        confirm(&fleet, &mut pending);
+        commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
+        std::thread::sleep(up - up / 2);
+
+        fleet.coord.kill();
+        assert_workers_running(&fleet, &format!("after coordinator kill {}", round + 1));
+        // Down for 0–2.5 s, with commits while it is down.
+        commit_some(&fleet, &mut rng, &mut pending, &mut made, false);
+        std::thread::sleep(rng.millis(0, 2500));
+        fleet.coord.start_ready();
+        assert_workers_running(&fleet, &format!("after coordinator restart {}", round + 1));
+        eprintln!(
+            "round {}: up {up:?}, {} changes made, {} not yet events",
+            round + 1,
+            made.len() - initial,
+            pending.len()
+        );
+    }
+
+    // Quiet now: every worker back, every change an event, every repo mirrored once.
+    fleet.wait_alive(&[0, 1, 2], Duration::from_secs(45));
+    wait_for(
+        Duration::from_secs(90),
+        "every change made seen as an event",
+        || {
+            confirm(&fleet, &mut pending);
+            assert_workers_running(&fleet, "while waiting for the last events");
+            pending
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("not yet events: {pending:?}"))
+        },
+    );
+    // A barrier: one more change to every repo, asked to be fetched now. Each worker
+    // resends its unacknowledged outcomes when it connects, before any later outcome, so
+    // once these are events, a duplicate from an earlier resend would be in the log too.
+    for id in &ids {
+        let oid = daemon.commit(repo_name(id), "master");
+        let change = (id.clone(), "refs/heads/master".to_owned(), oid);
+        made.push(change.clone());
+        pending.insert(id.clone(), change);
+        let _ = fleet.coord.post(&format!("/api/repos/{id}/fetch"), "");
+    }
+    wait_for(
+        Duration::from_secs(60),
+        "the barrier changes seen as events",
+        || {
+            confirm(&fleet, &mut pending);
+            pending
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("not yet events: {pending:?}"))
+        },
+    );
+    let owners = fleet.wait_settled(SETTLE);
+    wait_for(Duration::from_secs(30), "mirrors equal upstream", || {
+        fleet.check_mirrors(&owners)
+    });
+    assert_eq!(
+        fleet.settled().unwrap(),
+        owners,
+        "owners changed while the mirrors were checked"
+    );
+    assert_workers_running(&fleet, "at the end");
+
+    let commits = made.len() - initial;
+    let events = all_events(&fleet).unwrap();
+    let t = tally(&events, &made);
+    figure(SUITE, "seed", seed);
+    figure(SUITE, "coordinator_kills", kills);
+    figure(SUITE, "ref_changes_made", commits);
+    figure(SUITE, "events", events.len());
+    figure(SUITE, "lost", t.lost.len());
+    figure(SUITE, "duplicated", t.duplicated.len());
+    assert!(
+        t.lost.is_empty(),
+        "changes never seen as events: {:#?}",
+        t.lost
+    );
+    assert!(
+        t.duplicated.is_empty(),
+        "changes in more than one event (seed {seed}): {:#?}",
+        t.duplicated
+    );
+    assert!(
+        t.unexpected.is_empty(),
+        "events carry ref values never made upstream: {:#?}",
+        t.unexpected
+    );
+    assert!(
+        t.empty.is_empty(),
+        "events that carry nothing new (seqs {:?}, seed {seed})",
+        t.empty
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "event sequence numbers are not 1..N");
+}
