@@ -85,3 +85,218 @@ proptest! {
         }
     }
 }
+
+/// Arbitrary worker messages of the kinds a peer sends first or soon after: `Hello` with
+/// hostile fields (other versions, wrong secrets, odd weights), `Holdings`, `AssignAck`.
+fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
+    let weight = prop_oneof![
+        4 => Just(1.0f64),
+        1 => Just(0.0f64),
+        1 => Just(-1.0f64),
+        1 => Just(f64::NAN),
+        1 => Just(f64::INFINITY),
+        1 => any::<f64>(),
+    ];
+    let protocol = prop_oneof![
+        4 => Just(PROTOCOL_VERSION),
+        1 => 0u32..8,
+        1 => any::<u32>(),
+    ];
+    let secret = prop_oneof![3 => Just("s3cret".to_owned()), 1 => ".{0,12}"];
+    let hello = (
+        protocol,
+        secret,
+        any::<u128>(),
+        proptest::option::of(any::<u32>()),
+        ".{0,16}",
+        weight,
+        proptest::option::of(".{0,16}"),
+    )
+        .prop_map(
+            |(protocol, secret, uuid, previous_id, name, weight, base)| {
+                WorkerMsg::Hello(Hello {
+                    protocol,
+                    secret,
+                    uuid: uuid::Uuid::from_u128(uuid),
+                    previous_id,
+                    name,
+                    weight,
+                    software: "fuzz".into(),
+                    serve_url_base: base,
+                })
+            },
+        );
+    let holdings =
+        proptest::collection::vec((".{0,12}", ".{0,12}", any::<bool>()), 0..4).prop_map(|repos| {
+            WorkerMsg::Holdings(Holdings {
+                repos: repos
+                    .into_iter()
+                    .map(|(id, url, mirrored)| HeldRepo { id, url, mirrored })
+                    .collect(),
+            })
+        });
+    prop_oneof![
+        3 => hello,
+        1 => holdings,
+        1 => any::<u64>().prop_map(|seq| WorkerMsg::AssignAck { seq }),
+    ]
+}
+
+/// One frame of a conversation: a message, or a frame of garbage.
+#[derive(Debug, Clone)]
+enum Sent {
+    Msg(WorkerMsg),
+    Garbage(Vec<u8>),
+}
+
+fn coord_msg() -> impl Strategy<Value = CoordMsg> {
+    prop_oneof![
+        3 => (prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u32>()], any::<u32>())
+            .prop_map(|(protocol, worker_id)| CoordMsg::Welcome(Welcome {
+                protocol, worker_id, software: "fuzz".into(),
+            })),
+        1 => (".{0,24}", 0usize..4).prop_map(|(message, c)| CoordMsg::Refused(Refusal {
+            code: [RefuseCode::VersionMismatch, RefuseCode::BadSecret, RefuseCode::NoFreeId,
+                   RefuseCode::ProtocolError][c],
+            message,
+        })),
+        1 => any::<u64>().prop_map(|upto| CoordMsg::OutcomeAck { upto }),
+        1 => ".{0,12}".prop_map(|repo| CoordMsg::FetchNow { repo }),
+        1 => any::<u64>().prop_map(|seq| CoordMsg::Assign(AssignDelta {
+            seq, upsert: vec![], drop: vec![],
+        })),
+    ]
+}
+
+proptest! {
+    // `PROPTEST_CASES` sets the count (default 256).
+
+    /// SPEC §4.2: a whole conversation as the coordinator reads it — arbitrary message
+    /// sequences and garbage frames, framed and cut into arbitrary chunks. The frame
+    /// decoder gives back exactly the frames sent; the handshake accepts the first frame
+    /// only when it is a `Hello` of this version with the right secret and a usable
+    /// weight, and refuses everything else with the fitting code; the rest decode to the
+    /// messages sent (a later `Hello` is visible as such, for the caller to refuse).
+    #[test]
+    fn arbitrary_conversations_are_judged_frame_by_frame(
+        sent in proptest::collection::vec(prop_oneof![
+            6 => worker_msg().prop_map(Sent::Msg),
+            1 => proptest::collection::vec(any::<u8>(), 0..24).prop_map(Sent::Garbage),
+        ], 1..8),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let mut stream = Vec::new();
+        let mut bodies = Vec::new();
+        for s in &sent {
+            let frame = match s {
+                Sent::Msg(m) => encode_frame(m).unwrap(),
+                Sent::Garbage(g) => {
+                    let mut f = (g.len() as u32).to_le_bytes().to_vec();
+                    f.extend_from_slice(g);
+                    f
+                }
+            };
+            bodies.push(frame[4..].to_vec());
+            stream.extend_from_slice(&frame);
+        }
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.push(0);
+        points.push(stream.len());
+        points.sort_unstable();
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        for w in points.windows(2) {
+            d.push(&stream[w[0]..w[1]]);
+            while let Some(body) = d.next_frame().unwrap() {
+                got.push(body);
+            }
+        }
+        prop_assert_eq!(&got, &bodies);
+        prop_assert_eq!(d.pending(), 0);
+
+        let verdict = ServerHandshake::new("s3cret").on_first_frame(&got[0]);
+        match (&sent[0], &verdict) {
+            (Sent::Msg(WorkerMsg::Hello(h)), ServerVerdict::Accept(a)) => {
+                prop_assert_eq!(h.protocol, PROTOCOL_VERSION);
+                prop_assert_eq!(&h.secret, "s3cret");
+                prop_assert!(h.weight.is_finite() && h.weight > 0.0);
+                prop_assert_eq!(&h.uuid, &a.uuid);
+            }
+            (_, ServerVerdict::Accept(a)) => prop_assert!(false, "accepted {:?} as {:?}", sent[0], a),
+            (Sent::Msg(WorkerMsg::Hello(h)), ServerVerdict::Refuse { refusal, close_code: code }) => {
+                if h.protocol != PROTOCOL_VERSION {
+                    prop_assert_eq!(refusal.code, RefuseCode::VersionMismatch);
+                    prop_assert_eq!(*code, close_code::VERSION_MISMATCH);
+                    let ours = format!("protocol {PROTOCOL_VERSION}");
+                    let theirs = format!("speaks {}", h.protocol);
+                    prop_assert!(refusal.message.contains(&ours), "{}", refusal.message);
+                    prop_assert!(refusal.message.contains(&theirs), "{}", refusal.message);
+                } else if h.secret != "s3cret" {
+                    prop_assert_eq!(refusal.code, RefuseCode::BadSecret);
+                    prop_assert_eq!(*code, close_code::BAD_SECRET);
+                } else {
+                    prop_assert!(!(h.weight.is_finite() && h.weight > 0.0), "{:?}", refusal);
+                    prop_assert_eq!(*code, close_code::PROTOCOL_ERROR);
+                }
+            }
+            (_, ServerVerdict::Refuse { close_code: code, .. }) => {
+                // Not a Hello (or garbage that may still begin like one of another version).
+                prop_assert!(
+                    *code == close_code::PROTOCOL_ERROR || *code == close_code::VERSION_MISMATCH,
+                    "code {}", code
+                );
+            }
+        }
+        for (s, body) in sent.iter().zip(&got).skip(1) {
+            match s {
+                Sent::Msg(m) => {
+                    let back = decode::<WorkerMsg>(body).unwrap();
+                    // NaN weights do not compare equal; compare the bytes instead.
+                    prop_assert_eq!(encode_frame(&back).unwrap()[4..].to_vec(), body.clone());
+                    prop_assert_eq!(
+                        matches!(back, WorkerMsg::Hello(_)),
+                        matches!(m, WorkerMsg::Hello(_))
+                    );
+                }
+                Sent::Garbage(g) => {
+                    // Garbage may decode (postcard takes non-canonical varints, so not
+                    // necessarily back to the same bytes); what it decodes to is stable.
+                    if let Ok(m) = decode::<WorkerMsg>(g) {
+                        let once = encode_frame(&m).unwrap();
+                        let twice = encode_frame(&decode::<WorkerMsg>(&once[4..]).unwrap()).unwrap();
+                        prop_assert_eq!(once, twice);
+                    }
+                }
+            }
+        }
+    }
+
+    /// SPEC §4.2: the worker's side — whatever the coordinator answers first, the worker
+    /// proceeds only on a `Welcome` of its own version, reports a version mismatch naming
+    /// both versions, passes a refusal's message on, and calls anything else unexpected.
+    #[test]
+    fn client_handshake_judges_any_first_reply(reply in coord_msg()) {
+        let client = ClientHandshake::new(Hello {
+            protocol: PROTOCOL_VERSION, secret: "s".into(), uuid: uuid::Uuid::nil(),
+            previous_id: None, name: "n".into(), weight: 1.0, software: "t".into(),
+            serve_url_base: None,
+        });
+        let body = encode_frame(&reply).unwrap()[4..].to_vec();
+        match (&reply, client.on_reply(&body)) {
+            (CoordMsg::Welcome(w), Ok(got)) => {
+                prop_assert_eq!(w.protocol, PROTOCOL_VERSION);
+                prop_assert_eq!(w, &got);
+            }
+            (CoordMsg::Welcome(w), Err(HandshakeError::VersionMismatch { ours, theirs })) => {
+                prop_assert_eq!((ours, theirs), (PROTOCOL_VERSION, w.protocol));
+                prop_assert_ne!(w.protocol, PROTOCOL_VERSION);
+            }
+            (CoordMsg::Refused(r), Err(HandshakeError::Refused { code, message })) => {
+                prop_assert_eq!((r.code, &r.message), (code, &message));
+            }
+            (CoordMsg::Assign(_) | CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. },
+             Err(HandshakeError::Unexpected(_))) => {}
+            (r, got) => prop_assert!(false, "{:?} gave {:?}", r, got),
+        }
+    }
+}
