@@ -98,10 +98,11 @@ pub fn rotate_secret(state_dir: &Path) -> Result<JoinToken> {
     if (now.uid(), now.gid()) != owner {
         std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).with_context(|| {
             format!(
-                "giving {} back to its owner {}:{}",
-                path.display(),
+                "replaced the join secret in {p} but could not give the file back to its owner: \
+                 run `chown {}:{} {p}`; `gitmirrord join-token` then prints the new token",
                 owner.0,
-                owner.1
+                owner.1,
+                p = path.display(),
             )
         })?;
     }
