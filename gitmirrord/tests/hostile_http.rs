@@ -460,7 +460,8 @@ fn numbered_index(dir: &Path, n: usize) {
 /// coordinator binary and curl run in a network namespace of the test's own, on private
 /// addresses of a veth pair) are refused without a token (401) and with any wrong one
 /// (401), and carried out with the right one; reads stay open. The accepted `accept`
-/// applies a held purge-protected update.
+/// applies a held purge-protected update. Once `api_token_file` is removed (SIGHUP), they
+/// are refused (403) whatever the client sends.
 #[test]
 fn mutating_calls_from_another_address_need_the_token() {
     if !rustix::process::geteuid().is_root() {
@@ -481,20 +482,22 @@ fn mutating_calls_from_another_address_need_the_token() {
     )
     .unwrap();
     let config = dir.path().join("gitmirrord.yaml");
-    std::fs::write(
-        &config,
+    let text = |token: bool| {
+        let mut extra = format!(
+            "purge_protect_percent: 5\nlocal_worker: {{mirror_dir: {}}}\n",
+            dir.path().join("mirrors").display()
+        );
+        if token {
+            extra.push_str(&format!("api_token_file: {}\n", token_file.display()));
+        }
         hostile::config(
             dir.path(),
             "127.0.0.1:0",
             &format!("{server}:18089"),
-            &format!(
-                "api_token_file: {}\npurge_protect_percent: 5\nlocal_worker: {{mirror_dir: {}}}\n",
-                token_file.display(),
-                dir.path().join("mirrors").display()
-            ),
-        ),
-    )
-    .unwrap();
+            &extra,
+        )
+    };
+    std::fs::write(&config, text(true)).unwrap();
     let d = Daemon::start(&["ip", "netns", "exec", &ns.name], &config);
     let (_, http) = d.ready();
     assert_eq!(http.ip().to_string(), server);
@@ -577,6 +580,27 @@ fn mutating_calls_from_another_address_need_the_token() {
         }
         assert!(Instant::now() < deadline, "accept not applied: {body}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Without api_token_file (removed by a reload), mutating calls from this address are
+    // refused outright, token or not.
+    std::fs::write(&config, text(false)).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&d.child),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    d.wait_line(&["SIGHUP: reloaded", "api_token_file (removed)"], 20);
+    for headers in [vec![], vec![auth.as_str()]] {
+        for url in [&fetch, &accept] {
+            let (s, body) = ns.curl(client, "POST", url, &headers);
+            if (200..300).contains(&s) {
+                unauthorised_accepted += 1;
+            }
+            assert_eq!(s, 403, "POST {url} {headers:?}: {body}");
+            assert!(body.contains("only loopback clients"), "{body}");
+            refused += 1;
+        }
     }
     assert!(d.alive());
     let logged = d.lines().iter().filter(|l| l.contains("panicked")).count();
