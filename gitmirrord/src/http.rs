@@ -144,9 +144,8 @@ async fn make_room(
     reading: &mut VecDeque<oneshot::Sender<()>>,
     slots: &Arc<Semaphore>,
 ) -> Option<OwnedSemaphorePermit> {
-    let oldest = std::iter::from_fn(|| reading.pop_front()).find(|c| !c.is_closed())?;
-    // It may have finished its request just now; then the wait may fail too.
-    let _ = oldest.send(());
+    // The oldest one still reading (a send fails on one that finished meanwhile).
+    std::iter::from_fn(|| reading.pop_front()).find_map(|c| c.send(()).ok())?;
     tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
         .await
         .ok()?

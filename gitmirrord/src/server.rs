@@ -171,12 +171,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
 /// round trip or two of connecting, so only peers that stall are displaced. `None` when
 /// no connection is waiting (all are being welcomed).
 async fn make_room(ctx: &Ctx) -> Option<OwnedSemaphorePermit> {
-    let oldest = {
+    // The oldest one still waiting (a send fails on one that got past the check meanwhile).
+    let dropped = {
         let mut waiting = ctx.waiting();
-        std::iter::from_fn(|| waiting.pop_front()).find(|c| !c.is_closed())
+        std::iter::from_fn(|| waiting.pop_front()).find_map(|c| c.send(()).ok())
     };
-    // It may have got past the check just now; then this send fails and so may the wait.
-    let _ = oldest?.send(());
+    dropped?;
     tokio::time::timeout(
         Duration::from_secs(1),
         ctx.handshakes.clone().acquire_owned(),
