@@ -963,3 +963,89 @@ fn polls(metrics: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// SPEC §3.4 and §7.1, end to end with a real (embedded) worker and real mirrors: while a
+/// 90 % deletion is held, every mirror stays at its path and the worker keeps fetching
+/// the repos whose removal is held (`POST …/fetch` on one is carried out); nothing reaches
+/// `.trash/`. Accepting the update moves exactly the removed repos' mirrors to `.trash/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ninety_percent_deletion_keeps_real_mirrors_until_accepted() {
+    let base = tempfile::tempdir().unwrap();
+    let work = base.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("f"), "x").unwrap();
+    git(&work, &["add", "f"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let bare = base.path().join("up.git");
+    git(
+        base.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let mirrors = base.path().join("mirrors");
+    let c = common::Coordinator::start(&format!(
+        "allow_file_urls: true\npurge_protect_percent: 5\n\
+         local_worker:\n  mirror_dir: {}\n  fetch: {{min_interval: 1s}}\n",
+        mirrors.display()
+    ))
+    .await;
+    c.wait_for_repos().await;
+    let index = c.dir.path().join("index-src");
+    let n = 20;
+    for i in 0..n {
+        let p = index.join(format!("r/p{i}/p{i}"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("url: file://{}\n", bare.display())).unwrap();
+    }
+    let mirror = |i: usize| mirrors.join(format!("r/p{i}/p{i}.git"));
+    common::eventually(60, "20 mirrors", || async {
+        (0..n)
+            .all(|i| mirror(i).join("HEAD").is_file())
+            .then_some(())
+    })
+    .await;
+
+    // Remove 18 of the 20 (and so 18 of the index's 23 repos).
+    for i in 2..n {
+        std::fs::remove_file(index.join(format!("r/p{i}/p{i}"))).unwrap();
+    }
+    common::eventually(15, "the held update", || async {
+        let (_, v) = c.get_json("/api/index").await;
+        (v[0]["held"]["removals"] == 18).then_some(())
+    })
+    .await;
+    // The worker still holds and fetches a repo whose removal is held.
+    let fetches = |v: &serde_json::Value| v["fetches"].as_u64().unwrap_or(0);
+    let (_, before) = c.get_json("/api/repos/r/p7/p7").await;
+    let (s, body) = c.post("/api/repos/r/p7/p7/fetch").await;
+    assert_eq!(s, 202, "{body}");
+    common::eventually(15, "the asked-for fetch", || async {
+        let (_, v) = c.get_json("/api/repos/r/p7/p7").await;
+        (fetches(&v) > fetches(&before)).then_some(())
+    })
+    .await;
+    let trash = mirrors.join(".trash");
+    let trashed = || std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
+    assert!((0..n).all(|i| mirror(i).join("HEAD").is_file()));
+    assert_eq!(trashed(), 0, "nothing trashed while held");
+    let (_, v) = c.get_json("/api/repos?state=mirrored").await;
+    assert_eq!(v["total"], 20, "{v}");
+
+    let (s, body) = c.post("/api/index/test/accept").await;
+    assert_eq!(s, 200, "{body}");
+    common::eventually(30, "the removed mirrors in .trash", || async {
+        (trashed() == 18).then_some(())
+    })
+    .await;
+    assert!((0..2).all(|i| mirror(i).join("HEAD").is_file()));
+    assert!((2..n).all(|i| !mirror(i).exists()));
+    figure(SUITE, "e2e_mirrors_kept_while_held", n);
+    figure(SUITE, "e2e_mirrors_trashed_after_accept", trashed());
+    c.stop().await.1.unwrap();
+}
