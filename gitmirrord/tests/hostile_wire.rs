@@ -406,7 +406,7 @@ async fn floods_leave_the_coordinator_bounded_and_serving() {
     let pid = d.child.id();
     let baseline = d.rss_kib();
     let sampler = RssSampler::start(pid);
-    let big = std::env::var("GITMIRROR_HOSTILE").is_ok_and(|v| v == "long");
+    let big = std::env::var("GITMIRROR_FAULTS").is_ok_and(|v| v == "long");
     let silent_n = if big { 1000 } else { 300 };
     let fat_n = if big { 128 } else { 64 };
     let stream_conns = if big { 40 } else { 10 };
