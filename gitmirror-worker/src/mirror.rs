@@ -989,8 +989,17 @@ fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first: Vec<&str> = stderr.lines().take(3).collect();
+    // `git fsck` names what is missing or broken on stdout, other commands on stderr.
+    let (stderr, stdout) = (
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+    let first: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect();
     let message = format!(
         "git {} in {} ({}): {}",
         args.join(" "),

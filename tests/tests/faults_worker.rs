@@ -2,7 +2,7 @@
 //! clones and fetches, local damage to mirrors and state files, and a full disk.
 //!
 //! Bounded form by default (CI); `GITMIRROR_FAULTS=long` runs the long form. Kill moments
-//! come from a seeded RNG: the seed is printed, and `GITMIRROR_FAULTS_SEED=<n>` replays it.
+//! come from a seeded RNG: the seed is printed, and `GITMIRROR_SEED=<n>` replays it.
 //! Figures go through [`figure`] (suite `faults_worker`).
 
 use gitmirror_tests::daemons::{SETTLE, str_field};
@@ -27,31 +27,38 @@ const SUITE: &str = "faults_worker";
 // ---- seeded randomness ----
 
 /// xorshift64*: enough to pick kill moments reproducibly.
-struct Rng(u64);
+struct Rng {
+    state: u64,
+    seed: u64,
+}
 
 impl Rng {
-    /// Seeded from `GITMIRROR_FAULTS_SEED`, else from the clock; the seed is printed so a
-    /// failing run can be replayed.
+    /// Seeded from `GITMIRROR_SEED` (as the other fault suites), else from the clock; the
+    /// seed is printed so a failing run can be replayed.
     fn seeded(test: &str) -> Self {
-        let seed = std::env::var("GITMIRROR_FAULTS_SEED")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("{test}: seed {seed} (replay with GITMIRROR_FAULTS_SEED={seed})");
-        Self(seed.max(1))
+        let seed = match std::env::var("GITMIRROR_SEED") {
+            Ok(s) => s
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("GITMIRROR_SEED={s:?} is not a number")),
+            Err(_) => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
+        };
+        eprintln!("{test}: seed {seed} (GITMIRROR_SEED={seed} replays it)");
+        Self {
+            state: seed.max(1),
+            seed,
+        }
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
+        let mut x = self.state;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        self.0 = x;
+        self.state = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
@@ -213,8 +220,51 @@ fn tmp_entries(w: &Worker) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Temp files of packs being received (`objects/pack/.tmp*`, `tmp_*`) in a mirror.
+fn partial_packs(git_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(git_dir.join("objects").join("pack"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".tmp") || n.starts_with("tmp_")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Every `<id>.git` directory under a mirror directory (not in `.tmp/` or `.trash/`), as
+/// repo id → path.
+fn final_paths(mirror_dir: &Path) -> BTreeMap<String, PathBuf> {
+    let mut found = BTreeMap::new();
+    let mut todo = vec![(mirror_dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) || (depth == 0 && name.starts_with('.')) {
+                continue;
+            }
+            let p = e.path();
+            match name.strip_suffix(".git") {
+                Some(_) if depth == 2 => {
+                    let rel = p.strip_prefix(mirror_dir).expect("under the mirror dir");
+                    let id = rel.to_string_lossy();
+                    found.insert(id.trim_end_matches(".git").to_owned(), p);
+                }
+                _ if depth < 2 => todo.push((p, depth + 1)),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 /// Refs per repo as the coordinator's events tell them: every event's ref changes applied
-/// in sequence order. Also checks that sequence numbers are gap-free and increasing.
+/// in sequence order. `Err` unless the events are consistent, as SPEC §8 makes them when
+/// each change is reported exactly once: sequence numbers gap-free and increasing, one
+/// `cloned` event per repo and before any other, and every change's `old` equal to what
+/// the events before it left (a repeated or a lost change breaks that).
 fn refs_from_events(
     events: &[Value],
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
@@ -230,9 +280,27 @@ fn refs_from_events(
             return Err(format!("event {seq} follows {last}"));
         }
         last_seq = Some(seq);
-        let repo = refs.entry(str_field(e, "repo")).or_default();
+        let id = str_field(e, "repo");
+        let kind = str_field(e, "kind");
+        let known = refs.contains_key(&id);
+        match kind.as_str() {
+            "cloned" if known => return Err(format!("event {seq}: {id} cloned again: {e}")),
+            "updated" if !known => {
+                return Err(format!("event {seq}: {id} updated before cloned: {e}"));
+            }
+            "cloned" | "updated" => {}
+            _ => return Err(format!("event {seq}: unexpected kind: {e}")),
+        }
+        let repo = refs.entry(id.clone()).or_default();
         for r in e["refs"].as_array().into_iter().flatten() {
             let name = str_field(r, "name");
+            let old = r["old"].as_str();
+            if old != repo.get(&name).map(String::as_str) {
+                return Err(format!(
+                    "event {seq}: {id} {name} changes from {old:?}, but the events before left {:?}: {e}",
+                    repo.get(&name)
+                ));
+            }
             match r["new"].as_str() {
                 Some(new) => repo.insert(name, new.to_owned()),
                 None => repo.remove(&name),
@@ -321,20 +389,24 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 // shows up in `.tmp/`) and fetch rounds (upstream commits with data and new branches; the
 // kill falls at a random moment after the start).
 //
-// Checked after every kill, while the disk is still (the worker is dead): every mirror at
-// a final path passes `git fsck --connectivity-only` and has refs (re-checked only when it
-// changed), no mirror seen before has vanished, and `.tmp/` leftovers of the previous kill
+// Checked after every kill, while the disk is still (the worker is dead; checking there
+// rather than at checkpoints means every crash moment is looked at): every `<id>.git` in
+// the mirror directory is a repo of the index, every mirror at a final path passes `git
+// fsck --connectivity-only` and has refs (re-checked only when it changed; a full fsck at
+// the end), no mirror seen before has vanished, and `.tmp/` leftovers of the previous kill
 // are gone once the restarted worker logged its start. At the end (the worker left alone):
 // every repo mirrored, equal to `git ls-remote`, full `git fsck` clean, `.tmp/` empty, and
-// replaying the coordinator's events gives every repo's upstream refs.
+// the coordinator's events are consistent (one `cloned` per repo, every change's `old` what
+// the events before it left: none lost, none repeated) and replayed give every repo's
+// upstream refs.
 #[test]
 fn kill_9_during_clones_and_fetches_loses_nothing() {
     let mut rng = Rng::seeded("kill_9_during_clones_and_fetches_loses_nothing");
     let started = Instant::now();
     let daemon = GitDaemon::shared();
-    // About 60,000 objects: a clone takes a noticeable moment even on loopback.
+    // About 36,000 objects: a clone takes a noticeable moment even on loopback.
     let base = "crashbase-r00";
-    create_big_repo(&daemon, base, 20_000, 300, &mut rng);
+    create_big_repo(&daemon, base, 12_000, 300, &mut rng);
     let mut repos = BTreeMap::new();
     for i in 0..3 {
         let name = format!("crashbig-r{i:02}");
@@ -348,12 +420,13 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     let total_rounds = rounds(20, 200);
     let max_added = if long_form() { 15 } else { 6 };
     // How long after a clone appears in `.tmp/` the kill may fall.
-    let clone_span = 1500;
+    let clone_span = 2500;
 
     let mut problems: Vec<String> = Vec::new();
     let (mut kills, mut clone_rounds, mut interrupted) = (0u64, 0u64, 0u64);
     let (mut lost, mut damaged, mut recloned, mut removed_by_us) = (0u64, 0u64, 0u64, 0u64);
     let mut fsck_runs = 0u64;
+    let mut partial: BTreeSet<PathBuf> = BTreeSet::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut checked: BTreeMap<String, String> = BTreeMap::new();
     let mut leftovers: BTreeSet<String> = BTreeSet::new();
@@ -361,6 +434,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     let mut mark = 0;
 
     for round in 0..total_rounds {
+        let round_start = Instant::now();
         let clone_round = round == 0 || rng.range(0, 2) == 0;
         if round > 0 {
             let w = &fleet.workers[0];
@@ -411,7 +485,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             });
             std::thread::sleep(Duration::from_millis(rng.range(0, clone_span)));
         } else {
-            std::thread::sleep(Duration::from_millis(rng.range(50, 2500)));
+            std::thread::sleep(Duration::from_millis(rng.range(50, 4000)));
         }
         let alive_for = since_start.elapsed();
         let worker_started = w.proc.log_since(mark).contains("worker started");
@@ -440,6 +514,11 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             leftovers.clear();
         }
         leftovers.extend(tmp);
+        for (id, path) in final_paths(&w.mirror_dir) {
+            if !fleet.repos.contains_key(&id) {
+                problems.push(format!("round {round}: unexpected {}", path.display()));
+            }
+        }
         for id in fleet.repos.keys() {
             let path = w.mirror_path(id);
             let Some(ino) = inode(&path) else {
@@ -449,6 +528,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
                 }
                 continue;
             };
+            partial.extend(partial_packs(&path));
             if let Some(old) = seen.insert(id.clone(), ino)
                 && old != ino
             {
@@ -472,7 +552,8 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             }
         }
         eprintln!(
-            "round {round}: {} round, killed {alive_for:.1?} after the start, {} mirrors, .tmp {leftovers:?}",
+            "round {round} ({:.1?}): {} round, killed {alive_for:.1?} after the start, {} mirrors, .tmp {leftovers:?}",
+            round_start.elapsed(),
             if clone_round { "clone" } else { "fetch" },
             seen.len(),
         );
@@ -481,6 +562,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
         }
     }
 
+    figure(SUITE, "crash.seed", rng.seed);
     figure(SUITE, "crash.kills", kills);
     figure(SUITE, "crash.clone_rounds", clone_rounds + 1);
     figure(SUITE, "crash.clones_interrupted", interrupted);
@@ -490,6 +572,8 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     figure(SUITE, "crash.mirrors_lost", lost);
     figure(SUITE, "crash.fsck_failures", damaged);
     assert!(problems.is_empty(), "{problems:#?}");
+
+    eprintln!("{kills} kills done at {:.1?}", started.elapsed());
 
     // Settle: upstream stands still, the worker runs undisturbed.
     fleet.workers[0].start();
@@ -506,10 +590,12 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             Err(format!("{t:?}"))
         }
     });
+    eprintln!("settled at {:.1?}", started.elapsed());
     for id in fleet.repos.keys() {
         whole(&w.mirror_path(id), true).unwrap_or_else(|e| panic!("{id}: {e}"));
     }
-    // SPEC §8/§10: replaying the events gives every repo's upstream refs.
+    // SPEC §8/§10: the events are consistent (each change once) and replaying them gives
+    // every repo's upstream refs.
     wait_for(
         Duration::from_secs(30),
         "events that add up to upstream",
@@ -527,6 +613,19 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             Ok(())
         },
     );
+    // Temp files of packs a kill interrupted are not the mirror's content (fsck ignores
+    // them); the worker sweeps them in maintenance (daily) or when a fetch fails locally.
+    let left: usize = fleet
+        .repos
+        .keys()
+        .map(|id| partial_packs(&w.mirror_path(id)).len())
+        .sum();
+    figure(
+        SUITE,
+        "crash.partial_pack_files_left_by_kills",
+        partial.len(),
+    );
+    figure(SUITE, "crash.partial_pack_files_at_the_end", left);
     figure(SUITE, "crash.repos", fleet.repos.len());
     figure(SUITE, "crash.secs", started.elapsed().as_secs());
 }
@@ -797,12 +896,23 @@ fn damaged_mirrors_heal_in_place() {
             "{id}"
         );
     }
+    // The log says which mirror was corrupt and what was missing, and which locks went.
     let log = w.proc.log_since(mark);
-    for id in [&tip.0, &deep.0] {
+    for (id, missing) in [(&tip.0, &tip_commit), (&deep.0, &blob)] {
+        assert!(
+            log.lines().any(|l| l.contains("mirror is corrupt")
+                && l.contains(id.as_str())
+                && l.contains(missing.as_str())),
+            "no log line naming the corrupt {id} and its missing {missing}:\n{}",
+            tail(&log, 30)
+        );
+    }
+    for l in old_locks.iter().chain([&fresh_lock]) {
+        let l = l.display().to_string();
         assert!(
             log.lines()
-                .any(|l| l.contains("mirror is corrupt") && l.contains(id.as_str())),
-            "no log line about the corrupt {id}:\n{}",
+                .any(|line| line.contains("removed stale") && line.contains(&l)),
+            "no log line about removing {l}:\n{}",
             tail(&log, 30)
         );
     }
@@ -1060,8 +1170,12 @@ impl Drop for Tmpfs {
 // 8 MB of incompressible data joins the index: its clone runs out of space midway. The
 // failure must be reported (`/api/repos/{id}` `last_error`, class `local`, naming the lack
 // of space) and retried, the worker must stay up, nothing may appear at the final path and
-// the small mirror must stay whole. Then the tmpfs grows to 64 MiB: the clone succeeds by
-// itself (no fetch request), the mirror is fsck-clean and equal to upstream.
+// the small mirror must stay whole. Then a filler file leaves less than `disk.min_free`:
+// the repo shows `waiting` and the worker's status says disk, while a fetch of the small
+// repo still goes through. Then the filler goes and the tmpfs grows to 64 MiB: the clone
+// succeeds by itself (no restart, no fetch request), fsck-clean and equal to upstream.
+// Last, the disk fills up under a fetch: reported, retried, and the mirror is neither
+// damaged nor re-cloned; with space back that fetch goes through into the same mirror.
 #[test]
 fn disk_full_mid_clone_leaves_nothing_half_done() {
     let mut rng = Rng::seeded("disk_full_mid_clone_leaves_nothing_half_done");
@@ -1115,7 +1229,44 @@ fn disk_full_mid_clone_leaves_nothing_half_done() {
     whole(&w.mirror_path(small_id), true).unwrap();
     let failures = failure["failures"].as_u64().unwrap_or(0);
 
-    // Space returns: the clone goes through on its own.
+    // Nearly full, below `disk.min_free` (5 %): no new clone starts, the repo shows
+    // `waiting` and the worker's status says disk; a fetch still goes through.
+    let filler = w.mirror_dir.join("filler");
+    let st = rustix::fs::statvfs(&w.mirror_dir).expect("statvfs of the tmpfs");
+    let avail = st.f_bavail * st.f_frsize;
+    let keep = 96 * 1024;
+    assert!(avail > keep, "only {avail} bytes free on the tmpfs");
+    std::fs::write(&filler, vec![0u8; (avail - keep) as usize]).expect("write the filler");
+    let small_name = repo_name(small_id);
+    let commit = daemon.commit(small_name, "master");
+    let (code, body) = fleet
+        .coord
+        .post(&format!("/api/repos/{small_id}/fetch"), "")
+        .unwrap();
+    assert_eq!(code, 202, "{body}");
+    wait_for(
+        Duration::from_secs(60),
+        "the big repo waiting for disk, the small one fetched",
+        || {
+            if big_path.exists() {
+                panic!("{} appeared on a full disk", big_path.display());
+            }
+            let r = fleet.coord.repo(&big_id)?;
+            let worker = fleet.api_worker(i)?;
+            let refs = try_mirror_refs(&w.mirror_path(small_id))?;
+            if str_field(&r, "state") == "waiting"
+                && worker["status"].to_string().to_lowercase().contains("disk")
+                && refs.get("refs/heads/master") == Some(&commit)
+            {
+                Ok(())
+            } else {
+                Err(format!("repo {r}; worker {worker}; small {refs:?}"))
+            }
+        },
+    );
+
+    // Space returns: the clone goes through on its own, without a restart.
+    std::fs::remove_file(&filler).expect("remove the filler");
     disk.resize("64m");
     fleet.repos.insert(big_id.clone(), big_url);
     let owners = fleet.wait_settled(Duration::from_secs(60));
@@ -1129,6 +1280,70 @@ fn disk_full_mid_clone_leaves_nothing_half_done() {
             Err(format!("{t:?}"))
         }
     });
+
+    // Full again, now under a fetch that brings 2 MB: it fails for lack of space, and the
+    // mirror is neither damaged nor re-cloned (no healing makes space); with space back
+    // the fetch goes through into the same mirror.
+    let ino = inode(&big_path).expect("big mirror");
+    let st = rustix::fs::statvfs(&w.mirror_dir).expect("statvfs of the tmpfs");
+    let avail = st.f_bavail * st.f_frsize;
+    std::fs::write(&filler, vec![0u8; (avail - 256 * 1024) as usize]).expect("write the filler");
+    grow(&daemon, big_name, "master", 2_000_000, &mut rng);
+    let fetch_now = || {
+        let (code, body) = fleet
+            .coord
+            .post(&format!("/api/repos/{big_id}/fetch"), "")
+            .unwrap();
+        assert_eq!(code, 202, "{body}");
+    };
+    fetch_now();
+    let failed = wait_for(
+        Duration::from_secs(60),
+        "a fetch failure for lack of space",
+        || {
+            let r = fleet.coord.repo(&big_id)?;
+            let message = str_field(&r["last_error"], "message").to_lowercase();
+            if str_field(&r, "state") == "failing" && message.contains("space") {
+                Ok(r)
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    eprintln!("reported: {}", failed["last_error"]);
+    assert_eq!(
+        str_field(&failed["last_error"], "class"),
+        "local",
+        "{failed}"
+    );
+    whole(&big_path, true).unwrap();
+    assert_eq!(inode(&big_path), Some(ino), "re-cloned on a full disk");
+    // The part of the pack that did arrive is not left to fill the disk.
+    let pack_dir = big_path.join("objects").join("pack");
+    let temps: Vec<String> = std::fs::read_dir(&pack_dir)
+        .expect("list packs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp") || n.starts_with("tmp_"))
+        .collect();
+    assert!(
+        temps.is_empty(),
+        "partial packs left in {}: {temps:?}",
+        pack_dir.display()
+    );
+    std::fs::remove_file(&filler).expect("remove the filler");
+    fetch_now();
+    let upstream = ls_remote(&fleet.repos[&big_id]);
+    wait_for(Duration::from_secs(60), "the fetch with space back", || {
+        let mine = try_mirror_refs(&big_path)?;
+        if mine == upstream {
+            Ok(())
+        } else {
+            Err(format!("{mine:?}"))
+        }
+    });
+    whole(&big_path, true).unwrap();
+    assert_eq!(inode(&big_path), Some(ino), "re-cloned");
     assert!(w.proc.is_running(), "the worker exited");
     figure(SUITE, "disk_full.clone_failures_reported", failures);
     figure(SUITE, "disk_full.half_mirrors_seen", 0);
