@@ -68,6 +68,12 @@ struct Line {
     /// Worker uuid and report id the event came from (for dedupe after a crash).
     src: Uuid,
     report: u64,
+    /// Digest of the repo's whole ref set once this event is published
+    /// (`gitmirror_wire::refs`): the log is durable before every acknowledgement and
+    /// `repos.json` is saved only every few seconds, so after a crash the log is what
+    /// knows which refs were last published. Absent in logs written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +109,8 @@ pub struct EventLog {
     tail: VecDeque<Event>,
     /// Highest report id per worker found in the log.
     reports: HashMap<Uuid, u64>,
+    /// Per repo, the ref-set digest recorded with its last event (see [`Line::digest`]).
+    published: HashMap<String, u64>,
     poisoned: bool,
 }
 
@@ -155,6 +163,7 @@ impl EventLog {
             next_seq: 1,
             tail: VecDeque::new(),
             reports: HashMap::new(),
+            published: HashMap::new(),
             poisoned: false,
         };
         let body = &bytes[HEADER.len()..];
@@ -214,6 +223,9 @@ impl EventLog {
     fn remember(&mut self, line: Line) {
         let r = self.reports.entry(line.src).or_insert(0);
         *r = (*r).max(line.report);
+        if let Some(d) = line.digest {
+            self.published.insert(line.event.repo.clone(), d);
+        }
         self.next_seq = line.event.seq + 1;
         self.tail.push_back(line.event);
         if self.tail.len() > TAIL {
@@ -230,6 +242,11 @@ impl EventLog {
         &self.reports
     }
 
+    /// Per repo, the digest of the refs published by its last event that recorded one.
+    pub fn published(&self) -> &HashMap<String, u64> {
+        &self.published
+    }
+
     /// Sequence number of the last event (0 when none).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
@@ -238,6 +255,16 @@ impl EventLog {
     /// Number events, append them, and fsync. On error nothing is acknowledged and the
     /// file is cut back to its last complete line.
     pub fn append(&mut self, drafts: Vec<EventDraft>) -> Result<Vec<Event>, EventLogError> {
+        self.append_with_digests(drafts, |_| None)
+    }
+
+    /// [`EventLog::append`], recording with each event the digest of its repo's whole ref
+    /// set once it is published (`digest(draft)`), for [`EventLog::published`].
+    pub fn append_with_digests(
+        &mut self,
+        drafts: Vec<EventDraft>,
+        digest: impl Fn(&EventDraft) -> Option<u64>,
+    ) -> Result<Vec<Event>, EventLogError> {
         if self.poisoned {
             return Err(EventLogError::Poisoned {
                 path: self.path.clone(),
@@ -249,6 +276,7 @@ impl EventLog {
         let mut buf = Vec::new();
         let mut lines = Vec::with_capacity(drafts.len());
         for (i, d) in drafts.into_iter().enumerate() {
+            let digest = digest(&d);
             let event = Event {
                 seq: self.next_seq + i as u64,
                 time: gitmirror_common::rfc3339_ms(d.time_ms),
@@ -262,6 +290,7 @@ impl EventLog {
                 event,
                 src: d.source,
                 report: d.report_id,
+                digest,
             };
             serde_json::to_writer(&mut buf, &line).map_err(|e| EventLogError::Io {
                 action: "encode an event for",
@@ -390,6 +419,32 @@ mod tests {
                 "url":"https://example.org/abc","worker":2,"kind":"updated",
                 "refs":[{"name":"refs/heads/master","old":"9fceb02","new":"e5a2f01"}]})
         );
+    }
+
+    // SPEC §8, §10: the digest of the refs each event published survives a restart in the
+    // log itself (repos.json may be older), the last one per repo wins, and lines without
+    // one (older logs) leave it unknown. The API does not show it.
+    #[test]
+    fn published_digests_come_back_from_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(d.path()).unwrap();
+        let mut other = draft(3);
+        other.repo = "b/bcd/bcd".into();
+        log.append(vec![draft(1)]).unwrap();
+        log.append_with_digests(vec![draft(2), other], |e| {
+            Some(if e.repo == "a/abc/abc" { 11 } else { 22 })
+        })
+        .unwrap();
+        log.append_with_digests(vec![draft(4)], |_| Some(33))
+            .unwrap();
+        assert_eq!(log.published()["a/abc/abc"], 33);
+        drop(log);
+        let log = EventLog::open(d.path()).unwrap();
+        let want: HashMap<String, u64> =
+            [("a/abc/abc".to_owned(), 33), ("b/bcd/bcd".to_owned(), 22)].into();
+        assert_eq!(log.published(), &want);
+        let json = serde_json::to_value(&log.since(0, 10).unwrap()[3]).unwrap();
+        assert!(json.get("digest").is_none(), "{json}");
     }
 
     // SPEC §10: a crash mid-append leaves a torn last line, which is cut off.

@@ -140,7 +140,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, registry, repos, indexes, log, cursors) = loaded?;
+    let (identity, registry, mut repos, indexes, log, cursors) = loaded?;
+    state::merge_published(&mut repos, log.published());
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
     let mut fleet = Fleet::new(
@@ -523,8 +524,17 @@ impl MainLoop {
         if !report.events.is_empty() {
             let log = self.log.clone();
             let events = report.events;
+            // What each event publishes: the digest of the whole ref set its outcome
+            // reports (the fleet's `published` after it), kept in the log (SPEC §10).
+            let digests: HashMap<u64, u64> = batch
+                .outcomes
+                .iter()
+                .map(|o| (o.report_id, o.refs_digest))
+                .collect();
             let appended = tokio::task::spawn_blocking(move || {
-                log.lock().unwrap_or_else(|e| e.into_inner()).append(events)
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append_with_digests(events, |d| digests.get(&d.report_id).copied())
             })
             .await;
             let err = match appended {

@@ -4,7 +4,7 @@
 
 use gitmirror_tests::daemons::SETTLE;
 use gitmirror_tests::git::repo_name;
-use gitmirror_tests::{Fleet, GitDaemon, figure, ls_remote, rounds, wait_for};
+use gitmirror_tests::{Fleet, GitDaemon, Signal, figure, ls_remote, rounds, wait_for};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -211,6 +211,7 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
     };
 
     let initial = made.len();
+    let mut stops = 0usize;
     let kills = rounds(10, 100);
     for round in 0..kills {
         // Up for 0.2–4 s, with commits at its start and in its middle.
@@ -222,6 +223,14 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
         commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
         std::thread::sleep(up - up / 2);
 
+        // In a third of the rounds a worker is away across the crash (SIGSTOP): back
+        // within `dead_after` of the restart it resumes; later, it was declared dead, its
+        // repos failed over, and it comes back as a join and re-sends what it fetched.
+        let away = (rng.below(3) == 0).then(|| rng.below(fleet.workers.len() as u64) as usize);
+        if let Some(v) = away {
+            fleet.workers[v].proc.signal(Signal::STOP);
+            stops += 1;
+        }
         fleet.coord.kill();
         assert_workers_running(&fleet, &format!("after coordinator kill {}", round + 1));
         // Down for 0–2.5 s, with commits while it is down.
@@ -229,8 +238,17 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
         std::thread::sleep(rng.millis(0, 2500));
         fleet.coord.start_ready();
         assert_workers_running(&fleet, &format!("after coordinator restart {}", round + 1));
+        let mut note = String::new();
+        if let Some(v) = away {
+            // Away for 0–8 s more (`suspect_after` + `dead_after` is 7 s).
+            let more = rng.millis(0, 8000);
+            commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
+            std::thread::sleep(more);
+            fleet.workers[v].proc.signal(Signal::CONT);
+            note = format!(", w{v} away until {more:?} after the restart");
+        }
         eprintln!(
-            "round {}: up {up:?}, {} changes made, {} not yet events",
+            "round {}: up {up:?}{note}, {} changes made, {} not yet events",
             round + 1,
             made.len() - initial,
             pending.len()
@@ -288,6 +306,7 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
     let t = tally(&events, &made);
     figure(SUITE, "seed", seed);
     figure(SUITE, "coordinator_kills", kills);
+    figure(SUITE, "workers_stopped_across_a_crash", stops);
     figure(SUITE, "ref_changes_made", commits);
     figure(SUITE, "events", events.len());
     figure(SUITE, "lost", t.lost.len());
