@@ -17,13 +17,13 @@
 //! file found when an operation starts cannot belong to one of ours; the only other writer
 //! could be an operator's git command. A `*.lock` (or an interrupted pack's temp file)
 //! older than [`STALE_AFTER`] is therefore removed: those at the top of the mirror
-//! (`config.lock`, `packed-refs.lock`, `HEAD.lock`, …) before every fetch, those deeper
-//! down (`refs/heads/main.lock`, …) when a fetch fails locally and in maintenance. (SPEC
-//! says "older than the fetch timeout"; that would keep a mirror stuck for 30 minutes
-//! after a crash for no benefit, since nothing of ours can hold the lock.) A mirror whose
-//! refs cannot be read or whose ref tips are missing is corrupt: it is cloned again into
-//! `.tmp/` and swapped in atomically (`renameat2(RENAME_EXCHANGE)`) only when complete, so
-//! the old mirror stays at its path until that instant.
+//! (`config.lock`, `packed-refs.lock`, `HEAD.lock`, …) and in `objects/pack/` before every
+//! fetch, those deeper down (`refs/heads/main.lock`, …) when a fetch fails locally and in
+//! maintenance. (SPEC says "older than the fetch timeout"; that would keep a mirror stuck
+//! for 30 minutes after a crash for no benefit, since nothing of ours can hold the lock.)
+//! A mirror whose refs cannot be read or whose ref tips are missing is corrupt: it is
+//! cloned again into `.tmp/` and swapped in atomically (`renameat2(RENAME_EXCHANGE)`) only
+//! when complete, so the old mirror stays at its path until that instant.
 
 use crate::state::Refs;
 use crate::upstream_http::{self, Refusal, RefusalSink};
@@ -1021,11 +1021,10 @@ fn first_line(s: &str) -> String {
 /// Which stale files to look for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sweep {
-    /// `*.lock` directly in the mirror directory: a few entries, cheap enough for every
-    /// fetch.
+    /// `*.lock` directly in the mirror directory and interrupted packs' temp files in
+    /// `objects/pack/`: a few entries each, cheap enough for every fetch.
     TopLevel,
-    /// Also under `refs/`, `logs/`, `objects/info/` and interrupted packs' temp files in
-    /// `objects/pack/`.
+    /// Also locks under `refs/`, `logs/` and `objects/info/`.
     All,
 }
 
@@ -1054,6 +1053,18 @@ fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
     };
     let is_lock = |name: &str| name.ends_with(".lock");
     scan(git_dir, false, &is_lock, &mut remove);
+    // gix writes packs through `.tmp*` temp files, git through `tmp_*`/`.tmp-*`. A crash
+    // during a fetch leaves the part received so far: as big as that push, so not left
+    // for the daily maintenance pass.
+    let is_temp = |name: &str| {
+        name.ends_with(".lock") || name.starts_with(".tmp") || name.starts_with("tmp_")
+    };
+    scan(
+        &git_dir.join("objects").join("pack"),
+        false,
+        &is_temp,
+        &mut remove,
+    );
     if sweep == Sweep::All {
         for sub in ["refs", "logs"] {
             scan(&git_dir.join(sub), true, &is_lock, &mut remove);
@@ -1062,16 +1073,6 @@ fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
             &git_dir.join("objects").join("info"),
             false,
             &is_lock,
-            &mut remove,
-        );
-        // gix writes packs through `.tmp*` temp files, git through `tmp_*`/`.tmp-*`.
-        let is_temp = |name: &str| {
-            name.ends_with(".lock") || name.starts_with(".tmp") || name.starts_with("tmp_")
-        };
-        scan(
-            &git_dir.join("objects").join("pack"),
-            false,
-            &is_temp,
             &mut remove,
         );
     }
@@ -1470,10 +1471,10 @@ mod tests {
         let tmp_pack = make("objects/pack/.tmpAbc123", old);
         let fresh = make("config.lock", SystemTime::now());
         let not_a_lock = make("refs/heads/main", old);
-        assert_eq!(remove_stale(g, Sweep::TopLevel).len(), 1);
-        assert!(!top.exists() && deep.exists() && fresh.exists());
-        assert_eq!(remove_stale(g, Sweep::All).len(), 2);
-        assert!(!deep.exists() && !tmp_pack.exists());
+        assert_eq!(remove_stale(g, Sweep::TopLevel).len(), 2);
+        assert!(!top.exists() && !tmp_pack.exists() && deep.exists() && fresh.exists());
+        assert_eq!(remove_stale(g, Sweep::All).len(), 1);
+        assert!(!deep.exists());
         assert!(
             fresh.exists(),
             "a lock younger than STALE_AFTER is left alone"

@@ -374,6 +374,28 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// 1.2 × the median duration (ms) of the big repos' clones logged so far (2.5 s before
+/// there is any).
+fn clone_span(log: &str) -> u64 {
+    let mut ms: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            l.contains(" cloned repo=c/crashbig/") || l.contains(" cloned repo=c/crashnew/")
+        })
+        .filter_map(|l| {
+            l.split("secs=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|s| (s * 1000.0) as u64)
+        .collect();
+    ms.sort_unstable();
+    ms.get(ms.len() / 2).map_or(2500, |m| (m * 6 / 5).max(200))
+}
+
 // ---- 1. kill -9 during clones and fetches ----
 
 // SPEC §7.1 (clones happen in `.tmp/` and are renamed into place only when complete; a
@@ -384,16 +406,18 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 //
 // One worker holds every repo. It is killed (seeded random moments) and restarted at once,
 // so the coordinator never declares it dead and nothing moves. Rounds alternate at random
-// between clone rounds (a clone is made due: a new big repo in the index, or a mirror
-// removed while the worker is down; the kill falls at a random moment after the clone
-// shows up in `.tmp/`) and fetch rounds (upstream commits with data and new branches; the
-// kill falls at a random moment after the start).
+// between clone rounds (a clone is made due: a new big repo in the index, a mirror removed
+// while the worker is down, or a mirror whose packs were deleted, which its next fetch finds
+// corrupt and re-clones, asked for by `POST …/fetch`; the kill falls at a random moment
+// after the clone shows up in `.tmp/`) and fetch rounds (upstream commits with data and
+// new branches; the kill falls at a random moment after the start).
 //
 // Checked after every kill, while the disk is still (the worker is dead; checking there
 // rather than at checkpoints means every crash moment is looked at): every `<id>.git` in
 // the mirror directory is a repo of the index, every mirror at a final path passes `git
 // fsck --connectivity-only` and has refs (re-checked only when it changed; a full fsck at
-// the end), no mirror seen before has vanished, and `.tmp/` leftovers of the previous kill
+// the end; a mirror the test broke is exempt until a new one is swapped in), no mirror
+// seen before has vanished (a broken one included), and `.tmp/` leftovers of the previous kill
 // are gone once the restarted worker logged its start. At the end (the worker left alone):
 // every repo mirrored, equal to `git ls-remote`, full `git fsck` clean, `.tmp/` empty, and
 // the coordinator's events are consistent (one `cloned` per repo, every change's `old` what
@@ -419,13 +443,14 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     let mut fleet = Fleet::start("crash", &repos, 1);
     let total_rounds = rounds(20, 200);
     let max_added = if long_form() { 15 } else { 6 };
-    // How long after a clone appears in `.tmp/` the kill may fall.
-    let clone_span = 2500;
 
     let mut problems: Vec<String> = Vec::new();
     let (mut kills, mut clone_rounds, mut interrupted) = (0u64, 0u64, 0u64);
     let (mut lost, mut damaged, mut recloned, mut removed_by_us) = (0u64, 0u64, 0u64, 0u64);
     let mut fsck_runs = 0u64;
+    // Mirrors the test made corrupt: id → inode, until the worker swaps a new clone in.
+    let mut corrupted: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut corrupted_by_us, mut healed) = (0u64, 0u64);
     let mut partial: BTreeSet<PathBuf> = BTreeSet::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut checked: BTreeMap<String, String> = BTreeMap::new();
@@ -435,6 +460,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
 
     for round in 0..total_rounds {
         let round_start = Instant::now();
+        let mut fetch_now: Option<String> = None;
         let clone_round = round == 0 || rng.range(0, 2) == 0;
         if round > 0 {
             let w = &fleet.workers[0];
@@ -450,13 +476,32 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
                     fleet.index.commit(&format!("add {id}"));
                     fleet.repos.insert(id, url);
                 } else if !pending {
-                    // The worker is down: take a mirror away, it must clone it again.
-                    let ids: Vec<String> = fleet.repos.keys().cloned().collect();
-                    let id = &ids[rng.range(0, ids.len() as u64) as usize];
-                    std::fs::remove_dir_all(w.mirror_path(id)).expect("remove a mirror");
-                    seen.remove(id);
-                    checked.remove(id);
-                    removed_by_us += 1;
+                    // The worker is down: take a mirror away (it must clone it again), or
+                    // lose its packs (its next fetch finds it corrupt and re-clones it).
+                    let ids: Vec<String> = fleet
+                        .repos
+                        .keys()
+                        .filter(|id| !corrupted.contains_key(*id))
+                        .cloned()
+                        .collect();
+                    let id = ids[rng.range(0, ids.len() as u64) as usize].clone();
+                    let path = w.mirror_path(&id);
+                    if rng.range(0, 2) == 0 {
+                        std::fs::remove_dir_all(&path).expect("remove a mirror");
+                        seen.remove(&id);
+                        removed_by_us += 1;
+                    } else {
+                        let packs = path.join("objects").join("pack");
+                        for e in std::fs::read_dir(&packs).expect("list packs").flatten() {
+                            if e.file_name().to_string_lossy().ends_with(".pack") {
+                                std::fs::remove_file(e.path()).expect("remove a pack");
+                            }
+                        }
+                        corrupted.insert(id.clone(), inode(&path).expect("mirror inode"));
+                        fetch_now = Some(id.clone());
+                        corrupted_by_us += 1;
+                    }
+                    checked.remove(&id);
                 }
             } else {
                 // Upstream moves: commits with data, sometimes on a new branch.
@@ -479,11 +524,23 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
         let pid = w.proc.pid().expect("worker pid");
         let mine = format!("-{pid}-");
         let since_start = Instant::now();
+        if let Some(id) = &fetch_now
+            && within(Duration::from_secs(10), || {
+                w.proc
+                    .log_since(mark)
+                    .contains("connected to the coordinator")
+            })
+        {
+            let _ = fleet.coord.post(&format!("/api/repos/{id}/fetch"), "");
+        }
         if clone_round {
+            // The kill falls within about how long clones of the big repos take here, so
+            // that most are cut short and some complete.
+            let span = clone_span(&w.proc.log());
             within(Duration::from_secs(15), || {
                 tmp_entries(w).iter().any(|t| t.contains(&mine))
             });
-            std::thread::sleep(Duration::from_millis(rng.range(0, clone_span)));
+            std::thread::sleep(Duration::from_millis(rng.range(0, span)));
         } else {
             std::thread::sleep(Duration::from_millis(rng.range(50, 4000)));
         }
@@ -531,8 +588,19 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             partial.extend(partial_packs(&path));
             if let Some(old) = seen.insert(id.clone(), ino)
                 && old != ino
+                && !corrupted.contains_key(id)
             {
+                // Replaced although nothing was wrong with it.
                 recloned += 1;
+            }
+            match corrupted.get(id) {
+                // Still the mirror the test broke: nothing to check but that it is there.
+                Some(&broken) if broken == ino => continue,
+                Some(_) => {
+                    corrupted.remove(id);
+                    healed += 1;
+                }
+                None => {}
             }
             let fp = fingerprint(&path).unwrap_or_default();
             if checked.get(id) == Some(&fp) {
@@ -567,7 +635,12 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     figure(SUITE, "crash.clone_rounds", clone_rounds + 1);
     figure(SUITE, "crash.clones_interrupted", interrupted);
     figure(SUITE, "crash.mirrors_removed_by_the_test", removed_by_us);
-    figure(SUITE, "crash.mirrors_recloned_by_the_worker", recloned);
+    figure(
+        SUITE,
+        "crash.mirrors_corrupted_by_the_test",
+        corrupted_by_us,
+    );
+    figure(SUITE, "crash.sound_mirrors_recloned", recloned);
     figure(SUITE, "crash.fsck_runs", fsck_runs);
     figure(SUITE, "crash.mirrors_lost", lost);
     figure(SUITE, "crash.fsck_failures", damaged);
@@ -578,6 +651,24 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     // Settle: upstream stands still, the worker runs undisturbed.
     fleet.workers[0].start();
     let owners = fleet.wait_settled(SETTLE);
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+    for (id, &broken) in &corrupted {
+        let path = fleet.workers[0].mirror_path(id);
+        wait_for(
+            Duration::from_secs(60),
+            &format!("the corrupt {id} re-cloned"),
+            || {
+                if inode(&path) != Some(broken) {
+                    return Ok(());
+                }
+                fleet.coord.post(&format!("/api/repos/{id}/fetch"), "")?;
+                Err("the broken mirror is still there".to_owned())
+            },
+        );
+        healed += 1;
+    }
+    figure(SUITE, "crash.corrupt_mirrors_healed", healed);
+    assert_eq!(healed, corrupted_by_us, "every corrupt mirror healed once");
     wait_for(Duration::from_secs(60), "mirrors equal to upstream", || {
         fleet.check_mirrors(&owners)
     });
@@ -613,19 +704,35 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             Ok(())
         },
     );
-    // Temp files of packs a kill interrupted are not the mirror's content (fsck ignores
-    // them); the worker sweeps them in maintenance (daily) or when a fetch fails locally.
-    let left: usize = fleet
-        .repos
-        .keys()
-        .map(|id| partial_packs(&w.mirror_path(id)).len())
-        .sum();
+    // Temp files of packs a kill interrupted (as big as what had arrived) go at the next
+    // fetch of their mirror.
     figure(
         SUITE,
         "crash.partial_pack_files_left_by_kills",
         partial.len(),
     );
-    figure(SUITE, "crash.partial_pack_files_at_the_end", left);
+    wait_for(
+        Duration::from_secs(30),
+        "partial packs removed by the next fetch",
+        || {
+            let left: Vec<PathBuf> = fleet
+                .repos
+                .keys()
+                .filter_map(|id| {
+                    let found = partial_packs(&w.mirror_path(id));
+                    if !found.is_empty() {
+                        let _ = fleet.coord.post(&format!("/api/repos/{id}/fetch"), "");
+                    }
+                    found.into_iter().next()
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
     figure(SUITE, "crash.repos", fleet.repos.len());
     figure(SUITE, "crash.secs", started.elapsed().as_secs());
 }
@@ -755,14 +862,22 @@ impl Drop for Watcher {
 // - `dmglock`: `packed-refs.lock` and `refs/heads/master.lock` a minute old (a crash long
 //   ago) while upstream's master moved: removed, the mirror fetched in place;
 // - `dmgfresh`: `refs/heads/master.lock` just made (a crash right before the restart, as
-//   systemd's quick restart gives): refused while young, removed once stale, then fetched.
+//   systemd's quick restart gives): refused while young, removed once stale, then fetched;
+// - `dmgpack`: a minute-old temp file of a pack a crash cut short in `objects/pack/`:
+//   removed by the next fetch (not left for the daily maintenance), which succeeds.
 // Watcher threads look at each final path every millisecond throughout: there is always a
 // complete mirror there (the old one until the swap, the new one after).
 #[test]
 fn damaged_mirrors_heal_in_place() {
     let mut rng = Rng::seeded("damaged_mirrors_heal_in_place");
     let daemon = GitDaemon::shared();
-    let names = ["dmgtip-r00", "dmgdeep-r00", "dmglock-r00", "dmgfresh-r00"];
+    let names = [
+        "dmgtip-r00",
+        "dmgdeep-r00",
+        "dmglock-r00",
+        "dmgfresh-r00",
+        "dmgpack-r00",
+    ];
     let mut repos = BTreeMap::new();
     for name in names {
         let url = create_big_repo(&daemon, name, 400, 2000, &mut rng);
@@ -774,7 +889,7 @@ fn damaged_mirrors_heal_in_place() {
     let w = &fleet.workers[0];
     let status = w.proc.terminate(Duration::from_secs(10));
     assert!(status.is_some(), "worker still running 10 s after SIGTERM");
-    let [tip, deep, lock, fresh] = names.map(|n| (repo_id(n), w.mirror_path(&repo_id(n))));
+    let [tip, deep, lock, fresh, pack] = names.map(|n| (repo_id(n), w.mirror_path(&repo_id(n))));
     let aside = fleet.root.sub("packs-aside");
 
     // dmgtip: lose master's commit.
@@ -815,14 +930,22 @@ fn damaged_mirrors_heal_in_place() {
         leave_lock(&lock.1, "packed-refs.lock", Duration::from_secs(60)),
         leave_lock(&lock.1, "refs/heads/master.lock", Duration::from_secs(60)),
     ];
+    // dmgpack: the part of a pack a crash cut short, in the mirror's `objects/pack/`.
+    let partial = leave_lock(&pack.1, "objects/pack/.tmpCrash1", Duration::from_secs(60));
+    std::fs::write(&partial, rng.bytes(100_000)).expect("write a partial pack");
+    let aged = std::fs::File::options().write(true).open(&partial);
+    aged.and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(60)))
+        .expect("age the partial pack");
+    let old_locks = [old_locks[0].clone(), old_locks[1].clone(), partial];
+    grow(&daemon, repo_name(&pack.0), "master", 1000, &mut rng);
     grow(&daemon, repo_name(&lock.0), "master", 1000, &mut rng);
     grow(&daemon, repo_name(&fresh.0), "master", 1000, &mut rng);
 
-    let inodes: BTreeMap<String, u64> = [&tip, &deep, &lock, &fresh]
+    let inodes: BTreeMap<String, u64> = [&tip, &deep, &lock, &fresh, &pack]
         .iter()
         .map(|(id, p)| (id.clone(), inode(p).expect("mirror inode")))
         .collect();
-    let watchers: Vec<(String, Watcher)> = [&tip, &deep, &lock, &fresh]
+    let watchers: Vec<(String, Watcher)> = [&tip, &deep, &lock, &fresh, &pack]
         .iter()
         .map(|(id, p)| (id.clone(), Watcher::start(p.clone())))
         .collect();
@@ -830,7 +953,7 @@ fn damaged_mirrors_heal_in_place() {
     let mark = w.proc.log_mark();
     w.start();
     fleet.wait_alive(&[0], Duration::from_secs(30));
-    for id in [&tip.0, &lock.0, &fresh.0] {
+    for id in [&tip.0, &lock.0, &fresh.0, &pack.0] {
         let (code, body) = fleet
             .coord
             .post(&format!("/api/repos/{id}/fetch"), "")
@@ -857,7 +980,7 @@ fn damaged_mirrors_heal_in_place() {
                 }
                 equal_upstream(id, p)?;
             }
-            for (id, p) in [&lock, &fresh] {
+            for (id, p) in [&lock, &fresh, &pack] {
                 equal_upstream(id, p)?;
             }
             if let Some(l) = old_locks.iter().chain([&fresh_lock]).find(|l| l.exists()) {
@@ -888,7 +1011,7 @@ fn damaged_mirrors_heal_in_place() {
             "{id}: mirrors seen at the final path: {seen:?}"
         );
     }
-    for (id, p) in [&tip, &deep, &lock, &fresh] {
+    for (id, p) in [&tip, &deep, &lock, &fresh, &pack] {
         whole(p, true).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(
             git_in(p, &["config", "remote.origin.mirror"]),
@@ -927,7 +1050,7 @@ fn damaged_mirrors_heal_in_place() {
     let owners = fleet.wait_settled(SETTLE);
     fleet.check_mirrors(&owners).unwrap();
     figure(SUITE, "damage.mirrors_recloned", 2);
-    figure(SUITE, "damage.stale_locks_removed", old_locks.len() + 1);
+    figure(SUITE, "damage.stale_files_removed", old_locks.len() + 1);
     figure(SUITE, "damage.gaps_at_final_path", gaps_total);
 }
 
