@@ -518,22 +518,32 @@ fn partition_shorter_than_dead_after_moves_nothing() {
 
     s.link.cut();
     let cut_at = Instant::now();
-    // Owners seen while it is cut off must stay those of before.
+    // Owners seen while it is cut off must stay those of before: panics when one moved;
+    // `Err` when the API did not answer (polled again).
     let check_owners = || -> Result<(), String> {
         let ids = fleet.api_ids()?;
-        for (id, owner) in fleet.coord.owners()? {
-            let o = owner.and_then(|w| ids.get(&w).copied());
-            if o != before.get(&id).copied() {
-                return Err(format!("{id} is owned by {o:?}, was {:?}", before.get(&id)));
-            }
-        }
+        let owners = fleet.coord.owners()?;
+        let moved: Vec<String> = owners
+            .iter()
+            .filter_map(|(id, owner)| {
+                let o = owner.and_then(|w| ids.get(&w).copied());
+                (o != before.get(id).copied())
+                    .then(|| format!("{id}: owner {o:?}, was {:?}", before.get(id)))
+            })
+            .collect();
+        assert!(
+            moved.is_empty() && owners.len() == before.len(),
+            "repos moved during a short cut ({:?} after it): {moved:#?}; workers: {:?}",
+            cut_at.elapsed(),
+            fleet.coord.workers()
+        );
         Ok(())
     };
     wait_for(
         Duration::from_secs(10),
         "the isolated worker suspect",
         || {
-            check_owners().unwrap_or_else(|e| panic!("a repo moved during a short cut: {e}"));
+            check_owners()?;
             match worker_state(fleet, ISOLATED)? {
                 st if st == "suspect" => Ok(()),
                 st => Err(st),
@@ -550,7 +560,7 @@ fn partition_shorter_than_dead_after_moves_nothing() {
         Duration::from_secs(30),
         "the isolated worker alive again",
         || {
-            check_owners().unwrap_or_else(|e| panic!("a repo moved during a short cut: {e}"));
+            check_owners()?;
             match worker_state(fleet, ISOLATED)? {
                 st if st == "alive" => Ok(()),
                 st if st == "dead" => {
