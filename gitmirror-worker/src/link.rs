@@ -5,16 +5,23 @@
 //! coordinator message to it. It never exits because the coordinator is away: it
 //! reconnects with capped exponential backoff and jitter, logging each change of
 //! connection state once rather than each attempt.
+//!
+//! The join token is read again from `join_token_file` before every attempt (SPEC §4.1:
+//! after `gitmirrord join-token --rotate` the operator writes the new token there and the
+//! worker needs no restart). While it waits to retry, the link looks at the file once a
+//! second and tries at once when it changes. A refused secret is said plainly, with what
+//! to do; the worker keeps fetching what it holds and keeps retrying.
 
+use crate::config::TokenSource;
 use crate::state::Identity;
-use gitmirror_common::trust;
+use gitmirror_common::trust::{self, FileStamp};
 use gitmirror_wire::{
-    ClientHandshake, CoordMsg, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION, WorkerMsg,
-    close_code, decode, encode_frame, frame::body_len,
+    ClientHandshake, CoordMsg, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION, RefuseCode,
+    WorkerMsg, close_code, decode, encode_frame, frame::body_len,
 };
 use quinn::{ConnectionError, VarInt};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -31,6 +38,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Outgoing messages queued for the connection; the worker loop reconnects when it is full.
 pub(crate) const OUTGOING_CAPACITY: usize = 1024;
+/// While waiting to reconnect, the token file is looked at this often.
+const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// What the link tells the worker loop.
 #[derive(Debug)]
@@ -50,7 +59,10 @@ pub(crate) enum LinkEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct LinkSettings {
     pub coordinator: String,
+    /// The token read at start.
     pub token: JoinToken,
+    /// Where a newer token can be read from.
+    pub token_source: TokenSource,
     pub name: String,
     pub weight: f64,
     pub serve_url_base: Option<String>,
@@ -61,9 +73,174 @@ pub(crate) struct LinkSettings {
 enum End {
     Shutdown,
     /// Never got to `Welcome`.
-    NotConnected(String),
+    NotConnected(Failed),
     /// Was connected, then lost it.
     Lost(String),
+}
+
+/// Why an attempt did not get to `Welcome`.
+#[derive(Debug, Clone, PartialEq)]
+enum Failed {
+    /// The coordinator refused the join secret (stolen-token protection after a rotation,
+    /// or a typo): only a new token helps.
+    SecretRefused(String),
+    Other(String),
+}
+
+impl Failed {
+    fn text(&self) -> &str {
+        match self {
+            Self::SecretRefused(s) | Self::Other(s) => s,
+        }
+    }
+
+    /// A connection the coordinator closed, read as an operator should read it.
+    fn closed(e: &ConnectionError) -> Self {
+        match e {
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(close_code::BAD_SECRET) =>
+            {
+                Self::SecretRefused(describe_conn_error(e))
+            }
+            _ => Self::Other(describe_conn_error(e)),
+        }
+    }
+}
+
+impl From<String> for Failed {
+    fn from(s: String) -> Self {
+        Self::Other(s)
+    }
+}
+
+/// The join token for the next attempt and the TLS config that pins its certificate.
+struct Token {
+    source: TokenSource,
+    token: JoinToken,
+    client_config: quinn::ClientConfig,
+    /// The file as it was when last read.
+    stamp: Option<FileStamp>,
+    /// The last problem reading the file, said once.
+    problem: Option<String>,
+}
+
+impl Token {
+    fn new(settings: &LinkSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            source: settings.token_source.clone(),
+            token: settings.token.clone(),
+            client_config: client_config(&settings.token)?,
+            stamp: None,
+            problem: None,
+        })
+    }
+
+    fn file(&self) -> Option<&Path> {
+        match &self.source {
+            TokenSource::Inline => None,
+            TokenSource::File(p) | TokenSource::CoordinatorSecret(p) => Some(p),
+        }
+    }
+
+    /// Read the token file again (SPEC §4.1 rotation). A file that cannot be used is
+    /// reported once and the token read before stays in use.
+    async fn refresh(&mut self) {
+        let Some(path) = self.file().map(Path::to_owned) else {
+            return;
+        };
+        let (source, pin) = (self.source.clone(), self.token.cert_sha256);
+        let read = tokio::task::spawn_blocking(move || {
+            // The stamp before the read: a change in between is seen next time.
+            let stamp = FileStamp::of(&path).ok();
+            let token = match source {
+                TokenSource::CoordinatorSecret(p) => {
+                    trust::read_secret(&p).map(|secret| JoinToken {
+                        cert_sha256: pin,
+                        secret,
+                    })
+                }
+                _ => trust::read_token_file(&path),
+            };
+            (stamp, token)
+        })
+        .await;
+        let (stamp, read) = match read {
+            Ok((stamp, read)) => (stamp, read.map_err(|e| format!("{e:#}"))),
+            Err(e) => (None, Err(e.to_string())),
+        };
+        self.stamp = stamp;
+        let token = match read {
+            Ok(t) => t,
+            Err(problem) => {
+                if self.problem.as_ref() != Some(&problem) {
+                    let key = match self.source {
+                        TokenSource::CoordinatorSecret(_) => "the coordinator's join secret",
+                        _ => "join_token_file",
+                    };
+                    tracing::warn!("{key}: {problem}; still using the join token read before");
+                    self.problem = Some(problem);
+                }
+                return;
+            }
+        };
+        self.problem = None;
+        if token == self.token {
+            return;
+        }
+        if token.cert_sha256 != self.token.cert_sha256 {
+            match client_config(&token) {
+                Ok(c) => self.client_config = c,
+                Err(e) => {
+                    tracing::error!("cannot set up TLS for the new join token: {e:#}");
+                    return;
+                }
+            }
+        }
+        if let Some(path) = self.file() {
+            tracing::info!(
+                "read a new join token from {}; using it from this connection attempt on",
+                path.display()
+            );
+        }
+        self.token = token;
+    }
+
+    /// Resolves when the token file differs from what was last read (never for an inline
+    /// token), so a new token is tried without waiting out the backoff.
+    async fn changed(&self) {
+        let Some(path) = self.file().map(Path::to_owned) else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(TOKEN_FILE_POLL).await;
+            let p = path.clone();
+            let now = tokio::task::spawn_blocking(move || FileStamp::of(&p).ok())
+                .await
+                .ok()
+                .flatten();
+            if now.is_some() && now != self.stamp {
+                return;
+            }
+        }
+    }
+
+    /// What the operator should do about a refused secret.
+    fn advice(&self) -> String {
+        match &self.source {
+            TokenSource::File(p) => format!(
+                "write the current token (`gitmirrord join-token` on the coordinator) to {}: it is read again before every attempt, no restart needed",
+                p.display()
+            ),
+            TokenSource::Inline => "set join_token to the current token (`gitmirrord join-token` on the coordinator) and restart the worker, or use join_token_file, which needs no restart".into(),
+            TokenSource::CoordinatorSecret(p) => {
+                format!("the embedded worker reads the secret from {}", p.display())
+            }
+        }
+    }
+}
+
+fn client_config(token: &JoinToken) -> anyhow::Result<quinn::ClientConfig> {
+    trust::transport(KEEPALIVE, IDLE_TIMEOUT).and_then(|t| trust::client_config(token, t))
 }
 
 /// Run the link until `shutdown` becomes true (or the worker loop goes away).
@@ -73,10 +250,8 @@ pub(crate) async fn run(
     events: mpsc::Sender<LinkEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client_config = match trust::transport(KEEPALIVE, IDLE_TIMEOUT)
-        .and_then(|t| trust::client_config(&settings.token, t))
-    {
-        Ok(c) => c,
+    let mut token = match Token::new(&settings) {
+        Ok(t) => t,
         Err(e) => {
             tracing::error!("cannot set up TLS for the coordinator connection: {e:#}");
             return;
@@ -90,10 +265,11 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             break;
         }
+        token.refresh().await;
         let end = session(
             &settings,
+            &token,
             &mut identity,
-            &client_config,
             &mut endpoints,
             &events,
             &mut shutdown,
@@ -109,17 +285,25 @@ pub(crate) async fn run(
                 delay = BACKOFF_START;
                 last_problem = Some(reason);
             }
-            End::NotConnected(problem) => {
-                if last_problem.as_deref() != Some(problem.as_str()) {
+            End::NotConnected(failed) => {
+                let problem = failed.text().to_owned();
+                if last_problem.as_deref() == Some(problem.as_str()) {
+                    tracing::debug!(coordinator = %settings.coordinator, "still cannot connect: {problem}");
+                } else if let Failed::SecretRefused(_) = failed {
+                    tracing::error!(
+                        coordinator = %settings.coordinator,
+                        "the coordinator refused this worker's join secret ({problem}): {}; retrying at most {}s apart, mirrors keep being fetched",
+                        token.advice(),
+                        BACKOFF_MAX.as_secs()
+                    );
+                } else {
                     tracing::warn!(
                         coordinator = %settings.coordinator,
                         "cannot connect to the coordinator: {problem}; retrying at most {}s apart",
                         BACKOFF_MAX.as_secs()
                     );
-                    last_problem = Some(problem);
-                } else {
-                    tracing::debug!(coordinator = %settings.coordinator, "still cannot connect: {problem}");
                 }
+                last_problem = Some(problem);
             }
         }
         if events.is_closed() {
@@ -130,6 +314,11 @@ pub(crate) async fn run(
         delay = (delay * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = token.changed() => {
+                // A new token: try it now, and say how it went even if it is refused too.
+                delay = BACKOFF_START;
+                last_problem = None;
+            }
             _ = stopped(&mut shutdown) => break,
         }
     }
@@ -174,8 +363,8 @@ impl Endpoints {
 
 async fn session(
     settings: &LinkSettings,
+    token: &Token,
     identity: &mut Identity,
-    client_config: &quinn::ClientConfig,
     endpoints: &mut Endpoints,
     events: &mpsc::Sender<LinkEvent>,
     shutdown: &mut watch::Receiver<bool>,
@@ -184,11 +373,12 @@ async fn session(
         let addr = resolve(&settings.coordinator).await?;
         let endpoint = endpoints.for_addr(addr)?;
         let conn = endpoint
-            .connect_with(client_config.clone(), addr, trust::SERVER_NAME)
+            .connect_with(token.client_config.clone(), addr, trust::SERVER_NAME)
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?
             .await
             .map_err(|e| describe_conn_error(&e))?;
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(settings, identity, &conn)).await {
+        let hello = handshake(settings, &token.token, identity, &conn);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
             Ok(Ok((send, recv, worker_id))) => Ok((conn, send, recv, worker_id, addr)),
             Ok(Err(e)) => {
                 conn.close(
@@ -202,10 +392,10 @@ async fn session(
                     VarInt::from_u32(close_code::PROTOCOL_ERROR),
                     b"no Welcome in time",
                 );
-                Err(format!(
+                Err(Failed::Other(format!(
                     "no answer to Hello within {}s",
                     HANDSHAKE_TIMEOUT.as_secs()
-                ))
+                )))
             }
         }
     };
@@ -279,18 +469,19 @@ async fn session(
 /// Send `Hello`, wait for `Welcome`.
 async fn handshake(
     settings: &LinkSettings,
+    token: &JoinToken,
     identity: &Identity,
     conn: &quinn::Connection,
-) -> Result<(quinn::SendStream, quinn::RecvStream, u32), String> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, u32), Failed> {
     let lost = |e: &dyn std::fmt::Display| {
         conn.close_reason()
-            .map(|r| describe_conn_error(&r))
-            .unwrap_or_else(|| e.to_string())
+            .map(|r| Failed::closed(&r))
+            .unwrap_or_else(|| Failed::Other(e.to_string()))
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe_conn_error(&e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Failed::closed(&e))?;
     let hs = ClientHandshake::new(Hello {
         protocol: PROTOCOL_VERSION,
-        secret: settings.token.secret.clone(),
+        secret: token.secret.clone(),
         uuid: identity.uuid,
         previous_id: identity.worker_id,
         name: settings.name.clone(),
@@ -298,7 +489,7 @@ async fn handshake(
         software: env!("CARGO_PKG_VERSION").to_owned(),
         serve_url_base: settings.serve_url_base.clone(),
     });
-    let hello = hs.hello_frame().map_err(|e| e.to_string())?;
+    let hello = hs.hello_frame().map_err(|e| Failed::Other(e.to_string()))?;
     send.write_all(&hello).await.map_err(|e| lost(&e))?;
     let body = match read_frame(&mut recv).await {
         Ok(Some(body)) => body,
@@ -312,10 +503,14 @@ async fn handshake(
     // A refusal reads the same whether its frame or the connection close arrived first,
     // so that a repeated refusal is logged once.
     let welcome = hs.on_reply(&body).map_err(|e| match e {
+        HandshakeError::Refused {
+            code: RefuseCode::BadSecret,
+            message,
+        } => Failed::SecretRefused(format!("the coordinator closed the connection: {message}")),
         HandshakeError::Refused { message, .. } => {
-            format!("the coordinator closed the connection: {message}")
+            Failed::Other(format!("the coordinator closed the connection: {message}"))
         }
-        other => other.to_string(),
+        other => Failed::Other(other.to_string()),
     })?;
     Ok((send, recv, welcome.worker_id))
 }
@@ -419,5 +614,101 @@ fn describe_conn_error(e: &ConnectionError) -> String {
         }
         ConnectionError::TimedOut => "no answer from the coordinator (timed out)".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn token_for(source: TokenSource, token: JoinToken) -> Token {
+        Token::new(&LinkSettings {
+            coordinator: "127.0.0.1:1".into(),
+            token,
+            token_source: source,
+            name: "w".into(),
+            weight: 1.0,
+            serve_url_base: None,
+            state_dir: PathBuf::from("/nonexistent"),
+        })
+        .unwrap()
+    }
+
+    fn write_private(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    // SPEC §4.1 rotation: `join_token_file` is read again before each attempt, a change is
+    // noticed while waiting to reconnect, and a file that cannot be used keeps the last
+    // good token.
+    #[tokio::test]
+    async fn token_file_is_followed_and_a_bad_one_keeps_the_last_good_token() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("join-token");
+        let a = JoinToken::new(b"certificate", "YQ");
+        let b = JoinToken::new(b"certificate", "Yg");
+        write_private(&file, &a.format());
+        let mut t = token_for(TokenSource::File(file.clone()), a.clone());
+        t.refresh().await;
+        assert_eq!(t.token, a);
+
+        write_private(&file, &format!("{}\n", b.format()));
+        tokio::time::timeout(Duration::from_secs(10), t.changed())
+            .await
+            .expect("a new token file is noticed");
+        t.refresh().await;
+        assert_eq!(t.token, b);
+
+        write_private(&file, "not a token");
+        t.refresh().await;
+        assert_eq!(t.token, b);
+        assert!(
+            t.problem
+                .as_deref()
+                .unwrap_or_default()
+                .contains("join token")
+        );
+
+        // Another certificate: the pinned TLS config is rebuilt for it.
+        let c = JoinToken::new(b"another certificate", "Yw");
+        write_private(&file, &c.format());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        t.refresh().await;
+        assert_eq!(t.token, b, "a file others can read is not used");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        t.refresh().await;
+        assert_eq!(t.token, c);
+        assert_eq!(t.problem, None);
+    }
+
+    // The embedded worker follows its coordinator's secret file through a rotation.
+    #[tokio::test]
+    async fn embedded_worker_follows_the_coordinators_secret() {
+        let d = tempfile::tempdir().unwrap();
+        let id = trust::Identity::load_or_create(d.path()).unwrap();
+        let source = TokenSource::CoordinatorSecret(d.path().join(trust::SECRET_FILE));
+        let mut t = token_for(source, id.join_token());
+        let rotated = trust::rotate_secret(d.path()).unwrap();
+        assert_ne!(rotated, id.join_token());
+        t.refresh().await;
+        assert_eq!(t.token, rotated);
+    }
+
+    // An inline token has no file to follow.
+    #[tokio::test]
+    async fn inline_token_stays() {
+        let a = JoinToken::new(b"certificate", "YQ");
+        let mut t = token_for(TokenSource::Inline, a.clone());
+        t.refresh().await;
+        assert_eq!(t.token, a);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1500), t.changed())
+                .await
+                .is_err()
+        );
     }
 }

@@ -118,6 +118,7 @@ pub async fn run_reloadable(
     let settings = LinkSettings {
         coordinator: cfg.coordinator.clone(),
         token: cfg.token.clone(),
+        token_source: cfg.token_source.clone(),
         name: cfg.name.clone(),
         weight: cfg.weight,
         serve_url_base: cfg.serve_url_base.clone(),
