@@ -467,7 +467,10 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             if clone_round {
                 clone_rounds += 1;
                 let pending = fleet.repos.keys().any(|id| !w.has_mirror(id));
-                if !pending && added < max_added {
+                // A third each: a new repo (while there are fewer than `max_added`), a
+                // mirror removed, a mirror corrupted.
+                let how = rng.range(0, 3);
+                if !pending && added < max_added && how == 0 {
                     let name = format!("crashnew-r{added:02}");
                     added += 1;
                     let url = copy_repo(&daemon, base, &name, &mut rng);
@@ -486,7 +489,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
                         .collect();
                     let id = ids[rng.range(0, ids.len() as u64) as usize].clone();
                     let path = w.mirror_path(&id);
-                    if rng.range(0, 2) == 0 {
+                    if how == 1 {
                         std::fs::remove_dir_all(&path).expect("remove a mirror");
                         seen.remove(&id);
                         removed_by_us += 1;
