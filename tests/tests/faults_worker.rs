@@ -479,11 +479,12 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
                     fleet.index.commit(&format!("add {id}"));
                     fleet.repos.insert(id, url);
                 } else if !pending {
-                    // The worker is down: take a mirror away (it must clone it again), or
-                    // lose its packs (its next fetch finds it corrupt and re-clones it).
+                    // The worker is down: take a big mirror away (it must clone it again),
+                    // or lose its packs (its next fetch finds it corrupt and re-clones it).
                     let ids: Vec<String> = fleet
                         .repos
                         .keys()
+                        .filter(|id| !id.starts_with("c/crashsmall/"))
                         .filter(|id| !corrupted.contains_key(*id))
                         .cloned()
                         .collect();
