@@ -47,6 +47,41 @@ pub struct Event {
     pub refs: Vec<RefUpdate>,
 }
 
+/// The refs published for one repo, as hashes: [`ref_key`] of the name → [`ref_value`]
+/// of the name and object id (16 bytes a ref, no strings kept).
+pub type PublishedRefs = HashMap<u64, u64>;
+
+pub fn ref_key(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+pub fn ref_value(name: &str, id: &str) -> u64 {
+    gitmirror_wire::refs::ref_hash(name, id)
+}
+
+/// Whether the ref change `name → new` (`None`: deleted) is news against `published`.
+pub fn is_news(published: &PublishedRefs, name: &str, new: Option<&str>) -> bool {
+    published.get(&ref_key(name)).copied() != new.map(|id| ref_value(name, id))
+}
+
+/// `published` after an event: a clone lists every ref (the set is replaced), an update
+/// or removal lists changed refs.
+pub fn apply_published<'a>(
+    published: &mut PublishedRefs,
+    kind: EventKind,
+    refs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) {
+    if kind == EventKind::Cloned {
+        published.clear();
+    }
+    for (name, new) in refs {
+        match new {
+            Some(id) => published.insert(ref_key(name), ref_value(name, id)),
+            None => published.remove(&ref_key(name)),
+        };
+    }
+}
+
 /// An event before it has a sequence number, with the report that produced it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventDraft {
@@ -109,8 +144,11 @@ pub struct EventLog {
     tail: VecDeque<Event>,
     /// Highest report id per worker found in the log.
     reports: HashMap<Uuid, u64>,
-    /// Per repo, the ref-set digest recorded with its last event (see [`Line::digest`]).
+    /// Per repo, the ref-set digest recorded with its last event (see [`Line::digest`]),
+    /// as read at open.
     published: HashMap<String, u64>,
+    /// Per repo, the refs its events published, replayed from the log at open.
+    published_refs: HashMap<String, PublishedRefs>,
     poisoned: bool,
 }
 
@@ -164,6 +202,7 @@ impl EventLog {
             tail: VecDeque::new(),
             reports: HashMap::new(),
             published: HashMap::new(),
+            published_refs: HashMap::new(),
             poisoned: false,
         };
         let body = &bytes[HEADER.len()..];
@@ -194,6 +233,7 @@ impl EventLog {
                             ),
                         ));
                     }
+                    log.replay(&line);
                     log.remember(line);
                     pos = end.map_or(body.len(), |e| e + 1);
                     log.len = (HEADER.len() + pos) as u64;
@@ -220,12 +260,26 @@ impl EventLog {
         Ok(log)
     }
 
-    fn remember(&mut self, line: Line) {
-        let r = self.reports.entry(line.src).or_insert(0);
-        *r = (*r).max(line.report);
+    /// What the coordinator needs at start from a line read back: the published refs.
+    fn replay(&mut self, line: &Line) {
         if let Some(d) = line.digest {
             self.published.insert(line.event.repo.clone(), d);
         }
+        apply_published(
+            self.published_refs
+                .entry(line.event.repo.clone())
+                .or_default(),
+            line.event.kind,
+            line.event
+                .refs
+                .iter()
+                .map(|r| (r.name.as_str(), r.new.as_deref())),
+        );
+    }
+
+    fn remember(&mut self, line: Line) {
+        let r = self.reports.entry(line.src).or_insert(0);
+        *r = (*r).max(line.report);
         self.next_seq = line.event.seq + 1;
         self.tail.push_back(line.event);
         if self.tail.len() > TAIL {
@@ -242,9 +296,16 @@ impl EventLog {
         &self.reports
     }
 
-    /// Per repo, the digest of the refs published by its last event that recorded one.
+    /// Per repo, the digest of the refs published by its last event that recorded one,
+    /// in the log when it was opened.
     pub fn published(&self) -> &HashMap<String, u64> {
         &self.published
+    }
+
+    /// Per repo, the refs published by the events in the log when it was opened; handed
+    /// over once (later calls get nothing).
+    pub fn take_published_refs(&mut self) -> HashMap<String, PublishedRefs> {
+        std::mem::take(&mut self.published_refs)
     }
 
     /// Sequence number of the last event (0 when none).
@@ -437,7 +498,6 @@ mod tests {
         .unwrap();
         log.append_with_digests(vec![draft(4)], |_| Some(33))
             .unwrap();
-        assert_eq!(log.published()["a/abc/abc"], 33);
         drop(log);
         let log = EventLog::open(d.path()).unwrap();
         let want: HashMap<String, u64> =
@@ -445,6 +505,55 @@ mod tests {
         assert_eq!(log.published(), &want);
         let json = serde_json::to_value(&log.since(0, 10).unwrap()[3]).unwrap();
         assert!(json.get("digest").is_none(), "{json}");
+    }
+
+    // SPEC §8, §10: the refs published per repo are replayed from the log: a clone sets
+    // the whole set, an update changes the refs it lists, a deletion removes one.
+    #[test]
+    fn published_refs_are_replayed_from_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(d.path()).unwrap();
+        let refs = |list: &[(&str, Option<&str>, Option<&str>)]| -> Vec<RefUpdate> {
+            list.iter()
+                .map(|(n, o, w)| RefUpdate {
+                    name: (*n).into(),
+                    old: o.map(Into::into),
+                    new: w.map(Into::into),
+                })
+                .collect()
+        };
+        let mut clone = draft(1);
+        clone.kind = EventKind::Cloned;
+        clone.refs = refs(&[
+            ("refs/heads/a", None, Some("1")),
+            ("refs/heads/b", None, Some("2")),
+        ]);
+        let mut update = draft(2);
+        update.refs = refs(&[
+            ("refs/heads/a", Some("1"), Some("3")),
+            ("refs/heads/b", Some("2"), None),
+            ("refs/tags/t", None, Some("4")),
+        ]);
+        log.append(vec![clone, update]).unwrap();
+        assert!(
+            log.take_published_refs().is_empty(),
+            "only what was read at open"
+        );
+        drop(log);
+        let mut log = EventLog::open(d.path()).unwrap();
+        let all = log.take_published_refs();
+        let p = &all["a/abc/abc"];
+        let want: PublishedRefs = [("refs/heads/a", "3"), ("refs/tags/t", "4")]
+            .iter()
+            .map(|(n, id)| (ref_key(n), ref_value(n, id)))
+            .collect();
+        assert_eq!(p, &want);
+        assert!(!is_news(p, "refs/heads/a", Some("3")));
+        assert!(is_news(p, "refs/heads/a", Some("1")));
+        assert!(!is_news(p, "refs/heads/b", None));
+        assert!(is_news(p, "refs/heads/b", Some("2")));
+        assert!(is_news(p, "refs/tags/t", None));
+        assert!(log.take_published_refs().is_empty(), "handed over once");
     }
 
     // SPEC §10: a crash mid-append leaves a torn last line, which is cut off.

@@ -11,7 +11,7 @@
 //! for workers in sync (connected and past their `Holdings`); a worker that reconnects
 //! reports what it holds and gets the difference.
 
-use crate::events::{EventDraft, EventKind, RefUpdate};
+use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published, is_news};
 use crate::index::{Delta, Entry};
 use crate::metrics::FetchStats;
 use crate::registry::{
@@ -100,6 +100,12 @@ pub struct RepoStatus {
     /// `None` until the first clone is published.
     #[serde(default)]
     pub published: Option<u64>,
+    /// The same refs one by one (`events::PublishedRefs`): a fetch's change of a ref to
+    /// the value already published for it is not news, whatever other refs did since.
+    /// Not in `repos.json`: rebuilt from the event log at start. `None` while unknown
+    /// (no event for the repo yet); then the digest alone decides.
+    #[serde(skip)]
+    pub published_refs: Option<PublishedRefs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -623,6 +629,7 @@ impl Fleet {
         }
         let st = &mut repo.status;
         let mut publish = false;
+        let mut news: Vec<&gitmirror_wire::RefChange> = Vec::new();
         if by_owner {
             if st.by != Some(uuid) {
                 *st = RepoStatus {
@@ -630,6 +637,7 @@ impl Fleet {
                     last_success_ms: st.last_success_ms,
                     last_change_ms: st.last_change_ms,
                     published: st.published,
+                    published_refs: st.published_refs.take(),
                     ..RepoStatus::default()
                 };
             }
@@ -658,12 +666,36 @@ impl Fleet {
                 }
             }
             if changed {
-                // Compare the whole ref set the mirror now holds with what was published:
-                // refs already announced are not news, whether a new owner cloned them (a
+                // Refs already announced are not news, whether a new owner cloned them (a
                 // hand-off or failover with no upstream change) or a returning owner
-                // re-sends a report whose change another worker's clone has published.
-                publish = st.published != Some(o.refs_digest);
+                // re-sends a report whose change another worker has published since. A
+                // clone lists every ref: it is news when the whole set differs from the
+                // published one. A fetch's news are the changed refs whose new value is
+                // not the one published for that ref (another ref may have moved on since,
+                // so comparing whole sets is not enough).
+                let whole_differs = st.published != Some(o.refs_digest);
+                news = match (&st.published_refs, cloned) {
+                    (Some(p), false) => o
+                        .changes
+                        .iter()
+                        .filter(|c| is_news(p, &c.name, c.new.as_deref()))
+                        .collect(),
+                    _ if whole_differs => o.changes.iter().collect(),
+                    _ => Vec::new(),
+                };
+                publish = !news.is_empty();
                 st.published = Some(o.refs_digest);
+                apply_published(
+                    st.published_refs.get_or_insert_with(PublishedRefs::new),
+                    if cloned {
+                        EventKind::Cloned
+                    } else {
+                        EventKind::Updated
+                    },
+                    o.changes
+                        .iter()
+                        .map(|c| (c.name.as_str(), c.new.as_deref())),
+                );
                 if !publish {
                     tracing::debug!(
                         repo = %o.repo,
@@ -696,9 +728,8 @@ impl Fleet {
             url: o.url.clone(),
             worker: worker_id,
             kind,
-            refs: o
-                .changes
-                .iter()
+            refs: news
+                .into_iter()
                 .map(|c| RefUpdate {
                     name: c.name.clone(),
                     old: c.old.clone(),

@@ -140,8 +140,9 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, registry, mut repos, indexes, log, cursors) = loaded?;
-    state::merge_published(&mut repos, log.published());
+    let (identity, registry, mut repos, indexes, mut log, cursors) = loaded?;
+    let published_refs = log.take_published_refs();
+    state::merge_published(&mut repos, log.published(), published_refs);
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
     let mut fleet = Fleet::new(

@@ -995,3 +995,87 @@ fn a_returning_owners_old_report_of_published_refs_is_no_event() {
     let rep = sim.fleet.outcomes(uuid(1), &[o.digested()], now);
     assert_eq!(rep.events.len(), 1);
 }
+
+/// SPEC §8, §6: as above, but while the worker is away the survivor also publishes a
+/// change of another ref, so the returning worker's refs differ from the published set as
+/// a whole. Its re-sent change is still of a value already published for that ref: no
+/// event. Its next fetch reports two changes against its old refs; only the one to a
+/// value never published is in the event. (Found by tests/tests/faults_coordinator.rs.)
+#[test]
+fn a_returning_owners_old_report_is_no_event_after_other_refs_moved_on() {
+    let mut sim = Sim::new(40);
+    sim.join(1);
+    sim.join(2);
+    sim.clone_all();
+    sim.events.clear();
+    let theirs: Vec<String> = sim
+        .fleet
+        .repos()
+        .iter()
+        .filter(|(_, r)| r.owner == Some(uuid(1)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!theirs.is_empty());
+    let digest = |refs: &[(&str, &str)]| gitmirror_wire::refs::digest(refs.iter().copied());
+    // Worker 1 fetched main aa → bb; the report never reached a coordinator.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let unsent: Vec<Outcome> = theirs
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Fetched, now);
+            o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+            o.digested()
+        })
+        .collect();
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    // The survivor clones them (main bb), then fetches a new branch dev dd.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let mut batch: Vec<Outcome> = theirs
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Cloned, now);
+            o.changes = vec![change("refs/heads/main", None, Some("bb"))];
+            o.digested()
+        })
+        .collect();
+    for id in &theirs {
+        let mut o = w.outcome(id, FetchResult::Fetched, now);
+        o.changes = vec![change("refs/heads/dev", None, Some("dd"))];
+        o.refs_digest = digest(&[("refs/heads/main", "bb"), ("refs/heads/dev", "dd")]);
+        batch.push(o);
+    }
+    let mut rep = sim.fleet.outcomes(uuid(2), &batch, now);
+    sim.fleet.recorded(uuid(2), rep.upto);
+    sim.deliver(std::mem::take(&mut rep.sends));
+    assert_eq!(rep.events.len(), 2 * theirs.len());
+    // Worker 1 returns, owns its repos again and re-sends the old report: no event.
+    sim.join(1);
+    assert!(
+        theirs
+            .iter()
+            .all(|id| sim.fleet.repo(id).unwrap().owner == Some(uuid(1)))
+    );
+    let rep = sim.fleet.outcomes(uuid(1), &unsent, sim.now);
+    assert!(rep.events.is_empty(), "duplicates: {:?}", rep.events);
+    sim.fleet.recorded(uuid(1), rep.upto);
+    // Its next fetch: main bb → cc is news, dev → dd is not.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut o = w.outcome(&theirs[0], FetchResult::Fetched, now);
+    o.changes = vec![
+        change("refs/heads/dev", None, Some("dd")),
+        change("refs/heads/main", Some("bb"), Some("cc")),
+    ];
+    o.refs_digest = digest(&[("refs/heads/main", "cc"), ("refs/heads/dev", "dd")]);
+    let rep = sim.fleet.outcomes(uuid(1), &[o], now);
+    assert_eq!(rep.events.len(), 1, "{:?}", rep.events);
+    let refs: Vec<(&str, Option<&str>)> = rep.events[0]
+        .refs
+        .iter()
+        .map(|r| (r.name.as_str(), r.new.as_deref()))
+        .collect();
+    assert_eq!(refs, vec![("refs/heads/main", Some("cc"))]);
+}
