@@ -1478,3 +1478,144 @@ fn disk_full_mid_clone_leaves_nothing_half_done() {
     w.kill();
     drop(disk);
 }
+
+/// Fill the filesystem holding `dir` with `<dir>/filler` until it refuses more.
+fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("write {}: {e}", filler.display()),
+        }
+    }
+    // Whatever is left in the page cache must not land later.
+    let _ = f.sync_all();
+    filler
+}
+
+// SPEC §10 (state written crash-safely; after `kill -9` a daemon restarts consistent and
+// loses no acknowledged event), §8 (an outcome goes out only once it is durably in the
+// worker's outbox, and a change is never lost when a worker crashes between fetching and
+// reporting), §7.5 (a full disk does not stop the worker).
+//
+// The worker's state directory is a 1 MiB tmpfs, filled up. An upstream change is fetched
+// into the mirror (on another disk) but its outcome cannot be saved: the worker keeps
+// running and holds it back. It is then killed (the outcome was only in memory), space
+// comes back, and after the restart the change is reported all the same, against the refs
+// last acknowledged. Again with the disk full and no kill: when space returns, the held
+// outcome goes out. Each change gives one event, and the events add up to upstream.
+#[test]
+fn full_state_disk_holds_outcomes_back_and_loses_none() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("statefull", 2);
+    let mut fleet = Fleet::start("statefull", &repos, 0);
+    let i = fleet.create_worker(1.0);
+    let disk = Tmpfs::mount(&fleet.workers[i].state_dir, "1m");
+    let w = &fleet.workers[i];
+    w.start();
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+    let ids: Vec<String> = repos.keys().cloned().collect();
+
+    let fetch_now = |id: &str| {
+        let (code, body) = fleet
+            .coord
+            .post(&format!("/api/repos/{id}/fetch"), "")
+            .unwrap();
+        assert_eq!(code, 202, "{body}");
+    };
+    // `id`'s mirror holds upstream's master, and the log says the state cannot be saved.
+    let fetched_unsaved = |id: &str, commit: &str, mark: usize| {
+        let path = w.mirror_path(id);
+        wait_for(
+            Duration::from_secs(30),
+            "a fetch whose outcome cannot be saved",
+            || {
+                if !w.proc.is_running() {
+                    panic!("the worker exited:\n{}", tail(&w.proc.log(), 30));
+                }
+                let refs = try_mirror_refs(&path)?;
+                let log = w.proc.log_since(mark);
+                if refs.get("refs/heads/master").map(String::as_str) == Some(commit)
+                    && log.contains("cannot save worker state")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{refs:?}\n{}", tail(&log, 5)))
+                }
+            },
+        );
+    };
+    // Not durable in the outbox, so not sent: no event has it yet.
+    let not_reported = |id: &str, commit: &str| {
+        let refs = refs_from_events(&all_events(&fleet).unwrap()).unwrap();
+        let master = refs.get(id).and_then(|r| r.get("refs/heads/master"));
+        assert_ne!(
+            master.map(String::as_str),
+            Some(commit),
+            "{id}: reported unsaved"
+        );
+    };
+    let reported = |id: &str, commit: &str| {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("an event for {id}"),
+            || {
+                let events = all_events(&fleet)?;
+                let refs = refs_from_events(&events)?;
+                match refs.get(id).and_then(|r| r.get("refs/heads/master")) {
+                    Some(c) if c == commit => Ok(()),
+                    other => Err(format!("master per the events: {other:?}")),
+                }
+            },
+        );
+    };
+
+    // Full, then killed: the outcome was never saved.
+    let filler = fill(&w.state_dir);
+    let mark = w.proc.log_mark();
+    let a = daemon.commit(repo_name(&ids[0]), "master");
+    fetch_now(&ids[0]);
+    fetched_unsaved(&ids[0], &a, mark);
+    not_reported(&ids[0], &a);
+    w.kill();
+    std::fs::remove_file(&filler).expect("remove the filler");
+    w.start();
+    fleet.wait_alive(&[i], Duration::from_secs(30));
+    fetch_now(&ids[0]);
+    reported(&ids[0], &a);
+
+    // Full, and space comes back while it runs: the held outcome goes out.
+    let filler = fill(&w.state_dir);
+    let mark = w.proc.log_mark();
+    let b = daemon.commit(repo_name(&ids[1]), "master");
+    fetch_now(&ids[1]);
+    fetched_unsaved(&ids[1], &b, mark);
+    not_reported(&ids[1], &b);
+    std::fs::remove_file(&filler).expect("remove the filler");
+    reported(&ids[1], &b);
+    w.proc.wait_log(
+        mark,
+        "worker state is being saved again",
+        Duration::from_secs(10),
+    );
+
+    let owners = fleet.wait_settled(SETTLE);
+    fleet.check_mirrors(&owners).unwrap();
+    let told = refs_from_events(&all_events(&fleet).unwrap()).unwrap();
+    for (id, url) in &repos {
+        assert_eq!(
+            told.get(id),
+            Some(&ls_remote(url)),
+            "{id}: events vs upstream"
+        );
+    }
+    figure(SUITE, "state_disk_full.changes_held_back", 2);
+    figure(SUITE, "state_disk_full.changes_lost", 0);
+    w.kill();
+    drop(disk);
+}
