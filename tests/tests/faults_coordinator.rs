@@ -214,8 +214,8 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
     let mut stops = 0usize;
     let kills = rounds(10, 100);
     for round in 0..kills {
-        // Up for 0.2–4 s, with commits at its start and in its middle.
-        let up = rng.millis(200, 4000);
+        // Up for 0.2–3 s, with commits at its start and in its middle.
+        let up = rng.millis(200, 3000);
         confirm(&fleet, &mut pending);
         commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
         std::thread::sleep(up / 2);
@@ -233,15 +233,15 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
         }
         fleet.coord.kill();
         assert_workers_running(&fleet, &format!("after coordinator kill {}", round + 1));
-        // Down for 0–2.5 s, with commits while it is down.
+        // Down for 0–2 s, with commits while it is down.
         commit_some(&fleet, &mut rng, &mut pending, &mut made, false);
-        std::thread::sleep(rng.millis(0, 2500));
+        std::thread::sleep(rng.millis(0, 2000));
         fleet.coord.start_ready();
         assert_workers_running(&fleet, &format!("after coordinator restart {}", round + 1));
         let mut note = String::new();
         if let Some(v) = away {
-            // Away for 0–8 s more (`suspect_after` + `dead_after` is 7 s).
-            let more = rng.millis(0, 8000);
+            // Away for 0–7 s more: a restarted coordinator gives it `dead_after` (4 s).
+            let more = rng.millis(0, 7000);
             commit_some(&fleet, &mut rng, &mut pending, &mut made, true);
             std::thread::sleep(more);
             fleet.workers[v].proc.signal(Signal::CONT);
