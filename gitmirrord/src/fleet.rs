@@ -751,6 +751,20 @@ impl Fleet {
         }
     }
 
+    /// The events of these repos could not be made durable (the outcomes are not
+    /// acknowledged and will be re-sent): forget what was published for them, which
+    /// [`Fleet::outcomes`] already moved on, so the re-sent outcomes are news again. A
+    /// duplicate after a failover is better than a change never reported.
+    pub fn unpublish<'a>(&mut self, repos: impl IntoIterator<Item = &'a str>) {
+        for id in repos {
+            if let Some(r) = self.repos.get_mut(id) {
+                r.status.published = None;
+                r.status.published_refs = None;
+                self.repos_dirty = true;
+            }
+        }
+    }
+
     /// Raise the recorded report ids to what the event log holds (after a crash the log may
     /// be ahead of `registry.json`).
     pub fn merge_report_ids(&mut self, ids: &HashMap<Uuid, u64>) {

@@ -525,6 +525,7 @@ impl MainLoop {
         if !report.events.is_empty() {
             let log = self.log.clone();
             let events = report.events;
+            let repos: Vec<String> = events.iter().map(|e| e.repo.clone()).collect();
             // What each event publishes: the digest of the whole ref set its outcome
             // reports (the fleet's `published` after it), kept in the log (SPEC §10).
             let digests: HashMap<u64, u64> = batch
@@ -551,6 +552,7 @@ impl MainLoop {
                     "{e}; outcomes of {} are not acknowledged and will be resent",
                     self.worker_label(&uuid)
                 );
+                self.fleet.unpublish(repos.iter().map(String::as_str));
                 return;
             }
         }

@@ -1079,3 +1079,36 @@ fn a_returning_owners_old_report_is_no_event_after_other_refs_moved_on() {
         .collect();
     assert_eq!(refs, vec![("refs/heads/main", Some("cc"))]);
 }
+
+/// SPEC §8: when the events of a batch cannot be appended, the outcomes are not
+/// acknowledged and come again; what they would have published is forgotten, so the
+/// re-sent outcomes are events then (not mistaken for refs already announced).
+#[test]
+fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
+    let mut sim = Sim::new(10);
+    sim.join(1);
+    sim.clone_all();
+    sim.events.clear();
+    let ids: Vec<String> = sim.fleet.repos().keys().cloned().collect();
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let batch: Vec<Outcome> = ids
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Fetched, now);
+            o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+            o.digested()
+        })
+        .collect();
+    let rep = sim.fleet.outcomes(uuid(1), &batch, now);
+    assert_eq!(rep.events.len(), ids.len());
+    // The append failed: not recorded, the repos' published refs forgotten.
+    sim.fleet
+        .unpublish(rep.events.iter().map(|e| e.repo.as_str()));
+    let again = sim.fleet.outcomes(uuid(1), &batch, now);
+    assert_eq!(again.events.len(), ids.len(), "{:?}", again.events);
+    assert_eq!(again.events[0].refs, rep.events[0].refs);
+    // Recorded this time: a third copy is a duplicate and dropped.
+    sim.fleet.recorded(uuid(1), again.upto);
+    assert!(sim.fleet.outcomes(uuid(1), &batch, now).events.is_empty());
+}
