@@ -541,7 +541,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
             // The kill falls within about how long clones of the big repos take here, so
             // that most are cut short and some complete.
             let span = clone_span(&w.proc.log());
-            within(Duration::from_secs(15), || {
+            within(Duration::from_secs(8), || {
                 tmp_entries(w).iter().any(|t| t.contains(&mine))
             });
             std::thread::sleep(Duration::from_millis(rng.range(0, span)));
