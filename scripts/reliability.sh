@@ -31,10 +31,7 @@ suites='binary(faults_worker) | binary(faults_coordinator) | binary(partition)
 status=0
 cargo nextest run --workspace --locked --no-fail-fast -E "$suites" || status=$?
 
-printf '\n==> figures (%s form)\n' "$([ "$long" = 1 ] && echo long || echo bounded)"
-sort "$figures"
-printf '\n==> totals\n'
-awk -F' = ' '/^figure: /{k=substr($1, 9); if ($2 ~ /^[0-9]+$/) t[k]+=$2; else t[k]=$2}
-  END {for (k in t) printf "%-60s %s\n", k, t[k]}' "$figures" | sort
+echo "($([ "$long" = 1 ] && echo long || echo bounded) form)"
+scripts/figures.sh "$figures"
 rm -f "$figures"
 exit "$status"

@@ -30,7 +30,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # nextest builds every target first, the binaries the end-to-end tests run included.
 step "running tests"
-GITMIRROR_REQUIRE_CHROMIUM=1 cargo nextest run --workspace --locked --no-fail-fast
+# The fault and hostile-input tests record their figures here (docs/reliability.md).
+figures=target/reliability-figures.txt
+mkdir -p target && : > "$figures"
+GITMIRROR_FIGURES="$PWD/$figures" GITMIRROR_REQUIRE_CHROMIUM=1 \
+  cargo nextest run --workspace --locked --no-fail-fast
+scripts/figures.sh "$figures"
 
 if [ "$system" = 1 ]; then
   step "packaging and systemd system test"
