@@ -11,7 +11,9 @@
 
 use gitmirror_tests::daemons::{DEAD_AFTER_TOTAL, SETTLE, str_field};
 use gitmirror_tests::git::{git_command, repo_name};
-use gitmirror_tests::{Fleet, GitDaemon, Proc, free_tcp_port, mark_mirror, same_mirror, wait_for};
+use gitmirror_tests::{
+    Fleet, GitDaemon, Proc, figure, free_tcp_port, mark_mirror, same_mirror, wait_for,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
@@ -56,6 +58,7 @@ impl Link {
     /// /30 is the first from a pid-derived slot that no interface here uses yet.
     fn create(tag: u32) -> Self {
         require_root();
+        Self::sweep_stale();
         let pid = std::process::id();
         let ns = format!("gitmirror-{pid}-{tag}");
         let root_if = format!("gmr{pid}{tag}");
@@ -107,6 +110,36 @@ impl Link {
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         eprintln!("link: namespace {ns}, {root_if} {root_ip} <-> {ns_if} {ns_ip}");
         link
+    }
+
+    /// Remove the namespaces (and root veth ends) of earlier runs whose process is gone
+    /// without its guard having run (SIGKILLed, e.g. by a test timeout).
+    fn sweep_stale() {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("run ip netns list");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some((pid, tag)) = name
+                .strip_prefix("gitmirror-")
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                continue;
+            };
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !numeric(pid) || !numeric(tag) || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            eprintln!("removing namespace {name} left by a run that was killed");
+            drop(Self {
+                ns: name.to_owned(),
+                root_if: format!("gmr{pid}{tag}"),
+                root_ip: String::new(),
+            });
+        }
     }
 
     /// Partition: the root end goes down, so nothing passes either way.
@@ -218,6 +251,8 @@ impl Drop for LinkGitDaemon {
         let _ = self.child.wait();
     }
 }
+
+const SUITE: &str = "partition";
 
 /// Index of the partitioned worker in `fleet.workers`.
 const ISOLATED: usize = 2;
@@ -493,6 +528,10 @@ fn partition_longer_than_dead_after_moves_repos_and_heals_back() {
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
     let want: Vec<u64> = (last_seq + 1..=last_seq + seqs.len() as u64).collect();
     assert_eq!(seqs, want, "event sequence numbers with a gap or repeat");
+    figure(SUITE, "long_cut_repos_failed_over_and_back", theirs.len());
+    figure(SUITE, "long_cut_changes_made", changes.len());
+    figure(SUITE, "long_cut_mirrors_lost", 0);
+    figure(SUITE, "long_cut_duplicated_events", 0);
 }
 
 // SPEC §6 (a worker whose connection is lost is suspect; one that reconnects while
@@ -592,4 +631,6 @@ fn partition_shorter_than_dead_after_moves_nothing() {
         "events without upstream change: {events:#?}"
     );
     assert!(fleet.workers[ISOLATED].proc.exited().is_none());
+    figure(SUITE, "short_cut_ms", healed_at.as_millis());
+    figure(SUITE, "short_cut_repos_moved", 0);
 }
