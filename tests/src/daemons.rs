@@ -393,6 +393,19 @@ impl Coordinator {
             .ok_or_else(|| format!("/api/events without events: {v}"))
     }
 
+    /// Every event so far, following pages (`/api/events` answers at most 1,000 at a time).
+    pub fn all_events(&self) -> Result<Vec<Value>, String> {
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+            let page = self.events(since)?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
     /// Repo id → owner worker id (`None` when unassigned), from `/api/repos`.
     pub fn owners(&self) -> Result<BTreeMap<String, Option<u64>>, String> {
         Ok(self

@@ -229,3 +229,64 @@ pub fn figure(suite: &str, key: &str, value: impl std::fmt::Display) {
         }
     }
 }
+
+/// Seeded randomness for the fault suites (xorshift64*): enough to pick fault moments
+/// reproducibly. Seeded from `GITMIRROR_SEED`, else from the clock; the seed is printed,
+/// so `GITMIRROR_SEED=<seed>` replays a failing run's choices.
+pub struct Rng {
+    state: u64,
+    pub seed: u64,
+}
+
+impl Rng {
+    pub fn seeded(test: &str) -> Self {
+        let seed = match std::env::var("GITMIRROR_SEED") {
+            Ok(s) => s
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("GITMIRROR_SEED={s:?} is not a number")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
+        };
+        eprintln!("{test}: seed {seed} (GITMIRROR_SEED={seed} replays it)");
+        Self {
+            state: seed.max(1),
+            seed,
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..hi` (roughly; fine for picking moments).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.range(0, n)
+    }
+
+    /// A duration uniform in `lo..hi` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}

@@ -4,64 +4,15 @@
 
 use gitmirror_tests::daemons::SETTLE;
 use gitmirror_tests::git::repo_name;
-use gitmirror_tests::{Fleet, GitDaemon, Signal, figure, ls_remote, rounds, wait_for};
+use gitmirror_tests::{Fleet, GitDaemon, Rng, Signal, figure, ls_remote, rounds, wait_for};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const SUITE: &str = "coordinator-crash-loop";
 
-/// A small seeded generator (splitmix64): the test's moments are reproducible from the
-/// printed seed without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A duration uniform in `lo..hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo))
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("GITMIRROR_SEED") {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("GITMIRROR_SEED={s:?} is not a number")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
-}
-
 /// One upstream ref value the test made: `(repo id, ref name, new oid)`.
 type Change = (String, String, String);
-
-/// Every event, following pages (`/api/events` answers at most 1,000 at a time).
-fn all_events(fleet: &Fleet) -> Result<Vec<Value>, String> {
-    let mut all: Vec<Value> = Vec::new();
-    loop {
-        let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
-        let page = fleet.coord.events(since)?;
-        if page.is_empty() {
-            return Ok(all);
-        }
-        all.extend(page);
-    }
-}
 
 /// The `(repo, ref, new)` triples an event carries (created or updated refs).
 fn triples(e: &Value) -> Vec<Change> {
@@ -158,9 +109,8 @@ fn assert_workers_running(fleet: &Fleet, when: &str) {
 // after its previous one is seen as an event, so every change is one a fetch can see.
 #[test]
 fn coordinator_crash_loop_loses_and_repeats_no_event() {
-    let seed = seed();
-    eprintln!("coordinator crash loop: seed {seed} (GITMIRROR_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded("coordinator crash loop");
+    let seed = rng.seed;
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set("crashloop", 24);
     let fleet = Fleet::start("crashloop", &repos, 3);
@@ -181,7 +131,7 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
 
     // Drop the pending changes that are events now (when the coordinator answers).
     let confirm = |fleet: &Fleet, pending: &mut BTreeMap<String, Change>| {
-        if let Ok(events) = all_events(fleet) {
+        if let Ok(events) = fleet.coord.all_events() {
             let seen: BTreeSet<Change> = events.iter().flat_map(triples).collect();
             pending.retain(|_, c| !seen.contains(c));
         }
@@ -302,7 +252,7 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
     assert_workers_running(&fleet, "at the end");
 
     let commits = made.len() - initial;
-    let events = all_events(&fleet).unwrap();
+    let events = fleet.coord.all_events().unwrap();
     let t = tally(&events, &made);
     figure(SUITE, "seed", seed);
     figure(SUITE, "coordinator_kills", kills);

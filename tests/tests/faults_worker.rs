@@ -10,7 +10,7 @@ use gitmirror_tests::git::{
     git_command, is_bare_repo, repo_id, repo_name, try_git, try_mirror_refs,
 };
 use gitmirror_tests::{
-    Fleet, GitDaemon, Proc, Worker, figure, long_form, ls_remote, rounds, tail, wait_for,
+    Fleet, GitDaemon, Proc, Rng, Worker, figure, long_form, ls_remote, rounds, tail, wait_for,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,59 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 const SUITE: &str = "faults_worker";
-
-// ---- seeded randomness ----
-
-/// xorshift64*: enough to pick kill moments reproducibly.
-struct Rng {
-    state: u64,
-    seed: u64,
-}
-
-impl Rng {
-    /// Seeded from `GITMIRROR_SEED` (as the other fault suites), else from the clock; the
-    /// seed is printed so a failing run can be replayed.
-    fn seeded(test: &str) -> Self {
-        let seed = match std::env::var("GITMIRROR_SEED") {
-            Ok(s) => s
-                .trim()
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("GITMIRROR_SEED={s:?} is not a number")),
-            Err(_) => SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1),
-        };
-        eprintln!("{test}: seed {seed} (GITMIRROR_SEED={seed} replays it)");
-        Self {
-            state: seed.max(1),
-            seed,
-        }
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `lo..hi` (roughly; fine for picking moments).
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
 
 // ---- upstream repos with some weight ----
 
@@ -308,19 +255,6 @@ fn refs_from_events(
         }
     }
     Ok(refs)
-}
-
-/// Every event so far, following pages.
-fn all_events(fleet: &Fleet) -> Result<Vec<Value>, String> {
-    let mut all: Vec<Value> = Vec::new();
-    loop {
-        let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
-        let page = fleet.coord.events(since)?;
-        if page.is_empty() {
-            return Ok(all);
-        }
-        all.extend(page);
-    }
 }
 
 /// Copy upstream repo `from` to a new upstream `name` with one commit of its own (cheaper
@@ -695,7 +629,7 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
         Duration::from_secs(30),
         "events that add up to upstream",
         || {
-            let from_events = refs_from_events(&all_events(&fleet)?)?;
+            let from_events = refs_from_events(&fleet.coord.all_events()?)?;
             for (id, url) in &fleet.repos {
                 let upstream = ls_remote(url);
                 let told = from_events.get(id).cloned().unwrap_or_default();
@@ -1552,7 +1486,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
     };
     // Not durable in the outbox, so not sent: no event has it yet.
     let not_reported = |id: &str, commit: &str| {
-        let refs = refs_from_events(&all_events(&fleet).unwrap()).unwrap();
+        let refs = refs_from_events(&fleet.coord.all_events().unwrap()).unwrap();
         let master = refs.get(id).and_then(|r| r.get("refs/heads/master"));
         assert_ne!(
             master.map(String::as_str),
@@ -1565,7 +1499,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
             Duration::from_secs(30),
             &format!("an event for {id}"),
             || {
-                let events = all_events(&fleet)?;
+                let events = fleet.coord.all_events()?;
                 let refs = refs_from_events(&events)?;
                 match refs.get(id).and_then(|r| r.get("refs/heads/master")) {
                     Some(c) if c == commit => Ok(()),
@@ -1606,7 +1540,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
 
     let owners = fleet.wait_settled(SETTLE);
     fleet.check_mirrors(&owners).unwrap();
-    let told = refs_from_events(&all_events(&fleet).unwrap()).unwrap();
+    let told = refs_from_events(&fleet.coord.all_events().unwrap()).unwrap();
     for (id, url) in &repos {
         assert_eq!(
             told.get(id),
