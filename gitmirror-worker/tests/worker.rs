@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::harness::{config, fetch_section, start};
+
 use common::coord::{FakeCoordinator, STEP};
 use common::{GitDaemon, Upstream, git, ls_remote};
 use gitmirror_common::units::FreeSpace;
@@ -11,74 +13,21 @@ use gitmirror_wire::{
     AssignDelta, CoordMsg, DropOrder, DropReason, FailureClass, FetchResult, JoinToken, Outcome,
     RepoSpec, WorkerMsg,
 };
+use gitmirror_worker::FetchSection;
 use gitmirror_worker::mirror::Mirrors;
 use gitmirror_worker::state::{Identity, Repo, Repos};
-use gitmirror_worker::{DiskSection, FetchSection, WorkerConfig};
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const REPO: &str = "a/abc/abc";
 
+/// A fetch section with the given `min_interval` and fetch timeout.
 fn fetch(min_interval: Duration, timeout: Duration) -> FetchSection {
     FetchSection {
-        concurrency: 4,
-        per_host_concurrency: 2,
         timeout,
-        min_interval,
-        max_interval: Duration::from_secs(3600),
-    }
-}
-
-fn config(
-    coordinator: SocketAddr,
-    token: JoinToken,
-    root: &Path,
-    fetch: FetchSection,
-    min_free: FreeSpace,
-) -> WorkerConfig {
-    WorkerConfig::embedded(
-        coordinator,
-        token,
-        root.join("repos"),
-        root.join("state"),
-        "test-worker".into(),
-        1.0,
-        fetch,
-        DiskSection { min_free },
-        Some("git://mirror.example.org/".into()),
-    )
-    .unwrap()
-}
-
-struct Worker {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn start(cfg: WorkerConfig) -> Worker {
-    gitmirror_common::install_crypto_provider();
-    let (stop, rx) = watch::channel(false);
-    Worker {
-        stop,
-        task: tokio::spawn(gitmirror_worker::run(cfg, rx)),
-    }
-}
-
-impl Worker {
-    /// SPEC §11: a graceful stop within 10 s.
-    async fn stop(self) {
-        let t = Instant::now();
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("stopped within 10 s")
-            .unwrap()
-            .unwrap();
-        assert!(t.elapsed() < Duration::from_secs(10));
+        ..fetch_section(min_interval, Duration::from_secs(3600))
     }
 }
 

@@ -39,7 +39,7 @@ pub fn config(
         1.0,
         fetch,
         DiskSection { min_free },
-        None,
+        Some("git://mirror.example.org/".into()),
     )
     .unwrap()
 }
@@ -61,12 +61,14 @@ pub fn start(cfg: WorkerConfig) -> Worker {
 impl Worker {
     /// SPEC §11: a graceful stop within 10 s.
     pub async fn stop(self) {
+        let t = Instant::now();
         self.stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("stopped within 10 s")
             .unwrap()
             .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 }
 
