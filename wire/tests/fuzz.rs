@@ -5,8 +5,17 @@ use gitmirror_wire::handshake::peek_protocol;
 use gitmirror_wire::*;
 use proptest::prelude::*;
 
+/// Cases per decoder property: 4,096, or `PROPTEST_CASES` when that is larger (the long
+/// form of docs/reliability.md).
+fn decoder_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(4096, |n: u32| n.max(4096))
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4096, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: decoder_cases(), .. ProptestConfig::default() })]
 
     #[test]
     fn worker_msg_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
