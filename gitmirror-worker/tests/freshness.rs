@@ -114,7 +114,10 @@ async fn spec_7_3_gone_upstream_is_probed_daily_with_one_log_line() {
         .assign(&[(g, &daemon.url("vanishing")), (s, &daemon.url("staying"))])
         .await;
     inbox.cloned(&[g, s]).await;
-    std::fs::remove_dir_all(&gone.dir).unwrap();
+    // Renamed out of the daemon's sight in one step: a fetch in flight (every 400 ms here)
+    // still completes from the open directory, so the first failure is the gone one, not
+    // a transfer cut off halfway by a deletion in progress.
+    std::fs::rename(&gone.dir, root.path().join("vanished-upstream")).unwrap();
     let (_, o) = inbox
         .outcome_where("the gone failure", STEP, |o| {
             o.repo == g && o.result != FetchResult::Fetched
