@@ -4,72 +4,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use common::{HookReceiver, REPOS, TestWorker, eventually, outcome};
 use gitmirror_wire::FetchResult;
-use std::io::{BufRead, BufReader};
+use hostile::Daemon;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gitmirrord");
-
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--config", config.to_str().unwrap()])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig).unwrap();
-    }
-
-    /// Index of the first line at or after `from` containing every one of `needles`.
-    async fn wait_line(&self, from: usize, needles: &[&str], what: &str) -> usize {
-        eventually(20, what, || async {
-            self.lines()
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
-                .map(|(i, _)| i)
-        })
-        .await
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Index of the first log line at or after `from` containing every one of `needles`.
+async fn wait_line(d: &Daemon, from: usize, needles: &[&str], what: &str) -> usize {
+    eventually(20, what, || async {
+        d.lines()
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+            .map(|(i, _)| i)
+    })
+    .await
 }
 
 fn config(dir: &Path, extra: &str) -> String {
@@ -105,10 +60,8 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
     common::write_index(&dir.path().join("index"));
     let path = dir.path().join("gitmirrord.yaml");
     std::fs::write(&path, config(dir.path(), "log_level: info\n")).unwrap();
-    let d = Daemon::start(&path);
-    let ready = d
-        .wait_line(0, &["ready: workers connect to"], "the ready line")
-        .await;
+    let d = Daemon::start(&[], &path);
+    let ready = wait_line(&d, 0, &["ready: workers connect to"], "the ready line").await;
     let (quic, http) = addresses(&d.lines()[ready]);
     let token = gitmirror_common::trust::Identity::load_or_create(&dir.path().join("state"))
         .unwrap()
@@ -148,24 +101,26 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
     std::fs::write(&path, text).unwrap();
     let before = d.lines().len();
     d.signal(rustix::process::Signal::HUP);
-    let reloaded = d
-        .wait_line(
-            before,
-            &[
-                "SIGHUP: reloaded",
-                "log_level info → debug",
-                "webhooks (0 → 1)",
-            ],
-            "the reload line",
-        )
-        .await;
-    d.wait_line(
+    let reloaded = wait_line(
+        &d,
+        before,
+        &[
+            "SIGHUP: reloaded",
+            "log_level info → debug",
+            "webhooks (0 → 1)",
+        ],
+        "the reload line",
+    )
+    .await;
+    wait_line(
+        &d,
         before,
         &["SIGHUP: listen changed", "needs a restart"],
         "listen named as needing a restart",
     )
     .await;
-    d.wait_line(
+    wait_line(
+        &d,
         reloaded,
         &["DEBUG", "indexes polled"],
         "debug lines after the reload",
@@ -197,7 +152,8 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
     std::fs::write(&path, config(dir.path(), "log_levl: warn\n")).unwrap();
     let before = d.lines().len();
     d.signal(rustix::process::Signal::HUP);
-    d.wait_line(
+    wait_line(
+        &d,
         before,
         &["SIGHUP: the configuration was not reloaded", "log_levl"],
         "the refusal naming the key",
@@ -218,14 +174,14 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
     assert_eq!(s, 200);
     // Still at debug level.
     let n = d.lines().len();
-    d.wait_line(n, &["DEBUG"], "debug lines after the refused reload")
-        .await;
+    wait_line(&d, n, &["DEBUG"], "debug lines after the refused reload").await;
 
     // The webhook removed again: nothing more is delivered.
     std::fs::write(&path, config(dir.path(), "")).unwrap();
     let before = d.lines().len();
     d.signal(rustix::process::Signal::HUP);
-    d.wait_line(
+    wait_line(
+        &d,
         before,
         &[
             "SIGHUP: reloaded",
@@ -250,8 +206,7 @@ async fn sighup_reloads_log_level_and_webhooks_and_refuses_a_bad_file() {
     )])
     .await;
     d.signal(rustix::process::Signal::TERM);
-    d.wait_line(0, &["stopped; state saved"], "the daemon to stop")
-        .await;
+    wait_line(&d, 0, &["stopped; state saved"], "the daemon to stop").await;
     assert_eq!(receiver.seen().len(), 2, "a removed webhook got an event");
 }
 
@@ -269,19 +224,20 @@ async fn sighup_reloads_the_local_workers_fetch_limits() {
         )
     };
     std::fs::write(&path, config(dir.path(), &lw("here", 2))).unwrap();
-    let d = Daemon::start(&path);
-    d.wait_line(0, &["ready: workers connect to"], "the ready line")
-        .await;
+    let d = Daemon::start(&[], &path);
+    wait_line(&d, 0, &["ready: workers connect to"], "the ready line").await;
     std::fs::write(&path, config(dir.path(), &lw("here", 5))).unwrap();
     let before = d.lines().len();
     d.signal(rustix::process::Signal::HUP);
-    d.wait_line(
+    wait_line(
+        &d,
         before,
         &["SIGHUP: reloaded", "local_worker.fetch/disk"],
         "the reload line",
     )
     .await;
-    d.wait_line(
+    wait_line(
+        &d,
         before,
         &["local_worker", "reloaded the fetch and disk settings"],
         "the embedded worker's reload",
@@ -297,13 +253,13 @@ async fn sighup_reloads_the_local_workers_fetch_limits() {
     std::fs::write(&path, config(dir.path(), &lw("there", 5))).unwrap();
     let before = d.lines().len();
     d.signal(rustix::process::Signal::HUP);
-    d.wait_line(
+    wait_line(
+        &d,
         before,
         &["SIGHUP: local_worker.name changed", "needs a restart"],
         "the name named as needing a restart",
     )
     .await;
     d.signal(rustix::process::Signal::TERM);
-    d.wait_line(0, &["stopped; state saved"], "the daemon to stop")
-        .await;
+    wait_line(&d, 0, &["stopped; state saved"], "the daemon to stop").await;
 }

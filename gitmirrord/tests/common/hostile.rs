@@ -1,6 +1,6 @@
-//! Pieces of the hostile-input suites (`hostile_*.rs`): figures in the format of
-//! `gitmirror_tests::figure`, and the `gitmirrord` binary run as a process whose memory
-//! can be measured (VmRSS).
+//! The `gitmirrord` binary run as a process (its log collected, its memory measurable),
+//! for the hostile-input suites (`hostile_*.rs`) and the SIGHUP tests (`reload.rs`); and
+//! figures in the format of `gitmirror_tests::figure`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -67,6 +67,10 @@ impl Daemon {
 
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig).unwrap();
     }
 
     /// The first log line holding every one of `needles`, polled for up to `secs`.
