@@ -406,6 +406,15 @@ impl Coordinator {
         }
     }
 
+    /// Sequence number of the newest event (0 when none).
+    pub fn last_seq(&self) -> Result<u64, String> {
+        Ok(self
+            .all_events()?
+            .last()
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or(0))
+    }
+
     /// Repo id → owner worker id (`None` when unassigned), from `/api/repos`.
     pub fn owners(&self) -> Result<BTreeMap<String, Option<u64>>, String> {
         Ok(self
@@ -756,6 +765,23 @@ impl Fleet {
             .iter()
             .filter(|&(_, &o)| o == i)
             .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// [`crate::mark_mirror`] each of `ids` in worker `i`'s mirror dir: repo id → inode,
+    /// for [`crate::same_mirror`] later.
+    pub fn mark_mirrors<'a>(
+        &self,
+        i: usize,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, u64> {
+        ids.into_iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    crate::mark_mirror(&self.workers[i].mirror_path(id)),
+                )
+            })
             .collect()
     }
 }

@@ -177,9 +177,14 @@ pub fn create_bare_repo(path: &Path, seed: &str) {
         OsStr::new("master"),
         path.as_os_str(),
     ]);
+    fast_import(path, seed_stream(seed).as_bytes());
+}
+
+/// Feed a `git fast-import` stream to the bare repo at `git_dir`.
+pub fn fast_import(git_dir: &Path, stream: &[u8]) {
     let mut child = git_command()
         .arg("--git-dir")
-        .arg(path)
+        .arg(git_dir)
         .args(["fast-import", "--quiet"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -190,13 +195,13 @@ pub fn create_bare_repo(path: &Path, seed: &str) {
         .stdin
         .take()
         .expect("fast-import stdin")
-        .write_all(seed_stream(seed).as_bytes())
+        .write_all(stream)
         .expect("write fast-import stream");
     let out = child.wait_with_output().expect("wait for fast-import");
     assert!(
         out.status.success(),
         "git fast-import into {} failed: {}",
-        path.display(),
+        git_dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
 }

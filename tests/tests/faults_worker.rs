@@ -7,7 +7,7 @@
 
 use gitmirror_tests::daemons::{SETTLE, str_field};
 use gitmirror_tests::git::{
-    git_command, is_bare_repo, repo_id, repo_name, try_git, try_mirror_refs,
+    fast_import, git_command, is_bare_repo, repo_id, repo_name, try_git, try_mirror_refs,
 };
 use gitmirror_tests::{
     Fleet, GitDaemon, Proc, Rng, Worker, figure, long_form, ls_remote, rounds, tail, wait_for,
@@ -31,32 +31,6 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Feed a `git fast-import` stream to the bare repo at `git_dir`.
-fn fast_import(git_dir: &Path, stream: &[u8]) {
-    let mut child = git_command()
-        .arg("--git-dir")
-        .arg(git_dir)
-        .args(["fast-import", "--quiet"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn git fast-import");
-    child
-        .stdin
-        .take()
-        .expect("fast-import stdin")
-        .write_all(stream)
-        .expect("write fast-import stream");
-    let out = child.wait_with_output().expect("wait for fast-import");
-    assert!(
-        out.status.success(),
-        "git fast-import into {} failed: {}",
-        git_dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Append to `s` one commit on `branch` adding a file of `blob` random bytes.

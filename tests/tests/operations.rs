@@ -8,7 +8,7 @@ use gitmirror_tests::{
     Fleet, GitDaemon, POLL_INTERVAL, fetch_deadline, mark_mirror, same_mirror, wait_for,
 };
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 // SPEC §9: the endpoints, their filters and paging, errors as JSON with fitting statuses;
@@ -350,13 +350,7 @@ fn quick_worker_restart_moves_nothing() {
     let victim = 2;
     let api_before = fleet.api_worker(victim).unwrap();
     let api_owners = fleet.coord.owners().unwrap();
-    let inodes: BTreeMap<String, u64> = Fleet::owned_by(&owners, victim)
-        .into_iter()
-        .map(|id| {
-            let ino = mark_mirror(&fleet.workers[victim].mirror_path(&id));
-            (id, ino)
-        })
-        .collect();
+    let inodes = fleet.mark_mirrors(victim, &Fleet::owned_by(&owners, victim));
 
     let w = &fleet.workers[victim];
     w.kill();
@@ -460,14 +454,7 @@ fn events_long_poll_waits_for_the_next_event() {
     let repos = daemon.repo_set("longpoll", 3);
     let fleet = Fleet::start("longpoll", &repos, 1);
     fleet.wait_settled(SETTLE);
-    let last = fleet
-        .coord
-        .events(0)
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let last = fleet.coord.last_seq().unwrap();
     let port = fleet.coord.http_port;
     let long_poll = std::thread::spawn(move || {
         let start = Instant::now();

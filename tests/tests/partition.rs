@@ -11,9 +11,7 @@
 
 use gitmirror_tests::daemons::{DEAD_AFTER_TOTAL, SETTLE, str_field};
 use gitmirror_tests::git::{git_command, repo_name};
-use gitmirror_tests::{
-    Fleet, GitDaemon, Proc, figure, free_tcp_port, mark_mirror, same_mirror, wait_for,
-};
+use gitmirror_tests::{Fleet, GitDaemon, Proc, figure, free_tcp_port, same_mirror, wait_for};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
@@ -362,21 +360,8 @@ fn partition_longer_than_dead_after_moves_repos_and_heals_back() {
         !theirs.is_empty(),
         "the isolated worker owns nothing: {before:?}"
     );
-    let inodes: BTreeMap<String, u64> = theirs
-        .iter()
-        .map(|id| {
-            let ino = mark_mirror(&fleet.workers[ISOLATED].mirror_path(id));
-            (id.clone(), ino)
-        })
-        .collect();
-    let last_seq = fleet
-        .coord
-        .events(0)
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let inodes = fleet.mark_mirrors(ISOLATED, &theirs);
+    let last_seq = fleet.coord.last_seq().unwrap();
 
     s.link.cut();
     let cut_at = Instant::now();
@@ -546,14 +531,7 @@ fn partition_shorter_than_dead_after_moves_nothing() {
     let before = fleet.wait_settled(SETTLE);
     let isolated_api = fleet.api_worker(ISOLATED).unwrap();
     let coord_log = fleet.coord.proc.log_mark();
-    let last_seq = fleet
-        .coord
-        .events(0)
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let last_seq = fleet.coord.last_seq().unwrap();
 
     s.link.cut();
     let cut_at = Instant::now();

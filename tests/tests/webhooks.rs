@@ -6,6 +6,7 @@ use gitmirror_tests::{Fleet, GitDaemon, wait_for, yaml_path};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -144,6 +145,26 @@ fn seq(d: &Delivery) -> u64 {
         .unwrap_or_else(|| panic!("webhook body is not one event: {}", d.body))
 }
 
+/// A coordinator without workers whose one webhook posts to `receiver`, signed with
+/// `secret` (kept in a 0600 file).
+fn with_webhook(
+    label: &str,
+    repos: &BTreeMap<String, String>,
+    receiver: &Receiver,
+    secret: &[u8],
+) -> Fleet {
+    Fleet::start_with(label, repos, 0, |yaml, root| {
+        let path = root.join("hook-secret");
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            "{yaml}webhooks:\n  - url: http://127.0.0.1:{}/hook\n    secret_file: {}\n",
+            receiver.port,
+            yaml_path(&path)
+        )
+    })
+}
+
 // SPEC §8: webhooks get the same JSON as the events API, by POST, signed with
 // `X-Gitmirror-Signature: sha256=<HMAC>`, retried until acknowledged (2xx), in order, from
 // a durable cursor (a restart does not deliver acknowledged events again).
@@ -153,16 +174,7 @@ fn webhooks_deliver_signed_events_in_order_with_retries() {
     let repos = daemon.repo_set("hook", 5);
     let receiver = Receiver::start(2);
     let secret = b"webhook-test-secret";
-    let mut fleet = Fleet::start_with("hook", &repos, 0, |yaml, root| {
-        let path = root.join("hook-secret");
-        std::fs::write(&path, secret).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        format!(
-            "{yaml}webhooks:\n  - url: http://127.0.0.1:{}/hook\n    secret_file: {}\n",
-            receiver.port,
-            yaml_path(&path)
-        )
-    });
+    let mut fleet = with_webhook("hook", &repos, &receiver, secret);
     fleet.add_worker(1.0);
     fleet.wait_settled(SETTLE);
     let events = fleet.coord.events(0).unwrap();
@@ -271,16 +283,7 @@ fn every_change_is_one_event_and_reaches_the_webhook_across_crashes() {
     let repos = daemon.repo_set("crashev", 6);
     let receiver = Receiver::start(0);
     let secret = b"crash-secret";
-    let mut fleet = Fleet::start_with("crashev", &repos, 0, |yaml, root| {
-        let path = root.join("hook-secret");
-        std::fs::write(&path, secret).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        format!(
-            "{yaml}webhooks:\n  - url: http://127.0.0.1:{}/hook\n    secret_file: {}\n",
-            receiver.port,
-            yaml_path(&path)
-        )
-    });
+    let mut fleet = with_webhook("crashev", &repos, &receiver, secret);
     fleet.add_worker(1.0);
     fleet.add_worker(1.0);
     fleet.wait_settled(SETTLE);

@@ -1,8 +1,7 @@
 //! `kill -9` of a worker and its return.
 
 use gitmirror_tests::daemons::{DEAD_AFTER_TOTAL, SETTLE, str_field};
-use gitmirror_tests::{Fleet, GitDaemon, mark_mirror, same_mirror, wait_for};
-use std::collections::BTreeMap;
+use gitmirror_tests::{Fleet, GitDaemon, same_mirror, wait_for};
 use std::time::Duration;
 
 // SPEC §6 (alive → suspect → dead after `dead_after`), §5 (when a worker dies only its
@@ -21,22 +20,9 @@ fn dead_worker_repos_move_and_come_back_to_its_mirrors() {
     let victim_api = fleet.api_worker(victim).unwrap();
     let victim_repos = Fleet::owned_by(&before, victim);
     assert!(!victim_repos.is_empty(), "w1 owns nothing: {before:?}");
-    let inodes: BTreeMap<String, u64> = victim_repos
-        .iter()
-        .map(|id| {
-            let ino = mark_mirror(&fleet.workers[victim].mirror_path(id));
-            (id.clone(), ino)
-        })
-        .collect();
+    let inodes = fleet.mark_mirrors(victim, &victim_repos);
 
-    let last_seq = fleet
-        .coord
-        .events(0)
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let last_seq = fleet.coord.last_seq().unwrap();
 
     fleet.workers[victim].kill();
 
