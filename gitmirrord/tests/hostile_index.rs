@@ -10,6 +10,7 @@ mod common;
 #[path = "common/hostile.rs"]
 mod hostile;
 
+use common::git;
 use gitmirror_wire::DropReason;
 use gitmirrord::index::validate::{repo_id, repo_url};
 use gitmirrord::index::{Entry, IndexSettings, IndexSource, Indexes, Rejected};
@@ -27,32 +28,6 @@ const SUITE: &str = "hostile_index";
 /// What the file outside every index holds; it must never show up in what is read.
 const SECRET: &str = "url: https://leaked.example/SECRET-7c1e9b\n";
 const SECRET_MARK: &str = "SECRET-7c1e9b";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.org",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "core.quotepath=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn git_stdin(dir: &Path, args: &[&str], input: &[u8]) -> String {
     use std::io::Write;
