@@ -426,11 +426,14 @@ async fn session(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => {
+                    // Never skip a message: an outcome left out would be covered by the next
+                    // cumulative acknowledgement and lost. Reconnect and send again instead.
                     let frame = match encode_frame(&msg) {
                         Ok(f) => f,
                         Err(e) => {
                             tracing::error!("cannot send a message to the coordinator: {e}");
-                            continue;
+                            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"unencodable message");
+                            break End::Lost(format!("cannot encode a message: {e}"));
                         }
                     };
                     if let Err(e) = send.write_all(&frame).await {

@@ -13,8 +13,7 @@ use crate::state::{Disposal, Identity, Repo, Repos, ref_changes, refs_digest};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
-    AssignDelta, CoordMsg, DropReason, FailureClass, FetchResult, Holdings, Outcome, OutcomeBatch,
-    WorkerMsg, WorkerStatus,
+    AssignDelta, CoordMsg, DropReason, FailureClass, FetchResult, Outcome, WorkerMsg, WorkerStatus,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,8 +27,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// ...and a finished fetch's outcome at once, unless a batch went out less than this ago:
 /// a single fetch-now is reported without delay, a burst of fetches in batches.
 const MIN_SEND_GAP: Duration = Duration::from_millis(50);
-/// ...and at most this many per batch.
-const MAX_BATCH: usize = 1000;
 /// `Status` to the coordinator, and the systemd status line.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Free space is measured at most this often.
@@ -905,10 +902,12 @@ impl Worker {
                     tx,
                     sent_upto: 0,
                 });
-                let holdings = Holdings {
-                    repos: self.state.holdings(),
-                };
-                self.send(WorkerMsg::Holdings(holdings));
+                // In parts of bounded size (protocol 3): 100k repos do not fit one frame.
+                for part in gitmirror_wire::holdings_parts(self.state.holdings()) {
+                    if !self.send(part) {
+                        break;
+                    }
+                }
                 self.flush();
                 self.send_status();
                 self.update_status_line();
@@ -1037,14 +1036,17 @@ impl Worker {
         if !unsent.is_empty() {
             self.last_flush = Instant::now();
         }
-        for chunk in unsent.chunks(MAX_BATCH) {
-            let upto = chunk.last().map(|o| o.report_id).unwrap_or(sent_upto);
-            if !self.send(WorkerMsg::Outcomes(OutcomeBatch {
-                outcomes: chunk.to_vec(),
-            })) {
+        // Batches bounded by bytes, an outcome's changes ahead of it when they do not fit
+        // one (protocol 3); `sent_upto` moves only past outcomes whose batch was queued.
+        for msg in gitmirror_wire::outcome_frames(unsent) {
+            let upto = match &msg {
+                WorkerMsg::Outcomes(b) => b.outcomes.last().map(|o| o.report_id),
+                _ => None,
+            };
+            if !self.send(msg) {
                 return;
             }
-            if let Some(conn) = &mut self.conn {
+            if let (Some(upto), Some(conn)) = (upto, &mut self.conn) {
                 conn.sent_upto = upto;
             }
         }

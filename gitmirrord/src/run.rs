@@ -501,8 +501,11 @@ impl MainLoop {
                             );
                         }
                     }
-                    // The connection task refuses a second Hello before it gets here.
-                    WorkerMsg::Hello(_) => {}
+                    // The connection task refuses a second Hello, and puts chunked lists
+                    // back together, before it gets here.
+                    WorkerMsg::Hello(_)
+                    | WorkerMsg::HoldingsPart(_)
+                    | WorkerMsg::OutcomeChanges(_) => {}
                 }
             }
             ConnEvent::Closed { conn, uuid } => {

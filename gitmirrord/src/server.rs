@@ -19,7 +19,7 @@
 use anyhow::Context;
 use gitmirror_common::trust::{Identity, SecretFile};
 use gitmirror_wire::{
-    CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Refusal, RefuseCode, ServerHandshake,
+    CoordMsg, FrameError, Hello, Holdings, Reassembly, Refusal, RefuseCode, ServerHandshake,
     ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
@@ -369,6 +369,8 @@ async fn welcome_and_serve(
 ) {
     let uuid = hello.uuid;
     let name = hello.name.clone();
+    // Answered in the worker's own version (SPEC §12: the previous one is still accepted).
+    let protocol = hello.protocol;
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let (outbox, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (reply, answer) = oneshot::channel();
@@ -410,7 +412,7 @@ async fn welcome_and_serve(
     };
     let who = format!("worker {id} ({name}) at {addr}");
     let welcome = Welcome {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         worker_id: id,
         software: software(),
     };
@@ -453,7 +455,8 @@ async fn write_loop(
     }
 }
 
-/// Read frames until the connection ends; returns why it ended.
+/// Read frames until the connection ends; returns why it ended. Chunked lists (protocol
+/// 3) are put back together here, so the rest of the coordinator sees whole messages.
 async fn read_loop(
     recv: &mut RecvStream,
     ctx: &Ctx,
@@ -462,6 +465,7 @@ async fn read_loop(
     conn: &quinn::Connection,
     who: &str,
 ) -> String {
+    let mut parts = Reassembly::new();
     loop {
         let body = match read_frame(recv, gitmirror_wire::MAX_FRAME).await {
             Ok(b) => b,
@@ -484,6 +488,34 @@ async fn read_loop(
                 protocol_error(conn, who, &reason);
                 return reason;
             }
+        };
+        let msg = match msg {
+            WorkerMsg::HoldingsPart(part) => match parts.holdings_part(part) {
+                Ok(Some(repos)) => WorkerMsg::Holdings(Holdings { repos }),
+                Ok(None) => continue,
+                Err(e) => {
+                    let reason = e.to_string();
+                    protocol_error(conn, who, &reason);
+                    return reason;
+                }
+            },
+            WorkerMsg::OutcomeChanges(part) => match parts.outcome_changes(part) {
+                Ok(()) => continue,
+                Err(e) => {
+                    let reason = e.to_string();
+                    protocol_error(conn, who, &reason);
+                    return reason;
+                }
+            },
+            WorkerMsg::Outcomes(batch) => match parts.outcomes(batch) {
+                Ok(batch) => WorkerMsg::Outcomes(batch),
+                Err(e) => {
+                    let reason = e.to_string();
+                    protocol_error(conn, who, &reason);
+                    return reason;
+                }
+            },
+            m => m,
         };
         if ctx
             .events

@@ -172,7 +172,7 @@ async fn older_protocol_peer_is_refused_naming_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     let (d, quic, http, token) = start_daemon(dir.path());
     wait_index(http).await;
-    let old = PROTOCOL_VERSION - 1;
+    let old = gitmirror_wire::MIN_PROTOCOL_VERSION - 1;
     let mut tried = 0;
 
     // An older worker: ALPN gitmirror/<old> and the version-less one; its own Hello.

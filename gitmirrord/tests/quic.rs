@@ -122,6 +122,97 @@ async fn right_token_gets_welcome_assignment_and_events() {
     r.unwrap();
 }
 
+/// SPEC §12 "Upgrades" and "Wire": a worker of the previous protocol version is welcomed
+/// in its own version and served with whole `Holdings`; a current worker's holdings in
+/// parts and an outcome whose ref changes span several frames arrive whole: one event
+/// listing every change, acknowledged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_previous_protocol_and_chunked_lists() {
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let old = gitmirror_wire::MIN_PROTOCOL_VERSION;
+    let (mut w2, _) = TestWorker::join_speaking(c.quic, &c.token, Uuid::from_u128(2), old).await;
+    w2.holdings(vec![]).await;
+    let d = next_assign(&mut w2).await;
+    assert_eq!(
+        d.upsert.len(),
+        REPOS.len(),
+        "the only worker gets every repo"
+    );
+    let mut specs = d.upsert;
+    specs.sort_by(|a, b| a.id.cmp(&b.id));
+    w2.conn.close(0u32.into(), b"bye");
+
+    // The same uuid again, now speaking the current version, holding two repos in parts.
+    let (mut w3, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(2)).await;
+    let held: Vec<HeldRepo> = specs[..2]
+        .iter()
+        .map(|s| HeldRepo {
+            id: s.id.clone(),
+            url: s.url.clone(),
+            mirrored: false,
+        })
+        .collect();
+    for (i, r) in held.iter().enumerate() {
+        let part = gitmirror_wire::HoldingsPart {
+            repos: vec![r.clone()],
+            last: i + 1 == held.len(),
+        };
+        w3.send(&WorkerMsg::HoldingsPart(part)).await.unwrap();
+    }
+    let d = next_assign(&mut w3).await;
+    let got: Vec<&str> = d.upsert.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![specs[2].id.as_str()],
+        "the holdings arrived whole: only the third is new"
+    );
+
+    let mut big = cloned(1, "a/abc/abc");
+    big.changes = (0..5000)
+        .map(|i| RefChange {
+            name: format!("refs/changes/{i:05}/{}", "x".repeat(300)),
+            old: None,
+            new: Some(format!("{i:040x}")),
+        })
+        .collect();
+    big.ref_count = 5000;
+    big.refs_digest = gitmirror_wire::refs::apply(0, &big.changes);
+    let frames = gitmirror_wire::outcome_frames(vec![big.clone()]);
+    assert!(
+        frames
+            .iter()
+            .any(|m| matches!(m, WorkerMsg::OutcomeChanges(_))),
+        "the outcome is split"
+    );
+    for f in &frames {
+        w3.send(f).await.unwrap();
+    }
+    loop {
+        match w3.recv().await.unwrap() {
+            CoordMsg::OutcomeAck { upto } => {
+                assert_eq!(upto, 1);
+                break;
+            }
+            CoordMsg::Assign(_) => continue,
+            other => panic!("expected OutcomeAck, got {other:?}"),
+        }
+    }
+    let (_, v) = c.get_json("/api/events?since=0").await;
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    let names: Vec<&str> = events[0]["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let sent: Vec<&str> = big.changes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, sent, "every change, in order, once");
+    let (_, r) = c.stop().await;
+    r.unwrap();
+}
+
 /// SPEC §4.1: a wrong secret is refused with a clear message, both as `Refused` and as
 /// the close reason; the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

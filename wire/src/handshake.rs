@@ -8,7 +8,7 @@
 use crate::frame::{FrameError, decode, encode_frame};
 use crate::message::{CoordMsg, Hello, Refusal, RefuseCode, Welcome, WorkerMsg};
 use crate::token::secrets_equal;
-use crate::{PROTOCOL_VERSION, close_code};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, close_code};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum HandshakeError {
@@ -94,12 +94,12 @@ impl<'a> ServerHandshake<'a> {
             close_code: close,
         };
         match peek_protocol(body) {
-            Some(PROTOCOL_VERSION) => {}
+            Some(v) if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) => {}
             Some(theirs) => {
                 return refuse(
                     RefuseCode::VersionMismatch,
                     format!(
-                        "protocol version mismatch: the coordinator speaks gitmirror protocol {PROTOCOL_VERSION}, this worker speaks {theirs}"
+                        "protocol version mismatch: the coordinator speaks gitmirror protocol {PROTOCOL_VERSION} (accepting workers of {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}), this worker speaks {theirs}"
                     ),
                     close_code::VERSION_MISMATCH,
                 );
@@ -219,6 +219,23 @@ mod tests {
                 .message
                 .contains(&format!("speaks {}", PROTOCOL_VERSION + 1))
         );
+    }
+
+    /// SPEC §12 "Upgrades": a coordinator accepts the previous protocol version.
+    #[test]
+    fn spec_12_previous_version_is_accepted() {
+        let c = ClientHandshake::new(hello(MIN_PROTOCOL_VERSION, "s"));
+        let v = ServerHandshake::new("s").on_first_frame(&body(c.hello_frame().unwrap()));
+        assert_eq!(v, ServerVerdict::Accept(hello(MIN_PROTOCOL_VERSION, "s")));
+        let older = ClientHandshake::new(hello(MIN_PROTOCOL_VERSION - 1, "s"));
+        let v = ServerHandshake::new("s").on_first_frame(&body(older.hello_frame().unwrap()));
+        assert!(matches!(
+            v,
+            ServerVerdict::Refuse {
+                close_code: close_code::VERSION_MISMATCH,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -8,23 +8,36 @@
 //! change a field of a message in place. Evolve by appending variants, and bump
 //! [`PROTOCOL_VERSION`] for anything else. `tests/golden.rs` pins the bytes of every message.
 
+pub mod chunk;
 pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod refs;
 pub mod token;
 
+pub use chunk::{CHUNK_BYTES, ChunkError, Reassembly, holdings_parts, outcome_frames};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict};
 pub use message::*;
 pub use token::{JoinToken, TokenError};
 
 /// Version of the message set in this crate. Sent in ALPN and in the first message.
-/// 1: the first; 2: `Outcome::refs_digest` (the whole ref set after each attempt).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 1: the first; 2: `Outcome::refs_digest` (the whole ref set after each attempt);
+/// 3: lists that grow with repos travel in bounded chunks (`HoldingsPart`,
+/// `OutcomeChanges`, outcome batches bounded by bytes). 3 only appends variants to 2.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
+/// coordinator is upgraded first and accepts the previous version for one release). It
+/// answers such a worker in that worker's version and sends it only that version's
+/// messages; protocol 3 added no coordinator message, so nothing it sends changes.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/2";
+pub const ALPN: &[u8] = b"gitmirror/3";
+
+/// ALPN of the previous version, offered by the coordinator while it accepts that version.
+pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/2";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.
@@ -32,7 +45,11 @@ pub const ALPN_ANY_VERSION: &[u8] = b"gitmirror";
 
 /// The ALPN list a peer of this version offers, preferred first.
 pub fn alpn_protocols() -> Vec<Vec<u8>> {
-    vec![ALPN.to_vec(), ALPN_ANY_VERSION.to_vec()]
+    vec![
+        ALPN.to_vec(),
+        ALPN_PREVIOUS.to_vec(),
+        ALPN_ANY_VERSION.to_vec(),
+    ]
 }
 
 /// QUIC application close codes the coordinator uses when it ends a connection on purpose.

@@ -18,6 +18,12 @@ pub enum WorkerMsg {
     Status(WorkerStatus),
     /// The worker has applied every assignment delta up to and including `seq`.
     AssignAck { seq: u64 },
+    /// Protocol 3: one part of the worker's holdings, in place of one big `Holdings`
+    /// (see [`crate::chunk`]). The coordinator acts on the holdings when `last` arrives.
+    HoldingsPart(HoldingsPart),
+    /// Protocol 3: some of the ref changes of the outcome `report_id`, sent ahead of the
+    /// `Outcomes` batch that carries it, so one outcome never has to fit in one frame.
+    OutcomeChanges(OutcomeChanges),
 }
 
 /// Coordinator → worker.
@@ -77,6 +83,22 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Holdings {
     pub repos: Vec<HeldRepo>,
+}
+
+/// A part of the holdings (protocol 3). Parts arrive in order; the last has `last: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldingsPart {
+    pub repos: Vec<HeldRepo>,
+    pub last: bool,
+}
+
+/// Ref changes of one outcome sent ahead of it (protocol 3). The outcome's own `changes`
+/// are the final part; parts of one outcome are contiguous and the batch holding that
+/// outcome follows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeChanges {
+    pub report_id: u64,
+    pub changes: Vec<RefChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -226,14 +226,14 @@ proptest! {
         let verdict = ServerHandshake::new("s3cret").on_first_frame(&got[0]);
         match (&sent[0], &verdict) {
             (Sent::Msg(WorkerMsg::Hello(h)), ServerVerdict::Accept(a)) => {
-                prop_assert_eq!(h.protocol, PROTOCOL_VERSION);
+                prop_assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol));
                 prop_assert_eq!(&h.secret, "s3cret");
                 prop_assert!(h.weight.is_finite() && h.weight > 0.0);
                 prop_assert_eq!(&h.uuid, &a.uuid);
             }
             (_, ServerVerdict::Accept(a)) => prop_assert!(false, "accepted {:?} as {:?}", sent[0], a),
             (Sent::Msg(WorkerMsg::Hello(h)), ServerVerdict::Refuse { refusal, close_code: code }) => {
-                if h.protocol != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol) {
                     prop_assert_eq!(refusal.code, RefuseCode::VersionMismatch);
                     prop_assert_eq!(*code, close_code::VERSION_MISMATCH);
                     let ours = format!("protocol {PROTOCOL_VERSION}");
@@ -307,5 +307,54 @@ proptest! {
              Err(HandshakeError::Unexpected(_))) => {}
             (r, got) => prop_assert!(false, "{:?} gave {:?}", r, got),
         }
+    }
+}
+
+fn arb_outcome() -> impl Strategy<Value = Outcome> {
+    (
+        any::<u64>(),
+        "[a-z/]{0,40}",
+        proptest::collection::vec(
+            (
+                (0usize..3000).prop_map(|n| format!("refs/{}", "x".repeat(n))),
+                proptest::option::of(any::<u8>().prop_map(|b| format!("{b:040x}"))),
+                proptest::option::of(any::<u8>().prop_map(|b| format!("{b:040x}"))),
+            ),
+            0..500,
+        ),
+    )
+        .prop_map(|(report_id, repo, changes)| Outcome {
+            report_id,
+            repo,
+            url: "git://h/x".into(),
+            finished_ms: 1,
+            duration_ms: 1,
+            result: FetchResult::Fetched,
+            changes: changes
+                .into_iter()
+                .map(|(name, old, new)| RefChange { name, old, new })
+                .collect(),
+            ref_count: 1,
+            refs_digest: 0,
+            next_due_ms: 0,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// SPEC §12 "Wire": whatever the outcomes, every chunk fits in `CHUNK_BYTES` (or holds a
+    /// single change too big to split) and the coordinator gets back exactly what was sent,
+    /// in order.
+    #[test]
+    fn spec_12_outcome_chunks_round_trip(mut outcomes in proptest::collection::vec(arb_outcome(), 0..12)) {
+        outcomes.sort_by_key(|o| o.report_id);
+        outcomes.dedup_by_key(|o| o.report_id);
+        let msgs = outcome_frames(outcomes.clone());
+        for m in &msgs {
+            let len = encode_frame(m).map(|f| f.len()).unwrap_or(usize::MAX);
+            prop_assert!(len <= CHUNK_BYTES + 4, "{len}");
+        }
+        prop_assert_eq!(gitmirror_wire::chunk::reassemble(msgs).unwrap(), outcomes);
     }
 }

@@ -113,6 +113,28 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             "STATUS",
         ),
         (WorkerMsg::AssignAck { seq: 7 }, "ASSIGN_ACK"),
+        (
+            WorkerMsg::HoldingsPart(HoldingsPart {
+                repos: vec![HeldRepo {
+                    id: "a/b/c".into(),
+                    url: "git://h/c".into(),
+                    mirrored: false,
+                }],
+                last: true,
+            }),
+            "HOLDINGS_PART",
+        ),
+        (
+            WorkerMsg::OutcomeChanges(OutcomeChanges {
+                report_id: 300,
+                changes: vec![RefChange {
+                    name: "refs/heads/m".into(),
+                    old: None,
+                    new: Some("bb".into()),
+                }],
+            }),
+            "OUTCOME_CHANGES",
+        ),
     ]
 }
 
@@ -187,6 +209,14 @@ const GOLDEN: &[(&str, &str)] = &[
         "11000000 03 8080808004 8080808080 20 00 02 026f6b",
     ),
     ("ASSIGN_ACK", "02000000 04 07"),
+    (
+        "HOLDINGS_PART",
+        "14000000 05 01 05612f622f63 096769743a2f2f682f63 00 01",
+    ),
+    (
+        "OUTCOME_CHANGES",
+        "16000000 06 ac02 01 0c726566732f68656164732f6d 00 01026262",
+    ),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -240,7 +270,9 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::Holdings(_)
             | WorkerMsg::Outcomes(_)
             | WorkerMsg::Status(_)
-            | WorkerMsg::AssignAck { .. } => {}
+            | WorkerMsg::AssignAck { .. }
+            | WorkerMsg::HoldingsPart(_)
+            | WorkerMsg::OutcomeChanges(_) => {}
         }
     }
     for (m, _) in coord_msgs() {

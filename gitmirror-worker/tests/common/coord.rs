@@ -3,8 +3,8 @@
 
 use gitmirror_common::trust;
 use gitmirror_wire::{
-    CoordMsg, Hello, JoinToken, PROTOCOL_VERSION, ServerHandshake, ServerVerdict, Welcome,
-    WorkerMsg, close_code, decode, encode_frame, frame::body_len,
+    CoordMsg, Hello, Holdings, JoinToken, PROTOCOL_VERSION, Reassembly, ServerHandshake,
+    ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame, frame::body_len,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +24,8 @@ pub struct Session {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     pub hello: Hello,
+    /// Chunked lists put back together as the real coordinator's connection task does.
+    parts: Reassembly,
 }
 
 impl FakeCoordinator {
@@ -72,6 +74,7 @@ impl FakeCoordinator {
                 send,
                 recv,
                 hello,
+                parts: Reassembly::new(),
             },
             verdict,
         )
@@ -116,12 +119,26 @@ impl Session {
         self.send.write_all(&frame).await.unwrap();
     }
 
+    /// The next whole message (holdings and outcomes reassembled from their parts).
     pub async fn recv(&mut self) -> WorkerMsg {
-        let body = tokio::time::timeout(STEP, read_frame(&mut self.recv))
-            .await
-            .expect("a message from the worker in time")
-            .expect("stream open");
-        decode(&body).unwrap()
+        loop {
+            let body = tokio::time::timeout(STEP, read_frame(&mut self.recv))
+                .await
+                .expect("a message from the worker in time")
+                .expect("stream open");
+            match decode(&body).unwrap() {
+                WorkerMsg::HoldingsPart(p) => {
+                    if let Some(repos) = self.parts.holdings_part(p).unwrap() {
+                        return WorkerMsg::Holdings(Holdings { repos });
+                    }
+                }
+                WorkerMsg::OutcomeChanges(c) => self.parts.outcome_changes(c).unwrap(),
+                WorkerMsg::Outcomes(b) => {
+                    return WorkerMsg::Outcomes(self.parts.outcomes(b).unwrap());
+                }
+                m => return m,
+            }
+        }
     }
 
     /// Skip messages until `f` picks one.

@@ -295,13 +295,23 @@ impl TestWorker {
 
     /// Hello → Welcome; returns the id.
     pub async fn join(addr: SocketAddr, token: &JoinToken, uuid: Uuid) -> (Self, u32) {
+        Self::join_speaking(addr, token, uuid, PROTOCOL_VERSION).await
+    }
+
+    /// Hello of protocol `protocol` → Welcome in that version; returns the id.
+    pub async fn join_speaking(
+        addr: SocketAddr,
+        token: &JoinToken,
+        uuid: Uuid,
+        protocol: u32,
+    ) -> (Self, u32) {
         let mut w = Self::open(addr, token).await;
-        w.send(&WorkerMsg::Hello(hello(uuid, &token.secret)))
-            .await
-            .unwrap();
+        let mut h = hello(uuid, &token.secret);
+        h.protocol = protocol;
+        w.send(&WorkerMsg::Hello(h)).await.unwrap();
         match w.recv().await.unwrap() {
             CoordMsg::Welcome(welcome) => {
-                assert_eq!(welcome.protocol, PROTOCOL_VERSION);
+                assert_eq!(welcome.protocol, protocol);
                 let id = welcome.worker_id;
                 (w, id)
             }
