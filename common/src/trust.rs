@@ -23,6 +23,8 @@ use std::time::Duration;
 pub const KEY_FILE: &str = "tls-key.pem";
 pub const CERT_FILE: &str = "tls-cert.pem";
 pub const SECRET_FILE: &str = "join-secret";
+/// The key QUIC stateless resets are derived from (SPEC §12 "Upgrades").
+pub const RESET_KEY_FILE: &str = "quic-reset-key";
 
 /// The coordinator's TLS identity and join secret.
 pub struct Identity {
@@ -68,6 +70,50 @@ impl Identity {
         let secret = read_secret(&secret_path)?;
         Ok(Self { cert, key, secret })
     }
+}
+
+/// The coordinator's QUIC endpoint settings, with the stateless-reset key kept in
+/// `state_dir` across restarts: a restarted coordinator answers a worker's packets for the
+/// old connection with a stateless reset the worker recognises, so it reconnects at once
+/// instead of waiting for its idle timeout. Only the daemon calls this (it creates the key
+/// on first start or after an upgrade), so a `join-token` run as root never leaves a key
+/// file the service user cannot read.
+pub fn endpoint_config(state_dir: &Path) -> Result<quinn::EndpointConfig> {
+    let raw = load_or_create_reset_key(&state_dir.join(RESET_KEY_FILE))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &raw);
+    // Connection ids carry a keyed hash that the endpoint checks before it answers an
+    // unknown id with a reset; with quinn's default per-process key a restarted coordinator
+    // would drop the old connection's packets silently. Derive that key from the reset key.
+    let tag = ring::hmac::sign(&key, b"gitmirror connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    Ok(cfg)
+}
+
+/// Read the reset key (64 random bytes, 0600), creating it when missing. A file of the
+/// wrong size stops the daemon naming it.
+fn load_or_create_reset_key(path: &Path) -> Result<[u8; 64]> {
+    if !path.exists() {
+        let mut raw = [0u8; 64];
+        rand::rng().fill_bytes(&mut raw);
+        crate::statefile::write_atomic(path, &raw, 0o600)?;
+    }
+    check_private(path)?;
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    raw.try_into().map_err(|raw: Vec<u8>| {
+        anyhow::anyhow!(
+            "{} holds {} bytes, not 64: remove it to create a new one (connected workers then \
+             notice a coordinator restart only at their idle timeout, once)",
+            path.display(),
+            raw.len()
+        )
+    })
 }
 
 /// Write a fresh random secret (0600) and return it. Used on first start and to rotate
@@ -341,17 +387,41 @@ impl ServerCertVerifier for PinnedCert {
 }
 
 /// Paths of the coordinator's trust files, for messages and tests.
-pub fn trust_files(state_dir: &Path) -> [PathBuf; 3] {
+pub fn trust_files(state_dir: &Path) -> [PathBuf; 4] {
     [
         state_dir.join(KEY_FILE),
         state_dir.join(CERT_FILE),
         state_dir.join(SECRET_FILE),
+        state_dir.join(RESET_KEY_FILE),
     ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SPEC §12 "Upgrades": the stateless-reset key is created once, private, and the same
+    /// after a restart; a damaged one stops the daemon naming the file.
+    #[test]
+    fn spec_12_reset_key_survives_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        endpoint_config(d.path()).unwrap();
+        let path = d.path().join(RESET_KEY_FILE);
+        let first = std::fs::read(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        endpoint_config(d.path()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        std::fs::write(&path, b"short").unwrap();
+        let err = endpoint_config(d.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(RESET_KEY_FILE) && err.contains("not 64"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn identity_is_created_once_and_files_are_private() {

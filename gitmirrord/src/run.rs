@@ -124,6 +124,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             gitmirror_common::statefile::ensure_dir(&cfg.state_dir)?;
             let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
+            let endpoint = gitmirror_common::trust::endpoint_config(&cfg.state_dir)?;
             let (registry, repos) = state::load(&cfg.state_dir)?;
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
@@ -135,12 +136,12 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             )?;
             let log = EventLog::open(&cfg.state_dir)?;
             let cursors = webhook::load(&cfg.state_dir)?;
-            Ok((identity, registry, repos, indexes, log, cursors))
+            Ok((identity, endpoint, registry, repos, indexes, log, cursors))
         })
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, registry, mut repos, indexes, mut log, cursors) = loaded?;
+    let (identity, endpoint, registry, mut repos, indexes, mut log, cursors) = loaded?;
     let published_refs = log.take_published_refs();
     state::merge_published(&mut repos, log.published(), published_refs);
 
@@ -182,6 +183,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     let server = server::start(
         listeners.quic,
         &identity,
+        endpoint,
         secret_file,
         &cfg.liveness,
         conn_tx,

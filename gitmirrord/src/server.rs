@@ -75,6 +75,7 @@ pub struct Server {
 pub fn start(
     socket: std::net::UdpSocket,
     identity: &Identity,
+    endpoint: quinn::EndpointConfig,
     secret: Arc<SecretFile>,
     liveness: &Liveness,
     events: mpsc::Sender<ConnEvent>,
@@ -89,13 +90,8 @@ pub fn start(
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(None);
     let cfg = gitmirror_common::trust::server_config(identity, transport)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(cfg),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("starting the QUIC endpoint")?;
+    let endpoint = quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))
+        .context("starting the QUIC endpoint")?;
     let ctx = Arc::new(Ctx {
         secret,
         events,

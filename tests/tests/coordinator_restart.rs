@@ -143,3 +143,31 @@ fn worker_missing_after_coordinator_restart_is_declared_dead() {
         }
     }
 }
+
+// SPEC §12 "Upgrades": a coordinator restart keeps its QUIC stateless-reset key, so a worker
+// whose packets reach the new process is told at once that its connection is gone (a
+// stateless reset) instead of waiting for its idle timeout. The idle timeout here is long
+// (suspect_after 30 s) so that only a recognised reset can end the old connection early.
+#[test]
+fn spec_12_restart_resets_worker_connections_at_once() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("reset", 2);
+    let fleet = Fleet::start_with("reset", &repos, 1, |yaml, _| {
+        yaml.replace("suspect_after: 3s", "suspect_after: 30s")
+    });
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+    let worker = &fleet.workers[0].proc;
+    let mark = worker.log_mark();
+    fleet.coord.kill();
+    fleet.coord.start_ready();
+    let line = worker.wait_log(
+        mark,
+        "lost the connection to the coordinator",
+        Duration::from_secs(60),
+    );
+    assert!(
+        line.contains("reset by peer"),
+        "the old connection ended by something other than a stateless reset: {line}"
+    );
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+}
