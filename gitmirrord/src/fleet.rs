@@ -373,6 +373,7 @@ impl Fleet {
                 }
             }
         }
+        let ring = ring::Ring::new(&self.members);
         for e in delta.added.iter().chain(&delta.changed) {
             let repo = match self.repos.get_mut(&e.id) {
                 Some(repo) => {
@@ -387,7 +388,7 @@ impl Fleet {
                     repo
                 }
                 None => {
-                    let owner = ring::owner(&e.id, &self.members).map(|i| self.members[i].uuid);
+                    let owner = ring.owner(&e.id).map(|i| self.members[i].uuid);
                     let (mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
                     for (w, held) in self.unknown_held.iter_mut() {
                         if let Some((url, mirrored)) = held.remove(&e.id) {
@@ -807,8 +808,11 @@ impl Fleet {
             })
             .collect();
         let members = &self.members;
+        // Members prepared once, not once per repo (W hashes and an allocation each).
+        let ring = ring::Ring::new(members);
         for (id, repo) in self.repos.iter_mut() {
-            let owner = ring::owner(id, members)
+            let owner = ring
+                .owner(id)
                 .and_then(|i| members.get(i))
                 .map(|m| m.uuid);
             if owner != repo.owner {
