@@ -879,6 +879,16 @@ log_level: debug
             ("purge_protect_percent: 150\n", "purge_protect_percent"),
             ("listen: nowhere\n", "listen"),
             ("webhooks:\n  - url: ftp://x\n", "webhooks[0].url"),
+            ("events: {max_bytes: 5%}\n", "events.max_bytes"),
+            ("events: {max_bytes: 0}\n", "events.max_bytes"),
+            (
+                "events: {max_bytes: 1G, segment_bytes: 2G}\n",
+                "events.segment_bytes",
+            ),
+            ("events: {retain: 0s}\n", "events.retain"),
+            ("events: {retain: soon}\n", "events.retain"),
+            ("events: {max_refs: -1}\n", "events.max_refs"),
+            ("events: {keep: 3}\n", "keep"),
             ("api_token_file: /nonexistent/token\n", "api_token_file"),
             ("log_level: \"loud[\"\n", "log_level"),
             ("local_worker: 3\n", "local_worker"),
@@ -899,6 +909,32 @@ log_level: debug
                 "{text:?} gave {e}"
             );
         }
+    }
+
+    // SPEC §12: the events.* keys, their defaults, sizes with units, and a segment size
+    // that follows a small max_bytes.
+    #[test]
+    fn spec_12_event_keys() {
+        let d = parse("").unwrap().events;
+        assert_eq!(d, EventOptions::default());
+        assert_eq!(
+            (d.retain, d.max_bytes, d.max_refs),
+            (Duration::from_secs(30 * 86_400), 1 << 30, 10_000)
+        );
+        let e = parse("events: {retain: 7d, max_bytes: 10M, max_refs: 5}\n")
+            .unwrap()
+            .events;
+        assert_eq!(
+            e,
+            EventOptions {
+                retain: Duration::from_secs(7 * 86_400),
+                max_bytes: 10 << 20,
+                segment_bytes: 10 << 20,
+                max_refs: 5,
+            }
+        );
+        let e = parse("events: {segment_bytes: 1K}\n").unwrap().events;
+        assert_eq!(e.segment_bytes, 1024);
     }
 
     #[test]
