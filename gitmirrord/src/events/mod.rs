@@ -363,8 +363,7 @@ impl EventLog {
             .partition_point(|s| s.first <= covered + 1)
             .saturating_sub(1);
         let last = segments.len() - 1;
-        for i in start..segments.len() {
-            let seg = &mut segments[i];
+        for (i, seg) in segments.iter_mut().enumerate().skip(start) {
             let from = if i == start {
                 segment::seek(seg, covered)?
             } else {
