@@ -1135,6 +1135,42 @@ mod tests {
         assert!(!is_news(&p, "refs/heads/master", Some("e5a2f01")));
     }
 
+    // SPEC §12: a kill while a checkpoint was written leaves its temp file and the old
+    // checkpoint; start-up removes the one, uses the other and replays what follows.
+    #[test]
+    fn spec_12_kill_during_a_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open_with(d.path(), small(1024)).unwrap();
+        for i in 1..=20 {
+            log.append(vec![draft(i)]).unwrap();
+        }
+        log.checkpoint_now().unwrap();
+        for i in 21..=40 {
+            log.append(vec![draft(i)]).unwrap();
+        }
+        drop(log);
+        let tmp = d.path().join(DIR).join(".checkpoint.tmp");
+        std::fs::write(&tmp, b"half a checkpoint").unwrap();
+        let mut log = EventLog::open_with(d.path(), small(1024)).unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(log.last_seq(), 40);
+        assert_eq!(log.report_ids()[&Uuid::from_u128(7)], 40);
+        assert_eq!(
+            log.take_published().len(),
+            0,
+            "these drafts record no digest"
+        );
+        let p = log
+            .published_refs("a/abc/abc", &["refs/heads/master"])
+            .unwrap()
+            .unwrap();
+        assert!(!is_news(&p, "refs/heads/master", Some("e5a2f01")));
+        assert_eq!(
+            seqs(&log.since(0, 100).unwrap()),
+            (1..=40).collect::<Vec<_>>()
+        );
+    }
+
     // SPEC §12: a v1 events.log (the checked-in sample) migrates at first start; the old
     // file is kept as events.log.v1.bak; a migration cut short is done again.
     #[test]
