@@ -185,8 +185,14 @@ fn read_index(path: &Path, file: &File) -> Result<Index, EventLogError> {
 }
 
 impl Checkpoint {
-    /// Open `<dir>/checkpoint`; `None` when there is none.
+    /// Open `<dir>/checkpoint` with the digests and report ids start-up needs; `None`
+    /// when there is none.
     pub fn load(dir: &Path) -> Result<Option<Loaded>, EventLogError> {
+        Self::open(dir, true)
+    }
+
+    /// Open `<dir>/checkpoint`; the per-repo digests only `with_digests` (start-up).
+    fn open(dir: &Path, with_digests: bool) -> Result<Option<Loaded>, EventLogError> {
         let path = dir.join(FILE);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -194,12 +200,14 @@ impl Checkpoint {
             Err(e) => return Err(io(&path, "open")(e)),
         };
         let index = read_index(&path, &file)?;
-        let mut digests = HashMap::with_capacity(index.repos.len());
+        let mut digests = HashMap::new();
         let mut by_hash = Vec::with_capacity(index.repos.len());
         let mut names: HashMap<u64, String> = HashMap::new();
         let mut collided = HashMap::new();
         for e in index.repos {
-            if let Some(d) = e.digest {
+            if let Some(d) = e.digest
+                && with_digests
+            {
                 digests.insert(e.repo.clone(), d);
             }
             let loc = Loc {
@@ -368,7 +376,7 @@ impl Checkpoint {
             let _ = std::fs::remove_file(&tmp);
         }
         result?;
-        match Self::load(dir)? {
+        match Self::open(dir, false)? {
             Some(l) => Ok(l.checkpoint),
             None => Err(io(&path, "reopen")(std::io::ErrorKind::NotFound.into())),
         }
