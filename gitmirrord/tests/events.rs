@@ -918,3 +918,70 @@ async fn spec_12_published_refs_are_read_back_after_a_restart() {
     assert_eq!(v["events"][0]["refs"][0]["new"], "ffff");
     c.stop().await.1.unwrap();
 }
+
+/// SPEC §12: a clone of a repo with more refs than `events.max_refs` (default 10,000) is
+/// one event with `ref_count` and no list; the next fetch changing 10 of them lists exactly
+/// those 10; the refs the big clone published are known before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_an_event_with_more_refs_than_max_refs_lists_only_the_count() {
+    const N: usize = 30_000;
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let (mut w, _) = joined(&c, W1).await;
+    let names: Vec<String> = (0..N).map(|i| format!("refs/changes/{i:06}/1")).collect();
+    let clone: Vec<(&str, Option<&str>, Option<&str>)> = names
+        .iter()
+        .map(|n| (n.as_str(), None, Some("1111")))
+        .collect();
+    w.report(vec![outcome(1, REPOS[0], FetchResult::Cloned, &clone)])
+        .await;
+    let ev = events(&c, 0).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["kind"], "cloned");
+    assert_eq!(ev[0]["ref_count"], N);
+    assert_eq!(ev[0]["refs"], serde_json::json!([]));
+
+    let changed: Vec<(&str, Option<&str>, Option<&str>)> = names[..10]
+        .iter()
+        .map(|n| (n.as_str(), Some("1111"), Some("2222")))
+        .collect();
+    w.report(vec![outcome(2, REPOS[0], FetchResult::Fetched, &changed)])
+        .await;
+    let ev = events(&c, 1).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["ref_count"], 10);
+    let listed: Vec<&str> = ev[0]["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        names[..10].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    // A report of a ref at the value the big clone published is no event, from a
+    // mirror whose whole set differs (so only the per-ref record can tell).
+    let stale = |id: u64| {
+        let mut o = outcome(
+            id,
+            REPOS[0],
+            FetchResult::Fetched,
+            &[(names[N - 1].as_str(), Some("0000"), Some("1111"))],
+        );
+        o.refs_digest ^= 1;
+        o
+    };
+    w.report(vec![stale(3)]).await;
+    assert_eq!(events(&c, 2).await, Vec::<serde_json::Value>::new());
+    drop(w);
+    let (dir, r) = c.stop().await;
+    r.unwrap();
+    let c = Coordinator::start_in(dir, "").await;
+    c.wait_for_repos().await;
+    let (mut w, _) = joined(&c, W1).await;
+    w.report(vec![stale(4)]).await;
+    assert_eq!(events(&c, 2).await, Vec::<serde_json::Value>::new());
+    c.stop().await.1.unwrap();
+}
