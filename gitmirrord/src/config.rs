@@ -4,8 +4,9 @@
 //! by serde; [`Config`] is the validated result whose every error names the file and the
 //! key. Seed aliases from the Python prototype are mapped to their new keys with a warning.
 
+use crate::events::EventOptions;
 use crate::index::IndexSource;
-use gitmirror_common::units::de_opt_duration;
+use gitmirror_common::units::{FreeSpace, de_opt_duration};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -52,6 +53,7 @@ pub struct RawConfig {
     pub purge_protect_percent: Option<f64>,
     pub api_token_file: Option<PathBuf>,
     pub webhooks: Option<Vec<RawWebhook>>,
+    pub events: Option<RawEvents>,
     pub local_worker: Option<LocalWorker>,
     pub log_level: Option<String>,
     // Seed aliases (the prototype's keys).
@@ -82,6 +84,17 @@ pub struct RawLiveness {
     pub suspect_after: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub dead_after: Option<Duration>,
+}
+
+/// `events:` (SPEC §12 "Event retention").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub retain: Option<Duration>,
+    pub max_bytes: Option<FreeSpace>,
+    pub segment_bytes: Option<FreeSpace>,
+    pub max_refs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +167,8 @@ pub struct Config {
     /// Contents of `api_token_file`, read when the config is loaded.
     pub api_token: Option<ApiToken>,
     pub webhooks: Vec<Webhook>,
+    /// `events.*`: retention, segment size and refs listed per event.
+    pub events: EventOptions,
     /// The embedded worker (`local_worker:`), started by [`crate::run`].
     pub local_worker: Option<LocalWorker>,
     pub log_level: String,
@@ -353,6 +368,8 @@ impl Config {
             });
         }
 
+        let events = Self::events(path, raw.events.unwrap_or_default())?;
+
         if let Some(lw) = &raw.local_worker {
             lw.fetch
                 .validate()
@@ -391,9 +408,56 @@ impl Config {
             api_token_file: raw.api_token_file,
             api_token,
             webhooks,
+            events,
             local_worker: raw.local_worker,
             log_level,
             warnings,
+        })
+    }
+
+    fn events(path: &Path, raw: RawEvents) -> Result<EventOptions, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("events.{key}"),
+            message,
+        };
+        let bytes = |key: &str, v: Option<FreeSpace>, default: u64| match v {
+            None => Ok(default),
+            Some(FreeSpace::Bytes(0)) => Err(invalid(key, "must be more than 0 bytes".into())),
+            Some(FreeSpace::Bytes(b)) => Ok(b),
+            Some(FreeSpace::Percent(_)) => Err(invalid(
+                key,
+                "must be a size such as 64M or 1G, not a percentage".into(),
+            )),
+        };
+        let d = EventOptions::default();
+        let max_bytes = bytes("max_bytes", raw.max_bytes, d.max_bytes)?;
+        let segment_bytes = bytes(
+            "segment_bytes",
+            raw.segment_bytes,
+            d.segment_bytes.min(max_bytes),
+        )?;
+        if segment_bytes > max_bytes {
+            return Err(invalid(
+                "segment_bytes",
+                format!("must not be more than events.max_bytes ({max_bytes} bytes)"),
+            ));
+        }
+        let retain = raw.retain.unwrap_or(d.retain);
+        if retain.is_zero() {
+            return Err(invalid("retain", "must be longer than 0s".into()));
+        }
+        let max_refs = match raw.max_refs {
+            None => d.max_refs,
+            Some(n) => {
+                usize::try_from(n).map_err(|_| invalid("max_refs", "is too large".into()))?
+            }
+        };
+        Ok(EventOptions {
+            retain,
+            max_bytes,
+            segment_bytes,
+            max_refs,
         })
     }
 
@@ -815,6 +879,16 @@ log_level: debug
             ("purge_protect_percent: 150\n", "purge_protect_percent"),
             ("listen: nowhere\n", "listen"),
             ("webhooks:\n  - url: ftp://x\n", "webhooks[0].url"),
+            ("events: {max_bytes: 5%}\n", "events.max_bytes"),
+            ("events: {max_bytes: 0}\n", "events.max_bytes"),
+            (
+                "events: {max_bytes: 1G, segment_bytes: 2G}\n",
+                "events.segment_bytes",
+            ),
+            ("events: {retain: 0s}\n", "events.retain"),
+            ("events: {retain: soon}\n", "events.retain"),
+            ("events: {max_refs: -1}\n", "events.max_refs"),
+            ("events: {keep: 3}\n", "keep"),
             ("api_token_file: /nonexistent/token\n", "api_token_file"),
             ("log_level: \"loud[\"\n", "log_level"),
             ("local_worker: 3\n", "local_worker"),
@@ -835,6 +909,32 @@ log_level: debug
                 "{text:?} gave {e}"
             );
         }
+    }
+
+    // SPEC §12: the events.* keys, their defaults, sizes with units, and a segment size
+    // that follows a small max_bytes.
+    #[test]
+    fn spec_12_event_keys() {
+        let d = parse("").unwrap().events;
+        assert_eq!(d, EventOptions::default());
+        assert_eq!(
+            (d.retain, d.max_bytes, d.max_refs),
+            (Duration::from_secs(30 * 86_400), 1 << 30, 10_000)
+        );
+        let e = parse("events: {retain: 7d, max_bytes: 10M, max_refs: 5}\n")
+            .unwrap()
+            .events;
+        assert_eq!(
+            e,
+            EventOptions {
+                retain: Duration::from_secs(7 * 86_400),
+                max_bytes: 10 << 20,
+                segment_bytes: 10 << 20,
+                max_refs: 5,
+            }
+        );
+        let e = parse("events: {segment_bytes: 1K}\n").unwrap().events;
+        assert_eq!(e.segment_bytes, 1024);
     }
 
     #[test]

@@ -100,10 +100,12 @@ pub struct RepoStatus {
     /// `None` until the first clone is published.
     #[serde(default)]
     pub published: Option<u64>,
-    /// The same refs one by one (`events::PublishedRefs`): a fetch's change of a ref to
-    /// the value already published for it is not news, whatever other refs did since.
-    /// Not in `repos.json`: rebuilt from the event log at start. `None` while unknown
-    /// (no event for the repo yet); then the digest alone decides.
+    /// The published values of the refs an outcome batch changes (`events::PublishedRefs`;
+    /// absent: not published): a fetch's change of a ref to the value already published
+    /// for it is not news, whatever other refs did since. Not in `repos.json` and not kept:
+    /// the event log holds them and `run` loads them for one batch
+    /// ([`Fleet::set_published_refs`]). `None` while unknown (no event for the repo yet, or
+    /// not loaded); then the digest alone decides.
     #[serde(skip)]
     pub published_refs: Option<PublishedRefs>,
 }
@@ -763,6 +765,14 @@ impl Fleet {
                 r.status.published_refs = None;
                 self.repos_dirty = true;
             }
+        }
+    }
+
+    /// Hand the fleet the published refs of `id` for the next outcome batch (`None`
+    /// forgets them afterwards): see [`RepoStatus::published_refs`].
+    pub fn set_published_refs(&mut self, id: &str, refs: Option<PublishedRefs>) {
+        if let Some(r) = self.repos.get_mut(id) {
+            r.status.published_refs = refs;
         }
     }
 

@@ -257,6 +257,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        410 => "Gone",
         411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
@@ -676,6 +677,11 @@ async fn events(req: &Request, ctx: &HttpCtx) -> Answer {
     .await;
     match read {
         Ok(Ok(events)) => Answer::json(200, &serde_json::json!({ "events": events })),
+        // SPEC §12: a cursor behind retention learns where the log starts now.
+        Ok(Err(e @ crate::events::EventLogError::Gone { oldest_seq, .. })) => Answer::json(
+            410,
+            &serde_json::json!({ "error": e.to_string(), "oldest_seq": oldest_seq }),
+        ),
         Ok(Err(e)) => Answer::error(500, &e.to_string()),
         Err(e) => Answer::error(500, &e.to_string()),
     }

@@ -139,6 +139,8 @@ pub struct WebhookMetric {
     /// Events after the webhook's cursor.
     pub pending: u64,
     pub failures: u64,
+    /// Events dropped by retention before delivery (SPEC §12).
+    pub skipped: u64,
 }
 
 /// Everything [`render`] needs besides the fleet.
@@ -329,6 +331,18 @@ pub fn render(fleet: &Fleet, i: &Inputs<'_>) -> String {
             "gitmirror_webhook_failures_total",
             &[("url", &h.url)],
             h.failures as f64,
+        );
+    }
+    w.family(
+        "gitmirror_webhook_skipped_events_total",
+        "counter",
+        "Events dropped by retention before the webhook acknowledged them, since the coordinator started.",
+    );
+    for h in i.webhooks {
+        w.sample(
+            "gitmirror_webhook_skipped_events_total",
+            &[("url", &h.url)],
+            h.skipped as f64,
         );
     }
     w.out

@@ -134,6 +134,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         old.purge_protect_percent.to_string(),
         new.purge_protect_percent.to_string(),
     );
+    restart(
+        "events",
+        old.events != new.events,
+        format!("{:?}", old.events),
+        format!("{:?}", new.events),
+    );
     match (&old.local_worker, &new.local_worker) {
         (Some(o), Some(n)) => {
             restart(

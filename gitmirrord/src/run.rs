@@ -134,7 +134,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                     purge_protect_percent: cfg.purge_protect_percent,
                 },
             )?;
-            let log = EventLog::open(&cfg.state_dir)?;
+            let log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
             let cursors = webhook::load(&cfg.state_dir)?;
             Ok((identity, endpoint, registry, repos, indexes, log, cursors))
         })
@@ -142,8 +142,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         .context("loading the coordinator's state")?
     };
     let (identity, endpoint, registry, mut repos, indexes, mut log, cursors) = loaded?;
-    let published_refs = log.take_published_refs();
-    state::merge_published(&mut repos, log.published(), published_refs);
+    state::merge_published(&mut repos, &log.take_published());
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
     let mut fleet = Fleet::new(
@@ -155,10 +154,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     fleet.merge_report_ids(log.report_ids());
     let last_seq = log.last_seq();
     let recent: VecDeque<Event> = log
-        .since(
-            last_seq.saturating_sub(crate::page::RECENT_EVENTS as u64),
-            crate::page::RECENT_EVENTS,
-        )
+        .recent(crate::page::RECENT_EVENTS)
         .unwrap_or_default()
         .into();
     let (seq_tx, seq_rx) = watch::channel(last_seq);
@@ -525,7 +521,12 @@ impl MainLoop {
     }
 
     async fn on_outcomes(&mut self, uuid: Uuid, batch: OutcomeBatch, now: i64) {
+        self.load_published_refs(&batch).await;
         let report = self.fleet.outcomes(uuid, &batch.outcomes, now);
+        // Per-ref maps live for one batch only (a clone in it may have made one too).
+        for o in batch.outcomes.iter().filter(|o| !o.changes.is_empty()) {
+            self.fleet.set_published_refs(&o.repo, None);
+        }
         self.dispatch(report.sends);
         if !report.events.is_empty() {
             let log = self.log.clone();
@@ -563,6 +564,47 @@ impl MainLoop {
         }
         self.fleet.recorded(uuid, report.upto);
         self.send(uuid, CoordMsg::OutcomeAck { upto: report.upto });
+    }
+
+    /// The published values of the refs that the fetches in `batch` changed, read from the
+    /// event log (its overlays or checkpoint) into the fleet for this batch only, so no
+    /// per-ref map stays in memory (design.md "Event log at scale").
+    async fn load_published_refs(&mut self, batch: &OutcomeBatch) {
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for o in &batch.outcomes {
+            if matches!(o.result, gitmirror_wire::FetchResult::Fetched) && !o.changes.is_empty() {
+                wanted
+                    .entry(o.repo.clone())
+                    .or_default()
+                    .extend(o.changes.iter().map(|c| c.name.clone()));
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let log = self.log.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            wanted
+                .into_iter()
+                .map(|(repo, names)| {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let refs = log.published_refs(&repo, &names);
+                    (repo, refs)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(read) = read else {
+            return;
+        };
+        for (repo, refs) in read {
+            match refs {
+                Ok(refs) => self.fleet.set_published_refs(&repo, refs),
+                // The digest alone decides for this repo, as before any event.
+                Err(e) => tracing::error!(repo = %repo, "reading its published refs: {e}"),
+            }
+        }
     }
 
     /// Events are durable: count them, keep the last few, and wake long-polls and webhooks.

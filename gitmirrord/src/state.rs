@@ -2,7 +2,6 @@
 //! through `common::statefile` (versioned header, crash-safe replace, loud corruption).
 //! The event log lives in [`crate::events`], index state in [`crate::index`].
 
-use crate::events::PublishedRefs;
 use crate::fleet::{REPOS_KIND, REPOS_VERSION, RepoStatus, ReposFile, SavedRepo};
 use crate::registry::{self, RegistryFile};
 use gitmirror_common::statefile::{self, StateError};
@@ -43,20 +42,16 @@ pub fn save(
     Ok(())
 }
 
-/// Take each repo's published refs from the event log: the digest recorded with its last
-/// event (`EventLog::published`) and the refs its events announced
-/// (`EventLog::take_published_refs`). The log is appended durably before every
+/// Take each repo's published-refs digest from the event log (`EventLog::take_published`:
+/// the digest recorded with its last event). The log is appended durably before every
 /// acknowledgement, `repos.json` only every few seconds, so after `kill -9` the saved
 /// digest can predate the last events: a failover clone of refs already announced would
 /// then look like news and be published twice. A repo with events but not yet in
-/// `repos.json` gets an entry holding just these.
-pub fn merge_published(
-    repos: &mut ReposFile,
-    digests: &HashMap<String, u64>,
-    refs: HashMap<String, PublishedRefs>,
-) {
-    fn entry<'a>(repos: &'a mut ReposFile, id: &str) -> &'a mut RepoStatus {
-        &mut repos
+/// `repos.json` gets an entry holding just this. The refs one by one stay in the event
+/// log and are read when an outcome needs them.
+pub fn merge_published(repos: &mut ReposFile, digests: &HashMap<String, u64>) {
+    for (id, digest) in digests {
+        repos
             .repos
             .entry(id.to_owned())
             .or_insert_with(|| SavedRepo {
@@ -66,12 +61,7 @@ pub fn merge_published(
                 state: None,
             })
             .status
-    }
-    for (id, digest) in digests {
-        entry(repos, id).published = Some(*digest);
-    }
-    for (id, r) in refs {
-        entry(repos, &id).published_refs = Some(r);
+            .published = Some(*digest);
     }
 }
 
@@ -79,8 +69,8 @@ pub fn merge_published(
 mod tests {
     use super::*;
 
-    // SPEC §10: the event log's digests and refs win over older saved ones and reach
-    // repos that repos.json did not list yet; other repos keep theirs.
+    // SPEC §10: the event log's digests win over older saved ones and reach repos that
+    // repos.json did not list yet; other repos keep theirs.
     #[test]
     fn published_digests_from_the_log_win() {
         let mut repos = ReposFile::default();
@@ -100,23 +90,7 @@ mod tests {
             );
         }
         let log: HashMap<String, u64> = [("a/a/a".into(), 10), ("c/c/c".into(), 30)].into();
-        let refs: HashMap<String, PublishedRefs> = [
-            ("c/c/c".into(), [(1, 2)].into()),
-            ("d/d/d".into(), [(3, 4)].into()),
-        ]
-        .into();
-        merge_published(&mut repos, &log, refs);
-        assert_eq!(
-            repos.repos["c/c/c"].status.published_refs,
-            Some([(1, 2)].into())
-        );
-        assert_eq!(
-            repos.repos["d/d/d"].status.published_refs,
-            Some([(3, 4)].into())
-        );
-        assert_eq!(repos.repos["d/d/d"].status.published, None);
-        assert_eq!(repos.repos["a/a/a"].status.published_refs, None);
-        repos.repos.remove("d/d/d");
+        merge_published(&mut repos, &log);
         let got: Vec<(&str, Option<u64>, u64)> = repos
             .repos
             .iter()

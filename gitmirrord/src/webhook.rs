@@ -7,9 +7,11 @@
 //! (and at shutdown), so after a restart delivery resumes from the cursor: at least once,
 //! possibly repeating the last second's events after a crash. A webhook new to the file
 //! starts at the newest event; one removed from the configuration forgets its cursor.
+//! A cursor that falls behind retention (SPEC §12) skips to the oldest kept event, with
+//! one log line and `gitmirror_webhook_skipped_events_total`.
 
 use crate::config::Webhook;
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventLog, EventLogError};
 use crate::metrics::WebhookMetric;
 use gitmirror_common::statefile::{self, StateError};
 use hmac::{Hmac, Mac};
@@ -50,6 +52,8 @@ pub struct CursorFile {
 struct HookState {
     cursor: u64,
     failures: u64,
+    /// Events dropped by retention before delivery, since start.
+    skipped: u64,
 }
 
 struct Shared {
@@ -74,6 +78,22 @@ impl Shared {
             h.cursor = h.cursor.max(seq);
         }
         self.dirty.notify_one();
+    }
+
+    /// Retention dropped the events after the cursor up to `oldest - 1`: move past them.
+    /// Returns how many were skipped.
+    fn skip_to(&self, url: &str, oldest: u64) -> u64 {
+        let n = match self.lock().get_mut(url) {
+            Some(h) if h.cursor + 1 < oldest => {
+                let n = oldest - 1 - h.cursor;
+                h.cursor = oldest - 1;
+                h.skipped += n;
+                n
+            }
+            _ => 0,
+        };
+        self.dirty.notify_one();
+        n
     }
 
     fn failed(&self, url: &str) {
@@ -134,7 +154,7 @@ impl Webhooks {
                             u,
                             HookState {
                                 cursor,
-                                failures: 0,
+                                ..HookState::default()
                             },
                         )
                     })
@@ -173,7 +193,7 @@ impl Webhooks {
             for h in hooks {
                 map.entry(h.url.clone()).or_insert(HookState {
                     cursor: newest,
-                    failures: 0,
+                    ..HookState::default()
                 });
             }
             before != map.keys().cloned().collect::<Vec<_>>()
@@ -233,6 +253,7 @@ impl Webhooks {
                 url: redact(u),
                 pending: newest.saturating_sub(h.cursor),
                 failures: h.failures,
+                skipped: h.skipped,
             })
             .collect()
     }
@@ -321,18 +342,25 @@ struct Hook {
     secret: Option<Arc<[u8]>>,
 }
 
-async fn read_events(log: &Arc<Mutex<EventLog>>, since: u64) -> Result<Vec<Event>, String> {
+enum ReadError {
+    /// Events after the cursor were dropped by retention; the oldest kept one.
+    Gone(u64),
+    Other(String),
+}
+
+async fn read_events(log: &Arc<Mutex<EventLog>>, cursor: u64) -> Result<Vec<Event>, ReadError> {
     let log = log.clone();
     match tokio::task::spawn_blocking(move || {
         log.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .since(since, BATCH)
+            .after(cursor, BATCH)
     })
     .await
     {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(Err(EventLogError::Gone { oldest_seq, .. })) => Err(ReadError::Gone(oldest_seq)),
+        Ok(Err(e)) => Err(ReadError::Other(e.to_string())),
+        Err(e) => Err(ReadError::Other(e.to_string())),
     }
 }
 
@@ -380,7 +408,15 @@ async fn deliver(
         let cursor = shared.cursor(&hook.url);
         let events = match read_events(&log, cursor).await {
             Ok(v) => v,
-            Err(e) => {
+            Err(ReadError::Gone(oldest)) => {
+                let n = shared.skip_to(&hook.url, oldest);
+                tracing::warn!(
+                    "webhook {}: {n} events after {cursor} were dropped by retention (events.retain / events.max_bytes) before it acknowledged them; skipping to event {oldest}",
+                    hook.label
+                );
+                continue;
+            }
+            Err(ReadError::Other(e)) => {
                 tracing::error!("webhook {}: cannot read the event log: {e}", hook.label);
                 tokio::time::sleep(BACKOFF_MAX).await;
                 continue;

@@ -747,3 +747,241 @@ async fn metrics_parse_and_follow_the_fleet() {
     assert_eq!(c.post("/metrics").await.0, 405);
     c.stop().await.1.unwrap();
 }
+
+/// Small segments and a small size limit, so segments close and retention drops them.
+const SMALL_LOG: &str = "events: {segment_bytes: 1K, max_bytes: 4K}\n";
+
+/// Report fetches of `REPOS[0]` moving `refs/heads/main` through new values until the log
+/// has dropped its first segments; returns the next report id.
+async fn fill_past_retention(c: &Coordinator, w: &mut TestWorker, mut report: u64) -> u64 {
+    let mut prev = "aaaa".to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let new = format!("{report:04x}");
+        w.report(vec![outcome(
+            report,
+            REPOS[0],
+            FetchResult::Fetched,
+            &[("refs/heads/main", Some(&prev), Some(&new))],
+        )])
+        .await;
+        report += 1;
+        prev = new;
+        let (s, v) = c.get_json("/api/events?since=0&limit=1").await;
+        assert_eq!(s, 200, "{v}");
+        if v["events"][0]["seq"].as_u64().unwrap() > 1 && report > 40 {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never dropped a segment"
+        );
+    }
+}
+
+/// SPEC §12 "Event retention": whole segments past `events.max_bytes` are dropped; a
+/// `since` before the oldest kept event answers 410 with `oldest_seq`, no `since` and
+/// `since=0` start at it; every event carries `ref_count`; a webhook whose cursor fell
+/// behind skips to the oldest kept event and counts the skipped ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_retention_answers_410_and_webhooks_skip() {
+    let c = Coordinator::start(SMALL_LOG).await;
+    let mut w = clone_all(&c).await;
+    fill_past_retention(&c, &mut w, 10).await;
+    let (_, v) = c.get_json("/api/events?limit=1").await;
+    let oldest = v["events"][0]["seq"].as_u64().unwrap();
+    assert!(oldest > 1);
+    assert_eq!(v["events"][0]["ref_count"], 1);
+    assert_eq!(v["events"][0]["refs"].as_array().unwrap().len(), 1);
+    let (s, v) = c.get_json("/api/events?since=1").await;
+    assert_eq!(s, 410, "{v}");
+    assert_eq!(v["oldest_seq"], oldest);
+    assert!(v["error"].as_str().unwrap().contains("retention"), "{v}");
+    let (s, v) = c
+        .get_json(&format!("/api/events?since={}", oldest - 1))
+        .await;
+    assert_eq!((s, v["events"][0]["seq"].as_u64()), (200, Some(oldest)));
+    drop(w);
+    let (dir, r) = c.stop().await;
+    r.unwrap();
+    let segments = std::fs::read_dir(dir.path().join("state/events"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert!(segments >= 2, "{segments} segments");
+
+    // A webhook that acknowledged nothing yet: its cursor (0) is behind retention.
+    let hook = HookReceiver::start(0);
+    std::fs::write(
+        dir.path().join("state/webhooks.json"),
+        format!(
+            "gitmirror-state webhooks v1\n{{\"cursors\":{{\"{}\":0}}}}\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let extra = format!("{SMALL_LOG}webhooks:\n  - url: {}\n", hook.url());
+    let c = Coordinator::start_in(dir, &extra).await;
+    let (_, v) = c.get_json("/api/events?limit=1").await;
+    let oldest = v["events"][0]["seq"].as_u64().unwrap();
+    let (_, last) = c.get_json("/api/events?since=0&limit=1000").await;
+    let last = last["events"].as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let got = eventually(20, "the kept events delivered", || async {
+        let ok = hook.accepted();
+        (ok.len() as u64 > last - oldest).then_some(ok)
+    })
+    .await;
+    let seqs: Vec<u64> = got.iter().map(|d| d.seq()).collect();
+    assert_eq!(seqs, (oldest..=last).collect::<Vec<_>>());
+    let (_, text) = c.get("/metrics").await;
+    let samples = parse_exposition(&text).unwrap();
+    let url = gitmirrord::webhook::redact(&hook.url());
+    assert_eq!(
+        get_value(
+            &samples,
+            "gitmirror_webhook_skipped_events_total",
+            &[("url", &url)]
+        ),
+        (oldest - 1) as f64
+    );
+    c.stop().await.1.unwrap();
+}
+
+/// SPEC §8, §12: the refs already published stay known across a restart though they are
+/// not kept in memory (they are read from the checkpoint and the later segments): a
+/// report of a change that was already published is no event, a new value of that ref is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_published_refs_are_read_back_after_a_restart() {
+    let c = Coordinator::start(SMALL_LOG).await;
+    let mut w = clone_all(&c).await;
+    let next = fill_past_retention(&c, &mut w, 10).await;
+    let last = c.get_json("/api/events?limit=1000").await.1["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let value = last["refs"][0]["new"].as_str().unwrap().to_owned();
+    let old = last["refs"][0]["old"].as_str().unwrap().to_owned();
+    let seq = last["seq"].as_u64().unwrap();
+    drop(w);
+    let (dir, r) = c.stop().await;
+    r.unwrap();
+    let c = Coordinator::start_in(dir, SMALL_LOG).await;
+    c.wait_for_repos().await;
+    let (mut w, _) = joined(&c, W1).await;
+    // The same change again (as a re-sent report under a new id would be), from a mirror
+    // whose whole ref set differs from the published one (so the digest alone would call
+    // it news): no event.
+    let mut again = outcome(
+        next,
+        REPOS[0],
+        FetchResult::Fetched,
+        &[("refs/heads/main", Some(&old), Some(&value))],
+    );
+    again.refs_digest ^= 1;
+    w.report(vec![again]).await;
+    let (_, v) = c.get_json(&format!("/api/events?since={seq}")).await;
+    assert_eq!(
+        v["events"],
+        serde_json::json!([]),
+        "a published value again"
+    );
+    // Another repo's clone refs, published at the start, are known too.
+    let mut again = outcome(
+        next + 1,
+        REPOS[1],
+        FetchResult::Fetched,
+        &[("refs/heads/main", Some("0000"), Some("aaaa"))],
+    );
+    again.refs_digest ^= 1;
+    w.report(vec![again]).await;
+    let (_, v) = c.get_json(&format!("/api/events?since={seq}")).await;
+    assert_eq!(v["events"], serde_json::json!([]), "a cloned value again");
+    w.report(vec![outcome(
+        next + 2,
+        REPOS[0],
+        FetchResult::Fetched,
+        &[("refs/heads/main", Some(&value), Some("ffff"))],
+    )])
+    .await;
+    let (_, v) = c.get_json(&format!("/api/events?since={seq}")).await;
+    assert_eq!(v["events"][0]["seq"], seq + 1);
+    assert_eq!(v["events"][0]["refs"][0]["new"], "ffff");
+    c.stop().await.1.unwrap();
+}
+
+/// SPEC §12: a clone of a repo with more refs than `events.max_refs` (default 10,000) is
+/// one event with `ref_count` and no list; the next fetch changing 10 of them lists exactly
+/// those 10; the refs the big clone published are known before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_an_event_with_more_refs_than_max_refs_lists_only_the_count() {
+    const N: usize = 30_000;
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let (mut w, _) = joined(&c, W1).await;
+    let names: Vec<String> = (0..N).map(|i| format!("refs/changes/{i:06}/1")).collect();
+    let clone: Vec<(&str, Option<&str>, Option<&str>)> = names
+        .iter()
+        .map(|n| (n.as_str(), None, Some("1111")))
+        .collect();
+    w.report(vec![outcome(1, REPOS[0], FetchResult::Cloned, &clone)])
+        .await;
+    let ev = events(&c, 0).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["kind"], "cloned");
+    assert_eq!(ev[0]["ref_count"], N);
+    assert_eq!(ev[0]["refs"], serde_json::json!([]));
+
+    let changed: Vec<(&str, Option<&str>, Option<&str>)> = names[..10]
+        .iter()
+        .map(|n| (n.as_str(), Some("1111"), Some("2222")))
+        .collect();
+    w.report(vec![outcome(2, REPOS[0], FetchResult::Fetched, &changed)])
+        .await;
+    let ev = events(&c, 1).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["ref_count"], 10);
+    let listed: Vec<&str> = ev[0]["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        names[..10].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    // A report of a ref at the value the big clone published is no event, from a
+    // mirror whose whole set differs (so only the per-ref record can tell).
+    let stale = |id: u64| {
+        let mut o = outcome(
+            id,
+            REPOS[0],
+            FetchResult::Fetched,
+            &[(names[N - 1].as_str(), Some("0000"), Some("1111"))],
+        );
+        o.refs_digest ^= 1;
+        o
+    };
+    w.report(vec![stale(3)]).await;
+    assert_eq!(events(&c, 2).await, Vec::<serde_json::Value>::new());
+    drop(w);
+    let (dir, r) = c.stop().await;
+    r.unwrap();
+    let c = Coordinator::start_in(dir, "").await;
+    c.wait_for_repos().await;
+    let (mut w, _) = joined(&c, W1).await;
+    w.report(vec![stale(4)]).await;
+    assert_eq!(events(&c, 2).await, Vec::<serde_json::Value>::new());
+    c.stop().await.1.unwrap();
+}

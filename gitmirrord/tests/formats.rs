@@ -60,8 +60,12 @@ async fn v1_state_files_load() {
     assert_eq!(r["clone_url"], "git://mirror1.example.org/a/abc/abc.git");
     let (_, r) = c.get_json("/api/repos/z/zlib/zlib").await;
     assert_eq!(r["state"], "gone");
+    // SPEC §12: the v1 event log was migrated to segments and kept beside.
+    assert!(c.state_dir.join("events.log.v1.bak").exists());
+    assert!(!c.state_dir.join("events.log").exists());
     let (_, ev) = c.get_json("/api/events").await;
     assert_eq!(ev["events"][0]["seq"], 1);
+    assert_eq!(ev["events"][0]["ref_count"], 1);
     assert_eq!(ev["events"][0]["kind"], "cloned");
     assert!(
         ev["events"][0].get("src").is_none(),

@@ -113,7 +113,11 @@ fn coordinator_crash_loop_loses_and_repeats_no_event() {
     let seed = rng.seed;
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set("crashloop", 24);
-    let fleet = Fleet::start("crashloop", &repos, 3);
+    // Segments of 2 KiB: a few events each, so segments close and checkpoints of the
+    // published refs are written (and killed mid-way) throughout (SPEC §12).
+    let fleet = Fleet::start_with("crashloop", &repos, 3, |yaml, _| {
+        format!("{yaml}events: {{segment_bytes: 2K}}\n")
+    });
     fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
     let owners = fleet.wait_settled(SETTLE);
     fleet.check_mirrors(&owners).unwrap();

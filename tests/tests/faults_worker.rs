@@ -1017,12 +1017,16 @@ enum Expect {
 //
 // `startup.rs` covers `repos.json` of each daemon holding a header and bad JSON. Here every
 // state file of both daemons (worker: `identity.json`, `repos.json`; coordinator:
-// `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, `events.log`,
+// `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, the event log's segment,
 // `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its first line, and
 // replaced with binary garbage. Each time the daemon must exit non-zero, its log must name
 // the file and a recovery step, and the file must be left untouched. The exception is the
-// event log cut in half: that is a torn append, which the coordinator cuts off and starts.
+// event log's segment cut in half or inside its header: that is a torn append or a torn
+// segment creation, which the coordinator repairs with a warning and starts.
 // At the end the saved state is put back and the fleet settles again.
+/// The coordinator's first event log segment (SPEC §12).
+const EVENT_SEGMENT: &str = "events/00000000000000000001.log";
+
 #[test]
 fn broken_state_files_stop_the_daemons_with_a_way_out() {
     let mut rng = Rng::seeded("broken_state_files_stop_the_daemons_with_a_way_out");
@@ -1051,7 +1055,7 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         (&fleet.coord.proc, &cstate, "repos.json"),
         (&fleet.coord.proc, &cstate, "webhooks.json"),
         (&fleet.coord.proc, &cstate, "index/applied.json"),
-        (&fleet.coord.proc, &cstate, "events.log"),
+        (&fleet.coord.proc, &cstate, EVENT_SEGMENT),
         (&fleet.coord.proc, &cstate, "tls-key.pem"),
         (&fleet.coord.proc, &cstate, "tls-cert.pem"),
     ];
@@ -1074,10 +1078,12 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
             ("cut inside its first line", good[..10].to_vec()),
             ("replaced with garbage", rng.bytes(300)),
         ] {
-            let expect = if rel == "events.log" && how == "cut in half" {
-                Expect::Starts("cutting off an incomplete last line")
-            } else {
-                Expect::Refused
+            let expect = match (rel, how) {
+                (EVENT_SEGMENT, "cut in half") => Expect::Starts("dropping a torn record"),
+                (EVENT_SEGMENT, "cut inside its first line") => {
+                    Expect::Starts("completing a header cut short")
+                }
+                _ => Expect::Refused,
             };
             cases += 1;
             std::fs::write(&path, &bytes).unwrap();
