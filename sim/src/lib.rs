@@ -85,6 +85,8 @@ pub struct Options {
     /// Unacknowledged outcomes one worker may have in flight; by default 50,000 over the
     /// workers, within 100..=5,000.
     pub window: Option<usize>,
+    /// Build (or find) the index and stop there.
+    pub index_only: bool,
 }
 
 impl Default for Options {
@@ -107,6 +109,7 @@ impl Default for Options {
             probe_gap: Duration::from_millis(100),
             kill: 1,
             window: None,
+            index_only: false,
         }
     }
 }
@@ -194,6 +197,20 @@ pub async fn run(opts: &Options) -> Result<Report> {
         ))
     );
 
+    let mut report = Report {
+        repos,
+        workers: opts.workers,
+        rate: opts.rate,
+        change_share: opts.change_share,
+        suspect_after_secs: opts.liveness.suspect_after.as_secs_f64(),
+        dead_after_secs: opts.liveness.dead_after.as_secs_f64(),
+        index_build_secs: built.took.map(|t| t.as_secs_f64()),
+        ..Report::default()
+    };
+    if opts.index_only {
+        return Ok(report);
+    }
+
     let max_workers = opts.workers + opts.phases.iter().filter(|p| **p == Phase::Join).count() + 8;
     let coord = Coordinator::new(
         &bin,
@@ -217,16 +234,6 @@ pub async fn run(opts: &Options) -> Result<Report> {
         swarm: Swarm::new(shared),
         api,
         index: index_path,
-    };
-    let mut report = Report {
-        repos,
-        workers: opts.workers,
-        rate: opts.rate,
-        change_share: opts.change_share,
-        suspect_after_secs: opts.liveness.suspect_after.as_secs_f64(),
-        dead_after_secs: opts.liveness.dead_after.as_secs_f64(),
-        index_build_secs: built.took.map(|t| t.as_secs_f64()),
-        ..Report::default()
     };
 
     match r.assign().await {

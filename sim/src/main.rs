@@ -66,6 +66,9 @@ struct Cli {
     /// within 100..=5,000).
     #[arg(long)]
     window: Option<usize>,
+    /// Only build the index in --work-dir (for later runs to reuse), then stop.
+    #[arg(long)]
+    index_only: bool,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -110,6 +113,7 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         probe_gap: Duration::from_millis(cli.probe_gap_ms),
         kill: cli.kill,
         window: cli.window,
+        index_only: cli.index_only,
     };
     Ok((opts, cli.json))
 }
