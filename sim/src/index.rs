@@ -99,6 +99,57 @@ fn build(path: &Path, n: u32) -> Result<()> {
         None,
         &["init", "--bare", "--quiet", &path.to_string_lossy()],
     )?;
+    // Objects are written to a scratch object dir in memory (`/dev/shm` when there is
+    // one) and packed into the index at the end: `mktree` writes one loose file per
+    // tree, and deleting 500k of them from a busy disk took longer than making them.
+    let shm = Path::new("/dev/shm");
+    let scratch = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("gitmirror-sim-objects-")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new()
+            .prefix("gitmirror-sim-objects-")
+            .tempdir()
+    }
+    .context("creating a scratch object dir")?;
+    let objects = scratch.path().to_owned();
+    // Not `set_var`: only the git commands of this build get it.
+    OBJECTS.with(|o| *o.borrow_mut() = Some(objects.clone()));
+    let built = write_objects(path, n);
+    OBJECTS.with(|o| *o.borrow_mut() = None);
+    built?;
+    // Pack everything reachable (the scratch dir is an alternate) into the index itself.
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(["repack", "-a", "-d", "-q"])
+        .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", &objects)
+        .stdin(Stdio::null())
+        .output()
+        .context("running git repack")?;
+    if !out.status.success() {
+        bail!(
+            "git repack failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    drop(scratch);
+    git(
+        Some(path),
+        &["fsck", "--connectivity-only", "--no-progress"],
+    )
+    .context("the index is incomplete after packing")?;
+    Ok(())
+}
+
+thread_local! {
+    /// The scratch object dir git commands write to while an index is being built.
+    static OBJECTS: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+fn write_objects(path: &Path, n: u32) -> Result<()> {
     let blobs = write_blobs(path, n)?;
     let (repo_blobs, defaults_blob) = blobs.split_at(n as usize);
     let defaults_blob = defaults_blob
@@ -155,7 +206,6 @@ fn build(path: &Path, n: u32) -> Result<()> {
     git(Some(path), &["update-ref", EMPTY, empty.trim()])?;
     git(Some(path), &["symbolic-ref", "HEAD", "refs/heads/master"])?;
     publish(path, false)?;
-    git(Some(path), &["repack", "-a", "-d", "-q"])?;
     Ok(())
 }
 
@@ -163,9 +213,7 @@ fn build(path: &Path, n: u32) -> Result<()> {
 /// that order.
 fn write_blobs(repo: &Path, n: u32) -> Result<Vec<String>> {
     let marks = repo.join("sim-blob-marks");
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo)
+    let mut child = command(Some(repo))
         .args(["fast-import", "--quiet"])
         .arg(format!("--export-marks={}", marks.display()))
         .stdin(Stdio::piped())
@@ -222,9 +270,7 @@ fn mktree(
     count: usize,
     entries: impl Fn(usize, &mut dyn Write) -> std::io::Result<()>,
 ) -> Result<Vec<String>> {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo)
+    let mut child = command(Some(repo))
         .args(["mktree", "--batch"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -260,11 +306,22 @@ fn mktree(
     Ok(trees)
 }
 
-fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
+/// A git command, writing objects to the scratch dir while an index is being built.
+fn command(dir: Option<&Path>) -> Command {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
     }
+    OBJECTS.with(|o| {
+        if let Some(objects) = o.borrow().as_ref() {
+            cmd.env("GIT_OBJECT_DIRECTORY", objects);
+        }
+    });
+    cmd
+}
+
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
+    let mut cmd = command(dir);
     let out = cmd
         .args(args)
         .env("GIT_AUTHOR_NAME", "gitmirror-sim")
