@@ -261,8 +261,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
     if let Some(k) = &mut report.kill {
         k.bound_secs = (opts.liveness.suspect_after + opts.liveness.dead_after).as_secs_f64() + 2.0;
     }
-    report.coordinator_rss_peak_mib = r.coord.peak_rss_mib();
-    report.state_dir_mib = r.coord.state_dir_bytes() as f64 / (1024.0 * 1024.0);
+    report.coordinator_rss_peak_mib = Some(r.coord.peak_rss_mib());
+    report.state_dir_mib = Some(r.coord.state_dir_bytes() as f64 / (1024.0 * 1024.0));
     r.swarm.stop().await;
     r.coord.kill9();
     Ok(report)

@@ -20,8 +20,9 @@ pub struct Report {
     pub restart: Option<Restart>,
     pub kill: Option<Kill>,
     pub join: Option<Join>,
-    pub coordinator_rss_peak_mib: f64,
-    pub state_dir_mib: f64,
+    /// `None` when no coordinator ran (`--index-only`).
+    pub coordinator_rss_peak_mib: Option<f64>,
+    pub state_dir_mib: Option<f64>,
     /// Phases that did not complete, each with where it broke.
     pub problems: Vec<String>,
 }
@@ -212,16 +213,16 @@ impl Report {
             );
             row("worker joined → hand-off done", secs(j.handoff_secs), "");
         }
-        row(
-            "coordinator RSS (peak)",
-            format!("{:.0} MiB", self.coordinator_rss_peak_mib),
-            "≤ 1.5 GB",
-        );
-        row(
-            "state dir size",
-            format!("{:.1} MiB", self.state_dir_mib),
-            "",
-        );
+        if let Some(rss) = self.coordinator_rss_peak_mib {
+            row(
+                "coordinator RSS (peak)",
+                format!("{rss:.0} MiB"),
+                "≤ 1.5 GB",
+            );
+        }
+        if let Some(size) = self.state_dir_mib {
+            row("state dir size", format!("{size:.1} MiB"), "");
+        }
         for p in &self.problems {
             row("PROBLEM", p.clone(), "");
         }
