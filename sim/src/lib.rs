@@ -37,6 +37,8 @@ use tokio::sync::watch;
 
 /// How often conditions are looked at.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a long wait says where it stands.
+const PROGRESS: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -293,9 +295,14 @@ impl Run<'_> {
     /// coordinator has exited.
     async fn until(&mut self, what: &str, mut cond: impl FnMut(&Self) -> bool) -> Result<Instant> {
         let deadline = Instant::now() + self.opts.timeout;
+        let mut next_note = Instant::now() + PROGRESS;
         loop {
             if cond(self) {
                 return Ok(Instant::now());
+            }
+            if Instant::now() > next_note {
+                tracing::info!("waiting for {what}: {}", self.state());
+                next_note += PROGRESS;
             }
             self.coord.check_running()?;
             if Instant::now() > deadline {
