@@ -223,9 +223,6 @@ impl Report {
         if let Some(size) = self.state_dir_mib {
             row("state dir size", format!("{size:.1} MiB"), "");
         }
-        for p in &self.problems {
-            row("PROBLEM", p.clone(), "");
-        }
 
         let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
         let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
@@ -234,6 +231,10 @@ impl Report {
             let pad0 = w0 - f.chars().count();
             let pad1 = w1 - v.chars().count();
             let _ = writeln!(out, "{f}{}  {v}{}  {g}", " ".repeat(pad0), " ".repeat(pad1));
+        }
+        // After the table, so a long reason does not widen every row.
+        for p in &self.problems {
+            let _ = writeln!(out, "PROBLEM  {p}");
         }
         out
     }
