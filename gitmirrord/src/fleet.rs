@@ -821,10 +821,7 @@ impl Fleet {
         // Members prepared once, not once per repo (W hashes and an allocation each).
         let ring = ring::Ring::new(members);
         for (id, repo) in self.repos.iter_mut() {
-            let owner = ring
-                .owner(id)
-                .and_then(|i| members.get(i))
-                .map(|m| m.uuid);
+            let owner = ring.owner(id).and_then(|i| members.get(i)).map(|m| m.uuid);
             if owner != repo.owner {
                 repo.owner = owner;
                 reconcile(id, repo, &mut self.out);
