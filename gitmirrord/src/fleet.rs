@@ -11,9 +11,9 @@
 //! for workers in sync (connected and past their `Holdings`); a worker that reconnects
 //! reports what it holds and gets the difference.
 
+use crate::census::{Census, Facts, FetchStats};
 use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published, is_news};
 use crate::index::{Delta, Entry};
-use crate::metrics::FetchStats;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
@@ -24,6 +24,7 @@ use gitmirror_wire::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -176,6 +177,22 @@ impl Repo {
             RepoState::Pending
         }
     }
+
+    /// What the census counts of this repo.
+    pub fn facts(&self) -> Facts {
+        let state = self.state();
+        Facts {
+            state,
+            owner: self.owner,
+            last_success_ms: self.status.last_success_ms,
+            failed_ms: match state {
+                RepoState::Failing | RepoState::Gone => {
+                    Some(self.status.last_error.as_ref().map_or(0, |e| e.time_ms))
+                }
+                _ => None,
+            },
+        }
+    }
 }
 
 /// Saved form of one repo in `repos.json`.
@@ -285,7 +302,10 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, boo
 pub struct Fleet {
     dead_after_ms: i64,
     registry: Registry,
-    repos: BTreeMap<String, Repo>,
+    /// Ids are shared with the census's ordered sets.
+    repos: BTreeMap<Arc<str>, Repo>,
+    /// Counts and ordered id sets, updated with every change of a repo's [`Facts`].
+    census: Census,
     /// Live workers in uuid order, as the ring sees them.
     members: Vec<Member>,
     out: Outbox,
@@ -317,7 +337,7 @@ impl Fleet {
         for e in entries {
             let (holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
-                e.id,
+                Arc::from(e.id),
                 Repo {
                     url: e.url,
                     index: e.index,
@@ -329,6 +349,7 @@ impl Fleet {
             );
         }
         let index_ready = !repos.is_empty();
+        let census = Census::from_facts(repos.iter().map(|(id, r)| (id, r.facts())));
         if index_ready {
             // Saved repos the index no longer has were removed while we were down.
             saved.clear();
@@ -337,6 +358,7 @@ impl Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
             repos,
+            census,
             members: Vec::new(),
             out: Outbox::default(),
             index_ready,
@@ -366,7 +388,8 @@ impl Fleet {
             if updated.contains(id.as_str()) {
                 continue;
             }
-            if let Some(repo) = self.repos.remove(id) {
+            if let Some((key, repo)) = self.repos.remove_entry(id.as_str()) {
+                self.census.remove(&key, &repo.facts());
                 for h in repo.holders.keys() {
                     self.out
                         .push(*h, id, Op::Drop(DropReason::RemovedFromIndex));
@@ -374,7 +397,8 @@ impl Fleet {
             }
         }
         for e in delta.added.iter().chain(&delta.changed) {
-            let repo = match self.repos.get_mut(&e.id) {
+            let before = self.repos.get(e.id.as_str()).map(Repo::facts);
+            let repo = match self.repos.get_mut(e.id.as_str()) {
                 Some(repo) => {
                     if repo.url != e.url {
                         repo.url = e.url.clone();
@@ -397,7 +421,7 @@ impl Fleet {
                             }
                         }
                     }
-                    self.repos.entry(e.id.clone()).or_insert(Repo {
+                    self.repos.entry(Arc::from(e.id.as_str())).or_insert(Repo {
                         url: e.url.clone(),
                         index: e.index.clone(),
                         metadata: e.metadata.clone(),
@@ -408,6 +432,13 @@ impl Fleet {
                 }
             };
             reconcile(&e.id, repo, &mut self.out);
+            let after = repo.facts();
+            if let Some((key, _)) = self.repos.get_key_value(e.id.as_str()) {
+                match before {
+                    Some(b) => self.census.update(key, &b, &after),
+                    None => self.census.add(key, &after),
+                }
+            }
         }
         if !was_ready {
             self.saved.clear();
@@ -496,19 +527,26 @@ impl Fleet {
         self.unknown_held.remove(&uuid);
         let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
+        // One pass per repo: what it holds, then the repo's reconciliation.
         for (id, repo) in self.repos.iter_mut() {
-            if !held.contains_key(id.as_str()) {
-                repo.holders.remove(&uuid);
-            }
-        }
-        for h in &holdings.repos {
-            match self.repos.get_mut(&h.id) {
-                Some(repo) => {
+            let before = repo.facts();
+            match held.get(&**id) {
+                Some(h) => {
                     repo.holders.insert(uuid, h.mirrored);
                     if h.url != repo.url {
-                        self.out.push(uuid, &h.id, Op::Upsert(repo.url.clone()));
+                        self.out.push(uuid, id, Op::Upsert(repo.url.clone()));
                     }
                 }
+                None => {
+                    repo.holders.remove(&uuid);
+                }
+            }
+            reconcile(id, repo, &mut self.out);
+            self.census.update(id, &before, &repo.facts());
+        }
+        for h in &holdings.repos {
+            match self.repos.get(h.id.as_str()) {
+                Some(_) => {}
                 None if self.index_ready => {
                     self.out
                         .push(uuid, &h.id, Op::Drop(DropReason::RemovedFromIndex));
@@ -520,9 +558,6 @@ impl Fleet {
                         .insert(h.id.clone(), (h.url.clone(), h.mirrored));
                 }
             }
-        }
-        for (id, repo) in self.repos.iter_mut() {
-            reconcile(id, repo, &mut self.out);
         }
         self.out.ops.entry(uuid).or_default();
         self.repos_dirty = true;
@@ -556,19 +591,19 @@ impl Fleet {
             self.registry.mark_dead(uuid, now_ms);
             self.out.synced.remove(uuid);
             if let Some(w) = self.registry.get(uuid) {
-                let n = self
-                    .repos
-                    .values()
-                    .filter(|r| r.owner == Some(*uuid))
-                    .count();
+                let n = self.census.owned(uuid);
                 tracing::warn!(
                     "worker {} ({}): suspect → dead; its {n} repos are reassigned",
                     w.id,
                     w.name
                 );
             }
-            for repo in self.repos.values_mut() {
-                repo.holders.remove(uuid);
+            for (id, repo) in self.repos.iter_mut() {
+                if repo.holders.contains_key(uuid) {
+                    let before = repo.facts();
+                    repo.holders.remove(uuid);
+                    self.census.update(id, &before, &repo.facts());
+                }
             }
         }
         self.registry_dirty = true;
@@ -619,10 +654,12 @@ impl Fleet {
         let cloned = matches!(o.result, FetchResult::Cloned);
         let changed = success && !o.changes.is_empty();
         self.stats.record(o);
-        let Some(repo) = self.repos.get_mut(&o.repo) else {
+        let Some((key, repo)) = self.repos.get_key_value(o.repo.as_str()) else {
             // Removed from the index meanwhile: no owner, so no event.
             return None;
         };
+        let (key, before) = (key.clone(), repo.facts());
+        let repo = self.repos.get_mut(o.repo.as_str())?;
         let by_owner = repo.owner == Some(uuid);
         if success && let Some(m) = repo.holders.get_mut(&uuid) {
             *m = true;
@@ -712,6 +749,7 @@ impl Fleet {
         if success {
             reconcile(&o.repo, repo, &mut self.out);
         }
+        self.census.update(&key, &before, &repo.facts());
         if !publish {
             return None;
         }
@@ -812,8 +850,10 @@ impl Fleet {
                 .and_then(|i| members.get(i))
                 .map(|m| m.uuid);
             if owner != repo.owner {
+                let before = repo.facts();
                 repo.owner = owner;
                 reconcile(id, repo, &mut self.out);
+                self.census.update(id, &before, &repo.facts());
             }
         }
         self.repos_dirty = true;
@@ -875,12 +915,23 @@ impl Fleet {
         self.registry.get(uuid)
     }
 
-    pub fn repos(&self) -> &BTreeMap<String, Repo> {
+    pub fn repos(&self) -> &BTreeMap<Arc<str>, Repo> {
         &self.repos
     }
 
     pub fn repo(&self, id: &str) -> Option<&Repo> {
         self.repos.get(id)
+    }
+
+    /// Counts and ordered id sets, kept up to date (O(1) or one page per query).
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    /// Whether the kept census equals one rebuilt from every repo: O(repos), for tests
+    /// and benchmarks.
+    pub fn census_is_exact(&self) -> bool {
+        self.census == Census::from_facts(self.repos.iter().map(|(id, r)| (id, r.facts())))
     }
 
     /// Outcomes counted since start (duplicates excluded).
@@ -893,41 +944,28 @@ impl Fleet {
         self.out.synced.contains(uuid)
     }
 
-    /// Repos owned per worker.
-    pub fn owned_counts(&self) -> HashMap<Uuid, usize> {
-        let mut m = HashMap::new();
-        for r in self.repos.values() {
-            if let Some(o) = r.owner {
-                *m.entry(o).or_insert(0) += 1;
-            }
-        }
-        m
+    /// Up to `limit` repo ids after `after`, in id order, with whether more follow.
+    pub fn page_all(&self, after: Option<&str>, limit: usize) -> crate::census::IdPage {
+        let range = match after {
+            Some(a) => self
+                .repos
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.repos.range::<str, _>(..),
+        };
+        crate::census::take_page(range.map(|(id, _)| id), limit)
     }
 
-    /// Count of repos per state.
-    pub fn state_counts(&self) -> BTreeMap<RepoState, usize> {
-        let mut m: BTreeMap<RepoState, usize> = RepoState::ALL.iter().map(|s| (*s, 0)).collect();
-        for r in self.repos.values() {
-            *m.entry(r.state()).or_insert(0) += 1;
-        }
-        m
-    }
-
-    /// One line for `systemctl status`.
+    /// One line for `systemctl status`: O(workers).
     pub fn summary(&self) -> String {
         let alive = self
             .registry
             .iter()
             .filter(|w| w.state == WorkerState::Alive)
             .count();
-        let failing = self
-            .repos
-            .values()
-            .filter(|r| r.state() == RepoState::Failing)
-            .count();
         format!(
-            "{alive} workers alive, {} repos, {failing} failing",
-            self.repos.len()
+            "{alive} workers alive, {} repos, {} failing",
+            self.census.total(),
+            self.census.in_state(RepoState::Failing)
         )
     }
 
@@ -952,7 +990,7 @@ impl Fleet {
                 .iter()
                 .map(|(id, r)| {
                     (
-                        id.clone(),
+                        id.to_string(),
                         SavedRepo {
                             owner: r.owner,
                             holders: r

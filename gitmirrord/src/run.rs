@@ -7,7 +7,7 @@
 //! watchdog, which is fed only from here). After each durable append it publishes the
 //! newest event number on a `watch`, which long-polls and webhooks wait on.
 
-use crate::api::{Answer, Query, View};
+use crate::api::{Answer, Query, Reply, View};
 use crate::config::{ApiToken, Config};
 use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
@@ -607,16 +607,19 @@ impl MainLoop {
         }
     }
 
+    /// Bounded work on the loop (SPEC §12): counters, lookups and one page, copied into
+    /// owned views; the HTTP task encodes them.
     fn on_http(&mut self, call: HttpCall) {
-        let answer = match &call.query {
-            Query::Fetch(id) => self.fetch_now(id),
-            Query::Metrics => self.metrics(),
-            Query::Page => self.page(),
+        let answer: Reply = match &call.query {
+            Query::Fetch(id) => self.fetch_now(id).into(),
+            Query::Metrics => self.metrics().into(),
+            Query::Page => self.page().into(),
             q => {
                 let view = View {
                     fleet: &self.fleet,
                     now_ms: now_ms(),
                     uptime_secs: self.started.elapsed().as_secs(),
+                    url_limit: self.cfg.status_url_limit,
                 };
                 let index = if *q == Query::Status {
                     self.index.status()
@@ -641,18 +644,18 @@ impl MainLoop {
         let index = self.index.status();
         let polls = self.index.polls();
         let webhooks = self.webhook_metrics();
-        let text = crate::metrics::render(
-            &self.fleet,
-            &crate::metrics::Inputs {
-                now_ms: now_ms(),
-                uptime_secs: self.started.elapsed().as_secs(),
-                index: &index,
-                index_polls: &polls,
-                event_seq: *self.seq.borrow(),
-                events: &self.events_by_kind,
-                webhooks: &webhooks,
-            },
-        );
+        let text = crate::metrics::render(&crate::metrics::Inputs {
+            registry: self.fleet.registry(),
+            census: self.fleet.census(),
+            fetches: self.fleet.fetch_stats(),
+            now_ms: now_ms(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            index: &index,
+            index_polls: &polls,
+            event_seq: *self.seq.borrow(),
+            events: &self.events_by_kind,
+            webhooks: &webhooks,
+        });
         Answer::metrics(text)
     }
 
