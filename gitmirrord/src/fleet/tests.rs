@@ -159,7 +159,10 @@ impl Sim {
         }
         // Every operation that changes repos ends here: the kept counters must equal a
         // recount (design.md "API and fleet at scale").
-        assert!(self.fleet.census_is_exact(), "census drifted from the repos");
+        assert!(
+            self.fleet.census_is_exact(),
+            "census drifted from the repos"
+        );
     }
 
     /// Connect and sync worker `n` with what it holds.
