@@ -35,12 +35,38 @@ pub struct WebhookMetric {
     pub failures: u64,
 }
 
+/// The fleet's counters at scrape time: copied on the main loop in O(workers + buckets),
+/// rendered elsewhere.
+#[derive(Debug, Clone)]
+pub struct FleetCounts {
+    workers: Vec<(&'static str, usize)>,
+    repos: Vec<(&'static str, usize)>,
+    fetches: FetchStats,
+    staleness: Histogram,
+    never_mirrored: u64,
+}
+
+impl FleetCounts {
+    pub fn take(registry: &Registry, census: &Census, fetches: &FetchStats, now_ms: i64) -> Self {
+        FleetCounts {
+            workers: [WorkerState::Alive, WorkerState::Suspect, WorkerState::Dead]
+                .into_iter()
+                .map(|s| (s.as_str(), registry.iter().filter(|w| w.state == s).count()))
+                .collect(),
+            repos: RepoState::ALL
+                .into_iter()
+                .map(|s| (s.as_str(), census.in_state(s)))
+                .collect(),
+            fetches: fetches.clone(),
+            staleness: census.staleness(now_ms),
+            never_mirrored: census.never_mirrored(),
+        }
+    }
+}
+
 /// Everything [`render`] shows: counters only, so a scrape costs O(workers + indexes).
 pub struct Inputs<'a> {
-    pub registry: &'a Registry,
-    pub census: &'a Census,
-    pub fetches: &'a FetchStats,
-    pub now_ms: i64,
+    pub fleet: FleetCounts,
     pub uptime_secs: u64,
     pub index: &'a [IndexStatus],
     /// `(index, result)` → polls since start.
@@ -83,18 +109,16 @@ pub fn render(i: &Inputs<'_>) -> String {
         "gauge",
         "Known workers by liveness state.",
     );
-    for state in [WorkerState::Alive, WorkerState::Suspect, WorkerState::Dead] {
-        let n = i.registry.iter().filter(|w| w.state == state).count();
-        w.sample("gitmirror_workers", &[("state", state.as_str())], n as f64);
+    for (state, n) in &i.fleet.workers {
+        w.sample("gitmirror_workers", &[("state", state)], *n as f64);
     }
 
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
-    for state in RepoState::ALL {
-        let n = i.census.in_state(state);
-        w.sample("gitmirror_repos", &[("state", state.as_str())], n as f64);
+    for (state, n) in &i.fleet.repos {
+        w.sample("gitmirror_repos", &[("state", state)], *n as f64);
     }
 
-    let stats = i.fetches;
+    let stats = &i.fleet.fetches;
     w.family(
         "gitmirror_fetches_total",
         "counter",
@@ -114,14 +138,14 @@ pub fn render(i: &Inputs<'_>) -> String {
     );
     histogram(stats.duration(), &mut w, "gitmirror_fetch_duration_seconds");
 
-    let staleness = i.census.staleness(i.now_ms);
-    let never = i.census.never_mirrored();
+    let staleness = &i.fleet.staleness;
+    let never = i.fleet.never_mirrored;
     w.family(
         "gitmirror_staleness_seconds",
         "histogram",
         "Per repo: seconds since its mirror was last confirmed equal to upstream (its last successful fetch). Repos never mirrored are in gitmirror_repos_never_mirrored instead.",
     );
-    histogram(&staleness, &mut w, "gitmirror_staleness_seconds");
+    histogram(staleness, &mut w, "gitmirror_staleness_seconds");
     w.family(
         "gitmirror_repos_never_mirrored",
         "gauge",
