@@ -90,7 +90,7 @@ fn build(n: usize) -> Fleet {
         b.push(Outcome {
             report_id: b.len() as u64 + 1,
             repo: id.to_string(),
-            url: r.url.clone(),
+            url: r.url.to_string(),
             finished_ms: NOW - (i as i64 * 7919) % (7 * 86_400_000),
             duration_ms: 120,
             result,

@@ -198,7 +198,7 @@ pub struct StatusView {
     pub server_status: &'static str,
     pub worker_count: usize,
     #[serde(rename = "worker:url")]
-    pub worker_url: BTreeMap<String, Vec<String>>,
+    pub worker_url: BTreeMap<String, Vec<Arc<str>>>,
     /// Whether `worker:url` stopped at `status_url_limit` URLs.
     #[serde(rename = "worker:url_truncated")]
     pub worker_url_truncated: bool,
@@ -212,8 +212,8 @@ pub struct StatusView {
 #[derive(Debug, Serialize)]
 pub struct RepoSummary {
     pub id: Arc<str>,
-    pub url: String,
-    pub index: String,
+    pub url: Arc<str>,
+    pub index: Arc<str>,
     pub worker: Option<u32>,
     pub state: &'static str,
     pub last_success: Option<String>,
@@ -241,8 +241,8 @@ pub struct ErrorView {
 #[derive(Debug, Serialize)]
 pub struct RepoDetail {
     pub id: String,
-    pub url: String,
-    pub index: String,
+    pub url: Arc<str>,
+    pub index: Arc<str>,
     pub worker: Option<u32>,
     pub state: &'static str,
     pub clone_url: Option<String>,
@@ -367,15 +367,13 @@ impl View<'_> {
         let mut worker_url = BTreeMap::new();
         for w in live {
             let mut urls = Vec::new();
-            for id in self.fleet.census().owned_ids(w.uuid) {
+            for (_, url) in self.fleet.census().owned_urls(w.uuid) {
                 if budget == 0 {
                     truncated = true;
                     break;
                 }
-                if let Some(r) = self.fleet.repo(id) {
-                    urls.push(r.url.clone());
-                    budget -= 1;
-                }
+                urls.push(url.clone());
+                budget -= 1;
             }
             worker_url.insert(w.id.to_string(), urls);
         }

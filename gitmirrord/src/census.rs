@@ -143,10 +143,12 @@ impl FetchStats {
 
 /// What the census knows of one repo: everything a count, a filter or the failing list
 /// depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     pub state: RepoState,
     pub owner: Option<Uuid>,
+    /// Kept beside the owner's ids, so `worker:url` reads URLs without a lookup each.
+    pub url: Arc<str>,
     pub last_success_ms: Option<i64>,
     /// The last error's time, for repos failing or gone (the page lists newest first).
     pub failed_ms: Option<i64>,
@@ -225,7 +227,8 @@ pub struct Census {
     /// Owner → repos it owns per state.
     owned: HashMap<Uuid, [usize; STATES]>,
     state_ids: BTreeSet<(RepoState, Arc<str>)>,
-    owner_ids: BTreeSet<(Uuid, RepoState, Arc<str>)>,
+    /// `(owner, state, id)` → URL.
+    owner_ids: BTreeMap<(Uuid, RepoState, Arc<str>), Arc<str>>,
     /// Failing and gone repos, newest failure first.
     failing: BTreeSet<(Reverse<i64>, Arc<str>)>,
     success: SuccessTimes,
@@ -294,7 +297,8 @@ impl Census {
                 self.owned.remove(&o);
             }
             if add {
-                self.owner_ids.insert((o, f.state, id.clone()));
+                self.owner_ids
+                    .insert((o, f.state, id.clone()), f.url.clone());
             } else {
                 self.owner_ids.remove(&(o, f.state, id.clone()));
             }
@@ -371,15 +375,15 @@ impl Census {
         o: Uuid,
         s: RepoState,
         after: Option<&str>,
-    ) -> impl Iterator<Item = &Arc<str>> + '_ {
+    ) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
         let start = match after {
             Some(a) => Bound::Excluded((o, s, Arc::from(a))),
             None => Bound::Included((o, s, Arc::from(""))),
         };
         self.owner_ids
             .range((start, Bound::Unbounded))
-            .take_while(move |(ow, st, _)| *ow == o && *st == s)
-            .map(|(_, _, id)| id)
+            .take_while(move |((ow, st, _), _)| *ow == o && *st == s)
+            .map(|((_, _, id), url)| (id, url))
     }
 
     /// Up to `limit` repos the worker owns after `after` (by id), optionally in one state.
@@ -391,21 +395,25 @@ impl Census {
         limit: usize,
     ) -> IdPage {
         if let Some(s) = s {
-            return take_page(self.owner_range(o, s, after), limit);
+            return take_page(self.owner_range(o, s, after).map(|(id, _)| id), limit);
         }
         // Merge the per-state runs: at most limit + 1 from each, so a page costs
         // O(states × limit), whatever the worker owns.
         let mut ids: Vec<&Arc<str>> = RepoState::ALL
             .iter()
-            .flat_map(|s| self.owner_range(o, *s, after).take(limit.saturating_add(1)))
+            .flat_map(|s| {
+                self.owner_range(o, *s, after)
+                    .map(|(id, _)| id)
+                    .take(limit.saturating_add(1))
+            })
             .collect();
         ids.sort_unstable();
         take_page(ids.into_iter(), limit)
     }
 
-    /// Every repo the worker owns, grouped by state (for `worker:url`, which is bounded by
-    /// the caller).
-    pub fn owned_ids(&self, o: Uuid) -> impl Iterator<Item = &Arc<str>> + '_ {
+    /// Every repo the worker owns with its URL, grouped by state (for `worker:url`, which
+    /// is bounded by the caller).
+    pub fn owned_urls(&self, o: Uuid) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
         RepoState::ALL
             .iter()
             .flat_map(move |s| self.owner_range(o, *s, None))
@@ -426,6 +434,7 @@ mod tests {
     fn facts(state: RepoState, owner: u128, success: Option<i64>) -> Facts {
         Facts {
             state,
+            url: Arc::from("u"),
             owner: (owner > 0).then(|| Uuid::from_u128(owner)),
             last_success_ms: success,
             failed_ms: matches!(state, RepoState::Failing | RepoState::Gone).then_some(5),

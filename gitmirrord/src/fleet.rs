@@ -148,12 +148,14 @@ impl RepoState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repo {
-    pub url: String,
-    pub index: String,
+    /// Shared with the census (for `worker:url`).
+    pub url: Arc<str>,
+    /// Shared by every repo of the index.
+    pub index: Arc<str>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub owner: Option<Uuid>,
     /// Workers holding (or told to hold) the repo → whether they have a complete mirror.
-    pub holders: BTreeMap<Uuid, bool>,
+    pub holders: Holders,
     pub status: RepoStatus,
 }
 
@@ -184,6 +186,7 @@ impl Repo {
         Facts {
             state,
             owner: self.owner,
+            url: self.url.clone(),
             last_success_ms: self.status.last_success_ms,
             failed_ms: match state {
                 RepoState::Failing | RepoState::Gone => {
@@ -192,6 +195,82 @@ impl Repo {
                 _ => None,
             },
         }
+    }
+}
+
+/// A repo's holders: worker → whether it has a complete mirror. Nearly always one or two
+/// (the owner, and the old owner during a hand-off), so a sorted vector of exactly that
+/// many, not a map whose first node alone takes ~200 bytes (design.md "API and fleet at
+/// scale"). The methods are the map's that the fleet uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holders(Vec<(Uuid, bool)>);
+
+impl Holders {
+    fn find(&self, w: &Uuid) -> Result<usize, usize> {
+        self.0.binary_search_by(|(u, _)| u.cmp(w))
+    }
+
+    pub fn get(&self, w: &Uuid) -> Option<&bool> {
+        self.find(w)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, m)| m)
+    }
+
+    pub fn get_mut(&mut self, w: &Uuid) -> Option<&mut bool> {
+        let i = self.find(w).ok()?;
+        self.0.get_mut(i).map(|(_, m)| m)
+    }
+
+    pub fn contains_key(&self, w: &Uuid) -> bool {
+        self.find(w).is_ok()
+    }
+
+    pub fn insert(&mut self, w: Uuid, mirrored: bool) {
+        match self.find(&w) {
+            Ok(i) => {
+                if let Some(e) = self.0.get_mut(i) {
+                    e.1 = mirrored;
+                }
+            }
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (w, mirrored));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, w: &Uuid) -> Option<bool> {
+        let i = self.find(w).ok()?;
+        let (_, m) = self.0.remove(i);
+        self.0.shrink_to_fit();
+        Some(m)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Uuid> + '_ {
+        self.0.iter().map(|(u, _)| u)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &bool)> + '_ {
+        self.0.iter().map(|(u, m)| (u, m))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Uuid, bool)> for Holders {
+    fn from_iter<I: IntoIterator<Item = (Uuid, bool)>>(it: I) -> Self {
+        let mut h = Holders::default();
+        for (u, m) in it {
+            h.insert(u, m);
+        }
+        h
     }
 }
 
@@ -268,7 +347,7 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     };
     if !repo.holders.contains_key(&owner) && out.synced.contains(&owner) {
         repo.holders.insert(owner, false);
-        out.push(owner, id, Op::Upsert(repo.url.clone()));
+        out.push(owner, id, Op::Upsert(repo.url.to_string()));
     }
     if repo.holders.get(&owner) == Some(&true) {
         let others: Vec<Uuid> = repo
@@ -284,8 +363,18 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// The one copy of an index name (there are a handful).
+fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(n) = names.iter().find(|n| &***n == name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.push(n.clone());
+    n
+}
+
 /// Holders (live workers only) and status of a saved repo.
-fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, bool>, RepoStatus) {
+fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Holders, RepoStatus) {
     match saved {
         Some(s) => (
             s.holders
@@ -295,7 +384,7 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, boo
                 .collect(),
             s.status,
         ),
-        None => (BTreeMap::new(), RepoStatus::default()),
+        None => (Holders::default(), RepoStatus::default()),
     }
 }
 
@@ -306,6 +395,8 @@ pub struct Fleet {
     repos: BTreeMap<Arc<str>, Repo>,
     /// Counts and ordered id sets, updated with every change of a repo's [`Facts`].
     census: Census,
+    /// Index names, shared by their repos.
+    index_names: Vec<Arc<str>>,
     /// Live workers in uuid order, as the ring sees them.
     members: Vec<Member>,
     out: Outbox,
@@ -334,13 +425,14 @@ impl Fleet {
     ) -> Self {
         let mut saved: HashMap<String, SavedRepo> = saved.repos.into_iter().collect();
         let mut repos = BTreeMap::new();
+        let mut index_names = Vec::new();
         for e in entries {
             let (holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
                 Arc::from(e.id),
                 Repo {
-                    url: e.url,
-                    index: e.index,
+                    url: Arc::from(e.url),
+                    index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
                     owner: None,
                     holders,
@@ -359,6 +451,7 @@ impl Fleet {
             registry,
             repos,
             census,
+            index_names,
             members: Vec::new(),
             out: Outbox::default(),
             index_ready,
@@ -397,16 +490,17 @@ impl Fleet {
             }
         }
         for e in delta.added.iter().chain(&delta.changed) {
+            let index = intern(&mut self.index_names, &e.index);
             let before = self.repos.get(e.id.as_str()).map(Repo::facts);
             let repo = match self.repos.get_mut(e.id.as_str()) {
                 Some(repo) => {
-                    if repo.url != e.url {
-                        repo.url = e.url.clone();
+                    if *repo.url != *e.url {
+                        repo.url = Arc::from(e.url.as_str());
                         for h in repo.holders.keys() {
                             self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
                         }
                     }
-                    repo.index = e.index.clone();
+                    repo.index = index.clone();
                     repo.metadata = e.metadata.clone();
                     repo
                 }
@@ -422,8 +516,8 @@ impl Fleet {
                         }
                     }
                     self.repos.entry(Arc::from(e.id.as_str())).or_insert(Repo {
-                        url: e.url.clone(),
-                        index: e.index.clone(),
+                        url: Arc::from(e.url.as_str()),
+                        index,
                         metadata: e.metadata.clone(),
                         owner,
                         holders,
@@ -533,8 +627,8 @@ impl Fleet {
             match held.get(&**id) {
                 Some(h) => {
                     repo.holders.insert(uuid, h.mirrored);
-                    if h.url != repo.url {
-                        self.out.push(uuid, id, Op::Upsert(repo.url.clone()));
+                    if *h.url != *repo.url {
+                        self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
                     }
                 }
                 None => {
