@@ -5,12 +5,13 @@
 //! each size (default 10000,100000,1000000 repos) on 100 workers, gives the repos a mix of
 //! states through real outcome batches, and times each request as the main loop answers it
 //! (`loop`) and with its encoding (`total`), median and p99 over many runs. The figures
-//! should be flat in N. It also prints the fleet's resident memory per repo.
+//! should be flat in N. It also prints the fleet's resident memory per repo (exact only
+//! for the first size of a run: later ones reuse memory the allocator kept).
 //! Plain `main` rather than criterion: one table across sizes is the figure that matters.
 
-use gitmirror_wire::{FailureClass, FetchResult, Outcome};
+use gitmirror_wire::{FailureClass, FetchResult, Holdings, Outcome};
 use gitmirrord::api::{IdsPage, RepoFilter, View};
-use gitmirrord::fleet::{Fleet, RepoState, ReposFile};
+use gitmirrord::fleet::{Fleet, Holders, RepoState, ReposFile};
 use gitmirrord::index::Entry;
 use gitmirrord::metrics::{FleetCounts, Inputs};
 use gitmirrord::page::{PageInputs, render};
@@ -67,8 +68,12 @@ fn build(n: usize) -> Fleet {
         ReposFile::default(),
         (0..n).map(entry),
     );
-    // Every owner reports each of its repos: 90 % fetched, 8 % failing, 1 % gone, 1 %
+    // Every worker is in sync (so each repo has its owner as holder, as in a running
+    // fleet), then reports each of its repos: 90 % fetched, 8 % failing, 1 % gone, 1 %
     // waiting, with successes spread over the last week (the staleness histogram).
+    for w in 0..WORKERS {
+        drop(fleet.holdings(Uuid::from_u128(w + 1), &Holdings { repos: Vec::new() }, NOW));
+    }
     let mut batches: BTreeMap<Uuid, Vec<Outcome>> = BTreeMap::new();
     for (i, (id, r)) in fleet.repos().iter().enumerate() {
         let Some(owner) = r.owner else { continue };
@@ -120,7 +125,33 @@ fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// Bytes per repo of a one-holder set: the map it was, the vector it is.
+fn holder_sets() {
+    const N: usize = 1_000_000;
+    // Both kept until the end: freed memory would be reused by the second and hide it.
+    let before = rss_bytes();
+    let vecs: Vec<Holders> = (0..N)
+        .map(|i| Holders::from_iter([(Uuid::from_u128(i as u128 % 100), true)]))
+        .collect();
+    let vec_bytes = rss_bytes().saturating_sub(before) as f64 / N as f64;
+    let before = rss_bytes();
+    let maps: Vec<BTreeMap<Uuid, bool>> = (0..N)
+        .map(|i| BTreeMap::from([(Uuid::from_u128(i as u128 % 100), true)]))
+        .collect();
+    let map_bytes = rss_bytes().saturating_sub(before) as f64 / N as f64;
+    black_box((&vecs, &maps));
+    println!(
+        "one-holder set, RSS per repo (24 B of it inline in Repo): BTreeMap<Uuid, bool> {map_bytes:.0} B, Holders {vec_bytes:.0} B"
+    );
+}
+
 fn main() {
+    // Alone: memory freed by one measurement is reused by the next and hides it (run one
+    // size per process for the fleet's bytes-per-repo figure too).
+    if std::env::args().any(|a| a == "--holders") {
+        holder_sets();
+        return;
+    }
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -392,7 +392,9 @@ pub struct Fleet {
     dead_after_ms: i64,
     registry: Registry,
     /// Ids are shared with the census's ordered sets.
-    repos: BTreeMap<Arc<str>, Repo>,
+    /// Boxed: B-tree nodes are often half full, and a half-empty slot of a pointer costs
+    /// far less than one of a whole repo (design.md "API and fleet at scale").
+    repos: BTreeMap<Arc<str>, Box<Repo>>,
     /// Counts and ordered id sets, updated with every change of a repo's [`Facts`].
     census: Census,
     /// Index names, shared by their repos.
@@ -430,14 +432,14 @@ impl Fleet {
             let (holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
                 Arc::from(e.id),
-                Repo {
+                Box::new(Repo {
                     url: Arc::from(e.url),
                     index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
                     owner: None,
                     holders,
                     status,
-                },
+                }),
             );
         }
         let index_ready = !repos.is_empty();
@@ -491,7 +493,7 @@ impl Fleet {
         }
         for e in delta.added.iter().chain(&delta.changed) {
             let index = intern(&mut self.index_names, &e.index);
-            let before = self.repos.get(e.id.as_str()).map(Repo::facts);
+            let before = self.repos.get(e.id.as_str()).map(|r| r.facts());
             let repo = match self.repos.get_mut(e.id.as_str()) {
                 Some(repo) => {
                     if *repo.url != *e.url {
@@ -515,14 +517,16 @@ impl Fleet {
                             }
                         }
                     }
-                    self.repos.entry(Arc::from(e.id.as_str())).or_insert(Repo {
-                        url: Arc::from(e.url.as_str()),
-                        index,
-                        metadata: e.metadata.clone(),
-                        owner,
-                        holders,
-                        status,
-                    })
+                    self.repos
+                        .entry(Arc::from(e.id.as_str()))
+                        .or_insert(Box::new(Repo {
+                            url: Arc::from(e.url.as_str()),
+                            index,
+                            metadata: e.metadata.clone(),
+                            owner,
+                            holders,
+                            status,
+                        }))
                 }
             };
             reconcile(&e.id, repo, &mut self.out);
@@ -1009,12 +1013,12 @@ impl Fleet {
         self.registry.get(uuid)
     }
 
-    pub fn repos(&self) -> &BTreeMap<Arc<str>, Repo> {
+    pub fn repos(&self) -> &BTreeMap<Arc<str>, Box<Repo>> {
         &self.repos
     }
 
     pub fn repo(&self, id: &str) -> Option<&Repo> {
-        self.repos.get(id)
+        self.repos.get(id).map(|r| &**r)
     }
 
     /// Counts and ordered id sets, kept up to date (O(1) or one page per query).
