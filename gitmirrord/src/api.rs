@@ -3,16 +3,56 @@
 //! Pure functions of [`Fleet`] and the time, so the shapes are tested without sockets.
 //! [`crate::http`] carries requests here (through the coordinator's main loop, which owns
 //! the fleet) and writes the answers.
+//!
+//! Cost on the main loop (SPEC §12): every answer is built from the fleet's census
+//! (counters and ordered id sets) and lookups, so it is O(workers + indexes) or one page,
+//! and the loop only copies out owned views: [`Reply::Render`] leaves the JSON encoding
+//! to the HTTP task, off the loop.
 
+use crate::census::IdPage;
 use crate::fleet::{Fleet, Repo, RepoState};
 use crate::index::IndexStatus;
 use crate::registry::WorkerRecord;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
+/// The largest `offset` accepted: skipping costs O(offset) on the main loop, so deeper
+/// pages must use the `after` cursor.
+pub const MAX_OFFSET: usize = 100_000;
+/// Default page of `/api/workers/{id}`'s `repo_ids` (the whole list of a small fleet).
+pub const DEFAULT_REPO_IDS: usize = MAX_LIMIT;
+
+/// What the main loop hands back to the HTTP task.
+pub enum Reply {
+    Ready(Answer),
+    /// Owned data to encode off the loop.
+    Render(Box<dyn FnOnce() -> Answer + Send>),
+}
+
+impl Reply {
+    /// JSON encoded later, by whoever finishes the reply.
+    pub fn json<T: Serialize + Send + 'static>(status: u16, value: T) -> Self {
+        Reply::Render(Box::new(move || Answer::json(status, &value)))
+    }
+
+    /// The answer, encoding it here if it was left to the caller.
+    pub fn finish(self) -> Answer {
+        match self {
+            Reply::Ready(a) => a,
+            Reply::Render(f) => f(),
+        }
+    }
+}
+
+impl From<Answer> for Reply {
+    fn from(a: Answer) -> Self {
+        Reply::Ready(a)
+    }
+}
 
 /// A rendered answer: status code, content type, body.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,8 +128,18 @@ impl Answer {
 pub struct RepoFilter {
     pub state: Option<RepoState>,
     pub worker: Option<u32>,
+    /// The cursor: list repos whose id sorts after this one (SPEC §12).
+    pub after: Option<String>,
     pub limit: usize,
+    /// Skipped after the cursor; at most [`MAX_OFFSET`].
     pub offset: usize,
+}
+
+/// A page of `/api/workers/{id}`'s `repo_ids`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdsPage {
+    pub after: Option<String>,
+    pub limit: usize,
 }
 
 /// A request for fleet state.
@@ -97,7 +147,7 @@ pub struct RepoFilter {
 pub enum Query {
     Status,
     Workers,
-    Worker(u32),
+    Worker(u32, IdsPage),
     Repos(RepoFilter),
     Repo(String),
     /// `POST /api/repos/{id}/fetch`: answered by the main loop, which owns the connections.
@@ -126,7 +176,10 @@ pub struct WorkerView {
 pub struct WorkerDetail {
     #[serde(flatten)]
     pub worker: WorkerView,
-    pub repo_ids: Vec<String>,
+    /// A page of the repos it owns, in id order.
+    pub repo_ids: Vec<Arc<str>>,
+    /// `after=` for the next page of `repo_ids`; `null` on the last.
+    pub next: Option<Arc<str>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,7 +198,10 @@ pub struct StatusView {
     pub server_status: &'static str,
     pub worker_count: usize,
     #[serde(rename = "worker:url")]
-    pub worker_url: BTreeMap<String, Vec<String>>,
+    pub worker_url: BTreeMap<String, Vec<Arc<str>>>,
+    /// Whether `worker:url` stopped at `status_url_limit` URLs.
+    #[serde(rename = "worker:url_truncated")]
+    pub worker_url_truncated: bool,
     pub version: &'static str,
     pub uptime_secs: u64,
     pub workers: Vec<WorkerView>,
@@ -155,9 +211,9 @@ pub struct StatusView {
 
 #[derive(Debug, Serialize)]
 pub struct RepoSummary {
-    pub id: String,
-    pub url: String,
-    pub index: String,
+    pub id: Arc<str>,
+    pub url: Arc<str>,
+    pub index: Arc<str>,
     pub worker: Option<u32>,
     pub state: &'static str,
     pub last_success: Option<String>,
@@ -166,10 +222,13 @@ pub struct RepoSummary {
 
 #[derive(Debug, Serialize)]
 pub struct RepoPage {
+    /// Repos matching the filters (not only this page).
     pub total: usize,
     pub offset: usize,
     pub limit: usize,
     pub repos: Vec<RepoSummary>,
+    /// `after=` for the next page; `null` on the last.
+    pub next: Option<Arc<str>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,8 +241,8 @@ pub struct ErrorView {
 #[derive(Debug, Serialize)]
 pub struct RepoDetail {
     pub id: String,
-    pub url: String,
-    pub index: String,
+    pub url: Arc<str>,
+    pub index: Arc<str>,
     pub worker: Option<u32>,
     pub state: &'static str,
     pub clone_url: Option<String>,
@@ -209,6 +268,8 @@ pub struct View<'a> {
     pub fleet: &'a Fleet,
     pub now_ms: i64,
     pub uptime_secs: u64,
+    /// `status_url_limit`.
+    pub url_limit: usize,
 }
 
 impl View<'_> {
@@ -216,26 +277,27 @@ impl View<'_> {
         self.fleet.worker(uuid).map(|w| w.id)
     }
 
-    pub fn answer(&self, q: &Query, index: Vec<IndexStatus>) -> Answer {
+    /// The reply to a query about fleet state; the JSON is encoded by the caller.
+    pub fn answer(&self, q: &Query, index: Vec<IndexStatus>) -> Reply {
         match q {
-            Query::Status => Answer::json(200, &self.status(index)),
-            Query::Workers => Answer::json(200, &self.workers()),
-            Query::Worker(id) => match self.worker(*id) {
-                Some(w) => Answer::json(200, &w),
-                None => Answer::error(404, &format!("no worker with id {id}")),
+            Query::Status => Reply::json(200, self.status(index)),
+            Query::Workers => Reply::json(200, self.workers()),
+            Query::Worker(id, page) => match self.worker(*id, page) {
+                Some(w) => Reply::json(200, w),
+                None => Answer::error(404, &format!("no worker with id {id}")).into(),
             },
-            Query::Repos(f) => Answer::json(200, &self.repos(f)),
+            Query::Repos(f) => Reply::json(200, self.repos(f)),
             Query::Repo(id) => match self.repo(id) {
-                Some(r) => Answer::json(200, &r),
-                None => Answer::error(404, &format!("no repo {id:?} in any index")),
+                Some(r) => Reply::json(200, r),
+                None => Answer::error(404, &format!("no repo {id:?} in any index")).into(),
             },
             Query::Fetch(_) | Query::Metrics | Query::Page => {
-                Answer::error(500, "answered by the main loop")
+                Answer::error(500, "answered by the main loop").into()
             }
         }
     }
 
-    fn worker_view(&self, w: &WorkerRecord, owned: &HashMap<Uuid, usize>) -> WorkerView {
+    fn worker_view(&self, w: &WorkerRecord) -> WorkerView {
         let last_seen_secs = if w.state == crate::registry::WorkerState::Alive {
             0
         } else {
@@ -248,7 +310,7 @@ impl View<'_> {
             addr: w.addr.clone(),
             state: w.state.as_str(),
             last_seen_secs,
-            repos: owned.get(&w.uuid).copied().unwrap_or(0),
+            repos: self.fleet.census().owned(&w.uuid),
             weight: w.weight,
             disk_free_bytes: w.disk_free_bytes,
             status: w.status.clone(),
@@ -257,59 +319,63 @@ impl View<'_> {
 
     /// `GET /api/workers`: sorted by id.
     pub fn workers(&self) -> Vec<WorkerView> {
-        let owned = self.fleet.owned_counts();
         let mut v: Vec<WorkerView> = self
             .fleet
             .registry()
             .iter()
-            .map(|w| self.worker_view(w, &owned))
+            .map(|w| self.worker_view(w))
             .collect();
         v.sort_by_key(|w| w.id);
         v
     }
 
-    pub fn worker(&self, id: u32) -> Option<WorkerDetail> {
+    /// `GET /api/workers/{id}`: the worker and one page of the repos it owns.
+    pub fn worker(&self, id: u32, page: &IdsPage) -> Option<WorkerDetail> {
         let w = self.fleet.registry().by_id(id)?;
-        let owned = self.fleet.owned_counts();
-        let repo_ids = self
-            .fleet
-            .repos()
-            .iter()
-            .filter(|(_, r)| r.owner == Some(w.uuid))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let IdPage { ids, more } =
+            self.fleet
+                .census()
+                .page_owned(w.uuid, None, page.after.as_deref(), page.limit);
+        let next = if more { ids.last().cloned() } else { None };
         Some(WorkerDetail {
-            worker: self.worker_view(w, &owned),
-            repo_ids,
+            worker: self.worker_view(w),
+            repo_ids: ids,
+            next,
         })
     }
 
     pub fn counts(&self) -> RepoCounts {
-        let c = self.fleet.state_counts();
-        let n = |s| c.get(&s).copied().unwrap_or(0);
+        let c = self.fleet.census();
         RepoCounts {
-            total: self.fleet.repos().len(),
-            mirrored: n(RepoState::Mirrored),
-            pending: n(RepoState::Pending),
-            failing: n(RepoState::Failing),
-            gone: n(RepoState::Gone),
-            unassigned: n(RepoState::Unassigned),
-            waiting: n(RepoState::Waiting),
+            total: c.total(),
+            mirrored: c.in_state(RepoState::Mirrored),
+            pending: c.in_state(RepoState::Pending),
+            failing: c.in_state(RepoState::Failing),
+            gone: c.in_state(RepoState::Gone),
+            unassigned: c.in_state(RepoState::Unassigned),
+            waiting: c.in_state(RepoState::Waiting),
         }
     }
 
-    /// `GET /api/status`.
+    /// `GET /api/status`: `worker:url` lists at most `url_limit` URLs in all, live
+    /// workers in id order.
     pub fn status(&self, index: Vec<IndexStatus>) -> StatusView {
-        let mut worker_url: BTreeMap<u32, Vec<String>> = self
-            .fleet
-            .registry()
-            .live()
-            .map(|w| (w.id, Vec::new()))
-            .collect();
-        for r in self.fleet.repos().values() {
-            if let Some(id) = r.owner.and_then(|o| self.id_of(&o)) {
-                worker_url.entry(id).or_default().push(r.url.clone());
+        let mut live: Vec<&WorkerRecord> = self.fleet.registry().live().collect();
+        live.sort_by_key(|w| w.id);
+        let mut budget = self.url_limit;
+        let mut truncated = false;
+        let mut worker_url = BTreeMap::new();
+        for w in live {
+            let mut urls = Vec::new();
+            for (_, url) in self.fleet.census().owned_urls(w.uuid) {
+                if budget == 0 {
+                    truncated = true;
+                    break;
+                }
+                urls.push(url.clone());
+                budget -= 1;
             }
+            worker_url.insert(w.id.to_string(), urls);
         }
         let alive = self
             .fleet
@@ -320,10 +386,8 @@ impl View<'_> {
         StatusView {
             server_status: "running",
             worker_count: alive,
-            worker_url: worker_url
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            worker_url,
+            worker_url_truncated: truncated,
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.uptime_secs,
             workers: self.workers(),
@@ -332,9 +396,9 @@ impl View<'_> {
         }
     }
 
-    fn summary(&self, id: &str, r: &Repo) -> RepoSummary {
+    fn summary(&self, id: &Arc<str>, r: &Repo) -> RepoSummary {
         RepoSummary {
-            id: id.to_owned(),
+            id: id.clone(),
             url: r.url.clone(),
             index: r.index.clone(),
             worker: r.owner.and_then(|o| self.id_of(&o)),
@@ -344,35 +408,49 @@ impl View<'_> {
         }
     }
 
-    /// `GET /api/repos`: filtered, sorted by id, paged.
+    /// `GET /api/repos`: filtered, sorted by id, one page after the cursor. Each filter
+    /// has its ordered id set in the census, so a page never scans other repos.
     pub fn repos(&self, f: &RepoFilter) -> RepoPage {
-        let worker_uuid = f
+        let census = self.fleet.census();
+        let offset = f.offset.min(MAX_OFFSET);
+        let want = offset.saturating_add(f.limit);
+        let after = f.after.as_deref();
+        let owner = f
             .worker
             .map(|id| self.fleet.registry().by_id(id).map(|w| w.uuid));
-        let matches = |r: &Repo| {
-            f.state.is_none_or(|s| r.state() == s)
-                && match worker_uuid {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some(u)) => r.owner == Some(u),
-                }
+        let (total, page) = match (owner, f.state) {
+            (Some(None), _) => (
+                0,
+                IdPage {
+                    ids: Vec::new(),
+                    more: false,
+                },
+            ),
+            (None, None) => (census.total(), self.fleet.page_all(after, want)),
+            (None, Some(s)) => (census.in_state(s), census.page_in_state(s, after, want)),
+            (Some(Some(u)), None) => (census.owned(&u), census.page_owned(u, None, after, want)),
+            (Some(Some(u)), Some(s)) => (
+                census.owned_in(&u, s),
+                census.page_owned(u, Some(s), after, want),
+            ),
         };
-        let mut total = 0;
-        let mut repos = Vec::new();
-        for (id, r) in self.fleet.repos() {
-            if !matches(r) {
-                continue;
-            }
-            if total >= f.offset && repos.len() < f.limit {
-                repos.push(self.summary(id, r));
-            }
-            total += 1;
-        }
+        let repos: Vec<RepoSummary> = page
+            .ids
+            .iter()
+            .skip(offset)
+            .filter_map(|id| self.fleet.repo(id).map(|r| self.summary(id, r)))
+            .collect();
+        let next = if page.more {
+            repos.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
         RepoPage {
             total,
             offset: f.offset,
             limit: f.limit,
             repos,
+            next,
         }
     }
 
@@ -494,6 +572,13 @@ mod tests {
         f
     }
 
+    fn all_ids() -> IdsPage {
+        IdsPage {
+            after: None,
+            limit: DEFAULT_REPO_IDS,
+        }
+    }
+
     fn json<T: Serialize>(v: &T) -> serde_json::Value {
         serde_json::to_value(v).unwrap()
     }
@@ -506,6 +591,7 @@ mod tests {
             fleet: &f,
             now_ms: 5000,
             uptime_secs: 7,
+            url_limit: 10_000,
         };
         let s = serde_json::to_string(&v.status(vec![])).unwrap();
         assert!(
@@ -532,6 +618,7 @@ mod tests {
             fleet: &f,
             now_ms: 5000,
             uptime_secs: 7,
+            url_limit: 10_000,
         };
         let w = json(&v.workers());
         assert_eq!(
@@ -540,10 +627,10 @@ mod tests {
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
                 "disk_free_bytes":null,"status":""}])
         );
-        let d = json(&v.worker(0).unwrap());
+        let d = json(&v.worker(0, &all_ids()).unwrap());
         assert_eq!(d["repo_ids"].as_array().unwrap().len(), 10);
         assert_eq!(d["name"], "one");
-        assert!(v.worker(1).is_none());
+        assert!(v.worker(1, &all_ids()).is_none());
     }
 
     // SPEC §9 GET /api/repos: filters and paging.
@@ -554,6 +641,7 @@ mod tests {
             fleet: &f,
             now_ms: 5000,
             uptime_secs: 7,
+            url_limit: 10_000,
         };
         let all = v.repos(&RepoFilter {
             limit: 3,
@@ -561,7 +649,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((all.total, all.repos.len()), (10, 3));
-        assert_eq!(all.repos[0].id, "a/p2/r2");
+        assert_eq!(&*all.repos[0].id, "a/p2/r2");
         let j = json(&all.repos[0]);
         assert_eq!(
             j,
@@ -596,6 +684,7 @@ mod tests {
             fleet: &f,
             now_ms: 5000,
             uptime_secs: 7,
+            url_limit: 10_000,
         };
         let j = json(&v.repo("a/p0/r0").unwrap());
         assert_eq!(j["state"], "mirrored");

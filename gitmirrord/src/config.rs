@@ -39,6 +39,9 @@ pub enum ConfigError {
     },
 }
 
+/// Default of `status_url_limit` (SPEC §12).
+pub const DEFAULT_STATUS_URL_LIMIT: usize = 10_000;
+
 /// The file as written. Every key optional; defaults are applied in [`Config::from_raw`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +59,7 @@ pub struct RawConfig {
     pub events: Option<RawEvents>,
     pub local_worker: Option<LocalWorker>,
     pub log_level: Option<String>,
+    pub status_url_limit: Option<usize>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -172,6 +176,8 @@ pub struct Config {
     /// The embedded worker (`local_worker:`), started by [`crate::run`].
     pub local_worker: Option<LocalWorker>,
     pub log_level: String,
+    /// URLs listed at most by `/api/status`'s `worker:url` (SPEC §12).
+    pub status_url_limit: usize,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -411,6 +417,7 @@ impl Config {
             events,
             local_worker: raw.local_worker,
             log_level,
+            status_url_limit: raw.status_url_limit.unwrap_or(DEFAULT_STATUS_URL_LIMIT),
             warnings,
         })
     }

@@ -11,9 +11,9 @@
 //! for workers in sync (connected and past their `Holdings`); a worker that reconnects
 //! reports what it holds and gets the difference.
 
+use crate::census::{Census, Facts, FetchStats};
 use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published, is_news};
 use crate::index::{Delta, Entry};
-use crate::metrics::FetchStats;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
@@ -24,6 +24,7 @@ use gitmirror_wire::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -149,12 +150,14 @@ impl RepoState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repo {
-    pub url: String,
-    pub index: String,
+    /// Shared with the census (for `worker:url`).
+    pub url: Arc<str>,
+    /// Shared by every repo of the index.
+    pub index: Arc<str>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub owner: Option<Uuid>,
     /// Workers holding (or told to hold) the repo → whether they have a complete mirror.
-    pub holders: BTreeMap<Uuid, bool>,
+    pub holders: Holders,
     pub status: RepoStatus,
 }
 
@@ -177,6 +180,99 @@ impl Repo {
         } else {
             RepoState::Pending
         }
+    }
+
+    /// What the census counts of this repo.
+    pub fn facts(&self) -> Facts {
+        let state = self.state();
+        Facts {
+            state,
+            owner: self.owner,
+            url: self.url.clone(),
+            last_success_ms: self.status.last_success_ms,
+            failed_ms: match state {
+                RepoState::Failing | RepoState::Gone => {
+                    Some(self.status.last_error.as_ref().map_or(0, |e| e.time_ms))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A repo's holders: worker → whether it has a complete mirror. Nearly always one or two
+/// (the owner, and the old owner during a hand-off), so a sorted vector of exactly that
+/// many, not a map whose first node alone takes ~200 bytes (design.md "API and fleet at
+/// scale"). The methods are the map's that the fleet uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holders(Vec<(Uuid, bool)>);
+
+impl Holders {
+    fn find(&self, w: &Uuid) -> Result<usize, usize> {
+        self.0.binary_search_by(|(u, _)| u.cmp(w))
+    }
+
+    pub fn get(&self, w: &Uuid) -> Option<&bool> {
+        self.find(w)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, m)| m)
+    }
+
+    pub fn get_mut(&mut self, w: &Uuid) -> Option<&mut bool> {
+        let i = self.find(w).ok()?;
+        self.0.get_mut(i).map(|(_, m)| m)
+    }
+
+    pub fn contains_key(&self, w: &Uuid) -> bool {
+        self.find(w).is_ok()
+    }
+
+    pub fn insert(&mut self, w: Uuid, mirrored: bool) {
+        match self.find(&w) {
+            Ok(i) => {
+                if let Some(e) = self.0.get_mut(i) {
+                    e.1 = mirrored;
+                }
+            }
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (w, mirrored));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, w: &Uuid) -> Option<bool> {
+        let i = self.find(w).ok()?;
+        let (_, m) = self.0.remove(i);
+        self.0.shrink_to_fit();
+        Some(m)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Uuid> + '_ {
+        self.0.iter().map(|(u, _)| u)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &bool)> + '_ {
+        self.0.iter().map(|(u, m)| (u, m))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Uuid, bool)> for Holders {
+    fn from_iter<I: IntoIterator<Item = (Uuid, bool)>>(it: I) -> Self {
+        let mut h = Holders::default();
+        for (u, m) in it {
+            h.insert(u, m);
+        }
+        h
     }
 }
 
@@ -253,7 +349,7 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     };
     if !repo.holders.contains_key(&owner) && out.synced.contains(&owner) {
         repo.holders.insert(owner, false);
-        out.push(owner, id, Op::Upsert(repo.url.clone()));
+        out.push(owner, id, Op::Upsert(repo.url.to_string()));
     }
     if repo.holders.get(&owner) == Some(&true) {
         let others: Vec<Uuid> = repo
@@ -269,8 +365,18 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// The one copy of an index name (there are a handful).
+fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(n) = names.iter().find(|n| &***n == name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.push(n.clone());
+    n
+}
+
 /// Holders (live workers only) and status of a saved repo.
-fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, bool>, RepoStatus) {
+fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Holders, RepoStatus) {
     match saved {
         Some(s) => (
             s.holders
@@ -280,14 +386,21 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (BTreeMap<Uuid, boo
                 .collect(),
             s.status,
         ),
-        None => (BTreeMap::new(), RepoStatus::default()),
+        None => (Holders::default(), RepoStatus::default()),
     }
 }
 
 pub struct Fleet {
     dead_after_ms: i64,
     registry: Registry,
-    repos: BTreeMap<String, Repo>,
+    /// Ids are shared with the census's ordered sets.
+    /// Boxed: B-tree nodes are often half full, and a half-empty slot of a pointer costs
+    /// far less than one of a whole repo (design.md "API and fleet at scale").
+    repos: BTreeMap<Arc<str>, Box<Repo>>,
+    /// Counts and ordered id sets, updated with every change of a repo's [`Facts`].
+    census: Census,
+    /// Index names, shared by their repos.
+    index_names: Vec<Arc<str>>,
     /// Live workers in uuid order, as the ring sees them.
     members: Vec<Member>,
     out: Outbox,
@@ -316,21 +429,23 @@ impl Fleet {
     ) -> Self {
         let mut saved: HashMap<String, SavedRepo> = saved.repos.into_iter().collect();
         let mut repos = BTreeMap::new();
+        let mut index_names = Vec::new();
         for e in entries {
             let (holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
-                e.id,
-                Repo {
-                    url: e.url,
-                    index: e.index,
+                Arc::from(e.id),
+                Box::new(Repo {
+                    url: Arc::from(e.url),
+                    index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
                     owner: None,
                     holders,
                     status,
-                },
+                }),
             );
         }
         let index_ready = !repos.is_empty();
+        let census = Census::from_facts(repos.iter().map(|(id, r)| (id, r.facts())));
         if index_ready {
             // Saved repos the index no longer has were removed while we were down.
             saved.clear();
@@ -339,6 +454,8 @@ impl Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
             repos,
+            census,
+            index_names,
             members: Vec::new(),
             out: Outbox::default(),
             index_ready,
@@ -368,7 +485,8 @@ impl Fleet {
             if updated.contains(id.as_str()) {
                 continue;
             }
-            if let Some(repo) = self.repos.remove(id) {
+            if let Some((key, repo)) = self.repos.remove_entry(id.as_str()) {
+                self.census.remove(&key, &repo.facts());
                 for h in repo.holders.keys() {
                     self.out
                         .push(*h, id, Op::Drop(DropReason::RemovedFromIndex));
@@ -377,15 +495,17 @@ impl Fleet {
         }
         let ring = ring::Ring::new(&self.members);
         for e in delta.added.iter().chain(&delta.changed) {
-            let repo = match self.repos.get_mut(&e.id) {
+            let index = intern(&mut self.index_names, &e.index);
+            let before = self.repos.get(e.id.as_str()).map(|r| r.facts());
+            let repo = match self.repos.get_mut(e.id.as_str()) {
                 Some(repo) => {
-                    if repo.url != e.url {
-                        repo.url = e.url.clone();
+                    if *repo.url != *e.url {
+                        repo.url = Arc::from(e.url.as_str());
                         for h in repo.holders.keys() {
                             self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
                         }
                     }
-                    repo.index = e.index.clone();
+                    repo.index = index.clone();
                     repo.metadata = e.metadata.clone();
                     repo
                 }
@@ -400,17 +520,26 @@ impl Fleet {
                             }
                         }
                     }
-                    self.repos.entry(e.id.clone()).or_insert(Repo {
-                        url: e.url.clone(),
-                        index: e.index.clone(),
-                        metadata: e.metadata.clone(),
-                        owner,
-                        holders,
-                        status,
-                    })
+                    self.repos
+                        .entry(Arc::from(e.id.as_str()))
+                        .or_insert(Box::new(Repo {
+                            url: Arc::from(e.url.as_str()),
+                            index,
+                            metadata: e.metadata.clone(),
+                            owner,
+                            holders,
+                            status,
+                        }))
                 }
             };
             reconcile(&e.id, repo, &mut self.out);
+            let after = repo.facts();
+            if let Some((key, _)) = self.repos.get_key_value(e.id.as_str()) {
+                match before {
+                    Some(b) => self.census.update(key, &b, &after),
+                    None => self.census.add(key, &after),
+                }
+            }
         }
         if !was_ready {
             self.saved.clear();
@@ -499,19 +628,26 @@ impl Fleet {
         self.unknown_held.remove(&uuid);
         let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
+        // One pass per repo: what it holds, then the repo's reconciliation.
         for (id, repo) in self.repos.iter_mut() {
-            if !held.contains_key(id.as_str()) {
-                repo.holders.remove(&uuid);
-            }
-        }
-        for h in &holdings.repos {
-            match self.repos.get_mut(&h.id) {
-                Some(repo) => {
+            let before = repo.facts();
+            match held.get(&**id) {
+                Some(h) => {
                     repo.holders.insert(uuid, h.mirrored);
-                    if h.url != repo.url {
-                        self.out.push(uuid, &h.id, Op::Upsert(repo.url.clone()));
+                    if *h.url != *repo.url {
+                        self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
                     }
                 }
+                None => {
+                    repo.holders.remove(&uuid);
+                }
+            }
+            reconcile(id, repo, &mut self.out);
+            self.census.update(id, &before, &repo.facts());
+        }
+        for h in &holdings.repos {
+            match self.repos.get(h.id.as_str()) {
+                Some(_) => {}
                 None if self.index_ready => {
                     self.out
                         .push(uuid, &h.id, Op::Drop(DropReason::RemovedFromIndex));
@@ -523,9 +659,6 @@ impl Fleet {
                         .insert(h.id.clone(), (h.url.clone(), h.mirrored));
                 }
             }
-        }
-        for (id, repo) in self.repos.iter_mut() {
-            reconcile(id, repo, &mut self.out);
         }
         self.out.ops.entry(uuid).or_default();
         self.repos_dirty = true;
@@ -559,19 +692,19 @@ impl Fleet {
             self.registry.mark_dead(uuid, now_ms);
             self.out.synced.remove(uuid);
             if let Some(w) = self.registry.get(uuid) {
-                let n = self
-                    .repos
-                    .values()
-                    .filter(|r| r.owner == Some(*uuid))
-                    .count();
+                let n = self.census.owned(uuid);
                 tracing::warn!(
                     "worker {} ({}): suspect → dead; its {n} repos are reassigned",
                     w.id,
                     w.name
                 );
             }
-            for repo in self.repos.values_mut() {
-                repo.holders.remove(uuid);
+            for (id, repo) in self.repos.iter_mut() {
+                if repo.holders.contains_key(uuid) {
+                    let before = repo.facts();
+                    repo.holders.remove(uuid);
+                    self.census.update(id, &before, &repo.facts());
+                }
             }
         }
         self.registry_dirty = true;
@@ -622,10 +755,12 @@ impl Fleet {
         let cloned = matches!(o.result, FetchResult::Cloned);
         let changed = success && !o.changes.is_empty();
         self.stats.record(o);
-        let Some(repo) = self.repos.get_mut(&o.repo) else {
+        let Some((key, repo)) = self.repos.get_key_value(o.repo.as_str()) else {
             // Removed from the index meanwhile: no owner, so no event.
             return None;
         };
+        let (key, before) = (key.clone(), repo.facts());
+        let repo = self.repos.get_mut(o.repo.as_str())?;
         let by_owner = repo.owner == Some(uuid);
         if success && let Some(m) = repo.holders.get_mut(&uuid) {
             *m = true;
@@ -715,6 +850,7 @@ impl Fleet {
         if success {
             reconcile(&o.repo, repo, &mut self.out);
         }
+        self.census.update(&key, &before, &repo.facts());
         if !publish {
             return None;
         }
@@ -823,8 +959,10 @@ impl Fleet {
         for (id, repo) in self.repos.iter_mut() {
             let owner = ring.owner(id).and_then(|i| members.get(i)).map(|m| m.uuid);
             if owner != repo.owner {
+                let before = repo.facts();
                 repo.owner = owner;
                 reconcile(id, repo, &mut self.out);
+                self.census.update(id, &before, &repo.facts());
             }
         }
         self.repos_dirty = true;
@@ -886,12 +1024,23 @@ impl Fleet {
         self.registry.get(uuid)
     }
 
-    pub fn repos(&self) -> &BTreeMap<String, Repo> {
+    pub fn repos(&self) -> &BTreeMap<Arc<str>, Box<Repo>> {
         &self.repos
     }
 
     pub fn repo(&self, id: &str) -> Option<&Repo> {
-        self.repos.get(id)
+        self.repos.get(id).map(|r| &**r)
+    }
+
+    /// Counts and ordered id sets, kept up to date (O(1) or one page per query).
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    /// Whether the kept census equals one rebuilt from every repo: O(repos), for tests
+    /// and benchmarks.
+    pub fn census_is_exact(&self) -> bool {
+        self.census == Census::from_facts(self.repos.iter().map(|(id, r)| (id, r.facts())))
     }
 
     /// Outcomes counted since start (duplicates excluded).
@@ -904,41 +1053,28 @@ impl Fleet {
         self.out.synced.contains(uuid)
     }
 
-    /// Repos owned per worker.
-    pub fn owned_counts(&self) -> HashMap<Uuid, usize> {
-        let mut m = HashMap::new();
-        for r in self.repos.values() {
-            if let Some(o) = r.owner {
-                *m.entry(o).or_insert(0) += 1;
-            }
-        }
-        m
+    /// Up to `limit` repo ids after `after`, in id order, with whether more follow.
+    pub fn page_all(&self, after: Option<&str>, limit: usize) -> crate::census::IdPage {
+        let range = match after {
+            Some(a) => self
+                .repos
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.repos.range::<str, _>(..),
+        };
+        crate::census::take_page(range.map(|(id, _)| id), limit)
     }
 
-    /// Count of repos per state.
-    pub fn state_counts(&self) -> BTreeMap<RepoState, usize> {
-        let mut m: BTreeMap<RepoState, usize> = RepoState::ALL.iter().map(|s| (*s, 0)).collect();
-        for r in self.repos.values() {
-            *m.entry(r.state()).or_insert(0) += 1;
-        }
-        m
-    }
-
-    /// One line for `systemctl status`.
+    /// One line for `systemctl status`: O(workers).
     pub fn summary(&self) -> String {
         let alive = self
             .registry
             .iter()
             .filter(|w| w.state == WorkerState::Alive)
             .count();
-        let failing = self
-            .repos
-            .values()
-            .filter(|r| r.state() == RepoState::Failing)
-            .count();
         format!(
-            "{alive} workers alive, {} repos, {failing} failing",
-            self.repos.len()
+            "{alive} workers alive, {} repos, {} failing",
+            self.census.total(),
+            self.census.in_state(RepoState::Failing)
         )
     }
 
@@ -963,7 +1099,7 @@ impl Fleet {
                 .iter()
                 .map(|(id, r)| {
                     (
-                        id.clone(),
+                        id.to_string(),
                         SavedRepo {
                             owner: r.owner,
                             holders: r

@@ -20,10 +20,13 @@
 //! read deadline covers only reading the request.
 //!
 //! Fleet state is owned by the main loop: queries travel there as [`HttpCall`]s and come
-//! back as rendered [`Answer`]s. Events are read from the shared log, index state from the
+//! back as [`Reply`]s, whose JSON is encoded here on a blocking thread, off the loop. Events are read from the shared log, index state from the
 //! poller's handle.
 
-use crate::api::{Answer, DEFAULT_LIMIT, MAX_LIMIT, Query, RepoFilter};
+use crate::api::{
+    Answer, DEFAULT_LIMIT, DEFAULT_REPO_IDS, IdsPage, MAX_LIMIT, MAX_OFFSET, Query, Reply,
+    RepoFilter,
+};
 use crate::config::ApiToken;
 use crate::events::EventLog;
 use crate::fleet::RepoState;
@@ -50,7 +53,7 @@ const MAX_HEADERS: usize = 100;
 /// A question for the main loop.
 pub struct HttpCall {
     pub query: Query,
-    pub reply: oneshot::Sender<Answer>,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 #[derive(Clone)]
@@ -463,7 +466,10 @@ pub async fn route(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str
         ["api", "status"] if get => (ask(ctx, Query::Status).await, None),
         ["api", "workers"] if get => (ask(ctx, Query::Workers).await, None),
         ["api", "workers", id] if get => match id.parse::<u32>() {
-            Ok(id) => (ask(ctx, Query::Worker(id)).await, None),
+            Ok(id) => match ids_page(req) {
+                Ok(p) => (ask(ctx, Query::Worker(id, p)).await, None),
+                Err(a) => (a, None),
+            },
             Err(_) => (
                 Answer::error(404, &format!("no worker with id {id:?}")),
                 None,
@@ -569,11 +575,36 @@ fn repo_filter(req: &Request) -> Result<RepoFilter, Answer> {
                 .map_err(|_| Answer::error(400, &format!("worker={w:?} is not a worker id")))?,
         ),
     };
+    let offset = number(req, "offset", 0)?;
+    if offset > MAX_OFFSET {
+        return Err(Answer::error(
+            400,
+            &format!(
+                "offset={offset} is beyond {MAX_OFFSET}: page with after=<last repo id> (the answer's \"next\")"
+            ),
+        ));
+    }
     Ok(RepoFilter {
         state,
         worker,
+        after: cursor(req),
         limit: number(req, "limit", DEFAULT_LIMIT)?.min(MAX_LIMIT),
-        offset: number(req, "offset", 0)?,
+        offset,
+    })
+}
+
+/// `after=`: a repo id (any string; ids sort as strings).
+fn cursor(req: &Request) -> Option<String> {
+    req.param("after")
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+}
+
+/// `after` and `limit` of `/api/workers/{id}`'s `repo_ids`.
+fn ids_page(req: &Request) -> Result<IdsPage, Answer> {
+    Ok(IdsPage {
+        after: cursor(req),
+        limit: number(req, "limit", DEFAULT_REPO_IDS)?.min(MAX_LIMIT),
     })
 }
 
@@ -585,7 +616,11 @@ async fn ask(ctx: &HttpCtx, query: Query) -> Answer {
         Err(_) => return Answer::error(503, "the coordinator is busy; try again"),
     }
     match tokio::time::timeout(DEADLINE, rx).await {
-        Ok(Ok(a)) => a,
+        Ok(Ok(Reply::Ready(a))) => a,
+        // Encoding a big page takes milliseconds: not on the async threads.
+        Ok(Ok(r)) => tokio::task::spawn_blocking(move || r.finish())
+            .await
+            .unwrap_or_else(|e| Answer::error(500, &format!("cannot encode the answer: {e}"))),
         Ok(Err(_)) => Answer::error(503, "the coordinator is shutting down"),
         Err(_) => Answer::error(503, "the coordinator is busy; try again"),
     }
@@ -761,7 +796,9 @@ mod tests {
             tokio::spawn(async move {
                 while let Some(call) = rx.recv().await {
                     assert_eq!(call.query, Query::Fetch("a/b/c".into()));
-                    let _ = call.reply.send(Answer::json(202, &serde_json::json!({})));
+                    let _ = call
+                        .reply
+                        .send(Answer::json(202, &serde_json::json!({})).into());
                 }
             });
             c

@@ -5,6 +5,7 @@
 //! calls [`run::run`]; tests call the same `run` on `127.0.0.1:0`.
 
 pub mod api;
+pub mod census;
 pub mod config;
 pub mod events;
 pub mod fleet;

@@ -1,135 +1,29 @@
 //! `GET /metrics` (SPEC §9): the Prometheus text format 0.0.4.
 //!
-//! Counters kept here ([`FetchStats`]) count since the process started, as Prometheus
-//! expects of a `_total`; gauges and the staleness histogram are computed from the
-//! fleet's state at scrape time. [`render`] is a pure function of its inputs, so the
-//! output is tested without sockets.
+//! Fetch counters ([`FetchStats`]) count since the process started, as Prometheus
+//! expects of a `_total`; gauges and the staleness histogram come from the counters the
+//! [`Census`] keeps up to date, so a scrape never walks the repos. [`render`] is a pure
+//! function of its inputs (no fleet: it depends on the census, not the other way round),
+//! so the output is tested without sockets.
 //!
 //! Staleness: for each repo, now minus the last time it was confirmed equal to upstream,
 //! which is its last successful fetch or clone. Repos never mirrored have no such time:
-//! they are not in the histogram but counted by `gitmirror_repos_never_mirrored`.
+//! they are not in the histogram but counted by `gitmirror_repos_never_mirrored`. Ages are
+//! counted to the second within the last hour, to the minute beyond (census.rs).
 
-use crate::fleet::{Fleet, RepoState};
+use crate::census::{Census, FetchStats, Histogram, OUTCOMES};
+use crate::fleet::RepoState;
 use crate::index::IndexStatus;
-use crate::registry::WorkerState;
-use gitmirror_wire::{FailureClass, FetchResult, Outcome};
+use crate::registry::{Registry, WorkerState};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// The `outcome` label values of `gitmirror_fetches_total`, all present from the start.
-pub const OUTCOMES: [&str; 7] = [
-    "cloned",
-    "fetched",
-    "failed_transient",
-    "failed_rate_limited",
-    "failed_gone",
-    "failed_local",
-    "waiting",
-];
-
-/// Upper bounds (seconds) of the fetch duration buckets.
-pub const FETCH_DURATION_BUCKETS: [f64; 14] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
-];
-/// Upper bounds (seconds) of the staleness buckets: a minute to a week.
-pub const STALENESS_BUCKETS: [f64; 11] = [
-    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0, 604800.0,
-];
-
-/// A cumulative histogram over fixed buckets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket, not cumulative; the last one is `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
+fn histogram(h: &Histogram, w: &mut Writer, name: &str) {
+    for (le, n) in h.cumulative() {
+        w.sample(&format!("{name}_bucket"), &[("le", &number(le))], n as f64);
     }
-
-    pub fn observe(&mut self, v: f64) {
-        if !v.is_finite() {
-            return;
-        }
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        if let Some(c) = self.counts.get_mut(i) {
-            *c += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    fn write(&self, w: &mut Writer, name: &str) {
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c;
-            let le = match self.bounds.get(i) {
-                Some(b) => number(*b),
-                None => "+Inf".into(),
-            };
-            w.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative as f64);
-        }
-        w.sample(&format!("{name}_sum"), &[], self.sum);
-        w.sample(&format!("{name}_count"), &[], self.count as f64);
-    }
-}
-
-/// Fetch outcomes since the process started (every non-duplicate outcome, from any holder).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FetchStats {
-    by_outcome: BTreeMap<&'static str, u64>,
-    duration: Histogram,
-}
-
-impl Default for FetchStats {
-    fn default() -> Self {
-        Self {
-            by_outcome: OUTCOMES.iter().map(|o| (*o, 0)).collect(),
-            duration: Histogram::new(&FETCH_DURATION_BUCKETS),
-        }
-    }
-}
-
-impl FetchStats {
-    pub fn record(&mut self, o: &Outcome) {
-        let label = match &o.result {
-            FetchResult::Cloned => "cloned",
-            FetchResult::Fetched => "fetched",
-            FetchResult::Failed { class, .. } => match class {
-                FailureClass::Transient => "failed_transient",
-                FailureClass::RateLimited => "failed_rate_limited",
-                FailureClass::Gone => "failed_gone",
-                FailureClass::Local => "failed_local",
-            },
-            FetchResult::Waiting { .. } => "waiting",
-        };
-        *self.by_outcome.entry(label).or_insert(0) += 1;
-        // A waiting repo was not attempted: it has no duration.
-        if !matches!(o.result, FetchResult::Waiting { .. }) {
-            self.duration.observe(o.duration_ms as f64 / 1000.0);
-        }
-    }
-
-    pub fn count(&self, outcome: &str) -> u64 {
-        self.by_outcome.get(outcome).copied().unwrap_or(0)
-    }
+    w.sample(&format!("{name}_sum"), &[], h.sum());
+    w.sample(&format!("{name}_count"), &[], h.count() as f64);
 }
 
 /// One webhook's delivery state, for `gitmirror_webhook_*`.
@@ -143,9 +37,38 @@ pub struct WebhookMetric {
     pub skipped: u64,
 }
 
-/// Everything [`render`] needs besides the fleet.
+/// The fleet's counters at scrape time: copied on the main loop in O(workers + buckets),
+/// rendered elsewhere.
+#[derive(Debug, Clone)]
+pub struct FleetCounts {
+    workers: Vec<(&'static str, usize)>,
+    repos: Vec<(&'static str, usize)>,
+    fetches: FetchStats,
+    staleness: Histogram,
+    never_mirrored: u64,
+}
+
+impl FleetCounts {
+    pub fn take(registry: &Registry, census: &Census, fetches: &FetchStats, now_ms: i64) -> Self {
+        FleetCounts {
+            workers: [WorkerState::Alive, WorkerState::Suspect, WorkerState::Dead]
+                .into_iter()
+                .map(|s| (s.as_str(), registry.iter().filter(|w| w.state == s).count()))
+                .collect(),
+            repos: RepoState::ALL
+                .into_iter()
+                .map(|s| (s.as_str(), census.in_state(s)))
+                .collect(),
+            fetches: fetches.clone(),
+            staleness: census.staleness(now_ms),
+            never_mirrored: census.never_mirrored(),
+        }
+    }
+}
+
+/// Everything [`render`] shows: counters only, so a scrape costs O(workers + indexes).
 pub struct Inputs<'a> {
-    pub now_ms: i64,
+    pub fleet: FleetCounts,
     pub uptime_secs: u64,
     pub index: &'a [IndexStatus],
     /// `(index, result)` → polls since start.
@@ -157,7 +80,7 @@ pub struct Inputs<'a> {
 }
 
 /// Render the whole exposition.
-pub fn render(fleet: &Fleet, i: &Inputs<'_>) -> String {
+pub fn render(i: &Inputs<'_>) -> String {
     let mut w = Writer::default();
 
     w.family(
@@ -188,19 +111,16 @@ pub fn render(fleet: &Fleet, i: &Inputs<'_>) -> String {
         "gauge",
         "Known workers by liveness state.",
     );
-    for state in [WorkerState::Alive, WorkerState::Suspect, WorkerState::Dead] {
-        let n = fleet.registry().iter().filter(|w| w.state == state).count();
-        w.sample("gitmirror_workers", &[("state", state.as_str())], n as f64);
+    for (state, n) in &i.fleet.workers {
+        w.sample("gitmirror_workers", &[("state", state)], *n as f64);
     }
 
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
-    let counts = fleet.state_counts();
-    for state in RepoState::ALL {
-        let n = counts.get(&state).copied().unwrap_or(0);
-        w.sample("gitmirror_repos", &[("state", state.as_str())], n as f64);
+    for (state, n) in &i.fleet.repos {
+        w.sample("gitmirror_repos", &[("state", state)], *n as f64);
     }
 
-    let stats = fleet.fetch_stats();
+    let stats = &i.fleet.fetches;
     w.family(
         "gitmirror_fetches_total",
         "counter",
@@ -218,24 +138,16 @@ pub fn render(fleet: &Fleet, i: &Inputs<'_>) -> String {
         "histogram",
         "Duration of fetches and clones (failed ones included) as reported by workers.",
     );
-    stats
-        .duration
-        .write(&mut w, "gitmirror_fetch_duration_seconds");
+    histogram(stats.duration(), &mut w, "gitmirror_fetch_duration_seconds");
 
-    let mut staleness = Histogram::new(&STALENESS_BUCKETS);
-    let mut never = 0u64;
-    for r in fleet.repos().values() {
-        match r.status.last_success_ms {
-            Some(t) => staleness.observe((i.now_ms - t).max(0) as f64 / 1000.0),
-            None => never += 1,
-        }
-    }
+    let staleness = &i.fleet.staleness;
+    let never = i.fleet.never_mirrored;
     w.family(
         "gitmirror_staleness_seconds",
         "histogram",
         "Per repo: seconds since its mirror was last confirmed equal to upstream (its last successful fetch). Repos never mirrored are in gitmirror_repos_never_mirrored instead.",
     );
-    staleness.write(&mut w, "gitmirror_staleness_seconds");
+    histogram(staleness, &mut w, "gitmirror_staleness_seconds");
     w.family(
         "gitmirror_repos_never_mirrored",
         "gauge",
@@ -415,7 +327,7 @@ mod tests {
             h.observe(v);
         }
         let mut w = Writer::default();
-        h.write(&mut w, "x");
+        histogram(&h, &mut w, "x");
         assert_eq!(
             w.out,
             "x_bucket{le=\"1\"} 2\nx_bucket{le=\"10\"} 3\nx_bucket{le=\"+Inf\"} 4\nx_sum 106.5\nx_count 4\n"

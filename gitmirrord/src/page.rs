@@ -3,7 +3,9 @@
 //!
 //! Server-rendered, inline CSS, no scripts or external assets; it refreshes itself every
 //! 10 s. Every string that comes from outside (index entries, worker names and status
-//! lines, upstream error messages, URLs) goes through [`esc`]. Lists are bounded.
+//! lines, upstream error messages, URLs) goes through [`esc`]. Lists are bounded, and
+//! counts and the failing list come from the fleet's census, so a render costs
+//! O(workers + indexes + listed rows), never a walk of the repos (SPEC §12).
 
 use crate::events::Event;
 use crate::fleet::{Fleet, RepoState};
@@ -130,9 +132,9 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
         count(WorkerState::Suspect),
         count(WorkerState::Dead),
     );
-    let states = fleet.state_counts();
-    let n = |s: RepoState| states.get(&s).copied().unwrap_or(0);
-    let total = fleet.repos().len();
+    let census = fleet.census();
+    let n = |s: RepoState| census.in_state(s);
+    let total = census.total();
 
     let _ = write!(
         h,
@@ -206,7 +208,7 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
 }
 
 fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
-    let owned = fleet.owned_counts();
+    let census = fleet.census();
     let mut list: Vec<_> = fleet.registry().iter().collect();
     list.sort_by_key(|w| w.id);
     let _ = write!(
@@ -242,7 +244,7 @@ fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
             w.id,
             esc(&w.name),
             esc(w.addr.as_deref().unwrap_or("—")),
-            owned.get(&w.uuid).copied().unwrap_or(0),
+            census.owned(&w.uuid),
             w.weight,
             esc(&cut(&w.status, 200)),
             s = w.state.as_str(),
@@ -252,19 +254,17 @@ fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
 }
 
 fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
-    let mut failing: Vec<(&String, &crate::fleet::Repo)> = fleet
-        .repos()
-        .iter()
-        .filter(|(_, r)| matches!(r.state(), RepoState::Failing | RepoState::Gone))
-        .collect();
+    let census = fleet.census();
+    let count = census.in_state(RepoState::Failing) + census.in_state(RepoState::Gone);
     // Newest failure first.
-    failing.sort_by_key(|(_, r)| {
-        std::cmp::Reverse(r.status.last_error.as_ref().map_or(0, |e| e.time_ms))
-    });
+    let failing: Vec<(&str, &crate::fleet::Repo)> = census
+        .failing()
+        .take(MAX_FAILING)
+        .filter_map(|id| fleet.repo(id).map(|r| (&**id, r)))
+        .collect();
     let _ = write!(
         h,
-        "<section id=\"failing\"><h2>Failing repos <span class=\"count\">({})</span></h2>",
-        failing.len()
+        "<section id=\"failing\"><h2>Failing repos <span class=\"count\">({count})</span></h2>"
     );
     if failing.is_empty() {
         h.push_str("<div class=\"empty\">No repo is failing.</div></section>");
@@ -274,7 +274,7 @@ fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
         "<table><tr><th>repo</th><th>state</th><th class=\"num\">worker</th><th>class</th>\
          <th>last error</th><th>when</th><th class=\"num\">failures</th></tr>",
     );
-    for (id, r) in failing.iter().take(MAX_FAILING) {
+    for (id, r) in &failing {
         let worker = r
             .owner
             .and_then(|o| fleet.worker(&o))
@@ -303,12 +303,12 @@ fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
         );
     }
     h.push_str("</table>");
-    if failing.len() > MAX_FAILING {
+    if count > MAX_FAILING {
         let _ = write!(
             h,
             "<div class=\"muted\">…and {} more: <a href=\"/api/repos?state=failing\">/api/repos?state=failing</a>, \
              <a href=\"/api/repos?state=gone\">?state=gone</a></div>",
-            failing.len() - MAX_FAILING
+            count - MAX_FAILING
         );
     }
     h.push_str("</section>");

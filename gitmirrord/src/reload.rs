@@ -72,6 +72,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             None => "api_token_file (removed)".into(),
         });
     }
+    if old.status_url_limit != new.status_url_limit {
+        p.applied.push(format!(
+            "status_url_limit {} → {}",
+            old.status_url_limit, new.status_url_limit
+        ));
+    }
     let mut needs_restart = Vec::new();
     let mut restart = |key: &str, changed: bool, o: String, n: String| {
         if changed {
@@ -200,6 +206,7 @@ pub fn merge(old: &Config, new: Config) -> Config {
         webhooks: new.webhooks,
         api_token_file: new.api_token_file,
         api_token: new.api_token,
+        status_url_limit: new.status_url_limit,
         warnings: new.warnings,
         ..old.clone()
     }

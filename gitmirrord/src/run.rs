@@ -7,7 +7,7 @@
 //! watchdog, which is fed only from here). After each durable append it publishes the
 //! newest event number on a `watch`, which long-polls and webhooks wait on.
 
-use crate::api::{Answer, Query, View};
+use crate::api::{Answer, Query, Reply, View};
 use crate::config::{ApiToken, Config};
 use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
@@ -654,23 +654,31 @@ impl MainLoop {
         }
     }
 
+    /// Bounded work on the loop (SPEC §12): counters, lookups and one page, copied into
+    /// owned views; the HTTP task encodes them.
     fn on_http(&mut self, call: HttpCall) {
-        let answer = match &call.query {
-            Query::Fetch(id) => self.fetch_now(id),
+        let answer: Reply = match &call.query {
+            Query::Fetch(id) => self.fetch_now(id).into(),
             Query::Metrics => self.metrics(),
-            Query::Page => self.page(),
+            Query::Page => self.page().into(),
             q => {
                 let view = View {
                     fleet: &self.fleet,
                     now_ms: now_ms(),
                     uptime_secs: self.started.elapsed().as_secs(),
+                    url_limit: self.cfg.status_url_limit,
                 };
-                let index = if *q == Query::Status {
-                    self.index.status()
+                if *q == Query::Status {
+                    // The index part (rejected entries and all) is copied off the loop.
+                    let mut status = view.status(Vec::new());
+                    let index = self.index.clone();
+                    Reply::Render(Box::new(move || {
+                        status.index = index.status();
+                        Answer::json(200, &status)
+                    }))
                 } else {
-                    Vec::new()
-                };
-                view.answer(q, index)
+                    view.answer(q, Vec::new())
+                }
             }
         };
         let _ = call.reply.send(answer);
@@ -683,24 +691,33 @@ impl MainLoop {
             .unwrap_or_default()
     }
 
-    /// `GET /metrics`.
-    fn metrics(&self) -> Answer {
-        let index = self.index.status();
-        let polls = self.index.polls();
+    /// `GET /metrics`: the counters are copied here; index state is read and the text
+    /// rendered off the loop.
+    fn metrics(&self) -> Reply {
+        let fleet = crate::metrics::FleetCounts::take(
+            self.fleet.registry(),
+            self.fleet.census(),
+            self.fleet.fetch_stats(),
+            now_ms(),
+        );
+        let uptime_secs = self.started.elapsed().as_secs();
+        let event_seq = *self.seq.borrow();
+        let events = self.events_by_kind.clone();
         let webhooks = self.webhook_metrics();
-        let text = crate::metrics::render(
-            &self.fleet,
-            &crate::metrics::Inputs {
-                now_ms: now_ms(),
-                uptime_secs: self.started.elapsed().as_secs(),
+        let index = self.index.clone();
+        Reply::Render(Box::new(move || {
+            let polls = index.polls();
+            let index = index.status();
+            Answer::metrics(crate::metrics::render(&crate::metrics::Inputs {
+                fleet,
+                uptime_secs,
                 index: &index,
                 index_polls: &polls,
-                event_seq: *self.seq.borrow(),
-                events: &self.events_by_kind,
+                event_seq,
+                events: &events,
                 webhooks: &webhooks,
-            },
-        );
-        Answer::metrics(text)
+            }))
+        }))
     }
 
     /// `GET /`.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Coordinator, REPOS, http_head, http_raw};
+use common::{Coordinator, REPOS, TestWorker, http_head, http_raw};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -223,5 +223,68 @@ async fn slow_clients_do_not_stall_others() {
         (c.get("/healthz").await.0 == 200).then_some(())
     })
     .await;
+    c.stop().await.1.unwrap();
+}
+
+/// SPEC §12 Listings: `/api/repos` pages by cursor (`after=`, `next`), with filters;
+/// `/api/workers/{id}` pages its `repo_ids` the same way; `worker:url` stops at
+/// `status_url_limit` URLs and says so; `offset` stays accepted but bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_listings_page_by_cursor() {
+    let c = Coordinator::start("status_url_limit: 2\n").await;
+    c.wait_for_repos().await;
+
+    // Unfiltered, two by two: a cursor, then the last page without one.
+    let (s, p) = c.get_json("/api/repos?limit=2").await;
+    assert_eq!(s, 200);
+    assert_eq!(p["total"], 3);
+    assert_eq!(p["next"], REPOS[1]);
+    let (_, p) = c
+        .get_json(&format!("/api/repos?limit=2&after={}", REPOS[1]))
+        .await;
+    let ids: Vec<&str> = p["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![REPOS[2]]);
+    assert_eq!(p["next"], serde_json::Value::Null);
+    // A cursor need not name an existing repo: ids sort as strings.
+    let (_, p) = c.get_json("/api/repos?after=b&state=unassigned").await;
+    assert_eq!(p["repos"].as_array().unwrap().len(), 2);
+    assert_eq!(p["total"], 3, "total counts every match, not only the page");
+    assert_eq!(c.get_json("/api/repos?offset=100001").await.0, 400);
+
+    // One worker owns every repo.
+    let (mut w, id) = TestWorker::join(c.quic, &c.token, uuid::Uuid::from_u128(7)).await;
+    w.holdings(vec![]).await;
+    common::eventually(10, "the repos to be assigned", || async {
+        let (_, v) = c.get_json(&format!("/api/repos?worker={id}")).await;
+        (v["total"] == REPOS.len()).then_some(())
+    })
+    .await;
+    let (_, p) = c
+        .get_json(&format!("/api/repos?worker={id}&state=pending&limit=1"))
+        .await;
+    assert_eq!(p["total"], 3);
+    assert_eq!(p["repos"][0]["id"], REPOS[0]);
+    assert_eq!(p["next"], REPOS[0]);
+
+    let (s, d) = c.get_json(&format!("/api/workers/{id}?limit=2")).await;
+    assert_eq!(s, 200);
+    assert_eq!(d["repos"], 3);
+    assert_eq!(d["repo_ids"], serde_json::json!(REPOS[..2]));
+    assert_eq!(d["next"], REPOS[1]);
+    let (_, d) = c
+        .get_json(&format!("/api/workers/{id}?after={}", REPOS[1]))
+        .await;
+    assert_eq!(d["repo_ids"], serde_json::json!(REPOS[2..]));
+    assert_eq!(d["next"], serde_json::Value::Null);
+
+    let (_, s) = c.get_json("/api/status").await;
+    let urls = s["worker:url"][id.to_string()].as_array().unwrap();
+    assert_eq!(urls.len(), 2, "{s}");
+    assert_eq!(s["worker:url_truncated"], true);
     c.stop().await.1.unwrap();
 }

@@ -157,6 +157,12 @@ impl Sim {
             let n = s.worker.as_u128();
             self.workers.entry(n).or_default().apply(&s.delta);
         }
+        // Every operation that changes repos ends here: the kept counters must equal a
+        // recount (design.md "API and fleet at scale").
+        assert!(
+            self.fleet.census_is_exact(),
+            "census drifted from the repos"
+        );
     }
 
     /// Connect and sync worker `n` with what it holds.
@@ -190,7 +196,7 @@ impl Sim {
                 .held
                 .iter()
                 .filter(|(_, (_, m))| !*m)
-                .map(|(id, _)| id.clone())
+                .map(|(id, _)| id.to_string())
                 .collect();
             self.report(n, &todo, FetchResult::Cloned);
         }
@@ -215,7 +221,7 @@ impl Sim {
         self.fleet
             .repos()
             .iter()
-            .map(|(id, r)| (id.clone(), r.owner))
+            .map(|(id, r)| (id.to_string(), r.owner))
             .collect()
     }
 
@@ -232,7 +238,7 @@ impl Sim {
             let holding: Vec<u128> = self
                 .workers
                 .iter()
-                .filter(|(n, w)| self.fleet.is_synced(&uuid(**n)) && w.held.contains_key(id))
+                .filter(|(n, w)| self.fleet.is_synced(&uuid(**n)) && w.held.contains_key(&**id))
                 .map(|(n, _)| *n)
                 .collect();
             assert_eq!(holding, vec![owner.as_u128()], "{id}");
@@ -392,7 +398,7 @@ fn dead_then_return_keeps_id_and_gets_its_repos_back() {
     let mine: Vec<String> = before
         .iter()
         .filter(|(_, o)| **o == Some(uuid(2)))
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .collect();
     assert!(!mine.is_empty());
 
@@ -457,14 +463,14 @@ fn removal_from_index_drops_everywhere() {
         .repos()
         .iter()
         .find(|(_, r)| r.holders.len() == 2)
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .expect("a repo in hand-off");
     let settled = sim
         .fleet
         .repos()
         .iter()
         .find(|(_, r)| r.holders.len() == 1)
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .unwrap();
     let delta = Delta {
         removed: vec![moving.clone(), settled.clone()],
@@ -825,7 +831,7 @@ fn hand_off_events_come_from_the_owner_only() {
         .repos()
         .iter()
         .filter(|(_, r)| r.owner == Some(uuid(20)))
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .collect();
     assert!(moved.len() > 10, "{} moved", moved.len());
     let (quiet, busy) = moved.split_at(moved.len() / 2);
@@ -946,7 +952,7 @@ fn a_returning_owners_old_report_of_published_refs_is_no_event() {
         .repos()
         .iter()
         .filter(|(_, r)| r.owner == Some(uuid(1)))
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .collect();
     assert!(!theirs.is_empty());
     // Worker 1 fetched aa → bb; the report never reached a coordinator.
@@ -1013,7 +1019,7 @@ fn a_returning_owners_old_report_is_no_event_after_other_refs_moved_on() {
         .repos()
         .iter()
         .filter(|(_, r)| r.owner == Some(uuid(1)))
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| id.to_string())
         .collect();
     assert!(!theirs.is_empty());
     let digest = |refs: &[(&str, &str)]| gitmirror_wire::refs::digest(refs.iter().copied());
@@ -1089,7 +1095,7 @@ fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
     sim.join(1);
     sim.clone_all();
     sim.events.clear();
-    let ids: Vec<String> = sim.fleet.repos().keys().cloned().collect();
+    let ids: Vec<String> = sim.fleet.repos().keys().map(|k| k.to_string()).collect();
     let now = sim.now;
     let w = sim.workers.get_mut(&1).unwrap();
     let batch: Vec<Outcome> = ids
@@ -1111,4 +1117,156 @@ fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
     // Recorded this time: a third copy is a duplicate and dropped.
     sim.fleet.recorded(uuid(1), again.upto);
     assert!(sim.fleet.outcomes(uuid(1), &batch, now).events.is_empty());
+}
+
+/// One step of a random run for the census property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Join(u128),
+    Disconnect(u128),
+    Advance(u64),
+    Report(u128, usize, u8),
+    Add(usize),
+    Remove(usize),
+    Repoint(usize),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1u128..5).prop_map(Step::Join),
+        (1u128..5).prop_map(Step::Disconnect),
+        (1u64..6).prop_map(Step::Advance),
+        (1u128..5, 0usize..60, 0u8..5).prop_map(|(n, k, r)| Step::Report(n, k, r)),
+        (0usize..80).prop_map(Step::Add),
+        (0usize..80).prop_map(Step::Remove),
+        (0usize..80).prop_map(Step::Repoint),
+    ]
+}
+
+impl Sim {
+    fn run(&mut self, s: &Step) {
+        match s.clone() {
+            Step::Join(n) => {
+                self.join(n);
+            }
+            Step::Disconnect(n) => self.fleet.disconnect(uuid(n), self.now),
+            Step::Advance(secs) => self.advance(Duration::from_secs(secs)),
+            Step::Report(n, k, r) => {
+                if !self.fleet.is_synced(&uuid(n)) {
+                    return;
+                }
+                let held: Vec<String> = self.workers[&n].held.keys().take(k).cloned().collect();
+                let result = match r {
+                    0 => FetchResult::Cloned,
+                    1 => FetchResult::Fetched,
+                    2 => FetchResult::Failed {
+                        class: FailureClass::Transient,
+                        message: "reset".into(),
+                    },
+                    3 => FetchResult::Failed {
+                        class: FailureClass::Gone,
+                        message: "not found".into(),
+                    },
+                    _ => FetchResult::Waiting {
+                        reason: "disk".into(),
+                    },
+                };
+                self.now += 1000;
+                self.report(n, &held, result);
+            }
+            Step::Add(i) => {
+                let sends = self.fleet.apply_index(&Delta {
+                    added: vec![entry(i)],
+                    ..Delta::default()
+                });
+                self.deliver(sends);
+            }
+            Step::Remove(i) => {
+                let sends = self.fleet.apply_index(&Delta {
+                    removed: vec![entry(i).id],
+                    ..Delta::default()
+                });
+                self.deliver(sends);
+            }
+            Step::Repoint(i) => {
+                let mut e = entry(i);
+                e.url = format!("https://example.net/moved/{i}.git");
+                let sends = self.fleet.apply_index(&Delta {
+                    changed: vec![e],
+                    ..Delta::default()
+                });
+                self.deliver(sends);
+            }
+        }
+    }
+}
+
+/// SPEC §12: status, metrics and listings read counters and ordered sets kept up to date
+/// by every operation; after any sequence of operations they equal a recount, and every
+/// filtered page equals the brute-force filter of all repos.
+#[test]
+fn spec_12_census_stays_exact_under_random_operations() {
+    use crate::api::{RepoFilter, View};
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    let steps = proptest::collection::vec(step(), 1..60);
+    let result = runner.run(&steps, |steps| {
+        let mut sim = Sim::new(50);
+        for s in &steps {
+            sim.run(s);
+            proptest::prop_assert!(sim.fleet.census_is_exact(), "after {s:?}");
+        }
+        let view = View {
+            fleet: &sim.fleet,
+            now_ms: sim.now,
+            uptime_secs: 0,
+            url_limit: 10_000,
+        };
+        let workers: Vec<Option<u32>> = std::iter::once(None)
+            .chain(sim.fleet.registry().iter().map(|w| Some(w.id)))
+            .collect();
+        for state in std::iter::once(None).chain(RepoState::ALL.map(Some)) {
+            for worker in &workers {
+                let want: Vec<String> = sim
+                    .fleet
+                    .repos()
+                    .iter()
+                    .filter(|(_, r)| state.is_none_or(|s| r.state() == s))
+                    .filter(|(_, r)| {
+                        worker.is_none_or(|id| {
+                            r.owner.and_then(|o| sim.fleet.worker(&o)).map(|w| w.id) == Some(id)
+                        })
+                    })
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                // Walk the pages by cursor, 7 at a time.
+                let mut got = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = view.repos(&RepoFilter {
+                        state,
+                        worker: *worker,
+                        after: after.clone(),
+                        limit: 7,
+                        offset: 0,
+                    });
+                    proptest::prop_assert_eq!(page.total, want.len());
+                    got.extend(page.repos.iter().map(|r| r.id.to_string()));
+                    match page.next {
+                        Some(n) => after = Some(n.to_string()),
+                        None => break,
+                    }
+                }
+                proptest::prop_assert_eq!(&got, &want, "state {:?} worker {:?}", state, worker);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }

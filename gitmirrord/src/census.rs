@@ -1,0 +1,524 @@
+//! Counters and ordered id sets of the fleet, kept up to date as repos change, so that
+//! status, `/metrics`, the HTML page and filtered listings cost O(workers + indexes) or one
+//! page, never a walk of every repo (SPEC §12; design.md "API and fleet at scale").
+//!
+//! The fleet tells the census each repo's [`Facts`] before and after every change; the
+//! census derives nothing from repos itself. [`Census::from_facts`] rebuilds it from
+//! scratch, which the fleet's tests compare against the kept one after random operations.
+//!
+//! Also here, because both the fleet (which records) and `/metrics` (which renders) need
+//! them and neither should depend on the other: [`Histogram`] and [`FetchStats`].
+
+use crate::fleet::RepoState;
+use gitmirror_wire::{FailureClass, FetchResult, Outcome};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The `outcome` label values of `gitmirror_fetches_total`, all present from the start.
+pub const OUTCOMES: [&str; 7] = [
+    "cloned",
+    "fetched",
+    "failed_transient",
+    "failed_rate_limited",
+    "failed_gone",
+    "failed_local",
+    "waiting",
+];
+
+/// Upper bounds (seconds) of the fetch duration buckets.
+pub const FETCH_DURATION_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+/// Upper bounds (seconds) of the staleness buckets: a minute to a week.
+pub const STALENESS_BUCKETS: [f64; 11] = [
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0, 604800.0,
+];
+
+/// A histogram over fixed buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative; the last one is `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of `v`.
+    pub fn observe_n(&mut self, v: f64, n: u64) {
+        if !v.is_finite() || n == 0 {
+            return;
+        }
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += n;
+        }
+        self.sum += v * n as f64;
+        self.count += n;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// `(upper bound, cumulative count)`, the last bound being `+Inf`.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut acc = 0;
+        self.counts.iter().enumerate().map(move |(i, c)| {
+            acc += c;
+            (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc)
+        })
+    }
+}
+
+/// Fetch outcomes since the process started (every non-duplicate outcome, from any holder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchStats {
+    by_outcome: BTreeMap<&'static str, u64>,
+    duration: Histogram,
+}
+
+impl Default for FetchStats {
+    fn default() -> Self {
+        Self {
+            by_outcome: OUTCOMES.iter().map(|o| (*o, 0)).collect(),
+            duration: Histogram::new(&FETCH_DURATION_BUCKETS),
+        }
+    }
+}
+
+impl FetchStats {
+    pub fn record(&mut self, o: &Outcome) {
+        let label = match &o.result {
+            FetchResult::Cloned => "cloned",
+            FetchResult::Fetched => "fetched",
+            FetchResult::Failed { class, .. } => match class {
+                FailureClass::Transient => "failed_transient",
+                FailureClass::RateLimited => "failed_rate_limited",
+                FailureClass::Gone => "failed_gone",
+                FailureClass::Local => "failed_local",
+            },
+            FetchResult::Waiting { .. } => "waiting",
+        };
+        *self.by_outcome.entry(label).or_insert(0) += 1;
+        // A waiting repo was not attempted: it has no duration.
+        if !matches!(o.result, FetchResult::Waiting { .. }) {
+            self.duration.observe(o.duration_ms as f64 / 1000.0);
+        }
+    }
+
+    pub fn count(&self, outcome: &str) -> u64 {
+        self.by_outcome.get(outcome).copied().unwrap_or(0)
+    }
+
+    pub fn duration(&self) -> &Histogram {
+        &self.duration
+    }
+}
+
+/// What the census knows of one repo: everything a count, a filter or the failing list
+/// depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub state: RepoState,
+    pub owner: Option<Uuid>,
+    /// Kept beside the owner's ids, so `worker:url` reads URLs without a lookup each.
+    pub url: Arc<str>,
+    pub last_success_ms: Option<i64>,
+    /// The last error's time, for repos failing or gone (the page lists newest first).
+    pub failed_ms: Option<i64>,
+}
+
+const STATES: usize = RepoState::ALL.len();
+/// Staleness up to an hour is counted to the second, beyond to the minute (the buckets
+/// past an hour are whole hours, so a minute is within 1/60 of the smallest of them).
+const FINE_SPAN_S: i64 = 3600;
+const COARSE_SPAN_MIN: i64 = 7 * 24 * 60 + 1;
+
+/// Repos with a successful fetch, by when, for the staleness histogram: two maps of
+/// counts so a scrape reads at most an hour of seconds and a week of minutes.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SuccessTimes {
+    by_second: BTreeMap<i64, u32>,
+    by_minute: BTreeMap<i64, u32>,
+    count: u64,
+    /// Sum of the times (ms), for the histogram's `_sum`.
+    sum_ms: i128,
+}
+
+fn bump(m: &mut BTreeMap<i64, u32>, k: i64, add: bool) {
+    if add {
+        *m.entry(k).or_insert(0) += 1;
+    } else if let Some(n) = m.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&k);
+        }
+    }
+}
+
+impl SuccessTimes {
+    fn change(&mut self, t: i64, add: bool) {
+        bump(&mut self.by_second, t.div_euclid(1000), add);
+        bump(&mut self.by_minute, t.div_euclid(60_000), add);
+        if add {
+            self.count += 1;
+            self.sum_ms += i128::from(t);
+        } else {
+            self.count -= 1;
+            self.sum_ms -= i128::from(t);
+        }
+    }
+
+    fn histogram(&self, now_ms: i64) -> Histogram {
+        let mut h = Histogram::new(&STALENESS_BUCKETS);
+        let now_s = now_ms.div_euclid(1000);
+        // Exact seconds from a minute boundary a little over an hour back; whole minutes
+        // before that, each counted at its middle.
+        let cut_min = (now_s - FINE_SPAN_S).div_euclid(60) - 1;
+        let mut seen = 0u64;
+        for (s, n) in self.by_second.range(cut_min * 60..) {
+            h.observe_n((now_s - s).max(0) as f64, u64::from(*n));
+            seen += u64::from(*n);
+        }
+        let week_min = now_s.div_euclid(60) - COARSE_SPAN_MIN;
+        for (m, n) in self.by_minute.range(week_min..cut_min) {
+            h.observe_n((now_s - m * 60 - 30) as f64, u64::from(*n));
+            seen += u64::from(*n);
+        }
+        // Older than a week: past the last bucket.
+        h.observe_n(1e12, self.count.saturating_sub(seen));
+        // The exact sum, not the bucketed one.
+        h.sum = (i128::from(now_ms) * i128::from(self.count) - self.sum_ms) as f64 / 1000.0;
+        h
+    }
+}
+
+/// The kept counters and sets. `Arc<str>` ids are shared with the fleet's repo table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    total: usize,
+    by_state: [usize; STATES],
+    /// Owner → repos it owns per state.
+    owned: HashMap<Uuid, [usize; STATES]>,
+    state_ids: BTreeSet<(RepoState, Arc<str>)>,
+    /// `(owner, state, id)` → URL.
+    owner_ids: BTreeMap<(Uuid, RepoState, Arc<str>), Arc<str>>,
+    /// Failing and gone repos, newest failure first.
+    failing: BTreeSet<(Reverse<i64>, Arc<str>)>,
+    success: SuccessTimes,
+}
+
+fn slot(s: RepoState) -> usize {
+    RepoState::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// One page of ids in id order, and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPage {
+    pub ids: Vec<Arc<str>>,
+    pub more: bool,
+}
+
+impl Census {
+    /// Rebuild from every repo's facts (O(repos); for start-up and tests).
+    pub fn from_facts<'a>(repos: impl IntoIterator<Item = (&'a Arc<str>, Facts)>) -> Self {
+        let mut c = Census::default();
+        for (id, f) in repos {
+            c.add(id, &f);
+        }
+        c
+    }
+
+    pub fn add(&mut self, id: &Arc<str>, f: &Facts) {
+        self.change(id, f, true);
+    }
+
+    pub fn remove(&mut self, id: &Arc<str>, f: &Facts) {
+        self.change(id, f, false);
+    }
+
+    pub fn update(&mut self, id: &Arc<str>, before: &Facts, after: &Facts) {
+        if before != after {
+            self.change(id, before, false);
+            self.change(id, after, true);
+        }
+    }
+
+    fn change(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
+        let s = slot(f.state);
+        let step = |n: &mut usize| {
+            if add {
+                *n += 1
+            } else {
+                *n = n.saturating_sub(1)
+            }
+        };
+        step(&mut self.total);
+        if let Some(n) = self.by_state.get_mut(s) {
+            step(n);
+        }
+        if add {
+            self.state_ids.insert((f.state, id.clone()));
+        } else {
+            self.state_ids.remove(&(f.state, id.clone()));
+        }
+        if let Some(o) = f.owner {
+            let counts = self.owned.entry(o).or_insert([0; STATES]);
+            if let Some(n) = counts.get_mut(s) {
+                step(n);
+            }
+            if counts.iter().all(|n| *n == 0) {
+                self.owned.remove(&o);
+            }
+            if add {
+                self.owner_ids
+                    .insert((o, f.state, id.clone()), f.url.clone());
+            } else {
+                self.owner_ids.remove(&(o, f.state, id.clone()));
+            }
+        }
+        if let Some(t) = f.failed_ms {
+            if add {
+                self.failing.insert((Reverse(t), id.clone()));
+            } else {
+                self.failing.remove(&(Reverse(t), id.clone()));
+            }
+        }
+        if let Some(t) = f.last_success_ms {
+            self.success.change(t, add);
+        }
+    }
+
+    // ----- counts -----
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn in_state(&self, s: RepoState) -> usize {
+        self.by_state.get(slot(s)).copied().unwrap_or(0)
+    }
+
+    /// Repos the worker owns.
+    pub fn owned(&self, worker: &Uuid) -> usize {
+        self.owned.get(worker).map_or(0, |c| c.iter().sum())
+    }
+
+    /// Repos the worker owns in one state.
+    pub fn owned_in(&self, worker: &Uuid, s: RepoState) -> usize {
+        self.owned
+            .get(worker)
+            .and_then(|c| c.get(slot(s)).copied())
+            .unwrap_or(0)
+    }
+
+    /// Repos never fetched successfully.
+    pub fn never_mirrored(&self) -> u64 {
+        (self.total as u64).saturating_sub(self.success.count)
+    }
+
+    /// Staleness (now minus last success) of every repo fetched successfully at least once.
+    pub fn staleness(&self, now_ms: i64) -> Histogram {
+        self.success.histogram(now_ms)
+    }
+
+    // ----- ordered sets -----
+
+    /// Failing and gone repos, newest failure first.
+    pub fn failing(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.failing.iter().map(|(_, id)| id)
+    }
+
+    /// Up to `limit` repos in `state` after `after` (by id).
+    pub fn page_in_state(&self, s: RepoState, after: Option<&str>, limit: usize) -> IdPage {
+        let start = match after {
+            Some(a) => Bound::Excluded((s, Arc::from(a))),
+            None => Bound::Included((s, Arc::from(""))),
+        };
+        take_page(
+            self.state_ids
+                .range((start, Bound::Unbounded))
+                .take_while(|(st, _)| *st == s)
+                .map(|(_, id)| id),
+            limit,
+        )
+    }
+
+    fn owner_range(
+        &self,
+        o: Uuid,
+        s: RepoState,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
+        let start = match after {
+            Some(a) => Bound::Excluded((o, s, Arc::from(a))),
+            None => Bound::Included((o, s, Arc::from(""))),
+        };
+        self.owner_ids
+            .range((start, Bound::Unbounded))
+            .take_while(move |((ow, st, _), _)| *ow == o && *st == s)
+            .map(|((_, _, id), url)| (id, url))
+    }
+
+    /// Up to `limit` repos the worker owns after `after` (by id), optionally in one state.
+    pub fn page_owned(
+        &self,
+        o: Uuid,
+        s: Option<RepoState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> IdPage {
+        if let Some(s) = s {
+            return take_page(self.owner_range(o, s, after).map(|(id, _)| id), limit);
+        }
+        // Merge the per-state runs: at most limit + 1 from each, so a page costs
+        // O(states × limit), whatever the worker owns.
+        let mut ids: Vec<&Arc<str>> = RepoState::ALL
+            .iter()
+            .flat_map(|s| {
+                self.owner_range(o, *s, after)
+                    .map(|(id, _)| id)
+                    .take(limit.saturating_add(1))
+            })
+            .collect();
+        ids.sort_unstable();
+        take_page(ids.into_iter(), limit)
+    }
+
+    /// Every repo the worker owns with its URL, grouped by state (for `worker:url`, which
+    /// is bounded by the caller).
+    pub fn owned_urls(&self, o: Uuid) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
+        RepoState::ALL
+            .iter()
+            .flat_map(move |s| self.owner_range(o, *s, None))
+    }
+}
+
+/// Take `limit` ids and note whether another follows.
+pub fn take_page<'a>(mut it: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> IdPage {
+    let ids: Vec<Arc<str>> = it.by_ref().take(limit).cloned().collect();
+    let more = it.next().is_some();
+    IdPage { ids, more }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(state: RepoState, owner: u128, success: Option<i64>) -> Facts {
+        Facts {
+            state,
+            url: Arc::from("u"),
+            owner: (owner > 0).then(|| Uuid::from_u128(owner)),
+            last_success_ms: success,
+            failed_ms: matches!(state, RepoState::Failing | RepoState::Gone).then_some(5),
+        }
+    }
+
+    #[test]
+    fn histogram_counts_n_at_once() {
+        let mut h = Histogram::new(&[1.0, 10.0]);
+        h.observe_n(5.0, 3);
+        h.observe(100.0);
+        assert_eq!(
+            h.cumulative().collect::<Vec<_>>(),
+            vec![(1.0, 0), (10.0, 3), (f64::INFINITY, 4)]
+        );
+        assert_eq!(h.sum(), 115.0);
+    }
+
+    #[test]
+    fn counts_and_pages_follow_updates() {
+        let ids: Vec<Arc<str>> = (0..10).map(|i| Arc::from(format!("a/b/r{i}"))).collect();
+        let mut c = Census::default();
+        for id in &ids {
+            c.add(id, &facts(RepoState::Pending, 1, None));
+        }
+        c.update(
+            &ids[3],
+            &facts(RepoState::Pending, 1, None),
+            &facts(RepoState::Failing, 1, None),
+        );
+        c.update(
+            &ids[4],
+            &facts(RepoState::Pending, 1, None),
+            &facts(RepoState::Mirrored, 2, Some(0)),
+        );
+        assert_eq!(c.total(), 10);
+        assert_eq!(c.in_state(RepoState::Pending), 8);
+        assert_eq!(c.owned(&Uuid::from_u128(1)), 9);
+        assert_eq!(c.owned_in(&Uuid::from_u128(1), RepoState::Failing), 1);
+        assert_eq!(c.never_mirrored(), 9);
+        assert_eq!(c.failing().collect::<Vec<_>>(), vec![&ids[3]]);
+        let p = c.page_owned(Uuid::from_u128(1), None, Some("a/b/r1"), 3);
+        assert_eq!(p.ids, vec![ids[2].clone(), ids[3].clone(), ids[5].clone()]);
+        assert!(p.more);
+        let p = c.page_in_state(RepoState::Pending, Some("a/b/r7"), 5);
+        assert_eq!(p.ids, vec![ids[8].clone(), ids[9].clone()]);
+        assert!(!p.more);
+        let rebuilt = Census::from_facts(ids.iter().enumerate().map(|(i, id)| {
+            (
+                id,
+                match i {
+                    3 => facts(RepoState::Failing, 1, None),
+                    4 => facts(RepoState::Mirrored, 2, Some(0)),
+                    _ => facts(RepoState::Pending, 1, None),
+                },
+            )
+        }));
+        assert_eq!(c, rebuilt);
+    }
+
+    // SPEC §9 /metrics staleness: to the second within the hour, to the minute beyond.
+    #[test]
+    fn staleness_buckets_match_a_direct_count() {
+        let now = 10_000_000_000i64;
+        let ages_s = [
+            0i64, 59, 60, 61, 299, 3599, 3600, 3601, 3700, 7000, 86_000, 700_000,
+        ];
+        let mut c = Census::default();
+        let ids: Vec<Arc<str>> = (0..ages_s.len())
+            .map(|i| Arc::from(format!("a/b/{i}")))
+            .collect();
+        for (id, a) in ids.iter().zip(ages_s) {
+            c.add(id, &facts(RepoState::Mirrored, 1, Some(now - a * 1000)));
+        }
+        let mut direct = Histogram::new(&STALENESS_BUCKETS);
+        for a in ages_s {
+            direct.observe(a as f64);
+        }
+        let kept = c.staleness(now);
+        assert_eq!(
+            kept.cumulative().collect::<Vec<_>>(),
+            direct.cumulative().collect::<Vec<_>>()
+        );
+        assert_eq!(kept.count(), ages_s.len() as u64);
+        assert_eq!(kept.sum(), direct.sum());
+    }
+}
