@@ -355,6 +355,14 @@ impl Census {
         self.failing.iter().map(|(_, id)| id)
     }
 
+    /// Repos without an owner (state `unassigned`), in id order.
+    pub fn unowned(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.state_ids
+            .range((RepoState::Unassigned, Arc::from(""))..)
+            .take_while(|(st, _)| *st == RepoState::Unassigned)
+            .map(|(_, id)| id)
+    }
+
     /// Up to `limit` repos in `state` after `after` (by id).
     pub fn page_in_state(&self, s: RepoState, after: Option<&str>, limit: usize) -> IdPage {
         let start = match after {

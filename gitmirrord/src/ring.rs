@@ -105,6 +105,20 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Whether member `challenger` beats member `incumbent` for `repo_id` by the same order
+    /// [`Ring::owner`] uses (lower score, then smaller uuid). With it the owner after members
+    /// join is the best of the old owner and the newcomers: two scores a repo, not W.
+    pub fn beats(&self, repo_id: &str, challenger: usize, incumbent: usize) -> bool {
+        let (Some(c), Some(i)) = (self.members.get(challenger), self.members.get(incumbent)) else {
+            return false;
+        };
+        let id = repo_id.as_bytes();
+        let (sc, si) = (score(id, c), score(id, i));
+        sc < si || (sc == si && c.uuid < i.uuid)
+    }
+}
+
 /// The member's score for a repo; lower wins.
 fn score(repo_id: &[u8], m: &Prepared) -> f64 {
     let h = xxh3_64_with_seed(repo_id, m.seed);
@@ -186,6 +200,24 @@ mod tests {
             let a = m[owner(&id, &m).unwrap()].uuid;
             let b = rev[owner(&id, &rev).unwrap()].uuid;
             assert_eq!(a, b, "{id}");
+        }
+    }
+
+    /// `beats` picks the same owner as a full scan: the owner of a set grown by some members
+    /// is the best of the old owner and the newcomers.
+    #[test]
+    fn beats_agrees_with_owner() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5, f64::NAN, 0.7]);
+        let ring = Ring::new(&m);
+        let old = Ring::new(&m[..4]);
+        for id in ids(5000) {
+            let mut best = old.owner(&id).unwrap();
+            for newcomer in 4..m.len() {
+                if ring.beats(&id, newcomer, best) {
+                    best = newcomer;
+                }
+            }
+            assert_eq!(Some(best), ring.owner(&id), "{id}");
         }
     }
 

@@ -163,6 +163,12 @@ impl Sim {
             self.fleet.census_is_exact(),
             "census drifted from the repos"
         );
+        // Owners are recomputed incrementally on joins and deaths: they must equal the full
+        // ring's choice (SPEC §5, §12).
+        assert!(
+            self.fleet.owners_are_exact(),
+            "owners differ from the full ring"
+        );
     }
 
     /// Connect and sync worker `n` with what it holds.
@@ -1123,6 +1129,8 @@ fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
 #[derive(Debug, Clone)]
 enum Step {
     Join(u128),
+    /// Connect with weight 0.5, 1 or 2 (a weight change re-scores every repo).
+    JoinWeighted(u128, usize),
     Disconnect(u128),
     Advance(u64),
     Report(u128, usize, u8),
@@ -1135,6 +1143,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
     prop_oneof![
         (1u128..5).prop_map(Step::Join),
+        (1u128..5, 0usize..3).prop_map(|(n, w)| Step::JoinWeighted(n, w)),
         (1u128..5).prop_map(Step::Disconnect),
         (1u64..6).prop_map(Step::Advance),
         (1u128..5, 0usize..60, 0u8..5).prop_map(|(n, k, r)| Step::Report(n, k, r)),
@@ -1149,6 +1158,9 @@ impl Sim {
         match s.clone() {
             Step::Join(n) => {
                 self.join(n);
+            }
+            Step::JoinWeighted(n, w) => {
+                self.join_weighted(n, [0.5, 1.0, 2.0][w]);
             }
             Step::Disconnect(n) => self.fleet.disconnect(uuid(n), self.now),
             Step::Advance(secs) => self.advance(Duration::from_secs(secs)),
@@ -1219,6 +1231,7 @@ fn spec_12_census_stays_exact_under_random_operations() {
         for s in &steps {
             sim.run(s);
             proptest::prop_assert!(sim.fleet.census_is_exact(), "after {s:?}");
+            proptest::prop_assert!(sim.fleet.owners_are_exact(), "owners after {s:?}");
         }
         let view = View {
             fleet: &sim.fleet,
