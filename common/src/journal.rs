@@ -229,7 +229,11 @@ impl WholeWriter {
         frame(payload, &mut self.buf);
         let at = self.pos;
         let Some(out) = self.out.as_mut() else {
-            return Err(io_err("write", &self.tmp, std::io::ErrorKind::BrokenPipe.into()));
+            return Err(io_err(
+                "write",
+                &self.tmp,
+                std::io::ErrorKind::BrokenPipe.into(),
+            ));
         };
         out.write_all(&self.buf)
             .map_err(|e| io_err("write", &self.tmp, e))?;
@@ -328,10 +332,7 @@ impl Appender {
             .write(true)
             .open(path)
             .map_err(|e| io_err("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| io_err("stat", path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| io_err("stat", path, e))?.len();
         if len > end {
             file.set_len(end).map_err(|e| io_err("truncate", path, e))?;
             file.sync_all().map_err(|e| io_err("fsync", path, e))?;
@@ -420,7 +421,14 @@ mod tests {
     fn journal_with(d: &Path, n: usize) -> PathBuf {
         let p = d.join("j");
         let recs: Vec<Vec<u8>> = (0..n).map(|i| format!("record {i}").into_bytes()).collect();
-        write_whole(&p, "test-journal", 1, recs.iter().map(|r| r.as_slice()), 0o600).unwrap();
+        write_whole(
+            &p,
+            "test-journal",
+            1,
+            recs.iter().map(|r| r.as_slice()),
+            0o600,
+        )
+        .unwrap();
         p
     }
 
@@ -444,7 +452,11 @@ mod tests {
         assert_eq!(c.torn_at, None);
         let f = File::open(&p).unwrap();
         assert_eq!(read_record_at(&f, &p, offs[1]).unwrap(), b"yy");
-        assert!(read(&d.path().join("none"), "test-journal", 1, true).unwrap().is_none());
+        assert!(
+            read(&d.path().join("none"), "test-journal", 1, true)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -468,14 +480,23 @@ mod tests {
         let mut z = fs::read(&p).unwrap();
         z.extend_from_slice(&[0u8; 100]);
         fs::write(&p, &z).unwrap();
-        assert!(read(&p, "test-journal", 1, true).unwrap().unwrap().torn_at.is_some());
+        assert!(
+            read(&p, "test-journal", 1, true)
+                .unwrap()
+                .unwrap()
+                .torn_at
+                .is_some()
+        );
         // A flipped byte in the first record, with records after it: corruption.
         let mut bad = full.clone();
         let first = header("test-journal", 1).len() + FRAME_HEADER;
         bad[first] ^= 0xff;
         fs::write(&p, &bad).unwrap();
         let e = read(&p, "test-journal", 1, true).unwrap_err().to_string();
-        assert!(e.contains(&p.display().to_string()) && e.contains("offset"), "{e}");
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("offset"),
+            "{e}"
+        );
         // A snapshot has no torn tails: a cut one is corruption too.
         fs::write(&p, &full[..full.len() - 3]).unwrap();
         assert!(matches!(

@@ -474,7 +474,9 @@ impl Worker {
             match tokio::time::timeout_at(deadline, durable.changed()).await {
                 Ok(Ok(())) => {}
                 _ => {
-                    tracing::warn!("the worker state was not saved in time; the last changes are redone after the restart");
+                    tracing::warn!(
+                        "the worker state was not saved in time; the last changes are redone after the restart"
+                    );
                     break;
                 }
             }

@@ -467,7 +467,11 @@ mod tests {
         assert_eq!(state.repos["a/abc/abc"].ref_count, 1);
         assert_eq!(refs["a/abc/abc"].len(), 1);
         assert_eq!(state.next_report_id, 3);
-        std::fs::write(ReposV1::path(d.path()), "gitmirror-state worker-repos v1\n{").unwrap();
+        std::fs::write(
+            ReposV1::path(d.path()),
+            "gitmirror-state worker-repos v1\n{",
+        )
+        .unwrap();
         let e = ReposV1::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("repos.json"), "{e}");
     }

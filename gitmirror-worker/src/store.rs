@@ -21,9 +21,7 @@
 //! `repos.json` of v1 (the previous release) is migrated at the first start and kept as
 //! `repos.json.v1.bak`.
 
-use crate::state::{
-    Disposal, MODE, Refs, Repo, ReposV1, Repos, apply_changes, is_replaceable,
-};
+use crate::state::{Disposal, MODE, Refs, Repo, Repos, ReposV1, apply_changes, is_replaceable};
 use gitmirror_common::journal::{self, Appender, WholeWriter};
 use gitmirror_common::statefile::StateError;
 use gitmirror_wire::Outcome;
@@ -210,7 +208,11 @@ impl Folded {
                 }
                 self.outbox.insert(
                     id,
-                    (o.repo.clone(), replaceable, encode(&Record::Outbox(o.clone()))),
+                    (
+                        o.repo.clone(),
+                        replaceable,
+                        encode(&Record::Outbox(o.clone())),
+                    ),
                 );
             }
             Record::Ack { upto } => {
@@ -287,10 +289,7 @@ fn snapshot_records(state: &Repos, refs: &BTreeMap<String, Refs>) -> Vec<Record>
 
 /// The state files of `state_dir`.
 fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
-    (
-        state_dir.join(SNAPSHOT_FILE),
-        state_dir.join(JOURNAL_FILE),
-    )
+    (state_dir.join(SNAPSHOT_FILE), state_dir.join(JOURNAL_FILE))
 }
 
 /// Write a snapshot of `generation` holding `records`, then an empty journal of it.
@@ -381,7 +380,10 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
         let record = decode(snap, offset, payload)?;
         if generation.is_none() {
             let Record::Start { generation: g } = record else {
-                return Err(corrupt(snap, "it does not begin with a Start record".into()));
+                return Err(corrupt(
+                    snap,
+                    "it does not begin with a Start record".into(),
+                ));
             };
             generation = Some(g);
         }
@@ -392,8 +394,7 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
         folded.apply(&record, at, &mut spans);
         apply_to_state(&mut state, record);
     }
-    let generation =
-        generation.ok_or_else(|| corrupt(snap, "it holds no records".into()))?;
+    let generation = generation.ok_or_else(|| corrupt(snap, "it holds no records".into()))?;
     let contents = journal::read(jour, JOURNAL_KIND, VERSION, true)?;
     let mut journal_end = 0;
     let mut torn_at = None;
@@ -426,7 +427,9 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
             _ => {
                 return Err(corrupt(
                     jour,
-                    format!("it does not begin with the Start record of generation {generation} (the snapshot's)"),
+                    format!(
+                        "it does not begin with the Start record of generation {generation} (the snapshot's)"
+                    ),
                 ));
             }
         }
@@ -489,7 +492,11 @@ pub fn open_with(state_dir: &Path, compact_at: u64) -> Result<(Repos, Store), St
                 write_fresh(state_dir, 1, &snapshot_records(&state, &refs))?;
                 tracing::info!(from = %v1.display(), to = %snap.display(), repos = state.repos.len(), "migrated the worker state to format v2 (snapshot and journal)");
             }
-            None => write_fresh(state_dir, 1, &snapshot_records(&Repos::default(), &BTreeMap::new()))?,
+            None => write_fresh(
+                state_dir,
+                1,
+                &snapshot_records(&Repos::default(), &BTreeMap::new()),
+            )?,
         }
     }
     if v1.exists() {
@@ -672,7 +679,9 @@ impl Writer {
                 }
                 Err(e) => {
                     if !self.failing {
-                        tracing::error!("cannot save worker state (outcomes are held back until it works): {e}");
+                        tracing::error!(
+                            "cannot save worker state (outcomes are held back until it works): {e}"
+                        );
                         self.failing = true;
                     }
                     if !open {
@@ -685,7 +694,9 @@ impl Writer {
             if self.appender.len() > self.compact_at.max(self.snapshot_len)
                 && let Err(e) = self.compact()
             {
-                tracing::error!("cannot compact the worker state (the journal keeps growing until it works): {e}");
+                tracing::error!(
+                    "cannot compact the worker state (the journal keeps growing until it works): {e}"
+                );
             }
         }
     }
@@ -694,9 +705,7 @@ impl Writer {
     fn write(&mut self, batches: &[(u64, Vec<Record>)]) -> Result<(), StateError> {
         let records: Vec<&Record> = batches.iter().flat_map(|(_, r)| r.iter()).collect();
         let encoded: Vec<Vec<u8>> = records.iter().map(|r| encode(r)).collect();
-        let offsets = self
-            .appender
-            .append(encoded.iter().map(Vec::as_slice))?;
+        let offsets = self.appender.append(encoded.iter().map(Vec::as_slice))?;
         {
             let mut index = lock(&self.index);
             for (record, offset) in records.iter().zip(offsets) {
@@ -771,7 +780,11 @@ impl Writer {
             journal_path: jour,
             spans,
         };
-        tracing::debug!(generation, bytes = self.snapshot_len, "compacted the worker state");
+        tracing::debug!(
+            generation,
+            bytes = self.snapshot_len,
+            "compacted the worker state"
+        );
         Ok(())
     }
 }

@@ -112,7 +112,11 @@ async fn spec_6_conversation_with_the_coordinator() {
         .await;
     assert_eq!(seq, 1);
     assert!(
-        Saved::load(&state_dir).unwrap().state.repos.contains_key(REPO),
+        Saved::load(&state_dir)
+            .unwrap()
+            .state
+            .repos
+            .contains_key(REPO),
         "persisted before the ack"
     );
 
