@@ -653,6 +653,34 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
 
 /// Turn the packs of the mirror at `git_dir` into loose objects (so single objects can be
 /// lost); the packs go to `aside`.
+/// The records of a worker state file (`repos.snapshot`, `repos.journal`: a header line,
+/// then frames of u32 LE length, u32 LE CRC-32, JSON payload).
+fn state_records(path: &Path) -> Vec<Value> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pos = bytes.iter().position(|&b| b == b'\n').expect("header line") + 1;
+    let mut out = Vec::new();
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let payload = &bytes[pos + 8..pos + 8 + len];
+        out.push(serde_json::from_slice(payload).expect("a JSON record"));
+        pos += 8 + len;
+    }
+    out
+}
+
+/// Append one record to a worker's `repos.journal` (the worker is stopped).
+fn append_state_record(journal: &Path, record: &Value) {
+    let payload = serde_json::to_vec(record).unwrap();
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(journal)
+        .unwrap_or_else(|e| panic!("{}: {e}", journal.display()));
+    f.write_all(&frame).unwrap();
+}
+
 fn explode(git_dir: &Path, aside: &Path) {
     std::fs::create_dir_all(aside).expect("mkdir aside");
     let pack_dir = git_dir.join("objects").join("pack");
@@ -827,15 +855,18 @@ fn damaged_mirrors_heal_in_place() {
     );
     lose_object(&deep.1, &blob);
     assert!(fsck(&deep.1, false).is_err(), "dmgdeep is not damaged");
-    let state_file = w.state_dir.join("repos.json");
-    let text = std::fs::read_to_string(&state_file).expect("read worker repos.json");
-    let (head, body) = text.split_once('\n').expect("state header line");
-    let mut state: Value = serde_json::from_str(body).expect("worker repos.json is JSON");
-    let entry = &mut state["repos"][&deep.0];
-    assert!(entry.is_object(), "{} not in {state}", deep.0);
-    entry["last_maintenance_ms"] = Value::from(1);
-    entry["last_verify_ms"] = Value::from(1);
-    std::fs::write(&state_file, format!("{head}\n{state}\n")).expect("write worker repos.json");
+    // The worker's state (snapshot + journal): its latest record of dmgdeep, appended
+    // again with the passes a week old.
+    let mut records = state_records(&w.state_dir.join("repos.snapshot"));
+    records.extend(state_records(&w.state_dir.join("repos.journal")));
+    let mut record = records
+        .into_iter()
+        .rev()
+        .find(|r| r["Repo"]["id"] == deep.0.as_str())
+        .unwrap_or_else(|| panic!("no record of {} in the worker state", deep.0));
+    record["Repo"]["repo"]["last_maintenance_ms"] = Value::from(1);
+    record["Repo"]["repo"]["last_verify_ms"] = Value::from(1);
+    append_state_record(&w.state_dir.join("repos.journal"), &record);
 
     // dmglock and dmgfresh: locks in the way of master, which moves upstream.
     let old_locks = [
@@ -1016,12 +1047,12 @@ enum Expect {
 // replaced with defaults).
 //
 // `startup.rs` covers `repos.json` of each daemon holding a header and bad JSON. Here every
-// state file of both daemons (worker: `identity.json`, `repos.json`; coordinator:
+// state file of both daemons (worker: `identity.json`, `repos.snapshot`, `repos.journal`; coordinator:
 // `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, `events.log`,
 // `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its first line, and
 // replaced with binary garbage. Each time the daemon must exit non-zero, its log must name
 // the file and a recovery step, and the file must be left untouched. The exception is the
-// event log cut in half: that is a torn append, which the coordinator cuts off and starts.
+// event log and the worker journal cut in half: a torn append, cut off with a warning.
 // At the end the saved state is put back and the fleet settles again.
 #[test]
 fn broken_state_files_stop_the_daemons_with_a_way_out() {
@@ -1046,7 +1077,8 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
 
     let files: Vec<(&Proc, &Path, &str)> = vec![
         (&w.proc, &wstate, "identity.json"),
-        (&w.proc, &wstate, "repos.json"),
+        (&w.proc, &wstate, "repos.snapshot"),
+        (&w.proc, &wstate, "repos.journal"),
         (&fleet.coord.proc, &cstate, "registry.json"),
         (&fleet.coord.proc, &cstate, "repos.json"),
         (&fleet.coord.proc, &cstate, "webhooks.json"),
@@ -1069,6 +1101,10 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         while good[half - 1] == b'\n' {
             half -= 1;
         }
+        if rel == "repos.journal" {
+            // Inside its last record: what a kill in the middle of an append leaves.
+            half = good.len() - 3;
+        }
         for (how, bytes) in [
             ("cut in half", good[..half].to_vec()),
             ("cut inside its first line", good[..10].to_vec()),
@@ -1076,6 +1112,9 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         ] {
             let expect = if rel == "events.log" && how == "cut in half" {
                 Expect::Starts("cutting off an incomplete last line")
+            } else if rel == "repos.journal" && how == "cut in half" {
+                // SPEC §12: a torn journal tail is dropped with one warning.
+                Expect::Starts("dropping a torn record at the end of the journal")
             } else {
                 Expect::Refused
             };
