@@ -109,7 +109,7 @@ async fn one(n: usize) {
                 last = t;
                 count += 1;
                 upto = upto.max(o.report_id);
-                if count % 500 == 0 {
+                if count.is_multiple_of(500) {
                     inbox.send(CoordMsg::OutcomeAck { upto }).await;
                 }
             }
