@@ -1000,6 +1000,9 @@ impl Worker {
     fn on_link_event(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Up { worker_id, tx } => {
+                // Acknowledgements meant for the last connection: the coordinator sends the
+                // difference again after the holdings.
+                self.pending_acks.clear();
                 self.conn = Some(Conn {
                     worker_id,
                     tx,
