@@ -1436,7 +1436,12 @@ fn truncate(mut s: String) -> String {
 /// Classify a gix error (SPEC §7.3): what an HTTP server said decides first, then the
 /// stage, gix's own classes and the text.
 fn classify(e: &gix::Error, stage: Stage, refusal: Option<Refusal>) -> Failure {
-    let message = truncate(chain(e));
+    let mut message = chain(e);
+    if message.contains("(os error 11)") {
+        // A read on a socket with a timeout (ours, `io_timeout`) ran out: say so.
+        message = format!("timed out waiting for the server: {message}");
+    }
+    let message = truncate(message);
     let (class, retry_after) = classify_parts(&message, stage, e.dominant_class(), refusal);
     Failure {
         class,
