@@ -88,6 +88,8 @@ async fn one(n: usize) {
         .map(String::as_str)
         .zip(urls.iter().map(String::as_str))
         .collect();
+    // What the fake coordinator holds for the assignment, before the worker gets it.
+    let before_kb = vm("VmRSS:");
     let t_assign = Instant::now();
     inbox.assign(&pairs).await;
     let mut acked = false;
@@ -126,10 +128,11 @@ async fn one(n: usize) {
     assert!(acked, "assignment acknowledged");
     let secs = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
     println!(
-        "worker holding {n} repos (refused upstreams, concurrency {concurrency}): {count} outcomes persisted in {secs:.1} s = {:.0}/s; VmHWM {} MB, VmRSS {} MB",
+        "worker holding {n} repos (refused upstreams, concurrency {concurrency}): {count} outcomes persisted in {secs:.1} s = {:.0}/s; VmHWM {} MB, VmRSS {} MB (of which {} MB before the assignment was sent)",
         count as f64 / secs.max(1e-9),
         vm("VmHWM:") / 1024,
         vm("VmRSS:") / 1024,
+        before_kb / 1024,
     );
     worker.stop().await;
 }

@@ -42,6 +42,8 @@ const VERSION: u32 = 2;
 const COMPACT_AT: u64 = 16 << 20;
 /// Records written per batch at most (one fsync each batch).
 const MAX_BATCH_RECORDS: usize = 50_000;
+/// Records encoded and appended at a time within a batch.
+const WRITE_CHUNK: usize = 1000;
 /// After a failed write, the batch is tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -173,6 +175,7 @@ impl RefsReader {
 struct Folded {
     generation: u64,
     next_report_id: u64,
+    /// Each held repo's settings, postcard-encoded.
     repos: HashMap<String, Vec<u8>>,
     /// report id → (repo, replaceable, encoded `Outbox` record).
     outbox: BTreeMap<u64, (String, bool, Vec<u8>)>,
@@ -186,8 +189,10 @@ impl Folded {
         match record {
             Record::Start { generation } => self.generation = *generation,
             Record::NextReportId(n) => self.next_report_id = self.next_report_id.max(*n),
-            Record::Repo { id, .. } => {
-                self.repos.insert(id.clone(), encode(record));
+            Record::Repo { id, repo } => {
+                // Compact (a fifth of the JSON): this copy exists for every held repo.
+                self.repos
+                    .insert(id.clone(), postcard::to_stdvec(repo).unwrap_or_default());
             }
             Record::Remove { id } => {
                 self.repos.remove(id);
@@ -704,11 +709,13 @@ impl Writer {
     /// Append the batches and make them durable.
     fn write(&mut self, batches: &[(u64, Vec<Record>)]) -> Result<(), StateError> {
         let records: Vec<&Record> = batches.iter().flat_map(|(_, r)| r.iter()).collect();
-        let encoded: Vec<Vec<u8>> = records.iter().map(|r| encode(r)).collect();
-        let offsets = self.appender.append(encoded.iter().map(Vec::as_slice))?;
-        {
+        // In slices, so a big batch (a first assignment of 100k repos) is never encoded
+        // whole in memory; one fsync for all of them.
+        for chunk in records.chunks(WRITE_CHUNK) {
+            let encoded: Vec<Vec<u8>> = chunk.iter().map(|r| encode(r)).collect();
+            let offsets = self.appender.append(encoded.iter().map(Vec::as_slice))?;
             let mut index = lock(&self.index);
-            for (record, offset) in records.iter().zip(offsets) {
+            for (record, offset) in chunk.iter().zip(offsets) {
                 let at = Span {
                     file: FileId::Journal,
                     offset,
@@ -731,7 +738,14 @@ impl Writer {
         w.push(&encode(&Record::NextReportId(self.folded.next_report_id)))?;
         let mut spans = HashMap::new();
         for (id, repo) in &self.folded.repos {
-            w.push(repo)?;
+            let repo: Repo = postcard::from_bytes(repo).map_err(|e| StateError::Corrupt {
+                path: snap.clone(),
+                detail: format!("the writer's copy of {id} does not decode: {e}"),
+            })?;
+            w.push(&encode(&Record::Repo {
+                id: id.clone(),
+                repo,
+            }))?;
             let has_refs = lock(&self.index).spans.contains_key(id);
             if has_refs {
                 let refs = reader.load(id)?;
