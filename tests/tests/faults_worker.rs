@@ -1475,26 +1475,44 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
             .unwrap();
         assert_eq!(code, 202, "{body}");
     };
-    // `id`'s mirror holds upstream's master, and the log says the state cannot be saved.
-    let fetched_unsaved = |id: &str, commit: &str, mark: usize| {
+    let reported_now = |id: &str, commit: &str| {
+        let refs = refs_from_events(&fleet.coord.all_events().unwrap()).unwrap();
+        refs.get(id)
+            .and_then(|r| r.get("refs/heads/master"))
+            .map(String::as_str)
+            == Some(commit)
+    };
+    // Upstream changes of `id`, each fetched into the mirror, until the log says the state
+    // cannot be saved and the last change is not reported: the worker's journal takes
+    // small appends into the slack of its last page, so the first few outcomes after the
+    // disk fills may still be saved (and then rightly reported). Returns that change.
+    let change_until_unsaved = |id: &str| -> String {
+        let mark = w.proc.log_mark();
         let path = w.mirror_path(id);
-        wait_for(
-            Duration::from_secs(30),
-            "a fetch whose outcome cannot be saved",
-            || {
+        for _ in 0..50 {
+            let commit = daemon.commit(repo_name(id), "master");
+            fetch_now(id);
+            wait_for(Duration::from_secs(30), "the fetch of a change", || {
                 if !w.proc.is_running() {
                     panic!("the worker exited:\n{}", tail(&w.proc.log(), 30));
                 }
                 let refs = try_mirror_refs(&path)?;
-                let log = w.proc.log_since(mark);
-                if refs.get("refs/heads/master").map(String::as_str) == Some(commit)
-                    && log.contains("cannot save worker state")
-                {
+                if refs.get("refs/heads/master") == Some(&commit) {
                     Ok(())
                 } else {
-                    Err(format!("{refs:?}\n{}", tail(&log, 5)))
+                    Err(format!("{refs:?}"))
                 }
-            },
+            });
+            if within(Duration::from_secs(2), || {
+                w.proc.log_since(mark).contains("cannot save worker state")
+            }) && !reported_now(id, &commit)
+            {
+                return commit;
+            }
+        }
+        panic!(
+            "the state disk never ran out:\n{}",
+            tail(&w.proc.log_since(mark), 10)
         );
     };
     // Not durable in the outbox, so not sent: no event has it yet.
@@ -1524,10 +1542,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
 
     // Full, then killed: the outcome was never saved.
     let filler = fill(&w.state_dir);
-    let mark = w.proc.log_mark();
-    let a = daemon.commit(repo_name(&ids[0]), "master");
-    fetch_now(&ids[0]);
-    fetched_unsaved(&ids[0], &a, mark);
+    let a = change_until_unsaved(&ids[0]);
     not_reported(&ids[0], &a);
     w.kill();
     std::fs::remove_file(&filler).expect("remove the filler");
@@ -1539,9 +1554,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
     // Full, and space comes back while it runs: the held outcome goes out.
     let filler = fill(&w.state_dir);
     let mark = w.proc.log_mark();
-    let b = daemon.commit(repo_name(&ids[1]), "master");
-    fetch_now(&ids[1]);
-    fetched_unsaved(&ids[1], &b, mark);
+    let b = change_until_unsaved(&ids[1]);
     not_reported(&ids[1], &b);
     std::fs::remove_file(&filler).expect("remove the filler");
     reported(&ids[1], &b);
