@@ -6,7 +6,9 @@
 //! `GITMIRROR_BENCH_REFS` extra refs (default 20,000, `refs/pull/<i>/head`, as a code
 //! review host keeps them) spread over those commits. Each way runs
 //! `GITMIRROR_BENCH_ROUNDS` times (default 3), interleaved; the best wall time is
-//! printed with the ratio. It prints figures; it does not fail on them.
+//! printed with the ratio. Then the upstream gets as many refs again and one fetch of the
+//! last round's mirrors (ours against `git fetch --prune`) is timed. It prints figures; it
+//! does not fail on them.
 //!
 //! `cargo bench -p gitmirror-worker --bench clone_refs`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -56,6 +58,31 @@ fn main() {
         theirs.push(t.elapsed());
         assert!(st.success());
     }
+    // Then a fetch that brings as many new refs again (gix writes fetched refs through its
+    // ref transaction: a lock file and a loose ref each), against `git fetch --prune`.
+    add_refs(&up.join("big"), refs, "changes");
+    let m = Mirrors::new(base.path().join(format!("ours{}", rounds - 1)));
+    let t = Instant::now();
+    let fetched = m
+        .fetch("b/big/big", &url, &AtomicBool::new(false))
+        .unwrap_or_else(|e| panic!("fetch: {e}"));
+    let our_fetch = t.elapsed();
+    assert_eq!(fetched.refs.len(), 2 * refs + 1);
+    let t = Instant::now();
+    let st = Command::new("git")
+        .arg("-C")
+        .arg(base.path().join(format!("git{}.git", rounds - 1)))
+        .args(["fetch", "--prune", "-q", "origin"])
+        .status()
+        .unwrap();
+    let git_fetch = t.elapsed();
+    assert!(st.success());
+    println!(
+        "fetch adding {refs} refs: worker {:.3} s, git fetch --prune {:.3} s, ratio {:.2}",
+        our_fetch.as_secs_f64(),
+        git_fetch.as_secs_f64(),
+        our_fetch.as_secs_f64() / git_fetch.as_secs_f64().max(1e-9)
+    );
     let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
     let (o, g) = (best(&ours), best(&theirs));
     println!(
@@ -111,6 +138,12 @@ fn make_upstream(dir: &Path, commits: usize, refs: usize) {
         .unwrap();
     assert!(child.wait().unwrap().success());
     git(dir, &["pack-refs", "--all"]);
+    add_refs(dir, refs, "pull");
+}
+
+/// Add `refs` refs `refs/<kind>/<i>/head` over the commits of `main`, straight into
+/// `packed-refs`.
+fn add_refs(dir: &Path, refs: usize, kind: &str) {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -125,7 +158,7 @@ fn make_upstream(dir: &Path, commits: usize, refs: usize) {
     let packed = dir.join(".git/packed-refs");
     let mut text = std::fs::read_to_string(&packed).unwrap();
     for i in 0..refs {
-        text.push_str(&format!("{} refs/pull/{i}/head\n", oids[i % oids.len()]));
+        text.push_str(&format!("{} refs/{kind}/{i}/head\n", oids[i % oids.len()]));
     }
     // Not claimed sorted: git sorts it when it reads it.
     let text = text.replace(" sorted", "");
