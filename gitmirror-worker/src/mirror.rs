@@ -512,6 +512,14 @@ impl Mirrors {
                 repairs: Vec::new(),
             });
         }
+        if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES {
+            // gix would write each through its ref transaction (a lock file and a loose
+            // ref each: 30 s for 20k new refs against 2 s for git). Ends this conversation.
+            drop(prepare);
+            let mut fetched = self.fetch_packed(&repo, url, &local, interrupt)?;
+            fetched.url_changed = url_changed;
+            return Ok(fetched);
+        }
         let outcome = prepare
             .receive(gix::progress::Discard, interrupt)
             .map_err(|e| classify(&e, Stage::Transfer, refusal()))?;
@@ -531,6 +539,129 @@ impl Mirrors {
         Ok(Fetched {
             refs: read_refs(&repo)?,
             url_changed,
+            packs: Some(packs),
+            newest_commit_secs: None,
+            repairs: Vec::new(),
+        })
+    }
+
+    /// A fetch that changes many refs: the pack through gix's protocol layer (wants: the
+    /// advertised objects we lack; haves: our ref tips, in one round), then every ref
+    /// written into `packed-refs` at once and the loose refs removed, which also prunes.
+    fn fetch_packed(
+        &self,
+        repo: &gix::Repository,
+        url: &str,
+        local: &Refs,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        use gix::protocol::fetch::{Shallow, Tags};
+        let git_dir = repo.git_dir().to_owned();
+        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
+            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
+        let (mut transport, refusals) = self.transport(&parsed)?;
+        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
+        let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
+        let mut handshake = gix::protocol::handshake(
+            &mut transport,
+            gix::protocol::transport::Service::UploadPack,
+            no_credentials,
+            Vec::new(),
+            &mut gix::progress::Discard,
+        )
+        .map_err(upstream)?;
+        let spec =
+            gix::refspec::parse(MIRROR_REFSPEC.into(), gix::refspec::parse::Operation::Fetch)
+                .map(|s| s.to_owned())
+                .map_err(|e| Failure::local(format!("refspec: {e}")))?;
+        let context = gix::protocol::fetch::refmap::init::Context {
+            fetch_refspecs: vec![spec],
+            extra_refspecs: Vec::new(),
+        };
+        let ref_map = handshake
+            .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
+            .map_err(upstream)?
+            .fetch_blocking(gix::progress::Discard, &mut transport, false)
+            .map_err(upstream)?;
+        let advertised = advertised_refs(&ref_map.remote_refs);
+        let mut wants: Vec<gix::ObjectId> = advertised
+            .values()
+            .map(|(v, _)| *v)
+            .filter(|id| !repo.has_object(id))
+            .collect();
+        wants.sort();
+        wants.dedup();
+        let mut haves: Vec<gix::ObjectId> = local
+            .values()
+            .filter_map(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
+            .collect();
+        haves.sort();
+        haves.dedup();
+        let mut negotiate = FetchWants {
+            map: &ref_map,
+            wants,
+            haves,
+        };
+        let mut bundle = None;
+        let objects = repo.objects.clone();
+        let pack_dir = git_dir.join("objects").join("pack");
+        gix::protocol::fetch(
+            &mut negotiate,
+            |reader, progress, interrupt| {
+                bundle = Some(gix::odb::pack::Bundle::write_to_directory(
+                    reader,
+                    Some(&pack_dir),
+                    progress,
+                    interrupt,
+                    Some(objects),
+                    gix::hash::Kind::Sha1,
+                    gix::odb::pack::bundle::write::Options::default(),
+                )?);
+                Ok(true)
+            },
+            gix::progress::Discard,
+            interrupt,
+            gix::protocol::fetch::Context {
+                handshake: &mut handshake,
+                transport: &mut transport,
+                user_agent: user_agent(),
+                trace_packetlines: false,
+            },
+            gix::protocol::fetch::Options {
+                shallow_file: git_dir.join("shallow"),
+                shallow: &Shallow::NoChange,
+                tags: Tags::None,
+                reject_shallow_remote: false,
+            },
+        )
+        .map_err(|e| classify(&e, Stage::Transfer, refusal()))?;
+        if handshake.server_protocol_version == gix::protocol::transport::Protocol::V2 {
+            let _ = gix::protocol::indicate_end_of_interaction(&mut transport, false);
+        }
+        drop(transport);
+        if let Some(keep) = bundle.and_then(|b| b.keep_path) {
+            let _ = fs::remove_file(keep);
+        }
+        // Every advertised object must be here before a ref names it.
+        let fresh = open(&git_dir)?;
+        if let Some((name, _)) = advertised.iter().find(|(_, (v, _))| !fresh.has_object(v)) {
+            return Err(Failure::new(
+                FailureClass::Transient,
+                format!("the upstream did not send the object of {name}"),
+            ));
+        }
+        write_packed_refs(&git_dir, &advertised, true)?;
+        remove_loose_refs(&git_dir.join("refs"))
+            .map_err(|e| Failure::io("remove loose refs under", &git_dir.join("refs"), &e))?;
+        let mut packs = tidy_packs(&git_dir)?;
+        if packs > MAX_PACKS {
+            repack(&git_dir, &mut Vec::new());
+            packs = tidy_packs(&git_dir)?;
+        }
+        let repo = open(&git_dir)?;
+        Ok(Fetched {
+            refs: read_refs(&repo)?,
+            url_changed: false,
             packs: Some(packs),
             newest_commit_secs: None,
             repairs: Vec::new(),
@@ -886,6 +1017,106 @@ impl gix::protocol::fetch::Negotiate for CloneWants<'_> {
             true,
         ))
     }
+}
+
+/// A fetch that changes this many refs (or more) writes `packed-refs` whole.
+const MANY_CHANGES: usize = 256;
+
+/// How many refs a fetch would create, change or delete.
+fn changed_refs(map: &gix::remote::fetch::RefMap, local: &Refs) -> usize {
+    let mut seen = 0usize;
+    let mut changed = 0usize;
+    for m in &map.mappings {
+        let (Some(name), Some(id)) = (m.local.as_ref(), m.remote.as_id()) else {
+            continue;
+        };
+        let Ok(name) = std::str::from_utf8(name.as_slice()) else {
+            continue;
+        };
+        match local.get(name) {
+            Some(hex) if hex.as_bytes() == id.to_hex().to_string().as_bytes() => seen += 1,
+            Some(_) => {
+                seen += 1;
+                changed += 1;
+            }
+            None => changed += 1,
+        }
+    }
+    changed + local.len().saturating_sub(seen)
+}
+
+/// Wants and haves of a fetch that writes refs itself: one round, all our tips as haves.
+struct FetchWants<'a> {
+    map: &'a gix::protocol::fetch::RefMap,
+    wants: Vec<gix::ObjectId>,
+    haves: Vec<gix::ObjectId>,
+}
+
+impl gix::protocol::fetch::Negotiate for FetchWants<'_> {
+    fn mark_complete_and_common_ref(
+        &mut self,
+    ) -> gix::Result<gix::protocol::fetch::negotiate::Action> {
+        use gix::protocol::fetch::negotiate::Action;
+        Ok(if self.wants.is_empty() {
+            Action::SkipToRefUpdate
+        } else {
+            Action::MustNegotiate {
+                remote_ref_target_known: vec![false; self.map.mappings.len()],
+            }
+        })
+    }
+
+    fn add_wants(
+        &mut self,
+        arguments: &mut gix::protocol::fetch::Arguments,
+        _remote_ref_target_known: &[bool],
+    ) -> bool {
+        for id in &self.wants {
+            arguments.want(id);
+        }
+        !self.wants.is_empty()
+    }
+
+    fn one_round(
+        &mut self,
+        state: &mut gix::protocol::fetch::negotiate::one_round::State,
+        arguments: &mut gix::protocol::fetch::Arguments,
+        _previous_response: Option<&gix::protocol::fetch::Response>,
+    ) -> gix::Result<(gix::protocol::fetch::negotiate::Round, bool)> {
+        for id in &self.haves {
+            arguments.have(id);
+        }
+        Ok((
+            gix::protocol::fetch::negotiate::Round {
+                haves_sent: self.haves.len(),
+                in_vain: 0,
+                haves_to_send: state.haves_to_send,
+                previous_response_had_at_least_one_in_common: false,
+            },
+            true,
+        ))
+    }
+}
+
+/// Remove every loose ref file under `dir` (refs now live in `packed-refs`) and the
+/// directories left empty, keeping `dir` itself and its first level (`heads/`, `tags/`).
+fn remove_loose_refs(dir: &Path) -> io::Result<()> {
+    fn walk(dir: &Path, depth: usize) -> io::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(&path, depth + 1)?;
+                if depth >= 1 {
+                    let _ = fs::remove_dir(&path);
+                }
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, 0)
 }
 
 /// How we introduce ourselves to upstream servers.

@@ -787,4 +787,29 @@ fn spec_12_clone_of_many_refs_writes_packed_refs() {
     // A fetch afterwards is a no-op, and one after a change finds just that change.
     let again = m.fetch("m/many/many", &url, &no_interrupt()).unwrap();
     assert!(ref_changes(&fetched.refs, &again.refs).is_empty());
+
+    // A fetch that changes many refs (1,000 new, 10 deleted, one branch moved) writes
+    // them at once too, and prunes.
+    let mut upstream = upstream;
+    upstream.commit("moves main");
+    let packed = upstream.dir.join(".git/packed-refs");
+    let text = std::fs::read_to_string(&packed).unwrap();
+    let mut text: String = text
+        .lines()
+        .filter(|l| !(0..10).any(|i| l.ends_with(&format!(" refs/pull/{i}/head"))))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace(" sorted", "");
+    let main = git(&upstream.dir, &["rev-parse", "main"]).trim().to_owned();
+    for i in 0..1000 {
+        text.push_str(&format!("{main} refs/changes/{i}/head\n"));
+    }
+    std::fs::write(&packed, text).unwrap();
+    let after = m.fetch("m/many/many", &url, &no_interrupt()).unwrap();
+    let expected = ls_remote(&url);
+    assert_eq!(after.refs, expected);
+    assert_eq!(local_refs(&path), expected);
+    assert_eq!(ref_changes(&again.refs, &after.refs).len(), 1000 + 10 + 1);
+    assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
+    git(&path, &["fsck", "--no-progress"]);
 }
