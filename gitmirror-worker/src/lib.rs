@@ -10,6 +10,7 @@ pub mod mirror;
 mod run;
 pub mod schedule;
 pub mod state;
+pub mod store;
 mod upstream_http;
 
 pub use config::{DiskSection, FetchSection, KeyError, TokenSource, WorkerConfig};

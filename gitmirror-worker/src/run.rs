@@ -10,6 +10,7 @@ use crate::link::{self, LinkEvent, LinkSettings};
 use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
 use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
 use crate::state::{Disposal, Identity, Repo, Repos, ref_changes, refs_digest};
+use crate::store::{Record, RefsReader, Store};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
@@ -72,19 +73,24 @@ pub async fn run_reloadable(
     gitmirror_common::install_crypto_provider();
     statefile::ensure_dir(&cfg.state_dir)?;
     let identity = Identity::load_or_create(&cfg.state_dir)?;
-    let state = Repos::load(&cfg.state_dir)?;
+    let (state, mut store) = {
+        let dir = cfg.state_dir.clone();
+        tokio::task::spawn_blocking(move || crate::store::open(&dir))
+            .await
+            .context("loading the worker state")??
+    };
     let mirrors = Arc::new(
         Mirrors::new(cfg.mirror_dir.clone())
             .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT)),
     );
     // One look at every held mirror: blocking work, off the runtime.
-    let (state, cleanup) = {
+    let (state, cleanup, changed) = {
         let m = mirrors.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = state;
             let cleanup = m.prepare()?;
-            reconcile(&mut state, &m);
-            Ok::<_, Failure>((state, cleanup))
+            let changed = reconcile(&mut state, &m);
+            Ok::<_, Failure>((state, cleanup, changed))
         })
         .await
         .context("preparing the mirror directory")?
@@ -102,7 +108,16 @@ pub async fn run_reloadable(
             "deleted trashed mirrors older than 72 h"
         );
     }
-    state.save(&cfg.state_dir)?;
+    if !changed.is_empty() {
+        let records = changed
+            .into_iter()
+            .filter_map(|id| {
+                let repo = state.repos.get(&id)?.clone();
+                Some(Record::Repo { id, repo })
+            })
+            .collect();
+        store.append(records);
+    }
     tracing::info!(
         uuid = %identity.uuid,
         repos = state.repos.len(),
@@ -123,7 +138,7 @@ pub async fn run_reloadable(
     };
     let link_task = tokio::spawn(link::run(settings, identity, events_tx, shutdown.clone()));
 
-    let mut worker = Worker::new(cfg, state, mirrors);
+    let mut worker = Worker::new(cfg, state, store, mirrors);
     worker.refresh_disk(true);
     notify::ready(&worker.summary());
     worker.main_loop(events_rx, shutdown, reload).await;
@@ -138,18 +153,23 @@ pub async fn run_reloadable(
     Ok(())
 }
 
-/// Make the state agree with the disk after a crash or an operator's hands.
-fn reconcile(state: &mut Repos, mirrors: &Mirrors) {
+/// Make the state agree with the disk after a crash or an operator's hands. Returns the
+/// repos it changed.
+fn reconcile(state: &mut Repos, mirrors: &Mirrors) -> Vec<String> {
+    let mut changed = Vec::new();
     for (id, repo) in &mut state.repos {
         let exists = mirrors.exists(id);
         if exists && !repo.mirrored {
             // Cloned and renamed into place, but stopped before the state was saved.
             repo.mirrored = true;
+            changed.push(id.clone());
         } else if !exists && repo.mirrored {
             tracing::warn!(repo = %id, path = %mirrors.path(id).display(), "mirror has vanished from disk; cloning it again");
             repo.mirrored = false;
+            changed.push(id.clone());
         }
     }
+    changed
 }
 
 /// A running operation on one repo.
@@ -177,9 +197,9 @@ enum OpResult {
         url: String,
         clone: bool,
         started: Instant,
-        result: Result<Fetched, Failure>,
+        result: Result<Reported, Failure>,
         /// The blocking thread ignored the interrupt; it is still running.
-        abandoned: Option<tokio::task::JoinHandle<Result<Fetched, Failure>>>,
+        abandoned: Option<tokio::task::JoinHandle<Result<Reported, Failure>>>,
     },
     Disposed(Disposal, Result<(), String>),
     Maintained {
@@ -188,6 +208,30 @@ enum OpResult {
     },
     /// An abandoned fetch's thread has finally returned.
     Unstuck,
+}
+
+/// A successful clone or fetch, as the loop needs it: the refs diffed (on the blocking
+/// thread) against the ones last reported, which live on disk, not in the loop's memory.
+struct Reported {
+    fetched: Fetched,
+    changes: Vec<gitmirror_wire::RefChange>,
+    ref_count: u32,
+    refs_digest: u64,
+}
+
+/// Diff `fetched` against the refs last reported for `id`; the full ref map is dropped.
+fn diff_reported(refs: &RefsReader, id: &str, mut fetched: Fetched) -> Result<Reported, Failure> {
+    let old = refs.load(id).map_err(|e| {
+        tracing::error!(repo = %id, "cannot read the refs last reported: {e}");
+        Failure::local(format!("cannot read the refs last reported: {e}"))
+    })?;
+    let new = std::mem::take(&mut fetched.refs);
+    Ok(Reported {
+        changes: ref_changes(&old, &new),
+        ref_count: u32::try_from(new.len()).unwrap_or(u32::MAX),
+        refs_digest: refs_digest(&new),
+        fetched,
+    })
 }
 
 /// The connection as the loop sees it.
@@ -208,10 +252,21 @@ struct DiskState {
 struct Worker {
     cfg: WorkerConfig,
     state: Repos,
-    /// State changed since the last save.
-    dirty: bool,
-    /// The last save failed (logged once until it works again).
-    save_failing: bool,
+    /// The state files: every change goes there as a journal record.
+    store: Store,
+    /// Repos changed in memory whose record is not queued yet (written at the next
+    /// commit: with an outcome, an assignment, or the flush tick).
+    dirty: HashSet<String>,
+    /// Batches not yet durable: (sequence, the highest report id in it).
+    pending_reports: std::collections::VecDeque<(u64, u64)>,
+    /// Outcomes up to this report id are durable and may be sent.
+    durable_report: u64,
+    /// Assignment acknowledgements waiting for their batch: (sequence, assign seq).
+    pending_acks: std::collections::VecDeque<(u64, u64)>,
+    /// Repos with records not yet written: nothing starts on them until they are, so a
+    /// fetch reads the refs it diffs against after its last outcome's changes.
+    unwritten: HashMap<String, u64>,
+    unwritten_order: std::collections::VecDeque<(u64, String)>,
     mirrors: Arc<Mirrors>,
     schedule: Schedule,
     ops: JoinSet<OpDone>,
@@ -232,7 +287,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(cfg: WorkerConfig, state: Repos, mirrors: Arc<Mirrors>) -> Self {
+    fn new(cfg: WorkerConfig, state: Repos, store: Store, mirrors: Arc<Mirrors>) -> Self {
         let mut schedule = Schedule::new(&cfg.fetch);
         let now = now_ms();
         for (id, repo) in &state.repos {
@@ -242,11 +297,17 @@ impl Worker {
                 schedule.plan_urgent(id, now);
             }
         }
+        let durable_report = state.outbox.keys().next_back().copied().unwrap_or(0);
         Self {
             cfg,
             state,
-            dirty: false,
-            save_failing: false,
+            store,
+            dirty: HashSet::new(),
+            pending_reports: std::collections::VecDeque::new(),
+            durable_report,
+            pending_acks: std::collections::VecDeque::new(),
+            unwritten: HashMap::new(),
+            unwritten_order: std::collections::VecDeque::new(),
             mirrors,
             schedule,
             ops: JoinSet::new(),
@@ -282,6 +343,7 @@ impl Worker {
         purge.reset(); // the start already purged
         let watchdog_period = notify::watchdog_period();
         let mut last_watchdog = Instant::now();
+        let mut durable = self.store.durable_watch();
         let mut pass = true;
         let mut link_ended = false;
         loop {
@@ -343,6 +405,12 @@ impl Worker {
                     tracing::info!("reloaded the fetch and disk settings");
                     pass = true;
                 }
+                changed = durable.changed() => {
+                    if changed.is_ok() {
+                        self.on_durable();
+                        pass = true;
+                    }
+                }
                 _ = flush.tick() => self.flush(),
                 _ = status.tick() => {
                     self.queue_periodic_maintenance();
@@ -394,8 +462,22 @@ impl Worker {
             }
         }
         self.ops.abort_all();
-        self.dirty = true;
-        self.save();
+        // Everything changed goes to the journal; wait (bounded) until it is durable.
+        self.commit(Vec::new());
+        let target = self.store.last_seq();
+        let mut durable = self.store.durable_watch();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while *durable.borrow() < target {
+            match tokio::time::timeout_at(deadline, durable.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::warn!(
+                        "the worker state was not saved in time; the last changes are redone after the restart"
+                    );
+                    break;
+                }
+            }
+        }
     }
 
     // ---- starting work ----
@@ -412,7 +494,12 @@ impl Worker {
         let disk_low = self.refresh_disk(false);
         let mut waiting = Vec::new();
         let started = {
-            let (repos, running, stuck) = (&self.state.repos, &self.running, &self.stuck);
+            let (repos, running, stuck, unwritten) = (
+                &self.state.repos,
+                &self.running,
+                &self.stuck,
+                &self.unwritten,
+            );
             self.schedule.start_ready(
                 now,
                 |id| {
@@ -422,7 +509,8 @@ impl Worker {
                         .unwrap_or_default()
                 },
                 |id| {
-                    if running.contains_key(id) || stuck.contains(id) {
+                    if running.contains_key(id) || stuck.contains(id) || unwritten.contains_key(id)
+                    {
                         return false;
                     }
                     let Some(r) = repos.get(id) else { return false };
@@ -553,7 +641,10 @@ impl Worker {
         };
         // A mirror that is not complete at the final path is cloned; one that is, fetched.
         let clone = !repo.mirrored;
-        repo.waiting_reported = false;
+        if repo.waiting_reported {
+            repo.waiting_reported = false;
+            self.dirty.insert(id.clone());
+        }
         let url = repo.url.clone();
         let interrupt = Arc::new(AtomicBool::new(false));
         let kind = if clone { OpKind::Clone } else { OpKind::Fetch };
@@ -567,15 +658,17 @@ impl Worker {
         tracing::debug!(repo = %id, %url, "{}", if clone { "cloning" } else { "fetching" });
         let mirrors = self.mirrors.clone();
         let timeout = self.cfg.fetch.timeout;
+        let refs = self.store.refs();
         self.ops.spawn(async move {
             let started = Instant::now();
             let (bid, burl, flag) = (id.clone(), url.clone(), interrupt.clone());
             let mut handle = tokio::task::spawn_blocking(move || {
-                if clone {
+                let fetched = if clone {
                     mirrors.clone_new(&bid, &burl, &flag)
                 } else {
                     mirrors.fetch(&bid, &burl, &flag)
-                }
+                }?;
+                diff_reported(&refs, &bid, fetched)
             });
             let timed_out = || {
                 Failure::new(
@@ -583,7 +676,7 @@ impl Worker {
                     format!("timed out after {}", humantime::format_duration(timeout)),
                 )
             };
-            let joined = |r: Result<Result<Fetched, Failure>, tokio::task::JoinError>| {
+            let joined = |r: Result<Result<Reported, Failure>, tokio::task::JoinError>| {
                 r.unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))))
             };
             let (result, abandoned) = tokio::select! {
@@ -666,8 +759,7 @@ impl Worker {
             refs_digest: 0,
             next_due_ms: now,
         };
-        self.state.push_outcome(outcome);
-        self.dirty = true;
+        self.queue_outcome(outcome);
     }
 
     // ---- finished work ----
@@ -689,7 +781,10 @@ impl Worker {
                     Ok(()) => {
                         if self.state.disposals.get(&id) == Some(&disposal) {
                             self.state.disposals.remove(&id);
-                            self.dirty = true;
+                            self.commit(vec![Record::Disposal {
+                                id: id.clone(),
+                                disposal: None,
+                            }]);
                         }
                     }
                     Err(e) => {
@@ -701,6 +796,7 @@ impl Worker {
                 // Re-assigned while it was being removed: it is gone now, so clone it.
                 if let Some(repo) = self.state.repos.get_mut(&id) {
                     repo.mirrored = self.mirrors.exists(&id);
+                    self.dirty.insert(id.clone());
                     self.schedule.plan_urgent(&id, now_ms());
                 }
             }
@@ -735,7 +831,7 @@ impl Worker {
         url: String,
         clone: bool,
         took: Duration,
-        result: Result<Fetched, Failure>,
+        result: Result<Reported, Failure>,
     ) {
         let now = now_ms();
         let Some(repo) = self.state.repos.get_mut(&id) else {
@@ -751,16 +847,20 @@ impl Worker {
         repo.last_fetch_ms = Some(now);
         let mut maintain = false;
         let (fetch_result, changes, next) = match result {
-            Ok(fetched) => {
+            Ok(Reported {
+                fetched,
+                changes,
+                ref_count,
+                refs_digest,
+            }) => {
                 repo.mirrored = true;
-                let changes = ref_changes(&repo.refs, &fetched.refs);
                 let fetch_result = if repo.announced {
                     FetchResult::Fetched
                 } else {
                     FetchResult::Cloned
                 };
                 if clone {
-                    tracing::info!(repo = %id, %url, refs = fetched.refs.len(), secs = took.as_secs_f32(), "cloned");
+                    tracing::info!(repo = %id, %url, refs = ref_count, secs = took.as_secs_f32(), "cloned");
                 } else if !changes.is_empty() {
                     tracing::info!(repo = %id, changed = changes.len(), "refs changed upstream");
                 }
@@ -793,7 +893,8 @@ impl Worker {
                     repo.last_verify_ms = Some(spread(VERIFY_EVERY));
                 }
                 maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
-                repo.refs = fetched.refs;
+                repo.ref_count = ref_count;
+                repo.refs_digest = refs_digest;
                 repo.announced = true;
                 repo.last_success_ms = Some(now);
                 repo.failures = 0;
@@ -852,13 +953,12 @@ impl Worker {
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             result: fetch_result,
             changes,
-            ref_count: u32::try_from(repo.refs.len()).unwrap_or(u32::MAX),
-            refs_digest: refs_digest(&repo.refs),
+            ref_count: repo.ref_count,
+            refs_digest: repo.refs_digest,
             next_due_ms: next,
         };
         self.schedule.finish(&id, Some(next), now);
-        self.state.push_outcome(outcome);
-        self.dirty = true;
+        self.queue_outcome(outcome);
         if maintain {
             self.queue_maintenance(id);
         }
@@ -874,7 +974,7 @@ impl Worker {
         if verify {
             repo.last_verify_ms = Some(now);
         }
-        self.dirty = true;
+        self.dirty.insert(id.to_owned());
         match result {
             Ok(m) => {
                 if m.packs_after != m.packs_before {
@@ -897,6 +997,9 @@ impl Worker {
     fn on_link_event(&mut self, ev: LinkEvent) {
         match ev {
             LinkEvent::Up { worker_id, tx } => {
+                // Acknowledgements meant for the last connection: the coordinator sends the
+                // difference again after the holdings.
+                self.pending_acks.clear();
                 self.conn = Some(Conn {
                     worker_id,
                     tx,
@@ -919,7 +1022,7 @@ impl Worker {
             LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
             LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
                 if self.state.acknowledge(upto) > 0 {
-                    self.dirty = true;
+                    self.store.append(vec![Record::Ack { upto }]);
                 }
             }
             LinkEvent::Msg(CoordMsg::FetchNow { repo }) => {
@@ -938,6 +1041,7 @@ impl Worker {
     fn on_assign(&mut self, delta: AssignDelta) {
         let now = now_ms();
         let (mut added, mut dropped) = (0usize, 0usize);
+        let mut records = Vec::new();
         for spec in delta.upsert {
             if !mirror::valid_id(&spec.id) || !mirror::valid_url(&spec.url) {
                 tracing::error!(repo = ?spec.id, url = ?spec.url, "the coordinator assigned a repo id or URL this worker refuses to use; ignoring it");
@@ -948,10 +1052,16 @@ impl Worker {
                 Some(repo) => {
                     tracing::info!(repo = %spec.id, old = %repo.url, new = %spec.url, "upstream URL changed; fetching from the new one");
                     repo.url = spec.url;
+                    self.dirty.insert(spec.id.clone());
                     self.schedule.plan_urgent(&spec.id, now);
                 }
                 None => {
-                    self.state.disposals.remove(&spec.id);
+                    if self.state.disposals.remove(&spec.id).is_some() {
+                        records.push(Record::Disposal {
+                            id: spec.id.clone(),
+                            disposal: None,
+                        });
+                    }
                     let disposing = matches!(
                         self.running.get(&spec.id),
                         Some(Running {
@@ -963,6 +1073,7 @@ impl Worker {
                     let mut repo = Repo::new(spec.url, mirrored);
                     repo.next_due_ms = now;
                     self.state.repos.insert(spec.id.clone(), repo);
+                    self.dirty.insert(spec.id.clone());
                     self.schedule.plan_urgent(&spec.id, now);
                     added += 1;
                 }
@@ -978,8 +1089,16 @@ impl Worker {
                 DropReason::RemovedFromIndex => Disposal::Trash,
             };
             self.state.repos.remove(&order.id);
+            self.dirty.remove(&order.id);
             self.schedule.forget(&order.id);
             self.state.disposals.insert(order.id.clone(), disposal);
+            records.push(Record::Remove {
+                id: order.id.clone(),
+            });
+            records.push(Record::Disposal {
+                id: order.id.clone(),
+                disposal: Some(disposal),
+            });
             dropped += 1;
             tracing::debug!(repo = %order.id, reason = ?order.reason, "dropped by the coordinator");
         }
@@ -992,13 +1111,10 @@ impl Worker {
                 "assignment changed"
             );
         }
-        self.dirty = true;
-        if self.save() {
-            self.send(WorkerMsg::AssignAck { seq: delta.seq });
-        } else {
-            // Not acknowledged: reconnect, and the coordinator sends the difference again.
-            self.conn = None;
-        }
+        // Acknowledged once durable (`on_durable`).
+        let seq = self.commit(records);
+        self.pending_acks.push_back((seq, delta.seq));
+        self.on_durable();
     }
 
     /// Queue `msg` for the coordinator. A full queue means the connection cannot keep up:
@@ -1019,19 +1135,105 @@ impl Worker {
         }
     }
 
-    /// Persist what changed, then send outcomes not yet sent on this connection.
-    fn flush(&mut self) {
-        if self.dirty && !self.save() {
-            return; // never send what is not durably in the outbox
+    /// Queue the records of every changed repo, then `extra`, as one journal batch.
+    /// Returns its sequence number.
+    fn commit(&mut self, extra: Vec<Record>) -> u64 {
+        let mut records = Vec::with_capacity(self.dirty.len() + extra.len());
+        let mut touched: Vec<String> = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(repo) = self.state.repos.get(&id) {
+                records.push(Record::Repo {
+                    id: id.clone(),
+                    repo: repo.clone(),
+                });
+                touched.push(id);
+            }
         }
+        for r in &extra {
+            match r {
+                Record::Outcome(o) => touched.push(o.repo.clone()),
+                Record::Remove { id } => touched.push(id.clone()),
+                _ => {}
+            }
+        }
+        records.extend(extra);
+        if records.is_empty() {
+            return self.store.last_seq();
+        }
+        let seq = self.store.append(records);
+        for id in touched {
+            self.unwritten.insert(id.clone(), seq);
+            self.unwritten_order.push_back((seq, id));
+        }
+        seq
+    }
+
+    /// Put an outcome in the outbox and the journal (with its repo's record, in one batch);
+    /// it is sent once durable.
+    fn queue_outcome(&mut self, outcome: Outcome) {
+        self.dirty.insert(outcome.repo.clone());
+        let report_id = self.state.push_outcome(outcome);
+        let Some(o) = self.state.outbox.get(&report_id).cloned() else {
+            return;
+        };
+        let seq = self.commit(vec![Record::Outcome(o)]);
+        self.pending_reports.push_back((seq, report_id));
+    }
+
+    /// More of the journal is durable: outcomes may go, assignments be acknowledged, and
+    /// repos whose records are written may start again.
+    fn on_durable(&mut self) {
+        let durable = self.store.durable();
+        while let Some(&(seq, report)) = self.pending_reports.front() {
+            if seq > durable {
+                break;
+            }
+            self.durable_report = self.durable_report.max(report);
+            self.pending_reports.pop_front();
+        }
+        while let Some(&(seq, assign)) = self.pending_acks.front() {
+            if seq > durable {
+                break;
+            }
+            self.pending_acks.pop_front();
+            self.send(WorkerMsg::AssignAck { seq: assign });
+        }
+        while let Some((seq, _)) = self.unwritten_order.front() {
+            if *seq > durable {
+                break;
+            }
+            if let Some((seq, id)) = self.unwritten_order.pop_front()
+                && self.unwritten.get(&id) == Some(&seq)
+            {
+                self.unwritten.remove(&id);
+            }
+        }
+        if self.last_flush.elapsed() >= MIN_SEND_GAP {
+            self.send_outcomes();
+        }
+    }
+
+    /// Persist what changed, then send the durable outcomes not yet sent.
+    fn flush(&mut self) {
+        if !self.dirty.is_empty() {
+            self.commit(Vec::new());
+        }
+        self.send_outcomes();
+    }
+
+    /// Send outcomes that are durable and not yet sent on this connection (never one that
+    /// is not durably in the outbox).
+    fn send_outcomes(&mut self) {
         let Some(conn) = &self.conn else { return };
         let sent_upto = conn.sent_upto;
+        if sent_upto >= self.durable_report {
+            return;
+        }
         let unsent: Vec<Outcome> = self
             .state
             .outbox
-            .iter()
-            .filter(|o| o.report_id > sent_upto)
-            .cloned()
+            .range(sent_upto.saturating_add(1)..=self.durable_report)
+            .map(|(_, o)| o.clone())
             .collect();
         if !unsent.is_empty() {
             self.last_flush = Instant::now();
@@ -1048,32 +1250,6 @@ impl Worker {
             }
             if let (Some(upto), Some(conn)) = (upto, &mut self.conn) {
                 conn.sent_upto = upto;
-            }
-        }
-    }
-
-    /// Save `repos.json`; true when the state on disk is current.
-    fn save(&mut self) -> bool {
-        if !self.dirty {
-            return true;
-        }
-        match self.state.save(&self.cfg.state_dir) {
-            Ok(()) => {
-                self.dirty = false;
-                if self.save_failing {
-                    tracing::info!("worker state is being saved again");
-                    self.save_failing = false;
-                }
-                true
-            }
-            Err(e) => {
-                if !self.save_failing {
-                    tracing::error!(
-                        "cannot save worker state (outcomes are held back until it works): {e}"
-                    );
-                    self.save_failing = true;
-                }
-                false
             }
         }
     }

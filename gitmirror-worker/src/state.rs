@@ -7,7 +7,7 @@
 use gitmirror_common::statefile::{self, StateError};
 use gitmirror_wire::{FailureClass, FetchResult, HeldRepo, Outcome, RefChange};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ pub const REPOS_FILE: &str = "repos.json";
 const IDENTITY_KIND: &str = "worker-identity";
 const REPOS_KIND: &str = "worker-repos";
 const VERSION: u32 = 1;
-const MODE: u32 = 0o644;
+pub(crate) const MODE: u32 = 0o644;
 
 /// Ref name → hex object id.
 pub type Refs = BTreeMap<String, String>;
@@ -56,15 +56,19 @@ impl Identity {
     }
 }
 
-/// One held repo.
+/// One held repo, as the worker keeps it in memory and journals it. The refs last
+/// reported are not here: they live on disk (`store`) and are read for the fetch that needs
+/// them; their count and digest are enough for everything else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Repo {
     pub url: String,
     /// A complete mirror exists at the final path.
     pub mirrored: bool,
-    /// Refs as last reported (in the outbox or acknowledged); changes are computed against
-    /// these, never against the mirror's refs before a fetch (design.md).
-    pub refs: Refs,
+    /// Number and digest (`gitmirror_wire::refs`) of the refs last reported.
+    #[serde(default)]
+    pub ref_count: u32,
+    #[serde(default)]
+    pub refs_digest: u64,
     /// A successful outcome (`Cloned`) has been reported for this repo; later successes are
     /// `Fetched`.
     pub announced: bool,
@@ -80,7 +84,7 @@ pub struct Repo {
     pub waiting_reported: bool,
     /// When upstream last changed, as far as this worker knows (Unix ms): the last fetch
     /// that found new refs, or for a new clone its newest branch commit. Drives the
-    /// adaptive interval (SPEC §7.2). Absent in files written before it existed.
+    /// adaptive interval (SPEC §7.2).
     #[serde(default)]
     pub last_change_ms: Option<i64>,
     /// Last maintenance pass (repack, stale locks) and last connectivity check (Unix ms).
@@ -95,7 +99,8 @@ impl Repo {
         Self {
             url,
             mirrored,
-            refs: Refs::new(),
+            ref_count: 0,
+            refs_digest: refs_digest(&Refs::new()),
             announced: false,
             last_fetch_ms: None,
             last_success_ms: None,
@@ -108,6 +113,12 @@ impl Repo {
             last_verify_ms: None,
         }
     }
+
+    /// Record `refs` as the ones last reported (their count and digest).
+    pub fn set_refs(&mut self, refs: &Refs) {
+        self.ref_count = u32::try_from(refs.len()).unwrap_or(u32::MAX);
+        self.refs_digest = refs_digest(refs);
+    }
 }
 
 /// A mirror still to be removed from disk (persisted so a crash does not leave it behind).
@@ -119,12 +130,15 @@ pub enum Disposal {
     Trash,
 }
 
-/// Everything in `repos.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The worker's state in memory: held repos, outbox, disposals.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Repos {
     pub repos: BTreeMap<String, Repo>,
-    /// Outcomes not yet acknowledged, in `report_id` order.
-    pub outbox: Vec<Outcome>,
+    /// Outcomes not yet acknowledged, by `report_id`.
+    pub outbox: BTreeMap<u64, Outcome>,
+    /// Per repo, the report id of its replaceable outcome in the outbox (see
+    /// [`Repos::push_outcome`]), so replacing one costs a lookup, not a scan.
+    replaceable: HashMap<String, u64>,
     pub next_report_id: u64,
     /// Mirrors dropped by the coordinator whose removal from disk is not done yet.
     pub disposals: BTreeMap<String, Disposal>,
@@ -134,7 +148,8 @@ impl Default for Repos {
     fn default() -> Self {
         Self {
             repos: BTreeMap::new(),
-            outbox: Vec::new(),
+            outbox: BTreeMap::new(),
+            replaceable: HashMap::new(),
             next_report_id: 1,
             disposals: BTreeMap::new(),
         }
@@ -142,19 +157,6 @@ impl Default for Repos {
 }
 
 impl Repos {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(REPOS_FILE)
-    }
-
-    /// Load `repos.json`; empty state when the file does not exist yet.
-    pub fn load(state_dir: &Path) -> Result<Self, StateError> {
-        Ok(statefile::read_json(&Self::path(state_dir), REPOS_KIND, VERSION)?.unwrap_or_default())
-    }
-
-    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
-        statefile::write_json(&Self::path(state_dir), REPOS_KIND, VERSION, self, MODE)
-    }
-
     /// What the coordinator needs after a reconnect to send the difference.
     pub fn holdings(&self) -> Vec<HeldRepo> {
         self.repos
@@ -172,26 +174,134 @@ impl Repos {
     /// repo, so the outbox stays bounded while the coordinator is away; outcomes with ref
     /// changes or a first clone are always kept.
     pub fn push_outcome(&mut self, mut outcome: Outcome) -> u64 {
-        let id = self.next_report_id;
-        self.next_report_id += 1;
-        outcome.report_id = id;
-        if is_replaceable(&outcome) {
-            self.outbox
-                .retain(|o| o.repo != outcome.repo || !is_replaceable(o));
-        }
-        self.outbox.push(outcome);
+        outcome.report_id = self.next_report_id;
+        let id = outcome.report_id;
+        self.insert_outcome(outcome);
         id
+    }
+
+    /// Put an outcome that already has its report id into the outbox (replaying the
+    /// journal does this for every one it finds).
+    pub fn insert_outcome(&mut self, outcome: Outcome) {
+        let id = outcome.report_id;
+        self.next_report_id = self.next_report_id.max(id.saturating_add(1));
+        if is_replaceable(&outcome)
+            && let Some(old) = self.replaceable.insert(outcome.repo.clone(), id)
+            && old != id
+        {
+            self.outbox.remove(&old);
+        }
+        self.outbox.insert(id, outcome);
     }
 
     /// Forget outcomes the coordinator has recorded. Returns how many were dropped.
     pub fn acknowledge(&mut self, upto: u64) -> usize {
-        let before = self.outbox.len();
-        self.outbox.retain(|o| o.report_id > upto);
-        before - self.outbox.len()
+        let kept = self.outbox.split_off(&upto.saturating_add(1));
+        let dropped = std::mem::replace(&mut self.outbox, kept);
+        for o in dropped.values() {
+            if self.replaceable.get(&o.repo) == Some(&o.report_id) {
+                self.replaceable.remove(&o.repo);
+            }
+        }
+        dropped.len()
     }
 }
 
-fn is_replaceable(o: &Outcome) -> bool {
+/// `repos.json` of format v1 (the release before the journal): every repo with its refs.
+/// Read only to migrate it (`store`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReposV1 {
+    pub repos: BTreeMap<String, RepoV1>,
+    pub outbox: Vec<Outcome>,
+    pub next_report_id: u64,
+    pub disposals: BTreeMap<String, Disposal>,
+}
+
+/// One repo of [`ReposV1`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoV1 {
+    pub url: String,
+    pub mirrored: bool,
+    pub refs: Refs,
+    pub announced: bool,
+    pub last_fetch_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub failures: u32,
+    pub failing: Option<FailureClass>,
+    pub next_due_ms: i64,
+    pub waiting_reported: bool,
+    #[serde(default)]
+    pub last_change_ms: Option<i64>,
+    #[serde(default)]
+    pub last_maintenance_ms: Option<i64>,
+    #[serde(default)]
+    pub last_verify_ms: Option<i64>,
+}
+
+impl ReposV1 {
+    pub const KIND: &'static str = REPOS_KIND;
+    pub const VERSION: u32 = 1;
+
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(REPOS_FILE)
+    }
+
+    /// Load `repos.json` v1; `None` when there is none.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, StateError> {
+        statefile::read_json(&Self::path(state_dir), Self::KIND, Self::VERSION)
+    }
+
+    /// Split into the v2 in-memory state and the refs of each repo.
+    pub fn upgrade(self) -> (Repos, BTreeMap<String, Refs>) {
+        let mut state = Repos::default();
+        let mut all_refs = BTreeMap::new();
+        for (id, r) in self.repos {
+            let mut repo = Repo {
+                url: r.url,
+                mirrored: r.mirrored,
+                ref_count: 0,
+                refs_digest: 0,
+                announced: r.announced,
+                last_fetch_ms: r.last_fetch_ms,
+                last_success_ms: r.last_success_ms,
+                failures: r.failures,
+                failing: r.failing,
+                next_due_ms: r.next_due_ms,
+                waiting_reported: r.waiting_reported,
+                last_change_ms: r.last_change_ms,
+                last_maintenance_ms: r.last_maintenance_ms,
+                last_verify_ms: r.last_verify_ms,
+            };
+            repo.set_refs(&r.refs);
+            if !r.refs.is_empty() {
+                all_refs.insert(id.clone(), r.refs);
+            }
+            state.repos.insert(id, repo);
+        }
+        for o in self.outbox {
+            state.insert_outcome(o);
+        }
+        state.next_report_id = state.next_report_id.max(self.next_report_id);
+        state.disposals = self.disposals;
+        (state, all_refs)
+    }
+}
+
+/// Apply reported changes to `refs`.
+pub fn apply_changes(refs: &mut Refs, changes: &[RefChange]) {
+    for c in changes {
+        match &c.new {
+            Some(new) => {
+                refs.insert(c.name.clone(), new.clone());
+            }
+            None => {
+                refs.remove(&c.name);
+            }
+        }
+    }
+}
+
+pub fn is_replaceable(o: &Outcome) -> bool {
     o.changes.is_empty() && !matches!(o.result, FetchResult::Cloned)
 }
 
@@ -302,7 +412,7 @@ mod tests {
         assert_eq!((a, b), (1, 2));
         assert_eq!(s.acknowledge(1), 1);
         assert_eq!(s.outbox.len(), 1);
-        assert_eq!(s.outbox[0].report_id, 2);
+        assert_eq!(s.outbox.keys().copied().collect::<Vec<_>>(), [2]);
         assert_eq!(s.acknowledge(5), 1);
         assert_eq!(s.next_report_id, 3);
     }
@@ -331,41 +441,38 @@ mod tests {
         s.push_outcome(outcome("other", FetchResult::Fetched, vec![]));
         let kinds: Vec<_> = s
             .outbox
-            .iter()
+            .values()
             .map(|o| (o.repo.as_str(), o.changes.len()))
             .collect();
         assert_eq!(kinds, vec![("r", 1), ("r", 0), ("r", 1), ("other", 0)]);
-        assert!(s.outbox.windows(2).all(|w| w[0].report_id < w[1].report_id));
+        assert!(s.outbox.iter().all(|(k, o)| *k == o.report_id));
     }
 
     #[test]
-    fn spec_10_round_trip_and_corruption_is_loud() {
+    fn spec_10_identity_round_trip_and_v1_corruption_is_loud() {
         let d = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(d.path()).unwrap();
         assert_eq!(Identity::load_or_create(d.path()).unwrap(), id);
-        let mut s = Repos::default();
-        s.repos
-            .insert("a/abc/abc".into(), Repo::new("git://h/abc".into(), true));
-        s.push_outcome(outcome("a/abc/abc", FetchResult::Cloned, vec![]));
-        s.save(d.path()).unwrap();
-        assert_eq!(Repos::load(d.path()).unwrap(), s);
-        std::fs::write(Repos::path(d.path()), "gitmirror-state worker-repos v1\n{").unwrap();
-        let e = Repos::load(d.path()).unwrap_err().to_string();
-        assert!(e.contains("repos.json"), "{e}");
-        // A file written before the schedule fields existed still loads.
+        // A v1 file written before the schedule fields existed still loads.
         std::fs::write(
-            Repos::path(d.path()),
+            ReposV1::path(d.path()),
             r#"gitmirror-state worker-repos v1
-{"repos":{"a/abc/abc":{"url":"git://h/abc","mirrored":true,"refs":{},"announced":true,
+{"repos":{"a/abc/abc":{"url":"git://h/abc","mirrored":true,"refs":{"refs/heads/a":"1"},"announced":true,
 "last_fetch_ms":1,"last_success_ms":1,"failures":0,"failing":null,"next_due_ms":5,
 "waiting_reported":false}},"outbox":[],"next_report_id":3,"disposals":{}}"#,
         )
         .unwrap();
-        let old = Repos::load(d.path()).unwrap();
-        assert_eq!(old.repos["a/abc/abc"].last_change_ms, None);
-        assert_eq!(old.next_report_id, 3);
-        std::fs::write(Repos::path(d.path()), "gitmirror-state worker-repos v1\n{").unwrap();
-        let e = Repos::load(d.path()).unwrap_err().to_string();
+        let (state, refs) = ReposV1::load(d.path()).unwrap().unwrap().upgrade();
+        assert_eq!(state.repos["a/abc/abc"].last_change_ms, None);
+        assert_eq!(state.repos["a/abc/abc"].ref_count, 1);
+        assert_eq!(refs["a/abc/abc"].len(), 1);
+        assert_eq!(state.next_report_id, 3);
+        std::fs::write(
+            ReposV1::path(d.path()),
+            "gitmirror-state worker-repos v1\n{",
+        )
+        .unwrap();
+        let e = ReposV1::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("repos.json"), "{e}");
     }
 }

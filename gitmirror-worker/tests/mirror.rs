@@ -631,3 +631,185 @@ fn spec_7_3_maintenance_finds_deep_corruption_and_reclones() {
         "{again:?}"
     );
 }
+
+/// Set a directory's mtime far into the past, so any entry created or removed in it
+/// (even a mkdir followed by an rmdir within the same clock tick) shows as a new mtime.
+fn backdate(dir: &Path) -> SystemTime {
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800); // 2000-01-01
+    std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
+    std::fs::metadata(dir).unwrap().modified().unwrap()
+}
+
+/// SPEC §7.1, §12 (issue 9): a clone attempt whose upstream refuses the connection or does
+/// not have the repo connects first and writes nothing: no skeleton is made in `.tmp/` and
+/// removed again (at 100k repos with failing upstreams that was most of a worker's CPU).
+#[test]
+fn spec_12_failed_clone_attempt_creates_nothing() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().join("repos"));
+    m.prepare().unwrap();
+    let tmp = root.path().join("repos/.tmp");
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let attempts = [
+        (
+            format!("git://127.0.0.1:{refused_port}/abc"),
+            Some(FailureClass::Transient),
+        ),
+        (daemon.url("nope"), Some(FailureClass::Gone)),
+        // git-upload-pack spawned for a path that is not there.
+        (
+            format!("file://{}", up.path().join("missing").display()),
+            None,
+        ),
+    ];
+    for (url, class) in attempts {
+        let before = backdate(&tmp);
+        let err = m
+            .clone_new("n/nope/nope", &url, &no_interrupt())
+            .unwrap_err();
+        if let Some(class) = class {
+            assert_eq!(err.class, class, "{url}: {err}");
+        }
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{url}");
+        assert_eq!(
+            std::fs::metadata(&tmp).unwrap().modified().unwrap(),
+            before,
+            "{url}: something was created in and removed from .tmp/"
+        );
+        assert!(!m.path("n/nope/nope").exists());
+        assert!(!root.path().join("repos/n").exists(), "{url}");
+    }
+    // The same clone against a working upstream still writes its mirror.
+    let fetched = m
+        .clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap();
+    assert_eq!(fetched.refs, ls_remote(&daemon.url("abc")));
+}
+
+/// Give `upstream` `n` more refs (`refs/pull/<i>/head`, spread over its three commits) and
+/// an annotated tag outside `refs/tags/`, written straight into `packed-refs` (git sorts an
+/// unsorted file when it reads it; `update-ref` would take seconds for loose files).
+fn add_many_refs(upstream: &Path, n: usize) {
+    git(upstream, &["pack-refs", "--all"]);
+    let commits: Vec<String> = ["main", "dev", "feature/x"]
+        .iter()
+        .map(|b| git(upstream, &["rev-parse", b]).trim().to_owned())
+        .collect();
+    let packed = upstream.join(".git/packed-refs");
+    let old = std::fs::read_to_string(&packed).unwrap();
+    let mut text = String::from("# pack-refs with: peeled \n");
+    text.extend(
+        old.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n")),
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "{} refs/pull/{i}/head\n",
+            commits[i % commits.len()]
+        ));
+    }
+    let tag = git(upstream, &["rev-parse", "v1-annotated"])
+        .trim()
+        .to_owned();
+    text.push_str(&format!("{tag} refs/review/tagged\n"));
+    std::fs::write(&packed, text).unwrap();
+}
+
+/// Loose ref files under `refs/` of a mirror.
+fn loose_refs(mirror: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&mirror.join("refs"), &mut out);
+    out
+}
+
+/// SPEC §7.1, §12 (issues 9 and 11): a clone of an upstream with 20k refs writes them all
+/// into `packed-refs` at once (no loose refs, no per-ref lock files), equal to `git
+/// ls-remote`, with tags peeled as git's own listing shows them, HEAD as upstream's, and
+/// `git fsck` clean.
+#[test]
+fn spec_12_clone_of_many_refs_writes_packed_refs() {
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "many");
+    add_many_refs(&upstream.dir, 20_000);
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("many");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().join("repos"));
+    m.prepare().unwrap();
+
+    let fetched = m.clone_new("m/many/many", &url, &no_interrupt()).unwrap();
+    let path = m.path("m/many/many");
+    let expected = ls_remote(&url);
+    assert_eq!(expected.len(), 20_000 + 6, "upstream as built");
+    assert_eq!(local_refs(&path), expected);
+    assert_eq!(fetched.refs, expected);
+    assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
+    // Peeled values as the upstream advertises them (`^{}` lines).
+    let peeled = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.ends_with("^{}"))
+            .map(|l| l.replace('\t', " "))
+            .collect()
+    };
+    let mut theirs = peeled(&git(&std::env::temp_dir(), &["ls-remote", &url]));
+    let mut ours = peeled(&git(&path, &["show-ref", "-d"]));
+    theirs.sort();
+    ours.sort();
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert_eq!(
+        git(&path, &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+    git(&path, &["fsck", "--no-progress"]);
+    assert_eq!(
+        git(&path, &["config", "remote.origin.mirror"]).trim(),
+        "true"
+    );
+    // A fetch afterwards is a no-op, and one after a change finds just that change.
+    let again = m.fetch("m/many/many", &url, &no_interrupt()).unwrap();
+    assert!(ref_changes(&fetched.refs, &again.refs).is_empty());
+
+    // A fetch that changes many refs (1,000 new, 10 deleted, one branch moved) writes
+    // them at once too, and prunes.
+    let mut upstream = upstream;
+    upstream.commit("moves main");
+    let packed = upstream.dir.join(".git/packed-refs");
+    let text = std::fs::read_to_string(&packed).unwrap();
+    let mut text: String = text
+        .lines()
+        .filter(|l| !(0..10).any(|i| l.ends_with(&format!(" refs/pull/{i}/head"))))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace(" sorted", "");
+    let main = git(&upstream.dir, &["rev-parse", "main"]).trim().to_owned();
+    for i in 0..1000 {
+        text.push_str(&format!("{main} refs/changes/{i}/head\n"));
+    }
+    std::fs::write(&packed, text).unwrap();
+    let after = m.fetch("m/many/many", &url, &no_interrupt()).unwrap();
+    let expected = ls_remote(&url);
+    assert_eq!(after.refs, expected);
+    assert_eq!(local_refs(&path), expected);
+    assert_eq!(ref_changes(&again.refs, &after.refs).len(), 1000 + 10 + 1);
+    assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
+    git(&path, &["fsck", "--no-progress"]);
+}

@@ -16,6 +16,7 @@ use gitmirror_wire::{
 use gitmirror_worker::FetchSection;
 use gitmirror_worker::mirror::Mirrors;
 use gitmirror_worker::state::{Identity, Repo, Repos};
+use gitmirror_worker::store::Saved;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -35,8 +36,8 @@ fn fetch(min_interval: Duration, timeout: Duration) -> FetchSection {
 async fn state_until<T>(state_dir: &Path, what: &str, mut f: impl FnMut(&Repos) -> Option<T>) -> T {
     let deadline = Instant::now() + STEP;
     loop {
-        if let Ok(s) = Repos::load(state_dir)
-            && let Some(t) = f(&s)
+        if let Ok(s) = Saved::load(state_dir)
+            && let Some(t) = f(&s.state)
         {
             return t;
         }
@@ -111,7 +112,11 @@ async fn spec_6_conversation_with_the_coordinator() {
         .await;
     assert_eq!(seq, 1);
     assert!(
-        Repos::load(&state_dir).unwrap().repos.contains_key(REPO),
+        Saved::load(&state_dir)
+            .unwrap()
+            .state
+            .repos
+            .contains_key(REPO),
         "persisted before the ack"
     );
 
@@ -126,8 +131,8 @@ async fn spec_6_conversation_with_the_coordinator() {
         assert_eq!(c.new.as_ref(), expected.get(&c.name));
     }
     // The outcome was in the persisted outbox before it was sent.
-    let saved = Repos::load(&state_dir).unwrap();
-    assert!(saved.outbox.iter().any(|o| o.report_id == cloned.report_id));
+    let saved = Saved::load(&state_dir).unwrap().state;
+    assert!(saved.outbox.contains_key(&cloned.report_id));
     let mirror = root.path().join("repos/a/abc/abc.git");
     assert!(git(&mirror, &["remote", "-v"]).contains(&url));
     s.send(CoordMsg::OutcomeAck {
@@ -252,20 +257,24 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
         .unwrap()
         .ino();
     // "v": the state says mirrored, but the directory is gone.
-    let mut state = Repos::default();
+    let mut saved = Saved::default();
     let mut a = Repo::new(url.clone(), true);
-    a.refs = reported.clone();
+    a.set_refs(&reported);
     a.announced = true;
-    state.repos.insert("a/crash/crash".into(), a);
-    state
+    saved.state.repos.insert("a/crash/crash".into(), a);
+    saved
+        .state
         .repos
         .insert("c/done/done".into(), Repo::new(url.clone(), false));
     let mut v = Repo::new(url.clone(), true);
-    v.refs = reported.clone();
+    v.set_refs(&reported);
     v.announced = true;
-    state.repos.insert("v/gone/gone".into(), v);
+    saved.state.repos.insert("v/gone/gone".into(), v);
+    for id in ["a/crash/crash", "v/gone/gone"] {
+        saved.refs.insert(id.into(), reported.clone());
+    }
     std::fs::create_dir_all(&state_dir).unwrap();
-    state.save(&state_dir).unwrap();
+    saved.save(&state_dir).unwrap();
     // A half clone left by the crash.
     let leftover = root.path().join("repos/.tmp/c_half-1-0.git");
     std::fs::create_dir_all(leftover.join("objects")).unwrap();
@@ -286,7 +295,7 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
     let worker = start(cfg);
 
     let outbox = state_until(&state_dir, "an outcome for each repo", |st| {
-        let ids: Vec<&str> = st.outbox.iter().map(|o| o.repo.as_str()).collect();
+        let ids: Vec<&str> = st.outbox.values().map(|o| o.repo.as_str()).collect();
         ["a/crash/crash", "c/done/done", "v/gone/gone"]
             .iter()
             .all(|r| ids.contains(r))
@@ -294,7 +303,7 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
     })
     .await;
     assert!(!leftover.exists(), ".tmp leftovers removed at start");
-    let get = |r: &str| outbox.iter().find(|o| o.repo == r).unwrap().clone();
+    let get = |r: &str| outbox.values().find(|o| o.repo == r).unwrap().clone();
 
     let a = get("a/crash/crash");
     assert_eq!(a.result, FetchResult::Fetched);
@@ -319,7 +328,7 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
         "vanished mirror cloned again"
     );
     assert_eq!(v.changes.len(), 1, "{:?}", v.changes);
-    let st = Repos::load(&state_dir).unwrap();
+    let st = Saved::load(&state_dir).unwrap().state;
     assert!(st.repos.values().all(|r| r.mirrored));
     worker.stop().await;
 }
@@ -341,13 +350,14 @@ async fn spec_7_5_low_disk_holds_clones_not_fetches() {
         .clone_new(REPO, &url, &AtomicBool::new(false))
         .unwrap()
         .refs;
-    let mut state = Repos::default();
+    let mut saved = Saved::default();
     let mut held = Repo::new(url.clone(), true);
-    held.refs = refs;
+    held.set_refs(&refs);
     held.announced = true;
-    state.repos.insert(REPO.into(), held);
+    saved.state.repos.insert(REPO.into(), held);
+    saved.refs.insert(REPO.into(), refs);
     std::fs::create_dir_all(&state_dir).unwrap();
-    state.save(&state_dir).unwrap();
+    saved.save(&state_dir).unwrap();
 
     // 100 % free required: never met on a real filesystem.
     let cfg = config(

@@ -129,6 +129,10 @@ async fn embedded_worker_mirrors_the_index() {
         .unwrap()
         .unwrap();
     // The embedded worker saved its state under the coordinator's state dir.
-    assert!(dir.path().join("state/local-worker/repos.json").exists());
+    assert!(
+        dir.path()
+            .join("state/local-worker/repos.snapshot")
+            .exists()
+    );
     assert!(dir.path().join("state/local-worker/identity.json").exists());
 }

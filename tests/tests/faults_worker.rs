@@ -653,6 +653,34 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
 
 /// Turn the packs of the mirror at `git_dir` into loose objects (so single objects can be
 /// lost); the packs go to `aside`.
+/// The records of a worker state file (`repos.snapshot`, `repos.journal`: a header line,
+/// then frames of u32 LE length, u32 LE CRC-32, JSON payload).
+fn state_records(path: &Path) -> Vec<Value> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pos = bytes.iter().position(|&b| b == b'\n').expect("header line") + 1;
+    let mut out = Vec::new();
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let payload = &bytes[pos + 8..pos + 8 + len];
+        out.push(serde_json::from_slice(payload).expect("a JSON record"));
+        pos += 8 + len;
+    }
+    out
+}
+
+/// Append one record to a worker's `repos.journal` (the worker is stopped).
+fn append_state_record(journal: &Path, record: &Value) {
+    let payload = serde_json::to_vec(record).unwrap();
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(journal)
+        .unwrap_or_else(|e| panic!("{}: {e}", journal.display()));
+    f.write_all(&frame).unwrap();
+}
+
 fn explode(git_dir: &Path, aside: &Path) {
     std::fs::create_dir_all(aside).expect("mkdir aside");
     let pack_dir = git_dir.join("objects").join("pack");
@@ -827,15 +855,18 @@ fn damaged_mirrors_heal_in_place() {
     );
     lose_object(&deep.1, &blob);
     assert!(fsck(&deep.1, false).is_err(), "dmgdeep is not damaged");
-    let state_file = w.state_dir.join("repos.json");
-    let text = std::fs::read_to_string(&state_file).expect("read worker repos.json");
-    let (head, body) = text.split_once('\n').expect("state header line");
-    let mut state: Value = serde_json::from_str(body).expect("worker repos.json is JSON");
-    let entry = &mut state["repos"][&deep.0];
-    assert!(entry.is_object(), "{} not in {state}", deep.0);
-    entry["last_maintenance_ms"] = Value::from(1);
-    entry["last_verify_ms"] = Value::from(1);
-    std::fs::write(&state_file, format!("{head}\n{state}\n")).expect("write worker repos.json");
+    // The worker's state (snapshot + journal): its latest record of dmgdeep, appended
+    // again with the passes a week old.
+    let mut records = state_records(&w.state_dir.join("repos.snapshot"));
+    records.extend(state_records(&w.state_dir.join("repos.journal")));
+    let mut record = records
+        .into_iter()
+        .rev()
+        .find(|r| r["Repo"]["id"] == deep.0.as_str())
+        .unwrap_or_else(|| panic!("no record of {} in the worker state", deep.0));
+    record["Repo"]["repo"]["last_maintenance_ms"] = Value::from(1);
+    record["Repo"]["repo"]["last_verify_ms"] = Value::from(1);
+    append_state_record(&w.state_dir.join("repos.journal"), &record);
 
     // dmglock and dmgfresh: locks in the way of master, which moves upstream.
     let old_locks = [
@@ -1016,13 +1047,14 @@ enum Expect {
 // replaced with defaults).
 //
 // `startup.rs` covers `repos.json` of each daemon holding a header and bad JSON. Here every
-// state file of both daemons (worker: `identity.json`, `repos.json`; coordinator:
-// `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, the event log's segment,
-// `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its first line, and
-// replaced with binary garbage. Each time the daemon must exit non-zero, its log must name
-// the file and a recovery step, and the file must be left untouched. The exception is the
-// event log's segment cut in half or inside its header: that is a torn append or a torn
-// segment creation, which the coordinator repairs with a warning and starts.
+// state file of both daemons (worker: `identity.json`, `repos.snapshot`, `repos.journal`;
+// coordinator: `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, the
+// event log's segment, `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its
+// first line, and replaced with binary garbage. Each time the daemon must exit non-zero, its
+// log must name the file and a recovery step, and the file must be left untouched. The
+// exceptions are the event log's segment cut in half or inside its header (a torn append
+// or a torn segment creation, which the coordinator repairs with a warning and starts) and
+// the worker journal cut inside its last record (a torn append, cut off with a warning).
 // At the end the saved state is put back and the fleet settles again.
 /// The coordinator's first event log segment (SPEC §12).
 const EVENT_SEGMENT: &str = "events/00000000000000000001.log";
@@ -1050,7 +1082,8 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
 
     let files: Vec<(&Proc, &Path, &str)> = vec![
         (&w.proc, &wstate, "identity.json"),
-        (&w.proc, &wstate, "repos.json"),
+        (&w.proc, &wstate, "repos.snapshot"),
+        (&w.proc, &wstate, "repos.journal"),
         (&fleet.coord.proc, &cstate, "registry.json"),
         (&fleet.coord.proc, &cstate, "repos.json"),
         (&fleet.coord.proc, &cstate, "webhooks.json"),
@@ -1073,6 +1106,10 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         while good[half - 1] == b'\n' {
             half -= 1;
         }
+        if rel == "repos.journal" {
+            // Inside its last record: what a kill in the middle of an append leaves.
+            half = good.len() - 3;
+        }
         for (how, bytes) in [
             ("cut in half", good[..half].to_vec()),
             ("cut inside its first line", good[..10].to_vec()),
@@ -1082,6 +1119,10 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
                 (EVENT_SEGMENT, "cut in half") => Expect::Starts("dropping a torn record"),
                 (EVENT_SEGMENT, "cut inside its first line") => {
                     Expect::Starts("completing a header cut short")
+                }
+                // SPEC §12: a torn journal tail is dropped with one warning.
+                ("repos.journal", "cut in half") => {
+                    Expect::Starts("dropping a torn record at the end of the journal")
                 }
                 _ => Expect::Refused,
             };
@@ -1442,26 +1483,44 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
             .unwrap();
         assert_eq!(code, 202, "{body}");
     };
-    // `id`'s mirror holds upstream's master, and the log says the state cannot be saved.
-    let fetched_unsaved = |id: &str, commit: &str, mark: usize| {
+    let reported_now = |id: &str, commit: &str| {
+        let refs = refs_from_events(&fleet.coord.all_events().unwrap()).unwrap();
+        refs.get(id)
+            .and_then(|r| r.get("refs/heads/master"))
+            .map(String::as_str)
+            == Some(commit)
+    };
+    // Upstream changes of `id`, each fetched into the mirror, until the log says the state
+    // cannot be saved and the last change is not reported: the worker's journal takes
+    // small appends into the slack of its last page, so the first few outcomes after the
+    // disk fills may still be saved (and then rightly reported). Returns that change.
+    let change_until_unsaved = |id: &str| -> String {
+        let mark = w.proc.log_mark();
         let path = w.mirror_path(id);
-        wait_for(
-            Duration::from_secs(30),
-            "a fetch whose outcome cannot be saved",
-            || {
+        for _ in 0..50 {
+            let commit = daemon.commit(repo_name(id), "master");
+            fetch_now(id);
+            wait_for(Duration::from_secs(30), "the fetch of a change", || {
                 if !w.proc.is_running() {
                     panic!("the worker exited:\n{}", tail(&w.proc.log(), 30));
                 }
                 let refs = try_mirror_refs(&path)?;
-                let log = w.proc.log_since(mark);
-                if refs.get("refs/heads/master").map(String::as_str) == Some(commit)
-                    && log.contains("cannot save worker state")
-                {
+                if refs.get("refs/heads/master") == Some(&commit) {
                     Ok(())
                 } else {
-                    Err(format!("{refs:?}\n{}", tail(&log, 5)))
+                    Err(format!("{refs:?}"))
                 }
-            },
+            });
+            if within(Duration::from_secs(2), || {
+                w.proc.log_since(mark).contains("cannot save worker state")
+            }) && !reported_now(id, &commit)
+            {
+                return commit;
+            }
+        }
+        panic!(
+            "the state disk never ran out:\n{}",
+            tail(&w.proc.log_since(mark), 10)
         );
     };
     // Not durable in the outbox, so not sent: no event has it yet.
@@ -1491,10 +1550,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
 
     // Full, then killed: the outcome was never saved.
     let filler = fill(&w.state_dir);
-    let mark = w.proc.log_mark();
-    let a = daemon.commit(repo_name(&ids[0]), "master");
-    fetch_now(&ids[0]);
-    fetched_unsaved(&ids[0], &a, mark);
+    let a = change_until_unsaved(&ids[0]);
     not_reported(&ids[0], &a);
     w.kill();
     std::fs::remove_file(&filler).expect("remove the filler");
@@ -1506,9 +1562,7 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
     // Full, and space comes back while it runs: the held outcome goes out.
     let filler = fill(&w.state_dir);
     let mark = w.proc.log_mark();
-    let b = daemon.commit(repo_name(&ids[1]), "master");
-    fetch_now(&ids[1]);
-    fetched_unsaved(&ids[1], &b, mark);
+    let b = change_until_unsaved(&ids[1]);
     not_reported(&ids[1], &b);
     std::fs::remove_file(&filler).expect("remove the filler");
     reported(&ids[1], &b);

@@ -101,7 +101,7 @@ fn sigterm_stops_cleanly_and_corrupt_state_is_refused() {
         (
             &fleet.workers[0].state_dir,
             &fleet.workers[0].proc,
-            "repos.json",
+            "repos.snapshot",
         ),
     ] {
         let p = dir.join(file);
