@@ -1,0 +1,130 @@
+//! SPEC §12 at the scale of one repo: an upstream with 200,000 refs (Gerrit keeps a ref per
+//! change) is mirrored, reported and followed without anything dropped.
+
+use gitmirror_tests::git::{git, repo_name};
+use gitmirror_tests::{Fleet, GitDaemon, wait_for};
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+const REFS: usize = 200_000;
+
+/// Give `git_dir` `REFS` refs `refs/changes/NN/N/1` at its `master` commit, written as one
+/// `packed-refs` file (what `git pack-refs` leaves; 200k loose refs take minutes to make).
+fn add_change_refs(git_dir: &std::path::Path) -> String {
+    let head = git([
+        OsStr::new("--git-dir"),
+        git_dir.as_os_str(),
+        "rev-parse".as_ref(),
+        "refs/heads/master".as_ref(),
+    ])
+    .trim()
+    .to_owned();
+    git([
+        OsStr::new("--git-dir"),
+        git_dir.as_os_str(),
+        "pack-refs".as_ref(),
+        "--all".as_ref(),
+    ]);
+    let packed = git_dir.join("packed-refs");
+    let old = std::fs::read_to_string(&packed).unwrap();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    for i in 0..REFS {
+        lines.push(format!("{head} refs/changes/{:02}/{i}/1", i % 100));
+    }
+    // Peeled lines (`^…`) belong to the line before them: sort whole entries by name.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for l in lines {
+        if let Some(peeled) = l.strip_prefix('^') {
+            if let Some(last) = entries.last_mut() {
+                let _ = write!(last.1, "\n^{peeled}");
+            }
+        } else if let Some((_, name)) = l.split_once(' ') {
+            entries.push((name.to_owned(), l.clone()));
+        }
+    }
+    entries.sort();
+    let mut text = String::from("# pack-refs with: peeled fully-peeled sorted \n");
+    for (_, e) in entries {
+        text.push_str(&e);
+        text.push('\n');
+    }
+    std::fs::write(&packed, text).unwrap();
+    head
+}
+
+// SPEC §12 "Wire" and "Event retention": a clone of 200k refs is reported with its
+// `ref_count` (its event lists none: more than `events.max_refs`), and a later fetch that
+// moves 10 of them makes one event listing exactly those 10.
+#[test]
+fn spec_12_two_hundred_thousand_refs_then_ten_change() {
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("bigrefs", 1);
+    let (id, _) = repos.iter().next().unwrap();
+    let name = repo_name(id).to_owned();
+    let head = add_change_refs(&daemon.repo_path(&name));
+    assert_eq!(daemon.ls_remote(&name).len(), REFS + 4, "upstream refs");
+    let fleet = Fleet::start("bigrefs", &repos, 1);
+    fleet.wait_alive(&[0], Duration::from_secs(30));
+
+    let cloned = wait_for(Duration::from_secs(600), "the clone's event", || {
+        let events = fleet.coord.all_events()?;
+        events
+            .into_iter()
+            .find(|e| e["repo"] == id.as_str() && e["kind"] == "cloned")
+            .ok_or_else(|| "no cloned event yet".to_owned())
+    });
+    assert_eq!(cloned["ref_count"], (REFS + 4) as u64, "{cloned}");
+    assert!(
+        cloned["refs"].as_array().is_some_and(Vec::is_empty),
+        "more changes than events.max_refs are counted, not listed"
+    );
+    let repo = fleet.coord.repo(id).unwrap();
+    assert_eq!(repo["refs"], (REFS + 4) as u64, "{repo}");
+
+    // Ten refs move to a new commit (made without moving any other ref).
+    let gd = daemon.repo_path(&name);
+    let tree = format!("{head}^{{tree}}");
+    let new = git([
+        OsStr::new("--git-dir"),
+        gd.as_os_str(),
+        "commit-tree".as_ref(),
+        tree.as_ref(),
+        "-p".as_ref(),
+        head.as_ref(),
+        "-m".as_ref(),
+        "ten changes".as_ref(),
+    ])
+    .trim()
+    .to_owned();
+    let moved: BTreeSet<String> = (0..10)
+        .map(|i| format!("refs/changes/{:02}/{}/1", (i * 7919) % 100, i * 7919))
+        .collect();
+    for r in &moved {
+        daemon.set_ref(&name, r, &new);
+    }
+    let after = cloned["seq"].as_u64().unwrap();
+    let update = wait_for(Duration::from_secs(300), "the update's event", || {
+        let events = fleet.coord.events(after)?;
+        events
+            .into_iter()
+            .find(|e| e["repo"] == id.as_str() && e["kind"] == "updated")
+            .ok_or_else(|| "no update event yet".to_owned())
+    });
+    let listed: BTreeSet<String> = update["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, moved, "exactly the moved refs: {update}");
+    assert_eq!(update["ref_count"], moved.len() as u64);
+    for r in update["refs"].as_array().unwrap() {
+        assert_eq!(r["new"], new.as_str(), "{r}");
+    }
+}
