@@ -288,35 +288,9 @@ impl Mirrors {
         url: &str,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Failure> {
-        use gix::protocol::fetch::{Shallow, Tags};
-        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
-            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
-        let (mut transport, refusals) = self.transport(&parsed)?;
-        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
-        let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
-        let mut handshake = gix::protocol::handshake(
-            &mut transport,
-            gix::protocol::transport::Service::UploadPack,
-            no_credentials,
-            Vec::new(),
-            &mut gix::progress::Discard,
-        )
-        .map_err(upstream)?;
-        let spec = |s: &str| {
-            gix::refspec::parse(s.into(), gix::refspec::parse::Operation::Fetch)
-                .map(|s| s.to_owned())
-                .map_err(|e| Failure::local(format!("refspec {s}: {e}")))
-        };
-        let context = gix::protocol::fetch::refmap::init::Context {
-            fetch_refspecs: vec![spec(MIRROR_REFSPEC)?],
-            // A detached HEAD's commit is fetched too.
-            extra_refspecs: vec![spec("HEAD")?],
-        };
-        let ref_map = handshake
-            .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
-            .map_err(upstream)?
-            .fetch_blocking(gix::progress::Discard, &mut transport, false)
-            .map_err(upstream)?;
+        // A detached HEAD's commit is fetched too.
+        let mut listing = self.list_refs(url, &["HEAD"])?;
+        let ref_map = std::mem::take(&mut listing.ref_map);
 
         // Only now is there something to write.
         gix::create::into(
@@ -332,47 +306,7 @@ impl Mirrors {
         })?;
         let repo = open(tmp)?;
         let mut wants = CloneWants { map: &ref_map };
-        let mut bundle = None;
-        let objects = repo.objects.clone();
-        let pack_dir = tmp.join("objects").join("pack");
-        gix::protocol::fetch(
-            &mut wants,
-            |reader, progress, interrupt| {
-                bundle = Some(gix::odb::pack::Bundle::write_to_directory(
-                    reader,
-                    Some(&pack_dir),
-                    progress,
-                    interrupt,
-                    Some(objects),
-                    gix::hash::Kind::Sha1,
-                    gix::odb::pack::bundle::write::Options::default(),
-                )?);
-                Ok(true)
-            },
-            gix::progress::Discard,
-            interrupt,
-            gix::protocol::fetch::Context {
-                handshake: &mut handshake,
-                transport: &mut transport,
-                user_agent: user_agent(),
-                trace_packetlines: false,
-            },
-            gix::protocol::fetch::Options {
-                shallow_file: tmp.join("shallow"),
-                shallow: &Shallow::NoChange,
-                tags: Tags::None,
-                reject_shallow_remote: false,
-            },
-        )
-        .map_err(|e| classify(&e, Stage::Clone, refusal()))?;
-        if handshake.server_protocol_version == gix::protocol::transport::Protocol::V2 {
-            // The polite end of the conversation, as git sends it.
-            let _ = gix::protocol::indicate_end_of_interaction(&mut transport, false);
-        }
-        drop(transport);
-        if let Some(keep) = bundle.and_then(|b| b.keep_path) {
-            let _ = fs::remove_file(keep);
-        }
+        listing.receive(&mut wants, &repo, Stage::Clone, interrupt)?;
         let advertised = advertised_refs(&ref_map.remote_refs);
         write_packed_refs(tmp, &advertised, false)?;
         write_head(tmp, &ref_map.remote_refs)?;
@@ -399,6 +333,44 @@ impl Mirrors {
 
     /// An unconnected (http) or just connected (`git://`, a spawned `file://` or `ssh`
     /// helper) transport to `url`.
+    /// Connect to `url`, shake hands and list its refs (the mirror refspec plus `extra`):
+    /// what a clone and a fetch both do before deciding what to ask for.
+    fn list_refs(&self, url: &str, extra: &[&str]) -> Result<Listing, Failure> {
+        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
+            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
+        let (mut transport, refusals) = self.transport(&parsed)?;
+        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
+        let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
+        let mut handshake = gix::protocol::handshake(
+            &mut transport,
+            gix::protocol::transport::Service::UploadPack,
+            no_credentials,
+            Vec::new(),
+            &mut gix::progress::Discard,
+        )
+        .map_err(upstream)?;
+        let spec = |s: &str| {
+            gix::refspec::parse(s.into(), gix::refspec::parse::Operation::Fetch)
+                .map(|s| s.to_owned())
+                .map_err(|e| Failure::local(format!("refspec {s}: {e}")))
+        };
+        let context = gix::protocol::fetch::refmap::init::Context {
+            fetch_refspecs: vec![spec(MIRROR_REFSPEC)?],
+            extra_refspecs: extra.iter().map(|s| spec(s)).collect::<Result<_, _>>()?,
+        };
+        let ref_map = handshake
+            .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
+            .map_err(upstream)?
+            .fetch_blocking(gix::progress::Discard, &mut transport, false)
+            .map_err(upstream)?;
+        Ok(Listing {
+            transport,
+            handshake,
+            ref_map,
+            refusals,
+        })
+    }
+
     fn transport(
         &self,
         url: &gix::Url,
@@ -555,34 +527,9 @@ impl Mirrors {
         local: &Refs,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Failure> {
-        use gix::protocol::fetch::{Shallow, Tags};
         let git_dir = repo.git_dir().to_owned();
-        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
-            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
-        let (mut transport, refusals) = self.transport(&parsed)?;
-        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
-        let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
-        let mut handshake = gix::protocol::handshake(
-            &mut transport,
-            gix::protocol::transport::Service::UploadPack,
-            no_credentials,
-            Vec::new(),
-            &mut gix::progress::Discard,
-        )
-        .map_err(upstream)?;
-        let spec =
-            gix::refspec::parse(MIRROR_REFSPEC.into(), gix::refspec::parse::Operation::Fetch)
-                .map(|s| s.to_owned())
-                .map_err(|e| Failure::local(format!("refspec: {e}")))?;
-        let context = gix::protocol::fetch::refmap::init::Context {
-            fetch_refspecs: vec![spec],
-            extra_refspecs: Vec::new(),
-        };
-        let ref_map = handshake
-            .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
-            .map_err(upstream)?
-            .fetch_blocking(gix::progress::Discard, &mut transport, false)
-            .map_err(upstream)?;
+        let mut listing = self.list_refs(url, &[])?;
+        let ref_map = std::mem::take(&mut listing.ref_map);
         let advertised = advertised_refs(&ref_map.remote_refs);
         let mut wants: Vec<gix::ObjectId> = advertised
             .values()
@@ -602,46 +549,7 @@ impl Mirrors {
             wants,
             haves,
         };
-        let mut bundle = None;
-        let objects = repo.objects.clone();
-        let pack_dir = git_dir.join("objects").join("pack");
-        gix::protocol::fetch(
-            &mut negotiate,
-            |reader, progress, interrupt| {
-                bundle = Some(gix::odb::pack::Bundle::write_to_directory(
-                    reader,
-                    Some(&pack_dir),
-                    progress,
-                    interrupt,
-                    Some(objects),
-                    gix::hash::Kind::Sha1,
-                    gix::odb::pack::bundle::write::Options::default(),
-                )?);
-                Ok(true)
-            },
-            gix::progress::Discard,
-            interrupt,
-            gix::protocol::fetch::Context {
-                handshake: &mut handshake,
-                transport: &mut transport,
-                user_agent: user_agent(),
-                trace_packetlines: false,
-            },
-            gix::protocol::fetch::Options {
-                shallow_file: git_dir.join("shallow"),
-                shallow: &Shallow::NoChange,
-                tags: Tags::None,
-                reject_shallow_remote: false,
-            },
-        )
-        .map_err(|e| classify(&e, Stage::Transfer, refusal()))?;
-        if handshake.server_protocol_version == gix::protocol::transport::Protocol::V2 {
-            let _ = gix::protocol::indicate_end_of_interaction(&mut transport, false);
-        }
-        drop(transport);
-        if let Some(keep) = bundle.and_then(|b| b.keep_path) {
-            let _ = fs::remove_file(keep);
-        }
+        listing.receive(&mut negotiate, repo, Stage::Transfer, interrupt)?;
         // Every advertised object must be here before a ref names it.
         let fresh = open(&git_dir)?;
         if let Some((name, _)) = advertised.iter().find(|(_, (v, _))| !fresh.has_object(v)) {
@@ -893,6 +801,69 @@ pub fn valid_url(url: &str) -> bool {
 
 /// Fetch options for clone and fetch: the prefix filter off works around the gix 0.90 bug
 /// that makes `+refs/*:refs/*` list only HEAD (FACTS.md).
+/// An upload-pack conversation whose refs are listed ([`Mirrors::list_refs`]).
+struct Listing {
+    transport: Box<dyn Transport + Send>,
+    handshake: gix::protocol::Handshake,
+    ref_map: gix::protocol::fetch::RefMap,
+    refusals: Option<RefusalSink>,
+}
+
+impl Listing {
+    /// Negotiate with `negotiate`, write the pack into `repo`, and end the conversation the
+    /// way git does (a v2 server otherwise logs the client as hung up).
+    fn receive(
+        mut self,
+        negotiate: &mut impl gix::protocol::fetch::Negotiate,
+        repo: &gix::Repository,
+        stage: Stage,
+        interrupt: &AtomicBool,
+    ) -> Result<(), Failure> {
+        use gix::protocol::fetch::{Shallow, Tags};
+        let mut bundle = None;
+        let objects = repo.objects.clone();
+        let pack_dir = repo.git_dir().join("objects").join("pack");
+        gix::protocol::fetch(
+            negotiate,
+            |reader, progress, interrupt| {
+                bundle = Some(gix::odb::pack::Bundle::write_to_directory(
+                    reader,
+                    Some(&pack_dir),
+                    progress,
+                    interrupt,
+                    Some(objects),
+                    gix::hash::Kind::Sha1,
+                    gix::odb::pack::bundle::write::Options::default(),
+                )?);
+                Ok(true)
+            },
+            gix::progress::Discard,
+            interrupt,
+            gix::protocol::fetch::Context {
+                handshake: &mut self.handshake,
+                transport: &mut self.transport,
+                user_agent: user_agent(),
+                trace_packetlines: false,
+            },
+            gix::protocol::fetch::Options {
+                shallow_file: repo.git_dir().join("shallow"),
+                shallow: &Shallow::NoChange,
+                tags: Tags::None,
+                reject_shallow_remote: false,
+            },
+        )
+        .map_err(|e| classify(&e, stage, self.refusals.as_ref().and_then(RefusalSink::get)))?;
+        if self.handshake.server_protocol_version == gix::protocol::transport::Protocol::V2 {
+            let _ = gix::protocol::indicate_end_of_interaction(&mut self.transport, false);
+        }
+        drop(self.transport);
+        if let Some(keep) = bundle.and_then(|b| b.keep_path) {
+            let _ = fs::remove_file(keep);
+        }
+        Ok(())
+    }
+}
+
 fn fetch_options() -> gix::remote::ref_map::Options {
     gix::remote::ref_map::Options {
         prefix_from_spec_as_filter_on_remote: false,

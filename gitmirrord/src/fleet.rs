@@ -954,14 +954,7 @@ impl Fleet {
     /// joined is the best of its old owner and the newcomers. A weight change, or owners not
     /// yet computed, takes the full scan. The result is the same owners either way.
     fn recompute_owners(&mut self) {
-        let members: Vec<Member> = self
-            .registry
-            .live()
-            .map(|w| Member {
-                uuid: w.uuid,
-                weight: w.weight,
-            })
-            .collect();
+        let members = self.live_members();
         let old: HashMap<Uuid, f64> = self.members.iter().map(|m| (m.uuid, m.weight)).collect();
         let now: HashMap<Uuid, f64> = members.iter().map(|m| (m.uuid, m.weight)).collect();
         let reweighted = members.iter().any(|m| {
@@ -1109,17 +1102,21 @@ impl Fleet {
 
     /// Whether the kept census equals one rebuilt from every repo: O(repos), for tests
     /// and benchmarks.
-    /// Whether every repo's owner is the full ring's choice over the live workers (the
-    /// incremental recompute must agree with it; for tests).
-    pub fn owners_are_exact(&self) -> bool {
-        let members: Vec<Member> = self
-            .registry
+    /// The live (alive or suspect) workers as ring members.
+    fn live_members(&self) -> Vec<Member> {
+        self.registry
             .live()
             .map(|w| Member {
                 uuid: w.uuid,
                 weight: w.weight,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Whether every repo's owner is the full ring's choice over the live workers (the
+    /// incremental recompute must agree with it; for tests).
+    pub fn owners_are_exact(&self) -> bool {
+        let members = self.live_members();
         let ring = ring::Ring::new(&members);
         self.repos
             .iter()
