@@ -1079,6 +1079,12 @@ impl Fleet {
 
     // ----- queries -----
 
+    /// The coordinator starts serving now: suspect workers restored from the registry get
+    /// their whole `dead_after` from this moment ([`Registry::grace_suspects`]).
+    pub fn serving_from(&mut self, now_ms: i64) {
+        self.registry.grace_suspects(now_ms);
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -235,6 +235,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     );
     notify::ready(&summary);
     main.last_status = summary;
+    // Loading a big state can outlast `dead_after`: restored workers get it from now.
+    main.fleet.serving_from(now_ms());
 
     main.serve(conn_rx, call_rx, delta_rx, ctl).await;
 
