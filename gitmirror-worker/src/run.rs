@@ -9,7 +9,7 @@ use crate::config::WorkerConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
 use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
 use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
-use crate::state::{Disposal, Identity, Repo, Repos, ref_changes, refs_digest};
+use crate::state::{Disposal, Identity, Refs, Repo, Repos, ref_changes, refs_digest};
 use crate::store::{Record, RefsReader, Store};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
@@ -214,19 +214,32 @@ enum OpResult {
 /// thread) against the ones last reported, which live on disk, not in the loop's memory.
 struct Reported {
     fetched: Fetched,
+    /// The changes are from no refs (a relist), not from the refs last reported.
+    relisted: bool,
     changes: Vec<gitmirror_wire::RefChange>,
     ref_count: u32,
     refs_digest: u64,
 }
 
-/// Diff `fetched` against the refs last reported for `id`; the full ref map is dropped.
-fn diff_reported(refs: &RefsReader, id: &str, mut fetched: Fetched) -> Result<Reported, Failure> {
-    let old = refs.load(id).map_err(|e| {
-        tracing::error!(repo = %id, "cannot read the refs last reported: {e}");
-        Failure::local(format!("cannot read the refs last reported: {e}"))
-    })?;
+/// Diff `fetched` against the refs last reported for `id` (against no refs for a relist);
+/// the full ref map is dropped.
+fn diff_reported(
+    refs: &RefsReader,
+    id: &str,
+    mut fetched: Fetched,
+    relist: bool,
+) -> Result<Reported, Failure> {
+    let old = if relist {
+        Refs::new()
+    } else {
+        refs.load(id).map_err(|e| {
+            tracing::error!(repo = %id, "cannot read the refs last reported: {e}");
+            Failure::local(format!("cannot read the refs last reported: {e}"))
+        })?
+    };
     let new = std::mem::take(&mut fetched.refs);
     Ok(Reported {
+        relisted: relist,
         changes: ref_changes(&old, &new),
         ref_count: u32::try_from(new.len()).unwrap_or(u32::MAX),
         refs_digest: refs_digest(&new),
@@ -646,6 +659,7 @@ impl Worker {
             self.dirty.insert(id.clone());
         }
         let url = repo.url.clone();
+        let relist = repo.relist;
         let interrupt = Arc::new(AtomicBool::new(false));
         let kind = if clone { OpKind::Clone } else { OpKind::Fetch };
         self.running.insert(
@@ -668,7 +682,7 @@ impl Worker {
                 } else {
                     mirrors.fetch(&bid, &burl, &flag)
                 }?;
-                diff_reported(&refs, &bid, fetched)
+                diff_reported(&refs, &bid, fetched, relist)
             });
             let timed_out = || {
                 Failure::new(
@@ -759,7 +773,7 @@ impl Worker {
             refs_digest: 0,
             next_due_ms: now,
         };
-        self.queue_outcome(outcome);
+        self.queue_outcome(outcome, None);
     }
 
     // ---- finished work ----
@@ -846,9 +860,11 @@ impl Worker {
         }
         repo.last_fetch_ms = Some(now);
         let mut maintain = false;
+        let mut relisted = false;
         let (fetch_result, changes, next) = match result {
             Ok(Reported {
                 fetched,
+                relisted: relist,
                 changes,
                 ref_count,
                 refs_digest,
@@ -895,6 +911,11 @@ impl Worker {
                 maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
                 repo.ref_count = ref_count;
                 repo.refs_digest = refs_digest;
+                if relist {
+                    tracing::info!(repo = %id, refs = ref_count, "relisted the refs in full, as the coordinator asked");
+                    repo.relist = false;
+                    relisted = true;
+                }
                 repo.announced = true;
                 repo.last_success_ms = Some(now);
                 repo.failures = 0;
@@ -958,7 +979,13 @@ impl Worker {
             next_due_ms: next,
         };
         self.schedule.finish(&id, Some(next), now);
-        self.queue_outcome(outcome);
+        // A relist's changes are from no refs: the refs last reported start again from none
+        // (in the same batch, so a crash cannot leave the outcome without it).
+        let reset = relisted.then(|| Record::Refs {
+            id: id.clone(),
+            refs: Refs::new(),
+        });
+        self.queue_outcome(outcome, reset);
         if maintain {
             self.queue_maintenance(id);
         }
@@ -1033,6 +1060,17 @@ impl Worker {
                     tracing::debug!(repo = %repo, "fetch requested for a repo this worker does not hold");
                 }
             }
+            LinkEvent::Msg(CoordMsg::Relist { repo }) => match self.state.repos.get_mut(&repo) {
+                Some(r) => {
+                    tracing::info!(repo = %repo, "the coordinator asked for the refs in full; relisting at the next fetch, now");
+                    r.relist = true;
+                    self.dirty.insert(repo.clone());
+                    self.schedule.plan_urgent(&repo, now_ms());
+                }
+                None => {
+                    tracing::debug!(repo = %repo, "relist requested for a repo this worker does not hold");
+                }
+            },
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_)) => {}
         }
@@ -1168,15 +1206,17 @@ impl Worker {
         seq
     }
 
-    /// Put an outcome in the outbox and the journal (with its repo's record, in one batch);
-    /// it is sent once durable.
-    fn queue_outcome(&mut self, outcome: Outcome) {
+    /// Put an outcome in the outbox and the journal (with its repo's record and `before`,
+    /// in one batch); it is sent once durable.
+    fn queue_outcome(&mut self, outcome: Outcome, before: Option<Record>) {
         self.dirty.insert(outcome.repo.clone());
         let report_id = self.state.push_outcome(outcome);
         let Some(o) = self.state.outbox.get(&report_id).cloned() else {
             return;
         };
-        let seq = self.commit(vec![Record::Outcome(o)]);
+        let mut records: Vec<Record> = before.into_iter().collect();
+        records.push(Record::Outcome(o));
+        let seq = self.commit(records);
         self.pending_reports.push_back((seq, report_id));
     }
 

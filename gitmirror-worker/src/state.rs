@@ -92,6 +92,11 @@ pub struct Repo {
     pub last_maintenance_ms: Option<i64>,
     #[serde(default)]
     pub last_verify_ms: Option<i64>,
+    /// The coordinator asked for the refs in full (`CoordMsg::Relist`; design.md "Published
+    /// refs and relists"): the next successful fetch reports every ref as a change from
+    /// no refs.
+    #[serde(default)]
+    pub relist: bool,
 }
 
 impl Repo {
@@ -111,6 +116,7 @@ impl Repo {
             last_change_ms: None,
             last_maintenance_ms: None,
             last_verify_ms: None,
+            relist: false,
         }
     }
 
@@ -271,6 +277,7 @@ impl ReposV1 {
                 last_change_ms: r.last_change_ms,
                 last_maintenance_ms: r.last_maintenance_ms,
                 last_verify_ms: r.last_verify_ms,
+                relist: false,
             };
             repo.set_refs(&r.refs);
             if !r.refs.is_empty() {

@@ -189,6 +189,47 @@ async fn spec_6_conversation_with_the_coordinator() {
     })
     .await;
 
+    // SPEC §8: `Relist` fetches at once and reports every ref as a
+    // change from none; the refs last reported start again from that list, so a branch
+    // deleted upstream is simply absent (not a deletion), and the next fetch with no
+    // upstream change reports nothing.
+    git(&upstream.dir, &["branch", "-D", "dev"]);
+    s.send(CoordMsg::Relist { repo: REPO.into() }).await;
+    let relisted = s
+        .recv_until(|m| outcome_for(m, REPO, |o| o.report_id > fetched.report_id))
+        .await;
+    assert_eq!(relisted.result, FetchResult::Fetched);
+    let now_upstream = ls_remote(&url);
+    assert!(!now_upstream.contains_key("refs/heads/dev"));
+    let listed: std::collections::BTreeMap<String, String> = relisted
+        .changes
+        .iter()
+        .map(|c| {
+            assert_eq!(c.old, None, "a relist lists changes from no refs: {c:?}");
+            (c.name.clone(), c.new.clone().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(listed, now_upstream);
+    assert_eq!(
+        gitmirror_wire::refs::base(relisted.refs_digest, &relisted.changes),
+        0,
+        "the coordinator recognises a relist by its base"
+    );
+    s.send(CoordMsg::OutcomeAck {
+        upto: relisted.report_id,
+    })
+    .await;
+    s.send(CoordMsg::FetchNow { repo: REPO.into() }).await;
+    let quiet = s
+        .recv_until(|m| outcome_for(m, REPO, |o| o.report_id > relisted.report_id))
+        .await;
+    assert!(quiet.changes.is_empty(), "{:?}", quiet.changes);
+    assert_eq!(quiet.refs_digest, relisted.refs_digest);
+    s.send(CoordMsg::OutcomeAck {
+        upto: quiet.report_id,
+    })
+    .await;
+
     s.send(CoordMsg::Assign(AssignDelta {
         seq: 2,
         upsert: vec![],

@@ -55,6 +55,7 @@ fn build(n: usize) -> Fleet {
             name: &names[w as usize],
             weight: 1.0,
             software: "bench",
+            protocol: gitmirror_wire::PROTOCOL_VERSION,
             serve_url_base: Some("git://mirror.example.org"),
             addr: Some("10.0.0.1:1".into()),
         };

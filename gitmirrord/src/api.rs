@@ -525,6 +525,7 @@ mod tests {
             name: "one",
             weight: 1.0,
             software: "t",
+            protocol: gitmirror_wire::PROTOCOL_VERSION,
             serve_url_base: Some("git://m1.example.org"),
             addr: Some("127.0.0.1:9".into()),
         };

@@ -12,8 +12,9 @@
 //! reports what it holds and gets the difference.
 
 use crate::census::{Census, Facts, FetchStats};
-use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published, is_news};
+use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published};
 use crate::index::{Delta, Entry};
+use crate::published;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
@@ -315,6 +316,8 @@ pub struct OutcomeReport {
     /// Acknowledge up to here once the events are durable.
     pub upto: u64,
     pub sends: Vec<Outgoing>,
+    /// Repos this worker should relist (`CoordMsg::Relist`).
+    pub relists: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -419,7 +422,14 @@ pub struct Fleet {
     repos_dirty: bool,
     /// Outcome counters and durations since start, for `GET /metrics`.
     stats: FetchStats,
+    /// Repos whose owner was asked to relist its refs, and when ([`crate::published`]).
+    /// Only repos in that state, so small; an entry is dropped when the relist arrives.
+    relists: HashMap<Arc<str>, i64>,
 }
+
+/// How often an owner is asked again to relist a repo whose reports still diverge from
+/// what was published (the request may have been lost with a connection).
+const RELIST_AGAIN_MS: i64 = 10_000;
 
 impl Fleet {
     /// Build the fleet from the saved registry and repo statuses and the applied index
@@ -468,6 +478,7 @@ impl Fleet {
             registry_dirty: false,
             repos_dirty: false,
             stats: FetchStats::default(),
+            relists: HashMap::new(),
         };
         fleet.recompute_owners();
         fleet
@@ -737,7 +748,7 @@ impl Fleet {
                 continue;
             }
             seen = o.report_id;
-            if let Some(e) = self.apply_outcome(uuid, worker_id, o) {
+            if let Some(e) = self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists) {
                 report.events.push(e);
             }
         }
@@ -754,10 +765,19 @@ impl Fleet {
     /// whose clone or fetch reports it, so one upstream change gives one event. A clone
     /// whose refs equal the refs already published for the repo (a planned hand-off or a
     /// failover with no upstream change) makes no event: see [`RepoStatus::published`].
-    fn apply_outcome(&mut self, uuid: Uuid, worker_id: u32, o: &Outcome) -> Option<EventDraft> {
+    fn apply_outcome(
+        &mut self,
+        uuid: Uuid,
+        worker_id: u32,
+        o: &Outcome,
+        now_ms: i64,
+        relists: &mut Vec<String>,
+    ) -> Option<EventDraft> {
         let success = matches!(o.result, FetchResult::Cloned | FetchResult::Fetched);
         let cloned = matches!(o.result, FetchResult::Cloned);
         let changed = success && !o.changes.is_empty();
+        // Protocol 2 workers cannot be asked to relist (`published::judge`).
+        let can_relist = self.registry.get(&uuid).is_some_and(|w| w.protocol >= 3);
         self.stats.record(o);
         let Some((key, repo)) = self.repos.get_key_value(o.repo.as_str()) else {
             // Removed from the index meanwhile: no owner, so no event.
@@ -771,6 +791,7 @@ impl Fleet {
         }
         let st = &mut repo.status;
         let mut publish = false;
+        let mut whole = cloned;
         let mut news: Vec<&gitmirror_wire::RefChange> = Vec::new();
         if by_owner {
             if st.by != Some(uuid) {
@@ -807,43 +828,45 @@ impl Fleet {
                     }
                 }
             }
-            if changed {
-                // Refs already announced are not news, whether a new owner cloned them (a
-                // hand-off or failover with no upstream change) or a returning owner
-                // re-sends a report whose change another worker has published since. A
-                // clone lists every ref: it is news when the whole set differs from the
-                // published one. A fetch's news are the changed refs whose new value is
-                // not the one published for that ref (another ref may have moved on since,
-                // so comparing whole sets is not enough).
-                let whole_differs = st.published != Some(o.refs_digest);
-                news = match (&st.published_refs, cloned) {
-                    (Some(p), false) => o
-                        .changes
-                        .iter()
-                        .filter(|c| is_news(p, &c.name, c.new.as_deref()))
-                        .collect(),
-                    _ if whole_differs => o.changes.iter().collect(),
-                    _ => Vec::new(),
-                };
-                publish = !news.is_empty();
-                st.published = Some(o.refs_digest);
-                apply_published(
-                    st.published_refs.get_or_insert_with(PublishedRefs::new),
-                    if cloned {
-                        EventKind::Cloned
-                    } else {
-                        EventKind::Updated
-                    },
-                    o.changes
-                        .iter()
-                        .map(|c| (c.name.as_str(), c.new.as_deref())),
-                );
-                if !publish {
+            if success {
+                let j = published::judge(st.published, st.published_refs.as_ref(), o, can_relist);
+                if j.whole {
+                    self.relists.remove(o.repo.as_str());
+                }
+                if j.relist {
+                    let again = self
+                        .relists
+                        .get(o.repo.as_str())
+                        .is_none_or(|asked| now_ms.saturating_sub(*asked) >= RELIST_AGAIN_MS);
+                    if again {
+                        tracing::info!(
+                            repo = %o.repo,
+                            "worker {worker_id} reported refs that differ from the published ones in a way its changes do not explain; asking it to relist"
+                        );
+                        self.relists.insert(key.clone(), now_ms);
+                        relists.push(o.repo.clone());
+                    }
+                }
+                whole = j.whole;
+                st.published = j.published;
+                if !j.news.is_empty() {
+                    apply_published(
+                        st.published_refs.get_or_insert_with(PublishedRefs::new),
+                        if whole {
+                            EventKind::Cloned
+                        } else {
+                            EventKind::Updated
+                        },
+                        j.news.iter().map(|c| (c.name.as_str(), c.new.as_deref())),
+                    );
+                } else if changed {
                     tracing::debug!(
                         repo = %o.repo,
                         "worker {worker_id} reported refs already published: no event"
                     );
                 }
+                publish = !j.news.is_empty();
+                news = j.news;
             }
         }
         // A fetch that changed refs saw upstream change, whoever holds the mirror; a clone
@@ -858,7 +881,7 @@ impl Fleet {
         if !publish {
             return None;
         }
-        let kind = if cloned {
+        let kind = if whole {
             EventKind::Cloned
         } else if o.ref_count == 0 && o.changes.iter().all(|c| c.new.is_none()) {
             EventKind::Removed

@@ -14,6 +14,7 @@ pub mod index;
 pub mod metrics;
 pub mod page;
 pub mod poller;
+pub mod published;
 pub mod registry;
 pub mod reload;
 pub mod ring;

@@ -67,6 +67,9 @@ pub struct WorkerRecord {
     pub acked_seq: u64,
     /// Highest outcome `report_id` durably recorded; lower or equal ones are duplicates.
     pub last_report_id: u64,
+    /// Protocol version of the current or last connection (not saved: set on connect).
+    #[serde(skip)]
+    pub protocol: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -111,6 +114,8 @@ pub struct Introduction<'a> {
     pub name: &'a str,
     pub weight: f64,
     pub software: &'a str,
+    /// The protocol version of its `Hello`.
+    pub protocol: u32,
     pub serve_url_base: Option<&'a str>,
     pub addr: Option<String>,
 }
@@ -225,6 +230,7 @@ impl Registry {
             addr: None,
             last_seen_ms: now_ms,
             software: String::new(),
+            protocol: 0,
             serve_url_base: None,
             disk_free_bytes: None,
             disk_total_bytes: None,
@@ -253,6 +259,7 @@ impl Registry {
         w.name = bounded(intro.name, 200);
         w.weight = intro.weight;
         w.software = bounded(intro.software, 200);
+        w.protocol = intro.protocol;
         w.serve_url_base = intro.serve_url_base.map(|s| bounded(s, 1000));
         w.addr = intro.addr.clone();
         w.last_seen_ms = now_ms;
@@ -338,6 +345,7 @@ mod tests {
             name: "w",
             weight: 1.0,
             software: "t",
+            protocol: gitmirror_wire::PROTOCOL_VERSION,
             serve_url_base: None,
             addr: None,
         }

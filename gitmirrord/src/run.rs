@@ -445,6 +445,7 @@ impl MainLoop {
                     name: &hello.name,
                     weight: hello.weight,
                     software: &hello.software,
+                    protocol: hello.protocol,
                     serve_url_base: hello.serve_url_base.as_deref(),
                     addr: Some(addr.to_string()),
                 };
@@ -530,6 +531,9 @@ impl MainLoop {
             self.fleet.set_published_refs(&o.repo, None);
         }
         self.dispatch(report.sends);
+        for repo in report.relists {
+            self.send(uuid, CoordMsg::Relist { repo });
+        }
         if !report.events.is_empty() {
             let log = self.log.clone();
             let events = report.events;

@@ -388,7 +388,7 @@ impl Worker {
             }
             CoordMsg::OutcomeAck { upto } => self.acked(upto),
             // A simulated fetch is instant; the next tick reports the repo anyway.
-            CoordMsg::FetchNow { .. } => {}
+            CoordMsg::FetchNow { .. } | CoordMsg::Relist { .. } => {}
             CoordMsg::Welcome(_) | CoordMsg::Refused(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }

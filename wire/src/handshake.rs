@@ -63,7 +63,9 @@ impl ClientHandshake {
             }
             CoordMsg::Assign(_) => Err(HandshakeError::Unexpected("an assignment")),
             CoordMsg::OutcomeAck { .. } => Err(HandshakeError::Unexpected("an acknowledgement")),
-            CoordMsg::FetchNow { .. } => Err(HandshakeError::Unexpected("a fetch request")),
+            CoordMsg::FetchNow { .. } | CoordMsg::Relist { .. } => {
+                Err(HandshakeError::Unexpected("a fetch request"))
+            }
         }
     }
 }

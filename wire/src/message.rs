@@ -39,6 +39,11 @@ pub enum CoordMsg {
     OutcomeAck { upto: u64 },
     /// Fetch this repo now (an operator asked for it).
     FetchNow { repo: String },
+    /// Protocol 3: fetch this repo now and report its refs in full, as changes from no
+    /// refs. Sent to the owner when its refs differ from the ones the coordinator published
+    /// in a way its changes do not explain (a report that predates a failover, or a mirror
+    /// that saw what was never announced): see design.md "Published refs and relists".
+    Relist { repo: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

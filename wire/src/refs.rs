@@ -38,6 +38,21 @@ pub fn apply(mut d: u64, changes: &[RefChange]) -> u64 {
     d
 }
 
+/// The digest of the refs `changes` were computed against, given the digest `d` after
+/// them: the base of an outcome. `0` when the changes list every ref as new (a clone, or a
+/// relist).
+pub fn base(mut d: u64, changes: &[RefChange]) -> u64 {
+    for c in changes {
+        if let Some(new) = &c.new {
+            d = d.wrapping_sub(ref_hash(&c.name, new));
+        }
+        if let Some(old) = &c.old {
+            d = d.wrapping_add(ref_hash(&c.name, old));
+        }
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +84,19 @@ mod tests {
         );
         // The name and the id are kept apart: ("ab", "c") is not ("a", "bc").
         assert_ne!(digest([("ab", "c")]), digest([("a", "bc")]));
+    }
+
+    #[test]
+    fn base_undoes_the_changes() {
+        let changes = [
+            change("refs/heads/b", Some("2"), Some("3")),
+            change("refs/heads/c", None, Some("4")),
+            change("refs/heads/a", Some("1"), None),
+        ];
+        let before = digest([("refs/heads/a", "1"), ("refs/heads/b", "2")]);
+        assert_eq!(base(apply(before, &changes), &changes), before);
+        // Every ref listed as new: the base is no refs.
+        let all = [change("refs/heads/a", None, Some("1"))];
+        assert_eq!(base(digest([("refs/heads/a", "1")]), &all), 0);
     }
 }

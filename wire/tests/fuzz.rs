@@ -171,6 +171,7 @@ fn coord_msg() -> impl Strategy<Value = CoordMsg> {
         })),
         1 => any::<u64>().prop_map(|upto| CoordMsg::OutcomeAck { upto }),
         1 => ".{0,12}".prop_map(|repo| CoordMsg::FetchNow { repo }),
+        1 => ".{0,12}".prop_map(|repo| CoordMsg::Relist { repo }),
         1 => any::<u64>().prop_map(|seq| CoordMsg::Assign(AssignDelta {
             seq, upsert: vec![], drop: vec![],
         })),
@@ -303,7 +304,8 @@ proptest! {
             (CoordMsg::Refused(r), Err(HandshakeError::Refused { code, message })) => {
                 prop_assert_eq!((r.code, &r.message), (code, &message));
             }
-            (CoordMsg::Assign(_) | CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. },
+            (CoordMsg::Assign(_) | CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. }
+                | CoordMsg::Relist { .. },
              Err(HandshakeError::Unexpected(_))) => {}
             (r, got) => prop_assert!(false, "{:?} gave {:?}", r, got),
         }

@@ -182,6 +182,12 @@ fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
             },
             "FETCH_NOW",
         ),
+        (
+            CoordMsg::Relist {
+                repo: "a/b/c".into(),
+            },
+            "RELIST",
+        ),
     ]
 }
 
@@ -225,6 +231,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     ("OUTCOME_ACK", "03000000 03 af02"),
     ("FETCH_NOW", "07000000 04 05612f622f63"),
+    ("RELIST", "07000000 05 05612f622f63"),
 ];
 
 fn golden(name: &str) -> String {
@@ -281,7 +288,8 @@ fn every_variant_has_a_golden_case() {
             | CoordMsg::Refused(_)
             | CoordMsg::Assign(_)
             | CoordMsg::OutcomeAck { .. }
-            | CoordMsg::FetchNow { .. } => {}
+            | CoordMsg::FetchNow { .. }
+            | CoordMsg::Relist { .. } => {}
         }
     }
     assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());

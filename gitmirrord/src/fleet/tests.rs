@@ -29,6 +29,7 @@ fn intro(n: u128, weight: f64) -> Introduction<'static> {
         name: "w",
         weight,
         software: "test",
+        protocol: gitmirror_wire::PROTOCOL_VERSION,
         serve_url_base: None,
         addr: None,
     }
@@ -1090,6 +1091,91 @@ fn a_returning_owners_old_report_is_no_event_after_other_refs_moved_on() {
         .map(|r| (r.name.as_str(), r.new.as_deref()))
         .collect();
     assert_eq!(refs, vec![("refs/heads/main", Some("cc"))]);
+}
+
+/// SPEC §8 (the crash loop of tests/tests/faults_coordinator.rs): a
+/// worker away across a failover re-sends two reports of one ref (aa → bb, bb → cc) after
+/// the survivor published bb and then cc. Neither is an event; the first cannot be placed,
+/// so the worker is asked once to relist (not again within `RELIST_AGAIN_MS`), and its
+/// relist of the same refs is no event.
+#[test]
+fn spec_8_resent_reports_of_a_ref_replaced_since_ask_for_a_relist() {
+    let mut sim = Sim::new(40);
+    sim.join(1);
+    sim.join(2);
+    sim.clone_all();
+    sim.events.clear();
+    let id = sim
+        .fleet
+        .repos()
+        .iter()
+        .find(|(_, r)| r.owner == Some(uuid(1)))
+        .map(|(id, _)| id.to_string())
+        .unwrap();
+    let now = sim.now;
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut unsent = Vec::new();
+    for (old, new) in [("aa", "bb"), ("bb", "cc")] {
+        let mut o = w.outcome(&id, FetchResult::Fetched, now);
+        o.changes = vec![change("refs/heads/main", Some(old), Some(new))];
+        unsent.push(o.digested());
+    }
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    // The survivor clones bb, then fetches bb → cc: two events.
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let mut clone = w.outcome(&id, FetchResult::Cloned, now);
+    clone.changes = vec![change("refs/heads/main", None, Some("bb"))];
+    let mut fetch = w.outcome(&id, FetchResult::Fetched, now);
+    fetch.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
+    let mut rep = sim
+        .fleet
+        .outcomes(uuid(2), &[clone.digested(), fetch.digested()], now);
+    sim.fleet.recorded(uuid(2), rep.upto);
+    sim.deliver(std::mem::take(&mut rep.sends));
+    assert_eq!(rep.events.len(), 2);
+    // The published value of main, as `run` loads it for a batch.
+    let published = |v: &str| -> crate::events::PublishedRefs {
+        [(
+            crate::events::ref_key("refs/heads/main"),
+            crate::events::ref_value("refs/heads/main", v),
+        )]
+        .into_iter()
+        .collect()
+    };
+    sim.join(1);
+    assert_eq!(sim.fleet.repo(&id).unwrap().owner, Some(uuid(1)));
+    sim.fleet.set_published_refs(&id, Some(published("cc")));
+    let rep = sim.fleet.outcomes(uuid(1), &unsent, sim.now);
+    assert!(rep.events.is_empty(), "duplicates: {:?}", rep.events);
+    assert_eq!(rep.relists, vec![id.clone()]);
+    sim.fleet.recorded(uuid(1), rep.upto);
+    // Still diverged a moment later: not asked again so soon.
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut stale = w.outcome(&id, FetchResult::Fetched, sim.now + 1000);
+    stale.changes = vec![];
+    stale.refs_digest = gitmirror_wire::refs::digest([("refs/heads/main", "bb")]);
+    let rep = sim.fleet.outcomes(uuid(1), &[stale], sim.now + 1000);
+    assert!(rep.relists.is_empty() && rep.events.is_empty());
+    // The relist: every ref from none, the published set: no event.
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut relist = w.outcome(&id, FetchResult::Fetched, sim.now + 2000);
+    relist.changes = vec![change("refs/heads/main", None, Some("cc"))];
+    let rep = sim
+        .fleet
+        .outcomes(uuid(1), &[relist.digested()], sim.now + 2000);
+    assert!(rep.events.is_empty() && rep.relists.is_empty());
+    sim.fleet.recorded(uuid(1), rep.upto);
+    // Its next fetch from the published value is news as usual.
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut next = w.outcome(&id, FetchResult::Fetched, sim.now + 3000);
+    next.changes = vec![change("refs/heads/main", Some("cc"), Some("dd"))];
+    let rep = sim
+        .fleet
+        .outcomes(uuid(1), &[next.digested()], sim.now + 3000);
+    assert_eq!(rep.events.len(), 1);
+    assert_eq!(rep.events[0].kind, EventKind::Updated);
 }
 
 /// SPEC §8: when the events of a batch cannot be appended, the outcomes are not

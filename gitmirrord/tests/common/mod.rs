@@ -537,7 +537,9 @@ impl TestWorker {
                         .unwrap();
                     return d;
                 }
-                CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. } => continue,
+                CoordMsg::OutcomeAck { .. }
+                | CoordMsg::FetchNow { .. }
+                | CoordMsg::Relist { .. } => continue,
                 other => panic!("expected Assign, got {other:?}"),
             }
         }
