@@ -152,6 +152,9 @@ pub struct Facts {
     pub last_success_ms: Option<i64>,
     /// The last error's time, for repos failing or gone (the page lists newest first).
     pub failed_ms: Option<i64>,
+    /// Workers holding (or told to hold) the repo, so a worker's connection and death
+    /// visit its repos only (O(held), not O(repos)).
+    pub holders: Vec<Uuid>,
 }
 
 const STATES: usize = RepoState::ALL.len();
@@ -232,6 +235,8 @@ pub struct Census {
     /// Failing and gone repos, newest failure first.
     failing: BTreeSet<(Reverse<i64>, Arc<str>)>,
     success: SuccessTimes,
+    /// `(holder, id)`: the repos each worker holds or was told to hold.
+    held: BTreeSet<(Uuid, Arc<str>)>,
 }
 
 fn slot(s: RepoState) -> usize {
@@ -312,6 +317,13 @@ impl Census {
         }
         if let Some(t) = f.last_success_ms {
             self.success.change(t, add);
+        }
+        for h in &f.holders {
+            if add {
+                self.held.insert((*h, id.clone()));
+            } else {
+                self.held.remove(&(*h, id.clone()));
+            }
         }
     }
 
@@ -419,6 +431,15 @@ impl Census {
         take_page(ids.into_iter(), limit)
     }
 
+    /// The repos the worker holds or was told to hold, in id order.
+    pub fn held_by(&self, w: Uuid) -> impl Iterator<Item = &Arc<str>> + '_ {
+        let from: Arc<str> = Arc::from("");
+        self.held
+            .range((w, from)..)
+            .take_while(move |(h, _)| *h == w)
+            .map(|(_, id)| id)
+    }
+
     /// Every repo the worker owns with its URL, grouped by state (for `worker:url`, which
     /// is bounded by the caller).
     pub fn owned_urls(&self, o: Uuid) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
@@ -446,6 +467,10 @@ mod tests {
             owner: (owner > 0).then(|| Uuid::from_u128(owner)),
             last_success_ms: success,
             failed_ms: matches!(state, RepoState::Failing | RepoState::Gone).then_some(5),
+            holders: (owner > 0)
+                .then(|| Uuid::from_u128(owner))
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -197,6 +197,7 @@ impl Repo {
                 }
                 _ => None,
             },
+            holders: self.holders.keys().copied().collect(),
         }
     }
 }
@@ -643,8 +644,22 @@ impl Fleet {
         self.unknown_held.remove(&uuid);
         let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
-        // One pass per repo: what it holds, then the repo's reconciliation.
-        for (id, repo) in self.repos.iter_mut() {
+        // The repos this can change: those it reports, those it held before and those it
+        // owns (O(held), not O(repos): a restart at 1M repos reconnects 1,000 workers).
+        let mut touched: BTreeSet<Arc<str>> = self.census.held_by(uuid).cloned().collect();
+        touched.extend(self.census.owned_urls(uuid).map(|(id, _)| id.clone()));
+        touched.extend(
+            holdings
+                .repos
+                .iter()
+                .filter_map(|h| self.repos.get_key_value(h.id.as_str()))
+                .map(|(id, _)| id.clone()),
+        );
+        // Per repo: what it holds, then the repo's reconciliation.
+        for id in &touched {
+            let Some(repo) = self.repos.get_mut(id) else {
+                continue;
+            };
             let before = repo.facts();
             match held.get(&**id) {
                 Some(h) => {
@@ -714,8 +729,9 @@ impl Fleet {
                     w.name
                 );
             }
-            for (id, repo) in self.repos.iter_mut() {
-                if repo.holders.contains_key(uuid) {
+            let held: Vec<Arc<str>> = self.census.held_by(*uuid).cloned().collect();
+            for id in &held {
+                if let Some(repo) = self.repos.get_mut(id) {
                     let before = repo.facts();
                     repo.holders.remove(uuid);
                     self.census.update(id, &before, &repo.facts());
