@@ -414,6 +414,68 @@ pub fn read_record_at(file: &File, path: &Path, offset: u64) -> Result<Vec<u8>, 
     Ok(payload)
 }
 
+/// Visit every record of a complete record file (a snapshot) a frame at a time, without
+/// reading the file into memory; any bad frame is corruption. `f` gets each frame's offset
+/// and payload.
+pub fn for_each_record(
+    path: &Path,
+    kind: &str,
+    version: u32,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    // The header line, however long another kind's is (bounded: it is damage beyond).
+    let mut head = Vec::new();
+    std::io::BufRead::read_until(&mut (&mut r).take(256), b'\n', &mut head)
+        .map_err(|e| io_err("read", path, e))?;
+    check_header(path, &head, kind, version)?;
+    let mut pos = head.len() as u64;
+    let mut payload = Vec::new();
+    loop {
+        let mut fh = [0u8; FRAME_HEADER];
+        match read_full(&mut r, &mut fh).map_err(|e| io_err("read", path, e))? {
+            0 => return Ok(()),
+            FRAME_HEADER => {}
+            _ => return Err(damaged(path, pos)),
+        }
+        let len = u32::from_le_bytes([fh[0], fh[1], fh[2], fh[3]]) as usize;
+        let crc = u32::from_le_bytes([fh[4], fh[5], fh[6], fh[7]]);
+        if len > MAX_RECORD {
+            return Err(damaged(path, pos));
+        }
+        payload.resize(len, 0);
+        r.read_exact(&mut payload).map_err(|_| damaged(path, pos))?;
+        if crc32fast::hash(&payload) != crc {
+            return Err(damaged(path, pos));
+        }
+        f(pos, &payload)?;
+        pos += (FRAME_HEADER + len) as u64;
+    }
+}
+
+/// Read until `buf` is full or the file ends; returns how much was read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn damaged(path: &Path, pos: u64) -> StateError {
+    StateError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("the record at byte offset {pos} is damaged"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +519,40 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn spec_12_streaming_read_matches_and_damage_is_loud() {
+        let d = tempfile::tempdir().unwrap();
+        let p = journal_with(d.path(), 3);
+        let c = read(&p, "test-journal", 1, false).unwrap().unwrap();
+        let mut seen = Vec::new();
+        for_each_record(&p, "test-journal", 1, |off, payload| {
+            seen.push((off, payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<(u64, Vec<u8>)> = c.records().map(|(o, p)| (o, p.to_vec())).collect();
+        assert_eq!(seen, want);
+        // A flipped byte in the middle record, and a cut last record: both corruption.
+        let full = fs::read(&p).unwrap();
+        let mut flipped = full.clone();
+        let mid = usize::try_from(want[1].0).unwrap() + FRAME_HEADER;
+        flipped[mid] ^= 1;
+        fs::write(&p, &flipped).unwrap();
+        let e = for_each_record(&p, "test-journal", 1, |_, _| Ok(())).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("offset {}", want[1].0)),
+            "{e}"
+        );
+        fs::write(&p, &full[..full.len() - 2]).unwrap();
+        let e = for_each_record(&p, "test-journal", 1, |_, _| Ok(())).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("offset {}", want[2].0)),
+            "{e}"
+        );
+        let e = for_each_record(&p, "other", 1, |_, _| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("other"), "{e}");
     }
 
     #[test]

@@ -24,12 +24,12 @@ use gitmirror_wire::{
     WorkerStatus,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// State file kind and version of `repos.json`.
+/// State file kind and version of `repos.json` (v1, migrated by [`crate::repo_store`]).
 pub const REPOS_KIND: &str = "repos";
 pub const REPOS_VERSION: u32 = 1;
 
@@ -104,7 +104,7 @@ pub struct RepoStatus {
     pub published: Option<u64>,
     /// The published values of the refs an outcome batch changes (`events::PublishedRefs`;
     /// absent: not published): a fetch's change of a ref to the value already published
-    /// for it is not news, whatever other refs did since. Not in `repos.json` and not kept:
+    /// for it is not news, whatever other refs did since. Not saved with the status:
     /// the event log holds them and `run` loads them for one batch
     /// ([`Fleet::set_published_refs`]). `None` while unknown (no event for the repo yet, or
     /// not loaded); then the digest alone decides.
@@ -278,7 +278,7 @@ impl FromIterator<(Uuid, bool)> for Holders {
     }
 }
 
-/// Saved form of one repo in `repos.json`.
+/// Saved form of one repo ([`crate::repo_store`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedRepo {
     pub owner: Option<Uuid>,
@@ -369,6 +369,23 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// A repo as the repo store saves it.
+fn saved_repo(r: &Repo) -> SavedRepo {
+    SavedRepo {
+        owner: r.owner,
+        holders: r
+            .holders
+            .iter()
+            .map(|(u, m)| SavedHolder {
+                uuid: *u,
+                mirrored: *m,
+            })
+            .collect(),
+        status: r.status.clone(),
+        state: Some(r.state()),
+    }
+}
+
 /// The one copy of an index name (there are a handful).
 fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     if let Some(n) = names.iter().find(|n| &***n == name) {
@@ -380,9 +397,10 @@ fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
 }
 
 /// Holders (live workers only) and status of a saved repo.
-fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Holders, RepoStatus) {
+fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Option<Uuid>, Holders, RepoStatus) {
     match saved {
         Some(s) => (
+            s.owner,
             s.holders
                 .into_iter()
                 .filter(|h| registry.get(&h.uuid).is_some_and(|w| w.state.is_live()))
@@ -390,7 +408,7 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Holders, RepoStatu
                 .collect(),
             s.status,
         ),
-        None => (Holders::default(), RepoStatus::default()),
+        None => (None, Holders::default(), RepoStatus::default()),
     }
 }
 
@@ -420,7 +438,9 @@ pub struct Fleet {
     /// applied entries at start, e.g. its state was reset).
     saved: HashMap<String, SavedRepo>,
     registry_dirty: bool,
-    repos_dirty: bool,
+    /// Repos changed since the last save (saved as they are then, or removed when gone):
+    /// a save costs O(changed), never O(repos).
+    unsaved: HashSet<Arc<str>>,
     /// Outcome counters and durations since start, for `GET /metrics`.
     stats: FetchStats,
     /// Repos whose owner was asked to relist its refs, and when ([`crate::published`]).
@@ -445,14 +465,16 @@ impl Fleet {
         let mut repos = BTreeMap::new();
         let mut index_names = Vec::new();
         for e in entries {
-            let (holders, status) = restore(saved.remove(&e.id), &registry);
+            // The saved owner, so that recomputing the owners changes (and saves) only
+            // repos whose owner really moved.
+            let (owner, holders, status) = restore(saved.remove(&e.id), &registry);
             repos.insert(
                 Arc::from(e.id),
                 Box::new(Repo {
                     url: Arc::from(e.url),
                     index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
-                    owner: None,
+                    owner,
                     holders,
                     status,
                 }),
@@ -477,7 +499,7 @@ impl Fleet {
             unknown_held: HashMap::new(),
             saved,
             registry_dirty: false,
-            repos_dirty: false,
+            unsaved: HashSet::new(),
             stats: FetchStats::default(),
             relists: HashMap::new(),
         };
@@ -503,6 +525,7 @@ impl Fleet {
             }
             if let Some((key, repo)) = self.repos.remove_entry(id.as_str()) {
                 self.census.remove(&key, &repo.facts());
+                self.unsaved.insert(key);
                 for h in repo.holders.keys() {
                     self.out
                         .push(*h, id, Op::Drop(DropReason::RemovedFromIndex));
@@ -527,7 +550,8 @@ impl Fleet {
                 }
                 None => {
                     let owner = ring.owner(&e.id).map(|i| self.members[i].uuid);
-                    let (mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
+                    let (_, mut holders, status) =
+                        restore(self.saved.remove(&e.id), &self.registry);
                     for (w, held) in self.unknown_held.iter_mut() {
                         if let Some((url, mirrored)) = held.remove(&e.id) {
                             holders.insert(*w, mirrored);
@@ -551,6 +575,7 @@ impl Fleet {
             reconcile(&e.id, repo, &mut self.out);
             let after = repo.facts();
             if let Some((key, _)) = self.repos.get_key_value(e.id.as_str()) {
+                self.unsaved.insert(key.clone());
                 match before {
                     Some(b) => self.census.update(key, &b, &after),
                     None => self.census.add(key, &after),
@@ -566,7 +591,6 @@ impl Fleet {
                 }
             }
         }
-        self.repos_dirty = true;
         self.flush()
     }
 
@@ -675,6 +699,7 @@ impl Fleet {
             reconcile(id, repo, &mut self.out);
             self.census.update(id, &before, &repo.facts());
         }
+        self.unsaved.extend(touched);
         for h in &holdings.repos {
             match self.repos.get(h.id.as_str()) {
                 Some(_) => {}
@@ -691,7 +716,6 @@ impl Fleet {
             }
         }
         self.out.ops.entry(uuid).or_default();
-        self.repos_dirty = true;
         self.flush()
     }
 
@@ -737,9 +761,9 @@ impl Fleet {
                     self.census.update(id, &before, &repo.facts());
                 }
             }
+            self.unsaved.extend(held);
         }
         self.registry_dirty = true;
-        self.repos_dirty = true;
         self.recompute_owners();
         self.flush()
     }
@@ -763,12 +787,14 @@ impl Fleet {
             if o.report_id <= seen {
                 continue;
             }
+            if let Some((id, _)) = self.repos.get_key_value(o.repo.as_str()) {
+                self.unsaved.insert(id.clone());
+            }
             seen = o.report_id;
             if let Some(e) = self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists) {
                 report.events.push(e);
             }
         }
-        self.repos_dirty = true;
         report.sends = self.flush();
         report
     }
@@ -939,11 +965,14 @@ impl Fleet {
     /// duplicate after a failover is better than a change never reported.
     pub fn unpublish<'a>(&mut self, repos: impl IntoIterator<Item = &'a str>) {
         for id in repos {
+            let Some(key) = self.repos.get_key_value(id).map(|(k, _)| k.clone()) else {
+                continue;
+            };
             if let Some(r) = self.repos.get_mut(id) {
                 r.status.published = None;
                 r.status.published_refs = None;
-                self.repos_dirty = true;
             }
+            self.unsaved.insert(key);
         }
     }
 
@@ -1036,6 +1065,7 @@ impl Fleet {
                 repo.owner = owner;
                 reconcile(id, repo, &mut self.out);
                 self.census.update(id, &before, &repo.facts());
+                self.unsaved.insert(id.clone());
             }
         };
         if !incremental {
@@ -1043,7 +1073,6 @@ impl Fleet {
                 let owner = ring.owner(id).and_then(|i| members.get(i)).map(|m| m.uuid);
                 set_owner(id, repo, owner);
             }
-            self.repos_dirty = true;
             return;
         }
         for id in orphans {
@@ -1067,7 +1096,6 @@ impl Fleet {
                 set_owner(id, repo, owner);
             }
         }
-        self.repos_dirty = true;
     }
 
     /// Turn the pending operations into numbered deltas for workers in sync.
@@ -1210,11 +1238,20 @@ impl Fleet {
     // ----- persistence -----
 
     /// Whether registry / repos changed since the last call.
-    pub fn take_dirty(&mut self) -> (bool, bool) {
-        (
-            std::mem::take(&mut self.registry_dirty),
-            std::mem::take(&mut self.repos_dirty),
-        )
+    /// Whether the registry changed since the last call.
+    pub fn take_registry_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.registry_dirty)
+    }
+
+    /// The repos changed since the last call, as the repo store's records (O(changed)).
+    pub fn take_repo_changes(&mut self) -> Vec<crate::repo_store::Change> {
+        std::mem::take(&mut self.unsaved)
+            .into_iter()
+            .map(|id| {
+                let saved = self.repos.get(&id).map(|r| saved_repo(r));
+                (id.to_string(), saved)
+            })
+            .collect()
     }
 
     pub fn registry_file(&self) -> RegistryFile {
@@ -1226,24 +1263,7 @@ impl Fleet {
             repos: self
                 .repos
                 .iter()
-                .map(|(id, r)| {
-                    (
-                        id.to_string(),
-                        SavedRepo {
-                            owner: r.owner,
-                            holders: r
-                                .holders
-                                .iter()
-                                .map(|(u, m)| SavedHolder {
-                                    uuid: *u,
-                                    mirrored: *m,
-                                })
-                                .collect(),
-                            status: r.status.clone(),
-                            state: Some(r.state()),
-                        },
-                    )
-                })
+                .map(|(id, r)| (id.to_string(), saved_repo(r)))
                 .collect(),
         }
     }

@@ -17,6 +17,7 @@ pub mod poller;
 pub mod published;
 pub mod registry;
 pub mod reload;
+pub mod repo_store;
 pub mod ring;
 pub mod run;
 pub mod server;

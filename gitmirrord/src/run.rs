@@ -15,6 +15,7 @@ use crate::http::{self, HttpCall, HttpCtx};
 use crate::index::{Delta, IndexSettings, Indexes};
 use crate::poller::{self, IndexHandle};
 use crate::registry::{Introduction, Registry};
+use crate::repo_store::{self, RepoStore};
 use crate::server::{self, ConnEvent, OUTBOUND_QUEUE};
 use crate::state;
 use crate::webhook::{self, Webhooks};
@@ -32,9 +33,9 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 const TICK: Duration = Duration::from_secs(1);
-/// Debounce of `registry.json` and `repos.json` writes.
+/// How often the registry is rewritten and repo status changes are journaled.
 const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
-const SAVE_REPOS_EVERY: Duration = Duration::from_secs(5);
+const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -125,7 +126,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             gitmirror_common::statefile::ensure_dir(&cfg.state_dir)?;
             let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
             let endpoint = gitmirror_common::trust::endpoint_config(&cfg.state_dir)?;
-            let (registry, repos) = state::load(&cfg.state_dir)?;
+            let registry = state::load_registry(&cfg.state_dir)?;
+            let (repos, repo_store) = repo_store::open(&cfg.state_dir)?;
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
                 IndexSettings {
@@ -136,12 +138,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             )?;
             let log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
             let cursors = webhook::load(&cfg.state_dir)?;
-            Ok((identity, endpoint, registry, repos, indexes, log, cursors))
+            Ok((
+                identity, endpoint, registry, repos, repo_store, indexes, log, cursors,
+            ))
         })
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, endpoint, registry, mut repos, indexes, mut log, cursors) = loaded?;
+    let (identity, endpoint, registry, mut repos, repo_store, indexes, mut log, cursors) = loaded?;
     state::merge_published(&mut repos, &log.take_published());
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
@@ -221,7 +225,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         index,
         started,
         saving: None,
-        dirty: (false, false),
+        registry_dirty: false,
+        repo_store: Arc::new(repo_store),
         last_registry_save: Instant::now(),
         last_repos_save: Instant::now(),
         last_status: String::new(),
@@ -367,9 +372,12 @@ struct MainLoop {
     log: Arc<Mutex<EventLog>>,
     index: IndexHandle,
     started: Instant,
+    /// The registry save in flight.
     saving: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
-    /// Registry / repos changed and not yet handed to a save.
-    dirty: (bool, bool),
+    /// The registry changed and was not yet handed to a save.
+    registry_dirty: bool,
+    /// Repo status changes go here every [`SAVE_REPOS_EVERY`] (journaled by its thread).
+    repo_store: Arc<RepoStore>,
     last_registry_save: Instant,
     last_repos_save: Instant,
     last_status: String,
@@ -858,13 +866,7 @@ impl MainLoop {
 
     // ----- saving -----
 
-    fn collect_dirty(&mut self) {
-        let (r, p) = self.fleet.take_dirty();
-        self.dirty.0 |= r;
-        self.dirty.1 |= p;
-    }
-
-    /// Wait for the save in flight, if any; a failed save leaves the state dirty.
+    /// Wait for the registry save in flight, if any; a failed save leaves it dirty.
     async fn finish_save(&mut self) -> Result<(), StateError> {
         let Some(h) = self.saving.take() else {
             return Ok(());
@@ -880,34 +882,30 @@ impl MainLoop {
     }
 
     async fn save_if_due(&mut self) {
-        self.collect_dirty();
+        self.registry_dirty |= self.fleet.take_registry_dirty();
+        if self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY {
+            // O(repos changed since the last save); the store's thread writes them.
+            self.repo_store.save(self.fleet.take_repo_changes());
+            self.last_repos_save = Instant::now();
+        }
         if self.saving.as_ref().is_some_and(|h| h.is_finished())
             && let Err(e) = self.finish_save().await
         {
             tracing::error!("{e}");
-            self.dirty = (true, true);
+            self.registry_dirty = true;
         }
-        if self.saving.is_some() {
+        if self.saving.is_some()
+            || !self.registry_dirty
+            || self.last_registry_save.elapsed() < SAVE_REGISTRY_EVERY
+        {
             return;
         }
-        let reg = self.dirty.0 && self.last_registry_save.elapsed() >= SAVE_REGISTRY_EVERY;
-        let repos = self.dirty.1 && self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY;
-        if !reg && !repos {
-            return;
-        }
-        let reg = reg.then(|| {
-            self.dirty.0 = false;
-            self.last_registry_save = Instant::now();
-            self.fleet.registry_file()
-        });
-        let repos = repos.then(|| {
-            self.dirty.1 = false;
-            self.last_repos_save = Instant::now();
-            self.fleet.repos_file()
-        });
+        self.registry_dirty = false;
+        self.last_registry_save = Instant::now();
+        let reg = self.fleet.registry_file();
         let dir = self.dir.clone();
         self.saving = Some(tokio::task::spawn_blocking(move || {
-            state::save(&dir, reg.as_ref(), repos.as_ref())
+            state::save_registry(&dir, &reg)
         }));
     }
 
@@ -915,20 +913,20 @@ impl MainLoop {
     async fn save_registry_now(&mut self) {
         if let Err(e) = self.finish_save().await {
             tracing::error!("{e}");
-            self.dirty = (true, true);
+            self.registry_dirty = true;
         }
         let reg = self.fleet.registry_file();
         let dir = self.dir.clone();
-        let r = tokio::task::spawn_blocking(move || state::save(&dir, Some(&reg), None)).await;
+        let r = tokio::task::spawn_blocking(move || state::save_registry(&dir, &reg)).await;
         match r {
             Ok(Ok(())) => self.last_registry_save = Instant::now(),
             Ok(Err(e)) => {
                 tracing::error!("{e}");
-                self.dirty.0 = true;
+                self.registry_dirty = true;
             }
             Err(e) => {
                 tracing::error!("saving the registry: {e}");
-                self.dirty.0 = true;
+                self.registry_dirty = true;
             }
         }
     }
@@ -937,16 +935,23 @@ impl MainLoop {
         if let Err(e) = self.finish_save().await {
             tracing::error!("{e}");
         }
-        self.collect_dirty();
+        self.fleet.take_registry_dirty();
         let reg = self.fleet.registry_file();
-        let repos = self.fleet.repos_file();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || state::save(&dir, Some(&reg), Some(&repos)))
-            .await
-            .map_err(|e| StateError::Io {
-                action: "save",
-                path: self.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+        self.repo_store.save(self.fleet.take_repo_changes());
+        let (dir, store) = (self.dir.clone(), self.repo_store.clone());
+        tokio::task::spawn_blocking(move || {
+            state::save_registry(&dir, &reg)?;
+            store.sync().map_err(|e| StateError::Io {
+                action: "save the repo state in",
+                path: dir.clone(),
+                source: std::io::Error::other(e),
+            })
+        })
+        .await
+        .map_err(|e| StateError::Io {
+            action: "save",
+            path: self.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 }

@@ -1,53 +1,41 @@
-//! The coordinator's own state files (SPEC §10): `registry.json` and `repos.json`, both
-//! through `common::statefile` (versioned header, crash-safe replace, loud corruption).
-//! The event log lives in [`crate::events`], index state in [`crate::index`].
+//! The coordinator's registry file (SPEC §10): `registry.json`, through
+//! `common::statefile` (versioned header, crash-safe replace, loud corruption). The repos'
+//! status lives in [`crate::repo_store`], the event log in [`crate::events`], index state
+//! in [`crate::index`].
 
-use crate::fleet::{REPOS_KIND, REPOS_VERSION, RepoStatus, ReposFile, SavedRepo};
+use crate::fleet::{RepoStatus, ReposFile, SavedRepo};
 use crate::registry::{self, RegistryFile};
 use gitmirror_common::statefile::{self, StateError};
 use std::collections::HashMap;
 use std::path::Path;
 
 pub const REGISTRY_FILE: &str = "registry.json";
-pub const REPOS_FILE: &str = "repos.json";
 const MODE: u32 = 0o640;
 
-/// Load both files; a missing file is empty state, a corrupt one is an error naming it.
-pub fn load(dir: &Path) -> Result<(RegistryFile, ReposFile), StateError> {
-    let reg = statefile::read_json(&dir.join(REGISTRY_FILE), registry::KIND, registry::VERSION)?
-        .unwrap_or_default();
-    let repos =
-        statefile::read_json(&dir.join(REPOS_FILE), REPOS_KIND, REPOS_VERSION)?.unwrap_or_default();
-    Ok((reg, repos))
+/// Load the registry; a missing file is an empty one, a corrupt one an error naming it.
+pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
+    Ok(
+        statefile::read_json(&dir.join(REGISTRY_FILE), registry::KIND, registry::VERSION)?
+            .unwrap_or_default(),
+    )
 }
 
-/// Write whichever of the two is given.
-pub fn save(
-    dir: &Path,
-    registry: Option<&RegistryFile>,
-    repos: Option<&ReposFile>,
-) -> Result<(), StateError> {
-    if let Some(r) = registry {
-        statefile::write_json(
-            &dir.join(REGISTRY_FILE),
-            registry::KIND,
-            registry::VERSION,
-            r,
-            MODE,
-        )?;
-    }
-    if let Some(r) = repos {
-        statefile::write_json(&dir.join(REPOS_FILE), REPOS_KIND, REPOS_VERSION, r, MODE)?;
-    }
-    Ok(())
+pub fn save_registry(dir: &Path, registry: &RegistryFile) -> Result<(), StateError> {
+    statefile::write_json(
+        &dir.join(REGISTRY_FILE),
+        registry::KIND,
+        registry::VERSION,
+        registry,
+        MODE,
+    )
 }
 
 /// Take each repo's published-refs digest from the event log (`EventLog::take_published`:
 /// the digest recorded with its last event). The log is appended durably before every
-/// acknowledgement, `repos.json` only every few seconds, so after `kill -9` the saved
+/// acknowledgement, the repo status only every few seconds, so after `kill -9` the saved
 /// digest can predate the last events: a failover clone of refs already announced would
 /// then look like news and be published twice. A repo with events but not yet in
-/// `repos.json` gets an entry holding just this. The refs one by one stay in the event
+/// the saved status gets an entry holding just this. The refs one by one stay in the event
 /// log and are read when an outcome needs them.
 pub fn merge_published(repos: &mut ReposFile, digests: &HashMap<String, u64>) {
     for (id, digest) in digests {
@@ -70,7 +58,7 @@ mod tests {
     use super::*;
 
     // SPEC §10: the event log's digests win over older saved ones and reach repos that
-    // repos.json did not list yet; other repos keep theirs.
+    // the saved status did not list yet; other repos keep theirs.
     #[test]
     fn published_digests_from_the_log_win() {
         let mut repos = ReposFile::default();
@@ -110,16 +98,16 @@ mod tests {
     #[test]
     fn corrupt_registry_is_an_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let (r, p) = load(d.path()).unwrap();
-        assert!(r.workers.is_empty() && p.repos.is_empty());
-        save(d.path(), Some(&r), Some(&p)).unwrap();
-        load(d.path()).unwrap();
+        let r = load_registry(d.path()).unwrap();
+        assert!(r.workers.is_empty());
+        save_registry(d.path(), &r).unwrap();
+        load_registry(d.path()).unwrap();
         std::fs::write(
             d.path().join(REGISTRY_FILE),
             "gitmirror-state registry v1\n{\"work",
         )
         .unwrap();
-        let e = load(d.path()).unwrap_err().to_string();
+        let e = load_registry(d.path()).unwrap_err().to_string();
         assert!(
             e.contains("registry.json") && e.contains("move it aside"),
             "{e}"

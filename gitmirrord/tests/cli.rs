@@ -314,7 +314,7 @@ fn notify_ready_watchdog_and_graceful_stop() {
     let status = wait_exit(&mut child, 10);
     assert!(status.success(), "{status:?}: {}", stderr_of(child));
     assert!(t.elapsed() < Duration::from_secs(10));
-    for f in ["registry.json", "repos.json", "events"] {
+    for f in ["registry.json", "repos.snapshot", "repos.journal", "events"] {
         assert!(d.path().join("state").join(f).exists(), "{f} saved");
     }
 }

@@ -565,7 +565,7 @@ stop_start() {
     [ "$(ct systemctl show -p Result --value "$p")" = success ] || fail "$p did not stop cleanly"
   done
   local f
-  for f in /var/lib/gitmirrord/registry.json /var/lib/gitmirrord/repos.json /var/lib/gitmirrord/events/00000000000000000001.log \
+  for f in /var/lib/gitmirrord/registry.json /var/lib/gitmirrord/repos.snapshot /var/lib/gitmirrord/events/00000000000000000001.log \
     /var/lib/gitmirrord/tls-cert.pem /var/lib/gitmirror-worker/identity.json /var/lib/gitmirror-worker/repos.snapshot; do
     ct test -s "$f" || fail "state file $f missing after stop"
   done

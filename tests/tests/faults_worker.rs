@@ -1046,15 +1046,17 @@ enum Expect {
 // stops the daemon with a message naming the file and what to do; it is never silently
 // replaced with defaults).
 //
-// `startup.rs` covers `repos.json` of each daemon holding a header and bad JSON. Here every
+// `startup.rs` covers the repo snapshot of each daemon holding a bad header. Here every
 // state file of both daemons (worker: `identity.json`, `repos.snapshot`, `repos.journal`;
-// coordinator: `registry.json`, `repos.json`, `webhooks.json`, `index/applied.json`, the
+// coordinator: `registry.json`, `repos.snapshot`, `repos.journal`, `webhooks.json`,
+// `index/applied.json`, the
 // event log's segment, `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its
 // first line, and replaced with binary garbage. Each time the daemon must exit non-zero, its
 // log must name the file and a recovery step, and the file must be left untouched. The
 // exceptions are the event log's segment cut in half or inside its header (a torn append
 // or a torn segment creation, which the coordinator repairs with a warning and starts) and
-// the worker journal cut inside its last record (a torn append, cut off with a warning).
+// either daemon's repo journal cut inside its last record (a torn append, cut off with a
+// warning).
 // At the end the saved state is put back and the fleet settles again.
 /// The coordinator's first event log segment (SPEC §12).
 const EVENT_SEGMENT: &str = "events/00000000000000000001.log";
@@ -1085,7 +1087,8 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         (&w.proc, &wstate, "repos.snapshot"),
         (&w.proc, &wstate, "repos.journal"),
         (&fleet.coord.proc, &cstate, "registry.json"),
-        (&fleet.coord.proc, &cstate, "repos.json"),
+        (&fleet.coord.proc, &cstate, "repos.snapshot"),
+        (&fleet.coord.proc, &cstate, "repos.journal"),
         (&fleet.coord.proc, &cstate, "webhooks.json"),
         (&fleet.coord.proc, &cstate, "index/applied.json"),
         (&fleet.coord.proc, &cstate, EVENT_SEGMENT),

@@ -97,7 +97,7 @@ fn sigterm_stops_cleanly_and_corrupt_state_is_refused() {
 
     // Corrupt one state file of each; neither starts, and each names the file.
     for (dir, proc, file) in [
-        (&fleet.coord.state_dir, &fleet.coord.proc, "repos.json"),
+        (&fleet.coord.state_dir, &fleet.coord.proc, "repos.snapshot"),
         (
             &fleet.workers[0].state_dir,
             &fleet.workers[0].proc,

@@ -1,0 +1,579 @@
+//! The repos' saved status (owner, holders, last results): `repos.snapshot` and
+//! `repos.journal` in the state dir (SPEC §10, §12 "State files"; design.md "Coordinator
+//! repo state, journaled").
+//!
+//! The main loop hands the writer thread the records of the repos that changed since the
+//! last save (O(changed), never O(repos)); the thread appends them to the journal with one
+//! fsync per batch. Once the journal is bigger than the snapshot (and at least
+//! [`COMPACT_AT`]), the thread folds it into a new snapshot by streaming the old one, so
+//! neither the loop nor the thread ever holds every repo's record. Both files begin with a
+//! `Start{generation}` record; a journal of an older generation than the snapshot (a crash
+//! in the middle of a compaction) is already folded in and is replaced. `repos.json` of
+//! the previous release is migrated at the first start and kept as `repos.json.v1.bak`.
+
+use crate::fleet::{REPOS_KIND, REPOS_VERSION, ReposFile, SavedRepo};
+use gitmirror_common::journal::{self, Appender, WholeWriter};
+use gitmirror_common::statefile::{self, StateError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SNAPSHOT_FILE: &str = "repos.snapshot";
+pub const JOURNAL_FILE: &str = "repos.journal";
+/// The whole-file format of the previous release.
+pub const V1_FILE: &str = "repos.json";
+const SNAPSHOT_KIND: &str = "coordinator-repos-snapshot";
+const JOURNAL_KIND: &str = "coordinator-repos-journal";
+const VERSION: u32 = 2;
+const MODE: u32 = 0o640;
+/// The journal is folded into a new snapshot once it is this big and bigger than the
+/// snapshot: compaction costs a fraction of the appends it saves.
+pub const COMPACT_AT: u64 = 64 << 20;
+
+/// One record of the snapshot or the journal (JSON; variants are only ever appended).
+/// Short-lived (encoded or decoded one at a time), so the size difference does not matter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+enum Record {
+    /// First record of both files.
+    Start { generation: u64 },
+    /// A repo's saved status (replaces any earlier record of it).
+    Put { id: String, repo: SavedRepo },
+    /// The repo left every index.
+    Remove { id: String },
+}
+
+/// A change for the journal: `None` removes the repo.
+pub type Change = (String, Option<SavedRepo>);
+
+fn encode(r: &Record) -> Vec<u8> {
+    // Plain data (strings, numbers, maps with string keys) always encodes.
+    serde_json::to_vec(r).unwrap_or_default()
+}
+
+fn decode(path: &Path, offset: u64, payload: &[u8]) -> Result<Record, StateError> {
+    serde_json::from_slice(payload).map_err(|e| StateError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("the record at byte offset {offset} does not decode: {e}"),
+    })
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join(SNAPSHOT_FILE), dir.join(JOURNAL_FILE))
+}
+
+/// Write a snapshot of `generation` holding `repos`, then an empty journal of it.
+fn write_fresh(dir: &Path, generation: u64, repos: &ReposFile) -> Result<(), StateError> {
+    let (snap, jour) = paths(dir);
+    let start = encode(&Record::Start { generation });
+    let mut w = WholeWriter::create(&snap, SNAPSHOT_KIND, VERSION, MODE)?;
+    w.push(&start)?;
+    for (id, repo) in &repos.repos {
+        w.push(&encode(&Record::Put {
+            id: id.clone(),
+            repo: repo.clone(),
+        }))?;
+    }
+    w.commit()?;
+    journal::write_whole(&jour, JOURNAL_KIND, VERSION, [start.as_slice()], MODE)?;
+    Ok(())
+}
+
+fn apply(repos: &mut ReposFile, record: Record) {
+    match record {
+        Record::Start { .. } => {}
+        Record::Put { id, repo } => {
+            repos.repos.insert(id, repo);
+        }
+        Record::Remove { id } => {
+            repos.repos.remove(&id);
+        }
+    }
+}
+
+/// What reading the files gives.
+struct Loaded {
+    repos: ReposFile,
+    generation: u64,
+    journal_end: u64,
+    torn_at: Option<u64>,
+    /// The journal is of an older generation, or missing: write it afresh.
+    journal_stale: bool,
+    /// The journal's records by repo, for the next compaction.
+    since: HashMap<String, Option<Vec<u8>>>,
+}
+
+fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
+    let corrupt = |path: &Path, detail: String| StateError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut repos = ReposFile::default();
+    let mut generation = None;
+    journal::for_each_record(snap, SNAPSHOT_KIND, VERSION, |offset, payload| {
+        let record = decode(snap, offset, payload)?;
+        if generation.is_none() {
+            let Record::Start { generation: g } = record else {
+                return Err(corrupt(
+                    snap,
+                    "it does not begin with a Start record".into(),
+                ));
+            };
+            generation = Some(g);
+        }
+        apply(&mut repos, record);
+        Ok(())
+    })?;
+    let generation = generation.ok_or_else(|| corrupt(snap, "it holds no records".into()))?;
+    let mut loaded = Loaded {
+        repos,
+        generation,
+        journal_end: 0,
+        torn_at: None,
+        journal_stale: true,
+        since: HashMap::new(),
+    };
+    let Some(contents) = journal::read(jour, JOURNAL_KIND, VERSION, true)? else {
+        return Ok(loaded);
+    };
+    let mut records = contents.records();
+    let first = match records.next() {
+        Some((offset, payload)) => Some(decode(jour, offset, payload)?),
+        None => None,
+    };
+    match first {
+        Some(Record::Start { generation: g }) if g == generation => {
+            for (offset, payload) in records {
+                let record = decode(jour, offset, payload)?;
+                match &record {
+                    Record::Put { id, .. } => {
+                        loaded.since.insert(id.clone(), Some(payload.to_vec()));
+                    }
+                    Record::Remove { id } => {
+                        loaded.since.insert(id.clone(), None);
+                    }
+                    Record::Start { .. } => {}
+                }
+                apply(&mut loaded.repos, record);
+            }
+            loaded.journal_stale = false;
+            loaded.journal_end = contents.end;
+            loaded.torn_at = contents.torn_at;
+        }
+        // Folded into the snapshot already (a crash during compaction).
+        Some(Record::Start { generation: g }) if g < generation => {}
+        // Cut before its Start record was complete: nothing in it yet.
+        None if contents.torn_at.is_some() || contents.is_empty() => {}
+        _ => {
+            return Err(corrupt(
+                jour,
+                format!(
+                    "it does not begin with the Start record of generation {generation} (the snapshot's)"
+                ),
+            ));
+        }
+    }
+    Ok(loaded)
+}
+
+/// Read the saved repo status as the coordinator would at start, changing nothing (for
+/// tests and tools; a `repos.json` of v1 is read as such).
+pub fn load(dir: &Path) -> Result<ReposFile, StateError> {
+    let (snap, jour) = paths(dir);
+    if !snap.exists() {
+        return Ok(
+            statefile::read_json(&dir.join(V1_FILE), REPOS_KIND, REPOS_VERSION)?
+                .unwrap_or_default(),
+        );
+    }
+    Ok(replay(&snap, &jour)?.repos)
+}
+
+/// Open the repo state of `dir`: migrate a v1 `repos.json`, replay snapshot and journal
+/// (dropping a torn journal tail with one warning) and start the writer thread. Blocking.
+pub fn open(dir: &Path) -> Result<(ReposFile, RepoStore), StateError> {
+    open_with(dir, COMPACT_AT)
+}
+
+/// [`open`], compacting once the journal passes `compact_at` bytes and the snapshot's size.
+pub fn open_with(dir: &Path, compact_at: u64) -> Result<(ReposFile, RepoStore), StateError> {
+    let (snap, jour) = paths(dir);
+    for p in [&snap, &jour] {
+        let n = journal::remove_leftovers(p);
+        if n > 0 {
+            tracing::info!(path = %p.display(), count = n, "removed the temp file of an interrupted state write");
+        }
+    }
+    let v1 = dir.join(V1_FILE);
+    let bak = dir.join(format!("{V1_FILE}.v{REPOS_VERSION}.bak"));
+    if !snap.exists() {
+        let old: Option<ReposFile> = statefile::read_json(&v1, REPOS_KIND, REPOS_VERSION)?;
+        let n = old.as_ref().map_or(0, |r| r.repos.len());
+        write_fresh(dir, 1, &old.unwrap_or_default())?;
+        if v1.exists() {
+            tracing::info!(from = %v1.display(), to = %snap.display(), repos = n, "migrated the repo state to format v2 (snapshot and journal)");
+        }
+    }
+    if v1.exists() {
+        // Migrated (now, or before a crash that came ahead of this rename).
+        std::fs::rename(&v1, &bak).map_err(io("rename to .v1.bak", &v1))?;
+        tracing::info!(path = %bak.display(), "kept the v1 repo state file beside the new one");
+    }
+    let mut loaded = replay(&snap, &jour)?;
+    if let Some(at) = loaded.torn_at {
+        tracing::warn!(path = %jour.display(), offset = at, "dropping a torn record at the end of the journal (the coordinator stopped in the middle of writing it)");
+    }
+    let mut journal_end = loaded.journal_end;
+    if loaded.journal_stale {
+        let start = encode(&Record::Start {
+            generation: loaded.generation,
+        });
+        journal::write_whole(&jour, JOURNAL_KIND, VERSION, [start.as_slice()], MODE)?;
+        journal_end = std::fs::metadata(&jour).map_err(io("stat", &jour))?.len();
+        loaded.since.clear();
+    }
+    let writer = Writer {
+        dir: dir.to_owned(),
+        appender: Appender::open(&jour, journal_end)?,
+        generation: loaded.generation,
+        snapshot_len: std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0),
+        compact_at,
+        since: loaded.since,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("repo-state-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(io("start the writer thread for", &jour))?;
+    Ok((
+        loaded.repos,
+        RepoStore {
+            tx: Some(tx),
+            thread: Some(thread),
+        },
+    ))
+}
+
+enum Msg {
+    Changes(Vec<Change>),
+    /// Answered once everything queued before it is durable (or failed).
+    Sync(std::sync::mpsc::SyncSender<Result<(), String>>),
+}
+
+/// The main loop's handle on the files.
+pub struct RepoStore {
+    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RepoStore {
+    /// Queue changes for the journal. Never blocks; a failed write is logged by the writer
+    /// and retried with the next batch.
+    pub fn save(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx
+            && tx.send(Msg::Changes(changes)).is_err()
+        {
+            tracing::error!("the repo state writer has stopped; repo status is no longer saved");
+        }
+    }
+
+    /// Wait until everything queued is durable (blocking: call it off the runtime).
+    pub fn sync(&self) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .as_ref()
+            .ok_or("the repo state writer has stopped")?
+            .send(Msg::Sync(tx))
+            .map_err(|_| "the repo state writer has stopped")?;
+        rx.recv()
+            .map_err(|_| "the repo state writer has stopped".to_owned())?
+    }
+
+    /// Write what is queued and stop the writer thread (blocking).
+    pub fn close(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RepoStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The thread that owns the files.
+struct Writer {
+    dir: PathBuf,
+    appender: Appender,
+    generation: u64,
+    snapshot_len: u64,
+    compact_at: u64,
+    /// The journal's records by repo since the last compaction (`None`: removed), encoded;
+    /// bounded by the journal's size.
+    since: HashMap<String, Option<Vec<u8>>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Msg>) {
+        // Changes that failed to write, tried again with the next batch (a repo's newer
+        // record replaces its older one, so this stays bounded by the repos).
+        let mut retry: HashMap<String, Option<SavedRepo>> = HashMap::new();
+        let mut last_error: Option<String> = None;
+        while let Ok(first) = rx.recv() {
+            let mut syncs = Vec::new();
+            let mut batch = std::mem::take(&mut retry);
+            let mut take = |m: Msg| match m {
+                Msg::Changes(c) => batch.extend(c),
+                Msg::Sync(tx) => syncs.push(tx),
+            };
+            take(first);
+            // Group commit: everything queued meanwhile goes with one fsync.
+            while let Ok(m) = rx.try_recv() {
+                take(m);
+            }
+            let result = self.write(&batch);
+            match &result {
+                Ok(()) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(path = %self.appender.path().display(), "repo state is being saved again");
+                    }
+                }
+                Err(e) => {
+                    if last_error.is_none() {
+                        tracing::error!(
+                            "cannot save the repo state (retried with the next save): {e}"
+                        );
+                    }
+                    last_error = Some(e.to_string());
+                    retry = batch;
+                }
+            }
+            for s in syncs {
+                let _ = s.send(match &last_error {
+                    None => Ok(()),
+                    Some(e) => Err(e.clone()),
+                });
+            }
+            if result.is_ok()
+                && self.appender.len() > self.compact_at.max(self.snapshot_len)
+                && let Err(e) = self.compact()
+            {
+                tracing::error!(
+                    "cannot compact the repo state (the journal keeps growing until it works): {e}"
+                );
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &HashMap<String, Option<SavedRepo>>) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut encoded = Vec::with_capacity(batch.len());
+        for (id, repo) in batch {
+            let record = match repo {
+                Some(repo) => Record::Put {
+                    id: id.clone(),
+                    repo: repo.clone(),
+                },
+                None => Record::Remove { id: id.clone() },
+            };
+            encoded.push((id, repo.is_some(), encode(&record)));
+        }
+        self.appender
+            .append(encoded.iter().map(|(_, _, e)| e.as_slice()))?;
+        self.appender.sync()?;
+        for (id, put, e) in encoded {
+            self.since.insert(id.clone(), put.then_some(e));
+        }
+        Ok(())
+    }
+
+    /// Fold the journal into a new snapshot (streaming the old one) and start a new
+    /// journal.
+    fn compact(&mut self) -> Result<(), StateError> {
+        let (snap, jour) = paths(&self.dir);
+        let generation = self.generation + 1;
+        let start = encode(&Record::Start { generation });
+        let mut w = WholeWriter::create(&snap, SNAPSHOT_KIND, VERSION, MODE)?;
+        w.push(&start)?;
+        journal::for_each_record(&snap, SNAPSHOT_KIND, VERSION, |offset, payload| {
+            match decode(&snap, offset, payload)? {
+                Record::Put { id, .. } if !self.since.contains_key(&id) => {
+                    w.push(payload)?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        for e in self.since.values().flatten() {
+            w.push(e)?;
+        }
+        w.commit()?;
+        journal::write_whole(&jour, JOURNAL_KIND, VERSION, [start.as_slice()], MODE)?;
+        let end = std::fs::metadata(&jour).map_err(io("stat", &jour))?.len();
+        self.appender = Appender::open(&jour, end)?;
+        self.generation = generation;
+        self.snapshot_len = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
+        self.since.clear();
+        tracing::debug!(path = %snap.display(), bytes = self.snapshot_len, "compacted the repo state");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{RepoStatus, SavedHolder};
+    use uuid::Uuid;
+
+    fn saved(n: u128) -> SavedRepo {
+        SavedRepo {
+            owner: Some(Uuid::from_u128(n)),
+            holders: vec![SavedHolder {
+                uuid: Uuid::from_u128(n),
+                mirrored: true,
+            }],
+            status: RepoStatus {
+                fetches: n as u64,
+                ..RepoStatus::default()
+            },
+            state: None,
+        }
+    }
+
+    fn fetches(r: &ReposFile) -> Vec<(String, u64)> {
+        r.repos
+            .iter()
+            .map(|(id, s)| (id.clone(), s.status.fetches))
+            .collect()
+    }
+
+    // SPEC §12 "State files": changes are appended, survive a reopen, and compaction
+    // (forced small here) keeps every repo's latest record and drops removed ones.
+    #[test]
+    fn spec_12_changes_survive_reopen_and_compaction() {
+        let d = tempfile::tempdir().unwrap();
+        let (repos, mut store) = open_with(d.path(), 1).unwrap();
+        assert!(repos.repos.is_empty());
+        store.save(
+            (0..50)
+                .map(|i| (format!("r{i:02}"), Some(saved(i))))
+                .collect(),
+        );
+        store.save(vec![("r07".into(), None), ("r08".into(), Some(saved(800)))]);
+        store.sync().unwrap();
+        store.save(vec![("r09".into(), Some(saved(900)))]);
+        store.close();
+        let back = load(d.path()).unwrap();
+        assert_eq!(back.repos.len(), 49);
+        assert!(!back.repos.contains_key("r07"));
+        assert_eq!(back.repos["r08"].status.fetches, 800);
+        assert_eq!(back.repos["r09"].status.fetches, 900);
+        // Compacted (journal ≥ 1 byte and bigger than the snapshot): the journal is short.
+        let jour = std::fs::metadata(d.path().join(JOURNAL_FILE))
+            .unwrap()
+            .len();
+        let snap = std::fs::metadata(d.path().join(SNAPSHOT_FILE))
+            .unwrap()
+            .len();
+        assert!(jour < snap, "journal {jour} B, snapshot {snap} B");
+        let (reopened, _store) = open(d.path()).unwrap();
+        assert_eq!(fetches(&reopened), fetches(&back));
+    }
+
+    // SPEC §12 "State files": records journaled before a restart are kept by the first
+    // compaction after it.
+    #[test]
+    fn spec_12_compaction_after_a_restart_keeps_the_older_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, mut store) = open(d.path()).unwrap();
+        store.save(vec![("a".into(), Some(saved(1)))]);
+        store.close();
+        let (_, mut store) = open_with(d.path(), 1).unwrap();
+        store.save(vec![("b".into(), Some(saved(2)))]);
+        store.close();
+        let back = load(d.path()).unwrap();
+        assert_eq!(fetches(&back), [("a".into(), 1), ("b".into(), 2)]);
+    }
+
+    // SPEC §12 "State files": a torn journal tail is dropped with one warning; a damaged
+    // record elsewhere stops the daemon naming the file.
+    #[test]
+    fn spec_12_torn_tail_dropped_corruption_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, mut store) = open(d.path()).unwrap();
+        store.save(vec![("a".into(), Some(saved(1)))]);
+        store.sync().unwrap();
+        store.save(vec![("b".into(), Some(saved(2)))]);
+        store.close();
+        let jour = d.path().join(JOURNAL_FILE);
+        let full = std::fs::read(&jour).unwrap();
+        std::fs::write(&jour, &full[..full.len() - 3]).unwrap();
+        let (repos, _store) = open(d.path()).unwrap();
+        assert_eq!(repos.repos.keys().collect::<Vec<_>>(), ["a"]);
+        drop(_store);
+        let snap = d.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0xff;
+        std::fs::write(&snap, &bytes).unwrap();
+        let e = open(d.path()).err().unwrap();
+        assert!(e.to_string().contains(SNAPSHOT_FILE), "{e}");
+    }
+
+    // SPEC §12 "State files": a crash after a compaction's snapshot and before its new
+    // journal leaves a journal of the older generation, already folded in: replaced, and
+    // nothing is applied twice or lost.
+    #[test]
+    fn spec_12_crash_inside_compaction() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, mut store) = open(d.path()).unwrap();
+        store.save(vec![("a".into(), Some(saved(1)))]);
+        store.close();
+        let old_journal = std::fs::read(d.path().join(JOURNAL_FILE)).unwrap();
+        let (_, mut store) = open_with(d.path(), 1).unwrap();
+        store.save(vec![("b".into(), Some(saved(2))), ("a".into(), None)]);
+        store.close();
+        // Put the generation-1 journal back, as if the new one was never written.
+        std::fs::write(d.path().join(JOURNAL_FILE), old_journal).unwrap();
+        let (repos, _store) = open(d.path()).unwrap();
+        assert_eq!(repos.repos.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    // SPEC §12 "State files": `repos.json` of the previous release is migrated at the
+    // first start and kept as `repos.json.v1.bak`.
+    #[test]
+    fn spec_12_v1_repos_json_is_migrated_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut old = ReposFile::default();
+        old.repos.insert("x/y/z".into(), saved(5));
+        statefile::write_json(
+            &d.path().join(V1_FILE),
+            REPOS_KIND,
+            REPOS_VERSION,
+            &old,
+            0o640,
+        )
+        .unwrap();
+        assert_eq!(fetches(&load(d.path()).unwrap()), [("x/y/z".into(), 5)]);
+        let (repos, _store) = open(d.path()).unwrap();
+        assert_eq!(fetches(&repos), [("x/y/z".into(), 5)]);
+        assert!(!d.path().join(V1_FILE).exists());
+        assert!(d.path().join("repos.json.v1.bak").exists());
+    }
+}
