@@ -74,6 +74,14 @@ pub fn error(q: &RefsQuery, why: String) -> RefsPage {
     }
 }
 
+/// At most 100 characters of `s`, for messages quoting what a peer sent.
+pub fn short(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Whether `p` is an answer to `q` that a worker following [`page`] could give: same query
 /// and repo, names in strictly increasing order after `q.after`, no more than asked for,
 /// within [`CHUNK_BYTES`], `next` naming its last ref. `Err` says what is wrong, for the
@@ -82,7 +90,10 @@ pub fn check(q: &RefsQuery, p: &RefsPage) -> Result<(), String> {
     if p.query != q.query || p.repo != q.repo {
         return Err(format!(
             "a refs page for query {} of {:?} answered query {} of {:?}",
-            p.query, p.repo, q.query, q.repo
+            p.query,
+            short(&p.repo),
+            q.query,
+            q.repo
         ));
     }
     let limit = q.limit.clamp(1, MAX_REFS_LIMIT) as usize;
@@ -106,15 +117,17 @@ pub fn check(q: &RefsQuery, p: &RefsPage) -> Result<(), String> {
         if prev.is_some_and(|prev| e.name.as_str() <= prev) {
             return Err(format!(
                 "a refs page out of order at {:?} (after {:?})",
-                e.name, prev
+                short(&e.name),
+                prev.map(short)
             ));
         }
         prev = Some(&e.name);
     }
     match &p.next {
-        Some(n) if p.refs.last().map(|e| &e.name) != Some(n) => {
-            Err(format!("a refs page whose next {n:?} is not its last ref"))
-        }
+        Some(n) if p.refs.last().map(|e| &e.name) != Some(n) => Err(format!(
+            "a refs page whose next {:?} is not its last ref",
+            short(n)
+        )),
         _ => Ok(()),
     }
 }
