@@ -7,15 +7,14 @@ use gitmirror_tests::{Fleet, GitDaemon, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Refs besides the four every test repo has: enough for several pages of 1,000.
 const EXTRA: usize = 2_500;
 
-/// Give the upstream `EXTRA` refs `refs/changes/NN/N/1` at `master` in one `update-ref`.
-fn add_change_refs(git_dir: &std::path::Path) {
+/// Give the upstream `n` refs `refs/changes/NN/N/1` at `master`, written as one
+/// `packed-refs` file (200k loose refs would take minutes to make).
+fn add_change_refs(git_dir: &std::path::Path, n: usize) {
     let head = git([
         OsStr::new("--git-dir"),
         git_dir.as_os_str(),
@@ -24,27 +23,36 @@ fn add_change_refs(git_dir: &std::path::Path) {
     ])
     .trim()
     .to_owned();
-    let mut child = Command::new("git")
-        .arg("--git-dir")
-        .arg(git_dir)
-        .args(["update-ref", "--stdin"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = String::new();
-    for i in 0..EXTRA {
-        input.push_str(&format!(
-            "create refs/changes/{:02}/{i}/1 {head}\n",
-            i % 100
-        ));
+    git([
+        OsStr::new("--git-dir"),
+        git_dir.as_os_str(),
+        "pack-refs".as_ref(),
+        "--all".as_ref(),
+    ]);
+    let packed = git_dir.join("packed-refs");
+    let old = std::fs::read_to_string(&packed).unwrap();
+    // Whole entries (a peeled `^` line belongs to the line before it), sorted by name.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for l in old.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(peeled) = l.strip_prefix('^') {
+            if let Some(last) = entries.last_mut() {
+                last.1.push_str(&format!("\n^{peeled}"));
+            }
+        } else if let Some((_, name)) = l.split_once(' ') {
+            entries.push((name.to_owned(), l.to_owned()));
+        }
     }
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    for i in 0..n {
+        let name = format!("refs/changes/{:02}/{i}/1", i % 100);
+        entries.push((name.clone(), format!("{head} {name}")));
+    }
+    entries.sort();
+    let mut text = String::from("# pack-refs with: peeled fully-peeled sorted \n");
+    for (_, e) in entries {
+        text.push_str(&e);
+        text.push('\n');
+    }
+    std::fs::write(&packed, text).unwrap();
 }
 
 /// `s` percent-encoded for a query string.
@@ -100,7 +108,7 @@ fn page_through(
             }
             None => return Ok((refs, pages, v)),
         }
-        assert!(pages <= EXTRA + 10, "paging does not end");
+        assert!(pages <= 1_000_000, "paging does not end");
     }
 }
 
@@ -110,7 +118,7 @@ fn spec_12_refs_of_a_mirrored_repo_page_like_git_ls_remote() {
     let repos = daemon.repo_set("refspage", 1);
     let (id, _) = repos.iter().next().unwrap();
     let name = repo_name(id).to_owned();
-    add_change_refs(&daemon.repo_path(&name));
+    add_change_refs(&daemon.repo_path(&name), EXTRA);
     let upstream = daemon.ls_remote(&name);
     assert_eq!(upstream.len(), EXTRA + 4, "upstream refs");
     let fleet = Fleet::start("refspage", &repos, 1);
@@ -173,4 +181,75 @@ fn spec_12_refs_of_a_mirrored_repo_page_like_git_ls_remote() {
         .post(&format!("/api/repos/{id}/refs"), "")
         .unwrap();
     assert_eq!(code, 405);
+}
+
+/// Figures for docs/scale.md, not a pass/fail test: a repo of 200,000 refs paged through
+/// the API at the largest `limit`. Run with
+/// `cargo nextest run -p gitmirror-tests --test refs --run-ignored only --no-capture`.
+#[test]
+#[ignore]
+fn spec_12_refs_pages_of_two_hundred_thousand_refs_figures() {
+    const BIG: usize = 200_000;
+    let daemon = GitDaemon::shared();
+    let repos = daemon.repo_set("refsbig", 1);
+    let (id, _) = repos.iter().next().unwrap();
+    let name = repo_name(id).to_owned();
+    add_change_refs(&daemon.repo_path(&name), BIG);
+    let upstream = daemon.ls_remote(&name);
+    let fleet = Fleet::start("refsbig", &repos, 1);
+    fleet.wait_alive(&[0], Duration::from_secs(120));
+    wait_for(Duration::from_secs(600), "the clone reported", || {
+        let (code, body) = fleet.coord.get(&format!("/api/repos/{id}/refs?limit=1"))?;
+        (code == 200).then_some(()).ok_or(format!("{code} {body}"))
+    });
+    let mut times = Vec::new();
+    let mut total = 0;
+    let mut after: Option<String> = None;
+    let started = Instant::now();
+    loop {
+        let mut path = format!("/api/repos/{id}/refs?limit=10000");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        let t = Instant::now();
+        let (code, body) = fleet.coord.get(&path).unwrap();
+        times.push(t.elapsed());
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        total += v["refs"].as_array().unwrap().len();
+        match v["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let all = started.elapsed();
+    assert_eq!(total, upstream.len());
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // A one-ref page: what reading the repo's refs costs the worker, whatever the page.
+    let mut small: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let (code, body) = fleet
+                .coord
+                .get(&format!("/api/repos/{id}/refs?limit=1"))
+                .unwrap();
+            assert_eq!(code, 200, "{body}");
+            t.elapsed()
+        })
+        .collect();
+    small.sort();
+    println!(
+        "refs of one repo of {} refs, limit=1: p50 {:.0} ms",
+        upstream.len(),
+        ms(small[2])
+    );
+    println!(
+        "refs of one repo of {} refs, limit=10000: {} pages in {:.0} ms; per page p50 {:.0} ms, max {:.0} ms",
+        upstream.len(),
+        times.len(),
+        ms(all),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+    );
 }
