@@ -6,7 +6,7 @@
 //! a `RefsQuery` and leaves the waiting to the HTTP task: [`RefsQueries`] keeps query id →
 //! reply channel, answered when the `RefsPage` arrives, when the worker disconnects, or
 //! dropped once the HTTP side stopped waiting ([`DEADLINE`], then `504`). The loop never
-//! waits, and keeps at most [`MAX_PENDING`] queries (one per HTTP connection slot).
+//! waits, and keeps at most [`MAX_PENDING`] queries (a quarter of the HTTP connection slots).
 
 use crate::api::{Answer, Reply};
 use crate::fleet::Fleet;
@@ -22,8 +22,9 @@ use uuid::Uuid;
 pub const DEFAULT_LIMIT: u32 = 1000;
 /// How long the HTTP side waits for the worker's page.
 pub const DEADLINE: Duration = Duration::from_secs(10);
-/// Queries waiting at once (as many as the HTTP server has connection slots).
-pub const MAX_PENDING: usize = crate::http::MAX_CONNECTIONS;
+/// Queries waiting at once: a quarter of the HTTP connection slots, so requests held by
+/// slow workers leave the rest of the API its slots.
+pub const MAX_PENDING: usize = crate::http::MAX_CONNECTIONS / 4;
 
 /// What the HTTP side asks the main loop.
 #[derive(Debug, Clone, PartialEq)]

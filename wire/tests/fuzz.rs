@@ -424,3 +424,44 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: decoder_cases(), .. ProptestConfig::default() })]
+
+    /// SPEC §12: the coordinator's check of a worker's refs page never panics, and what it
+    /// accepts answers the query: same id and repo, no more refs than asked, names in
+    /// order after the cursor, `next` its last ref.
+    #[test]
+    fn spec_12_refs_page_check_judges_any_page(
+        query in any::<u64>(),
+        after in proptest::option::of("[a-c/]{0,4}"),
+        limit in any::<u32>(),
+        p_query in prop_oneof![3 => Just(None), 1 => any::<u64>().prop_map(Some)],
+        p_repo in prop_oneof![3 => Just("a/b/c".to_owned()), 1 => ".{0,8}"],
+        names in proptest::collection::vec("[a-c/]{0,4}", 0..6),
+        next in proptest::option::of("[a-c/]{0,4}"),
+        error in proptest::option::of(".{0,8}"),
+    ) {
+        let q = RefsQuery { query, repo: "a/b/c".into(), after: after.clone(), limit };
+        let p = RefsPage {
+            query: p_query.unwrap_or(query),
+            repo: p_repo,
+            refs: names.iter().map(|n| RefEntry { name: n.clone(), id: "0".into() }).collect(),
+            next,
+            error,
+        };
+        if gitmirror_wire::refs_page::check(&q, &p).is_ok() {
+            prop_assert_eq!(p.query, q.query);
+            prop_assert_eq!(&p.repo, &q.repo);
+            prop_assert!(p.refs.len() <= limit.clamp(1, gitmirror_wire::refs_page::MAX_REFS_LIMIT) as usize);
+            let mut prev = after.as_deref();
+            for r in &p.refs {
+                prop_assert!(prev.is_none_or(|x| r.name.as_str() > x));
+                prev = Some(&r.name);
+            }
+            if let Some(n) = &p.next {
+                prop_assert_eq!(Some(n), p.refs.last().map(|r| &r.name));
+            }
+        }
+    }
+}
