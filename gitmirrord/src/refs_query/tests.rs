@@ -84,6 +84,55 @@ fn spec_12_refs_of_a_repo_not_mirrored_yet_or_on_an_old_worker_are_503() {
     assert!(body.contains("protocol 2"), "{body}");
 }
 
+/// SPEC §12 with §5's make-before-break: while a new owner clones, the old holder with the
+/// complete mirror is asked.
+#[test]
+fn spec_12_refs_come_from_the_old_holder_while_the_new_owner_clones() {
+    let entries = (0..20).map(|i| Entry {
+        id: format!("r/p{i}/n{i}"),
+        url: format!("git://h/{i}"),
+        index: "idx".into(),
+        metadata: serde_json::Map::new(),
+    });
+    let mut f = Fleet::new(
+        Duration::from_secs(4),
+        Registry::new(10),
+        ReposFile::default(),
+        entries,
+    );
+    let (a, b) = (intro(1, 3), intro(2, 3));
+    f.connect(&a, 1_000).unwrap();
+    let all = Holdings {
+        repos: (0..20)
+            .map(|i| HeldRepo {
+                id: format!("r/p{i}/n{i}"),
+                url: format!("git://h/{i}"),
+                mirrored: true,
+            })
+            .collect(),
+    };
+    f.holdings(a.uuid, &all, 1_000);
+    f.connect(&b, 1_000).unwrap();
+    f.holdings(b.uuid, &Holdings { repos: vec![] }, 1_000);
+    let moved: Vec<String> = f
+        .repos()
+        .iter()
+        .filter(|(_, r)| r.owner == Some(b.uuid))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert!(!moved.is_empty(), "the new worker owns some repos");
+    for id in &moved {
+        let t = target(&f, id, |_| true).unwrap();
+        assert_eq!(
+            t.uuid, a.uuid,
+            "{id}: the holder with a mirror, not the cloning owner"
+        );
+        // Without that holder connected, nobody can answer.
+        let (code, _) = status(target(&f, id, |u| *u == b.uuid));
+        assert_eq!(code, 503, "{id}");
+    }
+}
+
 #[test]
 fn spec_12_refs_limit_and_cursor_are_checked() {
     let r = RefsRequest::parse(REPO.into(), None, None).unwrap();
