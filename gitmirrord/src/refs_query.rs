@@ -4,9 +4,10 @@
 //! The coordinator keeps digests, not ref names, so the main loop asks the worker holding a
 //! mirror (the owner, or a holder with a complete mirror while the owner has none yet) with
 //! a `RefsQuery` and leaves the waiting to the HTTP task: [`RefsQueries`] keeps query id →
-//! reply channel, answered when the `RefsPage` arrives, when the worker disconnects, or
-//! dropped once the HTTP side stopped waiting ([`DEADLINE`], then `504`). The loop never
-//! waits, and keeps at most [`MAX_PENDING`] queries (a quarter of the HTTP connection slots).
+//! reply channel, answered when the `RefsPage` arrives or the worker disconnects, and
+//! forgotten at the next query once the HTTP side stopped waiting ([`DEADLINE`], then
+//! `504`). The loop never waits, and keeps at most [`MAX_PENDING`] queries (a quarter of
+//! the HTTP connection slots).
 
 use crate::api::{Answer, Reply};
 use crate::fleet::Fleet;

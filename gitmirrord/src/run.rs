@@ -412,7 +412,6 @@ impl MainLoop {
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
                     self.save_if_due().await;
-                    self.refs.expire(Instant::now());
                     let status = self.fleet.summary();
                     if status != self.last_status {
                         notify::status(&status);
