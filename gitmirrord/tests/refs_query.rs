@@ -135,3 +135,35 @@ async fn spec_12_refs_are_asked_of_the_holder_and_hostile_pages_close_it() {
     assert_eq!(status, 404);
     c.stop().await.1.unwrap();
 }
+
+/// A holder that never answers: after the 10 s deadline the request gets `504` naming the
+/// worker, and the coordinator kept serving meanwhile (the loop did not wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_a_silent_holder_makes_a_504_naming_it() {
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let mut w = holder(&c, 9, gitmirror_wire::PROTOCOL_VERSION).await;
+    let asked = get(c.http, &format!("/api/repos/{REPO}/refs"));
+    let q = next_query(&mut w).await;
+    assert_eq!(q.repo, REPO);
+    // While the query waits, the API answers.
+    let (status, _) = c.get("/api/status").await;
+    assert_eq!(status, 200);
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["worker"], 0);
+    assert!(v["error"].as_str().unwrap().contains("worker 0"), "{body}");
+    // The page that comes too late is dropped, not a protocol error: the same connection
+    // answers the next query (its frames arrive in order, so the late one came first).
+    w.send(&WorkerMsg::RefsPage(page(&q, &[]))).await.unwrap();
+    let asked = get(c.http, &format!("/api/repos/{REPO}/refs"));
+    let q2 = next_query(&mut w).await;
+    assert!(q2.query > q.query);
+    w.send(&WorkerMsg::RefsPage(page(&q2, &["refs/heads/m"])))
+        .await
+        .unwrap();
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    c.stop().await.1.unwrap();
+}
