@@ -49,6 +49,9 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
 const VERIFY_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Maintenance passes at once (they are background work; fetches come first).
 const MAX_MAINTENANCE: usize = 1;
+/// Refs pages being read at once (`CoordMsg::RefsQuery`); more are answered "busy". Each
+/// reads a repo's refs from the state files, which a 1M-ref repo makes a big read.
+const MAX_REFS_READS: usize = 2;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -297,6 +300,8 @@ struct Worker {
     last_status_line: String,
     /// When outcomes were last sent (see `MIN_SEND_GAP`).
     last_flush: Instant,
+    /// Slots for refs pages being read (see `MAX_REFS_READS`).
+    refs_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Worker {
@@ -339,6 +344,7 @@ impl Worker {
             stopping: false,
             last_status_line: String::new(),
             last_flush: Instant::now(),
+            refs_reads: Arc::new(tokio::sync::Semaphore::new(MAX_REFS_READS)),
         }
     }
 
@@ -1071,9 +1077,48 @@ impl Worker {
                     tracing::debug!(repo = %repo, "relist requested for a repo this worker does not hold");
                 }
             },
+            LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_)) => {}
         }
+    }
+
+    /// `GET /api/repos/{id}/refs` on the coordinator (SPEC §12): one page of the refs last
+    /// reported, read from the state files and sent from a blocking thread, so the loop
+    /// never waits on the disk.
+    fn on_refs_query(&mut self, q: gitmirror_wire::RefsQuery) {
+        use gitmirror_wire::refs_page;
+        let Some(conn) = &self.conn else { return };
+        let tx = conn.tx.clone();
+        if !self.state.repos.contains_key(&q.repo) {
+            let why = format!("this worker does not hold {}", q.repo);
+            self.send(WorkerMsg::RefsPage(refs_page::error(&q, why)));
+            return;
+        }
+        let Ok(permit) = self.refs_reads.clone().try_acquire_owned() else {
+            let why = format!("busy: {MAX_REFS_READS} refs pages are being read; try again");
+            self.send(WorkerMsg::RefsPage(refs_page::error(&q, why)));
+            return;
+        };
+        let refs = self.store.refs();
+        tokio::spawn(async move {
+            let page = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                match refs.load(&q.repo) {
+                    Ok(all) => refs_page::page(&q, &all),
+                    Err(e) => {
+                        tracing::error!(repo = %q.repo, "cannot read the refs last reported: {e}");
+                        refs_page::error(&q, format!("cannot read the refs last reported: {e}"))
+                    }
+                }
+            })
+            .await;
+            // A closed connection drops the page: the coordinator's query times out or
+            // ends with the connection.
+            if let Ok(page) = page {
+                let _ = tx.send(WorkerMsg::RefsPage(page)).await;
+            }
+        });
     }
 
     fn on_assign(&mut self, delta: AssignDelta) {

@@ -230,6 +230,57 @@ async fn spec_6_conversation_with_the_coordinator() {
     })
     .await;
 
+    // SPEC §12 (`GET /api/repos/{id}/refs`): pages of the refs last reported, sorted by
+    // name, following `next`; a repo not held is an error page.
+    let mut paged = std::collections::BTreeMap::new();
+    let mut after = None;
+    for query in 1u64.. {
+        let q = gitmirror_wire::RefsQuery {
+            query,
+            repo: REPO.into(),
+            after: after.clone(),
+            limit: 2,
+        };
+        s.send(CoordMsg::RefsQuery(q.clone())).await;
+        let page = s
+            .recv_until(|m| match m {
+                WorkerMsg::RefsPage(p) if p.query == query => Some(p),
+                _ => None,
+            })
+            .await;
+        assert_eq!(gitmirror_wire::refs_page::check(&q, &page), Ok(()));
+        assert_eq!(page.error, None);
+        assert!(page.refs.len() <= 2);
+        paged.extend(page.refs.into_iter().map(|e| (e.name, e.id)));
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+        assert!(query < 100, "paging does not end");
+    }
+    assert_eq!(paged, now_upstream);
+    s.send(CoordMsg::RefsQuery(gitmirror_wire::RefsQuery {
+        query: 1000,
+        repo: "x/not/held".into(),
+        after: None,
+        limit: 10,
+    }))
+    .await;
+    let unknown = s
+        .recv_until(|m| match m {
+            WorkerMsg::RefsPage(p) if p.query == 1000 => Some(p),
+            _ => None,
+        })
+        .await;
+    assert!(unknown.refs.is_empty());
+    assert!(
+        unknown
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("x/not/held")),
+        "{unknown:?}"
+    );
+
     s.send(CoordMsg::Assign(AssignDelta {
         seq: 2,
         upsert: vec![],

@@ -31,6 +31,13 @@ pub enum Reply {
     Ready(Answer),
     /// Owned data to encode off the loop.
     Render(Box<dyn FnOnce() -> Answer + Send>),
+    /// The answer comes later, from a worker (`GET /api/repos/{id}/refs`): the HTTP task
+    /// waits for it at most `deadline`, then answers `late`.
+    Await {
+        answer: tokio::sync::oneshot::Receiver<Reply>,
+        deadline: std::time::Duration,
+        late: Answer,
+    },
 }
 
 impl Reply {
@@ -44,6 +51,8 @@ impl Reply {
         match self {
             Reply::Ready(a) => a,
             Reply::Render(f) => f(),
+            // Only the HTTP task waits (`http::ask`); nothing else may get here.
+            Reply::Await { .. } => Answer::error(500, "an answer from a worker was not awaited"),
         }
     }
 }
@@ -156,6 +165,8 @@ pub enum Query {
     Metrics,
     /// `GET /`: the HTML status page, rendered by the main loop.
     Page,
+    /// `GET /api/repos/{id}/refs`: asked of the worker holding the repo by the main loop.
+    Refs(crate::refs_query::RefsRequest),
 }
 
 #[derive(Debug, Serialize)]
@@ -291,7 +302,7 @@ impl View<'_> {
                 Some(r) => Reply::json(200, r),
                 None => Answer::error(404, &format!("no repo {id:?} in any index")).into(),
             },
-            Query::Fetch(_) | Query::Metrics | Query::Page => {
+            Query::Fetch(_) | Query::Metrics | Query::Page | Query::Refs(_) => {
                 Answer::error(500, "answered by the main loop").into()
             }
         }

@@ -32,6 +32,7 @@ use crate::events::EventLog;
 use crate::fleet::RepoState;
 use crate::index::IndexError;
 use crate::poller::{AcceptError, IndexHandle};
+use crate::refs_query::RefsRequest;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -490,6 +491,19 @@ pub async fn route(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str
             }
             (ask(ctx, Query::Fetch(format!("{a}/{b}/{c}"))).await, None)
         }
+        ["api", "repos", a, b, c, "refs"] => {
+            if !get {
+                return method_not_allowed("GET");
+            }
+            match RefsRequest::parse(
+                format!("{a}/{b}/{c}"),
+                req.param("after"),
+                req.param("limit"),
+            ) {
+                Ok(r) => (ask(ctx, Query::Refs(r)).await, None),
+                Err(a) => (a, None),
+            }
+        }
         ["api", "repos", a, b, c] if get => {
             (ask(ctx, Query::Repo(format!("{a}/{b}/{c}"))).await, None)
         }
@@ -615,14 +629,30 @@ async fn ask(ctx: &HttpCtx, query: Query) -> Answer {
         Ok(Err(_)) => return Answer::error(503, "the coordinator is shutting down"),
         Err(_) => return Answer::error(503, "the coordinator is busy; try again"),
     }
-    match tokio::time::timeout(DEADLINE, rx).await {
-        Ok(Ok(Reply::Ready(a))) => a,
+    let reply = match tokio::time::timeout(DEADLINE, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return Answer::error(503, "the coordinator is shutting down"),
+        Err(_) => return Answer::error(503, "the coordinator is busy; try again"),
+    };
+    let reply = match reply {
+        // A worker answers (`GET /api/repos/{id}/refs`): the wait is here, not on the loop.
+        Reply::Await {
+            answer,
+            deadline,
+            late,
+        } => match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return Answer::error(503, "the coordinator is shutting down"),
+            Err(_) => return late,
+        },
+        r => r,
+    };
+    match reply {
+        Reply::Ready(a) => a,
         // Encoding a big page takes milliseconds: not on the async threads.
-        Ok(Ok(r)) => tokio::task::spawn_blocking(move || r.finish())
+        r => tokio::task::spawn_blocking(move || r.finish())
             .await
             .unwrap_or_else(|e| Answer::error(500, &format!("cannot encode the answer: {e}"))),
-        Ok(Err(_)) => Answer::error(503, "the coordinator is shutting down"),
-        Err(_) => Answer::error(503, "the coordinator is busy; try again"),
     }
 }
 
@@ -822,6 +852,68 @@ mod tests {
             let got = route(&request("10.0.0.1:5", auth), &locked).await.0.status;
             assert_eq!(got, want, "{auth:?}");
         }
+    }
+
+    fn get(path: &str, query: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: query
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..request("127.0.0.1:5", None)
+        }
+    }
+
+    // SPEC §12 `GET /api/repos/{id}/refs`: parameters checked before the loop is asked;
+    // the HTTP task (not the loop) waits for the worker's page, and answers the loop's
+    // `late` answer (504 naming the worker) when none comes in time.
+    #[tokio::test]
+    async fn spec_12_refs_route_waits_for_the_worker_off_the_loop() {
+        let (calls, mut rx) = mpsc::channel::<HttpCall>(4);
+        let mut c = ctx(None);
+        c.calls = calls;
+        tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            while let Some(call) = rx.recv().await {
+                let Query::Refs(r) = call.query else {
+                    panic!("asked {:?}", call.query);
+                };
+                let (tx, answer) = oneshot::channel();
+                let _ = call.reply.send(Reply::Await {
+                    answer,
+                    deadline: Duration::from_millis(200),
+                    late: Answer::error(504, "worker 3 (w) did not send the refs"),
+                });
+                if r.after.as_deref() == Some("refs/heads/a") {
+                    let _ = tx.send(Reply::json(200, serde_json::json!({ "limit": r.limit })));
+                } else {
+                    unanswered.push(tx);
+                }
+            }
+        });
+        let path = "/api/repos/a/b/c/refs";
+        let (a, _) = route(&get(path, &[("after", "refs/heads/a")]), &c).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, br#"{"limit":1000}"#);
+        let (a, _) = route(&get(path, &[("limit", "7")]), &c).await;
+        assert_eq!(a.status, 504);
+        assert!(String::from_utf8_lossy(&a.body).contains("worker 3 (w)"));
+        let (a, _) = route(&get(path, &[("limit", "nope")]), &c).await;
+        assert_eq!(a.status, 400);
+        assert!(String::from_utf8_lossy(&a.body).contains("limit="));
+        let post = Request {
+            method: "POST".into(),
+            ..get(path, &[])
+        };
+        assert_eq!(
+            route(&post, &c).await,
+            (
+                Answer::error(405, "method not allowed; use GET"),
+                Some("GET")
+            )
+        );
     }
 
     #[test]

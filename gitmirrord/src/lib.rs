@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod page;
 pub mod poller;
 pub mod published;
+pub mod refs_query;
 pub mod registry;
 pub mod reload;
 pub mod repo_store;

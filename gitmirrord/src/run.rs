@@ -14,6 +14,7 @@ use crate::fleet::Fleet;
 use crate::http::{self, HttpCall, HttpCtx};
 use crate::index::{Delta, IndexSettings, Indexes};
 use crate::poller::{self, IndexHandle};
+use crate::refs_query::{RefsQueries, RefsRequest};
 use crate::registry::{Introduction, Registry};
 use crate::repo_store::{self, RepoStore};
 use crate::server::{self, ConnEvent, OUTBOUND_QUEUE};
@@ -230,6 +231,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         last_registry_save: Instant::now(),
         last_repos_save: Instant::now(),
         last_status: String::new(),
+        refs: RefsQueries::default(),
     };
     let summary = main.fleet.summary();
     tracing::info!(
@@ -381,6 +383,8 @@ struct MainLoop {
     last_registry_save: Instant,
     last_repos_save: Instant,
     last_status: String,
+    /// `GET /api/repos/{id}/refs` queries waiting for a worker's page.
+    refs: RefsQueries,
 }
 
 impl MainLoop {
@@ -510,6 +514,11 @@ impl MainLoop {
                             );
                         }
                     }
+                    WorkerMsg::RefsPage(page) => {
+                        if let Err(e) = self.refs.answer(uuid, page) {
+                            self.protocol_error(uuid, &e);
+                        }
+                    }
                     // The connection task refuses a second Hello, and puts chunked lists
                     // back together, before it gets here.
                     WorkerMsg::Hello(_)
@@ -529,6 +538,40 @@ impl MainLoop {
     fn lost(&mut self, uuid: Uuid) {
         self.conns.remove(&uuid);
         self.fleet.disconnect(uuid, now_ms());
+        self.refs.lost(uuid);
+    }
+
+    /// The worker broke the protocol: close its connection (it reconnects and resyncs).
+    fn protocol_error(&mut self, uuid: Uuid, why: &str) {
+        tracing::warn!(
+            "closing the connection of {}: {why}",
+            self.worker_label(&uuid)
+        );
+        if let Some(c) = self.conns.get(&uuid) {
+            c.handle.close(
+                quinn::VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                b"protocol error",
+            );
+        }
+        self.lost(uuid);
+    }
+
+    /// `GET /api/repos/{id}/refs`: send the query to the repo's holder; the HTTP task
+    /// waits for the page, the loop does not.
+    fn refs_query(&mut self, req: &RefsRequest) -> Reply {
+        let conns = &self.conns;
+        let target =
+            match crate::refs_query::target(&self.fleet, &req.repo, |u| conns.contains_key(u)) {
+                Ok(t) => t,
+                Err(a) => return a.into(),
+            };
+        match self.refs.ask(&target, req.clone(), Instant::now()) {
+            Ok((msg, reply)) => {
+                self.send(target.uuid, msg);
+                reply
+            }
+            Err(a) => a.into(),
+        }
     }
 
     async fn on_outcomes(&mut self, uuid: Uuid, batch: OutcomeBatch, now: i64) {
@@ -675,6 +718,7 @@ impl MainLoop {
             Query::Fetch(id) => self.fetch_now(id).into(),
             Query::Metrics => self.metrics(),
             Query::Page => self.page().into(),
+            Query::Refs(r) => self.refs_query(r),
             q => {
                 let view = View {
                     fleet: &self.fleet,

@@ -389,6 +389,12 @@ impl Worker {
             CoordMsg::OutcomeAck { upto } => self.acked(upto),
             // A simulated fetch is instant; the next tick reports the repo anyway.
             CoordMsg::FetchNow { .. } | CoordMsg::Relist { .. } => {}
+            // A simulated worker keeps no ref names: answered at once, so no query hangs.
+            CoordMsg::RefsQuery(q) => {
+                let why = "a simulated worker keeps no ref names".to_owned();
+                let page = gitmirror_wire::refs_page::error(&q, why);
+                write(send, &WorkerMsg::RefsPage(page)).await?;
+            }
             CoordMsg::Welcome(_) | CoordMsg::Refused(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }

@@ -66,6 +66,7 @@ impl ClientHandshake {
             CoordMsg::FetchNow { .. } | CoordMsg::Relist { .. } => {
                 Err(HandshakeError::Unexpected("a fetch request"))
             }
+            CoordMsg::RefsQuery(_) => Err(HandshakeError::Unexpected("a refs query")),
         }
     }
 }

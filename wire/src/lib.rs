@@ -13,6 +13,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod refs;
+pub mod refs_page;
 pub mod token;
 
 pub use chunk::{CHUNK_BYTES, ChunkError, Reassembly, holdings_parts, outcome_frames};
@@ -25,13 +26,14 @@ pub use token::{JoinToken, TokenError};
 /// 1: the first; 2: `Outcome::refs_digest` (the whole ref set after each attempt);
 /// 3: lists that grow with repos travel in bounded chunks (`HoldingsPart`,
 /// `OutcomeChanges`, outcome batches bounded by bytes) and the coordinator can ask an
-/// owner to relist a repo's refs (`Relist`). 3 only appends variants to 2.
+/// owner to relist a repo's refs (`Relist`), or for a page of them (`RefsQuery`,
+/// `RefsPage`). 3 only appends variants to 2.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
 /// coordinator is upgraded first and accepts the previous version for one release). It
 /// answers such a worker in that worker's version and sends it only that version's
-/// messages (never `Relist`, which protocol 3 added).
+/// messages (never `Relist` or `RefsQuery`, which protocol 3 added).
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.

@@ -24,6 +24,8 @@ pub enum WorkerMsg {
     /// Protocol 3: some of the ref changes of the outcome `report_id`, sent ahead of the
     /// `Outcomes` batch that carries it, so one outcome never has to fit in one frame.
     OutcomeChanges(OutcomeChanges),
+    /// Protocol 3: the answer to [`CoordMsg::RefsQuery`] (see [`crate::refs_page`]).
+    RefsPage(RefsPage),
 }
 
 /// Coordinator → worker.
@@ -44,6 +46,9 @@ pub enum CoordMsg {
     /// in a way its changes do not explain (a report that predates a failover, or a mirror
     /// that saw what was never announced): see design.md "Published refs and relists".
     Relist { repo: String },
+    /// Protocol 3: send one page of the refs last reported for a repo, for
+    /// `GET /api/repos/{id}/refs` (SPEC §12): the coordinator keeps no ref names.
+    RefsQuery(RefsQuery),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +109,38 @@ pub struct HoldingsPart {
 pub struct OutcomeChanges {
     pub report_id: u64,
     pub changes: Vec<RefChange>,
+}
+
+/// A question for the refs of one repo (protocol 3), answered by a [`RefsPage`] with the
+/// same `query`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsQuery {
+    /// Chosen by the coordinator, unique per connection.
+    pub query: u64,
+    pub repo: String,
+    /// List refs whose name sorts after this one (the previous page's `next`).
+    pub after: Option<String>,
+    /// Refs in the page at most (the page is also bounded by bytes).
+    pub limit: u32,
+}
+
+/// One page of a repo's refs, sorted by name (protocol 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsPage {
+    pub query: u64,
+    pub repo: String,
+    pub refs: Vec<RefEntry>,
+    /// `after` for the following page; `None` on the last page.
+    pub next: Option<String>,
+    /// Why there are no refs to give (e.g. the repo is not held here); `refs` is empty.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefEntry {
+    pub name: String,
+    /// Hex object id.
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -135,6 +135,19 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             }),
             "OUTCOME_CHANGES",
         ),
+        (
+            WorkerMsg::RefsPage(RefsPage {
+                query: 9,
+                repo: "a/b/c".into(),
+                refs: vec![RefEntry {
+                    name: "refs/heads/m".into(),
+                    id: "aa".into(),
+                }],
+                next: Some("refs/heads/m".into()),
+                error: None,
+            }),
+            "REFS_PAGE",
+        ),
     ]
 }
 
@@ -188,6 +201,15 @@ fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
             },
             "RELIST",
         ),
+        (
+            CoordMsg::RefsQuery(RefsQuery {
+                query: 9,
+                repo: "a/b/c".into(),
+                after: Some("refs/heads/l".into()),
+                limit: 1000,
+            }),
+            "REFS_QUERY",
+        ),
     ]
 }
 
@@ -223,6 +245,11 @@ const GOLDEN: &[(&str, &str)] = &[
         "OUTCOME_CHANGES",
         "16000000 06 ac02 01 0c726566732f68656164732f6d 00 01026262",
     ),
+    (
+        "REFS_PAGE",
+        "28000000 07 09 05612f622f63 01 0c726566732f68656164732f6d 026161 \
+         01 0c726566732f68656164732f6d 00",
+    ),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -232,6 +259,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("OUTCOME_ACK", "03000000 03 af02"),
     ("FETCH_NOW", "07000000 04 05612f622f63"),
     ("RELIST", "07000000 05 05612f622f63"),
+    (
+        "REFS_QUERY",
+        "18000000 06 09 05612f622f63 01 0c726566732f68656164732f6c e807",
+    ),
 ];
 
 fn golden(name: &str) -> String {
@@ -279,7 +310,8 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::Status(_)
             | WorkerMsg::AssignAck { .. }
             | WorkerMsg::HoldingsPart(_)
-            | WorkerMsg::OutcomeChanges(_) => {}
+            | WorkerMsg::OutcomeChanges(_)
+            | WorkerMsg::RefsPage(_) => {}
         }
     }
     for (m, _) in coord_msgs() {
@@ -289,7 +321,8 @@ fn every_variant_has_a_golden_case() {
             | CoordMsg::Assign(_)
             | CoordMsg::OutcomeAck { .. }
             | CoordMsg::FetchNow { .. }
-            | CoordMsg::Relist { .. } => {}
+            | CoordMsg::Relist { .. }
+            | CoordMsg::RefsQuery(_) => {}
         }
     }
     assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());
