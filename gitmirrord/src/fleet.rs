@@ -533,6 +533,18 @@ impl Fleet {
             }
         }
         let ring = ring::Ring::new(&self.members);
+        // The owners of the new repos first, on every core (a whole index arrives at once).
+        let mut seen = HashSet::new();
+        let new_ids: Vec<&str> = delta
+            .added
+            .iter()
+            .chain(&delta.changed)
+            .map(|e| e.id.as_str())
+            .filter(|id| !self.repos.contains_key(*id) && seen.insert(*id))
+            .collect();
+        drop(seen);
+        let owners = ring.owners(&new_ids);
+        let mut new_owners = new_ids.iter().zip(owners).peekable();
         for e in delta.added.iter().chain(&delta.changed) {
             let index = intern(&mut self.index_names, &e.index);
             let before = self.repos.get(e.id.as_str()).map(|r| r.facts());
@@ -549,7 +561,16 @@ impl Fleet {
                     repo
                 }
                 None => {
-                    let owner = ring.owner(&e.id).map(|i| self.members[i].uuid);
+                    let owner = match new_owners.peek() {
+                        Some((id, o)) if **id == e.id => {
+                            let o = *o;
+                            new_owners.next();
+                            o
+                        }
+                        _ => ring.owner(&e.id),
+                    }
+                    .and_then(|i| self.members.get(i))
+                    .map(|m| m.uuid);
                     let (_, mut holders, status) =
                         restore(self.saved.remove(&e.id), &self.registry);
                     for (w, held) in self.unknown_held.iter_mut() {
@@ -1069,8 +1090,12 @@ impl Fleet {
             }
         };
         if !incremental {
-            for (id, repo) in self.repos.iter_mut() {
-                let owner = ring.owner(id).and_then(|i| members.get(i)).map(|m| m.uuid);
+            let ids: Vec<Arc<str>> = self.repos.keys().cloned().collect();
+            let refs: Vec<&str> = ids.iter().map(|id| &**id).collect();
+            let owners = ring.owners(&refs);
+            drop(refs);
+            for ((id, repo), owner) in self.repos.iter_mut().zip(owners) {
+                let owner = owner.and_then(|i| members.get(i)).map(|m| m.uuid);
                 set_owner(id, repo, owner);
             }
             return;
