@@ -2,58 +2,14 @@
 //! as its holder last reported them, end to end: the real coordinator asks the real worker
 //! holding a mirror of a repo served by `git daemon`.
 
-use gitmirror_tests::git::{git, repo_name};
+use gitmirror_tests::git::{add_change_refs, repo_name};
 use gitmirror_tests::{Fleet, GitDaemon, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 /// Refs besides the four every test repo has: enough for several pages of 1,000.
 const EXTRA: usize = 2_500;
-
-/// Give the upstream `n` refs `refs/changes/NN/N/1` at `master`, written as one
-/// `packed-refs` file (200k loose refs would take minutes to make).
-fn add_change_refs(git_dir: &std::path::Path, n: usize) {
-    let head = git([
-        OsStr::new("--git-dir"),
-        git_dir.as_os_str(),
-        "rev-parse".as_ref(),
-        "refs/heads/master".as_ref(),
-    ])
-    .trim()
-    .to_owned();
-    git([
-        OsStr::new("--git-dir"),
-        git_dir.as_os_str(),
-        "pack-refs".as_ref(),
-        "--all".as_ref(),
-    ]);
-    let packed = git_dir.join("packed-refs");
-    let old = std::fs::read_to_string(&packed).unwrap();
-    // Whole entries (a peeled `^` line belongs to the line before it), sorted by name.
-    let mut entries: Vec<(String, String)> = Vec::new();
-    for l in old.lines().filter(|l| !l.starts_with('#')) {
-        if let Some(peeled) = l.strip_prefix('^') {
-            if let Some(last) = entries.last_mut() {
-                last.1.push_str(&format!("\n^{peeled}"));
-            }
-        } else if let Some((_, name)) = l.split_once(' ') {
-            entries.push((name.to_owned(), l.to_owned()));
-        }
-    }
-    for i in 0..n {
-        let name = format!("refs/changes/{:02}/{i}/1", i % 100);
-        entries.push((name.clone(), format!("{head} {name}")));
-    }
-    entries.sort();
-    let mut text = String::from("# pack-refs with: peeled fully-peeled sorted \n");
-    for (_, e) in entries {
-        text.push_str(&e);
-        text.push('\n');
-    }
-    std::fs::write(&packed, text).unwrap();
-}
 
 /// `s` percent-encoded for a query string.
 fn encode(s: &str) -> String {

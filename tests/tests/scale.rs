@@ -1,62 +1,13 @@
 //! SPEC §12 at the scale of one repo: an upstream with 200,000 refs (Gerrit keeps a ref per
 //! change) is mirrored, reported and followed without anything dropped.
 
-use gitmirror_tests::git::{git, repo_name};
+use gitmirror_tests::git::{add_change_refs, git, repo_name};
 use gitmirror_tests::{Fleet, GitDaemon, wait_for};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 const REFS: usize = 200_000;
-
-/// Give `git_dir` `REFS` refs `refs/changes/NN/N/1` at its `master` commit, written as one
-/// `packed-refs` file (what `git pack-refs` leaves; 200k loose refs take minutes to make).
-fn add_change_refs(git_dir: &std::path::Path) -> String {
-    let head = git([
-        OsStr::new("--git-dir"),
-        git_dir.as_os_str(),
-        "rev-parse".as_ref(),
-        "refs/heads/master".as_ref(),
-    ])
-    .trim()
-    .to_owned();
-    git([
-        OsStr::new("--git-dir"),
-        git_dir.as_os_str(),
-        "pack-refs".as_ref(),
-        "--all".as_ref(),
-    ]);
-    let packed = git_dir.join("packed-refs");
-    let old = std::fs::read_to_string(&packed).unwrap();
-    let mut lines: Vec<String> = old
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    for i in 0..REFS {
-        lines.push(format!("{head} refs/changes/{:02}/{i}/1", i % 100));
-    }
-    // Peeled lines (`^…`) belong to the line before them: sort whole entries by name.
-    let mut entries: Vec<(String, String)> = Vec::new();
-    for l in lines {
-        if let Some(peeled) = l.strip_prefix('^') {
-            if let Some(last) = entries.last_mut() {
-                let _ = write!(last.1, "\n^{peeled}");
-            }
-        } else if let Some((_, name)) = l.split_once(' ') {
-            entries.push((name.to_owned(), l.clone()));
-        }
-    }
-    entries.sort();
-    let mut text = String::from("# pack-refs with: peeled fully-peeled sorted \n");
-    for (_, e) in entries {
-        text.push_str(&e);
-        text.push('\n');
-    }
-    std::fs::write(&packed, text).unwrap();
-    head
-}
 
 // SPEC §12 "Wire" and "Event retention": a clone of 200k refs is reported with its
 // `ref_count` (its event lists none: more than `events.max_refs`), and a later fetch that
@@ -67,7 +18,7 @@ fn spec_12_two_hundred_thousand_refs_then_ten_change() {
     let repos = daemon.repo_set("bigrefs", 1);
     let (id, _) = repos.iter().next().unwrap();
     let name = repo_name(id).to_owned();
-    let head = add_change_refs(&daemon.repo_path(&name));
+    let head = add_change_refs(&daemon.repo_path(&name), REFS);
     assert_eq!(daemon.ls_remote(&name).len(), REFS + 4, "upstream refs");
     let fleet = Fleet::start("bigrefs", &repos, 1);
     // Generous: this test shares a loaded 2-core machine with the rest of the suite.
