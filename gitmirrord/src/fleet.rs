@@ -157,6 +157,9 @@ pub struct Repo {
     pub index: Arc<str>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub owner: Option<Uuid>,
+    /// The owner's winning score (`ring::Ring::owner_scored`), so that a joining worker
+    /// scores only itself against it; `+inf` while unknown (the next full scan sets it).
+    pub owner_score: f64,
     /// Workers holding (or told to hold) the repo → whether they have a complete mirror.
     pub holders: Holders,
     pub status: RepoStatus,
@@ -475,6 +478,7 @@ impl Fleet {
                     index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
                     owner,
+                    owner_score: f64::INFINITY,
                     holders,
                     status,
                 }),
@@ -561,16 +565,18 @@ impl Fleet {
                     repo
                 }
                 None => {
-                    let owner = match new_owners.peek() {
+                    let scored = match new_owners.peek() {
                         Some((id, o)) if **id == e.id => {
                             let o = *o;
                             new_owners.next();
                             o
                         }
-                        _ => ring.owner(&e.id),
-                    }
-                    .and_then(|i| self.members.get(i))
-                    .map(|m| m.uuid);
+                        _ => ring.owner_scored(&e.id),
+                    };
+                    let owner = scored
+                        .and_then(|(i, _)| self.members.get(i))
+                        .map(|m| m.uuid);
+                    let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
                     let (_, mut holders, status) =
                         restore(self.saved.remove(&e.id), &self.registry);
                     for (w, held) in self.unknown_held.iter_mut() {
@@ -588,6 +594,7 @@ impl Fleet {
                             index,
                             metadata: e.metadata.clone(),
                             owner,
+                            owner_score,
                             holders,
                             status,
                         }))
@@ -1080,7 +1087,9 @@ impl Fleet {
             }
             orphans.extend(self.census.unowned().cloned());
         }
-        let mut set_owner = |id: &Arc<str>, repo: &mut Repo, owner: Option<Uuid>| {
+        let mut set_owner = |id: &Arc<str>, repo: &mut Repo, scored: Option<(usize, f64)>| {
+            let owner = scored.and_then(|(i, _)| members.get(i)).map(|m| m.uuid);
+            repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
             if owner != repo.owner {
                 let before = repo.facts();
                 repo.owner = owner;
@@ -1094,31 +1103,38 @@ impl Fleet {
             let refs: Vec<&str> = ids.iter().map(|id| &**id).collect();
             let owners = ring.owners(&refs);
             drop(refs);
-            for ((id, repo), owner) in self.repos.iter_mut().zip(owners) {
-                let owner = owner.and_then(|i| members.get(i)).map(|m| m.uuid);
-                set_owner(id, repo, owner);
+            for ((id, repo), scored) in self.repos.iter_mut().zip(owners) {
+                set_owner(id, repo, scored);
             }
             return;
         }
         for id in orphans {
             if let Some(repo) = self.repos.get_mut(&id) {
-                let owner = ring.owner(&id).and_then(|i| members.get(i)).map(|m| m.uuid);
-                set_owner(&id, repo, owner);
+                set_owner(&id, repo, ring.owner_scored(&id));
             }
         }
-        // Newcomers challenge every repo's owner.
+        // Newcomers challenge every repo's owner: one hash a repo against its stored
+        // winning score (scored afresh where it is unknown).
         if !joined.is_empty() {
             for (id, repo) in self.repos.iter_mut() {
-                let Some(mut best) = repo.owner.and_then(|o| index.get(&o).copied()) else {
+                let Some(owner) = repo.owner.and_then(|o| index.get(&o).copied()) else {
                     continue; // handled above: it had no owner
                 };
+                let mut best = if repo.owner_score.is_finite() {
+                    (owner, repo.owner_score)
+                } else {
+                    match ring.owner_scored(id) {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                };
                 for &n in &joined {
-                    if ring.beats(id, n, best) {
-                        best = n;
+                    let incumbent = members.get(best.0).map_or(Uuid::nil(), |m| m.uuid);
+                    if let Some(score) = ring.challenge(id, n, best.1, incumbent) {
+                        best = (n, score);
                     }
                 }
-                let owner = members.get(best).map(|m| m.uuid);
-                set_owner(id, repo, owner);
+                set_owner(id, repo, Some(best));
             }
         }
     }

@@ -86,6 +86,12 @@ impl Ring {
 
     /// Index of the owner of `repo_id`, `None` when there are no members.
     pub fn owner(&self, repo_id: &str) -> Option<usize> {
+        self.owner_scored(repo_id).map(|(i, _)| i)
+    }
+
+    /// The owner of `repo_id` and its winning score (kept by the fleet, so that a member
+    /// joining later scores only itself against it: [`Ring::challenge`]).
+    pub fn owner_scored(&self, repo_id: &str) -> Option<(usize, f64)> {
         let id = repo_id.as_bytes();
         let mut best: Option<(usize, f64)> = None;
         for (i, m) in self.members.iter().enumerate() {
@@ -112,23 +118,25 @@ impl Ring {
                 best = Some((i, score));
             }
         }
-        best.map(|(i, _)| i)
+        best
     }
 }
 
 impl Ring {
     /// The owners of many ids, in order, on every core (an index of 1M repos lands in one
     /// delta: 1M × 1,000 members is 10⁹ hashes).
-    pub fn owners(&self, ids: &[&str]) -> Vec<Option<usize>> {
+    pub fn owners(&self, ids: &[&str]) -> Vec<Option<(usize, f64)>> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         if threads < 2 || ids.len() < 20_000 {
-            return ids.iter().map(|id| self.owner(id)).collect();
+            return ids.iter().map(|id| self.owner_scored(id)).collect();
         }
         let chunk = ids.len().div_ceil(threads);
         std::thread::scope(|s| {
             let parts: Vec<_> = ids
                 .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(|id| self.owner(id)).collect::<Vec<_>>()))
+                .map(|c| {
+                    s.spawn(move || c.iter().map(|id| self.owner_scored(id)).collect::<Vec<_>>())
+                })
                 .collect();
             let mut out = Vec::with_capacity(ids.len());
             for p in parts {
@@ -141,23 +149,26 @@ impl Ring {
         })
     }
 
-    /// Whether member `challenger` beats member `incumbent` for `repo_id` by the same order
-    /// [`Ring::owner`] uses (lower score, then smaller uuid). With it the owner after members
-    /// join is the best of the old owner and the newcomers: two scores a repo, not W.
-    pub fn beats(&self, repo_id: &str, challenger: usize, incumbent: usize) -> bool {
-        let (Some(c), Some(i)) = (self.members.get(challenger), self.members.get(incumbent)) else {
-            return false;
-        };
-        let id = repo_id.as_bytes();
-        let (sc, si) = (score(id, c), score(id, i));
-        sc < si || (sc == si && c.uuid < i.uuid)
+    /// The score of member `challenger` for `repo_id` when it beats the incumbent (its
+    /// score and uuid given), by the order [`Ring::owner`] uses; `None` when it does not.
+    /// One hash, and a logarithm only when the bound does not already lose.
+    pub fn challenge(
+        &self,
+        repo_id: &str,
+        challenger: usize,
+        incumbent_score: f64,
+        incumbent: Uuid,
+    ) -> Option<f64> {
+        let c = self.members.get(challenger)?;
+        let u = unit(xxh3_64_with_seed(repo_id.as_bytes(), c.seed));
+        if (1.0 - u) * c.inv_weight * (1.0 - 1e-9) > incumbent_score {
+            return None;
+        }
+        let sc = weigh(u, c);
+        (sc < incumbent_score || (sc == incumbent_score && c.uuid < incumbent)).then_some(sc)
     }
 }
 
-/// The member's score for a repo; lower wins.
-fn score(repo_id: &[u8], m: &Prepared) -> f64 {
-    weigh(unit(xxh3_64_with_seed(repo_id, m.seed)), m)
-}
 
 /// A hash as a number strictly inside (0, 1).
 fn unit(h: u64) -> f64 {
@@ -246,21 +257,21 @@ mod tests {
         }
     }
 
-    /// `beats` picks the same owner as a full scan: the owner of a set grown by some members
-    /// is the best of the old owner and the newcomers.
+    /// `challenge` picks the same owner as a full scan: the owner of a set grown by some
+    /// members is the best of the old owner (with its stored score) and the newcomers.
     #[test]
-    fn beats_agrees_with_owner() {
+    fn challenge_agrees_with_owner() {
         let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5, f64::NAN, 0.7]);
         let ring = Ring::new(&m);
         let old = Ring::new(&m[..4]);
         for id in ids(5000) {
-            let mut best = old.owner(&id).unwrap();
+            let mut best = old.owner_scored(&id).unwrap();
             for newcomer in 4..m.len() {
-                if ring.beats(&id, newcomer, best) {
-                    best = newcomer;
+                if let Some(score) = ring.challenge(&id, newcomer, best.1, m[best.0].uuid) {
+                    best = (newcomer, score);
                 }
             }
-            assert_eq!(Some(best), ring.owner(&id), "{id}");
+            assert_eq!(Some(best.0), ring.owner(&id), "{id}");
         }
     }
 
@@ -361,6 +372,11 @@ mod tests {
         }
     }
 
+    /// The member's score for a repo, as the module docs state it; lower wins.
+    fn score(repo_id: &[u8], m: &Prepared) -> f64 {
+        weigh(unit(xxh3_64_with_seed(repo_id, m.seed)), m)
+    }
+
     /// The owner by every member's full score, as the contract states it.
     fn brute_force(id: &str, members: &[Member]) -> Option<usize> {
         let ring = Ring::new(members);
@@ -395,7 +411,20 @@ mod tests {
             }
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
             let each: Vec<Option<usize>> = refs.iter().map(|id| brute_force(id, &m)).collect();
-            proptest::prop_assert_eq!(Ring::new(&m).owners(&refs), each);
+            let got: Vec<Option<usize>> =
+                Ring::new(&m).owners(&refs).into_iter().map(|o| o.map(|(i, _)| i)).collect();
+            proptest::prop_assert_eq!(got, each);
+            // A member joining later: the challenge against the stored winner agrees with
+            // the full scores of the larger set.
+            let mut more = m.clone();
+            more.push(Member { uuid: uuid(1_000), weight: weights[0] });
+            let (small, big) = (Ring::new(&m), Ring::new(&more));
+            for id in &refs {
+                let Some((w, score)) = small.owner_scored(id) else { continue };
+                let won = big.challenge(id, more.len() - 1, score, m[w].uuid).is_some();
+                let want = brute_force(id, &more);
+                proptest::prop_assert_eq!(if won { Some(more.len() - 1) } else { Some(w) }, want);
+            }
         }
     }
 }
