@@ -169,7 +169,6 @@ impl Ring {
     }
 }
 
-
 /// A hash as a number strictly inside (0, 1).
 fn unit(h: u64) -> f64 {
     // The top 53 bits fill an f64 mantissa exactly; +0.5 keeps u away from 0 and 1.
