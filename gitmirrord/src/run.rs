@@ -128,7 +128,10 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
             let endpoint = gitmirror_common::trust::endpoint_config(&cfg.state_dir)?;
             let registry = state::load_registry(&cfg.state_dir)?;
+            let t = Instant::now();
             let (repos, repo_store) = repo_store::open(&cfg.state_dir)?;
+            let repos_s = t.elapsed().as_secs_f32();
+            let t = Instant::now();
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
                 IndexSettings {
@@ -137,8 +140,19 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                     purge_protect_percent: cfg.purge_protect_percent,
                 },
             )?;
+            let index_s = t.elapsed().as_secs_f32();
+            let t = Instant::now();
             let log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
+            let events_s = t.elapsed().as_secs_f32();
             let cursors = webhook::load(&cfg.state_dir)?;
+            // Start-up time grows with the fleet: one line says where it went.
+            tracing::info!(
+                repos = repos.repos.len(),
+                repos_s,
+                index_s,
+                events_s,
+                "state read"
+            );
             Ok((
                 identity, endpoint, registry, repos, repo_store, indexes, log, cursors,
             ))
@@ -150,6 +164,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     state::merge_published(&mut repos, &log.take_published());
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
+    let t = Instant::now();
     let mut fleet = Fleet::new(
         cfg.liveness.dead_after,
         registry,
@@ -157,6 +172,10 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         indexes.entries().values().cloned(),
     );
     fleet.merge_report_ids(log.report_ids());
+    tracing::info!(
+        secs = t.elapsed().as_secs_f32(),
+        "fleet built (owners of every repo recomputed)"
+    );
     let last_seq = log.last_seq();
     let recent: VecDeque<Event> = log
         .recent(crate::page::RECENT_EVENTS)
