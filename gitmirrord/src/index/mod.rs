@@ -601,6 +601,18 @@ impl Indexes {
     }
 }
 
+/// Fetch index `source` into `dir` without reading it: benchmarks time git's copy apart.
+#[doc(hidden)]
+pub fn prefetch(source: &IndexSource, dir: &std::path::Path) -> Result<(), String> {
+    source::fetch(source, dir).map(|_| ())
+}
+
+/// Bytes the applied state takes in `dir` (for benchmarks and docs/scale.md).
+#[doc(hidden)]
+pub fn state_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len())
+}
+
 fn check_names(sources: &[IndexSource]) -> Result<(), IndexError> {
     let mut seen = BTreeSet::new();
     for s in sources {

@@ -1,0 +1,112 @@
+//! Index read at scale (SPEC §3, §12; docs/scale.md "Index read"): the time and peak RSS
+//! of the first read of an index of N entries (fetch into the state dir, read, parse,
+//! save the applied state), of a poll with no new commit, and of a restart that loads the
+//! applied state.
+//!
+//! `cargo bench -p gitmirrord --bench index_read` reads the indexes gitmirror-sim left in
+//! /var/tmp/sim (`INDEX=/path/to/index.git` for another; build one with
+//! `gitmirror-sim --entries N --index-only`). `BENCH_DIR=/path` sets where the state dir
+//! goes (default the system temp dir).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark program
+
+use gitmirrord::index::{IndexSettings, IndexSource, Indexes};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Peak RSS of this process since the last [`reset_peak`], in MiB (`VmHWM`).
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Start a new peak: writing 5 to clear_refs resets `VmHWM` to the current RSS.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn settings(dir: &Path) -> IndexSettings {
+    IndexSettings {
+        dir: dir.to_owned(),
+        allow_file_urls: false,
+        purge_protect_percent: 10.0,
+    }
+}
+
+fn measure<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    reset_peak();
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    println!(
+        "  {what:<44} {:>8.2} s   peak RSS {:>7.0} MiB",
+        took.as_secs_f64(),
+        peak_mib()
+    );
+    out
+}
+
+fn bench(index: &Path) {
+    let base = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let dir = tmp.path().join("index");
+    let source = IndexSource {
+        name: "bench".into(),
+        url: index.display().to_string(),
+        branch: None,
+        poll_interval: Duration::from_secs(3600),
+    };
+    println!("{}", index.display());
+    let mut ix = Indexes::open(vec![source.clone()], settings(&dir)).unwrap();
+    // The fetch into the state dir is timed apart: it is git copying a pack, not our read.
+    measure("fetch (git, first poll's clone)", || {
+        gitmirrord::index::prefetch(&source, &dir).unwrap()
+    });
+    let delta = measure("first read (read, parse, save, delta)", || {
+        ix.poll(true).unwrap()
+    });
+    let st = &ix.status()[0];
+    println!(
+        "  entries {}, rejected {}, delta added {}",
+        st.entries,
+        st.rejected.len(),
+        delta.added.len()
+    );
+    drop(delta);
+    measure("poll, no new commit", || {
+        assert!(ix.poll(true).unwrap().is_empty())
+    });
+    drop(ix);
+    let ix = measure("restart: open (load applied state)", || {
+        Indexes::open(vec![source.clone()], settings(&dir)).unwrap()
+    });
+    println!(
+        "  applied state: {} entries, {:.1} MiB on disk",
+        ix.entries().len(),
+        gitmirrord::index::state_bytes(&dir) as f64 / (1024.0 * 1024.0)
+    );
+}
+
+fn main() {
+    let indexes: Vec<PathBuf> = match std::env::var_os("INDEX") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => [
+            "/var/tmp/sim/gen100k/index-100000.git",
+            "/var/tmp/sim/gen1m/index-1000000.git",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect(),
+    };
+    if indexes.is_empty() {
+        eprintln!("no index found: set INDEX or run gitmirror-sim --index-only first");
+        return;
+    }
+    for index in &indexes {
+        bench(index);
+    }
+}
