@@ -53,10 +53,18 @@ fn bench(index: &Path) {
     let base = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let tmp = tempfile::tempdir_in(base).unwrap();
     let dir = tmp.path().join("index");
+    // gitmirror-sim keeps the full index at refs/sim/full and moves its branch there only
+    // during a run: read that commit through a branch of its own.
+    let full = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(index)
+        .args(["update-ref", "refs/heads/gitmirror-bench", "refs/sim/full"])
+        .status()
+        .is_ok_and(|s| s.success());
     let source = IndexSource {
         name: "bench".into(),
         url: index.display().to_string(),
-        branch: None,
+        branch: full.then(|| "gitmirror-bench".to_owned()),
         poll_interval: Duration::from_secs(3600),
     };
     println!("{}", index.display());

@@ -145,12 +145,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     state::merge_published(&mut repos, &log.take_published());
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
-    let mut fleet = Fleet::new(
-        cfg.liveness.dead_after,
-        registry,
-        repos,
-        indexes.entries().values().cloned(),
-    );
+    let mut fleet = Fleet::new(cfg.liveness.dead_after, registry, repos, indexes.entries());
     fleet.merge_report_ids(log.report_ids());
     let last_seq = log.last_seq();
     let recent: VecDeque<Event> = log

@@ -142,14 +142,14 @@ fn git_index_entries_defaults_and_rejections() {
     );
     assert!(delta.removed.is_empty() && delta.changed.is_empty());
 
-    let e = &ix.entries()["a/abc/abc"];
+    let e = &ix.entry("a/abc/abc").unwrap();
     assert_eq!(e.url, "https://github.com/berkeley-abc/abc");
     assert_eq!(e.index, "up");
     assert_eq!(
         serde_json::Value::Object(e.metadata.clone()),
         serde_json::json!({"submit": "root", "owner": "a", "pkgbuild_repo": "abc-pkg"})
     );
-    let e = &ix.entries()["a/abd/abd"];
+    let e = &ix.entry("a/abd/abd").unwrap();
     assert_eq!(e.url, "https://x.org/abd", "first url of the list");
     assert_eq!(
         serde_json::Value::Object(e.metadata.clone()),
@@ -279,7 +279,7 @@ fn new_commit_gives_its_delta() {
     assert_eq!(delta.removed, ["a/two/two"]);
     assert_eq!(ids(&delta.changed), ["a/four/four", "a/three/three"]);
     assert_eq!(delta.changed[1].url, "https://y.org/three");
-    assert_eq!(ix.entries().len(), 4);
+    assert_eq!(ix.len(), 4);
 }
 
 // SPEC §3.1: a configured branch rather than the remote HEAD.
@@ -329,7 +329,7 @@ fn plain_directory_index() {
     .unwrap();
     let delta = ix.poll(true).unwrap();
     assert_eq!(ids(&delta.added), ["a/abc/abc"]);
-    assert_eq!(ix.entries()["a/abc/abc"].metadata["submit"], "yes");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().metadata["submit"], "yes");
     assert_eq!(
         reason(&ix, "local", "a/abc/link"),
         "symbolic link (not followed)"
@@ -390,7 +390,7 @@ fn purge_protection_holds_and_accepts() {
     assert_eq!(ids(&delta.added), ["r/new/new"]);
     assert_eq!(ids(&delta.changed), ["r/p15/p15"]);
     assert!(delta.removed.is_empty(), "removals held");
-    assert_eq!(ix.entries().len(), 21);
+    assert_eq!(ix.len(), 21);
     let held = ix.status()[0].held.clone().unwrap();
     assert_eq!(
         (held.commit.as_deref(), held.removals, held.total),
@@ -406,7 +406,7 @@ fn purge_protection_holds_and_accepts() {
     // A restart keeps the held update.
     drop(ix);
     let mut ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
-    assert_eq!(ix.entries().len(), 21);
+    assert_eq!(ix.len(), 21);
     assert_eq!(ix.status()[0].held.as_ref().map(|h| h.removals), Some(10));
 
     // A newer commit while held: recomputed against the applied set.
@@ -424,7 +424,7 @@ fn purge_protection_holds_and_accepts() {
     want.sort();
     assert_eq!(delta.removed, want);
     assert!(delta.added.is_empty() && delta.changed.is_empty());
-    assert_eq!(ix.entries().len(), 9);
+    assert_eq!(ix.len(), 9);
     assert!(ix.status()[0].held.is_none());
     assert!(matches!(ix.accept("up"), Err(IndexError::NothingHeld(_))));
     assert!(matches!(ix.accept("nope"), Err(IndexError::Unknown(_))));
@@ -449,11 +449,12 @@ fn restart_loads_applied_state() {
     let src = vec![source("up", &repo.url())];
     let mut ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
     ix.poll(true).unwrap();
-    let before = ix.entries().clone();
+    let before: Vec<_> = ix.entries().collect();
+    assert_eq!(before.len(), 3);
     drop(ix);
 
     let mut ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
-    assert_eq!(ix.entries(), &before);
+    assert_eq!(ix.entries().collect::<Vec<_>>(), before);
     assert_eq!(
         ix.next_poll_in(),
         Duration::ZERO,
@@ -505,7 +506,7 @@ fn poll_failure_keeps_entries() {
     let url = repo.url();
     drop(repo);
     assert_eq!(ix.poll(true).unwrap(), Delta::default());
-    assert_eq!(ix.entries().len(), 2);
+    assert_eq!(ix.len(), 2);
     let err = ix.status()[0].last_error.clone().unwrap();
     assert!(err.contains(&url) || err.contains("No such file"), "{err}");
 
@@ -513,7 +514,7 @@ fn poll_failure_keeps_entries() {
     ix.set_sources(vec![source("up", "file:///nonexistent/index.git")]);
     assert_eq!(ix.poll(false).unwrap(), Delta::default());
     assert!(ix.status()[0].last_error.is_some());
-    assert_eq!(ix.entries().len(), 2);
+    assert_eq!(ix.len(), 2);
 }
 
 // SPEC §3.1: a repo id in two indexes comes from the first listed; the other reports a
@@ -536,7 +537,7 @@ fn several_indexes_conflicts_and_removal() {
     let mut ix = Indexes::open(sources.clone(), settings(state.path(), 5.0)).unwrap();
     let delta = ix.poll(true).unwrap();
     assert_eq!(ids(&delta.added), ["a/abc/abc", "b/bcd/bcd"]);
-    assert_eq!(ix.entries()["a/abc/abc"].url, "https://first.org/abc");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://first.org/abc");
     assert_eq!(
         reason(&ix, "second", "a/abc/abc"),
         "conflict: id already provided by index first"
@@ -550,7 +551,7 @@ fn several_indexes_conflicts_and_removal() {
     let delta = ix.poll(false).unwrap();
     assert!(delta.removed.is_empty() && delta.added.is_empty());
     assert_eq!(ids(&delta.changed), ["a/abc/abc"]);
-    assert_eq!(ix.entries()["a/abc/abc"].url, "https://second.org/abc");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://second.org/abc");
     let st = ix.status();
     assert_eq!(st[1].name, "first");
     assert_eq!(st[1].held.as_ref().map(|h| h.removals), Some(1));

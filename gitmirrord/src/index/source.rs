@@ -3,11 +3,10 @@
 //! every poll.
 
 use super::IndexSource;
-use super::layout::{self, File, Kind, MAX_FILE_SIZE};
+use super::layout::{self, File, Kind, MAX_FILE_SIZE, Role};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,11 +39,17 @@ impl Fetched {
         }
     }
 
-    /// The files of the index that have a layout role.
-    pub fn into_files(self) -> Result<Vec<File>, String> {
+    /// Hand every file of the index that has a layout role to `visit`, all `DEFAULTS`
+    /// files first, one at a time: a 1M-entry index is never held whole.
+    pub fn read(self, visit: &mut (dyn FnMut(&File) + Send)) -> Result<(), String> {
         match self {
-            Fetched::Dir { files, .. } => Ok(files),
-            Fetched::Git { repo, commit } => read_tree(&repo, &commit),
+            Fetched::Dir { files, .. } => {
+                let defaults = files.iter().filter(|f| f.role == Role::Defaults);
+                let entries = files.iter().filter(|f| f.role == Role::Entry);
+                defaults.chain(entries).for_each(visit);
+                Ok(())
+            }
+            Fetched::Git { repo, commit } => read_tree(&repo, &commit, visit),
         }
     }
 }
@@ -165,29 +170,144 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
     })
 }
 
-/// The files of `commit` with a layout role; contents through one `git cat-file --batch`.
-fn read_tree(repo: &Path, commit: &str) -> Result<Vec<File>, String> {
-    let listing = git(
-        Some(repo),
-        &[
-            os("ls-tree"),
-            os("-r"),
-            os("-l"),
-            os("-z"),
-            os("--full-tree"),
-            os(commit),
-        ],
-        None,
-        LOCAL_TIMEOUT,
-    )?;
-    let mut files = Vec::new();
-    // Index into `files` of each file whose blob is to be read.
-    let mut wanted: Vec<(usize, String)> = Vec::new();
-    for record in listing.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+/// A blob of the listing to be read: its object id and path in [`Listing::text`].
+struct Blob {
+    start: usize,
+    oid_len: usize,
+    end: usize,
+    role: Role,
+}
+
+/// The files of one commit with a layout role, compactly: the ids and paths of the blobs
+/// to read in one buffer (about 60 bytes per entry), the others as they are.
+#[derive(Default)]
+struct Listing {
+    text: Vec<u8>,
+    /// `DEFAULTS` files, read first.
+    defaults: Vec<Blob>,
+    entries: Vec<Blob>,
+    /// Symbolic links, submodules, files over the size limit: nothing to read.
+    others: Vec<File>,
+}
+
+impl Listing {
+    fn oid(&self, b: &Blob) -> &[u8] {
+        self.text
+            .get(b.start..b.start + b.oid_len)
+            .unwrap_or_default()
+    }
+
+    fn path(&self, b: &Blob) -> &[u8] {
+        self.text
+            .get(b.start + b.oid_len..b.end)
+            .unwrap_or_default()
+    }
+
+    fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        self.defaults.iter().chain(&self.entries)
+    }
+}
+
+/// Hand the files of `commit` with a layout role to `visit`, `DEFAULTS` first: the tree is
+/// listed by one streamed `git ls-tree`, the blobs are read by one streamed
+/// `git cat-file --batch` and each is visited as it arrives.
+fn read_tree(
+    repo: &Path,
+    commit: &str,
+    visit: &mut (dyn FnMut(&File) + Send),
+) -> Result<(), String> {
+    let args = [
+        os("ls-tree"),
+        os("-r"),
+        os("-l"),
+        os("-z"),
+        os("--full-tree"),
+        os(commit),
+    ];
+    let listing = git_stream(repo, &args, None, &mut list)?;
+    // Files with nothing to read give no keys, so their order does not matter.
+    listing.others.iter().for_each(&mut *visit);
+    if listing.defaults.is_empty() && listing.entries.is_empty() {
+        return Ok(());
+    }
+    let write_oids = |w: &mut dyn Write| -> std::io::Result<()> {
+        for b in listing.blobs() {
+            w.write_all(listing.oid(b))?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    let mut read_blobs = |out: &mut dyn BufRead| -> Result<(), String> {
+        let mut file = File {
+            path: Vec::new(),
+            role: Role::Entry,
+            kind: Kind::Regular(Vec::new()),
+        };
+        let mut header = Vec::new();
+        for b in listing.blobs() {
+            let oid = listing.oid(b);
+            let bad = |what: &str| {
+                format!(
+                    "unexpected `git cat-file` output for {}: {what}",
+                    String::from_utf8_lossy(oid)
+                )
+            };
+            header.clear();
+            out.read_until(b'\n', &mut header)
+                .map_err(|e| bad(&e.to_string()))?;
+            let text = std::str::from_utf8(&header).map_err(|_| bad("header is not text"))?;
+            let [got, "blob", size] = text.trim_end().split(' ').collect::<Vec<_>>()[..] else {
+                return Err(bad(text.trim_end()));
+            };
+            let size: u64 = size.parse().map_err(|_| bad("bad size"))?;
+            if got.as_bytes() != oid || size > MAX_FILE_SIZE {
+                return Err(bad(text.trim_end()));
+            }
+            file.path.clear();
+            file.path.extend_from_slice(listing.path(b));
+            file.role = b.role;
+            let Kind::Regular(content) = &mut file.kind else {
+                return Err(bad("internal: reused buffer"));
+            };
+            content.clear();
+            content.resize(size as usize + 1, 0);
+            out.read_exact(content).map_err(|e| bad(&e.to_string()))?;
+            // Each content ends with a newline of the batch format.
+            content.pop();
+            visit(&file);
+        }
+        Ok(())
+    };
+    git_stream(
+        repo,
+        &[os("cat-file"), os("--batch"), os("--buffer")],
+        Some(&write_oids),
+        &mut read_blobs,
+    )
+}
+
+/// Read `git ls-tree -r -l -z` output into a [`Listing`].
+fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
+    let mut listing = Listing::default();
+    let mut record = Vec::new();
+    loop {
+        record.clear();
+        let n = out
+            .read_until(0, &mut record)
+            .map_err(|e| format!("reading `git ls-tree`: {e}"))?;
+        if n == 0 {
+            return Ok(listing);
+        }
+        if record.last() == Some(&0) {
+            record.pop();
+        }
+        if record.is_empty() {
+            continue;
+        }
         let bad = || {
             format!(
                 "unexpected `git ls-tree` output: {:?}",
-                String::from_utf8_lossy(record)
+                String::from_utf8_lossy(&record)
             )
         };
         let tab = record.iter().position(|&b| b == b'\t').ok_or_else(bad)?;
@@ -207,63 +327,107 @@ fn read_tree(repo: &Path, commit: &str) -> Result<Vec<File>, String> {
                 if size > MAX_FILE_SIZE {
                     Kind::TooLarge(size)
                 } else {
-                    wanted.push((files.len(), oid.to_owned()));
-                    Kind::Regular(Vec::new())
+                    let start = listing.text.len();
+                    listing.text.extend_from_slice(oid.as_bytes());
+                    listing.text.extend_from_slice(path);
+                    let blob = Blob {
+                        start,
+                        oid_len: oid.len(),
+                        end: listing.text.len(),
+                        role,
+                    };
+                    match role {
+                        Role::Defaults => listing.defaults.push(blob),
+                        Role::Entry => listing.entries.push(blob),
+                    }
+                    continue;
                 }
             }
             "160000" => Kind::Unusable("a submodule, not a file".into()),
             other => Kind::Unusable(format!("not a regular file (mode {other})")),
         };
-        files.push(File {
+        listing.others.push(File {
             path: path.to_vec(),
             role,
             kind,
         });
     }
-
-    let mut oids: Vec<&str> = wanted.iter().map(|(_, o)| o.as_str()).collect();
-    oids.sort_unstable();
-    oids.dedup();
-    let blobs = cat_blobs(repo, &oids)?;
-    for (i, oid) in &wanted {
-        if let (Some(f), Some(bytes)) = (files.get_mut(*i), blobs.get(oid.as_str())) {
-            f.kind = Kind::Regular(bytes.clone());
-        }
-    }
-    Ok(files)
 }
 
-/// Contents of the blobs `oids` (each at most `MAX_FILE_SIZE`), by one `git cat-file --batch`.
-fn cat_blobs(repo: &Path, oids: &[&str]) -> Result<HashMap<String, Vec<u8>>, String> {
-    let mut blobs = HashMap::new();
-    if oids.is_empty() {
-        return Ok(blobs);
-    }
-    let input: Vec<u8> = oids.iter().flat_map(|o| o.bytes().chain([b'\n'])).collect();
-    let out = git(
-        Some(repo),
-        &[os("cat-file"), os("--batch")],
-        Some(input),
-        LOCAL_TIMEOUT,
-    )?;
-    // Each answer: "<oid> <type> <size>\n<content>\n".
-    let mut rest = out.as_slice();
-    for oid in oids {
-        let bad = || format!("unexpected `git cat-file` output for {oid}");
-        let nl = rest.iter().position(|&b| b == b'\n').ok_or_else(bad)?;
-        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| bad())?;
-        let [got, "blob", size] = header.split(' ').collect::<Vec<_>>()[..] else {
-            return Err(format!("{}: {header}", bad()));
-        };
-        let size: usize = size.parse().map_err(|_| bad())?;
-        if got != *oid || size as u64 > MAX_FILE_SIZE {
-            return Err(bad());
+/// Run a local git command on `repo` whose output is consumed as it comes (`consume`
+/// runs on this thread), with `input` written to its stdin from another thread, bounded by
+/// [`LOCAL_TIMEOUT`]. Only for commands that start no git processes of their own.
+fn git_stream<R>(
+    repo: &Path,
+    args: &[OsString],
+    input: Option<&(dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync)>,
+    consume: &mut (dyn FnMut(&mut dyn BufRead) -> Result<R, String> + Send),
+) -> Result<R, String> {
+    let what = {
+        let words: Vec<_> = args.iter().take(2).map(|a| a.to_string_lossy()).collect();
+        format!("git {}", words.join(" "))
+    };
+    let mut cmd = command(Some(repo), args);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run git: {e}"))?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let Some(stdout) = stdout else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{what}: no stdout"));
+    };
+    std::thread::scope(|s| {
+        if let (Some(input), Some(stdin)) = (input, stdin) {
+            s.spawn(move || {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+                // A failure here is git going away, which the status tells.
+                let _ = input(&mut w).and_then(|()| w.flush());
+            });
         }
-        let content = rest.get(nl + 1..nl + 1 + size).ok_or_else(bad)?;
-        blobs.insert((*oid).to_owned(), content.to_vec());
-        rest = rest.get(nl + 2 + size..).ok_or_else(bad)?;
-    }
-    Ok(blobs)
+        let errors = s.spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = stderr {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let waiter = s.spawn(move || {
+            let deadline = Instant::now() + LOCAL_TIMEOUT;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Ok(status),
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("timed out after {}s", LOCAL_TIMEOUT.as_secs()));
+                    }
+                    Ok(None) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        let mut out = std::io::BufReader::with_capacity(1 << 17, stdout);
+        let consumed = consume(&mut out);
+        // An early stop closes the pipe, so git ends rather than blocks.
+        drop(out);
+        let status = waiter
+            .join()
+            .unwrap_or_else(|_| Err("waiting for it failed".into()))
+            .map_err(|e| format!("{what}: {e}"))?;
+        let err = errors.join().unwrap_or_default();
+        if !status.success() {
+            return Err(format!("{what} failed ({status}): {}", first_lines(&err)));
+        }
+        consumed
+    })
 }
 
 /// Name of the git config file in the index state directory that every git command on an
@@ -298,35 +462,12 @@ fn git(
     input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
-    let mut cmd = Command::new("git");
-    if let Some(repo) = repo {
-        let mut arg = OsString::from("--git-dir=");
-        arg.push(repo);
-        cmd.arg(arg);
-    }
-    cmd.args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .env("LC_ALL", "C")
-        // Give up on a stalled HTTP transfer rather than hang until the timeout.
-        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
-        .env("GIT_HTTP_LOW_SPEED_TIME", "60")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .env_remove("GIT_OBJECT_DIRECTORY")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(config) = repo.and_then(Path::parent).map(|d| d.join(GIT_CONFIG))
-        && config.is_file()
-    {
-        cmd.env("GIT_CONFIG_GLOBAL", config);
-    }
+    let mut cmd = command(repo, args);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let what = {
         let words: Vec<_> = args.iter().take(2).map(|a| a.to_string_lossy()).collect();
         format!("git {}", words.join(" "))
@@ -383,7 +524,12 @@ fn git(
     if status.success() {
         return Ok(out);
     }
-    let err = String::from_utf8_lossy(&err);
+    Err(format!("{what} failed ({status}): {}", first_lines(&err)))
+}
+
+/// git's own message: its first three lines, at most 400 bytes.
+fn first_lines(err: &[u8]) -> String {
+    let err = String::from_utf8_lossy(err);
     let message: Vec<&str> = err
         .lines()
         .map(str::trim)
@@ -398,7 +544,37 @@ fn git(
             .unwrap_or(0);
         message.truncate(cut);
     }
-    Err(format!("{what} failed ({status}): {message}"))
+    message
+}
+
+/// A git command (never through a shell) with no prompts, on `repo` when given, with the
+/// index directory's git config; stdout and stderr piped.
+fn command(repo: Option<&Path>, args: &[OsString]) -> Command {
+    let mut cmd = Command::new("git");
+    if let Some(repo) = repo {
+        let mut arg = OsString::from("--git-dir=");
+        arg.push(repo);
+        cmd.arg(arg);
+    }
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("LC_ALL", "C")
+        // Give up on a stalled HTTP transfer rather than hang until the timeout.
+        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+        .env("GIT_HTTP_LOW_SPEED_TIME", "60")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(config) = repo.and_then(Path::parent).map(|d| d.join(GIT_CONFIG))
+        && config.is_file()
+    {
+        cmd.env("GIT_CONFIG_GLOBAL", config);
+    }
+    cmd
 }
 
 /// The files of a plain directory index that have a layout role. Dot-directories and
