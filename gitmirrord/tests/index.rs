@@ -619,3 +619,114 @@ fn index_owned_by_another_user_is_read() {
     assert_eq!(st.last_error, None);
     assert_eq!(delta.added.len(), 3, "{st:?}");
 }
+
+/// Check the applied state of the samples in `tests/data/index-v*`: two indexes, `up`
+/// configured with a held removal, `old` dropped from the configuration with its removal held.
+fn check_sample_state(ix: &Indexes) {
+    let e = ix.entry("a/abc/abc").unwrap();
+    assert_eq!((e.url.as_str(), e.index.as_str()), ("https://x.org/abc", "up"));
+    assert_eq!(
+        serde_json::Value::Object(e.metadata),
+        serde_json::json!({"submit": "yes", "owner": ["a", "b"]})
+    );
+    assert!(ix.entry("a/abd/abd").unwrap().metadata.is_empty());
+    assert_eq!(ix.entry("o/old/old").unwrap().index, "old");
+    assert_eq!(ix.len(), 4);
+    let all: Vec<_> = ix.entries().map(|e| (e.index, e.id)).collect();
+    let want = [
+        ("up", "a/abc/abc"),
+        ("up", "a/abd/abd"),
+        ("up", "b/bcd/bcd"),
+        ("old", "o/old/old"),
+    ];
+    assert_eq!(
+        all,
+        want.map(|(i, id)| (i.to_owned(), id.to_owned())).to_vec()
+    );
+    let st = ix.status();
+    assert_eq!(st[0].name, "up");
+    assert_eq!(
+        st[0].commit.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    assert_eq!(reason(ix, "up", "a/bad/bad"), "missing url");
+    assert_eq!(st[0].held.as_ref().map(|h| (h.removals, h.total)), Some((1, 3)));
+    assert_eq!(
+        reason(ix, "old", "a/abc/abc"),
+        "conflict: id already provided by index up"
+    );
+    assert_eq!(st[1].held.as_ref().map(|h| h.removals), Some(2));
+}
+
+// SPEC §12: the applied state of release 1 (`applied.json`, JSON) migrates at start into
+// `applied.state`, the old file kept beside as `applied.json.v1.bak`; nothing is lost.
+#[test]
+fn spec_12_applied_state_v1_migrates() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v1/applied.json");
+    std::fs::copy(&sample, s.dir.join("applied.json")).unwrap();
+    let src = vec![source("up", "/nonexistent")];
+
+    let ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
+    check_sample_state(&ix);
+    assert!(!s.dir.join("applied.json").exists());
+    assert_eq!(
+        std::fs::read(s.dir.join("applied.json.v1.bak")).unwrap(),
+        std::fs::read(&sample).unwrap()
+    );
+    let v2 = s.dir.join("applied.state");
+    assert!(v2.is_file());
+    if std::env::var_os("BLESS_INDEX_V2").is_some() {
+        let to = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
+        std::fs::copy(&v2, to).unwrap();
+    }
+    drop(ix);
+    // Started again: the migrated file is read, the kept one left alone.
+    let ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
+    check_sample_state(&ix);
+    assert!(s.dir.join("applied.json.v1.bak").is_file());
+}
+
+// SPEC §10, §12: the checked-in sample of format v2 still loads.
+#[test]
+fn spec_12_applied_state_v2_sample_loads() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let sample =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
+    std::fs::copy(sample, s.dir.join("applied.state")).unwrap();
+    let ix = Indexes::open(vec![source("up", "/nonexistent")], s).unwrap();
+    check_sample_state(&ix);
+}
+
+// SPEC §10: a damaged `applied.state` (a flipped byte, a cut) stops the start naming the
+// file and the way out, and is left as it is.
+#[test]
+fn spec_10_damaged_applied_state_is_loud() {
+    let repo = numbered_index(3);
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
+    ix.poll(true).unwrap();
+    drop(ix);
+    let file = settings(state.path(), 5.0).dir.join("applied.state");
+    let good = std::fs::read(&file).unwrap();
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0x40;
+    for bad in [flipped, good[..mid].to_vec(), b"\x00\x01garbage".to_vec()] {
+        std::fs::write(&file, &bad).unwrap();
+        let err = Indexes::open(src.clone(), settings(state.path(), 5.0))
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&file.display().to_string()) && msg.contains("move it aside"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), bad);
+    }
+}
