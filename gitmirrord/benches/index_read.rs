@@ -93,7 +93,7 @@ fn bench(index: &Path) {
     });
     println!(
         "  applied state: {} entries, {:.1} MiB on disk",
-        ix.entries().len(),
+        ix.len(),
         gitmirrord::index::state_bytes(&dir) as f64 / (1024.0 * 1024.0)
     );
 }

@@ -624,7 +624,10 @@ fn index_owned_by_another_user_is_read() {
 /// configured with a held removal, `old` dropped from the configuration with its removal held.
 fn check_sample_state(ix: &Indexes) {
     let e = ix.entry("a/abc/abc").unwrap();
-    assert_eq!((e.url.as_str(), e.index.as_str()), ("https://x.org/abc", "up"));
+    assert_eq!(
+        (e.url.as_str(), e.index.as_str()),
+        ("https://x.org/abc", "up")
+    );
     assert_eq!(
         serde_json::Value::Object(e.metadata),
         serde_json::json!({"submit": "yes", "owner": ["a", "b"]})
@@ -650,7 +653,10 @@ fn check_sample_state(ix: &Indexes) {
         Some("1111111111111111111111111111111111111111")
     );
     assert_eq!(reason(ix, "up", "a/bad/bad"), "missing url");
-    assert_eq!(st[0].held.as_ref().map(|h| (h.removals, h.total)), Some((1, 3)));
+    assert_eq!(
+        st[0].held.as_ref().map(|h| (h.removals, h.total)),
+        Some((1, 3))
+    );
     assert_eq!(
         reason(ix, "old", "a/abc/abc"),
         "conflict: id already provided by index up"
@@ -695,8 +701,7 @@ fn spec_12_applied_state_v2_sample_loads() {
     let state = tempfile::tempdir().unwrap();
     let s = settings(state.path(), 5.0);
     std::fs::create_dir_all(&s.dir).unwrap();
-    let sample =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
     std::fs::copy(sample, s.dir.join("applied.state")).unwrap();
     let ix = Indexes::open(vec![source("up", "/nonexistent")], s).unwrap();
     check_sample_state(&ix);

@@ -127,6 +127,48 @@ impl Parser {
         }
     }
 
+    /// A parser for another part of the same snapshot: the `DEFAULTS` read so far, no
+    /// entries. Parts are read apart and put together with [`Parser::join`].
+    pub fn fork(&self) -> Self {
+        Self {
+            allow_file_urls: self.allow_file_urls,
+            defaults: self.defaults.clone(),
+            parsed: Parsed::default(),
+            interned: HashSet::new(),
+        }
+    }
+
+    /// Take in the entries and rejections of a part read by a [`Parser::fork`].
+    pub fn join(&mut self, part: Parser) {
+        let Parsed {
+            mut entries,
+            rejected,
+        } = part.parsed;
+        self.parsed.rejected.extend(rejected);
+        let overlap = match (
+            self.parsed.entries.last_key_value(),
+            entries.first_key_value(),
+        ) {
+            (Some((last, _)), Some((first, _))) => first <= last,
+            _ => false,
+        };
+        if !overlap {
+            // Parts of a sorted listing: the common case appends in O(n).
+            self.parsed.entries.append(&mut entries);
+            return;
+        }
+        for (id, e) in entries {
+            if self.parsed.entries.contains_key(&id) {
+                self.parsed.rejected.push(Rejected {
+                    path: id.into(),
+                    reason: "duplicate id".into(),
+                });
+            } else {
+                self.parsed.entries.insert(id, e);
+            }
+        }
+    }
+
     pub fn finish(mut self) -> Parsed {
         self.parsed.rejected.sort_by(|a, b| a.path.cmp(&b.path));
         self.parsed
@@ -447,6 +489,42 @@ mod tests {
         let p = parse(&files, false);
         assert!(p.entries.contains_key("a/abc/abc"));
         assert!(reason(&p, "a/DEFAULTS").starts_with("YAML does not parse"));
+    }
+
+    // SPEC §3.1, §3.2: an index read in parts (one per git process) gives what one read
+    // gives: DEFAULTS seen before the fork apply in every part, a repeated id is rejected.
+    #[test]
+    fn parts_join_like_one_read() {
+        let mut whole = Parser::new(false);
+        whole.file(&file("DEFAULTS", "submit: root\n"));
+        let mut first = whole.fork();
+        let mut second = whole.fork();
+        first.file(&file("a/abc/abc", "url: https://x/abc\n"));
+        first.file(&file("a/abd/abd", "url: https://x/abd\n"));
+        second.file(&file("b/bcd/bcd", "url: https://x/bcd\n"));
+        second.file(&file("b/bad/bad", "url: []\n"));
+        let mut again = whole.fork();
+        again.file(&file("a/abc/abc", "url: https://y/abc\n"));
+        whole.join(first);
+        whole.join(second);
+        whole.join(again);
+        let p = whole.finish();
+        let ids: Vec<&str> = p.entries.keys().map(|k| &**k).collect();
+        assert_eq!(ids, ["a/abc/abc", "a/abd/abd", "b/bcd/bcd"]);
+        assert_eq!(
+            &*p.entries["a/abc/abc"].url, "https://x/abc",
+            "the first read wins"
+        );
+        assert_eq!(
+            Json::Object(p.entries["b/bcd/bcd"].metadata_map()),
+            serde_json::json!({"submit": "root"})
+        );
+        assert_eq!(reason(&p, "a/abc/abc"), "duplicate id");
+        assert_eq!(reason(&p, "b/bad/bad"), "url list is empty");
+        assert!(Arc::ptr_eq(
+            p.entries["a/abc/abc"].metadata.as_ref().unwrap(),
+            p.entries["a/abd/abd"].metadata.as_ref().unwrap()
+        ));
     }
 
     // Hostile YAML must be refused, not crash or blow up memory.

@@ -454,7 +454,7 @@ impl Indexes {
         }
         let commit = fetched.commit().to_owned();
         let mut parser = layout::Parser::new(self.settings.allow_file_urls);
-        fetched.read(&mut |f| parser.file(f))?;
+        fetched.read(&mut parser)?;
         let parsed = parser.finish();
         for r in parsed.rejected.iter().take(MAX_LOGGED_REJECTIONS) {
             warn!(
@@ -1010,6 +1010,18 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
         }
     }
     Ok(Some(applied))
+}
+
+/// Fetch index `source` into `dir` without reading it: benchmarks time git's copy apart.
+#[doc(hidden)]
+pub fn prefetch(source: &IndexSource, dir: &Path) -> Result<(), String> {
+    source::fetch(source, dir).map(|_| ())
+}
+
+/// Bytes the applied state takes in `dir` (for benchmarks and docs/scale.md).
+#[doc(hidden)]
+pub fn state_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len())
 }
 
 fn check_names(sources: &[IndexSource]) -> Result<(), IndexError> {

@@ -3,7 +3,7 @@
 //! every poll.
 
 use super::IndexSource;
-use super::layout::{self, File, Kind, MAX_FILE_SIZE, Role};
+use super::layout::{self, File, Kind, MAX_FILE_SIZE, Parser, Role};
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
 use std::io::{BufRead, Read, Write};
@@ -39,17 +39,17 @@ impl Fetched {
         }
     }
 
-    /// Hand every file of the index that has a layout role to `visit`, all `DEFAULTS`
+    /// Read every file of the index that has a layout role into `parser`, all `DEFAULTS`
     /// files first, one at a time: a 1M-entry index is never held whole.
-    pub fn read(self, visit: &mut (dyn FnMut(&File) + Send)) -> Result<(), String> {
+    pub fn read(self, parser: &mut Parser) -> Result<(), String> {
         match self {
             Fetched::Dir { files, .. } => {
                 let defaults = files.iter().filter(|f| f.role == Role::Defaults);
                 let entries = files.iter().filter(|f| f.role == Role::Entry);
-                defaults.chain(entries).for_each(visit);
+                defaults.chain(entries).for_each(|f| parser.file(f));
                 Ok(())
             }
-            Fetched::Git { repo, commit } => read_tree(&repo, &commit, visit),
+            Fetched::Git { repo, commit } => read_tree(&repo, &commit, parser),
         }
     }
 }
@@ -202,36 +202,74 @@ impl Listing {
             .get(b.start + b.oid_len..b.end)
             .unwrap_or_default()
     }
-
-    fn blobs(&self) -> impl Iterator<Item = &Blob> {
-        self.defaults.iter().chain(&self.entries)
-    }
 }
 
-/// Hand the files of `commit` with a layout role to `visit`, `DEFAULTS` first: the tree is
-/// listed by one streamed `git ls-tree`, the blobs are read by one streamed
-/// `git cat-file --batch` and each is visited as it arrives.
-fn read_tree(
-    repo: &Path,
-    commit: &str,
-    visit: &mut (dyn FnMut(&File) + Send),
-) -> Result<(), String> {
+/// Entries per `git cat-file` process below which the read is not split.
+const MIN_SPLIT: usize = 20_000;
+
+/// Read the files of `commit` with a layout role into `parser`: the tree is listed by one
+/// streamed `git ls-tree`, the `DEFAULTS` blobs are read first, then the entry blobs by
+/// streamed `git cat-file --batch` processes, one per core (git's delta resolution is most
+/// of the work), each blob parsed as it arrives.
+fn read_tree(repo: &Path, commit: &str, parser: &mut Parser) -> Result<(), String> {
+    // No `-l`: sizes come with the contents, and asking git for them first costs as much
+    // again on a deltified pack.
     let args = [
         os("ls-tree"),
         os("-r"),
-        os("-l"),
         os("-z"),
         os("--full-tree"),
         os(commit),
     ];
     let listing = git_stream(repo, &args, None, &mut list)?;
     // Files with nothing to read give no keys, so their order does not matter.
-    listing.others.iter().for_each(&mut *visit);
-    if listing.defaults.is_empty() && listing.entries.is_empty() {
+    listing.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &listing, &listing.defaults, parser)?;
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(listing.entries.len() / MIN_SPLIT)
+        .clamp(1, 4);
+    if jobs == 1 {
+        return cat_blobs(repo, &listing, &listing.entries, parser);
+    }
+    // Contiguous slices of the sorted listing, so the parts join in order.
+    let size = listing.entries.len().div_ceil(jobs);
+    let parts: Vec<Result<Parser, String>> = std::thread::scope(|s| {
+        let threads: Vec<_> = listing
+            .entries
+            .chunks(size)
+            .map(|blobs| {
+                let mut part = parser.fork();
+                let listing = &listing;
+                s.spawn(move || cat_blobs(repo, listing, blobs, &mut part).map(|()| part))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("index reader thread failed".into()))
+            })
+            .collect()
+    });
+    for part in parts {
+        parser.join(part?);
+    }
+    Ok(())
+}
+
+/// Read `blobs` of `listing` by one streamed `git cat-file --batch` into `parser`.
+fn cat_blobs(
+    repo: &Path,
+    listing: &Listing,
+    blobs: &[Blob],
+    parser: &mut Parser,
+) -> Result<(), String> {
+    if blobs.is_empty() {
         return Ok(());
     }
     let write_oids = |w: &mut dyn Write| -> std::io::Result<()> {
-        for b in listing.blobs() {
+        for b in blobs {
             w.write_all(listing.oid(b))?;
             w.write_all(b"\n")?;
         }
@@ -243,8 +281,9 @@ fn read_tree(
             role: Role::Entry,
             kind: Kind::Regular(Vec::new()),
         };
+        let mut content = Vec::new();
         let mut header = Vec::new();
-        for b in listing.blobs() {
+        for b in blobs {
             let oid = listing.oid(b);
             let bad = |what: &str| {
                 format!(
@@ -260,21 +299,33 @@ fn read_tree(
                 return Err(bad(text.trim_end()));
             };
             let size: u64 = size.parse().map_err(|_| bad("bad size"))?;
-            if got.as_bytes() != oid || size > MAX_FILE_SIZE {
+            if got.as_bytes() != oid {
                 return Err(bad(text.trim_end()));
             }
             file.path.clear();
             file.path.extend_from_slice(listing.path(b));
             file.role = b.role;
-            let Kind::Regular(content) = &mut file.kind else {
-                return Err(bad("internal: reused buffer"));
+            // The content and the newline that ends it in the batch format.
+            if size > MAX_FILE_SIZE {
+                let skipped = std::io::copy(&mut out.take(size + 1), &mut std::io::sink())
+                    .map_err(|e| bad(&e.to_string()))?;
+                if skipped != size + 1 {
+                    return Err(bad("cut short"));
+                }
+                file.kind = Kind::TooLarge(size);
+                parser.file(&file);
+                continue;
+            }
+            let mut buf = match std::mem::replace(&mut file.kind, Kind::Symlink) {
+                Kind::Regular(buf) => buf,
+                _ => std::mem::take(&mut content),
             };
-            content.clear();
-            content.resize(size as usize + 1, 0);
-            out.read_exact(content).map_err(|e| bad(&e.to_string()))?;
-            // Each content ends with a newline of the batch format.
-            content.pop();
-            visit(&file);
+            buf.clear();
+            buf.resize(size as usize + 1, 0);
+            out.read_exact(&mut buf).map_err(|e| bad(&e.to_string()))?;
+            buf.pop();
+            file.kind = Kind::Regular(buf);
+            parser.file(&file);
         }
         Ok(())
     };
@@ -286,7 +337,7 @@ fn read_tree(
     )
 }
 
-/// Read `git ls-tree -r -l -z` output into a [`Listing`].
+/// Read `git ls-tree -r -z` output into a [`Listing`].
 fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
     let mut listing = Listing::default();
     let mut record = Vec::new();
@@ -316,32 +367,27 @@ fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
             continue;
         };
         let meta = std::str::from_utf8(meta).map_err(|_| bad())?;
-        let [mode, _kind, oid, size] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
+        let [mode, _kind, oid] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
             return Err(bad());
         };
         let kind = match mode {
             "120000" => Kind::Symlink,
             // Old trees may hold 100664 and the like: all are regular files.
             m if m.starts_with("100") => {
-                let size: u64 = size.parse().map_err(|_| bad())?;
-                if size > MAX_FILE_SIZE {
-                    Kind::TooLarge(size)
-                } else {
-                    let start = listing.text.len();
-                    listing.text.extend_from_slice(oid.as_bytes());
-                    listing.text.extend_from_slice(path);
-                    let blob = Blob {
-                        start,
-                        oid_len: oid.len(),
-                        end: listing.text.len(),
-                        role,
-                    };
-                    match role {
-                        Role::Defaults => listing.defaults.push(blob),
-                        Role::Entry => listing.entries.push(blob),
-                    }
-                    continue;
+                let start = listing.text.len();
+                listing.text.extend_from_slice(oid.as_bytes());
+                listing.text.extend_from_slice(path);
+                let blob = Blob {
+                    start,
+                    oid_len: oid.len(),
+                    end: listing.text.len(),
+                    role,
+                };
+                match role {
+                    Role::Defaults => listing.defaults.push(blob),
+                    Role::Entry => listing.entries.push(blob),
                 }
+                continue;
             }
             "160000" => Kind::Unusable("a submodule, not a file".into()),
             other => Kind::Unusable(format!("not a regular file (mode {other})")),
