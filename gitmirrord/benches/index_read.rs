@@ -23,6 +23,16 @@ fn peak_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Resident set now, in MiB (`VmRSS`).
+fn current_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Start a new peak: writing 5 to clear_refs resets `VmHWM` to the current RSS.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -95,6 +105,19 @@ fn bench(index: &Path) {
         "  applied state: {} entries, {:.1} MiB on disk",
         ix.len(),
         gitmirrord::index::state_bytes(&dir) as f64 / (1024.0 * 1024.0)
+    );
+    drop(ix);
+    // What the first read's delta costs alone: every entry as an `Entry` (with its
+    // metadata as a serde_json map), as `Delta::added` and `Fleet::new` take them.
+    let ix = Indexes::open(vec![source.clone()], settings(&dir)).unwrap();
+    let rss = current_mib();
+    let all = measure("all entries as Entry (the first delta)", || {
+        ix.entries().collect::<Vec<_>>()
+    });
+    println!(
+        "  {} entries as Entry: +{:.0} MiB RSS",
+        all.len(),
+        current_mib() - rss
     );
 }
 

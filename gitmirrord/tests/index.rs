@@ -735,3 +735,72 @@ fn spec_10_damaged_applied_state_is_loud() {
         assert_eq!(std::fs::read(&file).unwrap(), bad);
     }
 }
+
+/// Everything a reader of `ix` sees of index `name`: entries and rejections.
+fn view(ix: &Indexes, name: &str) -> (Vec<gitmirrord::index::Entry>, Vec<(String, String)>) {
+    let st = ix.status().into_iter().find(|s| s.name == name).unwrap();
+    let rejected = st
+        .rejected
+        .into_iter()
+        .map(|r| (r.path, r.reason))
+        .collect();
+    (ix.entries().collect(), rejected)
+}
+
+// SPEC §3.3: a new commit is read from what changed since the applied one (`git
+// diff-tree`), and gives exactly what a fresh read of that commit gives: entries added,
+// changed, removed, made bad and made good again, a symbolic link, a changed DEFAULTS
+// (which makes it read whole).
+#[test]
+fn spec_3_3_changed_files_read_like_whole_commit() {
+    let repo = IndexRepo::new();
+    for i in 0..30 {
+        repo.write(
+            &format!("a/p{i}/p{i}"),
+            url_entry(&format!("https://x.org/{i}")),
+        );
+    }
+    repo.write("DEFAULTS", "submit: root\n")
+        .write("a/bad/bad", "url: []\n");
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src.clone(), settings(state.path(), 50.0)).unwrap();
+    ix.poll(true).unwrap();
+
+    type Step = fn(&IndexRepo);
+    let steps: [Step; 4] = [
+        |r| {
+            r.remove("a/p1/p1")
+                .write("a/p2/p2", url_entry("https://y.org/2"))
+                .write("a/p3/p3", "url: [\n")
+                .write("a/bad/bad", url_entry("https://x.org/good-now"))
+                .write("b/new/new", "url: https://x.org/new\nowner: me\n");
+        },
+        |r| {
+            r.remove("a/p4/p4");
+            std::os::unix::fs::symlink("../p5/p5", r.path().join("a/p4/p4")).unwrap();
+            r.write("a/p3/p3", url_entry("https://x.org/3-again"));
+        },
+        |r| {
+            r.write("a/DEFAULTS", "submit: a\n").remove("a/p6/p6");
+        },
+        |r| {
+            r.write("a/p7/p7", url_entry("-x"));
+        },
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        step(&repo);
+        repo.commit();
+        let delta = ix.poll(true).unwrap();
+        assert!(!delta.is_empty(), "step {n}");
+        let fresh_state = tempfile::tempdir().unwrap();
+        let mut fresh = Indexes::open(src.clone(), settings(fresh_state.path(), 50.0)).unwrap();
+        fresh.poll(true).unwrap();
+        assert_eq!(view(&ix, "up"), view(&fresh, "up"), "step {n}");
+    }
+    assert!(reason(&ix, "up", "a/p7/p7").contains("starts with '-'"));
+    assert_eq!(reason(&ix, "up", "a/p4/p4"), "symbolic link (not followed)");
+    assert_eq!(ix.entry("a/p2/p2").unwrap().metadata["submit"], "a");
+    assert_eq!(ix.entry("b/new/new").unwrap().metadata["submit"], "root");
+}

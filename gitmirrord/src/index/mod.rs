@@ -453,9 +453,14 @@ impl Indexes {
             return Ok(None);
         }
         let commit = fetched.commit().to_owned();
-        let mut parser = layout::Parser::new(self.settings.allow_file_urls);
-        fetched.read(&mut parser)?;
-        let parsed = parser.finish();
+        let parsed = match self.read_changes(source, &fetched) {
+            Some(parsed) => parsed,
+            None => {
+                let mut parser = layout::Parser::new(self.settings.allow_file_urls);
+                fetched.read(&mut parser)?;
+                parser.finish()
+            }
+        };
         for r in parsed.rejected.iter().take(MAX_LOGGED_REJECTIONS) {
             warn!(
                 index = source.name,
@@ -481,6 +486,62 @@ impl Indexes {
             "index read"
         );
         Ok(Some((commit, parsed)))
+    }
+
+    /// The entries of the fetched commit of `source` from the applied ones and the files
+    /// that changed since the applied commit; `None` when it has to be read whole (no
+    /// applied commit, other rules, a held update, a changed `DEFAULTS`, a failed diff).
+    fn read_changes(
+        &self,
+        source: &IndexSource,
+        fetched: &source::Fetched,
+    ) -> Option<layout::Parsed> {
+        let old = self.applied.indexes.get(&source.name)?;
+        if old.url != source.url || old.reader != self.reader() || old.held.is_some() {
+            return None;
+        }
+        let mut parser = layout::Parser::new(self.settings.allow_file_urls);
+        let paths = match fetched.read_changes(old.commit.as_deref()?, &mut parser) {
+            Ok(paths) => paths?,
+            Err(e) => {
+                info!(index = source.name, "reading the index whole: {e}");
+                return None;
+            }
+        };
+        let changed = parser.finish();
+        let touched: BTreeSet<String> = paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let mut entries = old.entries.clone();
+        for id in &touched {
+            entries.remove(id.as_str());
+        }
+        let mut rejected: Vec<Rejected> = old
+            .rejected
+            .iter()
+            .filter(|r| !touched.contains(&r.path))
+            .cloned()
+            .collect();
+        for (id, e) in changed.entries {
+            if entries.contains_key(&id) {
+                rejected.push(Rejected {
+                    path: id.into(),
+                    reason: "duplicate id".into(),
+                });
+            } else {
+                entries.insert(id, e);
+            }
+        }
+        // The DEFAULTS read again for these entries keep their rejections from before.
+        rejected.extend(
+            changed
+                .rejected
+                .into_iter()
+                .filter(|r| touched.contains(&r.path)),
+        );
+        rejected.sort_by(|a, b| a.path.cmp(&b.path));
+        Some(layout::Parsed { entries, rejected })
     }
 
     /// The new state of index `name` (`None`: it goes), holding back a large removal.

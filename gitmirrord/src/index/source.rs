@@ -5,7 +5,8 @@
 use super::IndexSource;
 use super::layout::{self, File, Kind, MAX_FILE_SIZE, Parser, Role};
 use sha2::{Digest, Sha256};
-use std::ffi::OsString;
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,19 @@ impl Fetched {
     pub fn commit(&self) -> &str {
         match self {
             Fetched::Git { commit, .. } | Fetched::Dir { commit, .. } => commit,
+        }
+    }
+
+    /// Read into `parser` only the entry files that differ from commit `old` (see
+    /// [`read_diff`]); `Ok(None)` when the index has to be read whole.
+    pub fn read_changes(
+        &self,
+        old: &str,
+        parser: &mut Parser,
+    ) -> Result<Option<Vec<Vec<u8>>>, String> {
+        match self {
+            Fetched::Dir { .. } => Ok(None),
+            Fetched::Git { repo, commit } => read_diff(repo, old, commit, parser),
         }
     }
 
@@ -204,6 +218,9 @@ impl Listing {
     }
 }
 
+/// `DEFAULTS` paths looked up for a read of changes; more changes are read whole.
+const MAX_DIFF_DEFAULTS: usize = 1000;
+
 /// Entries per `git cat-file` process below which the read is not split.
 const MIN_SPLIT: usize = 20_000;
 
@@ -370,34 +387,136 @@ fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
         let [mode, _kind, oid] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
             return Err(bad());
         };
+        listing.add(mode, oid, path, role);
+    }
+}
+
+impl Listing {
+    /// Add the file at `path` with tree mode `mode` and object id `oid`.
+    fn add(&mut self, mode: &str, oid: &str, path: &[u8], role: Role) {
         let kind = match mode {
             "120000" => Kind::Symlink,
             // Old trees may hold 100664 and the like: all are regular files.
             m if m.starts_with("100") => {
-                let start = listing.text.len();
-                listing.text.extend_from_slice(oid.as_bytes());
-                listing.text.extend_from_slice(path);
+                let start = self.text.len();
+                self.text.extend_from_slice(oid.as_bytes());
+                self.text.extend_from_slice(path);
                 let blob = Blob {
                     start,
                     oid_len: oid.len(),
-                    end: listing.text.len(),
+                    end: self.text.len(),
                     role,
                 };
                 match role {
-                    Role::Defaults => listing.defaults.push(blob),
-                    Role::Entry => listing.entries.push(blob),
+                    Role::Defaults => self.defaults.push(blob),
+                    Role::Entry => self.entries.push(blob),
                 }
-                continue;
+                return;
             }
             "160000" => Kind::Unusable("a submodule, not a file".into()),
             other => Kind::Unusable(format!("not a regular file (mode {other})")),
         };
-        listing.others.push(File {
+        self.others.push(File {
             path: path.to_vec(),
             role,
             kind,
         });
     }
+}
+
+/// The entry paths that differ between commits `old` and `new` of a git index (removed,
+/// added or changed), with the files they are now read into `parser`; `None` when a
+/// `DEFAULTS` file differs (the entries below it may all change) or the index is not a
+/// git repository: then it is read whole. Costs the changed files, not the index.
+fn read_diff(
+    repo: &Path,
+    old: &str,
+    new: &str,
+    parser: &mut Parser,
+) -> Result<Option<Vec<Vec<u8>>>, String> {
+    let args = [
+        os("diff-tree"),
+        os("-r"),
+        os("-z"),
+        os("--no-renames"),
+        os(old),
+        os(new),
+    ];
+    let mut changes = |out: &mut dyn BufRead| -> Result<Option<(Listing, Vec<Vec<u8>>)>, String> {
+        let mut listing = Listing::default();
+        let mut paths = Vec::new();
+        let (mut meta, mut path) = (Vec::new(), Vec::new());
+        loop {
+            meta.clear();
+            path.clear();
+            let read = |buf: &mut Vec<u8>, out: &mut dyn BufRead| {
+                out.read_until(0, buf)
+                    .map_err(|e| format!("reading `git diff-tree`: {e}"))
+                    .map(|n| {
+                        if buf.last() == Some(&0) {
+                            buf.pop();
+                        }
+                        n
+                    })
+            };
+            if read(&mut meta, out)? == 0 {
+                return Ok(Some((listing, paths)));
+            }
+            read(&mut path, out)?;
+            let bad = || {
+                format!(
+                    "unexpected `git diff-tree` output: {:?}",
+                    String::from_utf8_lossy(&meta)
+                )
+            };
+            let text = std::str::from_utf8(&meta).map_err(|_| bad())?;
+            let [_, mode, _, oid, status] = text.split(' ').collect::<Vec<_>>()[..] else {
+                return Err(bad());
+            };
+            let Some(role) = layout::role(&path) else {
+                continue;
+            };
+            if role == Role::Defaults {
+                return Ok(None);
+            }
+            paths.push(path.clone());
+            if status != "D" {
+                listing.add(mode, oid, &path, role);
+            }
+        }
+    };
+    let Some((listing, paths)) = git_stream(repo, &args, None, &mut changes)? else {
+        return Ok(None);
+    };
+    // The DEFAULTS that apply to the changed entries, unchanged but needed to parse them.
+    let mut defaults: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for p in &paths {
+        let mut dir: Vec<u8> = Vec::new();
+        defaults.insert(b"DEFAULTS".to_vec());
+        for part in p.split(|&b| b == b'/').take(2) {
+            dir.extend_from_slice(part);
+            dir.push(b'/');
+            defaults.insert([dir.as_slice(), b"DEFAULTS"].concat());
+        }
+    }
+    if defaults.len() > MAX_DIFF_DEFAULTS {
+        return Ok(None);
+    }
+    let mut args = vec![
+        os("--literal-pathspecs"),
+        os("ls-tree"),
+        os("-z"),
+        os("--full-tree"),
+        os(new),
+        os("--"),
+    ];
+    args.extend(defaults.iter().map(|d| OsStr::from_bytes(d).to_owned()));
+    let found = git_stream(repo, &args, None, &mut list)?;
+    found.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &found, &found.defaults, parser)?;
+    listing.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &listing, &listing.entries, parser)?;
+    Ok(Some(paths))
 }
 
 /// Run a local git command on `repo` whose output is consumed as it comes (`consume`
