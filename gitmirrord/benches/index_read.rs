@@ -59,6 +59,78 @@ fn measure<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
+fn git(index: &Path, args: &[&str], env: Option<&Path>, input: Option<&str>) -> String {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("git");
+    cmd.arg("--git-dir").arg(index).args(args);
+    if let Some(file) = env {
+        cmd.env("GIT_INDEX_FILE", file);
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Point `refs/heads/gitmirror-bench` at a child of `refs/sim/full` whose first `n`
+/// entries have another URL (built in a scratch git index file, the work tree untouched).
+fn commit_changing(index: &Path, n: usize) -> bool {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("index");
+    git(index, &["read-tree", "refs/sim/full"], Some(&file), None);
+    let paths = git(
+        index,
+        &["ls-tree", "-r", "--name-only", "refs/sim/full"],
+        None,
+        None,
+    );
+    for path in paths
+        .lines()
+        .filter(|p| p.matches('/').count() == 2)
+        .take(n)
+    {
+        let blob = git(
+            index,
+            &["hash-object", "-w", "--stdin"],
+            None,
+            Some(&format!("url: https://changed.example.invalid/{path}\n")),
+        );
+        let info = format!("100644,{blob},{path}");
+        git(
+            index,
+            &["update-index", "--cacheinfo", &info],
+            Some(&file),
+            None,
+        );
+    }
+    let tree = git(index, &["write-tree"], Some(&file), None);
+    let commit = git(
+        index,
+        &[
+            "commit-tree",
+            &tree,
+            "-p",
+            "refs/sim/full",
+            "-m",
+            "bench: 10 changed",
+        ],
+        None,
+        None,
+    );
+    git(
+        index,
+        &["update-ref", "refs/heads/gitmirror-bench", &commit],
+        None,
+        None,
+    );
+    true
+}
+
 fn bench(index: &Path) {
     let base = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let tmp = tempfile::tempdir_in(base).unwrap();
@@ -97,6 +169,12 @@ fn bench(index: &Path) {
     measure("poll, no new commit", || {
         assert!(ix.poll(true).unwrap().is_empty())
     });
+    if full && commit_changing(index, 10) {
+        let delta = measure("poll, a commit changing 10 entries", || {
+            ix.poll(true).unwrap()
+        });
+        assert_eq!(delta.changed.len(), 10, "{delta:?}");
+    }
     drop(ix);
     let ix = measure("restart: open (load applied state)", || {
         Indexes::open(vec![source.clone()], settings(&dir)).unwrap()

@@ -158,13 +158,16 @@ impl Parser {
             return;
         }
         for (id, e) in entries {
-            if self.parsed.entries.contains_key(&id) {
-                self.parsed.rejected.push(Rejected {
-                    path: id.into(),
-                    reason: "duplicate id".into(),
-                });
-            } else {
-                self.parsed.entries.insert(id, e);
+            match self.parsed.entries.entry(id) {
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    self.parsed.rejected.push(Rejected {
+                        path: o.key().to_string(),
+                        reason: "duplicate id".into(),
+                    });
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
             }
         }
     }

@@ -524,13 +524,14 @@ impl Indexes {
             .cloned()
             .collect();
         for (id, e) in changed.entries {
-            if entries.contains_key(&id) {
-                rejected.push(Rejected {
-                    path: id.into(),
+            match entries.entry(id) {
+                std::collections::btree_map::Entry::Occupied(o) => rejected.push(Rejected {
+                    path: o.key().to_string(),
                     reason: "duplicate id".into(),
-                });
-            } else {
-                entries.insert(id, e);
+                }),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
             }
         }
         // The DEFAULTS read again for these entries keep their rejections from before.

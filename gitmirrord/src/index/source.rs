@@ -218,6 +218,12 @@ impl Listing {
     }
 }
 
+/// What writes a git command's stdin.
+type WriteInput<'a> = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync + 'a;
+
+/// The changed files to read and the changed entry paths of a `git diff-tree`.
+type Changes = (Listing, Vec<Vec<u8>>);
+
 /// `DEFAULTS` paths looked up for a read of changes; more changes are read whole.
 const MAX_DIFF_DEFAULTS: usize = 1000;
 
@@ -442,7 +448,7 @@ fn read_diff(
         os(old),
         os(new),
     ];
-    let mut changes = |out: &mut dyn BufRead| -> Result<Option<(Listing, Vec<Vec<u8>>)>, String> {
+    let mut changes = |out: &mut dyn BufRead| -> Result<Option<Changes>, String> {
         let mut listing = Listing::default();
         let mut paths = Vec::new();
         let (mut meta, mut path) = (Vec::new(), Vec::new());
@@ -452,11 +458,10 @@ fn read_diff(
             let read = |buf: &mut Vec<u8>, out: &mut dyn BufRead| {
                 out.read_until(0, buf)
                     .map_err(|e| format!("reading `git diff-tree`: {e}"))
-                    .map(|n| {
+                    .inspect(|_| {
                         if buf.last() == Some(&0) {
                             buf.pop();
                         }
-                        n
                     })
             };
             if read(&mut meta, out)? == 0 {
@@ -525,7 +530,7 @@ fn read_diff(
 fn git_stream<R>(
     repo: &Path,
     args: &[OsString],
-    input: Option<&(dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync)>,
+    input: Option<&WriteInput<'_>>,
     consume: &mut (dyn FnMut(&mut dyn BufRead) -> Result<R, String> + Send),
 ) -> Result<R, String> {
     let what = {
