@@ -1,12 +1,13 @@
 //! Index read at scale (SPEC §3, §12; docs/scale.md "Index read"): the time and peak RSS
-//! of the first read of an index of N entries (fetch into the state dir, read, parse,
-//! save the applied state), of a poll with no new commit, and of a restart that loads the
-//! applied state.
+//! of the first read of an index of N entries (the git fetch into the state dir apart;
+//! read, parse, save the applied state, make the delta), of a poll with no new commit, of
+//! one with a commit changing 10 entries, and of a restart that loads the applied state.
 //!
 //! `cargo bench -p gitmirrord --bench index_read` reads the indexes gitmirror-sim left in
 //! /var/tmp/sim (`INDEX=/path/to/index.git` for another; build one with
-//! `gitmirror-sim --entries N --index-only`). `BENCH_DIR=/path` sets where the state dir
-//! goes (default the system temp dir).
+//! `gitmirror-sim --repos N --index-only`). `BENCH_DIR=/path` sets where the state dir goes
+//! (default the system temp dir); `KEEP_STATE=/dir` keeps the applied state of the last
+//! index read there, and `OPEN_ONLY=/dir` then only loads it, in a process of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark program
 
 use gitmirrord::index::{IndexSettings, IndexSource, Indexes};
@@ -197,9 +198,39 @@ fn bench(index: &Path) {
         all.len(),
         current_mib() - rss
     );
+    if let Some(keep) = std::env::var_os("KEEP_STATE") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep).unwrap();
+        std::fs::copy(dir.join("applied.state"), keep.join("applied.state")).unwrap();
+    }
+}
+
+/// `OPEN_ONLY=<state dir>`: only load the applied state an earlier run kept there
+/// (`KEEP_STATE=<dir>`), in a process of its own, so its RSS is the applied state's alone.
+fn open_only(dir: &Path) {
+    let source = IndexSource {
+        name: "bench".into(),
+        url: "/nonexistent".into(),
+        branch: None,
+        poll_interval: Duration::from_secs(3600),
+    };
+    let rss = current_mib();
+    let ix = measure("open (load applied state), fresh process", || {
+        Indexes::open(vec![source], settings(dir)).unwrap()
+    });
+    println!(
+        "  {} entries loaded: +{:.0} MiB RSS ({:.0} MiB in all)",
+        ix.len(),
+        current_mib() - rss,
+        current_mib()
+    );
 }
 
 fn main() {
+    if let Some(dir) = std::env::var_os("OPEN_ONLY") {
+        open_only(Path::new(&dir));
+        return;
+    }
     let indexes: Vec<PathBuf> = match std::env::var_os("INDEX") {
         Some(p) => vec![PathBuf::from(p)],
         None => [
