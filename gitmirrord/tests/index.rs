@@ -804,3 +804,59 @@ fn spec_3_3_changed_files_read_like_whole_commit() {
     assert_eq!(ix.entry("a/p2/p2").unwrap().metadata["submit"], "a");
     assert_eq!(ix.entry("b/new/new").unwrap().metadata["submit"], "root");
 }
+
+// SPEC §3.3: the clone of a local git index borrows the source's objects rather than
+// copying them (a 1M-entry index is 1.5M objects), and still reads every new commit.
+#[test]
+fn spec_3_3_local_index_clone_borrows_objects() {
+    let repo = IndexRepo::new();
+    repo.write("a/abc/abc", url_entry("https://x.org/abc"));
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src, settings(state.path(), 50.0)).unwrap();
+    assert_eq!(ids(&ix.poll(true).unwrap().added), ["a/abc/abc"]);
+    let clone = state.path().join("index/up.git");
+    let alternates = std::fs::read_to_string(clone.join("objects/info/alternates")).unwrap();
+    let source_objects = std::fs::canonicalize(repo.path().join(".git/objects")).unwrap();
+    assert_eq!(alternates.trim_end(), source_objects.to_str().unwrap());
+    let own = Command::new("git")
+        .arg("--git-dir")
+        .arg(&clone)
+        .args(["count-objects", "-v"])
+        .output()
+        .unwrap();
+    let own = String::from_utf8(own.stdout).unwrap();
+    assert!(
+        own.contains("count: 0") && own.contains("in-pack: 0"),
+        "{own}"
+    );
+
+    repo.write("b/bcd/bcd", url_entry("https://x.org/bcd"));
+    repo.commit();
+    assert_eq!(ids(&ix.poll(true).unwrap().added), ["b/bcd/bcd"]);
+}
+
+// SPEC §3.3: a local index whose history is rewritten and pruned (the objects the clone's
+// ref named are gone) is still read.
+#[test]
+fn spec_3_3_local_index_rewritten_and_pruned() {
+    let repo = IndexRepo::new();
+    repo.write("a/abc/abc", url_entry("https://x.org/abc"));
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src, settings(state.path(), 50.0)).unwrap();
+    ix.poll(true).unwrap();
+
+    git(repo.path(), &["checkout", "-q", "--orphan", "other"]);
+    repo.write("a/abc/abc", url_entry("https://y.org/abc"));
+    repo.commit();
+    git(repo.path(), &["branch", "-q", "-M", "main"]);
+    git(repo.path(), &["reflog", "expire", "--expire=now", "--all"]);
+    git(repo.path(), &["gc", "-q", "--prune=now"]);
+    let delta = ix.poll(true).unwrap();
+    assert_eq!(ids(&delta.changed), ["a/abc/abc"]);
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://y.org/abc");
+    assert_eq!(ix.status()[0].last_error, None);
+}

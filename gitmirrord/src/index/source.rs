@@ -92,7 +92,78 @@ pub fn fetch(source: &IndexSource, dir: &Path) -> Result<Fetched, String> {
         }
     };
     let repo = dir.join(format!("{}.git", source.name));
-    fetch_git(&repo, &remote, source.branch.as_deref())
+    let borrowed = local_path(&source.url)
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| objects_dir(&p));
+    borrow_objects(&repo, borrowed.as_deref())?;
+    match fetch_git(&repo, &remote, source.branch.as_deref()) {
+        // The source may have pruned objects our refs name (a force-push, then gc): a
+        // borrowing clone costs nothing to make again.
+        Err(e) if borrowed.is_some() => {
+            tracing::info!(
+                repo = %repo.display(),
+                "index clone made again after a failed fetch: {e}"
+            );
+            std::fs::remove_dir_all(&repo)
+                .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+            borrow_objects(&repo, borrowed.as_deref())?;
+            fetch_git(&repo, &remote, source.branch.as_deref())
+        }
+        fetched => fetched,
+    }
+}
+
+/// The object directory of the local git repository at `path`, if it has a plain one.
+fn objects_dir(path: &Path) -> Option<PathBuf> {
+    [path.join(".git").join("objects"), path.join("objects")]
+        .into_iter()
+        .find(|d| d.is_dir())
+}
+
+/// A clone of a local index borrows the source's objects (`objects/info/alternates`, as
+/// `git clone --shared` does) rather than copying them: a 1M-entry index is 1.5M objects
+/// that git takes ~10 s to copy, and the fetch then has nothing to transfer. A clone
+/// that borrowed and now follows a remote starts afresh, so no object it relied on is
+/// missing. Errors are one line for `last_error`.
+fn borrow_objects(repo: &Path, objects: Option<&Path>) -> Result<(), String> {
+    let alternates = repo.join("objects").join("info").join("alternates");
+    match objects {
+        Some(objects) => {
+            if !repo.join("HEAD").is_file() {
+                // `fetch_git` creates it; borrow before its first fetch.
+                if repo.exists() {
+                    std::fs::remove_dir_all(repo)
+                        .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+                }
+                git(
+                    None,
+                    &[
+                        os("init"),
+                        os("--bare"),
+                        os("--quiet"),
+                        os("--"),
+                        repo.as_os_str().into(),
+                    ],
+                    None,
+                    LOCAL_TIMEOUT,
+                )?;
+            }
+            let mut line = objects.as_os_str().as_bytes().to_vec();
+            line.push(b'\n');
+            if std::fs::read(&alternates).ok().as_deref() != Some(line.as_slice()) {
+                if let Some(info) = alternates.parent() {
+                    std::fs::create_dir_all(info)
+                        .map_err(|e| format!("cannot create {}: {e}", info.display()))?;
+                }
+                gitmirror_common::statefile::write_atomic(&alternates, &line, 0o644)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        None if alternates.exists() => std::fs::remove_dir_all(repo)
+            .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// `Some(path)` when the index URL names a local path rather than a remote.
