@@ -165,12 +165,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
 
     let registry = Registry::restore(cfg.max_workers, registry, now_ms());
     let t = Instant::now();
-    let mut fleet = Fleet::new(
-        cfg.liveness.dead_after,
-        registry,
-        repos,
-        indexes.entries().values().cloned(),
-    );
+    let mut fleet = Fleet::new(cfg.liveness.dead_after, registry, repos, indexes.entries());
     fleet.merge_report_ids(log.report_ids());
     tracing::info!(
         secs = t.elapsed().as_secs_f32(),

@@ -142,14 +142,14 @@ fn git_index_entries_defaults_and_rejections() {
     );
     assert!(delta.removed.is_empty() && delta.changed.is_empty());
 
-    let e = &ix.entries()["a/abc/abc"];
+    let e = &ix.entry("a/abc/abc").unwrap();
     assert_eq!(e.url, "https://github.com/berkeley-abc/abc");
     assert_eq!(e.index, "up");
     assert_eq!(
         serde_json::Value::Object(e.metadata.clone()),
         serde_json::json!({"submit": "root", "owner": "a", "pkgbuild_repo": "abc-pkg"})
     );
-    let e = &ix.entries()["a/abd/abd"];
+    let e = &ix.entry("a/abd/abd").unwrap();
     assert_eq!(e.url, "https://x.org/abd", "first url of the list");
     assert_eq!(
         serde_json::Value::Object(e.metadata.clone()),
@@ -279,7 +279,7 @@ fn new_commit_gives_its_delta() {
     assert_eq!(delta.removed, ["a/two/two"]);
     assert_eq!(ids(&delta.changed), ["a/four/four", "a/three/three"]);
     assert_eq!(delta.changed[1].url, "https://y.org/three");
-    assert_eq!(ix.entries().len(), 4);
+    assert_eq!(ix.len(), 4);
 }
 
 // SPEC §3.1: a configured branch rather than the remote HEAD.
@@ -329,7 +329,7 @@ fn plain_directory_index() {
     .unwrap();
     let delta = ix.poll(true).unwrap();
     assert_eq!(ids(&delta.added), ["a/abc/abc"]);
-    assert_eq!(ix.entries()["a/abc/abc"].metadata["submit"], "yes");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().metadata["submit"], "yes");
     assert_eq!(
         reason(&ix, "local", "a/abc/link"),
         "symbolic link (not followed)"
@@ -390,7 +390,7 @@ fn purge_protection_holds_and_accepts() {
     assert_eq!(ids(&delta.added), ["r/new/new"]);
     assert_eq!(ids(&delta.changed), ["r/p15/p15"]);
     assert!(delta.removed.is_empty(), "removals held");
-    assert_eq!(ix.entries().len(), 21);
+    assert_eq!(ix.len(), 21);
     let held = ix.status()[0].held.clone().unwrap();
     assert_eq!(
         (held.commit.as_deref(), held.removals, held.total),
@@ -406,7 +406,7 @@ fn purge_protection_holds_and_accepts() {
     // A restart keeps the held update.
     drop(ix);
     let mut ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
-    assert_eq!(ix.entries().len(), 21);
+    assert_eq!(ix.len(), 21);
     assert_eq!(ix.status()[0].held.as_ref().map(|h| h.removals), Some(10));
 
     // A newer commit while held: recomputed against the applied set.
@@ -424,7 +424,7 @@ fn purge_protection_holds_and_accepts() {
     want.sort();
     assert_eq!(delta.removed, want);
     assert!(delta.added.is_empty() && delta.changed.is_empty());
-    assert_eq!(ix.entries().len(), 9);
+    assert_eq!(ix.len(), 9);
     assert!(ix.status()[0].held.is_none());
     assert!(matches!(ix.accept("up"), Err(IndexError::NothingHeld(_))));
     assert!(matches!(ix.accept("nope"), Err(IndexError::Unknown(_))));
@@ -449,11 +449,12 @@ fn restart_loads_applied_state() {
     let src = vec![source("up", &repo.url())];
     let mut ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
     ix.poll(true).unwrap();
-    let before = ix.entries().clone();
+    let before: Vec<_> = ix.entries().collect();
+    assert_eq!(before.len(), 3);
     drop(ix);
 
     let mut ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
-    assert_eq!(ix.entries(), &before);
+    assert_eq!(ix.entries().collect::<Vec<_>>(), before);
     assert_eq!(
         ix.next_poll_in(),
         Duration::ZERO,
@@ -505,7 +506,7 @@ fn poll_failure_keeps_entries() {
     let url = repo.url();
     drop(repo);
     assert_eq!(ix.poll(true).unwrap(), Delta::default());
-    assert_eq!(ix.entries().len(), 2);
+    assert_eq!(ix.len(), 2);
     let err = ix.status()[0].last_error.clone().unwrap();
     assert!(err.contains(&url) || err.contains("No such file"), "{err}");
 
@@ -513,7 +514,7 @@ fn poll_failure_keeps_entries() {
     ix.set_sources(vec![source("up", "file:///nonexistent/index.git")]);
     assert_eq!(ix.poll(false).unwrap(), Delta::default());
     assert!(ix.status()[0].last_error.is_some());
-    assert_eq!(ix.entries().len(), 2);
+    assert_eq!(ix.len(), 2);
 }
 
 // SPEC §3.1: a repo id in two indexes comes from the first listed; the other reports a
@@ -536,7 +537,7 @@ fn several_indexes_conflicts_and_removal() {
     let mut ix = Indexes::open(sources.clone(), settings(state.path(), 5.0)).unwrap();
     let delta = ix.poll(true).unwrap();
     assert_eq!(ids(&delta.added), ["a/abc/abc", "b/bcd/bcd"]);
-    assert_eq!(ix.entries()["a/abc/abc"].url, "https://first.org/abc");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://first.org/abc");
     assert_eq!(
         reason(&ix, "second", "a/abc/abc"),
         "conflict: id already provided by index first"
@@ -550,7 +551,7 @@ fn several_indexes_conflicts_and_removal() {
     let delta = ix.poll(false).unwrap();
     assert!(delta.removed.is_empty() && delta.added.is_empty());
     assert_eq!(ids(&delta.changed), ["a/abc/abc"]);
-    assert_eq!(ix.entries()["a/abc/abc"].url, "https://second.org/abc");
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://second.org/abc");
     let st = ix.status();
     assert_eq!(st[1].name, "first");
     assert_eq!(st[1].held.as_ref().map(|h| h.removals), Some(1));
@@ -617,4 +618,245 @@ fn index_owned_by_another_user_is_read() {
     let st = &ix.status()[0];
     assert_eq!(st.last_error, None);
     assert_eq!(delta.added.len(), 3, "{st:?}");
+}
+
+/// Check the applied state of the samples in `tests/data/index-v*`: two indexes, `up`
+/// configured with a held removal, `old` dropped from the configuration with its removal held.
+fn check_sample_state(ix: &Indexes) {
+    let e = ix.entry("a/abc/abc").unwrap();
+    assert_eq!(
+        (e.url.as_str(), e.index.as_str()),
+        ("https://x.org/abc", "up")
+    );
+    assert_eq!(
+        serde_json::Value::Object(e.metadata),
+        serde_json::json!({"submit": "yes", "owner": ["a", "b"]})
+    );
+    assert!(ix.entry("a/abd/abd").unwrap().metadata.is_empty());
+    assert_eq!(ix.entry("o/old/old").unwrap().index, "old");
+    assert_eq!(ix.len(), 4);
+    let all: Vec<_> = ix.entries().map(|e| (e.index, e.id)).collect();
+    let want = [
+        ("up", "a/abc/abc"),
+        ("up", "a/abd/abd"),
+        ("up", "b/bcd/bcd"),
+        ("old", "o/old/old"),
+    ];
+    assert_eq!(
+        all,
+        want.map(|(i, id)| (i.to_owned(), id.to_owned())).to_vec()
+    );
+    let st = ix.status();
+    assert_eq!(st[0].name, "up");
+    assert_eq!(
+        st[0].commit.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    assert_eq!(reason(ix, "up", "a/bad/bad"), "missing url");
+    assert_eq!(
+        st[0].held.as_ref().map(|h| (h.removals, h.total)),
+        Some((1, 3))
+    );
+    assert_eq!(
+        reason(ix, "old", "a/abc/abc"),
+        "conflict: id already provided by index up"
+    );
+    assert_eq!(st[1].held.as_ref().map(|h| h.removals), Some(2));
+}
+
+// SPEC §12: the applied state of release 1 (`applied.json`, JSON) migrates at start into
+// `applied.state`, the old file kept beside as `applied.json.v1.bak`; nothing is lost.
+#[test]
+fn spec_12_applied_state_v1_migrates() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v1/applied.json");
+    std::fs::copy(&sample, s.dir.join("applied.json")).unwrap();
+    let src = vec![source("up", "/nonexistent")];
+
+    let ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
+    check_sample_state(&ix);
+    assert!(!s.dir.join("applied.json").exists());
+    assert_eq!(
+        std::fs::read(s.dir.join("applied.json.v1.bak")).unwrap(),
+        std::fs::read(&sample).unwrap()
+    );
+    let v2 = s.dir.join("applied.state");
+    assert!(v2.is_file());
+    if std::env::var_os("BLESS_INDEX_V2").is_some() {
+        let to = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
+        std::fs::copy(&v2, to).unwrap();
+    }
+    drop(ix);
+    // Started again: the migrated file is read, the kept one left alone.
+    let ix = Indexes::open(src, settings(state.path(), 5.0)).unwrap();
+    check_sample_state(&ix);
+    assert!(s.dir.join("applied.json.v1.bak").is_file());
+}
+
+// SPEC §10, §12: the checked-in sample of format v2 still loads.
+#[test]
+fn spec_12_applied_state_v2_sample_loads() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
+    std::fs::copy(sample, s.dir.join("applied.state")).unwrap();
+    let ix = Indexes::open(vec![source("up", "/nonexistent")], s).unwrap();
+    check_sample_state(&ix);
+}
+
+// SPEC §10: a damaged `applied.state` (a flipped byte, a cut) stops the start naming the
+// file and the way out, and is left as it is.
+#[test]
+fn spec_10_damaged_applied_state_is_loud() {
+    let repo = numbered_index(3);
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src.clone(), settings(state.path(), 5.0)).unwrap();
+    ix.poll(true).unwrap();
+    drop(ix);
+    let file = settings(state.path(), 5.0).dir.join("applied.state");
+    let good = std::fs::read(&file).unwrap();
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0x40;
+    for bad in [flipped, good[..mid].to_vec(), b"\x00\x01garbage".to_vec()] {
+        std::fs::write(&file, &bad).unwrap();
+        let err = Indexes::open(src.clone(), settings(state.path(), 5.0))
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&file.display().to_string()) && msg.contains("move it aside"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), bad);
+    }
+}
+
+/// Everything a reader of `ix` sees of index `name`: entries and rejections.
+fn view(ix: &Indexes, name: &str) -> (Vec<gitmirrord::index::Entry>, Vec<(String, String)>) {
+    let st = ix.status().into_iter().find(|s| s.name == name).unwrap();
+    let rejected = st
+        .rejected
+        .into_iter()
+        .map(|r| (r.path, r.reason))
+        .collect();
+    (ix.entries().collect(), rejected)
+}
+
+// SPEC §3.3: a new commit is read from what changed since the applied one (`git
+// diff-tree`), and gives exactly what a fresh read of that commit gives: entries added,
+// changed, removed, made bad and made good again, a symbolic link, a changed DEFAULTS
+// (which makes it read whole).
+#[test]
+fn spec_3_3_changed_files_read_like_whole_commit() {
+    let repo = IndexRepo::new();
+    for i in 0..30 {
+        repo.write(
+            &format!("a/p{i}/p{i}"),
+            url_entry(&format!("https://x.org/{i}")),
+        );
+    }
+    repo.write("DEFAULTS", "submit: root\n")
+        .write("a/bad/bad", "url: []\n");
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src.clone(), settings(state.path(), 50.0)).unwrap();
+    ix.poll(true).unwrap();
+
+    type Step = fn(&IndexRepo);
+    let steps: [Step; 4] = [
+        |r| {
+            r.remove("a/p1/p1")
+                .write("a/p2/p2", url_entry("https://y.org/2"))
+                .write("a/p3/p3", "url: [\n")
+                .write("a/bad/bad", url_entry("https://x.org/good-now"))
+                .write("b/new/new", "url: https://x.org/new\nowner: me\n");
+        },
+        |r| {
+            r.remove("a/p4/p4");
+            std::os::unix::fs::symlink("../p5/p5", r.path().join("a/p4/p4")).unwrap();
+            r.write("a/p3/p3", url_entry("https://x.org/3-again"));
+        },
+        |r| {
+            r.write("a/DEFAULTS", "submit: a\n").remove("a/p6/p6");
+        },
+        |r| {
+            r.write("a/p7/p7", url_entry("-x"));
+        },
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        step(&repo);
+        repo.commit();
+        let delta = ix.poll(true).unwrap();
+        assert!(!delta.is_empty(), "step {n}");
+        let fresh_state = tempfile::tempdir().unwrap();
+        let mut fresh = Indexes::open(src.clone(), settings(fresh_state.path(), 50.0)).unwrap();
+        fresh.poll(true).unwrap();
+        assert_eq!(view(&ix, "up"), view(&fresh, "up"), "step {n}");
+    }
+    assert!(reason(&ix, "up", "a/p7/p7").contains("starts with '-'"));
+    assert_eq!(reason(&ix, "up", "a/p4/p4"), "symbolic link (not followed)");
+    assert_eq!(ix.entry("a/p2/p2").unwrap().metadata["submit"], "a");
+    assert_eq!(ix.entry("b/new/new").unwrap().metadata["submit"], "root");
+}
+
+// SPEC §3.3: the clone of a local git index borrows the source's objects rather than
+// copying them (a 1M-entry index is 1.5M objects), and still reads every new commit.
+#[test]
+fn spec_3_3_local_index_clone_borrows_objects() {
+    let repo = IndexRepo::new();
+    repo.write("a/abc/abc", url_entry("https://x.org/abc"));
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src, settings(state.path(), 50.0)).unwrap();
+    assert_eq!(ids(&ix.poll(true).unwrap().added), ["a/abc/abc"]);
+    let clone = state.path().join("index/up.git");
+    let alternates = std::fs::read_to_string(clone.join("objects/info/alternates")).unwrap();
+    let source_objects = std::fs::canonicalize(repo.path().join(".git/objects")).unwrap();
+    assert_eq!(alternates.trim_end(), source_objects.to_str().unwrap());
+    let own = Command::new("git")
+        .arg("--git-dir")
+        .arg(&clone)
+        .args(["count-objects", "-v"])
+        .output()
+        .unwrap();
+    let own = String::from_utf8(own.stdout).unwrap();
+    assert!(
+        own.contains("count: 0") && own.contains("in-pack: 0"),
+        "{own}"
+    );
+
+    repo.write("b/bcd/bcd", url_entry("https://x.org/bcd"));
+    repo.commit();
+    assert_eq!(ids(&ix.poll(true).unwrap().added), ["b/bcd/bcd"]);
+}
+
+// SPEC §3.3: a local index whose history is rewritten and pruned (the objects the clone's
+// ref named are gone) is still read.
+#[test]
+fn spec_3_3_local_index_rewritten_and_pruned() {
+    let repo = IndexRepo::new();
+    repo.write("a/abc/abc", url_entry("https://x.org/abc"));
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let src = vec![source("up", &repo.url())];
+    let mut ix = Indexes::open(src, settings(state.path(), 50.0)).unwrap();
+    ix.poll(true).unwrap();
+
+    git(repo.path(), &["checkout", "-q", "--orphan", "other"]);
+    repo.write("a/abc/abc", url_entry("https://y.org/abc"));
+    repo.commit();
+    git(repo.path(), &["branch", "-q", "-M", "main"]);
+    git(repo.path(), &["reflog", "expire", "--expire=now", "--all"]);
+    git(repo.path(), &["gc", "-q", "--prune=now"]);
+    let delta = ix.poll(true).unwrap();
+    assert_eq!(ids(&delta.changed), ["a/abc/abc"]);
+    assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://y.org/abc");
+    assert_eq!(ix.status()[0].last_error, None);
 }

@@ -1049,7 +1049,7 @@ enum Expect {
 // `startup.rs` covers the repo snapshot of each daemon holding a bad header. Here every
 // state file of both daemons (worker: `identity.json`, `repos.snapshot`, `repos.journal`;
 // coordinator: `registry.json`, `repos.snapshot`, `repos.journal`, `webhooks.json`,
-// `index/applied.json`, the
+// `index/applied.state`, the
 // event log's segment, `tls-key.pem`, `tls-cert.pem`) is in turn cut in half, cut inside its
 // first line, and replaced with binary garbage. Each time the daemon must exit non-zero, its
 // log must name the file and a recovery step, and the file must be left untouched. The
@@ -1090,7 +1090,7 @@ fn broken_state_files_stop_the_daemons_with_a_way_out() {
         (&fleet.coord.proc, &cstate, "repos.snapshot"),
         (&fleet.coord.proc, &cstate, "repos.journal"),
         (&fleet.coord.proc, &cstate, "webhooks.json"),
-        (&fleet.coord.proc, &cstate, "index/applied.json"),
+        (&fleet.coord.proc, &cstate, "index/applied.state"),
         (&fleet.coord.proc, &cstate, EVENT_SEGMENT),
         (&fleet.coord.proc, &cstate, "tls-key.pem"),
         (&fleet.coord.proc, &cstate, "tls-cert.pem"),

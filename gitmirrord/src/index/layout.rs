@@ -2,9 +2,10 @@
 //! turning file contents into validated entries (SPEC §3.2).
 
 use super::validate;
-use super::{Entry, Rejected};
+use super::{Entries, Rejected, Stored};
 use serde_json::{Map, Value as Json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// Raise when a change of these rules changes the entries read from the same files.
 pub const VERSION: u32 = 1;
@@ -57,80 +58,183 @@ pub fn role(path: &[u8]) -> Option<Role> {
 /// Entries and rejections of one index snapshot.
 #[derive(Debug, Default)]
 pub struct Parsed {
-    pub entries: BTreeMap<String, Entry>,
+    pub entries: Entries,
     pub rejected: Vec<Rejected>,
 }
 
-/// Build the entries of index `index` from its files.
-pub fn parse(index: &str, files: &[File], allow_file_urls: bool) -> Parsed {
-    let mut parsed = Parsed::default();
-    // Directory ("" for the root) -> keys of its DEFAULTS.
-    let mut defaults: BTreeMap<Vec<u8>, Map<String, Json>> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.role == Role::Defaults) {
-        match mapping(&f.kind) {
-            Ok(keys) => {
-                let dir = f
-                    .path
-                    .get(..f.path.len().saturating_sub(b"/DEFAULTS".len()))
-                    .unwrap_or_default();
-                defaults.insert(dir.to_vec(), keys);
-            }
-            // Entries below still load, without these keys.
-            Err(reason) => parsed.rejected.push(Rejected {
-                path: display(&f.path),
-                reason,
-            }),
+/// Distinct metadata texts shared between entries, at most this many (most indexes give
+/// every entry the same few keys; a bound keeps an index of all-different ones cheap).
+const MAX_INTERNED: usize = 4096;
+
+/// Turns the files of one index snapshot into entries as a source hands them over, one at
+/// a time, so no snapshot is ever held whole. A `DEFAULTS` file must come before the
+/// entries below it (sources hand all of them over first).
+pub struct Parser {
+    allow_file_urls: bool,
+    /// Directory ("" for the root) -> keys of its DEFAULTS.
+    defaults: BTreeMap<Vec<u8>, Map<String, Json>>,
+    parsed: Parsed,
+    interned: HashSet<Arc<str>>,
+}
+
+impl Parser {
+    pub fn new(allow_file_urls: bool) -> Self {
+        Self {
+            allow_file_urls,
+            defaults: BTreeMap::new(),
+            parsed: Parsed::default(),
+            interned: HashSet::new(),
         }
     }
-    for f in files.iter().filter(|f| f.role == Role::Entry) {
-        match entry(index, f, &defaults, allow_file_urls) {
-            Ok(e) => {
-                if parsed.entries.contains_key(&e.id) {
-                    parsed.rejected.push(Rejected {
-                        path: e.id,
+
+    pub fn file(&mut self, f: &File) {
+        match f.role {
+            Role::Defaults => match mapping(&f.kind) {
+                Ok(keys) => {
+                    let dir = f
+                        .path
+                        .get(..f.path.len().saturating_sub(b"/DEFAULTS".len()))
+                        .unwrap_or_default();
+                    self.defaults.insert(dir.to_vec(), keys);
+                }
+                // Entries below still load, without these keys.
+                Err(reason) => self.parsed.rejected.push(Rejected {
+                    path: display(&f.path),
+                    reason,
+                }),
+            },
+            Role::Entry => match entry(f, &self.defaults, self.allow_file_urls) {
+                Ok((id, url, keys)) => {
+                    if self.parsed.entries.contains_key(id) {
+                        self.parsed.rejected.push(Rejected {
+                            path: id.to_owned(),
+                            reason: "duplicate id".into(),
+                        });
+                    } else {
+                        let metadata = self.intern(keys);
+                        let stored = Stored {
+                            url: url.into(),
+                            metadata,
+                        };
+                        self.parsed.entries.insert(id.into(), stored);
+                    }
+                }
+                Err(reason) => self.parsed.rejected.push(Rejected {
+                    path: display(&f.path),
+                    reason,
+                }),
+            },
+        }
+    }
+
+    /// A parser for another part of the same snapshot: the `DEFAULTS` read so far, no
+    /// entries. Parts are read apart and put together with [`Parser::join`].
+    pub fn fork(&self) -> Self {
+        Self {
+            allow_file_urls: self.allow_file_urls,
+            defaults: self.defaults.clone(),
+            parsed: Parsed::default(),
+            interned: HashSet::new(),
+        }
+    }
+
+    /// Take in the entries and rejections of a part read by a [`Parser::fork`].
+    pub fn join(&mut self, part: Parser) {
+        let Parsed {
+            mut entries,
+            rejected,
+        } = part.parsed;
+        self.parsed.rejected.extend(rejected);
+        let overlap = match (
+            self.parsed.entries.last_key_value(),
+            entries.first_key_value(),
+        ) {
+            (Some((last, _)), Some((first, _))) => first <= last,
+            _ => false,
+        };
+        if !overlap {
+            // Parts of a sorted listing: the common case appends in O(n).
+            self.parsed.entries.append(&mut entries);
+            return;
+        }
+        for (id, e) in entries {
+            match self.parsed.entries.entry(id) {
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    self.parsed.rejected.push(Rejected {
+                        path: o.key().to_string(),
                         reason: "duplicate id".into(),
                     });
-                } else {
-                    parsed.entries.insert(e.id.clone(), e);
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
                 }
             }
-            Err(reason) => parsed.rejected.push(Rejected {
-                path: display(&f.path),
-                reason,
-            }),
         }
     }
-    parsed.rejected.sort_by(|a, b| a.path.cmp(&b.path));
-    parsed
+
+    pub fn finish(mut self) -> Parsed {
+        self.parsed.rejected.sort_by(|a, b| a.path.cmp(&b.path));
+        self.parsed
+    }
+
+    fn intern(&mut self, keys: Map<String, Json>) -> Option<Arc<str>> {
+        if keys.is_empty() {
+            return None;
+        }
+        let text = Json::Object(keys).to_string();
+        if let Some(shared) = self.interned.get(text.as_str()) {
+            return Some(shared.clone());
+        }
+        let text: Arc<str> = text.into();
+        if self.interned.len() < MAX_INTERNED {
+            self.interned.insert(text.clone());
+        }
+        Some(text)
+    }
+}
+
+/// Build the entries of one index snapshot from its files (in any order).
+#[cfg(test)]
+pub fn parse(files: &[File], allow_file_urls: bool) -> Parsed {
+    let mut parser = Parser::new(allow_file_urls);
+    for f in files.iter().filter(|f| f.role == Role::Defaults) {
+        parser.file(f);
+    }
+    for f in files.iter().filter(|f| f.role == Role::Entry) {
+        parser.file(f);
+    }
+    parser.finish()
 }
 
 fn display(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
-fn entry(
-    index: &str,
-    f: &File,
+/// A valid entry's id, URL and other keys.
+fn entry<'f>(
+    f: &'f File,
     defaults: &BTreeMap<Vec<u8>, Map<String, Json>>,
     allow_file_urls: bool,
-) -> Result<Entry, String> {
+) -> Result<(&'f str, String, Map<String, Json>), String> {
     let id = std::str::from_utf8(&f.path).map_err(|_| "path is not UTF-8".to_owned())?;
     validate::repo_id(id)?;
     let own = mapping(&f.kind)?;
 
     // Farthest DEFAULTS first, so nearer ones and then the entry overwrite key by key.
     let mut keys = Map::new();
-    let (first, project) = {
-        let mut it = id.split('/');
-        (it.next().unwrap_or_default(), it.next().unwrap_or_default())
-    };
-    for dir in [
-        String::new(),
-        first.to_owned(),
-        format!("{first}/{project}"),
-    ] {
-        if let Some(d) = defaults.get(dir.as_bytes()) {
-            keys.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if !defaults.is_empty() {
+        let (first, project) = {
+            let mut it = id.split('/');
+            (it.next().unwrap_or_default(), it.next().unwrap_or_default())
+        };
+        for dir in [
+            String::new(),
+            first.to_owned(),
+            format!("{first}/{project}"),
+        ] {
+            if let Some(d) = defaults.get(dir.as_bytes()) {
+                keys.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
         }
     }
     keys.extend(own);
@@ -149,12 +253,7 @@ fn entry(
         return Err("missing url (empty)".into());
     }
     validate::repo_url(&url, allow_file_urls)?;
-    Ok(Entry {
-        id: id.to_owned(),
-        url,
-        index: index.to_owned(),
-        metadata: keys,
-    })
+    Ok((id, url, keys))
 }
 
 /// The YAML mapping a file holds (an empty file is an empty mapping).
@@ -274,9 +373,9 @@ mod tests {
             file("a/abd/abd", "url: https://x/abd\nowner: me\n"),
             file("b/bcd/bcd", "url: https://x/bcd\n"),
         ];
-        let p = parse("ix", &files, false);
+        let p = parse(&files, false);
         assert!(p.rejected.is_empty(), "{:?}", p.rejected);
-        let md = |id: &str| Json::Object(p.entries[id].metadata.clone());
+        let md = |id: &str| Json::Object(p.entries[id].metadata_map());
         assert_eq!(
             md("a/abc/abc"),
             serde_json::json!({"submit": "root", "owner": "a", "level": 2, "extra": [1, 2]})
@@ -289,8 +388,7 @@ mod tests {
             md("b/bcd/bcd"),
             serde_json::json!({"submit": "root", "owner": "root", "level": 0})
         );
-        assert_eq!(p.entries["a/abc/abc"].url, "https://x/abc");
-        assert_eq!(p.entries["a/abc/abc"].index, "ix");
+        assert_eq!(&*p.entries["a/abc/abc"].url, "https://x/abc");
     }
 
     // SPEC §3.1: `url` as a list; the first element is the fetch URL.
@@ -309,9 +407,12 @@ mod tests {
             file("a/b/nothing", ""),
             file("a/b/scalar", "just text\n"),
         ];
-        let p = parse("ix", &files, false);
-        assert_eq!(p.entries.keys().collect::<Vec<_>>(), ["a/b/ok"]);
-        assert_eq!(p.entries["a/b/ok"].url, "https://x/first");
+        let p = parse(&files, false);
+        assert_eq!(
+            p.entries.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["a/b/ok"]
+        );
+        assert_eq!(&*p.entries["a/b/ok"].url, "https://x/first");
         assert_eq!(reason(&p, "a/b/empty"), "url list is empty");
         assert_eq!(
             reason(&p, "a/b/num"),
@@ -357,8 +458,11 @@ mod tests {
             role: Role::Entry,
             kind: Kind::Regular(vec![]),
         });
-        let p = parse("ix", &files, false);
-        assert_eq!(p.entries.keys().collect::<Vec<_>>(), ["a/good/good"]);
+        let p = parse(&files, false);
+        assert_eq!(
+            p.entries.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["a/good/good"]
+        );
         assert!(
             reason(&p, "a/bad/yaml").starts_with("YAML does not parse"),
             "{:?}",
@@ -385,9 +489,45 @@ mod tests {
             file("a/DEFAULTS", "x: [\n"),
             file("a/abc/abc", "url: https://x/abc\n"),
         ];
-        let p = parse("ix", &files, false);
+        let p = parse(&files, false);
         assert!(p.entries.contains_key("a/abc/abc"));
         assert!(reason(&p, "a/DEFAULTS").starts_with("YAML does not parse"));
+    }
+
+    // SPEC §3.1, §3.2: an index read in parts (one per git process) gives what one read
+    // gives: DEFAULTS seen before the fork apply in every part, a repeated id is rejected.
+    #[test]
+    fn parts_join_like_one_read() {
+        let mut whole = Parser::new(false);
+        whole.file(&file("DEFAULTS", "submit: root\n"));
+        let mut first = whole.fork();
+        let mut second = whole.fork();
+        first.file(&file("a/abc/abc", "url: https://x/abc\n"));
+        first.file(&file("a/abd/abd", "url: https://x/abd\n"));
+        second.file(&file("b/bcd/bcd", "url: https://x/bcd\n"));
+        second.file(&file("b/bad/bad", "url: []\n"));
+        let mut again = whole.fork();
+        again.file(&file("a/abc/abc", "url: https://y/abc\n"));
+        whole.join(first);
+        whole.join(second);
+        whole.join(again);
+        let p = whole.finish();
+        let ids: Vec<&str> = p.entries.keys().map(|k| &**k).collect();
+        assert_eq!(ids, ["a/abc/abc", "a/abd/abd", "b/bcd/bcd"]);
+        assert_eq!(
+            &*p.entries["a/abc/abc"].url, "https://x/abc",
+            "the first read wins"
+        );
+        assert_eq!(
+            Json::Object(p.entries["b/bcd/bcd"].metadata_map()),
+            serde_json::json!({"submit": "root"})
+        );
+        assert_eq!(reason(&p, "a/abc/abc"), "duplicate id");
+        assert_eq!(reason(&p, "b/bad/bad"), "url list is empty");
+        assert!(Arc::ptr_eq(
+            p.entries["a/abc/abc"].metadata.as_ref().unwrap(),
+            p.entries["a/abd/abd"].metadata.as_ref().unwrap()
+        ));
     }
 
     // Hostile YAML must be refused, not crash or blow up memory.
@@ -404,7 +544,7 @@ mod tests {
             file("a/b/bomb", bomb),
             file("a/b/tag", "url: !x https://x\n? [a]\n: 1\n"),
         ];
-        let p = parse("ix", &files, false);
+        let p = parse(&files, false);
         assert!(p.entries.is_empty(), "{:?}", p.entries.keys());
         assert!(
             reason(&p, "a/b/deep").starts_with("YAML does not parse"),

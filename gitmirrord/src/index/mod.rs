@@ -2,19 +2,22 @@
 //! and purge protection.
 //!
 //! Each index has an *applied* state: the entries the coordinator works from, the newest
-//! commit read, its rejections and a held update. It is persisted in
-//! `<dir>/applied.json` whenever it changes, so a restart starts from the same entries
-//! and an already applied commit causes no work. The *effective* set merges the applied
-//! entries of all indexes, the first listed index winning a duplicate id.
+//! commit read, its rejections and a held update. It is persisted in `<dir>/applied.state`
+//! whenever it changes, so a restart starts from the same entries and an already applied
+//! commit causes no work. The *effective* set is the applied entries of all indexes, the
+//! first listed index winning a duplicate id; it is not kept as a copy, only the ids each
+//! index loses to an earlier one (see docs/design.md, "Index read at scale").
 
 mod layout;
 mod source;
 pub mod validate;
 
-use gitmirror_common::statefile;
+use gitmirror_common::statefile::{self, StateError};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -49,6 +52,39 @@ pub struct Entry {
     pub index: String,
     /// Every other key of the entry (after `DEFAULTS`), uninterpreted.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A valid entry as the applied state keeps it, keyed by its id in [`Entries`]: about
+/// 100 bytes at 1M entries where an [`Entry`] takes near 1 KB. The index name is where it
+/// is kept; the metadata is its keys as JSON text, shared between entries with the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub url: Box<str>,
+    /// `None` when the entry has no other keys.
+    pub metadata: Option<Arc<str>>,
+}
+
+/// One index's entries by id.
+pub type Entries = BTreeMap<Box<str>, Stored>;
+
+impl Stored {
+    /// The metadata as keys. The text was checked when read or loaded (see `load_state`),
+    /// so it always decodes.
+    pub fn metadata_map(&self) -> Map<String, Json> {
+        self.metadata
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default()
+    }
+
+    fn entry(&self, id: &str, index: &str) -> Entry {
+        Entry {
+            id: id.to_owned(),
+            url: self.url.to_string(),
+            index: index.to_owned(),
+            metadata: self.metadata_map(),
+        }
+    }
 }
 
 /// An entry that was rejected, with the reason.
@@ -108,10 +144,12 @@ pub enum IndexError {
     InvalidName { name: String, reason: String },
 }
 
-/// The applied state file.
-const STATE_FILE: &str = "applied.json";
+/// The applied state file: header line, postcard-encoded [`Applied`], CRC-32 of it.
+const STATE_FILE: &str = "applied.state";
 const STATE_KIND: &str = "index";
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
+/// The JSON state of releases before; migrated at start and kept as `applied.json.v1.bak`.
+const V1_FILE: &str = "applied.json";
 /// Rejections logged per index commit; the rest are counted (all are in `status()`).
 const MAX_LOGGED_REJECTIONS: usize = 100;
 
@@ -129,7 +167,7 @@ struct IndexState {
     /// How the entries were read ([`Indexes::reader`]); a commit read differently is
     /// read again.
     reader: String,
-    entries: BTreeMap<String, Entry>,
+    entries: Entries,
     rejected: Vec<Rejected>,
     held: Option<Held>,
 }
@@ -178,12 +216,13 @@ pub struct Indexes {
     settings: IndexSettings,
     applied: Applied,
     runtime: HashMap<String, Runtime>,
-    /// The effective set: the applied entries of all indexes, first listed wins.
-    merged: BTreeMap<String, Entry>,
-    /// Per index, the ids it provides that an earlier index already provides.
-    conflicts: BTreeMap<String, Vec<Rejected>>,
-    /// Entries each index contributes to `merged`.
+    /// Per index, the ids it has that an earlier index provides, with that index's name:
+    /// with them, the effective set needs no copy of the entries.
+    conflicts: BTreeMap<String, BTreeMap<Box<str>, String>>,
+    /// Entries each index contributes to the effective set.
     provided: HashMap<String, usize>,
+    /// The order of indexes the effective set was last worked out in.
+    merged_order: Vec<String>,
     /// `set_sources` was called: the next poll re-merges even if no index changed.
     sources_changed: bool,
 }
@@ -194,27 +233,52 @@ impl Indexes {
         check_names(&sources)?;
         statefile::ensure_dir(&settings.dir)?;
         source::write_git_config(&settings.dir)?;
-        let applied: Applied =
-            statefile::read_json(&settings.dir.join(STATE_FILE), STATE_KIND, STATE_VERSION)?
-                .unwrap_or_default();
+        let applied = load_state(&settings.dir)?;
         let mut me = Self {
             sources,
             settings,
             applied,
             runtime: HashMap::new(),
-            merged: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             provided: HashMap::new(),
+            merged_order: Vec::new(),
             sources_changed: false,
         };
         // Conflicts were logged when they arose, before the restart.
+        me.merged_order = me.order();
         me.remerge(false);
         Ok(me)
     }
 
-    /// The applied, merged entries (first index wins on a duplicate id).
-    pub fn entries(&self) -> &BTreeMap<String, Entry> {
-        &self.merged
+    /// The applied, merged entries (first index wins on a duplicate id), index by index in
+    /// the configured order and by id within each. Built as they are taken.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.merged_order.iter().flat_map(move |name| {
+            let lost = self.conflicts.get(name);
+            let entries = self.applied.indexes.get(name).map(|st| &st.entries);
+            entries
+                .into_iter()
+                .flatten()
+                .filter(move |(id, _)| !lost.is_some_and(|l| l.contains_key(*id)))
+                .map(move |(id, e)| e.entry(id, name))
+        })
+    }
+
+    /// The effective entry with id `id`, if any.
+    pub fn entry(&self, id: &str) -> Option<Entry> {
+        self.merged_order.iter().find_map(|name| {
+            let st = self.applied.indexes.get(name)?;
+            st.entries.get(id).map(|e| e.entry(id, name))
+        })
+    }
+
+    /// The number of effective entries.
+    pub fn len(&self) -> usize {
+        self.provided.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Pull every index that is due (all of them when `force`), re-read it if its commit
@@ -224,8 +288,8 @@ impl Indexes {
     /// is returned only when the new applied state cannot be saved, and then nothing is
     /// applied (the next poll tries again).
     pub fn poll(&mut self, force: bool) -> Result<Delta, IndexError> {
-        // Cloned only when something changes: a no-op poll of a large index stays cheap.
-        let mut next: Option<Applied> = None;
+        // The new state of each index that changed; a no-op poll stages nothing.
+        let mut staged: BTreeMap<String, Option<IndexState>> = BTreeMap::new();
         let now = Instant::now();
         for source in self.sources.clone() {
             let rt = self.runtime.entry(source.name.clone()).or_default();
@@ -238,16 +302,10 @@ impl Indexes {
                 Ok(None) => self.record(&source.name, None),
                 Ok(Some((commit, parsed))) => {
                     self.record(&source.name, None);
-                    let next = next.get_or_insert_with(|| self.applied.clone());
                     let (entries, rejected) = (parsed.entries, parsed.rejected);
-                    self.update(
-                        next,
-                        &source.name,
-                        &source.url,
-                        Some(commit),
-                        entries,
-                        rejected,
-                    );
+                    let new =
+                        self.update(&source.name, &source.url, Some(commit), entries, rejected);
+                    staged.insert(source.name.clone(), new);
                 }
                 Err(e) => self.record(&source.name, Some(e)),
             }
@@ -263,10 +321,10 @@ impl Indexes {
             .map(|(name, st)| (name.clone(), st.url.clone()))
             .collect();
         for (name, url) in dropped {
-            let next = next.get_or_insert_with(|| self.applied.clone());
-            self.update(next, &name, &url, None, BTreeMap::new(), Vec::new());
+            let new = self.update(&name, &url, None, Entries::new(), Vec::new());
+            staged.insert(name, new);
         }
-        self.commit_state(next)
+        self.commit_state(staged)
     }
 
     /// Time until the next index is due for a poll.
@@ -304,19 +362,16 @@ impl Indexes {
             return Err(IndexError::NothingHeld(name.to_owned()));
         };
         let removals = held.removals.len();
-        let mut next = self.applied.clone();
         let configured = self.sources.iter().any(|s| s.name == name);
-        if let Some(st) = next.indexes.get_mut(name) {
-            if let Some(held) = st.held.take() {
-                for id in &held.removals {
-                    st.entries.remove(id);
-                }
-            }
-            if !configured && st.entries.is_empty() {
-                next.indexes.remove(name);
+        // A copy of this one index only; accepting is rare.
+        let mut st = state.clone();
+        if let Some(held) = st.held.take() {
+            for id in &held.removals {
+                st.entries.remove(id.as_str());
             }
         }
-        let delta = self.commit_state(Some(next))?;
+        let new = (configured || !st.entries.is_empty()).then_some(st);
+        let delta = self.commit_state(BTreeMap::from([(name.to_owned(), new)]))?;
         info!(index = name, removals, "held index removals accepted");
         Ok(delta)
     }
@@ -333,7 +388,8 @@ impl Indexes {
                     None => state.map(|s| s.url.clone()).unwrap_or_default(),
                 };
                 let mut rejected = state.map(|s| s.rejected.clone()).unwrap_or_default();
-                rejected.extend(self.conflicts.get(&name).into_iter().flatten().cloned());
+                let lost = self.conflicts.get(&name).into_iter().flatten();
+                rejected.extend(lost.map(|(id, winner)| conflict(id, winner)));
                 IndexStatus {
                     url,
                     commit: state.and_then(|s| s.commit.clone()),
@@ -397,8 +453,14 @@ impl Indexes {
             return Ok(None);
         }
         let commit = fetched.commit().to_owned();
-        let files = fetched.into_files()?;
-        let parsed = layout::parse(&source.name, &files, self.settings.allow_file_urls);
+        let parsed = match self.read_changes(source, &fetched) {
+            Some(parsed) => parsed,
+            None => {
+                let mut parser = layout::Parser::new(self.settings.allow_file_urls);
+                fetched.read(&mut parser)?;
+                parser.finish()
+            }
+        };
         for r in parsed.rejected.iter().take(MAX_LOGGED_REJECTIONS) {
             warn!(
                 index = source.name,
@@ -426,36 +488,88 @@ impl Indexes {
         Ok(Some((commit, parsed)))
     }
 
-    /// Stage the new content of index `name` in `next`, holding back a large removal.
+    /// The entries of the fetched commit of `source` from the applied ones and the files
+    /// that changed since the applied commit; `None` when it has to be read whole (no
+    /// applied commit, other rules, a held update, a changed `DEFAULTS`, a failed diff).
+    fn read_changes(
+        &self,
+        source: &IndexSource,
+        fetched: &source::Fetched,
+    ) -> Option<layout::Parsed> {
+        let old = self.applied.indexes.get(&source.name)?;
+        if old.url != source.url || old.reader != self.reader() || old.held.is_some() {
+            return None;
+        }
+        let mut parser = layout::Parser::new(self.settings.allow_file_urls);
+        let paths = match fetched.read_changes(old.commit.as_deref()?, &mut parser) {
+            Ok(paths) => paths?,
+            Err(e) => {
+                info!(index = source.name, "reading the index whole: {e}");
+                return None;
+            }
+        };
+        let changed = parser.finish();
+        let touched: BTreeSet<String> = paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let mut entries = old.entries.clone();
+        for id in &touched {
+            entries.remove(id.as_str());
+        }
+        let mut rejected: Vec<Rejected> = old
+            .rejected
+            .iter()
+            .filter(|r| !touched.contains(&r.path))
+            .cloned()
+            .collect();
+        for (id, e) in changed.entries {
+            match entries.entry(id) {
+                std::collections::btree_map::Entry::Occupied(o) => rejected.push(Rejected {
+                    path: o.key().to_string(),
+                    reason: "duplicate id".into(),
+                }),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
+            }
+        }
+        // The DEFAULTS read again for these entries keep their rejections from before.
+        rejected.extend(
+            changed
+                .rejected
+                .into_iter()
+                .filter(|r| touched.contains(&r.path)),
+        );
+        rejected.sort_by(|a, b| a.path.cmp(&b.path));
+        Some(layout::Parsed { entries, rejected })
+    }
+
+    /// The new state of index `name` (`None`: it goes), holding back a large removal.
     fn update(
         &self,
-        next: &mut Applied,
         name: &str,
         url: &str,
         commit: Option<String>,
-        entries: BTreeMap<String, Entry>,
+        entries: Entries,
         rejected: Vec<Rejected>,
-    ) {
-        let Some(old) = next.indexes.get(name) else {
+    ) -> Option<IndexState> {
+        let Some(old) = self.applied.indexes.get(name) else {
             // The first load has nothing to protect.
-            if commit.is_some() {
-                let state = IndexState {
-                    url: url.to_owned(),
-                    commit,
-                    reader: self.reader(),
-                    entries,
-                    rejected,
-                    held: None,
-                };
-                next.indexes.insert(name.to_owned(), state);
-            }
-            return;
+            return commit.is_some().then(|| IndexState {
+                url: url.to_owned(),
+                commit,
+                reader: self.reader(),
+                entries,
+                rejected,
+                held: None,
+            });
         };
         let removals: Vec<String> = old
             .entries
             .keys()
             .filter(|id| !entries.contains_key(*id))
-            .cloned()
+            .map(|id| id.to_string())
             .collect();
         let total = old.entries.len();
         let limit = self.settings.purge_protect_percent;
@@ -471,7 +585,7 @@ impl Indexes {
         let mut entries = entries;
         if let Some(h) = &held {
             for id in &h.removals {
-                if let Some(e) = old.entries.get(id) {
+                if let Some((id, e)) = old.entries.get_key_value(id.as_str()) {
                     entries.insert(id.clone(), e.clone());
                 }
             }
@@ -494,18 +608,16 @@ impl Indexes {
             info!(index = name, "held index removals are no longer pending");
         }
         if commit.is_none() && held.is_none() {
-            next.indexes.remove(name);
-            return;
+            return None;
         }
-        let state = IndexState {
+        Some(IndexState {
             url: url.to_owned(),
             commit,
             reader: self.reader(),
             entries,
             rejected,
             held,
-        };
-        next.indexes.insert(name.to_owned(), state);
+        })
     }
 
     /// Note the outcome of polling index `name`; log only changes of state.
@@ -530,22 +642,143 @@ impl Indexes {
         rt.last_error = error;
     }
 
-    /// Save `next` if it differs, make it the applied state and return the change of the
-    /// effective set (which a new order of sources alone can change too).
-    fn commit_state(&mut self, next: Option<Applied>) -> Result<Delta, IndexError> {
-        match next {
-            Some(next) if next != self.applied => {
-                let path = self.settings.dir.join(STATE_FILE);
-                statefile::write_json(&path, STATE_KIND, STATE_VERSION, &next, 0o600)?;
-                self.applied = next;
+    /// Make the `staged` states of indexes applied (`None`: the index goes), save them, and
+    /// return the change of the effective set (which a new order of sources alone can
+    /// change too). Costs the entries that changed, unless the order of indexes did.
+    fn commit_state(
+        &mut self,
+        mut staged: BTreeMap<String, Option<IndexState>>,
+    ) -> Result<Delta, IndexError> {
+        staged.retain(|name, new| self.applied.indexes.get(name) != new.as_ref());
+        if staged.is_empty() && !self.sources_changed {
+            return Ok(Delta::default());
+        }
+        // Swap the new states in, keeping the old ones for the delta and to undo a failed
+        // save: the applied state is never copied whole.
+        let mut olds: BTreeMap<String, Option<IndexState>> = BTreeMap::new();
+        for (name, new) in staged {
+            let old = match new {
+                Some(st) => self.applied.indexes.insert(name.clone(), st),
+                None => self.applied.indexes.remove(&name),
+            };
+            olds.insert(name, old);
+        }
+        if !olds.is_empty()
+            && let Err(e) = save_state(&self.settings.dir, &self.applied)
+        {
+            for (name, old) in olds {
+                match old {
+                    Some(st) => self.applied.indexes.insert(name, st),
+                    None => self.applied.indexes.remove(&name),
+                };
             }
-            _ if !self.sources_changed => return Ok(Delta::default()),
-            _ => {}
+            return Err(e.into());
         }
         self.sources_changed = false;
-        let before = std::mem::take(&mut self.merged);
-        self.remerge(true);
-        Ok(diff(&before, &self.merged))
+        let new_order = self.order();
+        let old_order = std::mem::replace(&mut self.merged_order, new_order);
+        if old_order != self.merged_order {
+            let delta = self.full_delta(&olds, &old_order);
+            self.remerge(true);
+            return Ok(delta);
+        }
+        Ok(self.remerge_changes(&olds))
+    }
+
+    /// The delta when the order of indexes changed: every id is looked at.
+    fn full_delta(
+        &self,
+        olds: &BTreeMap<String, Option<IndexState>>,
+        old_order: &[String],
+    ) -> Delta {
+        let applied = &self.applied.indexes;
+        let before = |name: &str| match olds.get(name) {
+            Some(old) => old.as_ref(),
+            None => applied.get(name),
+        };
+        let mut ids: BTreeSet<&str> = BTreeSet::new();
+        for name in old_order {
+            ids.extend(
+                before(name)
+                    .into_iter()
+                    .flat_map(|st| st.entries.keys())
+                    .map(|k| &**k),
+            );
+        }
+        for st in applied.values() {
+            ids.extend(st.entries.keys().map(|k| &**k));
+        }
+        let mut delta = Delta::default();
+        for id in ids {
+            let was = winner(old_order, &before, id);
+            let is = winner(&self.merged_order, &|n: &str| applied.get(n), id);
+            add_to_delta(&mut delta, id, was, is);
+        }
+        delta
+    }
+
+    /// Bring the effective set up to date after the indexes in `olds` changed (same order
+    /// of indexes): only the ids whose entry changed in one of them are looked at.
+    fn remerge_changes(&mut self, olds: &BTreeMap<String, Option<IndexState>>) -> Delta {
+        let applied = &self.applied.indexes;
+        let before = |name: &str| match olds.get(name) {
+            Some(old) => old.as_ref(),
+            None => applied.get(name),
+        };
+        let after = |name: &str| applied.get(name);
+        let mut ids: BTreeSet<&str> = BTreeSet::new();
+        let none = Entries::new();
+        for (name, old) in olds {
+            let old = old.as_ref().map_or(&none, |st| &st.entries);
+            let new = applied.get(name).map_or(&none, |st| &st.entries);
+            changed_ids(old, new, &mut ids);
+        }
+        let order = &self.merged_order;
+        let mut delta = Delta::default();
+        for id in ids {
+            let was = winner(order, &before, id);
+            let is = winner(order, &after, id);
+            add_to_delta(&mut delta, id, was, is);
+            if let Some((name, _)) = was
+                && let Some(n) = self.provided.get_mut(name)
+            {
+                *n = n.saturating_sub(1);
+            }
+            if let Some((name, _)) = is {
+                *self.provided.entry(name.to_owned()).or_default() += 1;
+            }
+            // Who loses this id to whom, afresh.
+            let mut lost_before: Vec<(String, String)> = Vec::new();
+            for (name, lost) in self.conflicts.iter_mut() {
+                if let Some(w) = lost.remove(id) {
+                    lost_before.push((name.clone(), w));
+                }
+            }
+            if let Some((first, _)) = is {
+                for name in order.iter().filter(|n| n.as_str() != first) {
+                    if !after(name).is_some_and(|st| st.entries.contains_key(id)) {
+                        continue;
+                    }
+                    let known = lost_before.iter().any(|(n, w)| n == name && w == first);
+                    if !known {
+                        let r = conflict(id, first);
+                        warn!(
+                            index = name,
+                            path = r.path,
+                            reason = r.reason,
+                            "index entry rejected"
+                        );
+                    }
+                    self.conflicts
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(id.into(), first.to_owned());
+                }
+            }
+        }
+        self.conflicts.retain(|_, lost| !lost.is_empty());
+        self.provided.retain(|_, n| *n > 0);
+        delta
     }
 
     /// Configured indexes in order, then those only in the applied state (by name).
@@ -559,32 +792,41 @@ impl Indexes {
         names
     }
 
-    /// Recompute the effective set from the applied state.
+    /// Work out from the whole applied state which index provides each id.
     fn remerge(&mut self, log_new_conflicts: bool) {
-        let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
-        let mut conflicts: BTreeMap<String, Vec<Rejected>> = BTreeMap::new();
+        let mut conflicts: BTreeMap<String, BTreeMap<Box<str>, String>> = BTreeMap::new();
         let mut provided: HashMap<String, usize> = HashMap::new();
-        for name in self.order() {
-            let Some(state) = self.applied.indexes.get(&name) else {
+        let applied = &self.applied.indexes;
+        for (k, name) in self.merged_order.iter().enumerate() {
+            let Some(state) = applied.get(name) else {
                 continue;
             };
-            for (id, e) in &state.entries {
-                if let Some(winner) = merged.get(id) {
-                    let reason = format!("conflict: id already provided by index {}", winner.index);
-                    conflicts.entry(name.clone()).or_default().push(Rejected {
-                        path: id.clone(),
-                        reason,
-                    });
-                } else {
-                    *provided.entry(name.clone()).or_default() += 1;
-                    merged.insert(id.clone(), e.clone());
+            let earlier = &self.merged_order[..k];
+            let mut count = 0;
+            for id in state.entries.keys() {
+                let first = earlier.iter().find(|n| {
+                    applied
+                        .get(*n)
+                        .is_some_and(|st| st.entries.contains_key(id))
+                });
+                match first {
+                    Some(first) => {
+                        let lost = conflicts.entry(name.clone()).or_default();
+                        lost.insert(id.clone(), first.clone());
+                    }
+                    None => count += 1,
                 }
+            }
+            if count > 0 {
+                provided.insert(name.clone(), count);
             }
         }
         if log_new_conflicts {
-            for (name, list) in &conflicts {
-                for r in list {
-                    if !self.conflicts.get(name).is_some_and(|old| old.contains(r)) {
+            for (name, lost) in &conflicts {
+                for (id, first) in lost {
+                    let old = self.conflicts.get(name).and_then(|l| l.get(id));
+                    if old != Some(first) {
+                        let r = conflict(id, first);
                         warn!(
                             index = name,
                             path = r.path,
@@ -595,10 +837,253 @@ impl Indexes {
                 }
             }
         }
-        self.merged = merged;
         self.conflicts = conflicts;
         self.provided = provided;
     }
+}
+
+/// The rejection of an id that index `winner`, listed earlier, provides.
+fn conflict(id: &str, winner: &str) -> Rejected {
+    Rejected {
+        path: id.to_owned(),
+        reason: format!("conflict: id already provided by index {winner}"),
+    }
+}
+
+/// The first index in `order` whose state (by `state`) has `id`, and its entry.
+fn winner<'a>(
+    order: &'a [String],
+    state: &dyn Fn(&str) -> Option<&'a IndexState>,
+    id: &str,
+) -> Option<(&'a str, &'a Stored)> {
+    order
+        .iter()
+        .find_map(|name| Some((name.as_str(), state(name)?.entries.get(id)?)))
+}
+
+/// Record in `delta` how the effective entry `id` went from `was` to `is`.
+fn add_to_delta(
+    delta: &mut Delta,
+    id: &str,
+    was: Option<(&str, &Stored)>,
+    is: Option<(&str, &Stored)>,
+) {
+    match (was, is) {
+        (None, Some((index, e))) => delta.added.push(e.entry(id, index)),
+        (Some(_), None) => delta.removed.push(id.to_owned()),
+        (Some(w), Some((index, e))) if w != (index, e) => delta.changed.push(e.entry(id, index)),
+        _ => {}
+    }
+}
+
+/// Add to `ids` the ids added, removed or changed from `old` to `new`: one walk of both
+/// (they are sorted), so a re-read of a large index costs no lookups.
+fn changed_ids<'a>(old: &'a Entries, new: &'a Entries, ids: &mut BTreeSet<&'a str>) {
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some((id, _)), None) => {
+                ids.insert(id);
+                a.next();
+            }
+            (None, Some((id, _))) => {
+                ids.insert(id);
+                b.next();
+            }
+            (Some((x, e)), Some((y, f))) => match x.cmp(y) {
+                std::cmp::Ordering::Less => {
+                    ids.insert(x);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    ids.insert(y);
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if e != f {
+                        ids.insert(x);
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+/// The applied state of release 1 (`applied.json`), read once to migrate it.
+#[derive(Deserialize)]
+struct AppliedV1 {
+    indexes: BTreeMap<String, IndexStateV1>,
+}
+
+#[derive(Deserialize)]
+struct IndexStateV1 {
+    url: String,
+    commit: Option<String>,
+    reader: String,
+    entries: BTreeMap<String, Entry>,
+    rejected: Vec<Rejected>,
+    held: Option<Held>,
+}
+
+/// Load the applied state of `dir`: `applied.state`, or a release-1 `applied.json`
+/// migrated into it (kept as `applied.json.v1.bak`), or nothing.
+fn load_state(dir: &Path) -> Result<Applied, StateError> {
+    let path = dir.join(STATE_FILE);
+    let v1 = dir.join(V1_FILE);
+    let bak = dir.join(format!("{V1_FILE}.v1.bak"));
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| StateError::Io {
+            action: "rename into",
+            path: to.to_owned(),
+            source,
+        })
+    };
+    if let Some(applied) = read_state(&path)? {
+        if v1.exists() {
+            // A migration stopped between writing the new file and keeping the old aside.
+            rename(&v1, &bak)?;
+        }
+        return Ok(applied);
+    }
+    let Some(old) = statefile::read_json::<AppliedV1>(&v1, STATE_KIND, 1)? else {
+        return Ok(Applied::default());
+    };
+    let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+    let mut applied = Applied::default();
+    for (name, st) in old.indexes {
+        let entries = st
+            .entries
+            .into_iter()
+            .map(|(id, e)| {
+                let metadata = (!e.metadata.is_empty()).then(|| {
+                    let text = Json::Object(e.metadata).to_string();
+                    interned
+                        .entry(text)
+                        .or_insert_with_key(|t| t.as_str().into())
+                        .clone()
+                });
+                let stored = Stored {
+                    url: e.url.into(),
+                    metadata,
+                };
+                (id.into_boxed_str(), stored)
+            })
+            .collect();
+        let state = IndexState {
+            url: st.url,
+            commit: st.commit,
+            reader: st.reader,
+            entries,
+            rejected: st.rejected,
+            held: st.held,
+        };
+        applied.indexes.insert(name, state);
+    }
+    save_state(dir, &applied)?;
+    rename(&v1, &bak)?;
+    info!(
+        from = %v1.display(),
+        to = %path.display(),
+        "index state migrated to format v{STATE_VERSION}; the old file is kept as {}",
+        bak.display()
+    );
+    Ok(applied)
+}
+
+fn header() -> String {
+    format!("gitmirror-state {STATE_KIND} v{STATE_VERSION}\n")
+}
+
+/// Write the applied state crash-safely: header line, postcard, CRC-32 (little-endian).
+fn save_state(dir: &Path, applied: &Applied) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = header().into_bytes();
+    let start = bytes.len();
+    let mut bytes = postcard::to_extend(applied, bytes).map_err(|e| StateError::Io {
+        action: "encode",
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let crc = crc32fast::hash(bytes.get(start..).unwrap_or_default());
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    statefile::write_atomic(&path, &bytes, 0o600)
+}
+
+/// Read `applied.state`; `Ok(None)` when it does not exist. Anything that does not check
+/// out stops the daemon naming the file (it is written whole, so there is no torn tail).
+fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let corrupt = |detail: String| StateError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let header = header();
+    let Some(body) = bytes.strip_prefix(header.as_bytes()) else {
+        let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        return Err(match line.strip_prefix("gitmirror-state ") {
+            Some(found) if found.split(' ').next() == Some(STATE_KIND) => StateError::Version {
+                path: path.to_owned(),
+                kind: STATE_KIND.to_owned(),
+                version: STATE_VERSION,
+                found: found.to_owned(),
+            },
+            _ => corrupt("missing `gitmirror-state index` header".into()),
+        });
+    };
+    let Some((data, crc)) = body.split_last_chunk::<4>() else {
+        return Err(corrupt("too short".into()));
+    };
+    if crc32fast::hash(data) != u32::from_le_bytes(*crc) {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut applied: Applied = postcard::from_bytes(data).map_err(|e| corrupt(e.to_string()))?;
+    // Share equal metadata again, and check each text once: a bad one stops here.
+    let mut interned: HashMap<Arc<str>, ()> = HashMap::new();
+    for st in applied.indexes.values_mut() {
+        for e in st.entries.values_mut() {
+            let Some(text) = &e.metadata else { continue };
+            if let Some((shared, ())) = interned.get_key_value(text) {
+                e.metadata = Some(shared.clone());
+                continue;
+            }
+            match serde_json::from_str::<Json>(text) {
+                Ok(Json::Object(_)) => {}
+                _ => {
+                    return Err(corrupt(format!(
+                        "metadata of an entry is not JSON keys: {text}"
+                    )));
+                }
+            }
+            interned.insert(text.clone(), ());
+        }
+    }
+    Ok(Some(applied))
+}
+
+/// Fetch index `source` into `dir` without reading it: benchmarks time git's copy apart.
+#[doc(hidden)]
+pub fn prefetch(source: &IndexSource, dir: &Path) -> Result<(), String> {
+    source::fetch(source, dir).map(|_| ())
+}
+
+/// Bytes the applied state takes in `dir` (for benchmarks and docs/scale.md).
+#[doc(hidden)]
+pub fn state_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len())
 }
 
 fn check_names(sources: &[IndexSource]) -> Result<(), IndexError> {
@@ -616,22 +1101,4 @@ fn check_names(sources: &[IndexSource]) -> Result<(), IndexError> {
         }
     }
     Ok(())
-}
-
-/// The change from `before` to `after`, each list sorted by id.
-fn diff(before: &BTreeMap<String, Entry>, after: &BTreeMap<String, Entry>) -> Delta {
-    let mut delta = Delta::default();
-    for (id, e) in after {
-        match before.get(id) {
-            None => delta.added.push(e.clone()),
-            Some(old) if old != e => delta.changed.push(e.clone()),
-            Some(_) => {}
-        }
-    }
-    delta.removed = before
-        .keys()
-        .filter(|id| !after.contains_key(*id))
-        .cloned()
-        .collect();
-    delta
 }

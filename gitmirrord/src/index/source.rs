@@ -3,11 +3,11 @@
 //! every poll.
 
 use super::IndexSource;
-use super::layout::{self, File, Kind, MAX_FILE_SIZE};
+use super::layout::{self, File, Kind, MAX_FILE_SIZE, Parser, Role};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,11 +40,30 @@ impl Fetched {
         }
     }
 
-    /// The files of the index that have a layout role.
-    pub fn into_files(self) -> Result<Vec<File>, String> {
+    /// Read into `parser` only the entry files that differ from commit `old` (see
+    /// [`read_diff`]); `Ok(None)` when the index has to be read whole.
+    pub fn read_changes(
+        &self,
+        old: &str,
+        parser: &mut Parser,
+    ) -> Result<Option<Vec<Vec<u8>>>, String> {
         match self {
-            Fetched::Dir { files, .. } => Ok(files),
-            Fetched::Git { repo, commit } => read_tree(&repo, &commit),
+            Fetched::Dir { .. } => Ok(None),
+            Fetched::Git { repo, commit } => read_diff(repo, old, commit, parser),
+        }
+    }
+
+    /// Read every file of the index that has a layout role into `parser`, all `DEFAULTS`
+    /// files first, one at a time: a 1M-entry index is never held whole.
+    pub fn read(self, parser: &mut Parser) -> Result<(), String> {
+        match self {
+            Fetched::Dir { files, .. } => {
+                let defaults = files.iter().filter(|f| f.role == Role::Defaults);
+                let entries = files.iter().filter(|f| f.role == Role::Entry);
+                defaults.chain(entries).for_each(|f| parser.file(f));
+                Ok(())
+            }
+            Fetched::Git { repo, commit } => read_tree(&repo, &commit, parser),
         }
     }
 }
@@ -73,7 +92,78 @@ pub fn fetch(source: &IndexSource, dir: &Path) -> Result<Fetched, String> {
         }
     };
     let repo = dir.join(format!("{}.git", source.name));
-    fetch_git(&repo, &remote, source.branch.as_deref())
+    let borrowed = local_path(&source.url)
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| objects_dir(&p));
+    borrow_objects(&repo, borrowed.as_deref())?;
+    match fetch_git(&repo, &remote, source.branch.as_deref()) {
+        // The source may have pruned objects our refs name (a force-push, then gc): a
+        // borrowing clone costs nothing to make again.
+        Err(e) if borrowed.is_some() => {
+            tracing::info!(
+                repo = %repo.display(),
+                "index clone made again after a failed fetch: {e}"
+            );
+            std::fs::remove_dir_all(&repo)
+                .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+            borrow_objects(&repo, borrowed.as_deref())?;
+            fetch_git(&repo, &remote, source.branch.as_deref())
+        }
+        fetched => fetched,
+    }
+}
+
+/// The object directory of the local git repository at `path`, if it has a plain one.
+fn objects_dir(path: &Path) -> Option<PathBuf> {
+    [path.join(".git").join("objects"), path.join("objects")]
+        .into_iter()
+        .find(|d| d.is_dir())
+}
+
+/// A clone of a local index borrows the source's objects (`objects/info/alternates`, as
+/// `git clone --shared` does) rather than copying them: a 1M-entry index is 1.5M objects
+/// that git takes ~10 s to copy, and the fetch then has nothing to transfer. A clone
+/// that borrowed and now follows a remote starts afresh, so no object it relied on is
+/// missing. Errors are one line for `last_error`.
+fn borrow_objects(repo: &Path, objects: Option<&Path>) -> Result<(), String> {
+    let alternates = repo.join("objects").join("info").join("alternates");
+    match objects {
+        Some(objects) => {
+            if !repo.join("HEAD").is_file() {
+                // `fetch_git` creates it; borrow before its first fetch.
+                if repo.exists() {
+                    std::fs::remove_dir_all(repo)
+                        .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+                }
+                git(
+                    None,
+                    &[
+                        os("init"),
+                        os("--bare"),
+                        os("--quiet"),
+                        os("--"),
+                        repo.as_os_str().into(),
+                    ],
+                    None,
+                    LOCAL_TIMEOUT,
+                )?;
+            }
+            let mut line = objects.as_os_str().as_bytes().to_vec();
+            line.push(b'\n');
+            if std::fs::read(&alternates).ok().as_deref() != Some(line.as_slice()) {
+                if let Some(info) = alternates.parent() {
+                    std::fs::create_dir_all(info)
+                        .map_err(|e| format!("cannot create {}: {e}", info.display()))?;
+                }
+                gitmirror_common::statefile::write_atomic(&alternates, &line, 0o644)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        None if alternates.exists() => std::fs::remove_dir_all(repo)
+            .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// `Some(path)` when the index URL names a local path rather than a remote.
@@ -165,29 +255,204 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
     })
 }
 
-/// The files of `commit` with a layout role; contents through one `git cat-file --batch`.
-fn read_tree(repo: &Path, commit: &str) -> Result<Vec<File>, String> {
-    let listing = git(
-        Some(repo),
-        &[
-            os("ls-tree"),
-            os("-r"),
-            os("-l"),
-            os("-z"),
-            os("--full-tree"),
-            os(commit),
-        ],
-        None,
-        LOCAL_TIMEOUT,
-    )?;
-    let mut files = Vec::new();
-    // Index into `files` of each file whose blob is to be read.
-    let mut wanted: Vec<(usize, String)> = Vec::new();
-    for record in listing.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+/// A blob of the listing to be read: its object id and path in [`Listing::text`].
+struct Blob {
+    start: usize,
+    oid_len: usize,
+    end: usize,
+    role: Role,
+}
+
+/// The files of one commit with a layout role, compactly: the ids and paths of the blobs
+/// to read in one buffer (about 60 bytes per entry), the others as they are.
+#[derive(Default)]
+struct Listing {
+    text: Vec<u8>,
+    /// `DEFAULTS` files, read first.
+    defaults: Vec<Blob>,
+    entries: Vec<Blob>,
+    /// Symbolic links, submodules, files over the size limit: nothing to read.
+    others: Vec<File>,
+}
+
+impl Listing {
+    fn oid(&self, b: &Blob) -> &[u8] {
+        self.text
+            .get(b.start..b.start + b.oid_len)
+            .unwrap_or_default()
+    }
+
+    fn path(&self, b: &Blob) -> &[u8] {
+        self.text
+            .get(b.start + b.oid_len..b.end)
+            .unwrap_or_default()
+    }
+}
+
+/// What writes a git command's stdin.
+type WriteInput<'a> = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Sync + 'a;
+
+/// The changed files to read and the changed entry paths of a `git diff-tree`.
+type Changes = (Listing, Vec<Vec<u8>>);
+
+/// `DEFAULTS` paths looked up for a read of changes; more changes are read whole.
+const MAX_DIFF_DEFAULTS: usize = 1000;
+
+/// Entries per `git cat-file` process below which the read is not split.
+const MIN_SPLIT: usize = 20_000;
+
+/// Read the files of `commit` with a layout role into `parser`: the tree is listed by one
+/// streamed `git ls-tree`, the `DEFAULTS` blobs are read first, then the entry blobs by
+/// streamed `git cat-file --batch` processes, one per core (git's delta resolution is most
+/// of the work), each blob parsed as it arrives.
+fn read_tree(repo: &Path, commit: &str, parser: &mut Parser) -> Result<(), String> {
+    // No `-l`: sizes come with the contents, and asking git for them first costs as much
+    // again on a deltified pack.
+    let args = [
+        os("ls-tree"),
+        os("-r"),
+        os("-z"),
+        os("--full-tree"),
+        os(commit),
+    ];
+    let listing = git_stream(repo, &args, None, &mut list)?;
+    // Files with nothing to read give no keys, so their order does not matter.
+    listing.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &listing, &listing.defaults, parser)?;
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(listing.entries.len() / MIN_SPLIT)
+        .clamp(1, 4);
+    if jobs == 1 {
+        return cat_blobs(repo, &listing, &listing.entries, parser);
+    }
+    // Contiguous slices of the sorted listing, so the parts join in order.
+    let size = listing.entries.len().div_ceil(jobs);
+    let parts: Vec<Result<Parser, String>> = std::thread::scope(|s| {
+        let threads: Vec<_> = listing
+            .entries
+            .chunks(size)
+            .map(|blobs| {
+                let mut part = parser.fork();
+                let listing = &listing;
+                s.spawn(move || cat_blobs(repo, listing, blobs, &mut part).map(|()| part))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("index reader thread failed".into()))
+            })
+            .collect()
+    });
+    for part in parts {
+        parser.join(part?);
+    }
+    Ok(())
+}
+
+/// Read `blobs` of `listing` by one streamed `git cat-file --batch` into `parser`.
+fn cat_blobs(
+    repo: &Path,
+    listing: &Listing,
+    blobs: &[Blob],
+    parser: &mut Parser,
+) -> Result<(), String> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let write_oids = |w: &mut dyn Write| -> std::io::Result<()> {
+        for b in blobs {
+            w.write_all(listing.oid(b))?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    let mut read_blobs = |out: &mut dyn BufRead| -> Result<(), String> {
+        let mut file = File {
+            path: Vec::new(),
+            role: Role::Entry,
+            kind: Kind::Regular(Vec::new()),
+        };
+        let mut content = Vec::new();
+        let mut header = Vec::new();
+        for b in blobs {
+            let oid = listing.oid(b);
+            let bad = |what: &str| {
+                format!(
+                    "unexpected `git cat-file` output for {}: {what}",
+                    String::from_utf8_lossy(oid)
+                )
+            };
+            header.clear();
+            out.read_until(b'\n', &mut header)
+                .map_err(|e| bad(&e.to_string()))?;
+            let text = std::str::from_utf8(&header).map_err(|_| bad("header is not text"))?;
+            let [got, "blob", size] = text.trim_end().split(' ').collect::<Vec<_>>()[..] else {
+                return Err(bad(text.trim_end()));
+            };
+            let size: u64 = size.parse().map_err(|_| bad("bad size"))?;
+            if got.as_bytes() != oid {
+                return Err(bad(text.trim_end()));
+            }
+            file.path.clear();
+            file.path.extend_from_slice(listing.path(b));
+            file.role = b.role;
+            // The content and the newline that ends it in the batch format.
+            if size > MAX_FILE_SIZE {
+                let skipped = std::io::copy(&mut out.take(size + 1), &mut std::io::sink())
+                    .map_err(|e| bad(&e.to_string()))?;
+                if skipped != size + 1 {
+                    return Err(bad("cut short"));
+                }
+                file.kind = Kind::TooLarge(size);
+                parser.file(&file);
+                continue;
+            }
+            let mut buf = match std::mem::replace(&mut file.kind, Kind::Symlink) {
+                Kind::Regular(buf) => buf,
+                _ => std::mem::take(&mut content),
+            };
+            buf.clear();
+            buf.resize(size as usize + 1, 0);
+            out.read_exact(&mut buf).map_err(|e| bad(&e.to_string()))?;
+            buf.pop();
+            file.kind = Kind::Regular(buf);
+            parser.file(&file);
+        }
+        Ok(())
+    };
+    git_stream(
+        repo,
+        &[os("cat-file"), os("--batch"), os("--buffer")],
+        Some(&write_oids),
+        &mut read_blobs,
+    )
+}
+
+/// Read `git ls-tree -r -z` output into a [`Listing`].
+fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
+    let mut listing = Listing::default();
+    let mut record = Vec::new();
+    loop {
+        record.clear();
+        let n = out
+            .read_until(0, &mut record)
+            .map_err(|e| format!("reading `git ls-tree`: {e}"))?;
+        if n == 0 {
+            return Ok(listing);
+        }
+        if record.last() == Some(&0) {
+            record.pop();
+        }
+        if record.is_empty() {
+            continue;
+        }
         let bad = || {
             format!(
                 "unexpected `git ls-tree` output: {:?}",
-                String::from_utf8_lossy(record)
+                String::from_utf8_lossy(&record)
             )
         };
         let tab = record.iter().position(|&b| b == b'\t').ok_or_else(bad)?;
@@ -196,74 +461,214 @@ fn read_tree(repo: &Path, commit: &str) -> Result<Vec<File>, String> {
             continue;
         };
         let meta = std::str::from_utf8(meta).map_err(|_| bad())?;
-        let [mode, _kind, oid, size] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
+        let [mode, _kind, oid] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
             return Err(bad());
         };
+        listing.add(mode, oid, path, role);
+    }
+}
+
+impl Listing {
+    /// Add the file at `path` with tree mode `mode` and object id `oid`.
+    fn add(&mut self, mode: &str, oid: &str, path: &[u8], role: Role) {
         let kind = match mode {
             "120000" => Kind::Symlink,
             // Old trees may hold 100664 and the like: all are regular files.
             m if m.starts_with("100") => {
-                let size: u64 = size.parse().map_err(|_| bad())?;
-                if size > MAX_FILE_SIZE {
-                    Kind::TooLarge(size)
-                } else {
-                    wanted.push((files.len(), oid.to_owned()));
-                    Kind::Regular(Vec::new())
+                let start = self.text.len();
+                self.text.extend_from_slice(oid.as_bytes());
+                self.text.extend_from_slice(path);
+                let blob = Blob {
+                    start,
+                    oid_len: oid.len(),
+                    end: self.text.len(),
+                    role,
+                };
+                match role {
+                    Role::Defaults => self.defaults.push(blob),
+                    Role::Entry => self.entries.push(blob),
                 }
+                return;
             }
             "160000" => Kind::Unusable("a submodule, not a file".into()),
             other => Kind::Unusable(format!("not a regular file (mode {other})")),
         };
-        files.push(File {
+        self.others.push(File {
             path: path.to_vec(),
             role,
             kind,
         });
     }
-
-    let mut oids: Vec<&str> = wanted.iter().map(|(_, o)| o.as_str()).collect();
-    oids.sort_unstable();
-    oids.dedup();
-    let blobs = cat_blobs(repo, &oids)?;
-    for (i, oid) in &wanted {
-        if let (Some(f), Some(bytes)) = (files.get_mut(*i), blobs.get(oid.as_str())) {
-            f.kind = Kind::Regular(bytes.clone());
-        }
-    }
-    Ok(files)
 }
 
-/// Contents of the blobs `oids` (each at most `MAX_FILE_SIZE`), by one `git cat-file --batch`.
-fn cat_blobs(repo: &Path, oids: &[&str]) -> Result<HashMap<String, Vec<u8>>, String> {
-    let mut blobs = HashMap::new();
-    if oids.is_empty() {
-        return Ok(blobs);
-    }
-    let input: Vec<u8> = oids.iter().flat_map(|o| o.bytes().chain([b'\n'])).collect();
-    let out = git(
-        Some(repo),
-        &[os("cat-file"), os("--batch")],
-        Some(input),
-        LOCAL_TIMEOUT,
-    )?;
-    // Each answer: "<oid> <type> <size>\n<content>\n".
-    let mut rest = out.as_slice();
-    for oid in oids {
-        let bad = || format!("unexpected `git cat-file` output for {oid}");
-        let nl = rest.iter().position(|&b| b == b'\n').ok_or_else(bad)?;
-        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| bad())?;
-        let [got, "blob", size] = header.split(' ').collect::<Vec<_>>()[..] else {
-            return Err(format!("{}: {header}", bad()));
-        };
-        let size: usize = size.parse().map_err(|_| bad())?;
-        if got != *oid || size as u64 > MAX_FILE_SIZE {
-            return Err(bad());
+/// The entry paths that differ between commits `old` and `new` of a git index (removed,
+/// added or changed), with the files they are now read into `parser`; `None` when a
+/// `DEFAULTS` file differs (the entries below it may all change) or the index is not a
+/// git repository: then it is read whole. Costs the changed files, not the index.
+fn read_diff(
+    repo: &Path,
+    old: &str,
+    new: &str,
+    parser: &mut Parser,
+) -> Result<Option<Vec<Vec<u8>>>, String> {
+    let args = [
+        os("diff-tree"),
+        os("-r"),
+        os("-z"),
+        os("--no-renames"),
+        os(old),
+        os(new),
+    ];
+    let mut changes = |out: &mut dyn BufRead| -> Result<Option<Changes>, String> {
+        let mut listing = Listing::default();
+        let mut paths = Vec::new();
+        let (mut meta, mut path) = (Vec::new(), Vec::new());
+        loop {
+            meta.clear();
+            path.clear();
+            let read = |buf: &mut Vec<u8>, out: &mut dyn BufRead| {
+                out.read_until(0, buf)
+                    .map_err(|e| format!("reading `git diff-tree`: {e}"))
+                    .inspect(|_| {
+                        if buf.last() == Some(&0) {
+                            buf.pop();
+                        }
+                    })
+            };
+            if read(&mut meta, out)? == 0 {
+                return Ok(Some((listing, paths)));
+            }
+            read(&mut path, out)?;
+            let bad = || {
+                format!(
+                    "unexpected `git diff-tree` output: {:?}",
+                    String::from_utf8_lossy(&meta)
+                )
+            };
+            let text = std::str::from_utf8(&meta).map_err(|_| bad())?;
+            let [_, mode, _, oid, status] = text.split(' ').collect::<Vec<_>>()[..] else {
+                return Err(bad());
+            };
+            let Some(role) = layout::role(&path) else {
+                continue;
+            };
+            if role == Role::Defaults {
+                return Ok(None);
+            }
+            paths.push(path.clone());
+            if status != "D" {
+                listing.add(mode, oid, &path, role);
+            }
         }
-        let content = rest.get(nl + 1..nl + 1 + size).ok_or_else(bad)?;
-        blobs.insert((*oid).to_owned(), content.to_vec());
-        rest = rest.get(nl + 2 + size..).ok_or_else(bad)?;
+    };
+    let Some((listing, paths)) = git_stream(repo, &args, None, &mut changes)? else {
+        return Ok(None);
+    };
+    // The DEFAULTS that apply to the changed entries, unchanged but needed to parse them.
+    let mut defaults: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for p in &paths {
+        let mut dir: Vec<u8> = Vec::new();
+        defaults.insert(b"DEFAULTS".to_vec());
+        for part in p.split(|&b| b == b'/').take(2) {
+            dir.extend_from_slice(part);
+            dir.push(b'/');
+            defaults.insert([dir.as_slice(), b"DEFAULTS"].concat());
+        }
     }
-    Ok(blobs)
+    if defaults.len() > MAX_DIFF_DEFAULTS {
+        return Ok(None);
+    }
+    let mut args = vec![
+        os("--literal-pathspecs"),
+        os("ls-tree"),
+        os("-z"),
+        os("--full-tree"),
+        os(new),
+        os("--"),
+    ];
+    args.extend(defaults.iter().map(|d| OsStr::from_bytes(d).to_owned()));
+    let found = git_stream(repo, &args, None, &mut list)?;
+    found.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &found, &found.defaults, parser)?;
+    listing.others.iter().for_each(|f| parser.file(f));
+    cat_blobs(repo, &listing, &listing.entries, parser)?;
+    Ok(Some(paths))
+}
+
+/// Run a local git command on `repo` whose output is consumed as it comes (`consume`
+/// runs on this thread), with `input` written to its stdin from another thread, bounded by
+/// [`LOCAL_TIMEOUT`]. Only for commands that start no git processes of their own.
+fn git_stream<R>(
+    repo: &Path,
+    args: &[OsString],
+    input: Option<&WriteInput<'_>>,
+    consume: &mut (dyn FnMut(&mut dyn BufRead) -> Result<R, String> + Send),
+) -> Result<R, String> {
+    let what = {
+        let words: Vec<_> = args.iter().take(2).map(|a| a.to_string_lossy()).collect();
+        format!("git {}", words.join(" "))
+    };
+    let mut cmd = command(Some(repo), args);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run git: {e}"))?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let Some(stdout) = stdout else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{what}: no stdout"));
+    };
+    std::thread::scope(|s| {
+        if let (Some(input), Some(stdin)) = (input, stdin) {
+            s.spawn(move || {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+                // A failure here is git going away, which the status tells.
+                let _ = input(&mut w).and_then(|()| w.flush());
+            });
+        }
+        let errors = s.spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = stderr {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let waiter = s.spawn(move || {
+            let deadline = Instant::now() + LOCAL_TIMEOUT;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Ok(status),
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("timed out after {}s", LOCAL_TIMEOUT.as_secs()));
+                    }
+                    Ok(None) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        let mut out = std::io::BufReader::with_capacity(1 << 17, stdout);
+        let consumed = consume(&mut out);
+        // An early stop closes the pipe, so git ends rather than blocks.
+        drop(out);
+        let status = waiter
+            .join()
+            .unwrap_or_else(|_| Err("waiting for it failed".into()))
+            .map_err(|e| format!("{what}: {e}"))?;
+        let err = errors.join().unwrap_or_default();
+        if !status.success() {
+            return Err(format!("{what} failed ({status}): {}", first_lines(&err)));
+        }
+        consumed
+    })
 }
 
 /// Name of the git config file in the index state directory that every git command on an
@@ -298,35 +703,12 @@ fn git(
     input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
-    let mut cmd = Command::new("git");
-    if let Some(repo) = repo {
-        let mut arg = OsString::from("--git-dir=");
-        arg.push(repo);
-        cmd.arg(arg);
-    }
-    cmd.args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .env("LC_ALL", "C")
-        // Give up on a stalled HTTP transfer rather than hang until the timeout.
-        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
-        .env("GIT_HTTP_LOW_SPEED_TIME", "60")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .env_remove("GIT_OBJECT_DIRECTORY")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(config) = repo.and_then(Path::parent).map(|d| d.join(GIT_CONFIG))
-        && config.is_file()
-    {
-        cmd.env("GIT_CONFIG_GLOBAL", config);
-    }
+    let mut cmd = command(repo, args);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let what = {
         let words: Vec<_> = args.iter().take(2).map(|a| a.to_string_lossy()).collect();
         format!("git {}", words.join(" "))
@@ -383,7 +765,12 @@ fn git(
     if status.success() {
         return Ok(out);
     }
-    let err = String::from_utf8_lossy(&err);
+    Err(format!("{what} failed ({status}): {}", first_lines(&err)))
+}
+
+/// git's own message: its first three lines, at most 400 bytes.
+fn first_lines(err: &[u8]) -> String {
+    let err = String::from_utf8_lossy(err);
     let message: Vec<&str> = err
         .lines()
         .map(str::trim)
@@ -398,7 +785,37 @@ fn git(
             .unwrap_or(0);
         message.truncate(cut);
     }
-    Err(format!("{what} failed ({status}): {message}"))
+    message
+}
+
+/// A git command (never through a shell) with no prompts, on `repo` when given, with the
+/// index directory's git config; stdout and stderr piped.
+fn command(repo: Option<&Path>, args: &[OsString]) -> Command {
+    let mut cmd = Command::new("git");
+    if let Some(repo) = repo {
+        let mut arg = OsString::from("--git-dir=");
+        arg.push(repo);
+        cmd.arg(arg);
+    }
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("LC_ALL", "C")
+        // Give up on a stalled HTTP transfer rather than hang until the timeout.
+        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+        .env("GIT_HTTP_LOW_SPEED_TIME", "60")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(config) = repo.and_then(Path::parent).map(|d| d.join(GIT_CONFIG))
+        && config.is_file()
+    {
+        cmd.env("GIT_CONFIG_GLOBAL", config);
+    }
+    cmd
 }
 
 /// The files of a plain directory index that have a layout role. Dot-directories and
