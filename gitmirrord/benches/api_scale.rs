@@ -41,7 +41,7 @@ fn entry(i: usize) -> Entry {
         id: format!("{first}/{project}/repo-{i}"),
         url: format!("https://git.example.org/{project}/repo-{i}.git"),
         index: "main".into(),
-        metadata: serde_json::Map::new(),
+        metadata: None,
     }
 }
 

@@ -499,7 +499,7 @@ impl View<'_> {
                 time: gitmirror_common::rfc3339_ms(e.time_ms),
             }),
             refs: st.refs,
-            metadata: r.metadata.clone(),
+            metadata: crate::index::decode_metadata(r.metadata.as_deref()),
             holders,
         })
     }
@@ -519,10 +519,7 @@ mod tests {
             id: format!("a/p{i}/r{i}"),
             url: format!("https://example.org/{i}"),
             index: "main".into(),
-            metadata: serde_json::json!({"submit": ["x"]})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
+            metadata: Some(r#"{"submit":["x"]}"#.into()),
         });
         let mut f = Fleet::new(
             Duration::from_secs(60),

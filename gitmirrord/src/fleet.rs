@@ -155,7 +155,8 @@ pub struct Repo {
     pub url: Arc<str>,
     /// Shared by every repo of the index.
     pub index: Arc<str>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The index entry's other keys as JSON text, shared between repos ([`Entry::metadata`]).
+    pub metadata: Option<Arc<str>>,
     pub owner: Option<Uuid>,
     /// The owner's winning score (`ring::Ring::owner_scored`), so that a joining worker
     /// scores only itself against it; `+inf` while unknown (the next full scan sets it).

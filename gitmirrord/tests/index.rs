@@ -146,13 +146,13 @@ fn git_index_entries_defaults_and_rejections() {
     assert_eq!(e.url, "https://github.com/berkeley-abc/abc");
     assert_eq!(e.index, "up");
     assert_eq!(
-        serde_json::Value::Object(e.metadata.clone()),
+        serde_json::Value::Object(e.metadata_map()),
         serde_json::json!({"submit": "root", "owner": "a", "pkgbuild_repo": "abc-pkg"})
     );
     let e = &ix.entry("a/abd/abd").unwrap();
     assert_eq!(e.url, "https://x.org/abd", "first url of the list");
     assert_eq!(
-        serde_json::Value::Object(e.metadata.clone()),
+        serde_json::Value::Object(e.metadata_map()),
         serde_json::json!({"submit": "root", "owner": "me"})
     );
 
@@ -329,7 +329,10 @@ fn plain_directory_index() {
     .unwrap();
     let delta = ix.poll(true).unwrap();
     assert_eq!(ids(&delta.added), ["a/abc/abc"]);
-    assert_eq!(ix.entry("a/abc/abc").unwrap().metadata["submit"], "yes");
+    assert_eq!(
+        ix.entry("a/abc/abc").unwrap().metadata_map()["submit"],
+        "yes"
+    );
     assert_eq!(
         reason(&ix, "local", "a/abc/link"),
         "symbolic link (not followed)"
@@ -629,10 +632,10 @@ fn check_sample_state(ix: &Indexes) {
         ("https://x.org/abc", "up")
     );
     assert_eq!(
-        serde_json::Value::Object(e.metadata),
+        serde_json::Value::Object(e.metadata_map()),
         serde_json::json!({"submit": "yes", "owner": ["a", "b"]})
     );
-    assert!(ix.entry("a/abd/abd").unwrap().metadata.is_empty());
+    assert!(ix.entry("a/abd/abd").unwrap().metadata_map().is_empty());
     assert_eq!(ix.entry("o/old/old").unwrap().index, "old");
     assert_eq!(ix.len(), 4);
     let all: Vec<_> = ix.entries().map(|e| (e.index, e.id)).collect();
@@ -801,8 +804,11 @@ fn spec_3_3_changed_files_read_like_whole_commit() {
     }
     assert!(reason(&ix, "up", "a/p7/p7").contains("starts with '-'"));
     assert_eq!(reason(&ix, "up", "a/p4/p4"), "symbolic link (not followed)");
-    assert_eq!(ix.entry("a/p2/p2").unwrap().metadata["submit"], "a");
-    assert_eq!(ix.entry("b/new/new").unwrap().metadata["submit"], "root");
+    assert_eq!(ix.entry("a/p2/p2").unwrap().metadata_map()["submit"], "a");
+    assert_eq!(
+        ix.entry("b/new/new").unwrap().metadata_map()["submit"],
+        "root"
+    );
 }
 
 // SPEC §3.3: the clone of a local git index borrows the source's objects rather than

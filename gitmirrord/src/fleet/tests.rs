@@ -14,7 +14,7 @@ fn entry(i: usize) -> Entry {
         id: format!("r/p{i}/n{i}"),
         url: format!("https://example.org/{i}.git"),
         index: "idx".into(),
-        metadata: serde_json::Map::new(),
+        metadata: None,
     }
 }
 

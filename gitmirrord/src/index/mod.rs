@@ -50,8 +50,23 @@ pub struct Entry {
     pub url: String,
     /// Name of the index it came from.
     pub index: String,
-    /// Every other key of the entry (after `DEFAULTS`), uninterpreted.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Every other key of the entry (after `DEFAULTS`), uninterpreted: the JSON object's
+    /// text, shared by entries with the same keys (`None` when there are none). A map per
+    /// repo cost ~700 MB at 1M repos; [`Entry::metadata_map`] decodes it when shown.
+    pub metadata: Option<Arc<str>>,
+}
+
+impl Entry {
+    /// The metadata as keys (checked when read or loaded, so it always decodes).
+    pub fn metadata_map(&self) -> Map<String, Json> {
+        decode_metadata(self.metadata.as_deref())
+    }
+}
+
+/// Metadata text (as [`Entry::metadata`] holds it) as keys; empty for none.
+pub fn decode_metadata(text: Option<&str>) -> Map<String, Json> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
 }
 
 /// A valid entry as the applied state keeps it, keyed by its id in [`Entries`]: about
@@ -71,10 +86,7 @@ impl Stored {
     /// The metadata as keys. The text was checked when read or loaded (see `load_state`),
     /// so it always decodes.
     pub fn metadata_map(&self) -> Map<String, Json> {
-        self.metadata
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default()
+        decode_metadata(self.metadata.as_deref())
     }
 
     fn entry(&self, id: &str, index: &str) -> Entry {
@@ -82,7 +94,7 @@ impl Stored {
             id: id.to_owned(),
             url: self.url.to_string(),
             index: index.to_owned(),
-            metadata: self.metadata_map(),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -923,9 +935,17 @@ struct IndexStateV1 {
     url: String,
     commit: Option<String>,
     reader: String,
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, EntryV1>,
     rejected: Vec<Rejected>,
     held: Option<Held>,
+}
+
+/// An entry as `applied.json` v1 kept it.
+#[derive(Deserialize)]
+struct EntryV1 {
+    url: String,
+    #[serde(default)]
+    metadata: Map<String, Json>,
 }
 
 /// Load the applied state of `dir`: `applied.state`, or a release-1 `applied.json`

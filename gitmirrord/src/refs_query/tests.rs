@@ -28,7 +28,7 @@ fn fleet(protocol: u32, mirrored: bool) -> (Fleet, Uuid) {
         id: REPO.into(),
         url: "git://h/abc".into(),
         index: "idx".into(),
-        metadata: serde_json::Map::new(),
+        metadata: None,
     };
     let mut f = Fleet::new(
         Duration::from_secs(4),
@@ -92,7 +92,7 @@ fn spec_12_refs_come_from_the_old_holder_while_the_new_owner_clones() {
         id: format!("r/p{i}/n{i}"),
         url: format!("git://h/{i}"),
         index: "idx".into(),
-        metadata: serde_json::Map::new(),
+        metadata: None,
     });
     let mut f = Fleet::new(
         Duration::from_secs(4),
