@@ -251,12 +251,41 @@ pub struct IdPage {
 }
 
 impl Census {
-    /// Rebuild from every repo's facts (O(repos); for start-up and tests).
+    /// Rebuild from every repo's facts (O(repos); for start-up and tests). The ordered
+    /// sets are built in bulk from sorted vectors: a million single B-tree inserts with
+    /// string compares took seconds of a 1M-repo start.
     pub fn from_facts<'a>(repos: impl IntoIterator<Item = (&'a Arc<str>, Facts)>) -> Self {
         let mut c = Census::default();
+        let mut state_ids = Vec::new();
+        let mut owner_ids = Vec::new();
+        let mut failing = Vec::new();
+        let mut held = Vec::new();
         for (id, f) in repos {
-            c.add(id, &f);
+            let s = slot(f.state);
+            c.total += 1;
+            if let Some(n) = c.by_state.get_mut(s) {
+                *n += 1;
+            }
+            state_ids.push((f.state, id.clone()));
+            if let Some(o) = f.owner {
+                if let Some(n) = c.owned.entry(o).or_insert([0; STATES]).get_mut(s) {
+                    *n += 1;
+                }
+                owner_ids.push(((o, f.state, id.clone()), f.url.clone()));
+            }
+            if let Some(t) = f.failed_ms {
+                failing.push((Reverse(t), id.clone()));
+            }
+            if let Some(t) = f.last_success_ms {
+                c.success.change(t, true);
+            }
+            held.extend(f.holders.iter().map(|h| (*h, id.clone())));
         }
+        // `from_iter` sorts (cheaply: the runs come in id order) and builds in bulk.
+        c.state_ids = state_ids.into_iter().collect();
+        c.owner_ids = owner_ids.into_iter().collect();
+        c.failing = failing.into_iter().collect();
+        c.held = held.into_iter().collect();
         c
     }
 
