@@ -145,10 +145,17 @@ fn last_frame(bytes: &[u8], pos: usize) -> bool {
     pos + FRAME_HEADER + len.min(MAX_RECORD) >= bytes.len()
 }
 
-fn check_header(path: &Path, bytes: &[u8], kind: &str, version: u32) -> Result<(), StateError> {
+/// Check that `bytes` begin with the `gitmirror-state <kind> v<version>` line; another
+/// kind or version, or no such line, is named in the error. Returns the line's length.
+pub fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    kind: &str,
+    version: u32,
+) -> Result<usize, StateError> {
     let want = header(kind, version);
     if bytes.starts_with(&want) {
-        return Ok(());
+        return Ok(want.len());
     }
     let line = bytes
         .iter()

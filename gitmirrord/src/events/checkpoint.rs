@@ -140,14 +140,8 @@ fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> EventLogError
     }
 }
 
-fn io(path: &Path, action: &'static str) -> impl Fn(std::io::Error) -> EventLogError + use<> {
-    let path = path.to_owned();
-    move |source| EventLogError::Io {
-        action,
-        path: path.clone(),
-        source,
-    }
-}
+/// The event log's I/O error for `path`.
+use super::io_err as io;
 
 fn read_index(path: &Path, file: &File) -> Result<Index, EventLogError> {
     let len = file.metadata().map_err(io(path, "stat"))?.len();

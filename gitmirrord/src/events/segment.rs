@@ -135,14 +135,8 @@ fn seq_prefix(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..n]).ok()?.parse().ok()
 }
 
-fn io(path: &Path, action: &'static str) -> impl Fn(std::io::Error) -> EventLogError + use<> {
-    let path = path.to_owned();
-    move |source| EventLogError::Io {
-        action,
-        path: path.clone(),
-        source,
-    }
-}
+/// The event log's I/O error for `path`.
+use super::io_err as io;
 
 /// Reads the records of one segment in order, from an offset up to a length.
 pub struct Reader {

@@ -1050,20 +1050,8 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
         path: path.to_owned(),
         detail,
     };
-    let header = header();
-    let Some(body) = bytes.strip_prefix(header.as_bytes()) else {
-        let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-        let line = String::from_utf8_lossy(line);
-        return Err(match line.strip_prefix("gitmirror-state ") {
-            Some(found) if found.split(' ').next() == Some(STATE_KIND) => StateError::Version {
-                path: path.to_owned(),
-                kind: STATE_KIND.to_owned(),
-                version: STATE_VERSION,
-                found: found.to_owned(),
-            },
-            _ => corrupt("missing `gitmirror-state index` header".into()),
-        });
-    };
+    let head = gitmirror_common::journal::check_header(path, &bytes, STATE_KIND, STATE_VERSION)?;
+    let body = bytes.get(head..).unwrap_or_default();
     let Some((data, crc)) = body.split_last_chunk::<4>() else {
         return Err(corrupt("too short".into()));
     };

@@ -129,25 +129,8 @@ fn borrow_objects(repo: &Path, objects: Option<&Path>) -> Result<(), String> {
     let alternates = repo.join("objects").join("info").join("alternates");
     match objects {
         Some(objects) => {
-            if !repo.join("HEAD").is_file() {
-                // `fetch_git` creates it; borrow before its first fetch.
-                if repo.exists() {
-                    std::fs::remove_dir_all(repo)
-                        .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
-                }
-                git(
-                    None,
-                    &[
-                        os("init"),
-                        os("--bare"),
-                        os("--quiet"),
-                        os("--"),
-                        repo.as_os_str().into(),
-                    ],
-                    None,
-                    LOCAL_TIMEOUT,
-                )?;
-            }
+            // `fetch_git` would create it; borrow before its first fetch.
+            init_bare(repo)?;
             let mut line = objects.as_os_str().as_bytes().to_vec();
             line.push(b'\n');
             if std::fs::read(&alternates).ok().as_deref() != Some(line.as_slice()) {
@@ -181,26 +164,33 @@ fn local_path(url: &str) -> Option<&Path> {
     }
 }
 
-fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched, String> {
-    if !repo.join("HEAD").is_file() {
-        // Absent, or left half-created by a crash: start over.
-        if repo.exists() {
-            std::fs::remove_dir_all(repo)
-                .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
-        }
-        git(
-            None,
-            &[
-                os("init"),
-                os("--bare"),
-                os("--quiet"),
-                os("--"),
-                repo.as_os_str().into(),
-            ],
-            None,
-            LOCAL_TIMEOUT,
-        )?;
+/// A bare repo at `repo` unless one is there (absent, or left half-created by a crash:
+/// start over).
+fn init_bare(repo: &Path) -> Result<(), String> {
+    if repo.join("HEAD").is_file() {
+        return Ok(());
     }
+    if repo.exists() {
+        std::fs::remove_dir_all(repo)
+            .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+    }
+    git(
+        None,
+        &[
+            os("init"),
+            os("--bare"),
+            os("--quiet"),
+            os("--"),
+            repo.as_os_str().into(),
+        ],
+        None,
+        LOCAL_TIMEOUT,
+    )
+    .map(|_| ())
+}
+
+fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched, String> {
+    init_bare(repo)?;
     // Set every time, so a changed `url` in the config takes effect.
     git(
         Some(repo),
