@@ -450,7 +450,14 @@ pub struct Fleet {
     /// Repos whose owner was asked to relist its refs, and when ([`crate::published`]).
     /// Only repos in that state, so small; an entry is dropped when the relist arrives.
     relists: HashMap<Arc<str>, i64>,
+    /// The member fingerprint the repo store last recorded for the saved owners
+    /// ([`crate::repo_store::Changes::owners`]).
+    saved_owners: Option<u64>,
 }
+
+/// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
+/// saved owner (none) cannot be trusted whatever the members ([`Fleet::finish_start`]).
+const NOT_RESTORED: f64 = f64::NAN;
 
 /// How often an owner is asked again to relist a repo whose reports still diverge from
 /// what was published (the request may have been lost with a connection).
@@ -458,58 +465,175 @@ const RELIST_AGAIN_MS: i64 = 10_000;
 
 impl Fleet {
     /// Build the fleet from the saved registry and repo statuses and the applied index
-    /// entries. Owners are recomputed (the ring is a pure function, so they match).
+    /// entries, as a start does ([`Fleet::from_entries`], [`Fleet::restore_saved`],
+    /// [`Fleet::finish_start`]); owners are recomputed.
     pub fn new(
         dead_after: Duration,
         registry: Registry,
         saved: ReposFile,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Self {
-        let mut saved: HashMap<String, SavedRepo> = saved.repos.into_iter().collect();
-        let mut repos = BTreeMap::new();
+        let mut fleet = Fleet::from_entries(dead_after, registry, entries);
+        for (id, s) in saved.repos {
+            fleet.restore_saved(id, Some(s));
+        }
+        fleet.finish_start(None);
+        fleet
+    }
+
+    /// A start's first step: the repos of the applied index entries, no status yet. Then
+    /// the saved records ([`Fleet::restore_saved`]), the published digests
+    /// ([`Fleet::restore_published`]) and [`Fleet::finish_start`]. In steps so that the
+    /// saved status streams from its file into the repos, never held twice (at 1M repos a
+    /// map of it cost ~500 MB and a third of the start).
+    pub fn from_entries(
+        dead_after: Duration,
+        registry: Registry,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Self {
         let mut index_names = Vec::new();
-        for e in entries {
-            // The saved owner, so that recomputing the owners changes (and saves) only
-            // repos whose owner really moved.
-            let (owner, holders, status) = restore(saved.remove(&e.id), &registry);
-            repos.insert(
-                Arc::from(e.id),
-                Box::new(Repo {
+        // Bulk-built from a vector: the applied entries come in id order per index, so the
+        // sort is a merge of a few runs, not a million B-tree inserts with string compares.
+        let repos: BTreeMap<Arc<str>, Box<Repo>> = entries
+            .into_iter()
+            .map(|e| {
+                let repo = Repo {
                     url: Arc::from(e.url),
                     index: intern(&mut index_names, &e.index),
                     metadata: e.metadata,
-                    owner,
-                    owner_score: f64::INFINITY,
-                    holders,
-                    status,
-                }),
-            );
-        }
-        let index_ready = !repos.is_empty();
-        let census = Census::from_facts(repos.iter().map(|(id, r)| (id, r.facts())));
-        if index_ready {
-            // Saved repos the index no longer has were removed while we were down.
-            saved.clear();
-        }
-        let mut fleet = Fleet {
+                    owner: None,
+                    owner_score: NOT_RESTORED,
+                    holders: Holders::default(),
+                    status: RepoStatus::default(),
+                };
+                (Arc::from(e.id), Box::new(repo))
+            })
+            .collect();
+        Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
+            index_ready: !repos.is_empty(),
             repos,
-            census,
+            census: Census::default(),
             index_names,
             members: Vec::new(),
             owners_known: false,
             out: Outbox::default(),
-            index_ready,
             unknown_held: HashMap::new(),
-            saved,
+            saved: HashMap::new(),
             registry_dirty: false,
             unsaved: HashSet::new(),
             stats: FetchStats::default(),
             relists: HashMap::new(),
+            saved_owners: None,
+        }
+    }
+
+    /// A start's second step: one record of the repo store, in file order (`None`: the
+    /// repo was removed). Holders are kept only when they are live workers. Records of
+    /// repos the index no longer has are dropped (removed while we were down), unless the
+    /// index has no applied entries yet: then they wait for its first content.
+    pub fn restore_saved(&mut self, id: String, saved: Option<SavedRepo>) {
+        if !self.index_ready {
+            match saved {
+                Some(s) => self.saved.insert(id, s),
+                None => self.saved.remove(&id),
+            };
+            return;
+        }
+        let Some(repo) = self.repos.get_mut(id.as_str()) else {
+            return;
         };
-        fleet.recompute_owners();
-        fleet
+        // The saved owner, so that recomputing the owners changes (and saves) only repos
+        // whose owner really moved.
+        let (owner, holders, status) = restore(saved, &self.registry);
+        repo.owner = owner;
+        repo.holders = holders;
+        repo.status = status;
+        repo.owner_score = f64::INFINITY;
+    }
+
+    /// A start's third step: the digests of the refs last published per repo, from the
+    /// event log (SPEC §10). The log is appended before an outcome is acknowledged, the
+    /// repo status only every few seconds, so after `kill -9` the saved digest can predate
+    /// the last events: a failover clone of refs already announced would then look like
+    /// news and be published twice. The refs one by one stay in the event log and are read
+    /// when an outcome needs them.
+    pub fn restore_published(&mut self, digests: &HashMap<String, u64>) {
+        for (id, digest) in digests {
+            if let Some(repo) = self.repos.get_mut(id.as_str()) {
+                repo.status.published = Some(*digest);
+            } else if !self.index_ready {
+                self.saved
+                    .entry(id.to_owned())
+                    .or_insert_with(|| SavedRepo {
+                        owner: None,
+                        holders: Vec::new(),
+                        status: RepoStatus::default(),
+                        state: None,
+                    })
+                    .status
+                    .published = Some(*digest);
+            }
+        }
+    }
+
+    /// A start's last step: the census, and the owners. When the saved owners were
+    /// computed for the member set the registry restored (`saved_owners`, the repo
+    /// store's fingerprint), they are kept and each repo's winning score is one hash;
+    /// otherwise every repo is scored. Returns whether the saved owners were kept.
+    pub fn finish_start(&mut self, saved_owners: Option<u64>) -> bool {
+        self.saved_owners = saved_owners;
+        let members = self.live_members();
+        let keep = saved_owners.is_some() && saved_owners == Some(ring::fingerprint(&members));
+        let ring = ring::Ring::new(&members);
+        let index: HashMap<Uuid, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.uuid, i))
+            .collect();
+        // Repos whose saved owner cannot stand: no record, or an owner not in the ring.
+        let mut todo: Vec<Arc<str>> = Vec::new();
+        for (id, repo) in self.repos.iter_mut() {
+            let restored = !repo.owner_score.is_nan();
+            repo.owner_score = f64::INFINITY;
+            if !keep {
+                continue;
+            }
+            match repo.owner.map(|o| index.get(&o)) {
+                Some(Some(&i)) if restored => {
+                    repo.owner_score = ring.score(id, i).unwrap_or(f64::INFINITY);
+                }
+                None if restored && members.is_empty() => {}
+                _ => todo.push(id.clone()),
+            }
+        }
+        self.census = Census::from_facts(self.repos.iter().map(|(id, r)| (id, r.facts())));
+        if !keep {
+            self.recompute_owners();
+            return false;
+        }
+        self.members = members;
+        self.owners_known = true;
+        let refs: Vec<&str> = todo.iter().map(|id| &**id).collect();
+        let owners = ring.owners(&refs);
+        drop(refs);
+        for (id, scored) in todo.iter().zip(owners) {
+            let owner = scored
+                .and_then(|(i, _)| self.members.get(i))
+                .map(|m| m.uuid);
+            if let Some(repo) = self.repos.get_mut(id) {
+                repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
+                if owner != repo.owner {
+                    let before = repo.facts();
+                    repo.owner = owner;
+                    reconcile(id, repo, &mut self.out);
+                    self.census.update(id, &before, &repo.facts());
+                    self.unsaved.insert(id.clone());
+                }
+            }
+        }
+        true
     }
 
     // ----- inputs -----
@@ -1286,14 +1410,20 @@ impl Fleet {
     }
 
     /// The repos changed since the last call, as the repo store's records (O(changed)).
-    pub fn take_repo_changes(&mut self) -> Vec<crate::repo_store::Change> {
-        std::mem::take(&mut self.unsaved)
+    pub fn take_repo_changes(&mut self) -> crate::repo_store::Changes {
+        let repos = std::mem::take(&mut self.unsaved)
             .into_iter()
             .map(|id| {
                 let saved = self.repos.get(&id).map(|r| saved_repo(r));
                 (id.to_string(), saved)
             })
-            .collect()
+            .collect();
+        // Every owner in memory is the ring's choice over the current members (a change of
+        // the members recomputes them at once), so the save records that set with them.
+        let now = self.owners_known.then(|| ring::fingerprint(&self.members));
+        let owners = (now != self.saved_owners).then_some(now);
+        self.saved_owners = now;
+        crate::repo_store::Changes { repos, owners }
     }
 
     pub fn registry_file(&self) -> RegistryFile {

@@ -43,10 +43,23 @@ enum Record {
     Put { id: String, repo: SavedRepo },
     /// The repo left every index.
     Remove { id: String },
+    /// The saved owners are the ring's choice over the members with this
+    /// [`crate::ring::fingerprint`] (`None`: they may not be; a start recomputes them).
+    /// Written as `None` before a batch that moves owners and with the new fingerprint after
+    /// it, so a batch cut short leaves `None`.
+    Owners { members: Option<u64> },
 }
 
 /// A change for the journal: `None` removes the repo.
 pub type Change = (String, Option<SavedRepo>);
+
+/// What a save holds: changed repos, and when the owners' member set changed, the new
+/// fingerprint (`Some(None)`: no longer a ring's choice) to record around them.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub repos: Vec<Change>,
+    pub owners: Option<Option<u64>>,
+}
 
 fn encode(r: &Record) -> Vec<u8> {
     // Plain data (strings, numbers, options, vectors) always encodes.
@@ -89,36 +102,39 @@ fn write_fresh(dir: &Path, generation: u64, repos: &ReposFile) -> Result<(), Sta
     Ok(())
 }
 
-fn apply(repos: &mut ReposFile, record: Record) {
+/// Where replayed records go, in file order: `Some` saves a repo's status, `None` removes
+/// it (a later record of a repo replaces an earlier one). Start-up hands them straight to
+/// the fleet, so the saved status of every repo is never held twice.
+pub type Sink<'a> = dyn FnMut(String, Option<SavedRepo>) + 'a;
+
+fn apply(sink: &mut Sink<'_>, owners: &mut Option<u64>, record: Record) {
     match record {
         Record::Start { .. } => {}
-        Record::Put { id, repo } => {
-            repos.repos.insert(id, repo);
-        }
-        Record::Remove { id } => {
-            repos.repos.remove(&id);
-        }
+        Record::Put { id, repo } => sink(id, Some(repo)),
+        Record::Remove { id } => sink(id, None),
+        Record::Owners { members } => *owners = members,
     }
 }
 
 /// What reading the files gives.
 struct Loaded {
-    repos: ReposFile,
     generation: u64,
     journal_end: u64,
     torn_at: Option<u64>,
     /// The journal is of an older generation, or missing: write it afresh.
     journal_stale: bool,
-    /// The journal's records by repo, for the next compaction.
-    since: HashMap<String, Option<Vec<u8>>>,
+    /// The offset of each repo's last record in the journal, for the next compaction.
+    since: HashMap<Box<str>, u64>,
+    /// The last `Owners` record's fingerprint.
+    owners: Option<u64>,
 }
 
-fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
+fn replay(snap: &Path, jour: &Path, sink: &mut Sink<'_>) -> Result<Loaded, StateError> {
     let corrupt = |path: &Path, detail: String| StateError::Corrupt {
         path: path.to_owned(),
         detail,
     };
-    let mut repos = ReposFile::default();
+    let mut owners = None;
     let mut generation = None;
     journal::for_each_record(snap, SNAPSHOT_KIND, VERSION, |offset, payload| {
         let record = decode(snap, offset, payload)?;
@@ -131,17 +147,17 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
             };
             generation = Some(g);
         }
-        apply(&mut repos, record);
+        apply(sink, &mut owners, record);
         Ok(())
     })?;
     let generation = generation.ok_or_else(|| corrupt(snap, "it holds no records".into()))?;
     let mut loaded = Loaded {
-        repos,
         generation,
         journal_end: 0,
         torn_at: None,
         journal_stale: true,
         since: HashMap::new(),
+        owners,
     };
     let Some(contents) = journal::read(jour, JOURNAL_KIND, VERSION, true)? else {
         return Ok(loaded);
@@ -155,16 +171,10 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
         Some(Record::Start { generation: g }) if g == generation => {
             for (offset, payload) in records {
                 let record = decode(jour, offset, payload)?;
-                match &record {
-                    Record::Put { id, .. } => {
-                        loaded.since.insert(id.clone(), Some(payload.to_vec()));
-                    }
-                    Record::Remove { id } => {
-                        loaded.since.insert(id.clone(), None);
-                    }
-                    Record::Start { .. } => {}
+                if let Record::Put { id, .. } | Record::Remove { id } = &record {
+                    loaded.since.insert(id.as_str().into(), offset);
                 }
-                apply(&mut loaded.repos, record);
+                apply(sink, &mut loaded.owners, record);
             }
             loaded.journal_stale = false;
             loaded.journal_end = contents.end;
@@ -196,17 +206,39 @@ pub fn load(dir: &Path) -> Result<ReposFile, StateError> {
                 .unwrap_or_default(),
         );
     }
-    Ok(replay(&snap, &jour)?.repos)
+    let mut repos = ReposFile::default();
+    replay(&snap, &jour, &mut collect(&mut repos))?;
+    Ok(repos)
+}
+
+/// A sink that gathers the records into a [`ReposFile`] (tests and tools).
+pub fn collect(repos: &mut ReposFile) -> impl FnMut(String, Option<SavedRepo>) + '_ {
+    |id, saved| match saved {
+        Some(s) => {
+            repos.repos.insert(id, s);
+        }
+        None => {
+            repos.repos.remove(&id);
+        }
+    }
+}
+
+/// What [`open`] found besides the records.
+pub struct Opened {
+    pub store: RepoStore,
+    /// The member-set fingerprint the saved owners were computed for, if they are a ring's.
+    pub owners: Option<u64>,
 }
 
 /// Open the repo state of `dir`: migrate a v1 `repos.json`, replay snapshot and journal
-/// (dropping a torn journal tail with one warning) and start the writer thread. Blocking.
-pub fn open(dir: &Path) -> Result<(ReposFile, RepoStore), StateError> {
-    open_with(dir, COMPACT_AT)
+/// into `sink` (dropping a torn journal tail with one warning) and start the writer
+/// thread. Blocking.
+pub fn open(dir: &Path, sink: &mut Sink<'_>) -> Result<Opened, StateError> {
+    open_with(dir, COMPACT_AT, sink)
 }
 
 /// [`open`], compacting once the journal passes `compact_at` bytes and the snapshot's size.
-pub fn open_with(dir: &Path, compact_at: u64) -> Result<(ReposFile, RepoStore), StateError> {
+pub fn open_with(dir: &Path, compact_at: u64, sink: &mut Sink<'_>) -> Result<Opened, StateError> {
     let (snap, jour) = paths(dir);
     for p in [&snap, &jour] {
         let n = journal::remove_leftovers(p);
@@ -229,7 +261,7 @@ pub fn open_with(dir: &Path, compact_at: u64) -> Result<(ReposFile, RepoStore), 
         std::fs::rename(&v1, &bak).map_err(io("rename to .v1.bak", &v1))?;
         tracing::info!(path = %bak.display(), "kept the v1 repo state file beside the new one");
     }
-    let mut loaded = replay(&snap, &jour)?;
+    let mut loaded = replay(&snap, &jour, sink)?;
     if let Some(at) = loaded.torn_at {
         tracing::warn!(path = %jour.display(), offset = at, "dropping a torn record at the end of the journal (the coordinator stopped in the middle of writing it)");
     }
@@ -249,23 +281,24 @@ pub fn open_with(dir: &Path, compact_at: u64) -> Result<(ReposFile, RepoStore), 
         snapshot_len: std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0),
         compact_at,
         since: loaded.since,
+        owners: loaded.owners,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("repo-state-writer".into())
         .spawn(move || writer.run(rx))
         .map_err(io("start the writer thread for", &jour))?;
-    Ok((
-        loaded.repos,
-        RepoStore {
+    Ok(Opened {
+        store: RepoStore {
             tx: Some(tx),
             thread: Some(thread),
         },
-    ))
+        owners: loaded.owners,
+    })
 }
 
 enum Msg {
-    Changes(Vec<Change>),
+    Changes(Changes),
     /// Answered once everything queued before it is durable (or failed).
     Sync(std::sync::mpsc::SyncSender<Result<(), String>>),
 }
@@ -279,8 +312,8 @@ pub struct RepoStore {
 impl RepoStore {
     /// Queue changes for the journal. Never blocks; a failed write is logged by the writer
     /// and retried with the next batch.
-    pub fn save(&self, changes: Vec<Change>) {
-        if changes.is_empty() {
+    pub fn save(&self, changes: Changes) {
+        if changes.repos.is_empty() && changes.owners.is_none() {
             return;
         }
         if let Some(tx) = &self.tx
@@ -324,22 +357,40 @@ struct Writer {
     generation: u64,
     snapshot_len: u64,
     compact_at: u64,
-    /// The journal's records by repo since the last compaction (`None`: removed), encoded;
-    /// bounded by the journal's size.
-    since: HashMap<String, Option<Vec<u8>>>,
+    /// The offset of each repo's last record in the journal since the last compaction
+    /// (the records stay on disk: holding them was ~250 bytes a repo at 1M).
+    since: HashMap<Box<str>, u64>,
+    /// The fingerprint of the last `Owners` record written.
+    owners: Option<u64>,
+}
+
+/// A batch of changes for one write (changes that failed join the next one).
+#[derive(Default)]
+struct Batch {
+    repos: HashMap<String, Option<SavedRepo>>,
+    owners: Option<Option<u64>>,
+}
+
+impl Batch {
+    fn add(&mut self, c: Changes) {
+        self.repos.extend(c.repos);
+        if c.owners.is_some() {
+            self.owners = c.owners;
+        }
+    }
 }
 
 impl Writer {
     fn run(mut self, rx: std::sync::mpsc::Receiver<Msg>) {
         // Changes that failed to write, tried again with the next batch (a repo's newer
         // record replaces its older one, so this stays bounded by the repos).
-        let mut retry: HashMap<String, Option<SavedRepo>> = HashMap::new();
+        let mut retry = Batch::default();
         let mut last_error: Option<String> = None;
         while let Ok(first) = rx.recv() {
             let mut syncs = Vec::new();
             let mut batch = std::mem::take(&mut retry);
             let mut take = |m: Msg| match m {
-                Msg::Changes(c) => batch.extend(c),
+                Msg::Changes(c) => batch.add(c),
                 Msg::Sync(tx) => syncs.push(tx),
             };
             take(first);
@@ -381,12 +432,18 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &HashMap<String, Option<SavedRepo>>) -> Result<(), StateError> {
-        if batch.is_empty() {
+    fn write(&mut self, batch: &Batch) -> Result<(), StateError> {
+        if batch.repos.is_empty() && batch.owners.is_none() {
             return Ok(());
         }
-        let mut encoded = Vec::with_capacity(batch.len());
-        for (id, repo) in batch {
+        // Owners moving: mark them unknown first, so a batch cut short is not taken for
+        // the new member set's (nor the old one's).
+        let mark = |members| (None, encode(&Record::Owners { members }));
+        let mut encoded = Vec::with_capacity(batch.repos.len() + 2);
+        if batch.owners.is_some() {
+            encoded.push(mark(None));
+        }
+        for (id, repo) in &batch.repos {
             let record = match repo {
                 Some(repo) => Record::Put {
                     id: id.clone(),
@@ -394,13 +451,22 @@ impl Writer {
                 },
                 None => Record::Remove { id: id.clone() },
             };
-            encoded.push((id, repo.is_some(), encode(&record)));
+            encoded.push((Some(id), encode(&record)));
         }
-        self.appender
-            .append(encoded.iter().map(|(_, _, e)| e.as_slice()))?;
+        if let Some(owners) = batch.owners {
+            encoded.push(mark(owners));
+        }
+        let offsets = self
+            .appender
+            .append(encoded.iter().map(|(_, e)| e.as_slice()))?;
         self.appender.sync()?;
-        for (id, put, e) in encoded {
-            self.since.insert(id.clone(), put.then_some(e));
+        for ((id, _), offset) in encoded.iter().zip(offsets) {
+            if let Some(id) = id {
+                self.since.insert(id.as_str().into(), offset);
+            }
+        }
+        if let Some(owners) = batch.owners {
+            self.owners = owners;
         }
         Ok(())
     }
@@ -415,15 +481,26 @@ impl Writer {
         w.push(&start)?;
         journal::for_each_record(&snap, SNAPSHOT_KIND, VERSION, |offset, payload| {
             match decode(&snap, offset, payload)? {
-                Record::Put { id, .. } if !self.since.contains_key(&id) => {
+                Record::Put { id, .. } if !self.since.contains_key(id.as_str()) => {
                     w.push(payload)?;
                 }
                 _ => {}
             }
             Ok(())
         })?;
-        for e in self.since.values().flatten() {
-            w.push(e)?;
+        // Then each repo's last journal record, if it is a put.
+        journal::for_each_record(&jour, JOURNAL_KIND, VERSION, |offset, payload| {
+            if let Record::Put { id, .. } = decode(&jour, offset, payload)?
+                && self.since.get(id.as_str()) == Some(&offset)
+            {
+                w.push(payload)?;
+            }
+            Ok(())
+        })?;
+        if let Some(members) = self.owners {
+            w.push(&encode(&Record::Owners {
+                members: Some(members),
+            }))?;
         }
         w.commit()?;
         journal::write_whole(&jour, JOURNAL_KIND, VERSION, [start.as_slice()], MODE)?;
@@ -442,6 +519,23 @@ mod tests {
     use super::*;
     use crate::fleet::{RepoStatus, SavedHolder};
     use uuid::Uuid;
+
+    fn open_all_with(dir: &Path, compact_at: u64) -> Result<(ReposFile, RepoStore), StateError> {
+        let mut repos = ReposFile::default();
+        let opened = open_with(dir, compact_at, &mut collect(&mut repos))?;
+        Ok((repos, opened.store))
+    }
+
+    fn open_all(dir: &Path) -> Result<(ReposFile, RepoStore), StateError> {
+        open_all_with(dir, COMPACT_AT)
+    }
+
+    fn changes(repos: Vec<Change>) -> Changes {
+        Changes {
+            repos,
+            owners: None,
+        }
+    }
 
     fn saved(n: u128) -> SavedRepo {
         SavedRepo {
@@ -470,16 +564,19 @@ mod tests {
     #[test]
     fn spec_12_changes_survive_reopen_and_compaction() {
         let d = tempfile::tempdir().unwrap();
-        let (repos, mut store) = open_with(d.path(), 1).unwrap();
+        let (repos, mut store) = open_all_with(d.path(), 1).unwrap();
         assert!(repos.repos.is_empty());
-        store.save(
+        store.save(changes(
             (0..50)
                 .map(|i| (format!("r{i:02}"), Some(saved(i))))
                 .collect(),
-        );
-        store.save(vec![("r07".into(), None), ("r08".into(), Some(saved(800)))]);
+        ));
+        store.save(changes(vec![
+            ("r07".into(), None),
+            ("r08".into(), Some(saved(800))),
+        ]));
         store.sync().unwrap();
-        store.save(vec![("r09".into(), Some(saved(900)))]);
+        store.save(changes(vec![("r09".into(), Some(saved(900)))]));
         store.close();
         let back = load(d.path()).unwrap();
         assert_eq!(back.repos.len(), 49);
@@ -494,7 +591,7 @@ mod tests {
             .unwrap()
             .len();
         assert!(jour < snap, "journal {jour} B, snapshot {snap} B");
-        let (reopened, _store) = open(d.path()).unwrap();
+        let (reopened, _store) = open_all(d.path()).unwrap();
         assert_eq!(fetches(&reopened), fetches(&back));
     }
 
@@ -503,11 +600,11 @@ mod tests {
     #[test]
     fn spec_12_compaction_after_a_restart_keeps_the_older_journal() {
         let d = tempfile::tempdir().unwrap();
-        let (_, mut store) = open(d.path()).unwrap();
-        store.save(vec![("a".into(), Some(saved(1)))]);
+        let (_, mut store) = open_all(d.path()).unwrap();
+        store.save(changes(vec![("a".into(), Some(saved(1)))]));
         store.close();
-        let (_, mut store) = open_with(d.path(), 1).unwrap();
-        store.save(vec![("b".into(), Some(saved(2)))]);
+        let (_, mut store) = open_all_with(d.path(), 1).unwrap();
+        store.save(changes(vec![("b".into(), Some(saved(2)))]));
         store.close();
         let back = load(d.path()).unwrap();
         assert_eq!(fetches(&back), [("a".into(), 1), ("b".into(), 2)]);
@@ -567,15 +664,15 @@ mod tests {
     #[test]
     fn spec_12_torn_tail_dropped_corruption_named() {
         let d = tempfile::tempdir().unwrap();
-        let (_, mut store) = open(d.path()).unwrap();
-        store.save(vec![("a".into(), Some(saved(1)))]);
+        let (_, mut store) = open_all(d.path()).unwrap();
+        store.save(changes(vec![("a".into(), Some(saved(1)))]));
         store.sync().unwrap();
-        store.save(vec![("b".into(), Some(saved(2)))]);
+        store.save(changes(vec![("b".into(), Some(saved(2)))]));
         store.close();
         let jour = d.path().join(JOURNAL_FILE);
         let full = std::fs::read(&jour).unwrap();
         std::fs::write(&jour, &full[..full.len() - 3]).unwrap();
-        let (repos, _store) = open(d.path()).unwrap();
+        let (repos, _store) = open_all(d.path()).unwrap();
         assert_eq!(repos.repos.keys().collect::<Vec<_>>(), ["a"]);
         drop(_store);
         let snap = d.path().join(SNAPSHOT_FILE);
@@ -583,8 +680,47 @@ mod tests {
         let last = bytes.len() - 2;
         bytes[last] ^= 0xff;
         std::fs::write(&snap, &bytes).unwrap();
-        let e = open(d.path()).err().unwrap();
+        let e = open_all(d.path()).err().unwrap();
         assert!(e.to_string().contains(SNAPSHOT_FILE), "{e}");
+    }
+
+    // SPEC §12 (restart at scale): the member fingerprint of the saved owners survives a
+    // reopen and a compaction; a batch moving owners cut short leaves none, so a start
+    // recomputes them rather than trusting half a move.
+    #[test]
+    fn spec_12_owner_fingerprint_is_kept_and_a_torn_move_clears_it() {
+        let d = tempfile::tempdir().unwrap();
+        let owners_at = |dir: &Path| {
+            let mut repos = ReposFile::default();
+            let o = open_with(dir, COMPACT_AT, &mut collect(&mut repos)).unwrap();
+            (o.owners, repos.repos.len())
+        };
+        let (_, mut store) = open_all(d.path()).unwrap();
+        store.save(Changes {
+            repos: vec![("a".into(), Some(saved(1)))],
+            owners: Some(Some(5)),
+        });
+        store.close();
+        assert_eq!(owners_at(d.path()), (Some(5), 1));
+        // Plain changes leave it; a compaction carries it into the snapshot.
+        let (_, mut store) = open_all_with(d.path(), 1).unwrap();
+        store.save(changes(vec![("b".into(), Some(saved(2)))]));
+        store.save(changes(vec![("c".into(), Some(saved(3)))]));
+        store.close();
+        assert_eq!(owners_at(d.path()), (Some(5), 3));
+        let snap = std::fs::read(d.path().join(SNAPSHOT_FILE)).unwrap();
+        assert!(snap.len() > 200, "compacted into the snapshot");
+        // A move cut before its closing record: the repos written stay, the owners do not.
+        let (_, mut store) = open_all(d.path()).unwrap();
+        store.save(Changes {
+            repos: vec![("d".into(), Some(saved(4)))],
+            owners: Some(Some(6)),
+        });
+        store.close();
+        let jour = d.path().join(JOURNAL_FILE);
+        let full = std::fs::read(&jour).unwrap();
+        std::fs::write(&jour, &full[..full.len() - 2]).unwrap();
+        assert_eq!(owners_at(d.path()), (None, 4));
     }
 
     // SPEC §12 "State files": a crash after a compaction's snapshot and before its new
@@ -593,16 +729,19 @@ mod tests {
     #[test]
     fn spec_12_crash_inside_compaction() {
         let d = tempfile::tempdir().unwrap();
-        let (_, mut store) = open(d.path()).unwrap();
-        store.save(vec![("a".into(), Some(saved(1)))]);
+        let (_, mut store) = open_all(d.path()).unwrap();
+        store.save(changes(vec![("a".into(), Some(saved(1)))]));
         store.close();
         let old_journal = std::fs::read(d.path().join(JOURNAL_FILE)).unwrap();
-        let (_, mut store) = open_with(d.path(), 1).unwrap();
-        store.save(vec![("b".into(), Some(saved(2))), ("a".into(), None)]);
+        let (_, mut store) = open_all_with(d.path(), 1).unwrap();
+        store.save(changes(vec![
+            ("b".into(), Some(saved(2))),
+            ("a".into(), None),
+        ]));
         store.close();
         // Put the generation-1 journal back, as if the new one was never written.
         std::fs::write(d.path().join(JOURNAL_FILE), old_journal).unwrap();
-        let (repos, _store) = open(d.path()).unwrap();
+        let (repos, _store) = open_all(d.path()).unwrap();
         assert_eq!(repos.repos.keys().collect::<Vec<_>>(), ["b"]);
     }
 
@@ -622,7 +761,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fetches(&load(d.path()).unwrap()), [("x/y/z".into(), 5)]);
-        let (repos, _store) = open(d.path()).unwrap();
+        let (repos, _store) = open_all(d.path()).unwrap();
         assert_eq!(fetches(&repos), [("x/y/z".into(), 5)]);
         assert!(!d.path().join(V1_FILE).exists());
         assert!(d.path().join("repos.json.v1.bak").exists());

@@ -149,6 +149,16 @@ impl Ring {
         })
     }
 
+    /// The score of member `member` for `repo_id` (the winning score when it is the owner;
+    /// one hash and a logarithm). `None` when there is no such member.
+    pub fn score(&self, repo_id: &str, member: usize) -> Option<f64> {
+        let m = self.members.get(member)?;
+        Some(weigh(
+            unit(xxh3_64_with_seed(repo_id.as_bytes(), m.seed)),
+            m,
+        ))
+    }
+
     /// The score of member `challenger` for `repo_id` when it beats the incumbent (its
     /// score and uuid given), by the order [`Ring::owner`] uses; `None` when it does not.
     /// One hash, and a logarithm only when the bound does not already lose.
@@ -167,6 +177,18 @@ impl Ring {
         let sc = weigh(u, c);
         (sc < incumbent_score || (sc == incumbent_score && c.uuid < incumbent)).then_some(sc)
     }
+}
+
+/// A fingerprint of a member set (uuids and weights, in the given order): owners saved
+/// under one fingerprint are exactly the ring's for any member set with the same one, so
+/// a start with the same members keeps them instead of scoring every repo again.
+pub fn fingerprint(members: &[Member]) -> u64 {
+    let mut bytes = Vec::with_capacity(members.len() * 24);
+    for m in members {
+        bytes.extend_from_slice(m.uuid.as_bytes());
+        bytes.extend_from_slice(&m.weight.to_bits().to_le_bytes());
+    }
+    xxh3_64(&bytes)
 }
 
 /// A hash as a number strictly inside (0, 1).

@@ -127,10 +127,11 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             gitmirror_common::statefile::ensure_dir(&cfg.state_dir)?;
             let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
             let endpoint = gitmirror_common::trust::endpoint_config(&cfg.state_dir)?;
-            let registry = state::load_registry(&cfg.state_dir)?;
-            let t = Instant::now();
-            let (repos, repo_store) = repo_store::open(&cfg.state_dir)?;
-            let repos_s = t.elapsed().as_secs_f32();
+            let registry = Registry::restore(
+                cfg.max_workers,
+                state::load_registry(&cfg.state_dir)?,
+                now_ms(),
+            );
             let t = Instant::now();
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
@@ -140,37 +141,49 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                     purge_protect_percent: cfg.purge_protect_percent,
                 },
             )?;
+            let mut fleet =
+                Fleet::from_entries(cfg.liveness.dead_after, registry, indexes.entries());
             let index_s = t.elapsed().as_secs_f32();
             let t = Instant::now();
-            let log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
+            let mut records = 0usize;
+            let opened = repo_store::open(&cfg.state_dir, &mut |id, saved| {
+                records += 1;
+                fleet.restore_saved(id, saved);
+            })?;
+            let repos_s = t.elapsed().as_secs_f32();
+            let t = Instant::now();
+            let mut log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
+            fleet.restore_published(&log.take_published());
+            fleet.merge_report_ids(log.report_ids());
             let events_s = t.elapsed().as_secs_f32();
             let cursors = webhook::load(&cfg.state_dir)?;
-            // Start-up time grows with the fleet: one line says where it went.
+            let t = Instant::now();
+            let kept = fleet.finish_start(opened.owners);
+            // Start-up time grows with the fleet: these lines say where it went.
+            tracing::info!(records, repos_s, index_s, events_s, "state read");
             tracing::info!(
-                repos = repos.repos.len(),
-                repos_s,
-                index_s,
-                events_s,
-                "state read"
+                secs = t.elapsed().as_secs_f32(),
+                owners = if kept {
+                    "kept (same members as saved)"
+                } else {
+                    "recomputed"
+                },
+                "fleet built"
             );
             Ok((
-                identity, endpoint, registry, repos, repo_store, indexes, log, cursors,
+                identity,
+                endpoint,
+                fleet,
+                opened.store,
+                indexes,
+                log,
+                cursors,
             ))
         })
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, endpoint, registry, mut repos, repo_store, indexes, mut log, cursors) = loaded?;
-    state::merge_published(&mut repos, &log.take_published());
-
-    let registry = Registry::restore(cfg.max_workers, registry, now_ms());
-    let t = Instant::now();
-    let mut fleet = Fleet::new(cfg.liveness.dead_after, registry, repos, indexes.entries());
-    fleet.merge_report_ids(log.report_ids());
-    tracing::info!(
-        secs = t.elapsed().as_secs_f32(),
-        "fleet built (owners of every repo recomputed)"
-    );
+    let (identity, endpoint, fleet, repo_store, indexes, log, cursors) = loaded?;
     let last_seq = log.last_seq();
     let recent: VecDeque<Event> = log
         .recent(crate::page::RECENT_EVENTS)

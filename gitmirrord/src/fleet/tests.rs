@@ -693,6 +693,111 @@ fn restart_then_absent_worker_dies() {
     assert_eq!(sim2.workers[&1].held.len(), 100);
 }
 
+/// SPEC §12 (restart at scale): saved owners recorded with the fingerprint of the member
+/// set they were computed for are kept at a start with the same members (each winning
+/// score recomputed from one hash, so a later join is still exact); a repo without a
+/// saved record is scored; a different member set, or no fingerprint, recomputes all.
+#[test]
+fn spec_12_a_start_with_the_same_members_keeps_the_saved_owners() {
+    let mut sim = Sim::new(300);
+    for n in [1, 2, 3] {
+        sim.join(n);
+    }
+    sim.clone_all();
+    let changes = sim.fleet.take_repo_changes();
+    let fp = changes
+        .owners
+        .expect("the first save records the member set");
+    assert!(fp.is_some());
+    assert!(
+        sim.fleet.take_repo_changes().owners.is_none(),
+        "recorded once"
+    );
+    let before = sim.owners();
+    let start = |saved: ReposFile, owners: Option<u64>, now: i64| {
+        let reg = Registry::restore(10, sim.fleet.registry_file(), now);
+        let mut f = Fleet::from_entries(DEAD_AFTER, reg, (0..300).map(entry));
+        for (id, s) in saved.repos {
+            f.restore_saved(id, Some(s));
+        }
+        let kept = f.finish_start(owners);
+        (f, kept)
+    };
+    let mut saved = sim.fleet.repos_file();
+    let missing = entry(7).id;
+    saved.repos.remove(&missing);
+    let (fleet, kept) = start(saved, fp, sim.now + 1000);
+    assert!(kept, "same members: saved owners kept");
+    assert!(fleet.owners_are_exact());
+    let ring = ring::Ring::new(&fleet.live_members());
+    for (id, r) in fleet.repos() {
+        let full = ring.owner_scored(id).map(|(_, s)| s.to_bits());
+        assert_eq!(Some(r.owner_score.to_bits()), full, "score of {id}");
+    }
+    assert_eq!(fleet.repo(&missing).unwrap().owner, before[&missing]);
+    assert!(fleet.census_is_exact());
+    // A later join scores only itself against the kept scores: still the full ring's.
+    let mut sim2 = Sim {
+        fleet,
+        now: sim.now + 1000,
+        workers: std::mem::take(&mut sim.workers),
+        events: Vec::new(),
+    };
+    sim2.join(4);
+    assert!(sim2.fleet.owners_are_exact());
+    // Another member set's fingerprint, or none: every owner recomputed, still exact.
+    for owners in [Some(fp.unwrap() ^ 1), None] {
+        let (fleet, kept) = start(sim2.fleet.repos_file(), owners, sim2.now);
+        assert!(!kept);
+        assert!(fleet.owners_are_exact());
+    }
+}
+
+/// SPEC §10: the event log's digests win over older saved ones and reach repos that the
+/// saved status did not list yet; other repos keep theirs. Before the index has content,
+/// they wait with the saved records.
+#[test]
+fn spec_10_published_digests_from_the_log_win() {
+    let saved = |published| SavedRepo {
+        owner: None,
+        holders: Vec::new(),
+        status: RepoStatus {
+            published,
+            fetches: 7,
+            ..RepoStatus::default()
+        },
+        state: None,
+    };
+    let (a, b, c) = (entry(1).id, entry(2).id, entry(3).id);
+    let log: HashMap<String, u64> = [(a.clone(), 10), (c.clone(), 30)].into();
+    let mut f = Fleet::from_entries(DEAD_AFTER, Registry::new(10), (1..4).map(entry));
+    f.restore_saved(a.clone(), Some(saved(Some(1))));
+    f.restore_saved(b.clone(), Some(saved(Some(2))));
+    f.restore_published(&log);
+    f.finish_start(None);
+    let got = |f: &Fleet, id: &str| {
+        let r = f.repo(id).unwrap();
+        (r.status.published, r.status.fetches)
+    };
+    assert_eq!(got(&f, &a), (Some(10), 7));
+    assert_eq!(got(&f, &b), (Some(2), 7));
+    assert_eq!(got(&f, &c), (Some(30), 0));
+    let mut empty = Fleet::from_entries(DEAD_AFTER, Registry::new(10), std::iter::empty());
+    empty.restore_saved(a.clone(), Some(saved(Some(1))));
+    empty.restore_published(&log);
+    empty.finish_start(None);
+    let waiting: Vec<(String, Option<u64>)> = {
+        let mut v: Vec<_> = empty
+            .saved
+            .iter()
+            .map(|(id, s)| (id.clone(), s.status.published))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(waiting, vec![(a, Some(10)), (c, Some(30))]);
+}
+
 /// Unknown held repos are trashed only once the index is known.
 #[test]
 fn unknown_holdings() {
