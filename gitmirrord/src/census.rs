@@ -298,13 +298,50 @@ impl Census {
     }
 
     pub fn update(&mut self, id: &Arc<str>, before: &Facts, after: &Facts) {
-        if before != after {
-            self.change(id, before, false);
-            self.change(id, after, true);
+        // Only the parts whose keys moved: an outcome usually changes one time (a failure
+        // its error time, a success its success time), and each ordered set touched is a
+        // removal and an insertion with string compares.
+        if (before.state, before.owner) != (after.state, after.owner) {
+            self.count(before, false);
+            self.count(after, true);
+        }
+        if before.state != after.state {
+            self.state_ids.remove(&(before.state, id.clone()));
+            self.state_ids.insert((after.state, id.clone()));
+        }
+        if (before.owner, before.state, &before.url) != (after.owner, after.state, &after.url) {
+            self.owner_entry(id, before, false);
+            self.owner_entry(id, after, true);
+        }
+        if before.failed_ms != after.failed_ms {
+            self.failing_entry(id, before, false);
+            self.failing_entry(id, after, true);
+        }
+        if before.last_success_ms != after.last_success_ms {
+            self.success_entry(before, false);
+            self.success_entry(after, true);
+        }
+        if before.holders != after.holders {
+            self.held_entries(id, before, false);
+            self.held_entries(id, after, true);
         }
     }
 
     fn change(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
+        self.count(f, add);
+        if add {
+            self.state_ids.insert((f.state, id.clone()));
+        } else {
+            self.state_ids.remove(&(f.state, id.clone()));
+        }
+        self.owner_entry(id, f, add);
+        self.failing_entry(id, f, add);
+        self.success_entry(f, add);
+        self.held_entries(id, f, add);
+    }
+
+    /// The total, per-state and per-owner counts.
+    fn count(&mut self, f: &Facts, add: bool) {
         let s = slot(f.state);
         let step = |n: &mut usize| {
             if add {
@@ -317,11 +354,6 @@ impl Census {
         if let Some(n) = self.by_state.get_mut(s) {
             step(n);
         }
-        if add {
-            self.state_ids.insert((f.state, id.clone()));
-        } else {
-            self.state_ids.remove(&(f.state, id.clone()));
-        }
         if let Some(o) = f.owner {
             let counts = self.owned.entry(o).or_insert([0; STATES]);
             if let Some(n) = counts.get_mut(s) {
@@ -330,6 +362,11 @@ impl Census {
             if counts.iter().all(|n| *n == 0) {
                 self.owned.remove(&o);
             }
+        }
+    }
+
+    fn owner_entry(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
+        if let Some(o) = f.owner {
             if add {
                 self.owner_ids
                     .insert((o, f.state, id.clone()), f.url.clone());
@@ -337,6 +374,9 @@ impl Census {
                 self.owner_ids.remove(&(o, f.state, id.clone()));
             }
         }
+    }
+
+    fn failing_entry(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
         if let Some(t) = f.failed_ms {
             if add {
                 self.failing.insert((Reverse(t), id.clone()));
@@ -344,9 +384,15 @@ impl Census {
                 self.failing.remove(&(Reverse(t), id.clone()));
             }
         }
+    }
+
+    fn success_entry(&mut self, f: &Facts, add: bool) {
         if let Some(t) = f.last_success_ms {
             self.success.change(t, add);
         }
+    }
+
+    fn held_entries(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
         for h in &f.holders {
             if add {
                 self.held.insert((*h, id.clone()));

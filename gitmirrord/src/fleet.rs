@@ -450,8 +450,8 @@ pub struct Fleet {
     /// Repos whose owner was asked to relist its refs, and when ([`crate::published`]).
     /// Only repos in that state, so small; an entry is dropped when the relist arrives.
     relists: HashMap<Arc<str>, i64>,
-    /// The member fingerprint the repo store last recorded for the saved owners
-    /// ([`crate::repo_store::Changes::owners`]).
+    /// The member fingerprint the repo store last recorded for the saved owners (`None`:
+    /// none, or unset before a move: [`crate::repo_store::Changes`]).
     saved_owners: Option<u64>,
 }
 
@@ -1410,8 +1410,23 @@ impl Fleet {
     }
 
     /// The repos changed since the last call, as the repo store's records (O(changed)).
-    pub fn take_repo_changes(&mut self) -> crate::repo_store::Changes {
-        let repos = std::mem::take(&mut self.unsaved)
+    /// Whether more repos wait to be saved than one [`Fleet::take_repo_changes`] takes.
+    pub fn unsaved_backlog(&self) -> bool {
+        !self.unsaved.is_empty()
+    }
+
+    /// The saved form of up to `limit` repos changed since they were last taken.
+    pub fn take_repo_changes(&mut self, limit: usize) -> crate::repo_store::Changes {
+        let ids: Vec<Arc<str>> = if self.unsaved.len() <= limit {
+            std::mem::take(&mut self.unsaved).into_iter().collect()
+        } else {
+            let ids: Vec<Arc<str>> = self.unsaved.iter().take(limit).cloned().collect();
+            for id in &ids {
+                self.unsaved.remove(id);
+            }
+            ids
+        };
+        let repos = ids
             .into_iter()
             .map(|id| {
                 let saved = self.repos.get(&id).map(|r| saved_repo(r));
@@ -1419,11 +1434,25 @@ impl Fleet {
             })
             .collect();
         // Every owner in memory is the ring's choice over the current members (a change of
-        // the members recomputes them at once), so the save records that set with them.
+        // the members recomputes them at once). The store's fingerprint is unset before
+        // the first records of a move and set once the last of them is taken.
         let now = self.owners_known.then(|| ring::fingerprint(&self.members));
-        let owners = (now != self.saved_owners).then_some(now);
-        self.saved_owners = now;
-        crate::repo_store::Changes { repos, owners }
+        let mut changes = crate::repo_store::Changes {
+            repos,
+            unset_owners: false,
+            owners: None,
+        };
+        if now != self.saved_owners {
+            if self.saved_owners.is_some() {
+                changes.unset_owners = true;
+                self.saved_owners = None;
+            }
+            if self.unsaved.is_empty() && now.is_some() {
+                changes.owners = now;
+                self.saved_owners = now;
+            }
+        }
+        changes
     }
 
     pub fn registry_file(&self) -> RegistryFile {

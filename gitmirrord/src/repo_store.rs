@@ -53,12 +53,15 @@ enum Record {
 /// A change for the journal: `None` removes the repo.
 pub type Change = (String, Option<SavedRepo>);
 
-/// What a save holds: changed repos, and when the owners' member set changed, the new
-/// fingerprint (`Some(None)`: no longer a ring's choice) to record around them.
+/// What a save holds: changed repos and, when the owners' member set changed, the
+/// fingerprint records around them: `unset_owners` writes "not a ring's choice" before the
+/// repos (the first part of a move), `owners` the new fingerprint after them (once the
+/// last repo of the move is in).
 #[derive(Debug, Default)]
 pub struct Changes {
     pub repos: Vec<Change>,
-    pub owners: Option<Option<u64>>,
+    pub unset_owners: bool,
+    pub owners: Option<u64>,
 }
 
 fn encode(r: &Record) -> Vec<u8> {
@@ -313,7 +316,7 @@ impl RepoStore {
     /// Queue changes for the journal. Never blocks; a failed write is logged by the writer
     /// and retried with the next batch.
     pub fn save(&self, changes: Changes) {
-        if changes.repos.is_empty() && changes.owners.is_none() {
+        if changes.repos.is_empty() && !changes.unset_owners && changes.owners.is_none() {
             return;
         }
         if let Some(tx) = &self.tx
@@ -368,12 +371,18 @@ struct Writer {
 #[derive(Default)]
 struct Batch {
     repos: HashMap<String, Option<SavedRepo>>,
-    owners: Option<Option<u64>>,
+    unset_owners: bool,
+    owners: Option<u64>,
 }
 
 impl Batch {
     fn add(&mut self, c: Changes) {
         self.repos.extend(c.repos);
+        if c.unset_owners {
+            // A new move: an earlier set fingerprint is not true of these repos.
+            self.unset_owners = true;
+            self.owners = None;
+        }
         if c.owners.is_some() {
             self.owners = c.owners;
         }
@@ -433,14 +442,14 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), StateError> {
-        if batch.repos.is_empty() && batch.owners.is_none() {
+        if batch.repos.is_empty() && !batch.unset_owners && batch.owners.is_none() {
             return Ok(());
         }
-        // Owners moving: mark them unknown first, so a batch cut short is not taken for
-        // the new member set's (nor the old one's).
+        // Owners moving: marked unknown first, so a batch cut short is not taken for the
+        // new member set's (nor the old one's).
         let mark = |members| (None, encode(&Record::Owners { members }));
         let mut encoded = Vec::with_capacity(batch.repos.len() + 2);
-        if batch.owners.is_some() {
+        if batch.unset_owners {
             encoded.push(mark(None));
         }
         for (id, repo) in &batch.repos {
@@ -454,7 +463,7 @@ impl Writer {
             encoded.push((Some(id), encode(&record)));
         }
         if let Some(owners) = batch.owners {
-            encoded.push(mark(owners));
+            encoded.push(mark(Some(owners)));
         }
         let offsets = self
             .appender
@@ -465,8 +474,11 @@ impl Writer {
                 self.since.insert(id.as_str().into(), offset);
             }
         }
-        if let Some(owners) = batch.owners {
-            self.owners = owners;
+        if batch.unset_owners {
+            self.owners = None;
+        }
+        if batch.owners.is_some() {
+            self.owners = batch.owners;
         }
         Ok(())
     }
@@ -533,6 +545,7 @@ mod tests {
     fn changes(repos: Vec<Change>) -> Changes {
         Changes {
             repos,
+            unset_owners: false,
             owners: None,
         }
     }
@@ -698,7 +711,8 @@ mod tests {
         let (_, mut store) = open_all(d.path()).unwrap();
         store.save(Changes {
             repos: vec![("a".into(), Some(saved(1)))],
-            owners: Some(Some(5)),
+            unset_owners: true,
+            owners: Some(5),
         });
         store.close();
         assert_eq!(owners_at(d.path()), (Some(5), 1));
@@ -714,7 +728,8 @@ mod tests {
         let (_, mut store) = open_all(d.path()).unwrap();
         store.save(Changes {
             repos: vec![("d".into(), Some(saved(4)))],
-            owners: Some(Some(6)),
+            unset_owners: true,
+            owners: Some(6),
         });
         store.close();
         let jour = d.path().join(JOURNAL_FILE);

@@ -37,6 +37,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the registry is rewritten and repo status changes are journaled.
 const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
 const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
+/// Most repo records copied for the repo store in one turn of the main loop (a few ms).
+const SAVE_CHUNK: usize = 4096;
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -441,6 +443,8 @@ impl MainLoop {
                 Some(call) = calls.recv() => self.on_http(call),
                 Some(delta) = deltas.recv() => {
                     let sends = self.fleet.apply_index(&delta);
+                    // A whole index is ~200 bytes an entry: gone before the deltas queue.
+                    drop(delta);
                     self.dispatch(sends);
                 }
                 _ = tick.tick() => {
@@ -954,9 +958,11 @@ impl MainLoop {
 
     async fn save_if_due(&mut self) {
         self.registry_dirty |= self.fleet.take_registry_dirty();
-        if self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY {
-            // O(repos changed since the last save); the store's thread writes them.
-            self.repo_store.save(self.fleet.take_repo_changes());
+        if self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY || self.fleet.unsaved_backlog() {
+            // At most SAVE_CHUNK repos a turn (a million changed at once, a whole index
+            // assigned, is spread over turns); the store's thread writes them.
+            self.repo_store
+                .save(self.fleet.take_repo_changes(SAVE_CHUNK));
             self.last_repos_save = Instant::now();
         }
         if self.saving.as_ref().is_some_and(|h| h.is_finished())
@@ -1008,7 +1014,8 @@ impl MainLoop {
         }
         self.fleet.take_registry_dirty();
         let reg = self.fleet.registry_file();
-        self.repo_store.save(self.fleet.take_repo_changes());
+        self.repo_store
+            .save(self.fleet.take_repo_changes(usize::MAX));
         let (dir, store) = (self.dir.clone(), self.repo_store.clone());
         tokio::task::spawn_blocking(move || {
             state::save_registry(&dir, &reg)?;

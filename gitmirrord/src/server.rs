@@ -3,9 +3,11 @@
 //! the coordinator's main loop ([`crate::run`]).
 //!
 //! Bounded: at most [`MAX_HANDSHAKES`] connections between QUIC accept and `Welcome`, each
-//! with a deadline; when all are taken, a new connection displaces the one that has waited
-//! longest without passing the secret check, so peers that connect and stall cannot lock
-//! workers out. Before that check the first frame may hold at most [`MAX_HELLO`] bytes;
+//! with a deadline; when all are taken, a new connection waits for a slot (QUIC holds it
+//! meanwhile), and displaces the one that has waited longest without passing the secret
+//! check once that one has stalled for [`STALLED_AFTER`], so peers that connect and stall
+//! cannot lock workers out, and workers reconnecting all at once (a restart of a big
+//! fleet) are queued rather than turned away to back off. Before that check the first frame may hold at most [`MAX_HELLO`] bytes;
 //! after it, frames above 16 MiB are refused from their header. A peer may open one
 //! stream and no datagrams. Each connection's outbound queue holds at most
 //! [`OUTBOUND_QUEUE`] messages (the main loop closes a connection whose queue is full; the
@@ -27,7 +29,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -38,6 +40,9 @@ pub const MAX_HANDSHAKES: usize = 64;
 pub const MAX_HELLO: usize = 64 * 1024;
 pub const OUTBOUND_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection still before the secret check after this long may be displaced: a worker
+/// passes it within a round trip or two, even on a loaded machine.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
 
 pub fn software() -> String {
     format!("gitmirrord {}", env!("CARGO_PKG_VERSION"))
@@ -123,38 +128,35 @@ struct Ctx {
     secret: Arc<SecretFile>,
     events: mpsc::Sender<ConnEvent>,
     handshakes: Arc<Semaphore>,
-    /// Connections that have not passed the secret check yet, oldest first: sending on
-    /// one drops that connection. Entries whose connection got further are closed.
-    waiting: Mutex<VecDeque<oneshot::Sender<()>>>,
+    /// Connections that have not passed the secret check yet, oldest first, with when
+    /// they were accepted: sending on one drops that connection. Entries whose connection
+    /// got further are closed.
+    waiting: Mutex<VecDeque<(Instant, oneshot::Sender<()>)>>,
     next_conn: AtomicU64,
 }
 
 impl Ctx {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<()>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    /// The waiting list, without entries whose connection got further.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, oneshot::Sender<()>)>> {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|(_, c)| !c.is_closed());
+        w
     }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     while let Some(incoming) = endpoint.accept().await {
-        let permit = match ctx.handshakes.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => make_room(&ctx).await,
-        };
-        let Some(permit) = permit else {
+        let Some(permit) = slot(&ctx).await else {
             tracing::warn!(
-                "refused a connection from {}: {MAX_HANDSHAKES} handshakes already in progress",
-                incoming.remote_address()
+                "refused a connection from {}: {MAX_HANDSHAKES} handshakes in progress for {}s",
+                incoming.remote_address(),
+                HANDSHAKE_TIMEOUT.as_secs()
             );
             incoming.refuse();
             continue;
         };
         let (cancel, cancelled) = oneshot::channel();
-        {
-            let mut waiting = ctx.waiting();
-            waiting.retain(|c| !c.is_closed());
-            waiting.push_back(cancel);
-        }
+        ctx.waiting().push_back((Instant::now(), cancel));
         let ctx = ctx.clone();
         tokio::spawn(async move {
             connection(incoming, &ctx, permit, cancelled).await;
@@ -162,24 +164,43 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     }
 }
 
-/// Every handshake slot is taken: drop the connection that has waited longest without
-/// passing the secret check, and take its slot. A worker gets past the check within a
-/// round trip or two of connecting, so only peers that stall are displaced. `None` when
-/// no connection is waiting (all are being welcomed).
-async fn make_room(ctx: &Ctx) -> Option<OwnedSemaphorePermit> {
-    // The oldest one still waiting (a send fails on one that got past the check meanwhile).
-    let dropped = {
-        let mut waiting = ctx.waiting();
-        std::iter::from_fn(|| waiting.pop_front()).find_map(|c| c.send(()).ok())
-    };
-    dropped?;
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        ctx.handshakes.clone().acquire_owned(),
-    )
-    .await
-    .ok()?
-    .ok()
+/// A handshake slot: free, or freed by a connection finishing, or taken from the one
+/// that has waited longest before the secret check once it has stalled for
+/// [`STALLED_AFTER`]. `None` after [`HANDSHAKE_TIMEOUT`] without one.
+async fn slot(ctx: &Ctx) -> Option<OwnedSemaphorePermit> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        if let Ok(permit) = ctx.handshakes.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let now = Instant::now();
+        let wake = {
+            let mut waiting = ctx.waiting();
+            match waiting.front() {
+                Some((since, _)) if now.duration_since(*since) >= STALLED_AFTER => {
+                    if let Some((_, c)) = waiting.pop_front() {
+                        let _ = c.send(());
+                    }
+                    None
+                }
+                Some((since, _)) => Some(*since + STALLED_AFTER),
+                None => Some(deadline),
+            }
+        };
+        let wake = match wake {
+            // Displaced one: its task gives the slot back as it ends.
+            None => now + Duration::from_secs(1),
+            Some(at) => at,
+        }
+        .min(deadline);
+        if now >= deadline {
+            return None;
+        }
+        tokio::select! {
+            p = ctx.handshakes.clone().acquire_owned() => return p.ok(),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -248,7 +269,7 @@ async fn connection(
         a = pre_auth(incoming, ctx, addr) => a,
         _ = cancelled => {
             tracing::info!(
-                "dropped the connection from {addr} before its Hello: all {MAX_HANDSHAKES} handshake slots were taken and it had waited longest"
+                "dropped the connection from {addr} before its Hello: all {MAX_HANDSHAKES} handshake slots were taken and it had stalled longest"
             );
             None
         }

@@ -704,13 +704,13 @@ fn spec_12_a_start_with_the_same_members_keeps_the_saved_owners() {
         sim.join(n);
     }
     sim.clone_all();
-    let changes = sim.fleet.take_repo_changes();
-    let fp = changes
-        .owners
-        .expect("the first save records the member set");
-    assert!(fp.is_some());
+    let changes = sim.fleet.take_repo_changes(usize::MAX);
+    let fp = changes.owners;
+    assert!(fp.is_some(), "the first save records the member set");
+    assert!(!changes.unset_owners, "nothing was recorded before");
+    let again = sim.fleet.take_repo_changes(usize::MAX);
     assert!(
-        sim.fleet.take_repo_changes().owners.is_none(),
+        again.owners.is_none() && !again.unset_owners,
         "recorded once"
     );
     let before = sim.owners();
@@ -743,10 +743,28 @@ fn spec_12_a_start_with_the_same_members_keeps_the_saved_owners() {
         workers: std::mem::take(&mut sim.workers),
         events: Vec::new(),
     };
+    sim2.fleet.take_repo_changes(usize::MAX);
     sim2.join(4);
     assert!(sim2.fleet.owners_are_exact());
+    // The move is saved in parts: the fingerprint is unset with the first, set with the
+    // last, never in between.
+    let mut parts = Vec::new();
+    loop {
+        let c = sim2.fleet.take_repo_changes(10);
+        let done = sim2.fleet.unsaved.is_empty();
+        parts.push((c.unset_owners, c.owners));
+        if done {
+            break;
+        }
+    }
+    assert!(parts.len() > 3, "{parts:?}");
+    assert!(parts[0].0, "unset first: {parts:?}");
+    assert!(parts[1..].iter().all(|p| !p.0), "{parts:?}");
+    let last = parts.len() - 1;
+    assert!(parts[..last].iter().all(|p| p.1.is_none()), "{parts:?}");
+    assert!(parts[last].1.is_some() && parts[last].1 != fp, "{parts:?}");
     // Another member set's fingerprint, or none: every owner recomputed, still exact.
-    for owners in [Some(fp.unwrap() ^ 1), None] {
+    for owners in [fp.map(|f| f ^ 1), None] {
         let (fleet, kept) = start(sim2.fleet.repos_file(), owners, sim2.now);
         assert!(!kept);
         assert!(fleet.owners_are_exact());
