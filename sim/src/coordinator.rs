@@ -131,6 +131,16 @@ impl Coordinator {
         self.process.log_tail(lines)
     }
 
+    /// Peak RSS of the running process so far, in MiB.
+    pub fn current_hwm_mib(&self) -> Option<f64> {
+        self.process.current_hwm_mib()
+    }
+
+    /// CPU seconds the running process has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.process.cpu_secs()
+    }
+
     /// Peak RSS over every process run so far, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         self.process.peak_rss_mib()

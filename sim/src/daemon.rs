@@ -100,6 +100,11 @@ impl Daemon {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Peak RSS of the running process so far, in MiB.
+    pub fn current_hwm_mib(&self) -> Option<f64> {
+        self.hwm_kib().map(|k| k as f64 / 1024.0)
+    }
+
     fn hwm_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -107,6 +112,11 @@ impl Daemon {
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// CPU time (user + system) the running process has used so far, in seconds.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(self.pid()?)
     }
 
     /// Peak RSS over every process run so far, in MiB.
@@ -141,4 +151,51 @@ pub fn du(path: &Path) -> u64 {
 /// A path as a YAML string (JSON strings are YAML).
 pub fn yaml_path(p: &Path) -> String {
     serde_json::Value::String(p.to_string_lossy().into_owned()).to_string()
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds: fields 14 and 15 of
+/// `/proc/<pid>/stat`, in clock ticks of 1/100 s (USER_HZ, fixed by the kernel's ABI).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from the `)` that ends it.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The 1-minute load average of the machine (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_and_load_are_read_from_proc() {
+        // Spin until the kernel has counted a tick of ours (10 ms): the fields read are
+        // the ones that grow.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut x = 0u64;
+        let cpu = loop {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            let cpu = cpu_secs(std::process::id()).expect("own /proc/<pid>/stat");
+            if cpu > 0.0 || std::time::Instant::now() > deadline {
+                break cpu;
+            }
+        };
+        assert!(cpu > 0.0, "no CPU time counted ({x})");
+        assert!(cpu_secs(u32::MAX).is_none(), "no such process");
+        assert!(load_average().is_some_and(|l| l >= 0.0));
+    }
 }

@@ -98,6 +98,9 @@ pub struct Options {
     pub worker_bin: Option<PathBuf>,
     /// The real workers' `fetch.min_interval`; their default (60 s) when `None`.
     pub worker_min_interval: Option<Duration>,
+    /// Run the real workers under `nice -n N`: on a machine they share with the
+    /// coordinator, so that it gets the CPU it would have on a machine of its own.
+    pub worker_nice: Option<i32>,
 }
 
 impl Default for Options {
@@ -124,6 +127,7 @@ impl Default for Options {
             real_workers: false,
             worker_bin: None,
             worker_min_interval: None,
+            worker_nice: None,
         }
     }
 }

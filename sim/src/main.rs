@@ -29,6 +29,10 @@ struct Cli {
     /// The real workers' `fetch.min_interval`, seconds (default: theirs, 60 s).
     #[arg(long, value_name = "SECS", requires = "real_workers")]
     worker_min_interval: Option<f64>,
+    /// Run the real workers under `nice -n N` (1..=19), so that the coordinator they share
+    /// the machine with gets the CPU it would have on its own.
+    #[arg(long, value_name = "N", requires = "real_workers", value_parser = clap::value_parser!(i32).range(1..=19))]
+    worker_nice: Option<i32>,
     /// The gitmirror-worker binary (default: next to this program).
     #[arg(long, value_name = "PATH")]
     gitmirror_worker: Option<PathBuf>,
@@ -123,6 +127,7 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         workers: cli.real_workers.unwrap_or(cli.workers),
         real_workers: real,
         worker_bin: cli.gitmirror_worker,
+        worker_nice: cli.worker_nice,
         worker_min_interval: cli
             .worker_min_interval
             .map(|v| secs(v, "worker-min-interval"))

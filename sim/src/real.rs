@@ -19,7 +19,7 @@
 //! - `kill`: `kill -9` of one worker → it is dead and its repos owned by the others.
 
 use crate::coordinator::Coordinator;
-use crate::daemon::{Daemon, du, yaml_path};
+use crate::daemon::{Daemon, du, load_average, yaml_path};
 use crate::index;
 use crate::probe::{self, Api, Metrics, Probe};
 use crate::report::{self, Real, RealWorker, Report};
@@ -57,6 +57,7 @@ impl Worker {
         coord: &Coordinator,
         token: &str,
         fetch: &[String],
+        nice: Option<i32>,
     ) -> Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
@@ -84,10 +85,22 @@ impl Worker {
             }
         }
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
+        let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), config.into_os_string()];
+        // `nice` execs the worker, so the child's pid stays the worker's.
+        let bin = match nice {
+            Some(n) => {
+                let mut a: Vec<std::ffi::OsString> =
+                    vec!["-n".into(), n.to_string().into(), bin.into()];
+                a.append(&mut args);
+                args = a;
+                Path::new("nice")
+            }
+            None => bin,
+        };
         let process = Daemon::new(
             &format!("gitmirror-worker {name}"),
             bin,
-            vec!["--config".into(), config.into_os_string()],
+            args,
             dir.join("gitmirror-worker.log"),
         );
         Ok(Self {
@@ -197,6 +210,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
                 &coord,
                 &token,
                 &fetch,
+                opts.worker_nice,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -209,6 +223,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         index: built.path.clone(),
         real: Real {
             worker_config: fetch.iter().map(|l| format!("fetch.{l}")).collect(),
+            worker_nice: opts.worker_nice,
             ..Real::default()
         },
         committed: None,
@@ -304,6 +319,17 @@ impl Run<'_> {
         }
     }
 
+    /// CPU seconds used so far by the coordinator and by all workers together.
+    fn cpu(&self) -> (Option<f64>, Option<f64>) {
+        let workers = self
+            .workers
+            .iter()
+            .filter(|w| !w.killed)
+            .map(|w| w.process.cpu_secs())
+            .sum::<Option<f64>>();
+        (self.coord.cpu_secs(), workers)
+    }
+
     async fn worker_views(&self) -> Result<Vec<WorkerView>> {
         let (status, body) = self.api.get("/api/workers").await?;
         if status != 200 {
@@ -371,6 +397,8 @@ impl Run<'_> {
                 ))
             })
             .collect();
+        let cpu0 = self.cpu();
+        let load0 = load_average();
         let m0 = self.api.metrics().await?;
         let t0 = Instant::now();
         let f0 = Fleet::of(&m0).outcomes;
@@ -400,6 +428,12 @@ impl Run<'_> {
                 break (now, m);
             }
         };
+        let cpu1 = self.cpu();
+        let window = (t_end - t0).as_secs_f64().max(1e-3);
+        let per_sec = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / window);
+        self.real.coordinator_cpu_cores = per_sec(cpu0.0, cpu1.0);
+        self.real.workers_cpu_cores = per_sec(cpu0.1, cpu1.1);
+        self.real.load_average = load0.zip(load_average());
         let _ = stop_tx.send(true);
         let mut api = Vec::new();
         for p in probes {

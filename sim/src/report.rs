@@ -37,6 +37,8 @@ pub struct Report {
 pub struct Real {
     /// Worker config keys set beyond the defaults (e.g. `fetch.min_interval: 1s`).
     pub worker_config: Vec<String>,
+    /// The workers ran under `nice -n` this.
+    pub worker_nice: Option<i32>,
     /// Index commit → the coordinator counted the first fetch outcome.
     pub first_outcome_secs: Option<f64>,
     /// Index commit → the coordinator had counted as many outcomes as there are repos
@@ -48,6 +50,12 @@ pub struct Real {
     pub outcomes_by_kind: BTreeMap<String, f64>,
     /// (seconds into the ingest window, outcomes counted since it began), ~1 s apart.
     pub series: Vec<(f64, f64)>,
+    /// CPU the coordinator used in the ingest window, in cores (CPU seconds per second).
+    pub coordinator_cpu_cores: Option<f64>,
+    /// The same for all workers together.
+    pub workers_cpu_cores: Option<f64>,
+    /// The machine's 1-minute load average when the ingest window began and ended.
+    pub load_average: Option<(f64, f64)>,
     pub workers: Vec<RealWorker>,
 }
 
@@ -164,6 +172,31 @@ pub struct Join {
     pub handoff_secs: f64,
 }
 
+/// Mean rate in each `width`-second slice of a cumulative series (seconds, count): the
+/// last sample at or before each slice's end against the one before its start.
+pub fn buckets(series: &[(f64, f64)], width: f64) -> Vec<f64> {
+    let Some(&(end, _)) = series.last() else {
+        return Vec::new();
+    };
+    let at = |t: f64| {
+        series
+            .iter()
+            .take_while(|(s, _)| *s <= t + 1e-9)
+            .last()
+            .copied()
+            .unwrap_or((0.0, 0.0))
+    };
+    let mut out = Vec::new();
+    let mut lo = 0.0;
+    while lo < end - 1e-9 {
+        let (t0, c0) = at(lo);
+        let (t1, c1) = at((lo + width).min(end));
+        out.push(if t1 > t0 { (c1 - c0) / (t1 - t0) } else { 0.0 });
+        lo += width;
+    }
+    out
+}
+
 fn secs(v: f64) -> String {
     format!("{v:.2} s")
 }
@@ -194,9 +227,11 @@ impl Report {
             Some(r) => row(
                 "run",
                 format!(
-                    "{} repos, {} real workers, upstreams refusing connections, worker config: {}",
+                    "{} repos, {} real workers{}, upstreams refusing connections, worker config: {}",
                     self.repos,
                     self.workers,
+                    r.worker_nice
+                        .map_or(String::new(), |n| format!(" (nice {n})")),
                     if r.worker_config.is_empty() {
                         "defaults".to_owned()
                     } else {
@@ -253,6 +288,20 @@ impl Report {
                 at(r.every_repo_attempted_secs),
                 "",
             );
+            if let (Some(a), Some(b)) = (r.first_outcome_secs, r.every_repo_attempted_secs) {
+                // The first wave: every repo is new and due at once, so nothing but the
+                // workers' and the coordinator's pace sets this rate.
+                row(
+                    "first wave: as many outcomes as repos",
+                    format!(
+                        "{:.0} /s ({} in {:.2} s)",
+                        f64::from(self.repos) / (b - a).max(1e-3),
+                        self.repos,
+                        b - a
+                    ),
+                    goals.outcomes,
+                );
+            }
         }
         if let Some(i) = &self.ingest {
             match &self.real {
@@ -274,14 +323,37 @@ impl Report {
                         "every change",
                     );
                 }
-                Some(r) => row(
-                    "outcomes ingested, fleet-wide (counters)",
-                    format!(
-                        "{:.0} /s ({} in {:.1} s; peak {:.0} /s)",
-                        i.outcomes_per_sec, i.outcomes_acked, i.secs, r.peak_outcomes_per_sec
-                    ),
-                    goals.outcomes,
-                ),
+                Some(r) => {
+                    row(
+                        "outcomes ingested, fleet-wide (counters)",
+                        format!(
+                            "{:.0} /s ({} in {:.1} s; peak {:.0} /s)",
+                            i.outcomes_per_sec, i.outcomes_acked, i.secs, r.peak_outcomes_per_sec
+                        ),
+                        goals.outcomes,
+                    );
+                    let cores = |c: Option<f64>| c.map_or("?".into(), |c| format!("{c:.2}"));
+                    row(
+                        "… CPU in the window, cores: coordinator (workers)",
+                        format!(
+                            "{} ({}); load average {}",
+                            cores(r.coordinator_cpu_cores),
+                            cores(r.workers_cpu_cores),
+                            r.load_average
+                                .map_or("?".into(), |(a, b)| format!("{a:.1} → {b:.1}"))
+                        ),
+                        "",
+                    );
+                    row(
+                        "… per 10 s of the window",
+                        buckets(&r.series, 10.0)
+                            .iter()
+                            .map(|v| format!("{v:.0}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        "",
+                    );
+                }
             }
             for l in &i.api {
                 let mut v = format!(
@@ -366,5 +438,24 @@ impl Report {
             let _ = writeln!(out, "PROBLEM  {p}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_give_the_rate_of_each_slice() {
+        let series = [
+            (0.0, 0.0),
+            (5.0, 500.0),
+            (10.0, 1000.0),
+            (15.0, 1000.0),
+            (20.0, 1000.0),
+        ];
+        assert_eq!(buckets(&series, 10.0), [100.0, 0.0]);
+        assert_eq!(buckets(&series[..3], 5.0), [100.0, 100.0]);
+        assert!(buckets(&[], 10.0).is_empty());
     }
 }
