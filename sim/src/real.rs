@@ -357,6 +357,7 @@ impl Run<'_> {
         let (assigned, _) = self
             .until("every repo assigned", |f| f.all_assigned(repos))
             .await?;
+        self.real.coordinator_rss_at_assign_mib = self.coord.current_hwm_mib();
         let fair = f64::from(repos) / n;
         let held: Vec<usize> = self.worker_views().await?.iter().map(|w| w.repos).collect();
         tracing::info!(

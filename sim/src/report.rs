@@ -39,6 +39,8 @@ pub struct Real {
     pub worker_config: Vec<String>,
     /// The workers ran under `nice -n` this.
     pub worker_nice: Option<i32>,
+    /// The coordinator's peak RSS when every repo was assigned (before any outcome load).
+    pub coordinator_rss_at_assign_mib: Option<f64>,
     /// Index commit → the coordinator counted the first fetch outcome.
     pub first_outcome_secs: Option<f64>,
     /// Index commit → the coordinator had counted as many outcomes as there are repos
@@ -409,7 +411,18 @@ impl Report {
             row("worker joined → hand-off done", secs(j.handoff_secs), "");
         }
         if let Some(rss) = self.coordinator_rss_peak_mib {
-            row("coordinator RSS (peak)", format!("{rss:.0} MiB"), goals.rss);
+            let at_assign = self
+                .real
+                .as_ref()
+                .and_then(|r| r.coordinator_rss_at_assign_mib)
+                .map_or(String::new(), |m| {
+                    format!(" ({m:.0} MiB when all were assigned)")
+                });
+            row(
+                "coordinator RSS (peak)",
+                format!("{rss:.0} MiB{at_assign}"),
+                goals.rss,
+            );
         }
         for w in self.real.iter().flat_map(|r| &r.workers) {
             row(
