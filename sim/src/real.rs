@@ -32,8 +32,9 @@ use tokio::sync::watch;
 
 /// How often the coordinator's counters are looked at while waiting.
 const POLL: Duration = Duration::from_millis(50);
-/// How often the counters are sampled in the ingest window.
-const SAMPLE: Duration = Duration::from_secs(1);
+/// How often the counters are sampled in the ingest window: the first wave at 100k lasts
+/// 5–7 s, so its end is placed to within this.
+const SAMPLE: Duration = Duration::from_millis(250);
 /// How often a long wait says where it stands.
 const PROGRESS: Duration = Duration::from_secs(30);
 /// The probes of the ingest phase: the requests of the 100k table.
@@ -406,8 +407,6 @@ impl Run<'_> {
         let seq0 = m0.get("gitmirror_event_seq");
         let end = t0 + self.opts.duration;
         let mut series = vec![(0.0, 0.0)];
-        let mut last = (t0, f0);
-        let mut peak: f64 = 0.0;
         let (t_end, m_end) = loop {
             tokio::time::sleep(SAMPLE.min(end.saturating_duration_since(Instant::now()))).await;
             self.check_running()?;
@@ -415,11 +414,6 @@ impl Run<'_> {
             let now = Instant::now();
             let f = Fleet::of(&m);
             series.push(((now - t0).as_secs_f64(), f.outcomes - f0));
-            let dt = (now - last.0).as_secs_f64();
-            if dt > 0.0 {
-                peak = peak.max((f.outcomes - last.1) / dt);
-            }
-            last = (now, f.outcomes);
             if self.real.every_repo_attempted_secs.is_none()
                 && f.outcomes >= f64::from(self.opts.repos)
             {
@@ -452,7 +446,7 @@ impl Run<'_> {
             })
             .filter(|(_, d)| *d > 0.0)
             .collect();
-        self.real.peak_outcomes_per_sec = peak;
+        self.real.peak_outcomes_per_sec = report::peak_rate(&series, 1.0);
         self.real.series = series;
         let events = (m_end.get("gitmirror_event_seq") - seq0).max(0.0) as usize;
         Ok(report::Ingest {
@@ -466,8 +460,13 @@ impl Run<'_> {
         })
     }
 
+    /// Workers not killed on purpose.
+    fn live(&self) -> f64 {
+        self.workers.iter().filter(|w| !w.killed).count() as f64
+    }
+
     async fn restart(&mut self) -> Result<report::Restart> {
-        let n = self.opts.workers as f64;
+        let n = self.live();
         let repos = self.opts.repos;
         let t0 = Instant::now();
         self.coord.kill9();
@@ -489,13 +488,17 @@ impl Run<'_> {
     }
 
     async fn kill(&mut self) -> Result<report::Kill> {
-        let n = self.opts.workers as f64;
-        if self.workers.len() < 2 {
+        let n = self.live();
+        if n < 2.0 {
             bail!("no worker to kill: at least two are needed");
         }
         let repos = self.opts.repos;
         let views = self.worker_views().await?;
-        let victim = &mut self.workers[0];
+        let victim = self
+            .workers
+            .iter_mut()
+            .find(|w| !w.killed)
+            .context("no live worker")?;
         let orphaned = views
             .iter()
             .find(|v| v.name == victim.name && v.state == "alive")

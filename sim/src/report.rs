@@ -46,11 +46,11 @@ pub struct Real {
     /// Index commit → the coordinator had counted as many outcomes as there are repos
     /// (every repo attempted once, if none twice); `None` if not within the ingest window.
     pub every_repo_attempted_secs: Option<f64>,
-    /// Highest rate between two samples of the counters (about 1 s apart) in the window.
+    /// Highest rate over any second of the window ([`peak_rate`]).
     pub peak_outcomes_per_sec: f64,
     /// Outcomes counted in the ingest window by `outcome` label.
     pub outcomes_by_kind: BTreeMap<String, f64>,
-    /// (seconds into the ingest window, outcomes counted since it began), ~1 s apart.
+    /// (seconds into the ingest window, outcomes counted since it began), ~0.25 s apart.
     pub series: Vec<(f64, f64)>,
     /// CPU the coordinator used in the ingest window, in cores (CPU seconds per second).
     pub coordinator_cpu_cores: Option<f64>,
@@ -197,6 +197,18 @@ pub fn buckets(series: &[(f64, f64)], width: f64) -> Vec<f64> {
         lo += width;
     }
     out
+}
+
+/// Highest rate of a cumulative series (seconds, count) over spans of at least `span`
+/// seconds: from each sample to the first one `span` or more later.
+pub fn peak_rate(series: &[(f64, f64)], span: f64) -> f64 {
+    let mut peak: f64 = 0.0;
+    for (i, &(t0, c0)) in series.iter().enumerate() {
+        if let Some(&(t1, c1)) = series[i..].iter().find(|(t, _)| *t - t0 >= span) {
+            peak = peak.max((c1 - c0) / (t1 - t0));
+        }
+    }
+    peak
 }
 
 fn secs(v: f64) -> String {
@@ -470,5 +482,21 @@ mod tests {
         assert_eq!(buckets(&series, 10.0), [100.0, 0.0]);
         assert_eq!(buckets(&series[..3], 5.0), [100.0, 100.0]);
         assert!(buckets(&[], 10.0).is_empty());
+    }
+
+    #[test]
+    fn peak_rate_spans_at_least_the_given_time() {
+        // A burst of 300 in 0.25 s inside an otherwise idle second: over a whole second
+        // that is 300 /s, not the 1,200 /s of the quarter.
+        let series = [
+            (0.0, 0.0),
+            (0.25, 0.0),
+            (0.5, 300.0),
+            (1.0, 300.0),
+            (1.5, 300.0),
+        ];
+        assert_eq!(peak_rate(&series, 1.0), 300.0);
+        assert_eq!(peak_rate(&series, 0.25), 1200.0);
+        assert_eq!(peak_rate(&series[..2], 1.0), 0.0, "no span long enough");
     }
 }
