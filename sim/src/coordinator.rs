@@ -1,13 +1,12 @@
-//! The real `gitmirrord` as a child process: its config, join token, start, `kill -9`,
-//! peak RSS (`VmHWM` of `/proc/<pid>/status`) and state dir size.
+//! The real `gitmirrord` as a child process ([`Daemon`]): its config, join token, start,
+//! SIGHUP, `kill -9`, peak RSS and state dir size.
 
+use crate::daemon::{Daemon, du, yaml_path};
 use anyhow::{Context, Result, bail};
 use gitmirror_wire::JoinToken;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Liveness settings written into the coordinator's config (SPEC §2.1 `liveness`).
@@ -22,12 +21,9 @@ pub struct Coordinator {
     bin: PathBuf,
     pub config: PathBuf,
     pub state_dir: PathBuf,
-    pub log: PathBuf,
     pub quic: SocketAddr,
     pub http: SocketAddr,
-    child: Option<Child>,
-    /// Highest `VmHWM` of the processes already gone, in KiB.
-    peak_kib: u64,
+    process: Daemon,
 }
 
 impl Coordinator {
@@ -55,27 +51,37 @@ impl Coordinator {
              max_workers: {max_workers}\n\
              liveness:\n  keepalive_interval: {ka}ms\n  suspect_after: {sa}ms\n  dead_after: {da}ms\n\
              log_level: info\n",
-            state = json_str(&state_dir),
-            index = json_str(index),
+            state = yaml_path(&state_dir),
+            index = yaml_path(index),
             ka = live.keepalive.as_millis(),
             sa = live.suspect_after.as_millis(),
             da = live.dead_after.as_millis(),
         );
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
+        let process = Daemon::new(
+            "gitmirrord",
+            bin,
+            vec!["--config".into(), config.clone().into_os_string()],
+            dir.join("gitmirrord.log"),
+        );
         Ok(Self {
             bin: bin.to_owned(),
             config,
             state_dir,
-            log: dir.join("gitmirrord.log"),
             quic,
             http,
-            child: None,
-            peak_kib: 0,
+            process,
         })
     }
 
     /// `gitmirrord join-token`: creates the identity and prints the token.
     pub fn join_token(&self) -> Result<JoinToken> {
+        let text = self.join_token_text()?;
+        JoinToken::parse(&text).context("the token gitmirrord join-token printed")
+    }
+
+    /// The join token as `gitmirrord join-token` prints it (what a worker's config holds).
+    pub fn join_token_text(&self) -> Result<String> {
         let out = Command::new(&self.bin)
             .arg("join-token")
             .arg("--config")
@@ -91,87 +97,53 @@ impl Coordinator {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        JoinToken::parse(text.trim()).context("the token gitmirrord join-token printed")
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.process.log
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn start(&mut self) -> Result<()> {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        writeln!(log, "=== gitmirror-sim: starting gitmirrord ===")?;
-        let err = log.try_clone()?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
-        Ok(())
+        self.process.start()
     }
 
     /// SIGHUP: the coordinator reloads its config and polls every index now (SPEC §11).
     pub fn hangup(&self) -> Result<()> {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| rustix::process::Pid::from_raw(c.id() as i32))
-            .context("gitmirrord is not running")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::HUP)
-            .context("sending SIGHUP to gitmirrord")?;
-        Ok(())
+        self.process.signal(rustix::process::Signal::HUP)
     }
 
     /// `kill -9` (its peak RSS is kept first).
     pub fn kill9(&mut self) {
-        self.peak_kib = self.peak_kib.max(self.hwm_kib().unwrap_or(0));
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// An error naming the log when the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
-        let Some(c) = self.child.as_mut() else {
-            bail!("gitmirrord is not running");
-        };
-        if let Ok(Some(status)) = c.try_wait() {
-            bail!(
-                "gitmirrord exited ({status}); last lines of {}:\n{}",
-                self.log.display(),
-                self.log_tail(20)
-            );
-        }
-        Ok(())
+        self.process.check_running()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.process.log_tail(lines)
     }
 
-    fn hwm_kib(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    /// Peak RSS of the running process so far, in MiB.
+    pub fn current_hwm_mib(&self) -> Option<f64> {
+        self.process.current_hwm_mib()
+    }
+
+    /// CPU seconds the running process has used.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.process.cpu_secs()
     }
 
     /// Peak RSS over every process run so far, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        self.peak_kib.max(self.hwm_kib().unwrap_or(0)) as f64 / 1024.0
+        self.process.peak_rss_mib()
     }
 
     /// Bytes the state dir takes on disk (as `du` counts them).
@@ -180,39 +152,12 @@ impl Coordinator {
     }
 }
 
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn du(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir()
-        && let Ok(entries) = std::fs::read_dir(path)
-    {
-        for e in entries.flatten() {
-            total += du(&e.path());
-        }
-    }
-    total
-}
-
-/// A path as a YAML string (JSON strings are YAML).
-fn json_str(p: &Path) -> String {
-    serde_json::Value::String(p.to_string_lossy().into_owned()).to_string()
-}
-
-fn free_udp() -> Result<SocketAddr> {
+pub fn free_udp() -> Result<SocketAddr> {
     let s = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
     Ok(s.local_addr()?)
 }
 
-fn free_tcp() -> Result<SocketAddr> {
+pub fn free_tcp() -> Result<SocketAddr> {
     let s = TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")?;
     Ok(s.local_addr()?)
 }

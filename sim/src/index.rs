@@ -55,7 +55,65 @@ pub fn repo_number(id: &str) -> Option<u32> {
 
 /// The upstream URL of repo number `i` (never contacted: simulated workers fetch nothing).
 pub fn repo_url(i: u32) -> String {
-    format!("https://git.example.invalid/{}.git", repo_id(i))
+    Upstreams::Invalid.url(i)
+}
+
+/// Loopback hosts the `Refused` URLs are spread over: more than `fetch.concurrency` /
+/// `fetch.per_host_concurrency` (8 / 4 by default), so a real worker's per-host limit does
+/// not bind before its overall one, as with an index spread over many hosts.
+pub const REFUSED_HOSTS: u32 = 16;
+/// A port nothing listens on (tcpmux, privileged and unused): connecting is refused at once.
+pub const REFUSED_PORT: u16 = 1;
+
+/// Where the entries' upstream URLs point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstreams {
+    /// `https://git.example.invalid/…`: for simulated workers, which fetch nothing.
+    Invalid,
+    /// `git://127.0.0.<h>:1/…`: for real workers, whose every attempt then fails fast.
+    Refused,
+}
+
+impl Upstreams {
+    /// The upstream URL of repo number `i`.
+    pub fn url(self, i: u32) -> String {
+        match self {
+            Upstreams::Invalid => format!("https://git.example.invalid/{}.git", repo_id(i)),
+            Upstreams::Refused => format!(
+                "git://{}:{REFUSED_PORT}/{}.git",
+                refused_host(i % REFUSED_HOSTS),
+                repo_id(i)
+            ),
+        }
+    }
+
+    /// The index's directory name in a work dir: a different URL kind is a different index.
+    pub fn dir_name(self, n: u32) -> String {
+        match self {
+            Upstreams::Invalid => format!("index-{n}.git"),
+            Upstreams::Refused => format!("index-{n}-refused.git"),
+        }
+    }
+}
+
+fn refused_host(h: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 1 + (h % 254) as u8)
+}
+
+/// Check that every `Refused` upstream refuses connections right now (something could
+/// listen on the port): an error names the address that did not.
+pub fn check_refused() -> Result<()> {
+    for h in 0..REFUSED_HOSTS {
+        let addr = std::net::SocketAddr::from((refused_host(h), REFUSED_PORT));
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => bail!(
+                "{addr} accepts connections: the failing upstreams of the index need it closed"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => bail!("{addr} does not refuse connections at once: {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// What building the index took.
@@ -65,8 +123,9 @@ pub struct Built {
     pub took: Option<Duration>,
 }
 
-/// The index of `n` entries at `path`, built unless an earlier run left a complete one.
-pub fn ensure(path: &Path, n: u32) -> Result<Built> {
+/// The index of `n` entries at `path` with `upstreams` URLs, built unless an earlier run
+/// left a complete one.
+pub fn ensure(path: &Path, n: u32, upstreams: Upstreams) -> Result<Built> {
     let marker = path.join(MARKER);
     if let Ok(text) = std::fs::read_to_string(&marker)
         && text.trim() == n.to_string()
@@ -81,7 +140,7 @@ pub fn ensure(path: &Path, n: u32) -> Result<Built> {
             .with_context(|| format!("removing the unfinished index {}", path.display()))?;
     }
     let start = Instant::now();
-    build(path, n)?;
+    build(path, n, upstreams)?;
     std::fs::write(&marker, format!("{n}\n"))
         .with_context(|| format!("writing {}", marker.display()))?;
     Ok(Built {
@@ -90,7 +149,7 @@ pub fn ensure(path: &Path, n: u32) -> Result<Built> {
     })
 }
 
-fn build(path: &Path, n: u32) -> Result<()> {
+fn build(path: &Path, n: u32, upstreams: Upstreams) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -116,7 +175,7 @@ fn build(path: &Path, n: u32) -> Result<()> {
     let objects = scratch.path().to_owned();
     // Not `set_var`: only the git commands of this build get it.
     OBJECTS.with(|o| *o.borrow_mut() = Some(objects.clone()));
-    let built = write_objects(path, n);
+    let built = write_objects(path, n, upstreams);
     OBJECTS.with(|o| *o.borrow_mut() = None);
     built?;
     // Pack everything reachable (the scratch dir is an alternate) into the index itself.
@@ -149,8 +208,8 @@ thread_local! {
     static OBJECTS: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
-fn write_objects(path: &Path, n: u32) -> Result<()> {
-    let blobs = write_blobs(path, n)?;
+fn write_objects(path: &Path, n: u32, upstreams: Upstreams) -> Result<()> {
+    let blobs = write_blobs(path, n, upstreams)?;
     let (repo_blobs, defaults_blob) = blobs.split_at(n as usize);
     let defaults_blob = defaults_blob
         .first()
@@ -211,7 +270,7 @@ fn write_objects(path: &Path, n: u32) -> Result<()> {
 
 /// One blob per repo (its YAML) and one for `DEFAULTS`, by fast-import; their ids in
 /// that order.
-fn write_blobs(repo: &Path, n: u32) -> Result<Vec<String>> {
+fn write_blobs(repo: &Path, n: u32, upstreams: Upstreams) -> Result<Vec<String>> {
     let marks = repo.join("sim-blob-marks");
     let mut child = command(Some(repo))
         .args(["fast-import", "--quiet"])
@@ -229,7 +288,7 @@ fn write_blobs(repo: &Path, n: u32) -> Result<Vec<String>> {
         for i in 0..n {
             blob(
                 u64::from(i) + 1,
-                &format!("url: {}\nsubmit: sim\n", repo_url(i)),
+                &format!("url: {}\nsubmit: sim\n", upstreams.url(i)),
             )?;
         }
         blob(
@@ -358,12 +417,30 @@ mod tests {
         assert_eq!(repo_number("a/abc/abc"), None);
     }
 
+    #[test]
+    fn refused_urls_spread_over_loopback_hosts_on_a_closed_port() {
+        assert_eq!(Upstreams::Refused.url(0), "git://127.0.0.1:1/0/00/r0.git");
+        assert_eq!(Upstreams::Refused.url(17), "git://127.0.0.2:1/8/88/r17.git");
+        let hosts: std::collections::BTreeSet<String> = (0..1000)
+            .map(|i| {
+                let url = Upstreams::Refused.url(i);
+                url.split('/').nth(2).unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(hosts.len(), REFUSED_HOSTS as usize);
+        assert_ne!(
+            Upstreams::Refused.dir_name(5),
+            Upstreams::Invalid.dir_name(5),
+            "an index of one URL kind is never reused for the other"
+        );
+    }
+
     // The generated repo has exactly the entries the layout promises, with their URLs.
     #[test]
     fn generated_index_lists_every_entry() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("index.git");
-        let built = ensure(&path, 101).unwrap();
+        let built = ensure(&path, 101, Upstreams::Invalid).unwrap();
         assert!(built.took.is_some());
         assert_eq!(
             git(Some(&path), &["ls-tree", "-r", "--name-only", "HEAD"]).unwrap(),
@@ -381,6 +458,11 @@ mod tests {
         let blob = git(Some(&path), &["show", &format!("HEAD:{}", repo_id(7))]).unwrap();
         assert!(blob.contains(&format!("url: {}", repo_url(7))), "{blob}");
         // A second call reuses it.
-        assert!(ensure(&path, 101).unwrap().took.is_none());
+        assert!(
+            ensure(&path, 101, Upstreams::Invalid)
+                .unwrap()
+                .took
+                .is_none()
+        );
     }
 }

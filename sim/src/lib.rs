@@ -17,8 +17,10 @@
 //! - `join`: a new worker → it holds its share, and the hand-off completes.
 
 pub mod coordinator;
+pub mod daemon;
 pub mod index;
 pub mod probe;
+pub mod real;
 pub mod report;
 pub mod socket;
 pub mod swarm;
@@ -89,6 +91,16 @@ pub struct Options {
     pub window: Option<usize>,
     /// Build (or find) the index and stop there.
     pub index_only: bool,
+    /// Run `workers` real `gitmirror-worker` processes instead of simulated workers, on
+    /// an index whose upstreams refuse connections (see [`real`]).
+    pub real_workers: bool,
+    /// The `gitmirror-worker` binary; found like `gitmirrord` when `None`.
+    pub worker_bin: Option<PathBuf>,
+    /// The real workers' `fetch.min_interval`; their default (60 s) when `None`.
+    pub worker_min_interval: Option<Duration>,
+    /// Run the real workers under `nice -n N`: on a machine they share with the
+    /// coordinator, so that it gets the CPU it would have on a machine of its own.
+    pub worker_nice: Option<i32>,
 }
 
 impl Default for Options {
@@ -112,6 +124,10 @@ impl Default for Options {
             kill: 1,
             window: None,
             index_only: false,
+            real_workers: false,
+            worker_bin: None,
+            worker_min_interval: None,
+            worker_nice: None,
         }
     }
 }
@@ -119,6 +135,11 @@ impl Default for Options {
 /// `gitmirrord` next to the running program (or next to `target/<profile>/deps/` for a
 /// test), or `$GITMIRROR_BIN_DIR/gitmirrord`.
 pub fn find_gitmirrord() -> Result<PathBuf> {
+    find_binary("gitmirrord")
+}
+
+/// The binary `name` of this workspace, looked for where [`find_gitmirrord`] looks.
+pub fn find_binary(name: &str) -> Result<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("GITMIRROR_BIN_DIR") {
         dirs.push(PathBuf::from(d));
@@ -134,17 +155,53 @@ pub fn find_gitmirrord() -> Result<PathBuf> {
         }
     }
     dirs.iter()
-        .map(|d| d.join("gitmirrord"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
         .with_context(|| {
             format!(
-                "no gitmirrord binary in {}: build it (`cargo build -p gitmirrord`) or pass --gitmirrord",
+                "no {name} binary in {}: build it (`cargo build -p {name}`) or pass its path",
                 dirs.iter()
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         })
+}
+
+/// The work dir (a temp dir when none was given; kept alive by the returned guard) and
+/// the index of `opts.repos` entries in it, built unless an earlier run left it there.
+async fn prepare(
+    opts: &Options,
+    upstreams: index::Upstreams,
+) -> Result<(Option<tempfile::TempDir>, PathBuf, index::Built)> {
+    let (tmp, work) = match &opts.work_dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("gitmirror-sim-")
+                .tempdir()
+                .context("creating a temp dir")?;
+            let path = tmp.path().to_owned();
+            (Some(tmp), path)
+        }
+    };
+    let index_path = work.join(upstreams.dir_name(opts.repos));
+    let repos = opts.repos;
+    let built = tokio::task::spawn_blocking(move || {
+        let built = index::ensure(&index_path, repos, upstreams)?;
+        index::publish(&index_path, false)?;
+        Ok::<_, anyhow::Error>(built)
+    })
+    .await??;
+    tracing::info!(
+        "index of {repos} entries at {} ({})",
+        built.path.display(),
+        built.took.map_or("reused".into(), |t| format!(
+            "built in {:.1} s",
+            t.as_secs_f64()
+        ))
+    );
+    Ok((tmp, work, built))
 }
 
 /// What the phases work with.
@@ -164,40 +221,16 @@ pub async fn run(opts: &Options) -> Result<Report> {
     if opts.repos == 0 || opts.workers == 0 {
         bail!("--repos and --workers must be at least 1");
     }
+    if opts.real_workers {
+        return real::run(opts).await;
+    }
     let bin = match &opts.gitmirrord {
         Some(b) => b.clone(),
         None => find_gitmirrord()?,
     };
-    let tmp;
-    let work = match &opts.work_dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("gitmirror-sim-")
-                .tempdir()
-                .context("creating a temp dir")?;
-            tmp.path().to_owned()
-        }
-    };
-    let index_path = work.join(format!("index-{}.git", opts.repos));
+    let (_tmp, work, built) = prepare(opts, index::Upstreams::Invalid).await?;
+    let index_path = built.path.clone();
     let repos = opts.repos;
-    let built = {
-        let p = index_path.clone();
-        tokio::task::spawn_blocking(move || {
-            let built = index::ensure(&p, repos)?;
-            index::publish(&p, false)?;
-            Ok::<_, anyhow::Error>(built)
-        })
-        .await??
-    };
-    tracing::info!(
-        "index of {repos} entries at {} ({})",
-        built.path.display(),
-        built.took.map_or("reused".into(), |t| format!(
-            "built in {:.1} s",
-            t.as_secs_f64()
-        ))
-    );
 
     let mut report = Report {
         repos,

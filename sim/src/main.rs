@@ -21,6 +21,21 @@ struct Cli {
     /// Simulated workers.
     #[arg(long, short = 'w', default_value_t = 10)]
     workers: usize,
+    /// Run this many real `gitmirror-worker` processes instead of simulated workers, on
+    /// an index whose upstreams refuse connections (docs/scale.md "100k repos, 4 real
+    /// workers"). Phases: ingest, restart, kill.
+    #[arg(long, value_name = "N", conflicts_with = "workers")]
+    real_workers: Option<usize>,
+    /// The real workers' `fetch.min_interval`, seconds (default: theirs, 60 s).
+    #[arg(long, value_name = "SECS", requires = "real_workers")]
+    worker_min_interval: Option<f64>,
+    /// Run the real workers under `nice -n N` (1..=19), so that the coordinator they share
+    /// the machine with gets the CPU it would have on its own.
+    #[arg(long, value_name = "N", requires = "real_workers", value_parser = clap::value_parser!(i32).range(1..=19))]
+    worker_nice: Option<i32>,
+    /// The gitmirror-worker binary (default: next to this program).
+    #[arg(long, value_name = "PATH")]
+    gitmirror_worker: Option<PathBuf>,
     /// Fetch outcomes per second offered fleet-wide in the ingest phase.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
@@ -30,13 +45,10 @@ struct Cli {
     /// Seconds of the ingest phase.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Phases after `assign`, comma-separated: ingest, restart, kill, join.
-    #[arg(
-        long,
-        default_value = "ingest,restart,kill,join",
-        value_delimiter = ','
-    )]
-    phases: Vec<String>,
+    /// Phases after `assign`, comma-separated: ingest, restart, kill, join [default:
+    /// ingest,restart,kill,join; with real workers ingest,restart].
+    #[arg(long, value_delimiter = ',')]
+    phases: Option<Vec<String>>,
     /// Keep the index, coordinator state and log here (a complete index of the same size
     /// is reused); default: a temp dir removed at the end.
     #[arg(long, value_name = "DIR")]
@@ -44,15 +56,15 @@ struct Cli {
     /// The gitmirrord binary (default: next to this program).
     #[arg(long, value_name = "PATH")]
     gitmirrord: Option<PathBuf>,
-    /// Coordinator `liveness.suspect_after`, seconds.
-    #[arg(long, default_value_t = 3.0)]
-    suspect_after: f64,
-    /// Coordinator `liveness.dead_after`, seconds.
-    #[arg(long, default_value_t = 4.0)]
-    dead_after: f64,
-    /// Coordinator `liveness.keepalive_interval`, seconds.
-    #[arg(long, default_value_t = 1.0)]
-    keepalive: f64,
+    /// Coordinator `liveness.suspect_after`, seconds [default: 3, with real workers 20].
+    #[arg(long)]
+    suspect_after: Option<f64>,
+    /// Coordinator `liveness.dead_after`, seconds [default: 4, with real workers 60].
+    #[arg(long)]
+    dead_after: Option<f64>,
+    /// Coordinator `liveness.keepalive_interval`, seconds [default: 1, with real workers 5].
+    #[arg(long)]
+    keepalive: Option<f64>,
     /// Deadline of each wait, seconds; a phase that misses it is reported as a problem.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -79,8 +91,16 @@ fn secs(v: f64, flag: &str) -> Result<Duration, String> {
 }
 
 fn options(cli: Cli) -> Result<(Options, bool), String> {
+    let real = cli.real_workers.is_some();
+    let default_phases = if real {
+        "ingest,restart"
+    } else {
+        "ingest,restart,kill,join"
+    };
     let phases = cli
         .phases
+        .clone()
+        .unwrap_or_else(|| default_phases.split(',').map(str::to_owned).collect())
         .iter()
         .filter(|p| !p.is_empty() && *p != "assign")
         .map(|p| {
@@ -95,9 +115,23 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
             cli.change_share
         ));
     }
+    // Simulated workers get short liveness so that the kill phase is short; real worker
+    // processes on a busy machine get the coordinator's defaults (SPEC §2.1).
+    let (ka, sa, da) = if real {
+        (5.0, 20.0, 60.0)
+    } else {
+        (1.0, 3.0, 4.0)
+    };
     let opts = Options {
         repos: cli.repos,
-        workers: cli.workers,
+        workers: cli.real_workers.unwrap_or(cli.workers),
+        real_workers: real,
+        worker_bin: cli.gitmirror_worker,
+        worker_nice: cli.worker_nice,
+        worker_min_interval: cli
+            .worker_min_interval
+            .map(|v| secs(v, "worker-min-interval"))
+            .transpose()?,
         rate: cli.rate.max(0.0),
         change_share: cli.change_share,
         duration: secs(cli.duration, "duration")?,
@@ -105,9 +139,9 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         work_dir: cli.work_dir,
         gitmirrord: cli.gitmirrord,
         liveness: Liveness {
-            keepalive: secs(cli.keepalive, "keepalive")?,
-            suspect_after: secs(cli.suspect_after, "suspect-after")?,
-            dead_after: secs(cli.dead_after, "dead-after")?,
+            keepalive: secs(cli.keepalive.unwrap_or(ka), "keepalive")?,
+            suspect_after: secs(cli.suspect_after.unwrap_or(sa), "suspect-after")?,
+            dead_after: secs(cli.dead_after.unwrap_or(da), "dead-after")?,
         },
         timeout: secs(cli.timeout, "timeout")?,
         probe_gap: Duration::from_millis(cli.probe_gap_ms),

@@ -90,6 +90,12 @@ impl Api {
             .with_context(|| format!("/metrics has no {series}"))
     }
 
+    /// Every series of `/metrics` (name with labels, exactly as printed) → its value.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let body = self.get_ok("/metrics").await?;
+        Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+    }
+
     /// Events after `since`, at most `limit`, waiting up to `wait` for one to appear.
     pub async fn events(&self, since: u64, limit: usize, wait: u64) -> Result<Vec<Event>> {
         let mut path = format!("/api/events?since={since}&limit={limit}");
@@ -112,6 +118,50 @@ impl Api {
             since = last;
             all.extend(page);
         }
+    }
+}
+
+/// One scrape of `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        Self(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (series, value) = l.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of one series (name with labels, exactly as printed), 0 when absent.
+    pub fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+
+    /// The sum of every series of the metric `name` (all its label sets).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(s, _)| s.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// `label value → value` of the metric `name`'s series with one label.
+    pub fn by_label(&self, name: &str) -> std::collections::BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter_map(|(s, v)| {
+                let labels = s.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+                let (_, value) = labels.split_once('=')?;
+                Some((value.trim_matches('"').to_owned(), *v))
+            })
+            .collect()
     }
 }
 
@@ -241,6 +291,22 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_are_read_by_series_and_summed_by_name() {
+        let m = Metrics::parse(
+            "# HELP gitmirror_repos Repos.\n# TYPE gitmirror_repos gauge\n\
+             gitmirror_repos{state=\"pending\"} 7\n\
+             gitmirror_repos{state=\"failing\"} 3\n\
+             gitmirror_repos_never_mirrored 10\n\
+             gitmirror_event_seq 42\n",
+        );
+        assert_eq!(m.get("gitmirror_repos{state=\"pending\"}"), 7.0);
+        assert_eq!(m.get("gitmirror_event_seq"), 42.0);
+        assert_eq!(m.get("gitmirror_missing"), 0.0);
+        assert_eq!(m.sum("gitmirror_repos"), 10.0);
+        assert_eq!(m.by_label("gitmirror_repos").get("failing"), Some(&3.0));
+    }
 
     #[test]
     fn percentiles_by_nearest_rank() {
