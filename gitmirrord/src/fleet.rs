@@ -1410,9 +1410,17 @@ impl Fleet {
     }
 
     /// The repos changed since the last call, as the repo store's records (O(changed)).
-    /// Whether more repos wait to be saved than one [`Fleet::take_repo_changes`] takes.
-    pub fn unsaved_backlog(&self) -> bool {
-        !self.unsaved.is_empty()
+    /// Repos changed since they were last taken for the repo store.
+    pub fn unsaved_len(&self) -> usize {
+        self.unsaved.len()
+    }
+
+    /// Whether the store's owner fingerprint is behind the members with nothing else to
+    /// save (a change of members that moved no repo).
+    pub fn owners_unsaved(&self) -> bool {
+        self.unsaved.is_empty()
+            && self.owners_known
+            && self.saved_owners != Some(ring::fingerprint(&self.members))
     }
 
     /// The saved form of up to `limit` repos changed since they were last taken.

@@ -7,11 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// mimalloc rather than glibc's malloc: at 1M repos glibc's per-thread arenas kept freed
-/// start-up memory (docs/scale.md "Coordinator memory per repo").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How long a stop may take before the process exits anyway (SPEC §11: within 10 s).
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 

@@ -39,6 +39,8 @@ const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
 const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
 /// Most repo records copied for the repo store in one turn of the main loop (a few ms).
 const SAVE_CHUNK: usize = 4096;
+/// How often the main loop looks whether repo status is due to be saved.
+const SAVE_TICK: Duration = Duration::from_millis(100);
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -427,6 +429,8 @@ impl MainLoop {
         let watchdog = notify::watchdog_period();
         let mut tick = tokio::time::interval(watchdog.map_or(TICK, |p| p.min(TICK)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut save_tick = tokio::time::interval(SAVE_TICK);
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if *ctl.shutdown.borrow() {
             return;
         }
@@ -447,6 +451,7 @@ impl MainLoop {
                     drop(delta);
                     self.dispatch(sends);
                 }
+                _ = save_tick.tick() => self.save_repos_if_due(),
                 _ = tick.tick() => {
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
@@ -956,15 +961,24 @@ impl MainLoop {
         }
     }
 
-    async fn save_if_due(&mut self) {
-        self.registry_dirty |= self.fleet.take_registry_dirty();
-        if self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY || self.fleet.unsaved_backlog() {
-            // At most SAVE_CHUNK repos a turn (a million changed at once, a whole index
-            // assigned, is spread over turns); the store's thread writes them.
+    /// Repo status every [`SAVE_REPOS_EVERY`], or sooner in chunks of [`SAVE_CHUNK`] when
+    /// that many wait (a whole index assigned, a clone wave): never a long turn, and the
+    /// store keeps up with tens of thousands of changed repos a second.
+    fn save_repos_if_due(&mut self) {
+        let waiting = self.fleet.unsaved_len();
+        if waiting >= SAVE_CHUNK
+            || (waiting > 0 && self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY)
+            || self.fleet.owners_unsaved()
+        {
+            // The store's thread writes them.
             self.repo_store
                 .save(self.fleet.take_repo_changes(SAVE_CHUNK));
             self.last_repos_save = Instant::now();
         }
+    }
+
+    async fn save_if_due(&mut self) {
+        self.registry_dirty |= self.fleet.take_registry_dirty();
         if self.saving.as_ref().is_some_and(|h| h.is_finished())
             && let Err(e) = self.finish_save().await
         {
