@@ -202,7 +202,7 @@ pub fn load(dir: &Path) -> Result<ReposFile, StateError> {
 /// Open the repo state of `dir`: migrate a v1 `repos.json`, replay snapshot and journal
 /// (dropping a torn journal tail with one warning) and start the writer thread. Blocking.
 pub fn open(dir: &Path) -> Result<(ReposFile, RepoStore), StateError> {
-    open_with(dir, COMPACT_AT)
+    open_with(dir, journal::compact_at(COMPACT_AT))
 }
 
 /// [`open`], compacting once the journal passes `compact_at` bytes and the snapshot's size.
