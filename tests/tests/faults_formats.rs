@@ -95,12 +95,12 @@ fn landed(state_dir: &Path) -> Landed {
     }
 }
 
-/// Kill `proc` as soon as a compaction temp file shows in `dir` (polled every 200 µs), or
-/// at `deadline`. Returns whether the temp file was seen.
-fn kill_armed(proc: &gitmirror_tests::Proc, dir: &Path, deadline: Duration) -> bool {
+/// Kill `proc` as soon as `seen()` (polled every 200 µs), or at `deadline`. Returns
+/// whether it was seen.
+fn kill_armed(proc: &gitmirror_tests::Proc, seen: impl Fn() -> bool, deadline: Duration) -> bool {
     let start = Instant::now();
     loop {
-        if !compaction_temps(dir).is_empty() {
+        if seen() {
             proc.kill();
             return true;
         }
@@ -112,6 +112,14 @@ fn kill_armed(proc: &gitmirror_tests::Proc, dir: &Path, deadline: Duration) -> b
     }
 }
 
+/// The event log's checkpoint being written (`gitmirrord/src/events/checkpoint.rs`).
+fn checkpoint_temp(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir.join("events")).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".checkpoint"))
+    })
+}
+
 /// The kill -9 loop of [`spec_12_kill_9_during_worker_compaction_loses_nothing`] and
 /// [`spec_12_kill_9_during_coordinator_compaction_loses_nothing`].
 fn compaction_loop(victim: Victim) {
@@ -120,16 +128,24 @@ fn compaction_loop(victim: Victim) {
     let seed = rng.seed;
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set(&label, 12);
-    // Event segments of 2 KiB close every few events, so event checkpoints are written
+    // Small event segments close every event or few, so event checkpoints are written
     // (and killed) too.
+    let segment = if victim == Victim::Coordinator {
+        "512"
+    } else {
+        "2K"
+    };
     let mut fleet = Fleet::start_with(&label, &repos, 0, |yaml, _| {
-        format!("{yaml}events: {{segment_bytes: 2K}}\n")
+        format!("{yaml}events: {{segment_bytes: {segment}}}\n")
     });
     fleet.coord.proc.set_env("GITMIRROR_COMPACT_AT", "1");
     if victim == Victim::Coordinator {
         // Started by the fleet without the knob: once more with it.
         let status = fleet.coord.proc.terminate(Duration::from_secs(20));
-        assert!(status.is_some_and(|s| s.success()), "coordinator stop: {status:?}");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "coordinator stop: {status:?}"
+        );
         fleet.coord.start_ready();
     }
     let w = fleet.create_worker(1.0);
@@ -179,16 +195,22 @@ fn compaction_loop(victim: Victim) {
         Victim::Coordinator => (&fleet.coord.proc, fleet.coord.state_dir.clone()),
     };
     let initial = made.len();
-    let kills = rounds(10, 100);
+    let kills = rounds(8, 80);
     let (mut armed, mut inside, mut between, mut torn, mut checkpoints) = (0, 0, 0, 0, 0);
     for round in 0..kills {
         confirm(&fleet, &mut pending);
         commit_some(&fleet, &mut rng, &mut pending, &mut made);
-        // Two rounds in three wait for a compaction; the others kill at a random moment.
-        let how = if rng.below(3) < 2 {
+        // Two rounds in three wait for a compaction (for the coordinator, every other one
+        // for an event checkpoint); the third kills at a random moment.
+        let deadline = Duration::from_secs(8);
+        let how = if round % 3 == 0 || (round % 3 == 1 && victim == Victim::Worker) {
             armed += 1;
-            let seen = kill_armed(proc, &state_dir, Duration::from_secs(8));
-            format!("armed (temp file seen: {seen})")
+            let seen = kill_armed(proc, || !compaction_temps(&state_dir).is_empty(), deadline);
+            format!("armed on a compaction (seen: {seen})")
+        } else if round % 3 == 1 {
+            armed += 1;
+            let seen = kill_armed(proc, || checkpoint_temp(&state_dir), deadline);
+            format!("armed on an event checkpoint (seen: {seen})")
         } else {
             std::thread::sleep(rng.millis(100, 2500));
             proc.kill();
@@ -200,11 +222,7 @@ fn compaction_loop(victim: Victim) {
             Landed::BetweenRenames => between += 1,
             Landed::Elsewhere => {}
         }
-        let in_checkpoint = victim == Victim::Coordinator
-            && std::fs::read_dir(state_dir.join("events")).is_ok_and(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(".checkpoint"))
-            });
+        let in_checkpoint = victim == Victim::Coordinator && checkpoint_temp(&state_dir);
         checkpoints += usize::from(in_checkpoint);
         // Down for up to a second, with upstream changes meanwhile.
         commit_some(&fleet, &mut rng, &mut pending, &mut made);
@@ -214,7 +232,11 @@ fn compaction_loop(victim: Victim) {
         match victim {
             Victim::Worker => {
                 proc.start();
-                proc.wait_log(mark, "connected to the coordinator", Duration::from_secs(30));
+                proc.wait_log(
+                    mark,
+                    "connected to the coordinator",
+                    Duration::from_secs(30),
+                );
             }
             Victim::Coordinator => fleet.coord.start_ready(),
         }
@@ -299,7 +321,11 @@ fn compaction_loop(victim: Victim) {
     figure(SUITE, &key("events"), events.len());
     figure(SUITE, &key("lost"), t.lost.len());
     figure(SUITE, &key("duplicated"), t.duplicated.len());
-    assert!(t.lost.is_empty(), "changes never seen as events: {:#?}", t.lost);
+    assert!(
+        t.lost.is_empty(),
+        "changes never seen as events: {:#?}",
+        t.lost
+    );
     assert!(
         t.duplicated.is_empty(),
         "changes in more than one event (seed {seed}): {:#?}",
@@ -322,6 +348,12 @@ fn compaction_loop(victim: Victim) {
         inside + between > 0,
         "no kill landed inside a compaction in {kills} kills ({armed} armed; seed {seed})"
     );
+    if victim == Victim::Coordinator {
+        assert!(
+            checkpoints > 0,
+            "no kill landed inside an event checkpoint (seed {seed})"
+        );
+    }
 }
 
 // SPEC §12 "State files" (a journal compacted into a versioned snapshot; a torn tail
@@ -339,4 +371,286 @@ fn spec_12_kill_9_during_worker_compaction_loses_nothing() {
 #[test]
 fn spec_12_kill_9_during_coordinator_compaction_loses_nothing() {
     compaction_loop(Victim::Coordinator);
+}
+
+/// Release 1's worker state (`repos.json` v1, as `gitmirror-worker/tests/data/state-v1/`)
+/// with `n` repos of 3 refs and 3 outcomes in the outbox, all due far in
+/// the future and on upstreams that refuse connections (nothing fetches during the test).
+fn worker_v1_state(state_dir: &Path, n: usize) -> Vec<u8> {
+    use serde_json::json;
+    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::write(
+        state_dir.join("identity.json"),
+        "gitmirror-state worker-identity v1\n{\"uuid\":\"6f1c2a7e-3b0d-4c55-9a8e-1d2f3c4b5a69\",\"worker_id\":2}\n",
+    )
+    .unwrap();
+    let oid = |i: usize, k: usize| format!("{:040x}", (i as u128) * 7 + k as u128 + 1);
+    let id = |i: usize| format!("m/mig{i}/mig{i}");
+    let mut repos = serde_json::Map::new();
+    for i in 0..n {
+        repos.insert(
+            id(i),
+            json!({
+                "url": format!("git://127.0.0.1:9/mig{i}"), "mirrored": true,
+                "refs": {"refs/heads/main": oid(i, 0), "refs/heads/dev": oid(i, 1),
+                         "refs/tags/v1": oid(i, 2)},
+                "announced": true, "last_fetch_ms": 1_764_633_600_000i64,
+                "last_success_ms": 1_764_633_600_000i64, "failures": 0, "failing": null,
+                "next_due_ms": 4_000_000_000_000i64, "waiting_reported": false,
+                "last_change_ms": 1_764_547_200_000i64, "last_maintenance_ms": null,
+                "last_verify_ms": null
+            }),
+        );
+    }
+    let outbox: Vec<serde_json::Value> = (0..3)
+        .map(|k| {
+            json!({
+                "report_id": 41 + k, "repo": id(k), "url": format!("git://127.0.0.1:9/mig{k}"),
+                "finished_ms": 1_764_633_600_000i64, "duration_ms": 812, "result": "Fetched",
+                "changes": [{"name": "refs/heads/main", "old": null, "new": oid(k, 0)}],
+                "ref_count": 3, "refs_digest": 1, "next_due_ms": 4_000_000_000_000i64
+            })
+        })
+        .collect();
+    let body = json!({"repos": repos, "outbox": outbox, "next_report_id": 44,
+                      "disposals": {}});
+    let mut bytes = b"gitmirror-state worker-repos v1\n".to_vec();
+    bytes.extend(serde_json::to_vec(&body).unwrap());
+    bytes.push(b'\n');
+    std::fs::write(state_dir.join("repos.json"), &bytes).unwrap();
+    bytes
+}
+
+/// Where a kill during a migration landed, from the files it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum MigrationStage {
+    /// Nothing written yet (starting, or reading the old file).
+    NothingWritten,
+    /// A new file was being written (its temp file is there).
+    Writing,
+    /// The new files in place, the old one not yet renamed to `.v1.bak`.
+    BeforeBackup,
+    /// The migration was complete.
+    Done,
+}
+
+/// What a worker state holds from release 1's file: per repo its URL and the refs last
+/// reported, the outcomes queued then (report ids below 44). A started
+/// worker goes on to try its repos (whose upstreams refuse), which changes schedules and
+/// queues new outcomes; those are not the migration's doing.
+#[derive(PartialEq)]
+struct FromV1 {
+    repos: BTreeMap<String, String>,
+    refs: BTreeMap<String, BTreeMap<String, String>>,
+    outbox: Vec<String>,
+    next_report_id_kept: bool,
+}
+
+fn from_v1(s: &gitmirror_worker::store::Saved) -> FromV1 {
+    FromV1 {
+        repos: s
+            .state
+            .repos
+            .iter()
+            .map(|(id, r)| (id.clone(), r.url.clone()))
+            .collect(),
+        refs: s
+            .refs
+            .iter()
+            .map(|(id, r)| {
+                let r = r
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (id.clone(), r)
+            })
+            .collect(),
+        outbox: s
+            .state
+            .outbox
+            .values()
+            .filter(|o| o.report_id < 44)
+            .map(|o| format!("{o:?}"))
+            .collect(),
+        next_report_id_kept: s.state.next_report_id >= 44,
+    }
+}
+
+/// Where `a` and `b` differ (the first few entries), for a failure message.
+fn diff(a: &FromV1, b: &FromV1) -> String {
+    let mut out = Vec::new();
+    let first = |x: &BTreeMap<String, String>, y: &BTreeMap<String, String>| {
+        x.iter()
+            .filter(|(k, v)| y.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v:?} vs {:?}", y.get(k)))
+            .chain(
+                y.keys()
+                    .filter(|k| !x.contains_key(*k))
+                    .map(|k| format!("{k}: only in the second")),
+            )
+            .take(3)
+            .collect::<Vec<_>>()
+    };
+    out.extend(first(&a.repos, &b.repos));
+    let refs = |m: &BTreeMap<String, BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), format!("{v:?}")))
+            .collect()
+    };
+    out.extend(first(&refs(&a.refs), &refs(&b.refs)));
+    if a.outbox != b.outbox {
+        out.push(format!("outbox {:?} vs {:?}", a.outbox, b.outbox));
+    }
+    if a.next_report_id_kept != b.next_report_id_kept {
+        out.push("next report id went back".into());
+    }
+    out.join("\n")
+}
+
+/// A worker `name` under `root` (not started).
+fn worker_on(root: &Path, name: &str, coord_udp: u16, token: &str) -> gitmirror_tests::Worker {
+    gitmirror_tests::Worker::new(&root.join(name), name, coord_udp, token, 1.0)
+}
+
+// SPEC §12 "State files" (a daemon upgraded over older state files migrates them at
+// start, keeping the old file as `<name>.v<N>.bak`), §10 (after `kill -9` at any moment
+// it restarts into a consistent state). A release-1 worker state of 5,000 repos is
+// migrated by the real worker, killed at moments inside the migration (armed on its temp
+// file, on the new snapshot being in place, and at random within the time a clean
+// migration takes), restarted; its state must then equal a clean migration's, which must
+// hold every repo, ref and outcome of the old file; the backup must be the old
+// file byte for byte, and a later start must not migrate again. (Compared: what came
+// from the old file, see [`from_v1`].)
+#[test]
+fn spec_12_kill_9_during_worker_migration_loses_nothing() {
+    use gitmirror_worker::store::Saved;
+    let mut rng = Rng::seeded("kill -9 during worker migration");
+    let root = gitmirror_tests::TestDir::new("migrate-worker");
+    let n = 5_000;
+    // A coordinator that is never started: its join token, and a port nobody answers.
+    let index = gitmirror_tests::Index::create(&root.path().join("index"));
+    index.put_url("x/xx/xx", "git://127.0.0.1:9/xx");
+    index.commit("one entry");
+    let coord = gitmirror_tests::Coordinator::new(&root.path().join("coordinator"), index.path());
+    let token = coord.join_token();
+
+    // What the old file holds, read as release 2 reads it, before any start.
+    let v1_dir = root.path().join("v1");
+    let v1_bytes = worker_v1_state(&v1_dir, n);
+    let old = Saved::load(&v1_dir).unwrap();
+    assert_eq!(old.state.repos.len(), n);
+
+    let start_migrated = |w: &gitmirror_tests::Worker| -> Duration {
+        let mark = w.proc.log_mark();
+        let t = Instant::now();
+        w.start();
+        w.proc.wait_log(
+            mark,
+            "connecting to the coordinator",
+            Duration::from_secs(60),
+        );
+        t.elapsed()
+    };
+    let stop = |w: &gitmirror_tests::Worker| {
+        let status = w.proc.terminate(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "worker stop: {status:?}"
+        );
+    };
+    let bak = |w: &gitmirror_tests::Worker| w.state_dir.join("repos.json.v1.bak");
+
+    // A clean migration: the reference.
+    let clean_w = worker_on(root.path(), "clean", coord.udp_port, &token);
+    worker_v1_state(&clean_w.state_dir, n);
+    let took = start_migrated(&clean_w);
+    stop(&clean_w);
+    let clean = Saved::load(&clean_w.state_dir).unwrap();
+    let (clean, old) = (from_v1(&clean), from_v1(&old));
+    assert!(
+        clean == old,
+        "a clean migration lost or changed repos, refs or outcomes:\n{}",
+        diff(&clean, &old)
+    );
+    assert_eq!(std::fs::read(bak(&clean_w)).unwrap(), v1_bytes);
+
+    let kills = rounds(4, 40);
+    let mut stages: BTreeMap<MigrationStage, usize> = BTreeMap::new();
+    for round in 0..kills {
+        let w = worker_on(root.path(), &format!("k{round}"), coord.udp_port, &token);
+        worker_v1_state(&w.state_dir, n);
+        let snap = w.state_dir.join("repos.snapshot");
+        let v1 = w.state_dir.join("repos.json");
+        w.start();
+        // Armed on the snapshot's temp file, armed on the snapshot in place before the
+        // backup, or at a random moment of a clean migration's time.
+        let how = match round % 3 {
+            0 => {
+                kill_armed(&w.proc, || !compaction_temps(&w.state_dir).is_empty(), took);
+                "armed on the temp file"
+            }
+            1 => {
+                kill_armed(&w.proc, || snap.exists() && v1.exists(), took);
+                "armed on the snapshot in place"
+            }
+            _ => {
+                std::thread::sleep(rng.millis(0, took.as_millis() as u64));
+                w.kill();
+                "at random"
+            }
+        };
+        let stage = if !compaction_temps(&w.state_dir).is_empty() {
+            MigrationStage::Writing
+        } else if !v1.exists() {
+            MigrationStage::Done
+        } else if snap.exists() {
+            MigrationStage::BeforeBackup
+        } else {
+            MigrationStage::NothingWritten
+        };
+        *stages.entry(stage).or_default() += 1;
+        eprintln!("round {}: kill {how}, landed {stage:?}", round + 1);
+        // Restarted, it completes the migration; stopped, its state is the clean one.
+        start_migrated(&w);
+        stop(&w);
+        let got = from_v1(&Saved::load(&w.state_dir).unwrap());
+        assert!(
+            got == clean,
+            "round {}: state differs from a clean migration:\n{}",
+            round + 1,
+            diff(&got, &clean)
+        );
+        assert_eq!(std::fs::read(bak(&w)).unwrap(), v1_bytes, "backup changed");
+        assert!(!v1.exists());
+        // SPEC §12: migrated once; a later start does not migrate again.
+        let mark = w.proc.log_mark();
+        start_migrated(&w);
+        let log = w.proc.log_since(mark);
+        stop(&w);
+        assert!(
+            !log.contains("migrated the worker state") && !log.contains("kept the v1 state"),
+            "a later start migrated again:\n{log}"
+        );
+        assert!(from_v1(&Saved::load(&w.state_dir).unwrap()) == clean);
+        std::fs::remove_dir_all(&w.dir).unwrap();
+    }
+    let inside = stages.get(&MigrationStage::Writing).copied().unwrap_or(0)
+        + stages
+            .get(&MigrationStage::BeforeBackup)
+            .copied()
+            .unwrap_or(0);
+    figure(SUITE, "worker_migration.seed", rng.seed);
+    figure(SUITE, "worker_migration.repos", n);
+    figure(SUITE, "worker_migration.clean_ms", took.as_millis());
+    figure(SUITE, "worker_migration.kills", kills);
+    figure(SUITE, "worker_migration.kills_inside", inside);
+    for (stage, count) in &stages {
+        figure(SUITE, &format!("worker_migration.landed.{stage:?}"), count);
+    }
+    figure(SUITE, "worker_migration.lost", 0);
+    assert!(
+        inside > 0,
+        "no kill landed inside the migration: {stages:?} (seed {})",
+        rng.seed
+    );
 }
