@@ -654,3 +654,261 @@ fn spec_12_kill_9_during_worker_migration_loses_nothing() {
         rng.seed
     );
 }
+
+/// Release 1's coordinator state (as `gitmirrord/tests/data/state-v1/`): a registry with
+/// one worker, `repos.json` v1 with the repos of `ids`, and `events.log` v1 with `events`
+/// events over them (a `cloned` event for each, then `updated` ones, each moving `main`
+/// on). Returns the bytes of `repos.json` and `events.log`.
+fn coordinator_v1_state(state_dir: &Path, ids: &[String], events: usize) -> (Vec<u8>, Vec<u8>) {
+    use serde_json::json;
+    std::fs::create_dir_all(state_dir).unwrap();
+    let uuid = "00000000-0000-0000-0000-00000000002a";
+    let registry = json!({"workers": [{"uuid": uuid, "id": 0, "name": "mirror1", "weight": 1.0,
+        "state": "alive", "state_since_ms": 1_800_000_000_000i64, "addr": "192.0.2.10:40000",
+        "last_seen_ms": 1_800_000_000_000i64, "software": "gitmirror-worker 0.1.0",
+        "serve_url_base": "git://mirror1.example.org/", "disk_free_bytes": 1_000_000,
+        "disk_total_bytes": 2_000_000, "disk_low": false, "status": "idle", "next_seq": 12,
+        "acked_seq": 11, "last_report_id": events}]});
+    std::fs::write(
+        state_dir.join("registry.json"),
+        format!("gitmirror-state registry v1\n{registry}\n"),
+    )
+    .unwrap();
+    let mut repos = serde_json::Map::new();
+    for (i, id) in ids.iter().enumerate() {
+        repos.insert(
+            id.clone(),
+            json!({"owner": uuid, "holders": [{"uuid": uuid, "mirrored": true}],
+            "status": {"by": uuid, "last_fetch_ms": 1_800_000_000_000i64,
+                "last_success_ms": 1_800_000_000_000i64, "last_change_ms": 1_799_999_000_000i64,
+                "next_due_ms": 1_800_000_060_000i64, "fetches": 3 + i, "failures": 1,
+                "last_error": {"class": "transient", "message": "connection reset",
+                    "time_ms": 1_799_999_500_000i64},
+                "refs": 2, "last_result": "ok"},
+            "state": "mirrored"}),
+        );
+    }
+    let repos = format!("gitmirror-state repos v1\n{}\n", json!({ "repos": repos })).into_bytes();
+    std::fs::write(state_dir.join("repos.json"), &repos).unwrap();
+    let mut log = b"gitmirror-state events v1\n".to_vec();
+    let mut tip: BTreeMap<&str, String> = BTreeMap::new();
+    for seq in 1..=events {
+        let id = &ids[(seq - 1) % ids.len()];
+        let new = format!("{seq:040x}");
+        let (kind, refs) = match tip.insert(id, new.clone()) {
+            None => (
+                "cloned",
+                json!([{"name": "refs/heads/main", "old": null, "new": new},
+                       {"name": "refs/tags/v1", "old": null, "new": new}]),
+            ),
+            Some(old) => (
+                "updated",
+                json!([{"name": "refs/heads/main", "old": old, "new": new}]),
+            ),
+        };
+        let line = json!({"seq": seq, "time": "2027-01-15T08:00:00Z", "repo": id,
+            "url": format!("git://127.0.0.1:9/{}", repo_name(id)), "worker": 0, "kind": kind,
+            "refs": refs, "src": uuid, "report": seq});
+        log.extend(line.to_string().into_bytes());
+        log.push(b'\n');
+    }
+    std::fs::write(state_dir.join("events.log"), &log).unwrap();
+    (repos, log)
+}
+
+/// What a coordinator shows of its migrated state: every event, and per repo the status
+/// fields that came from `repos.json` (the owner's liveness, which changes with time
+/// while its worker stays away, is left out).
+fn coordinator_view(
+    c: &gitmirror_tests::Coordinator,
+    ids: &[String],
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let events = c.all_events().unwrap();
+    let repos = ids
+        .iter()
+        .map(|id| {
+            let r = c.repo(id).unwrap();
+            let keep = [
+                "id",
+                "url",
+                "fetches",
+                "failures",
+                "last_error",
+                "refs",
+                "last_fetch",
+                "last_success",
+                "last_change",
+            ];
+            keep.iter()
+                .map(|k| format!("{k}={}", r[*k]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    (events, repos)
+}
+
+// SPEC §12 "State files" and "Event retention" (the event log kept in segments with a
+// checkpoint; older state files migrated at start and kept as `<name>.v<N>.bak`), §10.
+// A release-1 coordinator state dir (registry, `repos.json` v1 of 20 repos, `events.log`
+// v1 of 20,000 events) is migrated by the real coordinator, killed at moments inside the
+// migration (armed on `events.migrating/`, on the repo snapshot's temp file, on the
+// segments in place before the backup, and at random within a clean migration's time),
+// restarted: every event (the same as a clean migration's and as the old log's), every
+// repo's status, both `.v1.bak` files byte for byte, and no second migration.
+#[test]
+fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
+    let mut rng = Rng::seeded("kill -9 during coordinator migration");
+    let root = gitmirror_tests::TestDir::new("migrate-coordinator");
+    let ids: Vec<String> = (0..20).map(|i| format!("m/mig/mig-{i:02}")).collect();
+    let n_events = 20_000;
+    let index = gitmirror_tests::Index::create(&root.path().join("index"));
+    for id in &ids {
+        index.put_url(id, &format!("git://127.0.0.1:9/{}", repo_name(id)));
+    }
+    index.commit("the migrated repos");
+    let coordinator =
+        |name: &str| gitmirror_tests::Coordinator::new(&root.path().join(name), index.path());
+    let start_ready = |c: &gitmirror_tests::Coordinator| -> Duration {
+        let t = Instant::now();
+        c.start_ready();
+        t.elapsed()
+    };
+    let stop = |c: &gitmirror_tests::Coordinator| {
+        let status = c.proc.terminate(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "coordinator stop: {status:?}"
+        );
+    };
+
+    // A clean migration: the reference, checked against the old files.
+    let clean_c = coordinator("clean");
+    let (repos_v1, events_v1) = coordinator_v1_state(&clean_c.state_dir, &ids, n_events);
+    let took = start_ready(&clean_c);
+    let clean = coordinator_view(&clean_c, &ids);
+    stop(&clean_c);
+    assert_eq!(clean.0.len(), n_events, "events lost by a clean migration");
+    for (e, line) in clean.0.iter().zip(events_v1.split(|b| *b == b'\n').skip(1)) {
+        let old: serde_json::Value = serde_json::from_slice(line).unwrap();
+        for k in ["seq", "repo", "kind", "refs", "url", "time"] {
+            assert_eq!(
+                e[k], old[k],
+                "event {} differs in {k} from the old log",
+                old["seq"]
+            );
+        }
+    }
+    for r in &clean.1 {
+        assert!(
+            r.contains("fetches=") && r.contains("\"connection reset\""),
+            "{r}"
+        );
+    }
+
+    let kills = rounds(4, 40);
+    let mut stages: BTreeMap<MigrationStage, usize> = BTreeMap::new();
+    for round in 0..kills {
+        let c = coordinator(&format!("k{round}"));
+        coordinator_v1_state(&c.state_dir, &ids, n_events);
+        let s = c.state_dir.clone();
+        let work = s.join("events.migrating");
+        let (segments, log_v1) = (s.join("events"), s.join("events.log"));
+        c.start();
+        let how = match round % 4 {
+            0 => {
+                // Some way into the conversion of the event log.
+                kill_armed(&c.proc, || work.exists(), took * 3);
+                std::thread::sleep(rng.millis(0, took.as_millis() as u64 / 2));
+                c.kill();
+                "inside the event log's conversion"
+            }
+            1 => {
+                kill_armed(&c.proc, || !compaction_temps(&s).is_empty(), took * 3);
+                "armed on the repo snapshot's temp file"
+            }
+            2 => {
+                kill_armed(&c.proc, || segments.exists() && log_v1.exists(), took * 3);
+                "armed on the segments in place before the backup"
+            }
+            _ => {
+                std::thread::sleep(rng.millis(0, took.as_millis() as u64));
+                c.kill();
+                "at random"
+            }
+        };
+        let stage = if work.exists() || !compaction_temps(&s).is_empty() {
+            MigrationStage::Writing
+        } else if !log_v1.exists() && !s.join("repos.json").exists() {
+            MigrationStage::Done
+        } else if segments.exists() || s.join("repos.snapshot").exists() {
+            MigrationStage::BeforeBackup
+        } else {
+            MigrationStage::NothingWritten
+        };
+        *stages.entry(stage).or_default() += 1;
+        eprintln!("round {}: kill {how}, landed {stage:?}", round + 1);
+        start_ready(&c);
+        let got = coordinator_view(&c, &ids);
+        stop(&c);
+        assert!(
+            got.0 == clean.0,
+            "round {}: events differ from a clean migration",
+            round + 1
+        );
+        assert_eq!(
+            got.1,
+            clean.1,
+            "round {}: repos differ from a clean migration",
+            round + 1
+        );
+        assert_eq!(
+            std::fs::read(s.join("repos.json.v1.bak")).unwrap(),
+            repos_v1
+        );
+        assert_eq!(
+            std::fs::read(s.join("events.log.v1.bak")).unwrap(),
+            events_v1
+        );
+        assert!(!work.exists() && !log_v1.exists() && !s.join("repos.json").exists());
+        // SPEC §12: migrated once; a later start does not migrate again.
+        let mark = c.proc.log_mark();
+        start_ready(&c);
+        let log = c.proc.log_since(mark);
+        assert!(coordinator_view(&c, &ids).0 == clean.0);
+        stop(&c);
+        assert!(
+            !log.contains("migrated"),
+            "a later start migrated again:\n{log}"
+        );
+        std::fs::remove_dir_all(&c.dir).unwrap();
+    }
+    let inside = stages.get(&MigrationStage::Writing).copied().unwrap_or(0)
+        + stages
+            .get(&MigrationStage::BeforeBackup)
+            .copied()
+            .unwrap_or(0);
+    figure(SUITE, "coordinator_migration.seed", rng.seed);
+    figure(SUITE, "coordinator_migration.events", n_events);
+    figure(
+        SUITE,
+        "coordinator_migration.clean_start_ms",
+        took.as_millis(),
+    );
+    figure(SUITE, "coordinator_migration.kills", kills);
+    figure(SUITE, "coordinator_migration.kills_inside", inside);
+    for (stage, count) in &stages {
+        figure(
+            SUITE,
+            &format!("coordinator_migration.landed.{stage:?}"),
+            count,
+        );
+    }
+    figure(SUITE, "coordinator_migration.lost", 0);
+    figure(SUITE, "coordinator_migration.duplicated", 0);
+    assert!(
+        inside > 0,
+        "no kill landed inside the migration: {stages:?} (seed {})",
+        rng.seed
+    );
+}
