@@ -818,7 +818,10 @@ fn coordinator_view(
     let repos = ids
         .iter()
         .map(|id| {
-            let r = c.repo(id).unwrap();
+            // `/healthz` answers before the index is read: wait for the repo.
+            let r = wait_for(Duration::from_secs(30), "the repo in the index", || {
+                c.repo(id)
+            });
             let keep = [
                 "id",
                 "url",
@@ -1221,7 +1224,10 @@ fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
     );
     for want in &expected_repos {
         let id = want["id"].as_str().unwrap();
-        let got = coord.repo(id).unwrap();
+        // `/healthz` answers before the index is read: wait for the repo.
+        let got = wait_for(Duration::from_secs(30), "the repo in the index", || {
+            coord.repo(id)
+        });
         for k in KEPT_REPO_FIELDS {
             assert_eq!(got[*k], want[*k], "{id}: {k} differs from what was written");
         }
