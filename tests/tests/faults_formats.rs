@@ -861,8 +861,14 @@ fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
         index.put_url(id, &format!("git://127.0.0.1:9/{}", repo_name(id)));
     }
     index.commit("the migrated repos");
-    let coordinator =
-        |name: &str| gitmirror_tests::Coordinator::new(&root.path().join(name), index.path());
+    // The registry's worker never comes back; a long `dead_after` keeps it suspect (not
+    // dead, which would reassign its repos and reset their counters) on a slow machine.
+    let coordinator = |name: &str| {
+        gitmirror_tests::Coordinator::with_yaml(&root.path().join(name), |udp, http, state| {
+            gitmirror_tests::Coordinator::standard_yaml(udp, http, state, index.path())
+                .replace("dead_after: 4s", "dead_after: 1h")
+        })
+    };
     let start_ready = |c: &gitmirror_tests::Coordinator| -> Duration {
         let t = Instant::now();
         c.start_ready();
@@ -1209,7 +1215,15 @@ fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
         index.put_url(id, url);
     }
     index.commit("the fixture's repos");
-    let coord = gitmirror_tests::Coordinator::new(&root.path().join("coordinator"), index.path());
+    // A long `dead_after`: the fixture's worker stays suspect (its repos and their
+    // counters where they were) until it connects, however slow the machine.
+    let coord = gitmirror_tests::Coordinator::with_yaml(
+        &root.path().join("coordinator"),
+        |udp, http, st| {
+            gitmirror_tests::Coordinator::standard_yaml(udp, http, st, index.path())
+                .replace("dead_after: 4s", "dead_after: 1h")
+        },
+    );
     copy_tree(&fixture.join("coordinator"), &coord.state_dir);
     // A checkout does not keep modes; the daemons keep secrets 0600.
     for f in ["tls-key.pem", "join-secret", "quic-reset-key"] {
