@@ -758,11 +758,17 @@ fn spec_12_kill_9_during_worker_migration_loses_nothing() {
     );
 }
 
-/// Release 1's coordinator state (as `gitmirrord/tests/data/state-v1/`): a registry with
-/// one worker, `repos.json` v1 with the repos of `ids`, and `events.log` v1 with `events`
-/// events over them (a `cloned` event for each, then `updated` ones, each moving `main`
-/// on). Returns the bytes of `repos.json` and `events.log`.
-fn coordinator_v1_state(state_dir: &Path, ids: &[String], events: usize) -> (Vec<u8>, Vec<u8>) {
+/// Release 1's coordinator state (as `gitmirrord/tests/data/state-v1/` and `index-v1/`): a
+/// registry with one worker, `repos.json` v1 with the repos of `ids`, `events.log` v1 with
+/// `events` events over them (a `cloned` event for each, then `updated` ones, each moving
+/// `main` on), and `index/applied.json` v1 for the index at `index`. Returns the bytes of
+/// `repos.json`, `events.log` and `applied.json`.
+fn coordinator_v1_state(
+    state_dir: &Path,
+    ids: &[String],
+    events: usize,
+    index: &Path,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     use serde_json::json;
     std::fs::create_dir_all(state_dir).unwrap();
     let uuid = "00000000-0000-0000-0000-00000000002a";
@@ -816,7 +822,22 @@ fn coordinator_v1_state(state_dir: &Path, ids: &[String], events: usize) -> (Vec
         log.push(b'\n');
     }
     std::fs::write(state_dir.join("events.log"), &log).unwrap();
-    (repos, log)
+    // The index's applied entries as release 1 kept them (no commit: read afresh).
+    let entries: serde_json::Map<String, serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            let url = format!("git://127.0.0.1:9/{}", repo_name(id));
+            let e = json!({"id": id, "url": url, "index": "test", "metadata": {}});
+            (id.clone(), e)
+        })
+        .collect();
+    let applied = json!({"indexes": {"test": {"url": index.to_str().unwrap(), "commit": null,
+        "reader": "layout v1, allow_file_urls=false", "entries": entries, "rejected": [],
+        "held": {"commit": null, "removals": [], "total": 0}}}});
+    let applied = format!("gitmirror-state index v1\n{applied}\n").into_bytes();
+    std::fs::create_dir_all(state_dir.join("index")).unwrap();
+    std::fs::write(state_dir.join("index/applied.json"), &applied).unwrap();
+    (repos, log, applied)
 }
 
 /// What a coordinator shows of its migrated state: every event, and per repo the status
@@ -857,11 +878,11 @@ fn coordinator_view(
 // SPEC §12 "State files" and "Event retention" (the event log kept in segments with a
 // checkpoint; older state files migrated at start and kept as `<name>.v<N>.bak`), §10.
 // A release-1 coordinator state dir (registry, `repos.json` v1 of 20 repos, `events.log`
-// v1 of 20,000 events) is migrated by the real coordinator, killed at moments inside the
+// v1 of 20,000 events, the index's `applied.json` v1) is migrated by the real coordinator, killed at moments inside the
 // migration (armed on `events.migrating/`, on the repo snapshot's temp file, on the
 // segments in place before the backup, and at random within a clean migration's time),
 // restarted: every event (the same as a clean migration's and as the old log's), every
-// repo's status, both `.v1.bak` files byte for byte, and no second migration.
+// repo's status, the three `.v1.bak` files byte for byte, and no second migration.
 #[test]
 fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
     let mut rng = Rng::seeded("kill -9 during coordinator migration");
@@ -896,7 +917,8 @@ fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
 
     // A clean migration: the reference, checked against the old files.
     let clean_c = coordinator("clean");
-    let (repos_v1, events_v1) = coordinator_v1_state(&clean_c.state_dir, &ids, n_events);
+    let (repos_v1, events_v1, applied_v1) =
+        coordinator_v1_state(&clean_c.state_dir, &ids, n_events, index.path());
     let took = start_ready(&clean_c);
     let clean = coordinator_view(&clean_c, &ids);
     stop(&clean_c);
@@ -922,7 +944,7 @@ fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
     let mut stages: BTreeMap<MigrationStage, usize> = BTreeMap::new();
     for round in 0..kills {
         let c = coordinator(&format!("k{round}"));
-        coordinator_v1_state(&c.state_dir, &ids, n_events);
+        coordinator_v1_state(&c.state_dir, &ids, n_events, index.path());
         let s = c.state_dir.clone();
         let work = s.join("events.migrating");
         let (segments, log_v1) = (s.join("events"), s.join("events.log"));
@@ -992,6 +1014,11 @@ fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
             std::fs::read(s.join("events.log.v1.bak")).unwrap(),
             events_v1
         );
+        assert_eq!(
+            std::fs::read(s.join("index/applied.json.v1.bak")).unwrap(),
+            applied_v1
+        );
+        assert!(s.join("index/applied.state").exists() && !s.join("index/applied.json").exists());
         assert!(!work.exists() && !log_v1.exists() && !s.join("repos.json").exists());
         // SPEC §12: migrated once; a later start does not migrate again.
         let mark = c.proc.log_mark();
