@@ -23,12 +23,23 @@ use std::path::{Path, PathBuf};
 /// Unset in production; a value that is not a number is ignored.
 pub const COMPACT_AT_ENV: &str = "GITMIRROR_COMPACT_AT";
 
-/// `default`, or the threshold [`COMPACT_AT_ENV`] names.
+/// `default`, or the threshold [`COMPACT_AT_ENV`] names (logged: it is a test setting).
 pub fn compact_at(default: u64) -> u64 {
-    std::env::var(COMPACT_AT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
+    match std::env::var(COMPACT_AT_ENV).map(|v| v.trim().parse::<u64>()) {
+        Ok(Ok(n)) => {
+            tracing::warn!(
+                bytes = n,
+                default,
+                "{COMPACT_AT_ENV} is set: compacting state journals at this size (a test setting)"
+            );
+            n
+        }
+        Ok(Err(_)) => {
+            tracing::warn!("{COMPACT_AT_ENV} is not a number of bytes: ignored");
+            default
+        }
+        Err(_) => default,
+    }
 }
 
 /// Frame header: length and checksum.
