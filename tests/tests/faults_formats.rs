@@ -351,6 +351,22 @@ fn compaction_loop(victim: Victim) {
                 round + 1
             );
         }
+        // Nothing published twice or out of order so far (what is not an event yet may
+        // still be in flight: the end checks that nothing was lost).
+        let events = fleet.coord.all_events().unwrap();
+        let t = tally(&events, &made);
+        assert!(
+            t.duplicated.is_empty() && t.unexpected.is_empty() && t.empty.is_empty(),
+            "after kill {} (seed {seed}): {t:?}",
+            round + 1
+        );
+        let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "after kill {}",
+            round + 1
+        );
         eprintln!(
             "round {}: kill {how}, landed {at:?}{}, {} changes made, {} not yet events",
             round + 1,
