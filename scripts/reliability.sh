@@ -25,7 +25,8 @@ fi
 figures=$(mktemp --suffix=.figures)
 export GITMIRROR_FIGURES="$figures"
 
-suites='binary(faults_worker) | binary(faults_coordinator) | binary(partition)
+suites='binary(faults_worker) | binary(faults_coordinator) | binary(faults_formats)
+  | binary(partition)
   | binary(hostile_index) | binary(hostile_wire) | binary(hostile_http)
   | binary(fuzz) | binary(trust) | binary(startup)'
 status=0

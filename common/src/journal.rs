@@ -18,6 +18,30 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Environment variable that lowers the journal size at which both daemons compact (bytes),
+/// so the fault suite can `kill -9` inside compactions (tests/tests/faults_formats.rs).
+/// Unset in production; a value that is not a number is ignored.
+pub const COMPACT_AT_ENV: &str = "GITMIRROR_COMPACT_AT";
+
+/// `default`, or the threshold [`COMPACT_AT_ENV`] names (logged: it is a test setting).
+pub fn compact_at(default: u64) -> u64 {
+    match std::env::var(COMPACT_AT_ENV).map(|v| v.trim().parse::<u64>()) {
+        Ok(Ok(n)) => {
+            tracing::warn!(
+                bytes = n,
+                default,
+                "{COMPACT_AT_ENV} is set: compacting state journals at this size (a test setting)"
+            );
+            n
+        }
+        Ok(Err(_)) => {
+            tracing::warn!("{COMPACT_AT_ENV} is not a number of bytes: ignored");
+            default
+        }
+        Err(_) => default,
+    }
+}
+
 /// Frame header: length and checksum.
 pub const FRAME_HEADER: usize = 8;
 /// No single record is larger than this; a length above it is damage, not a record.

@@ -475,7 +475,7 @@ fn replay(snap: &Path, jour: &Path) -> Result<Loaded, StateError> {
 /// Open the state in `state_dir`: migrate a v1 `repos.json`, replay snapshot and journal
 /// (dropping a torn journal tail with one warning), and start the writer thread. Blocking.
 pub fn open(state_dir: &Path) -> Result<(Repos, Store), StateError> {
-    open_with(state_dir, COMPACT_AT)
+    open_with(state_dir, journal::compact_at(COMPACT_AT))
 }
 
 /// [`open`], compacting once the journal passes `compact_at` bytes (and the snapshot's

@@ -237,7 +237,7 @@ pub struct Opened {
 /// into `sink` (dropping a torn journal tail with one warning) and start the writer
 /// thread. Blocking.
 pub fn open(dir: &Path, sink: &mut Sink<'_>) -> Result<Opened, StateError> {
-    open_with(dir, COMPACT_AT, sink)
+    open_with(dir, journal::compact_at(COMPACT_AT), sink)
 }
 
 /// [`open`], compacting once the journal passes `compact_at` bytes and the snapshot's size.

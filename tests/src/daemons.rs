@@ -30,6 +30,8 @@ pub struct Proc {
     args: Vec<OsString>,
     log: PathBuf,
     child: Mutex<Option<Child>>,
+    /// Extra environment for the next starts ([`Proc::set_env`]).
+    env: Mutex<Vec<(OsString, OsString)>>,
 }
 
 impl Proc {
@@ -40,7 +42,15 @@ impl Proc {
             args,
             log,
             child: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Set `key=value` in the environment of every later start.
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.env.lock().unwrap_or_else(|e| e.into_inner());
+        env.retain(|(k, _)| k != key);
+        env.push((key.into(), value.into()));
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
@@ -64,9 +74,11 @@ impl Proc {
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
         writeln!(log, "=== harness: starting {} ===", self.label).expect("write log");
         let err = log.try_clone().expect("clone log handle");
+        let env = self.env.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let child = Command::new(&self.bin)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

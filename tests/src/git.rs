@@ -148,7 +148,11 @@ fn data(s: &str) -> String {
 /// annotated tag `v1` and a lightweight tag `light`, with content unique to `seed`.
 /// Commit times are now, so an adaptive schedule treats the repo as recently changed.
 fn seed_stream(seed: &str) -> String {
-    let now = unix_now();
+    seed_stream_at(seed, unix_now())
+}
+
+/// [`seed_stream`] with commit times `now` (unix seconds).
+fn seed_stream_at(seed: &str, now: u64) -> String {
     let who = format!("gitmirror test <test@gitmirror.invalid> {now} +0000");
     let mut s = String::new();
     s += "blob\nmark :1\n";
@@ -178,6 +182,53 @@ pub fn create_bare_repo(path: &Path, seed: &str) {
         path.as_os_str(),
     ]);
     fast_import(path, seed_stream(seed).as_bytes());
+}
+
+/// [`create_bare_repo`] with every commit time at `time` (unix seconds): the same object
+/// ids on every run, for checked-in state that names them.
+pub fn create_fixed_repo(path: &Path, seed: &str, time: u64) {
+    git([
+        OsStr::new("init"),
+        OsStr::new("-q"),
+        OsStr::new("--bare"),
+        OsStr::new("-b"),
+        OsStr::new("master"),
+        path.as_os_str(),
+    ]);
+    fast_import(path, seed_stream_at(seed, time).as_bytes());
+}
+
+/// [`commit_to`] with a fixed message and time (unix seconds): the same commit id on
+/// every run for the same parent.
+pub fn commit_fixed(git_dir: &Path, branch: &str, msg: &str, time: u64) -> String {
+    let gd = git_dir.to_str().expect("utf-8 path");
+    let refname = format!("refs/heads/{branch}");
+    let parent = git(["--git-dir", gd, "rev-parse", &refname]);
+    let tree = git(["--git-dir", gd, "rev-parse", &format!("{parent}^{{tree}}")]);
+    let date = format!("@{time} +0000");
+    let out = git_command()
+        .args([
+            "--git-dir",
+            gd,
+            "commit-tree",
+            &tree,
+            "-p",
+            &parent,
+            "-m",
+            msg,
+        ])
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .output()
+        .expect("run git commit-tree");
+    assert!(
+        out.status.success(),
+        "git commit-tree in {gd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    git(["--git-dir", gd, "update-ref", &refname, &new, &parent]);
+    new
 }
 
 /// Feed a `git fast-import` stream to the bare repo at `git_dir`.

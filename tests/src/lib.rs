@@ -15,6 +15,7 @@
 //! shared [`GitDaemon`]'s own temp dir.
 
 pub mod daemons;
+pub mod events;
 pub mod git;
 pub mod http;
 

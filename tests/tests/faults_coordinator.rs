@@ -3,85 +3,13 @@
 //! `GITMIRROR_SEED=<n>` replays the moments of a run (the seed is printed).
 
 use gitmirror_tests::daemons::SETTLE;
+use gitmirror_tests::events::{Change, tally, triples};
 use gitmirror_tests::git::repo_name;
 use gitmirror_tests::{Fleet, GitDaemon, Rng, Signal, figure, ls_remote, rounds, wait_for};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const SUITE: &str = "coordinator-crash-loop";
-
-/// One upstream ref value the test made: `(repo id, ref name, new oid)`.
-type Change = (String, String, String);
-
-/// The `(repo, ref, new)` triples an event carries (created or updated refs).
-fn triples(e: &Value) -> Vec<Change> {
-    let repo = e["repo"].as_str().unwrap_or_default();
-    e["refs"]
-        .as_array()
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| {
-                    Some((
-                        repo.to_owned(),
-                        r["name"].as_str()?.to_owned(),
-                        r["new"].as_str()?.to_owned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// How the events account for the changes made (SPEC §8).
-#[derive(Debug, Default)]
-struct Tally {
-    /// Changes made that no event carries.
-    lost: Vec<Change>,
-    /// Changes carried as news by more than one event, with their seqs.
-    duplicated: Vec<(Change, Vec<u64>)>,
-    /// Triples in events that the test never made.
-    unexpected: Vec<(Change, u64)>,
-    /// Events that carry nothing new (every triple already published).
-    empty: Vec<u64>,
-}
-
-/// Count, in seq order, which event first carries each change. A `cloned` event lists
-/// every ref of the repo (SPEC §8); when it carries at least one new value, its other refs
-/// are a re-listing of values already published, not news (design.md "Events": a clone
-/// with other refs than those published is published with its full ref list). Any other
-/// repeat of a value is a duplicate.
-fn tally(events: &[Value], made: &[Change]) -> Tally {
-    let made_set: BTreeSet<&Change> = made.iter().collect();
-    let mut carried: BTreeMap<Change, Vec<u64>> = BTreeMap::new();
-    let mut t = Tally::default();
-    for e in events {
-        let seq = e["seq"].as_u64().unwrap_or(0);
-        let ts = triples(e);
-        let fresh = ts.iter().filter(|c| !carried.contains_key(*c)).count();
-        if fresh == 0 {
-            t.empty.push(seq);
-        }
-        let relisting = e["kind"] == "cloned" && fresh > 0;
-        for c in ts {
-            if !made_set.contains(&c) {
-                t.unexpected.push((c.clone(), seq));
-            }
-            let seqs = carried.entry(c).or_default();
-            if seqs.is_empty() || !relisting {
-                seqs.push(seq);
-            }
-        }
-    }
-    for c in made {
-        match carried.get(c) {
-            None => t.lost.push(c.clone()),
-            Some(seqs) if seqs.len() > 1 => t.duplicated.push((c.clone(), seqs.clone())),
-            Some(_) => {}
-        }
-    }
-    t
-}
 
 /// Panics when a worker process has exited (SPEC §6: a worker never exits because its
 /// coordinator is away).
