@@ -373,6 +373,18 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// Whether [`reconcile`] would change anything of the repo.
+fn needs_reconcile(repo: &Repo, out: &Outbox) -> bool {
+    let Some(owner) = repo.owner else {
+        return false;
+    };
+    match repo.holders.get(&owner) {
+        None => out.synced.contains(&owner),
+        Some(true) => repo.holders.len() > 1,
+        Some(false) => false,
+    }
+}
+
 /// A repo as the repo store saves it.
 fn saved_repo(r: &Repo) -> SavedRepo {
     SavedRepo {
@@ -823,14 +835,24 @@ impl Fleet {
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
         // The repos this can change: those it reports, those it held before and those it
         // owns (O(held), not O(repos): a restart at 1M repos reconnects 1,000 workers).
-        let mut touched: BTreeSet<Arc<str>> = self.census.held_by(uuid).cloned().collect();
-        touched.extend(self.census.owned_urls(uuid).map(|(id, _)| id.clone()));
+        // Most of them are as the coordinator left them (a reconnection): one look-up each
+        // finds that, and only the others are changed, recounted and saved.
+        let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
+        for h in &holdings.repos {
+            if let Some((id, repo)) = self.repos.get_key_value(h.id.as_str())
+                && (repo.holders.get(&uuid) != Some(&h.mirrored)
+                    || *h.url != *repo.url
+                    || needs_reconcile(repo, &self.out))
+            {
+                touched.insert(id.clone());
+            }
+        }
         touched.extend(
-            holdings
-                .repos
-                .iter()
-                .filter_map(|h| self.repos.get_key_value(h.id.as_str()))
-                .map(|(id, _)| id.clone()),
+            self.census
+                .held_by(uuid)
+                .chain(self.census.owned_urls(uuid).map(|(id, _)| id))
+                .filter(|id| !held.contains_key(&***id))
+                .cloned(),
         );
         // Per repo: what it holds, then the repo's reconciliation.
         for id in &touched {
