@@ -245,16 +245,17 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
     })
 }
 
-/// A blob of the listing to be read: its object id and path in [`Listing::text`].
+/// A blob of the listing to be read: its object id (binary) and path in
+/// [`Listing::text`]. 16 bytes: a listing of 1M entries is held while they are read.
 struct Blob {
     start: usize,
-    oid_len: usize,
-    end: usize,
+    path_len: u32,
+    oid_len: u8,
     role: Role,
 }
 
 /// The files of one commit with a layout role, compactly: the ids and paths of the blobs
-/// to read in one buffer (about 60 bytes per entry), the others as they are.
+/// to read in one buffer (about 45 bytes per entry), the others as they are.
 #[derive(Default)]
 struct Listing {
     text: Vec<u8>,
@@ -267,14 +268,14 @@ struct Listing {
 
 impl Listing {
     fn oid(&self, b: &Blob) -> &[u8] {
-        self.text
-            .get(b.start..b.start + b.oid_len)
-            .unwrap_or_default()
+        let oid = b.start + usize::from(b.oid_len);
+        self.text.get(b.start..oid).unwrap_or_default()
     }
 
     fn path(&self, b: &Blob) -> &[u8] {
+        let oid = b.start + usize::from(b.oid_len);
         self.text
-            .get(b.start + b.oid_len..b.end)
+            .get(oid..oid + b.path_len as usize)
             .unwrap_or_default()
     }
 }
@@ -417,7 +418,6 @@ impl Objects {
             .objects
             .find_tree_iter(&id, buf)
             .map_err(|e| self.bad(format!("tree {id}: {e}")))?;
-        let mut hex = [0u8; 64];
         for entry in tree {
             let entry = entry.map_err(|e| self.bad(format!("tree {id}: {e}")))?;
             let len = path.len();
@@ -431,13 +431,14 @@ impl Objects {
                     self.walk_tree(repo, entry.oid.to_owned(), path, deeper, listing)?;
                 }
             } else if let Some(role) = layout::role(path) {
-                let oid = entry.oid.hex_to_buf(&mut hex);
                 let mode = if mode & 0o170000 == 0o100000 {
                     "100644".to_owned()
                 } else {
                     format!("{mode:06o}")
                 };
-                listing.add(&mode, oid, path, role);
+                listing
+                    .add(&mode, entry.oid, path, role)
+                    .map_err(|e| self.bad(e))?;
             }
             path.truncate(len);
         }
@@ -463,10 +464,8 @@ impl Objects {
         };
         let mut buf = Vec::new();
         for b in blobs {
-            let hex = listing.oid(b);
-            let oid = gix::ObjectId::from_hex(hex).map_err(|e| {
-                self.bad(format!("object id {}: {e}", String::from_utf8_lossy(hex)))
-            })?;
+            let oid = gix::hash::oid::try_from_bytes(listing.oid(b))
+                .map_err(|e| self.bad(format!("object id of {}: {e}", display(listing.path(b)))))?;
             let missing = || self.bad(format!("object {oid} is missing"));
             file.path.clear();
             file.path.extend_from_slice(listing.path(b));
@@ -476,7 +475,7 @@ impl Objects {
                 _ => Vec::new(),
             };
             content.clear();
-            file.kind = match repo.objects.try_find(&oid, &mut buf) {
+            file.kind = match repo.objects.try_find(oid, &mut buf) {
                 Ok(Some(data)) if data.kind != gix::object::Kind::Blob => {
                     return Err(self.bad(format!("{oid} is a {}, not a blob", data.kind)));
                 }
@@ -489,7 +488,7 @@ impl Objects {
                 }
                 Ok(None) => return Err(missing()),
                 // Past the allocation limit, or damaged: the header tells which.
-                Err(e) => match repo.objects.try_header(&oid) {
+                Err(e) => match repo.objects.try_header(oid) {
                     Ok(Some(h)) if h.size() > MAX_FILE_SIZE => Kind::TooLarge(h.size()),
                     Ok(None) => return Err(missing()),
                     _ => return Err(self.bad(format!("object {oid}: {e}"))),
@@ -534,31 +533,32 @@ fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
         let [mode, _kind, oid] = meta.split_whitespace().collect::<Vec<_>>()[..] else {
             return Err(bad());
         };
-        listing.add(mode, oid, path, role);
+        let oid = gix::ObjectId::from_hex(oid.as_bytes()).map_err(|_| bad())?;
+        listing.add(mode, &oid, path, role)?;
     }
 }
 
 impl Listing {
     /// Add the file at `path` with tree mode `mode` and object id `oid`.
-    fn add(&mut self, mode: &str, oid: &str, path: &[u8], role: Role) {
+    fn add(&mut self, mode: &str, oid: &gix::oid, path: &[u8], role: Role) -> Result<(), String> {
         let kind = match mode {
             "120000" => Kind::Symlink,
             // Old trees may hold 100664 and the like: all are regular files.
             m if m.starts_with("100") => {
-                let start = self.text.len();
-                self.text.extend_from_slice(oid.as_bytes());
-                self.text.extend_from_slice(path);
+                let too_long = || format!("path too long: {}", display(path));
                 let blob = Blob {
-                    start,
-                    oid_len: oid.len(),
-                    end: self.text.len(),
+                    start: self.text.len(),
+                    path_len: u32::try_from(path.len()).map_err(|_| too_long())?,
+                    oid_len: u8::try_from(oid.as_bytes().len()).map_err(|_| too_long())?,
                     role,
                 };
+                self.text.extend_from_slice(oid.as_bytes());
+                self.text.extend_from_slice(path);
                 match role {
                     Role::Defaults => self.defaults.push(blob),
                     Role::Entry => self.entries.push(blob),
                 }
-                return;
+                return Ok(());
             }
             "160000" => Kind::Unusable("a submodule, not a file".into()),
             other => Kind::Unusable(format!("not a regular file (mode {other})")),
@@ -568,7 +568,12 @@ impl Listing {
             role,
             kind,
         });
+        Ok(())
     }
+}
+
+fn display(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
 
 /// The entry paths that differ between commits `old` and `new` of a git index (removed,
@@ -627,7 +632,8 @@ fn read_diff(
             }
             paths.push(path.clone());
             if status != "D" {
-                listing.add(mode, oid, &path, role);
+                let oid = gix::ObjectId::from_hex(oid.as_bytes()).map_err(|_| bad())?;
+                listing.add(mode, &oid, &path, role)?;
             }
         }
     };
