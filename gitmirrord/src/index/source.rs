@@ -267,19 +267,6 @@ struct Listing {
 }
 
 impl Listing {
-    /// Put `other`, the listing of the files after these, at the end.
-    fn append(&mut self, other: Listing) {
-        let base = self.text.len();
-        self.text.extend_from_slice(&other.text);
-        let moved = |b: Blob| Blob {
-            start: b.start + base,
-            ..b
-        };
-        self.defaults.extend(other.defaults.into_iter().map(moved));
-        self.entries.extend(other.entries.into_iter().map(moved));
-        self.others.extend(other.others);
-    }
-
     fn oid(&self, b: &Blob) -> &[u8] {
         let oid = b.start + usize::from(b.oid_len);
         self.text.get(b.start..oid).unwrap_or_default()
@@ -407,48 +394,10 @@ impl Objects {
             .peel_to_tree()
             .map_err(|e| self.bad(format!("commit {commit}: {e}")))?
             .id;
-        let roots = {
-            use gix::prelude::FindExt;
-            let mut buf = Vec::new();
-            let root = repo.objects.find_tree_iter(&tree, &mut buf);
-            root.map_err(|e| self.bad(format!("tree {tree}: {e}")))?
-                .count()
-        };
-        // The first-level folders in contiguous groups, one thread each; the groups'
-        // listings put together in order are the listing of one walk.
-        let jobs = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 4)
-            .min(roots.max(1));
-        let size = roots.div_ceil(jobs).max(1);
-        let walk_part = |range: std::ops::Range<usize>| -> Result<Listing, String> {
-            let repo = self.handle();
-            let mut listing = Listing::default();
-            let mut bufs = [Vec::new(), Vec::new(), Vec::new()];
-            let mut path = Vec::new();
-            self.walk_tree(&repo, tree, &mut path, &mut bufs, Some(range), &mut listing)?;
-            Ok(listing)
-        };
-        let parts: Vec<Result<Listing, String>> = std::thread::scope(|s| {
-            let threads: Vec<_> = (0..roots)
-                .step_by(size)
-                .map(|start| {
-                    let walk_part = &walk_part;
-                    s.spawn(move || walk_part(start..(start + size).min(roots)))
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| {
-                    t.join()
-                        .unwrap_or_else(|_| Err("index walking thread failed".into()))
-                })
-                .collect()
-        });
         let mut listing = Listing::default();
-        for part in parts {
-            listing.append(part?);
-        }
+        let mut bufs = [Vec::new(), Vec::new(), Vec::new()];
+        let mut path = Vec::new();
+        self.walk_tree(&repo, tree, &mut path, &mut bufs, &mut listing)?;
         Ok(listing)
     }
 
@@ -459,7 +408,6 @@ impl Objects {
         id: gix::ObjectId,
         path: &mut Vec<u8>,
         bufs: &mut [Vec<u8>],
-        only: Option<std::ops::Range<usize>>,
         listing: &mut Listing,
     ) -> Result<(), String> {
         use gix::prelude::FindExt;
@@ -470,11 +418,8 @@ impl Objects {
             .objects
             .find_tree_iter(&id, buf)
             .map_err(|e| self.bad(format!("tree {id}: {e}")))?;
-        for (n, entry) in tree.enumerate() {
+        for entry in tree {
             let entry = entry.map_err(|e| self.bad(format!("tree {id}: {e}")))?;
-            if only.as_ref().is_some_and(|r| !r.contains(&n)) {
-                continue;
-            }
             let len = path.len();
             if len > 0 {
                 path.push(b'/');
@@ -483,8 +428,7 @@ impl Objects {
             let mode = entry.mode.value();
             if entry.mode.is_tree() {
                 if !entry.filename.starts_with(b".") {
-                    let oid = entry.oid.to_owned();
-                    self.walk_tree(repo, oid, path, deeper, None, listing)?;
+                    self.walk_tree(repo, entry.oid.to_owned(), path, deeper, listing)?;
                 }
             } else if let Some(role) = layout::role(path) {
                 let mode = if mode & 0o170000 == 0o100000 {
