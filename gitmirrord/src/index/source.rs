@@ -329,6 +329,8 @@ fn read_tree(repo: &Path, commit: &str, parser: &mut Parser) -> Result<(), Strin
             })
             .collect()
     });
+    // Joining rebuilds the entry map: let go of the mapped pack and the listing first.
+    drop((objects, listing));
     for part in parts {
         parser.join(part?);
     }
