@@ -41,15 +41,17 @@ impl Fetched {
     }
 
     /// Read into `parser` only the entry files that differ from commit `old` (see
-    /// [`read_diff`]); `Ok(None)` when the index has to be read whole.
+    /// [`read_diff`]); `Ok(None)` when the index has to be read whole, which includes
+    /// more than `most` changed entry paths (a whole read then costs less).
     pub fn read_changes(
         &self,
         old: &str,
+        most: usize,
         parser: &mut Parser,
     ) -> Result<Option<Vec<Vec<u8>>>, String> {
         match self {
             Fetched::Dir { .. } => Ok(None),
-            Fetched::Git { repo, commit } => read_diff(repo, old, commit, parser),
+            Fetched::Git { repo, commit } => read_diff(repo, old, commit, most, parser),
         }
     }
 
@@ -290,7 +292,7 @@ type Changes = (Listing, Vec<Vec<u8>>);
 const MAX_DIFF_DEFAULTS: usize = 1000;
 
 /// Entries per `git cat-file` process below which the read is not split.
-const MIN_SPLIT: usize = 20_000;
+pub const MIN_SPLIT: usize = 20_000;
 
 /// Read the files of `commit` with a layout role into `parser`, in this process through
 /// gix: the tree is walked to the layout's depth, the `DEFAULTS` blobs are read first,
@@ -586,6 +588,7 @@ fn read_diff(
     repo: &Path,
     old: &str,
     new: &str,
+    most: usize,
     parser: &mut Parser,
 ) -> Result<Option<Vec<Vec<u8>>>, String> {
     let args = [
@@ -629,7 +632,7 @@ fn read_diff(
             let Some(role) = layout::role(&path) else {
                 continue;
             };
-            if role == Role::Defaults {
+            if role == Role::Defaults || paths.len() >= most {
                 return Ok(None);
             }
             paths.push(path.clone());
@@ -743,7 +746,13 @@ fn git_stream<R>(
             .unwrap_or_else(|_| Err("waiting for it failed".into()))
             .map_err(|e| format!("{what}: {e}"))?;
         let err = errors.join().unwrap_or_default();
-        if !status.success() {
+        // Stopped reading early on purpose: git then dies of the closed pipe.
+        let broken_pipe = {
+            use std::os::unix::process::ExitStatusExt;
+            status.signal() == Some(13)
+        };
+        let ended_well = status.success() || (broken_pipe && consumed.is_ok());
+        if !ended_well {
             return Err(format!("{what} failed ({status}): {}", first_lines(&err)));
         }
         consumed
