@@ -220,6 +220,28 @@ fn bench(index: &Path) {
         all.len(),
         current_mib() - rss
     );
+    drop(all);
+    drop(ix);
+    // The sim's way: its coordinator reads an empty commit first, then the full one.
+    let moved = |to: &str| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(index)
+            .args(["update-ref", "refs/heads/gitmirror-bench", to])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if full && moved("refs/sim/empty") {
+        let dir = tmp.path().join("index-from-empty");
+        let mut ix = Indexes::open(vec![source.clone()], settings(&dir)).unwrap();
+        ix.poll(true).unwrap();
+        if moved("refs/sim/full") {
+            let delta = measure("read after an empty commit (as the sim)", || {
+                ix.poll(true).unwrap()
+            });
+            assert_eq!(delta.added.len(), ix.len());
+        }
+    }
     if let Some(keep) = std::env::var_os("KEEP_STATE") {
         let keep = Path::new(&keep);
         std::fs::create_dir_all(keep).unwrap();
