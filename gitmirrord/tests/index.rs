@@ -866,3 +866,41 @@ fn spec_3_3_local_index_rewritten_and_pruned() {
     assert_eq!(ix.entry("a/abc/abc").unwrap().url, "https://y.org/abc");
     assert_eq!(ix.status()[0].last_error, None);
 }
+
+// SPEC §3.2: an entry file past the limit is rejected by its size. One past the reader's
+// decoding limit (16 MiB, a few KiB once compressed) is judged by its object header rather
+// than inflated whole, first on a whole read and then on a read of the changed files.
+#[test]
+fn spec_3_2_blob_past_the_decode_limit_is_rejected_by_its_size() {
+    let repo = IndexRepo::new();
+    let huge = vec![b'#'; 20 << 20];
+    repo.write("a/abc/abc", url_entry("https://x.org/abc"))
+        .write("a/huge/huge", &huge);
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let mut ix = Indexes::open(
+        vec![source("up", &repo.url())],
+        settings(state.path(), 50.0),
+    )
+    .unwrap();
+    let delta = ix.poll(false).unwrap();
+    assert_eq!(ids(&delta.added), ["a/abc/abc"]);
+    let why = reason(&ix, "up", "a/huge/huge");
+    assert!(
+        why.contains("20971520 bytes, over the 65536-byte limit"),
+        "{why}"
+    );
+    assert_eq!(ix.status()[0].last_error, None);
+
+    repo.write("a/huge2/huge2", [huge.as_slice(), b"more"].concat())
+        .write("a/abd/abd", url_entry("https://x.org/abd"));
+    repo.commit();
+    let delta = ix.poll(true).unwrap();
+    assert_eq!(ids(&delta.added), ["a/abd/abd"]);
+    let why = reason(&ix, "up", "a/huge2/huge2");
+    assert!(
+        why.contains("20971524 bytes, over the 65536-byte limit"),
+        "{why}"
+    );
+    assert_eq!(ix.status()[0].last_error, None);
+}

@@ -269,6 +269,9 @@ fn mapping(kind: &Kind) -> Result<Map<String, Json>, String> {
         Kind::Unusable(why) => return Err(why.clone()),
     };
     let text = std::str::from_utf8(bytes).map_err(|_| "content is not UTF-8".to_owned())?;
+    if let Some(keys) = plain_mapping(text) {
+        return Ok(keys);
+    }
     let yaml: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| format!("YAML does not parse: {e}"))?;
     match to_json(yaml)? {
@@ -276,6 +279,43 @@ fn mapping(kind: &Kind) -> Result<Map<String, Json>, String> {
         Json::Object(map) => Ok(map),
         _ => Err("content is not a YAML mapping of keys".into()),
     }
+}
+
+/// The keys of `text` when it is only `key: value` lines of plain words that YAML reads
+/// as strings (`url: https://host/x.git`, `submit: sim`), without a YAML parser: that was
+/// half of the time of parsing an entry. `None` for anything else, which YAML then
+/// decides, so the result is always YAML's (a property test checks it).
+fn plain_mapping(text: &str) -> Option<Map<String, Json>> {
+    // Words YAML reads as null or a boolean; everything else starting with a letter
+    // and made of these characters is a string (a number starts with a digit, a sign or
+    // a dot).
+    const SPECIAL: [&str; 9] = [
+        "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE",
+    ];
+    let word = |w: &str, more: fn(u8) -> bool| {
+        w.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+            && w.bytes().all(more)
+            && !SPECIAL.contains(&w)
+    };
+    let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    // No space, quote, '#', ',' or bracket; a ':' only inside (checked below).
+    let value_char = |b: u8| b.is_ascii_alphanumeric() || b"/:._+@%=~-".contains(&b);
+    let mut keys = Map::new();
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    for line in body.split('\n') {
+        let (key, value) = line.split_once(": ")?;
+        if !word(key, key_char) || !word(value, value_char) || value.ends_with(':') {
+            return None;
+        }
+        // A repeated key is YAML's to judge.
+        if keys
+            .insert(key.to_owned(), Json::String(value.to_owned()))
+            .is_some()
+        {
+            return None;
+        }
+    }
+    (!keys.is_empty()).then_some(keys)
 }
 
 /// YAML to JSON, for opaque metadata. Tags are dropped, keys become strings.
@@ -337,6 +377,93 @@ mod tests {
             .find(|r| r.path == path)
             .map(|r| r.reason.clone())
             .unwrap_or_default()
+    }
+
+    use proptest::strategy::Strategy;
+
+    /// What YAML makes of `text`, as [`mapping`] did before the plain fast path.
+    fn yaml_mapping(text: &str) -> Result<Map<String, Json>, String> {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| format!("YAML does not parse: {e}"))?;
+        match to_json(yaml)? {
+            Json::Null => Ok(Map::new()),
+            Json::Object(map) => Ok(map),
+            _ => Err("content is not a YAML mapping of keys".into()),
+        }
+    }
+
+    // SPEC §3.2: the plain fast path takes the usual entry file and leaves to YAML what
+    // YAML reads otherwise than as strings.
+    #[test]
+    fn spec_3_2_plain_mapping_takes_plain_words_only() {
+        let sim = "url: https://git.example.invalid/0/00/r1.git\nsubmit: sim\n";
+        assert_eq!(
+            plain_mapping(sim),
+            Some(yaml_mapping(sim).unwrap()),
+            "the common entry takes the fast path"
+        );
+        for other in [
+            "",
+            "url: true\n",
+            "Null: x\n",
+            "url: 12\n",
+            "url: x # comment\n",
+            "url: 'x'\n",
+            "url: x\nurl: y\n",
+            "url: x:\n",
+            "url:x\n",
+            "url:  x\n",
+            "url: x\n\n",
+            "url: [x]\n",
+            "url: x\r\n",
+            "url: .inf\n",
+        ] {
+            assert_eq!(plain_mapping(other), None, "{other:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        // Whatever the fast path accepts, YAML reads the same way.
+        #[test]
+        fn spec_3_2_plain_mapping_agrees_with_yaml(
+            lines in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::string::string_regex("[A-Za-z_1-][A-Za-z0-9_:-]{0,6}").unwrap(),
+                        proptest::sample::select(vec!["url", "true", "Null", "y", "<<"])
+                            .prop_map(str::to_owned),
+                    ],
+                    proptest::sample::select(vec![": ", ": ", ": ", ":", ":  ", " : "]),
+                    proptest::prop_oneof![
+                        // Mostly what the fast path takes, to test that side well.
+                        proptest::string::string_regex("[A-Za-z][A-Za-z0-9/:._+@%=~-]{0,10}")
+                            .unwrap(),
+                        proptest::string::string_regex(
+                            "[A-Za-z0-9.~+-][A-Za-z0-9/:._+@%=~ #'\"\\[\\],&*!|>{}-]{0,10}"
+                        )
+                        .unwrap(),
+                        proptest::sample::select(vec![
+                            "inf", "nan", "NaN", "infinity", "e5", "x:", "a:b", "0x1", "yes",
+                            "FALSE", "~",
+                        ])
+                        .prop_map(str::to_owned),
+                    ],
+                ),
+                1..4,
+            ),
+            end in proptest::sample::select(vec!["\n", "", "\n\n"]),
+        ) {
+            let text = lines
+                .iter()
+                .map(|(k, sep, v)| format!("{k}{sep}{v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                + end;
+            if let Some(fast) = plain_mapping(&text) {
+                proptest::prop_assert_eq!(Ok(fast), yaml_mapping(&text), "{:?}", text);
+            }
+        }
     }
 
     // SPEC §3.1: which paths are entries.
