@@ -125,12 +125,37 @@ impl ControlHandle {
 pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = cfg.state_dir.clone();
+    // The QUIC endpoint first (accepting once the state is loaded): workers of the
+    // previous process get their stateless resets while the rest loads.
+    let (identity, endpoint) = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            gitmirror_common::statefile::ensure_dir(&dir)?;
+            let identity = gitmirror_common::trust::Identity::load_or_create(&dir)?;
+            let endpoint = gitmirror_common::trust::endpoint_config(&dir)?;
+            Ok((identity, endpoint))
+        })
+        .await
+        .context("loading the coordinator's identity")??
+    };
+    let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(1024);
+    let quic_addr = listeners.quic.local_addr().ok();
+    let secret_file = Arc::new(gitmirror_common::trust::SecretFile::new(
+        cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
+    ));
+    let (open_quic, quic_opened) = tokio::sync::oneshot::channel();
+    let server = server::start(
+        listeners.quic,
+        &identity,
+        endpoint,
+        secret_file,
+        &cfg.liveness,
+        conn_tx,
+        quic_opened,
+    )?;
     let loaded = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            gitmirror_common::statefile::ensure_dir(&cfg.state_dir)?;
-            let identity = gitmirror_common::trust::Identity::load_or_create(&cfg.state_dir)?;
-            let endpoint = gitmirror_common::trust::endpoint_config(&cfg.state_dir)?;
             let registry = Registry::restore(
                 cfg.max_workers,
                 state::load_registry(&cfg.state_dir)?,
@@ -174,20 +199,12 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 },
                 "fleet built"
             );
-            Ok((
-                identity,
-                endpoint,
-                fleet,
-                opened.store,
-                indexes,
-                log,
-                cursors,
-            ))
+            Ok((fleet, opened.store, indexes, log, cursors))
         })
         .await
         .context("loading the coordinator's state")?
     };
-    let (identity, endpoint, fleet, repo_store, indexes, log, cursors) = loaded?;
+    let (fleet, repo_store, indexes, log, cursors) = loaded?;
     let last_seq = log.last_seq();
     let recent: VecDeque<Event> = log
         .recent(crate::page::RECENT_EVENTS)
@@ -207,19 +224,6 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
 
     let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
-    let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(1024);
-    let quic_addr = listeners.quic.local_addr().ok();
-    let secret_file = Arc::new(gitmirror_common::trust::SecretFile::new(
-        cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
-    ));
-    let server = server::start(
-        listeners.quic,
-        &identity,
-        endpoint,
-        secret_file,
-        &cfg.liveness,
-        conn_tx,
-    )?;
     let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
     let http_addr = listeners.http.local_addr().ok();
     let http = http::start(
@@ -275,6 +279,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     main.last_status = summary;
     // Loading a big state can outlast `dead_after`: restored workers get it from now.
     main.fleet.serving_from(now_ms());
+    let _ = open_quic.send(());
 
     main.serve(conn_rx, call_rx, delta_rx, ctl).await;
 

@@ -35,14 +35,15 @@ use uuid::Uuid;
 
 use crate::config::Liveness;
 
-pub const MAX_HANDSHAKES: usize = 64;
+pub const MAX_HANDSHAKES: usize = 256;
 /// Largest first frame (`Hello`) read from a peer that has not proved the join secret.
 pub const MAX_HELLO: usize = 64 * 1024;
 pub const OUTBOUND_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection still before the secret check after this long may be displaced: a worker
-/// passes it within a round trip or two, even on a loaded machine.
-const STALLED_AFTER: Duration = Duration::from_secs(2);
+/// passes it within a round trip or two, even when a thousand reconnect at once on a
+/// loaded machine (at 2 s, a 1M-repo restart displaced 30 of them).
+const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 pub fn software() -> String {
     format!("gitmirrord {}", env!("CARGO_PKG_VERSION"))
@@ -84,6 +85,7 @@ pub fn start(
     secret: Arc<SecretFile>,
     liveness: &Liveness,
     events: mpsc::Sender<ConnEvent>,
+    open: oneshot::Receiver<()>,
 ) -> anyhow::Result<Server> {
     let mut transport =
         gitmirror_common::trust::transport(liveness.keepalive_interval, liveness.suspect_after)?;
@@ -104,7 +106,7 @@ pub fn start(
         waiting: Mutex::new(VecDeque::new()),
         next_conn: AtomicU64::new(1),
     });
-    let task = tokio::spawn(accept_loop(endpoint.clone(), ctx));
+    let task = tokio::spawn(accept_loop(endpoint.clone(), ctx, open));
     Ok(Server { endpoint, task })
 }
 
@@ -144,7 +146,14 @@ impl Ctx {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
+/// Connections are accepted once `open` fires (the state is loaded). Until then the
+/// endpoint already answers packets of connections to the previous process with a
+/// stateless reset, so workers learn of a restart at once and queue their new
+/// connections while the state loads, instead of backing off.
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, open: oneshot::Receiver<()>) {
+    if open.await.is_err() {
+        return;
+    }
     while let Some(incoming) = endpoint.accept().await {
         let Some(permit) = slot(&ctx).await else {
             tracing::warn!(
