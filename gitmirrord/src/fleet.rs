@@ -373,6 +373,41 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
     }
 }
 
+/// Index of each member by uuid.
+fn member_index(members: &[Member]) -> HashMap<Uuid, usize> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.uuid, i))
+        .collect()
+}
+
+/// Where owner changes land: the deltas, the census and the repos to save.
+struct OwnerMoves<'a> {
+    members: &'a [Member],
+    out: &'a mut Outbox,
+    census: &'a mut Census,
+    unsaved: &'a mut HashSet<Arc<str>>,
+}
+
+impl OwnerMoves<'_> {
+    /// Give the repo the ring's choice (`scored`: index into the members and the winning
+    /// score; `None` when there is no member). A move is reconciled, recounted and saved.
+    fn set(&mut self, id: &Arc<str>, repo: &mut Repo, scored: Option<(usize, f64)>) {
+        let owner = scored
+            .and_then(|(i, _)| self.members.get(i))
+            .map(|m| m.uuid);
+        repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
+        if owner != repo.owner {
+            let before = repo.facts();
+            repo.owner = owner;
+            reconcile(id, repo, self.out);
+            self.census.update(id, &before, &repo.facts());
+            self.unsaved.insert(id.clone());
+        }
+    }
+}
+
 /// Whether [`reconcile`] would change anything of the repo.
 fn needs_reconcile(repo: &Repo, out: &Outbox) -> bool {
     let Some(owner) = repo.owner else {
@@ -599,11 +634,7 @@ impl Fleet {
         let members = self.live_members();
         let keep = saved_owners.is_some() && saved_owners == Some(ring::fingerprint(&members));
         let ring = ring::Ring::new(&members);
-        let index: HashMap<Uuid, usize> = members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.uuid, i))
-            .collect();
+        let index = member_index(&members);
         // Repos whose saved owner cannot stand: no record, or an owner not in the ring.
         let mut todo: Vec<Arc<str>> = Vec::new();
         for (id, repo) in self.repos.iter_mut() {
@@ -630,19 +661,15 @@ impl Fleet {
         let refs: Vec<&str> = todo.iter().map(|id| &**id).collect();
         let owners = ring.owners(&refs);
         drop(refs);
+        let mut moves = OwnerMoves {
+            members: &self.members,
+            out: &mut self.out,
+            census: &mut self.census,
+            unsaved: &mut self.unsaved,
+        };
         for (id, scored) in todo.iter().zip(owners) {
-            let owner = scored
-                .and_then(|(i, _)| self.members.get(i))
-                .map(|m| m.uuid);
             if let Some(repo) = self.repos.get_mut(id) {
-                repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
-                if owner != repo.owner {
-                    let before = repo.facts();
-                    repo.owner = owner;
-                    reconcile(id, repo, &mut self.out);
-                    self.census.update(id, &before, &repo.facts());
-                    self.unsaved.insert(id.clone());
-                }
+                moves.set(id, repo, scored);
             }
         }
         true
@@ -1221,11 +1248,7 @@ impl Fleet {
         let members = &self.members;
         // Members prepared once, not once per repo (W hashes and an allocation each).
         let ring = ring::Ring::new(members);
-        let index: HashMap<Uuid, usize> = members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.uuid, i))
-            .collect();
+        let index = member_index(members);
         // Repos of members that left (and repos without an owner): a full scan each.
         let mut orphans: Vec<Arc<str>> = Vec::new();
         if incremental {
@@ -1234,17 +1257,13 @@ impl Fleet {
             }
             orphans.extend(self.census.unowned().cloned());
         }
-        let mut set_owner = |id: &Arc<str>, repo: &mut Repo, scored: Option<(usize, f64)>| {
-            let owner = scored.and_then(|(i, _)| members.get(i)).map(|m| m.uuid);
-            repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
-            if owner != repo.owner {
-                let before = repo.facts();
-                repo.owner = owner;
-                reconcile(id, repo, &mut self.out);
-                self.census.update(id, &before, &repo.facts());
-                self.unsaved.insert(id.clone());
-            }
+        let mut moves = OwnerMoves {
+            members,
+            out: &mut self.out,
+            census: &mut self.census,
+            unsaved: &mut self.unsaved,
         };
+        let mut set_owner = |id: &Arc<str>, repo: &mut Repo, scored| moves.set(id, repo, scored);
         if !incremental {
             let ids: Vec<Arc<str>> = self.repos.keys().cloned().collect();
             let refs: Vec<&str> = ids.iter().map(|id| &**id).collect();
