@@ -105,10 +105,8 @@ pub fn read(
     version: u32,
     journal: bool,
 ) -> Result<Option<Contents>, StateError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("read", path, e)),
+    let Some(bytes) = crate::statefile::read_if_exists(path)? else {
+        return Ok(None);
     };
     check_header(path, &bytes, kind, version)?;
     let mut pos = header(kind, version).len();

@@ -60,22 +60,27 @@ pub fn write_json<T: Serialize>(
     write_atomic(path, &bytes, mode)
 }
 
+/// The whole of a state file; `Ok(None)` when it does not exist.
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Read a state file; `Ok(None)` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(
     path: &Path,
     kind: &str,
     version: u32,
 ) -> Result<Option<T>, StateError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let Some(bytes) = read_if_exists(path)? else {
+        return Ok(None);
     };
     let corrupt = |detail: String| StateError::Corrupt {
         path: path.to_owned(),

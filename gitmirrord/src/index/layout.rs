@@ -272,6 +272,11 @@ fn mapping(kind: &Kind) -> Result<Map<String, Json>, String> {
     if let Some(keys) = plain_mapping(text) {
         return Ok(keys);
     }
+    yaml_mapping(text)
+}
+
+/// The keys of `text` as YAML parses them (what [`plain_mapping`] must agree with).
+fn yaml_mapping(text: &str) -> Result<Map<String, Json>, String> {
     let yaml: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| format!("YAML does not parse: {e}"))?;
     match to_json(yaml)? {
@@ -380,17 +385,6 @@ mod tests {
     }
 
     use proptest::strategy::Strategy;
-
-    /// What YAML makes of `text`, as [`mapping`] did before the plain fast path.
-    fn yaml_mapping(text: &str) -> Result<Map<String, Json>, String> {
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| format!("YAML does not parse: {e}"))?;
-        match to_json(yaml)? {
-            Json::Null => Ok(Map::new()),
-            Json::Object(map) => Ok(map),
-            _ => Err("content is not a YAML mapping of keys".into()),
-        }
-    }
 
     // SPEC §3.2: the plain fast path takes the usual entry file and leaves to YAML what
     // YAML reads otherwise than as strings.

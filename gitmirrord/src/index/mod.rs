@@ -1041,16 +1041,8 @@ fn save_state(dir: &Path, applied: &Applied) -> Result<(), StateError> {
 /// Read `applied.state`; `Ok(None)` when it does not exist. Anything that does not check
 /// out stops the daemon naming the file (it is written whole, so there is no torn tail).
 fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let Some(bytes) = statefile::read_if_exists(path)? else {
+        return Ok(None);
     };
     let corrupt = |detail: String| StateError::Corrupt {
         path: path.to_owned(),
