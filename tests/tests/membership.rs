@@ -2,18 +2,30 @@
 
 use gitmirror_tests::daemons::{DEAD_AFTER_TOTAL, SETTLE, str_field};
 use gitmirror_tests::{Fleet, GitDaemon, POLL_INTERVAL, wait_for};
+use gitmirror_worker::state::Identity;
 use std::time::{Duration, Instant};
 
 // SPEC §5: every live worker takes a share proportional to its weight. 90 repos, weights
-// 1, 1, 3: the heavy worker's expected share is 60 % (it would be 33 % if weights were
-// ignored); the bounds are about ±3 standard deviations.
+// 1, 1, 3: the heavy worker's expected share is 60 % (33 % if weights were ignored). The
+// workers' uuids are fixed so that the owners are a pure function of the test's inputs (with
+// random uuids the share is a binomial draw and a ±3σ bound fails about one run in 300):
+// with these uuids the weight-3 worker owns 52 of 90 repos, and 30 with weight 1.
 #[test]
 fn weights_share_repos_proportionally() {
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set("weight", 90);
     let mut fleet = Fleet::start("weight", &repos, 0);
-    for w in [1.0, 1.0, 3.0] {
-        fleet.add_worker(w);
+    for (i, w) in [1.0, 1.0, 3.0].into_iter().enumerate() {
+        let k = fleet.create_worker(w);
+        let state = &fleet.workers[k].state_dir;
+        std::fs::create_dir_all(state).unwrap();
+        let identity: Identity = serde_json::from_value(serde_json::json!({
+            "uuid": format!("5a3c0f00-0000-4000-8000-00000000000{i}"),
+            "worker_id": null,
+        }))
+        .unwrap();
+        identity.save(state).unwrap();
+        fleet.workers[k].start();
     }
     fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
     let owners = fleet.wait_settled(SETTLE);
