@@ -7,8 +7,10 @@
 //! watchdog, which is fed only from here). After each durable append it publishes the
 //! newest event number on a `watch`, which long-polls and webhooks wait on.
 
+use crate::acks::Acks;
 use crate::api::{Answer, Query, Reply, View};
 use crate::config::{ApiToken, Config};
+use crate::events::appender::{Appender, Done};
 use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
 use crate::http::{self, HttpCall, HttpCtx};
@@ -212,6 +214,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         .into();
     let (seq_tx, seq_rx) = watch::channel(last_seq);
     let log = Arc::new(Mutex::new(log));
+    let (appender, appended) =
+        Appender::start(log.clone()).context("starting the event log's writer")?;
     let webhooks = Webhooks::start(
         &cfg.state_dir,
         cursors,
@@ -257,7 +261,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         dir,
         fleet,
         conns: HashMap::new(),
-        log,
+        appender,
+        acks: Acks::default(),
         index,
         started,
         saving: None,
@@ -281,7 +286,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     main.fleet.serving_from(now_ms());
     let _ = open_quic.send(());
 
-    main.serve(conn_rx, call_rx, delta_rx, ctl).await;
+    main.serve(conn_rx, call_rx, delta_rx, appended, ctl).await;
 
     tracing::info!("stopping");
     notify::stopping();
@@ -407,7 +412,10 @@ struct MainLoop {
     dir: PathBuf,
     fleet: Fleet,
     conns: HashMap<Uuid, Conn>,
-    log: Arc<Mutex<EventLog>>,
+    /// Event appends and the reads that must follow them, off this loop.
+    appender: Appender,
+    /// Which outcome batches may be acknowledged, as their events become durable.
+    acks: Acks,
     index: IndexHandle,
     started: Instant,
     /// The registry save in flight.
@@ -429,6 +437,7 @@ impl MainLoop {
         mut conns: mpsc::Receiver<ConnEvent>,
         mut calls: mpsc::Receiver<HttpCall>,
         mut deltas: mpsc::Receiver<Delta>,
+        mut appended: mpsc::UnboundedReceiver<Done>,
         mut ctl: Control,
     ) {
         let watchdog = notify::watchdog_period();
@@ -450,6 +459,7 @@ impl MainLoop {
                 Some(()) = ctl.reload.recv() => self.reload().await,
                 Some(ev) = conns.recv() => self.on_conn(ev).await,
                 Some(call) = calls.recv() => self.on_http(call),
+                Some(done) = appended.recv() => self.on_appended(done),
                 Some(delta) = deltas.recv() => {
                     let sends = self.fleet.apply_index(&delta);
                     // A whole index is ~200 bytes an entry: gone before the deltas queue.
@@ -515,6 +525,7 @@ impl MainLoop {
                             self.save_registry_now().await;
                         }
                         let uuid = hello.uuid;
+                        self.acks.connected(uuid);
                         if let Some(old) = self.conns.insert(
                             uuid,
                             Conn {
@@ -626,10 +637,8 @@ impl MainLoop {
         for repo in report.relists {
             self.send(uuid, CoordMsg::Relist { repo });
         }
+        let mut job = None;
         if !report.events.is_empty() {
-            let log = self.log.clone();
-            let events = report.events;
-            let repos: Vec<String> = events.iter().map(|e| e.repo.clone()).collect();
             // What each event publishes: the digest of the whole ref set its outcome
             // reports (the fleet's `published` after it), kept in the log (SPEC §10).
             let digests: HashMap<u64, u64> = batch
@@ -637,31 +646,63 @@ impl MainLoop {
                 .iter()
                 .map(|o| (o.report_id, o.refs_digest))
                 .collect();
-            let appended = tokio::task::spawn_blocking(move || {
-                log.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append_with_digests(events, |d| digests.get(&d.report_id).copied())
-            })
-            .await;
-            let err = match appended {
-                Ok(Ok(events)) => {
-                    self.published(events);
-                    None
+            let repos: Vec<String> = report.events.iter().map(|e| e.repo.clone()).collect();
+            match self.appender.append(report.events, digests) {
+                Ok(j) => job = Some(j),
+                Err(e) => {
+                    self.not_recorded(uuid, &repos, &e.to_string());
+                    return;
                 }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = err {
-                tracing::error!(
-                    "{e}; outcomes of {} are not acknowledged and will be resent",
-                    self.worker_label(&uuid)
-                );
-                self.fleet.unpublish(repos.iter().map(String::as_str));
-                return;
             }
         }
-        self.fleet.recorded(uuid, report.upto);
-        self.send(uuid, CoordMsg::OutcomeAck { upto: report.upto });
+        // Acknowledged once its events, and those of the worker's earlier batches, are
+        // durable ([`MainLoop::on_appended`]).
+        if let Some(upto) = self.acks.batch(uuid, report.upto, job) {
+            self.acknowledge(uuid, upto);
+        }
+    }
+
+    fn acknowledge(&mut self, uuid: Uuid, upto: u64) {
+        self.fleet.recorded(uuid, upto);
+        self.send(uuid, CoordMsg::OutcomeAck { upto });
+    }
+
+    /// An append job is done: publish its events, acknowledge what waited for it.
+    fn on_appended(&mut self, done: Done) {
+        match done {
+            Done::Durable { job, events } => {
+                self.published(events);
+                if let Some((uuid, upto)) = self.acks.durable(job) {
+                    self.acknowledge(uuid, upto);
+                }
+            }
+            Done::Failed { job, repos, error } => {
+                if let Some(uuid) = self.acks.failed(job) {
+                    self.not_recorded(uuid, &repos, &error);
+                } else {
+                    self.fleet.unpublish(repos.iter().map(String::as_str));
+                }
+            }
+        }
+    }
+
+    /// Events of `uuid`'s outcomes could not be made durable: the fleet forgets it
+    /// published them, and the worker's connection is closed so that it resends every
+    /// outcome not acknowledged ([`Acks::failed`]).
+    fn not_recorded(&mut self, uuid: Uuid, repos: &[String], error: &str) {
+        self.acks.block(uuid);
+        tracing::error!(
+            "{error}; outcomes of {} are not acknowledged; closing its connection so that it resends them",
+            self.worker_label(&uuid)
+        );
+        self.fleet.unpublish(repos.iter().map(String::as_str));
+        if let Some(c) = self.conns.get(&uuid) {
+            c.handle.close(
+                quinn::VarInt::from_u32(close_code::RESEND),
+                b"outcomes not recorded: resend",
+            );
+        }
+        self.lost(uuid);
     }
 
     /// The published values of the refs that the fetches in `batch` changed, read from the
@@ -680,19 +721,20 @@ impl MainLoop {
         if wanted.is_empty() {
             return;
         }
-        let log = self.log.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            wanted
-                .into_iter()
-                .map(|(repo, names)| {
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    let refs = log.published_refs(&repo, &names);
-                    (repo, refs)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
+        // After every append queued before, so that the values are those published last.
+        let read = self
+            .appender
+            .read(move |log| {
+                wanted
+                    .into_iter()
+                    .map(|(repo, names)| {
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let refs = log.published_refs(&repo, &names);
+                        (repo, refs)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
         let Ok(read) = read else {
             return;
         };

@@ -71,4 +71,7 @@ pub mod close_code {
     pub const REPLACED: u32 = 5;
     /// The coordinator is shutting down.
     pub const SHUTDOWN: u32 = 6;
+    /// The coordinator could not make some of this worker's outcomes durable: reconnect
+    /// and resend every outcome not acknowledged.
+    pub const RESEND: u32 = 7;
 }

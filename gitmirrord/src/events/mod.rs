@@ -19,6 +19,7 @@
 //! warning naming file and offset; any other record that does not decode stops the daemon,
 //! naming the file. An `events.log` of format v1 is migrated at first start ([`migrate`]).
 
+pub mod appender;
 mod checkpoint;
 mod migrate;
 mod segment;
@@ -208,6 +209,9 @@ pub struct EventLog {
     /// Published refs of the events after the checkpoint (or after `building` started).
     live: Overlay,
     building: Option<Building>,
+    /// Seq of the last event on disk (fsynced); readers see no further. Behind
+    /// [`EventLog::last_seq`] between a [`EventLog::write`] and its sync.
+    durable: u64,
     poisoned: bool,
 }
 
@@ -434,6 +438,7 @@ impl EventLog {
             checkpoint,
             live,
             building: None,
+            durable: next_seq - 1,
             poisoned: false,
         };
         log.enforce_retention();
@@ -476,9 +481,24 @@ impl EventLog {
         self.append_with_digests(drafts, |_| None)
     }
 
-    /// [`EventLog::append`], recording with each event the digest of its repo's whole ref
-    /// set once it is published (`digest(draft)`), for [`EventLog::take_published`].
+    /// [`EventLog::write`] and [`EventLog::sync`].
     pub fn append_with_digests(
+        &mut self,
+        drafts: Vec<EventDraft>,
+        digest: impl Fn(&EventDraft) -> Option<u64>,
+    ) -> Result<Vec<Event>, EventLogError> {
+        let events = self.write(drafts, digest)?;
+        self.sync()?;
+        Ok(events)
+    }
+
+    /// Number events and write them, recording with each event the digest of its repo's
+    /// whole ref set once it is published (`digest(draft)`), for
+    /// [`EventLog::take_published`]. They are not durable, and readers do not see them,
+    /// until a sync ([`EventLog::sync`], or [`EventLog::unsynced`] and
+    /// [`EventLog::synced`]): several writes share one fsync. On error the file is cut
+    /// back to its last complete record.
+    pub fn write(
         &mut self,
         drafts: Vec<EventDraft>,
         digest: impl Fn(&EventDraft) -> Option<u64>,
@@ -535,9 +555,12 @@ impl EventLog {
             records.push(rec);
         }
         let active_len = self.segments.last().map_or(0, |s| s.len);
-        if active_len > segment::HEADER.len() as u64 && active_len >= self.opts.segment_bytes {
+        let rolled =
+            active_len > segment::HEADER.len() as u64 && active_len >= self.opts.segment_bytes;
+        if rolled {
             // Close the active segment: the batch starts the next one, and a checkpoint of
             // everything before it is written meanwhile.
+            self.sync()?;
             let seg = create_segment(&self.dir, self.next_seq, &buf)?;
             self.active = OpenOptions::new()
                 .append(true)
@@ -547,11 +570,7 @@ impl EventLog {
             self.segments.push(seg);
             self.start_checkpoint();
         } else {
-            let result = self
-                .active
-                .write_all(&buf)
-                .and_then(|()| self.active.sync_data());
-            if let Err(source) = result {
+            if let Err(source) = self.active.write_all(&buf) {
                 // Cut back whatever part was written, so the next append starts a record.
                 if self
                     .active
@@ -581,8 +600,63 @@ impl EventLog {
             events.push(rec.event());
         }
         self.next_seq += records.len() as u64;
+        if rolled {
+            // The old segment was synced before the new one, which `create_segment` synced.
+            self.durable = self.last_seq();
+        }
         self.enforce_retention();
         Ok(events)
+    }
+
+    /// Make every written event durable now.
+    pub fn sync(&mut self) -> Result<(), EventLogError> {
+        if let Some((file, seq)) = self.unsynced()? {
+            match file.sync_data() {
+                Ok(()) => self.synced(seq),
+                Err(source) => return Err(self.sync_failed(source)),
+            }
+        }
+        Ok(())
+    }
+
+    /// What a sync outside the lock needs: a handle on the active segment and the seq it
+    /// makes durable; `None` when everything written is durable.
+    pub fn unsynced(&self) -> Result<Option<(File, u64)>, EventLogError> {
+        if self.poisoned {
+            // After a failed fsync a later one proves nothing about the earlier writes.
+            return Err(EventLogError::Poisoned {
+                path: self.active_path().to_owned(),
+            });
+        }
+        if self.durable >= self.last_seq() {
+            return Ok(None);
+        }
+        let file = self
+            .active
+            .try_clone()
+            .map_err(io_err(self.active_path(), "open"))?;
+        Ok(Some((file, self.last_seq())))
+    }
+
+    /// Events up to `seq` are durable: readers may see them.
+    pub fn synced(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
+    }
+
+    /// A sync failed: what was written since the last one may or may not be on disk, so
+    /// nothing more is written (the daemon must restart; its start reads what is there).
+    pub fn sync_failed(&mut self, source: std::io::Error) -> EventLogError {
+        self.poisoned = true;
+        EventLogError::Io {
+            action: "fsync",
+            path: self.active_path().to_owned(),
+            source,
+        }
+    }
+
+    /// Seq of the last durable event: readers see up to here.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
     }
 
     fn active_path(&self) -> &Path {
@@ -614,7 +688,7 @@ impl EventLog {
             });
         }
         let mut out = Vec::new();
-        if after >= self.last_seq() || limit == 0 {
+        if after >= self.durable || limit == 0 {
             return Ok(out);
         }
         let i = self
@@ -632,6 +706,9 @@ impl EventLog {
                 let offset = line.offset;
                 let ev: Event =
                     segment::decode(line.bytes).map_err(|d| corrupt(&seg.path, offset, d))?;
+                if ev.seq > self.durable {
+                    return Ok(out);
+                }
                 if ev.seq > after {
                     out.push(ev);
                     if out.len() >= limit {
@@ -643,10 +720,10 @@ impl EventLog {
         Ok(out)
     }
 
-    /// The last `n` events kept, oldest first.
+    /// The last `n` durable events kept, oldest first.
     pub fn recent(&self, n: usize) -> Result<Vec<Event>, EventLogError> {
         let after = self
-            .last_seq()
+            .durable
             .saturating_sub(n as u64)
             .max(self.oldest_seq() - 1);
         self.after(after, n)
@@ -710,6 +787,12 @@ impl EventLog {
     /// is being written.
     fn start_checkpoint(&mut self) {
         if self.building.is_some() || self.live.is_empty() {
+            return;
+        }
+        // A checkpoint covers only durable events: after a crash, the events it covers
+        // must still be in the log.
+        if let Err(e) = self.sync() {
+            tracing::error!("event log: {e}; no checkpoint");
             return;
         }
         let seq = self.last_seq();
@@ -900,6 +983,46 @@ mod tests {
                 "url":"https://example.org/abc","worker":2,"kind":"updated","ref_count":1,
                 "refs":[{"name":"refs/heads/master","old":"9fceb02","new":"e5a2f01"}]})
         );
+    }
+
+    // SPEC §8, §10: readers (the API, webhooks) see an event only once it is durable;
+    // several writes share one sync, made with a handle taken under the lock.
+    #[test]
+    fn spec_8_written_events_are_read_only_once_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(d.path()).unwrap();
+        log.append(vec![draft(1)]).unwrap();
+        assert_eq!(seqs(&log.write(vec![draft(2)], |_| None).unwrap()), vec![2]);
+        assert_eq!(seqs(&log.write(vec![draft(3)], |_| None).unwrap()), vec![3]);
+        assert_eq!((log.last_seq(), log.durable_seq()), (3, 1));
+        assert_eq!(
+            seqs(&log.since(0, 10).unwrap()),
+            vec![1],
+            "unsynced are unseen"
+        );
+        assert_eq!(seqs(&log.recent(10).unwrap()), vec![1]);
+        let (file, seq) = log.unsynced().unwrap().expect("two writes to sync");
+        assert_eq!(seq, 3);
+        file.sync_data().unwrap();
+        log.synced(seq);
+        assert!(log.unsynced().unwrap().is_none());
+        assert_eq!(seqs(&log.since(0, 10).unwrap()), vec![1, 2, 3]);
+        drop(log);
+        assert_eq!(EventLog::open(d.path()).unwrap().last_seq(), 3);
+    }
+
+    // A failed fsync leaves unknown what reached the disk: the log takes no more writes,
+    // and no later sync vouches for the earlier ones.
+    #[test]
+    fn spec_10_a_failed_sync_poisons_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(d.path()).unwrap();
+        log.write(vec![draft(1)], |_| None).unwrap();
+        let e = log.sync_failed(std::io::Error::other("EIO"));
+        assert!(e.to_string().contains("fsync"), "{e}");
+        assert!(log.unsynced().is_err());
+        assert!(log.write(vec![draft(2)], |_| None).is_err());
+        assert!(log.since(0, 10).unwrap().is_empty());
     }
 
     // SPEC §8, §10: the digest of the refs each event published survives a restart, the
