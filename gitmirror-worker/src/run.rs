@@ -14,7 +14,7 @@ use crate::store::{Record, RefsReader, Store};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
-    AssignDelta, CoordMsg, DropReason, FailureClass, FetchResult, Outcome, WorkerMsg, WorkerStatus,
+    AssignDelta, CoordMsg, FailureClass, FetchResult, Outcome, WorkerMsg, WorkerStatus,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -745,8 +745,8 @@ impl Worker {
             let result = match r {
                 Ok(Ok(trashed)) => {
                     match (disposal, trashed) {
-                        (Disposal::Delete, _) => tracing::info!(repo = %id, "deleted the mirror (the repo moved to another worker)"),
-                        (Disposal::Trash, Some(p)) => tracing::info!(repo = %id, trash = %p.display(), "moved the mirror to the trash (the repo left the index); deleted after 72 h"),
+                        (Disposal::Delete, _) => tracing::info!(repo = %id, "deleted the mirror"),
+                        (Disposal::Trash, Some(p)) => tracing::info!(repo = %id, trash = %p.display(), "moved the mirror to the trash; deleted after 72 h"),
                         (Disposal::Trash, None) => {}
                     }
                     Ok(())
@@ -1167,10 +1167,11 @@ impl Worker {
                 tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
                 continue;
             }
-            let disposal = match order.reason {
-                DropReason::Moved => Disposal::Delete,
-                DropReason::RemovedFromIndex => Disposal::Trash,
-            };
+            // Moved or removed, a mirror goes to the trash, not away: the coordinator may be
+            // wrong (a worker that lied about a complete mirror, issue 10), and the trash
+            // keeps it for 72 h. `Delete` stays for disposals journaled by older releases.
+            let disposal = Disposal::Trash;
+            tracing::debug!(repo = %order.id, reason = ?order.reason, "dropped by the coordinator");
             self.state.repos.remove(&order.id);
             self.dirty.remove(&order.id);
             self.schedule.forget(&order.id);
@@ -1183,7 +1184,6 @@ impl Worker {
                 disposal: Some(disposal),
             });
             dropped += 1;
-            tracing::debug!(repo = %order.id, reason = ?order.reason, "dropped by the coordinator");
         }
         if added + dropped > 0 {
             tracing::info!(

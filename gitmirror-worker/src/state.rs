@@ -130,7 +130,7 @@ impl Repo {
 /// A mirror still to be removed from disk (persisted so a crash does not leave it behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposal {
-    /// Delete the mirror.
+    /// Delete the mirror (journaled by releases before issue 10; now every drop trashes).
     Delete,
     /// Move the mirror to `.trash/`.
     Trash,

@@ -11,7 +11,7 @@
 
 use gitmirror_wire::{FailureClass, FetchResult, Holdings, Outcome};
 use gitmirrord::api::{IdsPage, RepoFilter, View};
-use gitmirrord::fleet::{Fleet, Holders, RepoState, ReposFile};
+use gitmirrord::fleet::{Fleet, Hold, Holders, RepoState, ReposFile};
 use gitmirrord::index::Entry;
 use gitmirrord::metrics::{FleetCounts, Inputs};
 use gitmirrord::page::{PageInputs, render};
@@ -132,7 +132,7 @@ fn holder_sets() {
     // Both kept until the end: freed memory would be reused by the second and hide it.
     let before = rss_bytes();
     let vecs: Vec<Holders> = (0..N)
-        .map(|i| Holders::from_iter([(Uuid::from_u128(i as u128 % 100), true)]))
+        .map(|i| Holders::from_iter([(Uuid::from_u128(i as u128 % 100), Hold::MIRRORED)]))
         .collect();
     let vec_bytes = rss_bytes().saturating_sub(before) as f64 / N as f64;
     let before = rss_bytes();

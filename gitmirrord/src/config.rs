@@ -39,6 +39,9 @@ pub enum ConfigError {
     },
 }
 
+/// Default of `max_worker_weight` (SPEC §17): disk-size weights (GiB, TiB) still work.
+pub const DEFAULT_MAX_WORKER_WEIGHT: f64 = 1000.0;
+
 /// Default of `status_url_limit` (SPEC §12).
 pub const DEFAULT_STATUS_URL_LIMIT: usize = 10_000;
 
@@ -60,6 +63,7 @@ pub struct RawConfig {
     pub local_worker: Option<LocalWorker>,
     pub log_level: Option<String>,
     pub status_url_limit: Option<usize>,
+    pub max_worker_weight: Option<f64>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -178,6 +182,8 @@ pub struct Config {
     pub log_level: String,
     /// URLs listed at most by `/api/status`'s `worker:url` (SPEC §12).
     pub status_url_limit: usize,
+    /// A worker announcing more is clamped to it (SPEC §17).
+    pub max_worker_weight: f64,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -326,6 +332,13 @@ impl Config {
             ));
         }
 
+        let max_worker_weight = raw.max_worker_weight.unwrap_or(DEFAULT_MAX_WORKER_WEIGHT);
+        if !(max_worker_weight.is_finite() && max_worker_weight > 0.0) {
+            return Err(invalid(
+                "max_worker_weight",
+                format!("{max_worker_weight} is not a positive number"),
+            ));
+        }
         let purge_protect_percent = raw.purge_protect_percent.unwrap_or(5.0);
         if !(0.0..=100.0).contains(&purge_protect_percent) {
             return Err(invalid(
@@ -418,6 +431,7 @@ impl Config {
             local_worker: raw.local_worker,
             log_level,
             status_url_limit: raw.status_url_limit.unwrap_or(DEFAULT_STATUS_URL_LIMIT),
+            max_worker_weight,
             warnings,
         })
     }

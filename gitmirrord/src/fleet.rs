@@ -180,7 +180,7 @@ impl Repo {
                 None => {}
             }
         }
-        if self.holders.get(&owner) == Some(&true) {
+        if self.holders.mirrored(&owner) == Some(true) {
             RepoState::Mirrored
         } else {
             RepoState::Pending
@@ -209,58 +209,96 @@ impl Repo {
 /// A repo's holders: worker → whether it has a complete mirror. Nearly always one or two
 /// (the owner, and the old owner during a hand-off), so a sorted vector of exactly that
 /// many, not a map whose first node alone takes ~200 bytes (design.md "API and fleet at
-/// scale"). The methods are the map's that the fleet uses.
+/// scale").
+///
+/// A holder is believed mirrored only once it reported a successful clone or fetch made
+/// after it was told to hold the repo (issue 10; design.md "Trust (issue 10)"): a pending
+/// holder keeps the highest report id the coordinator had from it then, and only a success
+/// with a higher id verifies it. A claim (`Holdings`) can lower the flag, never raise it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Holders(Vec<(Uuid, bool)>);
+pub struct Holders(Vec<(Uuid, Hold)>);
+
+/// One holder's state: [`Hold::MIRRORED`], or pending with the report id a success must
+/// pass. A `u64`, not an enum, so that an entry stays 24 bytes (one small allocation for
+/// the usual single holder, as the `bool` it replaces).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hold(u64);
+
+impl Hold {
+    pub const MIRRORED: Hold = Hold(u64::MAX);
+
+    /// Pending: a success with a report id above `mark` verifies it.
+    pub fn pending(mark: u64) -> Hold {
+        Hold(mark.min(u64::MAX - 1))
+    }
+
+    pub fn is_mirrored(self) -> bool {
+        self == Self::MIRRORED
+    }
+}
 
 impl Holders {
     fn find(&self, w: &Uuid) -> Result<usize, usize> {
         self.0.binary_search_by(|(u, _)| u.cmp(w))
     }
 
-    pub fn get(&self, w: &Uuid) -> Option<&bool> {
+    /// Whether `w` holds the repo, and then whether it is believed mirrored.
+    pub fn mirrored(&self, w: &Uuid) -> Option<bool> {
         self.find(w)
             .ok()
             .and_then(|i| self.0.get(i))
-            .map(|(_, m)| m)
-    }
-
-    pub fn get_mut(&mut self, w: &Uuid) -> Option<&mut bool> {
-        let i = self.find(w).ok()?;
-        self.0.get_mut(i).map(|(_, m)| m)
+            .map(|(_, h)| h.is_mirrored())
     }
 
     pub fn contains_key(&self, w: &Uuid) -> bool {
         self.find(w).is_ok()
     }
 
-    pub fn insert(&mut self, w: Uuid, mirrored: bool) {
+    pub fn insert(&mut self, w: Uuid, hold: Hold) {
         match self.find(&w) {
             Ok(i) => {
                 if let Some(e) = self.0.get_mut(i) {
-                    e.1 = mirrored;
+                    e.1 = hold;
                 }
             }
             Err(i) => {
                 self.0.reserve_exact(1);
-                self.0.insert(i, (w, mirrored));
+                self.0.insert(i, (w, hold));
             }
         }
     }
 
-    pub fn remove(&mut self, w: &Uuid) -> Option<bool> {
+    /// `w` reported a success with `report_id`: it is mirrored if that was after it was
+    /// told to hold the repo. Whether it is mirrored now.
+    pub fn verify(&mut self, w: &Uuid, report_id: u64) -> bool {
+        let Ok(i) = self.find(w) else {
+            return false;
+        };
+        match self.0.get_mut(i) {
+            Some((_, h)) => {
+                if h.is_mirrored() || report_id > h.0 {
+                    *h = Hold::MIRRORED;
+                }
+                h.is_mirrored()
+            }
+            None => false,
+        }
+    }
+
+    pub fn remove(&mut self, w: &Uuid) -> Option<Hold> {
         let i = self.find(w).ok()?;
-        let (_, m) = self.0.remove(i);
+        let (_, h) = self.0.remove(i);
         self.0.shrink_to_fit();
-        Some(m)
+        Some(h)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &Uuid> + '_ {
         self.0.iter().map(|(u, _)| u)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &bool)> + '_ {
-        self.0.iter().map(|(u, m)| (u, m))
+    /// Each holder and whether it is believed mirrored.
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, bool)> + '_ {
+        self.0.iter().map(|(u, h)| (u, h.is_mirrored()))
     }
 
     pub fn len(&self) -> usize {
@@ -272,8 +310,8 @@ impl Holders {
     }
 }
 
-impl FromIterator<(Uuid, bool)> for Holders {
-    fn from_iter<I: IntoIterator<Item = (Uuid, bool)>>(it: I) -> Self {
+impl FromIterator<(Uuid, Hold)> for Holders {
+    fn from_iter<I: IntoIterator<Item = (Uuid, Hold)>>(it: I) -> Self {
         let mut h = Holders::default();
         for (u, m) in it {
             h.insert(u, m);
@@ -337,9 +375,22 @@ struct Outbox {
     /// Workers connected and past `Holdings`: the only ones that get deltas.
     synced: BTreeSet<Uuid>,
     ops: BTreeMap<Uuid, BTreeMap<String, Op>>,
+    /// Per worker, the highest outcome report id received: a repo it is told to hold now
+    /// is verified only by a success reported after this ([`Holders`]).
+    seen: HashMap<Uuid, u64>,
 }
 
 impl Outbox {
+    /// What a success of `worker` must pass to verify a repo it is told to hold now.
+    fn mark(&self, worker: &Uuid) -> u64 {
+        self.seen.get(worker).copied().unwrap_or(0)
+    }
+
+    fn saw(&mut self, worker: Uuid, report_id: u64) {
+        let s = self.seen.entry(worker).or_insert(0);
+        *s = (*s).max(report_id);
+    }
+
     fn push(&mut self, worker: Uuid, repo: &str, op: Op) {
         if self.synced.contains(&worker) {
             self.ops
@@ -356,10 +407,10 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
         return;
     };
     if !repo.holders.contains_key(&owner) && out.synced.contains(&owner) {
-        repo.holders.insert(owner, false);
+        repo.holders.insert(owner, Hold::pending(out.mark(&owner)));
         out.push(owner, id, Op::Upsert(repo.url.to_string()));
     }
-    if repo.holders.get(&owner) == Some(&true) {
+    if repo.holders.mirrored(&owner) == Some(true) {
         let others: Vec<Uuid> = repo
             .holders
             .keys()
@@ -413,7 +464,7 @@ fn needs_reconcile(repo: &Repo, out: &Outbox) -> bool {
     let Some(owner) = repo.owner else {
         return false;
     };
-    match repo.holders.get(&owner) {
+    match repo.holders.mirrored(&owner) {
         None => out.synced.contains(&owner),
         Some(true) => repo.holders.len() > 1,
         Some(false) => false,
@@ -429,7 +480,7 @@ fn saved_repo(r: &Repo) -> SavedRepo {
             .iter()
             .map(|(u, m)| SavedHolder {
                 uuid: *u,
-                mirrored: *m,
+                mirrored: m,
             })
             .collect(),
         status: r.status.clone(),
@@ -455,7 +506,15 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Option<Uuid>, Hold
             s.holders
                 .into_iter()
                 .filter(|h| registry.get(&h.uuid).is_some_and(|w| w.state.is_live()))
-                .map(|h| (h.uuid, h.mirrored))
+                // What was saved was verified then (or pending: any success verifies).
+                .map(|h| {
+                    let hold = if h.mirrored {
+                        Hold::MIRRORED
+                    } else {
+                        Hold::pending(0)
+                    };
+                    (h.uuid, hold)
+                })
                 .collect(),
             s.status,
         ),
@@ -500,6 +559,9 @@ pub struct Fleet {
     /// The member fingerprint the repo store last recorded for the saved owners (`None`:
     /// none, or unset before a move: [`crate::repo_store::Changes`]).
     saved_owners: Option<u64>,
+    /// Repos whose owner claims a complete mirror not yet verified: it is asked to fetch
+    /// them now ([`Fleet::take_fetch_now`]).
+    fetch_now: Vec<(Uuid, String)>,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -573,6 +635,7 @@ impl Fleet {
             stats: FetchStats::default(),
             relists: HashMap::new(),
             saved_owners: None,
+            fetch_now: Vec::new(),
         }
     }
 
@@ -743,12 +806,24 @@ impl Fleet {
                     let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
                     let (_, mut holders, status) =
                         restore(self.saved.remove(&e.id), &self.registry);
+                    // Held before the index was read: believed as [`Fleet::holdings`]
+                    // believes a claim (only from a holder or the owner, never raised).
                     for (w, held) in self.unknown_held.iter_mut() {
-                        if let Some((url, mirrored)) = held.remove(&e.id) {
-                            holders.insert(*w, mirrored);
-                            if url != e.url {
-                                self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
-                            }
+                        let Some((url, mirrored)) = held.remove(&e.id) else {
+                            continue;
+                        };
+                        let holds = holders.mirrored(w);
+                        if holds.is_none() && owner != Some(*w) {
+                            continue;
+                        }
+                        if holds.is_none() || (holds == Some(true) && !mirrored) {
+                            holders.insert(*w, Hold::pending(self.out.mark(w)));
+                        }
+                        if mirrored && owner == Some(*w) && holds != Some(true) {
+                            self.fetch_now.push((*w, e.id.clone()));
+                        }
+                        if url != e.url {
+                            self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
                         }
                     }
                     self.repos
@@ -791,6 +866,15 @@ impl Fleet {
     /// to it move there, make before break); a new weight is a planned move too.
     pub fn connect(&mut self, intro: &Introduction<'_>, now_ms: i64) -> Result<Joined, NoFreeId> {
         let a = self.registry.admit(intro, now_ms)?;
+        let weight = self.registry.weight_for(intro.weight);
+        if weight < intro.weight {
+            tracing::warn!(
+                "worker {} ({}) announced weight {}; clamped to max_worker_weight {weight}",
+                a.id,
+                intro.name,
+                intro.weight
+            );
+        }
         self.out.synced.remove(&intro.uuid);
         self.registry_dirty = true;
         if let Some(old) = a.evicted {
@@ -832,12 +916,7 @@ impl Fleet {
             }
         };
         if a.weight_changed {
-            tracing::info!(
-                "worker {} ({}) has a new weight {}",
-                a.id,
-                intro.name,
-                intro.weight
-            );
+            tracing::info!("worker {} ({}) has a new weight {weight}", a.id, intro.name,);
         }
         if recompute {
             self.recompute_owners();
@@ -852,11 +931,15 @@ impl Fleet {
     /// The worker's `Holdings`: record what it has, then send it the delta to its target
     /// set (always one delta, possibly empty, so it knows it is in sync).
     pub fn holdings(&mut self, uuid: Uuid, holdings: &Holdings, now_ms: i64) -> Vec<Outgoing> {
-        match self.registry.get_mut(&uuid) {
-            Some(w) if w.state == WorkerState::Alive => w.last_seen_ms = now_ms,
+        let last_report = match self.registry.get_mut(&uuid) {
+            Some(w) if w.state == WorkerState::Alive => {
+                w.last_seen_ms = now_ms;
+                w.last_report_id
+            }
             _ => return Vec::new(),
-        }
+        };
         self.out.synced.insert(uuid);
+        self.out.saw(uuid, last_report);
         self.unknown_held.remove(&uuid);
         let held: HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
@@ -866,10 +949,31 @@ impl Fleet {
         // finds that, and only the others are changed, recounted and saved.
         let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
         for h in &holdings.repos {
-            if let Some((id, repo)) = self.repos.get_key_value(h.id.as_str())
-                && (repo.holders.get(&uuid) != Some(&h.mirrored)
-                    || *h.url != *repo.url
-                    || needs_reconcile(repo, &self.out))
+            let Some((id, repo)) = self.repos.get_key_value(h.id.as_str()) else {
+                continue;
+            };
+            let owner = repo.owner == Some(uuid);
+            let holds = repo.holders.mirrored(&uuid);
+            if holds.is_none() && !owner {
+                // Never told to hold it: the claim is not believed (issue 10). Once the
+                // owner's copy is verified, this one goes (to the worker's trash).
+                if repo
+                    .owner
+                    .is_some_and(|o| repo.holders.mirrored(&o) == Some(true))
+                {
+                    self.out.push(uuid, id, Op::Drop(DropReason::Moved));
+                }
+                continue;
+            }
+            // A claim can lower the flag, never raise it: a complete mirror the owner
+            // claims but has not shown is fetched now, and that success verifies it.
+            if h.mirrored && owner && holds != Some(true) {
+                self.fetch_now.push((uuid, id.to_string()));
+            }
+            if holds.is_none()
+                || (holds == Some(true) && !h.mirrored)
+                || *h.url != *repo.url
+                || needs_reconcile(repo, &self.out)
             {
                 touched.insert(id.clone());
             }
@@ -889,7 +993,13 @@ impl Fleet {
             let before = repo.facts();
             match held.get(&**id) {
                 Some(h) => {
-                    repo.holders.insert(uuid, h.mirrored);
+                    match repo.holders.mirrored(&uuid) {
+                        Some(true) if h.mirrored => {}
+                        Some(false) => {}
+                        _ => repo
+                            .holders
+                            .insert(uuid, Hold::pending(self.out.mark(&uuid))),
+                    }
                     if *h.url != *repo.url {
                         self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
                     }
@@ -996,6 +1106,7 @@ impl Fleet {
             if let Some(e) = self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists) {
                 report.events.push(e);
             }
+            self.out.saw(uuid, o.report_id);
         }
         report.sends = self.flush();
         report
@@ -1030,8 +1141,8 @@ impl Fleet {
         let (key, before) = (key.clone(), repo.facts());
         let repo = self.repos.get_mut(o.repo.as_str())?;
         let by_owner = repo.owner == Some(uuid);
-        if success && let Some(m) = repo.holders.get_mut(&uuid) {
-            *m = true;
+        if success {
+            repo.holders.verify(&uuid, o.report_id);
         }
         let st = &mut repo.status;
         let mut publish = false;
@@ -1135,7 +1246,8 @@ impl Fleet {
         Some(EventDraft {
             time_ms: o.finished_ms,
             repo: o.repo.clone(),
-            url: o.url.clone(),
+            // The index's URL: a worker is not believed about where a repo lives.
+            url: repo.url.to_string(),
             worker: worker_id,
             kind,
             refs: news
@@ -1446,6 +1558,11 @@ impl Fleet {
 
     /// Whether registry / repos changed since the last call.
     /// Whether the registry changed since the last call.
+    /// `CoordMsg::FetchNow` to send: (worker, repo).
+    pub fn take_fetch_now(&mut self) -> Vec<(Uuid, String)> {
+        std::mem::take(&mut self.fetch_now)
+    }
+
     pub fn take_registry_dirty(&mut self) -> bool {
         std::mem::take(&mut self.registry_dirty)
     }

@@ -99,7 +99,7 @@ pub fn target(
     candidates.extend(r.holders.keys().filter(|h| Some(**h) != owner).copied());
     let mut old_protocol = None;
     for uuid in candidates {
-        if r.holders.get(&uuid) != Some(&true) || !connected(&uuid) {
+        if r.holders.mirrored(&uuid) != Some(true) || !connected(&uuid) {
             continue;
         }
         let Some(w) = fleet.worker(&uuid) else {

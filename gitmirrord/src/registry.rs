@@ -103,6 +103,8 @@ pub struct RegistryFile {
 #[derive(Debug, Clone)]
 pub struct Registry {
     max_workers: u32,
+    /// A worker's weight is what it announces, up to this (SPEC §17).
+    max_weight: f64,
     workers: BTreeMap<Uuid, WorkerRecord>,
 }
 
@@ -124,6 +126,7 @@ impl Registry {
     pub fn new(max_workers: u32) -> Self {
         Self {
             max_workers,
+            max_weight: crate::config::DEFAULT_MAX_WORKER_WEIGHT,
             workers: BTreeMap::new(),
         }
     }
@@ -146,8 +149,24 @@ impl Registry {
         }
         Self {
             max_workers,
+            max_weight: crate::config::DEFAULT_MAX_WORKER_WEIGHT,
             workers,
         }
+    }
+
+    /// Clamp announced weights at `max` (saved ones too: a registry written before the
+    /// clamp may hold a larger one).
+    pub fn with_max_weight(mut self, max: f64) -> Self {
+        self.max_weight = max;
+        for w in self.workers.values_mut() {
+            w.weight = w.weight.min(max);
+        }
+        self
+    }
+
+    /// The weight a worker announcing `announced` gets.
+    pub fn weight_for(&self, announced: f64) -> f64 {
+        announced.min(self.max_weight)
     }
 
     pub fn to_file(&self) -> RegistryFile {
@@ -184,8 +203,9 @@ impl Registry {
             && w.id < self.max_workers
         {
             let previous = Some(w.state);
-            let weight_changed = w.weight != intro.weight;
-            Self::refresh(w, intro, now_ms);
+            let weight = intro.weight.min(self.max_weight);
+            let weight_changed = w.weight != weight;
+            Self::refresh(w, intro, weight, now_ms);
             return Ok(Admitted {
                 id: w.id,
                 previous,
@@ -224,7 +244,7 @@ impl Registry {
             uuid: intro.uuid,
             id,
             name: String::new(),
-            weight: intro.weight,
+            weight: self.weight_for(intro.weight),
             state: WorkerState::Alive,
             state_since_ms: now_ms,
             addr: None,
@@ -240,7 +260,8 @@ impl Registry {
             acked_seq: 0,
             last_report_id: 0,
         };
-        Self::refresh(&mut w, intro, now_ms);
+        let weight = w.weight;
+        Self::refresh(&mut w, intro, weight, now_ms);
         self.workers.insert(intro.uuid, w);
         Ok(Admitted {
             id,
@@ -251,13 +272,13 @@ impl Registry {
         })
     }
 
-    fn refresh(w: &mut WorkerRecord, intro: &Introduction<'_>, now_ms: i64) {
+    fn refresh(w: &mut WorkerRecord, intro: &Introduction<'_>, weight: f64, now_ms: i64) {
         if w.state != WorkerState::Alive {
             w.state = WorkerState::Alive;
             w.state_since_ms = now_ms;
         }
         w.name = bounded(intro.name, 200);
-        w.weight = intro.weight;
+        w.weight = weight;
         w.software = bounded(intro.software, 200);
         w.protocol = intro.protocol;
         w.serve_url_base = intro.serve_url_base.map(|s| bounded(s, 1000));

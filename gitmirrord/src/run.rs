@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the registry is rewritten and repo status changes are journaled.
 const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
 const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
+/// A turn of the main loop this long is logged at debug (target `gitmirrord::turns`).
+const SLOW_TURN: Duration = Duration::from_millis(10);
+
 /// Most repo records copied for the repo store in one turn of the main loop (a few ms).
 const SAVE_CHUNK: usize = 4096;
 /// How often the main loop looks whether repo status is due to be saved.
@@ -162,7 +165,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 cfg.max_workers,
                 state::load_registry(&cfg.state_dir)?,
                 now_ms(),
-            );
+            )
+            .with_max_weight(cfg.max_worker_weight);
             let t = Instant::now();
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
@@ -449,24 +453,45 @@ impl MainLoop {
             return;
         }
         loop {
-            tokio::select! {
+            let started = Instant::now();
+            let arm = tokio::select! {
                 changed = ctl.shutdown.changed() => {
                     if changed.is_err() || *ctl.shutdown.borrow() {
                         return;
                     }
+                    "shutdown"
                 }
-                Some(()) = ctl.poll_now.recv() => self.index.poll_now(),
-                Some(()) = ctl.reload.recv() => self.reload().await,
-                Some(ev) = conns.recv() => self.on_conn(ev).await,
-                Some(call) = calls.recv() => self.on_http(call),
-                Some(done) = appended.recv() => self.on_appended(done),
+                Some(()) = ctl.poll_now.recv() => {
+                    self.index.poll_now();
+                    "poll"
+                }
+                Some(()) = ctl.reload.recv() => {
+                    self.reload().await;
+                    "reload"
+                }
+                Some(ev) = conns.recv() => {
+                    self.on_conn(ev).await;
+                    "worker"
+                }
+                Some(call) = calls.recv() => {
+                    self.on_http(call);
+                    "http"
+                }
+                Some(done) = appended.recv() => {
+                    self.on_appended(done);
+                    "appended"
+                }
                 Some(delta) = deltas.recv() => {
                     let sends = self.fleet.apply_index(&delta);
                     // A whole index is ~200 bytes an entry: gone before the deltas queue.
                     drop(delta);
                     self.dispatch(sends);
+                    "index"
                 }
-                _ = save_tick.tick() => self.save_repos_if_due(),
+                _ = save_tick.tick() => {
+                    self.save_repos_if_due();
+                    "save"
+                }
                 _ = tick.tick() => {
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
@@ -480,7 +505,14 @@ impl MainLoop {
                     if watchdog.is_some() {
                         notify::watchdog();
                     }
+                    "tick"
                 }
+            };
+            // Every request and worker waits behind the turn in progress: long ones are
+            // what to look at when the API is slow (`RUST_LOG=gitmirrord::turns=debug`).
+            let took = started.elapsed();
+            if took >= SLOW_TURN {
+                tracing::debug!(target: "gitmirrord::turns", arm, ms = took.as_millis() as u64, "a long turn of the main loop");
             }
         }
     }
@@ -770,6 +802,10 @@ impl MainLoop {
     fn dispatch(&mut self, sends: Vec<crate::fleet::Outgoing>) {
         for s in sends {
             self.send(s.worker, CoordMsg::Assign(s.delta));
+        }
+        // After the deltas, on the same stream: a claimed mirror to verify by a fetch.
+        for (worker, repo) in self.fleet.take_fetch_now() {
+            self.send(worker, CoordMsg::FetchNow { repo });
         }
     }
 

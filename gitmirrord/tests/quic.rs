@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Coordinator, REPOS, TestWorker, eventually, hello, quic_connect};
+use common::{Coordinator, REPOS, TestWorker, eventually, hello, outcome, quic_connect};
 use gitmirror_wire::{
     CoordMsg, FetchResult, HeldRepo, Outcome, OutcomeBatch, PROTOCOL_VERSION, RefChange,
     RefuseCode, WorkerMsg, close_code,
@@ -380,6 +380,18 @@ async fn restart_keeps_ids_and_moves_nothing() {
     b.holdings(vec![]).await;
     let da = next_assign(&mut a).await;
     let db = next_assign(&mut b).await;
+    // Their clones are reported (a claimed mirror alone is not believed, issue 10).
+    for (w, d) in [(&mut a, &da), (&mut b, &db)] {
+        let cloned = d.upsert.iter().zip(1..).map(|(r, id)| {
+            outcome(
+                id,
+                &r.id,
+                FetchResult::Cloned,
+                &[("refs/heads/main", None, Some("aa"))],
+            )
+        });
+        w.report(cloned.collect()).await;
+    }
     let (_, owners_before) = c.get_json("/api/repos").await;
     let (dir, r) = c.stop().await;
     r.unwrap();

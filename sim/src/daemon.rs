@@ -42,7 +42,12 @@ impl Daemon {
         let err = log.try_clone()?;
         let child = Command::new(&self.bin)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            // The daemons' log filter: `GITMIRROR_SIM_DAEMON_LOG` (e.g.
+            // `info,gitmirrord::turns=debug` for the coordinator's long turns), else info.
+            .env(
+                "RUST_LOG",
+                std::env::var("GITMIRROR_SIM_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

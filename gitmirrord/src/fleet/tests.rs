@@ -432,10 +432,32 @@ fn dead_then_return_keeps_id_and_gets_its_repos_back() {
     );
     sim.workers.get_mut(&2).unwrap().last_seq = None;
     sim.deliver(sends);
+    // Its claim is not believed (issue 10): the interim holder keeps the repos, and the
+    // returning owner is asked to fetch them now; its successes verify them.
+    let mut asked: Vec<String> = sim
+        .fleet
+        .take_fetch_now()
+        .into_iter()
+        .map(|(w, id)| {
+            assert_eq!(w, uuid(2));
+            id
+        })
+        .collect();
+    asked.sort();
+    let mut mine_sorted = mine.clone();
+    mine_sorted.sort();
+    assert_eq!(asked, mine_sorted, "each claimed mirror is fetched at once");
+    for id in &mine {
+        assert!(
+            sim.workers[&1].held.contains_key(id),
+            "{id} dropped on a claim"
+        );
+    }
+    sim.report(2, &mine, FetchResult::Fetched);
     for id in &mine {
         assert!(
             !sim.workers[&1].held.contains_key(id),
-            "{id} still at the interim owner"
+            "{id} still at the interim owner after the verified fetch"
         );
         assert_eq!(sim.fleet.repo(id).unwrap().state(), RepoState::Mirrored);
     }
@@ -877,6 +899,10 @@ fn holdings_before_the_index_loads() {
         "the held mirror is reused, not upserted: {d:?}"
     );
     sim.deliver(sends);
+    // Claimed, not believed (issue 10): fetched now, mirrored once that succeeds.
+    assert_eq!(sim.fleet.repo(&e0.id).unwrap().state(), RepoState::Pending);
+    assert_eq!(sim.fleet.take_fetch_now(), vec![(uuid(1), e0.id.clone())]);
+    sim.report(1, std::slice::from_ref(&e0.id), FetchResult::Fetched);
     assert_eq!(sim.fleet.repo(&e0.id).unwrap().state(), RepoState::Mirrored);
 }
 
@@ -1491,4 +1517,108 @@ fn spec_12_census_stays_exact_under_random_operations() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Issue 10 finding 1: a worker with a stolen join token announces a huge weight, claims a
+/// complete mirror of every repo and reports changes of repos it does not own. Its
+/// weight is clamped; its claims move nothing: no honest holder is told to drop anything
+/// on a claim; it gets no event for a repo it does not own, and its events carry the
+/// index's URL, not the one it reports.
+#[test]
+fn issue10_f1_a_rogue_worker_is_believed_only_about_itself() {
+    let registry = Registry::new(10).with_max_weight(3.0);
+    let mut sim = Sim::with_registry(60, registry, ReposFile::default());
+    sim.join(1);
+    sim.join(2);
+    sim.clone_all();
+    sim.assert_settled();
+    for w in [1, 2] {
+        sim.workers.get_mut(&w).unwrap().drops.clear();
+    }
+
+    let rogue = sim.workers.entry(9).or_default();
+    for i in 0..60 {
+        let e = entry(i);
+        rogue
+            .held
+            .insert(e.id, ("https://evil.example/x".into(), true));
+    }
+    let j = sim.fleet.connect(&intro(9, 1e300), sim.now).unwrap();
+    sim.deliver(j.sends);
+    assert_eq!(sim.fleet.worker(&uuid(9)).unwrap().weight, 3.0, "clamped");
+    let h = sim.workers[&9].holdings();
+    let sends = sim.fleet.holdings(uuid(9), &h, sim.now);
+    for s in &sends {
+        assert!(
+            s.worker == uuid(9) || s.delta.drop.is_empty(),
+            "an honest worker told to drop on a claim: {s:?}"
+        );
+    }
+    sim.deliver(sends);
+    let owners = sim.owners();
+    let (taken, kept): (Vec<_>, Vec<_>) = owners.iter().partition(|(_, o)| **o == Some(uuid(9)));
+    assert!(!taken.is_empty() && !kept.is_empty(), "shares: {owners:?}");
+    for (id, _) in &taken {
+        let r = sim.fleet.repo(id).unwrap();
+        assert_eq!(
+            r.state(),
+            RepoState::Pending,
+            "{id}: a claim is not a mirror"
+        );
+        assert!(r.holders.len() > 1, "{id}: the honest holder keeps it");
+    }
+    for (id, o) in &kept {
+        let r = sim.fleet.repo(id).unwrap();
+        assert_eq!(r.holders.mirrored(&uuid(9)), None, "{id}: not the rogue's");
+        assert_eq!(r.owner, **o);
+    }
+    assert!(
+        sim.workers[&1].drops.is_empty() && sim.workers[&2].drops.is_empty(),
+        "honest workers dropped: {:?} {:?}",
+        sim.workers[&1].drops,
+        sim.workers[&2].drops
+    );
+
+    // Changes reported for repos it does not own are no events; for one it owns, the
+    // event names the index's URL.
+    let not_its: Vec<String> = kept.iter().map(|(id, _)| id.to_string()).collect();
+    let mut batch = Vec::new();
+    let w = sim.workers.get_mut(&9).unwrap();
+    for id in &not_its {
+        let mut o = w.outcome(id, FetchResult::Fetched, sim.now);
+        o.changes = vec![change("refs/heads/main", Some("aa"), Some("ff"))];
+        batch.push(o.digested());
+    }
+    let rep = sim.fleet.outcomes(uuid(9), &batch, sim.now);
+    assert!(
+        rep.events.is_empty(),
+        "events for repos it does not own: {:?}",
+        rep.events
+    );
+    let own = taken[0].0.clone();
+    let w = sim.workers.get_mut(&9).unwrap();
+    let mut o = w.outcome(&own, FetchResult::Fetched, sim.now);
+    o.changes = vec![change("refs/heads/main", Some("aa"), Some("ff"))];
+    let rep = sim.fleet.outcomes(uuid(9), &[o.digested()], sim.now);
+    assert_eq!(rep.events.len(), 1, "its own repo's change is an event");
+    let ev = &rep.events[0];
+    assert_eq!(ev.repo, own);
+    assert_eq!(ev.url, sim.fleet.repo(&own).unwrap().url.to_string());
+    assert_ne!(ev.url, "https://evil.example/x");
+}
+
+/// Issue 10: a holder told to hold a repo when the coordinator had report ids up to 5 from
+/// it is verified only by a success with a higher id (one made after the assignment); a
+/// verified one stays so, and a claim cannot raise it (only `verify` does).
+#[test]
+fn issue10_a_holder_is_verified_only_by_a_later_success() {
+    let mut h = Holders::default();
+    h.insert(uuid(1), Hold::pending(5));
+    assert_eq!(h.mirrored(&uuid(1)), Some(false));
+    assert!(!h.verify(&uuid(1), 3), "made before the assignment");
+    assert!(!h.verify(&uuid(1), 5));
+    assert!(h.verify(&uuid(1), 6));
+    assert!(h.verify(&uuid(1), 1), "once verified, it stays");
+    assert!(!h.verify(&uuid(2), 99), "not a holder: nothing to verify");
+    assert_eq!(h.mirrored(&uuid(2)), None);
 }

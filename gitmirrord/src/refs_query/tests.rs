@@ -46,7 +46,32 @@ fn fleet(protocol: u32, mirrored: bool) -> (Fleet, Uuid) {
         }],
     };
     f.holdings(w.uuid, &held, 1_000);
+    if mirrored {
+        fetched(&mut f, w.uuid, &[REPO.to_owned()]);
+    }
     (f, w.uuid)
+}
+
+/// `worker` reports a successful fetch of each of `repos` (a claim alone is not believed).
+fn fetched(f: &mut Fleet, worker: Uuid, repos: &[String]) {
+    let outcomes: Vec<gitmirror_wire::Outcome> = repos
+        .iter()
+        .zip(1..)
+        .map(|(r, report_id)| gitmirror_wire::Outcome {
+            report_id,
+            repo: r.clone(),
+            url: String::new(),
+            finished_ms: 1_000,
+            duration_ms: 1,
+            result: gitmirror_wire::FetchResult::Fetched,
+            changes: Vec::new(),
+            ref_count: 0,
+            refs_digest: 0,
+            next_due_ms: 60_000,
+        })
+        .collect();
+    let report = f.outcomes(worker, &outcomes, 1_000);
+    f.recorded(worker, report.upto);
 }
 
 fn status(r: Result<Target, Answer>) -> (u16, String) {
@@ -112,6 +137,8 @@ fn spec_12_refs_come_from_the_old_holder_while_the_new_owner_clones() {
             .collect(),
     };
     f.holdings(a.uuid, &all, 1_000);
+    let ids: Vec<String> = all.repos.iter().map(|h| h.id.clone()).collect();
+    fetched(&mut f, a.uuid, &ids);
     f.connect(&b, 1_000).unwrap();
     f.holdings(b.uuid, &Holdings { repos: vec![] }, 1_000);
     let moved: Vec<String> = f
