@@ -215,7 +215,7 @@ impl Mirrors {
     }
 
     /// Delete trashed mirrors older than [`TRASH_KEEP_SECS`]. Entries are named
-    /// `<id with / as _>-<unix time>.git`; the time in the name counts.
+    /// `<id with / as _>-<unix time>.git` ([`trashed_at`]); the time in the name counts.
     pub fn purge_trash(&self, now_secs: u64) -> usize {
         let dir = self.trash_dir();
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -224,12 +224,7 @@ impl Mirrors {
         let mut removed = 0;
         for entry in entries.flatten() {
             let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let trashed_at = name
-                .strip_suffix(".git")
-                .and_then(|n| n.rsplit_once('-'))
-                .and_then(|(_, t)| t.parse::<u64>().ok());
-            let Some(t) = trashed_at else {
+            let Some(t) = trashed_at(&entry.file_name().to_string_lossy()) else {
                 tracing::warn!(path = %path.display(), "unexpected entry in the trash directory; leaving it alone");
                 continue;
             };
@@ -239,6 +234,34 @@ impl Mirrors {
                     Err(e) => {
                         tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
                     }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Free space is short: delete trashed mirrors, oldest first, until `enough()` says so
+    /// (or the trash is empty). Returns how many were deleted. Mirrors handed over go to
+    /// the trash too (issue 10), so a big rebalancing must not fill the disk for 72 h.
+    pub fn purge_trash_until(&self, enough: impl Fn() -> bool) -> usize {
+        let dir = self.trash_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut trashed: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| Some((trashed_at(&e.file_name().to_string_lossy())?, e.path())))
+            .collect();
+        trashed.sort();
+        let mut removed = 0;
+        for (_, path) in trashed {
+            if enough() {
+                break;
+            }
+            match remove_any(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
                 }
             }
         }
@@ -1744,6 +1767,13 @@ fn unique_name(id: &str) -> String {
     format!("{}-{}-{n}.git", id.replace('/', "_"), std::process::id())
 }
 
+/// When a trash entry `<id with / as _>-<unix time>.git` was trashed.
+fn trashed_at(name: &str) -> Option<u64> {
+    name.strip_suffix(".git")
+        .and_then(|n| n.rsplit_once('-'))
+        .and_then(|(_, t)| t.parse::<u64>().ok())
+}
+
 fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -1851,6 +1881,24 @@ mod tests {
         assert_eq!(refused(401, None, Stage::Upstream), (Gone, None));
         assert_eq!(refused(404, None, Stage::Transfer), (Transient, None));
         assert_eq!(refused(500, None, Stage::Upstream), (Transient, None));
+    }
+
+    // Issue 10 made every drop a trashing: when free space is short the trash goes first,
+    // oldest first, and only as much as needed.
+    #[test]
+    fn spec_7_5_short_of_space_the_oldest_trash_goes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Mirrors::new(d.path().to_owned());
+        m.prepare().unwrap();
+        for (id, t) in [("a/abc/abc", 300), ("b/bcd/bcd", 100), ("c/cde/cde", 200)] {
+            fs::create_dir_all(m.path(id)).unwrap();
+            m.trash(id, t).unwrap().unwrap();
+        }
+        let trash = d.path().join(".trash");
+        let left = || fs::read_dir(&trash).unwrap().count();
+        assert_eq!(m.purge_trash_until(|| left() <= 1), 2);
+        assert!(trash.join("a_abc_abc-300.git").exists(), "the newest stays");
+        assert_eq!(m.purge_trash_until(|| true), 0, "enough: nothing deleted");
     }
 
     #[test]

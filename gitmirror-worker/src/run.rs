@@ -1359,6 +1359,7 @@ impl Worker {
                 if low != self.disk.low {
                     self.disk.low = low;
                     if low {
+                        self.free_trash();
                         tracing::warn!(
                             free_bytes = free,
                             total_bytes = total,
@@ -1378,6 +1379,27 @@ impl Worker {
             }
         }
         self.disk.low
+    }
+
+    /// Free space fell below `disk.min_free`: the trash goes first, oldest first, before
+    /// its 72 h, until there is enough again (the next disk check sees the result).
+    fn free_trash(&self) {
+        let (m, dir, min_free) = (
+            self.mirrors.clone(),
+            self.cfg.mirror_dir.clone(),
+            self.cfg.disk.min_free,
+        );
+        tokio::task::spawn_blocking(move || {
+            let enough =
+                || disk::space(&dir).is_ok_and(|(free, total)| !min_free.is_below(free, total));
+            let n = m.purge_trash_until(enough);
+            if n > 0 {
+                tracing::warn!(
+                    count = n,
+                    "free space below disk.min_free: deleted trashed mirrors before their 72 h, oldest first"
+                );
+            }
+        });
     }
 
     fn send_status(&mut self) {
