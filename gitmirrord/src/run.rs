@@ -42,10 +42,13 @@ const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
 /// A turn of the main loop this long is logged at debug (target `gitmirrord::turns`).
 const SLOW_TURN: Duration = Duration::from_millis(10);
 
-/// Most repo records copied for the repo store in one turn of the main loop (a few ms).
-const SAVE_CHUNK: usize = 4096;
-/// How often the main loop looks whether repo status is due to be saved.
-const SAVE_TICK: Duration = Duration::from_millis(100);
+/// Most repo records copied for the repo store in one turn of the main loop (~1–4 µs each:
+/// about a millisecond a turn; 4,096 made turns of 50 ms and more at 1M repos under load,
+/// which every API request then waited behind).
+const SAVE_CHUNK: usize = 1024;
+/// How often the main loop looks whether repo status is due to be saved (a chunk per look:
+/// up to ~40,000 repos a second).
+const SAVE_TICK: Duration = Duration::from_millis(25);
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
