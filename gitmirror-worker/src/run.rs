@@ -84,7 +84,8 @@ pub async fn run_reloadable(
     };
     let mirrors = Arc::new(
         Mirrors::new(cfg.mirror_dir.clone())
-            .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT)),
+            .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT))
+            .with_upstream(cfg.upstream_policy()),
     );
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup, changed) = {
