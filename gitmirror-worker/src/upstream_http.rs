@@ -306,8 +306,9 @@ fn send(p: Pending) -> Phase {
         .map_err(|e| format!("bad request URL {}: {e}", p.url))
         .and_then(|u| check_literal(&p.deny, &u));
     if let Err(message) = denied {
+        // Not `PermissionDenied`: gix would read that as "ask for credentials".
         return Phase::Failed(Failed {
-            kind: io::ErrorKind::PermissionDenied,
+            kind: io::ErrorKind::Other,
             message,
             www_authenticate: None,
         });

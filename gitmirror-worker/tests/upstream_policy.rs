@@ -1,0 +1,154 @@
+//! Issue 10 finding 3, SPEC §17: the worker's upstream address policy (`upstream_deny`)
+//! and redirect rule (`fetch.redirects`), against real loopback servers. A denied address
+//! is never connected to, over http and git://, by IP literal or by name; a redirect to
+//! another host is refused unless `fetch.redirects: any`, and even then never to a denied
+//! address.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::Upstream;
+use common::http::HttpGit;
+use gitmirror_common::upstream_url::AddrPolicy;
+use gitmirror_wire::FailureClass;
+use gitmirror_worker::mirror::Mirrors;
+use gitmirror_worker::{Redirects, UpstreamPolicy};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+fn mirrors(root: &Path, deny: &[&str], redirects: Redirects) -> Mirrors {
+    let m = Mirrors::new(root.join("repos")).with_upstream(UpstreamPolicy {
+        deny: AddrPolicy::parse(deny.iter().copied()).unwrap(),
+        redirects,
+    });
+    m.prepare().unwrap();
+    m
+}
+
+/// A listener that only counts: nonblocking, so "no connection" is an immediate answer.
+fn silent_listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+fn connections(l: &TcpListener) -> usize {
+    let mut n = 0;
+    while l.accept().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// SPEC §17: with loopback in `upstream_deny`, the worker refuses to connect to an
+/// upstream on loopback, over http and git://, named by literal or by `localhost`; the
+/// failure is `gone` with a message naming upstream_deny, and the server sees nothing.
+#[test]
+fn spec_17_denied_loopback_upstream_is_never_connected() {
+    let root = tempfile::tempdir().unwrap();
+    let m = mirrors(root.path(), &["127.0.0.0/8", "::1"], Redirects::SameHost);
+    let (listener, port) = silent_listener();
+    for (i, url) in [
+        format!("http://127.0.0.1:{port}/x.git"),
+        format!("http://localhost:{port}/x.git"),
+        format!("git://127.0.0.1:{port}/x.git"),
+        format!("git://localhost:{port}/x.git"),
+        // The same address spelled as one number: resolution decides, not the spelling.
+        format!("git://2130706433:{port}/x.git"),
+        format!("http://2130706433:{port}/x.git"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let err = m
+            .clone_new(&format!("a/deny/r{i}"), url, &AtomicBool::new(false))
+            .unwrap_err();
+        assert_eq!(err.class, FailureClass::Gone, "{url}: {err}");
+        assert!(err.message.contains("upstream_deny"), "{url}: {err}");
+        assert_eq!(connections(&listener), 0, "{url} reached the server");
+    }
+    assert_eq!(
+        std::fs::read_dir(root.path().join("repos/.tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// The control for the test above: with the default policy the same listener is reached
+/// (loopback stays allowed by default, SPEC §17).
+#[test]
+fn spec_17_loopback_is_allowed_by_default() {
+    let root = tempfile::tempdir().unwrap();
+    let m =
+        Mirrors::new(root.path().join("repos")).with_io_timeout(std::time::Duration::from_secs(1));
+    m.prepare().unwrap();
+    let (listener, port) = silent_listener();
+    let url = format!("git://127.0.0.1:{port}/x.git");
+    // The listener never answers: the read times out after a second.
+    let _ = m.clone_new("a/allow/r", &url, &AtomicBool::new(false));
+    assert_eq!(connections(&listener), 1);
+}
+
+/// Issue 10 finding 3: a redirect to another host (here `localhost` and another port
+/// instead of 127.0.0.1) is refused with a clear error under the default
+/// `fetch.redirects: same_host`, and the other server sees nothing; with `any` it is
+/// followed and the clone completes from the other server.
+#[test]
+fn issue10_f3_redirect_to_another_host_only_when_configured() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let (a, b) = (HttpGit::start(up.path()), HttpGit::start(up.path()));
+    a.redirect_to(&format!("http://localhost:{}", b.port));
+    let root = tempfile::tempdir().unwrap();
+
+    let m = mirrors(root.path(), &[], Redirects::SameHost);
+    let err = m
+        .clone_new("a/abc/abc", &a.url("abc"), &AtomicBool::new(false))
+        .unwrap_err();
+    assert!(
+        err.message.contains("another host") && err.message.contains("same_host"),
+        "{err}"
+    );
+    assert_eq!(err.class, FailureClass::Gone, "{err}");
+    assert!(b.seen().is_empty(), "{:?}", b.seen());
+    assert!(!a.seen().is_empty());
+
+    let m = mirrors(&root.path().join("any"), &[], Redirects::Any);
+    let cloned = m
+        .clone_new("a/abc/abc", &a.url("abc"), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(cloned.refs, common::ls_remote(&b.url("abc")));
+    assert!(!b.seen().is_empty());
+}
+
+/// SPEC §17: every redirect target is checked against `upstream_deny`, also under
+/// `fetch.redirects: any` and also when it is an IP literal (which reqwest never
+/// resolves): the denied server sees nothing.
+#[test]
+fn spec_17_redirect_to_a_denied_address_is_refused() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let a = HttpGit::start(up.path());
+    let (listener, port) = silent_listener();
+    let root = tempfile::tempdir().unwrap();
+    let m = mirrors(
+        root.path(),
+        &["127.0.0.2/32", "169.254.0.0/16"],
+        Redirects::Any,
+    );
+    for target in [
+        format!("http://127.0.0.2:{port}"),
+        "http://169.254.169.254".to_owned(),
+    ] {
+        a.redirect_to(&target);
+        let err = m
+            .clone_new("a/abc/abc", &a.url("abc"), &AtomicBool::new(false))
+            .unwrap_err();
+        assert!(err.message.contains("upstream_deny"), "{target}: {err}");
+        assert_eq!(err.class, FailureClass::Gone, "{target}: {err}");
+    }
+    assert_eq!(connections(&listener), 0);
+}
