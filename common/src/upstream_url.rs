@@ -130,7 +130,7 @@ pub fn check(url: &str, allow_file_urls: bool) -> Result<UpstreamUrl, UrlRefused
     match parsed.host_as_argument() {
         gix_url::ArgumentSafety::Absent => return Err(UrlRefused::NoHost),
         gix_url::ArgumentSafety::Dangerous(_) => return Err(UrlRefused::HostDash),
-        gix_url::ArgumentSafety::Usable(h) if h.is_empty() => return Err(UrlRefused::NoHost),
+        gix_url::ArgumentSafety::Usable("") => return Err(UrlRefused::NoHost),
         gix_url::ArgumentSafety::Usable(h) => {
             let name = h
                 .bytes()

@@ -759,6 +759,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("redirects"), "{e}");
+        // The man page's example for a public index.
+        let public = load(
+            "upstream_deny: [169.254.0.0/16, fe80::/10, fd00:ec2::254/128,\n  100.100.100.200/32, 127.0.0.0/8, \"::1/128\", 10.0.0.0/8,\n  172.16.0.0/12, 192.168.0.0/16, fc00::/7, 100.64.0.0/10]\n",
+        )
+        .unwrap();
+        for a in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "fd12::1",
+            "169.254.169.254",
+        ] {
+            let a: std::net::IpAddr = a.parse().unwrap();
+            assert!(public.upstream_deny.denied(a).is_some(), "{a}");
+        }
         let changed = load("upstream_deny: []\n").unwrap();
         assert_eq!(
             c.restart_needed(&changed),
