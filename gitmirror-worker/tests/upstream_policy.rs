@@ -152,3 +152,92 @@ fn spec_17_redirect_to_a_denied_address_is_refused() {
     }
     assert_eq!(connections(&listener), 0);
 }
+
+/// Issue 10 findings 3 and 5, SPEC §17, through the whole worker: an assignment holding a
+/// URL the policy refuses (a query and fragment, an ssh option) is ignored and never
+/// connected to, while its neighbour in the same delta is mirrored; with loopback in
+/// `upstream_deny` a `git://` upstream on loopback is reported `gone` naming
+/// upstream_deny, and its server sees no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue10_f3_worker_ignores_refused_urls_and_reports_denied_addresses() {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    use std::time::Duration;
+
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = common::GitDaemon::start(up.path());
+    let (listener, port) = silent_listener();
+    let spec = |id: &str, url: String| RepoSpec { id: id.into(), url };
+    let outcome = |m: WorkerMsg, repo: &str| match m {
+        WorkerMsg::Outcomes(b) => b.outcomes.into_iter().find(|o| o.repo == repo),
+        _ => None,
+    };
+
+    // Default policy: hostile URLs are ignored, the good one is cloned.
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(3600));
+    let worker = start(config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch.clone(),
+        FreeSpace::Bytes(0),
+    ));
+    let mut s = coord.accept(1).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![
+            spec(
+                "q/query/admin",
+                format!("http://127.0.0.1:{port}/admin?x=1#"),
+            ),
+            spec("o/opt/ssh", "[-oProxyCommand=x]:p".to_owned()),
+            spec("a/abc/abc", daemon.url("abc")),
+        ],
+        drop: vec![],
+    }))
+    .await;
+    let o = s.recv_until(|m| outcome(m, "a/abc/abc")).await;
+    assert_eq!(o.result, FetchResult::Cloned, "{o:?}");
+    worker.stop().await;
+    assert_eq!(connections(&listener), 0, "a refused URL was connected to");
+    assert!(!root.path().join("repos/q").exists() && !root.path().join("repos/o").exists());
+
+    // Loopback denied: the git:// upstream is refused before connecting.
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    )
+    .with_upstream_deny(AddrPolicy::parse(["127.0.0.0/8", "::1"]).unwrap());
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![spec("d/deny/git", format!("git://127.0.0.1:{port}/x.git"))],
+        drop: vec![],
+    }))
+    .await;
+    let o = s.recv_until(|m| outcome(m, "d/deny/git")).await;
+    match &o.result {
+        FetchResult::Failed { class, message } => {
+            assert_eq!(*class, FailureClass::Gone, "{message}");
+            assert!(message.contains("upstream_deny"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    worker.stop().await;
+    assert_eq!(
+        connections(&listener),
+        0,
+        "the denied upstream was connected to"
+    );
+}
