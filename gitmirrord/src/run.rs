@@ -329,31 +329,31 @@ fn start_local_worker(
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let wcfg =
-        gitmirror_worker::WorkerConfig::embedded(
-            coordinator,
-            identity.join_token(),
-            lw.mirror_dir.clone(),
-            lw.state_dir
-                .clone()
-                .unwrap_or_else(|| cfg.state_dir.join("local-worker")),
-            lw.name.clone().unwrap_or_else(host_name),
-            lw.weight.unwrap_or(1.0),
-            lw.fetch.clone(),
-            lw.disk.clone(),
-            lw.serve_url_base.clone(),
+    let wcfg = gitmirror_worker::WorkerConfig::embedded(
+        coordinator,
+        identity.join_token(),
+        lw.mirror_dir.clone(),
+        lw.state_dir
+            .clone()
+            .unwrap_or_else(|| cfg.state_dir.join("local-worker")),
+        lw.name.clone().unwrap_or_else(host_name),
+        lw.weight.unwrap_or(1.0),
+        lw.fetch.clone(),
+        lw.disk.clone(),
+        lw.serve_url_base.clone(),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: local_worker.{}: {}",
+            cfg.path.display(),
+            e.key,
+            e.detail
         )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: local_worker.{}: {}",
-                cfg.path.display(),
-                e.key,
-                e.detail
-            )
-        })?
-        .with_upstream_deny(lw.upstream_deny().map_err(|d| {
-            anyhow::anyhow!("{}: local_worker.upstream_deny: {d}", cfg.path.display())
-        })?);
+    })?;
+    let deny = lw
+        .upstream_deny()
+        .map_err(|d| anyhow::anyhow!("{}: local_worker.upstream_deny: {d}", cfg.path.display()))?;
+    let wcfg = wcfg.with_upstream_deny(deny);
     // It follows the coordinator's secret file, so a rotation does not lock it out.
     let wcfg = wcfg.with_token_source(gitmirror_worker::config::TokenSource::CoordinatorSecret(
         cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
