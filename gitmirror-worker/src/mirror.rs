@@ -958,11 +958,16 @@ fn git_transport(
         )
     })?;
     let port = url.port.unwrap_or(9418);
-    let found = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| transient(format!("cannot resolve {host}: {e}")))?;
+    // gix keeps the brackets of an IPv6 literal in `git://` URLs; the resolver wants none.
+    let found: Vec<std::net::SocketAddr> = match upstream_url::ip_literal(host) {
+        Some(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        None => (host, port)
+            .to_socket_addrs()
+            .map_err(|e| transient(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
     // Only addresses upstream_deny allows are ever connected to (SPEC §17).
-    let addrs = upstream_http::allowed_addrs(deny, host, found.collect())
+    let addrs = upstream_http::allowed_addrs(deny, host, found)
         .map_err(|e| Failure::new(FailureClass::Gone, e.to_string()))?;
     let mut last = format!("{host} has no address");
     for addr in addrs {

@@ -43,7 +43,8 @@ fn connections(l: &TcpListener) -> usize {
 }
 
 /// SPEC §17: with loopback in `upstream_deny`, the worker refuses to connect to an
-/// upstream on loopback, over http and git://, named by literal or by `localhost`; the
+/// upstream on loopback, over http, git:// and ssh, named by literal (plain, as one
+/// number, IPv4-mapped) or by `localhost`; the
 /// failure is `gone` with a message naming upstream_deny, and the server sees nothing.
 #[test]
 fn spec_17_denied_loopback_upstream_is_never_connected() {
@@ -58,6 +59,12 @@ fn spec_17_denied_loopback_upstream_is_never_connected() {
         // The same address spelled as one number: resolution decides, not the spelling.
         format!("git://2130706433:{port}/x.git"),
         format!("http://2130706433:{port}/x.git"),
+        // IPv4-mapped IPv6 reaches the IPv4 listener: judged as 127.0.0.1.
+        format!("http://[::ffff:127.0.0.1]:{port}/x.git"),
+        format!("git://[::ffff:127.0.0.1]:{port}/x.git"),
+        // ssh: resolved and checked before ssh is spawned.
+        format!("ssh://git@127.0.0.1:{port}/x.git"),
+        format!("ssh://git@localhost:{port}/x.git"),
     ]
     .iter()
     .enumerate()
@@ -78,7 +85,8 @@ fn spec_17_denied_loopback_upstream_is_never_connected() {
 }
 
 /// The control for the test above: with the default policy the same listener is reached
-/// (loopback stays allowed by default, SPEC §17).
+/// (loopback stays allowed by default, SPEC §17), and a git:// upstream named by an IPv6
+/// literal is cloned (it failed to resolve before: the brackets reached the resolver).
 #[test]
 fn spec_17_loopback_is_allowed_by_default() {
     let root = tempfile::tempdir().unwrap();
@@ -90,6 +98,16 @@ fn spec_17_loopback_is_allowed_by_default() {
     // The listener never answers: the read times out after a second.
     let _ = m.clone_new("a/allow/r", &url, &AtomicBool::new(false));
     assert_eq!(connections(&listener), 1);
+    // An IPv6 literal in a git:// URL connects (gix keeps its brackets; the worker's own
+    // resolution strips them).
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = common::GitDaemon::start(up.path());
+    let v6 = format!("git://[::ffff:127.0.0.1]:{}/abc", daemon.port);
+    let cloned = m
+        .clone_new("a/abc/abc", &v6, &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(cloned.refs, common::ls_remote(&daemon.url("abc")));
 }
 
 /// Issue 10 finding 3: a redirect to another host (here `localhost` and another port
