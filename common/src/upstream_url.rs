@@ -34,6 +34,8 @@ pub enum UrlRefused {
     Scheme(String),
     #[error("file:// urls and local paths are not allowed (allow_file_urls is off)")]
     FileUrls,
+    #[error("a file:// url must name a local path, without host, user or port")]
+    FileHost,
     #[error("a local path must be absolute")]
     RelativePath,
     #[error("url has no host")]
@@ -116,7 +118,7 @@ pub fn check(url: &str, allow_file_urls: bool) -> Result<UpstreamUrl, UrlRefused
                 return Err(UrlRefused::FileUrls);
             }
             if parsed.host().is_some() || parsed.user().is_some() || parsed.port.is_some() {
-                return Err(UrlRefused::Scheme("file with a host".into()));
+                return Err(UrlRefused::FileHost);
             }
             if !parsed.path.starts_with(b"/") {
                 return Err(UrlRefused::RelativePath);
@@ -415,7 +417,7 @@ mod tests {
         assert!(check("file:///srv/git/x.git", true).is_ok());
         assert!(check("/srv/git/x.git", true).is_ok());
         assert_eq!(check("srv/git/x.git", true), Err(UrlRefused::RelativePath));
-        assert!(check("file://evil/x.git", true).is_err());
+        assert_eq!(check("file://evil/x.git", true), Err(UrlRefused::FileHost));
     }
 
     // SPEC §17: the default deny list and IPv4-mapped addresses.

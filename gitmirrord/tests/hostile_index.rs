@@ -524,7 +524,7 @@ fn arbitrary_trees_are_judged_entry_by_entry() {
 
 /// Issue 10 build 3 property: every URL the validator accepts is, to gix, the scheme,
 /// host and path the validator reported, and gix's rendering of it reads back the same
-/// and is accepted again. URLs are drawn from the hostile mix above and from strings
+/// and is accepted again; the worker's own check agrees. URLs are drawn from the hostile mix above and from strings
 /// over URL punctuation, which find parser disagreements fastest.
 #[test]
 fn issue10_f3_accepted_urls_are_what_gix_reads() {
@@ -548,6 +548,14 @@ fn issue10_f3_accepted_urls_are_what_gix_reads() {
     let accepted = std::sync::atomic::AtomicUsize::new(0);
     runner
         .run(&prop_oneof![url(), schemed], |u| {
+            // One policy: the worker's re-check agrees with the coordinator's validator
+            // (the worker leaves file URLs to the coordinator's allow_file_urls).
+            prop_assert_eq!(
+                repo_url(&u, true).is_ok(),
+                gitmirror_worker::mirror::valid_url(&u),
+                "{:?}",
+                u
+            );
             if repo_url(&u, false).is_ok() {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 gix_agrees(&u).map_err(TestCaseError::fail)?;
