@@ -8,6 +8,7 @@ pub mod notify;
 pub mod statefile;
 pub mod trust;
 pub mod units;
+pub mod upstream_url;
 
 /// Exit code for a bad configuration (sysexits EX_CONFIG).
 pub const EX_CONFIG: i32 = 78;

@@ -1,7 +1,9 @@
 //! Worker configuration (SPEC §2.2): a raw serde layer that refuses unknown keys, then a
 //! validated [`WorkerConfig`] whose errors name the file and the key.
 
+use crate::upstream_http::{Redirects, UpstreamPolicy};
 use gitmirror_common::units::{FreeSpace, de_duration};
+use gitmirror_common::upstream_url::{AddrPolicy, DEFAULT_UPSTREAM_DENY};
 use gitmirror_wire::JoinToken;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +31,9 @@ pub struct FetchSection {
     pub min_interval: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub max_interval: Duration,
+    /// Where an upstream's HTTP redirects may lead: `same_host` (default) or `any`
+    /// (issue 10); either way never to an address in `upstream_deny`.
+    pub redirects: Redirects,
 }
 
 impl Default for FetchSection {
@@ -39,6 +44,7 @@ impl Default for FetchSection {
             timeout: Duration::from_secs(30 * 60),
             min_interval: Duration::from_secs(60),
             max_interval: Duration::from_secs(24 * 3600),
+            redirects: Redirects::SameHost,
         }
     }
 }
@@ -145,6 +151,8 @@ struct RawConfig {
     #[serde(default)]
     disk: DiskSection,
     serve_url_base: Option<String>,
+    /// CIDRs never connected to (SPEC §17); default [`DEFAULT_UPSTREAM_DENY`].
+    upstream_deny: Option<Vec<String>>,
     log_level: Option<String>,
 }
 
@@ -178,6 +186,8 @@ pub struct WorkerConfig {
     pub fetch: FetchSection,
     pub disk: DiskSection,
     pub serve_url_base: Option<String>,
+    /// `upstream_deny`: addresses upstream connections never reach.
+    pub upstream_deny: AddrPolicy,
     pub log_level: String,
     /// Things the operator should change but that do not stop the daemon (seed aliases).
     /// `main` logs them once logging is set up.
@@ -247,11 +257,26 @@ impl WorkerConfig {
             fetch,
             disk,
             serve_url_base,
+            upstream_deny: AddrPolicy::default(),
             log_level: "info".into(),
             warnings: Vec::new(),
         };
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Use `deny` as `upstream_deny` (the embedded worker and tests).
+    pub fn with_upstream_deny(mut self, deny: AddrPolicy) -> Self {
+        self.upstream_deny = deny;
+        self
+    }
+
+    /// What upstream connections may reach: `upstream_deny` and `fetch.redirects`.
+    pub fn upstream_policy(&self) -> UpstreamPolicy {
+        UpstreamPolicy {
+            deny: self.upstream_deny.clone(),
+            redirects: self.fetch.redirects,
+        }
     }
 
     /// Take the join token from `source` from now on (the embedded worker follows its
@@ -290,6 +315,13 @@ impl WorkerConfig {
         }
         if self.serve_url_base != new.serve_url_base {
             keys.push("serve_url_base");
+        }
+        // The upstream HTTP client is built once with both.
+        if self.upstream_deny != new.upstream_deny {
+            keys.push("upstream_deny");
+        }
+        if self.fetch.redirects != new.fetch.redirects {
+            keys.push("fetch.redirects");
         }
         keys
     }
@@ -366,6 +398,11 @@ impl RawConfig {
             Some(n) => n,
             None => host_name(),
         };
+        let upstream_deny = match &self.upstream_deny {
+            None => AddrPolicy::parse(DEFAULT_UPSTREAM_DENY.iter().copied()),
+            Some(list) => AddrPolicy::parse(list.iter().map(String::as_str)),
+        }
+        .map_err(|d| KeyError::new("upstream_deny", d))?;
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level).map_err(|d| KeyError::new("log_level", d))?;
         let cfg = WorkerConfig {
@@ -381,6 +418,7 @@ impl RawConfig {
             fetch: self.fetch,
             disk: self.disk,
             serve_url_base: self.serve_url_base,
+            upstream_deny,
             log_level,
             warnings,
         };
@@ -528,6 +566,7 @@ mod tests {
                 timeout: Duration::from_secs(300),
                 min_interval: Duration::from_secs(2),
                 max_interval: Duration::from_secs(3600),
+                redirects: Redirects::SameHost,
             }
         );
         assert_eq!(c.disk.min_free, FreeSpace::Bytes(10 << 30));
@@ -682,5 +721,65 @@ mod tests {
         assert_eq!(f.min_interval, Duration::from_secs(2));
         assert_eq!(f.concurrency, 8);
         assert!(serde_yaml::from_str::<DiskSection>("bogus: 1").is_err());
+    }
+
+    // SPEC §17 / issue 10: `upstream_deny` and `fetch.redirects`, defaults and errors.
+    #[test]
+    fn spec_17_upstream_deny_and_redirects() {
+        let load = |text: &str| {
+            WorkerConfig::from_yaml(
+                &format!("join_token: {TOKEN}\n{text}"),
+                Path::new("/etc/w.yaml"),
+                &token_from_file,
+            )
+        };
+        let c = load("").unwrap();
+        let meta: std::net::IpAddr = "169.254.169.254".parse().unwrap();
+        let lan: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(c.upstream_deny.denied(meta).is_some());
+        assert_eq!(
+            c.upstream_deny.denied(lan),
+            None,
+            "private ranges allowed by default"
+        );
+        assert_eq!(c.fetch.redirects, Redirects::SameHost);
+        let c = load("upstream_deny: [10.0.0.0/8, '::1']\nfetch: {redirects: any}\n").unwrap();
+        assert!(c.upstream_deny.denied(lan).is_some());
+        assert_eq!(
+            c.upstream_deny.denied(meta),
+            None,
+            "the list replaces the default"
+        );
+        assert_eq!(c.upstream_policy().redirects, Redirects::Any);
+        let e = load("upstream_deny: [10.0.0.0/8, bogus]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_deny") && e.contains("bogus"), "{e}");
+        let e = load("fetch: {redirects: elsewhere}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redirects"), "{e}");
+        // The man page's example for a public index.
+        let public = load(
+            "upstream_deny: [169.254.0.0/16, fe80::/10, fd00:ec2::254/128,\n  100.100.100.200/32, 127.0.0.0/8, \"::1/128\", 10.0.0.0/8,\n  172.16.0.0/12, 192.168.0.0/16, fc00::/7, 100.64.0.0/10]\n",
+        )
+        .unwrap();
+        for a in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "fd12::1",
+            "169.254.169.254",
+        ] {
+            let a: std::net::IpAddr = a.parse().unwrap();
+            assert!(public.upstream_deny.denied(a).is_some(), "{a}");
+        }
+        let changed = load("upstream_deny: []\n").unwrap();
+        assert_eq!(
+            c.restart_needed(&changed),
+            ["upstream_deny", "fetch.redirects"]
+        );
     }
 }

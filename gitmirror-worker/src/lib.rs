@@ -16,3 +16,4 @@ mod upstream_http;
 pub use config::{DiskSection, FetchSection, KeyError, TokenSource, WorkerConfig};
 pub use link::{BACKOFF_MAX, BACKOFF_START, IDLE_TIMEOUT, KEEPALIVE};
 pub use run::{run, run_reloadable};
+pub use upstream_http::{Redirects, UpstreamPolicy};

@@ -26,7 +26,8 @@
 //! when complete, so the old mirror stays at its path until that instant.
 
 use crate::state::Refs;
-use crate::upstream_http::{self, Refusal, RefusalSink};
+use crate::upstream_http::{self, Refusal, RefusalSink, UpstreamPolicy};
+use gitmirror_common::upstream_url::{self, UpstreamUrl, UrlRefused};
 use gitmirror_wire::FailureClass;
 use gix::protocol::transport::client::blocking_io::Transport;
 use std::fs;
@@ -146,6 +147,8 @@ pub struct Cleanup {
 pub struct Mirrors {
     root: PathBuf,
     io_timeout: Duration,
+    /// `upstream_deny` and `fetch.redirects`.
+    upstream: Arc<UpstreamPolicy>,
     /// Built on first use, on a blocking thread.
     http: Arc<OnceLock<Result<upstream_http::Client, String>>>,
 }
@@ -155,6 +158,7 @@ impl Mirrors {
         Self {
             root,
             io_timeout: DEFAULT_IO_TIMEOUT,
+            upstream: Arc::new(UpstreamPolicy::default()),
             http: Arc::new(OnceLock::new()),
         }
     }
@@ -162,6 +166,13 @@ impl Mirrors {
     /// Bound how long an HTTP request waits for an answer or for more of it.
     pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Which upstream addresses may be connected to and where redirects may lead.
+    pub fn with_upstream(mut self, policy: UpstreamPolicy) -> Self {
+        self.upstream = Arc::new(policy);
+        self.http = Arc::new(OnceLock::new());
         self
     }
 
@@ -189,7 +200,7 @@ impl Mirrors {
 
     fn http_client(&self) -> Result<upstream_http::Client, Failure> {
         self.http
-            .get_or_init(|| upstream_http::Client::new(self.io_timeout))
+            .get_or_init(|| upstream_http::Client::new(self.io_timeout, &self.upstream))
             .clone()
             .map_err(Failure::local)
     }
@@ -359,8 +370,7 @@ impl Mirrors {
     /// Connect to `url`, shake hands and list its refs (the mirror refspec plus `extra`):
     /// what a clone and a fetch both do before deciding what to ask for.
     fn list_refs(&self, url: &str, extra: &[&str]) -> Result<Listing, Failure> {
-        let parsed = gix::url::parse(gix::bstr::BStr::new(url))
-            .map_err(|e| Failure::new(FailureClass::Gone, format!("bad URL {url}: {e}")))?;
+        let parsed = checked_url(url)?.url;
         let (mut transport, refusals) = self.transport(&parsed)?;
         let refusal = || refusals.as_ref().and_then(RefusalSink::get);
         let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
@@ -394,6 +404,35 @@ impl Mirrors {
         })
     }
 
+    /// ssh resolves the host itself, in a process of its own: resolve it here first and
+    /// refuse when any of its addresses is denied (SPEC §17). ssh resolves again, so a name
+    /// whose answer changes in between can still reach a denied address: that race is
+    /// accepted and documented (docs/security.md).
+    fn check_ssh(&self, url: &gix::Url) -> Result<(), Failure> {
+        use std::net::ToSocketAddrs;
+        if url.scheme != gix::url::Scheme::Ssh || self.upstream.deny.nets().is_empty() {
+            return Ok(());
+        }
+        let host = url
+            .host()
+            .ok_or_else(|| Failure::new(FailureClass::Gone, "ssh url has no host"))?;
+        let addrs = (host, url.port.unwrap_or(22))
+            .to_socket_addrs()
+            .map_err(|e| {
+                Failure::new(
+                    FailureClass::Transient,
+                    format!("cannot resolve {host}: {e}"),
+                )
+            })?;
+        for a in addrs {
+            self.upstream
+                .deny
+                .check(host, a.ip())
+                .map_err(|e| Failure::new(FailureClass::Gone, e.to_string()))?;
+        }
+        Ok(())
+    }
+
     fn transport(
         &self,
         url: &gix::Url,
@@ -407,10 +446,10 @@ impl Mirrors {
             ));
         }
         if url.scheme == gix::url::Scheme::Git {
-            let t = git_transport(url, self.io_timeout)
-                .map_err(|e| Failure::new(FailureClass::Transient, e))?;
+            let t = git_transport(url, self.io_timeout, &self.upstream.deny)?;
             return Ok((t, None));
         }
+        self.check_ssh(url)?;
         let options = gix::protocol::transport::client::blocking_io::connect::Options {
             version: gix::protocol::transport::Protocol::V2,
             ..Default::default()
@@ -426,6 +465,8 @@ impl Mirrors {
     /// Heals what it can on the way (see the module documentation): stale locks are
     /// removed and the fetch tried again; a corrupt mirror is cloned again and swapped in.
     pub fn fetch(&self, id: &str, url: &str, interrupt: &AtomicBool) -> Result<Fetched, Failure> {
+        // Before anything connects or the mirror's config is rewritten with it.
+        checked_url(url)?;
         let path = self.path(id);
         let mut repairs = remove_stale(&path, Sweep::TopLevel);
         let failure = match self.fetch_once(&path, url, interrupt) {
@@ -618,10 +659,10 @@ impl Mirrors {
                 Some(refusals),
             )
         } else if url.scheme == gix::url::Scheme::Git {
-            let transport = git_transport(&url, self.io_timeout)
-                .map_err(|e| Failure::new(FailureClass::Transient, e))?;
+            let transport = git_transport(&url, self.io_timeout, &self.upstream.deny)?;
             (remote.to_connection_with_transport(transport), None)
         } else {
+            self.check_ssh(&url)?;
             let c = remote
                 .connect(gix::remote::Direction::Fetch)
                 .map_err(|e| classify(&e, Stage::Upstream, None))?;
@@ -812,14 +853,23 @@ pub fn valid_id(id: &str) -> bool {
         })
 }
 
-/// Whether `url` is one the worker is willing to hand to git (SPEC §3.2): no `ext::` or
-/// `fd::` transports, no leading `-`, no whitespace or control characters.
+/// Whether `url` is one the worker is willing to hand to git (SPEC §3.2): the same check
+/// as the coordinator's index validator ([`upstream_url::check`]), run again here in case
+/// anything upstream of this worker let a URL through. `file://` and local paths pass:
+/// whether they are allowed is the coordinator's `allow_file_urls`, and the embedded
+/// worker of a single-machine setup uses them.
 pub fn valid_url(url: &str) -> bool {
-    !url.is_empty()
-        && !url.starts_with('-')
-        && !url.starts_with("ext::")
-        && !url.starts_with("fd::")
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+    check_url(url).is_ok()
+}
+
+/// [`valid_url`] with the reason.
+pub fn check_url(url: &str) -> Result<UpstreamUrl, UrlRefused> {
+    upstream_url::check(url, true)
+}
+
+/// [`check_url`] as a fetch failure: a URL the policy refuses is not coming back.
+fn checked_url(url: &str) -> Result<UpstreamUrl, Failure> {
+    check_url(url).map_err(|e| Failure::new(FailureClass::Gone, format!("refused url: {e}")))
 }
 
 /// Fetch options for clone and fetch: the prefix filter off works around the gix 0.90 bug
@@ -920,15 +970,28 @@ fn http_transport(
 fn git_transport(
     url: &gix::Url,
     io_timeout: Duration,
-) -> Result<Box<dyn Transport + Send>, String> {
+    deny: &upstream_url::AddrPolicy,
+) -> Result<Box<dyn Transport + Send>, Failure> {
     use std::net::{TcpStream, ToSocketAddrs};
-    let host = url
-        .host()
-        .ok_or_else(|| format!("{} has no host", url.to_bstring()))?;
+    let transient = |m: String| Failure::new(FailureClass::Transient, m);
+    let host = url.host().ok_or_else(|| {
+        Failure::new(
+            FailureClass::Gone,
+            format!("{} has no host", url.to_bstring()),
+        )
+    })?;
     let port = url.port.unwrap_or(9418);
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    // gix keeps the brackets of an IPv6 literal in `git://` URLs; the resolver wants none.
+    let found: Vec<std::net::SocketAddr> = match upstream_url::ip_literal(host) {
+        Some(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        None => (host, port)
+            .to_socket_addrs()
+            .map_err(|e| transient(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    // Only addresses upstream_deny allows are ever connected to (SPEC §17).
+    let addrs = upstream_http::allowed_addrs(deny, host, found)
+        .map_err(|e| Failure::new(FailureClass::Gone, e.to_string()))?;
     let mut last = format!("{host} has no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, GIT_CONNECT_TIMEOUT) {
@@ -937,10 +1000,14 @@ fn git_transport(
                 stream
                     .set_read_timeout(Some(io_timeout))
                     .and_then(|()| stream.set_write_timeout(Some(io_timeout)))
-                    .map_err(|e| format!("cannot set timeouts on a connection to {addr}: {e}"))?;
-                let write = stream
-                    .try_clone()
-                    .map_err(|e| format!("cannot clone the connection to {addr}: {e}"))?;
+                    .map_err(|e| {
+                        transient(format!(
+                            "cannot set timeouts on a connection to {addr}: {e}"
+                        ))
+                    })?;
+                let write = stream.try_clone().map_err(|e| {
+                    transient(format!("cannot clone the connection to {addr}: {e}"))
+                })?;
                 return Ok(Box::new(
                     gix::protocol::transport::client::git::blocking_io::Connection::new(
                         stream,
@@ -956,7 +1023,7 @@ fn git_transport(
             Err(e) => last = format!("could not connect to git server {addr}: {e}"),
         }
     }
-    Err(last)
+    Err(transient(last))
 }
 
 /// What a clone asks for: every advertised object; there is nothing to negotiate.
@@ -1693,6 +1760,10 @@ fn classify_parts(
     {
         return (FailureClass::Local, None);
     }
+    // Our own policy refused the connection or a redirect: nothing to retry soon.
+    if has(&["denied by upstream_deny", "fetch.redirects is same_host"]) {
+        return (FailureClass::Gone, None);
+    }
     if let Some(r) = refusal {
         return match r.status {
             429 => (FailureClass::RateLimited, r.retry_after),
@@ -1826,9 +1897,23 @@ mod tests {
             "fd::3",
             "https://x/a b",
             "https://x/\n",
+            // Issue 10 findings 3 and 5: the coordinator's policy, run again here.
+            "http://10.0.0.5/admin?x=1#",
+            "[-oProxyCommand=x]:p",
+            "ssh://-oX@host/p",
+            "https://token@x/y",
+            "testgit::https://x/y",
         ] {
             assert!(!valid_url(bad), "{bad:?}");
         }
+        // File URLs are the coordinator's decision (allow_file_urls); the worker takes them.
+        assert!(valid_url("file:///srv/git/x.git"));
+        assert!(
+            check_url("https://token@x/y")
+                .unwrap_err()
+                .to_string()
+                .contains("user info")
+        );
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub async fn run_reloadable(
     };
     let mirrors = Arc::new(
         Mirrors::new(cfg.mirror_dir.clone())
-            .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT)),
+            .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT))
+            .with_upstream(cfg.upstream_policy()),
     );
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup, changed) = {
@@ -1126,8 +1127,12 @@ impl Worker {
         let (mut added, mut dropped) = (0usize, 0usize);
         let mut records = Vec::new();
         for spec in delta.upsert {
-            if !mirror::valid_id(&spec.id) || !mirror::valid_url(&spec.url) {
-                tracing::error!(repo = ?spec.id, url = ?spec.url, "the coordinator assigned a repo id or URL this worker refuses to use; ignoring it");
+            if !mirror::valid_id(&spec.id) {
+                tracing::error!(repo = ?spec.id, url = ?spec.url, "the coordinator assigned a repo id this worker refuses to use as a path; ignoring it");
+                continue;
+            }
+            if let Err(why) = mirror::check_url(&spec.url) {
+                tracing::error!(repo = %spec.id, "the coordinator assigned a URL this worker refuses to use ({why}); ignoring it");
                 continue;
             }
             match self.state.repos.get_mut(&spec.id) {

@@ -12,8 +12,16 @@
 //! is first read, as gix writes the whole body before reading the answer. git's `http.*`
 //! configuration is not read (gix's reqwest backend ignores most of it too); the usual
 //! proxy environment variables work. Redirects are followed (at most 10, never from https
-//! to http) and the redirected base URL is reported back to gix, as git does.
+//! to http, only to the same host unless `fetch.redirects: any`) and the redirected base
+//! URL is reported back to gix, as git does.
+//!
+//! **Addresses** (`upstream_deny`, SPEC §17). Names are resolved by [`DenyResolver`],
+//! which drops denied addresses and refuses a name left with none; reqwest never resolves
+//! an IP literal, so literal hosts are checked before each request and on every redirect.
+//! Through `HTTPS_PROXY` the target is resolved by the proxy, not here: only the proxy's
+//! own address is checked then (and literal targets).
 
+use gitmirror_common::upstream_url::{AddrPolicy, ip_literal};
 use gix::bstr::BString;
 use gix::protocol::transport::client::AuthenticationRequired;
 use gix::protocol::transport::client::blocking_io::http::{
@@ -21,6 +29,7 @@ use gix::protocol::transport::client::blocking_io::http::{
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::io::{self, BufRead, Read, Write};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -37,42 +46,81 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
 }
 
+/// Where redirects may lead (`fetch.redirects`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redirects {
+    /// Only to the host (and port) of the first request: a redirect elsewhere fails.
+    #[default]
+    SameHost,
+    /// To any host that `upstream_deny` allows.
+    Any,
+}
+
+/// What an upstream connection may reach: the address policy and the redirect rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    pub deny: AddrPolicy,
+    pub redirects: Redirects,
+}
+
 /// The shared HTTP client: one per [`crate::mirror::Mirrors`].
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: reqwest::blocking::Client,
+    deny: Arc<AddrPolicy>,
 }
 
 impl Client {
     /// `io_timeout` bounds the wait for an answer and for each read of its body.
     ///
     /// Blocking: build it on a blocking thread, not on the async runtime.
-    pub fn new(io_timeout: Duration) -> Result<Self, String> {
+    pub fn new(io_timeout: Duration, policy: &UpstreamPolicy) -> Result<Self, String> {
         gitmirror_common::install_crypto_provider();
-        let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let deny = Arc::new(policy.deny.clone());
+        let redirects = policy.redirects;
+        let redirect_deny = deny.clone();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
             let downgrade = attempt.url().scheme() == "http"
                 && attempt.previous().iter().any(|u| u.scheme() == "https");
             if attempt.previous().len() >= MAX_REDIRECTS {
-                attempt.error("too many redirects")
-            } else if downgrade {
-                attempt.stop()
-            } else {
-                attempt.follow()
+                return attempt.error("too many redirects");
             }
+            if downgrade {
+                return attempt.stop();
+            }
+            let to = attempt.url();
+            if redirects == Redirects::SameHost
+                && let Some(from) = attempt.previous().first()
+                && (from.host_str() != to.host_str() || from.port() != to.port())
+            {
+                let why = format!(
+                    "redirect from {} to another host ({}) refused (fetch.redirects is same_host)",
+                    origin(from),
+                    origin(to)
+                );
+                return attempt.error(why);
+            }
+            if let Err(e) = check_literal(&redirect_deny, to) {
+                return attempt.error(format!("redirect refused: {e}"));
+            }
+            attempt.follow()
         });
         let inner = reqwest::blocking::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(io_timeout)
             .redirect(policy)
+            .dns_resolver(Arc::new(DenyResolver { deny: deny.clone() }))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {}", error_chain(&e)))?;
-        Ok(Self { inner })
+        Ok(Self { inner, deny })
     }
 
     /// A backend for one gix connection.
     pub fn session(&self) -> Session {
         Session {
             client: self.inner.clone(),
+            deny: self.deny.clone(),
             refusal: Arc::new(Mutex::new(None)),
             redirected_base: None,
             redirect_sink: Arc::new(Mutex::new(None)),
@@ -93,6 +141,7 @@ impl RefusalSink {
 /// gix's `Http` for one connection.
 pub struct Session {
     client: reqwest::blocking::Client,
+    deny: Arc<AddrPolicy>,
     refusal: Arc<Mutex<Option<Refusal>>>,
     /// The base URL after a followed redirect, as last reported to gix.
     redirected_base: Option<String>,
@@ -125,6 +174,7 @@ impl Session {
         }
         Arc::new(Mutex::new(Phase::Pending(Pending {
             client: self.client.clone(),
+            deny: self.deny.clone(),
             method,
             url: url.to_owned(),
             base_url: base_url.to_owned(),
@@ -200,6 +250,7 @@ enum Phase {
 
 struct Pending {
     client: reqwest::blocking::Client,
+    deny: Arc<AddrPolicy>,
     method: reqwest::Method,
     url: String,
     base_url: String,
@@ -249,6 +300,19 @@ fn send_if_pending(phase: &mut Phase) {
 }
 
 fn send(p: Pending) -> Phase {
+    // reqwest resolves names through [`DenyResolver`] but connects to IP literals as they
+    // are: check those here.
+    let denied = reqwest::Url::parse(&p.url)
+        .map_err(|e| format!("bad request URL {}: {e}", p.url))
+        .and_then(|u| check_literal(&p.deny, &u));
+    if let Err(message) = denied {
+        // Not `PermissionDenied`: gix would read that as "ask for credentials".
+        return Phase::Failed(Failed {
+            kind: io::ErrorKind::Other,
+            message,
+            www_authenticate: None,
+        });
+    }
     let mut req = p
         .client
         .request(p.method.clone(), &p.url)
@@ -460,6 +524,68 @@ impl BufRead for BodyReader {
         if let Some(b) = self.body.as_mut() {
             b.consume(amt);
         }
+    }
+}
+
+/// `scheme://host[:port]` of `u`, for messages.
+fn origin(u: &reqwest::Url) -> String {
+    match u.port() {
+        Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or_default()),
+        None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
+    }
+}
+
+/// An IP-literal host of `u` checked against `deny` (names go through [`DenyResolver`]).
+fn check_literal(deny: &AddrPolicy, u: &reqwest::Url) -> Result<(), String> {
+    let host = u.host_str().unwrap_or_default();
+    let Some(addr) = ip_literal(host) else {
+        return Ok(());
+    };
+    deny.check(host, addr).map_err(|e| e.to_string())
+}
+
+/// Name resolution for the upstream client: the system resolver, then `upstream_deny`
+/// (SPEC §17). Denied addresses are dropped, so a connection can only use allowed ones;
+/// a name with no allowed address fails with the reason.
+struct DenyResolver {
+    deny: Arc<AddrPolicy>,
+}
+
+impl reqwest::dns::Resolve for DenyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let deny = self.deny.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = allowed_addrs(&deny, &host, found)?;
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The addresses of `host` that `deny` allows; an error naming the first denied one
+/// when none is left.
+pub fn allowed_addrs(
+    deny: &AddrPolicy,
+    host: &str,
+    found: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, gitmirror_common::upstream_url::AddrDenied> {
+    let mut first_denied = None;
+    let mut allowed = Vec::new();
+    for a in found {
+        match deny.check(host, a.ip()) {
+            Ok(()) => allowed.push(a),
+            Err(e) => {
+                tracing::debug!(host, addr = %a.ip(), "address dropped by upstream_deny");
+                first_denied.get_or_insert(e);
+            }
+        }
+    }
+    match (allowed.is_empty(), first_denied) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(allowed),
     }
 }
 

@@ -210,6 +210,20 @@ pub struct LocalWorker {
     pub disk: gitmirror_worker::DiskSection,
     #[serde(default)]
     pub serve_url_base: Option<String>,
+    /// The worker's `upstream_deny` (issue 10); `None`: the worker's default.
+    #[serde(default)]
+    pub upstream_deny: Option<Vec<String>>,
+}
+
+impl LocalWorker {
+    /// `upstream_deny` as a policy; the error is the detail for `local_worker.upstream_deny`.
+    pub fn upstream_deny(&self) -> Result<gitmirror_common::upstream_url::AddrPolicy, String> {
+        use gitmirror_common::upstream_url::{AddrPolicy, DEFAULT_UPSTREAM_DENY};
+        match &self.upstream_deny {
+            None => AddrPolicy::parse(DEFAULT_UPSTREAM_DENY.iter().copied()),
+            Some(list) => AddrPolicy::parse(list.iter().map(String::as_str)),
+        }
+    }
 }
 
 impl Config {
@@ -404,6 +418,8 @@ impl Config {
             if lw.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
                 return Err(invalid("local_worker.name", "must not be empty".into()));
             }
+            lw.upstream_deny()
+                .map_err(|d| invalid("local_worker.upstream_deny", d))?;
         }
 
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
@@ -922,6 +938,14 @@ log_level: debug
                 "local_worker.fetch.concurrency",
             ),
             ("local_worker: {mirror_dir: /m, colour: red}\n", "colour"),
+            (
+                "local_worker: {mirror_dir: /m, upstream_deny: [10.0.0.0/8, x]}\n",
+                "local_worker.upstream_deny",
+            ),
+            (
+                "local_worker: {mirror_dir: /m, fetch: {redirects: sideways}}\n",
+                "redirects",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -172,6 +172,19 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 show(&o.weight),
                 show(&n.weight),
             );
+            // Both are built into the worker's HTTP client once.
+            restart(
+                "local_worker.upstream_deny",
+                o.upstream_deny != n.upstream_deny,
+                show(&o.upstream_deny),
+                show(&n.upstream_deny),
+            );
+            restart(
+                "local_worker.fetch.redirects",
+                o.fetch.redirects != n.fetch.redirects,
+                show(&o.fetch.redirects),
+                show(&n.fetch.redirects),
+            );
             // The embedded worker takes new fetch and disk settings while running.
             if o.fetch != n.fetch || o.disk != n.disk {
                 p.local_worker = true;
@@ -274,5 +287,15 @@ mod tests {
         let p = plan(&old, &new);
         assert!(!p.local_worker);
         assert_eq!(p.needs_restart[0].0, "local_worker.name");
+        // Issue 10: the upstream policy is built into the worker's HTTP client once.
+        let new = cfg(
+            "local_worker: {mirror_dir: /m, upstream_deny: [10.0.0.0/8], fetch: {concurrency: 2, redirects: any}}\n",
+        );
+        let p = plan(&old, &new);
+        let keys: Vec<&str> = p.needs_restart.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["local_worker.upstream_deny", "local_worker.fetch.redirects"]
+        );
     }
 }

@@ -357,6 +357,10 @@ fn start_local_worker(
             e.detail
         )
     })?;
+    let deny = lw
+        .upstream_deny()
+        .map_err(|d| anyhow::anyhow!("{}: local_worker.upstream_deny: {d}", cfg.path.display()))?;
+    let wcfg = wcfg.with_upstream_deny(deny);
     // It follows the coordinator's secret file, so a rotation does not lock it out.
     let wcfg = wcfg.with_token_source(gitmirror_worker::config::TokenSource::CoordinatorSecret(
         cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),

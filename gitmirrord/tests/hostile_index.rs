@@ -113,18 +113,63 @@ fn check_accepted(e: &Entry) -> Result<(), String> {
     if e.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("{}: url {:?}", e.id, e.url));
     }
-    let scheme_ok = ["https://", "http://", "git://", "ssh://"]
-        .iter()
-        .any(|s| lower.starts_with(s))
-        || (!e.url.contains("://")
-            && e.url
-                .split_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && !p.is_empty()));
-    if !scheme_ok {
-        return Err(format!("{}: url {:?} has no allowed scheme", e.id, e.url));
-    }
+    // The oracle is gix's own reading of the URL (issue 10 finding 3: a hand-written scp
+    // rule here once agreed with a hand-written validator that gix disagreed with).
+    gix_agrees(&e.url).map_err(|m| format!("{}: {m}", e.id))?;
     if e.url.contains(SECRET_MARK) {
         return Err(format!("{}: content from outside the index", e.id));
+    }
+    Ok(())
+}
+
+/// What gix makes of an accepted URL: a network scheme, with the scheme, host and path
+/// the validator reported, and the same again when gix's rendering of it is parsed (so
+/// what a worker writes into `remote.origin.url` and reads back is what was validated).
+fn gix_agrees(url: &str) -> Result<(), String> {
+    let reported = repo_url(url, false)?;
+    let parsed =
+        gix::url::parse(url.as_bytes()).map_err(|e| format!("gix refuses {url:?}: {e}"))?;
+    let parts = |u: &gix::Url| {
+        (
+            u.scheme.clone(),
+            u.host().map(str::to_owned),
+            u.path.clone(),
+        )
+    };
+    let ours = (
+        reported.url.scheme.clone(),
+        reported.host().map(str::to_owned),
+        gix::bstr::BString::from(reported.path()),
+    );
+    if parts(&parsed) != ours {
+        return Err(format!(
+            "{url:?}: gix reads {:?}, the validator {ours:?}",
+            parts(&parsed)
+        ));
+    }
+    use gix::url::Scheme::*;
+    if !matches!(parsed.scheme, Https | Http | Git | Ssh) {
+        return Err(format!(
+            "{url:?}: scheme {:?} with file urls off",
+            parsed.scheme
+        ));
+    }
+    let rendered = parsed.to_bstring();
+    let again = gix::url::parse(rendered.as_slice())
+        .map_err(|e| format!("{url:?}: gix cannot re-read its rendering {rendered:?}: {e}"))?;
+    if parts(&again) != parts(&parsed) {
+        return Err(format!(
+            "{url:?}: rendered as {rendered:?}, which gix reads as {:?}",
+            parts(&again)
+        ));
+    }
+    let rendered = rendered.to_string();
+    let again = repo_url(&rendered, false)
+        .map_err(|e| format!("{url:?}: its rendering {rendered:?} is refused: {e}"))?;
+    if again.url.scheme != parsed.scheme || again.host() != parsed.host() {
+        return Err(format!(
+            "{url:?}: its rendering {rendered:?} reads differently"
+        ));
     }
     Ok(())
 }
@@ -185,6 +230,12 @@ fn url() -> impl Strategy<Value = String> {
         1 => Just("https://x.org/a\u{0}b".to_owned()),
         1 => Just("https://x.org/a\u{1b}[2J".to_owned()),
         1 => Just("https:///x".to_owned()),
+        1 => Just("[a:b]/x".to_owned()),
+        1 => Just("http://10.0.0.5/admin?x=1#".to_owned()),
+        1 => Just("[-oProxyCommand=x]:p".to_owned()),
+        1 => Just("ssh://-oX@host/p".to_owned()),
+        1 => Just("https://user:pw@x.org/y".to_owned()),
+        1 => "\\[[a-z:\\-]{1,6}\\][:/][a-z/]{0,6}",
         2 => ".{0,24}",
     ]
 }
@@ -471,6 +522,55 @@ fn arbitrary_trees_are_judged_entry_by_entry() {
     figure(SUITE, "arbitrary_secs", t.elapsed().as_secs());
 }
 
+/// Issue 10 build 3 property: every URL the validator accepts is, to gix, the scheme,
+/// host and path the validator reported, and gix's rendering of it reads back the same
+/// and is accepted again; the worker's own check agrees. URLs are drawn from the hostile mix above and from strings
+/// over URL punctuation, which find parser disagreements fastest.
+#[test]
+fn issue10_f3_accepted_urls_are_what_gix_reads() {
+    let punct = "[a-z0-9:/@\\[\\]%?#.~_+\\-]{0,20}";
+    let schemed = (
+        prop_oneof![
+            Just("https://"),
+            Just("http://"),
+            Just("git://"),
+            Just("ssh://"),
+            Just("")
+        ],
+        punct,
+    )
+        .prop_map(|(a, b)| format!("{a}{b}"));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 4096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&prop_oneof![url(), schemed], |u| {
+            // One policy: the worker's re-check agrees with the coordinator's validator
+            // (the worker leaves file URLs to the coordinator's allow_file_urls).
+            prop_assert_eq!(
+                repo_url(&u, true).is_ok(),
+                gitmirror_worker::mirror::valid_url(&u),
+                "{:?}",
+                u
+            );
+            if repo_url(&u, false).is_ok() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gix_agrees(&u).map_err(TestCaseError::fail)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let accepted = accepted.into_inner();
+    assert!(
+        accepted > 200,
+        "only {accepted} of 4096 urls accepted: the generator is off"
+    );
+    figure(SUITE, "url_property_accepted", accepted);
+}
+
 // ---------------------------------------------------------------------------------------
 // Named cases.
 
@@ -541,6 +641,31 @@ fn named_entries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "o/opt/scpuser",
             b"url: 'git@-oProxyCommand=id:x'\n".to_vec(),
             "host starts with '-'",
+        ),
+        (
+            "o/opt/scpbracket",
+            b"url: '[-oProxyCommand=x]:p'\n".to_vec(),
+            "host starts with '-'",
+        ),
+        (
+            "o/opt/sshuser",
+            b"url: 'ssh://-oX@host/p'\n".to_vec(),
+            "user starts with '-'",
+        ),
+        (
+            "p/bracket/local",
+            b"url: '[a:b]/x'\n".to_vec(),
+            "allow_file_urls",
+        ),
+        (
+            "q/query/admin",
+            b"url: 'http://10.0.0.5/admin?x=1#'\n".to_vec(),
+            "query or fragment",
+        ),
+        (
+            "u/userinfo/token",
+            b"url: 'https://ghp_token@x.org/y.git'\n".to_vec(),
+            "user info",
         ),
         (
             "p/abs/etc",

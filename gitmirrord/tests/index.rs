@@ -599,6 +599,40 @@ fn file_urls_when_allowed() {
     assert!(ix.status()[0].rejected.is_empty());
 }
 
+// Issue 10: a coordinator upgraded from the release with the hand-written URL check reads
+// the same index commit again under the new rules (layout version 2): an entry the old
+// check accepted (`[a:b]/x`, a local path to gix) is removed and listed as rejected.
+#[test]
+fn issue10_upgrade_rereads_the_same_commit_under_the_new_url_rules() {
+    let repo = IndexRepo::new();
+    repo.write("a/abc/abc", "url: https://x.org/abc\n")
+        .write("b/bad/bad", "url: '[a:b]/x'\n");
+    let commit = repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let url = repo.url();
+    // What the previous release left: the release-1 state file, `[a:b]/x` accepted.
+    let entry =
+        |id: &str, u: &str| serde_json::json!({"id": id, "url": u, "index": "up", "metadata": {}});
+    let applied = serde_json::json!({"indexes": {"up": {"url": url, "commit": commit,
+        "reader": "layout v1, allow_file_urls=false",
+        "entries": {"a/abc/abc": entry("a/abc/abc", "https://x.org/abc"),
+                    "b/bad/bad": entry("b/bad/bad", "[a:b]/x")},
+        "rejected": [], "held": {"commit": null, "removals": [], "total": 0}}}});
+    std::fs::create_dir_all(state.path().join("index")).unwrap();
+    std::fs::write(
+        state.path().join("index/applied.json"),
+        format!("gitmirror-state index v1\n{applied}\n"),
+    )
+    .unwrap();
+    let mut ix = Indexes::open(vec![source("up", &url)], settings(state.path(), 100.0)).unwrap();
+    assert!(ix.entry("b/bad/bad").is_some(), "the old state loaded");
+    let delta = ix.poll(true).unwrap();
+    assert_eq!(delta.removed, ["b/bad/bad"]);
+    assert!(ix.entry("b/bad/bad").is_none());
+    assert!(ix.entry("a/abc/abc").is_some());
+    assert!(reason(&ix, "up", "b/bad/bad").contains("allow_file_urls"));
+}
+
 // SPEC §3.3: an index repository owned by another user (e.g. root, while the coordinator
 // runs as `gitmirror`) is still read; git would refuse it as "dubious ownership" unless told.
 #[test]

@@ -20,6 +20,7 @@ pub fn fetch_section(min_interval: Duration, max_interval: Duration) -> FetchSec
         timeout: Duration::from_secs(60),
         min_interval,
         max_interval,
+        ..FetchSection::default()
     }
 }
 

@@ -29,6 +29,8 @@ pub struct HttpGit {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     limit: Arc<Mutex<Limit>>,
+    /// Answer every request with a 302 to this base followed by the request target.
+    redirect: Arc<Mutex<Option<String>>>,
 }
 
 impl HttpGit {
@@ -38,16 +40,33 @@ impl HttpGit {
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let limit = Arc::new(Mutex::new(Limit::default()));
-        let (s, l, root) = (seen.clone(), limit.clone(), root.to_owned());
+        let redirect = Arc::new(Mutex::new(None));
+        let (s, l, r, root) = (
+            seen.clone(),
+            limit.clone(),
+            redirect.clone(),
+            root.to_owned(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (s, l, root) = (s.clone(), l.clone(), root.clone());
+                let (s, l, r, root) = (s.clone(), l.clone(), r.clone(), root.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &root, &s, &l);
+                    let _ = serve(conn, &root, &s, &l, &r);
                 });
             }
         });
-        Self { port, seen, limit }
+        Self {
+            port,
+            seen,
+            limit,
+            redirect,
+        }
+    }
+
+    /// From the next request on, answer everything with `302 Found` to `base` followed
+    /// by the request's path and query (`base` like `http://localhost:8080`).
+    pub fn redirect_to(&self, base: &str) {
+        *self.redirect.lock().unwrap() = Some(base.to_owned());
     }
 
     /// From the next request on, refuse everything for `window` with 429 and a
@@ -73,6 +92,7 @@ fn serve(
     root: &PathBuf,
     seen: &Mutex<Vec<Seen>>,
     limit: &Mutex<Limit>,
+    redirect: &Mutex<Option<String>>,
 ) -> std::io::Result<()> {
     let at = Instant::now();
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -127,6 +147,14 @@ fn serve(
             status,
         })
     };
+    if let Some(base) = redirect.lock().unwrap().clone() {
+        record(302);
+        write!(
+            conn,
+            "HTTP/1.1 302 Found\r\nLocation: {base}{target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return conn.flush();
+    }
     if let Some(secs) = refuse {
         record(429);
         let msg = "slow down\n";

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// Raise when a change of these rules changes the entries read from the same files.
-pub const VERSION: u32 = 1;
+/// 2: URLs judged by gix's parser (issue 10), so an index read under 1 is read again.
+pub const VERSION: u32 = 2;
 
 /// Largest entry or `DEFAULTS` file read (SPEC §3.2).
 pub const MAX_FILE_SIZE: u64 = 64 * 1024;
