@@ -115,26 +115,26 @@ impl std::fmt::Display for Authority {
 pub enum Access {
     /// `/healthz`: nothing.
     Open,
-    /// Everything else that only reads (or is refused with 404/405 anyway).
+    /// `GET` and `HEAD`, and methods no route takes (answered 405): they change nothing.
     Read,
-    /// A change: the API token, or a same-origin call from loopback.
+    /// `POST`, `PUT`, `PATCH` and `DELETE` on every other path: the API token, or a
+    /// same-origin call from loopback. Classed by method, not by route, so that a change
+    /// added later (worker approve and remove) is guarded without being listed here; a
+    /// `POST` to a read-only path gets its 405 only once it passes.
     Change,
     /// A push hook (SPEC §15): authenticated by its own signature in its handler.
     Hook,
 }
 
-/// What `method path` needs. A `POST` to a change's path is a change; any other method
-/// on it is answered 405 after the read check.
+/// What `method path` needs.
 pub fn access(method: &str, path: &str) -> Access {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
         ["healthz"] => Access::Open,
         // SPEC §15: the push-hook endpoints check their senders' signatures themselves;
-        // a read token would lock the forges out.
+        // a token or a Host check would lock the forges out.
         ["api", "hooks", ..] => Access::Hook,
-        ["api", "repos", _, _, _, "fetch"] | ["api", "index", _, "accept"] if method == "POST" => {
-            Access::Change
-        }
+        _ if matches!(method, "POST" | "PUT" | "PATCH" | "DELETE") => Access::Change,
         _ => Access::Read,
     }
 }
@@ -325,7 +325,22 @@ mod tests {
         assert_eq!(access("POST", FETCH), Access::Change);
         assert_eq!(access("POST", "/api/index/main/accept"), Access::Change);
         assert_eq!(access("GET", FETCH), Access::Read);
-        assert_eq!(access("PUT", "/api/index/main/accept"), Access::Read);
+        assert_eq!(access("HEAD", FETCH), Access::Read);
+        assert_eq!(
+            access("FROBNICATE", FETCH),
+            Access::Read,
+            "no route takes it: 405"
+        );
+        // The changing methods anywhere: changes not yet routed are guarded too.
+        for (m, p) in [
+            ("PUT", "/api/index/main/accept"),
+            ("POST", "/api/status"),
+            ("DELETE", "/api/workers/1"),
+            ("POST", "/api/workers/x/remove"),
+            ("PATCH", "/"),
+        ] {
+            assert_eq!(access(m, p), Access::Change, "{m} {p}");
+        }
         for p in [
             "/",
             "/metrics",

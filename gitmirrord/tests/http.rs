@@ -139,7 +139,11 @@ async fn unknown_paths_and_wrong_methods() {
     let (s, e) = c.post("/api/status").await;
     assert_eq!(s, 405);
     assert!(e["error"].as_str().unwrap().contains("GET"));
-    let head = http_head(c.http, b"DELETE /api/repos/a/abc/abc HTTP/1.1\r\n\r\n").await;
+    let delete = format!(
+        "DELETE /api/repos/a/abc/abc HTTP/1.1\r\nHost: {}\r\n\r\n",
+        c.http
+    );
+    let head = http_head(c.http, delete.as_bytes()).await;
     assert!(
         head.starts_with("HTTP/1.1 405") && head.contains("Allow: GET"),
         "{head}"
