@@ -490,11 +490,13 @@ impl View<'_> {
         let owner = r.owner.and_then(|o| self.fleet.worker(&o));
         let by_owner = r.owner.is_some() && r.status.by == r.owner;
         let clone_url = owner.and_then(|w| w.serve_url_base.as_deref()).map(|base| {
-            if base.ends_with('/') {
+            let url = if base.ends_with('/') {
                 format!("{base}{id}.git")
             } else {
                 format!("{base}/{id}.git")
-            }
+            };
+            // A worker's serve_url_base is its operator's text: shown like any URL.
+            redact::url_owned(url)
         });
         let mut holders: Vec<u32> = r.holders.keys().filter_map(|u| self.id_of(u)).collect();
         holders.sort_unstable();

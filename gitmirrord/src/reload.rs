@@ -304,4 +304,20 @@ mod tests {
         assert!(!p.local_worker);
         assert_eq!(p.needs_restart[0].0, "local_worker.name");
     }
+
+    // SPEC §9, §11: api_allowed_hosts (and api_read_token_file, read like api_token_file)
+    // are reloaded, named in the log line, and kept by the merge.
+    #[test]
+    fn spec_9_http_auth_keys_are_reloaded() {
+        let old = cfg("");
+        let new = cfg("api_allowed_hosts: [mirror.example:8089]\n");
+        let p = plan(&old, &new);
+        assert!(p.api_token && p.needs_restart.is_empty(), "{p:?}");
+        assert!(
+            p.applied[0].contains("api_allowed_hosts [] → [mirror.example:8089]"),
+            "{p:?}"
+        );
+        let merged = merge(&old, new);
+        assert_eq!(merged.api_allowed_hosts.len(), 1);
+    }
 }

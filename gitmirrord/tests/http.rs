@@ -610,3 +610,45 @@ async fn issue10_f4_no_secret_from_a_url_is_shown_anywhere() {
     );
     c.stop().await.1.unwrap();
 }
+
+/// SPEC §9, §11: `api_read_token_file` and `api_allowed_hosts` are reloaded on SIGHUP as
+/// `api_token_file` is: a rotated read token takes over and the old one stops working; a
+/// host added to `api_allowed_hosts` may be named by a tokenless change from loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_read_token_and_allowed_hosts_reload_on_sighup() {
+    let keys = tempfile::tempdir().unwrap();
+    let read = secret_file(keys.path(), "read-token", "first-reader");
+    let extra = format!("api_read_token_file: {}\n", read.display());
+    let c = Coordinator::start(&extra).await;
+    let get = |token: &str| {
+        let raw =
+            format!("GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let addr = c.http;
+        async move { http_raw(addr, raw.as_bytes()).await.0 }
+    };
+    assert_eq!(get("first-reader").await, 200);
+    let port = c.http.port();
+    let host = format!("Host: mirror.example:{port}");
+    let fetch = "/api/repos/a/abc/abc/fetch";
+    assert_eq!(c.post_with(fetch, &[host.as_str()]).await.0, 403);
+
+    // The harness parsed its config from text: write the same text, plus the new key, to
+    // the file the coordinator reloads.
+    secret_file(keys.path(), "read-token", "second-reader");
+    let text = format!(
+        "state_dir: {}\nindexes: [{{name: test, url: {}, poll_interval: 1s}}]\nliveness: {{keepalive_interval: 1s, suspect_after: 3s, dead_after: 4s}}\n{extra}api_allowed_hosts: [mirror.example]\n",
+        c.state_dir.display(),
+        c.dir.path().join("index-src").display()
+    );
+    std::fs::write(c.dir.path().join("gitmirrord.yaml"), text).unwrap();
+    c.handle.reload();
+    eventually(10, "the second read token in force", || async {
+        (get("second-reader").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get("first-reader").await, 401);
+    let (s, e) = c.post_with(fetch, &[host.as_str()]).await;
+    // Past the checks: routed (404 while the index loads, 409 after: no worker owns it).
+    assert!([404, 409].contains(&s), "{s} {e}");
+    c.stop().await.1.unwrap();
+}
