@@ -382,13 +382,17 @@ async fn read_request(
         }
         headers.push((k.to_owned(), v.trim().to_owned()));
     }
-    if headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .count()
-        > 1
-    {
-        return Err(Answer::error(400, "more than one Content-Length"));
+    // Two of these would let the length, or what the Host and Origin checks (SPEC §9)
+    // look at, differ from what another reader of the request sees (RFC 9112 §3.2: 400
+    // for more than one Host).
+    for name in ["Content-Length", "Host", "Origin"] {
+        let n = headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count();
+        if n > 1 {
+            return Err(Answer::error(400, &format!("more than one {name}")));
+        }
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     let path = percent_decode(raw_path).ok_or_else(|| Answer::error(400, "malformed path"))?;
