@@ -19,6 +19,9 @@
 //! number published by the main loop through a `watch`, never on the loop itself; the
 //! read deadline covers only reading the request.
 //!
+//! Who may ask what is decided by [`crate::http_auth`] once the request is read (its size
+//! and shape checked) and before anything is routed.
+//!
 //! Fleet state is owned by the main loop: queries travel there as [`HttpCall`]s and come
 //! back as [`Reply`]s, whose JSON is encoded here on a blocking thread, off the loop. Events are read from the shared log, index state from the
 //! poller's handle.
@@ -78,10 +81,21 @@ impl HttpCtx {
             local: req.local,
             headers: &req.headers,
         };
-        match self.auth.read() {
+        let verdict = match self.auth.read() {
             Ok(a) => crate::http_auth::authorize(&caller, &a),
             Err(e) => crate::http_auth::authorize(&caller, &e.into_inner()),
+        };
+        if let Err(a) = &verdict {
+            // Debug only: anyone who can connect could otherwise fill the log.
+            tracing::debug!(
+                "HTTP {} {:?} from {} refused ({})",
+                req.method,
+                req.path,
+                req.peer,
+                a.status
+            );
         }
+        verdict
     }
 }
 
