@@ -632,4 +632,51 @@ mod tests {
         };
         assert_eq!(status(authorize(&c, &HttpAuth::default())), 403);
     }
+
+    use proptest::prelude::*;
+
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("127.0.0.1:8089".to_owned()),
+            Just("localhost:8089".to_owned()),
+            Just("http://127.0.0.1:8089".to_owned()),
+            Just("Bearer s3cret".to_owned()),
+            Just("null".to_owned()),
+            "[ -~]{0,24}",
+            "(https?://)?[a-z0-9.:\\[\\]@-]{0,20}",
+        ]
+    }
+
+    proptest! {
+        // issue 10 finding 4, whatever a client sends: with a token file, a change passes
+        // only with exactly `Bearer <token>`; without one, only from loopback with a Host
+        // that is one of the listener's names and an Origin that is absent or its own.
+        #[test]
+        fn issue10_f4_no_header_combination_gets_past_the_checks(
+            host in proptest::option::of(header_value()),
+            origin in proptest::option::of(header_value()),
+            authorization in proptest::option::of(header_value()),
+            loopback in any::<bool>(),
+            method in prop_oneof![Just("POST"), Just("PUT"), Just("DELETE"), Just("PATCH")],
+        ) {
+            let mut hs = Vec::new();
+            for (k, v) in [("Host", &host), ("Origin", &origin), ("Authorization", &authorization)] {
+                if let Some(v) = v {
+                    hs.push((k.to_owned(), v.clone()));
+                }
+            }
+            let peer = if loopback { "127.0.0.1:5" } else { "192.0.2.1:5" };
+            let c = caller(method, FETCH, peer, &hs);
+            let locked = HttpAuth { api_token: token("s3cret"), ..HttpAuth::default() };
+            let bearer_ok = authorization.as_deref().map(str::trim) == Some("Bearer s3cret");
+            prop_assert_eq!(authorize(&c, &locked).is_ok(), bearer_ok);
+            let open_ok = authorize(&c, &HttpAuth::default()).is_ok();
+            let own = ["127.0.0.1:8089", "localhost:8089"];
+            let host_ok = host.as_deref().is_some_and(|h| own.contains(&h.to_ascii_lowercase().as_str()));
+            let origin_ok = origin.as_deref().is_none_or(|o| {
+                own.iter().any(|h| o.eq_ignore_ascii_case(&format!("http://{h}")))
+            });
+            prop_assert!(!open_ok || (loopback && host_ok && origin_ok), "{:?}", hs);
+        }
+    }
 }
