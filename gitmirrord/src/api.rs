@@ -12,6 +12,7 @@
 use crate::census::IdPage;
 use crate::fleet::{Fleet, Repo, RepoState};
 use crate::index::IndexStatus;
+use crate::redact;
 use crate::registry::WorkerRecord;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -270,6 +271,24 @@ pub struct RepoDetail {
     pub holders: Vec<u32>,
 }
 
+/// An index's status as shown (SPEC §9): its URL, its last error and the reasons given
+/// for rejected entries (which quote the entries' URLs) without user info.
+pub fn redact_index(mut s: IndexStatus) -> IndexStatus {
+    s.url = redact::url_owned(s.url);
+    s.last_error = s.last_error.map(redact::text_owned);
+    for r in &mut s.rejected {
+        r.reason = redact::text_owned(std::mem::take(&mut r.reason));
+        r.path = redact::text_owned(std::mem::take(&mut r.path));
+    }
+    s
+}
+
+/// An event as shown and sent to webhooks (SPEC §8, §9): the URL without user info,
+/// whenever the event was recorded.
+pub fn redact_event(e: &mut crate::events::Event) {
+    e.url = redact::url_owned(std::mem::take(&mut e.url));
+}
+
 fn time(ms: Option<i64>) -> Option<String> {
     ms.map(gitmirror_common::rfc3339_ms)
 }
@@ -324,7 +343,7 @@ impl View<'_> {
             repos: self.fleet.census().owned(&w.uuid),
             weight: w.weight,
             disk_free_bytes: w.disk_free_bytes,
-            status: w.status.clone(),
+            status: redact::text_owned(w.status.clone()),
         }
     }
 
@@ -383,7 +402,7 @@ impl View<'_> {
                     truncated = true;
                     break;
                 }
-                urls.push(url.clone());
+                urls.push(redact::url_arc(url));
                 budget -= 1;
             }
             worker_url.insert(w.id.to_string(), urls);
@@ -403,14 +422,14 @@ impl View<'_> {
             uptime_secs: self.uptime_secs,
             workers: self.workers(),
             repos: self.counts(),
-            index,
+            index: index.into_iter().map(redact_index).collect(),
         }
     }
 
     fn summary(&self, id: &Arc<str>, r: &Repo) -> RepoSummary {
         RepoSummary {
             id: id.clone(),
-            url: r.url.clone(),
+            url: redact::url_arc(&r.url),
             index: r.index.clone(),
             worker: r.owner.and_then(|o| self.id_of(&o)),
             state: r.state().as_str(),
@@ -471,18 +490,20 @@ impl View<'_> {
         let owner = r.owner.and_then(|o| self.fleet.worker(&o));
         let by_owner = r.owner.is_some() && r.status.by == r.owner;
         let clone_url = owner.and_then(|w| w.serve_url_base.as_deref()).map(|base| {
-            if base.ends_with('/') {
+            let url = if base.ends_with('/') {
                 format!("{base}{id}.git")
             } else {
                 format!("{base}/{id}.git")
-            }
+            };
+            // A worker's serve_url_base is its operator's text: shown like any URL.
+            redact::url_owned(url)
         });
         let mut holders: Vec<u32> = r.holders.keys().filter_map(|u| self.id_of(u)).collect();
         holders.sort_unstable();
         let st = &r.status;
         Some(RepoDetail {
             id: id.to_owned(),
-            url: r.url.clone(),
+            url: redact::url_arc(&r.url),
             index: r.index.clone(),
             worker: owner.map(|w| w.id),
             state: r.state().as_str(),
@@ -495,7 +516,7 @@ impl View<'_> {
             failures: if by_owner { st.failures } else { 0 },
             last_error: st.last_error.as_ref().map(|e| ErrorView {
                 class: e.class,
-                message: e.message.clone(),
+                message: redact::text_owned(e.message.clone()),
                 time: gitmirror_common::rfc3339_ms(e.time_ms),
             }),
             refs: st.refs,

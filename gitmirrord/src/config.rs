@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub allow_file_urls: Option<bool>,
     pub purge_protect_percent: Option<f64>,
     pub api_token_file: Option<PathBuf>,
+    pub api_read_token_file: Option<PathBuf>,
+    pub api_allowed_hosts: Option<Vec<String>>,
     pub webhooks: Option<Vec<RawWebhook>>,
     pub events: Option<RawEvents>,
     pub local_worker: Option<LocalWorker>,
@@ -174,6 +176,13 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     /// Contents of `api_token_file`, read when the config is loaded.
     pub api_token: Option<ApiToken>,
+    /// `api_read_token_file` (SPEC §9): when set, reads need it (or the API token).
+    pub api_read_token_file: Option<PathBuf>,
+    /// Contents of `api_read_token_file`, read when the config is loaded.
+    pub api_read_token: Option<ApiToken>,
+    /// `api_allowed_hosts`: `Host` values besides the listener's that a change without
+    /// a token file may name (SPEC §9).
+    pub api_allowed_hosts: Vec<crate::http_auth::Authority>,
     pub webhooks: Vec<Webhook>,
     /// `events.*`: retention, segment size and refs listed per event.
     pub events: EventOptions,
@@ -368,6 +377,21 @@ impl Config {
             )),
         };
 
+        // SPEC §9 (issue 10): the read token, and the Host names tokenless changes may use.
+        let api_read_token = match &raw.api_read_token_file {
+            None => None,
+            Some(p) => Some(ApiToken(
+                read_secret(p).map_err(|m| invalid("api_read_token_file", m))?,
+            )),
+        };
+        let mut api_allowed_hosts = Vec::new();
+        for (i, h) in raw.api_allowed_hosts.unwrap_or_default().iter().enumerate() {
+            api_allowed_hosts.push(
+                crate::http_auth::Authority::parse(h.trim())
+                    .map_err(|m| invalid(&format!("api_allowed_hosts[{i}]"), m))?,
+            );
+        }
+
         let mut webhooks: Vec<Webhook> = Vec::new();
         for (i, w) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
             let url_ok = ["http://", "https://"]
@@ -442,6 +466,9 @@ impl Config {
             purge_protect_percent,
             api_token_file: raw.api_token_file,
             api_token,
+            api_read_token_file: raw.api_read_token_file,
+            api_read_token,
+            api_allowed_hosts,
             webhooks,
             events,
             local_worker: raw.local_worker,
@@ -826,6 +853,43 @@ log_level: debug
             .unwrap_err()
             .to_string();
         assert!(e.contains("empty"), "{e}");
+    }
+
+    // SPEC §9 (issue 10): `api_read_token_file` follows the rules of `api_token_file`
+    // (private, not empty; not printed by Debug); `api_allowed_hosts` takes host[:port]
+    // and names the bad entry.
+    #[test]
+    fn spec_9_read_token_file_and_allowed_hosts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("read-token");
+        std::fs::write(&p, "r34d\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&format!(
+            "api_read_token_file: {}\napi_allowed_hosts: [Mirror.Example:8089, '[::1]', proxy]\n",
+            p.display()
+        ))
+        .unwrap();
+        assert_eq!(c.api_read_token, Some(ApiToken("r34d".into())));
+        assert_eq!(c.api_read_token_file.as_deref(), Some(p.as_path()));
+        assert!(!format!("{c:?}").contains("r34d"));
+        let shown: Vec<String> = c.api_allowed_hosts.iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown, ["mirror.example:8089", "[::1]", "proxy"]);
+        let d = parse("").unwrap();
+        assert_eq!((d.api_read_token, d.api_allowed_hosts.len()), (None, 0));
+
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!("api_read_token_file: {}\n", p.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("api_read_token_file") && e.contains("chmod 600"),
+            "{e}"
+        );
+        let e = parse("api_allowed_hosts: [ok.example, 'http://x/']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api_allowed_hosts[1]"), "{e}");
     }
 
     // SPEC §2.1 / §2.2: a file with only the prototype's keys works.

@@ -3,7 +3,8 @@
 //!
 //! Server-rendered, inline CSS, no scripts or external assets; it refreshes itself every
 //! 10 s. Every string that comes from outside (index entries, worker names and status
-//! lines, upstream error messages, URLs) goes through [`esc`]. Lists are bounded, and
+//! lines, upstream error messages, URLs) goes through [`esc`], and URLs in them through
+//! [`redact`] (before any cut, so a cut cannot hide the `@` that marks a password). Lists are bounded, and
 //! counts and the failing list come from the fleet's census, so a render costs
 //! O(workers + indexes + listed rows), never a walk of the repos (SPEC §12).
 
@@ -11,6 +12,7 @@ use crate::events::Event;
 use crate::fleet::{Fleet, RepoState};
 use crate::index::IndexStatus;
 use crate::metrics::WebhookMetric;
+use crate::redact;
 use crate::registry::WorkerState;
 use std::fmt::Write;
 
@@ -246,7 +248,7 @@ fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
             esc(w.addr.as_deref().unwrap_or("—")),
             census.owned(&w.uuid),
             w.weight,
-            esc(&cut(&w.status, 200)),
+            esc(&cut(&redact::text(&w.status), 200)),
             s = w.state.as_str(),
         );
     }
@@ -285,7 +287,7 @@ fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                cut(&e.message, MAX_MESSAGE),
+                cut(&redact::text(&e.message), MAX_MESSAGE),
                 format!("{} ago", ago((now_ms - e.time_ms) / 1000)),
             ),
             None => (String::new(), String::new(), String::new()),
@@ -408,11 +410,14 @@ fn indexes(h: &mut String, index: &[IndexStatus]) {
             "<tr><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{rejected}</td><td>{held}</td><td class=\"msg\">{}</td></tr>",
             esc(&s.name),
-            esc(&cut(&s.url, 100)),
+            esc(&cut(&redact::url(&s.url), 100)),
             esc(&commit),
             esc(s.last_poll.as_deref().unwrap_or("never")),
             s.entries,
-            esc(&cut(s.last_error.as_deref().unwrap_or(""), MAX_MESSAGE)),
+            esc(&cut(
+                &redact::text(s.last_error.as_deref().unwrap_or("")),
+                MAX_MESSAGE
+            )),
         );
     }
     h.push_str("</table></section>");

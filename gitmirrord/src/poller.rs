@@ -218,7 +218,8 @@ fn poll_loop(
             }
             Err(e) => {
                 publish(&indexes, &status);
-                tracing::error!("index poll failed: {e}");
+                // The error may quote an index URL with a password (SPEC §9).
+                tracing::error!("index poll failed: {}", crate::redact::text(&e.to_string()));
                 // Do not spin on a persistent error.
                 std::thread::sleep(Duration::from_secs(1));
             }

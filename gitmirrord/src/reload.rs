@@ -1,7 +1,8 @@
 //! What a SIGHUP can change in a running coordinator (SPEC §11).
 //!
 //! Reloaded: `log_level`, `indexes` (with their `poll_interval`s), `webhooks` (URLs and
-//! secrets), `api_token_file` (path and contents), and the embedded worker's
+//! secrets), `api_token_file` and `api_read_token_file` (paths and contents),
+//! `api_allowed_hosts`, and the embedded worker's
 //! `local_worker.fetch` and `local_worker.disk`. Everything else is fixed for the life of
 //! the process — sockets, state directory, worker ids, liveness timing, index reading
 //! rules, the embedded worker's identity and directories — and a change to it is named in
@@ -17,6 +18,7 @@ pub struct Plan {
     pub log_level: bool,
     pub indexes: bool,
     pub webhooks: bool,
+    /// `api_token_file`, `api_read_token_file` or `api_allowed_hosts` (SPEC §9).
     pub api_token: bool,
     /// `local_worker.fetch` or `local_worker.disk` changed: send them to the embedded worker.
     pub local_worker: bool,
@@ -71,6 +73,30 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             Some(f) => format!("api_token_file {}", f.display()),
             None => "api_token_file (removed)".into(),
         });
+    }
+    if old.api_read_token_file != new.api_read_token_file
+        || old.api_read_token != new.api_read_token
+    {
+        p.api_token = true;
+        p.applied.push(match &new.api_read_token_file {
+            Some(f) => format!("api_read_token_file {}", f.display()),
+            None => "api_read_token_file (removed)".into(),
+        });
+    }
+    if old.api_allowed_hosts != new.api_allowed_hosts {
+        p.api_token = true;
+        let shown = |c: &Config| {
+            c.api_allowed_hosts
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        p.applied.push(format!(
+            "api_allowed_hosts [{}] → [{}]",
+            shown(old),
+            shown(new)
+        ));
     }
     if old.status_url_limit != new.status_url_limit {
         p.applied.push(format!(
@@ -219,6 +245,9 @@ pub fn merge(old: &Config, new: Config) -> Config {
         webhooks: new.webhooks,
         api_token_file: new.api_token_file,
         api_token: new.api_token,
+        api_read_token_file: new.api_read_token_file,
+        api_read_token: new.api_read_token,
+        api_allowed_hosts: new.api_allowed_hosts,
         status_url_limit: new.status_url_limit,
         warnings: new.warnings,
         ..old.clone()
@@ -297,5 +326,21 @@ mod tests {
             keys,
             ["local_worker.upstream_deny", "local_worker.fetch.redirects"]
         );
+    }
+
+    // SPEC §9, §11: api_allowed_hosts (and api_read_token_file, read like api_token_file)
+    // are reloaded, named in the log line, and kept by the merge.
+    #[test]
+    fn spec_9_http_auth_keys_are_reloaded() {
+        let old = cfg("");
+        let new = cfg("api_allowed_hosts: [mirror.example:8089]\n");
+        let p = plan(&old, &new);
+        assert!(p.api_token && p.needs_restart.is_empty(), "{p:?}");
+        assert!(
+            p.applied[0].contains("api_allowed_hosts [] → [mirror.example:8089]"),
+            "{p:?}"
+        );
+        let merged = merge(&old, new);
+        assert_eq!(merged.api_allowed_hosts.len(), 1);
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::acks::Acks;
 use crate::api::{Answer, Query, Reply, View};
-use crate::config::{ApiToken, Config};
+use crate::config::Config;
 use crate::events::appender::{Appender, Done};
 use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
@@ -231,7 +231,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         seq_rx.clone(),
     )
     .await;
-    let api_token = Arc::new(RwLock::new(cfg.api_token.clone()));
+    let http_auth = Arc::new(RwLock::new(crate::http_auth::HttpAuth::from_config(&cfg)));
 
     let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
@@ -244,7 +244,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             events: log.clone(),
             last_seq: seq_rx,
             index: index.clone(),
-            api_token: api_token.clone(),
+            auth: http_auth.clone(),
         },
     )
     .context("starting the HTTP API")?;
@@ -264,7 +264,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         recent,
         events_by_kind: BTreeMap::new(),
         webhooks: Some(webhooks),
-        api_token,
+        http_auth,
         dir,
         fleet,
         conns: HashMap::new(),
@@ -419,7 +419,7 @@ struct MainLoop {
     /// Events appended since start, by kind (`gitmirror_events_total`).
     events_by_kind: BTreeMap<&'static str, u64>,
     webhooks: Option<Webhooks>,
-    api_token: Arc<RwLock<Option<ApiToken>>>,
+    http_auth: Arc<RwLock<crate::http_auth::HttpAuth>>,
     dir: PathBuf,
     fleet: Fleet,
     conns: HashMap<Uuid, Conn>,
@@ -983,9 +983,10 @@ impl MainLoop {
             }
         }
         if plan.api_token {
-            match self.api_token.write() {
-                Ok(mut t) => *t = new.api_token.clone(),
-                Err(e) => *e.into_inner() = new.api_token.clone(),
+            let auth = crate::http_auth::HttpAuth::from_config(&new);
+            match self.http_auth.write() {
+                Ok(mut t) => *t = auth,
+                Err(e) => *e.into_inner() = auth,
             }
         }
         self.index.poll_now();

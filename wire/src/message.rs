@@ -51,7 +51,8 @@ pub enum CoordMsg {
     RefsQuery(RefsQuery),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` is written by hand: it must not print the join secret (issue 10 finding 5).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: u32,
     /// The join secret (the part of the token after the certificate hash).
@@ -66,6 +67,32 @@ pub struct Hello {
     pub software: String,
     /// Base URL under which this worker serves its mirrors (`serve_url_base`), if any.
     pub serve_url_base: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let Hello {
+            protocol,
+            secret: _,
+            uuid,
+            previous_id,
+            name,
+            weight,
+            software,
+            serve_url_base,
+        } = self;
+        f.debug_struct("Hello")
+            .field("protocol", protocol)
+            .field("secret", &format_args!("<redacted>"))
+            .field("uuid", uuid)
+            .field("previous_id", previous_id)
+            .field("name", name)
+            .field("weight", weight)
+            .field("software", software)
+            .field("serve_url_base", serve_url_base)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,4 +277,38 @@ pub struct WorkerStatus {
     pub active_fetches: u32,
     /// One-line summary for the status API.
     pub summary: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // issue 10 finding 5: a Hello debug-formatted (a log of the first frame, a test's
+    // assertion message) does not print the join secret, alone or inside a WorkerMsg.
+    // (Seen failing before the fix: the derived Debug printed it.)
+    #[test]
+    fn issue10_f5_hello_debug_does_not_print_the_secret() {
+        let hello = Hello {
+            protocol: 3,
+            secret: "j0in-SECRET".into(),
+            uuid: Uuid::from_u128(7),
+            previous_id: Some(2),
+            name: "w1".into(),
+            weight: 1.0,
+            software: "x".into(),
+            serve_url_base: None,
+        };
+        let msg = WorkerMsg::Hello(hello.clone());
+        for shown in [
+            format!("{hello:?}"),
+            format!("{hello:#?}"),
+            format!("{msg:?}"),
+        ] {
+            assert!(!shown.contains("j0in-SECRET"), "{shown}");
+            assert!(
+                shown.contains("<redacted>") && shown.contains("w1"),
+                "{shown}"
+            );
+        }
+    }
 }

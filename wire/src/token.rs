@@ -6,12 +6,26 @@ use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "gmj1";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` is written by hand: it must not print the secret (issue 10 finding 5).
+#[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     /// SHA-256 of the coordinator's DER certificate.
     pub cert_sha256: [u8; 32],
     /// The shared secret a worker proves inside TLS.
     pub secret: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let JoinToken {
+            cert_sha256,
+            secret: _,
+        } = self;
+        f.debug_struct("JoinToken")
+            .field("cert_sha256", &URL_SAFE_NO_PAD.encode(cert_sha256))
+            .field("secret", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +127,24 @@ mod tests {
             JoinToken::parse(&format!("gmj1.{hash}.a b")),
             Err(TokenError::Secret)
         );
+    }
+
+    // issue 10 finding 5: debug-formatting a token (as a config or an error might) does not
+    // print the secret. (Seen failing before the fix: the derived Debug printed it.)
+    #[test]
+    fn issue10_f5_debug_does_not_print_the_secret() {
+        let t = JoinToken::new(b"certificate bytes", "c2VjcmV0SECRET");
+        for shown in [
+            format!("{t:?}"),
+            format!("{t:#?}"),
+            format!("{:?}", Some(&t)),
+        ] {
+            assert!(!shown.contains("c2VjcmV0SECRET"), "{shown}");
+            assert!(
+                shown.contains("<redacted>") && shown.contains("cert_sha256"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

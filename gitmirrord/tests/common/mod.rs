@@ -167,12 +167,27 @@ impl Coordinator {
         )
     }
 
+    /// A change as a local client sends it: `Host` names the listener (SPEC §9).
     pub async fn post(&self, path: &str) -> (u16, serde_json::Value) {
-        let (s, body) = self
-            .request(
-                format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-            )
-            .await;
+        self.post_with(path, &[]).await
+    }
+
+    /// A change with extra header lines (`"Origin: …"`) after a `Host` naming the listener,
+    /// unless one of them is a `Host` line itself.
+    pub async fn post_with(&self, path: &str, headers: &[&str]) -> (u16, serde_json::Value) {
+        let mut head = format!("POST {path} HTTP/1.1\r\n");
+        if !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+        {
+            head.push_str(&format!("Host: {}\r\n", self.http));
+        }
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("Content-Length: 0\r\n\r\n");
+        let (s, body) = self.request(head.as_bytes()).await;
         (
             s,
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
