@@ -212,10 +212,18 @@ impl FileStamp {
 /// --rotate` takes effect without a restart. A file that cannot be used (gone, empty,
 /// readable by others) is an error each time, never a silent fall back to the old secret:
 /// a rotated-away secret must not come back.
-#[derive(Debug)]
 pub struct SecretFile {
     path: PathBuf,
     cached: Mutex<Option<(FileStamp, String)>>,
+}
+
+/// The path, never the secret (issue 10 finding 5).
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SecretFile {

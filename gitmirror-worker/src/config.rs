@@ -131,6 +131,17 @@ pub enum ConfigError {
     Invalid { path: PathBuf, error: KeyError },
 }
 
+/// `join_token` as written: never printed (issue 10 finding 5).
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+struct InlineToken(String);
+
+impl std::fmt::Debug for InlineToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The file as written; every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,7 +149,7 @@ struct RawConfig {
     coordinator: Option<String>,
     /// Seed alias of `coordinator`.
     where_coor_ip_addr: Option<String>,
-    join_token: Option<String>,
+    join_token: Option<InlineToken>,
     join_token_file: Option<PathBuf>,
     mirror_dir: Option<PathBuf>,
     /// Seed alias of `mirror_dir`.
@@ -383,7 +394,7 @@ impl RawConfig {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MIRROR_DIR));
         // The inline token wins over the file (SPEC §2.2).
         let (token, token_source) = match (self.join_token, self.join_token_file) {
-            (Some(text), _) => (
+            (Some(InlineToken(text)), _) => (
                 JoinToken::parse(&text).map_err(|e| KeyError::new("join_token", e.to_string()))?,
                 TokenSource::Inline,
             ),
@@ -512,6 +523,16 @@ mod tests {
         parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    // Issue 10 finding 5: neither the raw config nor the parsed one prints the token.
+    #[test]
+    fn issue10_f5_debug_does_not_print_the_join_token() {
+        let text = format!("join_token: {TOKEN}\n");
+        let raw: RawConfig = serde_yaml::from_str(&text).unwrap();
+        let shown = format!("{raw:?} {:?}", parse(&text).unwrap());
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

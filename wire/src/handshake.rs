@@ -81,9 +81,17 @@ pub enum ServerVerdict {
 }
 
 /// Coordinator side.
-#[derive(Debug)]
 pub struct ServerHandshake<'a> {
     secret: &'a str,
+}
+
+/// The join secret is never printed (issue 10 finding 5).
+impl std::fmt::Debug for ServerHandshake<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandshake")
+            .field("secret", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 impl<'a> ServerHandshake<'a> {
@@ -154,6 +162,16 @@ impl<'a> ServerHandshake<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 10 finding 5: the coordinator's side of the handshake never prints the secret.
+    #[test]
+    fn issue10_f5_server_handshake_debug_does_not_print_the_secret() {
+        let shown = format!("{:?}", ServerHandshake::new("s3cr3t-join"));
+        assert!(
+            !shown.contains("s3cr3t-join") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
     use crate::frame::FrameDecoder;
     use uuid::Uuid;
 
