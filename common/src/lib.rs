@@ -1,6 +1,7 @@
 //! What both gitmirror daemons share: crash-safe state files, config value syntax,
 //! TLS trust material, systemd notification, logging and disk space.
 
+pub mod ca;
 pub mod disk;
 pub mod journal;
 pub mod logging;
