@@ -763,20 +763,67 @@ fn git_stream<R>(
 /// index clone `<dir>/<name>.git` runs with (`GIT_CONFIG_GLOBAL`).
 const GIT_CONFIG: &str = "gitconfig";
 
-/// Write `<dir>/gitconfig`, used for every git command on the index clones. It trusts index
-/// repositories owned by another user (an index directory maintained by root or a CI
-/// user): git refuses to read those ("dubious ownership") unless `safe.directory` says so,
-/// and git honours that key only in global or system config. The operator's own global
-/// config is included first, so proxies and credential helpers still apply.
-pub fn write_git_config(dir: &Path) -> Result<(), gitmirror_common::statefile::StateError> {
+/// Write `<dir>/gitconfig`, used for every git command on the index clones. It trusts the
+/// local index repositories of `sources` and the clones in `dir`, each by its own path,
+/// even when another user owns them (an index repository maintained by root or a CI
+/// user): git refuses to read those ("dubious ownership") unless `safe.directory` names
+/// them, and git honours that key only in global or system config. Not `*` (issue 10
+/// finding 5): that would trust any repository a git command here happened to open. The
+/// operator's own global config is included first, so proxies and credential helpers
+/// still apply. Written again when the sources change.
+pub fn write_git_config(
+    dir: &Path,
+    sources: &[IndexSource],
+) -> Result<(), gitmirror_common::statefile::StateError> {
     let path = dir.join(GIT_CONFIG);
     let mut text = String::from("# Written by gitmirrord for its index git commands.\n");
     if let Some(home) = std::env::var_os("HOME") {
         let user = Path::new(&home).join(".gitconfig");
         text.push_str(&format!("[include]\n\tpath = {}\n", user.display()));
     }
-    text.push_str("[safe]\n\tdirectory = *\n");
+    text.push_str("[safe]\n");
+    for trusted in safe_directories(dir, sources) {
+        match config_value(&trusted) {
+            Some(v) => text.push_str(&format!("\tdirectory = {v}\n")),
+            None => tracing::warn!(
+                path = %trusted.display(),
+                "index path not trusted by git (it cannot be written in a git config): \
+                 git refuses it if another user owns it"
+            ),
+        }
+    }
     gitmirror_common::statefile::write_atomic(&path, text.as_bytes(), 0o644)
+}
+
+/// The repositories git may open for the index readers: each index's clone in `dir`, and
+/// each local index repository as git sees it (its `.git`, or itself when bare). Paths
+/// are made absolute and free of links where they exist, as git compares them.
+fn safe_directories(dir: &Path, sources: &[IndexSource]) -> Vec<PathBuf> {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let dir = real(dir);
+    let mut out = Vec::new();
+    for s in sources {
+        out.push(dir.join(format!("{}.git", s.name)));
+        if let Some(local) = local_path(&s.url) {
+            let local = real(local);
+            out.push(local.join(".git"));
+            out.push(local);
+        }
+    }
+    out
+}
+
+/// `path` as a quoted git config value; `None` for a path git config cannot hold (not
+/// UTF-8, or with a line break).
+fn config_value(path: &Path) -> Option<String> {
+    let s = path.to_str()?;
+    if s.contains(['\n', '\r', '\0']) {
+        return None;
+    }
+    Some(format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 fn os(s: &str) -> OsString {
@@ -1130,6 +1177,92 @@ mod tests {
         reader.join().unwrap();
         swapper.join().unwrap();
         assert_eq!(followed, 0, "the outside file was read through the link");
-        assert!(seen.iter().all(|&n| n >= 100), "not every form was seen: {seen:?}");
+        assert!(
+            seen.iter().all(|&n| n >= 100),
+            "not every form was seen: {seen:?}"
+        );
+    }
+
+    /// `git` with `args` in `cwd`, which must succeed.
+    fn run_git(cwd: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .current_dir(cwd)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Issue 10 finding 5: the index git config trusts the index's own paths, not `*`, and a
+    // local index repository another user owns is still read (why the key is set at all).
+    // The same fetch with no trusted paths is refused ("dubious ownership"), so the check
+    // is live on this machine. Root only for the ownership part (only root can give the
+    // repository to another uid). Seen failing before the fix (the config held `*`).
+    #[test]
+    fn issue10_f5_safe_directory_names_the_index_paths_not_star() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("h/o")).unwrap();
+        std::fs::write(src.join("h/o/r"), "url: https://example.org/r.git\n").unwrap();
+        run_git(&src, &["init", "-q"]);
+        run_git(&src, &["add", "."]);
+        run_git(&src, &["commit", "-q", "-m", "index"]);
+        let dir = d.path().join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = IndexSource {
+            name: "up".into(),
+            url: src.display().to_string(),
+            branch: None,
+            poll_interval: Duration::from_secs(60),
+        };
+        write_git_config(&dir, std::slice::from_ref(&source)).unwrap();
+        let text = std::fs::read_to_string(dir.join(GIT_CONFIG)).unwrap();
+        assert!(!text.contains('*'), "{text}");
+        let real = std::fs::canonicalize(&src).unwrap();
+        for trusted in [
+            real.join(".git"),
+            std::fs::canonicalize(&dir).unwrap().join("up.git"),
+        ] {
+            let line = format!("directory = \"{}\"", trusted.display());
+            assert!(text.contains(&line), "{line} missing from {text}");
+        }
+
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped the ownership part: needs root");
+            return;
+        }
+        let nobody = Some(65534);
+        for e in walk(&src) {
+            std::os::unix::fs::lchown(&e, nobody, nobody).unwrap();
+        }
+        write_git_config(&dir, &[]).unwrap();
+        let refused = fetch(&source, &dir).err().unwrap_or_default();
+        assert!(refused.contains("dubious ownership"), "control: {refused}");
+        write_git_config(&dir, std::slice::from_ref(&source)).unwrap();
+        let fetched = fetch(&source, &dir).unwrap();
+        let mut parser = Parser::new(false);
+        fetched.read(&mut parser).unwrap();
+        let parsed = parser.finish();
+        assert_eq!(parsed.entries.len(), 1, "rejected: {:?}", parsed.rejected);
+    }
+
+    /// `root` and everything under it.
+    fn walk(root: &Path) -> Vec<PathBuf> {
+        let mut out = vec![root.to_owned()];
+        let mut i = 0;
+        while i < out.len() {
+            if std::fs::symlink_metadata(&out[i]).unwrap().is_dir() {
+                for e in std::fs::read_dir(&out[i]).unwrap() {
+                    out.push(e.unwrap().path());
+                }
+            }
+            i += 1;
+        }
+        out
     }
 }
