@@ -148,7 +148,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         });
     let mut tmp = OsString::from(".");
     tmp.push(name);
-    tmp.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    // The `.{name}.tmp` prefix as before: leftovers of a crash are recognised by it.
+    tmp.push(format!(".tmp{:016x}", rand::random::<u64>()));
     let file = fs::openat(
         &dir,
         tmp.as_os_str(),
