@@ -430,6 +430,56 @@ pub fn trust_files(state_dir: &Path) -> [PathBuf; 4] {
 mod tests {
     use super::*;
 
+    // Issue 10 finding 2: a link at a trust file, pointing at a private file elsewhere, is
+    // neither read (its content would become the printed token's secret) nor written
+    // through, by loading, rotating or the running daemon's secret reader. Seen failing
+    // before the fix: the outside file's content was returned as the secret.
+    #[test]
+    fn issue10_f2_a_link_at_a_trust_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        Identity::load_or_create(&state).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "precious\n").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for name in [SECRET_FILE, KEY_FILE, CERT_FILE, RESET_KEY_FILE] {
+            let at = state.join(name);
+            let saved = std::fs::read(&at).ok();
+            let _ = std::fs::remove_file(&at);
+            std::os::unix::fs::symlink(&outside, &at).unwrap();
+            let errors = [
+                Identity::load_or_create(&state).err(),
+                rotate_secret(&state).err(),
+                endpoint_config(&state).err(),
+                SecretFile::new(state.join(SECRET_FILE)).current().err(),
+            ];
+            // Which readers look at this file: load and rotate read the identity, the
+            // endpoint the reset key, the daemon's reader the secret.
+            let reads = match name {
+                SECRET_FILE => [true, true, false, true],
+                RESET_KEY_FILE => [false, false, true, false],
+                _ => [true, true, false, false],
+            };
+            for (e, reads) in errors.iter().zip(reads) {
+                assert_eq!(e.is_some(), reads, "{name}: {errors:?}");
+                if let Some(e) = e {
+                    assert!(format!("{e:#}").contains("symbolic link"), "{name}: {e:#}");
+                }
+            }
+            for e in errors.iter().flatten() {
+                let e = format!("{e:#}");
+                assert!(!e.contains("precious"), "{name}: {e}");
+            }
+            assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+            std::fs::remove_file(&at).unwrap();
+            if let Some(b) = saved {
+                std::fs::write(&at, b).unwrap();
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+
     /// SPEC §12 "Upgrades": the stateless-reset key is created once, private, and the same
     /// after a restart; a damaged one stops the daemon naming the file.
     #[test]
