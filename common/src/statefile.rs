@@ -387,8 +387,10 @@ mod tests {
     }
 
     // Issue 10 finding 2: a link planted at the state file's own name is refused, naming
-    // it, and its target is neither created nor written. Seen failing before the fix (the
-    // rename replaced the link, but the read side followed it).
+    // it, and its target is neither created nor written nor read. (Before the fix the
+    // rename replaced the link harmlessly but reads followed it: seen failing in
+    // trust::tests::issue10_f2_a_link_at_a_trust_file_is_refused and tests/tests/statedir.rs;
+    // this test needs the new error variant, so it was not run on the old code.)
     #[test]
     fn issue10_f2_a_link_at_the_target_is_refused_and_not_followed() {
         let d = tempfile::tempdir().unwrap();
