@@ -233,10 +233,11 @@ pub struct WholeWriter {
 impl WholeWriter {
     pub fn create(path: &Path, kind: &str, version: u32, mode: u32) -> Result<Self, StateError> {
         let tmp = temp_path(path);
+        // A random name created with O_EXCL: never a file or link someone put there
+        // (issue 10 finding 2; O_CREAT|O_EXCL does not follow a link at the last component).
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)
             .map_err(|e| io_err("create", &tmp, e))?;
@@ -307,7 +308,7 @@ fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp{:016x}", rand::random::<u64>()))
 }
 
 /// Remove temp files a crash in [`write_whole`] left beside `path`. Returns how many.

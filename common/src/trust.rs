@@ -40,36 +40,61 @@ impl Identity {
     }
 
     /// Load the identity from `state_dir`, creating whatever is missing on first start.
-    /// Refuses to use a key or secret file that group or others can read.
+    /// Refuses to use a key or secret file that group or others can read. No file is read
+    /// or written through a symbolic link ([`crate::statefile::read_nofollow`]): run as
+    /// root by `join-token`, a link the service user planted would otherwise make root
+    /// read or write a file of the link's choosing (issue 10 finding 2).
     pub fn load_or_create(state_dir: &Path) -> Result<Self> {
         let key_path = state_dir.join(KEY_FILE);
         let cert_path = state_dir.join(CERT_FILE);
         let secret_path = state_dir.join(SECRET_FILE);
-        if !key_path.exists() || !cert_path.exists() {
+        let mut key = read_state(&key_path)?;
+        let mut cert = read_state(&cert_path)?;
+        if key.is_none() || cert.is_none() {
             let ck = rcgen::generate_simple_self_signed(vec!["gitmirrord".to_owned()])
                 .context("generating the coordinator's TLS key")?;
-            crate::statefile::write_atomic(
-                &key_path,
-                ck.signing_key.serialize_pem().as_bytes(),
-                0o600,
-            )?;
-            crate::statefile::write_atomic(&cert_path, ck.cert.pem().as_bytes(), 0o644)?;
+            let key_pem = ck.signing_key.serialize_pem().into_bytes();
+            let cert_pem = ck.cert.pem().into_bytes();
+            crate::statefile::write_atomic(&key_path, &key_pem, 0o600)?;
+            crate::statefile::write_atomic(&cert_path, &cert_pem, 0o644)?;
             tracing::info!(cert = %cert_path.display(), "created the coordinator's TLS key and certificate");
+            (key, cert) = (read_state(&key_path)?, read_state(&cert_path)?);
         }
-        if !secret_path.exists() {
+        if read_state(&secret_path)?.is_none() {
             write_new_secret(&secret_path)?;
         }
-        check_private(&key_path)?;
-        check_private(&secret_path)?;
-        let cert = CertificateDer::from_pem_file(&cert_path).with_context(|| {
+        let (Some(key), Some(cert)) = (key, cert) else {
+            bail!(
+                "{} or {} vanished while being created: is another `gitmirrord` writing {}?",
+                key_path.display(),
+                cert_path.display(),
+                state_dir.display()
+            );
+        };
+        check_mode(&key_path, key.mode)?;
+        let cert = CertificateDer::from_pem_slice(&cert.bytes).with_context(|| {
             format!("reading certificate {}: remove it and the key to create new ones (workers then need a new join token)", cert_path.display())
         })?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| {
+        let key = PrivateKeyDer::from_pem_slice(&key.bytes).with_context(|| {
             format!("reading key {}: remove it and the certificate to create new ones (workers then need a new join token)", key_path.display())
         })?;
-        let secret = read_secret(&secret_path)?;
+        let secret = read_state_secret(&secret_path)?;
         Ok(Self { cert, key, secret })
     }
+}
+
+/// A file of the state dir, read without following links; `None` when absent.
+fn read_state(path: &Path) -> Result<Option<crate::statefile::Contents>> {
+    Ok(crate::statefile::read_nofollow(path)?)
+}
+
+/// The join secret in the state dir: not through a link, private, not empty.
+fn read_state_secret(path: &Path) -> Result<String> {
+    let Some(c) = read_state(path)? else {
+        bail!("join secret {} does not exist", path.display());
+    };
+    check_mode(path, c.mode)?;
+    parse_secret(path, &c.bytes)
 }
 
 /// The coordinator's QUIC endpoint settings, with the stateless-reset key kept in
@@ -107,13 +132,16 @@ pub fn endpoint_config(state_dir: &Path) -> Result<quinn::EndpointConfig> {
 /// Read the reset key (64 random bytes, 0600), creating it when missing. A file of the
 /// wrong size stops the daemon naming it.
 fn load_or_create_reset_key(path: &Path) -> Result<[u8; 64]> {
-    if !path.exists() {
+    if read_state(path)?.is_none() {
         let mut raw = [0u8; 64];
         rand::rng().fill_bytes(&mut raw);
         crate::statefile::write_atomic(path, &raw, 0o600)?;
     }
-    check_private(path)?;
-    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(c) = read_state(path)? else {
+        bail!("{} vanished after it was created", path.display());
+    };
+    check_mode(path, c.mode)?;
+    let raw = c.bytes;
     raw.try_into().map_err(|raw: Vec<u8>| {
         anyhow::anyhow!(
             "{} holds {} bytes, not 64: remove it to create a new one (connected workers then \
@@ -139,28 +167,14 @@ pub fn write_new_secret(path: &Path) -> Result<String> {
 /// The write is crash-safe (temp file, fsync, rename): a reader sees the old secret or the
 /// new one, never a mix. A running coordinator notices the new file at its next handshake
 /// ([`SecretFile`]); connected workers stay connected.
+///
+/// Run as root in the service user's state dir, the new file gets the old one's owner and
+/// no link the service user planted is followed ([`crate::statefile::write_atomic`]).
 pub fn rotate_secret(state_dir: &Path) -> Result<JoinToken> {
     let id = Identity::load_or_create(state_dir)?;
     let path = state_dir.join(SECRET_FILE);
-    let owner = std::fs::metadata(&path)
-        .map(|m| (m.uid(), m.gid()))
-        .with_context(|| format!("reading {}", path.display()))?;
     let written = write_new_secret(&path)?;
-    // Run as root, the new file would be root's and the daemon's user could not read it:
-    // give it the old file's owner.
-    let now = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-    if (now.uid(), now.gid()) != owner {
-        std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).with_context(|| {
-            format!(
-                "replaced the join secret in {p} but could not give the file back to its owner: \
-                 run `chown {}:{} {p}`; `gitmirrord join-token` then prints the new token",
-                owner.0,
-                owner.1,
-                p = path.display(),
-            )
-        })?;
-    }
-    if read_secret(&path)? != written {
+    if read_state_secret(&path)? != written {
         bail!(
             "another rotation of {} ran at the same time: print the secret in force with `gitmirrord join-token`",
             path.display()
@@ -171,8 +185,14 @@ pub fn rotate_secret(state_dir: &Path) -> Result<JoinToken> {
 
 /// Read and trim a join secret file; an empty one is an error naming the file.
 pub fn read_secret(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading join secret {}", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("reading join secret {}", path.display()))?;
+    parse_secret(path, &text)
+}
+
+fn parse_secret(path: &Path, text: &[u8]) -> Result<String> {
+    let text = std::str::from_utf8(text)
+        .with_context(|| format!("join secret {} is not text", path.display()))?;
     let s = text.trim().to_owned();
     if s.is_empty() {
         bail!(
@@ -249,8 +269,7 @@ impl SecretFile {
         {
             return Ok(secret.clone());
         }
-        check_private(&self.path)?;
-        let secret = read_secret(&self.path)?;
+        let secret = read_state_secret(&self.path)?;
         // The stamp taken before the read: a change between the two is seen next time.
         if let Some((_, old)) = cached.as_ref()
             && *old != secret
@@ -268,7 +287,10 @@ impl SecretFile {
 /// Refuse a secret-bearing file that group or others can read (SPEC §4.1).
 pub fn check_private(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let mode = meta.permissions().mode();
+    check_mode(path, meta.permissions().mode())
+}
+
+fn check_mode(path: &Path, mode: u32) -> Result<()> {
     if mode & 0o077 != 0 {
         bail!(
             "{} is readable by group or others (mode {:o}); it holds a secret: run `chmod 600 {}`",
@@ -415,6 +437,56 @@ pub fn trust_files(state_dir: &Path) -> [PathBuf; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 10 finding 2: a link at a trust file, pointing at a private file elsewhere, is
+    // neither read (its content would become the printed token's secret) nor written
+    // through, by loading, rotating or the running daemon's secret reader. Seen failing
+    // before the fix: the outside file's content was returned as the secret.
+    #[test]
+    fn issue10_f2_a_link_at_a_trust_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        Identity::load_or_create(&state).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "precious\n").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for name in [SECRET_FILE, KEY_FILE, CERT_FILE, RESET_KEY_FILE] {
+            let at = state.join(name);
+            let saved = std::fs::read(&at).ok();
+            let _ = std::fs::remove_file(&at);
+            std::os::unix::fs::symlink(&outside, &at).unwrap();
+            let errors = [
+                Identity::load_or_create(&state).err(),
+                rotate_secret(&state).err(),
+                endpoint_config(&state).err(),
+                SecretFile::new(state.join(SECRET_FILE)).current().err(),
+            ];
+            // Which readers look at this file: load and rotate read the identity, the
+            // endpoint the reset key, the daemon's reader the secret.
+            let reads = match name {
+                SECRET_FILE => [true, true, false, true],
+                RESET_KEY_FILE => [false, false, true, false],
+                _ => [true, true, false, false],
+            };
+            for (e, reads) in errors.iter().zip(reads) {
+                assert_eq!(e.is_some(), reads, "{name}: {errors:?}");
+                if let Some(e) = e {
+                    assert!(format!("{e:#}").contains("symbolic link"), "{name}: {e:#}");
+                }
+            }
+            for e in errors.iter().flatten() {
+                let e = format!("{e:#}");
+                assert!(!e.contains("precious"), "{name}: {e}");
+            }
+            assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+            std::fs::remove_file(&at).unwrap();
+            if let Some(b) = saved {
+                std::fs::write(&at, b).unwrap();
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
 
     /// SPEC §12 "Upgrades": the stateless-reset key is created once, private, and the same
     /// after a restart; a damaged one stops the daemon naming the file.

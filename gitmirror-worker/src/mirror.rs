@@ -39,9 +39,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-/// Where half-done clones live until they are complete.
+/// Where half-done clones live until they are complete: `<mirror_dir>.tmp` beside the
+/// mirror directory, or `<mirror_dir>/.tmp` when it cannot be beside ([`WorkDirs`]).
 pub const TMP_DIR: &str = ".tmp";
-/// Where mirrors of repos removed from the index wait before deletion.
+/// Where mirrors of repos removed from the index wait before deletion: `<mirror_dir>.trash`
+/// or `<mirror_dir>/.trash`, as [`TMP_DIR`].
 pub const TRASH_DIR: &str = ".trash";
 /// How long a trashed mirror is kept.
 pub const TRASH_KEEP_SECS: u64 = 72 * 3600;
@@ -140,12 +142,109 @@ pub struct Maintenance {
 pub struct Cleanup {
     pub tmp_removed: usize,
     pub trash_removed: usize,
+    /// Trashed mirrors moved from `<mirror_dir>/.trash` to the trash beside it.
+    pub trash_migrated: usize,
+}
+
+/// The temp and trash directories of a mirror directory (SPEC §7.1, issue 10 finding 5).
+///
+/// Beside `mirror_dir` (`<mirror_dir>.tmp`, `<mirror_dir>.trash`), so a `git daemon
+/// --export-all --base-path=<mirror_dir>` serving the mirrors cannot serve half-done clones
+/// or deleted mirrors. They must be on the filesystem of `mirror_dir` (a clone is renamed
+/// into place, a mirror renamed into the trash): when `mirror_dir` is a mount point, or
+/// the directories beside it cannot be created (a systemd unit without `ReadWritePaths=`
+/// for them), they stay inside it, as before this release, with one warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkDirs {
+    pub tmp: PathBuf,
+    pub trash: PathBuf,
+    /// Inside `mirror_dir` (the fallback).
+    pub inside: bool,
+}
+
+impl WorkDirs {
+    /// `<root>/.tmp` and `<root>/.trash`.
+    pub fn inside(root: &Path) -> Self {
+        Self {
+            tmp: root.join(TMP_DIR),
+            trash: root.join(TRASH_DIR),
+            inside: true,
+        }
+    }
+
+    /// The directories a worker on `root` uses now: beside it when `<root>.tmp` exists,
+    /// else inside. For tests and tools; the worker itself decides with [`Self::choose`].
+    pub fn in_use(root: &Path) -> Self {
+        match Self::beside(root) {
+            Some(b) if b.tmp.is_dir() => b,
+            _ => Self::inside(root),
+        }
+    }
+
+    /// `<root>.tmp` and `<root>.trash`; `None` for a root without a last component (`/`).
+    pub fn beside(root: &Path) -> Option<Self> {
+        let name = root.file_name()?;
+        let sibling = |suffix: &str| {
+            let mut n = name.to_owned();
+            n.push(suffix);
+            root.with_file_name(n)
+        };
+        Some(Self {
+            tmp: sibling(TMP_DIR),
+            trash: sibling(TRASH_DIR),
+            inside: false,
+        })
+    }
+
+    /// Beside `root` when its parent is on the same filesystem and the two directories
+    /// can be created there; inside it otherwise, with a warning naming the exposure.
+    /// Creates `root` and the chosen directories.
+    pub fn choose(root: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let inside = Self::inside(root);
+        let _ = fs::create_dir_all(root);
+        let Some(beside) = Self::beside(root) else {
+            return inside;
+        };
+        let parent = root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+        let why_inside = match (dev(root), dev(parent)) {
+            (Ok(a), Ok(b)) if a == b => [&beside.tmp, &beside.trash].into_iter().find_map(|d| {
+                fs::create_dir_all(d)
+                    .err()
+                    .map(|e| format!("cannot create {}: {e}", d.display()))
+            }),
+            (Ok(_), Ok(_)) => {
+                Some("it is a mount point (a rename across filesystems would fail)".into())
+            }
+            (Err(e), _) | (_, Err(e)) => Some(format!("cannot inspect it or its parent: {e}")),
+        };
+        match why_inside {
+            None => beside,
+            Some(why) => {
+                tracing::warn!(
+                    mirror_dir = %root.display(),
+                    "temp and trash directories stay inside the mirror directory ({}, {}): {why}; \
+                     a git daemon exporting the mirror directory with --export-all can serve \
+                     half-done clones and deleted mirrors",
+                    inside.tmp.display(),
+                    inside.trash.display()
+                );
+                inside
+            }
+        }
+    }
 }
 
 /// The mirror directory and its bare mirrors at `<root>/<repo id>.git`.
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     root: PathBuf,
+    /// Chosen on first use ([`WorkDirs::choose`]): [`Mirrors::prepare`] at start.
+    work: Arc<OnceLock<WorkDirs>>,
     io_timeout: Duration,
     /// `upstream_deny` and `fetch.redirects`.
     upstream: Arc<UpstreamPolicy>,
@@ -157,6 +256,7 @@ impl Mirrors {
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,
+            work: Arc::new(OnceLock::new()),
             io_timeout: DEFAULT_IO_TIMEOUT,
             upstream: Arc::new(UpstreamPolicy::default()),
             http: Arc::new(OnceLock::new()),
@@ -190,12 +290,17 @@ impl Mirrors {
         self.path(id).is_dir()
     }
 
-    fn tmp_dir(&self) -> PathBuf {
-        self.root.join(TMP_DIR)
+    /// Where half-done clones and trashed mirrors are ([`WorkDirs`]).
+    pub fn work_dirs(&self) -> &WorkDirs {
+        self.work.get_or_init(|| WorkDirs::choose(&self.root))
     }
 
-    fn trash_dir(&self) -> PathBuf {
-        self.root.join(TRASH_DIR)
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.work_dirs().tmp.clone()
+    }
+
+    pub fn trash_dir(&self) -> PathBuf {
+        self.work_dirs().trash.clone()
     }
 
     fn http_client(&self) -> Result<upstream_http::Client, Failure> {
@@ -205,23 +310,40 @@ impl Mirrors {
             .map_err(Failure::local)
     }
 
-    /// At start: create the directories, remove leftovers of interrupted clones, and delete
-    /// trashed mirrors older than 72 h.
+    /// At start: create the directories, remove leftovers of interrupted clones, move the
+    /// trash of an older release from inside the mirror directory to beside it (its temp
+    /// directory there only holds leftovers, which go), and delete trashed mirrors older
+    /// than 72 h.
     pub fn prepare(&self) -> Result<Cleanup, Failure> {
-        for dir in [&self.root, &self.tmp_dir(), &self.trash_dir()] {
+        let work = self.work_dirs().clone();
+        for dir in [&self.root, &work.tmp, &work.trash] {
             fs::create_dir_all(dir).map_err(|e| Failure::io("create directory", dir, &e))?;
         }
-        let tmp = self.tmp_dir();
-        let entries = fs::read_dir(&tmp).map_err(|e| Failure::io("list", &tmp, &e))?;
         let mut tmp_removed = 0;
-        for entry in entries {
-            let path = entry.map_err(|e| Failure::io("list", &tmp, &e))?.path();
-            remove_any(&path).map_err(|e| Failure::io("remove leftover clone", &path, &e))?;
-            tmp_removed += 1;
+        let old = WorkDirs::inside(&self.root);
+        let mut tmps = vec![work.tmp.clone()];
+        if !work.inside && old.tmp.is_dir() {
+            tmps.push(old.tmp.clone());
+        }
+        for tmp in &tmps {
+            let entries = fs::read_dir(tmp).map_err(|e| Failure::io("list", tmp, &e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| Failure::io("list", tmp, &e))?.path();
+                remove_any(&path).map_err(|e| Failure::io("remove leftover clone", &path, &e))?;
+                tmp_removed += 1;
+            }
+        }
+        let mut trash_migrated = 0;
+        if !work.inside {
+            if old.tmp.is_dir() {
+                fs::remove_dir(&old.tmp).map_err(|e| Failure::io("remove", &old.tmp, &e))?;
+            }
+            trash_migrated = migrate_trash(&old.trash, &work.trash);
         }
         Ok(Cleanup {
             tmp_removed,
             trash_removed: self.purge_trash(unix_secs()),
+            trash_migrated,
         })
     }
 
@@ -797,7 +919,7 @@ impl Mirrors {
         Ok(())
     }
 
-    /// Move a mirror to `.trash/<id with / as _>-<unix time>.git` (the repo left the index).
+    /// Move a mirror to `<trash>/<id with / as _>-<unix time>.git` (the repo left the index).
     /// Returns the trash path, or `None` when there was no mirror.
     pub fn trash(&self, id: &str, now_secs: u64) -> io::Result<Option<PathBuf>> {
         let path = self.path(id);
@@ -1845,6 +1967,32 @@ fn trashed_at(name: &str) -> Option<u64> {
         .and_then(|(_, t)| t.parse::<u64>().ok())
 }
 
+/// Move every entry of an older release's trash `old` (inside the mirror directory) into
+/// `new` (beside it, same filesystem), keeping names, so their trash times still count;
+/// then remove `old` if it is empty. Returns how many moved; what cannot move stays, with
+/// a warning (it is still purged by nobody: the operator is told where it is).
+fn migrate_trash(old: &Path, new: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(old) else {
+        return 0;
+    };
+    let mut moved = 0;
+    for entry in entries.flatten() {
+        let to = new.join(entry.file_name());
+        if to.exists() {
+            tracing::warn!(from = %entry.path().display(), to = %to.display(), "trashed mirror not moved: the name is taken; delete it by hand");
+            continue;
+        }
+        match fs::rename(entry.path(), &to) {
+            Ok(()) => moved += 1,
+            Err(e) => {
+                tracing::warn!(from = %entry.path().display(), to = %to.display(), "trashed mirror not moved: {e}; delete it by hand")
+            }
+        }
+    }
+    let _ = fs::remove_dir(old);
+    moved
+}
+
 fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -1973,13 +2121,13 @@ mod tests {
     #[test]
     fn spec_7_5_short_of_space_the_oldest_trash_goes_first() {
         let d = tempfile::tempdir().unwrap();
-        let m = Mirrors::new(d.path().to_owned());
+        let m = Mirrors::new(d.path().join("repos"));
         m.prepare().unwrap();
         for (id, t) in [("a/abc/abc", 300), ("b/bcd/bcd", 100), ("c/cde/cde", 200)] {
             fs::create_dir_all(m.path(id)).unwrap();
             m.trash(id, t).unwrap().unwrap();
         }
-        let trash = d.path().join(".trash");
+        let trash = m.trash_dir();
         let left = || fs::read_dir(&trash).unwrap().count();
         assert_eq!(m.purge_trash_until(|| left() <= 1), 2);
         assert!(trash.join("a_abc_abc-300.git").exists(), "the newest stays");
@@ -1989,13 +2137,17 @@ mod tests {
     #[test]
     fn spec_7_1_trash_is_purged_after_72h() {
         let d = tempfile::tempdir().unwrap();
-        let m = Mirrors::new(d.path().to_owned());
+        let root = d.path().join("repos");
+        let m = Mirrors::new(root.clone());
         m.prepare().unwrap();
         fs::create_dir_all(m.path("a/abc/abc")).unwrap();
         let now = 1_000_000_000;
         let trashed = m.trash("a/abc/abc", now).unwrap().unwrap();
-        assert_eq!(trashed, d.path().join(".trash/a_abc_abc-1000000000.git"));
-        assert!(!d.path().join("a").exists(), "empty parents are removed");
+        assert_eq!(
+            trashed,
+            d.path().join("repos.trash/a_abc_abc-1000000000.git")
+        );
+        assert!(!root.join("a").exists(), "empty parents are removed");
         assert_eq!(m.trash("a/abc/abc", now).unwrap(), None);
         assert_eq!(m.purge_trash(now + TRASH_KEEP_SECS - 1), 0);
         assert!(trashed.exists());
@@ -2006,12 +2158,57 @@ mod tests {
     #[test]
     fn spec_7_1_tmp_leftovers_removed_at_start() {
         let d = tempfile::tempdir().unwrap();
-        let m = Mirrors::new(d.path().to_owned());
-        fs::create_dir_all(d.path().join(".tmp/half-clone.git/objects")).unwrap();
-        fs::write(d.path().join(".tmp/stray"), b"x").unwrap();
+        let m = Mirrors::new(d.path().join("repos"));
+        fs::create_dir_all(d.path().join("repos.tmp/half-clone.git/objects")).unwrap();
+        fs::write(d.path().join("repos.tmp/stray"), b"x").unwrap();
         let c = m.prepare().unwrap();
         assert_eq!(c.tmp_removed, 2);
-        assert_eq!(fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(d.path().join("repos.tmp")).unwrap().count(), 0);
+    }
+
+    // SPEC §7.1, issue 10 finding 5: the temp and trash directories of an older release,
+    // inside the mirror directory (where a git daemon exporting it serves them), are
+    // migrated at start: leftovers swept, trashed mirrors moved beside it with their
+    // names (so their trash time still counts), the old directories removed.
+    #[test]
+    fn issue10_f5_old_tmp_and_trash_inside_are_migrated_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("repos");
+        let now = unix_secs();
+        let name = format!("a_abc_abc-{now}.git");
+        fs::create_dir_all(root.join(".tmp/half-clone.git/objects")).unwrap();
+        fs::create_dir_all(root.join(".trash").join(&name).join("objects")).unwrap();
+        fs::create_dir_all(root.join("a/b/c.git/objects")).unwrap();
+        let m = Mirrors::new(root.clone());
+        let c = m.prepare().unwrap();
+        assert_eq!((c.tmp_removed, c.trash_migrated), (1, 1), "{c:?}");
+        assert!(!root.join(".tmp").exists() && !root.join(".trash").exists());
+        assert!(
+            d.path()
+                .join("repos.trash")
+                .join(&name)
+                .join("objects")
+                .is_dir()
+        );
+        assert!(root.join("a/b/c.git/objects").is_dir(), "mirrors untouched");
+        assert_eq!(m.work_dirs(), &WorkDirs::in_use(&root));
+        assert!(!m.work_dirs().inside);
+        // The trash time in the name still counts after the move.
+        assert_eq!(m.purge_trash(now + TRASH_KEEP_SECS - 1), 0);
+        assert_eq!(m.purge_trash(now + TRASH_KEEP_SECS), 1);
+    }
+
+    // The fallback: a mirror directory with no parent to put siblings in (a mount point is
+    // the other case, exercised by the fault suite's tmpfs) keeps them inside.
+    #[test]
+    fn issue10_f5_no_room_beside_keeps_them_inside() {
+        assert_eq!(WorkDirs::beside(Path::new("/")), None);
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("repos");
+        // Something that is not a directory where the sibling would go.
+        fs::write(d.path().join("repos.trash"), b"x").unwrap();
+        let w = WorkDirs::choose(&root);
+        assert_eq!(w, WorkDirs::inside(&root));
     }
 
     #[test]

@@ -112,6 +112,13 @@ pub async fn run_reloadable(
             "deleted trashed mirrors older than 72 h"
         );
     }
+    if cleanup.trash_migrated > 0 {
+        tracing::info!(
+            count = cleanup.trash_migrated,
+            to = %mirrors.trash_dir().display(),
+            "moved trashed mirrors out of the mirror directory (issue 10: a git daemon exporting it served them)"
+        );
+    }
     if !changed.is_empty() {
         let records = changed
             .into_iter()

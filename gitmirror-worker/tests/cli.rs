@@ -280,7 +280,9 @@ fn spec_2_2_seed_aliases_start_the_daemon() {
         "{lines:?}"
     );
     assert_eq!(warned("clone_disk_path", "`mirror_dir`"), 1, "{lines:?}");
-    assert!(d.path().join("clone/.tmp").is_dir());
+    // Beside the mirror directory (issue 10): not servable by a git daemon exporting it.
+    assert!(d.path().join("clone.tmp").is_dir());
+    assert!(!d.path().join("clone/.tmp").exists());
 }
 
 /// SPEC §4.1, §6: a wrong secret is refused by the coordinator; the worker logs the

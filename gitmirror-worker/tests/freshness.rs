@@ -396,7 +396,10 @@ async fn spec_7_5_full_disk_fails_a_clone_cleanly_and_waits() {
         other => panic!("expected a local failure, got {other:?}"),
     }
     assert_eq!(
-        std::fs::read_dir(repos.join(".tmp")).unwrap().count(),
+        // A mount point: the temp directory stays inside it (issue 10, SPEC §7.1).
+        std::fs::read_dir(gitmirror_worker::mirror::WorkDirs::in_use(&repos).tmp)
+            .unwrap()
+            .count(),
         0,
         "the half clone is removed"
     );

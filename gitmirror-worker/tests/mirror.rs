@@ -68,12 +68,7 @@ fn spec_7_1_clone_matches_ls_remote_and_is_a_mirror() {
         );
     }
     // Nothing left in .tmp.
-    assert_eq!(
-        std::fs::read_dir(root.path().join("repos/.tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(m.tmp_dir()).unwrap().count(), 0);
     drop(upstream);
 }
 
@@ -86,7 +81,7 @@ fn spec_7_1_fetch_new_commits_prune_and_force_push() {
     let daemon = GitDaemon::start(up.path());
     let url = daemon.url("abc");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     let cloned = m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     let reported: Refs = cloned.refs.clone();
@@ -149,7 +144,7 @@ fn spec_7_1_url_change_keeps_the_mirror() {
     let mut upstream = Upstream::create(up.path(), "abc");
     let daemon = GitDaemon::start(up.path());
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
         .unwrap();
@@ -203,7 +198,7 @@ fn spec_7_3_failures_are_classified_and_leave_no_half_clone() {
     let upstream = Upstream::create(up.path(), "abc");
     let daemon = GitDaemon::start(up.path());
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
 
     let err = m
@@ -211,10 +206,7 @@ fn spec_7_3_failures_are_classified_and_leave_no_half_clone() {
         .unwrap_err();
     assert_eq!(err.class, gitmirror_wire::FailureClass::Gone, "{err}");
     assert!(!m.path("n/nope/nope").exists());
-    assert_eq!(
-        std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(m.tmp_dir()).unwrap().count(), 0);
 
     m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
         .unwrap();
@@ -233,10 +225,7 @@ fn spec_7_3_failures_are_classified_and_leave_no_half_clone() {
     );
     assert!(err.is_err());
     assert!(!m.path("b/b/b").exists());
-    assert_eq!(
-        std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(m.tmp_dir()).unwrap().count(), 0);
 
     // Nothing listens here: transient.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -261,7 +250,7 @@ fn spec_7_1_drop_deletes_or_trashes() {
     let _upstream = Upstream::create(up.path(), "abc");
     let daemon = GitDaemon::start(up.path());
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
         .unwrap();
@@ -272,7 +261,7 @@ fn spec_7_1_drop_deletes_or_trashes() {
     assert!(m.path("a/abc/other").exists());
     let t = m.trash("a/abc/other", 1234).unwrap().unwrap();
     assert!(t.join("objects").is_dir());
-    assert!(!root.path().join("a").exists());
+    assert!(!root.path().join("repos/a").exists());
 }
 
 fn packs(mirror: &Path) -> Vec<String> {
@@ -299,7 +288,7 @@ fn spec_7_1_two_hundred_fetches_stay_compact_and_fsck_clean() {
     let daemon = GitDaemon::start(up.path());
     let url = daemon.url("busy");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("b/busy/busy", &url, &no_interrupt()).unwrap();
     let path = m.path("b/busy/busy");
@@ -353,7 +342,7 @@ fn spec_7_2_unchanged_upstream_costs_one_ref_listing() {
     let proxy = Proxy::start(daemon.port);
     let url = format!("git://127.0.0.1:{}/abc", proxy.port);
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     let path = m.path("a/abc/abc");
@@ -410,7 +399,7 @@ fn spec_7_3_stale_locks_are_removed() {
     let daemon = GitDaemon::start(up.path());
     let url = daemon.url("abc");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     let path = m.path("a/abc/abc");
@@ -456,7 +445,7 @@ fn spec_7_3_corrupt_mirror_is_recloned_and_swapped_in() {
     let daemon = GitDaemon::start(up.path());
     let url = daemon.url("abc");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     let path = m.path("a/abc/abc");
@@ -519,7 +508,7 @@ fn spec_7_3_corrupt_mirror_is_recloned_and_swapped_in() {
             "true"
         );
         assert_eq!(
-            std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
+            std::fs::read_dir(m.tmp_dir()).unwrap().count(),
             0,
             "{corruption}: the old mirror is gone from .tmp"
         );
@@ -536,7 +525,7 @@ fn spec_7_3_http_fetches_and_refusals() {
     let http = common::http::HttpGit::start(up.path());
     let url = http.url("abc");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     let cloned = m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     assert_eq!(cloned.refs, ls_remote(&url));
@@ -568,10 +557,7 @@ fn spec_7_3_http_fetches_and_refusals() {
         .clone_new("n/nope/nope", &http.url("nope"), &no_interrupt())
         .unwrap_err();
     assert_eq!(err.class, FailureClass::Gone, "{err}");
-    assert_eq!(
-        std::fs::read_dir(root.path().join(".tmp")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(m.tmp_dir()).unwrap().count(), 0);
 }
 
 /// SPEC §7.1, §7.3: damage deeper than the ref tips (a lost blob) is not seen by a fetch
@@ -583,7 +569,7 @@ fn spec_7_3_maintenance_finds_deep_corruption_and_reclones() {
     let daemon = GitDaemon::start(up.path());
     let url = daemon.url("abc");
     let root = tempfile::tempdir().unwrap();
-    let m = Mirrors::new(root.path().to_owned());
+    let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
     m.clone_new("a/abc/abc", &url, &no_interrupt()).unwrap();
     let path = m.path("a/abc/abc");
@@ -651,7 +637,7 @@ fn spec_12_failed_clone_attempt_creates_nothing() {
     let root = tempfile::tempdir().unwrap();
     let m = Mirrors::new(root.path().join("repos"));
     m.prepare().unwrap();
-    let tmp = root.path().join("repos/.tmp");
+    let tmp = m.tmp_dir();
     let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -812,4 +798,49 @@ fn spec_12_clone_of_many_refs_writes_packed_refs() {
     assert_eq!(ref_changes(&again.refs, &after.refs).len(), 1000 + 10 + 1);
     assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
     git(&path, &["fsck", "--no-progress"]);
+}
+
+/// Issue 10 finding 5, SPEC §7.1: a clone's temp directory and the trash are beside the
+/// mirror directory, so `git daemon --base-path=<mirror_dir> --export-all` cannot serve a
+/// half-done clone or a deleted mirror. Where a clone's temp directory goes is seen
+/// without timing: with a file standing where the temp directory should be, the clone
+/// fails naming the path it tried. Before this release it was `<mirror_dir>/.tmp/…`.
+#[test]
+fn issue10_f5_clone_temp_and_trash_are_not_under_mirror_dir() {
+    let up = tempfile::tempdir().unwrap();
+    let _upstream = Upstream::create(up.path(), "abc");
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    let repos = root.path().join("repos");
+    let m = Mirrors::new(repos.clone());
+    m.prepare().unwrap();
+    assert_eq!(m.tmp_dir(), root.path().join("repos.tmp"));
+    assert_eq!(m.trash_dir(), root.path().join("repos.trash"));
+
+    std::fs::remove_dir(m.tmp_dir()).unwrap();
+    std::fs::write(m.tmp_dir(), b"not a directory").unwrap();
+    let err = m
+        .clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap_err();
+    let tried = format!("{}/", m.tmp_dir().display());
+    assert!(err.message.contains(&tried), "{err}");
+    std::fs::remove_file(m.tmp_dir()).unwrap();
+    std::fs::create_dir(m.tmp_dir()).unwrap();
+
+    m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap();
+    let trashed = m.trash("a/abc/abc", 1234).unwrap().unwrap();
+    assert!(
+        trashed.starts_with(root.path().join("repos.trash")),
+        "{}",
+        trashed.display()
+    );
+    let inside: Vec<_> = std::fs::read_dir(&repos)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "left in the mirror directory: {inside:?}"
+    );
 }

@@ -301,7 +301,7 @@ async fn spec_6_conversation_with_the_coordinator() {
         .await;
     assert_eq!(seq, 2);
     common::wait_for("the mirror to move to the trash", STEP, || !mirror.exists());
-    let trash: Vec<_> = std::fs::read_dir(root.path().join("repos/.trash"))
+    let trash: Vec<_> = std::fs::read_dir(root.path().join("repos.trash"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -367,9 +367,12 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
     }
     std::fs::create_dir_all(&state_dir).unwrap();
     saved.save(&state_dir).unwrap();
-    // A half clone left by the crash.
-    let leftover = root.path().join("repos/.tmp/c_half-1-0.git");
+    // A half clone left by the crash, and one left in the temp directory of the release
+    // before issue 10 (inside the mirror directory), which is swept too.
+    let leftover = root.path().join("repos.tmp/c_half-1-0.git");
     std::fs::create_dir_all(leftover.join("objects")).unwrap();
+    let old_leftover = root.path().join("repos/.tmp/c_half-1-0.git");
+    std::fs::create_dir_all(old_leftover.join("objects")).unwrap();
 
     // Nothing listens on this port.
     let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -395,6 +398,10 @@ async fn spec_6_works_without_coordinator_and_reconciles_after_a_crash() {
     })
     .await;
     assert!(!leftover.exists(), ".tmp leftovers removed at start");
+    assert!(
+        !root.path().join("repos/.tmp").exists(),
+        "the old .tmp inside the mirror directory is gone"
+    );
     let get = |r: &str| outbox.values().find(|o| o.repo == r).unwrap().clone();
 
     let a = get("a/crash/crash");

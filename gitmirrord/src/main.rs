@@ -77,6 +77,11 @@ fn join_token(path: &Path, rotate: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Every file is written with the owner of the state dir (statefile::write_atomic), so
+    // root running this in the service user's directory leaves files the daemon can read;
+    // a directory root creates here is root's, which the operator must know.
+    let created_by_root =
+        rustix::process::geteuid().is_root() && std::fs::symlink_metadata(&cfg.state_dir).is_err();
     let token = gitmirror_common::statefile::ensure_dir(&cfg.state_dir)
         .map_err(anyhow::Error::from)
         .and_then(|()| {
@@ -88,6 +93,14 @@ fn join_token(path: &Path, rotate: bool) -> ExitCode {
         });
     match token {
         Ok(token) => {
+            if created_by_root {
+                eprintln!(
+                    "gitmirrord: warning: created {d} as root: if the daemon runs as another \
+                     user (the package's `gitmirror`), run `chown -R gitmirror: {d}` before \
+                     starting it",
+                    d = cfg.state_dir.display()
+                );
+            }
             if rotate {
                 eprintln!(
                     "gitmirrord: replaced the join secret in {}: the old token no longer admits workers; \

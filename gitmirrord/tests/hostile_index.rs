@@ -1128,7 +1128,7 @@ async fn ninety_percent_deletion_keeps_real_mirrors_until_accepted() {
         (fetches(&v) > fetches(&before)).then_some(())
     })
     .await;
-    let trash = mirrors.join(".trash");
+    let trash = gitmirror_worker::mirror::WorkDirs::in_use(&mirrors).trash;
     let trashed = || std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
     assert!((0..n).all(|i| mirror(i).join("HEAD").is_file()));
     assert_eq!(trashed(), 0, "nothing trashed while held");

@@ -528,10 +528,23 @@ impl Worker {
         is_bare_repo(&self.mirror_path(id))
     }
 
-    /// Bare repos under `<mirror_dir>/.trash/`, at any depth.
+    /// The worker's `.tmp` or `.trash` directory: beside `mirror_dir` (`<mirror_dir>.tmp`)
+    /// where the worker put it there (issue 10, SPEC §7.1), else inside it (a mount point).
+    pub fn work_dir(&self, name: &str) -> PathBuf {
+        let mut beside = self.mirror_dir.clone().into_os_string();
+        beside.push(name);
+        let beside = PathBuf::from(beside);
+        if beside.is_dir() {
+            beside
+        } else {
+            self.mirror_dir.join(name)
+        }
+    }
+
+    /// Bare repos in the worker's trash directory, at any depth.
     pub fn trash(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
-        find_bare_repos(&self.mirror_dir.join(".trash"), 6, &mut found);
+        find_bare_repos(&self.work_dir(".trash"), 6, &mut found);
         found
     }
 }

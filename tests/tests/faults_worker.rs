@@ -130,9 +130,10 @@ fn inode(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.ino())
 }
 
-/// Names in `<mirror_dir>/.tmp/`.
+/// Names in the worker's temp directory (`<mirror_dir>.tmp/`, or `<mirror_dir>/.tmp/` on
+/// a mount point).
 fn tmp_entries(w: &Worker) -> BTreeSet<String> {
-    std::fs::read_dir(w.mirror_dir.join(".tmp"))
+    std::fs::read_dir(w.work_dir(".tmp"))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

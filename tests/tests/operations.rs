@@ -354,7 +354,7 @@ fn quick_worker_restart_moves_nothing() {
 
     let w = &fleet.workers[victim];
     w.kill();
-    let leftover = w.mirror_dir.join(".tmp").join("leftover.git");
+    let leftover = w.work_dir(".tmp").join("leftover.git");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("HEAD"), "ref: refs/heads/master\n").unwrap();
     w.start();

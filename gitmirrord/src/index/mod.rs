@@ -244,7 +244,7 @@ impl Indexes {
     pub fn open(sources: Vec<IndexSource>, settings: IndexSettings) -> Result<Self, IndexError> {
         check_names(&sources)?;
         statefile::ensure_dir(&settings.dir)?;
-        source::write_git_config(&settings.dir)?;
+        source::write_git_config(&settings.dir, &sources)?;
         let applied = load_state(&settings.dir)?;
         let mut me = Self {
             sources,
@@ -440,6 +440,12 @@ impl Indexes {
             .retain(|name, _| kept.iter().any(|s| &s.name == name));
         // The effective set follows at the next poll, which reports the change.
         self.sources = kept;
+        // git trusts the new local index paths by name (safe.directory).
+        if let Err(e) = source::write_git_config(&self.settings.dir, &self.sources) {
+            warn!(
+                "index git config not rewritten, a new local index owned by another user may be refused: {e}"
+            );
+        }
         self.sources_changed = true;
     }
 

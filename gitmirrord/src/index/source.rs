@@ -763,20 +763,67 @@ fn git_stream<R>(
 /// index clone `<dir>/<name>.git` runs with (`GIT_CONFIG_GLOBAL`).
 const GIT_CONFIG: &str = "gitconfig";
 
-/// Write `<dir>/gitconfig`, used for every git command on the index clones. It trusts index
-/// repositories owned by another user (an index directory maintained by root or a CI
-/// user): git refuses to read those ("dubious ownership") unless `safe.directory` says so,
-/// and git honours that key only in global or system config. The operator's own global
-/// config is included first, so proxies and credential helpers still apply.
-pub fn write_git_config(dir: &Path) -> Result<(), gitmirror_common::statefile::StateError> {
+/// Write `<dir>/gitconfig`, used for every git command on the index clones. It trusts the
+/// local index repositories of `sources` and the clones in `dir`, each by its own path,
+/// even when another user owns them (an index repository maintained by root or a CI
+/// user): git refuses to read those ("dubious ownership") unless `safe.directory` names
+/// them, and git honours that key only in global or system config. Not `*` (issue 10
+/// finding 5): that would trust any repository a git command here happened to open. The
+/// operator's own global config is included first, so proxies and credential helpers
+/// still apply. Written again when the sources change.
+pub fn write_git_config(
+    dir: &Path,
+    sources: &[IndexSource],
+) -> Result<(), gitmirror_common::statefile::StateError> {
     let path = dir.join(GIT_CONFIG);
     let mut text = String::from("# Written by gitmirrord for its index git commands.\n");
     if let Some(home) = std::env::var_os("HOME") {
         let user = Path::new(&home).join(".gitconfig");
         text.push_str(&format!("[include]\n\tpath = {}\n", user.display()));
     }
-    text.push_str("[safe]\n\tdirectory = *\n");
+    text.push_str("[safe]\n");
+    for trusted in safe_directories(dir, sources) {
+        match config_value(&trusted) {
+            Some(v) => text.push_str(&format!("\tdirectory = {v}\n")),
+            None => tracing::warn!(
+                path = %trusted.display(),
+                "index path not trusted by git (it cannot be written in a git config): \
+                 git refuses it if another user owns it"
+            ),
+        }
+    }
     gitmirror_common::statefile::write_atomic(&path, text.as_bytes(), 0o644)
+}
+
+/// The repositories git may open for the index readers: each index's clone in `dir`, and
+/// each local index repository as git sees it (its `.git`, or itself when bare). Paths
+/// are made absolute and free of links where they exist, as git compares them.
+fn safe_directories(dir: &Path, sources: &[IndexSource]) -> Vec<PathBuf> {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let dir = real(dir);
+    let mut out = Vec::new();
+    for s in sources {
+        out.push(dir.join(format!("{}.git", s.name)));
+        if let Some(local) = local_path(&s.url) {
+            let local = real(local);
+            out.push(local.join(".git"));
+            out.push(local);
+        }
+    }
+    out
+}
+
+/// `path` as a quoted git config value; `None` for a path git config cannot hold (not
+/// UTF-8, or with a line break).
+fn config_value(path: &Path) -> Option<String> {
+    let s = path.to_str()?;
+    if s.contains(['\n', '\r', '\0']) {
+        return None;
+    }
+    Some(format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 fn os(s: &str) -> OsString {
@@ -908,63 +955,108 @@ fn command(repo: Option<&Path>, args: &[OsString]) -> Command {
 
 /// The files of a plain directory index that have a layout role. Dot-directories and
 /// symbolic links are not entered.
+///
+/// The walk goes by descriptor (issue 10 finding 5): each directory is opened with
+/// `O_DIRECTORY|O_NOFOLLOW` relative to its parent's descriptor, each file with
+/// `O_NOFOLLOW|O_NONBLOCK`, and the type and size are taken from the open descriptor. A
+/// symbolic link swapped in for an entry file or a subdirectory after the listing is
+/// therefore never followed, and a FIFO never blocks the reader; both become rejected
+/// entries with their reason. Only `root`, the configured path, may itself be a link.
 fn read_dir(root: &Path) -> Result<Vec<File>, String> {
+    use rustix::fs::{self as rfs, FileType, Mode, OFlags};
+    let root_fd = rfs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {}", root.display(), std::io::Error::from(e)))?;
+    let shown = |rel: &[u8]| root.join(OsStr::from_bytes(rel)).display().to_string();
     let mut files = Vec::new();
-    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_owned(), Vec::new())];
-    while let Some((dir, rel)) = stack.pop() {
+    let mut stack: Vec<(std::os::fd::OwnedFd, Vec<u8>)> = vec![(root_fd, Vec::new())];
+    while let Some((dir_fd, rel)) = stack.pop() {
         let depth = rel.split(|&b| b == b'/').filter(|p| !p.is_empty()).count();
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-            let name = entry.file_name();
+        let fail = |e: rustix::io::Errno| format!("{}: {}", shown(&rel), std::io::Error::from(e));
+        let mut entries = rfs::Dir::read_from(&dir_fd).map_err(fail)?;
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(fail)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
             let mut path = rel.clone();
             if !path.is_empty() {
                 path.push(b'/');
             }
-            path.extend_from_slice(name.as_bytes());
-            // Does not follow symbolic links.
-            let ft = entry
-                .file_type()
-                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-            if ft.is_dir() {
-                if depth < 2 && !name.as_bytes().starts_with(b".") {
-                    stack.push((entry.path(), path));
+            path.extend_from_slice(name);
+            let enter = depth < 2 && !name.starts_with(b".");
+            let role = layout::role(&path);
+            // The listing's type is only a hint (it may be stale by the time we open):
+            // it saves opening what the layout ignores, and devices are never opened.
+            let hint = entry.file_type();
+            let kind = match hint {
+                FileType::Directory if !enter => continue,
+                FileType::Directory | FileType::RegularFile | FileType::Unknown => None,
+                FileType::Symlink => Some(Kind::Symlink),
+                _ => Some(Kind::Unusable("not a regular file".into())),
+            };
+            if let Some(kind) = kind {
+                if let Some(role) = role {
+                    files.push(File { path, role, kind });
                 }
                 continue;
             }
-            let Some(role) = layout::role(&path) else {
+            if role.is_none() && !enter {
                 continue;
+            }
+            let flags = OFlags::RDONLY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC;
+            let opened = rfs::openat(&dir_fd, name, flags, Mode::empty()).and_then(|fd| {
+                let st = rfs::fstat(&fd)?;
+                Ok((fd, st))
+            });
+            let kind = match opened {
+                Err(rustix::io::Errno::LOOP) => Kind::Symlink,
+                Err(e) if hint == FileType::Directory => return Err(fail(e)),
+                Err(e) => Kind::Unusable(format!("cannot open: {}", std::io::Error::from(e))),
+                Ok((fd, st)) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory if enter => {
+                        stack.push((fd, path));
+                        continue;
+                    }
+                    FileType::Directory => continue,
+                    FileType::RegularFile => read_small(
+                        std::fs::File::from(fd),
+                        u64::try_from(st.st_size).unwrap_or(0),
+                    ),
+                    _ => Kind::Unusable("not a regular file".into()),
+                },
             };
-            let kind = if ft.is_symlink() {
-                Kind::Symlink
-            } else if !ft.is_file() {
-                Kind::Unusable("not a regular file".into())
-            } else {
-                read_small(&entry.path())
-            };
-            files.push(File { path, role, kind });
+            if let Some(role) = role {
+                files.push(File { path, role, kind });
+            }
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
 
-fn read_small(path: &Path) -> Kind {
-    let read = || -> std::io::Result<Kind> {
-        let f = std::fs::File::open(path)?;
-        let size = f.metadata()?.len();
-        if size > MAX_FILE_SIZE {
-            return Ok(Kind::TooLarge(size));
-        }
-        let mut buf = Vec::new();
-        // The file may grow between stat and read.
-        f.take(MAX_FILE_SIZE + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > MAX_FILE_SIZE {
-            return Ok(Kind::TooLarge(buf.len() as u64));
-        }
-        Ok(Kind::Regular(buf))
-    };
-    read().unwrap_or_else(|e| Kind::Unusable(format!("cannot read: {e}")))
+/// Read an open regular file of `size` bytes (from `fstat` on the same descriptor).
+fn read_small(f: std::fs::File, size: u64) -> Kind {
+    if size > MAX_FILE_SIZE {
+        return Kind::TooLarge(size);
+    }
+    let mut buf = Vec::new();
+    // The file may grow between fstat and read.
+    if let Err(e) = f.take(MAX_FILE_SIZE + 1).read_to_end(&mut buf) {
+        return Kind::Unusable(format!("cannot read: {e}"));
+    }
+    if buf.len() as u64 > MAX_FILE_SIZE {
+        return Kind::TooLarge(buf.len() as u64);
+    }
+    Kind::Regular(buf)
 }
 
 /// The "commit" of a directory index: a hash of everything the layout read.
@@ -994,4 +1086,183 @@ fn dir_hash(files: &[File]) -> String {
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("dir:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SECRET: &[u8] = b"url: file:///outside/secret\n";
+
+    // Issue 10 finding 5: an entry file of a directory index is swapped, by rename, for a
+    // symbolic link to a file outside the index, for a FIFO, and back, while the index is
+    // read again and again. The listing's type and the file opened may differ; the reader
+    // must never return the outside file's bytes and never block on the FIFO. The reads
+    // run in a thread waited for with a deadline; the loop ends after enough reads saw
+    // each of the three forms, not after a time. Seen failing before the fix (the old
+    // reader returned the outside file's bytes, or hung in `open` on the FIFO).
+    #[test]
+    fn issue10_f5_a_link_or_fifo_swapped_in_is_neither_followed_nor_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("index");
+        let dir = root.join("h/o");
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, SECRET).unwrap();
+        let entry = dir.join("repo");
+        std::fs::write(&entry, b"url: https://example.org/r.git\n").unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, dir, entry) = (stop.clone(), dir.clone(), entry.clone());
+            std::thread::spawn(move || {
+                let tmp = dir.join(".swap");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(&tmp);
+                    match n % 3 {
+                        0 => std::os::unix::fs::symlink(&outside, &tmp).unwrap(),
+                        1 => rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &tmp,
+                            rustix::fs::FileType::Fifo,
+                            rustix::fs::Mode::from_raw_mode(0o644),
+                            0,
+                        )
+                        .unwrap(),
+                        _ => std::fs::write(&tmp, b"url: https://example.org/r.git\n").unwrap(),
+                    }
+                    std::fs::rename(&tmp, &entry).unwrap();
+                    n += 1;
+                }
+            })
+        };
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let (stop, root) = (stop.clone(), root.clone());
+            std::thread::spawn(move || {
+                // Reads that saw: the regular file, the link, the FIFO; and the outside bytes.
+                let mut seen = [0u32; 3];
+                let mut followed = 0u32;
+                for _ in 0..1_000_000u32 {
+                    if seen.iter().all(|&n| n >= 100) {
+                        break;
+                    }
+                    let files = match read_dir(&root) {
+                        Ok(f) => f,
+                        Err(e) => panic!("read_dir: {e}"),
+                    };
+                    for f in files.iter().filter(|f| f.path == b"h/o/repo") {
+                        match &f.kind {
+                            Kind::Regular(b) if b.as_slice() == SECRET => followed += 1,
+                            Kind::Regular(_) => seen[0] += 1,
+                            Kind::Symlink => seen[1] += 1,
+                            Kind::Unusable(why) if why.contains("not a regular file") => {
+                                seen[2] += 1
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                let _ = tx.send((seen, followed));
+            })
+        };
+        let got = rx.recv_timeout(Duration::from_secs(120));
+        stop.store(true, Ordering::Relaxed);
+        let (seen, followed) = got.expect("the index reader blocked (on the FIFO?)");
+        reader.join().unwrap();
+        swapper.join().unwrap();
+        assert_eq!(followed, 0, "the outside file was read through the link");
+        assert!(
+            seen.iter().all(|&n| n >= 100),
+            "not every form was seen: {seen:?}"
+        );
+    }
+
+    /// `git` with `args` in `cwd`, which must succeed.
+    fn run_git(cwd: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .current_dir(cwd)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Issue 10 finding 5: the index git config trusts the index's own paths, not `*`, and a
+    // local index repository another user owns is still read (why the key is set at all).
+    // The same fetch with no trusted paths is refused ("dubious ownership"), so the check
+    // is live on this machine. Root only for the ownership part (only root can give the
+    // repository to another uid). Seen failing before the fix (the config held `*`).
+    #[test]
+    fn issue10_f5_safe_directory_names_the_index_paths_not_star() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("h/o")).unwrap();
+        std::fs::write(src.join("h/o/r"), "url: https://example.org/r.git\n").unwrap();
+        run_git(&src, &["init", "-q"]);
+        run_git(&src, &["add", "."]);
+        run_git(&src, &["commit", "-q", "-m", "index"]);
+        let dir = d.path().join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = IndexSource {
+            name: "up".into(),
+            url: src.display().to_string(),
+            branch: None,
+            poll_interval: Duration::from_secs(60),
+        };
+        write_git_config(&dir, std::slice::from_ref(&source)).unwrap();
+        let text = std::fs::read_to_string(dir.join(GIT_CONFIG)).unwrap();
+        assert!(!text.contains('*'), "{text}");
+        let real = std::fs::canonicalize(&src).unwrap();
+        for trusted in [
+            real.join(".git"),
+            std::fs::canonicalize(&dir).unwrap().join("up.git"),
+        ] {
+            let line = format!("directory = \"{}\"", trusted.display());
+            assert!(text.contains(&line), "{line} missing from {text}");
+        }
+
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped the ownership part: needs root");
+            return;
+        }
+        let nobody = Some(65534);
+        for e in walk(&src) {
+            std::os::unix::fs::lchown(&e, nobody, nobody).unwrap();
+        }
+        write_git_config(&dir, &[]).unwrap();
+        let refused = fetch(&source, &dir).err().unwrap_or_default();
+        assert!(refused.contains("dubious ownership"), "control: {refused}");
+        write_git_config(&dir, std::slice::from_ref(&source)).unwrap();
+        let fetched = fetch(&source, &dir).unwrap();
+        let mut parser = Parser::new(false);
+        fetched.read(&mut parser).unwrap();
+        let parsed = parser.finish();
+        assert_eq!(parsed.entries.len(), 1, "rejected: {:?}", parsed.rejected);
+    }
+
+    /// `root` and everything under it.
+    fn walk(root: &Path) -> Vec<PathBuf> {
+        let mut out = vec![root.to_owned()];
+        let mut i = 0;
+        while i < out.len() {
+            if std::fs::symlink_metadata(&out[i]).unwrap().is_dir() {
+                for e in std::fs::read_dir(&out[i]).unwrap() {
+                    out.push(e.unwrap().path());
+                }
+            }
+            i += 1;
+        }
+        out
+    }
 }
