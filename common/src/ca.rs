@@ -110,7 +110,10 @@ impl Ca {
             .with_context(|| format!("{} is missing: {restore}", key_path.display()))?;
         let key = KeyPair::from_pem(&String::from_utf8_lossy(&text))
             .with_context(|| format!("reading {}: {restore}", key_path.display()))?;
-        let cert = CertificateDer::from_pem_file(&cert_path)
+        // Read without following links (statefile), as every state file is.
+        let cert_pem = crate::statefile::read_if_exists(&cert_path)?
+            .with_context(|| format!("{} is missing: {restore}", cert_path.display()))?;
+        let cert = CertificateDer::from_pem_slice(&cert_pem)
             .with_context(|| format!("reading {}: {restore}", cert_path.display()))?;
         Ok(Self { key, cert })
     }
