@@ -205,12 +205,19 @@ pub struct RepoCounts {
     pub waiting: usize,
 }
 
+/// `worker:url` as last built, and what it was built from ([`View::status_with`]).
+pub struct WorkerUrls {
+    key: (u64, usize, Vec<(u32, uuid::Uuid)>),
+    map: Arc<BTreeMap<String, Vec<Arc<str>>>>,
+    truncated: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusView {
     pub server_status: &'static str,
     pub worker_count: usize,
     #[serde(rename = "worker:url")]
-    pub worker_url: BTreeMap<String, Vec<Arc<str>>>,
+    pub worker_url: Arc<BTreeMap<String, Vec<Arc<str>>>>,
     /// Whether `worker:url` stopped at `status_url_limit` URLs.
     #[serde(rename = "worker:url_truncated")]
     pub worker_url_truncated: bool,
@@ -390,23 +397,50 @@ impl View<'_> {
     /// `GET /api/status`: `worker:url` lists at most `url_limit` URLs in all, live
     /// workers in id order.
     pub fn status(&self, index: Vec<IndexStatus>) -> StatusView {
+        self.status_with(index, &mut None)
+    }
+
+    /// [`View::status`], reusing `cache`'s `worker:url` while the live workers, the limit
+    /// and the census's owner sets are as they were: at 1M repos it is 10,000 URLs to
+    /// collect and redact on the main loop, and under steady ingest it rarely changes.
+    pub fn status_with(
+        &self,
+        index: Vec<IndexStatus>,
+        cache: &mut Option<WorkerUrls>,
+    ) -> StatusView {
         let mut live: Vec<&WorkerRecord> = self.fleet.registry().live().collect();
         live.sort_by_key(|w| w.id);
-        let mut budget = self.url_limit;
-        let mut truncated = false;
-        let mut worker_url = BTreeMap::new();
-        for w in live {
-            let mut urls = Vec::new();
-            for (_, url) in self.fleet.census().owned_urls(w.uuid) {
-                if budget == 0 {
-                    truncated = true;
-                    break;
+        let key = (
+            self.fleet.census().owner_urls_generation(),
+            self.url_limit,
+            live.iter().map(|w| (w.id, w.uuid)).collect::<Vec<_>>(),
+        );
+        let urls = match cache {
+            Some(c) if c.key == key => c,
+            _ => {
+                let mut budget = self.url_limit;
+                let mut truncated = false;
+                let mut map = BTreeMap::new();
+                for w in &live {
+                    let mut urls = Vec::new();
+                    for (_, url) in self.fleet.census().owned_urls(w.uuid) {
+                        if budget == 0 {
+                            truncated = true;
+                            break;
+                        }
+                        urls.push(redact::url_arc(url));
+                        budget -= 1;
+                    }
+                    map.insert(w.id.to_string(), urls);
                 }
-                urls.push(redact::url_arc(url));
-                budget -= 1;
+                cache.insert(WorkerUrls {
+                    key,
+                    map: Arc::new(map),
+                    truncated,
+                })
             }
-            worker_url.insert(w.id.to_string(), urls);
-        }
+        };
+        let (worker_url, truncated) = (urls.map.clone(), urls.truncated);
         let alive = self
             .fleet
             .registry()
@@ -638,6 +672,67 @@ mod tests {
         );
         assert_eq!(j["workers"].as_array().unwrap().len(), 1);
         assert_eq!(j["index"], serde_json::json!([]));
+    }
+
+    // SPEC §12: `worker:url` is reused while the owner sets stay as they were, and built
+    // again, equal to a fresh one, once an outcome moves a repo between states.
+    #[test]
+    fn spec_12_status_urls_are_kept_until_the_owner_sets_change() {
+        let mut f = fleet();
+        let mut cache = None;
+        let view = |f: &Fleet| {
+            View {
+                fleet: f,
+                now_ms: 5000,
+                uptime_secs: 7,
+                url_limit: 10_000,
+            }
+            .status_with(vec![], &mut None)
+            .worker_url
+        };
+        let first = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+            url_limit: 10_000,
+        }
+        .status_with(vec![], &mut cache)
+        .worker_url;
+        let second = View {
+            fleet: &f,
+            now_ms: 6000,
+            uptime_secs: 8,
+            url_limit: 10_000,
+        }
+        .status_with(vec![], &mut cache)
+        .worker_url;
+        assert!(Arc::ptr_eq(&first, &second), "nothing changed: reused");
+        let o = Outcome {
+            report_id: 9,
+            repo: "a/p5/r5".into(),
+            url: String::new(),
+            finished_ms: 3000,
+            duration_ms: 10,
+            result: FetchResult::Cloned,
+            changes: vec![],
+            ref_count: 3,
+            refs_digest: 0,
+            next_due_ms: 62_000,
+        };
+        f.outcomes(Uuid::from_u128(1), &[o], 3000);
+        let third = View {
+            fleet: &f,
+            now_ms: 7000,
+            uptime_secs: 9,
+            url_limit: 10_000,
+        }
+        .status_with(vec![], &mut cache)
+        .worker_url;
+        assert!(
+            !Arc::ptr_eq(&second, &third),
+            "a repo changed state: built again"
+        );
+        assert_eq!(*third, *view(&f));
     }
 
     // SPEC §9 GET /api/workers and /api/workers/{id}.

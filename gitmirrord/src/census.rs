@@ -237,6 +237,19 @@ pub struct Census {
     success: SuccessTimes,
     /// `(holder, id)`: the repos each worker holds or was told to hold.
     held: BTreeSet<(Uuid, Arc<str>)>,
+    /// Bumped by every change of `owner_ids`, so that what is built from it (the status's
+    /// `worker:url`) can be kept until it changes.
+    owner_urls_gen: Generation,
+}
+
+/// A change counter that a recount does not compare ([`Census`] equality is about content).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Generation(u64);
+
+impl PartialEq for Generation {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 fn slot(s: RepoState) -> usize {
@@ -367,6 +380,7 @@ impl Census {
 
     fn owner_entry(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
         if let Some(o) = f.owner {
+            self.owner_urls_gen.0 += 1;
             if add {
                 self.owner_ids
                     .insert((o, f.state, id.clone()), f.url.clone());
@@ -517,6 +531,11 @@ impl Census {
 
     /// Every repo the worker owns with its URL, grouped by state (for `worker:url`, which
     /// is bounded by the caller).
+    /// Changes whenever [`Census::owned_urls`] of any worker may have.
+    pub fn owner_urls_generation(&self) -> u64 {
+        self.owner_urls_gen.0
+    }
+
     pub fn owned_urls(&self, o: Uuid) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
         RepoState::ALL
             .iter()

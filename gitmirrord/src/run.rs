@@ -279,6 +279,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         last_repos_save: Instant::now(),
         last_status: String::new(),
         refs: RefsQueries::default(),
+        status_urls: None,
     };
     let summary = main.fleet.summary();
     tracing::info!(
@@ -440,6 +441,8 @@ struct MainLoop {
     last_status: String,
     /// `GET /api/repos/{id}/refs` queries waiting for a worker's page.
     refs: RefsQueries,
+    /// `/api/status`'s `worker:url`, kept while it does not change.
+    status_urls: Option<crate::api::WorkerUrls>,
 }
 
 impl MainLoop {
@@ -854,7 +857,7 @@ impl MainLoop {
                 };
                 if *q == Query::Status {
                     // The index part (rejected entries and all) is copied off the loop.
-                    let mut status = view.status(Vec::new());
+                    let mut status = view.status_with(Vec::new(), &mut self.status_urls);
                     let index = self.index.clone();
                     Reply::Render(Box::new(move || {
                         status.index = index.status();
