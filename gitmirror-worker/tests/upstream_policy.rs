@@ -77,7 +77,7 @@ fn spec_17_denied_loopback_upstream_is_never_connected() {
         assert_eq!(connections(&listener), 0, "{url} reached the server");
     }
     assert_eq!(
-        std::fs::read_dir(root.path().join("repos/.tmp"))
+        std::fs::read_dir(root.path().join("repos.tmp"))
             .unwrap()
             .count(),
         0
