@@ -22,7 +22,20 @@ async fn holder(c: &Coordinator, uuid: u128, protocol: u32) -> TestWorker {
         mirrored: true,
     }])
     .await;
-    // Asked only once the holdings made it the owner with a mirror.
+    // A claimed mirror is verified by a fetch (issue 10): the coordinator asks for one
+    // (`FetchNow`), and the worker reports it.
+    let fetched = common::outcome(
+        1,
+        REPO,
+        gitmirror_wire::FetchResult::Fetched,
+        &[("refs/heads/m", None, Some("aa"))],
+    );
+    w.send(&WorkerMsg::Outcomes(gitmirror_wire::OutcomeBatch {
+        outcomes: vec![fetched],
+    }))
+    .await
+    .unwrap();
+    // Asked only once the holdings and the fetch made it the owner with a mirror.
     common::eventually(15, "the repo mirrored by the new connection", || async {
         let (_, v) = c.get_json(&format!("/api/repos/{REPO}")).await;
         let workers = c.get_json("/api/workers").await.1;
