@@ -227,6 +227,7 @@ fn main() {
                         event_seq: 0,
                         events: &BTreeMap::new(),
                         webhooks: &[],
+                        batches_waiting: 0,
                     })
                     .len()
                 }),

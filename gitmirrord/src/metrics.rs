@@ -77,6 +77,8 @@ pub struct Inputs<'a> {
     /// Event kind → events appended since start.
     pub events: &'a BTreeMap<&'static str, u64>,
     pub webhooks: &'a [WebhookMetric],
+    /// Outcome batches applied whose acknowledgement waits for the event log.
+    pub batches_waiting: usize,
 }
 
 /// Render the whole exposition.
@@ -164,6 +166,16 @@ pub fn render(i: &Inputs<'_>) -> String {
         let n = i.events.get(kind).copied().unwrap_or(0);
         w.sample("gitmirror_events_total", &[("kind", kind)], n as f64);
     }
+    w.family(
+        "gitmirror_outcome_batches_waiting",
+        "gauge",
+        "Outcome batches applied whose acknowledgement waits for their events (or an earlier batch's) to be durable.",
+    );
+    w.sample(
+        "gitmirror_outcome_batches_waiting",
+        &[],
+        i.batches_waiting as f64,
+    );
     w.family(
         "gitmirror_event_seq",
         "gauge",

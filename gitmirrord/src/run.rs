@@ -892,6 +892,7 @@ impl MainLoop {
         let events = self.events_by_kind.clone();
         let webhooks = self.webhook_metrics();
         let index = self.index.clone();
+        let batches_waiting = self.acks.waiting_batches();
         Reply::Render(Box::new(move || {
             let polls = index.polls();
             let index = index.status();
@@ -903,6 +904,7 @@ impl MainLoop {
                 event_seq,
                 events: &events,
                 webhooks: &webhooks,
+                batches_waiting,
             }))
         }))
     }

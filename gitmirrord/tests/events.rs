@@ -721,6 +721,8 @@ async fn metrics_parse_and_follow_the_fleet() {
         2.0
     );
     assert_eq!(get_value(&m, "gitmirror_event_seq", &[]), 2.0);
+    // Every batch was acknowledged: none waits for the event log.
+    assert_eq!(get_value(&m, "gitmirror_outcome_batches_waiting", &[]), 0.0);
     assert_eq!(get_value(&m, "gitmirror_repos_never_mirrored", &[]), 1.0);
     assert_eq!(get_value(&m, "gitmirror_staleness_seconds_count", &[]), 2.0);
     assert_eq!(
