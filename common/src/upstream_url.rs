@@ -395,6 +395,11 @@ mod tests {
         for (bad, why) in [
             ("", "empty"),
             ("-uhttps://x", "starts with '-'"),
+            ("--upload-pack=touch /tmp/x", "starts with '-'"),
+            ("-oProxyCommand=x:y", "starts with '-'"),
+            ("ssh://-oProxyCommand=x/y", "host starts with '-'"),
+            ("https://example.org/a b", "whitespace"),
+            ("https://example.org/a\tb", "whitespace"),
             ("ext::sh -c touch% /tmp/pwned", "whitespace"),
             ("ext::sh%20-c%20x", "ext::"),
             ("EXT::x", "ext::"),
@@ -406,7 +411,7 @@ mod tests {
             // gix reads an upper-case scheme as a remote helper's (`git-remote-HTTPS`).
             ("HTTPS://example.org/x", "scheme \"HTTPS\""),
             ("https:///x", "does not parse"),
-            ("host:", ""),
+            ("host:", "path"),
             ("file:///srv/git/x.git", "allow_file_urls"),
             ("/srv/git/x.git", "allow_file_urls"),
             ("../x.git", "allow_file_urls"),
