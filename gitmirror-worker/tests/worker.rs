@@ -621,10 +621,20 @@ async fn spec_7_1_url_change_and_moved_drop_through_the_worker() {
         }],
     }))
     .await;
-    // The mirror and its then-empty parent directories go.
+    // The mirror and its then-empty parent directories go, into the trash: a repo handed
+    // over is trashed, not deleted (issue 10; design.md "Where we differ from SPEC").
     let parent = root.path().join("repos/a");
-    common::wait_for("the moved repo's mirror to be deleted", STEP, || {
+    common::wait_for("the moved repo's mirror to leave its path", STEP, || {
         !parent.exists()
     });
+    let trashed: Vec<_> = std::fs::read_dir(root.path().join("repos.trash"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(trashed.len(), 1, "{trashed:?}");
+    assert!(
+        git(&trashed[0], &["remote", "-v"]).contains(&new_url),
+        "{trashed:?}"
+    );
     worker.stop().await;
 }
