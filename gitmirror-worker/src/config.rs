@@ -132,7 +132,7 @@ pub enum ConfigError {
 }
 
 /// `join_token` as written: never printed (issue 10 finding 5).
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(transparent)]
 struct InlineToken(String);
 
