@@ -77,6 +77,15 @@ for p in "${packages[@]}"; do
     gzip -9 -n -c "$page" >"$stage/man/${page#man/}.gz"
   done
 done
+# gitmirrorctl ships in the gitmirrord packages.
+[ -x "$target_dir/release/gitmirrorctl" ] || die "$target_dir/release/gitmirrorctl is missing (run without --no-build)"
+strip -o "$stage/bin/gitmirrorctl" "$target_dir/release/gitmirrorctl"
+gzip -9 -n -c man/gitmirrorctl.8 >"$stage/man/gitmirrorctl.8.gz"
+# Its shell completions, from its own command line (the hidden `completions` subcommand).
+mkdir -p "$stage/completions"
+"$stage/bin/gitmirrorctl" completions bash >"$stage/completions/gitmirrorctl.bash"
+"$stage/bin/gitmirrorctl" completions zsh >"$stage/completions/_gitmirrorctl"
+"$stage/bin/gitmirrorctl" completions fish >"$stage/completions/gitmirrorctl.fish"
 
 rm -f "$out"/*.deb "$out"/*.rpm
 for p in "${packages[@]}"; do

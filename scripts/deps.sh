@@ -5,7 +5,11 @@ set -euo pipefail
 
 want=(git curl ca-certificates)
 if [ "${1:-run}" = test ]; then
-  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils chromium)
+  # openssh-server: the ssh deploy-key test runs its own sshd on loopback; prometheus:
+  # promtool and a real Prometheus check the shipped alert rules; openssl: push-hook
+  # tests sign payloads from a post-receive hook.
+  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils chromium
+    openssh-server prometheus openssl)
 fi
 
 missing=()
@@ -15,6 +19,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
+  # The tests run their own sshd and Prometheus on loopback: the packages' services must
+  # not start (on all addresses) as they install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    # shellcheck disable=SC2064 # $sudo is expanded now, on purpose
+    trap "$sudo rm -f /usr/sbin/policy-rc.d" EXIT
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

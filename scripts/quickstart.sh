@@ -64,15 +64,18 @@ local_worker:
     min_interval: 30s
 YAML
 
-git daemon --export-all --reuseaddr --base-path="$demo/upstream" \
-  --listen=127.0.0.1 --port="$git_port" "$demo/upstream" &
+# git-daemon itself, not the `git daemon` wrapper (which would leave it running when
+# killed), with its log in the demo dir rather than on this terminal.
+"$(git --exec-path)/git-daemon" --export-all --reuseaddr --verbose \
+  --base-path="$demo/upstream" --listen=127.0.0.1 --port="$git_port" \
+  "$demo/upstream" 2>>"$demo/git-daemon.log" &
 daemon_pid=$!
-trap 'kill "$daemon_pid" 2>/dev/null || true' EXIT
+trap 'kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true' EXIT
 
 cat <<MSG
 
 gitmirror quickstart
-  upstream repos : $demo/upstream (git://127.0.0.1:$git_port/)
+  upstream repos : $demo/upstream (git://127.0.0.1:$git_port/, log: $demo/git-daemon.log)
   index          : $index  (add a file a/abc/abc with "url: ..." and commit to add a repo)
   mirrors        : $demo/mirrors
   status         : curl -s localhost:8089/api/status

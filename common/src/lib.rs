@@ -2,6 +2,7 @@
 //! TLS trust material, systemd notification, logging and disk space.
 
 pub mod ca;
+pub mod credentials;
 pub mod disk;
 pub mod journal;
 pub mod logging;

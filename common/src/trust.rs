@@ -190,14 +190,38 @@ pub fn read_secret(path: &Path) -> Result<String> {
     parse_secret(path, &text)
 }
 
+/// Shortest join secret accepted: 128 bits of base64url (the ones we write have 256).
+pub const MIN_SECRET_CHARS: usize = 22;
+
 fn parse_secret(path: &Path, text: &[u8]) -> Result<String> {
-    let text = std::str::from_utf8(text)
-        .with_context(|| format!("join secret {} is not text", path.display()))?;
+    let cure = "remove it to create a new one (workers not enrolled yet then need the new join \
+                token: `gitmirrord join-token`), or restore it from a backup";
+    let text = std::str::from_utf8(text).map_err(|_| {
+        anyhow::anyhow!(
+            "join secret {} is damaged: it is not text; {cure}",
+            path.display()
+        )
+    })?;
     let s = text.trim().to_owned();
     if s.is_empty() {
+        bail!("join secret {} is empty: {cure}", path.display());
+    }
+    // What a join token can carry (`JoinToken::parse`): a damaged file is found at start,
+    // not by the first worker's refusal.
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         bail!(
-            "join secret {} is empty: remove it to create a new one (workers then need a new join token)",
+            "join secret {} is damaged: it holds {bad:?}, not only base64url characters; {cure}",
             path.display()
+        );
+    }
+    if s.len() < MIN_SECRET_CHARS {
+        bail!(
+            "join secret {} is damaged: {} characters, fewer than {MIN_SECRET_CHARS}; {cure}",
+            path.display(),
+            s.len()
         );
     }
     Ok(s)
@@ -330,14 +354,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The coordinator's QUIC server configuration.
+/// The coordinator's QUIC server configuration. `clients`: how a client certificate is
+/// checked (the fleet's CA, [`crate::ca::Ca::client_verifier`]); `None` asks for none.
 pub fn server_config(
     id: &Identity,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
         .context("loading the coordinator's TLS key")?;
     tls.alpn_protocols = gitmirror_wire::alpn_protocols();
@@ -347,20 +377,113 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// A worker's QUIC client configuration: trusts exactly the pinned certificate.
+/// A worker's certificate and key, as the fleet's CA issued them (PEM).
+#[derive(Clone, PartialEq)]
+pub struct WorkerCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The key is never printed.
+impl std::fmt::Debug for WorkerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCert").finish_non_exhaustive()
+    }
+}
+
+/// Where a worker keeps its certificate and key, in its state dir.
+pub const WORKER_CERT_FILE: &str = "worker-cert.pem";
+pub const WORKER_KEY_FILE: &str = "worker-key.pem";
+
+impl WorkerCert {
+    /// The certificate this worker enrolled with, if it has one. The key is written first
+    /// and the certificate last, so a key alone is an enrollment cut short (none).
+    pub fn load(state_dir: &Path) -> Result<Option<Self>> {
+        let cert_path = state_dir.join(WORKER_CERT_FILE);
+        let key_path = state_dir.join(WORKER_KEY_FILE);
+        let Some(cert) = crate::statefile::read_if_exists(&cert_path)? else {
+            return Ok(None);
+        };
+        check_private(&key_path).with_context(|| {
+            format!(
+                "{} has no usable key beside it; restore both from a backup, or remove both \
+                 and have the coordinator's operator run `gitmirrord workers approve UUID` so \
+                 this worker enrolls again",
+                cert_path.display()
+            )
+        })?;
+        let key = crate::statefile::read_if_exists(&key_path)?
+            .with_context(|| format!("{} is missing", key_path.display()))?;
+        let text = |b: Vec<u8>, p: &Path| {
+            String::from_utf8(b).with_context(|| format!("{} is not PEM text", p.display()))
+        };
+        let c = Self {
+            cert_pem: text(cert, &cert_path)?,
+            key_pem: text(key, &key_path)?,
+        };
+        // Fail here, naming the files, rather than at the first connection.
+        client_config(
+            &JoinToken {
+                cert_sha256: [0; 32],
+                secret: String::new(),
+            },
+            Some(&c),
+            transport(Duration::from_secs(1), Duration::from_secs(2))?,
+        )
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a usable certificate",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+        Ok(Some(c))
+    }
+
+    /// Keep the certificate (key first, both mode 0600, crash-safe).
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        crate::statefile::write_atomic(
+            &state_dir.join(WORKER_KEY_FILE),
+            self.key_pem.as_bytes(),
+            0o600,
+        )?;
+        crate::statefile::write_atomic(
+            &state_dir.join(WORKER_CERT_FILE),
+            self.cert_pem.as_bytes(),
+            0o600,
+        )?;
+        Ok(())
+    }
+}
+
+/// A worker's QUIC client configuration: trusts exactly the pinned certificate, and
+/// presents `cert` when it has one (SPEC §17).
 pub fn client_config(
     token: &JoinToken,
+    cert: Option<&WorkerCert>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig> {
     let verifier = PinnedCert {
         sha256: token.cert_sha256,
         algs: provider().signature_verification_algorithms,
     };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut tls = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading this worker's certificate")?;
+            let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+                .context("reading this worker's key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("this worker's certificate and key do not match")?
+        }
+    };
     tls.alpn_protocols = gitmirror_wire::alpn_protocols();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));

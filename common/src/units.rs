@@ -108,6 +108,14 @@ impl FreeSpace {
             Self::Bytes(b) => free < b,
         }
     }
+
+    /// The threshold in bytes on a file system of `total` bytes.
+    pub fn bytes_of(&self, total: u64) -> u64 {
+        match *self {
+            Self::Percent(p) => ((total as f64) * p / 100.0).ceil() as u64,
+            Self::Bytes(b) => b,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for FreeSpace {

@@ -280,6 +280,89 @@ pub fn ip_literal(host: &str) -> Option<IpAddr> {
     IpAddr::from_str(h).ok()
 }
 
+/// A repository's address as URLs are compared (SPEC §15 hooks, §16 credentials), read
+/// with gix's parser like everything else about upstream URLs (see the module
+/// documentation): user info, query, fragment, a default port, a `.git` suffix and
+/// leading or trailing `/` are dropped, the host lowercased; the path keeps its case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoAddr {
+    pub scheme: Scheme,
+    /// Lowercased, an IPv6 address without brackets; empty for `file`.
+    pub host: String,
+    /// `None` when it is the scheme's default.
+    pub port: Option<u16>,
+    /// Possibly empty (a URL naming a host only, like a credential entry's prefix).
+    pub path: String,
+}
+
+/// [`RepoAddr`] of `text`: `None` unless it is an `http(s)`, `ssh` (`ssh://` or scp-like
+/// `[user@]host:path`), `git` URL with a host, or an absolute local path / `file://` URL.
+pub fn repo_addr(text: &str) -> Option<RepoAddr> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 4096 || t.chars().any(char::is_control) {
+        return None;
+    }
+    let parsed = gix_url::parse(t.as_bytes()).ok()?;
+    let default_port = match &parsed.scheme {
+        Scheme::Https => 443,
+        Scheme::Http => 80,
+        Scheme::Ssh => 22,
+        Scheme::Git => 9418,
+        Scheme::File => 0,
+        _ => return None,
+    };
+    let raw = String::from_utf8_lossy(parsed.path.as_ref()).into_owned();
+    // Query and fragment are not part of the repository.
+    let raw = raw.split(['?', '#']).next().unwrap_or_default();
+    let (host, port) = if parsed.scheme == Scheme::File {
+        if !raw.starts_with('/') {
+            return None;
+        }
+        (String::new(), None)
+    } else {
+        let host = parsed.host()?.trim_matches(['[', ']']).to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        (host, parsed.port.filter(|p| *p != default_port))
+    };
+    let p = raw.trim_matches('/');
+    let path = p.strip_suffix(".git").unwrap_or(p).trim_end_matches('/');
+    Some(RepoAddr {
+        scheme: parsed.scheme,
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// The form push-hook payload URLs and index URLs are compared in (SPEC §15): the same
+/// repository spelt `https://github.com/A/b`, `https://github.com/A/b.git/`,
+/// `ssh://git@github.com:22/A/b.git` or `git@github.com:A/b.git` gives one string,
+/// `github.com/A/b` ([`RepoAddr`] without its scheme). A port that is not its scheme's
+/// default stays (`host:8443/a/b`). `file://` URLs and absolute paths give
+/// `file:///<path>`. `None`: not a URL of a repository (see [`repo_addr`]; no path).
+pub fn normalise(text: &str) -> Option<String> {
+    let a = repo_addr(text)?;
+    if a.path.is_empty() {
+        return None;
+    }
+    if a.scheme == Scheme::File {
+        return Some(format!("file:///{}", a.path));
+    }
+    let mut out = if a.host.contains(':') {
+        format!("[{}]", a.host)
+    } else {
+        a.host
+    };
+    if let Some(port) = a.port {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push('/');
+    out.push_str(&a.path);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +549,83 @@ mod tests {
         );
         assert_eq!(ip_literal("[::1]"), Some("::1".parse().unwrap()));
         assert_eq!(ip_literal("example.org"), None);
+    }
+    // Issue 14 item 2: the spellings one upstream has in indexes and forge payloads
+    // normalise alike (SPEC §15).
+    #[test]
+    fn spec_15_normalise_spellings() {
+        for spelling in [
+            "https://github.com/A/b",
+            "https://github.com/A/b.git",
+            "https://github.com/A/b/",
+            "https://github.com/A/b.git/",
+            "https://GitHub.COM/A/b",
+            "https://github.com:443/A/b",
+            "http://github.com/A/b",
+            "https://user:pw@github.com/A/b.git",
+            "git@github.com:A/b.git",
+            "git@github.com:/A/b.git",
+            "ssh://git@github.com/A/b.git",
+            "ssh://git@github.com:22/A/b",
+            "git://github.com/A/b.git",
+            "https://github.com/A/b?x=1#frag",
+            "  https://github.com/A/b  ",
+        ] {
+            assert_eq!(
+                normalise(spelling).as_deref(),
+                Some("github.com/A/b"),
+                "{spelling}"
+            );
+        }
+        // The path keeps its case (the caller decides about case-insensitivity).
+        assert_eq!(
+            normalise("https://github.com/a/b").as_deref(),
+            Some("github.com/a/b")
+        );
+        // A port that is not the default is part of the identity.
+        assert_eq!(
+            normalise("https://git.example.org:8443/g/p.git").as_deref(),
+            Some("git.example.org:8443/g/p")
+        );
+        assert_eq!(
+            normalise("ssh://git@gitlab.example:2222/g/p.git").as_deref(),
+            Some("gitlab.example:2222/g/p")
+        );
+        assert_eq!(
+            normalise("http://[::1]:80/x.git").as_deref(),
+            Some("[::1]/x")
+        );
+        assert_eq!(
+            normalise("/srv/git/a.git").as_deref(),
+            Some("file:///srv/git/a")
+        );
+        assert_eq!(
+            normalise("file:///srv/git/a/").as_deref(),
+            Some("file:///srv/git/a")
+        );
+    }
+
+    // Issue 14: hostile or meaningless payload URLs give None, never a panic.
+    #[test]
+    fn spec_15_normalise_refuses_non_urls() {
+        for bad in [
+            "",
+            "   ",
+            "https://",
+            "https://github.com",
+            "https://github.com/",
+            "https://github.com/.git",
+            "ftp://github.com/a/b",
+            ":a/b",
+            "host:",
+            "a/b:c",
+            "https://github.com/a\nb",
+            "relative/path",
+            // git reads an upper-case scheme as a remote helper's name, not as https.
+            "HTTPS://github.com/A/b",
+        ] {
+            assert_eq!(normalise(bad), None, "{bad:?}");
+        }
+        assert_eq!(normalise(&format!("https://h/{}", "a".repeat(5000))), None);
     }
 }

@@ -2,12 +2,14 @@
 //! validated [`WorkerConfig`] whose errors name the file and the key.
 
 use crate::upstream_http::{Redirects, UpstreamPolicy};
+use gitmirror_common::credentials::{CredentialSpec, Credentials};
 use gitmirror_common::units::{FreeSpace, de_duration};
 use gitmirror_common::upstream_url::{AddrPolicy, DEFAULT_UPSTREAM_DENY};
 use gitmirror_wire::JoinToken;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gitmirror/gitmirror-worker.yaml";
@@ -34,6 +36,10 @@ pub struct FetchSection {
     /// Where an upstream's HTTP redirects may lead: `same_host` (default) or `any`
     /// (issue 10); either way never to an address in `upstream_deny`.
     pub redirects: Redirects,
+    /// A clone or fetch that makes a mirror bigger than this (bytes on disk) is aborted
+    /// and leaves nothing behind (issue 10); `None`: no limit.
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_repo_size: Option<u64>,
 }
 
 impl Default for FetchSection {
@@ -45,6 +51,7 @@ impl Default for FetchSection {
             min_interval: Duration::from_secs(60),
             max_interval: Duration::from_secs(24 * 3600),
             redirects: Redirects::SameHost,
+            max_repo_size: None,
         }
     }
 }
@@ -70,6 +77,12 @@ impl FetchSection {
                 return Err(KeyError::new(key, "must be longer than zero"));
             }
         }
+        if self.max_repo_size == Some(0) {
+            return Err(KeyError::new(
+                "fetch.max_repo_size",
+                "must be more than zero (leave it out for no limit)",
+            ));
+        }
         if self.max_interval < self.min_interval {
             return Err(KeyError::new(
                 "fetch.max_interval",
@@ -90,14 +103,69 @@ impl FetchSection {
 pub struct DiskSection {
     /// Below this free space on `mirror_dir` no new clone starts (SPEC §7.5).
     pub min_free: FreeSpace,
+    /// Below this free space a running clone or fetch is aborted and leaves nothing
+    /// behind (issue 10); `None`: half of [`Self::min_free`] ([`Self::abort_below`]).
+    pub abort_free: Option<FreeSpace>,
 }
 
 impl Default for DiskSection {
     fn default() -> Self {
         Self {
             min_free: FreeSpace::Percent(5.0),
+            abort_free: None,
         }
     }
+}
+
+impl DiskSection {
+    /// `disk.abort_free` as set, or half of `disk.min_free`.
+    pub fn abort_below(&self) -> FreeSpace {
+        self.abort_free.unwrap_or(match self.min_free {
+            FreeSpace::Percent(p) => FreeSpace::Percent(p / 2.0),
+            FreeSpace::Bytes(b) => FreeSpace::Bytes(b / 2),
+        })
+    }
+
+    /// SPEC §7.5 keeps fetches going below `disk.min_free`: the abort limit must be lower
+    /// (checked when both are of one kind, sizes or percentages).
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let higher = match (self.min_free, self.abort_below()) {
+            (FreeSpace::Percent(min), FreeSpace::Percent(abort)) => abort > min,
+            (FreeSpace::Bytes(min), FreeSpace::Bytes(abort)) => abort > min,
+            _ => false,
+        };
+        if higher {
+            return Err(KeyError::new(
+                "disk.abort_free",
+                "must not be above disk.min_free (below that, fetches go on; SPEC §7.5)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A size such as `10G` (the units of `disk.min_free`, without percentages). A visitor,
+/// like `de_duration`, so that an error keeps its key path.
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size such as 500M or 10G")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match FreeSpace::parse(v).map_err(E::custom)? {
+                FreeSpace::Bytes(b) => Ok(Some(b)),
+                FreeSpace::Percent(_) => Err(E::custom(format!(
+                    "{v:?}: a size such as 500M or 10G is expected, not a percentage"
+                ))),
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A bad value, named by its key (relative to the section that holds it).
@@ -164,6 +232,9 @@ struct RawConfig {
     serve_url_base: Option<String>,
     /// CIDRs never connected to (SPEC §17); default [`DEFAULT_UPSTREAM_DENY`].
     upstream_deny: Option<Vec<String>>,
+    /// Secrets for private upstreams (SPEC §16).
+    #[serde(default)]
+    credentials: Vec<CredentialSpec>,
     log_level: Option<String>,
 }
 
@@ -199,6 +270,9 @@ pub struct WorkerConfig {
     pub serve_url_base: Option<String>,
     /// `upstream_deny`: addresses upstream connections never reach.
     pub upstream_deny: AddrPolicy,
+    /// `credentials` with their secrets, as read at load (SPEC §16); re-read on SIGHUP
+    /// and when a file changes.
+    pub credentials: Arc<Credentials>,
     pub log_level: String,
     /// Things the operator should change but that do not stop the daemon (seed aliases).
     /// `main` logs them once logging is set up.
@@ -269,6 +343,7 @@ impl WorkerConfig {
             disk,
             serve_url_base,
             upstream_deny: AddrPolicy::default(),
+            credentials: Arc::default(),
             log_level: "info".into(),
             warnings: Vec::new(),
         };
@@ -279,6 +354,13 @@ impl WorkerConfig {
     /// Use `deny` as `upstream_deny` (the embedded worker and tests).
     pub fn with_upstream_deny(mut self, deny: AddrPolicy) -> Self {
         self.upstream_deny = deny;
+        self
+    }
+
+    /// Use `credentials` for private upstreams (the embedded worker takes the
+    /// coordinator's).
+    pub fn with_credentials(mut self, credentials: Arc<Credentials>) -> Self {
+        self.credentials = credentials;
         self
     }
 
@@ -297,8 +379,16 @@ impl WorkerConfig {
         self
     }
 
+    /// What aborts a running clone or fetch: `disk.abort_free`, `fetch.max_repo_size`.
+    pub fn limits(&self) -> crate::mirror::Limits {
+        crate::mirror::Limits {
+            abort_free: self.disk.abort_below(),
+            max_repo_size: self.fetch.max_repo_size,
+        }
+    }
+
     /// Keys that differ from `new` and take effect only after a restart (SIGHUP reloads
-    /// `fetch.*`, `disk.*` and `log_level`; a new token in the same `join_token_file` is
+    /// `fetch.*`, `disk.*`, `credentials` and `log_level`; a new token in the same `join_token_file` is
     /// picked up by the link at its next connection attempt).
     pub fn restart_needed(&self, new: &WorkerConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
@@ -358,6 +448,7 @@ impl WorkerConfig {
             }
         }
         self.fetch.validate()?;
+        self.disk.validate()?;
         if let Some(base) = &self.serve_url_base
             && !base.contains("://")
         {
@@ -414,6 +505,8 @@ impl RawConfig {
             Some(list) => AddrPolicy::parse(list.iter().map(String::as_str)),
         }
         .map_err(|d| KeyError::new("upstream_deny", d))?;
+        let credentials = Credentials::load(&self.credentials, "credentials")
+            .map_err(|e| KeyError::new(e.key, e.detail))?;
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level).map_err(|d| KeyError::new("log_level", d))?;
         let cfg = WorkerConfig {
@@ -430,6 +523,7 @@ impl RawConfig {
             disk: self.disk,
             serve_url_base: self.serve_url_base,
             upstream_deny,
+            credentials: Arc::new(credentials),
             log_level,
             warnings,
         };
@@ -554,6 +648,8 @@ mod tests {
         assert_eq!(c.fetch.min_interval, Duration::from_secs(60));
         assert_eq!(c.fetch.max_interval, Duration::from_secs(86_400));
         assert_eq!(c.disk.min_free, FreeSpace::Percent(5.0));
+        assert_eq!(c.disk.abort_below(), FreeSpace::Percent(2.5));
+        assert_eq!(c.fetch.max_repo_size, None);
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
         assert!(c.warnings.is_empty());
@@ -568,8 +664,8 @@ mod tests {
              state_dir: /s\n\
              name: w7\n\
              weight: 2.5\n\
-             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n\
-             disk:\n  min_free: 10G\n\
+             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n  max_repo_size: 20G\n\
+             disk:\n  min_free: 10G\n  abort_free: 1G\n\
              serve_url_base: git://mirror3.example.org/\n\
              log_level: debug\n",
         )
@@ -588,9 +684,11 @@ mod tests {
                 min_interval: Duration::from_secs(2),
                 max_interval: Duration::from_secs(3600),
                 redirects: Redirects::SameHost,
+                max_repo_size: Some(20 << 30),
             }
         );
         assert_eq!(c.disk.min_free, FreeSpace::Bytes(10 << 30));
+        assert_eq!(c.disk.abort_below(), FreeSpace::Bytes(1 << 30));
         assert_eq!(
             c.serve_url_base.as_deref(),
             Some("git://mirror3.example.org/")
@@ -686,6 +784,15 @@ mod tests {
         assert!(e.contains("coordinator"), "{e}");
         let e = err("disk:\n  min_free: 150%\n");
         assert!(e.contains("disk.min_free"), "{e}");
+        let e = err("disk:\n  min_free: 1G\n  abort_free: 2G\n");
+        assert!(e.contains("disk.abort_free"), "{e}");
+        let e = err("fetch:\n  max_repo_size: 10%\n");
+        assert!(
+            e.contains("fetch.max_repo_size") && e.contains("percentage"),
+            "{e}"
+        );
+        let e = err("fetch:\n  max_repo_size: 0\n");
+        assert!(e.contains("fetch.max_repo_size"), "{e}");
         let e = err("serve_url_base: mirror3\n");
         assert!(e.contains("serve_url_base"), "{e}");
         let e = err("log_level: loud\n");

@@ -14,10 +14,10 @@
 
 use crate::config::TokenSource;
 use crate::state::Identity;
-use gitmirror_common::trust::{self, FileStamp};
+use gitmirror_common::trust::{self, FileStamp, WorkerCert};
 use gitmirror_wire::{
-    ClientHandshake, CoordMsg, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION, RefuseCode,
-    WorkerMsg, close_code, decode, encode_frame, frame::body_len,
+    ClientHandshake, CoordMsg, Enrolled, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION,
+    RefuseCode, Welcomed, WorkerMsg, close_code, decode, encode_frame, frame::body_len,
 };
 use quinn::{ConnectionError, VarInt};
 use std::net::SocketAddr;
@@ -34,8 +34,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Reconnect attempts are at most this far apart (SPEC §6).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Time allowed from connecting to `Welcome`.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time allowed from connecting to `Welcome`. A restarting coordinator finishes the
+/// handshake at once and answers `Hello` when its state is loaded: 5–7 s at 1M repos,
+/// over 20 s on a busy machine. A worker that gave up sooner would back off and come
+/// back later than it would have been welcomed (design.md "Conversation").
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Outgoing messages queued for the connection; the worker loop reconnects when it is full.
 pub(crate) const OUTGOING_CAPACITY: usize = 1024;
 /// While waiting to reconnect, the token file is looked at this often.
@@ -44,9 +47,11 @@ const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
 /// What the link tells the worker loop.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
-    /// Welcomed as `worker_id`; send messages through `tx` until the next `Down`.
+    /// Welcomed as `worker_id` in `protocol` (the coordinator's `Welcome`); send messages
+    /// through `tx` until the next `Down`.
     Up {
         worker_id: u32,
+        protocol: u32,
         tx: mpsc::Sender<WorkerMsg>,
     },
     /// A message from the coordinator (never `Welcome` or `Refused`).
@@ -84,13 +89,21 @@ enum Failed {
     /// The coordinator refused the join secret (stolen-token protection after a rotation,
     /// or a typo): only a new token helps.
     SecretRefused(String),
+    /// Not admitted for who this worker is (SPEC §17): waiting for approval, or its uuid
+    /// is enrolled with a certificate it does not have. The message says what the
+    /// operator runs.
+    Identity(String),
+    /// The certificate presented is revoked (`workers remove`), or the uuid was removed.
+    /// The next attempts go without it: once an operator approves the uuid again, the
+    /// join token enrolls it anew.
+    Revoked(String),
     Other(String),
 }
 
 impl Failed {
     fn text(&self) -> &str {
         match self {
-            Self::SecretRefused(s) | Self::Other(s) => s,
+            Self::SecretRefused(s) | Self::Identity(s) | Self::Revoked(s) | Self::Other(s) => s,
         }
     }
 
@@ -101,6 +114,20 @@ impl Failed {
                 if c.error_code == VarInt::from_u32(close_code::BAD_SECRET) =>
             {
                 Self::SecretRefused(describe_conn_error(e))
+            }
+            ConnectionError::ApplicationClosed(c)
+                if [close_code::REVOKED, close_code::REMOVED]
+                    .map(VarInt::from_u32)
+                    .contains(&c.error_code) =>
+            {
+                Self::Revoked(describe_conn_error(e))
+            }
+            ConnectionError::ApplicationClosed(c)
+                if [close_code::PENDING, close_code::ENROLLED]
+                    .map(VarInt::from_u32)
+                    .contains(&c.error_code) =>
+            {
+                Self::Identity(describe_conn_error(e))
             }
             _ => Self::Other(describe_conn_error(e)),
         }
@@ -113,10 +140,12 @@ impl From<String> for Failed {
     }
 }
 
-/// The join token for the next attempt and the TLS config that pins its certificate.
+/// The join token for the next attempt, this worker's certificate (once enrolled) and the
+/// TLS config that pins the coordinator's certificate and presents this worker's.
 struct Token {
     source: TokenSource,
     token: JoinToken,
+    cert: Option<WorkerCert>,
     client_config: quinn::ClientConfig,
     /// The file as it was when last read.
     stamp: Option<FileStamp>,
@@ -126,13 +155,68 @@ struct Token {
 
 impl Token {
     fn new(settings: &LinkSettings) -> anyhow::Result<Self> {
+        let cert = WorkerCert::load(&settings.state_dir)?;
         Ok(Self {
             source: settings.token_source.clone(),
             token: settings.token.clone(),
-            client_config: client_config(&settings.token)?,
+            client_config: client_config(&settings.token, cert.as_ref())?,
+            cert,
             stamp: None,
             problem: None,
         })
+    }
+
+    /// The coordinator revoked this worker's certificate: try the join token from now on
+    /// (refused too, unless an operator approved the uuid again). The files stay until a
+    /// new enrollment replaces them.
+    fn forget_cert(&mut self) {
+        if self.cert.take().is_none() {
+            return;
+        }
+        match client_config(&self.token, None) {
+            Ok(c) => self.client_config = c,
+            Err(e) => tracing::error!("cannot set up TLS without a certificate: {e:#}"),
+        }
+    }
+
+    /// The coordinator enrolled this worker (SPEC §17): keep the certificate on disk and
+    /// present it from the next connection on. `false`: it could not be kept; the caller
+    /// drops the connection before sending `Holdings` (which would tell the coordinator
+    /// it was kept), so the next attempt enrolls again.
+    async fn enrolled(&mut self, state_dir: &Path, e: Enrolled) -> bool {
+        let cert = WorkerCert {
+            cert_pem: e.cert_pem,
+            key_pem: e.key_pem,
+        };
+        let config = match client_config(&self.token, Some(&cert)) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::error!(
+                    "the coordinator sent a certificate this worker cannot use: {err:#}"
+                );
+                return false;
+            }
+        };
+        let (dir, c) = (state_dir.to_owned(), cert.clone());
+        match tokio::task::spawn_blocking(move || c.save(&dir)).await {
+            Ok(Ok(())) => tracing::info!(
+                "enrolled: the coordinator issued this worker a certificate ({}); it speaks for this worker from now on, not the join token",
+                state_dir.join(trust::WORKER_CERT_FILE).display()
+            ),
+            Ok(Err(err)) => {
+                tracing::error!(
+                    "cannot keep the certificate the coordinator issued: {err:#}; enrolling again at the next attempt"
+                );
+                return false;
+            }
+            Err(err) => {
+                tracing::error!("cannot keep the certificate: {err}");
+                return false;
+            }
+        }
+        self.client_config = config;
+        self.cert = Some(cert);
+        true
     }
 
     fn file(&self) -> Option<&Path> {
@@ -188,7 +272,7 @@ impl Token {
             return;
         }
         if token.cert_sha256 != self.token.cert_sha256 {
-            match client_config(&token) {
+            match client_config(&token, self.cert.as_ref()) {
                 Ok(c) => self.client_config = c,
                 Err(e) => {
                     tracing::error!("cannot set up TLS for the new join token: {e:#}");
@@ -239,8 +323,11 @@ impl Token {
     }
 }
 
-fn client_config(token: &JoinToken) -> anyhow::Result<quinn::ClientConfig> {
-    trust::transport(KEEPALIVE, IDLE_TIMEOUT).and_then(|t| trust::client_config(token, t))
+fn client_config(
+    token: &JoinToken,
+    cert: Option<&WorkerCert>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    trust::transport(KEEPALIVE, IDLE_TIMEOUT).and_then(|t| trust::client_config(token, cert, t))
 }
 
 /// Run the link until `shutdown` becomes true (or the worker loop goes away).
@@ -268,7 +355,7 @@ pub(crate) async fn run(
         token.refresh().await;
         let end = session(
             &settings,
-            &token,
+            &mut token,
             &mut identity,
             &mut endpoints,
             &events,
@@ -286,9 +373,19 @@ pub(crate) async fn run(
                 last_problem = Some(reason);
             }
             End::NotConnected(failed) => {
+                if let Failed::Revoked(_) = failed {
+                    token.forget_cert();
+                }
                 let problem = failed.text().to_owned();
                 if last_problem.as_deref() == Some(problem.as_str()) {
                     tracing::debug!(coordinator = %settings.coordinator, "still cannot connect: {problem}");
+                } else if let Failed::Identity(_) | Failed::Revoked(_) = failed {
+                    tracing::error!(
+                        coordinator = %settings.coordinator,
+                        uuid = %identity.uuid,
+                        "the coordinator does not admit this worker: {problem}; retrying at most {}s apart, mirrors keep being fetched",
+                        BACKOFF_MAX.as_secs()
+                    );
                 } else if let Failed::SecretRefused(_) = failed {
                     tracing::error!(
                         coordinator = %settings.coordinator,
@@ -363,7 +460,7 @@ impl Endpoints {
 
 async fn session(
     settings: &LinkSettings,
-    token: &Token,
+    token: &mut Token,
     identity: &mut Identity,
     endpoints: &mut Endpoints,
     events: &mpsc::Sender<LinkEvent>,
@@ -379,7 +476,7 @@ async fn session(
             .map_err(|e| describe_conn_error(&e))?;
         let hello = handshake(settings, &token.token, identity, &conn);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
-            Ok(Ok((send, recv, worker_id))) => Ok((conn, send, recv, worker_id, addr)),
+            Ok(Ok((send, recv, welcomed))) => Ok((conn, send, recv, welcomed, addr)),
             Ok(Err(e)) => {
                 conn.close(
                     VarInt::from_u32(close_code::PROTOCOL_ERROR),
@@ -399,13 +496,24 @@ async fn session(
             }
         }
     };
-    let (conn, mut send, recv, worker_id, addr) = tokio::select! {
+    let (conn, mut send, recv, welcomed, addr) = tokio::select! {
         r = attempt => match r {
             Ok(v) => v,
             Err(problem) => return End::NotConnected(problem),
         },
         _ = stopped(shutdown) => return End::Shutdown,
     };
+    let worker_id = welcomed.welcome.worker_id;
+    let protocol = welcomed.welcome.protocol;
+    if let Some(e) = welcomed.enrolled
+        && !token.enrolled(&settings.state_dir, e).await
+    {
+        conn.close(
+            VarInt::from_u32(close_code::NORMAL),
+            b"cannot keep the certificate",
+        );
+        return End::Lost("could not keep the certificate the coordinator issued".into());
+    }
 
     if identity.worker_id != Some(worker_id) {
         identity.worker_id = Some(worker_id);
@@ -416,7 +524,15 @@ async fn session(
     tracing::info!(coordinator = %settings.coordinator, %addr, worker_id, uuid = %identity.uuid, "connected to the coordinator");
 
     let (tx, mut rx) = mpsc::channel(OUTGOING_CAPACITY);
-    if events.send(LinkEvent::Up { worker_id, tx }).await.is_err() {
+    if events
+        .send(LinkEvent::Up {
+            worker_id,
+            protocol,
+            tx,
+        })
+        .await
+        .is_err()
+    {
         conn.close(VarInt::from_u32(close_code::NORMAL), b"worker stopping");
         return End::Shutdown;
     }
@@ -475,7 +591,7 @@ async fn handshake(
     token: &JoinToken,
     identity: &Identity,
     conn: &quinn::Connection,
-) -> Result<(quinn::SendStream, quinn::RecvStream, u32), Failed> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, Welcomed), Failed> {
     let lost = |e: &dyn std::fmt::Display| {
         conn.close_reason()
             .map(|r| Failed::closed(&r))
@@ -510,12 +626,20 @@ async fn handshake(
             code: RefuseCode::BadSecret,
             message,
         } => Failed::SecretRefused(format!("the coordinator closed the connection: {message}")),
+        HandshakeError::Refused {
+            code: RefuseCode::Revoked,
+            message,
+        } => Failed::Revoked(format!("the coordinator closed the connection: {message}")),
+        HandshakeError::Refused {
+            code: RefuseCode::Pending | RefuseCode::Enrolled,
+            message,
+        } => Failed::Identity(format!("the coordinator closed the connection: {message}")),
         HandshakeError::Refused { message, .. } => {
             Failed::Other(format!("the coordinator closed the connection: {message}"))
         }
         other => Failed::Other(other.to_string()),
     })?;
-    Ok((send, recv, welcome.worker_id))
+    Ok((send, recv, welcome))
 }
 
 /// Forward coordinator messages until the stream or connection ends; returns why.
@@ -551,7 +675,10 @@ async fn read_loop(
                 return protocol_error(format!("undecodable message from the coordinator: {e}"));
             }
         };
-        if matches!(msg, CoordMsg::Welcome(_) | CoordMsg::Refused(_)) {
+        if matches!(
+            msg,
+            CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)
+        ) {
             return protocol_error("the coordinator repeated its handshake answer".into());
         }
         if events.send(LinkEvent::Msg(msg)).await.is_err() {

@@ -79,7 +79,7 @@ fn exit_config() -> ExitCode {
 }
 
 /// SIGTERM/SIGINT stop the worker gracefully. SIGHUP re-reads the configuration file:
-/// `log_level`, `fetch.*` and `disk.*` take effect at once; other changed keys are named
+/// `log_level`, `fetch.*`, `disk.*` and `credentials` take effect at once; other changed keys are named
 /// in the log as needing a restart; a bad file keeps the running configuration.
 async fn signals(
     stop: tokio::sync::watch::Sender<bool>,
@@ -126,7 +126,7 @@ async fn signals(
                 for key in running.restart_needed(&new) {
                     tracing::warn!("SIGHUP: {key} changed; restart the worker to apply it");
                 }
-                tracing::info!("SIGHUP: reloaded log_level, fetch.* and disk.* from {}", path.display());
+                tracing::info!("SIGHUP: reloaded log_level, fetch.*, disk.* and credentials from {}", path.display());
                 running = new.clone();
                 let _ = reload.send(new).await;
             }

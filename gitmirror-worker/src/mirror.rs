@@ -27,6 +27,8 @@
 
 use crate::state::Refs;
 use crate::upstream_http::{self, Refusal, RefusalSink, UpstreamPolicy};
+use gitmirror_common::credentials::{Credential, Credentials, Family, shell_quote};
+use gitmirror_common::units::FreeSpace;
 use gitmirror_common::upstream_url::{self, UpstreamUrl, UrlRefused};
 use gitmirror_wire::FailureClass;
 use gix::protocol::transport::client::blocking_io::Transport;
@@ -36,7 +38,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Where half-done clones live until they are complete: `<mirror_dir>.tmp` beside the
@@ -144,6 +146,8 @@ pub struct Cleanup {
     pub trash_removed: usize,
     /// Trashed mirrors moved from `<mirror_dir>/.trash` to the trash beside it.
     pub trash_migrated: usize,
+    /// git processes a killed worker left working on its mirrors, killed.
+    pub orphans_killed: usize,
 }
 
 /// The temp and trash directories of a mirror directory (SPEC §7.1, issue 10 finding 5).
@@ -250,6 +254,28 @@ pub struct Mirrors {
     upstream: Arc<UpstreamPolicy>,
     /// Built on first use, on a blocking thread.
     http: Arc<OnceLock<Result<upstream_http::Client, String>>>,
+    /// `disk.abort_free` and `fetch.max_repo_size`; changed on reload.
+    limits: Arc<Mutex<Limits>>,
+    /// `credentials` (SPEC §16); replaced on reload and when a secret file changes.
+    credentials: Arc<Mutex<Arc<Credentials>>>,
+}
+
+/// What aborts a running clone or fetch (issue 10; design.md "Worker fetch path").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// `disk.abort_free`: free space on the mirror's filesystem below this.
+    pub abort_free: FreeSpace,
+    /// `fetch.max_repo_size`: the mirror's objects bigger than this many bytes.
+    pub max_repo_size: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            abort_free: FreeSpace::Bytes(0),
+            max_repo_size: None,
+        }
+    }
 }
 
 impl Mirrors {
@@ -260,7 +286,59 @@ impl Mirrors {
             io_timeout: DEFAULT_IO_TIMEOUT,
             upstream: Arc::new(UpstreamPolicy::default()),
             http: Arc::new(OnceLock::new()),
+            limits: Arc::new(Mutex::new(Limits::default())),
+            credentials: Arc::default(),
         }
+    }
+
+    /// Use `credentials` for operations started from now on.
+    pub fn set_credentials(&self, credentials: Arc<Credentials>) {
+        *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = credentials;
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A failure of an operation on `url`: an upstream refusing the credential an entry
+    /// gave is class `auth`, named by the entry's `match` (SPEC §16); without an entry a
+    /// refusal stays as classified (`gone` for 401/403).
+    fn with_credential_class(&self, url: &str, f: Failure) -> Failure {
+        let credentials = self.credentials();
+        let Some(entry) = credentials.find(url) else {
+            return f;
+        };
+        if f.class == FailureClass::Local || !auth_refusal(&f.message) {
+            return f;
+        }
+        let withheld = entry.family() == Family::Http
+            && url.starts_with("http://")
+            && !entry.spec.allow_plain_http;
+        let note = if withheld {
+            " (token withheld: plain http and allow_plain_http is not set)"
+        } else {
+            ""
+        };
+        Failure::new(
+            FailureClass::Auth,
+            gitmirror_common::credentials::auth_message(
+                entry.name(),
+                &format!("{}{note}", f.message),
+            ),
+        )
+    }
+
+    /// Set the limits that abort a running clone or fetch (also on a running worker:
+    /// operations started afterwards use them).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bound how long an HTTP request waits for an answer or for more of it.
@@ -315,6 +393,8 @@ impl Mirrors {
     /// directory there only holds leftovers, which go), and delete trashed mirrors older
     /// than 72 h.
     pub fn prepare(&self) -> Result<Cleanup, Failure> {
+        // First, so nothing writes into the leftovers while they are removed.
+        let orphans_killed = kill_orphans(&self.root);
         let work = self.work_dirs().clone();
         for dir in [&self.root, &work.tmp, &work.trash] {
             fs::create_dir_all(dir).map_err(|e| Failure::io("create directory", dir, &e))?;
@@ -344,6 +424,7 @@ impl Mirrors {
             tmp_removed,
             trash_removed: self.purge_trash(unix_secs()),
             trash_migrated,
+            orphans_killed,
         })
     }
 
@@ -411,7 +492,12 @@ impl Mirrors {
     ) -> Result<Fetched, Failure> {
         let final_path = self.path(id);
         let tmp = self.tmp_dir().join(unique_name(id));
-        let result = self.clone_into(&tmp, url, interrupt).and_then(|fetched| {
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let cloned = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt))
+            // A pack that completed within one look of crossing the limit.
+            .and_then(|fetched| watch.check_done(&tmp).map(|()| fetched));
+        let result = cloned.and_then(|fetched| {
             if let Some(parent) = final_path.parent() {
                 fs::create_dir_all(parent)
                     .map_err(|e| Failure::io("create directory", parent, &e))?;
@@ -429,7 +515,7 @@ impl Mirrors {
         if result.is_err() && tmp.exists() {
             let _ = remove_any(&tmp);
         }
-        result
+        result.map_err(|f| self.with_credential_class(url, f))
     }
 
     /// Clone into `tmp`, which must not exist. The upstream is connected and has listed
@@ -449,31 +535,13 @@ impl Mirrors {
         let ref_map = std::mem::take(&mut listing.ref_map);
 
         // Only now is there something to write.
-        gix::create::into(
-            tmp,
-            gix::create::Kind::Bare,
-            gix::create::Options::default(),
-        )
-        .map_err(|e| {
-            Failure::local(format!(
-                "cannot create a repository at {}: {e}",
-                tmp.display()
-            ))
-        })?;
+        create_mirror(tmp, url)?;
         let repo = open(tmp)?;
         let mut wants = CloneWants { map: &ref_map };
         listing.receive(&mut wants, &repo, Stage::Clone, interrupt)?;
         let advertised = advertised_refs(&ref_map.remote_refs);
         write_packed_refs(tmp, &advertised, false)?;
         write_head(tmp, &ref_map.remote_refs)?;
-        set_config(
-            tmp,
-            &[
-                ("remote", Some("origin"), "url", url),
-                ("remote", Some("origin"), "fetch", MIRROR_REFSPEC),
-                ("remote", Some("origin"), "mirror", "true"),
-            ],
-        )?;
         drop(repo);
         tidy_packs(tmp)?;
         let repo = open(tmp)?;
@@ -559,8 +627,10 @@ impl Mirrors {
         &self,
         url: &gix::Url,
     ) -> Result<(Box<dyn Transport + Send>, Option<RefusalSink>), Failure> {
+        let credentials = self.credentials();
+        let entry = credentials.find(&url.to_bstring().to_string());
         if is_http(url) {
-            let session = self.http_client()?.session();
+            let session = self.http_client()?.session_with(entry.and_then(host_auth));
             let refusals = session.refusals();
             return Ok((
                 Box::new(http_transport(session, url.clone())),
@@ -572,13 +642,7 @@ impl Mirrors {
             return Ok((t, None));
         }
         self.check_ssh(url)?;
-        let options = gix::protocol::transport::client::blocking_io::connect::Options {
-            version: gix::protocol::transport::Protocol::V2,
-            ..Default::default()
-        };
-        gix::protocol::transport::client::blocking_io::connect::connect(url.clone(), options)
-            .map(|t| (t, None))
-            .map_err(|e| classify(&e, Stage::Upstream, None))
+        Ok((helper_transport(url, self.io_timeout, entry)?, None))
     }
 
     /// Fetch an existing mirror from `url` with prune, rewriting `remote.origin.url` first
@@ -590,6 +654,25 @@ impl Mirrors {
         // Before anything connects or the mirror's config is rewritten with it.
         checked_url(url)?;
         let path = self.path(id);
+        let limits = self.limits();
+        let objects = path.join("objects");
+        // Walked only when it matters: no-op fetches are most fetches.
+        let size = limits.max_repo_size.map_or(0, |_| dir_size(&objects));
+        let watch = Watch::new(limits, path.clone(), objects, size);
+        watch.check_start()?;
+        watch
+            .guard(interrupt, || self.fetch_healing(id, &path, url, interrupt))
+            .map_err(|f| self.with_credential_class(url, f))
+    }
+
+    fn fetch_healing(
+        &self,
+        id: &str,
+        path: &Path,
+        url: &str,
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        let path = path.to_owned();
         let mut repairs = remove_stale(&path, Sweep::TopLevel);
         let failure = match self.fetch_once(&path, url, interrupt) {
             Ok(mut f) => {
@@ -772,8 +855,10 @@ impl Mirrors {
             .url(gix::remote::Direction::Fetch)
             .cloned()
             .ok_or_else(|| Failure::local("the mirror's origin has no URL"))?;
+        let credentials = self.credentials();
+        let entry = credentials.find(&url.to_bstring().to_string());
         let (mut connection, refusals) = if is_http(&url) {
-            let session = self.http_client()?.session();
+            let session = self.http_client()?.session_with(entry.and_then(host_auth));
             let refusals = session.refusals();
             let transport: Box<dyn Transport + Send> = Box::new(http_transport(session, url));
             (
@@ -785,10 +870,8 @@ impl Mirrors {
             (remote.to_connection_with_transport(transport), None)
         } else {
             self.check_ssh(&url)?;
-            let c = remote
-                .connect(gix::remote::Direction::Fetch)
-                .map_err(|e| classify(&e, Stage::Upstream, None))?;
-            (c, None)
+            let transport = helper_transport(&url, self.io_timeout, entry)?;
+            (remote.to_connection_with_transport(transport), None)
         };
         connection.set_credentials(no_credentials);
         Ok((connection, refusals))
@@ -962,6 +1045,216 @@ impl Mirrors {
     }
 }
 
+/// How often a running clone or fetch is checked against its [`Limits`] by time...
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+/// ...and by bytes received from the upstream.
+const CHECK_EVERY_BYTES: u64 = 256 * 1024;
+
+thread_local! {
+    /// The [`Watch`] of the clone or fetch running on this thread (gix's blocking client
+    /// reads on the caller's thread), so transports can count what they receive without
+    /// every connecting function carrying it.
+    static WATCHED: std::cell::RefCell<Option<Arc<Watch>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Count `n` bytes received from an upstream by the clone or fetch running on this
+/// thread; an error naming the limit once one is passed. Transports call it after each
+/// read (`git://`, http, spawned helpers).
+pub(crate) fn received(n: usize) -> io::Result<()> {
+    WATCHED.with_borrow(|w| match w {
+        Some(w) => w.on_received(n as u64),
+        None => Ok(()),
+    })
+}
+
+/// A connection's read side that counts what it receives ([`received`]).
+struct Metered<R>(R);
+
+impl<R: io::Read> io::Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        received(n)?;
+        Ok(n)
+    }
+}
+
+/// Watches one clone or fetch against the [`Limits`]: free space on the filesystem of
+/// `disk`, and the mirror's size. Two ways: every [`CHECK_EVERY_BYTES`] received, on the
+/// reading thread (exact: the read fails, so no pack completes past the limit), and every
+/// [`WATCH_EVERY`] from a thread beside it, which also catches other writers filling the
+/// disk and sets the operation's interrupt flag. Either way gix stops, drops its temp
+/// pack and touches no ref; the failure then names the limit.
+struct Watch {
+    limits: Limits,
+    disk: PathBuf,
+    objects: PathBuf,
+    /// Size of `objects` at the start, and of `objects/pack` within it.
+    start_size: u64,
+    start_packs: u64,
+    /// Free bytes when it started: what arrives lands on this disk, so free space is at
+    /// most this less what was received (the kernel may show the writes later).
+    start_free: u64,
+    received: AtomicU64,
+    next_check: AtomicU64,
+    breached: Mutex<Option<String>>,
+}
+
+impl Watch {
+    fn new(limits: Limits, disk: PathBuf, objects: PathBuf, start_size: u64) -> Arc<Self> {
+        let start_packs = dir_size(&objects.join("pack"));
+        let start_free = gitmirror_common::disk::space(&disk).map_or(u64::MAX, |(free, _)| free);
+        Arc::new(Self {
+            limits,
+            disk,
+            objects,
+            start_size,
+            start_packs,
+            start_free,
+            received: AtomicU64::new(0),
+            next_check: AtomicU64::new(CHECK_EVERY_BYTES),
+            breached: Mutex::new(None),
+        })
+    }
+
+    fn active(&self) -> bool {
+        self.limits.max_repo_size.is_some() || self.limits.abort_free != FreeSpace::Bytes(0)
+    }
+
+    /// Refuse an operation whose limit is already passed (a fetch of a mirror already too
+    /// big, or with the disk already below `disk.abort_free`).
+    fn check_start(&self) -> Result<(), Failure> {
+        match self.breach(self.start_size, 0) {
+            Some(why) => Err(Failure::local(format!("refused: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// After a clone completed: its objects at `dir` within the size limit?
+    fn check_done(&self, dir: &Path) -> Result<(), Failure> {
+        match self.limits.max_repo_size {
+            Some(max) if dir_size(&dir.join("objects")) > max => Err(Failure::local(format!(
+                "aborted: the clone is bigger than fetch.max_repo_size ({max} bytes)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Which limit is passed at `size` with `received` bytes in, if any, with the figures.
+    fn breach(&self, size: u64, received: u64) -> Option<String> {
+        if let Some(max) = self.limits.max_repo_size
+            && size > max
+        {
+            return Some(format!(
+                "the mirror passed fetch.max_repo_size ({size} bytes > {max} bytes)"
+            ));
+        }
+        if self.limits.abort_free != FreeSpace::Bytes(0)
+            && let Ok((free, total)) = gitmirror_common::disk::space(&self.disk)
+            && let free = free.min(self.start_free.saturating_sub(received))
+            && self.limits.abort_free.is_below(free, total)
+        {
+            return Some(format!(
+                "free space on {} fell to {free} bytes of {total}, below disk.abort_free ({})",
+                self.disk.display(),
+                describe(self.limits.abort_free)
+            ));
+        }
+        None
+    }
+
+    /// Record the first breach; returns its message.
+    fn record(&self, why: String) -> String {
+        self.breached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why)
+            .clone()
+    }
+
+    fn on_received(&self, n: u64) -> io::Result<()> {
+        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        if total < self.next_check.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.next_check
+            .store(total + CHECK_EVERY_BYTES, Ordering::Relaxed);
+        match self.breach(self.start_size.saturating_add(total), total) {
+            Some(why) => Err(io::Error::other(format!("aborted: {}", self.record(why)))),
+            None => Ok(()),
+        }
+    }
+
+    /// The mirror's size as the disk shows it.
+    fn size_on_disk(&self) -> u64 {
+        let packs = dir_size(&self.objects.join("pack"));
+        (self.start_size + packs).saturating_sub(self.start_packs)
+    }
+
+    /// Run `op` watched (on this thread and from a thread beside it); a breach interrupts
+    /// it and replaces its error with one naming the limit.
+    fn guard<T>(
+        self: &Arc<Self>,
+        interrupt: &AtomicBool,
+        op: impl FnOnce() -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        if !self.active() {
+            return op();
+        }
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let this = self.as_ref();
+        let result = std::thread::scope(|s| {
+            s.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    wait.recv_timeout(WATCH_EVERY)
+                {
+                    let received = this.received.load(Ordering::Relaxed);
+                    if let Some(why) = this.breach(this.size_on_disk(), received) {
+                        this.record(why);
+                        interrupt.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+            let previous = WATCHED.replace(Some(self.clone()));
+            let result = op();
+            WATCHED.set(previous);
+            drop(done);
+            result
+        });
+        let breached = self
+            .breached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match (result, breached) {
+            (Err(_), Some(why)) => Err(Failure::local(format!("aborted: {why}"))),
+            (result, _) => result,
+        }
+    }
+}
+
+fn describe(f: FreeSpace) -> String {
+    match f {
+        FreeSpace::Percent(p) => format!("{p}%"),
+        FreeSpace::Bytes(b) => format!("{b} bytes"),
+    }
+}
+
+/// Bytes in the regular files under `dir` (0 when it does not exist); links not followed.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Whether `id` is safe to turn into a path under the mirror directory (SPEC §3.2 rules):
 /// components of `A-Za-z0-9._+-`, none empty, `.`/`..`, or starting with `-` or `.`. The
 /// coordinator checks this too; the worker does not let a bad id touch its disk.
@@ -1132,7 +1425,7 @@ fn git_transport(
                 })?;
                 return Ok(Box::new(
                     gix::protocol::transport::client::git::blocking_io::Connection::new(
-                        stream,
+                        Metered(stream),
                         write,
                         gix::protocol::transport::Protocol::V2,
                         url.path.clone(),
@@ -1146,6 +1439,256 @@ fn git_transport(
         }
     }
     Err(transient(last))
+}
+
+/// A `file://` or `ssh://` connection: `git-upload-pack` run locally or through `ssh`, as
+/// gix does, plus what gix's helper lacks (issue 11 part 4): a read that waits longer
+/// than `stall` for the helper fails (and the helper is killed), as a `git://` or http
+/// connection's does, so a helper that hangs cannot hold a fetch or a thread; what is
+/// received counts against the [`Limits`]; the helper is killed when the connection is
+/// dropped and cannot outlive the worker ([`die_with_parent`]).
+///
+/// With a `credentials` entry, ssh uses its key only, in batch mode, and checks the host
+/// key strictly against the entry's known-hosts file (SPEC §16); the key's path is in the
+/// arguments, its content never.
+fn helper_transport(
+    url: &gix::Url,
+    stall: Duration,
+    entry: Option<&Credential>,
+) -> Result<Box<dyn Transport + Send>, Failure> {
+    use gix::protocol::transport::Protocol;
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::OsStr::from_bytes(url.path.as_slice()).to_owned();
+    let mut cmd = match &url.scheme {
+        gix::url::Scheme::File => {
+            let mut cmd = Command::new("git");
+            cmd.arg("upload-pack").arg(&path);
+            cmd
+        }
+        gix::url::Scheme::Ssh => {
+            // The URL policy has refused hosts and users that ssh could read as options.
+            let host = url
+                .host()
+                .ok_or_else(|| Failure::new(FailureClass::Gone, "ssh url has no host"))?;
+            let user = url
+                .user()
+                .or_else(|| entry.and_then(|e| e.spec.username.as_deref()));
+            let target = match user {
+                Some(user) => format!("{user}@{host}"),
+                None => host.to_owned(),
+            };
+            let remote_path = gix::url::expand_path::for_shell(url.path.clone());
+            let mut cmd = Command::new("ssh");
+            cmd.args(["-o", "SendEnv=GIT_PROTOCOL", "-o", "BatchMode=yes"]);
+            if let Some(e) = entry {
+                cmd.args(e.ssh_options());
+            }
+            if let Some(port) = url.port {
+                cmd.arg(format!("-p{port}"));
+            }
+            cmd.arg("--").arg(target).arg(format!(
+                "git-upload-pack {}",
+                shell_quote(&String::from_utf8_lossy(remote_path.as_slice()))
+            ));
+            cmd.env("LANG", "C").env("LC_ALL", "C");
+            cmd
+        }
+        other => {
+            return Err(Failure::new(
+                FailureClass::Gone,
+                format!("unsupported url scheme {}", other.as_str()),
+            ));
+        }
+    };
+    for var in HELPER_ENV_REMOVED {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_PROTOCOL", "version=2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let program = if url.scheme == gix::url::Scheme::Ssh {
+        "ssh"
+    } else {
+        "git upload-pack"
+    };
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::new(
+            FailureClass::Transient,
+            format!("cannot run {program}: {e}"),
+        )
+    })?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Failure::local(format!("{program} has no pipes")));
+    };
+    // Its last words, for the error when it ends early (e.g. "Permission denied").
+    let said = Arc::new(Mutex::new(String::new()));
+    let sink = said.clone();
+    let stderr_reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if s.len() < 2048 {
+                s.push_str(line.trim());
+                s.push('\n');
+            }
+        }
+    });
+    let reader = Helper {
+        child,
+        stdout,
+        said,
+        stderr_reader: Some(stderr_reader),
+        stall,
+        program,
+    };
+    Ok(Box::new(
+        gix::protocol::transport::client::git::blocking_io::Connection::new(
+            reader,
+            stdin,
+            Protocol::V2,
+            url.path.clone(),
+            None::<(String, Option<u16>)>,
+            gix::protocol::transport::client::git::ConnectMode::Process,
+            false,
+        )
+        .custom_url(Some(url.to_bstring())),
+    ))
+}
+
+/// What git clears before running a helper (gix's list): a worker started from inside a
+/// git command must not point the helper at another repository.
+const HELPER_ENV_REMOVED: &[&str] = &[
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE",
+    "GIT_NO_REPLACE_OBJECTS",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_COMMON_DIR",
+    "GIT_CONFIG_COUNT",
+];
+
+/// The read side of a helper process ([`helper_transport`]); kills it when dropped.
+struct Helper {
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    said: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    stall: Duration,
+    program: &'static str,
+}
+
+impl Helper {
+    /// What the helper wrote to stderr, once it has closed it.
+    fn last_words(&mut self) -> String {
+        if let Some(t) = self.stderr_reader.take() {
+            let _ = t.join();
+        }
+        let said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        said.lines().collect::<Vec<_>>().join("; ")
+    }
+}
+
+impl io::Read for Helper {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let deadline = std::time::Instant::now() + self.stall;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                let _ = self.child.kill();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} stalled: nothing received for {} (timed out)",
+                        self.program,
+                        humantime::format_duration(self.stall)
+                    ),
+                ));
+            }
+            let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            });
+            let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let n = io::Read::read(&mut self.stdout, buf)?;
+        if n == 0 && !buf.is_empty() {
+            let words = self.last_words();
+            let lower = words.to_ascii_lowercase();
+            if [
+                "fatal",
+                "denied",
+                "error",
+                "could not",
+                "failed",
+                "refused",
+                "closed",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+            {
+                return Err(io::Error::other(format!("{}: {words}", self.program)));
+            }
+        }
+        received(n)?;
+        Ok(n)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // Its stdin is closed by now: after a complete conversation it exits at once
+        // (killing it then would look like a client hanging up); otherwise it must not
+        // linger.
+        let until = std::time::Instant::now() + Duration::from_millis(200);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Have the kernel kill `cmd`'s process when the thread that spawned it ends
+/// (`PR_SET_PDEATHSIG`): a helper or `git repack` cannot outlive a worker killed with
+/// `kill -9` (issue 11 part 4). The spawning thread always waits for the child, so this
+/// fires only when the worker dies.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec; it calls only
+    // prctl(2) and getppid(2), which are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The worker died before the line above: nobody would kill us later.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other("the worker is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// What a clone asks for: every advertised object; there is nothing to negotiate.
@@ -1304,10 +1847,7 @@ fn remove_loose_refs(dir: &Path) -> io::Result<()> {
 
 /// How we introduce ourselves to upstream servers.
 fn user_agent() -> gix::protocol::command::Feature {
-    (
-        "agent",
-        Some(format!("gitmirror/{}", env!("CARGO_PKG_VERSION"))),
-    )
+    ("agent", Some(upstream_http::USER_AGENT.into()))
 }
 
 /// Ref name → (the object it names, the object a tag peels to).
@@ -1392,6 +1932,38 @@ fn write_head(
     fs::write(&path, head).map_err(|e| Failure::io("write", &path, &e))
 }
 
+/// The `Authorization` an http(s) entry gives, bound to the entry's host.
+fn host_auth(entry: &Credential) -> Option<upstream_http::HostAuth> {
+    let value = entry.authorization()?;
+    let (host, port) = entry.host();
+    Some(upstream_http::HostAuth {
+        host: host.to_owned(),
+        port,
+        allow_plain_http: entry.spec.allow_plain_http,
+        value,
+    })
+}
+
+/// An upstream refused us for lack of the right (SPEC §16): HTTP 401/403, ssh's
+/// permission denied or an unknown or changed host key.
+fn auth_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "http status 401",
+        "http status 403",
+        "permission denied",
+        "host key verification failed",
+        "no matching host key",
+        "remote host identification has changed",
+        "authentication",
+        "could not read username",
+        "no credentials",
+        "access denied",
+    ]
+    .iter()
+    .any(|n| m.contains(n))
+}
+
 /// A mirror never asks anyone for credentials (no terminal, no helpers): an upstream that
 /// wants them is reported as gone (SPEC §7.3 "auth required"). Credentials in the URL
 /// itself are still used.
@@ -1402,8 +1974,11 @@ fn no_credentials(
 }
 
 fn open(path: &Path) -> Result<gix::Repository, Failure> {
-    // Isolated: the mirror's own config only, not the worker user's or the system's.
-    gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| {
+    // Isolated: the mirror's own config only, not the worker user's or the system's. gix's
+    // own fetch introduces itself as `git/<this>` (the protocol layer adds `git/`).
+    let options = gix::open::Options::isolated()
+        .config_overrides([format!("gitoxide.userAgent={}", upstream_http::USER_AGENT)]);
+    gix::open_opts(path, options).map_err(|e| {
         Failure::local(format!(
             "cannot open mirror {}: {}",
             path.display(),
@@ -1616,14 +2191,79 @@ impl std::fmt::Display for GitError {
     }
 }
 
+/// At start: kill git processes that a killed worker's maintenance left running on its
+/// mirrors. The `git` the worker runs dies with it ([`die_with_parent`]), but not what that
+/// one runs in turn (`git repack` runs `git pack-objects`, which goes on writing a pack
+/// nobody will use). Those are found by the `GIT_DIR` git exports to its children: under
+/// `root`, in the environment of a git process whose parent is no git process (its own
+/// parent died). A git an operator started on a mirror with `--git-dir` has no `GIT_DIR`
+/// in its environment and is left alone. Returns how many were killed.
+fn kill_orphans(root: &Path) -> usize {
+    let roots = [Some(root.to_owned()), root.canonicalize().ok()];
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let is_git = |pid: &str| {
+        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+            exe.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("git"))
+        })
+    };
+    let mut killed = 0;
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !is_git(pid) {
+            continue;
+        }
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let ours = environ.split(|b| *b == 0).any(|var| {
+            var.strip_prefix(b"GIT_DIR=").is_some_and(|dir| {
+                use std::os::unix::ffi::OsStrExt;
+                let dir = Path::new(std::ffi::OsStr::from_bytes(dir));
+                roots.iter().flatten().any(|r| dir.starts_with(r))
+            })
+        });
+        let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+            });
+        if !ours || parent.is_none_or(|p| is_git(&p)) {
+            continue;
+        }
+        let Some(target) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) else {
+            continue;
+        };
+        if rustix::process::kill_process(target, rustix::process::Signal::KILL).is_ok() {
+            tracing::warn!(
+                pid,
+                "killed a git process left running by a previous worker"
+            );
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Run `git --git-dir <dir> <args>`.
 fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
-    let out = Command::new("git")
-        .arg("--git-dir")
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir")
         .arg(git_dir)
         .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    die_with_parent(&mut cmd);
+    let out = cmd
         .output()
         .map_err(|e| GitError::NotRun(format!("cannot run git {}: {e}", args.join(" "))))?;
     if out.status.success() {
@@ -1781,6 +2421,43 @@ fn swap_into_place(tmp: &Path, final_path: &Path) -> Result<(), Failure> {
             fs::rename(&aside, tmp).map_err(|e| Failure::io("move", &aside, &e))
         }
     }
+}
+
+/// The skeleton of a new bare mirror at `tmp` (which must not exist): what git needs to
+/// see a repository (`HEAD`, `objects/`, `refs/`) and its whole `config`, origin included,
+/// in 5 directories and 2 files. `gix::create` writes 22 files and directories (hook
+/// samples, `description`, `info/exclude`) and probes the filesystem with 3 more, and
+/// setting the origin afterwards was a crash-safe rewrite with two fsyncs: under
+/// `fetch.concurrency` clones on a busy disk, inode allocation and those fsyncs were most
+/// of a small repo's clone (issue 11 §2). Nothing here is synced: a clone is in `.tmp/`
+/// until complete and a crash discards it.
+fn create_mirror(tmp: &Path, url: &str) -> Result<(), Failure> {
+    fs::create_dir(tmp).map_err(|e| Failure::io("create directory", tmp, &e))?;
+    for dir in ["objects/pack", "refs/heads", "refs/tags"] {
+        let d = tmp.join(dir);
+        fs::create_dir_all(&d).map_err(|e| Failure::io("create directory", &d, &e))?;
+    }
+    let mut config = gix::config::File::default();
+    let fail = |e: &dyn std::fmt::Display| {
+        Failure::local(format!("cannot write the config of {}: {e}", tmp.display()))
+    };
+    for (section, sub, key, value) in [
+        ("core", None, "repositoryformatversion", "0"),
+        ("core", None, "filemode", "true"),
+        ("core", None, "bare", "true"),
+        ("remote", Some("origin"), "url", url),
+        ("remote", Some("origin"), "fetch", MIRROR_REFSPEC),
+        ("remote", Some("origin"), "mirror", "true"),
+    ] {
+        config
+            .set_raw_value_by(section, sub.map(gix::bstr::BStr::new), key, value)
+            .map_err(|e| fail(&e))?;
+    }
+    let path = tmp.join("config");
+    fs::write(&path, config.to_bstring()).map_err(|e| Failure::io("write", &path, &e))?;
+    // As `git init`; replaced by the upstream's HEAD when it names one.
+    let head = tmp.join("HEAD");
+    fs::write(&head, "ref: refs/heads/main\n").map_err(|e| Failure::io("write", &head, &e))
 }
 
 /// Set values in a mirror's `config` file, written crash-safely.

@@ -87,6 +87,8 @@ pub async fn run_reloadable(
             .with_io_timeout(cfg.fetch.timeout.min(mirror::DEFAULT_IO_TIMEOUT))
             .with_upstream(cfg.upstream_policy()),
     );
+    mirrors.set_limits(cfg.limits());
+    mirrors.set_credentials(cfg.credentials.clone());
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup, changed) = {
         let m = mirrors.clone();
@@ -104,6 +106,12 @@ pub async fn run_reloadable(
         tracing::info!(
             count = cleanup.tmp_removed,
             "removed leftovers of interrupted clones"
+        );
+    }
+    if cleanup.orphans_killed > 0 {
+        tracing::warn!(
+            count = cleanup.orphans_killed,
+            "killed git processes a previous worker left running on its mirrors"
         );
     }
     if cleanup.trash_removed > 0 {
@@ -261,6 +269,8 @@ fn diff_reported(
 /// The connection as the loop sees it.
 struct Conn {
     worker_id: u32,
+    /// The protocol of the coordinator's `Welcome`: `Load` only from 5 on.
+    protocol: u32,
     tx: mpsc::Sender<WorkerMsg>,
     /// Highest report id sent on this connection.
     sent_upto: u64,
@@ -310,6 +320,8 @@ struct Worker {
     last_flush: Instant,
     /// Slots for refs pages being read (see `MAX_REFS_READS`).
     refs_reads: Arc<tokio::sync::Semaphore>,
+    /// The last error of re-reading changed credentials files, logged once.
+    credentials_error: Option<String>,
 }
 
 impl Worker {
@@ -353,6 +365,7 @@ impl Worker {
             last_status_line: String::new(),
             last_flush: Instant::now(),
             refs_reads: Arc::new(tokio::sync::Semaphore::new(MAX_REFS_READS)),
+            credentials_error: None,
         }
     }
 
@@ -426,10 +439,12 @@ impl Worker {
                 }
                 Some(new) = reload.recv() => {
                     self.schedule.set_limits(&new.fetch);
+                    self.mirrors.set_limits(new.limits());
                     self.cfg.fetch = new.fetch;
                     self.cfg.disk = new.disk;
+                    self.apply_credentials(new.credentials);
                     self.refresh_disk(true);
-                    tracing::info!("reloaded the fetch and disk settings");
+                    tracing::info!("reloaded the fetch and disk settings and the credentials");
                     pass = true;
                 }
                 changed = durable.changed() => {
@@ -440,6 +455,7 @@ impl Worker {
                 }
                 _ = flush.tick() => self.flush(),
                 _ = status.tick() => {
+                    self.check_credential_files();
                     self.queue_periodic_maintenance();
                     self.refresh_disk(true);
                     self.send_status();
@@ -508,6 +524,56 @@ impl Worker {
     }
 
     // ---- starting work ----
+
+    /// A secret, key or known-hosts file changed on disk: read the entries again (SPEC
+    /// §16). A file that became unusable keeps the running entries, with one error line
+    /// per distinct problem.
+    fn check_credential_files(&mut self) {
+        let current = self.mirrors.credentials();
+        if !current.changed_on_disk() {
+            return;
+        }
+        match current.reload("credentials") {
+            Ok(new) => {
+                self.credentials_error = None;
+                tracing::info!("a credentials file changed; reloaded the credentials");
+                self.apply_credentials(Arc::new(new));
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.credentials_error.as_ref() != Some(&e) {
+                    tracing::error!(
+                        "a credentials file changed but cannot be used; keeping the loaded credentials: {e}"
+                    );
+                    self.credentials_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Use `credentials` from now on; repos whose credential was refused are tried again
+    /// at once (SPEC §16), not at their `max_interval` retry.
+    fn apply_credentials(&mut self, credentials: Arc<gitmirror_common::credentials::Credentials>) {
+        self.mirrors.set_credentials(credentials.clone());
+        self.cfg.credentials = credentials;
+        let now = now_ms();
+        let refused: Vec<String> = self
+            .state
+            .repos
+            .iter()
+            .filter(|(_, r)| r.failing == Some(FailureClass::Auth))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !refused.is_empty() {
+            tracing::info!(
+                count = refused.len(),
+                "credentials changed; fetching the repos whose credential was refused now"
+            );
+        }
+        for id in refused {
+            self.schedule.plan_urgent(&id, now);
+        }
+    }
 
     fn busy(&self, id: &str) -> bool {
         self.running.contains_key(id) || self.stuck.contains(id)
@@ -1037,12 +1103,17 @@ impl Worker {
 
     fn on_link_event(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Up { worker_id, tx } => {
+            LinkEvent::Up {
+                worker_id,
+                protocol,
+                tx,
+            } => {
                 // Acknowledgements meant for the last connection: the coordinator sends the
                 // difference again after the holdings.
                 self.pending_acks.clear();
                 self.conn = Some(Conn {
                     worker_id,
+                    protocol,
                     tx,
                     sent_upto: 0,
                 });
@@ -1087,7 +1158,8 @@ impl Worker {
             },
             LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
             // The link filters these out.
-            LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_)) => {}
+            LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)) => {
+            }
         }
     }
 
@@ -1425,7 +1497,18 @@ impl Worker {
             active_fetches: u32::try_from(self.active_fetches()).unwrap_or(u32::MAX),
             summary: self.summary(),
         };
-        self.send(WorkerMsg::Status(status));
+        if !self.send(WorkerMsg::Status(status)) {
+            return;
+        }
+        // Protocol 5 (issue 16): the load the coordinator's per-worker series show.
+        if self.conn.as_ref().is_some_and(|c| c.protocol >= 5) {
+            let load = gitmirror_wire::WorkerLoad {
+                queued_fetches: u32::try_from(self.schedule.waiting(now_ms())).unwrap_or(u32::MAX),
+                fetch_concurrency: u32::try_from(self.cfg.fetch.concurrency).unwrap_or(u32::MAX),
+                disk_min_free_bytes: self.cfg.disk.min_free.bytes_of(self.disk.total),
+            };
+            self.send(WorkerMsg::Load(load));
+        }
     }
 
     fn active_fetches(&self) -> usize {

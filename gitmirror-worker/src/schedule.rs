@@ -130,6 +130,15 @@ impl Schedule {
         self.running.len()
     }
 
+    /// Repos due by `now_ms` that have not started: urgent ones and those whose due time
+    /// passed (held back by a concurrency limit, a paused host or low disk). O(waiting).
+    pub fn waiting(&self, now_ms: i64) -> usize {
+        // Urgent sorts before Due: everything before the first Due entry after now.
+        self.queue
+            .range(..(Rank::Due, now_ms.saturating_add(1), String::new()))
+            .count()
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.running.contains_key(id)
     }
@@ -240,11 +249,15 @@ impl Schedule {
     }
 
     /// Next attempt after the `failures`-th failure in a row: exponential from
-    /// `min_interval`, capped at 6 h; a gone upstream once a day; both ±10 %. (A
-    /// rate-limited repo waits for its host: see [`Schedule::pause_host`].)
+    /// `min_interval`, capped at 6 h; a gone upstream once a day; a refused credential
+    /// at `max_interval` (SPEC §16: the operator fixes it, and a changed secret file
+    /// brings the repo forward at once); all ±10 %. (A rate-limited repo waits for its
+    /// host: see [`Schedule::pause_host`].)
     pub fn after_failure(&mut self, now_ms: i64, failures: u32, class: FailureClass) -> i64 {
         let wait = if class == FailureClass::Gone {
             self.jitter(GONE_PROBE, Duration::ZERO, Duration::MAX)
+        } else if class == FailureClass::Auth {
+            self.jitter(self.max_interval, self.min_interval, self.max_interval)
         } else {
             let factor = 1u32
                 .checked_shl(failures.saturating_sub(1).min(30))
@@ -307,6 +320,22 @@ mod tests {
     /// Repo ids are "<host>/<n>" in these tests.
     fn host(id: &str) -> String {
         id.split('/').next().unwrap_or_default().to_owned()
+    }
+
+    /// Issue 16 per-worker series: the queue depth counts what is due and not started
+    /// (urgent or past due), not what is planned for later nor what runs.
+    #[test]
+    fn waiting_counts_due_repos_that_have_not_started() {
+        let mut s = sched(1, 1);
+        s.plan("a/1", 100);
+        s.plan("b/1", 200);
+        s.plan("c/1", 5_000);
+        s.plan_urgent("d/1", 150);
+        assert_eq!(s.waiting(99), 1, "only the urgent one is due");
+        assert_eq!(s.waiting(200), 3, "a due time equal to now is due");
+        assert_eq!(s.start_ready(200, host, |_| true).len(), 1);
+        assert_eq!(s.waiting(200), 2, "the one started is running, not waiting");
+        assert_eq!(s.waiting(10_000), 3);
     }
 
     /// SIGHUP (SPEC §11): new limits govern what starts next.
@@ -499,6 +528,27 @@ mod tests {
             24 * H * 9 / 10,
             24 * H * 11 / 10,
         );
+    }
+
+    /// SPEC §16: a refused credential is retried at `max_interval`, not backed off nor
+    /// probed daily like `gone`.
+    #[test]
+    fn spec_16_auth_failure_retries_at_max_interval() {
+        let mut s = Schedule::with_seed(
+            &FetchSection {
+                min_interval: Duration::from_secs(60),
+                max_interval: Duration::from_secs(2 * 3600),
+                ..FetchSection::default()
+            },
+            3,
+        );
+        for failures in [1, 5] {
+            within(
+                || s.after_failure(0, failures, FailureClass::Auth),
+                2 * H * 9 / 10,
+                2 * H,
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ use std::time::{Duration, SystemTime};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_REDIRECTS: usize = 10;
 const BODY_BUFFER: usize = 64 * 1024;
+/// Our `User-Agent` on every request, as the `agent` capability in the git protocol.
+pub const USER_AGENT: &str = concat!("gitmirror/", env!("CARGO_PKG_VERSION"));
 
 /// What a server said when it refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,15 +118,48 @@ impl Client {
         Ok(Self { inner, deny })
     }
 
-    /// A backend for one gix connection.
-    pub fn session(&self) -> Session {
+    /// A backend for one gix connection; with `auth`, it sends that to its host only
+    /// (SPEC §16).
+    pub fn session_with(&self, auth: Option<HostAuth>) -> Session {
         Session {
             client: self.inner.clone(),
             deny: self.deny.clone(),
+            auth: auth.map(Arc::new),
             refusal: Arc::new(Mutex::new(None)),
             redirected_base: None,
             redirect_sink: Arc::new(Mutex::new(None)),
         }
+    }
+}
+
+/// An `Authorization` header for one host (SPEC §16): sent only to requests for that
+/// host and port, over https, or over plain http when `allow_plain_http` is set.
+#[derive(Debug, Clone)]
+pub struct HostAuth {
+    /// Lower case; IPv6 without brackets.
+    pub host: String,
+    /// `None`: the scheme's default port.
+    pub port: Option<u16>,
+    pub allow_plain_http: bool,
+    pub value: gitmirror_common::credentials::Secret,
+}
+
+impl HostAuth {
+    pub fn applies_to(&self, url: &str) -> bool {
+        let Ok(u) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        let scheme_ok = u.scheme() == "https" || (u.scheme() == "http" && self.allow_plain_http);
+        let default = match u.scheme() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        let port = u.port().filter(|p| Some(*p) != default);
+        let host = u
+            .host_str()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase());
+        scheme_ok && host.as_deref() == Some(self.host.as_str()) && port == self.port
     }
 }
 
@@ -142,6 +177,7 @@ impl RefusalSink {
 pub struct Session {
     client: reqwest::blocking::Client,
     deny: Arc<AddrPolicy>,
+    auth: Option<Arc<HostAuth>>,
     refusal: Arc<Mutex<Option<Refusal>>>,
     /// The base URL after a followed redirect, as last reported to gix.
     redirected_base: Option<String>,
@@ -172,6 +208,20 @@ impl Session {
                 map.append(name, value);
             }
         }
+        if let Some(auth) = &self.auth
+            && auth.applies_to(url)
+            && let Ok(mut value) = HeaderValue::from_str(auth.value.expose())
+        {
+            // Sensitive: kept out of reqwest's `Debug` output. reqwest itself removes it
+            // when a redirect leaves the host, port or scheme.
+            value.set_sensitive(true);
+            map.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        // gix names itself (`git/oxide-…`); upstream operators should see who we are.
+        map.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
         Arc::new(Mutex::new(Phase::Pending(Pending {
             client: self.client.clone(),
             deny: self.deny.clone(),
@@ -505,10 +555,13 @@ impl BodyReader {
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.body()? {
-            Some(b) => b.read(buf),
-            None => Ok(0),
-        }
+        let n = match self.body()? {
+            Some(b) => b.read(buf)?,
+            None => 0,
+        };
+        // Counted against the fetch's size and free-space limits.
+        crate::mirror::received(n)?;
+        Ok(n)
     }
 }
 
@@ -603,67 +656,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// `Retry-After: <seconds>` or `Retry-After: <IMF-fixdate>` (RFC 9110 §10.2.3), as a wait
-/// from `now`. A date in the past means no wait; anything else unreadable is `None`.
+/// `Retry-After: <seconds>` or `Retry-After: <HTTP-date>` (RFC 9110 §10.2.3, the date
+/// in any of the three forms of §5.6.7, read by `httpdate`), as a wait from `now`. A date
+/// in the past means no wait; anything else unreadable is `None`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         return value.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let at = parse_imf_fixdate(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
-    let (_, rest) = s.split_once(", ")?;
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':');
-    let (h, m, sec): (u64, u64, u64) = (
-        hms.next()?.parse().ok()?,
-        hms.next()?.parse().ok()?,
-        hms.next()?.parse().ok()?,
-    );
-    if parts.next()? != "GMT" || parts.next().is_some() || !(1..=31).contains(&day) {
-        return None;
-    }
-    if !(1970..=9999).contains(&year) {
-        return None;
-    }
-    if h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, i64::try_from(day).ok()?);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -702,8 +704,14 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        // The two obsolete forms a recipient must accept (RFC 9110 §5.6.7).
+        for obsolete in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(
+                parse_retry_after(obsolete, now),
+                Some(Duration::from_secs(77)),
+                "{obsolete}"
+            );
+        }
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 99999999999 08:49:37 GMT", now),
             None

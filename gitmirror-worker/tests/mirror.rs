@@ -800,6 +800,89 @@ fn spec_12_clone_of_many_refs_writes_packed_refs() {
     git(&path, &["fsck", "--no-progress"]);
 }
 
+/// Issue 11 §2: the `packed-refs` our clone writes (it claims `fully-peeled`, from the
+/// upstream's advertisement) reads in git exactly as `git clone --mirror`'s: every ref's
+/// object, type and peeled object (a tag of a tag peels to the commit; an annotated tag
+/// outside `refs/tags/`; a tag of a tree), `show-ref -d`, HEAD; and `git pack-refs` finds
+/// nothing to change.
+#[test]
+fn issue11_packed_refs_clone_reads_like_git_clone_mirror() {
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "tags");
+    let d = &upstream.dir;
+    git(
+        d,
+        &[
+            "tag",
+            "-a",
+            "v1-of-tag",
+            "-m",
+            "tag of a tag",
+            "v1-annotated",
+        ],
+    );
+    git(
+        d,
+        &[
+            "tag",
+            "-a",
+            "v1-of-tree",
+            "-m",
+            "tag of a tree",
+            "main^{tree}",
+        ],
+    );
+    let tag = git(d, &["rev-parse", "v1-of-tag"]).trim().to_owned();
+    git(d, &["update-ref", "refs/review/tagged", &tag]);
+    git(d, &["update-ref", "refs/keep/tag-of-tag", &tag]);
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("tags");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().join("repos"));
+    m.prepare().unwrap();
+    m.clone_new("t/tags/tags", &url, &no_interrupt()).unwrap();
+    let ours = m.path("t/tags/tags");
+    let theirs = root.path().join("git.git");
+    git(
+        root.path(),
+        &["clone", "--mirror", "-q", &url, theirs.to_str().unwrap()],
+    );
+
+    let each_ref = [
+        "for-each-ref",
+        "--format=%(refname) %(objectname) %(objecttype) %(*objectname) %(*objecttype)",
+    ];
+    for args in [
+        &each_ref[..],
+        &["show-ref", "-d"],
+        &["symbolic-ref", "HEAD"],
+    ] {
+        assert_eq!(git(&ours, args), git(&theirs, args), "git {args:?}");
+    }
+    // Read from our `packed-refs` (git trusts its peeled lines): fully peeled.
+    let shown = git(&ours, &["show-ref", "-d"]);
+    let commit = git(d, &["rev-parse", "v1-annotated^{commit}"])
+        .trim()
+        .to_owned();
+    for name in [
+        "refs/review/tagged",
+        "refs/keep/tag-of-tag",
+        "refs/tags/v1-of-tag",
+    ] {
+        assert!(shown.contains(&format!("{commit} {name}^{{}}")), "{shown}");
+    }
+    assert!(shown.lines().count() >= 12, "{shown}");
+    let before = std::fs::read_to_string(ours.join("packed-refs")).unwrap();
+    git(&ours, &["pack-refs", "--all"]);
+    let after = std::fs::read_to_string(ours.join("packed-refs")).unwrap();
+    assert_eq!(
+        before.lines().skip(1).collect::<Vec<_>>(),
+        after.lines().skip(1).collect::<Vec<_>>(),
+        "git rewrites the same refs and peeled lines"
+    );
+    git(&ours, &["fsck", "--no-progress"]);
+}
+
 /// Issue 10 finding 5, SPEC §7.1: a clone's temp directory and the trash are beside the
 /// mirror directory, so `git daemon --base-path=<mirror_dir> --export-all` cannot serve a
 /// half-done clone or a deleted mirror. Where a clone's temp directory goes is seen

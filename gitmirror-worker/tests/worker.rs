@@ -458,14 +458,16 @@ async fn spec_7_5_low_disk_holds_clones_not_fetches() {
     std::fs::create_dir_all(&state_dir).unwrap();
     saved.save(&state_dir).unwrap();
 
-    // 100 % free required: never met on a real filesystem.
-    let cfg = config(
+    // 100 % free required: never met on a real filesystem. The lower limit that aborts
+    // fetches (`disk.abort_free`, default half of this) is off: it has its own tests.
+    let mut cfg = config(
         coord.addr,
         coord.token.clone(),
         root.path(),
         fetch(Duration::from_secs(1), Duration::from_secs(60)),
         FreeSpace::Percent(100.0),
     );
+    cfg.disk.abort_free = Some(FreeSpace::Bytes(0));
     let worker = start(cfg);
     let mut s = coord.accept(0).await;
     s.send(CoordMsg::Assign(AssignDelta {
@@ -505,6 +507,40 @@ async fn spec_7_5_low_disk_holds_clones_not_fetches() {
     }
     assert_eq!(waiting, 1, "Waiting is reported once");
     assert!(!mirrors.exists("n/new/new"));
+    worker.stop().await;
+}
+
+/// Issue 16 per-worker series: with its `Status` the worker sends a protocol 5 `Load`
+/// naming its queue, `fetch.concurrency` and `disk.min_free` in bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_worker_reports_its_load_with_its_status() {
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch(Duration::from_secs(3600), Duration::from_secs(60)),
+        FreeSpace::Bytes(3 << 20),
+    );
+    cfg.fetch.concurrency = 5;
+    let worker = start(cfg);
+    let mut s = coord.accept(0).await;
+    let mut status_seen = false;
+    let load = s
+        .recv_until(|m| match m {
+            WorkerMsg::Status(_) => {
+                status_seen = true;
+                None
+            }
+            WorkerMsg::Load(l) => Some(l),
+            _ => None,
+        })
+        .await;
+    assert!(status_seen, "Load follows a Status");
+    assert_eq!(load.fetch_concurrency, 5);
+    assert_eq!(load.disk_min_free_bytes, 3 << 20);
+    assert_eq!(load.queued_fetches, 0, "nothing held, nothing due");
     worker.stop().await;
 }
 

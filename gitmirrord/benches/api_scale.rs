@@ -228,6 +228,7 @@ fn main() {
                         events: &BTreeMap::new(),
                         webhooks: &[],
                         batches_waiting: 0,
+                        hooks: &Default::default(),
                     })
                     .len()
                 }),
@@ -244,10 +245,34 @@ fn main() {
                             last_seq: 0,
                             index: &[],
                             webhooks: &[],
+                            max_interval_secs: 86_400,
+                            max_interval_from: "the worker default",
                         },
                     )
                     .len()
                 }),
+                Box::new(|| 0),
+            ),
+            (
+                "GET /repos/{id} (HTML page)",
+                Box::new(|| {
+                    gitmirrord::repo_page::render(
+                        &fleet,
+                        &some_id,
+                        &gitmirrord::repo_page::RepoPageInputs {
+                            now_ms: NOW,
+                            uptime_secs: 1,
+                            max_interval_secs: 86_400,
+                            max_interval_from: "the worker default",
+                        },
+                    )
+                    .map_or(0, |h| h.len())
+                }),
+                Box::new(|| 0),
+            ),
+            (
+                "GET /repos?q=p/project1 (search page)",
+                Box::new(|| gitmirrord::repo_page::search(&fleet, "p/project1", None).len()),
                 Box::new(|| 0),
             ),
             (

@@ -21,6 +21,7 @@ fn draft(i: u64) -> EventDraft {
         url: format!("https://git.example.org/repo{}.git", i % REPOS),
         worker: (i % 1000) as u32,
         kind: EventKind::Updated,
+        trigger: Default::default(),
         refs: vec![RefUpdate {
             name: "refs/heads/main".into(),
             old: Some(format!("{:040x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))),

@@ -44,6 +44,7 @@ fn settings(dir: &Path) -> IndexSettings {
         dir: dir.to_owned(),
         allow_file_urls: false,
         purge_protect_percent: 10.0,
+        credentials: Default::default(),
     }
 }
 

@@ -198,6 +198,7 @@ fn main() {
             gitmirrord::Listeners {
                 quic,
                 http: http_sock,
+                hooks: None,
             },
             ctl,
         ));

@@ -166,8 +166,24 @@ pub enum Query {
     Metrics,
     /// `GET /`: the HTML status page, rendered by the main loop.
     Page,
+    /// `GET /repos/{id}`: the HTML page of one repo, rendered by the main loop.
+    RepoPage(String),
+    /// `GET /repos?q=&after=`: repos whose id starts with `q`, one page, as HTML.
+    RepoSearch {
+        q: String,
+        after: Option<String>,
+    },
     /// `GET /api/repos/{id}/refs`: asked of the worker holding the repo by the main loop.
     Refs(crate::refs_query::RefsRequest),
+    /// `POST /api/workers/{uuid}/approve` (SPEC §17), by the main loop.
+    Approve(Uuid),
+    /// `POST /api/workers/{uuid}/remove` (SPEC §17), by the main loop.
+    Remove(Uuid),
+    /// `GET /api/workers/pending`: workers waiting for approval, by the main loop.
+    Pending,
+    /// `POST /api/hooks/{name}` (SPEC §15), authenticated: the payload's URLs, matched and
+    /// fetched by the main loop.
+    Hook(Vec<String>),
 }
 
 #[derive(Debug, Serialize)]
@@ -182,6 +198,11 @@ pub struct WorkerView {
     pub weight: f64,
     pub disk_free_bytes: Option<u64>,
     pub status: String,
+    /// It holds a certificate of the fleet's CA (SPEC §17); `false`: admitted by the join
+    /// token (registered before certificates, or an older worker).
+    pub enrolled: bool,
+    /// An operator removed it (`gitmirrord workers remove`).
+    pub removed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +276,10 @@ pub struct ErrorView {
     pub class: crate::fleet::ErrorClass,
     pub message: String,
     pub time: String,
+    /// Class `auth`: the `match` of the worker's `credentials` entry that was refused
+    /// (SPEC §16; never its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -328,9 +353,16 @@ impl View<'_> {
                 Some(r) => Reply::json(200, r),
                 None => Answer::error(404, &format!("no repo {id:?} in any index")).into(),
             },
-            Query::Fetch(_) | Query::Metrics | Query::Page | Query::Refs(_) => {
-                Answer::error(500, "answered by the main loop").into()
-            }
+            Query::Fetch(_)
+            | Query::Metrics
+            | Query::Page
+            | Query::RepoPage(_)
+            | Query::RepoSearch { .. }
+            | Query::Refs(_)
+            | Query::Approve(_)
+            | Query::Remove(_)
+            | Query::Pending
+            | Query::Hook(_) => Answer::error(500, "answered by the main loop").into(),
         }
     }
 
@@ -351,6 +383,8 @@ impl View<'_> {
             weight: w.weight,
             disk_free_bytes: w.disk_free_bytes,
             status: redact::text_owned(w.status.clone()),
+            enrolled: w.cert.is_some(),
+            removed: self.fleet.registry().is_removed(&w.uuid),
         }
     }
 
@@ -552,6 +586,10 @@ impl View<'_> {
                 class: e.class,
                 message: redact::text_owned(e.message.clone()),
                 time: gitmirror_common::rfc3339_ms(e.time_ms),
+                credential: (e.class == crate::fleet::ErrorClass::Auth)
+                    .then(|| gitmirror_common::credentials::refused_entry(&e.message))
+                    .flatten()
+                    .map(|m| redact::url(m).into_owned()),
             }),
             refs: st.refs,
             metadata: crate::index::decode_metadata(r.metadata.as_deref()),
@@ -750,7 +788,7 @@ mod tests {
             w,
             serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
-                "disk_free_bytes":null,"status":""}])
+                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false}])
         );
         let d = json(&v.worker(0, &all_ids()).unwrap());
         assert_eq!(d["repo_ids"].as_array().unwrap().len(), 10);
@@ -848,5 +886,47 @@ mod tests {
             assert!(j.get(key).is_some(), "{key}");
         }
         assert!(v.repo("x/y/z").is_none());
+    }
+
+    /// SPEC §16: a refused credential shows as state `failing`, class `auth`, with the
+    /// `match` of the worker's entry that was refused.
+    #[test]
+    fn spec_16_auth_failure_names_the_credential_entry() {
+        let mut f = fleet();
+        let o = Outcome {
+            report_id: 5,
+            repo: "a/p4/r4".into(),
+            url: "u".into(),
+            finished_ms: 3000,
+            duration_ms: 1,
+            result: FetchResult::Failed {
+                class: FailureClass::Auth,
+                message: gitmirror_common::credentials::auth_message(
+                    "https://git.example.org/team/",
+                    "Received HTTP status 401",
+                ),
+            },
+            changes: vec![],
+            ref_count: 0,
+            refs_digest: 0,
+            next_due_ms: 3_603_000,
+        };
+        f.outcomes(Uuid::from_u128(1), &[o], 3000);
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+            url_limit: 10_000,
+        };
+        let j = json(&v.repo("a/p4/r4").unwrap());
+        assert_eq!(j["state"], "failing");
+        assert_eq!(j["last_error"]["class"], "auth");
+        assert_eq!(
+            j["last_error"]["credential"],
+            "https://git.example.org/team/"
+        );
+        // Other classes carry no `credential` key.
+        let j = json(&v.repo("a/p1/r1").unwrap());
+        assert!(j["last_error"].get("credential").is_none());
     }
 }

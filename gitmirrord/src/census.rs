@@ -18,13 +18,14 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The `outcome` label values of `gitmirror_fetches_total`, all present from the start.
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 8] = [
     "cloned",
     "fetched",
     "failed_transient",
     "failed_rate_limited",
     "failed_gone",
     "failed_local",
+    "failed_auth",
     "waiting",
 ];
 
@@ -100,6 +101,8 @@ impl Histogram {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchStats {
     by_outcome: BTreeMap<&'static str, u64>,
+    /// `(outcome, trigger)` → outcomes (SPEC §15 `gitmirror_fetches_total{trigger}`).
+    by_trigger: BTreeMap<(&'static str, &'static str), u64>,
     duration: Histogram,
 }
 
@@ -107,6 +110,7 @@ impl Default for FetchStats {
     fn default() -> Self {
         Self {
             by_outcome: OUTCOMES.iter().map(|o| (*o, 0)).collect(),
+            by_trigger: BTreeMap::new(),
             duration: Histogram::new(&FETCH_DURATION_BUCKETS),
         }
     }
@@ -114,6 +118,11 @@ impl Default for FetchStats {
 
 impl FetchStats {
     pub fn record(&mut self, o: &Outcome) {
+        self.record_as(o, crate::events::Trigger::Schedule);
+    }
+
+    /// Count `o`, a fetch made for `trigger`.
+    pub fn record_as(&mut self, o: &Outcome, trigger: crate::events::Trigger) {
         let label = match &o.result {
             FetchResult::Cloned => "cloned",
             FetchResult::Fetched => "fetched",
@@ -122,10 +131,15 @@ impl FetchStats {
                 FailureClass::RateLimited => "failed_rate_limited",
                 FailureClass::Gone => "failed_gone",
                 FailureClass::Local => "failed_local",
+                FailureClass::Auth => "failed_auth",
             },
             FetchResult::Waiting { .. } => "waiting",
         };
         *self.by_outcome.entry(label).or_insert(0) += 1;
+        *self
+            .by_trigger
+            .entry((label, trigger.as_str()))
+            .or_insert(0) += 1;
         // A waiting repo was not attempted: it has no duration.
         if !matches!(o.result, FetchResult::Waiting { .. }) {
             self.duration.observe(o.duration_ms as f64 / 1000.0);
@@ -134,6 +148,14 @@ impl FetchStats {
 
     pub fn count(&self, outcome: &str) -> u64 {
         self.by_outcome.get(outcome).copied().unwrap_or(0)
+    }
+
+    /// Outcomes of `outcome` made for `trigger`.
+    pub fn count_by(&self, outcome: &str, trigger: &str) -> u64 {
+        self.by_trigger
+            .iter()
+            .find(|((o, t), _)| *o == outcome && *t == trigger)
+            .map_or(0, |(_, n)| *n)
     }
 
     pub fn duration(&self) -> &Histogram {
@@ -155,6 +177,8 @@ pub struct Facts {
     /// Workers holding (or told to hold) the repo, so a worker's connection and death
     /// visit its repos only (O(held), not O(repos)).
     pub holders: Vec<Uuid>,
+    /// The last error's class, for repos failing or gone (the page groups them by it).
+    pub failed_class: Option<crate::fleet::ErrorClass>,
 }
 
 const STATES: usize = RepoState::ALL.len();
@@ -237,6 +261,11 @@ pub struct Census {
     success: SuccessTimes,
     /// `(holder, id)`: the repos each worker holds or was told to hold.
     held: BTreeSet<(Uuid, Arc<str>)>,
+    /// Failing and gone repos by the last error's class, and by upstream host (with the
+    /// hosts ranked by that count), for the page's groups (issue 16).
+    failing_classes: Vec<(Option<crate::fleet::ErrorClass>, usize)>,
+    failing_hosts: HashMap<Arc<str>, usize>,
+    failing_host_rank: BTreeSet<(Reverse<usize>, Arc<str>)>,
     /// Bumped by every change of `owner_ids`, so that what is built from it (the status's
     /// `worker:url`) can be kept until it changes.
     owner_urls_gen: Generation,
@@ -288,6 +317,7 @@ impl Census {
             }
             if let Some(t) = f.failed_ms {
                 failing.push((Reverse(t), id.clone()));
+                c.failing_groups(&f, true);
             }
             if let Some(t) = f.last_success_ms {
                 c.success.change(t, true);
@@ -330,6 +360,11 @@ impl Census {
             self.failing_entry(id, before, false);
             self.failing_entry(id, after, true);
         }
+        let group = |f: &Facts| (f.failed_ms.is_some(), f.failed_class, f.url.clone());
+        if group(before) != group(after) {
+            self.failing_groups(before, false);
+            self.failing_groups(after, true);
+        }
         if before.last_success_ms != after.last_success_ms {
             self.success_entry(before, false);
             self.success_entry(after, true);
@@ -349,8 +384,61 @@ impl Census {
         }
         self.owner_entry(id, f, add);
         self.failing_entry(id, f, add);
+        self.failing_groups(f, add);
         self.success_entry(f, add);
         self.held_entries(id, f, add);
+    }
+
+    /// The failing counts by class and by host, for a repo failing or gone.
+    fn failing_groups(&mut self, f: &Facts, add: bool) {
+        if f.failed_ms.is_none() {
+            return;
+        }
+        let step = |n: &mut usize| {
+            if add {
+                *n += 1
+            } else {
+                *n = n.saturating_sub(1)
+            }
+        };
+        match self
+            .failing_classes
+            .iter_mut()
+            .find(|(c, _)| *c == f.failed_class)
+        {
+            Some((_, n)) => step(n),
+            None if add => {
+                // In class order, so that a recount compares equal.
+                let rank = |c: Option<crate::fleet::ErrorClass>| c.map_or(0, |c| c as u8 + 1);
+                let at = self
+                    .failing_classes
+                    .partition_point(|(c, _)| rank(*c) < rank(f.failed_class));
+                self.failing_classes.insert(at, (f.failed_class, 1));
+            }
+            None => {}
+        }
+        self.failing_classes.retain(|(_, n)| *n > 0);
+        let host = upstream_host(&f.url);
+        let before = self.failing_hosts.get(host).copied().unwrap_or(0);
+        let after = if add {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        let key: Arc<str> = match self.failing_hosts.get_key_value(host) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(host),
+        };
+        if before > 0 {
+            self.failing_host_rank
+                .remove(&(Reverse(before), key.clone()));
+        }
+        if after > 0 {
+            self.failing_host_rank.insert((Reverse(after), key.clone()));
+            self.failing_hosts.insert(key, after);
+        } else {
+            self.failing_hosts.remove(host);
+        }
     }
 
     /// The total, per-state and per-owner counts.
@@ -451,6 +539,21 @@ impl Census {
 
     // ----- ordered sets -----
 
+    /// Failing and gone repos by the last error's class (`None`: no error recorded).
+    pub fn failing_by_class(&self) -> &[(Option<crate::fleet::ErrorClass>, usize)] {
+        &self.failing_classes
+    }
+
+    /// Upstream hosts with failing or gone repos, most first (ties by name).
+    pub fn failing_by_host(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.failing_host_rank.iter().map(|(n, h)| (&**h, n.0))
+    }
+
+    /// Hosts with failing or gone repos.
+    pub fn failing_hosts(&self) -> usize {
+        self.failing_hosts.len()
+    }
+
     /// Failing and gone repos, newest failure first.
     pub fn failing(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
         self.failing.iter().map(|(_, id)| id)
@@ -543,6 +646,24 @@ impl Census {
     }
 }
 
+/// The host of an upstream URL (`https://user@host:port/p` → `host:port`, `git@host:p` →
+/// `host`), or `local` for a path.
+pub fn upstream_host(url: &str) -> &str {
+    let (rest, scp) = match url.split_once("://") {
+        Some((_, rest)) => (rest, false),
+        None if url.starts_with('/') || url.starts_with('.') => return "local",
+        None => (url, true),
+    };
+    let end = if scp {
+        rest.find(':').unwrap_or(rest.len())
+    } else {
+        rest.find('/').unwrap_or(rest.len())
+    };
+    let authority = rest.get(..end).unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() { "local" } else { host }
+}
+
 /// Take `limit` ids and note whether another follows.
 pub fn take_page<'a>(mut it: impl Iterator<Item = &'a Arc<str>>, limit: usize) -> IdPage {
     let ids: Vec<Arc<str>> = it.by_ref().take(limit).cloned().collect();
@@ -565,6 +686,8 @@ mod tests {
                 .then(|| Uuid::from_u128(owner))
                 .into_iter()
                 .collect(),
+            failed_class: matches!(state, RepoState::Failing | RepoState::Gone)
+                .then_some(crate::fleet::ErrorClass::Transient),
         }
     }
 
@@ -647,5 +770,64 @@ mod tests {
         );
         assert_eq!(kept.count(), ages_s.len() as u64);
         assert_eq!(kept.sum(), direct.sum());
+    }
+
+    // Issue 16 item 2: failing repos grouped by class and by upstream host, kept as repos
+    // change, equal to a recount.
+    #[test]
+    fn issue16_failing_groups_follow_updates() {
+        use crate::fleet::ErrorClass;
+        assert_eq!(
+            upstream_host("https://u:p@git.example:8443/a/b"),
+            "git.example:8443"
+        );
+        assert_eq!(upstream_host("git@github.com:a/b.git"), "github.com");
+        assert_eq!(upstream_host("/srv/git/a"), "local");
+        let failing = |url: &str, class| Facts {
+            url: Arc::from(url),
+            failed_class: Some(class),
+            ..facts(RepoState::Failing, 1, None)
+        };
+        let ids: Vec<Arc<str>> = (0..4).map(|i| Arc::from(format!("a/b/{i}"))).collect();
+        let mut c = Census::default();
+        let all = [
+            failing("https://h1/x", ErrorClass::Transient),
+            failing("https://h1/y", ErrorClass::Gone),
+            failing("https://h2/z", ErrorClass::Transient),
+            facts(RepoState::Mirrored, 1, Some(0)),
+        ];
+        for (id, f) in ids.iter().zip(&all) {
+            c.add(id, f);
+        }
+        assert_eq!(
+            c.failing_by_host().collect::<Vec<_>>(),
+            [("h1", 2), ("h2", 1)]
+        );
+        let mut classes = c.failing_by_class().to_vec();
+        classes.sort_by_key(|(_, n)| *n);
+        assert_eq!(
+            classes,
+            [
+                (Some(ErrorClass::Gone), 1),
+                (Some(ErrorClass::Transient), 2)
+            ]
+        );
+        // One recovers, one moves host.
+        let mirrored = facts(RepoState::Mirrored, 1, Some(1));
+        c.update(&ids[0], &all[0], &mirrored);
+        let moved = failing("https://h2/y", ErrorClass::Gone);
+        c.update(&ids[1], &all[1], &moved);
+        assert_eq!(c.failing_by_host().collect::<Vec<_>>(), [("h2", 2)]);
+        assert_eq!(c.failing_hosts(), 1);
+        let rebuilt =
+            Census::from_facts(
+                ids.iter()
+                    .zip([mirrored, moved, all[2].clone(), all[3].clone()]),
+            );
+        assert_eq!(
+            c.failing_by_host().collect::<Vec<_>>(),
+            rebuilt.failing_by_host().collect::<Vec<_>>()
+        );
+        assert_eq!(c.failing_hosts, rebuilt.failing_hosts);
     }
 }

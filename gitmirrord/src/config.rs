@@ -63,9 +63,17 @@ pub struct RawConfig {
     pub webhooks: Option<Vec<RawWebhook>>,
     pub events: Option<RawEvents>,
     pub local_worker: Option<LocalWorker>,
+    /// Secrets for private index URLs, and for the embedded worker's upstreams (SPEC §16).
+    pub credentials: Option<Vec<gitmirror_common::credentials::CredentialSpec>>,
     pub log_level: Option<String>,
     pub status_url_limit: Option<usize>,
     pub max_worker_weight: Option<f64>,
+    pub enroll: Option<String>,
+    pub push_hooks: Option<Vec<RawPushHook>>,
+    pub hooks_listen: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub hooks_min_gap: Option<Duration>,
+    pub hooks_trusted_proxies: Option<Vec<String>>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -113,6 +121,18 @@ pub struct RawWebhook {
     pub url: String,
     pub secret_file: Option<PathBuf>,
 }
+
+/// One `push_hooks` entry as written (SPEC §15).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPushHook {
+    pub name: String,
+    pub kind: String,
+    pub secret_file: PathBuf,
+}
+
+/// Default of `hooks_min_gap` (SPEC §15).
+pub const DEFAULT_HOOKS_MIN_GAP: Duration = Duration::from_secs(5);
 
 /// Liveness timing (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,11 +208,23 @@ pub struct Config {
     pub events: EventOptions,
     /// The embedded worker (`local_worker:`), started by [`crate::run`].
     pub local_worker: Option<LocalWorker>,
+    /// `credentials` with their secrets (SPEC §16).
+    pub credentials: std::sync::Arc<gitmirror_common::credentials::Credentials>,
     pub log_level: String,
     /// URLs listed at most by `/api/status`'s `worker:url` (SPEC §12).
     pub status_url_limit: usize,
     /// A worker announcing more is clamped to it (SPEC §17).
     pub max_worker_weight: f64,
+    /// `enroll`: whether the join token enrolls a new worker by itself (SPEC §17).
+    pub enroll: crate::enrollment::Mode,
+    /// `push_hooks` (SPEC §15), secrets read.
+    pub push_hooks: Vec<crate::hooks::PushHook>,
+    /// `hooks_listen`: a second address serving only `POST /api/hooks/{name}`.
+    pub hooks_listen: Option<SocketAddr>,
+    /// `hooks_min_gap`: push-triggered fetches of one repo start at most this often.
+    pub hooks_min_gap: Duration,
+    /// `hooks_trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub hooks_trusted_proxies: Vec<ipnet::IpNet>,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -362,6 +394,11 @@ impl Config {
                 format!("{max_worker_weight} is not a positive number"),
             ));
         }
+        let enroll = match raw.enroll.as_deref() {
+            None => crate::enrollment::Mode::Auto,
+            Some(v) => crate::enrollment::Mode::parse(v)
+                .ok_or_else(|| invalid("enroll", format!("{v:?} is not one of auto, manual")))?,
+        };
         let purge_protect_percent = raw.purge_protect_percent.unwrap_or(5.0);
         if !(0.0..=100.0).contains(&purge_protect_percent) {
             return Err(invalid(
@@ -427,6 +464,69 @@ impl Config {
 
         let events = Self::events(path, raw.events.unwrap_or_default())?;
 
+        // SPEC §15: push hooks.
+        let mut push_hooks: Vec<crate::hooks::PushHook> = Vec::new();
+        for (i, h) in raw.push_hooks.unwrap_or_default().into_iter().enumerate() {
+            let key = |k: &str| format!("push_hooks[{i}].{k}");
+            crate::hooks::check_name(&h.name).map_err(|m| invalid(&key("name"), m))?;
+            if push_hooks.iter().any(|p| p.name == h.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is listed twice", h.name),
+                ));
+            }
+            let kind = crate::hooks::HookKind::parse(&h.kind).ok_or_else(|| {
+                invalid(
+                    &key("kind"),
+                    format!(
+                        "{:?} is not one of github, gitlab, gitea, forgejo, gitee, generic",
+                        h.kind
+                    ),
+                )
+            })?;
+            let secret =
+                read_secret(&h.secret_file).map_err(|m| invalid(&key("secret_file"), m))?;
+            push_hooks.push(crate::hooks::PushHook {
+                name: h.name,
+                kind,
+                secret_file: h.secret_file,
+                secret: WebhookSecret(secret),
+            });
+        }
+        let hooks_listen = match raw.hooks_listen {
+            None => None,
+            Some(l) => Some(parse_addr(&l, 8090).map_err(|m| invalid("hooks_listen", m))?),
+        };
+        if hooks_listen.is_some_and(|h| h == http_listen) {
+            return Err(invalid(
+                "hooks_listen",
+                "must differ from http_listen (the hooks are served there too)".into(),
+            ));
+        }
+        let hooks_min_gap = raw.hooks_min_gap.unwrap_or(DEFAULT_HOOKS_MIN_GAP);
+        if hooks_min_gap > Duration::from_secs(86_400) {
+            return Err(invalid("hooks_min_gap", "must be at most 1d".into()));
+        }
+        let mut hooks_trusted_proxies = Vec::new();
+        for (i, c) in raw
+            .hooks_trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let c = c.trim();
+            let net = c
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        &format!("hooks_trusted_proxies[{i}]"),
+                        format!("{c:?} is not an address or CIDR such as 10.0.0.0/8"),
+                    )
+                })?;
+            hooks_trusted_proxies.push(net);
+        }
+
         if let Some(lw) = &raw.local_worker {
             lw.fetch
                 .validate()
@@ -445,6 +545,12 @@ impl Config {
             lw.upstream_deny()
                 .map_err(|d| invalid("local_worker.upstream_deny", d))?;
         }
+
+        let credentials = gitmirror_common::credentials::Credentials::load(
+            raw.credentials.as_deref().unwrap_or_default(),
+            "credentials",
+        )
+        .map_err(|e| invalid(&e.key, e.detail))?;
 
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -472,9 +578,15 @@ impl Config {
             webhooks,
             events,
             local_worker: raw.local_worker,
+            credentials: std::sync::Arc::new(credentials),
             log_level,
             status_url_limit: raw.status_url_limit.unwrap_or(DEFAULT_STATUS_URL_LIMIT),
             max_worker_weight,
+            enroll,
+            push_hooks,
+            hooks_listen,
+            hooks_min_gap,
+            hooks_trusted_proxies,
             warnings,
         })
     }
@@ -695,6 +807,16 @@ mod tests {
         Config::parse(Path::new("/etc/x.yaml"), text)
     }
 
+    // SPEC §17 `enroll`: auto by default, manual on request; anything else names the key.
+    #[test]
+    fn spec_17_enroll_key() {
+        use crate::enrollment::Mode;
+        assert_eq!(parse("").unwrap().enroll, Mode::Auto);
+        assert_eq!(parse("enroll: manual\n").unwrap().enroll, Mode::Manual);
+        let e = parse("enroll: sometimes\n").unwrap_err().to_string();
+        assert!(e.contains("enroll") && e.contains("auto, manual"), "{e}");
+    }
+
     // SPEC §2.1: defaults.
     #[test]
     fn empty_file_gives_defaults() {
@@ -890,6 +1012,74 @@ log_level: debug
             .unwrap_err()
             .to_string();
         assert!(e.contains("api_allowed_hosts[1]"), "{e}");
+    }
+
+    // SPEC §15: push_hooks, hooks_listen, hooks_min_gap and hooks_trusted_proxies are
+    // read; bad values name their key; hook secret files must be private like the others.
+    #[test]
+    fn spec_15_hook_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gh.secret");
+        std::fs::write(&p, "hook-key\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let f = p.display();
+        let c = parse(&format!(
+            "push_hooks:\n  - {{name: gh, kind: github, secret_file: {f}}}\n  - {{name: fj, kind: forgejo, secret_file: {f}}}\nhooks_listen: 127.0.0.1:8090\nhooks_min_gap: 2s\nhooks_trusted_proxies: [10.0.0.0/8, '::1']\n"
+        ))
+        .unwrap();
+        assert_eq!(c.push_hooks.len(), 2);
+        assert_eq!(c.push_hooks[0].kind, crate::hooks::HookKind::Github);
+        assert_eq!(c.push_hooks[1].kind, crate::hooks::HookKind::Gitea);
+        assert_eq!(c.push_hooks[0].secret.0, "hook-key");
+        assert!(!format!("{c:?}").contains("hook-key"));
+        assert_eq!(c.hooks_listen, Some("127.0.0.1:8090".parse().unwrap()));
+        assert_eq!(c.hooks_min_gap, Duration::from_secs(2));
+        assert_eq!(c.hooks_trusted_proxies.len(), 2);
+        let d = parse("").unwrap();
+        assert!(d.push_hooks.is_empty() && d.hooks_listen.is_none());
+        assert_eq!(d.hooks_min_gap, DEFAULT_HOOKS_MIN_GAP);
+        for (text, key) in [
+            (
+                format!("push_hooks: [{{name: gh, kind: bitbucket, secret_file: {f}}}]"),
+                "push_hooks[0].kind",
+            ),
+            (
+                format!("push_hooks: [{{name: 'a/b', kind: github, secret_file: {f}}}]"),
+                "push_hooks[0].name",
+            ),
+            (
+                format!(
+                    "push_hooks: [{{name: a, kind: github, secret_file: {f}}}, {{name: a, kind: gitlab, secret_file: {f}}}]"
+                ),
+                "push_hooks[1].name",
+            ),
+            (
+                "push_hooks: [{name: a, kind: github, secret_file: /nonexistent/s}]".into(),
+                "push_hooks[0].secret_file",
+            ),
+            (
+                "push_hooks: [{name: a, kind: github}]".into(),
+                "secret_file",
+            ),
+            ("hooks_listen: 'not an address'".into(), "hooks_listen"),
+            ("hooks_listen: 127.0.0.1:8089".into(), "hooks_listen"),
+            ("hooks_min_gap: soon".into(), "hooks_min_gap"),
+            (
+                "hooks_trusted_proxies: [10.0.0.0/33]".into(),
+                "hooks_trusted_proxies[0]",
+            ),
+        ] {
+            let e = parse(&format!("{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!(
+            "push_hooks: [{{name: a, kind: gitee, secret_file: {f}}}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("push_hooks[0].secret_file"), "{e}");
     }
 
     // SPEC §2.1 / §2.2: a file with only the prototype's keys works.

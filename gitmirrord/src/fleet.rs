@@ -12,7 +12,7 @@
 //! reports what it holds and gets the difference.
 
 use crate::census::{Census, Facts, FetchStats};
-use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, apply_published};
+use crate::events::{EventDraft, EventKind, PublishedRefs, RefUpdate, Trigger, apply_published};
 use crate::index::{Delta, Entry};
 use crate::published;
 use crate::registry::{
@@ -53,6 +53,8 @@ pub enum ErrorClass {
     RateLimited,
     Gone,
     Local,
+    /// SPEC §16: a credential entry matched and the upstream refused it.
+    Auth,
 }
 
 impl From<FailureClass> for ErrorClass {
@@ -62,6 +64,7 @@ impl From<FailureClass> for ErrorClass {
             FailureClass::RateLimited => Self::RateLimited,
             FailureClass::Gone => Self::Gone,
             FailureClass::Local => Self::Local,
+            FailureClass::Auth => Self::Auth,
         }
     }
 }
@@ -202,6 +205,12 @@ impl Repo {
                 _ => None,
             },
             holders: self.holders.keys().copied().collect(),
+            failed_class: match state {
+                RepoState::Failing | RepoState::Gone => {
+                    self.status.last_error.as_ref().map(|e| e.class)
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -367,6 +376,14 @@ pub struct OutcomeReport {
 enum Op {
     Upsert(String),
     Drop(DropReason),
+}
+
+/// A fetch the coordinator asked for ([`Fleet::asked`]).
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    worker: Uuid,
+    trigger: Trigger,
+    at_ms: i64,
 }
 
 /// Pending per-worker changes of the input being processed.
@@ -553,6 +570,8 @@ pub struct Fleet {
     unsaved: HashSet<Arc<str>>,
     /// Outcome counters and durations since start, for `GET /metrics`.
     stats: FetchStats,
+    /// Each repo's last outcomes and events, and the per-minute series, for the pages.
+    history: crate::history::History,
     /// Repos whose owner was asked to relist its refs, and when ([`crate::published`]).
     /// Only repos in that state, so small; an entry is dropped when the relist arrives.
     relists: HashMap<Arc<str>, i64>,
@@ -562,6 +581,9 @@ pub struct Fleet {
     /// Repos whose owner claims a complete mirror not yet verified: it is asked to fetch
     /// them now ([`Fleet::take_fetch_now`]).
     fetch_now: Vec<(Uuid, String)>,
+    /// Fetches the coordinator asked for (push hooks, the API), by repo: the next outcome
+    /// of the repo from that worker carries the trigger (design.md "Push hooks").
+    asked: HashMap<Arc<str>, Asked>,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -633,9 +655,11 @@ impl Fleet {
             registry_dirty: false,
             unsaved: HashSet::new(),
             stats: FetchStats::default(),
+            history: crate::history::History::default(),
             relists: HashMap::new(),
             saved_owners: None,
             fetch_now: Vec::new(),
+            asked: HashMap::new(),
         }
     }
 
@@ -1034,6 +1058,7 @@ impl Fleet {
     /// The worker's connection is gone: alive → suspect. Nothing moves yet.
     pub fn disconnect(&mut self, uuid: Uuid, now_ms: i64) {
         self.out.synced.remove(&uuid);
+        self.asked.retain(|_, a| a.worker != uuid);
         self.unknown_held.remove(&uuid);
         if self.registry.lost(&uuid, now_ms) {
             self.registry_dirty = true;
@@ -1056,7 +1081,6 @@ impl Fleet {
         }
         for uuid in &overdue {
             self.registry.mark_dead(uuid, now_ms);
-            self.out.synced.remove(uuid);
             if let Some(w) = self.registry.get(uuid) {
                 let n = self.census.owned(uuid);
                 tracing::warn!(
@@ -1065,19 +1089,69 @@ impl Fleet {
                     w.name
                 );
             }
-            let held: Vec<Arc<str>> = self.census.held_by(*uuid).cloned().collect();
-            for id in &held {
-                if let Some(repo) = self.repos.get_mut(id) {
-                    let before = repo.facts();
-                    repo.holders.remove(uuid);
-                    self.census.update(id, &before, &repo.facts());
-                }
-            }
-            self.unsaved.extend(held);
+            self.forget_holdings(uuid);
         }
         self.registry_dirty = true;
         self.recompute_owners();
         self.flush()
+    }
+
+    /// A dead or removed worker holds nothing the fleet counts on.
+    fn forget_holdings(&mut self, uuid: &Uuid) {
+        self.out.synced.remove(uuid);
+        let held: Vec<Arc<str>> = self.census.held_by(*uuid).cloned().collect();
+        for id in &held {
+            if let Some(repo) = self.repos.get_mut(id) {
+                let before = repo.facts();
+                repo.holders.remove(uuid);
+                self.census.update(id, &before, &repo.facts());
+            }
+        }
+        self.unsaved.extend(held);
+    }
+
+    /// `gitmirrord workers remove` (SPEC §17): its certificate is revoked, it is dead at
+    /// once and its repos move now (its mirrors stay on its disk). `false`: a uuid the
+    /// fleet never knew, now kept out too. The caller closes its connection.
+    pub fn remove_worker(&mut self, uuid: Uuid, now_ms: i64) -> (bool, Vec<Outgoing>) {
+        let was_live = self.registry.get(&uuid).is_some_and(|w| w.state.is_live());
+        let known = self.registry.get(&uuid).is_some();
+        self.registry.remove(uuid, now_ms);
+        self.registry_dirty = true;
+        self.unknown_held.remove(&uuid);
+        if let Some(w) = self.registry.get(&uuid) {
+            let n = self.census.owned(&uuid);
+            tracing::warn!(
+                "worker {} ({}) removed by an operator: its certificate is revoked and its {n} repos are reassigned",
+                w.id,
+                w.name
+            );
+        }
+        self.forget_holdings(&uuid);
+        if was_live {
+            self.recompute_owners();
+        }
+        (known, self.flush())
+    }
+
+    /// `gitmirrord workers approve`: the join token may enroll `uuid` once.
+    pub fn approve_worker(&mut self, uuid: Uuid) {
+        self.registry.approve(uuid);
+        self.registry_dirty = true;
+    }
+
+    /// `uuid` enrolled with the certificate of fingerprint `fp` (after [`Fleet::connect`]).
+    pub fn enrolled(&mut self, uuid: &Uuid, fp: String) {
+        self.registry.enrolled(uuid, fp);
+        self.registry_dirty = true;
+    }
+
+    /// `uuid` showed it kept its certificate (it presented it, or sent `Holdings` after
+    /// `Enrolled`, which a worker does only once the certificate is on its disk).
+    pub fn cert_confirmed(&mut self, uuid: &Uuid) {
+        if self.registry.cert_confirmed(uuid) {
+            self.registry_dirty = true;
+        }
     }
 
     /// A batch of outcomes. Duplicates (`report_id` at or below the last recorded one)
@@ -1088,6 +1162,9 @@ impl Fleet {
             return OutcomeReport::default();
         };
         w.last_seen_ms = now_ms;
+        if outcomes.iter().any(|o| o.report_id > w.last_report_id) {
+            w.last_outcome_ms = Some(now_ms);
+        }
         let worker_id = w.id;
         let mut seen = w.last_report_id;
         let mut report = OutcomeReport {
@@ -1133,12 +1210,33 @@ impl Fleet {
         let changed = success && !o.changes.is_empty();
         // Protocol 2 workers cannot be asked to relist (`published::judge`).
         let can_relist = self.registry.get(&uuid).is_some_and(|w| w.protocol >= 3);
-        self.stats.record(o);
+        let attempted = !matches!(o.result, FetchResult::Waiting { .. });
+        let asked = match self.asked.get(o.repo.as_str()) {
+            Some(a) if a.worker == uuid && attempted => {
+                let a = *a;
+                self.asked.remove(o.repo.as_str());
+                (now_ms.saturating_sub(a.at_ms) <= Self::ASK_TTL_MS).then_some(a.trigger)
+            }
+            _ => None,
+        };
         let Some((key, repo)) = self.repos.get_key_value(o.repo.as_str()) else {
             // Removed from the index meanwhile: no owner, so no event.
+            self.stats.record_as(o, asked.unwrap_or_default());
             return None;
         };
+        let st = &repo.status;
+        let trigger = asked.unwrap_or(if repo.owner != Some(uuid) {
+            Trigger::Schedule
+        } else if st.by.is_some_and(|b| b != uuid) {
+            Trigger::Handover
+        } else if cloned && st.published.is_none() && st.last_success_ms.is_none() {
+            Trigger::Index
+        } else {
+            Trigger::Schedule
+        });
+        self.stats.record_as(o, trigger);
         let (key, before) = (key.clone(), repo.facts());
+        self.history.outcome(&key, worker_id, o);
         let repo = self.repos.get_mut(o.repo.as_str())?;
         let by_owner = repo.owner == Some(uuid);
         if success {
@@ -1250,6 +1348,7 @@ impl Fleet {
             url: repo.url.to_string(),
             worker: worker_id,
             kind,
+            trigger,
             refs: news
                 .into_iter()
                 .map(|c| RefUpdate {
@@ -1311,9 +1410,18 @@ impl Fleet {
             w.disk_free_bytes = Some(s.disk_free_bytes);
             w.disk_total_bytes = Some(s.disk_total_bytes);
             w.disk_low = s.disk_low;
+            w.active_fetches = Some(s.active_fetches);
             w.status = bounded(&s.summary, 500);
             w.last_seen_ms = now_ms;
             self.registry_dirty = true;
+        }
+    }
+
+    /// Protocol 5 `Load`: kept for the per-worker series of `/metrics` (issue 16).
+    pub fn worker_load(&mut self, uuid: Uuid, load: gitmirror_wire::WorkerLoad, now_ms: i64) {
+        if let Some(w) = self.registry.get_mut(&uuid) {
+            w.load = Some(load);
+            w.last_seen_ms = now_ms;
         }
     }
 
@@ -1519,6 +1627,15 @@ impl Fleet {
         self.census == Census::from_facts(self.repos.iter().map(|(id, r)| (id, r.facts())))
     }
 
+    /// Each repo's last outcomes and events, and the per-minute series.
+    pub fn history(&self) -> &crate::history::History {
+        &self.history
+    }
+
+    pub fn history_mut(&mut self) -> &mut crate::history::History {
+        &mut self.history
+    }
+
     /// Outcomes counted since start (duplicates excluded).
     pub fn fetch_stats(&self) -> &FetchStats {
         &self.stats
@@ -1552,6 +1669,36 @@ impl Fleet {
             self.census.total(),
             self.census.in_state(RepoState::Failing)
         )
+    }
+
+    /// Most fetches remembered as asked for; beyond, they read as `schedule`.
+    pub const MAX_ASKED: usize = 100_000;
+
+    /// An ask older than this is forgotten when the report comes (the fetch is due
+    /// within a second; a report this late is not the one asked for).
+    pub const ASK_TTL_MS: i64 = 600_000;
+
+    /// The coordinator asks `worker`, the owner of `repo`, to fetch it for `trigger` (it
+    /// sends `FetchNow`) at `now_ms`.
+    pub fn asked(&mut self, repo: &str, worker: Uuid, trigger: Trigger, now_ms: i64) {
+        let Some((id, r)) = self.repos.get_key_value(repo) else {
+            return;
+        };
+        if r.owner != Some(worker) {
+            return;
+        }
+        if self.asked.len() >= Self::MAX_ASKED {
+            self.asked
+                .retain(|_, a| now_ms.saturating_sub(a.at_ms) <= Self::ASK_TTL_MS);
+        }
+        if self.asked.len() < Self::MAX_ASKED || self.asked.contains_key(repo) {
+            let a = Asked {
+                worker,
+                trigger,
+                at_ms: now_ms,
+            };
+            self.asked.insert(id.clone(), a);
+        }
     }
 
     // ----- persistence -----

@@ -1,17 +1,16 @@
-//! The HTTP API server (SPEC §9): a small, bounded HTTP/1.1 responder on the async runtime.
+//! The HTTP API server (SPEC §9) on hyper's HTTP/1.1 server.
 //!
-//! Why not tiny_http: version 0.12 has no bound on the request head, and a request whose
-//! `Content-Length` is huge but whose body ends early makes it allocate that length when
-//! the request is dropped, aborting the whole process (reproduced with
-//! `Content-Length: 99999999999999`). Here every limit is ours:
-//! at most [`MAX_CONNECTIONS`] connections at once (when all are taken, a new one
-//! displaces the connection that has waited longest without sending its whole request, so
-//! idle clients cannot lock others out; only when every connection is past its request is a
-//! new one answered 503 and closed), a head of at most [`MAX_HEAD`] bytes with no control
-//! characters and no obs-fold, a body of at most [`MAX_BODY`] bytes announced by
-//! `Content-Length` (chunked bodies are refused), and [`DEADLINE`] to send the request.
-//! Each connection is its own task, so a slow client only holds its own slot. One request
-//! per connection (`Connection: close`).
+//! hyper reads and checks the request head (docs/design.md "HTTP on hyper (issue 11)"):
+//! at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] header lines, read within [`DEADLINE`],
+//! a request line and headers as RFC 9112 has them; it answers a head it cannot take with
+//! a bare 400 or 431 and closes. The bounds that are ours: at most [`MAX_CONNECTIONS`]
+//! connections at once (when all are taken, a new one displaces the connection that has
+//! waited longest without sending its request head, so idle clients cannot lock others
+//! out; only when every connection is past its head is a new one answered 503 and
+//! closed), a body of at most [`MAX_BODY`] bytes announced by `Content-Length` (chunked
+//! bodies are refused) and read within [`DEADLINE`], one `Host` and one `Origin`. Each
+//! connection is its own task, so a slow client only holds its own slot. One request per
+//! connection (`Connection: close`).
 //!
 //! Long-polls (`GET /api/events?wait=SECS`) give their connection slot back and take one
 //! of [`MAX_LONG_POLLS`] long-poll slots instead (503 with `Retry-After` when none is
@@ -23,8 +22,8 @@
 //! and shape checked) and before anything is routed.
 //!
 //! Fleet state is owned by the main loop: queries travel there as [`HttpCall`]s and come
-//! back as [`Reply`]s, whose JSON is encoded here on a blocking thread, off the loop. Events are read from the shared log, index state from the
-//! poller's handle.
+//! back as [`Reply`]s, whose JSON is encoded here on a blocking thread, off the loop.
+//! Events are read from the shared log, index state from the poller's handle.
 
 use crate::api::{
     Answer, DEFAULT_LIMIT, DEFAULT_REPO_IDS, IdsPage, MAX_LIMIT, MAX_OFFSET, Query, Reply,
@@ -36,11 +35,13 @@ use crate::http_auth::{Caller, HttpAuth};
 use crate::index::IndexError;
 use crate::poller::{AcceptError, IndexHandle};
 use crate::refs_query::RefsRequest;
+use gitmirror_common::now_ms;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -52,7 +53,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 1 << 20;
 pub const DEADLINE: Duration = Duration::from_secs(10);
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 
 /// A question for the main loop.
 pub struct HttpCall {
@@ -69,6 +70,10 @@ pub struct HttpCtx {
     pub index: IndexHandle,
     /// Tokens and allowed hosts (SPEC §9); replaced on SIGHUP.
     pub auth: Arc<RwLock<HttpAuth>>,
+    /// Push hooks (SPEC §15): settings, per-source limit, counters.
+    pub hooks: Arc<crate::hooks::HookGate>,
+    /// `hooks_listen`: serve `POST /api/hooks/{name}` and nothing else.
+    pub hooks_only: bool,
 }
 
 impl HttpCtx {
@@ -101,11 +106,14 @@ impl HttpCtx {
 
 pub struct HttpServer {
     task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl HttpServer {
+    /// Stop accepting; open connections finish their request and close, until the
+    /// server is dropped.
     pub fn stop(&self) {
-        self.task.abort();
+        let _ = self.stop.send(true);
     }
 }
 
@@ -122,12 +130,28 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let long_polls = Arc::new(Semaphore::new(MAX_LONG_POLLS));
     let ctx = Arc::new(ctx);
+    let (stop, mut stopping) = watch::channel(false);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(DEADLINE)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false)
+        // A client may send its request and shut its side; it still gets the answer.
+        .half_close(true)
+        .title_case_headers(true);
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
-        // Connections still reading their request, oldest first: sending on one drops it.
-        let mut reading: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+        // Connections that have not sent their request head yet, oldest first.
+        let mut reading: VecDeque<Weak<Waiting>> = VecDeque::new();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stopping.changed() => break,
+            };
+            let (stream, peer) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     // E.g. out of file descriptors: wait instead of spinning.
@@ -137,52 +161,242 @@ pub fn start(listener: std::net::TcpListener, ctx: HttpCtx) -> std::io::Result<H
                 }
             };
             while conns.try_join_next().is_some() {}
-            reading.retain(|c| !c.is_closed());
+            reading.retain(|w| w.upgrade().is_some_and(|w| !w.past_head()));
             let permit = match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => make_room(&mut reading, &slots).await,
             };
-            match permit {
-                Some(permit) => {
-                    let ctx = ctx.clone();
-                    let long_polls = long_polls.clone();
-                    let (cancel, cancelled) = oneshot::channel();
-                    reading.push_back(cancel);
-                    conns.spawn(async move {
-                        serve(stream, peer, &ctx, permit, &long_polls, cancelled).await;
-                    });
-                }
-                None => {
-                    let a = Answer::error(503, "too many connections; try again");
-                    let _ = stream.try_write(&response_bytes(&a, None));
-                }
-            }
+            let Some(permit) = permit else {
+                let a = Answer::error(503, "too many connections; try again");
+                let _ = stream.try_write(&bare_response(&a));
+                continue;
+            };
+            let waiting = Arc::new(Waiting::default());
+            reading.push_back(Arc::downgrade(&waiting));
+            let conn = Conn {
+                ctx: ctx.clone(),
+                peer,
+                // Unknown (never seen in practice): no Host can name it, so tokenless
+                // changes are refused.
+                local: stream
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                slot: Mutex::new(Some(permit)),
+                long_polls: long_polls.clone(),
+                waiting: waiting.clone(),
+            };
+            let http1 = http1.clone();
+            let stopping = stopping.clone();
+            conns.spawn(serve(http1, stream, Arc::new(conn), waiting, stopping));
         }
+        // Stopping: no new connections; those open finish their request (bounded by
+        // DEADLINE) unless the server is dropped first.
+        while conns.join_next().await.is_some() {}
     });
-    Ok(HttpServer { task })
+    Ok(HttpServer { task, stop })
 }
 
-/// Every connection slot is taken: drop the connection that has waited longest without
-/// sending its whole request and take its slot. A client sends its request as soon as it
-/// connects, so only idle or stalled ones are displaced. `None` when every connection is
-/// past its request.
+/// A connection that has not sent its request head yet can be displaced.
+#[derive(Default)]
+struct Waiting {
+    /// Set once hyper has read the request head.
+    head_read: std::sync::atomic::AtomicBool,
+    displace: tokio::sync::Notify,
+}
+
+impl Waiting {
+    fn past_head(&self) -> bool {
+        self.head_read.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Every connection slot is taken: displace the connection that has waited longest
+/// without sending its request head and take its slot. A client sends its request as
+/// soon as it connects, so only idle or stalled ones are displaced. `None` when every
+/// connection is past its head.
 async fn make_room(
-    reading: &mut VecDeque<oneshot::Sender<()>>,
+    reading: &mut VecDeque<Weak<Waiting>>,
     slots: &Arc<Semaphore>,
 ) -> Option<OwnedSemaphorePermit> {
-    // The oldest one still reading (a send fails on one that finished meanwhile).
-    std::iter::from_fn(|| reading.pop_front()).find_map(|c| c.send(()).ok())?;
+    let oldest = std::iter::from_fn(|| reading.pop_front())
+        .filter_map(|w| w.upgrade())
+        .find(|w| !w.past_head())?;
+    oldest.displace.notify_one();
     tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
         .await
         .ok()?
         .ok()
 }
 
-/// A parsed request.
+/// What a connection's requests share.
+struct Conn {
+    ctx: Arc<HttpCtx>,
+    peer: SocketAddr,
+    /// The address the client connected to: the `Host` of a change must name it.
+    local: SocketAddr,
+    /// The connection slot, held until the connection ends, or traded for a long-poll slot.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    long_polls: Arc<Semaphore>,
+    waiting: Arc<Waiting>,
+}
+
+/// A response as hyper writes it.
+type Resp = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+/// Ends the connection without an answer (a body that never arrived whole).
+type ServeError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve(
+    http1: hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    waiting: Arc<Waiting>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let served = conn.clone();
+    let service = hyper::service::service_fn(move |req| handle(req, served.clone()));
+    let mut http = http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut stop_seen = false;
+    loop {
+        tokio::select! {
+            _ = &mut http => break,
+            _ = waiting.displace.notified(), if !waiting.past_head() => {
+                // Displaced by a newer connection while this one had not sent its head.
+                let a = Answer::error(503, "too many connections; this one was idle the longest");
+                let _ = http.into_parts().io.into_inner().try_write(&bare_response(&a));
+                break;
+            }
+            _ = stopping.changed(), if !stop_seen => {
+                stop_seen = true;
+                std::pin::Pin::new(&mut http).graceful_shutdown();
+            }
+        }
+    }
+    // The slot, unless a long-poll traded it.
+    drop(conn.slot.lock().map(|mut s| s.take()));
+}
+
+/// Serve one request hyper has read the head of.
+async fn handle(req: hyper::Request<Incoming>, conn: Arc<Conn>) -> Result<Resp, ServeError> {
+    conn.waiting
+        .head_read
+        .store(true, std::sync::atomic::Ordering::Release);
+    let (parts, body) = req.into_parts();
+    let mut req = match Request::from_head(&parts, conn.peer, conn.local) {
+        Ok(r) => r,
+        Err(a) => return Ok(response(a, None)),
+    };
+    // SPEC §15: a hook call is limited per source and by size before its body is read;
+    // the hooks listener serves nothing else.
+    let hook = crate::hooks::hook_name(&req.path).is_some();
+    if conn.ctx.hooks_only && !hook {
+        return Ok(response(Answer::error(404, "not found"), None));
+    }
+    if hook {
+        let announced = hyper::body::Body::size_hint(&body).lower();
+        let peer = conn.peer.ip();
+        if let Err(a) = conn
+            .ctx
+            .hooks
+            .admit(peer, &req.headers, announced, now_ms())
+        {
+            return Ok(response(a, None));
+        }
+    }
+    if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        let a = Answer::error(411, "chunked bodies are not accepted; send Content-Length");
+        return Ok(response(a, None));
+    }
+    if hyper::body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        let a = Answer::error(413, &format!("request body exceeds {MAX_BODY} bytes"));
+        return Ok(response(a, None));
+    }
+    // The whole body before anything is acted on: a request cut short is not served.
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    req.body = match tokio::time::timeout(DEADLINE, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes().to_vec(),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Ok(response(
+                Answer::error(408, "request not received in time"),
+                None,
+            ));
+        }
+    };
+    let ctx = &conn.ctx;
+    // Size and shape were checked while reading; who may ask comes next, before any work.
+    let checked = ctx.authorize(&req);
+    let (answer, allow) = match checked.map(|()| long_poll_wait(&req)) {
+        Err(a) => (a, None),
+        Ok(Some(Ok(wait))) => match conn.long_polls.clone().try_acquire_owned() {
+            Ok(lp) => {
+                // Trade the connection slot for the long-poll slot while waiting.
+                drop(conn.slot.lock().map(|mut s| s.take()));
+                let a = long_poll(&req, ctx, wait).await;
+                drop(lp);
+                (a, None)
+            }
+            Err(_) => (
+                Answer::error(
+                    503,
+                    &format!("{MAX_LONG_POLLS} long-polls are waiting already; try again"),
+                )
+                .with_header("Retry-After", "1"),
+                None,
+            ),
+        },
+        Ok(Some(Err(a))) => (a, None),
+        Ok(None) => dispatch(&req, ctx).await,
+    };
+    Ok(response(answer, allow))
+}
+
+fn response(a: Answer, allow: Option<&str>) -> Resp {
+    let mut r = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(a.body)));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(a.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    let mut add = |k: &str, v: &str| {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_str(v),
+        ) {
+            h.append(k, v);
+        }
+    };
+    add("Content-Type", a.content_type);
+    add("Cache-Control", "no-store");
+    add("Connection", "close");
+    if let Some(allow) = allow {
+        add("Allow", allow);
+    }
+    for (k, v) in a.headers {
+        add(k, &v);
+    }
+    r
+}
+
+/// A whole response written straight to a socket hyper does not serve (a connection
+/// turned away).
+fn bare_response(a: &Answer) -> Vec<u8> {
+    let status = hyper::StatusCode::from_u16(a.status).ok();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        a.status,
+        status.and_then(|s| s.canonical_reason()).unwrap_or(""),
+        a.content_type,
+        a.body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&a.body);
+    out
+}
+
+/// A request as the router sees it.
 #[derive(Debug)]
 pub struct Request {
     pub method: String,
-    /// Percent-decoded path.
+    /// Percent-decoded path; the whole target when it is not a path (`*`,
+    /// `http://host/…`, `host:port`), which no route takes.
     pub path: String,
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
@@ -193,6 +407,55 @@ pub struct Request {
 }
 
 impl Request {
+    /// What hyper read, checked for what hyper allows and we do not: header values that
+    /// are not UTF-8, more than one `Host` or `Origin`, bad percent-encoding.
+    fn from_head(
+        parts: &hyper::http::request::Parts,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Self, Answer> {
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        for (k, v) in &parts.headers {
+            let v = std::str::from_utf8(v.as_bytes())
+                .map_err(|_| Answer::error(400, &format!("header {k} is not UTF-8")))?;
+            headers.push((k.as_str().to_owned(), v.to_owned()));
+        }
+        // Two of these would let what the Host and Origin checks (SPEC §9) look at differ
+        // from what another reader of the request sees (RFC 9112 §3.2: 400 for more than
+        // one Host). hyper refuses two different Content-Lengths itself.
+        for name in [hyper::header::HOST, hyper::header::ORIGIN] {
+            if parts.headers.get_all(&name).iter().count() > 1 {
+                return Err(Answer::error(400, &format!("more than one {name}")));
+            }
+        }
+        let uri = &parts.uri;
+        let (path, raw_query) = if uri.scheme().is_none() && uri.authority().is_none() {
+            let path =
+                percent_decode(uri.path()).ok_or_else(|| Answer::error(400, "malformed path"))?;
+            (path, uri.query().unwrap_or(""))
+        } else {
+            (uri.to_string(), "")
+        };
+        let mut query = Vec::new();
+        for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| percent_decode(&s.replace('+', " "));
+            match (dec(k), dec(v)) {
+                (Some(k), Some(v)) => query.push((k, v)),
+                _ => return Err(Answer::error(400, "malformed query string")),
+            }
+        }
+        Ok(Request {
+            method: parts.method.as_str().to_owned(),
+            path,
+            query,
+            headers,
+            body: Vec::new(),
+            peer,
+            local,
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -206,268 +469,6 @@ impl Request {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &HttpCtx,
-    permit: OwnedSemaphorePermit,
-    long_polls: &Arc<Semaphore>,
-    cancelled: oneshot::Receiver<()>,
-) {
-    // Unknown (never seen in practice): no Host can name it, so tokenless changes are refused.
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let read = tokio::select! {
-        r = tokio::time::timeout(DEADLINE, read_request(&mut stream, peer, local)) => Some(r),
-        _ = cancelled => None,
-    };
-    let Some(read) = read else {
-        // Displaced by a newer connection while this one had not sent its request.
-        let a = Answer::error(503, "too many connections; this one was idle the longest");
-        let _ = stream.try_write(&response_bytes(&a, None));
-        return;
-    };
-    let req = match read {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return,
-        Ok(Err(a)) => {
-            let _ =
-                tokio::time::timeout(DEADLINE, stream.write_all(&response_bytes(&a, None))).await;
-            return;
-        }
-        Err(_) => {
-            let a = Answer::error(408, "request not received in time");
-            let _ =
-                tokio::time::timeout(DEADLINE, stream.write_all(&response_bytes(&a, None))).await;
-            return;
-        }
-    };
-    // Held until the answer is written, except by a long-poll, which trades it for a
-    // long-poll slot.
-    let mut slot = Some(permit);
-    let mut long_slot = None;
-    // Size and shape were checked while reading; who may ask comes next, before any work.
-    let checked = ctx.authorize(&req);
-    let (answer, allow) = match checked.map(|()| long_poll_wait(&req)) {
-        Err(a) => (a, None),
-        Ok(wait) => match wait {
-            Some(Ok(wait)) => match long_polls.clone().try_acquire_owned() {
-                Ok(lp) => {
-                    long_slot = Some(lp);
-                    slot = None;
-                    (long_poll(&req, ctx, wait, &mut stream).await, None)
-                }
-                Err(_) => (
-                    Answer::error(
-                        503,
-                        &format!("{MAX_LONG_POLLS} long-polls are waiting already; try again"),
-                    )
-                    .with_header("Retry-After", "1"),
-                    None,
-                ),
-            },
-            Some(Err(a)) => (a, None),
-            None => dispatch(&req, ctx).await,
-        },
-    };
-    let bytes = response_bytes(&answer, allow);
-    if tokio::time::timeout(DEADLINE, stream.write_all(&bytes))
-        .await
-        .is_ok()
-    {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    }
-    drop((slot, long_slot));
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
-fn response_bytes(a: &Answer, allow: Option<&str>) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
-        a.status,
-        reason(a.status),
-        a.content_type,
-        a.body.len()
-    );
-    if let Some(allow) = allow {
-        head.push_str(&format!("Allow: {allow}\r\n"));
-    }
-    for (k, v) in &a.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&a.body);
-    out
-}
-
-/// Read one request within the limits. `Ok(None)`: the client went away silently.
-async fn read_request(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-) -> Result<Option<Request>, Answer> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(Answer::error(
-                431,
-                &format!("request head exceeds {MAX_HEAD} bytes"),
-            ));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| Answer::error(400, "read error"))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if head_end > MAX_HEAD {
-        return Err(Answer::error(
-            431,
-            &format!("request head exceeds {MAX_HEAD} bytes"),
-        ));
-    }
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| Answer::error(400, "request head is not UTF-8"))?;
-    // CR and LF only as line ends; no NUL, escape or other control byte anywhere.
-    let control = |c: char| (c.is_ascii_control() && c != '\t') || c == '\u{7f}';
-    if head.split("\r\n").any(|line| line.contains(control)) {
-        return Err(Answer::error(400, "request head holds a control character"));
-    }
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Answer::error(400, "malformed request line"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(Answer::error(505, "only HTTP/1.x is served"));
-    }
-    let mut headers = Vec::new();
-    for line in lines {
-        if line.starts_with([' ', '\t']) {
-            return Err(Answer::error(
-                400,
-                "folded header lines (obs-fold) are not accepted",
-            ));
-        }
-        let Some((k, v)) = line.split_once(':') else {
-            return Err(Answer::error(400, "malformed header line"));
-        };
-        if k.is_empty() || k.contains([' ', '\t']) {
-            return Err(Answer::error(400, "malformed header name"));
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(Answer::error(431, "too many header lines"));
-        }
-        headers.push((k.to_owned(), v.trim().to_owned()));
-    }
-    // Two of these would let the length, or what the Host and Origin checks (SPEC §9)
-    // look at, differ from what another reader of the request sees (RFC 9112 §3.2: 400
-    // for more than one Host).
-    for name in ["Content-Length", "Host", "Origin"] {
-        let n = headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .count();
-        if n > 1 {
-            return Err(Answer::error(400, &format!("more than one {name}")));
-        }
-    }
-    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let path = percent_decode(raw_path).ok_or_else(|| Answer::error(400, "malformed path"))?;
-    let mut query = Vec::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| percent_decode(&s.replace('+', " "));
-        match (dec(k), dec(v)) {
-            (Some(k), Some(v)) => query.push((k, v)),
-            _ => return Err(Answer::error(400, "malformed query string")),
-        }
-    }
-    let mut req = Request {
-        method: method.to_owned(),
-        path,
-        query,
-        headers,
-        body: Vec::new(),
-        peer,
-        local,
-    };
-    if req.header("transfer-encoding").is_some() {
-        return Err(Answer::error(
-            411,
-            "chunked bodies are not accepted; send Content-Length",
-        ));
-    }
-    let len = match req.header("content-length") {
-        None => 0,
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| Answer::error(400, "bad Content-Length"))?,
-    };
-    if len > MAX_BODY as u64 {
-        return Err(Answer::error(
-            413,
-            &format!("request body exceeds {MAX_BODY} bytes"),
-        ));
-    }
-    let len = len as usize;
-    let mut body = buf.split_off(head_end + 4);
-    if body.len() > len {
-        body.truncate(len);
-    }
-    while body.len() < len {
-        let want = (len - body.len()).min(chunk.len());
-        let n = stream
-            .read(&mut chunk[..want])
-            .await
-            .map_err(|_| Answer::error(400, "read error"))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    req.body = body;
-    Ok(Some(req))
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -508,14 +509,41 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
     let get = req.method == "GET";
     let post = req.method == "POST";
     match segs.as_slice() {
+        ["api", "hooks", name] => (hook(req, name, ctx).await, None),
+        _ if ctx.hooks_only => (Answer::error(404, "not found"), None),
         ["healthz"] if get => (Answer::text(200, "ok\n"), None),
         ["healthz"] => method_not_allowed("GET"),
         [""] if get => (ask(ctx, Query::Page).await, None),
         [""] => method_not_allowed("GET"),
+        ["repos"] if get => {
+            let q = req.param("q").unwrap_or("").trim().to_owned();
+            let after = cursor(req);
+            (ask(ctx, Query::RepoSearch { q, after }).await, None)
+        }
+        ["repos"] => method_not_allowed("GET"),
+        ["repos", a, b, c] if get => (
+            ask(ctx, Query::RepoPage(format!("{a}/{b}/{c}"))).await,
+            None,
+        ),
+        ["repos", _, _, _] => method_not_allowed("GET"),
         ["metrics"] if get => (ask(ctx, Query::Metrics).await, None),
         ["metrics"] => method_not_allowed("GET"),
         ["api", "status"] if get => (ask(ctx, Query::Status).await, None),
         ["api", "workers"] if get => (ask(ctx, Query::Workers).await, None),
+        ["api", "workers", "pending"] if get => (ask(ctx, Query::Pending).await, None),
+        ["api", "workers", uuid, action @ ("approve" | "remove")] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            match uuid.parse::<uuid::Uuid>() {
+                Ok(u) if *action == "approve" => (ask(ctx, Query::Approve(u)).await, None),
+                Ok(u) => (ask(ctx, Query::Remove(u)).await, None),
+                Err(_) => (
+                    Answer::error(400, &format!("{uuid:?} is not a worker uuid")),
+                    None,
+                ),
+            }
+        }
         ["api", "workers", id] if get => match id.parse::<u32>() {
             Ok(id) => match ids_page(req) {
                 Ok(p) => (ask(ctx, Query::Worker(id, p)).await, None),
@@ -646,6 +674,22 @@ fn ids_page(req: &Request) -> Result<IdsPage, Answer> {
     })
 }
 
+/// `POST /api/hooks/{name}` (SPEC §15): checked here, matched by the main loop.
+async fn hook(req: &Request, name: &str, ctx: &HttpCtx) -> Answer {
+    let checked = ctx.hooks.check(
+        &req.method,
+        name,
+        &req.headers,
+        &req.body,
+        req.peer.ip(),
+        now_ms(),
+    );
+    match checked {
+        Ok(urls) => ask(ctx, Query::Hook(urls)).await,
+        Err(a) => a,
+    }
+}
+
 async fn ask(ctx: &HttpCtx, query: Query) -> Answer {
     let (reply, rx) = oneshot::channel();
     match tokio::time::timeout(DEADLINE, ctx.calls.send(HttpCall { query, reply })).await {
@@ -726,30 +770,16 @@ fn long_poll_wait(req: &Request) -> Option<Result<Duration, Answer>> {
     }
 }
 
-/// Wait until an event after `since` is durable (or `wait` passes, or the client goes
-/// away), then answer like a plain `GET /api/events`.
-async fn long_poll(req: &Request, ctx: &HttpCtx, wait: Duration, stream: &mut TcpStream) -> Answer {
+/// Wait until an event after `since` is durable (or `wait` passes), then answer like a
+/// plain `GET /api/events`.
+async fn long_poll(req: &Request, ctx: &HttpCtx, wait: Duration) -> Answer {
     let since = match events_range(req) {
         Ok((since, _)) => since,
         Err(a) => return a,
     };
     let mut seq = ctx.last_seq.clone();
-    let deadline = tokio::time::Instant::now() + wait;
-    // The client sends nothing more on this connection: a read that ends means it left.
-    let mut watch_client = true;
-    let mut probe = [0u8; 64];
-    loop {
-        tokio::select! {
-            // Err: the main loop is gone (stopping); answer with what there is.
-            _ = seq.wait_for(|s| *s > since) => break,
-            _ = tokio::time::sleep_until(deadline) => break,
-            r = stream.read(&mut probe), if watch_client => match r {
-                Ok(0) | Err(_) => return Answer::text(499, ""),
-                // A pipelined request is not served; keep waiting without reading.
-                Ok(_) => watch_client = false,
-            },
-        }
-    }
+    // Err: the main loop is gone (stopping); answer with what there is.
+    let _ = tokio::time::timeout(wait, seq.wait_for(|s| *s > since)).await;
     events(req, ctx).await
 }
 
@@ -815,6 +845,8 @@ mod tests {
                 api_token: token.map(|t| crate::config::ApiToken(t.into())),
                 ..HttpAuth::default()
             })),
+            hooks: Arc::default(),
+            hooks_only: false,
         }
     }
 
@@ -933,10 +965,10 @@ mod tests {
 
     #[test]
     fn response_has_length_and_close() {
-        let b = response_bytes(&Answer::text(200, "ok\n"), None);
+        let b = bare_response(&Answer::text(503, "busy\n"));
         let s = String::from_utf8(b).unwrap();
-        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
-        assert!(s.contains("Content-Length: 3\r\n") && s.contains("Connection: close\r\n"));
-        assert!(s.ends_with("\r\n\r\nok\n"));
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{s}");
+        assert!(s.contains("Content-Length: 5\r\n") && s.contains("Connection: close\r\n"));
+        assert!(s.ends_with("\r\n\r\nbusy\n"));
     }
 }

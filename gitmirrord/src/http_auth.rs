@@ -14,7 +14,7 @@
 //!   attacker's name as `Host`).
 //! - Reads need `Authorization: Bearer <read token or api token>` when
 //!   `api_read_token_file` is set. `/healthz` is always open.
-//! - Push-hook endpoints (SPEC §15, not built yet) are [`Access::Hook`]: they
+//! - Push-hook endpoints (SPEC §15, `crate::hooks`) are [`Access::Hook`]: they
 //!   authenticate by their own signatures, so nothing is checked here.
 
 use crate::api::Answer;

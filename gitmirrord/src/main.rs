@@ -39,6 +39,23 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Manage enrolled workers (SPEC §17) through the running daemon's API (`http_listen`,
+    /// with `api_token_file`'s token when set).
+    Workers {
+        #[command(subcommand)]
+        action: WorkersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkersAction {
+    /// List the workers, and those waiting for approval (`enroll: manual`).
+    List,
+    /// Let the join token enroll this uuid once: a pending worker, a removed one, or one
+    /// that lost its certificate.
+    Approve { uuid: uuid::Uuid },
+    /// Revoke this worker's certificate, close its connection and move its repos now.
+    Remove { uuid: uuid::Uuid },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +64,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::JoinToken { rotate }) => join_token(&cli.config, rotate),
+        Some(Command::Workers { action }) => workers(&cli.config, action),
         None => daemon(&cli.config),
     }
 }
@@ -69,6 +87,84 @@ fn check_config(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// `gitmirrord workers …`: one call to the daemon's API, whose answer is printed.
+fn workers(path: &Path, action: WorkersAction) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let calls: Vec<(bool, String)> = match &action {
+        WorkersAction::List => vec![
+            (false, "/api/workers".to_owned()),
+            (false, "/api/workers/pending".to_owned()),
+        ],
+        WorkersAction::Approve { uuid } => vec![(true, format!("/api/workers/{uuid}/approve"))],
+        WorkersAction::Remove { uuid } => vec![(true, format!("/api/workers/{uuid}/remove"))],
+    };
+    let run = async move {
+        let client = gitmirrord::ctl::ApiClient::for_config(
+            &cfg,
+            concat!("gitmirrord/", env!("CARGO_PKG_VERSION")),
+        )?;
+        let mut out = Vec::new();
+        for (post, path) in calls {
+            out.push(client.call(post, &path).await?);
+        }
+        Ok::<_, gitmirrord::ctl::CallError>(out)
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gitmirrord: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(bodies) => {
+            match action {
+                WorkersAction::List => print_workers(&bodies[0], &bodies[1]),
+                _ => println!("{}", bodies[0].trim()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gitmirrord: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line per worker, then one per worker waiting for approval.
+fn print_workers(workers: &str, pending: &str) {
+    let parse = |s: &str| serde_json::from_str::<Vec<serde_json::Value>>(s).unwrap_or_default();
+    let field = |v: &serde_json::Value, k: &str| gitmirrord::ctl::cell(&v[k]);
+    println!("ID\tUUID\tNAME\tSTATE\tENROLLED\tREPOS");
+    for w in parse(workers) {
+        let state = if w["removed"] == true {
+            "removed".to_owned()
+        } else {
+            field(&w, "state")
+        };
+        println!(
+            "{}\t{}\t{}\t{state}\t{}\t{}",
+            field(&w, "id"),
+            field(&w, "uuid"),
+            field(&w, "name"),
+            if w["enrolled"] == true {
+                "yes"
+            } else {
+                "no (join token)"
+            },
+            field(&w, "repos"),
+        );
+    }
+    let pending = serde_json::from_str(pending).unwrap_or(serde_json::Value::Null);
+    print!("{}", gitmirrord::ctl::pending_table(&pending, "gitmirrord"));
 }
 
 fn join_token(path: &Path, rotate: bool) -> ExitCode {
@@ -103,8 +199,9 @@ fn join_token(path: &Path, rotate: bool) -> ExitCode {
             }
             if rotate {
                 eprintln!(
-                    "gitmirrord: replaced the join secret in {}: the old token no longer admits workers; \
-                     connected workers stay connected, a reconnecting one needs this token",
+                    "gitmirrord: replaced the join secret in {}: the old token no longer admits or enrolls \
+                     workers; connected workers stay connected, enrolled ones reconnect with their \
+                     certificates, a reconnecting worker not enrolled yet needs this token",
                     cfg.state_dir.join(trust::SECRET_FILE).display()
                 );
             }

@@ -26,6 +26,17 @@ fn histogram(h: &Histogram, w: &mut Writer, name: &str) {
     w.sample(&format!("{name}_count"), &[], h.count() as f64);
 }
 
+/// Push hooks (SPEC §15), for `gitmirror_hook_*`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HookMetrics {
+    /// Calls by result (`matched`, `unmatched`, refusals by reason).
+    pub results: Vec<(&'static str, u64)>,
+    /// Push-triggered fetches asked of workers.
+    pub fetches: u64,
+    /// Repos inside their `hooks_min_gap` (a push there waits for the gap's end).
+    pub gaps_open: usize,
+}
+
 /// One webhook's delivery state, for `gitmirror_webhook_*`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookMetric {
@@ -37,11 +48,26 @@ pub struct WebhookMetric {
     pub skipped: u64,
 }
 
+/// One live worker's load, for the `gitmirror_worker_*` series (issue 16): labelled by
+/// worker id only, so their number is bounded by the workers, never by repos.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSeries {
+    pub id: u32,
+    pub fetches_running: Option<u32>,
+    /// Protocol 5 workers only (`WorkerMsg::Load`).
+    pub load: Option<gitmirror_wire::WorkerLoad>,
+    pub disk_free_bytes: Option<u64>,
+    /// Seconds since its last outcome was applied (since the coordinator started).
+    pub last_outcome_age_secs: Option<f64>,
+}
+
 /// The fleet's counters at scrape time: copied on the main loop in O(workers + buckets),
 /// rendered elsewhere.
 #[derive(Debug, Clone)]
 pub struct FleetCounts {
     workers: Vec<(&'static str, usize)>,
+    /// Workers not dead, by id.
+    per_worker: Vec<WorkerSeries>,
     repos: Vec<(&'static str, usize)>,
     fetches: FetchStats,
     staleness: Histogram,
@@ -55,6 +81,23 @@ impl FleetCounts {
                 .into_iter()
                 .map(|s| (s.as_str(), registry.iter().filter(|w| w.state == s).count()))
                 .collect(),
+            per_worker: {
+                let mut v: Vec<WorkerSeries> = registry
+                    .iter()
+                    .filter(|w| w.state != WorkerState::Dead)
+                    .map(|w| WorkerSeries {
+                        id: w.id,
+                        fetches_running: w.active_fetches,
+                        load: w.load.clone(),
+                        disk_free_bytes: w.disk_free_bytes,
+                        last_outcome_age_secs: w
+                            .last_outcome_ms
+                            .map(|t| now_ms.saturating_sub(t).max(0) as f64 / 1000.0),
+                    })
+                    .collect();
+                v.sort_by_key(|w| w.id);
+                v
+            },
             repos: RepoState::ALL
                 .into_iter()
                 .map(|s| (s.as_str(), census.in_state(s)))
@@ -79,6 +122,8 @@ pub struct Inputs<'a> {
     pub webhooks: &'a [WebhookMetric],
     /// Outcome batches applied whose acknowledgement waits for the event log.
     pub batches_waiting: usize,
+    /// Push-hook counters (SPEC §15).
+    pub hooks: &'a HookMetrics,
 }
 
 /// Render the whole exposition.
@@ -117,6 +162,8 @@ pub fn render(i: &Inputs<'_>) -> String {
         w.sample("gitmirror_workers", &[("state", state)], *n as f64);
     }
 
+    per_worker(&i.fleet.per_worker, &mut w);
+
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
     for (state, n) in &i.fleet.repos {
         w.sample("gitmirror_repos", &[("state", state)], *n as f64);
@@ -126,15 +173,42 @@ pub fn render(i: &Inputs<'_>) -> String {
     w.family(
         "gitmirror_fetches_total",
         "counter",
-        "Fetch outcomes reported by workers since the coordinator started.",
+        "Fetch outcomes reported by workers since the coordinator started, by outcome and by what made the fetch (trigger: schedule, push, manual, index, handover).",
     );
     for o in OUTCOMES {
+        for t in crate::events::Trigger::ALL {
+            let t = t.as_str();
+            w.sample(
+                "gitmirror_fetches_total",
+                &[("outcome", o), ("trigger", t)],
+                stats.count_by(o, t) as f64,
+            );
+        }
+    }
+    w.family(
+        "gitmirror_hook_requests_total",
+        "counter",
+        "Push-hook calls (SPEC §15) since the coordinator started: matched or unmatched, or refused by reason.",
+    );
+    for (result, n) in &i.hooks.results {
         w.sample(
-            "gitmirror_fetches_total",
-            &[("outcome", o)],
-            stats.count(o) as f64,
+            "gitmirror_hook_requests_total",
+            &[("result", result)],
+            *n as f64,
         );
     }
+    w.family(
+        "gitmirror_hook_fetches_total",
+        "counter",
+        "Push-triggered fetches asked of workers (after coalescing per hooks_min_gap).",
+    );
+    w.sample("gitmirror_hook_fetches_total", &[], i.hooks.fetches as f64);
+    w.family(
+        "gitmirror_hook_gaps_open",
+        "gauge",
+        "Repos inside their hooks_min_gap: a push for one of them is fetched at the gap's end.",
+    );
+    w.sample("gitmirror_hook_gaps_open", &[], i.hooks.gaps_open as f64);
     w.family(
         "gitmirror_fetch_duration_seconds",
         "histogram",
@@ -270,6 +344,51 @@ pub fn render(i: &Inputs<'_>) -> String {
         );
     }
     w.out
+}
+
+/// The `gitmirror_worker_*` families: one sample per live worker that reported the value.
+fn per_worker(workers: &[WorkerSeries], w: &mut Writer) {
+    type Get = fn(&WorkerSeries) -> Option<f64>;
+    let families: [(&str, &str, Get); 6] = [
+        (
+            "gitmirror_worker_fetch_queue",
+            "Fetches and clones due on the worker and waiting for a slot (protocol 5 workers).",
+            |s| s.load.as_ref().map(|l| f64::from(l.queued_fetches)),
+        ),
+        (
+            "gitmirror_worker_fetches_running",
+            "Fetches and clones running on the worker.",
+            |s| s.fetches_running.map(f64::from),
+        ),
+        (
+            "gitmirror_worker_fetch_concurrency",
+            "The worker's fetch.concurrency: the most fetches and clones that run at once (protocol 5 workers).",
+            |s| s.load.as_ref().map(|l| f64::from(l.fetch_concurrency)),
+        ),
+        (
+            "gitmirror_worker_disk_free_bytes",
+            "Free bytes on the worker's mirror file system.",
+            |s| s.disk_free_bytes.map(|b| b as f64),
+        ),
+        (
+            "gitmirror_worker_disk_min_free_bytes",
+            "The worker's disk.min_free in bytes: below it no new clone starts (protocol 5 workers).",
+            |s| s.load.as_ref().map(|l| l.disk_min_free_bytes as f64),
+        ),
+        (
+            "gitmirror_worker_last_outcome_age_seconds",
+            "Seconds since the coordinator last applied a fetch outcome of the worker (absent before its first since the coordinator started).",
+            |s| s.last_outcome_age_secs,
+        ),
+    ];
+    for (name, help, get) in families {
+        w.family(name, "gauge", help);
+        for s in workers {
+            if let Some(v) = get(s) {
+                w.sample(name, &[("worker", &s.id.to_string())], v);
+            }
+        }
+    }
 }
 
 /// A float as Prometheus writes it.

@@ -34,6 +34,9 @@ pub struct PageInputs<'a> {
     pub last_seq: u64,
     pub index: &'a [IndexStatus],
     pub webhooks: &'a [WebhookMetric],
+    /// The staleness plot's ceiling, and where it comes from.
+    pub max_interval_secs: u64,
+    pub max_interval_from: &'a str,
 }
 
 /// Escape text for HTML element content and attribute values.
@@ -54,7 +57,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// The first `n` characters, with an ellipsis when cut.
-fn cut(s: &str, n: usize) -> String {
+pub(crate) fn cut(s: &str, n: usize) -> String {
     let mut out: String = s.chars().take(n).collect();
     if s.chars().nth(n).is_some() {
         out.push('…');
@@ -63,7 +66,7 @@ fn cut(s: &str, n: usize) -> String {
 }
 
 /// `3 s`, `5 min`, `2 h`, `4 d`.
-fn ago(secs: i64) -> String {
+pub(crate) fn ago(secs: i64) -> String {
     let s = secs.max(0);
     if s < 60 {
         format!("{s} s")
@@ -74,6 +77,63 @@ fn ago(secs: i64) -> String {
     } else {
         format!("{} d {} h", s / 86_400, s % 86_400 / 3600)
     }
+}
+
+/// A link to the repo's page (`/repos/{id}`), its id as the text.
+pub fn repo_link(id: &str) -> String {
+    format!(
+        "<a class=\"mono\" href=\"{}\">{}</a>",
+        esc(&repo_path(id)),
+        esc(id)
+    )
+}
+
+/// `/repos/{id}`, every byte but unreserved ones and `/` percent-encoded.
+pub fn repo_path(id: &str) -> String {
+    let mut out = String::from("/repos/");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// An event kind as the API spells it.
+pub(crate) fn kind_str(k: crate::events::EventKind) -> &'static str {
+    match k {
+        crate::events::EventKind::Cloned => "cloned",
+        crate::events::EventKind::Updated => "updated",
+        crate::events::EventKind::Removed => "removed",
+    }
+}
+
+/// Ref changes, one line each, and "+N more" when the event had `total`.
+pub(crate) fn ref_changes(refs: &[crate::events::RefUpdate], total: u64) -> String {
+    let short = |v: &Option<String>| {
+        v.as_deref()
+            .map_or("∅".to_owned(), |s| s.chars().take(9).collect())
+    };
+    let mut out = String::new();
+    for r in refs {
+        let _ = write!(
+            out,
+            "<div class=\"mono\">{} <span class=\"muted\">{} → {}</span></div>",
+            esc(&cut(&r.name, 80)),
+            esc(&short(&r.old)),
+            esc(&short(&r.new)),
+        );
+    }
+    if total > refs.len() as u64 {
+        let _ = write!(
+            out,
+            "<div class=\"muted\">+{} more</div>",
+            total - refs.len() as u64
+        );
+    }
+    out
 }
 
 fn bytes(n: u64) -> String {
@@ -91,7 +151,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2933;background:#f3f5f8}
 header{background:#1f2d3d;color:#fff;padding:14px 28px;display:flex;align-items:baseline;gap:18px;flex-wrap:wrap}
@@ -122,6 +182,15 @@ code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12.
 .empty{color:#7b8794;font-style:italic;padding:4px 0}
 footer{color:#7b8794;font-size:12px;padding:0 28px 24px}
 footer a{color:#3b6fb6}
+a.mono{color:#1f4f8f;text-decoration:none}a.mono:hover{text-decoration:underline}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:4px 18px;margin:0}
+dl.kv dt{color:#5b6b7c}dl.kv dd{margin:0}
+.why{font-size:15px;margin:4px 0 10px}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px}
+.plots section{margin-bottom:0}
+.legend{display:flex;flex-wrap:wrap;gap:12px;font-size:12px;color:#5b6b7c}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+.groups{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 "#;
 
 /// Render the page.
@@ -151,6 +220,7 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
         esc(&gitmirror_common::rfc3339_ms(p.now_ms)),
     );
 
+    h.push_str(&crate::repo_page::search_form(""));
     // Tiles.
     h.push_str("<div class=\"tiles\">");
     let tile = |h: &mut String, class: &str, num: String, label: &str| {
@@ -194,6 +264,7 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
     tile(&mut h, "info", format!("#{}", p.last_seq), "last event");
     h.push_str("</div>");
 
+    plots(&mut h, fleet, p);
     workers(&mut h, fleet, p.now_ms);
     failing_repos(&mut h, fleet, p.now_ms);
     events(&mut h, p);
@@ -207,6 +278,207 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
          <a href=\"/metrics\">/metrics</a></footer></body></html>\n",
     );
     h
+}
+
+/// `60`, `5m`, `2h`, `7d`: a bucket bound, short.
+fn short(secs: f64) -> String {
+    let s = secs as i64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m", s / 60)
+    } else if s < 86_400 {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{}d", s / 86_400)
+    }
+}
+
+/// The plots (issue 16 item 2), each from a bounded aggregate: the census's staleness
+/// counts (an hour of seconds and a week of minutes at most), the history's 60 minute
+/// slots, the registry, and the census's failing groups.
+fn plots(h: &mut String, fleet: &Fleet, p: &PageInputs<'_>) {
+    use crate::plots;
+    let census = fleet.census();
+    h.push_str("<div class=\"plots\">");
+
+    // Staleness: per bucket, from the cumulative counts.
+    let mut prev = 0;
+    let mut buckets = Vec::new();
+    let mut marker = None;
+    for (i, (bound, cum)) in census.staleness(p.now_ms).cumulative().enumerate() {
+        let label = if bound.is_finite() {
+            format!("≤{}", short(bound))
+        } else {
+            ">7d".to_owned()
+        };
+        if marker.is_none() && bound >= p.max_interval_secs as f64 {
+            marker = Some(i);
+        }
+        buckets.push((label, cum - prev));
+        prev = cum;
+    }
+    let mark = format!(
+        "max_interval {} ({})",
+        short(p.max_interval_secs as f64),
+        p.max_interval_from
+    );
+    let over: u64 = buckets
+        .iter()
+        .skip(marker.map_or(buckets.len(), |i| i + 1))
+        .map(|(_, n)| n)
+        .sum();
+    let _ = write!(
+        h,
+        "<section id=\"staleness\"><h2>Staleness <span class=\"count\">(now − last successful fetch;          {over} beyond max_interval, {} never fetched)</span></h2>{}</section>",
+        census.never_mirrored(),
+        plots::bars(
+            "staleness-plot",
+            "repos by time since their last successful fetch",
+            &buckets,
+            marker.map(|i| (i, mark.as_str())),
+        )
+    );
+
+    // Outcomes per minute by class.
+    const ORDER: [&str; 7] = [
+        "ok",
+        "transient",
+        "rate-limited",
+        "auth",
+        "local",
+        "gone",
+        "waiting",
+    ];
+    let minutes: Vec<Vec<(String, u64)>> = fleet
+        .history()
+        .outcomes_per_minute(p.now_ms)
+        .into_iter()
+        .map(|m| m.into_iter().map(|(c, n)| (c.name(), n)).collect())
+        .collect();
+    let mut classes: Vec<String> = ORDER.iter().map(|s| (*s).to_owned()).collect();
+    for (c, _) in minutes.iter().flatten() {
+        if !classes.contains(c) {
+            classes.push(c.clone());
+        }
+    }
+    let _ = write!(
+        h,
+        "<section id=\"outcomes\"><h2>Fetch outcomes per minute <span class=\"count\">(last hour, by class)</span></h2>{}</section>",
+        plots::per_minute(
+            "outcomes-plot",
+            "fetch outcomes per minute by class",
+            &minutes,
+            &classes
+        )
+    );
+
+    // Events per minute.
+    let events: Vec<Vec<(String, u64)>> = fleet
+        .history()
+        .events_per_minute(p.now_ms)
+        .into_iter()
+        .map(|n| vec![("events".to_owned(), n)])
+        .collect();
+    let _ = write!(
+        h,
+        "<section id=\"events-rate\"><h2>Events per minute <span class=\"count\">(last hour)</span></h2>{}</section>",
+        plots::per_minute(
+            "events-plot",
+            "events per minute",
+            &events,
+            &["events".to_owned()]
+        )
+    );
+
+    // Shares: owned repos against weight among the live workers.
+    let mut list: Vec<_> = fleet.registry().iter().collect();
+    list.sort_by_key(|w| w.id);
+    let owned: usize = list.iter().map(|w| census.owned(&w.uuid)).sum();
+    let weights: f64 = list
+        .iter()
+        .filter(|w| w.state == WorkerState::Alive)
+        .map(|w| w.weight)
+        .sum();
+    let shares: Vec<crate::plots::Share> = list
+        .iter()
+        .map(|w| {
+            let repos = census.owned(&w.uuid);
+            crate::plots::Share {
+                label: format!("{} {}", w.id, cut(&w.name, 18)),
+                repos,
+                actual: if owned > 0 {
+                    repos as f64 / owned as f64
+                } else {
+                    0.0
+                },
+                fair: if w.state == WorkerState::Alive && weights > 0.0 {
+                    w.weight / weights
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let _ = write!(
+        h,
+        "<section id=\"shares\"><h2>Worker shares <span class=\"count\">(bar: share of owned repos; line: weighted fair share)</span></h2>{}</section>",
+        if shares.is_empty() {
+            "<div class=\"empty\">No worker has connected yet.</div>".to_owned()
+        } else {
+            plots::shares("shares-plot", &shares)
+        }
+    );
+    h.push_str("</div>");
+
+    // Failing and gone repos by class and by host.
+    let _ = write!(
+        h,
+        "<section id=\"failing-groups\"><h2>Failing repos by class and by upstream host</h2><div class=\"groups\">"
+    );
+    let mut classes: Vec<(String, usize)> = census
+        .failing_by_class()
+        .iter()
+        .map(|(c, n)| {
+            (
+                c.map_or("unknown".to_owned(), crate::history::error_class_name),
+                *n,
+            )
+        })
+        .collect();
+    classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    h.push_str("<table id=\"by-class\"><tr><th>class</th><th class=\"num\">repos</th></tr>");
+    if classes.is_empty() {
+        h.push_str("<tr><td colspan=\"2\" class=\"empty\">none</td></tr>");
+    }
+    for (c, n) in &classes {
+        let _ = write!(
+            h,
+            "<tr><td><span class=\"badge failing\">{}</span></td><td class=\"num\" data-class=\"{}\">{n}</td></tr>",
+            esc(c),
+            esc(c)
+        );
+    }
+    const HOSTS: usize = 15;
+    let _ = write!(
+        h,
+        "</table><table id=\"by-host\"><tr><th>host <span class=\"count\">({} in all)</span></th><th class=\"num\">repos</th></tr>",
+        census.failing_hosts()
+    );
+    let mut any = false;
+    for (host, n) in census.failing_by_host().take(HOSTS) {
+        any = true;
+        let _ = write!(
+            h,
+            "<tr><td class=\"mono\">{}</td><td class=\"num\" data-host=\"{}\">{n}</td></tr>",
+            esc(&cut(&crate::redact::text(host), 80)),
+            esc(host)
+        );
+    }
+    if !any {
+        h.push_str("<tr><td colspan=\"2\" class=\"empty\">none</td></tr>");
+    }
+    h.push_str("</table></div></section>");
 }
 
 fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
@@ -295,10 +567,10 @@ fn failing_repos(h: &mut String, fleet: &Fleet, now_ms: i64) {
         let state = r.state().as_str();
         let _ = write!(
             h,
-            "<tr><td class=\"mono\">{}</td><td><span class=\"badge {state}\">{state}</span></td>\
+            "<tr><td>{}</td><td><span class=\"badge {state}\">{state}</span></td>\
              <td class=\"num\">{worker}</td><td>{}</td><td class=\"msg\">{}</td><td>{when}</td>\
              <td class=\"num\">{}</td></tr>",
-            esc(id),
+            repo_link(id),
             esc(&class),
             esc(&msg),
             r.status.failures,
@@ -329,42 +601,20 @@ fn events(h: &mut String, p: &PageInputs<'_>) {
     }
     h.push_str(
         "<table><tr><th class=\"num\">seq</th><th>time</th><th>repo</th><th>kind</th>\
-         <th class=\"num\">worker</th><th>refs</th></tr>",
+         <th>trigger</th><th class=\"num\">worker</th><th>refs</th></tr>",
     );
     for e in p.recent.iter().rev().take(RECENT_EVENTS) {
-        let kind = match e.kind {
-            crate::events::EventKind::Cloned => "cloned",
-            crate::events::EventKind::Updated => "updated",
-            crate::events::EventKind::Removed => "removed",
-        };
-        let mut refs = String::new();
-        for r in e.refs.iter().take(REFS_PER_EVENT) {
-            let short = |v: &Option<String>| {
-                v.as_deref()
-                    .map_or("∅".to_owned(), |s| s.chars().take(9).collect())
-            };
-            let _ = write!(
-                refs,
-                "<div class=\"mono\">{} <span class=\"muted\">{} → {}</span></div>",
-                esc(&cut(&r.name, 80)),
-                esc(&short(&r.old)),
-                esc(&short(&r.new)),
-            );
-        }
-        if e.refs.len() > REFS_PER_EVENT {
-            let _ = write!(
-                refs,
-                "<div class=\"muted\">+{} more</div>",
-                e.refs.len() - REFS_PER_EVENT
-            );
-        }
+        let kind = kind_str(e.kind);
+        let trigger = e.trigger.as_str();
+        let shown = e.refs.len().min(REFS_PER_EVENT);
+        let refs = ref_changes(&e.refs[..shown], e.refs.len() as u64);
         let _ = write!(
             h,
-            "<tr><td class=\"num\">{}</td><td>{}</td><td class=\"mono\">{}</td>\
-             <td><span class=\"badge {kind}\">{kind}</span></td><td class=\"num\">{}</td><td>{refs}</td></tr>",
+            "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td>\
+             <td><span class=\"badge {kind}\">{kind}</span></td><td>{trigger}</td><td class=\"num\">{}</td><td>{refs}</td></tr>",
             e.seq,
             esc(&e.time),
-            esc(&e.repo),
+            repo_link(&e.repo),
             e.worker,
         );
     }

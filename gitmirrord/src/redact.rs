@@ -7,11 +7,12 @@
 //! it. Redaction happens when rendering, never when storing, so records written before
 //! this rule (old events in the log) are covered as well.
 //!
-//! Hand-written on purpose: it must work on anything, including text that is not a valid
-//! URL (an old event, an upstream's error message quoting a URL), where a parser that
-//! refuses its input would leave the secret in place. The scan is simple enough to read
-//! in full: after each `scheme://`, the user info is everything up to the last `@` before
-//! the authority ends (at `/`, `?`, `#`, `\`, white space or a quote).
+//! It must work on anything, including text that is not a valid URL (an old event, an
+//! upstream's error message quoting a URL). Each `scheme://…` token (up to white space or
+//! a quote) is read by the `url` crate (issue 11): when it parses, its user info is what
+//! the parser found; when it does not (a password with an unescaped `/`, `?` or `#`, a
+//! bad port), everything up to the token's last `@` is taken for user info, so a
+//! secret is never left in place because the text was not a URL.
 
 use std::borrow::Cow;
 
@@ -56,17 +57,14 @@ pub fn text(s: &str) -> Cow<'_, str> {
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
             .map_or(0, |j| j + 1);
         let scheme = s[scheme_start..sep].to_ascii_lowercase();
-        let authority_len = s[authority_start..]
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '\\' | '"' | '\'' | '<' | '>' | '`')
-                    || c.is_whitespace()
-            })
-            .unwrap_or(s.len() - authority_start);
-        let authority = &s[authority_start..authority_start + authority_len];
-        let Some(at) = authority.rfind('@') else {
+        let token_end = s[authority_start..]
+            .find(|c: char| matches!(c, '"' | '\'' | '<' | '>' | '`') || c.is_whitespace())
+            .map_or(s.len(), |j| authority_start + j);
+        let Some(at) = userinfo_end(&s[scheme_start..token_end], &s[authority_start..token_end])
+        else {
             continue;
         };
-        let userinfo = &authority[..at];
+        let userinfo = &s[authority_start..authority_start + at];
         out.push_str(&s[copied..authority_start]);
         if KEEPS_USER.contains(&scheme.as_str()) {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
@@ -83,6 +81,25 @@ pub fn text(s: &str) -> Cow<'_, str> {
     }
     out.push_str(&s[copied..]);
     Cow::Owned(out)
+}
+
+/// Where the user info of `token` (a `scheme://…` word) ends in `rest` (the token after
+/// `://`): the `@` before the host, or `None` when there is no user info.
+fn userinfo_end(token: &str, rest: &str) -> Option<usize> {
+    match url::Url::parse(token) {
+        Ok(u) if u.username().is_empty() && u.password().is_none() => None,
+        Ok(u) => {
+            // The parser's authority ends at the first of these (`\` only in the schemes
+            // the URL standard calls special); the user info is up to its last `@`.
+            let special = matches!(u.scheme(), "http" | "https" | "ws" | "wss" | "ftp" | "file");
+            let end = rest
+                .find(|c: char| matches!(c, '/' | '?' | '#') || (special && c == '\\'))
+                .unwrap_or(rest.len());
+            rest[..end].rfind('@')
+        }
+        // Not a URL, yet it may hold a secret: whatever precedes the last `@` may be one.
+        Err(_) => rest.rfind('@'),
+    }
 }
 
 /// [`url`] for the `Arc<str>` URLs the fleet keeps: no copy when nothing is removed.
@@ -157,7 +174,31 @@ mod tests {
             "\"https://a/x\" and 'http://b'"
         );
         assert_eq!(text("no url here: a@b"), "no url here: a@b");
+        assert_eq!(
+            text("see https://h/@scope/x now"),
+            "see https://h/@scope/x now"
+        );
         assert!(matches!(text("https://h/x"), Cow::Borrowed(_)));
+    }
+
+    // issue 11 part 4: a password holding an unescaped `/`, `?` or `#` ended the
+    // hand-written scan's authority early, so the user info was not found and the whole
+    // password was shown. (Seen failing before the fix: the first case came back as given.)
+    #[test]
+    fn issue11_a_password_with_a_slash_or_question_mark_is_not_shown() {
+        for (given, shown) in [
+            ("https://user:pa/ss@host/x", "https://host/x"),
+            ("https://user:pa?ss@host/x", "https://host/x"),
+            ("https://user:pa#ss@host/x", "https://host/x"),
+            ("https://user:pa\\ss@host/x", "https://host/x"),
+            ("ssh://git:pa/ss@host/x", "ssh://git@host/x"),
+            ("https://user:p%2Fw@host/x", "https://host/x"),
+            ("https://host:99999/x", "https://host:99999/x"),
+        ] {
+            assert_eq!(url(given), shown, "{given}");
+            let t = format!("fetch of ({given}) failed");
+            assert_eq!(text(&t), format!("fetch of ({shown}) failed"), "{given}");
+        }
     }
 
     proptest! {
@@ -167,7 +208,7 @@ mod tests {
         fn issue10_f4_no_password_survives(
             scheme in prop_oneof![Just("https"), Just("http"), Just("ssh"), Just("git"), Just("ftp")],
             user in "[A-Za-z0-9._~%!$&*+,;=-]{0,12}",
-            pw in "[A-Za-z0-9._~%!$&*+,;=:@-]{1,16}",
+            pw in "[A-Za-z0-9._~%!$&*+,;=:@/?#-]{1,16}",
             host in "[a-z0-9.-]{1,12}|\\[[0-9a-f:]{2,10}\\]",
             port in proptest::option::of(1u16..),
             path in "(/[A-Za-z0-9@:._-]{0,10}){0,3}",
@@ -182,7 +223,11 @@ mod tests {
             let t = format!("{before}{u}{after}");
             let shown = text(&t);
             prop_assert!(!shown.contains(&secret), "{t} shown as {shown}");
-            prop_assert!(shown.ends_with(&format!("{host}{port}{path}{after}")), "{t} shown as {shown}");
+            // When the URL does not parse (a `/`, `?` or `#` in the password), an `@` in
+            // the path is taken for the end of the user info: more is cut, never less.
+            if url::Url::parse(&u).is_ok() {
+                prop_assert!(shown.ends_with(&format!("{host}{port}{path}{after}")), "{t} shown as {shown}");
+            }
             if scheme.starts_with("http") && !user.is_empty() {
                 let named = format!("{scheme}://USR{user}@{host}{path}");
                 prop_assert!(!url(&named).contains("USR"), "{named}");

@@ -5,13 +5,16 @@
 //! `alive → suspect → dead`. Everything here is plain data driven by the caller's clock;
 //! [`crate::fleet`] decides what a state change means for assignments.
 
+use crate::enrollment::Standing;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// State file kind and version of `registry.json`.
 pub const KIND: &str = "registry";
-pub const VERSION: u32 = 1;
+/// 2: per-worker certificates (`cert`, `removed`, `approved`); a v1 file is migrated at
+/// the first start ([`crate::state::load_registry`]) and kept as `registry.json.v1.bak`.
+pub const VERSION: u32 = 2;
 
 /// After a restart, assignment sequence numbers resume this far above the saved value, so
 /// that a crash between sending deltas and saving the registry never repeats a `seq`.
@@ -70,6 +73,25 @@ pub struct WorkerRecord {
     /// Protocol version of the current or last connection (not saved: set on connect).
     #[serde(skip)]
     pub protocol: u32,
+    /// Fingerprint of the certificate enrolled for this uuid (SPEC §17): only it speaks
+    /// for the worker. `None`: registered before certificates, or by an older worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// `cert` was sent but the worker has not shown yet that it kept it (its first
+    /// `Holdings` after `Enrolled`, or a connection presenting it): until then the token
+    /// may enroll the uuid again, so a worker that never got its certificate (the
+    /// coordinator died while sending it) is not locked out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cert_pending: bool,
+    /// Fetches and clones running, from its last `Status` (not saved).
+    #[serde(skip)]
+    pub active_fetches: Option<u32>,
+    /// Its last `Load` (protocol 5; not saved, cleared on connect).
+    #[serde(skip)]
+    pub load: Option<gitmirror_wire::WorkerLoad>,
+    /// When an outcome of it was last applied (Unix ms; not saved).
+    #[serde(skip)]
+    pub last_outcome_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,6 +120,14 @@ pub struct Admitted {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RegistryFile {
     pub workers: Vec<WorkerRecord>,
+    /// Uuids an operator removed (`gitmirrord workers remove`): nothing speaks for them
+    /// until they are approved again.
+    #[serde(default)]
+    pub removed: Vec<Uuid>,
+    /// Uuids an operator approved (`gitmirrord workers approve`) that have not enrolled
+    /// since: the join token may enroll them once.
+    #[serde(default)]
+    pub approved: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +136,8 @@ pub struct Registry {
     /// A worker's weight is what it announces, up to this (SPEC §17).
     max_weight: f64,
     workers: BTreeMap<Uuid, WorkerRecord>,
+    removed: BTreeSet<Uuid>,
+    approved: BTreeSet<Uuid>,
 }
 
 /// What a worker says about itself when it connects.
@@ -128,6 +160,8 @@ impl Registry {
             max_workers,
             max_weight: crate::config::DEFAULT_MAX_WORKER_WEIGHT,
             workers: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            approved: BTreeSet::new(),
         }
     }
 
@@ -151,6 +185,8 @@ impl Registry {
             max_workers,
             max_weight: crate::config::DEFAULT_MAX_WORKER_WEIGHT,
             workers,
+            removed: file.removed.into_iter().collect(),
+            approved: file.approved.into_iter().collect(),
         }
     }
 
@@ -172,7 +208,80 @@ impl Registry {
     pub fn to_file(&self) -> RegistryFile {
         RegistryFile {
             workers: self.workers.values().cloned().collect(),
+            removed: self.removed.iter().copied().collect(),
+            approved: self.approved.iter().copied().collect(),
         }
+    }
+
+    /// What the registry knows about `uuid`, for [`crate::enrollment::decide`].
+    pub fn standing(&self, uuid: &Uuid) -> Standing<'_> {
+        if self.removed.contains(uuid) {
+            return Standing::Removed;
+        }
+        match self.workers.get(uuid) {
+            None => Standing::Unknown,
+            Some(w) => match &w.cert {
+                Some(fp) if w.cert_pending => Standing::Enrolling(fp),
+                Some(fp) => Standing::Enrolled(fp),
+                None => Standing::Legacy,
+            },
+        }
+    }
+
+    pub fn is_approved(&self, uuid: &Uuid) -> bool {
+        self.approved.contains(uuid)
+    }
+
+    /// `workers approve`: the join token may enroll `uuid` once (a new worker under
+    /// `enroll: manual`, a removed one, or one that lost its certificate).
+    pub fn approve(&mut self, uuid: Uuid) {
+        self.removed.remove(&uuid);
+        self.approved.insert(uuid);
+    }
+
+    /// `uuid` enrolled with the certificate of fingerprint `fp`: from now on only it
+    /// speaks for the worker. Call after [`Registry::admit`].
+    pub fn enrolled(&mut self, uuid: &Uuid, fp: String) {
+        self.approved.remove(uuid);
+        if let Some(w) = self.workers.get_mut(uuid) {
+            w.cert = Some(fp);
+            w.cert_pending = true;
+        }
+    }
+
+    /// The worker showed it kept its certificate: from now on only it speaks for the
+    /// uuid. `true` when that changed something.
+    pub fn cert_confirmed(&mut self, uuid: &Uuid) -> bool {
+        match self.workers.get_mut(uuid) {
+            Some(w) if w.cert_pending => {
+                w.cert_pending = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `workers remove`: forget the certificate (revoking it) and keep the uuid out until
+    /// it is approved again. The caller moves its repos (it is marked dead).
+    pub fn remove(&mut self, uuid: Uuid, now_ms: i64) -> bool {
+        self.approved.remove(&uuid);
+        let known = match self.workers.get_mut(&uuid) {
+            Some(w) => {
+                w.cert = None;
+                w.cert_pending = false;
+                if w.state != WorkerState::Dead {
+                    w.state = WorkerState::Dead;
+                    w.state_since_ms = now_ms;
+                }
+                true
+            }
+            None => false,
+        };
+        self.removed.insert(uuid) || known
+    }
+
+    pub fn is_removed(&self, uuid: &Uuid) -> bool {
+        self.removed.contains(uuid)
     }
 
     pub fn get(&self, uuid: &Uuid) -> Option<&WorkerRecord> {
@@ -259,6 +368,11 @@ impl Registry {
             next_seq: 1,
             acked_seq: 0,
             last_report_id: 0,
+            cert: None,
+            cert_pending: false,
+            active_fetches: None,
+            load: None,
+            last_outcome_ms: None,
         };
         let weight = w.weight;
         Self::refresh(&mut w, intro, weight, now_ms);
@@ -281,6 +395,7 @@ impl Registry {
         w.weight = weight;
         w.software = bounded(intro.software, 200);
         w.protocol = intro.protocol;
+        w.load = None;
         w.serve_url_base = intro.serve_url_base.map(|s| bounded(s, 1000));
         w.addr = intro.addr.clone();
         w.last_seen_ms = now_ms;

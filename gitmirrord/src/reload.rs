@@ -2,8 +2,8 @@
 //!
 //! Reloaded: `log_level`, `indexes` (with their `poll_interval`s), `webhooks` (URLs and
 //! secrets), `api_token_file` and `api_read_token_file` (paths and contents),
-//! `api_allowed_hosts`, and the embedded worker's
-//! `local_worker.fetch` and `local_worker.disk`. Everything else is fixed for the life of
+//! `api_allowed_hosts`, `push_hooks`, `hooks_min_gap`, `hooks_trusted_proxies`, and the
+//! embedded worker's `local_worker.fetch` and `local_worker.disk`. Everything else is fixed for the life of
 //! the process — sockets, state directory, worker ids, liveness timing, index reading
 //! rules, the embedded worker's identity and directories — and a change to it is named in
 //! the log as needing a restart. Pure functions, so the rules are tested without a
@@ -20,6 +20,8 @@ pub struct Plan {
     pub webhooks: bool,
     /// `api_token_file`, `api_read_token_file` or `api_allowed_hosts` (SPEC §9).
     pub api_token: bool,
+    /// `push_hooks`, `hooks_min_gap` or `hooks_trusted_proxies` (SPEC §15).
+    pub hooks: bool,
     /// `local_worker.fetch` or `local_worker.disk` changed: send them to the embedded worker.
     pub local_worker: bool,
     /// One phrase per reloaded setting that changed, e.g. `log_level info → debug`.
@@ -98,6 +100,17 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             shown(new)
         ));
     }
+    if old.push_hooks != new.push_hooks
+        || old.hooks_min_gap != new.hooks_min_gap
+        || old.hooks_trusted_proxies != new.hooks_trusted_proxies
+    {
+        p.hooks = true;
+        p.applied.push(format!(
+            "push_hooks ({} → {}), hooks_min_gap, hooks_trusted_proxies",
+            old.push_hooks.len(),
+            new.push_hooks.len()
+        ));
+    }
     if old.status_url_limit != new.status_url_limit {
         p.applied.push(format!(
             "status_url_limit {} → {}",
@@ -121,6 +134,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         old.http_listen != new.http_listen,
         old.http_listen.to_string(),
         new.http_listen.to_string(),
+    );
+    restart(
+        "hooks_listen",
+        old.hooks_listen != new.hooks_listen,
+        show(&old.hooks_listen),
+        show(&new.hooks_listen),
     );
     restart(
         "state_dir",
@@ -249,6 +268,9 @@ pub fn merge(old: &Config, new: Config) -> Config {
         api_read_token: new.api_read_token,
         api_allowed_hosts: new.api_allowed_hosts,
         status_url_limit: new.status_url_limit,
+        push_hooks: new.push_hooks,
+        hooks_min_gap: new.hooks_min_gap,
+        hooks_trusted_proxies: new.hooks_trusted_proxies,
         warnings: new.warnings,
         ..old.clone()
     }
@@ -326,6 +348,31 @@ mod tests {
             keys,
             ["local_worker.upstream_deny", "local_worker.fetch.redirects"]
         );
+    }
+
+    // SPEC §15, §11: push_hooks, hooks_min_gap and hooks_trusted_proxies are reloaded
+    // on SIGHUP; hooks_listen (a socket) needs a restart.
+    #[test]
+    fn spec_15_hook_keys_are_reloaded_but_hooks_listen_needs_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "k").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let old = cfg("");
+        let new = cfg(&format!(
+            "push_hooks: [{{name: gh, kind: github, secret_file: {}}}]\nhooks_min_gap: 1s\nhooks_trusted_proxies: [10.0.0.1]\nhooks_listen: 127.0.0.1:8090\n",
+            f.display()
+        ));
+        let p = plan(&old, &new);
+        assert!(p.hooks, "{p:?}");
+        assert_eq!(p.needs_restart.len(), 1, "{p:?}");
+        assert_eq!(p.needs_restart[0].0, "hooks_listen");
+        let merged = merge(&old, new);
+        assert_eq!(merged.push_hooks.len(), 1);
+        assert_eq!(merged.hooks_min_gap, std::time::Duration::from_secs(1));
+        assert_eq!(merged.hooks_trusted_proxies.len(), 1);
+        assert_eq!(merged.hooks_listen, None, "kept as running");
     }
 
     // SPEC §9, §11: api_allowed_hosts (and api_read_token_file, read like api_token_file)

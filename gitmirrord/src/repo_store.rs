@@ -17,6 +17,8 @@ use gitmirror_common::statefile::{self, StateError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const SNAPSHOT_FILE: &str = "repos.snapshot";
 pub const JOURNAL_FILE: &str = "repos.journal";
@@ -287,14 +289,17 @@ pub fn open_with(dir: &Path, compact_at: u64, sink: &mut Sink<'_>) -> Result<Ope
         owners: loaded.owners,
     };
     let (tx, rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let taken = queued.clone();
     let thread = std::thread::Builder::new()
         .name("repo-state-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || writer.run(rx, &taken))
         .map_err(io("start the writer thread for", &jour))?;
     Ok(Opened {
         store: RepoStore {
             tx: Some(tx),
             thread: Some(thread),
+            queued,
         },
         owners: loaded.owners,
     })
@@ -310,6 +315,8 @@ enum Msg {
 pub struct RepoStore {
     tx: Option<std::sync::mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Batches of changes sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
 }
 
 impl RepoStore {
@@ -319,11 +326,23 @@ impl RepoStore {
         if changes.repos.is_empty() && !changes.unset_owners && changes.owners.is_none() {
             return;
         }
-        if let Some(tx) = &self.tx
-            && tx.send(Msg::Changes(changes)).is_err()
-        {
-            tracing::error!("the repo state writer has stopped; repo status is no longer saved");
+        if let Some(tx) = &self.tx {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            if tx.send(Msg::Changes(changes)).is_err() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(
+                    "the repo state writer has stopped; repo status is no longer saved"
+                );
+            }
         }
+    }
+
+    /// Batches handed to [`RepoStore::save`] that the writer has not taken yet. The main
+    /// loop sends more only while this is small: changes it holds back stay in the fleet's
+    /// set of unsaved repos, one entry per repo however often it changes, instead of
+    /// piling up here as records while the disk is slower than a clone wave.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Wait until everything queued is durable (blocking: call it off the runtime).
@@ -390,7 +409,7 @@ impl Batch {
 }
 
 impl Writer {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Msg>) {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Msg>, queued: &AtomicUsize) {
         // Changes that failed to write, tried again with the next batch (a repo's newer
         // record replaces its older one, so this stays bounded by the repos).
         let mut retry = Batch::default();
@@ -399,7 +418,10 @@ impl Writer {
             let mut syncs = Vec::new();
             let mut batch = std::mem::take(&mut retry);
             let mut take = |m: Msg| match m {
-                Msg::Changes(c) => batch.add(c),
+                Msg::Changes(c) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    batch.add(c);
+                }
                 Msg::Sync(tx) => syncs.push(tx),
             };
             take(first);
@@ -606,6 +628,28 @@ mod tests {
         assert!(jour < snap, "journal {jour} B, snapshot {snap} B");
         let (reopened, _store) = open_all(d.path()).unwrap();
         assert_eq!(fetches(&reopened), fetches(&back));
+    }
+
+    // SPEC §12 (coordinator memory): the main loop sends repo status only while few
+    // batches wait for the writer, so `queued` must count each batch until the writer has
+    // taken it, and come back to zero.
+    #[test]
+    fn spec_12_queued_counts_batches_until_the_writer_takes_them() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, store) = open_all(d.path()).unwrap();
+        assert_eq!(store.queued(), 0);
+        for b in 0..20u128 {
+            store.save(changes(
+                (0..100)
+                    .map(|i| (format!("r{b}-{i}"), Some(saved(i))))
+                    .collect(),
+            ));
+        }
+        // An empty batch is not sent, so not counted.
+        store.save(changes(vec![]));
+        assert!(store.queued() <= 20, "{}", store.queued());
+        store.sync().unwrap();
+        assert_eq!(store.queued(), 0);
     }
 
     // SPEC §12 "State files": records journaled before a restart are kept by the first

@@ -10,6 +10,7 @@
 use crate::acks::Acks;
 use crate::api::{Answer, Query, Reply, View};
 use crate::config::Config;
+use crate::enrollment::{self, Decision, Pending, Speaker};
 use crate::events::appender::{Appender, Done};
 use crate::events::{Event, EventKind, EventLog};
 use crate::fleet::Fleet;
@@ -19,11 +20,12 @@ use crate::poller::{self, IndexHandle};
 use crate::refs_query::{RefsQueries, RefsRequest};
 use crate::registry::{Introduction, Registry};
 use crate::repo_store::{self, RepoStore};
-use crate::server::{self, ConnEvent, OUTBOUND_QUEUE};
+use crate::server::{self, Admission, ConnEvent, OUTBOUND_QUEUE};
 use crate::state;
 use crate::webhook::{self, Webhooks};
 use anyhow::Context;
 use gitmirror_common::statefile::StateError;
+use gitmirror_common::trust::WorkerCert;
 use gitmirror_common::{notify, now_ms};
 use gitmirror_wire::{CoordMsg, OutcomeBatch, Refusal, RefuseCode, WorkerMsg, close_code};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -46,6 +48,9 @@ const SLOW_TURN: Duration = Duration::from_millis(10);
 /// about a millisecond a turn; 4,096 made turns of 50 ms and more at 1M repos under load,
 /// which every API request then waited behind).
 const SAVE_CHUNK: usize = 1024;
+/// Chunks of repo status queued for the store's writer at most (it writes all it finds
+/// queued with one fsync): 8 × 1,024 records, whatever the disk's pace.
+const MAX_QUEUED_SAVES: usize = 8;
 /// How often the main loop looks whether repo status is due to be saved (a chunk per look:
 /// up to ~40,000 repos a second).
 const SAVE_TICK: Duration = Duration::from_millis(25);
@@ -56,6 +61,8 @@ pub struct Listeners {
     pub quic: UdpSocket,
     /// The HTTP API: `http_listen`.
     pub http: TcpListener,
+    /// Push hooks only: `hooks_listen` (SPEC §15).
+    pub hooks: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -68,7 +75,13 @@ impl Listeners {
                 cfg.http_listen
             )
         })?;
-        Ok(Self { quic, http })
+        let hooks = match cfg.hooks_listen {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).with_context(|| {
+                format!("cannot bind TCP {addr} for push hooks (hooks_listen)")
+            })?),
+        };
+        Ok(Self { quic, http, hooks })
     }
 }
 
@@ -135,13 +148,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     let dir = cfg.state_dir.clone();
     // The QUIC endpoint first (accepting once the state is loaded): workers of the
     // previous process get their stateless resets while the rest loads.
-    let (identity, endpoint) = {
+    let (identity, ca, endpoint) = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             gitmirror_common::statefile::ensure_dir(&dir)?;
             let identity = gitmirror_common::trust::Identity::load_or_create(&dir)?;
+            let ca = gitmirror_common::ca::Ca::load_or_create(&dir)?;
             let endpoint = gitmirror_common::trust::endpoint_config(&dir)?;
-            Ok((identity, endpoint))
+            Ok((identity, ca, endpoint))
         })
         .await
         .context("loading the coordinator's identity")??
@@ -151,18 +165,23 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     let secret_file = Arc::new(gitmirror_common::trust::SecretFile::new(
         cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
     ));
-    let (open_quic, quic_opened) = tokio::sync::oneshot::channel();
+    let (open_quic, quic_opened) = tokio::sync::watch::channel(false);
     let server = server::start(
         listeners.quic,
         &identity,
+        ca.client_verifier()?,
         endpoint,
         secret_file,
         &cfg.liveness,
         conn_tx,
         quic_opened,
     )?;
+    // SPEC §16: the index poller re-reads them when a file changes; SIGHUP replaces them.
+    let index_credentials =
+        gitmirror_common::credentials::SharedCredentials::new(cfg.credentials.clone());
     let loaded = {
         let cfg = cfg.clone();
+        let index_credentials = index_credentials.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let registry = Registry::restore(
                 cfg.max_workers,
@@ -170,6 +189,20 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 now_ms(),
             )
             .with_max_weight(cfg.max_worker_weight);
+            // The event log reads beside the index and repo status (a third of a 1M start).
+            let events = {
+                let (dir, options) = (cfg.state_dir.clone(), cfg.events);
+                std::thread::Builder::new()
+                    .name("event-log-open".into())
+                    .spawn(move || {
+                        let t = Instant::now();
+                        (
+                            EventLog::open_with(&dir, options),
+                            t.elapsed().as_secs_f32(),
+                        )
+                    })
+                    .context("starting a thread to read the event log")?
+            };
             let t = Instant::now();
             let indexes = Indexes::open(
                 cfg.indexes.clone(),
@@ -177,6 +210,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                     dir: cfg.state_dir.join("index"),
                     allow_file_urls: cfg.allow_file_urls,
                     purge_protect_percent: cfg.purge_protect_percent,
+                    credentials: index_credentials.clone(),
                 },
             )?;
             let mut fleet =
@@ -189,11 +223,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 fleet.restore_saved(id, saved);
             })?;
             let repos_s = t.elapsed().as_secs_f32();
+            let (log, events_s) = events.join().map_err(|_| {
+                anyhow::anyhow!("reading the event log failed (the thread panicked)")
+            })?;
+            let mut log = log?;
             let t = Instant::now();
-            let mut log = EventLog::open_with(&cfg.state_dir, cfg.events)?;
             fleet.restore_published(&log.take_published());
             fleet.merge_report_ids(log.report_ids());
-            let events_s = t.elapsed().as_secs_f32();
+            let events_s = events_s + t.elapsed().as_secs_f32();
             let cursors = webhook::load(&cfg.state_dir)?;
             let t = Instant::now();
             let kept = fleet.finish_start(opened.owners);
@@ -237,17 +274,38 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
     let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
     let http_addr = listeners.http.local_addr().ok();
-    let http = http::start(
-        listeners.http,
-        HttpCtx {
-            calls: call_tx,
-            events: log.clone(),
-            last_seq: seq_rx,
-            index: index.clone(),
-            auth: http_auth.clone(),
-        },
-    )
-    .context("starting the HTTP API")?;
+    let hook_gate = Arc::new(crate::hooks::HookGate::new(
+        crate::hooks::HookSettings::from_config(&cfg),
+    ));
+    let http_ctx = HttpCtx {
+        calls: call_tx,
+        events: log.clone(),
+        last_seq: seq_rx,
+        index: index.clone(),
+        auth: http_auth.clone(),
+        hooks: hook_gate.clone(),
+        hooks_only: false,
+    };
+    let hooks_http = match listeners.hooks {
+        None => None,
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            let server = http::start(
+                l,
+                HttpCtx {
+                    hooks_only: true,
+                    ..http_ctx.clone()
+                },
+            )
+            .context("starting the push-hook listener")?;
+            tracing::info!(
+                "push hooks (and nothing else) on http://{}",
+                addr.map_or("?".into(), |a| a.to_string())
+            );
+            Some(server)
+        }
+    };
+    let http = http::start(listeners.http, http_ctx).context("starting the HTTP API")?;
 
     let (local_worker, local) = match (&cfg.local_worker, quic_addr) {
         (Some(lw), Some(addr)) => {
@@ -271,6 +329,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         appender,
         acks: Acks::default(),
         index,
+        index_credentials,
         started,
         saving: None,
         registry_dirty: false,
@@ -280,7 +339,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         last_status: String::new(),
         refs: RefsQueries::default(),
         status_urls: None,
+        ca,
+        pending: Pending::default(),
+        hook_gate,
+        hook_urls: None,
+        coalescer: crate::hooks::coalesce::Coalescer::new(Duration::ZERO),
+        hook_fetches: 0,
     };
+    main.hooks_configured();
     let summary = main.fleet.summary();
     tracing::info!(
         "gitmirrord {} ready: workers connect to {} (QUIC), API on http://{}; {summary}",
@@ -292,7 +358,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     main.last_status = summary;
     // Loading a big state can outlast `dead_after`: restored workers get it from now.
     main.fleet.serving_from(now_ms());
-    let _ = open_quic.send(());
+    let _ = open_quic.send(true);
 
     main.serve(conn_rx, call_rx, delta_rx, appended, ctl).await;
 
@@ -306,6 +372,9 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         }
     }
     http.stop();
+    if let Some(h) = &hooks_http {
+        h.stop();
+    }
     server.shutdown().await;
     main.webhooks_shutdown().await;
     main.save_all()
@@ -361,7 +430,10 @@ fn start_local_worker(
     let deny = lw
         .upstream_deny()
         .map_err(|d| anyhow::anyhow!("{}: local_worker.upstream_deny: {d}", cfg.path.display()))?;
-    let wcfg = wcfg.with_upstream_deny(deny);
+    // The coordinator's `credentials` serve its embedded worker's upstreams too (SPEC §16).
+    let wcfg = wcfg
+        .with_upstream_deny(deny)
+        .with_credentials(cfg.credentials.clone());
     // It follows the coordinator's secret file, so a rotation does not lock it out.
     let wcfg = wcfg.with_token_source(gitmirror_worker::config::TokenSource::CoordinatorSecret(
         cfg.state_dir.join(gitmirror_common::trust::SECRET_FILE),
@@ -429,6 +501,8 @@ struct MainLoop {
     /// Which outcome batches may be acknowledged, as their events become durable.
     acks: Acks,
     index: IndexHandle,
+    /// `credentials` as the index poller uses them (SPEC §16).
+    index_credentials: gitmirror_common::credentials::SharedCredentials,
     started: Instant,
     /// The registry save in flight.
     saving: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
@@ -443,6 +517,17 @@ struct MainLoop {
     refs: RefsQueries,
     /// `/api/status`'s `worker:url`, kept while it does not change.
     status_urls: Option<crate::api::WorkerUrls>,
+    /// The fleet's CA: issues each enrolling worker its certificate (SPEC §17).
+    ca: gitmirror_common::ca::Ca,
+    /// Workers waiting for `workers approve` (`enroll: manual`).
+    pending: Pending,
+    /// Push hooks (SPEC §15): what the HTTP tasks check, counted.
+    hook_gate: Arc<crate::hooks::HookGate>,
+    /// Normalised URL → repos, kept while `push_hooks` is set.
+    hook_urls: Option<crate::hooks::urls::UrlIndex>,
+    coalescer: crate::hooks::coalesce::Coalescer,
+    /// Push-triggered fetches sent (`gitmirror_hook_fetches_total`).
+    hook_fetches: u64,
 }
 
 impl MainLoop {
@@ -484,7 +569,7 @@ impl MainLoop {
                     "worker"
                 }
                 Some(call) = calls.recv() => {
-                    self.on_http(call);
+                    self.on_http(call).await;
                     "http"
                 }
                 Some(done) = appended.recv() => {
@@ -492,7 +577,9 @@ impl MainLoop {
                     "appended"
                 }
                 Some(delta) = deltas.recv() => {
+                    self.hook_urls_forget(&delta);
                     let sends = self.fleet.apply_index(&delta);
+                    self.hook_urls_learn(&delta);
                     // A whole index is ~200 bytes an entry: gone before the deltas queue.
                     drop(delta);
                     self.dispatch(sends);
@@ -505,6 +592,9 @@ impl MainLoop {
                 _ = tick.tick() => {
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
+                    for repo in self.coalescer.due(now_ms()) {
+                        self.push_fetch(&repo);
+                    }
                     self.save_if_due().await;
                     let status = self.fleet.summary();
                     if status != self.last_status {
@@ -539,11 +629,75 @@ impl MainLoop {
             ConnEvent::Connected {
                 conn,
                 hello,
+                cert,
                 addr,
                 outbox,
                 handle,
                 reply,
             } => {
+                let speaker = match &cert {
+                    Some(fp) => Speaker::Certificate(fp),
+                    None => Speaker::Token,
+                };
+                let registry = self.fleet.registry();
+                let decision = enrollment::decide(
+                    hello.uuid,
+                    registry.standing(&hello.uuid),
+                    speaker,
+                    hello.protocol,
+                    self.cfg.enroll,
+                    registry.is_approved(&hello.uuid),
+                );
+                let issued = match decision {
+                    Decision::Refuse {
+                        code,
+                        close,
+                        message,
+                    } => {
+                        // The connection task logs the refusal.
+                        let _ = reply.send(Err((Refusal { code, message }, close)));
+                        return;
+                    }
+                    Decision::Pending => {
+                        if !self.pending.contains(&hello.uuid) {
+                            tracing::info!(
+                                "worker {:?} (uuid {}) at {addr} waits for approval (enroll: manual): `gitmirrord workers approve {}`",
+                                hello.name,
+                                hello.uuid,
+                                hello.uuid
+                            );
+                        }
+                        self.pending
+                            .note(hello.uuid, &hello.name, &addr.to_string(), now_ms());
+                        let refusal = Refusal {
+                            code: RefuseCode::Pending,
+                            message: enrollment::pending_message(hello.uuid),
+                        };
+                        let _ = reply.send(Err((refusal, close_code::PENDING)));
+                        return;
+                    }
+                    Decision::Admit => {
+                        if cert.is_some() {
+                            self.fleet.cert_confirmed(&hello.uuid);
+                        }
+                        None
+                    }
+                    Decision::Enroll => match self.ca.issue(&hello.uuid.to_string()) {
+                        Ok(i) => Some(i),
+                        Err(e) => {
+                            tracing::error!(
+                                "cannot issue a certificate to worker {}: {e:#}",
+                                hello.uuid
+                            );
+                            let refusal = Refusal {
+                                code: RefuseCode::ProtocolError,
+                                message: "the coordinator could not issue a certificate (its log says why)".into(),
+                            };
+                            let _ = reply.send(Err((refusal, close_code::PROTOCOL_ERROR)));
+                            return;
+                        }
+                    },
+                };
                 let intro = Introduction {
                     uuid: hello.uuid,
                     previous_id: hello.previous_id,
@@ -563,7 +717,17 @@ impl MainLoop {
                         let _ = reply.send(Err((refusal, close_code::NO_FREE_ID)));
                     }
                     Ok(joined) => {
-                        if joined.new_id {
+                        self.pending.remove(&hello.uuid);
+                        let enrolled = issued.map(|i| {
+                            self.fleet.enrolled(&hello.uuid, i.fingerprint);
+                            WorkerCert {
+                                cert_pem: i.cert_pem,
+                                key_pem: i.key_pem,
+                            }
+                        });
+                        // The fingerprint is on disk before the certificate leaves: a
+                        // coordinator that crashed after sending it must still know it.
+                        if joined.new_id || enrolled.is_some() {
                             self.save_registry_now().await;
                         }
                         let uuid = hello.uuid;
@@ -581,7 +745,11 @@ impl MainLoop {
                                 b"replaced by a newer connection of the same worker",
                             );
                         }
-                        if reply.send(Ok(joined.id)).is_err() {
+                        let admission = Admission {
+                            id: joined.id,
+                            enrolled,
+                        };
+                        if reply.send(Ok(admission)).is_err() {
                             self.lost(uuid);
                         }
                         self.dispatch(joined.sends);
@@ -595,11 +763,14 @@ impl MainLoop {
                 let now = now_ms();
                 match msg {
                     WorkerMsg::Holdings(h) => {
+                        // A worker sends Holdings only after it stored its certificate.
+                        self.fleet.cert_confirmed(&uuid);
                         let sends = self.fleet.holdings(uuid, &h, now);
                         self.dispatch(sends);
                     }
                     WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
+                    WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
                     WorkerMsg::AssignAck { seq } => {
                         if !self.fleet.assign_ack(uuid, seq) {
                             tracing::warn!(
@@ -794,7 +965,9 @@ impl MainLoop {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
+        let now = now_ms();
         for e in events {
+            self.fleet.history_mut().event(&e, now);
             let kind = match e.kind {
                 EventKind::Cloned => "cloned",
                 EventKind::Updated => "updated",
@@ -842,11 +1015,21 @@ impl MainLoop {
 
     /// Bounded work on the loop (SPEC §12): counters, lookups and one page, copied into
     /// owned views; the HTTP task encodes them.
-    fn on_http(&mut self, call: HttpCall) {
+    async fn on_http(&mut self, call: HttpCall) {
         let answer: Reply = match &call.query {
             Query::Fetch(id) => self.fetch_now(id).into(),
+            Query::Hook(urls) => self.on_hook(urls).into(),
+            Query::Approve(uuid) => self.approve_worker(*uuid).await.into(),
+            Query::Remove(uuid) => self.remove_worker(*uuid).await.into(),
+            Query::Pending => Reply::json(200, self.pending.list()),
             Query::Metrics => self.metrics(),
             Query::Page => self.page().into(),
+            Query::RepoPage(id) => self.repo_page(id).into(),
+            Query::RepoSearch { q, after } => Answer::html(
+                200,
+                crate::repo_page::search(&self.fleet, q, after.as_deref()),
+            )
+            .into(),
             Query::Refs(r) => self.refs_query(r),
             q => {
                 let view = View {
@@ -860,7 +1043,12 @@ impl MainLoop {
                     let mut status = view.status_with(Vec::new(), &mut self.status_urls);
                     let index = self.index.clone();
                     Reply::Render(Box::new(move || {
-                        status.index = index.status();
+                        // Rejected entries' reasons quote their URLs (SPEC §9).
+                        status.index = index
+                            .status()
+                            .into_iter()
+                            .map(crate::api::redact_index)
+                            .collect();
                         Answer::json(200, &status)
                     }))
                 } else {
@@ -893,6 +1081,11 @@ impl MainLoop {
         let webhooks = self.webhook_metrics();
         let index = self.index.clone();
         let batches_waiting = self.acks.waiting_batches();
+        let hooks = crate::metrics::HookMetrics {
+            results: self.hook_gate.counts(),
+            fetches: self.hook_fetches,
+            gaps_open: self.coalescer.len(),
+        };
         Reply::Render(Box::new(move || {
             let polls = index.polls();
             let index = index.status();
@@ -905,6 +1098,7 @@ impl MainLoop {
                 events: &events,
                 webhooks: &webhooks,
                 batches_waiting,
+                hooks: &hooks,
             }))
         }))
     }
@@ -914,6 +1108,7 @@ impl MainLoop {
         let index = self.index.status();
         let webhooks = self.webhook_metrics();
         let recent: Vec<Event> = self.recent.iter().cloned().collect();
+        let (max_interval_secs, max_interval_from) = self.max_interval();
         let html = crate::page::render(
             &self.fleet,
             &crate::page::PageInputs {
@@ -923,9 +1118,43 @@ impl MainLoop {
                 last_seq: *self.seq.borrow(),
                 index: &index,
                 webhooks: &webhooks,
+                max_interval_secs,
+                max_interval_from,
             },
         );
         Answer::html(200, html)
+    }
+
+    /// `max_interval` the pages compare staleness with: the embedded worker's, else the
+    /// worker's default (the coordinator does not know remote workers' settings).
+    fn max_interval(&self) -> (u64, &'static str) {
+        match &self.cfg.local_worker {
+            Some(l) => (
+                l.fetch.max_interval.as_secs(),
+                "local_worker.fetch.max_interval",
+            ),
+            None => (
+                gitmirror_worker::FetchSection::default()
+                    .max_interval
+                    .as_secs(),
+                "the worker default",
+            ),
+        }
+    }
+
+    /// `GET /repos/{id}`: a lookup and the repo's bounded history.
+    fn repo_page(&self, id: &str) -> Answer {
+        let (max_interval_secs, max_interval_from) = self.max_interval();
+        let inputs = crate::repo_page::RepoPageInputs {
+            now_ms: now_ms(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            max_interval_secs,
+            max_interval_from,
+        };
+        match crate::repo_page::render(&self.fleet, id, &inputs) {
+            Some(html) => Answer::html(200, html),
+            None => Answer::html(404, crate::repo_page::not_found(id)),
+        }
     }
 
     async fn webhooks_shutdown(&mut self) {
@@ -971,6 +1200,18 @@ impl MainLoop {
         if plan.indexes {
             self.index.set_sources(new.indexes.clone());
         }
+        // Always taken: an entry's file may have changed while the file did not.
+        self.index_credentials.set(new.credentials.clone());
+        if let Some(local) = &mut self.local
+            && local.cfg.credentials != new.credentials
+        {
+            local.cfg.credentials = new.credentials.clone();
+            if local.reload.try_send(local.cfg.clone()).is_err() {
+                tracing::warn!(
+                    "SIGHUP: the local worker is busy with an earlier reload; send SIGHUP again"
+                );
+            }
+        }
         if plan.webhooks
             && let Some(w) = &mut self.webhooks
         {
@@ -986,6 +1227,10 @@ impl MainLoop {
                     "SIGHUP: the local worker is busy with an earlier reload; send SIGHUP again"
                 );
             }
+        }
+        if plan.hooks {
+            self.hook_gate
+                .reload(crate::hooks::HookSettings::from_config(&new));
         }
         if plan.api_token {
             let auth = crate::http_auth::HttpAuth::from_config(&new);
@@ -1011,6 +1256,9 @@ impl MainLoop {
         }
         // Keep the restart-only settings as they run, so the next reload names them again.
         self.cfg = crate::reload::merge(&self.cfg, new);
+        if plan.hooks {
+            self.hooks_configured();
+        }
     }
 
     /// `POST /api/repos/{id}/fetch`.
@@ -1031,6 +1279,8 @@ impl MainLoop {
                 ),
             );
         }
+        self.fleet
+            .asked(id, owner, crate::events::Trigger::Manual, now_ms());
         self.send(
             owner,
             CoordMsg::FetchNow {
@@ -1038,6 +1288,155 @@ impl MainLoop {
             },
         );
         Answer::json(202, &serde_json::json!({ "repo": id, "worker": worker }))
+    }
+
+    /// `push_hooks` set or changed: the URL map exists exactly while hooks are configured
+    /// (built here, ~1 s a million repos), and the gap is the configured one.
+    fn hooks_configured(&mut self) {
+        self.coalescer.set_gap(self.cfg.hooks_min_gap);
+        if self.cfg.push_hooks.is_empty() {
+            self.hook_urls = None;
+            return;
+        }
+        if self.hook_urls.is_none() {
+            let t = Instant::now();
+            let idx = crate::hooks::urls::UrlIndex::build(
+                self.fleet.repos().iter().map(|(id, r)| (id, &*r.url)),
+            );
+            tracing::info!(
+                hooks = self.cfg.push_hooks.len(),
+                urls = idx.len(),
+                secs = t.elapsed().as_secs_f32(),
+                "push hooks: URL map built"
+            );
+            self.hook_urls = Some(idx);
+        }
+    }
+
+    /// Before an index delta is applied: the URLs it removes or replaces leave the map.
+    fn hook_urls_forget(&mut self, delta: &Delta) {
+        let Some(idx) = &mut self.hook_urls else {
+            return;
+        };
+        let gone = delta.removed.iter().map(String::as_str);
+        for id in gone.chain(delta.changed.iter().map(|e| e.id.as_str())) {
+            if let Some(r) = self.fleet.repo(id) {
+                idx.remove(id, &r.url);
+            }
+        }
+    }
+
+    /// After an index delta is applied: its added and changed entries join the map.
+    fn hook_urls_learn(&mut self, delta: &Delta) {
+        let Some(idx) = &mut self.hook_urls else {
+            return;
+        };
+        for e in delta.added.iter().chain(&delta.changed) {
+            if let Some((id, r)) = self.fleet.repos().get_key_value(e.id.as_str()) {
+                idx.insert(id.clone(), &r.url);
+            }
+        }
+    }
+
+    /// `POST /api/hooks/{name}`, authenticated (SPEC §15): match, coalesce, fetch.
+    fn on_hook(&mut self, urls: &[String]) -> Answer {
+        use crate::hooks::{CallResult, coalesce::Push};
+        let ids = match &self.hook_urls {
+            Some(idx) => {
+                let fleet = &self.fleet;
+                idx.lookup(urls, |id| fleet.repo(id).map(|r| &*r.url))
+            }
+            None => Vec::new(),
+        };
+        if ids.is_empty() {
+            self.hook_gate.count(CallResult::Unmatched);
+            tracing::debug!("push hook: no repo has any of the URLs {urls:?}");
+        } else {
+            self.hook_gate.count(CallResult::Matched);
+        }
+        let now = now_ms();
+        for id in &ids {
+            match self.coalescer.push(id, now) {
+                Push::Fetch => {
+                    self.push_fetch(id);
+                }
+                Push::Marked => {
+                    tracing::debug!(repo = %id, "push hook: a fetch is marked for the end of the gap");
+                }
+                Push::Full => tracing::warn!(
+                    repo = %id,
+                    "push hook: {} repos are in their hooks_min_gap already; this push waits for polling",
+                    crate::hooks::coalesce::MAX_OPEN
+                ),
+            }
+        }
+        Answer::json(202, &serde_json::json!({ "matched": ids }))
+    }
+
+    /// A push-triggered fetch of `id` (SPEC §15), as `POST /api/repos/{id}/fetch` does it;
+    /// an unassigned repo or a disconnected owner is left to polling.
+    fn push_fetch(&mut self, id: &str) {
+        let Some(owner) = self.fleet.repo(id).and_then(|r| r.owner) else {
+            tracing::info!(repo = %id, "push hook: not fetched now: no live worker holds it");
+            return;
+        };
+        if !self.conns.contains_key(&owner) {
+            tracing::info!(repo = %id, "push hook: not fetched now: its worker is not connected");
+            return;
+        }
+        tracing::info!(repo = %id, "push hook: fetching now");
+        self.fleet
+            .asked(id, owner, crate::events::Trigger::Push, now_ms());
+        self.hook_fetches += 1;
+        self.send(
+            owner,
+            CoordMsg::FetchNow {
+                repo: id.to_owned(),
+            },
+        );
+    }
+
+    /// `POST /api/workers/{uuid}/approve` (SPEC §17): the join token may enroll it once.
+    /// Answered once the registry says so on disk.
+    async fn approve_worker(&mut self, uuid: Uuid) -> Answer {
+        self.fleet.approve_worker(uuid);
+        let was_pending = self.pending.remove(&uuid).is_some();
+        if !self.save_registry_now().await {
+            return Answer::error(
+                500,
+                "approved, but the registry could not be saved (the log says why); try again",
+            );
+        }
+        tracing::info!("worker {uuid} approved: the join token may enroll it once");
+        Answer::json(
+            200,
+            &serde_json::json!({ "uuid": uuid, "approved": true, "was_pending": was_pending }),
+        )
+    }
+
+    /// `POST /api/workers/{uuid}/remove` (SPEC §17): revoke its certificate, close its
+    /// connection and move its repos. Answered once the revocation is on disk.
+    async fn remove_worker(&mut self, uuid: Uuid) -> Answer {
+        self.pending.remove(&uuid);
+        let (known, sends) = self.fleet.remove_worker(uuid, now_ms());
+        if let Some(c) = self.conns.get(&uuid) {
+            c.handle.close(
+                quinn::VarInt::from_u32(close_code::REMOVED),
+                b"this worker was removed from the fleet",
+            );
+            self.lost(uuid);
+        }
+        self.dispatch(sends);
+        if !self.save_registry_now().await {
+            return Answer::error(
+                500,
+                "removed, but the registry could not be saved (the log says why); try again",
+            );
+        }
+        Answer::json(
+            200,
+            &serde_json::json!({ "uuid": uuid, "removed": true, "known": known }),
+        )
     }
 
     // ----- saving -----
@@ -1061,6 +1460,10 @@ impl MainLoop {
     /// that many wait (a whole index assigned, a clone wave): never a long turn, and the
     /// store keeps up with tens of thousands of changed repos a second.
     fn save_repos_if_due(&mut self) {
+        if self.repo_store.queued() >= MAX_QUEUED_SAVES {
+            // The writer is behind; what waits stays coalesced in the fleet.
+            return;
+        }
         let waiting = self.fleet.unsaved_len();
         if waiting >= SAVE_CHUNK
             || (waiting > 0 && self.last_repos_save.elapsed() >= SAVE_REPOS_EVERY)
@@ -1097,7 +1500,8 @@ impl MainLoop {
     }
 
     /// A new worker id is written before the worker hears of it.
-    async fn save_registry_now(&mut self) {
+    /// Save the registry now; `false` when that failed (logged; it stays dirty).
+    async fn save_registry_now(&mut self) -> bool {
         if let Err(e) = self.finish_save().await {
             tracing::error!("{e}");
             self.registry_dirty = true;
@@ -1106,14 +1510,19 @@ impl MainLoop {
         let dir = self.dir.clone();
         let r = tokio::task::spawn_blocking(move || state::save_registry(&dir, &reg)).await;
         match r {
-            Ok(Ok(())) => self.last_registry_save = Instant::now(),
+            Ok(Ok(())) => {
+                self.last_registry_save = Instant::now();
+                true
+            }
             Ok(Err(e)) => {
                 tracing::error!("{e}");
                 self.registry_dirty = true;
+                false
             }
             Err(e) => {
                 tracing::error!("saving the registry: {e}");
                 self.registry_dirty = true;
+                false
             }
         }
     }

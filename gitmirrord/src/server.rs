@@ -13,29 +13,40 @@
 //! [`OUTBOUND_QUEUE`] messages (the main loop closes a connection whose queue is full; the
 //! worker resyncs when it reconnects).
 //!
+//! A worker that presents a certificate of the fleet's CA (TLS checks the signature) is not
+//! asked for the join secret; the main loop decides whether that certificate speaks for
+//! the uuid in its `Hello` ([`crate::enrollment`]). A worker without one proves the secret
+//! and may be enrolled: it then gets `Enrolled` (a `Welcome` with its new certificate).
+//!
 //! The join secret is read from its file at every handshake ([`SecretFile`]: one `stat`,
 //! a read only when the file changed, on a blocking thread), so `gitmirrord join-token
 //! --rotate` takes effect for the next handshake without a restart. Handshakes are rare
 //! and bounded, so the `stat` costs nothing that matters, and there is no watcher to keep.
 
 use anyhow::Context;
-use gitmirror_common::trust::{Identity, SecretFile};
+use gitmirror_common::trust::{Identity, SecretFile, WorkerCert};
 use gitmirror_wire::{
-    CoordMsg, FrameError, Hello, Holdings, Reassembly, Refusal, RefuseCode, ServerHandshake,
-    ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
+    CoordMsg, Enrolled, FrameError, Hello, Holdings, Reassembly, Refusal, RefuseCode,
+    ServerHandshake, ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::config::Liveness;
 
 pub const MAX_HANDSHAKES: usize = 256;
+/// Connections past the secret check that wait for a restarting coordinator's state
+/// without holding a handshake slot (more wait holding theirs). A fleet's workers; each
+/// is a few tens of KB.
+const MAX_WAITING_FOR_STATE: usize = 4096;
 /// Largest first frame (`Hello`) read from a peer that has not proved the join secret.
 pub const MAX_HELLO: usize = 64 * 1024;
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -49,6 +60,13 @@ pub fn software() -> String {
     format!("gitmirrord {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The main loop's answer to a worker that passed the handshake.
+pub struct Admission {
+    pub id: u32,
+    /// The certificate the join token just obtained for it (sent in `Enrolled`).
+    pub enrolled: Option<WorkerCert>,
+}
+
 /// What connections tell the main loop.
 pub enum ConnEvent {
     /// Passed the handshake; the main loop answers with an id or a refusal (and its close
@@ -56,10 +74,13 @@ pub enum ConnEvent {
     Connected {
         conn: u64,
         hello: Hello,
+        /// Fingerprint of the CA-issued certificate it presented; `None`: it proved the
+        /// join secret instead.
+        cert: Option<String>,
         addr: SocketAddr,
         outbox: mpsc::Sender<CoordMsg>,
         handle: quinn::Connection,
-        reply: oneshot::Sender<Result<u32, (Refusal, u32)>>,
+        reply: oneshot::Sender<Result<Admission, (Refusal, u32)>>,
     },
     /// A message after `Welcome`.
     Message {
@@ -77,15 +98,17 @@ pub struct Server {
 }
 
 /// Start serving workers on `socket`; the join secret is read from `secret` at every
-/// handshake.
+/// handshake, client certificates are checked with `clients` (the fleet's CA).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     socket: std::net::UdpSocket,
     identity: &Identity,
+    clients: Arc<dyn ClientCertVerifier>,
     endpoint: quinn::EndpointConfig,
     secret: Arc<SecretFile>,
     liveness: &Liveness,
     events: mpsc::Sender<ConnEvent>,
-    open: oneshot::Receiver<()>,
+    open: watch::Receiver<bool>,
 ) -> anyhow::Result<Server> {
     let mut transport =
         gitmirror_common::trust::transport(liveness.keepalive_interval, liveness.suspect_after)?;
@@ -96,7 +119,7 @@ pub fn start(
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(None);
-    let cfg = gitmirror_common::trust::server_config(identity, transport)?;
+    let cfg = gitmirror_common::trust::server_config(identity, Some(clients), transport)?;
     let endpoint = quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))
         .context("starting the QUIC endpoint")?;
     let ctx = Arc::new(Ctx {
@@ -105,8 +128,10 @@ pub fn start(
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         waiting: Mutex::new(VecDeque::new()),
         next_conn: AtomicU64::new(1),
+        open,
+        waiting_for_state: Arc::new(Semaphore::new(MAX_WAITING_FOR_STATE)),
     });
-    let task = tokio::spawn(accept_loop(endpoint.clone(), ctx, open));
+    let task = tokio::spawn(accept_loop(endpoint.clone(), ctx));
     Ok(Server { endpoint, task })
 }
 
@@ -135,6 +160,10 @@ struct Ctx {
     /// got further are closed.
     waiting: Mutex<VecDeque<(Instant, oneshot::Sender<()>)>>,
     next_conn: AtomicU64,
+    /// `true` once the state is loaded and the main loop answers `Connected`.
+    open: watch::Receiver<bool>,
+    /// Connections past the secret check waiting for the state to load.
+    waiting_for_state: Arc<Semaphore>,
 }
 
 impl Ctx {
@@ -146,14 +175,13 @@ impl Ctx {
     }
 }
 
-/// Connections are accepted once `open` fires (the state is loaded). Until then the
-/// endpoint already answers packets of connections to the previous process with a
-/// stateless reset, so workers learn of a restart at once and queue their new
-/// connections while the state loads, instead of backing off.
-async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>, open: oneshot::Receiver<()>) {
-    if open.await.is_err() {
-        return;
-    }
+/// Connections are accepted from the start, while the state still loads: packets of
+/// connections to the previous process get a stateless reset at once, and new ones go
+/// through the QUIC handshake and the secret check, then wait for the state without a
+/// handshake slot (see [`connection`]). A restarted coordinator then welcomes every
+/// worker as soon as it is loaded, instead of meeting handshakes its workers gave up on
+/// while they waited in quinn's queue (design.md "Restart: handshakes while loading").
+async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(permit) = slot(&ctx).await else {
             tracing::warn!(
@@ -246,7 +274,12 @@ async fn refuse(
     refusal: Refusal,
     code: u32,
 ) {
-    tracing::warn!("refused {who}: {}", refusal.message);
+    if refusal.code == RefuseCode::Pending {
+        // Logged once by the main loop; the worker retries until approved.
+        tracing::debug!("refused {who}: {}", refusal.message);
+    } else {
+        tracing::warn!("refused {who}: {}", refusal.message);
+    }
     let message = refusal.message.clone();
     let _ = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -283,19 +316,62 @@ async fn connection(
             None
         }
     };
-    let Some((conn, send, recv, hello)) = admitted else {
+    let Some((conn, send, recv, hello, cert)) = admitted else {
         return;
     };
-    welcome_and_serve(conn, send, recv, hello, addr, ctx, permit).await;
+    let mut open = ctx.open.clone();
+    let mut permit = Some(permit);
+    if !*open.borrow() {
+        // The state is still loading. This worker proved the secret or its certificate:
+        // it waits without a handshake slot (one of MAX_WAITING_FOR_STATE instead), so the
+        // handshakes of the others go on meanwhile.
+        let waiting = ctx.waiting_for_state.clone().try_acquire_owned().ok();
+        if waiting.is_some() {
+            permit = None;
+        }
+        if open.wait_for(|o| *o).await.is_err() {
+            conn.close(
+                VarInt::from_u32(close_code::SHUTDOWN),
+                b"coordinator shutting down",
+            );
+            return;
+        }
+        drop(waiting);
+        if let Some(reason) = conn.close_reason() {
+            // Gave up while the state loaded: nothing to admit.
+            tracing::info!("the worker at {addr} left while the state loaded: {reason}");
+            return;
+        }
+    }
+    welcome_and_serve(conn, send, recv, hello, cert, addr, ctx, permit).await;
 }
 
-/// From QUIC accept to a `Hello` with the right version and secret: the connection, its
-/// stream and the `Hello`, or `None` when the peer failed (refused, closed, timed out).
+/// Fingerprint of the certificate the peer presented (TLS has checked it against the
+/// fleet's CA), if any.
+fn peer_cert(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain
+        .first()
+        .map(|c| gitmirror_common::ca::fingerprint(c.as_ref()))
+}
+
+/// From QUIC accept to a `Hello` with the right version and the secret or a certificate
+/// of the fleet's CA: the connection, its stream, the `Hello` and the certificate's
+/// fingerprint, or `None` when the peer failed (refused, closed, timed out).
 async fn pre_auth(
     incoming: quinn::Incoming,
     ctx: &Ctx,
     addr: SocketAddr,
-) -> Option<(quinn::Connection, SendStream, RecvStream, Hello)> {
+) -> Option<(
+    quinn::Connection,
+    SendStream,
+    RecvStream,
+    Hello,
+    Option<String>,
+)> {
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -339,11 +415,17 @@ async fn pre_auth(
                 return None;
             }
         };
+    let cert = peer_cert(&conn);
     let file = ctx.secret.clone();
-    let secret = tokio::task::spawn_blocking(move || file.current())
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
+    let secret = if cert.is_some() {
+        // The certificate speaks for it; the secret is not asked for.
+        Ok(String::new())
+    } else {
+        tokio::task::spawn_blocking(move || file.current())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+    };
     let secret = match secret {
         Ok(s) => s,
         Err(e) => {
@@ -361,7 +443,7 @@ async fn pre_auth(
             return None;
         }
     };
-    let hello = match ServerHandshake::new(&secret).on_first_frame(&first) {
+    let hello = match ServerHandshake::new(&secret).on_first_frame(&first, cert.is_some()) {
         ServerVerdict::Accept(h) => h,
         ServerVerdict::Refuse {
             refusal,
@@ -379,19 +461,21 @@ async fn pre_auth(
             return None;
         }
     };
-    Some((conn, send, recv, hello))
+    Some((conn, send, recv, hello, cert))
 }
 
 /// Give a worker that passed the secret check its id, send `Welcome`, then carry its
 /// messages until the connection ends.
+#[allow(clippy::too_many_arguments)]
 async fn welcome_and_serve(
     conn: quinn::Connection,
     mut send: SendStream,
     mut recv: RecvStream,
     hello: Hello,
+    cert: Option<String>,
     addr: SocketAddr,
     ctx: &Ctx,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let uuid = hello.uuid;
     let name = hello.name.clone();
@@ -403,6 +487,7 @@ async fn welcome_and_serve(
     let connected = ConnEvent::Connected {
         conn: conn_id,
         hello,
+        cert,
         addr,
         outbox,
         handle: conn.clone(),
@@ -415,13 +500,15 @@ async fn welcome_and_serve(
         );
         return;
     }
-    let id = match answer.await {
-        Ok(Ok(id)) => id,
-        Ok(Err((refusal, code))) => {
+    let (id, enrolled) = match answer.await {
+        Ok(Ok(a)) => (a.id, a.enrolled),
+        Ok(Err((mut refusal, code))) => {
+            // Codes a worker of that version can decode.
+            refusal.code = refusal.code.for_protocol(protocol);
             refuse(
                 &conn,
                 &mut send,
-                &format!("worker at {addr}"),
+                &format!("worker {name:?} (uuid {uuid}) at {addr}"),
                 refusal,
                 code,
             )
@@ -442,11 +529,18 @@ async fn welcome_and_serve(
         worker_id: id,
         software: software(),
     };
-    let welcomed = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        write_msg(&mut send, &CoordMsg::Welcome(welcome)),
-    )
-    .await;
+    let first = match enrolled {
+        None => CoordMsg::Welcome(welcome),
+        Some(c) => {
+            tracing::info!("{who} enrolled: it got a certificate naming uuid {uuid}");
+            CoordMsg::Enrolled(Enrolled {
+                welcome,
+                cert_pem: c.cert_pem,
+                key_pem: c.key_pem,
+            })
+        }
+    };
+    let welcomed = tokio::time::timeout(HANDSHAKE_TIMEOUT, write_msg(&mut send, &first)).await;
     drop(permit);
     if !matches!(welcomed, Ok(Ok(()))) {
         tracing::info!("{who}: connection lost while sending Welcome");

@@ -286,18 +286,22 @@ impl Drop for Webhooks {
 /// Webhook URLs carry their tokens in the user info, the path (`/services/T0/B0/<token>`)
 /// or the query (issue 10 finding 5), so none of these is shown; a path or query is
 /// replaced by `/…` and 8 hex digits of the whole URL's SHA-256, which keep two hooks on
-/// one host apart (in metrics labels too) and say nothing usable about the token.
+/// one host apart (in metrics labels too) and say nothing usable about the token. Read
+/// by the `url` crate, as reqwest reads it (issue 11): a URL it cannot parse, which could
+/// not be delivered either, shows only the digest.
 pub fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if tail.is_empty() || tail == "/" {
-        return format!("{scheme}://{host}{tail}");
-    }
     let digest = <Sha256 as sha2::Digest>::digest(url.as_bytes());
     let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{scheme}://{host}/… #{short}")
+    let Ok(u) = url::Url::parse(url) else {
+        return format!("(not a URL) #{short}");
+    };
+    let host = u.host_str().unwrap_or("");
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    if matches!(u.path(), "" | "/") && u.query().is_none() && u.fragment().is_none() {
+        let slash = if url.ends_with('/') { "/" } else { "" };
+        return format!("{}://{host}{port}{slash}", u.scheme());
+    }
+    format!("{}://{host}{port}/… #{short}", u.scheme())
 }
 
 fn client() -> Result<reqwest::Client, reqwest::Error> {
@@ -512,6 +516,29 @@ mod tests {
         assert_eq!(redact("http://u@h/"), "http://h/");
         assert!(!redact("http://h?k=SECRET").contains("SECRET"));
         assert!(!redact("http://h#SECRET").contains("SECRET"));
+    }
+
+    // issue 11 part 4: a password holding `/` or `?` ended the hand-written authority
+    // early, and the label showed the user and the start of the password. (Seen failing
+    // before the fix: `https://user:pa/… #…`.)
+    #[test]
+    fn issue11_a_password_with_a_slash_or_question_mark_is_not_shown() {
+        for url in [
+            "https://user:pa/ss@hooks.example.org/x",
+            "https://user:pa?ss@hooks.example.org/x",
+            "https://user:pa#ss@hooks.example.org/",
+            "https://user:p%2Fss@hooks.example.org/x",
+        ] {
+            let shown = redact(url);
+            assert!(
+                !shown.contains("user") && !shown.contains("pa"),
+                "{url}: {shown}"
+            );
+        }
+        assert_eq!(
+            redact("https://user:p%2Fss@hooks.example.org:8443/"),
+            "https://hooks.example.org:8443/"
+        );
     }
 
     // issue 10 finding 5: a delivery that fails (nothing listens) to a URL with a token in

@@ -214,6 +214,18 @@ fn daemon_with_bad_config_exits_78() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_workers"));
 }
 
+/// Run the daemon on config `p` until it exits (20 s at most): its status and stderr.
+fn run_daemon_to_exit(p: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(["--config", p])
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, 20);
+    (status, stderr_of(child))
+}
+
 /// SPEC §10: a corrupt state file stops the daemon, naming the file and the way out.
 #[test]
 fn corrupt_state_stops_the_daemon() {
@@ -233,20 +245,40 @@ fn corrupt_state_stops_the_daemon() {
         std::fs::create_dir_all(d.path().join("state")).unwrap();
         let bad = d.path().join("state").join(file);
         std::fs::write(&bad, content).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--config", &p])
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_exit(&mut child, 20);
-        let err = stderr_of(child);
+        let (status, err) = run_daemon_to_exit(&p);
         assert!(!status.success(), "{file}: started anyway");
         assert!(err.contains(&bad.display().to_string()), "{file}: {err}");
         assert!(
             err.contains("move it aside") || err.contains("mv "),
             "{file}: {err}"
         );
+    }
+}
+
+/// Issue 11 part 4: a damaged join secret (truncated, or holding what no token can carry)
+/// stops the daemon at start, naming the file and the way out, instead of refusing the
+/// first worker.
+#[test]
+fn issue11_damaged_join_secret_stops_the_daemon_at_start() {
+    for content in [
+        "abc\n",
+        "a valid-looking secret with spaces in it\n",
+        "\u{0}\u{1}garbage",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "c.yaml", &daemon_config(d.path()));
+        let state = d.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let secret = state.join("join-secret");
+        std::fs::write(&secret, content).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (status, err) = run_daemon_to_exit(&p);
+        assert!(!status.success(), "{content:?}: started anyway");
+        assert!(
+            err.contains(&secret.display().to_string()) && err.contains("damaged"),
+            "{content:?}: {err}"
+        );
+        assert!(err.contains("remove it"), "{content:?}: {err}");
     }
 }
 

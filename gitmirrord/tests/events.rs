@@ -553,17 +553,20 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
+/// The sum of the samples of `name` with `labels` (others, such as `trigger`, summed over).
 fn get_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
+    let matching: Vec<f64> = samples
         .iter()
-        .find(|s| {
+        .filter(|s| {
             s.name == name
                 && labels
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
-        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
-        .value
+        .map(|s| s.value)
+        .collect();
+    assert!(!matching.is_empty(), "no sample {name}{labels:?}");
+    matching.iter().sum()
 }
 
 #[test]

@@ -64,6 +64,7 @@ fn settings(state: &Path) -> IndexSettings {
         dir: state.join("index"),
         allow_file_urls: false,
         purge_protect_percent: 5.0,
+        credentials: Default::default(),
     }
 }
 

@@ -68,6 +68,7 @@ fn settings(state: &Path, percent: f64) -> IndexSettings {
         dir: state.join("index"),
         allow_file_urls: false,
         purge_protect_percent: percent,
+        credentials: Default::default(),
     }
 }
 

@@ -85,6 +85,7 @@ async fn embedded_worker_mirrors_the_index() {
         Listeners {
             quic,
             http: http_sock,
+            hooks: None,
         },
         ctl,
     ));

@@ -77,10 +77,8 @@ async fn populated() -> (Coordinator, TestWorker) {
     let mut hello = common::hello(Uuid::from_u128(77), &c.token.secret);
     hello.name = EVIL_NAME.into();
     w.send(&WorkerMsg::Hello(hello)).await.unwrap();
-    assert!(matches!(
-        w.recv().await.unwrap(),
-        gitmirror_wire::CoordMsg::Welcome(_)
-    ));
+    let reply = w.recv().await.unwrap();
+    assert!(common::welcomed(&c.token, Uuid::from_u128(77), &reply).is_some());
     w.holdings(vec![]).await;
     w.next_assign().await;
     w.send(&WorkerMsg::Status(WorkerStatus {
@@ -216,6 +214,13 @@ async fn status_page_in_headless_chromium() {
         ">alive<",
         ">cloned<",
         "mirrored",
+        // Issue 16: the plots render as SVG elements, and repo ids are links.
+        "<svg id=\"staleness-plot\"",
+        "<svg id=\"outcomes-plot\"",
+        "<svg id=\"events-plot\"",
+        "<svg id=\"shares-plot\"",
+        "class=\"marker\"",
+        "href=\"/repos/l/linux/linux-next\"",
     ] {
         assert!(
             dom.contains(text),
@@ -242,5 +247,209 @@ async fn status_page_in_headless_chromium() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(&shot, Path::new(&dir).join("status.png")).unwrap();
     }
+
+    // Issue 16 item 1: the link from `/` resolves to the repo's page, rendered.
+    let repo_url = format!("http://{}/repos/{}", c.http, REPOS[1]);
+    let (repo_dom, repo_png) = {
+        let (bin, profile) = (bin.clone(), tmp.path().join("profile"));
+        let png = tmp.path().join("repo.png");
+        tokio::task::spawn_blocking(move || {
+            let dom = run_chromium(&bin, &profile, &["--dump-dom".into()], &repo_url);
+            run_chromium(
+                &bin,
+                &profile,
+                &[
+                    format!("--screenshot={}", png.display()),
+                    "--window-size=1280,900".into(),
+                    "--hide-scrollbars".into(),
+                ],
+                &repo_url,
+            );
+            (dom, png)
+        })
+        .await
+        .unwrap()
+    };
+    for text in [
+        "id=\"repo-state\">gone<",
+        "probes it once a day",
+        "Last outcomes",
+        "&lt;b&gt;HTTP 404&lt;/b&gt;",
+    ] {
+        assert!(
+            repo_dom.contains(text),
+            "{text:?} not in the repo page's DOM:\n{repo_dom}"
+        );
+    }
+    assert!(!repo_dom.contains("<b>HTTP"), "{repo_dom}");
+    let png = std::fs::read(&repo_png).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    if let Some(dir) = std::env::var_os("GITMIRROR_SCREENSHOT_DIR") {
+        std::fs::copy(&repo_png, Path::new(&dir).join("repo.png")).unwrap();
+    }
     c.stop().await.1.unwrap();
+}
+
+/// Issue 16 item 1, SPEC §9 `GET /repos/{id}`: each repo's page shows its state and why,
+/// owner, holders, URL, schedule, last outcomes and events; what came from a worker or
+/// upstream is escaped; repo ids on `/` link to it; an unknown id is a 404 page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue16_repo_page_shows_state_why_schedule_outcomes_and_events() {
+    let (c, _w) = populated().await;
+    // The event becomes durable after the outcome: wait for it on the page.
+    let path = format!("/repos/{}", REPOS[0]);
+    let html = common::eventually(10, "the clone's event on the repo page", || async {
+        let (status, html) = c.get(&path).await;
+        assert_eq!(status, 200, "{html}");
+        html.contains("id=\"repo-events\"><h2>Recent events <span class=\"count\">(1,")
+            .then_some(html)
+    })
+    .await;
+    for text in [
+        "id=\"repo-state\">mirrored<",
+        "holds a mirror; its last fetch succeeded",
+        "refs/heads/main",
+        "9fceb02d0",
+        ">cloned<",
+        "<tr class=\"outcome\">",
+        ">ok<",
+        "last upstream change",
+        "next due",
+        "max_interval",
+        "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;",
+        "href=\"/api/repos/a/abc/abc\"",
+    ] {
+        assert!(html.contains(text), "{text:?} missing from {path}:\n{html}");
+    }
+    // The gone repo: its hostile error message is text, in the why and the outcomes.
+    let (status, gone) = c.get(&format!("/repos/{}", REPOS[1])).await;
+    assert_eq!(status, 200);
+    assert!(gone.contains("id=\"repo-state\">gone<"), "{gone}");
+    assert!(gone.contains("probes it once a day"), "{gone}");
+    assert!(
+        gone.contains("&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;&lt;b&gt;HTTP 404&lt;/b&gt;"),
+        "{gone}"
+    );
+    // The page's one script is its own (static) fetch button; nothing injected is markup.
+    for raw in ["<script>alert", "<b>", "<img"] {
+        assert!(
+            !gone.contains(raw) && !html.contains(raw),
+            "{raw:?} unescaped"
+        );
+    }
+    assert_eq!(gone.matches("<script").count(), 1, "{gone}");
+    // The "fetch now" button posts to the API; the same-origin post a browser sends
+    // without JavaScript is accepted (no token configured, loopback).
+    assert!(
+        html.contains(
+            "<form id=\"fetch-now\" method=\"post\" action=\"/api/repos/a/abc/abc/fetch\""
+        ),
+        "{html}"
+    );
+    let origin = format!("Origin: http://{}", c.http);
+    let (status, _) = c.post_with("/api/repos/a/abc/abc/fetch", &[&origin]).await;
+    assert_eq!(status, 202);
+    // The third repo is assigned and not cloned yet.
+    let (_, pending) = c.get(&format!("/repos/{}", REPOS[2])).await;
+    assert!(pending.contains("id=\"repo-state\">pending<"), "{pending}");
+    assert!(pending.contains("No outcome reported"), "{pending}");
+    // Links from `/`: the failing list and the events.
+    let (_, index) = c.get("/").await;
+    assert!(
+        index.contains("href=\"/repos/l/linux/linux-next\""),
+        "{index}"
+    );
+    assert!(index.contains("href=\"/repos/a/abc/abc\""), "{index}");
+    // The search box: an id prefix lists the matching repos, linked; the query is text.
+    assert!(index.contains("<form class=\"search\" method=\"get\" action=\"/repos\""));
+    let (status, found) = c.get("/repos?q=l%2F").await;
+    assert_eq!(status, 200);
+    assert!(
+        found.contains("href=\"/repos/l/linux/linux-next\""),
+        "{found}"
+    );
+    assert!(!found.contains("href=\"/repos/a/abc/abc\""), "{found}");
+    let (_, all) = c.get("/repos?q=").await;
+    assert_eq!(
+        all.matches("<a class=\"mono\" href=\"/repos/").count(),
+        3,
+        "{all}"
+    );
+    let (_, evil) = c.get("/repos?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+    assert!(!evil.contains("<script>alert"), "{evil}");
+    assert!(
+        evil.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{evil}"
+    );
+    assert!(evil.contains("No repo id starts with that."), "{evil}");
+    let (status, missing) = c.get("/repos/no/such/repo").await;
+    assert_eq!(status, 404);
+    assert!(missing.contains("No repo <span class=\"mono\">no/such/repo</span>"));
+    assert_eq!(c.post(&path).await.0, 405);
+    c.stop().await.1.unwrap();
+}
+
+/// Issue 16 item 2: the plots on `/` are inline SVG with the fleet's figures — staleness
+/// with max_interval marked, outcomes per minute by class, events per minute, worker
+/// shares, and the failing repos grouped by class and by upstream host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue16_status_page_plots_show_the_fleet_figures() {
+    let (c, _w) = populated().await;
+    let html = common::eventually(10, "the clone's event in the events plot", || async {
+        let (_, html) = c.get("/").await;
+        html.contains("data-total=\"events\">1</b>").then_some(html)
+    })
+    .await;
+    // Staleness: one repo fetched successfully, seconds ago; the marker at 24 h.
+    let staleness = section(&html, "staleness");
+    assert!(
+        staleness.contains("data-label=\"≤1m\" data-count=\"1\""),
+        "{staleness}"
+    );
+    assert_eq!(
+        staleness.matches("data-count=\"0\"").count(),
+        11,
+        "{staleness}"
+    );
+    assert!(
+        staleness.contains("max_interval 1d (the worker default)"),
+        "{staleness}"
+    );
+    assert!(
+        staleness.contains("0 beyond max_interval, 2 never fetched"),
+        "{staleness}"
+    );
+    // Outcomes: one success, one gone.
+    let outcomes = section(&html, "outcomes");
+    assert!(outcomes.contains("data-total=\"ok\">1</b>"), "{outcomes}");
+    assert!(outcomes.contains("data-total=\"gone\">1</b>"), "{outcomes}");
+    assert!(
+        outcomes.contains("data-total=\"transient\">0</b>"),
+        "{outcomes}"
+    );
+    // Shares: the one worker owns all, and all is its fair share.
+    let shares = section(&html, "shares");
+    assert!(
+        shares.contains("data-count=\"3\" data-share=\"1.0000\" data-fair=\"1.0000\""),
+        "{shares}"
+    );
+    assert!(
+        shares.contains("&lt;script&gt;"),
+        "the worker's name is escaped"
+    );
+    // Groups: the gone repo by class and host.
+    let groups = section(&html, "failing-groups");
+    assert!(groups.contains("data-class=\"gone\">1<"), "{groups}");
+    assert!(groups.contains("data-host=\"example.org\">1<"), "{groups}");
+    assert!(!html.contains("<script"), "no script needed, none injected");
+    c.stop().await.1.unwrap();
+}
+
+/// The `<section id="{id}">…</section>` of a page.
+fn section<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<section id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no section {id}"));
+    let len = html[start..].find("</section>").unwrap();
+    &html[start..start + len]
 }

@@ -61,10 +61,9 @@ async fn issue10_f1_a_rogue_worker_with_a_stolen_token_destroys_nothing() {
     let mut h = hello(rogue_uuid, &c.token.secret);
     h.weight = 1e300;
     rogue.send(&WorkerMsg::Hello(h)).await.unwrap();
-    let rogue_id = match rogue.recv().await.unwrap() {
-        CoordMsg::Welcome(w) => w.worker_id,
-        other => panic!("expected Welcome, got {other:?}"),
-    };
+    let reply = rogue.recv().await.unwrap();
+    let rogue_id = common::welcomed(&c.token, rogue_uuid, &reply)
+        .unwrap_or_else(|| panic!("expected Welcome, got {reply:?}"));
     let claim = REPOS
         .iter()
         .map(|id| HeldRepo {

@@ -256,7 +256,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     )?;
     let token = coord.join_token()?;
     let transport = gitmirror_common::trust::transport(worker::KEEPALIVE, worker::IDLE_TIMEOUT)?;
-    let client_config = gitmirror_common::trust::client_config(&token, transport)?;
+    let client_config = gitmirror_common::trust::client_config(&token, None, transport)?;
     let window = opts
         .window
         .unwrap_or((50_000 / opts.workers).clamp(100, 5_000));

@@ -152,16 +152,26 @@ impl Metrics {
             .sum()
     }
 
-    /// `label value → value` of the metric `name`'s series with one label.
+    /// `first label's value → value` of the metric `name` (summed over its other labels).
     pub fn by_label(&self, name: &str) -> std::collections::BTreeMap<String, f64> {
-        self.0
-            .iter()
-            .filter_map(|(s, v)| {
-                let labels = s.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
-                let (_, value) = labels.split_once('=')?;
-                Some((value.trim_matches('"').to_owned(), *v))
-            })
-            .collect()
+        let mut by = std::collections::BTreeMap::new();
+        for (s, v) in &self.0 {
+            let Some(labels) = s
+                .strip_prefix(name)
+                .and_then(|l| l.strip_prefix('{'))
+                .and_then(|l| l.strip_suffix('}'))
+            else {
+                continue;
+            };
+            // The first label's value; series that differ only in later labels (such as
+            // `trigger` on `gitmirror_fetches_total`) are summed.
+            let first = labels.split(',').next().unwrap_or_default();
+            let Some((_, value)) = first.split_once('=') else {
+                continue;
+            };
+            *by.entry(value.trim_matches('"').to_owned()).or_insert(0.0) += *v;
+        }
+        by
     }
 }
 

@@ -32,7 +32,7 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a worker makes and sends outcomes (the real worker batches within 50 ms).
 const TICK: Duration = Duration::from_millis(50);
 /// Most outcomes in one `Outcomes` frame, as the real worker sends.
@@ -100,6 +100,8 @@ struct Worker {
     shared: Arc<Shared>,
     view: Arc<WorkerView>,
     previous_id: Option<u32>,
+    /// TLS with the certificate this worker enrolled with (SPEC §17); `None` before.
+    client_config: Option<quinn::ClientConfig>,
     held: Vec<u32>,
     slots: HashMap<u32, Slot>,
     to_clone: VecDeque<u32>,
@@ -135,6 +137,7 @@ pub(crate) async fn run(
         shared,
         view,
         previous_id: None,
+        client_config: None,
         held: Vec::new(),
         slots: HashMap::new(),
         to_clone: VecDeque::new(),
@@ -228,7 +231,9 @@ impl Worker {
         let connect = async {
             let conn = endpoint
                 .connect_with(
-                    self.shared.client_config.clone(),
+                    self.client_config
+                        .clone()
+                        .unwrap_or_else(|| self.shared.client_config.clone()),
                     self.shared.coordinator,
                     trust::SERVER_NAME,
                 )
@@ -281,9 +286,10 @@ impl Worker {
         end
     }
 
-    /// `Hello` → `Welcome`: the streams and the worker id.
+    /// `Hello` → `Welcome`: the streams and the worker id. A certificate the coordinator
+    /// issues is presented from the next connection on, as a real worker does.
     async fn hello(
-        &self,
+        &mut self,
         conn: &quinn::Connection,
     ) -> Result<(quinn::SendStream, quinn::RecvStream, u32), String> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -302,8 +308,18 @@ impl Worker {
         let body = read_frame(&mut recv)
             .await?
             .ok_or_else(|| "the coordinator ended the stream before Welcome".to_owned())?;
-        let welcome = hs.on_reply(&body).map_err(|e| e.to_string())?;
-        Ok((send, recv, welcome.worker_id))
+        let welcomed = hs.on_reply(&body).map_err(|e| e.to_string())?;
+        if let Some(e) = welcomed.enrolled {
+            let cert = trust::WorkerCert {
+                cert_pem: e.cert_pem,
+                key_pem: e.key_pem,
+            };
+            let config = trust::transport(KEEPALIVE, IDLE_TIMEOUT)
+                .and_then(|t| trust::client_config(&self.shared.token, Some(&cert), t))
+                .map_err(|e| format!("the issued certificate: {e:#}"))?;
+            self.client_config = Some(config);
+        }
+        Ok((send, recv, welcomed.welcome.worker_id))
     }
 
     /// After `Welcome`: `Holdings`, a `Status`, then every unacknowledged outcome again.
@@ -395,7 +411,7 @@ impl Worker {
                 let page = gitmirror_wire::refs_page::error(&q, why);
                 write(send, &WorkerMsg::RefsPage(page)).await?;
             }
-            CoordMsg::Welcome(_) | CoordMsg::Refused(_) => {
+            CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }
         }

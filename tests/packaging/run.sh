@@ -192,7 +192,7 @@ trap 'exit 130' INT TERM
 
 host_tools() {
   local want=(debootstrap:debootstrap systemd-nspawn:systemd-container lintian:lintian
-    rpm:rpm mandoc:mandoc shellcheck:shellcheck nsenter:util-linux curl:curl)
+    rpm:rpm rpmlint:rpmlint mandoc:mandoc shellcheck:shellcheck nsenter:util-linux curl:curl)
   local missing=() t
   for t in "${want[@]}"; do
     command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
@@ -206,7 +206,7 @@ host_tools() {
 
 static_checks() {
   shellcheck "$here"/*.sh "$repo/packaging/build-packages.sh"
-  shellcheck -s sh "$repo"/packaging/debian/*.post* "$repo"/packaging/rpm/*
+  shellcheck -s sh "$repo"/packaging/debian/*.post* "$repo"/packaging/rpm/*.pre* "$repo"/packaging/rpm/*.post*
   log "shellcheck: clean"
   local page
   for page in "$repo"/man/*.[58]; do
@@ -247,6 +247,20 @@ lint_debs() {
   log "lintian: $(grep -c '^E:' "$work/lintian.out" || true) errors, $(grep -c '^W:' "$work/lintian.out" || true) warnings"
 }
 
+# packaging/rpm/rpmlintrc filters what does not apply, each filter saying why;
+# a filter that matches nothing is itself an error (unused-rpmlintrc-filter).
+lint_rpms() {
+  local rc=0
+  rpmlint -r "$repo/packaging/rpm/rpmlintrc" "$pkgs"/*.rpm >"$work/rpmlint.out" 2>&1 || rc=$?
+  grep ': [EWI]: \|packages and' "$work/rpmlint.out" | sed 's/^/    /' || true
+  if [ "$rc" != 0 ]; then
+    # No finding printed: show why it could not run.
+    grep -q ': E: ' "$work/rpmlint.out" || tail -n 20 "$work/rpmlint.out" | sed 's/^/    /' >&2
+    fail "rpmlint exits $rc (errors, or it could not run)"
+  fi
+  log "rpmlint: $(grep -c ': E: ' "$work/rpmlint.out" || true) errors, $(grep -c ': W: ' "$work/rpmlint.out" || true) warnings"
+}
+
 check_debs() {
   local p deb contents dep
   for p in gitmirrord gitmirror-worker; do
@@ -265,6 +279,16 @@ check_debs() {
       fail "$deb: /etc/gitmirror/$p.yaml is not a conffile"
     log "$(basename "$deb"): files, conffile, Depends: $(dpkg-deb -f "$deb" Depends)"
   done
+  # gitmirrorctl, its man page and the alert rules ship with the coordinator (issue 16).
+  contents=$(dpkg-deb -c "$(ls "$pkgs"/gitmirrord_*.deb)")
+  for f in ./usr/bin/gitmirrorctl ./usr/share/man/man8/gitmirrorctl.8.gz \
+    ./usr/share/gitmirror/prometheus/gitmirror.rules.yml \
+    ./usr/share/gitmirror/prometheus/gitmirror.dashboard.json \
+    ./usr/share/bash-completion/completions/gitmirrorctl \
+    ./usr/share/zsh/vendor-completions/_gitmirrorctl \
+    ./usr/share/fish/vendor_completions.d/gitmirrorctl.fish; do
+    grep -q " $f\$" <<<"$contents" || fail "gitmirrord deb lacks $f"
+  done
   contents=$(dpkg-deb -c "$(ls "$pkgs"/gitmirror-worker_*.deb)")
   grep -q ' ./usr/lib/systemd/system/gitmirror-git-daemon.service$' <<<"$contents" ||
     fail "worker deb lacks gitmirror-git-daemon.service"
@@ -282,6 +306,7 @@ check_rpms() {
 /usr/share/man/man5/$p.yaml.5.gz
 /usr/share/man/man8/$p.8.gz"
     [ "$p" = gitmirror-worker ] && expected+=$'\n/usr/lib/systemd/system/gitmirror-git-daemon.service'
+    [ "$p" = gitmirrord ] && expected+=$'\n/usr/bin/gitmirrorctl\n/usr/share/man/man8/gitmirrorctl.8.gz\n/usr/share/gitmirror/prometheus/gitmirror.rules.yml\n/usr/share/gitmirror/prometheus/gitmirror.dashboard.json\n/usr/share/bash-completion/completions/gitmirrorctl\n/usr/share/zsh/site-functions/_gitmirrorctl\n/usr/share/fish/vendor_completions.d/gitmirrorctl.fish'
     diff <(sort <<<"$expected") <(sort <<<"$files") || fail "$rpmf: unexpected file list"
     rpm -qpR "$rpmf" 2>/dev/null | grep -cx 'git' >/dev/null || fail "$rpmf does not require git"
     rpm -qpc "$rpmf" 2>/dev/null | grep -cx "/etc/gitmirror/$p.yaml" >/dev/null || fail "$rpmf: config not marked %config"
@@ -679,6 +704,7 @@ step "static checks: shellcheck, mandoc lint, man page keys" static_checks
 step "systemd-analyze security <= 2.0" unit_security
 step "build packages" build_packages critical
 step "lintian" lint_debs
+step "rpmlint" lint_rpms
 step "deb contents" check_debs
 step "rpm contents, scriptlets, scratch-root install" check_rpms
 step "container root" prepare_root critical

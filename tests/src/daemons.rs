@@ -418,6 +418,20 @@ impl Coordinator {
         }
     }
 
+    /// The first `n` events, once that many are in the log. A repo's state is published
+    /// when its outcome is applied; its events become readable a moment later, when the
+    /// event log's writer has them (design.md "Event appends off the main loop").
+    pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, &format!("{n} events in the log"), || {
+            let events = self.events(0)?;
+            if events.len() >= n {
+                Ok(events)
+            } else {
+                Err(format!("{} events: {events:?}", events.len()))
+            }
+        })
+    }
+
     /// Sequence number of the newest event (0 when none).
     pub fn last_seq(&self) -> Result<u64, String> {
         Ok(self

@@ -1578,14 +1578,16 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
 
     let owners = fleet.wait_settled(SETTLE);
     fleet.check_mirrors(&owners).unwrap();
-    let told = refs_from_events(&fleet.coord.all_events().unwrap()).unwrap();
-    for (id, url) in &repos {
-        assert_eq!(
-            told.get(id),
-            Some(&ls_remote(url)),
-            "{id}: events vs upstream"
-        );
-    }
+    // The events of the last outcomes may reach the log a moment after the repos settle.
+    wait_for(SETTLE, "the events agree with every upstream", || {
+        let told = refs_from_events(&fleet.coord.all_events()?)?;
+        for (id, url) in &repos {
+            if told.get(id) != Some(&ls_remote(url)) {
+                return Err(format!("{id}: events {:?} vs upstream", told.get(id)));
+            }
+        }
+        Ok(())
+    });
     figure(SUITE, "state_disk_full.changes_held_back", 2);
     figure(SUITE, "state_disk_full.changes_lost", 0);
     w.kill();

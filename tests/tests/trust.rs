@@ -168,16 +168,17 @@ const WORKER_REFUSED: &str = "the coordinator refused this worker's join secret"
 
 // SPEC §4.1 rotation: after `join-token --rotate` the stolen (old) token admits nobody, the
 // coordinator keeps running and logs each refusal naming the peer, the certificate pin
-// stays, connected workers stay connected, the new token admits a new worker, and a
-// worker dropped after the rotation is refused with the old token, keeps running, and
-// rejoins without a restart once the new token is written to its `join_token_file`.
+// stays, connected workers stay connected, the new token admits a new worker, an enrolled
+// worker reconnects with its certificate (SPEC §17) whatever its token file says, and a
+// worker not enrolled yet is refused with the old token, keeps running, and joins without
+// a restart once the new token is written to its `join_token_file`.
 #[test]
 fn rotated_secret_refuses_the_stolen_token_and_the_token_file_needs_no_restart() {
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set("rotate", 6);
     let mut fleet = Fleet::start("rotate", &repos, 0);
     let stolen = fleet.token.clone();
-    let (w0, w0_file) = file_token_worker(&mut fleet, "w0", &stolen);
+    let (w0, _) = file_token_worker(&mut fleet, "w0", &stolen);
     fleet.workers[w0].start();
     fleet.wait_alive(&[w0], Duration::from_secs(30));
     fleet.wait_settled(SETTLE);
@@ -239,66 +240,93 @@ fn rotated_secret_refuses_the_stolen_token_and_the_token_file_needs_no_restart()
     fleet.wait_alive(&[w0, w1], Duration::from_secs(30));
     let held = Fleet::owned_by(&fleet.wait_settled(SETTLE), w0);
 
-    // Drop w0's connection (restart the coordinator): with the old token it is refused,
-    // keeps running and keeps its mirrors; w1 comes back.
-    let w0_pid = fleet.workers[w0].proc.pid();
+    // Drop w0's connection (restart the coordinator). w0 enrolled before the rotation
+    // (SPEC §17): its certificate speaks for it, so it comes back although its file still
+    // holds the old token, and keeps its mirrors.
     let w0_mark = fleet.workers[w0].proc.log_mark();
-    let coord_mark = fleet.coord.proc.log_mark();
     fleet.coord.kill();
     fleet.coord.start_ready();
-    fleet.workers[w0]
-        .proc
-        .wait_log(w0_mark, WORKER_REFUSED, Duration::from_secs(30));
-    wait_for(
-        Duration::from_secs(10),
-        "the coordinator's refusal of w0",
-        || match secret_refusals(&fleet.coord, "w0", coord_mark) {
-            0 => Err("none yet".into()),
-            n => Ok(n),
-        },
-    );
-    fleet.wait_alive(&[w1], Duration::from_secs(30));
+    fleet.wait_alive(&[w0, w1], Duration::from_secs(30));
     assert!(
-        fleet.workers[w0].proc.is_running(),
-        "w0 exited when refused"
+        !fleet.workers[w0]
+            .proc
+            .log_since(w0_mark)
+            .contains(WORKER_REFUSED),
+        "the enrolled w0 was refused"
     );
-    if let Ok(w) = fleet.api_worker(w0) {
-        assert_ne!(str_field(&w, "state"), "alive", "refused w0 listed alive");
-    }
     for id in held {
         assert!(
             fleet.workers[w0].has_mirror(&id),
             "w0 lost its mirror of {id}"
         );
     }
+    fleet.wait_settled(SETTLE);
 
-    // The operator writes the new token into w0's file: it rejoins, same process.
+    // A worker not enrolled yet, configured with the old token, is refused and keeps
+    // running; once the operator writes the new token into its file it joins, same
+    // process.
+    late_worker_joins_once_its_file_has_the_new_token(&mut fleet, &stolen, &rotated, "late");
+}
+
+/// Start worker `name` with `old` in its token file: it is refused, logged by both sides,
+/// and keeps running; writing `new` into the file lets it join without a restart.
+fn late_worker_joins_once_its_file_has_the_new_token(
+    fleet: &mut Fleet,
+    old: &str,
+    new: &str,
+    name: &str,
+) {
+    let (w, file) = file_token_worker(fleet, name, old);
+    let coord_mark = fleet.coord.proc.log_mark();
+    fleet.workers[w].start();
+    fleet.workers[w]
+        .proc
+        .wait_log(0, WORKER_REFUSED, Duration::from_secs(30));
+    wait_for(
+        Duration::from_secs(10),
+        "the coordinator's refusal",
+        || match secret_refusals(&fleet.coord, name, coord_mark) {
+            0 => Err("none yet".into()),
+            n => Ok(n),
+        },
+    );
+    assert!(
+        fleet.workers[w].proc.is_running(),
+        "{name} exited when refused"
+    );
+    if let Ok(v) = fleet.api_worker(w) {
+        assert_ne!(
+            str_field(&v, "state"),
+            "alive",
+            "refused {name} listed alive"
+        );
+    }
+    let pid = fleet.workers[w].proc.pid();
     let written = Instant::now();
-    write_token_file(&w0_file, &rotated);
-    fleet.wait_alive(&[w0], Duration::from_secs(30));
+    write_token_file(&file, new);
+    fleet.wait_alive(&[w], Duration::from_secs(30));
     figure(
         "trust",
-        "token_file_written_to_rejoined_ms",
+        &format!("{name}_token_file_written_to_rejoined_ms"),
         written.elapsed().as_millis(),
     );
-    assert_eq!(fleet.workers[w0].proc.pid(), w0_pid, "w0 was restarted");
-    fleet.workers[w0].proc.wait_log(
-        w0_mark,
-        "read a new join token from",
-        Duration::from_secs(1),
-    );
+    assert_eq!(fleet.workers[w].proc.pid(), pid, "{name} was restarted");
+    fleet.workers[w]
+        .proc
+        .wait_log(0, "read a new join token from", Duration::from_secs(1));
     fleet.wait_settled(SETTLE);
 }
 
 // SPEC §4.1 rotation while the coordinator is stopped: its next start uses the new secret,
-// so the old token is refused and the new one admits.
+// so the old token is refused and the new one admits; an enrolled worker needs neither
+// (SPEC §17).
 #[test]
 fn rotation_while_the_coordinator_is_stopped_takes_effect_at_its_next_start() {
     let daemon = GitDaemon::shared();
     let repos = daemon.repo_set("rotate-stopped", 3);
     let mut fleet = Fleet::start("rotate-stopped", &repos, 0);
     let old = fleet.token.clone();
-    let (w0, file) = file_token_worker(&mut fleet, "w0", &old);
+    let (w0, _) = file_token_worker(&mut fleet, "w0", &old);
     fleet.workers[w0].start();
     fleet.wait_alive(&[w0], Duration::from_secs(30));
 
@@ -316,29 +344,15 @@ fn rotation_while_the_coordinator_is_stopped_takes_effect_at_its_next_start() {
     let w0_mark = fleet.workers[w0].proc.log_mark();
     let coord_mark = fleet.coord.proc.log_mark();
     fleet.coord.start_ready();
-    fleet.workers[w0]
-        .proc
-        .wait_log(w0_mark, WORKER_REFUSED, Duration::from_secs(30));
-    wait_for(
-        Duration::from_secs(10),
-        "the coordinator's refusal of w0",
-        || match secret_refusals(&fleet.coord, "w0", coord_mark) {
-            0 => Err("none yet".into()),
-            n => Ok(n),
-        },
-    );
-    assert!(
-        fleet.workers[w0].proc.is_running(),
-        "w0 exited when refused"
-    );
-
-    let written = Instant::now();
-    write_token_file(&file, &rotated);
+    // The enrolled w0 comes back with its certificate; the new secret is in force for
+    // everyone else: a worker with the old token is refused until its file is updated.
     fleet.wait_alive(&[w0], Duration::from_secs(30));
-    figure(
-        "trust",
-        "stopped_rotation_token_file_written_to_rejoined_ms",
-        written.elapsed().as_millis(),
+    assert!(
+        !fleet.workers[w0]
+            .proc
+            .log_since(w0_mark)
+            .contains(WORKER_REFUSED)
     );
-    fleet.wait_settled(SETTLE);
+    assert_eq!(secret_refusals(&fleet.coord, "w0", coord_mark), 0);
+    late_worker_joins_once_its_file_has_the_new_token(&mut fleet, &old, &rotated, "late");
 }

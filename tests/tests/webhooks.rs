@@ -177,7 +177,7 @@ fn webhooks_deliver_signed_events_in_order_with_retries() {
     let mut fleet = with_webhook("hook", &repos, &receiver, secret);
     fleet.add_worker(1.0);
     fleet.wait_settled(SETTLE);
-    let events = fleet.coord.events(0).unwrap();
+    let events = fleet.coord.wait_events(5, Duration::from_secs(30));
     assert_eq!(events.len(), 5, "{events:?}");
 
     let accepted = wait_for(Duration::from_secs(30), "5 events acknowledged", || {

@@ -1,12 +1,14 @@
 //! The first exchange of a connection, as two small state machines without I/O.
 //!
-//! The worker sends `Hello`; the coordinator answers `Welcome` or `Refused` and closes on
-//! refusal. The protocol version is the first field of `Hello`, readable by any version
+//! The worker sends `Hello`; the coordinator answers `Welcome`, `Enrolled` (protocol 4: a
+//! welcome carrying the certificate the join token just obtained) or `Refused`, and closes
+//! on refusal. A worker that presented a certificate of the fleet's CA in TLS is not asked
+//! for the join secret: its certificate speaks for it (SPEC §17). The protocol version is the first field of `Hello`, readable by any version
 //! ([`peek_protocol`]), so a mismatch is reported naming both versions instead of as an
 //! undecodable frame.
 
 use crate::frame::{FrameError, decode, encode_frame};
-use crate::message::{CoordMsg, Hello, Refusal, RefuseCode, Welcome, WorkerMsg};
+use crate::message::{CoordMsg, Enrolled, Hello, Refusal, RefuseCode, Welcome, WorkerMsg};
 use crate::token::secrets_equal;
 use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, close_code};
 
@@ -34,6 +36,15 @@ pub fn peek_protocol(body: &[u8]) -> Option<u32> {
     postcard::take_from_bytes::<u32>(rest).ok().map(|(v, _)| v)
 }
 
+/// What the coordinator's answer to `Hello` gave the worker.
+#[derive(Debug, PartialEq)]
+pub struct Welcomed {
+    pub welcome: Welcome,
+    /// The certificate and key the join token obtained (protocol 4), to keep and present
+    /// on every later connection.
+    pub enrolled: Option<Enrolled>,
+}
+
 /// Worker side.
 #[derive(Debug)]
 pub struct ClientHandshake {
@@ -51,23 +62,29 @@ impl ClientHandshake {
     }
 
     /// Interpret the coordinator's first frame body.
-    pub fn on_reply(&self, body: &[u8]) -> Result<Welcome, HandshakeError> {
-        match decode::<CoordMsg>(body)? {
-            CoordMsg::Welcome(w) if w.protocol == self.hello.protocol => Ok(w),
-            CoordMsg::Welcome(w) => Err(HandshakeError::VersionMismatch {
-                ours: self.hello.protocol,
-                theirs: w.protocol,
-            }),
+    pub fn on_reply(&self, body: &[u8]) -> Result<Welcomed, HandshakeError> {
+        let (welcome, enrolled) = match decode::<CoordMsg>(body)? {
+            CoordMsg::Welcome(w) => (w, None),
+            CoordMsg::Enrolled(e) => (e.welcome.clone(), Some(e)),
             CoordMsg::Refused(Refusal { code, message }) => {
-                Err(HandshakeError::Refused { code, message })
+                return Err(HandshakeError::Refused { code, message });
             }
-            CoordMsg::Assign(_) => Err(HandshakeError::Unexpected("an assignment")),
-            CoordMsg::OutcomeAck { .. } => Err(HandshakeError::Unexpected("an acknowledgement")),
+            CoordMsg::Assign(_) => return Err(HandshakeError::Unexpected("an assignment")),
+            CoordMsg::OutcomeAck { .. } => {
+                return Err(HandshakeError::Unexpected("an acknowledgement"));
+            }
             CoordMsg::FetchNow { .. } | CoordMsg::Relist { .. } => {
-                Err(HandshakeError::Unexpected("a fetch request"))
+                return Err(HandshakeError::Unexpected("a fetch request"));
             }
-            CoordMsg::RefsQuery(_) => Err(HandshakeError::Unexpected("a refs query")),
+            CoordMsg::RefsQuery(_) => return Err(HandshakeError::Unexpected("a refs query")),
+        };
+        if welcome.protocol != self.hello.protocol {
+            return Err(HandshakeError::VersionMismatch {
+                ours: self.hello.protocol,
+                theirs: welcome.protocol,
+            });
         }
+        Ok(Welcomed { welcome, enrolled })
     }
 }
 
@@ -99,7 +116,9 @@ impl<'a> ServerHandshake<'a> {
         Self { secret }
     }
 
-    pub fn on_first_frame(&self, body: &[u8]) -> ServerVerdict {
+    /// `certified`: the peer presented a certificate the fleet's CA issued (checked by TLS);
+    /// the secret is then not asked for, and who it may speak for is the registry's call.
+    pub fn on_first_frame(&self, body: &[u8], certified: bool) -> ServerVerdict {
         let refuse = |code, message: String, close| ServerVerdict::Refuse {
             refusal: Refusal { code, message },
             close_code: close,
@@ -140,7 +159,7 @@ impl<'a> ServerHandshake<'a> {
                 );
             }
         };
-        if !secrets_equal(&hello.secret, self.secret) {
+        if !certified && !secrets_equal(&hello.secret, self.secret) {
             return refuse(
                 RefuseCode::BadSecret,
                 "wrong join token secret: get the current token with `gitmirrord join-token`"
@@ -197,7 +216,8 @@ mod tests {
     #[test]
     fn good_hello_is_accepted() {
         let c = ClientHandshake::new(hello(PROTOCOL_VERSION, "s3cret"));
-        let v = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()));
+        let v =
+            ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()), false);
         assert_eq!(v, ServerVerdict::Accept(hello(PROTOCOL_VERSION, "s3cret")));
     }
 
@@ -207,7 +227,7 @@ mod tests {
         let ServerVerdict::Refuse {
             refusal,
             close_code,
-        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
+        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()), false)
         else {
             panic!("accepted a wrong secret")
         };
@@ -225,7 +245,7 @@ mod tests {
         let ServerVerdict::Refuse {
             refusal,
             close_code,
-        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()))
+        } = ServerHandshake::new("s3cret").on_first_frame(&body(c.hello_frame().unwrap()), false)
         else {
             panic!("accepted another version")
         };
@@ -246,10 +266,11 @@ mod tests {
     #[test]
     fn spec_12_previous_version_is_accepted() {
         let c = ClientHandshake::new(hello(MIN_PROTOCOL_VERSION, "s"));
-        let v = ServerHandshake::new("s").on_first_frame(&body(c.hello_frame().unwrap()));
+        let v = ServerHandshake::new("s").on_first_frame(&body(c.hello_frame().unwrap()), false);
         assert_eq!(v, ServerVerdict::Accept(hello(MIN_PROTOCOL_VERSION, "s")));
         let older = ClientHandshake::new(hello(MIN_PROTOCOL_VERSION - 1, "s"));
-        let v = ServerHandshake::new("s").on_first_frame(&body(older.hello_frame().unwrap()));
+        let v =
+            ServerHandshake::new("s").on_first_frame(&body(older.hello_frame().unwrap()), false);
         assert!(matches!(
             v,
             ServerVerdict::Refuse {
@@ -257,6 +278,49 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    // SPEC §17: a peer whose certificate TLS verified is not asked for the secret (a
+    // rotated token does not cut enrolled workers off); one without must still know it.
+    #[test]
+    fn spec_17_a_certified_peer_needs_no_secret() {
+        let c = ClientHandshake::new(hello(PROTOCOL_VERSION, "old-secret"));
+        let frame = body(c.hello_frame().unwrap());
+        assert!(matches!(
+            ServerHandshake::new("new-secret").on_first_frame(&frame, true),
+            ServerVerdict::Accept(_)
+        ));
+        assert!(matches!(
+            ServerHandshake::new("new-secret").on_first_frame(&frame, false),
+            ServerVerdict::Refuse {
+                close_code: close_code::BAD_SECRET,
+                ..
+            }
+        ));
+    }
+
+    // SPEC §17: `Enrolled` welcomes the worker and hands it its certificate; the key is
+    // never printed.
+    #[test]
+    fn spec_17_enrolled_is_a_welcome_with_a_certificate() {
+        let c = ClientHandshake::new(hello(PROTOCOL_VERSION, "s"));
+        let e = Enrolled {
+            welcome: Welcome {
+                protocol: PROTOCOL_VERSION,
+                worker_id: 4,
+                software: "x".into(),
+            },
+            cert_pem: "CERT".into(),
+            key_pem: "-----BEGIN PRIVATE KEY----- k3y".into(),
+        };
+        assert!(!format!("{e:?}").contains("k3y"));
+        let got = c
+            .on_reply(&body(encode_frame(&CoordMsg::Enrolled(e.clone())).unwrap()))
+            .unwrap();
+        assert_eq!(got.welcome.worker_id, 4);
+        assert_eq!(got.enrolled, Some(e));
+        assert_eq!(RefuseCode::Pending.for_protocol(3), RefuseCode::BadSecret);
+        assert_eq!(RefuseCode::Pending.for_protocol(4), RefuseCode::Pending);
     }
 
     #[test]
@@ -283,14 +347,14 @@ mod tests {
     fn non_hello_first_frame_is_a_protocol_error() {
         let b = body(encode_frame(&WorkerMsg::AssignAck { seq: 1 }).unwrap());
         assert!(matches!(
-            ServerHandshake::new("s").on_first_frame(&b),
+            ServerHandshake::new("s").on_first_frame(&b, false),
             ServerVerdict::Refuse {
                 close_code: close_code::PROTOCOL_ERROR,
                 ..
             }
         ));
         assert!(matches!(
-            ServerHandshake::new("s").on_first_frame(&[]),
+            ServerHandshake::new("s").on_first_frame(&[], false),
             ServerVerdict::Refuse {
                 close_code: close_code::PROTOCOL_ERROR,
                 ..

@@ -18,7 +18,7 @@ pub mod token;
 
 pub use chunk::{CHUNK_BYTES, ChunkError, Reassembly, holdings_parts, outcome_frames};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
-pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict};
+pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict, Welcomed};
 pub use message::*;
 pub use token::{JoinToken, TokenError};
 
@@ -27,20 +27,25 @@ pub use token::{JoinToken, TokenError};
 /// 3: lists that grow with repos travel in bounded chunks (`HoldingsPart`,
 /// `OutcomeChanges`, outcome batches bounded by bytes) and the coordinator can ask an
 /// owner to relist a repo's refs (`Relist`), or for a page of them (`RefsQuery`,
-/// `RefsPage`). 3 only appends variants to 2.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `RefsPage`). 3 only appends variants to 2. 4: per-worker certificates (SPEC §17): a
+/// worker enrolled with the join token gets `Enrolled` instead of `Welcome`, and refusals
+/// can say `Pending`, `Revoked` or `Enrolled`. 4 only appends variants to 3. 5: the failure
+/// class `Auth` (SPEC §16); 5 only appends that variant to 4, which only a worker sends.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
 /// coordinator is upgraded first and accepts the previous version for one release). It
 /// answers such a worker in that worker's version and sends it only that version's
-/// messages (never `Relist` or `RefsQuery`, which protocol 3 added).
+/// messages (never `Relist` or `RefsQuery`, which protocol 3 added, nor `Enrolled` or the
+/// refusal codes protocol 4 added). Protocols 2 and 3 both stay accepted: a worker that
+/// cannot enroll is admitted by the join token as before, unless its uuid is enrolled.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/3";
+pub const ALPN: &[u8] = b"gitmirror/5";
 
 /// ALPN of the previous version, offered by the coordinator while it accepts that version.
-pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/2";
+pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/4";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.
@@ -74,4 +79,12 @@ pub mod close_code {
     /// The coordinator could not make some of this worker's outcomes durable: reconnect
     /// and resend every outcome not acknowledged.
     pub const RESEND: u32 = 7;
+    /// Protocol 4: the worker waits for approval (`enroll: manual`).
+    pub const PENDING: u32 = 8;
+    /// Protocol 4: the certificate is not (or no longer) enrolled: the worker was removed.
+    pub const REVOKED: u32 = 9;
+    /// Protocol 4: the join token tried to speak for an enrolled uuid.
+    pub const ENROLLED: u32 = 10;
+    /// Protocol 4: the worker was removed while connected.
+    pub const REMOVED: u32 = 11;
 }

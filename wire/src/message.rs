@@ -26,6 +26,11 @@ pub enum WorkerMsg {
     OutcomeChanges(OutcomeChanges),
     /// Protocol 3: the answer to [`CoordMsg::RefsQuery`] (see [`crate::refs_page`]).
     RefsPage(RefsPage),
+    /// Protocol 5: the worker's fetch load and disk floor, sent with each `Status` (so at
+    /// its bounded rate) and only when the coordinator's `Welcome` says protocol ≥ 5, for
+    /// the coordinator's per-worker series (issue 16). Appended: workers of protocol 2–4
+    /// never send it.
+    Load(WorkerLoad),
 }
 
 /// Coordinator → worker.
@@ -49,6 +54,12 @@ pub enum CoordMsg {
     /// Protocol 3: send one page of the refs last reported for a repo, for
     /// `GET /api/repos/{id}/refs` (SPEC §12): the coordinator keeps no ref names.
     RefsQuery(RefsQuery),
+    /// Protocol 4: answer to a `Hello` that enrolled the worker with the join token (SPEC
+    /// §17): `Welcome` plus the certificate the fleet's CA issued to its uuid, and its key.
+    /// Every later connection of this worker presents that certificate. The worker stores
+    /// it before it sends anything else: its first `Holdings` after `Enrolled` tells the
+    /// coordinator it kept it, and from then on the token no longer speaks for its uuid.
+    Enrolled(Enrolled),
 }
 
 /// `Debug` is written by hand: it must not print the join secret (issue 10 finding 5).
@@ -102,12 +113,52 @@ pub struct Welcome {
     pub software: String,
 }
 
+/// `Debug` is written by hand: it must not print the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub welcome: Welcome,
+    /// The worker's certificate (PEM), naming its uuid, signed by the fleet's CA.
+    pub cert_pem: String,
+    /// Its private key (PEM), sent inside TLS; the worker keeps it mode 0600.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Enrolled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolled")
+            .field("welcome", &self.welcome)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefuseCode {
     VersionMismatch,
     BadSecret,
     NoFreeId,
     ProtocolError,
+    /// Protocol 4: the coordinator enrolls new workers only once a person approves them
+    /// (`enroll: manual`); this one is listed as pending. Try again later.
+    Pending,
+    /// Protocol 4: the certificate presented is not (or no longer) the one enrolled for
+    /// this uuid: the worker was removed, or the coordinator's state is older than it.
+    Revoked,
+    /// Protocol 4: the uuid is enrolled, so only its certificate speaks for it, not the
+    /// join token.
+    Enrolled,
+}
+
+impl RefuseCode {
+    /// The code a worker of `protocol` can decode: the ones protocol 4 added read as
+    /// `BadSecret` (the nearest meaning) by older workers.
+    pub fn for_protocol(self, protocol: u32) -> Self {
+        match self {
+            Self::Pending | Self::Revoked | Self::Enrolled if protocol < 4 => Self::BadSecret,
+            c => c,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +308,10 @@ pub enum FailureClass {
     RateLimited,
     Gone,
     Local,
+    /// Protocol 5 (SPEC §16): the upstream refused the credential a `credentials` entry
+    /// gave (401/403, permission denied, unknown SSH host key). The message starts with
+    /// `credential <match>: `, naming the entry, never its secret.
+    Auth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +332,19 @@ pub struct WorkerStatus {
     pub active_fetches: u32,
     /// One-line summary for the status API.
     pub summary: String,
+}
+
+/// What [`WorkerStatus`] (fixed since protocol 2) does not say about a worker's load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    /// Fetches and clones that are due and wait for a slot (`fetch.concurrency`, the
+    /// per-host limit, a rate-limited host, low disk).
+    pub queued_fetches: u32,
+    /// `fetch.concurrency`: the most fetches and clones that run at once.
+    pub fetch_concurrency: u32,
+    /// `disk.min_free` in bytes on the mirror directory's file system (a percentage
+    /// resolved against its size); below it no new clone starts.
+    pub disk_min_free_bytes: u64,
 }
 
 #[cfg(test)]

@@ -89,12 +89,8 @@ pub fn cert_fingerprint(cert_der: &[u8]) -> [u8; 32] {
 
 /// Compare two secrets in time independent of where they differ.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    // Unequal lengths answer at once: the length of a secret is not what it protects.
+    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
 #[cfg(test)]

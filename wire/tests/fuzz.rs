@@ -50,7 +50,7 @@ proptest! {
         body[i] = byte;
         body.truncate(cut.index(body.len() + 1));
         let _ = decode::<WorkerMsg>(&body);
-        let _ = ServerHandshake::new("s").on_first_frame(&body);
+        let _ = ServerHandshake::new("s").on_first_frame(&body, false);
         let _ = peek_protocol(&body);
     }
 
@@ -76,7 +76,7 @@ proptest! {
     #[test]
     fn handshakes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = peek_protocol(&bytes);
-        match ServerHandshake::new("secret").on_first_frame(&bytes) {
+        match ServerHandshake::new("secret").on_first_frame(&bytes, false) {
             ServerVerdict::Accept(h) => prop_assert_eq!(h.secret, "secret"),
             ServerVerdict::Refuse { close_code, .. } => prop_assert!(close_code != close_code::NORMAL),
         }
@@ -184,11 +184,17 @@ fn coord_msg() -> impl Strategy<Value = CoordMsg> {
             .prop_map(|(protocol, worker_id)| CoordMsg::Welcome(Welcome {
                 protocol, worker_id, software: "fuzz".into(),
             })),
-        1 => (".{0,24}", 0usize..4).prop_map(|(message, c)| CoordMsg::Refused(Refusal {
+        1 => (".{0,24}", 0usize..7).prop_map(|(message, c)| CoordMsg::Refused(Refusal {
             code: [RefuseCode::VersionMismatch, RefuseCode::BadSecret, RefuseCode::NoFreeId,
-                   RefuseCode::ProtocolError][c],
+                   RefuseCode::ProtocolError, RefuseCode::Pending, RefuseCode::Revoked,
+                   RefuseCode::Enrolled][c],
             message,
         })),
+        1 => (prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u32>()], ".{0,12}", ".{0,12}")
+            .prop_map(|(protocol, cert_pem, key_pem)| CoordMsg::Enrolled(Enrolled {
+                welcome: Welcome { protocol, worker_id: 1, software: "fuzz".into() },
+                cert_pem, key_pem,
+            })),
         1 => any::<u64>().prop_map(|upto| CoordMsg::OutcomeAck { upto }),
         1 => ".{0,12}".prop_map(|repo| CoordMsg::FetchNow { repo }),
         1 => ".{0,12}".prop_map(|repo| CoordMsg::Relist { repo }),
@@ -248,7 +254,7 @@ proptest! {
         prop_assert_eq!(&got, &bodies);
         prop_assert_eq!(d.pending(), 0);
 
-        let verdict = ServerHandshake::new("s3cret").on_first_frame(&got[0]);
+        let verdict = ServerHandshake::new("s3cret").on_first_frame(&got[0], false);
         match (&sent[0], &verdict) {
             (Sent::Msg(WorkerMsg::Hello(h)), ServerVerdict::Accept(a)) => {
                 prop_assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol));
@@ -319,9 +325,17 @@ proptest! {
         match (&reply, client.on_reply(&body)) {
             (CoordMsg::Welcome(w), Ok(got)) => {
                 prop_assert_eq!(w.protocol, PROTOCOL_VERSION);
-                prop_assert_eq!(w, &got);
+                prop_assert_eq!(w, &got.welcome);
+                prop_assert!(got.enrolled.is_none());
             }
-            (CoordMsg::Welcome(w), Err(HandshakeError::VersionMismatch { ours, theirs })) => {
+            (CoordMsg::Enrolled(e), Ok(got)) => {
+                prop_assert_eq!(e.welcome.protocol, PROTOCOL_VERSION);
+                prop_assert_eq!(Some(e), got.enrolled.as_ref());
+            }
+            (CoordMsg::Welcome(Welcome { protocol, .. })
+                | CoordMsg::Enrolled(Enrolled { welcome: Welcome { protocol, .. }, .. }),
+             Err(HandshakeError::VersionMismatch { ours, theirs })) => {
+                let w = Welcome { protocol: *protocol, worker_id: 0, software: String::new() };
                 prop_assert_eq!((ours, theirs), (PROTOCOL_VERSION, w.protocol));
                 prop_assert_ne!(w.protocol, PROTOCOL_VERSION);
             }

@@ -148,6 +148,14 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             }),
             "REFS_PAGE",
         ),
+        (
+            WorkerMsg::Load(WorkerLoad {
+                queued_fetches: 3,
+                fetch_concurrency: 8,
+                disk_min_free_bytes: 1 << 30,
+            }),
+            "LOAD",
+        ),
     ]
 }
 
@@ -210,6 +218,25 @@ fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
             }),
             "REFS_QUERY",
         ),
+        (
+            CoordMsg::Enrolled(Enrolled {
+                welcome: Welcome {
+                    protocol: 4,
+                    worker_id: 5,
+                    software: "0.1".into(),
+                },
+                cert_pem: "c".into(),
+                key_pem: "k".into(),
+            }),
+            "ENROLLED",
+        ),
+        (
+            CoordMsg::Refused(Refusal {
+                code: RefuseCode::Pending,
+                message: "no".into(),
+            }),
+            "REFUSED_PENDING",
+        ),
     ]
 }
 
@@ -250,6 +277,8 @@ const GOLDEN: &[(&str, &str)] = &[
         "28000000 07 09 05612f622f63 01 0c726566732f68656164732f6d 026161 \
          01 0c726566732f68656164732f6d 00",
     ),
+    // Protocol 5: variant 8 after protocol 3's RefsPage; varints 3, 8, 2^30.
+    ("LOAD", "08000000 08 03 08 8080808004"),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -263,6 +292,8 @@ const GOLDEN: &[(&str, &str)] = &[
         "REFS_QUERY",
         "18000000 06 09 05612f622f63 01 0c726566732f68656164732f6c e807",
     ),
+    ("ENROLLED", "0b000000 07 04 05 03302e31 0163 016b"),
+    ("REFUSED_PENDING", "05000000 01 04 026e6f"),
 ];
 
 fn golden(name: &str) -> String {
@@ -311,7 +342,8 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::AssignAck { .. }
             | WorkerMsg::HoldingsPart(_)
             | WorkerMsg::OutcomeChanges(_)
-            | WorkerMsg::RefsPage(_) => {}
+            | WorkerMsg::RefsPage(_)
+            | WorkerMsg::Load(_) => {}
         }
     }
     for (m, _) in coord_msgs() {
@@ -322,7 +354,8 @@ fn every_variant_has_a_golden_case() {
             | CoordMsg::OutcomeAck { .. }
             | CoordMsg::FetchNow { .. }
             | CoordMsg::Relist { .. }
-            | CoordMsg::RefsQuery(_) => {}
+            | CoordMsg::RefsQuery(_)
+            | CoordMsg::Enrolled(_) => {}
         }
     }
     assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());
@@ -339,4 +372,18 @@ fn print_golden() {
     for (m, n) in coord_msgs() {
         println!("(\"{n}\", \"{}\"),", hex(&encode_frame(&m).unwrap()));
     }
+}
+
+/// Protocol 5 (SPEC §16): `FailureClass::Auth` is appended (index 4), so the classes of
+/// protocol 2–4 workers keep their bytes.
+#[test]
+fn failure_class_auth_is_appended_after_the_protocol_4_classes() {
+    let bytes = |c: FailureClass| postcard::to_stdvec(&c).unwrap();
+    assert_eq!(bytes(FailureClass::Transient), [0]);
+    assert_eq!(bytes(FailureClass::Local), [3]);
+    assert_eq!(bytes(FailureClass::Auth), [4]);
+    assert_eq!(
+        postcard::from_bytes::<FailureClass>(&[4]).unwrap(),
+        FailureClass::Auth
+    );
 }

@@ -36,7 +36,7 @@ impl FakeCoordinator {
         let id = trust::Identity::load_or_create(dir.path()).unwrap();
         let transport =
             trust::transport(Duration::from_millis(500), Duration::from_secs(3)).unwrap();
-        let cfg = trust::server_config(&id, transport).unwrap();
+        let cfg = trust::server_config(&id, None, transport).unwrap();
         let endpoint = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = endpoint.local_addr().unwrap();
         Self {
@@ -60,7 +60,7 @@ impl FakeCoordinator {
             .expect("stream opened")
             .unwrap();
         let body = read_frame(&mut recv).await.expect("Hello frame");
-        let verdict = ServerHandshake::new(&self.token.secret).on_first_frame(&body);
+        let verdict = ServerHandshake::new(&self.token.secret).on_first_frame(&body, false);
         let hello = match &verdict {
             ServerVerdict::Accept(h) => h.clone(),
             ServerVerdict::Refuse { .. } => match decode::<WorkerMsg>(&body) {

@@ -39,7 +39,10 @@ pub fn config(
         "test-worker".into(),
         1.0,
         fetch,
-        DiskSection { min_free },
+        DiskSection {
+            min_free,
+            ..DiskSection::default()
+        },
         Some("git://mirror.example.org/".into()),
     )
     .unwrap()

@@ -15,6 +15,14 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The request's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// What `git http-backend` wrote to stderr for it.
+    pub stderr: String,
+    /// The `Retry-After` seconds of a 429 answer.
+    pub retry_after: Option<u64>,
+    /// The request's `Authorization`.
+    pub authorization: Option<String>,
 }
 
 #[derive(Default)]
@@ -31,6 +39,8 @@ pub struct HttpGit {
     limit: Arc<Mutex<Limit>>,
     /// Answer every request with a 302 to this base followed by the request target.
     redirect: Arc<Mutex<Option<String>>>,
+    /// Answer 401 to every request without exactly this `Authorization`.
+    auth: Arc<Mutex<Option<String>>>,
 }
 
 impl HttpGit {
@@ -41,17 +51,19 @@ impl HttpGit {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let limit = Arc::new(Mutex::new(Limit::default()));
         let redirect = Arc::new(Mutex::new(None));
-        let (s, l, r, root) = (
+        let auth = Arc::new(Mutex::new(None));
+        let (s, l, r, a, root) = (
             seen.clone(),
             limit.clone(),
             redirect.clone(),
+            auth.clone(),
             root.to_owned(),
         );
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (s, l, r, root) = (s.clone(), l.clone(), r.clone(), root.clone());
+                let (s, l, r, a, root) = (s.clone(), l.clone(), r.clone(), a.clone(), root.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &root, &s, &l, &r);
+                    let _ = serve(conn, &root, &s, &l, &r, &a);
                 });
             }
         });
@@ -60,7 +72,14 @@ impl HttpGit {
             seen,
             limit,
             redirect,
+            auth,
         }
+    }
+
+    /// From the next request on, answer 401 (`WWW-Authenticate: Basic`) to every request
+    /// whose `Authorization` is not exactly `value` (e.g. `Bearer t0k3n`).
+    pub fn require_authorization(&self, value: &str) {
+        *self.auth.lock().unwrap() = Some(value.to_owned());
     }
 
     /// From the next request on, answer everything with `302 Found` to `base` followed
@@ -93,6 +112,7 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
     limit: &Mutex<Limit>,
     redirect: &Mutex<Option<String>>,
+    auth: &Mutex<Option<String>>,
 ) -> std::io::Result<()> {
     let at = Instant::now();
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -139,24 +159,38 @@ fn serve(
             None => None,
         }
     };
-    let record = |status| {
+    let record = |status, stderr: String| {
         seen.lock().unwrap().push(Seen {
             at,
             method: method.clone(),
             path: path.to_owned(),
             status,
+            user_agent: header("user-agent"),
+            stderr,
+            retry_after: refuse.filter(|_| status == 429),
+            authorization: header("authorization"),
         })
     };
     if let Some(base) = redirect.lock().unwrap().clone() {
-        record(302);
+        record(302, String::new());
         write!(
             conn,
             "HTTP/1.1 302 Found\r\nLocation: {base}{target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
         return conn.flush();
     }
+    if let Some(wanted) = auth.lock().unwrap().clone()
+        && header("authorization").as_deref() != Some(wanted.as_str())
+    {
+        record(401, String::new());
+        write!(
+            conn,
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return conn.flush();
+    }
     if let Some(secs) = refuse {
-        record(429);
+        record(429, String::new());
         let msg = "slow down\n";
         write!(
             conn,
@@ -185,8 +219,14 @@ fn serve(
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
+    let mut stderr = cgi.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let mut stdin = cgi.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&body);
@@ -225,7 +265,7 @@ fn serve(
             reply.push_str("\r\n");
         }
     }
-    record(status);
+    record(status, errors.join().unwrap_or_default());
     write!(
         conn,
         "HTTP/1.1 {status} X\r\n{reply}Content-Length: {}\r\nConnection: close\r\n\r\n",

@@ -152,6 +152,25 @@ impl GitDaemon {
 
     /// Serve `base` on `port` (e.g. again after [`GitDaemon::stop`]).
     pub fn start_on(base: &Path, port: u16) -> Self {
+        Self::spawn(base, port, None)
+    }
+
+    /// Serve `base` with `--verbose`, its log (stderr) written to `log`: what an upstream
+    /// operator reads.
+    pub fn start_logged(base: &Path, log: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::spawn(base, port, Some(log))
+    }
+
+    fn spawn(base: &Path, port: u16, log: Option<&Path>) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create daemon log")),
+            None => Stdio::null(),
+        };
         // The daemon binary itself: `git daemon` runs it as a child, which killing `git`
         // would leave behind, still listening.
         let child = Command::new(git_daemon_binary())
@@ -160,14 +179,23 @@ impl GitDaemon {
             .arg("--reuseaddr")
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
+            .args(log.map(|_| "--verbose"))
             .arg(base)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start git daemon");
-        wait_for("git daemon to listen", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_for(
+            "git daemon to listen",
+            Duration::from_secs(10),
+            || match log {
+                // A probe connection would itself be logged as a client that hung up.
+                Some(path) => {
+                    std::fs::read_to_string(path).is_ok_and(|t| t.contains("Ready to rumble"))
+                }
+                None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            },
+        );
         Self { child, port }
     }
 
@@ -195,6 +223,28 @@ impl Drop for GitDaemon {
         let _ = self.child.wait();
     }
 }
+/// A tmpfs mounted for the test's lifetime.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount one of `size` (e.g. `4m`) at `at`; `None` when that is not allowed (not root).
+    pub fn mount(at: &Path, size: &str) -> Option<Self> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 pub mod coord;
 pub mod harness;
 pub mod http;

@@ -196,6 +196,7 @@ mod tests {
             url: "https://example.org/r".into(),
             worker: 1,
             kind: EventKind::Cloned,
+            trigger: Default::default(),
             refs: Vec::new(),
             source: uuid::Uuid::from_u128(9),
             report_id,

@@ -189,6 +189,7 @@ fn convert(v1: &Path, work: &Path, opts: &EventOptions) -> Result<u64, EventLogE
             url: e.url,
             worker: e.worker,
             kind: e.kind,
+            trigger: e.trigger,
             ref_count,
             refs: if hashed.is_empty() {
                 e.refs

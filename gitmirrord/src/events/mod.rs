@@ -66,6 +66,44 @@ impl Default for EventOptions {
     }
 }
 
+/// Why the fetch behind an event ran (SPEC §15; docs/design.md "Push hooks"). Records
+/// written before triggers existed read as `schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The worker's own schedule (polling).
+    #[default]
+    Schedule,
+    /// A push hook.
+    Push,
+    /// `POST /api/repos/{id}/fetch` (or the page's fetch-now button).
+    Manual,
+    /// The first clone of a repo an index update added.
+    Index,
+    /// The first fetch by a new owner of a repo another worker held.
+    Handover,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 5] = [
+        Trigger::Schedule,
+        Trigger::Push,
+        Trigger::Manual,
+        Trigger::Index,
+        Trigger::Handover,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Push => "push",
+            Trigger::Manual => "manual",
+            Trigger::Index => "index",
+            Trigger::Handover => "handover",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -90,6 +128,8 @@ pub struct Event {
     pub url: String,
     pub worker: u32,
     pub kind: EventKind,
+    #[serde(default)]
+    pub trigger: Trigger,
     /// Ref changes in the event; `refs` lists them unless there are more than
     /// `events.max_refs`. Absent (0) only in v1 records, which migration fills in.
     #[serde(default)]
@@ -140,6 +180,7 @@ pub struct EventDraft {
     pub url: String,
     pub worker: u32,
     pub kind: EventKind,
+    pub trigger: Trigger,
     pub refs: Vec<RefUpdate>,
     pub source: Uuid,
     pub report_id: u64,
@@ -540,6 +581,7 @@ impl EventLog {
                 url: d.url,
                 worker: d.worker,
                 kind: d.kind,
+                trigger: d.trigger,
                 ref_count,
                 refs,
                 src: d.source,
@@ -920,6 +962,7 @@ mod tests {
             url: "https://example.org/abc".into(),
             worker: 2,
             kind: EventKind::Updated,
+            trigger: Default::default(),
             refs: vec![RefUpdate {
                 name: "refs/heads/master".into(),
                 old: Some("9fceb02".into()),
@@ -961,7 +1004,8 @@ mod tests {
         v
     }
 
-    // SPEC §8, §12: numbered, durable, readable back after a restart, with `ref_count`.
+    // SPEC §8, §12, §15: numbered, durable, readable back after a restart, with `ref_count`
+    // and `trigger`.
     #[test]
     fn spec_8_append_and_reopen() {
         let d = tempfile::tempdir().unwrap();
@@ -980,7 +1024,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"seq":3,"time":"2023-11-14T22:13:20Z","repo":"a/abc/abc",
-                "url":"https://example.org/abc","worker":2,"kind":"updated","ref_count":1,
+                "url":"https://example.org/abc","worker":2,"kind":"updated","trigger":"schedule","ref_count":1,
                 "refs":[{"name":"refs/heads/master","old":"9fceb02","new":"e5a2f01"}]})
         );
     }

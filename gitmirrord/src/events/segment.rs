@@ -30,6 +30,8 @@ pub struct Record {
     pub url: String,
     pub worker: u32,
     pub kind: EventKind,
+    #[serde(default)]
+    pub trigger: super::Trigger,
     pub ref_count: u64,
     pub refs: Vec<RefUpdate>,
     /// Worker uuid and report id the event came from (for dedupe after a crash).
@@ -53,6 +55,7 @@ impl Record {
             url: self.url.clone(),
             worker: self.worker,
             kind: self.kind,
+            trigger: self.trigger,
             ref_count: self.ref_count,
             refs: self.refs.clone(),
         }
@@ -275,6 +278,7 @@ mod tests {
             url: "https://example.org/r".into(),
             worker: 0,
             kind: EventKind::Updated,
+            trigger: Default::default(),
             ref_count: 1,
             refs: vec![RefUpdate {
                 name: "refs/heads/main".into(),

@@ -1622,3 +1622,61 @@ fn issue10_a_holder_is_verified_only_by_a_later_success() {
     assert!(!h.verify(&uuid(2), 99), "not a holder: nothing to verify");
     assert_eq!(h.mirrored(&uuid(2)), None);
 }
+
+/// SPEC §15 `trigger`: first clones of repos the index added are `index`; a fetch the
+/// coordinator asked for carries what it asked (`push`, `manual`) once, and only when the
+/// worker it asked reports it; a `Waiting` outcome does not use it up; the new owner's
+/// first fetch after a failover is `handover`; the rest are `schedule`. Counted in
+/// `gitmirror_fetches_total{outcome,trigger}`.
+#[test]
+fn spec_15_triggers() {
+    let mut sim = Sim::new(6);
+    sim.join(1);
+    sim.clone_all();
+    assert_eq!(sim.events.len(), 6);
+    assert!(sim.events.iter().all(|e| e.trigger == Trigger::Index));
+    let stats = |sim: &Sim, o: &str, t: &str| sim.fleet.fetch_stats().count_by(o, t);
+    assert_eq!(stats(&sim, "cloned", "index"), 6);
+    let ids: Vec<String> = sim.workers[&1].held.keys().cloned().collect();
+    let now = sim.now;
+    sim.fleet.asked(&ids[0], uuid(1), Trigger::Push, now);
+    // Not the owner: not remembered (it would label a later fetch of its).
+    sim.fleet.asked(&ids[1], uuid(2), Trigger::Manual, now);
+    sim.fleet.asked(&ids[2], uuid(1), Trigger::Manual, now);
+    sim.fleet.asked("no/such/repo", uuid(1), Trigger::Push, now);
+    // Asked long ago: the report is not the fetch asked for.
+    sim.fleet
+        .asked(&ids[3], uuid(1), Trigger::Push, now - Fleet::ASK_TTL_MS - 1);
+    let waiting = FetchResult::Waiting {
+        reason: "disk".into(),
+    };
+    sim.report(1, &ids[2..3], waiting);
+    sim.report(1, &ids[..4], FetchResult::Fetched);
+    assert_eq!(stats(&sim, "fetched", "push"), 1);
+    assert_eq!(stats(&sim, "fetched", "manual"), 1);
+    assert_eq!(stats(&sim, "fetched", "schedule"), 2);
+    sim.report(1, &ids[..4], FetchResult::Fetched);
+    assert_eq!(stats(&sim, "fetched", "schedule"), 6, "used up once");
+
+    sim.join(2);
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let batch: Vec<Outcome> = ids
+        .iter()
+        .map(|id| {
+            let mut o = w.outcome(id, FetchResult::Cloned, now);
+            o.changes.push(change("refs/tags/v2", None, Some("dd")));
+            o.digested()
+        })
+        .collect();
+    let rep = sim.fleet.outcomes(uuid(2), &batch, now);
+    assert_eq!(rep.events.len(), 6);
+    let triggers: Vec<_> = rep.events.iter().map(|e| (&e.repo, e.trigger)).collect();
+    assert!(
+        rep.events.iter().all(|e| e.trigger == Trigger::Handover),
+        "{triggers:?}"
+    );
+    assert_eq!(stats(&sim, "cloned", "handover"), 6);
+}

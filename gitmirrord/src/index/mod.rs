@@ -39,6 +39,9 @@ pub struct IndexSettings {
     pub allow_file_urls: bool,
     /// Removals above this share of one index's repos are held back (SPEC §3.4).
     pub purge_protect_percent: f64,
+    /// `credentials` for private index URLs (SPEC §16); replaced on SIGHUP, re-read when
+    /// a file changes.
+    pub credentials: gitmirror_common::credentials::SharedCredentials,
 }
 
 /// A valid repo entry.
@@ -461,7 +464,13 @@ impl Indexes {
 
     /// Fetch one index; when its commit changed, read and parse it.
     fn pull(&self, source: &IndexSource) -> Result<Option<(String, layout::Parsed)>, String> {
-        let fetched = source::fetch(source, &self.settings.dir)?;
+        let (credentials, problem) = self.settings.credentials.fresh("credentials");
+        if let Some(e) = problem {
+            warn!(
+                "a credentials file changed but cannot be used; keeping the loaded credentials: {e}"
+            );
+        }
+        let fetched = source::fetch(source, &self.settings.dir, credentials.find(&source.url))?;
         let unchanged = self.applied.indexes.get(&source.name).is_some_and(|s| {
             s.commit.as_deref() == Some(fetched.commit())
                 && s.url == source.url
@@ -484,7 +493,8 @@ impl Indexes {
                 index = source.name,
                 commit,
                 path = r.path,
-                reason = r.reason,
+                // The reason may quote the entry's URL (SPEC §9).
+                reason = ?crate::redact::text(&r.reason),
                 "index entry rejected"
             );
         }
@@ -1089,7 +1099,7 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
 /// Fetch index `source` into `dir` without reading it: benchmarks time git's copy apart.
 #[doc(hidden)]
 pub fn prefetch(source: &IndexSource, dir: &Path) -> Result<(), String> {
-    source::fetch(source, dir).map(|_| ())
+    source::fetch(source, dir, None).map(|_| ())
 }
 
 /// Bytes the applied state takes in `dir` (for benchmarks and docs/scale.md).

@@ -4,6 +4,7 @@
 
 use super::IndexSource;
 use super::layout::{self, File, Kind, MAX_FILE_SIZE, Parser, Role};
+use gitmirror_common::credentials::{AuthScheme, Credential, Family, shell_quote};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -72,7 +73,15 @@ impl Fetched {
 
 /// Bring the index up to date: fetch a git index into `<dir>/<name>.git`, or read a
 /// plain directory. Errors are one line for `last_error`.
-pub fn fetch(source: &IndexSource, dir: &Path) -> Result<Fetched, String> {
+///
+/// `credential`: the `credentials` entry matching the index URL (SPEC §16), given to git
+/// as a credential helper (https) or an ssh command (ssh); see [`credential_config`].
+pub fn fetch(
+    source: &IndexSource,
+    dir: &Path,
+    credential: Option<&Credential>,
+) -> Result<Fetched, String> {
+    let auth = credential.map(credential_config).unwrap_or_default();
     let remote = match local_path(&source.url) {
         None => source.url.clone(),
         Some(path) => {
@@ -98,7 +107,7 @@ pub fn fetch(source: &IndexSource, dir: &Path) -> Result<Fetched, String> {
         .and_then(|p| std::fs::canonicalize(p).ok())
         .and_then(|p| objects_dir(&p));
     borrow_objects(&repo, borrowed.as_deref())?;
-    match fetch_git(&repo, &remote, source.branch.as_deref()) {
+    match fetch_git(&repo, &remote, source.branch.as_deref(), &auth) {
         // The source may have pruned objects our refs name (a force-push, then gc): a
         // borrowing clone costs nothing to make again.
         Err(e) if borrowed.is_some() => {
@@ -109,10 +118,42 @@ pub fn fetch(source: &IndexSource, dir: &Path) -> Result<Fetched, String> {
             std::fs::remove_dir_all(&repo)
                 .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
             borrow_objects(&repo, borrowed.as_deref())?;
-            fetch_git(&repo, &remote, source.branch.as_deref())
+            fetch_git(&repo, &remote, source.branch.as_deref(), &auth)
+        }
+        // A clone of a remote index damaged in the state dir (a disk error, a crash
+        // during gc, a hand edit) is a cache: clone it again rather than fail every poll.
+        Err(e) if is_damaged_clone(&e) && repo.exists() => {
+            tracing::warn!(
+                repo = %repo.display(),
+                "index clone is damaged ({e}); cloning it again from its URL"
+            );
+            std::fs::remove_dir_all(&repo)
+                .map_err(|e| format!("cannot remove {}: {e}", repo.display()))?;
+            fetch_git(&repo, &remote, source.branch.as_deref(), &auth)
         }
         fetched => fetched,
     }
+}
+
+/// Whether git's error says the local clone is broken, as opposed to the remote being
+/// unreachable or refusing (which must not cost a whole new clone).
+fn is_damaged_clone(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    [
+        "not a git repository",
+        "not in a git directory",
+        "bad config",
+        "corrupt",
+        "bad object",
+        "missing object",
+        "unable to read",
+        "invalid object",
+        "bad packed object",
+        "fatal: bad ",
+        "broken",
+    ]
+    .iter()
+    .any(|m| e.contains(m))
 }
 
 /// The object directory of the local git repository at `path`, if it has a plain one.
@@ -191,7 +232,12 @@ fn init_bare(repo: &Path) -> Result<(), String> {
     .map(|_| ())
 }
 
-fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched, String> {
+fn fetch_git(
+    repo: &Path,
+    remote: &str,
+    branch: Option<&str>,
+    auth: &[(String, String)],
+) -> Result<Fetched, String> {
     init_bare(repo)?;
     // Set every time, so a changed `url` in the config takes effect.
     git(
@@ -204,7 +250,7 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
         Some(b) => format!("+refs/heads/{b}:{INDEX_REF}"),
         None => format!("+HEAD:{INDEX_REF}"),
     };
-    git(
+    git_with(
         Some(repo),
         &[
             os("fetch"),
@@ -214,6 +260,7 @@ fn fetch_git(repo: &Path, remote: &str, branch: Option<&str>) -> Result<Fetched,
             os(&refspec),
         ],
         None,
+        auth,
         FETCH_TIMEOUT,
     )?;
     let out = git(
@@ -838,7 +885,26 @@ fn git(
     input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
+    git_with(repo, args, input, &[], timeout)
+}
+
+/// [`git`] with config given through the environment (`GIT_CONFIG_COUNT`), so none of it
+/// is in git's arguments.
+fn git_with(
+    repo: Option<&Path>,
+    args: &[OsString],
+    input: Option<Vec<u8>>,
+    config: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let mut cmd = command(repo, args);
+    if !config.is_empty() {
+        cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
+        for (i, (k, v)) in config.iter().enumerate() {
+            cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
+                .env(format!("GIT_CONFIG_VALUE_{i}"), v);
+        }
+    }
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
@@ -901,6 +967,68 @@ fn git(
         return Ok(out);
     }
     Err(format!("{what} failed ({status}): {}", first_lines(&err)))
+}
+
+/// git config for an index fetch with a `credentials` entry (SPEC §16). Neither the
+/// secret nor anything derived from it is in git's config, environment or arguments: only
+/// file paths, the host and the user name.
+///
+/// https (and http with `allow_plain_http`): a credential helper (other helpers are
+/// cleared) that answers only for the entry's protocol and host (`host:port` when not the
+/// default), with the token file's first line as the Basic password, or as a Bearer
+/// credential when git offers `capability[]=authtype` (git 2.46+). git asks only after a
+/// 401, and asks again for the new host after a redirect: the helper answers nothing there.
+/// ssh: the key only, batch mode, strict host keys from `known_hosts_file`.
+fn credential_config(entry: &Credential) -> Vec<(String, String)> {
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    match entry.family() {
+        Family::Http => {
+            let Some(token) = &entry.spec.token_file else {
+                return Vec::new();
+            };
+            let (host, port) = entry.host();
+            let host = match port {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            };
+            let protocols = if entry.spec.allow_plain_http {
+                "'protocol=https'|'protocol=http'"
+            } else {
+                "'protocol=https'"
+            };
+            let emit = match entry.spec.scheme.unwrap_or_default() {
+                AuthScheme::Basic => format!(
+                    "printf 'username=%s\\npassword=' {}; head -n 1 {}",
+                    shell_quote(entry.spec.username.as_deref().unwrap_or("git")),
+                    q(token)
+                ),
+                AuthScheme::Bearer => format!(
+                    "test -n \"$a\" || exit 0; printf 'capability[]=authtype\\nauthtype=Bearer\\ncredential='; head -n 1 {}",
+                    q(token)
+                ),
+            };
+            let helper = format!(
+                "!f() {{ test \"$1\" = get || exit 0; n=0; a=; while IFS= read -r l; do case \"$l\" in {protocols}|{}) n=$((n+1));; 'capability[]=authtype') a=1;; esac; done; test \"$n\" = 2 || exit 0; {emit}; }}; f",
+                shell_quote(&format!("host={host}"))
+            );
+            vec![
+                ("credential.helper".into(), String::new()),
+                ("credential.helper".into(), helper),
+            ]
+        }
+        Family::Ssh => {
+            let options = entry.ssh_options();
+            if options.is_empty() {
+                return Vec::new();
+            }
+            let mut command = String::from("ssh -o BatchMode=yes");
+            for o in options {
+                command.push(' ');
+                command.push_str(&shell_quote(&o.to_string_lossy()));
+            }
+            vec![("core.sshCommand".into(), command)]
+        }
+    }
 }
 
 /// git's own message: its first three lines, at most 400 bytes.
@@ -1094,6 +1222,111 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// A `git daemon` on loopback serving `base`, killed when dropped.
+    struct Daemon(std::process::Child, u16);
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn daemon(base: &Path) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let exec = std::process::Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .unwrap();
+        let exec = String::from_utf8(exec.stdout).unwrap();
+        let child = std::process::Command::new(Path::new(exec.trim()).join("git-daemon"))
+            .arg("--export-all")
+            .arg("--reuseaddr")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not listen"
+            );
+            std::thread::yield_now();
+        }
+        Daemon(child, port)
+    }
+
+    // Issue 11 part 4: a clone of a remote index damaged in the state dir is cloned again
+    // from its URL instead of failing every poll; an unreachable remote leaves the clone
+    // alone (no new clone for a network outage).
+    #[test]
+    fn issue11_a_damaged_index_clone_is_cloned_again() {
+        let d = tempfile::tempdir().unwrap();
+        let served = d.path().join("served");
+        let work = d.path().join("work");
+        std::fs::create_dir_all(work.join("a/ab")).unwrap();
+        run_git(&work, &["init", "-q", "-b", "master"]);
+        std::fs::write(work.join("a/ab/abc"), "url: https://example.org/abc.git\n").unwrap();
+        run_git(&work, &["add", "-A"]);
+        run_git(&work, &["commit", "-q", "-m", "one"]);
+        std::fs::create_dir_all(&served).unwrap();
+        run_git(
+            d.path(),
+            &["clone", "-q", "--bare", "work", "served/index.git"],
+        );
+        let gd = daemon(&served);
+        let state = d.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let src = IndexSource {
+            name: "up".into(),
+            url: format!("git://127.0.0.1:{}/index.git", gd.1),
+            branch: None,
+            poll_interval: std::time::Duration::from_secs(60),
+        };
+        let first = match fetch(&src, &state, None).unwrap() {
+            Fetched::Git { commit, .. } => commit,
+            Fetched::Dir { .. } => panic!("a git index"),
+        };
+        let clone = state.join("up.git");
+        // Damage: the config and HEAD overwritten with garbage.
+        std::fs::write(clone.join("config"), "[core\u{0}garbage\n").unwrap();
+        std::fs::write(clone.join("HEAD"), "nonsense\n").unwrap();
+        match fetch(&src, &state, None) {
+            Ok(Fetched::Git { commit, .. }) => assert_eq!(commit, first),
+            other => panic!("expected the index again, got {:?}", other.err()),
+        }
+        // Damage: every object gone while the ref stays.
+        for dir in ["objects/pack", "objects"] {
+            for e in std::fs::read_dir(clone.join(dir)).unwrap().flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.len() == 2 || n.starts_with("pack-") {
+                    let _ = std::fs::remove_dir_all(e.path())
+                        .or_else(|_| std::fs::remove_file(e.path()));
+                }
+            }
+        }
+        match fetch(&src, &state, None) {
+            Ok(Fetched::Git { commit, .. }) => assert_eq!(commit, first),
+            other => panic!("expected the index again, got {:?}", other.err()),
+        }
+        // The remote gone: an error, and the clone stays.
+        drop(gd);
+        assert!(fetch(&src, &state, None).is_err());
+        assert!(
+            clone.join("HEAD").is_file(),
+            "an outage must not remove the clone"
+        );
+    }
+
     const SECRET: &[u8] = b"url: file:///outside/secret\n";
 
     // Issue 10 finding 5: an entry file of a directory index is swapped, by rename, for a
@@ -1241,10 +1474,10 @@ mod tests {
             std::os::unix::fs::lchown(&e, nobody, nobody).unwrap();
         }
         write_git_config(&dir, &[]).unwrap();
-        let refused = fetch(&source, &dir).err().unwrap_or_default();
+        let refused = fetch(&source, &dir, None).err().unwrap_or_default();
         assert!(refused.contains("dubious ownership"), "control: {refused}");
         write_git_config(&dir, std::slice::from_ref(&source)).unwrap();
-        let fetched = fetch(&source, &dir).unwrap();
+        let fetched = fetch(&source, &dir, None).unwrap();
         let mut parser = Parser::new(false);
         fetched.read(&mut parser).unwrap();
         let parsed = parser.finish();

@@ -3,9 +3,9 @@
 //! HTTP client. Conditions are polled with a deadline, never slept for.
 #![allow(dead_code)]
 
-use gitmirror_common::trust::{Identity, SERVER_NAME, client_config, transport};
+use gitmirror_common::trust::{Identity, SERVER_NAME, WorkerCert, client_config, transport};
 use gitmirror_wire::{
-    CoordMsg, HeldRepo, Hello, Holdings, JoinToken, PROTOCOL_VERSION, WorkerMsg, decode,
+    CoordMsg, Enrolled, HeldRepo, Hello, Holdings, JoinToken, PROTOCOL_VERSION, WorkerMsg, decode,
     encode_frame,
 };
 use gitmirrord::{Config, ControlHandle, Listeners};
@@ -113,6 +113,7 @@ impl Coordinator {
             Listeners {
                 quic: quic_sock,
                 http: http_sock,
+                hooks: None,
             },
             ctl,
         ));
@@ -252,13 +253,63 @@ pub struct TestWorker {
     pub recv: RecvStream,
 }
 
+/// Certificates the coordinators of this test process issued, by pinned coordinator
+/// certificate and uuid: a test worker reconnecting presents its own, as a real one does
+/// (SPEC §17).
+type CertsByPinAndUuid = std::collections::HashMap<([u8; 32], Uuid), WorkerCert>;
+static CERTS: std::sync::LazyLock<std::sync::Mutex<CertsByPinAndUuid>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The certificate `uuid` enrolled with at the coordinator `token` pins, if any.
+pub fn cert_of(token: &JoinToken, uuid: Uuid) -> Option<WorkerCert> {
+    CERTS
+        .lock()
+        .unwrap()
+        .get(&(token.cert_sha256, uuid))
+        .cloned()
+}
+
+/// Keep what an `Enrolled` answer gave `uuid`.
+pub fn remember(token: &JoinToken, uuid: Uuid, e: &Enrolled) {
+    CERTS.lock().unwrap().insert(
+        (token.cert_sha256, uuid),
+        WorkerCert {
+            cert_pem: e.cert_pem.clone(),
+            key_pem: e.key_pem.clone(),
+        },
+    );
+}
+
+/// The worker id of a handshake answer (`Welcome`, or `Enrolled`, whose certificate is
+/// remembered for `uuid`); `None` for anything else.
+pub fn welcomed(token: &JoinToken, uuid: Uuid, msg: &CoordMsg) -> Option<u32> {
+    match msg {
+        CoordMsg::Welcome(w) => Some(w.worker_id),
+        CoordMsg::Enrolled(e) => {
+            remember(token, uuid, e);
+            Some(e.welcome.worker_id)
+        }
+        _ => None,
+    }
+}
+
 pub async fn quic_connect(
     addr: SocketAddr,
     token: &JoinToken,
 ) -> Result<(Endpoint, Connection), String> {
+    quic_connect_with(addr, token, None).await
+}
+
+/// Connect presenting `cert` (a worker's certificate) when given.
+pub async fn quic_connect_with(
+    addr: SocketAddr,
+    token: &JoinToken,
+    cert: Option<&WorkerCert>,
+) -> Result<(Endpoint, Connection), String> {
     let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
     let cfg = client_config(
         token,
+        cert,
         transport(Duration::from_secs(1), Duration::from_secs(3)).unwrap(),
     )
     .map_err(|e| e.to_string())?;
@@ -271,9 +322,18 @@ pub async fn quic_connect(
 }
 
 impl TestWorker {
-    /// Connect and open the stream (no Hello yet).
+    /// Connect without a certificate and open the stream (no Hello yet).
     pub async fn open(addr: SocketAddr, token: &JoinToken) -> Self {
-        let (endpoint, conn) = quic_connect(addr, token).await.unwrap();
+        Self::open_with(addr, token, None).await
+    }
+
+    /// Connect as `uuid`: with the certificate it enrolled with, if it did.
+    pub async fn open_as(addr: SocketAddr, token: &JoinToken, uuid: Uuid) -> Self {
+        Self::open_with(addr, token, cert_of(token, uuid).as_ref()).await
+    }
+
+    pub async fn open_with(addr: SocketAddr, token: &JoinToken, cert: Option<&WorkerCert>) -> Self {
+        let (endpoint, conn) = quic_connect_with(addr, token, cert).await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
         TestWorker {
             endpoint,
@@ -320,18 +380,18 @@ impl TestWorker {
         uuid: Uuid,
         protocol: u32,
     ) -> (Self, u32) {
-        let mut w = Self::open(addr, token).await;
+        let mut w = Self::open_as(addr, token, uuid).await;
         let mut h = hello(uuid, &token.secret);
         h.protocol = protocol;
         w.send(&WorkerMsg::Hello(h)).await.unwrap();
-        match w.recv().await.unwrap() {
-            CoordMsg::Welcome(welcome) => {
-                assert_eq!(welcome.protocol, protocol);
-                let id = welcome.worker_id;
-                (w, id)
-            }
+        let reply = w.recv().await.unwrap();
+        match &reply {
+            CoordMsg::Welcome(welcome) => assert_eq!(welcome.protocol, protocol),
+            CoordMsg::Enrolled(e) => assert_eq!(e.welcome.protocol, protocol),
             other => panic!("expected Welcome, got {other:?}"),
         }
+        let id = welcomed(token, uuid, &reply).unwrap();
+        (w, id)
     }
 
     pub async fn holdings(&mut self, repos: Vec<HeldRepo>) {
