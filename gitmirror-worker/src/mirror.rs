@@ -753,9 +753,11 @@ impl Mirrors {
                 repairs: Vec::new(),
             });
         }
-        if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES {
+        if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES || local.len() >= MANY_REFS {
             // gix would write each through its ref transaction (a lock file and a loose
-            // ref each: 30 s for 20k new refs against 2 s for git). Ends this conversation.
+            // ref each: 30 s for 20k new refs against 2 s for git), and its transaction
+            // takes a lock for every advertised ref, unchanged ones included (a repo of
+            // 200k refs spent minutes on one moved ref). Ends this conversation.
             drop(prepare);
             let mut fetched = self.fetch_packed(&repo, url, &local, interrupt)?;
             fetched.url_changed = url_changed;
@@ -1747,6 +1749,11 @@ impl gix::protocol::fetch::Negotiate for CloneWants<'_> {
 
 /// A fetch that changes this many refs (or more) writes `packed-refs` whole.
 const MANY_CHANGES: usize = 256;
+
+/// A repo with this many refs (or more) has every changing fetch write `packed-refs` whole:
+/// gix's ref transaction would lock each of its refs, changed or not, where one write of
+/// the file is a few megabytes at 200k refs.
+const MANY_REFS: usize = 4096;
 
 /// How many refs a fetch would create, change or delete.
 fn changed_refs(map: &gix::remote::fetch::RefMap, local: &Refs) -> usize {

@@ -798,6 +798,17 @@ fn spec_12_clone_of_many_refs_writes_packed_refs() {
     assert_eq!(ref_changes(&again.refs, &after.refs).len(), 1000 + 10 + 1);
     assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
     git(&path, &["fsck", "--no-progress"]);
+
+    // One moved ref among 20k is written with the others in one go as well (gix's
+    // transaction would take a lock file for each of the 20k; it also leaves a loose ref).
+    upstream.commit("moves main again");
+    let last = m.fetch("m/many/many", &url, &no_interrupt()).unwrap();
+    let expected = ls_remote(&url);
+    assert_eq!(last.refs, expected);
+    assert_eq!(local_refs(&path), expected);
+    assert_eq!(ref_changes(&after.refs, &last.refs).len(), 1);
+    assert_eq!(loose_refs(&path), Vec::<std::path::PathBuf>::new());
+    git(&path, &["fsck", "--no-progress"]);
 }
 
 /// Issue 11 §2: the `packed-refs` our clone writes (it claims `fully-peeled`, from the
