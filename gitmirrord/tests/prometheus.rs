@@ -182,15 +182,20 @@ async fn issue16_worker_dead_alert_fires_in_a_real_prometheus() {
     // Kill the worker: the coordinator declares it dead, Prometheus fires.
     drop(w);
     let started = Instant::now();
-    let firing = common::eventually(90, "GitmirrorWorkerDead firing", || async {
-        let f = alerts(&p, "firing").await;
-        f.iter().any(|a| a == "GitmirrorWorkerDead").then_some(f)
-    })
+    // The two rules are evaluated from scrapes that need not be the same one: wait for
+    // both (asserting the second right after the first fired raced under load).
+    let firing = common::eventually(
+        90,
+        "GitmirrorWorkerDead and GitmirrorReposUnassigned firing",
+        || async {
+            let f = alerts(&p, "firing").await;
+            let both = ["GitmirrorWorkerDead", "GitmirrorReposUnassigned"]
+                .iter()
+                .all(|want| f.iter().any(|a| a == want));
+            both.then_some(f)
+        },
+    )
     .await;
-    assert!(
-        firing.iter().any(|a| a == "GitmirrorReposUnassigned"),
-        "{firing:?}"
-    );
     eprintln!(
         "GitmirrorWorkerDead fired {:?} after the worker was killed ({firing:?})",
         started.elapsed()

@@ -671,7 +671,7 @@ fn bench_push_hooks() {
         lat[lat.len() - 1]
     );
 
-    let baseline = status_latencies(http, 300);
+    let baseline = status_latencies(http, 1500);
     println!(
         "/api/status before: p50 {:?} p99 {:?} ({} calls)",
         percentile(&baseline, 0.5),
