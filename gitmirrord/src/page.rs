@@ -402,9 +402,10 @@ fn plots(h: &mut String, fleet: &Fleet, p: &PageInputs<'_>) {
     let mut list: Vec<_> = fleet.registry().iter().collect();
     list.sort_by_key(|w| w.id);
     let owned: usize = list.iter().map(|w| census.owned(&w.uuid)).sum();
+    // A drained worker's fair share is none (issue 16).
     let weights: f64 = list
         .iter()
-        .filter(|w| w.state == WorkerState::Alive)
+        .filter(|w| w.state == WorkerState::Alive && !w.drained)
         .map(|w| w.weight)
         .sum();
     let shares: Vec<crate::plots::Share> = list
@@ -419,7 +420,7 @@ fn plots(h: &mut String, fleet: &Fleet, p: &PageInputs<'_>) {
                 } else {
                     0.0
                 },
-                fair: if w.state == WorkerState::Alive && weights > 0.0 {
+                fair: if w.state == WorkerState::Alive && !w.drained && weights > 0.0 {
                     w.weight / weights
                 } else {
                     0.0

@@ -1057,13 +1057,9 @@ impl MainLoop {
                     // The index part (rejected entries and all) is copied off the loop.
                     let mut status = view.status_with(Vec::new(), &mut self.status_urls);
                     let index = self.index.clone();
+                    let skipped = self.blocked_skipped();
                     Reply::Render(Box::new(move || {
-                        // Rejected entries' reasons quote their URLs (SPEC §9).
-                        status.index = index
-                            .status()
-                            .into_iter()
-                            .map(crate::api::redact_index)
-                            .collect();
+                        status.index = index_with_skipped(index.status(), skipped);
                         Answer::json(200, &status)
                     }))
                 } else {
@@ -1545,8 +1541,16 @@ impl MainLoop {
     /// `GET /api/index`: the poller's view (read off the loop) with the blocked entries
     /// each index lists among its skipped ones, reason "blocked: …".
     fn index_view(&self) -> Reply {
-        let skipped: Vec<(String, crate::index::Rejected)> = self
-            .fleet
+        let skipped = self.blocked_skipped();
+        let index = self.index.clone();
+        Reply::Render(Box::new(move || {
+            Answer::json(200, &index_with_skipped(index.status(), skipped))
+        }))
+    }
+
+    /// Blocked repos an index lists, as that index's skipped entries (O(blocked)).
+    fn blocked_skipped(&self) -> Vec<(String, crate::index::Rejected)> {
+        self.fleet
             .registry()
             .blocked_all()
             .iter()
@@ -1560,18 +1564,7 @@ impl MainLoop {
                     },
                 ))
             })
-            .collect();
-        let index = self.index.clone();
-        Reply::Render(Box::new(move || {
-            let mut status = index.status();
-            for (name, r) in skipped {
-                if let Some(s) = status.iter_mut().find(|s| s.name == name) {
-                    s.rejected.push(r);
-                }
-            }
-            let status: Vec<_> = status.into_iter().map(crate::api::redact_index).collect();
-            Answer::json(200, &status)
-        }))
+            .collect()
     }
 
     // ----- saving -----
@@ -1686,4 +1679,18 @@ impl MainLoop {
             source: std::io::Error::other(e.to_string()),
         })?
     }
+}
+
+/// The poller's view of the indexes with the blocked entries each lists among its
+/// rejected ones, redacted as shown (SPEC §9: reasons quote URLs).
+fn index_with_skipped(
+    mut status: Vec<crate::index::IndexStatus>,
+    skipped: Vec<(String, crate::index::Rejected)>,
+) -> Vec<crate::index::IndexStatus> {
+    for (name, r) in skipped {
+        if let Some(s) = status.iter_mut().find(|s| s.name == name) {
+            s.rejected.push(r);
+        }
+    }
+    status.into_iter().map(crate::api::redact_index).collect()
 }
