@@ -674,7 +674,8 @@ impl Fleet {
         Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
-            index_ready: !repos.is_empty(),
+            // Blocked entries count: the index was read even if it lists only those.
+            index_ready: !repos.is_empty() || !blocked_entries.is_empty(),
             repos,
             census: Census::default(),
             index_names,

@@ -1950,3 +1950,26 @@ fn spec_9_unblock_of_a_repo_no_index_lists() {
     assert!(sends.is_empty());
     assert!(sim.fleet.repo(&id).is_none());
 }
+
+/// Issue 16: at a start where the index lists only blocked repos, an unblock still brings
+/// the repo back at once.
+#[test]
+fn spec_9_unblock_when_the_index_lists_only_blocked_repos() {
+    let id = entry(0).id;
+    let mut reg = Registry::new(10);
+    reg.block(
+        &id,
+        crate::registry::Blocked {
+            reason: "r".into(),
+            at_ms: 1,
+            by: "test".into(),
+        },
+    );
+    let mut sim = Sim::with_registry(1, reg, ReposFile::default());
+    assert!(sim.fleet.repo(&id).is_none());
+    sim.join(10);
+    let (back, sends) = sim.fleet.unblock(&id).unwrap();
+    assert!(back);
+    sim.deliver(sends);
+    assert!(sim.workers[&10].held.contains_key(&id));
+}
