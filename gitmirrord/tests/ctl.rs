@@ -655,6 +655,11 @@ async fn spec_5_gitmirrorctl_drain_moves_make_before_break() {
     );
     let r = ctl_with(&cfg, &["workers"]).await;
     assert!(r.stdout.contains("alive,drained"), "{}", r.stdout);
+    let (_, page) = c.get("/").await;
+    assert!(
+        page.contains(">drained</span>"),
+        "the page shows it drained"
+    );
     // The last worker that is not drained cannot be drained.
     let r = ctl_with(&cfg, &["drain", &id_b.to_string()]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
