@@ -4,7 +4,7 @@
 //! A scan, not an n-gram index: every URL of the effective index set, shown form
 //! ([`crate::redact::url`], so a search cannot probe a password) and lower-cased, sits in
 //! one contiguous buffer in id order, and a page is a `memchr::memmem` scan of it from the
-//! cursor on. At 1M URLs the buffer is ~60 MB and a full scan a few tens of ms
+//! cursor on. At 1M URLs the snapshot is ~78 MB and a full scan 5–10 ms in release
 //! (docs/scale.md "URL search"); a trigram index answering the same would be several
 //! times the size. The snapshot is built on the index poller's thread whenever the index
 //! changes ([`UrlIndex::build`]), swapped in whole, and scanned on a blocking thread of
