@@ -7,8 +7,9 @@ want=(git curl ca-certificates)
 if [ "${1:-run}" = test ]; then
   # openssh-server: the ssh deploy-key test runs its own sshd on loopback; prometheus:
   # promtool and a real Prometheus check the shipped alert rules; openssl: push-hook
-  # tests sign payloads from a post-receive hook.
-  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils chromium
+  # tests sign payloads from a post-receive hook; nodejs: the page test clicks "fetch now"
+  # in chromium over the DevTools protocol (gitmirrord/tests/data/cdp_click.js).
+  want+=(debootstrap systemd-container lintian rpm mandoc man-db shellcheck iproute2 xz-utils chromium nodejs
     openssh-server prometheus openssl)
 fi
 

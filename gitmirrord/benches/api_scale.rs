@@ -272,7 +272,16 @@ fn main() {
             ),
             (
                 "GET /repos?q=p/project1 (search page)",
-                Box::new(|| gitmirrord::repo_page::search(&fleet, "p/project1", None).len()),
+                Box::new(|| {
+                    gitmirrord::repo_page::search(
+                        &fleet,
+                        "p/project1",
+                        None,
+                        &Default::default(),
+                        None,
+                    )
+                    .len()
+                }),
                 Box::new(|| 0),
             ),
             (

@@ -172,6 +172,10 @@ pub enum Query {
     RepoSearch {
         q: String,
         after: Option<String>,
+        /// The page of repos whose URL contains `q`, found off the loop
+        /// ([`crate::url_search`]), and the cursor it started after.
+        urls: crate::url_search::UrlHits,
+        url_after: Option<String>,
     },
     /// `GET /api/repos/{id}/refs`: asked of the worker holding the repo by the main loop.
     Refs(crate::refs_query::RefsRequest),
@@ -181,6 +185,22 @@ pub enum Query {
     Remove(Uuid),
     /// `GET /api/workers/pending`: workers waiting for approval, by the main loop.
     Pending,
+    /// `POST /api/workers/{id or uuid}/drain|undrain` (SPEC §5), by the main loop.
+    Drain {
+        worker: String,
+        drain: bool,
+    },
+    /// `POST /api/repos/{id}/block` with `{"reason": …}` (a takedown), by the main loop;
+    /// `by` names the caller for the log and the repo page.
+    Block {
+        id: String,
+        reason: String,
+        by: String,
+    },
+    /// `POST /api/repos/{id}/unblock`, by the main loop.
+    Unblock(String),
+    /// `GET /api/index`: the poller's view plus the blocked entries it lists.
+    Index,
     /// `POST /api/hooks/{name}` (SPEC §15), authenticated: the payload's URLs, matched and
     /// fetched by the main loop.
     Hook(Vec<String>),
@@ -203,6 +223,8 @@ pub struct WorkerView {
     pub enrolled: bool,
     /// An operator removed it (`gitmirrord workers remove`).
     pub removed: bool,
+    /// An operator drained it (SPEC §5): connected, but assigned nothing.
+    pub drained: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +246,8 @@ pub struct RepoCounts {
     pub gone: usize,
     pub unassigned: usize,
     pub waiting: usize,
+    /// Blocked by an operator (not counted in `total`: they left the fleet).
+    pub blocked: usize,
 }
 
 /// `worker:url` as last built, and what it was built from ([`View::status_with`]).
@@ -303,6 +327,20 @@ pub struct RepoDetail {
     pub holders: Vec<u32>,
 }
 
+/// `GET /api/repos/{id}` of a blocked repo (issue 16's takedown).
+#[derive(Debug, Serialize)]
+pub struct BlockedView {
+    pub id: String,
+    /// `"blocked"`.
+    pub state: &'static str,
+    /// The URL of the index entry set aside, when an index lists it.
+    pub url: Option<String>,
+    pub index: Option<String>,
+    pub reason: String,
+    pub blocked_at: String,
+    pub blocked_by: String,
+}
+
 /// An index's status as shown (SPEC §9): its URL, its last error and the reasons given
 /// for rejected entries (which quote the entries' URLs) without user info.
 pub fn redact_index(mut s: IndexStatus) -> IndexStatus {
@@ -351,7 +389,10 @@ impl View<'_> {
             Query::Repos(f) => Reply::json(200, self.repos(f)),
             Query::Repo(id) => match self.repo(id) {
                 Some(r) => Reply::json(200, r),
-                None => Answer::error(404, &format!("no repo {id:?} in any index")).into(),
+                None => match self.blocked(id) {
+                    Some(b) => Reply::json(200, b),
+                    None => Answer::error(404, &format!("no repo {id:?} in any index")).into(),
+                },
             },
             Query::Fetch(_)
             | Query::Metrics
@@ -362,6 +403,10 @@ impl View<'_> {
             | Query::Approve(_)
             | Query::Remove(_)
             | Query::Pending
+            | Query::Drain { .. }
+            | Query::Block { .. }
+            | Query::Unblock(_)
+            | Query::Index
             | Query::Hook(_) => Answer::error(500, "answered by the main loop").into(),
         }
     }
@@ -385,6 +430,7 @@ impl View<'_> {
             status: redact::text_owned(w.status.clone()),
             enrolled: w.cert.is_some(),
             removed: self.fleet.registry().is_removed(&w.uuid),
+            drained: w.drained,
         }
     }
 
@@ -425,6 +471,7 @@ impl View<'_> {
             gone: c.in_state(RepoState::Gone),
             unassigned: c.in_state(RepoState::Unassigned),
             waiting: c.in_state(RepoState::Waiting),
+            blocked: self.fleet.registry().blocked_all().len(),
         }
     }
 
@@ -550,6 +597,21 @@ impl View<'_> {
             repos,
             next,
         }
+    }
+
+    /// `GET /api/repos/{id}` of a blocked repo.
+    pub fn blocked(&self, id: &str) -> Option<BlockedView> {
+        let b = self.fleet.registry().blocked(id)?;
+        let e = self.fleet.blocked_entry(id);
+        Some(BlockedView {
+            id: id.to_owned(),
+            state: "blocked",
+            url: e.map(|e| redact::url(&e.url).into_owned()),
+            index: e.map(|e| e.index.clone()),
+            reason: b.reason.clone(),
+            blocked_at: gitmirror_common::rfc3339_ms(b.at_ms),
+            blocked_by: b.by.clone(),
+        })
     }
 
     /// `GET /api/repos/{id}`.
@@ -706,7 +768,7 @@ mod tests {
         assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(
             j["repos"],
-            serde_json::json!({"total":10,"mirrored":1,"pending":6,"failing":1,"gone":1,"unassigned":0,"waiting":1})
+            serde_json::json!({"total":10,"mirrored":1,"pending":6,"failing":1,"gone":1,"unassigned":0,"waiting":1,"blocked":0})
         );
         assert_eq!(j["workers"].as_array().unwrap().len(), 1);
         assert_eq!(j["index"], serde_json::json!([]));
@@ -788,7 +850,7 @@ mod tests {
             w,
             serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
-                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false}])
+                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false}])
         );
         let d = json(&v.worker(0, &all_ids()).unwrap());
         assert_eq!(d["repo_ids"].as_array().unwrap().len(), 10);

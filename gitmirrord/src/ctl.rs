@@ -90,11 +90,35 @@ impl ApiClient {
 
     /// `GET` (or `POST` when `post`) `path`; the body of a 2xx answer.
     pub async fn call(&self, post: bool, path: &str) -> Result<String, CallError> {
+        self.call_with(post, path, None).await
+    }
+
+    /// `POST` `path` with a JSON body; the body of a 2xx answer.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, CallError> {
+        self.call_with(true, path, Some(body)).await
+    }
+
+    async fn call_with(
+        &self,
+        post: bool,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, CallError> {
         let url = format!("{}{path}", self.base);
         let (req, token) = if post {
             (self.client.post(&url), &self.token)
         } else {
             (self.client.get(&url), &self.read_token)
+        };
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(b.to_string()),
+            None => req,
         };
         let req = match token {
             Some(t) => req.bearer_auth(t),

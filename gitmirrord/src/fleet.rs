@@ -360,6 +360,26 @@ pub struct Joined {
     pub sends: Vec<Outgoing>,
 }
 
+/// What [`Fleet::set_drained`] did.
+#[derive(Debug)]
+pub struct Drain {
+    /// False when the worker already was as asked.
+    pub changed: bool,
+    /// Repos that leave it (drain): they move make before break.
+    pub moving: usize,
+    pub sends: Vec<Outgoing>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DrainError {
+    #[error("no such worker")]
+    Unknown,
+    #[error(
+        "worker {id} is the last live worker that is not drained: draining it would leave every repo unassigned; undrain or add another worker first"
+    )]
+    LastMember { id: u32 },
+}
+
 /// Result of an outcome batch.
 #[derive(Debug, Default)]
 pub struct OutcomeReport {
@@ -584,6 +604,9 @@ pub struct Fleet {
     /// Fetches the coordinator asked for (push hooks, the API), by repo: the next outcome
     /// of the repo from that worker carries the trigger (design.md "Push hooks").
     asked: HashMap<Arc<str>, Asked>,
+    /// The index entries of blocked repos ([`Registry::blocked`]), kept aside rather
+    /// than applied, so an unblock brings a repo the index still lists back at once.
+    blocked_entries: HashMap<String, Entry>,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -623,10 +646,18 @@ impl Fleet {
         entries: impl IntoIterator<Item = Entry>,
     ) -> Self {
         let mut index_names = Vec::new();
+        let mut blocked_entries = HashMap::new();
         // Bulk-built from a vector: the applied entries come in id order per index, so the
         // sort is a merge of a few runs, not a million B-tree inserts with string compares.
         let repos: BTreeMap<Arc<str>, Box<Repo>> = entries
             .into_iter()
+            .filter_map(|e| {
+                if registry.blocked(&e.id).is_some() {
+                    blocked_entries.insert(e.id.clone(), e);
+                    return None;
+                }
+                Some(e)
+            })
             .map(|e| {
                 let repo = Repo {
                     url: Arc::from(e.url),
@@ -643,7 +674,8 @@ impl Fleet {
         Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             registry,
-            index_ready: !repos.is_empty(),
+            // Blocked entries count: the index was read even if it lists only those.
+            index_ready: !repos.is_empty() || !blocked_entries.is_empty(),
             repos,
             census: Census::default(),
             index_names,
@@ -660,6 +692,7 @@ impl Fleet {
             saved_owners: None,
             fetch_now: Vec::new(),
             asked: HashMap::new(),
+            blocked_entries,
         }
     }
 
@@ -767,6 +800,13 @@ impl Fleet {
     /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
     /// holders, removed repos are dropped from every holder.
     pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
+        let kept;
+        let delta = if self.registry.blocked_all().is_empty() {
+            delta
+        } else {
+            kept = self.set_blocked_aside(delta);
+            &kept
+        };
         let was_ready = std::mem::replace(&mut self.index_ready, true);
         let updated: BTreeSet<&str> = delta
             .added
@@ -1132,6 +1172,136 @@ impl Fleet {
             self.recompute_owners();
         }
         (known, self.flush())
+    }
+
+    /// `POST /api/workers/{id}/drain|undrain` (SPEC §5 planned move): a drained worker
+    /// stays connected but leaves the ring; its repos go to the ring's next choice make
+    /// before break (it keeps fetching them until their new owner reports them mirrored,
+    /// then is told to drop them). Undraining is a join. Costs what a leave or a join
+    /// costs ([`Fleet::recompute_owners`]): the repos it owns, or one challenge a repo.
+    pub fn set_drained(&mut self, uuid: Uuid, drained: bool) -> Result<Drain, DrainError> {
+        let Some(w) = self.registry.get(&uuid) else {
+            return Err(DrainError::Unknown);
+        };
+        let (id, name, live) = (w.id, w.name.clone(), w.state.is_live());
+        if drained && !w.drained && live && !self.registry.members().any(|m| m.uuid != uuid) {
+            return Err(DrainError::LastMember { id });
+        }
+        if self.registry.set_drained(&uuid, drained) != Some(true) {
+            return Ok(Drain {
+                changed: false,
+                moving: 0,
+                sends: Vec::new(),
+            });
+        }
+        self.registry_dirty = true;
+        let moving = if drained { self.census.owned(&uuid) } else { 0 };
+        if drained {
+            tracing::warn!(
+                "worker {id} ({name}) drained by an operator: its {moving} repos move to other workers, make before break"
+            );
+        } else {
+            tracing::warn!(
+                "worker {id} ({name}) undrained by an operator: it takes its share again"
+            );
+        }
+        self.recompute_owners();
+        Ok(Drain {
+            changed: true,
+            moving,
+            sends: self.flush(),
+        })
+    }
+
+    /// `POST /api/repos/{id}/block` (a takedown, issue 16): every holder is told to drop
+    /// the repo (as a removal from the index: to the worker's trash), the repo leaves the
+    /// fleet, and index entries for it are set aside until [`Fleet::unblock`]. A worker
+    /// that still reports it afterwards is told to drop it again ([`Fleet::holdings`]
+    /// treats it as not in the index). `false`: it was blocked already.
+    pub fn block(&mut self, id: &str, b: crate::registry::Blocked) -> (bool, Vec<Outgoing>) {
+        if !self.registry.block(id, b) {
+            return (false, Vec::new());
+        }
+        self.registry_dirty = true;
+        if let Some((key, repo)) = self.repos.remove_entry(id) {
+            self.census.remove(&key, &repo.facts());
+            self.unsaved.insert(key);
+            let mut told: BTreeSet<Uuid> = repo.holders.keys().copied().collect();
+            told.extend(repo.owner);
+            for h in told {
+                self.out.push(h, id, Op::Drop(DropReason::RemovedFromIndex));
+            }
+            self.blocked_entries.insert(
+                id.to_owned(),
+                Entry {
+                    id: id.to_owned(),
+                    url: repo.url.to_string(),
+                    index: repo.index.to_string(),
+                    metadata: repo.metadata.clone(),
+                },
+            );
+        }
+        for (w, held) in self.unknown_held.iter_mut() {
+            if held.remove(id).is_some() {
+                self.out
+                    .push(*w, id, Op::Drop(DropReason::RemovedFromIndex));
+            }
+        }
+        self.fetch_now.retain(|(_, r)| r != id);
+        self.asked.remove(id);
+        self.relists.remove(id);
+        (true, self.flush())
+    }
+
+    /// Lift a block. A repo the index still lists comes back at once (as an index
+    /// addition: a new owner, a clone); otherwise it comes back when an index lists it.
+    /// `None`: it was not blocked.
+    pub fn unblock(&mut self, id: &str) -> Option<(bool, Vec<Outgoing>)> {
+        self.registry.unblock(id)?;
+        self.registry_dirty = true;
+        let sends = match self.blocked_entries.remove(id) {
+            Some(e) if self.index_ready => self.apply_index(&Delta {
+                added: vec![e],
+                removed: Vec::new(),
+                changed: Vec::new(),
+            }),
+            _ => Vec::new(),
+        };
+        Some((self.repos.contains_key(id), sends))
+    }
+
+    /// A blocked repo's index entry, if an index lists it.
+    pub fn blocked_entry(&self, id: &str) -> Option<&Entry> {
+        self.blocked_entries.get(id)
+    }
+
+    /// The delta without blocked repos: their entries are kept aside (added or changed)
+    /// or forgotten (removed).
+    fn set_blocked_aside(&mut self, delta: &Delta) -> Delta {
+        for id in &delta.removed {
+            if self.registry.blocked(id).is_some() {
+                self.blocked_entries.remove(id);
+            }
+        }
+        let mut keep = |entries: &[Entry]| -> Vec<Entry> {
+            let mut v = Vec::with_capacity(entries.len());
+            for e in entries {
+                if self.registry.blocked(&e.id).is_some() {
+                    tracing::info!(repo = %e.id, index = %e.index, "index entry skipped: blocked");
+                    self.blocked_entries.insert(e.id.clone(), e.clone());
+                } else {
+                    v.push(e.clone());
+                }
+            }
+            v
+        };
+        let added = keep(&delta.added);
+        let changed = keep(&delta.changed);
+        Delta {
+            added,
+            changed,
+            removed: delta.removed.clone(),
+        }
     }
 
     /// `gitmirrord workers approve`: the join token may enroll `uuid` once.
@@ -1605,7 +1775,7 @@ impl Fleet {
     /// The live (alive or suspect) workers as ring members.
     fn live_members(&self) -> Vec<Member> {
         self.registry
-            .live()
+            .members()
             .map(|w| Member {
                 uuid: w.uuid,
                 weight: w.weight,

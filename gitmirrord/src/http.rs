@@ -518,7 +518,25 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
         ["repos"] if get => {
             let q = req.param("q").unwrap_or("").trim().to_owned();
             let after = cursor(req);
-            (ask(ctx, Query::RepoSearch { q, after }).await, None)
+            let url_after = req
+                .param("url_after")
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned);
+            // The URL scan runs here, on a blocking thread, never on the main loop.
+            let snapshot = ctx.index.urls();
+            let (q2, a2) = (q.clone(), url_after.clone());
+            let urls = tokio::task::spawn_blocking(move || {
+                snapshot.search(&q2, a2.as_deref(), crate::repo_page::SEARCH_PAGE)
+            })
+            .await
+            .unwrap_or_default();
+            let query = Query::RepoSearch {
+                q,
+                after,
+                urls,
+                url_after,
+            };
+            (ask(ctx, query).await, None)
         }
         ["repos"] => method_not_allowed("GET"),
         ["repos", a, b, c] if get => (
@@ -531,6 +549,16 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
         ["api", "status"] if get => (ask(ctx, Query::Status).await, None),
         ["api", "workers"] if get => (ask(ctx, Query::Workers).await, None),
         ["api", "workers", "pending"] if get => (ask(ctx, Query::Pending).await, None),
+        ["api", "workers", w, action @ ("drain" | "undrain")] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            let q = Query::Drain {
+                worker: (*w).to_owned(),
+                drain: *action == "drain",
+            };
+            (ask(ctx, q).await, None)
+        }
         ["api", "workers", uuid, action @ ("approve" | "remove")] => {
             if !post {
                 return method_not_allowed("POST");
@@ -566,6 +594,28 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
             }
             (ask(ctx, Query::Fetch(format!("{a}/{b}/{c}"))).await, None)
         }
+        ["api", "repos", a, b, c, "block"] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            match block_reason(&req.body) {
+                Ok(reason) => {
+                    let q = Query::Block {
+                        id: format!("{a}/{b}/{c}"),
+                        reason,
+                        by: caller(req),
+                    };
+                    (ask(ctx, q).await, None)
+                }
+                Err(a) => (a, None),
+            }
+        }
+        ["api", "repos", a, b, c, "unblock"] => {
+            if !post {
+                return method_not_allowed("POST");
+            }
+            (ask(ctx, Query::Unblock(format!("{a}/{b}/{c}"))).await, None)
+        }
         ["api", "repos", a, b, c, "refs"] => {
             if !get {
                 return method_not_allowed("GET");
@@ -583,15 +633,7 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
             (ask(ctx, Query::Repo(format!("{a}/{b}/{c}"))).await, None)
         }
         ["api", "repos", _, _, _] => method_not_allowed("GET"),
-        ["api", "index"] if get => {
-            let status: Vec<_> = ctx
-                .index
-                .status()
-                .into_iter()
-                .map(crate::api::redact_index)
-                .collect();
-            (Answer::json(200, &status), None)
-        }
+        ["api", "index"] if get => (ask(ctx, Query::Index).await, None),
         ["api", "index"] => method_not_allowed("GET"),
         ["api", "index", name, "accept"] => {
             if !post {
@@ -609,6 +651,49 @@ async fn dispatch(req: &Request, ctx: &HttpCtx) -> (Answer, Option<&'static str>
             Answer::error(404, &format!("no such path {:?}", req.path)),
             None,
         ),
+    }
+}
+
+/// The longest block reason kept (it is logged and shown on the repo page).
+pub const MAX_BLOCK_REASON: usize = 500;
+
+/// `{"reason": "…"}` of `POST /api/repos/{id}/block`: required, non-empty, bounded.
+fn block_reason(body: &[u8]) -> Result<String, Answer> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        reason: String,
+    }
+    let b: Body = serde_json::from_slice(body).map_err(|e| {
+        Answer::error(
+            400,
+            &format!("the body must be {{\"reason\": \"…\"}} (JSON): {e}"),
+        )
+    })?;
+    let reason = b.reason.trim();
+    if reason.is_empty() {
+        return Err(Answer::error(400, "a block needs a reason"));
+    }
+    if reason.len() > MAX_BLOCK_REASON {
+        return Err(Answer::error(
+            400,
+            &format!("the reason is longer than {MAX_BLOCK_REASON} bytes"),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// Who made a change, as recorded with a block: the peer address, and whether it
+/// carried a bearer token (the only identity the API knows, SPEC §9).
+fn caller(req: &Request) -> String {
+    let token = req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    if token {
+        format!("API token from {}", req.peer.ip())
+    } else {
+        format!("{} (loopback, no token)", req.peer.ip())
     }
 }
 

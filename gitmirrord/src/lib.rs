@@ -32,6 +32,7 @@ pub mod ring;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod url_search;
 pub mod webhook;
 
 pub use config::Config;

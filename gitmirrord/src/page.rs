@@ -261,6 +261,13 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
         unassigned.to_string(),
         "unassigned",
     );
+    let blocked = fleet.registry().blocked_all().len();
+    tile(
+        &mut h,
+        if blocked > 0 { "warn" } else { "" },
+        blocked.to_string(),
+        "blocked",
+    );
     tile(&mut h, "info", format!("#{}", p.last_seq), "last event");
     h.push_str("</div>");
 
@@ -395,9 +402,10 @@ fn plots(h: &mut String, fleet: &Fleet, p: &PageInputs<'_>) {
     let mut list: Vec<_> = fleet.registry().iter().collect();
     list.sort_by_key(|w| w.id);
     let owned: usize = list.iter().map(|w| census.owned(&w.uuid)).sum();
+    // A drained worker's fair share is none (issue 16).
     let weights: f64 = list
         .iter()
-        .filter(|w| w.state == WorkerState::Alive)
+        .filter(|w| w.state == WorkerState::Alive && !w.drained)
         .map(|w| w.weight)
         .sum();
     let shares: Vec<crate::plots::Share> = list
@@ -412,7 +420,7 @@ fn plots(h: &mut String, fleet: &Fleet, p: &PageInputs<'_>) {
                 } else {
                     0.0
                 },
-                fair: if w.state == WorkerState::Alive && weights > 0.0 {
+                fair: if w.state == WorkerState::Alive && !w.drained && weights > 0.0 {
                     w.weight / weights
                 } else {
                     0.0
@@ -512,7 +520,7 @@ fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
         };
         let _ = write!(
             h,
-            "<tr><td class=\"num\">{}</td><td>{}</td><td><span class=\"badge {s}\">{s}</span></td>\
+            "<tr><td class=\"num\">{}</td><td>{}</td><td><span class=\"badge {s}\">{s}</span>{drained}</td>\
              <td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{disk}</td><td>{seen}</td><td>{}</td></tr>",
             w.id,
@@ -522,6 +530,11 @@ fn workers(h: &mut String, fleet: &Fleet, now_ms: i64) {
             w.weight,
             esc(&cut(&redact::text(&w.status), 200)),
             s = w.state.as_str(),
+            drained = if w.drained {
+                " <span class=\"badge unassigned drained\">drained</span>"
+            } else {
+                ""
+            },
         );
     }
     h.push_str("</table></section>");

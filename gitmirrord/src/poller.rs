@@ -31,6 +31,8 @@ pub struct IndexHandle {
     status: Arc<Mutex<Vec<IndexStatus>>>,
     polls: Arc<Mutex<PollCounts>>,
     cmds: Sender<IndexCmd>,
+    /// The URL-substring search snapshot, rebuilt here when the index changes.
+    urls: crate::url_search::SharedUrls,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,11 @@ impl IndexHandle {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// The current URL search snapshot.
+    pub fn urls(&self) -> Arc<crate::url_search::UrlIndex> {
+        self.urls.get()
+    }
+
     /// A handle with no poller behind it (for tests of the HTTP layer).
     pub fn detached() -> (Self, Receiver<IndexCmd>) {
         let (cmds, rx) = channel();
@@ -67,6 +74,7 @@ impl IndexHandle {
                 status: Arc::new(Mutex::new(Vec::new())),
                 polls: Arc::new(Mutex::new(BTreeMap::new())),
                 cmds,
+                urls: Default::default(),
             },
             rx,
         )
@@ -104,14 +112,19 @@ pub fn start(indexes: Indexes, deltas: mpsc::Sender<Delta>) -> std::io::Result<I
     let status = Arc::new(Mutex::new(indexes.status()));
     let polls = Arc::new(Mutex::new(BTreeMap::new()));
     let (cmds, rx) = channel();
+    let urls = crate::url_search::SharedUrls::default();
     let handle = IndexHandle {
         status: status.clone(),
         polls: polls.clone(),
         cmds,
+        urls: urls.clone(),
     };
     std::thread::Builder::new()
         .name("index-poller".into())
-        .spawn(move || poll_loop(indexes, rx, deltas, status, polls))?;
+        .spawn(move || {
+            index_urls(&indexes, &urls);
+            poll_loop(indexes, rx, deltas, status, polls, urls)
+        })?;
     Ok(handle)
 }
 
@@ -154,6 +167,20 @@ fn publish(indexes: &Indexes, status: &Mutex<Vec<IndexStatus>>) {
     }
 }
 
+/// Rebuild the URL search snapshot from the effective entries (issue 16; O(repos), here
+/// on the poller's thread, after each change).
+fn index_urls(indexes: &Indexes, urls: &crate::url_search::SharedUrls) {
+    let t = std::time::Instant::now();
+    let u = crate::url_search::UrlIndex::build(indexes.entries());
+    tracing::debug!(
+        urls = u.len(),
+        bytes = u.heap_bytes(),
+        ms = t.elapsed().as_millis() as u64,
+        "URL search index built"
+    );
+    urls.set(u);
+}
+
 /// Send a delta on; false when the main loop is gone.
 fn forward(delta: Delta, deltas: &mpsc::Sender<Delta>) -> bool {
     if delta.is_empty() {
@@ -174,6 +201,7 @@ fn poll_loop(
     deltas: mpsc::Sender<Delta>,
     status: Arc<Mutex<Vec<IndexStatus>>>,
     polls: Arc<Mutex<PollCounts>>,
+    urls: crate::url_search::SharedUrls,
 ) {
     loop {
         let wait = indexes.next_poll_in();
@@ -192,8 +220,12 @@ fn poll_loop(
                 let r = match r {
                     Ok(delta) => {
                         tracing::info!("held update of index {name} accepted");
+                        let changed = !delta.is_empty();
                         if !forward(delta, &deltas) {
                             return;
+                        }
+                        if changed {
+                            index_urls(&indexes, &urls);
                         }
                         Ok(())
                     }
@@ -209,11 +241,16 @@ fn poll_loop(
         match polled {
             Ok(delta) => {
                 publish(&indexes, &status);
-                if delta.is_empty() {
+                let changed = !delta.is_empty();
+                if !changed {
                     tracing::debug!("indexes polled: no change");
                 }
                 if !forward(delta, &deltas) {
                     return;
+                }
+                // After the delta is on its way: the search lags the fleet by the build.
+                if changed {
+                    index_urls(&indexes, &urls);
                 }
             }
             Err(e) => {

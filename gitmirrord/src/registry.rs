@@ -14,7 +14,10 @@ use uuid::Uuid;
 pub const KIND: &str = "registry";
 /// 2: per-worker certificates (`cert`, `removed`, `approved`); a v1 file is migrated at
 /// the first start ([`crate::state::load_registry`]) and kept as `registry.json.v1.bak`.
-pub const VERSION: u32 = 2;
+/// 3: drained workers (`drained`) and blocked repos (`blocked`, issue 16); a v2 file is
+/// read as v3 with none of either and kept as `registry.json.v2.bak`. An older release
+/// refuses a v3 file rather than forgetting a takedown.
+pub const VERSION: u32 = 3;
 
 /// After a restart, assignment sequence numbers resume this far above the saved value, so
 /// that a crash between sending deltas and saving the registry never repeats a `seq`.
@@ -92,6 +95,21 @@ pub struct WorkerRecord {
     /// When an outcome of it was last applied (Unix ms; not saved).
     #[serde(skip)]
     pub last_outcome_ms: Option<i64>,
+    /// Drained by an operator (SPEC §5 planned move): connected, but out of the ring
+    /// (weight 0 for assignment) until undrained. Survives restarts of both sides.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+/// A repo an operator blocked (a takedown, issue 16): its mirrors are dropped fleet-wide
+/// and the index cannot bring it back until it is unblocked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub reason: String,
+    /// When it was blocked (Unix ms).
+    pub at_ms: i64,
+    /// Who asked: the API caller as the coordinator saw it.
+    pub by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -128,6 +146,9 @@ pub struct RegistryFile {
     /// since: the join token may enroll them once.
     #[serde(default)]
     pub approved: Vec<Uuid>,
+    /// Blocked repos by id (v3).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked: BTreeMap<String, Blocked>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +159,7 @@ pub struct Registry {
     workers: BTreeMap<Uuid, WorkerRecord>,
     removed: BTreeSet<Uuid>,
     approved: BTreeSet<Uuid>,
+    blocked: BTreeMap<String, Blocked>,
 }
 
 /// What a worker says about itself when it connects.
@@ -162,6 +184,7 @@ impl Registry {
             workers: BTreeMap::new(),
             removed: BTreeSet::new(),
             approved: BTreeSet::new(),
+            blocked: BTreeMap::new(),
         }
     }
 
@@ -187,6 +210,7 @@ impl Registry {
             workers,
             removed: file.removed.into_iter().collect(),
             approved: file.approved.into_iter().collect(),
+            blocked: file.blocked,
         }
     }
 
@@ -210,6 +234,7 @@ impl Registry {
             workers: self.workers.values().cloned().collect(),
             removed: self.removed.iter().copied().collect(),
             approved: self.approved.iter().copied().collect(),
+            blocked: self.blocked.clone(),
         }
     }
 
@@ -301,6 +326,40 @@ impl Registry {
         self.workers.values()
     }
 
+    /// Mark a worker drained or not; returns whether that changed anything (`None`: no
+    /// such worker).
+    pub fn set_drained(&mut self, uuid: &Uuid, drained: bool) -> Option<bool> {
+        let w = self.workers.get_mut(uuid)?;
+        Some(std::mem::replace(&mut w.drained, drained) != drained)
+    }
+
+    /// Live workers that take a share of repos: alive or suspect, not drained.
+    pub fn members(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.live().filter(|w| !w.drained)
+    }
+
+    pub fn blocked(&self, id: &str) -> Option<&Blocked> {
+        self.blocked.get(id)
+    }
+
+    pub fn blocked_all(&self) -> &BTreeMap<String, Blocked> {
+        &self.blocked
+    }
+
+    /// Record a block; returns false when the repo was already blocked (the first
+    /// reason and time are kept).
+    pub fn block(&mut self, id: &str, b: Blocked) -> bool {
+        if self.blocked.contains_key(id) {
+            return false;
+        }
+        self.blocked.insert(id.to_owned(), b);
+        true
+    }
+
+    pub fn unblock(&mut self, id: &str) -> Option<Blocked> {
+        self.blocked.remove(id)
+    }
+
     /// Alive and suspect workers, in uuid order.
     pub fn live(&self) -> impl Iterator<Item = &WorkerRecord> {
         self.workers.values().filter(|w| w.state.is_live())
@@ -373,6 +432,7 @@ impl Registry {
             active_fetches: None,
             load: None,
             last_outcome_ms: None,
+            drained: false,
         };
         let weight = w.weight;
         Self::refresh(&mut w, intro, weight, now_ms);

@@ -399,9 +399,17 @@ pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs) -> Option<String> {
 /// Repos listed per search page.
 pub const SEARCH_PAGE: usize = 50;
 
-/// `GET /repos?q=PREFIX&after=ID`: the repos whose id starts with the prefix, in id order,
-/// one page: a range of the repo table's B-tree, O(log repos + page).
-pub fn search(fleet: &Fleet, q: &str, after: Option<&str>) -> String {
+/// `GET /repos?q=TEXT&after=ID&url_after=ID`: the repos whose id starts with the text, in
+/// id order, one page (a range of the repo table's B-tree, O(log repos + page)); then the
+/// repos whose URL contains it, one page found off the loop by [`crate::url_search`]
+/// (`urls`, after `url_after`). Each section pages by its own cursor.
+pub fn search(
+    fleet: &Fleet,
+    q: &str,
+    after: Option<&str>,
+    urls: &crate::url_search::UrlHits,
+    url_after: Option<&str>,
+) -> String {
     use std::ops::Bound;
     let start = match after {
         Some(a) if a.starts_with(q) => Bound::Excluded(a),
@@ -418,13 +426,14 @@ pub fn search(fleet: &Fleet, q: &str, after: Option<&str>) -> String {
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>repos {0}… · gitmirror</title>\
          <style>{CSS}</style></head><body><header><h1><a href=\"/\" style=\"color:#fff;text-decoration:none\">gitmirror</a></h1>\
-         <span class=\"sub\">repos whose id starts with <span class=\"mono\">{0}</span></span></header><main>\
-         {1}<section id=\"found\"><h2>Repos <span class=\"count\">({2}{3})</span></h2>",
+         <span class=\"sub\">repos whose id starts with, or whose URL contains, <span class=\"mono\">{0}</span></span></header><main>\
+         {1}<section id=\"found\"><h2>Repos by id <span class=\"count\">({2}{3})</span></h2>",
         esc(q),
         search_form(q),
         rows.len(),
         if more { " shown, more follow" } else { "" },
     );
+    let enc = |s: &str| esc(&crate::ctl::encode(s));
     if rows.is_empty() {
         h.push_str("<div class=\"empty\">No repo id starts with that.</div>");
     } else {
@@ -443,9 +452,46 @@ pub fn search(fleet: &Fleet, q: &str, after: Option<&str>) -> String {
     if let (true, Some((last, _))) = (more, rows.last()) {
         let _ = write!(
             h,
-            "<p><a id=\"next\" href=\"/repos?q={}&amp;after={}\">next page</a></p>",
-            esc(&crate::ctl::encode(q)),
-            esc(&crate::ctl::encode(last))
+            "<p><a id=\"next\" href=\"/repos?q={}&amp;after={}{}\">next page</a></p>",
+            enc(q),
+            enc(last),
+            url_after.map_or(String::new(), |a| format!("&amp;url_after={}", enc(a))),
+        );
+    }
+    let _ = write!(
+        h,
+        "</section><section id=\"found-url\"><h2>Repos by URL <span class=\"count\">({}{})</span></h2>",
+        urls.ids.len(),
+        if urls.more { " shown, more follow" } else { "" },
+    );
+    if urls.ids.is_empty() {
+        h.push_str("<div class=\"empty\">No repo URL contains that.</div>");
+    } else {
+        h.push_str("<table><tr><th>repo</th><th>state</th><th>url</th></tr>");
+        for id in &urls.ids {
+            // The snapshot may lag the fleet by an index read: a repo gone since is
+            // listed without state, a blocked one as blocked.
+            let (state, url) = match fleet.repo(id) {
+                Some(r) => (r.state().as_str(), crate::redact::url(&r.url).into_owned()),
+                None if fleet.registry().blocked(id).is_some() => ("blocked", String::new()),
+                None => ("unknown", String::new()),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><span class=\"badge {state}\">{state}</span></td><td class=\"mono\">{}</td></tr>",
+                crate::page::repo_link(id),
+                esc(&cut(&url, 120)),
+            );
+        }
+        h.push_str("</table>");
+    }
+    if let (true, Some(last)) = (urls.more, urls.ids.last()) {
+        let _ = write!(
+            h,
+            "<p><a id=\"next-url\" href=\"/repos?q={}{}&amp;url_after={}\">next page of URLs</a></p>",
+            enc(q),
+            after.map_or(String::new(), |a| format!("&amp;after={}", enc(a))),
+            enc(last),
         );
     }
     h.push_str("</section></main></body></html>\n");
@@ -456,10 +502,39 @@ pub fn search(fleet: &Fleet, q: &str, after: Option<&str>) -> String {
 pub fn search_form(q: &str) -> String {
     format!(
         "<form class=\"search\" method=\"get\" action=\"/repos\" style=\"margin-bottom:14px\">\
-         <input name=\"q\" value=\"{}\" placeholder=\"repo id prefix, e.g. a/abc\" size=\"40\"> \
+         <input name=\"q\" value=\"{}\" placeholder=\"repo id prefix or URL text, e.g. a/abc or github.com/torvalds\" size=\"40\"> \
          <button type=\"submit\">Find repo</button></form>",
         esc(q)
     )
+}
+
+/// The page of a blocked repo (issue 16's takedown): blocked, why, when and by whom.
+pub fn blocked(fleet: &Fleet, id: &str, now_ms: i64) -> Option<String> {
+    let b = fleet.registry().blocked(id)?;
+    let listed = match fleet.blocked_entry(id) {
+        Some(e) => format!(
+            "Index <span class=\"mono\">{}</span> lists it (<span class=\"mono\">{}</span>); the entry is skipped while the block stands.",
+            esc(&e.index),
+            esc(&crate::redact::url(&e.url))
+        ),
+        None => "No index lists it now.".to_owned(),
+    };
+    Some(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0} · blocked · gitmirror</title>\
+         <style>{CSS}</style></head><body><header><h1><a href=\"/\" style=\"color:#fff;text-decoration:none\">gitmirror</a></h1>\
+         <span class=\"sub\">repo <span class=\"mono\">{0}</span></span></header><main><section id=\"blocked\">\
+         <h2>Repo <span class=\"mono\">{0}</span> <span class=\"badge failing\" id=\"state\">blocked</span></h2>\
+         <p>Blocked {1} ago ({2}) by {3}. Reason: <strong id=\"reason\">{4}</strong></p>\
+         <p>Every worker was told to drop its mirror; no index brings it back until it is unblocked \
+         (<span class=\"mono\">gitmirrorctl unblock {0}</span>).</p><p>{5}</p>\
+         <p><a href=\"/\">status page</a></p></section></main></body></html>\n",
+        esc(id),
+        ago((now_ms - b.at_ms).max(0) / 1000),
+        gitmirror_common::rfc3339_ms(b.at_ms),
+        esc(&b.by),
+        esc(&b.reason),
+        listed,
+    ))
 }
 
 /// The page for an id no index has.

@@ -1022,12 +1022,27 @@ impl MainLoop {
             Query::Approve(uuid) => self.approve_worker(*uuid).await.into(),
             Query::Remove(uuid) => self.remove_worker(*uuid).await.into(),
             Query::Pending => Reply::json(200, self.pending.list()),
+            Query::Drain { worker, drain } => self.drain_worker(worker, *drain).await.into(),
+            Query::Block { id, reason, by } => self.block_repo(id, reason, by).await.into(),
+            Query::Unblock(id) => self.unblock_repo(id).await.into(),
+            Query::Index => self.index_view(),
             Query::Metrics => self.metrics(),
             Query::Page => self.page().into(),
             Query::RepoPage(id) => self.repo_page(id).into(),
-            Query::RepoSearch { q, after } => Answer::html(
+            Query::RepoSearch {
+                q,
+                after,
+                urls,
+                url_after,
+            } => Answer::html(
                 200,
-                crate::repo_page::search(&self.fleet, q, after.as_deref()),
+                crate::repo_page::search(
+                    &self.fleet,
+                    q,
+                    after.as_deref(),
+                    urls,
+                    url_after.as_deref(),
+                ),
             )
             .into(),
             Query::Refs(r) => self.refs_query(r),
@@ -1042,13 +1057,9 @@ impl MainLoop {
                     // The index part (rejected entries and all) is copied off the loop.
                     let mut status = view.status_with(Vec::new(), &mut self.status_urls);
                     let index = self.index.clone();
+                    let skipped = self.blocked_skipped();
                     Reply::Render(Box::new(move || {
-                        // Rejected entries' reasons quote their URLs (SPEC §9).
-                        status.index = index
-                            .status()
-                            .into_iter()
-                            .map(crate::api::redact_index)
-                            .collect();
+                        status.index = index_with_skipped(index.status(), skipped);
                         Answer::json(200, &status)
                     }))
                 } else {
@@ -1153,7 +1164,10 @@ impl MainLoop {
         };
         match crate::repo_page::render(&self.fleet, id, &inputs) {
             Some(html) => Answer::html(200, html),
-            None => Answer::html(404, crate::repo_page::not_found(id)),
+            None => match crate::repo_page::blocked(&self.fleet, id, inputs.now_ms) {
+                Some(html) => Answer::html(200, html),
+                None => Answer::html(404, crate::repo_page::not_found(id)),
+            },
         }
     }
 
@@ -1439,6 +1453,120 @@ impl MainLoop {
         )
     }
 
+    /// `POST /api/workers/{id or uuid}/drain|undrain` (SPEC §5). Answered once the
+    /// registry says so on disk.
+    async fn drain_worker(&mut self, worker: &str, drain: bool) -> Answer {
+        let uuid = match worker.parse::<u32>() {
+            Ok(id) => self.fleet.registry().by_id(id).map(|w| w.uuid),
+            Err(_) => worker
+                .parse::<Uuid>()
+                .ok()
+                .filter(|u| self.fleet.worker(u).is_some()),
+        };
+        let Some(uuid) = uuid else {
+            return Answer::error(404, &format!("no worker {worker:?} (an id or a uuid)"));
+        };
+        let d = match self.fleet.set_drained(uuid, drain) {
+            Ok(d) => d,
+            Err(crate::fleet::DrainError::Unknown) => {
+                return Answer::error(404, &format!("no worker {worker:?}"));
+            }
+            Err(e) => return Answer::error(409, &e.to_string()),
+        };
+        self.dispatch(d.sends);
+        if !self.save_registry_now().await {
+            return Answer::error(
+                500,
+                "done, but the registry could not be saved (the log says why); try again",
+            );
+        }
+        let id = self.fleet.worker(&uuid).map(|w| w.id);
+        Answer::json(
+            200,
+            &serde_json::json!({ "id": id, "uuid": uuid, "drained": drain, "changed": d.changed, "moving": d.moving }),
+        )
+    }
+
+    /// `POST /api/repos/{id}/block` (a takedown): every holder is told to drop it; the
+    /// block is on disk before the answer.
+    async fn block_repo(&mut self, id: &str, reason: &str, by: &str) -> Answer {
+        if self.fleet.repo(id).is_none()
+            && self.fleet.registry().blocked(id).is_none()
+            && crate::index::validate::repo_id(id).is_err()
+        {
+            return Answer::error(400, &format!("{id:?} is not a repo id"));
+        }
+        let b = crate::registry::Blocked {
+            reason: reason.to_owned(),
+            at_ms: now_ms(),
+            by: by.to_owned(),
+        };
+        let holders = self.fleet.repo(id).map_or(0, |r| r.holders.len());
+        let (new, sends) = self.fleet.block(id, b);
+        self.dispatch(sends);
+        if new {
+            tracing::warn!(repo = %id, "repo blocked by {by}: {reason}; its {holders} mirrors are dropped fleet-wide");
+        }
+        if !self.save_registry_now().await {
+            return Answer::error(
+                500,
+                "blocked, but the registry could not be saved (the log says why); try again",
+            );
+        }
+        Answer::json(
+            200,
+            &serde_json::json!({ "id": id, "blocked": true, "changed": new }),
+        )
+    }
+
+    /// `POST /api/repos/{id}/unblock`: back at once when an index lists it.
+    async fn unblock_repo(&mut self, id: &str) -> Answer {
+        let Some((back, sends)) = self.fleet.unblock(id) else {
+            return Answer::error(404, &format!("repo {id:?} is not blocked"));
+        };
+        self.dispatch(sends);
+        tracing::warn!(repo = %id, "repo unblocked by an operator; {}", if back { "an index lists it: it is assigned again" } else { "no index lists it now" });
+        if !self.save_registry_now().await {
+            return Answer::error(
+                500,
+                "unblocked, but the registry could not be saved (the log says why); try again",
+            );
+        }
+        Answer::json(
+            200,
+            &serde_json::json!({ "id": id, "blocked": false, "back": back }),
+        )
+    }
+
+    /// `GET /api/index`: the poller's view (read off the loop) with the blocked entries
+    /// each index lists among its skipped ones, reason "blocked: …".
+    fn index_view(&self) -> Reply {
+        let skipped = self.blocked_skipped();
+        let index = self.index.clone();
+        Reply::Render(Box::new(move || {
+            Answer::json(200, &index_with_skipped(index.status(), skipped))
+        }))
+    }
+
+    /// Blocked repos an index lists, as that index's skipped entries (O(blocked)).
+    fn blocked_skipped(&self) -> Vec<(String, crate::index::Rejected)> {
+        self.fleet
+            .registry()
+            .blocked_all()
+            .iter()
+            .filter_map(|(id, b)| {
+                let e = self.fleet.blocked_entry(id)?;
+                Some((
+                    e.index.clone(),
+                    crate::index::Rejected {
+                        path: id.clone(),
+                        reason: format!("blocked: {}", b.reason),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     // ----- saving -----
 
     /// Wait for the registry save in flight, if any; a failed save leaves it dirty.
@@ -1551,4 +1679,18 @@ impl MainLoop {
             source: std::io::Error::other(e.to_string()),
         })?
     }
+}
+
+/// The poller's view of the indexes with the blocked entries each lists among its
+/// rejected ones, redacted as shown (SPEC §9: reasons quote URLs).
+fn index_with_skipped(
+    mut status: Vec<crate::index::IndexStatus>,
+    skipped: Vec<(String, crate::index::Rejected)>,
+) -> Vec<crate::index::IndexStatus> {
+    for (name, r) in skipped {
+        if let Some(s) = status.iter_mut().find(|s| s.name == name) {
+            s.rejected.push(r);
+        }
+    }
+    status.into_iter().map(crate::api::redact_index).collect()
 }

@@ -10,28 +10,45 @@ use std::path::Path;
 pub const REGISTRY_FILE: &str = "registry.json";
 const MODE: u32 = 0o640;
 
-/// Where the previous release's registry is kept after the migration.
+/// Where the v1 registry (before per-worker certificates) is kept after the migration.
 pub const REGISTRY_V1_BACKUP: &str = "registry.json.v1.bak";
+/// Where the v2 registry (before drained workers and blocked repos) is kept.
+pub const REGISTRY_V2_BACKUP: &str = "registry.json.v2.bak";
 
 /// Load the registry; a missing file is an empty one, a corrupt one an error naming it.
-/// A v1 file (before per-worker certificates) is read as v2 (every worker legacy, none
-/// removed or approved), kept as [`REGISTRY_V1_BACKUP`], and replaced by the next save.
+/// An older file is read as the current version and kept beside as
+/// `registry.json.v<N>.bak`; the next save replaces it. v1 (before per-worker
+/// certificates): every worker legacy, none removed or approved. v2 (before issue 16's
+/// drain and block): no worker drained, no repo blocked.
 pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
     let path = dir.join(REGISTRY_FILE);
     match statefile::read_json(&path, registry::KIND, registry::VERSION) {
         Ok(r) => Ok(r.unwrap_or_default()),
-        Err(StateError::Version { found, .. }) if found == format!("{} v1", registry::KIND) => {
-            let v1: RegistryFile =
-                statefile::read_json(&path, registry::KIND, 1)?.unwrap_or_default();
+        Err(StateError::Version { found, .. })
+            if found == format!("{} v1", registry::KIND)
+                || found == format!("{} v2", registry::KIND) =>
+        {
+            let (version, backup, what) = if found.ends_with("v1") {
+                (
+                    1,
+                    REGISTRY_V1_BACKUP,
+                    "per-worker certificates: its workers are admitted by the join token until they enroll",
+                )
+            } else {
+                (2, REGISTRY_V2_BACKUP, "drained workers and blocked repos")
+            };
+            let old: RegistryFile =
+                statefile::read_json(&path, registry::KIND, version)?.unwrap_or_default();
             if let Some(bytes) = statefile::read_if_exists(&path)? {
-                statefile::write_atomic(&dir.join(REGISTRY_V1_BACKUP), &bytes, MODE)?;
+                statefile::write_atomic(&dir.join(backup), &bytes, MODE)?;
             }
             tracing::info!(
-                workers = v1.workers.len(),
-                backup = REGISTRY_V1_BACKUP,
-                "migrating the worker registry to v2 (per-worker certificates): its workers are admitted by the join token until they enroll"
+                workers = old.workers.len(),
+                backup,
+                "migrating the worker registry from v{version} to v{} ({what})",
+                registry::VERSION
             );
-            Ok(v1)
+            Ok(old)
         }
         Err(e) => Err(e),
     }
@@ -79,9 +96,41 @@ mod tests {
         assert!(
             std::fs::read_to_string(d.path().join(REGISTRY_FILE))
                 .unwrap()
-                .starts_with("gitmirror-state registry v2\n")
+                .starts_with("gitmirror-state registry v3\n")
         );
         load_registry(d.path()).unwrap();
+    }
+
+    // SPEC §10, §12 "State files" (issue 16): a v2 registry (before drain and block)
+    // loads with no worker drained and no repo blocked, is kept as .v2.bak, and what
+    // is drained or blocked survives a save and a load.
+    #[test]
+    fn spec_10_v2_registry_is_migrated_and_drain_and_block_persist() {
+        let d = tempfile::tempdir().unwrap();
+        let uuid = "00000000-0000-0000-0000-000000000007";
+        let v2 = format!(
+            "gitmirror-state registry v2\n{{\"workers\":[{{\"uuid\":\"{uuid}\",\"id\":3,\"name\":\"w\",\"weight\":1.0,\"state\":\"alive\",\"state_since_ms\":1,\"addr\":null,\"last_seen_ms\":1,\"software\":\"s\",\"serve_url_base\":null,\"disk_free_bytes\":null,\"disk_total_bytes\":null,\"disk_low\":false,\"status\":\"\",\"next_seq\":4,\"acked_seq\":3,\"last_report_id\":9}}],\"removed\":[],\"approved\":[]}}\n"
+        );
+        std::fs::write(d.path().join(REGISTRY_FILE), &v2).unwrap();
+        let mut r = load_registry(d.path()).unwrap();
+        assert!(!r.workers[0].drained && r.blocked.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(REGISTRY_V2_BACKUP)).unwrap(),
+            v2
+        );
+        r.workers[0].drained = true;
+        r.blocked.insert(
+            "a/b/c".into(),
+            crate::registry::Blocked {
+                reason: "takedown #1".into(),
+                at_ms: 7,
+                by: "test".into(),
+            },
+        );
+        save_registry(d.path(), &r).unwrap();
+        let back = load_registry(d.path()).unwrap();
+        assert!(back.workers[0].drained);
+        assert_eq!(back.blocked["a/b/c"].reason, "takedown #1");
     }
 
     // SPEC §10: a file that fails to decode stops the daemon, naming the file and what to do.

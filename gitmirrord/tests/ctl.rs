@@ -426,10 +426,17 @@ async fn issue_16_shell_completions_complete_subcommands() {
     let top = complete("gitmirrorctl wor");
     assert_eq!(top, ["workers"], "{top:?}");
     let all = complete("gitmirrorctl ");
-    for sub in ["status", "repos", "events", "accept"] {
+    for sub in [
+        "status", "repos", "events", "accept", "drain", "undrain", "block", "unblock",
+    ] {
         assert!(all.iter().any(|w| w == sub), "{sub} in {all:?}");
     }
     assert_eq!(complete("gitmirrorctl workers ap"), ["approve"]);
+    assert!(
+        complete("gitmirrorctl block a/b/c --r")
+            .iter()
+            .any(|w| w == "--reason")
+    );
     for shell in ["zsh", "fish"] {
         let r = ctl(&["completions", shell]).await;
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -440,4 +447,276 @@ async fn issue_16_shell_completions_complete_subcommands() {
         );
     }
     assert_eq!(ctl(&["completions", "tcsh"]).await.code, 2);
+}
+
+/// Run gitmirrorctl with the operator's configuration file.
+async fn ctl_with(cfg: &str, args: &[&str]) -> Ran {
+    let mut v = vec!["--config", cfg];
+    v.extend_from_slice(args);
+    ctl(&v).await
+}
+
+/// The next assignment delta that drops or upserts something (empty ones skipped).
+async fn next_change(w: &mut TestWorker) -> gitmirror_wire::AssignDelta {
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let d = w.next_assign().await;
+            if !d.upsert.is_empty() || !d.drop.is_empty() {
+                return d;
+            }
+        }
+    })
+    .await
+    .expect("an assignment change within 15 s")
+}
+
+fn held(id: &str, mirrored: bool) -> gitmirror_wire::HeldRepo {
+    gitmirror_wire::HeldRepo {
+        id: id.into(),
+        url: format!("https://example.org/{}.git", id.rsplit('/').next().unwrap()),
+        mirrored,
+    }
+}
+
+/// Issue 16 takedown through gitmirrorctl (SPEC §9, §10, §11): `block ID --reason` drops
+/// the holder's mirror, shows the repo blocked (repo, status, index), refuses an empty
+/// reason (2) and a caller without the token (1); a worker re-reporting the repo in its
+/// `Holdings` is told to drop it again and does not bring it back; `unblock` brings it
+/// back at once (the index still lists it), a second unblock is 3; the block survives a
+/// coordinator restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_gitmirrorctl_block_unblock_and_the_attackers_holdings() {
+    let (c, _tmp, cfg) = with_token().await;
+    let uuid = Uuid::from_u128(5);
+    let (mut w, _) = TestWorker::join(c.quic, &c.token, uuid).await;
+    w.holdings(vec![]).await;
+    let d = w.next_assign().await;
+    assert_eq!(d.upsert.len(), 3);
+    let mut report = 0;
+    for r in REPOS {
+        report += 1;
+        w.report(vec![outcome(report, r, FetchResult::Cloned, &[])])
+            .await;
+    }
+
+    let r = ctl_with(&cfg, &["block", REPOS[0], "--reason", ""]).await;
+    assert_eq!(r.code, 2, "an empty reason is a usage error: {}", r.stderr);
+    let url = format!("http://{}", c.http);
+    let r = ctl(&[
+        "--config",
+        "/nonexistent.yaml",
+        "--url",
+        &url,
+        "block",
+        REPOS[0],
+        "--reason",
+        "x",
+    ])
+    .await;
+    assert_eq!(r.code, 1, "no token: {}", r.stderr);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+
+    let r = ctl_with(&cfg, &["block", REPOS[0], "--reason", "DMCA notice 17"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("blocked"), "{}", r.stdout);
+    let d = next_change(&mut w).await;
+    assert_eq!(d.drop.len(), 1, "{d:?}");
+    assert_eq!(d.drop[0].id, REPOS[0]);
+    let v = json(&ctl_with(&cfg, &["--json", "block", REPOS[0], "--reason", "again"]).await);
+    assert_eq!(v["changed"], false, "{v}");
+
+    let v = json(&ctl_with(&cfg, &["--json", "repo", REPOS[0]]).await);
+    assert_eq!(v["state"], "blocked", "{v}");
+    assert_eq!(v["reason"], "DMCA notice 17", "{v}");
+    assert!(v["blocked_by"].as_str().unwrap().contains("token"), "{v}");
+    let r = ctl_with(&cfg, &["repo", REPOS[0]]).await;
+    assert!(r.stdout.contains("DMCA notice 17"), "{}", r.stdout);
+    let v = json(&ctl_with(&cfg, &["--json", "status"]).await);
+    assert_eq!(v["repos"]["blocked"], 1, "{v}");
+    assert_eq!(v["repos"]["total"], 2, "{v}");
+    let v = json(&ctl_with(&cfg, &["--json", "index"]).await);
+    let skipped = v[0]["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == REPOS[0])
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(skipped["reason"], "blocked: DMCA notice 17");
+    let (status, page) = c.get(&format!("/repos/{}", REPOS[0])).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("blocked") && page.contains("DMCA notice 17"));
+    let (_, page) = c.get("/").await;
+    assert!(page.contains("blocked"));
+
+    // The attacker: the worker reconnects claiming a complete mirror of it.
+    drop(w);
+    let (mut w, _) = TestWorker::join(c.quic, &c.token, uuid).await;
+    w.holdings(vec![
+        held(REPOS[0], true),
+        held(REPOS[1], true),
+        held(REPOS[2], true),
+    ])
+    .await;
+    let d = next_change(&mut w).await;
+    assert!(
+        d.drop.iter().any(|x| x.id == REPOS[0]) && d.upsert.is_empty(),
+        "told to drop it again: {d:?}"
+    );
+    let v = json(&ctl_with(&cfg, &["--json", "repo", REPOS[0]]).await);
+    assert_eq!(v["state"], "blocked", "{v}");
+
+    // Unblock: back at once (the index lists it), given to the worker.
+    let v = json(&ctl_with(&cfg, &["--json", "unblock", REPOS[0]]).await);
+    assert_eq!(v["back"], true, "{v}");
+    let d = next_change(&mut w).await;
+    assert_eq!(d.upsert.len(), 1, "{d:?}");
+    assert_eq!(d.upsert[0].id, REPOS[0]);
+    let v = json(&ctl_with(&cfg, &["--json", "repo", REPOS[0]]).await);
+    assert_eq!(v["state"], "pending", "{v}");
+    assert_eq!(ctl_with(&cfg, &["unblock", REPOS[0]]).await.code, 3);
+    assert_eq!(ctl_with(&cfg, &["unblock", "nosuchrepo"]).await.code, 2);
+
+    // A block survives a restart.
+    assert_eq!(
+        ctl_with(&cfg, &["block", REPOS[2], "--reason", "court order"])
+            .await
+            .code,
+        0
+    );
+    drop(w);
+    let (dir, stopped) = c.stop().await;
+    stopped.unwrap();
+    let token_file = dir.path().join("api.token");
+    let c =
+        Coordinator::start_in(dir, &format!("api_token_file: {}\n", token_file.display())).await;
+    let v = common::eventually(10, "the index after the restart", || async {
+        let (_, v) = c.get_json("/api/status").await;
+        (v["repos"]["total"] == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(v["repos"]["blocked"], 1, "{v}");
+    let (_, v) = c.get_json(&format!("/api/repos/{}", REPOS[2])).await;
+    assert_eq!(v["reason"], "court order", "{v}");
+}
+
+/// SPEC §5 planned move through gitmirrorctl (§11): `drain WORKER` keeps the worker
+/// connected and moves its repos to the other worker make before break (it is told to
+/// drop each only after the new owner reports it mirrored); draining the last worker is
+/// the API's 409 (exit 1); an unknown worker is 3; `workers` shows it drained, before and
+/// after a coordinator restart; `undrain` gives it its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_5_gitmirrorctl_drain_moves_make_before_break() {
+    let (c, _tmp, cfg) = with_token().await;
+    let (mut a, id_a) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(5)).await;
+    a.holdings(vec![]).await;
+    assert_eq!(a.next_assign().await.upsert.len(), 3);
+    for (i, r) in REPOS.iter().enumerate() {
+        a.report(vec![outcome(i as u64 + 1, r, FetchResult::Cloned, &[])])
+            .await;
+    }
+    let (mut b, id_b) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(6)).await;
+    b.holdings(vec![]).await;
+    let mut b_has: std::collections::BTreeSet<String> = b
+        .next_assign()
+        .await
+        .upsert
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    // What moved to b at its join is dropped by a once b reports it.
+    let mut report = 0;
+    for r in b_has.clone() {
+        report += 1;
+        b.report(vec![outcome(report, &r, FetchResult::Cloned, &[])])
+            .await;
+    }
+    let mut a_dropped: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    while a_dropped.len() < b_has.len() {
+        let d = next_change(&mut a).await;
+        a_dropped.extend(d.drop.into_iter().map(|x| x.id));
+    }
+
+    assert_eq!(ctl_with(&cfg, &["drain", "9"]).await.code, 3, "no worker 9");
+    let r = ctl_with(&cfg, &["drain", &id_a.to_string()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("drained worker"), "{}", r.stdout);
+    let v = json(&ctl_with(&cfg, &["--json", "workers"]).await);
+    let wa = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id_a)
+        .unwrap();
+    assert_eq!(wa["drained"], true, "{v}");
+    assert_eq!(
+        wa["state"], "alive",
+        "a drained worker stays connected: {v}"
+    );
+    let r = ctl_with(&cfg, &["workers"]).await;
+    assert!(r.stdout.contains("alive,drained"), "{}", r.stdout);
+    let (_, page) = c.get("/").await;
+    assert!(
+        page.contains(">drained</span>"),
+        "the page shows it drained"
+    );
+    // The last worker that is not drained cannot be drained.
+    let r = ctl_with(&cfg, &["drain", &id_b.to_string()]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("409") && r.stderr.contains("unassigned"),
+        "{}",
+        r.stderr
+    );
+
+    // b is told to hold the rest; a keeps them until b reports them mirrored.
+    while b_has.len() < REPOS.len() {
+        let d = next_change(&mut b).await;
+        b_has.extend(d.upsert.into_iter().map(|u| u.id));
+    }
+    let rest: Vec<&str> = REPOS
+        .iter()
+        .copied()
+        .filter(|r| !a_dropped.contains(*r))
+        .collect();
+    for r in &rest {
+        let (_, v) = c.get_json(&format!("/api/repos/{r}")).await;
+        assert_eq!(v["worker"], id_b, "{v}");
+        assert_eq!(v["state"], "pending", "{v}");
+        let holders = v["holders"].as_array().unwrap();
+        assert!(
+            holders.contains(&serde_json::json!(id_a)),
+            "make before break: {v}"
+        );
+    }
+    for r in &rest {
+        report += 1;
+        b.report(vec![outcome(report, r, FetchResult::Cloned, &[])])
+            .await;
+    }
+    while a_dropped.len() < REPOS.len() {
+        let d = next_change(&mut a).await;
+        for x in d.drop {
+            assert_eq!(x.reason, gitmirror_wire::DropReason::Moved);
+            a_dropped.insert(x.id);
+        }
+    }
+    let (_, v) = c.get_json(&format!("/api/workers/{id_a}")).await;
+    assert_eq!(v["repos"], 0, "{v}");
+
+    // The drain survives a restart.
+    drop((a, b));
+    let (dir, stopped) = c.stop().await;
+    stopped.unwrap();
+    let token_file = dir.path().join("api.token");
+    let c =
+        Coordinator::start_in(dir, &format!("api_token_file: {}\n", token_file.display())).await;
+    let (_, v) = c.get_json(&format!("/api/workers/{id_a}")).await;
+    assert_eq!(v["drained"], true, "{v}");
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = ctl_config(cfg_dir.path(), &c, &token_file);
+    let v = json(&ctl_with(&cfg, &["--json", "undrain", &id_a.to_string()]).await);
+    assert_eq!(v["changed"], true, "{v}");
+    let (_, v) = c.get_json(&format!("/api/workers/{id_a}")).await;
+    assert_eq!(v["drained"], false, "{v}");
 }

@@ -382,6 +382,22 @@ async fn issue16_repo_page_shows_state_why_schedule_outcomes_and_events() {
         "{evil}"
     );
     assert!(evil.contains("No repo id starts with that."), "{evil}");
+    // Issue 16 item 2: a URL substring finds repos whose id does not start with it.
+    let (status, by_url) = c.get("/repos?q=LINUX-next.git").await;
+    assert_eq!(status, 200);
+    let section = by_url.split("id=\"found-url\"").nth(1).unwrap_or_default();
+    assert!(
+        section.contains("href=\"/repos/l/linux/linux-next\"")
+            && !section.contains("href=\"/repos/a/abc/abc\""),
+        "{by_url}"
+    );
+    let (_, by_host) = c.get("/repos?q=example.org").await;
+    let section = by_host.split("id=\"found-url\"").nth(1).unwrap_or_default();
+    assert_eq!(
+        section.matches("<a class=\"mono\" href=\"/repos/").count(),
+        3,
+        "{by_host}"
+    );
     let (status, missing) = c.get("/repos/no/such/repo").await;
     assert_eq!(status, 404);
     assert!(missing.contains("No repo <span class=\"mono\">no/such/repo</span>"));
@@ -452,4 +468,96 @@ fn section<'a>(html: &'a str, id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no section {id}"));
     let len = html[start..].find("</section>").unwrap();
     &html[start..start + len]
+}
+
+/// `node`, which drives Chromium for the click test (Debian's `nodejs`).
+fn node() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("node"))
+        .find(|p| p.is_file())
+}
+
+/// Issue 16 "the fetch button triggers a fetch", SPEC §9 `POST /api/repos/{id}/fetch`: a
+/// real (trusted) mouse click on the repo page's "Fetch now" in headless Chromium,
+/// driven over the DevTools protocol (`tests/data/cdp_click.js` on
+/// `--remote-debugging-pipe`), makes the page's script POST the fetch; the owner is told
+/// to fetch the repo, and its outcome is recorded with trigger `manual`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_fetch_now_click_in_headless_chromium_triggers_a_fetch() {
+    let (Some(bin), Some(node)) = (chromium(), node()) else {
+        if std::env::var_os("GITMIRROR_REQUIRE_CHROMIUM").is_some() {
+            panic!(
+                "GITMIRROR_REQUIRE_CHROMIUM is set but chromium or node is not on PATH (apt-get install chromium nodejs)"
+            );
+        }
+        eprintln!(
+            "SKIPPED spec_9_fetch_now_click_in_headless_chromium_triggers_a_fetch: chromium or node is not installed (scripts/deps.sh test)"
+        );
+        return;
+    };
+    let (c, mut w) = populated().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/repos/{}", c.http, REPOS[0]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cdp_click.js");
+    let profile = tmp.path().join("profile");
+    let clicked = tokio::task::spawn_blocking(move || {
+        Command::new(node)
+            .arg(script)
+            .arg(bin)
+            .arg(profile)
+            .arg(url)
+            .arg("#fetch-now button")
+            .arg("#fetch-result")
+            .output()
+            .unwrap()
+    });
+    // The owner is told to fetch it (other messages may come first).
+    let fetch_now = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let gitmirror_wire::CoordMsg::FetchNow { repo } = w.recv().await.unwrap() {
+                return repo;
+            }
+        }
+    })
+    .await
+    .expect("the click's fetch request reaches the worker within 60 s");
+    assert_eq!(fetch_now, REPOS[0]);
+    let out = clicked.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cdp_click.js failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["text"], "asked its owner to fetch it now", "{v}");
+    // The worker fetches: a new commit on main, reported as the asked fetch.
+    w.report(vec![outcome(
+        3,
+        REPOS[0],
+        FetchResult::Fetched,
+        &[(
+            "refs/heads/main",
+            Some("9fceb02d0ae598e95dc970b74767f19372d61af8"),
+            Some("1111111111111111111111111111111111111111"),
+        )],
+    )])
+    .await;
+    let path = format!("/repos/{}", REPOS[0]);
+    common::eventually(10, "the manual fetch's event on the repo page", || async {
+        let (_, html) = c.get(&path).await;
+        html.contains(">manual<").then_some(())
+    })
+    .await;
+    let (_, v) = c.get_json("/api/events?since=0").await;
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["repo"] == REPOS[0] && e["trigger"] == "manual"),
+        "{v}"
+    );
+    c.stop().await.1.unwrap();
 }

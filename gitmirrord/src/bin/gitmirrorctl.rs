@@ -82,6 +82,27 @@ enum Command {
     Index,
     /// Apply an index update held back by purge protection.
     Accept { index: String },
+    /// Take a worker out of the assignment (SPEC §5): it stays connected and keeps its
+    /// repos until their new owners have them mirrored, then drops them.
+    Drain {
+        /// A worker id or uuid.
+        worker: String,
+    },
+    /// Give a drained worker its share of repos again.
+    Undrain {
+        /// A worker id or uuid.
+        worker: String,
+    },
+    /// Take a repo down: every worker drops its mirror and no index brings it back until
+    /// it is unblocked.
+    Block {
+        id: String,
+        /// Why (kept, logged and shown on the repo page).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a block: the repo comes back at once when an index lists it.
+    Unblock { id: String },
     /// Print the completion script of a shell (the packages install them).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -168,7 +189,15 @@ async fn run(cli: &Cli, client: &ApiClient) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match client.call(post, &path).await {
+    let answer = match &cli.command {
+        Command::Block { reason, .. } => {
+            client
+                .post_json(&path, &serde_json::json!({ "reason": reason }))
+                .await
+        }
+        _ => client.call(post, &path).await,
+    };
+    match answer {
         Ok(body) => {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
             if let Command::Workers {
@@ -354,6 +383,15 @@ fn request(c: &Command) -> Result<(bool, String), String> {
         }
         Command::Index => (false, "/api/index".into()),
         Command::Accept { index } => (true, format!("/api/index/{}/accept", encode(index))),
+        Command::Drain { worker } => (true, format!("/api/workers/{}/drain", encode(worker))),
+        Command::Undrain { worker } => (true, format!("/api/workers/{}/undrain", encode(worker))),
+        Command::Block { id, reason } => {
+            if reason.trim().is_empty() {
+                return Err("--reason must say why".into());
+            }
+            (true, format!("/api/repos/{}/block", repo_id(id)?))
+        }
+        Command::Unblock { id } => (true, format!("/api/repos/{}/unblock", repo_id(id)?)),
         Command::Completions { .. } => return Err("completions need no daemon".into()),
     })
 }
@@ -380,14 +418,15 @@ fn print_human(c: &Command, v: &Value) {
             );
             let r = &v["repos"];
             println!(
-                "repos: {} total, {} mirrored, {} pending, {} failing, {} gone, {} waiting, {} unassigned",
+                "repos: {} total, {} mirrored, {} pending, {} failing, {} gone, {} waiting, {} unassigned, {} blocked",
                 s(&r["total"]),
                 s(&r["mirrored"]),
                 s(&r["pending"]),
                 s(&r["failing"]),
                 s(&r["gone"]),
                 s(&r["waiting"]),
-                s(&r["unassigned"])
+                s(&r["unassigned"]),
+                s(&r["blocked"])
             );
             print_workers(&v["workers"]);
             for i in v["index"].as_array().into_iter().flatten() {
@@ -442,6 +481,20 @@ fn print_human(c: &Command, v: &Value) {
             }
         }
         Command::Repo { .. } => {
+            if v["state"] == "blocked" {
+                for k in [
+                    "id",
+                    "state",
+                    "url",
+                    "index",
+                    "reason",
+                    "blocked_at",
+                    "blocked_by",
+                ] {
+                    println!("{k:<13}{}", s(&v[k]));
+                }
+                return;
+            }
             for k in [
                 "id",
                 "url",
@@ -493,6 +546,37 @@ fn print_human(c: &Command, v: &Value) {
             }
         }
         Command::Accept { index } => println!("applied the held update of index {index}"),
+        Command::Drain { worker } => {
+            if v["changed"] == true {
+                println!(
+                    "drained worker {worker}: its {} repos move to other workers, make before break",
+                    s(&v["moving"])
+                );
+            } else {
+                println!("worker {worker} was drained already");
+            }
+        }
+        Command::Undrain { worker } => {
+            if v["changed"] == true {
+                println!("undrained worker {worker}: it takes its share of repos again");
+            } else {
+                println!("worker {worker} was not drained");
+            }
+        }
+        Command::Block { id, .. } => {
+            if v["changed"] == true {
+                println!("blocked {id}: every worker is told to drop its mirror");
+            } else {
+                println!("{id} was blocked already (the first reason is kept)");
+            }
+        }
+        Command::Unblock { id } => {
+            if v["back"] == true {
+                println!("unblocked {id}: an index lists it, so it is assigned again");
+            } else {
+                println!("unblocked {id}: it comes back when an index lists it");
+            }
+        }
         Command::Completions { .. } => {}
     }
 }
@@ -501,10 +585,11 @@ fn print_workers(v: &Value) {
     println!("ID\tNAME\tSTATE\tREPOS\tWEIGHT\tDISK FREE\tLAST SEEN\tSTATUS");
     for w in v.as_array().into_iter().flatten() {
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{} s\t{}",
+            "{}\t{}\t{}{}\t{}\t{}\t{}\t{} s\t{}",
             s(&w["id"]),
             s(&w["name"]),
             s(&w["state"]),
+            if w["drained"] == true { ",drained" } else { "" },
             s(&w["repos"]),
             s(&w["weight"]),
             s(&w["disk_free_bytes"]),

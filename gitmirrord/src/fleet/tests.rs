@@ -1680,3 +1680,296 @@ fn spec_15_triggers() {
     );
     assert_eq!(stats(&sim, "cloned", "handover"), 6);
 }
+
+// ----- drain and block (issue 16) -----
+
+fn owned_by(sim: &Sim, n: u128) -> Vec<String> {
+    sim.owners()
+        .into_iter()
+        .filter(|(_, o)| *o == Some(uuid(n)))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// SPEC §5: a drained worker leaves the ring but stays connected; each of its repos goes
+/// to the ring's next choice and it keeps the repo until the new owner reports it
+/// mirrored, then is told to drop it (`Moved`). Undraining is a join.
+#[test]
+fn spec_5_drain_moves_make_before_break() {
+    let mut sim = Sim::new(300);
+    sim.join(10);
+    sim.join(20);
+    sim.join(30);
+    sim.clone_all();
+    sim.assert_settled();
+    let before = sim.owners();
+    let its = owned_by(&sim, 10);
+    assert!(!its.is_empty());
+    // Drops from the joins that came after it.
+    sim.workers.get_mut(&10).unwrap().drops.clear();
+    let d = sim.fleet.set_drained(uuid(10), true).unwrap();
+    assert!(d.changed);
+    assert_eq!(d.moving, its.len());
+    sim.deliver(d.sends);
+    let after = sim.owners();
+    for (id, o) in &after {
+        assert_ne!(*o, Some(uuid(10)), "{id} still owned by the drained worker");
+        if before[id] != Some(uuid(10)) {
+            assert_eq!(
+                *o, before[id],
+                "{id} moved though its owner was not drained"
+            );
+        }
+    }
+    // Make before break: nothing dropped yet, the drained worker still holds them all.
+    assert!(sim.workers[&10].drops.is_empty());
+    for id in &its {
+        assert!(sim.workers[&10].held.contains_key(id));
+        assert_eq!(sim.fleet.repo(id).unwrap().state(), RepoState::Pending);
+    }
+    assert!(sim.fleet.worker(&uuid(10)).unwrap().drained);
+    assert_eq!(
+        sim.fleet.worker(&uuid(10)).unwrap().state,
+        WorkerState::Alive,
+        "a drained worker stays connected"
+    );
+    sim.clone_all();
+    assert!(sim.workers[&10].held.is_empty(), "dropped once mirrored");
+    assert_eq!(sim.workers[&10].drops.len(), its.len());
+    assert!(
+        sim.workers[&10]
+            .drops
+            .iter()
+            .all(|d| d.reason == DropReason::Moved)
+    );
+    // Draining again changes nothing; a reconnect keeps it drained.
+    assert!(!sim.fleet.set_drained(uuid(10), true).unwrap().changed);
+    sim.join(10);
+    assert!(owned_by(&sim, 10).is_empty());
+    // Undrain: its share comes back, make before break again.
+    let d = sim.fleet.set_drained(uuid(10), false).unwrap();
+    sim.deliver(d.sends);
+    assert_eq!(
+        owned_by(&sim, 10),
+        its,
+        "the ring gives it back the same repos"
+    );
+    sim.clone_all();
+    sim.assert_settled();
+}
+
+/// SPEC §5 (issue 16): draining the last live worker that is not drained would leave
+/// every repo unassigned; it is refused, and nothing changes.
+#[test]
+fn spec_5_draining_the_last_worker_is_refused() {
+    let mut sim = Sim::new(20);
+    sim.join(10);
+    sim.join(20);
+    sim.clone_all();
+    let d = sim.fleet.set_drained(uuid(10), true).unwrap();
+    sim.deliver(d.sends);
+    let e = sim.fleet.set_drained(uuid(20), true).unwrap_err();
+    assert!(matches!(e, DrainError::LastMember { .. }), "{e}");
+    assert!(!sim.fleet.worker(&uuid(20)).unwrap().drained);
+    assert_eq!(
+        sim.fleet.set_drained(uuid(99), true).unwrap_err(),
+        DrainError::Unknown
+    );
+    assert_eq!(sim.fleet.census().in_state(RepoState::Unassigned), 0);
+}
+
+/// SPEC §5, §10: the drain is in the registry file and survives a coordinator restart.
+#[test]
+fn spec_10_drain_survives_a_restart() {
+    let mut sim = Sim::new(100);
+    sim.join(10);
+    sim.join(20);
+    sim.clone_all();
+    let d = sim.fleet.set_drained(uuid(10), true).unwrap();
+    sim.deliver(d.sends);
+    sim.clone_all();
+    let file = sim.fleet.registry_file();
+    let reg = Registry::restore(10, file, sim.now);
+    let fleet = Fleet::new(DEAD_AFTER, reg, ReposFile::default(), (0..100).map(entry));
+    assert!(fleet.worker(&uuid(10)).unwrap().drained);
+    assert!(fleet.repos().values().all(|r| r.owner == Some(uuid(20))));
+}
+
+fn block(sim: &mut Sim, id: &str) -> bool {
+    let (new, sends) = sim.fleet.block(
+        id,
+        crate::registry::Blocked {
+            reason: "DMCA #42".into(),
+            at_ms: sim.now,
+            by: "test".into(),
+        },
+    );
+    sim.deliver(sends);
+    new
+}
+
+/// Issue 16 takedown (SPEC §9 API, §10 state): every holder (the owner and the old
+/// owner of a hand-off in flight) is told to drop a blocked repo. The attacker's view: a
+/// worker that reports it again in its `Holdings`, or reports a fetch of it, does not
+/// bring it back (it is told to drop it again, no event), and neither does the index;
+/// only an unblock does, at once when the index still lists it.
+#[test]
+fn spec_9_block_drops_fleet_wide_and_nothing_but_unblock_resurrects() {
+    let mut sim = Sim::new(200);
+    sim.join(10);
+    sim.join(20);
+    sim.clone_all();
+    // A hand-off in flight: a newcomer owns some repos the old owners still hold.
+    sim.join(30);
+    let moving = owned_by(&sim, 30);
+    let id = moving[0].clone();
+    let holders: Vec<Uuid> = sim
+        .fleet
+        .repo(&id)
+        .unwrap()
+        .holders
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(holders.len(), 2, "owner and old owner hold it");
+    let total = sim.fleet.census().total();
+
+    assert!(block(&mut sim, &id));
+    assert!(!block(&mut sim, &id), "a second block changes nothing");
+    assert!(sim.fleet.repo(&id).is_none());
+    assert_eq!(sim.fleet.census().total(), total - 1);
+    for h in &holders {
+        let w = &sim.workers[&h.as_u128()];
+        assert!(!w.held.contains_key(&id));
+        assert!(
+            w.drops
+                .iter()
+                .any(|d| d.id == id && d.reason == DropReason::RemovedFromIndex)
+        );
+    }
+    assert!(
+        sim.fleet.blocked_entry(&id).is_some(),
+        "the index entry is set aside"
+    );
+
+    // The attacker: a worker says it still holds it (mirrored).
+    let n = holders[0].as_u128();
+    let url = sim.fleet.blocked_entry(&id).unwrap().url.clone();
+    sim.workers
+        .get_mut(&n)
+        .unwrap()
+        .held
+        .insert(id.clone(), (url, true));
+    let drops = sim.workers[&n].drops.len();
+    let h = sim.workers[&n].holdings();
+    let sends = sim.fleet.holdings(uuid(n), &h, sim.now);
+    sim.deliver(sends);
+    assert!(
+        sim.fleet.repo(&id).is_none(),
+        "holdings do not resurrect it"
+    );
+    assert_eq!(
+        sim.workers[&n].drops.len(),
+        drops + 1,
+        "told to drop it again"
+    );
+    assert!(!sim.workers[&n].held.contains_key(&id));
+    // A fetch reported for it makes no event and no repo.
+    sim.workers
+        .get_mut(&n)
+        .unwrap()
+        .held
+        .insert(id.clone(), ("u".into(), false));
+    let events = sim.events.len();
+    sim.report(n, std::slice::from_ref(&id), FetchResult::Cloned);
+    assert_eq!(sim.events.len(), events);
+    assert!(sim.fleet.repo(&id).is_none());
+    sim.workers.get_mut(&n).unwrap().held.remove(&id);
+
+    // The index lists it again (added, then changed): skipped.
+    let e = sim.fleet.blocked_entry(&id).unwrap().clone();
+    let sends = sim.fleet.apply_index(&Delta {
+        added: vec![e.clone()],
+        removed: Vec::new(),
+        changed: vec![Entry {
+            url: "https://example.org/new.git".into(),
+            ..e.clone()
+        }],
+    });
+    sim.deliver(sends);
+    assert!(
+        sim.fleet.repo(&id).is_none(),
+        "the index cannot bring it back"
+    );
+    assert_eq!(
+        sim.fleet.blocked_entry(&id).unwrap().url,
+        "https://example.org/new.git"
+    );
+
+    // It survives a restart: the registry file carries the block.
+    let file = sim.fleet.registry_file();
+    assert!(file.blocked.contains_key(&id));
+    let restarted = Fleet::new(
+        DEAD_AFTER,
+        Registry::restore(10, file, sim.now),
+        ReposFile::default(),
+        (0..200).map(entry),
+    );
+    assert!(restarted.repo(&id).is_none());
+    assert!(restarted.blocked_entry(&id).is_some());
+
+    // Unblock: back at once, with an owner told to hold it.
+    let (back, sends) = sim.fleet.unblock(&id).unwrap();
+    assert!(back);
+    sim.deliver(sends);
+    let owner = sim.fleet.repo(&id).unwrap().owner.unwrap();
+    assert!(sim.workers[&owner.as_u128()].held.contains_key(&id));
+    assert!(sim.fleet.unblock(&id).is_none(), "not blocked any more");
+    sim.clone_all();
+    sim.assert_settled();
+}
+
+/// Issue 16: a blocked repo no index lists stays out; an index that removes a blocked
+/// entry forgets it, so an unblock brings nothing back.
+#[test]
+fn spec_9_unblock_of_a_repo_no_index_lists() {
+    let mut sim = Sim::new(10);
+    sim.join(10);
+    sim.clone_all();
+    let id = entry(3).id;
+    block(&mut sim, &id);
+    let sends = sim.fleet.apply_index(&Delta {
+        added: Vec::new(),
+        removed: vec![id.clone()],
+        changed: Vec::new(),
+    });
+    sim.deliver(sends);
+    assert!(sim.fleet.blocked_entry(&id).is_none());
+    let (back, sends) = sim.fleet.unblock(&id).unwrap();
+    assert!(!back);
+    assert!(sends.is_empty());
+    assert!(sim.fleet.repo(&id).is_none());
+}
+
+/// Issue 16: at a start where the index lists only blocked repos, an unblock still brings
+/// the repo back at once.
+#[test]
+fn spec_9_unblock_when_the_index_lists_only_blocked_repos() {
+    let id = entry(0).id;
+    let mut reg = Registry::new(10);
+    reg.block(
+        &id,
+        crate::registry::Blocked {
+            reason: "r".into(),
+            at_ms: 1,
+            by: "test".into(),
+        },
+    );
+    let mut sim = Sim::with_registry(1, reg, ReposFile::default());
+    assert!(sim.fleet.repo(&id).is_none());
+    sim.join(10);
+    let (back, sends) = sim.fleet.unblock(&id).unwrap();
+    assert!(back);
+    sim.deliver(sends);
+    assert!(sim.workers[&10].held.contains_key(&id));
+}
