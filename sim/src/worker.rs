@@ -411,6 +411,8 @@ impl Worker {
                 let page = gitmirror_wire::refs_page::error(&q, why);
                 write(send, &WorkerMsg::RefsPage(page)).await?;
             }
+            // Budgets are used by the budget phase only (not yet simulated here).
+            CoordMsg::HostBudgets(_) => {}
             CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }
