@@ -59,6 +59,9 @@ struct Slot {
     /// What the worker may be using now: the invariant sums these.
     bound: u32,
     per_minute: u32,
+    /// Since when it has wanted some and had no share: when there are more workers with
+    /// demand than connections, the longest waiting come first (nobody starves).
+    waiting_since: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -371,14 +374,27 @@ impl Budgets {
     /// Split limit `i` among the workers by demand, within what nobody is bound to.
     fn rebalance(&mut self, i: usize, now: i64) {
         let limit = self.limits[i].clone();
-        // Demanders in a fixed order: most demand first, then uuid.
-        let mut order: Vec<(Uuid, u32)> = self
+        // Demanders in order: those waiting for a share longest first (when there are
+        // more of them than connections, the shares rotate), then most demand, then uuid.
+        for w in self.workers.values_mut() {
+            let s = &mut w.slots[i];
+            if s.demand == 0 || s.grant > 0 {
+                s.waiting_since = None;
+            } else if s.waiting_since.is_none() {
+                s.waiting_since = Some(now);
+            }
+        }
+        let mut order: Vec<(Uuid, u32, i64)> = self
             .workers
             .iter()
             .filter(|(_, w)| w.connected && w.slots[i].demand > 0)
-            .map(|(u, w)| (*u, w.slots[i].demand))
+            .map(|(u, w)| {
+                let s = &w.slots[i];
+                (*u, s.demand, s.waiting_since.unwrap_or(i64::MAX))
+            })
             .collect();
-        order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        order.sort_by(|a, b| a.2.cmp(&b.2).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
+        let order: Vec<(Uuid, u32)> = order.into_iter().map(|(u, d, _)| (u, d)).collect();
         let demands: Vec<u32> = order.iter().map(|(_, d)| *d).collect();
 
         if let Some(rate) = limit.per_minute {
@@ -520,7 +536,7 @@ impl Budgets {
     }
 }
 
-/// Split `budget` over workers with `demands` (sorted, most first): each gets at least 1
+/// Split `budget` over workers with `demands` (in the order of preference): each gets at least 1
 /// while the budget lasts, then the rest in proportion to demand, never more than its
 /// demand. Integers; the sum never exceeds `budget`.
 fn split(budget: u32, demands: &[u32]) -> Vec<u32> {
