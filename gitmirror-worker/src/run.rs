@@ -1399,7 +1399,7 @@ impl Worker {
     /// `HostDemand` when it changed (or `force`, or every [`DEMAND_REFRESH`]); only to a
     /// coordinator of protocol ≥ 6 that sent budgets.
     fn send_demand(&mut self, force: bool) {
-        if !self.conn.as_ref().is_some_and(|c| c.protocol >= 6) || !self.schedule.has_budgets() {
+        if self.conn.as_ref().is_none_or(|c| c.protocol < 6) || !self.schedule.has_budgets() {
             return;
         }
         let repos = &self.state.repos;
