@@ -73,6 +73,9 @@ struct Worker {
     slots: Vec<Slot>,
     /// Something this worker has not been told yet.
     needs_send: bool,
+    /// It was sent a `HostBudgets` once: from then on it hears every change, the end of
+    /// the last limit or pause included. A fleet with neither sends none at all.
+    told: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +189,7 @@ impl Budgets {
             lost_at: None,
             slots: vec![Slot::default(); n],
             needs_send: true,
+            told: false,
         });
         w.connected = true;
         w.lost_at = None;
@@ -317,10 +321,11 @@ impl Budgets {
     /// caller after a report).
     pub fn take_sends(&mut self, now: i64) -> Vec<(Uuid, HostBudgets)> {
         let mut out = Vec::new();
+        let active = self.active();
         let mut uuids: Vec<Uuid> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.connected && w.needs_send)
+            .filter(|(_, w)| w.connected && w.needs_send && (active || w.told))
             .map(|(u, _)| *u)
             .collect();
         uuids.sort();
@@ -330,6 +335,7 @@ impl Budgets {
             let msg = self.message(uuid, seq, now);
             if let Some(w) = self.workers.get_mut(&uuid) {
                 w.needs_send = false;
+                w.told = true;
                 for s in &mut w.slots {
                     if s.grant != s.sent || s.sent_seq == 0 {
                         s.sent = s.grant;

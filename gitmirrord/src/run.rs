@@ -774,12 +774,15 @@ impl MainLoop {
                             id: joined.id,
                             enrolled,
                         };
+                        // SPEC §18: known to the budgets before the reply, so that a
+                        // reply that fails is a loss there too.
+                        let budgeted = self.budgets.connected(uuid, hello.protocol);
                         if reply.send(Ok(admission)).is_err() {
                             self.lost(uuid);
                         }
-                        // SPEC §18: the budgets before the first assignment, so a worker
-                        // never starts a fetch on a limited host without its share.
-                        if self.budgets.connected(uuid, hello.protocol) {
+                        // The budgets before the first assignment, so a worker never
+                        // starts a fetch on a limited host without its share.
+                        if budgeted {
                             let sends = self.budgets.take_sends(now_ms());
                             self.send_budgets(sends);
                         } else if !self.budgets.limits().is_empty() {

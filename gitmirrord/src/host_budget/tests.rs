@@ -276,6 +276,25 @@ fn spec_18_a_lost_worker_keeps_its_share_bound_until_released() {
     assert_eq!(got(&sends), 2);
 }
 
+// A fleet with no limits and no pauses sends no budgets at all; once a worker was told
+// something, it hears when that ends.
+#[test]
+fn spec_18_nothing_is_sent_without_limits_or_pauses() {
+    let w = uuid(1);
+    let mut b = Budgets::new(vec![], 60_000, 0, false);
+    assert!(b.connected(w, 6));
+    assert!(b.tick(0).is_empty());
+    let _ = b.rate_limited(w, "h", 1_000, 0);
+    let sends = b.take_sends(0);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].1.paused.len(), 1);
+    b.set_limits(vec![limit("h", Some(1), None)]);
+    b.set_limits(vec![]);
+    let sends = b.tick(5_000);
+    assert_eq!(sends.len(), 1, "the end of the limits is news");
+    assert!(sends[0].1.limits.is_empty() && sends[0].1.paused.is_empty());
+}
+
 #[test]
 fn spec_18_old_workers_are_not_budgeted() {
     let mut b = Budgets::new(vec![limit("h", Some(2), None)], 60_000, 0, false);
