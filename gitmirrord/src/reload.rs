@@ -296,6 +296,21 @@ mod tests {
         Config::parse(Path::new("/etc/g.yaml"), text).unwrap()
     }
 
+    // SPEC §18: host_limits are reloaded (applied, kept by the merge, no restart).
+    #[test]
+    fn spec_18_host_limits_are_reloaded() {
+        let old = cfg("indexes: [{name: a, url: /a}]\n");
+        let new = cfg(
+            "indexes: [{name: a, url: /a}]\nhost_limits: [{host: github.com, connections: 200}]\n",
+        );
+        let p = plan(&old, &new);
+        assert!(p.host_limits, "{p:?}");
+        assert!(p.needs_restart.is_empty(), "{p:?}");
+        assert!(p.applied.iter().any(|a| a.contains("host_limits")), "{p:?}");
+        let merged = merge(&old, new);
+        assert_eq!(merged.host_limits.len(), 1);
+    }
+
     // SPEC §11: what a reload applies and what it names as needing a restart.
     #[test]
     fn plan_names_every_change() {
