@@ -322,7 +322,30 @@ struct Worker {
     refs_reads: Arc<tokio::sync::Semaphore>,
     /// The last error of re-reading changed credentials files, logged once.
     credentials_error: Option<String>,
+    /// Fleet-wide budgets (SPEC §18): see [`Budgeting`].
+    budgeting: Budgeting,
 }
+
+/// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
+/// themselves live in the schedule.
+#[derive(Default)]
+struct Budgeting {
+    /// `seq` of the last `HostBudgets` applied on this connection (0: none yet).
+    seen: u64,
+    /// How long shares stay in force without the coordinator.
+    lease: Duration,
+    /// When the connection was lost, while it is.
+    lost_at: Option<Instant>,
+    /// The lease ran out: shares are suspended until the next `HostBudgets`.
+    suspended: bool,
+    /// The last `HostDemand` sent, and when.
+    last_sent: Option<(gitmirror_wire::HostDemand, Instant)>,
+}
+
+/// How often the demand for limited hosts is looked at (and sent when it changed).
+const DEMAND_EVERY: Duration = Duration::from_millis(250);
+/// An unchanged demand is sent again this often, so a lost message is not fatal.
+const DEMAND_REFRESH: Duration = Duration::from_secs(5);
 
 impl Worker {
     fn new(cfg: WorkerConfig, state: Repos, store: Store, mirrors: Arc<Mirrors>) -> Self {
@@ -366,6 +389,7 @@ impl Worker {
             last_flush: Instant::now(),
             refs_reads: Arc::new(tokio::sync::Semaphore::new(MAX_REFS_READS)),
             credentials_error: None,
+            budgeting: Budgeting::default(),
         }
     }
 
@@ -381,6 +405,8 @@ impl Worker {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut purge = tokio::time::interval(TRASH_PURGE_EVERY);
         purge.reset(); // the start already purged
+        let mut demand = tokio::time::interval(DEMAND_EVERY);
+        demand.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watchdog_period = notify::watchdog_period();
         let mut last_watchdog = Instant::now();
         let mut durable = self.store.durable_watch();
@@ -454,6 +480,12 @@ impl Worker {
                     }
                 }
                 _ = flush.tick() => self.flush(),
+                _ = demand.tick(), if self.schedule.has_budgets() => {
+                    if self.check_lease() {
+                        pass = true;
+                    }
+                    self.send_demand(false);
+                }
                 _ = status.tick() => {
                     self.check_credential_files();
                     self.queue_periodic_maintenance();
@@ -928,6 +960,7 @@ impl Worker {
         result: Result<Reported, Failure>,
     ) {
         let now = now_ms();
+        let mut rate_limited = None;
         let Some(repo) = self.state.repos.get_mut(&id) else {
             // Dropped while running; its disposal starts on the next pass.
             self.schedule.finish(&id, None, now);
@@ -1030,6 +1063,12 @@ impl Worker {
                             "upstream host is rate limiting us; nothing on it is fetched until it said to come back"
                         );
                     }
+                    // SPEC §18: at once (below), so the coordinator pauses it for the
+                    // whole fleet.
+                    rate_limited = Some(gitmirror_wire::RateLimitReport {
+                        host: host.clone(),
+                        retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    });
                     until
                 } else {
                     self.schedule
@@ -1046,6 +1085,15 @@ impl Worker {
             }
         };
         repo.next_due_ms = next;
+        if let Some(r) = rate_limited
+            && self.conn.as_ref().is_some_and(|c| c.protocol >= 6)
+        {
+            self.send(WorkerMsg::RateLimited(r));
+        }
+        let Some(repo) = self.state.repos.get(&id) else {
+            self.schedule.finish(&id, Some(next), now);
+            return;
+        };
         let outcome = Outcome {
             report_id: 0,
             repo: id.clone(),
@@ -1111,6 +1159,10 @@ impl Worker {
                 // Acknowledgements meant for the last connection: the coordinator sends the
                 // difference again after the holdings.
                 self.pending_acks.clear();
+                // Shares stay as they were until this connection's first HostBudgets.
+                self.budgeting.seen = 0;
+                self.budgeting.lost_at = None;
+                self.budgeting.last_sent = None;
                 self.conn = Some(Conn {
                     worker_id,
                     protocol,
@@ -1129,6 +1181,7 @@ impl Worker {
             }
             LinkEvent::Down => {
                 self.conn = None;
+                self.budgeting.lost_at = Some(Instant::now());
                 self.update_status_line();
             }
             LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
@@ -1157,6 +1210,7 @@ impl Worker {
                 }
             },
             LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
+            LinkEvent::Msg(CoordMsg::HostBudgets(b)) => self.on_host_budgets(b),
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)) => {
             }
@@ -1282,6 +1336,94 @@ impl Worker {
         let seq = self.commit(records);
         self.pending_acks.push_back((seq, delta.seq));
         self.on_durable();
+    }
+
+    /// SPEC §18: this worker's shares of the fleet's host budgets, and the hosts paused
+    /// for the whole fleet. Applied at once; the demand that follows acknowledges it.
+    fn on_host_budgets(&mut self, b: gitmirror_wire::HostBudgets) {
+        let now = now_ms();
+        if self.budgeting.suspended || !self.schedule.has_budgets() {
+            tracing::info!(
+                hosts = b.limits.len(),
+                "fleet-wide host budgets in force: {}",
+                b.limits
+                    .iter()
+                    .map(|l| format!(
+                        "{} (connections {}, per minute {})",
+                        l.host,
+                        l.connections.map_or("-".into(), |c| c.to_string()),
+                        l.per_minute.map_or("-".into(), |c| c.to_string())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        self.schedule.set_budgets(&b.limits, now);
+        for p in &b.paused {
+            let host = p.host.to_ascii_lowercase();
+            let until = now.saturating_add(i64::try_from(p.remaining_ms).unwrap_or(i64::MAX));
+            if self.schedule.paused_until(&host, now).is_none() {
+                tracing::warn!(
+                    %host,
+                    secs = p.remaining_ms / 1000,
+                    "upstream host paused for the whole fleet (a worker saw a rate limit); nothing on it starts until then"
+                );
+            }
+            self.schedule.pause_host(&host, until);
+        }
+        self.budgeting.seen = b.seq;
+        self.budgeting.lease = Duration::from_millis(b.lease_ms);
+        self.budgeting.suspended = false;
+        self.send_demand(true);
+    }
+
+    /// The lease of the shares ran out while the coordinator is unreachable: start
+    /// nothing more on limited hosts (the coordinator gives the share to others once it
+    /// declares this worker gone). Returns whether that just happened.
+    fn check_lease(&mut self) -> bool {
+        let Some(lost) = self.budgeting.lost_at else {
+            return false;
+        };
+        if self.budgeting.suspended || lost.elapsed() < self.budgeting.lease {
+            return false;
+        }
+        self.budgeting.suspended = true;
+        self.schedule.suspend_budgets();
+        tracing::warn!(
+            "no coordinator for {:?}: this worker's shares of the host budgets ran out; nothing starts on a limited host until it is back",
+            self.budgeting.lease
+        );
+        true
+    }
+
+    /// `HostDemand` when it changed (or `force`, or every [`DEMAND_REFRESH`]); only to a
+    /// coordinator of protocol ≥ 6 that sent budgets.
+    fn send_demand(&mut self, force: bool) {
+        if self.conn.as_ref().is_none_or(|c| c.protocol < 6) || !self.schedule.has_budgets() {
+            return;
+        }
+        let repos = &self.state.repos;
+        let hosts = self.schedule.host_loads(now_ms(), |id| {
+            repos
+                .get(id)
+                .map(|r| host_of_url(&r.url))
+                .unwrap_or_default()
+        });
+        let demand = gitmirror_wire::HostDemand {
+            seen: self.budgeting.seen,
+            hosts,
+        };
+        let same = self
+            .budgeting
+            .last_sent
+            .as_ref()
+            .is_some_and(|(d, at)| *d == demand && at.elapsed() < DEMAND_REFRESH);
+        if same && !force {
+            return;
+        }
+        if self.send(WorkerMsg::HostDemand(demand.clone())) {
+            self.budgeting.last_sent = Some((demand, Instant::now()));
+        }
     }
 
     /// Queue `msg` for the coordinator. A full queue means the connection cannot keep up:

@@ -54,7 +54,65 @@ pub struct Schedule {
     rerun: HashSet<String>,
     /// Upstream hosts that asked us to wait (rate limited): host → Unix ms it may resume.
     paused: HashMap<String, i64>,
+    /// This worker's shares of the fleet-wide host budgets (SPEC §18), on top of
+    /// `per_host`: a host under a limit counts against it with every other host under it.
+    budgets: Vec<HostBudget>,
     rng: StdRng,
+}
+
+/// One limited host (a name, or a `.suffix`) as the coordinator's `HostBudgets` gave it.
+#[derive(Debug)]
+pub struct HostBudget {
+    pub host: String,
+    /// Fetches at once; `None`: not limited so.
+    pub connections: Option<usize>,
+    /// Fetches started per minute; `None`: not limited so.
+    pub per_minute: Option<u32>,
+    /// Token bucket for `per_minute`: tokens and when they were counted (Unix ms).
+    tokens: f64,
+    tokens_at: i64,
+    /// Starts in the last minute (Unix ms), for the coordinator's `in_use`.
+    starts: std::collections::VecDeque<i64>,
+}
+
+/// Most starts remembered per limited host (for "started in the last minute").
+const MAX_STARTS_KEPT: usize = 100_000;
+/// Queued repos looked at when counting the demand of limited hosts: enough to weigh
+/// shares, and bounded work on the loop.
+const MAX_DEMAND_SCAN: usize = 10_000;
+
+impl HostBudget {
+    /// A bucket holds at most five seconds' worth (at least one fetch).
+    fn capacity(&self) -> f64 {
+        self.per_minute
+            .map_or(0.0, |r| (f64::from(r) / 12.0).max(1.0))
+    }
+
+    fn refill(&mut self, now_ms: i64) {
+        if let Some(r) = self.per_minute {
+            let dt = now_ms.saturating_sub(self.tokens_at).max(0) as f64;
+            self.tokens = (self.tokens + dt * f64::from(r) / 60_000.0).min(self.capacity());
+        }
+        self.tokens_at = now_ms;
+    }
+
+    /// When the next token is there, if the bucket is empty and refills at all.
+    fn next_token(&self) -> Option<i64> {
+        let r = self.per_minute.filter(|r| *r > 0)?;
+        if self.tokens >= 1.0 {
+            return None;
+        }
+        let wait = ((1.0 - self.tokens) * 60_000.0 / f64::from(r)).ceil() as i64;
+        Some(self.tokens_at.saturating_add(wait.max(1)))
+    }
+}
+
+/// Whether `host` falls under the limit written `pattern` (the coordinator's rule).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('.') {
+        Some(domain) => host == domain || host.ends_with(pattern),
+        None => host == pattern,
+    }
 }
 
 impl Schedule {
@@ -84,6 +142,7 @@ impl Schedule {
             per_host_running: HashMap::new(),
             rerun: HashSet::new(),
             paused: HashMap::new(),
+            budgets: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -153,6 +212,12 @@ impl Schedule {
             .next()
             .map(|(_, d, _)| *d);
         let resume = self.paused.values().copied().filter(|&t| t > now_ms).min();
+        // An empty token bucket refills: look again then (only matters with work waiting).
+        let token = self.budgets.iter().filter_map(HostBudget::next_token).min();
+        let resume = match (resume, token) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (due, resume) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -173,6 +238,106 @@ impl Schedule {
         self.paused.get(host).copied().filter(|&t| t > now_ms)
     }
 
+    /// The coordinator's `HostBudgets` (SPEC §18): these shares replace the previous ones.
+    /// A bucket of a host that stays keeps its tokens; a new one starts with one token.
+    pub fn set_budgets(&mut self, shares: &[gitmirror_wire::HostShare], now_ms: i64) {
+        let mut old = std::mem::take(&mut self.budgets);
+        for s in shares {
+            let mut b = match old.iter().position(|b| b.host == s.host) {
+                Some(i) => old.swap_remove(i),
+                None => HostBudget {
+                    host: s.host.clone(),
+                    connections: None,
+                    per_minute: None,
+                    tokens: 1.0,
+                    tokens_at: now_ms,
+                    starts: std::collections::VecDeque::new(),
+                },
+            };
+            b.refill(now_ms);
+            b.connections = s.connections.map(|c| c as usize);
+            b.per_minute = s.per_minute;
+            b.tokens = b.tokens.min(b.capacity().max(1.0));
+            self.budgets.push(b);
+        }
+    }
+
+    /// No share any more (the coordinator has been gone longer than the lease): nothing
+    /// new starts on a limited host until the next `HostBudgets`.
+    pub fn suspend_budgets(&mut self) {
+        for b in &mut self.budgets {
+            if b.connections.is_some() {
+                b.connections = Some(0);
+            }
+            if b.per_minute.is_some() {
+                b.per_minute = Some(0);
+                b.tokens = 0.0;
+            }
+        }
+    }
+
+    pub fn has_budgets(&self) -> bool {
+        !self.budgets.is_empty()
+    }
+
+    /// The limit `host` falls under: an exact name before the longest suffix.
+    fn budget_of(&self, host: &str) -> Option<usize> {
+        if let Some(i) = self.budgets.iter().position(|b| b.host == host) {
+            return Some(i);
+        }
+        self.budgets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.host.starts_with('.') && host_matches(&b.host, host))
+            .max_by_key(|(_, b)| b.host.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Demand and use of each limited host, for `HostDemand`: running fetches, due ones
+    /// waiting (counting at most [`MAX_DEMAND_SCAN`] queued repos), starts in the last
+    /// minute, and the connection share in force.
+    pub fn host_loads(
+        &mut self,
+        now_ms: i64,
+        mut host_of: impl FnMut(&str) -> String,
+    ) -> Vec<gitmirror_wire::HostLoad> {
+        let n = self.budgets.len();
+        let mut running = vec![0u32; n];
+        for host in self.running.values() {
+            if let Some(i) = self.budget_of(host) {
+                running[i] += 1;
+            }
+        }
+        let mut due = vec![0u32; n];
+        if n > 0 {
+            for (_, _, id) in self
+                .queue
+                .range(..(Rank::Due, now_ms.saturating_add(1), String::new()))
+                .take(MAX_DEMAND_SCAN)
+            {
+                if let Some(i) = self.budget_of(&host_of(id)) {
+                    due[i] += 1;
+                }
+            }
+        }
+        self.budgets
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                while b.starts.front().is_some_and(|t| *t <= now_ms - 60_000) {
+                    b.starts.pop_front();
+                }
+                gitmirror_wire::HostLoad {
+                    host: b.host.clone(),
+                    due: due[i],
+                    running: running[i],
+                    started_last_minute: u32::try_from(b.starts.len()).unwrap_or(u32::MAX),
+                    share: b.connections.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+                }
+            })
+            .collect()
+    }
+
     /// Start what is due, within the limits: at most `concurrency` at once, at most
     /// `per_host_concurrency` per upstream host, never two on one repo. `admit` may hold a
     /// repo back (busy with something else, or a clone while disk is low); it stays queued.
@@ -189,6 +354,16 @@ impl Schedule {
         self.paused.retain(|_, until| *until > now_ms);
         // Paused hosts are treated like hosts at their limit: their repos wait, queued.
         let mut full_hosts: HashSet<String> = self.paused.keys().cloned().collect();
+        // SPEC §18: fetches running under each limited host, and its tokens.
+        let mut budget_running = vec![0usize; self.budgets.len()];
+        for host in self.running.values() {
+            if let Some(i) = self.budget_of(host) {
+                budget_running[i] += 1;
+            }
+        }
+        for b in &mut self.budgets {
+            b.refill(now_ms);
+        }
         for (rank, due, id) in &self.queue {
             if *rank == Rank::Due && *due > now_ms {
                 break;
@@ -206,7 +381,28 @@ impl Schedule {
                 full_hosts.insert(host);
                 continue;
             }
+            let budget = self.budget_of(&host);
+            if let Some(i) = budget {
+                let b = &self.budgets[i];
+                let at_share = b.connections.is_some_and(|c| budget_running[i] >= c);
+                let no_token = b.per_minute.is_some() && b.tokens < 1.0;
+                if at_share || no_token {
+                    full_hosts.insert(host);
+                    continue;
+                }
+            }
             if admit(id) {
+                if let Some(i) = budget {
+                    budget_running[i] += 1;
+                    let b = &mut self.budgets[i];
+                    if b.per_minute.is_some() {
+                        b.tokens -= 1.0;
+                    }
+                    if b.starts.len() >= MAX_STARTS_KEPT {
+                        b.starts.pop_front();
+                    }
+                    b.starts.push_back(now_ms);
+                }
                 started.push((id.clone(), host));
             }
         }
@@ -586,6 +782,82 @@ mod tests {
             rate_limit_wait(Some(Duration::from_secs(10 * 24 * 3600))),
             MAX_RATE_LIMIT_WAIT
         );
+    }
+
+    // SPEC §18: a connection share caps fetches under a limited host (all names under a
+    // suffix together), on top of per_host_concurrency; per_minute is a token bucket;
+    // suspended shares start nothing; demand counts due and running.
+    #[test]
+    fn spec_18_budget_shares_limit_what_starts() {
+        use gitmirror_wire::HostShare;
+        let mut s = sched(10, 4);
+        for id in ["a1", "a2", "a3", "b1", "b2", "c1"] {
+            s.plan(id, 0);
+        }
+        // a* on api.gh, b* on gh, c* elsewhere.
+        let host = |id: &str| match &id[..1] {
+            "a" => "api.gh".to_owned(),
+            "b" => "gh".to_owned(),
+            _ => "other".to_owned(),
+        };
+        s.set_budgets(
+            &[HostShare {
+                host: ".gh".into(),
+                connections: Some(2),
+                per_minute: None,
+            }],
+            0,
+        );
+        let loads = s.host_loads(0, host);
+        assert_eq!(
+            (loads[0].due, loads[0].running, loads[0].share),
+            (5, 0, Some(2))
+        );
+        let started = s.start_ready(0, host, |_| true);
+        let under: Vec<_> = started.iter().filter(|id| !id.starts_with('c')).collect();
+        assert_eq!(under.len(), 2, "{started:?}");
+        assert!(started.contains(&"c1".to_owned()));
+        let loads = s.host_loads(0, host);
+        assert_eq!(
+            (loads[0].due, loads[0].running, loads[0].started_last_minute),
+            (3, 2, 2)
+        );
+        // Shrunk to 1: nothing starts until running falls below it.
+        s.set_budgets(
+            &[HostShare {
+                host: ".gh".into(),
+                connections: Some(1),
+                per_minute: None,
+            }],
+            0,
+        );
+        s.finish(under[0], Some(1_000_000), 0);
+        assert!(s.start_ready(1, host, |_| true).is_empty());
+        // Suspended (lease over): nothing, even with a free slot.
+        s.finish(
+            &started
+                .iter()
+                .find(|id| !id.starts_with('c') && *id != under[0])
+                .unwrap()
+                .clone(),
+            Some(1_000_000),
+            2,
+        );
+        s.suspend_budgets();
+        assert!(s.start_ready(3, host, |_| true).is_empty());
+        // per_minute 60: one token to begin with, then one a second.
+        s.set_budgets(
+            &[HostShare {
+                host: ".gh".into(),
+                connections: None,
+                per_minute: Some(60),
+            }],
+            10_000,
+        );
+        assert_eq!(s.start_ready(10_000, host, |_| true).len(), 1);
+        assert!(s.start_ready(10_500, host, |_| true).is_empty());
+        assert_eq!(s.next_wake(10_500), Some(11_000));
+        assert_eq!(s.start_ready(11_000, host, |_| true).len(), 1);
     }
 
     #[test]

@@ -407,14 +407,24 @@ fn send(p: Pending) -> Phase {
             body: Some(res),
         };
     }
-    let retry_after = res
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    *lock(&p.refusal) = Some(Refusal {
-        status: status.as_u16(),
-        retry_after,
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
+    let retry_after = header("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()));
+    // GitHub's exhausted quota (usually a 403): a rate limit until the reset time, so it
+    // is classified as a 429 with that wait (SPEC §18).
+    let exhausted = ratelimit_reset(
+        header("x-ratelimit-remaining"),
+        header("x-ratelimit-reset"),
+        SystemTime::now(),
+    );
+    *lock(&p.refusal) = Some(match exhausted {
+        Some(wait) if retry_after.is_none() || status.as_u16() != 429 => Refusal {
+            status: 429,
+            retry_after: Some(wait),
+        },
+        _ => Refusal {
+            status: status.as_u16(),
+            retry_after,
+        },
     });
     // gix's wording, so messages read the same whichever backend produced them.
     let message = format!("Received HTTP status {}", status.as_str());
@@ -668,9 +678,47 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// GitHub's rate-limit headers: `x-ratelimit-remaining: 0` with `x-ratelimit-reset: <Unix
+/// seconds>` mean "no more requests until then". The wait from `now`, or `None` when the
+/// quota is not exhausted or the reset is unreadable.
+pub fn ratelimit_reset(
+    remaining: Option<&str>,
+    reset: Option<&str>,
+    now: SystemTime,
+) -> Option<Duration> {
+    if remaining?.trim() != "0" {
+        return None;
+    }
+    let at = reset?.trim().parse::<u64>().ok()?;
+    let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(at))?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // SPEC §18: GitHub's exhausted quota is a rate limit until its reset time.
+    #[test]
+    fn spec_18_github_ratelimit_headers() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(
+            ratelimit_reset(Some("0"), Some("1060"), now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            ratelimit_reset(Some("0"), Some("900"), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(ratelimit_reset(Some("12"), Some("1060"), now), None);
+        assert_eq!(ratelimit_reset(Some("0"), None, now), None);
+        assert_eq!(ratelimit_reset(None, Some("1060"), now), None);
+        assert_eq!(ratelimit_reset(Some("0"), Some("soon"), now), None);
+        assert_eq!(
+            ratelimit_reset(Some("0"), Some("99999999999999999999"), now),
+            None
+        );
+    }
     use proptest::prelude::any;
 
     #[test]

@@ -229,6 +229,7 @@ fn main() {
                         webhooks: &[],
                         batches_waiting: 0,
                         hooks: &Default::default(),
+                        hosts: &[],
                     })
                     .len()
                 }),
@@ -245,6 +246,7 @@ fn main() {
                             last_seq: 0,
                             index: &[],
                             webhooks: &[],
+                            hosts: &[],
                             max_interval_secs: 86_400,
                             max_interval_from: "the worker default",
                         },

@@ -271,6 +271,8 @@ pub struct StatusView {
     pub workers: Vec<WorkerView>,
     pub repos: RepoCounts,
     pub index: Vec<IndexStatus>,
+    /// Limited and paused upstream hosts (SPEC §18).
+    pub hosts: Vec<crate::host_budget::HostView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -538,6 +540,7 @@ impl View<'_> {
             workers: self.workers(),
             repos: self.counts(),
             index: index.into_iter().map(redact_index).collect(),
+            hosts: Vec::new(),
         }
     }
 

@@ -74,6 +74,7 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub hooks_min_gap: Option<Duration>,
     pub hooks_trusted_proxies: Option<Vec<String>>,
+    pub host_limits: Option<Vec<RawHostLimit>>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -129,6 +130,15 @@ pub struct RawPushHook {
     pub name: String,
     pub kind: String,
     pub secret_file: PathBuf,
+}
+
+/// One `host_limits` entry as written (SPEC §18).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostLimit {
+    pub host: String,
+    pub connections: Option<u32>,
+    pub per_minute: Option<u32>,
 }
 
 /// Default of `hooks_min_gap` (SPEC §15).
@@ -225,6 +235,8 @@ pub struct Config {
     pub hooks_min_gap: Duration,
     /// `hooks_trusted_proxies`: peers whose `X-Forwarded-For` is believed.
     pub hooks_trusted_proxies: Vec<ipnet::IpNet>,
+    /// `host_limits` (SPEC §18): fleet-wide budgets per upstream host.
+    pub host_limits: Vec<crate::host_budget::HostLimit>,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -527,6 +539,8 @@ impl Config {
             hooks_trusted_proxies.push(net);
         }
 
+        let host_limits = Self::host_limits(path, raw.host_limits.unwrap_or_default())?;
+
         if let Some(lw) = &raw.local_worker {
             lw.fetch
                 .validate()
@@ -587,8 +601,71 @@ impl Config {
             hooks_listen,
             hooks_min_gap,
             hooks_trusted_proxies,
+            host_limits,
             warnings,
         })
+    }
+
+    /// `host_limits` (SPEC §18): a host name or a `.suffix`, each listed once, with at
+    /// least one of `connections` and `per_minute`, both above 0.
+    fn host_limits(
+        path: &Path,
+        raw: Vec<RawHostLimit>,
+    ) -> Result<Vec<crate::host_budget::HostLimit>, ConfigError> {
+        let mut out: Vec<crate::host_budget::HostLimit> = Vec::new();
+        for (i, l) in raw.into_iter().enumerate() {
+            let invalid = |k: &str, message: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("host_limits[{i}].{k}"),
+                message,
+            };
+            let host = l.host.trim().to_ascii_lowercase();
+            let name = host.strip_prefix('.').unwrap_or(&host);
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && !name.starts_with('.')
+                && !name.ends_with('.')
+                && !name.contains("..")
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+            if !valid {
+                return Err(invalid(
+                    "host",
+                    format!(
+                        "{:?} is not a host name (e.g. github.com) or a suffix starting with '.' (e.g. .github.com)",
+                        l.host
+                    ),
+                ));
+            }
+            if out.iter().any(|o| o.host == host) {
+                return Err(invalid("host", format!("{host:?} is listed twice")));
+            }
+            if l.connections.is_none() && l.per_minute.is_none() {
+                return Err(invalid(
+                    "connections",
+                    "give connections, per_minute or both".into(),
+                ));
+            }
+            if l.connections == Some(0) {
+                return Err(invalid(
+                    "connections",
+                    "must be at least 1 (remove the host to leave it unlimited)".into(),
+                ));
+            }
+            if l.per_minute == Some(0) {
+                return Err(invalid(
+                    "per_minute",
+                    "must be at least 1 (remove the host to leave it unlimited)".into(),
+                ));
+            }
+            out.push(crate::host_budget::HostLimit {
+                host,
+                connections: l.connections,
+                per_minute: l.per_minute,
+            });
+        }
+        Ok(out)
     }
 
     fn events(path: &Path, raw: RawEvents) -> Result<EventOptions, ConfigError> {
@@ -1241,5 +1318,51 @@ log_level: debug
         let c = parse("liveness: {keepalive_interval: 1s, suspect_after: 3s, dead_after: 4s}\nindexes: [{name: i, url: /x, poll_interval: 1s}]\n").unwrap();
         assert_eq!(c.liveness.dead_after, Duration::from_secs(4));
         assert_eq!(c.indexes[0].poll_interval, Duration::from_secs(1));
+    }
+
+    // SPEC §18: host_limits parses names and suffixes; bad entries name the key.
+    #[test]
+    fn spec_18_host_limits_key() {
+        let c = parse(
+            "host_limits: [{host: GitHub.com, connections: 200, per_minute: 5000}, {host: .gitlab.com, per_minute: 60}]\n",
+        )
+        .unwrap();
+        assert_eq!(c.host_limits.len(), 2);
+        assert_eq!(c.host_limits[0].host, "github.com");
+        assert_eq!(c.host_limits[0].connections, Some(200));
+        assert_eq!(c.host_limits[1].host, ".gitlab.com");
+        assert_eq!(c.host_limits[1].connections, None);
+        assert!(parse("").unwrap().host_limits.is_empty());
+        for (text, key) in [
+            (
+                "host_limits: [{host: 'a b', connections: 1}]",
+                "host_limits[0].host",
+            ),
+            (
+                "host_limits: [{host: '.', connections: 1}]",
+                "host_limits[0].host",
+            ),
+            (
+                "host_limits: [{host: h, connections: 1}, {host: H, connections: 2}]",
+                "host_limits[1].host",
+            ),
+            ("host_limits: [{host: h}]", "host_limits[0].connections"),
+            (
+                "host_limits: [{host: h, connections: 0}]",
+                "host_limits[0].connections",
+            ),
+            (
+                "host_limits: [{host: h, per_minute: 0}]",
+                "host_limits[0].per_minute",
+            ),
+            ("host_limits: [{host: h, connections: -1}]", "host_limits"),
+            (
+                "host_limits: [{host: h, connections: 1, burst: 2}]",
+                "burst",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

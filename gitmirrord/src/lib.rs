@@ -14,6 +14,7 @@ pub mod events;
 pub mod fleet;
 pub mod history;
 pub mod hooks;
+pub mod host_budget;
 pub mod http;
 pub mod http_auth;
 pub mod index;

@@ -124,6 +124,8 @@ pub struct Inputs<'a> {
     pub batches_waiting: usize,
     /// Push-hook counters (SPEC §15).
     pub hooks: &'a HookMetrics,
+    /// Limited and paused upstream hosts (SPEC §18).
+    pub hosts: &'a [crate::host_budget::HostView],
 }
 
 /// Render the whole exposition.
@@ -343,7 +345,62 @@ pub fn render(i: &Inputs<'_>) -> String {
             h.skipped as f64,
         );
     }
+    hosts(i.hosts, &mut w);
     w.out
+}
+
+/// SPEC §18: one sample per limited or paused host (paused hosts are bounded by
+/// `host_budget::MAX_PAUSED_HOSTS`).
+fn hosts(hosts: &[crate::host_budget::HostView], w: &mut Writer) {
+    w.family(
+        "gitmirror_host_paused",
+        "gauge",
+        "1 while the upstream host is paused for the whole fleet after a rate-limit answer (SPEC §18).",
+    );
+    for h in hosts {
+        let paused = if h.paused_until_ms.is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        w.sample("gitmirror_host_paused", &[("host", &h.host)], paused);
+    }
+    w.family(
+        "gitmirror_host_budget",
+        "gauge",
+        "The fleet-wide budget of a limited upstream host (host_limits): kind connections (at once) or per_minute (fetches started).",
+    );
+    for h in hosts {
+        for (kind, v) in [("connections", h.connections), ("per_minute", h.per_minute)] {
+            if let Some(v) = v {
+                w.sample(
+                    "gitmirror_host_budget",
+                    &[("host", &h.host), ("kind", kind)],
+                    f64::from(v),
+                );
+            }
+        }
+    }
+    w.family(
+        "gitmirror_host_in_use",
+        "gauge",
+        "Use of a limited upstream host summed from the workers' reports: kind connections (fetches running) or per_minute (fetches started in the last minute).",
+    );
+    for h in hosts {
+        if h.connections.is_none() && h.per_minute.is_none() {
+            continue;
+        }
+        w.sample(
+            "gitmirror_host_in_use",
+            &[("host", &h.host), ("kind", "connections")],
+            f64::from(h.in_use_connections),
+        );
+        w.sample(
+            "gitmirror_host_in_use",
+            &[("host", &h.host), ("kind", "per_minute")],
+            f64::from(h.in_use_per_minute),
+        );
+    }
 }
 
 /// The `gitmirror_worker_*` families: one sample per live worker that reported the value.
@@ -462,6 +519,54 @@ mod tests {
         assert_eq!(
             w.out,
             "x_bucket{le=\"1\"} 2\nx_bucket{le=\"10\"} 3\nx_bucket{le=\"+Inf\"} 4\nx_sum 106.5\nx_count 4\n"
+        );
+    }
+
+    // SPEC §18: the host families, one sample per limited or paused host.
+    #[test]
+    fn spec_18_host_metrics() {
+        let v = |host: &str, connections, paused| crate::host_budget::HostView {
+            host: host.into(),
+            connections,
+            per_minute: None,
+            granted_connections: 2,
+            in_use_connections: 2,
+            in_use_per_minute: 7,
+            workers: 1,
+            paused_until_ms: paused,
+        };
+        let mut w = Writer::default();
+        hosts(
+            &[
+                v("github.com", Some(200), None),
+                v("gitee.com", None, Some(5)),
+            ],
+            &mut w,
+        );
+        let out = w.out;
+        assert!(
+            out.contains("gitmirror_host_paused{host=\"github.com\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_host_paused{host=\"gitee.com\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_host_budget{host=\"github.com\",kind=\"connections\"} 200\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("gitmirror_host_budget{host=\"gitee.com\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_host_in_use{host=\"github.com\",kind=\"connections\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_host_in_use{host=\"github.com\",kind=\"per_minute\"} 7\n"),
+            "{out}"
         );
     }
 

@@ -34,6 +34,8 @@ pub struct PageInputs<'a> {
     pub last_seq: u64,
     pub index: &'a [IndexStatus],
     pub webhooks: &'a [WebhookMetric],
+    /// Limited and paused upstream hosts (SPEC §18).
+    pub hosts: &'a [crate::host_budget::HostView],
     /// The staleness plot's ceiling, and where it comes from.
     pub max_interval_secs: u64,
     pub max_interval_from: &'a str,
@@ -277,6 +279,7 @@ pub fn render(fleet: &Fleet, p: &PageInputs<'_>) -> String {
     events(&mut h, p);
     indexes(&mut h, p.index);
     webhooks(&mut h, p.webhooks);
+    hosts(&mut h, p.hosts, p.now_ms);
 
     h.push_str(
         "</main><footer>JSON: <a href=\"/api/status\">/api/status</a> · \
@@ -712,9 +715,69 @@ fn webhooks(h: &mut String, hooks: &[WebhookMetric]) {
     h.push_str("</table></section>");
 }
 
+/// SPEC §18: the fleet-wide budgets and paused hosts, when there are any.
+fn hosts(h: &mut String, hosts: &[crate::host_budget::HostView], now_ms: i64) {
+    if hosts.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<section id=\"hosts\"><h2>Upstream hosts <span class=\"count\">({})</span></h2>\
+         <table><tr><th>host</th><th class=\"num\">connections in use / budget</th>\
+         <th class=\"num\">fetches last minute / budget</th><th class=\"num\">workers</th><th>paused</th></tr>",
+        hosts.len()
+    );
+    let limit = |v: Option<u32>| v.map_or("unlimited".to_owned(), |n| n.to_string());
+    for v in hosts {
+        let paused = match v.paused_until_ms {
+            Some(t) if t > now_ms => format!(
+                "<span class=\"badge failing\">{} more</span>",
+                ago((t - now_ms) / 1000)
+            ),
+            _ => "no".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=\"mono\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td><td>{paused}</td></tr>",
+            esc(&cut(&v.host, 150)),
+            v.in_use_connections,
+            limit(v.connections),
+            v.in_use_per_minute,
+            limit(v.per_minute),
+            v.workers
+        );
+    }
+    h.push_str("</table></section>");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // SPEC §18: the page's table of limited and paused hosts.
+    #[test]
+    fn spec_18_hosts_table() {
+        let mut h = String::new();
+        hosts(&mut h, &[], 0);
+        assert!(h.is_empty());
+        let v = crate::host_budget::HostView {
+            host: "github.com".into(),
+            connections: Some(200),
+            per_minute: None,
+            granted_connections: 150,
+            in_use_connections: 120,
+            in_use_per_minute: 900,
+            workers: 3,
+            paused_until_ms: Some(65_000),
+        };
+        hosts(&mut h, &[v], 5_000);
+        assert!(h.contains("github.com"), "{h}");
+        assert!(
+            h.contains("120 / 200") && h.contains("900 / unlimited"),
+            "{h}"
+        );
+        assert!(h.contains("1 min more"), "{h}");
+    }
 
     #[test]
     fn escaping() {

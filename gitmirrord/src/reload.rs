@@ -2,7 +2,7 @@
 //!
 //! Reloaded: `log_level`, `indexes` (with their `poll_interval`s), `webhooks` (URLs and
 //! secrets), `api_token_file` and `api_read_token_file` (paths and contents),
-//! `api_allowed_hosts`, `push_hooks`, `hooks_min_gap`, `hooks_trusted_proxies`, and the
+//! `api_allowed_hosts`, `push_hooks`, `hooks_min_gap`, `hooks_trusted_proxies`, `host_limits`, and the
 //! embedded worker's `local_worker.fetch` and `local_worker.disk`. Everything else is fixed for the life of
 //! the process — sockets, state directory, worker ids, liveness timing, index reading
 //! rules, the embedded worker's identity and directories — and a change to it is named in
@@ -22,6 +22,8 @@ pub struct Plan {
     pub api_token: bool,
     /// `push_hooks`, `hooks_min_gap` or `hooks_trusted_proxies` (SPEC §15).
     pub hooks: bool,
+    /// `host_limits` (SPEC §18).
+    pub host_limits: bool,
     /// `local_worker.fetch` or `local_worker.disk` changed: send them to the embedded worker.
     pub local_worker: bool,
     /// One phrase per reloaded setting that changed, e.g. `log_level info → debug`.
@@ -109,6 +111,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             "push_hooks ({} → {}), hooks_min_gap, hooks_trusted_proxies",
             old.push_hooks.len(),
             new.push_hooks.len()
+        ));
+    }
+    if old.host_limits != new.host_limits {
+        p.host_limits = true;
+        p.applied.push(format!(
+            "host_limits ({} → {} hosts)",
+            old.host_limits.len(),
+            new.host_limits.len()
         ));
     }
     if old.status_url_limit != new.status_url_limit {
@@ -271,6 +281,7 @@ pub fn merge(old: &Config, new: Config) -> Config {
         push_hooks: new.push_hooks,
         hooks_min_gap: new.hooks_min_gap,
         hooks_trusted_proxies: new.hooks_trusted_proxies,
+        host_limits: new.host_limits,
         warnings: new.warnings,
         ..old.clone()
     }
@@ -283,6 +294,21 @@ mod tests {
 
     fn cfg(text: &str) -> Config {
         Config::parse(Path::new("/etc/g.yaml"), text).unwrap()
+    }
+
+    // SPEC §18: host_limits are reloaded (applied, kept by the merge, no restart).
+    #[test]
+    fn spec_18_host_limits_are_reloaded() {
+        let old = cfg("indexes: [{name: a, url: /a}]\n");
+        let new = cfg(
+            "indexes: [{name: a, url: /a}]\nhost_limits: [{host: github.com, connections: 200}]\n",
+        );
+        let p = plan(&old, &new);
+        assert!(p.host_limits, "{p:?}");
+        assert!(p.needs_restart.is_empty(), "{p:?}");
+        assert!(p.applied.iter().any(|a| a.contains("host_limits")), "{p:?}");
+        let merged = merge(&old, new);
+        assert_eq!(merged.host_limits.len(), 1);
     }
 
     // SPEC §11: what a reload applies and what it names as needing a restart.

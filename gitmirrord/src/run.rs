@@ -38,6 +38,9 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 const TICK: Duration = Duration::from_secs(1);
+/// How often host budgets are rebalanced when something changed (SPEC §18: unused share
+/// flows back within seconds). O(workers × limited hosts) a turn, and only when dirty.
+const BUDGET_TICK: Duration = Duration::from_millis(200);
 /// How often the registry is rewritten and repo status changes are journaled.
 const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
 const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
@@ -315,7 +318,17 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         _ => (None, None),
     };
 
+    // SPEC §18: a coordinator that ran before may have given shares that workers not yet
+    // back still use; see design.md "Fleet-wide upstream budgets".
+    let restarted = fleet.registry().iter().next().is_some();
+    let budgets = crate::host_budget::Budgets::new(
+        cfg.host_limits.clone(),
+        u64::try_from(cfg.liveness.dead_after.as_millis()).unwrap_or(u64::MAX),
+        now_ms(),
+        restarted,
+    );
     let mut main = MainLoop {
+        budgets,
         cfg,
         local,
         seq: seq_tx,
@@ -476,11 +489,15 @@ fn host_name() -> String {
 
 struct Conn {
     id: u64,
+    /// The worker's protocol (its `Hello`): budgets only from 6 on (SPEC §18).
+    protocol: u32,
     outbox: mpsc::Sender<CoordMsg>,
     handle: quinn::Connection,
 }
 
 struct MainLoop {
+    /// Fleet-wide upstream budgets and paused hosts (SPEC §18).
+    budgets: crate::host_budget::Budgets,
     /// The configuration in force (reloaded on SIGHUP).
     cfg: Config,
     /// The embedded worker, when `local_worker` is set.
@@ -544,6 +561,8 @@ impl MainLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut save_tick = tokio::time::interval(SAVE_TICK);
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget_tick = tokio::time::interval(BUDGET_TICK);
+        budget_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if *ctl.shutdown.borrow() {
             return;
         }
@@ -588,6 +607,11 @@ impl MainLoop {
                 _ = save_tick.tick() => {
                     self.save_repos_if_due();
                     "save"
+                }
+                _ = budget_tick.tick() => {
+                    let sends = self.budgets.tick(now_ms());
+                    self.send_budgets(sends);
+                    "budgets"
                 }
                 _ = tick.tick() => {
                     let sends = self.fleet.tick(now_ms());
@@ -736,6 +760,7 @@ impl MainLoop {
                             uuid,
                             Conn {
                                 id: conn,
+                                protocol: hello.protocol,
                                 outbox,
                                 handle,
                             },
@@ -749,8 +774,23 @@ impl MainLoop {
                             id: joined.id,
                             enrolled,
                         };
+                        // SPEC §18: known to the budgets before the reply, so that a
+                        // reply that fails is a loss there too.
+                        let budgeted = self.budgets.connected(uuid, hello.protocol);
                         if reply.send(Ok(admission)).is_err() {
                             self.lost(uuid);
+                        }
+                        // The budgets before the first assignment, so a worker never
+                        // starts a fetch on a limited host without its share.
+                        if budgeted {
+                            let sends = self.budgets.take_sends(now_ms());
+                            self.send_budgets(sends);
+                        } else if !self.budgets.limits().is_empty() {
+                            tracing::warn!(
+                                "{} speaks protocol {} (< 6): it gets no share of host_limits and is not limited by them (only by its own fetch.per_host_concurrency)",
+                                self.worker_label(&uuid),
+                                hello.protocol
+                            );
                         }
                         self.dispatch(joined.sends);
                     }
@@ -771,6 +811,8 @@ impl MainLoop {
                     WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
                     WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
+                    WorkerMsg::HostDemand(d) => self.budgets.demand(uuid, &d),
+                    WorkerMsg::RateLimited(r) => self.on_rate_limited(uuid, &r, now),
                     WorkerMsg::AssignAck { seq } => {
                         if !self.fleet.assign_ack(uuid, seq) {
                             tracing::warn!(
@@ -799,8 +841,35 @@ impl MainLoop {
         }
     }
 
+    /// A worker saw a rate-limit answer (SPEC §18): pause the host for the whole fleet
+    /// and tell every worker now. One log line per pause, not per report.
+    fn on_rate_limited(&mut self, uuid: Uuid, r: &gitmirror_wire::RateLimitReport, now: i64) {
+        if let Some(p) = self
+            .budgets
+            .rate_limited(uuid, &r.host, r.retry_after_ms, now)
+        {
+            tracing::warn!(
+                host = %p.host,
+                until = %gitmirror_common::rfc3339_ms(p.until_ms),
+                "upstream host rate limited {}: paused for the whole fleet until then",
+                self.worker_label(&uuid)
+            );
+        }
+        let sends = self.budgets.take_sends(now);
+        self.send_budgets(sends);
+    }
+
+    fn send_budgets(&mut self, sends: Vec<(Uuid, gitmirror_wire::HostBudgets)>) {
+        for (uuid, msg) in sends {
+            if self.conns.get(&uuid).is_some_and(|c| c.protocol >= 6) {
+                self.send(uuid, CoordMsg::HostBudgets(msg));
+            }
+        }
+    }
+
     /// The worker's current connection is gone (or was closed by us).
     fn lost(&mut self, uuid: Uuid) {
+        self.budgets.lost(uuid, now_ms());
         self.conns.remove(&uuid);
         self.fleet.disconnect(uuid, now_ms());
         self.refs.lost(uuid);
@@ -1056,6 +1125,7 @@ impl MainLoop {
                 if *q == Query::Status {
                     // The index part (rejected entries and all) is copied off the loop.
                     let mut status = view.status_with(Vec::new(), &mut self.status_urls);
+                    status.hosts = self.budgets.view(now_ms());
                     let index = self.index.clone();
                     let skipped = self.blocked_skipped();
                     Reply::Render(Box::new(move || {
@@ -1097,6 +1167,7 @@ impl MainLoop {
             fetches: self.hook_fetches,
             gaps_open: self.coalescer.len(),
         };
+        let hosts = self.budgets.view(now_ms());
         Reply::Render(Box::new(move || {
             let polls = index.polls();
             let index = index.status();
@@ -1110,6 +1181,7 @@ impl MainLoop {
                 webhooks: &webhooks,
                 batches_waiting,
                 hooks: &hooks,
+                hosts: &hosts,
             }))
         }))
     }
@@ -1129,6 +1201,7 @@ impl MainLoop {
                 last_seq: *self.seq.borrow(),
                 index: &index,
                 webhooks: &webhooks,
+                hosts: &self.budgets.view(now_ms()),
                 max_interval_secs,
                 max_interval_from,
             },
@@ -1241,6 +1314,9 @@ impl MainLoop {
                     "SIGHUP: the local worker is busy with an earlier reload; send SIGHUP again"
                 );
             }
+        }
+        if plan.host_limits {
+            self.budgets.set_limits(new.host_limits.clone());
         }
         if plan.hooks {
             self.hook_gate

@@ -435,3 +435,54 @@ async fn restart_keeps_ids_and_moves_nothing() {
     assert_eq!(st["repos"]["mirrored"], 3);
     c.stop().await.1.unwrap();
 }
+
+/// SPEC §18 over QUIC: with `host_limits`, a current worker gets its `HostBudgets` before
+/// its first assignment, acknowledges it with `HostDemand` and is granted a share; a
+/// worker of protocol 5 gets none (it is not limited by the budget: the coordinator logs
+/// so at its join) and its first message is the assignment, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_18_budgets_go_to_protocol_6_workers_only() {
+    let c = Coordinator::start("host_limits: [{host: example.org, connections: 3}]\n").await;
+    c.wait_for_repos().await;
+    let (mut old, _) = TestWorker::join_speaking(c.quic, &c.token, Uuid::from_u128(5), 5).await;
+    old.holdings(vec![]).await;
+    match old.recv().await.unwrap() {
+        CoordMsg::Assign(_) => {}
+        other => panic!("a protocol 5 worker got {other:?}"),
+    }
+    let (mut w, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(6)).await;
+    let first = match w.recv().await.unwrap() {
+        CoordMsg::HostBudgets(b) => b,
+        other => panic!("expected HostBudgets first, got {other:?}"),
+    };
+    assert_eq!(first.limits.len(), 1);
+    assert_eq!(first.limits[0].host, "example.org");
+    assert_eq!(first.limits[0].connections, Some(0), "no demand yet");
+    w.send(&WorkerMsg::HostDemand(gitmirror_wire::HostDemand {
+        seen: first.seq,
+        hosts: vec![gitmirror_wire::HostLoad {
+            host: "example.org".into(),
+            due: 5,
+            running: 0,
+            started_last_minute: 0,
+            share: Some(0),
+        }],
+    }))
+    .await
+    .unwrap();
+    let granted = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let CoordMsg::HostBudgets(b) = w.recv().await.unwrap()
+                && b.limits[0].connections == Some(3)
+            {
+                return b;
+            }
+        }
+    })
+    .await
+    .expect("a share within 10 s");
+    assert!(granted.seq > first.seq);
+    let (_, status) = c.get_json("/api/status").await;
+    assert_eq!(status["hosts"][0]["host"], "example.org", "{status}");
+    assert_eq!(status["hosts"][0]["granted_connections"], 3, "{status}");
+}

@@ -34,6 +34,7 @@ impl Coordinator {
         index: &Path,
         max_workers: usize,
         live: Liveness,
+        host_budget: Option<u32>,
     ) -> Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
@@ -50,7 +51,11 @@ impl Coordinator {
              indexes:\n  - name: sim\n    url: {index}\n    poll_interval: 1h\n\
              max_workers: {max_workers}\n\
              liveness:\n  keepalive_interval: {ka}ms\n  suspect_after: {sa}ms\n  dead_after: {da}ms\n\
-             log_level: info\n",
+             log_level: info\n{limits}",
+            limits = host_budget.map_or(String::new(), |n| format!(
+                "host_limits: [{{host: {}, connections: {n}}}]\n",
+                crate::worker::BUDGET_HOST
+            )),
             state = yaml_path(&state_dir),
             index = yaml_path(index),
             ka = live.keepalive.as_millis(),

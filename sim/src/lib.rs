@@ -15,6 +15,12 @@
 //! - `restart`: `kill -9` of the coordinator and a new start → every worker re-attached.
 //! - `kill`: a worker's socket goes silent → its repos held by others.
 //! - `join`: a new worker → it holds its share, and the hand-off completes.
+//! - `budget` (SPEC §18): the coordinator runs with `host_limits` of `--host-budget`
+//!   connections for the host of every simulated URL; every worker wants 4 fetches
+//!   running there at once (each 100–600 ms), within the share the coordinator gives it.
+//!   Measured: the most fetches running at once by the simulator's own count, and the
+//!   coordinator's sum of what workers report (`gitmirror_host_in_use`); both must stay
+//!   within the budget.
 
 pub mod coordinator;
 pub mod daemon;
@@ -48,6 +54,7 @@ pub enum Phase {
     Restart,
     Kill,
     Join,
+    Budget,
 }
 
 impl Phase {
@@ -57,6 +64,7 @@ impl Phase {
             "restart" => Phase::Restart,
             "kill" => Phase::Kill,
             "join" => Phase::Join,
+            "budget" => Phase::Budget,
             _ => return None,
         })
     }
@@ -101,6 +109,8 @@ pub struct Options {
     /// Run the real workers under `nice -n N`: on a machine they share with the
     /// coordinator, so that it gets the CPU it would have on a machine of its own.
     pub worker_nice: Option<i32>,
+    /// The `budget` phase's connections for the simulated upstream host (SPEC §18).
+    pub host_budget: u32,
 }
 
 impl Default for Options {
@@ -128,6 +138,7 @@ impl Default for Options {
             worker_bin: None,
             worker_min_interval: None,
             worker_nice: None,
+            host_budget: 200,
         }
     }
 }
@@ -253,6 +264,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
         &index_path,
         max_workers,
         opts.liveness,
+        opts.phases
+            .contains(&Phase::Budget)
+            .then_some(opts.host_budget),
     )?;
     let token = coord.join_token()?;
     let transport = gitmirror_common::trust::transport(worker::KEEPALIVE, worker::IDLE_TIMEOUT)?;
@@ -282,6 +296,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
                 Phase::Restart => r.restart().await.map(|f| report.restart = Some(f)),
                 Phase::Kill => r.kill().await.map(|f| report.kill = Some(f)),
                 Phase::Join => r.join().await.map(|f| report.join = Some(f)),
+                Phase::Budget => r.budget().await.map(|f| report.budget = Some(f)),
             };
             if let Err(e) = broke {
                 report
@@ -355,6 +370,71 @@ impl Run<'_> {
 
     fn all_synced(&self) -> bool {
         self.shared.synced() == self.swarm.live_count() as i64
+    }
+
+    /// SPEC §18: every worker wants 4 fetches at once on the one limited host for
+    /// `duration`; the simulator counts what runs, and reads what the coordinator sums
+    /// from the workers' reports, every 100 ms.
+    async fn budget(&mut self) -> Result<report::Budget> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let shared = self.shared.clone();
+        let b = &shared.budget;
+        let series = format!(
+            "gitmirror_host_in_use{{host=\"{}\",kind=\"connections\"}}",
+            worker::BUDGET_HOST
+        );
+        let (started0, served0) = (b.started.load(SeqCst), b.workers_served.load(SeqCst));
+        b.max_in_flight.store(0, SeqCst);
+        let t0 = Instant::now();
+        b.demand.store(4, SeqCst);
+        let end = t0 + self.opts.duration;
+        let (mut reported_max, mut granted_max, mut samples) = (0.0f64, 0u64, 0u64);
+        let mut full_at: Option<f64> = None;
+        while Instant::now() < end {
+            self.coord.check_running()?;
+            if let Ok(m) = self.api.metrics().await {
+                let v = m.get(&series);
+                reported_max = reported_max.max(v);
+                samples += 1;
+                if full_at.is_none() && v >= f64::from(self.opts.host_budget) * 0.9 {
+                    full_at = Some(t0.elapsed().as_secs_f64());
+                }
+            }
+            if let Ok((200, body)) = self.api.get("/api/status").await
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+            {
+                let g = v["hosts"][0]["granted_connections"].as_u64().unwrap_or(0);
+                granted_max = granted_max.max(g);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        b.demand.store(0, SeqCst);
+        self.until("every budgeted fetch finished", |r| {
+            r.shared.budget.in_flight.load(SeqCst) == 0
+        })
+        .await?;
+        let secs = t0.elapsed().as_secs_f64();
+        let f = report::Budget {
+            budget: self.opts.host_budget,
+            workers: self.swarm.live_count(),
+            secs,
+            max_in_flight: u64::try_from(b.max_in_flight.load(SeqCst)).unwrap_or(0),
+            max_reported_in_use: reported_max as u64,
+            max_granted: granted_max,
+            reported_samples: samples,
+            fetches: b.started.load(SeqCst) - started0,
+            workers_served: b.workers_served.load(SeqCst) - served0,
+            near_full_secs: full_at,
+        };
+        if f.max_in_flight > u64::from(f.budget) || f.max_reported_in_use > u64::from(f.budget) {
+            bail!(
+                "the budget of {} connections was exceeded: {} running at once by the simulator's count, {} by the coordinator's",
+                f.budget,
+                f.max_in_flight,
+                f.max_reported_in_use
+            );
+        }
+        Ok(f)
     }
 
     async fn assign(&mut self) -> Result<report::Assign> {

@@ -42,10 +42,13 @@ struct Cli {
     /// Share of fetch outcomes that carry a ref change (0..1).
     #[arg(long, default_value_t = 0.01)]
     change_share: f64,
-    /// Seconds of the ingest phase.
+    /// Seconds of the ingest phase (and of the budget phase).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Phases after `assign`, comma-separated: ingest, restart, kill, join [default:
+    /// Connections of the budget phase's `host_limits` for the simulated host (SPEC §18).
+    #[arg(long, default_value_t = 200)]
+    host_budget: u32,
+    /// Phases after `assign`, comma-separated: ingest, restart, kill, join, budget [default:
     /// ingest,restart,kill,join; with real workers ingest,restart].
     #[arg(long, value_delimiter = ',')]
     phases: Option<Vec<String>>,
@@ -105,7 +108,7 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         .filter(|p| !p.is_empty() && *p != "assign")
         .map(|p| {
             Phase::parse(p).ok_or_else(|| {
-                format!("--phases: unknown phase {p:?} (ingest, restart, kill, join)")
+                format!("--phases: unknown phase {p:?} (ingest, restart, kill, join, budget)")
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -128,6 +131,7 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         real_workers: real,
         worker_bin: cli.gitmirror_worker,
         worker_nice: cli.worker_nice,
+        host_budget: cli.host_budget,
         worker_min_interval: cli
             .worker_min_interval
             .map(|v| secs(v, "worker-min-interval"))

@@ -21,6 +21,7 @@ pub struct Report {
     pub restart: Option<Restart>,
     pub kill: Option<Kill>,
     pub join: Option<Join>,
+    pub budget: Option<Budget>,
     /// `None` when no coordinator ran (`--index-only`).
     pub coordinator_rss_peak_mib: Option<f64>,
     pub state_dir_mib: Option<f64>,
@@ -160,6 +161,28 @@ pub struct Kill {
     pub reassigned_secs: f64,
     /// `suspect_after + dead_after + 2 s`, the goal.
     pub bound_secs: f64,
+}
+
+/// The `budget` phase (SPEC §18).
+#[derive(Debug, Default, Serialize)]
+pub struct Budget {
+    /// `host_limits` connections of the simulated upstream host.
+    pub budget: u32,
+    pub workers: usize,
+    pub secs: f64,
+    /// Most fetches running at once on the host, by the simulator's own count.
+    pub max_in_flight: u64,
+    /// Most the coordinator summed from the workers' reports (`gitmirror_host_in_use`).
+    pub max_reported_in_use: u64,
+    /// Most connections granted at once, summed (`/api/status` `hosts`).
+    pub max_granted: u64,
+    pub reported_samples: u64,
+    /// Fetches started on the host in the phase.
+    pub fetches: u64,
+    /// Workers that got to run at least one of them.
+    pub workers_served: u64,
+    /// Phase start → the coordinator's sum first reached 90 % of the budget.
+    pub near_full_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -421,6 +444,28 @@ impl Report {
                 "≤ 1.05 × ideal moved",
             );
             row("worker joined → hand-off done", secs(j.handoff_secs), "");
+        }
+        if let Some(b) = &self.budget {
+            row(
+                "host budget: most fetches at once (sim / coordinator's sum)",
+                format!(
+                    "{} / {} of {} ({} workers, {} fetches in {:.1} s, {} workers served, most granted {})",
+                    b.max_in_flight,
+                    b.max_reported_in_use,
+                    b.budget,
+                    b.workers,
+                    b.fetches,
+                    b.secs,
+                    b.workers_served,
+                    b.max_granted
+                ),
+                "≤ budget",
+            );
+            row(
+                "host budget: phase start → coordinator's sum at 90 %",
+                b.near_full_secs.map_or("never".into(), secs),
+                "",
+            );
         }
         if let Some(rss) = self.coordinator_rss_peak_mib {
             let at_assign = self

@@ -67,6 +67,32 @@ pub struct Shared {
     first_clone_ms: AtomicI64,
     epoch: std::time::Instant,
     pub counters: Counters,
+    /// The `budget` phase (SPEC §18).
+    pub budget: BudgetCounters,
+}
+
+/// The `budget` phase: what every simulated worker wants of the limited host, and the
+/// simulator's own count of fetches running against it.
+#[derive(Debug, Default)]
+pub struct BudgetCounters {
+    /// Fetches each worker wants running at once on the limited host (0: none).
+    pub demand: std::sync::atomic::AtomicU32,
+    pub in_flight: AtomicI64,
+    pub max_in_flight: AtomicI64,
+    pub started: AtomicU64,
+    /// Workers that have started at least one fetch on the limited host.
+    pub workers_served: AtomicU64,
+}
+
+impl BudgetCounters {
+    pub(crate) fn start(&self) {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -97,6 +123,7 @@ impl Shared {
             first_clone_ms: AtomicI64::new(-1),
             epoch: std::time::Instant::now(),
             counters: Counters::default(),
+            budget: BudgetCounters::default(),
         }
     }
 

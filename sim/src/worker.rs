@@ -14,9 +14,9 @@ use crate::socket;
 use crate::swarm::Shared;
 use gitmirror_common::trust;
 use gitmirror_wire::{
-    AssignDelta, ClientHandshake, CoordMsg, FetchResult, HeldRepo, Hello, Outcome, OutcomeBatch,
-    PROTOCOL_VERSION, RefChange, WorkerMsg, WorkerStatus, close_code, decode, encode_frame,
-    frame::body_len,
+    AssignDelta, ClientHandshake, CoordMsg, FetchResult, HeldRepo, Hello, HostDemand, HostLoad,
+    Outcome, OutcomeBatch, PROTOCOL_VERSION, RefChange, WorkerMsg, WorkerStatus, close_code,
+    decode, encode_frame, frame::body_len,
 };
 use quinn::VarInt;
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a worker makes and sends outcomes (the real worker batches within 50 ms).
 const TICK: Duration = Duration::from_millis(50);
+/// How often a worker of the `budget` phase looks at its fetches and demand.
+const BUDGET_TICK: Duration = Duration::from_millis(25);
 /// Most outcomes in one `Outcomes` frame, as the real worker sends.
 const BATCH: usize = 1000;
 const REF: &str = "refs/heads/main";
@@ -112,7 +114,28 @@ struct Worker {
     credit: f64,
     last_tick: Instant,
     synced: bool,
+    budget: Budget,
 }
+
+/// The limited host of the `budget` phase as this worker sees it (SPEC §18).
+#[derive(Default)]
+struct Budget {
+    /// The connection share in force; none before the first `HostBudgets` (nothing
+    /// starts: a simulated worker only learns of the limit from it).
+    share: Option<u32>,
+    /// `seq` of the last `HostBudgets` applied on this connection.
+    seen: u64,
+    /// When each running fetch ends.
+    running: Vec<Instant>,
+    last: Option<(HostDemand, Instant)>,
+    served: bool,
+    n: u64,
+}
+
+/// The host the `budget` phase limits: every simulated repo's URL is on it.
+pub const BUDGET_HOST: &str = "git.example.invalid";
+/// A simulated worker's `fetch.per_host_concurrency` (the real default).
+const PER_HOST: usize = 4;
 
 enum End {
     Killed,
@@ -147,6 +170,7 @@ pub(crate) async fn run(
         credit: 0.0,
         last_tick: Instant::now(),
         synced: false,
+        budget: Budget::default(),
     };
     let (sock, cutter) = match socket::bind(([127, 0, 0, 1], 0).into()) {
         Ok(s) => s,
@@ -324,6 +348,9 @@ impl Worker {
 
     /// After `Welcome`: `Holdings`, a `Status`, then every unacknowledged outcome again.
     async fn greet(&mut self, send: &mut quinn::SendStream) -> Result<(), String> {
+        // A new connection: nothing applied on it yet (the share stays until then).
+        self.budget.seen = 0;
+        self.budget.last = None;
         let held: Vec<HeldRepo> = self
             .held
             .iter()
@@ -361,9 +388,16 @@ impl Worker {
     ) -> End {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget_tick = tokio::time::interval(BUDGET_TICK);
+        budget_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.last_tick = Instant::now();
         loop {
             tokio::select! {
+                _ = budget_tick.tick() => {
+                    if let Err(e) = self.budget_turn(send, false).await {
+                        return End::Lost(e);
+                    }
+                }
                 msg = rx.recv() => {
                     let Some(msg) = msg else {
                         let why = reader.await.unwrap_or_else(|e| e.to_string());
@@ -411,9 +445,78 @@ impl Worker {
                 let page = gitmirror_wire::refs_page::error(&q, why);
                 write(send, &WorkerMsg::RefsPage(page)).await?;
             }
+            CoordMsg::HostBudgets(b) => {
+                self.budget.share = b
+                    .limits
+                    .iter()
+                    .find(|l| l.host == BUDGET_HOST)
+                    .and_then(|l| l.connections);
+                self.budget.seen = b.seq;
+                self.budget_turn(send, true).await?;
+            }
             CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }
+        }
+        Ok(())
+    }
+
+    /// The `budget` phase: end the fetches whose time is up, start what the share and
+    /// the per-host limit allow, and report the demand when it changed (or `force`: the
+    /// acknowledgement of a `HostBudgets`).
+    async fn budget_turn(
+        &mut self,
+        send: &mut quinn::SendStream,
+        force: bool,
+    ) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let counters = &shared.budget;
+        let now = Instant::now();
+        let before = self.budget.running.len();
+        self.budget.running.retain(|end| *end > now);
+        for _ in self.budget.running.len()..before {
+            counters.end();
+        }
+        let demand = counters.demand.load(Ordering::SeqCst) as usize;
+        let share = self.budget.share.unwrap_or(0) as usize;
+        while self.budget.running.len() < demand.min(share).min(PER_HOST) {
+            // 100–600 ms a fetch, spread by a cheap hash of this worker and a counter.
+            self.budget.n += 1;
+            let h = (self.uuid.as_u128() as u64)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(self.budget.n.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+            let ms = 100 + (h >> 33) % 500;
+            self.budget.running.push(now + Duration::from_millis(ms));
+            counters.start();
+            if !self.budget.served {
+                self.budget.served = true;
+                counters.workers_served.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if self.budget.share.is_none() && self.budget.seen == 0 {
+            return Ok(());
+        }
+        let running = u32::try_from(self.budget.running.len()).unwrap_or(u32::MAX);
+        let d = HostDemand {
+            seen: self.budget.seen,
+            hosts: vec![HostLoad {
+                host: BUDGET_HOST.into(),
+                due: u32::try_from(demand)
+                    .unwrap_or(u32::MAX)
+                    .saturating_sub(running),
+                running,
+                started_last_minute: 0,
+                share: self.budget.share,
+            }],
+        };
+        let same = self
+            .budget
+            .last
+            .as_ref()
+            .is_some_and(|(l, at)| *l == d && at.elapsed() < Duration::from_secs(5));
+        if force || !same {
+            write(send, &WorkerMsg::HostDemand(d.clone())).await?;
+            self.budget.last = Some((d, now));
         }
         Ok(())
     }

@@ -77,6 +77,7 @@ impl ClientHandshake {
                 return Err(HandshakeError::Unexpected("a fetch request"));
             }
             CoordMsg::RefsQuery(_) => return Err(HandshakeError::Unexpected("a refs query")),
+            CoordMsg::HostBudgets(_) => return Err(HandshakeError::Unexpected("host budgets")),
         };
         if welcome.protocol != self.hello.protocol {
             return Err(HandshakeError::VersionMismatch {

@@ -31,7 +31,10 @@ pub use token::{JoinToken, TokenError};
 /// worker enrolled with the join token gets `Enrolled` instead of `Welcome`, and refusals
 /// can say `Pending`, `Revoked` or `Enrolled`. 4 only appends variants to 3. 5: the failure
 /// class `Auth` (SPEC §16); 5 only appends that variant to 4, which only a worker sends.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: fleet-wide upstream budgets (SPEC §18): `HostBudgets` to workers, `HostDemand` and
+/// `RateLimited` from them; 6 only appends variants to 5. A worker of protocol < 6 gets no
+/// budgets and is not limited by them.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
 /// coordinator is upgraded first and accepts the previous version for one release). It
@@ -42,10 +45,10 @@ pub const PROTOCOL_VERSION: u32 = 5;
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/5";
+pub const ALPN: &[u8] = b"gitmirror/6";
 
 /// ALPN of the previous version, offered by the coordinator while it accepts that version.
-pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/4";
+pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/5";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.

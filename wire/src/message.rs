@@ -31,6 +31,14 @@ pub enum WorkerMsg {
     /// the coordinator's per-worker series (issue 16). Appended: workers of protocol 2–4
     /// never send it.
     Load(WorkerLoad),
+    /// Protocol 6 (SPEC §18): this worker's demand and use of each limited host the
+    /// coordinator's last `HostBudgets` named, sent when it changes (at most a few times a
+    /// second) and only to a coordinator of protocol ≥ 6. Appended.
+    HostDemand(HostDemand),
+    /// Protocol 6 (SPEC §18): an upstream host answered with a rate limit (429, 503 with
+    /// `Retry-After`, or exhausted rate-limit headers); sent at once, so the coordinator
+    /// can pause the host for the whole fleet. Appended.
+    RateLimited(RateLimitReport),
 }
 
 /// Coordinator → worker.
@@ -60,6 +68,10 @@ pub enum CoordMsg {
     /// it before it sends anything else: its first `Holdings` after `Enrolled` tells the
     /// coordinator it kept it, and from then on the token no longer speaks for its uuid.
     Enrolled(Enrolled),
+    /// Protocol 6 (SPEC §18): the fleet-wide limits as they apply to this worker: its
+    /// share of every limited host's budget and the hosts paused for the whole fleet. Each
+    /// message replaces the previous one. Sent only to workers of protocol ≥ 6. Appended.
+    HostBudgets(HostBudgets),
 }
 
 /// `Debug` is written by hand: it must not print the join secret (issue 10 finding 5).
@@ -345,6 +357,70 @@ pub struct WorkerLoad {
     /// `disk.min_free` in bytes on the mirror directory's file system (a percentage
     /// resolved against its size); below it no new clone starts.
     pub disk_min_free_bytes: u64,
+}
+
+/// This worker's share of the fleet's upstream budgets (SPEC §18), and the paused hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostBudgets {
+    /// Increases with every `HostBudgets` the coordinator sends; the worker echoes the last
+    /// one it applied in [`HostDemand::seen`], which is how the coordinator knows a smaller
+    /// share is in force.
+    pub seq: u64,
+    /// How long the worker may keep using these shares after it lost the coordinator
+    /// (milliseconds); after that it starts nothing on a limited host until a new
+    /// `HostBudgets` arrives. The coordinator frees the share only later than that.
+    pub lease_ms: u64,
+    pub limits: Vec<HostShare>,
+    pub paused: Vec<HostPause>,
+}
+
+/// One limited host (as written in `host_limits`: a name, or a suffix starting with `.`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostShare {
+    pub host: String,
+    /// Fetches this worker may run against the host at once; `None`: no such limit.
+    pub connections: Option<u32>,
+    /// Fetches this worker may start against the host per minute; `None`: no such limit.
+    pub per_minute: Option<u32>,
+}
+
+/// A host nobody in the fleet may contact for `remaining_ms` from when this was sent
+/// (a duration, not a time: the two machines' clocks need not agree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPause {
+    pub host: String,
+    pub remaining_ms: u64,
+}
+
+/// The worker's demand for the limited hosts of the last `HostBudgets` (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDemand {
+    /// `seq` of the last `HostBudgets` applied; 0 before the first.
+    pub seen: u64,
+    pub hosts: Vec<HostLoad>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLoad {
+    /// The limited host, as the coordinator named it.
+    pub host: String,
+    /// Fetches due on it that wait for a slot.
+    pub due: u32,
+    /// Fetches running against it now.
+    pub running: u32,
+    /// Fetches started against it in the last minute.
+    pub started_last_minute: u32,
+    /// The connection share the worker applies now (`None`: unlimited), so a restarted
+    /// coordinator learns what each worker holds.
+    pub share: Option<u32>,
+}
+
+/// An upstream host asked to be left alone for `retry_after_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitReport {
+    /// The host as in the repo's URL, lower case.
+    pub host: String,
+    pub retry_after_ms: u64,
 }
 
 #[cfg(test)]

@@ -163,11 +163,50 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
                 error,
             })
         });
+    // Protocol 6 (SPEC §18).
+    let demand = (
+        any::<u64>(),
+        proptest::collection::vec(
+            (
+                ".{0,12}",
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::option::of(any::<u32>()),
+            ),
+            0..4,
+        ),
+    )
+        .prop_map(|(seen, hosts)| {
+            WorkerMsg::HostDemand(HostDemand {
+                seen,
+                hosts: hosts
+                    .into_iter()
+                    .map(
+                        |(host, due, running, started_last_minute, share)| HostLoad {
+                            host,
+                            due,
+                            running,
+                            started_last_minute,
+                            share,
+                        },
+                    )
+                    .collect(),
+            })
+        });
+    let rate_limited = (".{0,12}", any::<u64>()).prop_map(|(host, retry_after_ms)| {
+        WorkerMsg::RateLimited(RateLimitReport {
+            host,
+            retry_after_ms,
+        })
+    });
     prop_oneof![
         3 => hello,
         1 => holdings,
         1 => any::<u64>().prop_map(|seq| WorkerMsg::AssignAck { seq }),
         1 => refs_page,
+        1 => demand,
+        1 => rate_limited,
     ]
 }
 
@@ -205,6 +244,15 @@ fn coord_msg() -> impl Strategy<Value = CoordMsg> {
         1 => any::<u64>().prop_map(|seq| CoordMsg::Assign(AssignDelta {
             seq, upsert: vec![], drop: vec![],
         })),
+        1 => (any::<u64>(), any::<u64>(), ".{0,12}", proptest::option::of(any::<u32>()),
+              proptest::option::of(any::<u32>()), any::<u64>())
+            .prop_map(|(seq, lease_ms, host, connections, per_minute, remaining_ms)| {
+                CoordMsg::HostBudgets(HostBudgets {
+                    seq, lease_ms,
+                    limits: vec![HostShare { host: host.clone(), connections, per_minute }],
+                    paused: vec![HostPause { host, remaining_ms }],
+                })
+            }),
     ]
 }
 
@@ -343,7 +391,7 @@ proptest! {
                 prop_assert_eq!((r.code, &r.message), (code, &message));
             }
             (CoordMsg::Assign(_) | CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. }
-                | CoordMsg::Relist { .. } | CoordMsg::RefsQuery(_),
+                | CoordMsg::Relist { .. } | CoordMsg::RefsQuery(_) | CoordMsg::HostBudgets(_),
              Err(HandshakeError::Unexpected(_))) => {}
             (r, got) => prop_assert!(false, "{:?} gave {:?}", r, got),
         }

@@ -156,6 +156,26 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             }),
             "LOAD",
         ),
+        (
+            WorkerMsg::HostDemand(HostDemand {
+                seen: 4,
+                hosts: vec![HostLoad {
+                    host: "github.com".into(),
+                    due: 12,
+                    running: 2,
+                    started_last_minute: 30,
+                    share: Some(2),
+                }],
+            }),
+            "HOST_DEMAND",
+        ),
+        (
+            WorkerMsg::RateLimited(RateLimitReport {
+                host: "github.com".into(),
+                retry_after_ms: 5000,
+            }),
+            "RATE_LIMITED",
+        ),
     ]
 }
 
@@ -237,6 +257,22 @@ fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
             }),
             "REFUSED_PENDING",
         ),
+        (
+            CoordMsg::HostBudgets(HostBudgets {
+                seq: 4,
+                lease_ms: 30_000,
+                limits: vec![HostShare {
+                    host: "github.com".into(),
+                    connections: Some(2),
+                    per_minute: None,
+                }],
+                paused: vec![HostPause {
+                    host: "gitee.com".into(),
+                    remaining_ms: 5000,
+                }],
+            }),
+            "HOST_BUDGETS",
+        ),
     ]
 }
 
@@ -279,6 +315,12 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     // Protocol 5: variant 8 after protocol 3's RefsPage; varints 3, 8, 2^30.
     ("LOAD", "08000000 08 03 08 8080808004"),
+    // Protocol 6 (SPEC §18): variants 9 and 10 after protocol 5's Load.
+    (
+        "HOST_DEMAND",
+        "13000000 09 04 01 0a6769746875622e636f6d 0c 02 1e 01 02",
+    ),
+    ("RATE_LIMITED", "0e000000 0a 0a6769746875622e636f6d 8827"),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -294,6 +336,11 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     ("ENROLLED", "0b000000 07 04 05 03302e31 0163 016b"),
     ("REFUSED_PENDING", "05000000 01 04 026e6f"),
+    // Protocol 6 (SPEC §18): variant 8 after protocol 4's Enrolled.
+    (
+        "HOST_BUDGETS",
+        "21000000 08 04 b0ea01 01 0a6769746875622e636f6d 01 02 00 01 0967697465652e636f6d 8827",
+    ),
 ];
 
 fn golden(name: &str) -> String {
@@ -343,7 +390,9 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::HoldingsPart(_)
             | WorkerMsg::OutcomeChanges(_)
             | WorkerMsg::RefsPage(_)
-            | WorkerMsg::Load(_) => {}
+            | WorkerMsg::Load(_)
+            | WorkerMsg::HostDemand(_)
+            | WorkerMsg::RateLimited(_) => {}
         }
     }
     for (m, _) in coord_msgs() {
@@ -355,7 +404,8 @@ fn every_variant_has_a_golden_case() {
             | CoordMsg::FetchNow { .. }
             | CoordMsg::Relist { .. }
             | CoordMsg::RefsQuery(_)
-            | CoordMsg::Enrolled(_) => {}
+            | CoordMsg::Enrolled(_)
+            | CoordMsg::HostBudgets(_) => {}
         }
     }
     assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());
