@@ -304,7 +304,9 @@ fn spec_18_fleet_never_exceeds_the_host_connection_budget() {
 #[test]
 fn spec_18_one_rate_limit_answer_pauses_the_host_for_the_whole_fleet() {
     let t = TestDir::new("hb-429");
-    let (proxy, repos) = upstream(&t, "pause", 6, Duration::from_millis(50));
+    // 30 repos so that each of the three workers (random uuids) owns some: with 6, one
+    // owned none about one run in four; with 30, about once in 60,000.
+    let (proxy, repos) = upstream(&t, "pause", 30, Duration::from_millis(50));
     let fleet = Fleet::start("hb-429", &repos, 3);
     fleet.wait_alive(&[0, 1, 2], Duration::from_secs(30));
     let owners: Owners = fleet.wait_settled(SETTLE);
@@ -314,8 +316,8 @@ fn spec_18_one_rate_limit_answer_pauses_the_host_for_the_whole_fleet() {
             "w{w} owns nothing: {owners:?}"
         );
     }
-    wait_for(Duration::from_secs(120), "all 6 repos cloned", || {
-        mirrored(&fleet, 6)
+    wait_for(Duration::from_secs(120), "all 30 repos cloned", || {
+        mirrored(&fleet, 30)
     });
     // Fetches go on every `min_interval` (2 s): the next request gets the 429.
     let mark = fleet.coord.proc.log_mark();
