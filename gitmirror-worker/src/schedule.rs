@@ -504,6 +504,15 @@ pub fn host_of_url(url: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn spec_18_hosts_match_exactly_or_by_suffix() {
+        assert!(host_matches("github.com", "github.com"));
+        assert!(!host_matches("github.com", "api.github.com"));
+        assert!(host_matches(".github.com", "api.github.com"));
+        assert!(host_matches(".github.com", "github.com"));
+        assert!(!host_matches(".github.com", "notgithub.com"));
+    }
+
     fn sched(concurrency: usize, per_host: usize) -> Schedule {
         Schedule::new(&FetchSection {
             concurrency,

@@ -23,6 +23,10 @@ pub const MAX_PAUSE_MS: u64 = 3_600_000;
 /// Hosts paused at once at most: a rogue worker cannot grow the coordinator's memory or
 /// every worker's `HostBudgets` without bound by naming made-up hosts.
 pub const MAX_PAUSED_HOSTS: usize = 1024;
+
+/// A later report moves an existing pause only when it extends it by this much (SPEC §18:
+/// the fleet hears of a pause within a second).
+const EXTEND_MIN_MS: i64 = 1_000;
 /// Longest host name kept from a report (DNS names are at most 253 bytes).
 const MAX_HOST_LEN: usize = 255;
 
@@ -34,14 +38,6 @@ pub struct HostLimit {
     pub host: String,
     pub connections: Option<u32>,
     pub per_minute: Option<u32>,
-}
-
-/// Whether `host` (lower case) falls under the limit written `pattern`.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('.') {
-        Some(domain) => host == domain || host.ends_with(pattern),
-        None => host == pattern,
-    }
 }
 
 /// A worker's standing for one limited host.
@@ -81,8 +77,6 @@ struct Worker {
 #[derive(Debug, Clone, Serialize)]
 pub struct Pause {
     pub until_ms: i64,
-    /// The worker whose report paused it (uuid), for the log and the API.
-    pub by: Uuid,
 }
 
 /// A new pause, for the coordinator's one log line.
@@ -216,6 +210,13 @@ impl Budgets {
         let Some(w) = self.workers.get_mut(&uuid) else {
             return;
         };
+        if !d.hosts.is_empty() && !w.told {
+            // It holds budgets this process never sent (a restart, or its entry released
+            // while it was away): it must hear the current ones, "none" included, or it
+            // keeps the old ones (or the zero shares of an expired lease) for good.
+            w.told = true;
+            w.needs_send = true;
+        }
         for load in &d.hosts {
             let Some(i) = self.limits.iter().position(|l| l.host == load.host) else {
                 continue;
@@ -260,12 +261,17 @@ impl Budgets {
             return None;
         }
         let wait = i64::try_from(retry_after_ms.min(MAX_PAUSE_MS)).unwrap_or(0);
+        if wait == 0 {
+            // A reset time already past: nothing to pause.
+            return None;
+        }
         let until = now.saturating_add(wait);
         self.expire(now);
         if let Some(p) = self.paused.get_mut(&host) {
-            if until > p.until_ms {
+            // Every worker throttled at once reports, each a few ms later than the last:
+            // only an extension of a second or more is news worth telling the fleet.
+            if until >= p.until_ms.saturating_add(EXTEND_MIN_MS) {
                 p.until_ms = until;
-                p.by = uuid;
                 self.mark_all();
             }
             return None;
@@ -273,13 +279,7 @@ impl Budgets {
         if self.paused.len() >= MAX_PAUSED_HOSTS {
             return None;
         }
-        self.paused.insert(
-            host.clone(),
-            Pause {
-                until_ms: until,
-                by: uuid,
-            },
-        );
+        self.paused.insert(host.clone(), Pause { until_ms: until });
         self.mark_all();
         Some(Paused {
             host,
@@ -404,13 +404,24 @@ impl Budgets {
         let demands: Vec<u32> = order.iter().map(|(_, d)| *d).collect();
 
         if let Some(rate) = limit.per_minute {
-            // A rate, not a count of things held: a change applies as it arrives.
+            // A worker whose connection is lost goes on at its rate until its lease ends:
+            // its share stays reserved until it is released. A rate, unlike connections,
+            // is not capped by demand: what is not reserved goes to those who want any.
+            let reserved: u32 = self
+                .workers
+                .values()
+                .filter(|w| !w.connected)
+                .map(|w| w.slots[i].per_minute)
+                .fold(0, u32::saturating_add);
             let shares: HashMap<Uuid, u32> = order
                 .iter()
                 .map(|(u, _)| *u)
-                .zip(split(rate, &demands))
+                .zip(split_rate(rate.saturating_sub(reserved), &demands))
                 .collect();
             for (u, w) in &mut self.workers {
+                if !w.connected {
+                    continue;
+                }
                 let share = shares.get(u).copied().unwrap_or(0);
                 if w.slots[i].per_minute != share {
                     w.slots[i].per_minute = share;
@@ -475,6 +486,7 @@ impl Budgets {
     }
 
     /// Sum of what workers may be using, per limited host (the invariant's left side).
+    #[cfg(test)]
     pub fn bound_total(&self, host: &str) -> u32 {
         let Some(i) = self.limits.iter().position(|l| l.host == host) else {
             return 0;
@@ -535,11 +547,23 @@ impl Budgets {
         }
         out
     }
+}
 
-    /// Who paused `host` (for the log).
-    pub fn paused_by(&self, host: &str) -> Option<Uuid> {
-        self.paused.get(host).map(|p| p.by)
+/// Split a rate over workers with `demands` (in the order of preference): as [`split`],
+/// then what demand left over is spread over them all (a rate nobody uses holds nothing,
+/// and a share capped by the fetches due now would starve a worker between reports).
+fn split_rate(rate: u32, demands: &[u32]) -> Vec<u32> {
+    let mut t = split(rate, demands);
+    let n = u32::try_from(t.len()).unwrap_or(u32::MAX);
+    if n == 0 {
+        return t;
     }
+    let left = rate.saturating_sub(t.iter().fold(0u32, |a, x| a.saturating_add(*x)));
+    for (k, x) in t.iter_mut().enumerate() {
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        *x += left / n + u32::from(k < left % n);
+    }
+    t
 }
 
 /// Split `budget` over workers with `demands` (in the order of preference): each gets at least 1

@@ -277,7 +277,6 @@ fn spec_18_fleet_never_exceeds_the_host_connection_budget() {
         proxy.max_in_flight(),
         proxy.state.lock().unwrap().at_max
     );
-    assert!(proxy.max_in_flight() >= 1);
     // The API names the budget (SPEC §18, §9) and the metrics carry it.
     let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
     assert_eq!(hosts.len(), 1, "{status}");
@@ -331,8 +330,10 @@ fn spec_18_one_rate_limit_answer_pauses_the_host_for_the_whole_fleet() {
             .ok_or("not yet".to_owned())
     });
     let window_end = refused_at + Duration::from_secs(5);
-    // The pause shows while it lasts (API and metrics).
-    wait_for(Duration::from_secs(3), "the pause in /api/status", || {
+    // The pause shows while it lasts (API and metrics): looked for until the window ends
+    // (a loaded machine may take a while to carry the report), not after.
+    let window_left = window_end.saturating_duration_since(Instant::now());
+    wait_for(window_left, "the pause in /api/status", || {
         let s = fleet.coord.status()?;
         let paused = s["hosts"]
             .as_array()

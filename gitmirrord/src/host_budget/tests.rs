@@ -82,15 +82,6 @@ fn spec_18_split_weights_by_demand_and_never_exceeds() {
     }
 }
 
-#[test]
-fn spec_18_hosts_match_exactly_or_by_suffix() {
-    assert!(host_matches("github.com", "github.com"));
-    assert!(!host_matches("github.com", "api.github.com"));
-    assert!(host_matches(".github.com", "api.github.com"));
-    assert!(host_matches(".github.com", "github.com"));
-    assert!(!host_matches(".github.com", "notgithub.com"));
-}
-
 /// Workers with random demand, messages delayed by random numbers of steps both ways,
 /// workers joining, leaving and coming back: the fetches actually running on the host,
 /// and the coordinator's bounds, never add up to more than the budget; every worker with
@@ -366,4 +357,96 @@ fn spec_18_rate_limit_pauses_are_bounded_and_never_shortened() {
     assert_eq!(b.view(3_000).len(), MAX_PAUSED_HOSTS);
     // Expired pauses go.
     assert!(b.view(3_000 + 3_600_001).is_empty());
+}
+
+#[test]
+fn spec_18_repeated_reports_extend_a_pause_without_telling_the_fleet_each_time() {
+    let (w, x) = (uuid(1), uuid(2));
+    let mut b = Budgets::new(vec![], 60_000, 0, false);
+    b.connected(w, 6);
+    b.connected(x, 6);
+    assert!(b.rate_limited(w, "h", 60_000, 1_000).is_some());
+    assert_eq!(b.take_sends(1_000).len(), 2);
+    // The rest of the throttled fleet reports a few ms later each: no news.
+    for t in 1_001..1_100 {
+        assert_eq!(b.rate_limited(x, "h", 60_000, t), None);
+    }
+    assert!(b.take_sends(1_100).is_empty());
+    // A second longer is.
+    assert_eq!(b.rate_limited(x, "h", 60_000, 2_000), None);
+    assert_eq!(b.take_sends(2_000).len(), 2);
+    // A reset time already past pauses nothing.
+    assert_eq!(b.rate_limited(w, "other", 0, 2_000), None);
+    assert!(b.view(2_000).iter().all(|v| v.host != "other"));
+}
+
+/// Rates: one worker alone gets the whole rate, whatever its demand; a lost worker's rate
+/// stays reserved until it is released (it goes on at it meanwhile), never handed on.
+#[test]
+fn spec_18_rate_shares_use_the_budget_and_reserve_a_lost_workers_rate() {
+    let (a, c) = (uuid(1), uuid(2));
+    let mut b = Budgets::new(vec![limit("h", None, Some(600))], 60_000, 0, false);
+    let rate_of = |sends: &[(Uuid, HostBudgets)], u: Uuid| {
+        sends
+            .iter()
+            .find(|(w, _)| *w == u)
+            .and_then(|(_, m)| m.limits[0].per_minute)
+    };
+    let load = |due| HostDemand {
+        seen: 0,
+        hosts: vec![HostLoad {
+            host: "h".into(),
+            due,
+            running: 0,
+            started_last_minute: 0,
+            share: None,
+        }],
+    };
+    b.connected(a, 6);
+    b.demand(a, &load(2));
+    assert_eq!(
+        rate_of(&b.tick(0), a),
+        Some(600),
+        "not capped by 2 due fetches"
+    );
+    b.connected(c, 6);
+    b.demand(c, &load(2));
+    let sends = b.tick(100);
+    let (ra, rc) = (rate_of(&sends, a).unwrap(), rate_of(&sends, c).unwrap());
+    assert_eq!(ra + rc, 600);
+    assert!(ra > 0 && rc > 0);
+    // a's connection is lost: c does not get a's rate while a may still use it.
+    b.lost(a, 200);
+    b.demand(c, &load(2));
+    let sends = b.tick(200);
+    assert!(rate_of(&sends, c).is_none_or(|r| r == rc), "{sends:?}");
+    // Released after release_ms: all of it goes to c.
+    b.demand(c, &load(2));
+    let sends = b.tick(200 + 60_000);
+    assert_eq!(rate_of(&sends, c), Some(600));
+}
+
+/// A worker that still holds budgets the coordinator never sent (it restarted, or
+/// released the worker's entry while it was away) hears the current ones, "no limits"
+/// included, at its first report; otherwise it would keep the old ones for good.
+#[test]
+fn spec_18_a_worker_holding_old_budgets_hears_they_ended() {
+    let w = uuid(1);
+    let mut b = Budgets::new(vec![], 60_000, 0, false);
+    b.connected(w, 6);
+    assert!(b.tick(0).is_empty(), "nothing to say to a fresh worker");
+    let held = HostDemand {
+        seen: 7,
+        hosts: vec![HostLoad {
+            host: "h".into(),
+            due: 3,
+            running: 0,
+            started_last_minute: 0,
+            share: Some(0),
+        }],
+    };
+    b.demand(w, &held);
+    let sends = b.tick(100);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert!(sends[0].1.limits.is_empty() && sends[0].1.paused.is_empty());
 }
