@@ -311,7 +311,11 @@ impl Mirrors {
         let Some(entry) = credentials.find(url) else {
             return f;
         };
-        if f.class == FailureClass::Local || !auth_refusal(&f.message) {
+        // A rate limit keeps its class: GitHub answers an exhausted quota with a 403, which
+        // the transport files as a rate limit (with its wait) though the text says 403.
+        if matches!(f.class, FailureClass::Local | FailureClass::RateLimited)
+            || !auth_refusal(&f.message)
+        {
             return f;
         }
         let withheld = entry.family() == Family::Http

@@ -111,6 +111,29 @@ fn spec_16_basic_token_mirrors_and_a_refused_one_is_auth_not_gone() {
     );
 }
 
+/// SPEC §16, §18: with a credential for the host, GitHub's answer to a spent quota (403
+/// with `x-ratelimit-remaining: 0`) stays a rate limit with its wait, not `auth`: the
+/// token is right, and only a rate limit pauses the host instead of failing the repo.
+#[test]
+fn spec_16_a_spent_quota_with_a_credential_is_a_rate_limit_not_auth() {
+    let up = tempfile::tempdir().unwrap();
+    Upstream::create(up.path(), "quota");
+    let server = HttpGit::start(up.path());
+    server.rate_limit_like_github(Duration::from_secs(120));
+    let url = server.url("quota");
+    let secrets = tempfile::tempdir().unwrap();
+    let prefix = format!("http://127.0.0.1:{}/", server.port);
+    let token = secret_file(secrets.path(), "token", TOKEN);
+    let root = tempfile::tempdir().unwrap();
+    let m = mirrors(root.path(), &[entry(&prefix, &token)], Redirects::SameHost);
+    let f = m.clone_new("p/quota/a", &url, &no_interrupt()).unwrap_err();
+    assert_eq!(f.class, FailureClass::RateLimited, "{f}");
+    assert!(
+        f.retry_after.is_some_and(|d| d > Duration::from_secs(60)),
+        "{f:?}"
+    );
+}
+
 /// SPEC §16: `scheme: bearer` sends `Authorization: Bearer <token>`, and the longest
 /// matching prefix decides which token goes.
 #[test]

@@ -31,6 +31,9 @@ struct Limit {
     /// `Retry-After`.
     window: Option<Duration>,
     started: Option<Instant>,
+    /// Refuse as GitHub does when a quota is spent: 403 with `x-ratelimit-remaining: 0`
+    /// and `x-ratelimit-reset` (Unix seconds), no `Retry-After`.
+    github: bool,
 }
 
 pub struct HttpGit {
@@ -94,6 +97,16 @@ impl HttpGit {
         *self.limit.lock().unwrap() = Limit {
             window: Some(window),
             started: None,
+            github: false,
+        };
+    }
+
+    /// As [`Self::rate_limit`], but refused the way GitHub refuses a spent quota.
+    pub fn rate_limit_like_github(&self, window: Duration) {
+        *self.limit.lock().unwrap() = Limit {
+            window: Some(window),
+            started: None,
+            github: true,
         };
     }
 
@@ -186,6 +199,22 @@ fn serve(
         write!(
             conn,
             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return conn.flush();
+    }
+    let github = limit.lock().unwrap().github;
+    if let (Some(secs), true) = (refuse, github) {
+        record(403, String::new());
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + secs;
+        let msg = "API rate limit exceeded\n";
+        write!(
+            conn,
+            "HTTP/1.1 403 Forbidden\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: {reset}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+            msg.len()
         )?;
         return conn.flush();
     }

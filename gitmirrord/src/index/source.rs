@@ -150,7 +150,6 @@ fn is_damaged_clone(error: &str) -> bool {
         "invalid object",
         "bad packed object",
         "fatal: bad ",
-        "broken",
     ]
     .iter()
     .any(|m| e.contains(m))
