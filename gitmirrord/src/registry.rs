@@ -275,14 +275,17 @@ impl Registry {
     }
 
     /// The worker showed it kept its certificate: from now on only it speaks for the
-    /// uuid. `true` when that changed something.
+    /// uuid, and an approval it did not need is spent (left standing, it would let any
+    /// token holder enroll as this uuid later and lock the real worker out). `true` when
+    /// that changed something.
     pub fn cert_confirmed(&mut self, uuid: &Uuid) -> bool {
+        let spent = self.approved.remove(uuid);
         match self.workers.get_mut(uuid) {
             Some(w) if w.cert_pending => {
                 w.cert_pending = false;
                 true
             }
-            _ => false,
+            _ => spent,
         }
     }
 
@@ -545,6 +548,25 @@ mod tests {
             serve_url_base: None,
             addr: None,
         }
+    }
+
+    // SPEC §17: an approval the worker did not need (it came back with its certificate)
+    // does not stay open for a token holder to enroll as its uuid afterwards.
+    #[test]
+    fn spec_17_an_unused_approval_is_spent_when_the_certificate_is_shown() {
+        let mut r = Registry::new(3);
+        let u = Uuid::from_u128(1);
+        r.admit(&intro(1, None), 0).unwrap();
+        r.enrolled(&u, "fp".into());
+        assert!(r.cert_confirmed(&u));
+        r.approve(u);
+        assert!(r.is_approved(&u));
+        assert!(
+            r.cert_confirmed(&u),
+            "the spent approval is a change to save"
+        );
+        assert!(!r.is_approved(&u));
+        assert!(!r.cert_confirmed(&u));
     }
 
     // SPEC §6: ids survive, lowest free id, longest-dead reuse, NoFreeId.
