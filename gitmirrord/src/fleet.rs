@@ -604,6 +604,8 @@ pub struct Fleet {
     /// Fetches the coordinator asked for (push hooks, the API), by repo: the next outcome
     /// of the repo from that worker carries the trigger (design.md "Push hooks").
     asked: HashMap<Arc<str>, Asked>,
+    /// When `asked` was last swept of expired asks (at most once a tenth of their TTL).
+    asked_swept_ms: i64,
     /// The index entries of blocked repos ([`Registry::blocked`]), kept aside rather
     /// than applied, so an unblock brings a repo the index still lists back at once.
     blocked_entries: HashMap<String, Entry>,
@@ -692,6 +694,7 @@ impl Fleet {
             saved_owners: None,
             fetch_now: Vec::new(),
             asked: HashMap::new(),
+            asked_swept_ms: i64::MIN,
             blocked_entries,
         }
     }
@@ -1406,7 +1409,7 @@ impl Fleet {
         });
         self.stats.record_as(o, trigger);
         let (key, before) = (key.clone(), repo.facts());
-        self.history.outcome(&key, worker_id, o);
+        self.history.outcome(&key, worker_id, o, now_ms);
         let repo = self.repos.get_mut(o.repo.as_str())?;
         let by_owner = repo.owner == Some(uuid);
         if success {
@@ -1857,7 +1860,12 @@ impl Fleet {
         if r.owner != Some(worker) {
             return;
         }
-        if self.asked.len() >= Self::MAX_ASKED {
+        // Full: sweep the expired, but not on every ask (a sweep that frees nothing would
+        // be repeated by each one, a walk of 100k on the main loop per request).
+        if self.asked.len() >= Self::MAX_ASKED
+            && now_ms.saturating_sub(self.asked_swept_ms) >= Self::ASK_TTL_MS / 10
+        {
+            self.asked_swept_ms = now_ms;
             self.asked
                 .retain(|_, a| now_ms.saturating_sub(a.at_ms) <= Self::ASK_TTL_MS);
         }

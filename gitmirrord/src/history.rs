@@ -242,7 +242,9 @@ impl History {
     }
 
     /// A non-duplicate outcome from worker `worker` for the repo `id`.
-    pub fn outcome(&mut self, id: &Arc<str>, worker: u32, o: &Outcome) {
+    /// An outcome, counted in the per-minute series at `now_ms` (the coordinator's clock:
+    /// a worker's clock running ahead would take over a slot and drop the real counts).
+    pub fn outcome(&mut self, id: &Arc<str>, worker: u32, o: &Outcome, now_ms: i64) {
         let class = OutcomeClass::of(&o.result);
         let detail = match &o.result {
             FetchResult::Cloned => "cloned".to_owned(),
@@ -250,7 +252,7 @@ impl History {
             FetchResult::Failed { message, .. } => cut(&crate::redact::text(message), MAX_MESSAGE),
             FetchResult::Waiting { reason } => cut(&crate::redact::text(reason), MAX_MESSAGE),
         };
-        self.outcomes_per_minute.add(o.finished_ms, class);
+        self.outcomes_per_minute.add(now_ms, class);
         self.outcomes.push(
             id,
             OutcomeRecord {
@@ -336,14 +338,19 @@ mod tests {
         let mut h = History::with_bounds(3, 10, 2, 4);
         let a: Arc<str> = Arc::from("a/b/a");
         for t in 0..5 {
-            h.outcome(&a, 1, &outcome("a/b/a", t, FetchResult::Fetched));
+            h.outcome(&a, 1, &outcome("a/b/a", t, FetchResult::Fetched), t);
         }
         let times: Vec<i64> = h.outcomes_of("a/b/a").map(|o| o.finished_ms).collect();
         assert_eq!(times, [4, 3, 2], "newest first, three kept");
         // Many repos: never more than the total, the oldest repos' records go first.
         for i in 0..100 {
             let id: Arc<str> = Arc::from(format!("x/y/{i}"));
-            h.outcome(&id, 1, &outcome(&id, 100 + i, FetchResult::Fetched));
+            h.outcome(
+                &id,
+                1,
+                &outcome(&id, 100 + i, FetchResult::Fetched),
+                100 + i,
+            );
         }
         assert!(h.len().0 <= 10, "{:?}", h.len());
         assert_eq!(h.outcomes_of("a/b/a").count(), 0);
@@ -368,11 +375,28 @@ mod tests {
                     message: "fetching https://u:secret@h/r failed".into(),
                 },
             ),
+            7,
         );
         let o = h.outcomes_of("a/b/a").next().unwrap();
         assert_eq!(o.class.name(), "rate-limited");
         assert!(!o.detail.contains("secret"), "{}", o.detail);
         assert_eq!(o.worker, 2);
+    }
+
+    // Issue 16 item 1: the outcomes plot counts by the coordinator's clock; a worker whose
+    // clock runs a day ahead neither hides the fleet's counts nor is lost.
+    #[test]
+    fn issue16_outcomes_per_minute_by_the_coordinators_clock() {
+        let mut h = History::default();
+        let a: Arc<str> = Arc::from("a/b/a");
+        let now = 1_000 * 60_000;
+        let ahead = now + 86_400_000;
+        h.outcome(&a, 1, &outcome("a/b/a", ahead, FetchResult::Fetched), now);
+        h.outcome(&a, 2, &outcome("a/b/a", now, FetchResult::Fetched), now);
+        let s = h.outcomes_per_minute(now);
+        let total: u64 = s[MINUTES - 1].iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 2);
+        assert_eq!(h.outcomes_of("a/b/a").next().unwrap().finished_ms, now);
     }
 
     // Issue 16 item 2: outcomes per minute by class over the last hour; older minutes and
