@@ -241,16 +241,10 @@ impl Budgets {
         self.dirty = true;
     }
 
-    /// A rate-limit answer reported by `uuid`: pause `host` for the fleet, at most
+    /// A rate-limit answer reported by a worker: pause `host` for the fleet, at most
     /// [`MAX_PAUSE_MS`] from now; a later, shorter answer never shortens it. Returns the
     /// pause when it is new (for one log line), `None` when it extends one or is refused.
-    pub fn rate_limited(
-        &mut self,
-        uuid: Uuid,
-        host: &str,
-        retry_after_ms: u64,
-        now: i64,
-    ) -> Option<Paused> {
+    pub fn rate_limited(&mut self, host: &str, retry_after_ms: u64, now: i64) -> Option<Paused> {
         let host = host.trim().to_ascii_lowercase();
         if host.is_empty()
             || host.len() > MAX_HOST_LEN

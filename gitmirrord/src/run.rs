@@ -751,8 +751,16 @@ impl MainLoop {
                         });
                         // The fingerprint is on disk before the certificate leaves: a
                         // coordinator that crashed after sending it must still know it.
-                        if joined.new_id || enrolled.is_some() {
-                            self.save_registry_now().await;
+                        if (joined.new_id || enrolled.is_some())
+                            && !self.save_registry_now().await
+                            && enrolled.is_some()
+                        {
+                            let refusal = Refusal {
+                                code: RefuseCode::ProtocolError,
+                                message: "the coordinator could not save the registry (its log says why); try again".into(),
+                            };
+                            let _ = reply.send(Err((refusal, close_code::PROTOCOL_ERROR)));
+                            return;
                         }
                         let uuid = hello.uuid;
                         self.acks.connected(uuid);
@@ -844,10 +852,7 @@ impl MainLoop {
     /// A worker saw a rate-limit answer (SPEC §18): pause the host for the whole fleet
     /// and tell every worker now. One log line per pause, not per report.
     fn on_rate_limited(&mut self, uuid: Uuid, r: &gitmirror_wire::RateLimitReport, now: i64) {
-        if let Some(p) = self
-            .budgets
-            .rate_limited(uuid, &r.host, r.retry_after_ms, now)
-        {
+        if let Some(p) = self.budgets.rate_limited(&r.host, r.retry_after_ms, now) {
             tracing::warn!(
                 host = %p.host,
                 until = %gitmirror_common::rfc3339_ms(p.until_ms),
@@ -1706,6 +1711,9 @@ impl MainLoop {
     /// A new worker id is written before the worker hears of it.
     /// Save the registry now; `false` when that failed (logged; it stays dirty).
     async fn save_registry_now(&mut self) -> bool {
+        // What is saved now need not be saved again by `save_if_due`.
+        self.fleet.take_registry_dirty();
+        self.registry_dirty = false;
         if let Err(e) = self.finish_save().await {
             tracing::error!("{e}");
             self.registry_dirty = true;

@@ -373,13 +373,13 @@ fn spec_15_push_hooks_end_to_end() {
     );
     let fetches = metric(http, "gitmirror_hook_fetches_total", &[]) - before;
     eprintln!("1,000 pushes in {took:?}: {fetches} fetches");
+    // One fetch at once, then at most one per `hooks_min_gap` (5 s) the burst lasted,
+    // and one for the gap it ends in: 1–3 for the usual 0.5 s burst, more allowed when a
+    // busy machine stretched it (the bound follows the time taken, not a deadline).
+    let most = 2.0 + (took.as_secs_f64() / 5.0).ceil();
     assert!(
-        took <= Duration::from_secs(10),
-        "the burst took {took:?}, not a 10 s burst"
-    );
-    assert!(
-        (1.0..=3.0).contains(&fetches),
-        "{fetches} fetches for 1,000 pushes"
+        (1.0..=most).contains(&fetches),
+        "{fetches} fetches for 1,000 pushes in {took:?}"
     );
     let e = wait_push_event(&fleet, &burst_id, &new);
     assert_eq!(e["trigger"], "push", "{e}");

@@ -275,7 +275,7 @@ fn spec_18_nothing_is_sent_without_limits_or_pauses() {
     let mut b = Budgets::new(vec![], 60_000, 0, false);
     assert!(b.connected(w, 6));
     assert!(b.tick(0).is_empty());
-    let _ = b.rate_limited(w, "h", 1_000, 0);
+    let _ = b.rate_limited("h", 1_000, 0);
     let sends = b.take_sends(0);
     assert_eq!(sends.len(), 1);
     assert_eq!(sends[0].1.paused.len(), 1);
@@ -333,7 +333,7 @@ fn spec_18_rate_limit_pauses_are_bounded_and_never_shortened() {
     let w = uuid(1);
     let mut b = Budgets::new(vec![], 60_000, 0, false);
     b.connected(w, 6);
-    let p = b.rate_limited(w, "GitHub.com", 5_000, 1_000).unwrap();
+    let p = b.rate_limited("GitHub.com", 5_000, 1_000).unwrap();
     assert_eq!(
         p,
         Paused {
@@ -342,17 +342,17 @@ fn spec_18_rate_limit_pauses_are_bounded_and_never_shortened() {
         }
     );
     // A shorter answer later does not shorten it, and is no new pause (no log line).
-    assert_eq!(b.rate_limited(w, "github.com", 1_000, 2_000), None);
+    assert_eq!(b.rate_limited("github.com", 1_000, 2_000), None);
     let sends = b.take_sends(2_000);
     assert_eq!(sends[0].1.paused[0].remaining_ms, 4_000);
     // At most an hour per answer.
-    assert_eq!(b.rate_limited(w, "github.com", u64::MAX, 3_000), None);
+    assert_eq!(b.rate_limited("github.com", u64::MAX, 3_000), None);
     let v = b.view(3_000);
     assert_eq!(v[0].paused_until_ms, Some(3_000 + 3_600_000));
     // Bounded number of hosts; nonsense is refused.
-    assert_eq!(b.rate_limited(w, "a b", 1_000, 3_000), None);
+    assert_eq!(b.rate_limited("a b", 1_000, 3_000), None);
     for i in 0..MAX_PAUSED_HOSTS + 10 {
-        let _ = b.rate_limited(w, &format!("h{i}.example"), 1_000, 3_000);
+        let _ = b.rate_limited(&format!("h{i}.example"), 1_000, 3_000);
     }
     assert_eq!(b.view(3_000).len(), MAX_PAUSED_HOSTS);
     // Expired pauses go.
@@ -365,18 +365,18 @@ fn spec_18_repeated_reports_extend_a_pause_without_telling_the_fleet_each_time()
     let mut b = Budgets::new(vec![], 60_000, 0, false);
     b.connected(w, 6);
     b.connected(x, 6);
-    assert!(b.rate_limited(w, "h", 60_000, 1_000).is_some());
+    assert!(b.rate_limited("h", 60_000, 1_000).is_some());
     assert_eq!(b.take_sends(1_000).len(), 2);
     // The rest of the throttled fleet reports a few ms later each: no news.
     for t in 1_001..1_100 {
-        assert_eq!(b.rate_limited(x, "h", 60_000, t), None);
+        assert_eq!(b.rate_limited("h", 60_000, t), None);
     }
     assert!(b.take_sends(1_100).is_empty());
     // A second longer is.
-    assert_eq!(b.rate_limited(x, "h", 60_000, 2_000), None);
+    assert_eq!(b.rate_limited("h", 60_000, 2_000), None);
     assert_eq!(b.take_sends(2_000).len(), 2);
     // A reset time already past pauses nothing.
-    assert_eq!(b.rate_limited(w, "other", 0, 2_000), None);
+    assert_eq!(b.rate_limited("other", 0, 2_000), None);
     assert!(b.view(2_000).iter().all(|v| v.host != "other"));
 }
 
