@@ -895,7 +895,13 @@ impl Mirrors {
         let final_path = self.path(id);
         tracing::warn!(repo = %id, path = %final_path.display(), "mirror is corrupt ({reason}); cloning it again");
         let tmp = self.tmp_dir().join(unique_name(id));
-        let mut fetched = match self.clone_into(&tmp, url, interrupt) {
+        // Watched as a new clone: inside a fetch, the fetch's own watch would count the
+        // new copy on top of the corrupt one's size and abort a mirror half the limit.
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let cloned = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt))
+            .and_then(|fetched| watch.check_done(&tmp).map(|()| fetched));
+        let mut fetched = match cloned {
             Ok(f) => f,
             Err(mut f) => {
                 let _ = remove_any(&tmp);
