@@ -88,6 +88,7 @@ pub async fn run_reloadable(
             .with_upstream(cfg.upstream_policy()),
     );
     mirrors.set_limits(cfg.limits());
+    mirrors.set_pools(cfg.fetch.pools);
     mirrors.set_credentials(cfg.credentials.clone());
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup, changed) = {
@@ -466,6 +467,7 @@ impl Worker {
                 Some(new) = reload.recv() => {
                     self.schedule.set_limits(&new.fetch);
                     self.mirrors.set_limits(new.limits());
+                    self.mirrors.set_pools(new.fetch.pools);
                     self.cfg.fetch = new.fetch;
                     self.cfg.disk = new.disk;
                     self.apply_credentials(new.credentials);

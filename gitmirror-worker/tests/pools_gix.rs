@@ -86,7 +86,9 @@ fn pooled_member(root: &Path, upstream: &Path, name: &str, origin_url: &str) -> 
     .unwrap();
     git(&member, &["config", "remote.origin.url", origin_url]);
     assert_eq!(
-        std::fs::read_dir(member.join("objects/pack")).unwrap().count(),
+        std::fs::read_dir(member.join("objects/pack"))
+            .unwrap()
+            .count(),
         0,
         "the member must start with no objects of its own"
     );
@@ -226,7 +228,10 @@ fn spec_14_v2_serves_pooled_objects_by_sha() {
     );
 
     let client = base.path().join("client");
-    git(base.path(), &["init", "-q", "--bare", client.to_str().unwrap()]);
+    git(
+        base.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
     let fetch = |version: &str| {
         Command::new("git")
             .arg("--git-dir")
@@ -240,7 +245,10 @@ fn spec_14_v2_serves_pooled_objects_by_sha() {
             .unwrap()
     };
     let v0 = fetch("0");
-    assert!(!v0.status.success(), "protocol 0 served an unreachable object");
+    assert!(
+        !v0.status.success(),
+        "protocol 0 served an unreachable object"
+    );
     let v2 = fetch("2");
     assert!(
         v2.status.success(),
