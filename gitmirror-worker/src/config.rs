@@ -655,6 +655,10 @@ mod tests {
         assert_eq!(c.disk.min_free, FreeSpace::Percent(5.0));
         assert_eq!(c.disk.abort_below(), FreeSpace::Percent(2.5));
         assert_eq!(c.fetch.max_repo_size, None);
+        assert!(
+            !c.fetch.pools,
+            "SPEC §14 pools are off until maintenance exists"
+        );
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
         assert!(c.warnings.is_empty());
@@ -799,6 +803,8 @@ mod tests {
         );
         let e = err("fetch:\n  max_repo_size: 0\n");
         assert!(e.contains("fetch.max_repo_size"), "{e}");
+        let e = err("fetch:\n  pools: sometimes\n");
+        assert!(e.contains("pools"), "{e}");
         let e = err("serve_url_base: mirror3\n");
         assert!(e.contains("serve_url_base"), "{e}");
         let e = err("log_level: loud\n");

@@ -166,8 +166,20 @@ pub fn read_alternates(member: &Path) -> Result<Option<PathBuf>, PoolError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", &path)(e)),
     };
+    let target = parse_alternates(member, &path, text)?;
+    if !target.is_dir() {
+        return Err(PoolError::BadAlternates {
+            path,
+            why: format!("{} is not a directory", target.display()),
+        });
+    }
+    Ok(Some(target))
+}
+
+/// The one path of an alternates file's `text`, resolved against `member/objects`.
+fn parse_alternates(member: &Path, path: &Path, text: Vec<u8>) -> Result<PathBuf, PoolError> {
     let bad = |why: &str| PoolError::BadAlternates {
-        path: path.clone(),
+        path: path.to_owned(),
         why: why.to_owned(),
     };
     let text = String::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
@@ -182,11 +194,7 @@ pub fn read_alternates(member: &Path) -> Result<Option<PathBuf>, PoolError> {
             lines.len()
         )));
     };
-    let target = normalize(&member.join("objects").join(line));
-    if !target.is_dir() {
-        return Err(bad(&format!("{} is not a directory", target.display())));
-    }
-    Ok(Some(target))
+    Ok(normalize(&member.join("objects").join(line)))
 }
 
 /// Whether `member`'s alternates line is an absolute path (only ever while it is built in
@@ -587,17 +595,22 @@ fn reconcile_member(
     trashed: bool,
 ) -> Result<MemberState, PoolError> {
     let alternates = alternates_file(member);
-    match fs::metadata(&alternates) {
-        Ok(_) => {
-            let target = read_alternates(member)?;
-            let pool_objects = normalize(&pool.join("objects"));
-            if target.as_deref() != Some(pool_objects.as_path()) {
+    // The one look at a member: reading its alternates file (its pool exists: no stat of
+    // the target either).
+    match fs::read(&alternates) {
+        Ok(text) => {
+            let absolute = text.starts_with(b"/");
+            let target = parse_alternates(member, &alternates, text)?;
+            if target != normalize(&pool.join("objects")) {
                 return Err(PoolError::BadAlternates {
                     path: alternates,
-                    why: format!("does not point at its pool {}", pool.display()),
+                    why: format!(
+                        "points at {}, not at its pool {}",
+                        target.display(),
+                        pool.display()
+                    ),
                 });
             }
-            let absolute = alternates_is_absolute(member);
             if absolute {
                 write_alternates(member, member, pool, true)?;
             }
@@ -622,7 +635,7 @@ fn reconcile_member(
                 Ok(MemberState::Gone)
             }
         }
-        Err(e) => Err(io_err("stat", &alternates)(e)),
+        Err(e) => Err(io_err("read", &alternates)(e)),
     }
 }
 

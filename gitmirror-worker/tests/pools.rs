@@ -178,6 +178,15 @@ fn spec_14_join_keeps_member_complete_at_each_step() {
     };
     pool::add_namespace(&pool_dir, &member, "abc").unwrap();
     check("namespace");
+    assert_eq!(
+        std::fs::read_dir(pool_dir.join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count(),
+        1,
+        "the namespace of the seed copies no objects: the pool has them all"
+    );
     let ns = local_refs(&pool_dir);
     assert_eq!(
         ns.get("refs/members/616263/refs/heads/main"),
