@@ -551,3 +551,66 @@ fn spec_14_trashed_member_stays_complete() {
     assert!(!pool_dir.exists(), "the last removal removes the pool");
     assert!(!root.path().join("repos/.pools/a").exists());
 }
+
+/// SPEC §14 through the whole worker: `fetch.pools: true` in its config makes the clone
+/// of a project's second repo (assigned by the coordinator) create and join the pool;
+/// both outcomes report the upstream's refs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    use std::time::Duration;
+
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    fork(up.path(), &origin, "abc-fork");
+    let daemon = GitDaemon::start(up.path());
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = true;
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    let cloned = |id: &'static str| {
+        move |m: WorkerMsg| match m {
+            WorkerMsg::Outcomes(b) => b
+                .outcomes
+                .into_iter()
+                .find(|o| o.repo == id && o.result == FetchResult::Cloned),
+            _ => None,
+        }
+    };
+    let assign = |seq, id: &str, name: &str| {
+        CoordMsg::Assign(AssignDelta {
+            seq,
+            upsert: vec![RepoSpec {
+                id: id.into(),
+                url: daemon.url(name),
+            }],
+            drop: vec![],
+        })
+    };
+    s.send(assign(1, "a/abc/abc", "abc")).await;
+    s.recv_until(cloned("a/abc/abc")).await;
+    s.send(assign(2, "a/abc/fork", "abc-fork")).await;
+    s.recv_until(cloned("a/abc/fork")).await;
+    let repos = root.path().join("repos");
+    let pool_dir = repos.join(".pools/a/abc.git");
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+        let p = repos.join(format!("{id}.git"));
+        assert!(p.join("objects/info/alternates").exists(), "{id}");
+        assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
+        fsck(&p);
+    }
+    worker.stop().await;
+}
