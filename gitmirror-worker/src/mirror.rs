@@ -268,6 +268,10 @@ pub struct Mirrors {
     pool_locks: Arc<Mutex<HashMap<PathBuf, PoolUse>>>,
 }
 
+/// The trash's stems, listed once per purge pass when first needed.
+#[derive(Default)]
+struct TrashIndex(Option<HashMap<String, usize>>);
+
 #[derive(Debug, Default)]
 struct PoolUse {
     lock: Arc<Mutex<()>>,
@@ -469,7 +473,8 @@ impl Mirrors {
         }
         let trash_removed = self.purge_trash(unix_secs());
         if self.root.join(pool::POOLS_DIR).is_dir() {
-            let r = pool::reconcile(&self.root, &self.trashed_stems());
+            let trashed = self.trashed_stems().into_keys().collect();
+            let r = pool::reconcile(&self.root, &trashed);
             for p in &r.problems {
                 tracing::warn!("fork pools: {p}");
             }
@@ -499,6 +504,7 @@ impl Mirrors {
             return 0;
         };
         let mut removed = 0;
+        let mut index = TrashIndex::default();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(t) = trashed_at(&entry.file_name().to_string_lossy()) else {
@@ -507,7 +513,7 @@ impl Mirrors {
             };
             if now_secs.saturating_sub(t) >= TRASH_KEEP_SECS {
                 let stems = pool::trash_stems(&entry.file_name().to_string_lossy());
-                match self.remove_member_dir(&path, stems) {
+                match self.remove_member_dir(&path, stems, &mut index) {
                     Ok(()) => removed += 1,
                     Err(e) => {
                         tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
@@ -535,11 +541,12 @@ impl Mirrors {
             .collect();
         trashed.sort();
         let mut removed = 0;
+        let mut index = TrashIndex::default();
         for (_, path, name) in trashed {
             if enough() {
                 break;
             }
-            match self.remove_member_dir(&path, pool::trash_stems(&name)) {
+            match self.remove_member_dir(&path, pool::trash_stems(&name), &mut index) {
                 Ok(()) => removed += 1,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
@@ -700,12 +707,7 @@ impl Mirrors {
     /// mirror left in `mirror_dir` or in the trash (`trashed`, stems too), then the pool if
     /// no namespace remains and no clone is being built against it (plan C7). Refs only:
     /// no object is deleted from a live pool.
-    fn release_members(
-        &self,
-        pool: &Path,
-        stems: &[String],
-        trashed: &std::collections::HashSet<String>,
-    ) {
+    fn release_members(&self, pool: &Path, stems: &[String], trashed: &HashMap<String, usize>) {
         let pool = &pool::normalize(pool);
         let Some(folder) = pool::pool_folder(&pool::normalize(&self.root), pool) else {
             return; // not one of our pools: leave it alone
@@ -721,7 +723,10 @@ impl Mirrors {
                 continue;
             };
             let id = format!("{folder}/{name}");
-            if !valid_id(&id) || self.path(&id).exists() || trashed.contains(stem) {
+            if !valid_id(&id)
+                || self.path(&id).exists()
+                || trashed.get(stem).is_some_and(|&n| n > 0)
+            {
                 continue;
             }
             if let Err(e) = pool::drop_namespace(pool, name) {
@@ -745,28 +750,45 @@ impl Mirrors {
         }
     }
 
-    /// The stems of every trash entry ([`pool::trash_stems`]).
-    fn trashed_stems(&self) -> std::collections::HashSet<String> {
-        let Ok(entries) = fs::read_dir(self.trash_dir()) else {
-            return Default::default();
-        };
-        entries
-            .flatten()
-            .flat_map(|e| pool::trash_stems(&e.file_name().to_string_lossy()))
-            .collect()
+    /// The stems of every trash entry ([`pool::trash_stems`]), with how many entries
+    /// carry each.
+    fn trashed_stems(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        if let Ok(entries) = fs::read_dir(self.trash_dir()) {
+            for e in entries.flatten() {
+                for stem in pool::trash_stems(&e.file_name().to_string_lossy()) {
+                    *out.entry(stem).or_insert(0) += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Remove a trash entry (or a mirror), then release its pool namespace if it was a
-    /// pool member (`stems`: what it may have been called, [`pool::trash_stems`]).
-    fn remove_member_dir(&self, path: &Path, stems: Vec<String>) -> io::Result<()> {
+    /// pool member (`stems`: what it may have been called, [`pool::trash_stems`]). The
+    /// trash is listed at most once per pass (`index`), and only once a pool member goes.
+    fn remove_member_dir(
+        &self,
+        path: &Path,
+        stems: Vec<String>,
+        index: &mut TrashIndex,
+    ) -> io::Result<()> {
         let pool = pool::read_alternates(path)
             .ok()
             .flatten()
             .and_then(|objects| objects.parent().map(Path::to_owned));
         remove_any(path)?;
+        if let Some(counts) = index.0.as_mut() {
+            // Listed while this entry was still there.
+            for stem in &stems {
+                if let Some(n) = counts.get_mut(stem) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
         if let Some(pool) = pool {
-            let trashed = self.trashed_stems();
-            self.release_members(&pool, &stems, &trashed);
+            let trashed = index.0.get_or_insert_with(|| self.trashed_stems());
+            self.release_members(&pool, &stems, trashed);
         }
         Ok(())
     }
@@ -1294,7 +1316,11 @@ impl Mirrors {
     /// Delete a mirror (the repo moved to another worker that has a complete mirror).
     pub fn delete(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
-        match self.remove_member_dir(&path, vec![pool::trash_stem(id)]) {
+        match self.remove_member_dir(
+            &path,
+            vec![pool::trash_stem(id)],
+            &mut TrashIndex::default(),
+        ) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io::Error::new(
                     e.kind(),

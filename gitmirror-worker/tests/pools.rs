@@ -552,6 +552,43 @@ fn spec_14_trashed_member_stays_complete() {
     assert!(!root.path().join("repos/.pools/a").exists());
 }
 
+/// SPEC §14 (plan C7): a member trashed twice (cloned again in between) keeps its
+/// namespace until its last trash copy is purged, and a deleted (handed over) member's
+/// namespace goes at once.
+#[test]
+fn spec_14_namespace_stays_while_any_trash_copy_remains() {
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    fork(up.path(), &origin, "abc-fork");
+    fork(up.path(), &origin, "abc-other");
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    let m = mirrors(root.path(), true);
+    for (id, name) in [
+        ("a/abc/abc", "abc"),
+        ("a/abc/fork", "abc-fork"),
+        ("a/abc/other", "abc-other"),
+    ] {
+        m.clone_new(id, &daemon.url(name), &no_interrupt()).unwrap();
+    }
+    let pool_dir = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+    let t0 = mirror::unix_secs();
+    m.trash("a/abc/fork", t0).unwrap().unwrap();
+    m.clone_new("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+        .unwrap();
+    m.trash("a/abc/fork", t0 + 100).unwrap().unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "fork", "other"]);
+    // Only the older copy is old enough.
+    assert_eq!(m.purge_trash(t0 + mirror::TRASH_KEEP_SECS), 1);
+    assert_eq!(members(&pool_dir), vec!["abc", "fork", "other"]);
+    assert_eq!(m.purge_trash(t0 + 100 + mirror::TRASH_KEEP_SECS), 1);
+    assert_eq!(members(&pool_dir), vec!["abc", "other"]);
+    // Deleted outright: its namespace goes with it; the pool stays for the origin.
+    m.delete("a/abc/other").unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    fsck(&m.path("a/abc/abc"));
+}
+
 /// SPEC §14 through the whole worker: `fetch.pools: true` in its config makes the clone
 /// of a project's second repo (assigned by the coordinator) create and join the pool;
 /// both outcomes report the upstream's refs.
