@@ -651,3 +651,86 @@ async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
     }
     worker.stop().await;
 }
+
+/// SPEC §14 (plan C12, seed first): a project that arrives whole (origin and two forks in
+/// one assignment) is cloned one member first; the others wait for it and borrow from
+/// the pool it seeds, so all three end up members and the big file is on disk once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_project_arriving_at_once_clones_a_seed_first() {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    fork(up.path(), &origin, "abc-b");
+    fork(up.path(), &origin, "abc-c");
+    let daemon = GitDaemon::start(up.path());
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = true;
+    fetch.concurrency = 4;
+    fetch.per_host_concurrency = 4;
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    let ids = [
+        ("a/abc/abc", "abc"),
+        ("a/abc/b", "abc-b"),
+        ("a/abc/c", "abc-c"),
+    ];
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: ids
+            .iter()
+            .map(|(id, name)| RepoSpec {
+                id: (*id).into(),
+                url: daemon.url(name),
+            })
+            .collect(),
+        drop: vec![],
+    }))
+    .await;
+    let mut cloned = BTreeSet::new();
+    while cloned.len() < ids.len() {
+        let done = s
+            .recv_until(|m| match m {
+                WorkerMsg::Outcomes(b) => Some(
+                    b.outcomes
+                        .into_iter()
+                        .filter(|o| o.result == FetchResult::Cloned)
+                        .map(|o| o.repo)
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .await;
+        cloned.extend(done);
+    }
+    let repos = root.path().join("repos");
+    let pool_dir = repos.join(".pools/a/abc.git");
+    assert_eq!(members(&pool_dir), vec!["abc", "b", "c"]);
+    let mut total = own_pack_bytes(&pool_dir);
+    for (id, name) in ids {
+        let p = repos.join(format!("{id}.git"));
+        assert!(p.join("objects/info/alternates").exists(), "{id}");
+        assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
+        fsck(&p);
+        total += own_pack_bytes(&p);
+    }
+    assert!(
+        total < (BIG as u64) * 3 / 2,
+        "{total} bytes of packs for 3 members"
+    );
+    worker.stop().await;
+}
