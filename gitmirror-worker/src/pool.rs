@@ -428,8 +428,9 @@ pub fn drop_namespace(pool: &Path, name: &str) -> Result<(), PoolError> {
     Ok(())
 }
 
-/// Object ids to offer as haves when cloning a new member: every namespace's `HEAD` and
-/// branch tips first, then tags, at most [`MAX_HAVES`].
+/// Object ids to offer as haves when cloning a new member: every namespace's `HEAD`
+/// first, then branch tips, then tags, at most [`MAX_HAVES`] (each kind collected up to
+/// that bound, so a pool of a million refs costs bounded memory).
 pub fn tips(pool: &Path) -> Vec<gix::ObjectId> {
     let Ok(repo) = gix::open(pool) else {
         return Vec::new();
@@ -440,27 +441,30 @@ pub fn tips(pool: &Path) -> Vec<gix::ObjectId> {
     let Ok(iter) = refs.prefixed(MEMBERS_PREFIX) else {
         return Vec::new();
     };
-    let (mut heads, mut tags) = (Vec::new(), Vec::new());
+    // HEADs, branches, the rest.
+    let mut tiers: [Vec<gix::ObjectId>; 3] = Default::default();
     for mut r in iter.flatten() {
         let name = r.name().as_bstr().to_string();
         let Ok((_, rest)) = decode_namespace(&name) else {
             continue;
         };
-        let is_head = rest == "HEAD" || rest.starts_with("refs/heads/");
-        if !is_head && tags.len() >= MAX_HAVES {
+        let tier = if rest == "HEAD" {
+            0
+        } else if rest.starts_with("refs/heads/") {
+            1
+        } else {
+            2
+        };
+        if tiers[tier].len() >= MAX_HAVES {
             continue;
         }
         let Ok(id) = r.peel_to_id() else { continue };
-        if is_head {
-            heads.push(id.detach());
-        } else {
-            tags.push(id.detach());
-        }
+        tiers[tier].push(id.detach());
     }
     let mut seen = HashSet::new();
-    heads
+    tiers
         .into_iter()
-        .chain(tags)
+        .flatten()
         .filter(|id| seen.insert(*id))
         .take(MAX_HAVES)
         .collect()
