@@ -589,6 +589,49 @@ fn spec_14_namespace_stays_while_any_trash_copy_remains() {
     fsck(&m.path("a/abc/abc"));
 }
 
+/// SPEC §14 (plan C15): an upstream advertising more than 100,000 refs is cloned as a
+/// plain mirror even with `fetch.pools` (one namespace that size would slow every
+/// operation on its project's pool).
+#[test]
+fn spec_14_member_with_too_many_refs_stays_plain() {
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    let huge = fork(up.path(), &origin, "abc-huge");
+    let tip = git(&huge, &["rev-parse", "refs/heads/main"]).trim().to_owned();
+    let mut packed = String::from("# pack-refs with: peeled fully-peeled sorted \n");
+    let mut names: Vec<String> = (0..=pool::MAX_MEMBER_REFS)
+        .map(|i| format!("refs/tags/t{i:06}"))
+        .collect();
+    names.extend(local_refs(&huge).into_keys());
+    names.sort();
+    let existing = local_refs(&huge);
+    for n in &names {
+        let oid = existing.get(n).cloned().unwrap_or_else(|| tip.clone());
+        packed.push_str(&format!("{oid} {n}\n"));
+    }
+    for n in existing.keys() {
+        let _ = std::fs::remove_file(huge.join(n));
+    }
+    std::fs::write(huge.join("packed-refs"), packed).unwrap();
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    let m = mirrors(root.path(), true);
+    m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap();
+    let fetched = m
+        .clone_new("a/abc/huge", &daemon.url("abc-huge"), &no_interrupt())
+        .unwrap();
+    assert!(fetched.refs.len() > pool::MAX_MEMBER_REFS);
+    let p = m.path("a/abc/huge");
+    assert!(!p.join("objects/info/alternates").exists());
+    let pool_dir = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+    assert!(
+        !pool::namespaces(&pool_dir).is_ok_and(|n| n.members.contains_key("huge")),
+        "no namespace for the plain mirror"
+    );
+    git(&p, &["fsck", "--connectivity-only", "--no-progress"]);
+}
+
 /// SPEC §14 through the whole worker: `fetch.pools: true` in its config makes the clone
 /// of a project's second repo (assigned by the coordinator) create and join the pool;
 /// both outcomes report the upstream's refs.
