@@ -434,6 +434,16 @@ fn spec_14_fork_clone_receives_only_missing() {
     assert!(proxy.server_bytes() * 10 <= origin_bytes);
     assert_eq!(members(&pool_dir), vec!["abc", "fork", "third"]);
     fsck(&m.path("a/abc/third"));
+    // A fork with nothing of its own: every object is in the pool, no pack is asked for.
+    proxy.clear();
+    let same = m
+        .clone_new("a/abc/same", &url("abc"), &no_interrupt())
+        .unwrap();
+    assert!(proxy.server_bytes() * 10 <= origin_bytes);
+    assert_eq!(same.refs, ls_remote(&daemon.url("abc")));
+    assert_eq!(own_pack_bytes(&m.path("a/abc/same")), 0);
+    fsck(&m.path("a/abc/same"));
+    client_clone_complete(&m.path("a/abc/same"), root.path(), "same");
 }
 
 /// SPEC §14, §16 (plan C6): off by default, and a repo whose URL matches a `credentials`
@@ -597,7 +607,9 @@ fn spec_14_member_with_too_many_refs_stays_plain() {
     let up = tempfile::tempdir().unwrap();
     let origin = origin(up.path());
     let huge = fork(up.path(), &origin, "abc-huge");
-    let tip = git(&huge, &["rev-parse", "refs/heads/main"]).trim().to_owned();
+    let tip = git(&huge, &["rev-parse", "refs/heads/main"])
+        .trim()
+        .to_owned();
     let mut packed = String::from("# pack-refs with: peeled fully-peeled sorted \n");
     let mut names: Vec<String> = (0..=pool::MAX_MEMBER_REFS)
         .map(|i| format!("refs/tags/t{i:06}"))
