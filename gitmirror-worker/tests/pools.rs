@@ -789,3 +789,56 @@ async fn spec_14_project_arriving_at_once_clones_a_seed_first() {
     );
     worker.stop().await;
 }
+
+/// SPEC §12, §14: start-up reconciliation of 1,000 pools with 100 members each (100k
+/// pooled mirrors, built by hand: a pool is a bare repository whose `packed-refs` holds the
+/// namespaces, a member is an `objects/info/alternates` file) runs no git process and
+/// reads each member once. Prints the time; run with `--ignored`.
+#[test]
+#[ignore = "a measurement: 100k directories"]
+fn bench_14_reconcile_100k_members() {
+    let root = tempfile::tempdir().unwrap();
+    let repos = root.path().join("repos");
+    let oid = "1111111111111111111111111111111111111111";
+    for p in 0..1000 {
+        let folder = format!("p{}/proj{p}", p % 26);
+        let pool_dir = repos.join(format!(".pools/{folder}.git"));
+        for d in ["objects/pack", "objects/info", "refs/heads", "refs/tags"] {
+            std::fs::create_dir_all(pool_dir.join(d)).unwrap();
+        }
+        std::fs::write(pool_dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(
+            pool_dir.join("config"),
+            "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+        )
+        .unwrap();
+        let mut packed = String::from("# pack-refs with: peeled fully-peeled sorted \n");
+        let mut names: Vec<String> = (0..100).map(|i| format!("m{i:03}")).collect();
+        names.sort();
+        for name in &names {
+            packed.push_str(&format!("{oid} {}refs/heads/main\n", pool::namespace(name)));
+            let member = repos.join(format!("{folder}/{name}.git"));
+            std::fs::create_dir_all(member.join("objects/info")).unwrap();
+            std::fs::write(
+                member.join("objects/info/alternates"),
+                format!("../../../../.pools/{folder}.git/objects\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(pool_dir.join("packed-refs"), packed).unwrap();
+    }
+    let t = std::time::Instant::now();
+    let r = pool::reconcile(&repos, &HashSet::new());
+    let took = t.elapsed();
+    eprintln!(
+        "reconcile: {} pools, {} members in {took:?}",
+        r.pools, r.members
+    );
+    assert_eq!(
+        (r.pools, r.members),
+        (1000, 100_000),
+        "{:?}",
+        r.problems.first()
+    );
+    assert_eq!((r.resumed, r.rewritten, r.namespaces_dropped), (0, 0, 0));
+}
