@@ -487,6 +487,13 @@ impl Mirrors {
                 pools_removed = r.pools_removed,
                 "fork pools reconciled"
             );
+            if !self.pools() && r.members > 0 {
+                // Plan C14: no automatic detach (it would copy every pool back at once).
+                tracing::info!(
+                    members = r.members,
+                    "fetch.pools is off: no new pool members; the existing ones stay as they are (see gitmirror-worker.yaml(5) to detach one)"
+                );
+            }
         }
         Ok(Cleanup {
             tmp_removed,
