@@ -303,7 +303,9 @@ fn build_pool(seed: &Path, build: &Path) -> Result<(), PoolError> {
 /// object leaves the pool).
 pub fn add_namespace(pool: &Path, member: &Path, name: &str) -> Result<(), PoolError> {
     let ns = namespace(name);
-    let src = member.to_string_lossy();
+    // Absolute: git reads `x:y` without a slash before the colon as an ssh address.
+    let src = std::path::absolute(member).map_err(io_err("resolve", member))?;
+    let src = src.to_string_lossy();
     let mut specs = vec![format!("+refs/*:{ns}refs/*")];
     let head = gix::open(member)
         .ok()
