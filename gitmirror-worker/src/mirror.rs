@@ -1357,18 +1357,22 @@ impl Mirrors {
             n += 1;
             target = dir.join(format!("{}.{n}-{now_secs}.git", id.replace('/', "_")));
         }
-        // A pool member keeps borrowing from the trash: its relative path is rewritten for
-        // where it is going first (plan C7).
-        match pool::read_alternates(&path) {
-            Ok(Some(objects)) => {
-                if let Some(p) = objects.parent() {
-                    pool::write_alternates(&path, &target, p, true)
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                }
-            }
-            Ok(None) => {}
+        // A pool member keeps borrowing from the trash (plan C7). An absolute path is right
+        // at both places, so a crash on either side of the move leaves it complete (and
+        // start-up makes an absolute path at the final path relative again); once moved,
+        // the path becomes relative to the trash.
+        let pool_dir = match pool::read_alternates(&path) {
+            Ok(Some(objects)) => objects.parent().map(Path::to_owned),
+            Ok(None) => None,
             // Broken already: moving it does not make it worse, and it must leave.
-            Err(e) => tracing::warn!(repo = %id, "trashing a mirror with {e}"),
+            Err(e) => {
+                tracing::warn!(repo = %id, "trashing a mirror with {e}");
+                None
+            }
+        };
+        if let Some(p) = &pool_dir {
+            pool::write_alternates(&path, &path, p, false)
+                .map_err(|e| io::Error::other(e.to_string()))?;
         }
         fs::rename(&path, &target).map_err(|e| {
             io::Error::new(
@@ -1380,6 +1384,11 @@ impl Mirrors {
                 ),
             )
         })?;
+        if let Some(p) = &pool_dir
+            && let Err(e) = pool::write_alternates(&target, &target, p, true)
+        {
+            tracing::warn!(repo = %id, "a trashed pool member keeps an absolute alternates path: {e}");
+        }
         self.remove_empty_parents(&path);
         Ok(Some(target))
     }
