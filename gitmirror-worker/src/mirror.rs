@@ -1222,9 +1222,15 @@ impl Mirrors {
         let final_path = self.path(id);
         tracing::warn!(repo = %id, path = %final_path.display(), "mirror is corrupt ({reason}); cloning it again");
         let tmp = self.tmp_dir().join(unique_name(id));
+        // Watched as a new clone: inside a fetch, the fetch's own watch would count the
+        // new copy on top of the corrupt one's size and abort a mirror half the limit.
         // Plain: a mirror re-cloned for corruption takes nothing from a pool (plan C16).
-        let mut fetched = match self.clone_into(&tmp, url, interrupt, None) {
-            Ok((f, _)) => f,
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let cloned = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt, None))
+            .and_then(|(fetched, _)| watch.check_done(&tmp).map(|()| fetched));
+        let mut fetched = match cloned {
+            Ok(f) => f,
             Err(mut f) => {
                 let _ = remove_any(&tmp);
                 f.message = truncate(format!(
