@@ -554,7 +554,7 @@ impl Mirrors {
         create_mirror(tmp, url)?;
         let repo = open(tmp)?;
         let mut wants = CloneWants { map: &ref_map };
-        listing.receive(&mut wants, &repo, Stage::Clone, interrupt)?;
+        listing.receive(&mut wants, &repo, Stage::Clone, false, interrupt)?;
         let advertised = advertised_refs(&ref_map.remote_refs);
         write_packed_refs(tmp, &advertised, false)?;
         write_head(tmp, &ref_map.remote_refs)?;
@@ -807,7 +807,7 @@ impl Mirrors {
             wants,
             haves,
         };
-        listing.receive(&mut negotiate, repo, Stage::Transfer, interrupt)?;
+        listing.receive(&mut negotiate, repo, Stage::Transfer, false, interrupt)?;
         // Every advertised object must be here before a ref names it.
         let fresh = open(&git_dir)?;
         if let Some((name, _)) = advertised.iter().find(|(_, (v, _))| !fresh.has_object(v)) {
@@ -1288,12 +1288,16 @@ struct Listing {
 
 impl Listing {
     /// Negotiate with `negotiate`, write the pack into `repo`, and end the conversation the
-    /// way git does (a v2 server otherwise logs the client as hung up).
+    /// way git does (a v2 server otherwise logs the client as hung up). With
+    /// `reject_shallow`, a server whose repository is shallow is refused (a peer: its pack
+    /// would lack history, and the shallow file it makes us write would hide that from the
+    /// connectivity check).
     fn receive(
         mut self,
         negotiate: &mut impl gix::protocol::fetch::Negotiate,
         repo: &gix::Repository,
         stage: Stage,
+        reject_shallow: bool,
         interrupt: &AtomicBool,
     ) -> Result<(), Failure> {
         use gix::protocol::fetch::{Shallow, Tags};
@@ -1326,7 +1330,7 @@ impl Listing {
                 shallow_file: repo.git_dir().join("shallow"),
                 shallow: &Shallow::NoChange,
                 tags: Tags::None,
-                reject_shallow_remote: false,
+                reject_shallow_remote: reject_shallow,
             },
         )
         .map_err(|e| classify(&e, stage, self.refusals.as_ref().and_then(RefusalSink::get)))?;
@@ -1756,7 +1760,7 @@ fn peer_clone_into(
     let repo = open(tmp)?;
     let mut wants = CloneWants { map: &ref_map };
     listing
-        .receive(&mut wants, &repo, Stage::Clone, interrupt)
+        .receive(&mut wants, &repo, Stage::Clone, true, interrupt)
         .map_err(from_peer)?;
     drop(repo);
     // Before any ref exists here, so `--not --all` excludes nothing.
@@ -1821,7 +1825,7 @@ fn peer_fetch_into(
         haves,
     };
     listing
-        .receive(&mut negotiate, &repo, Stage::Transfer, interrupt)
+        .receive(&mut negotiate, &repo, Stage::Transfer, true, interrupt)
         .map_err(from_peer)?;
     drop(repo);
     // git's check_connected: what the new tips reach, less what the live refs reach, must

@@ -238,6 +238,9 @@ pub struct ServeSettings {
     /// `fetch.timeout`: the longest one transfer is served.
     pub fetch_timeout: Duration,
     pub mirrors: Mirrors,
+    /// The git binary that runs `upload-pack` (`git`; the fault tests put a rogue one
+    /// here).
+    pub git: std::path::PathBuf,
 }
 
 struct Ctx {
@@ -511,7 +514,13 @@ async fn stream(
     let started = Instant::now();
     match tokio::time::timeout(
         timeout,
-        upload_pack(&mirrors.path(repo), timeout, &mut send, &mut recv),
+        upload_pack(
+            &ctx.settings.git,
+            &mirrors.path(repo),
+            timeout,
+            &mut send,
+            &mut recv,
+        ),
     )
     .await
     {
@@ -549,12 +558,13 @@ const GIT_ENV_REMOVED: &[&str] = &[
 /// upload-pack does (it exits after the asker's last request, or when the asker closes
 /// its side); the upload-pack process is killed if this is dropped.
 async fn upload_pack(
+    git: &std::path::Path,
     path: &std::path::Path,
     timeout: Duration,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new("git");
+    let mut cmd = tokio::process::Command::new(git);
     cmd.arg("upload-pack")
         .arg("--strict")
         .arg(format!("--timeout={}", timeout.as_secs().max(1)))
@@ -665,8 +675,9 @@ impl PeerClient {
     }
 
     /// Connect to `holder` (its certificate must be the pinned one) and open a transfer
-    /// of `repo`: the streams after the holder's `Serving`.
-    async fn open(
+    /// of `repo`: the connection and the stream after the holder's `Serving`, on which
+    /// `upload-pack` speaks. [`PeerClient::fetch`] runs git over it; tests hold it open.
+    pub async fn open(
         &self,
         holder: &Holder,
         repo: &str,
