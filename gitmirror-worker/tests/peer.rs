@@ -377,7 +377,10 @@ async fn spec_13_garbage_truncated_or_mismatched_pack_leaves_no_mirror() {
             .await
             .expect_err(mode);
         assert!(e.message.contains("from peer"), "{mode}: {e}");
-        assert!(!e.message.contains("fetch.timeout"), "{mode}: failed at once: {e}");
+        assert!(
+            !e.message.contains("fetch.timeout"),
+            "{mode}: failed at once: {e}"
+        );
         assert!(!asker.mirrors.path(REPO).exists(), "{mode}");
         assert!(asker.tmp_is_empty(), "{mode}");
         holding.server.close().await;
