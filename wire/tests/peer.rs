@@ -1,6 +1,8 @@
 //! The peer plane's first frames (SPEC §13): golden bytes, and hostile input never panics
 //! or allocates past the 4 KiB bound.
 
+#![allow(clippy::unwrap_used)]
+
 use gitmirror_wire::peer::*;
 use proptest::prelude::*;
 
