@@ -53,6 +53,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no traffic for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest wait for the next bytes from a holder (at most `fetch.timeout`). A holder's
+/// `upload-pack` sends a keepalive every 5 s while `pack-objects` prepares a pack
+/// (`uploadpack.keepAlive`), so only a stalled or rogue holder is silent this long.
+pub const STALL: Duration = Duration::from_secs(120);
+
 /// The server name the client asks for; the certificate is pinned, not named.
 const SERVER_NAME: &str = "peer.worker.gitmirror";
 
@@ -674,14 +679,9 @@ impl PeerClient {
         Ok(cfg)
     }
 
-    /// Connect to `holder` (its certificate must be the pinned one) and open a transfer
-    /// of `repo`: the connection and the stream after the holder's `Serving`, on which
-    /// `upload-pack` speaks. [`PeerClient::fetch`] runs git over it; tests hold it open.
-    pub async fn open(
-        &self,
-        holder: &Holder,
-        repo: &str,
-    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Failure> {
+    /// A connection to `holder`, whose certificate must be the pinned one (tests use it to
+    /// send hostile first frames).
+    pub async fn connect(&self, holder: &Holder) -> Result<quinn::Connection, Failure> {
         let fail = |m: String| Failure::new(FailureClass::Transient, format!("from peer: {m}"));
         let endpoint = match holder.addr {
             SocketAddr::V4(_) => self.endpoint_v4.as_ref(),
@@ -694,17 +694,27 @@ impl PeerClient {
         let connecting = endpoint
             .connect_with(config, holder.addr, SERVER_NAME)
             .map_err(|e| fail(format!("cannot connect to {}: {e}", holder.addr)))?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(fail(format!("connecting to {}: {e}", holder.addr))),
-            Err(_) => {
-                return Err(fail(format!(
-                    "no handshake with {} within {}s",
-                    holder.addr,
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(fail(format!("connecting to {}: {e}", holder.addr))),
+            Err(_) => Err(fail(format!(
+                "no handshake with {} within {}s",
+                holder.addr,
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Connect to `holder` and open a transfer of `repo`: the connection and the stream
+    /// after the holder's `Serving`, on which `upload-pack` speaks.
+    /// [`PeerClient::fetch`] runs git over it; tests hold it open.
+    pub async fn open(
+        &self,
+        holder: &Holder,
+        repo: &str,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Failure> {
+        let fail = |m: String| Failure::new(FailureClass::Transient, format!("from peer: {m}"));
+        let conn = self.connect(holder).await?;
         let opened = async {
             let (mut send, mut recv) = conn
                 .open_bi()
@@ -770,7 +780,7 @@ impl PeerClient {
         let mirrors = mirrors.clone();
         let repo_owned = repo.to_owned();
         let url = upstream_url.to_owned();
-        let stall = self.fetch_timeout;
+        let stall = self.fetch_timeout.min(STALL);
         let flag = interrupt.clone();
         let result = tokio::task::spawn_blocking(move || {
             let reader = StreamReader {

@@ -332,8 +332,15 @@ fn rogue_git(dir: &Path, mode: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let script = match mode {
         "garbage" => "#!/bin/sh\nhead -c 5000 /dev/urandom\n".to_owned(),
-        // dd, not head: `head -c` waits for its count or the end before writing.
-        "truncated" => "#!/bin/sh\ngit \"$@\" | dd bs=1 count=3000 status=none\n".to_owned(),
+        // dd, not head: `head -c` waits for its count or the end before writing. The
+        // shell lets go of its stdout, so the cut is the end of what the holder sends
+        // (else upload-pack, its answer all in the pipe, waits for the next command and
+        // the asker for the rest of the pack until fetch.timeout).
+        "truncated" => {
+            "#!/bin/sh\nexec 3<&0\n(git \"$@\" <&3 | dd bs=1 count=3000 status=none) &\n\
+                        exec 1>&- 3<&-\nwait\n"
+                .to_owned()
+        }
         other => panic!("{other}"),
     };
     let path = dir.join(format!("git-{mode}"));
@@ -358,10 +365,16 @@ async fn spec_13_garbage_truncated_or_mismatched_pack_leaves_no_mirror() {
             Duration::from_secs(120),
             rogue_git(scripts.path(), mode),
         );
-        // Enough content that the pack is well past the cut.
+        // Enough incompressible content that the pack is well past the cut.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for i in 0..5 {
-            let big: String = (0..20_000)
-                .map(|j| format!("{}", (i * 7 + j) % 10))
+            let big: Vec<u8> = (0..20_000)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (x >> 56) as u8
+                })
                 .collect();
             std::fs::write(holding.upstream.dir.join(format!("big{i}")), big).unwrap();
             git(&holding.upstream.dir, &["add", "."]);
@@ -676,5 +689,157 @@ async fn spec_13_maintenance_waits_for_serving() {
         .fetch(&holding.holder(), holding.expect())
         .await
         .unwrap();
+    holding.server.close().await;
+}
+
+/// Send `bytes` as a stream's first frame (finishing the stream unless `finish` is false)
+/// and read the holder's answer.
+async fn first_frame_answer(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+    finish: bool,
+) -> gitmirror_wire::peer::PeerReply {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    let answer = tokio::time::timeout(WITHIN, recv.read_to_end(8192))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(answer.len() >= 4, "{answer:?}");
+    gitmirror_wire::peer::decode_first(&answer[4..]).unwrap()
+}
+
+// Hostile first frames (an enrolled worker misbehaving): each gets a refusal on its own
+// stream and a log line; the connection and the holder go on serving. A stream that says
+// nothing is answered after the 10 s handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_hostile_first_frames_close_one_stream() {
+    use gitmirror_wire::peer::{
+        PeerRefusal, PeerReply, PeerRequest, PeerService, encode_first, refusal_code,
+    };
+    let fleet = fleet();
+    let holding = Holding::simple(&fleet);
+    let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(120));
+    holding
+        .server
+        .grants()
+        .grant(REPO, &asker.fingerprint, LEASE);
+    let conn = asker.client.connect(&holding.holder()).await.unwrap();
+    let silent = tokio::spawn({
+        let conn = conn.clone();
+        async move { first_frame_answer(&conn, &[], false).await }
+    });
+    let refused = |code| PeerReply::Refused(PeerRefusal { code });
+    let request = |protocol, repo: &str| {
+        encode_first(&PeerRequest {
+            protocol,
+            service: PeerService::UploadPack,
+            repo: repo.into(),
+        })
+        .unwrap()
+    };
+    let mut oversized = (1u32 << 20).to_le_bytes().to_vec();
+    oversized.extend_from_slice(&[0; 64]);
+    let mut garbage = 6u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 6]);
+    let mut short = 40u32.to_le_bytes().to_vec();
+    short.extend_from_slice(b"abc");
+    for (what, bytes, want) in [
+        ("oversized", oversized, refusal_code::BAD_REQUEST),
+        ("garbage", garbage, refusal_code::BAD_REQUEST),
+        ("truncated", short, refusal_code::BAD_REQUEST),
+        ("version", request(99, REPO), refusal_code::VERSION),
+        ("bad id", request(1, "../../etc"), refusal_code::BAD_REQUEST),
+        (
+            "not here",
+            request(1, "a/nope/nope"),
+            refusal_code::NOT_GRANTED,
+        ),
+    ] {
+        assert_eq!(
+            first_frame_answer(&conn, &bytes, true).await,
+            refused(want),
+            "{what}"
+        );
+    }
+    holding
+        .server
+        .grants()
+        .grant("a/nope/nope", &asker.fingerprint, LEASE);
+    assert_eq!(
+        first_frame_answer(&conn, &request(1, "a/nope/nope"), true).await,
+        refused(refusal_code::NOT_HERE)
+    );
+    assert_eq!(
+        tokio::time::timeout(WITHIN, silent).await.unwrap().unwrap(),
+        refused(refusal_code::BAD_REQUEST),
+        "silent stream"
+    );
+    // Still serving, on the same holder.
+    asker
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .unwrap();
+    conn.close(0u32.into(), b"");
+    holding.server.close().await;
+}
+
+// `peer.serve_concurrency` bounds transfers across askers; `peer.max_connections` bounds
+// connections (a refused one connects once another has closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_serve_concurrency_and_max_connections() {
+    let fleet = fleet();
+    let limits = PeerLimits {
+        serve_concurrency: 1,
+        max_connections: 1,
+        ..PeerLimits::default()
+    };
+    let holding = Holding::start(&fleet, limits, Duration::from_secs(120), "git".into());
+    let a = Asker::new(worker(&fleet, 2), Duration::from_secs(120));
+    let b = Asker::new(worker(&fleet, 3), Duration::from_secs(120));
+    for asker in [&a, &b] {
+        holding
+            .server
+            .grants()
+            .grant(REPO, &asker.fingerprint, LEASE);
+    }
+    let (conn, _send, _recv) = a.client.open(&holding.holder(), REPO).await.unwrap();
+    // One connection is the limit: b cannot even connect.
+    let e = b
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .expect_err("over max_connections");
+    assert!(e.message.contains("from peer"), "{e}");
+    // A second transfer on a's connection: over serve_concurrency.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let req = gitmirror_wire::peer::encode_first(&gitmirror_wire::peer::PeerRequest {
+        protocol: 1,
+        service: gitmirror_wire::peer::PeerService::UploadPack,
+        repo: REPO.into(),
+    })
+    .unwrap();
+    send.write_all(&req).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(64).await.unwrap();
+    assert_eq!(
+        gitmirror_wire::peer::decode_first::<gitmirror_wire::peer::PeerReply>(&answer[4..])
+            .unwrap(),
+        gitmirror_wire::peer::PeerReply::Refused(gitmirror_wire::peer::PeerRefusal {
+            code: gitmirror_wire::peer::refusal_code::BUSY
+        })
+    );
+    conn.close(0u32.into(), b"done");
+    // Once a's connection is gone, b is served.
+    let until = std::time::Instant::now() + WITHIN;
+    while let Err(e) = b.fetch(&holding.holder(), holding.expect()).await {
+        assert!(
+            std::time::Instant::now() < until,
+            "b never got a connection: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     holding.server.close().await;
 }
