@@ -590,10 +590,19 @@ async fn upload_pack(
     else {
         return Err("git upload-pack has no pipes".into());
     };
+    // Its last words for the log: the first 2 KiB kept, the rest drained so a chatty
+    // upload-pack never blocks on a full pipe.
     let said = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(2048).read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).trim().to_owned()
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let room = 2048usize.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        String::from_utf8_lossy(&kept).trim().to_owned()
     });
     let up = async {
         let _ = tokio::io::copy(recv, &mut stdin).await;
@@ -615,13 +624,15 @@ async fn upload_pack(
         .await
         .map_err(|e| format!("git upload-pack: {e}"))?;
     let words = said.await.unwrap_or_default();
-    sent?;
-    let _ = send.finish();
     if status.success() {
-        Ok(())
-    } else {
-        Err(format!("git upload-pack {status}: {words}"))
+        // upload-pack exits 0 only after answering all the asker asked and seeing the
+        // end of its input: an asker that then stops reading (it drops its stream as it
+        // finishes) is a complete transfer, not a failure.
+        let _ = send.finish();
+        return Ok(());
     }
+    sent?;
+    Err(format!("git upload-pack {status}: {words}"))
 }
 
 /// A holder to fetch from: where it listens and the certificate it must present.
