@@ -843,3 +843,61 @@ async fn spec_13_serve_concurrency_and_max_connections() {
     }
     holding.server.close().await;
 }
+
+// The spike (plan C19): gix fetches through a transport over any byte stream. Here the
+// stream is the pipes of a `git upload-pack` spawned locally, handed to the same
+// `Mirrors::clone_from_peer` / `fetch_from_peer` the QUIC bridge feeds, with no network.
+#[test]
+fn spec_13_spike_gix_fetches_over_a_byte_stream() {
+    use std::process::{Command, Stdio};
+    type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>;
+    fn piped(repo: &Path) -> (Transport, std::process::Child) {
+        let mut child = Command::new("git")
+            .args(["upload-pack", "--strict"])
+            .arg(repo.join(".git"))
+            .env("GIT_PROTOCOL", "version=2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let t: Transport = Box::new(
+            gix::protocol::transport::client::git::blocking_io::Connection::new(
+                stdout,
+                stdin,
+                gix::protocol::transport::Protocol::V2,
+                "abc",
+                None::<(String, Option<u16>)>,
+                gix::protocol::transport::client::git::ConnectMode::Process,
+                false,
+            ),
+        );
+        (t, child)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::create(dir.path(), "up");
+    let mirrors = Mirrors::new(dir.path().join("repos"));
+    mirrors.prepare().unwrap();
+    let interrupt = std::sync::atomic::AtomicBool::new(false);
+    let expect = mirror::refs_sha256(&local_refs(&upstream.dir));
+    let (t, mut child) = piped(&upstream.dir);
+    let fetched = mirrors
+        .clone_from_peer(REPO, UPSTREAM_URL, t, &expect, &interrupt)
+        .unwrap();
+    // upload-pack ends with its input, which the transport closed.
+    assert!(child.wait().unwrap().success());
+    let path = mirrors.path(REPO);
+    assert_eq!(local_refs(&path), local_refs(&upstream.dir));
+    assert_eq!(fetched.refs, local_refs(&upstream.dir));
+    fsck(&path);
+    upstream.commit("next");
+    let expect = mirror::refs_sha256(&local_refs(&upstream.dir));
+    let (t, mut child) = piped(&upstream.dir);
+    mirrors
+        .fetch_from_peer(REPO, t, &expect, &interrupt)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(local_refs(&path), local_refs(&upstream.dir));
+    fsck(&path);
+}
