@@ -377,8 +377,9 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
         };
         let ctx = ctx.clone();
         let fingerprint = fingerprint.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
-            stream(send, recv, &fingerprint, from, &ctx).await;
+            stream(send, recv, &conn, &fingerprint, from, &ctx).await;
         });
     }
 }
@@ -452,6 +453,7 @@ async fn refuse(send: &mut quinn::SendStream, code: u32) {
 async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    conn: &quinn::Connection,
     fingerprint: &str,
     from: SocketAddr,
     ctx: &Ctx,
@@ -523,6 +525,7 @@ async fn stream(
             &ctx.settings.git,
             &mirrors.path(repo),
             timeout,
+            conn,
             &mut send,
             &mut recv,
         ),
@@ -561,11 +564,13 @@ const GIT_ENV_REMOVED: &[&str] = &[
 
 /// `git upload-pack` on `path`, its stdin and stdout bridged to the stream. Ends when
 /// upload-pack does (it exits after the asker's last request, or when the asker closes
-/// its side); the upload-pack process is killed if this is dropped.
+/// its side), or when the asker's connection is gone; the upload-pack process is killed
+/// then, and whenever this is dropped.
 async fn upload_pack(
     git: &std::path::Path,
     path: &std::path::Path,
     timeout: Duration,
+    conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
@@ -618,6 +623,7 @@ async fn upload_pack(
     let sent = tokio::select! {
         r = down => r,
         () = up => Ok(0),
+        e = conn.closed() => return Err(format!("the asker went away: {e}")),
     };
     let status = child
         .wait()

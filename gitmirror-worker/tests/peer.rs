@@ -327,11 +327,12 @@ async fn spec_13_refs_hash_mismatch_is_refused() {
 }
 
 /// A `git` for the holder that misbehaves as `upload-pack`: `mode` is `garbage` (random
-/// bytes), `truncated` (the real answer cut short).
+/// bytes), `truncated` (the real answer cut short) or `silent` (says nothing).
 fn rogue_git(dir: &Path, mode: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let script = match mode {
         "garbage" => "#!/bin/sh\nhead -c 5000 /dev/urandom\n".to_owned(),
+        "silent" => "#!/bin/sh\nexec sleep 600\n".to_owned(),
         // dd, not head: `head -c` waits for its count or the end before writing. The
         // shell lets go of its stdout, so the cut is the end of what the holder sends
         // (else upload-pack, its answer all in the pipe, waits for the next command and
@@ -900,4 +901,41 @@ fn spec_13_spike_gix_fetches_over_a_byte_stream() {
     assert!(child.wait().unwrap().success());
     assert_eq!(local_refs(&path), local_refs(&upstream.dir));
     fsck(&path);
+}
+
+// fetch.timeout on the asker's side: a holder that says nothing is given up at the
+// asker's fetch.timeout, leaving nothing; the holder notices the asker leave and frees
+// the transfer (its upload-pack killed) without waiting for its own fetch.timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_silent_holder_is_given_up_at_fetch_timeout() {
+    let fleet = fleet();
+    let scripts = tempfile::tempdir().unwrap();
+    let holding = Holding::start(
+        &fleet,
+        PeerLimits::default(),
+        Duration::from_secs(3600),
+        rogue_git(scripts.path(), "silent"),
+    );
+    let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(2));
+    holding
+        .server
+        .grants()
+        .grant(REPO, &asker.fingerprint, LEASE);
+    let e = asker
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .expect_err("silent holder");
+    assert!(e.message.contains("fetch.timeout"), "{e}");
+    assert!(!asker.mirrors.path(REPO).exists());
+    assert!(asker.tmp_is_empty());
+    let holds = holding.server.holds().clone();
+    let until = std::time::Instant::now() + WITHIN;
+    while holds.try_maintenance(REPO).is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the holder still serves an asker that left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holding.server.close().await;
 }
