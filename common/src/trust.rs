@@ -97,15 +97,22 @@ fn read_state_secret(path: &Path) -> Result<String> {
     parse_secret(path, &c.bytes)
 }
 
+/// Shortest time between two stateless resets of one endpoint: none. After a restart,
+/// 1,000 workers whose keepalives fall due together send their packets within a few
+/// milliseconds; with one reset per millisecond most were dropped, each such worker
+/// backed off (QUIC's probe timeout doubles) and one of 1,000 waited for its 20 s idle
+/// timeout (docs/scale.md "Restart: resets dropped by their rate limit"). A reset is
+/// smaller than the packet that caused it and goes only to connection ids this key
+/// issued (RFC 9000 §10.3 leaves the rate to the endpoint), so answering each amplifies
+/// nothing.
+pub const RESET_INTERVAL: Duration = Duration::ZERO;
+
 /// The coordinator's QUIC endpoint settings, with the stateless-reset key kept in
 /// `state_dir` across restarts: a restarted coordinator answers a worker's packets for the
 /// old connection with a stateless reset the worker recognises, so it reconnects at once
 /// instead of waiting for its idle timeout. Only the daemon calls this (it creates the key
 /// on first start or after an upgrade), so a `join-token` run as root never leaves a key
 /// file the service user cannot read.
-/// Shortest time between two stateless resets of one endpoint (see [`endpoint_config`]).
-pub const RESET_INTERVAL: Duration = Duration::from_millis(1);
-
 pub fn endpoint_config(state_dir: &Path) -> Result<quinn::EndpointConfig> {
     let raw = load_or_create_reset_key(&state_dir.join(RESET_KEY_FILE))?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &raw);
@@ -122,9 +129,7 @@ pub fn endpoint_config(state_dir: &Path) -> Result<quinn::EndpointConfig> {
             as Box<dyn quinn::ConnectionIdGenerator>
     });
     // quinn answers at most one unknown packet with a reset per interval (20 ms by
-    // default): after a restart 1,000 workers learned of it at 50 a second, the last ones
-    // only at their idle timeout. A reset is smaller than the packet that caused it and
-    // goes only to ids this key issued, so a faster rate amplifies nothing.
+    // default): see [`RESET_INTERVAL`].
     cfg.min_reset_interval(RESET_INTERVAL);
     Ok(cfg)
 }

@@ -40,6 +40,10 @@ pub struct FetchSection {
     /// and leaves nothing behind (issue 10); `None`: no limit.
     #[serde(deserialize_with = "de_opt_size")]
     pub max_repo_size: Option<u64>,
+    /// SPEC §14: the mirrors of one project folder share a fork pool under
+    /// `mirror_dir/.pools/`. Off by default until pool maintenance and migration exist
+    /// (docs/design.md "Fork pools").
+    pub pools: bool,
 }
 
 impl Default for FetchSection {
@@ -52,6 +56,7 @@ impl Default for FetchSection {
             max_interval: Duration::from_secs(24 * 3600),
             redirects: Redirects::SameHost,
             max_repo_size: None,
+            pools: false,
         }
     }
 }
@@ -771,6 +776,10 @@ mod tests {
         assert_eq!(c.disk.min_free, FreeSpace::Percent(5.0));
         assert_eq!(c.disk.abort_below(), FreeSpace::Percent(2.5));
         assert_eq!(c.fetch.max_repo_size, None);
+        assert!(
+            !c.fetch.pools,
+            "SPEC §14 pools are off until maintenance exists"
+        );
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
         assert!(c.warnings.is_empty());
@@ -836,7 +845,7 @@ mod tests {
              state_dir: /s\n\
              name: w7\n\
              weight: 2.5\n\
-             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n  max_repo_size: 20G\n\
+             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n  max_repo_size: 20G\n  pools: true\n\
              disk:\n  min_free: 10G\n  abort_free: 1G\n\
              serve_url_base: git://mirror3.example.org/\n\
              log_level: debug\n",
@@ -857,6 +866,7 @@ mod tests {
                 max_interval: Duration::from_secs(3600),
                 redirects: Redirects::SameHost,
                 max_repo_size: Some(20 << 30),
+                pools: true,
             }
         );
         assert_eq!(c.disk.min_free, FreeSpace::Bytes(10 << 30));
@@ -965,6 +975,8 @@ mod tests {
         );
         let e = err("fetch:\n  max_repo_size: 0\n");
         assert!(e.contains("fetch.max_repo_size"), "{e}");
+        let e = err("fetch:\n  pools: sometimes\n");
+        assert!(e.contains("pools"), "{e}");
         let e = err("serve_url_base: mirror3\n");
         assert!(e.contains("serve_url_base"), "{e}");
         let e = err("log_level: loud\n");

@@ -8,6 +8,7 @@ pub mod config;
 mod link;
 pub mod mirror;
 pub mod peer;
+pub mod pool;
 mod run;
 pub mod schedule;
 pub mod state;

@@ -25,6 +25,7 @@
 //! cloned again into `.tmp/` and swapped in atomically (`renameat2(RENAME_EXCHANGE)`) only
 //! when complete, so the old mirror stays at its path until that instant.
 
+use crate::pool;
 use crate::state::Refs;
 use crate::upstream_http::{self, Refusal, RefusalSink, UpstreamPolicy};
 use gitmirror_common::credentials::{Credential, Credentials, Family, shell_quote};
@@ -32,6 +33,7 @@ use gitmirror_common::units::FreeSpace;
 use gitmirror_common::upstream_url::{self, UpstreamUrl, UrlRefused};
 use gitmirror_wire::FailureClass;
 use gix::protocol::transport::client::blocking_io::Transport;
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -258,6 +260,22 @@ pub struct Mirrors {
     limits: Arc<Mutex<Limits>>,
     /// `credentials` (SPEC §16); replaced on reload and when a secret file changes.
     credentials: Arc<Mutex<Arc<Credentials>>>,
+    /// `fetch.pools` (SPEC §14): new clones of a project's second member create or join
+    /// its pool.
+    pools: Arc<AtomicBool>,
+    /// One lock per pool for its creation, joins and removal, and how many clones are
+    /// being built against it (a pool in use is never removed).
+    pool_locks: Arc<Mutex<HashMap<PathBuf, PoolUse>>>,
+}
+
+/// The trash's stems, listed once per purge pass when first needed.
+#[derive(Default)]
+struct TrashIndex(Option<HashMap<String, usize>>);
+
+#[derive(Debug, Default)]
+struct PoolUse {
+    lock: Arc<Mutex<()>>,
+    building: usize,
 }
 
 /// What aborts a running clone or fetch (issue 10; design.md "Worker fetch path").
@@ -288,7 +306,36 @@ impl Mirrors {
             http: Arc::new(OnceLock::new()),
             limits: Arc::new(Mutex::new(Limits::default())),
             credentials: Arc::default(),
+            pools: Arc::new(AtomicBool::new(false)),
+            pool_locks: Arc::default(),
         }
+    }
+
+    /// `fetch.pools`: whether new clones create and join fork pools (SPEC §14). Turned off,
+    /// existing members stay as they are (complete anyway) and no new ones join (plan C14).
+    pub fn set_pools(&self, on: bool) {
+        self.pools.store(on, Ordering::Relaxed);
+    }
+
+    pub fn pools(&self) -> bool {
+        self.pools.load(Ordering::Relaxed)
+    }
+
+    /// The lock of `pool`, to hold while it is created, joined or removed.
+    fn pool_lock(&self, pool: &Path) -> Arc<Mutex<()>> {
+        let mut map = self.pool_locks.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(pool.to_owned()).or_default().lock.clone()
+    }
+
+    fn pool_building(&self, pool: &Path, delta: isize) {
+        let mut map = self.pool_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let u = map.entry(pool.to_owned()).or_default();
+        u.building = u.building.saturating_add_signed(delta);
+    }
+
+    fn pool_in_use(&self, pool: &Path) -> bool {
+        let map = self.pool_locks.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(pool).is_some_and(|u| u.building > 0)
     }
 
     /// Use `credentials` for operations started from now on.
@@ -424,9 +471,33 @@ impl Mirrors {
             }
             trash_migrated = migrate_trash(&old.trash, &work.trash);
         }
+        let trash_removed = self.purge_trash(unix_secs());
+        if self.root.join(pool::POOLS_DIR).is_dir() {
+            let trashed = self.trashed_stems().into_keys().collect();
+            let r = pool::reconcile(&self.root, &trashed);
+            for p in &r.problems {
+                tracing::warn!("fork pools: {p}");
+            }
+            tracing::info!(
+                pools = r.pools,
+                members = r.members,
+                rewritten = r.rewritten,
+                resumed = r.resumed,
+                namespaces_dropped = r.namespaces_dropped,
+                pools_removed = r.pools_removed,
+                "fork pools reconciled"
+            );
+            if !self.pools() && r.members > 0 {
+                // Plan C14: no automatic detach (it would copy every pool back at once).
+                tracing::info!(
+                    members = r.members,
+                    "fetch.pools is off: no new pool members; the existing ones stay as they are (see gitmirror-worker.yaml(5) to detach one)"
+                );
+            }
+        }
         Ok(Cleanup {
             tmp_removed,
-            trash_removed: self.purge_trash(unix_secs()),
+            trash_removed,
             trash_migrated,
             orphans_killed,
         })
@@ -440,6 +511,7 @@ impl Mirrors {
             return 0;
         };
         let mut removed = 0;
+        let mut index = TrashIndex::default();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(t) = trashed_at(&entry.file_name().to_string_lossy()) else {
@@ -447,7 +519,8 @@ impl Mirrors {
                 continue;
             };
             if now_secs.saturating_sub(t) >= TRASH_KEEP_SECS {
-                match remove_any(&path) {
+                let stems = pool::trash_stems(&entry.file_name().to_string_lossy());
+                match self.remove_member_dir(&path, stems, &mut index) {
                     Ok(()) => removed += 1,
                     Err(e) => {
                         tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
@@ -466,17 +539,21 @@ impl Mirrors {
         let Ok(entries) = fs::read_dir(&dir) else {
             return 0;
         };
-        let mut trashed: Vec<(u64, PathBuf)> = entries
+        let mut trashed: Vec<(u64, PathBuf, String)> = entries
             .flatten()
-            .filter_map(|e| Some((trashed_at(&e.file_name().to_string_lossy())?, e.path())))
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((trashed_at(&name)?, e.path(), name))
+            })
             .collect();
         trashed.sort();
         let mut removed = 0;
-        for (_, path) in trashed {
+        let mut index = TrashIndex::default();
+        for (_, path, name) in trashed {
             if enough() {
                 break;
             }
-            match remove_any(&path) {
+            match self.remove_member_dir(&path, pool::trash_stems(&name), &mut index) {
                 Ok(()) => removed += 1,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "cannot delete trashed mirror: {e}")
@@ -488,25 +565,76 @@ impl Mirrors {
 
     /// Clone `url` as a new mirror of `id`: into `.tmp/`, renamed into place only when
     /// complete. Returns the refs of the new mirror.
+    ///
+    /// With `fetch.pools` (SPEC §14), the clone of a project's member borrows from the
+    /// project's pool, which is created from a sibling mirror first if there is none yet,
+    /// and offers the pool's tips as haves: it receives only what the pool lacks. The
+    /// member's refs enter the pool's namespace before the rename into place.
     pub fn clone_new(
         &self,
         id: &str,
         url: &str,
         interrupt: &AtomicBool,
     ) -> Result<Fetched, Failure> {
+        let pool = self.pool_for_clone(id, url);
+        let result = self.clone_new_with(id, url, interrupt, pool.as_deref());
+        if let Some(p) = &pool {
+            self.pool_building(p, -1);
+        }
+        result.map_err(|f| self.with_credential_class(url, f))
+    }
+
+    fn clone_new_with(
+        &self,
+        id: &str,
+        url: &str,
+        interrupt: &AtomicBool,
+        pool: Option<&Path>,
+    ) -> Result<Fetched, Failure> {
         let final_path = self.path(id);
         let tmp = self.tmp_dir().join(unique_name(id));
         let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
         let cloned = watch
-            .guard(interrupt, || self.clone_into(&tmp, url, interrupt))
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt, pool))
             // A pack that completed within one look of crossing the limit.
-            .and_then(|fetched| watch.check_done(&tmp).map(|()| fetched));
-        self.place_new(&tmp, &final_path, cloned)
-            .map_err(|f| self.with_credential_class(url, f))
+            .and_then(|cloned| watch.check_done(&tmp).map(|()| cloned));
+        let result = cloned.and_then(|(fetched, pooled)| {
+            if let Some(parent) = final_path.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| Failure::io("create directory", parent, &e))?;
+            }
+            if final_path.exists() {
+                return Err(Failure::local(format!(
+                    "{} appeared while cloning; keeping it and discarding the new clone",
+                    final_path.display()
+                )));
+            }
+            if let Some(p) = pooled {
+                // Namespace before the member is in place (nothing it reaches may be
+                // unreferenced in the pool), then the final relative alternates path.
+                let lock = self.pool_lock(p);
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+                pool::add_namespace(p, &tmp, pool::member_name(id)).map_err(pool_failure)?;
+                pool::write_alternates(&tmp, &final_path, p, true).map_err(pool_failure)?;
+            }
+            fs::rename(&tmp, &final_path)
+                .map_err(|e| Failure::io("move the finished clone to", &final_path, &e))?;
+            if pooled.is_some()
+                && let Err(e) = pool::repack_local(&final_path)
+            {
+                // Complete anyway; what it received stays in its own pack as well.
+                tracing::warn!(repo = %id, "repacking a new pool member failed: {e}");
+            }
+            Ok(fetched)
+        });
+        if result.is_err() && tmp.exists() {
+            let _ = remove_any(&tmp);
+        }
+        result
     }
 
-    /// Rename a complete clone at `tmp` to `final_path` (which must not exist); on any
-    /// failure, `tmp` is removed.
+    /// Rename a complete plain clone at `tmp` to `final_path` (which must not exist); on
+    /// any failure, `tmp` is removed. (A peer's copy: never a pool member.)
     fn place_new(
         &self,
         tmp: &Path,
@@ -534,27 +662,240 @@ impl Mirrors {
         result
     }
 
+    /// The pool a new clone of `id` borrows from, counted as in use until
+    /// [`Mirrors::pool_building`] is told it is done; `None` for a plain clone: pools off,
+    /// a repo with credentials (plan C6: protocol v2 serves any pooled object by id), an id
+    /// without a project folder, or no pool and no sibling to seed one from.
+    fn pool_for_clone(&self, id: &str, url: &str) -> Option<PathBuf> {
+        if !self.pools() || self.credentials().find(url).is_some() {
+            return None;
+        }
+        let pool = pool::pool_path(&self.root, id).ok()?;
+        let lock = self.pool_lock(&pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.join("objects").is_dir() {
+            let seed = self.seed_for(id)?;
+            if let Err(e) = self.create_pool(&pool, &seed) {
+                tracing::warn!(repo = %id, seed = %seed, pool = %pool.display(), "cannot create the project's pool; cloning a plain mirror: {e}");
+                return None;
+            }
+            tracing::info!(repo = %id, seed = %seed, pool = %pool.display(), "created a fork pool");
+        }
+        self.pool_building(&pool, 1);
+        Some(pool)
+    }
+
+    /// A sibling of `id` in its project folder that can seed a new pool (plan C12): the
+    /// canonical one (`x/abc/abc`) if it qualifies, else the smallest name. A sibling
+    /// qualifies when it is a plain mirror, not detached, without credentials and with at
+    /// most [`pool::MAX_MEMBER_REFS`] refs. One directory listing.
+    fn seed_for(&self, id: &str) -> Option<String> {
+        let (folder, own) = id.rsplit_once('/')?;
+        let canonical = folder.rsplit_once('/').map_or(folder, |(_, p)| p);
+        let entries = fs::read_dir(self.root.join(folder)).ok()?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".git")?.to_owned();
+                (name != own && valid_id(&name) && e.path().join("objects").is_dir())
+                    .then_some(name)
+            })
+            .collect();
+        names.sort_by_key(|n| (n != canonical, n.clone()));
+        let credentials = self.credentials();
+        names
+            .into_iter()
+            .map(|n| format!("{folder}/{n}"))
+            .find(|sid| {
+                let path = self.path(sid);
+                !path.join("objects/info/alternates").exists()
+                    && !pool::is_detached(&path)
+                    && pool::origin_url(&path).is_some_and(|u| credentials.find(&u).is_none())
+                    && open(&path).is_ok_and(|r| {
+                        r.references().is_ok_and(|refs| {
+                            refs.all().is_ok_and(|all| {
+                                all.take(pool::MAX_MEMBER_REFS + 1).count() <= pool::MAX_MEMBER_REFS
+                            })
+                        })
+                    })
+            })
+    }
+
+    /// Create `pool` from the mirror of `seed_id` (its packs hard-linked) and join the
+    /// seed to it. Held under the pool's lock. If the seed did not get as far as borrowing,
+    /// the new pool goes again.
+    fn create_pool(&self, pool: &Path, seed_id: &str) -> Result<(), pool::PoolError> {
+        let seed = self.path(seed_id);
+        let build = self.tmp_dir().join(unique_name(&format!("pool_{seed_id}")));
+        pool::create(pool, &seed, &build)?;
+        if let Err(e) = pool::join(pool, &seed, pool::member_name(seed_id)) {
+            if !seed.join("objects/info/alternates").exists() {
+                let _ = remove_any(pool);
+                self.remove_empty_parents(pool);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// After a pool member's mirror left `mirror_dir` (deleted, or its trash copy purged):
+    /// drop the namespaces of the members whose trash stems are `stems` and that have no
+    /// mirror left in `mirror_dir` or in the trash (`trashed`, stems too), then the pool if
+    /// no namespace remains and no clone is being built against it (plan C7). Refs only:
+    /// no object is deleted from a live pool.
+    fn release_members(&self, pool: &Path, stems: &[String], trashed: &HashMap<String, usize>) {
+        let pool = &pool::normalize(pool);
+        let Some(folder) = pool::pool_folder(&pool::normalize(&self.root), pool) else {
+            return; // not one of our pools: leave it alone
+        };
+        if !pool.join("objects").is_dir() {
+            return;
+        }
+        let prefix = format!("{}_", pool::trash_stem(&folder));
+        let lock = self.pool_lock(pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        for stem in stems {
+            let Some(name) = stem.strip_prefix(&prefix) else {
+                continue;
+            };
+            let id = format!("{folder}/{name}");
+            if !valid_id(&id)
+                || self.path(&id).exists()
+                || trashed.get(stem).is_some_and(|&n| n > 0)
+            {
+                continue;
+            }
+            if let Err(e) = pool::drop_namespace(pool, name) {
+                tracing::warn!(repo = %id, pool = %pool.display(), "cannot drop a removed member's refs from its pool: {e}");
+            }
+        }
+        match pool::namespaces(pool) {
+            Ok(n) if n.members.is_empty() && n.strays.is_empty() && !self.pool_in_use(pool) => {
+                match remove_any(pool) {
+                    Ok(()) => {
+                        tracing::info!(pool = %pool.display(), "removed a fork pool: its last member is gone");
+                        self.remove_empty_parents(pool);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.display(), "cannot remove an empty pool: {e}")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// The stems of every trash entry ([`pool::trash_stems`]), with how many entries
+    /// carry each.
+    fn trashed_stems(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        if let Ok(entries) = fs::read_dir(self.trash_dir()) {
+            for e in entries.flatten() {
+                for stem in pool::trash_stems(&e.file_name().to_string_lossy()) {
+                    *out.entry(stem).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Remove a trash entry (or a mirror), then release its pool namespace if it was a
+    /// pool member (`stems`: what it may have been called, [`pool::trash_stems`]). The
+    /// trash is listed at most once per pass (`index`), and only once a pool member goes.
+    fn remove_member_dir(
+        &self,
+        path: &Path,
+        stems: Vec<String>,
+        index: &mut TrashIndex,
+    ) -> io::Result<()> {
+        let pool = pool::read_alternates(path)
+            .ok()
+            .flatten()
+            .and_then(|objects| objects.parent().map(Path::to_owned));
+        remove_any(path)?;
+        if let Some(counts) = index.0.as_mut() {
+            // Listed while this entry was still there.
+            for stem in &stems {
+                if let Some(n) = counts.get_mut(stem) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(pool) = pool {
+            let trashed = index.0.get_or_insert_with(|| self.trashed_stems());
+            self.release_members(&pool, &stems, trashed);
+        }
+        Ok(())
+    }
+
     /// Clone into `tmp`, which must not exist. The upstream is connected and has listed
     /// its refs before anything is created on disk: an upstream that refuses, times out or
     /// lacks the repo costs no directory (at 100k repos with failing upstreams, making and
     /// removing clone skeletons was most of a worker's CPU). The pack is received with
     /// gix's protocol layer and the refs are written in one `packed-refs` file, as `git
     /// clone` does, not through gix's ref transaction (a lock file per ref).
-    fn clone_into(
+    ///
+    /// With `pool`, the new mirror borrows from it (an absolute alternates path while in
+    /// the temp directory) and the pool's tips are the haves; the pool actually used comes
+    /// back (none for an upstream with more than [`pool::MAX_MEMBER_REFS`] refs).
+    fn clone_into<'p>(
         &self,
         tmp: &Path,
         url: &str,
         interrupt: &AtomicBool,
-    ) -> Result<Fetched, Failure> {
+        pool: Option<&'p Path>,
+    ) -> Result<(Fetched, Option<&'p Path>), Failure> {
         // A detached HEAD's commit is fetched too.
         let mut listing = self.list_refs(url, &["HEAD"])?;
         let ref_map = std::mem::take(&mut listing.ref_map);
+        let pool = pool.filter(|_| ref_map.remote_refs.len() <= pool::MAX_MEMBER_REFS);
 
         // Only now is there something to write.
         create_mirror(tmp, url)?;
+        if let Some(p) = pool {
+            pool::write_alternates(tmp, tmp, p, false).map_err(pool_failure)?;
+        }
         let repo = open(tmp)?;
-        let mut wants = CloneWants { map: &ref_map };
-        listing.receive(&mut wants, &repo, Stage::Clone, false, interrupt)?;
+        match pool {
+            None => {
+                let mut wants = CloneWants { map: &ref_map };
+                listing.receive(&mut wants, &repo, Stage::Clone, false, interrupt)?;
+            }
+            Some(p) => {
+                let mut wants: Vec<gix::ObjectId> = ref_map
+                    .mappings
+                    .iter()
+                    .filter_map(|m| m.remote.as_id().map(ToOwned::to_owned))
+                    .filter(|id| !repo.has_object(id))
+                    .collect();
+                wants.sort();
+                wants.dedup();
+                let mut negotiate = FetchWants {
+                    map: &ref_map,
+                    wants,
+                    haves: pool::tips(p),
+                };
+                listing.receive(&mut negotiate, &repo, Stage::Clone, false, interrupt)?;
+                let fresh = open(tmp)?;
+                if let Some(m) = ref_map
+                    .mappings
+                    .iter()
+                    .find(|m| m.remote.as_id().is_some_and(|id| !fresh.has_object(id)))
+                {
+                    return Err(Failure::new(
+                        FailureClass::Transient,
+                        format!(
+                            "the upstream did not send the object of {}",
+                            m.remote
+                                .as_name()
+                                .map(|n| n.to_string())
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
         let advertised = advertised_refs(&ref_map.remote_refs);
         write_packed_refs(tmp, &advertised, false)?;
         write_head(tmp, &ref_map.remote_refs)?;
@@ -562,13 +903,16 @@ impl Mirrors {
         tidy_packs(tmp)?;
         let repo = open(tmp)?;
         let refs = read_refs(&repo)?;
-        Ok(Fetched {
-            newest_commit_secs: newest_commit(&repo, &refs),
-            refs,
-            url_changed: false,
-            packs: None,
-            repairs: Vec::new(),
-        })
+        Ok((
+            Fetched {
+                newest_commit_secs: newest_commit(&repo, &refs),
+                refs,
+                url_changed: false,
+                packs: None,
+                repairs: Vec::new(),
+            },
+            pool,
+        ))
     }
 
     /// An unconnected (http) or just connected (`git://`, a spawned `file://` or `ssh`
@@ -878,7 +1222,14 @@ impl Mirrors {
         let final_path = self.path(id);
         tracing::warn!(repo = %id, path = %final_path.display(), "mirror is corrupt ({reason}); cloning it again");
         let tmp = self.tmp_dir().join(unique_name(id));
-        let mut fetched = match self.clone_into(&tmp, url, interrupt) {
+        // Watched as a new clone: inside a fetch, the fetch's own watch would count the
+        // new copy on top of the corrupt one's size and abort a mirror half the limit.
+        // Plain: a mirror re-cloned for corruption takes nothing from a pool (plan C16).
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let cloned = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt, None))
+            .and_then(|(fetched, _)| watch.check_done(&tmp).map(|()| fetched));
+        let mut fetched = match cloned {
             Ok(f) => f,
             Err(mut f) => {
                 let _ = remove_any(&tmp);
@@ -978,7 +1329,11 @@ impl Mirrors {
     /// Delete a mirror (the repo moved to another worker that has a complete mirror).
     pub fn delete(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
-        match remove_any(&path) {
+        match self.remove_member_dir(
+            &path,
+            vec![pool::trash_stem(id)],
+            &mut TrashIndex::default(),
+        ) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -1008,6 +1363,23 @@ impl Mirrors {
             n += 1;
             target = dir.join(format!("{}.{n}-{now_secs}.git", id.replace('/', "_")));
         }
+        // A pool member keeps borrowing from the trash (plan C7). An absolute path is right
+        // at both places, so a crash on either side of the move leaves it complete (and
+        // start-up makes an absolute path at the final path relative again); once moved,
+        // the path becomes relative to the trash.
+        let pool_dir = match pool::read_alternates(&path) {
+            Ok(Some(objects)) => objects.parent().map(Path::to_owned),
+            Ok(None) => None,
+            // Broken already: moving it does not make it worse, and it must leave.
+            Err(e) => {
+                tracing::warn!(repo = %id, "trashing a mirror with {e}");
+                None
+            }
+        };
+        if let Some(p) = &pool_dir {
+            pool::write_alternates(&path, &path, p, false)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
         fs::rename(&path, &target).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -1018,6 +1390,11 @@ impl Mirrors {
                 ),
             )
         })?;
+        if let Some(p) = &pool_dir
+            && let Err(e) = pool::write_alternates(&target, &target, p, true)
+        {
+            tracing::warn!(repo = %id, "a trashed pool member keeps an absolute alternates path: {e}");
+        }
         self.remove_empty_parents(&path);
         Ok(Some(target))
     }
@@ -2464,10 +2841,12 @@ fn tidy_packs(git_dir: &Path) -> Result<usize, Failure> {
 /// not rewritten for every few small new ones; all into one if that still leaves too many.
 /// A failure is noted in `notes`, not fatal (the mirror is still valid).
 fn repack(git_dir: &Path, notes: &mut Vec<String>) {
-    match git(git_dir, &["repack", "-d", "-q", "--geometric=2"]) {
+    // `-l` always: a pool member's borrowed objects stay in its pool (without it, `-a`
+    // copies them all in: the detach recipe, plan C8); a plain mirror has none to skip.
+    match git(git_dir, &["repack", "-d", "-l", "-q", "--geometric=2"]) {
         Ok(()) => {
             if matches!(tidy_packs(git_dir), Ok(n) if n > MAX_PACKS)
-                && let Err(e) = git(git_dir, &["repack", "-a", "-d", "-q"])
+                && let Err(e) = git(git_dir, &["repack", "-a", "-d", "-l", "-q"])
             {
                 notes.push(format!("git repack -a failed: {e}"));
             }
@@ -2481,7 +2860,7 @@ fn repack(git_dir: &Path, notes: &mut Vec<String>) {
 
 /// A git command that did not succeed.
 #[derive(Debug)]
-enum GitError {
+pub(crate) enum GitError {
     /// It could not be started, or was killed: says nothing about the mirror.
     NotRun(String),
     /// It ran and said no (exit code), with the first lines of its stderr.
@@ -2560,17 +2939,34 @@ fn kill_orphans(root: &Path) -> usize {
 }
 
 /// Run `git --git-dir <dir> <args>`.
-fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
+pub(crate) fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
+    git_stdin(git_dir, args, &[])
+}
+
+/// [`git`] with `input` on its stdin.
+pub(crate) fn git_stdin(git_dir: &Path, args: &[&str], input: &[u8]) -> Result<(), GitError> {
+    use std::io::Write;
     let mut cmd = Command::new("git");
     cmd.arg("--git-dir")
         .arg(git_dir)
         .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
         .args(args)
-        .stdin(Stdio::null());
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
-    let out = cmd
-        .output()
-        .map_err(|e| GitError::NotRun(format!("cannot run git {}: {e}", args.join(" "))))?;
+    let not_run =
+        |e: io::Error| GitError::NotRun(format!("cannot run git {}: {e}", args.join(" ")));
+    let mut child = cmd.spawn().map_err(not_run)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // Small inputs (ref lists); a git that dies early shows in its exit status.
+        let _ = stdin.write_all(input);
+    }
+    let out = child.wait_with_output().map_err(not_run)?;
     if out.status.success() {
         return Ok(());
     }
@@ -2597,6 +2993,10 @@ fn git(git_dir: &Path, args: &[&str]) -> Result<(), GitError> {
     } else {
         GitError::NotRun(message)
     })
+}
+
+fn pool_failure(e: pool::PoolError) -> Failure {
+    Failure::local(truncate(format!("fork pool: {e}")))
 }
 
 fn first_line(s: &str) -> String {

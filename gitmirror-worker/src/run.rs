@@ -88,6 +88,7 @@ pub async fn run_reloadable(
             .with_upstream(cfg.upstream_policy()),
     );
     mirrors.set_limits(cfg.limits());
+    mirrors.set_pools(cfg.fetch.pools);
     mirrors.set_credentials(cfg.credentials.clone());
     // One look at every held mirror: blocking work, off the runtime.
     let (state, cleanup, changed) = {
@@ -466,6 +467,7 @@ impl Worker {
                 Some(new) = reload.recv() => {
                     self.schedule.set_limits(&new.fetch);
                     self.mirrors.set_limits(new.limits());
+                    self.mirrors.set_pools(new.fetch.pools);
                     self.cfg.fetch = new.fetch;
                     self.cfg.disk = new.disk;
                     self.apply_credentials(new.credentials);
@@ -625,6 +627,7 @@ impl Worker {
                 &self.stuck,
                 &self.unwritten,
             );
+            let mut seeds = PoolSeeds::new(&self.mirrors, repos, running.keys());
             self.schedule.start_ready(
                 now,
                 |id| {
@@ -645,7 +648,7 @@ impl Worker {
                         }
                         return false;
                     }
-                    true
+                    r.mirrored || seeds.admit_clone(id, &r.url)
                 },
             )
         };
@@ -1690,5 +1693,64 @@ impl Worker {
             notify::status(&line);
             self.last_status_line = line;
         }
+    }
+}
+
+/// Seed first (SPEC §14, plan C12): with `fetch.pools`, while one clone of a project
+/// without a pool runs, the project's other clones wait queued, so the first becomes the
+/// seed of the pool and the others receive only what it lacks (instead of all cloning in
+/// full at once when a project arrives). Repos with credentials are never pooled and
+/// neither wait nor hold others back. Costs one `stat` per clone admitted.
+struct PoolSeeds<'a> {
+    mirrors: Option<&'a Mirrors>,
+    /// Project folders with a pooling clone running or admitted in this pass.
+    cloning: HashSet<String>,
+}
+
+impl<'a> PoolSeeds<'a> {
+    fn new<'i>(
+        mirrors: &'a Mirrors,
+        repos: &std::collections::BTreeMap<String, Repo>,
+        running: impl Iterator<Item = &'i String>,
+    ) -> Self {
+        let mut seeds = Self {
+            mirrors: mirrors.pools().then_some(mirrors),
+            cloning: HashSet::new(),
+        };
+        if seeds.mirrors.is_some() {
+            for id in running {
+                if let Some(r) = repos.get(id)
+                    && !r.mirrored
+                    && let Some(folder) = seeds.poolable_folder(id, &r.url)
+                {
+                    seeds.cloning.insert(folder.to_owned());
+                }
+            }
+        }
+        seeds
+    }
+
+    fn poolable_folder<'i>(&self, id: &'i str, url: &str) -> Option<&'i str> {
+        let m = self.mirrors?;
+        let (folder, _) = id.rsplit_once('/')?;
+        m.credentials().find(url).is_none().then_some(folder)
+    }
+
+    /// Whether the clone of `id` may start now.
+    fn admit_clone(&mut self, id: &str, url: &str) -> bool {
+        let (Some(m), Some(folder)) = (self.mirrors, self.poolable_folder(id, url)) else {
+            return true;
+        };
+        if self.cloning.contains(folder)
+            && !m
+                .root()
+                .join(crate::pool::POOLS_DIR)
+                .join(format!("{folder}.git"))
+                .exists()
+        {
+            return false;
+        }
+        self.cloning.insert(folder.to_owned());
+        true
     }
 }

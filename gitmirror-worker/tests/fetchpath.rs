@@ -214,6 +214,47 @@ fn issue10_6_max_repo_size_aborts_clone_and_fetch_cleanly() {
     assert!(f.message.starts_with("refused:"), "{f}");
 }
 
+/// Issue 10 item 6 with SPEC §7.3: a corrupt mirror cloned again inside a fetch is
+/// held to `fetch.max_repo_size` as a new clone, not counted on top of the corrupt copy
+/// it replaces (a 1.6 MB mirror under a 2.5 MB limit was aborted: 1.6 + 1.6 > 2.5).
+#[test]
+fn spec_7_3_reclone_within_max_repo_size_is_not_counted_twice() {
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "big");
+    grow(&upstream, 1600 << 10);
+    let daemon = GitDaemon::start(up.path());
+    let url = daemon.url("big");
+    let root = tempfile::tempdir().unwrap();
+    let m = Mirrors::new(root.path().join("repos"));
+    m.prepare().unwrap();
+    m.clone_new("big", &url, &no_interrupt()).unwrap();
+    let path = m.path("big");
+    m.set_limits(Limits {
+        max_repo_size: Some(2500 << 10),
+        ..Limits::default()
+    });
+    // Corrupt, objects kept: a ref file holding garbage.
+    std::fs::create_dir_all(path.join("refs/heads")).unwrap();
+    std::fs::write(path.join("refs/heads/main"), b"garbage\n").unwrap();
+    let f = m.fetch("big", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.repairs.iter().any(|r| r.contains("corrupt")),
+        "{:?}",
+        f.repairs
+    );
+    assert_eq!(local_refs(&path), ls_remote(&url));
+
+    // The limit still holds for the copy itself.
+    std::fs::write(path.join("refs/heads/main"), b"garbage\n").unwrap();
+    m.set_limits(Limits {
+        max_repo_size: Some(1 << 20),
+        ..Limits::default()
+    });
+    let f = m.fetch("big", &url, &no_interrupt()).unwrap_err();
+    assert!(f.message.contains("fetch.max_repo_size"), "{f}");
+    assert_eq!(entries(&m.tmp_dir()), Vec::<PathBuf>::new());
+}
+
 /// Issue 10 item 6 with a really filling disk (a 16 MiB tmpfs as the mirror directory;
 /// needs root, and says so and passes without it): a fetch that takes free space below
 /// `disk.abort_free` is aborted, the mirror is exactly as before and the space it wrote

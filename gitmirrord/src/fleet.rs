@@ -803,6 +803,13 @@ impl Fleet {
     /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
     /// holders, removed repos are dropped from every holder.
     pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
+        self.apply_index_part(delta, true)
+    }
+
+    /// Apply one part of an index delta ([`Delta::into_parts`]); `last` marks the part
+    /// after which the fleet has the whole index content. Until then a start's saved
+    /// status and the holdings of repos not yet seen are kept for the later parts.
+    pub fn apply_index_part(&mut self, delta: &Delta, last: bool) -> Vec<Outgoing> {
         let kept;
         let delta = if self.registry.blocked_all().is_empty() {
             delta
@@ -810,7 +817,8 @@ impl Fleet {
             kept = self.set_blocked_aside(delta);
             &kept
         };
-        let was_ready = std::mem::replace(&mut self.index_ready, true);
+        let was_ready = self.index_ready;
+        self.index_ready |= last;
         let updated: BTreeSet<&str> = delta
             .added
             .iter()
@@ -916,7 +924,7 @@ impl Fleet {
                 }
             }
         }
-        if !was_ready {
+        if !was_ready && last {
             self.saved.clear();
             // The first index content: what workers hold beyond it has left the index.
             for (w, held) in std::mem::take(&mut self.unknown_held) {
@@ -1263,12 +1271,16 @@ impl Fleet {
         self.registry.unblock(id)?;
         self.registry_dirty = true;
         let sends = match self.blocked_entries.remove(id) {
-            Some(e) if self.index_ready => self.apply_index(&Delta {
-                added: vec![e],
-                removed: Vec::new(),
-                changed: Vec::new(),
-            }),
-            _ => Vec::new(),
+            // Between the parts of a first index content: as one more part.
+            Some(e) => self.apply_index_part(
+                &Delta {
+                    added: vec![e],
+                    removed: Vec::new(),
+                    changed: Vec::new(),
+                },
+                self.index_ready,
+            ),
+            None => Vec::new(),
         };
         Some((self.repos.contains_key(id), sends))
     }

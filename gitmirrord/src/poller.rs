@@ -1,6 +1,6 @@
 //! Index polling (SPEC §3.3, §3.4) on a thread of its own: `Indexes::poll` runs git and
 //! blocks, so it never runs on the async runtime. Each non-empty delta goes to the main
-//! loop in order; the latest `GET /api/index` view is kept for the HTTP side, with the
+//! loop in order, in parts of at most [`PART_ENTRIES`]; the latest `GET /api/index` view is kept for the HTTP side, with the
 //! number of polls per index and result for `GET /metrics`.
 
 use crate::index::{Delta, IndexError, IndexSource, IndexStatus, Indexes};
@@ -108,7 +108,7 @@ impl IndexHandle {
 
 /// Start the poller thread. It stops when every [`IndexHandle`] is dropped or the main
 /// loop stops taking deltas.
-pub fn start(indexes: Indexes, deltas: mpsc::Sender<Delta>) -> std::io::Result<IndexHandle> {
+pub fn start(indexes: Indexes, deltas: mpsc::Sender<DeltaPart>) -> std::io::Result<IndexHandle> {
     let status = Arc::new(Mutex::new(indexes.status()));
     let polls = Arc::new(Mutex::new(BTreeMap::new()));
     let (cmds, rx) = channel();
@@ -181,8 +181,21 @@ fn index_urls(indexes: &Indexes, urls: &crate::url_search::SharedUrls) {
     urls.set(u);
 }
 
-/// Send a delta on; false when the main loop is gone.
-fn forward(delta: Delta, deltas: &mpsc::Sender<Delta>) -> bool {
+/// What the poller sends the main loop: one part of an index change.
+#[derive(Debug)]
+pub struct DeltaPart {
+    pub delta: Delta,
+    /// The change's last part: the fleet has the whole index content once it is applied.
+    pub last: bool,
+}
+
+/// The most entries one [`DeltaPart`] carries: the main loop applies a part in one turn
+/// (65,536 new repos at 1,000 workers: ~0.3 s of scoring on two cores), and the workers
+/// get the first assignments while later parts are applied.
+pub const PART_ENTRIES: usize = 65_536;
+
+/// Send a delta on, in parts; false when the main loop is gone.
+fn forward(delta: Delta, deltas: &mpsc::Sender<DeltaPart>) -> bool {
     if delta.is_empty() {
         return true;
     }
@@ -192,13 +205,22 @@ fn forward(delta: Delta, deltas: &mpsc::Sender<Delta>) -> bool {
         delta.changed.len(),
         delta.removed.len()
     );
-    deltas.blocking_send(delta).is_ok()
+    let parts = delta.into_parts(PART_ENTRIES);
+    let n = parts.len();
+    parts.into_iter().enumerate().all(|(i, delta)| {
+        deltas
+            .blocking_send(DeltaPart {
+                delta,
+                last: i + 1 == n,
+            })
+            .is_ok()
+    })
 }
 
 fn poll_loop(
     mut indexes: Indexes,
     cmds: Receiver<IndexCmd>,
-    deltas: mpsc::Sender<Delta>,
+    deltas: mpsc::Sender<DeltaPart>,
     status: Arc<Mutex<Vec<IndexStatus>>>,
     polls: Arc<Mutex<PollCounts>>,
     urls: crate::url_search::SharedUrls,

@@ -57,6 +57,8 @@ const MAX_QUEUED_SAVES: usize = 8;
 /// How often the main loop looks whether repo status is due to be saved (a chunk per look:
 /// up to ~40,000 repos a second).
 const SAVE_TICK: Duration = Duration::from_millis(25);
+/// An index change this big is followed by handing the freed heap back (crate::heap).
+const LARGE_DELTA: usize = 10_000;
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -248,6 +250,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 },
                 "fleet built"
             );
+            // What reading the repo status, the index and the event log freed.
+            crate::heap::release_free();
             Ok((fleet, opened.store, indexes, log, cursors))
         })
         .await
@@ -273,7 +277,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     .await;
     let http_auth = Arc::new(RwLock::new(crate::http_auth::HttpAuth::from_config(&cfg)));
 
-    let (delta_tx, delta_rx) = mpsc::channel::<Delta>(16);
+    let (delta_tx, delta_rx) = mpsc::channel::<poller::DeltaPart>(16);
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
     let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
     let http_addr = listeners.http.local_addr().ok();
@@ -358,6 +362,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         hook_urls: None,
         coalescer: crate::hooks::coalesce::Coalescer::new(Duration::ZERO),
         hook_fetches: 0,
+        delta_entries: 0,
     };
     main.hooks_configured();
     let summary = main.fleet.summary();
@@ -545,6 +550,8 @@ struct MainLoop {
     coalescer: crate::hooks::coalesce::Coalescer,
     /// Push-triggered fetches sent (`gitmirror_hook_fetches_total`).
     hook_fetches: u64,
+    /// Entries of the index change whose parts are being applied.
+    delta_entries: usize,
 }
 
 impl MainLoop {
@@ -552,7 +559,7 @@ impl MainLoop {
         &mut self,
         mut conns: mpsc::Receiver<ConnEvent>,
         mut calls: mpsc::Receiver<HttpCall>,
-        mut deltas: mpsc::Receiver<Delta>,
+        mut deltas: mpsc::Receiver<poller::DeltaPart>,
         mut appended: mpsc::UnboundedReceiver<Done>,
         mut ctl: Control,
     ) {
@@ -595,13 +602,19 @@ impl MainLoop {
                     self.on_appended(done);
                     "appended"
                 }
-                Some(delta) = deltas.recv() => {
+                Some(part) = deltas.recv() => {
+                    let poller::DeltaPart { delta, last } = part;
                     self.hook_urls_forget(&delta);
-                    let sends = self.fleet.apply_index(&delta);
+                    let sends = self.fleet.apply_index_part(&delta, last);
                     self.hook_urls_learn(&delta);
+                    self.delta_entries += delta.len();
                     // A whole index is ~200 bytes an entry: gone before the deltas queue.
                     drop(delta);
                     self.dispatch(sends);
+                    if last && std::mem::take(&mut self.delta_entries) >= LARGE_DELTA {
+                        // The read's and the delta's freed heap, kept by glibc otherwise.
+                        tokio::task::spawn_blocking(crate::heap::release_free);
+                    }
                     "index"
                 }
                 _ = save_tick.tick() => {

@@ -847,7 +847,12 @@ impl EventLog {
         );
         let spawned = std::thread::Builder::new()
             .name("events-checkpoint".into())
-            .spawn(move || Checkpoint::write(&dir, old.as_deref(), &layer, seq, &reports));
+            .spawn(move || {
+                let written = Checkpoint::write(&dir, old.as_deref(), &layer, seq, &reports);
+                // The merge and its encoding (every repo's refs) freed on this thread.
+                crate::heap::release_free();
+                written
+            });
         match spawned {
             Ok(thread) => {
                 self.building = Some(Building {

@@ -906,6 +906,96 @@ fn holdings_before_the_index_loads() {
     assert_eq!(sim.fleet.repo(&e0.id).unwrap().state(), RepoState::Mirrored);
 }
 
+/// SPEC §3.3, §12: an index change applied in parts (as the poller sends a large one)
+/// ends exactly as the whole change: holdings that arrived before the index are kept
+/// until the last part (a repo of a later part is reused, not dropped), then what the
+/// index lacks is dropped; owners and upserts are those of the whole delta.
+#[test]
+fn spec_12_index_delta_in_parts_is_the_whole_delta() {
+    let held = |sim: &mut Sim| {
+        let w = sim.workers.entry(1).or_default();
+        let e4 = entry(4);
+        w.held.insert(e4.id.clone(), (e4.url.clone(), true));
+        w.held.insert("x/y/z".into(), ("https://e/x".into(), true));
+        sim.join(1);
+        sim.join(2);
+    };
+    let delta = Delta {
+        added: (0..5).map(entry).collect(),
+        ..Delta::default()
+    };
+    let mut whole = Sim::new(0);
+    held(&mut whole);
+    let sends = whole.fleet.apply_index(&delta);
+    whole.deliver(sends);
+
+    let mut parted = Sim::new(0);
+    held(&mut parted);
+    let parts = delta.clone().into_parts(2);
+    assert_eq!(parts.len(), 3);
+    let n = parts.len();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == n;
+        let sends = parted.fleet.apply_index_part(part, last);
+        parted.deliver(sends);
+        if !last {
+            assert!(
+                parted.workers[&1].held.contains_key("x/y/z")
+                    && parted.workers[&1].held.contains_key(&entry(4).id),
+                "nothing held is dropped before the last part"
+            );
+        }
+    }
+    assert!(!parted.workers[&1].held.contains_key("x/y/z"));
+    for n in [1, 2] {
+        assert_eq!(
+            whole.workers[&n].held, parted.workers[&n].held,
+            "worker {n}"
+        );
+    }
+    for e in &delta.added {
+        assert_eq!(
+            whole.fleet.repo(&e.id).unwrap().owner,
+            parted.fleet.repo(&e.id).unwrap().owner
+        );
+    }
+    assert_eq!(whole.fleet.take_fetch_now(), parted.fleet.take_fetch_now());
+}
+
+/// A delta's parts: bounded, in order (removals, changes, additions), together the
+/// whole delta, and a removal of an id the same delta brings back is left out.
+#[test]
+fn spec_12_delta_parts_are_bounded_and_complete() {
+    let delta = Delta {
+        added: (0..7).map(entry).collect(),
+        changed: (10..13).map(entry).collect(),
+        removed: vec![entry(20).id, entry(3).id, entry(21).id],
+    };
+    let parts = delta.clone().into_parts(4);
+    assert!(parts.iter().all(|p| p.len() <= 4 && !p.is_empty()));
+    fn ids(v: &[Entry]) -> Vec<String> {
+        v.iter().map(|e| e.id.clone()).collect()
+    }
+    let join = |f: fn(&Delta) -> Vec<String>| parts.iter().flat_map(f).collect::<Vec<_>>();
+    assert_eq!(
+        join(|p| p.removed.clone()),
+        vec![entry(20).id, entry(21).id]
+    );
+    assert_eq!(join(|p| ids(&p.changed)), ids(&delta.changed));
+    assert_eq!(join(|p| ids(&p.added)), ids(&delta.added));
+    // Removals come before changes and additions across the parts.
+    let first_update = parts
+        .iter()
+        .position(|p| !p.changed.is_empty() || !p.added.is_empty())
+        .unwrap();
+    assert!(
+        parts[first_update + 1..]
+            .iter()
+            .all(|p| p.removed.is_empty())
+    );
+    assert_eq!(delta.clone().into_parts(100), vec![delta]);
+}
+
 #[test]
 fn no_free_id_is_refused() {
     let mut f = Fleet::new(

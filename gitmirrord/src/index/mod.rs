@@ -123,6 +123,60 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
+
+    /// Entries added, changed and removed.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.removed.len() + self.changed.len()
+    }
+
+    /// This delta as parts of at most `max` entries each (at least one part), to be
+    /// applied in order: removals first, then changes, then additions. A removed id that
+    /// is also added or changed is left out (applying the whole delta ignores it too), so
+    /// no part removes a repo that a later part brings back. A 1M-entry index arriving
+    /// whole held the main loop for 8.5 s (docs/scale.md "Index deltas in parts").
+    pub fn into_parts(self, max: usize) -> Vec<Delta> {
+        let max = max.max(1);
+        if self.len() <= max {
+            return vec![self];
+        }
+        let Delta {
+            added,
+            removed,
+            changed,
+        } = self;
+        let updated: std::collections::HashSet<&str> = added
+            .iter()
+            .chain(&changed)
+            .map(|e| e.id.as_str())
+            .collect();
+        let removed: Vec<String> = removed
+            .into_iter()
+            .filter(|id| !updated.contains(id.as_str()))
+            .collect();
+        drop(updated);
+        let mut parts = Vec::new();
+        let mut part = Delta::default();
+        for id in removed {
+            if part.len() == max {
+                parts.push(std::mem::take(&mut part));
+            }
+            part.removed.push(id);
+        }
+        for e in changed {
+            if part.len() == max {
+                parts.push(std::mem::take(&mut part));
+            }
+            part.changed.push(e);
+        }
+        for e in added {
+            if part.len() == max {
+                parts.push(std::mem::take(&mut part));
+            }
+            part.added.push(e);
+        }
+        parts.push(part);
+        parts
+    }
 }
 
 /// `GET /api/index` view of one index.
