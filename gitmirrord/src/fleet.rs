@@ -863,76 +863,76 @@ impl Fleet {
         let mut new_owners = new_ids.iter().zip(owners).peekable();
         for e in delta.added.iter().chain(&delta.changed) {
             let index = intern(&mut self.index_names, &e.index);
-            let before = self.repos.get(e.id.as_str()).map(|r| r.facts());
-            let repo = match self.repos.get_mut(e.id.as_str()) {
-                Some(repo) => {
-                    if *repo.url != *e.url {
-                        repo.url = Arc::from(e.url.as_str());
-                        for h in repo.holders.keys() {
-                            self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
-                        }
+            // One search finds an existing repo with its key (a whole index is 1M new
+            // repos: four searches per repo were an eighth of the apply in `memcmp`).
+            let id = e.id.as_str();
+            if let Some((key, repo)) = self
+                .repos
+                .range_mut::<str, _>((std::ops::Bound::Included(id), std::ops::Bound::Included(id)))
+                .next()
+            {
+                let before = repo.facts();
+                if *repo.url != *e.url {
+                    repo.url = Arc::from(e.url.as_str());
+                    for h in repo.holders.keys() {
+                        self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
                     }
-                    repo.index = index.clone();
-                    repo.metadata = e.metadata.clone();
-                    repo
                 }
-                None => {
-                    let scored = match new_owners.peek() {
-                        Some((id, o)) if **id == e.id => {
-                            let o = *o;
-                            new_owners.next();
-                            o
-                        }
-                        _ => ring.owner_scored(&e.id),
-                    };
-                    let owner = scored
-                        .and_then(|(i, _)| self.members.get(i))
-                        .map(|m| m.uuid);
-                    let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
-                    let (_, mut holders, status) =
-                        restore(self.saved.remove(&e.id), &self.registry);
-                    // Held before the index was read: believed as [`Fleet::holdings`]
-                    // believes a claim (only from a holder or the owner, never raised).
-                    for (w, held) in self.unknown_held.iter_mut() {
-                        let Some((url, mirrored)) = held.remove(&e.id) else {
-                            continue;
-                        };
-                        let holds = holders.mirrored(w);
-                        if holds.is_none() && owner != Some(*w) {
-                            continue;
-                        }
-                        if holds.is_none() || (holds == Some(true) && !mirrored) {
-                            holders.insert(*w, Hold::pending(self.out.mark(w)));
-                        }
-                        if mirrored && owner == Some(*w) && holds != Some(true) {
-                            self.fetch_now.push((*w, e.id.clone()));
-                        }
-                        if url != e.url {
-                            self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
-                        }
-                    }
-                    self.repos
-                        .entry(Arc::from(e.id.as_str()))
-                        .or_insert(Box::new(Repo {
-                            url: Arc::from(e.url.as_str()),
-                            index,
-                            metadata: e.metadata.clone(),
-                            owner,
-                            owner_score,
-                            holders,
-                            status,
-                        }))
-                }
-            };
-            reconcile(&e.id, repo, &mut self.out);
-            let after = repo.facts();
-            if let Some((key, _)) = self.repos.get_key_value(e.id.as_str()) {
+                repo.index = index;
+                repo.metadata = e.metadata.clone();
+                reconcile(&e.id, repo, &mut self.out);
+                let after = repo.facts();
                 self.unsaved.insert(key.clone());
-                match before {
-                    Some(b) => self.census.update(key, &b, &after),
-                    None => self.census.add(key, &after),
+                self.census.update(key, &before, &after);
+                continue;
+            }
+            let scored = match new_owners.peek() {
+                Some((id, o)) if **id == e.id => {
+                    let o = *o;
+                    new_owners.next();
+                    o
+                }
+                _ => ring.owner_scored(&e.id),
+            };
+            let owner = scored
+                .and_then(|(i, _)| self.members.get(i))
+                .map(|m| m.uuid);
+            let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
+            let (_, mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
+            // Held before the index was read: believed as [`Fleet::holdings`]
+            // believes a claim (only from a holder or the owner, never raised).
+            for (w, held) in self.unknown_held.iter_mut() {
+                let Some((url, mirrored)) = held.remove(&e.id) else {
+                    continue;
+                };
+                let holds = holders.mirrored(w);
+                if holds.is_none() && owner != Some(*w) {
+                    continue;
+                }
+                if holds.is_none() || (holds == Some(true) && !mirrored) {
+                    holders.insert(*w, Hold::pending(self.out.mark(w)));
+                }
+                if mirrored && owner == Some(*w) && holds != Some(true) {
+                    self.fetch_now.push((*w, e.id.clone()));
+                }
+                if url != e.url {
+                    self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
                 }
             }
+            let key: Arc<str> = Arc::from(id);
+            let repo = self.repos.entry(key.clone()).or_insert(Box::new(Repo {
+                url: Arc::from(e.url.as_str()),
+                index,
+                metadata: e.metadata.clone(),
+                owner,
+                owner_score,
+                holders,
+                status,
+            }));
+            reconcile(&e.id, repo, &mut self.out);
+            let after = repo.facts();
+            self.unsaved.insert(key.clone());
+            self.census.add(&key, &after);
         }
         if !was_ready && last {
             self.saved.clear();
