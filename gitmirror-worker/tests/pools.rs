@@ -842,3 +842,106 @@ fn bench_14_reconcile_100k_members() {
     );
     assert_eq!((r.resumed, r.rewritten, r.namespaces_dropped), (0, 0, 0));
 }
+
+/// The words of a systemd `ExecStart=` line: double quotes group, `\"` and `\\` inside
+/// them are escapes, `$$` is a literal `$` (systemd.service(5) "Command lines"; only what
+/// the shipped unit uses).
+fn systemd_words(line: &str) -> Vec<String> {
+    let line = line.replace("$$", "$");
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return words;
+        }
+        let mut w = String::new();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => quoted = !quoted,
+                '\\' if quoted => w.extend(chars.next()),
+                c if c.is_whitespace() && !quoted => break,
+                c => w.push(c),
+            }
+        }
+        words.push(w);
+    }
+}
+
+/// SPEC §7.1, §14 (plan C6): the shipped `gitmirror-git-daemon.service`, started with its
+/// own command line (paths moved to a temp directory, a test port), serves a mirror but
+/// refuses a fork pool, also by `..` and `//` spellings, and a temp or trash directory
+/// kept inside the mirror directory.
+#[test]
+fn spec_14_shipped_git_daemon_refuses_pools() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/gitmirror-git-daemon.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart= line");
+    let words = systemd_words(exec);
+    assert_eq!(words[..2], ["/usr/bin/git", "daemon"], "{words:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let up = origin(base);
+    let root = base.join("repos");
+    for at in [
+        "a/abc/abc.git",
+        ".pools/a/abc.git",
+        ".tmp/a_abc_x.git",
+        ".trash/a_abc_y-1.git",
+    ] {
+        git(
+            base,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                up.to_str().unwrap(),
+                root.join(at).to_str().unwrap(),
+            ],
+        );
+    }
+    let port = GitDaemon::free_port();
+    // The daemon binary itself (as the other tests): `git daemon` would leave it behind.
+    // Options first: git daemon takes every word after the first directory as a directory.
+    let child = std::process::Command::new(common::git_daemon_binary())
+        .args(["--listen=127.0.0.1", &format!("--port={port}")])
+        .args(
+            words[2..]
+                .iter()
+                .map(|w| w.replace("/var/lib/gitmirror-worker/repos", root.to_str().unwrap())),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = GitDaemon::adopt(child, port);
+    let answers = |path: &str| {
+        std::process::Command::new("git")
+            .args(["ls-remote", &daemon.url(path)])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(answers("a/abc/abc.git"), "the mirror is served");
+    assert!(answers("a/abc/abc"), "the mirror is served without .git");
+    for refused in [
+        ".pools/a/abc.git",
+        ".pools/a/abc",
+        "a/abc/../../.pools/a/abc.git",
+        "/.pools/a/abc.git",
+        ".tmp/a_abc_x.git",
+        ".trash/a_abc_y-1.git",
+    ] {
+        assert!(!answers(refused), "{refused} is served");
+    }
+}
