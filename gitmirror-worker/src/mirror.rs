@@ -633,6 +633,43 @@ impl Mirrors {
         result
     }
 
+    /// The pool `id`'s mirror borrows from now (its alternates point at its project's
+    /// pool); `None` for a plain mirror. One read of its alternates file.
+    pub fn pool_of(&self, id: &str) -> Option<PathBuf> {
+        let pool = pool::pool_path(&self.root, id).ok()?;
+        let target = pool::read_alternates(&self.path(id)).ok()??;
+        let abs = |p: &Path| pool::normalize(&std::path::absolute(p).unwrap_or_default());
+        (abs(&target) == abs(&pool.join("objects"))).then_some(pool)
+    }
+
+    /// Pool operation (a) on `pool` ([`pool::consolidate`]), under the pool's lock. The
+    /// caller's project locks keep member repacks away meanwhile.
+    pub fn consolidate_pool(&self, pool: &Path) -> Result<pool::Consolidated, pool::PoolError> {
+        let lock = self.pool_lock(pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.join("objects").is_dir() {
+            return Ok(pool::Consolidated::default());
+        }
+        pool::consolidate(&self.root, pool, unix_secs())
+    }
+
+    /// Pool operation (b) on `pool` ([`pool::prune`]), under the pool's lock; only while
+    /// no op of any member of its project runs (the caller's project locks) and no clone
+    /// is being built against it.
+    pub fn prune_pool(&self, pool: &Path, expire: &str) -> Result<pool::Pruned, pool::PoolError> {
+        let lock = self.pool_lock(pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.join("objects").is_dir() {
+            return Ok(pool::Pruned::Skipped("no pool".into()));
+        }
+        if self.pool_in_use(pool) {
+            return Ok(pool::Pruned::Skipped(
+                "a clone is being built against it".into(),
+            ));
+        }
+        pool::prune(&self.root, &self.trash_dir(), pool, expire, unix_secs())
+    }
+
     /// The pool a new clone of `id` borrows from, counted as in use until
     /// [`Mirrors::pool_building`] is told it is done; `None` for a plain clone: pools off,
     /// a repo with credentials (plan C6: protocol v2 serves any pooled object by id), an id

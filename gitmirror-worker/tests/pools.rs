@@ -945,3 +945,183 @@ fn spec_14_shipped_git_daemon_refuses_pools() {
         assert!(!answers(refused), "{refused} is served");
     }
 }
+
+/// A pooled pair `a/abc/abc` and `a/abc/fork` in a fresh mirror directory.
+fn pooled_pair(up: &Path, root: &Path) -> (GitDaemon, Mirrors, PathBuf, PathBuf) {
+    let origin = origin(up);
+    let fork_dir = fork(up, &origin, "abc-fork");
+    let daemon = GitDaemon::start(up);
+    let m = mirrors(root, true);
+    m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap();
+    m.clone_new("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+        .unwrap();
+    let pool_dir = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    (daemon, m, pool_dir, fork_dir)
+}
+
+fn has_object(repo: &Path, id: &str) -> bool {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["cat-file", "-e", id])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// SPEC §14 (plan C9, C10): a prune does not start while a member op of its project
+/// runs, and when it runs it first refreshes every namespace, so C9's race loses
+/// nothing: an object left unreachable in the pool (its branch deleted upstream, the
+/// namespace consolidated without it) and then re-added upstream is fetched without a
+/// transfer and survives a prune with no expiry grace; once no member reaches it, the
+/// next prune deletes it.
+#[test]
+fn spec_14_prune_waits_for_member_ops() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, fork_dir) = pooled_pair(up.path(), root.path());
+    let fork_url = daemon.url("abc-fork");
+    // A commit only the fork's `extra` branch reaches.
+    let work = up.path().join("abc-fork-work");
+    git(&work, &["checkout", "-q", "-b", "extra"]);
+    std::fs::write(work.join("extra"), noise(99, 4096)).unwrap();
+    git(&work, &["add", "extra"]);
+    git(&work, &["commit", "-q", "-m", "extra"]);
+    git(&work, &["push", "-q", "origin", "extra"]);
+    let x = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+    let member = m.path("a/abc/fork");
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    pool::repack_local(&member).unwrap();
+    assert!(has_object(&pool_dir, &x));
+    // Deleted upstream, consolidated: unreachable in the pool, still there.
+    git(&fork_dir, &["branch", "-D", "extra"]);
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    assert!(has_object(&pool_dir, &x));
+    // Re-added upstream: the member's ref points at it again.
+    git(&fork_dir, &["branch", "extra", &x]);
+
+    let mut locks = pool::ProjectLocks::default();
+    assert!(locks.start("a/abc", pool::ProjectOp::Member), "the fetch");
+    assert!(!locks.may_start("a/abc", pool::ProjectOp::Prune));
+    assert!(
+        locks.may_start("a/abc", pool::ProjectOp::Consolidate),
+        "a consolidation may run beside a fetch"
+    );
+    assert!(
+        locks.may_start("b/bcd", pool::ProjectOp::Prune),
+        "per project"
+    );
+    let f = m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    assert_eq!(
+        f.refs.get("refs/heads/extra").map(String::as_str),
+        Some(x.as_str())
+    );
+    locks.finish("a/abc", pool::ProjectOp::Member);
+    assert!(locks.start("a/abc", pool::ProjectOp::Prune));
+    assert!(!locks.may_start("a/abc", pool::ProjectOp::Member));
+    assert!(
+        !locks.may_start("b/bcd", pool::ProjectOp::Consolidate),
+        "one pool op"
+    );
+    let pruned = m.prune_pool(&pool_dir, "now").unwrap();
+    locks.finish("a/abc", pool::ProjectOp::Prune);
+    assert_eq!(
+        pruned,
+        pool::Pruned::Done {
+            refreshed: 2,
+            dropped: 0
+        }
+    );
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    assert!(has_object(&m.path("a/abc/fork"), &x));
+    client_clone_complete(&member, root.path(), "fork");
+
+    // Nobody reaches it any more: the next prune deletes it, members stay complete.
+    git(&fork_dir, &["branch", "-D", "extra"]);
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    assert!(
+        !has_object(&pool_dir, &x),
+        "a prune removes what nothing reaches"
+    );
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    fsck(&pool_dir);
+}
+
+/// SPEC §14 (plan C7, C9): with members in the trash the pool stays and is not pruned
+/// (a trashed member's refs are not kept exactly); the last trash copy purged removes
+/// the pool.
+#[test]
+fn spec_14_last_member_removes_pool_after_trash_purge() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (_daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    let now = mirror::unix_secs();
+    let fork_trash = m.trash("a/abc/fork", now).unwrap().unwrap();
+    assert!(matches!(
+        m.prune_pool(&pool_dir, "now").unwrap(),
+        pool::Pruned::Skipped(why) if why.contains("trashed member")
+    ));
+    m.consolidate_pool(&pool_dir).unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    fsck(&fork_trash);
+    let origin_trash = m.trash("a/abc/abc", now + 10).unwrap().unwrap();
+    assert!(pool_dir.exists());
+    fsck(&origin_trash);
+    assert_eq!(m.purge_trash(now + mirror::TRASH_KEEP_SECS), 1);
+    assert!(pool_dir.exists(), "the origin's trash copy still borrows");
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    fsck(&origin_trash);
+    assert_eq!(m.purge_trash(now + 10 + mirror::TRASH_KEEP_SECS), 1);
+    assert!(!pool_dir.exists(), "the last removal removes the pool");
+}
+
+/// SPEC §14 (plan C13): the detach recipe (`git repack -a -d`, remove the alternates,
+/// `git config gitmirror.pool false`) leaves a mirror plain: its namespace goes (at the
+/// next start, or the next prune), consolidations and fetches do not bring it back, and
+/// a new sibling's clone does not join it.
+#[test]
+fn spec_14_detached_mirror_stays_plain() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    let fork_m = m.path("a/abc/fork");
+    git(&fork_m, &["repack", "-a", "-d", "-q"]);
+    std::fs::remove_file(fork_m.join("objects/info/alternates")).unwrap();
+    git(&fork_m, &["config", "gitmirror.pool", "false"]);
+    fsck(&fork_m);
+    assert!(pool::is_detached(&fork_m));
+
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.fetch("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+        .unwrap();
+    assert!(m.pool_of("a/abc/fork").is_none());
+    assert!(m.pool_of("a/abc/abc").is_some());
+    // A restart drops its namespace.
+    drop(m);
+    let m = mirrors(root.path(), true);
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    // A new sibling joins the pool; the detached mirror stays plain.
+    let origin = up.path().join("abc");
+    fork(up.path(), &origin, "abc-third");
+    m.clone_new("a/abc/third", &daemon.url("abc-third"), &no_interrupt())
+        .unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "third"]);
+    assert!(!fork_m.join("objects/info/alternates").exists());
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "third"]);
+    for id in ["a/abc/abc", "a/abc/fork", "a/abc/third"] {
+        fsck(&m.path(id));
+    }
+    assert!(!fork_m.join("objects/info/alternates").exists());
+}
