@@ -771,11 +771,11 @@ pub fn consolidate(root: &Path, pool: &Path, now_secs: u64) -> Result<Consolidat
             "--geometric=2",
         ],
     )?;
-    set_time(pool, false, now_secs)?;
     if last_time(pool, true).is_none() {
         // The first week counts from the first consolidation.
         set_time(pool, true, now_secs)?;
     }
+    set_time(pool, false, now_secs)?;
     if failed.is_empty() {
         Ok(out)
     } else {

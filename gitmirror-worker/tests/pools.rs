@@ -704,6 +704,18 @@ async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
         assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
         fsck(&p);
     }
+    // Plan C19: the member's clone makes the worker consolidate the pool (the first time
+    // at once, no debounce yet); the first prune is a week later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pool::last_time(&pool_dir, false).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not consolidate the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pool::last_time(&pool_dir, true).is_some());
+    fsck(&pool_dir);
     worker.stop().await;
 }
 
