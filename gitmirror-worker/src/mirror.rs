@@ -710,23 +710,80 @@ impl Mirrors {
             })
             .collect();
         names.sort_by_key(|n| (n != canonical, n.clone()));
-        let credentials = self.credentials();
         names
             .into_iter()
             .map(|n| format!("{folder}/{n}"))
-            .find(|sid| {
-                let path = self.path(sid);
-                !path.join("objects/info/alternates").exists()
-                    && !pool::is_detached(&path)
-                    && pool::origin_url(&path).is_some_and(|u| credentials.find(&u).is_none())
-                    && open(&path).is_ok_and(|r| {
-                        r.references().is_ok_and(|refs| {
-                            refs.all().is_ok_and(|all| {
-                                all.take(pool::MAX_MEMBER_REFS + 1).count() <= pool::MAX_MEMBER_REFS
-                            })
-                        })
+            .find(|sid| self.joinable(sid))
+    }
+
+    /// Whether the mirror of `id` could join its project's pool: plain (no alternates),
+    /// not detached (plan C13), no credentials (C6), at most [`pool::MAX_MEMBER_REFS`]
+    /// refs (C15).
+    fn joinable(&self, id: &str) -> bool {
+        let path = self.path(id);
+        let credentials = self.credentials();
+        path.join("objects").is_dir()
+            && !path.join("objects/info/alternates").exists()
+            && !pool::is_detached(&path)
+            && pool::origin_url(&path).is_some_and(|u| credentials.find(&u).is_none())
+            && open(&path).is_ok_and(|r| {
+                r.references().is_ok_and(|refs| {
+                    refs.all().is_ok_and(|all| {
+                        all.take(pool::MAX_MEMBER_REFS + 1).count() <= pool::MAX_MEMBER_REFS
                     })
+                })
             })
+    }
+
+    /// Migration (SPEC §14, plan step 7, C14, R5): the plain mirrors of project `folder`
+    /// join its pool, which is created from a seed first when the project has at least two
+    /// joinable mirrors. Each join keeps the member complete at every step
+    /// ([`pool::join`]). Stops, keeping what is done, when `fetch.pools` is turned off or
+    /// `low_disk()` says free space is below `disk.min_free` (asked before each member).
+    /// Under the pool's lock; the caller keeps every op of the project's members away.
+    /// Returns how many mirrors joined.
+    pub fn migrate_project(
+        &self,
+        folder: &str,
+        low_disk: impl Fn() -> bool,
+    ) -> Result<usize, pool::PoolError> {
+        let pool = pool::pool_path(&self.root, &format!("{folder}/x"))?;
+        let lock = self.pool_lock(&pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(entries) = fs::read_dir(self.root.join(folder)) else {
+            return Ok(0);
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".git")?.to_owned();
+                let id = format!("{folder}/{name}");
+                valid_id(&id).then_some(id)
+            })
+            .filter(|id| self.joinable(id))
+            .collect();
+        ids.sort();
+        let mut joined = 0;
+        if !pool.join("objects").is_dir() {
+            if ids.len() < 2 || !self.pools() || low_disk() {
+                return Ok(0);
+            }
+            let Some(seed) = self.seed_for(&format!("{folder}/")) else {
+                return Ok(0);
+            };
+            self.create_pool(&pool, &seed)?;
+            tracing::info!(seed = %seed, pool = %pool.display(), "created a fork pool for existing mirrors");
+            ids.retain(|id| *id != seed);
+            joined += 1;
+        }
+        for id in ids {
+            if !self.pools() || low_disk() {
+                break;
+            }
+            pool::join(&pool, &self.path(&id), pool::member_name(&id))?;
+            joined += 1;
+        }
+        Ok(joined)
     }
 
     /// Create `pool` from the mirror of `seed_id` (its packs hard-linked) and join the

@@ -870,6 +870,8 @@ pub enum ProjectOp {
     Consolidate,
     /// Pool operation (b): [`prune`].
     Prune,
+    /// Existing plain mirrors join the pool (plan step 7): exclusive, like a prune.
+    Migrate,
 }
 
 #[derive(Debug, Default)]
@@ -899,7 +901,7 @@ impl ProjectLocks {
             ProjectOp::Member => !pruning,
             ProjectOp::MemberRepack => !pruning && !consolidating,
             ProjectOp::Consolidate => self.pool_ops == 0 && h.is_none_or(|h| h.repack == 0),
-            ProjectOp::Prune => {
+            ProjectOp::Prune | ProjectOp::Migrate => {
                 self.pool_ops == 0 && h.is_none_or(|h| h.member == 0 && h.repack == 0)
             }
         }
@@ -915,9 +917,12 @@ impl ProjectLocks {
             ProjectOp::Member => h.member += 1,
             ProjectOp::MemberRepack => h.repack += 1,
             ProjectOp::Consolidate => h.consolidate = true,
-            ProjectOp::Prune => h.prune = true,
+            ProjectOp::Prune | ProjectOp::Migrate => h.prune = true,
         }
-        if matches!(op, ProjectOp::Consolidate | ProjectOp::Prune) {
+        if matches!(
+            op,
+            ProjectOp::Consolidate | ProjectOp::Prune | ProjectOp::Migrate
+        ) {
             self.pool_ops += 1;
         }
         true
@@ -932,9 +937,12 @@ impl ProjectLocks {
             ProjectOp::Member => h.member = h.member.saturating_sub(1),
             ProjectOp::MemberRepack => h.repack = h.repack.saturating_sub(1),
             ProjectOp::Consolidate => h.consolidate = false,
-            ProjectOp::Prune => h.prune = false,
+            ProjectOp::Prune | ProjectOp::Migrate => h.prune = false,
         }
-        if matches!(op, ProjectOp::Consolidate | ProjectOp::Prune) {
+        if matches!(
+            op,
+            ProjectOp::Consolidate | ProjectOp::Prune | ProjectOp::Migrate
+        ) {
             self.pool_ops = self.pool_ops.saturating_sub(1);
         }
         if h.member == 0 && h.repack == 0 && !h.consolidate && !h.prune {

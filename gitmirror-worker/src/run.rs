@@ -338,8 +338,12 @@ struct Worker {
     pool_due: HashMap<String, i64>,
     /// ... when each was last consolidated in this run (the debounce) ...
     pool_last: HashMap<String, i64>,
-    /// ... and those due for a prune (after a consolidation, at most weekly).
+    /// ... those due for a prune (after a consolidation, at most weekly) ...
     prune_due: HashSet<String>,
+    /// ... projects whose plain mirrors are to join their pool (plan step 7), in order,
+    /// and those queued or done in this run.
+    migrate_due: std::collections::VecDeque<String>,
+    migrated: HashSet<String>,
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -410,6 +414,8 @@ impl Worker {
             pool_due: HashMap::new(),
             pool_last: HashMap::new(),
             prune_due: HashSet::new(),
+            migrate_due: std::collections::VecDeque::new(),
+            migrated: HashSet::new(),
         }
     }
 
@@ -486,6 +492,10 @@ impl Worker {
                 Some(new) = reload.recv() => {
                     self.schedule.set_limits(&new.fetch);
                     self.mirrors.set_limits(new.limits());
+                    if new.fetch.pools && !self.cfg.fetch.pools {
+                        // Turned on: every project's plain mirrors may join again.
+                        self.migrated.clear();
+                    }
                     self.mirrors.set_pools(new.fetch.pools);
                     self.cfg.fetch = new.fetch;
                     self.cfg.disk = new.disk;
@@ -1016,6 +1026,7 @@ impl Worker {
         repo.last_fetch_ms = Some(now);
         let mut maintain = false;
         let mut pool_trigger = false;
+        let success = result.is_ok();
         let mut relisted = false;
         let (fetch_result, changes, next) = match result {
             Ok(Reported {
@@ -1161,6 +1172,9 @@ impl Worker {
         if pool_trigger {
             self.queue_consolidation(&id, now);
         }
+        if success {
+            self.queue_migration(&id);
+        }
         if maintain {
             self.queue_maintenance(id);
         }
@@ -1197,14 +1211,48 @@ impl Worker {
         self.pool_due.insert(project.to_owned(), due);
     }
 
+    /// After a successful clone or fetch of `id` with `fetch.pools` on: its project's
+    /// plain mirrors join the pool in the background (plan step 7), once per run (again
+    /// after `fetch.pools` is turned on). No file is read here.
+    fn queue_migration(&mut self, id: &str) {
+        let Some(project) = pool::project_of(id) else {
+            return;
+        };
+        // `migrated`: queued or done.
+        if self.mirrors.pools()
+            && self.migrate_due.len() < MAX_MIGRATIONS_QUEUED
+            && self.migrated.insert(project.to_owned())
+        {
+            self.migrate_due.push_back(project.to_owned());
+        }
+    }
+
     /// Start one due pool operation if none runs and the project's lock allows it: a due
     /// prune first (it waits until no op of the project's members runs), else the
-    /// earliest due consolidation (not while a member repacks).
+    /// earliest due consolidation (not while a member repacks), else the next project's
+    /// migration (exclusive too, and only above `disk.min_free`).
     fn start_pool_op(&mut self) {
         if self.stopping || self.locks.pool_op_running() {
             return;
         }
         let now = now_ms();
+        if !self.mirrors.pools() {
+            // Plan C14: turned off, no more joins (turned on again, they are asked again).
+            self.migrate_due.clear();
+        }
+        if !self
+            .prune_due
+            .iter()
+            .any(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
+            && !self.pool_due.iter().any(|(p, due)| {
+                *due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
+            })
+            && !self.migrate_due.is_empty()
+            && !self.refresh_disk(false)
+        {
+            self.start_migration();
+            return;
+        }
         let pick = self
             .prune_due
             .iter()
@@ -1261,6 +1309,48 @@ impl Worker {
         });
     }
 
+    /// Start the first queued project's migration whose lock is free.
+    fn start_migration(&mut self) {
+        let Some(i) = self
+            .migrate_due
+            .iter()
+            .position(|p| self.locks.may_start(p, pool::ProjectOp::Migrate))
+        else {
+            return;
+        };
+        let Some(project) = self.migrate_due.remove(i) else {
+            return;
+        };
+        let Ok(pool_dir) = pool::pool_path(self.mirrors.root(), &format!("{project}/x")) else {
+            return;
+        };
+        self.locks.start(&project, pool::ProjectOp::Migrate);
+        let mirrors = self.mirrors.clone();
+        let (dir, min_free) = (self.cfg.mirror_dir.clone(), self.cfg.disk.min_free);
+        self.ops.spawn(async move {
+            let folder = project.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let low = || disk::space(&dir).is_ok_and(|(f, t)| min_free.is_below(f, t));
+                mirrors.migrate_project(&folder, low)
+            })
+            .await;
+            let result = match r {
+                Ok(Ok(0)) => Ok(String::new()),
+                Ok(Ok(n)) => Ok(format!("{n} existing mirrors joined")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("task failed: {e}")),
+            };
+            OpDone {
+                id: project,
+                result: OpResult::Pool {
+                    op: pool::ProjectOp::Migrate,
+                    pool: pool_dir,
+                    result,
+                },
+            }
+        });
+    }
+
     fn on_pool_op_done(
         &mut self,
         project: String,
@@ -1270,6 +1360,7 @@ impl Worker {
     ) {
         self.locks.finish(&project, op);
         match result {
+            Ok(what) if what.is_empty() => {}
             Ok(what) => {
                 tracing::info!(pool = %pool_dir.display(), ?op, "fork pool: {what}");
                 let week = pool::PRUNE_EVERY.as_secs();
@@ -1918,6 +2009,10 @@ impl<'a> PoolSeeds<'a> {
         true
     }
 }
+
+/// Projects queued for migration at most (each entry is a folder name; a fetch of a
+/// member queues its project again when it did not fit).
+const MAX_MIGRATIONS_QUEUED: usize = 4096;
 
 /// Whether `op` may start on `id` under its project's lock (always for ids without a
 /// project folder).

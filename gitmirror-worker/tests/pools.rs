@@ -1137,3 +1137,165 @@ fn spec_14_detached_mirror_stays_plain() {
     }
     assert!(!fork_m.join("objects/info/alternates").exists());
 }
+
+/// Plain mirrors `a/abc/abc` and `a/abc/fork` (cloned with pools off), then a worker on
+/// the same mirror directory with `fetch.pools: pools`, both assigned; returns when both
+/// have reported a fetch.
+async fn worker_on_plain_pair(
+    pools: bool,
+) -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    GitDaemon,
+    common::coord::FakeCoordinator,
+    common::harness::Worker,
+    common::coord::Session,
+) {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, RepoSpec, WorkerMsg};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    fork(up.path(), &origin, "abc-fork");
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    {
+        let m = mirrors(root.path(), false);
+        for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+            m.clone_new(id, &daemon.url(name), &no_interrupt()).unwrap();
+        }
+    }
+    let coord = FakeCoordinator::start();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = pools;
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")]
+            .iter()
+            .map(|(id, name)| RepoSpec {
+                id: (*id).into(),
+                url: daemon.url(name),
+            })
+            .collect(),
+        drop: vec![],
+    }))
+    .await;
+    let mut done = BTreeSet::new();
+    while done.len() < 2 {
+        let got = s
+            .recv_until(|m| match m {
+                WorkerMsg::Outcomes(b) => {
+                    Some(b.outcomes.into_iter().map(|o| o.repo).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .await;
+        done.extend(got);
+    }
+    (up, root, daemon, coord, worker, s)
+}
+
+/// SPEC §14 (plan step 7, C14, R5): mirrors cloned before `fetch.pools` was on join
+/// their project's pool in the background once the worker runs with it: a pool is
+/// created from a seed, the other member joins, every mirror stays complete and serves
+/// its refs, and the big file is on disk about once. `low_disk` stops a migration before
+/// it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_existing_mirrors_join_in_background() {
+    use std::time::{Duration, Instant};
+    let (_up, root, daemon, _coord, worker, _s) = worker_on_plain_pair(true).await;
+    let repos = root.path().join("repos");
+    let pool_dir = repos.join(".pools/a/abc.git");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(pool_dir.join("objects").is_dir()
+        && pool::namespaces(&pool_dir).is_ok_and(|n| n.members.len() == 2)
+        && ["a/abc/abc", "a/abc/fork"].iter().all(|id| {
+            repos
+                .join(format!("{id}.git/objects/info/alternates"))
+                .exists()
+        }))
+    {
+        assert!(Instant::now() < deadline, "the plain mirrors did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    let mut total = own_pack_bytes(&pool_dir);
+    for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+        let p = repos.join(format!("{id}.git"));
+        fsck(&p);
+        assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
+        total += own_pack_bytes(&p);
+    }
+    assert!(total < (BIG as u64) * 3 / 2, "{total} bytes of packs");
+
+    // Below disk.min_free nothing starts.
+    let up2 = tempfile::tempdir().unwrap();
+    let origin2 = origin(up2.path());
+    fork(up2.path(), &origin2, "abc-fork");
+    let d2 = GitDaemon::start(up2.path());
+    let root2 = tempfile::tempdir().unwrap();
+    let m = mirrors(root2.path(), false);
+    for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+        m.clone_new(id, &d2.url(name), &no_interrupt()).unwrap();
+    }
+    m.set_pools(true);
+    assert_eq!(m.migrate_project("a/abc", || true).unwrap(), 0);
+    assert!(!m.root().join(".pools").exists());
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 2);
+    assert_eq!(
+        m.migrate_project("a/abc", || false).unwrap(),
+        0,
+        "done once"
+    );
+}
+
+/// SPEC §14 (plan C14): with `fetch.pools: false` the plain mirrors of a project stay
+/// plain (no pool, no alternates), and a migration asked directly does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_pools_off_keeps_plain() {
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    let (_up, root, daemon, _coord, worker, mut s) = worker_on_plain_pair(false).await;
+    let repos = root.path().join("repos");
+    // Later loop passes: a repo of another project cloned after both outcomes (a
+    // migration would have started by then; stopping waits for running operations).
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 2,
+        upsert: vec![RepoSpec {
+            id: "b/bcd/bcd".into(),
+            url: daemon.url("abc-fork"),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    s.recv_until(|m| match m {
+        WorkerMsg::Outcomes(b) => b
+            .outcomes
+            .into_iter()
+            .find(|o| o.repo == "b/bcd/bcd" && o.result == FetchResult::Cloned),
+        _ => None,
+    })
+    .await;
+    worker.stop().await;
+    let m = Mirrors::new(repos.clone());
+    assert!(!repos.join(".pools").exists());
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        let p = repos.join(format!("{id}.git"));
+        assert!(!p.join("objects/info/alternates").exists(), "{id}");
+        fsck(&p);
+    }
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 0);
+    assert!(!repos.join(".pools").exists());
+}
