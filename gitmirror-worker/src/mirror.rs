@@ -139,6 +139,9 @@ pub struct Maintenance {
     pub repairs: Vec<String>,
     /// The mirror was found corrupt and cloned again; these are its refs now.
     pub recloned: Option<Refs>,
+    /// Its fork pool was found corrupt and rebuilt from this mirror (plan C16): the other
+    /// members of the project that borrowed from it, to verify (and re-clone) next.
+    pub pool_rebuilt: Option<Vec<String>>,
 }
 
 /// What [`Mirrors::prepare`] cleaned up.
@@ -1356,6 +1359,61 @@ impl Mirrors {
         Ok(fetched)
     }
 
+    /// The pool of `id`'s project is corrupt (plan C16): clone `id` again without haves
+    /// into the temp directory, build a new pool from it there (packs hard-linked, its
+    /// namespace), swap the new pool with the broken one (`RENAME_EXCHANGE`), then the new
+    /// clone with the mirror; the old ones are deleted. Returns the new clone's fetch and
+    /// the project's other members that borrowed from the pool (their objects may be
+    /// gone with it: the caller verifies them, which re-clones them plain if so). Under
+    /// the pool's lock.
+    fn rebuild_pool(
+        &self,
+        id: &str,
+        url: &str,
+        pool_dir: &Path,
+        interrupt: &AtomicBool,
+        reason: &str,
+    ) -> Result<(Fetched, Vec<String>), Failure> {
+        let lock = self.pool_lock(pool_dir);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::error!(pool = %pool_dir.display(), repo = %id, "fork pool is corrupt ({reason}); rebuilding it from a new clone of this member");
+        let final_path = self.path(id);
+        let others: Vec<String> = pool::live_members(&self.root, pool_dir)
+            .into_iter()
+            .map(|(name, _)| format!("{}/{name}", pool::project_of(id).unwrap_or_default()))
+            .filter(|o| o != id)
+            .collect();
+        let tmp = self.tmp_dir().join(unique_name(id));
+        let build = self.tmp_dir().join(unique_name(&format!("pool_{id}")));
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let result = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt, None))
+            .and_then(|(fetched, _)| watch.check_done(&tmp).map(|()| fetched))
+            .and_then(|mut fetched| {
+                pool::build_pool(&tmp, &build).map_err(pool_failure)?;
+                pool::add_namespace(&build, &tmp, pool::member_name(id)).map_err(pool_failure)?;
+                pool::write_alternates(&tmp, &final_path, pool_dir, true).map_err(pool_failure)?;
+                swap_into_place(&build, pool_dir)?;
+                // From here the new pool is in place: the new clone goes in next.
+                swap_into_place(&tmp, &final_path)?;
+                if let Err(e) = pool::repack_local(&final_path) {
+                    tracing::warn!(repo = %id, "repacking the rebuilt pool's seed failed: {e}");
+                }
+                fetched.repairs.push(format!(
+                    "its fork pool was corrupt ({reason}); rebuilt it from a new clone of this mirror"
+                ));
+                Ok(fetched)
+            });
+        for leftover in [&tmp, &build] {
+            if let Err(e) = remove_any(leftover)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %leftover.display(), "cannot delete (removed at the next start): {e}");
+            }
+        }
+        result.map(|f| (f, others))
+    }
+
     /// Keep a mirror healthy and compact (SPEC §7.1): remove stale lock and temp files and
     /// `.keep` files, repack when there are [`REPACK_AT`] packs or more (geometric, so the
     /// cost stays proportional to what arrived), pack loose refs, and with `verify` check
@@ -1392,13 +1450,27 @@ impl Mirrors {
                 Err(e) => m.repairs.push(format!("git pack-refs failed: {e}")),
             }
         }
+        let args = [
+            "fsck",
+            "--connectivity-only",
+            "--no-dangling",
+            "--no-progress",
+        ];
+        // The pool first (plan C16): with a broken pool every member fails, and re-cloning
+        // them one by one would leave the pool broken.
+        if verify
+            && let Some(pool_dir) = self.pool_of(id)
+            && let Err(GitError::Failed(reason)) = git(&pool_dir, &args)
+        {
+            let (fetched, others) =
+                self.rebuild_pool(id, url, &pool_dir, interrupt, &first_line(&reason))?;
+            m.repairs.extend(fetched.repairs);
+            m.packs_after = tidy_packs(&path)?;
+            m.recloned = Some(fetched.refs);
+            m.pool_rebuilt = Some(others);
+            return Ok(m);
+        }
         if verify {
-            let args = [
-                "fsck",
-                "--connectivity-only",
-                "--no-dangling",
-                "--no-progress",
-            ];
             let problem = match check_mirror(&path) {
                 Err(reason) => Some(reason),
                 Ok(()) => match git(&path, &args) {

@@ -272,7 +272,9 @@ pub fn create(pool: &Path, seed: &Path, build: &Path) -> Result<(), PoolError> {
     result
 }
 
-fn build_pool(seed: &Path, build: &Path) -> Result<(), PoolError> {
+/// A new pool at `build` (a fresh path) from `seed`'s packs, hard-linked: [`create`]
+/// without the rename into place.
+pub fn build_pool(seed: &Path, build: &Path) -> Result<(), PoolError> {
     git(build, &["init", "-q", "--bare", "--template="])?;
     for (k, v) in [
         ("gc.auto", "0"),

@@ -1400,6 +1400,15 @@ impl Worker {
                     // Report the re-cloned mirror's refs through an ordinary fetch.
                     self.schedule.plan_urgent(id, now);
                 }
+                for other in m.pool_rebuilt.unwrap_or_default() {
+                    // Plan C16: the rebuilt pool may lack what they borrowed: verify each
+                    // next (a failing one is re-cloned plain; migration rejoins it).
+                    if let Some(r) = self.state.repos.get_mut(&other) {
+                        r.last_verify_ms = None;
+                        self.dirty.insert(other.clone());
+                        self.queue_maintenance(other);
+                    }
+                }
             }
             Err(f) => tracing::warn!(repo = %id, "maintenance failed: {}", f.message),
         }

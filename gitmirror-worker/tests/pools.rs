@@ -1299,3 +1299,54 @@ async fn spec_14_pools_off_keeps_plain() {
     assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 0);
     assert!(!repos.join(".pools").exists());
 }
+
+/// SPEC §7.3, §14 (plan C16): a pool that lost its packs fails verification first; the
+/// member being verified is cloned again without haves, a new pool is built from it and
+/// swapped in, and the other members are named for verification, which re-clones a
+/// broken one plain (migration rejoins it later). Every mirror ends complete.
+#[test]
+fn spec_7_3_corrupt_pool_rebuilt() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    m.consolidate_pool(&pool_dir).unwrap();
+    for e in std::fs::read_dir(pool_dir.join("objects/pack")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let broken = std::process::Command::new("git")
+        .arg("-C")
+        .arg(m.path("a/abc/fork"))
+        .args(["fsck", "--connectivity-only", "--no-progress"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!broken.success(), "the members are broken with their pool");
+
+    let done = m
+        .maintain("a/abc/abc", &daemon.url("abc"), true, &no_interrupt())
+        .unwrap();
+    assert_eq!(done.pool_rebuilt, Some(vec!["a/abc/fork".to_owned()]));
+    assert_eq!(done.recloned.as_ref(), Some(&ls_remote(&daemon.url("abc"))));
+    fsck(&pool_dir);
+    fsck(&m.path("a/abc/abc"));
+    assert_eq!(m.pool_of("a/abc/abc"), Some(pool_dir.clone()));
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    // The other member, verified next: re-cloned (plain) because it lost objects.
+    let done = m
+        .maintain("a/abc/fork", &daemon.url("abc-fork"), true, &no_interrupt())
+        .unwrap();
+    assert!(done.recloned.is_some() && done.pool_rebuilt.is_none());
+    fsck(&m.path("a/abc/fork"));
+    assert_eq!(
+        local_refs(&m.path("a/abc/fork")),
+        ls_remote(&daemon.url("abc-fork"))
+    );
+    // Migration brings it back into the pool.
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 1);
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    let leftovers = std::fs::read_dir(m.tmp_dir()).unwrap().count();
+    assert_eq!(leftovers, 0, "nothing left in the temp directory");
+}
