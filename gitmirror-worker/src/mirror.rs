@@ -653,6 +653,10 @@ impl Mirrors {
         if !pool.join("objects").is_dir() {
             return Ok(pool::Consolidated::default());
         }
+        // A killed earlier operation's locks and temp packs (older than `STALE_AFTER`).
+        for note in remove_stale(pool, Sweep::All) {
+            tracing::info!(pool = %pool.display(), "self-heal: {note}");
+        }
         pool::consolidate(&self.root, pool, unix_secs())
     }
 
@@ -669,6 +673,9 @@ impl Mirrors {
             return Ok(pool::Pruned::Skipped(
                 "a clone is being built against it".into(),
             ));
+        }
+        for note in remove_stale(pool, Sweep::All) {
+            tracing::info!(pool = %pool.display(), "self-heal: {note}");
         }
         pool::prune(&self.root, &self.trash_dir(), pool, expire, unix_secs())
     }

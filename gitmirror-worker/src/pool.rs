@@ -675,6 +675,28 @@ pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(7 * 
 /// for by-SHA readers; safety does not depend on it, see [`prune`]).
 pub const PRUNE_EXPIRE: &str = "2.weeks.ago";
 
+/// The git arguments of a consolidation's pool repack (never deletes an object).
+pub const CONSOLIDATE_REPACK: &[&str] = &[
+    "-c",
+    "repack.writeBitmaps=false",
+    "repack",
+    "-d",
+    "-l",
+    "-q",
+    "--geometric=2",
+];
+/// The git arguments of a prune's pool repack, before `--cruft-expiration=<expire>`.
+pub const PRUNE_REPACK: &[&str] = &[
+    "-c",
+    "repack.writeBitmaps=false",
+    "repack",
+    "-a",
+    "-d",
+    "-l",
+    "-q",
+    "--cruft",
+];
+
 const CONSOLIDATED_KEY: &str = "gitmirror.consolidated";
 const PRUNED_KEY: &str = "gitmirror.pruned";
 
@@ -761,18 +783,7 @@ pub fn consolidate(root: &Path, pool: &Path, now_secs: u64) -> Result<Consolidat
             Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
-    git(
-        pool,
-        &[
-            "-c",
-            "repack.writeBitmaps=false",
-            "repack",
-            "-d",
-            "-l",
-            "-q",
-            "--geometric=2",
-        ],
-    )?;
+    git(pool, CONSOLIDATE_REPACK)?;
     if last_time(pool, true).is_none() {
         // The first week counts from the first consolidation.
         set_time(pool, true, now_secs)?;
@@ -840,20 +851,10 @@ pub fn prune(
             dropped += 1;
         }
     }
-    git(
-        pool,
-        &[
-            "-c",
-            "repack.writeBitmaps=false",
-            "repack",
-            "-a",
-            "-d",
-            "-l",
-            "-q",
-            "--cruft",
-            &format!("--cruft-expiration={expire}"),
-        ],
-    )?;
+    let expiry = format!("--cruft-expiration={expire}");
+    let mut args = PRUNE_REPACK.to_vec();
+    args.push(&expiry);
+    git(pool, &args)?;
     set_time(pool, true, now_secs)?;
     Ok(Pruned::Done {
         refreshed: live.len(),

@@ -1350,3 +1350,83 @@ fn spec_7_3_corrupt_pool_rebuilt() {
     let leftovers = std::fs::read_dir(m.tmp_dir()).unwrap().count();
     assert_eq!(leftovers, 0, "nothing left in the temp directory");
 }
+
+/// SPEC §14 (plan R1, M3 in part): kill -9 of the pool's own repacks (a consolidation's
+/// geometric repack, a prune's cruft repack), with the worker's exact arguments, at a
+/// range of moments: every member and the pool stay complete (`git fsck`), and the
+/// repack run again finishes. Each git step writes its new pack before it deletes.
+#[test]
+fn spec_14_kill9_during_pool_repack_keeps_members_complete() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    fork(up.path(), &up.path().join("abc"), "abc-third");
+    m.clone_new("a/abc/third", &daemon.url("abc-third"), &no_interrupt())
+        .unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    let check = || {
+        fsck(&pool_dir);
+        for id in ["a/abc/abc", "a/abc/fork", "a/abc/third"] {
+            fsck(&m.path(id));
+        }
+    };
+    let mut prune = pool::PRUNE_REPACK.to_vec();
+    prune.push("--cruft-expiration=now");
+    let mut killed = 0;
+    for (round, args) in [pool::CONSOLIDATE_REPACK.to_vec(), prune]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        // More packs for the geometric repack to roll up.
+        std::fs::write(
+            pool_dir.join("scratch"),
+            noise(round as u64 + 100, 64 * 1024),
+        )
+        .unwrap();
+        let blob = git(&pool_dir, &["hash-object", "-w", "scratch"]);
+        git(
+            &pool_dir,
+            &[
+                "update-ref",
+                "refs/members/6162/refs/heads/scratch",
+                blob.trim(),
+            ],
+        );
+        git(&pool_dir, &["repack", "-q", "-d"]);
+        std::fs::remove_file(pool_dir.join("scratch")).unwrap();
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&pool_dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .spawn()
+            .unwrap();
+        // The moment of the kill varies; what is asserted does not depend on it.
+        std::thread::sleep(std::time::Duration::from_millis(3 * round as u64));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        check();
+        git(&pool_dir, args);
+        check();
+    }
+    eprintln!("{killed} of 12 repacks killed while running");
+    // A lock a killed `git config` or ref update left behind does not stop the pool's
+    // maintenance for good: an old one is removed first.
+    for lock in ["config.lock", "packed-refs.lock"] {
+        std::fs::write(pool_dir.join(lock), "").unwrap();
+        let out = std::process::Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(pool_dir.join(lock))
+            .status()
+            .unwrap();
+        assert!(out.success());
+    }
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    check();
+}
