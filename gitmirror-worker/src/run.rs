@@ -344,6 +344,9 @@ struct Worker {
     /// and those queued or done in this run.
     migrate_due: std::collections::VecDeque<String>,
     migrated: HashSet<String>,
+    /// The queues above are looked through at most once a second (they may hold
+    /// thousands of projects; the loop passes far more often).
+    pool_scan_after: i64,
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -416,6 +419,7 @@ impl Worker {
             prune_due: HashSet::new(),
             migrate_due: std::collections::VecDeque::new(),
             migrated: HashSet::new(),
+            pool_scan_after: 0,
         }
     }
 
@@ -1209,6 +1213,7 @@ impl Worker {
             t.saturating_add(ms(pool::CONSOLIDATE_EVERY)).max(now)
         });
         self.pool_due.insert(project.to_owned(), due);
+        self.pool_scan_after = 0;
     }
 
     /// After a successful clone or fetch of `id` with `fetch.pools` on: its project's
@@ -1224,6 +1229,7 @@ impl Worker {
             && self.migrated.insert(project.to_owned())
         {
             self.migrate_due.push_back(project.to_owned());
+            self.pool_scan_after = 0;
         }
     }
 
@@ -1236,6 +1242,14 @@ impl Worker {
             return;
         }
         let now = now_ms();
+        if now < self.pool_scan_after
+            || (self.pool_due.is_empty()
+                && self.prune_due.is_empty()
+                && self.migrate_due.is_empty())
+        {
+            return;
+        }
+        self.pool_scan_after = now.saturating_add(1000);
         if !self.mirrors.pools() {
             // Plan C14: turned off, no more joins (turned on again, they are asked again).
             self.migrate_due.clear();
@@ -1359,6 +1373,7 @@ impl Worker {
         result: Result<String, String>,
     ) {
         self.locks.finish(&project, op);
+        self.pool_scan_after = 0;
         match result {
             Ok(what) if what.is_empty() => {}
             Ok(what) => {
