@@ -128,6 +128,9 @@ pub struct Fetched {
     pub newest_commit_secs: Option<i64>,
     /// Self-heal done on the way (stale locks removed, a corrupt mirror re-cloned).
     pub repairs: Vec<String>,
+    /// For a fetch that wrote a pack: the size of the newest pack afterwards, about what
+    /// arrived (a pool's consolidation waits for 1 MiB of them, plan C19); else 0.
+    pub new_pack_bytes: u64,
 }
 
 /// What [`Mirrors::maintain`] did.
@@ -985,6 +988,7 @@ impl Mirrors {
                 url_changed: false,
                 packs: None,
                 repairs: Vec::new(),
+                new_pack_bytes: 0,
             },
             pool,
         ))
@@ -1095,9 +1099,13 @@ impl Mirrors {
         let size = limits.max_repo_size.map_or(0, |_| dir_size(&objects));
         let watch = Watch::new(limits, path.clone(), objects, size);
         watch.check_start()?;
-        watch
+        let mut fetched = watch
             .guard(interrupt, || self.fetch_healing(id, &path, url, interrupt))
-            .map_err(|f| self.with_credential_class(url, f))
+            .map_err(|f| self.with_credential_class(url, f))?;
+        if fetched.packs.is_some() {
+            fetched.new_pack_bytes = newest_pack_bytes(&path);
+        }
+        Ok(fetched)
     }
 
     fn fetch_healing(
@@ -1186,6 +1194,7 @@ impl Mirrors {
                 packs: None,
                 newest_commit_secs: None,
                 repairs: Vec::new(),
+                new_pack_bytes: 0,
             });
         }
         if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES || local.len() >= MANY_REFS {
@@ -1220,6 +1229,7 @@ impl Mirrors {
             packs: Some(packs),
             newest_commit_secs: None,
             repairs: Vec::new(),
+            new_pack_bytes: 0,
         })
     }
 
@@ -1279,6 +1289,7 @@ impl Mirrors {
             packs: Some(packs),
             newest_commit_secs: None,
             repairs: Vec::new(),
+            new_pack_bytes: 0,
         })
     }
 
@@ -1777,6 +1788,20 @@ fn describe(f: FreeSpace) -> String {
         FreeSpace::Percent(p) => format!("{p}%"),
         FreeSpace::Bytes(b) => format!("{b} bytes"),
     }
+}
+
+/// The size of the most recently written `.pack` of a mirror (one directory listing).
+fn newest_pack_bytes(git_dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(git_dir.join("objects/pack")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .filter_map(|e| e.metadata().ok())
+        .filter_map(|m| Some((m.modified().ok()?, m.len())))
+        .max()
+        .map_or(0, |(_, len)| len)
 }
 
 /// Bytes in the regular files under `dir` (0 when it does not exist); links not followed.

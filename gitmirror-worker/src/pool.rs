@@ -667,8 +667,12 @@ fn find_pools(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
 }
 
 /// A pool is consolidated at most this often (plan C19): after a member's clone or a
-/// fetch that brought a pack, debounced.
+/// fetch that brought [`CONSOLIDATE_AFTER_BYTES`], debounced.
 pub const CONSOLIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// A member's fetch that brought at least this much (its new pack) makes its pool due
+/// for a consolidation (plan C19); smaller ones wait for the next clone or big fetch
+/// (safe: a prune refreshes every namespace first).
+pub const CONSOLIDATE_AFTER_BYTES: u64 = 1 << 20;
 /// A pool is pruned at most this often (plan C9 (b)).
 pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Objects unreachable from every namespace this long leave the pool at a prune (a grace

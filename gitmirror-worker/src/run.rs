@@ -1080,7 +1080,7 @@ impl Worker {
                     repo.last_verify_ms = Some(spread(VERIFY_EVERY));
                 }
                 maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
-                pool_trigger = clone || fetched.packs.is_some();
+                pool_trigger = clone || fetched.new_pack_bytes >= pool::CONSOLIDATE_AFTER_BYTES;
                 repo.ref_count = ref_count;
                 repo.refs_digest = refs_digest;
                 if relist {
@@ -1199,9 +1199,9 @@ impl Worker {
         }
     }
 
-    /// After a clone of a pool member or a fetch of one that brought a pack: consolidate
-    /// its pool, at most every [`pool::CONSOLIDATE_EVERY`] (plan C19). One read of the
-    /// member's alternates file.
+    /// After a clone of a pool member or a fetch of one that brought at least
+    /// [`pool::CONSOLIDATE_AFTER_BYTES`]: consolidate its pool, at most every
+    /// [`pool::CONSOLIDATE_EVERY`] (plan C19). One read of the member's alternates file.
     fn queue_consolidation(&mut self, id: &str, now: i64) {
         let Some(project) = pool::project_of(id) else {
             return;

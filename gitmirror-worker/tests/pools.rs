@@ -1481,10 +1481,7 @@ fn spec_14_kill9_during_migration_keeps_members_complete() {
         let _ = child.kill();
         let _ = child.wait();
         let pool_at_kill = pool::pool_path(m.root(), "a/abc/abc").unwrap();
-        let joined_at_kill = names
-            .iter()
-            .filter(|n| m.pool_of(&id(n)).is_some())
-            .count();
+        let joined_at_kill = names.iter().filter(|n| m.pool_of(&id(n)).is_some()).count();
         stages.push((pool_at_kill.exists(), joined_at_kill));
         for n in names {
             fsck(&m.path(&id(n)));
@@ -1511,5 +1508,38 @@ fn spec_14_kill9_during_migration_keeps_members_complete() {
     }
     eprintln!(
         "{killed} of 8 migrations killed while running; (pool there, members joined) at each kill: {stages:?}"
+    );
+}
+
+/// SPEC §14 (plan C19): a fetch reports about what it brought (its new pack's size), so
+/// the worker consolidates a pool after a fetch of 1 MiB or more, not after every small
+/// one; a fetch with nothing new reports 0.
+#[test]
+fn spec_14_fetch_reports_new_pack_bytes() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, _pool_dir, _) = pooled_pair(up.path(), root.path());
+    let url = daemon.url("abc-fork");
+    let work = up.path().join("abc-fork-work");
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert_eq!(f.new_pack_bytes, 0, "nothing new");
+    std::fs::write(work.join("small"), "a small change\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "small"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.new_pack_bytes > 0 && f.new_pack_bytes < pool::CONSOLIDATE_AFTER_BYTES,
+        "{}",
+        f.new_pack_bytes
+    );
+    std::fs::write(work.join("large"), noise(5, 2 << 20)).unwrap();
+    git(&work, &["add", "large"]);
+    git(&work, &["commit", "-q", "-m", "large"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.new_pack_bytes >= pool::CONSOLIDATE_AFTER_BYTES,
+        "{}",
+        f.new_pack_bytes
     );
 }
