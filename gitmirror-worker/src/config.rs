@@ -102,6 +102,52 @@ impl FetchSection {
     }
 }
 
+/// `peer:` keys (SPEC §13, issue 12): the bounds of the peer plane's serving side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSection {
+    /// Connections from peers open at once.
+    pub max_connections: usize,
+    /// Transfers at once from one peer.
+    pub per_peer: usize,
+    /// Transfers served at once (outside `fetch.concurrency`).
+    pub serve_concurrency: usize,
+}
+
+impl Default for PeerSection {
+    fn default() -> Self {
+        let d = crate::peer::PeerLimits::default();
+        Self {
+            max_connections: d.max_connections,
+            per_peer: d.per_peer,
+            serve_concurrency: d.serve_concurrency,
+        }
+    }
+}
+
+impl PeerSection {
+    pub fn validate(&self) -> Result<(), KeyError> {
+        for (key, v) in [
+            ("peer.max_connections", self.max_connections),
+            ("peer.per_peer", self.per_peer),
+            ("peer.serve_concurrency", self.serve_concurrency),
+        ] {
+            if v == 0 {
+                return Err(KeyError::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> crate::peer::PeerLimits {
+        crate::peer::PeerLimits {
+            max_connections: self.max_connections,
+            per_peer: self.per_peer,
+            serve_concurrency: self.serve_concurrency,
+        }
+    }
+}
+
 /// `disk:` keys. Public because the coordinator's `local_worker:` embeds them.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -235,6 +281,13 @@ struct RawConfig {
     #[serde(default)]
     disk: DiskSection,
     serve_url_base: Option<String>,
+    /// The peer plane (SPEC §13): UDP address to listen on; nothing listens without it.
+    peer_listen: Option<String>,
+    /// `host:port` other workers dial; default: the address the coordinator sees.
+    peer_advertise: Option<String>,
+    zone: Option<String>,
+    #[serde(default)]
+    peer: PeerSection,
     /// CIDRs never connected to (SPEC §17); default [`DEFAULT_UPSTREAM_DENY`].
     upstream_deny: Option<Vec<String>>,
     /// Secrets for private upstreams (SPEC §16).
@@ -273,6 +326,14 @@ pub struct WorkerConfig {
     pub fetch: FetchSection,
     pub disk: DiskSection,
     pub serve_url_base: Option<String>,
+    /// `peer_listen`: where the peer plane listens (UDP, QUIC); `None`: it does not.
+    pub peer_listen: Option<SocketAddr>,
+    /// `peer_advertise`: `host:port` other workers dial instead of what the coordinator
+    /// sees.
+    pub peer_advertise: Option<String>,
+    /// `zone`: failure domain, for placing replicas (S3).
+    pub zone: Option<String>,
+    pub peer: PeerSection,
     /// `upstream_deny`: addresses upstream connections never reach.
     pub upstream_deny: AddrPolicy,
     /// `credentials` with their secrets, as read at load (SPEC §16); re-read on SIGHUP
@@ -347,6 +408,10 @@ impl WorkerConfig {
             fetch,
             disk,
             serve_url_base,
+            peer_listen: None,
+            peer_advertise: None,
+            zone: None,
+            peer: PeerSection::default(),
             upstream_deny: AddrPolicy::default(),
             credentials: Arc::default(),
             log_level: "info".into(),
@@ -422,6 +487,18 @@ impl WorkerConfig {
         if self.serve_url_base != new.serve_url_base {
             keys.push("serve_url_base");
         }
+        if self.peer_listen != new.peer_listen {
+            keys.push("peer_listen");
+        }
+        if self.peer_advertise != new.peer_advertise {
+            keys.push("peer_advertise");
+        }
+        if self.zone != new.zone {
+            keys.push("zone");
+        }
+        if self.peer != new.peer {
+            keys.push("peer");
+        }
         // The upstream HTTP client is built once with both.
         if self.upstream_deny != new.upstream_deny {
             keys.push("upstream_deny");
@@ -454,6 +531,28 @@ impl WorkerConfig {
         }
         self.fetch.validate()?;
         self.disk.validate()?;
+        self.peer.validate()?;
+        if let Some(a) = &self.peer_advertise {
+            if self.peer_listen.is_none() {
+                return Err(KeyError::new(
+                    "peer_advertise",
+                    "is set but peer_listen is not: nothing would listen there",
+                ));
+            }
+            check_host_port(a).map_err(|d| KeyError::new("peer_advertise", d))?;
+        }
+        if let Some(z) = &self.zone
+            && (z.is_empty()
+                || z.len() > 64
+                || !z
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            return Err(KeyError::new(
+                "zone",
+                format!("{z:?}: 1 to 64 of A-Z a-z 0-9 . _ -"),
+            ));
+        }
         if let Some(base) = &self.serve_url_base
             && !base.contains("://")
         {
@@ -514,6 +613,14 @@ impl RawConfig {
             .map_err(|e| KeyError::new(e.key, e.detail))?;
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level).map_err(|d| KeyError::new("log_level", d))?;
+        if self.peer_listen.is_some() {
+            warnings.push(
+                "peer_listen is set, but this release does not start the peer plane yet: it \
+                 starts once the coordinator hands out the fleet's CA and grants (issue 12, \
+                 step S2); nothing listens meanwhile"
+                    .into(),
+            );
+        }
         let cfg = WorkerConfig {
             coordinator,
             token,
@@ -527,6 +634,20 @@ impl RawConfig {
             fetch: self.fetch,
             disk: self.disk,
             serve_url_base: self.serve_url_base,
+            peer_listen: match &self.peer_listen {
+                None => None,
+                Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                    KeyError::new(
+                        "peer_listen",
+                        format!(
+                            "{text:?} is not an IP address and port (e.g. 0.0.0.0:9419 or [::]:9419)"
+                        ),
+                    )
+                })?),
+            },
+            peer_advertise: self.peer_advertise,
+            zone: self.zone,
+            peer: self.peer,
             upstream_deny,
             credentials: Arc::new(credentials),
             log_level,
@@ -662,6 +783,57 @@ mod tests {
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
         assert!(c.warnings.is_empty());
+        assert_eq!(c.peer_listen, None, "nothing listens by default");
+        assert_eq!(c.peer.limits(), crate::peer::PeerLimits::default());
+        assert_eq!(
+            (
+                c.peer.max_connections,
+                c.peer.per_peer,
+                c.peer.serve_concurrency
+            ),
+            (64, 2, 4)
+        );
+    }
+
+    // SPEC §13: the peer plane's keys, and errors naming the key.
+    #[test]
+    fn spec_13_peer_keys() {
+        let c = parse(
+            "peer_listen: \"[::]:9419\"\npeer_advertise: w1.example.org:9419\nzone: rack-2\n\
+             peer:\n  max_connections: 8\n  per_peer: 1\n  serve_concurrency: 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.peer_listen, Some("[::]:9419".parse().unwrap()));
+        assert_eq!(c.peer_advertise.as_deref(), Some("w1.example.org:9419"));
+        assert_eq!(c.zone.as_deref(), Some("rack-2"));
+        assert_eq!(
+            (
+                c.peer.max_connections,
+                c.peer.per_peer,
+                c.peer.serve_concurrency
+            ),
+            (8, 1, 3)
+        );
+        let mut other = c.clone();
+        other.zone = Some("rack-3".into());
+        other.peer.per_peer = 2;
+        assert_eq!(c.restart_needed(&other), vec!["zone", "peer"]);
+        for (text, key) in [
+            ("peer_listen: mirror1:9419\n", "peer_listen"),
+            ("peer_advertise: w1:9419\n", "peer_advertise"),
+            (
+                "peer_listen: 0.0.0.0:9419\npeer_advertise: w1\n",
+                "peer_advertise",
+            ),
+            ("zone: \"a b\"\n", "zone"),
+            ("peer:\n  per_peer: 0\n", "peer.per_peer"),
+            ("peer:\n  max_connections: 0\n", "peer.max_connections"),
+            ("peer:\n  serve_concurrency: 0\n", "peer.serve_concurrency"),
+            ("peer:\n  per_pear: 1\n", "per_pear"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod config;
 mod link;
 pub mod mirror;
+pub mod peer;
 pub mod pool;
 mod run;
 pub mod schedule;

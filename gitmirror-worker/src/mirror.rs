@@ -683,6 +683,35 @@ impl Mirrors {
         pool::prune(&self.root, &self.trash_dir(), pool, expire, unix_secs())
     }
 
+    /// Rename a complete plain clone at `tmp` to `final_path` (which must not exist); on
+    /// any failure, `tmp` is removed. (A peer's copy: never a pool member.)
+    fn place_new(
+        &self,
+        tmp: &Path,
+        final_path: &Path,
+        cloned: Result<Fetched, Failure>,
+    ) -> Result<Fetched, Failure> {
+        let result = cloned.and_then(|fetched| {
+            if let Some(parent) = final_path.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| Failure::io("create directory", parent, &e))?;
+            }
+            if final_path.exists() {
+                return Err(Failure::local(format!(
+                    "{} appeared while cloning; keeping it and discarding the new clone",
+                    final_path.display()
+                )));
+            }
+            fs::rename(tmp, final_path)
+                .map_err(|e| Failure::io("move the finished clone to", final_path, &e))?;
+            Ok(fetched)
+        });
+        if result.is_err() && tmp.exists() {
+            let _ = remove_any(tmp);
+        }
+        result
+    }
+
     /// The pool a new clone of `id` borrows from, counted as in use until
     /// [`Mirrors::pool_building`] is told it is done; `None` for a plain clone: pools off,
     /// a repo with credentials (plan C6: protocol v2 serves any pooled object by id), an id
@@ -938,7 +967,7 @@ impl Mirrors {
         match pool {
             None => {
                 let mut wants = CloneWants { map: &ref_map };
-                listing.receive(&mut wants, &repo, Stage::Clone, interrupt)?;
+                listing.receive(&mut wants, &repo, Stage::Clone, false, interrupt)?;
             }
             Some(p) => {
                 let mut wants: Vec<gix::ObjectId> = ref_map
@@ -954,7 +983,7 @@ impl Mirrors {
                     wants,
                     haves: pool::tips(p),
                 };
-                listing.receive(&mut negotiate, &repo, Stage::Clone, interrupt)?;
+                listing.receive(&mut negotiate, &repo, Stage::Clone, false, interrupt)?;
                 let fresh = open(tmp)?;
                 if let Some(m) = ref_map
                     .mappings
@@ -1000,37 +1029,8 @@ impl Mirrors {
     /// what a clone and a fetch both do before deciding what to ask for.
     fn list_refs(&self, url: &str, extra: &[&str]) -> Result<Listing, Failure> {
         let parsed = checked_url(url)?.url;
-        let (mut transport, refusals) = self.transport(&parsed)?;
-        let refusal = || refusals.as_ref().and_then(RefusalSink::get);
-        let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
-        let mut handshake = gix::protocol::handshake(
-            &mut transport,
-            gix::protocol::transport::Service::UploadPack,
-            no_credentials,
-            Vec::new(),
-            &mut gix::progress::Discard,
-        )
-        .map_err(upstream)?;
-        let spec = |s: &str| {
-            gix::refspec::parse(s.into(), gix::refspec::parse::Operation::Fetch)
-                .map(|s| s.to_owned())
-                .map_err(|e| Failure::local(format!("refspec {s}: {e}")))
-        };
-        let context = gix::protocol::fetch::refmap::init::Context {
-            fetch_refspecs: vec![spec(MIRROR_REFSPEC)?],
-            extra_refspecs: extra.iter().map(|s| spec(s)).collect::<Result<_, _>>()?,
-        };
-        let ref_map = handshake
-            .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
-            .map_err(upstream)?
-            .fetch_blocking(gix::progress::Discard, &mut transport, false)
-            .map_err(upstream)?;
-        Ok(Listing {
-            transport,
-            handshake,
-            ref_map,
-            refusals,
-        })
+        let (transport, refusals) = self.transport(&parsed)?;
+        list_on(transport, refusals, extra)
     }
 
     /// ssh resolves the host itself, in a process of its own: resolve it here first and
@@ -1265,7 +1265,7 @@ impl Mirrors {
             wants,
             haves,
         };
-        listing.receive(&mut negotiate, repo, Stage::Transfer, interrupt)?;
+        listing.receive(&mut negotiate, repo, Stage::Transfer, false, interrupt)?;
         // Every advertised object must be here before a ref names it.
         let fresh = open(&git_dir)?;
         if let Some((name, _)) = advertised.iter().find(|(_, (v, _))| !fresh.has_object(v)) {
@@ -1863,12 +1863,16 @@ struct Listing {
 
 impl Listing {
     /// Negotiate with `negotiate`, write the pack into `repo`, and end the conversation the
-    /// way git does (a v2 server otherwise logs the client as hung up).
+    /// way git does (a v2 server otherwise logs the client as hung up). With
+    /// `reject_shallow`, a server whose repository is shallow is refused (a peer: its pack
+    /// would lack history, and the shallow file it makes us write would hide that from the
+    /// connectivity check).
     fn receive(
         mut self,
         negotiate: &mut impl gix::protocol::fetch::Negotiate,
         repo: &gix::Repository,
         stage: Stage,
+        reject_shallow: bool,
         interrupt: &AtomicBool,
     ) -> Result<(), Failure> {
         use gix::protocol::fetch::{Shallow, Tags};
@@ -1901,7 +1905,7 @@ impl Listing {
                 shallow_file: repo.git_dir().join("shallow"),
                 shallow: &Shallow::NoChange,
                 tags: Tags::None,
-                reject_shallow_remote: false,
+                reject_shallow_remote: reject_shallow,
             },
         )
         .map_err(|e| classify(&e, stage, self.refusals.as_ref().and_then(RefusalSink::get)))?;
@@ -2253,6 +2257,316 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Copies from a peer (SPEC §13, issue 12): the same machinery as a clone or fetch from
+/// the upstream, over a transport the peer plane made (`crate::peer`), and nothing is
+/// swapped in or changed unless the advertised refs hash to `expect`
+/// ([`gitmirror_wire::peer::refs_sha256`]) and every object they need is present.
+impl Mirrors {
+    /// A new mirror of `id` from a peer, `remote.origin.url` set to `upstream_url` (the
+    /// upstream schedule takes over afterwards): into `.tmp/`, renamed into place after
+    /// the checks.
+    pub fn clone_from_peer(
+        &self,
+        id: &str,
+        upstream_url: &str,
+        transport: Box<dyn Transport + Send>,
+        expect: &[u8; 32],
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        checked_url(upstream_url)?;
+        let final_path = self.path(id);
+        if final_path.exists() {
+            return Err(Failure::local(format!(
+                "{} exists: a peer's copy goes into it with fetch_from_peer",
+                final_path.display()
+            )));
+        }
+        fs::create_dir_all(self.tmp_dir())
+            .map_err(|e| Failure::io("create directory", &self.tmp_dir(), &e))?;
+        let tmp = self.tmp_dir().join(unique_name(id));
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let cloned = watch
+            .guard(interrupt, || {
+                peer_clone_into(&tmp, upstream_url, transport, expect, interrupt)
+            })
+            .and_then(|fetched| watch.check_done(&tmp).map(|()| fetched));
+        self.place_new(&tmp, &final_path, cloned)
+    }
+
+    /// Bring the existing (older) mirror of `id` to a peer's copy: only the objects it
+    /// lacks are received, into the live store (harmless: unreferenced until the refs
+    /// move), then the refs change in one `packed-refs` write after the connectivity
+    /// check. Any failure leaves the refs as they were.
+    pub fn fetch_from_peer(
+        &self,
+        id: &str,
+        transport: Box<dyn Transport + Send>,
+        expect: &[u8; 32],
+        interrupt: &AtomicBool,
+    ) -> Result<Fetched, Failure> {
+        let path = self.path(id);
+        let limits = self.limits();
+        let objects = path.join("objects");
+        let size = limits.max_repo_size.map_or(0, |_| dir_size(&objects));
+        let watch = Watch::new(limits, path.clone(), objects, size);
+        watch.check_start()?;
+        watch.guard(interrupt, || {
+            let _ = remove_stale(&path, Sweep::TopLevel);
+            peer_fetch_into(&path, transport, expect, interrupt)
+        })
+    }
+}
+
+/// [`Mirrors::clone_from_peer`] into `tmp`, which must not exist.
+fn peer_clone_into(
+    tmp: &Path,
+    upstream_url: &str,
+    transport: Box<dyn Transport + Send>,
+    expect: &[u8; 32],
+    interrupt: &AtomicBool,
+) -> Result<Fetched, Failure> {
+    let mut listing = list_on(transport, None, &["HEAD"]).map_err(from_peer)?;
+    let ref_map = std::mem::take(&mut listing.ref_map);
+    let advertised = advertised_refs(&ref_map.remote_refs);
+    check_expected(&advertised, expect)?;
+    create_mirror(tmp, upstream_url)?;
+    let repo = open(tmp)?;
+    let mut wants = CloneWants { map: &ref_map };
+    listing
+        .receive(&mut wants, &repo, Stage::Clone, true, interrupt)
+        .map_err(from_peer)?;
+    drop(repo);
+    // Before any ref exists here, so `--not --all` excludes nothing.
+    check_connected(tmp, &advertised)?;
+    write_packed_refs(tmp, &advertised, false)?;
+    write_head(tmp, &ref_map.remote_refs)?;
+    tidy_packs(tmp)?;
+    let repo = open(tmp)?;
+    let refs = read_refs(&repo)?;
+    check_refs_hash(&refs, expect)?;
+    Ok(Fetched {
+        newest_commit_secs: newest_commit(&repo, &refs),
+        refs,
+        url_changed: false,
+        packs: None,
+        repairs: Vec::new(),
+        new_pack_bytes: 0,
+    })
+}
+
+/// [`Mirrors::fetch_from_peer`] into the mirror at `path`.
+fn peer_fetch_into(
+    path: &Path,
+    transport: Box<dyn Transport + Send>,
+    expect: &[u8; 32],
+    interrupt: &AtomicBool,
+) -> Result<Fetched, Failure> {
+    let repo = open(path)?;
+    let local = read_refs(&repo)?;
+    let mut listing = list_on(transport, None, &[]).map_err(from_peer)?;
+    let ref_map = std::mem::take(&mut listing.ref_map);
+    let advertised = advertised_refs(&ref_map.remote_refs);
+    check_expected(&advertised, expect)?;
+    let same = advertised.len() == local.len()
+        && advertised.iter().all(|(name, (value, _))| {
+            local.get(&name.to_string()).map(String::as_str) == Some(value.to_string().as_str())
+        });
+    if same {
+        return Ok(Fetched {
+            refs: local,
+            url_changed: false,
+            packs: None,
+            newest_commit_secs: None,
+            repairs: Vec::new(),
+            new_pack_bytes: 0,
+        });
+    }
+    let mut wants: Vec<gix::ObjectId> = advertised
+        .values()
+        .map(|(v, _)| *v)
+        .filter(|id| !repo.has_object(id))
+        .collect();
+    wants.sort();
+    wants.dedup();
+    let mut haves: Vec<gix::ObjectId> = local
+        .values()
+        .filter_map(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
+        .collect();
+    haves.sort();
+    haves.dedup();
+    let mut negotiate = FetchWants {
+        map: &ref_map,
+        wants,
+        haves,
+    };
+    listing
+        .receive(&mut negotiate, &repo, Stage::Transfer, true, interrupt)
+        .map_err(from_peer)?;
+    drop(repo);
+    // git's check_connected: what the new tips reach, less what the live refs reach, must
+    // all be here.
+    check_connected(path, &advertised)?;
+    write_packed_refs(path, &advertised, true)?;
+    remove_loose_refs(&path.join("refs"))
+        .map_err(|e| Failure::io("remove loose refs under", &path.join("refs"), &e))?;
+    let mut packs = tidy_packs(path)?;
+    if packs > MAX_PACKS {
+        repack(path, &mut Vec::new());
+        packs = tidy_packs(path)?;
+    }
+    let repo = open(path)?;
+    let refs = read_refs(&repo)?;
+    Ok(Fetched {
+        refs,
+        url_changed: false,
+        packs: Some(packs),
+        newest_commit_secs: None,
+        repairs: Vec::new(),
+        new_pack_bytes: newest_pack_bytes(path),
+    })
+}
+
+/// A peer's transfer failed: always worth another holder or the upstream.
+fn from_peer(mut f: Failure) -> Failure {
+    if f.class != FailureClass::Local {
+        f.class = FailureClass::Transient;
+    }
+    f.message = truncate(format!("from peer: {}", f.message));
+    f
+}
+
+fn refs_mismatch(what: &str, got: &[u8; 32]) -> Failure {
+    Failure::new(
+        FailureClass::Transient,
+        format!(
+            "from peer: {what} do not hash to the expected refs (got {}); nothing changed",
+            got.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    )
+}
+
+/// The advertised refs hash to `expect` ([`gitmirror_wire::peer::refs_sha256`]).
+fn check_expected(advertised: &Advertised, expect: &[u8; 32]) -> Result<(), Failure> {
+    let hexes: Vec<(&[u8], String)> = advertised
+        .iter()
+        .map(|(name, (value, _))| (name.as_slice(), value.to_string()))
+        .collect();
+    let got = gitmirror_wire::peer::refs_sha256(hexes.iter().map(|(n, v)| (*n, v.as_bytes())));
+    if &got == expect {
+        Ok(())
+    } else {
+        Err(refs_mismatch("the refs the peer advertised", &got))
+    }
+}
+
+/// The refs written hash to `expect` too.
+fn check_refs_hash(refs: &Refs, expect: &[u8; 32]) -> Result<(), Failure> {
+    let got = refs_sha256(refs);
+    if &got == expect {
+        Ok(())
+    } else {
+        Err(refs_mismatch("the refs written", &got))
+    }
+}
+
+/// SHA-256 of a mirror's refs as the peer plane compares them
+/// ([`gitmirror_wire::peer::refs_sha256`]).
+pub fn refs_sha256(refs: &Refs) -> [u8; 32] {
+    gitmirror_wire::peer::refs_sha256(refs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
+/// Every object the tips of `refs` reach, less what the refs at `git_dir` already reach,
+/// is present (`git rev-list --objects --stdin --not --all`, as git's `check_connected`
+/// after a fetch).
+fn check_connected(git_dir: &Path, refs: &Advertised) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut input = Vec::with_capacity(refs.len() * 41);
+    let mut seen = std::collections::HashSet::new();
+    for (value, _) in refs.values() {
+        if seen.insert(*value) {
+            let _ = writeln!(input, "{value}");
+        }
+    }
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir")
+        .arg(git_dir)
+        .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
+        .args([
+            "rev-list",
+            "--objects",
+            "--quiet",
+            "--stdin",
+            "--not",
+            "--all",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::local(format!("cannot run git rev-list: {e}")))?;
+    let writer = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Failure::local(format!("git rev-list: {e}")))?;
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureClass::Transient,
+        truncate(format!(
+            "from peer: the copy is not connected (git rev-list: {}); nothing changed",
+            first_line(String::from_utf8_lossy(&out.stderr).trim())
+        )),
+    ))
+}
+
+/// Shake hands on `transport` and list its refs (the mirror refspec plus `extra`).
+fn list_on(
+    mut transport: Box<dyn Transport + Send>,
+    refusals: Option<RefusalSink>,
+    extra: &[&str],
+) -> Result<Listing, Failure> {
+    let refusal = || refusals.as_ref().and_then(RefusalSink::get);
+    let upstream = |e: gix::Error| classify(&e, Stage::Upstream, refusal());
+    let mut handshake = gix::protocol::handshake(
+        &mut transport,
+        gix::protocol::transport::Service::UploadPack,
+        no_credentials,
+        Vec::new(),
+        &mut gix::progress::Discard,
+    )
+    .map_err(upstream)?;
+    let spec = |s: &str| {
+        gix::refspec::parse(s.into(), gix::refspec::parse::Operation::Fetch)
+            .map(|s| s.to_owned())
+            .map_err(|e| Failure::local(format!("refspec {s}: {e}")))
+    };
+    let context = gix::protocol::fetch::refmap::init::Context {
+        fetch_refspecs: vec![spec(MIRROR_REFSPEC)?],
+        extra_refspecs: extra.iter().map(|s| spec(s)).collect::<Result<_, _>>()?,
+    };
+    let ref_map = handshake
+        .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)
+        .map_err(upstream)?
+        .fetch_blocking(gix::progress::Discard, &mut transport, false)
+        .map_err(upstream)?;
+    Ok(Listing {
+        transport,
+        handshake,
+        ref_map,
+        refusals,
+    })
 }
 
 /// What a clone asks for: every advertised object; there is nothing to negotiate.

@@ -12,6 +12,7 @@ pub mod chunk;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod peer;
 pub mod refs;
 pub mod refs_page;
 pub mod token;
