@@ -41,8 +41,8 @@ pub struct FetchSection {
     #[serde(deserialize_with = "de_opt_size")]
     pub max_repo_size: Option<u64>,
     /// SPEC §14: the mirrors of one project folder share a fork pool under
-    /// `mirror_dir/.pools/`. Off by default until pool maintenance and migration exist
-    /// (docs/design.md "Fork pools").
+    /// `mirror_dir/.pools/`. Off by default for now (docs/design.md "Fork pools …
+    /// where it stands" says why).
     pub pools: bool,
 }
 
@@ -778,7 +778,7 @@ mod tests {
         assert_eq!(c.fetch.max_repo_size, None);
         assert!(
             !c.fetch.pools,
-            "SPEC §14 pools are off until maintenance exists"
+            "SPEC §14 pools are off by default for now (design.md says why)"
         );
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");

@@ -128,6 +128,9 @@ pub struct Fetched {
     pub newest_commit_secs: Option<i64>,
     /// Self-heal done on the way (stale locks removed, a corrupt mirror re-cloned).
     pub repairs: Vec<String>,
+    /// For a fetch that wrote a pack: the size of the newest pack afterwards, about what
+    /// arrived (a pool's consolidation waits for 1 MiB of them, plan C19); else 0.
+    pub new_pack_bytes: u64,
 }
 
 /// What [`Mirrors::maintain`] did.
@@ -139,6 +142,9 @@ pub struct Maintenance {
     pub repairs: Vec<String>,
     /// The mirror was found corrupt and cloned again; these are its refs now.
     pub recloned: Option<Refs>,
+    /// Its fork pool was found corrupt and rebuilt from this mirror (plan C16): the other
+    /// members of the project that borrowed from it, to verify (and re-clone) next.
+    pub pool_rebuilt: Option<Vec<String>>,
 }
 
 /// What [`Mirrors::prepare`] cleaned up.
@@ -633,6 +639,50 @@ impl Mirrors {
         result
     }
 
+    /// The pool `id`'s mirror borrows from now (its alternates point at its project's
+    /// pool); `None` for a plain mirror. One read of its alternates file.
+    pub fn pool_of(&self, id: &str) -> Option<PathBuf> {
+        let pool = pool::pool_path(&self.root, id).ok()?;
+        let target = pool::read_alternates(&self.path(id)).ok()??;
+        let abs = |p: &Path| pool::normalize(&std::path::absolute(p).unwrap_or_default());
+        (abs(&target) == abs(&pool.join("objects"))).then_some(pool)
+    }
+
+    /// Pool operation (a) on `pool` ([`pool::consolidate`]), under the pool's lock. The
+    /// caller's project locks keep member repacks away meanwhile.
+    pub fn consolidate_pool(&self, pool: &Path) -> Result<pool::Consolidated, pool::PoolError> {
+        let lock = self.pool_lock(pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.join("objects").is_dir() {
+            return Ok(pool::Consolidated::default());
+        }
+        // A killed earlier operation's locks and temp packs (older than `STALE_AFTER`).
+        for note in remove_stale(pool, Sweep::All) {
+            tracing::info!(pool = %pool.display(), "self-heal: {note}");
+        }
+        pool::consolidate(&self.root, pool, unix_secs())
+    }
+
+    /// Pool operation (b) on `pool` ([`pool::prune`]), under the pool's lock; only while
+    /// no op of any member of its project runs (the caller's project locks) and no clone
+    /// is being built against it.
+    pub fn prune_pool(&self, pool: &Path, expire: &str) -> Result<pool::Pruned, pool::PoolError> {
+        let lock = self.pool_lock(pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.join("objects").is_dir() {
+            return Ok(pool::Pruned::Skipped("no pool".into()));
+        }
+        if self.pool_in_use(pool) {
+            return Ok(pool::Pruned::Skipped(
+                "a clone is being built against it".into(),
+            ));
+        }
+        for note in remove_stale(pool, Sweep::All) {
+            tracing::info!(pool = %pool.display(), "self-heal: {note}");
+        }
+        pool::prune(&self.root, &self.trash_dir(), pool, expire, unix_secs())
+    }
+
     /// Rename a complete plain clone at `tmp` to `final_path` (which must not exist); on
     /// any failure, `tmp` is removed. (A peer's copy: never a pool member.)
     fn place_new(
@@ -702,23 +752,80 @@ impl Mirrors {
             })
             .collect();
         names.sort_by_key(|n| (n != canonical, n.clone()));
-        let credentials = self.credentials();
         names
             .into_iter()
             .map(|n| format!("{folder}/{n}"))
-            .find(|sid| {
-                let path = self.path(sid);
-                !path.join("objects/info/alternates").exists()
-                    && !pool::is_detached(&path)
-                    && pool::origin_url(&path).is_some_and(|u| credentials.find(&u).is_none())
-                    && open(&path).is_ok_and(|r| {
-                        r.references().is_ok_and(|refs| {
-                            refs.all().is_ok_and(|all| {
-                                all.take(pool::MAX_MEMBER_REFS + 1).count() <= pool::MAX_MEMBER_REFS
-                            })
-                        })
+            .find(|sid| self.joinable(sid))
+    }
+
+    /// Whether the mirror of `id` could join its project's pool: plain (no alternates),
+    /// not detached (plan C13), no credentials (C6), at most [`pool::MAX_MEMBER_REFS`]
+    /// refs (C15).
+    fn joinable(&self, id: &str) -> bool {
+        let path = self.path(id);
+        let credentials = self.credentials();
+        path.join("objects").is_dir()
+            && !path.join("objects/info/alternates").exists()
+            && !pool::is_detached(&path)
+            && pool::origin_url(&path).is_some_and(|u| credentials.find(&u).is_none())
+            && open(&path).is_ok_and(|r| {
+                r.references().is_ok_and(|refs| {
+                    refs.all().is_ok_and(|all| {
+                        all.take(pool::MAX_MEMBER_REFS + 1).count() <= pool::MAX_MEMBER_REFS
                     })
+                })
             })
+    }
+
+    /// Migration (SPEC §14, plan step 7, C14, R5): the plain mirrors of project `folder`
+    /// join its pool, which is created from a seed first when the project has at least two
+    /// joinable mirrors. Each join keeps the member complete at every step
+    /// ([`pool::join`]). Stops, keeping what is done, when `fetch.pools` is turned off or
+    /// `low_disk()` says free space is below `disk.min_free` (asked before each member).
+    /// Under the pool's lock; the caller keeps every op of the project's members away.
+    /// Returns how many mirrors joined.
+    pub fn migrate_project(
+        &self,
+        folder: &str,
+        low_disk: impl Fn() -> bool,
+    ) -> Result<usize, pool::PoolError> {
+        let pool = pool::pool_path(&self.root, &format!("{folder}/x"))?;
+        let lock = self.pool_lock(&pool);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(entries) = fs::read_dir(self.root.join(folder)) else {
+            return Ok(0);
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".git")?.to_owned();
+                let id = format!("{folder}/{name}");
+                valid_id(&id).then_some(id)
+            })
+            .filter(|id| self.joinable(id))
+            .collect();
+        ids.sort();
+        let mut joined = 0;
+        if !pool.join("objects").is_dir() {
+            if ids.len() < 2 || !self.pools() || low_disk() {
+                return Ok(0);
+            }
+            let Some(seed) = self.seed_for(&format!("{folder}/")) else {
+                return Ok(0);
+            };
+            self.create_pool(&pool, &seed)?;
+            tracing::info!(seed = %seed, pool = %pool.display(), "created a fork pool for existing mirrors");
+            ids.retain(|id| *id != seed);
+            joined += 1;
+        }
+        for id in ids {
+            if !self.pools() || low_disk() {
+                break;
+            }
+            pool::join(&pool, &self.path(&id), pool::member_name(&id))?;
+            joined += 1;
+        }
+        Ok(joined)
     }
 
     /// Create `pool` from the mirror of `seed_id` (its packs hard-linked) and join the
@@ -910,6 +1017,7 @@ impl Mirrors {
                 url_changed: false,
                 packs: None,
                 repairs: Vec::new(),
+                new_pack_bytes: 0,
             },
             pool,
         ))
@@ -991,9 +1099,13 @@ impl Mirrors {
         let size = limits.max_repo_size.map_or(0, |_| dir_size(&objects));
         let watch = Watch::new(limits, path.clone(), objects, size);
         watch.check_start()?;
-        watch
+        let mut fetched = watch
             .guard(interrupt, || self.fetch_healing(id, &path, url, interrupt))
-            .map_err(|f| self.with_credential_class(url, f))
+            .map_err(|f| self.with_credential_class(url, f))?;
+        if fetched.packs.is_some() {
+            fetched.new_pack_bytes = newest_pack_bytes(&path);
+        }
+        Ok(fetched)
     }
 
     fn fetch_healing(
@@ -1082,6 +1194,7 @@ impl Mirrors {
                 packs: None,
                 newest_commit_secs: None,
                 repairs: Vec::new(),
+                new_pack_bytes: 0,
             });
         }
         if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES || local.len() >= MANY_REFS {
@@ -1116,6 +1229,7 @@ impl Mirrors {
             packs: Some(packs),
             newest_commit_secs: None,
             repairs: Vec::new(),
+            new_pack_bytes: 0,
         })
     }
 
@@ -1175,6 +1289,7 @@ impl Mirrors {
             packs: Some(packs),
             newest_commit_secs: None,
             repairs: Vec::new(),
+            new_pack_bytes: 0,
         })
     }
 
@@ -1262,6 +1377,61 @@ impl Mirrors {
         Ok(fetched)
     }
 
+    /// The pool of `id`'s project is corrupt (plan C16): clone `id` again without haves
+    /// into the temp directory, build a new pool from it there (packs hard-linked, its
+    /// namespace), swap the new pool with the broken one (`RENAME_EXCHANGE`), then the new
+    /// clone with the mirror; the old ones are deleted. Returns the new clone's fetch and
+    /// the project's other members that borrowed from the pool (their objects may be
+    /// gone with it: the caller verifies them, which re-clones them plain if so). Under
+    /// the pool's lock.
+    fn rebuild_pool(
+        &self,
+        id: &str,
+        url: &str,
+        pool_dir: &Path,
+        interrupt: &AtomicBool,
+        reason: &str,
+    ) -> Result<(Fetched, Vec<String>), Failure> {
+        let lock = self.pool_lock(pool_dir);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::error!(pool = %pool_dir.display(), repo = %id, "fork pool is corrupt ({reason}); rebuilding it from a new clone of this member");
+        let final_path = self.path(id);
+        let others: Vec<String> = pool::live_members(&self.root, pool_dir)
+            .into_iter()
+            .map(|(name, _)| format!("{}/{name}", pool::project_of(id).unwrap_or_default()))
+            .filter(|o| o != id)
+            .collect();
+        let tmp = self.tmp_dir().join(unique_name(id));
+        let build = self.tmp_dir().join(unique_name(&format!("pool_{id}")));
+        let watch = Watch::new(self.limits(), self.tmp_dir(), tmp.join("objects"), 0);
+        let result = watch
+            .guard(interrupt, || self.clone_into(&tmp, url, interrupt, None))
+            .and_then(|(fetched, _)| watch.check_done(&tmp).map(|()| fetched))
+            .and_then(|mut fetched| {
+                pool::build_pool(&tmp, &build).map_err(pool_failure)?;
+                pool::add_namespace(&build, &tmp, pool::member_name(id)).map_err(pool_failure)?;
+                pool::write_alternates(&tmp, &final_path, pool_dir, true).map_err(pool_failure)?;
+                swap_into_place(&build, pool_dir)?;
+                // From here the new pool is in place: the new clone goes in next.
+                swap_into_place(&tmp, &final_path)?;
+                if let Err(e) = pool::repack_local(&final_path) {
+                    tracing::warn!(repo = %id, "repacking the rebuilt pool's seed failed: {e}");
+                }
+                fetched.repairs.push(format!(
+                    "its fork pool was corrupt ({reason}); rebuilt it from a new clone of this mirror"
+                ));
+                Ok(fetched)
+            });
+        for leftover in [&tmp, &build] {
+            if let Err(e) = remove_any(leftover)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %leftover.display(), "cannot delete (removed at the next start): {e}");
+            }
+        }
+        result.map(|f| (f, others))
+    }
+
     /// Keep a mirror healthy and compact (SPEC §7.1): remove stale lock and temp files and
     /// `.keep` files, repack when there are [`REPACK_AT`] packs or more (geometric, so the
     /// cost stays proportional to what arrived), pack loose refs, and with `verify` check
@@ -1298,13 +1468,27 @@ impl Mirrors {
                 Err(e) => m.repairs.push(format!("git pack-refs failed: {e}")),
             }
         }
+        let args = [
+            "fsck",
+            "--connectivity-only",
+            "--no-dangling",
+            "--no-progress",
+        ];
+        // The pool first (plan C16): with a broken pool every member fails, and re-cloning
+        // them one by one would leave the pool broken.
+        if verify
+            && let Some(pool_dir) = self.pool_of(id)
+            && let Err(GitError::Failed(reason)) = git(&pool_dir, &args)
+        {
+            let (fetched, others) =
+                self.rebuild_pool(id, url, &pool_dir, interrupt, &first_line(&reason))?;
+            m.repairs.extend(fetched.repairs);
+            m.packs_after = tidy_packs(&path)?;
+            m.recloned = Some(fetched.refs);
+            m.pool_rebuilt = Some(others);
+            return Ok(m);
+        }
         if verify {
-            let args = [
-                "fsck",
-                "--connectivity-only",
-                "--no-dangling",
-                "--no-progress",
-            ];
             let problem = match check_mirror(&path) {
                 Err(reason) => Some(reason),
                 Ok(()) => match git(&path, &args) {
@@ -1604,6 +1788,20 @@ fn describe(f: FreeSpace) -> String {
         FreeSpace::Percent(p) => format!("{p}%"),
         FreeSpace::Bytes(b) => format!("{b} bytes"),
     }
+}
+
+/// The size of the most recently written `.pack` of a mirror (one directory listing).
+fn newest_pack_bytes(git_dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(git_dir.join("objects/pack")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .filter_map(|e| e.metadata().ok())
+        .filter_map(|m| Some((m.modified().ok()?, m.len())))
+        .max()
+        .map_or(0, |(_, len)| len)
 }
 
 /// Bytes in the regular files under `dir` (0 when it does not exist); links not followed.
@@ -2154,6 +2352,7 @@ fn peer_clone_into(
         url_changed: false,
         packs: None,
         repairs: Vec::new(),
+        new_pack_bytes: 0,
     })
 }
 
@@ -2181,6 +2380,7 @@ fn peer_fetch_into(
             packs: None,
             newest_commit_secs: None,
             repairs: Vec::new(),
+            new_pack_bytes: 0,
         });
     }
     let mut wants: Vec<gix::ObjectId> = advertised
@@ -2224,6 +2424,7 @@ fn peer_fetch_into(
         packs: Some(packs),
         newest_commit_secs: None,
         repairs: Vec::new(),
+        new_pack_bytes: newest_pack_bytes(path),
     })
 }
 

@@ -272,7 +272,9 @@ pub fn create(pool: &Path, seed: &Path, build: &Path) -> Result<(), PoolError> {
     result
 }
 
-fn build_pool(seed: &Path, build: &Path) -> Result<(), PoolError> {
+/// A new pool at `build` (a fresh path) from `seed`'s packs, hard-linked: [`create`]
+/// without the rename into place.
+pub fn build_pool(seed: &Path, build: &Path) -> Result<(), PoolError> {
     git(build, &["init", "-q", "--bare", "--template="])?;
     for (k, v) in [
         ("gc.auto", "0"),
@@ -664,6 +666,308 @@ fn find_pools(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A pool is consolidated at most this often (plan C19): after a member's clone or a
+/// fetch that brought [`CONSOLIDATE_AFTER_BYTES`], debounced.
+pub const CONSOLIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// A member's fetch that brought at least this much (its new pack) makes its pool due
+/// for a consolidation (plan C19); smaller ones wait for the next clone or big fetch
+/// (safe: a prune refreshes every namespace first).
+pub const CONSOLIDATE_AFTER_BYTES: u64 = 1 << 20;
+/// A pool is pruned at most this often (plan C9 (b)).
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Objects unreachable from every namespace this long leave the pool at a prune (a grace
+/// for by-SHA readers; safety does not depend on it, see [`prune`]).
+pub const PRUNE_EXPIRE: &str = "2.weeks.ago";
+
+/// The git arguments of a consolidation's pool repack (never deletes an object).
+pub const CONSOLIDATE_REPACK: &[&str] = &[
+    "-c",
+    "repack.writeBitmaps=false",
+    "repack",
+    "-d",
+    "-l",
+    "-q",
+    "--geometric=2",
+];
+/// The git arguments of a prune's pool repack, before `--cruft-expiration=<expire>`.
+pub const PRUNE_REPACK: &[&str] = &[
+    "-c",
+    "repack.writeBitmaps=false",
+    "repack",
+    "-a",
+    "-d",
+    "-l",
+    "-q",
+    "--cruft",
+];
+
+const CONSOLIDATED_KEY: &str = "gitmirror.consolidated";
+const PRUNED_KEY: &str = "gitmirror.pruned";
+
+/// The mirrors in `root` that borrow from `pool` now (their alternates point at it), as
+/// (member name, path). One directory listing and one alternates read per entry of the
+/// project folder.
+pub fn live_members(root: &Path, pool: &Path) -> Vec<(String, PathBuf)> {
+    let Some(folder) = pool_folder(root, pool) else {
+        return Vec::new();
+    };
+    let objects = normalize(&std::path::absolute(pool.join("objects")).unwrap_or_default());
+    let dir = root.join(&folder);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".git")) else {
+            continue;
+        };
+        let path = std::path::absolute(e.path()).unwrap_or_else(|_| e.path());
+        if crate::mirror::valid_id(&format!("{folder}/{name}"))
+            && read_alternates(&path).is_ok_and(|t| t.is_some_and(|t| normalize(&t) == objects))
+        {
+            out.push((name.to_owned(), path));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Trashed mirrors (entries of `trash`) that borrow from `pool`.
+pub fn trashed_members(trash: &Path, root: &Path, pool: &Path) -> Vec<PathBuf> {
+    let Some(folder) = pool_folder(root, pool) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}_", trash_stem(&folder));
+    let objects = normalize(&std::path::absolute(pool.join("objects")).unwrap_or_default());
+    let Ok(entries) = fs::read_dir(trash) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| read_alternates(p).is_ok_and(|t| t.is_some_and(|t| normalize(&t) == objects)))
+        .collect()
+}
+
+/// Unix seconds of the pool's last consolidation or prune (in its git config).
+pub fn last_time(pool: &Path, prune: bool) -> Option<u64> {
+    config_value(pool, if prune { PRUNED_KEY } else { CONSOLIDATED_KEY })?
+        .parse()
+        .ok()
+}
+
+fn set_time(pool: &Path, prune: bool, secs: u64) -> Result<(), PoolError> {
+    let key = if prune { PRUNED_KEY } else { CONSOLIDATED_KEY };
+    git(pool, &["config", key, &secs.to_string()])?;
+    Ok(())
+}
+
+/// What [`consolidate`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Consolidated {
+    /// Namespaces refreshed from their members.
+    pub refreshed: usize,
+}
+
+/// Pool operation (a) (plan C9): bring every live member's refs into its namespace (a
+/// local fetch: the pool gains what members received since), then `git repack -d -l
+/// --geometric=2`. Never deletes an object: the fetch only adds, the geometric repack
+/// writes its new pack before it deletes the packs it rolled up (kill -9 leaves every
+/// object in at least one pack). May run while members fetch; never while a member
+/// repacks or the pool is pruned (the caller's [`ProjectLocks`]). A member that fails
+/// to refresh keeps its old namespace and is named in the error after the others ran.
+pub fn consolidate(root: &Path, pool: &Path, now_secs: u64) -> Result<Consolidated, PoolError> {
+    let mut out = Consolidated::default();
+    let mut failed = Vec::new();
+    for (name, path) in live_members(root, pool) {
+        match add_namespace(pool, &path, &name) {
+            Ok(()) => out.refreshed += 1,
+            Err(e) => failed.push(format!("{name}: {e}")),
+        }
+    }
+    git(pool, CONSOLIDATE_REPACK)?;
+    if last_time(pool, true).is_none() {
+        // The first week counts from the first consolidation.
+        set_time(pool, true, now_secs)?;
+    }
+    set_time(pool, false, now_secs)?;
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        Err(PoolError::Git(format!(
+            "{}: namespaces not refreshed: {}",
+            pool.display(),
+            failed.join("; ")
+        )))
+    }
+}
+
+/// What [`prune`] did.
+#[derive(Debug, PartialEq)]
+pub enum Pruned {
+    Done {
+        refreshed: usize,
+        dropped: usize,
+    },
+    /// Not pruned, and why (a trashed member, refs outside any namespace).
+    Skipped(String),
+}
+
+/// Pool operation (b) (plan C9): under an **exclusive** project lock (no member op of the
+/// project running: the caller's [`ProjectLocks`]), refresh every member's namespace,
+/// drop the namespaces of mirrors that no longer borrow from the pool, then a cruft
+/// repack that deletes objects unreachable from every namespace for longer than
+/// `expire`. Safe because every object a member can reach is reachable from its
+/// namespace at that instant (the refresh), and no member can gain a ref meanwhile (the
+/// lock). Skipped while a trashed member borrows from the pool (its refs are not kept
+/// exactly: prune again after the trash is purged) or the pool has refs outside any
+/// namespace.
+pub fn prune(
+    root: &Path,
+    trash: &Path,
+    pool: &Path,
+    expire: &str,
+    now_secs: u64,
+) -> Result<Pruned, PoolError> {
+    let found = namespaces(pool)?;
+    if let Some(stray) = found.strays.first() {
+        return Ok(Pruned::Skipped(format!(
+            "{} refs outside any member namespace (e.g. {stray})",
+            found.stray_count
+        )));
+    }
+    if let Some(t) = trashed_members(trash, root, pool).first() {
+        return Ok(Pruned::Skipped(format!(
+            "a trashed member borrows from it ({})",
+            t.display()
+        )));
+    }
+    let live = live_members(root, pool);
+    for (name, path) in &live {
+        add_namespace(pool, path, name)?;
+    }
+    let mut dropped = 0;
+    for name in found.members.keys() {
+        if !live.iter().any(|(n, _)| n == name) {
+            drop_namespace(pool, name)?;
+            dropped += 1;
+        }
+    }
+    let expiry = format!("--cruft-expiration={expire}");
+    let mut args = PRUNE_REPACK.to_vec();
+    args.push(&expiry);
+    git(pool, &args)?;
+    set_time(pool, true, now_secs)?;
+    Ok(Pruned::Done {
+        refreshed: live.len(),
+        dropped,
+    })
+}
+
+/// What runs on a project (plan C10), for [`ProjectLocks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectOp {
+    /// A member's clone, fetch or disposal.
+    Member,
+    /// A member's maintenance pass (its `repack -a -d -l`, verify, re-clone).
+    MemberRepack,
+    /// Pool operation (a): [`consolidate`].
+    Consolidate,
+    /// Pool operation (b): [`prune`].
+    Prune,
+    /// Existing plain mirrors join the pool (plan step 7): exclusive, like a prune.
+    Migrate,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    member: usize,
+    repack: usize,
+    consolidate: bool,
+    prune: bool,
+}
+
+/// The project lock table (plan C10). A consolidation excludes member repacks; a prune
+/// excludes every member op; one pool operation per worker at a time. Pure bookkeeping:
+/// the worker's loop asks before it starts an op and tells when it ended.
+#[derive(Debug, Default)]
+pub struct ProjectLocks {
+    held: std::collections::HashMap<String, Held>,
+    pool_ops: usize,
+}
+
+impl ProjectLocks {
+    /// Whether `op` may start on `project` now.
+    pub fn may_start(&self, project: &str, op: ProjectOp) -> bool {
+        let h = self.held.get(project);
+        let consolidating = h.is_some_and(|h| h.consolidate);
+        let pruning = h.is_some_and(|h| h.prune);
+        match op {
+            ProjectOp::Member => !pruning,
+            ProjectOp::MemberRepack => !pruning && !consolidating,
+            ProjectOp::Consolidate => self.pool_ops == 0 && h.is_none_or(|h| h.repack == 0),
+            ProjectOp::Prune | ProjectOp::Migrate => {
+                self.pool_ops == 0 && h.is_none_or(|h| h.member == 0 && h.repack == 0)
+            }
+        }
+    }
+
+    /// Start `op` on `project` if it may; whether it did.
+    pub fn start(&mut self, project: &str, op: ProjectOp) -> bool {
+        if !self.may_start(project, op) {
+            return false;
+        }
+        let h = self.held.entry(project.to_owned()).or_default();
+        match op {
+            ProjectOp::Member => h.member += 1,
+            ProjectOp::MemberRepack => h.repack += 1,
+            ProjectOp::Consolidate => h.consolidate = true,
+            ProjectOp::Prune | ProjectOp::Migrate => h.prune = true,
+        }
+        if matches!(
+            op,
+            ProjectOp::Consolidate | ProjectOp::Prune | ProjectOp::Migrate
+        ) {
+            self.pool_ops += 1;
+        }
+        true
+    }
+
+    /// `op` on `project` ended (however).
+    pub fn finish(&mut self, project: &str, op: ProjectOp) {
+        let Some(h) = self.held.get_mut(project) else {
+            return;
+        };
+        match op {
+            ProjectOp::Member => h.member = h.member.saturating_sub(1),
+            ProjectOp::MemberRepack => h.repack = h.repack.saturating_sub(1),
+            ProjectOp::Consolidate => h.consolidate = false,
+            ProjectOp::Prune | ProjectOp::Migrate => h.prune = false,
+        }
+        if matches!(
+            op,
+            ProjectOp::Consolidate | ProjectOp::Prune | ProjectOp::Migrate
+        ) {
+            self.pool_ops = self.pool_ops.saturating_sub(1);
+        }
+        if h.member == 0 && h.repack == 0 && !h.consolidate && !h.prune {
+            self.held.remove(project);
+        }
+    }
+
+    /// Whether any pool operation runs.
+    pub fn pool_op_running(&self) -> bool {
+        self.pool_ops > 0
+    }
+}
+
+/// The project folder of a repo id (`a/abc/x` → `a/abc`), `None` without one.
+pub fn project_of(id: &str) -> Option<&str> {
+    id.rsplit_once('/').map(|(f, _)| f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,6 +1031,276 @@ mod tests {
         assert_eq!(trash_stem("l/linux/linux_next"), "l_linux_linux_next");
         assert!(trash_stems("junk").is_empty());
         assert_eq!(pool_folder(root, &pool).as_deref(), Some("l/linux"));
+    }
+
+    /// A small model of the pool rules (plan C9, C10, R1): members' own objects and refs,
+    /// the pool's objects and namespaces, ops that take several steps and are admitted by
+    /// the real [`ProjectLocks`], and kill -9 (every op in flight gone, locks reset).
+    /// Objects stand alone (a ref reaches only its own object): enough for C9's race.
+    mod model {
+        use super::super::{ProjectLocks, ProjectOp};
+        use std::collections::{BTreeMap, BTreeSet};
+
+        pub const MEMBERS: usize = 2;
+        const P: &str = "a/abc";
+
+        #[derive(Debug, Clone)]
+        pub enum Action {
+            /// Upstream of member `m` sets (or deletes) ref `r`.
+            Upstream(usize, u8, Option<u8>),
+            StartFetch(usize),
+            StartConsolidate,
+            StartRepack(usize),
+            StartPrune,
+            /// Advance the `i`-th op in flight (modulo their number) one step.
+            Step(usize),
+            Kill,
+        }
+
+        #[derive(Debug)]
+        enum Op {
+            /// Wants computed at the start against member ∪ pool (`has_object` sees the pool).
+            Fetch {
+                m: usize,
+                wants: BTreeSet<u8>,
+                refs: BTreeMap<u8, u8>,
+            },
+            Consolidate {
+                refreshed: bool,
+            },
+            Repack {
+                m: usize,
+            },
+            Prune {
+                refreshed: bool,
+            },
+        }
+
+        #[derive(Default)]
+        pub struct World {
+            upstream: [BTreeMap<u8, u8>; MEMBERS],
+            local: [BTreeSet<u8>; MEMBERS],
+            refs: [BTreeMap<u8, u8>; MEMBERS],
+            pool: BTreeSet<u8>,
+            ns: [BTreeMap<u8, u8>; MEMBERS],
+            locks: ProjectLocks,
+            inflight: Vec<Op>,
+            /// The flawed variants the test shows would lose objects.
+            pub no_refresh_before_prune: bool,
+            pub no_locks: bool,
+        }
+
+        impl World {
+            fn start(&mut self, op: ProjectOp) -> bool {
+                self.no_locks || self.locks.start(P, op)
+            }
+
+            fn finish(&mut self, op: ProjectOp) {
+                if !self.no_locks {
+                    self.locks.finish(P, op);
+                }
+            }
+
+            fn refresh(&mut self) {
+                for m in 0..MEMBERS {
+                    self.ns[m] = self.refs[m].clone();
+                    for o in self.refs[m].values() {
+                        if self.local[m].contains(o) {
+                            self.pool.insert(*o);
+                        }
+                    }
+                }
+            }
+
+            pub fn apply(&mut self, a: &Action) {
+                match *a {
+                    Action::Upstream(m, r, Some(o)) => {
+                        self.upstream[m].insert(r, o);
+                    }
+                    Action::Upstream(m, r, None) => {
+                        self.upstream[m].remove(&r);
+                    }
+                    Action::StartFetch(m) => {
+                        if self.start(ProjectOp::Member) {
+                            let refs = self.upstream[m].clone();
+                            let wants = refs
+                                .values()
+                                .filter(|o| !self.local[m].contains(o) && !self.pool.contains(o))
+                                .copied()
+                                .collect();
+                            self.inflight.push(Op::Fetch { m, wants, refs });
+                        }
+                    }
+                    Action::StartConsolidate => {
+                        if self.start(ProjectOp::Consolidate) {
+                            self.inflight.push(Op::Consolidate { refreshed: false });
+                        }
+                    }
+                    Action::StartRepack(m) => {
+                        if self.start(ProjectOp::MemberRepack) {
+                            self.inflight.push(Op::Repack { m });
+                        }
+                    }
+                    Action::StartPrune => {
+                        if self.start(ProjectOp::Prune) {
+                            self.inflight.push(Op::Prune { refreshed: false });
+                        }
+                    }
+                    Action::Step(i) => {
+                        if self.inflight.is_empty() {
+                            return;
+                        }
+                        let i = i % self.inflight.len();
+                        match &mut self.inflight[i] {
+                            Op::Consolidate { refreshed } if !*refreshed => {
+                                *refreshed = true;
+                                self.refresh();
+                            }
+                            Op::Prune { refreshed } if !*refreshed => {
+                                *refreshed = true;
+                                if !self.no_refresh_before_prune {
+                                    self.refresh();
+                                }
+                            }
+                            _ => match self.inflight.remove(i) {
+                                Op::Fetch { m, wants, refs } => {
+                                    self.local[m].extend(wants);
+                                    self.refs[m] = refs;
+                                    self.finish(ProjectOp::Member);
+                                }
+                                // The geometric repack: objects move between packs only.
+                                Op::Consolidate { .. } => self.finish(ProjectOp::Consolidate),
+                                Op::Repack { m } => {
+                                    let pool = &self.pool;
+                                    self.local[m].retain(|o| !pool.contains(o));
+                                    self.finish(ProjectOp::MemberRepack);
+                                }
+                                Op::Prune { .. } => {
+                                    let reach: BTreeSet<u8> =
+                                        self.ns.iter().flat_map(|n| n.values().copied()).collect();
+                                    self.pool.retain(|o| reach.contains(o));
+                                    self.finish(ProjectOp::Prune);
+                                }
+                            },
+                        }
+                    }
+                    Action::Kill => {
+                        self.inflight.clear();
+                        self.locks = ProjectLocks::default();
+                    }
+                }
+            }
+
+            /// A member ref whose object is neither the member's nor the pool's.
+            pub fn lost(&self) -> Option<String> {
+                (0..MEMBERS).find_map(|m| {
+                    self.refs[m]
+                        .iter()
+                        .find(|(_, o)| !self.local[m].contains(o) && !self.pool.contains(o))
+                        .map(|(r, o)| format!("member {m} ref {r} -> object {o} is gone"))
+                })
+            }
+        }
+    }
+
+    fn action() -> impl proptest::strategy::Strategy<Value = model::Action> {
+        use model::{Action, MEMBERS};
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..MEMBERS, 0..2u8, proptest::option::of(0..3u8))
+                .prop_map(|(m, r, o)| Action::Upstream(m, r, o)),
+            3 => (0..MEMBERS).prop_map(Action::StartFetch),
+            2 => Just(Action::StartConsolidate),
+            2 => (0..MEMBERS).prop_map(Action::StartRepack),
+            2 => Just(Action::StartPrune),
+            6 => (0..4usize).prop_map(Action::Step),
+            1 => Just(Action::Kill),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        /// SPEC §14, plan R1/C9/C10: under the project lock rules (consolidation never
+        /// with a member repack, prune exclusive and right after a refresh of every
+        /// namespace), no interleaving of fetches, consolidations, member repacks,
+        /// prunes and kill -9 leaves a member ref without its object.
+        #[test]
+        fn spec_14_no_interleaving_loses_an_object(
+            actions in proptest::collection::vec(action(), 1..120)
+        ) {
+            let mut w = model::World::default();
+            for a in &actions {
+                w.apply(a);
+                if let Some(lost) = w.lost() {
+                    proptest::prop_assert!(false, "{lost} after {a:?}");
+                }
+            }
+        }
+    }
+
+    /// The model can fail: C9's race (an object left unreachable in the pool, re-added
+    /// upstream, fetched without a transfer) loses it to a prune without the refresh;
+    /// and a prune that ignores the lock loses what a running fetch counted as had.
+    #[test]
+    fn spec_14_model_flawed_rules_lose_objects() {
+        use model::Action::*;
+        let race = [
+            Upstream(0, 0, Some(1)),
+            StartFetch(0),
+            Step(0),
+            StartConsolidate,
+            Step(0),
+            Step(0),
+            Upstream(0, 0, None),
+            StartFetch(0),
+            Step(0),
+            StartConsolidate,
+            Step(0),
+            Step(0),
+            StartRepack(0),
+            Step(0),
+            Upstream(0, 0, Some(1)),
+            StartFetch(0),
+            Step(0),
+            StartPrune,
+            Step(0),
+            Step(0),
+        ];
+        let run = |w: &mut model::World, actions: &[model::Action]| {
+            for a in actions {
+                w.apply(a);
+            }
+            w.lost()
+        };
+        let mut w = model::World::default();
+        w.no_refresh_before_prune = true;
+        assert!(run(&mut w, &race).is_some(), "prune without refresh");
+        assert!(run(&mut model::World::default(), &race).is_none());
+        // No locks: a fetch starts (the object is had in the pool), a prune runs, the
+        // fetch finishes.
+        let unlocked = [
+            Upstream(0, 0, Some(1)),
+            StartFetch(0),
+            Step(0),
+            StartConsolidate,
+            Step(0),
+            Step(0),
+            StartRepack(0),
+            Step(0),
+            Upstream(0, 0, None),
+            StartFetch(0),
+            Step(0),
+            Upstream(1, 0, Some(1)),
+            StartFetch(1),
+            StartPrune,
+            Step(1),
+            Step(1),
+            Step(0),
+        ];
+        let mut w = model::World::default();
+        w.no_locks = true;
+        assert!(run(&mut w, &unlocked).is_some(), "prune without the lock");
+        assert!(run(&mut model::World::default(), &unlocked).is_none());
     }
 
     /// Bad alternates files give errors that name the file.

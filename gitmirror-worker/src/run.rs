@@ -8,6 +8,7 @@
 use crate::config::WorkerConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
 use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
+use crate::pool;
 use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
 use crate::state::{Disposal, Identity, Refs, Repo, Repos, ref_changes, refs_digest};
 use crate::store::{Record, RefsReader, Store};
@@ -228,6 +229,12 @@ enum OpResult {
     },
     /// An abandoned fetch's thread has finally returned.
     Unstuck,
+    /// A pool operation on project folder `id` ended (SPEC §14, plan C9).
+    Pool {
+        op: pool::ProjectOp,
+        pool: std::path::PathBuf,
+        result: Result<String, String>,
+    },
 }
 
 /// A successful clone or fetch, as the loop needs it: the refs diffed (on the blocking
@@ -325,6 +332,21 @@ struct Worker {
     credentials_error: Option<String>,
     /// Fleet-wide budgets (SPEC §18): see [`Budgeting`].
     budgeting: Budgeting,
+    /// Fork pools (SPEC §14, plan C9, C10, C19): what runs on each project, ...
+    locks: pool::ProjectLocks,
+    /// ... project folders whose pool is due for a consolidation, and when ...
+    pool_due: HashMap<String, i64>,
+    /// ... when each was last consolidated in this run (the debounce) ...
+    pool_last: HashMap<String, i64>,
+    /// ... those due for a prune (after a consolidation, at most weekly) ...
+    prune_due: HashSet<String>,
+    /// ... projects whose plain mirrors are to join their pool (plan step 7), in order,
+    /// and those queued or done in this run.
+    migrate_due: std::collections::VecDeque<String>,
+    migrated: HashSet<String>,
+    /// The queues above are looked through at most once a second (they may hold
+    /// thousands of projects; the loop passes far more often).
+    pool_scan_after: i64,
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -391,6 +413,13 @@ impl Worker {
             refs_reads: Arc::new(tokio::sync::Semaphore::new(MAX_REFS_READS)),
             credentials_error: None,
             budgeting: Budgeting::default(),
+            locks: pool::ProjectLocks::default(),
+            pool_due: HashMap::new(),
+            pool_last: HashMap::new(),
+            prune_due: HashSet::new(),
+            migrate_due: std::collections::VecDeque::new(),
+            migrated: HashSet::new(),
+            pool_scan_after: 0,
         }
     }
 
@@ -467,6 +496,10 @@ impl Worker {
                 Some(new) = reload.recv() => {
                     self.schedule.set_limits(&new.fetch);
                     self.mirrors.set_limits(new.limits());
+                    if new.fetch.pools && !self.cfg.fetch.pools {
+                        // Turned on: every project's plain mirrors may join again.
+                        self.migrated.clear();
+                    }
                     self.mirrors.set_pools(new.fetch.pools);
                     self.cfg.fetch = new.fetch;
                     self.cfg.disk = new.disk;
@@ -621,11 +654,12 @@ impl Worker {
         let disk_low = self.refresh_disk(false);
         let mut waiting = Vec::new();
         let started = {
-            let (repos, running, stuck, unwritten) = (
+            let (repos, running, stuck, unwritten, locks) = (
                 &self.state.repos,
                 &self.running,
                 &self.stuck,
                 &self.unwritten,
+                &self.locks,
             );
             let mut seeds = PoolSeeds::new(&self.mirrors, repos, running.keys());
             self.schedule.start_ready(
@@ -637,7 +671,10 @@ impl Worker {
                         .unwrap_or_default()
                 },
                 |id| {
-                    if running.contains_key(id) || stuck.contains(id) || unwritten.contains_key(id)
+                    if running.contains_key(id)
+                        || stuck.contains(id)
+                        || unwritten.contains_key(id)
+                        || !may_start(locks, id, pool::ProjectOp::Member)
                     {
                         return false;
                     }
@@ -662,13 +699,18 @@ impl Worker {
             .state
             .disposals
             .iter()
-            .filter(|(id, _)| !self.busy(id) && !self.disposal_failed.contains(*id))
+            .filter(|(id, _)| {
+                !self.busy(id)
+                    && !self.disposal_failed.contains(*id)
+                    && may_start(&self.locks, id, pool::ProjectOp::Member)
+            })
             .map(|(id, d)| (id.clone(), *d))
             .collect();
         for (id, d) in pending {
             self.start_disposal(id, d);
         }
         self.start_maintenance();
+        self.start_pool_op();
     }
 
     /// Queue every mirror whose periodic maintenance is due.
@@ -718,7 +760,7 @@ impl Worker {
             }
             // Never while anything else runs on the repo (SPEC §7.1); a fetch that falls
             // due meanwhile waits for the pass to finish.
-            if self.busy(&id) {
+            if self.busy(&id) || !may_start(&self.locks, &id, pool::ProjectOp::MemberRepack) {
                 deferred.push(id);
                 continue;
             }
@@ -737,6 +779,7 @@ impl Worker {
     }
 
     fn start_maintain(&mut self, id: String, url: String, verify: bool) {
+        self.lock(&id, pool::ProjectOp::MemberRepack);
         let interrupt = Arc::new(AtomicBool::new(false));
         self.running.insert(
             id.clone(),
@@ -777,6 +820,7 @@ impl Worker {
         let relist = repo.relist;
         let interrupt = Arc::new(AtomicBool::new(false));
         let kind = if clone { OpKind::Clone } else { OpKind::Fetch };
+        self.lock(&id, pool::ProjectOp::Member);
         self.running.insert(
             id.clone(),
             Running {
@@ -836,6 +880,7 @@ impl Worker {
     }
 
     fn start_disposal(&mut self, id: String, disposal: Disposal) {
+        self.lock(&id, pool::ProjectOp::Member);
         let mirrors = self.mirrors.clone();
         self.running.insert(
             id.clone(),
@@ -896,16 +941,20 @@ impl Worker {
     fn on_done(&mut self, done: OpDone) {
         let OpDone { id, result } = done;
         match result {
+            OpResult::Pool { op, pool, result } => self.on_pool_op_done(id, op, &pool, result),
             OpResult::Unstuck => {
+                self.unlock(&id, pool::ProjectOp::Member);
                 self.stuck.remove(&id);
                 tracing::info!(repo = %id, "an abandoned fetch has finally returned");
             }
             OpResult::Maintained { verify, result } => {
                 self.running.remove(&id);
+                self.unlock(&id, pool::ProjectOp::MemberRepack);
                 self.on_maintained(&id, verify, result);
             }
             OpResult::Disposed(disposal, result) => {
                 self.running.remove(&id);
+                self.unlock(&id, pool::ProjectOp::Member);
                 match result {
                     Ok(()) => {
                         if self.state.disposals.get(&id) == Some(&disposal) {
@@ -937,6 +986,10 @@ impl Worker {
                 abandoned,
             } => {
                 self.running.remove(&id);
+                if abandoned.is_none() {
+                    // An abandoned one keeps its project's lock until its thread returns.
+                    self.unlock(&id, pool::ProjectOp::Member);
+                }
                 if let Some(handle) = abandoned {
                     tracing::error!(repo = %id, "fetch did not stop after its timeout; abandoning it (nothing else starts on this repo until it returns)");
                     self.stuck.insert(id.clone());
@@ -976,6 +1029,8 @@ impl Worker {
         }
         repo.last_fetch_ms = Some(now);
         let mut maintain = false;
+        let mut pool_trigger = false;
+        let success = result.is_ok();
         let mut relisted = false;
         let (fetch_result, changes, next) = match result {
             Ok(Reported {
@@ -1025,6 +1080,7 @@ impl Worker {
                     repo.last_verify_ms = Some(spread(VERIFY_EVERY));
                 }
                 maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
+                pool_trigger = clone || fetched.new_pack_bytes >= pool::CONSOLIDATE_AFTER_BYTES;
                 repo.ref_count = ref_count;
                 repo.refs_digest = refs_digest;
                 if relist {
@@ -1117,8 +1173,222 @@ impl Worker {
             refs: Refs::new(),
         });
         self.queue_outcome(outcome, reset);
+        if pool_trigger {
+            self.queue_consolidation(&id, now);
+        }
+        if success {
+            self.queue_migration(&id);
+        }
         if maintain {
             self.queue_maintenance(id);
+        }
+    }
+
+    // ---- fork pools (SPEC §14, plan C9, C10, C19) ----
+
+    /// Take `op`'s share of `id`'s project lock (ids without a project folder have none).
+    fn lock(&mut self, id: &str, op: pool::ProjectOp) {
+        if let Some(p) = pool::project_of(id) {
+            self.locks.start(p, op);
+        }
+    }
+
+    fn unlock(&mut self, id: &str, op: pool::ProjectOp) {
+        if let Some(p) = pool::project_of(id) {
+            self.locks.finish(p, op);
+        }
+    }
+
+    /// After a clone of a pool member or a fetch of one that brought at least
+    /// [`pool::CONSOLIDATE_AFTER_BYTES`]: consolidate its pool, at most every
+    /// [`pool::CONSOLIDATE_EVERY`] (plan C19). One read of the member's alternates file.
+    fn queue_consolidation(&mut self, id: &str, now: i64) {
+        let Some(project) = pool::project_of(id) else {
+            return;
+        };
+        if self.pool_due.contains_key(project) || self.mirrors.pool_of(id).is_none() {
+            return;
+        }
+        let due = self.pool_last.get(project).map_or(now, |t| {
+            t.saturating_add(ms(pool::CONSOLIDATE_EVERY)).max(now)
+        });
+        self.pool_due.insert(project.to_owned(), due);
+        self.pool_scan_after = 0;
+    }
+
+    /// After a successful clone or fetch of `id` with `fetch.pools` on: its project's
+    /// plain mirrors join the pool in the background (plan step 7), once per run (again
+    /// after `fetch.pools` is turned on). No file is read here.
+    fn queue_migration(&mut self, id: &str) {
+        let Some(project) = pool::project_of(id) else {
+            return;
+        };
+        // `migrated`: queued or done.
+        if self.mirrors.pools()
+            && self.migrate_due.len() < MAX_MIGRATIONS_QUEUED
+            && self.migrated.insert(project.to_owned())
+        {
+            self.migrate_due.push_back(project.to_owned());
+            self.pool_scan_after = 0;
+        }
+    }
+
+    /// Start one due pool operation if none runs and the project's lock allows it: a due
+    /// prune first (it waits until no op of the project's members runs), else the
+    /// earliest due consolidation (not while a member repacks), else the next project's
+    /// migration (exclusive too, and only above `disk.min_free`).
+    fn start_pool_op(&mut self) {
+        if self.stopping || self.locks.pool_op_running() {
+            return;
+        }
+        let now = now_ms();
+        if now < self.pool_scan_after
+            || (self.pool_due.is_empty()
+                && self.prune_due.is_empty()
+                && self.migrate_due.is_empty())
+        {
+            return;
+        }
+        self.pool_scan_after = now.saturating_add(1000);
+        if !self.mirrors.pools() {
+            // Plan C14: turned off, no more joins (turned on again, they are asked again).
+            self.migrate_due.clear();
+        }
+        if !self
+            .prune_due
+            .iter()
+            .any(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
+            && !self.pool_due.iter().any(|(p, due)| {
+                *due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
+            })
+            && !self.migrate_due.is_empty()
+            && !self.refresh_disk(false)
+        {
+            self.start_migration();
+            return;
+        }
+        let pick = self
+            .prune_due
+            .iter()
+            .find(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
+            .map(|p| (p.clone(), pool::ProjectOp::Prune))
+            .or_else(|| {
+                self.pool_due
+                    .iter()
+                    .filter(|(p, due)| {
+                        **due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
+                    })
+                    .min_by_key(|(_, due)| **due)
+                    .map(|(p, _)| (p.clone(), pool::ProjectOp::Consolidate))
+            });
+        let Some((project, op)) = pick else {
+            return;
+        };
+        let Ok(pool_dir) = pool::pool_path(self.mirrors.root(), &format!("{project}/x")) else {
+            self.pool_due.remove(&project);
+            self.prune_due.remove(&project);
+            return;
+        };
+        match op {
+            pool::ProjectOp::Prune => self.prune_due.remove(&project),
+            _ => {
+                self.pool_due.remove(&project);
+                self.pool_last.insert(project.clone(), now);
+                true
+            }
+        };
+        self.locks.start(&project, op);
+        let mirrors = self.mirrors.clone();
+        self.ops.spawn(async move {
+            let p = pool_dir.clone();
+            let r = tokio::task::spawn_blocking(move || match op {
+                pool::ProjectOp::Prune => mirrors
+                    .prune_pool(&p, pool::PRUNE_EXPIRE)
+                    .map(|r| format!("{r:?}")),
+                _ => mirrors.consolidate_pool(&p).map(|r| format!("{r:?}")),
+            })
+            .await;
+            let result = match r {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("task failed: {e}")),
+            };
+            OpDone {
+                id: project,
+                result: OpResult::Pool {
+                    op,
+                    pool: pool_dir,
+                    result,
+                },
+            }
+        });
+    }
+
+    /// Start the first queued project's migration whose lock is free.
+    fn start_migration(&mut self) {
+        let Some(i) = self
+            .migrate_due
+            .iter()
+            .position(|p| self.locks.may_start(p, pool::ProjectOp::Migrate))
+        else {
+            return;
+        };
+        let Some(project) = self.migrate_due.remove(i) else {
+            return;
+        };
+        let Ok(pool_dir) = pool::pool_path(self.mirrors.root(), &format!("{project}/x")) else {
+            return;
+        };
+        self.locks.start(&project, pool::ProjectOp::Migrate);
+        let mirrors = self.mirrors.clone();
+        let (dir, min_free) = (self.cfg.mirror_dir.clone(), self.cfg.disk.min_free);
+        self.ops.spawn(async move {
+            let folder = project.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let low = || disk::space(&dir).is_ok_and(|(f, t)| min_free.is_below(f, t));
+                mirrors.migrate_project(&folder, low)
+            })
+            .await;
+            let result = match r {
+                Ok(Ok(0)) => Ok(String::new()),
+                Ok(Ok(n)) => Ok(format!("{n} existing mirrors joined")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("task failed: {e}")),
+            };
+            OpDone {
+                id: project,
+                result: OpResult::Pool {
+                    op: pool::ProjectOp::Migrate,
+                    pool: pool_dir,
+                    result,
+                },
+            }
+        });
+    }
+
+    fn on_pool_op_done(
+        &mut self,
+        project: String,
+        op: pool::ProjectOp,
+        pool_dir: &std::path::Path,
+        result: Result<String, String>,
+    ) {
+        self.locks.finish(&project, op);
+        self.pool_scan_after = 0;
+        match result {
+            Ok(what) if what.is_empty() => {}
+            Ok(what) => {
+                tracing::info!(pool = %pool_dir.display(), ?op, "fork pool: {what}");
+                let week = pool::PRUNE_EVERY.as_secs();
+                if op == pool::ProjectOp::Consolidate
+                    && pool::last_time(pool_dir, true)
+                        .is_some_and(|t| mirror::unix_secs().saturating_sub(t) >= week)
+                {
+                    self.prune_due.insert(project);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pool = %pool_dir.display(), ?op, "fork pool operation failed: {e}")
+            }
         }
     }
 
@@ -1144,6 +1414,15 @@ impl Worker {
                 if m.recloned.is_some() {
                     // Report the re-cloned mirror's refs through an ordinary fetch.
                     self.schedule.plan_urgent(id, now);
+                }
+                for other in m.pool_rebuilt.unwrap_or_default() {
+                    // Plan C16: the rebuilt pool may lack what they borrowed: verify each
+                    // next (a failing one is re-cloned plain; migration rejoins it).
+                    if let Some(r) = self.state.repos.get_mut(&other) {
+                        r.last_verify_ms = None;
+                        self.dirty.insert(other.clone());
+                        self.queue_maintenance(other);
+                    }
                 }
             }
             Err(f) => tracing::warn!(repo = %id, "maintenance failed: {}", f.message),
@@ -1753,4 +2032,14 @@ impl<'a> PoolSeeds<'a> {
         self.cloning.insert(folder.to_owned());
         true
     }
+}
+
+/// Projects queued for migration at most (each entry is a folder name; a fetch of a
+/// member queues its project again when it did not fit).
+const MAX_MIGRATIONS_QUEUED: usize = 4096;
+
+/// Whether `op` may start on `id` under its project's lock (always for ids without a
+/// project folder).
+fn may_start(locks: &pool::ProjectLocks, id: &str, op: pool::ProjectOp) -> bool {
+    pool::project_of(id).is_none_or(|p| locks.may_start(p, op))
 }

@@ -704,6 +704,18 @@ async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
         assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
         fsck(&p);
     }
+    // Plan C19: the member's clone makes the worker consolidate the pool (the first time
+    // at once, no debounce yet); the first prune is a week later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pool::last_time(&pool_dir, false).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not consolidate the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pool::last_time(&pool_dir, true).is_some());
+    fsck(&pool_dir);
     worker.stop().await;
 }
 
@@ -841,4 +853,693 @@ fn bench_14_reconcile_100k_members() {
         r.problems.first()
     );
     assert_eq!((r.resumed, r.rewritten, r.namespaces_dropped), (0, 0, 0));
+}
+
+/// The words of a systemd `ExecStart=` line: double quotes group, `\"` and `\\` inside
+/// them are escapes, `$$` is a literal `$` (systemd.service(5) "Command lines"; only what
+/// the shipped unit uses).
+fn systemd_words(line: &str) -> Vec<String> {
+    let line = line.replace("$$", "$");
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return words;
+        }
+        let mut w = String::new();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => quoted = !quoted,
+                '\\' if quoted => w.extend(chars.next()),
+                c if c.is_whitespace() && !quoted => break,
+                c => w.push(c),
+            }
+        }
+        words.push(w);
+    }
+}
+
+/// SPEC §7.1, §14 (plan C6): the shipped `gitmirror-git-daemon.service`, started with its
+/// own command line (paths moved to a temp directory, a test port), serves a mirror but
+/// refuses a fork pool, also by `..` and `//` spellings, and a temp or trash directory
+/// kept inside the mirror directory.
+#[test]
+fn spec_14_shipped_git_daemon_refuses_pools() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/gitmirror-git-daemon.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart= line");
+    let words = systemd_words(exec);
+    assert_eq!(words[..2], ["/usr/bin/git", "daemon"], "{words:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let up = origin(base);
+    let root = base.join("repos");
+    for at in [
+        "a/abc/abc.git",
+        ".pools/a/abc.git",
+        ".tmp/a_abc_x.git",
+        ".trash/a_abc_y-1.git",
+    ] {
+        git(
+            base,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                up.to_str().unwrap(),
+                root.join(at).to_str().unwrap(),
+            ],
+        );
+    }
+    let port = GitDaemon::free_port();
+    // The daemon binary itself (as the other tests): `git daemon` would leave it behind.
+    // Options first: git daemon takes every word after the first directory as a directory.
+    let child = std::process::Command::new(common::git_daemon_binary())
+        .args(["--listen=127.0.0.1", &format!("--port={port}")])
+        .args(
+            words[2..]
+                .iter()
+                .map(|w| w.replace("/var/lib/gitmirror-worker/repos", root.to_str().unwrap())),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = GitDaemon::adopt(child, port);
+    let answers = |path: &str| {
+        std::process::Command::new("git")
+            .args(["ls-remote", &daemon.url(path)])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(answers("a/abc/abc.git"), "the mirror is served");
+    assert!(answers("a/abc/abc"), "the mirror is served without .git");
+    for refused in [
+        ".pools/a/abc.git",
+        ".pools/a/abc",
+        "a/abc/../../.pools/a/abc.git",
+        "/.pools/a/abc.git",
+        ".tmp/a_abc_x.git",
+        ".trash/a_abc_y-1.git",
+    ] {
+        assert!(!answers(refused), "{refused} is served");
+    }
+}
+
+/// A pooled pair `a/abc/abc` and `a/abc/fork` in a fresh mirror directory.
+fn pooled_pair(up: &Path, root: &Path) -> (GitDaemon, Mirrors, PathBuf, PathBuf) {
+    let origin = origin(up);
+    let fork_dir = fork(up, &origin, "abc-fork");
+    let daemon = GitDaemon::start(up);
+    let m = mirrors(root, true);
+    m.clone_new("a/abc/abc", &daemon.url("abc"), &no_interrupt())
+        .unwrap();
+    m.clone_new("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+        .unwrap();
+    let pool_dir = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    (daemon, m, pool_dir, fork_dir)
+}
+
+fn has_object(repo: &Path, id: &str) -> bool {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["cat-file", "-e", id])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// SPEC §14 (plan C9, C10): a prune does not start while a member op of its project
+/// runs, and when it runs it first refreshes every namespace, so C9's race loses
+/// nothing: an object left unreachable in the pool (its branch deleted upstream, the
+/// namespace consolidated without it) and then re-added upstream is fetched without a
+/// transfer and survives a prune with no expiry grace; once no member reaches it, the
+/// next prune deletes it.
+#[test]
+fn spec_14_prune_waits_for_member_ops() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, fork_dir) = pooled_pair(up.path(), root.path());
+    let fork_url = daemon.url("abc-fork");
+    // A commit only the fork's `extra` branch reaches.
+    let work = up.path().join("abc-fork-work");
+    git(&work, &["checkout", "-q", "-b", "extra"]);
+    std::fs::write(work.join("extra"), noise(99, 4096)).unwrap();
+    git(&work, &["add", "extra"]);
+    git(&work, &["commit", "-q", "-m", "extra"]);
+    git(&work, &["push", "-q", "origin", "extra"]);
+    let x = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+    let member = m.path("a/abc/fork");
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    pool::repack_local(&member).unwrap();
+    assert!(has_object(&pool_dir, &x));
+    // Deleted upstream, consolidated: unreachable in the pool, still there.
+    git(&fork_dir, &["branch", "-D", "extra"]);
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    assert!(has_object(&pool_dir, &x));
+    // Re-added upstream: the member's ref points at it again.
+    git(&fork_dir, &["branch", "extra", &x]);
+
+    let mut locks = pool::ProjectLocks::default();
+    assert!(locks.start("a/abc", pool::ProjectOp::Member), "the fetch");
+    assert!(!locks.may_start("a/abc", pool::ProjectOp::Prune));
+    assert!(
+        locks.may_start("a/abc", pool::ProjectOp::Consolidate),
+        "a consolidation may run beside a fetch"
+    );
+    assert!(
+        locks.may_start("b/bcd", pool::ProjectOp::Prune),
+        "per project"
+    );
+    let f = m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    assert_eq!(
+        f.refs.get("refs/heads/extra").map(String::as_str),
+        Some(x.as_str())
+    );
+    locks.finish("a/abc", pool::ProjectOp::Member);
+    assert!(locks.start("a/abc", pool::ProjectOp::Prune));
+    assert!(!locks.may_start("a/abc", pool::ProjectOp::Member));
+    assert!(
+        !locks.may_start("b/bcd", pool::ProjectOp::Consolidate),
+        "one pool op"
+    );
+    let pruned = m.prune_pool(&pool_dir, "now").unwrap();
+    locks.finish("a/abc", pool::ProjectOp::Prune);
+    assert_eq!(
+        pruned,
+        pool::Pruned::Done {
+            refreshed: 2,
+            dropped: 0
+        }
+    );
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    assert!(has_object(&m.path("a/abc/fork"), &x));
+    client_clone_complete(&member, root.path(), "fork");
+
+    // Nobody reaches it any more: the next prune deletes it, members stay complete.
+    git(&fork_dir, &["branch", "-D", "extra"]);
+    m.fetch("a/abc/fork", &fork_url, &no_interrupt()).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    assert!(
+        !has_object(&pool_dir, &x),
+        "a prune removes what nothing reaches"
+    );
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    fsck(&pool_dir);
+}
+
+/// SPEC §14 (plan C7, C9): with members in the trash the pool stays and is not pruned
+/// (a trashed member's refs are not kept exactly); the last trash copy purged removes
+/// the pool.
+#[test]
+fn spec_14_last_member_removes_pool_after_trash_purge() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (_daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    let now = mirror::unix_secs();
+    let fork_trash = m.trash("a/abc/fork", now).unwrap().unwrap();
+    assert!(matches!(
+        m.prune_pool(&pool_dir, "now").unwrap(),
+        pool::Pruned::Skipped(why) if why.contains("trashed member")
+    ));
+    m.consolidate_pool(&pool_dir).unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    fsck(&fork_trash);
+    let origin_trash = m.trash("a/abc/abc", now + 10).unwrap().unwrap();
+    assert!(pool_dir.exists());
+    fsck(&origin_trash);
+    assert_eq!(m.purge_trash(now + mirror::TRASH_KEEP_SECS), 1);
+    assert!(pool_dir.exists(), "the origin's trash copy still borrows");
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    fsck(&origin_trash);
+    assert_eq!(m.purge_trash(now + 10 + mirror::TRASH_KEEP_SECS), 1);
+    assert!(!pool_dir.exists(), "the last removal removes the pool");
+}
+
+/// SPEC §14 (plan C13): the detach recipe (`git repack -a -d`, remove the alternates,
+/// `git config gitmirror.pool false`) leaves a mirror plain: its namespace goes (at the
+/// next start, or the next prune), consolidations and fetches do not bring it back, and
+/// a new sibling's clone does not join it.
+#[test]
+fn spec_14_detached_mirror_stays_plain() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    let fork_m = m.path("a/abc/fork");
+    git(&fork_m, &["repack", "-a", "-d", "-q"]);
+    std::fs::remove_file(fork_m.join("objects/info/alternates")).unwrap();
+    git(&fork_m, &["config", "gitmirror.pool", "false"]);
+    fsck(&fork_m);
+    assert!(pool::is_detached(&fork_m));
+
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.fetch("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+        .unwrap();
+    assert!(m.pool_of("a/abc/fork").is_none());
+    assert!(m.pool_of("a/abc/abc").is_some());
+    // A restart drops its namespace.
+    drop(m);
+    let m = mirrors(root.path(), true);
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    // A new sibling joins the pool; the detached mirror stays plain.
+    let origin = up.path().join("abc");
+    fork(up.path(), &origin, "abc-third");
+    m.clone_new("a/abc/third", &daemon.url("abc-third"), &no_interrupt())
+        .unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "third"]);
+    assert!(!fork_m.join("objects/info/alternates").exists());
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    assert_eq!(members(&pool_dir), vec!["abc", "third"]);
+    for id in ["a/abc/abc", "a/abc/fork", "a/abc/third"] {
+        fsck(&m.path(id));
+    }
+    assert!(!fork_m.join("objects/info/alternates").exists());
+}
+
+/// Plain mirrors `a/abc/abc` and `a/abc/fork` (cloned with pools off), then a worker on
+/// the same mirror directory with `fetch.pools: pools`, both assigned; returns when both
+/// have reported a fetch.
+async fn worker_on_plain_pair(
+    pools: bool,
+) -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    GitDaemon,
+    common::coord::FakeCoordinator,
+    common::harness::Worker,
+    common::coord::Session,
+) {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, RepoSpec, WorkerMsg};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    fork(up.path(), &origin, "abc-fork");
+    let daemon = GitDaemon::start(up.path());
+    let root = tempfile::tempdir().unwrap();
+    {
+        let m = mirrors(root.path(), false);
+        for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+            m.clone_new(id, &daemon.url(name), &no_interrupt()).unwrap();
+        }
+    }
+    let coord = FakeCoordinator::start();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = pools;
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")]
+            .iter()
+            .map(|(id, name)| RepoSpec {
+                id: (*id).into(),
+                url: daemon.url(name),
+            })
+            .collect(),
+        drop: vec![],
+    }))
+    .await;
+    let mut done = BTreeSet::new();
+    while done.len() < 2 {
+        let got = s
+            .recv_until(|m| match m {
+                WorkerMsg::Outcomes(b) => {
+                    Some(b.outcomes.into_iter().map(|o| o.repo).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .await;
+        done.extend(got);
+    }
+    (up, root, daemon, coord, worker, s)
+}
+
+/// SPEC §14 (plan step 7, C14, R5): mirrors cloned before `fetch.pools` was on join
+/// their project's pool in the background once the worker runs with it: a pool is
+/// created from a seed, the other member joins, every mirror stays complete and serves
+/// its refs, and the big file is on disk about once. `low_disk` stops a migration before
+/// it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_existing_mirrors_join_in_background() {
+    use std::time::{Duration, Instant};
+    let (_up, root, daemon, _coord, worker, _s) = worker_on_plain_pair(true).await;
+    let repos = root.path().join("repos");
+    let pool_dir = repos.join(".pools/a/abc.git");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(pool_dir.join("objects").is_dir()
+        && pool::namespaces(&pool_dir).is_ok_and(|n| n.members.len() == 2)
+        && ["a/abc/abc", "a/abc/fork"].iter().all(|id| {
+            repos
+                .join(format!("{id}.git/objects/info/alternates"))
+                .exists()
+        }))
+    {
+        assert!(Instant::now() < deadline, "the plain mirrors did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    let mut total = own_pack_bytes(&pool_dir);
+    for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+        let p = repos.join(format!("{id}.git"));
+        fsck(&p);
+        assert_eq!(local_refs(&p), ls_remote(&daemon.url(name)), "{id}");
+        total += own_pack_bytes(&p);
+    }
+    assert!(total < (BIG as u64) * 3 / 2, "{total} bytes of packs");
+
+    // Below disk.min_free nothing starts.
+    let up2 = tempfile::tempdir().unwrap();
+    let origin2 = origin(up2.path());
+    fork(up2.path(), &origin2, "abc-fork");
+    let d2 = GitDaemon::start(up2.path());
+    let root2 = tempfile::tempdir().unwrap();
+    let m = mirrors(root2.path(), false);
+    for (id, name) in [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")] {
+        m.clone_new(id, &d2.url(name), &no_interrupt()).unwrap();
+    }
+    m.set_pools(true);
+    assert_eq!(m.migrate_project("a/abc", || true).unwrap(), 0);
+    assert!(!m.root().join(".pools").exists());
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 2);
+    assert_eq!(
+        m.migrate_project("a/abc", || false).unwrap(),
+        0,
+        "done once"
+    );
+}
+
+/// SPEC §14 (plan C14): with `fetch.pools: false` the plain mirrors of a project stay
+/// plain (no pool, no alternates), and a migration asked directly does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_pools_off_keeps_plain() {
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    let (_up, root, daemon, _coord, worker, mut s) = worker_on_plain_pair(false).await;
+    let repos = root.path().join("repos");
+    // Later loop passes: a repo of another project cloned after both outcomes (a
+    // migration would have started by then; stopping waits for running operations).
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 2,
+        upsert: vec![RepoSpec {
+            id: "b/bcd/bcd".into(),
+            url: daemon.url("abc-fork"),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    s.recv_until(|m| match m {
+        WorkerMsg::Outcomes(b) => b
+            .outcomes
+            .into_iter()
+            .find(|o| o.repo == "b/bcd/bcd" && o.result == FetchResult::Cloned),
+        _ => None,
+    })
+    .await;
+    worker.stop().await;
+    let m = Mirrors::new(repos.clone());
+    assert!(!repos.join(".pools").exists());
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        let p = repos.join(format!("{id}.git"));
+        assert!(!p.join("objects/info/alternates").exists(), "{id}");
+        fsck(&p);
+    }
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 0);
+    assert!(!repos.join(".pools").exists());
+}
+
+/// SPEC §7.3, §14 (plan C16): a pool that lost its packs fails verification first; the
+/// member being verified is cloned again without haves, a new pool is built from it and
+/// swapped in, and the other members are named for verification, which re-clones a
+/// broken one plain (migration rejoins it later). Every mirror ends complete.
+#[test]
+fn spec_7_3_corrupt_pool_rebuilt() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    m.consolidate_pool(&pool_dir).unwrap();
+    for e in std::fs::read_dir(pool_dir.join("objects/pack")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let broken = std::process::Command::new("git")
+        .arg("-C")
+        .arg(m.path("a/abc/fork"))
+        .args(["fsck", "--connectivity-only", "--no-progress"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!broken.success(), "the members are broken with their pool");
+
+    let done = m
+        .maintain("a/abc/abc", &daemon.url("abc"), true, &no_interrupt())
+        .unwrap();
+    assert_eq!(done.pool_rebuilt, Some(vec!["a/abc/fork".to_owned()]));
+    assert_eq!(done.recloned.as_ref(), Some(&ls_remote(&daemon.url("abc"))));
+    fsck(&pool_dir);
+    fsck(&m.path("a/abc/abc"));
+    assert_eq!(m.pool_of("a/abc/abc"), Some(pool_dir.clone()));
+    assert_eq!(members(&pool_dir), vec!["abc"]);
+    // The other member, verified next: re-cloned (plain) because it lost objects.
+    let done = m
+        .maintain("a/abc/fork", &daemon.url("abc-fork"), true, &no_interrupt())
+        .unwrap();
+    assert!(done.recloned.is_some() && done.pool_rebuilt.is_none());
+    fsck(&m.path("a/abc/fork"));
+    assert_eq!(
+        local_refs(&m.path("a/abc/fork")),
+        ls_remote(&daemon.url("abc-fork"))
+    );
+    // Migration brings it back into the pool.
+    assert_eq!(m.migrate_project("a/abc", || false).unwrap(), 1);
+    assert_eq!(members(&pool_dir), vec!["abc", "fork"]);
+    for id in ["a/abc/abc", "a/abc/fork"] {
+        fsck(&m.path(id));
+    }
+    let leftovers = std::fs::read_dir(m.tmp_dir()).unwrap().count();
+    assert_eq!(leftovers, 0, "nothing left in the temp directory");
+}
+
+/// SPEC §14 (plan R1, M3 in part): kill -9 of the pool's own repacks (a consolidation's
+/// geometric repack, a prune's cruft repack), with the worker's exact arguments, at a
+/// range of moments: every member and the pool stay complete (`git fsck`), and the
+/// repack run again finishes. Each git step writes its new pack before it deletes.
+#[test]
+fn spec_14_kill9_during_pool_repack_keeps_members_complete() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    fork(up.path(), &up.path().join("abc"), "abc-third");
+    m.clone_new("a/abc/third", &daemon.url("abc-third"), &no_interrupt())
+        .unwrap();
+    m.consolidate_pool(&pool_dir).unwrap();
+    let check = || {
+        fsck(&pool_dir);
+        for id in ["a/abc/abc", "a/abc/fork", "a/abc/third"] {
+            fsck(&m.path(id));
+        }
+    };
+    let mut prune = pool::PRUNE_REPACK.to_vec();
+    prune.push("--cruft-expiration=now");
+    let mut killed = 0;
+    for (round, args) in [pool::CONSOLIDATE_REPACK.to_vec(), prune]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        // More packs for the geometric repack to roll up.
+        std::fs::write(
+            pool_dir.join("scratch"),
+            noise(round as u64 + 100, 64 * 1024),
+        )
+        .unwrap();
+        let blob = git(&pool_dir, &["hash-object", "-w", "scratch"]);
+        git(
+            &pool_dir,
+            &[
+                "update-ref",
+                "refs/members/6162/refs/heads/scratch",
+                blob.trim(),
+            ],
+        );
+        git(&pool_dir, &["repack", "-q", "-d"]);
+        std::fs::remove_file(pool_dir.join("scratch")).unwrap();
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&pool_dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .spawn()
+            .unwrap();
+        // The moment of the kill varies; what is asserted does not depend on it.
+        std::thread::sleep(std::time::Duration::from_millis(3 * round as u64));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        check();
+        git(&pool_dir, args);
+        check();
+    }
+    eprintln!("{killed} of 12 repacks killed while running");
+    // A lock a killed `git config` or ref update left behind does not stop the pool's
+    // maintenance for good: an old one is removed first.
+    for lock in ["config.lock", "packed-refs.lock"] {
+        std::fs::write(pool_dir.join(lock), "").unwrap();
+        let out = std::process::Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(pool_dir.join(lock))
+            .status()
+            .unwrap();
+        assert!(out.success());
+    }
+    m.consolidate_pool(&pool_dir).unwrap();
+    m.prune_pool(&pool_dir, "now").unwrap();
+    check();
+}
+
+/// SPEC §14 (plan M3 in part, R1, R5): kill -9 of a process migrating a project (pool
+/// creation from the seed, each member's namespace, alternates and `repack -a -d -l`) at
+/// a range of moments. The child is this test binary run again; after each kill every
+/// mirror is complete (`git fsck`), start-up reconciliation finishes a half-joined
+/// member, and a migration run again completes with every member in the pool.
+#[test]
+fn spec_14_kill9_during_migration_keeps_members_complete() {
+    const CHILD: &str = "GITMIRROR_TEST_MIGRATION_CHILD";
+    if let Ok(root) = std::env::var(CHILD) {
+        let m = Mirrors::new(PathBuf::from(root));
+        m.set_pools(true);
+        m.migrate_project("a/abc", || false).unwrap();
+        return;
+    }
+    let up = tempfile::tempdir().unwrap();
+    let origin = origin(up.path());
+    let names = ["abc", "abc-b", "abc-c", "abc-d"];
+    for n in &names[1..] {
+        fork(up.path(), &origin, n);
+    }
+    let daemon = GitDaemon::start(up.path());
+    let id = |n: &str| format!("a/abc/{}", n.trim_start_matches("abc-"));
+    let mut killed = 0;
+    let mut stages = Vec::new();
+    for round in 0..8u64 {
+        let root = tempfile::tempdir().unwrap();
+        let m = mirrors(root.path(), false);
+        for n in names {
+            m.clone_new(&id(n), &daemon.url(n), &no_interrupt())
+                .unwrap();
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spec_14_kill9_during_migration_keeps_members_complete",
+                "--nocapture",
+            ])
+            .env(CHILD, m.root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The moment of the kill varies; what is asserted does not depend on it.
+        std::thread::sleep(std::time::Duration::from_millis(40 * round));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let pool_at_kill = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+        let joined_at_kill = names.iter().filter(|n| m.pool_of(&id(n)).is_some()).count();
+        stages.push((pool_at_kill.exists(), joined_at_kill));
+        for n in names {
+            fsck(&m.path(&id(n)));
+        }
+        // A restart: reconciliation (orphaned git killed first), then the migration again.
+        let m = mirrors(root.path(), true);
+        for n in names {
+            fsck(&m.path(&id(n)));
+        }
+        m.migrate_project("a/abc", || false).unwrap();
+        let pool_dir = pool::pool_path(m.root(), "a/abc/abc").unwrap();
+        assert_eq!(
+            members(&pool_dir),
+            vec!["abc", "b", "c", "d"],
+            "round {round}"
+        );
+        for n in names {
+            let p = m.path(&id(n));
+            assert!(m.pool_of(&id(n)).is_some(), "round {round}: {n}");
+            fsck(&p);
+            assert_eq!(local_refs(&p), ls_remote(&daemon.url(n)));
+        }
+        fsck(&pool_dir);
+    }
+    eprintln!(
+        "{killed} of 8 migrations killed while running; (pool there, members joined) at each kill: {stages:?}"
+    );
+}
+
+/// SPEC §14 (plan C19): a fetch reports about what it brought (its new pack's size), so
+/// the worker consolidates a pool after a fetch of 1 MiB or more, not after every small
+/// one; a fetch with nothing new reports 0.
+#[test]
+fn spec_14_fetch_reports_new_pack_bytes() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, _pool_dir, _) = pooled_pair(up.path(), root.path());
+    let url = daemon.url("abc-fork");
+    let work = up.path().join("abc-fork-work");
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert_eq!(f.new_pack_bytes, 0, "nothing new");
+    std::fs::write(work.join("small"), "a small change\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "small"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.new_pack_bytes > 0 && f.new_pack_bytes < pool::CONSOLIDATE_AFTER_BYTES,
+        "{}",
+        f.new_pack_bytes
+    );
+    std::fs::write(work.join("large"), noise(5, 2 << 20)).unwrap();
+    git(&work, &["add", "large"]);
+    git(&work, &["commit", "-q", "-m", "large"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert!(
+        f.new_pack_bytes >= pool::CONSOLIDATE_AFTER_BYTES,
+        "{}",
+        f.new_pack_bytes
+    );
 }

@@ -166,6 +166,24 @@ impl GitDaemon {
         Self::spawn(base, port, Some(log))
     }
 
+    /// A daemon started some other way (e.g. from a unit file's command line), listening
+    /// on `port`: waited for, then killed on drop like the others.
+    pub fn adopt(child: Child, port: u16) -> Self {
+        wait_for("git daemon to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+
+    /// A free localhost port.
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     fn spawn(base: &Path, port: u16, log: Option<&Path>) -> Self {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create daemon log")),
