@@ -1214,6 +1214,12 @@ impl Worker {
             },
             LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
             LinkEvent::Msg(CoordMsg::HostBudgets(b)) => self.on_host_budgets(b),
+            // Protocol 7 (SPEC §13): the assignment with peer sources.
+            LinkEvent::Msg(CoordMsg::Assign7(delta)) => self.on_assign(delta.plain()),
+            LinkEvent::Msg(CoordMsg::PeerPlane(_)) => {
+                tracing::debug!("peer plane settings received; this worker does not use them yet");
+            }
+            LinkEvent::Msg(CoordMsg::PeerDirectory(_) | CoordMsg::PeerGrants(_)) => {}
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)) => {
             }

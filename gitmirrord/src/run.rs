@@ -830,6 +830,17 @@ impl MainLoop {
                         self.dispatch(sends);
                     }
                     WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
+                    // Protocol 7 (SPEC §13). Until the coordinator orders copies from peers
+                    // (S2), every outcome is an upstream one: the extra fields are dropped.
+                    WorkerMsg::Outcomes7(batch) => {
+                        let batch = OutcomeBatch {
+                            outcomes: batch.outcomes.into_iter().map(|o| o.outcome).collect(),
+                        };
+                        self.on_outcomes(uuid, batch, now).await
+                    }
+                    WorkerMsg::PeerInfo(info) => {
+                        tracing::debug!(?info, "{} peer plane", self.worker_label(&uuid));
+                    }
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
                     WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
                     WorkerMsg::HostDemand(d) => self.budgets.demand(uuid, &d),
