@@ -223,6 +223,9 @@ struct Stamp {
     ino: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// Changes with the mode too: a file made private again is read again.
+    ctime: i64,
+    ctime_nsec: i64,
     len: u64,
 }
 
@@ -232,6 +235,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
         ino: m.ino(),
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec(),
         len: m.len(),
     })
 }
@@ -294,8 +299,11 @@ impl Credentials {
                     let Some(file) = &spec.token_file else {
                         return Err(err("token_file", "required for an http(s) entry".into()));
                     };
+                    // Stamped before it is read: a rewrite in between is seen as a change
+                    // (and read again), never hidden behind the new stamp.
+                    let stamped = stamp(file);
                     let token = read_secret(file).map_err(|d| err("token_file", d))?;
-                    stamps.push((file.clone(), stamp(file)));
+                    stamps.push((file.clone(), stamped));
                     Some(token)
                 }
                 Family::Ssh => {
@@ -317,6 +325,7 @@ impl Credentials {
                             "required for an ssh entry (host keys are checked strictly)".into(),
                         ));
                     };
+                    let stamped = [stamp(key_file), stamp(hosts)];
                     check_secret_file(key_file).map_err(|d| err("ssh_key_file", d))?;
                     std::fs::metadata(hosts).map_err(|e| {
                         err(
@@ -324,8 +333,8 @@ impl Credentials {
                             format!("cannot read {}: {e}", hosts.display()),
                         )
                     })?;
-                    for f in [key_file, hosts] {
-                        stamps.push((f.clone(), stamp(f)));
+                    for (f, s) in [key_file, hosts].into_iter().zip(stamped) {
+                        stamps.push((f.clone(), s));
                     }
                     None
                 }
@@ -362,32 +371,58 @@ impl Credentials {
     pub fn changed_on_disk(&self) -> bool {
         self.stamps.iter().any(|(p, s)| stamp(p) != *s)
     }
+
+    /// The files as they are on disk now, in the order of the stamps taken at loading.
+    fn on_disk(&self) -> Vec<Option<Stamp>> {
+        self.stamps.iter().map(|(p, _)| stamp(p)).collect()
+    }
 }
 
 /// [`Credentials`] shared between a daemon's reload path and its users, re-read when a
 /// file changes ([`SharedCredentials::fresh`]).
 #[derive(Debug, Clone, Default)]
-pub struct SharedCredentials(std::sync::Arc<std::sync::Mutex<std::sync::Arc<Credentials>>>);
+pub struct SharedCredentials(std::sync::Arc<std::sync::Mutex<Shared>>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    current: std::sync::Arc<Credentials>,
+    /// The files as they were when re-reading them last failed: the same unusable files
+    /// are not read (nor reported) again until they change once more.
+    refused: Option<Vec<Option<Stamp>>>,
+}
 
 impl SharedCredentials {
     pub fn new(credentials: std::sync::Arc<Credentials>) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(credentials)))
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Shared {
+            current: credentials,
+            refused: None,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set(&self, credentials: std::sync::Arc<Credentials>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = credentials;
+        let mut g = self.lock();
+        g.current = credentials;
+        g.refused = None;
     }
 
     pub fn current(&self) -> std::sync::Arc<Credentials> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().current.clone()
     }
 
     /// The current entries, first re-read if one of their files changed on disk; a file
     /// that became unusable keeps the loaded entries (the error is returned beside them,
-    /// for the caller to log).
+    /// for the caller to log, once per change of the files).
     pub fn fresh(&self, key: &str) -> (std::sync::Arc<Credentials>, Option<CredentialError>) {
         let current = self.current();
         if !current.changed_on_disk() {
+            return (current, None);
+        }
+        let on_disk = current.on_disk();
+        if self.lock().refused.as_ref() == Some(&on_disk) {
             return (current, None);
         }
         match current.reload(key) {
@@ -396,7 +431,10 @@ impl SharedCredentials {
                 self.set(new.clone());
                 (new, None)
             }
-            Err(e) => (current, Some(e)),
+            Err(e) => {
+                self.lock().refused = Some(on_disk);
+                (current, Some(e))
+            }
         }
     }
 }
@@ -571,6 +609,41 @@ mod tests {
         let m = auth_message("https://h:8443/org/", "Received HTTP status 401");
         assert_eq!(refused_entry(&m), Some("https://h:8443/org/"));
         assert_eq!(refused_entry("Received HTTP status 401"), None);
+    }
+
+    /// SPEC §16: a secret file that becomes unusable keeps the loaded entries and is
+    /// reported once, not at every look; fixed, it is read again.
+    #[test]
+    fn spec_16_an_unusable_secret_file_is_reported_once_per_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = secret(dir.path(), "t", "one", 0o600);
+        let shared = SharedCredentials::new(std::sync::Arc::new(
+            Credentials::load(&[http("https://h/", &t)], "credentials").unwrap(),
+        ));
+        let broken = secret(dir.path(), "t.new", "two", 0o644);
+        std::fs::rename(&broken, &t).unwrap();
+        let (c, e) = shared.fresh("credentials");
+        assert!(e.is_some(), "readable by others: refused");
+        let token = |c: &Credentials| {
+            c.find("https://h/x")
+                .unwrap()
+                .token
+                .as_ref()
+                .unwrap()
+                .expose()
+                .to_owned()
+        };
+        assert_eq!(token(&c), "one", "the loaded entry stays");
+        for _ in 0..3 {
+            let (c, e) = shared.fresh("credentials");
+            assert!(e.is_none(), "reported once: {e:?}");
+            assert_eq!(token(&c), "one");
+        }
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (c, e) = shared.fresh("credentials");
+        assert!(e.is_none(), "{e:?}");
+        assert_eq!(token(&c), "two", "read again once fixed");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the poller's thread peaks near 1.1 GB, and that memory stayed resident beside the
 //! fleet the main loop then built, for as long as the process ran: the coordinator's
 //! peak RSS at 1M repos was 2.0 GiB, of which ~375 MB was free heap that
-//! `malloc_trim` returned (docs/scale.md "Coordinator RSS: freed heap kept by glibc").
+//! `malloc_trim` returned (docs/scale.md "Issue 9, sixth session").
 
 /// Return every arena's free pages to the system (`malloc_trim(0)`). Costs a walk of the
 /// free lists with each arena locked in turn: call it after an O(repos) step, off the
@@ -17,6 +17,27 @@ pub fn release_free() {
         #[allow(unsafe_code)]
         unsafe {
             libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Allocations this big are served by their own mapping and unmapped when freed.
+pub const MMAP_THRESHOLD: usize = 256 << 10;
+
+/// Call once at the daemon's start, before its threads: big buffers (a checkpoint's
+/// encoding, an index read's parts, large frames) get their own mapping, returned to the
+/// system when freed. glibc's default threshold starts at 128 KiB but rises to the size
+/// of every such buffer freed (up to 32 MiB), after which they come from the heap and
+/// their space stays resident; fixing it kept a 1M coordinator's peak RSS ~70 MB lower
+/// (docs/scale.md "Issue 9, sixth session").
+pub fn tune() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets glibc's allocation parameters; called before any
+        // thread of ours starts.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
         }
     }
 }

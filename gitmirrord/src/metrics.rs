@@ -69,6 +69,8 @@ pub struct FleetCounts {
     /// Workers not dead, by id.
     per_worker: Vec<WorkerSeries>,
     repos: Vec<(&'static str, usize)>,
+    /// Failing and gone repos by their last error's class, every class named.
+    failing: Vec<(String, usize)>,
     fetches: FetchStats,
     staleness: Histogram,
     never_mirrored: u64,
@@ -102,6 +104,20 @@ impl FleetCounts {
                 .into_iter()
                 .map(|s| (s.as_str(), census.in_state(s)))
                 .collect(),
+            failing: {
+                use crate::fleet::ErrorClass as C;
+                let by = census.failing_by_class();
+                [C::Transient, C::RateLimited, C::Gone, C::Local, C::Auth]
+                    .into_iter()
+                    .map(|c| {
+                        let n = by
+                            .iter()
+                            .find(|(k, _)| *k == Some(c))
+                            .map_or(0, |(_, n)| *n);
+                        (crate::history::error_class_name(c), n)
+                    })
+                    .collect()
+            },
             fetches: fetches.clone(),
             staleness: census.staleness(now_ms),
             never_mirrored: census.never_mirrored(),
@@ -169,6 +185,15 @@ pub fn render(i: &Inputs<'_>) -> String {
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
     for (state, n) in &i.fleet.repos {
         w.sample("gitmirror_repos", &[("state", state)], *n as f64);
+    }
+
+    w.family(
+        "gitmirror_repos_failing",
+        "gauge",
+        "Failing and gone repos by the last error's class (auth: a credential entry matched and the upstream refused it, SPEC §16).",
+    );
+    for (class, n) in &i.fleet.failing {
+        w.sample("gitmirror_repos_failing", &[("class", class)], *n as f64);
     }
 
     let stats = &i.fleet.fetches;

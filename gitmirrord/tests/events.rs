@@ -687,6 +687,15 @@ async fn metrics_parse_and_follow_the_fleet() {
         get_value(&m, "gitmirror_repos", &[("state", "unassigned")]),
         0.0
     );
+    // SPEC §7.3, §16: failing repos by class, each class present.
+    assert_eq!(
+        get_value(&m, "gitmirror_repos_failing", &[("class", "gone")]),
+        1.0
+    );
+    assert_eq!(
+        get_value(&m, "gitmirror_repos_failing", &[("class", "auth")]),
+        0.0
+    );
     assert_eq!(
         get_value(&m, "gitmirror_fetches_total", &[("outcome", "cloned")]),
         2.0
@@ -732,6 +741,26 @@ async fn metrics_parse_and_follow_the_fleet() {
         get_value(&m, "gitmirror_staleness_seconds_bucket", &[("le", "60")]),
         2.0,
         "just fetched"
+    );
+    // SPEC §16: the same repo now refused while a credential matched → class auth.
+    w.report(vec![outcome(
+        4,
+        REPOS[2],
+        FetchResult::Failed {
+            class: FailureClass::Auth,
+            message: "HTTP 403 (credential https://git.example.org/)".into(),
+        },
+        &[],
+    )])
+    .await;
+    let m = scrape().await;
+    assert_eq!(
+        get_value(&m, "gitmirror_repos_failing", &[("class", "auth")]),
+        1.0
+    );
+    assert_eq!(
+        get_value(&m, "gitmirror_repos_failing", &[("class", "gone")]),
+        0.0
     );
     // Polls keep being counted (poll_interval is 1 s).
     eventually(10, "more index polls", || async {

@@ -685,3 +685,84 @@ async fn spec_9_read_token_and_allowed_hosts_reload_on_sighup() {
     assert!([404, 409].contains(&s), "{s} {e}");
     c.stop().await.1.unwrap();
 }
+
+/// Issue 16, `GET /repos?q=`: both sections page through every match by their own
+/// cursor (`after` for ids, `url_after` for URLs), over HTTP: following the "next" links
+/// lists each matching repo exactly once, at most a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue16_repo_search_pages_through_every_match() {
+    const N: usize = 130;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("index-src/s/search");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut want: Vec<String> = Vec::new();
+    for i in 0..N {
+        let name = format!("repo-{i:03}");
+        std::fs::write(
+            src.join(&name),
+            format!("url: https://git.example.org/needle/{name}.git\n"),
+        )
+        .unwrap();
+        want.push(format!("s/search/{name}"));
+    }
+    want.sort();
+    let c = Coordinator::start_in(dir, "").await;
+    eventually(10, "the index to load", || async {
+        let (_, v) = c.get_json("/api/repos").await;
+        (v["total"] == N + REPOS.len()).then_some(())
+    })
+    .await;
+
+    // The URL snapshot is rebuilt on the poller's thread after the fleet has the index.
+    eventually(10, "the URL search to know the index", || async {
+        let (_, page) = c.get("/repos?q=example.org%2Fneedle").await;
+        page.contains("id=\"next-url\"").then_some(())
+    })
+    .await;
+
+    // The ids listed in one section of a page, and its "next" link.
+    fn section(page: &str, id: &str, next: &str) -> (Vec<String>, Option<String>) {
+        let start = page.find(&format!("<section id=\"{id}\">")).expect(id);
+        let body = &page[start..];
+        let body = &body[..body.find("</section>").unwrap()];
+        let ids = body
+            .split("href=\"/repos/")
+            .skip(1)
+            .map(|s| s[..s.find('"').unwrap()].replace("%2F", "/"))
+            .collect();
+        let needle = format!("id=\"{next}\" href=\"");
+        let link = body.find(&needle).map(|at| {
+            let s = &body[at + needle.len()..];
+            s[..s.find('"').unwrap()].replace("&amp;", "&")
+        });
+        (ids, link)
+    }
+    for (q, sec, next) in [
+        ("s%2Fsearch%2F", "found", "next"),
+        ("example.org%2Fneedle", "found-url", "next-url"),
+    ] {
+        let mut seen: Vec<String> = Vec::new();
+        let mut path = format!("/repos?q={q}");
+        let mut pages = 0;
+        loop {
+            let (s, page) = c.get(&path).await;
+            assert_eq!(s, 200, "{path}: {page}");
+            let (ids, link) = section(&page, sec, next);
+            assert!(ids.len() <= 50, "{path}: {} on one page", ids.len());
+            seen.extend(ids);
+            pages += 1;
+            assert!(pages <= N, "the pages never end");
+            match link {
+                Some(l) => path = l,
+                None => break,
+            }
+        }
+        assert_eq!(pages, N.div_ceil(50), "{q}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "{q}: a repo listed twice");
+        assert_eq!(sorted, want, "{q}");
+    }
+    c.stop().await.1.unwrap();
+}

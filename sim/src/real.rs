@@ -66,13 +66,16 @@ impl Worker {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let state_dir = dir.join("state");
         let config = dir.join("gitmirror-worker.yaml");
+        // Upstreams refuse connections, so nothing is written: the free-space floor is
+        // set low, or a full build machine (5 % free) makes every clone wait.
         let mut yaml = format!(
             "coordinator: {quic}\n\
              join_token: {token}\n\
              mirror_dir: {mirror}\n\
              state_dir: {state}\n\
              name: {name}\n\
-             log_level: info\n",
+             log_level: info\n\
+             disk: {{min_free: 64MiB}}\n",
             quic = coord.quic,
             token = serde_json::Value::String(token.to_owned()),
             mirror = yaml_path(&dir.join("mirrors")),
