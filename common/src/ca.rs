@@ -122,6 +122,19 @@ impl Ca {
         &self.cert
     }
 
+    /// The CA certificate as PEM: what workers get in `PeerPlane` (issue 12, C2) to check
+    /// each other's certificates on the peer plane.
+    pub fn cert_pem(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.cert.as_ref());
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        pem
+    }
+
     /// A new key pair and certificate for the worker `uuid` (its common name and a DNS name
     /// `<uuid>.worker.gitmirror`), for client and server authentication (the peer plane).
     pub fn issue(&self, uuid: &str) -> Result<Issued> {
@@ -175,6 +188,16 @@ mod tests {
 
     fn der(pem: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    // SPEC §13 (C2): the PEM handed to workers is the certificate on disk, byte for byte.
+    #[test]
+    fn spec_13_ca_pem_is_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(d.path()).unwrap();
+        assert_eq!(der(&ca.cert_pem()), *ca.cert());
+        let file = std::fs::read_to_string(d.path().join(CA_CERT_FILE)).unwrap();
+        assert_eq!(ca.cert_pem().replace("\r", ""), file.replace("\r", ""));
     }
 
     // SPEC §17: a worker's certificate is issued by the fleet's CA and verified against

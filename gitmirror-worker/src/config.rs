@@ -613,14 +613,6 @@ impl RawConfig {
             .map_err(|e| KeyError::new(e.key, e.detail))?;
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level).map_err(|d| KeyError::new("log_level", d))?;
-        if self.peer_listen.is_some() {
-            warnings.push(
-                "peer_listen is set, but this release does not start the peer plane yet: it \
-                 starts once the coordinator hands out the fleet's CA and grants (issue 12, \
-                 step S2); nothing listens meanwhile"
-                    .into(),
-            );
-        }
         let cfg = WorkerConfig {
             coordinator,
             token,

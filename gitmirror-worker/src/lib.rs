@@ -8,6 +8,7 @@ pub mod config;
 mod link;
 pub mod mirror;
 pub mod peer;
+pub mod peer_plane;
 pub mod pool;
 mod run;
 pub mod schedule;

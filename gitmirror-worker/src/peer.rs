@@ -118,6 +118,17 @@ impl Grants {
         });
     }
 
+    /// The coordinator is gone (C4): every grant ends within `lease` from now, sooner if
+    /// it was to end sooner anyway.
+    pub fn lapse_within(&self, lease: Duration) {
+        let end = Instant::now() + lease;
+        for askers in self.lock().values_mut() {
+            for until in askers.values_mut() {
+                *until = (*until).min(end);
+            }
+        }
+    }
+
     /// A live grant names `fingerprint` for `repo`.
     pub fn allows(&self, repo: &str, fingerprint: &str) -> bool {
         let now = Instant::now();
@@ -313,6 +324,9 @@ impl PeerServer {
 impl Drop for PeerServer {
     fn drop(&mut self) {
         self.accept.abort();
+        // Ends the connections too (a restart with another fleet CA must not keep
+        // serving askers the old one admitted).
+        self.endpoint.close(0u32.into(), b"peer plane restarted");
     }
 }
 

@@ -246,6 +246,8 @@ struct Reported {
     changes: Vec<gitmirror_wire::RefChange>,
     ref_count: u32,
     refs_digest: u64,
+    /// SHA-256 of the refs after the attempt (SPEC §13, C5), for `Outcomes7`.
+    refs_sha256: [u8; 32],
 }
 
 /// Diff `fetched` against the refs last reported for `id` (against no refs for a relist);
@@ -270,6 +272,7 @@ fn diff_reported(
         changes: ref_changes(&old, &new),
         ref_count: u32::try_from(new.len()).unwrap_or(u32::MAX),
         refs_digest: refs_digest(&new),
+        refs_sha256: mirror::refs_sha256(&new),
         fetched,
     })
 }
@@ -347,6 +350,12 @@ struct Worker {
     /// The queues above are looked through at most once a second (they may hold
     /// thousands of projects; the loop passes far more often).
     pool_scan_after: i64,
+    /// The peer plane (SPEC §13): listener, fleet CA, grants.
+    peer: crate::peer_plane::Plane,
+    /// Refs SHA-256 of the outcomes in the outbox that made one (C5), sent in `Outcomes7`.
+    /// In memory only: an outcome resent after a restart goes without it (`None`), which
+    /// the coordinator reads as "unknown", never as a mismatch.
+    report_sha: HashMap<u64, [u8; 32]>,
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -382,7 +391,10 @@ impl Worker {
             }
         }
         let durable_report = state.outbox.keys().next_back().copied().unwrap_or(0);
+        let peer = crate::peer_plane::Plane::new(&cfg, (*mirrors).clone());
         Self {
+            peer,
+            report_sha: HashMap::new(),
             cfg,
             state,
             store,
@@ -547,6 +559,7 @@ impl Worker {
     async fn stop(&mut self) {
         notify::stopping();
         self.stopping = true;
+        self.peer.close().await;
         tracing::info!(
             running = self.running.len(),
             "stopping: interrupting running fetches and saving state"
@@ -790,7 +803,14 @@ impl Worker {
         );
         tracing::debug!(repo = %id, verify, "maintaining");
         let mirrors = self.mirrors.clone();
+        let holds = self.peer.holds();
         self.ops.spawn(async move {
+            // C18: a repack under a running upload-pack can drop the packs it reads, so
+            // maintenance waits for transfers of this repo (and refuses new ones).
+            let _hold = match &holds {
+                Some(h) => Some(h.maintenance(&id).await),
+                None => None,
+            };
             let bid = id.clone();
             let r = tokio::task::spawn_blocking(move || {
                 mirrors.maintain(&bid, &url, verify, &interrupt)
@@ -1032,6 +1052,7 @@ impl Worker {
         let mut pool_trigger = false;
         let success = result.is_ok();
         let mut relisted = false;
+        let mut sha = None;
         let (fetch_result, changes, next) = match result {
             Ok(Reported {
                 fetched,
@@ -1039,7 +1060,9 @@ impl Worker {
                 changes,
                 ref_count,
                 refs_digest,
+                refs_sha256,
             }) => {
+                sha = Some(refs_sha256);
                 repo.mirrored = true;
                 let fetch_result = if repo.announced {
                     FetchResult::Fetched
@@ -1172,7 +1195,10 @@ impl Worker {
             id: id.clone(),
             refs: Refs::new(),
         });
-        self.queue_outcome(outcome, reset);
+        let report_id = self.queue_outcome(outcome, reset);
+        if let (Some(sha), Some(report_id)) = (sha, report_id) {
+            self.report_sha.insert(report_id, sha);
+        }
         if pool_trigger {
             self.queue_consolidation(&id, now);
         }
@@ -1451,6 +1477,11 @@ impl Worker {
                     tx,
                     sent_upto: 0,
                 });
+                // Protocol 7 (SPEC §13, C9): the peer plane before the holdings, so the
+                // coordinator knows it before the first assignment.
+                if protocol >= 7 {
+                    self.send(WorkerMsg::PeerInfo(self.peer.info()));
+                }
                 // In parts of bounded size (protocol 3): 100k repos do not fit one frame.
                 for part in gitmirror_wire::holdings_parts(self.state.holdings()) {
                     if !self.send(part) {
@@ -1463,11 +1494,13 @@ impl Worker {
             }
             LinkEvent::Down => {
                 self.conn = None;
+                self.peer.on_link_down();
                 self.budgeting.lost_at = Some(Instant::now());
                 self.update_status_line();
             }
             LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
             LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
+                self.report_sha.retain(|id, _| *id > upto);
                 if self.state.acknowledge(upto) > 0 {
                     self.store.append(vec![Record::Ack { upto }]);
                 }
@@ -1493,6 +1526,15 @@ impl Worker {
             },
             LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
             LinkEvent::Msg(CoordMsg::HostBudgets(b)) => self.on_host_budgets(b),
+            // Protocol 7 (SPEC §13): the assignment with peer sources.
+            LinkEvent::Msg(CoordMsg::Assign7(delta)) => self.on_assign(delta.plain()),
+            LinkEvent::Msg(CoordMsg::PeerPlane(p)) => {
+                if self.peer.on_plane(p.ca_cert_pem, p.lease_ms) {
+                    self.send(WorkerMsg::PeerInfo(self.peer.info()));
+                }
+            }
+            LinkEvent::Msg(CoordMsg::PeerGrants(g)) => self.peer.on_grants(g),
+            LinkEvent::Msg(CoordMsg::PeerDirectory(_)) => {}
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)) => {
             }
@@ -1761,16 +1803,15 @@ impl Worker {
 
     /// Put an outcome in the outbox and the journal (with its repo's record and `before`,
     /// in one batch); it is sent once durable.
-    fn queue_outcome(&mut self, outcome: Outcome, before: Option<Record>) {
+    fn queue_outcome(&mut self, outcome: Outcome, before: Option<Record>) -> Option<u64> {
         self.dirty.insert(outcome.repo.clone());
         let report_id = self.state.push_outcome(outcome);
-        let Some(o) = self.state.outbox.get(&report_id).cloned() else {
-            return;
-        };
+        let o = self.state.outbox.get(&report_id).cloned()?;
         let mut records: Vec<Record> = before.into_iter().collect();
         records.push(Record::Outcome(o));
         let seq = self.commit(records);
         self.pending_reports.push_back((seq, report_id));
+        Some(report_id)
     }
 
     /// More of the journal is durable: outcomes may go, assignments be acknowledged, and
@@ -1833,9 +1874,23 @@ impl Worker {
         }
         // Batches bounded by bytes, an outcome's changes ahead of it when they do not fit
         // one (protocol 3); `sent_upto` moves only past outcomes whose batch was queued.
-        for msg in gitmirror_wire::outcome_frames(unsent) {
+        // Protocol 7: with the refs hash of each (every one from upstream, for now).
+        let frames = if conn.protocol >= 7 {
+            gitmirror_wire::chunk::outcome7_frames(unsent.into_iter().map(|o| {
+                gitmirror_wire::Outcome7 {
+                    refs_sha256: self.report_sha.get(&o.report_id).copied(),
+                    source: gitmirror_wire::TransferSource::Upstream,
+                    transfer_bytes: 0,
+                    outcome: o,
+                }
+            }))
+        } else {
+            gitmirror_wire::outcome_frames(unsent)
+        };
+        for msg in frames {
             let upto = match &msg {
                 WorkerMsg::Outcomes(b) => b.outcomes.last().map(|o| o.report_id),
+                WorkerMsg::Outcomes7(b) => b.outcomes.last().map(|o| o.outcome.report_id),
                 _ => None,
             };
             if !self.send(msg) {

@@ -939,3 +939,128 @@ async fn spec_13_silent_holder_is_given_up_at_fetch_timeout() {
     }
     holding.server.close().await;
 }
+
+/// Issue 12 step S2, the worker's half (SPEC §13, C2, C4, C9): a worker with `peer_listen`
+/// tells the coordinator (protocol 7) it does not listen until the coordinator's
+/// `PeerPlane` brings the fleet CA; then it saves the CA as `fleet-ca.pem`, listens, and
+/// says on which port; it serves a repo it mirrors only to the certificate a `PeerGrants`
+/// names, and the copy equals the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_worker_starts_its_peer_plane_from_the_coordinator() {
+    use common::coord::FakeCoordinator;
+    use common::harness;
+    use gitmirror_wire::{
+        AssignDelta, CoordMsg, FetchResult, PeerGrant, PeerGrants, PeerPlane, RepoSpec, WorkerMsg,
+    };
+    use std::os::unix::fs::PermissionsExt;
+
+    let fleet = fleet();
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "abc");
+    let daemon = common::GitDaemon::start(up.path());
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    // The certificate enrollment would have left in the state dir.
+    let state = root.path().join("state");
+    gitmirror_common::statefile::ensure_dir(&state).unwrap();
+    let (cert, fingerprint) = worker(&fleet, 1);
+    let key_path = state.join(gitmirror_common::trust::WORKER_KEY_FILE);
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        state.join(gitmirror_common::trust::WORKER_CERT_FILE),
+        &cert.cert_pem,
+    )
+    .unwrap();
+    let mut cfg = harness::config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        harness::fetch_section(Duration::from_secs(60), Duration::from_secs(3600)),
+        gitmirror_common::units::FreeSpace::Bytes(0),
+    );
+    cfg.peer_listen = Some("127.0.0.1:0".parse().unwrap());
+    let w = harness::start(cfg);
+
+    let mut s = coord.accept(3).await;
+    assert!(matches!(s.recv().await, WorkerMsg::Holdings(_)));
+    let info = s.peer_info.clone().expect("PeerInfo before the holdings");
+    assert_eq!(info.port, None, "no fleet CA yet: not listening");
+    s.send(CoordMsg::PeerPlane(PeerPlane {
+        ca_cert_pem: fleet.ca_pem.clone(),
+        lease_ms: 60_000,
+    }))
+    .await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![RepoSpec {
+            id: REPO.into(),
+            url: daemon.url("abc"),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    s.recv_until(|m| match m {
+        WorkerMsg::Outcomes(b) => b
+            .outcomes
+            .iter()
+            .any(|o| o.result == FetchResult::Cloned)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let port = s
+        .peer_info
+        .as_ref()
+        .and_then(|p| p.port)
+        .expect("PeerInfo names the port once listening");
+    assert_eq!(
+        std::fs::read_to_string(state.join(gitmirror_worker::peer_plane::FLEET_CA_FILE)).unwrap(),
+        fleet.ca_pem,
+        "the CA is saved for restarts without the coordinator"
+    );
+
+    let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(120));
+    let holder = Holder {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        fingerprint,
+    };
+    let held = Mirrors::new(root.path().join("repos")).path(REPO);
+    let expect = mirror::refs_sha256(&local_refs(&held));
+    // C5: the clone's outcome carries the SHA-256 of the refs it left (protocol 7).
+    let reported = s
+        .outcomes7
+        .iter()
+        .find(|o| o.outcome.result == FetchResult::Cloned)
+        .expect("the clone came as Outcomes7");
+    assert_eq!(reported.refs_sha256, Some(expect));
+    assert_eq!(reported.source, gitmirror_wire::TransferSource::Upstream);
+    let refused = asker.fetch(&holder, expect).await;
+    assert!(refused.is_err(), "not granted yet: {refused:?}");
+    assert!(!asker.mirrors.path(REPO).exists());
+
+    s.send(CoordMsg::PeerGrants(PeerGrants {
+        lease_ms: 60_000,
+        grant: vec![PeerGrant {
+            repo: REPO.into(),
+            fingerprint: asker.fingerprint.clone(),
+        }],
+        revoke: vec![],
+    }))
+    .await;
+    // The grant reaches the listener through the worker's loop: poll with a deadline.
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        match asker.fetch(&holder, expect).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "never served: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let path = asker.mirrors.path(REPO);
+    assert_eq!(local_refs(&path), local_refs(&upstream.dir));
+    fsck(&path);
+    w.stop().await;
+}

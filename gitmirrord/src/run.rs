@@ -492,10 +492,17 @@ fn host_name() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
+/// How long a worker's peer grants outlive its connection to this coordinator (C4).
+const PEER_GRANT_LEASE_MS: u64 = 60_000;
+
 struct Conn {
     id: u64,
-    /// The worker's protocol (its `Hello`): budgets only from 6 on (SPEC §18).
+    /// The worker's protocol (its `Hello`): budgets only from 6 on (SPEC §18), the peer
+    /// plane from 7 (SPEC §13).
     protocol: u32,
+    /// Its `PeerInfo` (protocol 7), sent again on every connection, so kept with the
+    /// connection and not in the registry (design.md "Peer plane": S2).
+    peer: Option<gitmirror_wire::PeerInfo>,
     outbox: mpsc::Sender<CoordMsg>,
     handle: quinn::Connection,
 }
@@ -782,6 +789,7 @@ impl MainLoop {
                             Conn {
                                 id: conn,
                                 protocol: hello.protocol,
+                                peer: None,
                                 outbox,
                                 handle,
                             },
@@ -800,6 +808,15 @@ impl MainLoop {
                         let budgeted = self.budgets.connected(uuid, hello.protocol);
                         if reply.send(Ok(admission)).is_err() {
                             self.lost(uuid);
+                        }
+                        // SPEC §13 (C2): the fleet CA over the pinned channel, before
+                        // anything can name this worker as a holder or grant it a transfer.
+                        if hello.protocol >= 7 {
+                            let plane = gitmirror_wire::PeerPlane {
+                                ca_cert_pem: self.ca.cert_pem(),
+                                lease_ms: PEER_GRANT_LEASE_MS,
+                            };
+                            self.send(uuid, CoordMsg::PeerPlane(plane));
                         }
                         // The budgets before the first assignment, so a worker never
                         // starts a fetch on a limited host without its share.
@@ -830,6 +847,20 @@ impl MainLoop {
                         self.dispatch(sends);
                     }
                     WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
+                    // Protocol 7 (SPEC §13). Until the coordinator orders copies from peers
+                    // (S2), every outcome is an upstream one: the extra fields are dropped.
+                    WorkerMsg::Outcomes7(batch) => {
+                        let batch = OutcomeBatch {
+                            outcomes: batch.outcomes.into_iter().map(|o| o.outcome).collect(),
+                        };
+                        self.on_outcomes(uuid, batch, now).await
+                    }
+                    WorkerMsg::PeerInfo(info) => {
+                        tracing::debug!(?info, "{} peer plane", self.worker_label(&uuid));
+                        if let Some(c) = self.conns.get_mut(&uuid) {
+                            c.peer = Some(info);
+                        }
+                    }
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
                     WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
                     WorkerMsg::HostDemand(d) => self.budgets.demand(uuid, &d),

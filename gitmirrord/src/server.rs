@@ -635,6 +635,14 @@ async fn read_loop(
                     return reason;
                 }
             },
+            WorkerMsg::Outcomes7(batch) => match parts.outcomes7(batch) {
+                Ok(batch) => WorkerMsg::Outcomes7(batch),
+                Err(e) => {
+                    let reason = e.to_string();
+                    protocol_error(conn, who, &reason);
+                    return reason;
+                }
+            },
             m => m,
         };
         if ctx

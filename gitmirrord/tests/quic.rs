@@ -440,6 +440,31 @@ async fn restart_keeps_ids_and_moves_nothing() {
 /// its first assignment, acknowledges it with `HostDemand` and is granted a share; a
 /// worker of protocol 5 gets none (it is not limited by the budget: the coordinator logs
 /// so at its join) and its first message is the assignment, as before.
+/// SPEC §13 (issue 12, C2): a worker of protocol 7 gets the fleet CA (the coordinator's
+/// `ca-cert.pem`) right after `Welcome`, before any assignment; a worker of protocol 6
+/// gets no peer plane and its first message is the assignment, as before. (Seen failing
+/// with the plane sent to protocol 6 workers too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_peer_plane_goes_to_protocol_7_workers_only() {
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let (mut old, _) = TestWorker::join_speaking(c.quic, &c.token, Uuid::from_u128(5), 6).await;
+    old.holdings(vec![]).await;
+    match old.recv_any().await.unwrap() {
+        CoordMsg::Assign(_) => {}
+        other => panic!("a protocol 6 worker got {other:?}"),
+    }
+    let (mut w, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(6)).await;
+    let plane = match w.recv_any().await.unwrap() {
+        CoordMsg::PeerPlane(p) => p,
+        other => panic!("expected PeerPlane first, got {other:?}"),
+    };
+    let ca = std::fs::read_to_string(c.state_dir.join(gitmirror_common::ca::CA_CERT_FILE)).unwrap();
+    assert_eq!(plane.ca_cert_pem, ca);
+    assert!(plane.lease_ms > 0);
+    c.stop().await.1.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_18_budgets_go_to_protocol_6_workers_only() {
     let c = Coordinator::start("host_limits: [{host: example.org, connections: 3}]\n").await;

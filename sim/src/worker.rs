@@ -433,7 +433,12 @@ impl Worker {
 
     async fn on_msg(&mut self, msg: CoordMsg, send: &mut quinn::SendStream) -> Result<(), String> {
         match msg {
-            CoordMsg::Assign(delta) => {
+            CoordMsg::Assign(_) | CoordMsg::Assign7(_) => {
+                let delta = match msg {
+                    CoordMsg::Assign7(d) => d.plain(),
+                    CoordMsg::Assign(d) => d,
+                    _ => return Ok(()),
+                };
                 let seq = delta.seq;
                 self.apply(delta);
                 write(send, &WorkerMsg::AssignAck { seq }).await?;
@@ -461,6 +466,8 @@ impl Worker {
                 self.budget.seen = b.seq;
                 self.budget_turn(send, true).await?;
             }
+            // Protocol 7 (SPEC §13): a simulated worker copies nothing from peers.
+            CoordMsg::PeerPlane(_) | CoordMsg::PeerDirectory(_) | CoordMsg::PeerGrants(_) => {}
             CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_) => {
                 return Err("the coordinator repeated its handshake answer".into());
             }

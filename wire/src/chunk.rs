@@ -11,7 +11,8 @@
 //! frame can never pass [`crate::MAX_FRAME`] whatever the names in it.
 
 use crate::message::{
-    HeldRepo, HoldingsPart, Outcome, OutcomeBatch, OutcomeChanges, RefChange, WorkerMsg,
+    CoordMsg, HeldRepo, HoldingsPart, Outcome, Outcome7, OutcomeBatch, OutcomeBatch7,
+    OutcomeChanges, PeerDirectory, PeerEntry, RefChange, WorkerMsg,
 };
 use std::collections::BTreeMap;
 
@@ -79,14 +80,46 @@ pub fn holdings_parts(repos: Vec<HeldRepo>) -> Vec<WorkerMsg> {
 /// batches, with [`OutcomeChanges`] ahead of any outcome whose changes do not fit in one.
 /// The order of outcomes is kept, so cumulative acknowledgements stay right.
 pub fn outcome_frames(outcomes: impl IntoIterator<Item = Outcome>) -> Vec<WorkerMsg> {
+    frames(outcomes)
+}
+
+/// [`outcome_frames`] for protocol 7's `Outcomes7` (the same bounds, the same
+/// [`OutcomeChanges`] ahead of a big outcome).
+pub fn outcome7_frames(outcomes: impl IntoIterator<Item = Outcome7>) -> Vec<WorkerMsg> {
+    frames(outcomes)
+}
+
+/// An outcome of either protocol, for [`frames`] and [`Reassembly`].
+trait Batched: serde::Serialize + Sized {
+    fn outcome(&mut self) -> &mut Outcome;
+    fn batch(items: Vec<Self>) -> WorkerMsg;
+}
+
+impl Batched for Outcome {
+    fn outcome(&mut self) -> &mut Outcome {
+        self
+    }
+    fn batch(outcomes: Vec<Self>) -> WorkerMsg {
+        WorkerMsg::Outcomes(OutcomeBatch { outcomes })
+    }
+}
+
+impl Batched for Outcome7 {
+    fn outcome(&mut self) -> &mut Outcome {
+        &mut self.outcome
+    }
+    fn batch(outcomes: Vec<Self>) -> WorkerMsg {
+        WorkerMsg::Outcomes7(OutcomeBatch7 { outcomes })
+    }
+}
+
+fn frames<T: Batched>(outcomes: impl IntoIterator<Item = T>) -> Vec<WorkerMsg> {
     let mut msgs = Vec::new();
-    let mut batch: Vec<Outcome> = Vec::new();
+    let mut batch: Vec<T> = Vec::new();
     let mut size = OVERHEAD;
-    let flush = |batch: &mut Vec<Outcome>, msgs: &mut Vec<WorkerMsg>| {
+    let flush = |batch: &mut Vec<T>, msgs: &mut Vec<WorkerMsg>| {
         if !batch.is_empty() {
-            msgs.push(WorkerMsg::Outcomes(OutcomeBatch {
-                outcomes: std::mem::take(batch),
-            }));
+            msgs.push(T::batch(std::mem::take(batch)));
         }
     };
     for mut o in outcomes {
@@ -95,13 +128,14 @@ pub fn outcome_frames(outcomes: impl IntoIterator<Item = Outcome>) -> Vec<Worker
             // Too big alone: send all but the last chunk of its changes ahead of it.
             flush(&mut batch, &mut msgs);
             size = OVERHEAD;
-            let changes = std::mem::take(&mut o.changes);
+            let changes = std::mem::take(&mut o.outcome().changes);
             let head = encoded_len(&o);
             let mut parts = split_changes(changes, CHUNK_BYTES.saturating_sub(head + OVERHEAD));
-            o.changes = parts.pop().unwrap_or_default();
+            o.outcome().changes = parts.pop().unwrap_or_default();
+            let report_id = o.outcome().report_id;
             for changes in parts {
                 msgs.push(WorkerMsg::OutcomeChanges(OutcomeChanges {
-                    report_id: o.report_id,
+                    report_id,
                     changes,
                 }));
             }
@@ -116,6 +150,42 @@ pub fn outcome_frames(outcomes: impl IntoIterator<Item = Outcome>) -> Vec<Worker
     }
     flush(&mut batch, &mut msgs);
     msgs
+}
+
+/// Protocol 7: a peer directory change as parts of at most [`CHUNK_BYTES`] each (the
+/// removals in the last part); always at least one part.
+pub fn directory_parts(upsert: Vec<PeerEntry>, remove: Vec<u32>) -> Vec<CoordMsg> {
+    let mut parts = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = OVERHEAD + encoded_len(&remove);
+    for e in upsert {
+        let n = encoded_len(&e);
+        if !cur.is_empty() && size + n > CHUNK_BYTES {
+            parts.push(std::mem::take(&mut cur));
+            size = OVERHEAD;
+        }
+        size += n;
+        cur.push(e);
+    }
+    parts.push(cur);
+    let count = parts.len();
+    let mut remove = Some(remove);
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, upsert)| {
+            let last = i + 1 == count;
+            CoordMsg::PeerDirectory(PeerDirectory {
+                upsert,
+                remove: if last {
+                    remove.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                last,
+            })
+        })
+        .collect()
 }
 
 /// Changes cut into runs of at most `room` encoded bytes (at least one change a run).
@@ -202,14 +272,29 @@ impl Reassembly {
 
     /// A batch, with the changes sent ahead put back in front of their outcome's own.
     pub fn outcomes(&mut self, mut batch: OutcomeBatch) -> Result<OutcomeBatch, ChunkError> {
+        self.join(&mut batch.outcomes)?;
+        Ok(batch)
+    }
+
+    /// [`Reassembly::outcomes`] for protocol 7's `Outcomes7`.
+    pub fn outcomes7(&mut self, mut batch: OutcomeBatch7) -> Result<OutcomeBatch7, ChunkError> {
+        self.join(&mut batch.outcomes)?;
+        Ok(batch)
+    }
+
+    fn join<T: Batched>(&mut self, outcomes: &mut [T]) -> Result<(), ChunkError> {
         if let Some((id, mut ahead)) = self.pending.take() {
-            let Some(o) = batch.outcomes.iter_mut().find(|o| o.report_id == id) else {
+            let Some(o) = outcomes
+                .iter_mut()
+                .map(T::outcome)
+                .find(|o| o.report_id == id)
+            else {
                 return Err(ChunkError::OrphanChanges(id));
             };
             ahead.append(&mut o.changes);
             o.changes = ahead;
         }
-        Ok(batch)
+        Ok(())
     }
 }
 
@@ -223,6 +308,11 @@ pub fn reassemble(msgs: Vec<WorkerMsg>) -> Result<Vec<Outcome>, ChunkError> {
             WorkerMsg::Outcomes(b) => {
                 for o in r.outcomes(b)?.outcomes {
                     out.insert(o.report_id, o);
+                }
+            }
+            WorkerMsg::Outcomes7(b) => {
+                for o in r.outcomes7(b)?.outcomes {
+                    out.insert(o.outcome.report_id, o.outcome);
                 }
             }
             _ => {}
@@ -293,6 +383,75 @@ mod tests {
         );
         assert!(msgs.iter().all(|m| frame_len(m) <= CHUNK_BYTES));
         assert_eq!(reassemble(msgs).unwrap(), all);
+    }
+
+    /// SPEC §13 (protocol 7): `Outcomes7` keep protocol 3's bounds, and a big outcome's
+    /// changes travel ahead of it and are put back with its source and hash intact.
+    #[test]
+    fn spec_13_outcomes7_travel_in_bounded_frames() {
+        use crate::message::TransferSource;
+        let seven = |o: Outcome, peer: Option<u32>| Outcome7 {
+            refs_sha256: Some([o.report_id as u8; 32]),
+            transfer_bytes: o.report_id * 1000,
+            source: peer.map_or(TransferSource::Upstream, TransferSource::Peer),
+            outcome: o,
+        };
+        let all = vec![
+            seven(outcome(4, 1), None),
+            seven(outcome(5, 300_000), Some(3)),
+            seven(outcome(6, 3), Some(1)),
+        ];
+        let msgs = outcome7_frames(all.clone());
+        assert!(msgs.len() > 5, "{} frames", msgs.len());
+        let mut r = Reassembly::new();
+        let mut back = Vec::new();
+        for m in msgs {
+            assert!(frame_len(&m) <= CHUNK_BYTES, "{} bytes", frame_len(&m));
+            match m {
+                WorkerMsg::OutcomeChanges(c) => r.outcome_changes(c).unwrap(),
+                WorkerMsg::Outcomes7(b) => back.extend(r.outcomes7(b).unwrap().outcomes),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(back, all);
+    }
+
+    /// SPEC §13: a directory of 100k peers (far more than any worker is told to use) in
+    /// parts below the cap, the removals once, in the last part.
+    #[test]
+    fn spec_13_peer_directory_in_bounded_parts() {
+        let peers: Vec<_> = (0..100_000u32)
+            .map(|i| PeerEntry {
+                worker_id: i,
+                uuid: uuid::Uuid::from_u128(i.into()),
+                fingerprint: "f".repeat(43),
+                addr: format!("worker-{i}.example.org:7443"),
+                zone: Some(format!("zone-{}", i % 3)),
+            })
+            .collect();
+        let parts = directory_parts(peers.clone(), vec![7, 9]);
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        let mut upsert = Vec::new();
+        let mut remove = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let n = crate::encode_frame(p).unwrap().len();
+            assert!(n <= CHUNK_BYTES, "{n} bytes");
+            let CoordMsg::PeerDirectory(d) = p.clone() else {
+                panic!("not a directory part")
+            };
+            assert_eq!(d.last, i + 1 == parts.len());
+            upsert.extend(d.upsert);
+            remove.extend(d.remove);
+        }
+        assert_eq!((upsert, remove), (peers, vec![7, 9]));
+        assert_eq!(
+            directory_parts(vec![], vec![]),
+            vec![CoordMsg::PeerDirectory(PeerDirectory {
+                upsert: vec![],
+                remove: vec![],
+                last: true
+            })]
+        );
     }
 
     /// SPEC §12 "Wire": holdings of 1M repos in parts below the cap, put back whole.

@@ -78,6 +78,10 @@ impl ClientHandshake {
             }
             CoordMsg::RefsQuery(_) => return Err(HandshakeError::Unexpected("a refs query")),
             CoordMsg::HostBudgets(_) => return Err(HandshakeError::Unexpected("host budgets")),
+            CoordMsg::Assign7(_) => return Err(HandshakeError::Unexpected("an assignment")),
+            CoordMsg::PeerPlane(_) | CoordMsg::PeerDirectory(_) | CoordMsg::PeerGrants(_) => {
+                return Err(HandshakeError::Unexpected("peer plane settings"));
+            }
         };
         if welcome.protocol != self.hello.protocol {
             return Err(HandshakeError::VersionMismatch {
@@ -184,6 +188,33 @@ mod tests {
     use super::*;
 
     // Issue 10 finding 5: the coordinator's side of the handshake never prints the secret.
+    /// SPEC §12 "Upgrades": the coordinator of protocol 7 accepts the previous version (6),
+    /// and still everything down to the floor, 2 (C15), but nothing newer.
+    #[test]
+    fn spec_12_protocol_6_still_accepted_by_7() {
+        for v in 2..=7 {
+            let c = ClientHandshake::new(hello(v, "s"));
+            let v2 =
+                ServerHandshake::new("s").on_first_frame(&c.hello_frame().unwrap()[4..], false);
+            assert_eq!(v2, ServerVerdict::Accept(hello(v, "s")), "protocol {v}");
+        }
+        for v in [0, 1, 8] {
+            let c = ClientHandshake::new(hello(v, "s"));
+            let got =
+                ServerHandshake::new("s").on_first_frame(&c.hello_frame().unwrap()[4..], false);
+            assert!(
+                matches!(
+                    &got,
+                    ServerVerdict::Refuse {
+                        close_code: close_code::VERSION_MISMATCH,
+                        ..
+                    }
+                ),
+                "protocol {v}: {got:?}"
+            );
+        }
+    }
+
     #[test]
     fn issue10_f5_server_handshake_debug_does_not_print_the_secret() {
         let shown = format!("{:?}", ServerHandshake::new("s3cr3t-join"));

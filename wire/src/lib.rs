@@ -17,7 +17,9 @@ pub mod refs;
 pub mod refs_page;
 pub mod token;
 
-pub use chunk::{CHUNK_BYTES, ChunkError, Reassembly, holdings_parts, outcome_frames};
+pub use chunk::{
+    CHUNK_BYTES, ChunkError, Reassembly, directory_parts, holdings_parts, outcome_frames,
+};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict, Welcomed};
 pub use message::*;
@@ -34,8 +36,11 @@ pub use token::{JoinToken, TokenError};
 /// class `Auth` (SPEC §16); 5 only appends that variant to 4, which only a worker sends.
 /// 6: fleet-wide upstream budgets (SPEC §18): `HostBudgets` to workers, `HostDemand` and
 /// `RateLimited` from them; 6 only appends variants to 5. A worker of protocol < 6 gets no
-/// budgets and is not limited by them.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// budgets and is not limited by them. 7: the peer plane (SPEC §13, issue 12): `PeerInfo`
+/// and `Outcomes7` from workers, `PeerPlane`, `PeerDirectory`, `Assign7` and `PeerGrants`
+/// to them; 7 only appends variants to 6. A worker below 7 gets none of them: plain
+/// `Assign`, upstream fetches, and it is never named as a holder to copy from.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
 /// coordinator is upgraded first and accepts the previous version for one release). It
@@ -43,13 +48,18 @@ pub const PROTOCOL_VERSION: u32 = 6;
 /// messages (never `Relist` or `RefsQuery`, which protocol 3 added, nor `Enrolled` or the
 /// refusal codes protocol 4 added). Protocols 2 and 3 both stay accepted: a worker that
 /// cannot enroll is admitted by the join token as before, unless its uuid is enrolled.
+///
+/// Protocol 7 kept the floor at 2 (design.md "Peer plane", C15): every version since 2 only
+/// appended variants, and every message newer than a worker's version is already gated on
+/// it, so an older floor costs nothing on the wire; raising it would refuse working
+/// workers for no gain. The floor rises with the first change that is not append-only.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/6";
+pub const ALPN: &[u8] = b"gitmirror/7";
 
 /// ALPN of the previous version, offered by the coordinator while it accepts that version.
-pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/5";
+pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/6";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.

@@ -39,6 +39,14 @@ pub enum WorkerMsg {
     /// `Retry-After`, or exhausted rate-limit headers); sent at once, so the coordinator
     /// can pause the host for the whole fleet. Appended.
     RateLimited(RateLimitReport),
+    /// Protocol 7 (SPEC §13): the worker's peer plane, sent right after `Welcome` and
+    /// before the holdings (so the coordinator knows it before the first assignment), and
+    /// only to a coordinator of protocol ≥ 7. A worker without `peer_listen` sends it too,
+    /// with `port: None`. Appended.
+    PeerInfo(PeerInfo),
+    /// Protocol 7: outcomes with where the objects came from (C6). Replaces `Outcomes` on a
+    /// connection of protocol ≥ 7; chunked and acknowledged the same way. Appended.
+    Outcomes7(OutcomeBatch7),
 }
 
 /// Coordinator → worker.
@@ -72,6 +80,21 @@ pub enum CoordMsg {
     /// share of every limited host's budget and the hosts paused for the whole fleet. Each
     /// message replaces the previous one. Sent only to workers of protocol ≥ 6. Appended.
     HostBudgets(HostBudgets),
+    /// Protocol 7 (SPEC §13): the fleet CA certificate, over the pinned channel, and how
+    /// long peer grants stay valid after the worker lost the coordinator. Sent after
+    /// `Welcome` to workers of protocol ≥ 7; the worker saves the certificate so its
+    /// listener keeps working while the coordinator is away. Appended.
+    PeerPlane(PeerPlane),
+    /// Protocol 7: changes to the peers this worker is told to use (only those; never the
+    /// whole fleet), in parts bounded by bytes ([`crate::chunk::directory_parts`]).
+    /// Appended.
+    PeerDirectory(PeerDirectory),
+    /// Protocol 7: `Assign` with, per repo, the holders to copy from, the refs hash they
+    /// must match, and when the first upstream fetch is due. Replaces `Assign` on a
+    /// connection of protocol ≥ 7; acknowledged by `AssignAck` like it. Appended.
+    Assign7(AssignDelta7),
+    /// Protocol 7: which askers this holder may serve which repos to (C4). Appended.
+    PeerGrants(PeerGrants),
 }
 
 /// `Debug` is written by hand: it must not print the join secret (issue 10 finding 5).
@@ -421,6 +444,142 @@ pub struct RateLimitReport {
     /// The host as in the repo's URL, lower case.
     pub host: String,
     pub retry_after_ms: u64,
+}
+
+/// A worker's peer plane (protocol 7). `port: None`: no `peer_listen`, nothing to dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// UDP port of the QUIC peer listener.
+    pub port: Option<u16>,
+    /// `peer_advertise` (`host:port`), when the address the coordinator sees is not the
+    /// one other workers should dial.
+    pub advertise: Option<String>,
+    /// `zone`, for placement with replicas (S3).
+    pub zone: Option<String>,
+}
+
+/// SHA-256 of a repo's sorted `name\0oid\n` list ([`crate::peer::refs_sha256`]).
+pub type RefsSha256 = [u8; 32];
+
+/// Where the objects of an outcome came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferSource {
+    Upstream,
+    /// From the peer with this worker id.
+    Peer(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeBatch7 {
+    pub outcomes: Vec<Outcome7>,
+}
+
+/// [`Outcome`] plus what protocol 7 adds (postcard is positional: `Outcome` cannot grow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome7 {
+    pub outcome: Outcome,
+    pub source: TransferSource,
+    /// Bytes received for this attempt (pack data), for
+    /// `gitmirror_transfer_bytes_total{source}`.
+    pub transfer_bytes: u64,
+    /// Refs hash of the mirror after the attempt; `None` when there is no mirror.
+    pub refs_sha256: Option<RefsSha256>,
+}
+
+/// The fleet CA and the grant lease (protocol 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPlane {
+    pub ca_cert_pem: String,
+    /// Grants lapse this long after the worker lost the coordinator (milliseconds).
+    pub lease_ms: u64,
+}
+
+/// One peer a worker may be told to fetch from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub worker_id: u32,
+    pub uuid: Uuid,
+    /// Fingerprint of its certificate (SHA-256 of the DER, base64url, as the registry names it): pinned by the
+    /// asker, so a wrong address fails closed.
+    pub fingerprint: String,
+    /// `host:port` to dial.
+    pub addr: String,
+    pub zone: Option<String>,
+}
+
+/// A change to the peer directory. Parts of one change arrive in order; `last` ends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDirectory {
+    /// Added or changed peers.
+    pub upsert: Vec<PeerEntry>,
+    /// Worker ids no longer to use.
+    pub remove: Vec<u32>,
+    pub last: bool,
+}
+
+/// The role of a worker for one repo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepoRole {
+    /// Fetches upstream and makes the events (R = 1: the owner).
+    Primary,
+    /// Copies from the primary (replicas, S4).
+    Follower,
+}
+
+/// An assignment change of protocol 7. `seq` is shared with `Assign`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignDelta7 {
+    pub seq: u64,
+    pub upsert: Vec<RepoSpec7>,
+    pub drop: Vec<DropOrder>,
+}
+
+impl AssignDelta7 {
+    /// The delta without the peer fields, as protocol 6 says it.
+    pub fn plain(self) -> AssignDelta {
+        AssignDelta {
+            seq: self.seq,
+            upsert: self
+                .upsert
+                .into_iter()
+                .map(|s| RepoSpec {
+                    id: s.id,
+                    url: s.url,
+                })
+                .collect(),
+            drop: self.drop,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSpec7 {
+    pub id: String,
+    pub url: String,
+    pub role: RepoRole,
+    /// Worker ids (of the peer directory) holding a verified copy, best first; empty:
+    /// fetch upstream.
+    pub sources: Vec<u32>,
+    /// The refs hash the copy must have before it is swapped in (C5).
+    pub expect: Option<RefsSha256>,
+    /// The previous holder's next upstream fetch (Unix ms), so a seed does not make every
+    /// moved repo due at once (C12).
+    pub next_due_ms: Option<i64>,
+}
+
+/// Grant changes for a holder (C4): serve `repo` to the certificate `fingerprint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerGrants {
+    /// How long each grant stands once the worker lost the coordinator (milliseconds).
+    pub lease_ms: u64,
+    pub grant: Vec<PeerGrant>,
+    pub revoke: Vec<PeerGrant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerGrant {
+    pub repo: String,
+    pub fingerprint: String,
 }
 
 #[cfg(test)]

@@ -54,6 +54,33 @@ proptest! {
         let _ = peek_protocol(&body);
     }
 
+    /// SPEC §13: mutated and truncated protocol 7 messages (both directions) decode to
+    /// an error or to a message that round-trips; never a panic.
+    #[test]
+    fn spec_13_mutated_peer_messages_never_panic(
+        w in worker_msg(),
+        c in coord_msg(),
+        pos in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for mut body in [encode_frame(&w).unwrap()[4..].to_vec(), encode_frame(&c).unwrap()[4..].to_vec()] {
+            let i = pos.index(body.len());
+            body[i] = byte;
+            body.truncate(cut.index(body.len() + 1));
+            // Compared as bytes: a mutated `weight` may be NaN.
+            if let Ok(m) = decode::<WorkerMsg>(&body) {
+                let again = encode_frame(&m).unwrap();
+                let back = decode::<WorkerMsg>(&again[4..]).unwrap();
+                prop_assert_eq!(encode_frame(&back).unwrap(), again);
+            }
+            if let Ok(m) = decode::<CoordMsg>(&body) {
+                let again = encode_frame(&m).unwrap();
+                prop_assert_eq!(decode::<CoordMsg>(&again[4..]).unwrap(), m);
+            }
+        }
+    }
+
     #[test]
     fn frame_decoder_never_panics_or_overallocates(
         chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16)
@@ -200,6 +227,35 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
             retry_after_ms,
         })
     });
+    // Protocol 7 (SPEC §13).
+    let peer_info = (
+        proptest::option::of(any::<u16>()),
+        proptest::option::of(".{0,16}"),
+        proptest::option::of(".{0,8}"),
+    )
+        .prop_map(|(port, advertise, zone)| {
+            WorkerMsg::PeerInfo(PeerInfo {
+                port,
+                advertise,
+                zone,
+            })
+        });
+    let outcomes7 = (
+        arb_outcome(),
+        proptest::option::of(any::<u32>()),
+        any::<u64>(),
+        proptest::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(outcome, peer, transfer_bytes, refs_sha256)| {
+            WorkerMsg::Outcomes7(OutcomeBatch7 {
+                outcomes: vec![Outcome7 {
+                    outcome,
+                    source: peer.map_or(TransferSource::Upstream, TransferSource::Peer),
+                    transfer_bytes,
+                    refs_sha256,
+                }],
+            })
+        });
     prop_oneof![
         3 => hello,
         1 => holdings,
@@ -207,6 +263,8 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
         1 => refs_page,
         1 => demand,
         1 => rate_limited,
+        1 => peer_info,
+        1 => outcomes7,
     ]
 }
 
@@ -253,6 +311,41 @@ fn coord_msg() -> impl Strategy<Value = CoordMsg> {
                     paused: vec![HostPause { host, remaining_ms }],
                 })
             }),
+        // Protocol 7 (SPEC §13).
+        1 => (".{0,24}", any::<u64>()).prop_map(|(ca_cert_pem, lease_ms)| {
+            CoordMsg::PeerPlane(PeerPlane { ca_cert_pem, lease_ms })
+        }),
+        1 => (any::<u32>(), ".{0,12}", ".{0,12}", proptest::option::of(".{0,6}"),
+              proptest::collection::vec(any::<u32>(), 0..3), any::<bool>())
+            .prop_map(|(worker_id, fingerprint, addr, zone, remove, last)| {
+                CoordMsg::PeerDirectory(PeerDirectory {
+                    upsert: vec![PeerEntry {
+                        worker_id, uuid: uuid::Uuid::nil(), fingerprint, addr, zone,
+                    }],
+                    remove, last,
+                })
+            }),
+        1 => (any::<u64>(), ".{0,12}", proptest::collection::vec(any::<u32>(), 0..3),
+              proptest::option::of(any::<[u8; 32]>()), proptest::option::of(any::<i64>()),
+              any::<bool>())
+            .prop_map(|(seq, id, sources, expect, next_due_ms, follower)| {
+                CoordMsg::Assign7(AssignDelta7 {
+                    seq,
+                    upsert: vec![RepoSpec7 {
+                        url: format!("git://h/{id}"), id,
+                        role: if follower { RepoRole::Follower } else { RepoRole::Primary },
+                        sources, expect, next_due_ms,
+                    }],
+                    drop: vec![],
+                })
+            }),
+        1 => (any::<u64>(), ".{0,12}", ".{0,12}").prop_map(|(lease_ms, repo, fingerprint)| {
+            CoordMsg::PeerGrants(PeerGrants {
+                lease_ms,
+                grant: vec![PeerGrant { repo: repo.clone(), fingerprint: fingerprint.clone() }],
+                revoke: vec![PeerGrant { repo, fingerprint }],
+            })
+        }),
     ]
 }
 
@@ -391,7 +484,9 @@ proptest! {
                 prop_assert_eq!((r.code, &r.message), (code, &message));
             }
             (CoordMsg::Assign(_) | CoordMsg::OutcomeAck { .. } | CoordMsg::FetchNow { .. }
-                | CoordMsg::Relist { .. } | CoordMsg::RefsQuery(_) | CoordMsg::HostBudgets(_),
+                | CoordMsg::Relist { .. } | CoordMsg::RefsQuery(_) | CoordMsg::HostBudgets(_)
+                | CoordMsg::PeerPlane(_) | CoordMsg::PeerDirectory(_) | CoordMsg::Assign7(_)
+                | CoordMsg::PeerGrants(_),
              Err(HandshakeError::Unexpected(_))) => {}
             (r, got) => prop_assert!(false, "{:?} gave {:?}", r, got),
         }

@@ -176,6 +176,36 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             }),
             "RATE_LIMITED",
         ),
+        (
+            WorkerMsg::PeerInfo(PeerInfo {
+                port: Some(7443),
+                advertise: Some("w:1".into()),
+                zone: Some("z".into()),
+            }),
+            "PEER_INFO",
+        ),
+        (
+            WorkerMsg::Outcomes7(OutcomeBatch7 {
+                outcomes: vec![Outcome7 {
+                    outcome: Outcome {
+                        report_id: 300,
+                        repo: "a/b/c".into(),
+                        url: "git://h/c".into(),
+                        finished_ms: 1_700_000_000_000,
+                        duration_ms: 12,
+                        result: FetchResult::Cloned,
+                        changes: vec![],
+                        ref_count: 3,
+                        refs_digest: 5,
+                        next_due_ms: 1_700_000_060_000,
+                    },
+                    source: TransferSource::Peer(4),
+                    transfer_bytes: 1000,
+                    refs_sha256: Some([0xab; 32]),
+                }],
+            }),
+            "OUTCOMES7",
+        ),
     ]
 }
 
@@ -273,6 +303,56 @@ fn coord_msgs() -> Vec<(CoordMsg, &'static str)> {
             }),
             "HOST_BUDGETS",
         ),
+        (
+            CoordMsg::PeerPlane(PeerPlane {
+                ca_cert_pem: "ca".into(),
+                lease_ms: 30_000,
+            }),
+            "PEER_PLANE",
+        ),
+        (
+            CoordMsg::PeerDirectory(PeerDirectory {
+                upsert: vec![PeerEntry {
+                    worker_id: 4,
+                    uuid: uuid(),
+                    fingerprint: "fp".into(),
+                    addr: "w:1".into(),
+                    zone: None,
+                }],
+                remove: vec![2],
+                last: true,
+            }),
+            "PEER_DIRECTORY",
+        ),
+        (
+            CoordMsg::Assign7(AssignDelta7 {
+                seq: 9,
+                upsert: vec![RepoSpec7 {
+                    id: "a/b/c".into(),
+                    url: "git://h/c".into(),
+                    role: RepoRole::Primary,
+                    sources: vec![4, 5],
+                    expect: Some([0xab; 32]),
+                    next_due_ms: Some(1_700_000_060_000),
+                }],
+                drop: vec![DropOrder {
+                    id: "d/e/f".into(),
+                    reason: DropReason::Moved,
+                }],
+            }),
+            "ASSIGN7",
+        ),
+        (
+            CoordMsg::PeerGrants(PeerGrants {
+                lease_ms: 30_000,
+                grant: vec![PeerGrant {
+                    repo: "a/b/c".into(),
+                    fingerprint: "fp".into(),
+                }],
+                revoke: vec![],
+            }),
+            "PEER_GRANTS",
+        ),
     ]
 }
 
@@ -321,6 +401,16 @@ const GOLDEN: &[(&str, &str)] = &[
         "13000000 09 04 01 0a6769746875622e636f6d 0c 02 1e 01 02",
     ),
     ("RATE_LIMITED", "0e000000 0a 0a6769746875622e636f6d 8827"),
+    // Protocol 7 (SPEC §13): variants 11 and 12 after protocol 6's RateLimited; the port
+    // a u16 varint (7443), the outcome as protocol 2's, then source Peer(4), 1000 bytes,
+    // Some(32 bytes) with no length prefix.
+    ("PEER_INFO", "0c000000 0b 01933a 0103773a31 01017a"),
+    (
+        "OUTCOMES7",
+        "4a000000 0c 01 ac02 05612f622f63 096769743a2f2f682f63 80a0abfef962 0c 00 00 03 05 \
+         c0c9b2fef962 01 04 e807 01 \
+         abababababababababababababababababababababababababababababababab",
+    ),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -340,6 +430,22 @@ const GOLDEN: &[(&str, &str)] = &[
     (
         "HOST_BUDGETS",
         "21000000 08 04 b0ea01 01 0a6769746875622e636f6d 01 02 00 01 0967697465652e636f6d 8827",
+    ),
+    // Protocol 7 (SPEC §13): variants 9 to 12 after protocol 6's HostBudgets.
+    ("PEER_PLANE", "07000000 09 026361 b0ea01"),
+    (
+        "PEER_DIRECTORY",
+        "1f000000 0a 01 04 10 00112233445566778899aabbccddeeff 026670 03773a31 00 01 02 01",
+    ),
+    (
+        "ASSIGN7",
+        "47000000 0b 09 01 05612f622f63 096769743a2f2f682f63 00 02 04 05 01 \
+         abababababababababababababababababababababababababababababababab \
+         01 c0c9b2fef962 01 05642f652f66 00",
+    ),
+    (
+        "PEER_GRANTS",
+        "0f000000 0c b0ea01 01 05612f622f63 026670 00",
     ),
 ];
 
@@ -392,7 +498,9 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::RefsPage(_)
             | WorkerMsg::Load(_)
             | WorkerMsg::HostDemand(_)
-            | WorkerMsg::RateLimited(_) => {}
+            | WorkerMsg::RateLimited(_)
+            | WorkerMsg::PeerInfo(_)
+            | WorkerMsg::Outcomes7(_) => {}
         }
     }
     for (m, _) in coord_msgs() {
@@ -405,7 +513,11 @@ fn every_variant_has_a_golden_case() {
             | CoordMsg::Relist { .. }
             | CoordMsg::RefsQuery(_)
             | CoordMsg::Enrolled(_)
-            | CoordMsg::HostBudgets(_) => {}
+            | CoordMsg::HostBudgets(_)
+            | CoordMsg::PeerPlane(_)
+            | CoordMsg::PeerDirectory(_)
+            | CoordMsg::Assign7(_)
+            | CoordMsg::PeerGrants(_) => {}
         }
     }
     assert_eq!(worker_msgs().len() + coord_msgs().len(), GOLDEN.len());
@@ -422,6 +534,36 @@ fn print_golden() {
     for (m, n) in coord_msgs() {
         println!("(\"{n}\", \"{}\"),", hex(&encode_frame(&m).unwrap()));
     }
+}
+
+/// SPEC §13 (protocol 7): the peer plane's messages only append variants, so every
+/// protocol 6 message keeps its index and bytes, and a protocol 6 decoder refuses (rather
+/// than misreads) a protocol 7 variant.
+#[test]
+fn spec_13_peer_messages_are_pinned() {
+    let index = |frame: &[u8]| frame[4];
+    for (m, name) in worker_msgs() {
+        let i = index(&encode_frame(&m).unwrap());
+        match m {
+            WorkerMsg::PeerInfo(_) => assert_eq!(i, 11, "{name}"),
+            WorkerMsg::Outcomes7(_) => assert_eq!(i, 12, "{name}"),
+            _ => assert!(i <= 10, "{name}"),
+        }
+    }
+    for (m, name) in coord_msgs() {
+        let i = index(&encode_frame(&m).unwrap());
+        match m {
+            CoordMsg::PeerPlane(_) => assert_eq!(i, 9, "{name}"),
+            CoordMsg::PeerDirectory(_) => assert_eq!(i, 10, "{name}"),
+            CoordMsg::Assign7(_) => assert_eq!(i, 11, "{name}"),
+            CoordMsg::PeerGrants(_) => assert_eq!(i, 12, "{name}"),
+            _ => assert!(i <= 8, "{name}"),
+        }
+    }
+    assert_eq!(PROTOCOL_VERSION, 7);
+    assert_eq!(MIN_PROTOCOL_VERSION, 2);
+    assert_eq!(ALPN, b"gitmirror/7");
+    assert_eq!(ALPN_PREVIOUS, b"gitmirror/6");
 }
 
 /// Protocol 5 (SPEC §16): `FailureClass::Auth` is appended (index 4), so the classes of

@@ -24,6 +24,10 @@ pub struct Session {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     pub hello: Hello,
+    /// The last `PeerInfo` (protocol 7), which [`Session::recv`] keeps aside.
+    pub peer_info: Option<gitmirror_wire::PeerInfo>,
+    /// Every `Outcome7` received (protocol 7), in order.
+    pub outcomes7: Vec<gitmirror_wire::Outcome7>,
     /// Chunked lists put back together as the real coordinator's connection task does.
     parts: Reassembly,
 }
@@ -74,6 +78,8 @@ impl FakeCoordinator {
                 send,
                 recv,
                 hello,
+                peer_info: None,
+                outcomes7: Vec::new(),
                 parts: Reassembly::new(),
             },
             verdict,
@@ -135,6 +141,14 @@ impl Session {
                 WorkerMsg::OutcomeChanges(c) => self.parts.outcome_changes(c).unwrap(),
                 WorkerMsg::Outcomes(b) => {
                     return WorkerMsg::Outcomes(self.parts.outcomes(b).unwrap());
+                }
+                WorkerMsg::PeerInfo(p) => self.peer_info = Some(p),
+                // Protocol 7: given back as `Outcomes`, the extra fields kept aside.
+                WorkerMsg::Outcomes7(b) => {
+                    let b = self.parts.outcomes7(b).unwrap();
+                    let outcomes = b.outcomes.iter().map(|o| o.outcome.clone()).collect();
+                    self.outcomes7.extend(b.outcomes);
+                    return WorkerMsg::Outcomes(gitmirror_wire::OutcomeBatch { outcomes });
                 }
                 m => return m,
             }

@@ -109,6 +109,11 @@ impl Inbox {
                         .into_iter()
                         .map(|o| Event::Outcome(now, o))
                         .collect(),
+                    WorkerMsg::Outcomes7(b) => b
+                        .outcomes
+                        .into_iter()
+                        .map(|o| Event::Outcome(now, o.outcome))
+                        .collect(),
                     WorkerMsg::Status(st) => vec![Event::Status(st)],
                     other => vec![Event::Other(other)],
                 };

@@ -352,8 +352,19 @@ impl TestWorker {
         self.send_raw(&frame).await
     }
 
-    /// The next message, or why the stream ended.
+    /// The next message but the peer plane's settings (protocol 7: `PeerPlane` follows
+    /// every `Welcome`; tests of it use [`TestWorker::recv_any`]), or why the stream ended.
     pub async fn recv(&mut self) -> Result<CoordMsg, String> {
+        loop {
+            match self.recv_any().await? {
+                CoordMsg::PeerPlane(_) => {}
+                m => return Ok(m),
+            }
+        }
+    }
+
+    /// The next message, whatever it is, or why the stream ended.
+    pub async fn recv_any(&mut self) -> Result<CoordMsg, String> {
         let mut header = [0u8; 4];
         let read = tokio::time::timeout(Duration::from_secs(15), self.recv.read_exact(&mut header));
         read.await
