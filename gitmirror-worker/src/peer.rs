@@ -842,8 +842,12 @@ impl PeerClient {
         .await
         .unwrap_or_else(|e| Err(Failure::local(format!("peer fetch task failed: {e}"))));
         timer.abort();
+        // Past the deadline, a stall is the timeout too: the stall's clock starts after
+        // the deadline's, so under load it can end first and win the race to fail.
         let result = match result {
-            Err(mut f) if interrupt.load(Ordering::Relaxed) => {
+            Err(mut f)
+                if interrupt.load(Ordering::Relaxed) || tokio::time::Instant::now() >= deadline =>
+            {
                 f.message = format!(
                     "from peer: stopped at fetch.timeout ({}): {}",
                     humantime::format_duration(self.fetch_timeout),
