@@ -1247,19 +1247,7 @@ impl Mirrors {
         let mut listing = self.list_refs(url, &[])?;
         let ref_map = std::mem::take(&mut listing.ref_map);
         let advertised = advertised_refs(&ref_map.remote_refs);
-        let mut wants: Vec<gix::ObjectId> = advertised
-            .values()
-            .map(|(v, _)| *v)
-            .filter(|id| !repo.has_object(id))
-            .collect();
-        wants.sort();
-        wants.dedup();
-        let mut haves: Vec<gix::ObjectId> = local
-            .values()
-            .filter_map(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
-            .collect();
-        haves.sort();
-        haves.dedup();
+        let (wants, haves) = wants_and_haves(repo, &advertised, local);
         let mut negotiate = FetchWants {
             map: &ref_map,
             wants,
@@ -2383,19 +2371,7 @@ fn peer_fetch_into(
             new_pack_bytes: 0,
         });
     }
-    let mut wants: Vec<gix::ObjectId> = advertised
-        .values()
-        .map(|(v, _)| *v)
-        .filter(|id| !repo.has_object(id))
-        .collect();
-    wants.sort();
-    wants.dedup();
-    let mut haves: Vec<gix::ObjectId> = local
-        .values()
-        .filter_map(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
-        .collect();
-    haves.sort();
-    haves.dedup();
+    let (wants, haves) = wants_and_haves(&repo, &advertised, &local);
     let mut negotiate = FetchWants {
         map: &ref_map,
         wants,
@@ -2738,6 +2714,29 @@ type Advertised =
     std::collections::BTreeMap<gix::bstr::BString, (gix::ObjectId, Option<gix::ObjectId>)>;
 
 /// The upstream's refs under `refs/` with valid names, sorted by name (bytes, as git).
+/// One round's negotiation: wants are the advertised objects `repo` lacks, haves our
+/// ref tips; each sorted, without duplicates.
+fn wants_and_haves(
+    repo: &gix::Repository,
+    advertised: &Advertised,
+    local: &Refs,
+) -> (Vec<gix::ObjectId>, Vec<gix::ObjectId>) {
+    let mut wants: Vec<gix::ObjectId> = advertised
+        .values()
+        .map(|(v, _)| *v)
+        .filter(|id| !repo.has_object(id))
+        .collect();
+    wants.sort();
+    wants.dedup();
+    let mut haves: Vec<gix::ObjectId> = local
+        .values()
+        .filter_map(|h| gix::ObjectId::from_hex(h.as_bytes()).ok())
+        .collect();
+    haves.sort();
+    haves.dedup();
+    (wants, haves)
+}
+
 fn advertised_refs(remote_refs: &[gix::protocol::handshake::Ref]) -> Advertised {
     let mut out = Advertised::new();
     for r in remote_refs {
