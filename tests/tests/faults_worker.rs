@@ -1593,3 +1593,197 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
     w.kill();
     drop(disk);
 }
+
+// ---- 5. kill -9 with fork pools ----
+
+/// Temp packs being written in the pool `pool` (`objects/pack/tmp_*`, `.tmp-*`).
+fn pool_temp_pack(pool: &Path) -> bool {
+    std::fs::read_dir(pool.join("objects").join("pack")).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("tmp_") || n.starts_with(".tmp")
+        })
+    })
+}
+
+/// Whether the mirror at `git_dir` borrows from the pool `pool` (its alternates file names it).
+fn pooled(git_dir: &Path, pool: &Path) -> bool {
+    let Ok(alt) = std::fs::read_to_string(git_dir.join("objects/info/alternates")) else {
+        return false;
+    };
+    let want = std::fs::canonicalize(pool.join("objects")).ok();
+    alt.lines().any(|l| {
+        let p = git_dir.join("objects").join(l.trim());
+        want.is_some() && std::fs::canonicalize(p).ok() == want
+    })
+}
+
+// SPEC §14 (a pool member is complete at every moment: namespace, then alternates, then a
+// local repack; consolidation and repacks never delete a borrowed object), §7.1, §10
+// (after `kill -9` at any moment the worker restarts into a consistent state).
+//
+// One worker with `fetch.pools: true` holds a project of four forks (one big origin, three
+// copies with a commit each) from a real `git daemon`. It is killed at varying moments:
+// once a clone shows up in `.tmp/`, once the pool is made or a member lands at its final
+// path (and joins), once the pool has a
+// temp pack (a consolidation or a seed repack writing), or after a random time; between
+// rounds (the worker down) a member or two is removed (re-clone and join again) or
+// upstream moves (fetches with data, consolidations). After every kill, while the disk is
+// still: every mirror at a final path passes `git fsck --connectivity-only` and has refs.
+// At the end (the worker left alone): every mirror is pooled, equal to upstream and passes
+// a full `git fsck`.
+#[test]
+fn spec_14_kill9_worker_with_pools_keeps_every_mirror_complete() {
+    let mut rng = Rng::seeded("spec_14_kill9_worker_with_pools_keeps_every_mirror_complete");
+    let started = Instant::now();
+    let daemon = GitDaemon::shared();
+    let base = "poolkill-r00";
+    create_big_repo(&daemon, base, 6_000, 300, &mut rng);
+    let mut repos = BTreeMap::new();
+    repos.insert(repo_id(base), daemon.url(base));
+    for i in 1..4 {
+        let name = format!("poolkill-r{i:02}");
+        let url = copy_repo(&daemon, base, &name, &mut rng);
+        repos.insert(repo_id(&name), url);
+    }
+    let ids: Vec<String> = repos.keys().cloned().collect();
+
+    let mut fleet = Fleet::start("poolkill", &repos, 0);
+    fleet.create_worker_with(1.0, |yaml| {
+        yaml.replace("  concurrency: 8\n", "  concurrency: 8\n  pools: true\n")
+    });
+    let pool = fleet.workers[0].mirror_dir.join(".pools/p/poolkill.git");
+    let total_rounds = rounds(8, 60);
+    let mut problems: Vec<String> = Vec::new();
+    let (mut kills, mut at_clone, mut at_join, mut at_temp_pack) = (0u64, 0u64, 0u64, 0u64);
+    let mut checked: BTreeMap<String, String> = BTreeMap::new();
+
+    for round in 0..total_rounds {
+        let w = &fleet.workers[0];
+        if round > 0 {
+            if rng.range(0, 2) == 0 {
+                // A member or two goes: it clones and joins again.
+                for _ in 0..rng.range(1, 3) {
+                    let id = &ids[rng.range(0, ids.len() as u64) as usize];
+                    let path = w.mirror_path(id);
+                    if path.exists() {
+                        std::fs::remove_dir_all(&path).expect("remove a mirror");
+                        checked.remove(id);
+                    }
+                }
+            } else {
+                for _ in 0..rng.range(1, 4) {
+                    let id = &ids[rng.range(0, ids.len() as u64) as usize];
+                    let size = rng.range(1000, 300_000) as usize;
+                    grow(&daemon, repo_name(id), "master", size, &mut rng);
+                }
+            }
+        }
+        let missing: Vec<PathBuf> = ids
+            .iter()
+            .map(|id| w.mirror_path(id))
+            .filter(|p| !p.exists())
+            .collect();
+        let mark = w.proc.log_mark();
+        w.start();
+        let pid = w.proc.pid().expect("worker pid");
+        let mine = format!("-{pid}-");
+        let limit = Duration::from_secs(8);
+        let moment = rng.range(0, 4);
+        let alive = Instant::now();
+        match moment {
+            0 => {
+                if within(limit, || tmp_entries(w).iter().any(|t| t.contains(&mine))) {
+                    at_clone += 1;
+                }
+                std::thread::sleep(Duration::from_millis(rng.range(0, 1500)));
+            }
+            1 => {
+                // A member lands at its final path (it joins the pool right after), or
+                // the pool is made.
+                let existed = pool.join("objects").is_dir();
+                let reached = within(limit, || {
+                    missing.iter().any(|p| p.exists())
+                        || (!existed && pool.join("objects").is_dir())
+                });
+                if reached && (!existed || !missing.is_empty()) {
+                    at_join += 1;
+                }
+                std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
+            }
+            2 => {
+                if within(limit, || pool_temp_pack(&pool)) {
+                    at_temp_pack += 1;
+                }
+            }
+            _ => std::thread::sleep(Duration::from_millis(rng.range(50, 4000))),
+        }
+        if let Some(status) = w.proc.exited() {
+            problems.push(format!(
+                "round {round}: the worker exited by itself ({status}):\n{}",
+                tail(&w.proc.log_since(mark), 30)
+            ));
+            break;
+        }
+        w.kill();
+        kills += 1;
+        eprintln!(
+            "round {round}: moment {moment}, killed after {:.1?}",
+            alive.elapsed()
+        );
+        // The disk is still: every mirror at a final path is complete.
+        for id in &ids {
+            let path = w.mirror_path(id);
+            if !path.exists() {
+                continue;
+            }
+            let Ok(print) = fingerprint(&path) else {
+                continue;
+            };
+            if checked.get(id) == Some(&print) {
+                continue;
+            }
+            match whole(&path, false) {
+                Ok(()) => {
+                    checked.insert(id.clone(), print);
+                }
+                Err(e) => problems.push(format!("round {round}: {id} incomplete: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            break;
+        }
+    }
+    figure(SUITE, "pools_kill.kills", kills);
+    figure(SUITE, "pools_kill.kills_while_cloning", at_clone);
+    figure(SUITE, "pools_kill.kills_at_a_join", at_join);
+    figure(SUITE, "pools_kill.kills_with_pool_temp_pack", at_temp_pack);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Settle: upstream stands still, the worker runs undisturbed.
+    fleet.workers[0].start();
+    let owners = fleet.wait_settled(SETTLE);
+    wait_for(Duration::from_secs(60), "mirrors equal to upstream", || {
+        fleet.check_mirrors(&owners)
+    });
+    let w = &fleet.workers[0];
+    wait_for(Duration::from_secs(90), "every mirror pooled", || {
+        let plain: Vec<&String> = ids
+            .iter()
+            .filter(|id| !pooled(&w.mirror_path(id), &pool))
+            .collect();
+        if plain.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not pooled: {plain:?}"))
+        }
+    });
+    for (id, url) in &fleet.repos {
+        let path = w.mirror_path(id);
+        whole(&path, true).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let refs = try_mirror_refs(&path).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(refs, ls_remote(url), "{id}");
+    }
+    figure(SUITE, "pools_kill.secs", started.elapsed().as_secs());
+}
