@@ -240,7 +240,8 @@ impl WorkDirs {
                 tracing::warn!(
                     mirror_dir = %root.display(),
                     "temp and trash directories stay inside the mirror directory ({}, {}): {why}; \
-                     a git daemon exporting the mirror directory with --export-all can serve \
+                     a server exporting the whole mirror directory (git daemon --export-all \
+                     without the shipped unit's --access-hook, a web server) can serve \
                      half-done clones and deleted mirrors",
                     inside.tmp.display(),
                     inside.trash.display()
