@@ -1650,8 +1650,10 @@ fn spec_14_kill9_worker_with_pools_keeps_every_mirror_complete() {
     let ids: Vec<String> = repos.keys().cloned().collect();
 
     let mut fleet = Fleet::start("poolkill", &repos, 0);
+    // A low `disk.min_free`: on a build machine at 5 % free no clone or join would start.
     fleet.create_worker_with(1.0, |yaml| {
         yaml.replace("  concurrency: 8\n", "  concurrency: 8\n  pools: true\n")
+            + "disk: {min_free: 64MiB}\n"
     });
     let pool = fleet.workers[0].mirror_dir.join(".pools/p/poolkill.git");
     let total_rounds = rounds(8, 60);
