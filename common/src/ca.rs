@@ -52,6 +52,8 @@ impl std::fmt::Debug for Issued {
 pub struct Ca {
     key: KeyPair,
     cert: CertificateDer<'static>,
+    /// `ca-cert.pem` as read.
+    cert_pem: String,
 }
 
 /// The CA certificate's parameters: always the same, so that an issuer rebuilt from the
@@ -115,7 +117,12 @@ impl Ca {
             .with_context(|| format!("{} is missing: {restore}", cert_path.display()))?;
         let cert = CertificateDer::from_pem_slice(&cert_pem)
             .with_context(|| format!("reading {}: {restore}", cert_path.display()))?;
-        Ok(Self { key, cert })
+        let cert_pem = String::from_utf8_lossy(&cert_pem).into_owned();
+        Ok(Self {
+            key,
+            cert,
+            cert_pem,
+        })
     }
 
     pub fn cert(&self) -> &CertificateDer<'static> {
@@ -125,14 +132,7 @@ impl Ca {
     /// The CA certificate as PEM: what workers get in `PeerPlane` (issue 12, C2) to check
     /// each other's certificates on the peer plane.
     pub fn cert_pem(&self) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(self.cert.as_ref());
-        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(line));
-            pem.push('\n');
-        }
-        pem.push_str("-----END CERTIFICATE-----\n");
-        pem
+        self.cert_pem.clone()
     }
 
     /// A new key pair and certificate for the worker `uuid` (its common name and a DNS name

@@ -1,7 +1,8 @@
 //! Index polling (SPEC §3.3, §3.4) on a thread of its own: `Indexes::poll` runs git and
 //! blocks, so it never runs on the async runtime. Each non-empty delta goes to the main
-//! loop in order, in parts of at most [`PART_ENTRIES`]; the latest `GET /api/index` view is kept for the HTTP side, with the
-//! number of polls per index and result for `GET /metrics`.
+//! loop in order, in parts of at most [`PART_ENTRIES`]; the latest `GET /api/index` view
+//! is kept for the HTTP side, with the number of polls per index and result for
+//! `GET /metrics`.
 
 use crate::index::{Delta, IndexError, IndexSource, IndexStatus, Indexes};
 use std::collections::BTreeMap;
