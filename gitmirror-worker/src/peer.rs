@@ -636,9 +636,15 @@ async fn upload_pack(
     };
     let sent = tokio::select! {
         r = down => r,
+        // Never taken: `up` waits once the asker's side is done.
         () = up => Ok(0),
         e = conn.closed() => return Err(format!("the asker went away: {e}")),
     };
+    if sent.is_err() {
+        // Nobody reads upload-pack's output any more: it would block on a full pipe
+        // until fetch.timeout, holding the slot, the permit and the repo's serve hold.
+        let _ = child.start_kill();
+    }
     let status = child
         .wait()
         .await

@@ -589,7 +589,9 @@ async fn spec_13_per_peer_limit_and_timeout() {
         per_peer: 1,
         ..PeerLimits::default()
     };
-    let holding = Holding::start(&fleet, limits, Duration::from_secs(2), "git".into());
+    // Long enough for the busy refusal and the other asker's whole clone on a loaded
+    // machine (it bounds every transfer the holder serves), short enough to wait out.
+    let holding = Holding::start(&fleet, limits, Duration::from_secs(15), "git".into());
     let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(120));
     let other = Asker::new(worker(&fleet, 3), Duration::from_secs(120));
     holding
@@ -612,7 +614,7 @@ async fn spec_13_per_peer_limit_and_timeout() {
         .fetch(&holding.holder(), holding.expect())
         .await
         .unwrap();
-    // fetch.timeout (2 s here) ends the idle transfer; then the asker may fetch again.
+    // fetch.timeout (15 s here) ends the idle transfer; then the asker may fetch again.
     ended(&mut recv).await;
     let until = std::time::Instant::now() + WITHIN;
     while let Err(e) = asker.fetch(&holding.holder(), holding.expect()).await {
