@@ -33,7 +33,7 @@ use gitmirror_common::units::FreeSpace;
 use gitmirror_common::upstream_url::{self, UpstreamUrl, UrlRefused};
 use gitmirror_wire::FailureClass;
 use gix::protocol::transport::client::blocking_io::Transport;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -1100,11 +1100,15 @@ impl Mirrors {
         let size = limits.max_repo_size.map_or(0, |_| dir_size(&objects));
         let watch = Watch::new(limits, path.clone(), objects, size);
         watch.check_start()?;
+        // Only a pooled project consolidates after big fetches: one listing otherwise spared.
+        let before = self.pools().then(|| pack_names(&path));
         let mut fetched = watch
             .guard(interrupt, || self.fetch_healing(id, &path, url, interrupt))
             .map_err(|f| self.with_credential_class(url, f))?;
-        if fetched.packs.is_some() {
-            fetched.new_pack_bytes = newest_pack_bytes(&path);
+        if let Some(before) = before
+            && fetched.packs.is_some()
+        {
+            fetched.new_pack_bytes = new_pack_bytes(&path, &before);
         }
         Ok(fetched)
     }
@@ -1211,7 +1215,7 @@ impl Mirrors {
         let outcome = prepare
             .receive(gix::progress::Discard, interrupt)
             .map_err(|e| classify(&e, Stage::Transfer, refusal()))?;
-        let advertised: std::collections::HashSet<&[u8]> = outcome
+        let advertised: HashSet<&[u8]> = outcome
             .ref_map
             .mappings
             .iter()
@@ -1780,17 +1784,34 @@ fn describe(f: FreeSpace) -> String {
 }
 
 /// The size of the most recently written `.pack` of a mirror (one directory listing).
-fn newest_pack_bytes(git_dir: &Path) -> u64 {
+fn pack_names(git_dir: &Path) -> HashSet<std::ffi::OsString> {
+    fs::read_dir(git_dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().ends_with(".pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bytes in the packs of `git_dir` not named in `before` (taken with [`pack_names`] before
+/// a fetch): what the fetch wrote, or a repack's result; 0 when it wrote no pack (a ref
+/// deletion, an update to objects already here).
+fn new_pack_bytes(git_dir: &Path, before: &HashSet<std::ffi::OsString>) -> u64 {
     let Ok(entries) = fs::read_dir(git_dir.join("objects/pack")) else {
         return 0;
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .filter(|e| {
+            let name = e.file_name();
+            name.to_string_lossy().ends_with(".pack") && !before.contains(&name)
+        })
         .filter_map(|e| e.metadata().ok())
-        .filter_map(|m| Some((m.modified().ok()?, m.len())))
-        .max()
-        .map_or(0, |(_, len)| len)
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Bytes in the regular files under `dir` (0 when it does not exist); links not followed.
@@ -2354,6 +2375,7 @@ fn peer_fetch_into(
 ) -> Result<Fetched, Failure> {
     let repo = open(path)?;
     let local = read_refs(&repo)?;
+    let before = pack_names(path);
     let mut listing = list_on(transport, None, &[]).map_err(from_peer)?;
     let ref_map = std::mem::take(&mut listing.ref_map);
     let advertised = advertised_refs(&ref_map.remote_refs);
@@ -2401,7 +2423,7 @@ fn peer_fetch_into(
         packs: Some(packs),
         newest_commit_secs: None,
         repairs: Vec::new(),
-        new_pack_bytes: newest_pack_bytes(path),
+        new_pack_bytes: new_pack_bytes(path, &before),
     })
 }
 
@@ -2460,7 +2482,7 @@ pub fn refs_sha256(refs: &Refs) -> [u8; 32] {
 fn check_connected(git_dir: &Path, refs: &Advertised) -> Result<(), Failure> {
     use std::io::Write as _;
     let mut input = Vec::with_capacity(refs.len() * 41);
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for (value, _) in refs.values() {
         if seen.insert(*value) {
             let _ = writeln!(input, "{value}");

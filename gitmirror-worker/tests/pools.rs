@@ -1542,4 +1542,9 @@ fn spec_14_fetch_reports_new_pack_bytes() {
         "{}",
         f.new_pack_bytes
     );
+    // Refs move, no object is new: the large pack above is not this fetch's.
+    git(&work, &["push", "-q", "origin", "main:refs/heads/same-commit"]);
+    let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
+    assert!(f.packs.is_some(), "the refs changed");
+    assert_eq!(f.new_pack_bytes, 0, "a new ref on an object already here");
 }
