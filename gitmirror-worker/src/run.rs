@@ -2031,27 +2031,37 @@ impl Worker {
 }
 
 /// Seed first (SPEC §14, plan C12): with `fetch.pools`, while one clone of a project
-/// without a pool runs, the project's other clones wait queued, so the first becomes the
-/// seed of the pool and the others receive only what it lacks (instead of all cloning in
-/// full at once when a project arrives). Repos with credentials are never pooled and
-/// neither wait nor hold others back. Costs one `stat` per clone admitted.
+/// none of whose repos is mirrored yet runs, the project's other clones wait queued, so
+/// the first becomes the seed of the pool and the others receive only what it lacks
+/// (instead of all cloning in full at once when a project arrives). Once a member is
+/// mirrored nothing waits: the next clone creates the pool from it, or clones plain when
+/// it cannot seed one (detached, too many refs), and clones after it borrow or go plain
+/// alike. Repos with credentials are never pooled and neither wait nor hold others back.
+/// Costs one look at the project's entries in the state per project and pass.
 struct PoolSeeds<'a> {
-    mirrors: Option<&'a Mirrors>,
+    pools: bool,
+    mirrors: &'a Mirrors,
+    repos: &'a std::collections::BTreeMap<String, Repo>,
     /// Project folders with a pooling clone running or admitted in this pass.
     cloning: HashSet<String>,
+    /// Project folders with a mirrored repo, as found in this pass.
+    seeded: HashMap<String, bool>,
 }
 
 impl<'a> PoolSeeds<'a> {
     fn new<'i>(
         mirrors: &'a Mirrors,
-        repos: &std::collections::BTreeMap<String, Repo>,
+        repos: &'a std::collections::BTreeMap<String, Repo>,
         running: impl Iterator<Item = &'i String>,
     ) -> Self {
         let mut seeds = Self {
-            mirrors: mirrors.pools().then_some(mirrors),
+            pools: mirrors.pools(),
+            mirrors,
+            repos,
             cloning: HashSet::new(),
+            seeded: HashMap::new(),
         };
-        if seeds.mirrors.is_some() {
+        if seeds.pools {
             for id in running {
                 if let Some(r) = repos.get(id)
                     && !r.mirrored
@@ -2065,27 +2075,39 @@ impl<'a> PoolSeeds<'a> {
     }
 
     fn poolable_folder<'i>(&self, id: &'i str, url: &str) -> Option<&'i str> {
-        let m = self.mirrors?;
         let (folder, _) = id.rsplit_once('/')?;
-        m.credentials().find(url).is_none().then_some(folder)
+        (self.pools && self.mirrors.credentials().find(url).is_none()).then_some(folder)
     }
 
     /// Whether the clone of `id` may start now.
     fn admit_clone(&mut self, id: &str, url: &str) -> bool {
-        let (Some(m), Some(folder)) = (self.mirrors, self.poolable_folder(id, url)) else {
+        let Some(folder) = self.poolable_folder(id, url) else {
             return true;
         };
-        if self.cloning.contains(folder)
-            && !m
-                .root()
-                .join(crate::pool::POOLS_DIR)
-                .join(format!("{folder}.git"))
-                .exists()
-        {
+        if self.cloning.contains(folder) && !self.seeded(folder) {
             return false;
         }
         self.cloning.insert(folder.to_owned());
         true
+    }
+
+    /// Whether a repo directly in `folder` is mirrored (a seed exists or is being made a
+    /// pool). The state's map is ordered, so the folder's entries are one range.
+    fn seeded(&mut self, folder: &str) -> bool {
+        if let Some(&seeded) = self.seeded.get(folder) {
+            return seeded;
+        }
+        let prefix = format!("{folder}/");
+        let seeded = self
+            .repos
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .any(|(id, r)| r.mirrored && !id[prefix.len()..].contains('/'));
+        self.seeded.insert(folder.to_owned(), seeded);
+        seeded
     }
 }
 

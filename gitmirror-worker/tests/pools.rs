@@ -802,6 +802,98 @@ async fn spec_14_project_arriving_at_once_clones_a_seed_first() {
     worker.stop().await;
 }
 
+/// SPEC §14 (plan C12): seed first holds a project's clones back only while none of its
+/// repos is mirrored. Here the mirrored origin cannot seed a pool (detached), so no pool
+/// is ever made: the two forks must still clone side by side, not one at a time until
+/// each clone ends (their upstream answers nothing, so a clone lasts `fetch.timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_project_without_a_pool_clones_side_by_side() {
+    use common::coord::FakeCoordinator;
+    use common::harness::{config, fetch_section, start};
+    use gitmirror_common::units::FreeSpace;
+    use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    let up = tempfile::tempdir().unwrap();
+    origin(up.path());
+    let daemon = GitDaemon::start(up.path());
+    // An upstream that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    {
+        let (held, accepted) = (held.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for conn in silent.incoming().flatten() {
+                held.lock().unwrap().push(conn);
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = true;
+    fetch.concurrency = 4;
+    fetch.per_host_concurrency = 4;
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        fetch,
+        FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let mut s = coord.accept(1).await;
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 1,
+        upsert: vec![RepoSpec {
+            id: "a/abc/abc".into(),
+            url: daemon.url("abc"),
+        }],
+        drop: vec![],
+    }))
+    .await;
+    s.recv_until(|m| match m {
+        WorkerMsg::Outcomes(b) => b
+            .outcomes
+            .iter()
+            .any(|o| o.result == FetchResult::Cloned)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let origin_mirror = root.path().join("repos/a/abc/abc.git");
+    git(&origin_mirror, &["config", "gitmirror.pool", "false"]);
+    s.send(CoordMsg::Assign(AssignDelta {
+        seq: 2,
+        upsert: ["b", "c"]
+            .iter()
+            .map(|n| RepoSpec {
+                id: format!("a/abc/{n}"),
+                url: format!("git://127.0.0.1:{silent_port}/{n}.git"),
+            })
+            .collect(),
+        drop: vec![],
+    }))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accepted.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second fork's clone waited for the first (no pool will ever exist)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!root.path().join("repos/.pools/a/abc.git").exists());
+    // Closing the connections ends both clones.
+    held.lock().unwrap().clear();
+    worker.stop().await;
+}
+
 /// SPEC §12, §14: start-up reconciliation of 1,000 pools with 100 members each (100k
 /// pooled mirrors, built by hand: a pool is a bare repository whose `packed-refs` holds the
 /// namespaces, a member is an `objects/info/alternates` file) runs no git process and
@@ -1543,7 +1635,10 @@ fn spec_14_fetch_reports_new_pack_bytes() {
         f.new_pack_bytes
     );
     // Refs move, no object is new: the large pack above is not this fetch's.
-    git(&work, &["push", "-q", "origin", "main:refs/heads/same-commit"]);
+    git(
+        &work,
+        &["push", "-q", "origin", "main:refs/heads/same-commit"],
+    );
     let f = m.fetch("a/abc/fork", &url, &no_interrupt()).unwrap();
     assert!(f.packs.is_some(), "the refs changed");
     assert_eq!(f.new_pack_bytes, 0, "a new ref on an object already here");
