@@ -790,7 +790,7 @@ impl Mirrors {
         folder: &str,
         low_disk: impl Fn() -> bool,
     ) -> Result<usize, pool::PoolError> {
-        let pool = pool::pool_path(&self.root, &format!("{folder}/x"))?;
+        let pool = pool::project_pool_path(&self.root, folder)?;
         let lock = self.pool_lock(&pool);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let Ok(entries) = fs::read_dir(self.root.join(folder)) else {

@@ -84,6 +84,11 @@ pub fn pool_path(root: &Path, id: &str) -> Result<PathBuf, PoolError> {
     }
 }
 
+/// The pool of project folder `project` (`a/abc` → `<root>/.pools/a/abc.git`).
+pub fn project_pool_path(root: &Path, project: &str) -> Result<PathBuf, PoolError> {
+    pool_path(root, &format!("{project}/x"))
+}
+
 /// A member's name inside its project folder (the last id component).
 pub fn member_name(id: &str) -> &str {
     id.rsplit_once('/').map_or(id, |(_, n)| n)
@@ -892,10 +897,16 @@ struct Held {
 /// The project lock table (plan C10). A consolidation excludes member repacks; a prune
 /// excludes every member op; one pool operation per worker at a time. Pure bookkeeping:
 /// the worker's loop asks before it starts an op and tells when it ended.
+///
+/// An exclusive op (prune, migration) waits until no member op of its project runs; on a
+/// busy project (many members, short intervals) that moment might never come, so the
+/// worker names the one project it wants next ([`ProjectLocks::drain`]): no new member
+/// op starts there, the running ones end (within `fetch.timeout`), the op starts.
 #[derive(Debug, Default)]
 pub struct ProjectLocks {
     held: std::collections::HashMap<String, Held>,
     pool_ops: usize,
+    draining: Option<String>,
 }
 
 impl ProjectLocks {
@@ -904,9 +915,10 @@ impl ProjectLocks {
         let h = self.held.get(project);
         let consolidating = h.is_some_and(|h| h.consolidate);
         let pruning = h.is_some_and(|h| h.prune);
+        let draining = self.draining.as_deref() == Some(project);
         match op {
-            ProjectOp::Member => !pruning,
-            ProjectOp::MemberRepack => !pruning && !consolidating,
+            ProjectOp::Member => !pruning && !draining,
+            ProjectOp::MemberRepack => !pruning && !consolidating && !draining,
             ProjectOp::Consolidate => self.pool_ops == 0 && h.is_none_or(|h| h.repack == 0),
             ProjectOp::Prune | ProjectOp::Migrate => {
                 self.pool_ops == 0 && h.is_none_or(|h| h.member == 0 && h.repack == 0)
@@ -924,7 +936,12 @@ impl ProjectLocks {
             ProjectOp::Member => h.member += 1,
             ProjectOp::MemberRepack => h.repack += 1,
             ProjectOp::Consolidate => h.consolidate = true,
-            ProjectOp::Prune | ProjectOp::Migrate => h.prune = true,
+            ProjectOp::Prune | ProjectOp::Migrate => {
+                h.prune = true;
+                if self.draining.as_deref() == Some(project) {
+                    self.draining = None;
+                }
+            }
         }
         if matches!(
             op,
@@ -960,6 +977,14 @@ impl ProjectLocks {
     /// Whether any pool operation runs.
     pub fn pool_op_running(&self) -> bool {
         self.pool_ops > 0
+    }
+
+    /// Hold new member ops of `project` back until its exclusive op starts (`None`: of no
+    /// project). One project at a time.
+    pub fn drain(&mut self, project: Option<&str>) {
+        if self.draining.as_deref() != project {
+            self.draining = project.map(str::to_owned);
+        }
     }
 }
 
@@ -1002,6 +1027,33 @@ mod tests {
 
     /// SPEC §14: the pool path and the relative alternates path of a member, and of the
     /// same member in a trash beside the mirror directory.
+    /// SPEC §14 (plan C9, C10): a prune waits for the project's member ops; on a busy
+    /// project new ones would keep starting, so the project drains: no new member op
+    /// there (others go on), the prune starts when the running ones end, and the drain
+    /// ends with its start.
+    #[test]
+    fn spec_14_busy_project_drains_for_its_prune() {
+        let mut locks = ProjectLocks::default();
+        assert!(locks.start("a/abc", ProjectOp::Member));
+        assert!(!locks.may_start("a/abc", ProjectOp::Prune));
+        // Without draining, another fetch would start and the prune wait on.
+        assert!(locks.may_start("a/abc", ProjectOp::Member));
+        locks.drain(Some("a/abc"));
+        assert!(!locks.may_start("a/abc", ProjectOp::Member));
+        assert!(!locks.may_start("a/abc", ProjectOp::MemberRepack));
+        assert!(locks.may_start("b/bcd", ProjectOp::Member));
+        locks.finish("a/abc", ProjectOp::Member);
+        assert!(locks.start("a/abc", ProjectOp::Prune));
+        locks.finish("a/abc", ProjectOp::Prune);
+        assert!(
+            locks.may_start("a/abc", ProjectOp::Member),
+            "the drain ended"
+        );
+        locks.drain(Some("a/abc"));
+        locks.drain(None);
+        assert!(locks.may_start("a/abc", ProjectOp::Member));
+    }
+
     #[test]
     fn spec_14_layout_paths() {
         let root = Path::new("/srv/repos");

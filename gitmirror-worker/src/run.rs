@@ -1260,19 +1260,21 @@ impl Worker {
     }
 
     /// Start one due pool operation if none runs and the project's lock allows it: a due
-    /// prune first (it waits until no op of the project's members runs), else the
-    /// earliest due consolidation (not while a member repacks), else the next project's
-    /// migration (exclusive too, and only above `disk.min_free`).
+    /// prune first (it waits until no op of the project's members runs: its project drains
+    /// meanwhile and nothing else starts, so it waits at most for the members' running
+    /// ops), else the earliest due consolidation (not while a member repacks), else the
+    /// next project's migration (exclusive too, and only above `disk.min_free`; it drains
+    /// its project only while nothing else is due).
     fn start_pool_op(&mut self) {
         if self.stopping || self.locks.pool_op_running() {
             return;
         }
         let now = now_ms();
-        if now < self.pool_scan_after
-            || (self.pool_due.is_empty()
-                && self.prune_due.is_empty()
-                && self.migrate_due.is_empty())
-        {
+        if self.pool_due.is_empty() && self.prune_due.is_empty() && self.migrate_due.is_empty() {
+            self.locks.drain(None);
+            return;
+        }
+        if now < self.pool_scan_after {
             return;
         }
         self.pool_scan_after = now.saturating_add(1000);
@@ -1280,37 +1282,40 @@ impl Worker {
             // Plan C14: turned off, no more joins (turned on again, they are asked again).
             self.migrate_due.clear();
         }
-        if !self
-            .prune_due
-            .iter()
-            .any(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
-            && !self.pool_due.iter().any(|(p, due)| {
-                *due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
-            })
-            && !self.migrate_due.is_empty()
-            && !self.refresh_disk(false)
-        {
-            self.start_migration();
-            return;
-        }
-        let pick = self
-            .prune_due
-            .iter()
-            .find(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
-            .map(|p| (p.clone(), pool::ProjectOp::Prune))
-            .or_else(|| {
-                self.pool_due
-                    .iter()
-                    .filter(|(p, due)| {
-                        **due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
-                    })
-                    .min_by_key(|(_, due)| **due)
-                    .map(|(p, _)| (p.clone(), pool::ProjectOp::Consolidate))
-            });
-        let Some((project, op)) = pick else {
-            return;
+        let pick = if let Some(first) = self.prune_due.iter().min() {
+            let Some(project) = self
+                .prune_due
+                .iter()
+                .find(|p| self.locks.may_start(p, pool::ProjectOp::Prune))
+            else {
+                let first = first.clone();
+                self.locks.drain(Some(&first));
+                return;
+            };
+            (project.clone(), pool::ProjectOp::Prune)
+        } else {
+            let due = self
+                .pool_due
+                .iter()
+                .filter(|(p, due)| {
+                    **due <= now && self.locks.may_start(p, pool::ProjectOp::Consolidate)
+                })
+                .min_by_key(|(_, due)| **due)
+                .map(|(p, _)| p.clone());
+            match due {
+                Some(project) => (project, pool::ProjectOp::Consolidate),
+                None if !self.migrate_due.is_empty() && !self.refresh_disk(false) => {
+                    self.start_migration();
+                    return;
+                }
+                None => {
+                    self.locks.drain(None);
+                    return;
+                }
+            }
         };
-        let Ok(pool_dir) = pool::pool_path(self.mirrors.root(), &format!("{project}/x")) else {
+        let (project, op) = pick;
+        let Ok(pool_dir) = pool::project_pool_path(self.mirrors.root(), &project) else {
             self.pool_due.remove(&project);
             self.prune_due.remove(&project);
             return;
@@ -1349,19 +1354,22 @@ impl Worker {
         });
     }
 
-    /// Start the first queued project's migration whose lock is free.
+    /// Start the first queued project's migration whose lock is free; when none is, the
+    /// first queued project drains.
     fn start_migration(&mut self) {
         let Some(i) = self
             .migrate_due
             .iter()
             .position(|p| self.locks.may_start(p, pool::ProjectOp::Migrate))
         else {
+            let first = self.migrate_due.front().cloned();
+            self.locks.drain(first.as_deref());
             return;
         };
         let Some(project) = self.migrate_due.remove(i) else {
             return;
         };
-        let Ok(pool_dir) = pool::pool_path(self.mirrors.root(), &format!("{project}/x")) else {
+        let Ok(pool_dir) = pool::project_pool_path(self.mirrors.root(), &project) else {
             return;
         };
         self.locks.start(&project, pool::ProjectOp::Migrate);
