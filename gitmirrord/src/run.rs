@@ -581,35 +581,43 @@ impl MainLoop {
             return;
         }
         loop {
-            let started = Instant::now();
+            // Set as an arm begins its work: the wait for it is not the turn.
+            let started: Instant;
             let arm = tokio::select! {
                 changed = ctl.shutdown.changed() => {
+                    started = Instant::now();
                     if changed.is_err() || *ctl.shutdown.borrow() {
                         return;
                     }
                     "shutdown"
                 }
                 Some(()) = ctl.poll_now.recv() => {
+                    started = Instant::now();
                     self.index.poll_now();
                     "poll"
                 }
                 Some(()) = ctl.reload.recv() => {
+                    started = Instant::now();
                     self.reload().await;
                     "reload"
                 }
                 Some(ev) = conns.recv() => {
+                    started = Instant::now();
                     self.on_conn(ev).await;
                     "worker"
                 }
                 Some(call) = calls.recv() => {
+                    started = Instant::now();
                     self.on_http(call).await;
                     "http"
                 }
                 Some(done) = appended.recv() => {
+                    started = Instant::now();
                     self.on_appended(done);
                     "appended"
                 }
                 Some(part) = deltas.recv() => {
+                    started = Instant::now();
                     let poller::DeltaPart { delta, last } = part;
                     self.hook_urls_forget(&delta);
                     let sends = self.fleet.apply_index_part(&delta, last);
@@ -625,15 +633,18 @@ impl MainLoop {
                     "index"
                 }
                 _ = save_tick.tick() => {
+                    started = Instant::now();
                     self.save_repos_if_due();
                     "save"
                 }
                 _ = budget_tick.tick() => {
+                    started = Instant::now();
                     let sends = self.budgets.tick(now_ms());
                     self.send_budgets(sends);
                     "budgets"
                 }
                 _ = tick.tick() => {
+                    started = Instant::now();
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
                     for repo in self.coalescer.due(now_ms()) {
