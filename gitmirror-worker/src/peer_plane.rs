@@ -1,14 +1,16 @@
 //! The worker's peer plane as the coordinator drives it (issue 12, step S2): the fleet CA
 //! from `PeerPlane`, saved as `fleet-ca.pem`; the listener started when `peer_listen` is
 //! set and a CA and this worker's certificate are known; `PeerGrants` into the listener's
-//! grants; `PeerInfo` for the coordinator. The transfers themselves are [`crate::peer`].
+//! grants; `PeerInfo` for the coordinator; the peer directory (`PeerDirectory`) and the
+//! asking side for a hand-over. The transfers themselves are [`crate::peer`].
 
 use crate::config::WorkerConfig;
 use crate::mirror::Mirrors;
-use crate::peer::{Holds, PeerServer, ServeSettings};
+use crate::peer::{Holds, PeerClient, PeerServer, ServeSettings};
 use gitmirror_common::statefile;
 use gitmirror_common::trust::WorkerCert;
-use gitmirror_wire::{PeerGrants, PeerInfo};
+use gitmirror_wire::{PeerDirectory, PeerEntry, PeerGrants, PeerInfo};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +37,11 @@ pub struct Plane {
     /// Grants lapse this long after the link went down.
     lease: Duration,
     server: Option<PeerServer>,
+    /// The peers the coordinator named (`PeerDirectory`), by worker id: whom a hand-over
+    /// may dial, at which address, presenting which certificate.
+    directory: HashMap<u32, PeerEntry>,
+    /// The asking side, made at the first hand-over (it needs this worker's certificate).
+    client: Option<Arc<PeerClient>>,
 }
 
 impl Plane {
@@ -59,6 +66,8 @@ impl Plane {
             ca_pem,
             lease: Duration::from_secs(60),
             server: None,
+            directory: HashMap::new(),
+            client: None,
         };
         plane.start();
         plane
@@ -126,6 +135,40 @@ impl Plane {
         for r in &g.grant {
             grants.grant(&r.repo, &r.fingerprint, CONNECTED_GRANT);
         }
+    }
+
+    /// `PeerDirectory` (one part of a change; parts apply in order).
+    pub fn on_directory(&mut self, d: PeerDirectory) {
+        for id in &d.remove {
+            self.directory.remove(id);
+        }
+        for e in d.upsert {
+            self.directory.insert(e.worker_id, e);
+        }
+    }
+
+    /// The holders among `sources` (worker ids, best first) that the directory names.
+    pub fn holders(&self, sources: &[u32]) -> Vec<PeerEntry> {
+        sources
+            .iter()
+            .filter_map(|id| self.directory.get(id).cloned())
+            .collect()
+    }
+
+    /// The asking side, made once this worker has its certificate; `None` before (the
+    /// hand-over then falls back to the upstream).
+    pub fn client(&mut self) -> Option<Arc<PeerClient>> {
+        if self.client.is_none() {
+            match WorkerCert::load(&self.state_dir) {
+                Ok(Some(cert)) => match PeerClient::new(cert, self.fetch_timeout) {
+                    Ok(c) => self.client = Some(Arc::new(c)),
+                    Err(e) => tracing::warn!("cannot copy from peers: {e:#}"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot copy from peers: {e:#}"),
+            }
+        }
+        self.client.clone()
     }
 
     /// The coordinator is gone: every grant lapses within the lease (C4).

@@ -221,6 +221,8 @@ enum OpResult {
         result: Result<Reported, Failure>,
         /// The blocking thread ignored the interrupt; it is still running.
         abandoned: Option<tokio::task::JoinHandle<Result<Reported, Failure>>>,
+        /// A holder's copy (SPEC §13) or the upstream.
+        source: gitmirror_wire::TransferSource,
     },
     Disposed(Disposal, Result<(), String>),
     Maintained {
@@ -356,6 +358,21 @@ struct Worker {
     /// In memory only: an outcome resent after a restart goes without it (`None`), which
     /// the coordinator reads as "unknown", never as a mismatch.
     report_sha: HashMap<u64, [u8; 32]>,
+    /// Outcomes in the outbox copied from a peer (SPEC §13), sent as such in `Outcomes7`;
+    /// absent: from the upstream. In memory only, as `report_sha` (a peer's copy has the
+    /// refs the coordinator published already, so read as an upstream result after a
+    /// restart it changes nothing).
+    report_source: HashMap<u64, gitmirror_wire::TransferSource>,
+    /// Holders to copy a repo from instead of cloning it from the upstream (`Assign7`
+    /// sources, SPEC §13 hand-over), until the repo is mirrored or dropped.
+    peer_sources: HashMap<String, PeerSource>,
+}
+
+/// Where a new mirror may be copied from (SPEC §13): the holders' worker ids, best first,
+/// and the refs hash their copy must have.
+struct PeerSource {
+    sources: Vec<u32>,
+    expect: [u8; 32],
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -395,6 +412,8 @@ impl Worker {
         Self {
             peer,
             report_sha: HashMap::new(),
+            report_source: HashMap::new(),
+            peer_sources: HashMap::new(),
             cfg,
             state,
             store,
@@ -852,8 +871,43 @@ impl Worker {
         let mirrors = self.mirrors.clone();
         let timeout = self.cfg.fetch.timeout;
         let refs = self.store.refs();
+        // SPEC §13 hand-over: a new mirror comes from the holders the coordinator named
+        // first, each attempt bounded by fetch.timeout, the upstream after them.
+        let copy = match self.peer_sources.get(&id) {
+            Some(p) if clone => {
+                let holders = self.peer.holders(&p.sources);
+                let expect = p.expect;
+                self.peer
+                    .client()
+                    .filter(|_| !holders.is_empty())
+                    .map(|c| (c, holders, expect))
+            }
+            _ => None,
+        };
         self.ops.spawn(async move {
             let started = Instant::now();
+            if let Some((client, holders, expect)) = copy
+                && let Some((from, fetched)) =
+                    copy_from_peers(&client, &mirrors, &id, &url, &holders, expect).await
+            {
+                let (bid, brefs) = (id.clone(), refs.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    diff_reported(&brefs, &bid, fetched, relist)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))));
+                return OpDone {
+                    id,
+                    result: OpResult::Fetch {
+                        url,
+                        clone,
+                        started,
+                        result,
+                        abandoned: None,
+                        source: gitmirror_wire::TransferSource::Peer(from),
+                    },
+                };
+            }
             let (bid, burl, flag) = (id.clone(), url.clone(), interrupt.clone());
             let mut handle = tokio::task::spawn_blocking(move || {
                 let fetched = if clone {
@@ -894,6 +948,7 @@ impl Worker {
                     started,
                     result,
                     abandoned,
+                    source: gitmirror_wire::TransferSource::Upstream,
                 },
             }
         });
@@ -1004,6 +1059,7 @@ impl Worker {
                 started,
                 result,
                 abandoned,
+                source,
             } => {
                 self.running.remove(&id);
                 if abandoned.is_none() {
@@ -1022,7 +1078,7 @@ impl Worker {
                         }
                     });
                 }
-                self.on_fetch_done(id, url, clone, started.elapsed(), result);
+                self.on_fetch_done(id, url, clone, started.elapsed(), result, source);
             }
         }
     }
@@ -1034,6 +1090,7 @@ impl Worker {
         clone: bool,
         took: Duration,
         result: Result<Reported, Failure>,
+        source: gitmirror_wire::TransferSource,
     ) {
         let now = now_ms();
         let mut rate_limited = None;
@@ -1063,6 +1120,7 @@ impl Worker {
                 refs_sha256,
             }) => {
                 sha = Some(refs_sha256);
+                self.peer_sources.remove(&id);
                 repo.mirrored = true;
                 let fetch_result = if repo.announced {
                     FetchResult::Fetched
@@ -1198,6 +1256,9 @@ impl Worker {
         let report_id = self.queue_outcome(outcome, reset);
         if let (Some(sha), Some(report_id)) = (sha, report_id) {
             self.report_sha.insert(report_id, sha);
+        }
+        if let (gitmirror_wire::TransferSource::Peer(_), Some(report_id)) = (source, report_id) {
+            self.report_source.insert(report_id, source);
         }
         if pool_trigger {
             self.queue_consolidation(&id, now);
@@ -1509,6 +1570,7 @@ impl Worker {
             LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
             LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
                 self.report_sha.retain(|id, _| *id > upto);
+                self.report_source.retain(|id, _| *id > upto);
                 if self.state.acknowledge(upto) > 0 {
                     self.store.append(vec![Record::Ack { upto }]);
                 }
@@ -1535,14 +1597,14 @@ impl Worker {
             LinkEvent::Msg(CoordMsg::RefsQuery(q)) => self.on_refs_query(q),
             LinkEvent::Msg(CoordMsg::HostBudgets(b)) => self.on_host_budgets(b),
             // Protocol 7 (SPEC §13): the assignment with peer sources.
-            LinkEvent::Msg(CoordMsg::Assign7(delta)) => self.on_assign(delta.plain()),
+            LinkEvent::Msg(CoordMsg::Assign7(delta)) => self.on_assign7(delta),
             LinkEvent::Msg(CoordMsg::PeerPlane(p)) => {
                 if self.peer.on_plane(p.ca_cert_pem, p.lease_ms) {
                     self.send(WorkerMsg::PeerInfo(self.peer.info()));
                 }
             }
             LinkEvent::Msg(CoordMsg::PeerGrants(g)) => self.peer.on_grants(g),
-            LinkEvent::Msg(CoordMsg::PeerDirectory(_)) => {}
+            LinkEvent::Msg(CoordMsg::PeerDirectory(d)) => self.peer.on_directory(d),
             // The link filters these out.
             LinkEvent::Msg(CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)) => {
             }
@@ -1585,6 +1647,33 @@ impl Worker {
                 let _ = tx.send(WorkerMsg::RefsPage(page)).await;
             }
         });
+    }
+
+    /// `Assign7` (SPEC §13): a primary's upsert naming holders and the refs hash of their
+    /// copy is cloned from them first ([`Self::start_fetch`]); the rest is `Assign`.
+    fn on_assign7(&mut self, delta: gitmirror_wire::AssignDelta7) {
+        for d in &delta.drop {
+            self.peer_sources.remove(&d.id);
+        }
+        for s in &delta.upsert {
+            match s.expect {
+                Some(expect)
+                    if !s.sources.is_empty() && s.role == gitmirror_wire::RepoRole::Primary =>
+                {
+                    self.peer_sources.insert(
+                        s.id.clone(),
+                        PeerSource {
+                            sources: s.sources.clone(),
+                            expect,
+                        },
+                    );
+                }
+                _ => {
+                    self.peer_sources.remove(&s.id);
+                }
+            }
+        }
+        self.on_assign(delta.plain());
     }
 
     fn on_assign(&mut self, delta: AssignDelta) {
@@ -1633,6 +1722,7 @@ impl Worker {
             }
         }
         for order in delta.drop {
+            self.peer_sources.remove(&order.id);
             if !mirror::valid_id(&order.id) {
                 tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
                 continue;
@@ -1887,7 +1977,11 @@ impl Worker {
             gitmirror_wire::chunk::outcome7_frames(unsent.into_iter().map(|o| {
                 gitmirror_wire::Outcome7 {
                     refs_sha256: self.report_sha.get(&o.report_id).copied(),
-                    source: gitmirror_wire::TransferSource::Upstream,
+                    source: self
+                        .report_source
+                        .get(&o.report_id)
+                        .copied()
+                        .unwrap_or(gitmirror_wire::TransferSource::Upstream),
                     transfer_bytes: 0,
                     outcome: o,
                 }
@@ -2127,4 +2221,41 @@ const MAX_MIGRATIONS_QUEUED: usize = 4096;
 /// project folder).
 fn may_start(locks: &pool::ProjectLocks, id: &str, op: pool::ProjectOp) -> bool {
     pool::project_of(id).is_none_or(|p| locks.may_start(p, op))
+}
+
+/// A new mirror of `id` copied from the first of `holders` that serves one whose refs hash
+/// to `expect` (SPEC §13): its worker id and the result; `None` when none did (each
+/// failure logged; the caller clones from the upstream).
+async fn copy_from_peers(
+    client: &crate::peer::PeerClient,
+    mirrors: &Mirrors,
+    id: &str,
+    url: &str,
+    holders: &[gitmirror_wire::PeerEntry],
+    expect: [u8; 32],
+) -> Option<(u32, mirror::Fetched)> {
+    for h in holders {
+        let addr = match tokio::net::lookup_host(h.addr.as_str()).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                tracing::info!(repo = %id, peer = h.worker_id, addr = %h.addr, "cannot resolve the holder's address: {e}; next holder or the upstream");
+                continue;
+            }
+        };
+        let Some(addr) = addr else { continue };
+        let holder = crate::peer::Holder {
+            addr,
+            fingerprint: h.fingerprint.clone(),
+        };
+        match client.fetch(mirrors, id, url, &holder, expect).await {
+            Ok(fetched) => {
+                tracing::info!(repo = %id, peer = h.worker_id, %addr, "copied from a peer");
+                return Some((h.worker_id, fetched));
+            }
+            Err(f) => {
+                tracing::info!(repo = %id, peer = h.worker_id, %addr, "copy from a peer failed: {}; next holder or the upstream", f.message);
+            }
+        }
+    }
+    None
 }

@@ -954,7 +954,6 @@ async fn spec_13_worker_starts_its_peer_plane_from_the_coordinator() {
     use gitmirror_wire::{
         AssignDelta, CoordMsg, FetchResult, PeerGrant, PeerGrants, PeerPlane, RepoSpec, WorkerMsg,
     };
-    use std::os::unix::fs::PermissionsExt;
 
     let fleet = fleet();
     let up = tempfile::tempdir().unwrap();
@@ -962,18 +961,8 @@ async fn spec_13_worker_starts_its_peer_plane_from_the_coordinator() {
     let daemon = common::GitDaemon::start(up.path());
     let coord = FakeCoordinator::start();
     let root = tempfile::tempdir().unwrap();
-    // The certificate enrollment would have left in the state dir.
     let state = root.path().join("state");
-    gitmirror_common::statefile::ensure_dir(&state).unwrap();
-    let (cert, fingerprint) = worker(&fleet, 1);
-    let key_path = state.join(gitmirror_common::trust::WORKER_KEY_FILE);
-    std::fs::write(&key_path, &cert.key_pem).unwrap();
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(
-        state.join(gitmirror_common::trust::WORKER_CERT_FILE),
-        &cert.cert_pem,
-    )
-    .unwrap();
+    let fingerprint = install_cert(&fleet, 1, &state);
     let mut cfg = harness::config(
         coord.addr,
         coord.token.clone(),
@@ -1062,6 +1051,161 @@ async fn spec_13_worker_starts_its_peer_plane_from_the_coordinator() {
         }
     }
     let path = asker.mirrors.path(REPO);
+    assert_eq!(local_refs(&path), local_refs(&upstream.dir));
+    fsck(&path);
+    w.stop().await;
+}
+
+/// The certificate enrollment would have left in a worker's state dir; its fingerprint.
+fn install_cert(fleet: &Fleet, n: u32, state: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    gitmirror_common::statefile::ensure_dir(state).unwrap();
+    let (cert, fingerprint) = worker(fleet, n);
+    let key_path = state.join(gitmirror_common::trust::WORKER_KEY_FILE);
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        state.join(gitmirror_common::trust::WORKER_CERT_FILE),
+        &cert.cert_pem,
+    )
+    .unwrap();
+    fingerprint
+}
+
+/// A git URL nobody answers at (a port just closed): the upstream is offline.
+fn offline_url(name: &str) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("git://127.0.0.1:{port}/{name}")
+}
+
+/// A whole worker (fetch.timeout `timeout`) holding this fleet's certificate `n`, welcomed by
+/// a test coordinator of protocol 7, after its holdings: the worker, its coordinator
+/// session, its root and its certificate's fingerprint.
+async fn new_owner(
+    fleet: &Fleet,
+    n: u32,
+    timeout: Duration,
+) -> (
+    common::harness::Worker,
+    common::coord::Session,
+    common::coord::FakeCoordinator,
+    tempfile::TempDir,
+    String,
+) {
+    use common::coord::FakeCoordinator;
+    use common::harness;
+    let coord = FakeCoordinator::start();
+    let root = tempfile::tempdir().unwrap();
+    let fingerprint = install_cert(fleet, n, &root.path().join("state"));
+    let cfg = harness::config(
+        coord.addr,
+        coord.token.clone(),
+        root.path(),
+        harness::fetch_section(timeout, Duration::from_secs(3600)),
+        gitmirror_common::units::FreeSpace::Bytes(0),
+    );
+    let w = harness::start(cfg);
+    let mut s = coord.accept(n).await;
+    assert!(matches!(
+        s.recv().await,
+        gitmirror_wire::WorkerMsg::Holdings(_)
+    ));
+    (w, s, coord, root, fingerprint)
+}
+
+/// `PeerDirectory` naming `holding` as worker `id`, then an `Assign7` of [`REPO`] from
+/// the upstream `url` with that holder as its source.
+async fn assign_from(
+    s: &mut common::coord::Session,
+    holding: &Holding,
+    id: u32,
+    url: &str,
+    expect: [u8; 32],
+) {
+    use gitmirror_wire::{AssignDelta7, CoordMsg, PeerDirectory, PeerEntry, RepoRole, RepoSpec7};
+    s.send(CoordMsg::PeerDirectory(PeerDirectory {
+        upsert: vec![PeerEntry {
+            worker_id: id,
+            uuid: uuid::Uuid::from_u128(u128::from(id)),
+            fingerprint: holding.fingerprint.clone(),
+            addr: holding.holder().addr.to_string(),
+            zone: None,
+        }],
+        remove: vec![],
+        last: true,
+    }))
+    .await;
+    s.send(CoordMsg::Assign7(AssignDelta7 {
+        seq: 1,
+        upsert: vec![RepoSpec7 {
+            id: REPO.into(),
+            url: url.into(),
+            role: RepoRole::Primary,
+            sources: vec![id],
+            expect: Some(expect),
+            next_due_ms: None,
+        }],
+        drop: vec![],
+    }))
+    .await;
+}
+
+/// The first outcome for [`REPO`] as protocol 7 carries it.
+async fn first_outcome7(s: &mut common::coord::Session) -> gitmirror_wire::Outcome7 {
+    s.recv_until(|m| match m {
+        gitmirror_wire::WorkerMsg::Outcomes(b) => {
+            b.outcomes.iter().any(|o| o.repo == REPO).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    s.outcomes7
+        .iter()
+        .find(|o| o.outcome.repo == REPO)
+        .cloned()
+        .expect("the outcome came as Outcomes7")
+}
+
+/// SPEC §13 (hand-over, issue 12 step S2): a new owner told by `Assign7` who holds a repo
+/// copies it from that holder, refs hashed against `expect`, while the upstream is
+/// offline; its outcome says it came from that peer. (Seen failing before the worker read
+/// the sources: the clone went to the offline upstream and failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_new_owner_copies_from_the_holder_with_the_upstream_offline() {
+    use gitmirror_wire::{FetchResult, TransferSource};
+    let fleet = fleet();
+    let holding = Holding::simple(&fleet);
+    let (w, mut s, _coord, root, fingerprint) = new_owner(&fleet, 2, WITHIN).await;
+    holding.server.grants().grant(REPO, &fingerprint, LEASE);
+    assign_from(&mut s, &holding, 7, &offline_url("abc"), holding.expect()).await;
+    let o = first_outcome7(&mut s).await;
+    assert_eq!(o.outcome.result, FetchResult::Cloned, "{:?}", o.outcome);
+    assert_eq!(o.source, TransferSource::Peer(7));
+    assert_eq!(o.refs_sha256, Some(holding.expect()));
+    let path = Mirrors::new(root.path().join("repos")).path(REPO);
+    assert_eq!(local_refs(&path), local_refs(&holding.upstream.dir));
+    fsck(&path);
+    w.stop().await;
+}
+
+/// SPEC §13: when no holder serves (here: no grant for this worker, so the holder
+/// refuses), the new owner clones from the upstream, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_no_holder_answers_falls_back_to_upstream() {
+    use gitmirror_wire::{FetchResult, TransferSource};
+    let fleet = fleet();
+    let holding = Holding::simple(&fleet);
+    let up = tempfile::tempdir().unwrap();
+    let upstream = Upstream::create(up.path(), "abc");
+    let daemon = common::GitDaemon::start(up.path());
+    let (w, mut s, _coord, root, _fingerprint) = new_owner(&fleet, 2, WITHIN).await;
+    assign_from(&mut s, &holding, 7, &daemon.url("abc"), holding.expect()).await;
+    let o = first_outcome7(&mut s).await;
+    assert_eq!(o.outcome.result, FetchResult::Cloned, "{:?}", o.outcome);
+    assert_eq!(o.source, TransferSource::Upstream);
+    let path = Mirrors::new(root.path().join("repos")).path(REPO);
     assert_eq!(local_refs(&path), local_refs(&upstream.dir));
     fsck(&path);
     w.stop().await;
