@@ -88,16 +88,39 @@ impl Default for PeerLimits {
 #[derive(Debug, Default)]
 pub struct Grants {
     map: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Ended grants are swept when the map grows past this (then twice what is live), so
+    /// they cost memory in proportion to the live ones and O(1) amortised per grant.
+    sweep_at: Mutex<usize>,
 }
+
+/// The map is not swept below this many repos.
+const GRANTS_SWEEP_MIN: usize = 1024;
 
 impl Grants {
     /// Let the worker with certificate `fingerprint` fetch `repo` for `lease`.
     pub fn grant(&self, repo: &str, fingerprint: &str, lease: Duration) {
-        let until = Instant::now() + lease;
-        self.lock()
-            .entry(repo.to_owned())
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.entry(repo.to_owned())
             .or_default()
-            .insert(fingerprint.to_owned(), until);
+            .insert(fingerprint.to_owned(), now + lease);
+        let mut sweep_at = self.sweep_at.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > (*sweep_at).max(GRANTS_SWEEP_MIN) {
+            map.retain(|_, askers| {
+                askers.retain(|_, until| *until > now);
+                !askers.is_empty()
+            });
+            *sweep_at = map.len() * 2;
+        }
+    }
+
+    /// Repos with a grant in the map (ended ones not yet swept included).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     pub fn revoke(&self, repo: &str, fingerprint: &str) {
@@ -278,8 +301,20 @@ pub struct PeerServer {
 }
 
 impl PeerServer {
-    /// Bind `settings.listen` and serve. Must be called inside a tokio runtime.
+    /// Bind `settings.listen` and serve with grants and holds of its own. Must be called
+    /// inside a tokio runtime.
     pub fn start(settings: ServeSettings) -> anyhow::Result<Self> {
+        Self::start_with(settings, Arc::default(), Arc::default())
+    }
+
+    /// [`PeerServer::start`] with the worker's grants and holds, which outlive one
+    /// listener (a new fleet CA restarts it: the grants stand, and maintenance waiting on
+    /// a hold still excludes the new listener's transfers).
+    pub fn start_with(
+        settings: ServeSettings,
+        grants: Arc<Grants>,
+        holds: Arc<Holds>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let config = server_config(&settings.ca_cert_pem, &settings.cert, &settings.limits)?;
         let endpoint = quinn::Endpoint::server(config, settings.listen)
@@ -288,8 +323,8 @@ impl PeerServer {
             connections: Arc::new(Semaphore::new(settings.limits.max_connections.max(1))),
             serving: Arc::new(Semaphore::new(settings.limits.serve_concurrency.max(1))),
             settings,
-            grants: Arc::default(),
-            holds: Arc::default(),
+            grants,
+            holds,
             per_peer: Mutex::default(),
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone()));
@@ -971,5 +1006,25 @@ impl rustls::client::danger::ServerCertVerifier for PinnedPeer {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §13 (C4): ended grants do not pile up. The coordinator grants each repo that
+    /// moves; a worker that served for months would otherwise keep every grant it ever got.
+    /// (Seen failing before the sweep: 5,001 repos kept.)
+    #[test]
+    fn spec_13_ended_grants_are_swept() {
+        let g = Grants::default();
+        for i in 0..5000 {
+            g.grant(&format!("a/r/{i}"), "fp", Duration::ZERO);
+        }
+        g.grant("a/r/live", "fp", Duration::from_secs(3600));
+        assert!(g.len() <= 2 * GRANTS_SWEEP_MIN, "{} repos kept", g.len());
+        assert!(g.allows("a/r/live", "fp"));
+        assert!(!g.allows("a/r/1", "fp"));
     }
 }

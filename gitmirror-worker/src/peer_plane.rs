@@ -6,7 +6,7 @@
 
 use crate::config::WorkerConfig;
 use crate::mirror::Mirrors;
-use crate::peer::{Holds, PeerClient, PeerServer, ServeSettings};
+use crate::peer::{Grants, Holds, PeerClient, PeerServer, ServeSettings};
 use gitmirror_common::statefile;
 use gitmirror_common::trust::WorkerCert;
 use gitmirror_wire::{PeerDirectory, PeerEntry, PeerGrants, PeerInfo};
@@ -37,6 +37,9 @@ pub struct Plane {
     /// Grants lapse this long after the link went down.
     lease: Duration,
     server: Option<PeerServer>,
+    /// Grants and holds outlive a listener (a new CA restarts it).
+    grants: Arc<Grants>,
+    holds: Arc<Holds>,
     /// The peers the coordinator named (`PeerDirectory`), by worker id: whom a hand-over
     /// may dial, at which address, presenting which certificate.
     directory: HashMap<u32, PeerEntry>,
@@ -66,6 +69,8 @@ impl Plane {
             ca_pem,
             lease: Duration::from_secs(60),
             server: None,
+            grants: Arc::default(),
+            holds: Arc::default(),
             directory: HashMap::new(),
             client: None,
         };
@@ -87,9 +92,10 @@ impl Plane {
         }
     }
 
-    /// The listener's per-repo holds, for maintenance to wait on (C18).
+    /// The per-repo holds, for maintenance to wait on (C18): always, so a listener that
+    /// starts while a repo is maintained cannot serve it meanwhile.
     pub fn holds(&self) -> Option<Arc<Holds>> {
-        self.server.as_ref().map(|s| s.holds().clone())
+        Some(self.holds.clone())
     }
 
     /// `PeerPlane` from the coordinator: keep the CA (saved when it changed) and start or
@@ -119,16 +125,13 @@ impl Plane {
     /// `PeerGrants`: serve the named repos to the named certificates.
     pub fn on_grants(&mut self, g: PeerGrants) {
         self.lease = Duration::from_millis(g.lease_ms);
-        let Some(server) = &self.server else {
-            if !g.grant.is_empty() {
-                tracing::warn!(
-                    count = g.grant.len(),
-                    "the coordinator granted transfers, but this worker's peer plane is not listening"
-                );
-            }
-            return;
-        };
-        let grants = server.grants();
+        if self.server.is_none() && !g.grant.is_empty() {
+            tracing::warn!(
+                count = g.grant.len(),
+                "the coordinator granted transfers, but this worker's peer plane is not listening"
+            );
+        }
+        let grants = &self.grants;
         for r in &g.revoke {
             grants.revoke(&r.repo, &r.fingerprint);
         }
@@ -173,9 +176,7 @@ impl Plane {
 
     /// The coordinator is gone: every grant lapses within the lease (C4).
     pub fn on_link_down(&self) {
-        if let Some(s) = &self.server {
-            s.grants().lapse_within(self.lease);
-        }
+        self.grants.lapse_within(self.lease);
     }
 
     fn start(&mut self) {
@@ -204,7 +205,7 @@ impl Plane {
             mirrors: self.mirrors.clone(),
             git: PathBuf::from("git"),
         };
-        match PeerServer::start(settings) {
+        match PeerServer::start_with(settings, self.grants.clone(), self.holds.clone()) {
             Ok(s) => {
                 tracing::info!(listen = %s.local_addr().map_or(listen, |a| a), "peer plane listening");
                 self.server = Some(s);
