@@ -886,59 +886,54 @@ impl Worker {
         };
         self.ops.spawn(async move {
             let started = Instant::now();
-            if let Some((client, holders, expect)) = copy
-                && let Some((from, fetched)) =
+            let copied = match copy {
+                Some((client, holders, expect)) => {
                     copy_from_peers(&client, &mirrors, &id, &url, &holders, expect).await
-            {
+                }
+                None => None,
+            };
+            let (result, abandoned, source) = if let Some((from, fetched)) = copied {
                 let (bid, brefs) = (id.clone(), refs.clone());
                 let result = tokio::task::spawn_blocking(move || {
                     diff_reported(&brefs, &bid, fetched, relist)
                 })
                 .await
                 .unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))));
-                return OpDone {
-                    id,
-                    result: OpResult::Fetch {
-                        url,
-                        clone,
-                        started,
-                        result,
-                        abandoned: None,
-                        source: gitmirror_wire::TransferSource::Peer(from),
-                    },
+                (result, None, gitmirror_wire::TransferSource::Peer(from))
+            } else {
+                let (bid, burl, flag) = (id.clone(), url.clone(), interrupt.clone());
+                let mut handle = tokio::task::spawn_blocking(move || {
+                    let fetched = if clone {
+                        mirrors.clone_new(&bid, &burl, &flag)
+                    } else {
+                        mirrors.fetch(&bid, &burl, &flag)
+                    }?;
+                    diff_reported(&refs, &bid, fetched, relist)
+                });
+                let timed_out = || {
+                    Failure::new(
+                        FailureClass::Transient,
+                        format!("timed out after {}", humantime::format_duration(timeout)),
+                    )
                 };
-            }
-            let (bid, burl, flag) = (id.clone(), url.clone(), interrupt.clone());
-            let mut handle = tokio::task::spawn_blocking(move || {
-                let fetched = if clone {
-                    mirrors.clone_new(&bid, &burl, &flag)
-                } else {
-                    mirrors.fetch(&bid, &burl, &flag)
-                }?;
-                diff_reported(&refs, &bid, fetched, relist)
-            });
-            let timed_out = || {
-                Failure::new(
-                    FailureClass::Transient,
-                    format!("timed out after {}", humantime::format_duration(timeout)),
-                )
-            };
-            let joined = |r: Result<Result<Reported, Failure>, tokio::task::JoinError>| {
-                r.unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))))
-            };
-            let (result, abandoned) = tokio::select! {
-                r = &mut handle => (joined(r), None),
-                _ = tokio::time::sleep(timeout) => {
-                    interrupt.store(true, Ordering::Relaxed);
-                    match tokio::time::timeout(interrupt_grace(timeout), &mut handle).await {
-                        // Finished in the same instant: a success stands.
-                        Ok(r) => match joined(r) {
-                            Ok(f) => (Ok(f), None),
-                            Err(_) => (Err(timed_out()), None),
-                        },
-                        Err(_) => (Err(timed_out()), Some(handle)),
+                let joined = |r: Result<Result<Reported, Failure>, tokio::task::JoinError>| {
+                    r.unwrap_or_else(|e| Err(Failure::local(format!("mirror task failed: {e}"))))
+                };
+                let (result, abandoned) = tokio::select! {
+                    r = &mut handle => (joined(r), None),
+                    _ = tokio::time::sleep(timeout) => {
+                        interrupt.store(true, Ordering::Relaxed);
+                        match tokio::time::timeout(interrupt_grace(timeout), &mut handle).await {
+                            // Finished in the same instant: a success stands.
+                            Ok(r) => match joined(r) {
+                                Ok(f) => (Ok(f), None),
+                                Err(_) => (Err(timed_out()), None),
+                            },
+                            Err(_) => (Err(timed_out()), Some(handle)),
+                        }
                     }
-                }
+                };
+                (result, abandoned, gitmirror_wire::TransferSource::Upstream)
             };
             OpDone {
                 id,
@@ -948,7 +943,7 @@ impl Worker {
                     started,
                     result,
                     abandoned,
-                    source: gitmirror_wire::TransferSource::Upstream,
+                    source,
                 },
             }
         });
