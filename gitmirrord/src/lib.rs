@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod enrollment;
 pub mod events;
 pub mod fleet;
+pub mod handover;
 pub mod heap;
 pub mod history;
 pub mod hooks;

@@ -355,6 +355,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         last_repos_save: Instant::now(),
         last_status: String::new(),
         refs: RefsQueries::default(),
+        handover: crate::handover::Handover::default(),
+        peers_listening: false,
         status_urls: None,
         ca,
         pending: Pending::default(),
@@ -544,6 +546,10 @@ struct MainLoop {
     last_status: String,
     /// `GET /api/repos/{id}/refs` queries waiting for a worker's page.
     refs: RefsQueries,
+    /// Hand-over from peers (SPEC §13): refs hashes and holders named in assignments.
+    handover: crate::handover::Handover,
+    /// Some connected worker's peer plane listens: only then are refs hashes kept.
+    peers_listening: bool,
     /// `/api/status`'s `worker:url`, kept while it does not change.
     status_urls: Option<crate::api::WorkerUrls>,
     /// The fleet's CA: issues each enrolling worker its certificate (SPEC §17).
@@ -668,6 +674,56 @@ impl MainLoop {
             let took = started.elapsed();
             if took >= SLOW_TURN {
                 tracing::debug!(target: "gitmirrord::turns", arm, ms = took.as_millis() as u64, "a long turn of the main loop");
+            }
+        }
+    }
+
+    /// The directory entry of `uuid`'s peer plane, when it is connected and listens: the
+    /// address it advertises, else the one its connection comes from with its port.
+    fn peer_entry(&self, uuid: &Uuid) -> Option<gitmirror_wire::PeerEntry> {
+        let c = self.conns.get(uuid)?;
+        let info = c.peer.as_ref()?;
+        let port = info.port?;
+        let w = self.fleet.worker(uuid)?;
+        let addr = match &info.advertise {
+            Some(a) => a.clone(),
+            None => std::net::SocketAddr::new(c.handle.remote_address().ip(), port).to_string(),
+        };
+        Some(gitmirror_wire::PeerEntry {
+            worker_id: w.id,
+            uuid: *uuid,
+            fingerprint: w.cert.clone()?,
+            addr,
+            zone: info.zone.clone(),
+        })
+    }
+
+    /// Whether some connected worker's peer plane listens, after a change of one; with
+    /// none, the refs hashes are dropped (a fleet without peers keeps none).
+    fn peers_changed(&mut self) {
+        self.peers_listening = self
+            .conns
+            .values()
+            .any(|c| c.peer.as_ref().is_some_and(|p| p.port.is_some()));
+        if !self.peers_listening && !self.handover.is_empty() {
+            self.handover = crate::handover::Handover::default();
+        }
+    }
+
+    /// The refs hash of each success `uuid` reports for a repo it owns (SPEC §13, C5).
+    fn record_refs_hashes(&mut self, uuid: Uuid, outcomes: &[gitmirror_wire::Outcome7]) {
+        for o in outcomes {
+            let (
+                Some(sha),
+                gitmirror_wire::FetchResult::Cloned | gitmirror_wire::FetchResult::Fetched,
+            ) = (o.refs_sha256, &o.outcome.result)
+            else {
+                continue;
+            };
+            if let Some((id, repo)) = self.fleet.repos().get_key_value(o.outcome.repo.as_str())
+                && repo.owner == Some(uuid)
+            {
+                self.handover.record(id.clone(), sha);
             }
         }
     }
@@ -809,6 +865,7 @@ impl MainLoop {
                                 quinn::VarInt::from_u32(close_code::REPLACED),
                                 b"replaced by a newer connection of the same worker",
                             );
+                            self.peers_changed();
                         }
                         let admission = Admission {
                             id: joined.id,
@@ -858,9 +915,13 @@ impl MainLoop {
                         self.dispatch(sends);
                     }
                     WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
-                    // Protocol 7 (SPEC §13). Until the coordinator orders copies from peers
-                    // (S2), every outcome is an upstream one: the extra fields are dropped.
+                    // Protocol 7 (SPEC §13): the owner's refs hashes are kept for
+                    // hand-overs (while some worker listens for peers); a copy from a peer
+                    // is otherwise read as any outcome (its refs are the published ones).
                     WorkerMsg::Outcomes7(batch) => {
+                        if self.peers_listening {
+                            self.record_refs_hashes(uuid, &batch.outcomes);
+                        }
                         let batch = OutcomeBatch {
                             outcomes: batch.outcomes.into_iter().map(|o| o.outcome).collect(),
                         };
@@ -871,6 +932,7 @@ impl MainLoop {
                         if let Some(c) = self.conns.get_mut(&uuid) {
                             c.peer = Some(info);
                         }
+                        self.peers_changed();
                     }
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
                     WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
@@ -930,7 +992,9 @@ impl MainLoop {
     /// The worker's current connection is gone (or was closed by us).
     fn lost(&mut self, uuid: Uuid) {
         self.budgets.lost(uuid, now_ms());
-        self.conns.remove(&uuid);
+        if self.conns.remove(&uuid).is_some_and(|c| c.peer.is_some()) {
+            self.peers_changed();
+        }
         self.fleet.disconnect(uuid, now_ms());
         self.refs.lost(uuid);
     }
@@ -1113,7 +1177,38 @@ impl MainLoop {
 
     fn dispatch(&mut self, sends: Vec<crate::fleet::Outgoing>) {
         for s in sends {
-            self.send(s.worker, CoordMsg::Assign(s.delta));
+            let seven = self.conns.get(&s.worker).is_some_and(|c| c.protocol >= 7);
+            let plan = if seven {
+                self.handover
+                    .plan(&self.fleet, s.worker, &s.delta, |u| self.peer_entry(u))
+            } else {
+                None
+            };
+            let Some(plan) = plan else {
+                self.send(s.worker, CoordMsg::Assign(s.delta));
+                continue;
+            };
+            // The holders hear of their grants first; an asker that comes before its
+            // grant is refused and tries the next holder, the upstream, then again.
+            for (holder, grant) in plan.grants {
+                self.send(
+                    holder,
+                    CoordMsg::PeerGrants(gitmirror_wire::PeerGrants {
+                        lease_ms: crate::handover::LEASE_MS,
+                        grant,
+                        revoke: Vec::new(),
+                    }),
+                );
+            }
+            self.send(
+                s.worker,
+                CoordMsg::PeerDirectory(gitmirror_wire::PeerDirectory {
+                    upsert: plan.peers,
+                    remove: Vec::new(),
+                    last: true,
+                }),
+            );
+            self.send(s.worker, CoordMsg::Assign7(plan.delta));
         }
         // After the deltas, on the same stream: a claimed mirror to verify by a fetch.
         for (worker, repo) in self.fleet.take_fetch_now() {
@@ -1465,6 +1560,9 @@ impl MainLoop {
 
     /// Before an index delta is applied: the URLs it removes or replaces leave the map.
     fn hook_urls_forget(&mut self, delta: &Delta) {
+        for id in &delta.removed {
+            self.handover.forget(id);
+        }
         let Some(idx) = &mut self.hook_urls else {
             return;
         };

@@ -30,3 +30,81 @@ fn spec_13_workers_get_the_fleet_ca_and_only_peer_listen_listens() {
         .wait_log(0, "peer plane listening", WITHIN);
     assert!(!fleet.workers[b].proc.log().contains("peer plane listening"));
 }
+
+/// The worker `i` of `fleet` with `peer_listen` on a free port, started.
+fn add_peer_worker(fleet: &mut Fleet) -> usize {
+    let port = free_udp_port();
+    let i = fleet.create_worker_with(1.0, |y| format!("{y}peer_listen: 127.0.0.1:{port}\n"));
+    fleet.workers[i].start();
+    fleet.workers[i]
+        .proc
+        .wait_log(0, "peer plane listening", WITHIN);
+    i
+}
+
+/// Must-show M1 (SPEC §13 hand-over, issue 12 step S2): two workers mirror real repos;
+/// the upstream goes offline; a third worker joins, and every repo the ring moves to it
+/// is mirrored there from its peers: refs equal to the upstream's, `git fsck` clean, with
+/// the upstream still offline.
+#[test]
+fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
+    use gitmirror_tests::git::{try_git, try_ls_remote, try_mirror_refs};
+    use gitmirror_tests::mirror_refs;
+    let daemon = GitDaemon::start();
+    let repos = daemon.repo_set("peers-m1", 24);
+    // An empty index first: the planes listen before any outcome, so the coordinator
+    // keeps every repo's refs hash from the first clone on.
+    let mut fleet = Fleet::start("peers-m1", &std::collections::BTreeMap::new(), 0);
+    let a = add_peer_worker(&mut fleet);
+    let b = add_peer_worker(&mut fleet);
+    fleet.wait_alive(&[a, b], WITHIN);
+    for (id, url) in &repos {
+        fleet.index.put_url(id, url);
+    }
+    fleet.index.commit("the repos");
+    fleet.repos = repos.clone();
+    fleet.wait_settled(WITHIN);
+    let upstream: std::collections::BTreeMap<String, _> = repos
+        .iter()
+        .map(|(id, url)| (id.clone(), gitmirror_tests::ls_remote(url)))
+        .collect();
+    drop(daemon);
+    for url in repos.values() {
+        assert!(try_ls_remote(url).is_err(), "the upstream is offline");
+    }
+    let c = add_peer_worker(&mut fleet);
+    fleet.wait_alive(&[a, b, c], WITHIN);
+    let moved = poll_until(
+        WITHIN,
+        "the repos the ring gives the new worker mirrored there",
+        || {
+            let ids = fleet.api_ids().ok()?;
+            let owners = fleet.coord.owners().ok()?;
+            let mine: Vec<String> = owners
+                .iter()
+                .filter(|(_, w)| w.and_then(|w| ids.get(&w)) == Some(&c))
+                .map(|(id, _)| id.clone())
+                .collect();
+            (!mine.is_empty()
+                && mine.iter().all(|id| {
+                    let p = fleet.workers[c].mirror_path(id);
+                    fleet.workers[c].has_mirror(id)
+                        && try_mirror_refs(&p).ok().as_ref() == upstream.get(id)
+                }))
+            .then_some(mine)
+        },
+    );
+    for id in &moved {
+        let p = fleet.workers[c].mirror_path(id);
+        assert_eq!(mirror_refs(&p), upstream[id], "{id}");
+        try_git(["-C", p.to_str().unwrap(), "fsck", "--no-progress"])
+            .unwrap_or_else(|e| panic!("{id}: fsck: {e}"));
+    }
+    let log = fleet.workers[c].proc.log();
+    assert!(log.contains("copied from a peer"), "{log}");
+    eprintln!(
+        "{} of {} repos moved to the new worker, all from peers",
+        moved.len(),
+        repos.len()
+    );
+}
