@@ -871,10 +871,12 @@ impl Worker {
         let mirrors = self.mirrors.clone();
         let timeout = self.cfg.fetch.timeout;
         let refs = self.store.refs();
-        // SPEC §13 hand-over: a new mirror comes from the holders the coordinator named
-        // first, each attempt bounded by fetch.timeout, the upstream after them.
+        // SPEC §13 hand-over: a repo the coordinator named holders for (one this worker
+        // does not hold, or holds an unverified, perhaps older copy of: a returning
+        // worker) comes from them first, only what is missing for an older copy, each
+        // attempt bounded by fetch.timeout; the upstream after them.
         let copy = match self.peer_sources.get(&id) {
-            Some(p) if clone => {
+            Some(p) => {
                 let holders = self.peer.holders(&p.sources);
                 let expect = p.expect;
                 self.peer

@@ -1124,6 +1124,17 @@ async fn assign_from(
     url: &str,
     expect: [u8; 32],
 ) {
+    assign_from_seq(s, holding, id, url, expect, 1).await;
+}
+
+async fn assign_from_seq(
+    s: &mut common::coord::Session,
+    holding: &Holding,
+    id: u32,
+    url: &str,
+    expect: [u8; 32],
+    seq: u64,
+) {
     use gitmirror_wire::{AssignDelta7, CoordMsg, PeerDirectory, PeerEntry, RepoRole, RepoSpec7};
     s.send(CoordMsg::PeerDirectory(PeerDirectory {
         upsert: vec![PeerEntry {
@@ -1138,7 +1149,7 @@ async fn assign_from(
     }))
     .await;
     s.send(CoordMsg::Assign7(AssignDelta7 {
-        seq: 1,
+        seq,
         upsert: vec![RepoSpec7 {
             id: REPO.into(),
             url: url.into(),
@@ -1207,6 +1218,50 @@ async fn spec_13_no_holder_answers_falls_back_to_upstream() {
     assert_eq!(o.source, TransferSource::Upstream);
     let path = Mirrors::new(root.path().join("repos")).path(REPO);
     assert_eq!(local_refs(&path), local_refs(&upstream.dir));
+    fsck(&path);
+    w.stop().await;
+}
+
+/// SPEC §13 ("a returning worker catches up from a peer instead of from upstream"): a
+/// worker holding an older copy that the coordinator names holders for fetches what it
+/// lacks from them, with the upstream offline, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_older_copy_catches_up_from_a_peer_with_the_upstream_offline() {
+    use gitmirror_wire::{CoordMsg, FetchResult, TransferSource, WorkerMsg};
+    let fleet = fleet();
+    let mut holding = Holding::simple(&fleet);
+    let (w, mut s, _coord, root, fingerprint) = new_owner(&fleet, 2, WITHIN).await;
+    holding.server.grants().grant(REPO, &fingerprint, LEASE);
+    let offline = offline_url("abc");
+    assign_from(&mut s, &holding, 7, &offline, holding.expect()).await;
+    assert_eq!(
+        first_outcome7(&mut s).await.outcome.result,
+        FetchResult::Cloned
+    );
+    holding.advance("second");
+    let seen = s.outcomes7.len();
+    assign_from_seq(&mut s, &holding, 7, &offline, holding.expect(), 2).await;
+    s.send(CoordMsg::FetchNow { repo: REPO.into() }).await;
+    let deadline = std::time::Instant::now() + WITHIN;
+    let o = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fetch from the peer: {:?}",
+            &s.outcomes7[seen..]
+        );
+        s.recv_until(|m| matches!(m, WorkerMsg::Outcomes(_)).then_some(()))
+            .await;
+        if let Some(o) = s.outcomes7[seen..]
+            .iter()
+            .find(|o| o.outcome.repo == REPO && o.source == TransferSource::Peer(7))
+        {
+            break o.clone();
+        }
+    };
+    assert_eq!(o.outcome.result, FetchResult::Fetched, "{:?}", o.outcome);
+    assert_eq!(o.refs_sha256, Some(holding.expect()));
+    let path = Mirrors::new(root.path().join("repos")).path(REPO);
+    assert_eq!(local_refs(&path), local_refs(&holding.upstream.dir));
     fsck(&path);
     w.stop().await;
 }
