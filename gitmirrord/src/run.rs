@@ -1217,7 +1217,8 @@ impl MainLoop {
             self.fleet.census(),
             self.fleet.fetch_stats(),
             now_ms(),
-        );
+        )
+        .with_planned_moves(self.fleet.planned_moves());
         let uptime_secs = self.started.elapsed().as_secs();
         let event_seq = *self.seq.borrow();
         let events = self.events_by_kind.clone();
