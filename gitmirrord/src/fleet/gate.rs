@@ -75,6 +75,10 @@ impl Gate {
 
     /// The destination `id` waits for.
     pub fn target(&self, id: &str) -> Option<Uuid> {
+        // Asked once per repo by a join's walk: no hashing while nothing waits.
+        if self.waiting.is_empty() {
+            return None;
+        }
         self.waiting.get(id).copied()
     }
 
