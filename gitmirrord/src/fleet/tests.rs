@@ -2295,3 +2295,98 @@ fn spec_14_switch_resumes_after_restart() {
     }
     assert!(sim.fleet.take_repo_changes(usize::MAX).owners.is_some());
 }
+
+fn folder_entry(folder: &str, i: usize) -> Entry {
+    Entry {
+        id: format!("{folder}/t{i}"),
+        url: format!("https://example.org/{folder}/{i}.git"),
+        index: "idx".into(),
+        metadata: None,
+    }
+}
+
+/// SPEC §14 (plan C2): under `project` a folder's repos share an owner up to SPLIT_AT;
+/// an index delta that grows it past the split re-keys half of them (the others keep
+/// their owner), one that shrinks it back joins them again; owners stay the ring's choice
+/// of their key throughout (checked by every `deliver`), through the gate, and through a
+/// restart that keeps the saved owners while the index changed meanwhile.
+#[test]
+fn spec_14_folder_split_follows_index_deltas() {
+    let reg = Registry::new(10).with_placement(Placement::Project);
+    let first: Vec<Entry> = (0..ring::SPLIT_AT)
+        .map(|i| folder_entry("l/linux", i))
+        .collect();
+    let mut sim = Sim {
+        fleet: Fleet::new(DEAD_AFTER, reg, ReposFile::default(), first),
+        now: 1_000_000,
+        workers: BTreeMap::new(),
+        events: Vec::new(),
+    };
+    for w in 1..=8 {
+        sim.join(w);
+    }
+    sim.clone_all();
+    let owners_of = |sim: &Sim| -> BTreeSet<Option<Uuid>> {
+        sim.fleet.repos().values().map(|r| r.owner).collect()
+    };
+    assert_eq!(owners_of(&sim).len(), 1, "one folder, one worker");
+    let before = sim.owners();
+    // Grow past SPLIT_AT: two buckets.
+    let more: Vec<Entry> = (ring::SPLIT_AT..ring::SPLIT_AT + 4)
+        .map(|i| folder_entry("l/linux", i))
+        .collect();
+    let sends = sim.fleet.apply_index(&Delta {
+        added: more,
+        ..Delta::default()
+    });
+    sim.deliver(sends);
+    let targets: BTreeSet<Option<Uuid>> = sim
+        .fleet
+        .repos()
+        .iter()
+        .map(|(id, r)| sim.fleet.waiting_for(id).or(r.owner))
+        .collect();
+    assert!(targets.len() <= 2, "{targets:?}");
+    let rekeyed = before
+        .keys()
+        .filter(|id| {
+            let mut buf = KeyBuf::default();
+            Placement::Project.key(id, ring::SPLIT_AT + 4, &mut buf) != "l/linux/linux"
+        })
+        .count();
+    assert!(
+        (1..ring::SPLIT_AT).contains(&rekeyed),
+        "{rekeyed} of {} re-keyed",
+        ring::SPLIT_AT
+    );
+    for (id, o) in &before {
+        let mut buf = KeyBuf::default();
+        if Placement::Project.key(id, ring::SPLIT_AT + 4, &mut buf) == "l/linux/linux" {
+            assert_eq!(sim.fleet.repo(id).unwrap().owner, *o, "{id} kept its key");
+        }
+    }
+    sim.clone_all();
+    sim.clone_all();
+    sim.assert_settled();
+    // A restart whose index lost repos of the folder meanwhile (the saved records of the
+    // removed ones are dropped): the folder is scored again at start.
+    let fp = sim.fleet.take_repo_changes(usize::MAX).owners;
+    assert!(fp.is_some());
+    let reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
+    let mut f = Fleet::from_entries(
+        DEAD_AFTER,
+        reg,
+        (0..ring::SPLIT_AT - 2).map(|i| folder_entry("l/linux", i)),
+    );
+    for (id, s) in sim.fleet.repos_file().repos {
+        f.restore_saved(id, Some(s));
+    }
+    assert!(f.finish_start(fp), "same members: saved owners kept");
+    assert!(f.owners_are_exact(), "the shrunk folder was scored again");
+    let targets: BTreeSet<Option<Uuid>> = f
+        .repos()
+        .iter()
+        .map(|(id, r)| f.waiting_for(id).or(r.owner))
+        .collect();
+    assert_eq!(targets.len(), 1, "one bucket again: {targets:?}");
+}
