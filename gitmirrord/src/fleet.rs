@@ -968,10 +968,11 @@ impl Fleet {
             .chain(&delta.changed)
             .map(|e| e.id.as_str())
             .collect();
-        // Under `project`, the length of each folder the delta touches, before it: a
-        // folder whose split changes has its other repos rescored below (SPEC §14).
+        // Under `project`, the length of each folder the delta touches, before it and after
+        // it (one range count each): a folder whose split changes has its other repos
+        // rescored below (SPEC §14).
         let placement = self.placement;
-        let mut folders_before: HashMap<&str, usize> = HashMap::new();
+        let mut folders: HashMap<&str, (usize, usize)> = HashMap::new();
         if placement == Placement::Project {
             let touched = delta.removed.iter().map(String::as_str).chain(
                 delta
@@ -983,8 +984,9 @@ impl Fleet {
             );
             for id in touched {
                 let f = ring::folder(id);
-                if !folders_before.contains_key(f) {
-                    folders_before.insert(f, folder_len(&self.repos, id));
+                if !folders.contains_key(f) {
+                    let n = folder_len(&self.repos, id);
+                    folders.insert(f, (n, n));
                 }
             }
         }
@@ -998,6 +1000,9 @@ impl Fleet {
                 self.gate.unwait(id);
                 if let Some(o) = repo.owner {
                     self.gate.release(&o, id);
+                }
+                if let Some(f) = folders.get_mut(ring::folder(id)) {
+                    f.1 = f.1.saturating_sub(1);
                 }
                 for h in repo.holders.keys() {
                     self.out
@@ -1017,22 +1022,15 @@ impl Fleet {
             .collect();
         drop(seen);
         // Each new repo's folder as it will be once the delta is in.
-        let mut folders_after: HashMap<&str, usize> = HashMap::new();
-        if placement == Placement::Project {
-            for id in &new_ids {
-                let f = ring::folder(id);
-                match folders_after.get_mut(f) {
-                    Some(n) => *n += 1,
-                    None => {
-                        folders_after.insert(f, folder_len(&self.repos, id) + 1);
-                    }
-                }
+        for id in &new_ids {
+            if let Some(f) = folders.get_mut(ring::folder(id)) {
+                f.1 += 1;
             }
         }
         let items: Vec<(&str, u32)> = new_ids
             .iter()
             .map(|id| {
-                let len = folders_after.get(ring::folder(id)).copied().unwrap_or(1);
+                let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
                 (*id, len as u32)
             })
             .collect();
@@ -1119,11 +1117,11 @@ impl Fleet {
         }
         // A folder that crossed a split boundary: its other repos change key (half of
         // each bucket when it grows past a power of two).
-        for (f, before) in folders_before {
+        for (f, (before, after)) in folders {
             if !f.ends_with('/') {
                 continue; // an id that is its own folder
             }
-            let after = folder_count(&self.repos, f);
+            debug_assert_eq!(after, folder_count(&self.repos, f), "{f}");
             if ring::split_bits(before) == ring::split_bits(after) {
                 continue;
             }
