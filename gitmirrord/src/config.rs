@@ -75,6 +75,9 @@ pub struct RawConfig {
     pub hooks_min_gap: Option<Duration>,
     pub hooks_trusted_proxies: Option<Vec<String>>,
     pub host_limits: Option<Vec<RawHostLimit>>,
+    /// `project` or `repo` (SPEC §14); unset: the persisted placement, or `project` on a
+    /// fresh state directory ([`crate::state::resolve_placement`]).
+    pub placement: Option<String>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -237,6 +240,8 @@ pub struct Config {
     pub hooks_trusted_proxies: Vec<ipnet::IpNet>,
     /// `host_limits` (SPEC §18): fleet-wide budgets per upstream host.
     pub host_limits: Vec<crate::host_budget::HostLimit>,
+    /// `placement` (SPEC §14), fleet-wide; `None`: not set (the persisted one stays).
+    pub placement: Option<crate::ring::Placement>,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -410,6 +415,12 @@ impl Config {
             None => crate::enrollment::Mode::Auto,
             Some(v) => crate::enrollment::Mode::parse(v)
                 .ok_or_else(|| invalid("enroll", format!("{v:?} is not one of auto, manual")))?,
+        };
+        let placement = match raw.placement.as_deref() {
+            None => None,
+            Some(v) => Some(crate::ring::Placement::parse(v).ok_or_else(|| {
+                invalid("placement", format!("{v:?} is not one of project, repo"))
+            })?),
         };
         let purge_protect_percent = raw.purge_protect_percent.unwrap_or(5.0);
         if !(0.0..=100.0).contains(&purge_protect_percent) {
@@ -602,6 +613,7 @@ impl Config {
             hooks_min_gap,
             hooks_trusted_proxies,
             host_limits,
+            placement,
             warnings,
         })
     }
@@ -892,6 +904,27 @@ mod tests {
         assert_eq!(parse("enroll: manual\n").unwrap().enroll, Mode::Manual);
         let e = parse("enroll: sometimes\n").unwrap_err().to_string();
         assert!(e.contains("enroll") && e.contains("auto, manual"), "{e}");
+    }
+
+    // SPEC §14 `placement`: unset by default (the persisted one, or `project` when
+    // fresh); anything but project or repo names the key.
+    #[test]
+    fn spec_14_placement_key() {
+        use crate::ring::Placement;
+        assert_eq!(parse("").unwrap().placement, None);
+        assert_eq!(
+            parse("placement: project\n").unwrap().placement,
+            Some(Placement::Project)
+        );
+        assert_eq!(
+            parse("placement: repo\n").unwrap().placement,
+            Some(Placement::Repo)
+        );
+        let e = parse("placement: folder\n").unwrap_err().to_string();
+        assert!(
+            e.contains("placement") && e.contains("project, repo"),
+            "{e}"
+        );
     }
 
     // SPEC §2.1: defaults.

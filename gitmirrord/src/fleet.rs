@@ -18,7 +18,7 @@ use crate::published;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
-use crate::ring::{self, Member};
+use crate::ring::{self, KeyBuf, Member, Placement};
 use gitmirror_wire::{
     AssignDelta, DropOrder, DropReason, FailureClass, FetchResult, Holdings, Outcome, RepoSpec,
     WorkerStatus,
@@ -28,6 +28,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+
+mod gate;
+use gate::Gate;
+pub use gate::PLANNED_PER_WORKER;
 
 /// State file kind and version of `repos.json` (v1, migrated by [`crate::repo_store`]).
 pub const REPOS_KIND: &str = "repos";
@@ -470,29 +474,97 @@ fn member_index(members: &[Member]) -> HashMap<Uuid, usize> {
         .collect()
 }
 
+/// Live workers (alive or suspect; drained ones included).
+fn live_set(registry: &Registry) -> HashSet<Uuid> {
+    registry
+        .iter()
+        .filter(|w| w.state.is_live())
+        .map(|w| w.uuid)
+        .collect()
+}
+
+/// The number of repos of `id`'s project folder ([`ring::folder`]) in `repos`: a range of
+/// the ordered map, O(folder), no allocation.
+fn folder_len(repos: &BTreeMap<Arc<str>, Box<Repo>>, id: &str) -> usize {
+    let f = ring::folder(id);
+    if f.len() == id.len() {
+        return 1;
+    }
+    folder_count(repos, f)
+}
+
+/// The number of repos in `repos` whose folder is `f` (`<first>/<project>/`).
+fn folder_count(repos: &BTreeMap<Arc<str>, Box<Repo>>, f: &str) -> usize {
+    repos
+        .range::<str, _>((std::ops::Bound::Included(f), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(f))
+        .filter(|(k, _)| ring::folder(k) == f)
+        .count()
+}
+
+/// Each repo's folder length in map order under `project` placement (one pass); empty
+/// under `repo`, where the key is the id whatever the folder ([`len_at`]).
+fn folder_lens(placement: Placement, repos: &BTreeMap<Arc<str>, Box<Repo>>) -> Vec<u32> {
+    match placement {
+        Placement::Repo => Vec::new(),
+        Placement::Project => ring::folder_lens(repos.keys().map(|k| &**k)),
+    }
+}
+
+fn len_at(lens: &[u32], i: usize) -> usize {
+    lens.get(i).map_or(1, |&n| n as usize)
+}
+
 /// Where owner changes land: the deltas, the census and the repos to save.
 struct OwnerMoves<'a> {
     members: &'a [Member],
     out: &'a mut Outbox,
     census: &'a mut Census,
     unsaved: &'a mut HashSet<Arc<str>>,
+    gate: &'a mut Gate,
+    /// Live workers (alive or suspect, drained ones included): a move off one of them
+    /// that holds a verified copy is planned ([`gate`]).
+    live: &'a HashSet<Uuid>,
 }
 
 impl OwnerMoves<'_> {
     /// Give the repo the ring's choice (`scored`: index into the members and the winning
-    /// score; `None` when there is no member). A move is reconciled, recounted and saved.
+    /// score; `None` when there is no member). A move is reconciled, recounted and saved;
+    /// a planned move to a destination without room waits in the [`Gate`] (the repo keeps
+    /// its owner, `owner_score` is the target's).
     fn set(&mut self, id: &Arc<str>, repo: &mut Repo, scored: Option<(usize, f64)>) {
-        let owner = scored
+        let target = scored
             .and_then(|(i, _)| self.members.get(i))
             .map(|m| m.uuid);
         repo.owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
-        if owner != repo.owner {
-            let before = repo.facts();
-            repo.owner = owner;
-            reconcile(id, repo, self.out);
-            self.census.update(id, &before, &repo.facts());
-            self.unsaved.insert(id.clone());
+        if target == repo.owner {
+            self.gate.unwait(id);
+            return;
         }
+        let planned = repo
+            .owner
+            .is_some_and(|o| self.live.contains(&o) && repo.holders.mirrored(&o) == Some(true));
+        let clone_to = target.filter(|t| planned && repo.holders.mirrored(t) != Some(true));
+        if let Some(t) = clone_to
+            && !self.gate.has_room(&t)
+        {
+            self.gate.wait(id, t);
+            return;
+        }
+        self.gate.unwait(id);
+        if let Some(old) = repo.owner {
+            self.gate.release(&old, id);
+        }
+        let before = repo.facts();
+        repo.owner = target;
+        reconcile(id, repo, self.out);
+        if let Some(t) = clone_to
+            && repo.holders.mirrored(&t) != Some(true)
+        {
+            self.gate.admit(t, id);
+        }
+        self.census.update(id, &before, &repo.facts());
+        self.unsaved.insert(id.clone());
     }
 }
 
@@ -609,6 +681,15 @@ pub struct Fleet {
     /// The index entries of blocked repos ([`Registry::blocked`]), kept aside rather
     /// than applied, so an unblock brings a repo the index still lists back at once.
     blocked_entries: HashMap<String, Entry>,
+    /// What the ring hashes ([`Placement::key`]), fixed for the life of the fleet (a
+    /// switch happens at start: `crate::state::resolve_placement`).
+    placement: Placement,
+    /// Under `project`: folders whose length may have changed while the coordinator was
+    /// down (a saved record the index no longer lists), so their saved owners are
+    /// rescored at start ([`Fleet::finish_start`]).
+    resized: HashSet<String>,
+    /// Planned moves admitted and waiting (SPEC §5 make before break, plan C4).
+    gate: Gate,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -675,6 +756,9 @@ impl Fleet {
             .collect();
         Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
+            placement: registry.placement(),
+            resized: HashSet::new(),
+            gate: Gate::default(),
             registry,
             // Blocked entries count: the index was read even if it lists only those.
             index_ready: !repos.is_empty() || !blocked_entries.is_empty(),
@@ -712,6 +796,9 @@ impl Fleet {
             return;
         }
         let Some(repo) = self.repos.get_mut(id.as_str()) else {
+            if saved.is_some() && self.placement == Placement::Project {
+                self.resized.insert(ring::folder(&id).to_owned());
+            }
             return;
         };
         // The saved owner, so that recomputing the owners changes (and saves) only repos
@@ -765,20 +852,37 @@ impl Fleet {
     pub fn finish_start(&mut self, saved_owners: Option<u64>) -> bool {
         self.saved_owners = saved_owners;
         let members = self.live_members();
-        let keep = saved_owners.is_some() && saved_owners == Some(ring::fingerprint(&members));
+        let placement = self.placement;
+        let keep = saved_owners.is_some()
+            && saved_owners == Some(ring::owners_fingerprint(placement, &members));
         let ring = ring::Ring::new(&members);
         let index = member_index(&members);
+        let lens = if keep {
+            folder_lens(placement, &self.repos)
+        } else {
+            Vec::new()
+        };
+        let mut buf = KeyBuf::default();
         // Repos whose saved owner cannot stand: no record, or an owner not in the ring.
         let mut todo: Vec<Arc<str>> = Vec::new();
-        for (id, repo) in self.repos.iter_mut() {
+        for (n, (id, repo)) in self.repos.iter_mut().enumerate() {
             let restored = !repo.owner_score.is_nan();
             repo.owner_score = f64::INFINITY;
+            // A planned move in flight when the state was saved (its owner pending, an
+            // old holder verified) is admitted again: the gate's count survives a restart.
+            if let Some(o) = repo.owner
+                && repo.holders.mirrored(&o) == Some(false)
+                && repo.holders.iter().any(|(h, m)| m && *h != o)
+            {
+                self.gate.admit(o, id);
+            }
             if !keep {
                 continue;
             }
             match repo.owner.map(|o| index.get(&o)) {
                 Some(Some(&i)) if restored => {
-                    repo.owner_score = ring.score(id, i).unwrap_or(f64::INFINITY);
+                    let key = placement.key(id, len_at(&lens, n), &mut buf);
+                    repo.owner_score = ring.score(key, i).unwrap_or(f64::INFINITY);
                 }
                 None if restored && members.is_empty() => {}
                 _ => todo.push(id.clone()),
@@ -791,14 +895,43 @@ impl Fleet {
         }
         self.members = members;
         self.owners_known = true;
-        let refs: Vec<&str> = todo.iter().map(|id| &**id).collect();
-        let owners = ring.owners(&refs);
-        drop(refs);
+        let resized = std::mem::take(&mut self.resized);
+        if placement == Placement::Project {
+            // A folder that gained or lost repos while we were down may have changed its
+            // split (SPEC §14): its saved owners are rescored with the rest.
+            let mut folders: BTreeSet<String> = resized.into_iter().collect();
+            folders.extend(todo.iter().map(|id| ring::folder(id).to_owned()));
+            let mut more: BTreeSet<Arc<str>> = BTreeSet::new();
+            for f in &folders {
+                more.extend(
+                    self.repos
+                        .range::<str, _>((
+                            std::ops::Bound::Included(f.as_str()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take_while(|(k, _)| k.starts_with(f.as_str()))
+                        .map(|(k, _)| k.clone()),
+                );
+            }
+            for id in &todo {
+                more.remove(id);
+            }
+            todo.extend(more);
+        }
+        let items: Vec<(&str, u32)> = todo
+            .iter()
+            .map(|id| (&**id, folder_len(&self.repos, id) as u32))
+            .collect();
+        let owners = ring.owners_placed(placement, &items);
+        drop(items);
+        let live = live_set(&self.registry);
         let mut moves = OwnerMoves {
             members: &self.members,
             out: &mut self.out,
             census: &mut self.census,
             unsaved: &mut self.unsaved,
+            gate: &mut self.gate,
+            live: &live,
         };
         for (id, scored) in todo.iter().zip(owners) {
             if let Some(repo) = self.repos.get_mut(id) {
@@ -835,6 +968,28 @@ impl Fleet {
             .chain(&delta.changed)
             .map(|e| e.id.as_str())
             .collect();
+        // Under `project`, the length of each folder the delta touches, before it and after
+        // it (one range count each): a folder whose split changes has its other repos
+        // rescored below (SPEC §14).
+        let placement = self.placement;
+        let mut folders: HashMap<&str, (usize, usize)> = HashMap::new();
+        if placement == Placement::Project {
+            let touched = delta.removed.iter().map(String::as_str).chain(
+                delta
+                    .added
+                    .iter()
+                    .chain(&delta.changed)
+                    .map(|e| e.id.as_str())
+                    .filter(|id| !self.repos.contains_key(*id)),
+            );
+            for id in touched {
+                let f = ring::folder(id);
+                if !folders.contains_key(f) {
+                    let n = folder_len(&self.repos, id);
+                    folders.insert(f, (n, n));
+                }
+            }
+        }
         for id in &delta.removed {
             if updated.contains(id.as_str()) {
                 continue;
@@ -842,6 +997,13 @@ impl Fleet {
             if let Some((key, repo)) = self.repos.remove_entry(id.as_str()) {
                 self.census.remove(&key, &repo.facts());
                 self.unsaved.insert(key);
+                self.gate.unwait(id);
+                if let Some(o) = repo.owner {
+                    self.gate.release(&o, id);
+                }
+                if let Some(f) = folders.get_mut(ring::folder(id)) {
+                    f.1 = f.1.saturating_sub(1);
+                }
                 for h in repo.holders.keys() {
                     self.out
                         .push(*h, id, Op::Drop(DropReason::RemovedFromIndex));
@@ -859,8 +1021,23 @@ impl Fleet {
             .filter(|id| !self.repos.contains_key(*id) && seen.insert(*id))
             .collect();
         drop(seen);
-        let owners = ring.owners(&new_ids);
+        // Each new repo's folder as it will be once the delta is in.
+        for id in &new_ids {
+            if let Some(f) = folders.get_mut(ring::folder(id)) {
+                f.1 += 1;
+            }
+        }
+        let items: Vec<(&str, u32)> = new_ids
+            .iter()
+            .map(|id| {
+                let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
+                (*id, len as u32)
+            })
+            .collect();
+        let owners = ring.owners_placed(placement, &items);
+        drop(items);
         let mut new_owners = new_ids.iter().zip(owners).peekable();
+        let mut buf = KeyBuf::default();
         for e in delta.added.iter().chain(&delta.changed) {
             let index = intern(&mut self.index_names, &e.index);
             // One search finds an existing repo with its key (a whole index is 1M new
@@ -892,7 +1069,11 @@ impl Fleet {
                     new_owners.next();
                     o
                 }
-                _ => ring.owner_scored(&e.id),
+                _ => ring.owner_scored(placement.key(
+                    &e.id,
+                    folder_len(&self.repos, &e.id) + 1,
+                    &mut buf,
+                )),
             };
             let owner = scored
                 .and_then(|(i, _)| self.members.get(i))
@@ -933,6 +1114,35 @@ impl Fleet {
             let after = repo.facts();
             self.unsaved.insert(key.clone());
             self.census.add(&key, &after);
+        }
+        // A folder that crossed a split boundary: its other repos change key (half of
+        // each bucket when it grows past a power of two).
+        for (f, (before, after)) in folders {
+            if !f.ends_with('/') {
+                continue; // an id that is its own folder
+            }
+            debug_assert_eq!(after, folder_count(&self.repos, f), "{f}");
+            if ring::split_bits(before) == ring::split_bits(after) {
+                continue;
+            }
+            let live = live_set(&self.registry);
+            let mut moves = OwnerMoves {
+                members: &self.members,
+                out: &mut self.out,
+                census: &mut self.census,
+                unsaved: &mut self.unsaved,
+                gate: &mut self.gate,
+                live: &live,
+            };
+            for (id, repo) in self
+                .repos
+                .range_mut::<str, _>((std::ops::Bound::Included(f), std::ops::Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(f))
+                .filter(|(k, _)| ring::folder(k) == f)
+            {
+                let scored = ring.owner_scored(placement.key(id, after, &mut buf));
+                moves.set(id, repo, scored);
+            }
         }
         if !was_ready && last {
             self.saved.clear();
@@ -1247,6 +1457,10 @@ impl Fleet {
         if let Some((key, repo)) = self.repos.remove_entry(id) {
             self.census.remove(&key, &repo.facts());
             self.unsaved.insert(key);
+            self.gate.unwait(id);
+            if let Some(o) = repo.owner {
+                self.gate.release(&o, id);
+            }
             let mut told: BTreeSet<Uuid> = repo.holders.keys().copied().collect();
             told.extend(repo.owner);
             for h in told {
@@ -1524,6 +1738,10 @@ impl Fleet {
         }
         if success {
             reconcile(&o.repo, repo, &mut self.out);
+            // A planned move completed: room for the next one to this worker.
+            if repo.holders.mirrored(&uuid) == Some(true) {
+                self.gate.release(&uuid, &o.repo);
+            }
         }
         self.census.update(&key, &before, &repo.facts());
         if !publish {
@@ -1666,62 +1884,113 @@ impl Fleet {
         let index = member_index(members);
         // Repos of members that left (and repos without an owner): a full scan each.
         let mut orphans: Vec<Arc<str>> = Vec::new();
+        for u in &left {
+            // Nothing more is admitted to it; repos waiting for it are scored again.
+            self.gate.forget(u);
+            if incremental {
+                orphans.extend(self.gate.waiting_for(u));
+            }
+        }
         if incremental {
             for u in &left {
                 orphans.extend(self.census.owned_urls(*u).map(|(id, _)| id.clone()));
             }
             orphans.extend(self.census.unowned().cloned());
         }
+        let live = live_set(&self.registry);
         let mut moves = OwnerMoves {
             members,
             out: &mut self.out,
             census: &mut self.census,
             unsaved: &mut self.unsaved,
+            gate: &mut self.gate,
+            live: &live,
         };
-        let mut set_owner = |id: &Arc<str>, repo: &mut Repo, scored| moves.set(id, repo, scored);
+        let placement = self.placement;
+        // Folder lengths only for the walks of every repo below (a death alone moves the
+        // dead worker's repos: O(its repos), each folder counted on its own).
+        let lens = if !incremental || !joined.is_empty() {
+            folder_lens(placement, &self.repos)
+        } else {
+            Vec::new()
+        };
+        let mut buf = KeyBuf::default();
         if !incremental {
             let ids: Vec<Arc<str>> = self.repos.keys().cloned().collect();
-            let refs: Vec<&str> = ids.iter().map(|id| &**id).collect();
-            let owners = ring.owners(&refs);
-            drop(refs);
+            let items: Vec<(&str, u32)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (&**id, len_at(&lens, i) as u32))
+                .collect();
+            let owners = ring.owners_placed(placement, &items);
+            drop(items);
             for ((id, repo), scored) in self.repos.iter_mut().zip(owners) {
-                set_owner(id, repo, scored);
+                moves.set(id, repo, scored);
             }
             return;
         }
         for id in orphans {
+            let len = folder_len(&self.repos, &id);
             if let Some(repo) = self.repos.get_mut(&id) {
-                set_owner(&id, repo, ring.owner_scored(&id));
+                moves.set(
+                    &id,
+                    repo,
+                    ring.owner_scored(placement.key(&id, len, &mut buf)),
+                );
             }
         }
         // Newcomers challenge every repo's owner: one hash a repo against its stored
         // winning score (scored afresh where it is unknown).
         if !joined.is_empty() {
-            for (id, repo) in self.repos.iter_mut() {
-                let Some(owner) = repo.owner.and_then(|o| index.get(&o).copied()) else {
+            for (i, (id, repo)) in self.repos.iter_mut().enumerate() {
+                // The ring's choice: the owner, or the destination a planned move waits for.
+                let target = moves.gate.target(id).or(repo.owner);
+                let Some(owner) = target.and_then(|o| index.get(&o).copied()) else {
                     continue; // handled above: it had no owner
                 };
+                let key = placement.key(id, len_at(&lens, i), &mut buf);
                 let mut best = if repo.owner_score.is_finite() {
                     (owner, repo.owner_score)
                 } else {
-                    match ring.owner_scored(id) {
+                    match ring.owner_scored(key) {
                         Some(s) => s,
                         None => continue,
                     }
                 };
                 for &n in &joined {
                     let incumbent = members.get(best.0).map_or(Uuid::nil(), |m| m.uuid);
-                    if let Some(score) = ring.challenge(id, n, best.1, incumbent) {
+                    if let Some(score) = ring.challenge(key, n, best.1, incumbent) {
                         best = (n, score);
                     }
                 }
-                set_owner(id, repo, Some(best));
+                moves.set(id, repo, Some(best));
+            }
+        }
+    }
+
+    /// Admit planned moves waiting for destinations that got room (their mirrored reports
+    /// came, or moves left): O(admitted) amortised, never a walk of the repos.
+    fn refill(&mut self) {
+        for dest in self.gate.take_freed() {
+            while let Some(id) = self.gate.next_for(&dest) {
+                let Some(repo) = self.repos.get_mut(&id) else {
+                    continue;
+                };
+                let before = repo.facts();
+                repo.owner = Some(dest);
+                reconcile(&id, repo, &mut self.out);
+                if repo.holders.mirrored(&dest) != Some(true) {
+                    self.gate.admit(dest, &id);
+                }
+                self.census.update(&id, &before, &repo.facts());
+                self.unsaved.insert(id);
             }
         }
     }
 
     /// Turn the pending operations into numbered deltas for workers in sync.
     fn flush(&mut self) -> Vec<Outgoing> {
+        self.refill();
         let ops = std::mem::take(&mut self.out.ops);
         let mut sends = Vec::new();
         for (worker, ops) in ops {
@@ -1813,9 +2082,42 @@ impl Fleet {
     pub fn owners_are_exact(&self) -> bool {
         let members = self.live_members();
         let ring = ring::Ring::new(&members);
-        self.repos
-            .iter()
-            .all(|(id, r)| r.owner == ring.owner(id).and_then(|i| members.get(i)).map(|m| m.uuid))
+        let lens = folder_lens(self.placement, &self.repos);
+        let mut buf = KeyBuf::default();
+        self.repos.iter().enumerate().all(|(i, (id, r))| {
+            let key = self.placement.key(id, len_at(&lens, i), &mut buf);
+            let target = self.gate.target(id).or(r.owner);
+            target == ring.owner(key).and_then(|i| members.get(i)).map(|m| m.uuid)
+        })
+    }
+
+    /// Planned moves in flight (admitted: told to clone, not mirrored yet) and waiting
+    /// for room (SPEC §5, plan C4): `gitmirror_planned_moves_pending`.
+    pub fn planned_moves(&self) -> (usize, usize) {
+        self.gate.pending()
+    }
+
+    /// Planned moves admitted to `worker` and not yet mirrored there.
+    pub fn planned_moves_to(&self, worker: &Uuid) -> usize {
+        self.gate.admitted_to(worker)
+    }
+
+    /// The destination a planned move of `id` waits for (its owner is still the old one).
+    pub fn waiting_for(&self, id: &str) -> Option<Uuid> {
+        self.gate.target(id)
+    }
+
+    /// The fingerprint the saved owners may carry: the members' when every owner is the
+    /// ring's choice, none while planned moves wait (then a restart scores every repo and
+    /// rebuilds the gate from the saved owners and holders).
+    fn owners_fp(&self) -> Option<u64> {
+        (self.owners_known && !self.gate.any_waiting())
+            .then(|| ring::owners_fingerprint(self.placement, &self.members))
+    }
+
+    /// The placement in force.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     pub fn census_is_exact(&self) -> bool {
@@ -1923,9 +2225,7 @@ impl Fleet {
     /// Whether the store's owner fingerprint is behind the members with nothing else to
     /// save (a change of members that moved no repo).
     pub fn owners_unsaved(&self) -> bool {
-        self.unsaved.is_empty()
-            && self.owners_known
-            && self.saved_owners != Some(ring::fingerprint(&self.members))
+        self.unsaved.is_empty() && self.saved_owners != self.owners_fp()
     }
 
     /// The saved form of up to `limit` repos changed since they were last taken.
@@ -1949,7 +2249,7 @@ impl Fleet {
         // Every owner in memory is the ring's choice over the current members (a change of
         // the members recomputes them at once). The store's fingerprint is unset before
         // the first records of a move and set once the last of them is taken.
-        let now = self.owners_known.then(|| ring::fingerprint(&self.members));
+        let now = self.owners_fp();
         let mut changes = crate::repo_store::Changes {
             repos,
             unset_owners: false,

@@ -74,6 +74,8 @@ pub struct FleetCounts {
     fetches: FetchStats,
     staleness: Histogram,
     never_mirrored: u64,
+    /// Planned moves admitted (in flight) and waiting for room (SPEC §5, plan C4).
+    planned_moves: (usize, usize),
 }
 
 impl FleetCounts {
@@ -121,7 +123,14 @@ impl FleetCounts {
             fetches: fetches.clone(),
             staleness: census.staleness(now_ms),
             never_mirrored: census.never_mirrored(),
+            planned_moves: (0, 0),
         }
+    }
+
+    /// The gate's counts ([`crate::fleet::Fleet::planned_moves`]).
+    pub fn with_planned_moves(mut self, planned: (usize, usize)) -> Self {
+        self.planned_moves = planned;
+        self
     }
 }
 
@@ -257,6 +266,23 @@ pub fn render(i: &Inputs<'_>) -> String {
         "Repos with no successful fetch yet (not in gitmirror_staleness_seconds).",
     );
     w.sample("gitmirror_repos_never_mirrored", &[], never as f64);
+
+    w.family(
+        "gitmirror_planned_moves_pending",
+        "gauge",
+        "Planned moves (join, drain, weight change, placement switch) not done yet: admitted (the destination was told to clone; at most 256 per worker) or waiting (the old owner keeps the repo until the destination has room).",
+    );
+    let (admitted, waiting) = i.fleet.planned_moves;
+    w.sample(
+        "gitmirror_planned_moves_pending",
+        &[("state", "admitted")],
+        admitted as f64,
+    );
+    w.sample(
+        "gitmirror_planned_moves_pending",
+        &[("state", "waiting")],
+        waiting as f64,
+    );
 
     w.family(
         "gitmirror_events_total",

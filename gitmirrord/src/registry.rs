@@ -17,7 +17,9 @@ pub const KIND: &str = "registry";
 /// 3: drained workers (`drained`) and blocked repos (`blocked`, issue 16); a v2 file is
 /// read as v3 with none of either and kept as `registry.json.v2.bak`. An older release
 /// refuses a v3 file rather than forgetting a takedown.
-pub const VERSION: u32 = 3;
+/// 4: the placement in force (`placement`, SPEC §14); a v3 file is read as `repo` (the
+/// owners it was written with) and kept as `registry.json.v3.bak`.
+pub const VERSION: u32 = 4;
 
 /// After a restart, assignment sequence numbers resume this far above the saved value, so
 /// that a crash between sending deltas and saving the registry never repeats a `seq`.
@@ -149,6 +151,11 @@ pub struct RegistryFile {
     /// Blocked repos by id (v3).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocked: BTreeMap<String, Blocked>,
+    /// The placement the saved owners were computed under (v4; `None`: a fresh state
+    /// directory, nothing placed yet). Only a `placement` set in the configuration
+    /// changes it ([`crate::state::resolve_placement`]).
+    #[serde(default)]
+    pub placement: Option<crate::ring::Placement>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +167,7 @@ pub struct Registry {
     removed: BTreeSet<Uuid>,
     approved: BTreeSet<Uuid>,
     blocked: BTreeMap<String, Blocked>,
+    placement: Option<crate::ring::Placement>,
 }
 
 /// What a worker says about itself when it connects.
@@ -185,6 +193,7 @@ impl Registry {
             removed: BTreeSet::new(),
             approved: BTreeSet::new(),
             blocked: BTreeMap::new(),
+            placement: None,
         }
     }
 
@@ -211,7 +220,19 @@ impl Registry {
             removed: file.removed.into_iter().collect(),
             approved: file.approved.into_iter().collect(),
             blocked: file.blocked,
+            placement: file.placement,
         }
+    }
+
+    /// The placement in force (`repo` until one is set: the owners of earlier releases).
+    pub fn placement(&self) -> crate::ring::Placement {
+        self.placement.unwrap_or(crate::ring::Placement::Repo)
+    }
+
+    /// Set the placement in force (at start, before the fleet is built).
+    pub fn with_placement(mut self, placement: crate::ring::Placement) -> Self {
+        self.placement = Some(placement);
+        self
     }
 
     /// Clamp announced weights at `max` (saved ones too: a registry written before the
@@ -235,6 +256,7 @@ impl Registry {
             removed: self.removed.iter().copied().collect(),
             approved: self.approved.iter().copied().collect(),
             blocked: self.blocked.clone(),
+            placement: self.placement,
         }
     }
 

@@ -189,6 +189,21 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         old.allow_file_urls.to_string(),
         new.allow_file_urls.to_string(),
     );
+    // SPEC §14: a switch rescores every repo; the start path does that off the loop that
+    // answers workers, so it waits for a restart (plan fork-pools C3).
+    let placement = |p: Option<crate::ring::Placement>| match p {
+        Some(p) => p.as_str().to_owned(),
+        None => "unset".to_owned(),
+    };
+    restart(
+        "placement",
+        old.placement != new.placement,
+        placement(old.placement),
+        format!(
+            "{} (repos move make before break after the restart)",
+            placement(new.placement)
+        ),
+    );
     restart(
         "purge_protect_percent",
         old.purge_protect_percent != new.purge_protect_percent,
@@ -374,6 +389,18 @@ mod tests {
             keys,
             ["local_worker.upstream_deny", "local_worker.fetch.redirects"]
         );
+    }
+
+    // SPEC §14, §11: `placement` needs a restart (a switch rescores every repo at start).
+    #[test]
+    fn spec_14_placement_needs_a_restart() {
+        let old = cfg("");
+        let new = cfg("placement: repo\n");
+        let p = plan(&old, &new);
+        assert_eq!(p.needs_restart.len(), 1, "{:?}", p.needs_restart);
+        assert_eq!(p.needs_restart[0].0, "placement");
+        assert!(p.needs_restart[0].1.starts_with("unset → repo"), "{:?}", p);
+        assert_eq!(merge(&old, new).placement, None, "kept until a restart");
     }
 
     // SPEC §15, §11: push_hooks, hooks_min_gap and hooks_trusted_proxies are reloaded

@@ -188,12 +188,25 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         let cfg = cfg.clone();
         let index_credentials = index_credentials.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let registry = Registry::restore(
-                cfg.max_workers,
-                state::load_registry(&cfg.state_dir)?,
-                now_ms(),
-            )
-            .with_max_weight(cfg.max_worker_weight);
+            let file = state::load_registry(&cfg.state_dir)?;
+            // SPEC §14: the placement in force; a switch is saved at once, and the owners'
+            // fingerprint (`ring::owners_fingerprint`) makes the fleet rescore every repo.
+            let (placement, switched) = state::resolve_placement(file.placement, cfg.placement);
+            let persisted = file.placement;
+            let registry = Registry::restore(cfg.max_workers, file, now_ms())
+                .with_max_weight(cfg.max_worker_weight)
+                .with_placement(placement);
+            if let Some(from) = switched {
+                tracing::warn!(
+                    "placement switches from {} to {} (SPEC §14): every repo is placed again; repos that move do so make before break",
+                    from.as_str(),
+                    placement.as_str()
+                );
+            }
+            if persisted != Some(placement) {
+                state::save_registry(&cfg.state_dir, &registry.to_file())?;
+            }
+            tracing::info!(placement = placement.as_str(), "placement in force");
             // The event log reads beside the index and repo status (a third of a 1M start).
             let events = {
                 let (dir, options) = (cfg.state_dir.clone(), cfg.events);
@@ -1310,7 +1323,8 @@ impl MainLoop {
             self.fleet.census(),
             self.fleet.fetch_stats(),
             now_ms(),
-        );
+        )
+        .with_planned_moves(self.fleet.planned_moves());
         let uptime_secs = self.started.elapsed().as_secs();
         let event_seq = *self.seq.borrow();
         let events = self.events_by_kind.clone();

@@ -4,6 +4,7 @@
 //! in [`crate::index`].
 
 use crate::registry::{self, RegistryFile};
+use crate::ring::Placement;
 use gitmirror_common::statefile::{self, StateError};
 use std::path::Path;
 
@@ -14,19 +15,23 @@ const MODE: u32 = 0o640;
 pub const REGISTRY_V1_BACKUP: &str = "registry.json.v1.bak";
 /// Where the v2 registry (before drained workers and blocked repos) is kept.
 pub const REGISTRY_V2_BACKUP: &str = "registry.json.v2.bak";
+/// Where the v3 registry (before the persisted placement) is kept.
+pub const REGISTRY_V3_BACKUP: &str = "registry.json.v3.bak";
 
 /// Load the registry; a missing file is an empty one, a corrupt one an error naming it.
 /// An older file is read as the current version and kept beside as
 /// `registry.json.v<N>.bak`; the next save replaces it. v1 (before per-worker
 /// certificates): every worker legacy, none removed or approved. v2 (before issue 16's
-/// drain and block): no worker drained, no repo blocked.
+/// drain and block): no worker drained, no repo blocked. v1 to v3 (before issue 13's
+/// placement): owners were placed per repo, so `placement: repo`.
 pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
     let path = dir.join(REGISTRY_FILE);
     match statefile::read_json(&path, registry::KIND, registry::VERSION) {
         Ok(r) => Ok(r.unwrap_or_default()),
         Err(StateError::Version { found, .. })
             if found == format!("{} v1", registry::KIND)
-                || found == format!("{} v2", registry::KIND) =>
+                || found == format!("{} v2", registry::KIND)
+                || found == format!("{} v3", registry::KIND) =>
         {
             let (version, backup, what) = if found.ends_with("v1") {
                 (
@@ -34,11 +39,18 @@ pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
                     REGISTRY_V1_BACKUP,
                     "per-worker certificates: its workers are admitted by the join token until they enroll",
                 )
-            } else {
+            } else if found.ends_with("v2") {
                 (2, REGISTRY_V2_BACKUP, "drained workers and blocked repos")
+            } else {
+                (
+                    3,
+                    REGISTRY_V3_BACKUP,
+                    "the placement in force: its owners were placed per repo, so `placement: repo` until the configuration sets one",
+                )
             };
-            let old: RegistryFile =
+            let mut old: RegistryFile =
                 statefile::read_json(&path, registry::KIND, version)?.unwrap_or_default();
+            old.placement = Some(Placement::Repo);
             if let Some(bytes) = statefile::read_if_exists(&path)? {
                 statefile::write_atomic(&dir.join(backup), &bytes, MODE)?;
             }
@@ -51,6 +63,26 @@ pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
             Ok(old)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The placement of a state directory with no registry yet and no `placement` set
+/// (SPEC §14: `project`).
+pub const FRESH_PLACEMENT: Placement = Placement::Project;
+
+/// The placement in force at start (SPEC §14, plan fork-pools C3): the configured one if
+/// set (a *switch* when it differs from the persisted one), else the persisted one (an
+/// unset key never flips it), else, on a fresh state directory, [`FRESH_PLACEMENT`].
+/// Returns it and, for a switch, the placement switched from.
+pub fn resolve_placement(
+    persisted: Option<Placement>,
+    configured: Option<Placement>,
+) -> (Placement, Option<Placement>) {
+    match (persisted, configured) {
+        (Some(p), Some(c)) if p != c => (c, Some(p)),
+        (_, Some(c)) => (c, None),
+        (Some(p), None) => (p, None),
+        (None, None) => (FRESH_PLACEMENT, None),
     }
 }
 
@@ -96,7 +128,7 @@ mod tests {
         assert!(
             std::fs::read_to_string(d.path().join(REGISTRY_FILE))
                 .unwrap()
-                .starts_with("gitmirror-state registry v3\n")
+                .starts_with("gitmirror-state registry v4\n")
         );
         load_registry(d.path()).unwrap();
     }
@@ -131,6 +163,79 @@ mod tests {
         let back = load_registry(d.path()).unwrap();
         assert!(back.workers[0].drained);
         assert_eq!(back.blocked["a/b/c"].reason, "takedown #1");
+    }
+
+    // SPEC §12 "State files", §14 (plan fork-pools C3): a v3 registry was written with
+    // per-repo placement: it loads as `repo`, is kept as .v3.bak, and the placement
+    // survives a save and a load.
+    #[test]
+    fn spec_12_registry_v3_migrates_keeps_repo_placement() {
+        let d = tempfile::tempdir().unwrap();
+        let v3 = "gitmirror-state registry v3\n{\"workers\":[],\"removed\":[],\"approved\":[]}\n";
+        std::fs::write(d.path().join(REGISTRY_FILE), v3).unwrap();
+        let r = load_registry(d.path()).unwrap();
+        assert_eq!(r.placement, Some(Placement::Repo));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(REGISTRY_V3_BACKUP)).unwrap(),
+            v3
+        );
+        // Unset in the configuration: the persisted placement stays.
+        assert_eq!(
+            resolve_placement(r.placement, None),
+            (Placement::Repo, None)
+        );
+        save_registry(d.path(), &r).unwrap();
+        let text = std::fs::read_to_string(d.path().join(REGISTRY_FILE)).unwrap();
+        assert!(text.starts_with("gitmirror-state registry v4\n"), "{text}");
+        assert!(text.contains("\"placement\":\"repo\""), "{text}");
+        assert_eq!(
+            load_registry(d.path()).unwrap().placement,
+            Some(Placement::Repo)
+        );
+    }
+
+    // SPEC §14: a state directory with nothing placed takes the configured placement, or
+    // `project`.
+    #[test]
+    fn spec_14_fresh_state_defaults_to_project() {
+        let d = tempfile::tempdir().unwrap();
+        let r = load_registry(d.path()).unwrap();
+        assert_eq!(r.placement, None);
+        assert_eq!(
+            resolve_placement(r.placement, None),
+            (Placement::Project, None)
+        );
+        assert_eq!(
+            resolve_placement(r.placement, Some(Placement::Repo)),
+            (Placement::Repo, None)
+        );
+    }
+
+    // SPEC §14: "keeps it until the operator sets `placement` explicitly": an unset key
+    // never flips a persisted placement; a set one that differs is a switch.
+    #[test]
+    fn spec_14_unset_key_keeps_persisted_placement() {
+        for p in [Placement::Repo, Placement::Project] {
+            assert_eq!(resolve_placement(Some(p), None), (p, None));
+            assert_eq!(resolve_placement(Some(p), Some(p)), (p, None));
+        }
+        assert_eq!(
+            resolve_placement(Some(Placement::Repo), Some(Placement::Project)),
+            (Placement::Project, Some(Placement::Repo))
+        );
+        assert_eq!(
+            resolve_placement(Some(Placement::Project), Some(Placement::Repo)),
+            (Placement::Repo, Some(Placement::Project))
+        );
+        // Saved and loaded, the switched placement is the persisted one.
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::registry::Registry::new(4).with_placement(Placement::Project);
+        save_registry(d.path(), &reg.to_file()).unwrap();
+        let back = load_registry(d.path()).unwrap();
+        assert_eq!(
+            resolve_placement(back.placement, None),
+            (Placement::Project, None)
+        );
     }
 
     // SPEC §10: a file that fails to decode stops the daemon, naming the file and what to do.

@@ -310,6 +310,27 @@ async fn issue16_per_worker_series_from_status_load_and_outcomes() {
     );
 }
 
+/// SPEC §5 with plan fork-pools C4: the gate of planned moves is visible as
+/// `gitmirror_planned_moves_pending{state="admitted"|"waiting"}`, each a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_5_planned_moves_pending_is_exposed() {
+    let (_c, _workers, _, _, m) = loaded_fleet().await;
+    for state in ["admitted", "waiting"] {
+        let prefix = format!("gitmirror_planned_moves_pending{{state=\"{state}\"}} ");
+        let v: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in {m}"))
+            .parse()
+            .unwrap();
+        assert!(v >= 0.0 && v.fract() == 0.0, "{prefix}{v}");
+    }
+    assert!(
+        m.contains("# TYPE gitmirror_planned_moves_pending gauge"),
+        "{m}"
+    );
+}
+
 /// The dashboard's expressions.
 fn dashboard_exprs() -> Vec<String> {
     let path = rules_dir().join("gitmirror.dashboard.json");

@@ -44,12 +44,16 @@ impl Coordinator {
         let http = free_tcp()?;
         let state_dir = dir.join("state");
         let config = dir.join("gitmirrord.yaml");
+        // Per-repo placement: the figures of docs/scale.md were measured so, and the
+        // generated index (two repos per folder, neither named after it) would pair every
+        // repo under `project` (design.md "Placement by project").
         let yaml = format!(
             "listen: {quic}\n\
              http_listen: {http}\n\
              state_dir: {state}\n\
              indexes:\n  - name: sim\n    url: {index}\n    poll_interval: 1h\n\
              max_workers: {max_workers}\n\
+             placement: repo\n\
              liveness:\n  keepalive_interval: {ka}ms\n  suspect_after: {sa}ms\n  dead_after: {da}ms\n\
              log_level: info\n{limits}",
             limits = host_budget.map_or(String::new(), |n| format!(

@@ -258,7 +258,10 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// The standard test config (SPEC §2.1) for an index at `index`.
+    /// The standard test config (SPEC §2.1) for an index at `index`. It places per repo
+    /// (`placement: repo`): the tests of SPEC §5 spread repos of one folder (`repo_set`
+    /// makes one) over the workers; tests of project placement (SPEC §14) drop the line
+    /// (a fresh state directory then takes `project`) or set `placement: project`.
     pub fn standard_yaml(udp: u16, http: u16, state_dir: &Path, index: &Path) -> String {
         format!(
             "listen: 127.0.0.1:{udp}\n\
@@ -268,6 +271,7 @@ impl Coordinator {
              allow_file_urls: false\n\
              liveness:\n  keepalive_interval: 1s\n  suspect_after: 3s\n  dead_after: 4s\n\
              max_workers: 10\n\
+             placement: repo\n\
              log_level: info\n",
             state = yaml_path(state_dir),
             index = yaml_path(index),

@@ -2063,3 +2063,330 @@ fn spec_9_unblock_when_the_index_lists_only_blocked_repos() {
     sim.deliver(sends);
     assert!(sim.workers[&10].held.contains_key(&id));
 }
+
+/// Repos `n` was told to hold and has not reported mirrored.
+fn unmirrored(sim: &Sim, n: u128) -> usize {
+    sim.workers
+        .get(&n)
+        .map_or(0, |w| w.held.values().filter(|(_, m)| !*m).count())
+}
+
+/// SPEC §5 make before break at scale (plan fork-pools C4): a join admits at most
+/// PLANNED_PER_WORKER planned moves to the newcomer at a time; the other repos it should
+/// own keep their old owner (which keeps and serves them) and wait; each mirrored report
+/// admits the next. While repos wait the saved owners carry no member fingerprint.
+#[test]
+fn spec_5_planned_moves_bounded_per_worker() {
+    let mut sim = Sim::new(2000);
+    sim.join(10);
+    sim.clone_all();
+    sim.assert_settled();
+    sim.fleet.take_repo_changes(usize::MAX);
+    sim.join(20);
+    let (admitted, waiting) = sim.fleet.planned_moves();
+    assert_eq!(admitted, PLANNED_PER_WORKER);
+    assert!((600..800).contains(&waiting), "{waiting}");
+    assert_eq!(sim.workers[&20].held.len(), PLANNED_PER_WORKER);
+    assert_eq!(sim.fleet.planned_moves_to(&uuid(20)), PLANNED_PER_WORKER);
+    let waiting_ids: Vec<String> = sim
+        .fleet
+        .repos()
+        .keys()
+        .filter(|id| sim.fleet.waiting_for(id) == Some(uuid(20)))
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(waiting_ids.len(), waiting);
+    for id in &waiting_ids {
+        let r = sim.fleet.repo(id).unwrap();
+        assert_eq!(r.owner, Some(uuid(10)), "{id} keeps its old owner");
+        assert_eq!(r.state(), RepoState::Mirrored, "{id}");
+        assert!(sim.workers[&10].held.contains_key(id));
+    }
+    assert!(
+        sim.fleet.take_repo_changes(usize::MAX).owners.is_none(),
+        "owners are not the ring's while moves wait"
+    );
+    // Ten mirrored reports admit ten more, and drop ten from the old owner.
+    let first: Vec<String> = sim.workers[&20].held.keys().take(10).cloned().collect();
+    let held_by_10 = sim.workers[&10].held.len();
+    sim.report(20, &first, FetchResult::Cloned);
+    assert_eq!(
+        sim.fleet.planned_moves(),
+        (PLANNED_PER_WORKER, waiting - 10)
+    );
+    assert_eq!(unmirrored(&sim, 20), PLANNED_PER_WORKER);
+    assert_eq!(sim.workers[&10].held.len(), held_by_10 - 10);
+    let mut rounds = 0;
+    while sim.fleet.planned_moves() != (0, 0) {
+        sim.clone_all();
+        rounds += 1;
+        assert!(unmirrored(&sim, 20) <= PLANNED_PER_WORKER);
+        assert!(rounds < 20, "{:?}", sim.fleet.planned_moves());
+    }
+    assert!(rounds >= 3, "{rounds}");
+    sim.clone_all();
+    sim.assert_settled();
+    assert!(sim.fleet.owners_are_exact());
+    let c = sim.fleet.take_repo_changes(usize::MAX);
+    assert!(
+        c.owners.is_some(),
+        "all moved: the fingerprint is saved again"
+    );
+}
+
+/// SPEC §5, §6 (plan C4): a move off a dead owner is not planned: it bypasses the gate,
+/// also for repos that were waiting for a planned move.
+#[test]
+fn spec_5_dead_owner_bypasses_gate() {
+    let mut sim = Sim::new(2000);
+    sim.join(10);
+    sim.join(20);
+    sim.clone_all();
+    sim.fleet.disconnect(uuid(20), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    assert_eq!(
+        sim.fleet.worker(&uuid(20)).unwrap().state,
+        WorkerState::Dead
+    );
+    assert_eq!(sim.fleet.planned_moves(), (0, 0));
+    assert!(
+        unmirrored(&sim, 10) > 2 * PLANNED_PER_WORKER,
+        "{}",
+        unmirrored(&sim, 10)
+    );
+    assert!(
+        sim.fleet
+            .repos()
+            .values()
+            .all(|r| r.owner == Some(uuid(10)))
+    );
+    sim.clone_all();
+
+    // A join leaves most of its share waiting with the old owner; the old owner dies:
+    // every waiting repo moves to the newcomer at once.
+    sim.join(30);
+    let (_, waiting) = sim.fleet.planned_moves();
+    assert!(waiting > 500, "{waiting}");
+    sim.join(40);
+    sim.fleet.disconnect(uuid(10), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    assert_eq!(
+        sim.fleet.planned_moves().1,
+        0,
+        "nothing waits for a dead owner"
+    );
+    assert!(
+        sim.fleet
+            .repos()
+            .values()
+            .all(|r| matches!(r.owner, Some(o) if o == uuid(30) || o == uuid(40)))
+    );
+    sim.clone_all();
+    sim.assert_settled();
+}
+
+/// SPEC §14 (plan C3, C4): a restart under another placement is a switch: every repo is
+/// scored again and the moves go through the gate; a restart in the middle of it resumes
+/// from the saved owners and holders (moves in flight stay admitted, none is repeated)
+/// and ends with the ring's owners under the new placement.
+#[test]
+fn spec_14_switch_resumes_after_restart() {
+    let n = 4000;
+    let mut sim = Sim::new(n);
+    for w in [1, 2, 3] {
+        sim.join(w);
+    }
+    sim.clone_all();
+    assert_eq!(sim.fleet.placement(), Placement::Repo);
+    let fp = sim.fleet.take_repo_changes(usize::MAX).owners;
+    assert!(fp.is_some());
+    let before = sim.owners();
+    let start = |sim: &Sim, owners: Option<u64>, placement: Option<Placement>| {
+        let mut reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
+        if let Some(p) = placement {
+            reg = reg.with_placement(p);
+        }
+        let mut f = Fleet::from_entries(DEAD_AFTER, reg, (0..n).map(entry));
+        for (id, s) in sim.fleet.repos_file().repos {
+            f.restore_saved(id, Some(s));
+        }
+        let kept = f.finish_start(owners);
+        (f, kept)
+    };
+    let (fleet, kept) = start(&sim, fp, Some(Placement::Project));
+    assert!(!kept, "a switch scores every repo again");
+    assert_eq!(fleet.placement(), Placement::Project);
+    assert_eq!(
+        fleet.registry_file().placement,
+        Some(Placement::Project),
+        "the switch is persisted"
+    );
+    let mut sim = Sim {
+        fleet,
+        now: sim.now + 1000,
+        workers: std::mem::take(&mut sim.workers),
+        events: Vec::new(),
+    };
+    // `r/pI/nI` keys as `r/pI/pI`: about two thirds of the repos change owner.
+    let (admitted, waiting) = sim.fleet.planned_moves();
+    assert!(admitted <= 3 * PLANNED_PER_WORKER, "{admitted}");
+    assert!(admitted + waiting > n / 2, "{admitted} + {waiting}");
+    for (id, r) in sim.fleet.repos() {
+        if sim.fleet.waiting_for(id).is_some() {
+            assert_eq!(
+                r.owner, before[&**id],
+                "{id} keeps its owner while it waits"
+            );
+        }
+    }
+    for w in [1, 2, 3] {
+        sim.join(w);
+        assert!(unmirrored(&sim, w) <= PLANNED_PER_WORKER);
+    }
+    sim.clone_all();
+    let mid = sim.fleet.planned_moves();
+    assert!(mid.1 > 0, "still waiting: {mid:?}");
+    // Restart in the middle: the saved owners carry no fingerprint while moves wait.
+    let saved = sim.fleet.take_repo_changes(usize::MAX).owners;
+    assert!(saved.is_none());
+    let moved_so_far: Vec<(String, Option<Uuid>)> = sim
+        .owners()
+        .into_iter()
+        .filter(|(id, o)| before[id] != *o)
+        .collect();
+    // The placement persisted with the registry: unset in the configuration, it stays.
+    let (fleet, kept) = start(&sim, saved, None);
+    assert!(!kept);
+    assert_eq!(fleet.placement(), Placement::Project);
+    let mut sim = Sim {
+        fleet,
+        now: sim.now + 1000,
+        workers: std::mem::take(&mut sim.workers),
+        events: Vec::new(),
+    };
+    for (id, o) in &moved_so_far {
+        assert_eq!(sim.fleet.repo(id).unwrap().owner, *o, "{id} moved back");
+    }
+    for w in [1, 2, 3] {
+        assert!(sim.fleet.planned_moves_to(&uuid(w)) <= PLANNED_PER_WORKER);
+    }
+    for w in [1, 2, 3] {
+        let drops = sim.workers[&w].drops.len();
+        sim.join(w);
+        assert!(unmirrored(&sim, w) <= PLANNED_PER_WORKER);
+        assert_eq!(sim.workers[&w].drops.len(), drops, "nothing dropped early");
+    }
+    let mut rounds = 0;
+    while sim.fleet.planned_moves() != (0, 0) {
+        sim.clone_all();
+        rounds += 1;
+        assert!(rounds < 20, "{:?}", sim.fleet.planned_moves());
+    }
+    sim.clone_all();
+    sim.assert_settled();
+    assert!(sim.fleet.owners_are_exact());
+    let ring = ring::Ring::new(&sim.fleet.live_members());
+    for (id, r) in sim.fleet.repos() {
+        let mut buf = KeyBuf::default();
+        let want = ring
+            .owner(Placement::Project.key(id, 1, &mut buf))
+            .map(|i| sim.fleet.live_members()[i].uuid);
+        assert_eq!(r.owner, want, "{id}");
+    }
+    assert!(sim.fleet.take_repo_changes(usize::MAX).owners.is_some());
+}
+
+fn folder_entry(folder: &str, i: usize) -> Entry {
+    Entry {
+        id: format!("{folder}/t{i}"),
+        url: format!("https://example.org/{folder}/{i}.git"),
+        index: "idx".into(),
+        metadata: None,
+    }
+}
+
+/// SPEC §14 (plan C2): under `project` a folder's repos share an owner up to SPLIT_AT;
+/// an index delta that grows it past the split re-keys half of them (the others keep
+/// their owner), one that shrinks it back joins them again; owners stay the ring's choice
+/// of their key throughout (checked by every `deliver`), through the gate, and through a
+/// restart that keeps the saved owners while the index changed meanwhile.
+#[test]
+fn spec_14_folder_split_follows_index_deltas() {
+    let reg = Registry::new(10).with_placement(Placement::Project);
+    let first: Vec<Entry> = (0..ring::SPLIT_AT)
+        .map(|i| folder_entry("l/linux", i))
+        .collect();
+    let mut sim = Sim {
+        fleet: Fleet::new(DEAD_AFTER, reg, ReposFile::default(), first),
+        now: 1_000_000,
+        workers: BTreeMap::new(),
+        events: Vec::new(),
+    };
+    for w in 1..=8 {
+        sim.join(w);
+    }
+    sim.clone_all();
+    let owners_of = |sim: &Sim| -> BTreeSet<Option<Uuid>> {
+        sim.fleet.repos().values().map(|r| r.owner).collect()
+    };
+    assert_eq!(owners_of(&sim).len(), 1, "one folder, one worker");
+    let before = sim.owners();
+    // Grow past SPLIT_AT: two buckets.
+    let more: Vec<Entry> = (ring::SPLIT_AT..ring::SPLIT_AT + 4)
+        .map(|i| folder_entry("l/linux", i))
+        .collect();
+    let sends = sim.fleet.apply_index(&Delta {
+        added: more,
+        ..Delta::default()
+    });
+    sim.deliver(sends);
+    let targets: BTreeSet<Option<Uuid>> = sim
+        .fleet
+        .repos()
+        .iter()
+        .map(|(id, r)| sim.fleet.waiting_for(id).or(r.owner))
+        .collect();
+    assert!(targets.len() <= 2, "{targets:?}");
+    let rekeyed = before
+        .keys()
+        .filter(|id| {
+            let mut buf = KeyBuf::default();
+            Placement::Project.key(id, ring::SPLIT_AT + 4, &mut buf) != "l/linux/linux"
+        })
+        .count();
+    assert!(
+        (1..ring::SPLIT_AT).contains(&rekeyed),
+        "{rekeyed} of {} re-keyed",
+        ring::SPLIT_AT
+    );
+    for (id, o) in &before {
+        let mut buf = KeyBuf::default();
+        if Placement::Project.key(id, ring::SPLIT_AT + 4, &mut buf) == "l/linux/linux" {
+            assert_eq!(sim.fleet.repo(id).unwrap().owner, *o, "{id} kept its key");
+        }
+    }
+    sim.clone_all();
+    sim.clone_all();
+    sim.assert_settled();
+    // A restart whose index lost repos of the folder meanwhile (the saved records of the
+    // removed ones are dropped): the folder is scored again at start.
+    let fp = sim.fleet.take_repo_changes(usize::MAX).owners;
+    assert!(fp.is_some());
+    let reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
+    let mut f = Fleet::from_entries(
+        DEAD_AFTER,
+        reg,
+        (0..ring::SPLIT_AT - 2).map(|i| folder_entry("l/linux", i)),
+    );
+    for (id, s) in sim.fleet.repos_file().repos {
+        f.restore_saved(id, Some(s));
+    }
+    assert!(f.finish_start(fp), "same members: saved owners kept");
+    assert!(f.owners_are_exact(), "the shrunk folder was scored again");
+    let targets: BTreeSet<Option<Uuid>> = f
+        .repos()
+        .iter()
+        .map(|(id, r)| f.waiting_for(id).or(r.owner))
+        .collect();
+    assert_eq!(targets.len(), 1, "one bucket again: {targets:?}");
+}
