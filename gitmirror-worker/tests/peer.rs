@@ -1265,3 +1265,103 @@ async fn spec_13_older_copy_catches_up_from_a_peer_with_the_upstream_offline() {
     fsck(&path);
     w.stop().await;
 }
+
+/// Must-show M4 (SPEC §13), a measurement: a hand-over of a ~100 MB repo from a peer
+/// against `git clone --mirror` of it from a `git daemon` upstream on this machine (wall
+/// time, bytes from the upstream: none for the peer copy, which never dials it), then a
+/// copy one commit behind catching up from the peer (bytes received against the repo's
+/// pack). Prints the figures; run with
+/// `cargo nextest run -p gitmirror-worker --test peer --run-ignored only bench_13`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: ~200 MB written"]
+async fn bench_13_handover_of_100_mb() {
+    let mb: usize = std::env::var("GITMIRROR_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let fleet = fleet();
+    let mut holding = Holding::simple(&fleet);
+    // Incompressible files, as in a repo of binaries: the pack is about their size.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..mb.div_ceil(5) {
+        let data: Vec<u8> = (0..5 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(holding.upstream.dir.join(format!("blob{i}")), data).unwrap();
+    }
+    git(&holding.upstream.dir, &["add", "."]);
+    holding.advance("big");
+    // Both packed, as a served upstream and a worker's mirror are.
+    git(&holding.path(), &["repack", "-q", "-a", "-d"]);
+    git(&holding.upstream.dir, &["repack", "-q", "-a", "-d"]);
+    let pack_bytes = dir_bytes(&holding.path().join("objects"));
+    let base = holding.upstream.dir.parent().unwrap().to_owned();
+    let daemon = common::GitDaemon::start(&base);
+    let work = tempfile::tempdir().unwrap();
+
+    let t = std::time::Instant::now();
+    let plain = work.path().join("plain.git");
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            daemon.url("up").as_str(),
+            plain.to_str().unwrap(),
+        ],
+    );
+    let clone_secs = t.elapsed().as_secs_f64();
+    drop(daemon);
+
+    let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(600));
+    holding
+        .server
+        .grants()
+        .grant(REPO, &asker.fingerprint, LEASE);
+    let t = std::time::Instant::now();
+    asker
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .unwrap();
+    let peer_secs = t.elapsed().as_secs_f64();
+    let copy = asker.mirrors.path(REPO);
+    assert_eq!(local_refs(&copy), local_refs(&holding.path()));
+
+    holding.advance("one more");
+    let before = dir_bytes(&copy.join("objects"));
+    let f = asker
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .unwrap();
+    let caught_up = dir_bytes(&copy.join("objects")).saturating_sub(before);
+    assert_eq!(local_refs(&copy), local_refs(&holding.path()));
+    println!(
+        "bench_13: pack {:.1} MB; git clone --mirror from git daemon {clone_secs:.2} s; \
+         from a peer {peer_secs:.2} s ({:.2}x), 0 bytes from the upstream (offline); \
+         one commit behind: {caught_up} bytes received ({:.4} % of the pack; new_pack_bytes {})",
+        pack_bytes as f64 / 1e6,
+        peer_secs / clone_secs,
+        100.0 * caught_up as f64 / pack_bytes as f64,
+        f.new_pack_bytes,
+    );
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
