@@ -767,7 +767,10 @@ mod tests {
         assert_eq!(c.disk.min_free, FreeSpace::Percent(5.0));
         assert_eq!(c.disk.abort_below(), FreeSpace::Percent(2.5));
         assert_eq!(c.fetch.max_repo_size, None);
-        assert!(c.fetch.pools, "SPEC §14 (issue 13): pools are on by default");
+        assert!(
+            c.fetch.pools,
+            "SPEC §14 (issue 13): pools are on by default"
+        );
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
         assert!(c.warnings.is_empty());

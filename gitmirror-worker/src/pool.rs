@@ -710,7 +710,11 @@ pub fn survey(
             s.pooled = true;
             s.pool_bytes = pack_bytes(&pool);
             let objects = normalize(&std::path::absolute(pool.join("objects")).unwrap_or_default());
-            for e in fs::read_dir(root.join(&folder)).into_iter().flatten().flatten() {
+            for e in fs::read_dir(root.join(&folder))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let file_name = e.file_name();
                 let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".git")) else {
                     continue;

@@ -929,8 +929,18 @@ mod tests {
         pools.fill_worker(&mut ws[0]);
         let w = json(&ws[0]);
         assert_eq!(
-            (&w["pools"], &w["pool_bytes"], &w["member_bytes"], &w["pool_members"]),
-            (&serde_json::json!(1), &serde_json::json!(100), &serde_json::json!(5), &serde_json::json!(4))
+            (
+                &w["pools"],
+                &w["pool_bytes"],
+                &w["member_bytes"],
+                &w["pool_members"]
+            ),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(100),
+                &serde_json::json!(5),
+                &serde_json::json!(4)
+            )
         );
     }
 

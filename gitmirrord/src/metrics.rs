@@ -195,7 +195,11 @@ pub fn render(i: &Inputs<'_>) -> String {
         "gauge",
         "Estimated disk the fork pools save: per worker, its average pool's pack bytes once per member beyond each pool's first (each member, plain, would hold about its pool).",
     );
-    w.sample("gitmirror_pool_saved_bytes", &[], i.pools.saved_bytes as f64);
+    w.sample(
+        "gitmirror_pool_saved_bytes",
+        &[],
+        i.pools.saved_bytes as f64,
+    );
 
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
     for (state, n) in &i.fleet.repos {

@@ -237,7 +237,11 @@ mod tests {
                     st("l/linux/linux", PoolState::Member, 2),
                     st("l/linux/next", PoolState::Joining, 2),
                     st("x/other/other", PoolState::Member, 9),
-                    st("l/linux/private", PoolState::Plain(PlainWhy::Credentials), 2),
+                    st(
+                        "l/linux/private",
+                        PoolState::Plain(PlainWhy::Credentials),
+                        2,
+                    ),
                 ],
             },
             mine,
@@ -260,7 +264,10 @@ mod tests {
                 members: 2
             })
         );
-        assert_eq!(p.view(&a, "l/linux/private").unwrap().why, Some("credentials"));
+        assert_eq!(
+            p.view(&a, "l/linux/private").unwrap().why,
+            Some("credentials")
+        );
         assert_eq!(p.view(&a, "x/other/other"), None);
         assert_eq!(p.view(&b, "l/linux/linux"), None, "b never reported it");
         // Changes: next joined, private cleared.

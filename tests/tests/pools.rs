@@ -94,7 +94,13 @@ fn create_project_origin(daemon: &GitDaemon, name: &str, commits: usize) -> Stri
     let mut rng = Bytes(0x9e37_79b9_7f4a_7c15);
     let mut s = Vec::new();
     for n in 0..commits {
-        commit_header(&mut s, "master", 1_700_000_000 + n as u64, &format!("c{n}"), None);
+        commit_header(
+            &mut s,
+            "master",
+            1_700_000_000 + n as u64,
+            &format!("c{n}"),
+            None,
+        );
         let lines = 20 + (rng.next() % 200) as usize;
         file(&mut s, &format!("src/m{}.rs", n % 40), &rng.text(lines));
         file(&mut s, &format!("assets/a{n}.bin"), &rng.fill(12 * 1024));
@@ -122,16 +128,31 @@ fn create_fork(daemon: &GitDaemon, origin: &str, name: &str, own: usize) -> Stri
         dst.to_str().expect("utf-8"),
     ])
     .unwrap_or_else(|e| panic!("{e}"));
-    let mut rng = Bytes(name.bytes().fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)));
+    let mut rng = Bytes(
+        name.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
+    );
     let mut s = Vec::new();
     for n in 0..own {
         let from = (n == 0).then_some("refs/heads/master^0");
-        commit_header(&mut s, "master", 1_800_000_000 + n as u64, &format!("{name} {n}"), from);
+        commit_header(
+            &mut s,
+            "master",
+            1_800_000_000 + n as u64,
+            &format!("{name} {n}"),
+            from,
+        );
         file(&mut s, &format!("src/{name}-{n}.rs"), &rng.text(60));
-        file(&mut s, &format!("assets/{name}-{n}.bin"), &rng.fill(4 * 1024));
+        file(
+            &mut s,
+            &format!("assets/{name}-{n}.bin"),
+            &rng.fill(4 * 1024),
+        );
         s.push(b'\n');
     }
-    s.extend_from_slice(format!("reset refs/heads/{name}-work\nfrom refs/heads/master\n\n").as_bytes());
+    s.extend_from_slice(
+        format!("reset refs/heads/{name}-work\nfrom refs/heads/master\n\n").as_bytes(),
+    );
     fast_import(&dst, &s);
     daemon.url(name)
 }
@@ -183,11 +204,7 @@ fn du(path: &Path) -> u64 {
 /// A client's `git clone --no-local --mirror` of `source` (over upload-pack, so borrowed
 /// objects must be served) into `dest`: `Ok` when the clone is complete (`git fsck`)
 /// and holds `want`'s refs.
-fn client_clone(
-    source: &Path,
-    dest: &Path,
-    want: &BTreeMap<String, String>,
-) -> Result<(), String> {
+fn client_clone(source: &Path, dest: &Path, want: &BTreeMap<String, String>) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dest);
     try_git([
         "clone",
@@ -203,7 +220,10 @@ fn client_clone(
     fsck(dest, true)?;
     let got = try_mirror_refs(dest)?;
     if &got != want {
-        return Err(format!("clone of {}: refs {got:?}, want {want:?}", source.display()));
+        return Err(format!(
+            "clone of {}: refs {got:?}, want {want:?}",
+            source.display()
+        ));
     }
     std::fs::remove_dir_all(dest).map_err(|e| format!("rm {}: {e}", dest.display()))
 }
@@ -287,9 +307,14 @@ fn spec_14_four_forks_within_1_5x() {
         format!("f/{origin}/{origin}"),
         create_project_origin(&daemon, origin, 300),
     );
-    for (i, fork) in ["fourfork-alice", "fourfork-bob", "fourfork-carol", "fourfork-dan"]
-        .iter()
-        .enumerate()
+    for (i, fork) in [
+        "fourfork-alice",
+        "fourfork-bob",
+        "fourfork-carol",
+        "fourfork-dan",
+    ]
+    .iter()
+    .enumerate()
     {
         repos.insert(
             format!("f/{origin}/{fork}"),
@@ -314,7 +339,10 @@ fn spec_14_four_forks_within_1_5x() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
-    assert!(pack_bytes >= 3 << 20, "origin packs to {pack_bytes} B, want ≥ 3 MiB");
+    assert!(
+        pack_bytes >= 3 << 20,
+        "origin packs to {pack_bytes} B, want ≥ 3 MiB"
+    );
     let plain_du = du(&plain);
 
     let mut fleet = Fleet::start("pools-four-forks", &repos, 0);
@@ -365,16 +393,23 @@ fn spec_14_four_forks_within_1_5x() {
     w.start();
     let ns = format!(
         "refs/members/{}/",
-        origin.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+        origin
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     let pool_gd = pool.to_str().expect("utf-8").to_owned();
-    wait_for(SETTLE, "the origin's namespace dropped from the pool", || {
-        let refs = try_git(["--git-dir", &pool_gd, "for-each-ref", "--format=%(refname)"])?;
-        match refs.lines().find(|r| r.starts_with(&ns)) {
-            Some(r) => Err(format!("{r} still in the pool")),
-            None => Ok(()),
-        }
-    });
+    wait_for(
+        SETTLE,
+        "the origin's namespace dropped from the pool",
+        || {
+            let refs = try_git(["--git-dir", &pool_gd, "for-each-ref", "--format=%(refname)"])?;
+            match refs.lines().find(|r| r.starts_with(&ns)) {
+                Some(r) => Err(format!("{r} still in the pool")),
+                None => Ok(()),
+            }
+        },
+    );
     fleet.wait_settled(SETTLE);
     wait_pooled(&fleet, &pool);
     every_member_complete(&fleet, scratch.path());
@@ -398,7 +433,10 @@ fn spec_14_mirror_dir_moved() {
         create_project_origin(&daemon, origin, 60),
     );
     for fork in ["movedpool-x", "movedpool-y"] {
-        repos.insert(format!("m/{origin}/{fork}"), create_fork(&daemon, origin, fork, 2));
+        repos.insert(
+            format!("m/{origin}/{fork}"),
+            create_fork(&daemon, origin, fork, 2),
+        );
     }
     let mut fleet = Fleet::start("pools-moved", &repos, 0);
     pool_worker(&mut fleet);
@@ -424,7 +462,9 @@ fn spec_14_mirror_dir_moved() {
     w.start();
 
     let owners = fleet.wait_settled(SETTLE);
-    fleet.check_mirrors(&owners).unwrap_or_else(|e| panic!("{e}"));
+    fleet
+        .check_mirrors(&owners)
+        .unwrap_or_else(|e| panic!("{e}"));
     let pool = new.join(&pool_rel);
     wait_pooled(&fleet, &pool);
     for (id, inode) in &marks {
@@ -438,14 +478,18 @@ fn spec_14_mirror_dir_moved() {
     daemon.commit(fork, "master");
     let path = fleet.workers[0].mirror_path(&format!("m/{origin}/{fork}"));
     let url = daemon.url(fork);
-    wait_for(SETTLE + Duration::from_secs(60), "the change fetched", || {
-        let (mine, theirs) = (try_mirror_refs(&path)?, ls_remote(&url));
-        if mine == theirs {
-            Ok(())
-        } else {
-            Err(format!("{mine:?} vs {theirs:?}"))
-        }
-    });
+    wait_for(
+        SETTLE + Duration::from_secs(60),
+        "the change fetched",
+        || {
+            let (mine, theirs) = (try_mirror_refs(&path)?, ls_remote(&url));
+            if mine == theirs {
+                Ok(())
+            } else {
+                Err(format!("{mine:?} vs {theirs:?}"))
+            }
+        },
+    );
     for (id, inode) in &marks {
         same_mirror(&fleet.workers[0].mirror_path(id), *inode)
             .unwrap_or_else(|e| panic!("{id}: {e}"));
@@ -595,7 +639,9 @@ fn spec_14_fork_transfers_under_10_percent() {
     let mut fleet = Fleet::start("pools-fork-bytes", &repos, 0);
     pool_worker(&mut fleet);
     let owners = fleet.wait_settled(SETTLE + POOLED);
-    fleet.check_mirrors(&owners).unwrap_or_else(|e| panic!("{e}"));
+    fleet
+        .check_mirrors(&owners)
+        .unwrap_or_else(|e| panic!("{e}"));
     let origin_sent = proxy.sent(origin);
 
     create_fork(&daemon, origin, fork, 5);
@@ -604,7 +650,9 @@ fn spec_14_fork_transfers_under_10_percent() {
     fleet.index.commit("add a fork");
     fleet.repos.insert(fork_id.clone(), proxy.url(fork));
     let owners = fleet.wait_settled(SETTLE + POOLED);
-    fleet.check_mirrors(&owners).unwrap_or_else(|e| panic!("{e}"));
+    fleet
+        .check_mirrors(&owners)
+        .unwrap_or_else(|e| panic!("{e}"));
     let pool = fleet.workers[0].mirror_dir.join(".pools/f/forkbytes.git");
     wait_pooled(&fleet, &pool);
     let fork_sent = proxy.sent(fork);
@@ -654,7 +702,10 @@ fn spec_14_api_shows_pool() {
         create_project_origin(&daemon, origin, 40),
     );
     for fork in ["apishow-one", "apishow-two"] {
-        repos.insert(format!("a/{origin}/{fork}"), create_fork(&daemon, origin, fork, 1));
+        repos.insert(
+            format!("a/{origin}/{fork}"),
+            create_fork(&daemon, origin, fork, 1),
+        );
     }
     let solo = "apisolo";
     create_project_origin(&daemon, solo, 5);
@@ -674,7 +725,11 @@ fn spec_14_api_shows_pool() {
             .iter()
             .filter_map(|id| pooled(&fleet.workers[0].mirror_path(id), &pool).err())
             .collect();
-        if problems.is_empty() { Ok(()) } else { Err(format!("{problems:#?}")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{problems:#?}"))
+        }
     });
     fn show(fleet: &Fleet, members: &[String], solo: &str) {
         let want = members.len();

@@ -367,7 +367,12 @@ mod tests {
         use crate::message::{PlainWhy, PoolState};
         let states: Vec<RepoPoolState> = (0..200_000)
             .map(|i| RepoPoolState {
-                repo: format!("{}/project{}/{}", (b'a' + (i % 26) as u8) as char, i / 7, "x".repeat(i % 200)),
+                repo: format!(
+                    "{}/project{}/{}",
+                    (b'a' + (i % 26) as u8) as char,
+                    i / 7,
+                    "x".repeat(i % 200)
+                ),
                 state: match i % 3 {
                     0 => PoolState::Member,
                     1 => PoolState::Joining,
@@ -381,7 +386,11 @@ mod tests {
         let mut back = Vec::new();
         for (i, m) in parts.iter().enumerate() {
             let frame = crate::encode_frame(m).unwrap();
-            assert!(frame.len() <= CHUNK_BYTES, "part {i}: {} bytes", frame.len());
+            assert!(
+                frame.len() <= CHUNK_BYTES,
+                "part {i}: {} bytes",
+                frame.len()
+            );
             let WorkerMsg::PoolStates(p) = m else {
                 panic!("part {i} is {m:?}")
             };
