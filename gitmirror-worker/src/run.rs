@@ -1296,10 +1296,15 @@ impl Worker {
         }
     }
 
+    /// The coordinator takes pool reports (protocol 8).
+    fn speaks_pools(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.protocol >= 8)
+    }
+
     /// Repo `id`'s project may have changed its pool state: survey it again for the
     /// coordinator (protocol 8).
     fn pool_changed(&mut self, id: &str) {
-        if !self.conn.as_ref().is_some_and(|c| c.protocol >= 8) {
+        if !self.speaks_pools() {
             return;
         }
         if let Some(project) = pool::project_of(id) {
@@ -1312,12 +1317,12 @@ impl Worker {
     }
 
     fn start_pool_survey(&mut self) {
-        let r = &mut self.pool_report;
-        let now = now_ms();
-        if r.running || now < r.after || (!r.full && r.dirty.is_empty()) || self.stopping {
+        if !self.speaks_pools() || self.stopping {
             return;
         }
-        if !self.conn.as_ref().is_some_and(|c| c.protocol >= 8) {
+        let r = &mut self.pool_report;
+        let now = now_ms();
+        if r.running || now < r.after || (!r.full && r.dirty.is_empty()) {
             return;
         }
         r.running = true;
@@ -1352,7 +1357,7 @@ impl Worker {
     /// Send what a survey found: the whole list, or the changes of the surveyed folders.
     fn on_pool_survey(&mut self, full: bool, survey: BTreeMap<String, pool::ProjectSurvey>) {
         self.pool_report.running = false;
-        if !self.conn.as_ref().is_some_and(|c| c.protocol >= 8) {
+        if !self.speaks_pools() {
             return;
         }
         if full != self.pool_report.full {
