@@ -41,8 +41,7 @@ pub struct FetchSection {
     #[serde(deserialize_with = "de_opt_size")]
     pub max_repo_size: Option<u64>,
     /// SPEC §14: the mirrors of one project folder share a fork pool under
-    /// `mirror_dir/.pools/`. Off by default for now (docs/design.md "Fork pools …
-    /// where it stands" says why).
+    /// `mirror_dir/.pools/`. On by default (issue 13); `false` keeps plain mirrors.
     pub pools: bool,
 }
 
@@ -56,7 +55,7 @@ impl Default for FetchSection {
             max_interval: Duration::from_secs(24 * 3600),
             redirects: Redirects::SameHost,
             max_repo_size: None,
-            pools: false,
+            pools: true,
         }
     }
 }
@@ -769,8 +768,8 @@ mod tests {
         assert_eq!(c.disk.abort_below(), FreeSpace::Percent(2.5));
         assert_eq!(c.fetch.max_repo_size, None);
         assert!(
-            !c.fetch.pools,
-            "SPEC §14 pools are off by default for now (design.md says why)"
+            c.fetch.pools,
+            "SPEC §14 (issue 13): pools are on by default"
         );
         assert_eq!(c.serve_url_base, None);
         assert_eq!(c.log_level, "info");
@@ -837,7 +836,7 @@ mod tests {
              state_dir: /s\n\
              name: w7\n\
              weight: 2.5\n\
-             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n  max_repo_size: 20G\n  pools: true\n\
+             fetch:\n  concurrency: 3\n  per_host_concurrency: 2\n  timeout: 5m\n  min_interval: 2s\n  max_interval: 1h\n  max_repo_size: 20G\n  pools: false\n\
              disk:\n  min_free: 10G\n  abort_free: 1G\n\
              serve_url_base: git://mirror3.example.org/\n\
              log_level: debug\n",
@@ -858,7 +857,7 @@ mod tests {
                 max_interval: Duration::from_secs(3600),
                 redirects: Redirects::SameHost,
                 max_repo_size: Some(20 << 30),
-                pools: true,
+                pools: false,
             }
         );
         assert_eq!(c.disk.min_free, FreeSpace::Bytes(10 << 30));

@@ -671,6 +671,105 @@ fn find_pools(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// One project's pool as the coordinator is told it (SPEC §14, protocol 8).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectSurvey {
+    /// Its pool exists (otherwise nothing below is set).
+    pub pooled: bool,
+    /// Pack bytes of the pool.
+    pub pool_bytes: u64,
+    /// Pack bytes of the members' own objects.
+    pub member_bytes: u64,
+    /// Every mirror of the folder: (member name, state).
+    pub states: Vec<(String, gitmirror_wire::PoolState)>,
+}
+
+/// What [`survey`] needs to say why a mirror of a pooled project is plain.
+pub struct SurveyRules<'a> {
+    /// `fetch.pools` is on.
+    pub pools_on: bool,
+    /// The URL matches a `credentials` entry.
+    pub credentialed: &'a dyn Fn(&str) -> bool,
+}
+
+/// The pools of `folders` (every folder with a pool when `None`) and the state of each
+/// mirror in them: one listing of the folder, one alternates read per mirror and one
+/// listing of each pack directory; a ref count (at most [`MAX_MEMBER_REFS`] + 1 refs
+/// read) only for a plain mirror that is neither detached nor credentialed.
+pub fn survey(
+    root: &Path,
+    folders: Option<Vec<String>>,
+    rules: &SurveyRules<'_>,
+) -> BTreeMap<String, ProjectSurvey> {
+    use gitmirror_wire::{PlainWhy, PoolState};
+    let folders = folders.unwrap_or_else(|| {
+        let mut pools = Vec::new();
+        find_pools(&root.join(POOLS_DIR), 0, &mut pools);
+        pools.iter().filter_map(|p| pool_folder(root, p)).collect()
+    });
+    let mut out = BTreeMap::new();
+    for folder in folders {
+        let pool = root.join(POOLS_DIR).join(format!("{folder}.git"));
+        let mut s = ProjectSurvey::default();
+        if pool.join("objects").is_dir() {
+            s.pooled = true;
+            s.pool_bytes = pack_bytes(&pool);
+            let objects = normalize(&std::path::absolute(pool.join("objects")).unwrap_or_default());
+            for e in fs::read_dir(root.join(&folder))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let file_name = e.file_name();
+                let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".git")) else {
+                    continue;
+                };
+                if !crate::mirror::valid_id(&format!("{folder}/{name}")) {
+                    continue;
+                }
+                let path = std::path::absolute(e.path()).unwrap_or_else(|_| e.path());
+                let state = match read_alternates(&path) {
+                    Ok(Some(t)) if normalize(&t) == objects => {
+                        s.member_bytes += pack_bytes(&path);
+                        PoolState::Member
+                    }
+                    _ if is_detached(&path) => PoolState::Plain(PlainWhy::Detached),
+                    _ if origin_url(&path).is_some_and(|u| (rules.credentialed)(&u)) => {
+                        PoolState::Plain(PlainWhy::Credentials)
+                    }
+                    _ if !rules.pools_on => PoolState::Plain(PlainWhy::PoolsOff),
+                    _ if too_many_refs(&path) => PoolState::Plain(PlainWhy::TooManyRefs),
+                    _ => PoolState::Joining,
+                };
+                s.states.push((name.to_owned(), state));
+            }
+            s.states.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        out.insert(folder, s);
+    }
+    out
+}
+
+fn too_many_refs(path: &Path) -> bool {
+    gix::open_opts(path, gix::open::Options::isolated()).is_ok_and(|r| {
+        r.references().is_ok_and(|refs| {
+            refs.all()
+                .is_ok_and(|all| all.take(MAX_MEMBER_REFS + 1).count() > MAX_MEMBER_REFS)
+        })
+    })
+}
+
+/// Bytes of `objects/pack/*.pack` of the repo at `git_dir`.
+pub fn pack_bytes(git_dir: &Path) -> u64 {
+    fs::read_dir(git_dir.join("objects/pack"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
 /// A pool is consolidated at most this often (plan C19): after a member's clone or a
 /// fetch that brought [`CONSOLIDATE_AFTER_BYTES`], debounced.
 pub const CONSOLIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);

@@ -17,7 +17,7 @@ use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
     AssignDelta, CoordMsg, FailureClass, FetchResult, Outcome, WorkerMsg, WorkerStatus,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -237,6 +237,11 @@ enum OpResult {
         pool: std::path::PathBuf,
         result: Result<String, String>,
     },
+    /// A survey of pools for the coordinator's report (SPEC §14, protocol 8).
+    PoolSurvey {
+        full: bool,
+        survey: BTreeMap<String, pool::ProjectSurvey>,
+    },
 }
 
 /// A successful clone or fetch, as the loop needs it: the refs diffed (on the blocking
@@ -354,6 +359,8 @@ struct Worker {
     pool_scan_after: i64,
     /// The peer plane (SPEC §13): listener, fleet CA, grants.
     peer: crate::peer_plane::Plane,
+    /// Fork-pool states and totals told to the coordinator (SPEC §14, protocol 8).
+    pool_report: PoolReport,
     /// Refs SHA-256 of the outcomes in the outbox that made one (C5), sent in `Outcomes7`.
     /// In memory only: an outcome resent after a restart goes without it (`None`), which
     /// the coordinator reads as "unknown", never as a mismatch.
@@ -373,6 +380,27 @@ struct Worker {
 struct PeerSource {
     sources: Vec<u32>,
     expect: [u8; 32],
+}
+
+/// Fork-pool reports to the coordinator (SPEC §14, protocol 8): the whole list once per
+/// connection, then the states of the project folders surveyed again after a clone, a
+/// maintenance pass, a disposal or a pool operation in them. Surveys read the disk on a
+/// blocking thread, one at a time, at most one a second.
+#[derive(Default)]
+struct PoolReport {
+    /// What the coordinator was told, per project folder: member name → (state, members).
+    sent: HashMap<String, BTreeMap<String, (gitmirror_wire::PoolState, u32)>>,
+    /// Per folder with a pool: (pool bytes, member bytes, members).
+    figures: HashMap<String, (u64, u64, u32)>,
+    /// Folders to survey again (bounded: past [`MAX_MIGRATIONS_QUEUED`] the next survey
+    /// is a whole one).
+    dirty: HashSet<String>,
+    /// The whole list is due (a new connection, or too many dirty folders).
+    full: bool,
+    /// A survey runs.
+    running: bool,
+    /// No survey starts before this (Unix ms).
+    after: i64,
 }
 
 /// What the worker keeps about the coordinator's `HostBudgets` (SPEC §18). The shares
@@ -451,6 +479,7 @@ impl Worker {
             migrate_due: std::collections::VecDeque::new(),
             migrated: HashSet::new(),
             pool_scan_after: 0,
+            pool_report: PoolReport::default(),
         }
     }
 
@@ -743,6 +772,7 @@ impl Worker {
         }
         self.start_maintenance();
         self.start_pool_op();
+        self.start_pool_survey();
     }
 
     /// Queue every mirror whose periodic maintenance is due.
@@ -1012,7 +1042,14 @@ impl Worker {
 
     fn on_done(&mut self, done: OpDone) {
         let OpDone { id, result } = done;
+        match &result {
+            OpResult::PoolSurvey { .. } | OpResult::Unstuck => {}
+            OpResult::Pool { .. } => self.pool_changed(&format!("{id}/x")),
+            OpResult::Fetch { clone: false, .. } => {}
+            _ => self.pool_changed(&id),
+        }
         match result {
+            OpResult::PoolSurvey { full, survey } => self.on_pool_survey(full, survey),
             OpResult::Pool { op, pool, result } => self.on_pool_op_done(id, op, &pool, result),
             OpResult::Unstuck => {
                 self.unlock(&id, pool::ProjectOp::Member);
@@ -1317,6 +1354,127 @@ impl Worker {
         }
     }
 
+    /// The coordinator takes pool reports (protocol 8).
+    fn speaks_pools(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.protocol >= 8)
+    }
+
+    /// Repo `id`'s project may have changed its pool state: survey it again for the
+    /// coordinator (protocol 8).
+    fn pool_changed(&mut self, id: &str) {
+        if !self.speaks_pools() {
+            return;
+        }
+        if let Some(project) = pool::project_of(id) {
+            if self.pool_report.dirty.len() >= MAX_MIGRATIONS_QUEUED {
+                self.pool_report.full = true;
+            } else {
+                self.pool_report.dirty.insert(project.to_owned());
+            }
+        }
+    }
+
+    fn start_pool_survey(&mut self) {
+        if !self.speaks_pools() || self.stopping {
+            return;
+        }
+        let r = &mut self.pool_report;
+        let now = now_ms();
+        if r.running || now < r.after || (!r.full && r.dirty.is_empty()) {
+            return;
+        }
+        r.running = true;
+        r.after = now.saturating_add(1000);
+        let full = r.full;
+        let folders = if full {
+            r.dirty.clear();
+            None
+        } else {
+            Some(r.dirty.drain().collect())
+        };
+        let mirrors = self.mirrors.clone();
+        self.ops.spawn(async move {
+            let survey = tokio::task::spawn_blocking(move || {
+                let credentials = mirrors.credentials();
+                let credentialed = |url: &str| credentials.find(url).is_some();
+                let rules = pool::SurveyRules {
+                    pools_on: mirrors.pools(),
+                    credentialed: &credentialed,
+                };
+                pool::survey(mirrors.root(), folders, &rules)
+            })
+            .await
+            .unwrap_or_default();
+            OpDone {
+                id: String::new(),
+                result: OpResult::PoolSurvey { full, survey },
+            }
+        });
+    }
+
+    /// Send what a survey found: the whole list, or the changes of the surveyed folders.
+    fn on_pool_survey(&mut self, full: bool, survey: BTreeMap<String, pool::ProjectSurvey>) {
+        self.pool_report.running = false;
+        if !self.speaks_pools() {
+            return;
+        }
+        if full != self.pool_report.full {
+            // A whole list became due while a partial survey ran: the next one sends it.
+            return;
+        }
+        let r = &mut self.pool_report;
+        if full {
+            r.full = false;
+            r.sent.clear();
+            r.figures.clear();
+        }
+        let mut out = Vec::new();
+        for (folder, s) in survey {
+            let members = s
+                .states
+                .iter()
+                .filter(|(_, st)| *st == gitmirror_wire::PoolState::Member)
+                .count() as u32;
+            if s.pooled {
+                r.figures
+                    .insert(folder.clone(), (s.pool_bytes, s.member_bytes, members));
+            } else {
+                r.figures.remove(&folder);
+            }
+            let now: BTreeMap<String, (gitmirror_wire::PoolState, u32)> = s
+                .states
+                .into_iter()
+                .filter(|(name, _)| self.state.repos.contains_key(&format!("{folder}/{name}")))
+                .map(|(name, st)| (name, (st, members)))
+                .collect();
+            let before = r.sent.remove(&folder).unwrap_or_default();
+            for (name, &(state, members)) in &now {
+                if before.get(name) != Some(&(state, members)) {
+                    out.push(gitmirror_wire::RepoPoolState {
+                        repo: format!("{folder}/{name}"),
+                        state,
+                        members,
+                    });
+                }
+            }
+            for name in before.keys().filter(|n| !now.contains_key(*n)) {
+                out.push(gitmirror_wire::RepoPoolState {
+                    repo: format!("{folder}/{name}"),
+                    state: gitmirror_wire::PoolState::Cleared,
+                    members: 0,
+                });
+            }
+            if !now.is_empty() {
+                r.sent.insert(folder, now);
+            }
+        }
+        for part in gitmirror_wire::pool_state_parts(out, full) {
+            if !self.send(part) {
+                break;
+            }
+        }
+    }
+
     /// Start one due pool operation if none runs and the project's lock allows it: a due
     /// prune first (it waits until no op of the project's members runs: its project drains
     /// meanwhile and nothing else starts, so it waits at most for the members' running
@@ -1554,6 +1712,11 @@ impl Worker {
                         break;
                     }
                 }
+                // Protocol 8 (SPEC §14): the pool states follow the holdings, once surveyed.
+                self.pool_report = PoolReport {
+                    full: protocol >= 8,
+                    ..PoolReport::default()
+                };
                 self.flush();
                 self.send_status();
                 self.update_status_line();
@@ -2086,6 +2249,17 @@ impl Worker {
                 disk_min_free_bytes: self.cfg.disk.min_free.bytes_of(self.disk.total),
             };
             self.send(WorkerMsg::Load(load));
+        }
+        // Protocol 8 (SPEC §14): pool totals, once the first survey is in.
+        if self.conn.as_ref().is_some_and(|c| c.protocol >= 8) && !self.pool_report.full {
+            let f = &self.pool_report.figures;
+            let totals = gitmirror_wire::PoolTotals {
+                pools: u32::try_from(f.len()).unwrap_or(u32::MAX),
+                pool_bytes: f.values().map(|v| v.0).sum(),
+                member_bytes: f.values().map(|v| v.1).sum(),
+                members: f.values().map(|v| v.2).sum(),
+            };
+            self.send(WorkerMsg::PoolTotals(totals));
         }
     }
 

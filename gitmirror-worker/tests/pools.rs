@@ -1643,3 +1643,137 @@ fn spec_14_fetch_reports_new_pack_bytes() {
     assert!(f.packs.is_some(), "the refs changed");
     assert_eq!(f.new_pack_bytes, 0, "a new ref on an object already here");
 }
+
+/// Temp files git writes while it builds a pack in `git_dir` (`tmp_pack_*` of index-pack,
+/// `.tmp-*` of pack-objects).
+fn temp_pack(git_dir: &Path) -> bool {
+    std::fs::read_dir(git_dir.join("objects/pack")).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("tmp_") || n.starts_with(".tmp")
+        })
+    })
+}
+
+/// SPEC §14 (plan R1, issue 13 M3): kill -9 during the pool's fetch of a member's refs
+/// into its namespace (the first step of a consolidation, the exact arguments of
+/// `pool::add_namespace`) and during a member's `repack -a -d -l` (the exact arguments of
+/// `pool::repack_local`), each killed once git has a temp pack open, so the kill lands
+/// mid-operation (counted, and at least one of each is required). Before each round the
+/// fork upstream gains a commit of 1.5 MB of noise, fetched into the member only, so both
+/// operations have a real pack to write. After every kill, while the disk is still: the
+/// pool and both members pass `git fsck --connectivity-only`; the operation run again
+/// completes and a full `git fsck` passes.
+#[test]
+fn spec_14_kill9_during_pool_fetch_and_member_repack_keeps_members_complete() {
+    let up = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (daemon, m, pool_dir, _) = pooled_pair(up.path(), root.path());
+    let work = up.path().join("abc-fork-work");
+    let member = m.path("a/abc/fork");
+    let src = std::path::absolute(&member).unwrap();
+    let ns = pool::namespace("fork");
+    let (refs_spec, head_spec) = (format!("+refs/*:{ns}refs/*"), format!("+HEAD:{ns}HEAD"));
+    let pool_fetch: Vec<&str> = vec![
+        "-c",
+        "transfer.unpackLimit=1",
+        "-c",
+        "fetch.writeCommitGraph=false",
+        "fetch",
+        "-q",
+        "--prune",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--no-auto-gc",
+        "--no-recurse-submodules",
+        src.to_str().unwrap(),
+        &refs_spec,
+        &head_spec,
+    ];
+    let member_repack: Vec<&str> = vec![
+        "-c",
+        "repack.writeBitmaps=false",
+        "repack",
+        "-a",
+        "-d",
+        "-l",
+        "-q",
+    ];
+    let connected = |dir: &Path| {
+        git(
+            dir,
+            &[
+                "fsck",
+                "--connectivity-only",
+                "--no-dangling",
+                "--no-progress",
+            ],
+        );
+    };
+    let check = |full: bool| {
+        for dir in [pool_dir.clone(), m.path("a/abc/abc"), member.clone()] {
+            if full { fsck(&dir) } else { connected(&dir) }
+        }
+    };
+    let (mut landed_fetch, mut landed_repack) = (0, 0);
+    for round in 0..16u64 {
+        if landed_fetch >= 2 && landed_repack >= 2 {
+            break;
+        }
+        // New objects only the member has: 1.5 MB of noise on the fork upstream.
+        std::fs::write(work.join("blob"), noise(1001 + 2 * round, 1536 * 1024)).unwrap();
+        git(&work, &["add", "blob"]);
+        git(&work, &["commit", "-q", "-m", &format!("round {round}")]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        m.fetch("a/abc/fork", &daemon.url("abc-fork"), &no_interrupt())
+            .unwrap();
+        let fetch_round = round % 2 == 0;
+        let (dir, args) = if fetch_round {
+            (&pool_dir, &pool_fetch)
+        } else {
+            (&member, &member_repack)
+        };
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args.iter())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut mid = false;
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if temp_pack(dir) {
+                mid = child.try_wait().unwrap().is_none();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if mid {
+            if fetch_round {
+                landed_fetch += 1;
+            } else {
+                landed_repack += 1;
+            }
+        }
+        check(false);
+        git(dir, args);
+        check(true);
+    }
+    eprintln!("killed mid-operation: {landed_fetch} pool fetches, {landed_repack} member repacks");
+    assert!(
+        landed_fetch >= 1 && landed_repack >= 1,
+        "no kill landed mid-operation: {landed_fetch} pool fetches, {landed_repack} member repacks"
+    );
+    assert_eq!(
+        local_refs(&member),
+        ls_remote(&daemon.url("abc-fork")),
+        "the member is still its upstream"
+    );
+}

@@ -230,6 +230,7 @@ fn main() {
                         batches_waiting: 0,
                         hooks: &Default::default(),
                         hosts: &[],
+                        pools: Default::default(),
                     })
                     .len()
                 }),
@@ -266,6 +267,7 @@ fn main() {
                             uptime_secs: 1,
                             max_interval_secs: 86_400,
                             max_interval_from: "the worker default",
+                            pools: &Default::default(),
                         },
                     )
                     .map_or(0, |h| h.len())

@@ -225,6 +225,15 @@ pub struct WorkerView {
     pub removed: bool,
     /// An operator drained it (SPEC §5): connected, but assigned nothing.
     pub drained: bool,
+    /// Fork pools under its `mirror_dir` (SPEC §14); `null` for a worker of protocol < 8
+    /// or before its first report.
+    pub pools: Option<u32>,
+    /// Pack bytes of those pools.
+    pub pool_bytes: Option<u64>,
+    /// Pack bytes of their members' own objects.
+    pub member_bytes: Option<u64>,
+    /// Members of those pools.
+    pub pool_members: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -327,6 +336,9 @@ pub struct RepoDetail {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Workers holding a mirror (the owner, and the old owner during a hand-off).
     pub holders: Vec<u32>,
+    /// Its fork pool on the owner (SPEC §14); `null`: a plain mirror, or an owner of
+    /// protocol < 8.
+    pub pool: Option<crate::pools::PoolView>,
 }
 
 /// `GET /api/repos/{id}` of a blocked repo (issue 16's takedown).
@@ -420,6 +432,11 @@ impl View<'_> {
             (self.now_ms - w.last_seen_ms).max(0) / 1000
         };
         WorkerView {
+            // Filled by the caller from the pool reports ([`crate::pools::Pools::fill_worker`]).
+            pools: None,
+            pool_bytes: None,
+            member_bytes: None,
+            pool_members: None,
             id: w.id,
             uuid: w.uuid,
             name: w.name.clone(),
@@ -659,6 +676,8 @@ impl View<'_> {
             refs: st.refs,
             metadata: crate::index::decode_metadata(r.metadata.as_deref()),
             holders,
+            // Filled by the caller from the pool reports ([`crate::pools::Pools::fill_repo`]).
+            pool: None,
         })
     }
 }
@@ -853,12 +872,76 @@ mod tests {
             w,
             serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
-                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false}])
+                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false,
+                "pools":null,"pool_bytes":null,"member_bytes":null,"pool_members":null}])
         );
         let d = json(&v.worker(0, &all_ids()).unwrap());
         assert_eq!(d["repo_ids"].as_array().unwrap().len(), 10);
         assert_eq!(d["name"], "one");
         assert!(v.worker(1, &all_ids()).is_none());
+    }
+
+    // SPEC §14, §9: `pool` of a repo and a worker's pool totals come from the owner's
+    // reports; a repo its owner did not report (or another worker did) shows `null`.
+    #[test]
+    fn spec_14_pool_in_repo_and_worker_views() {
+        use gitmirror_wire::{PoolState, PoolStates, PoolTotals, RepoPoolState};
+        let f = fleet();
+        let v = View {
+            fleet: &f,
+            now_ms: 5000,
+            uptime_secs: 7,
+            url_limit: 10_000,
+        };
+        let mut pools = crate::pools::Pools::default();
+        let mut d = v.repo("a/p1/r1").unwrap();
+        pools.fill_repo(&f, &mut d);
+        assert_eq!(json(&d)["pool"], serde_json::Value::Null);
+        let states = |repo: &str| PoolStates {
+            full: false,
+            states: vec![RepoPoolState {
+                repo: repo.into(),
+                state: PoolState::Member,
+                members: 4,
+            }],
+        };
+        let owner = Uuid::from_u128(1);
+        let applied = pools.apply(Uuid::from_u128(9), states("a/p1/r1"), |_| false);
+        assert_eq!(applied.not_assigned, 1);
+        pools.apply(owner, states("a/p1/r1"), |id| {
+            f.repo(id).is_some_and(|r| r.owner == Some(owner))
+        });
+        pools.fill_repo(&f, &mut d);
+        assert_eq!(
+            json(&d)["pool"],
+            serde_json::json!({"path":".pools/a/p1.git","state":"member","why":null,"members":4})
+        );
+        pools.totals(
+            owner,
+            PoolTotals {
+                pools: 1,
+                pool_bytes: 100,
+                member_bytes: 5,
+                members: 4,
+            },
+        );
+        let mut ws = v.workers();
+        pools.fill_worker(&mut ws[0]);
+        let w = json(&ws[0]);
+        assert_eq!(
+            (
+                &w["pools"],
+                &w["pool_bytes"],
+                &w["member_bytes"],
+                &w["pool_members"]
+            ),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(100),
+                &serde_json::json!(5),
+                &serde_json::json!(4)
+            )
+        );
     }
 
     // SPEC §9 GET /api/repos: filters and paging.

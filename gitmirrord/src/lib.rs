@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod page;
 pub mod plots;
 pub mod poller;
+pub mod pools;
 pub mod published;
 pub mod redact;
 pub mod refs_query;

@@ -151,6 +151,8 @@ pub struct Inputs<'a> {
     pub hooks: &'a HookMetrics,
     /// Limited and paused upstream hosts (SPEC §18).
     pub hosts: &'a [crate::host_budget::HostView],
+    /// Fork pools, summed over the workers' reports (SPEC §14).
+    pub pools: crate::pools::FleetPools,
 }
 
 /// Render the whole exposition.
@@ -190,6 +192,23 @@ pub fn render(i: &Inputs<'_>) -> String {
     }
 
     per_worker(&i.fleet.per_worker, &mut w);
+
+    w.family(
+        "gitmirror_pool_members",
+        "gauge",
+        "Mirrors that borrow from a fork pool, over the workers of protocol 8 (SPEC §14).",
+    );
+    w.sample("gitmirror_pool_members", &[], i.pools.members as f64);
+    w.family(
+        "gitmirror_pool_saved_bytes",
+        "gauge",
+        "Estimated disk the fork pools save: per worker, its average pool's pack bytes once per member beyond each pool's first (each member, plain, would hold about its pool).",
+    );
+    w.sample(
+        "gitmirror_pool_saved_bytes",
+        &[],
+        i.pools.saved_bytes as f64,
+    );
 
     w.family("gitmirror_repos", "gauge", "Repos in the indexes by state.");
     for (state, n) in &i.fleet.repos {

@@ -37,13 +37,15 @@ fn api_path(id: &str) -> String {
 }
 
 /// Everything the page needs besides the fleet.
-pub struct RepoPageInputs {
+pub struct RepoPageInputs<'a> {
     pub now_ms: i64,
     pub uptime_secs: u64,
     /// The ceiling of a repo's fetch interval the page compares against (`max_interval`
     /// of the embedded worker, else the worker's default), and where it comes from.
     pub max_interval_secs: u64,
     pub max_interval_from: &'static str,
+    /// Fork-pool states as the workers report them (SPEC §14).
+    pub pools: &'a crate::pools::Pools,
 }
 
 /// A worker as `3 (name)`, or `—`.
@@ -128,7 +130,7 @@ fn why(fleet: &Fleet, d: &RepoDetail, state: RepoState, waiting: Option<&str>) -
 fn interval(
     state: RepoState,
     st: &crate::fleet::RepoStatus,
-    p: &RepoPageInputs,
+    p: &RepoPageInputs<'_>,
 ) -> (String, String) {
     let Some((last, next)) = st.last_fetch_ms.zip(st.next_due_ms) else {
         return (
@@ -160,14 +162,15 @@ fn interval(
 }
 
 /// Render the page of repo `id`; `None` when no index has it.
-pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs) -> Option<String> {
+pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs<'_>) -> Option<String> {
     let view = View {
         fleet,
         now_ms: p.now_ms,
         uptime_secs: p.uptime_secs,
         url_limit: 0,
     };
-    let d = view.repo(id)?;
+    let mut d = view.repo(id)?;
+    p.pools.fill_repo(fleet, &mut d);
     let repo = fleet.repo(id)?;
     let state = repo.state();
     let st = &repo.status;
@@ -229,6 +232,17 @@ pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs) -> Option<String> {
         holders.push_str("<span class=\"muted\">none</span>");
     }
     kv(&mut h, "holders", holders);
+    let pool = match &d.pool {
+        Some(pool) => format!(
+            "<span id=\"pool\"><span class=\"mono\">{}</span> {}{} · {} members</span>",
+            esc(&pool.path),
+            pool.state,
+            pool.why.map(|w| format!(" ({w})")).unwrap_or_default(),
+            pool.members
+        ),
+        None => "<span class=\"muted\" id=\"pool\">none (a plain mirror)</span>".to_owned(),
+    };
+    kv(&mut h, "fork pool", pool);
     if let Some(c) = &d.clone_url {
         kv(
             &mut h,

@@ -371,6 +371,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         handover: crate::handover::Handover::default(),
         peers_listening: false,
         status_urls: None,
+        pools: crate::pools::Pools::default(),
         ca,
         pending: Pending::default(),
         hook_gate,
@@ -565,6 +566,8 @@ struct MainLoop {
     peers_listening: bool,
     /// `/api/status`'s `worker:url`, kept while it does not change.
     status_urls: Option<crate::api::WorkerUrls>,
+    /// Fork-pool states and totals the workers report (SPEC §14; not persisted).
+    pools: crate::pools::Pools,
     /// The fleet's CA: issues each enrolling worker its certificate (SPEC §17).
     ca: gitmirror_common::ca::Ca,
     /// Workers waiting for `workers approve` (`enroll: manual`).
@@ -947,6 +950,8 @@ impl MainLoop {
                         }
                         self.peers_changed();
                     }
+                    WorkerMsg::PoolStates(p) => self.on_pool_states(uuid, p),
+                    WorkerMsg::PoolTotals(t) => self.pools.totals(uuid, t),
                     WorkerMsg::Status(s) => self.fleet.worker_status(uuid, &s, now),
                     WorkerMsg::Load(l) => self.fleet.worker_load(uuid, l, now),
                     WorkerMsg::HostDemand(d) => self.budgets.demand(uuid, &d),
@@ -976,6 +981,28 @@ impl MainLoop {
                     self.lost(uuid);
                 }
             }
+        }
+    }
+
+    /// Pool states from a worker (SPEC §14, protocol 8): kept for the repos the fleet
+    /// assigns to it (as owner or holder); any other repo, known or not, is ignored with
+    /// one log line per report.
+    fn on_pool_states(&mut self, uuid: Uuid, report: gitmirror_wire::PoolStates) {
+        let fleet = &self.fleet;
+        let applied = self.pools.apply(uuid, report, |id| {
+            fleet
+                .repo(id)
+                .is_some_and(|r| r.owner == Some(uuid) || r.holders.contains_key(&uuid))
+        });
+        if applied.not_assigned > 0 || applied.over_limit > 0 {
+            tracing::warn!(
+                "{} reported the fork-pool state of {} repos not assigned to it (the first: {:?}) and {} past the limit of {}: ignored",
+                self.worker_label(&uuid),
+                applied.not_assigned,
+                applied.first_refused.as_deref().map(crate::redact::text),
+                applied.over_limit,
+                crate::pools::MAX_STATES_PER_WORKER
+            );
         }
     }
 
@@ -1290,9 +1317,31 @@ impl MainLoop {
                     uptime_secs: self.started.elapsed().as_secs(),
                     url_limit: self.cfg.status_url_limit,
                 };
-                if *q == Query::Status {
+                // SPEC §14: the pool reports go into the repo and worker views here (one
+                // lookup per repo or worker shown).
+                let pools = &self.pools;
+                let pooled = match q {
+                    Query::Repo(id) => view.repo(id).map(|mut d| {
+                        pools.fill_repo(&self.fleet, &mut d);
+                        Reply::json(200, d)
+                    }),
+                    Query::Workers => {
+                        let mut ws = view.workers();
+                        ws.iter_mut().for_each(|w| pools.fill_worker(w));
+                        Some(Reply::json(200, ws))
+                    }
+                    Query::Worker(id, page) => view.worker(*id, page).map(|mut d| {
+                        pools.fill_worker(&mut d.worker);
+                        Reply::json(200, d)
+                    }),
+                    _ => None,
+                };
+                if let Some(reply) = pooled {
+                    reply
+                } else if *q == Query::Status {
                     // The index part (rejected entries and all) is copied off the loop.
                     let mut status = view.status_with(Vec::new(), &mut self.status_urls);
+                    status.workers.iter_mut().for_each(|w| pools.fill_worker(w));
                     status.hosts = self.budgets.view(now_ms());
                     let index = self.index.clone();
                     let skipped = self.blocked_skipped();
@@ -1337,6 +1386,7 @@ impl MainLoop {
             gaps_open: self.coalescer.len(),
         };
         let hosts = self.budgets.view(now_ms());
+        let pools = self.pools.fleet();
         Reply::Render(Box::new(move || {
             let polls = index.polls();
             let index = index.status();
@@ -1351,6 +1401,7 @@ impl MainLoop {
                 batches_waiting,
                 hooks: &hooks,
                 hosts: &hosts,
+                pools,
             }))
         }))
     }
@@ -1403,6 +1454,7 @@ impl MainLoop {
             uptime_secs: self.started.elapsed().as_secs(),
             max_interval_secs,
             max_interval_from,
+            pools: &self.pools,
         };
         match crate::repo_page::render(&self.fleet, id, &inputs) {
             Some(html) => Answer::html(200, html),
@@ -1680,6 +1732,7 @@ impl MainLoop {
     /// connection and move its repos. Answered once the revocation is on disk.
     async fn remove_worker(&mut self, uuid: Uuid) -> Answer {
         self.pending.remove(&uuid);
+        self.pools.forget(&uuid);
         let (known, sends) = self.fleet.remove_worker(uuid, now_ms());
         if let Some(c) = self.conns.get(&uuid) {
             c.handle.close(

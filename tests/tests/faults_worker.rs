@@ -349,7 +349,13 @@ fn kill_9_during_clones_and_fetches_loses_nothing() {
     repos.extend(daemon.repo_set("crashsmall", 4));
     eprintln!("upstreams made in {:.1?}", started.elapsed());
 
-    let mut fleet = Fleet::start("crash", &repos, 1);
+    // Plain mirrors (SPEC §14 pools are on by default): this round "corrupts" a mirror by
+    // deleting its packs, which a pool member survives (its objects are in the pool).
+    let mut fleet = Fleet::start("crash", &repos, 0);
+    fleet.create_worker_with(1.0, |yaml| {
+        yaml.replace("  concurrency: 8\n", "  concurrency: 8\n  pools: false\n")
+    });
+    fleet.workers[0].start();
     let total_rounds = rounds(20, 200);
     let max_added = if long_form() { 15 } else { 6 };
 

@@ -12,7 +12,7 @@
 
 use crate::message::{
     CoordMsg, HeldRepo, HoldingsPart, Outcome, Outcome7, OutcomeBatch, OutcomeBatch7,
-    OutcomeChanges, PeerDirectory, PeerEntry, RefChange, WorkerMsg,
+    OutcomeChanges, PeerDirectory, PeerEntry, PoolStates, RefChange, RepoPoolState, WorkerMsg,
 };
 use std::collections::BTreeMap;
 
@@ -71,6 +71,37 @@ pub fn holdings_parts(repos: Vec<HeldRepo>) -> Vec<WorkerMsg> {
             WorkerMsg::HoldingsPart(HoldingsPart {
                 repos,
                 last: i + 1 == count,
+            })
+        })
+        .collect()
+}
+
+/// Pool states (protocol 8) as `PoolStates` parts of at most [`CHUNK_BYTES`] each; `full`
+/// on the first part only. A whole list is always at least one part (an empty one says
+/// "nothing pooled"); a change list may be empty (no message).
+pub fn pool_state_parts(states: Vec<RepoPoolState>, full: bool) -> Vec<WorkerMsg> {
+    let mut parts = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = OVERHEAD;
+    for r in states {
+        let n = encoded_len(&r);
+        if !cur.is_empty() && size + n > CHUNK_BYTES {
+            parts.push(std::mem::take(&mut cur));
+            size = OVERHEAD;
+        }
+        size += n;
+        cur.push(r);
+    }
+    if !cur.is_empty() || (full && parts.is_empty()) {
+        parts.push(cur);
+    }
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, states)| {
+            WorkerMsg::PoolStates(PoolStates {
+                full: full && i == 0,
+                states,
             })
         })
         .collect()
@@ -327,6 +358,56 @@ pub fn reassemble(msgs: Vec<WorkerMsg>) -> Result<Vec<Outcome>, ChunkError> {
 
 #[cfg(test)]
 mod tests {
+    /// SPEC §14 (protocol 8): 200k pool states (a worker's share at 1M repos and more) go
+    /// out in parts that each fit [`CHUNK_BYTES`] whatever the names, `full` on the first
+    /// only, every state once and in order; an empty whole list is one empty part; an empty
+    /// change list is no message.
+    #[test]
+    fn spec_14_pool_states_are_chunked() {
+        use crate::message::{PlainWhy, PoolState};
+        let states: Vec<RepoPoolState> = (0..200_000)
+            .map(|i| RepoPoolState {
+                repo: format!(
+                    "{}/project{}/{}",
+                    (b'a' + (i % 26) as u8) as char,
+                    i / 7,
+                    "x".repeat(i % 200)
+                ),
+                state: match i % 3 {
+                    0 => PoolState::Member,
+                    1 => PoolState::Joining,
+                    _ => PoolState::Plain(PlainWhy::Credentials),
+                },
+                members: (i % 64) as u32,
+            })
+            .collect();
+        let parts = pool_state_parts(states.clone(), true);
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let mut back = Vec::new();
+        for (i, m) in parts.iter().enumerate() {
+            let frame = crate::encode_frame(m).unwrap();
+            assert!(
+                frame.len() <= CHUNK_BYTES,
+                "part {i}: {} bytes",
+                frame.len()
+            );
+            let WorkerMsg::PoolStates(p) = m else {
+                panic!("part {i} is {m:?}")
+            };
+            assert_eq!(p.full, i == 0);
+            back.extend(p.states.iter().cloned());
+        }
+        assert_eq!(back, states);
+        assert_eq!(
+            pool_state_parts(Vec::new(), true),
+            vec![WorkerMsg::PoolStates(PoolStates {
+                full: true,
+                states: Vec::new()
+            })]
+        );
+        assert!(pool_state_parts(Vec::new(), false).is_empty());
+    }
+
     use super::*;
     use crate::message::FetchResult;
     use crate::{MAX_FRAME, encode_frame};

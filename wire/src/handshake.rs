@@ -188,17 +188,17 @@ mod tests {
     use super::*;
 
     // Issue 10 finding 5: the coordinator's side of the handshake never prints the secret.
-    /// SPEC §12 "Upgrades": the coordinator of protocol 7 accepts the previous version (6),
+    /// SPEC §12 "Upgrades": the coordinator of protocol 8 accepts the previous version (7),
     /// and still everything down to the floor, 2 (C15), but nothing newer.
     #[test]
-    fn spec_12_protocol_6_still_accepted_by_7() {
-        for v in 2..=7 {
+    fn spec_12_protocol_7_still_accepted_by_8() {
+        for v in 2..=8 {
             let c = ClientHandshake::new(hello(v, "s"));
             let v2 =
                 ServerHandshake::new("s").on_first_frame(&c.hello_frame().unwrap()[4..], false);
             assert_eq!(v2, ServerVerdict::Accept(hello(v, "s")), "protocol {v}");
         }
-        for v in [0, 1, 8] {
+        for v in [0, 1, 9] {
             let c = ClientHandshake::new(hello(v, "s"));
             let got =
                 ServerHandshake::new("s").on_first_frame(&c.hello_frame().unwrap()[4..], false);

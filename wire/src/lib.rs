@@ -19,6 +19,7 @@ pub mod token;
 
 pub use chunk::{
     CHUNK_BYTES, ChunkError, Reassembly, directory_parts, holdings_parts, outcome_frames,
+    pool_state_parts,
 };
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict, Welcomed};
@@ -40,7 +41,9 @@ pub use token::{JoinToken, TokenError};
 /// and `Outcomes7` from workers, `PeerPlane`, `PeerDirectory`, `Assign7` and `PeerGrants`
 /// to them; 7 only appends variants to 6. A worker below 7 gets none of them: plain
 /// `Assign`, upstream fetches, and it is never named as a holder to copy from.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: fork pools (SPEC §14, issue 13): `PoolStates` and `PoolTotals` from workers; 8 only
+/// appends variants to 7, and the pool of a repo held by a worker below 8 shows as `null`.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest worker protocol a coordinator of this version still accepts (SPEC §12: the
 /// coordinator is upgraded first and accepts the previous version for one release). It
@@ -56,10 +59,10 @@ pub const PROTOCOL_VERSION: u32 = 7;
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of this protocol version.
-pub const ALPN: &[u8] = b"gitmirror/7";
+pub const ALPN: &[u8] = b"gitmirror/8";
 
 /// ALPN of the previous version, offered by the coordinator while it accepts that version.
-pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/6";
+pub const ALPN_PREVIOUS: &[u8] = b"gitmirror/7";
 
 /// ALPN both sides also offer so that peers of different versions still get as far as the
 /// first message, where the mismatch is reported naming both versions.

@@ -47,6 +47,15 @@ pub enum WorkerMsg {
     /// Protocol 7: outcomes with where the objects came from (C6). Replaces `Outcomes` on a
     /// connection of protocol ≥ 7; chunked and acknowledged the same way. Appended.
     Outcomes7(OutcomeBatch7),
+    /// Protocol 8 (SPEC §14): the fork-pool state of repos that are not plain mirrors for
+    /// no reason, in parts of at most [`crate::chunk::CHUNK_BYTES`]
+    /// ([`crate::chunk::pool_state_parts`]): the whole list once after the holdings
+    /// (`full` on its first part), then the repos whose state changed. Only to a
+    /// coordinator of protocol ≥ 8. Appended.
+    PoolStates(PoolStates),
+    /// Protocol 8 (SPEC §14): the worker's pool totals, sent with each `Status` to a
+    /// coordinator of protocol ≥ 8. Appended.
+    PoolTotals(PoolTotals),
 }
 
 /// Coordinator → worker.
@@ -580,6 +589,64 @@ pub struct PeerGrants {
 pub struct PeerGrant {
     pub repo: String,
     pub fingerprint: String,
+}
+
+/// Fork-pool states of some of a worker's repos (protocol 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStates {
+    /// The first part of a whole list: the coordinator forgets every state this worker
+    /// reported before. Otherwise the states replace those of the same repos.
+    pub full: bool,
+    pub states: Vec<RepoPoolState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoPoolState {
+    pub repo: String,
+    pub state: PoolState,
+    /// Members of the repo's pool on this worker (0 when it has no pool).
+    pub members: u32,
+}
+
+/// Where a repo's objects live (SPEC §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PoolState {
+    /// It borrows from its project's pool (`objects/info/alternates`).
+    Member,
+    /// Its project has a pool it does not borrow from yet: it waits to join (migration)
+    /// or is being cloned against it.
+    Joining,
+    /// A plain mirror, kept plain for this reason.
+    Plain(PlainWhy),
+    /// Nothing to say any more (a plain mirror with no pool, or the repo is gone): the
+    /// coordinator forgets the state it had.
+    Cleared,
+}
+
+/// Why a repo of a pooled project stays a plain mirror (SPEC §14, §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlainWhy {
+    /// Its URL matches a `credentials` entry (a pool serves any object by id).
+    Credentials,
+    /// Its upstream advertises more than 100,000 refs.
+    TooManyRefs,
+    /// An operator detached it (`gitmirror.pool=false`).
+    Detached,
+    /// `fetch.pools` is off on its worker.
+    PoolsOff,
+}
+
+/// A worker's pool totals (protocol 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolTotals {
+    /// Pools under `mirror_dir/.pools/`.
+    pub pools: u32,
+    /// Pack bytes of the pools.
+    pub pool_bytes: u64,
+    /// Pack bytes of the pools' members, their own objects only.
+    pub member_bytes: u64,
+    /// Members of all pools.
+    pub members: u32,
 }
 
 #[cfg(test)]

@@ -256,6 +256,46 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
                 }],
             })
         });
+    // Protocol 8 (SPEC §14).
+    let pool_state = prop_oneof![
+        Just(PoolState::Member),
+        Just(PoolState::Joining),
+        Just(PoolState::Cleared),
+        prop_oneof![
+            Just(PlainWhy::Credentials),
+            Just(PlainWhy::TooManyRefs),
+            Just(PlainWhy::Detached),
+            Just(PlainWhy::PoolsOff),
+        ]
+        .prop_map(PoolState::Plain),
+    ];
+    let pool_states = (
+        any::<bool>(),
+        proptest::collection::vec((".{0,16}", pool_state, any::<u32>()), 0..4),
+    )
+        .prop_map(|(full, states)| {
+            WorkerMsg::PoolStates(PoolStates {
+                full,
+                states: states
+                    .into_iter()
+                    .map(|(repo, state, members)| RepoPoolState {
+                        repo,
+                        state,
+                        members,
+                    })
+                    .collect(),
+            })
+        });
+    let pool_totals = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+        |(pools, pool_bytes, member_bytes, members)| {
+            WorkerMsg::PoolTotals(PoolTotals {
+                pools,
+                pool_bytes,
+                member_bytes,
+                members,
+            })
+        },
+    );
     prop_oneof![
         3 => hello,
         1 => holdings,
@@ -265,6 +305,8 @@ fn worker_msg() -> impl Strategy<Value = WorkerMsg> {
         1 => rate_limited,
         1 => peer_info,
         1 => outcomes7,
+        1 => pool_states,
+        1 => pool_totals,
     ]
 }
 

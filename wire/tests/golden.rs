@@ -206,6 +206,38 @@ fn worker_msgs() -> Vec<(WorkerMsg, &'static str)> {
             }),
             "OUTCOMES7",
         ),
+        (
+            WorkerMsg::PoolStates(PoolStates {
+                full: true,
+                states: vec![
+                    RepoPoolState {
+                        repo: "a/b/c".into(),
+                        state: PoolState::Member,
+                        members: 2,
+                    },
+                    RepoPoolState {
+                        repo: "a/b/d".into(),
+                        state: PoolState::Plain(PlainWhy::TooManyRefs),
+                        members: 0,
+                    },
+                    RepoPoolState {
+                        repo: "a/b/e".into(),
+                        state: PoolState::Cleared,
+                        members: 0,
+                    },
+                ],
+            }),
+            "POOL_STATES",
+        ),
+        (
+            WorkerMsg::PoolTotals(PoolTotals {
+                pools: 3,
+                pool_bytes: 1 << 30,
+                member_bytes: 1000,
+                members: 7,
+            }),
+            "POOL_TOTALS",
+        ),
     ]
 }
 
@@ -411,6 +443,13 @@ const GOLDEN: &[(&str, &str)] = &[
          c0c9b2fef962 01 04 e807 01 \
          abababababababababababababababababababababababababababababababab",
     ),
+    // Protocol 8 (SPEC §14): variants 13 and 14 after protocol 7's Outcomes7; Plain is
+    // variant 2 with its reason (TooManyRefs, 1) after it, Cleared variant 3.
+    (
+        "POOL_STATES",
+        "1c000000 0d 01 03 05612f622f63 00 02 05612f622f64 02 01 00 05612f622f65 03 00",
+    ),
+    ("POOL_TOTALS", "0a000000 0e 03 8080808004 e807 07"),
     ("WELCOME", "07000000 00 01 05 03302e31"),
     ("REFUSED", "05000000 01 01 026e6f"),
     (
@@ -500,7 +539,9 @@ fn every_variant_has_a_golden_case() {
             | WorkerMsg::HostDemand(_)
             | WorkerMsg::RateLimited(_)
             | WorkerMsg::PeerInfo(_)
-            | WorkerMsg::Outcomes7(_) => {}
+            | WorkerMsg::Outcomes7(_)
+            | WorkerMsg::PoolStates(_)
+            | WorkerMsg::PoolTotals(_) => {}
         }
     }
     for (m, _) in coord_msgs() {
@@ -547,6 +588,8 @@ fn spec_13_peer_messages_are_pinned() {
         match m {
             WorkerMsg::PeerInfo(_) => assert_eq!(i, 11, "{name}"),
             WorkerMsg::Outcomes7(_) => assert_eq!(i, 12, "{name}"),
+            WorkerMsg::PoolStates(_) => assert_eq!(i, 13, "{name}"),
+            WorkerMsg::PoolTotals(_) => assert_eq!(i, 14, "{name}"),
             _ => assert!(i <= 10, "{name}"),
         }
     }
@@ -560,10 +603,10 @@ fn spec_13_peer_messages_are_pinned() {
             _ => assert!(i <= 8, "{name}"),
         }
     }
-    assert_eq!(PROTOCOL_VERSION, 7);
+    assert_eq!(PROTOCOL_VERSION, 8);
     assert_eq!(MIN_PROTOCOL_VERSION, 2);
-    assert_eq!(ALPN, b"gitmirror/7");
-    assert_eq!(ALPN_PREVIOUS, b"gitmirror/6");
+    assert_eq!(ALPN, b"gitmirror/8");
+    assert_eq!(ALPN_PREVIOUS, b"gitmirror/7");
 }
 
 /// Protocol 5 (SPEC §16): `FailureClass::Auth` is appended (index 4), so the classes of
