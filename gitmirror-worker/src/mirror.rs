@@ -480,6 +480,14 @@ impl Mirrors {
         }
         let trash_removed = self.purge_trash(unix_secs());
         if self.root.join(pool::POOLS_DIR).is_dir() {
+            // No git of ours runs now (orphans killed above): a lock or temp pack in a
+            // pool is a killed operation's, however young, and would fail the next one
+            // (a ref lock fails the migration's namespace fetch).
+            for p in pool::all_pools(&self.root) {
+                for note in remove_leftovers(&p, Sweep::All, Duration::ZERO) {
+                    tracing::info!(pool = %p.display(), "self-heal: {note}");
+                }
+            }
             let trashed = self.trashed_stems().into_keys().collect();
             let r = pool::reconcile(&self.root, &trashed);
             for p in &r.problems {
@@ -793,6 +801,10 @@ impl Mirrors {
         let pool = pool::project_pool_path(&self.root, folder)?;
         let lock = self.pool_lock(&pool);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // A killed earlier operation's locks and temp packs (older than `STALE_AFTER`).
+        for note in remove_stale(&pool, Sweep::All) {
+            tracing::info!(pool = %pool.display(), "self-heal: {note}");
+        }
         let Ok(entries) = fs::read_dir(self.root.join(folder)) else {
             return Ok(0);
         };
@@ -3238,6 +3250,11 @@ enum Sweep {
 
 /// Remove stale lock and temp files (older than [`STALE_AFTER`]); one note per file.
 fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
+    remove_leftovers(git_dir, sweep, STALE_AFTER)
+}
+
+/// [`remove_stale`] for files at least `min_age` old.
+fn remove_leftovers(git_dir: &Path, sweep: Sweep, min_age: Duration) -> Vec<String> {
     let now = SystemTime::now();
     let mut notes = Vec::new();
     let mut remove = |path: &Path, meta: &fs::Metadata| {
@@ -3246,7 +3263,7 @@ fn remove_stale(git_dir: &Path, sweep: Sweep) -> Vec<String> {
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .unwrap_or(Duration::ZERO);
-        if age < STALE_AFTER {
+        if age < min_age {
             return;
         }
         match fs::remove_file(path) {

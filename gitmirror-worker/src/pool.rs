@@ -654,6 +654,13 @@ fn reconcile_member(
 
 /// Bare repositories (`*.git` with `objects/`) under the pools directory, two levels deep
 /// for `<first>/<project>.git` and deeper for longer folders.
+/// Every pool directory under `root` (`.pools/<first>/<project>.git`).
+pub fn all_pools(root: &Path) -> Vec<PathBuf> {
+    let mut pools = Vec::new();
+    find_pools(&root.join(POOLS_DIR), 0, &mut pools);
+    pools
+}
+
 fn find_pools(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;

@@ -1298,6 +1298,13 @@ impl Worker {
             self.queue_consolidation(&id, now);
         }
         if success {
+            if matches!(source, gitmirror_wire::TransferSource::Peer(_))
+                && let Some(project) = pool::project_of(&id)
+            {
+                // A peer's copy arrives as a plain mirror (SPEC §13, §14): its project's
+                // migration is asked again, done once per run or not.
+                self.migrated.remove(project);
+            }
             self.queue_migration(&id);
         }
         if maintain {
@@ -1637,7 +1644,11 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::warn!(pool = %pool_dir.display(), ?op, "fork pool operation failed: {e}")
+                tracing::warn!(pool = %pool_dir.display(), ?op, "fork pool operation failed: {e}");
+                if op == pool::ProjectOp::Migrate {
+                    // Asked again after the project's next successful fetch.
+                    self.migrated.remove(&project);
+                }
             }
         }
     }

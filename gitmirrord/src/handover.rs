@@ -7,6 +7,8 @@
 //!
 //! Cost: nothing for a fleet where no worker listens for peers (no hash is kept);
 //! otherwise one hash per repo (~70 bytes) and O(upserts × holders) per assignment change.
+//! An `Assign7` is the fleet's delta (≤ 10,000 items, ≤ 4 MiB) plus ~40 bytes an upsert
+//! (role, sources, hash): still far below the 16 MiB frame limit.
 
 use crate::fleet::Fleet;
 use gitmirror_wire::{

@@ -1240,14 +1240,9 @@ impl MainLoop {
                     }),
                 );
             }
-            self.send(
-                s.worker,
-                CoordMsg::PeerDirectory(gitmirror_wire::PeerDirectory {
-                    upsert: plan.peers,
-                    remove: Vec::new(),
-                    last: true,
-                }),
-            );
+            for part in gitmirror_wire::chunk::directory_parts(plan.peers, Vec::new()) {
+                self.send(s.worker, part);
+            }
             self.send(s.worker, CoordMsg::Assign7(plan.delta));
         }
         // After the deltas, on the same stream: a claimed mirror to verify by a fetch.

@@ -45,7 +45,9 @@ fn add_peer_worker(fleet: &mut Fleet) -> usize {
 /// Must-show M1 (SPEC §13 hand-over, issue 12 step S2): two workers mirror real repos;
 /// the upstream goes offline; a third worker joins, and every repo the ring moves to it
 /// is mirrored there from its peers: refs equal to the upstream's, `git fsck` clean, with
-/// the upstream still offline.
+/// the upstream still offline. The repos are one project folder with pools on, so this is
+/// also issue 13's "pool members survive a hand-over" (SPEC §14): the holders serve pool
+/// members, and the copies join the new worker's pool.
 #[test]
 fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     use gitmirror_tests::git::{try_git, try_ls_remote, try_mirror_refs};
@@ -64,6 +66,22 @@ fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     fleet.index.commit("the repos");
     fleet.repos = repos.clone();
     fleet.wait_settled(WITHIN);
+    // The repos are one project folder, and pools are on: the holders serve pool members
+    // (issue 13: pool members survive a hand-over).
+    let pooled = |fleet: &Fleet, i: usize| {
+        repos
+            .keys()
+            .filter(|id| {
+                fleet.workers[i]
+                    .mirror_path(id)
+                    .join("objects/info/alternates")
+                    .exists()
+            })
+            .count()
+    };
+    poll_until(WITHIN, "the holders' mirrors in their pools", || {
+        (pooled(&fleet, a) + pooled(&fleet, b) == repos.len()).then_some(())
+    });
     let upstream: std::collections::BTreeMap<String, _> = repos
         .iter()
         .map(|(id, url)| (id.clone(), gitmirror_tests::ls_remote(url)))
@@ -102,6 +120,17 @@ fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     }
     let log = fleet.workers[c].proc.log();
     assert!(log.contains("copied from a peer"), "{log}");
+    // The copies join the new worker's pool of the project in the background.
+    if moved.len() >= 2 {
+        poll_until(WITHIN, "the copies in the new worker's pool", || {
+            (pooled(&fleet, c) == moved.len()).then_some(())
+        });
+        for id in &moved {
+            let p = fleet.workers[c].mirror_path(id);
+            try_git(["-C", p.to_str().unwrap(), "fsck", "--no-progress"])
+                .unwrap_or_else(|e| panic!("{id} pooled: fsck: {e}"));
+        }
+    }
     eprintln!(
         "{} of {} repos moved to the new worker, all from peers",
         moved.len(),

@@ -47,22 +47,33 @@ pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
 /// Room in a chunk for the list's items: the frame minus the message's own fields.
 const OVERHEAD: usize = 64;
 
+/// `items` in order as parts whose encodings fit [`CHUNK_BYTES`] beside `overhead` bytes
+/// of the message's other fields; always at least one part (maybe empty). An item bigger
+/// than a part goes alone.
+fn split_by_bytes<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+    overhead: usize,
+) -> Vec<Vec<T>> {
+    let mut parts = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = overhead;
+    for item in items {
+        let n = encoded_len(&item);
+        if !cur.is_empty() && size + n > CHUNK_BYTES {
+            parts.push(std::mem::take(&mut cur));
+            size = overhead;
+        }
+        size += n;
+        cur.push(item);
+    }
+    parts.push(cur);
+    parts
+}
+
 /// The holdings as parts of at most [`CHUNK_BYTES`] each; always at least one part (an
 /// empty holdings is one empty last part).
 pub fn holdings_parts(repos: Vec<HeldRepo>) -> Vec<WorkerMsg> {
-    let mut parts = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = OVERHEAD;
-    for r in repos {
-        let n = encoded_len(&r);
-        if !cur.is_empty() && size + n > CHUNK_BYTES {
-            parts.push(std::mem::take(&mut cur));
-            size = OVERHEAD;
-        }
-        size += n;
-        cur.push(r);
-    }
-    parts.push(cur);
+    let parts = split_by_bytes(repos, OVERHEAD);
     let count = parts.len();
     parts
         .into_iter()
@@ -80,20 +91,9 @@ pub fn holdings_parts(repos: Vec<HeldRepo>) -> Vec<WorkerMsg> {
 /// on the first part only. A whole list is always at least one part (an empty one says
 /// "nothing pooled"); a change list may be empty (no message).
 pub fn pool_state_parts(states: Vec<RepoPoolState>, full: bool) -> Vec<WorkerMsg> {
-    let mut parts = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = OVERHEAD;
-    for r in states {
-        let n = encoded_len(&r);
-        if !cur.is_empty() && size + n > CHUNK_BYTES {
-            parts.push(std::mem::take(&mut cur));
-            size = OVERHEAD;
-        }
-        size += n;
-        cur.push(r);
-    }
-    if !cur.is_empty() || (full && parts.is_empty()) {
-        parts.push(cur);
+    let mut parts = split_by_bytes(states, OVERHEAD);
+    if !full && parts.len() == 1 && parts[0].is_empty() {
+        parts.clear();
     }
     parts
         .into_iter()
@@ -186,20 +186,8 @@ fn frames<T: Batched>(outcomes: impl IntoIterator<Item = T>) -> Vec<WorkerMsg> {
 /// Protocol 7: a peer directory change as parts of at most [`CHUNK_BYTES`] each (the
 /// removals in the last part); always at least one part.
 pub fn directory_parts(upsert: Vec<PeerEntry>, remove: Vec<u32>) -> Vec<CoordMsg> {
-    let mut parts = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = OVERHEAD + encoded_len(&remove);
-    for e in upsert {
-        let n = encoded_len(&e);
-        if !cur.is_empty() && size + n > CHUNK_BYTES {
-            parts.push(std::mem::take(&mut cur));
-            // Every part is sized as if it carried the removals: the last one does.
-            size = OVERHEAD + encoded_len(&remove);
-        }
-        size += n;
-        cur.push(e);
-    }
-    parts.push(cur);
+    // Every part is sized as if it carried the removals: the last one does.
+    let parts = split_by_bytes(upsert, OVERHEAD + encoded_len(&remove));
     let count = parts.len();
     let mut remove = Some(remove);
     parts
