@@ -80,6 +80,16 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(cert_fingerprint(cert_der))
 }
 
+/// [`fingerprint`] of the certificate the other end of `conn` presented (TLS has checked
+/// its chain), if it presented one.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(|c| fingerprint(c.as_ref()))
+}
+
 impl Ca {
     /// Load the CA from `state_dir`, creating it on first start. Only the daemon calls
     /// this (as the service user), so the files belong to it.

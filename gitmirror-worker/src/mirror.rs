@@ -484,9 +484,7 @@ impl Mirrors {
             // pool is a killed operation's, however young, and would fail the next one
             // (a ref lock fails the migration's namespace fetch).
             for p in pool::all_pools(&self.root) {
-                for note in remove_leftovers(&p, Sweep::All, Duration::ZERO) {
-                    tracing::info!(pool = %p.display(), "self-heal: {note}");
-                }
+                heal_pool(&p, Duration::ZERO);
             }
             let trashed = self.trashed_stems().into_keys().collect();
             let r = pool::reconcile(&self.root, &trashed);
@@ -613,39 +611,8 @@ impl Mirrors {
             .guard(interrupt, || self.clone_into(&tmp, url, interrupt, pool))
             // A pack that completed within one look of crossing the limit.
             .and_then(|cloned| watch.check_done(&tmp).map(|()| cloned));
-        let result = cloned.and_then(|(fetched, pooled)| {
-            if let Some(parent) = final_path.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|e| Failure::io("create directory", parent, &e))?;
-            }
-            if final_path.exists() {
-                return Err(Failure::local(format!(
-                    "{} appeared while cloning; keeping it and discarding the new clone",
-                    final_path.display()
-                )));
-            }
-            if let Some(p) = pooled {
-                // Namespace before the member is in place (nothing it reaches may be
-                // unreferenced in the pool), then the final relative alternates path.
-                let lock = self.pool_lock(p);
-                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-                pool::add_namespace(p, &tmp, pool::member_name(id)).map_err(pool_failure)?;
-                pool::write_alternates(&tmp, &final_path, p, true).map_err(pool_failure)?;
-            }
-            fs::rename(&tmp, &final_path)
-                .map_err(|e| Failure::io("move the finished clone to", &final_path, &e))?;
-            if pooled.is_some()
-                && let Err(e) = pool::repack_local(&final_path)
-            {
-                // Complete anyway; what it received stays in its own pack as well.
-                tracing::warn!(repo = %id, "repacking a new pool member failed: {e}");
-            }
-            Ok(fetched)
-        });
-        if result.is_err() && tmp.exists() {
-            let _ = remove_any(&tmp);
-        }
-        result
+        let pooled = cloned.as_ref().ok().and_then(|(_, p)| *p);
+        self.place_new(id, &tmp, &final_path, pooled, cloned.map(|(f, _)| f))
     }
 
     /// The pool `id`'s mirror borrows from now (its alternates point at its project's
@@ -665,10 +632,7 @@ impl Mirrors {
         if !pool.join("objects").is_dir() {
             return Ok(pool::Consolidated::default());
         }
-        // A killed earlier operation's locks and temp packs (older than `STALE_AFTER`).
-        for note in remove_stale(pool, Sweep::All) {
-            tracing::info!(pool = %pool.display(), "self-heal: {note}");
-        }
+        heal_pool(pool, STALE_AFTER);
         pool::consolidate(&self.root, pool, unix_secs())
     }
 
@@ -686,18 +650,20 @@ impl Mirrors {
                 "a clone is being built against it".into(),
             ));
         }
-        for note in remove_stale(pool, Sweep::All) {
-            tracing::info!(pool = %pool.display(), "self-heal: {note}");
-        }
+        heal_pool(pool, STALE_AFTER);
         pool::prune(&self.root, &self.trash_dir(), pool, expire, unix_secs())
     }
 
-    /// Rename a complete plain clone at `tmp` to `final_path` (which must not exist); on
-    /// any failure, `tmp` is removed. (A peer's copy: never a pool member.)
+    /// Rename a complete clone of `id` at `tmp` to `final_path` (which must not exist); on
+    /// any failure, `tmp` is removed. A clone built against `pooled` joins it on the way:
+    /// its namespace before the member is in place (nothing it reaches may be unreferenced
+    /// in the pool), the final relative alternates path, and a local repack after.
     fn place_new(
         &self,
+        id: &str,
         tmp: &Path,
         final_path: &Path,
+        pooled: Option<&Path>,
         cloned: Result<Fetched, Failure>,
     ) -> Result<Fetched, Failure> {
         let result = cloned.and_then(|fetched| {
@@ -711,8 +677,20 @@ impl Mirrors {
                     final_path.display()
                 )));
             }
+            if let Some(p) = pooled {
+                let lock = self.pool_lock(p);
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+                pool::add_namespace(p, tmp, pool::member_name(id)).map_err(pool_failure)?;
+                pool::write_alternates(tmp, final_path, p, true).map_err(pool_failure)?;
+            }
             fs::rename(tmp, final_path)
                 .map_err(|e| Failure::io("move the finished clone to", final_path, &e))?;
+            if pooled.is_some()
+                && let Err(e) = pool::repack_local(final_path)
+            {
+                // Complete anyway; what it received stays in its own pack as well.
+                tracing::warn!(repo = %id, "repacking a new pool member failed: {e}");
+            }
             Ok(fetched)
         });
         if result.is_err() && tmp.exists() {
@@ -801,10 +779,7 @@ impl Mirrors {
         let pool = pool::project_pool_path(&self.root, folder)?;
         let lock = self.pool_lock(&pool);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-        // A killed earlier operation's locks and temp packs (older than `STALE_AFTER`).
-        for note in remove_stale(&pool, Sweep::All) {
-            tracing::info!(pool = %pool.display(), "self-heal: {note}");
-        }
+        heal_pool(&pool, STALE_AFTER);
         let Ok(entries) = fs::read_dir(self.root.join(folder)) else {
             return Ok(0);
         };
@@ -2314,7 +2289,7 @@ impl Mirrors {
                 peer_clone_into(&tmp, upstream_url, transport, expect, interrupt)
             })
             .and_then(|fetched| watch.check_done(&tmp).map(|()| fetched));
-        self.place_new(&tmp, &final_path, cloned)
+        self.place_new(id, &tmp, &final_path, None, cloned)
     }
 
     /// Bring the existing (older) mirror of `id` to a peer's copy: only the objects it
@@ -3246,6 +3221,14 @@ enum Sweep {
     TopLevel,
     /// Also locks under `refs/`, `logs/` and `objects/info/`.
     All,
+}
+
+/// A killed earlier operation's locks and temp packs in `pool`, at least `min_age` old
+/// ([`STALE_AFTER`] before a pool operation; any at start); each one logged.
+fn heal_pool(pool: &Path, min_age: Duration) {
+    for note in remove_leftovers(pool, Sweep::All, min_age) {
+        tracing::info!(pool = %pool.display(), "self-heal: {note}");
+    }
 }
 
 /// Remove stale lock and temp files (older than [`STALE_AFTER`]); one note per file.

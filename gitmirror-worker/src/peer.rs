@@ -384,17 +384,6 @@ async fn accept_loop(endpoint: quinn::Endpoint, ctx: Arc<Ctx>) {
     }
 }
 
-/// Fingerprint of the certificate the asker presented (TLS checked its chain).
-fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
-    let chain = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    chain
-        .first()
-        .map(|c| gitmirror_common::ca::fingerprint(c.as_ref()))
-}
-
 async fn connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
     let from = incoming.remote_address();
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.await }).await {
@@ -411,7 +400,7 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let Some(fingerprint) = peer_fingerprint(&conn) else {
+    let Some(fingerprint) = gitmirror_common::ca::peer_fingerprint(&conn) else {
         // The verifier requires one; never serve without.
         conn.close(1u32.into(), b"no client certificate");
         return;

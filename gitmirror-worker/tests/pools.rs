@@ -649,9 +649,6 @@ fn spec_14_member_with_too_many_refs_stays_plain() {
 /// both outcomes report the upstream's refs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
-    use common::coord::FakeCoordinator;
-    use common::harness::{config, fetch_section, start};
-    use gitmirror_common::units::FreeSpace;
     use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
     use std::time::Duration;
 
@@ -659,19 +656,8 @@ async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
     let origin = origin(up.path());
     fork(up.path(), &origin, "abc-fork");
     let daemon = GitDaemon::start(up.path());
-    let coord = FakeCoordinator::start();
     let root = tempfile::tempdir().unwrap();
-    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
-    fetch.pools = true;
-    let cfg = config(
-        coord.addr,
-        coord.token.clone(),
-        root.path(),
-        fetch,
-        FreeSpace::Bytes(0),
-    );
-    let worker = start(cfg);
-    let mut s = coord.accept(1).await;
+    let (worker, _coord, mut s) = worker_with(root.path(), true, None).await;
     let cloned = |id: &'static str| {
         move |m: WorkerMsg| match m {
             WorkerMsg::Outcomes(b) => b
@@ -724,33 +710,16 @@ async fn spec_14_worker_with_fetch_pools_pools_a_second_member() {
 /// the pool it seeds, so all three end up members and the big file is on disk once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_14_project_arriving_at_once_clones_a_seed_first() {
-    use common::coord::FakeCoordinator;
-    use common::harness::{config, fetch_section, start};
-    use gitmirror_common::units::FreeSpace;
     use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
     use std::collections::BTreeSet;
-    use std::time::Duration;
 
     let up = tempfile::tempdir().unwrap();
     let origin = origin(up.path());
     fork(up.path(), &origin, "abc-b");
     fork(up.path(), &origin, "abc-c");
     let daemon = GitDaemon::start(up.path());
-    let coord = FakeCoordinator::start();
     let root = tempfile::tempdir().unwrap();
-    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
-    fetch.pools = true;
-    fetch.concurrency = 4;
-    fetch.per_host_concurrency = 4;
-    let cfg = config(
-        coord.addr,
-        coord.token.clone(),
-        root.path(),
-        fetch,
-        FreeSpace::Bytes(0),
-    );
-    let worker = start(cfg);
-    let mut s = coord.accept(1).await;
+    let (worker, _coord, mut s) = worker_with(root.path(), true, Some(4)).await;
     let ids = [
         ("a/abc/abc", "abc"),
         ("a/abc/b", "abc-b"),
@@ -808,9 +777,6 @@ async fn spec_14_project_arriving_at_once_clones_a_seed_first() {
 /// each clone ends (their upstream answers nothing, so a clone lasts `fetch.timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_14_project_without_a_pool_clones_side_by_side() {
-    use common::coord::FakeCoordinator;
-    use common::harness::{config, fetch_section, start};
-    use gitmirror_common::units::FreeSpace;
     use gitmirror_wire::{AssignDelta, CoordMsg, FetchResult, RepoSpec, WorkerMsg};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -833,21 +799,8 @@ async fn spec_14_project_without_a_pool_clones_side_by_side() {
             }
         });
     }
-    let coord = FakeCoordinator::start();
     let root = tempfile::tempdir().unwrap();
-    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
-    fetch.pools = true;
-    fetch.concurrency = 4;
-    fetch.per_host_concurrency = 4;
-    let cfg = config(
-        coord.addr,
-        coord.token.clone(),
-        root.path(),
-        fetch,
-        FreeSpace::Bytes(0),
-    );
-    let worker = start(cfg);
-    let mut s = coord.accept(1).await;
+    let (worker, _coord, mut s) = worker_with(root.path(), true, Some(4)).await;
     s.send(CoordMsg::Assign(AssignDelta {
         seq: 1,
         upsert: vec![RepoSpec {
@@ -1243,12 +1196,8 @@ async fn worker_on_plain_pair(
     common::harness::Worker,
     common::coord::Session,
 ) {
-    use common::coord::FakeCoordinator;
-    use common::harness::{config, fetch_section, start};
-    use gitmirror_common::units::FreeSpace;
     use gitmirror_wire::{AssignDelta, CoordMsg, RepoSpec, WorkerMsg};
     use std::collections::BTreeSet;
-    use std::time::Duration;
 
     let up = tempfile::tempdir().unwrap();
     let origin = origin(up.path());
@@ -1261,18 +1210,7 @@ async fn worker_on_plain_pair(
             m.clone_new(id, &daemon.url(name), &no_interrupt()).unwrap();
         }
     }
-    let coord = FakeCoordinator::start();
-    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
-    fetch.pools = pools;
-    let cfg = config(
-        coord.addr,
-        coord.token.clone(),
-        root.path(),
-        fetch,
-        FreeSpace::Bytes(0),
-    );
-    let worker = start(cfg);
-    let mut s = coord.accept(1).await;
+    let (worker, coord, mut s) = worker_with(root.path(), pools, None).await;
     s.send(CoordMsg::Assign(AssignDelta {
         seq: 1,
         upsert: [("a/abc/abc", "abc"), ("a/abc/fork", "abc-fork")]
@@ -1776,4 +1714,36 @@ fn spec_14_kill9_during_pool_fetch_and_member_repack_keeps_members_complete() {
         ls_remote(&daemon.url("abc-fork")),
         "the member is still its upstream"
     );
+}
+
+/// A whole worker with `fetch.pools: pools` (`concurrency` fetches at once, as many on
+/// one host), welcomed by a test coordinator: the worker, the coordinator and its session.
+async fn worker_with(
+    root: &Path,
+    pools: bool,
+    concurrency: Option<usize>,
+) -> (
+    common::harness::Worker,
+    common::coord::FakeCoordinator,
+    common::coord::Session,
+) {
+    use common::harness::{config, fetch_section, start};
+    use std::time::Duration;
+    let coord = common::coord::FakeCoordinator::start();
+    let mut fetch = fetch_section(Duration::from_secs(3600), Duration::from_secs(7200));
+    fetch.pools = pools;
+    if let Some(n) = concurrency {
+        fetch.concurrency = n;
+        fetch.per_host_concurrency = n;
+    }
+    let cfg = config(
+        coord.addr,
+        coord.token.clone(),
+        root,
+        fetch,
+        gitmirror_common::units::FreeSpace::Bytes(0),
+    );
+    let worker = start(cfg);
+    let s = coord.accept(1).await;
+    (worker, coord, s)
 }

@@ -30,7 +30,6 @@ use gitmirror_wire::{
     ServerHandshake, ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
-use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -346,18 +345,6 @@ async fn connection(
     welcome_and_serve(conn, send, recv, hello, cert, addr, ctx, permit).await;
 }
 
-/// Fingerprint of the certificate the peer presented (TLS has checked it against the
-/// fleet's CA), if any.
-fn peer_cert(conn: &quinn::Connection) -> Option<String> {
-    let chain = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    chain
-        .first()
-        .map(|c| gitmirror_common::ca::fingerprint(c.as_ref()))
-}
-
 /// From QUIC accept to a `Hello` with the right version and the secret or a certificate
 /// of the fleet's CA: the connection, its stream, the `Hello` and the certificate's
 /// fingerprint, or `None` when the peer failed (refused, closed, timed out).
@@ -415,7 +402,7 @@ async fn pre_auth(
                 return None;
             }
         };
-    let cert = peer_cert(&conn);
+    let cert = gitmirror_common::ca::peer_fingerprint(&conn);
     let file = ctx.secret.clone();
     let secret = if cert.is_some() {
         // The certificate speaks for it; the secret is not asked for.
