@@ -1521,10 +1521,20 @@ fn full_state_disk_holds_outcomes_back_and_loses_none() {
                     Err(format!("{refs:?}"))
                 }
             });
-            if within(Duration::from_secs(2), || {
-                w.proc.log_since(mark).contains("cannot save worker state")
-            }) && !reported_now(id, &commit)
-            {
+            // Until the outcome is saved (and reported) or the save fails: the worker
+            // saves about every 2 s, so a fixed short wait races its flush on a busy
+            // machine (it did in CI: the failure came 2.08 s after the fetch, the next
+            // change was asked for meanwhile and, rightly, held back behind it).
+            let unsaved = wait_for(Duration::from_secs(30), "the outcome saved or not", || {
+                if w.proc.log_since(mark).contains("cannot save worker state") {
+                    Ok(true)
+                } else if reported_now(id, &commit) {
+                    Ok(false)
+                } else {
+                    Err("neither yet".to_owned())
+                }
+            });
+            if unsaved && !reported_now(id, &commit) {
                 return commit;
             }
         }
