@@ -415,7 +415,10 @@ struct Asked {
 struct Outbox {
     /// Workers connected and past `Holdings`: the only ones that get deltas.
     synced: BTreeSet<Uuid>,
-    ops: BTreeMap<Uuid, BTreeMap<String, Op>>,
+    /// Per worker, the next operation on each repo (a later one replaces an earlier);
+    /// hashed, not ordered, since a whole index pushes 1M of them: [`Fleet::flush`] sorts
+    /// each worker's few by id.
+    ops: BTreeMap<Uuid, foldhash::HashMap<String, Op>>,
     /// Per worker, the highest outcome report id received: a repo it is told to hold now
     /// is verified only by a success reported after this ([`Holders`]).
     seen: HashMap<Uuid, u64>,
@@ -520,7 +523,7 @@ struct OwnerMoves<'a> {
     members: &'a [Member],
     out: &'a mut Outbox,
     census: &'a mut Census,
-    unsaved: &'a mut HashSet<Arc<str>>,
+    unsaved: &'a mut foldhash::HashSet<Arc<str>>,
     gate: &'a mut Gate,
     /// Live workers (alive or suspect, drained ones included): a move off one of them
     /// that holds a verified copy is planned ([`gate`]).
@@ -659,7 +662,7 @@ pub struct Fleet {
     registry_dirty: bool,
     /// Repos changed since the last save (saved as they are then, or removed when gone):
     /// a save costs O(changed), never O(repos).
-    unsaved: HashSet<Arc<str>>,
+    unsaved: foldhash::HashSet<Arc<str>>,
     /// Outcome counters and durations since start, for `GET /metrics`.
     stats: FetchStats,
     /// Each repo's last outcomes and events, and the per-minute series, for the pages.
@@ -771,7 +774,7 @@ impl Fleet {
             unknown_held: HashMap::new(),
             saved: HashMap::new(),
             registry_dirty: false,
-            unsaved: HashSet::new(),
+            unsaved: foldhash::HashSet::default(),
             stats: FetchStats::default(),
             history: crate::history::History::default(),
             relists: HashMap::new(),
@@ -962,12 +965,18 @@ impl Fleet {
         };
         let was_ready = self.index_ready;
         self.index_ready |= last;
-        let updated: BTreeSet<&str> = delta
-            .added
-            .iter()
-            .chain(&delta.changed)
-            .map(|e| e.id.as_str())
-            .collect();
+        // Ids both removed and listed (only needed when something is removed: a whole
+        // index is 1M additions and no removal).
+        let updated: BTreeSet<&str> = if delta.removed.is_empty() {
+            BTreeSet::new()
+        } else {
+            delta
+                .added
+                .iter()
+                .chain(&delta.changed)
+                .map(|e| e.id.as_str())
+                .collect()
+        };
         // Under `project`, the length of each folder the delta touches, before it and after
         // it (one range count each): a folder whose split changes has its other repos
         // rescored below (SPEC §14).
@@ -1012,7 +1021,7 @@ impl Fleet {
         }
         let ring = ring::Ring::new(&self.members);
         // The owners of the new repos first, on every core (a whole index arrives at once).
-        let mut seen = HashSet::new();
+        let mut seen = foldhash::HashSet::default();
         let new_ids: Vec<&str> = delta
             .added
             .iter()
@@ -1997,6 +2006,8 @@ impl Fleet {
             if !self.out.synced.contains(&worker) {
                 continue;
             }
+            let mut ops: Vec<(String, Op)> = ops.into_iter().collect();
+            ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut delta = AssignDelta {
                 seq: 0,
                 upsert: Vec::new(),

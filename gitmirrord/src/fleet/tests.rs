@@ -2390,3 +2390,43 @@ fn spec_14_folder_split_follows_index_deltas() {
         .collect();
     assert_eq!(targets.len(), 1, "one bucket again: {targets:?}");
 }
+
+/// The cost of applying a whole 1M-entry index on 1,000 connected workers, in the parts
+/// the poller sends (`index::PART`), on this thread: prints the wall time of the parts.
+/// `cargo test --release -p gitmirrord --lib -- --ignored --nocapture bench_index_apply_1m`
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn bench_index_apply_1m() {
+    let mut sim = Sim::with_registry(0, Registry::new(2000), ReposFile::default());
+    for n in 1..=1000u128 {
+        let j = sim.fleet.connect(&intro(n, 1.0), sim.now).unwrap();
+        drop(j);
+        let sends = sim
+            .fleet
+            .holdings(uuid(n), &Holdings { repos: Vec::new() }, sim.now);
+        drop(sends);
+    }
+    let delta = Delta {
+        added: (0..1_000_000)
+            .map(|i| Entry {
+                id: format!("{}/{:02}/r{i}", i % 36, i % 97),
+                url: format!("https://git.example.invalid/{i}.git"),
+                index: "sim".into(),
+                metadata: None,
+            })
+            .collect(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+    };
+    let parts = delta.into_parts(65_536);
+    let n = parts.len();
+    let t = std::time::Instant::now();
+    let mut sent = 0;
+    for (i, p) in parts.iter().enumerate() {
+        sent += sim.fleet.apply_index_part(p, i + 1 == n).len();
+    }
+    println!(
+        "apply of 1M entries in {n} parts on 1,000 workers: {:.2} s ({sent} sends)",
+        t.elapsed().as_secs_f64()
+    );
+}
