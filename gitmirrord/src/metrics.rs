@@ -153,6 +153,27 @@ pub struct Inputs<'a> {
     pub hosts: &'a [crate::host_budget::HostView],
     /// Fork pools, summed over the workers' reports (SPEC §14).
     pub pools: crate::pools::FleetPools,
+    /// Bytes workers received for their clones and fetches, by source (SPEC §13).
+    pub transfer: TransferBytes,
+}
+
+/// Bytes the workers' successful clones and fetches received since the coordinator
+/// started (`Outcomes7.transfer_bytes`), by where they came from: the upstream or a peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferBytes {
+    pub upstream: u64,
+    pub peer: u64,
+}
+
+impl TransferBytes {
+    /// Count one outcome's bytes. O(1).
+    pub fn add(&mut self, source: gitmirror_wire::TransferSource, bytes: u64) {
+        let slot = match source {
+            gitmirror_wire::TransferSource::Upstream => &mut self.upstream,
+            gitmirror_wire::TransferSource::Peer(_) => &mut self.peer,
+        };
+        *slot = slot.saturating_add(bytes);
+    }
 }
 
 /// Render the whole exposition.
@@ -222,6 +243,19 @@ pub fn render(i: &Inputs<'_>) -> String {
     );
     for (class, n) in &i.fleet.failing {
         w.sample("gitmirror_repos_failing", &[("class", class)], *n as f64);
+    }
+
+    w.family(
+        "gitmirror_transfer_bytes_total",
+        "counter",
+        "Bytes the workers' successful clones and fetches received since the coordinator started, by source: the upstream, or a peer's copy (SPEC §13; workers of protocol 7).",
+    );
+    for (source, n) in [("upstream", i.transfer.upstream), ("peer", i.transfer.peer)] {
+        w.sample(
+            "gitmirror_transfer_bytes_total",
+            &[("source", source)],
+            n as f64,
+        );
     }
 
     let stats = &i.fleet.fetches;
