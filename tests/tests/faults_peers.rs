@@ -441,11 +441,23 @@ fn spec_13_holder_with_corrupt_copy_is_not_believed() {
     assert!(cut > 0, "no pack in {}", packs.display());
     let b = s.fleet.create_peer_worker_with(JOINER_WEIGHT, plain);
     s.fleet.workers[b].start();
+    // Served and refused by the receiver (a `busy` answer, the holder's per-peer limit,
+    // does not count: the receiver asks again at its next attempt).
     for id in [&moved, &truncated] {
         poll_until(
             WITHIN,
             &format!("the receiver refused the copy of {id}"),
-            || (!copy_failures(&s.fleet, b, 0, id).is_empty()).then_some(()),
+            || {
+                let path = s.fleet.workers[b].mirror_path(id);
+                assert!(
+                    !path.exists(),
+                    "{id}: installed a copy from the damaged holder"
+                );
+                copy_failures(&s.fleet, b, 0, id)
+                    .iter()
+                    .any(|l| !l.contains("busy"))
+                    .then_some(())
+            },
         );
     }
     let failures = [
