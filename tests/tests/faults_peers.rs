@@ -572,9 +572,13 @@ fn spec_13_unassigned_asker_is_refused_in_a_fleet() {
         // TLS 1.3: the holder checks the client's certificate after the asker's side of
         // the handshake is done, and closes the connection; no refusal frame (which
         // would mean the request reached the grant check), no transfer.
+        // Depending on timing the asker sees the handshake fail, the connection lost
+        // before the first frame, or the stream refused at opening.
         assert!(
-            !e.message.contains("refused")
-                && (e.message.contains("connecting to") || e.message.contains("connection lost")),
+            !e.message.contains(&format!("refused {id}"))
+                && ["connecting to", "connection lost", "handshake failed"]
+                    .iter()
+                    .any(|w| e.message.contains(w)),
             "refused at the TLS handshake, before any request: {e}"
         );
     });
