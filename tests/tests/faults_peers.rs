@@ -549,8 +549,7 @@ fn spec_13_unassigned_asker_is_refused_in_a_fleet() {
         let e = client
             .open(&holder, id)
             .await
-            .err()
-            .expect("an unassigned asker is refused");
+            .expect_err("an unassigned asker is refused");
         assert!(e.message.contains("not granted"), "{e}");
         // Another CA: a certificate for a made-up worker, with a key of its own.
         let dir = tempfile::tempdir().unwrap();
@@ -567,8 +566,7 @@ fn spec_13_unassigned_asker_is_refused_in_a_fleet() {
         let e = forged
             .open(&holder, id)
             .await
-            .err()
-            .expect("a certificate of another CA is refused");
+            .expect_err("a certificate of another CA is refused");
         // TLS 1.3: the holder checks the client's certificate after the asker's side of
         // the handshake is done, and closes the connection; no refusal frame (which
         // would mean the request reached the grant check), no transfer.
