@@ -131,6 +131,9 @@ pub struct Fetched {
     /// For a fetch that wrote a pack: the size of the newest pack afterwards, about what
     /// arrived (a pool's consolidation waits for 1 MiB of them, plan C19); else 0.
     pub new_pack_bytes: u64,
+    /// Bytes received over the connection by this clone or fetch (ls-refs and pack, as
+    /// the transport read them; SPEC §13 transfer bytes by source).
+    pub received_bytes: u64,
 }
 
 /// What [`Mirrors::maintain`] did.
@@ -1006,6 +1009,7 @@ impl Mirrors {
                 packs: None,
                 repairs: Vec::new(),
                 new_pack_bytes: 0,
+                received_bytes: 0,
             },
             pool,
         ))
@@ -1187,6 +1191,7 @@ impl Mirrors {
                 newest_commit_secs: None,
                 repairs: Vec::new(),
                 new_pack_bytes: 0,
+                received_bytes: 0,
             });
         }
         if changed_refs(prepare.ref_map(), &local) >= MANY_CHANGES || local.len() >= MANY_REFS {
@@ -1222,6 +1227,7 @@ impl Mirrors {
             newest_commit_secs: None,
             repairs: Vec::new(),
             new_pack_bytes: 0,
+            received_bytes: 0,
         })
     }
 
@@ -1270,6 +1276,7 @@ impl Mirrors {
             newest_commit_secs: None,
             repairs: Vec::new(),
             new_pack_bytes: 0,
+            received_bytes: 0,
         })
     }
 
@@ -1721,14 +1728,24 @@ impl Watch {
     }
 
     /// Run `op` watched (on this thread and from a thread beside it); a breach interrupts
-    /// it and replaces its error with one naming the limit.
-    fn guard<T>(
+    /// it and replaces its error with one naming the limit. Bytes received are counted
+    /// either way and added to the result ([`Received`]).
+    fn guard<T: Received>(
         self: &Arc<Self>,
         interrupt: &AtomicBool,
         op: impl FnOnce() -> Result<T, Failure>,
     ) -> Result<T, Failure> {
+        let counted = |result: Result<T, Failure>| {
+            result.map(|mut done| {
+                done.add_received(self.received.load(Ordering::Relaxed));
+                done
+            })
+        };
         if !self.active() {
-            return op();
+            let previous = WATCHED.replace(Some(self.clone()));
+            let result = op();
+            WATCHED.set(previous);
+            return counted(result);
         }
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let this = self.as_ref();
@@ -1758,8 +1775,27 @@ impl Watch {
             .clone();
         match (result, breached) {
             (Err(_), Some(why)) => Err(Failure::local(format!("aborted: {why}"))),
-            (result, _) => result,
+            (result, _) => counted(result),
         }
+    }
+}
+
+/// A watched operation's result that carries the bytes it received
+/// ([`Fetched::received_bytes`]). Added, not set: a re-clone inside a fetch has its own
+/// [`Watch`], and what it received is not counted by the fetch's.
+trait Received {
+    fn add_received(&mut self, n: u64);
+}
+
+impl Received for Fetched {
+    fn add_received(&mut self, n: u64) {
+        self.received_bytes = self.received_bytes.saturating_add(n);
+    }
+}
+
+impl<P> Received for (Fetched, P) {
+    fn add_received(&mut self, n: u64) {
+        self.0.add_received(n);
     }
 }
 
@@ -2350,6 +2386,7 @@ fn peer_clone_into(
         packs: None,
         repairs: Vec::new(),
         new_pack_bytes: 0,
+        received_bytes: 0,
     })
 }
 
@@ -2379,6 +2416,7 @@ fn peer_fetch_into(
             newest_commit_secs: None,
             repairs: Vec::new(),
             new_pack_bytes: 0,
+            received_bytes: 0,
         });
     }
     let (wants, haves) = wants_and_haves(&repo, &advertised, &local);
@@ -2411,6 +2449,7 @@ fn peer_fetch_into(
         newest_commit_secs: None,
         repairs: Vec::new(),
         new_pack_bytes: new_pack_bytes(path, &before),
+        received_bytes: 0,
     })
 }
 

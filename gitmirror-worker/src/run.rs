@@ -370,6 +370,10 @@ struct Worker {
     /// refs the coordinator published already, so read as an upstream result after a
     /// restart it changes nothing).
     report_source: HashMap<u64, gitmirror_wire::TransferSource>,
+    /// Bytes received by the successful clone or fetch of each outcome in the outbox
+    /// (nonzero only), sent as `transfer_bytes` in `Outcomes7`; in memory as `report_sha`
+    /// (resent after a restart as 0: counted once, by the first send).
+    report_bytes: HashMap<u64, u64>,
     /// Holders to copy a repo from instead of cloning it from the upstream (`Assign7`
     /// sources, SPEC §13 hand-over), until the repo is mirrored or dropped.
     peer_sources: HashMap<String, PeerSource>,
@@ -441,6 +445,7 @@ impl Worker {
             peer,
             report_sha: HashMap::new(),
             report_source: HashMap::new(),
+            report_bytes: HashMap::new(),
             peer_sources: HashMap::new(),
             cfg,
             state,
@@ -1144,6 +1149,7 @@ impl Worker {
         let success = result.is_ok();
         let mut relisted = false;
         let mut sha = None;
+        let mut bytes = 0;
         let (fetch_result, changes, next) = match result {
             Ok(Reported {
                 fetched,
@@ -1154,6 +1160,7 @@ impl Worker {
                 refs_sha256,
             }) => {
                 sha = Some(refs_sha256);
+                bytes = fetched.received_bytes;
                 self.peer_sources.remove(&id);
                 repo.mirrored = true;
                 let fetch_result = if repo.announced {
@@ -1293,6 +1300,9 @@ impl Worker {
         }
         if let (gitmirror_wire::TransferSource::Peer(_), Some(report_id)) = (source, report_id) {
             self.report_source.insert(report_id, source);
+        }
+        if let (1.., Some(report_id)) = (bytes, report_id) {
+            self.report_bytes.insert(report_id, bytes);
         }
         if pool_trigger {
             self.queue_consolidation(&id, now);
@@ -1742,6 +1752,7 @@ impl Worker {
             LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
                 self.report_sha.retain(|id, _| *id > upto);
                 self.report_source.retain(|id, _| *id > upto);
+                self.report_bytes.retain(|id, _| *id > upto);
                 if self.state.acknowledge(upto) > 0 {
                     self.store.append(vec![Record::Ack { upto }]);
                 }
@@ -2143,7 +2154,7 @@ impl Worker {
         }
         // Batches bounded by bytes, an outcome's changes ahead of it when they do not fit
         // one (protocol 3); `sent_upto` moves only past outcomes whose batch was queued.
-        // Protocol 7: with the refs hash of each (every one from upstream, for now).
+        // Protocol 7: with the refs hash, the source and the bytes received of each.
         let frames = if conn.protocol >= 7 {
             gitmirror_wire::chunk::outcome7_frames(unsent.into_iter().map(|o| {
                 gitmirror_wire::Outcome7 {
@@ -2153,7 +2164,7 @@ impl Worker {
                         .get(&o.report_id)
                         .copied()
                         .unwrap_or(gitmirror_wire::TransferSource::Upstream),
-                    transfer_bytes: 0,
+                    transfer_bytes: self.report_bytes.get(&o.report_id).copied().unwrap_or(0),
                     outcome: o,
                 }
             }))

@@ -1365,3 +1365,70 @@ fn dir_bytes(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The bytes of the `.pack` files of `repo`.
+fn pack_bytes(repo: &Path) -> u64 {
+    std::fs::read_dir(repo.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// SPEC §13 transfer bytes by source (issue 12): a copy from a peer and a clone from the
+/// upstream each report the bytes they received (`Fetched::received_bytes`, sent as
+/// `Outcome7::transfer_bytes`): at least the pack each wrote, and not more than about
+/// it (the rest is the ref listing and pkt-line framing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_transfer_bytes_of_a_peer_copy_and_an_upstream_clone() {
+    let fleet = fleet();
+    let mut holding = Holding::simple(&fleet);
+    // 512 KiB that do not compress, so the pack dominates what is received.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..512 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(holding.upstream.dir.join("noise.bin"), &noise).unwrap();
+    git(&holding.upstream.dir, &["add", "noise.bin"]);
+    holding.advance("noise");
+    let asker = Asker::new(worker(&fleet, 2), Duration::from_secs(120));
+    holding
+        .server
+        .grants()
+        .grant(REPO, &asker.fingerprint, LEASE);
+    let fetched = asker
+        .fetch(&holding.holder(), holding.expect())
+        .await
+        .unwrap();
+    let pack = pack_bytes(&asker.mirrors.path(REPO));
+    assert!(pack > 512 * 1024, "{pack}");
+    let got = fetched.received_bytes;
+    assert!(
+        got >= pack && got < pack + pack / 4 + 64 * 1024,
+        "from the peer: {got} bytes received for a pack of {pack}"
+    );
+    holding.server.close().await;
+
+    // The same repo cloned from the upstream through `git daemon`.
+    let daemon = common::GitDaemon::start(holding.upstream.dir.parent().unwrap());
+    let url = daemon.url("up");
+    let mirrors = asker.mirrors.clone();
+    let cloned = tokio::task::spawn_blocking(move || {
+        mirrors.clone_new("a/up/up", &url, &std::sync::atomic::AtomicBool::new(false))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let pack = pack_bytes(&asker.mirrors.path("a/up/up"));
+    let got = cloned.received_bytes;
+    assert!(
+        got >= pack && got < pack + pack / 4 + 64 * 1024,
+        "from the upstream: {got} bytes received for a pack of {pack}"
+    );
+}

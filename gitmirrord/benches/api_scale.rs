@@ -231,6 +231,7 @@ fn main() {
                         hooks: &Default::default(),
                         hosts: &[],
                         pools: Default::default(),
+                        transfer: Default::default(),
                     })
                     .len()
                 }),

@@ -153,6 +153,43 @@ pub struct Inputs<'a> {
     pub hosts: &'a [crate::host_budget::HostView],
     /// Fork pools, summed over the workers' reports (SPEC §14).
     pub pools: crate::pools::FleetPools,
+    /// Bytes workers received for their clones and fetches, by source (SPEC §13).
+    pub transfer: TransferBytes,
+}
+
+/// Bytes the workers' successful clones and fetches received since the coordinator
+/// started (`Outcomes7.transfer_bytes`), by where they came from: the upstream or a peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferBytes {
+    pub upstream: u64,
+    pub peer: u64,
+}
+
+impl TransferBytes {
+    /// Count one outcome's bytes. O(1).
+    pub fn add(&mut self, source: gitmirror_wire::TransferSource, bytes: u64) {
+        let slot = match source {
+            gitmirror_wire::TransferSource::Upstream => &mut self.upstream,
+            gitmirror_wire::TransferSource::Peer(_) => &mut self.peer,
+        };
+        *slot = slot.saturating_add(bytes);
+    }
+}
+
+/// `gitmirror_transfer_bytes_total{source}` (SPEC §13).
+fn transfer_bytes(t: &TransferBytes, w: &mut Writer) {
+    w.family(
+        "gitmirror_transfer_bytes_total",
+        "counter",
+        "Bytes the workers' successful clones and fetches received since the coordinator started, by source: the upstream, or a peer's copy (SPEC §13; workers of protocol 7).",
+    );
+    for (source, n) in [("upstream", t.upstream), ("peer", t.peer)] {
+        w.sample(
+            "gitmirror_transfer_bytes_total",
+            &[("source", source)],
+            n as f64,
+        );
+    }
 }
 
 /// Render the whole exposition.
@@ -223,6 +260,8 @@ pub fn render(i: &Inputs<'_>) -> String {
     for (class, n) in &i.fleet.failing {
         w.sample("gitmirror_repos_failing", &[("class", class)], *n as f64);
     }
+
+    transfer_bytes(&i.transfer, &mut w);
 
     let stats = &i.fleet.fetches;
     w.family(
@@ -593,6 +632,44 @@ mod tests {
     }
 
     // SPEC §18: the host families, one sample per limited or paused host.
+    #[test]
+    fn spec_13_transfer_bytes_by_source() {
+        use gitmirror_wire::TransferSource;
+        let mut t = TransferBytes::default();
+        t.add(TransferSource::Upstream, 1000);
+        t.add(TransferSource::Peer(3), 200);
+        t.add(TransferSource::Peer(4), 30);
+        t.add(TransferSource::Upstream, u64::MAX);
+        assert_eq!(
+            t,
+            TransferBytes {
+                upstream: u64::MAX,
+                peer: 230
+            }
+        );
+        let mut w = Writer::default();
+        transfer_bytes(
+            &TransferBytes {
+                upstream: 7,
+                peer: 0,
+            },
+            &mut w,
+        );
+        let out = w.out;
+        assert!(
+            out.contains("# TYPE gitmirror_transfer_bytes_total counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_transfer_bytes_total{source=\"upstream\"} 7\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gitmirror_transfer_bytes_total{source=\"peer\"} 0\n"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn spec_18_host_metrics() {
         let v = |host: &str, connections, paused| crate::host_budget::HostView {

@@ -370,6 +370,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         refs: RefsQueries::default(),
         handover: crate::handover::Handover::default(),
         peers_listening: false,
+        transfer_bytes: crate::metrics::TransferBytes::default(),
         status_urls: None,
         pools: crate::pools::Pools::default(),
         ca,
@@ -564,6 +565,8 @@ struct MainLoop {
     handover: crate::handover::Handover,
     /// Some connected worker's peer plane listens: only then are refs hashes kept.
     peers_listening: bool,
+    /// `gitmirror_transfer_bytes_total{source}` (SPEC §13).
+    transfer_bytes: crate::metrics::TransferBytes,
     /// `/api/status`'s `worker:url`, kept while it does not change.
     status_urls: Option<crate::api::WorkerUrls>,
     /// Fork-pool states and totals the workers report (SPEC §14; not persisted).
@@ -937,6 +940,12 @@ impl MainLoop {
                     WorkerMsg::Outcomes7(batch) => {
                         if self.peers_listening {
                             self.record_refs_hashes(uuid, &batch.outcomes);
+                        }
+                        // Bytes by source, each outcome once: those the fleet will
+                        // skip as already recorded (a resend) are not counted again.
+                        let seen = self.fleet.worker(&uuid).map_or(0, |w| w.last_report_id);
+                        for o in batch.outcomes.iter().filter(|o| o.outcome.report_id > seen) {
+                            self.transfer_bytes.add(o.source, o.transfer_bytes);
                         }
                         let batch = OutcomeBatch {
                             outcomes: batch.outcomes.into_iter().map(|o| o.outcome).collect(),
@@ -1382,6 +1391,7 @@ impl MainLoop {
         };
         let hosts = self.budgets.view(now_ms());
         let pools = self.pools.fleet();
+        let transfer = self.transfer_bytes;
         Reply::Render(Box::new(move || {
             let polls = index.polls();
             let index = index.status();
@@ -1397,6 +1407,7 @@ impl MainLoop {
                 hooks: &hooks,
                 hosts: &hosts,
                 pools,
+                transfer,
             }))
         }))
     }

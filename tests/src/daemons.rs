@@ -445,6 +445,26 @@ impl Coordinator {
             .unwrap_or(0))
     }
 
+    /// The sum of the samples of metric `name` in `/metrics` whose labels include every
+    /// pair of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64, String> {
+        let (status, text) = self.get("/metrics")?;
+        if status != 200 {
+            return Err(format!("GET /metrics: {status} {text}"));
+        }
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Repo id → owner worker id (`None` when unassigned), from `/api/repos`.
     pub fn owners(&self) -> Result<BTreeMap<String, Option<u64>>, String> {
         Ok(self
@@ -668,6 +688,30 @@ impl Fleet {
             ))
         });
         self.workers.push(w);
+        i
+    }
+
+    /// Create worker `w<N>` (not started) with `peer_listen` on a free loopback UDP port
+    /// (SPEC §13) and the standard config otherwise, changed by `edit`.
+    pub fn create_peer_worker_with(
+        &mut self,
+        weight: f64,
+        edit: impl FnOnce(String) -> String,
+    ) -> usize {
+        let port = free_udp_port();
+        self.create_worker_with(weight, |y| {
+            edit(format!("{y}peer_listen: 127.0.0.1:{port}\n"))
+        })
+    }
+
+    /// Create and start a worker with `peer_listen` ([`Fleet::create_peer_worker_with`]);
+    /// returns once its peer plane listens.
+    pub fn add_peer_worker(&mut self, weight: f64, timeout: Duration) -> usize {
+        let i = self.create_peer_worker_with(weight, |y| y);
+        self.workers[i].start();
+        self.workers[i]
+            .proc
+            .wait_log(0, "peer plane listening", timeout);
         i
     }
 

@@ -299,18 +299,7 @@ impl GitDaemon {
         // A port picked free can be taken before git daemon binds it; try a few.
         for _ in 0..5 {
             let port = free_tcp_port();
-            let mut child = git_daemon_command()
-                .arg("--export-all")
-                .arg("--reuseaddr")
-                .arg(format!("--base-path={}", base.display()))
-                .arg("--listen=127.0.0.1")
-                .arg(format!("--port={port}"))
-                .arg("--enable=receive-pack")
-                .arg(&base)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn git daemon");
+            let mut child = spawn_daemon(&base, port);
             let ready = wait_ready(&mut child, port);
             match ready {
                 Ok(()) => {
@@ -345,6 +334,68 @@ impl GitDaemon {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Take the upstream offline: the daemon is killed (its repos stay on disk).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Bring the upstream back after [`GitDaemon::stop`]: the same repos on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut last_err = String::new();
+        // The port was just released; another process may take it meanwhile (rare).
+        for _ in 0..20 {
+            let mut child = spawn_daemon(&self.base, self.port);
+            match wait_ready(&mut child, self.port) {
+                Ok(()) => {
+                    self.child = child;
+                    return;
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_err = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        panic!(
+            "git daemon did not restart on port {}: {last_err}",
+            self.port
+        );
+    }
+
+    /// Create upstream repo `name` ([`create_bare_repo`]) with one more commit on `master`
+    /// adding `files` files of `file_size` incompressible bytes each, the same bytes on
+    /// every run (xorshift from `seed`): a repo whose transfer takes a while. Returns its
+    /// URL.
+    pub fn create_big_repo(&self, name: &str, files: usize, file_size: usize, seed: u64) -> String {
+        let path = self.repo_path(name);
+        create_bare_repo(&path, name);
+        let gd = path.to_str().expect("utf-8 path");
+        let parent = git(["--git-dir", gd, "rev-parse", "refs/heads/master"]);
+        let mut rng = crate::Rng::fixed(seed);
+        let mut stream = Vec::with_capacity(files * (file_size + 64) + 512);
+        for i in 0..files {
+            write!(stream, "blob\nmark :{}\ndata {file_size}\n", i + 1).expect("write");
+            stream.extend_from_slice(&rng.bytes(file_size));
+            stream.push(b'\n');
+        }
+        let now = unix_now();
+        write!(
+            stream,
+            "commit refs/heads/master\ncommitter gitmirror test <test@gitmirror.invalid> {now} +0000\ndata 9\nbig files\nfrom {parent}\n"
+        )
+        .expect("write");
+        for i in 0..files {
+            writeln!(stream, "M 100644 :{} big/{i:03}.bin", i + 1).expect("write");
+        }
+        stream.push(b'\n');
+        fast_import(&path, &stream);
+        self.url(name)
     }
 
     pub fn base(&self) -> &Path {
@@ -424,6 +475,21 @@ impl GitDaemon {
     pub fn ls_remote(&self, name: &str) -> BTreeMap<String, String> {
         ls_remote(&self.url(name))
     }
+}
+
+fn spawn_daemon(base: &Path, port: u16) -> Child {
+    git_daemon_command()
+        .arg("--export-all")
+        .arg("--reuseaddr")
+        .arg(format!("--base-path={}", base.display()))
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--enable=receive-pack")
+        .arg(base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn git daemon")
 }
 
 fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {

@@ -258,6 +258,14 @@ impl Rng {
         }
     }
 
+    /// The same sequence on every run (for generated data, not for fault moments).
+    pub fn fixed(seed: u64) -> Self {
+        Self {
+            state: seed.max(1),
+            seed,
+        }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.state;
         x ^= x >> 12;

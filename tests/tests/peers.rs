@@ -31,15 +31,9 @@ fn spec_13_workers_get_the_fleet_ca_and_only_peer_listen_listens() {
     assert!(!fleet.workers[b].proc.log().contains("peer plane listening"));
 }
 
-/// The worker `i` of `fleet` with `peer_listen` on a free port, started.
+/// A worker of `fleet` with `peer_listen` on a free port, started.
 fn add_peer_worker(fleet: &mut Fleet) -> usize {
-    let port = free_udp_port();
-    let i = fleet.create_worker_with(1.0, |y| format!("{y}peer_listen: 127.0.0.1:{port}\n"));
-    fleet.workers[i].start();
-    fleet.workers[i]
-        .proc
-        .wait_log(0, "peer plane listening", WITHIN);
-    i
+    fleet.add_peer_worker(1.0, WITHIN)
 }
 
 /// Must-show M1 (SPEC §13 hand-over, issue 12 step S2): two workers mirror real repos;
@@ -90,6 +84,16 @@ fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     for url in repos.values() {
         assert!(try_ls_remote(url).is_err(), "the upstream is offline");
     }
+    // Transfer bytes by source (SPEC §13): the first clones came from the upstream.
+    let bytes = |fleet: &Fleet, source: &str| {
+        fleet
+            .coord
+            .metric("gitmirror_transfer_bytes_total", &[("source", source)])
+            .unwrap()
+    };
+    let from_upstream = bytes(&fleet, "upstream");
+    assert!(from_upstream > 0.0, "the first clones' bytes");
+    assert_eq!(bytes(&fleet, "peer"), 0.0);
     let c = add_peer_worker(&mut fleet);
     fleet.wait_alive(&[a, b, c], WITHIN);
     let moved = poll_until(
@@ -120,6 +124,11 @@ fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     }
     let log = fleet.workers[c].proc.log();
     assert!(log.contains("copied from a peer"), "{log}");
+    // The copies are counted as peer bytes; nothing more came from the upstream.
+    poll_until(WITHIN, "the copies' bytes under source=\"peer\"", || {
+        (bytes(&fleet, "peer") > 0.0).then_some(())
+    });
+    assert_eq!(bytes(&fleet, "upstream"), from_upstream);
     // The copies join the new worker's pool of the project in the background.
     if moved.len() >= 2 {
         poll_until(WITHIN, "the copies in the new worker's pool", || {
