@@ -373,6 +373,13 @@ struct Worker {
     /// Holders to copy a repo from instead of cloning it from the upstream (`Assign7`
     /// sources, SPEC §13 hand-over), until the repo is mirrored or dropped.
     peer_sources: HashMap<String, PeerSource>,
+    /// Repos this worker follows (SPEC §13 replicas, `Assign7` role `Follower` with
+    /// sources): copied from the holders named, never fetched from the upstream unless
+    /// none serves; kept until the role, the repo or the connection's orders change.
+    follow: HashMap<String, PeerSource>,
+    /// The refs SHA-256 of each repo's copy as its last success left it (in memory): a
+    /// follow order whose `expect` equals it needs no copy.
+    copy_sha: HashMap<String, [u8; 32]>,
 }
 
 /// Where a new mirror may be copied from (SPEC §13): the holders' worker ids, best first,
@@ -442,6 +449,8 @@ impl Worker {
             report_sha: HashMap::new(),
             report_source: HashMap::new(),
             peer_sources: HashMap::new(),
+            follow: HashMap::new(),
+            copy_sha: HashMap::new(),
             cfg,
             state,
             store,
@@ -905,7 +914,7 @@ impl Worker {
         // does not hold, or holds an unverified, perhaps older copy of: a returning
         // worker) comes from them first, only what is missing for an older copy, each
         // attempt bounded by fetch.timeout; the upstream after them.
-        let copy = match self.peer_sources.get(&id) {
+        let copy = match self.peer_sources.get(&id).or_else(|| self.follow.get(&id)) {
             Some(p) => {
                 let holders = self.peer.holders(&p.sources);
                 let expect = p.expect;
@@ -1155,6 +1164,7 @@ impl Worker {
             }) => {
                 sha = Some(refs_sha256);
                 self.peer_sources.remove(&id);
+                self.copy_sha.insert(id.clone(), refs_sha256);
                 repo.mirrored = true;
                 let fetch_result = if repo.announced {
                     FetchResult::Fetched
@@ -1822,29 +1832,48 @@ impl Worker {
 
     /// `Assign7` (SPEC §13): a primary's upsert naming holders and the refs hash of their
     /// copy is cloned from them first ([`Self::start_fetch`]); the rest is `Assign`.
+    ///
+    /// A `Follower` upsert with sources (SPEC §13 replicas) is a follow order: the repo
+    /// is copied from them whenever it is due, and at once when `expect` differs from
+    /// this copy's refs hash; a `Primary` upsert ends following (the upstream schedule
+    /// goes on). A follower without sources fetches from the upstream as before.
     fn on_assign7(&mut self, delta: gitmirror_wire::AssignDelta7) {
+        use gitmirror_wire::RepoRole;
         for d in &delta.drop {
             self.peer_sources.remove(&d.id);
+            self.follow.remove(&d.id);
         }
+        let mut copy_now = Vec::new();
         for s in &delta.upsert {
-            match s.expect {
-                Some(expect)
-                    if !s.sources.is_empty() && s.role == gitmirror_wire::RepoRole::Primary =>
-                {
-                    self.peer_sources.insert(
-                        s.id.clone(),
-                        PeerSource {
-                            sources: s.sources.clone(),
-                            expect,
-                        },
-                    );
+            let source = s.expect.filter(|_| !s.sources.is_empty()).map(|expect| PeerSource {
+                sources: s.sources.clone(),
+                expect,
+            });
+            match (s.role, source) {
+                (RepoRole::Follower, Some(p)) => {
+                    self.peer_sources.remove(&s.id);
+                    if self.copy_sha.get(&s.id) != Some(&p.expect) {
+                        copy_now.push(s.id.clone());
+                    }
+                    self.follow.insert(s.id.clone(), p);
                 }
-                _ => {
+                (RepoRole::Primary, Some(p)) => {
+                    self.follow.remove(&s.id);
+                    self.peer_sources.insert(s.id.clone(), p);
+                }
+                (_, None) => {
+                    self.follow.remove(&s.id);
                     self.peer_sources.remove(&s.id);
                 }
             }
         }
         self.on_assign(delta.plain());
+        let now = now_ms();
+        for id in copy_now {
+            if self.state.repos.contains_key(&id) {
+                self.schedule.plan_urgent(&id, now);
+            }
+        }
     }
 
     fn on_assign(&mut self, delta: AssignDelta) {
@@ -1894,6 +1923,8 @@ impl Worker {
         }
         for order in delta.drop {
             self.peer_sources.remove(&order.id);
+            self.follow.remove(&order.id);
+            self.copy_sha.remove(&order.id);
             if !mirror::valid_id(&order.id) {
                 tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
                 continue;

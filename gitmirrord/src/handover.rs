@@ -60,9 +60,10 @@ impl Handover {
         self.refs.is_empty()
     }
 
-    /// `delta` for worker `to`: each upserted repo that `to` does not hold mirrored and
-    /// that another worker holds verified, with a listening peer plane (`peer_of`) and a
-    /// known refs hash, names that holder as its source. `None` when no repo of `delta`
+    /// `delta` for worker `to`: each upserted repo that `to` does not hold mirrored (or
+    /// follows: SPEC §13 replicas, the follow orders) and that another worker holds
+    /// verified, with a listening peer plane (`peer_of`) and a known refs hash, names
+    /// that holder as its source; a replicated repo says `to`'s role. `None` when no repo of `delta`
     /// has one (the plain `Assign` says the same) or `to` has no certificate (a holder
     /// could not tell it from anyone else).
     pub fn plan(
@@ -91,10 +92,21 @@ impl Handover {
                     expect: None,
                     next_due_ms: None,
                 };
-                let (Some(repo), Some(expect)) = (fleet.repo(&s.id), self.expect(&s.id)) else {
+                let Some(repo) = fleet.repo(&s.id) else {
                     return spec;
                 };
-                if repo.holders.mirrored(&to) == Some(true) {
+                // SPEC §13 replicas: every worker but the primary follows; a role is news
+                // to the worker even with nothing to copy (a promotion).
+                if repo.replica.is_some() {
+                    any = true;
+                    if repo.owner != Some(to) {
+                        spec.role = RepoRole::Follower;
+                    }
+                }
+                let Some(expect) = self.expect(&s.id) else {
+                    return spec;
+                };
+                if repo.holders.mirrored(&to) == Some(true) && spec.role == RepoRole::Primary {
                     return spec;
                 }
                 // The owner first (it made the hash), then the other verified holders.
