@@ -1845,10 +1845,13 @@ impl Worker {
         }
         let mut copy_now = Vec::new();
         for s in &delta.upsert {
-            let source = s.expect.filter(|_| !s.sources.is_empty()).map(|expect| PeerSource {
-                sources: s.sources.clone(),
-                expect,
-            });
+            let source = s
+                .expect
+                .filter(|_| !s.sources.is_empty())
+                .map(|expect| PeerSource {
+                    sources: s.sources.clone(),
+                    expect,
+                });
             match (s.role, source) {
                 (RepoRole::Follower, Some(p)) => {
                     self.peer_sources.remove(&s.id);

@@ -362,10 +362,7 @@ impl Config {
                 Err(ConfigError::Invalid {
                     path: path.to_owned(),
                     key,
-                    message: format!(
-                        "{v} is not between 1 and {}",
-                        crate::replicas::MAX_REPLICAS
-                    ),
+                    message: format!("{v} is not between 1 and {}", crate::replicas::MAX_REPLICAS),
                 })
             }
         };

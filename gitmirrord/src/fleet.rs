@@ -2188,7 +2188,12 @@ impl Fleet {
                 continue;
             }
             let url = repo.url.to_string();
-            let followers: Vec<Uuid> = repo.holders.keys().copied().filter(|h| *h != primary).collect();
+            let followers: Vec<Uuid> = repo
+                .holders
+                .keys()
+                .copied()
+                .filter(|h| *h != primary)
+                .collect();
             for h in followers {
                 self.out.push(h, id, Op::Upsert(url.clone()));
             }

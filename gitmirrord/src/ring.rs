@@ -557,12 +557,21 @@ mod tests {
         let ring = Ring::new(&m);
         let zones: Vec<u32> = (0..m.len() as u32).map(|i| i % 2).collect();
         for id in ids(5000) {
-            assert_eq!(ring.top_r(&id, 1, &zones).first().copied(), ring.owner(&id), "{id}");
-            assert_eq!(ring.top_r(&id, 1, &[]).first().copied(), ring.owner(&id), "{id}");
+            assert_eq!(
+                ring.top_r(&id, 1, &zones).first().copied(),
+                ring.owner(&id),
+                "{id}"
+            );
+            assert_eq!(
+                ring.top_r(&id, 1, &[]).first().copied(),
+                ring.owner(&id),
+                "{id}"
+            );
             // Without zones, the top R are the R best scores in order.
             let top = ring.top_r(&id, 3, &[]);
-            let mut all: Vec<(f64, usize)> =
-                (0..m.len()).map(|i| (ring.score(&id, i).unwrap(), i)).collect();
+            let mut all: Vec<(f64, usize)> = (0..m.len())
+                .map(|i| (ring.score(&id, i).unwrap(), i))
+                .collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0).then(m[a.1].uuid.cmp(&m[b.1].uuid)));
             let want: Vec<usize> = all.iter().take(3).map(|x| x.1).collect();
             assert_eq!(top, want, "{id}");
@@ -582,7 +591,11 @@ mod tests {
             let two = ring.top_r(&id, 2, &zones);
             assert_eq!(two.len(), 2);
             assert_ne!(zones[two[0]], zones[two[1]], "{id}");
-            assert_eq!(Some(two[0]), ring.owner(&id), "{id}: the first is the owner");
+            assert_eq!(
+                Some(two[0]),
+                ring.owner(&id),
+                "{id}: the first is the owner"
+            );
             let three = ring.top_r(&id, 3, &zones);
             let mut z: Vec<u32> = three.iter().map(|&i| zones[i]).collect();
             z.sort();
@@ -592,7 +605,10 @@ mod tests {
             assert_eq!(&four[..3], &three[..], "{id}");
             assert!(!three.contains(&four[3]));
         }
-        assert_eq!(lone, 3000, "the lone zone's member holds every repo at R = 3");
+        assert_eq!(
+            lone, 3000,
+            "the lone zone's member holds every repo at R = 3"
+        );
         // More replicas than members: every member once.
         assert_eq!(ring.top_r("a/b/c", 10, &zones).len(), 7);
     }

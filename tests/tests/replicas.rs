@@ -1,9 +1,9 @@
 //! Issue 12 (SPEC §13): replicas in a real fleet, must-show M2. A real `git daemon`
 //! upstream, a real coordinator with `replicas: 2`, three real workers with `peer_listen`.
 
+use gitmirror_tests::daemons::str_field;
 use gitmirror_tests::events::{Change, tally};
 use gitmirror_tests::git::{repo_name, try_git, try_mirror_refs};
-use gitmirror_tests::daemons::str_field;
 use gitmirror_tests::{Fleet, GitDaemon, free_udp_port, poll_until};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +11,9 @@ use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(90);
 const REPOS: usize = 6;
+
+/// Repo id → its refs (`git ls-remote`).
+type RefsOf = BTreeMap<String, BTreeMap<String, String>>;
 
 /// A worker with `peer_listen` on a free port, started, its plane listening.
 fn add_peer_worker(fleet: &mut Fleet) -> usize {
@@ -58,7 +61,7 @@ fn branch_of(refs: &BTreeMap<String, String>) -> String {
 /// hold a mirror whose refs equal `want`'s.
 fn two_verified_copies(
     fleet: &Fleet,
-    want: &BTreeMap<String, BTreeMap<String, String>>,
+    want: &RefsOf,
     skip: Option<usize>,
 ) -> Option<BTreeMap<String, Vec<usize>>> {
     let ids = fleet.api_ids().ok()?;
@@ -87,7 +90,7 @@ fn two_verified_copies(
     Some(out)
 }
 
-fn upstream_refs(fleet: &Fleet, daemon: &GitDaemon) -> BTreeMap<String, BTreeMap<String, String>> {
+fn upstream_refs(fleet: &Fleet, daemon: &GitDaemon) -> RefsOf {
     fleet
         .repos
         .keys()
@@ -96,7 +99,7 @@ fn upstream_refs(fleet: &Fleet, daemon: &GitDaemon) -> BTreeMap<String, BTreeMap
 }
 
 /// Every ref value the upstream had, as `(repo, ref, oid)`.
-fn made(states: &[&BTreeMap<String, BTreeMap<String, String>>]) -> Vec<Change> {
+fn made(states: &[&RefsOf]) -> Vec<Change> {
     let mut set = BTreeSet::new();
     for s in states {
         for (id, refs) in *s {
@@ -112,13 +115,7 @@ fn made(states: &[&BTreeMap<String, BTreeMap<String, String>>]) -> Vec<Change> {
 
 /// Every repo on two workers, then one upstream commit made and fetched: both holders
 /// have it, and it is one event. Returns the upstream states (before, after).
-fn replicate_and_change(
-    fleet: &Fleet,
-    daemon: &GitDaemon,
-) -> (
-    BTreeMap<String, BTreeMap<String, String>>,
-    BTreeMap<String, BTreeMap<String, String>>,
-) {
+fn replicate_and_change(fleet: &Fleet, daemon: &GitDaemon) -> (RefsOf, RefsOf) {
     let before = upstream_refs(fleet, daemon);
     let copies = poll_until(WITHIN, "every repo on two verified holders", || {
         two_verified_copies(fleet, &before, None)

@@ -2415,12 +2415,7 @@ const PEER_COPY: Provenance = Provenance {
 };
 
 impl Sim {
-    fn report_as(
-        &mut self,
-        n: u128,
-        outcomes: Vec<Outcome>,
-        prov: Provenance,
-    ) -> OutcomeReport {
+    fn report_as(&mut self, n: u128, outcomes: Vec<Outcome>, prov: Provenance) -> OutcomeReport {
         let provs = vec![prov; outcomes.len()];
         let mut rep = self
             .fleet
@@ -2456,11 +2451,11 @@ impl Sim {
                             .is_some_and(|o| o != uuid(n) && r.holders.mirrored(&o) == Some(true))
                     });
                     let now = self.now;
-                    let o = self
-                        .workers
-                        .get_mut(&n)
-                        .unwrap()
-                        .outcome(&id, FetchResult::Cloned, now);
+                    let o =
+                        self.workers
+                            .get_mut(&n)
+                            .unwrap()
+                            .outcome(&id, FetchResult::Cloned, now);
                     let prov = if seeded {
                         PEER_COPY
                     } else {
@@ -2510,10 +2505,18 @@ fn spec_13_one_upstream_change_is_one_event_with_r3() {
         let rs = r.replica.as_ref().unwrap();
         assert_eq!(rs.placement.len(), 3, "{id}");
         assert_eq!(r.verified_holders().len(), 3, "{id}");
-        assert_eq!(r.verified_holders()[0], r.owner.unwrap(), "{id}: primary first");
+        assert_eq!(
+            r.verified_holders()[0],
+            r.owner.unwrap(),
+            "{id}: primary first"
+        );
     }
     assert_eq!(sim.fleet.census().under_replicated(), 0);
-    assert_eq!(sim.events.len(), 30, "one clone event a repo, by its primary");
+    assert_eq!(
+        sim.events.len(),
+        30,
+        "one clone event a repo, by its primary"
+    );
     sim.events.clear();
     let id = sim.fleet.repos().keys().next().unwrap().to_string();
     let (p, followers) = sim.replica_of(&id);
@@ -2554,9 +2557,17 @@ fn spec_13_one_upstream_change_is_one_event_with_r3() {
     o.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
     let rep = sim.report_as(f, vec![o.digested()], Provenance::default());
     assert!(rep.relists.is_empty());
-    assert_eq!(sim.events.len(), 1, "one change, one event: {:?}", sim.events);
+    assert_eq!(
+        sim.events.len(),
+        1,
+        "one change, one event: {:?}",
+        sim.events
+    );
     let r = sim.fleet.repo(&id).unwrap();
-    assert_eq!(r.status.last_change_ms, last_change, "followers move no change time");
+    assert_eq!(
+        r.status.last_change_ms, last_change,
+        "followers move no change time"
+    );
     assert_eq!(sim.fleet.fetch_stats().count("fetched"), fetches + 1);
     assert_eq!(r.verified_holders().len(), 3);
 }
@@ -2665,7 +2676,10 @@ fn spec_13_promotion_without_reclone() {
         })
         .map(|(id, _)| id.to_string())
         .expect("such a repo among 200");
-    assert_eq!(sim.fleet.repo(&id).unwrap().placement(), vec![uuid(1), uuid(3)]);
+    assert_eq!(
+        sim.fleet.repo(&id).unwrap().placement(),
+        vec![uuid(1), uuid(3)]
+    );
     let (survivor, newcomer) = (uuid(3), uuid(2));
     sim.fleet.disconnect(uuid(1), sim.now);
     sim.advance(DEAD_AFTER + Duration::from_secs(1));
@@ -2673,10 +2687,17 @@ fn spec_13_promotion_without_reclone() {
     assert_eq!(r.placement(), vec![newcomer, survivor]);
     assert_eq!(r.owner, Some(survivor), "the verified follower is promoted");
     assert_eq!(r.state(), RepoState::Mirrored);
-    assert_eq!(r.holders.mirrored(&newcomer), Some(false), "a new member is seeded");
+    assert_eq!(
+        r.holders.mirrored(&newcomer),
+        Some(false),
+        "a new member is seeded"
+    );
     assert!(sim.workers[&survivor.as_u128()].held[&id].1, "no re-clone");
     assert!(sim.events.is_empty());
-    assert!(sim.fleet.census().under_replicated() > 0, "the dead worker's repos");
+    assert!(
+        sim.fleet.census().under_replicated() > 0,
+        "the dead worker's repos"
+    );
     sim.settle_replicas();
     let r = sim.fleet.repo(&id).unwrap();
     assert_eq!(r.verified_holders().len(), 2);
@@ -2742,7 +2763,10 @@ fn spec_13_zones_place_replicas_apart() {
         sim.deliver(sends);
     }
     for (id, r) in sim.fleet.repos() {
-        assert!(r.placement().contains(&uuid(4)), "{id}: one replica in zone b");
+        assert!(
+            r.placement().contains(&uuid(4)),
+            "{id}: one replica in zone b"
+        );
     }
     sim.settle_replicas();
     assert_eq!(sim.fleet.census().under_replicated(), 0);
