@@ -793,34 +793,44 @@ impl MainLoop {
         out
     }
 
-    /// SPEC §13: with replicas, a worker in sync without a usable peer plane (no
-    /// `peer_listen`, protocol < 7, no certificate) fetches its followed repos from the
-    /// upstream, multiplying the upstream's load: one warning naming it. O(workers).
+    /// SPEC §13: with replicas, a worker in sync without a usable peer plane: below
+    /// protocol 7 or without a certificate it fetches the repos it follows from the
+    /// upstream; without `peer_listen` it copies from peers but serves nobody, so when it
+    /// is a primary its followers go to the upstream. Either multiplies the upstream's
+    /// load: one warning naming it. O(workers) a tick.
     fn warn_no_peer_plane(&mut self) {
         if !self.cfg.replicas.any_replicated() {
             return;
         }
-        let missing: HashSet<Uuid> = self
-            .conns
-            .iter()
-            .filter(|(u, c)| {
-                self.fleet.is_synced(u)
-                    && !self.warned_no_peer.contains(*u)
-                    && (c.protocol < 7
-                        || c.peer.as_ref().is_none_or(|p| p.port.is_none())
-                        || self.fleet.worker(u).is_none_or(|w| w.cert.is_none()))
-            })
-            .map(|(u, _)| *u)
-            .collect();
-        for u in missing.intersection(&self.no_peer_seen) {
+        let mut missing: Vec<(Uuid, &'static str)> = Vec::new();
+        for (u, c) in &self.conns {
+            if !self.fleet.is_synced(u) || self.warned_no_peer.contains(u) {
+                continue;
+            }
+            let why = if c.protocol < 7 {
+                "its protocol is below 7"
+            } else if self.fleet.worker(u).is_none_or(|w| w.cert.is_none()) {
+                "it has no certificate"
+            } else if c.peer.as_ref().is_none_or(|p| p.port.is_none()) {
+                "no peer_listen"
+            } else {
+                continue;
+            };
+            missing.push((*u, why));
+        }
+        let seen: HashSet<Uuid> = missing.iter().map(|(u, _)| *u).collect();
+        for (u, why) in &missing {
+            if !self.no_peer_seen.contains(u) {
+                continue;
+            }
             self.warned_no_peer.insert(*u);
             tracing::warn!(
-                "{} has no peer plane (no peer_listen, protocol below 7, or no certificate): with replicas {} it fetches the repos it follows from the upstream, multiplying the upstream's load",
+                "{} has no usable peer plane ({why}): with replicas {} the copies it should take or serve come from the upstream instead, multiplying the upstream's load",
                 self.worker_label(u),
                 self.cfg.replicas.describe()
             );
         }
-        self.no_peer_seen = missing;
+        self.no_peer_seen = seen;
     }
 
     fn worker_label(&self, uuid: &Uuid) -> String {
