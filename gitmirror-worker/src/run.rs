@@ -888,6 +888,20 @@ impl Worker {
             self.schedule.finish(&id, None, now_ms());
             return;
         };
+        // SPEC §13: a follower whose copy is the primary's last reported one has nothing
+        // to fetch, from the upstream or a peer, until the next follow order (which plans
+        // it at once); its schedule only keeps it in view.
+        if repo.mirrored
+            && self
+                .follow
+                .get(&id)
+                .is_some_and(|f| self.copy_sha.get(&id) == Some(&f.expect))
+        {
+            let now = now_ms();
+            let later = now.saturating_add(ms(self.cfg.fetch.max_interval));
+            self.schedule.finish(&id, Some(later), now);
+            return;
+        }
         // A mirror that is not complete at the final path is cloned; one that is, fetched.
         let clone = !repo.mirrored;
         if repo.waiting_reported {
@@ -1745,6 +1759,10 @@ impl Worker {
             LinkEvent::Down => {
                 self.conn = None;
                 self.peer.on_link_down();
+                // SPEC §13 (C13): cut off from the coordinator, a follower hears of no
+                // change: it goes back to its own upstream schedule (results that make no
+                // event) until the next connection's follow orders.
+                self.follow.clear();
                 self.budgeting.lost_at = Some(Instant::now());
                 self.update_status_line();
             }
