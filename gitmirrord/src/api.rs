@@ -225,6 +225,9 @@ pub struct WorkerView {
     pub removed: bool,
     /// An operator drained it (SPEC §5): connected, but assigned nothing.
     pub drained: bool,
+    /// Its peer plane listens (SPEC §13 `peer_listen`, on this connection): it can serve
+    /// copies to other holders.
+    pub peer: bool,
     /// Fork pools under its `mirror_dir` (SPEC §14); `null` for a worker of protocol < 8
     /// or before its first report.
     pub pools: Option<u32>,
@@ -458,6 +461,7 @@ impl View<'_> {
             disk_free_bytes: w.disk_free_bytes,
             status: redact::text_owned(w.status.clone()),
             enrolled: w.cert.is_some(),
+            peer: self.fleet.has_peer_plane(&w.uuid),
             removed: self.fleet.registry().is_removed(&w.uuid),
             drained: w.drained,
         }
@@ -895,7 +899,7 @@ mod tests {
             w,
             serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
-                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false,
+                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false,"peer":false,
                 "pools":null,"pool_bytes":null,"member_bytes":null,"pool_members":null}])
         );
         let d = json(&v.worker(0, &all_ids()).unwrap());

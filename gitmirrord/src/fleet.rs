@@ -823,6 +823,9 @@ pub struct Fleet {
     replicated: HashSet<Arc<str>>,
     /// Each worker's zone as its last `PeerInfo` said (SPEC §13), for the placement.
     zones: HashMap<Uuid, Arc<str>>,
+    /// Connected workers whose peer plane listens (`PeerInfo` with a port): `peer` in
+    /// `/api/workers`.
+    peer_planes: HashSet<Uuid>,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -917,6 +920,7 @@ impl Fleet {
             replicas: crate::replicas::Settings::default(),
             replicated: HashSet::new(),
             zones: HashMap::new(),
+            peer_planes: HashSet::new(),
         }
     }
 
@@ -1114,6 +1118,19 @@ impl Fleet {
         }
         self.place_replicated(None);
         self.flush()
+    }
+
+    /// Whether `uuid`'s peer plane listens (its last `PeerInfo` on this connection).
+    pub fn set_peer_plane(&mut self, uuid: Uuid, listening: bool) {
+        if listening {
+            self.peer_planes.insert(uuid);
+        } else {
+            self.peer_planes.remove(&uuid);
+        }
+    }
+
+    pub fn has_peer_plane(&self, uuid: &Uuid) -> bool {
+        self.peer_planes.contains(uuid)
     }
 
     /// The zone of each member as a number for [`ring::Ring::top_r`] (a member without a
@@ -1628,6 +1645,7 @@ impl Fleet {
     /// The worker's connection is gone: alive → suspect. Nothing moves yet.
     pub fn disconnect(&mut self, uuid: Uuid, now_ms: i64) {
         self.out.synced.remove(&uuid);
+        self.peer_planes.remove(&uuid);
         self.asked.retain(|_, a| a.worker != uuid);
         self.unknown_held.remove(&uuid);
         if self.registry.lost(&uuid, now_ms) {

@@ -1033,6 +1033,7 @@ impl MainLoop {
                     WorkerMsg::PeerInfo(info) => {
                         tracing::debug!(?info, "{} peer plane", self.worker_label(&uuid));
                         let zone = info.zone.clone();
+                        self.fleet.set_peer_plane(uuid, info.port.is_some());
                         if let Some(c) = self.conns.get_mut(&uuid) {
                             c.peer = Some(info);
                         }
