@@ -180,6 +180,11 @@ fn spec_13_replicas_two_on_three_workers_one_event() {
     assert!(copied >= 1, "followers copy from peers");
     let status = fleet.coord.status().unwrap();
     assert_eq!(status["repos"]["under_replicated"], 0, "{status}");
+    let (_, metrics) = fleet.coord.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("\ngitmirror_under_replicated_repos 0\n"),
+        "{metrics}"
+    );
     let workers = fleet.coord.workers().unwrap();
     assert!(
         workers.iter().all(|w| w["peer"] == true),
