@@ -377,6 +377,13 @@ struct Worker {
     /// Holders to copy a repo from instead of cloning it from the upstream (`Assign7`
     /// sources, SPEC §13 hand-over), until the repo is mirrored or dropped.
     peer_sources: HashMap<String, PeerSource>,
+    /// Repos this worker follows (SPEC §13 replicas, `Assign7` role `Follower` with
+    /// sources): copied from the holders named, never fetched from the upstream unless
+    /// none serves; kept until the role, the repo or the connection's orders change.
+    follow: HashMap<String, PeerSource>,
+    /// The refs SHA-256 of each repo's copy as its last success left it (in memory): a
+    /// follow order whose `expect` equals it needs no copy.
+    copy_sha: HashMap<String, [u8; 32]>,
 }
 
 /// Where a new mirror may be copied from (SPEC §13): the holders' worker ids, best first,
@@ -447,6 +454,8 @@ impl Worker {
             report_source: HashMap::new(),
             report_bytes: HashMap::new(),
             peer_sources: HashMap::new(),
+            follow: HashMap::new(),
+            copy_sha: HashMap::new(),
             cfg,
             state,
             store,
@@ -884,6 +893,20 @@ impl Worker {
             self.schedule.finish(&id, None, now_ms());
             return;
         };
+        // SPEC §13: a follower whose copy is the primary's last reported one has nothing
+        // to fetch, from the upstream or a peer, until the next follow order (which plans
+        // it at once); its schedule only keeps it in view.
+        if repo.mirrored
+            && self
+                .follow
+                .get(&id)
+                .is_some_and(|f| self.copy_sha.get(&id) == Some(&f.expect))
+        {
+            let now = now_ms();
+            let later = now.saturating_add(ms(self.cfg.fetch.max_interval));
+            self.schedule.finish(&id, Some(later), now);
+            return;
+        }
         // A mirror that is not complete at the final path is cloned; one that is, fetched.
         let clone = !repo.mirrored;
         if repo.waiting_reported {
@@ -910,7 +933,7 @@ impl Worker {
         // does not hold, or holds an unverified, perhaps older copy of: a returning
         // worker) comes from them first, only what is missing for an older copy, each
         // attempt bounded by fetch.timeout; the upstream after them.
-        let copy = match self.peer_sources.get(&id) {
+        let copy = match self.peer_sources.get(&id).or_else(|| self.follow.get(&id)) {
             Some(p) => {
                 let holders = self.peer.holders(&p.sources);
                 let expect = p.expect;
@@ -1162,6 +1185,7 @@ impl Worker {
                 sha = Some(refs_sha256);
                 bytes = fetched.received_bytes;
                 self.peer_sources.remove(&id);
+                self.copy_sha.insert(id.clone(), refs_sha256);
                 repo.mirrored = true;
                 let fetch_result = if repo.announced {
                     FetchResult::Fetched
@@ -1745,6 +1769,10 @@ impl Worker {
             LinkEvent::Down => {
                 self.conn = None;
                 self.peer.on_link_down();
+                // SPEC §13 (C13): cut off from the coordinator, a follower hears of no
+                // change: it goes back to its own upstream schedule (results that make no
+                // event) until the next connection's follow orders.
+                self.follow.clear();
                 self.budgeting.lost_at = Some(Instant::now());
                 self.update_status_line();
             }
@@ -1833,29 +1861,51 @@ impl Worker {
 
     /// `Assign7` (SPEC §13): a primary's upsert naming holders and the refs hash of their
     /// copy is cloned from them first ([`Self::start_fetch`]); the rest is `Assign`.
+    ///
+    /// A `Follower` upsert with sources (SPEC §13 replicas) is a follow order: the repo
+    /// is copied from them whenever it is due, and at once when `expect` differs from
+    /// this copy's refs hash; a `Primary` upsert ends following (the upstream schedule
+    /// goes on). A follower without sources fetches from the upstream as before.
     fn on_assign7(&mut self, delta: gitmirror_wire::AssignDelta7) {
+        use gitmirror_wire::RepoRole;
         for d in &delta.drop {
             self.peer_sources.remove(&d.id);
+            self.follow.remove(&d.id);
         }
+        let mut copy_now = Vec::new();
         for s in &delta.upsert {
-            match s.expect {
-                Some(expect)
-                    if !s.sources.is_empty() && s.role == gitmirror_wire::RepoRole::Primary =>
-                {
-                    self.peer_sources.insert(
-                        s.id.clone(),
-                        PeerSource {
-                            sources: s.sources.clone(),
-                            expect,
-                        },
-                    );
+            let source = s
+                .expect
+                .filter(|_| !s.sources.is_empty())
+                .map(|expect| PeerSource {
+                    sources: s.sources.clone(),
+                    expect,
+                });
+            match (s.role, source) {
+                (RepoRole::Follower, Some(p)) => {
+                    self.peer_sources.remove(&s.id);
+                    if self.copy_sha.get(&s.id) != Some(&p.expect) {
+                        copy_now.push(s.id.clone());
+                    }
+                    self.follow.insert(s.id.clone(), p);
                 }
-                _ => {
+                (RepoRole::Primary, Some(p)) => {
+                    self.follow.remove(&s.id);
+                    self.peer_sources.insert(s.id.clone(), p);
+                }
+                (_, None) => {
+                    self.follow.remove(&s.id);
                     self.peer_sources.remove(&s.id);
                 }
             }
         }
         self.on_assign(delta.plain());
+        let now = now_ms();
+        for id in copy_now {
+            if self.state.repos.contains_key(&id) {
+                self.schedule.plan_urgent(&id, now);
+            }
+        }
     }
 
     fn on_assign(&mut self, delta: AssignDelta) {
@@ -1905,6 +1955,8 @@ impl Worker {
         }
         for order in delta.drop {
             self.peer_sources.remove(&order.id);
+            self.follow.remove(&order.id);
+            self.copy_sha.remove(&order.id);
             if !mirror::valid_id(&order.id) {
                 tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
                 continue;

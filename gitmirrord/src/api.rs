@@ -225,6 +225,9 @@ pub struct WorkerView {
     pub removed: bool,
     /// An operator drained it (SPEC §5): connected, but assigned nothing.
     pub drained: bool,
+    /// Its peer plane listens (SPEC §13 `peer_listen`, on this connection): it can serve
+    /// copies to other holders.
+    pub peer: bool,
     /// Fork pools under its `mirror_dir` (SPEC §14); `null` for a worker of protocol < 8
     /// or before its first report.
     pub pools: Option<u32>,
@@ -257,6 +260,9 @@ pub struct RepoCounts {
     pub waiting: usize,
     /// Blocked by an operator (not counted in `total`: they left the fleet).
     pub blocked: usize,
+    /// Repos with replicas whose verified holders are fewer than min(R, live
+    /// non-drained workers) (SPEC §13; a counter, O(1)).
+    pub under_replicated: usize,
 }
 
 /// `worker:url` as last built, and what it was built from ([`View::status_with`]).
@@ -334,8 +340,15 @@ pub struct RepoDetail {
     pub last_error: Option<ErrorView>,
     pub refs: Option<u32>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// Workers holding a mirror (the owner, and the old owner during a hand-off).
+    /// Workers holding a verified copy, the primary (`worker`) first (SPEC §13).
     pub holders: Vec<u32>,
+    /// The workers the repo is placed on, pending ones included, the primary's placement
+    /// order (SPEC §13; the owner alone at one replica): a hand-off shows here first.
+    pub assigned: Vec<u32>,
+    /// Replicas wanted (SPEC §13 `replicas`).
+    pub replicas: u8,
+    /// `clone_url` of each verified holder with a `serve_url_base`, in `holders` order.
+    pub clone_urls: Vec<String>,
     /// Its fork pool on the owner (SPEC §14); `null`: a plain mirror, or an owner of
     /// protocol < 8.
     pub pool: Option<crate::pools::PoolView>,
@@ -448,6 +461,7 @@ impl View<'_> {
             disk_free_bytes: w.disk_free_bytes,
             status: redact::text_owned(w.status.clone()),
             enrolled: w.cert.is_some(),
+            peer: self.fleet.has_peer_plane(&w.uuid),
             removed: self.fleet.registry().is_removed(&w.uuid),
             drained: w.drained,
         }
@@ -491,6 +505,7 @@ impl View<'_> {
             unassigned: c.in_state(RepoState::Unassigned),
             waiting: c.in_state(RepoState::Waiting),
             blocked: self.fleet.registry().blocked_all().len(),
+            under_replicated: c.under_replicated(),
         }
     }
 
@@ -639,17 +654,26 @@ impl View<'_> {
         let r = self.fleet.repo(id)?;
         let owner = r.owner.and_then(|o| self.fleet.worker(&o));
         let by_owner = r.owner.is_some() && r.status.by == r.owner;
-        let clone_url = owner.and_then(|w| w.serve_url_base.as_deref()).map(|base| {
-            let url = if base.ends_with('/') {
-                format!("{base}{id}.git")
-            } else {
-                format!("{base}/{id}.git")
-            };
-            // A worker's serve_url_base is its operator's text: shown like any URL.
-            redact::url_owned(url)
-        });
-        let mut holders: Vec<u32> = r.holders.keys().filter_map(|u| self.id_of(u)).collect();
-        holders.sort_unstable();
+        let clone_url_of = |w: &WorkerRecord| {
+            w.serve_url_base.as_deref().map(|base| {
+                let url = if base.ends_with('/') {
+                    format!("{base}{id}.git")
+                } else {
+                    format!("{base}/{id}.git")
+                };
+                // A worker's serve_url_base is its operator's text: shown like any URL.
+                redact::url_owned(url)
+            })
+        };
+        let clone_url = owner.and_then(clone_url_of);
+        let verified = r.verified_holders();
+        let holders: Vec<u32> = verified.iter().filter_map(|u| self.id_of(u)).collect();
+        let clone_urls: Vec<String> = verified
+            .iter()
+            .filter_map(|u| self.fleet.worker(u))
+            .filter_map(clone_url_of)
+            .collect();
+        let assigned: Vec<u32> = r.placement().iter().filter_map(|u| self.id_of(u)).collect();
         let st = &r.status;
         Some(RepoDetail {
             id: id.to_owned(),
@@ -676,6 +700,9 @@ impl View<'_> {
             refs: st.refs,
             metadata: crate::index::decode_metadata(r.metadata.as_deref()),
             holders,
+            assigned,
+            replicas: r.replicas(),
+            clone_urls,
             // Filled by the caller from the pool reports ([`crate::pools::Pools::fill_repo`]).
             pool: None,
         })
@@ -790,7 +817,7 @@ mod tests {
         assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(
             j["repos"],
-            serde_json::json!({"total":10,"mirrored":1,"pending":6,"failing":1,"gone":1,"unassigned":0,"waiting":1,"blocked":0})
+            serde_json::json!({"total":10,"mirrored":1,"pending":6,"failing":1,"gone":1,"unassigned":0,"waiting":1,"blocked":0,"under_replicated":0})
         );
         assert_eq!(j["workers"].as_array().unwrap().len(), 1);
         assert_eq!(j["index"], serde_json::json!([]));
@@ -872,7 +899,7 @@ mod tests {
             w,
             serde_json::json!([{"id":0,"uuid":"00000000-0000-0000-0000-000000000001","name":"one",
                 "addr":"127.0.0.1:9","state":"alive","last_seen_secs":0,"repos":10,"weight":1.0,
-                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false,
+                "disk_free_bytes":null,"status":"","enrolled":false,"removed":false,"drained":false,"peer":false,
                 "pools":null,"pool_bytes":null,"member_bytes":null,"pool_members":null}])
         );
         let d = json(&v.worker(0, &all_ids()).unwrap());
@@ -1006,6 +1033,12 @@ mod tests {
         assert_eq!(j["fetches"], 1);
         assert_eq!(j["refs"], 3);
         assert_eq!(j["holders"], serde_json::json!([0]));
+        assert_eq!(j["assigned"], serde_json::json!([0]));
+        assert_eq!(j["replicas"], 1);
+        assert_eq!(
+            j["clone_urls"],
+            serde_json::json!(["git://m1.example.org/a/p0/r0.git"])
+        );
         assert_eq!(j["metadata"], serde_json::json!({"submit":["x"]}));
         let j = json(&v.repo("a/p1/r1").unwrap());
         assert_eq!(j["state"], "gone");
@@ -1030,6 +1063,9 @@ mod tests {
             "refs",
             "metadata",
             "holders",
+            "assigned",
+            "replicas",
+            "clone_urls",
         ] {
             assert!(j.get(key).is_some(), "{key}");
         }

@@ -179,6 +179,9 @@ pub struct Facts {
     pub holders: Vec<Uuid>,
     /// The last error's class, for repos failing or gone (the page groups them by it).
     pub failed_class: Option<crate::fleet::ErrorClass>,
+    /// A repo with replicas (SPEC §13) whose verified holders in its placement are fewer
+    /// than the placement (min(R, live non-drained workers)).
+    pub under_replicated: bool,
 }
 
 const STATES: usize = RepoState::ALL.len();
@@ -269,6 +272,8 @@ pub struct Census {
     /// Bumped by every change of `owner_ids`, so that what is built from it (the status's
     /// `worker:url`) can be kept until it changes.
     owner_urls_gen: Generation,
+    /// Repos with [`Facts::under_replicated`] (`/api/status` `under_replicated`).
+    under_replicated: usize,
 }
 
 /// A change counter that a recount does not compare ([`Census`] equality is about content).
@@ -323,6 +328,7 @@ impl Census {
                 c.success.change(t, true);
             }
             held.extend(f.holders.iter().map(|h| (*h, id.clone())));
+            c.under_replicated += usize::from(f.under_replicated);
         }
         // `from_iter` sorts (cheaply: the runs come in id order) and builds in bulk.
         c.state_ids = state_ids.into_iter().collect();
@@ -373,6 +379,25 @@ impl Census {
             self.held_entries(id, before, false);
             self.held_entries(id, after, true);
         }
+        if before.under_replicated != after.under_replicated {
+            self.under(before, false);
+            self.under(after, true);
+        }
+    }
+
+    fn under(&mut self, f: &Facts, add: bool) {
+        if f.under_replicated {
+            if add {
+                self.under_replicated += 1;
+            } else {
+                self.under_replicated = self.under_replicated.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Repos with replicas short of their placement (SPEC §13): a counter, O(1).
+    pub fn under_replicated(&self) -> usize {
+        self.under_replicated
     }
 
     fn change(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
@@ -387,6 +412,7 @@ impl Census {
         self.failing_groups(f, add);
         self.success_entry(f, add);
         self.held_entries(id, f, add);
+        self.under(f, add);
     }
 
     /// The failing counts by class and by host, for a repo failing or gone.
@@ -688,6 +714,7 @@ mod tests {
                 .collect(),
             failed_class: matches!(state, RepoState::Failing | RepoState::Gone)
                 .then_some(crate::fleet::ErrorClass::Transient),
+            under_replicated: false,
         }
     }
 

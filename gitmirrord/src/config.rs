@@ -78,6 +78,8 @@ pub struct RawConfig {
     /// `project` or `repo` (SPEC §14); unset: the persisted placement, or `project` on a
     /// fresh state directory ([`crate::state::resolve_placement`]).
     pub placement: Option<String>,
+    /// Workers holding each repo (SPEC §13; 1..=5, default 1).
+    pub replicas: Option<u32>,
     // Seed aliases (the prototype's keys).
     pub coor_ip_addr: Option<String>,
     pub upstream_repos_name: Option<String>,
@@ -95,6 +97,8 @@ pub struct RawIndex {
     pub branch: Option<String>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub poll_interval: Option<Duration>,
+    /// This index's repos' replicas, instead of `replicas` (SPEC §13).
+    pub replicas: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +246,8 @@ pub struct Config {
     pub host_limits: Vec<crate::host_budget::HostLimit>,
     /// `placement` (SPEC §14), fleet-wide; `None`: not set (the persisted one stays).
     pub placement: Option<crate::ring::Placement>,
+    /// `replicas` and `indexes[].replicas` (SPEC §13); a change needs a restart.
+    pub replicas: crate::replicas::Settings,
     /// One line per seed alias used (naming the new key), for the caller to log once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -349,6 +355,27 @@ impl Config {
             return Err(invalid("state_dir", "must not be empty".into()));
         }
 
+        let replica_count = |key: String, v: u32| -> Result<u8, ConfigError> {
+            if (1..=u32::from(crate::replicas::MAX_REPLICAS)).contains(&v) {
+                Ok(v as u8)
+            } else {
+                Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key,
+                    message: format!("{v} is not between 1 and {}", crate::replicas::MAX_REPLICAS),
+                })
+            }
+        };
+        let mut replicas = crate::replicas::Settings {
+            default: replica_count("replicas".into(), raw.replicas.unwrap_or(1))?,
+            ..Default::default()
+        };
+        for (i, r) in raw.indexes.iter().flatten().enumerate() {
+            if let Some(v) = r.replicas {
+                let v = replica_count(format!("indexes[{i}].replicas"), v)?;
+                replicas.per_index.insert(r.name.clone(), v);
+            }
+        }
         let indexes = Self::indexes(
             path,
             raw.indexes,
@@ -614,6 +641,7 @@ impl Config {
             hooks_trusted_proxies,
             host_limits,
             placement,
+            replicas,
             warnings,
         })
     }
@@ -764,6 +792,7 @@ impl Config {
                     url: seed_url.unwrap_or_else(|| DEFAULT_INDEX_URL.into()),
                     branch: None,
                     poll_interval: None,
+                    replicas: None,
                 }]
             }
             (None, false) => vec![RawIndex {
@@ -771,6 +800,7 @@ impl Config {
                 url: DEFAULT_INDEX_URL.into(),
                 branch: None,
                 poll_interval: None,
+                replicas: None,
             }],
         };
         if raw.is_empty() {
@@ -904,6 +934,33 @@ mod tests {
         assert_eq!(parse("enroll: manual\n").unwrap().enroll, Mode::Manual);
         let e = parse("enroll: sometimes\n").unwrap_err().to_string();
         assert!(e.contains("enroll") && e.contains("auto, manual"), "{e}");
+    }
+
+    // SPEC §13 `replicas` and `indexes[].replicas`: 1..=5, default 1; out of range names
+    // the key.
+    #[test]
+    fn spec_13_replicas_keys() {
+        let c = parse("").unwrap();
+        assert_eq!(c.replicas, crate::replicas::Settings::default());
+        assert!(!c.replicas.any_replicated());
+        let c = parse(
+            "replicas: 2\nindexes:\n  - name: a\n    url: /x\n  - name: b\n    url: /y\n    replicas: 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.replicas.for_index("a"), 2);
+        assert_eq!(c.replicas.for_index("b"), 3);
+        assert!(c.replicas.any_replicated());
+        for (text, key) in [
+            ("replicas: 0\n", "replicas"),
+            ("replicas: 6\n", "replicas"),
+            (
+                "indexes:\n  - name: a\n    url: /x\n    replicas: 9\n",
+                "indexes[0].replicas",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("between 1 and 5"), "{e}");
+        }
     }
 
     // SPEC §14 `placement`: unset by default (the persisted one, or `project` when

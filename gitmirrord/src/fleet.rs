@@ -18,6 +18,7 @@ use crate::published;
 use crate::registry::{
     Introduction, NoFreeId, Registry, RegistryFile, WorkerRecord, WorkerState, bounded,
 };
+use crate::replicas::ReplicaSet;
 use crate::ring::{self, KeyBuf, Member, Placement};
 use gitmirror_wire::{
     AssignDelta, DropOrder, DropReason, FailureClass, FetchResult, Holdings, Outcome, RepoSpec,
@@ -171,6 +172,10 @@ pub struct Repo {
     /// Workers holding (or told to hold) the repo → whether they have a complete mirror.
     pub holders: Holders,
     pub status: RepoStatus,
+    /// The placement of a repo with more than one replica (SPEC §13); `None` for R = 1
+    /// (a repo pays one pointer for it). Then `owner` is the *primary*: the first member
+    /// of the placement holding a verified copy ([`reconcile`]).
+    pub replica: Option<Box<ReplicaSet>>,
 }
 
 impl Repo {
@@ -215,7 +220,53 @@ impl Repo {
                 }
                 _ => None,
             },
+            under_replicated: self
+                .replica
+                .as_ref()
+                .is_some_and(|rs| self.verified_in_placement(rs) < rs.placement.len()),
         }
+    }
+
+    /// How many members of the placement hold a verified copy.
+    fn verified_in_placement(&self, rs: &ReplicaSet) -> usize {
+        rs.placement
+            .iter()
+            .filter(|u| self.holders.mirrored(u) == Some(true))
+            .count()
+    }
+
+    /// The verified holders, the primary first (SPEC §13 `holders`).
+    pub fn verified_holders(&self) -> Vec<Uuid> {
+        let mut v: Vec<Uuid> = self
+            .holders
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(u, _)| *u)
+            .collect();
+        v.sort_by_key(|u| Some(*u) != self.owner);
+        v
+    }
+
+    /// Replicas wanted (1 for a repo without a [`ReplicaSet`]).
+    pub fn replicas(&self) -> u8 {
+        self.replica.as_ref().map_or(1, |rs| rs.want)
+    }
+
+    /// The workers the repo is placed on (the owner alone at R = 1).
+    pub fn placement(&self) -> Vec<Uuid> {
+        match &self.replica {
+            Some(rs) => rs.placement.clone(),
+            None => self.owner.into_iter().collect(),
+        }
+    }
+
+    /// Whether `w` is in the placement but not the primary: a follower (SPEC §13).
+    pub fn is_follower(&self, w: &Uuid) -> bool {
+        self.owner != Some(*w)
+            && self
+                .replica
+                .as_ref()
+                .is_some_and(|rs| rs.placement.contains(w))
     }
 }
 
@@ -384,6 +435,16 @@ pub enum DrainError {
     LastMember { id: u32 },
 }
 
+/// Where an outcome's copy came from and whether its refs are the ones the coordinator
+/// expects (SPEC §13, protocol 7 `Outcomes7`; design.md "Replicas").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// Copied from a peer (source `Peer`), not fetched from the upstream.
+    pub peer: bool,
+    /// Its refs SHA-256 equals the one held for the repo; `None` when either is unknown.
+    pub matches: Option<bool>,
+}
+
 /// Result of an outcome batch.
 #[derive(Debug, Default)]
 pub struct OutcomeReport {
@@ -447,6 +508,10 @@ impl Outbox {
 
 /// Bring a repo's holders in line with its owner (see the module docs).
 fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
+    if repo.replica.is_some() {
+        reconcile_replicas(id, repo, out);
+        return;
+    }
     let Some(owner) = repo.owner else {
         return;
     };
@@ -460,6 +525,61 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
             .keys()
             .copied()
             .filter(|h| *h != owner)
+            .collect();
+        for h in others {
+            repo.holders.remove(&h);
+            out.push(h, id, Op::Drop(DropReason::Moved));
+        }
+    }
+}
+
+/// [`reconcile`] for a repo with replicas (SPEC §13, design.md "Replicas"). The primary
+/// is the first placement member holding a verified copy; while none does, a verified
+/// holder outside the placement (the old primary, make before break), else the first
+/// member. Followers are told to hold the repo once the primary's copy is verified (so they
+/// are seeded from it, not from the upstream); holders outside the placement go once every
+/// member is verified. A primary that changes is told so by an upsert (its role is read
+/// from the fleet when the delta is sent), as is the one it replaces if it stays a holder.
+fn reconcile_replicas(id: &str, repo: &mut Repo, out: &mut Outbox) {
+    let Some(rs) = repo.replica.as_deref() else {
+        return;
+    };
+    let placement = rs.placement.clone();
+    let verified = |r: &Repo, u: &Uuid| r.holders.mirrored(u) == Some(true);
+    let primary = placement
+        .iter()
+        .find(|u| verified(repo, u))
+        .copied()
+        .or_else(|| repo.owner.filter(|o| verified(repo, o)))
+        .or_else(|| placement.first().copied());
+    let old = repo.owner;
+    repo.owner = primary;
+    if old != primary {
+        for w in [primary, old].into_iter().flatten() {
+            if repo.holders.contains_key(&w) {
+                out.push(w, id, Op::Upsert(repo.url.to_string()));
+            }
+        }
+    }
+    let Some(primary) = primary else {
+        return;
+    };
+    let seeded = verified(repo, &primary);
+    for w in &placement {
+        if repo.holders.contains_key(w) || !out.synced.contains(w) {
+            continue;
+        }
+        if *w == primary || seeded {
+            repo.holders.insert(*w, Hold::pending(out.mark(w)));
+            out.push(*w, id, Op::Upsert(repo.url.to_string()));
+        }
+    }
+    if placement.iter().all(|w| verified(repo, w)) {
+        let others: Vec<Uuid> = repo
+            .holders
+            .keys()
+            .copied()
+            .filter(|h| !placement.contains(h))
             .collect();
         for h in others {
             repo.holders.remove(&h);
@@ -536,6 +656,10 @@ impl OwnerMoves<'_> {
     /// a planned move to a destination without room waits in the [`Gate`] (the repo keeps
     /// its owner, `owner_score` is the target's).
     fn set(&mut self, id: &Arc<str>, repo: &mut Repo, scored: Option<(usize, f64)>) {
+        if repo.replica.is_some() {
+            // Placed by [`Fleet::place_replicated`].
+            return;
+        }
         let target = scored
             .and_then(|(i, _)| self.members.get(i))
             .map(|m| m.uuid);
@@ -573,6 +697,9 @@ impl OwnerMoves<'_> {
 
 /// Whether [`reconcile`] would change anything of the repo.
 fn needs_reconcile(repo: &Repo, out: &Outbox) -> bool {
+    if repo.replica.is_some() {
+        return true;
+    }
     let Some(owner) = repo.owner else {
         return false;
     };
@@ -693,6 +820,15 @@ pub struct Fleet {
     resized: HashSet<String>,
     /// Planned moves admitted and waiting (SPEC §5 make before break, plan C4).
     gate: Gate,
+    /// `replicas` and `indexes[].replicas` (SPEC §13), fixed for the life of the fleet.
+    replicas: crate::replicas::Settings,
+    /// Ids of the repos with more than one replica (empty when R = 1 everywhere).
+    replicated: HashSet<Arc<str>>,
+    /// Each worker's zone as its last `PeerInfo` said (SPEC §13), for the placement.
+    zones: HashMap<Uuid, Arc<str>>,
+    /// Connected workers whose peer plane listens (`PeerInfo` with a port): `peer` in
+    /// `/api/workers`.
+    peer_planes: HashSet<Uuid>,
 }
 
 /// `Repo::owner_score` of a repo the repo store had no record of, during a start: its
@@ -753,6 +889,7 @@ impl Fleet {
                     owner_score: NOT_RESTORED,
                     holders: Holders::default(),
                     status: RepoStatus::default(),
+                    replica: None,
                 };
                 (Arc::from(e.id), Box::new(repo))
             })
@@ -783,6 +920,10 @@ impl Fleet {
             asked: HashMap::new(),
             asked_swept_ms: i64::MIN,
             blocked_entries,
+            replicas: crate::replicas::Settings::default(),
+            replicated: HashSet::new(),
+            zones: HashMap::new(),
+            peer_planes: HashSet::new(),
         }
     }
 
@@ -856,8 +997,7 @@ impl Fleet {
         self.saved_owners = saved_owners;
         let members = self.live_members();
         let placement = self.placement;
-        let keep = saved_owners.is_some()
-            && saved_owners == Some(ring::owners_fingerprint(placement, &members));
+        let keep = saved_owners.is_some() && saved_owners == Some(self.fingerprint(&members));
         let ring = ring::Ring::new(&members);
         let index = member_index(&members);
         let lens = if keep {
@@ -941,7 +1081,137 @@ impl Fleet {
                 moves.set(id, repo, scored);
             }
         }
+        self.place_replicated(None);
         true
+    }
+
+    /// The replica settings (SPEC §13), before [`Fleet::finish_start`] (after
+    /// [`Fleet::restore_saved`]): each repo of an index with more than one replica gets a
+    /// [`ReplicaSet`], placed by the start. O(repos) once, and nothing when R = 1
+    /// everywhere.
+    pub fn set_replicas(&mut self, settings: crate::replicas::Settings) {
+        if settings.any_replicated() {
+            for (id, repo) in self.repos.iter_mut() {
+                let want = settings.for_index(&repo.index);
+                if want > 1 {
+                    repo.replica = Some(Box::new(ReplicaSet {
+                        want,
+                        placement: Vec::new(),
+                    }));
+                    self.replicated.insert(id.clone());
+                }
+            }
+        }
+        self.replicas = settings;
+    }
+
+    /// A worker's zone (its `PeerInfo`, SPEC §13). A change of a member's zone places
+    /// every replicated repo again (O(replicated repos × W log W); nothing at R = 1).
+    pub fn set_zone(&mut self, uuid: Uuid, zone: Option<&str>) -> Vec<Outgoing> {
+        let old = self.zones.get(&uuid).map(|z| &**z);
+        if old == zone {
+            return Vec::new();
+        }
+        match zone {
+            Some(z) => self.zones.insert(uuid, Arc::from(z)),
+            None => self.zones.remove(&uuid),
+        };
+        if self.replicated.is_empty() || !self.members.iter().any(|m| m.uuid == uuid) {
+            return Vec::new();
+        }
+        self.place_replicated(None);
+        self.flush()
+    }
+
+    /// Whether `uuid`'s peer plane listens (its last `PeerInfo` on this connection).
+    pub fn set_peer_plane(&mut self, uuid: Uuid, listening: bool) {
+        if listening {
+            self.peer_planes.insert(uuid);
+        } else {
+            self.peer_planes.remove(&uuid);
+        }
+    }
+
+    pub fn has_peer_plane(&self, uuid: &Uuid) -> bool {
+        self.peer_planes.contains(uuid)
+    }
+
+    /// The zone of each member as a number for [`ring::Ring::top_r`] (a member without a
+    /// zone is its own).
+    fn zone_numbers(&self, members: &[Member]) -> Vec<u32> {
+        let mut names: Vec<&str> = Vec::new();
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match self.zones.get(&m.uuid) {
+                Some(z) => match names.iter().position(|n| *n == &**z) {
+                    Some(p) => p as u32,
+                    None => {
+                        names.push(z);
+                        (names.len() - 1) as u32
+                    }
+                },
+                None => u32::MAX - i as u32,
+            })
+            .collect()
+    }
+
+    /// Place the replicated repos (`only`: these; `None`: all of them) on the top R of the
+    /// live members (SPEC §13); a changed placement is reconciled, recounted and saved.
+    /// O(repos placed × W log W); the caller does it on a membership or zone change, for
+    /// the replicated repos only (design.md "Replicas": the cost at 1M).
+    fn place_replicated(&mut self, only: Option<&[Arc<str>]>) {
+        if self.replicated.is_empty() {
+            return;
+        }
+        let members = &self.members;
+        let ring = ring::Ring::new(members);
+        let zones = self.zone_numbers(members);
+        let ids: Vec<Arc<str>> = match only {
+            Some(ids) => ids.to_vec(),
+            None => self.replicated.iter().cloned().collect(),
+        };
+        let mut buf = KeyBuf::default();
+        for id in ids {
+            let len = match self.placement {
+                Placement::Repo => 1,
+                Placement::Project => folder_len(&self.repos, &id),
+            };
+            let Some(repo) = self.repos.get_mut(&id) else {
+                continue;
+            };
+            let Some(rs) = repo.replica.as_deref() else {
+                continue;
+            };
+            let key = self.placement.key(&id, len, &mut buf);
+            let top: Vec<Uuid> = ring
+                .top_r(key, usize::from(rs.want), &zones)
+                .into_iter()
+                .filter_map(|i| members.get(i).map(|m| m.uuid))
+                .collect();
+            if top == rs.placement && repo.owner.is_some_and(|o| top.contains(&o)) {
+                continue;
+            }
+            let before = repo.facts();
+            if let Some(rs) = repo.replica.as_deref_mut() {
+                rs.placement = top;
+            }
+            reconcile(&id, repo, &mut self.out);
+            self.census.update(&id, &before, &repo.facts());
+            self.unsaved.insert(id);
+        }
+    }
+
+    /// The fingerprint of the saved owners for `members`: [`ring::owners_fingerprint`],
+    /// mixed with the replica settings when some repo has replicas (a switch either way
+    /// rescores at start). Zones are not in it: they place only replicated repos, which a
+    /// start places again whatever was saved.
+    fn fingerprint(&self, members: &[Member]) -> u64 {
+        let f = ring::owners_fingerprint(self.placement, members);
+        if !self.replicas.any_replicated() {
+            return f;
+        }
+        ring::replicas_fingerprint(f, &self.replicas.describe())
     }
 
     // ----- inputs -----
@@ -1004,6 +1274,7 @@ impl Fleet {
                 continue;
             }
             if let Some((key, repo)) = self.repos.remove_entry(id.as_str()) {
+                self.replicated.remove(&key);
                 self.census.remove(&key, &repo.facts());
                 self.unsaved.insert(key);
                 self.gate.unwait(id);
@@ -1047,6 +1318,11 @@ impl Fleet {
         drop(items);
         let mut new_owners = new_ids.iter().zip(owners).peekable();
         let mut buf = KeyBuf::default();
+        let zones = if self.replicas.any_replicated() {
+            self.zone_numbers(&self.members)
+        } else {
+            Vec::new()
+        };
         for e in delta.added.iter().chain(&delta.changed) {
             let index = intern(&mut self.index_names, &e.index);
             // One search finds an existing repo with its key (a whole index is 1M new
@@ -1110,6 +1386,24 @@ impl Fleet {
                 }
             }
             let key: Arc<str> = Arc::from(id);
+            // SPEC §13: a repo with replicas is placed on the top R ([`reconcile_replicas`]
+            // picks its primary).
+            let want = self.replicas.for_index(&index);
+            let replica = (want > 1).then(|| {
+                let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
+                let key = placement.key(id, len, &mut buf);
+                Box::new(ReplicaSet {
+                    want,
+                    placement: ring
+                        .top_r(key, usize::from(want), &zones)
+                        .into_iter()
+                        .filter_map(|i| self.members.get(i).map(|m| m.uuid))
+                        .collect(),
+                })
+            });
+            if replica.is_some() {
+                self.replicated.insert(key.clone());
+            }
             let repo = self.repos.entry(key.clone()).or_insert(Box::new(Repo {
                 url: Arc::from(e.url.as_str()),
                 index,
@@ -1118,6 +1412,7 @@ impl Fleet {
                 owner_score,
                 holders,
                 status,
+                replica,
             }));
             reconcile(&e.id, repo, &mut self.out);
             let after = repo.facts();
@@ -1256,7 +1551,9 @@ impl Fleet {
             let Some((id, repo)) = self.repos.get_key_value(h.id.as_str()) else {
                 continue;
             };
-            let owner = repo.owner == Some(uuid);
+            // A follower is placed there too (SPEC §13): its claim is believed as the
+            // owner's (a copy to verify, not a stranger's).
+            let owner = repo.owner == Some(uuid) || repo.is_follower(&uuid);
             let holds = repo.holders.mirrored(&uuid);
             if holds.is_none() && !owner {
                 // Never told to hold it: the claim is not believed (issue 10). Once the
@@ -1271,7 +1568,12 @@ impl Fleet {
             }
             // A claim can lower the flag, never raise it: a complete mirror the owner
             // claims but has not shown is fetched now, and that success verifies it.
-            if h.mirrored && owner && holds != Some(true) {
+            if repo.is_follower(&uuid) {
+                // A follower's role and sources live in its memory only, and its copy is
+                // verified by a follow order (its refs hashed against the primary's), not
+                // by an upstream fetch: a follow order on every connection.
+                self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
+            } else if h.mirrored && owner && holds != Some(true) {
                 self.fetch_now.push((uuid, id.to_string()));
             }
             if holds.is_none()
@@ -1282,6 +1584,20 @@ impl Fleet {
                 touched.insert(id.clone());
             }
         }
+        // Replicated repos placed on it that it does not hold yet (a joining follower:
+        // the placement was made before it was in sync). O(replicated repos) a
+        // connection, nothing at R = 1.
+        touched.extend(
+            self.replicated
+                .iter()
+                .filter(|id| {
+                    !held.contains_key(&***id)
+                        && self.repos.get(&***id).is_some_and(|r| {
+                            r.placement().contains(&uuid) && !r.holders.contains_key(&uuid)
+                        })
+                })
+                .cloned(),
+        );
         touched.extend(
             self.census
                 .held_by(uuid)
@@ -1338,6 +1654,7 @@ impl Fleet {
     /// The worker's connection is gone: alive → suspect. Nothing moves yet.
     pub fn disconnect(&mut self, uuid: Uuid, now_ms: i64) {
         self.out.synced.remove(&uuid);
+        self.peer_planes.remove(&uuid);
         self.asked.retain(|_, a| a.worker != uuid);
         self.unknown_held.remove(&uuid);
         if self.registry.lost(&uuid, now_ms) {
@@ -1576,6 +1893,18 @@ impl Fleet {
     /// are skipped but still acknowledged. Call [`Fleet::recorded`] once the returned
     /// events are durable.
     pub fn outcomes(&mut self, uuid: Uuid, outcomes: &[Outcome], now_ms: i64) -> OutcomeReport {
+        self.outcomes_from(uuid, outcomes, &[], now_ms)
+    }
+
+    /// [`Fleet::outcomes`] with each outcome's [`Provenance`] (`provenance[i]` for
+    /// `outcomes[i]`; missing ones are upstream results of unknown hash).
+    pub fn outcomes_from(
+        &mut self,
+        uuid: Uuid,
+        outcomes: &[Outcome],
+        provenance: &[Provenance],
+        now_ms: i64,
+    ) -> OutcomeReport {
         let Some(w) = self.registry.get_mut(&uuid) else {
             return OutcomeReport::default();
         };
@@ -1589,7 +1918,8 @@ impl Fleet {
             upto: seen,
             ..Default::default()
         };
-        for o in outcomes {
+        for (i, o) in outcomes.iter().enumerate() {
+            let prov = provenance.get(i).copied().unwrap_or_default();
             report.upto = report.upto.max(o.report_id);
             if o.report_id <= seen {
                 continue;
@@ -1598,13 +1928,100 @@ impl Fleet {
                 self.unsaved.insert(id.clone());
             }
             seen = o.report_id;
-            if let Some(e) = self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists) {
+            let success = matches!(o.result, FetchResult::Cloned | FetchResult::Fetched);
+            let leads = success && !prov.peer && self.leads_after(uuid, &o.repo);
+            if leads {
+                // Its upstream result makes it the primary (the first verified member of
+                // the placement): promoted first, so that this result is judged and
+                // published as the primary's (else a clone told to a primary that a join
+                // then put second would never be published).
+                self.promote(uuid, &o.repo, o.report_id);
+            }
+            let published = self
+                .repos
+                .get(o.repo.as_str())
+                .is_none_or(|r| r.owner == Some(uuid));
+            if !published || prov.peer {
+                // A follower's result, or a copy from a peer (SPEC §13, C6): never an
+                // event, a relist, a change time or a fetch count.
+                self.apply_copy(uuid, worker_id, o, prov);
+            } else if let Some(e) =
+                self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists)
+            {
                 report.events.push(e);
             }
             self.out.saw(uuid, o.report_id);
         }
         report.sends = self.flush();
         report
+    }
+
+    /// Whether a success of `w` makes it the primary of replicated `id` although it is not
+    /// now: it is in the placement and no member before it holds a verified copy.
+    fn leads_after(&self, w: Uuid, id: &str) -> bool {
+        let Some(repo) = self.repos.get(id) else {
+            return false;
+        };
+        let Some(rs) = &repo.replica else {
+            return false;
+        };
+        if repo.owner == Some(w) || !repo.holders.contains_key(&w) {
+            return false;
+        }
+        rs.placement
+            .iter()
+            .take_while(|u| **u != w)
+            .all(|u| repo.holders.mirrored(u) != Some(true))
+            && rs.placement.contains(&w)
+    }
+
+    /// Verify `w`'s copy of `id` and reconcile (which makes it the primary).
+    fn promote(&mut self, w: Uuid, id: &str, report_id: u64) {
+        let Some(key) = self.repos.get_key_value(id).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(repo) = self.repos.get_mut(id) else {
+            return;
+        };
+        let before = repo.facts();
+        repo.holders.verify(&w, report_id);
+        reconcile(id, repo, &mut self.out);
+        self.census.update(&key, &before, &repo.facts());
+    }
+
+    /// A result that does not publish ([`Fleet::outcomes_from`]): a success verifies the
+    /// holder only when its refs hash is the one held for the repo (an upstream result of
+    /// unknown hash, from a fleet without peers or a worker below protocol 7, still does).
+    fn apply_copy(&mut self, uuid: Uuid, worker_id: u32, o: &Outcome, prov: Provenance) {
+        if !matches!(o.result, FetchResult::Cloned | FetchResult::Fetched) {
+            return;
+        }
+        let Some((key, repo)) = self.repos.get_key_value(o.repo.as_str()) else {
+            return;
+        };
+        if !repo.holders.contains_key(&uuid) {
+            tracing::info!(repo = %o.repo, "worker {worker_id} reported a result for a repo it was not told to hold; ignored");
+            return;
+        }
+        let verify = match prov.matches {
+            Some(m) => m,
+            None => !prov.peer,
+        };
+        if !verify {
+            tracing::debug!(repo = %o.repo, "worker {worker_id}'s copy does not hash to the refs held for the repo (yet): not verified");
+            return;
+        }
+        let key = key.clone();
+        let Some(repo) = self.repos.get_mut(o.repo.as_str()) else {
+            return;
+        };
+        let before = repo.facts();
+        repo.holders.verify(&uuid, o.report_id);
+        reconcile(&o.repo, repo, &mut self.out);
+        if repo.holders.mirrored(&uuid) == Some(true) {
+            self.gate.release(&uuid, &o.repo);
+        }
+        self.census.update(&key, &before, &repo.facts());
     }
 
     /// Apply one outcome to the repo's status; returns the event it makes, if any.
@@ -1784,6 +2201,33 @@ impl Fleet {
         })
     }
 
+    /// Follow orders (SPEC §13): `primary`'s changes of `repos` are durable; every other
+    /// holder of each (its followers, in sync) is sent an upsert, which goes out as an
+    /// `Assign7` naming the verified holders and the refs hash to copy
+    /// ([`crate::handover::Handover::plan`]). O(R) a repo; repos without replicas, or
+    /// whose primary is another worker by now, are skipped.
+    pub fn follow(&mut self, primary: Uuid, repos: &[String]) -> Vec<Outgoing> {
+        for id in repos {
+            let Some(repo) = self.repos.get(id.as_str()) else {
+                continue;
+            };
+            if repo.owner != Some(primary) || repo.replica.is_none() {
+                continue;
+            }
+            let url = repo.url.to_string();
+            let followers: Vec<Uuid> = repo
+                .holders
+                .keys()
+                .copied()
+                .filter(|h| *h != primary)
+                .collect();
+            for h in followers {
+                self.out.push(h, id, Op::Upsert(url.clone()));
+            }
+        }
+        self.flush()
+    }
+
     /// Events up to `upto` from this worker are durable: later copies are duplicates.
     pub fn recorded(&mut self, uuid: Uuid, upto: u64) {
         if let Some(w) = self.registry.get_mut(&uuid)
@@ -1866,6 +2310,16 @@ impl Fleet {
     /// joined is the best of its old owner and the newcomers. A weight change, or owners not
     /// yet computed, takes the full scan. The result is the same owners either way.
     fn recompute_owners(&mut self) {
+        let before = (self.owners_known, self.members.clone());
+        self.recompute_single_owners();
+        // Replicated repos (SPEC §13): placed again on any change of the members, all of
+        // them (design.md "Replicas": O(replicated repos × W log W) per join or leave).
+        if !self.replicated.is_empty() && before != (true, self.members.clone()) {
+            self.place_replicated(None);
+        }
+    }
+
+    fn recompute_single_owners(&mut self) {
         let members = self.live_members();
         let old: HashMap<Uuid, f64> = self.members.iter().map(|m| (m.uuid, m.weight)).collect();
         let now: HashMap<Uuid, f64> = members.iter().map(|m| (m.uuid, m.weight)).collect();
@@ -1952,6 +2406,9 @@ impl Fleet {
         // winning score (scored afresh where it is unknown).
         if !joined.is_empty() {
             for (i, (id, repo)) in self.repos.iter_mut().enumerate() {
+                if repo.replica.is_some() {
+                    continue;
+                }
                 // The ring's choice: the owner, or the destination a planned move waits for.
                 let target = moves.gate.target(id).or(repo.owner);
                 let Some(owner) = target.and_then(|o| index.get(&o).copied()) else {
@@ -2095,8 +2552,17 @@ impl Fleet {
         let ring = ring::Ring::new(&members);
         let lens = folder_lens(self.placement, &self.repos);
         let mut buf = KeyBuf::default();
+        let zones = self.zone_numbers(&members);
         self.repos.iter().enumerate().all(|(i, (id, r))| {
             let key = self.placement.key(id, len_at(&lens, i), &mut buf);
+            if let Some(rs) = &r.replica {
+                let top: Vec<Uuid> = ring
+                    .top_r(key, usize::from(rs.want), &zones)
+                    .into_iter()
+                    .map(|i| members[i].uuid)
+                    .collect();
+                return top == rs.placement;
+            }
             let target = self.gate.target(id).or(r.owner);
             target == ring.owner(key).and_then(|i| members.get(i)).map(|m| m.uuid)
         })
@@ -2122,8 +2588,7 @@ impl Fleet {
     /// ring's choice, none while planned moves wait (then a restart scores every repo and
     /// rebuilds the gate from the saved owners and holders).
     fn owners_fp(&self) -> Option<u64> {
-        (self.owners_known && !self.gate.any_waiting())
-            .then(|| ring::owners_fingerprint(self.placement, &self.members))
+        (self.owners_known && !self.gate.any_waiting()).then(|| self.fingerprint(&self.members))
     }
 
     /// The placement in force.

@@ -60,9 +60,10 @@ impl Handover {
         self.refs.is_empty()
     }
 
-    /// `delta` for worker `to`: each upserted repo that `to` does not hold mirrored and
-    /// that another worker holds verified, with a listening peer plane (`peer_of`) and a
-    /// known refs hash, names that holder as its source. `None` when no repo of `delta`
+    /// `delta` for worker `to`: each upserted repo that `to` does not hold mirrored (or
+    /// follows: SPEC §13 replicas, the follow orders) and that another worker holds
+    /// verified, with a listening peer plane (`peer_of`) and a known refs hash, names
+    /// that holder as its source; a replicated repo says `to`'s role. `None` when no repo of `delta`
     /// has one (the plain `Assign` says the same) or `to` has no certificate (a holder
     /// could not tell it from anyone else).
     pub fn plan(
@@ -91,10 +92,21 @@ impl Handover {
                     expect: None,
                     next_due_ms: None,
                 };
-                let (Some(repo), Some(expect)) = (fleet.repo(&s.id), self.expect(&s.id)) else {
+                let Some(repo) = fleet.repo(&s.id) else {
                     return spec;
                 };
-                if repo.holders.mirrored(&to) == Some(true) {
+                // SPEC §13 replicas: every worker but the primary follows; a role is news
+                // to the worker even with nothing to copy (a promotion).
+                if repo.replica.is_some() {
+                    any = true;
+                    if repo.owner != Some(to) {
+                        spec.role = RepoRole::Follower;
+                    }
+                }
+                let Some(expect) = self.expect(&s.id) else {
+                    return spec;
+                };
+                if repo.holders.mirrored(&to) == Some(true) && spec.role == RepoRole::Primary {
                     return spec;
                 }
                 // The owner first (it made the hash), then the other verified holders.
@@ -130,5 +142,100 @@ impl Handover {
             peers: peers.into_values().collect(),
             grants,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Entry;
+    use crate::registry::{Introduction, Registry};
+    use gitmirror_wire::{FetchResult, Holdings, Outcome};
+    use std::time::Duration;
+
+    // SPEC §13 replicas: the primary's upsert says `Primary` with nothing to copy; a
+    // follower's says `Follower`, names the primary (first) and the refs hash, and the
+    // primary is granted the follower's certificate; a follow order for a repo the
+    // follower holds verified still names them.
+    #[test]
+    fn spec_13_followers_are_told_their_role_sources_and_hash() {
+        let entries = (0..8).map(|i| Entry {
+            id: format!("r/p{i}/n{i}"),
+            url: format!("https://example.org/{i}.git"),
+            index: "idx".into(),
+            metadata: None,
+        });
+        let mut f = Fleet::from_entries(Duration::from_secs(4), Registry::new(10), entries);
+        f.set_replicas(crate::replicas::Settings {
+            default: 2,
+            per_index: Default::default(),
+        });
+        f.finish_start(None);
+        for n in 1..=2u128 {
+            let intro = Introduction {
+                uuid: Uuid::from_u128(n),
+                previous_id: None,
+                name: "w",
+                weight: 1.0,
+                software: "test",
+                protocol: gitmirror_wire::PROTOCOL_VERSION,
+                serve_url_base: None,
+                addr: None,
+            };
+            f.connect(&intro, 0).unwrap();
+            f.enrolled(&Uuid::from_u128(n), format!("fp{n}"));
+            f.holdings(Uuid::from_u128(n), &Holdings { repos: Vec::new() }, 0);
+        }
+        let (id, primary) = f
+            .repos()
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.owner.unwrap()))
+            .next()
+            .unwrap();
+        let follower = Uuid::from_u128(3 - primary.as_u128());
+        let outcome = Outcome {
+            report_id: 1,
+            repo: id.clone(),
+            url: String::new(),
+            finished_ms: 1,
+            duration_ms: 1,
+            result: FetchResult::Cloned,
+            changes: Vec::new(),
+            ref_count: 1,
+            refs_digest: 7,
+            next_due_ms: 2,
+        };
+        let mut h = Handover::default();
+        h.record(Arc::from(id.as_str()), [9; 32]);
+        f.outcomes(primary, &[outcome], 1);
+        // Its clone is durable: the follow order.
+        let sends = f.follow(primary, std::slice::from_ref(&id));
+        let peer_of = |u: &Uuid| {
+            Some(PeerEntry {
+                worker_id: f.worker(u)?.id,
+                uuid: *u,
+                fingerprint: f.worker(u)?.cert.clone()?,
+                addr: "127.0.0.1:1".into(),
+                zone: None,
+            })
+        };
+        let to_follower = sends
+            .iter()
+            .find(|s| s.worker == follower && s.delta.upsert.iter().any(|u| u.id == id))
+            .expect("a follow order to the follower");
+        let plan = h.plan(&f, follower, &to_follower.delta, peer_of).unwrap();
+        let spec = plan.delta.upsert.iter().find(|u| u.id == id).unwrap();
+        assert_eq!(spec.role, RepoRole::Follower);
+        assert_eq!(spec.sources, vec![f.worker(&primary).unwrap().id]);
+        assert_eq!(spec.expect, Some([9; 32]));
+        let fp = f.worker(&follower).unwrap().cert.clone().unwrap();
+        assert_eq!(plan.grants[&primary][0].fingerprint, fp);
+        // The primary's own upsert (a promotion, say): its role, nothing to copy.
+        let plan = h
+            .plan(&f, primary, &to_follower.delta, peer_of)
+            .expect("a replicated repo's role is always said");
+        let spec = plan.delta.upsert.iter().find(|u| u.id == id).unwrap();
+        assert_eq!(spec.role, RepoRole::Primary);
+        assert!(spec.sources.is_empty() && spec.expect.is_none());
     }
 }

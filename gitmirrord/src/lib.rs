@@ -30,6 +30,7 @@ pub mod redact;
 pub mod refs_query;
 pub mod registry;
 pub mod reload;
+pub mod replicas;
 pub mod repo_page;
 pub mod repo_store;
 pub mod ring;

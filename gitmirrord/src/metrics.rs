@@ -76,6 +76,8 @@ pub struct FleetCounts {
     never_mirrored: u64,
     /// Planned moves admitted (in flight) and waiting for room (SPEC §5, plan C4).
     planned_moves: (usize, usize),
+    /// Repos with replicas short of their placement (SPEC §13).
+    under_replicated: usize,
 }
 
 impl FleetCounts {
@@ -124,6 +126,7 @@ impl FleetCounts {
             staleness: census.staleness(now_ms),
             never_mirrored: census.never_mirrored(),
             planned_moves: (0, 0),
+            under_replicated: census.under_replicated(),
         }
     }
 
@@ -251,6 +254,17 @@ pub fn render(i: &Inputs<'_>) -> String {
     for (state, n) in &i.fleet.repos {
         w.sample("gitmirror_repos", &[("state", state)], *n as f64);
     }
+
+    w.family(
+        "gitmirror_under_replicated_repos",
+        "gauge",
+        "Repos with replicas whose verified holders are fewer than min(replicas, live non-drained workers) (SPEC §13).",
+    );
+    w.sample(
+        "gitmirror_under_replicated_repos",
+        &[],
+        i.fleet.under_replicated as f64,
+    );
 
     w.family(
         "gitmirror_repos_failing",

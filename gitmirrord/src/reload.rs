@@ -204,6 +204,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             placement(new.placement)
         ),
     );
+    // SPEC §13: the placement of every replicated repo changes; as `placement`, the start
+    // path does that.
+    restart(
+        "replicas",
+        old.replicas != new.replicas,
+        old.replicas.describe(),
+        new.replicas.describe(),
+    );
     restart(
         "purge_protect_percent",
         old.purge_protect_percent != new.purge_protect_percent,
@@ -401,6 +409,17 @@ mod tests {
         assert_eq!(p.needs_restart[0].0, "placement");
         assert!(p.needs_restart[0].1.starts_with("unset → repo"), "{:?}", p);
         assert_eq!(merge(&old, new).placement, None, "kept until a restart");
+    }
+
+    // SPEC §13: `replicas` (and an index's) needs a restart.
+    #[test]
+    fn spec_13_replicas_need_a_restart() {
+        let old = cfg("");
+        let new = cfg("replicas: 2\n");
+        let p = plan(&old, &new);
+        assert_eq!(p.needs_restart.len(), 1, "{:?}", p.needs_restart);
+        assert_eq!(p.needs_restart[0].0, "replicas");
+        assert_eq!(merge(&old, new).replicas.default, 1, "kept until a restart");
     }
 
     // SPEC §15, §11: push_hooks, hooks_min_gap and hooks_trusted_proxies are reloaded

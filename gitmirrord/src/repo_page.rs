@@ -216,10 +216,25 @@ pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs<'_>) -> Option<String>
         .filter_map(|(u, m)| fleet.worker(u).map(|w| (w.id, w.name.clone(), m)))
         .collect();
     held.sort_by_key(|(id, _, _)| *id);
+    // SPEC §13: with replicas, each holder's role (primary, follower, or leaving).
+    let placed = repo.placement();
+    let primary = repo.owner.and_then(|o| fleet.worker(&o)).map(|w| w.id);
     for (wid, name, mirrored) in &held {
+        let role = if repo.replica.is_none() {
+            ""
+        } else if Some(*wid) == primary {
+            " <span class=\"badge\">primary</span>"
+        } else if placed
+            .iter()
+            .any(|u| fleet.worker(u).is_some_and(|w| w.id == *wid))
+        {
+            " <span class=\"badge\">follower</span>"
+        } else {
+            " <span class=\"badge\">leaving</span>"
+        };
         let _ = write!(
             holders,
-            "<div>{wid} <span class=\"muted\">({})</span> {}</div>",
+            "<div>{wid} <span class=\"muted\">({})</span>{role} {}</div>",
             esc(name),
             if *mirrored {
                 "<span class=\"badge mirrored\">mirror</span>"
@@ -232,6 +247,17 @@ pub fn render(fleet: &Fleet, id: &str, p: &RepoPageInputs<'_>) -> Option<String>
         holders.push_str("<span class=\"muted\">none</span>");
     }
     kv(&mut h, "holders", holders);
+    if repo.replica.is_some() {
+        kv(
+            &mut h,
+            "replicas",
+            format!(
+                "<span id=\"replicas\">{} wanted, {} verified</span>",
+                d.replicas,
+                d.holders.len()
+            ),
+        );
+    }
     let pool = match &d.pool {
         Some(pool) => format!(
             "<span id=\"pool\"><span class=\"mono\">{}</span> {}{} · {} members</span>",

@@ -367,6 +367,57 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// The placement of `repo_id` with replicas (SPEC §13, design.md "Replicas"): the `r`
+    /// members with the lowest scores (the score [`Ring::owner_scored`] uses, ties to the
+    /// smaller uuid), distinct zones first: members are walked in score order, a first
+    /// pass skips a zone already taken, the rest is filled in score order. `zone_of[i]` is
+    /// member `i`'s zone as a number (a member without a zone is its own zone). Indexes
+    /// into the members, best first; the first is exactly [`Ring::owner`]'s choice.
+    /// O(W log W): only for repos whose `r > 1`.
+    pub fn top_r(&self, repo_id: &str, r: usize, zone_of: &[u32]) -> Vec<usize> {
+        let mut order: Vec<(f64, usize)> = (0..self.members.len())
+            .filter_map(|i| self.score(repo_id, i).map(|s| (s, i)))
+            .collect();
+        order.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| self.members[a.1].uuid.cmp(&self.members[b.1].uuid))
+        });
+        let r = r.min(order.len());
+        let mut out: Vec<usize> = Vec::with_capacity(r);
+        let mut zones: Vec<u32> = Vec::with_capacity(r);
+        for &(_, i) in &order {
+            if out.len() == r {
+                break;
+            }
+            let z = zone_of.get(i).copied().unwrap_or(u32::MAX - i as u32);
+            if !zones.contains(&z) {
+                zones.push(z);
+                out.push(i);
+            }
+        }
+        for &(_, i) in &order {
+            if out.len() == r {
+                break;
+            }
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+}
+
+/// [`owners_fingerprint`] when some repo has replicas (R > 1): the replica settings and
+/// the members' zones are inputs of the placement, so they are mixed in; with R = 1
+/// everywhere the caller keeps [`owners_fingerprint`] as it was (an upgrade moves nothing).
+pub fn replicas_fingerprint(owners: u64, settings: &str) -> u64 {
+    let mut bytes = owners.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"replicas=");
+    bytes.extend_from_slice(settings.as_bytes());
+    xxh3_64(&bytes)
+}
+
 /// A fingerprint of a member set (uuids and weights, in the given order): owners saved
 /// under one fingerprint are exactly the ring's for any member set with the same one, so
 /// a start with the same members keeps them instead of scoring every repo again.
@@ -497,6 +548,69 @@ mod tests {
             }
             assert_eq!(Some(best.0), ring.owner(&id), "{id}");
         }
+    }
+
+    // SPEC §13: with one replica the placement is exactly today's owner.
+    #[test]
+    fn spec_13_r1_placement_equals_owner() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5, f64::NAN, 0.7]);
+        let ring = Ring::new(&m);
+        let zones: Vec<u32> = (0..m.len() as u32).map(|i| i % 2).collect();
+        for id in ids(5000) {
+            assert_eq!(
+                ring.top_r(&id, 1, &zones).first().copied(),
+                ring.owner(&id),
+                "{id}"
+            );
+            assert_eq!(
+                ring.top_r(&id, 1, &[]).first().copied(),
+                ring.owner(&id),
+                "{id}"
+            );
+            // Without zones, the top R are the R best scores in order.
+            let top = ring.top_r(&id, 3, &[]);
+            let mut all: Vec<(f64, usize)> = (0..m.len())
+                .map(|i| (ring.score(&id, i).unwrap(), i))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(m[a.1].uuid.cmp(&m[b.1].uuid)));
+            let want: Vec<usize> = all.iter().take(3).map(|x| x.1).collect();
+            assert_eq!(top, want, "{id}");
+        }
+    }
+
+    // SPEC §13: "distinct zones first": two zones of three members and one of one: with
+    // R = 2 every repo has a member in two zones; with R = 3 in all three; with R = 4 the
+    // fourth is the best remaining score.
+    #[test]
+    fn spec_13_distinct_zones_first() {
+        let m = members(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        let ring = Ring::new(&m);
+        let zones = [0, 0, 0, 1, 1, 1, 2];
+        let mut lone = 0;
+        for id in ids(3000) {
+            let two = ring.top_r(&id, 2, &zones);
+            assert_eq!(two.len(), 2);
+            assert_ne!(zones[two[0]], zones[two[1]], "{id}");
+            assert_eq!(
+                Some(two[0]),
+                ring.owner(&id),
+                "{id}: the first is the owner"
+            );
+            let three = ring.top_r(&id, 3, &zones);
+            let mut z: Vec<u32> = three.iter().map(|&i| zones[i]).collect();
+            z.sort();
+            assert_eq!(z, vec![0, 1, 2], "{id}");
+            lone += usize::from(three.contains(&6));
+            let four = ring.top_r(&id, 4, &zones);
+            assert_eq!(&four[..3], &three[..], "{id}");
+            assert!(!three.contains(&four[3]));
+        }
+        assert_eq!(
+            lone, 3000,
+            "the lone zone's member holds every repo at R = 3"
+        );
+        // More replicas than members: every member once.
+        assert_eq!(ring.top_r("a/b/c", 10, &zones).len(), 7);
     }
 
     // SPEC §5: "When a worker dies, only its repos move."

@@ -28,7 +28,7 @@ use gitmirror_common::statefile::StateError;
 use gitmirror_common::trust::WorkerCert;
 use gitmirror_common::{notify, now_ms};
 use gitmirror_wire::{CoordMsg, OutcomeBatch, Refusal, RefuseCode, WorkerMsg, close_code};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -251,6 +251,10 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             let events_s = events_s + t.elapsed().as_secs_f32();
             let cursors = webhook::load(&cfg.state_dir)?;
             let t = Instant::now();
+            if cfg.replicas.any_replicated() {
+                tracing::info!(replicas = %cfg.replicas.describe(), "replicas (SPEC §13)");
+            }
+            fleet.set_replicas(cfg.replicas.clone());
             let kept = fleet.finish_start(opened.owners);
             // Start-up time grows with the fleet: these lines say where it went.
             tracing::info!(records, repos_s, index_s, events_s, "state read");
@@ -371,6 +375,9 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         handover: crate::handover::Handover::default(),
         peers_listening: false,
         transfer_bytes: crate::metrics::TransferBytes::default(),
+        follows: HashMap::new(),
+        warned_no_peer: HashSet::new(),
+        no_peer_seen: HashSet::new(),
         status_urls: None,
         pools: crate::pools::Pools::default(),
         ca,
@@ -567,6 +574,14 @@ struct MainLoop {
     peers_listening: bool,
     /// `gitmirror_transfer_bytes_total{source}` (SPEC §13).
     transfer_bytes: crate::metrics::TransferBytes,
+    /// Follow orders waiting for the primary's outcomes to be acknowledged (SPEC §13):
+    /// per primary, (report id, repo) of its changes of replicated repos.
+    follows: HashMap<Uuid, Vec<(u64, String)>>,
+    /// Workers already warned about as followers without a peer plane (SPEC §13), and
+    /// those seen without one at the last tick (a new worker's plane starts a moment
+    /// after its holdings: two ticks in a row before the warning).
+    warned_no_peer: HashSet<Uuid>,
+    no_peer_seen: HashSet<Uuid>,
     /// `/api/status`'s `worker:url`, kept while it does not change.
     status_urls: Option<crate::api::WorkerUrls>,
     /// Fork-pool states and totals the workers report (SPEC §14; not persisted).
@@ -672,6 +687,7 @@ impl MainLoop {
                     started = Instant::now();
                     let sends = self.fleet.tick(now_ms());
                     self.dispatch(sends);
+                    self.warn_no_peer_plane();
                     for repo in self.coalescer.due(now_ms()) {
                         self.push_fetch(&repo);
                     }
@@ -729,9 +745,32 @@ impl MainLoop {
         }
     }
 
-    /// The refs hash of each success `uuid` reports for a repo it owns (SPEC §13, C5).
-    fn record_refs_hashes(&mut self, uuid: Uuid, outcomes: &[gitmirror_wire::Outcome7]) {
+    /// Each outcome's provenance (a copy from a peer; its refs hash against the one held),
+    /// then the refs hash of each upstream success `uuid` reports for a repo it is the
+    /// primary of (SPEC §13, C5, C6). A changed hash of a repo with replicas waits in
+    /// `follows` for the outcome's acknowledgement, when its followers are told to copy.
+    fn provenance(
+        &mut self,
+        uuid: Uuid,
+        outcomes: &[gitmirror_wire::Outcome7],
+    ) -> Vec<crate::fleet::Provenance> {
+        let mut out = Vec::with_capacity(outcomes.len());
         for o in outcomes {
+            let id = o.outcome.repo.as_str();
+            let peer = match o.source {
+                gitmirror_wire::TransferSource::Upstream => false,
+                gitmirror_wire::TransferSource::Peer(from) => {
+                    if self.fleet.registry().by_id(from).is_none() {
+                        tracing::info!(repo = %id, "{} says it copied from worker {from}, which this coordinator does not know; read as a copy", self.worker_label(&uuid));
+                    }
+                    true
+                }
+            };
+            let held = self.handover.expect(id);
+            out.push(crate::fleet::Provenance {
+                peer,
+                matches: o.refs_sha256.zip(held).map(|(a, b)| a == b),
+            });
             let (
                 Some(sha),
                 gitmirror_wire::FetchResult::Cloned | gitmirror_wire::FetchResult::Fetched,
@@ -739,12 +778,62 @@ impl MainLoop {
             else {
                 continue;
             };
-            if let Some((id, repo)) = self.fleet.repos().get_key_value(o.outcome.repo.as_str())
+            if peer || !self.peers_listening {
+                continue;
+            }
+            if let Some((key, repo)) = self.fleet.repos().get_key_value(id)
                 && repo.owner == Some(uuid)
             {
-                self.handover.record(id.clone(), sha);
+                if repo.replica.is_some() && held != Some(sha) {
+                    self.follows
+                        .entry(uuid)
+                        .or_default()
+                        .push((o.outcome.report_id, id.to_owned()));
+                }
+                self.handover.record(key.clone(), sha);
             }
         }
+        out
+    }
+
+    /// SPEC §13: with replicas, a worker in sync without a usable peer plane: below
+    /// protocol 7 or without a certificate it fetches the repos it follows from the
+    /// upstream; without `peer_listen` it copies from peers but serves nobody, so when it
+    /// is a primary its followers go to the upstream. Either multiplies the upstream's
+    /// load: one warning naming it. O(workers) a tick.
+    fn warn_no_peer_plane(&mut self) {
+        if !self.cfg.replicas.any_replicated() {
+            return;
+        }
+        let mut missing: Vec<(Uuid, &'static str)> = Vec::new();
+        for (u, c) in &self.conns {
+            if !self.fleet.is_synced(u) || self.warned_no_peer.contains(u) {
+                continue;
+            }
+            let why = if c.protocol < 7 {
+                "its protocol is below 7"
+            } else if self.fleet.worker(u).is_none_or(|w| w.cert.is_none()) {
+                "it has no certificate"
+            } else if c.peer.as_ref().is_none_or(|p| p.port.is_none()) {
+                "no peer_listen"
+            } else {
+                continue;
+            };
+            missing.push((*u, why));
+        }
+        let seen: HashSet<Uuid> = missing.iter().map(|(u, _)| *u).collect();
+        for (u, why) in &missing {
+            if !self.no_peer_seen.contains(u) {
+                continue;
+            }
+            self.warned_no_peer.insert(*u);
+            tracing::warn!(
+                "{} has no usable peer plane ({why}): with replicas {} the copies it should take or serve come from the upstream instead, multiplying the upstream's load",
+                self.worker_label(u),
+                self.cfg.replicas.describe()
+            );
+        }
+        self.no_peer_seen = seen;
     }
 
     fn worker_label(&self, uuid: &Uuid) -> String {
@@ -933,31 +1022,33 @@ impl MainLoop {
                         let sends = self.fleet.holdings(uuid, &h, now);
                         self.dispatch(sends);
                     }
-                    WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, now).await,
+                    WorkerMsg::Outcomes(batch) => self.on_outcomes(uuid, batch, &[], now).await,
                     // Protocol 7 (SPEC §13): the owner's refs hashes are kept for
                     // hand-overs (while some worker listens for peers); a copy from a peer
                     // is otherwise read as any outcome (its refs are the published ones).
                     WorkerMsg::Outcomes7(batch) => {
-                        if self.peers_listening {
-                            self.record_refs_hashes(uuid, &batch.outcomes);
-                        }
                         // Bytes by source, each outcome once: those the fleet will
                         // skip as already recorded (a resend) are not counted again.
                         let seen = self.fleet.worker(&uuid).map_or(0, |w| w.last_report_id);
                         for o in batch.outcomes.iter().filter(|o| o.outcome.report_id > seen) {
                             self.transfer_bytes.add(o.source, o.transfer_bytes);
                         }
+                        let prov = self.provenance(uuid, &batch.outcomes);
                         let batch = OutcomeBatch {
                             outcomes: batch.outcomes.into_iter().map(|o| o.outcome).collect(),
                         };
-                        self.on_outcomes(uuid, batch, now).await
+                        self.on_outcomes(uuid, batch, &prov, now).await
                     }
                     WorkerMsg::PeerInfo(info) => {
                         tracing::debug!(?info, "{} peer plane", self.worker_label(&uuid));
+                        let zone = info.zone.clone();
+                        self.fleet.set_peer_plane(uuid, info.port.is_some());
                         if let Some(c) = self.conns.get_mut(&uuid) {
                             c.peer = Some(info);
                         }
                         self.peers_changed();
+                        let sends = self.fleet.set_zone(uuid, zone.as_deref());
+                        self.dispatch(sends);
                     }
                     WorkerMsg::PoolStates(p) => self.on_pool_states(uuid, p),
                     WorkerMsg::PoolTotals(t) => self.pools.totals(uuid, t),
@@ -1081,9 +1172,15 @@ impl MainLoop {
         }
     }
 
-    async fn on_outcomes(&mut self, uuid: Uuid, batch: OutcomeBatch, now: i64) {
+    async fn on_outcomes(
+        &mut self,
+        uuid: Uuid,
+        batch: OutcomeBatch,
+        prov: &[crate::fleet::Provenance],
+        now: i64,
+    ) {
         self.load_published_refs(&batch).await;
-        let report = self.fleet.outcomes(uuid, &batch.outcomes, now);
+        let report = self.fleet.outcomes_from(uuid, &batch.outcomes, prov, now);
         // Per-ref maps live for one batch only (a clone in it may have made one too).
         for o in batch.outcomes.iter().filter(|o| !o.changes.is_empty()) {
             self.fleet.set_published_refs(&o.repo, None);
@@ -1120,6 +1217,22 @@ impl MainLoop {
     fn acknowledge(&mut self, uuid: Uuid, upto: u64) {
         self.fleet.recorded(uuid, upto);
         self.send(uuid, CoordMsg::OutcomeAck { upto });
+        // SPEC §13: the primary's changes are durable; its followers copy them now.
+        if let Some(waiting) = self.follows.get_mut(&uuid) {
+            let due: Vec<String> = waiting
+                .iter()
+                .filter(|(r, _)| *r <= upto)
+                .map(|(_, id)| id.clone())
+                .collect();
+            waiting.retain(|(r, _)| *r > upto);
+            if waiting.is_empty() {
+                self.follows.remove(&uuid);
+            }
+            if !due.is_empty() {
+                let sends = self.fleet.follow(uuid, &due);
+                self.dispatch(sends);
+            }
+        }
     }
 
     /// An append job is done: publish its events, acknowledge what waited for it.

@@ -30,7 +30,7 @@ async fn read_endpoints_have_their_shapes() {
     }
     assert_eq!(
         v["repos"],
-        serde_json::json!({"total":3,"mirrored":0,"pending":0,"failing":0,"gone":0,"unassigned":3,"waiting":0,"blocked":0})
+        serde_json::json!({"total":3,"mirrored":0,"pending":0,"failing":0,"gone":0,"unassigned":3,"waiting":0,"blocked":0,"under_replicated":0})
     );
     assert_eq!(v["index"][0]["name"], "test");
     assert_eq!(v["index"][0]["entries"], 3);

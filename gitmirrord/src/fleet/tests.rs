@@ -2430,3 +2430,384 @@ fn bench_index_apply_1m() {
         t.elapsed().as_secs_f64()
     );
 }
+
+// ----- replicas (SPEC §13, issue 12 S3–S4; design.md "Replicas") -----
+
+fn replicated_sim(repos: usize, r: u8) -> Sim {
+    let mut fleet = Fleet::from_entries(DEAD_AFTER, Registry::new(10), (0..repos).map(entry));
+    fleet.set_replicas(crate::replicas::Settings {
+        default: r,
+        per_index: BTreeMap::new(),
+    });
+    fleet.finish_start(None);
+    Sim {
+        fleet,
+        now: 1_000_000,
+        workers: BTreeMap::new(),
+        events: Vec::new(),
+    }
+}
+
+/// A copy from a peer whose refs hash to what the coordinator holds.
+const PEER_COPY: Provenance = Provenance {
+    peer: true,
+    matches: Some(true),
+};
+
+impl Sim {
+    fn report_as(&mut self, n: u128, outcomes: Vec<Outcome>, prov: Provenance) -> OutcomeReport {
+        let provs = vec![prov; outcomes.len()];
+        let mut rep = self
+            .fleet
+            .outcomes_from(uuid(n), &outcomes, &provs, self.now);
+        self.fleet.recorded(uuid(n), rep.upto);
+        self.events.append(&mut rep.events);
+        let sends = std::mem::take(&mut rep.sends);
+        self.deliver(sends);
+        rep
+    }
+
+    /// Primaries clone from the upstream; followers (told to hold once the primary is
+    /// verified) copy from a peer. Until nothing is left unmirrored.
+    fn settle_replicas(&mut self) {
+        for _ in 0..6 {
+            let ns: Vec<u128> = self.workers.keys().copied().collect();
+            for n in ns {
+                if !self.fleet.is_synced(&uuid(n)) {
+                    continue;
+                }
+                let todo: Vec<String> = self.workers[&n]
+                    .held
+                    .iter()
+                    .filter(|(_, (_, m))| !*m)
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                for id in todo {
+                    // Seeded from a peer when the primary (another worker) holds a
+                    // verified copy: then the coordinator holds its refs hash and
+                    // `Handover::plan` names it; else cloned from the upstream.
+                    let seeded = self.fleet.repo(&id).is_some_and(|r| {
+                        r.owner
+                            .is_some_and(|o| o != uuid(n) && r.holders.mirrored(&o) == Some(true))
+                    });
+                    let now = self.now;
+                    let o =
+                        self.workers
+                            .get_mut(&n)
+                            .unwrap()
+                            .outcome(&id, FetchResult::Cloned, now);
+                    let prov = if seeded {
+                        PEER_COPY
+                    } else {
+                        Provenance::default()
+                    };
+                    self.report_as(n, vec![o], prov);
+                }
+            }
+        }
+    }
+
+    fn replica_of(&self, id: &str) -> (Uuid, Vec<Uuid>) {
+        let r = self.fleet.repo(id).unwrap();
+        let followers = r
+            .placement()
+            .into_iter()
+            .filter(|u| Some(*u) != r.owner)
+            .collect();
+        (r.owner.unwrap(), followers)
+    }
+}
+
+/// SPEC §13: a fleet with R = 1 carries no replica state, and the owners are the ring's
+/// top choice (the ring's own test pins `top_r(.., 1, ..)` = `owner`).
+#[test]
+fn spec_13_r1_fleet_has_no_replica_state() {
+    let mut sim = replicated_sim(50, 1);
+    sim.join(1);
+    sim.join(2);
+    sim.clone_all();
+    assert!(sim.fleet.repos().values().all(|r| r.replica.is_none()));
+    assert!(sim.fleet.replicated.is_empty());
+    assert_eq!(sim.fleet.census().under_replicated(), 0);
+}
+
+/// SPEC §13: R = 3 on 4 workers: every repo on 3 verified holders; one upstream change
+/// reported by the primary is one event, its followers' copies of it (and a follower's
+/// own upstream fetch) none; follow orders go to the followers only.
+#[test]
+fn spec_13_one_upstream_change_is_one_event_with_r3() {
+    let mut sim = replicated_sim(30, 3);
+    for n in 1..=4 {
+        sim.join(n);
+    }
+    sim.settle_replicas();
+    for (id, r) in sim.fleet.repos() {
+        let rs = r.replica.as_ref().unwrap();
+        assert_eq!(rs.placement.len(), 3, "{id}");
+        assert_eq!(r.verified_holders().len(), 3, "{id}");
+        assert_eq!(
+            r.verified_holders()[0],
+            r.owner.unwrap(),
+            "{id}: primary first"
+        );
+    }
+    assert_eq!(sim.fleet.census().under_replicated(), 0);
+    assert_eq!(
+        sim.events.len(),
+        30,
+        "one clone event a repo, by its primary"
+    );
+    sim.events.clear();
+    let id = sim.fleet.repos().keys().next().unwrap().to_string();
+    let (p, followers) = sim.replica_of(&id);
+    let fetches = sim.fleet.fetch_stats().count("fetched");
+    let now = sim.now;
+    let change_at = |w: &mut SimWorker, t: i64| {
+        let mut o = w.outcome(&id, FetchResult::Fetched, t);
+        o.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+        o.digested()
+    };
+    let o = change_at(sim.workers.get_mut(&p.as_u128()).unwrap(), now);
+    sim.report_as(p.as_u128(), vec![o], Provenance::default());
+    assert_eq!(sim.events.len(), 1);
+    let last_change = sim.fleet.repo(&id).unwrap().status.last_change_ms;
+    // The change is durable: follow orders, to the followers only.
+    let sends = sim.fleet.follow(p, std::slice::from_ref(&id));
+    let told: BTreeSet<Uuid> = sends
+        .iter()
+        .filter(|s| s.delta.upsert.iter().any(|u| u.id == id))
+        .map(|s| s.worker)
+        .collect();
+    assert_eq!(told, followers.iter().copied().collect());
+    sim.deliver(sends);
+    // Each follower copies it from the primary, and one also fetched it upstream.
+    sim.now += 5000;
+    let now = sim.now;
+    for f in &followers {
+        let o = change_at(sim.workers.get_mut(&f.as_u128()).unwrap(), now);
+        let rep = sim.report_as(f.as_u128(), vec![o], PEER_COPY);
+        assert!(rep.relists.is_empty());
+    }
+    let f = followers[0].as_u128();
+    let mut o = sim
+        .workers
+        .get_mut(&f)
+        .unwrap()
+        .outcome(&id, FetchResult::Fetched, now);
+    o.changes = vec![change("refs/heads/main", Some("bb"), Some("cc"))];
+    let rep = sim.report_as(f, vec![o.digested()], Provenance::default());
+    assert!(rep.relists.is_empty());
+    assert_eq!(
+        sim.events.len(),
+        1,
+        "one change, one event: {:?}",
+        sim.events
+    );
+    let r = sim.fleet.repo(&id).unwrap();
+    assert_eq!(
+        r.status.last_change_ms, last_change,
+        "followers move no change time"
+    );
+    assert_eq!(sim.fleet.fetch_stats().count("fetched"), fetches + 1);
+    assert_eq!(r.verified_holders().len(), 3);
+}
+
+/// SPEC §13, C6: a follower's result never publishes, whatever it reports, and a copy
+/// whose refs do not hash to the primary's does not verify a new holder.
+#[test]
+fn spec_13_a_followers_result_never_publishes() {
+    let mut sim = replicated_sim(10, 2);
+    sim.join(1);
+    sim.join(2);
+    sim.settle_replicas();
+    sim.events.clear();
+    let id = sim.fleet.repos().keys().next().unwrap().to_string();
+    let (_, followers) = sim.replica_of(&id);
+    let f = followers[0].as_u128();
+    let before = sim.fleet.repo(&id).unwrap().status.clone();
+    let fetches = sim.fleet.fetch_stats().count("fetched");
+    for prov in [Provenance::default(), PEER_COPY] {
+        sim.now += 1000;
+        let now = sim.now;
+        let mut o = sim
+            .workers
+            .get_mut(&f)
+            .unwrap()
+            .outcome(&id, FetchResult::Fetched, now);
+        o.changes = vec![change("refs/heads/main", Some("aa"), Some("zz"))];
+        let rep = sim.report_as(f, vec![o.digested()], prov);
+        assert!(rep.events.is_empty() && rep.relists.is_empty());
+    }
+    assert!(sim.events.is_empty());
+    let r = sim.fleet.repo(&id).unwrap();
+    assert_eq!(r.status, before, "status, change time and counts untouched");
+    assert_eq!(sim.fleet.fetch_stats().count("fetched"), fetches);
+    // A third worker joins; its copy that does not hash to the expected refs is not
+    // believed, one that does is.
+    sim.join(3);
+    let newcomer = sim
+        .fleet
+        .repos()
+        .iter()
+        .find(|(_, r)| r.holders.mirrored(&uuid(3)) == Some(false))
+        .map(|(id, _)| id.to_string())
+        .expect("some repo moves to the newcomer");
+    let now = sim.now;
+    let o = sim
+        .workers
+        .get_mut(&3)
+        .unwrap()
+        .outcome(&newcomer, FetchResult::Cloned, now);
+    let bad = Provenance {
+        peer: true,
+        matches: Some(false),
+    };
+    sim.report_as(3, vec![o], bad);
+    let r = sim.fleet.repo(&newcomer).unwrap();
+    assert_eq!(r.holders.mirrored(&uuid(3)), Some(false));
+    assert!(sim.events.is_empty());
+    let o = sim
+        .workers
+        .get_mut(&3)
+        .unwrap()
+        .outcome(&newcomer, FetchResult::Cloned, now);
+    sim.report_as(3, vec![o], PEER_COPY);
+    let r = sim.fleet.repo(&newcomer).unwrap();
+    assert_eq!(r.holders.mirrored(&uuid(3)), Some(true));
+    assert!(sim.events.is_empty());
+}
+
+/// SPEC §13, C7: the primary dies → the next placement member with a verified copy is the
+/// primary at once (told by an upsert of what it holds, no clone), even when the new
+/// placement ranks a member without a copy first (zones: plan C7's example); that member
+/// is seeded; no event.
+#[test]
+fn spec_13_promotion_without_reclone() {
+    let mut sim = replicated_sim(200, 2);
+    for n in 1..=3 {
+        sim.join(n);
+    }
+    for (n, z) in [(1, "a"), (2, "a"), (3, "b")] {
+        let sends = sim.fleet.set_zone(uuid(n), Some(z));
+        sim.deliver(sends);
+    }
+    sim.settle_replicas();
+    sim.events.clear();
+    // Placed on 1 (zone a, primary) and 3 (zone b); without 1, worker 2 (zone a, no
+    // copy) ranks before 3.
+    let ring_after = ring::Ring::new(&[
+        Member {
+            uuid: uuid(2),
+            weight: 1.0,
+        },
+        Member {
+            uuid: uuid(3),
+            weight: 1.0,
+        },
+    ]);
+    let id = sim
+        .fleet
+        .repos()
+        .iter()
+        .find(|(id, r)| {
+            let mut buf = KeyBuf::default();
+            let key = sim.fleet.placement().key(id, 1, &mut buf);
+            r.owner == Some(uuid(1)) && ring_after.top_r(key, 2, &[])[0] == 0
+        })
+        .map(|(id, _)| id.to_string())
+        .expect("such a repo among 200");
+    assert_eq!(
+        sim.fleet.repo(&id).unwrap().placement(),
+        vec![uuid(1), uuid(3)]
+    );
+    let (survivor, newcomer) = (uuid(3), uuid(2));
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    let r = sim.fleet.repo(&id).unwrap();
+    assert_eq!(r.placement(), vec![newcomer, survivor]);
+    assert_eq!(r.owner, Some(survivor), "the verified follower is promoted");
+    assert_eq!(r.state(), RepoState::Mirrored);
+    assert_eq!(
+        r.holders.mirrored(&newcomer),
+        Some(false),
+        "a new member is seeded"
+    );
+    assert!(sim.workers[&survivor.as_u128()].held[&id].1, "no re-clone");
+    assert!(sim.events.is_empty());
+    assert!(
+        sim.fleet.census().under_replicated() > 0,
+        "the dead worker's repos"
+    );
+    sim.settle_replicas();
+    let r = sim.fleet.repo(&id).unwrap();
+    assert_eq!(r.verified_holders().len(), 2);
+    assert_eq!(sim.fleet.census().under_replicated(), 0);
+    assert!(sim.events.is_empty(), "{:?}", sim.events);
+}
+
+/// SPEC §13, C7: the primary fetched X and died before reporting; the promoted follower
+/// already holds X (its own copy), so its first result differs from what was published
+/// without changes to explain it: it is asked to relist, and X is one event, once.
+#[test]
+fn spec_13_killed_primary_after_fetch_before_report_relists_not_loses() {
+    let mut sim = replicated_sim(20, 2);
+    sim.join(1);
+    sim.join(2);
+    sim.settle_replicas();
+    sim.events.clear();
+    let id = sim
+        .fleet
+        .repos()
+        .iter()
+        .find(|(_, r)| r.owner == Some(uuid(1)))
+        .map(|(id, _)| id.to_string())
+        .unwrap();
+    sim.fleet.disconnect(uuid(1), sim.now);
+    sim.advance(DEAD_AFTER + Duration::from_secs(1));
+    assert_eq!(sim.fleet.repo(&id).unwrap().owner, Some(uuid(2)));
+    // Its first upstream fetch: nothing new to it, but its refs are X (main = bb).
+    let now = sim.now;
+    let w = sim.workers.get_mut(&2).unwrap();
+    let mut first = w.outcome(&id, FetchResult::Fetched, now);
+    first.changes = Vec::new();
+    first.refs_digest = gitmirror_wire::refs::digest([("refs/heads/main", "bb")]);
+    let rep = sim.report_as(2, vec![first], Provenance::default());
+    assert_eq!(rep.relists, vec![id.clone()], "asked to relist");
+    assert!(sim.events.is_empty());
+    // The relist: every ref; X is news, once.
+    let w = sim.workers.get_mut(&2).unwrap();
+    let mut relist = w.outcome(&id, FetchResult::Fetched, now + 1000);
+    relist.changes = vec![change("refs/heads/main", None, Some("bb"))];
+    sim.report_as(2, vec![relist.digested()], Provenance::default());
+    assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+    assert_eq!(sim.events[0].refs[0].new.as_deref(), Some("bb"));
+    // The same refs again: no second event.
+    let w = sim.workers.get_mut(&2).unwrap();
+    let mut again = w.outcome(&id, FetchResult::Fetched, now + 2000);
+    again.changes = Vec::new();
+    again.refs_digest = gitmirror_wire::refs::digest([("refs/heads/main", "bb")]);
+    let rep = sim.report_as(2, vec![again], Provenance::default());
+    assert!(rep.relists.is_empty());
+    assert_eq!(sim.events.len(), 1);
+}
+
+/// SPEC §13: zones of the workers place the replicas in distinct zones first.
+#[test]
+fn spec_13_zones_place_replicas_apart() {
+    let mut sim = replicated_sim(60, 2);
+    for n in 1..=4 {
+        sim.join(n);
+    }
+    for (n, z) in [(1, "a"), (2, "a"), (3, "a"), (4, "b")] {
+        let sends = sim.fleet.set_zone(uuid(n), Some(z));
+        sim.deliver(sends);
+    }
+    for (id, r) in sim.fleet.repos() {
+        assert!(
+            r.placement().contains(&uuid(4)),
+            "{id}: one replica in zone b"
+        );
+    }
+    sim.settle_replicas();
+    assert_eq!(sim.fleet.census().under_replicated(), 0);
+}
