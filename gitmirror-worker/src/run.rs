@@ -1892,6 +1892,12 @@ impl Worker {
                 (RepoRole::Primary, Some(p)) => {
                     self.follow.remove(&s.id);
                     self.peer_sources.insert(s.id.clone(), p);
+                    // Held with no copy yet (a hand-over cut by a restart, named again
+                    // on reconnection): the copy from the holders now, not after the
+                    // failed upstream attempt's back-off.
+                    if self.state.repos.get(&s.id).is_some_and(|r| !r.mirrored) {
+                        copy_now.push(s.id.clone());
+                    }
                 }
                 (_, None) => {
                     self.follow.remove(&s.id);

@@ -1575,6 +1575,19 @@ impl Fleet {
                 self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
             } else if h.mirrored && owner && holds != Some(true) {
                 self.fetch_now.push((uuid, id.to_string()));
+            } else if !h.mirrored
+                && repo.owner == Some(uuid)
+                && holds == Some(false)
+                && repo
+                    .holders
+                    .keys()
+                    .any(|w| *w != uuid && repo.holders.mirrored(w) == Some(true))
+            {
+                // An owner back with its copy still to make while another worker holds a
+                // verified one (a hand-over cut by its restart): the assignment again, so
+                // that it is named the holders again (they live in its memory only, SPEC
+                // §13). O(such repos) a connection.
+                self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
             }
             if holds.is_none()
                 || (holds == Some(true) && !h.mirrored)

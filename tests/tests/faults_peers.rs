@@ -367,30 +367,32 @@ fn spec_13_kill9_receiver_mid_transfer() {
         s.big_pack,
         mid.tmp.display()
     );
-    // Restarted: the partial copy is removed at the start. The receiver no longer knows
-    // its holders (they came with the assignment, kept in memory; the coordinator does
-    // not name them again on a reconnect), so the repo comes from the upstream once it is
-    // back.
+    // Restarted: the partial copy is removed at the start, and the coordinator names the
+    // holders again (an owner back before its copy is assigned it again, with its
+    // sources: `fleet::tests::spec_13_owner_back_before_its_copy_is_assigned_again`), so
+    // the repo comes from the peer with the upstream still offline.
     s.fleet.workers[b].start();
     poll_until(WITHIN, "the receiver's leftover removed", || {
         (!mid.tmp.exists()).then_some(())
     });
-    assert!(!path.exists(), "no mirror while the upstream is offline");
-    s.daemon.restart();
     poll_until(
         WITHIN,
-        "the big repo on the receiver, refs equal upstream",
+        "the big repo on the receiver from its peer, upstream offline, refs equal upstream",
         || converged(&s.fleet, b, &s.big, &upstream),
     );
     fsck(&s.fleet, b, &s.big);
     poll_until(WITHIN, "the receiver's .tmp empty", || {
         tmp_entries(&s.fleet, b).is_empty().then_some(())
     });
-    poll_until(
-        WITHIN,
-        "the receiver's clone counted as upstream bytes",
-        || (metric(&s.fleet, "upstream") >= upstream_bytes + s.big_pack as f64).then_some(()),
+    poll_until(WITHIN, "the receiver's copy counted as peer bytes", || {
+        (metric(&s.fleet, "peer") >= s.big_pack as f64).then_some(())
+    });
+    assert_eq!(
+        metric(&s.fleet, "upstream"),
+        upstream_bytes,
+        "nothing came from the (offline) upstream"
     );
+    s.daemon.restart();
     let owners = s.fleet.wait_settled(SETTLE);
     s.fleet.check_mirrors(&owners).unwrap();
     change_upstream_and_count_events(&mut s);

@@ -2811,3 +2811,45 @@ fn spec_13_zones_place_replicas_apart() {
     sim.settle_replicas();
     assert_eq!(sim.fleet.census().under_replicated(), 0);
 }
+
+/// SPEC §13: a new owner restarted before its copy was made (a hand-over from peers cut
+/// short) is sent the assignment of each such repo again when it reconnects, so that a
+/// worker with a peer plane is named the verified holders again (it keeps them in memory
+/// only); repos no one else holds verified are not sent again.
+#[test]
+fn spec_13_owner_back_before_its_copy_is_assigned_again() {
+    let mut sim = Sim::new(300);
+    sim.join(10);
+    sim.clone_all();
+    sim.join(5);
+    let moved: Vec<String> = sim.workers[&5].held.keys().cloned().collect();
+    assert!(!moved.is_empty(), "some repos move to the new worker");
+    // One of them has no verified holder left (its old holder lost it).
+    let lone = moved[0].clone();
+    sim.fleet.holdings(
+        uuid(10),
+        &Holdings {
+            repos: sim.workers[&10]
+                .holdings()
+                .repos
+                .into_iter()
+                .filter(|h| h.id != lone)
+                .collect(),
+        },
+        sim.now,
+    );
+    // Worker 5 restarts: its copies were never made.
+    sim.fleet.disconnect(uuid(5), sim.now);
+    let j = sim.fleet.connect(&intro(5, 1.0), sim.now).unwrap();
+    drop(j);
+    let held = sim.workers[&5].holdings();
+    assert!(held.repos.iter().all(|h| !h.mirrored));
+    let sends = sim.fleet.holdings(uuid(5), &held, sim.now);
+    let again: BTreeSet<String> = sends
+        .iter()
+        .filter(|s| s.worker == uuid(5))
+        .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
+        .collect();
+    let expected: BTreeSet<String> = moved.iter().filter(|id| **id != lone).cloned().collect();
+    assert_eq!(again, expected);
+}
