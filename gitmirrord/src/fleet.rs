@@ -483,7 +483,15 @@ struct Outbox {
     /// Per worker, the highest outcome report id received: a repo it is told to hold now
     /// is verified only by a success reported after this ([`Holders`]).
     seen: HashMap<Uuid, u64>,
+    /// Copies claimed by workers never told to hold them while the repo's owner had no
+    /// verified copy (a holder back from dead during a hand-over): dropped once the owner
+    /// is verified ([`reconcile`]). Believed as nothing else; at most [`STALE_MAX`].
+    stale: foldhash::HashMap<String, Vec<Uuid>>,
 }
+
+/// The most repos [`Outbox::stale`] remembers; claims past it go at the claimant's next
+/// connection, as they did before.
+const STALE_MAX: usize = 65_536;
 
 impl Outbox {
     /// What a success of `worker` must pass to verify a repo it is told to hold now.
@@ -494,6 +502,29 @@ impl Outbox {
     fn saw(&mut self, worker: Uuid, report_id: u64) {
         let s = self.seen.entry(worker).or_insert(0);
         *s = (*s).max(report_id);
+    }
+
+    /// Remember `worker`'s copy of `repo` to drop once the owner's copy is verified.
+    fn remember_stale(&mut self, worker: Uuid, repo: &str) {
+        if self.stale.len() >= STALE_MAX && !self.stale.contains_key(repo) {
+            return;
+        }
+        let ws = self.stale.entry(repo.to_owned()).or_default();
+        if !ws.contains(&worker) {
+            ws.push(worker);
+        }
+    }
+
+    /// The drops of the stale copies of `repo`, once its owner's copy is verified.
+    fn drop_stale(&mut self, repo: &str, holders: &Holders, owner: Uuid) {
+        if self.stale.is_empty() {
+            return;
+        }
+        for w in self.stale.remove(repo).unwrap_or_default() {
+            if w != owner && !holders.contains_key(&w) {
+                self.push(w, repo, Op::Drop(DropReason::Moved));
+            }
+        }
     }
 
     fn push(&mut self, worker: Uuid, repo: &str, op: Op) {
@@ -530,6 +561,7 @@ fn reconcile(id: &str, repo: &mut Repo, out: &mut Outbox) {
             repo.holders.remove(&h);
             out.push(h, id, Op::Drop(DropReason::Moved));
         }
+        out.drop_stale(id, &repo.holders, owner);
     }
 }
 
@@ -1563,6 +1595,9 @@ impl Fleet {
                     .is_some_and(|o| repo.holders.mirrored(&o) == Some(true))
                 {
                     self.out.push(uuid, id, Op::Drop(DropReason::Moved));
+                } else if repo.replica.is_none() {
+                    // Not yet: it goes when the owner's copy is verified.
+                    self.out.remember_stale(uuid, id);
                 }
                 continue;
             }

@@ -2863,3 +2863,45 @@ fn spec_13_owner_back_before_its_copy_is_assigned_again() {
     let expected: BTreeSet<String> = moved.iter().filter(|id| **id != lone).cloned().collect();
     assert_eq!(again, expected);
 }
+
+/// SPEC §13, §5: a worker back with a copy it was never told to hold (a holder returning
+/// from dead during a hand-over) while the owner's copy is not verified yet is not
+/// believed, and is told to drop that copy once the owner's copy is verified (it kept it
+/// until its next connection).
+#[test]
+fn spec_13_stale_copy_of_a_returning_holder_goes_once_the_owner_is_verified() {
+    let mut sim = Sim::new(300);
+    sim.join(10);
+    sim.clone_all();
+    sim.join(5);
+    let stale = sim.workers[&5].held.keys().next().cloned().unwrap();
+    let url = sim.workers[&5].held[&stale].0.clone();
+    // Worker 7 owns nothing (weight 0) and comes with a copy of `stale`.
+    sim.workers
+        .entry(7)
+        .or_default()
+        .held
+        .insert(stale.clone(), (url, true));
+    sim.join_weighted(7, 0.0);
+    assert!(
+        sim.workers[&7].drops.is_empty(),
+        "not before the owner is verified"
+    );
+    assert!(
+        !sim.fleet
+            .repo(&stale)
+            .unwrap()
+            .holders
+            .contains_key(&uuid(7))
+    );
+    sim.clone_all();
+    assert_eq!(
+        sim.workers[&7]
+            .drops
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![stale.as_str()]
+    );
+    assert!(sim.workers[&7].held.is_empty());
+}
