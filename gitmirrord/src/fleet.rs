@@ -1623,6 +1623,18 @@ impl Fleet {
                 // that it is named the holders again (they live in its memory only, SPEC
                 // §13). O(such repos) a connection.
                 self.out.push(uuid, id, Op::Upsert(repo.url.to_string()));
+            } else if h.mirrored
+                && !owner
+                && holds == Some(true)
+                && repo.replica.is_none()
+                && let Some(o) = repo.owner
+                && repo.holders.mirrored(&o) == Some(false)
+            {
+                // A verified holder back while the owner's copy is still to make (a
+                // hand-over from it cut by its restart: its grants died with it): the
+                // owner is assigned the repo again, which names this holder and grants
+                // it anew ([`crate::handover`]). O(such repos) a connection.
+                self.out.push(o, id, Op::Upsert(repo.url.to_string()));
             }
             if holds.is_none()
                 || (holds == Some(true) && !h.mirrored)

@@ -2905,3 +2905,30 @@ fn spec_13_stale_copy_of_a_returning_holder_goes_once_the_owner_is_verified() {
     );
     assert!(sim.workers[&7].held.is_empty());
 }
+
+/// SPEC §13: a verified holder back from a restart while the new owner's copy is still to
+/// make (its grants died with it) makes the owner be assigned the repo again, so that the
+/// hand-over is planned anew (holders named, grants sent); a holder back after the owner
+/// is verified makes nothing.
+#[test]
+fn spec_13_holder_back_during_a_hand_over_plans_it_again() {
+    let mut sim = Sim::new(300);
+    sim.join(10);
+    sim.clone_all();
+    sim.join(5);
+    let moved: BTreeSet<String> = sim.workers[&5].held.keys().cloned().collect();
+    assert!(!moved.is_empty());
+    // Worker 10 restarts (still a verified holder of the moved repos).
+    sim.fleet.disconnect(uuid(10), sim.now);
+    let j = sim.fleet.connect(&intro(10, 1.0), sim.now).unwrap();
+    drop(j);
+    let sends = sim
+        .fleet
+        .holdings(uuid(10), &sim.workers[&10].holdings(), sim.now);
+    let again: BTreeSet<String> = sends
+        .iter()
+        .filter(|s| s.worker == uuid(5))
+        .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
+        .collect();
+    assert_eq!(again, moved);
+}
