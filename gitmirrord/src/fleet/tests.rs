@@ -2849,17 +2849,8 @@ fn spec_13_owner_back_before_its_copy_is_assigned_again() {
         sim.now,
     );
     // Worker 5 restarts: its copies were never made.
-    sim.fleet.disconnect(uuid(5), sim.now);
-    let j = sim.fleet.connect(&intro(5, 1.0), sim.now).unwrap();
-    drop(j);
-    let held = sim.workers[&5].holdings();
-    assert!(held.repos.iter().all(|h| !h.mirrored));
-    let sends = sim.fleet.holdings(uuid(5), &held, sim.now);
-    let again: BTreeSet<String> = sends
-        .iter()
-        .filter(|s| s.worker == uuid(5))
-        .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
-        .collect();
+    assert!(sim.workers[&5].held.values().all(|(_, m)| !*m));
+    let again = upserts_to(&sim.reconnect(5), 5);
     let expected: BTreeSet<String> = moved.iter().filter(|id| **id != lone).cloned().collect();
     assert_eq!(again, expected);
 }
@@ -2919,16 +2910,26 @@ fn spec_13_holder_back_during_a_hand_over_plans_it_again() {
     let moved: BTreeSet<String> = sim.workers[&5].held.keys().cloned().collect();
     assert!(!moved.is_empty());
     // Worker 10 restarts (still a verified holder of the moved repos).
-    sim.fleet.disconnect(uuid(10), sim.now);
-    let j = sim.fleet.connect(&intro(10, 1.0), sim.now).unwrap();
-    drop(j);
-    let sends = sim
-        .fleet
-        .holdings(uuid(10), &sim.workers[&10].holdings(), sim.now);
-    let again: BTreeSet<String> = sends
-        .iter()
-        .filter(|s| s.worker == uuid(5))
-        .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
-        .collect();
+    let again = upserts_to(&sim.reconnect(10), 5);
     assert_eq!(again, moved);
+}
+
+impl Sim {
+    /// Worker `n` reconnects (a restart, within `dead_after`) and reports what it holds;
+    /// the sends are returned, not delivered.
+    fn reconnect(&mut self, n: u128) -> Vec<Outgoing> {
+        self.fleet.disconnect(uuid(n), self.now);
+        drop(self.fleet.connect(&intro(n, 1.0), self.now).unwrap());
+        let held = self.workers[&n].holdings();
+        self.fleet.holdings(uuid(n), &held, self.now)
+    }
+}
+
+/// The repos `sends` tell worker `n` to hold.
+fn upserts_to(sends: &[Outgoing], n: u128) -> BTreeSet<String> {
+    sends
+        .iter()
+        .filter(|s| s.worker == uuid(n))
+        .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
+        .collect()
 }
