@@ -475,11 +475,11 @@ struct Asked {
 #[derive(Debug, Default)]
 struct Outbox {
     /// Workers connected and past `Holdings`: the only ones that get deltas.
-    synced: BTreeSet<Uuid>,
+    synced: foldhash::HashSet<Uuid>,
     /// Per worker, the next operation on each repo (a later one replaces an earlier);
     /// hashed, not ordered, since a whole index pushes 1M of them: [`Fleet::flush`] sorts
     /// each worker's few by id.
-    ops: BTreeMap<Uuid, foldhash::HashMap<String, Op>>,
+    ops: foldhash::HashMap<Uuid, foldhash::HashMap<String, Op>>,
     /// Per worker, the highest outcome report id received: a repo it is told to hold now
     /// is verified only by a success reported after this ([`Holders`]).
     seen: HashMap<Uuid, u64>,
@@ -1325,12 +1325,25 @@ impl Fleet {
         let ring = ring::Ring::new(&self.members);
         // The owners of the new repos first, on every core (a whole index arrives at once).
         let mut seen = foldhash::HashSet::default();
+        // Per entry, whether it is the first listing of a repo not in the fleet: the loop
+        // below then inserts it without searching for it again (a whole index is 1M new
+        // repos, and a search of the repo table is ~20 string compares).
+        // An id past the table's last is new without a search: the parts of a whole
+        // index come in id order.
+        let last_id = self.repos.last_key_value().map(|(k, _)| k.clone());
+        let mut first_new: Vec<bool> = Vec::with_capacity(delta.len());
         let new_ids: Vec<&str> = delta
             .added
             .iter()
             .chain(&delta.changed)
             .map(|e| e.id.as_str())
-            .filter(|id| !self.repos.contains_key(*id) && seen.insert(*id))
+            .filter(|id| {
+                let absent =
+                    last_id.as_deref().is_none_or(|l| *id > l) || !self.repos.contains_key(*id);
+                let new = absent && seen.insert(*id);
+                first_new.push(new);
+                new
+            })
             .collect();
         drop(seen);
         // Each new repo's folder as it will be once the delta is in.
@@ -1355,15 +1368,25 @@ impl Fleet {
         } else {
             Vec::new()
         };
-        for e in delta.added.iter().chain(&delta.changed) {
-            let index = intern(&mut self.index_names, &e.index);
+        let mut index: Option<Arc<str>> = None;
+        for (e, new) in delta.added.iter().chain(&delta.changed).zip(first_new) {
+            let index = match &index {
+                Some(n) if **n == *e.index => n.clone(),
+                _ => index
+                    .insert(intern(&mut self.index_names, &e.index))
+                    .clone(),
+            };
             // One search finds an existing repo with its key (a whole index is 1M new
             // repos: four searches per repo were an eighth of the apply in `memcmp`).
             let id = e.id.as_str();
-            if let Some((key, repo)) = self
-                .repos
-                .range_mut::<str, _>((std::ops::Bound::Included(id), std::ops::Bound::Included(id)))
-                .next()
+            if !new
+                && let Some((key, repo)) = self
+                    .repos
+                    .range_mut::<str, _>((
+                        std::ops::Bound::Included(id),
+                        std::ops::Bound::Included(id),
+                    ))
+                    .next()
             {
                 let before = repo.facts();
                 if *repo.url != *e.url {
@@ -2517,7 +2540,9 @@ impl Fleet {
     /// Turn the pending operations into numbered deltas for workers in sync.
     fn flush(&mut self) -> Vec<Outgoing> {
         self.refill();
-        let ops = std::mem::take(&mut self.out.ops);
+        // In worker order, so that the sends are the same for the same input.
+        let mut ops: Vec<_> = std::mem::take(&mut self.out.ops).into_iter().collect();
+        ops.sort_unstable_by_key(|(w, _)| *w);
         let mut sends = Vec::new();
         for (worker, ops) in ops {
             if !self.out.synced.contains(&worker) {

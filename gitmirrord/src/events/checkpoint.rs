@@ -26,6 +26,9 @@ const MAGIC: &[u8; 8] = b"GMCKPT1\n";
 const TRAILER: u64 = 28;
 const PAIR: u64 = 16;
 
+/// The index's format as one value: written and read entry by entry ([`IndexBytes`]),
+/// with the same bytes (pinned by a test).
+#[cfg(test)]
 #[derive(Debug, Serialize, Deserialize)]
 struct Index {
     seq: u64,
@@ -36,6 +39,16 @@ struct Index {
 #[derive(Debug, Serialize, Deserialize)]
 struct IndexEntry {
     repo: String,
+    digest: Option<u64>,
+    offset: u64,
+    count: u64,
+    crc: u32,
+}
+
+/// [`IndexEntry`] as the writer encodes it, without copying the repo id (same encoding).
+#[derive(Serialize)]
+struct IndexEntryRef<'a> {
+    repo: &'a str,
     digest: Option<u64>,
     offset: u64,
     count: u64,
@@ -117,6 +130,8 @@ pub struct Checkpoint {
     pub seq: u64,
     /// xxh3 of the repo id → where its refs are, sorted by hash (24 bytes a repo).
     by_hash: Vec<(u64, Loc)>,
+    /// Bytes of the encoded index (to size the next one's buffer).
+    index_len: usize,
     /// Repos whose id hashes collide with another's.
     collided: HashMap<String, Loc>,
 }
@@ -132,6 +147,48 @@ fn repo_hash(repo: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(repo.as_bytes())
 }
 
+impl IndexEntry {
+    fn loc(&self) -> Loc {
+        Loc {
+            offset: self.offset,
+            count: self.count,
+            crc: self.crc,
+        }
+    }
+}
+
+/// Sort `by_hash` by hash; whether a hash appears more than once.
+fn has_shared_hash(by_hash: &mut [(u64, Loc)]) -> bool {
+    by_hash.sort_unstable_by_key(|(h, _)| *h);
+    by_hash.windows(2).any(|w| w[0].0 == w[1].0)
+}
+
+/// The repos of `index` whose hash another repo shares, by name (each repo is once in a
+/// checkpoint, so a shared hash is always a collision); sorts `by_hash`.
+fn colliding(
+    path: &Path,
+    index: &IndexBytes,
+    by_hash: &mut [(u64, Loc)],
+) -> Result<HashMap<String, Loc>, EventLogError> {
+    let mut collided = HashMap::new();
+    if !has_shared_hash(by_hash) {
+        return Ok(collided);
+    }
+    let shared: std::collections::HashSet<u64> = by_hash
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[0].0)
+        .collect();
+    index.read(path, |e| {
+        if shared.contains(&repo_hash(&e.repo)) {
+            let loc = e.loc();
+            collided.insert(e.repo, loc);
+        }
+        Ok(())
+    })?;
+    Ok(collided)
+}
+
 fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> EventLogError {
     EventLogError::Corrupt {
         path: path.to_owned(),
@@ -143,7 +200,7 @@ fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> EventLogError
 /// The event log's I/O error for `path`.
 use super::io_err as io;
 
-fn read_index(path: &Path, file: &File) -> Result<Index, EventLogError> {
+fn read_index(path: &Path, file: &File) -> Result<IndexBytes, EventLogError> {
     let len = file.metadata().map_err(io(path, "stat"))?.len();
     let mut head = vec![0u8; HEADER.len()];
     if len < HEADER.len() as u64 + TRAILER {
@@ -175,7 +232,36 @@ fn read_index(path: &Path, file: &File) -> Result<Index, EventLogError> {
     if crc32fast::hash(&bytes) != crc {
         return Err(corrupt(path, offset, "index checksum mismatch"));
     }
-    postcard::from_bytes(&bytes).map_err(|e| corrupt(path, offset, e.to_string()))
+    Ok(IndexBytes { bytes, offset })
+}
+
+/// A checkpoint's index as read and checked, decoded entry by entry: at 1M repos the
+/// decoded entries are ~100 MB, the encoded ones a third of that, and a checkpoint is
+/// written beside the fleet while outcomes flow (the coordinator's peak RSS was the
+/// decoded old index and the new one side by side, docs/scale.md).
+struct IndexBytes {
+    bytes: Vec<u8>,
+    offset: u64,
+}
+
+impl IndexBytes {
+    /// `seq` and the report ids; `each` gets every repo entry in file order.
+    fn read(
+        &self,
+        path: &Path,
+        mut each: impl FnMut(IndexEntry) -> Result<(), EventLogError>,
+    ) -> Result<(u64, Vec<(u128, u64)>), EventLogError> {
+        let bad = |e: postcard::Error| corrupt(path, self.offset, e.to_string());
+        let (seq, rest) = postcard::take_from_bytes::<u64>(&self.bytes).map_err(bad)?;
+        let (reports, rest) = postcard::take_from_bytes::<Vec<(u128, u64)>>(rest).map_err(bad)?;
+        let (n, mut rest) = postcard::take_from_bytes::<u64>(rest).map_err(bad)?;
+        for _ in 0..n {
+            let (e, r) = postcard::take_from_bytes::<IndexEntry>(rest).map_err(bad)?;
+            rest = r;
+            each(e)?;
+        }
+        Ok((seq, reports))
+    }
 }
 
 impl Checkpoint {
@@ -195,33 +281,18 @@ impl Checkpoint {
         };
         let index = read_index(&path, &file)?;
         let mut digests = HashMap::new();
-        let mut by_hash = Vec::with_capacity(index.repos.len());
-        let mut names: HashMap<u64, String> = HashMap::new();
-        let mut collided = HashMap::new();
-        for e in index.repos {
+        let mut by_hash = Vec::new();
+        let (seq, reports) = index.read(&path, |e| {
             if let Some(d) = e.digest
                 && with_digests
             {
                 digests.insert(e.repo.clone(), d);
             }
-            let loc = Loc {
-                offset: e.offset,
-                count: e.count,
-                crc: e.crc,
-            };
-            by_hash.push((repo_hash(&e.repo), loc));
-            if let Some(other) = names.insert(repo_hash(&e.repo), e.repo.clone())
-                && other != e.repo
-            {
-                collided.insert(e.repo, loc);
-            }
-        }
-        drop(names);
-        by_hash.sort_by_key(|(h, _)| *h);
-        // Colliding repos are looked up by name; keep the first of each hash for the
-        // others, which check the name too.
-        let reports = index
-            .reports
+            by_hash.push((repo_hash(&e.repo), e.loc()));
+            Ok(())
+        })?;
+        let collided = colliding(&path, &index, &mut by_hash)?;
+        let reports = reports
             .into_iter()
             .map(|(u, r)| (Uuid::from_u128(u), r))
             .collect();
@@ -229,8 +300,9 @@ impl Checkpoint {
             checkpoint: Checkpoint {
                 path,
                 file,
-                seq: index.seq,
+                seq,
                 by_hash,
+                index_len: index.bytes.len(),
                 collided,
             },
             reports,
@@ -244,13 +316,16 @@ impl Checkpoint {
         }
         let h = repo_hash(repo);
         let i = self.by_hash.partition_point(|(k, _)| *k < h);
-        // With a collision the entries for this hash include other repos; those are
-        // in `collided`, so the first one here that is not is this repo's.
-        self.by_hash[i..]
-            .iter()
-            .take_while(|(k, _)| *k == h)
-            .map(|(_, l)| *l)
-            .find(|l| !self.collided.values().any(|c| c == l))
+        // A hash shared by several repos of the checkpoint is only looked up by name
+        // (above): every one of them is in `collided`.
+        match self.by_hash.get(i..i + 2) {
+            Some([(a, _), (b, _)]) if *a == h && *b == h => None,
+            _ => self
+                .by_hash
+                .get(i)
+                .filter(|(k, _)| *k == h)
+                .map(|(_, l)| *l),
+        }
     }
 
     /// The refs published for `repo` as of this checkpoint, sorted by key; `None` when
@@ -273,6 +348,11 @@ impl Checkpoint {
     ) -> Result<Checkpoint, EventLogError> {
         let path = dir.join(FILE);
         let tmp = dir.join(format!(".{FILE}.tmp"));
+        // Sized once (at most every old repo and every overlay repo): grown by doubling,
+        // the old and the new buffer of 1M entries were both live at the copy.
+        let mut by_hash: Vec<(u64, Loc)> =
+            Vec::with_capacity(old.map_or(0, |o| o.by_hash.len()) + overlay.len());
+        let mut index_len = 0;
         let result = (|| {
             let file = OpenOptions::new()
                 .read(true)
@@ -285,7 +365,12 @@ impl Checkpoint {
             let mut w = BufWriter::with_capacity(1 << 20, &file);
             let mut pos = HEADER.len() as u64;
             w.write_all(HEADER).map_err(io(&tmp, "write"))?;
-            let mut entries = Vec::new();
+            // The new index is encoded as it is written (postcard: the entries after
+            // their count), and the look-up table of the new checkpoint built with it.
+            let mut entries: Vec<u8> = Vec::with_capacity(
+                (old.map_or(0, |o| o.index_len) + overlay.len() * 48).min(1 << 30),
+            );
+            let mut count: u64 = 0;
             let mut put = |repo: &str,
                            digest: Option<u64>,
                            pairs: &[(u64, u64)],
@@ -297,25 +382,30 @@ impl Checkpoint {
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
                 w.write_all(&bytes).map_err(io(&tmp, "write"))?;
-                entries.push(IndexEntry {
-                    repo: repo.to_owned(),
-                    digest,
+                let loc = Loc {
                     offset: pos,
                     count: pairs.len() as u64,
                     crc: crc32fast::hash(&bytes),
-                });
+                };
+                let entry = IndexEntryRef {
+                    repo,
+                    digest,
+                    offset: loc.offset,
+                    count: loc.count,
+                    crc: loc.crc,
+                };
+                entries = postcard::to_extend(&entry, std::mem::take(&mut entries))
+                    .map_err(|e| io(&tmp, "encode")(std::io::Error::other(e)))?;
+                count += 1;
+                by_hash.push((repo_hash(repo), loc));
                 pos += bytes.len() as u64;
                 Ok(())
             };
             let mut done: std::collections::HashSet<&str> = std::collections::HashSet::new();
             if let Some(old) = old {
                 let index = read_index(&old.path, &old.file)?;
-                for e in index.repos {
-                    let loc = Loc {
-                        offset: e.offset,
-                        count: e.count,
-                        crc: e.crc,
-                    };
+                index.read(&old.path, |e| {
+                    let loc = e.loc();
                     match overlay.get_key_value(e.repo.as_str()) {
                         Some((name, d)) => {
                             done.insert(name.as_str());
@@ -332,7 +422,8 @@ impl Checkpoint {
                             put(&e.repo, e.digest, &pairs, &mut w)?;
                         }
                     }
-                }
+                    Ok(())
+                })?;
             }
             let mut rest: Vec<(&String, &RepoDelta)> = overlay
                 .iter()
@@ -345,16 +436,20 @@ impl Checkpoint {
             let mut reports: Vec<(u128, u64)> =
                 reports.iter().map(|(u, r)| (u.as_u128(), *r)).collect();
             reports.sort_unstable();
-            let index = postcard::to_stdvec(&Index {
-                seq,
-                reports,
-                repos: entries,
-            })
-            .map_err(|e| io(&tmp, "encode")(std::io::Error::other(e)))?;
-            w.write_all(&index).map_err(io(&tmp, "write"))?;
+            // [`Index`]'s encoding: its fields in order, the entries' count before them.
+            let head = postcard::to_stdvec(&(seq, reports, count))
+                .map_err(|e| io(&tmp, "encode")(std::io::Error::other(e)))?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&head);
+            crc.update(&entries);
+            index_len = head.len() + entries.len();
+            w.write_all(&head)
+                .and_then(|()| w.write_all(&entries))
+                .map_err(io(&tmp, "write"))?;
+            drop(entries);
             w.write_all(&pos.to_le_bytes())
-                .and_then(|()| w.write_all(&(index.len() as u64).to_le_bytes()))
-                .and_then(|()| w.write_all(&crc32fast::hash(&index).to_le_bytes()))
+                .and_then(|()| w.write_all(&(index_len as u64).to_le_bytes()))
+                .and_then(|()| w.write_all(&crc.finalize().to_le_bytes()))
                 .and_then(|()| w.write_all(MAGIC))
                 .and_then(|()| w.flush())
                 .map_err(io(&tmp, "write"))?;
@@ -370,10 +465,22 @@ impl Checkpoint {
             let _ = std::fs::remove_file(&tmp);
         }
         result?;
-        match Self::open(dir, false)? {
-            Some(l) => Ok(l.checkpoint),
-            None => Err(io(&path, "reopen")(std::io::ErrorKind::NotFound.into())),
-        }
+        let file = File::open(&path).map_err(io(&path, "reopen"))?;
+        let collided = if has_shared_hash(&mut by_hash) {
+            // Rare (a 64-bit hash shared by two repo ids): their names are in the file.
+            let index = read_index(&path, &file)?;
+            colliding(&path, &index, &mut by_hash)?
+        } else {
+            HashMap::new()
+        };
+        Ok(Checkpoint {
+            path,
+            file,
+            seq,
+            by_hash,
+            index_len,
+            collided,
+        })
     }
 }
 
@@ -476,6 +583,71 @@ mod tests {
             e.contains(&p.display().to_string()) && e.contains("checksum"),
             "{e}"
         );
+    }
+
+    /// The index written entry by entry is postcard's encoding of [`Index`], as written
+    /// by earlier releases whole (a checkpoint of an older coordinator is read by this one).
+    #[test]
+    fn spec_12_checkpoint_index_keeps_its_encoding() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Overlay::new();
+        o.insert("b".into(), delta(true, &[(5, Some(50))], None));
+        o.insert(
+            "a".into(),
+            delta(true, &[(1, Some(10)), (2, Some(20))], Some(7)),
+        );
+        let reports: HashMap<Uuid, u64> = [(Uuid::from_u128(3), 9)].into();
+        let c = Checkpoint::write(d.path(), None, &o, 4, &reports).unwrap();
+        let raw = read_index(&c.path, &c.file).unwrap();
+        let mut repos = Vec::new();
+        let (seq, reps) = raw
+            .read(&c.path, |e| {
+                repos.push(e);
+                Ok(())
+            })
+            .unwrap();
+        let names: Vec<&str> = repos.iter().map(|e| e.repo.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let whole = postcard::to_stdvec(&Index {
+            seq,
+            reports: reps,
+            repos,
+        })
+        .unwrap();
+        assert_eq!(whole, raw.bytes);
+        let decoded: Index = postcard::from_bytes(&raw.bytes).unwrap();
+        assert_eq!((decoded.seq, decoded.repos.len()), (4, 2));
+    }
+
+    /// Two repo ids of one checkpoint with the same 64-bit hash are found by name, and
+    /// the shared hash alone finds neither (it could be the other's refs).
+    #[test]
+    fn colliding_hashes_are_looked_up_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Overlay::new();
+        o.insert("a".into(), delta(true, &[(1, Some(10))], None));
+        o.insert("b".into(), delta(true, &[(2, Some(20))], None));
+        o.insert("c".into(), delta(true, &[(3, Some(30))], None));
+        let mut c = Checkpoint::write(d.path(), None, &o, 1, &HashMap::new()).unwrap();
+        assert!(c.collided.is_empty());
+        let (la, lb) = (c.locate("a").unwrap(), c.locate("b").unwrap());
+        // Forge the collision: "b"'s entry under "a"'s hash.
+        let (ha, hb) = (repo_hash("a"), repo_hash("b"));
+        for (h, _) in &mut c.by_hash {
+            if *h == hb {
+                *h = ha;
+            }
+        }
+        assert!(has_shared_hash(&mut c.by_hash));
+        assert_eq!(c.refs("a").unwrap(), None);
+        assert_eq!(c.refs("c").unwrap(), Some(vec![(3, 30)]));
+        // What `colliding` keeps for them: both by name.
+        c.collided = [("a".to_owned(), la), ("b".to_owned(), lb)].into();
+        assert_eq!(c.refs("a").unwrap(), Some(vec![(1, 10)]));
+        assert_eq!(c.refs("b").unwrap(), Some(vec![(2, 20)]));
+        let raw = read_index(&c.path, &c.file).unwrap();
+        let mut real = vec![(ha, la), (hb, lb)];
+        assert!(colliding(&c.path, &raw, &mut real).unwrap().is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One configured index (`indexes:` in the coordinator config).
 #[derive(Debug, Clone, PartialEq)]
@@ -524,7 +524,9 @@ impl Indexes {
                 "a credentials file changed but cannot be used; keeping the loaded credentials: {e}"
             );
         }
+        let t = Instant::now();
         let fetched = source::fetch(source, &self.settings.dir, credentials.find(&source.url))?;
+        let fetch_s = t.elapsed().as_secs_f64();
         let unchanged = self.applied.indexes.get(&source.name).is_some_and(|s| {
             s.commit.as_deref() == Some(fetched.commit())
                 && s.url == source.url
@@ -534,6 +536,7 @@ impl Indexes {
             return Ok(None);
         }
         let commit = fetched.commit().to_owned();
+        let t = Instant::now();
         let parsed = match self.read_changes(source, &fetched) {
             Some(parsed) => parsed,
             None => {
@@ -565,6 +568,8 @@ impl Indexes {
             commit,
             entries = parsed.entries.len(),
             rejected = parsed.rejected.len(),
+            fetch_s,
+            read_s = t.elapsed().as_secs_f64(),
             "index read"
         );
         Ok(Some((commit, parsed)))
@@ -748,6 +753,7 @@ impl Indexes {
             };
             olds.insert(name, old);
         }
+        let t = Instant::now();
         if !olds.is_empty()
             && let Err(e) = save_state(&self.settings.dir, &self.applied)
         {
@@ -760,6 +766,9 @@ impl Indexes {
             return Err(e.into());
         }
         self.sources_changed = false;
+        if !olds.is_empty() {
+            debug!(secs = t.elapsed().as_secs_f64(), "index state saved");
+        }
         let new_order = self.order();
         let old_order = std::mem::replace(&mut self.merged_order, new_order);
         if old_order != self.merged_order {
