@@ -102,7 +102,8 @@ pub struct RepoStatus {
     pub fetches: u64,
     /// Failed attempts by `by`.
     pub failures: u64,
-    pub last_error: Option<LastError>,
+    /// Boxed: most repos have none, and a repo record is 1M times in memory.
+    pub last_error: Option<Box<LastError>>,
     pub refs: Option<u32>,
     pub last_result: Option<LastResult>,
     /// Digest of the refs published in events for this repo (`gitmirror_wire::refs`), kept
@@ -117,7 +118,7 @@ pub struct RepoStatus {
     /// ([`Fleet::set_published_refs`]). `None` while unknown (no event for the repo yet, or
     /// not loaded); then the digest alone decides.
     #[serde(skip)]
-    pub published_refs: Option<PublishedRefs>,
+    pub published_refs: Option<Box<PublishedRefs>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -2187,11 +2188,11 @@ impl Fleet {
                     if let FetchResult::Failed { class, message } = result {
                         st.failures += 1;
                         let class = ErrorClass::from(*class);
-                        st.last_error = Some(LastError {
+                        st.last_error = Some(Box::new(LastError {
                             class,
                             message: bounded(message, MAX_ERROR_LEN),
                             time_ms: o.finished_ms,
-                        });
+                        }));
                         st.last_result = Some(LastResult::Failed(class));
                     } else {
                         st.last_success_ms = Some(o.finished_ms);
@@ -2200,7 +2201,7 @@ impl Fleet {
                 }
             }
             if success {
-                let j = published::judge(st.published, st.published_refs.as_ref(), o, can_relist);
+                let j = published::judge(st.published, st.published_refs.as_deref(), o, can_relist);
                 if j.whole {
                     self.relists.remove(o.repo.as_str());
                 }
@@ -2222,7 +2223,7 @@ impl Fleet {
                 st.published = j.published;
                 if !j.news.is_empty() {
                     apply_published(
-                        st.published_refs.get_or_insert_with(PublishedRefs::new),
+                        st.published_refs.get_or_insert_with(Box::default),
                         if whole {
                             EventKind::Cloned
                         } else {
@@ -2342,7 +2343,7 @@ impl Fleet {
     /// forgets them afterwards): see [`RepoStatus::published_refs`].
     pub fn set_published_refs(&mut self, id: &str, refs: Option<PublishedRefs>) {
         if let Some(r) = self.repos.get_mut(id) {
-            r.status.published_refs = refs;
+            r.status.published_refs = refs.map(Box::new);
         }
     }
 

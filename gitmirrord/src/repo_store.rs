@@ -121,6 +121,16 @@ fn apply(sink: &mut Sink<'_>, owners: &mut Option<u64>, record: Record) {
     }
 }
 
+/// Per repo changed since the last compaction, the offset of its last journal record,
+/// keyed by a 128-bit hash of the repo id: 1M ids as strings were ~60 MB of the
+/// coordinator's RSS after a clone wave (docs/scale.md). Two ids of one fleet sharing a
+/// 128-bit xxh3 is not a case to plan for (~10⁻²⁶ at 1M).
+type Since = HashMap<u128, u64>;
+
+fn since_key(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
 /// What reading the files gives.
 struct Loaded {
     generation: u64,
@@ -129,7 +139,7 @@ struct Loaded {
     /// The journal is of an older generation, or missing: write it afresh.
     journal_stale: bool,
     /// The offset of each repo's last record in the journal, for the next compaction.
-    since: HashMap<Box<str>, u64>,
+    since: Since,
     /// The last `Owners` record's fingerprint.
     owners: Option<u64>,
 }
@@ -177,7 +187,7 @@ fn replay(snap: &Path, jour: &Path, sink: &mut Sink<'_>) -> Result<Loaded, State
             for (offset, payload) in records {
                 let record = decode(jour, offset, payload)?;
                 if let Record::Put { id, .. } | Record::Remove { id } = &record {
-                    loaded.since.insert(id.as_str().into(), offset);
+                    loaded.since.insert(since_key(id), offset);
                 }
                 apply(sink, &mut loaded.owners, record);
             }
@@ -381,7 +391,7 @@ struct Writer {
     compact_at: u64,
     /// The offset of each repo's last record in the journal since the last compaction
     /// (the records stay on disk: holding them was ~250 bytes a repo at 1M).
-    since: HashMap<Box<str>, u64>,
+    since: Since,
     /// The fingerprint of the last `Owners` record written.
     owners: Option<u64>,
 }
@@ -493,7 +503,7 @@ impl Writer {
         self.appender.sync()?;
         for ((id, _), offset) in encoded.iter().zip(offsets) {
             if let Some(id) = id {
-                self.since.insert(id.as_str().into(), offset);
+                self.since.insert(since_key(id), offset);
             }
         }
         if batch.unset_owners {
@@ -515,7 +525,7 @@ impl Writer {
         w.push(&start)?;
         journal::for_each_record(&snap, SNAPSHOT_KIND, VERSION, |offset, payload| {
             match decode(&snap, offset, payload)? {
-                Record::Put { id, .. } if !self.since.contains_key(id.as_str()) => {
+                Record::Put { id, .. } if !self.since.contains_key(&since_key(&id)) => {
                     w.push(payload)?;
                 }
                 _ => {}
@@ -525,7 +535,7 @@ impl Writer {
         // Then each repo's last journal record, if it is a put.
         journal::for_each_record(&jour, JOURNAL_KIND, VERSION, |offset, payload| {
             if let Record::Put { id, .. } = decode(&jour, offset, payload)?
-                && self.since.get(id.as_str()) == Some(&offset)
+                && self.since.get(&since_key(&id)) == Some(&offset)
             {
                 w.push(payload)?;
             }
@@ -691,11 +701,11 @@ mod tests {
                 next_due_ms: Some(-4),
                 fetches: 5,
                 failures: 6,
-                last_error: Some(LastError {
+                last_error: Some(Box::new(LastError {
                     class: ErrorClass::RateLimited,
                     message: "slow down ✓".into(),
                     time_ms: 8,
-                }),
+                })),
                 refs: Some(9),
                 last_result: Some(LastResult::Waiting("disk".into())),
                 published: Some(u64::MAX),
