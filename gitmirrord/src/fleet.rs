@@ -807,6 +807,8 @@ pub struct Fleet {
     index_names: Vec<Arc<str>>,
     /// Live workers in uuid order, as the ring sees them.
     members: Vec<Member>,
+    /// Bumped with every new `members` ([`Fleet::members_generation`]).
+    members_gen: u64,
     /// Every repo's owner has been computed for `members` (so the next change of the live
     /// set can be applied incrementally).
     owners_known: bool,
@@ -939,6 +941,7 @@ impl Fleet {
             census: Census::default(),
             index_names,
             members: Vec::new(),
+            members_gen: 0,
             owners_known: false,
             out: Outbox::default(),
             unknown_held: HashMap::new(),
@@ -1070,6 +1073,7 @@ impl Fleet {
             return false;
         }
         self.members = members;
+        self.members_gen += 1;
         self.owners_known = true;
         let resized = std::mem::take(&mut self.resized);
         if placement == Placement::Project {
@@ -1251,6 +1255,23 @@ impl Fleet {
 
     /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
     /// holders, removed repos are dropped from every holder.
+    /// The member set to score index parts for ahead of the loop ([`crate::scorer`]):
+    /// only under `repo` placement, where a repo's owner depends on its id and the members
+    /// alone. Changes when [`Fleet::members_generation`] does.
+    pub fn scoring_snapshot(&self) -> Option<crate::scorer::Snapshot> {
+        (self.placement == Placement::Repo && !self.members.is_empty()).then(|| {
+            crate::scorer::Snapshot {
+                fp: ring::fingerprint(&self.members),
+                ring: ring::Ring::new(&self.members),
+            }
+        })
+    }
+
+    /// Bumped whenever the member set the owners are computed for is replaced.
+    pub fn members_generation(&self) -> u64 {
+        self.members_gen
+    }
+
     pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
         self.apply_index_part(delta, true)
     }
@@ -1259,6 +1280,17 @@ impl Fleet {
     /// after which the fleet has the whole index content. Until then a start's saved
     /// status and the holdings of repos not yet seen are kept for the later parts.
     pub fn apply_index_part(&mut self, delta: &Delta, last: bool) -> Vec<Outgoing> {
+        self.apply_index_part_scored(delta, last, None)
+    }
+
+    /// [`Fleet::apply_index_part`] with the owners of its entries scored ahead
+    /// ([`crate::scorer`]); they are used only if scored for the current members.
+    pub fn apply_index_part_scored(
+        &mut self,
+        delta: &Delta,
+        last: bool,
+        scored: Option<&crate::scorer::Scored>,
+    ) -> Vec<Outgoing> {
         let kept;
         let delta = if self.registry.blocked_all().is_empty() {
             delta
@@ -1353,15 +1385,30 @@ impl Fleet {
                 f.1 += 1;
             }
         }
-        let items: Vec<(&str, u32)> = new_ids
-            .iter()
-            .map(|id| {
-                let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
-                (*id, len as u32)
-            })
-            .collect();
-        let owners = ring.owners_placed(placement, &items);
-        drop(items);
+        let ahead = scored.filter(|s| {
+            placement == Placement::Repo
+                && s.owners.len() == first_new.len()
+                && s.fp == ring::fingerprint(&self.members)
+        });
+        let owners: Vec<Option<(usize, f64)>> = match ahead {
+            Some(s) => s
+                .owners
+                .iter()
+                .zip(&first_new)
+                .filter(|(_, new)| **new)
+                .map(|(o, _)| *o)
+                .collect(),
+            None => {
+                let items: Vec<(&str, u32)> = new_ids
+                    .iter()
+                    .map(|id| {
+                        let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
+                        (*id, len as u32)
+                    })
+                    .collect();
+                ring.owners_placed(placement, &items)
+            }
+        };
         let mut new_owners = new_ids.iter().zip(owners).peekable();
         let mut buf = KeyBuf::default();
         let zones = if self.replicas.any_replicated() {
@@ -1370,7 +1417,12 @@ impl Fleet {
             Vec::new()
         };
         let mut index: Option<Arc<str>> = None;
-        for (e, new) in delta.added.iter().chain(&delta.changed).zip(first_new) {
+        for (e, new) in delta
+            .added
+            .iter()
+            .chain(&delta.changed)
+            .zip(first_new.iter().copied())
+        {
             let index = match &index {
                 Some(n) if **n == *e.index => n.clone(),
                 _ => index
@@ -2421,6 +2473,7 @@ impl Fleet {
             .collect();
         let incremental = self.owners_known && !reweighted;
         self.members = members;
+        self.members_gen += 1;
         self.owners_known = true;
         if incremental && left.is_empty() && joined.is_empty() {
             return;

@@ -35,6 +35,7 @@ pub mod repo_page;
 pub mod repo_store;
 pub mod ring;
 pub mod run;
+pub mod scorer;
 pub mod server;
 pub mod state;
 pub mod url_search;

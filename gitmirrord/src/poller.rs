@@ -188,6 +188,8 @@ pub struct DeltaPart {
     pub delta: Delta,
     /// The change's last part: the fleet has the whole index content once it is applied.
     pub last: bool,
+    /// Its new entries' owners, scored on the way ([`crate::scorer`]).
+    pub scored: Option<crate::scorer::Scored>,
 }
 
 /// The most entries one [`DeltaPart`] carries: the main loop applies a part in one turn
@@ -213,6 +215,7 @@ fn forward(delta: Delta, deltas: &mpsc::Sender<DeltaPart>) -> bool {
             .blocking_send(DeltaPart {
                 delta,
                 last: i + 1 == n,
+                scored: None,
             })
             .is_ok()
     })

@@ -294,7 +294,13 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
     .await;
     let http_auth = Arc::new(RwLock::new(crate::http_auth::HttpAuth::from_config(&cfg)));
 
-    let (delta_tx, delta_rx) = mpsc::channel::<poller::DeltaPart>(16);
+    // Poller → scorer → main loop: the scorer scores a part while the loop applies the one
+    // before (crate::scorer).
+    let (delta_tx, scorer_rx) = mpsc::channel::<poller::DeltaPart>(1);
+    let (scored_tx, delta_rx) = mpsc::channel::<poller::DeltaPart>(16);
+    let scoring = crate::scorer::Members::default();
+    crate::scorer::start(scorer_rx, scored_tx, scoring.clone())
+        .context("starting the index scorer")?;
     let index = poller::start(indexes, delta_tx).context("starting the index poller")?;
     let (call_tx, call_rx) = mpsc::channel::<HttpCall>(64);
     let http_addr = listeners.http.local_addr().ok();
@@ -387,6 +393,8 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         coalescer: crate::hooks::coalesce::Coalescer::new(Duration::ZERO),
         hook_fetches: 0,
         delta_entries: 0,
+        scoring,
+        scoring_gen: None,
     };
     main.hooks_configured();
     let summary = main.fleet.summary();
@@ -599,6 +607,9 @@ struct MainLoop {
     hook_fetches: u64,
     /// Entries of the index change whose parts are being applied.
     delta_entries: usize,
+    /// The member set published to the index scorer, and the generation it is of.
+    scoring: crate::scorer::Members,
+    scoring_gen: Option<u64>,
 }
 
 impl MainLoop {
@@ -658,9 +669,9 @@ impl MainLoop {
                 }
                 Some(part) = deltas.recv() => {
                     started = Instant::now();
-                    let poller::DeltaPart { delta, last } = part;
+                    let poller::DeltaPart { delta, last, scored } = part;
                     self.hook_urls_forget(&delta);
-                    let sends = self.fleet.apply_index_part(&delta, last);
+                    let sends = self.fleet.apply_index_part_scored(&delta, last, scored.as_ref());
                     self.hook_urls_learn(&delta);
                     self.delta_entries += delta.len();
                     // A whole index is ~200 bytes an entry: gone before the deltas queue.
@@ -704,6 +715,11 @@ impl MainLoop {
                     "tick"
                 }
             };
+            let members_gen = self.fleet.members_generation();
+            if self.scoring_gen != Some(members_gen) {
+                self.scoring_gen = Some(members_gen);
+                self.scoring.publish(self.fleet.scoring_snapshot());
+            }
             // Every request and worker waits behind the turn in progress: long ones are
             // what to look at when the API is slow (`RUST_LOG=gitmirrord::turns=debug`).
             let took = started.elapsed();

@@ -2933,3 +2933,91 @@ fn upserts_to(sends: &[Outgoing], n: u128) -> BTreeSet<String> {
         .flat_map(|s| s.delta.upsert.iter().map(|u| u.id.clone()))
         .collect()
 }
+
+// ----- owners scored ahead of the loop (SPEC §5, §12; design.md "Index apply") -----
+
+/// A fleet of five synced workers, and a whole index of `n` entries as one part.
+fn five_workers_and(n: usize) -> (Sim, Delta) {
+    let mut sim = Sim::with_registry(0, Registry::new(20), ReposFile::default());
+    for w in 1..=5u128 {
+        drop(sim.fleet.connect(&intro(w, 1.0), sim.now).unwrap());
+        drop(
+            sim.fleet
+                .holdings(uuid(w), &Holdings { repos: Vec::new() }, sim.now),
+        );
+    }
+    let delta = Delta {
+        added: (0..n).map(entry).collect(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+    };
+    (sim, delta)
+}
+
+fn owners_of(sim: &Sim, delta: &Delta) -> Vec<Option<Uuid>> {
+    delta
+        .added
+        .iter()
+        .map(|e| sim.fleet.repo(&e.id).and_then(|r| r.owner))
+        .collect()
+}
+
+/// Owners scored ahead for the current member set are taken as they are; scored for
+/// another set they are ignored and the ring decides, so the owners stay a pure
+/// function of the ids and the members (SPEC §5).
+#[test]
+fn spec_12_owners_scored_ahead_are_used_only_for_their_member_set() {
+    let (mut plain, delta) = five_workers_and(300);
+    drop(plain.fleet.apply_index_part(&delta, true));
+    let want = owners_of(&plain, &delta);
+    assert!(want.iter().all(Option::is_some));
+
+    let (mut ahead, _) = five_workers_and(300);
+    let snap = ahead
+        .fleet
+        .scoring_snapshot()
+        .expect("repo placement scores ahead");
+    let ids: Vec<&str> = delta.added.iter().map(|e| e.id.as_str()).collect();
+    let scored = crate::scorer::Scored {
+        fp: snap.fp,
+        owners: snap.ring.owners(&ids),
+    };
+    drop(
+        ahead
+            .fleet
+            .apply_index_part_scored(&delta, true, Some(&scored)),
+    );
+    assert_eq!(owners_of(&ahead, &delta), want);
+
+    // Scored for this member set: used as given (here all on the first member)...
+    let (mut forged, _) = five_workers_and(300);
+    let first = forged.fleet.members[0].uuid;
+    let all_first = crate::scorer::Scored {
+        fp: snap.fp,
+        owners: vec![Some((0, 0.5)); ids.len()],
+    };
+    drop(
+        forged
+            .fleet
+            .apply_index_part_scored(&delta, true, Some(&all_first)),
+    );
+    assert!(owners_of(&forged, &delta).iter().all(|o| *o == Some(first)));
+    // ...for another one (or of another length): ignored.
+    for stale in [
+        crate::scorer::Scored {
+            fp: snap.fp ^ 1,
+            owners: vec![Some((0, 0.5)); ids.len()],
+        },
+        crate::scorer::Scored {
+            fp: snap.fp,
+            owners: vec![Some((0, 0.5)); ids.len() - 1],
+        },
+    ] {
+        let (mut sim, _) = five_workers_and(300);
+        drop(
+            sim.fleet
+                .apply_index_part_scored(&delta, true, Some(&stale)),
+        );
+        assert_eq!(owners_of(&sim, &delta), want);
+    }
+}
