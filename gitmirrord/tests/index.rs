@@ -939,3 +939,44 @@ fn spec_3_2_blob_past_the_decode_limit_is_rejected_by_its_size() {
     );
     assert_eq!(ix.status()[0].last_error, None);
 }
+
+// SPEC §10, §12: the index state is saved beside the delta's computation; a save that
+// fails gives no delta and leaves the indexes as they were, and the next poll gives the
+// whole change.
+#[test]
+fn spec_12_failed_index_state_save_leaves_the_indexes_as_they_were() {
+    let repo = IndexRepo::new();
+    repo.write("a/one/one", url_entry("https://x.org/one"))
+        .write("a/two/two", url_entry("https://x.org/two"));
+    repo.commit();
+    let state = tempfile::tempdir().unwrap();
+    let mut ix = Indexes::open(
+        vec![source("up", &repo.url())],
+        settings(state.path(), 60.0),
+    )
+    .unwrap();
+    assert_eq!(ix.poll(false).unwrap().added.len(), 2);
+    let before: Vec<_> = ix.entries().collect();
+
+    repo.remove("a/two/two")
+        .write("a/one/one", url_entry("https://y.org/one"))
+        .write("b/three/three", url_entry("https://x.org/three"))
+        .write("b/four/four", url_entry("https://x.org/four"));
+    repo.commit();
+    // The state file's place taken by a non-empty directory: the rename over it fails
+    // (as root, permissions would not).
+    let file = state.path().join("index/applied.state");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("x"), "x").unwrap();
+    assert!(ix.poll(true).is_err());
+    assert_eq!(ix.entries().collect::<Vec<_>>(), before);
+    assert_eq!(ix.len(), 2);
+
+    std::fs::remove_dir_all(&file).unwrap();
+    let delta = ix.poll(true).unwrap();
+    assert_eq!(ids(&delta.added), ["b/four/four", "b/three/three"]);
+    assert_eq!(delta.removed, ["a/two/two"]);
+    assert_eq!(ids(&delta.changed), ["a/one/one"]);
+    assert_eq!(ix.len(), 3);
+}

@@ -754,6 +754,9 @@ impl Indexes {
             olds.insert(name, old);
         }
         let t = Instant::now();
+        if !olds.is_empty() && self.order() == self.merged_order {
+            return self.save_and_remerge(olds, t);
+        }
         if !olds.is_empty()
             && let Err(e) = save_state(&self.settings.dir, &self.applied)
         {
@@ -777,6 +780,45 @@ impl Indexes {
             return Ok(delta);
         }
         Ok(self.remerge_changes(&olds))
+    }
+
+    /// The usual poll (some index changed, the order of indexes did not): the durable save
+    /// and the delta side by side (a whole 1M-entry index: ~0.8 s and ~0.4 s). The delta
+    /// goes out only once the save is done; a failed save undoes the change.
+    fn save_and_remerge(
+        &mut self,
+        olds: BTreeMap<String, Option<IndexState>>,
+        t: Instant,
+    ) -> Result<Delta, IndexError> {
+        let Self {
+            settings,
+            applied,
+            merged_order,
+            provided,
+            conflicts,
+            ..
+        } = self;
+        let applied: &Applied = applied;
+        let (saved, delta) = std::thread::scope(|s| {
+            let save = s.spawn(|| save_state(&settings.dir, applied));
+            let delta = remerge_changes(applied, merged_order, provided, conflicts, &olds);
+            let saved = save.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (saved, delta)
+        });
+        if let Err(e) = saved {
+            for (name, old) in olds {
+                match old {
+                    Some(st) => self.applied.indexes.insert(name, st),
+                    None => self.applied.indexes.remove(&name),
+                };
+            }
+            // Which index provides each id, as it was.
+            self.remerge(false);
+            return Err(e.into());
+        }
+        self.sources_changed = false;
+        debug!(secs = t.elapsed().as_secs_f64(), "index state saved");
+        Ok(delta)
     }
 
     /// The delta when the order of indexes changed: every id is looked at.
@@ -814,68 +856,13 @@ impl Indexes {
     /// Bring the effective set up to date after the indexes in `olds` changed (same order
     /// of indexes): only the ids whose entry changed in one of them are looked at.
     fn remerge_changes(&mut self, olds: &BTreeMap<String, Option<IndexState>>) -> Delta {
-        let applied = &self.applied.indexes;
-        let before = |name: &str| match olds.get(name) {
-            Some(old) => old.as_ref(),
-            None => applied.get(name),
-        };
-        let after = |name: &str| applied.get(name);
-        // A vector sorted once rather than a set: a first read gives 1M ids, in order.
-        let mut ids: Vec<&str> = Vec::new();
-        let none = Entries::new();
-        for (name, old) in olds {
-            let old = old.as_ref().map_or(&none, |st| &st.entries);
-            let new = applied.get(name).map_or(&none, |st| &st.entries);
-            changed_ids(old, new, &mut ids);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let order = &self.merged_order;
-        let mut delta = Delta::default();
-        for id in ids {
-            let was = winner(order, &before, id);
-            let is = winner(order, &after, id);
-            add_to_delta(&mut delta, id, was, is);
-            if let Some((name, _)) = was
-                && let Some(n) = self.provided.get_mut(name)
-            {
-                *n = n.saturating_sub(1);
-            }
-            if let Some((name, _)) = is {
-                *self.provided.entry(name.to_owned()).or_default() += 1;
-            }
-            // Who loses this id to whom, afresh.
-            let mut lost_before: Vec<(String, String)> = Vec::new();
-            for (name, lost) in self.conflicts.iter_mut() {
-                if let Some(w) = lost.remove(id) {
-                    lost_before.push((name.clone(), w));
-                }
-            }
-            if let Some((first, _)) = is {
-                for name in order.iter().filter(|n| n.as_str() != first) {
-                    if !after(name).is_some_and(|st| st.entries.contains_key(id)) {
-                        continue;
-                    }
-                    let known = lost_before.iter().any(|(n, w)| n == name && w == first);
-                    if !known {
-                        let r = conflict(id, first);
-                        warn!(
-                            index = name,
-                            path = r.path,
-                            reason = r.reason,
-                            "index entry rejected"
-                        );
-                    }
-                    self.conflicts
-                        .entry(name.clone())
-                        .or_default()
-                        .insert(id.into(), first.to_owned());
-                }
-            }
-        }
-        self.conflicts.retain(|_, lost| !lost.is_empty());
-        self.provided.retain(|_, n| *n > 0);
-        delta
+        remerge_changes(
+            &self.applied,
+            &self.merged_order,
+            &mut self.provided,
+            &mut self.conflicts,
+            olds,
+        )
     }
 
     /// Configured indexes in order, then those only in the applied state (by name).
@@ -1100,6 +1087,79 @@ fn load_state(dir: &Path) -> Result<Applied, StateError> {
 
 fn header() -> String {
     format!("gitmirror-state {STATE_KIND} v{STATE_VERSION}\n")
+}
+
+/// Bring the effective set up to date after the indexes in `olds` changed (same order
+/// of indexes): only the ids whose entry changed in one of them are looked at.
+fn remerge_changes(
+    applied: &Applied,
+    merged_order: &[String],
+    provided: &mut HashMap<String, usize>,
+    conflicts: &mut BTreeMap<String, BTreeMap<Box<str>, String>>,
+    olds: &BTreeMap<String, Option<IndexState>>,
+) -> Delta {
+    let applied = &applied.indexes;
+    let before = |name: &str| match olds.get(name) {
+        Some(old) => old.as_ref(),
+        None => applied.get(name),
+    };
+    let after = |name: &str| applied.get(name);
+    // A vector sorted once rather than a set: a first read gives 1M ids, in order.
+    let mut ids: Vec<&str> = Vec::new();
+    let none = Entries::new();
+    for (name, old) in olds {
+        let old = old.as_ref().map_or(&none, |st| &st.entries);
+        let new = applied.get(name).map_or(&none, |st| &st.entries);
+        changed_ids(old, new, &mut ids);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let order = merged_order;
+    let mut delta = Delta::default();
+    for id in ids {
+        let was = winner(order, &before, id);
+        let is = winner(order, &after, id);
+        add_to_delta(&mut delta, id, was, is);
+        if let Some((name, _)) = was
+            && let Some(n) = provided.get_mut(name)
+        {
+            *n = n.saturating_sub(1);
+        }
+        if let Some((name, _)) = is {
+            *provided.entry(name.to_owned()).or_default() += 1;
+        }
+        // Who loses this id to whom, afresh.
+        let mut lost_before: Vec<(String, String)> = Vec::new();
+        for (name, lost) in conflicts.iter_mut() {
+            if let Some(w) = lost.remove(id) {
+                lost_before.push((name.clone(), w));
+            }
+        }
+        if let Some((first, _)) = is {
+            for name in order.iter().filter(|n| n.as_str() != first) {
+                if !after(name).is_some_and(|st| st.entries.contains_key(id)) {
+                    continue;
+                }
+                let known = lost_before.iter().any(|(n, w)| n == name && w == first);
+                if !known {
+                    let r = conflict(id, first);
+                    warn!(
+                        index = name,
+                        path = r.path,
+                        reason = r.reason,
+                        "index entry rejected"
+                    );
+                }
+                conflicts
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id.into(), first.to_owned());
+            }
+        }
+    }
+    conflicts.retain(|_, lost| !lost.is_empty());
+    provided.retain(|_, n| *n > 0);
+    delta
 }
 
 /// Write the applied state crash-safely: header line, postcard, CRC-32 (little-endian).
