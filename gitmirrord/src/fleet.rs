@@ -1253,8 +1253,6 @@ impl Fleet {
 
     // ----- inputs -----
 
-    /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
-    /// holders, removed repos are dropped from every holder.
     /// The member set to score index parts for ahead of the loop ([`crate::scorer`]):
     /// only under `repo` placement, where a repo's owner depends on its id and the members
     /// alone. Changes when [`Fleet::members_generation`] does.
@@ -1272,6 +1270,8 @@ impl Fleet {
         self.members_gen
     }
 
+    /// Apply an index delta: new repos get an owner, re-pointed URLs are upserted to their
+    /// holders, removed repos are dropped from every holder.
     pub fn apply_index(&mut self, delta: &Delta) -> Vec<Outgoing> {
         self.apply_index_part(delta, true)
     }
@@ -1292,11 +1292,12 @@ impl Fleet {
         scored: Option<&crate::scorer::Scored>,
     ) -> Vec<Outgoing> {
         let kept;
-        let delta = if self.registry.blocked_all().is_empty() {
-            delta
+        let (delta, scored) = if self.registry.blocked_all().is_empty() {
+            (delta, scored)
         } else {
+            // Scores are for the part as it came.
             kept = self.set_blocked_aside(delta);
-            &kept
+            (&kept, None)
         };
         let was_ready = self.index_ready;
         self.index_ready |= last;
@@ -1360,9 +1361,8 @@ impl Fleet {
         let mut seen = foldhash::HashSet::default();
         // Per entry, whether it is the first listing of a repo not in the fleet: the loop
         // below then inserts it without searching for it again (a whole index is 1M new
-        // repos, and a search of the repo table is ~20 string compares).
-        // An id past the table's last is new without a search: the parts of a whole
-        // index come in id order.
+        // repos, and a search of the repo table is ~20 string compares). An id past the
+        // table's last is new without a search: the parts of a whole index come in order.
         let last_id = self.repos.last_key_value().map(|(k, _)| k.clone());
         let mut first_new: Vec<bool> = Vec::with_capacity(delta.len());
         let new_ids: Vec<&str> = delta

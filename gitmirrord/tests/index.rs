@@ -740,9 +740,66 @@ fn spec_12_applied_state_v2_sample_loads() {
     let s = settings(state.path(), 5.0);
     std::fs::create_dir_all(&s.dir).unwrap();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v2/applied.state");
-    std::fs::copy(sample, s.dir.join("applied.state")).unwrap();
+    std::fs::copy(&sample, s.dir.join("applied.state")).unwrap();
+    let ix = Indexes::open(vec![source("up", "/nonexistent")], s.clone()).unwrap();
+    check_sample_state(&ix);
+    drop(ix);
+    // SPEC §12: migrated to v3 (compressed) at that start, the v2 file kept beside.
+    let file = s.dir.join("applied.state");
+    assert!(
+        std::fs::read(&file)
+            .unwrap()
+            .starts_with(b"gitmirror-state index v3\n")
+    );
+    assert_eq!(
+        std::fs::read(s.dir.join("applied.state.v2.bak")).unwrap(),
+        std::fs::read(&sample).unwrap()
+    );
+    if std::env::var_os("GITMIRROR_WRITE_INDEX_V3_SAMPLE").is_some() {
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v3");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(&file, out.join("applied.state")).unwrap();
+    }
     let ix = Indexes::open(vec![source("up", "/nonexistent")], s).unwrap();
     check_sample_state(&ix);
+}
+
+// SPEC §12: the applied state this release writes (format v3, checked in) loads.
+#[test]
+fn spec_12_applied_state_v3_sample_loads() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/index-v3/applied.state");
+    std::fs::copy(sample, s.dir.join("applied.state")).unwrap();
+    let ix = Indexes::open(vec![source("up", "/nonexistent")], s.clone()).unwrap();
+    check_sample_state(&ix);
+    assert!(!s.dir.join("applied.state.v2.bak").exists());
+}
+
+// SPEC §10, state dir as a trust boundary: a compressed state whose checksum holds but
+// whose declared size is past what its bytes can expand to is refused by name, without
+// the allocation.
+#[test]
+fn spec_10_applied_state_with_a_forged_size_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), 5.0);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    let mut body = u32::MAX.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0x10, b'x']);
+    let mut bytes = b"gitmirror-state index v3\n".to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    let file = s.dir.join("applied.state");
+    std::fs::write(&file, &bytes).unwrap();
+    let msg = Indexes::open(vec![source("up", "/nonexistent")], s)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains(&file.display().to_string()) && msg.contains("declares"),
+        "{msg}"
+    );
 }
 
 // SPEC §10: a damaged `applied.state` (a flipped byte, a cut) stops the start naming the

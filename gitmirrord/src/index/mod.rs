@@ -216,7 +216,10 @@ pub enum IndexError {
 /// The applied state file: header line, postcard-encoded [`Applied`], CRC-32 of it.
 const STATE_FILE: &str = "applied.state";
 const STATE_KIND: &str = "index";
-const STATE_VERSION: u32 = 2;
+/// v3: the v2 payload (postcard) compressed as one LZ4 block; v2 files are migrated.
+const STATE_VERSION: u32 = 3;
+/// The uncompressed format of the previous release.
+const STATE_V2: u32 = 2;
 /// The JSON state of releases before; migrated at start and kept as `applied.json.v1.bak`.
 const V1_FILE: &str = "applied.json";
 /// Rejections logged per index commit; the rest are counted (all are in `status()`).
@@ -916,13 +919,7 @@ impl Indexes {
                 for (id, first) in lost {
                     let old = self.conflicts.get(name).and_then(|l| l.get(id));
                     if old != Some(first) {
-                        let r = conflict(id, first);
-                        warn!(
-                            index = name,
-                            path = r.path,
-                            reason = r.reason,
-                            "index entry rejected"
-                        );
+                        log_conflict(name, id, first);
                     }
                 }
             }
@@ -930,6 +927,17 @@ impl Indexes {
         self.conflicts = conflicts;
         self.provided = provided;
     }
+}
+
+/// Log that index `name` loses `id` to index `first`.
+fn log_conflict(name: &str, id: &str, first: &str) {
+    let r = conflict(id, first);
+    warn!(
+        index = name,
+        path = r.path,
+        reason = r.reason,
+        "index entry rejected"
+    );
 }
 
 /// The rejection of an id that index `winner`, listed earlier, provides.
@@ -1039,10 +1047,28 @@ fn load_state(dir: &Path) -> Result<Applied, StateError> {
             source,
         })
     };
-    if let Some(applied) = read_state(&path)? {
+    if let Some((applied, version)) = read_state(&path)? {
         if v1.exists() {
             // A migration stopped between writing the new file and keeping the old aside.
             rename(&v1, &bak)?;
+        }
+        if version == STATE_V2 {
+            // Kept aside first (a copy: until the new file is in place the old one stays
+            // where it is, so a crash here migrates again at the next start).
+            let bak = dir.join(format!("{STATE_FILE}.v{STATE_V2}.bak"));
+            std::fs::copy(&path, &bak)
+                .and_then(|_| std::fs::File::open(&bak)?.sync_all())
+                .map_err(|source| StateError::Io {
+                    action: "copy into",
+                    path: bak.clone(),
+                    source,
+                })?;
+            save_state(dir, &applied)?;
+            info!(
+                path = %path.display(),
+                "index state migrated to format v{STATE_VERSION}; the old file is kept as {}",
+                bak.display()
+            );
         }
         return Ok(applied);
     }
@@ -1093,6 +1119,12 @@ fn load_state(dir: &Path) -> Result<Applied, StateError> {
 
 fn header() -> String {
     format!("gitmirror-state {STATE_KIND} v{STATE_VERSION}\n")
+}
+
+/// The most an LZ4 block expands to (each input byte can stand for at most 255 output
+/// bytes): a declared size past it is a damaged file, not an allocation to make.
+fn lz4_max_out(compressed: usize) -> usize {
+    compressed.saturating_mul(255).saturating_add(64)
 }
 
 /// Bring the effective set up to date after the indexes in `olds` changed (same order
@@ -1148,13 +1180,7 @@ fn remerge_changes(
                 }
                 let known = lost_before.iter().any(|(n, w)| n == name && w == first);
                 if !known {
-                    let r = conflict(id, first);
-                    warn!(
-                        index = name,
-                        path = r.path,
-                        reason = r.reason,
-                        "index entry rejected"
-                    );
+                    log_conflict(name, id, first);
                 }
                 conflicts
                     .entry(name.clone())
@@ -1171,21 +1197,26 @@ fn remerge_changes(
 /// Write the applied state crash-safely: header line, postcard, CRC-32 (little-endian).
 fn save_state(dir: &Path, applied: &Applied) -> Result<(), StateError> {
     let path = dir.join(STATE_FILE);
-    let bytes = header().into_bytes();
-    let start = bytes.len();
-    let mut bytes = postcard::to_extend(applied, bytes).map_err(|e| StateError::Io {
+    let payload = postcard::to_stdvec(applied).map_err(|e| StateError::Io {
         action: "encode",
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
-    let crc = crc32fast::hash(bytes.get(start..).unwrap_or_default());
-    bytes.extend_from_slice(&crc.to_le_bytes());
+    // Compressed: a 1M-entry index is ~108 MB of postcard and ~15 MB as LZ4, and the
+    // save (with its fsync) comes before the index's delta goes out (docs/scale.md).
+    let compressed = lz4_flex::block::compress_prepend_size(&payload);
+    drop(payload);
+    let mut bytes = header().into_bytes();
+    bytes.extend_from_slice(&compressed);
+    bytes.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
+    drop(compressed);
     statefile::write_atomic(&path, &bytes, 0o600)
 }
 
-/// Read `applied.state`; `Ok(None)` when it does not exist. Anything that does not check
-/// out stops the daemon naming the file (it is written whole, so there is no torn tail).
-fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
+/// Read `applied.state` with its format version (v3, or v2 of the previous release);
+/// `Ok(None)` when it does not exist. Anything that does not check out stops the daemon
+/// naming the file (it is written whole, so there is no torn tail).
+fn read_state(path: &Path) -> Result<Option<(Applied, u32)>, StateError> {
     let Some(bytes) = statefile::read_if_exists(path)? else {
         return Ok(None);
     };
@@ -1193,7 +1224,14 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
         path: path.to_owned(),
         detail,
     };
-    let head = gitmirror_common::journal::check_header(path, &bytes, STATE_KIND, STATE_VERSION)?;
+    let v2 = format!("gitmirror-state {STATE_KIND} v{STATE_V2}\n");
+    let (head, version) = if bytes.starts_with(v2.as_bytes()) {
+        (v2.len(), STATE_V2)
+    } else {
+        let head =
+            gitmirror_common::journal::check_header(path, &bytes, STATE_KIND, STATE_VERSION)?;
+        (head, STATE_VERSION)
+    };
     let body = bytes.get(head..).unwrap_or_default();
     let Some((data, crc)) = body.split_last_chunk::<4>() else {
         return Err(corrupt("too short".into()));
@@ -1201,6 +1239,29 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
     if crc32fast::hash(data) != u32::from_le_bytes(*crc) {
         return Err(corrupt("checksum mismatch".into()));
     }
+    let inflated;
+    let data = if version == STATE_V2 {
+        data
+    } else {
+        let Some((size, block)) = data.split_first_chunk::<4>() else {
+            return Err(corrupt("too short".into()));
+        };
+        let size = u32::from_le_bytes(*size) as usize;
+        if size > lz4_max_out(block.len()) {
+            return Err(corrupt(format!(
+                "declares {size} bytes, more than {} bytes of LZ4 can hold",
+                block.len()
+            )));
+        }
+        inflated = lz4_flex::block::decompress(block, size).map_err(|e| corrupt(e.to_string()))?;
+        if inflated.len() != size {
+            return Err(corrupt(format!(
+                "declares {size} bytes, holds {}",
+                inflated.len()
+            )));
+        }
+        inflated.as_slice()
+    };
     let mut applied: Applied = postcard::from_bytes(data).map_err(|e| corrupt(e.to_string()))?;
     // Share equal metadata again, and check each text once: a bad one stops here.
     let mut interned: HashMap<Arc<str>, ()> = HashMap::new();
@@ -1222,7 +1283,7 @@ fn read_state(path: &Path) -> Result<Option<Applied>, StateError> {
             interned.insert(text.clone(), ());
         }
     }
-    Ok(Some(applied))
+    Ok(Some((applied, version)))
 }
 
 /// Fetch index `source` into `dir` without reading it: benchmarks time git's copy apart.
