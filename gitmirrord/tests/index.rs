@@ -797,7 +797,7 @@ fn spec_10_applied_state_with_a_forged_size_is_refused() {
         .unwrap()
         .to_string();
     assert!(
-        msg.contains(&file.display().to_string()) && msg.contains("declares"),
+        msg.contains(&file.display().to_string()) && msg.contains("of LZ4 can hold"),
         "{msg}"
     );
 }
