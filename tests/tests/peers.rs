@@ -84,6 +84,27 @@ fn spec_13_join_with_upstream_offline_mirrors_from_peers() {
     for url in repos.values() {
         assert!(try_ls_remote(url).is_err(), "the upstream is offline");
     }
+    // A fetch that ended just before the upstream went away may still be reported: each
+    // holder's reports come in order, so once each has a repo failing against the offline
+    // upstream, its earlier transfers are counted.
+    poll_until(
+        WITHIN,
+        "a fetch failed against the offline upstream on each holder",
+        || {
+            let ids = fleet.api_ids().ok()?;
+            ids.iter()
+                .filter(|(_, i)| [a, b].contains(*i))
+                .all(|(wid, _)| {
+                    fleet
+                        .coord
+                        .json(&format!("/api/repos?worker={wid}&state=failing&limit=1"))
+                        .ok()
+                        .and_then(|p| p["repos"].as_array().map(|r| !r.is_empty()))
+                        == Some(true)
+                })
+                .then_some(())
+        },
+    );
     // Transfer bytes by source (SPEC §13): the first clones came from the upstream.
     let bytes = |fleet: &Fleet, source: &str| {
         fleet
