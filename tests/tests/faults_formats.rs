@@ -15,7 +15,8 @@
 //! Migrations: release-1 state dirs are generated big enough that migrating them takes
 //! most of a second, and each daemon is killed inside it; the restarted result is
 //! compared with a clean migration and with the old files. Last, the state dirs this
-//! release writes (`tests/data/state-v2/`, checked in) must load with nothing lost.
+//! release writes (`tests/data/state-v3/`, checked in) and those of the release before
+//! (`state-v2/`) must load with nothing lost.
 
 use gitmirror_tests::daemons::SETTLE;
 use gitmirror_tests::events::{Change, tally, triples};
@@ -1078,12 +1079,16 @@ fn spec_12_kill_9_during_coordinator_migration_loses_nothing() {
     );
 }
 
-/// The state dirs written by this release's daemons (`tests/data/state-v2/`, made by
+/// The state dirs a release's daemons wrote (`tests/data/state-v<N>/`, made by
 /// [`write_release_state_fixture`]): `coordinator/` and `worker/` state dirs, and the
 /// events and repo statuses the coordinator showed when they were written.
-fn fixture_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/state-v2")
+fn fixture_dir(generation: u32) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/state-v{generation}"))
 }
+
+/// The state dir generation this release writes: v3 since the index state is compressed
+/// (v2 installs migrate it, docs/design.md "Index read at scale").
+const CURRENT_STATE: u32 = 3;
 
 /// Upstream commit times of the fixture (2027-01-15): fixed, so its object ids are too.
 const FIXTURE_TIME: u64 = 1_800_000_000;
@@ -1112,6 +1117,8 @@ fn fixture_change(path: &Path, name: &str) -> String {
 /// The state files of each daemon in the fixture (the coordinator's identity included, so
 /// the join token and worker registration carry over; the index clone is not state).
 const COORDINATOR_FILES: &[&str] = &[
+    "ca-cert.pem",
+    "ca-key.pem",
     "registry.json",
     "repos.snapshot",
     "repos.journal",
@@ -1121,7 +1128,14 @@ const COORDINATOR_FILES: &[&str] = &[
     "join-secret",
     "quic-reset-key",
 ];
-const WORKER_FILES: &[&str] = &["identity.json", "repos.snapshot", "repos.journal"];
+const WORKER_FILES: &[&str] = &[
+    "identity.json",
+    "repos.snapshot",
+    "repos.journal",
+    "fleet-ca.pem",
+    "worker-cert.pem",
+    "worker-key.pem",
+];
 /// Fields of `GET /api/repos/{id}` that a restart must keep (before any worker reports).
 const KEPT_REPO_FIELDS: &[&str] = &["id", "refs", "fetches", "last_success", "last_change"];
 
@@ -1137,7 +1151,7 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Writes `tests/data/state-v2/` with the daemons of this release: a coordinator and one
+/// Writes `tests/data/state-v<CURRENT_STATE>/` with the daemons of this release: a coordinator and one
 /// worker (compacting often) mirror three upstreams with fixed object ids, then each
 /// upstream changes once;
 /// both stop (SIGTERM) and their state files are copied. Run by hand, once per release
@@ -1212,7 +1226,7 @@ fn write_release_state_fixture() {
             .is_some_and(|s| s.success())
     );
 
-    let out = fixture_dir();
+    let out = fixture_dir(CURRENT_STATE);
     let _ = std::fs::remove_dir_all(&out);
     for (from, files, to) in [
         (
@@ -1261,7 +1275,7 @@ fn kept_events(got: &[serde_json::Value], written: &[serde_json::Value]) -> Resu
 // SPEC §10 (state begins with a format version and loads after an upgrade), §12 (a
 // daemon upgraded over older state files migrates them; start-up loads the checkpoint and
 // the segments after it), §8 (no event lost or repeated). The state dirs that this
-// release's daemons wrote (`tests/data/state-v2/`, checked in) are loaded by the daemons
+// release's daemons wrote (`tests/data/state-v3/`, checked in) are loaded by the daemons
 // being tested: the coordinator shows every event and repo status as it did; the worker
 // comes back as the same worker, re-clones its mirrors (the fixture has none) without an
 // event (the refs are the published ones), and one more change per repo is exactly one
@@ -1269,8 +1283,22 @@ fn kept_events(got: &[serde_json::Value], written: &[serde_json::Value]) -> Resu
 // (docs/design.md "Fault suite: compaction and migration").
 #[test]
 fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
+    load_release_state(CURRENT_STATE, &[]);
+}
+
+// The same for the state dirs of the release before (`tests/data/state-v2/`, what
+// installed fleets have on disk): the files whose format changed since migrate, each
+// kept beside as `.v2.bak`, and nothing else does.
+#[test]
+fn spec_12_state_dir_of_the_previous_release_migrates_with_nothing_lost() {
+    load_release_state(2, &["index/applied.state"]);
+}
+
+/// Start today's daemons on the fixture of `generation`; `migrated`: the coordinator's
+/// files that must migrate (each kept as `<file>.v<generation>.bak`).
+fn load_release_state(generation: u32, migrated: &[&str]) {
     use std::os::unix::fs::PermissionsExt;
-    let fixture = fixture_dir();
+    let fixture = fixture_dir(generation);
     let read_json = |name: &str| -> Vec<serde_json::Value> {
         serde_json::from_slice(&std::fs::read(fixture.join(name)).unwrap()).unwrap()
     };
@@ -1297,9 +1325,12 @@ fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
     );
     copy_tree(&fixture.join("coordinator"), &coord.state_dir);
     // A checkout does not keep modes; the daemons keep secrets 0600.
-    for f in ["tls-key.pem", "join-secret", "quic-reset-key"] {
+    // (`ca-key.pem` from generation 3 on: the state-v2 fixture predates enrollment.)
+    for f in ["tls-key.pem", "join-secret", "quic-reset-key", "ca-key.pem"] {
         let p = coord.state_dir.join(f);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
     }
     coord.start_ready();
     kept_events(&coord.all_events().unwrap(), &expected_events)
@@ -1318,6 +1349,12 @@ fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
     let w =
         gitmirror_tests::Worker::new(&root.path().join("w0"), "w0", coord.udp_port, &token, 1.0);
     copy_tree(&fixture.join("worker"), &w.state_dir);
+    for f in ["worker-key.pem", "worker-cert.pem"] {
+        let p = w.state_dir.join(f);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
     let mark = w.proc.log_mark();
     w.start();
     w.proc.wait_log(
@@ -1376,18 +1413,42 @@ fn spec_12_state_dir_of_the_current_release_loads_with_nothing_lost() {
     );
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    for log in [coord.proc.log(), w.proc.log()] {
-        assert!(
-            !log.contains("migrated"),
-            "a current-release state dir was migrated"
+    for f in migrated {
+        let bak = coord.state_dir.join(format!("{f}.v{generation}.bak"));
+        assert_eq!(
+            std::fs::read(&bak).unwrap_or_default(),
+            std::fs::read(fixture.join("coordinator").join(f)).unwrap(),
+            "{} keeps the file as it was",
+            bak.display()
         );
+    }
+    let coord_log = coord.proc.log();
+    assert_eq!(
+        coord_log.matches("migrated").count(),
+        migrated.len(),
+        "the coordinator's migrations: {coord_log}"
+    );
+    let worker_log = w.proc.log();
+    assert!(
+        !worker_log.contains("migrated"),
+        "the worker's state dir was migrated"
+    );
+    for log in [coord_log, worker_log] {
         assert!(
             !log.contains("torn"),
             "a cleanly stopped state dir had a torn tail"
         );
     }
-    figure(SUITE, "release_state.events_kept", expected_events.len());
-    figure(SUITE, "release_state.repos", repos.len());
-    figure(SUITE, "release_state.lost", 0);
-    figure(SUITE, "release_state.duplicated", 0);
+    figure(
+        SUITE,
+        &format!("release_state_v{generation}.events_kept"),
+        expected_events.len(),
+    );
+    figure(
+        SUITE,
+        &format!("release_state_v{generation}.repos"),
+        repos.len(),
+    );
+    figure(SUITE, &format!("release_state_v{generation}.lost"), 0);
+    figure(SUITE, &format!("release_state_v{generation}.duplicated"), 0);
 }
