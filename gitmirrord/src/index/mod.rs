@@ -769,12 +769,7 @@ impl Indexes {
         if !olds.is_empty()
             && let Err(e) = save_state(&self.settings.dir, &self.applied)
         {
-            for (name, old) in olds {
-                match old {
-                    Some(st) => self.applied.indexes.insert(name, st),
-                    None => self.applied.indexes.remove(&name),
-                };
-            }
+            self.put_back(olds);
             return Err(e.into());
         }
         self.sources_changed = false;
@@ -789,6 +784,16 @@ impl Indexes {
             return Ok(delta);
         }
         Ok(self.remerge_changes(&olds))
+    }
+
+    /// Undo [`Indexes::commit_state`]'s swap after a failed save: the old states back.
+    fn put_back(&mut self, olds: BTreeMap<String, Option<IndexState>>) {
+        for (name, old) in olds {
+            match old {
+                Some(st) => self.applied.indexes.insert(name, st),
+                None => self.applied.indexes.remove(&name),
+            };
+        }
     }
 
     /// The usual poll (some index changed, the order of indexes did not): the durable save
@@ -815,12 +820,7 @@ impl Indexes {
             (saved, delta)
         });
         if let Err(e) = saved {
-            for (name, old) in olds {
-                match old {
-                    Some(st) => self.applied.indexes.insert(name, st),
-                    None => self.applied.indexes.remove(&name),
-                };
-            }
+            self.put_back(olds);
             // Which index provides each id, as it was.
             self.remerge(false);
             return Err(e.into());
