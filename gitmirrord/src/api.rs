@@ -206,6 +206,33 @@ pub enum Query {
     Hook(Vec<String>),
 }
 
+impl Query {
+    /// A short name for logs (`gitmirrord::turns`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Query::Status => "status",
+            Query::Workers => "workers",
+            Query::Worker(..) => "worker",
+            Query::Repos(_) => "repos",
+            Query::Repo(_) => "repo",
+            Query::Fetch(_) => "fetch",
+            Query::Metrics => "metrics",
+            Query::Page => "page",
+            Query::RepoPage(_) => "repo_page",
+            Query::RepoSearch { .. } => "repo_search",
+            Query::Refs(_) => "refs",
+            Query::Approve(_) => "approve",
+            Query::Remove(_) => "remove",
+            Query::Pending => "pending",
+            Query::Drain { .. } => "drain",
+            Query::Block { .. } => "block",
+            Query::Unblock(_) => "unblock",
+            Query::Index => "index",
+            Query::Hook(_) => "hook",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct WorkerView {
     pub id: u32,
@@ -268,9 +295,18 @@ pub struct RepoCounts {
 /// `worker:url` as last built, and what it was built from ([`View::status_with`]).
 pub struct WorkerUrls {
     key: (u64, usize, Vec<(u32, uuid::Uuid)>),
+    /// The census's order generation when built, and when that was.
+    order: u64,
+    built_ms: i64,
     map: Arc<BTreeMap<String, Vec<Arc<str>>>>,
     truncated: bool,
 }
+
+/// How long `worker:url` may keep an order that a repo's change of state made stale (the
+/// same URLs; see [`crate::census::Census::owner_order_generation`]). Rebuilding it is
+/// O(`status_url_limit`) on the main loop: ~7 ms at 10,000 URLs, which a failing fleet
+/// made every status request pay.
+const URL_ORDER_LAG_MS: i64 = 1000;
 
 #[derive(Debug, Serialize)]
 pub struct StatusView {
@@ -530,8 +566,14 @@ impl View<'_> {
             self.url_limit,
             live.iter().map(|w| (w.id, w.uuid)).collect::<Vec<_>>(),
         );
+        let order = self.fleet.census().owner_order_generation();
         let urls = match cache {
-            Some(c) if c.key == key => c,
+            Some(c)
+                if c.key == key
+                    && (c.order == order || self.now_ms - c.built_ms < URL_ORDER_LAG_MS) =>
+            {
+                c
+            }
             _ => {
                 let mut budget = self.url_limit;
                 let mut truncated = false;
@@ -550,6 +592,8 @@ impl View<'_> {
                 }
                 cache.insert(WorkerUrls {
                     key,
+                    order,
+                    built_ms: self.now_ms,
                     map: Arc::new(map),
                     truncated,
                 })
@@ -868,7 +912,7 @@ mod tests {
             refs_digest: 0,
             next_due_ms: 62_000,
         };
-        f.outcomes(Uuid::from_u128(1), &[o], 3000);
+        f.outcomes(Uuid::from_u128(1), std::slice::from_ref(&o), 3000);
         let third = View {
             fleet: &f,
             now_ms: 7000,
@@ -882,6 +926,57 @@ mod tests {
             "a repo changed state: built again"
         );
         assert_eq!(*third, *view(&f));
+        // Another change of state only reorders the same URLs: kept for up to a second
+        // (each status request of a failing fleet rebuilt them), then built again.
+        let mut failed = o.clone();
+        failed.report_id = 10;
+        failed.repo = "a/p6/r6".into();
+        failed.result = FetchResult::Failed {
+            class: FailureClass::Transient,
+            message: "refused".into(),
+        };
+        f.outcomes(Uuid::from_u128(1), &[failed], 7100);
+        let at = |f: &Fleet, cache: &mut Option<WorkerUrls>, now_ms| {
+            View {
+                fleet: f,
+                now_ms,
+                uptime_secs: 9,
+                url_limit: 10_000,
+            }
+            .status_with(vec![], cache)
+            .worker_url
+        };
+        let fresh = view(&f);
+        assert_ne!(
+            *third, *fresh,
+            "the failing repo is listed in another place"
+        );
+        let lagged = at(&f, &mut cache, 7999);
+        assert!(
+            Arc::ptr_eq(&third, &lagged),
+            "an order under a second old is kept"
+        );
+        let fourth = at(&f, &mut cache, 8000);
+        assert_eq!(*fourth, *fresh, "then built again");
+        // A change of the URLs themselves is shown at once.
+        f.apply_index(&crate::index::Delta {
+            changed: vec![Entry {
+                id: "a/p7/r7".into(),
+                url: "https://example.org/moved".into(),
+                index: "main".into(),
+                metadata: None,
+            }],
+            ..Default::default()
+        });
+        let fifth = at(&f, &mut cache, 8001);
+        assert_eq!(*fifth, *view(&f));
+        assert!(
+            fifth
+                .values()
+                .flatten()
+                .any(|u| &**u == "https://example.org/moved"),
+            "{fifth:?}"
+        );
     }
 
     // SPEC §9 GET /api/workers and /api/workers/{id}.

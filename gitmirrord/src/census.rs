@@ -269,9 +269,13 @@ pub struct Census {
     failing_classes: Vec<(Option<crate::fleet::ErrorClass>, usize)>,
     failing_hosts: HashMap<Arc<str>, usize>,
     failing_host_rank: BTreeSet<(Reverse<usize>, Arc<str>)>,
-    /// Bumped by every change of `owner_ids`, so that what is built from it (the status's
-    /// `worker:url`) can be kept until it changes.
+    /// Bumped when a worker's set of owned (id, URL) changes, so that what is built from
+    /// `owner_ids` (the status's `worker:url`) can be kept until it changes.
     owner_urls_gen: Generation,
+    /// Bumped when only the state of an owned repo changes: the same URLs in another
+    /// order (`owner_ids` groups them by state). An outcome of a failing fleet does this
+    /// at every report, so `worker:url` may follow it a little later.
+    owner_order_gen: Generation,
     /// Repos with [`Facts::under_replicated`] (`/api/status` `under_replicated`).
     under_replicated: usize,
 }
@@ -367,7 +371,12 @@ impl Census {
             self.state_ids.remove(&(before.state, id.clone()));
             self.state_ids.insert((after.state, id.clone()));
         }
-        if (before.owner, before.state, &before.url) != (after.owner, after.state, &after.url) {
+        if (before.owner, &before.url) != (after.owner, &after.url) {
+            self.owner_urls_gen.0 += 1;
+            self.owner_entry(id, before, false);
+            self.owner_entry(id, after, true);
+        } else if before.state != after.state && before.owner.is_some() {
+            self.owner_order_gen.0 += 1;
             self.owner_entry(id, before, false);
             self.owner_entry(id, after, true);
         }
@@ -415,6 +424,9 @@ impl Census {
             self.state_ids.insert((f.state, id.clone()));
         } else {
             self.state_ids.remove(&(f.state, id.clone()));
+        }
+        if f.owner.is_some() {
+            self.owner_urls_gen.0 += 1;
         }
         self.owner_entry(id, f, add);
         self.failing_entry(id, f, add);
@@ -503,7 +515,6 @@ impl Census {
 
     fn owner_entry(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
         if let Some(o) = f.owner {
-            self.owner_urls_gen.0 += 1;
             if add {
                 self.owner_ids
                     .insert((wk(&o), f.state, id.clone()), f.url.clone());
@@ -671,9 +682,14 @@ impl Census {
 
     /// Every repo the worker owns with its URL, grouped by state (for `worker:url`, which
     /// is bounded by the caller).
-    /// Changes whenever [`Census::owned_urls`] of any worker may have.
+    /// Changes whenever the URLs [`Census::owned_urls`] yields for any worker may have.
     pub fn owner_urls_generation(&self) -> u64 {
         self.owner_urls_gen.0
+    }
+
+    /// Changes whenever only their order may have (a repo changed state).
+    pub fn owner_order_generation(&self) -> u64 {
+        self.owner_order_gen.0
     }
 
     pub fn owned_urls(&self, o: Uuid) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {

@@ -22,6 +22,11 @@ const KEEPS_USER: [&str; 3] = ["ssh", "git+ssh", "ssh+git"];
 /// One URL (an index entry's, a repo's, an index's) as shown: also handles scp-style
 /// addresses, `user:password@host:path`.
 pub fn url(s: &str) -> Cow<'_, str> {
+    // User info ends at an `@`: without one there is none (the common case, and the one
+    // that spares a URL parse per URL of a status page).
+    if !s.contains('@') {
+        return Cow::Borrowed(s);
+    }
     if s.contains("://") {
         return text(s);
     }
@@ -42,7 +47,7 @@ pub fn url(s: &str) -> Cow<'_, str> {
 
 /// Free text (an error message, a log line) with any number of `scheme://` URLs in it.
 pub fn text(s: &str) -> Cow<'_, str> {
-    if !s.contains("://") {
+    if !s.contains("://") || !s.contains('@') {
         return Cow::Borrowed(s);
     }
     let mut out = String::new();

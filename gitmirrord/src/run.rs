@@ -44,21 +44,33 @@ const BUDGET_TICK: Duration = Duration::from_millis(200);
 /// How often the registry is rewritten and repo status changes are journaled.
 const SAVE_REGISTRY_EVERY: Duration = Duration::from_secs(1);
 const SAVE_REPOS_EVERY: Duration = Duration::from_secs(2);
+/// API requests answered in a row, ahead of the other work waiting, before the loop
+/// takes the next of that.
+const HTTP_FIRST: usize = 4;
 /// A turn of the main loop this long is logged at debug (target `gitmirrord::turns`).
 const SLOW_TURN: Duration = Duration::from_millis(10);
 
 /// Most repo records copied for the repo store in one turn of the main loop (~1–4 µs each:
 /// about a millisecond a turn; 4,096 made turns of 50 ms and more at 1M repos under load,
 /// which every API request then waited behind).
-const SAVE_CHUNK: usize = 1024;
+const SAVE_CHUNK: usize = 512;
 /// Chunks of repo status queued for the store's writer at most (it writes all it finds
 /// queued with one fsync): 8 × 1,024 records, whatever the disk's pace.
 const MAX_QUEUED_SAVES: usize = 8;
 /// How often the main loop looks whether repo status is due to be saved (a chunk per look:
 /// up to ~40,000 repos a second).
-const SAVE_TICK: Duration = Duration::from_millis(25);
+const SAVE_TICK: Duration = Duration::from_millis(10);
 /// An index change this big is followed by handing the freed heap back (crate::heap).
 const LARGE_DELTA: usize = 10_000;
+
+/// CPU time of the calling thread so far (zero where the clock is not available).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
 
 /// The sockets `run` serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -631,88 +643,109 @@ impl MainLoop {
         if *ctl.shutdown.borrow() {
             return;
         }
+        let mut http_streak = 0;
         loop {
             // Set as an arm begins its work: the wait for it is not the turn.
             let started: Instant;
-            let arm = tokio::select! {
-                changed = ctl.shutdown.changed() => {
-                    started = Instant::now();
-                    if changed.is_err() || *ctl.shutdown.borrow() {
-                        return;
+            let cpu_started = thread_cpu();
+            // API requests first, a few in a row at most: each waits for the turn in
+            // progress only, not for every worker batch and save ready beside it (the
+            // select below picks among ready arms at random), and the other arms (the
+            // watchdog's tick among them) still come round after [`HTTP_FIRST`] requests.
+            let waiting_call = if http_streak < HTTP_FIRST {
+                calls.try_recv().ok()
+            } else {
+                None
+            };
+            let arm = if let Some(call) = waiting_call {
+                started = Instant::now();
+                http_streak += 1;
+                let kind = call.query.kind();
+                self.on_http(call).await;
+                kind
+            } else {
+                http_streak = 0;
+                tokio::select! {
+                    changed = ctl.shutdown.changed() => {
+                        started = Instant::now();
+                        if changed.is_err() || *ctl.shutdown.borrow() {
+                            return;
+                        }
+                        "shutdown"
                     }
-                    "shutdown"
-                }
-                Some(()) = ctl.poll_now.recv() => {
-                    started = Instant::now();
-                    self.index.poll_now();
-                    "poll"
-                }
-                Some(()) = ctl.reload.recv() => {
-                    started = Instant::now();
-                    self.reload().await;
-                    "reload"
-                }
-                Some(ev) = conns.recv() => {
-                    started = Instant::now();
-                    self.on_conn(ev).await;
-                    "worker"
-                }
-                Some(call) = calls.recv() => {
-                    started = Instant::now();
-                    self.on_http(call).await;
-                    "http"
-                }
-                Some(done) = appended.recv() => {
-                    started = Instant::now();
-                    self.on_appended(done);
-                    "appended"
-                }
-                Some(part) = deltas.recv() => {
-                    started = Instant::now();
-                    let poller::DeltaPart { delta, last, scored } = part;
-                    self.hook_urls_forget(&delta);
-                    let sends = self.fleet.apply_index_part_scored(&delta, last, scored.as_ref());
-                    self.hook_urls_learn(&delta);
-                    self.delta_entries += delta.len();
-                    // A whole index is ~200 bytes an entry: gone before the deltas queue.
-                    drop(delta);
-                    self.dispatch(sends);
-                    if last && std::mem::take(&mut self.delta_entries) >= LARGE_DELTA {
-                        // The read's and the delta's freed heap, kept by glibc otherwise.
-                        tokio::task::spawn_blocking(crate::heap::release_free);
+                    Some(()) = ctl.poll_now.recv() => {
+                        started = Instant::now();
+                        self.index.poll_now();
+                        "poll"
                     }
-                    "index"
-                }
-                _ = save_tick.tick() => {
-                    started = Instant::now();
-                    self.save_repos_if_due();
-                    "save"
-                }
-                _ = budget_tick.tick() => {
-                    started = Instant::now();
-                    let sends = self.budgets.tick(now_ms());
-                    self.send_budgets(sends);
-                    "budgets"
-                }
-                _ = tick.tick() => {
-                    started = Instant::now();
-                    let sends = self.fleet.tick(now_ms());
-                    self.dispatch(sends);
-                    self.warn_no_peer_plane();
-                    for repo in self.coalescer.due(now_ms()) {
-                        self.push_fetch(&repo);
+                    Some(()) = ctl.reload.recv() => {
+                        started = Instant::now();
+                        self.reload().await;
+                        "reload"
                     }
-                    self.save_if_due().await;
-                    let status = self.fleet.summary();
-                    if status != self.last_status {
-                        notify::status(&status);
-                        self.last_status = status;
+                    Some(ev) = conns.recv() => {
+                        started = Instant::now();
+                        self.on_conn(ev).await;
+                        "worker"
                     }
-                    // The progress point: this loop just did a full round.
-                    if watchdog.is_some() {
-                        notify::watchdog();
+                    Some(call) = calls.recv() => {
+                        started = Instant::now();
+                        let kind = call.query.kind();
+                        self.on_http(call).await;
+                        kind
                     }
-                    "tick"
+                    Some(done) = appended.recv() => {
+                        started = Instant::now();
+                        self.on_appended(done);
+                        "appended"
+                    }
+                    Some(part) = deltas.recv() => {
+                        started = Instant::now();
+                        let poller::DeltaPart { delta, last, scored } = part;
+                        self.hook_urls_forget(&delta);
+                        let sends = self.fleet.apply_index_part_scored(&delta, last, scored.as_ref());
+                        self.hook_urls_learn(&delta);
+                        self.delta_entries += delta.len();
+                        // A whole index is ~200 bytes an entry: gone before the deltas queue.
+                        drop(delta);
+                        self.dispatch(sends);
+                        if last && std::mem::take(&mut self.delta_entries) >= LARGE_DELTA {
+                            // The read's and the delta's freed heap, kept by glibc otherwise.
+                            tokio::task::spawn_blocking(crate::heap::release_free);
+                        }
+                        "index"
+                    }
+                    _ = save_tick.tick() => {
+                        started = Instant::now();
+                        self.save_repos_if_due();
+                        "save"
+                    }
+                    _ = budget_tick.tick() => {
+                        started = Instant::now();
+                        let sends = self.budgets.tick(now_ms());
+                        self.send_budgets(sends);
+                        "budgets"
+                    }
+                    _ = tick.tick() => {
+                        started = Instant::now();
+                        let sends = self.fleet.tick(now_ms());
+                        self.dispatch(sends);
+                        self.warn_no_peer_plane();
+                        for repo in self.coalescer.due(now_ms()) {
+                            self.push_fetch(&repo);
+                        }
+                        self.save_if_due().await;
+                        let status = self.fleet.summary();
+                        if status != self.last_status {
+                            notify::status(&status);
+                            self.last_status = status;
+                        }
+                        // The progress point: this loop just did a full round.
+                        if watchdog.is_some() {
+                            notify::watchdog();
+                        }
+                        "tick"
+                    }
                 }
             };
             let members_gen = self.fleet.members_generation();
@@ -724,7 +757,9 @@ impl MainLoop {
             // what to look at when the API is slow (`RUST_LOG=gitmirrord::turns=debug`).
             let took = started.elapsed();
             if took >= SLOW_TURN {
-                tracing::debug!(target: "gitmirrord::turns", arm, ms = took.as_millis() as u64, "a long turn of the main loop");
+                // `cpu_ms` far below `ms`: the thread waited for a core, not for its work.
+                let cpu_ms = thread_cpu().saturating_sub(cpu_started).as_millis() as u64;
+                tracing::debug!(target: "gitmirrord::turns", arm, ms = took.as_millis() as u64, cpu_ms, "a long turn of the main loop");
             }
         }
     }
@@ -1456,7 +1491,9 @@ impl MainLoop {
                 let pooled = match q {
                     Query::Repo(id) => view.repo(id).map(|mut d| {
                         pools.fill_repo(&self.fleet, &mut d);
-                        Reply::json(200, d)
+                        // A kilobyte or so: encoded here in microseconds, where handing it
+                        // to a blocking thread would cost that thread's wake-up.
+                        Answer::json(200, &d).into()
                     }),
                     Query::Workers => {
                         let mut ws = view.workers();

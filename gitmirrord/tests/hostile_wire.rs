@@ -559,3 +559,59 @@ async fn floods_leave_the_coordinator_bounded_and_serving() {
         "resident memory grew from {baseline} KiB to {peak} KiB"
     );
 }
+
+/// SPEC §12 (no request stalls the loop that answers workers): the main loop takes API
+/// requests ahead of other waiting work, a few in a row at most. A flood of API requests
+/// from 64 clients (the HTTP server's connection slots), each asking again as soon as it
+/// is answered, does not keep a worker from joining and getting its assignment, and the
+/// flood is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_flood_does_not_starve_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, quic, http, token) = start_daemon(dir.path());
+    wait_index(http).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..64)
+        .map(|i| {
+            let (stop, answered) = (stop.clone(), answered.clone());
+            tokio::spawn(async move {
+                let path: &[u8] = match i % 4 {
+                    0 => b"GET /api/status HTTP/1.1\r\n\r\n",
+                    1 => b"GET /metrics HTTP/1.1\r\n\r\n",
+                    2 => b"GET /api/repos?limit=2 HTTP/1.1\r\n\r\n",
+                    _ => b"GET /api/repos/a/b/c HTTP/1.1\r\n\r\n",
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    if common::http_raw(http, path).await.0 != 0 {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood is under way before the worker comes.
+    common::eventually(20, "the flood to be answered", || async {
+        (answered.load(Ordering::Relaxed) >= 200).then_some(())
+    })
+    .await;
+    let before = answered.load(Ordering::Relaxed);
+    let took = tokio::time::timeout(
+        Duration::from_secs(30),
+        good_worker_gets_assignment(quic, &token, 7),
+    )
+    .await
+    .expect("a worker joins and gets its assignment during an API flood");
+    let during = answered.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    figure(
+        SUITE,
+        "good_worker_assignment_during_api_flood_ms",
+        took.as_millis(),
+    );
+    figure(SUITE, "api_requests_answered_during_the_join", during);
+    assert!(during > 0, "the API kept answering while the worker joined");
+}
