@@ -52,13 +52,14 @@ const SLOW_TURN: Duration = Duration::from_millis(10);
 
 /// Most repo records copied for the repo store in one turn of the main loop (~1–4 µs each:
 /// about a millisecond a turn; 4,096 made turns of 50 ms and more at 1M repos under load,
-/// which every API request then waited behind).
+/// which every API request then waited behind, and 1,024 still 10–25 ms when the CPU was
+/// short: a longer turn is more often preempted).
 const SAVE_CHUNK: usize = 512;
 /// Chunks of repo status queued for the store's writer at most (it writes all it finds
-/// queued with one fsync): 8 × 1,024 records, whatever the disk's pace.
+/// queued with one fsync): 8 × 512 records, whatever the disk's pace.
 const MAX_QUEUED_SAVES: usize = 8;
 /// How often the main loop looks whether repo status is due to be saved (a chunk per look:
-/// up to ~40,000 repos a second).
+/// up to ~50,000 repos a second).
 const SAVE_TICK: Duration = Duration::from_millis(10);
 /// An index change this big is followed by handing the freed heap back (crate::heap).
 const LARGE_DELTA: usize = 10_000;
