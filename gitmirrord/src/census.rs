@@ -254,11 +254,9 @@ impl SuccessTimes {
 pub struct Census {
     total: usize,
     by_state: [usize; STATES],
-    /// Owner → repos it owns per state.
-    owned: HashMap<Uuid, [usize; STATES]>,
+    /// Owner → the repos it owns, per state: counts, and id → URL.
+    owned: foldhash::HashMap<Uuid, Owned>,
     state_ids: BTreeSet<(RepoState, Arc<str>)>,
-    /// `(owner, state, id)` → URL.
-    owner_ids: BTreeMap<(Wk, RepoState, Arc<str>), Arc<str>>,
     /// Failing and gone repos, newest failure first.
     failing: BTreeSet<(Reverse<i64>, Arc<str>)>,
     success: SuccessTimes,
@@ -270,14 +268,31 @@ pub struct Census {
     failing_hosts: HashMap<Arc<str>, usize>,
     failing_host_rank: BTreeSet<(Reverse<usize>, Arc<str>)>,
     /// Bumped when a worker's set of owned (id, URL) changes, so that what is built from
-    /// `owner_ids` (the status's `worker:url`) can be kept until it changes.
+    /// `owned` (the status's `worker:url`) can be kept until it changes.
     owner_urls_gen: Generation,
     /// Bumped when only the state of an owned repo changes: the same URLs in another
-    /// order (`owner_ids` groups them by state). An outcome of a failing fleet does this
+    /// order (`owned` groups them by state). An outcome of a failing fleet does this
     /// at every report, so `worker:url` may follow it a little later.
     owner_order_gen: Generation,
     /// Repos with [`Facts::under_replicated`] (`/api/status` `under_replicated`).
     under_replicated: usize,
+}
+
+/// What one worker owns, per state ([`slot`]). One small map per worker and state, not
+/// one fleet-wide set keyed by `(owner, state, id)`: a new repo of a 1M index apply was
+/// inserted with ~20 string compares along a path that another worker's repo had left
+/// cold; in its worker's map the path is short and the last ids it took are still cached
+/// (the parts come in id order). Half the bytes a repo, too (no owner and state per key).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Owned {
+    counts: [usize; STATES],
+    ids: [BTreeMap<Arc<str>, Arc<str>>; STATES],
+}
+
+impl Owned {
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|n| *n == 0) && self.ids.iter().all(BTreeMap::is_empty)
+    }
 }
 
 /// A worker's uuid as a key of the ordered sets: a `u128` compares in registers where a
@@ -317,7 +332,8 @@ impl Census {
     pub fn from_facts<'a>(repos: impl IntoIterator<Item = (&'a Arc<str>, Facts)>) -> Self {
         let mut c = Census::default();
         let mut state_ids = Vec::new();
-        let mut owner_ids = Vec::new();
+        let mut owner_ids: foldhash::HashMap<Uuid, [Vec<(Arc<str>, Arc<str>)>; STATES]> =
+            Default::default();
         let mut failing = Vec::new();
         let mut held = Vec::new();
         for (id, f) in repos {
@@ -328,10 +344,12 @@ impl Census {
             }
             state_ids.push((f.state, id.clone()));
             if let Some(o) = f.owner {
-                if let Some(n) = c.owned.entry(o).or_insert([0; STATES]).get_mut(s) {
+                if let Some(n) = c.owned.entry(o).or_default().counts.get_mut(s) {
                     *n += 1;
                 }
-                owner_ids.push(((wk(&o), f.state, id.clone()), f.url.clone()));
+                if let Some(v) = owner_ids.entry(o).or_default().get_mut(s) {
+                    v.push((id.clone(), f.url.clone()));
+                }
             }
             if let Some(t) = f.failed_ms {
                 failing.push((Reverse(t), id.clone()));
@@ -345,7 +363,12 @@ impl Census {
         }
         // `from_iter` sorts (cheaply: the runs come in id order) and builds in bulk.
         c.state_ids = state_ids.into_iter().collect();
-        c.owner_ids = owner_ids.into_iter().collect();
+        for (o, runs) in owner_ids {
+            let owned = c.owned.entry(o).or_default();
+            for (map, run) in owned.ids.iter_mut().zip(runs) {
+                *map = run.into_iter().collect();
+            }
+        }
         c.failing = failing.into_iter().collect();
         c.held = held.into_iter().collect();
         c
@@ -503,23 +526,28 @@ impl Census {
             step(n);
         }
         if let Some(o) = f.owner {
-            let counts = self.owned.entry(o).or_insert([0; STATES]);
-            if let Some(n) = counts.get_mut(s) {
+            let owned = self.owned.entry(o).or_default();
+            if let Some(n) = owned.counts.get_mut(s) {
                 step(n);
             }
-            if counts.iter().all(|n| *n == 0) {
+            if owned.is_empty() {
                 self.owned.remove(&o);
             }
         }
     }
 
     fn owner_entry(&mut self, id: &Arc<str>, f: &Facts, add: bool) {
-        if let Some(o) = f.owner {
-            if add {
-                self.owner_ids
-                    .insert((wk(&o), f.state, id.clone()), f.url.clone());
-            } else {
-                self.owner_ids.remove(&(wk(&o), f.state, id.clone()));
+        let Some(o) = f.owner else { return };
+        let owned = self.owned.entry(o).or_default();
+        let Some(map) = owned.ids.get_mut(slot(f.state)) else {
+            return;
+        };
+        if add {
+            map.insert(id.clone(), f.url.clone());
+        } else {
+            map.remove(&**id);
+            if owned.is_empty() {
+                self.owned.remove(&o);
             }
         }
     }
@@ -562,14 +590,14 @@ impl Census {
 
     /// Repos the worker owns.
     pub fn owned(&self, worker: &Uuid) -> usize {
-        self.owned.get(worker).map_or(0, |c| c.iter().sum())
+        self.owned.get(worker).map_or(0, |o| o.counts.iter().sum())
     }
 
     /// Repos the worker owns in one state.
     pub fn owned_in(&self, worker: &Uuid, s: RepoState) -> usize {
         self.owned
             .get(worker)
-            .and_then(|c| c.get(slot(s)).copied())
+            .and_then(|o| o.counts.get(slot(s)).copied())
             .unwrap_or(0)
     }
 
@@ -628,21 +656,18 @@ impl Census {
         )
     }
 
-    fn owner_range(
-        &self,
+    fn owner_range<'a>(
+        &'a self,
         o: Uuid,
         s: RepoState,
-        after: Option<&str>,
-    ) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
-        let o = wk(&o);
-        let start = match after {
-            Some(a) => Bound::Excluded((o, s, Arc::from(a))),
-            None => Bound::Included((o, s, Arc::from(""))),
-        };
-        self.owner_ids
-            .range((start, Bound::Unbounded))
-            .take_while(move |((ow, st, _), _)| *ow == o && *st == s)
-            .map(|((_, _, id), url)| (id, url))
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Arc<str>)> + 'a {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.owned
+            .get(&o)
+            .and_then(|owned| owned.ids.get(slot(s)))
+            .into_iter()
+            .flat_map(move |m| m.range::<str, _>((start, Bound::Unbounded)))
     }
 
     /// Up to `limit` repos the worker owns after `after` (by id), optionally in one state.

@@ -2422,15 +2422,18 @@ fn bench_index_apply_1m() {
             .holdings(uuid(n), &Holdings { repos: Vec::new() }, sim.now);
         drop(sends);
     }
+    let mut added: Vec<Entry> = (0..1_000_000)
+        .map(|i| Entry {
+            id: format!("{}/{:02}/r{i}", i % 36, i % 97),
+            url: format!("https://git.example.invalid/{i}.git"),
+            index: "sim".into(),
+            metadata: None,
+        })
+        .collect();
+    // In id order, as the poller's merged view hands them over.
+    added.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let delta = Delta {
-        added: (0..1_000_000)
-            .map(|i| Entry {
-                id: format!("{}/{:02}/r{i}", i % 36, i % 97),
-                url: format!("https://git.example.invalid/{i}.git"),
-                index: "sim".into(),
-                metadata: None,
-            })
-            .collect(),
+        added,
         removed: Vec::new(),
         changed: Vec::new(),
     };
