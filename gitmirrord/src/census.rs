@@ -332,8 +332,9 @@ impl Census {
     pub fn from_facts<'a>(repos: impl IntoIterator<Item = (&'a Arc<str>, Facts)>) -> Self {
         let mut c = Census::default();
         let mut state_ids = Vec::new();
-        let mut owner_ids: foldhash::HashMap<Uuid, [Vec<(Arc<str>, Arc<str>)>; STATES]> =
-            Default::default();
+        // Per owner and state, (id, URL) in id order.
+        type Runs = [Vec<(Arc<str>, Arc<str>)>; STATES];
+        let mut owner_ids: foldhash::HashMap<Uuid, Runs> = Default::default();
         let mut failing = Vec::new();
         let mut held = Vec::new();
         for (id, f) in repos {
