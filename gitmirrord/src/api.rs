@@ -298,8 +298,50 @@ pub struct WorkerUrls {
     /// The census's order generation when built, and when that was.
     order: u64,
     built_ms: i64,
-    map: Arc<BTreeMap<String, Vec<Arc<str>>>>,
+    map: UrlMap,
     truncated: bool,
+}
+
+/// `worker:url` as shown: the map, and its JSON, encoded by the first answer that shows
+/// it and copied by the others (10,000 URLs are ~450 KB of JSON: milliseconds of each
+/// status answer at 1M, for a map rebuilt at most once a second).
+#[derive(Debug, Clone)]
+pub struct UrlMap {
+    map: Arc<BTreeMap<String, Vec<Arc<str>>>>,
+    json: Arc<std::sync::OnceLock<Result<Box<serde_json::value::RawValue>, String>>>,
+}
+
+impl UrlMap {
+    fn new(map: BTreeMap<String, Vec<Arc<str>>>) -> Self {
+        Self {
+            map: Arc::new(map),
+            json: Arc::default(),
+        }
+    }
+
+    /// The same map (not only an equal one) as `other`.
+    pub fn same(&self, other: &UrlMap) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+}
+
+impl std::ops::Deref for UrlMap {
+    type Target = BTreeMap<String, Vec<Arc<str>>>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Serialize for UrlMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let json = self
+            .json
+            .get_or_init(|| serde_json::value::to_raw_value(&*self.map).map_err(|e| e.to_string()));
+        match json {
+            Ok(raw) => raw.serialize(s),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
 }
 
 /// How long `worker:url` may keep an order that a repo's change of state made stale (the
@@ -313,7 +355,7 @@ pub struct StatusView {
     pub server_status: &'static str,
     pub worker_count: usize,
     #[serde(rename = "worker:url")]
-    pub worker_url: Arc<BTreeMap<String, Vec<Arc<str>>>>,
+    pub worker_url: UrlMap,
     /// Whether `worker:url` stopped at `status_url_limit` URLs.
     #[serde(rename = "worker:url_truncated")]
     pub worker_url_truncated: bool,
@@ -594,7 +636,7 @@ impl View<'_> {
                     key,
                     order,
                     built_ms: self.now_ms,
-                    map: Arc::new(map),
+                    map: UrlMap::new(map),
                     truncated,
                 })
             }
@@ -899,7 +941,7 @@ mod tests {
         }
         .status_with(vec![], &mut cache)
         .worker_url;
-        assert!(Arc::ptr_eq(&first, &second), "nothing changed: reused");
+        assert!(first.same(&second), "nothing changed: reused");
         let o = Outcome {
             report_id: 9,
             repo: "a/p5/r5".into(),
@@ -921,10 +963,7 @@ mod tests {
         }
         .status_with(vec![], &mut cache)
         .worker_url;
-        assert!(
-            !Arc::ptr_eq(&second, &third),
-            "a repo changed state: built again"
-        );
+        assert!(!second.same(&third), "a repo changed state: built again");
         assert_eq!(*third, *view(&f));
         // Another change of state only reorders the same URLs: kept for up to a second
         // (each status request of a failing fleet rebuilt them), then built again.
@@ -952,12 +991,27 @@ mod tests {
             "the failing repo is listed in another place"
         );
         let lagged = at(&f, &mut cache, 7999);
-        assert!(
-            Arc::ptr_eq(&third, &lagged),
-            "an order under a second old is kept"
-        );
+        assert!(third.same(&lagged), "an order under a second old is kept");
         let fourth = at(&f, &mut cache, 8000);
         assert_eq!(*fourth, *fresh, "then built again");
+        // Its JSON is encoded once and shown by every answer that reuses it, the same as a
+        // fresh encoding.
+        let json = |cache: &mut Option<WorkerUrls>| {
+            let status = View {
+                fleet: &f,
+                now_ms: 8000,
+                uptime_secs: 9,
+                url_limit: 10_000,
+            }
+            .status_with(vec![], cache);
+            String::from_utf8(Answer::json(200, &status).body).unwrap()
+        };
+        let (once, twice, uncached) = (json(&mut cache), json(&mut cache), json(&mut None));
+        assert_eq!(once, twice);
+        assert_eq!(once, uncached);
+        let shown: serde_json::Value = serde_json::from_str(&once).unwrap();
+        assert_eq!(shown["worker:url"], serde_json::to_value(&*fresh).unwrap());
+        assert!(cache.as_ref().unwrap().map.json.get().is_some());
         // A change of the URLs themselves is shown at once.
         f.apply_index(&crate::index::Delta {
             changed: vec![Entry {
