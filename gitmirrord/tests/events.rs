@@ -137,7 +137,7 @@ async fn long_poll_answers_on_the_event_or_at_the_deadline() {
     let t = Instant::now();
     let (s, body) = c.get("/api/events?since=2&wait=30").await;
     assert_eq!(s, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < common::PROMPTLY, "{:?}", t.elapsed());
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["events"][0]["seq"], 3);
 
@@ -147,7 +147,7 @@ async fn long_poll_answers_on_the_event_or_at_the_deadline() {
     let took = t.elapsed();
     assert_eq!((s, body.as_str()), (200, r#"{"events":[]}"#));
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(1) + common::PROMPTLY,
         "{took:?}"
     );
 
@@ -180,7 +180,7 @@ async fn long_poll_answers_on_the_event_or_at_the_deadline() {
         .unwrap();
     assert_eq!(s, 200);
     assert!(
-        answered.saturating_duration_since(acked) < Duration::from_millis(500),
+        answered.saturating_duration_since(acked) < common::PROMPTLY,
         "answered {:?} after the event",
         answered.saturating_duration_since(acked)
     );
@@ -251,7 +251,7 @@ async fn long_polls_are_bounded_and_outlive_the_read_deadline() {
     let t = Instant::now();
     assert_eq!(c.get("/api/status").await.0, 200);
     assert_eq!(c.get("/healthz").await.0, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < common::PROMPTLY, "{:?}", t.elapsed());
 
     let ((s, body), took) = tokio::time::timeout(Duration::from_secs(20), long)
         .await

@@ -47,6 +47,14 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// How long an answer that must not wait for a deadline may take: half the server's
+/// 10 s head-read deadline (`gitmirrord::http::DEADLINE`), a third of the 30 s and a
+/// quarter of the 20 s long-polls the tests ask for. Later than this, the server waited
+/// for a deadline; sooner, it may only have waited for the CPU of a loaded machine (these
+/// checks are about what the server waits for, not about its speed).
+#[allow(dead_code)] // not every test binary uses it
+pub const PROMPTLY: Duration = Duration::from_secs(5);
+
 /// Poll `check` until it returns `Some`, or fail after `secs`.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
