@@ -297,6 +297,12 @@ impl Ring {
         self.owners_by(ids, |ring, id| ring.owner_scored(id))
     }
 
+    /// [`Ring::owners`] on the calling thread only: for work ahead of the main loop, which
+    /// must not take the loop's core while it runs (the index scorer).
+    pub fn owners_here(&self, ids: &[&str]) -> Vec<Option<(usize, f64)>> {
+        ids.iter().map(|id| self.owner_scored(id)).collect()
+    }
+
     /// The owners of many ids under a placement, in order, on every core: `ids` are
     /// `(id, folder length)` ([`Placement::key`]).
     pub fn owners_placed(
