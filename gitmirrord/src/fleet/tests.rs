@@ -3024,3 +3024,38 @@ fn spec_12_owners_scored_ahead_are_used_only_for_their_member_set() {
         assert_eq!(owners_of(&sim, &delta), want);
     }
 }
+
+// SPEC §5 (assignment deltas): the operations on one repo within one input reach the
+// worker as the last of them, in one delta sorted by id, whatever came between.
+#[test]
+fn spec_5_the_last_operation_on_a_repo_within_an_input_is_sent() {
+    let mut sim = Sim::with_registry(0, Registry::new(4), ReposFile::default());
+    drop(sim.fleet.connect(&intro(1, 1.0), sim.now).unwrap());
+    drop(
+        sim.fleet
+            .holdings(uuid(1), &Holdings { repos: Vec::new() }, sim.now),
+    );
+    let w = uuid(1);
+    sim.fleet.out.push(w, "x/y/z", Op::Upsert("u1".into()));
+    sim.fleet.out.push(w, "a/b/c", Op::Upsert("ua".into()));
+    sim.fleet
+        .out
+        .push(w, "x/y/z", Op::Drop(DropReason::RemovedFromIndex));
+    sim.fleet.out.push(w, "m/n/o", Op::Drop(DropReason::Moved));
+    sim.fleet.out.push(w, "x/y/z", Op::Upsert("u2".into()));
+    sim.fleet.out.push(w, "m/n/o", Op::Upsert("um".into()));
+    sim.fleet
+        .out
+        .push(w, "m/n/o", Op::Drop(DropReason::RemovedFromIndex));
+    let sends = sim.fleet.flush();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    let d = &sends[0].delta;
+    let upserts: Vec<(&str, &str)> = d
+        .upsert
+        .iter()
+        .map(|r| (r.id.as_str(), r.url.as_str()))
+        .collect();
+    assert_eq!(upserts, [("a/b/c", "ua"), ("x/y/z", "u2")]);
+    let drops: Vec<(&str, DropReason)> = d.drop.iter().map(|o| (o.id.as_str(), o.reason)).collect();
+    assert_eq!(drops, [("m/n/o", DropReason::RemovedFromIndex)]);
+}
