@@ -2599,11 +2599,10 @@ impl Fleet {
         let mut ops: Vec<_> = std::mem::take(&mut self.out.ops).into_iter().collect();
         ops.sort_unstable_by_key(|(w, _)| *w);
         let mut sends = Vec::new();
-        for (worker, ops) in ops {
+        for (worker, mut ops) in ops {
             if !self.out.synced.contains(&worker) {
                 continue;
             }
-            let mut ops = ops;
             // Stable: a repo's operations stay in the order they came, and the last wins.
             ops.sort_by(|a, b| a.0.cmp(&b.0));
             ops.dedup_by(|later, kept| {

@@ -291,15 +291,9 @@ impl Ring {
 }
 
 impl Ring {
-    /// The owners of many ids, in order, on every core (an index of 1M repos lands in one
-    /// delta: 1M × 1,000 members is 10⁹ hashes).
+    /// The owners of many ids, in order, on the calling thread only: for work ahead of the
+    /// main loop, which must not take the loop's core while it runs (the index scorer).
     pub fn owners(&self, ids: &[&str]) -> Vec<Option<(usize, f64)>> {
-        self.owners_by(ids, |ring, id| ring.owner_scored(id))
-    }
-
-    /// [`Ring::owners`] on the calling thread only: for work ahead of the main loop, which
-    /// must not take the loop's core while it runs (the index scorer).
-    pub fn owners_here(&self, ids: &[&str]) -> Vec<Option<(usize, f64)>> {
         ids.iter().map(|id| self.owner_scored(id)).collect()
     }
 

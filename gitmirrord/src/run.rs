@@ -648,7 +648,9 @@ impl MainLoop {
         loop {
             // Set as an arm begins its work: the wait for it is not the turn.
             let started: Instant;
-            let cpu_started = thread_cpu();
+            // A system call: only when long turns are logged.
+            let cpu_started = tracing::enabled!(target: "gitmirrord::turns", tracing::Level::DEBUG)
+                .then(thread_cpu);
             // API requests first, a few in a row at most: each waits for the turn in
             // progress only, not for every worker batch and save ready beside it (the
             // select below picks among ready arms at random), and the other arms (the
@@ -759,7 +761,7 @@ impl MainLoop {
             let took = started.elapsed();
             if took >= SLOW_TURN {
                 // `cpu_ms` far below `ms`: the thread waited for a core, not for its work.
-                let cpu_ms = thread_cpu().saturating_sub(cpu_started).as_millis() as u64;
+                let cpu_ms = cpu_started.map(|c| thread_cpu().saturating_sub(c).as_millis() as u64);
                 tracing::debug!(target: "gitmirrord::turns", arm, ms = took.as_millis() as u64, cpu_ms, "a long turn of the main loop");
             }
         }

@@ -70,7 +70,7 @@ pub fn score(part: &mut DeltaPart, members: &Members) {
     // the loop applied the first parts (their wall time 1.7× their CPU at 1M on two cores),
     // and one core keeps ahead of the loop (~0.1 s a part of 65,536 at 1,000 workers,
     // against ~0.3 s for the loop to apply it).
-    let owners = s.ring.owners_here(&ids);
+    let owners = s.ring.owners(&ids);
     part.scored = Some(Scored { fp: s.fp, owners });
 }
 

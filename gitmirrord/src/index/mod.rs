@@ -783,7 +783,13 @@ impl Indexes {
             self.remerge(true);
             return Ok(delta);
         }
-        Ok(self.remerge_changes(&olds))
+        Ok(remerge_changes(
+            &self.applied,
+            &self.merged_order,
+            &mut self.provided,
+            &mut self.conflicts,
+            &olds,
+        ))
     }
 
     /// Undo [`Indexes::commit_state`]'s swap after a failed save: the old states back.
@@ -860,18 +866,6 @@ impl Indexes {
             add_to_delta(&mut delta, id, was, is);
         }
         delta
-    }
-
-    /// Bring the effective set up to date after the indexes in `olds` changed (same order
-    /// of indexes): only the ids whose entry changed in one of them are looked at.
-    fn remerge_changes(&mut self, olds: &BTreeMap<String, Option<IndexState>>) -> Delta {
-        remerge_changes(
-            &self.applied,
-            &self.merged_order,
-            &mut self.provided,
-            &mut self.conflicts,
-            olds,
-        )
     }
 
     /// Configured indexes in order, then those only in the applied state (by name).
