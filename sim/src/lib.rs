@@ -570,6 +570,11 @@ impl Run<'_> {
         let before: Vec<u64> = self.swarm.live().map(|m| m.view.sessions()).collect();
         let t0 = Instant::now();
         self.coord.kill9();
+        // The exit waits for a system call in progress (an fsync): part of the figure.
+        tracing::info!(
+            "coordinator killed and reaped in {:.2} s; starting it again",
+            t0.elapsed().as_secs_f64()
+        );
         self.coord.start()?;
         let reattached = self
             .until("every worker re-attached", |r| {

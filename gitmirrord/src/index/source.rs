@@ -400,6 +400,111 @@ const ALLOC_LIMIT_BYTES: usize = 16 << 20;
 struct Objects {
     repo: gix::ThreadSafeRepository,
     path: PathBuf,
+    packs: Packs,
+}
+
+/// A blob's place in [`Packs`]: the pack's number above the entry's number in its index;
+/// [`NOT_PACKED`] for a blob read through the object store.
+type Place = u64;
+const NOT_PACKED: Place = u64::MAX;
+
+/// The packs of an index clone and of the objects it borrows, opened directly: the blobs'
+/// entries are looked up in object id order, where each look-up lands next to the one
+/// before in the pack index, instead of in tree order, where each was a binary search
+/// through the whole index missing the cache at every step (a third of the read at 1M
+/// entries). Objects not found here (loose ones, packs that came later) are read through
+/// the object store as before.
+#[derive(Default)]
+struct Packs(Vec<gix::odb::pack::Bundle>);
+
+impl Packs {
+    /// The packs under `objects` and its alternates; none when any cannot be listed (the
+    /// store then reads every blob).
+    fn open(repo: &gix::ThreadSafeRepository) -> Self {
+        let store = &repo.objects;
+        let Ok(alternates) = store.alternate_db_paths() else {
+            return Self::default();
+        };
+        let mut bundles = Vec::new();
+        for dir in std::iter::once(store.path().to_owned()).chain(alternates) {
+            let Ok(list) = std::fs::read_dir(dir.join("pack")) else {
+                continue;
+            };
+            for entry in list.flatten() {
+                let path = entry.path();
+                if path.extension() != Some(OsStr::new("idx")) {
+                    continue;
+                }
+                // A pack being written or removed is left to the store.
+                if let Ok(mut bundle) = gix::odb::pack::Bundle::at(&path, store.object_hash()) {
+                    bundle.pack = bundle.pack.with_alloc_limit_bytes(Some(ALLOC_LIMIT_BYTES));
+                    bundles.push(bundle);
+                }
+            }
+        }
+        Self(bundles)
+    }
+
+    /// Where each of `blobs` is, looked up in (about) object id order: sorted by the first
+    /// eight bytes of the id, which is all the locality needs.
+    fn locate(&self, listing: &Listing, blobs: &[Blob]) -> Vec<Place> {
+        let mut places = vec![NOT_PACKED; blobs.len()];
+        if self.0.is_empty() {
+            return places;
+        }
+        let mut order: Vec<(u64, u32)> = blobs
+            .iter()
+            .zip(0u32..)
+            .map(|(b, i)| {
+                let oid = listing.oid(b);
+                let mut key = [0u8; 8];
+                let n = oid.len().min(8);
+                key[..n].copy_from_slice(&oid[..n]);
+                (u64::from_be_bytes(key), i)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut last = 0;
+        for (_, i) in order {
+            let Some(b) = blobs.get(i as usize) else {
+                continue;
+            };
+            let Ok(oid) = gix::hash::oid::try_from_bytes(listing.oid(b)) else {
+                continue;
+            };
+            // The pack that held the last one first: usually there is one.
+            let tries = std::iter::once(last).chain((0..self.0.len()).filter(|&p| p != last));
+            for p in tries {
+                if let Some(entry) = self.0.get(p).and_then(|bundle| bundle.index.lookup(oid)) {
+                    places[i as usize] = ((p as u64) << 32) | u64::from(entry);
+                    last = p;
+                    break;
+                }
+            }
+        }
+        places
+    }
+
+    /// The object at `place` (from [`Packs::locate`]), decoded into `buf`.
+    fn read<'a>(
+        &self,
+        place: Place,
+        buf: &'a mut Vec<u8>,
+        inflate: &mut gix::zlib::Inflate,
+        cache: &mut dyn gix::odb::pack::cache::DecodeEntry,
+    ) -> Option<Result<gix::objs::Data<'a>, String>> {
+        let bundle = self.0.get(usize::try_from(place >> 32).ok()?)?;
+        let entry = u32::try_from(place & u64::from(u32::MAX)).ok()?;
+        if entry >= bundle.index.num_objects() {
+            return None;
+        }
+        Some(
+            bundle
+                .get_object_by_index(entry, buf, inflate, cache)
+                .map(|(data, _)| data)
+                .map_err(|e| e.to_string()),
+        )
+    }
 }
 
 impl Objects {
@@ -410,9 +515,11 @@ impl Objects {
             .config_overrides([format!("gitoxide.objects.allocLimit={ALLOC_LIMIT_BYTES}")]);
         let repo = gix::ThreadSafeRepository::open_opts(path, options)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let packs = Packs::open(&repo);
         Ok(Self {
             repo,
             path: path.to_owned(),
+            packs,
         })
     }
 
@@ -433,8 +540,11 @@ impl Objects {
 
     /// The files of `commit` with a layout role, in tree order (what `git ls-tree -r`
     /// lists). Trees below the entry depth and dot-directories are not entered: the layout
-    /// gives no file there a role.
+    /// gives no file there a role. The root's entries are walked one per job on a thread per
+    /// core (an index of 1M entries has a tree per entry: 1.3 s on one core), each job into
+    /// a listing of its own, joined in the root's order.
     fn walk(&self, commit: &str) -> Result<Listing, String> {
+        use gix::prelude::FindExt;
         let repo = self.handle();
         let id = gix::ObjectId::from_hex(commit.as_bytes())
             .map_err(|e| self.bad(format!("commit {commit}: {e}")))?;
@@ -444,11 +554,99 @@ impl Objects {
             .peel_to_tree()
             .map_err(|e| self.bad(format!("commit {commit}: {e}")))?
             .id;
+        let mut buf = Vec::new();
+        let root: Vec<(Vec<u8>, gix::ObjectId, u32)> = repo
+            .objects
+            .find_tree_iter(&tree, &mut buf)
+            .map_err(|e| self.bad(format!("tree {tree}: {e}")))?
+            .map(|entry| {
+                entry
+                    .map(|e| (e.filename.to_vec(), e.oid.to_owned(), e.mode.value().into()))
+                    .map_err(|e| self.bad(format!("tree {tree}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let jobs = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(root.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let walk_one = |repo: &gix::Repository, k: usize| -> Result<Listing, String> {
+            let mut listing = Listing::default();
+            if let Some((name, oid, mode)) = root.get(k) {
+                let mut bufs = [Vec::new(), Vec::new()];
+                let mut path = name.clone();
+                self.entry(repo, *mode, oid, &mut path, &mut bufs, &mut listing)?;
+            }
+            Ok(listing)
+        };
+        let mut done: Vec<Option<Result<Listing, String>>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..jobs)
+                .map(|_| {
+                    let (next, walk_one, root) = (&next, &walk_one, &root);
+                    s.spawn(move || {
+                        let repo = self.handle();
+                        let mut mine = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if k >= root.len() {
+                                break mine;
+                            }
+                            mine.push((k, walk_one(&repo, k)));
+                        }
+                    })
+                })
+                .collect();
+            let mut done: Vec<Option<Result<Listing, String>>> =
+                (0..root.len()).map(|_| None).collect();
+            for t in threads {
+                let Ok(mine) = t.join() else {
+                    return vec![Some(Err("index reader thread failed".into()))];
+                };
+                for (k, listing) in mine {
+                    if let Some(slot) = done.get_mut(k) {
+                        *slot = Some(listing);
+                    }
+                }
+            }
+            done
+        });
         let mut listing = Listing::default();
-        let mut bufs = [Vec::new(), Vec::new(), Vec::new()];
-        let mut path = Vec::new();
-        self.walk_tree(&repo, tree, &mut path, &mut bufs, &mut listing)?;
+        for part in done.iter_mut() {
+            match part.take() {
+                Some(part) => listing.append(part?),
+                None => return Err(self.bad("a part of the tree was not walked")),
+            }
+        }
         Ok(listing)
+    }
+
+    /// Add tree entry `path` (mode `mode`, object `oid`): a file with a layout role, or the
+    /// files of a tree (`bufs`: one buffer per level still to go).
+    fn entry(
+        &self,
+        repo: &gix::Repository,
+        mode: u32,
+        oid: &gix::oid,
+        path: &mut Vec<u8>,
+        bufs: &mut [Vec<u8>],
+        listing: &mut Listing,
+    ) -> Result<(), String> {
+        if mode & 0o170000 == 0o040000 {
+            let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+            if !name.starts_with(b".") {
+                self.walk_tree(repo, oid.to_owned(), path, bufs, listing)?;
+            }
+        } else if let Some(role) = layout::role(path) {
+            let mode = if mode & 0o170000 == 0o100000 {
+                "100644".to_owned()
+            } else {
+                format!("{mode:06o}")
+            };
+            listing
+                .add(&mode, oid, path, role)
+                .map_err(|e| self.bad(e))?;
+        }
+        Ok(())
     }
 
     /// Add the files of tree `id` at `path` (`bufs`: one buffer per level still to go).
@@ -475,21 +673,14 @@ impl Objects {
                 path.push(b'/');
             }
             path.extend_from_slice(entry.filename);
-            let mode = entry.mode.value();
-            if entry.mode.is_tree() {
-                if !entry.filename.starts_with(b".") {
-                    self.walk_tree(repo, entry.oid.to_owned(), path, deeper, listing)?;
-                }
-            } else if let Some(role) = layout::role(path) {
-                let mode = if mode & 0o170000 == 0o100000 {
-                    "100644".to_owned()
-                } else {
-                    format!("{mode:06o}")
-                };
-                listing
-                    .add(&mode, entry.oid, path, role)
-                    .map_err(|e| self.bad(e))?;
-            }
+            self.entry(
+                repo,
+                entry.mode.value().into(),
+                entry.oid,
+                path,
+                deeper,
+                listing,
+            )?;
             path.truncate(len);
         }
         Ok(())
@@ -513,7 +704,16 @@ impl Objects {
             kind: Kind::Regular(Vec::new()),
         };
         let mut buf = Vec::new();
-        for b in blobs {
+        let places = self.packs.locate(listing, blobs);
+        tracing::debug!(
+            blobs = blobs.len(),
+            packs = self.packs.0.len(),
+            through_store = places.iter().filter(|&&p| p == NOT_PACKED).count(),
+            "index blobs located"
+        );
+        let mut inflate = gix::zlib::Inflate::default();
+        let mut cache = gix::odb::pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES);
+        for (b, &place) in blobs.iter().zip(&places) {
             let oid = gix::hash::oid::try_from_bytes(listing.oid(b))
                 .map_err(|e| self.bad(format!("object id of {}: {e}", display(listing.path(b)))))?;
             let missing = || self.bad(format!("object {oid} is missing"));
@@ -525,7 +725,14 @@ impl Objects {
                 _ => Vec::new(),
             };
             content.clear();
-            file.kind = match repo.objects.try_find(oid, &mut buf) {
+            let found = match self.packs.read(place, &mut buf, &mut inflate, &mut cache) {
+                Some(read) => read.map(Some),
+                None => repo
+                    .objects
+                    .try_find(oid, &mut buf)
+                    .map_err(|e| e.to_string()),
+            };
+            file.kind = match found {
                 Ok(Some(data)) if data.kind != gix::object::Kind::Blob => {
                     return Err(self.bad(format!("{oid} is a {}, not a blob", data.kind)));
                 }
@@ -589,6 +796,19 @@ fn list(out: &mut dyn BufRead) -> Result<Listing, String> {
 }
 
 impl Listing {
+    /// Append `other`, listed after everything here.
+    fn append(&mut self, other: Listing) {
+        let base = self.text.len();
+        self.text.extend_from_slice(&other.text);
+        let moved = |mut b: Blob| {
+            b.start += base;
+            b
+        };
+        self.defaults.extend(other.defaults.into_iter().map(moved));
+        self.entries.extend(other.entries.into_iter().map(moved));
+        self.others.extend(other.others);
+    }
+
     /// Add the file at `path` with tree mode `mode` and object id `oid`.
     fn add(&mut self, mode: &str, oid: &gix::oid, path: &[u8], role: Role) -> Result<(), String> {
         let kind = match mode {
