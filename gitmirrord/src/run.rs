@@ -718,7 +718,9 @@ impl MainLoop {
                         }
                         "index"
                     }
-                    _ = save_tick.tick() => {
+                    // Only while repos wait to be saved: an idle loop is not woken 100
+                    // times a second (the owners' fingerprint alone is saved on the tick).
+                    _ = save_tick.tick(), if self.fleet.unsaved_len() > 0 => {
                         started = Instant::now();
                         self.save_repos_if_due();
                         "save"
@@ -738,6 +740,7 @@ impl MainLoop {
                             self.push_fetch(&repo);
                         }
                         self.save_if_due().await;
+                        self.save_repos_if_due();
                         let status = self.fleet.summary();
                         if status != self.last_status {
                             notify::status(&status);
@@ -888,6 +891,9 @@ impl MainLoop {
             );
         }
         self.no_peer_seen = seen;
+        // Removed workers are forgotten (O(warned) a tick, at most the workers).
+        let fleet = &self.fleet;
+        self.warned_no_peer.retain(|u| fleet.worker(u).is_some());
     }
 
     fn worker_label(&self, uuid: &Uuid) -> String {
