@@ -1037,3 +1037,74 @@ fn spec_12_failed_index_state_save_leaves_the_indexes_as_they_were() {
     assert_eq!(ids(&delta.changed), ["a/one/one"]);
     assert_eq!(ix.len(), 3);
 }
+
+// SPEC §3.3, §12: trees and blobs read straight from the packs (looked up in object id
+// order, gix's object store for what is not in a pack) give what loose objects give: an
+// index whose objects are all packed, then a commit whose new objects are loose beside the
+// pack, then everything repacked, each read fresh and compared with the same files kept
+// loose.
+#[test]
+fn spec_12_packed_and_loose_objects_read_alike() {
+    let (packed, loose) = (IndexRepo::new(), IndexRepo::new());
+    let huge = vec![b'#'; 20 << 20];
+    for r in [&packed, &loose] {
+        for i in 0..60 {
+            r.write(
+                &format!("{}/p{i}/p{i}", ["a", "b", "c"][i % 3]),
+                url_entry(&format!("https://x.org/{i}")),
+            );
+        }
+        r.write("DEFAULTS", "submit: root\n")
+            .write("b/DEFAULTS", "submit: b\n")
+            .write("c/.hidden/x", url_entry("https://ignored"))
+            .write("a/huge/huge", &huge)
+            .write("a/bad/bad", "url: [\n");
+        r.commit();
+    }
+    git(packed.path(), &["repack", "-adq"]);
+    let read = |r: &IndexRepo| {
+        let state = tempfile::tempdir().unwrap();
+        let mut ix =
+            Indexes::open(vec![source("up", &r.url())], settings(state.path(), 50.0)).unwrap();
+        ix.poll(true).unwrap();
+        assert_eq!(ix.status()[0].last_error, None);
+        view(&ix, "up")
+    };
+    let count = |r: &IndexRepo| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(r.path())
+            .args(["count-objects", "-v"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(count(&packed).contains("count: 0"), "{}", count(&packed));
+    let first = read(&packed);
+    assert_eq!(first.0.len(), 60);
+    assert!(
+        first
+            .1
+            .iter()
+            .any(|(p, why)| p == "a/huge/huge" && why.contains("bytes, over"))
+    );
+    assert_eq!(first, read(&loose));
+
+    for r in [&packed, &loose] {
+        r.remove("a/p0/p0")
+            .write("b/p1/p1", url_entry("https://y.org/1"))
+            .write("d/new/new", url_entry("https://x.org/new"))
+            .write("c/DEFAULTS", "submit: c\n");
+        r.commit();
+    }
+    assert!(
+        !count(&packed).contains("count: 0"),
+        "loose objects beside the pack"
+    );
+    let second = read(&packed);
+    assert_ne!(first, second);
+    assert_eq!(second, read(&loose));
+
+    git(packed.path(), &["repack", "-adq"]);
+    assert_eq!(read(&packed), second);
+}

@@ -408,6 +408,27 @@ struct Objects {
 type Place = u64;
 const NOT_PACKED: Place = u64::MAX;
 
+/// A walking thread's object readers.
+struct Walker {
+    repo: gix::Repository,
+    reader: PackReader,
+}
+
+/// What one thread needs to decode objects from [`Packs`].
+struct PackReader {
+    inflate: gix::zlib::Inflate,
+    cache: gix::odb::pack::cache::lru::MemoryCappedHashmap,
+}
+
+impl PackReader {
+    fn new() -> Self {
+        Self {
+            inflate: gix::zlib::Inflate::default(),
+            cache: gix::odb::pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES),
+        }
+    }
+}
+
 /// The packs of an index clone and of the objects it borrows, opened directly: the blobs'
 /// entries are looked up in object id order, where each look-up lands next to the one
 /// before in the pack index, instead of in tree order, where each was a binary search
@@ -472,17 +493,23 @@ impl Packs {
             let Ok(oid) = gix::hash::oid::try_from_bytes(listing.oid(b)) else {
                 continue;
             };
-            // The pack that held the last one first: usually there is one.
-            let tries = std::iter::once(last).chain((0..self.0.len()).filter(|&p| p != last));
-            for p in tries {
-                if let Some(entry) = self.0.get(p).and_then(|bundle| bundle.index.lookup(oid)) {
-                    places[i as usize] = ((p as u64) << 32) | u64::from(entry);
-                    last = p;
-                    break;
-                }
+            if let Some(place) = self.place(oid, last) {
+                places[i as usize] = place;
+                last = (place >> 32) as usize;
             }
         }
         places
+    }
+
+    /// Where object `oid` is, trying pack `first` first (usually there is one pack).
+    fn place(&self, oid: &gix::oid, first: usize) -> Option<Place> {
+        let tries = std::iter::once(first).chain((0..self.0.len()).filter(|&p| p != first));
+        for p in tries {
+            if let Some(entry) = self.0.get(p).and_then(|bundle| bundle.index.lookup(oid)) {
+                return Some(((p as u64) << 32) | u64::from(entry));
+            }
+        }
+        None
     }
 
     /// The object at `place` (from [`Packs::locate`]), decoded into `buf`.
@@ -490,8 +517,7 @@ impl Packs {
         &self,
         place: Place,
         buf: &'a mut Vec<u8>,
-        inflate: &mut gix::zlib::Inflate,
-        cache: &mut dyn gix::odb::pack::cache::DecodeEntry,
+        reader: &mut PackReader,
     ) -> Option<Result<gix::objs::Data<'a>, String>> {
         let bundle = self.0.get(usize::try_from(place >> 32).ok()?)?;
         let entry = u32::try_from(place & u64::from(u32::MAX)).ok()?;
@@ -500,7 +526,7 @@ impl Packs {
         }
         Some(
             bundle
-                .get_object_by_index(entry, buf, inflate, cache)
+                .get_object_by_index(entry, buf, &mut reader.inflate, &mut reader.cache)
                 .map(|(data, _)| data)
                 .map_err(|e| e.to_string()),
         )
@@ -570,12 +596,12 @@ impl Objects {
             .clamp(1, 4)
             .min(root.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let walk_one = |repo: &gix::Repository, k: usize| -> Result<Listing, String> {
+        let walk_one = |walker: &mut Walker, k: usize| -> Result<Listing, String> {
             let mut listing = Listing::default();
             if let Some((name, oid, mode)) = root.get(k) {
                 let mut bufs = [Vec::new(), Vec::new()];
                 let mut path = name.clone();
-                self.entry(repo, *mode, oid, &mut path, &mut bufs, &mut listing)?;
+                self.entry(walker, *mode, oid, &mut path, &mut bufs, &mut listing)?;
             }
             Ok(listing)
         };
@@ -584,14 +610,17 @@ impl Objects {
                 .map(|_| {
                     let (next, walk_one, root) = (&next, &walk_one, &root);
                     s.spawn(move || {
-                        let repo = self.handle();
+                        let mut walker = Walker {
+                            repo: self.handle(),
+                            reader: PackReader::new(),
+                        };
                         let mut mine = Vec::new();
                         loop {
                             let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if k >= root.len() {
                                 break mine;
                             }
-                            mine.push((k, walk_one(&repo, k)));
+                            mine.push((k, walk_one(&mut walker, k)));
                         }
                     })
                 })
@@ -624,7 +653,7 @@ impl Objects {
     /// files of a tree (`bufs`: one buffer per level still to go).
     fn entry(
         &self,
-        repo: &gix::Repository,
+        walker: &mut Walker,
         mode: u32,
         oid: &gix::oid,
         path: &mut Vec<u8>,
@@ -634,7 +663,7 @@ impl Objects {
         if mode & 0o170000 == 0o040000 {
             let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
             if !name.starts_with(b".") {
-                self.walk_tree(repo, oid.to_owned(), path, bufs, listing)?;
+                self.walk_tree(walker, oid.to_owned(), path, bufs, listing)?;
             }
         } else if let Some(role) = layout::role(path) {
             let mode = if mode & 0o170000 == 0o100000 {
@@ -652,7 +681,7 @@ impl Objects {
     /// Add the files of tree `id` at `path` (`bufs`: one buffer per level still to go).
     fn walk_tree(
         &self,
-        repo: &gix::Repository,
+        walker: &mut Walker,
         id: gix::ObjectId,
         path: &mut Vec<u8>,
         bufs: &mut [Vec<u8>],
@@ -662,10 +691,24 @@ impl Objects {
         let Some((buf, deeper)) = bufs.split_first_mut() else {
             return Ok(());
         };
-        let tree = repo
-            .objects
-            .find_tree_iter(&id, buf)
-            .map_err(|e| self.bad(format!("tree {id}: {e}")))?;
+        // From the packs where it is there (one mapping of the pack touched, not two).
+        let tree = match self.packs.place(&id, 0) {
+            Some(place) => match self.packs.read(place, buf, &mut walker.reader) {
+                Some(Ok(data)) if data.kind == gix::object::Kind::Tree => {
+                    gix::objs::TreeRefIter::from_bytes(data.data, id.kind())
+                }
+                Some(Ok(data)) => {
+                    return Err(self.bad(format!("{id} is a {}, not a tree", data.kind)));
+                }
+                Some(Err(e)) => return Err(self.bad(format!("tree {id}: {e}"))),
+                None => return Err(self.bad(format!("tree {id} is missing"))),
+            },
+            None => walker
+                .repo
+                .objects
+                .find_tree_iter(&id, buf)
+                .map_err(|e| self.bad(format!("tree {id}: {e}")))?,
+        };
         for entry in tree {
             let entry = entry.map_err(|e| self.bad(format!("tree {id}: {e}")))?;
             let len = path.len();
@@ -674,7 +717,7 @@ impl Objects {
             }
             path.extend_from_slice(entry.filename);
             self.entry(
-                repo,
+                walker,
                 entry.mode.value().into(),
                 entry.oid,
                 path,
@@ -711,8 +754,7 @@ impl Objects {
             through_store = places.iter().filter(|&&p| p == NOT_PACKED).count(),
             "index blobs located"
         );
-        let mut inflate = gix::zlib::Inflate::default();
-        let mut cache = gix::odb::pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES);
+        let mut reader = PackReader::new();
         for (b, &place) in blobs.iter().zip(&places) {
             let oid = gix::hash::oid::try_from_bytes(listing.oid(b))
                 .map_err(|e| self.bad(format!("object id of {}: {e}", display(listing.path(b)))))?;
@@ -725,7 +767,7 @@ impl Objects {
                 _ => Vec::new(),
             };
             content.clear();
-            let found = match self.packs.read(place, &mut buf, &mut inflate, &mut cache) {
+            let found = match self.packs.read(place, &mut buf, &mut reader) {
                 Some(read) => read.map(Some),
                 None => repo
                     .objects
