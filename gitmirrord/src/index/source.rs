@@ -432,9 +432,9 @@ impl PackReader {
 /// The packs of an index clone and of the objects it borrows, opened directly: the blobs'
 /// entries are looked up in object id order, where each look-up lands next to the one
 /// before in the pack index, instead of in tree order, where each was a binary search
-/// through the whole index missing the cache at every step (a third of the read at 1M
-/// entries). Objects not found here (loose ones, packs that came later) are read through
-/// the object store as before.
+/// through the whole index missing the cache at every step; the walk's trees are read
+/// here too, so the pack is mapped once. Objects not found here (loose ones, packs that
+/// came later) are read through the object store as before.
 #[derive(Default)]
 struct Packs(Vec<gix::odb::pack::Bundle>);
 
