@@ -605,7 +605,8 @@ impl Objects {
             }
             Ok(listing)
         };
-        let mut done: Vec<Option<Result<Listing, String>>> = std::thread::scope(|s| {
+        // Each thread's jobs with their numbers; put back in the root's order after.
+        let mut parts: Vec<(usize, Result<Listing, String>)> = std::thread::scope(|s| {
             let threads: Vec<_> = (0..jobs)
                 .map(|_| {
                     let (next, walk_one, root) = (&next, &walk_one, &root);
@@ -625,26 +626,19 @@ impl Objects {
                     })
                 })
                 .collect();
-            let mut done: Vec<Option<Result<Listing, String>>> =
-                (0..root.len()).map(|_| None).collect();
-            for t in threads {
-                let Ok(mine) = t.join() else {
-                    return vec![Some(Err("index reader thread failed".into()))];
-                };
-                for (k, listing) in mine {
-                    if let Some(slot) = done.get_mut(k) {
-                        *slot = Some(listing);
-                    }
-                }
-            }
-            done
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_default())
+                .collect()
         });
+        // A thread that failed took its jobs with it.
+        if parts.len() != root.len() {
+            return Err(self.bad("an index reader thread failed"));
+        }
+        parts.sort_unstable_by_key(|(k, _)| *k);
         let mut listing = Listing::default();
-        for part in done.iter_mut() {
-            match part.take() {
-                Some(part) => listing.append(part?),
-                None => return Err(self.bad("a part of the tree was not walked")),
-            }
+        for (_, part) in parts {
+            listing.append(part?);
         }
         Ok(listing)
     }
