@@ -50,8 +50,10 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, Semaphore};
 /// opening to its first frame read (both sides).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection with no traffic for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no traffic for this long is closed: three keepalives missed. A
+/// holder killed mid-transfer sends nothing more (no close, no reset), so this is how
+/// long its receiver waits before it tries the next holder or the upstream.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest wait for the next bytes from a holder (at most `fetch.timeout`). A holder's
 /// `upload-pack` sends a keepalive every 5 s while `pack-objects` prepares a pack

@@ -1797,11 +1797,25 @@ fn spec_14_kill9_worker_with_pools_keeps_every_mirror_complete() {
             Err(format!("not pooled: {plain:?}"))
         }
     });
-    for (id, url) in &fleet.repos {
-        let path = w.mirror_path(id);
-        whole(&path, true).unwrap_or_else(|e| panic!("{id}: {e}"));
-        let refs = try_mirror_refs(&path).unwrap_or_else(|e| panic!("{id}: {e}"));
-        assert_eq!(refs, ls_remote(url), "{id}");
-    }
+    // The worker still runs: a consolidation may roll the pool's packs up while fsck
+    // reads a member (fsck lists the packs once, then finds some gone: "index not
+    // opened"), as it may under any `git repack` of a live repo. A mirror that stays
+    // incomplete or behind fails at the deadline; the kills above checked a still disk.
+    let upstream: Vec<_> = fleet.repos.values().map(|url| ls_remote(url)).collect();
+    wait_for(
+        Duration::from_secs(60),
+        "every mirror whole and equal to upstream",
+        || {
+            for ((id, _), want) in fleet.repos.iter().zip(&upstream) {
+                let path = w.mirror_path(id);
+                whole(&path, true).map_err(|e| format!("{id}: {e}"))?;
+                let refs = try_mirror_refs(&path).map_err(|e| format!("{id}: {e}"))?;
+                if &refs != want {
+                    return Err(format!("{id}: refs {refs:?}, upstream {want:?}"));
+                }
+            }
+            Ok(())
+        },
+    );
     figure(SUITE, "pools_kill.secs", started.elapsed().as_secs());
 }
