@@ -386,10 +386,13 @@ fn spec_13_kill9_receiver_mid_transfer() {
     poll_until(WITHIN, "the receiver's copy counted as peer bytes", || {
         (metric(&s.fleet, "peer") >= s.big_pack as f64).then_some(())
     });
-    assert_eq!(
-        metric(&s.fleet, "upstream"),
-        upstream_bytes,
-        "nothing came from the (offline) upstream"
+    // The big repo did not come from the (offline) upstream: that would count its pack
+    // again. A fetch of the holder's that was on the wire when the upstream stopped may
+    // still count its ref advertisement (a few hundred bytes, seen in CI).
+    let from_upstream = metric(&s.fleet, "upstream") - upstream_bytes;
+    assert!(
+        from_upstream < s.big_pack as f64,
+        "{from_upstream} bytes came from the (offline) upstream"
     );
     s.daemon.restart();
     let owners = s.fleet.wait_settled(SETTLE);
