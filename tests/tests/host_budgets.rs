@@ -390,9 +390,13 @@ fn spec_18_one_rate_limit_answer_pauses_the_host_for_the_whole_fleet() {
         .into_iter()
         .filter(|r| r.at >= quiet_from && r.at < quiet_until)
         .collect();
+    let after_429: Vec<(String, Duration)> = during
+        .iter()
+        .map(|r| (r.path.clone(), r.at - refused_at))
+        .collect();
     assert!(
         during.is_empty(),
-        "requests reached the host during the fleet-wide pause: {during:?}"
+        "requests reached the host during the fleet-wide pause (path, time after the 429): {after_429:?}"
     );
     let log = fleet.coord.proc.log_since(mark);
     let lines = log
