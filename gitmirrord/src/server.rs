@@ -54,6 +54,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// passes it within a round trip or two, even when a thousand reconnect at once on a
 /// loaded machine (at 2 s, a 1M-repo restart displaced 30 of them).
 const STALLED_AFTER: Duration = Duration::from_secs(5);
+/// Receive buffer asked for the workers' socket. Every worker's packets arrive on this
+/// one socket: the kernel's default (208 KiB, ~170 full packets) overflowed when a
+/// thousand workers reconnected after a restart or sent their holdings together, and a
+/// dropped handshake packet costs its worker a retransmission timeout (docs/scale.md,
+/// twelfth session). The kernel caps the size at `net.core.rmem_max` and reports
+/// twice what it keeps, so 8 MiB needs `net.core.rmem_max` of 4 MiB.
+pub const QUIC_RECV_BUFFER: usize = 8 << 20;
+
+/// What [`size_recv_buffer`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvBuffer {
+    pub asked: usize,
+    /// As the kernel reports it (twice what it keeps for packets).
+    pub got: usize,
+}
+
+impl RecvBuffer {
+    /// The kernel's cap kept the buffer below what was asked.
+    pub fn capped(&self) -> bool {
+        self.got < self.asked
+    }
+}
+
+/// Ask for an `asked`-byte receive buffer on `socket` (capped by `net.core.rmem_max`).
+pub fn size_recv_buffer(socket: &std::net::UdpSocket, asked: usize) -> std::io::Result<RecvBuffer> {
+    rustix::net::sockopt::set_socket_recv_buffer_size(socket, asked)?;
+    let got = rustix::net::sockopt::socket_recv_buffer_size(socket)?;
+    Ok(RecvBuffer { asked, got })
+}
 
 pub fn software() -> String {
     format!("gitmirrord {}", env!("CARGO_PKG_VERSION"))
@@ -119,6 +148,19 @@ pub fn start(
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(None);
     let cfg = gitmirror_common::trust::server_config(identity, Some(clients), transport)?;
+    match size_recv_buffer(&socket, QUIC_RECV_BUFFER) {
+        Ok(b) if b.capped() => tracing::warn!(
+            "the workers' QUIC socket has a {} KiB receive buffer, less than the {} KiB asked \
+             for: net.core.rmem_max caps it. With hundreds of workers, packets that arrive \
+             together are dropped and resent late (a restart's re-attachment slows); set \
+             net.core.rmem_max to {} or more (sysctl)",
+            b.got / 1024,
+            b.asked / 1024,
+            b.asked / 2
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot size the workers' QUIC socket's receive buffer: {e}"),
+    }
     let endpoint = quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))
         .context("starting the QUIC endpoint")?;
     let ctx = Arc::new(Ctx {
@@ -643,6 +685,36 @@ async fn read_loop(
             .is_err()
         {
             return "coordinator shutting down".into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §12 (1,000 workers on one coordinator): the workers' socket asks for
+    /// [`QUIC_RECV_BUFFER`] and gets what `net.core.rmem_max` allows, which the kernel
+    /// reports doubled; a cap below the ask is reported (and logged by `start`).
+    #[test]
+    fn spec_12_the_workers_socket_gets_a_large_receive_buffer() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .expect("reading net.core.rmem_max")
+            .trim()
+            .parse()
+            .expect("net.core.rmem_max is a number");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = rustix::net::sockopt::socket_recv_buffer_size(&socket).unwrap();
+        let b = size_recv_buffer(&socket, QUIC_RECV_BUFFER).unwrap();
+        assert_eq!(b.asked, QUIC_RECV_BUFFER);
+        assert_eq!(
+            b.got,
+            2 * QUIC_RECV_BUFFER.min(rmem_max),
+            "{b:?}, before {before}"
+        );
+        assert_eq!(b.capped(), 2 * rmem_max < QUIC_RECV_BUFFER, "{b:?}");
+        if 2 * rmem_max > before {
+            assert!(b.got > before, "{b:?}, before {before}");
         }
     }
 }
