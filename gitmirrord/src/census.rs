@@ -325,7 +325,8 @@ impl Census {
     /// string compares took seconds of a 1M-repo start.
     pub fn from_facts<'a>(repos: impl IntoIterator<Item = (&'a Arc<str>, Facts)>) -> Self {
         let mut c = Census::default();
-        let mut state_ids = Vec::new();
+        // Per state, ids in id order: chained in state order they are already sorted.
+        let mut state_ids: [Vec<(RepoState, Arc<str>)>; STATES] = Default::default();
         // Per owner and state, (id, URL) in id order.
         type Runs = [Vec<(Arc<str>, Arc<str>)>; STATES];
         let mut owner_ids: foldhash::HashMap<Uuid, Runs> = Default::default();
@@ -336,7 +337,9 @@ impl Census {
             if let Some(n) = c.by_state.get_mut(s) {
                 *n += 1;
             }
-            state_ids.push((f.state, id.clone()));
+            if let Some(v) = state_ids.get_mut(s) {
+                v.push((f.state, id.clone()));
+            }
             if let Some(o) = f.owner {
                 if let Some(n) = c.owned.entry(o).or_default().counts.get_mut(s) {
                     *n += 1;
@@ -357,8 +360,10 @@ impl Census {
             }
             c.under_replicated += usize::from(f.under_replicated);
         }
-        // `from_iter` sorts (cheaply: the runs come in id order) and builds in bulk.
-        c.state_ids = state_ids.into_iter().collect();
+        // `from_iter` sorts (cheaply: the runs come in order) and builds in bulk. The ids
+        // of all states interleaved were one long sort with string compares (~5 % of a
+        // 1M start).
+        c.state_ids = state_ids.into_iter().flatten().collect();
         for (o, runs) in owner_ids {
             let owned = c.owned.entry(o).or_default();
             for (map, run) in owned.ids.iter_mut().zip(runs) {

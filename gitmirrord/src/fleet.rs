@@ -795,6 +795,61 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Option<Uuid>, Hold
     }
 }
 
+/// A start's saved records applied to the repos ([`Fleet::restorer`]).
+pub struct Restorer<'a> {
+    /// `None` before the index has applied entries: records are kept aside then.
+    by_id: Option<foldhash::HashMap<&'a str, &'a mut Repo>>,
+    saved: &'a mut HashMap<String, SavedRepo>,
+    registry: &'a Registry,
+    placement: Placement,
+    resized: &'a mut HashSet<String>,
+}
+
+impl Restorer<'_> {
+    /// As [`Fleet::restore_saved`].
+    pub fn restore(&mut self, id: String, saved: Option<SavedRepo>) {
+        match &mut self.by_id {
+            None => keep_saved(self.saved, id, saved),
+            Some(by_id) => {
+                let repo = by_id.get_mut(id.as_str()).map(|r| &mut **r);
+                restore_into(repo, id, saved, self.registry, self.placement, self.resized);
+            }
+        }
+    }
+}
+
+/// A saved record before the index has entries: kept until its first content.
+fn keep_saved(kept: &mut HashMap<String, SavedRepo>, id: String, saved: Option<SavedRepo>) {
+    match saved {
+        Some(s) => kept.insert(id, s),
+        None => kept.remove(&id),
+    };
+}
+
+/// One saved record into its repo (`None`: the index no longer has it).
+fn restore_into(
+    repo: Option<&mut Repo>,
+    id: String,
+    saved: Option<SavedRepo>,
+    registry: &Registry,
+    placement: Placement,
+    resized: &mut HashSet<String>,
+) {
+    let Some(repo) = repo else {
+        if saved.is_some() && placement == Placement::Project {
+            resized.insert(ring::folder(&id).to_owned());
+        }
+        return;
+    };
+    // The saved owner, so that recomputing the owners changes (and saves) only repos
+    // whose owner really moved.
+    let (owner, holders, status) = restore(saved, registry);
+    repo.owner = owner;
+    repo.holders = holders;
+    repo.status = status;
+    repo.owner_score = f64::INFINITY;
+}
+
 pub struct Fleet {
     dead_after_ms: i64,
     registry: Registry,
@@ -886,8 +941,9 @@ impl Fleet {
         entries: impl IntoIterator<Item = Entry>,
     ) -> Self {
         let mut fleet = Fleet::from_entries(dead_after, registry, entries);
+        let mut restorer = fleet.restorer();
         for (id, s) in saved.repos {
-            fleet.restore_saved(id, Some(s));
+            restorer.restore(id, Some(s));
         }
         fleet.finish_start(None);
         fleet
@@ -967,28 +1023,44 @@ impl Fleet {
     /// A start's second step: one record of the repo store, in file order (`None`: the
     /// repo was removed). Holders are kept only when they are live workers. Records of
     /// repos the index no longer has are dropped (removed while we were down), unless the
-    /// index has no applied entries yet: then they wait for its first content.
+    /// index has no applied entries yet: then they wait for its first content. One B-tree
+    /// search a record: a whole store goes through [`Fleet::restorer`].
     pub fn restore_saved(&mut self, id: String, saved: Option<SavedRepo>) {
         if !self.index_ready {
-            match saved {
-                Some(s) => self.saved.insert(id, s),
-                None => self.saved.remove(&id),
-            };
+            keep_saved(&mut self.saved, id, saved);
             return;
         }
-        let Some(repo) = self.repos.get_mut(id.as_str()) else {
-            if saved.is_some() && self.placement == Placement::Project {
-                self.resized.insert(ring::folder(&id).to_owned());
-            }
-            return;
-        };
-        // The saved owner, so that recomputing the owners changes (and saves) only repos
-        // whose owner really moved.
-        let (owner, holders, status) = restore(saved, &self.registry);
-        repo.owner = owner;
-        repo.holders = holders;
-        repo.status = status;
-        repo.owner_score = f64::INFINITY;
+        let repo = self.repos.get_mut(id.as_str()).map(|r| &mut **r);
+        restore_into(
+            repo,
+            id,
+            saved,
+            &self.registry,
+            self.placement,
+            &mut self.resized,
+        );
+    }
+
+    /// [`Fleet::restore_saved`] for a whole repo store: the repos are looked up by a hash of
+    /// their id built once (~40 MB at 1M repos, dropped with the restorer), not by a B-tree
+    /// search a record, which compared ids with long common prefixes along each path (a
+    /// third of a 1M start's CPU, docs/scale.md "twelfth session").
+    pub fn restorer(&mut self) -> Restorer<'_> {
+        let by_id = self.index_ready.then(|| {
+            let mut m = foldhash::HashMap::with_capacity_and_hasher(
+                self.repos.len(),
+                foldhash::fast::RandomState::default(),
+            );
+            m.extend(self.repos.iter_mut().map(|(id, r)| (&**id, &mut **r)));
+            m
+        });
+        Restorer {
+            by_id,
+            saved: &mut self.saved,
+            registry: &self.registry,
+            placement: self.placement,
+            resized: &mut self.resized,
+        }
     }
 
     /// A start's third step: the digests of the refs last published per repo, from the

@@ -249,10 +249,12 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             let index_s = t.elapsed().as_secs_f32();
             let t = Instant::now();
             let mut records = 0usize;
+            let mut restorer = fleet.restorer();
             let opened = repo_store::open(&cfg.state_dir, &mut |id, saved| {
                 records += 1;
-                fleet.restore_saved(id, saved);
+                restorer.restore(id, saved);
             })?;
+            drop(restorer);
             let repos_s = t.elapsed().as_secs_f32();
             let (log, events_s) = events.join().map_err(|_| {
                 anyhow::anyhow!("reading the event log failed (the thread panicked)")

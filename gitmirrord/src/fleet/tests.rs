@@ -3059,3 +3059,57 @@ fn spec_5_the_last_operation_on_a_repo_within_an_input_is_sent() {
     let drops: Vec<(&str, DropReason)> = d.drop.iter().map(|o| (o.id.as_str(), o.reason)).collect();
     assert_eq!(drops, [("m/n/o", DropReason::RemovedFromIndex)]);
 }
+
+/// SPEC §12 (a start at scale): a whole repo store applied through [`Fleet::restorer`]
+/// (ids looked up by hash) leaves the same repos as record by record through
+/// [`Fleet::restore_saved`]: later records win, a removal resets the repo, a record of an
+/// id the index no longer has is dropped.
+#[test]
+fn spec_12_the_restorer_restores_as_record_by_record() {
+    let saved = |fetches| SavedRepo {
+        owner: None,
+        holders: Vec::new(),
+        status: RepoStatus {
+            fetches,
+            ..RepoStatus::default()
+        },
+        state: None,
+    };
+    let records: Vec<(String, Option<SavedRepo>)> = vec![
+        (entry(1).id, Some(saved(1))),
+        (entry(2).id, Some(saved(2))),
+        (entry(1).id, Some(saved(11))),
+        (entry(3).id, Some(saved(3))),
+        (entry(3).id, None),
+        (entry(99).id, Some(saved(99))),
+    ];
+    let fresh = || Fleet::from_entries(DEAD_AFTER, Registry::new(10), (1..5).map(entry));
+    let mut one_by_one = fresh();
+    for (id, s) in records.clone() {
+        one_by_one.restore_saved(id, s);
+    }
+    let mut bulk = fresh();
+    let mut restorer = bulk.restorer();
+    for (id, s) in records {
+        restorer.restore(id, s);
+    }
+    let fetches = |f: &Fleet| -> Vec<(String, u64)> {
+        f.repos()
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.status.fetches))
+            .collect()
+    };
+    let want = vec![
+        (entry(1).id, 11),
+        (entry(2).id, 2),
+        (entry(3).id, 0),
+        (entry(4).id, 0),
+    ];
+    assert_eq!(fetches(&one_by_one), want);
+    assert_eq!(fetches(&bulk), want);
+    // As text: a repo without a record keeps a NaN score, which equals nothing.
+    assert_eq!(
+        format!("{:?}", bulk.repos()),
+        format!("{:?}", one_by_one.repos())
+    );
+}

@@ -239,9 +239,33 @@ struct IndexState {
     /// How the entries were read ([`Indexes::reader`]); a commit read differently is
     /// read again.
     reader: String,
+    #[serde(deserialize_with = "entries_in_bulk")]
     entries: Entries,
     rejected: Vec<Rejected>,
     held: Option<Held>,
+}
+
+/// The entries as saved (in id order) collected first and built in bulk: serde's
+/// `BTreeMap` inserts each one, a search comparing ids with long common prefixes along
+/// the path (~4 % of a 1M start's CPU). The same map either way, duplicates included
+/// (the last of a key wins).
+fn entries_in_bulk<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Entries;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of index entries")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+            // The length is the file's word: reserve no more than a fleet's worth.
+            let mut pairs = Vec::with_capacity(m.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(pair) = m.next_entry::<Box<str>, Stored>()? {
+                pairs.push(pair);
+            }
+            Ok(pairs.into_iter().collect())
+        }
+    }
+    d.deserialize_map(Pairs)
 }
 
 /// Removals held back by purge protection (SPEC §3.4).
