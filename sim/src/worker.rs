@@ -114,6 +114,9 @@ struct Worker {
     credit: f64,
     last_tick: Instant,
     synced: bool,
+    /// This connection's steps (connect started, welcomed, greeting written), for the
+    /// debug line when it syncs: where a re-attachment's time goes.
+    steps: [Option<Instant>; 3],
     budget: Budget,
 }
 
@@ -170,6 +173,7 @@ pub(crate) async fn run(
         credit: 0.0,
         last_tick: Instant::now(),
         synced: false,
+        steps: [None; 3],
         budget: Budget::default(),
     };
     let (sock, cutter) = match socket::bind(([127, 0, 0, 1], 0).into()) {
@@ -252,6 +256,7 @@ impl Worker {
     }
 
     async fn session(&mut self, endpoint: &quinn::Endpoint, cmds: &mut mpsc::Receiver<Cmd>) -> End {
+        self.steps = [Some(Instant::now()), None, None];
         let connect = async {
             let conn = endpoint
                 .connect_with(
@@ -286,6 +291,7 @@ impl Worker {
         self.view.id.store(u64::from(id) + 1, Ordering::SeqCst);
         self.view.sessions.fetch_add(1, Ordering::SeqCst);
         self.shared.count(&self.shared.counters.welcomes, 1);
+        self.steps[1] = Some(Instant::now());
 
         let (tx, mut rx) = mpsc::channel(1024);
         let mut reader = tokio::spawn(read_loop(recv, tx));
@@ -375,6 +381,7 @@ impl Worker {
         for msg in gitmirror_wire::outcome_frames(self.outbox.iter().cloned()) {
             write(send, &msg).await?;
         }
+        self.steps[2] = Some(Instant::now());
         Ok(())
     }
 
@@ -443,6 +450,18 @@ impl Worker {
                 self.apply(delta);
                 write(send, &WorkerMsg::AssignAck { seq }).await?;
                 if !self.synced {
+                    let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+                        (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis(),
+                        _ => 0,
+                    };
+                    let [connect, welcomed, greeted] = self.steps;
+                    tracing::debug!(
+                        worker = %self.name,
+                        welcome_ms = ms(connect, welcomed),
+                        greet_ms = ms(welcomed, greeted),
+                        assign_ms = ms(greeted, Some(Instant::now())),
+                        "synced"
+                    );
                     self.synced = true;
                     self.view.synced.store(true, Ordering::SeqCst);
                     self.shared.synced_add(1);
