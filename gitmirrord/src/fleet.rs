@@ -1042,9 +1042,10 @@ impl Fleet {
     }
 
     /// [`Fleet::restore_saved`] for a whole repo store: the repos are looked up by a hash of
-    /// their id built once (~40 MB at 1M repos, dropped with the restorer), not by a B-tree
-    /// search a record, which compared ids with long common prefixes along each path (a
-    /// third of a 1M start's CPU, docs/scale.md "twelfth session").
+    /// their id built once (~50 MB at 1M repos, 2M buckets of 25 bytes, dropped with the
+    /// restorer), not by a B-tree search a record, which compared ids with long common
+    /// prefixes along each path (a third of a 1M start's CPU, docs/scale.md "twelfth
+    /// session").
     pub fn restorer(&mut self) -> Restorer<'_> {
         let by_id = self.index_ready.then(|| {
             let mut m = foldhash::HashMap::with_capacity_and_hasher(
