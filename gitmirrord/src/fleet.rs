@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+use xxhash_rust::xxh3::xxh3_64;
 
 mod gate;
 use gate::Gate;
@@ -795,6 +796,72 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Option<Uuid>, Hold
     }
 }
 
+/// Repos workers hold that the fleet does not know, while the index has no content yet:
+/// remembered (worker → repo → (URL, mirrored)) to be matched against its first delta.
+/// Each id's claimants are found by a hash of it: the first delta of a fleet whose
+/// coordinator lost its state is every repo, and each new repo looked through every
+/// worker's claims (1M repos × 1,000 workers of hash look-ups on the main loop).
+#[derive(Default)]
+struct UnknownHeld {
+    by_worker: HashMap<Uuid, HashMap<String, (String, bool)>>,
+    /// xxh3 of an id → the workers that claimed it: some may have been forgotten since,
+    /// or have claimed another id of the same hash; `by_worker` decides.
+    claimants: foldhash::HashMap<u64, Vec<Uuid>>,
+}
+
+impl UnknownHeld {
+    fn insert(&mut self, worker: Uuid, id: &str, url: &str, mirrored: bool) {
+        let claims = self.by_worker.entry(worker).or_default();
+        if claims
+            .insert(id.to_owned(), (url.to_owned(), mirrored))
+            .is_none()
+        {
+            self.claimants
+                .entry(xxh3_64(id.as_bytes()))
+                .or_default()
+                .push(worker);
+        }
+    }
+
+    /// A worker's claims are void (it reconnected, or left).
+    fn forget(&mut self, worker: &Uuid) {
+        self.by_worker.remove(worker);
+    }
+
+    /// The claims on `id`, removed: (worker, URL, mirrored).
+    fn take(&mut self, id: &str) -> Vec<(Uuid, String, bool)> {
+        if self.claimants.is_empty() {
+            return Vec::new(); // the usual case: one branch a new repo
+        }
+        let hash = xxh3_64(id.as_bytes());
+        let Some(workers) = self.claimants.remove(&hash) else {
+            return Vec::new();
+        };
+        let mut claims = Vec::new();
+        let mut others = Vec::new();
+        for w in workers {
+            let Some(held) = self.by_worker.get_mut(&w) else {
+                continue; // forgotten
+            };
+            match held.remove(id) {
+                Some((url, mirrored)) => claims.push((w, url, mirrored)),
+                // Another id of the same hash (or a claim made again after a forget).
+                None => others.push(w),
+            }
+        }
+        if !others.is_empty() {
+            self.claimants.insert(hash, others);
+        }
+        claims
+    }
+
+    /// Every claim left, emptied.
+    fn take_all(&mut self) -> HashMap<Uuid, HashMap<String, (String, bool)>> {
+        self.claimants.clear();
+        std::mem::take(&mut self.by_worker)
+    }
+}
+
 /// A start's saved records applied to the repos ([`Fleet::restorer`]).
 pub struct Restorer<'a> {
     /// `None` before the index has applied entries: records are kept aside then.
@@ -873,7 +940,7 @@ pub struct Fleet {
     /// rather than trashed, and remembered here (worker → repo → (url, mirrored)) to be
     /// matched against the first index delta.
     index_ready: bool,
-    unknown_held: HashMap<Uuid, HashMap<String, (String, bool)>>,
+    unknown_held: UnknownHeld,
     /// Saved repo statuses waiting for the first index content (when the index had no
     /// applied entries at start, e.g. its state was reset).
     saved: HashMap<String, SavedRepo>,
@@ -1001,7 +1068,7 @@ impl Fleet {
             members_gen: 0,
             owners_known: false,
             out: Outbox::default(),
-            unknown_held: HashMap::new(),
+            unknown_held: UnknownHeld::default(),
             saved: HashMap::new(),
             registry_dirty: false,
             unsaved: foldhash::HashSet::default(),
@@ -1549,22 +1616,19 @@ impl Fleet {
             let (_, mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
             // Held before the index was read: believed as [`Fleet::holdings`]
             // believes a claim (only from a holder or the owner, never raised).
-            for (w, held) in self.unknown_held.iter_mut() {
-                let Some((url, mirrored)) = held.remove(&e.id) else {
-                    continue;
-                };
-                let holds = holders.mirrored(w);
-                if holds.is_none() && owner != Some(*w) {
+            for (w, url, mirrored) in self.unknown_held.take(&e.id) {
+                let holds = holders.mirrored(&w);
+                if holds.is_none() && owner != Some(w) {
                     continue;
                 }
                 if holds.is_none() || (holds == Some(true) && !mirrored) {
-                    holders.insert(*w, Hold::pending(self.out.mark(w)));
+                    holders.insert(w, Hold::pending(self.out.mark(&w)));
                 }
-                if mirrored && owner == Some(*w) && holds != Some(true) {
-                    self.fetch_now.push((*w, e.id.clone()));
+                if mirrored && owner == Some(w) && holds != Some(true) {
+                    self.fetch_now.push((w, e.id.clone()));
                 }
                 if url != e.url {
-                    self.out.push(*w, &e.id, Op::Upsert(e.url.clone()));
+                    self.out.push(w, &e.id, Op::Upsert(e.url.clone()));
                 }
             }
             let key: Arc<str> = Arc::from(id);
@@ -1633,7 +1697,7 @@ impl Fleet {
         if !was_ready && last {
             self.saved.clear();
             // The first index content: what workers hold beyond it has left the index.
-            for (w, held) in std::mem::take(&mut self.unknown_held) {
+            for (w, held) in self.unknown_held.take_all() {
                 for id in held.keys() {
                     self.out.push(w, id, Op::Drop(DropReason::RemovedFromIndex));
                 }
@@ -1721,7 +1785,7 @@ impl Fleet {
         };
         self.out.synced.insert(uuid);
         self.out.saw(uuid, last_report);
-        self.unknown_held.remove(&uuid);
+        self.unknown_held.forget(&uuid);
         let held: foldhash::HashMap<&str, &gitmirror_wire::HeldRepo> =
             holdings.repos.iter().map(|h| (h.id.as_str(), h)).collect();
         // Held repos the fleet does not know, found by the one search below (a restart at
@@ -1852,10 +1916,7 @@ impl Fleet {
                 self.out
                     .push(uuid, &h.id, Op::Drop(DropReason::RemovedFromIndex));
             } else {
-                self.unknown_held
-                    .entry(uuid)
-                    .or_default()
-                    .insert(h.id.clone(), (h.url.clone(), h.mirrored));
+                self.unknown_held.insert(uuid, &h.id, &h.url, h.mirrored);
             }
         }
         self.out.ops.entry(uuid).or_default();
@@ -1867,7 +1928,7 @@ impl Fleet {
         self.out.synced.remove(&uuid);
         self.peer_planes.remove(&uuid);
         self.asked.retain(|_, a| a.worker != uuid);
-        self.unknown_held.remove(&uuid);
+        self.unknown_held.forget(&uuid);
         if self.registry.lost(&uuid, now_ms) {
             self.registry_dirty = true;
             if let Some(w) = self.registry.get(&uuid) {
@@ -1926,7 +1987,7 @@ impl Fleet {
         let known = self.registry.get(&uuid).is_some();
         self.registry.remove(uuid, now_ms);
         self.registry_dirty = true;
-        self.unknown_held.remove(&uuid);
+        self.unknown_held.forget(&uuid);
         if let Some(w) = self.registry.get(&uuid) {
             let n = self.census.owned(&uuid);
             tracing::warn!(
@@ -2013,11 +2074,8 @@ impl Fleet {
                 },
             );
         }
-        for (w, held) in self.unknown_held.iter_mut() {
-            if held.remove(id).is_some() {
-                self.out
-                    .push(*w, id, Op::Drop(DropReason::RemovedFromIndex));
-            }
+        for (w, ..) in self.unknown_held.take(id) {
+            self.out.push(w, id, Op::Drop(DropReason::RemovedFromIndex));
         }
         self.fetch_now.retain(|(_, r)| r != id);
         self.asked.remove(id);

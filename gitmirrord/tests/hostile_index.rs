@@ -313,6 +313,17 @@ fn write_tree(root: &Path, secret: &Path, tree: &[(Vec<Vec<u8>>, Node)]) -> Vec<
         if std::fs::symlink_metadata(&full).is_ok() {
             continue;
         }
+        // Never through a link: a file written below a linked directory lands at the
+        // link's target, a path the tree does not name (the reader rightly judged a
+        // `u/a/-` written as `a:b/a/-` with `a:b` → `u`).
+        let mut dir = root.to_path_buf();
+        let through_link = parts[..parts.len() - 1].iter().any(|p| {
+            dir.push(OsStr::from_bytes(p));
+            std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink())
+        });
+        if through_link {
+            continue;
+        }
         if let Some(parent) = full.parent()
             && std::fs::create_dir_all(parent).is_err()
         {

@@ -3113,3 +3113,35 @@ fn spec_12_the_restorer_restores_as_record_by_record() {
         format!("{:?}", one_by_one.repos())
     );
 }
+
+/// SPEC §12 (a coordinator that lost its state, 1,000 workers holding its repos): the
+/// claims workers make before the index has content are found per id, not by looking
+/// through every worker for each new repo; a worker's claims made before it reconnected
+/// are void, the ones it makes again count once.
+#[test]
+fn spec_12_unknown_holdings_are_found_per_id() {
+    let (w1, w2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let mut u = UnknownHeld::default();
+    assert!(u.take("a").is_empty(), "nothing claimed");
+    u.insert(w1, "a", "https://x/a", true);
+    u.insert(w1, "b", "https://x/b", false);
+    u.insert(w2, "a", "https://y/a", false);
+    u.forget(&w1);
+    u.insert(w1, "a", "https://z/a", true);
+    u.insert(w1, "a", "https://z/a", true);
+    let mut a = u.take("a");
+    a.sort();
+    assert_eq!(
+        a,
+        [
+            (w1, "https://z/a".to_owned(), true),
+            (w2, "https://y/a".to_owned(), false)
+        ]
+    );
+    assert!(u.take("a").is_empty(), "taken once");
+    assert!(u.take("b").is_empty(), "claimed before w1 reconnected");
+    u.insert(w2, "c", "https://y/c", true);
+    let all = u.take_all();
+    assert_eq!(all[&w2].keys().collect::<Vec<_>>(), ["c"]);
+    assert!(u.take("c").is_empty());
+}
