@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-use xxhash_rust::xxh3::xxh3_64;
 
 mod gate;
 use gate::Gate;
@@ -797,68 +796,57 @@ fn restore(saved: Option<SavedRepo>, registry: &Registry) -> (Option<Uuid>, Hold
 }
 
 /// Repos workers hold that the fleet does not know, while the index has no content yet:
-/// remembered (worker → repo → (URL, mirrored)) to be matched against its first delta.
-/// Each id's claimants are found by a hash of it: the first delta of a fleet whose
-/// coordinator lost its state is every repo, and each new repo looked through every
-/// worker's claims (1M repos × 1,000 workers of hash look-ups on the main loop).
+/// remembered to be matched against its first delta. Kept by id, so that each repo of
+/// that delta (every repo, for a coordinator that lost its state) finds its claims in one
+/// look-up; looking through every worker's claims for each was 1M repos × 1,000 workers
+/// of hash look-ups on the main loop (`first_index` bench).
 #[derive(Default)]
 struct UnknownHeld {
-    by_worker: HashMap<Uuid, HashMap<String, (String, bool)>>,
-    /// xxh3 of an id → the workers that claimed it: some may have been forgotten since,
-    /// or have claimed another id of the same hash; `by_worker` decides.
-    claimants: foldhash::HashMap<u64, Vec<Uuid>>,
+    /// id → the workers that claim it, each with the URL and flag it reported.
+    by_id: foldhash::HashMap<String, Vec<(Uuid, String, bool)>>,
+    /// worker → the ids it claimed (some may have been taken since).
+    by_worker: HashMap<Uuid, Vec<String>>,
 }
 
 impl UnknownHeld {
     fn insert(&mut self, worker: Uuid, id: &str, url: &str, mirrored: bool) {
-        let claims = self.by_worker.entry(worker).or_default();
-        if claims
-            .insert(id.to_owned(), (url.to_owned(), mirrored))
-            .is_none()
-        {
-            self.claimants
-                .entry(xxh3_64(id.as_bytes()))
-                .or_default()
-                .push(worker);
+        let claims = self.by_id.entry(id.to_owned()).or_default();
+        match claims.iter_mut().find(|(w, ..)| *w == worker) {
+            Some(c) => *c = (worker, url.to_owned(), mirrored),
+            None => {
+                claims.push((worker, url.to_owned(), mirrored));
+                self.by_worker
+                    .entry(worker)
+                    .or_default()
+                    .push(id.to_owned());
+            }
         }
     }
 
-    /// A worker's claims are void (it reconnected, or left).
+    /// A worker's claims are void (it reconnected, or left). O(its claims).
     fn forget(&mut self, worker: &Uuid) {
-        self.by_worker.remove(worker);
+        for id in self.by_worker.remove(worker).unwrap_or_default() {
+            if let Some(claims) = self.by_id.get_mut(&id) {
+                claims.retain(|(w, ..)| w != worker);
+                if claims.is_empty() {
+                    self.by_id.remove(&id);
+                }
+            }
+        }
     }
 
     /// The claims on `id`, removed: (worker, URL, mirrored).
     fn take(&mut self, id: &str) -> Vec<(Uuid, String, bool)> {
-        if self.claimants.is_empty() {
-            return Vec::new(); // the usual case: one branch a new repo
-        }
-        let hash = xxh3_64(id.as_bytes());
-        let Some(workers) = self.claimants.remove(&hash) else {
-            return Vec::new();
-        };
-        let mut claims = Vec::new();
-        let mut others = Vec::new();
-        for w in workers {
-            let Some(held) = self.by_worker.get_mut(&w) else {
-                continue; // forgotten
-            };
-            match held.remove(id) {
-                Some((url, mirrored)) => claims.push((w, url, mirrored)),
-                // Another id of the same hash (or a claim made again after a forget).
-                None => others.push(w),
-            }
-        }
-        if !others.is_empty() {
-            self.claimants.insert(hash, others);
-        }
-        claims
+        self.by_id.remove(id).unwrap_or_default()
     }
 
-    /// Every claim left, emptied.
-    fn take_all(&mut self) -> HashMap<Uuid, HashMap<String, (String, bool)>> {
-        self.claimants.clear();
-        std::mem::take(&mut self.by_worker)
+    /// Every claim left, emptied: (worker, id).
+    fn take_all(&mut self) -> Vec<(Uuid, String)> {
+        self.by_worker.clear();
+        self.by_id
+            .drain()
+            .flat_map(|(id, claims)| claims.into_iter().map(move |(w, ..)| (w, id.clone())))
+            .collect()
     }
 }
 
@@ -1697,10 +1685,9 @@ impl Fleet {
         if !was_ready && last {
             self.saved.clear();
             // The first index content: what workers hold beyond it has left the index.
-            for (w, held) in self.unknown_held.take_all() {
-                for id in held.keys() {
-                    self.out.push(w, id, Op::Drop(DropReason::RemovedFromIndex));
-                }
+            for (w, id) in self.unknown_held.take_all() {
+                self.out
+                    .push(w, &id, Op::Drop(DropReason::RemovedFromIndex));
             }
         }
         self.flush()

@@ -3141,7 +3141,12 @@ fn spec_12_unknown_holdings_are_found_per_id() {
     assert!(u.take("a").is_empty(), "taken once");
     assert!(u.take("b").is_empty(), "claimed before w1 reconnected");
     u.insert(w2, "c", "https://y/c", true);
-    let all = u.take_all();
-    assert_eq!(all[&w2].keys().collect::<Vec<_>>(), ["c"]);
+    u.insert(w1, "d", "https://z/d", true);
+    u.forget(&w1);
+    assert_eq!(
+        u.take_all(),
+        [(w2, "c".to_owned())],
+        "w1's claim on d forgotten"
+    );
     assert!(u.take("c").is_empty());
 }
