@@ -861,48 +861,32 @@ pub struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
-    /// As [`Fleet::restore_saved`].
+    /// One record of the repo store, in file order (`None`: the repo was removed).
+    /// Holders are kept only when they are live workers. Records of repos the index no
+    /// longer has are dropped (removed while we were down), unless the index has no
+    /// applied entries yet: then they wait for its first content.
     pub fn restore(&mut self, id: String, saved: Option<SavedRepo>) {
-        match &mut self.by_id {
-            None => keep_saved(self.saved, id, saved),
-            Some(by_id) => {
-                let repo = by_id.get_mut(id.as_str()).map(|r| &mut **r);
-                restore_into(repo, id, saved, self.registry, self.placement, self.resized);
+        let Some(by_id) = &mut self.by_id else {
+            match saved {
+                Some(s) => self.saved.insert(id, s),
+                None => self.saved.remove(&id),
+            };
+            return;
+        };
+        let Some(repo) = by_id.get_mut(id.as_str()) else {
+            if saved.is_some() && self.placement == Placement::Project {
+                self.resized.insert(ring::folder(&id).to_owned());
             }
-        }
+            return;
+        };
+        // The saved owner, so that recomputing the owners changes (and saves) only repos
+        // whose owner really moved.
+        let (owner, holders, status) = restore(saved, self.registry);
+        repo.owner = owner;
+        repo.holders = holders;
+        repo.status = status;
+        repo.owner_score = f64::INFINITY;
     }
-}
-
-/// A saved record before the index has entries: kept until its first content.
-fn keep_saved(kept: &mut HashMap<String, SavedRepo>, id: String, saved: Option<SavedRepo>) {
-    match saved {
-        Some(s) => kept.insert(id, s),
-        None => kept.remove(&id),
-    };
-}
-
-/// One saved record into its repo (`None`: the index no longer has it).
-fn restore_into(
-    repo: Option<&mut Repo>,
-    id: String,
-    saved: Option<SavedRepo>,
-    registry: &Registry,
-    placement: Placement,
-    resized: &mut HashSet<String>,
-) {
-    let Some(repo) = repo else {
-        if saved.is_some() && placement == Placement::Project {
-            resized.insert(ring::folder(&id).to_owned());
-        }
-        return;
-    };
-    // The saved owner, so that recomputing the owners changes (and saves) only repos
-    // whose owner really moved.
-    let (owner, holders, status) = restore(saved, registry);
-    repo.owner = owner;
-    repo.holders = holders;
-    repo.status = status;
-    repo.owner_score = f64::INFINITY;
 }
 
 pub struct Fleet {
@@ -987,7 +971,7 @@ const RELIST_AGAIN_MS: i64 = 10_000;
 
 impl Fleet {
     /// Build the fleet from the saved registry and repo statuses and the applied index
-    /// entries, as a start does ([`Fleet::from_entries`], [`Fleet::restore_saved`],
+    /// entries, as a start does ([`Fleet::from_entries`], [`Fleet::restorer`],
     /// [`Fleet::finish_start`]); owners are recomputed.
     pub fn new(
         dead_after: Duration,
@@ -1005,7 +989,7 @@ impl Fleet {
     }
 
     /// A start's first step: the repos of the applied index entries, no status yet. Then
-    /// the saved records ([`Fleet::restore_saved`]), the published digests
+    /// the saved records ([`Fleet::restorer`]), the published digests
     /// ([`Fleet::restore_published`]) and [`Fleet::finish_start`]. In steps so that the
     /// saved status streams from its file into the repos, never held twice (at 1M repos a
     /// map of it cost ~500 MB and a third of the start).
@@ -1075,32 +1059,11 @@ impl Fleet {
         }
     }
 
-    /// A start's second step: one record of the repo store, in file order (`None`: the
-    /// repo was removed). Holders are kept only when they are live workers. Records of
-    /// repos the index no longer has are dropped (removed while we were down), unless the
-    /// index has no applied entries yet: then they wait for its first content. One B-tree
-    /// search a record: a whole store goes through [`Fleet::restorer`].
-    pub fn restore_saved(&mut self, id: String, saved: Option<SavedRepo>) {
-        if !self.index_ready {
-            keep_saved(&mut self.saved, id, saved);
-            return;
-        }
-        let repo = self.repos.get_mut(id.as_str()).map(|r| &mut **r);
-        restore_into(
-            repo,
-            id,
-            saved,
-            &self.registry,
-            self.placement,
-            &mut self.resized,
-        );
-    }
-
-    /// [`Fleet::restore_saved`] for a whole repo store: the repos are looked up by a hash of
-    /// their id built once (~50 MB at 1M repos, 2M buckets of 25 bytes, dropped with the
-    /// restorer), not by a B-tree search a record, which compared ids with long common
-    /// prefixes along each path (a third of a 1M start's CPU, docs/scale.md "twelfth
-    /// session").
+    /// A start's second step: the repo store's records ([`Restorer::restore`]). The repos
+    /// are looked up by a hash of their id built once (~50 MB at 1M repos, 2M buckets of
+    /// 25 bytes, dropped with the restorer), not by a B-tree search a record, which
+    /// compared ids with long common prefixes along each path (a third of a 1M start's
+    /// CPU, docs/scale.md "twelfth session").
     pub fn restorer(&mut self) -> Restorer<'_> {
         let by_id = self.index_ready.then(|| {
             let mut m = foldhash::HashMap::with_capacity_and_hasher(
@@ -1252,7 +1215,7 @@ impl Fleet {
     }
 
     /// The replica settings (SPEC §13), before [`Fleet::finish_start`] (after
-    /// [`Fleet::restore_saved`]): each repo of an index with more than one replica gets a
+    /// [`Fleet::restorer`]): each repo of an index with more than one replica gets a
     /// [`ReplicaSet`], placed by the start. O(repos) once, and nothing when R = 1
     /// everywhere.
     pub fn set_replicas(&mut self, settings: crate::replicas::Settings) {
