@@ -118,6 +118,22 @@ fn main() {
         per_repo * 1e6
     );
 
+    // The same with equal weights, as most fleets and gitmirror-sim run (the ring skips a
+    // losing member by an integer compare then).
+    let equal: Vec<Member> = big.iter().map(|m| Member { weight: 1.0, ..*m }).collect();
+    let equal_ring = Ring::new(&equal);
+    let mut per_repo = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        sum = sum.wrapping_add(owners(&equal_ring, &ids).iter().sum::<usize>());
+        per_repo = per_repo.min(t.elapsed().as_secs_f64() / REPOS as f64);
+    }
+    println!(
+        "  same, equal weights:     {:>6.1} µs/repo ({:.1} s for 1M repos; checksum {sum})",
+        per_repo * 1e6,
+        per_repo * 1e6
+    );
+
     let load = loads(&before, WORKERS);
     let balance = worst_balance(&load, &members, REPOS);
     println!(

@@ -216,6 +216,9 @@ pub fn assign_all<'a>(
 #[derive(Debug, Clone)]
 pub struct Ring {
     members: Vec<Prepared>,
+    /// `1 / weight` when every member has that same usable weight (the usual fleet):
+    /// [`Ring::owner_scored`] then skips a losing member by an integer compare.
+    uniform: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,8 +242,15 @@ impl Ring {
                 },
                 uuid: m.uuid,
             })
-            .collect();
-        Self { members }
+            .collect::<Vec<Prepared>>();
+        let first = members.first().map(|m| m.inv_weight);
+        let uniform = first.filter(|c| {
+            c.is_finite()
+                && members
+                    .iter()
+                    .all(|m| m.inv_weight.to_bits() == c.to_bits())
+        });
+        Self { members, uniform }
     }
 
     /// Number of members.
@@ -262,8 +272,16 @@ impl Ring {
     pub fn owner_scored(&self, repo_id: &str) -> Option<(usize, f64)> {
         let id = repo_id.as_bytes();
         let mut best: Option<(usize, f64)> = None;
+        // With equal weights, the hash below which a member's bound loses to the best so
+        // far (see [`losing_below`]): most members then cost a hash and an integer compare
+        // (the scorer's CPU at 1M repos × 1,000 members: docs/scale.md, thirteenth session).
+        let mut loses_below = 0u64;
         for (i, m) in self.members.iter().enumerate() {
-            let u = unit(xxh3_64_with_seed(id, m.seed));
+            let h = xxh3_64_with_seed(id, m.seed);
+            if h >> 11 < loses_below {
+                continue;
+            }
+            let u = unit(h);
             // -ln(u) >= 1 - u, so a member whose bound already loses needs no logarithm
             // (the logarithm is most of a score's cost; at 1,000 members nearly every
             // member loses this way). The bound is loosened by 1e-9 so that rounding in
@@ -284,9 +302,33 @@ impl Ring {
             };
             if better {
                 best = Some((i, score));
+                if let Some(c) = self.uniform {
+                    loses_below = losing_below(score, c);
+                }
             }
         }
         best
+    }
+}
+
+/// Margin, in units of the hash's top 53 bits, taken off [`losing_below`]'s threshold:
+/// far above the few units its floating-point arithmetic can be off by.
+const LOSING_MARGIN: u64 = 1 << 12;
+
+/// For members of weight `1 / inv_weight`, a value such that a member whose hash's top 53
+/// bits are below it scores strictly worse than `best`: its bound `(1 - u) * inv_weight *
+/// (1 - 1e-9)` (which [`Ring::owner_scored`] skips on) exceeds `best`, since `u < 1 - best
+/// / (inv_weight * (1 - 1e-9))` there, with [`LOSING_MARGIN`] to spare. A conservative
+/// threshold only ever lets more members through to the exact score, so the owners are
+/// those of the full scores (`pruned_owner_is_the_full_scores_owner`). 0 (no skip) when
+/// nothing can be said.
+fn losing_below(best: f64, inv_weight: f64) -> u64 {
+    let t = (1.0 - best / (inv_weight * (1.0 - 1e-9))) * (1u64 << 53) as f64;
+    if t > 0.0 {
+        // `as` saturates; `t` is at most 2^53.
+        (t as u64).saturating_sub(LOSING_MARGIN)
+    } else {
+        0
     }
 }
 
@@ -927,6 +969,46 @@ mod tests {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    proptest::proptest! {
+        // SPEC §5: with equal weights (the integer threshold of `losing_below` in play),
+        // the owner and its score are those of the full scores, for few and many members.
+        #[test]
+        fn uniform_weights_owner_is_the_full_scores_owner(
+            weight in proptest::prop_oneof![0.001f64..1000.0, proptest::strategy::Just(1.0)],
+            n in 1usize..300,
+            ids in proptest::collection::vec("[a-z]/[a-z0-9-]{1,12}/[a-z0-9._-]{1,16}", 1..40),
+        ) {
+            let m = members(&vec![weight; n]);
+            let ring = Ring::new(&m);
+            proptest::prop_assert!(ring.uniform.is_some());
+            for id in &ids {
+                let got = ring.owner_scored(id);
+                let want = brute_force(id, &m);
+                proptest::prop_assert_eq!(got.map(|(i, _)| i), want);
+                if let (Some((i, s)), Some(w)) = (got, want) {
+                    proptest::prop_assert_eq!(i, w);
+                    proptest::prop_assert_eq!(s.to_bits(), score(id.as_bytes(), &ring.members[w]).to_bits());
+                }
+            }
+        }
+
+        // The threshold is conservative: a hash just below it has a bound (what
+        // `owner_scored` skips on) above the best score, whatever the best and weight.
+        #[test]
+        fn below_the_losing_threshold_the_bound_loses(
+            share in proptest::prop_oneof![1e-15f64..1e-6, 1e-6f64..0.999],
+            weight in 0.001f64..1000.0,
+        ) {
+            // A best score below the weight's inverse (a bound of 1 - u can lose to it).
+            let inv = 1.0 / weight;
+            let best = share * inv;
+            let t = losing_below(best, inv);
+            proptest::prop_assume!(t > 0);
+            let u = unit((t - 1) << 11);
+            proptest::prop_assert!((1.0 - u) * inv * (1.0 - 1e-9) > best);
+        }
     }
 
     proptest::proptest! {
