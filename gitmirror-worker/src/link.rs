@@ -39,6 +39,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// over 20 s on a busy machine. A worker that gave up sooner would back off and come
 /// back later than it would have been welcomed (design.md "Conversation").
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for the QUIC handshake itself. The coordinator answers it at once, even
+/// while its state loads (`Hello` then waits: [`HANDSHAKE_TIMEOUT`]); what delays it is
+/// lost Initial packets, which QUIC sends again ever further apart, up to the idle timeout:
+/// after a restart of a 1M-repo coordinator, one of 1,000 workers came back 19 s after the
+/// others that way (docs/scale.md, thirteenth session). A fresh attempt starts over.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outgoing messages queued for the connection; the worker loop reconnects when it is full.
 pub(crate) const OUTGOING_CAPACITY: usize = 1024;
 /// While waiting to reconnect, the token file is looked at this often.
@@ -469,11 +475,10 @@ async fn session(
     let attempt = async {
         let addr = resolve(&settings.coordinator).await?;
         let endpoint = endpoints.for_addr(addr)?;
-        let conn = endpoint
+        let connecting = endpoint
             .connect_with(token.client_config.clone(), addr, trust::SERVER_NAME)
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?
-            .await
-            .map_err(|e| describe_conn_error(&e))?;
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let conn = connect_within(connecting, CONNECT_TIMEOUT).await?;
         let hello = handshake(settings, &token.token, identity, &conn);
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
             Ok(Ok((send, recv, welcomed))) => Ok((conn, send, recv, welcomed, addr)),
@@ -730,6 +735,21 @@ async fn resolve(coordinator: &str) -> Result<SocketAddr, String> {
 /// A connection error as an operator should read it: the coordinator's own words when it
 /// closed the connection, the TLS reason (e.g. a certificate that does not match the join
 /// token) when the handshake failed.
+/// The QUIC handshake of `connecting`, given up after `limit` ([`CONNECT_TIMEOUT`]).
+pub async fn connect_within(
+    connecting: quinn::Connecting,
+    limit: Duration,
+) -> Result<quinn::Connection, String> {
+    let addr = connecting.remote_address();
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(r) => r.map_err(|e| describe_conn_error(&e)),
+        Err(_) => Err(format!(
+            "cannot connect to {addr}: no answer to the QUIC handshake within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
 fn describe_conn_error(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ApplicationClosed(c) => {
@@ -826,6 +846,28 @@ mod tests {
         assert_ne!(rotated, id.join_token());
         t.refresh().await;
         assert_eq!(t.token, rotated);
+    }
+
+    // A coordinator address that never answers (a socket that drops every packet, as a
+    // full receive buffer does): the attempt ends after the connect limit, not after the
+    // 20 s idle timeout, so that a new attempt starts QUIC's resends over.
+    #[tokio::test]
+    async fn a_handshake_without_answer_is_given_up_at_the_connect_limit() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let t = token_for(TokenSource::Inline, JoinToken::new(b"certificate", "YQ"));
+        let endpoint = Endpoints::default().for_addr(addr).unwrap();
+        let connecting = endpoint
+            .connect_with(t.client_config.clone(), addr, trust::SERVER_NAME)
+            .unwrap();
+        let err = connect_within(connecting, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("no answer to the QUIC handshake within 300 ms"),
+            "{err}"
+        );
+        drop(silent);
     }
 
     // An inline token has no file to follow.

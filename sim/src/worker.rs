@@ -33,6 +33,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The QUIC handshake is given up after this (`CONNECT_TIMEOUT` there).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a worker makes and sends outcomes (the real worker batches within 50 ms).
 const TICK: Duration = Duration::from_millis(50);
 /// How often a worker of the `budget` phase looks at its fetches and demand.
@@ -266,8 +268,10 @@ impl Worker {
                     self.shared.coordinator,
                     trust::SERVER_NAME,
                 )
-                .map_err(|e| format!("connect: {e}"))?
+                .map_err(|e| format!("connect: {e}"))?;
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, conn)
                 .await
+                .map_err(|_| "connect: no answer to the QUIC handshake".to_owned())?
                 .map_err(|e| format!("connect: {e}"))?;
             let (send, recv, id) = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.hello(&conn))
                 .await
