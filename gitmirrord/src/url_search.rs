@@ -251,7 +251,6 @@ mod tests {
             )
         }));
         let build = t.elapsed();
-        let mut worst = std::time::Duration::ZERO;
         let mut line = format!(
             "url search: {n} URLs, built in {} ms, {} MB",
             build.as_millis(),
@@ -261,7 +260,12 @@ mod tests {
             let t = Instant::now();
             let hits = u.search(q, None, 50);
             let took = t.elapsed();
-            worst = worst.max(took);
+            // What each finds; the times are figures to read, not to assert.
+            match q {
+                "github" => assert!(hits.ids.len() == 50 && hits.more, "{q}"),
+                "no-such-text" => assert!(hits.ids.is_empty() && !hits.more, "{q}"),
+                _ => {}
+            }
             line.push_str(&format!(
                 "; {q:?}: {} hits{} in {:.1} ms",
                 hits.ids.len(),
@@ -270,8 +274,5 @@ mod tests {
             ));
         }
         println!("{line}");
-        if !cfg!(debug_assertions) && n <= 1_000_000 {
-            assert!(worst.as_millis() <= 100, "{line}");
-        }
     }
 }
