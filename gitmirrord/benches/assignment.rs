@@ -104,35 +104,27 @@ fn main() {
             weight: 1.0 + 2.0 * rng.unit(),
         })
         .collect();
-    let big_ring = Ring::new(&big);
-    let mut per_repo = f64::INFINITY;
-    let mut sum = 0usize;
-    for _ in 0..3 {
-        let t = Instant::now();
-        sum = sum.wrapping_add(owners(&big_ring, &ids).iter().sum::<usize>());
-        per_repo = per_repo.min(t.elapsed().as_secs_f64() / REPOS as f64);
-    }
-    println!(
-        "  owner among 1,000 workers: {:>6.1} µs/repo ({:.1} s for 1M repos; checksum {sum})",
-        per_repo * 1e6,
-        per_repo * 1e6
-    );
-
     // The same with equal weights, as most fleets and gitmirror-sim run (the ring skips a
     // losing member by an integer compare then).
     let equal: Vec<Member> = big.iter().map(|m| Member { weight: 1.0, ..*m }).collect();
-    let equal_ring = Ring::new(&equal);
-    let mut per_repo = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        sum = sum.wrapping_add(owners(&equal_ring, &ids).iter().sum::<usize>());
-        per_repo = per_repo.min(t.elapsed().as_secs_f64() / REPOS as f64);
+    for (label, fleet) in [
+        ("owner among 1,000 workers:", &big),
+        ("same, equal weights:", &equal),
+    ] {
+        let ring = Ring::new(fleet);
+        let mut per_repo = f64::INFINITY;
+        let mut sum = 0usize;
+        for _ in 0..3 {
+            let t = Instant::now();
+            sum = sum.wrapping_add(owners(&ring, &ids).iter().sum::<usize>());
+            per_repo = per_repo.min(t.elapsed().as_secs_f64() / REPOS as f64);
+        }
+        println!(
+            "  {label:<26} {:>6.1} µs/repo ({:.1} s for 1M repos; checksum {sum})",
+            per_repo * 1e6,
+            per_repo * 1e6
+        );
     }
-    println!(
-        "  same, equal weights:     {:>6.1} µs/repo ({:.1} s for 1M repos; checksum {sum})",
-        per_repo * 1e6,
-        per_repo * 1e6
-    );
 
     let load = loads(&before, WORKERS);
     let balance = worst_balance(&load, &members, REPOS);
