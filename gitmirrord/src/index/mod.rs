@@ -144,39 +144,55 @@ impl Delta {
             removed,
             changed,
         } = self;
-        let updated: std::collections::HashSet<&str> = added
-            .iter()
-            .chain(&changed)
-            .map(|e| e.id.as_str())
-            .collect();
-        let removed: Vec<String> = removed
-            .into_iter()
-            .filter(|id| !updated.contains(id.as_str()))
-            .collect();
-        drop(updated);
-        let mut parts = Vec::new();
-        let mut part = Delta::default();
-        for id in removed {
-            if part.len() == max {
-                parts.push(std::mem::take(&mut part));
-            }
-            part.removed.push(id);
-        }
-        for e in changed {
-            if part.len() == max {
-                parts.push(std::mem::take(&mut part));
-            }
-            part.changed.push(e);
-        }
-        for e in added {
-            if part.len() == max {
-                parts.push(std::mem::take(&mut part));
-            }
-            part.added.push(e);
-        }
-        parts.push(part);
+        // A whole index is 1M additions and no removal: no set of every id then (it was
+        // ~0.2 s on the poller before the first part went out).
+        let removed: Vec<String> = if removed.is_empty() {
+            removed
+        } else {
+            let updated: std::collections::HashSet<&str> = added
+                .iter()
+                .chain(&changed)
+                .map(|e| e.id.as_str())
+                .collect();
+            removed
+                .into_iter()
+                .filter(|id| !updated.contains(id.as_str()))
+                .collect()
+        };
+        // Each part's lists sized once (an entry is ~100 bytes: grown by doubling, a part
+        // of 65,536 was copied over and over).
+        let total = removed.len() + changed.len() + added.len();
+        let mut parts: Vec<Delta> = (0..total.div_ceil(max)).map(|_| Delta::default()).collect();
+        let pos = spread(removed, 0, max, &mut parts, |d| &mut d.removed);
+        let pos = spread(changed, pos, max, &mut parts, |d| &mut d.changed);
+        spread(added, pos, max, &mut parts, |d| &mut d.added);
         parts
     }
+}
+
+/// Put `items` at positions `start..` of a delta cut in parts of `max` (part `k` holds
+/// positions `k * max..(k + 1) * max`), into the list `list` picks; the next position.
+fn spread<T>(
+    items: Vec<T>,
+    start: usize,
+    max: usize,
+    parts: &mut [Delta],
+    list: impl Fn(&mut Delta) -> &mut Vec<T>,
+) -> usize {
+    let mut pos = start;
+    let mut left = items.len();
+    let mut items = items.into_iter();
+    while left > 0 {
+        let k = pos / max;
+        let take = ((k + 1) * max - pos).min(left);
+        let Some(part) = parts.get_mut(k) else { break };
+        let v = list(part);
+        v.reserve_exact(take);
+        v.extend(items.by_ref().take(take));
+        pos += take;
+        left -= take;
+    }
+    pos
 }
 
 /// `GET /api/index` view of one index.
