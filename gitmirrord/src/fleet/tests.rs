@@ -969,6 +969,38 @@ fn spec_12_index_delta_in_parts_is_the_whole_delta() {
     assert_eq!(whole.fleet.take_fetch_now(), parted.fleet.take_fetch_now());
 }
 
+/// SPEC §3, §12: an id listed twice in one delta (out of order, or added and changed) is
+/// one repo, assigned and counted once, as when it is listed once in order (a whole
+/// index's ascending parts skip the set of ids seen; a shuffled one keeps it).
+#[test]
+fn spec_12_an_id_listed_twice_in_a_delta_is_one_repo() {
+    let fleet_of = |delta: &Delta| {
+        let mut sim = Sim::new(0);
+        sim.join(1);
+        sim.join(2);
+        let sends = sim.fleet.apply_index(delta);
+        sim.deliver(sends);
+        assert!(sim.fleet.census_is_exact());
+        assert!(sim.fleet.owners_are_exact());
+        sim
+    };
+    let once = fleet_of(&Delta {
+        added: (1..=3).map(entry).collect(),
+        ..Delta::default()
+    });
+    let twice = fleet_of(&Delta {
+        added: vec![entry(3), entry(1), entry(3), entry(2)],
+        changed: vec![entry(1)],
+        removed: Vec::new(),
+    });
+    assert_eq!(twice.fleet.repos().len(), 3);
+    for n in [1, 2] {
+        assert_eq!(once.workers[&n].held, twice.workers[&n].held, "worker {n}");
+    }
+    let held: usize = twice.workers.values().map(|w| w.held.len()).sum();
+    assert_eq!(held, 3, "each repo held once");
+}
+
 /// A delta's parts: bounded, in order (removals, changes, additions), together the
 /// whole delta, and a removal of an id the same delta brings back is left out.
 #[test]
