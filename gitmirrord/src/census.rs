@@ -351,28 +351,14 @@ impl PartialEq for Generation {
     }
 }
 
-/// Insert `run` (keys not in `map`) into `map`: in one merge when the map is no longer
-/// than the run (an empty one: an owner's first repos), else one by one. A merge compares
-/// every key of the map (`BTreeMap::append` merges two sorted sequences into a new tree),
-/// so it does not pay for a longer map: merging any run of a sixteenth of its map or more
-/// doubled a 1M-entry apply.
-fn merge_map<K: Ord, V>(map: &mut BTreeMap<K, V>, run: Vec<(K, V)>) {
-    if run.is_empty() {
-    } else if run.len() >= map.len() {
-        // `collect` sorts (a run in order costs one pass) and builds in bulk.
-        let mut other: BTreeMap<K, V> = run.into_iter().collect();
-        map.append(&mut other);
-    } else {
-        map.extend(run);
-    }
-}
-
-/// [`merge_map`] for a set.
-fn merge_set<K: Ord>(set: &mut BTreeSet<K>, run: Vec<K>) {
-    if run.is_empty() {
-    } else if run.len() >= set.len() {
-        let mut other: BTreeSet<K> = run.into_iter().collect();
-        set.append(&mut other);
+/// Add `run` (keys not in it) to an ordered set or map that is `empty` or not: an empty
+/// one is built from the run in bulk (an owner's first repos; `collect` sorts a run in
+/// order in one pass), a filled one takes an insert per key. Merging into a filled one
+/// (`append`) compares every key already there: merging any run of a sixteenth of its set
+/// or more doubled a 1M-entry apply.
+fn fill<S: Extend<T> + FromIterator<T>, T>(set: &mut S, empty: bool, run: Vec<T>) {
+    if empty {
+        *set = run.into_iter().collect();
     } else {
         set.extend(run);
     }
@@ -450,9 +436,8 @@ impl Census {
 
     /// [`Census::add`] for many repos at once (the new repos of an index part; none of
     /// them in the census yet): the ordered sets are filled one owner and one state at a
-    /// time (each set's rightmost path stays in cache; a set at least as short as its run,
-    /// such as an empty one, is merged with it in one rebuild), and each held set is sized
-    /// once for the part. `bench_index_apply_1m`: 3.6–5.4 s against 4.2–6.3 s adding one
+    /// time (each set's rightmost path stays in cache; an empty one is built in bulk), and
+    /// each held set is sized once for the part. `bench_index_apply_1m`: 3.6–5.4 s against 4.2–6.3 s adding one
     /// repo at a time (docs/scale.md, fourteenth session).
     pub fn add_all(&mut self, repos: Vec<(Arc<str>, Facts)>) {
         type Runs = [Vec<(Id, Arc<str>)>; STATES];
@@ -480,12 +465,14 @@ impl Census {
             }
         }
         for run in states {
-            merge_set(&mut self.state_ids, run);
+            let empty = self.state_ids.is_empty();
+            fill(&mut self.state_ids, empty, run);
         }
         for (o, runs) in owners {
             let owned = self.owned.entry(o).or_default();
             for (map, run) in owned.ids.iter_mut().zip(runs) {
-                merge_map(map, run);
+                let empty = map.is_empty();
+                fill(map, empty, run);
             }
         }
         for (h, ids) in held {
