@@ -175,8 +175,9 @@ pub struct Facts {
     /// The last error's time, for repos failing or gone (the page lists newest first).
     pub failed_ms: Option<i64>,
     /// Workers holding (or told to hold) the repo, so a worker's connection and death
-    /// visit its repos only (O(held), not O(repos)).
-    pub holders: Vec<Uuid>,
+    /// visit its repos only (O(held), not O(repos)). Inline: one or two holders, no
+    /// allocation per repo counted.
+    pub holders: smallvec::SmallVec<[Uuid; 2]>,
     /// The last error's class, for repos failing or gone (the page groups them by it).
     pub failed_class: Option<crate::fleet::ErrorClass>,
     /// A repo with replicas (SPEC §13) whose verified holders in its placement are fewer
@@ -442,8 +443,14 @@ impl Census {
     pub fn add_all(&mut self, repos: Vec<(Arc<str>, Facts)>) {
         type Runs = [Vec<(Id, Arc<str>)>; STATES];
         let mut states: [Vec<(RepoState, Id)>; STATES] = Default::default();
-        let mut owners: foldhash::HashMap<Uuid, Runs> = Default::default();
-        let mut held: foldhash::HashMap<Uuid, Vec<Arc<str>>> = Default::default();
+        // Sized from the owners and holders known so far, each run for an even share of
+        // the batch (grown from empty, rehashes and reallocations were a fifth of this).
+        let known = self.owned.len().max(self.held.len()).max(1);
+        let share = repos.len().div_ceil(known) + repos.len().div_ceil(known) / 4;
+        let mut owners: foldhash::HashMap<Uuid, Runs> =
+            foldhash::HashMap::with_capacity_and_hasher(known, Default::default());
+        let mut held: foldhash::HashMap<Uuid, Vec<Arc<str>>> =
+            foldhash::HashMap::with_capacity_and_hasher(known, Default::default());
         for (id, f) in repos {
             self.count(&f, true);
             let s = slot(f.state);
@@ -453,6 +460,9 @@ impl Census {
             if let Some(o) = f.owner {
                 self.owner_urls_gen.0 += 1;
                 if let Some(v) = owners.entry(o).or_default().get_mut(s) {
+                    if v.capacity() == 0 {
+                        v.reserve(share);
+                    }
                     v.push((Id(id.clone()), f.url.clone()));
                 }
             }
@@ -461,7 +471,11 @@ impl Census {
             self.success_entry(&f, true);
             self.under(&f, true);
             for h in &f.holders {
-                held.entry(*h).or_default().push(id.clone());
+                let v = held.entry(*h).or_default();
+                if v.capacity() == 0 {
+                    v.reserve(share);
+                }
+                v.push(id.clone());
             }
         }
         for run in states {
