@@ -508,19 +508,20 @@ impl Run<'_> {
         self.shared.record_changes(true);
         let live = self.swarm.live_count();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let probes: Vec<_> = Probe::ALL
+        let probes = Probe::ALL
             .iter()
             .map(|&p| {
-                tokio::spawn(probe::run(
-                    self.api.clone(),
+                probe::spawn(
+                    &self.api,
                     p,
                     self.shared.repos,
                     seq0,
                     self.opts.probe_gap,
                     stop_rx.clone(),
-                ))
+                )
             })
-            .collect();
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("starting the API probes")?;
         let t0 = Instant::now();
         self.shared
             .set_fetching(self.opts.rate, live, self.opts.change_share);
@@ -537,10 +538,7 @@ impl Run<'_> {
             })
             .await?;
         self.shared.record_changes(false);
-        let mut api = Vec::new();
-        for p in probes {
-            api.push(p.await.context("an API probe failed")?);
-        }
+        let api = probe::join(probes).await?;
         let secs = (drained - t0).as_secs_f64();
         let c = &self.shared.counters;
         let acked = c.outcomes_acked.load(SeqCst) - acked0;

@@ -391,19 +391,20 @@ impl Run<'_> {
             self.real.first_outcome_secs = Some((first - committed).as_secs_f64());
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let probes: Vec<_> = PROBES
+        let probes = PROBES
             .iter()
             .map(|&p| {
-                tokio::spawn(probe::run(
-                    self.api.clone(),
+                probe::spawn(
+                    &self.api,
                     p,
                     self.opts.repos,
                     0,
                     self.opts.probe_gap,
                     stop_rx.clone(),
-                ))
+                )
             })
-            .collect();
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("starting the API probes")?;
         let cpu0 = self.cpu();
         let load0 = load_average();
         let m0 = self.api.metrics().await?;
@@ -435,10 +436,7 @@ impl Run<'_> {
         self.real.workers_cpu_cores = per_sec(cpu0.1, cpu1.1);
         self.real.load_average = load0.zip(load_average());
         let _ = stop_tx.send(true);
-        let mut api = Vec::new();
-        for p in probes {
-            api.push(p.await.context("an API probe failed")?);
-        }
+        let api = probe::join(probes).await?;
         let secs = (t_end - t0).as_secs_f64();
         let outcomes = Fleet::of(&m_end).outcomes - f0;
         let before = m0.by_label("gitmirror_fetches_total");
