@@ -252,9 +252,13 @@ fn compaction_loop(victim: Victim) {
         Victim::Coordinator => (&fleet.coord.proc, fleet.coord.state_dir.clone()),
     };
     let initial = made.len();
-    let kills = rounds(8, 80);
+    let planned = rounds(8, 80);
     let (mut armed, mut inside, mut between, mut torn, mut checkpoints) = (0, 0, 0, 0, 0);
-    for round in 0..kills {
+    // Whether a kill armed on a compaction lands inside the snapshot's write or after its
+    // rename is timing: the short form has one or two tries at each, so it goes on (a
+    // dozen rounds at most) until both windows were hit.
+    let mut round = 0;
+    while round < planned || ((inside == 0 || between == 0) && round < planned + 12) {
         confirm(&fleet, &mut pending);
         commit_some(&fleet, &mut rng, &mut pending, &mut made);
         // Two rounds in three wait for a compaction: on its snapshot's temp file or on its
@@ -269,12 +273,19 @@ fn compaction_loop(victim: Victim) {
                 let _ = fleet.coord.post(&format!("/api/repos/{id}/fetch"), "");
             }
         };
-        let file = if round % 2 == 0 {
+        // The snapshot's temp file is where a kill lands inside the write; the journal's
+        // comes after the snapshot's rename. Past the planned rounds, the window missing.
+        let snapshot = if round < planned {
+            round % 2 == 0
+        } else {
+            inside == 0
+        };
+        let file = if snapshot {
             "repos.snapshot"
         } else {
             "repos.journal"
         };
-        let phase = round % 3;
+        let phase = if round < planned { round % 3 } else { 0 };
         let mut tore = false;
         let how = if phase == 0 || (phase == 1 && victim == Victim::Worker) {
             armed += 1;
@@ -379,7 +390,9 @@ fn compaction_loop(victim: Victim) {
             made.len() - initial,
             pending.len()
         );
+        round += 1;
     }
+    let kills = round;
 
     // Quiet now: every change an event, then a barrier change per repo (a re-sent
     // duplicate would be in the log before it).
