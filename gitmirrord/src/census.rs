@@ -438,15 +438,20 @@ impl Census {
     /// [`Census::add`] for many repos at once (the new repos of an index part; none of
     /// them in the census yet): the ordered sets are filled one owner and one state at a
     /// time (each set's rightmost path stays in cache; an empty one is built in bulk), and
-    /// each held set is sized once for the part. `bench_index_apply_1m`: 3.6–5.4 s against 4.2–6.3 s adding one
-    /// repo at a time (docs/scale.md, fourteenth session).
+    /// each held set is sized once for the part. `bench_index_apply_1m`: 3.6–5.4 s against
+    /// 4.2–6.3 s adding one repo at a time (docs/scale.md, fourteenth session).
     pub fn add_all(&mut self, repos: Vec<(Arc<str>, Facts)>) {
         type Runs = [Vec<(Id, Arc<str>)>; STATES];
         let mut states: [Vec<(RepoState, Id)>; STATES] = Default::default();
         // Sized from the owners and holders known so far, each run for an even share of
         // the batch (grown from empty, rehashes and reallocations were a fifth of this).
-        let known = self.owned.len().max(self.held.len()).max(1);
-        let share = repos.len().div_ceil(known) + repos.len().div_ceil(known) / 4;
+        // With none known yet (the first part of a first index) runs grow as they fill:
+        // an even share of one would size every owner's run for the whole batch.
+        let known = self.owned.len().max(self.held.len());
+        let share = match known {
+            0 => 0,
+            k => repos.len().div_ceil(k) + repos.len().div_ceil(k) / 4,
+        };
         let mut owners: foldhash::HashMap<Uuid, Runs> =
             foldhash::HashMap::with_capacity_and_hasher(known, Default::default());
         let mut held: foldhash::HashMap<Uuid, Vec<Arc<str>>> =
