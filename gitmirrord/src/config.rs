@@ -78,6 +78,9 @@ pub struct RawConfig {
     /// `project` or `repo` (SPEC §14); unset: the persisted placement, or `project` on a
     /// fresh state directory ([`crate::state::resolve_placement`]).
     pub placement: Option<String>,
+    /// `points` or `rendezvous`: the owner function; unset: the persisted one, or
+    /// `points` on a fresh state directory ([`crate::state::resolve_hashing`]).
+    pub hashing: Option<String>,
     /// Workers holding each repo (SPEC §13; 1..=5, default 1).
     pub replicas: Option<u32>,
     // Seed aliases (the prototype's keys).
@@ -246,6 +249,8 @@ pub struct Config {
     pub host_limits: Vec<crate::host_budget::HostLimit>,
     /// `placement` (SPEC §14), fleet-wide; `None`: not set (the persisted one stays).
     pub placement: Option<crate::ring::Placement>,
+    /// `hashing`, fleet-wide; `None`: not set (the persisted one stays).
+    pub hashing: Option<crate::ring::Hashing>,
     /// `replicas` and `indexes[].replicas` (SPEC §13); a change needs a restart.
     pub replicas: crate::replicas::Settings,
     /// One line per seed alias used (naming the new key), for the caller to log once
@@ -449,6 +454,12 @@ impl Config {
                 invalid("placement", format!("{v:?} is not one of project, repo"))
             })?),
         };
+        let hashing = match raw.hashing.as_deref() {
+            None => None,
+            Some(v) => Some(crate::ring::Hashing::parse(v).ok_or_else(|| {
+                invalid("hashing", format!("{v:?} is not one of points, rendezvous"))
+            })?),
+        };
         let purge_protect_percent = raw.purge_protect_percent.unwrap_or(5.0);
         if !(0.0..=100.0).contains(&purge_protect_percent) {
             return Err(invalid(
@@ -641,6 +652,7 @@ impl Config {
             hooks_trusted_proxies,
             host_limits,
             placement,
+            hashing,
             replicas,
             warnings,
         })
@@ -980,6 +992,27 @@ mod tests {
         let e = parse("placement: folder\n").unwrap_err().to_string();
         assert!(
             e.contains("placement") && e.contains("project, repo"),
+            "{e}"
+        );
+    }
+
+    // `hashing` (design.md "Owner function: points on a circle"): unset by default (the
+    // persisted one, or `points` when fresh); anything else names the key.
+    #[test]
+    fn hashing_key() {
+        use crate::ring::Hashing;
+        assert_eq!(parse("").unwrap().hashing, None);
+        assert_eq!(
+            parse("hashing: points\n").unwrap().hashing,
+            Some(Hashing::Points)
+        );
+        assert_eq!(
+            parse("hashing: rendezvous\n").unwrap().hashing,
+            Some(Hashing::Rendezvous)
+        );
+        let e = parse("hashing: ring\n").unwrap_err().to_string();
+        assert!(
+            e.contains("hashing") && e.contains("points, rendezvous"),
             "{e}"
         );
     }

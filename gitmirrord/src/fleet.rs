@@ -858,6 +858,80 @@ impl UnknownHeld {
     }
 }
 
+/// An index part of at least this many repos, all new, has them counted by the census on
+/// a thread of its own ([`Fleet::apply_index_part_scored`]).
+const PARALLEL_COUNT: usize = 4096;
+
+/// New repos handed to the counting thread at a time.
+const COUNT_BATCH: usize = 2048;
+
+/// What placing a new repo of an index part touches, the census apart (so that the census
+/// can count the part's new repos on another thread meanwhile).
+struct Placing<'a> {
+    members: &'a [Member],
+    registry: &'a Registry,
+    saved: &'a mut HashMap<String, SavedRepo>,
+    unknown_held: &'a mut UnknownHeld,
+    out: &'a mut Outbox,
+    fetch_now: &'a mut Vec<(Uuid, String)>,
+    replicated: &'a mut HashSet<Arc<str>>,
+    repos: &'a mut BTreeMap<Arc<str>, Box<Repo>>,
+    unsaved: &'a mut foldhash::HashSet<Arc<str>>,
+}
+
+impl Placing<'_> {
+    /// Put the new repo `e` in the fleet with its owner (`scored`: index into the members
+    /// and score) and replicas; its id and facts, for the census.
+    fn add(
+        &mut self,
+        e: &Entry,
+        index: Arc<str>,
+        scored: Option<(usize, f64)>,
+        replica: Option<Box<ReplicaSet>>,
+    ) -> (Arc<str>, crate::census::Facts) {
+        let owner = scored
+            .and_then(|(i, _)| self.members.get(i))
+            .map(|m| m.uuid);
+        let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
+        let (_, mut holders, status) = restore(self.saved.remove(&e.id), self.registry);
+        // Held before the index was read: believed as [`Fleet::holdings`] believes a claim
+        // (only from a holder or the owner, never raised).
+        for (w, url, mirrored) in self.unknown_held.take(&e.id) {
+            let holds = holders.mirrored(&w);
+            if holds.is_none() && owner != Some(w) {
+                continue;
+            }
+            if holds.is_none() || (holds == Some(true) && !mirrored) {
+                holders.insert(w, Hold::pending(self.out.mark(&w)));
+            }
+            if mirrored && owner == Some(w) && holds != Some(true) {
+                self.fetch_now.push((w, e.id.clone()));
+            }
+            if url != e.url {
+                self.out.push(w, &e.id, Op::Upsert(e.url.clone()));
+            }
+        }
+        let key: Arc<str> = Arc::from(e.id.as_str());
+        if replica.is_some() {
+            self.replicated.insert(key.clone());
+        }
+        let repo = self.repos.entry(key.clone()).or_insert(Box::new(Repo {
+            url: Arc::from(e.url.as_str()),
+            index,
+            metadata: e.metadata.clone(),
+            owner,
+            owner_score,
+            holders,
+            status,
+            replica,
+        }));
+        reconcile(&e.id, repo, self.out);
+        let after = repo.facts();
+        self.unsaved.insert(key.clone());
+        (key, after)
+    }
+}
+
 /// A start's saved records applied to the repos ([`Fleet::restorer`]).
 pub struct Restorer<'a> {
     /// `None` before the index has applied entries: records are kept aside then.
@@ -952,6 +1026,8 @@ pub struct Fleet {
     /// What the ring hashes ([`Placement::key`]), fixed for the life of the fleet (a
     /// switch happens at start: `crate::state::resolve_placement`).
     placement: Placement,
+    /// The owner function ([`ring::Hashing`]), fixed likewise (`crate::state::resolve_hashing`).
+    hashing: ring::Hashing,
     /// Under `project`: folders whose length may have changed while the coordinator was
     /// down (a saved record the index no longer lists), so their saved owners are
     /// rescored at start ([`Fleet::finish_start`]).
@@ -1036,6 +1112,7 @@ impl Fleet {
         Fleet {
             dead_after_ms: dead_after.as_millis().min(i64::MAX as u128) as i64,
             placement: registry.placement(),
+            hashing: registry.hashing(),
             resized: HashSet::new(),
             gate: Gate::default(),
             registry,
@@ -1134,9 +1211,14 @@ impl Fleet {
         let members = self.live_members();
         let placement = self.placement;
         let keep = saved_owners.is_some() && saved_owners == Some(self.fingerprint(&members));
-        let ring = ring::Ring::new(&members);
+        let ring = ring::Ring::with(self.hashing, &members);
+        // Under rendezvous a restored owner's winning score is one hash; under `points` it
+        // is four searches of the owner's points (~1 s at 1M repos, most of it cache
+        // misses), so it stays unknown (+inf) until a member joins: the join scores such a
+        // repo afresh ([`Fleet::recompute_single_owners`]), once, off the restart's path.
+        let eager = self.hashing == ring::Hashing::Rendezvous;
         let index = member_index(&members);
-        let lens = if keep {
+        let lens = if keep && eager {
             folder_lens(placement, &self.repos)
         } else {
             Vec::new()
@@ -1160,8 +1242,10 @@ impl Fleet {
             }
             match repo.owner.map(|o| index.get(&o)) {
                 Some(Some(&i)) if restored => {
-                    let key = placement.key(id, len_at(&lens, n), &mut buf);
-                    repo.owner_score = ring.score(key, i).unwrap_or(f64::INFINITY);
+                    if eager {
+                        let key = placement.key(id, len_at(&lens, n), &mut buf);
+                        repo.owner_score = ring.score(key, i).unwrap_or(f64::INFINITY);
+                    }
                 }
                 None if restored && members.is_empty() => {}
                 _ => todo.push(id.clone()),
@@ -1302,7 +1386,7 @@ impl Fleet {
             return;
         }
         let members = &self.members;
-        let ring = ring::Ring::new(members);
+        let ring = ring::Ring::with(self.hashing, members);
         let zones = self.zone_numbers(members);
         let ids: Vec<Arc<str>> = match only {
             Some(ids) => ids.to_vec(),
@@ -1344,7 +1428,7 @@ impl Fleet {
     /// rescores at start). Zones are not in it: they place only replicated repos, which a
     /// start places again whatever was saved.
     fn fingerprint(&self, members: &[Member]) -> u64 {
-        let f = ring::owners_fingerprint(self.placement, members);
+        let f = ring::owners_fingerprint(self.placement, self.hashing, members);
         if !self.replicas.any_replicated() {
             return f;
         }
@@ -1360,7 +1444,7 @@ impl Fleet {
         (self.placement == Placement::Repo && !self.members.is_empty()).then(|| {
             crate::scorer::Snapshot {
                 fp: ring::fingerprint(&self.members),
-                ring: ring::Ring::new(&self.members),
+                ring: ring::Ring::with(self.hashing, &self.members),
             }
         })
     }
@@ -1456,7 +1540,7 @@ impl Fleet {
                 }
             }
         }
-        let ring = ring::Ring::new(&self.members);
+        let ring = ring::Ring::with(self.hashing, &self.members);
         // The owners of the new repos first, on every core (a whole index arrives at once).
         let listed = || {
             delta
@@ -1543,120 +1627,144 @@ impl Fleet {
             Vec::new()
         };
         let mut index: Option<Arc<str>> = None;
-        // The new repos' census entries, added together ([`Census::add_all`]) before any
-        // census change of a repo already in the fleet.
-        let mut to_count: Vec<(Arc<str>, crate::census::Facts)> = Vec::with_capacity(new_ids.len());
-        for (e, new) in delta
-            .added
-            .iter()
-            .chain(&delta.changed)
-            .zip(first_new.iter().copied())
-        {
-            let index = match &index {
-                Some(n) if **n == *e.index => n.clone(),
-                _ => index
-                    .insert(intern(&mut self.index_names, &e.index))
-                    .clone(),
-            };
-            // One search finds an existing repo with its key (a whole index is 1M new
-            // repos: four searches per repo were an eighth of the apply in `memcmp`).
-            let id = e.id.as_str();
-            if !new && !to_count.is_empty() {
-                self.census.add_all(std::mem::take(&mut to_count));
-            }
-            if !new
-                && let Some((key, repo)) = self
-                    .repos
-                    .range_mut::<str, _>((
-                        std::ops::Bound::Included(id),
-                        std::ops::Bound::Included(id),
-                    ))
-                    .next()
-            {
-                let before = repo.facts();
-                if *repo.url != *e.url {
-                    repo.url = Arc::from(e.url.as_str());
-                    for h in repo.holders.keys() {
-                        self.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
-                    }
-                }
-                repo.index = index;
-                repo.metadata = e.metadata.clone();
-                reconcile(&e.id, repo, &mut self.out);
-                let after = repo.facts();
-                self.unsaved.insert(key.clone());
-                self.census.update(key, &before, &after);
-                continue;
-            }
+        let Fleet {
+            census,
+            index_names,
+            members,
+            out,
+            unknown_held,
+            saved,
+            unsaved,
+            fetch_now,
+            replicas,
+            replicated,
+            repos,
+            registry,
+            ..
+        } = self;
+        // A new repo's owner (scored ahead, or now) and replicas.
+        let mut owner_of = |e: &Entry, index: &str, repos: &BTreeMap<Arc<str>, Box<Repo>>| {
             let scored = match new_owners.peek() {
                 Some((id, o)) if **id == e.id => {
                     let o = *o;
                     new_owners.next();
                     o
                 }
-                _ => ring.owner_scored(placement.key(
-                    &e.id,
-                    folder_len(&self.repos, &e.id) + 1,
-                    &mut buf,
-                )),
+                _ => {
+                    ring.owner_scored(placement.key(&e.id, folder_len(repos, &e.id) + 1, &mut buf))
+                }
             };
-            let owner = scored
-                .and_then(|(i, _)| self.members.get(i))
-                .map(|m| m.uuid);
-            let owner_score = scored.map_or(f64::INFINITY, |(_, s)| s);
-            let (_, mut holders, status) = restore(self.saved.remove(&e.id), &self.registry);
-            // Held before the index was read: believed as [`Fleet::holdings`]
-            // believes a claim (only from a holder or the owner, never raised).
-            for (w, url, mirrored) in self.unknown_held.take(&e.id) {
-                let holds = holders.mirrored(&w);
-                if holds.is_none() && owner != Some(w) {
-                    continue;
-                }
-                if holds.is_none() || (holds == Some(true) && !mirrored) {
-                    holders.insert(w, Hold::pending(self.out.mark(&w)));
-                }
-                if mirrored && owner == Some(w) && holds != Some(true) {
-                    self.fetch_now.push((w, e.id.clone()));
-                }
-                if url != e.url {
-                    self.out.push(w, &e.id, Op::Upsert(e.url.clone()));
-                }
-            }
-            let key: Arc<str> = Arc::from(id);
             // SPEC §13: a repo with replicas is placed on the top R ([`reconcile_replicas`]
             // picks its primary).
-            let want = self.replicas.for_index(&index);
+            let want = replicas.for_index(index);
             let replica = (want > 1).then(|| {
-                let len = folders.get(ring::folder(id)).map_or(1, |f| f.1);
-                let key = placement.key(id, len, &mut buf);
+                let len = folders.get(ring::folder(&e.id)).map_or(1, |f| f.1);
+                let key = placement.key(&e.id, len, &mut buf);
                 Box::new(ReplicaSet {
                     want,
                     placement: ring
                         .top_r(key, usize::from(want), &zones)
                         .into_iter()
-                        .filter_map(|i| self.members.get(i).map(|m| m.uuid))
+                        .filter_map(|i| members.get(i).map(|m| m.uuid))
                         .collect(),
                 })
             });
-            if replica.is_some() {
-                self.replicated.insert(key.clone());
+            (scored, replica)
+        };
+        let mut interned = |name: &str| match &index {
+            Some(n) if **n == *name => n.clone(),
+            _ => index.insert(intern(index_names, name)).clone(),
+        };
+        let listing = delta.added.iter().chain(&delta.changed);
+        if new_ids.len() >= PARALLEL_COUNT && first_new.iter().all(|new| *new) {
+            // A part of new repos only (a whole index comes so): the census counts them on
+            // a thread of its own, a batch at a time, while this one places the next (the
+            // census was a third of the apply, and the loop's apply is the critical path of
+            // a whole index: docs/scale.md, fifteenth session). Counting in batches is
+            // counting all at once ([`Census::add_all`]).
+            std::thread::scope(|s| {
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<(Arc<str>, crate::census::Facts)>>();
+                let counting = s.spawn(move || rx.into_iter().for_each(|b| census.add_all(b)));
+                let mut batch = Vec::with_capacity(COUNT_BATCH);
+                for e in listing {
+                    let index = interned(&e.index);
+                    let (scored, replica) = owner_of(e, &index, repos);
+                    let mut placing = Placing {
+                        members,
+                        registry,
+                        saved,
+                        unknown_held,
+                        out,
+                        fetch_now,
+                        replicated,
+                        repos,
+                        unsaved,
+                    };
+                    batch.push(placing.add(e, index, scored, replica));
+                    if batch.len() == COUNT_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(COUNT_BATCH));
+                        // The receiver lives until every batch is sent.
+                        let _ = tx.send(full);
+                    }
+                }
+                let _ = tx.send(batch);
+                drop(tx);
+                if let Err(p) = counting.join() {
+                    std::panic::resume_unwind(p);
+                }
+            });
+        } else {
+            // The new repos' census entries, added together ([`Census::add_all`]) before
+            // any census change of a repo already in the fleet.
+            let mut to_count: Vec<(Arc<str>, crate::census::Facts)> =
+                Vec::with_capacity(new_ids.len());
+            for (e, new) in listing.zip(first_new.iter().copied()) {
+                let index = interned(&e.index);
+                // One search finds an existing repo with its key (a whole index is 1M new
+                // repos: four searches per repo were an eighth of the apply in `memcmp`).
+                let id = e.id.as_str();
+                if !new && !to_count.is_empty() {
+                    census.add_all(std::mem::take(&mut to_count));
+                }
+                if !new
+                    && let Some((key, repo)) = repos
+                        .range_mut::<str, _>((
+                            std::ops::Bound::Included(id),
+                            std::ops::Bound::Included(id),
+                        ))
+                        .next()
+                {
+                    let before = repo.facts();
+                    if *repo.url != *e.url {
+                        repo.url = Arc::from(e.url.as_str());
+                        for h in repo.holders.keys() {
+                            out.push(*h, &e.id, Op::Upsert(e.url.clone()));
+                        }
+                    }
+                    repo.index = index;
+                    repo.metadata = e.metadata.clone();
+                    reconcile(&e.id, repo, out);
+                    let after = repo.facts();
+                    unsaved.insert(key.clone());
+                    census.update(key, &before, &after);
+                    continue;
+                }
+                let (scored, replica) = owner_of(e, &index, repos);
+                let mut placing = Placing {
+                    members,
+                    registry,
+                    saved,
+                    unknown_held,
+                    out,
+                    fetch_now,
+                    replicated,
+                    repos,
+                    unsaved,
+                };
+                to_count.push(placing.add(e, index, scored, replica));
             }
-            let repo = self.repos.entry(key.clone()).or_insert(Box::new(Repo {
-                url: Arc::from(e.url.as_str()),
-                index,
-                metadata: e.metadata.clone(),
-                owner,
-                owner_score,
-                holders,
-                status,
-                replica,
-            }));
-            reconcile(&e.id, repo, &mut self.out);
-            let after = repo.facts();
-            self.unsaved.insert(key.clone());
-            to_count.push((key, after));
+            census.add_all(to_count);
         }
-        self.census.add_all(to_count);
         // A folder that crossed a split boundary: its other repos change key (half of
         // each bucket when it grows past a power of two).
         for (f, (before, after)) in folders {
@@ -2607,7 +2715,7 @@ impl Fleet {
         }
         let members = &self.members;
         // Members prepared once, not once per repo (W hashes and an allocation each).
-        let ring = ring::Ring::new(members);
+        let ring = ring::Ring::with(self.hashing, members);
         let index = member_index(members);
         // Repos of members that left (and repos without an owner): a full scan each.
         let mut orphans: Vec<Arc<str>> = Vec::new();
@@ -2822,7 +2930,7 @@ impl Fleet {
     /// incremental recompute must agree with it; for tests).
     pub fn owners_are_exact(&self) -> bool {
         let members = self.live_members();
-        let ring = ring::Ring::new(&members);
+        let ring = ring::Ring::with(self.hashing, &members);
         let lens = folder_lens(self.placement, &self.repos);
         let mut buf = KeyBuf::default();
         let zones = self.zone_numbers(&members);

@@ -156,6 +156,11 @@ pub struct RegistryFile {
     /// changes it ([`crate::state::resolve_placement`]).
     #[serde(default)]
     pub placement: Option<crate::ring::Placement>,
+    /// The owner function the saved owners were computed with (`None`: a state directory
+    /// of an earlier release, or a fresh one; [`crate::state::resolve_hashing`] tells them
+    /// apart by `placement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing: Option<crate::ring::Hashing>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +173,7 @@ pub struct Registry {
     approved: BTreeSet<Uuid>,
     blocked: BTreeMap<String, Blocked>,
     placement: Option<crate::ring::Placement>,
+    hashing: Option<crate::ring::Hashing>,
 }
 
 /// What a worker says about itself when it connects.
@@ -194,6 +200,7 @@ impl Registry {
             approved: BTreeSet::new(),
             blocked: BTreeMap::new(),
             placement: None,
+            hashing: None,
         }
     }
 
@@ -221,6 +228,7 @@ impl Registry {
             approved: file.approved.into_iter().collect(),
             blocked: file.blocked,
             placement: file.placement,
+            hashing: file.hashing,
         }
     }
 
@@ -232,6 +240,17 @@ impl Registry {
     /// Set the placement in force (at start, before the fleet is built).
     pub fn with_placement(mut self, placement: crate::ring::Placement) -> Self {
         self.placement = Some(placement);
+        self
+    }
+
+    /// The owner function in force (rendezvous until one is set: earlier releases').
+    pub fn hashing(&self) -> crate::ring::Hashing {
+        self.hashing.unwrap_or(crate::ring::Hashing::Rendezvous)
+    }
+
+    /// Set the owner function in force (at start, before the fleet is built).
+    pub fn with_hashing(mut self, hashing: crate::ring::Hashing) -> Self {
+        self.hashing = Some(hashing);
         self
     }
 
@@ -257,6 +276,7 @@ impl Registry {
             approved: self.approved.iter().copied().collect(),
             blocked: self.blocked.clone(),
             placement: self.placement,
+            hashing: self.hashing,
         }
     }
 

@@ -204,6 +204,19 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             placement(new.placement)
         ),
     );
+    let hashing = |h: Option<crate::ring::Hashing>| match h {
+        Some(h) => h.as_str().to_owned(),
+        None => "unset".to_owned(),
+    };
+    restart(
+        "hashing",
+        old.hashing != new.hashing,
+        hashing(old.hashing),
+        format!(
+            "{} (repos move make before break after the restart)",
+            hashing(new.hashing)
+        ),
+    );
     // SPEC §13: the placement of every replicated repo changes; as `placement`, the start
     // path does that.
     restart(
@@ -409,6 +422,22 @@ mod tests {
         assert_eq!(p.needs_restart[0].0, "placement");
         assert!(p.needs_restart[0].1.starts_with("unset → repo"), "{:?}", p);
         assert_eq!(merge(&old, new).placement, None, "kept until a restart");
+    }
+
+    // The owner function (`hashing`) needs a restart as `placement` does: a switch places
+    // every repo again at start (design.md "Owner function: points on a circle").
+    #[test]
+    fn hashing_needs_a_restart() {
+        let old = cfg("");
+        let new = cfg("hashing: rendezvous\n");
+        let p = plan(&old, &new);
+        assert_eq!(p.needs_restart.len(), 1, "{:?}", p.needs_restart);
+        assert_eq!(p.needs_restart[0].0, "hashing");
+        assert!(
+            p.needs_restart[0].1.starts_with("unset → rendezvous"),
+            "{p:?}"
+        );
+        assert_eq!(merge(&old, new).hashing, None, "kept until a restart");
     }
 
     // SPEC §13: `replicas` (and an index's) needs a restart.

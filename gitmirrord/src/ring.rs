@@ -1,6 +1,7 @@
-//! Weighted rendezvous hashing (SPEC §5).
+//! The owner functions (SPEC §5): weighted rendezvous hashing, below, and points on a
+//! circle ([`points`], a fresh fleet's; [`Hashing`] names them).
 //!
-//! Every member scores every repo and the lowest score owns it:
+//! Under rendezvous every member scores every repo and the lowest score owns it:
 //!
 //! ```text
 //! seed(member) = xxh3_64(member.uuid.as_bytes())            // the 16 raw uuid bytes
@@ -27,8 +28,41 @@
 //! move when a fleet switches placement).
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use uuid::Uuid;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+mod points;
+pub use points::{PER_MEMBER, PROBES};
+
+/// The owner function of a fleet (SPEC §5; design.md "Owner function: points on a
+/// circle"). Both give every member a score of its own for every repo and the lowest
+/// wins, so both move only what SPEC §5 lets move; they differ in what a repo costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hashing {
+    /// Weighted rendezvous (the module doc): one hash per member for each repo.
+    Rendezvous,
+    /// Points on a circle ([`points`]): one look-up for each repo, whatever the members.
+    Points,
+}
+
+impl Hashing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rendezvous => "rendezvous",
+            Self::Points => "points",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "rendezvous" => Some(Self::Rendezvous),
+            "points" => Some(Self::Points),
+            _ => None,
+        }
+    }
+}
 
 /// What the ring hashes for a repo (SPEC §14, design.md "Placement by project").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +253,9 @@ pub struct Ring {
     /// `1 / weight` when every member has that same usable weight (the usual fleet):
     /// [`Ring::owner_scored`] then skips a losing member by an integer compare.
     uniform: Option<f64>,
+    /// Under [`Hashing::Points`], the members' points (built when first needed, shared by
+    /// the clones of this ring).
+    points: Option<Arc<points::Points>>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,7 +267,12 @@ struct Prepared {
 }
 
 impl Ring {
+    /// The rendezvous ring of `members` ([`Ring::with`] names the function).
     pub fn new(members: &[Member]) -> Self {
+        Self::with(Hashing::Rendezvous, members)
+    }
+
+    pub fn with(hashing: Hashing, members: &[Member]) -> Self {
         let members = members
             .iter()
             .map(|m| Prepared {
@@ -250,7 +292,20 @@ impl Ring {
                     .iter()
                     .all(|m| m.inv_weight.to_bits() == c.to_bits())
         });
-        Self { members, uniform }
+        let points = (hashing == Hashing::Points).then(|| Arc::new(points::Points::new(&members)));
+        Self {
+            members,
+            uniform,
+            points,
+        }
+    }
+
+    pub fn hashing(&self) -> Hashing {
+        if self.points.is_some() {
+            Hashing::Points
+        } else {
+            Hashing::Rendezvous
+        }
     }
 
     /// Number of members.
@@ -270,6 +325,9 @@ impl Ring {
     /// The owner of `repo_id` and its winning score (kept by the fleet, so that a member
     /// joining later scores only itself against it: [`Ring::challenge`]).
     pub fn owner_scored(&self, repo_id: &str) -> Option<(usize, f64)> {
+        if let Some(p) = &self.points {
+            return p.owner_scored(&self.members, repo_id);
+        }
         let id = repo_id.as_bytes();
         let mut best: Option<(usize, f64)> = None;
         // With equal weights, the hash below which a member's bound loses to the best so
@@ -383,6 +441,9 @@ impl Ring {
     /// one hash and a logarithm). `None` when there is no such member.
     pub fn score(&self, repo_id: &str, member: usize) -> Option<f64> {
         let m = self.members.get(member)?;
+        if let Some(p) = &self.points {
+            return Some(p.score(&self.members, repo_id, member));
+        }
         Some(weigh(
             unit(xxh3_64_with_seed(repo_id.as_bytes(), m.seed)),
             m,
@@ -400,6 +461,11 @@ impl Ring {
         incumbent: Uuid,
     ) -> Option<f64> {
         let c = self.members.get(challenger)?;
+        if let Some(p) = &self.points {
+            let sc = p.score(&self.members, repo_id, challenger);
+            return (sc < incumbent_score || (sc == incumbent_score && c.uuid < incumbent))
+                .then_some(sc);
+        }
         let u = unit(xxh3_64_with_seed(repo_id.as_bytes(), c.seed));
         if (1.0 - u) * c.inv_weight * (1.0 - 1e-9) > incumbent_score {
             return None;
@@ -473,18 +539,22 @@ pub fn fingerprint(members: &[Member]) -> u64 {
 }
 
 /// The fingerprint of the saved owners: [`fingerprint`] of the members under `repo`
-/// placement (unchanged from earlier releases: no rescore at upgrade), mixed with the
-/// placement under `project`, so that a switch either way rescores at start.
-pub fn owners_fingerprint(placement: Placement, members: &[Member]) -> u64 {
-    let f = fingerprint(members);
-    match placement {
-        Placement::Repo => f,
-        Placement::Project => {
+/// placement and rendezvous (unchanged from earlier releases: no rescore at upgrade),
+/// mixed with the placement under `project` and with the function under `points`, so
+/// that a switch of either rescores at start.
+pub fn owners_fingerprint(placement: Placement, hashing: Hashing, members: &[Member]) -> u64 {
+    let mut f = fingerprint(members);
+    for (differs, tag) in [
+        (placement == Placement::Project, &b"placement=project"[..]),
+        (hashing == Hashing::Points, &b"hashing=points"[..]),
+    ] {
+        if differs {
             let mut bytes = f.to_le_bytes().to_vec();
-            bytes.extend_from_slice(b"placement=project");
-            xxh3_64(&bytes)
+            bytes.extend_from_slice(tag);
+            f = xxh3_64(&bytes);
         }
     }
+    f
 }
 
 /// A hash as a number strictly inside (0, 1).
@@ -969,6 +1039,272 @@ mod tests {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    // ----- `points` (design.md "Owner function: points on a circle") -----
+
+    fn points_owner(id: &str, m: &[Member]) -> Option<usize> {
+        Ring::with(Hashing::Points, m).owner(id)
+    }
+
+    /// The owner by every member's score, as the `points` module doc states it.
+    fn points_brute_force(id: &str, members: &[Member]) -> Option<(usize, f64)> {
+        let ring = Ring::with(Hashing::Points, members);
+        let k = id.as_bytes();
+        let xs: Vec<u64> = (0..PROBES)
+            .map(|i| {
+                if i == 0 {
+                    xxh3_64(k)
+                } else {
+                    xxh3_64_with_seed(k, i)
+                }
+            })
+            .collect();
+        let mut best: Option<(usize, f64)> = None;
+        for (i, m) in ring.members.iter().enumerate() {
+            let usable = (u64::MAX as f64 * m.inv_weight).is_finite();
+            let s = if usable {
+                let d = (0..PER_MEMBER)
+                    .flat_map(|j| {
+                        let p = xxh3_64_with_seed(&j.to_le_bytes(), m.seed);
+                        xs.iter().map(move |&x| p.wrapping_sub(x))
+                    })
+                    .min()
+                    .unwrap();
+                d as f64 * m.inv_weight
+            } else {
+                f64::INFINITY
+            };
+            if best.is_none_or(|(b, bs)| s < bs || (s == bs && m.uuid < ring.members[b].uuid)) {
+                best = Some((i, s));
+            }
+        }
+        best
+    }
+
+    // The contract of `points` is pinned like rendezvous': a change of hash, point count or
+    // formula fails here (values from `points_brute_force`, the formula written out).
+    #[test]
+    fn points_owners_are_pinned() {
+        let m = members(&[1.0, 1.0, 2.0, 0.5, 1.5]);
+        let ids = [
+            "a/abc/abc",
+            "l/linux/linux-next",
+            "g/git/git",
+            "r/rust/rust",
+            "x/y/z",
+            "q/qemu/qemu",
+            "c/curl/curl",
+            "n/nginx/nginx",
+            "v/vim/vim",
+            "p/python/cpython",
+            "o/openssl/openssl",
+            "z/zlib/zlib",
+        ];
+        let got: Vec<_> = ids.iter().map(|id| points_owner(id, &m)).collect();
+        let want: Vec<_> = ids
+            .iter()
+            .map(|id| points_brute_force(id, &m).map(|(i, _)| i))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            PINNED_POINTS.map(Some),
+            "owners changed: `points` is no longer stable"
+        );
+    }
+
+    const PINNED_POINTS: [usize; 12] = [4, 1, 1, 3, 0, 2, 2, 1, 4, 2, 2, 3];
+
+    // SPEC §5 under `points`: only the dead member's repos move, only repos moving to a
+    // joining member move, and the shares follow the weights.
+    #[test]
+    fn points_move_only_what_spec_5_lets_move() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5]);
+        let dead = m[2].uuid;
+        let rest: Vec<_> = m.iter().copied().filter(|x| x.uuid != dead).collect();
+        let newcomer = Member {
+            uuid: uuid(99),
+            weight: 2.5,
+        };
+        let mut joined = m.clone();
+        joined.push(newcomer);
+        let (before, after, grown) = (
+            Ring::with(Hashing::Points, &m),
+            Ring::with(Hashing::Points, &rest),
+            Ring::with(Hashing::Points, &joined),
+        );
+        let (mut died, mut came) = (0, 0);
+        for id in ids(20_000) {
+            let b = m[before.owner(&id).unwrap()].uuid;
+            let a = rest[after.owner(&id).unwrap()].uuid;
+            if b == dead {
+                died += 1;
+            } else {
+                assert_eq!(b, a, "{id} moved although its owner lives");
+            }
+            let g = joined[grown.owner(&id).unwrap()].uuid;
+            if g != b {
+                assert_eq!(g, newcomer.uuid, "{id} moved between old members");
+                came += 1;
+            }
+        }
+        // Weight 3 of 11: about 5,455 of 20,000; 2.5 of 13.5: about 3,704.
+        assert!((5000..6000).contains(&died), "{died}");
+        assert!((3300..4100).contains(&came), "{came}");
+    }
+
+    #[test]
+    fn points_shares_follow_weights() {
+        let weights = [1.0, 2.0, 3.0, 0.5, 1.5];
+        let m = members(&weights);
+        let total: f64 = weights.iter().sum();
+        let n = 160_000;
+        let all = ids(n);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut load = vec![0usize; m.len()];
+        for (i, _) in Ring::with(Hashing::Points, &m)
+            .owners(&refs)
+            .into_iter()
+            .flatten()
+        {
+            load[i] += 1;
+        }
+        for (i, w) in weights.iter().enumerate() {
+            let fair = n as f64 * w / total;
+            let ratio = load[i] as f64 / fair;
+            assert!(
+                (0.95..1.05).contains(&ratio),
+                "member {i}: {} vs fair {fair:.0}",
+                load[i]
+            );
+        }
+    }
+
+    /// Most loaded / fair share with `workers` equal members and `per` repos each.
+    fn points_balance(workers: usize, per: usize) -> f64 {
+        let m: Vec<Member> = (0..workers)
+            .map(|i| Member {
+                uuid: Uuid::from_u128(0xabcd_0000_0000_4000_8000_0000_0000_0000 + i as u128 * 7919),
+                weight: 1.0,
+            })
+            .collect();
+        let ring = Ring::with(Hashing::Points, &m);
+        let mut load = vec![0usize; workers];
+        for i in 0..workers * per {
+            let id = format!("sim{:02}/p{:07}/repo{i:07}", i % 36, i / 3);
+            load[ring.owner(&id).unwrap()] += 1;
+        }
+        *load.iter().max().unwrap() as f64 / per as f64
+    }
+
+    // SPEC §5: "with 1,000 repos or more per worker and up to 100 workers, the most loaded
+    // worker holds at most 1.10× its weighted fair share".
+    #[test]
+    fn spec_5_points_balance_100_workers() {
+        let b = points_balance(100, 1000);
+        assert!(b <= 1.10, "{b}");
+    }
+
+    // SPEC §5: "at 1,000 workers, 1.15×" (1M look-ups: run in release builds by
+    // `cargo test --release -p gitmirrord --lib -- --ignored spec_5_points_balance`).
+    #[test]
+    #[ignore]
+    fn spec_5_points_balance_1000_workers() {
+        let b = points_balance(1000, 1000);
+        println!("points, 1,000 workers x 1,000 repos: most loaded / fair {b:.3}");
+        assert!(b <= 1.15, "{b}");
+    }
+
+    // SPEC §13 under `points`: R = 1 is the owner, and the top R are the best scores.
+    #[test]
+    fn points_top_r_and_challenge_agree_with_owner() {
+        let m = members(&[1.0, 2.0, 3.0, 1.5, 1.0, 2.5, f64::NAN, 0.7]);
+        let ring = Ring::with(Hashing::Points, &m);
+        let old = Ring::with(Hashing::Points, &m[..4]);
+        for id in ids(3000) {
+            assert_eq!(
+                ring.top_r(&id, 1, &[]).first().copied(),
+                ring.owner(&id),
+                "{id}"
+            );
+            let mut best = old.owner_scored(&id).unwrap();
+            for newcomer in 4..m.len() {
+                if let Some(score) = ring.challenge(&id, newcomer, best.1, m[best.0].uuid) {
+                    best = (newcomer, score);
+                }
+            }
+            assert_eq!(Some(best.0), ring.owner(&id), "{id}");
+            assert_eq!(ring.score(&id, best.0), Some(best.1), "{id}");
+        }
+    }
+
+    #[test]
+    fn points_unusable_weights_own_only_as_a_last_resort() {
+        let mut m = members(&[1.0, 0.0, f64::NAN, -1.0, f64::INFINITY, 1e-300]);
+        for id in ids(500) {
+            assert_eq!(points_owner(&id, &m), Some(0), "{id}");
+        }
+        m.remove(0);
+        for id in ids(50) {
+            assert_eq!(points_owner(&id, &m), Some(0), "{id}: the smallest uuid");
+        }
+        assert_eq!(points_owner("a/b/c", &[]), None);
+    }
+
+    #[test]
+    fn points_are_built_only_when_needed() {
+        let m = members(&[1.0; 10]);
+        let ring = Ring::with(Hashing::Points, &m);
+        let p = ring.points.as_ref().unwrap();
+        assert_eq!(
+            p.built_bytes(),
+            0,
+            "a ring made for a join or a score holds no points"
+        );
+        ring.score("a/b/c", 3);
+        assert_eq!(
+            p.built_bytes(),
+            PER_MEMBER as usize * 8,
+            "one member's points"
+        );
+        ring.owner("a/b/c");
+        assert!(
+            p.built_bytes() > 10 * PER_MEMBER as usize * 12,
+            "the circle"
+        );
+        // Clones share what was built.
+        let copy = ring.clone();
+        assert!(Arc::ptr_eq(copy.points.as_ref().unwrap(), p));
+    }
+
+    proptest::proptest! {
+        // The walk on the circle finds the owner every member's score names, whatever the
+        // weights (far apart, unusable) and the member count (the walk's limit in play).
+        #[test]
+        fn points_walk_finds_the_lowest_score(
+            weights in proptest::collection::vec(
+                proptest::prop_oneof![
+                    0.001f64..1000.0,
+                    proptest::strategy::Just(1.0),
+                    proptest::strategy::Just(0.0),
+                ],
+                1..24,
+            ),
+            ids in proptest::collection::vec("[a-z]/[a-z0-9-]{1,12}/[a-z0-9._-]{1,16}", 1..12),
+        ) {
+            let m = members(&weights);
+            let ring = Ring::with(Hashing::Points, &m);
+            for id in &ids {
+                let got = ring.owner_scored(id);
+                let want = points_brute_force(id, &m);
+                proptest::prop_assert_eq!(got.map(|(i, _)| i), want.map(|(i, _)| i));
+                proptest::prop_assert_eq!(
+                    got.map(|(_, s)| s.to_bits()),
+                    want.map(|(_, s)| s.to_bits())
+                );
+            }
+        }
     }
 
     proptest::proptest! {

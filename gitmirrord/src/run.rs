@@ -206,9 +206,21 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
             // fingerprint (`ring::owners_fingerprint`) makes the fleet rescore every repo.
             let (placement, switched) = state::resolve_placement(file.placement, cfg.placement);
             let persisted = file.placement;
+            // The owner function likewise (design.md "Owner function: points on a circle").
+            let (hashing, hashing_switched) =
+                state::resolve_hashing(file.hashing, file.placement.is_some(), cfg.hashing);
+            let persisted_hashing = file.hashing;
             let registry = Registry::restore(cfg.max_workers, file, now_ms())
                 .with_max_weight(cfg.max_worker_weight)
-                .with_placement(placement);
+                .with_placement(placement)
+                .with_hashing(hashing);
+            if let Some(from) = hashing_switched {
+                tracing::warn!(
+                    "hashing switches from {} to {}: every repo is placed again; repos that move do so make before break",
+                    from.as_str(),
+                    hashing.as_str()
+                );
+            }
             if let Some(from) = switched {
                 tracing::warn!(
                     "placement switches from {} to {} (SPEC §14): every repo is placed again; repos that move do so make before break",
@@ -216,10 +228,14 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                     placement.as_str()
                 );
             }
-            if persisted != Some(placement) {
+            if persisted != Some(placement) || persisted_hashing != Some(hashing) {
                 state::save_registry(&cfg.state_dir, &registry.to_file())?;
             }
-            tracing::info!(placement = placement.as_str(), "placement in force");
+            tracing::info!(
+                placement = placement.as_str(),
+                hashing = hashing.as_str(),
+                "placement in force"
+            );
             // The event log reads beside the index and repo status (a third of a 1M start).
             let events = {
                 let (dir, options) = (cfg.state_dir.clone(), cfg.events);

@@ -4,7 +4,7 @@
 //! in [`crate::index`].
 
 use crate::registry::{self, RegistryFile};
-use crate::ring::Placement;
+use crate::ring::{Hashing, Placement};
 use gitmirror_common::statefile::{self, StateError};
 use std::path::Path;
 
@@ -69,6 +69,28 @@ pub fn load_registry(dir: &Path) -> Result<RegistryFile, StateError> {
 /// The placement of a state directory with no registry yet and no `placement` set
 /// (SPEC §14: `project`).
 pub const FRESH_PLACEMENT: Placement = Placement::Project;
+
+/// The owner function of a state directory with nothing placed yet and no `hashing` set
+/// (design.md "Owner function: points on a circle").
+pub const FRESH_HASHING: Hashing = Hashing::Points;
+
+/// The owner function in force at start: the configured one if set, else the persisted
+/// one; a registry that placed repos before the function was recorded (an earlier
+/// release's) used rendezvous, so an upgrade moves nothing. Returns it and, for a switch,
+/// the function switched from.
+pub fn resolve_hashing(
+    persisted: Option<Hashing>,
+    placed: bool,
+    configured: Option<Hashing>,
+) -> (Hashing, Option<Hashing>) {
+    let persisted = persisted.or(placed.then_some(Hashing::Rendezvous));
+    match (persisted, configured) {
+        (Some(p), Some(c)) if p != c => (c, Some(p)),
+        (_, Some(c)) => (c, None),
+        (Some(p), None) => (p, None),
+        (None, None) => (FRESH_HASHING, None),
+    }
+}
 
 /// The placement in force at start (SPEC §14, plan fork-pools C3): the configured one if
 /// set (a *switch* when it differs from the persisted one), else the persisted one (an
@@ -208,6 +230,41 @@ mod tests {
         assert_eq!(
             resolve_placement(r.placement, Some(Placement::Repo)),
             (Placement::Repo, None)
+        );
+    }
+
+    // The owner function (design.md "Owner function: points on a circle"): `points` on a
+    // fresh state directory; rendezvous kept by one whose repos were placed before the
+    // function was recorded (every earlier release's), so an upgrade moves nothing; an
+    // unset key never flips a persisted one; a set one that differs is a switch.
+    #[test]
+    fn owner_function_fresh_upgraded_kept_and_switched() {
+        assert_eq!(resolve_hashing(None, false, None), (Hashing::Points, None));
+        assert_eq!(
+            resolve_hashing(None, true, None),
+            (Hashing::Rendezvous, None)
+        );
+        for h in [Hashing::Points, Hashing::Rendezvous] {
+            assert_eq!(resolve_hashing(Some(h), true, None), (h, None));
+            assert_eq!(resolve_hashing(Some(h), true, Some(h)), (h, None));
+            assert_eq!(resolve_hashing(None, false, Some(h)), (h, None));
+        }
+        assert_eq!(
+            resolve_hashing(None, true, Some(Hashing::Points)),
+            (Hashing::Points, Some(Hashing::Rendezvous))
+        );
+        assert_eq!(
+            resolve_hashing(Some(Hashing::Points), true, Some(Hashing::Rendezvous)),
+            (Hashing::Rendezvous, Some(Hashing::Points))
+        );
+        // Saved and loaded, the function in force is the persisted one.
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::registry::Registry::new(4).with_hashing(Hashing::Points);
+        save_registry(d.path(), &reg.to_file()).unwrap();
+        let back = load_registry(d.path()).unwrap();
+        assert_eq!(
+            resolve_hashing(back.hashing, back.placement.is_some(), None),
+            (Hashing::Points, None)
         );
     }
 

@@ -1346,6 +1346,14 @@ fn load_release_state(generation: u32, migrated: &[&str]) {
         }
     }
     coord.start_ready();
+    // The fixture's repos were placed by rendezvous hashing, which its registry does not
+    // name: the upgraded coordinator keeps and records it, so no repo moves (design.md
+    // "Owner function: points on a circle").
+    let registry = std::fs::read_to_string(coord.state_dir.join("registry.json")).unwrap();
+    assert!(
+        registry.contains("\"hashing\":\"rendezvous\""),
+        "the owner function is not kept: {registry}"
+    );
     kept_events(&coord.all_events().unwrap(), &expected_events)
         .unwrap_or_else(|e| panic!("the events differ from what was written: {e}"));
     for want in &expected_repos {

@@ -721,12 +721,23 @@ fn restart_then_absent_worker_dies() {
 }
 
 /// SPEC §12 (restart at scale): saved owners recorded with the fingerprint of the member
-/// set they were computed for are kept at a start with the same members (each winning
-/// score recomputed from one hash, so a later join is still exact); a repo without a
-/// saved record is scored; a different member set, or no fingerprint, recomputes all.
+/// set they were computed for are kept at a start with the same members (under rendezvous
+/// each winning score recomputed from one hash; under `points` left unknown until a join
+/// scores it afresh; a later join is exact either way); a repo without a saved record is
+/// scored; a different member set, or no fingerprint, recomputes all.
 #[test]
 fn spec_12_a_start_with_the_same_members_keeps_the_saved_owners() {
-    let mut sim = Sim::new(300);
+    for hashing in [ring::Hashing::Rendezvous, ring::Hashing::Points] {
+        start_with_the_same_members_keeps_the_saved_owners(hashing);
+    }
+}
+
+fn start_with_the_same_members_keeps_the_saved_owners(hashing: ring::Hashing) {
+    let mut sim = Sim::with_registry(
+        300,
+        Registry::new(10).with_hashing(hashing),
+        ReposFile::default(),
+    );
     for n in [1, 2, 3] {
         sim.join(n);
     }
@@ -757,10 +768,14 @@ fn spec_12_a_start_with_the_same_members_keeps_the_saved_owners() {
     let (fleet, kept) = start(saved, fp, sim.now + 1000);
     assert!(kept, "same members: saved owners kept");
     assert!(fleet.owners_are_exact());
-    let ring = ring::Ring::new(&fleet.live_members());
+    let ring = ring::Ring::with(hashing, &fleet.live_members());
     for (id, r) in fleet.repos() {
         let full = ring.owner_scored(id).map(|(_, s)| s.to_bits());
-        assert_eq!(Some(r.owner_score.to_bits()), full, "score of {id}");
+        if hashing == ring::Hashing::Rendezvous || **id == *missing {
+            assert_eq!(Some(r.owner_score.to_bits()), full, "score of {id}");
+        } else {
+            assert_eq!(r.owner_score, f64::INFINITY, "{id}: unknown until a join");
+        }
     }
     assert_eq!(fleet.repo(&missing).unwrap().owner, before[&missing]);
     assert!(fleet.census_is_exact());
@@ -999,6 +1014,68 @@ fn spec_12_an_id_listed_twice_in_a_delta_is_one_repo() {
     }
     let held: usize = twice.workers.values().map(|w| w.held.len()).sum();
     assert_eq!(held, 3, "each repo held once");
+}
+
+/// SPEC §12: a part of new repos big enough to be counted by the census on a thread of its
+/// own gives the fleet the same census, owners and holdings as parts small enough to be
+/// counted with their placing; a repo a worker held before the index loaded is kept there
+/// in both (the placing's other inputs).
+#[test]
+fn spec_12_a_large_part_of_new_repos_is_counted_beside_its_placing() {
+    let n = super::PARALLEL_COUNT * 2 + 7;
+    // A repo that worker 1 will own, held by it before the index loads.
+    let members: Vec<ring::Member> = (1..=3)
+        .map(|w| ring::Member {
+            uuid: uuid(w),
+            weight: 1.0,
+        })
+        .collect();
+    let own = (0..n)
+        .find(|&i| ring::owner(&entry(i).id, &members) == Some(0))
+        .unwrap();
+    let fleet_of = |part: usize| {
+        let mut sim = Sim::new(0);
+        sim.fleet.connect(&intro(1, 1.0), sim.now).unwrap();
+        let held = Holdings {
+            repos: vec![HeldRepo {
+                id: entry(own).id,
+                url: entry(own).url,
+                mirrored: true,
+            }],
+        };
+        let sends = sim.fleet.holdings(uuid(1), &held, sim.now);
+        sim.deliver(sends);
+        sim.join(2);
+        sim.join(3);
+        let mut added: Vec<Entry> = (0..n).map(entry).collect();
+        added.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let parts = Delta {
+            added,
+            ..Delta::default()
+        }
+        .into_parts(part);
+        let count = parts.len();
+        for (i, p) in parts.iter().enumerate() {
+            // `deliver` checks the census against a recount and the owners against the ring.
+            let sends = sim.fleet.apply_index_part(p, i + 1 == count);
+            sim.deliver(sends);
+        }
+        sim
+    };
+    let beside = fleet_of(n);
+    let with = fleet_of(super::PARALLEL_COUNT - 1);
+    assert_eq!(beside.fleet.repos().len(), n);
+    assert_eq!(beside.fleet.census(), with.fleet.census());
+    for w in 1..=3 {
+        assert_eq!(beside.workers[&w].held, with.workers[&w].held, "worker {w}");
+    }
+    let repo = &beside.fleet.repos()[&*entry(own).id];
+    assert_eq!(repo.owner, Some(uuid(1)));
+    assert_eq!(
+        repo.holders.mirrored(&uuid(1)),
+        Some(false),
+        "the mirror held before the index is kept, pending its first fetch"
+    );
 }
 
 /// A delta's parts: bounded, in order (removals, changes, additions), together the
@@ -2356,6 +2433,79 @@ fn spec_14_switch_resumes_after_restart() {
         assert_eq!(r.owner, want, "{id}");
     }
     assert!(sim.fleet.take_repo_changes(usize::MAX).owners.is_some());
+}
+
+/// SPEC §5 with design.md "Owner function: points on a circle": a restart under another
+/// owner function (`hashing`) is a switch like a placement's: every repo is scored again,
+/// the moves go through the gate (an old owner keeps each repo until the new one has it
+/// mirrored), and the fleet ends with the new function's owners.
+#[test]
+fn a_hashing_switch_moves_make_before_break() {
+    let n = 3000;
+    let mut sim = Sim::new(n);
+    for w in [1, 2, 3] {
+        sim.join(w);
+    }
+    sim.clone_all();
+    let fp = sim.fleet.take_repo_changes(usize::MAX).owners;
+    let before = sim.owners();
+    let mut reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
+    assert_eq!(reg.hashing(), ring::Hashing::Rendezvous);
+    reg = reg.with_hashing(ring::Hashing::Points);
+    let mut fleet = Fleet::from_entries(DEAD_AFTER, reg, (0..n).map(entry));
+    let mut restorer = fleet.restorer();
+    for (id, s) in sim.fleet.repos_file().repos {
+        restorer.restore(id, Some(s));
+    }
+    assert!(!fleet.finish_start(fp), "a switch scores every repo again");
+    let mut sim = Sim {
+        fleet,
+        now: sim.now + 1000,
+        workers: std::mem::take(&mut sim.workers),
+        events: Vec::new(),
+    };
+    let (admitted, waiting) = sim.fleet.planned_moves();
+    assert!(admitted + waiting > n / 2, "{admitted} + {waiting}");
+    for w in [1, 2, 3] {
+        let drops = sim.workers[&w].drops.len();
+        sim.join(w);
+        assert_eq!(sim.workers[&w].drops.len(), drops, "nothing dropped early");
+        assert!(unmirrored(&sim, w) <= PLANNED_PER_WORKER);
+    }
+    let mut rounds = 0;
+    while sim.fleet.planned_moves() != (0, 0) {
+        // Every repo still has a mirror on its old owner or its new one.
+        for (id, owner) in &before {
+            let held = [1u128, 2, 3].iter().any(|w| {
+                sim.workers[w]
+                    .held
+                    .get(id)
+                    .is_some_and(|(_, mirrored)| *mirrored)
+            });
+            assert!(
+                held,
+                "{id} (owner {owner:?}) has no mirror during the switch"
+            );
+        }
+        sim.clone_all();
+        rounds += 1;
+        assert!(rounds < 20, "{:?}", sim.fleet.planned_moves());
+    }
+    sim.clone_all();
+    sim.assert_settled();
+    assert!(sim.fleet.owners_are_exact());
+    let ring = ring::Ring::with(ring::Hashing::Points, &sim.fleet.live_members());
+    let moved = sim
+        .fleet
+        .repos()
+        .iter()
+        .filter(|(id, r)| {
+            let want = ring.owner(id).map(|i| sim.fleet.live_members()[i].uuid);
+            assert_eq!(r.owner, want, "{id}");
+            r.owner != before[&***id]
+        })
+        .count();
+    assert!(moved > n / 2, "{moved} of {n} moved");
 }
 
 fn folder_entry(folder: &str, i: usize) -> Entry {
