@@ -7,7 +7,7 @@ mod common;
 
 use common::{Coordinator, HookReceiver, REPOS, TestWorker, eventually, http_raw, outcome};
 use gitmirror_wire::{FailureClass, FetchResult};
-use gitmirrord::ring::{Member, owner};
+use gitmirrord::ring::{Hashing, Member, Ring};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -59,7 +59,8 @@ async fn hand_off_events_come_from_the_owner_only() {
     let mut w1 = clone_all(&c).await;
     assert_eq!(events(&c, 0).await.len(), 3);
 
-    // A second worker whose uuid takes over at least one repo (but not all).
+    // A second worker whose uuid takes over at least two repos (but not all), by the owner
+    // function of a fresh coordinator (`points`).
     let w2_uuid = (2..1000u128)
         .map(|n| Uuid::from_u128(n << 64))
         .find(|u| {
@@ -75,7 +76,12 @@ async fn hand_off_events_come_from_the_owner_only() {
             ];
             let moved = REPOS
                 .iter()
-                .filter(|id| owner(id, &members).map(|i| members[i].uuid) == Some(*u))
+                .filter(|id| {
+                    Ring::with(Hashing::Points, &members)
+                        .owner(id)
+                        .map(|i| members[i].uuid)
+                        == Some(*u)
+                })
                 .count();
             moved >= 2 && moved < REPOS.len()
         })
