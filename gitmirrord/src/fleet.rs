@@ -1676,6 +1676,17 @@ impl Fleet {
             _ => index.insert(intern(index_names, name)).clone(),
         };
         let listing = delta.added.iter().chain(&delta.changed);
+        let mut placing = Placing {
+            members,
+            registry,
+            saved,
+            unknown_held,
+            out,
+            fetch_now,
+            replicated,
+            repos,
+            unsaved,
+        };
         if new_ids.len() >= PARALLEL_COUNT && first_new.iter().all(|new| *new) {
             // A part of new repos only (a whole index comes so): the census counts them on
             // a thread of its own, a batch at a time, while this one places the next (the
@@ -1688,18 +1699,7 @@ impl Fleet {
                 let mut batch = Vec::with_capacity(COUNT_BATCH);
                 for e in listing {
                     let index = interned(&e.index);
-                    let (scored, replica) = owner_of(e, &index, repos);
-                    let mut placing = Placing {
-                        members,
-                        registry,
-                        saved,
-                        unknown_held,
-                        out,
-                        fetch_now,
-                        replicated,
-                        repos,
-                        unsaved,
-                    };
+                    let (scored, replica) = owner_of(e, &index, placing.repos);
                     batch.push(placing.add(e, index, scored, replica));
                     if batch.len() == COUNT_BATCH {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(COUNT_BATCH));
@@ -1727,7 +1727,8 @@ impl Fleet {
                     census.add_all(std::mem::take(&mut to_count));
                 }
                 if !new
-                    && let Some((key, repo)) = repos
+                    && let Some((key, repo)) = placing
+                        .repos
                         .range_mut::<str, _>((
                             std::ops::Bound::Included(id),
                             std::ops::Bound::Included(id),
@@ -1738,29 +1739,18 @@ impl Fleet {
                     if *repo.url != *e.url {
                         repo.url = Arc::from(e.url.as_str());
                         for h in repo.holders.keys() {
-                            out.push(*h, &e.id, Op::Upsert(e.url.clone()));
+                            placing.out.push(*h, &e.id, Op::Upsert(e.url.clone()));
                         }
                     }
                     repo.index = index;
                     repo.metadata = e.metadata.clone();
-                    reconcile(&e.id, repo, out);
+                    reconcile(&e.id, repo, placing.out);
                     let after = repo.facts();
-                    unsaved.insert(key.clone());
+                    placing.unsaved.insert(key.clone());
                     census.update(key, &before, &after);
                     continue;
                 }
-                let (scored, replica) = owner_of(e, &index, repos);
-                let mut placing = Placing {
-                    members,
-                    registry,
-                    saved,
-                    unknown_held,
-                    out,
-                    fetch_now,
-                    replicated,
-                    repos,
-                    unsaved,
-                };
+                let (scored, replica) = owner_of(e, &index, placing.repos);
                 to_count.push(placing.add(e, index, scored, replica));
             }
             census.add_all(to_count);
