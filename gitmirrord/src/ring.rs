@@ -33,7 +33,8 @@ use uuid::Uuid;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 mod points;
-pub use points::{PER_MEMBER, PROBES};
+#[cfg(test)]
+use points::{PER_MEMBER, PROBES};
 
 /// The owner function of a fleet (SPEC §5; design.md "Owner function: points on a
 /// circle"). Both give every member a score of its own for every repo and the lowest
@@ -234,18 +235,6 @@ pub fn owner(repo_id: &str, members: &[Member]) -> Option<usize> {
     Ring::new(members).owner(repo_id)
 }
 
-/// The owner of every id: `(id, index into members)`, in input order. Empty when
-/// `members` is empty. Use this (or [`Ring`]) rather than [`owner`] in a loop: the
-/// per-member hashing is done once.
-pub fn assign_all<'a>(
-    ids: impl Iterator<Item = &'a str>,
-    members: &[Member],
-) -> Vec<(&'a str, usize)> {
-    let ring = Ring::new(members);
-    ids.filter_map(|id| ring.owner(id).map(|m| (id, m)))
-        .collect()
-}
-
 /// A member set prepared for many look-ups (member seeds and weights precomputed).
 #[derive(Debug, Clone)]
 pub struct Ring {
@@ -297,14 +286,6 @@ impl Ring {
             members,
             uniform,
             points,
-        }
-    }
-
-    pub fn hashing(&self) -> Hashing {
-        if self.points.is_some() {
-            Hashing::Points
-        } else {
-            Hashing::Rendezvous
         }
     }
 
@@ -599,7 +580,12 @@ mod tests {
     #[test]
     fn empty_set_has_no_owner() {
         assert_eq!(owner("a/abc/abc", &[]), None);
-        assert!(assign_all(["a/abc/abc"].into_iter(), &[]).is_empty());
+        assert!(
+            Ring::new(&[])
+                .owners(&["a/abc/abc"])
+                .iter()
+                .all(Option::is_none)
+        );
     }
 
     /// The repo ids whose owners the pin tests below hold fixed.
@@ -771,7 +757,8 @@ mod tests {
         assert!((4500..5500).contains(&moved), "{moved}");
     }
 
-    // SPEC §5: balance with weights; with 20,000 repos per unit of weight the spread is ~1 %.
+    // SPEC §5: balance with weights, under both owner functions; with 20,000 repos per unit
+    // of weight the spread is ~1 %.
     #[test]
     fn shares_follow_weights() {
         let weights = [1.0, 2.0, 3.0, 0.5, 1.5];
@@ -779,18 +766,21 @@ mod tests {
         let total: f64 = weights.iter().sum();
         let n = 160_000;
         let all = ids(n);
-        let mut load = vec![0usize; m.len()];
-        for (_, o) in assign_all(all.iter().map(String::as_str), &m) {
-            load[o] += 1;
-        }
-        for (i, w) in weights.iter().enumerate() {
-            let fair = n as f64 * w / total;
-            let ratio = load[i] as f64 / fair;
-            assert!(
-                (0.95..1.05).contains(&ratio),
-                "member {i}: {} vs fair {fair:.0}",
-                load[i]
-            );
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        for hashing in [Hashing::Rendezvous, Hashing::Points] {
+            let mut load = vec![0usize; m.len()];
+            for (i, _) in Ring::with(hashing, &m).owners(&refs).into_iter().flatten() {
+                load[i] += 1;
+            }
+            for (i, w) in weights.iter().enumerate() {
+                let fair = n as f64 * w / total;
+                let ratio = load[i] as f64 / fair;
+                assert!(
+                    (0.95..1.05).contains(&ratio),
+                    "{hashing:?}, member {i}: {} vs fair {fair:.0}",
+                    load[i]
+                );
+            }
         }
     }
 
@@ -1142,33 +1132,6 @@ mod tests {
         // Weight 3 of 11: about 5,455 of 20,000; 2.5 of 13.5: about 3,704.
         assert!((5000..6000).contains(&died), "{died}");
         assert!((3300..4100).contains(&came), "{came}");
-    }
-
-    #[test]
-    fn points_shares_follow_weights() {
-        let weights = [1.0, 2.0, 3.0, 0.5, 1.5];
-        let m = members(&weights);
-        let total: f64 = weights.iter().sum();
-        let n = 160_000;
-        let all = ids(n);
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut load = vec![0usize; m.len()];
-        for (i, _) in Ring::with(Hashing::Points, &m)
-            .owners(&refs)
-            .into_iter()
-            .flatten()
-        {
-            load[i] += 1;
-        }
-        for (i, w) in weights.iter().enumerate() {
-            let fair = n as f64 * w / total;
-            let ratio = load[i] as f64 / fair;
-            assert!(
-                (0.95..1.05).contains(&ratio),
-                "member {i}: {} vs fair {fair:.0}",
-                load[i]
-            );
-        }
     }
 
     /// Most loaded / fair share with `workers` equal members and `per` repos each.

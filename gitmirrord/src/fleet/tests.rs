@@ -153,6 +153,25 @@ impl Sim {
         }
     }
 
+    /// The fleet a coordinator restarted now would build from this one's saved registry
+    /// (changed by `registry`, as a configuration would) and repo records, over `repos`
+    /// entries; and whether it kept the saved owners (`owners`: their fingerprint).
+    fn restarted(
+        &self,
+        repos: usize,
+        owners: Option<u64>,
+        registry: impl FnOnce(Registry) -> Registry,
+    ) -> (Fleet, bool) {
+        let reg = registry(Registry::restore(10, self.fleet.registry_file(), self.now));
+        let mut fleet = Fleet::from_entries(DEAD_AFTER, reg, (0..repos).map(entry));
+        let mut restorer = fleet.restorer();
+        for (id, s) in self.fleet.repos_file().repos {
+            restorer.restore(id, Some(s));
+        }
+        let kept = fleet.finish_start(owners);
+        (fleet, kept)
+    }
+
     fn deliver(&mut self, sends: Vec<Outgoing>) {
         for s in sends {
             let n = s.worker.as_u128();
@@ -2340,17 +2359,10 @@ fn spec_14_switch_resumes_after_restart() {
     assert!(fp.is_some());
     let before = sim.owners();
     let start = |sim: &Sim, owners: Option<u64>, placement: Option<Placement>| {
-        let mut reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
-        if let Some(p) = placement {
-            reg = reg.with_placement(p);
-        }
-        let mut f = Fleet::from_entries(DEAD_AFTER, reg, (0..n).map(entry));
-        let mut restorer = f.restorer();
-        for (id, s) in sim.fleet.repos_file().repos {
-            restorer.restore(id, Some(s));
-        }
-        let kept = f.finish_start(owners);
-        (f, kept)
+        sim.restarted(n, owners, |reg| match placement {
+            Some(p) => reg.with_placement(p),
+            None => reg,
+        })
     };
     let (fleet, kept) = start(&sim, fp, Some(Placement::Project));
     assert!(!kept, "a switch scores every repo again");
@@ -2449,15 +2461,11 @@ fn a_hashing_switch_moves_make_before_break() {
     sim.clone_all();
     let fp = sim.fleet.take_repo_changes(usize::MAX).owners;
     let before = sim.owners();
-    let mut reg = Registry::restore(10, sim.fleet.registry_file(), sim.now);
-    assert_eq!(reg.hashing(), ring::Hashing::Rendezvous);
-    reg = reg.with_hashing(ring::Hashing::Points);
-    let mut fleet = Fleet::from_entries(DEAD_AFTER, reg, (0..n).map(entry));
-    let mut restorer = fleet.restorer();
-    for (id, s) in sim.fleet.repos_file().repos {
-        restorer.restore(id, Some(s));
-    }
-    assert!(!fleet.finish_start(fp), "a switch scores every repo again");
+    let (fleet, kept) = sim.restarted(n, fp, |reg| {
+        assert_eq!(reg.hashing(), ring::Hashing::Rendezvous);
+        reg.with_hashing(ring::Hashing::Points)
+    });
+    assert!(!kept, "a switch scores every repo again");
     let mut sim = Sim {
         fleet,
         now: sim.now + 1000,
