@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod credentials;
 pub mod disk;
+pub mod frames;
 pub mod journal;
 pub mod logging;
 pub mod notify;

@@ -14,10 +14,11 @@
 
 use crate::config::TokenSource;
 use crate::state::Identity;
+use gitmirror_common::frames::{self, ReadError, WriteError};
 use gitmirror_common::trust::{self, FileStamp, WorkerCert};
 use gitmirror_wire::{
-    ClientHandshake, CoordMsg, Enrolled, HandshakeError, Hello, JoinToken, PROTOCOL_VERSION,
-    RefuseCode, Welcomed, WorkerMsg, close_code, decode, encode_frame, frame::body_len,
+    ClientHandshake, CoordMsg, Enrolled, FromCoordinator, HandshakeError, Hello, JoinToken,
+    MAX_FRAME, PROTOCOL_VERSION, RefuseCode, Welcomed, WorkerMsg, close_code,
 };
 use quinn::{ConnectionError, VarInt};
 use std::net::SocketAddr;
@@ -549,16 +550,16 @@ async fn session(
                 Some(msg) => {
                     // Never skip a message: an outcome left out would be covered by the next
                     // cumulative acknowledgement and lost. Reconnect and send again instead.
-                    let frame = match encode_frame(&msg) {
-                        Ok(f) => f,
-                        Err(e) => {
+                    match frames::write(&mut send, &msg).await {
+                        Ok(()) => {}
+                        Err(WriteError::Encode(e)) => {
                             tracing::error!("cannot send a message to the coordinator: {e}");
                             conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"unencodable message");
                             break End::Lost(format!("cannot encode a message: {e}"));
                         }
-                    };
-                    if let Err(e) = send.write_all(&frame).await {
-                        break End::Lost(conn.close_reason().map(|r| describe_conn_error(&r)).unwrap_or_else(|| e.to_string()));
+                        Err(WriteError::Stream(e)) => {
+                            break End::Lost(conn.close_reason().map(|r| describe_conn_error(&r)).unwrap_or(e));
+                        }
                     }
                 }
                 None => {
@@ -615,7 +616,7 @@ async fn handshake(
     });
     let hello = hs.hello_frame().map_err(|e| Failed::Other(e.to_string()))?;
     send.write_all(&hello).await.map_err(|e| lost(&e))?;
-    let body = match read_frame(&mut recv).await {
+    let body = match frames::read(&mut recv, MAX_FRAME).await {
         Ok(Some(body)) => body,
         Ok(None) => {
             return Err(lost(
@@ -647,80 +648,43 @@ async fn handshake(
     Ok((send, recv, welcome))
 }
 
-/// Forward coordinator messages until the stream or connection ends; returns why.
+/// Forward coordinator messages until the stream or connection ends; returns why. What a
+/// frame may say is [`FromCoordinator`]'s.
 async fn read_loop(
     conn: quinn::Connection,
     mut recv: quinn::RecvStream,
     events: mpsc::Sender<LinkEvent>,
 ) -> String {
-    let protocol_error = |why: String| {
-        conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), why.as_bytes());
-        format!("protocol error: {why}")
-    };
+    let mut session = FromCoordinator::new();
     loop {
-        let body = match read_frame(&mut recv).await {
-            Ok(Some(b)) => b,
+        let why = match frames::read(&mut recv, MAX_FRAME).await {
+            Ok(Some(body)) => match session.on_frame(&body) {
+                Ok(msg) => {
+                    if events.send(LinkEvent::Msg(msg)).await.is_err() {
+                        conn.close(VarInt::from_u32(close_code::NORMAL), b"worker stopping");
+                        return "worker stopping".into();
+                    }
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
             Ok(None) => {
                 return conn
                     .close_reason()
                     .map(|r| describe_conn_error(&r))
                     .unwrap_or_else(|| "the coordinator ended the stream".into());
             }
-            Err(FrameReadError::TooLarge(e)) => return protocol_error(e),
-            Err(FrameReadError::Stream(e)) => {
+            Err(ReadError::Frame(e)) => e.to_string(),
+            Err(ReadError::Stream(e)) => {
                 return conn
                     .close_reason()
                     .map(|r| describe_conn_error(&r))
                     .unwrap_or(e);
             }
         };
-        let msg = match decode::<CoordMsg>(&body) {
-            Ok(m) => m,
-            Err(e) => {
-                return protocol_error(format!("undecodable message from the coordinator: {e}"));
-            }
-        };
-        if matches!(
-            msg,
-            CoordMsg::Welcome(_) | CoordMsg::Refused(_) | CoordMsg::Enrolled(_)
-        ) {
-            return protocol_error("the coordinator repeated its handshake answer".into());
-        }
-        if events.send(LinkEvent::Msg(msg)).await.is_err() {
-            conn.close(VarInt::from_u32(close_code::NORMAL), b"worker stopping");
-            return "worker stopping".into();
-        }
+        conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), why.as_bytes());
+        return format!("protocol error: {why}");
     }
-}
-
-enum FrameReadError {
-    TooLarge(String),
-    Stream(String),
-}
-
-impl std::fmt::Display for FrameReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::TooLarge(s) | Self::Stream(s) => f.write_str(s),
-        }
-    }
-}
-
-/// One length-prefixed frame body; `None` when the stream ended cleanly between frames.
-/// The length is checked before the body is allocated.
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, FrameReadError> {
-    let mut header = [0u8; 4];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(FrameReadError::Stream(e.to_string())),
-    }
-    let len = body_len(header).map_err(|e| FrameReadError::TooLarge(e.to_string()))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| FrameReadError::Stream(e.to_string()))?;
-    Ok(Some(body))
 }
 
 async fn resolve(coordinator: &str) -> Result<SocketAddr, String> {

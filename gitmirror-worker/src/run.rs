@@ -15,7 +15,7 @@ use crate::store::{Record, RefsReader, Store};
 use anyhow::Context;
 use gitmirror_common::{disk, notify, now_ms, statefile};
 use gitmirror_wire::{
-    AssignDelta, CoordMsg, FailureClass, FetchResult, Outcome, WorkerMsg, WorkerStatus,
+    AssignDelta, CoordMsg, FailureClass, FetchResult, Outcome, Reports, WorkerMsg, WorkerStatus,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -290,8 +290,6 @@ struct Conn {
     /// The protocol of the coordinator's `Welcome`: `Load` only from 5 on.
     protocol: u32,
     tx: mpsc::Sender<WorkerMsg>,
-    /// Highest report id sent on this connection.
-    sent_upto: u64,
 }
 
 struct DiskState {
@@ -309,12 +307,9 @@ struct Worker {
     /// Repos changed in memory whose record is not queued yet (written at the next
     /// commit: with an outcome, an assignment, or the flush tick).
     dirty: HashSet<String>,
-    /// Batches not yet durable: (sequence, the highest report id in it).
-    pending_reports: std::collections::VecDeque<(u64, u64)>,
-    /// Outcomes up to this report id are durable and may be sent.
-    durable_report: u64,
-    /// Assignment acknowledgements waiting for their batch: (sequence, assign seq).
-    pending_acks: std::collections::VecDeque<(u64, u64)>,
+    /// Which outcomes may be sent, which were sent on this connection, which assignments
+    /// to acknowledge: positions in the journal and report ids (SPEC §10).
+    reports: Reports,
     /// Repos with records not yet written: nothing starts on them until they are, so a
     /// fetch reads the refs it diffs against after its last outcome's changes.
     unwritten: HashMap<String, u64>,
@@ -446,7 +441,7 @@ impl Worker {
                 schedule.plan_urgent(id, now);
             }
         }
-        let durable_report = state.outbox.keys().next_back().copied().unwrap_or(0);
+        let reports = Reports::resumed(state.outbox.keys().next_back().copied().unwrap_or(0));
         let peer = crate::peer_plane::Plane::new(&cfg, (*mirrors).clone());
         Self {
             peer,
@@ -460,9 +455,7 @@ impl Worker {
             state,
             store,
             dirty: HashSet::new(),
-            pending_reports: std::collections::VecDeque::new(),
-            durable_report,
-            pending_acks: std::collections::VecDeque::new(),
+            reports,
             unwritten: HashMap::new(),
             unwritten_order: std::collections::VecDeque::new(),
             mirrors,
@@ -554,7 +547,7 @@ impl Worker {
                         // The link only ends on shutdown (or when it cannot set up TLS,
                         // which it logged); fetching goes on either way.
                         link_ended = true;
-                        self.conn = None;
+                        self.lose_conn();
                     }
                 },
                 Some(done) = self.ops.join_next(), if !self.ops.is_empty() => {
@@ -1733,9 +1726,9 @@ impl Worker {
                 protocol,
                 tx,
             } => {
-                // Acknowledgements meant for the last connection: the coordinator sends the
-                // difference again after the holdings.
-                self.pending_acks.clear();
+                // Acknowledgements meant for the last connection are dropped: the
+                // coordinator sends the difference again after the holdings.
+                self.reports.connected();
                 // Shares stay as they were until this connection's first HostBudgets.
                 self.budgeting.seen = 0;
                 self.budgeting.lost_at = None;
@@ -1744,7 +1737,6 @@ impl Worker {
                     worker_id,
                     protocol,
                     tx,
-                    sent_upto: 0,
                 });
                 // Protocol 7 (SPEC §13, C9): the peer plane before the holdings, so the
                 // coordinator knows it before the first assignment.
@@ -1767,7 +1759,7 @@ impl Worker {
                 self.update_status_line();
             }
             LinkEvent::Down => {
-                self.conn = None;
+                self.lose_conn();
                 self.peer.on_link_down();
                 // SPEC §13 (C13): cut off from the coordinator, a follower hears of no
                 // change: it goes back to its own upstream schedule (results that make no
@@ -1778,6 +1770,9 @@ impl Worker {
             }
             LinkEvent::Msg(CoordMsg::Assign(delta)) => self.on_assign(delta),
             LinkEvent::Msg(CoordMsg::OutcomeAck { upto }) => {
+                let Some(upto) = self.reports.acknowledged(upto) else {
+                    return;
+                };
                 self.report_sha.retain(|id, _| *id > upto);
                 self.report_source.retain(|id, _| *id > upto);
                 self.report_bytes.retain(|id, _| *id > upto);
@@ -1996,7 +1991,7 @@ impl Worker {
         }
         // Acknowledged once durable (`on_durable`).
         let seq = self.commit(records);
-        self.pending_acks.push_back((seq, delta.seq));
+        self.reports.applied(seq, delta.seq);
         self.on_durable();
     }
 
@@ -2096,14 +2091,20 @@ impl Worker {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!("the coordinator connection is not keeping up; reconnecting");
-                self.conn = None;
+                self.lose_conn();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.conn = None;
+                self.lose_conn();
                 false
             }
         }
+    }
+
+    /// The connection is gone (or given up on): nothing more is sent on it.
+    fn lose_conn(&mut self) {
+        self.conn = None;
+        self.reports.disconnected();
     }
 
     /// Queue the records of every changed repo, then `extra`, as one journal batch.
@@ -2148,7 +2149,7 @@ impl Worker {
         let mut records: Vec<Record> = before.into_iter().collect();
         records.push(Record::Outcome(o));
         let seq = self.commit(records);
-        self.pending_reports.push_back((seq, report_id));
+        self.reports.queued(seq, report_id);
         Some(report_id)
     }
 
@@ -2156,19 +2157,8 @@ impl Worker {
     /// repos whose records are written may start again.
     fn on_durable(&mut self) {
         let durable = self.store.durable();
-        while let Some(&(seq, report)) = self.pending_reports.front() {
-            if seq > durable {
-                break;
-            }
-            self.durable_report = self.durable_report.max(report);
-            self.pending_reports.pop_front();
-        }
-        while let Some(&(seq, assign)) = self.pending_acks.front() {
-            if seq > durable {
-                break;
-            }
-            self.pending_acks.pop_front();
-            self.send(WorkerMsg::AssignAck { seq: assign });
+        for seq in self.reports.durable(durable) {
+            self.send(WorkerMsg::AssignAck { seq });
         }
         while let Some((seq, _)) = self.unwritten_order.front() {
             if *seq > durable {
@@ -2197,21 +2187,21 @@ impl Worker {
     /// is not durably in the outbox).
     fn send_outcomes(&mut self) {
         let Some(conn) = &self.conn else { return };
-        let sent_upto = conn.sent_upto;
-        if sent_upto >= self.durable_report {
+        let Some(range) = self.reports.unsent() else {
             return;
-        }
+        };
         let unsent: Vec<Outcome> = self
             .state
             .outbox
-            .range(sent_upto.saturating_add(1)..=self.durable_report)
+            .range(range)
             .map(|(_, o)| o.clone())
             .collect();
         if !unsent.is_empty() {
             self.last_flush = Instant::now();
         }
         // Batches bounded by bytes, an outcome's changes ahead of it when they do not fit
-        // one (protocol 3); `sent_upto` moves only past outcomes whose batch was queued.
+        // one (protocol 3); what counts as sent moves only past outcomes whose batch was
+        // queued.
         // Protocol 7: with the refs hash, the source and the bytes received of each.
         let frames = if conn.protocol >= 7 {
             gitmirror_wire::chunk::outcome7_frames(unsent.into_iter().map(|o| {
@@ -2238,8 +2228,8 @@ impl Worker {
             if !self.send(msg) {
                 return;
             }
-            if let (Some(upto), Some(conn)) = (upto, &mut self.conn) {
-                conn.sent_upto = upto;
+            if let Some(upto) = upto {
+                self.reports.sent(upto);
             }
         }
     }

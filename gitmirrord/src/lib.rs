@@ -4,7 +4,6 @@
 //! `main.rs` parses arguments, loads [`Config`], binds the sockets ([`run::Listeners`]) and
 //! calls [`run::run`]; tests call the same `run` on `127.0.0.1:0`.
 
-pub mod acks;
 pub mod api;
 pub mod census;
 pub mod config;

@@ -7,7 +7,6 @@
 //! watchdog, which is fed only from here). After each durable append it publishes the
 //! newest event number on a `watch`, which long-polls and webhooks wait on.
 
-use crate::acks::Acks;
 use crate::api::{Answer, Query, Reply, View};
 use crate::config::Config;
 use crate::enrollment::{self, Decision, Pending, Speaker};
@@ -27,6 +26,7 @@ use anyhow::Context;
 use gitmirror_common::statefile::StateError;
 use gitmirror_common::trust::WorkerCert;
 use gitmirror_common::{notify, now_ms};
+use gitmirror_wire::Acks;
 use gitmirror_wire::{CoordMsg, OutcomeBatch, Refusal, RefuseCode, WorkerMsg, close_code};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{TcpListener, UdpSocket};
@@ -1147,8 +1147,8 @@ impl MainLoop {
                             self.protocol_error(uuid, &e);
                         }
                     }
-                    // The connection task refuses a second Hello, and puts chunked lists
-                    // back together, before it gets here.
+                    // The connection's session (`gitmirror_wire::FromWorker`) refuses a
+                    // second Hello and puts chunked lists back together before here.
                     WorkerMsg::Hello(_)
                     | WorkerMsg::HoldingsPart(_)
                     | WorkerMsg::OutcomeChanges(_) => {}

@@ -24,10 +24,11 @@
 //! and bounded, so the `stat` costs nothing that matters, and there is no watcher to keep.
 
 use anyhow::Context;
+use gitmirror_common::frames::{self, ReadError};
 use gitmirror_common::trust::{Identity, SecretFile, WorkerCert};
 use gitmirror_wire::{
-    CoordMsg, Enrolled, FrameError, Hello, Holdings, Reassembly, Refusal, RefuseCode,
-    ServerHandshake, ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
+    CoordMsg, Enrolled, FromWorker, Hello, Refusal, RefuseCode, ServerHandshake, ServerVerdict,
+    Welcome, WorkerMsg, close_code, decode,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use rustls::server::danger::ClientCertVerifier;
@@ -281,31 +282,8 @@ async fn slot(ctx: &Ctx) -> Option<OwnedSemaphorePermit> {
     }
 }
 
-#[derive(Debug)]
-enum ReadError {
-    /// The connection or stream ended; not the peer's fault.
-    Closed(String),
-    /// A frame broke the rules.
-    Frame(FrameError),
-}
-
-/// Read one frame whose body may hold at most `max` bytes (at most 16 MiB in any case).
-async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, ReadError> {
-    let closed = |e: quinn::ReadExactError| ReadError::Closed(e.to_string());
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.map_err(closed)?;
-    let len = gitmirror_wire::frame::body_len(header).map_err(ReadError::Frame)?;
-    if len > max {
-        return Err(ReadError::Frame(FrameError::TooLarge { len, max }));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(closed)?;
-    Ok(body)
-}
-
 async fn write_msg(send: &mut SendStream, msg: &CoordMsg) -> Result<(), String> {
-    let frame = encode_frame(msg).map_err(|e| e.to_string())?;
-    send.write_all(&frame).await.map_err(|e| e.to_string())
+    frames::write(send, msg).await.map_err(|e| e.to_string())
 }
 
 async fn refuse(
@@ -429,9 +407,13 @@ async fn pre_auth(
         }
     };
     let first =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(ReadError::Closed(e))) => {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, frames::read(&mut recv, MAX_HELLO)).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => {
+                tracing::info!("connection from {addr} ended its stream before Hello");
+                return None;
+            }
+            Ok(Err(ReadError::Stream(e))) => {
                 tracing::info!("connection from {addr} ended before Hello: {e}");
                 return None;
             }
@@ -604,8 +586,9 @@ async fn write_loop(
     }
 }
 
-/// Read frames until the connection ends; returns why it ended. Chunked lists (protocol
-/// 3) are put back together here, so the rest of the coordinator sees whole messages.
+/// Read frames until the connection ends; returns why it ended. What each frame may say
+/// at that point, and chunked lists put back together, is [`FromWorker`]'s: the rest of
+/// the coordinator sees whole messages in the order the protocol allows.
 async fn read_loop(
     recv: &mut RecvStream,
     ctx: &Ctx,
@@ -614,78 +597,34 @@ async fn read_loop(
     conn: &quinn::Connection,
     who: &str,
 ) -> String {
-    let mut parts = Reassembly::new();
+    let mut session = FromWorker::new();
     loop {
-        let body = match read_frame(recv, gitmirror_wire::MAX_FRAME).await {
-            Ok(b) => b,
-            Err(ReadError::Closed(e)) => return conn.close_reason().map_or(e, |r| r.to_string()),
-            Err(ReadError::Frame(e)) => {
-                let reason = e.to_string();
-                protocol_error(conn, who, &reason);
-                return reason;
-            }
-        };
-        let msg = match decode::<WorkerMsg>(&body) {
-            Ok(WorkerMsg::Hello(_)) => {
-                let reason = "a second Hello on the same connection".to_owned();
-                protocol_error(conn, who, &reason);
-                return reason;
-            }
-            Ok(m) => m,
-            Err(e) => {
-                let reason = e.to_string();
-                protocol_error(conn, who, &reason);
-                return reason;
-            }
-        };
-        let msg = match msg {
-            WorkerMsg::HoldingsPart(part) => match parts.holdings_part(part) {
-                Ok(Some(repos)) => WorkerMsg::Holdings(Holdings { repos }),
+        let reason = match frames::read(recv, gitmirror_wire::MAX_FRAME).await {
+            Ok(Some(body)) => match session.on_frame(&body) {
+                Ok(Some(msg)) => {
+                    let event = ConnEvent::Message {
+                        conn: conn_id,
+                        uuid,
+                        msg,
+                    };
+                    if ctx.events.send(event).await.is_err() {
+                        return "coordinator shutting down".into();
+                    }
+                    continue;
+                }
                 Ok(None) => continue,
-                Err(e) => {
-                    let reason = e.to_string();
-                    protocol_error(conn, who, &reason);
-                    return reason;
-                }
+                Err(e) => e.to_string(),
             },
-            WorkerMsg::OutcomeChanges(part) => match parts.outcome_changes(part) {
-                Ok(()) => continue,
-                Err(e) => {
-                    let reason = e.to_string();
-                    protocol_error(conn, who, &reason);
-                    return reason;
-                }
-            },
-            WorkerMsg::Outcomes(batch) => match parts.outcomes(batch) {
-                Ok(batch) => WorkerMsg::Outcomes(batch),
-                Err(e) => {
-                    let reason = e.to_string();
-                    protocol_error(conn, who, &reason);
-                    return reason;
-                }
-            },
-            WorkerMsg::Outcomes7(batch) => match parts.outcomes7(batch) {
-                Ok(batch) => WorkerMsg::Outcomes7(batch),
-                Err(e) => {
-                    let reason = e.to_string();
-                    protocol_error(conn, who, &reason);
-                    return reason;
-                }
-            },
-            m => m,
+            Ok(None) => {
+                return conn
+                    .close_reason()
+                    .map_or_else(|| "the worker ended its stream".into(), |r| r.to_string());
+            }
+            Err(ReadError::Stream(e)) => return conn.close_reason().map_or(e, |r| r.to_string()),
+            Err(ReadError::Frame(e)) => e.to_string(),
         };
-        if ctx
-            .events
-            .send(ConnEvent::Message {
-                conn: conn_id,
-                uuid,
-                msg,
-            })
-            .await
-            .is_err()
-        {
-            return "coordinator shutting down".into();
-        }
+        protocol_error(conn, who, &reason);
+        return reason;
     }
 }
 

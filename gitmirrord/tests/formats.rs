@@ -76,12 +76,21 @@ async fn v1_state_files_load() {
     // report 41 becomes event 2.
     let (mut w, id) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(42)).await;
     assert_eq!(id, 0);
+    w.holdings(Vec::new()).await;
     w.send(&WorkerMsg::Outcomes(OutcomeBatch {
         outcomes: vec![outcome(40), outcome(41)],
     }))
     .await
     .unwrap();
-    assert_eq!(w.recv().await.unwrap(), CoordMsg::OutcomeAck { upto: 41 });
+    loop {
+        match w.recv().await.unwrap() {
+            CoordMsg::Assign(_) => {}
+            m => {
+                assert_eq!(m, CoordMsg::OutcomeAck { upto: 41 });
+                break;
+            }
+        }
+    }
     let (_, ev) = c.get_json("/api/events?since=1").await;
     let events = ev["events"].as_array().unwrap();
     assert_eq!(events.len(), 1);

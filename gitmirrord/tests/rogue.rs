@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Coordinator, REPOS, TestWorker, eventually, hello, outcome};
-use gitmirror_wire::{CoordMsg, FetchResult, HeldRepo, WorkerMsg};
+use gitmirror_wire::{CoordMsg, FetchResult, HeldRepo, WorkerMsg, close_code};
 use uuid::Uuid;
 
 /// Messages to `w` up to the acknowledgement of one more outcome: everything the
@@ -136,5 +136,55 @@ async fn issue10_f1_a_rogue_worker_with_a_stolen_token_destroys_nothing() {
         let name = repo.rsplit('/').next().unwrap();
         assert_eq!(e["url"], format!("https://example.org/{name}.git"), "{e}");
     }
+    c.stop().await.1.unwrap();
+}
+
+/// SPEC §6 and §17, over real QUIC: a worker says what it holds once per connection,
+/// before anything about its repos. Outcomes before the holdings, or a second holdings
+/// (each would make the coordinator go through every repo the worker claims again, on
+/// the loop that answers the fleet), close that connection with a protocol error naming
+/// what came; another worker's connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_17_holdings_once_and_first_or_the_connection_closes() {
+    let c = Coordinator::start("").await;
+    c.wait_for_repos().await;
+    let (mut bystander, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(1)).await;
+    bystander.holdings(vec![]).await;
+
+    let (mut early, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(2)).await;
+    early
+        .send(&WorkerMsg::Outcomes(gitmirror_wire::OutcomeBatch {
+            outcomes: vec![outcome(1, REPOS[0], FetchResult::Cloned, &[])],
+        }))
+        .await
+        .unwrap();
+    let why = early.closed().await;
+    assert!(
+        why.contains(&close_code::PROTOCOL_ERROR.to_string())
+            && why.contains("Outcomes before the worker's Holdings"),
+        "{why}"
+    );
+
+    let (mut twice, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(3)).await;
+    let claim: Vec<HeldRepo> = REPOS
+        .iter()
+        .map(|id| HeldRepo {
+            id: (*id).into(),
+            url: "https://evil.example/x.git".into(),
+            mirrored: true,
+        })
+        .collect();
+    twice.holdings(claim.clone()).await;
+    twice.holdings(claim).await;
+    let why = twice.closed().await;
+    assert!(
+        why.contains(&close_code::PROTOCOL_ERROR.to_string())
+            && why.contains("a second Holdings"),
+        "{why}"
+    );
+
+    // The bystander's connection still carries its reports.
+    drain_until_ack(&mut bystander, 1).await;
+    assert!(bystander.conn.close_reason().is_none());
     c.stop().await.1.unwrap();
 }

@@ -12,11 +12,11 @@
 use crate::index::{repo_id, repo_number, repo_url};
 use crate::socket;
 use crate::swarm::Shared;
-use gitmirror_common::trust;
+use gitmirror_common::{frames, trust};
 use gitmirror_wire::{
-    AssignDelta, ClientHandshake, CoordMsg, FetchResult, HeldRepo, Hello, HostDemand, HostLoad,
-    Outcome, OutcomeBatch, PROTOCOL_VERSION, RefChange, WorkerMsg, WorkerStatus, close_code,
-    decode, encode_frame, frame::body_len,
+    AssignDelta, ClientHandshake, CoordMsg, FetchResult, FromCoordinator, HeldRepo, Hello,
+    HostDemand, HostLoad, MAX_FRAME, Outcome, OutcomeBatch, PROTOCOL_VERSION, RefChange, WorkerMsg,
+    WorkerStatus, close_code,
 };
 use quinn::VarInt;
 use std::collections::{HashMap, VecDeque};
@@ -339,8 +339,9 @@ impl Worker {
         });
         let frame = hs.hello_frame().map_err(|e| e.to_string())?;
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        let body = read_frame(&mut recv)
-            .await?
+        let body = frames::read(&mut recv, MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| "the coordinator ended the stream before Welcome".to_owned())?;
         let welcomed = hs.on_reply(&body).map_err(|e| e.to_string())?;
         if let Some(e) = welcomed.enrolled {
@@ -721,45 +722,28 @@ impl Worker {
 }
 
 async fn write(send: &mut quinn::SendStream, msg: &WorkerMsg) -> Result<(), String> {
-    let frame = encode_frame(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
-    send.write_all(&frame)
+    frames::write(send, msg)
         .await
         .map_err(|e| format!("send: {e}"))
 }
 
 /// Forward coordinator messages until the stream ends; returns why it ended.
 async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<CoordMsg>) -> String {
+    let mut session = FromCoordinator::new();
     loop {
-        let body = match read_frame(&mut recv).await {
+        let body = match frames::read(&mut recv, MAX_FRAME).await {
             Ok(Some(b)) => b,
             Ok(None) => return "the coordinator ended the stream".into(),
-            Err(e) => return e,
+            Err(e) => return e.to_string(),
         };
-        let msg = match decode::<CoordMsg>(&body) {
+        let msg = match session.on_frame(&body) {
             Ok(m) => m,
-            Err(e) => return format!("undecodable message from the coordinator: {e}"),
+            Err(e) => return format!("protocol error: {e}"),
         };
         if tx.send(msg).await.is_err() {
             return "worker stopping".into();
         }
     }
-}
-
-/// One length-prefixed frame body (length checked before allocating); `None` at a clean
-/// end of stream.
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, String> {
-    let mut header = [0u8; 4];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = body_len(header).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(body))
 }
 
 #[cfg(test)]

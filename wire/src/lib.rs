@@ -15,6 +15,7 @@ pub mod message;
 pub mod peer;
 pub mod refs;
 pub mod refs_page;
+pub mod session;
 pub mod token;
 
 pub use chunk::{
@@ -24,6 +25,7 @@ pub use chunk::{
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode, encode_frame};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake, ServerVerdict, Welcomed};
 pub use message::*;
+pub use session::{Acks, FromCoordinator, FromWorker, Reports, SessionError};
 pub use token::{JoinToken, TokenError};
 
 /// Version of the message set in this crate. Sent in ALPN and in the first message.

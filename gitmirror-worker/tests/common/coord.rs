@@ -4,7 +4,7 @@
 use gitmirror_common::trust;
 use gitmirror_wire::{
     CoordMsg, Hello, Holdings, JoinToken, PROTOCOL_VERSION, Reassembly, ServerHandshake,
-    ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame, frame::body_len,
+    ServerVerdict, Welcome, WorkerMsg, close_code, decode, encode_frame,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -171,9 +171,8 @@ impl Session {
 }
 
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Vec<u8>> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.ok()?;
-    let mut body = vec![0u8; body_len(header).ok()?];
-    recv.read_exact(&mut body).await.ok()?;
-    Some(body)
+    gitmirror_common::frames::read(recv, gitmirror_wire::MAX_FRAME)
+        .await
+        .ok()
+        .flatten()
 }

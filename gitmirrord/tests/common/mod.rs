@@ -373,17 +373,12 @@ impl TestWorker {
 
     /// The next message, whatever it is, or why the stream ended.
     pub async fn recv_any(&mut self) -> Result<CoordMsg, String> {
-        let mut header = [0u8; 4];
-        let read = tokio::time::timeout(Duration::from_secs(15), self.recv.read_exact(&mut header));
-        read.await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
-        let len = gitmirror_wire::frame::body_len(header).map_err(|e| e.to_string())?;
-        let mut body = vec![0u8; len];
-        self.recv
-            .read_exact(&mut body)
+        let read = gitmirror_common::frames::read(&mut self.recv, gitmirror_wire::MAX_FRAME);
+        let body = tokio::time::timeout(Duration::from_secs(15), read)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the coordinator ended the stream".to_string())?;
         decode(&body).map_err(|e| e.to_string())
     }
 

@@ -1,4 +1,5 @@
-//! When each worker's outcome batches may be acknowledged.
+//! The coordinator's side of outcome acknowledgements (SPEC §10): when each worker's
+//! outcome batches may be acknowledged.
 //!
 //! An acknowledgement is cumulative (`OutcomeAck { upto }`: the worker forgets every
 //! outcome up to that report id), so a batch is acknowledged only once its events, and
@@ -6,7 +7,8 @@
 //! wait behind one whose events are still being written; a failed append drops the
 //! worker's waiting acknowledgements and acknowledges nothing more from it until it
 //! connects again (its connection is closed, and it resends every outcome not
-//! acknowledged). Pure: the main loop feeds it batches and the appender's results.
+//! acknowledged). Pure: the coordinator's main loop feeds it batches and its event
+//! appender's results (an append is a `job` number here).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
