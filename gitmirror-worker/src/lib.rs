@@ -4,6 +4,8 @@
 //! `main.rs` parses arguments and calls [`run`]; the coordinator's embedded worker
 //! (`local_worker:`) calls the same [`run`] with [`WorkerConfig::embedded`].
 
+mod assignment;
+mod attempt;
 pub mod config;
 mod link;
 pub mod mirror;

@@ -5,11 +5,12 @@
 //! status. Outcomes are persisted (in the outbox) before they are sent, and an assignment
 //! is persisted before it is acknowledged.
 
+use crate::attempt::{self, Attempt, Reported};
 use crate::config::WorkerConfig;
 use crate::link::{self, LinkEvent, LinkSettings};
 use crate::mirror::{self, Failure, Fetched, Maintenance, Mirrors};
 use crate::pool;
-use crate::schedule::{Schedule, host_of_url, rate_limit_wait};
+use crate::schedule::{Schedule, host_of_url, ms};
 use crate::state::{Disposal, Identity, Refs, Repo, Repos, ref_changes, refs_digest};
 use crate::store::{Record, RefsReader, Store};
 use anyhow::Context;
@@ -53,10 +54,6 @@ const MAX_MAINTENANCE: usize = 1;
 /// Refs pages being read at once (`CoordMsg::RefsQuery`); more are answered "busy". Each
 /// reads a repo's refs from the state files, which a 1M-ref repo makes a big read.
 const MAX_REFS_READS: usize = 2;
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// Run the worker until `shutdown` becomes true. Errors only for what stops the daemon at
 /// start (unreadable state, unusable directories).
@@ -242,19 +239,6 @@ enum OpResult {
         full: bool,
         survey: BTreeMap<String, pool::ProjectSurvey>,
     },
-}
-
-/// A successful clone or fetch, as the loop needs it: the refs diffed (on the blocking
-/// thread) against the ones last reported, which live on disk, not in the loop's memory.
-struct Reported {
-    fetched: Fetched,
-    /// The changes are from no refs (a relist), not from the refs last reported.
-    relisted: bool,
-    changes: Vec<gitmirror_wire::RefChange>,
-    ref_count: u32,
-    refs_digest: u64,
-    /// SHA-256 of the refs after the attempt (SPEC §13, C5), for `Outcomes7`.
-    refs_sha256: [u8; 32],
 }
 
 /// Diff `fetched` against the refs last reported for `id` (against no refs for a relist);
@@ -1133,7 +1117,13 @@ impl Worker {
                         }
                     });
                 }
-                self.on_fetch_done(id, url, clone, started.elapsed(), result, source);
+                let attempt = Attempt {
+                    url,
+                    clone,
+                    took: started.elapsed(),
+                    result,
+                };
+                self.on_fetch_done(id, attempt, source);
             }
         }
     }
@@ -1141,190 +1131,57 @@ impl Worker {
     fn on_fetch_done(
         &mut self,
         id: String,
-        url: String,
-        clone: bool,
-        took: Duration,
-        result: Result<Reported, Failure>,
+        attempt: Attempt,
         source: gitmirror_wire::TransferSource,
     ) {
         let now = now_ms();
-        let mut rate_limited = None;
         let Some(repo) = self.state.repos.get_mut(&id) else {
             // Dropped while running; its disposal starts on the next pass.
             self.schedule.finish(&id, None, now);
             return;
         };
-        if self.stopping && result.is_err() {
+        if self.stopping && attempt.result.is_err() {
             // Interrupted by the shutdown: not the upstream's fault, nothing to report.
             self.schedule.finish(&id, Some(now), now);
             return;
         }
-        repo.last_fetch_ms = Some(now);
-        let mut maintain = false;
-        let mut pool_trigger = false;
-        let success = result.is_ok();
-        let mut relisted = false;
-        let mut sha = None;
-        let mut bytes = 0;
-        let (fetch_result, changes, next) = match result {
-            Ok(Reported {
-                fetched,
-                relisted: relist,
-                changes,
-                ref_count,
-                refs_digest,
-                refs_sha256,
-            }) => {
-                sha = Some(refs_sha256);
-                bytes = fetched.received_bytes;
-                self.peer_sources.remove(&id);
-                self.copy_sha.insert(id.clone(), refs_sha256);
-                repo.mirrored = true;
-                let fetch_result = if repo.announced {
-                    FetchResult::Fetched
-                } else {
-                    FetchResult::Cloned
-                };
-                if clone {
-                    tracing::info!(repo = %id, %url, refs = ref_count, secs = took.as_secs_f32(), "cloned");
-                } else if !changes.is_empty() {
-                    tracing::info!(repo = %id, changed = changes.len(), "refs changed upstream");
-                }
-                if fetched.url_changed {
-                    tracing::info!(repo = %id, %url, "mirror now fetches from the new upstream URL");
-                }
-                for repair in &fetched.repairs {
-                    tracing::info!(repo = %id, "self-heal: {repair}");
-                }
-                if let Some(class) = repo.failing.take() {
-                    tracing::info!(repo = %id, "fetching works again after {} failure(s) ({class:?})", repo.failures);
-                }
-                // When upstream last changed (SPEC §7.2): for a clone, its newest branch
-                // commit (not in the future); afterwards, the fetch that saw new refs.
-                if clone {
-                    let dated = fetched
-                        .newest_commit_secs
-                        .map(|s| s.saturating_mul(1000).min(now));
-                    repo.last_change_ms = Some(dated.unwrap_or(now));
-                } else if !changes.is_empty() || repo.last_change_ms.is_none() {
-                    repo.last_change_ms = Some(now);
-                }
-                if repo.last_maintenance_ms.is_none() {
-                    // The periodic passes count from the first mirror, spread over their
-                    // period so mirrors cloned together are not all maintained together.
-                    let spread = |every: Duration| {
-                        now.saturating_sub(rand::random_range(0..ms(every).max(1)))
-                    };
-                    repo.last_maintenance_ms = Some(spread(MAINTENANCE_EVERY));
-                    repo.last_verify_ms = Some(spread(VERIFY_EVERY));
-                }
-                maintain = fetched.packs.is_some_and(|p| p >= mirror::REPACK_AT);
-                pool_trigger = clone || fetched.new_pack_bytes >= pool::CONSOLIDATE_AFTER_BYTES;
-                repo.ref_count = ref_count;
-                repo.refs_digest = refs_digest;
-                if relist {
-                    tracing::info!(repo = %id, refs = ref_count, "relisted the refs in full, as the coordinator asked");
-                    repo.relist = false;
-                    relisted = true;
-                }
-                repo.announced = true;
-                repo.last_success_ms = Some(now);
-                repo.failures = 0;
-                let last_change = repo.last_change_ms.unwrap_or(now);
-                (
-                    fetch_result,
-                    changes,
-                    self.schedule.after_success(now, last_change),
-                )
-            }
-            Err(failure) => {
-                repo.failures = repo.failures.saturating_add(1);
-                if repo.failing != Some(failure.class) {
-                    tracing::warn!(repo = %id, %url, class = ?failure.class, "{} failed: {}", if clone { "clone" } else { "fetch" }, failure.message);
-                } else {
-                    tracing::debug!(repo = %id, failures = repo.failures, "still failing: {}", failure.message);
-                }
-                repo.failing = Some(failure.class);
-                let next = if failure.class == FailureClass::RateLimited {
-                    // The whole host waits as told (SPEC §7.3), this repo with it.
-                    let host = host_of_url(&url);
-                    let wait = rate_limit_wait(failure.retry_after);
-                    let already = self.schedule.paused_until(&host, now);
-                    let until = self
-                        .schedule
-                        .pause_host(&host, now.saturating_add(ms(wait)));
-                    if already.is_none() {
-                        tracing::warn!(
-                            %host,
-                            secs = wait.as_secs_f32(),
-                            asked = failure.retry_after.is_some(),
-                            "upstream host is rate limiting us; nothing on it is fetched until it said to come back"
-                        );
-                    }
-                    // SPEC §18: at once (below), so the coordinator pauses it for the
-                    // whole fleet.
-                    rate_limited = Some(gitmirror_wire::RateLimitReport {
-                        host: host.clone(),
-                        retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    });
-                    until
-                } else {
-                    self.schedule
-                        .after_failure(now, repo.failures, failure.class)
-                };
-                (
-                    FetchResult::Failed {
-                        class: failure.class,
-                        message: failure.message,
-                    },
-                    Vec::new(),
-                    next,
-                )
-            }
+        let first_passes = || {
+            // The periodic passes count from the first mirror, spread over their period.
+            let spread =
+                |every: Duration| now.saturating_sub(rand::random_range(0..ms(every).max(1)));
+            (spread(MAINTENANCE_EVERY), spread(VERIFY_EVERY))
         };
-        repo.next_due_ms = next;
-        if let Some(r) = rate_limited
+        let v = attempt::finished(&id, repo, &mut self.schedule, attempt, now, first_passes);
+        if let Some(sha) = v.refs_sha256 {
+            self.peer_sources.remove(&id);
+            self.copy_sha.insert(id.clone(), sha);
+        }
+        if let Some(r) = v.rate_limited
             && self.conn.as_ref().is_some_and(|c| c.protocol >= 6)
         {
             self.send(WorkerMsg::RateLimited(r));
         }
-        let Some(repo) = self.state.repos.get(&id) else {
-            self.schedule.finish(&id, Some(next), now);
-            return;
-        };
-        let outcome = Outcome {
-            report_id: 0,
-            repo: id.clone(),
-            url,
-            finished_ms: now,
-            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-            result: fetch_result,
-            changes,
-            ref_count: repo.ref_count,
-            refs_digest: repo.refs_digest,
-            next_due_ms: next,
-        };
-        self.schedule.finish(&id, Some(next), now);
+        self.schedule.finish(&id, Some(v.next), now);
         // A relist's changes are from no refs: the refs last reported start again from none
         // (in the same batch, so a crash cannot leave the outcome without it).
-        let reset = relisted.then(|| Record::Refs {
+        let reset = v.relisted.then(|| Record::Refs {
             id: id.clone(),
             refs: Refs::new(),
         });
-        let report_id = self.queue_outcome(outcome, reset);
-        if let (Some(sha), Some(report_id)) = (sha, report_id) {
+        let report_id = self.queue_outcome(v.outcome, reset);
+        if let (Some(sha), Some(report_id)) = (v.refs_sha256, report_id) {
             self.report_sha.insert(report_id, sha);
         }
         if let (gitmirror_wire::TransferSource::Peer(_), Some(report_id)) = (source, report_id) {
             self.report_source.insert(report_id, source);
         }
-        if let (1.., Some(report_id)) = (bytes, report_id) {
-            self.report_bytes.insert(report_id, bytes);
+        if let (1.., Some(report_id)) = (v.received_bytes, report_id) {
+            self.report_bytes.insert(report_id, v.received_bytes);
         }
-        if pool_trigger {
+        if v.pool_trigger {
             self.queue_consolidation(&id, now);
         }
-        if success {
+        if v.success {
             if matches!(source, gitmirror_wire::TransferSource::Peer(_))
                 && let Some(project) = pool::project_of(&id)
             {
@@ -1334,7 +1191,7 @@ impl Worker {
             }
             self.queue_migration(&id);
         }
-        if maintain {
+        if v.maintain {
             self.queue_maintenance(id);
         }
     }
@@ -1911,87 +1768,33 @@ impl Worker {
 
     fn on_assign(&mut self, delta: AssignDelta) {
         let now = now_ms();
-        let (mut added, mut dropped) = (0usize, 0usize);
-        let mut records = Vec::new();
-        for spec in delta.upsert {
-            if !mirror::valid_id(&spec.id) {
-                tracing::error!(repo = ?spec.id, url = ?spec.url, "the coordinator assigned a repo id this worker refuses to use as a path; ignoring it");
-                continue;
-            }
-            if let Err(why) = mirror::check_url(&spec.url) {
-                tracing::error!(repo = %spec.id, "the coordinator assigned a URL this worker refuses to use ({why}); ignoring it");
-                continue;
-            }
-            match self.state.repos.get_mut(&spec.id) {
-                Some(repo) if repo.url == spec.url => {}
-                Some(repo) => {
-                    tracing::info!(repo = %spec.id, old = %repo.url, new = %spec.url, "upstream URL changed; fetching from the new one");
-                    repo.url = spec.url;
-                    self.dirty.insert(spec.id.clone());
-                    self.schedule.plan_urgent(&spec.id, now);
-                }
-                None => {
-                    if self.state.disposals.remove(&spec.id).is_some() {
-                        records.push(Record::Disposal {
-                            id: spec.id.clone(),
-                            disposal: None,
-                        });
-                    }
-                    let disposing = matches!(
-                        self.running.get(&spec.id),
-                        Some(Running {
-                            kind: OpKind::Dispose(_),
-                            ..
-                        })
-                    );
-                    let mirrored = !disposing && self.mirrors.exists(&spec.id);
-                    let mut repo = Repo::new(spec.url, mirrored);
-                    repo.next_due_ms = now;
-                    self.state.repos.insert(spec.id.clone(), repo);
-                    self.dirty.insert(spec.id.clone());
-                    self.schedule.plan_urgent(&spec.id, now);
-                    added += 1;
-                }
-            }
+        let seq = delta.seq;
+        let (running, mirrors) = (&self.running, &self.mirrors);
+        let applied = crate::assignment::apply(&mut self.state, delta, now, |id| {
+            // A mirror being removed is not one to fetch into.
+            !matches!(
+                running.get(id),
+                Some(Running {
+                    kind: OpKind::Dispose(_),
+                    ..
+                })
+            ) && mirrors.exists(id)
+        });
+        for id in applied.urgent {
+            self.schedule.plan_urgent(&id, now);
         }
-        for order in delta.drop {
-            self.peer_sources.remove(&order.id);
-            self.follow.remove(&order.id);
-            self.copy_sha.remove(&order.id);
-            if !mirror::valid_id(&order.id) {
-                tracing::error!(repo = ?order.id, "the coordinator dropped a repo id that is not a valid path; ignoring it");
-                continue;
-            }
-            // Moved or removed, a mirror goes to the trash, not away: the coordinator may be
-            // wrong (a worker that lied about a complete mirror, issue 10), and the trash
-            // keeps it for 72 h. `Delete` stays for disposals journaled by older releases.
-            let disposal = Disposal::Trash;
-            tracing::debug!(repo = %order.id, reason = ?order.reason, "dropped by the coordinator");
-            self.state.repos.remove(&order.id);
-            self.dirty.remove(&order.id);
-            self.schedule.forget(&order.id);
-            self.state.disposals.insert(order.id.clone(), disposal);
-            records.push(Record::Remove {
-                id: order.id.clone(),
-            });
-            records.push(Record::Disposal {
-                id: order.id.clone(),
-                disposal: Some(disposal),
-            });
-            dropped += 1;
+        self.dirty.extend(applied.changed);
+        for id in &applied.forgotten {
+            self.peer_sources.remove(id);
+            self.follow.remove(id);
+            self.copy_sha.remove(id);
+            self.dirty.remove(id);
+            self.schedule.forget(id);
         }
-        if added + dropped > 0 {
-            tracing::info!(
-                seq = delta.seq,
-                added,
-                dropped,
-                held = self.state.repos.len(),
-                "assignment changed"
-            );
-        }
+        let records = applied.records;
         // Acknowledged once durable (`on_durable`).
-        let seq = self.commit(records);
-        self.reports.applied(seq, delta.seq);
+        let batch = self.commit(records);
+        self.reports.applied(batch, seq);
         self.on_durable();
     }
 

@@ -488,7 +488,8 @@ pub fn rate_limit_wait(retry_after: Option<Duration>) -> Duration {
         .min(MAX_RATE_LIMIT_WAIT)
 }
 
-fn ms(d: Duration) -> i64 {
+/// `d` in milliseconds, as the schedule's Unix-ms times count.
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

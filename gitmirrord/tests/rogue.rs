@@ -178,8 +178,7 @@ async fn spec_17_holdings_once_and_first_or_the_connection_closes() {
     twice.holdings(claim).await;
     let why = twice.closed().await;
     assert!(
-        why.contains(&close_code::PROTOCOL_ERROR.to_string())
-            && why.contains("a second Holdings"),
+        why.contains(&close_code::PROTOCOL_ERROR.to_string()) && why.contains("a second Holdings"),
         "{why}"
     );
 
