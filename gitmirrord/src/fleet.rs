@@ -450,8 +450,10 @@ pub struct Provenance {
 /// Result of an outcome batch.
 #[derive(Debug, Default)]
 pub struct OutcomeReport {
-    /// Events to append durably before acknowledging.
+    /// Events to append durably before acknowledging; once they are (or are not), the
+    /// caller says so with this batch number ([`Fleet::durable`], [`Fleet::not_durable`]).
     pub events: Vec<EventDraft>,
+    pub batch: u64,
     /// Acknowledge up to here once the events are durable.
     pub upto: u64,
     pub sends: Vec<Outgoing>,
@@ -1002,6 +1004,13 @@ pub struct Fleet {
     /// Repos changed since the last save (saved as they are then, or removed when gone):
     /// a save costs O(changed), never O(repos).
     unsaved: foldhash::HashSet<Arc<str>>,
+    /// Digests published by events not durable yet ([`Fleet::outcomes_from`]), by repo:
+    /// the batch whose events they wait for, and the digest once those are durable.
+    /// Outcomes are judged against these first; `RepoStatus::published` holds only what
+    /// durable events published. Only repos with events in flight, so small.
+    in_flight: foldhash::HashMap<Arc<str>, (u64, Option<u64>)>,
+    /// The number of the next outcome batch ([`OutcomeReport::batch`]).
+    next_batch: u64,
     /// Outcome counters and durations since start, for `GET /metrics`.
     stats: FetchStats,
     /// Each repo's last outcomes and events, and the per-minute series, for the pages.
@@ -1129,6 +1138,8 @@ impl Fleet {
             saved: HashMap::new(),
             registry_dirty: false,
             unsaved: foldhash::HashSet::default(),
+            in_flight: foldhash::HashMap::default(),
+            next_batch: 1,
             stats: FetchStats::default(),
             history: crate::history::History::default(),
             relists: HashMap::new(),
@@ -2277,8 +2288,10 @@ impl Fleet {
         let mut seen = w.last_report_id;
         let mut report = OutcomeReport {
             upto: seen,
+            batch: self.next_batch,
             ..Default::default()
         };
+        self.next_batch += 1;
         for (i, o) in outcomes.iter().enumerate() {
             let prov = provenance.get(i).copied().unwrap_or_default();
             report.upto = report.upto.max(o.report_id);
@@ -2306,9 +2319,14 @@ impl Fleet {
                 // A follower's result, or a copy from a peer (SPEC §13, C6): never an
                 // event, a relist, a change time or a fetch count.
                 self.apply_copy(uuid, worker_id, o, prov);
-            } else if let Some(e) =
-                self.apply_outcome(uuid, worker_id, o, now_ms, &mut report.relists)
-            {
+            } else if let Some(e) = self.apply_outcome(
+                uuid,
+                worker_id,
+                o,
+                now_ms,
+                report.batch,
+                &mut report.relists,
+            ) {
                 report.events.push(e);
             }
             self.out.saw(uuid, o.report_id);
@@ -2399,6 +2417,7 @@ impl Fleet {
         worker_id: u32,
         o: &Outcome,
         now_ms: i64,
+        batch: u64,
         relists: &mut Vec<String>,
     ) -> Option<EventDraft> {
         let success = matches!(o.result, FetchResult::Cloned | FetchResult::Fetched);
@@ -2421,11 +2440,13 @@ impl Fleet {
             return None;
         };
         let st = &repo.status;
+        // What is published, durable or about to be.
+        let published = self.in_flight.get(key).map_or(st.published, |f| f.1);
         let trigger = asked.unwrap_or(if repo.owner != Some(uuid) {
             Trigger::Schedule
         } else if st.by.is_some_and(|b| b != uuid) {
             Trigger::Handover
-        } else if cloned && st.published.is_none() && st.last_success_ms.is_none() {
+        } else if cloned && published.is_none() && st.last_success_ms.is_none() {
             Trigger::Index
         } else {
             Trigger::Schedule
@@ -2478,7 +2499,7 @@ impl Fleet {
                 }
             }
             if success {
-                let j = published::judge(st.published, st.published_refs.as_deref(), o, can_relist);
+                let j = published::judge(published, st.published_refs.as_deref(), o, can_relist);
                 if j.whole {
                     self.relists.remove(o.repo.as_str());
                 }
@@ -2497,7 +2518,15 @@ impl Fleet {
                     }
                 }
                 whole = j.whole;
-                st.published = j.published;
+                if !j.news.is_empty() {
+                    // Published once its event is durable (`durable`); judged against
+                    // from now on.
+                    self.in_flight.insert(key.clone(), (batch, j.published));
+                } else if let Some(f) = self.in_flight.get_mut(&key) {
+                    f.1 = j.published;
+                } else {
+                    st.published = j.published;
+                }
                 if !j.news.is_empty() {
                     apply_published(
                         st.published_refs.get_or_insert_with(Box::default),
@@ -2599,21 +2628,45 @@ impl Fleet {
         }
     }
 
-    /// The events of these repos could not be made durable (the outcomes are not
-    /// acknowledged and will be re-sent): forget what was published for them, which
-    /// [`Fleet::outcomes`] already moved on, so the re-sent outcomes are news again. A
-    /// duplicate after a failover is better than a change never reported.
-    pub fn unpublish<'a>(&mut self, repos: impl IntoIterator<Item = &'a str>) {
+    /// The events of outcome `batch` for `repos` are durable: what they publish is
+    /// published. A repo with a later batch's events in flight keeps waiting for those.
+    pub fn durable<'a>(&mut self, batch: u64, repos: impl IntoIterator<Item = &'a str>) {
         for id in repos {
-            let Some(key) = self.repos.get_key_value(id).map(|(k, _)| k.clone()) else {
+            let Some((key, (b, digest))) = self.in_flight.remove_entry(id) else {
                 continue;
             };
+            if b != batch {
+                self.in_flight.insert(key, (b, digest));
+                continue;
+            }
             if let Some(r) = self.repos.get_mut(id) {
-                r.status.published = None;
+                r.status.published = digest;
+                self.unsaved.insert(key);
+            }
+        }
+    }
+
+    /// The events of outcome `batch` for `repos` could not be made durable (the outcomes
+    /// are not acknowledged and will be sent again): what they would have published is
+    /// dropped, so the outcomes sent again are judged against what durable events
+    /// published, and are news again. A later batch's events in flight for the same repo
+    /// stay: they are judged to be published on top of this one's, and if they become
+    /// durable the re-sent outcome's changes are placed against them (or relisted).
+    pub fn not_durable<'a>(&mut self, batch: u64, repos: impl IntoIterator<Item = &'a str>) {
+        for id in repos {
+            if self.in_flight.get(id).is_some_and(|(b, _)| *b == batch) {
+                self.in_flight.remove(id);
+            }
+            // The per-batch ref values those events set go too.
+            if let Some(r) = self.repos.get_mut(id) {
                 r.status.published_refs = None;
             }
-            self.unsaved.insert(key);
         }
+    }
+
+    /// Repos whose published digest waits for its events to be durable.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Hand the fleet the published refs of `id` for the next outcome batch (`None`

@@ -399,6 +399,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
         conns: HashMap::new(),
         appender,
         acks: Acks::default(),
+        appending: HashMap::new(),
         index,
         index_credentials,
         started,
@@ -592,6 +593,9 @@ struct MainLoop {
     appender: Appender,
     /// Which outcome batches may be acknowledged, as their events become durable.
     acks: Acks,
+    /// Per append job, the fleet's outcome batch whose events it holds
+    /// ([`Fleet::durable`]).
+    appending: HashMap<u64, u64>,
     index: IndexHandle,
     /// `credentials` as the index poller uses them (SPEC §16).
     index_credentials: gitmirror_common::credentials::SharedCredentials,
@@ -1278,9 +1282,12 @@ impl MainLoop {
                 .collect();
             let repos: Vec<String> = report.events.iter().map(|e| e.repo.clone()).collect();
             match self.appender.append(report.events, digests) {
-                Ok(j) => job = Some(j),
+                Ok(j) => {
+                    self.appending.insert(j, report.batch);
+                    job = Some(j);
+                }
                 Err(e) => {
-                    self.not_recorded(uuid, &repos, &e.to_string());
+                    self.not_recorded(uuid, report.batch, &repos, &e.to_string());
                     return;
                 }
             }
@@ -1317,31 +1324,38 @@ impl MainLoop {
     fn on_appended(&mut self, done: Done) {
         match done {
             Done::Durable { job, events } => {
+                if let Some(batch) = self.appending.remove(&job) {
+                    self.fleet
+                        .durable(batch, events.iter().map(|e| e.repo.as_str()));
+                }
                 self.published(events);
                 if let Some((uuid, upto)) = self.acks.durable(job) {
                     self.acknowledge(uuid, upto);
                 }
             }
             Done::Failed { job, repos, error } => {
+                let batch = self.appending.remove(&job).unwrap_or_default();
                 if let Some(uuid) = self.acks.failed(job) {
-                    self.not_recorded(uuid, &repos, &error);
+                    self.not_recorded(uuid, batch, &repos, &error);
                 } else {
-                    self.fleet.unpublish(repos.iter().map(String::as_str));
+                    self.fleet
+                        .not_durable(batch, repos.iter().map(String::as_str));
                 }
             }
         }
     }
 
-    /// Events of `uuid`'s outcomes could not be made durable: the fleet forgets it
-    /// published them, and the worker's connection is closed so that it resends every
-    /// outcome not acknowledged ([`Acks::failed`]).
-    fn not_recorded(&mut self, uuid: Uuid, repos: &[String], error: &str) {
+    /// Events of `uuid`'s outcome `batch` could not be made durable: the fleet drops what
+    /// they would have published, and the worker's connection is closed so that it
+    /// resends every outcome not acknowledged ([`Acks::failed`]).
+    fn not_recorded(&mut self, uuid: Uuid, batch: u64, repos: &[String], error: &str) {
         self.acks.block(uuid);
         tracing::error!(
             "{error}; outcomes of {} are not acknowledged; closing its connection so that it resends them",
             self.worker_label(&uuid)
         );
-        self.fleet.unpublish(repos.iter().map(String::as_str));
+        self.fleet
+            .not_durable(batch, repos.iter().map(String::as_str));
         if let Some(c) = self.conns.get(&uuid) {
             c.handle.close(
                 quinn::VarInt::from_u32(close_code::RESEND),

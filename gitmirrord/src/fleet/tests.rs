@@ -241,6 +241,9 @@ impl Sim {
             .map(|r| w.outcome(r, result.clone(), now))
             .collect();
         let mut rep = self.fleet.outcomes(uuid(n), &batch, now);
+        // The events are durable at once, as the appender's happy path.
+        self.fleet
+            .durable(rep.batch, rep.events.iter().map(|e| e.repo.as_str()));
         self.fleet.recorded(uuid(n), rep.upto);
         self.events.append(&mut rep.events);
         let sends = std::mem::take(&mut rep.sends);
@@ -1574,16 +1577,21 @@ fn spec_8_resent_reports_of_a_ref_replaced_since_ask_for_a_relist() {
     assert_eq!(rep.events[0].kind, EventKind::Updated);
 }
 
-/// SPEC §8: when the events of a batch cannot be appended, the outcomes are not
-/// acknowledged and come again; what they would have published is forgotten, so the
-/// re-sent outcomes are events then (not mistaken for refs already announced).
+/// SPEC §8, §10: what a batch's events publish is published once they are durable, and
+/// judged against meanwhile. When they cannot be appended, the outcomes are not
+/// acknowledged and come again; what they would have published is dropped, so the
+/// re-sent outcomes are judged against what durable events published, and are events
+/// again (not mistaken for refs already announced).
 #[test]
-fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
+fn spec_10_published_moves_when_durable_and_not_durable_outcomes_are_news_again() {
     let mut sim = Sim::new(10);
     sim.join(1);
     sim.clone_all();
     sim.events.clear();
+    assert_eq!(sim.fleet.in_flight(), 0, "the clones' events are durable");
     let ids: Vec<String> = sim.fleet.repos().keys().map(|k| k.to_string()).collect();
+    let cloned = sim.fleet.repo(&ids[0]).unwrap().status.published;
+    assert!(cloned.is_some());
     let now = sim.now;
     let w = sim.workers.get_mut(&1).unwrap();
     let batch: Vec<Outcome> = ids
@@ -1596,15 +1604,68 @@ fn outcomes_whose_events_were_not_durable_are_news_when_resent() {
         .collect();
     let rep = sim.fleet.outcomes(uuid(1), &batch, now);
     assert_eq!(rep.events.len(), ids.len());
-    // The append failed: not recorded, the repos' published refs forgotten.
+    assert_eq!(sim.fleet.in_flight(), ids.len());
+    assert_eq!(
+        sim.fleet.repo(&ids[0]).unwrap().status.published,
+        cloned,
+        "not published before the events are durable"
+    );
+    // Judged against what is in flight: the same refs from another report are known.
+    let w = sim.workers.get_mut(&1).unwrap();
+    let mut same = w.outcome(&ids[0], FetchResult::Fetched, now);
+    same.changes = vec![change("refs/heads/main", Some("aa"), Some("bb"))];
+    let same = sim.fleet.outcomes(uuid(1), &[same.digested()], now);
+    assert!(same.events.is_empty(), "{:?}", same.events);
+    // The append failed: not recorded, what it would have published dropped.
     sim.fleet
-        .unpublish(rep.events.iter().map(|e| e.repo.as_str()));
+        .not_durable(rep.batch, rep.events.iter().map(|e| e.repo.as_str()));
+    assert_eq!(sim.fleet.in_flight(), 0);
+    assert_eq!(sim.fleet.repo(&ids[0]).unwrap().status.published, cloned);
     let again = sim.fleet.outcomes(uuid(1), &batch, now);
-    assert_eq!(again.events.len(), ids.len(), "{:?}", again.events);
+    assert_eq!(again.events.len(), ids.len(), "{:?}", again.relists);
     assert_eq!(again.events[0].refs, rep.events[0].refs);
-    // Recorded this time: a third copy is a duplicate and dropped.
+    // Durable this time: published, and a third copy is a duplicate and dropped.
+    sim.fleet
+        .durable(again.batch, again.events.iter().map(|e| e.repo.as_str()));
+    assert_eq!(sim.fleet.in_flight(), 0);
+    assert_eq!(
+        sim.fleet.repo(&ids[0]).unwrap().status.published,
+        Some(batch[0].refs_digest)
+    );
     sim.fleet.recorded(uuid(1), again.upto);
     assert!(sim.fleet.outcomes(uuid(1), &batch, now).events.is_empty());
+}
+
+/// SPEC §10: a later batch's events in flight for a repo stay when an earlier batch's
+/// become durable (published waits for the later one) or fail (the later one is judged
+/// on top of it, and publishes once durable).
+#[test]
+fn spec_10_a_later_batch_in_flight_waits_for_its_own_append() {
+    let mut sim = Sim::new(1);
+    sim.join(1);
+    sim.clone_all();
+    let id = sim.fleet.repos().keys().next().unwrap().to_string();
+    let cloned = sim.fleet.repo(&id).unwrap().status.published;
+    let now = sim.now;
+    let step = |sim: &mut Sim, from: &str, to: &str| {
+        let w = sim.workers.get_mut(&1).unwrap();
+        let mut o = w.outcome(&id, FetchResult::Fetched, now);
+        o.changes = vec![change("refs/heads/main", Some(from), Some(to))];
+        let o = o.digested();
+        let rep = sim.fleet.outcomes(uuid(1), std::slice::from_ref(&o), now);
+        assert_eq!(rep.events.len(), 1, "{from} → {to}");
+        (rep.batch, o.refs_digest)
+    };
+    let (first, _) = step(&mut sim, "aa", "bb");
+    let (second, bb_cc) = step(&mut sim, "bb", "cc");
+    sim.fleet.durable(first, [id.as_str()]);
+    assert_eq!(sim.fleet.repo(&id).unwrap().status.published, cloned);
+    assert_eq!(sim.fleet.in_flight(), 1);
+    sim.fleet.not_durable(first, [id.as_str()]);
+    assert_eq!(sim.fleet.in_flight(), 1, "not the later batch's");
+    sim.fleet.durable(second, [id.as_str()]);
+    assert_eq!(sim.fleet.repo(&id).unwrap().status.published, Some(bb_cc));
+    assert_eq!(sim.fleet.in_flight(), 0);
 }
 
 /// One step of a random run for the census property test.
