@@ -30,6 +30,18 @@ async fn drain_until_ack(w: &mut TestWorker, report_id: u64) -> Vec<CoordMsg> {
     }
 }
 
+/// A claim of every repo, from a URL of the claimant's choosing.
+fn claim_all() -> Vec<HeldRepo> {
+    REPOS
+        .iter()
+        .map(|id| HeldRepo {
+            id: (*id).into(),
+            url: "https://evil.example/x.git".into(),
+            mirrored: true,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue10_f1_a_rogue_worker_with_a_stolen_token_destroys_nothing() {
     let c = Coordinator::start("max_worker_weight: 2\n").await;
@@ -64,15 +76,7 @@ async fn issue10_f1_a_rogue_worker_with_a_stolen_token_destroys_nothing() {
     let reply = rogue.recv().await.unwrap();
     let rogue_id = common::welcomed(&c.token, rogue_uuid, &reply)
         .unwrap_or_else(|| panic!("expected Welcome, got {reply:?}"));
-    let claim = REPOS
-        .iter()
-        .map(|id| HeldRepo {
-            id: (*id).into(),
-            url: "https://evil.example/x.git".into(),
-            mirrored: true,
-        })
-        .collect();
-    rogue.holdings(claim).await;
+    rogue.holdings(claim_all()).await;
     rogue.next_assign().await;
 
     let (_, workers) = c.get_json("/api/workers").await;
@@ -139,13 +143,13 @@ async fn issue10_f1_a_rogue_worker_with_a_stolen_token_destroys_nothing() {
     c.stop().await.1.unwrap();
 }
 
-/// SPEC §6 and §17, over real QUIC: a worker says what it holds once per connection,
+/// SPEC §4.2 and §17, over real QUIC: a worker says what it holds once per connection,
 /// before anything about its repos. Outcomes before the holdings, or a second holdings
 /// (each would make the coordinator go through every repo the worker claims again, on
 /// the loop that answers the fleet), close that connection with a protocol error naming
 /// what came; another worker's connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_17_holdings_once_and_first_or_the_connection_closes() {
+async fn spec_4_2_holdings_once_and_first_or_the_connection_closes() {
     let c = Coordinator::start("").await;
     c.wait_for_repos().await;
     let (mut bystander, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(1)).await;
@@ -166,16 +170,8 @@ async fn spec_17_holdings_once_and_first_or_the_connection_closes() {
     );
 
     let (mut twice, _) = TestWorker::join(c.quic, &c.token, Uuid::from_u128(3)).await;
-    let claim: Vec<HeldRepo> = REPOS
-        .iter()
-        .map(|id| HeldRepo {
-            id: (*id).into(),
-            url: "https://evil.example/x.git".into(),
-            mirrored: true,
-        })
-        .collect();
-    twice.holdings(claim.clone()).await;
-    twice.holdings(claim).await;
+    twice.holdings(claim_all()).await;
+    twice.holdings(claim_all()).await;
     let why = twice.closed().await;
     assert!(
         why.contains(&close_code::PROTOCOL_ERROR.to_string()) && why.contains("a second Holdings"),

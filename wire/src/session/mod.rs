@@ -229,10 +229,11 @@ mod tests {
         encode_frame(m).unwrap()[4..].to_vec()
     }
 
-    // SPEC §6 (the order of a connection): holdings first, in parts put back together;
-    // outcomes, acknowledgements and reports about repos only after them.
+    // SPEC §4.2 (the holdings after a reconnect; an unexpected message closes the
+    // connection): holdings first, in parts put back together; outcomes,
+    // acknowledgements and reports about repos only after them.
     #[test]
-    fn spec_6_outcomes_wait_for_the_holdings_and_parts_come_back_whole() {
+    fn spec_4_2_outcomes_wait_for_the_holdings_and_parts_come_back_whole() {
         let mut s = FromWorker::new();
         assert_eq!(s.on_frame(&body(&status())), Ok(Some(status())));
         assert_eq!(
@@ -291,10 +292,10 @@ mod tests {
         );
     }
 
-    // SPEC §17 (a rogue worker contained): holdings once per connection, whole or in
+    // SPEC §4.2 and §17 (a rogue worker contained): holdings once per connection, whole or in
     // parts; a second Hello is refused too.
     #[test]
-    fn spec_17_a_second_holdings_or_hello_closes_the_connection() {
+    fn spec_4_2_a_second_holdings_or_hello_closes_the_connection() {
         let mut s = FromWorker::new();
         assert!(matches!(
             s.on_message(WorkerMsg::Holdings(Holdings { repos: held(1) })),

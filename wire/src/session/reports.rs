@@ -165,10 +165,10 @@ mod tests {
         assert_eq!(r.unsent(), Some(1..=12));
     }
 
-    // SPEC §6: an assignment is acknowledged once recorded durably, on the connection it
+    // SPEC §4.2: an assignment delta is acknowledged once recorded durably, on the connection it
     // came on only.
     #[test]
-    fn spec_6_assignments_are_acknowledged_when_durable_on_their_connection() {
+    fn spec_4_2_assignments_are_acknowledged_when_durable_on_their_connection() {
         let mut r = Reports::new();
         r.applied(1, 7);
         assert!(
