@@ -82,9 +82,9 @@ async fn spec_17_a_stolen_token_cannot_replace_an_enrolled_worker() {
     let (code, message) = refusal(&say_hello(&mut forger, &c, honest_uuid, 4).await);
     assert_eq!(code, RefuseCode::Revoked, "{message}");
 
-    // The honest connection was never replaced: it still talks, and it is alive.
-    honest.holdings(vec![]).await;
-    honest.next_assign().await;
+    // The honest connection was never replaced: it still talks (a report is
+    // acknowledged on it), and it is alive.
+    honest.report(Vec::new()).await;
     assert_eq!(worker_json(&c, honest_uuid).await["state"], "alive");
 
     // It reconnects with its certificate: a plain Welcome, same id, no new certificate.
