@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Outcomes left over are sent on this tick...
+/// Outcomes left over are sent on this tick (a finished fetch's at once, unless a batch
+/// just went: `Reports::send_now`).
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// ...and a finished fetch's outcome at once, unless a batch went out less than this ago:
-/// a single fetch-now is reported without delay, a burst of fetches in batches.
-const MIN_SEND_GAP: Duration = Duration::from_millis(50);
 /// `Status` to the coordinator, and the systemd status line.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Free space is measured at most this often.
@@ -313,8 +311,6 @@ struct Worker {
     disk: DiskState,
     stopping: bool,
     last_status_line: String,
-    /// When outcomes were last sent (see `MIN_SEND_GAP`).
-    last_flush: Instant,
     /// Slots for refs pages being read (see `MAX_REFS_READS`).
     refs_reads: Arc<tokio::sync::Semaphore>,
     /// The last error of re-reading changed credentials files, logged once.
@@ -459,7 +455,6 @@ impl Worker {
             },
             stopping: false,
             last_status_line: String::new(),
-            last_flush: Instant::now(),
             refs_reads: Arc::new(tokio::sync::Semaphore::new(MAX_REFS_READS)),
             credentials_error: None,
             budgeting: Budgeting::default(),
@@ -539,7 +534,7 @@ impl Worker {
                         Ok(done) => self.on_done(done),
                         Err(e) => tracing::error!("a mirror task failed: {e}"),
                     }
-                    if self.last_flush.elapsed() >= MIN_SEND_GAP {
+                    if self.reports.send_now(Instant::now()) {
                         self.flush();
                     }
                     pass = true;
@@ -1973,7 +1968,7 @@ impl Worker {
                 self.unwritten.remove(&id);
             }
         }
-        if self.last_flush.elapsed() >= MIN_SEND_GAP {
+        if self.reports.send_now(Instant::now()) {
             self.send_outcomes();
         }
     }
@@ -1999,9 +1994,6 @@ impl Worker {
             .range(range)
             .map(|(_, o)| o.clone())
             .collect();
-        if !unsent.is_empty() {
-            self.last_flush = Instant::now();
-        }
         // Batches bounded by bytes, an outcome's changes ahead of it when they do not fit
         // one (protocol 3); what counts as sent moves only past outcomes whose batch was
         // queued.
@@ -2032,7 +2024,7 @@ impl Worker {
                 return;
             }
             if let Some(upto) = upto {
-                self.reports.sent(upto);
+                self.reports.sent(upto, Instant::now());
             }
         }
     }

@@ -10,6 +10,12 @@
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+/// A finished fetch's outcome goes at once unless a batch went out less than this ago
+/// (then with the next, at most the worker's flush period later): a single fetch-now is
+/// reported without delay, a burst of fetches in batches.
+pub const MIN_SEND_GAP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 pub struct Reports {
@@ -21,6 +27,8 @@ pub struct Reports {
     acks: VecDeque<(u64, u64)>,
     /// Highest report id sent on this connection; `None`: no connection.
     sent: Option<u64>,
+    /// When outcomes last went out.
+    last_send: Option<Instant>,
 }
 
 impl Reports {
@@ -95,11 +103,19 @@ impl Reports {
         (sent < self.durable).then(|| sent.saturating_add(1)..=self.durable)
     }
 
-    /// Outcomes up to `upto` went out on this connection.
-    pub fn sent(&mut self, upto: u64) {
+    /// Outcomes up to `upto` went out on this connection at `now`.
+    pub fn sent(&mut self, upto: u64, now: Instant) {
         if let Some(s) = &mut self.sent {
             *s = (*s).max(upto.min(self.durable));
+            self.last_send = Some(now);
         }
+    }
+
+    /// Whether outcomes may go at once (the last batch went out [`MIN_SEND_GAP`] or more
+    /// before `now`), rather than wait for the next flush.
+    pub fn send_now(&self, now: Instant) -> bool {
+        self.last_send
+            .is_none_or(|t| now.saturating_duration_since(t) >= MIN_SEND_GAP)
     }
 
     /// The coordinator acknowledged outcomes up to `upto`: what the worker may forget,
@@ -119,6 +135,7 @@ mod tests {
     // and again on the next connection until acknowledged.
     #[test]
     fn spec_10_outcomes_go_when_durable_once_per_connection_and_again_after_a_reconnect() {
+        let t = Instant::now();
         let mut r = Reports::resumed(0);
         r.queued(1, 3);
         r.queued(2, 5);
@@ -127,11 +144,11 @@ mod tests {
         assert_eq!(r.unsent(), None, "nothing durable yet");
         assert!(r.durable(1).is_empty());
         assert_eq!(r.unsent(), Some(1..=3));
-        r.sent(3);
+        r.sent(3, t);
         assert_eq!(r.unsent(), None);
         r.durable(2);
         assert_eq!(r.unsent(), Some(4..=5));
-        r.sent(5);
+        r.sent(5, t);
         assert_eq!(r.unsent(), None);
         // Lost before the acknowledgement: all of it again on the next connection.
         r.disconnected();
@@ -143,18 +160,31 @@ mod tests {
     // SPEC §10: an acknowledgement forgets only what this connection carried.
     #[test]
     fn spec_10_an_acknowledgement_forgets_only_what_was_sent() {
+        let t = Instant::now();
         let mut r = Reports::new();
         r.queued(1, 9);
         r.durable(1);
         assert_eq!(r.acknowledged(9), None, "no connection");
         r.connected();
         assert_eq!(r.acknowledged(9), None, "nothing sent on it yet");
-        r.sent(4);
+        r.sent(4, t);
         assert_eq!(r.acknowledged(9), Some(4));
         assert_eq!(r.acknowledged(2), Some(2));
-        r.sent(100);
+        r.sent(100, t);
         assert_eq!(r.unsent(), None, "sent never passes what is durable");
         assert_eq!(r.acknowledged(100), Some(9));
+    }
+
+    // A single outcome goes at once; one right after a batch waits for the flush.
+    #[test]
+    fn spec_10_outcomes_go_at_once_unless_a_batch_just_went() {
+        let t = Instant::now();
+        let mut r = Reports::resumed(2);
+        assert!(r.send_now(t));
+        r.connected();
+        r.sent(1, t);
+        assert!(!r.send_now(t + MIN_SEND_GAP / 2));
+        assert!(r.send_now(t + MIN_SEND_GAP));
     }
 
     #[test]
