@@ -5,6 +5,7 @@ pub mod ca;
 pub mod credentials;
 pub mod disk;
 pub mod frames;
+pub mod heap;
 pub mod journal;
 pub mod logging;
 pub mod notify;

@@ -26,6 +26,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    gitmirror_common::heap::tune(Some(gitmirror_common::heap::WORKER_ARENAS));
     let cli = Cli::parse();
     install_crypto_provider();
     let cfg = match WorkerConfig::load(&cli.config) {

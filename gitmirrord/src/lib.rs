@@ -12,7 +12,6 @@ pub mod enrollment;
 pub mod events;
 pub mod fleet;
 pub mod handover;
-pub mod heap;
 pub mod history;
 pub mod hooks;
 pub mod host_budget;

@@ -216,7 +216,7 @@ fn join_token(path: &Path, rotate: bool) -> ExitCode {
 }
 
 fn daemon(path: &Path) -> ExitCode {
-    gitmirrord::heap::tune();
+    gitmirror_common::heap::tune(None);
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,

@@ -299,7 +299,7 @@ pub async fn run(cfg: Config, listeners: Listeners, ctl: Control) -> anyhow::Res
                 "fleet built"
             );
             // What reading the repo status, the index and the event log freed.
-            crate::heap::release_free();
+            gitmirror_common::heap::release_free();
             Ok((fleet, opened.store, indexes, log, cursors))
         })
         .await
@@ -736,7 +736,7 @@ impl MainLoop {
                         self.dispatch(sends);
                         if last && std::mem::take(&mut self.delta_entries) >= LARGE_DELTA {
                             // The read's and the delta's freed heap, kept by glibc otherwise.
-                            tokio::task::spawn_blocking(crate::heap::release_free);
+                            tokio::task::spawn_blocking(gitmirror_common::heap::release_free);
                         }
                         "index"
                     }

@@ -850,7 +850,7 @@ impl EventLog {
             .spawn(move || {
                 let written = Checkpoint::write(&dir, old.as_deref(), &layer, seq, &reports);
                 // The merge and its encoding (every repo's refs) freed on this thread.
-                crate::heap::release_free();
+                gitmirror_common::heap::release_free();
                 written
             });
         match spawned {
