@@ -544,6 +544,13 @@ status_and_user() {
     [ "$user" = gitmirror ] || fail "$p (pid $pid) runs as '$user'"
   done
   log "both daemons run as gitmirror"
+  # The worker's fetches are batch work: they yield the CPU to the coordinator.
+  local ni
+  ni=$(ct ps -o ni= -p "$(main_pid gitmirror-worker)" | tr -d ' ')
+  [ "$ni" = 10 ] || fail "gitmirror-worker runs at nice '$ni', not 10"
+  ni=$(ct ps -o ni= -p "$(main_pid gitmirrord)" | tr -d ' ')
+  [ "$ni" = 0 ] || fail "gitmirrord runs at nice '$ni', not 0"
+  log "the worker runs at nice 10, the coordinator at 0"
 }
 
 reload_polls_index() {
