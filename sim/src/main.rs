@@ -29,10 +29,11 @@ struct Cli {
     /// The real workers' `fetch.min_interval`, seconds (default: theirs, 60 s).
     #[arg(long, value_name = "SECS", requires = "real_workers")]
     worker_min_interval: Option<f64>,
-    /// Run the real workers under `nice -n N` (1..=19), so that the coordinator they share
-    /// the machine with gets the CPU it would have on its own.
-    #[arg(long, value_name = "N", requires = "real_workers", value_parser = clap::value_parser!(i32).range(1..=19))]
-    worker_nice: Option<i32>,
+    /// Run the real workers under `nice -n N` (0..=19): 10, as the packaged
+    /// gitmirror-worker.service runs them (`Nice=10`), so that the coordinator they share
+    /// the machine with comes first; 0 runs them at the coordinator's priority.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    worker_nice: i32,
     /// The gitmirror-worker binary (default: next to this program).
     #[arg(long, value_name = "PATH")]
     gitmirror_worker: Option<PathBuf>,
@@ -130,7 +131,7 @@ fn options(cli: Cli) -> Result<(Options, bool), String> {
         workers: cli.real_workers.unwrap_or(cli.workers),
         real_workers: real,
         worker_bin: cli.gitmirror_worker,
-        worker_nice: cli.worker_nice,
+        worker_nice: (cli.worker_nice > 0).then_some(cli.worker_nice),
         host_budget: cli.host_budget,
         worker_min_interval: cli
             .worker_min_interval
