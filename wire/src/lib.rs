@@ -1,7 +1,8 @@
 //! The gitmirror protocol between `gitmirrord` and `gitmirror-worker`.
 //!
 //! Everything here is pure: message types, length-prefixed postcard framing with a size cap
-//! checked before allocation, the join token format, and the handshake state machines.
+//! checked before allocation, the join token format, and the state machines of the
+//! handshake and of the session after it (`session`).
 //! The daemons own the sockets; this crate only turns bytes into decisions.
 //!
 //! postcard is positional and encodes enum variants by index: never reorder, remove or
