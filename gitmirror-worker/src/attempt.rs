@@ -38,11 +38,9 @@ pub(crate) struct Verdict {
     pub outcome: Outcome,
     /// The next attempt (Unix ms).
     pub next: i64,
-    /// A success (from upstream or a peer).
-    pub success: bool,
     /// The refs were relisted in full: the refs last reported start again from none.
     pub relisted: bool,
-    /// The refs' SHA-256 after a success.
+    /// The refs' SHA-256 after a success (`None`: a failure).
     pub refs_sha256: Option<[u8; 32]>,
     /// Bytes received by a success.
     pub received_bytes: u64,
@@ -87,7 +85,6 @@ pub(crate) fn finished(
             next_due_ms: 0,
         },
         next: 0,
-        success: result.is_ok(),
         relisted: false,
         refs_sha256: None,
         received_bytes: 0,
@@ -262,7 +259,7 @@ mod tests {
             || (1, 2),
         );
         assert_eq!(v.outcome.result, FetchResult::Cloned);
-        assert!(v.success && v.pool_trigger && !v.maintain);
+        assert!(v.refs_sha256.is_some() && v.pool_trigger && !v.maintain);
         assert_eq!(v.refs_sha256, Some([7; 32]));
         assert_eq!(v.received_bytes, 4_096);
         assert_eq!((v.outcome.ref_count, v.outcome.refs_digest), (3, 77));
@@ -295,7 +292,7 @@ mod tests {
             );
             assert_eq!(repo.failures, n);
             assert_eq!(repo.failing, Some(FailureClass::Transient));
-            assert!(!v.success && v.rate_limited.is_none());
+            assert!(v.refs_sha256.is_none() && v.rate_limited.is_none());
             assert!(matches!(v.outcome.result, FetchResult::Failed { .. }));
             assert_eq!(
                 (v.outcome.ref_count, v.outcome.refs_digest),

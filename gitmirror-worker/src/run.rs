@@ -1176,7 +1176,8 @@ impl Worker {
         if v.pool_trigger {
             self.queue_consolidation(&id, now);
         }
-        if v.success {
+        // A success (from upstream or a peer).
+        if v.refs_sha256.is_some() {
             if matches!(source, gitmirror_wire::TransferSource::Peer(_))
                 && let Some(project) = pool::project_of(&id)
             {

@@ -2522,12 +2522,6 @@ impl Fleet {
                     // Published once its event is durable (`durable`); judged against
                     // from now on.
                     self.in_flight.insert(key.clone(), (batch, j.published));
-                } else if let Some(f) = self.in_flight.get_mut(&key) {
-                    f.1 = j.published;
-                } else {
-                    st.published = j.published;
-                }
-                if !j.news.is_empty() {
                     apply_published(
                         st.published_refs.get_or_insert_with(Box::default),
                         if whole {
@@ -2537,11 +2531,17 @@ impl Fleet {
                         },
                         j.news.iter().map(|c| (c.name.as_str(), c.new.as_deref())),
                     );
-                } else if changed {
-                    tracing::debug!(
-                        repo = %o.repo,
-                        "worker {worker_id} reported refs already published: no event"
-                    );
+                } else {
+                    match self.in_flight.get_mut(&key) {
+                        Some(f) => f.1 = j.published,
+                        None => st.published = j.published,
+                    }
+                    if changed {
+                        tracing::debug!(
+                            repo = %o.repo,
+                            "worker {worker_id} reported refs already published: no event"
+                        );
+                    }
                 }
                 publish = !j.news.is_empty();
                 news = j.news;
@@ -2665,6 +2665,7 @@ impl Fleet {
     }
 
     /// Repos whose published digest waits for its events to be durable.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -74,14 +74,10 @@ async fn hand_off_events_come_from_the_owner_only() {
                     weight: 1.0,
                 },
             ];
+            let ring = Ring::with(Hashing::Points, &members);
             let moved = REPOS
                 .iter()
-                .filter(|id| {
-                    Ring::with(Hashing::Points, &members)
-                        .owner(id)
-                        .map(|i| members[i].uuid)
-                        == Some(*u)
-                })
+                .filter(|id| ring.owner(id).map(|i| members[i].uuid) == Some(*u))
                 .count();
             moved >= 2 && moved < REPOS.len()
         })

@@ -128,7 +128,8 @@ impl FromWorker {
     }
 
     /// The worker's holdings arrived whole on this connection.
-    pub fn in_sync(&self) -> bool {
+    #[cfg(test)]
+    fn in_sync(&self) -> bool {
         self.gate == Gate::Received
     }
 

@@ -58,7 +58,7 @@ impl Reports {
         self.acks.clear();
     }
 
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.sent.is_some()
     }
 
